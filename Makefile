@@ -1,0 +1,105 @@
+# One Makefile for the CTR scorer.
+#
+#   make                      optimised build of every program (build/release)
+#   make test                 unit tests (cmocka) + integration tests
+#   make SANITIZE=address test     the same under AddressSanitizer
+#   make SANITIZE=undefined test   the same under UBSan
+#   make check                test + both sanitizer runs (what CI runs)
+#   make bench                forward-pass benchmark (prints a table)
+#   make clean
+#
+# Objects and programs go to build/<variant>/, so sanitizer builds never
+# mix with the optimised one.
+
+SANITIZE ?=
+VARIANT  := $(if $(SANITIZE),$(SANITIZE),release)
+B        := build/$(VARIANT)
+PYTHON   ?= /usr/bin/python3
+GOLDEN   := build/golden
+
+PKGS     := openblas hiredis libmicrohttpd jansson
+PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+
+OPT      ?= -O2
+CFLAGS   := -std=c11 -D_GNU_SOURCE -g $(OPT) -Wall -Wextra -Wshadow \
+            -Wno-unused-parameter -pthread -I. $(PKG_CFLAGS) $(EXTRA_CFLAGS)
+LDFLAGS  := -pthread $(EXTRA_LDFLAGS)
+LDLIBS   := $(PKG_LIBS) -lm
+
+ifeq ($(SANITIZE),address)
+  CFLAGS  += -fsanitize=address -fno-omit-frame-pointer
+  LDFLAGS += -fsanitize=address
+else ifeq ($(SANITIZE),undefined)
+  CFLAGS  += -fsanitize=undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
+  LDFLAGS += -fsanitize=undefined
+else ifeq ($(SANITIZE),thread)
+  CFLAGS  += -fsanitize=thread
+  LDFLAGS += -fsanitize=thread
+else ifneq ($(SANITIZE),)
+  $(error SANITIZE must be address, undefined or thread)
+endif
+
+CORE_SRC   := $(wildcard core/*.c)
+PROTO_SRC  := $(wildcard proto/*.c)
+# server/ holds one main() per program (ctr_*.c) and shared modules.
+SERVER_LIB := $(filter-out server/ctr_%.c,$(wildcard server/*.c))
+
+CORE_OBJ   := $(CORE_SRC:%.c=$(B)/%.o)
+PROTO_OBJ  := $(PROTO_SRC:%.c=$(B)/%.o)
+SERVER_OBJ := $(SERVER_LIB:%.c=$(B)/%.o)
+LIB        := $(B)/libctr.a
+
+PROGRAMS   := $(patsubst server/ctr_%.c,$(B)/ctr-%,$(wildcard server/ctr_*.c))
+BENCH_BIN  := $(patsubst bench/%.c,$(B)/bench/%,$(wildcard bench/*.c))
+TEST_SRC   := $(wildcard tests/core/test_*.c tests/proto/test_*.c tests/server/test_*.c)
+TEST_BIN   := $(TEST_SRC:%.c=$(B)/%)
+
+.PHONY: all test check bench golden clean
+all: $(PROGRAMS) $(BENCH_BIN)
+
+$(B)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -MMD -MP -c $< -o $@
+
+$(LIB): $(CORE_OBJ) $(PROTO_OBJ) $(SERVER_OBJ)
+	@mkdir -p $(dir $@)
+	rm -f $@ && $(AR) rcs $@ $^
+
+$(B)/ctr-%: $(B)/server/ctr_%.o $(LIB)
+	$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@
+
+$(B)/bench/%: $(B)/bench/%.o $(LIB)
+	$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@
+
+$(B)/tests/%: $(B)/tests/%.o $(LIB)
+	$(CC) $(LDFLAGS) $^ $(LDLIBS) -lcmocka -o $@
+
+# Golden data from the PyTorch reference: generated here, in every clean
+# build (CI included), so the parity tests follow the reference.
+golden: $(GOLDEN)/stamp
+$(GOLDEN)/stamp: tools/make_golden.py tools/qin_reference.py tools/convert.py tools/safetensors_io.py
+	@mkdir -p $(GOLDEN)
+	$(PYTHON) tools/make_golden.py --out $(GOLDEN)
+	touch $@
+
+test: all $(TEST_BIN) golden
+	@set -e; for t in $(TEST_BIN); do \
+	  echo "== $$t"; CTR_GOLDEN=$(GOLDEN) CTR_BUILD=$(B) $$t; done
+	@set -e; for t in tests/integration/*.sh; do \
+	  [ -e "$$t" ] || continue; echo "== $$t"; \
+	  CTR_GOLDEN=$(GOLDEN) CTR_BUILD=$(B) PYTHON=$(PYTHON) bash $$t; done
+	@echo "all tests passed ($(VARIANT))"
+
+check:
+	$(MAKE) test
+	$(MAKE) SANITIZE=address test
+	$(MAKE) SANITIZE=undefined test
+
+bench: all
+	$(B)/bench/bench_forward
+
+clean:
+	rm -rf build
+
+-include $(shell find build -name '*.d' 2>/dev/null)
