@@ -1,0 +1,49 @@
+/*
+ * records.h - the JSON Lines records of ctr-score and ctr-load, decoded into
+ * plain C structs.  This is the only way core/ and server/ see those files.
+ *
+ *   item:    {"item_id": 17, "item_tags": [3, 9, 0, 0, 0],
+ *             "item_emb_d128": [128 numbers]}
+ *   user:    {"user_id": "u1" | 42, "item_seq": [ids, oldest first]}
+ *
+ * Decoders are strict: wrong types, missing fields, non-integral ids,
+ * out-of-range integers and non-finite numbers are refused with a message.
+ * They check shapes only (tag count <= max_tags, embedding length ==
+ * mm_dim); vocabulary ranges are the engine's business.
+ * Memory: everything a decoded record points to lives in the caller's arena.
+ * Thread-safe (no shared state).
+ */
+#ifndef CTR_PROTO_RECORDS_H
+#define CTR_PROTO_RECORDS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/arena.h"
+
+typedef struct proto_item {
+    int64_t item_id;
+    int32_t *tags;          /* num_tags ids, in the file's order */
+    int num_tags;
+    float *mm;              /* mm_dim floats */
+    int mm_dim;
+} proto_item;
+
+typedef struct proto_user {
+    const char *user_id;    /* integer ids are kept as their decimal text */
+    int user_id_is_int;     /* 1 when the JSON value was an integer */
+    int64_t *item_seq;      /* oldest first */
+    int seq_len;
+} proto_user;
+
+/* Decodes one item line.  max_tags: tags allowed; mm_dim: the embedding
+ * length required (the field name is "item_emb_d128" whatever mm_dim is).
+ * Returns CTR_OK, or CTR_EINVAL with a message. */
+int proto_item_decode(const char *line, size_t len, int max_tags, int mm_dim,
+                      arena *a, proto_item *out, char *err, size_t errlen);
+
+/* Decodes one user line.  max_seq bounds item_seq's length (CTR_ETOOBIG). */
+int proto_user_decode(const char *line, size_t len, int max_seq, arena *a,
+                      proto_user *out, char *err, size_t errlen);
+
+#endif
