@@ -1,0 +1,464 @@
+/*
+ * model.c - loads a QIN model file and folds it for scoring.
+ *
+ * The file holds the weights as training left them (FuxiCTR checkpoint
+ * names, float32) and a __metadata__ map with the configuration.  Every
+ * tensor's presence, dtype and shape is checked against that configuration
+ * before anything is used.  Then the exact algebraic folds of MODEL_SPEC
+ * section 3 are done once, in double precision so that folding adds no
+ * float32 rounding of its own:
+ *   - QNN: the R row blocks summed (W' = sum_r W_r, b' = sum_r b_r) and batch
+ *     norm folded in (s = gamma / sqrt(var + eps): W = diag(s) W',
+ *     b = s b', c = beta - mean s);
+ *   - attention: A = W_q^T W_k and B = W_o W_v (E x E), so the query, key
+ *     and value projections of the training code become two item-side
+ *     matrix-vector products that can be cached per item.
+ * Load time is dominated by reading the file (~125 MB for MicroLens) and
+ * the two attention products (2 x 113M multiply-adds in dgemm).
+ */
+#include <cblas.h>
+#include <errno.h>
+#include <limits.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "qin_internal.h"
+#include "safetensors.h"
+
+#define P "embedding_layer.embedding_layer."
+#define BN_EPS 1e-5
+
+float *qin_falloc(size_t n) {
+    if (n == 0) n = 1;
+    if (n > SIZE_MAX / sizeof(float) - QIN_ALIGN) return NULL;
+    size_t bytes = (n * sizeof(float) + QIN_ALIGN - 1) & ~(size_t)(QIN_ALIGN - 1);
+    float *p = aligned_alloc(QIN_ALIGN, bytes);
+    if (p) memset(p, 0, bytes);
+    return p;
+}
+
+/* --- configuration from metadata -------------------------------------- */
+
+static int meta_int(const st_file *f, const char *key, int lo, int hi, int *out,
+                    char *err, size_t errlen) {
+    const char *v = st_meta_get(f, key);
+    if (!v) return ctr_fail(err, errlen, CTR_EMODEL, "metadata lacks \"%s\"", key);
+    char *end;
+    errno = 0;
+    long x = strtol(v, &end, 10);
+    if (errno || end == v || *end || x < lo || x > hi)
+        return ctr_fail(err, errlen, CTR_EMODEL,
+                        "metadata \"%s\" = \"%s\": expected an integer in [%d, %d]",
+                        key, v, lo, hi);
+    *out = (int)x;
+    return CTR_OK;
+}
+
+static int meta_str(const st_file *f, const char *key, char *dst, size_t cap,
+                    char *err, size_t errlen) {
+    const char *v = st_meta_get(f, key);
+    if (!v) return ctr_fail(err, errlen, CTR_EMODEL, "metadata lacks \"%s\"", key);
+    if (strlen(v) >= cap || !*v)
+        return ctr_fail(err, errlen, CTR_EMODEL,
+                        "metadata \"%s\" must be 1..%zu characters", key, cap - 1);
+    strcpy(dst, v);
+    return CTR_OK;
+}
+
+/* Splits a comma-separated list into at most QIN_MAX_CTX fields. */
+static int split_list(const char *s, char out[][QIN_NAME_MAX], int *n) {
+    *n = 0;
+    if (!*s) return 0;
+    for (;;) {
+        const char *c = strchr(s, ',');
+        size_t len = c ? (size_t)(c - s) : strlen(s);
+        if (*n >= QIN_MAX_CTX || len == 0 || len >= QIN_NAME_MAX) return -1;
+        memcpy(out[*n], s, len);
+        out[*n][len] = '\0';
+        (*n)++;
+        if (!c) return 0;
+        s = c + 1;
+    }
+}
+
+static int config_read(const st_file *f, qin_config *c, char *err, size_t errlen) {
+    int r;
+    const char *fmt = st_meta_get(f, "format");
+    const char *arch = st_meta_get(f, "arch");
+    if (!fmt || strcmp(fmt, "ctr-qin-1") != 0)
+        return ctr_fail(err, errlen, CTR_EMODEL,
+                        "metadata \"format\" is \"%s\", expected \"ctr-qin-1\" "
+                        "(convert checkpoints with tools/convert.py)", fmt ? fmt : "(none)");
+    if (!arch || strcmp(arch, "qin") != 0)
+        return ctr_fail(err, errlen, CTR_EMODEL,
+                        "metadata \"arch\" is \"%s\"; this engine serves \"qin\"",
+                        arch ? arch : "(none)");
+    memset(c, 0, sizeof *c);
+    if ((r = meta_str(f, "name", c->name, sizeof c->name, err, errlen)) < 0) return r;
+    if ((r = meta_str(f, "version", c->version, sizeof c->version, err, errlen)) < 0) return r;
+    /* Bounds keep every size product below 2^31 elements and reject nonsense
+     * early with a clear message. */
+    if ((r = meta_int(f, "embedding_dim", 1, 4096, &c->embedding_dim, err, errlen)) < 0 ||
+        (r = meta_int(f, "max_len", 1, 4096, &c->max_len, err, errlen)) < 0 ||
+        (r = meta_int(f, "num_layers", 1, 64, &c->num_layers, err, errlen)) < 0 ||
+        (r = meta_int(f, "num_row", 1, 64, &c->num_row, err, errlen)) < 0 ||
+        (r = meta_int(f, "batch_norm", 0, 1, &c->batch_norm, err, errlen)) < 0 ||
+        (r = meta_int(f, "item_vocab", 2, INT_MAX, &c->item_vocab, err, errlen)) < 0 ||
+        (r = meta_int(f, "tag_vocab", 1, INT_MAX, &c->tag_vocab, err, errlen)) < 0 ||
+        (r = meta_int(f, "num_tags", 0, 1024, &c->num_tags, err, errlen)) < 0 ||
+        (r = meta_int(f, "mm_in", 1, 65536, &c->mm_in, err, errlen)) < 0 ||
+        (r = meta_int(f, "mm_out", 1, 4096, &c->mm_out, err, errlen)) < 0)
+        return r;
+    const char *fields = st_meta_get(f, "context_fields");
+    const char *vocabs = st_meta_get(f, "context_vocab");
+    if (!fields || !vocabs)
+        return ctr_fail(err, errlen, CTR_EMODEL,
+                        "metadata lacks \"context_fields\" or \"context_vocab\"");
+    char vs[QIN_MAX_CTX][QIN_NAME_MAX];
+    int nv;
+    if (split_list(fields, c->ctx_name, &c->num_ctx) < 0 || split_list(vocabs, vs, &nv) < 0 ||
+        nv != c->num_ctx)
+        return ctr_fail(err, errlen, CTR_EMODEL,
+                        "metadata context_fields \"%s\" / context_vocab \"%s\": expected "
+                        "two comma-separated lists of the same length (at most %d)",
+                        fields, vocabs, QIN_MAX_CTX);
+    for (int i = 0; i < c->num_ctx; i++) {
+        char *end;
+        long v = strtol(vs[i], &end, 10);
+        if (*end || v < 1 || v > INT_MAX)
+            return ctr_fail(err, errlen, CTR_EMODEL, "context_vocab \"%s\" is not a size",
+                            vs[i]);
+        c->ctx_vocab[i] = (int)v;
+        for (int j = 0; j < i; j++)
+            if (strcmp(c->ctx_name[i], c->ctx_name[j]) == 0)
+                return ctr_fail(err, errlen, CTR_EMODEL, "context field \"%s\" twice",
+                                c->ctx_name[i]);
+        if (strcmp(c->ctx_name[i], "item_id") == 0 || strcmp(c->ctx_name[i], "item_tags") == 0)
+            return ctr_fail(err, errlen, CTR_EMODEL,
+                            "context field \"%s\" clashes with an item field", c->ctx_name[i]);
+    }
+    c->item_dim = 2 * c->embedding_dim + c->mm_out;
+    c->attn_dim = 2 * c->item_dim;
+    c->input_dim = c->num_ctx * c->embedding_dim + 2 * c->item_dim;
+    if ((long long)c->input_dim * c->input_dim * c->num_row > INT_MAX ||
+        (long long)c->item_vocab * c->embedding_dim > INT_MAX ||
+        (long long)c->tag_vocab * c->embedding_dim > INT_MAX)
+        return ctr_fail(err, errlen, CTR_EMODEL, "configuration too large");
+    return CTR_OK;
+}
+
+/* --- tensors ------------------------------------------------------------ */
+
+/* Finds name, checks dtype F32 and shape (d0[, d1]; d1 < 0 for 1-d), and
+ * returns its data as an aligned float copy in *out (NULL on error). */
+static int tensor_get(const st_file *f, const char *name, int64_t d0, int64_t d1,
+                      float **out, char *err, size_t errlen) {
+    *out = NULL;
+    const st_tensor *t = st_find(f, name);
+    if (!t) return ctr_fail(err, errlen, CTR_EMODEL, "missing tensor %s", name);
+    if (strcmp(t->dtype, "F32") != 0)
+        return ctr_fail(err, errlen, CTR_EMODEL, "tensor %s: dtype %s, expected F32", name,
+                        t->dtype);
+    int want_ndim = d1 < 0 ? 1 : 2;
+    if (t->ndim != want_ndim || t->shape[0] != d0 || (d1 >= 0 && t->shape[1] != d1)) {
+        char got[96] = "", *w = got;
+        for (int i = 0; i < t->ndim && w < got + sizeof got - 24; i++)
+            w += snprintf(w, (size_t)(got + sizeof got - w), "%s%lld", i ? ", " : "",
+                          (long long)t->shape[i]);
+        if (d1 < 0)
+            return ctr_fail(err, errlen, CTR_EMODEL, "tensor %s: shape [%s], expected [%lld]",
+                            name, got, (long long)d0);
+        return ctr_fail(err, errlen, CTR_EMODEL,
+                        "tensor %s: shape [%s], expected [%lld, %lld]", name, got,
+                        (long long)d0, (long long)d1);
+    }
+    size_t n = (size_t)(t->end - t->begin) / sizeof(float);
+    float *p = qin_falloc(n);
+    if (!p) return ctr_fail(err, errlen, CTR_ENOMEM, "tensor %s: out of memory", name);
+    memcpy(p, t->data, n * sizeof(float)); /* file data may be unaligned */
+    for (size_t i = 0; i < n; i++) {
+        if (!isfinite(p[i])) {
+            free(p);
+            return ctr_fail(err, errlen, CTR_EMODEL, "tensor %s: non-finite value at %zu",
+                            name, i);
+        }
+    }
+    *out = p;
+    return CTR_OK;
+}
+
+static int expected_name(const qin_config *c, const char *name) {
+    char buf[256];
+    if (strncmp(name, P "embedding_layers.", strlen(P "embedding_layers.")) == 0) {
+        const char *f = name + strlen(P "embedding_layers.");
+        for (int i = 0; i < c->num_ctx; i++) {
+            snprintf(buf, sizeof buf, "%s.weight", c->ctx_name[i]);
+            if (strcmp(f, buf) == 0) return 1;
+        }
+        return strcmp(f, "item_id.weight") == 0 || strcmp(f, "item_tags.weight") == 0;
+    }
+    if (strcmp(name, P "feature_encoders.item_emb_d128.weight") == 0) return 1;
+    static const char *attn[] = {"attention_layers.W_q.weight", "attention_layers.W_k.weight",
+                                 "attention_layers.W_v.weight", "attention_layers.W_o.weight",
+                                 "qnn.fc.weight", "qnn.fc.bias"};
+    for (size_t i = 0; i < sizeof attn / sizeof attn[0]; i++)
+        if (strcmp(name, attn[i]) == 0) return 1;
+    for (int l = 0; l < c->num_layers; l++) {
+        static const char *per[] = {"qnn.layer.%d.linear.0.weight", "qnn.layer.%d.linear.0.bias",
+                                    "qnn.activation.%d.weight", "qnn.norm.%d.weight",
+                                    "qnn.norm.%d.bias", "qnn.norm.%d.running_mean",
+                                    "qnn.norm.%d.running_var", "qnn.norm.%d.num_batches_tracked"};
+        for (size_t i = 0; i < sizeof per / sizeof per[0]; i++) {
+            if (!c->batch_norm && i >= 3) break;
+            snprintf(buf, sizeof buf, per[i], l);
+            if (strcmp(name, buf) == 0) return 1;
+        }
+    }
+    return 0;
+}
+
+/* Copies a float array into a fresh double array. */
+static double *to_double(const float *src, size_t n) {
+    double *d = malloc(n * sizeof *d);
+    if (d)
+        for (size_t i = 0; i < n; i++) d[i] = src[i];
+    return d;
+}
+
+/* A = W_q^T W_k, B = W_o W_v, in double, rounded once to float. */
+static int fold_attention(qin_model *m, const float *wq, const float *wk, const float *wv,
+                          const float *wo, char *err, size_t errlen) {
+    const int E = m->cfg.item_dim, H = m->cfg.attn_dim;
+    size_t nw = (size_t)H * E;
+    double *q = to_double(wq, nw), *k = to_double(wk, nw), *v = to_double(wv, nw),
+           *o = to_double(wo, nw), *r = malloc((size_t)E * E * sizeof *r);
+    int rc = CTR_OK;
+    m->attn_a = qin_falloc((size_t)E * E);
+    m->attn_b = qin_falloc((size_t)E * E);
+    if (!q || !k || !v || !o || !r || !m->attn_a || !m->attn_b) {
+        rc = ctr_fail(err, errlen, CTR_ENOMEM, "out of memory folding attention");
+        goto done;
+    }
+    /* W_q, W_k: H x E ([out, in]); A (E x E) = W_q^T W_k. */
+    cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, E, E, H, 1.0, q, E, k, E, 0.0, r, E);
+    for (size_t i = 0; i < (size_t)E * E; i++) m->attn_a[i] = (float)r[i];
+    /* W_o: E x H, W_v: H x E; B (E x E) = W_o W_v. */
+    cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, E, E, H, 1.0, o, H, v, E, 0.0, r, E);
+    for (size_t i = 0; i < (size_t)E * E; i++) m->attn_b[i] = (float)r[i];
+done:
+    free(q); free(k); free(v); free(o); free(r);
+    return rc;
+}
+
+/* Folds layer l: rows of the R blocks summed, batch norm applied. */
+static int fold_qnn_layer(qin_model *m, const st_file *f, int l, char *err, size_t errlen) {
+    const int D = m->cfg.input_dim, R = m->cfg.num_row;
+    char name[128];
+    float *w = NULL, *b = NULL, *g = NULL, *be = NULL, *mu = NULL, *var = NULL, *a = NULL;
+    int rc;
+    snprintf(name, sizeof name, "qnn.layer.%d.linear.0.weight", l);
+    if ((rc = tensor_get(f, name, (int64_t)R * D, D, &w, err, errlen)) < 0) goto done;
+    snprintf(name, sizeof name, "qnn.layer.%d.linear.0.bias", l);
+    if ((rc = tensor_get(f, name, (int64_t)R * D, -1, &b, err, errlen)) < 0) goto done;
+    snprintf(name, sizeof name, "qnn.activation.%d.weight", l);
+    if ((rc = tensor_get(f, name, 1, -1, &a, err, errlen)) < 0) goto done;
+    if (m->cfg.batch_norm) {
+        snprintf(name, sizeof name, "qnn.norm.%d.weight", l);
+        if ((rc = tensor_get(f, name, D, -1, &g, err, errlen)) < 0) goto done;
+        snprintf(name, sizeof name, "qnn.norm.%d.bias", l);
+        if ((rc = tensor_get(f, name, D, -1, &be, err, errlen)) < 0) goto done;
+        snprintf(name, sizeof name, "qnn.norm.%d.running_mean", l);
+        if ((rc = tensor_get(f, name, D, -1, &mu, err, errlen)) < 0) goto done;
+        snprintf(name, sizeof name, "qnn.norm.%d.running_var", l);
+        if ((rc = tensor_get(f, name, D, -1, &var, err, errlen)) < 0) goto done;
+        for (int i = 0; i < D; i++)
+            if (var[i] < 0) {
+                rc = ctr_fail(err, errlen, CTR_EMODEL, "qnn.norm.%d.running_var[%d] < 0", l, i);
+                goto done;
+            }
+    }
+    float *wf = m->qnn_w[l] = qin_falloc((size_t)D * D);
+    float *bf = m->qnn_b[l] = qin_falloc((size_t)D);
+    float *cf = m->qnn_c[l] = qin_falloc((size_t)D);
+    double *row = malloc((size_t)D * sizeof *row);
+    if (!wf || !bf || !cf || !row) {
+        free(row);
+        rc = ctr_fail(err, errlen, CTR_ENOMEM, "out of memory folding qnn layer %d", l);
+        goto done;
+    }
+    for (int i = 0; i < D; i++) {
+        double s = 1.0, shift = 0.0, bsum = 0.0;
+        if (m->cfg.batch_norm) {
+            s = (double)g[i] / sqrt((double)var[i] + BN_EPS);
+            shift = (double)be[i] - (double)mu[i] * s;
+        }
+        for (int k = 0; k < D; k++) row[k] = 0.0;
+        for (int r = 0; r < R; r++) {
+            const float *src = w + ((size_t)r * D + i) * D;
+            for (int k = 0; k < D; k++) row[k] += src[k];
+            bsum += b[(size_t)r * D + i];
+        }
+        for (int k = 0; k < D; k++) wf[(size_t)i * D + k] = (float)(s * row[k]);
+        bf[i] = (float)(s * bsum);
+        cf[i] = (float)shift;
+    }
+    free(row);
+    m->prelu[l] = a[0];
+    rc = CTR_OK;
+done:
+    free(w); free(b); free(g); free(be); free(mu); free(var); free(a);
+    return rc;
+}
+
+static int model_build(qin_model *m, const st_file *f, char *err, size_t errlen) {
+    qin_config *c = &m->cfg;
+    const int d = c->embedding_dim, E = c->item_dim, H = c->attn_dim, D = c->input_dim;
+    char name[256];
+    int rc;
+
+    for (int i = 0; i < f->num_tensors; i++)
+        if (!expected_name(c, f->tensors[i].name))
+            return ctr_fail(err, errlen, CTR_EMODEL,
+                            "unexpected tensor %s (not part of the declared configuration)",
+                            f->tensors[i].name);
+
+    for (int i = 0; i < c->num_ctx; i++) {
+        snprintf(name, sizeof name, P "embedding_layers.%s.weight", c->ctx_name[i]);
+        if ((rc = tensor_get(f, name, c->ctx_vocab[i], d, &m->ctx_emb[i], err, errlen)) < 0)
+            return rc;
+    }
+    if ((rc = tensor_get(f, P "embedding_layers.item_id.weight", c->item_vocab, d,
+                         &m->item_emb, err, errlen)) < 0 ||
+        (rc = tensor_get(f, P "embedding_layers.item_tags.weight", c->tag_vocab, d,
+                         &m->tag_emb, err, errlen)) < 0 ||
+        (rc = tensor_get(f, P "feature_encoders.item_emb_d128.weight", c->mm_out, c->mm_in,
+                         &m->w_mm, err, errlen)) < 0)
+        return rc;
+
+    /* The training code averages a tag list over the rows that are not all
+     * zero (padding rows are zero); which rows those are is fixed by the
+     * weights, so decide it once. */
+    m->tag_live = malloc((size_t)c->tag_vocab);
+    if (!m->tag_live) return ctr_fail(err, errlen, CTR_ENOMEM, "out of memory");
+    for (int t = 0; t < c->tag_vocab; t++) {
+        const float *row = m->tag_emb + (size_t)t * d;
+        int live = 0;
+        for (int k = 0; k < d && !live; k++) live = row[k] != 0.0f;
+        m->tag_live[t] = (unsigned char)live;
+    }
+
+    float *wq = NULL, *wk = NULL, *wv = NULL, *wo = NULL;
+    if ((rc = tensor_get(f, "attention_layers.W_q.weight", H, E, &wq, err, errlen)) < 0 ||
+        (rc = tensor_get(f, "attention_layers.W_k.weight", H, E, &wk, err, errlen)) < 0 ||
+        (rc = tensor_get(f, "attention_layers.W_v.weight", H, E, &wv, err, errlen)) < 0 ||
+        (rc = tensor_get(f, "attention_layers.W_o.weight", E, H, &wo, err, errlen)) < 0 ||
+        (rc = fold_attention(m, wq, wk, wv, wo, err, errlen)) < 0) {
+        free(wq); free(wk); free(wv); free(wo);
+        return rc;
+    }
+    free(wq); free(wk); free(wv); free(wo);
+    m->attn_scale = (float)(1.0 / sqrt((double)H));
+
+    m->qnn_w = calloc((size_t)c->num_layers, sizeof *m->qnn_w);
+    m->qnn_b = calloc((size_t)c->num_layers, sizeof *m->qnn_b);
+    m->qnn_c = calloc((size_t)c->num_layers, sizeof *m->qnn_c);
+    m->prelu = calloc((size_t)c->num_layers, sizeof *m->prelu);
+    if (!m->qnn_w || !m->qnn_b || !m->qnn_c || !m->prelu)
+        return ctr_fail(err, errlen, CTR_ENOMEM, "out of memory");
+    for (int l = 0; l < c->num_layers; l++)
+        if ((rc = fold_qnn_layer(m, f, l, err, errlen)) < 0) return rc;
+
+    float *fcb = NULL;
+    if ((rc = tensor_get(f, "qnn.fc.weight", 1, D, &m->fc_w, err, errlen)) < 0 ||
+        (rc = tensor_get(f, "qnn.fc.bias", 1, -1, &fcb, err, errlen)) < 0)
+        return rc;
+    m->fc_b = fcb[0];
+    free(fcb);
+    return CTR_OK;
+}
+
+int qin_model_load_buffer(const void *buf, size_t len, qin_model **out, char *err,
+                          size_t errlen) {
+    *out = NULL;
+    st_file f;
+    int rc = st_parse(buf, len, &f, err, errlen);
+    if (rc < 0) return rc;
+    qin_model *m = calloc(1, sizeof *m);
+    if (!m) {
+        st_free(&f);
+        return ctr_fail(err, errlen, CTR_ENOMEM, "out of memory");
+    }
+    if ((rc = config_read(&f, &m->cfg, err, errlen)) < 0 ||
+        (rc = model_build(m, &f, err, errlen)) < 0) {
+        st_free(&f);
+        qin_model_free(m);
+        return rc;
+    }
+    st_free(&f);
+    /* BLAS runs single-threaded inside every call: the service gets its
+     * parallelism from its own worker threads (one request, or one slice of
+     * a request, per core).  Letting OpenBLAS start threads too would
+     * oversubscribe the cores and, at our small matrix sizes, cost more in
+     * hand-offs than it gains.  The setting is process-wide. */
+    openblas_set_num_threads(1);
+    *out = m;
+    return CTR_OK;
+}
+
+int qin_model_load(const char *path, qin_model **out, char *err, size_t errlen) {
+    *out = NULL;
+    FILE *fp = fopen(path, "rb");
+    if (!fp) return ctr_fail(err, errlen, CTR_EIO, "%s: %s", path, strerror(errno));
+    if (fseek(fp, 0, SEEK_END) != 0) {
+        fclose(fp);
+        return ctr_fail(err, errlen, CTR_EIO, "%s: cannot seek", path);
+    }
+    long size = ftell(fp);
+    rewind(fp);
+    if (size < 0) {
+        fclose(fp);
+        return ctr_fail(err, errlen, CTR_EIO, "%s: cannot tell size", path);
+    }
+    unsigned char *buf = malloc(size ? (size_t)size : 1);
+    if (!buf) {
+        fclose(fp);
+        return ctr_fail(err, errlen, CTR_ENOMEM, "%s: out of memory for %ld bytes", path, size);
+    }
+    size_t got = fread(buf, 1, (size_t)size, fp);
+    fclose(fp);
+    if (got != (size_t)size) {
+        free(buf);
+        return ctr_fail(err, errlen, CTR_EIO, "%s: short read", path);
+    }
+    char inner[512] = "";
+    int rc = qin_model_load_buffer(buf, (size_t)size, out, inner, sizeof inner);
+    free(buf);
+    if (rc < 0) return ctr_fail(err, errlen, rc, "%s: %s", path, inner);
+    return CTR_OK;
+}
+
+void qin_model_free(qin_model *m) {
+    if (!m) return;
+    for (int i = 0; i < QIN_MAX_CTX; i++) free(m->ctx_emb[i]);
+    free(m->item_emb);
+    free(m->tag_emb);
+    free(m->tag_live);
+    free(m->w_mm);
+    free(m->attn_a);
+    free(m->attn_b);
+    for (int l = 0; l < m->cfg.num_layers; l++) {
+        if (m->qnn_w) free(m->qnn_w[l]);
+        if (m->qnn_b) free(m->qnn_b[l]);
+        if (m->qnn_c) free(m->qnn_c[l]);
+    }
+    free(m->qnn_w);
+    free(m->qnn_b);
+    free(m->qnn_c);
+    free(m->prelu);
+    free(m->fc_w);
+    free(m);
+}
+
+const qin_config *qin_model_config(const qin_model *m) { return &m->cfg; }

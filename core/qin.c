@@ -1,0 +1,206 @@
+/*
+ * qin.c - item vectors and the batched QIN forward pass.
+ *
+ * Workload: one request = one user's history (up to max_len = 64 behaviours)
+ * and N candidates (1 to a few hundred).  Per candidate the folded model
+ * costs about 4.3M multiply-adds, of which the QNN's num_layers D x D
+ * products are ~98% (MicroLens: 4 x 1024 x 1024).  So the hot spot is
+ * qin_qnn_layer: one sgemm for all N candidates per layer, then one fused
+ * pass for bias, batch-norm shift, PReLU and the residual.  Everything
+ * item-side (e, A e, B e) is computed once per item by qin_item_compute and
+ * cached by the caller, so a request only gathers those vectors.
+ */
+#include <cblas.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "qin_internal.h"
+
+size_t qin_item_vec_floats(const qin_model *m) { return 3 * (size_t)m->cfg.item_dim; }
+
+float *qin_item_vec_alloc(const qin_model *m) { return qin_falloc(qin_item_vec_floats(m)); }
+
+int qin_item_compute(const qin_model *m, const qin_item_input *item, float *vec, char *err,
+                     size_t errlen) {
+    const qin_config *c = &m->cfg;
+    const int d = c->embedding_dim, E = c->item_dim;
+    if (item->id < 1 || item->id >= c->item_vocab)
+        return ctr_fail(err, errlen, CTR_ERANGE, "item_id %lld outside 1..%d",
+                        (long long)item->id, c->item_vocab - 1);
+    if (item->num_tags < 0 || item->num_tags > c->num_tags)
+        return ctr_fail(err, errlen, CTR_EINVAL, "item %lld: %d tags, at most %d",
+                        (long long)item->id, item->num_tags, c->num_tags);
+    for (int k = 0; k < item->num_tags; k++)
+        if (item->tags[k] < 0 || item->tags[k] >= c->tag_vocab)
+            return ctr_fail(err, errlen, CTR_ERANGE, "item %lld: tag %d outside 0..%d",
+                            (long long)item->id, (int)item->tags[k], c->tag_vocab - 1);
+    if (item->mm)
+        for (int k = 0; k < c->mm_in; k++)
+            if (!isfinite(item->mm[k]))
+                return ctr_fail(err, errlen, CTR_EINVAL,
+                                "item %lld: non-finite multimodal value at %d",
+                                (long long)item->id, k);
+
+    float *e = vec, *e_tag = vec + d, *e_mm = vec + 2 * d;
+    memcpy(e, m->item_emb + (size_t)item->id * d, (size_t)d * sizeof *e);
+
+    /* Masked mean over the tags whose embedding row is not all zero; the
+     * divisor n + 1e-12 is the training code's, and makes all-padding
+     * tags give zero. */
+    memset(e_tag, 0, (size_t)d * sizeof *e_tag);
+    int live = 0;
+    for (int k = 0; k < item->num_tags; k++) {
+        if (!m->tag_live[item->tags[k]]) continue;
+        const float *row = m->tag_emb + (size_t)item->tags[k] * d;
+        for (int j = 0; j < d; j++) e_tag[j] += row[j];
+        live++;
+    }
+    float denom = (float)live + 1e-12f;
+    for (int j = 0; j < d; j++) e_tag[j] /= denom;
+
+    if (item->mm)
+        cblas_sgemv(CblasRowMajor, CblasNoTrans, c->mm_out, c->mm_in, 1.0f, m->w_mm, c->mm_in,
+                    item->mm, 1, 0.0f, e_mm, 1);
+    else
+        memset(e_mm, 0, (size_t)c->mm_out * sizeof *e_mm);
+
+    /* The item-side halves of the attention: A e (keys) and B e (values). */
+    cblas_sgemv(CblasRowMajor, CblasNoTrans, E, E, 1.0f, m->attn_a, E, e, 1, 0.0f, vec + E, 1);
+    cblas_sgemv(CblasRowMajor, CblasNoTrans, E, E, 1.0f, m->attn_b, E, e, 1, 0.0f,
+                vec + 2 * E, 1);
+    return CTR_OK;
+}
+
+/* --- scratch ------------------------------------------------------------ */
+
+int qin_scratch_init(const qin_model *m, int max_cand, qin_scratch **out) {
+    *out = NULL;
+    if (max_cand < 1 || max_cand > (1 << 20)) return CTR_EINVAL;
+    const qin_config *c = &m->cfg;
+    qin_scratch *s = calloc(1, sizeof *s);
+    if (!s) return CTR_ENOMEM;
+    s->model = m;
+    s->max_cand = max_cand;
+    s->ldx = (c->input_dim + 15) & ~15;
+    s->x = qin_falloc((size_t)max_cand * s->ldx);
+    s->y = qin_falloc((size_t)max_cand * s->ldx);
+    s->s = qin_falloc((size_t)max_cand * c->max_len);
+    s->ah = qin_falloc((size_t)c->max_len * c->item_dim);
+    s->bh = qin_falloc((size_t)c->max_len * c->item_dim);
+    s->logit = qin_falloc((size_t)max_cand);
+    if (!s->x || !s->y || !s->s || !s->ah || !s->bh || !s->logit) {
+        qin_scratch_free(s);
+        return CTR_ENOMEM;
+    }
+    *out = s;
+    return CTR_OK;
+}
+
+void qin_scratch_free(qin_scratch *s) {
+    if (!s) return;
+    free(s->x);
+    free(s->y);
+    free(s->s);
+    free(s->ah);
+    free(s->bh);
+    free(s->logit);
+    free(s);
+}
+
+int qin_scratch_max_cand(const qin_scratch *s) { return s->max_cand; }
+
+/* --- forward pieces ----------------------------------------------------- */
+
+void qin_attention(const qin_model *m, int n, const float *t, int ldt, int nh, const float *ah,
+                   const float *bh, float *s, int lds, float *pool, int ldp) {
+    const int E = m->cfg.item_dim;
+    for (int i = 0; i < n; i++) memcpy(pool + (size_t)i * ldp, t + (size_t)i * ldt,
+                                       (size_t)E * sizeof *pool);
+    if (nh == 0 || n == 0) return; /* empty history: pool = t */
+    /* s = relu(scale * T (A H)^T): n x nh. */
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, nh, E, m->attn_scale, t, ldt, ah, E,
+                0.0f, s, lds);
+    for (int i = 0; i < n; i++) {
+        float *row = s + (size_t)i * lds;
+        for (int j = 0; j < nh; j++) row[j] = row[j] > 0.0f ? row[j] : 0.0f;
+    }
+    /* pool += s (B H): n x E. */
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, E, nh, 1.0f, s, lds, bh, E, 1.0f,
+                pool, ldp);
+}
+
+/* Hot spot: ~98% of a request's arithmetic is this sgemm. */
+void qin_qnn_layer(const qin_model *m, int layer, int n, float *x, int ldx, float *y) {
+    const int D = m->cfg.input_dim;
+    const float *w = m->qnn_w[layer], *b = m->qnn_b[layer], *c = m->qnn_c[layer];
+    const float a = m->prelu[layer];
+    /* y = x W^T for all n candidates at once (W is D x D, [out, in]). */
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, D, D, 1.0f, x, ldx, w, D, 0.0f, y,
+                ldx);
+    /* Fused: z = x (y + b) + c (batch norm folded); PReLU; x += z. */
+    for (int i = 0; i < n; i++) {
+        float *xi = x + (size_t)i * ldx;
+        const float *yi = y + (size_t)i * ldx;
+        for (int k = 0; k < D; k++) {
+            float z = xi[k] * (yi[k] + b[k]) + c[k];
+            z = z > 0.0f ? z : a * z;
+            xi[k] += z;
+        }
+    }
+}
+
+void qin_head(const qin_model *m, int n, const float *x, int ldx, float *logit, float *prob) {
+    const int D = m->cfg.input_dim;
+    cblas_sgemv(CblasRowMajor, CblasNoTrans, n, D, 1.0f, x, ldx, m->fc_w, 1, 0.0f, logit, 1);
+    for (int i = 0; i < n; i++) prob[i] = 1.0f / (1.0f + expf(-(logit[i] + m->fc_b)));
+}
+
+/* --- the forward pass --------------------------------------------------- */
+
+int qin_forward(const qin_model *m, qin_scratch *s, const qin_request *req, float *prob,
+                char *err, size_t errlen) {
+    const qin_config *c = &m->cfg;
+    const int d = c->embedding_dim, E = c->item_dim, n = req->num_cand;
+    if (s->model != m) return ctr_fail(err, errlen, CTR_EINVAL, "scratch of another model");
+    if (n < 0 || n > s->max_cand)
+        return ctr_fail(err, errlen, CTR_ETOOMANY, "%d candidates, at most %d", n, s->max_cand);
+    if (req->ctx)
+        for (int i = 0; i < n; i++)
+            for (int f = 0; f < c->num_ctx; f++) {
+                int32_t v = req->ctx[(size_t)i * c->num_ctx + f];
+                if (v < 0 || v >= c->ctx_vocab[f])
+                    return ctr_fail(err, errlen, CTR_ERANGE,
+                                    "candidate %d: %s = %d outside 0..%d", i, c->ctx_name[f],
+                                    (int)v, c->ctx_vocab[f] - 1);
+            }
+    for (int i = 0; i < n; i++)
+        if (!req->cand[i]) return ctr_fail(err, errlen, CTR_EINVAL, "candidate %d: no vector", i);
+    if (n == 0) return CTR_OK;
+
+    /* The most recent max_len behaviours, padding skipped: with no softmax,
+     * a masked position contributes exactly nothing. */
+    int first = req->num_hist > c->max_len ? req->num_hist - c->max_len : 0, nh = 0;
+    for (int j = first; j < req->num_hist; j++) {
+        const float *h = req->hist[j];
+        if (!h) continue;
+        memcpy(s->ah + (size_t)nh * E, h + E, (size_t)E * sizeof(float));
+        memcpy(s->bh + (size_t)nh * E, h + 2 * E, (size_t)E * sizeof(float));
+        nh++;
+    }
+
+    /* x0 = [ctx embeddings | t | pool] per candidate row. */
+    const int ldx = s->ldx, off_t = c->num_ctx * d, off_p = off_t + E;
+    for (int i = 0; i < n; i++) {
+        float *xi = s->x + (size_t)i * ldx;
+        for (int f = 0; f < c->num_ctx; f++) {
+            int32_t v = req->ctx ? req->ctx[(size_t)i * c->num_ctx + f] : 0;
+            memcpy(xi + f * d, m->ctx_emb[f] + (size_t)v * d, (size_t)d * sizeof(float));
+        }
+        memcpy(xi + off_t, req->cand[i], (size_t)E * sizeof(float));
+    }
+    qin_attention(m, n, s->x + off_t, ldx, nh, s->ah, s->bh, s->s, c->max_len, s->x + off_p, ldx);
+    for (int l = 0; l < c->num_layers; l++) qin_qnn_layer(m, l, n, s->x, ldx, s->y);
+    qin_head(m, n, s->x, ldx, s->logit, prob);
+    return CTR_OK;
+}
