@@ -1,0 +1,272 @@
+/* test_qin.c - each piece of the forward pass (item vector, attention, one
+ * QNN layer, head) and the whole model against a naive, unfolded, double
+ * precision version (testmodel.h), plus the documented edge behaviours. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+
+#include "core/qin_internal.h"
+#include "tests/core/testmodel.h"
+
+#define TOL 2e-5
+
+static test_model tm;
+static qin_model *model;
+
+/* Per-item features of the test catalogue. */
+typedef struct feat {
+    int32_t tags[3];
+    int ntags;
+    float mm[6];
+} feat;
+static feat items[20];
+
+static int setup(void **state) {
+    (void)state;
+    qin_config c = tm_small_config();
+    tm_init(&tm, &c, 11);
+    size_t len;
+    unsigned char *buf = tm_serialize(&tm, NULL, &len);
+    char err[512];
+    if (qin_model_load_buffer(buf, len, &model, err, sizeof err) < 0) {
+        fprintf(stderr, "load: %s\n", err);
+        return -1;
+    }
+    free(buf);
+    for (int i = 1; i < 20; i++) {
+        items[i].ntags = i % 4 == 0 ? 0 : 3;
+        for (int k = 0; k < 3; k++) items[i].tags[k] = (i * 7 + k * 3) % 9;
+        if (i % 5 == 0) items[i].tags[0] = items[i].tags[1] = items[i].tags[2] = 0;
+        if (i % 3 == 0) items[i].tags[2] = 0; /* a padded tail */
+        for (int k = 0; k < 6; k++) items[i].mm[k] = tm_uniform(&tm, -1.0f, 1.0f);
+    }
+    return 0;
+}
+
+static int teardown(void **state) {
+    (void)state;
+    qin_model_free(model);
+    tm_free(&tm);
+    return 0;
+}
+
+static float *engine_item(int64_t id) {
+    float *v = qin_item_vec_alloc(model);
+    qin_item_input in = {id, items[id].tags, items[id].ntags, items[id].mm};
+    char err[256];
+    if (qin_item_compute(model, &in, v, err, sizeof err) < 0) fail_msg("%s", err);
+    return v;
+}
+
+static void naive_item(int64_t id, double *e) {
+    tm_item(&tm, id, items[id].tags, items[id].ntags, items[id].mm, e);
+}
+
+static void assert_close(double want, double got, const char *what, int i) {
+    if (fabs(want - got) > TOL) fail_msg("%s[%d]: want %.9g got %.9g", what, i, want, got);
+}
+
+static void test_item_vector(void **state) {
+    (void)state;
+    const int E = model->cfg.item_dim, H = model->cfg.attn_dim;
+    for (int id = 1; id < 20; id++) {
+        float *v = engine_item(id);
+        double e[13], k[26], ae[13], ve[26], be[13];
+        naive_item(id, e);
+        for (int j = 0; j < E; j++) assert_close(e[j], v[j], "e", j);
+        /* A e = W_q^T (W_k e);  B e = W_o (W_v e). */
+        tm_matvec(tm_get(&tm, "attention_layers.W_k.weight"), H, E, e, k);
+        const float *wq = tm_get(&tm, "attention_layers.W_q.weight");
+        for (int i = 0; i < E; i++) {
+            ae[i] = 0;
+            for (int o = 0; o < H; o++) ae[i] += wq[o * E + i] * k[o];
+        }
+        tm_matvec(tm_get(&tm, "attention_layers.W_v.weight"), H, E, e, ve);
+        tm_matvec(tm_get(&tm, "attention_layers.W_o.weight"), E, H, ve, be);
+        for (int j = 0; j < E; j++) {
+            assert_close(ae[j], v[E + j], "Ae", j);
+            assert_close(be[j], v[2 * E + j], "Be", j);
+        }
+        free(v);
+    }
+}
+
+static void test_all_padding_tags(void **state) {
+    (void)state;
+    const int d = model->cfg.embedding_dim;
+    float *v = engine_item(5); /* tags all 0 */
+    for (int j = 0; j < d; j++) assert_true(v[d + j] == 0.0f);
+    free(v);
+}
+
+static void test_item_out_of_range(void **state) {
+    (void)state;
+    float *v = qin_item_vec_alloc(model);
+    char err[256] = "";
+    int32_t tags[3] = {1, 2, 3};
+    qin_item_input in = {20, tags, 3, NULL};
+    assert_int_equal(qin_item_compute(model, &in, v, err, sizeof err), CTR_ERANGE);
+    assert_non_null(strstr(err, "item_id 20 outside 1..19"));
+    in.id = 0;
+    assert_int_equal(qin_item_compute(model, &in, v, err, sizeof err), CTR_ERANGE);
+    in.id = 3;
+    tags[1] = 9;
+    assert_int_equal(qin_item_compute(model, &in, v, err, sizeof err), CTR_ERANGE);
+    assert_non_null(strstr(err, "tag 9 outside 0..8"));
+    tags[1] = 2;
+    float mm[6] = {0, 0, NAN, 0, 0, 0};
+    in.mm = mm;
+    assert_int_equal(qin_item_compute(model, &in, v, err, sizeof err), CTR_EINVAL);
+    free(v);
+}
+
+static void test_attention_piece(void **state) {
+    (void)state;
+    const int E = model->cfg.item_dim;
+    const int hist_ids[4] = {3, 8, 12, 19}, cand_ids[3] = {1, 7, 16};
+    float *ah = qin_falloc(4 * E), *bh = qin_falloc(4 * E), *t = qin_falloc(3 * E),
+          *pool = qin_falloc(3 * E), *s = qin_falloc(3 * 4);
+    double hist[4 * 13];
+    for (int j = 0; j < 4; j++) {
+        float *v = engine_item(hist_ids[j]);
+        memcpy(ah + j * E, v + E, E * sizeof(float));
+        memcpy(bh + j * E, v + 2 * E, E * sizeof(float));
+        naive_item(hist_ids[j], hist + j * E);
+        free(v);
+    }
+    for (int i = 0; i < 3; i++) {
+        float *v = engine_item(cand_ids[i]);
+        memcpy(t + i * E, v, E * sizeof(float));
+        free(v);
+    }
+    qin_attention(model, 3, t, E, 4, ah, bh, s, 4, pool, E);
+    for (int i = 0; i < 3; i++) {
+        double te[13], want[13];
+        naive_item(cand_ids[i], te);
+        tm_attention(&tm, te, hist, 4, want);
+        for (int j = 0; j < E; j++) assert_close(want[j], pool[i * E + j], "pool", j);
+    }
+    /* Empty history: pool = t exactly. */
+    qin_attention(model, 3, t, E, 0, ah, bh, s, 4, pool, E);
+    assert_memory_equal(pool, t, 3 * E * sizeof(float));
+    free(ah); free(bh); free(t); free(pool); free(s);
+}
+
+static void test_qnn_layer_and_head(void **state) {
+    (void)state;
+    const int D = model->cfg.input_dim, n = 5, ldx = 48;
+    float *x = qin_falloc(n * ldx), *y = qin_falloc(n * ldx), *logit = qin_falloc(n);
+    float prob[5];
+    double xd[5][34];
+    for (int i = 0; i < n; i++)
+        for (int k = 0; k < D; k++) xd[i][k] = x[i * ldx + k] = tm_uniform(&tm, -1.5f, 1.5f);
+    for (int l = 0; l < model->cfg.num_layers; l++) {
+        qin_qnn_layer(model, l, n, x, ldx, y);
+        for (int i = 0; i < n; i++) {
+            tm_qnn_layer(&tm, l, xd[i]);
+            for (int k = 0; k < D; k++) assert_close(xd[i][k], x[i * ldx + k], "qnn", k);
+        }
+    }
+    qin_head(model, n, x, ldx, logit, prob);
+    for (int i = 0; i < n; i++) assert_close(tm_head(&tm, xd[i]), prob[i], "head", i);
+    free(x); free(y); free(logit);
+}
+
+/* Whole model: request with a long, padded history vs the naive model. */
+static void check_request(const int64_t *hist_ids, int nh, const int64_t *cand_ids, int nc,
+                          const int32_t *ctx) {
+    const int E = model->cfg.item_dim, L = model->cfg.max_len;
+    qin_scratch *s;
+    assert_int_equal(qin_scratch_init(model, 8, &s), CTR_OK);
+    const float *hist[32], *cand[8];
+    float *owned[40];
+    int no = 0;
+    for (int j = 0; j < nh; j++) hist[j] = hist_ids[j] ? (owned[no++] = engine_item(hist_ids[j])) : NULL;
+    for (int i = 0; i < nc; i++) cand[i] = owned[no++] = engine_item(cand_ids[i]);
+    float prob[8];
+    char err[256];
+    qin_request req = {hist, nh, cand, ctx, nc};
+    if (qin_forward(model, s, &req, prob, err, sizeof err) < 0) fail_msg("%s", err);
+    /* Naive: last max_len positions, padding removed. */
+    double h[32 * 13];
+    int real = 0;
+    for (int j = nh > L ? nh - L : 0; j < nh; j++)
+        if (hist_ids[j]) naive_item(hist_ids[j], h + (real++) * E);
+    for (int i = 0; i < nc; i++) {
+        double t[13];
+        naive_item(cand_ids[i], t);
+        double want = tm_forward(&tm, ctx ? ctx + i * 2 : NULL, t, h, real);
+        assert_close(want, prob[i], "prob", i);
+        assert_true(want > 0.001 && want < 0.999);
+    }
+    for (int k = 0; k < no; k++) free(owned[k]);
+    qin_scratch_free(s);
+}
+
+static void test_forward_whole(void **state) {
+    (void)state;
+    const int64_t cands[6] = {1, 4, 5, 9, 13, 19};
+    const int32_t ctx[12] = {0, 0, 1, 2, 3, 1, 2, 0, 0, 2, 3, 2};
+    const int64_t h1[3] = {2, 6, 11};
+    check_request(h1, 3, cands, 6, ctx);
+    const int64_t padded[5] = {0, 0, 7, 8, 9}; /* left-padded */
+    check_request(padded, 5, cands, 6, ctx);
+    const int64_t longer[9] = {1, 2, 3, 4, 0, 5, 6, 7, 8}; /* > max_len, 0 inside */
+    check_request(longer, 9, cands, 6, ctx);
+    check_request(NULL, 0, cands, 6, NULL); /* empty history, padding ctx */
+}
+
+static void test_history_keeps_most_recent(void **state) {
+    (void)state;
+    /* Behaviours older than the last max_len must not matter. */
+    qin_scratch *s;
+    assert_int_equal(qin_scratch_init(model, 2, &s), CTR_OK);
+    float *a = engine_item(3), *b = engine_item(4), *c = engine_item(17);
+    const float *h1[7] = {a, a, b, b, c, b, c}, *h2[7] = {c, b, b, b, c, b, c};
+    const float *cand[2] = {a, c};
+    float p1[2], p2[2], p3[2];
+    qin_request r1 = {h1, 7, cand, NULL, 2}, r2 = {h2, 7, cand, NULL, 2},
+                r3 = {h1 + 2, 5, cand, NULL, 2};
+    assert_int_equal(qin_forward(model, s, &r1, p1, NULL, 0), CTR_OK);
+    assert_int_equal(qin_forward(model, s, &r2, p2, NULL, 0), CTR_OK);
+    assert_int_equal(qin_forward(model, s, &r3, p3, NULL, 0), CTR_OK);
+    assert_memory_equal(p1, p2, sizeof p1);
+    assert_memory_equal(p1, p3, sizeof p1);
+    free(a); free(b); free(c);
+    qin_scratch_free(s);
+}
+
+static void test_forward_refusals(void **state) {
+    (void)state;
+    qin_scratch *s;
+    assert_int_equal(qin_scratch_init(model, 2, &s), CTR_OK);
+    float *a = engine_item(3);
+    const float *cand[3] = {a, a, a};
+    float p[3];
+    char err[256] = "";
+    qin_request r = {NULL, 0, cand, NULL, 3};
+    assert_int_equal(qin_forward(model, s, &r, p, err, sizeof err), CTR_ETOOMANY);
+    const int32_t ctx[4] = {0, 0, 4, 1}; /* likes_level vocab is 4 */
+    qin_request r2 = {NULL, 0, cand, ctx, 2};
+    assert_int_equal(qin_forward(model, s, &r2, p, err, sizeof err), CTR_ERANGE);
+    assert_non_null(strstr(err, "candidate 1: likes_level = 4 outside 0..3"));
+    qin_request r3 = {NULL, 0, cand, NULL, 0};
+    assert_int_equal(qin_forward(model, s, &r3, p, err, sizeof err), CTR_OK);
+    free(a);
+    qin_scratch_free(s);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_item_vector),
+        cmocka_unit_test(test_all_padding_tags),
+        cmocka_unit_test(test_item_out_of_range),
+        cmocka_unit_test(test_attention_piece),
+        cmocka_unit_test(test_qnn_layer_and_head),
+        cmocka_unit_test(test_forward_whole),
+        cmocka_unit_test(test_history_keeps_most_recent),
+        cmocka_unit_test(test_forward_refusals),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
