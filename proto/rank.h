@@ -12,7 +12,39 @@
  *
  * Candidate fields other than item_id are the model's context fields, by
  * name; a missing one takes the padding value 0; unknown names are refused
- * (a typo would otherwise silently score with padding).
+ * (a typo would otherwise silently score with padding).  Unknown top-level
+ * fields are refused for the same reason ("item_sequence" must not quietly
+ * fall back to the stored history).
+ *
+ * Decoding rules (each refusal names the field):
+ *   - user_id: required; a non-empty string of at most PROTO_RANK_ID_MAX
+ *     bytes, or an integer (kept as its decimal text, echoed as an integer);
+ *   - candidates: required array of objects; empty is valid (the answer is
+ *     empty); more than schema->max_cand: CTR_ETOOMANY;
+ *   - item_id, item_seq ids: JSON integers within int64 (17.0 and "17" are
+ *     refused); whether they are in the vocabulary is the engine's business;
+ *   - context values: JSON integers within int32 (vocabulary: engine);
+ *   - item_seq: optional array, at most schema->max_seq ids (CTR_ETOOBIG);
+ *     present and empty means "no history", which differs from absent;
+ *   - top_k: optional integer >= 1 (values past INT_MAX are clamped);
+ *   - request_id: optional string of 1..PROTO_RANK_REQUEST_ID_MAX bytes;
+ *   - null is never a stand-in for "absent": it is a wrong type.
+ *
+ * The answer, written by proto_rank_answer_encode:
+ *
+ *   {"request_id": "abc",                          (only when given)
+ *    "model": {"name": "qin", "version": "2025-01-01"},
+ *    "items": [{"item_id": 17, "score": 0.123456789}, ...],
+ *    "took_us": 123,
+ *    "degraded": ["reason", ...]}                   (always; [] when none)
+ *
+ * Encoders append to a proto_buf (buf.h) and print directly rather than
+ * build a JSON tree: 256 items cost 256 short printfs.  Scores are printed
+ * with %.9g, enough to read back the same float32; a non-finite score is
+ * printed as null.  Strings are escaped (and invalid UTF-8 replaced), so
+ * the output is valid JSON whatever the input.
+ *
+ * All functions are thread-safe (no shared state).
  */
 #ifndef CTR_PROTO_RANK_H
 #define CTR_PROTO_RANK_H
@@ -21,13 +53,19 @@
 #include <stdint.h>
 
 #include "core/arena.h"
+#include "proto/buf.h"
+
+#define PROTO_RANK_ID_MAX 256          /* bytes of a string user_id */
+#define PROTO_RANK_REQUEST_ID_MAX 128  /* bytes of request_id */
 
 /* What the decoder needs to know of the model and the limits. */
 typedef struct proto_rank_schema {
     int num_ctx;
     const char *const *ctx_name;  /* num_ctx field names, model order */
-    int max_cand;                 /* more: CTR_ETOOMANY */
-    int max_seq;                  /* longer item_seq: CTR_ETOOBIG */
+    int max_cand;                 /* more: CTR_ETOOMANY; negative: no
+                                     bound */
+    int max_seq;                  /* longer item_seq: CTR_ETOOBIG;
+                                     negative: no bound */
 } proto_rank_schema;
 
 typedef struct proto_rank_request {
@@ -35,21 +73,64 @@ typedef struct proto_rank_request {
     int user_id_is_int;
     const char *request_id;       /* NULL when absent */
     int64_t *cand_id;             /* num_cand */
-    int32_t *ctx;                 /* num_cand x num_ctx, row-major */
+    int32_t *ctx;                 /* num_cand x num_ctx, row-major;
+                                     missing fields are 0 (padding) */
     int num_cand;
     int has_item_seq;
-    int64_t *item_seq;            /* seq_len, oldest first */
+    int64_t *item_seq;            /* seq_len, oldest first (NULL when
+                                     absent or empty) */
     int seq_len;
     int top_k;                    /* 0 when absent */
 } proto_rank_request;
 
 /* Decodes a request.  Returns CTR_OK; CTR_EFORMAT for malformed JSON,
  * CTR_EINVAL for wrong types or missing fields, CTR_ETOOMANY for too many
- * candidates, CTR_ETOOBIG for too long a history; err says which field.
- * Everything out points to lives in the arena. */
+ * candidates, CTR_ETOOBIG for too long a history; err says which field;
+ * CTR_ENOMEM when the arena cannot grow.  A number too large for int64 or
+ * double is CTR_EINVAL naming the field (jansson itself refuses to hold
+ * it).  Everything out points to lives in the arena; on failure *out is
+ * unspecified. */
 int proto_rank_request_decode(const char *buf, size_t len,
                               const proto_rank_schema *schema, arena *a,
                               proto_rank_request *out, char *err,
                               size_t errlen);
+
+/* --- The answer --------------------------------------------------------- */
+
+typedef struct proto_rank_item {
+    int64_t item_id;
+    float score;
+    int cand;             /* index of the candidate in the request */
+} proto_rank_item;
+
+/* Orders n scored candidates for the answer: score descending, equal
+ * scores in candidate order (a stable sort, so equal scores never swap
+ * between calls), NaN last; then keeps the first top_k (top_k <= 0: all).
+ * out must hold n items.  Returns how many were kept.  Allocates nothing. */
+int proto_rank_order(const int64_t *cand_id, const float *score, int n,
+                     int top_k, proto_rank_item *out);
+
+typedef struct proto_rank_answer {
+    const char *request_id;         /* NULL: the field is left out */
+    const char *model_name;
+    const char *model_version;
+    const proto_rank_item *items;   /* in answer order (proto_rank_order) */
+    int num_items;
+    int64_t took_us;
+    const char *const *degraded;    /* num_degraded reasons */
+    int num_degraded;
+} proto_rank_answer;
+
+/* Appends the answer's JSON (no newline) to out.  CTR_OK, or CTR_ENOMEM
+ * when the buffer could not grow. */
+int proto_rank_answer_encode(const proto_rank_answer *ans, proto_buf *out);
+
+/* Appends ctr-score's output line (no newline):
+ *   {"user_id": "u1" | 42, "scores": [p0, p1, ...]}
+ * user_id is printed as an integer when user_id_is_int (it must then be the
+ * decimal text the decoder kept), else as a string.  Scores in candidate
+ * order, %.9g.  CTR_OK or CTR_ENOMEM. */
+int proto_rank_scores_encode(const char *user_id, int user_id_is_int,
+                             const float *scores, int n, proto_buf *out);
 
 #endif

@@ -7,9 +7,15 @@
  *   user:    {"user_id": "u1" | 42, "item_seq": [ids, oldest first]}
  *
  * Decoders are strict: wrong types, missing fields, non-integral ids,
- * out-of-range integers and non-finite numbers are refused with a message.
+ * out-of-range integers and non-finite numbers are refused with a message
+ * that names the field ("item_emb_d128[7]: expected a number, got a
+ * string").  Ids must be JSON integers (17, never 17.0 or "17") within
+ * int64; tags must fit in int32; embedding values must be finite as
+ * float32.  Unknown extra fields are allowed and ignored (the files may
+ * carry columns the scorer does not use); a duplicated key is refused.
  * They check shapes only (tag count <= max_tags, embedding length ==
  * mm_dim); vocabulary ranges are the engine's business.
+ * user_id is a non-empty string of at most 256 bytes, or an integer.
  * Memory: everything a decoded record points to lives in the caller's arena.
  * Thread-safe (no shared state).
  */
@@ -36,13 +42,18 @@ typedef struct proto_user {
     int seq_len;
 } proto_user;
 
-/* Decodes one item line.  max_tags: tags allowed; mm_dim: the embedding
- * length required (the field name is "item_emb_d128" whatever mm_dim is).
- * Returns CTR_OK, or CTR_EINVAL with a message. */
+/* Decodes one item line.  max_tags: tags allowed (fewer are fine: the rest
+ * are padding); mm_dim: the embedding length required (the field name is
+ * "item_emb_d128" whatever mm_dim is).  Returns CTR_OK; CTR_EFORMAT (with
+ * line and column) when the line is not JSON; CTR_EINVAL for anything else
+ * wrong; CTR_ENOMEM when the arena cannot grow.  On failure *out is
+ * unspecified (and may point to arena memory). */
 int proto_item_decode(const char *line, size_t len, int max_tags, int mm_dim,
                       arena *a, proto_item *out, char *err, size_t errlen);
 
-/* Decodes one user line.  max_seq bounds item_seq's length (CTR_ETOOBIG). */
+/* Decodes one user line.  max_seq bounds item_seq's length (CTR_ETOOBIG;
+ * negative: no bound).  Other failures as for proto_item_decode.  An empty
+ * item_seq is valid (item_seq is NULL then). */
 int proto_user_decode(const char *line, size_t len, int max_seq, arena *a,
                       proto_user *out, char *err, size_t errlen);
 

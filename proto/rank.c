@@ -1,0 +1,273 @@
+/*
+ * rank.c - the ranking request decoder and the answer encoders, see rank.h.
+ *
+ * Workload: one request per call, up to max_cand (256..1024) candidates of
+ * a few fields each, on the server's request path.  Decoding goes through
+ * jansson (the tree is freed before returning) and copies into the
+ * request's arena.  Encoding prints straight into a reusable buffer, and
+ * ordering is an in-place heapsort because glibc's qsort may malloc and the
+ * answer path must not.
+ */
+#include "rank.h"
+
+#include <limits.h>
+#include <math.h>
+#include <string.h>
+
+#include "core/status.h"
+#include "field.h"
+
+/* --- Decoding ----------------------------------------------------------- */
+
+static int decode_candidate(json_t *c, long i, const proto_rank_schema *sc,
+                            int64_t *id, int32_t *ctx, char *err,
+                            size_t errlen) {
+    if (!json_is_object(c))
+        return proto_field_fail(err, errlen, CTR_EINVAL,
+                                (proto_path){"candidates", i, NULL},
+                                "expected an object, got %s",
+                                proto_field_kind(c));
+    const char *key;
+    json_t *v;
+    int have_id = 0, rc;
+    for (int k = 0; k < sc->num_ctx; k++) ctx[k] = 0;
+    json_object_foreach(c, key, v) {
+        proto_path p = {"candidates", i, key};
+        if (strcmp(key, "item_id") == 0) {
+            if ((rc = proto_field_int64(v, p, id, err, errlen)) < 0) return rc;
+            have_id = 1;
+            continue;
+        }
+        int k = 0;
+        while (k < sc->num_ctx && strcmp(key, sc->ctx_name[k]) != 0) k++;
+        if (k == sc->num_ctx)
+            return proto_field_fail(err, errlen, CTR_EINVAL, p,
+                                    "unknown field (a candidate has item_id "
+                                    "and the model's context fields%s)",
+                                    sc->num_ctx ? "" : ", of which it has none");
+        if ((rc = proto_field_int32(v, p, &ctx[k], err, errlen)) < 0) return rc;
+    }
+    if (!have_id)
+        return proto_field_fail(err, errlen, CTR_EINVAL,
+                                (proto_path){"candidates", i, "item_id"},
+                                "missing field");
+    return CTR_OK;
+}
+
+static int decode_candidates(json_t *v, const proto_rank_schema *sc,
+                             arena *a, proto_rank_request *out, char *err,
+                             size_t errlen) {
+    if (!json_is_array(v))
+        return proto_field_fail(err, errlen, CTR_EINVAL,
+                                PROTO_PATH("candidates"),
+                                "expected an array of objects, got %s",
+                                proto_field_kind(v));
+    size_t n = json_array_size(v);
+    if (sc->max_cand >= 0 && n > (size_t)sc->max_cand)
+        return proto_field_fail(err, errlen, CTR_ETOOMANY,
+                                PROTO_PATH("candidates"),
+                                "%zu given, at most %d allowed", n,
+                                sc->max_cand);
+    if (n > (size_t)(INT_MAX / (sc->num_ctx + 1)))
+        return proto_field_fail(err, errlen, CTR_ETOOMANY,
+                                PROTO_PATH("candidates"), "%zu given", n);
+    size_t nc = n ? n : 1;
+    out->cand_id = arena_alloc(a, nc * sizeof *out->cand_id, 64);
+    out->ctx = arena_alloc(a, nc * (size_t)(sc->num_ctx ? sc->num_ctx : 1) *
+                                  sizeof *out->ctx, 64);
+    if (!out->cand_id || !out->ctx)
+        return ctr_fail(err, errlen, CTR_ENOMEM, "out of memory");
+    for (size_t i = 0; i < n; i++) {
+        int rc = decode_candidate(json_array_get(v, i), (long)i, sc,
+                                  &out->cand_id[i],
+                                  out->ctx + i * (size_t)sc->num_ctx, err,
+                                  errlen);
+        if (rc < 0) return rc;
+    }
+    out->num_cand = (int)n;
+    return CTR_OK;
+}
+
+static int decode_fields(json_t *root, const proto_rank_schema *sc, arena *a,
+                         proto_rank_request *out, char *err, size_t errlen) {
+    const char *key;
+    json_t *v;
+    int rc;
+    /* Refuse unknown names first: a typo is the likelier mistake. */
+    json_object_foreach(root, key, v) {
+        if (strcmp(key, "user_id") && strcmp(key, "candidates") &&
+            strcmp(key, "item_seq") && strcmp(key, "top_k") &&
+            strcmp(key, "request_id"))
+            return proto_field_fail(err, errlen, CTR_EINVAL, PROTO_PATH(key),
+                                    "unknown field (a request has user_id, "
+                                    "candidates, item_seq, top_k, "
+                                    "request_id)");
+    }
+
+    if (!(v = json_object_get(root, "user_id")))
+        return proto_field_fail(err, errlen, CTR_EINVAL,
+                                PROTO_PATH("user_id"), "missing field");
+    if ((rc = proto_field_id(v, PROTO_PATH("user_id"), PROTO_RANK_ID_MAX, a,
+                             &out->user_id, &out->user_id_is_int, err,
+                             errlen)) < 0)
+        return rc;
+
+    if ((v = json_object_get(root, "request_id"))) {
+        if (!json_is_string(v))
+            return proto_field_fail(err, errlen, CTR_EINVAL,
+                                    PROTO_PATH("request_id"),
+                                    "expected a string, got %s",
+                                    proto_field_kind(v));
+        size_t len = json_string_length(v);
+        if (len == 0 || len > PROTO_RANK_REQUEST_ID_MAX)
+            return proto_field_fail(err, errlen, CTR_EINVAL,
+                                    PROTO_PATH("request_id"),
+                                    "%zu bytes, 1 to %d allowed", len,
+                                    PROTO_RANK_REQUEST_ID_MAX);
+        out->request_id = arena_strndup(a, json_string_value(v), len);
+        if (!out->request_id)
+            return ctr_fail(err, errlen, CTR_ENOMEM, "out of memory");
+    }
+
+    if ((v = json_object_get(root, "top_k"))) {
+        int64_t k;
+        if ((rc = proto_field_int64(v, PROTO_PATH("top_k"), &k, err,
+                                    errlen)) < 0)
+            return rc;
+        if (k < 1)
+            return proto_field_fail(err, errlen, CTR_EINVAL,
+                                    PROTO_PATH("top_k"),
+                                    "must be at least 1");
+        out->top_k = k > INT_MAX ? INT_MAX : (int)k;
+    }
+
+    if ((v = json_object_get(root, "item_seq"))) {
+        if ((rc = proto_field_int64_array(v, PROTO_PATH("item_seq"),
+                                          sc->max_seq, a, &out->item_seq,
+                                          &out->seq_len, err, errlen)) < 0)
+            return rc;
+        out->has_item_seq = 1;
+    }
+
+    if (!(v = json_object_get(root, "candidates")))
+        return proto_field_fail(err, errlen, CTR_EINVAL,
+                                PROTO_PATH("candidates"), "missing field");
+    return decode_candidates(v, sc, a, out, err, errlen);
+}
+
+int proto_rank_request_decode(const char *buf, size_t len,
+                              const proto_rank_schema *schema, arena *a,
+                              proto_rank_request *out, char *err,
+                              size_t errlen) {
+    memset(out, 0, sizeof *out);
+    json_t *root;
+    int rc = proto_field_parse_object(buf, len, "request", &root, err, errlen);
+    if (rc < 0) return rc;
+    rc = decode_fields(root, schema, a, out, err, errlen);
+    json_decref(root);
+    return rc;
+}
+
+/* --- Ordering ----------------------------------------------------------- */
+
+/* 1 when x comes before y in the answer. */
+static int before(const proto_rank_item *x, const proto_rank_item *y) {
+    int xn = isnan(x->score), yn = isnan(y->score);
+    if (xn != yn) return yn;
+    if (!xn && x->score != y->score) return x->score > y->score;
+    return x->cand < y->cand;
+}
+
+/* Sifts h[i] down a heap whose root is the item that comes last. */
+static void sift(proto_rank_item *h, int n, int i) {
+    for (;;) {
+        int c = 2 * i + 1;
+        if (c >= n) return;
+        if (c + 1 < n && before(&h[c], &h[c + 1])) c++;
+        if (!before(&h[i], &h[c])) return;
+        proto_rank_item t = h[i];
+        h[i] = h[c];
+        h[c] = t;
+        i = c;
+    }
+}
+
+int proto_rank_order(const int64_t *cand_id, const float *score, int n,
+                     int top_k, proto_rank_item *out) {
+    if (n <= 0) return 0;
+    for (int i = 0; i < n; i++) {
+        out[i].item_id = cand_id[i];
+        out[i].score = score[i];
+        out[i].cand = i;
+    }
+    /* Heapsort: the order is total (ties broken by candidate index), so the
+     * result is the one a stable sort would give. */
+    for (int i = n / 2 - 1; i >= 0; i--) sift(out, n, i);
+    for (int end = n - 1; end > 0; end--) {
+        proto_rank_item t = out[0];
+        out[0] = out[end];
+        out[end] = t;
+        sift(out, end, 0);
+    }
+    return top_k > 0 && top_k < n ? top_k : n;
+}
+
+/* --- Encoding ----------------------------------------------------------- */
+
+static void put_score(proto_buf *b, float s) {
+    if (isfinite(s)) proto_buf_printf(b, "%.9g", (double)s);
+    else proto_buf_append(b, "null", 4);
+}
+
+int proto_rank_answer_encode(const proto_rank_answer *ans, proto_buf *b) {
+    proto_buf_putc(b, '{');
+    if (ans->request_id) {
+        proto_buf_puts(b, "\"request_id\":");
+        proto_buf_json_cstr(b, ans->request_id);
+        proto_buf_putc(b, ',');
+    }
+    proto_buf_puts(b, "\"model\":{\"name\":");
+    proto_buf_json_cstr(b, ans->model_name);
+    proto_buf_puts(b, ",\"version\":");
+    proto_buf_json_cstr(b, ans->model_version);
+    proto_buf_puts(b, "},\"items\":[");
+    /* Hot spot of the encoder: one printf per item. */
+    for (int i = 0; i < ans->num_items; i++) {
+        const proto_rank_item *it = &ans->items[i];
+        proto_buf_printf(b, "%s{\"item_id\":%lld,\"score\":", i ? "," : "",
+                         (long long)it->item_id);
+        put_score(b, it->score);
+        proto_buf_putc(b, '}');
+    }
+    proto_buf_printf(b, "],\"took_us\":%lld,\"degraded\":[",
+                     (long long)ans->took_us);
+    for (int i = 0; i < ans->num_degraded; i++) {
+        if (i) proto_buf_putc(b, ',');
+        proto_buf_json_cstr(b, ans->degraded[i]);
+    }
+    proto_buf_puts(b, "]}");
+    return proto_buf_ok(b) ? CTR_OK : CTR_ENOMEM;
+}
+
+/* 1 when s is an optional minus and 1..19 digits: safe to print bare. */
+static int is_int_text(const char *s) {
+    if (*s == '-') s++;
+    size_t n = strspn(s, "0123456789");
+    return n > 0 && n <= 19 && s[n] == '\0';
+}
+
+int proto_rank_scores_encode(const char *user_id, int user_id_is_int,
+                             const float *scores, int n, proto_buf *b) {
+    proto_buf_puts(b, "{\"user_id\":");
+    if (user_id_is_int && user_id && is_int_text(user_id))
+        proto_buf_puts(b, user_id);
+    else
+        proto_buf_json_cstr(b, user_id);
+    proto_buf_puts(b, ",\"scores\":[");
+    for (int i = 0; i < n; i++) {
+        if (i) proto_buf_putc(b, ',');
+        put_score(b, scores[i]);
+    }
+    proto_buf_puts(b, "]}");
+    return proto_buf_ok(b) ? CTR_OK : CTR_ENOMEM;
+}
