@@ -21,7 +21,7 @@ PKGS     := openblas hiredis libmicrohttpd jansson
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 
-OPT      ?= -O2
+OPT      ?= -O3
 CFLAGS   := -std=c11 -D_GNU_SOURCE -g $(OPT) -Wall -Wextra -Wshadow \
             -Wno-unused-parameter -pthread -I. $(PKG_CFLAGS) $(EXTRA_CFLAGS)
 LDFLAGS  := -pthread $(EXTRA_LDFLAGS)
