@@ -73,7 +73,7 @@ int proto_field_int64(const json_t *v, proto_path p, int64_t *out, char *err,
 
 int proto_field_int32(const json_t *v, proto_path p, int32_t *out, char *err,
                       size_t errlen) {
-    int64_t x;
+    int64_t x = 0;
     int rc = proto_field_int64(v, p, &x, err, errlen);
     if (rc < 0) return rc;
     if (x < INT32_MIN || x > INT32_MAX)
@@ -265,7 +265,8 @@ static int path_back(const char *s, long start, char *dst, size_t cap) {
 static int name_big_number(const char *buf, size_t len, const json_error_t *je,
                            char *err, size_t errlen) {
     const char *what;
-    if (strncmp(je->text, "too big integer", 15) == 0)
+    if (strncmp(je->text, "too big integer", 15) == 0 ||
+        strncmp(je->text, "too big negative integer", 24) == 0)
         what = "integer outside the int64 range";
     else if (strncmp(je->text, "real number overflow", 20) == 0)
         what = "number too large";

@@ -66,8 +66,8 @@ static int item_fields(json_t *root, int max_tags, int mm_dim, arena *a,
                                 PROTO_PATH("item_emb_d128"),
                                 "%zu numbers, the model needs %d", nm, mm_dim);
     out->mm_dim = mm_dim;
-    /* 64-byte aligned: the engine reads it with vector loads. */
-    out->mm = arena_alloc(a, (nm ? nm : 1) * sizeof *out->mm, 64);
+    out->mm = arena_alloc(a, (nm ? nm : 1) * sizeof *out->mm,
+                          _Alignof(float));
     if (!out->mm) return ctr_fail(err, errlen, CTR_ENOMEM, "out of memory");
     for (size_t i = 0; i < nm; i++)
         if ((rc = proto_field_float(json_array_get(v, i),

@@ -1,0 +1,134 @@
+/*
+ * test_buf.c - proto/buf.c: growth, printf past the current capacity, and
+ * JSON string escaping checked by reading the output back with jansson.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include <cmocka.h>
+#include <jansson.h>
+
+#include "proto/buf.h"
+
+/* Quotes s, parses the result with jansson and returns the decoded string
+ * (a new reference). */
+static json_t *roundtrip(proto_buf *b, const char *s, size_t len) {
+    proto_buf_reset(b);
+    proto_buf_putc(b, '[');
+    proto_buf_json_string(b, s, len);
+    proto_buf_putc(b, ']');
+    assert_true(proto_buf_ok(b));
+    json_error_t je;
+    json_t *j = json_loadb(proto_buf_str(b), b->len, 0, &je);
+    if (!j) fail_msg("not JSON (%s): %s", je.text, proto_buf_str(b));
+    json_t *v = json_incref(json_array_get(j, 0));
+    json_decref(j);
+    assert_true(json_is_string(v));
+    return v;
+}
+
+static void test_growth(void **state) {
+    proto_buf b;
+    proto_buf_init(&b);
+    assert_string_equal(proto_buf_str(&b), "");
+    for (int i = 0; i < 10000; i++) proto_buf_printf(&b, "%d,", i % 10);
+    assert_int_equal(b.len, 20000);
+    assert_int_equal(strlen(proto_buf_str(&b)), 20000);
+    assert_memory_equal(b.data, "0,1,2,", 6);
+    /* One printf longer than the whole buffer. */
+    char big[5000];
+    memset(big, 'z', sizeof big - 1);
+    big[sizeof big - 1] = '\0';
+    proto_buf_reset(&b);
+    proto_buf_puts(&b, "ab");
+    proto_buf_printf(&b, "<%s>", big);
+    assert_int_equal(b.len, 2 + 5001);
+    assert_int_equal(b.data[b.len - 1], '>');
+    assert_int_equal(b.data[b.len], '\0');
+    size_t cap = b.cap;
+    proto_buf_reset(&b);
+    assert_int_equal(b.cap, cap);   /* reset keeps the memory */
+    assert_int_equal(b.len, 0);
+    proto_buf_free(&b);
+    assert_null(b.data);
+}
+
+static void test_escapes(void **state) {
+    proto_buf b;
+    proto_buf_init(&b);
+    const char *cases[] = {
+        "", "plain", "q\"uote", "back\\slash", "\b\f\n\r\t", "\x01\x1f\x7f",
+        "/slash", "\xc3\xa9t\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80",
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        json_t *v = roundtrip(&b, cases[i], strlen(cases[i]));
+        assert_string_equal(json_string_value(v), cases[i]);
+        json_decref(v);
+    }
+    /* Control characters are escaped, never raw. */
+    json_decref(roundtrip(&b, "\x01", 1));
+    assert_string_equal(proto_buf_str(&b), "[\"\\u0001\"]");
+    json_decref(roundtrip(&b, "a\nb", 3));
+    assert_string_equal(proto_buf_str(&b), "[\"a\\nb\"]");
+    proto_buf_free(&b);
+}
+
+static void test_nul_byte(void **state) {
+    proto_buf b;
+    proto_buf_init(&b);
+    proto_buf_json_string(&b, "a\0b", 3);
+    assert_string_equal(proto_buf_str(&b), "\"a\\u0000b\"");
+    proto_buf_free(&b);
+}
+
+static void test_invalid_utf8(void **state) {
+    proto_buf b;
+    proto_buf_init(&b);
+    static const struct { const char *in; const char *out; } cases[] = {
+        {"\xff", "\xef\xbf\xbd"},                  /* never valid */
+        {"a\xc3", "a\xef\xbf\xbd"},                /* cut sequence */
+        {"\xc0\xaf", "\xef\xbf\xbd\xef\xbf\xbd"},  /* overlong '/' */
+        {"\xe0\x80\xaf", "\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd"},
+        {"\xed\xa0\x80", "\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd"}, /* surrogate */
+        {"\xf4\x90\x80\x80",                       /* past U+10FFFF */
+         "\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd"},
+        {"\xe2\x82", "\xef\xbf\xbd\xef\xbf\xbd"},  /* euro sign, cut */
+        {"x\x80y", "x\xef\xbf\xbdy"},              /* lone continuation */
+        {"\xf4\x8f\xbf\xbf", "\xf4\x8f\xbf\xbf"},  /* U+10FFFF is fine */
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        json_t *v = roundtrip(&b, cases[i].in, strlen(cases[i].in));
+        assert_string_equal(json_string_value(v), cases[i].out);
+        json_decref(v);
+    }
+    proto_buf_free(&b);
+}
+
+static void test_values(void **state) {
+    proto_buf b;
+    proto_buf_init(&b);
+    proto_buf_json_int(&b, INT64_MIN);
+    proto_buf_putc(&b, ' ');
+    proto_buf_json_float(&b, 0.1f);
+    proto_buf_putc(&b, ' ');
+    proto_buf_json_float(&b, -0.0f / 0.0f);
+    proto_buf_putc(&b, ' ');
+    proto_buf_json_cstr(&b, NULL);
+    assert_string_equal(proto_buf_str(&b),
+                        "-9223372036854775808 0.100000001 null null");
+    proto_buf_free(&b);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_growth),
+        cmocka_unit_test(test_escapes),
+        cmocka_unit_test(test_nul_byte),
+        cmocka_unit_test(test_invalid_utf8),
+        cmocka_unit_test(test_values),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
