@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# install.sh - installs what the scorer needs, from Debian's packages.
+#
+# One script for every place that builds or tests the project, so they
+# cannot drift apart: the README's commands, CI (.ci/run) and the Dockerfile.
+#
+#   deploy/install.sh            build + test + demo tools (default)
+#   deploy/install.sh runtime    only the shared libraries ctr-server needs
+#
+# Idempotent: when every package is already there it changes nothing and
+# does not touch the network.
+set -euo pipefail
+
+mode=${1:-all}
+runtime_pkgs=(libmicrohttpd12 libjansson4 libopenblas0-pthread libhiredis0.14 ca-certificates)
+build_pkgs=(gcc make pkg-config libc6-dev libmicrohttpd-dev libjansson-dev libopenblas-dev
+            libhiredis-dev libcmocka-dev)
+test_pkgs=(redis-server redis-tools python3 python3-numpy python3-torch curl wrk procps)
+
+case "$mode" in
+  runtime) pkgs=("${runtime_pkgs[@]}") ;;
+  build)   pkgs=("${runtime_pkgs[@]}" "${build_pkgs[@]}") ;;
+  all)     pkgs=("${runtime_pkgs[@]}" "${build_pkgs[@]}" "${test_pkgs[@]}") ;;
+  *) echo "usage: $0 [all|build|runtime]" >&2; exit 2 ;;
+esac
+
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "install.sh: all ${#pkgs[@]} packages present"
+  exit 0
+fi
+echo "install.sh: installing ${missing[*]}"
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
+export DEBIAN_FRONTEND=noninteractive
+$sudo apt-get update -q
+$sudo apt-get install -y -q --no-install-recommends "${missing[@]}"
