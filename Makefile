@@ -84,12 +84,7 @@ $(GOLDEN)/stamp: tools/make_golden.py tools/qin_reference.py tools/convert.py to
 	touch $@
 
 test: all $(TEST_BIN) golden
-	@set -e; for t in $(TEST_BIN); do \
-	  echo "== $$t"; CTR_GOLDEN=$(GOLDEN) CTR_BUILD=$(B) $$t; done
-	@set -e; for t in tests/integration/*.sh; do \
-	  [ -e "$$t" ] || continue; echo "== $$t"; \
-	  CTR_GOLDEN=$(GOLDEN) CTR_BUILD=$(B) PYTHON=$(PYTHON) bash $$t; done
-	@echo "all tests passed ($(VARIANT))"
+	@bash tests/run.sh $(B) $(GOLDEN) $(TEST_BIN)
 
 check:
 	$(MAKE) test

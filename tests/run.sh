@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# run.sh - runs every test of one build variant (called by `make test`).
+#
+# Starts one throw-away redis-server on a free loopback port for the whole
+# run (CTR_REDIS=127.0.0.1:PORT), runs each cmocka binary, then each
+# tests/integration/*.sh, and stops Redis whatever happens.  Exit status is
+# non-zero if anything failed; the last line counts passes and failures.
+#
+#   tests/run.sh BUILD_DIR GOLDEN_DIR TEST_BIN...
+set -uo pipefail
+build=$1 golden=$2
+shift 2
+export CTR_BUILD=$build CTR_GOLDEN=$golden PYTHON=${PYTHON:-/usr/bin/python3}
+export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1}
+export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
+
+tmp=$(mktemp -d /tmp/ctr-test.XXXXXX)
+redis_pid=
+cleanup() {
+  [ -n "$redis_pid" ] && kill "$redis_pid" 2>/dev/null && wait "$redis_pid" 2>/dev/null
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+
+# A free port: ask the kernel, via Python's socket module.
+free_port() {
+  "$PYTHON" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+export -f free_port 2>/dev/null || true
+
+port=$(free_port)
+redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no \
+  --dir "$tmp" --daemonize no >"$tmp/redis.log" 2>&1 &
+redis_pid=$!
+for _ in $(seq 100); do
+  redis-cli -p "$port" ping >/dev/null 2>&1 && break
+  sleep 0.05
+done
+if ! redis-cli -p "$port" ping >/dev/null 2>&1; then
+  echo "run.sh: redis-server did not start:"; cat "$tmp/redis.log"; exit 1
+fi
+export CTR_REDIS=127.0.0.1:$port CTR_REDIS_PORT=$port
+
+passed=0 failed=0 failures=()
+run() {
+  local name=$1; shift
+  echo "== $name"
+  if "$@"; then passed=$((passed + 1)); else failed=$((failed + 1)); failures+=("$name"); fi
+}
+for t in "$@"; do run "$t" "$t"; done
+for t in tests/integration/*.sh; do
+  [ -e "$t" ] || continue
+  run "$t" bash "$t"
+done
+
+echo
+[ ${#failures[@]} -eq 0 ] || printf 'FAILED: %s\n' "${failures[@]}"
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]
