@@ -54,8 +54,13 @@ PROGRAMS   := $(patsubst server/ctr_%.c,$(B)/ctr-%,$(wildcard server/ctr_*.c))
 BENCH_BIN  := $(patsubst bench/%.c,$(B)/bench/%,$(wildcard bench/*.c))
 TEST_SRC   := $(wildcard tests/core/test_*.c tests/proto/test_*.c tests/server/test_*.c)
 TEST_BIN   := $(TEST_SRC:%.c=$(B)/%)
+# Fuzz targets: built as plain programs (regression sweep) for `make test`,
+# and with libFuzzer by `make fuzz`.
+FUZZ_SRC   := $(wildcard tests/fuzz/fuzz_*.c)
+FUZZ_BIN   := $(FUZZ_SRC:%.c=$(B)/%)
+FUZZ_SECONDS ?= 60
 
-.PHONY: all test check bench golden clean
+.PHONY: all test check bench golden fuzz clean
 all: $(PROGRAMS) $(BENCH_BIN)
 
 $(B)/%.o: %.c
@@ -72,6 +77,9 @@ $(B)/ctr-%: $(B)/server/ctr_%.o $(LIB)
 $(B)/bench/%: $(B)/bench/%.o $(LIB)
 	$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@
 
+$(B)/tests/fuzz/%: $(B)/tests/fuzz/%.o $(LIB)
+	$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@
+
 $(B)/tests/%: $(B)/tests/%.o $(LIB)
 	$(CC) $(LDFLAGS) $^ $(LDLIBS) -lcmocka -o $@
 
@@ -83,8 +91,19 @@ $(GOLDEN)/stamp: tools/make_golden.py tools/qin_reference.py tools/convert.py to
 	$(PYTHON) tools/make_golden.py --out $(GOLDEN)
 	touch $@
 
-test: all $(TEST_BIN) golden
-	@bash tests/run.sh $(B) $(GOLDEN) $(TEST_BIN)
+test: all $(TEST_BIN) $(FUZZ_BIN) golden
+	@bash tests/run.sh $(B) $(GOLDEN) $(TEST_BIN) $(FUZZ_BIN)
+
+# libFuzzer runs of every fuzz target, FUZZ_SECONDS each (needs clang).
+fuzz:
+	@mkdir -p build/fuzz
+	@set -e; for f in $(FUZZ_SRC); do n=$$(basename $$f .c); \
+	  clang -std=c11 -D_GNU_SOURCE -g -O1 -I. -DFUZZ_LIBFUZZER $(PKG_CFLAGS) \
+	    -fsanitize=fuzzer,address,undefined $$f $(CORE_SRC) $(PROTO_SRC) $(PKG_LIBS) -lm \
+	    -o build/fuzz/$$n; \
+	  mkdir -p build/fuzz/corpus-$$n; \
+	  build/fuzz/$$n -max_total_time=$(FUZZ_SECONDS) build/fuzz/corpus-$$n \
+	    $$( [ -d tests/fuzz/corpus/$${n#fuzz_} ] && echo tests/fuzz/corpus/$${n#fuzz_} ); done
 
 check:
 	$(MAKE) test

@@ -47,7 +47,14 @@ run() {
   echo "== $name"
   if "$@"; then passed=$((passed + 1)); else failed=$((failed + 1)); failures+=("$name"); fi
 }
-for t in "$@"; do run "$t" "$t"; done
+for t in "$@"; do
+  case "$t" in
+    */fuzz/fuzz_*)  # regression run over the committed corpus, if any
+      corpus=tests/fuzz/corpus/$(basename "$t" | sed 's/^fuzz_//')
+      if [ -d "$corpus" ]; then run "$t" "$t" "$corpus"/*; else run "$t" "$t"; fi ;;
+    *) run "$t" "$t" ;;
+  esac
+done
 for t in tests/integration/*.sh; do
   [ -e "$t" ] || continue
   run "$t" bash "$t"
