@@ -48,7 +48,9 @@ def load_checkpoint(path):
     {"state_dict": ...})."""
     import torch
     try:
-        obj = torch.load(path, map_location="cpu")
+        # weights_only: unpickle tensors and containers only, never code
+        # (a checkpoint is untrusted input); torch >= 1.13.
+        obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many kinds for a bad file
         raise ConvertError(f"cannot load checkpoint: {e}") from None
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(
@@ -92,6 +94,15 @@ def derive_config(sd, max_len=64, num_tags=5, context_fields=DEFAULT_CONTEXT):
         raise ConvertError(f"--context-fields {','.join(context_fields)}: "
                            "a field is named twice")
 
+    # Which tables are context fields is the flag's to say; tables the flag
+    # does not name are reported here, before their width confuses the
+    # derivation of D below.
+    for key in sd:
+        m = EMB_RE.match(key)
+        if m and m.group(1) not in context_fields + ("item_id", "item_tags"):
+            raise ConvertError(
+                f"unexpected key {key}: field {m.group(1)!r} is not in "
+                f"--context-fields {','.join(context_fields) or '(none)'}")
     item_vocab, d = need(P + "embedding_layers.item_id.weight", 2)
     tag_vocab, _ = need(P + "embedding_layers.item_tags.weight", 2)
     mm_out, mm_in = need(P + f"feature_encoders.{ref.MM_FIELD}.weight", 2)
