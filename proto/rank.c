@@ -245,7 +245,14 @@ int proto_rank_answer_encode(const proto_rank_answer *ans, proto_buf *b) {
         if (i) proto_buf_putc(b, ',');
         proto_buf_json_cstr(b, ans->degraded[i]);
     }
-    proto_buf_puts(b, "]}");
+    proto_buf_putc(b, ']');
+    if (ans->num_unscored > 0) {
+        proto_buf_puts(b, ",\"unscored\":[");
+        for (int i = 0; i < ans->num_unscored; i++)
+            proto_buf_printf(b, "%s%lld", i ? "," : "", (long long)ans->unscored[i]);
+        proto_buf_putc(b, ']');
+    }
+    proto_buf_putc(b, '}');
     return proto_buf_ok(b) ? CTR_OK : CTR_ENOMEM;
 }
 

@@ -119,6 +119,10 @@ typedef struct proto_rank_answer {
     int64_t took_us;
     const char *const *degraded;    /* num_degraded reasons */
     int num_degraded;
+    const int64_t *unscored;        /* candidates that could not be scored
+                                       (no features); the field is left
+                                       out when num_unscored is 0 */
+    int num_unscored;
 } proto_rank_answer;
 
 /* Appends the answer's JSON (no newline) to out.  CTR_OK, or CTR_ENOMEM
