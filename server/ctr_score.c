@@ -444,6 +444,18 @@ static int score_line(scorer *s, const char *line, size_t len, long lineno,
             return ctr_fail(err, errlen, rc, "candidates[%d].item_id: %s", i,
                             why);
 
+    /* The engine checks these too, but can only say "candidate 3"; here
+     * the message can name the field as the request spelled it. */
+    for (int i = 0; i < r.num_cand; i++)
+        for (int k = 0; k < c->num_ctx; k++) {
+            int32_t v = r.ctx[(size_t)i * c->num_ctx + k];
+            if (v < 0 || v >= c->ctx_vocab[k])
+                return ctr_fail(err, errlen, CTR_ERANGE,
+                                "candidates[%d].%s: %" PRId32 " is outside "
+                                "the model's vocabulary (0..%d)", i,
+                                c->ctx_name[k], v, c->ctx_vocab[k] - 1);
+        }
+
     qin_request q = {s->hist, nh, s->cand, r.ctx, r.num_cand};
     if ((rc = qin_forward(s->model, s->scratch, &q, s->prob, why,
                           sizeof why)) < 0)
