@@ -1,0 +1,171 @@
+/*
+ * featstore.h - the feature store client: one worker's connection to Redis,
+ * holding user histories and item features as the binary values of
+ * proto/features.h (layout and keys: deploy/REDIS_SCHEMA.md).
+ *
+ * Workload: every rank request makes one GET for the user and one MGET for
+ * the items it has not cached (a few hundred keys, ~540 bytes each), under a
+ * latency budget of a few milliseconds; ctr-load writes millions of values
+ * in pipelined batches.  Redis may restart or be unreachable at any time and
+ * the service must keep answering (without features), so:
+ *
+ *   - every call has a deadline (command_timeout_ms) covering the whole
+ *     round trip, not each read: the socket is non-blocking and polled, so
+ *     a server that trickles bytes cannot hold a worker longer;
+ *   - featstore_open never connects; the first call does, and after a
+ *     failure the next call connects again.  A connection that broke is
+ *     reopened at once (Redis restarted, an idle timeout); a connect that
+ *     failed is not tried again for reconnect_interval_ms, and calls in
+ *     between fail at once with CTR_EBACKEND, so a dead Redis costs each
+ *     request nothing rather than a connect timeout;
+ *   - a call that timed out drops its connection, since the late reply
+ *     would otherwise answer the next command.
+ *
+ * Usage (one per worker thread):
+ *
+ *     featstore_params p;
+ *     featstore_default_params(&p);
+ *     p.addr = "127.0.0.1:6379";  p.max_tags = 5;  p.mm_dim = 128;
+ *     featstore *fs;
+ *     if (featstore_open(&p, &fs, err, sizeof err) < 0) ...   // bad params
+ *     rc = featstore_get_user(fs, "u1", &req_arena, &ids, &n, err, sizeof err);
+ *     rc = featstore_get_items(fs, ids, n, &req_arena, items, err, sizeof err);
+ *     featstore_close(fs);
+ *
+ * SIGPIPE: hiredis writes with write(2), so a write to a connection Redis
+ * has closed raises SIGPIPE.  The process must ignore it
+ * (signal(SIGPIPE, SIG_IGN), as servers do); the write then fails with EPIPE
+ * and the call returns CTR_EBACKEND.
+ *
+ * Memory: decoded values live in the caller's arena (request lifetime);
+ * keys and argument vectors are built there too.  hiredis itself allocates
+ * its command buffer and reply objects with malloc; they are freed before
+ * each call returns.
+ *
+ * Thread-safety: a featstore is not thread-safe; give each worker its own.
+ * Different featstores may be used from different threads at once.
+ */
+#ifndef CTR_SERVER_FEATSTORE_H
+#define CTR_SERVER_FEATSTORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/arena.h"
+#include "core/status.h"
+
+typedef struct featstore featstore;
+
+typedef struct featstore_params {
+    const char *addr;           /* "host:port" ("[v6addr]:port" too) or a
+                                   unix socket path (starts with '/');
+                                   default "127.0.0.1:6379".  Use a numeric
+                                   address: names are resolved on every
+                                   connect.  Copied by featstore_open. */
+    int connect_timeout_ms;     /* a connect may take this long (50) */
+    int command_timeout_ms;     /* a whole call, sent to answered (20) */
+    int reconnect_interval_ms;  /* after a failed connect, no new attempt
+                                   for this long (100) */
+    const char *prefix;         /* key prefix ("ctr:"); copied */
+    int max_tags;               /* tag slots of the model (5): item values
+                                   with more tags are malformed */
+    int mm_dim;                 /* embedding width of the model (128): item
+                                   values of another width are malformed */
+    int max_seq;                /* longest history returned (1000): longer
+                                   ones keep their most recent max_seq ids */
+} featstore_params;
+
+/* One item of featstore_get_items.  When found, the arrays live in the
+ * arena given to that call. */
+typedef struct featstore_item {
+    int found;                  /* 1: tags and mm below are valid */
+    int status;                 /* CTR_OK (found), CTR_ENOTFOUND (no key,
+                                   or a key that is not a string) or
+                                   CTR_EFORMAT (value malformed) */
+    int32_t *tags;              /* num_tags ids (fewer than max_tags: the
+                                   rest are padding); NULL when none */
+    int num_tags;
+    float *mm;                  /* mm_dim floats (64-byte alignment asked
+                                   of the arena) */
+    int mm_dim;
+} featstore_item;
+
+/* Counters since featstore_open, for tests and metrics. */
+typedef struct featstore_stats {
+    uint64_t round_trips;       /* commands or pipelines sent to Redis */
+    uint64_t failures;          /* calls that returned CTR_EBACKEND or
+                                   CTR_ETIMEOUT (fast failures included) */
+    uint64_t timeouts;          /* of which CTR_ETIMEOUT */
+    uint64_t fast_failures;     /* of which refused without trying, inside
+                                   reconnect_interval_ms of a failed connect */
+    uint64_t connect_attempts;
+    uint64_t connects;          /* attempts that succeeded */
+    uint64_t items_requested;   /* ids asked of featstore_get_items */
+    uint64_t items_missing;     /* of which without a key */
+    uint64_t items_malformed;   /* of which with a malformed value */
+    uint64_t users_malformed;   /* featstore_get_user calls: CTR_EFORMAT */
+} featstore_stats;
+
+/* Fills *p with the defaults above.  Thread-safe. */
+void featstore_default_params(featstore_params *p);
+
+/* Checks the params and makes a featstore; does not connect, so Redis being
+ * down is not an error here.  On success *out owns the featstore (free with
+ * featstore_close).  CTR_EINVAL for a bad address, timeout or limit;
+ * CTR_ENOMEM.  Thread-safe. */
+int featstore_open(const featstore_params *p, featstore **out, char *err,
+                   size_t errlen);
+
+/* Closes the connection and frees fs (NULL is fine). */
+void featstore_close(featstore *fs);
+
+/* CTR_OK when Redis answers PING; otherwise CTR_EBACKEND (cannot connect,
+ * connection or protocol error, an error reply such as LOADING) or
+ * CTR_ETIMEOUT. */
+int featstore_ping(featstore *fs, char *err, size_t errlen);
+
+/* The history of user_id (a NUL-terminated string; an integer id is looked
+ * up by its decimal text), oldest first, at most max_seq ids (the most
+ * recent).  *ids lives in the arena a; *ids is NULL when *n is 0.
+ * Returns CTR_OK (found; the history may be empty), CTR_ENOTFOUND (no such
+ * key: *n = 0, *ids = NULL), CTR_EFORMAT (the key holds a malformed value
+ * or is not a string: *n = 0), CTR_EBACKEND (cannot connect, connection or
+ * protocol error, error reply), CTR_ETIMEOUT, CTR_ENOMEM (arena). */
+int featstore_get_user(featstore *fs, const char *user_id, arena *a,
+                       int64_t **ids, int *n, char *err, size_t errlen);
+
+/* Features of n items, with one MGET (no round trip when n is 0): out[i]
+ * for ids[i] (duplicates allowed).  Missing and malformed items are not
+ * errors: out[i].found is 0 and out[i].status says why, and the stats count
+ * them; err then holds a note on the first malformed value (err is left
+ * empty when none was).  Returns CTR_OK, or for the whole call
+ * CTR_EBACKEND / CTR_ETIMEOUT / CTR_ENOMEM (arena) / CTR_EINVAL (n < 0),
+ * in which case out[] is unspecified. */
+int featstore_get_items(featstore *fs, const int64_t *ids, int n, arena *a,
+                        featstore_item *out, char *err, size_t errlen);
+
+/* --- Writing (ctr-load) ----------------------------------------------- */
+
+/* Queue SET <prefix>i:<item_id> / SET <prefix>u:<user_id> of an encoded
+ * value (features_item_encode / features_user_encode; the bytes are copied
+ * at once).  Nothing is sent until featstore_flush; queue a batch (a few
+ * hundred) and flush.  Connects if needed: CTR_EBACKEND when it cannot
+ * (the queue is then empty), otherwise CTR_OK (CTR_ENOMEM). */
+int featstore_put_item(featstore *fs, int64_t item_id, const void *value,
+                       size_t len, char *err, size_t errlen);
+int featstore_put_user(featstore *fs, const char *user_id, const void *value,
+                       size_t len, char *err, size_t errlen);
+
+/* Sends the queued SETs and reads every answer, all within one
+ * command_timeout_ms.  CTR_OK when every SET succeeded; CTR_EBACKEND (an
+ * error reply, e.g. OOM, or a broken connection) or CTR_ETIMEOUT, with
+ * which SETs are stored unknown.  The queue is empty afterwards. */
+int featstore_flush(featstore *fs, char *err, size_t errlen);
+
+/* Number of SETs queued and not yet flushed. */
+int featstore_pending(const featstore *fs);
+
+/* Copies the counters into *st. */
+void featstore_stats_get(const featstore *fs, featstore_stats *st);
+
+#endif
