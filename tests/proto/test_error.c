@@ -6,6 +6,8 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <cmocka.h>
@@ -65,10 +67,35 @@ static void test_encode(void **state) {
     proto_buf_free(&b);
 }
 
+/* error.h and openapi.yaml publish the same list: every code must appear
+ * in the spec's enum, with its HTTP status in the description beside it.
+ * Tests run from the repository root (make test); elsewhere this skips. */
+static void test_openapi_in_step(void **state) {
+    FILE *f = fopen("proto/openapi.yaml", "rb");
+    if (!f) skip();
+    static char text[1 << 16];
+    size_t n = fread(text, 1, sizeof text - 1, f);
+    fclose(f);
+    text[n] = '\0';
+    for (int e = 0; e < PROTO_ERROR_COUNT; e++) {
+        char want[96];
+        snprintf(want, sizeof want, "                - %s\n",
+                 proto_error_code((proto_error)e));
+        if (!strstr(text, want))
+            fail_msg("openapi.yaml: code %s missing from the enum",
+                     proto_error_code((proto_error)e));
+        snprintf(want, sizeof want, "%s (%d)", proto_error_code((proto_error)e),
+                 proto_error_http((proto_error)e));
+        if (!strstr(text, want))
+            fail_msg("openapi.yaml: \"%s\" missing from the code list", want);
+    }
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_mapping),
         cmocka_unit_test(test_encode),
+        cmocka_unit_test(test_openapi_in_step),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
