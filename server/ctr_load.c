@@ -1,0 +1,562 @@
+/*
+ * ctr_load.c - ctr-load, which fills the feature store: items.jsonl and
+ * users.jsonl (the records of proto/records.h) become the binary Redis
+ * values of proto/features.h under <prefix>i:<id> and <prefix>u:<id>
+ * (deploy/REDIS_SCHEMA.md).
+ *
+ *   ctr-load --redis HOST:PORT|/path.sock [--items F] [--users F]
+ *            [--prefix ctr:] [--model M | --max-tags 5 --mm-dim 128]
+ *            [--max-seq 1000] [--batch 512] [--timeout-ms 5000]
+ *
+ * Workload: one process, one connection, run when features change: ~92k
+ * item lines of ~1.5 kB and up to a few million user lines.  Lines are
+ * decoded, checked and encoded one at a time and written as pipelined SETs,
+ * --batch per round trip, so a load costs about (lines / batch) round trips
+ * and Redis's own write time.  Memory: one line, one batch of encoded values
+ * in hiredis's output buffer, and the keys already loaded (to catch an id
+ * given twice): about 50 bytes per item or user, 100 MB for 2M users.
+ *
+ * Behaviours at the edges (also in --help, the user's manual):
+ *   - a bad line is reported on stderr as FILE:LINE: message and skipped;
+ *     the other lines are still loaded; exit status 1;
+ *   - an item or user given twice is a bad line, and the first is kept, as
+ *     in ctr-score.  Integer and string user ids share a key (42 and "42"
+ *     are both <prefix>u:42), so giving both is a duplicate too;
+ *   - a history longer than --max-seq keeps its most recent --max-seq ids
+ *     (counted, not an error): the scorer only uses the most recent ones;
+ *   - history ids are not checked against the model's vocabulary (the
+ *     scorer treats unknown ones as padding), only against the format's
+ *     range 0..2^31-1;
+ *   - a Redis failure stops the load at once (exit 1): the values already
+ *     written stay, and the last batch may or may not be stored.
+ *   - values are written over whatever the keys held; nothing is deleted,
+ *     so a key of an item no longer in the file keeps its old value (load a
+ *     new feature version under a new prefix instead, see REDIS_SCHEMA.md).
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/arena.h"
+#include "core/qin.h"
+#include "core/status.h"
+#include "proto/features.h"
+#include "proto/records.h"
+#include "server/featstore.h"
+
+#define PROG "ctr-load"
+#define ERRORS_SHOWN 50    /* per file; the rest are only counted */
+
+static void usage(FILE *f) {
+    fprintf(f,
+"Usage: " PROG " --redis HOST:PORT|/PATH.sock [--items ITEMS.jsonl]\n"
+"                [--users USERS.jsonl] [--prefix P] [--model M]\n"
+"                [--max-tags N] [--mm-dim N] [--max-seq N] [--batch N]\n"
+"                [--timeout-ms N]\n"
+"\n"
+"Loads item features and user histories into Redis for the scoring\n"
+"service, as the compact binary values described in deploy/REDIS_SCHEMA.md.\n"
+"Give --items, --users or both.\n"
+"\n"
+"Options:\n"
+"  --redis ADDR     Redis to write to: host:port ([v6addr]:port for IPv6)\n"
+"                   or the path of a unix socket (starting with '/')\n"
+"  --items FILE     item features, one JSON object a line:\n"
+"                     {\"item_id\": 17, \"item_tags\": [up to N ints],\n"
+"                      \"item_emb_d128\": [mm-dim numbers]}\n"
+"                   stored as <prefix>i:<item_id>; other fields ignored\n"
+"  --users FILE     histories, one JSON object a line:\n"
+"                     {\"user_id\": \"u1\" | 42, \"item_seq\": [ids, oldest first]}\n"
+"                   stored as <prefix>u:<user_id> (an integer id by its\n"
+"                   decimal text, so 42 and \"42\" are the same user)\n"
+"  --prefix P       key prefix (default \"ctr:\"); load a new feature version\n"
+"                   under a new prefix and point the service at it\n"
+"  --model M        model file: take --max-tags and --mm-dim from it, and\n"
+"                   check item ids (1..item_vocab-1) and tag ids\n"
+"                   (0..tag_vocab-1) against its vocabularies\n"
+"  --max-tags N     tag slots per item (default 5); lines with more are bad\n"
+"  --mm-dim N       embedding width (default 128); other widths are bad\n"
+"  --max-seq N      longest history stored (default 1000); longer ones keep\n"
+"                   their most recent N ids\n"
+"  --batch N        SETs per pipelined round trip (default 512)\n"
+"  --timeout-ms N   most time one connect or one batch may take (default\n"
+"                   5000)\n"
+"  --help           this text\n"
+"\n"
+"Checks: item ids must be >= 1 (0 is padding); tags must fit in int32 and\n"
+"embedding values be finite float32; history ids must be within\n"
+"0..2147483647 (0 is padding; ids unknown to the model are padding when\n"
+"scoring, so they are not refused here).  An item or user given twice is a\n"
+"bad line (the first is kept).  Blank lines are skipped.\n"
+"\n"
+"Output: each bad line is reported on stderr as FILE:LINE: message (at most\n"
+"%d per file, then only counted) and skipped; the other lines are still\n"
+"loaded.  At the end one line on stdout:\n"
+"  " PROG ": items_loaded=N users_loaded=N lines_rejected=N\n"
+"  histories_truncated=N (redis ADDR, prefix \"P\")\n"
+"\n"
+"Exit status: 0 every line loaded; 1 some line rejected, or Redis failed\n"
+"(the load stops at the failure; the last batch may or may not be stored);\n"
+"2 could not start (usage, unreadable file or model).\n",
+        ERRORS_SHOWN);
+}
+
+/* --- Reporting ---------------------------------------------------------- */
+
+typedef struct source {
+    const char *name;     /* as the user gave it */
+    long line;            /* current line, 1-based */
+    long bad;             /* bad lines so far */
+} source;
+
+static void line_error(source *src, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 2, 3)))
+#endif
+    ;
+
+static void line_error(source *src, const char *fmt, ...) {
+    src->bad++;
+    if (src->bad > ERRORS_SHOWN) return;
+    fprintf(stderr, PROG ": %s:%ld: ", src->name, src->line);
+    va_list ap;
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+    if (src->bad == ERRORS_SHOWN)
+        fprintf(stderr, PROG ": %s: further errors in this file are only "
+                "counted\n", src->name);
+}
+
+/* The next line into *buf; 0 at end of file, -1 on a read error.  *len
+ * excludes the newline. */
+static int next_line(FILE *f, source *src, char **buf, size_t *cap,
+                     size_t *len) {
+    errno = 0;
+    ssize_t n = getline(buf, cap, f);
+    if (n < 0) return ferror(f) ? -1 : 0;
+    src->line++;
+    if (n > 0 && (*buf)[n - 1] == '\n') n--;
+    *len = (size_t)n;
+    return 1;
+}
+
+static int blank(const char *s, size_t len) {
+    for (size_t i = 0; i < len; i++)
+        if (s[i] != ' ' && s[i] != '\t' && s[i] != '\r') return 0;
+    return 1;
+}
+
+/* --- Keys already loaded, to refuse a second line for the same key ------ */
+
+typedef struct seen_entry {
+    const char *key;      /* NULL: empty slot */
+    long line;
+} seen_entry;
+
+typedef struct seen_set {
+    seen_entry *slot;     /* open addressing, linear probing */
+    size_t cap;           /* a power of two */
+    size_t n;
+    arena mem;            /* the keys */
+} seen_set;
+
+static uint64_t key_hash(const char *s) {
+    uint64_t h = 1469598103934665603ull;   /* FNV-1a */
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        h ^= *p;
+        h *= 1099511628211ull;
+    }
+    return h ^ (h >> 29);
+}
+
+static int seen_init(seen_set *s) {
+    s->cap = 1024;
+    s->n = 0;
+    s->slot = calloc(s->cap, sizeof *s->slot);
+    arena_init(&s->mem, 1 << 20);
+    return s->slot ? CTR_OK : CTR_ENOMEM;
+}
+
+static void seen_free(seen_set *s) {
+    free(s->slot);
+    arena_free(&s->mem);
+}
+
+static seen_entry *seen_find(seen_entry *slot, size_t cap, const char *key) {
+    size_t mask = cap - 1;
+    for (size_t i = key_hash(key) & mask;; i = (i + 1) & mask)
+        if (!slot[i].key || strcmp(slot[i].key, key) == 0) return &slot[i];
+}
+
+/* Records key as given on `line`.  Returns 0 when it is new, the earlier
+ * line when it was given before, -1 when out of memory. */
+static long seen_add(seen_set *s, const char *key, long line) {
+    seen_entry *e = seen_find(s->slot, s->cap, key);
+    if (e->key) return e->line;
+    if (2 * (s->n + 1) > s->cap) {
+        size_t cap = 2 * s->cap;
+        seen_entry *slot = calloc(cap, sizeof *slot);
+        if (!slot) return -1;
+        for (size_t i = 0; i < s->cap; i++)
+            if (s->slot[i].key) *seen_find(slot, cap, s->slot[i].key) = s->slot[i];
+        free(s->slot);
+        s->slot = slot;
+        s->cap = cap;
+        e = seen_find(s->slot, s->cap, key);
+    }
+    e->key = arena_strndup(&s->mem, key, strlen(key));
+    if (!e->key) return -1;
+    e->line = line;
+    s->n++;
+    return 0;
+}
+
+/* --- Loading ------------------------------------------------------------ */
+
+typedef struct options {
+    const char *redis, *items, *users, *prefix, *model;
+    int max_tags, mm_dim, max_seq, batch, timeout_ms;
+    int item_vocab, tag_vocab;      /* from --model; 0: unchecked */
+} options;
+
+typedef struct loader {
+    const options *o;
+    featstore *fs;
+    int redis_failed;
+    long batch_items, batch_users;  /* queued, not yet flushed */
+    long items_loaded, users_loaded, truncated;
+} loader;
+
+/* Sends the queued SETs; counts them as loaded when Redis took them all. */
+static int flush(loader *ld) {
+    char err[256];
+    int rc = featstore_flush(ld->fs, err, sizeof err);
+    if (rc < 0) {
+        fprintf(stderr, PROG ": %s; stopping (the last %ld values may or may "
+                "not be stored)\n", err, ld->batch_items + ld->batch_users);
+        ld->redis_failed = 1;
+        return rc;
+    }
+    ld->items_loaded += ld->batch_items;
+    ld->users_loaded += ld->batch_users;
+    ld->batch_items = ld->batch_users = 0;
+    return CTR_OK;
+}
+
+/* After queueing one value: flush when the batch is full. */
+static int queued(loader *ld, int rc, const char *err) {
+    if (rc < 0) {
+        fprintf(stderr, PROG ": %s; stopping\n", err);
+        ld->redis_failed = 1;
+        return rc;
+    }
+    if (featstore_pending(ld->fs) >= ld->o->batch) return flush(ld);
+    return CTR_OK;
+}
+
+/* Returns CTR_OK when the file was read to its end (bad lines included),
+ * or a negative status when the load must stop. */
+static int load_items(loader *ld, FILE *f, source *src) {
+    const options *o = ld->o;
+    arena scratch;
+    arena_init(&scratch, 1 << 16);
+    seen_set seen;
+    int rc = seen_init(&seen);
+    char *line = NULL;
+    size_t cap = 0, len;
+    char err[256];
+    int more = 0;
+    while (rc == CTR_OK && (more = next_line(f, src, &line, &cap, &len)) > 0) {
+        if (blank(line, len)) continue;
+        arena_reset(&scratch);
+        proto_item it;
+        int st = proto_item_decode(line, len, o->max_tags, o->mm_dim, &scratch,
+                                   &it, err, sizeof err);
+        if (st == CTR_ENOMEM) { rc = st; break; }
+        if (st < 0) { line_error(src, "%s", err); continue; }
+        if (it.item_id < 1) {
+            line_error(src, "item_id: %" PRId64 " is not an item id (ids "
+                       "start at 1; 0 is padding)", it.item_id);
+            continue;
+        }
+        if (o->item_vocab && it.item_id >= o->item_vocab) {
+            line_error(src, "item_id: %" PRId64 " is outside the model's item "
+                       "vocabulary (1..%d)", it.item_id, o->item_vocab - 1);
+            continue;
+        }
+        int k = 0;
+        while (o->tag_vocab && k < it.num_tags && it.tags[k] >= 0 &&
+               it.tags[k] < o->tag_vocab)
+            k++;
+        if (o->tag_vocab && k < it.num_tags) {
+            line_error(src, "item_tags[%d]: %" PRId32 " is outside the model's "
+                       "tag vocabulary (0..%d)", k, it.tags[k],
+                       o->tag_vocab - 1);
+            continue;
+        }
+        size_t size = features_item_size(it.num_tags, it.mm_dim);
+        void *val = size ? arena_alloc(&scratch, size, 8) : NULL;
+        if (!val) { rc = CTR_ENOMEM; break; }
+        size_t vlen;
+        if (features_item_encode(it.tags, it.num_tags, it.mm, it.mm_dim, val,
+                                 size, &vlen, err, sizeof err) < 0) {
+            line_error(src, "%s", err);
+            continue;
+        }
+        char key[24];
+        snprintf(key, sizeof key, "%" PRId64, it.item_id);
+        long first = seen_add(&seen, key, src->line);
+        if (first < 0) { rc = CTR_ENOMEM; break; }
+        if (first > 0) {
+            line_error(src, "item_id: %s already given on line %ld", key,
+                       first);
+            continue;
+        }
+        rc = featstore_put_item(ld->fs, it.item_id, val, vlen, err, sizeof err);
+        if (rc == CTR_OK) ld->batch_items++;
+        rc = queued(ld, rc, err);
+    }
+    if (rc == CTR_OK && more < 0) {
+        fprintf(stderr, PROG ": %s: read error after line %ld: %s\n",
+                src->name, src->line, strerror(errno));
+        rc = CTR_EIO;
+    }
+    if (rc == CTR_ENOMEM) fprintf(stderr, PROG ": out of memory\n");
+    free(line);
+    seen_free(&seen);
+    arena_free(&scratch);
+    return rc;
+}
+
+static int load_users(loader *ld, FILE *f, source *src) {
+    const options *o = ld->o;
+    arena scratch;
+    arena_init(&scratch, 1 << 16);
+    seen_set seen;
+    int rc = seen_init(&seen);
+    char *line = NULL;
+    size_t cap = 0, len;
+    char err[256];
+    int more = 0;
+    while (rc == CTR_OK && (more = next_line(f, src, &line, &cap, &len)) > 0) {
+        if (blank(line, len)) continue;
+        arena_reset(&scratch);
+        proto_user u;
+        /* No bound here: a long history is truncated, not refused. */
+        int st = proto_user_decode(line, len, -1, &scratch, &u, err,
+                                   sizeof err);
+        if (st == CTR_ENOMEM) { rc = st; break; }
+        if (st < 0) { line_error(src, "%s", err); continue; }
+        const int64_t *seq = u.item_seq;
+        int n = u.seq_len;
+        if (n > o->max_seq) {
+            seq += n - o->max_seq;
+            n = o->max_seq;
+            ld->truncated++;
+        }
+        size_t size = features_user_size((size_t)n);
+        void *val = arena_alloc(&scratch, size, 8);
+        if (!val) { rc = CTR_ENOMEM; break; }
+        size_t vlen;
+        if (features_user_encode(seq, n, val, size, &vlen, err, sizeof err) < 0) {
+            /* Positions in the message count from the kept part; name the
+             * file's position instead. */
+            int i = 0;
+            while (i < n && seq[i] >= 0 && seq[i] <= INT32_MAX) i++;
+            line_error(src, "item_seq[%d]: %" PRId64 " is outside 0..%ld",
+                       (int)(seq - u.item_seq) + i, seq[i], (long)INT32_MAX);
+            continue;
+        }
+        long first = seen_add(&seen, u.user_id, src->line);
+        if (first < 0) { rc = CTR_ENOMEM; break; }
+        if (first > 0) {
+            line_error(src, "user_id: %s already given on line %ld (integer "
+                       "and string ids share a key)", u.user_id, first);
+            continue;
+        }
+        rc = featstore_put_user(ld->fs, u.user_id, val, vlen, err, sizeof err);
+        if (rc == CTR_OK) ld->batch_users++;
+        rc = queued(ld, rc, err);
+    }
+    if (rc == CTR_OK && more < 0) {
+        fprintf(stderr, PROG ": %s: read error after line %ld: %s\n",
+                src->name, src->line, strerror(errno));
+        rc = CTR_EIO;
+    }
+    if (rc == CTR_ENOMEM) fprintf(stderr, PROG ": out of memory\n");
+    free(line);
+    seen_free(&seen);
+    arena_free(&scratch);
+    return rc;
+}
+
+/* --- main --------------------------------------------------------------- */
+
+static int parse_int(const char *opt, const char *s, int lo, int hi, int *out) {
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || end == s || *end || v < lo || v > hi) {
+        fprintf(stderr, PROG ": %s: expected an integer in %d..%d, got \"%s\"\n",
+                opt, lo, hi, s);
+        return -1;
+    }
+    *out = (int)v;
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    options o = {.prefix = "ctr:", .max_tags = -1, .mm_dim = -1,
+                 .max_seq = 1000, .batch = 512, .timeout_ms = 5000};
+    enum { O_REDIS = 1, O_ITEMS, O_USERS, O_PREFIX, O_MODEL, O_MAX_TAGS,
+           O_MM_DIM, O_MAX_SEQ, O_BATCH, O_TIMEOUT, O_HELP };
+    static const struct option longopts[] = {
+        {"redis", required_argument, NULL, O_REDIS},
+        {"items", required_argument, NULL, O_ITEMS},
+        {"users", required_argument, NULL, O_USERS},
+        {"prefix", required_argument, NULL, O_PREFIX},
+        {"model", required_argument, NULL, O_MODEL},
+        {"max-tags", required_argument, NULL, O_MAX_TAGS},
+        {"mm-dim", required_argument, NULL, O_MM_DIM},
+        {"max-seq", required_argument, NULL, O_MAX_SEQ},
+        {"batch", required_argument, NULL, O_BATCH},
+        {"timeout-ms", required_argument, NULL, O_TIMEOUT},
+        {"help", no_argument, NULL, O_HELP},
+        {NULL, 0, NULL, 0},
+    };
+    int c;
+    while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
+        int bad = 0;
+        switch (c) {
+        case O_REDIS: o.redis = optarg; break;
+        case O_ITEMS: o.items = optarg; break;
+        case O_USERS: o.users = optarg; break;
+        case O_PREFIX: o.prefix = optarg; break;
+        case O_MODEL: o.model = optarg; break;
+        case O_MAX_TAGS:
+            bad = parse_int("--max-tags", optarg, 0, FEATURES_MAX_TAGS,
+                            &o.max_tags);
+            break;
+        case O_MM_DIM:
+            bad = parse_int("--mm-dim", optarg, 0, FEATURES_MAX_MM, &o.mm_dim);
+            break;
+        case O_MAX_SEQ:
+            bad = parse_int("--max-seq", optarg, 1, INT_MAX, &o.max_seq);
+            break;
+        case O_BATCH:
+            bad = parse_int("--batch", optarg, 1, 1000000, &o.batch);
+            break;
+        case O_TIMEOUT:
+            bad = parse_int("--timeout-ms", optarg, 1, 3600000, &o.timeout_ms);
+            break;
+        case O_HELP: usage(stdout); return 0;
+        default: bad = 1; break;
+        }
+        if (bad) {
+            fprintf(stderr, "Try '" PROG " --help'.\n");
+            return 2;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, PROG ": unexpected argument \"%s\"\nTry '" PROG
+                " --help'.\n", argv[optind]);
+        return 2;
+    }
+    if (!o.redis || (!o.items && !o.users)) {
+        fprintf(stderr, PROG ": need --redis and at least one of --items, "
+                "--users\nTry '" PROG " --help'.\n");
+        return 2;
+    }
+
+    char err[256];
+    if (o.model) {
+        qin_model *m;
+        if (qin_model_load(o.model, &m, err, sizeof err) < 0) {
+            fprintf(stderr, PROG ": %s: %s\n", o.model, err);
+            return 2;
+        }
+        const qin_config *cfg = qin_model_config(m);
+        int tags = cfg->num_tags, mm = cfg->mm_in;
+        o.item_vocab = cfg->item_vocab;
+        o.tag_vocab = cfg->tag_vocab;
+        qin_model_free(m);
+        if ((o.max_tags >= 0 && o.max_tags != tags) ||
+            (o.mm_dim >= 0 && o.mm_dim != mm)) {
+            fprintf(stderr, PROG ": --max-tags/--mm-dim (%d/%d) disagree with "
+                    "the model's %d tags and %d-wide embedding; leave them "
+                    "out with --model\n", o.max_tags, o.mm_dim, tags, mm);
+            return 2;
+        }
+        o.max_tags = tags;
+        o.mm_dim = mm;
+    }
+    if (o.max_tags < 0) o.max_tags = 5;
+    if (o.mm_dim < 0) o.mm_dim = 128;
+
+    /* Open both files before writing anything, so a typo in the second
+     * does not leave a half-done load. */
+    FILE *fi = NULL, *fu = NULL;
+    if (o.items && !(fi = fopen(o.items, "r"))) {
+        fprintf(stderr, PROG ": %s: %s\n", o.items, strerror(errno));
+        return 2;
+    }
+    if (o.users && !(fu = fopen(o.users, "r"))) {
+        fprintf(stderr, PROG ": %s: %s\n", o.users, strerror(errno));
+        if (fi) fclose(fi);
+        return 2;
+    }
+
+    /* featstore.h: a write to a connection Redis closed must fail, not
+     * kill the process. */
+    signal(SIGPIPE, SIG_IGN);
+    int status = 2;
+    featstore_params p;
+    featstore_default_params(&p);
+    p.addr = o.redis;
+    p.prefix = o.prefix;
+    p.connect_timeout_ms = p.command_timeout_ms = o.timeout_ms;
+    p.max_tags = o.max_tags;
+    p.mm_dim = o.mm_dim;
+    p.max_seq = o.max_seq;
+    loader ld = {.o = &o};
+    if (featstore_open(&p, &ld.fs, err, sizeof err) < 0) {
+        fprintf(stderr, PROG ": %s\n", err);
+        goto done;
+    }
+    status = 1;
+    if (featstore_ping(ld.fs, err, sizeof err) < 0) {
+        fprintf(stderr, PROG ": %s\n", err);
+        goto done;
+    }
+
+    source si = {.name = o.items}, su = {.name = o.users};
+    int rc = CTR_OK;
+    if (fi) rc = load_items(&ld, fi, &si);
+    if (rc == CTR_OK && fu) rc = load_users(&ld, fu, &su);
+    if (rc == CTR_OK) rc = flush(&ld);
+
+    printf(PROG ": items_loaded=%ld users_loaded=%ld lines_rejected=%ld "
+           "histories_truncated=%ld (redis %s, prefix \"%s\")\n",
+           ld.items_loaded, ld.users_loaded, si.bad + su.bad, ld.truncated,
+           o.redis, o.prefix);
+    if (ld.truncated)
+        fprintf(stderr, PROG ": %ld histories were longer than --max-seq %d "
+                "and keep their most recent %d ids\n", ld.truncated,
+                o.max_seq, o.max_seq);
+    if (fflush(stdout) != 0) rc = CTR_EIO;
+    status = rc == CTR_OK && !si.bad && !su.bad ? 0 : 1;
+
+done:
+    featstore_close(ld.fs);
+    if (fi) fclose(fi);
+    if (fu) fclose(fu);
+    return status;
+}
