@@ -6,7 +6,9 @@
  * encoded answer or error object is valid JSON (read back with jansson),
  * since error messages quote client text that may be cut mid-UTF-8.
  *
- * libFuzzer (not built by `make`):
+ * `make test` builds it as a plain program and replays the committed
+ * corpus (tests/fuzz/corpus/rank); `make fuzz` runs it under libFuzzer.
+ * By hand, with libFuzzer (clang):
  *
  *   clang -std=c11 -D_GNU_SOURCE -g -O1 -I. -DFUZZ_LIBFUZZER \
  *       -fsanitize=fuzzer,address,undefined \
@@ -14,12 +16,9 @@
  *       $(pkg-config --cflags --libs jansson) -o build/fuzz_rank
  *   build/fuzz_rank -max_len=4096 tests/fuzz/corpus/rank
  *
- * Regression run over a corpus (any compiler, no libFuzzer; the same line
- * without -DFUZZ_LIBFUZZER and -fsanitize=fuzzer):
+ * and as a plain program that replays the files given as arguments (any
+ * compiler; the same line without -DFUZZ_LIBFUZZER and without "fuzzer,"):
  *
- *   cc -std=c11 -D_GNU_SOURCE -g -I. -fsanitize=address,undefined \
- *       tests/fuzz/fuzz_rank.c proto/[a-z]*.c core/arena.c core/status.c \
- *       $(pkg-config --cflags --libs jansson) -o build/fuzz_rank_regress
  *   build/fuzz_rank_regress tests/fuzz/corpus/rank/[a-z]*
  */
 #include <stdint.h>
@@ -78,8 +77,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
             if (items[i - 1].score < items[i].score) abort();
         const char *const degraded[] = {err};
         snprintf(err, sizeof err, "%s", r.user_id);
-        proto_rank_answer ans = {r.request_id, "qin", "fuzz", items, n, 1,
-                                 degraded, 1};
+        proto_rank_answer ans = {
+            .request_id = r.request_id, .model_name = "qin",
+            .model_version = "fuzz", .items = items, .num_items = n,
+            .took_us = 1, .degraded = degraded, .num_degraded = 1,
+            .unscored = r.item_seq, .num_unscored = r.seq_len};
         proto_rank_answer_encode(&ans, &b);
         check_json(&b);
         proto_buf_reset(&b);
