@@ -271,12 +271,12 @@ int http_start(service *svc, const http_params *p, http_server **out, char *err,
     }
     h->d = MHD_start_daemon(
         flags, (uint16_t)p->port, NULL, NULL, on_request, h,
+        MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, NULL, /* first, to catch every message */
         MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
         MHD_OPTION_THREAD_POOL_SIZE, (unsigned)(p->threads > 0 ? p->threads : 1),
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)p->connection_timeout_s,
         MHD_OPTION_CONNECTION_LIMIT, (unsigned)(p->connection_limit > 0 ? p->connection_limit : 1024),
         MHD_OPTION_NOTIFY_COMPLETED, on_completed, h,
-        MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, NULL,
         MHD_OPTION_LISTEN_BACKLOG_SIZE, 1024u,
         MHD_OPTION_END);
     if (!h->d) {

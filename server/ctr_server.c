@@ -1,0 +1,164 @@
+/*
+ * ctr_server.c - ctr-server: the online CTR scoring service.
+ *
+ *   ctr-server [--config FILE] [--model PATH] [--redis HOST:PORT|/sock] ...
+ *   ctr-server --help          every setting, its env variable and default
+ *
+ * Startup: settings (config.h), model (refused with a message if bad: exit
+ * 1), scoring pool, HTTP.  Then the main thread only waits for signals:
+ *   SIGHUP          reload the model file; swap only if the new one loads
+ *                   and keeps the feature schema, else keep serving the old
+ *                   one (logged, counted in ctr_model_reloads_total);
+ *   SIGTERM/SIGINT  stop accepting, finish the requests in flight, exit 0.
+ * Every other thread has these signals blocked, so they arrive here.
+ */
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "server/config.h"
+#include "server/http.h"
+#include "server/log.h"
+#include "server/service.h"
+
+#define SHUTDOWN_GRACE_MS 10000
+
+static void cache_params_from(const config_params *cp, item_cache_params *out) {
+    *out = item_cache_default_params();
+    out->max_bytes = (size_t)cp->cache_mb << 20;
+    out->ttl_ms = (uint64_t)cp->cache_ttl_s * 1000;
+}
+
+/* SIGHUP: load the file again; keep the old model unless the new one loads
+ * and reads the same features (the feature store's values are decoded with
+ * the first model's tag count and embedding width). */
+static void reload(service *svc) {
+    model_slot *old = model_holder_acquire(svc->models);
+    int old_tags = old->cfg->num_tags, old_mm = old->cfg->mm_in;
+    model_slot_release(old);
+    model_slot *probe = NULL;
+    char err[1024];
+    log_info("SIGHUP: reloading %s", svc->model_path);
+    int rc = model_slot_load(svc->model_path, &svc->cache_params, 0, &probe, err, sizeof err);
+    if (rc == CTR_OK && (probe->cfg->num_tags != old_tags || probe->cfg->mm_in != old_mm)) {
+        snprintf(err, sizeof err,
+                 "new model reads %d tags and %d-d embeddings, the running one %d and %d; a "
+                 "feature schema change needs a restart", probe->cfg->num_tags,
+                 probe->cfg->mm_in, old_tags, old_mm);
+        rc = CTR_EMODEL;
+    }
+    model_slot_release(probe);
+    if (rc == CTR_OK)
+        rc = model_holder_reload(svc->models, svc->model_path, &svc->cache_params, err,
+                                 sizeof err);
+    if (rc < 0) {
+        metrics_reload(svc->metrics, 0);
+        log_error("reload failed, still serving the previous model: %s", err);
+        return;
+    }
+    model_slot *s = model_holder_acquire(svc->models);
+    metrics_reload(svc->metrics, 1);
+    metrics_set_model(svc->metrics, s->cfg->name, s->cfg->version);
+    log_info("reloaded: now serving %s version %s (generation %llu)", s->cfg->name,
+             s->cfg->version, (unsigned long long)s->generation);
+    model_slot_release(s);
+}
+
+int main(int argc, char **argv) {
+    config_params cp = config_default_params();
+    char err[1024];
+    int rc = config_parse(&cp, argc, argv, NULL, err, sizeof err);
+    if (rc == CONFIG_HELP) {
+        config_help(stdout, argv[0]);
+        return 0;
+    }
+    if (rc < 0) {
+        fprintf(stderr, "ctr-server: %s\n(see ctr-server --help)\n", err);
+        return 2;
+    }
+    log_set_level_name(cp.log_level);
+
+    /* Block the signals we wait for before any thread starts, so every
+     * thread inherits the mask and they all arrive at sigwait below. */
+    sigset_t sigs;
+    sigemptyset(&sigs);
+    sigaddset(&sigs, SIGTERM);
+    sigaddset(&sigs, SIGINT);
+    sigaddset(&sigs, SIGHUP);
+    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    service svc;
+    memset(&svc, 0, sizeof svc);
+    snprintf(svc.model_path, sizeof svc.model_path, "%s", cp.model);
+    cache_params_from(&cp, &svc.cache_params);
+    svc.max_candidates = cp.max_candidates;
+    svc.max_seq = cp.max_seq;
+    svc.max_body = cp.max_body_bytes;
+    svc.split_min = cp.split_min;
+    svc.score_parts = cp.score_threads;
+    svc.skip_scoring = cp.skip_scoring;
+    atomic_init(&svc.stopping, 0);
+
+    model_slot *first;
+    if (model_slot_load(cp.model, &svc.cache_params, 1, &first, err, sizeof err) < 0) {
+        log_error("cannot load the model: %s", err);
+        return 1;
+    }
+    featstore_default_params(&svc.fs_params);
+    svc.fs_params.addr = cp.redis;
+    svc.fs_params.prefix = cp.redis_prefix;
+    svc.fs_params.connect_timeout_ms = cp.redis_connect_timeout_ms;
+    svc.fs_params.command_timeout_ms = cp.redis_timeout_ms;
+    svc.fs_params.max_tags = first->cfg->num_tags;
+    svc.fs_params.mm_dim = first->cfg->mm_in;
+    svc.fs_params.max_seq = cp.max_seq;
+
+    int exit_code = 1;
+    http_server *http = NULL;
+    svc.models = model_holder_new(first);
+    if (!svc.models || metrics_init(&svc.metrics) < 0 || worker_global_init() < 0 ||
+        pool_init(cp.score_threads > 1 ? cp.score_threads - 1 : 0, &svc.scorers) < 0) {
+        log_error("out of memory at startup");
+        goto out;
+    }
+    metrics_set_model(svc.metrics, first->cfg->name, first->cfg->version);
+
+    http_params hp = {cp.bind, cp.port, cp.threads, cp.request_timeout_s, 4096};
+    if (http_start(&svc, &hp, &http, err, sizeof err) < 0) {
+        log_error("%s", err);
+        goto out;
+    }
+    log_info("serving %s version %s (%s) on http://%s:%d; redis %s prefix \"%s\"; %d http "
+             "threads, scoring split over up to %d threads%s", first->cfg->name,
+             first->cfg->version, cp.model, cp.bind, http_port(http), cp.redis, cp.redis_prefix,
+             cp.threads, cp.score_threads,
+             cp.skip_scoring ? "; SKIP_SCORING: every score is 0 (benchmark floor only)" : "");
+
+    for (;;) {
+        int sig = 0;
+        if (sigwait(&sigs, &sig) != 0) continue;
+        if (sig == SIGHUP) {
+            reload(&svc);
+            continue;
+        }
+        log_info("%s: stopping; %d request(s) in flight", sig == SIGINT ? "SIGINT" : "SIGTERM",
+                 http_inflight(http));
+        break;
+    }
+    atomic_store(&svc.stopping, 1);
+    http_stop(http, SHUTDOWN_GRACE_MS);
+    http = NULL;
+    exit_code = 0;
+    log_info("stopped");
+out:
+    http_stop(http, 0);
+    pool_free(svc.scorers);
+    model_holder_free(svc.models);
+    if (svc.metrics) metrics_free(svc.metrics);
+    worker_global_free();
+    return exit_code;
+}
