@@ -1,0 +1,553 @@
+/*
+ * config.c - the settings table and the parsers, --help and dump that read
+ * it.
+ *
+ * Workload: a few dozen settings read once at startup, so clarity beats
+ * speed everywhere here: linear lookups, one pass per source.  What matters
+ * is that a mistyped key or value stops the server with a message that
+ * names the setting and the file line, variable or flag it came from,
+ * instead of starting with a default the operator did not mean.
+ */
+#include "config.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+typedef enum setting_type {
+    SET_STR,      /* char[cap] */
+    SET_INT,      /* int, min..max */
+    SET_SIZE,     /* size_t, min..max */
+    SET_BOOL,     /* int 0/1 */
+    SET_CHOICE,   /* char[cap], one of `choices` ("a|b|c") */
+} setting_type;
+
+typedef struct setting {
+    const char *key;
+    setting_type type;
+    size_t off;                 /* offsetof(config_params, field) */
+    size_t cap;                 /* SET_STR, SET_CHOICE: field size */
+    long long min, max;         /* SET_INT, SET_SIZE */
+    const char *arg;            /* what --help shows after the flag */
+    const char *choices;        /* SET_CHOICE */
+    /* Extra check of a string; fills why and returns -1 when bad. */
+    int (*check)(const char *v, char *why, size_t whylen);
+    const char *default_note;   /* why the default is what it is, or NULL */
+    const char *help;
+} setting;
+
+static int check_nonempty(const char *v, char *why, size_t whylen) {
+    if (*v) return 0;
+    snprintf(why, whylen, "must not be empty");
+    return -1;
+}
+
+/* "host:port" or "/unix/socket/path", checked here so a typo fails at
+ * startup rather than at the first request. */
+static int check_redis(const char *v, char *why, size_t whylen) {
+    if (v[0] == '/') {
+        if (strlen(v) < sizeof(((struct sockaddr_un *)0)->sun_path)) return 0;
+        snprintf(why, whylen, "unix socket path longer than %zu bytes",
+                 sizeof(((struct sockaddr_un *)0)->sun_path) - 1);
+        return -1;
+    }
+    const char *colon = strrchr(v, ':');
+    if (!colon || colon == v) {
+        snprintf(why, whylen, "expected host:port or a /unix/socket path");
+        return -1;
+    }
+    char *end;
+    errno = 0;
+    long port = strtol(colon + 1, &end, 10);
+    if (!isdigit((unsigned char)colon[1]) || *end || errno || port < 1 || port > 65535) {
+        snprintf(why, whylen, "port after ':' must be 1..65535");
+        return -1;
+    }
+    return 0;
+}
+
+#define F(field) offsetof(config_params, field)
+#define CAP(field) sizeof(((config_params *)0)->field)
+
+/* Every setting, in the order --help and config_dump show them. */
+static const setting settings[] = {
+    {"config", SET_STR, F(config), CAP(config), 0, 0, "FILE", NULL, NULL, NULL,
+     "Settings file (lines `key = value`, # comments), read before the "
+     "environment and flags.  Only from a flag or CTR_CONFIG."},
+    {"model", SET_STR, F(model), CAP(model), 0, 0, "PATH", NULL, check_nonempty, NULL,
+     "Model file (safetensors) to load."},
+    {"redis", SET_STR, F(redis), CAP(redis), 0, 0, "HOST:PORT|/SOCKET", NULL,
+     check_redis, NULL,
+     "Feature store (Redis) address: host:port, or a unix socket path "
+     "starting with /."},
+    {"redis_prefix", SET_STR, F(redis_prefix), CAP(redis_prefix), 0, 0, "PREFIX",
+     NULL, NULL, NULL, "Prefix of every feature key read from Redis."},
+    {"redis_connect_timeout_ms", SET_INT, F(redis_connect_timeout_ms), 0, 1, 60000,
+     "MS", NULL, NULL, NULL, "Timeout for connecting to Redis."},
+    {"redis_timeout_ms", SET_INT, F(redis_timeout_ms), 0, 1, 60000, "MS", NULL, NULL,
+     NULL, "Timeout of each Redis command."},
+    {"bind", SET_STR, F(bind), CAP(bind), 0, 0, "ADDR", NULL, check_nonempty, NULL,
+     "Address to listen on (0.0.0.0 for every interface)."},
+    {"port", SET_INT, F(port), 0, 1, 65535, "N", NULL, NULL, NULL,
+     "TCP port to listen on."},
+    {"threads", SET_INT, F(threads), 0, 1, 1024, "N", NULL, NULL,
+     "the number of online CPUs", "HTTP worker threads."},
+    {"score_threads", SET_INT, F(score_threads), 0, 1, 1024, "N", NULL, NULL,
+     "the number of online CPUs",
+     "Threads one large request's candidates are split across."},
+    {"split_min", SET_INT, F(split_min), 0, 1, 1000000, "N", NULL, NULL, NULL,
+     "Fewest candidates worth splitting across score_threads; smaller "
+     "requests are scored on their worker thread."},
+    {"max_candidates", SET_INT, F(max_candidates), 0, 1, 100000, "N", NULL, NULL, NULL,
+     "Most candidates one request may carry (more: 422).  Sizes each "
+     "worker's scratch memory."},
+    {"max_body_bytes", SET_SIZE, F(max_body_bytes), 0, 1024, 1 << 30, "BYTES", NULL,
+     NULL, NULL, "Largest request body accepted (more: 413)."},
+    {"max_seq", SET_INT, F(max_seq), 0, 1, 1000000, "N", NULL, NULL, NULL,
+     "History entries read per user; the model uses the most recent max_len "
+     "of them."},
+    {"cache_mb", SET_INT, F(cache_mb), 0, 0, 1 << 20, "MIB", NULL, NULL, NULL,
+     "Item vector cache budget in MiB; 0 disables the cache."},
+    {"cache_ttl_s", SET_INT, F(cache_ttl_s), 0, 0, 365 * 86400, "SECONDS", NULL, NULL,
+     NULL, "How long an item vector stays cached, which bounds how stale it "
+     "gets after its features change in Redis; 0 never expires."},
+    {"request_timeout_s", SET_INT, F(request_timeout_s), 0, 1, 3600, "SECONDS", NULL,
+     NULL, NULL, "Idle HTTP connection timeout (libmicrohttpd)."},
+    {"skip_scoring", SET_BOOL, F(skip_scoring), 0, 0, 1, "BOOL", NULL, NULL, NULL,
+     "BENCHMARK ONLY, NEVER IN PRODUCTION: answer score 0 for every "
+     "candidate without running the model, to measure the HTTP + JSON + "
+     "Redis floor."},
+    {"log_level", SET_CHOICE, F(log_level), CAP(log_level), 0, 0, "LEVEL",
+     "debug|info|warn|error", NULL, NULL, "Least severe log records printed."},
+};
+
+#undef F
+#undef CAP
+
+#define NSETTINGS (sizeof settings / sizeof *settings)
+
+static int online_cpus(void) {
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    if (n < 1) return 1;
+    return n > 1024 ? 1024 : (int)n;
+}
+
+config_params config_default_params(void) {
+    config_params p;
+    memset(&p, 0, sizeof p);
+    snprintf(p.model, sizeof p.model, "demo/model.safetensors");
+    snprintf(p.redis, sizeof p.redis, "127.0.0.1:6379");
+    snprintf(p.redis_prefix, sizeof p.redis_prefix, "ctr:");
+    p.redis_connect_timeout_ms = 50;
+    p.redis_timeout_ms = 20;
+    snprintf(p.bind, sizeof p.bind, "127.0.0.1");
+    p.port = 8080;
+    p.threads = online_cpus();
+    p.score_threads = online_cpus();
+    p.split_min = 32;
+    p.max_candidates = 512;
+    p.max_body_bytes = (size_t)1 << 20;
+    p.max_seq = 1000;
+    p.cache_mb = 256;
+    p.cache_ttl_s = 600;
+    p.request_timeout_s = 10;
+    p.skip_scoring = 0;
+    snprintf(p.log_level, sizeof p.log_level, "info");
+    p.config[0] = '\0';
+    return p;
+}
+
+/* --- Lookup and conversion --------------------------------------------- */
+
+/* The setting named by key[0..len), with '-' read as '_'. */
+static const setting *find_setting(const char *key, size_t len) {
+    for (size_t i = 0; i < NSETTINGS; i++) {
+        const char *k = settings[i].key;
+        if (strlen(k) != len) continue;
+        size_t j = 0;
+        while (j < len && (key[j] == '-' ? '_' : key[j]) == k[j]) j++;
+        if (j == len) return &settings[i];
+    }
+    return NULL;
+}
+
+static void env_name(const setting *s, char *out, size_t outlen) {
+    size_t n = (size_t)snprintf(out, outlen, "CTR_");
+    for (const char *c = s->key; *c && n + 1 < outlen; c++)
+        out[n++] = (char)toupper((unsigned char)*c);
+    out[n < outlen ? n : outlen - 1] = '\0';
+}
+
+static const char *const bool_true[] = {"1", "true", "yes", "on"};
+static const char *const bool_false[] = {"0", "false", "no", "off"};
+
+/* 1 or 0 for a boolean word, -1 for anything else. */
+static int parse_bool(const char *v) {
+    for (size_t i = 0; i < 4; i++) {
+        if (strcasecmp(v, bool_true[i]) == 0) return 1;
+        if (strcasecmp(v, bool_false[i]) == 0) return 0;
+    }
+    return -1;
+}
+
+/* Message prefix: "where: key: " (where may be NULL). */
+#define WHERE_FMT "%s%s%s: "
+#define WHERE_ARGS(where, s) (where) ? (where) : "", (where) ? ": " : "", (s)->key
+
+static int set_value(config_params *p, const setting *s, const char *v,
+                     const char *where, char *err, size_t errlen) {
+    char *field = (char *)p + s->off;
+    switch (s->type) {
+    case SET_INT:
+    case SET_SIZE: {
+        char *end;
+        errno = 0;
+        long long x = strtoll(v, &end, 10);
+        if (end == v || *end || isspace((unsigned char)*v))
+            return ctr_fail(err, errlen, CTR_EINVAL,
+                            WHERE_FMT "\"%.64s\" is not a whole number",
+                            WHERE_ARGS(where, s), v);
+        if (errno == ERANGE || x < s->min || x > s->max)
+            return ctr_fail(err, errlen, CTR_EINVAL,
+                            WHERE_FMT "%.64s is out of range %lld..%lld",
+                            WHERE_ARGS(where, s), v, s->min, s->max);
+        if (s->type == SET_INT) *(int *)field = (int)x;
+        else *(size_t *)field = (size_t)x;
+        return CTR_OK;
+    }
+    case SET_BOOL: {
+        int b = parse_bool(v);
+        if (b < 0)
+            return ctr_fail(err, errlen, CTR_EINVAL,
+                            WHERE_FMT "\"%.64s\" is not a boolean "
+                            "(true/false, yes/no, on/off, 1/0)",
+                            WHERE_ARGS(where, s), v);
+        *(int *)field = b;
+        return CTR_OK;
+    }
+    case SET_CHOICE: {
+        size_t vl = strlen(v);
+        for (const char *c = s->choices; *c;) {
+            size_t n = strcspn(c, "|");
+            if (n == vl && strncasecmp(c, v, n) == 0) {
+                snprintf(field, s->cap, "%.*s", (int)n, c);   /* canonical case */
+                return CTR_OK;
+            }
+            c += n + (c[n] == '|');
+        }
+        return ctr_fail(err, errlen, CTR_EINVAL,
+                        WHERE_FMT "\"%.64s\" is not one of %s",
+                        WHERE_ARGS(where, s), v, s->choices);
+    }
+    case SET_STR: {
+        if (strlen(v) >= s->cap)
+            return ctr_fail(err, errlen, CTR_EINVAL,
+                            WHERE_FMT "value longer than %zu bytes",
+                            WHERE_ARGS(where, s), s->cap - 1);
+        for (const char *c = v; *c; c++)
+            if (iscntrl((unsigned char)*c))
+                return ctr_fail(err, errlen, CTR_EINVAL,
+                                WHERE_FMT "value contains a control character",
+                                WHERE_ARGS(where, s));
+        char why[128];
+        if (s->check && s->check(v, why, sizeof why) < 0)
+            return ctr_fail(err, errlen, CTR_EINVAL, WHERE_FMT "\"%.64s\": %s",
+                            WHERE_ARGS(where, s), v, why);
+        snprintf(field, s->cap, "%s", v);
+        return CTR_OK;
+    }
+    }
+    return ctr_fail(err, errlen, CTR_EINVAL, "config: bad setting type");
+}
+
+int config_set(config_params *p, const char *key, const char *value,
+               const char *where, char *err, size_t errlen) {
+    const setting *s = find_setting(key, strlen(key));
+    if (!s)
+        return ctr_fail(err, errlen, CTR_EINVAL,
+                        "%s%sunknown setting \"%.64s\" (--help lists them)",
+                        where ? where : "", where ? ": " : "", key);
+    return set_value(p, s, value, where, err, errlen);
+}
+
+/* --- Sources ----------------------------------------------------------- */
+
+static const char *env_get(char *const envp[], const char *name) {
+    size_t n = strlen(name);
+    for (char *const *e = envp; *e; e++)
+        if (strncmp(*e, name, n) == 0 && (*e)[n] == '=') return *e + n + 1;
+    return NULL;
+}
+
+static char *trim(char *s) {
+    while (*s == ' ' || *s == '\t') s++;
+    size_t n = strlen(s);
+    while (n && (s[n - 1] == ' ' || s[n - 1] == '\t')) s[--n] = '\0';
+    return s;
+}
+
+/* Splits one config line into key and value (in place).  Returns 0, 1 for
+ * a blank or comment line, or -1 with a reason in *why. */
+static int split_line(char *line, char **key, char **value, const char **why) {
+    line[strcspn(line, "\r\n")] = '\0';
+    char *l = trim(line);
+    if (!*l || *l == '#') return 1;
+    char *eq = strchr(l, '=');
+    if (!eq) {
+        *why = "expected `key = value`";
+        return -1;
+    }
+    *eq = '\0';
+    *key = trim(l);
+    if (!**key) {
+        *why = "missing key before '='";
+        return -1;
+    }
+    char *v = eq + 1;
+    while (*v == ' ' || *v == '\t') v++;
+    if (*v == '"') {
+        /* Quoted: up to the last quote, no escapes; then only a comment. */
+        char *close = strrchr(v + 1, '"');
+        if (!close) {
+            *why = "unterminated quote";
+            return -1;
+        }
+        char *rest = close + 1;
+        while (*rest == ' ' || *rest == '\t') rest++;
+        if (*rest && *rest != '#') {
+            *why = "text after the closing quote";
+            return -1;
+        }
+        *close = '\0';
+        *value = v + 1;
+        return 0;
+    }
+    /* Unquoted: a '#' at the start or after a blank begins a comment. */
+    for (char *c = v; *c; c++)
+        if (*c == '#' && (c == v || c[-1] == ' ' || c[-1] == '\t')) {
+            *c = '\0';
+            break;
+        }
+    *value = trim(v);
+    return 0;
+}
+
+static int load_file(config_params *p, const char *path, const char *from,
+                     char *err, size_t errlen) {
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return ctr_fail(err, errlen, CTR_EIO, "%s: cannot read config file \"%s\": %s",
+                        from, path, strerror(errno));
+    char line[4096], where[CONFIG_STR_MAX + 32];
+    int rc = CTR_OK;
+    for (int lineno = 1; fgets(line, sizeof line, f); lineno++) {
+        snprintf(where, sizeof where, "%s:%d", path, lineno);
+        if (!strchr(line, '\n') && !feof(f)) {
+            rc = ctr_fail(err, errlen, CTR_EINVAL, "%s: line longer than %zu bytes",
+                          where, sizeof line - 2);
+            break;
+        }
+        char *key, *value;
+        const char *why = NULL;
+        int r = split_line(line, &key, &value, &why);
+        if (r == 1) continue;
+        if (r < 0) {
+            rc = ctr_fail(err, errlen, CTR_EINVAL, "%s: %s", where, why);
+            break;
+        }
+        const setting *s = find_setting(key, strlen(key));
+        if (!s) {
+            rc = ctr_fail(err, errlen, CTR_EINVAL,
+                          "%s: unknown setting \"%.64s\" (--help lists them)", where, key);
+            break;
+        }
+        if (strcmp(s->key, "config") == 0) {
+            rc = ctr_fail(err, errlen, CTR_EINVAL,
+                          "%s: config: a config file cannot name another", where);
+            break;
+        }
+        if ((rc = set_value(p, s, value, where, err, errlen)) < 0) break;
+    }
+    if (rc == CTR_OK && ferror(f))
+        rc = ctr_fail(err, errlen, CTR_EIO, "%s: read error", path);
+    fclose(f);
+    if (rc == CTR_OK) snprintf(p->config, sizeof p->config, "%s", path);
+    return rc;
+}
+
+/* Reads the flag at argv[*i] (and its value) and advances *i.  Fills *s,
+ * *value and `where` ("flag --key"). */
+static int next_flag(int argc, char *const argv[], int *i, const setting **s,
+                     const char **value, char *where, size_t wlen, char *err,
+                     size_t errlen) {
+    const char *a = argv[(*i)++];
+    if (strncmp(a, "--", 2) != 0 || a[2] == '\0')
+        return ctr_fail(err, errlen, CTR_EINVAL,
+                        "unexpected argument \"%.64s\" (settings are --key value)", a);
+    const char *key = a + 2;
+    const char *eq = strchr(key, '=');
+    size_t klen = eq ? (size_t)(eq - key) : strlen(key);
+    snprintf(where, wlen, "flag --%.*s", (int)klen, key);
+    *s = find_setting(key, klen);
+    if (!*s)
+        return ctr_fail(err, errlen, CTR_EINVAL,
+                        "%s: unknown setting \"%.*s\" (--help lists them)", where,
+                        (int)(klen > 64 ? 64 : klen), key);
+    if (eq) {
+        *value = eq + 1;
+    } else if ((*s)->type == SET_BOOL) {
+        /* "--skip_scoring" alone is true; a boolean word after it is its
+         * value, anything else is the next flag. */
+        if (*i < argc && parse_bool(argv[*i]) >= 0) *value = argv[(*i)++];
+        else *value = "true";
+    } else if (*i < argc) {
+        *value = argv[(*i)++];
+    } else {
+        return ctr_fail(err, errlen, CTR_EINVAL, "%s: needs a value", where);
+    }
+    return CTR_OK;
+}
+
+int config_parse(config_params *p, int argc, char *const argv[],
+                 char *const envp[], char *err, size_t errlen) {
+    if (!envp) envp = environ;
+    for (int i = 1; i < argc; i++)
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0)
+            return CONFIG_HELP;
+
+    /* Pass 1: check the flags' syntax and find --config, which must be
+     * read before the environment and the other flags. */
+    const setting *s;
+    const char *value, *cfg = NULL;
+    char where[96], cfg_from[96] = "";
+    int rc;
+    for (int i = 1; i < argc;) {
+        if ((rc = next_flag(argc, argv, &i, &s, &value, where, sizeof where, err,
+                            errlen)) < 0)
+            return rc;
+        if (strcmp(s->key, "config") == 0) {
+            cfg = value;
+            snprintf(cfg_from, sizeof cfg_from, "%s", where);
+        }
+    }
+    if (!cfg) {
+        cfg = env_get(envp, "CTR_CONFIG");
+        if (cfg && !*cfg) cfg = NULL;
+        snprintf(cfg_from, sizeof cfg_from, "env CTR_CONFIG");
+    }
+    if (cfg) {
+        if (!*cfg)
+            return ctr_fail(err, errlen, CTR_EINVAL, "%s: config: empty file name",
+                            cfg_from);
+        if ((rc = load_file(p, cfg, cfg_from, err, errlen)) < 0) return rc;
+    }
+
+    for (size_t k = 0; k < NSETTINGS; k++) {
+        if (strcmp(settings[k].key, "config") == 0) continue;   /* done above */
+        char name[64];
+        env_name(&settings[k], name, sizeof name);
+        const char *v = env_get(envp, name);
+        if (!v || !*v) continue;
+        snprintf(where, sizeof where, "env %s", name);
+        if ((rc = set_value(p, &settings[k], v, where, err, errlen)) < 0) return rc;
+    }
+
+    for (int i = 1; i < argc;) {
+        next_flag(argc, argv, &i, &s, &value, where, sizeof where, NULL, 0);
+        if (strcmp(s->key, "config") == 0) continue;
+        if ((rc = set_value(p, s, value, where, err, errlen)) < 0) return rc;
+    }
+    return CTR_OK;
+}
+
+/* --- Output ------------------------------------------------------------ */
+
+static void print_value(FILE *out, const setting *s, const config_params *p) {
+    const char *field = (const char *)p + s->off;
+    switch (s->type) {
+    case SET_INT: fprintf(out, "%d", *(const int *)field); break;
+    case SET_SIZE: fprintf(out, "%zu", *(const size_t *)field); break;
+    case SET_BOOL: fputs(*(const int *)field ? "true" : "false", out); break;
+    case SET_CHOICE:
+    case SET_STR: {
+        /* Quote what the file syntax would otherwise trim or cut. */
+        size_t n = strlen(field);
+        int quote = n == 0 || field[0] == ' ' || field[0] == '\t' || field[0] == '"' ||
+                    field[n - 1] == ' ' || field[n - 1] == '\t' || strchr(field, '#');
+        fprintf(out, quote ? "\"%s\"" : "%s", field);
+        break;
+    }
+    }
+}
+
+/* Prints text word-wrapped to 78 columns, each line indented by 6. */
+static void print_wrapped(FILE *out, const char *text) {
+    const int indent = 6, width = 78;
+    int col = 0;
+    for (const char *w = text; *w;) {
+        while (*w == ' ') w++;
+        int n = (int)strcspn(w, " ");
+        if (!n) break;
+        if (col > indent && col + 1 + n > width) {
+            fputc('\n', out);
+            col = 0;
+        }
+        if (col == 0) col = fprintf(out, "%*s", indent, "");
+        else col += fprintf(out, " ");
+        col += fprintf(out, "%.*s", n, w);
+        w += n;
+    }
+    fputc('\n', out);
+}
+
+void config_help(FILE *out, const char *prog) {
+    config_params d = config_default_params();
+    fprintf(out,
+            "Usage: %s [--config FILE] [--KEY VALUE | --KEY=VALUE]...\n"
+            "\n"
+            "Each setting comes from, lowest precedence first: its default, the\n"
+            "config file (`key = value` lines, # comments), its environment\n"
+            "variable, a command-line flag.  In keys, - and _ are the same.\n"
+            "\n",
+            prog ? prog : "ctr-score");
+    for (size_t i = 0; i < NSETTINGS; i++) {
+        const setting *s = &settings[i];
+        char env[64];
+        env_name(s, env, sizeof env);
+        fprintf(out, "  --%s %s  [env %s]", s->key, s->arg, env);
+        if (strcmp(s->key, "config") != 0) {
+            fputs("  default: ", out);
+            print_value(out, s, &d);
+            if (s->default_note) fprintf(out, " (%s)", s->default_note);
+        }
+        fputc('\n', out);
+        char text[512];
+        if (s->type == SET_INT || s->type == SET_SIZE)
+            snprintf(text, sizeof text, "%s  Range %lld..%lld.", s->help, s->min, s->max);
+        else if (s->type == SET_CHOICE)
+            snprintf(text, sizeof text, "%s  One of %s.", s->help, s->choices);
+        else
+            snprintf(text, sizeof text, "%s", s->help);
+        print_wrapped(out, text);
+    }
+    fputs("  --help\n      Print this and exit.\n", out);
+}
+
+void config_dump(const config_params *p, FILE *out) {
+    if (p->config[0]) fprintf(out, "# settings in effect (config file: %s)\n", p->config);
+    else fputs("# settings in effect (no config file)\n", out);
+    for (size_t i = 0; i < NSETTINGS; i++) {
+        const setting *s = &settings[i];
+        if (strcmp(s->key, "config") == 0) continue;   /* not valid in a file */
+        fprintf(out, "%s = ", s->key);
+        print_value(out, s, p);
+        if (strcmp(s->key, "skip_scoring") == 0 && p->skip_scoring)
+            fputs("   # WARNING: benchmark mode, every score is 0", out);
+        fputc('\n', out);
+    }
+}

@@ -1,0 +1,97 @@
+/*
+ * config.h - the server's settings: defaults, config file, environment,
+ * command line, --help and the startup dump.
+ *
+ * Each setting comes from, in increasing precedence:
+ *   1. its built-in default (config_default_params);
+ *   2. the config file named by --config FILE or CTR_CONFIG: lines
+ *      `key = value`, blank lines and `#` comments (a `#` after blanks ends
+ *      a line too); a value may be put in double quotes to keep a `#` or
+ *      surrounding blanks;
+ *   3. the environment: CTR_<KEY in upper case>, e.g. CTR_PORT, CTR_REDIS.
+ *      An empty variable counts as unset (compose files and shells produce
+ *      `CTR_X=` placeholders).  Other CTR_* variables are ignored, since
+ *      tools share the prefix;
+ *   4. flags: `--key value` or `--key=value`; `-` and `_` are the same in
+ *      keys (--redis-prefix).  A boolean flag alone (--skip_scoring) means
+ *      true.
+ *
+ * One table in config.c lists every setting with its type, range, default
+ * and description; parsing, --help and config_dump all read it, so they
+ * cannot disagree.  Bad input (unknown key, a number that is not one, a
+ * value out of range) is an error naming the setting and where it came from
+ * ("cfg.conf:3", "env CTR_PORT", "flag --port"); the caller prints it and
+ * exits non-zero.
+ *
+ * Workload: called once at startup, single-threaded.  Not thread-safe while
+ * a params struct is being filled; the filled struct is plain data.
+ */
+#ifndef CTR_SERVER_CONFIG_H
+#define CTR_SERVER_CONFIG_H
+
+#include <stddef.h>
+#include <stdio.h>
+
+#include "core/status.h"
+
+/* Capacity of each string setting, NUL included; longer values are an
+ * error, never silently cut. */
+#define CONFIG_STR_MAX 1024
+
+/* config_parse's answer when --help (or -h) is on the command line. */
+#define CONFIG_HELP 1
+
+typedef struct config_params {
+    char model[CONFIG_STR_MAX];     /* model file (safetensors) */
+    char redis[CONFIG_STR_MAX];     /* "host:port", or a unix socket path
+                                       (starts with '/') */
+    char redis_prefix[CONFIG_STR_MAX];  /* key prefix of every feature */
+    int redis_connect_timeout_ms;
+    int redis_timeout_ms;           /* per command */
+    char bind[CONFIG_STR_MAX];      /* address to listen on */
+    int port;
+    int threads;                    /* HTTP worker threads */
+    int score_threads;              /* threads one request's scoring may use */
+    int split_min;                  /* fewest candidates worth splitting */
+    int max_candidates;             /* per request; sizes the scratch */
+    size_t max_body_bytes;
+    int max_seq;                    /* history entries read per user */
+    int cache_mb;                   /* item cache budget; 0 disables it */
+    int cache_ttl_s;                /* item cache TTL; 0 never expires */
+    int request_timeout_s;          /* idle connection timeout */
+    int skip_scoring;               /* BENCHMARK ONLY: scores are all 0 */
+    char log_level[16];             /* "debug", "info", "warn", "error" */
+    char config[CONFIG_STR_MAX];    /* the config file read, "" if none */
+} config_params;
+
+/* Built-in defaults.  threads and score_threads are the number of online
+ * CPUs at the time of the call. */
+config_params config_default_params(void);
+
+/* Fills *p (which should hold defaults) from the config file, the
+ * environment and the command line, in that order of precedence.
+ * argv[0] is the program name and is skipped.  envp is a NULL-terminated
+ * "NAME=value" array like main's third argument; NULL means the process
+ * environment.  Returns CTR_OK; CONFIG_HELP when --help/-h was given
+ * (nothing else is parsed; print config_help and exit 0); CTR_EINVAL for
+ * bad input or CTR_EIO for an unreadable config file, with a message in err
+ * naming the setting and its source.  On error *p is partly filled. */
+int config_parse(config_params *p, int argc, char *const argv[],
+                 char *const envp[], char *err, size_t errlen);
+
+/* Sets one setting from text, checking it as config_parse does.  `key`
+ * accepts '-' for '_'; `where` names the source for messages (e.g. "flag
+ * --port"), NULL for none.  CTR_OK or CTR_EINVAL with a message.  The
+ * "config" key is accepted here and only records the path. */
+int config_set(config_params *p, const char *key, const char *value,
+               const char *where, char *err, size_t errlen);
+
+/* Usage: every setting with its argument, environment variable, default
+ * and a description.  prog is the program name for the usage line. */
+void config_help(FILE *out, const char *prog);
+
+/* The effective settings as `key = value` lines (valid config file
+ * syntax), for the startup log. */
+void config_dump(const config_params *p, FILE *out);
+
+#endif

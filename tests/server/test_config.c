@@ -1,0 +1,419 @@
+/*
+ * test_config.c - server/config.c: defaults, precedence (default < file <
+ * env < flag), flag and file syntax, every kind of error with the source it
+ * must name, --help listing every setting, and config_dump read back as a
+ * config file giving the same settings.  The environment is passed in
+ * explicitly, so the CTR_* variables tests/run.sh exports do not leak in.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+#include <unistd.h>
+
+#include "server/config.h"
+
+/* The settings the service is specified to have; --help and the dump must
+ * list each (checked against this independent list, not the table). */
+static const char *const keys[] = {
+    "model", "redis", "redis_prefix", "redis_connect_timeout_ms", "redis_timeout_ms",
+    "bind", "port", "threads", "score_threads", "split_min", "max_candidates",
+    "max_body_bytes", "max_seq", "cache_mb", "cache_ttl_s", "request_timeout_s",
+    "skip_scoring", "log_level",
+};
+#define NKEYS (sizeof keys / sizeof *keys)
+
+static char *const no_env[] = {NULL};
+static char tmpdir[] = "/tmp/ctr-test-config.XXXXXX";
+
+static int setup(void **state) {
+    return mkdtemp(tmpdir) ? 0 : -1;
+}
+
+static int teardown(void **state) {
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", tmpdir);
+    return system(cmd) == 0 ? 0 : -1;
+}
+
+/* Writes text to a file in the temp dir; returns its path (static). */
+static const char *write_file(const char *name, const char *text) {
+    static char path[256];
+    snprintf(path, sizeof path, "%s/%s", tmpdir, name);
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fputs(text, f);
+    fclose(f);
+    return path;
+}
+
+/* config_parse over a NULL-terminated argument list (argv[0] added). */
+static int parse(config_params *p, char *const env[], char *err, size_t errlen, ...) {
+    char *argv[64] = {"ctr-score"};
+    int argc = 1;
+    va_list ap;
+    va_start(ap, errlen);
+    for (char *a; (a = va_arg(ap, char *)) != NULL;) argv[argc++] = a;
+    va_end(ap);
+    *p = config_default_params();
+    err[0] = '\0';
+    return config_parse(p, argc, argv, env, err, errlen);
+}
+
+/* What fn prints, as a malloc'd string. */
+static char *capture(void (*fn)(FILE *, const void *), const void *arg) {
+    FILE *f = tmpfile();
+    assert_non_null(f);
+    fn(f, arg);
+    long n = ftell(f);
+    assert_true(n > 0);
+    rewind(f);
+    char *text = malloc((size_t)n + 1);
+    assert_non_null(text);
+    assert_int_equal(fread(text, 1, (size_t)n, f), (size_t)n);
+    text[n] = '\0';
+    fclose(f);
+    return text;
+}
+
+static void help_fn(FILE *f, const void *arg) { config_help(f, arg); }
+static void dump_fn(FILE *f, const void *arg) { config_dump(arg, f); }
+
+static void test_defaults(void **state) {
+    config_params p = config_default_params();
+    assert_string_equal(p.model, "demo/model.safetensors");
+    assert_string_equal(p.redis, "127.0.0.1:6379");
+    assert_string_equal(p.redis_prefix, "ctr:");
+    assert_int_equal(p.redis_connect_timeout_ms, 50);
+    assert_int_equal(p.redis_timeout_ms, 20);
+    assert_string_equal(p.bind, "127.0.0.1");
+    assert_int_equal(p.port, 8080);
+    assert_int_equal(p.threads, sysconf(_SC_NPROCESSORS_ONLN));
+    assert_int_equal(p.score_threads, sysconf(_SC_NPROCESSORS_ONLN));
+    assert_int_equal(p.split_min, 32);
+    assert_int_equal(p.max_candidates, 512);
+    assert_int_equal(p.max_body_bytes, 1 << 20);
+    assert_int_equal(p.max_seq, 1000);
+    assert_int_equal(p.cache_mb, 256);
+    assert_int_equal(p.cache_ttl_s, 600);
+    assert_int_equal(p.request_timeout_s, 10);
+    assert_int_equal(p.skip_scoring, 0);
+    assert_string_equal(p.log_level, "info");
+    assert_string_equal(p.config, "");
+
+    /* Nothing given: defaults survive parsing. */
+    config_params q;
+    char err[256];
+    assert_int_equal(parse(&q, no_env, err, sizeof err, NULL), CTR_OK);
+    assert_int_equal(q.port, 8080);
+    assert_string_equal(q.redis, "127.0.0.1:6379");
+}
+
+static void test_precedence(void **state) {
+    const char *cfg = write_file("prec.conf",
+        "# every level sets port; lower levels set what higher ones leave\n"
+        "port = 1001\n"
+        "redis = file-host:1\n"
+        "redis_prefix = file:\n"
+        "max_seq = 11\n"
+        "\n"
+        "   cache_mb=7   # trailing comment\n");
+    char cfg_flag[300];
+    snprintf(cfg_flag, sizeof cfg_flag, "--config=%s", cfg);
+    char *env[] = {"CTR_PORT=2002", "CTR_REDIS=env-host:2", "CTR_MAX_SEQ=22",
+                   "CTR_UNRELATED=x", "CTR_BUILD=build/release", "PATH=/bin", NULL};
+    config_params p;
+    char err[256];
+    assert_int_equal(parse(&p, env, err, sizeof err, cfg_flag, "--port", "3003",
+                           "--max-seq=33", NULL), CTR_OK);
+    assert_int_equal(p.port, 3003);                    /* flag > env > file */
+    assert_int_equal(p.max_seq, 33);
+    assert_string_equal(p.redis, "env-host:2");        /* env > file */
+    assert_string_equal(p.redis_prefix, "file:");      /* file > default */
+    assert_int_equal(p.cache_mb, 7);
+    assert_int_equal(p.split_min, 32);                 /* default */
+    assert_string_equal(p.config, cfg);
+
+    /* Without the flag: env wins over file. */
+    assert_int_equal(parse(&p, env, err, sizeof err, cfg_flag, NULL), CTR_OK);
+    assert_int_equal(p.port, 2002);
+    /* Without env: file wins over default. */
+    assert_int_equal(parse(&p, no_env, err, sizeof err, cfg_flag, NULL), CTR_OK);
+    assert_int_equal(p.port, 1001);
+
+    /* The config file can come from CTR_CONFIG too; a flag overrides it. */
+    char env_cfg[300];
+    snprintf(env_cfg, sizeof env_cfg, "CTR_CONFIG=%s", cfg);
+    char *env2[] = {env_cfg, NULL};
+    assert_int_equal(parse(&p, env2, err, sizeof err, NULL), CTR_OK);
+    assert_int_equal(p.port, 1001);
+    const char *other = write_file("other.conf", "port = 4004\n");
+    assert_int_equal(parse(&p, env2, err, sizeof err, "--config", other, NULL), CTR_OK);
+    assert_int_equal(p.port, 4004);
+    assert_int_equal(p.max_seq, 1000);
+
+    /* An empty variable is unset. */
+    char *env3[] = {"CTR_PORT=", NULL};
+    assert_int_equal(parse(&p, env3, err, sizeof err, NULL), CTR_OK);
+    assert_int_equal(p.port, 8080);
+}
+
+static void test_syntax(void **state) {
+    config_params p;
+    char err[256];
+    /* Both flag forms, dashes for underscores, case-insensitive choices. */
+    assert_int_equal(parse(&p, no_env, err, sizeof err, "--redis", "/run/redis.sock",
+                           "--redis-prefix=", "--log_level", "WARN",
+                           "--max_body_bytes=2048", "--bind=0.0.0.0", NULL), CTR_OK);
+    assert_string_equal(p.redis, "/run/redis.sock");
+    assert_string_equal(p.redis_prefix, "");
+    assert_string_equal(p.log_level, "warn");
+    assert_int_equal(p.max_body_bytes, 2048);
+    assert_string_equal(p.bind, "0.0.0.0");
+
+    /* Booleans: alone, with a word after, with =. */
+    assert_int_equal(parse(&p, no_env, err, sizeof err, "--skip_scoring", NULL), CTR_OK);
+    assert_int_equal(p.skip_scoring, 1);
+    assert_int_equal(parse(&p, no_env, err, sizeof err, "--skip_scoring", "--port", "9",
+                           NULL), CTR_OK);
+    assert_int_equal(p.skip_scoring, 1);
+    assert_int_equal(p.port, 9);
+    assert_int_equal(parse(&p, no_env, err, sizeof err, "--skip_scoring", "no", NULL),
+                     CTR_OK);
+    assert_int_equal(p.skip_scoring, 0);
+    assert_int_equal(parse(&p, no_env, err, sizeof err, "--skip-scoring=ON", NULL), CTR_OK);
+    assert_int_equal(p.skip_scoring, 1);
+    char *env[] = {"CTR_SKIP_SCORING=yes", NULL};
+    assert_int_equal(parse(&p, env, err, sizeof err, NULL), CTR_OK);
+    assert_int_equal(p.skip_scoring, 1);
+
+    /* File: quotes keep '#' and blanks; comments; CRLF; zero is allowed
+     * where documented. */
+    const char *cfg = write_file("syntax.conf",
+        "redis_prefix = \" a#b \"   # quoted\r\n"
+        "model=/models/x#1.safetensors\n"
+        "\t# indented comment\n"
+        "cache_mb = 0\n"
+        "cache_ttl_s = 0\n"
+        "skip_scoring = false\n");
+    assert_int_equal(parse(&p, no_env, err, sizeof err, "--config", cfg, NULL), CTR_OK);
+    assert_string_equal(p.redis_prefix, " a#b ");
+    assert_string_equal(p.model, "/models/x#1.safetensors");   /* # inside a word */
+    assert_int_equal(p.cache_mb, 0);
+    assert_int_equal(p.cache_ttl_s, 0);
+
+    /* config_set, used directly. */
+    p = config_default_params();
+    assert_int_equal(config_set(&p, "split-min", "64", NULL, err, sizeof err), CTR_OK);
+    assert_int_equal(p.split_min, 64);
+}
+
+/* Expects config_parse to fail with `status` and a message holding each of
+ * the given fragments. */
+static void expect_error(int status, const char *const *frags, char *const env[], ...) {
+    char *argv[16] = {"ctr-score"};
+    int argc = 1;
+    va_list ap;
+    va_start(ap, env);
+    for (char *a; (a = va_arg(ap, char *)) != NULL;) argv[argc++] = a;
+    va_end(ap);
+    config_params p = config_default_params();
+    char err[512] = "";
+    int rc = config_parse(&p, argc, argv, env, err, sizeof err);
+    if (rc != status) fail_msg("status %d, wanted %d (%s)", rc, status, err);
+    for (; *frags; frags++)
+        if (!strstr(err, *frags)) fail_msg("message \"%s\" lacks \"%s\"", err, *frags);
+}
+
+#define FRAGS(...) ((const char *const[]){__VA_ARGS__, NULL})
+
+static void test_errors(void **state) {
+    /* Unknown keys: flag and file (env only reads known names). */
+    expect_error(CTR_EINVAL, FRAGS("flag --prot", "unknown setting", "prot"), no_env,
+                 "--prot", "80", NULL);
+    const char *bad_key = write_file("badkey.conf", "port = 1\n\nthreds = 4\n");
+    expect_error(CTR_EINVAL, FRAGS("badkey.conf:3", "unknown setting", "threds"), no_env,
+                 "--config", bad_key, NULL);
+
+    /* Bad numbers from each source. */
+    char *env_bad[] = {"CTR_PORT=80x", NULL};
+    expect_error(CTR_EINVAL, FRAGS("env CTR_PORT", "port", "80x", "not a whole number"),
+                 env_bad, NULL);
+    expect_error(CTR_EINVAL, FRAGS("flag --threads", "threads", "not a whole number"),
+                 no_env, "--threads=", NULL);
+    expect_error(CTR_EINVAL, FRAGS("flag --threads", "not a whole number"), no_env,
+                 "--threads", " 4", NULL);
+    const char *bad_num = write_file("badnum.conf", "max_candidates = 1e3\n");
+    expect_error(CTR_EINVAL, FRAGS("badnum.conf:1", "max_candidates", "1e3"), no_env,
+                 "--config", bad_num, NULL);
+
+    /* Out of range, including overflow. */
+    expect_error(CTR_EINVAL, FRAGS("flag --port", "port", "70000", "out of range 1..65535"),
+                 no_env, "--port", "70000", NULL);
+    char *env_range[] = {"CTR_THREADS=0", NULL};
+    expect_error(CTR_EINVAL, FRAGS("env CTR_THREADS", "out of range 1..1024"), env_range,
+                 NULL);
+    expect_error(CTR_EINVAL, FRAGS("flag --max_body_bytes", "out of range"), no_env,
+                 "--max_body_bytes", "99999999999999999999999", NULL);
+    expect_error(CTR_EINVAL, FRAGS("flag --cache_mb", "out of range"), no_env,
+                 "--cache_mb=-1", NULL);
+    const char *bad_range = write_file("range.conf", "# x\nredis_timeout_ms = 0\n");
+    expect_error(CTR_EINVAL, FRAGS("range.conf:2", "redis_timeout_ms", "out of range"),
+                 no_env, "--config", bad_range, NULL);
+
+    /* Other bad values. */
+    expect_error(CTR_EINVAL, FRAGS("flag --skip_scoring", "not a boolean"), no_env,
+                 "--skip_scoring=maybe", NULL);
+    expect_error(CTR_EINVAL, FRAGS("flag --log_level", "verbose", "debug|info|warn|error"),
+                 no_env, "--log_level", "verbose", NULL);
+    expect_error(CTR_EINVAL, FRAGS("flag --redis", "host:port"), no_env,
+                 "--redis", "localhost", NULL);
+    expect_error(CTR_EINVAL, FRAGS("flag --redis", "1..65535"), no_env,
+                 "--redis", "localhost:99999", NULL);
+    expect_error(CTR_EINVAL, FRAGS("flag --redis", "1..65535"), no_env,
+                 "--redis", "localhost:", NULL);
+    expect_error(CTR_EINVAL, FRAGS("flag --model", "empty"), no_env, "--model=", NULL);
+    char long_path[CONFIG_STR_MAX + 10];
+    memset(long_path, 'a', sizeof long_path - 1);
+    long_path[sizeof long_path - 1] = '\0';
+    expect_error(CTR_EINVAL, FRAGS("flag --model", "longer than 1023"), no_env,
+                 "--model", long_path, NULL);
+    expect_error(CTR_EINVAL, FRAGS("flag --bind", "control character"), no_env,
+                 "--bind", "0.0.0.0\n", NULL);
+
+    /* Command-line syntax. */
+    expect_error(CTR_EINVAL, FRAGS("flag --port", "needs a value"), no_env, "--port", NULL);
+    expect_error(CTR_EINVAL, FRAGS("unexpected argument", "model.safetensors"), no_env,
+                 "model.safetensors", NULL);
+    expect_error(CTR_EINVAL, FRAGS("unexpected argument"), no_env, "-p", "80", NULL);
+    expect_error(CTR_EINVAL, FRAGS("unexpected argument"), no_env, "--", NULL);
+
+    /* File syntax and access. */
+    const char *no_eq = write_file("noeq.conf", "port 8080\n");
+    expect_error(CTR_EINVAL, FRAGS("noeq.conf:1", "key = value"), no_env,
+                 "--config", no_eq, NULL);
+    const char *no_key = write_file("nokey.conf", " = 3\n");
+    expect_error(CTR_EINVAL, FRAGS("nokey.conf:1", "missing key"), no_env,
+                 "--config", no_key, NULL);
+    const char *quote = write_file("quote.conf", "bind = \"0.0.0.0\n");
+    expect_error(CTR_EINVAL, FRAGS("quote.conf:1", "unterminated quote"), no_env,
+                 "--config", quote, NULL);
+    const char *after = write_file("after.conf", "bind = \"a\" b\n");
+    expect_error(CTR_EINVAL, FRAGS("after.conf:1", "after the closing quote"), no_env,
+                 "--config", after, NULL);
+    const char *nested = write_file("nested.conf", "config = other.conf\n");
+    expect_error(CTR_EINVAL, FRAGS("nested.conf:1", "cannot name another"), no_env,
+                 "--config", nested, NULL);
+    char *huge = malloc(5000);
+    memset(huge, 'x', 4999);
+    huge[4999] = '\0';
+    memcpy(huge, "model = ", 8);
+    const char *longline = write_file("long.conf", huge);
+    free(huge);
+    expect_error(CTR_EINVAL, FRAGS("long.conf:1", "line longer"), no_env,
+                 "--config", longline, NULL);
+    char missing[300];
+    snprintf(missing, sizeof missing, "%s/missing.conf", tmpdir);
+    expect_error(CTR_EIO, FRAGS("flag --config", "missing.conf", "cannot read"), no_env,
+                 "--config", missing, NULL);
+    char env_missing[320];
+    snprintf(env_missing, sizeof env_missing, "CTR_CONFIG=%s", missing);
+    char *env_cfg[] = {env_missing, NULL};
+    expect_error(CTR_EIO, FRAGS("env CTR_CONFIG", "cannot read"), env_cfg, NULL);
+    expect_error(CTR_EINVAL, FRAGS("flag --config", "empty"), no_env, "--config=", NULL);
+
+    /* config_set names the key and its source. */
+    config_params p = config_default_params();
+    char err[256];
+    assert_int_equal(config_set(&p, "nope", "1", "test", err, sizeof err), CTR_EINVAL);
+    assert_non_null(strstr(err, "test: unknown setting \"nope\""));
+    assert_int_equal(config_set(&p, "port", "0", NULL, err, sizeof err), CTR_EINVAL);
+    assert_string_equal(err, "port: 0 is out of range 1..65535");
+    assert_int_equal(p.port, 8080);   /* a refused value changes nothing */
+}
+
+static void test_help(void **state) {
+    config_params p;
+    char err[256];
+    /* --help wins wherever it is, even beside bad flags. */
+    assert_int_equal(parse(&p, no_env, err, sizeof err, "--port", "x", "--help", NULL),
+                     CONFIG_HELP);
+    assert_int_equal(parse(&p, no_env, err, sizeof err, "-h", NULL), CONFIG_HELP);
+
+    char *text = capture(help_fn, "ctr-score");
+    assert_non_null(strstr(text, "Usage: ctr-score"));
+    assert_non_null(strstr(text, "--config FILE  [env CTR_CONFIG]"));
+    for (size_t i = 0; i < NKEYS; i++) {
+        char flag[64], env[64];
+        snprintf(flag, sizeof flag, "  --%s ", keys[i]);
+        size_t n = (size_t)snprintf(env, sizeof env, "[env CTR_");
+        for (const char *c = keys[i]; *c; c++) env[n++] = (char)(*c >= 'a' && *c <= 'z' ? *c - 32 : *c);
+        env[n++] = ']';
+        env[n] = '\0';
+        const char *at = strstr(text, flag);
+        if (!at) fail_msg("--help lacks %s", keys[i]);
+        const char *eol = strchr(at, '\n');
+        const char *e = strstr(at, env);
+        if (!e || e > eol) fail_msg("--help line of %s lacks %s", keys[i], env);
+        const char *d = strstr(at, "default: ");
+        if (!d || d > eol) fail_msg("--help line of %s lacks its default", keys[i]);
+        /* A description line follows. */
+        assert_true(eol[1] == ' ' && strlen(eol + 1) > 8);
+    }
+    assert_non_null(strstr(text, "--port N  [env CTR_PORT]  default: 8080"));
+    assert_non_null(strstr(text, "default: demo/model.safetensors"));
+    assert_non_null(strstr(text, "Range 1..65535."));
+    assert_non_null(strstr(text, "(the number of online CPUs)"));
+    assert_non_null(strstr(text, "BENCHMARK ONLY"));
+    free(text);
+}
+
+static void test_dump_roundtrip(void **state) {
+    config_params p;
+    char err[256];
+    assert_int_equal(parse(&p, no_env, err, sizeof err, "--redis_prefix", " odd#prefix ",
+                           "--model", "/m/model v2.safetensors", "--port", "9090",
+                           "--skip_scoring", "--log_level", "debug", "--cache_mb", "0",
+                           "--max_body_bytes", "4096", NULL), CTR_OK);
+    char *text = capture(dump_fn, &p);
+    for (size_t i = 0; i < NKEYS; i++) {
+        char line[64];
+        snprintf(line, sizeof line, "\n%s = ", keys[i]);
+        if (!strstr(text, line)) fail_msg("dump lacks %s", keys[i]);
+    }
+    assert_non_null(strstr(text, "# settings in effect (no config file)"));
+    assert_non_null(strstr(text, "\nport = 9090\n"));
+    assert_non_null(strstr(text, "\nredis_prefix = \" odd#prefix \"\n"));
+    assert_non_null(strstr(text, "skip_scoring = true   # WARNING"));
+
+    /* Read back as a config file: the same settings. */
+    const char *path = write_file("dump.conf", text);
+    config_params q;
+    assert_int_equal(parse(&q, no_env, err, sizeof err, "--config", path, NULL), CTR_OK);
+    char *again = capture(dump_fn, &q);
+    assert_string_equal(strchr(again, '\n'), strchr(text, '\n'));   /* past line 1 */
+    assert_string_equal(q.redis_prefix, " odd#prefix ");
+    assert_string_equal(q.model, "/m/model v2.safetensors");
+    assert_int_equal(q.skip_scoring, 1);
+    assert_int_equal(q.max_body_bytes, 4096);
+    assert_non_null(strstr(again, "(config file: "));
+    free(text);
+    free(again);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_defaults),
+        cmocka_unit_test(test_precedence),
+        cmocka_unit_test(test_syntax),
+        cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_help),
+        cmocka_unit_test(test_dump_roundtrip),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
