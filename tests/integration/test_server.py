@@ -1,0 +1,374 @@
+#!/usr/bin/python3
+"""ctr-server end to end, on its own redis-server (which the test stops and
+restarts) and the golden "small" model: rankings equal ctr-score's, every
+error status from real malformed requests, the item cache, Redis outages,
+SIGHUP reloads (corrupt and good), and SIGTERM draining.
+
+Run by tests/integration/test_server.sh with CTR_BUILD, CTR_GOLDEN, PYTHON.
+Only loopback traffic; every wait is bounded."""
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+BUILD = os.environ.get("CTR_BUILD", "build/release")
+GOLDEN = os.environ.get("CTR_GOLDEN", "build/golden")
+PY = os.environ.get("PYTHON", "/usr/bin/python3")
+SMALL = os.path.join(GOLDEN, "small")
+TOL = 1e-6
+
+passed = failed = 0
+
+
+def check(name, cond, detail=""):
+    global passed, failed
+    if cond:
+        passed += 1
+        print(f"  ok   {name}")
+    else:
+        failed += 1
+        print(f"  FAIL {name} {detail}")
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def wait_for(fn, timeout=10.0, step=0.05):
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            if fn():
+                return True
+        except Exception:
+            pass
+        time.sleep(step)
+    return False
+
+
+class Redis:
+    def __init__(self, tmp):
+        self.port = free_port()
+        self.tmp = tmp
+        self.proc = None
+
+    def start(self):
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", self.tmp],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        assert wait_for(lambda: self.cli("PING") == "PONG"), "redis did not start"
+
+    def stop(self):
+        if self.proc:
+            self.proc.terminate()
+            self.proc.wait(10)
+            self.proc = None
+
+    def cli(self, *args):
+        return subprocess.run(["redis-cli", "-p", str(self.port), *args], capture_output=True,
+                              text=True, timeout=10).stdout.strip()
+
+    def mget_calls(self):
+        for line in self.cli("INFO", "commandstats").splitlines():
+            if line.startswith("cmdstat_mget:"):
+                return int(line.split("calls=")[1].split(",")[0])
+        return 0
+
+
+def load(redis, prefix):
+    r = subprocess.run([f"{BUILD}/ctr-load", "--redis", f"127.0.0.1:{redis.port}", "--prefix",
+                        prefix, "--items", f"{SMALL}/items.jsonl", "--users",
+                        f"{SMALL}/users.jsonl", "--model", f"{SMALL}/model.safetensors"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+
+
+class Server:
+    def __init__(self, model, redis, prefix, extra=()):
+        self.port = free_port()
+        self.log = tempfile.NamedTemporaryFile(prefix="ctr-server-", suffix=".log", delete=False)
+        self.proc = subprocess.Popen(
+            [f"{BUILD}/ctr-server", "--model", model, "--redis", f"127.0.0.1:{redis.port}",
+             "--redis-prefix", prefix, "--port", str(self.port), "--threads", "3",
+             "--score-threads", "2", "--split-min", "2", "--max-candidates", "64",
+             "--max-body-bytes", "65536", "--redis-timeout-ms", "200",
+             "--redis-connect-timeout-ms", "200", *extra],
+            stdout=self.log, stderr=subprocess.STDOUT)
+        ok = wait_for(lambda: self.request("GET", "/healthz")[0] == 200, timeout=60)
+        assert ok, "server did not come up: " + self.logtext()
+
+    def logtext(self):
+        with open(self.log.name) as f:
+            return f.read()
+
+    def request(self, method, path, body=None, ctype="application/json", headers=None):
+        c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        h = dict(headers or {})
+        if body is not None:
+            if isinstance(body, (dict, list)):
+                body = json.dumps(body)
+            if isinstance(body, str):
+                body = body.encode()
+            if ctype:
+                h["Content-Type"] = ctype
+        c.request(method, path, body=body, headers=h)
+        r = c.getresponse()
+        data = r.read()
+        c.close()
+        return r.status, dict(r.getheaders()), data
+
+    def rank(self, req):
+        st, hdr, data = self.request("POST", "/v1/rank", req)
+        try:
+            return st, json.loads(data)
+        except ValueError:
+            return st, {"raw": data.decode(errors="replace")}
+
+    def metric(self, name):
+        st, _, data = self.request("GET", "/metrics")
+        total = 0.0
+        for line in data.decode().splitlines():
+            if line.startswith(name + " ") or line.startswith(name + "{"):
+                total += float(line.rsplit(" ", 1)[1])
+        return total
+
+    def stop(self, sig=signal.SIGTERM, timeout=30):
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return None
+
+
+def error_code(resp):
+    try:
+        return resp["error"]["code"]
+    except (KeyError, TypeError):
+        return None
+
+
+def main():
+    tmp = tempfile.mkdtemp(prefix="ctr-server-test-")
+    redis = Redis(tmp)
+    redis.start()
+    prefix = f"t{os.getpid()}:"
+    load(redis, prefix)
+    model = os.path.join(tmp, "model.safetensors")
+    shutil.copy(f"{SMALL}/model.safetensors", model)
+
+    # ctr-score's scores on the same data: the reference for the server.
+    with open(f"{SMALL}/requests.jsonl") as f:
+        req_lines = [l for l in f.read().splitlines() if l.strip()]
+    r = subprocess.run([f"{BUILD}/ctr-score", "--model", model, "--items", f"{SMALL}/items.jsonl",
+                        "--users", f"{SMALL}/users.jsonl"], input="\n".join(req_lines) + "\n",
+                       capture_output=True, text=True, timeout=120)
+    check("ctr-score ran", r.returncode == 0, r.stderr[-500:])
+    expected = [json.loads(l)["scores"] for l in r.stdout.splitlines()]
+
+    srv = Server(model, redis, prefix)
+    cold = Server(model, redis, prefix, ["--cache-mb", "0"])
+    try:
+        print("rank parity with ctr-score")
+        worst = 0.0
+        ordered = True
+        for k, line in enumerate(req_lines):
+            req = json.loads(line)
+            req["request_id"] = f"req-{k}"
+            st, resp = srv.rank(req)
+            if st != 200:
+                check(f"request {k}: 200", False, f"{st} {resp}")
+                continue
+            want = expected[k]
+            got = {}
+            for it in resp["items"]:
+                got.setdefault(it["item_id"], []).append(it["score"])
+            for i, c in enumerate(req["candidates"]):
+                s = got.get(c["item_id"], [])
+                if not s:
+                    worst = float("inf")
+                    continue
+                worst = max(worst, min(abs(x - want[i]) for x in s))
+            scores = [it["score"] for it in resp["items"]]
+            ordered &= scores == sorted(scores, reverse=True)
+            ordered &= len(resp["items"]) == len(req["candidates"])
+            if resp.get("request_id") != f"req-{k}" or resp.get("degraded") != []:
+                check(f"request {k}: request_id echoed, not degraded", False, str(resp)[:300])
+        check(f"scores equal ctr-score's (max diff {worst:.2g})", worst <= TOL)
+        check("items sorted by score, best first, none lost", ordered)
+        big = json.loads(req_lines[-1]) if len(json.loads(req_lines[-1])["candidates"]) > 3 else \
+            max((json.loads(l) for l in req_lines), key=lambda q: len(q["candidates"]))
+        big["top_k"] = 2
+        st, resp = srv.rank(big)
+        check("top_k cuts the answer", st == 200 and len(resp["items"]) == 2, str(resp)[:200])
+        check("answer names the model", resp.get("model", {}).get("version") == "golden-1")
+
+        print("error statuses")
+        cand = big["candidates"][0]
+        cases = [
+            ("malformed JSON -> 400 bad_json", "POST", "/v1/rank", '{"user_id": "u1", ', "application/json", 400, "bad_json"),
+            ("wrong type -> 400 bad_request", "POST", "/v1/rank", {"user_id": "u1", "candidates": "x"}, "application/json", 400, "bad_request"),
+            ("missing candidates -> 400", "POST", "/v1/rank", {"user_id": "u1"}, "application/json", 400, "bad_request"),
+            ("string item id -> 400", "POST", "/v1/rank", {"user_id": "u1", "candidates": [{"item_id": "7"}]}, "application/json", 400, "bad_request"),
+            ("unknown path -> 404", "GET", "/v2/rank", None, None, 404, "not_found"),
+            ("GET /v1/rank -> 405", "GET", "/v1/rank", None, None, 405, "method_not_allowed"),
+            ("POST /healthz -> 405", "POST", "/healthz", "{}", "application/json", 405, "method_not_allowed"),
+            ("body too large -> 413", "POST", "/v1/rank", '{"user_id": "' + "x" * 70000 + '"}', "application/json", 413, "body_too_large"),
+            ("text/plain -> 415", "POST", "/v1/rank", {"user_id": "u1", "candidates": [cand]}, "text/plain", 415, "unsupported_media_type"),
+            ("form-encoded -> 415", "POST", "/v1/rank", "a=b", "application/x-www-form-urlencoded", 415, "unsupported_media_type"),
+            ("65 candidates -> 422", "POST", "/v1/rank", {"user_id": "u1", "candidates": [cand] * 65}, "application/json", 422, "too_many_candidates"),
+            ("item id outside the vocabulary -> 422", "POST", "/v1/rank", {"user_id": "u1", "candidates": [{"item_id": 999999}]}, "application/json", 422, "out_of_range"),
+            ("context value outside its vocabulary -> 422", "POST", "/v1/rank", {"user_id": "u1", "candidates": [{"item_id": cand["item_id"], "a": 99}]}, "application/json", 422, "out_of_range"),
+            ("unknown candidate field -> 400", "POST", "/v1/rank", {"user_id": "u1", "candidates": [{"item_id": cand["item_id"], "likes": 1}]}, "application/json", 400, "bad_request"),
+        ]
+        for name, method, path, body, ctype, want_st, want_code in cases:
+            st, hdr, data = srv.request(method, path, body, ctype)
+            try:
+                code = error_code(json.loads(data))
+                msg = json.loads(data)["error"]["message"]
+            except (ValueError, KeyError, TypeError):
+                code, msg = None, ""
+            check(name, st == want_st and code == want_code and len(msg) > 0,
+                  f"got {st} {data[:200]!r}")
+        st, hdr, _ = srv.request("GET", "/v1/rank")
+        check("405 names the allowed method", hdr.get("Allow") == "POST", str(hdr))
+        check("still alive after bad input", srv.proc.poll() is None)
+
+        print("operations endpoints")
+        st, _, data = srv.request("GET", "/healthz")
+        check("/healthz 200", st == 200)
+        st, _, data = srv.request("GET", "/readyz")
+        check("/readyz 200 with Redis up", st == 200, data)
+        st, _, data = srv.request("GET", "/v1/models")
+        m = json.loads(data)["models"][0]
+        check("/v1/models names version and config", st == 200 and m["version"] == "golden-1"
+              and m["config"]["context_fields"][0]["name"] == "a")
+        st, hdr, data = srv.request("GET", "/metrics")
+        text = data.decode()
+        check("/metrics is Prometheus text", st == 200 and hdr.get("Content-Type", "").startswith("text/plain")
+              and 'ctr_http_requests_total{endpoint="/v1/rank",status="422"}' in text
+              and "ctr_http_request_duration_seconds_bucket" in text
+              and 'ctr_model_info{name="qin",version="golden-1"} 1' in text
+              and "ctr_inflight_requests" in text and "ctr_item_cache_hits_total" in text, text[:300])
+
+        print("item cache")
+        fresh = {"user_id": "cache-probe", "item_seq": [c["item_id"] for c in big["candidates"]][:3],
+                 "candidates": big["candidates"]}
+        st1, r1 = srv.rank(fresh)
+        calls = redis.mget_calls()
+        misses = srv.metric("ctr_item_cache_misses_total")
+        st2, r2 = srv.rank(fresh)
+        check("second identical request: no MGET", st1 == st2 == 200 and redis.mget_calls() == calls,
+              f"{calls} -> {redis.mget_calls()}")
+        check("second identical request: no cache miss", srv.metric("ctr_item_cache_misses_total") == misses)
+        check("cached answer equals the first", r1["items"] == r2["items"])
+
+        print("redis down")
+        stored_user = next(json.loads(l) for l in req_lines if "item_seq" not in json.loads(l)
+                           and json.loads(l)["candidates"])
+        srv.rank(stored_user)  # warm its items
+        redis.stop()
+        st, _, data = srv.request("GET", "/readyz")
+        check("/readyz 503 when Redis is down", st == 503 and error_code(json.loads(data)) == "not_ready",
+              data)
+        st, resp = srv.rank(stored_user)
+        check("rank with cached items: 200, degraded history_unavailable",
+              st == 200 and "history_unavailable" in resp.get("degraded", []), str(resp)[:300])
+        st, resp = srv.rank(fresh)
+        check("rank with its own item_seq and cached items: 200, not degraded",
+              st == 200 and resp.get("degraded") == [] and resp["items"] == r1["items"], str(resp)[:300])
+        # A second server with the cache off: nothing is ever cached.
+        uncached = {"user_id": "u-none", "item_seq": [], "candidates": [big["candidates"][0]]}
+        st, resp = cold.rank(uncached)
+        check("cache off, Redis down: 503 unavailable", st == 503 and error_code(resp) == "unavailable",
+              f"{st} {resp}")
+        check("servers alive while Redis is down", srv.proc.poll() is None and cold.proc.poll() is None)
+        redis.start()
+        load(redis, prefix)
+        check("/readyz recovers", wait_for(lambda: srv.request("GET", "/readyz")[0] == 200, 10))
+        st, resp = srv.rank(stored_user)
+        check("rank recovers: not degraded", st == 200 and resp.get("degraded") == [], str(resp)[:300])
+        st, resp = cold.rank(uncached)
+        check("cache off: items fetched again", st == 200 and len(resp.get("items", [])) == 1, str(resp)[:300])
+        gone = big["candidates"][1]["item_id"]
+        missing = {"user_id": "u-none", "item_seq": [], "candidates": [big["candidates"][1], big["candidates"][0]]}
+        redis.cli("DEL", f"{prefix}i:{gone}")
+        st, resp = cold.rank(missing)
+        check("item without features: listed as unscored", st == 200 and resp.get("unscored") == [gone]
+              and "item_features_missing" in resp.get("degraded", []) and len(resp["items"]) == 1,
+              str(resp)[:300])
+        load(redis, prefix)
+        check("cache off server stops cleanly", cold.stop() == 0, cold.logtext()[-1000:])
+
+        print("reload")
+        with open(model, "r+b") as f:
+            f.truncate(1000)
+        srv.proc.send_signal(signal.SIGHUP)
+        check("corrupt model: reload counted as failed",
+              wait_for(lambda: srv.metric('ctr_model_reloads_total{result="failed"}') >= 1, 10))
+        st, _, data = srv.request("GET", "/v1/models")
+        check("corrupt model: still serving the old version", json.loads(data)["models"][0]["version"] == "golden-1")
+        st, resp = srv.rank(stored_user)
+        check("corrupt model: still ranking", st == 200)
+        conv = subprocess.run([PY, "tools/convert.py", "--checkpoint", f"{SMALL}/ckpt.model", "--out", model,
+                               "--max-len", "6", "--context-fields", "a,b,c", "--version", "v2"],
+                              capture_output=True, text=True, timeout=300)
+        check("converted a new version", conv.returncode == 0, conv.stderr[-500:])
+        srv.proc.send_signal(signal.SIGHUP)
+        check("good model: reload counted as ok",
+              wait_for(lambda: srv.metric('ctr_model_reloads_total{result="ok"}') >= 1, 20))
+        st, _, data = srv.request("GET", "/v1/models")
+        check("good model: serving v2", json.loads(data)["models"][0]["version"] == "v2")
+        st, resp = srv.rank(stored_user)
+        check("v2 answers with its version", st == 200 and resp["model"]["version"] == "v2")
+
+        print("SIGTERM")
+        results = []
+
+        def client():
+            for _ in range(40):
+                try:
+                    st, _ = srv.rank(big)
+                    results.append(st)
+                except (ConnectionError, OSError, http.client.HTTPException):
+                    results.append("closed")
+                    return
+
+        threads = [threading.Thread(target=client) for _ in range(4)]
+        for t in threads:
+            t.start()
+        time.sleep(0.3)
+        rc = srv.stop(signal.SIGTERM)
+        for t in threads:
+            t.join(30)
+        check("SIGTERM: exit status 0", rc == 0, f"rc={rc}\n{srv.logtext()[-2000:]}")
+        bad = [s for s in results if s not in (200, 503, "closed")]
+        check(f"SIGTERM: every answered request 200 or 503 ({len(results)} sent)", not bad and
+              results.count(200) > 0, str(bad[:5]))
+    finally:
+        for s in (srv, cold):
+            if s.proc.poll() is None:
+                s.stop(signal.SIGKILL, 5)
+        redis.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+    if failed:
+        print(srv.logtext()[-3000:])
+    print(f"test_server: {passed} passed, {failed} failed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
