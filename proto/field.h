@@ -7,6 +7,8 @@
  * "candidates[3].likes_level: expected an integer, got a string", so a
  * client can find its mistake without reading our code.  The path is built
  * only when there is an error: on the good path a field costs one type test.
+ * Thread-safe (no shared state); what a function allocates lives in the
+ * caller's arena.
  */
 #ifndef CTR_PROTO_FIELD_H
 #define CTR_PROTO_FIELD_H

@@ -36,7 +36,8 @@
  *    "model": {"name": "qin", "version": "2025-01-01"},
  *    "items": [{"item_id": 17, "score": 0.123456789}, ...],
  *    "took_us": 123,
- *    "degraded": ["reason", ...]}                   (always; [] when none)
+ *    "degraded": ["reason", ...],                   (always; [] when none)
+ *    "unscored": [item ids]}                        (only when not empty)
  *
  * Encoders append to a proto_buf (buf.h) and print directly rather than
  * build a JSON tree: 256 items cost 256 short printfs.  Scores are printed

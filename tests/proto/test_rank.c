@@ -362,6 +362,24 @@ static void test_answer_encode(void **state) {
     proto_buf_free(&b);
 }
 
+static void test_answer_unscored(void **state) {
+    proto_rank_item items[1] = {{5, 0.5f, 1}};
+    const int64_t unscored[] = {7, -2};
+    proto_rank_answer ans = {.model_name = "m", .model_version = "v",
+                             .items = items, .num_items = 1,
+                             .unscored = unscored, .num_unscored = 2};
+    proto_buf b;
+    proto_buf_init(&b);
+    assert_int_equal(proto_rank_answer_encode(&ans, &b), CTR_OK);
+    json_t *j = parse(&b);
+    json_t *u = json_object_get(j, "unscored");
+    assert_int_equal(json_array_size(u), 2);
+    assert_int_equal(json_integer_value(json_array_get(u, 0)), 7);
+    assert_int_equal(json_integer_value(json_array_get(u, 1)), -2);
+    json_decref(j);
+    proto_buf_free(&b);
+}
+
 static void test_answer_float_roundtrip(void **state) {
     /* Every float32 printed with %.9g must come back bit-identical. */
     enum { N = 200 };
@@ -486,6 +504,7 @@ int main(void) {
         T(test_order),
         T(test_order_many_ties),
         T(test_answer_encode),
+        T(test_answer_unscored),
         T(test_answer_float_roundtrip),
         T(test_answer_nonfinite),
         T(test_scores_encode),
