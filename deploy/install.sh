@@ -12,7 +12,7 @@
 set -euo pipefail
 
 mode=${1:-all}
-runtime_pkgs=(libmicrohttpd12 libjansson4 libopenblas0-pthread libhiredis0.14 ca-certificates)
+runtime_pkgs=(libmicrohttpd12 libjansson4 libopenblas0-pthread libhiredis0.14 ca-certificates curl)
 build_pkgs=(gcc make pkg-config libc6-dev libmicrohttpd-dev libjansson-dev libopenblas-dev
             libhiredis-dev libcmocka-dev)
 test_pkgs=(redis-server redis-tools python3 python3-numpy python3-torch curl wrk procps)
