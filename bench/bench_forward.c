@@ -11,7 +11,10 @@
  * the QNN's shape (N x 1024 x 1024) measured in the same run, interleaved
  * with the forward passes so both see the same machine state.
  *
- *   build/release/bench/bench_forward [--seconds S] [--n N]...
+ *   build/release/bench/bench_forward [--seconds S] [--n N]... [--model FILE]
+ *
+ * With --model it times that model file instead (random item features and
+ * contexts within its vocabularies, history of its max_len).
  */
 #include <cblas.h>
 #include <stdio.h>
@@ -61,35 +64,46 @@ static qin_config microlens_config(void) {
 int main(int argc, char **argv) {
     double seconds = 1.5;
     int ns[16] = {1, 16, 64, 256}, nn = 4, custom = 0;
+    const char *model_path = NULL;
     for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--seconds") && i + 1 < argc) {
+        if (!strcmp(argv[i], "--model") && i + 1 < argc) {
+            model_path = argv[++i];
+        } else if (!strcmp(argv[i], "--seconds") && i + 1 < argc) {
             seconds = atof(argv[++i]);
         } else if (!strcmp(argv[i], "--n") && i + 1 < argc && nn < 16) {
             if (!custom) nn = 0, custom = 1;
             ns[nn++] = atoi(argv[++i]);
         } else {
-            fprintf(stderr, "usage: %s [--seconds S] [--n N]...\n", argv[0]);
+            fprintf(stderr, "usage: %s [--seconds S] [--n N]... [--model FILE]\n", argv[0]);
             return 2;
         }
     }
     int max_n = 1;
     for (int i = 0; i < nn; i++) max_n = ns[i] > max_n ? ns[i] : max_n;
 
-    qin_config cfg = microlens_config();
-    test_model tm;
-    tm_init(&tm, &cfg, 42);
-    size_t len;
-    unsigned char *buf = tm_serialize(&tm, NULL, &len);
-    tm_free(&tm);
     qin_model *m;
-    char err[512];
+    char err[1024];
     double t0 = now_s();
-    if (qin_model_load_buffer(buf, len, &m, err, sizeof err) < 0) {
-        fprintf(stderr, "load: %s\n", err);
-        return 1;
+    if (model_path) {
+        if (qin_model_load(model_path, &m, err, sizeof err) < 0) {
+            fprintf(stderr, "load: %s\n", err);
+            return 1;
+        }
+    } else {
+        qin_config cfg = microlens_config();
+        test_model tm;
+        tm_init(&tm, &cfg, 42);
+        size_t len;
+        unsigned char *buf = tm_serialize(&tm, NULL, &len);
+        tm_free(&tm);
+        int rc = qin_model_load_buffer(buf, len, &m, err, sizeof err);
+        free(buf);
+        if (rc < 0) {
+            fprintf(stderr, "load: %s\n", err);
+            return 1;
+        }
     }
     double load_s = now_s() - t0;
-    free(buf);
     const qin_config *c = qin_model_config(m);
     const int D = c->input_dim, E = c->item_dim, L = c->max_len;
 
@@ -97,17 +111,17 @@ int main(int argc, char **argv) {
     int nitems = L + max_n;
     float *vecs = qin_falloc((size_t)nitems * qin_item_vec_floats(m));
     const float **ptr = malloc((size_t)nitems * sizeof *ptr);
-    float mm[128];
-    int32_t tags[5];
+    float *mm = malloc((size_t)c->mm_in * sizeof *mm);
+    int32_t *tags = malloc((size_t)(c->num_tags ? c->num_tags : 1) * sizeof *tags);
     uint64_t rng = 1;
     t0 = now_s();
     for (int i = 0; i < nitems; i++) {
-        for (int k = 0; k < 128; k++) {
+        for (int k = 0; k < c->mm_in; k++) {
             rng = rng * 6364136223846793005ULL + 1442695040888963407ULL;
             mm[k] = (float)((double)(rng >> 11) / 9007199254740992.0) - 0.5f;
         }
-        for (int k = 0; k < 5; k++) tags[k] = (int32_t)((i * 31 + k * 977) % c->tag_vocab);
-        qin_item_input in = {1 + (i * 7919) % (c->item_vocab - 1), tags, 5, mm};
+        for (int k = 0; k < c->num_tags; k++) tags[k] = (int32_t)((i * 31 + k * 977) % c->tag_vocab);
+        qin_item_input in = {1 + (i * 7919) % (c->item_vocab - 1), tags, c->num_tags, mm};
         float *v = vecs + (size_t)i * qin_item_vec_floats(m);
         if (qin_item_compute(m, &in, v, err, sizeof err) < 0) {
             fprintf(stderr, "item: %s\n", err);
@@ -116,8 +130,8 @@ int main(int argc, char **argv) {
         ptr[i] = v;
     }
     double item_us = (now_s() - t0) / nitems * 1e6;
-    int32_t *ctx = malloc((size_t)max_n * 2 * sizeof *ctx);
-    for (int i = 0; i < max_n * 2; i++) ctx[i] = i % 11;
+    int32_t *ctx = malloc((size_t)max_n * (c->num_ctx ? c->num_ctx : 1) * sizeof *ctx);
+    for (int i = 0; i < max_n * c->num_ctx; i++) ctx[i] = i % c->ctx_vocab[i % c->num_ctx];
 
     qin_scratch *s;
     if (qin_scratch_init(m, max_n, &s) < 0) return 1;
@@ -132,8 +146,9 @@ int main(int argc, char **argv) {
     }
     float *x0 = qin_falloc((size_t)max_n * s->ldx);
 
-    printf("QIN forward pass, MicroLens configuration (d=%d, E=%d, D=%d, %d layers, R=%d), "
-           "history %d, 1 thread\n", c->embedding_dim, E, D, c->num_layers, c->num_row, L);
+    printf("QIN forward pass, %s (d=%d, E=%d, D=%d, %d layers, R=%d), history %d, 1 thread\n",
+           model_path ? model_path : "MicroLens configuration, random weights", c->embedding_dim,
+           E, D, c->num_layers, c->num_row, L);
     printf("OpenBLAS %s, core %s; model load %.2f s; item vector %.1f us/item\n",
            openblas_get_config(), openblas_get_corename(), load_s, item_us);
     printf("%5s %10s %10s %10s %9s %9s %10s %10s %7s\n", "N", "median_us", "p99_us",
@@ -183,7 +198,7 @@ int main(int argc, char **argv) {
     printf("flops count the folded model: %d layers x 2 N D^2 + attention 4 N L E + head 2 N D\n",
            c->num_layers);
     for (int l = 0; l < c->num_layers; l++) free(w[l]);
-    free(a); free(x0); free(y); free(prob); free(ctx); free(ptr); free(vecs);
+    free(a); free(x0); free(y); free(prob); free(ctx); free(ptr); free(vecs); free(mm); free(tags);
     qin_scratch_free(s);
     qin_model_free(m);
     return 0;
