@@ -12,8 +12,11 @@ struct arena_block {
     _Alignas(64) unsigned char data[];
 };
 
+/* Blocks are 64-byte aligned, so an offset aligned within data[] is an
+ * aligned address (data[] itself sits at a multiple of 64). */
 static arena_block *block_new(size_t size) {
-    arena_block *b = malloc(sizeof *b + size);
+    size_t bytes = (sizeof(arena_block) + size + 63) & ~(size_t)63;
+    arena_block *b = aligned_alloc(64, bytes);
     if (!b) return NULL;
     b->next = NULL;
     b->size = size;
