@@ -36,6 +36,8 @@ struct featstore {
     redisContext *c;            /* NULL when not connected */
     int64_t retry_at_ns;        /* no connect attempt before this */
     int pending;                /* SETs queued in c's output buffer */
+    int conn_lost;              /* the last failure was the peer closing or
+                                   resetting the connection */
     featstore_stats st;
 };
 
@@ -239,6 +241,7 @@ static int broken(featstore *fs, int rc, char *err, size_t errlen,
 }
 
 static int broken_ctx(featstore *fs, char *err, size_t errlen) {
+    fs->conn_lost = fs->c->err == REDIS_ERR_EOF || fs->c->err == REDIS_ERR_IO;
     char msg[sizeof fs->c->errstr];
     memcpy(msg, fs->c->errstr, sizeof msg);
     msg[sizeof msg - 1] = '\0';
@@ -285,7 +288,25 @@ static int recv_reply(featstore *fs, int64_t deadline, redisReply **out,
     }
 }
 
-/* One command, one reply, within command_timeout_ms. */
+static int exchange(featstore *fs, int argc, const char **argv,
+                    const size_t *argvlen, int64_t deadline,
+                    redisReply **reply, char *err, size_t errlen) {
+    int rc;
+    fs->conn_lost = 0;
+    if (redisAppendCommandArgv(fs->c, argc, argv, argvlen) != REDIS_OK)
+        return broken_ctx(fs, err, errlen);
+    if ((rc = send_all(fs, deadline, err, errlen)) < 0) return rc;
+    return recv_reply(fs, deadline, reply, err, errlen);
+}
+
+/* One read-only command, one reply, within command_timeout_ms.
+ *
+ * A connection that sat idle may have been closed by the other end (Redis
+ * restarted, a proxy or CLIENT KILL closed it) without our knowing until we
+ * use it.  The commands sent here only read, so when a reused connection
+ * turns out closed the command is sent once more on a new connection,
+ * within the same deadline: otherwise every worker would fail one request
+ * after each Redis restart.  Timeouts are not retried. */
 static int command(featstore *fs, int argc, const char **argv,
                    const size_t *argvlen, redisReply **reply, char *err,
                    size_t errlen) {
@@ -294,14 +315,17 @@ static int command(featstore *fs, int argc, const char **argv,
         return ctr_fail(err, errlen, CTR_EINVAL,
                         "%d queued SETs: call featstore_flush first",
                         fs->pending);
+    int reused = fs->c != NULL;
     if ((rc = ensure_connected(fs, err, errlen)) < 0) return failed(fs, rc);
     int64_t deadline = now_ns() + (int64_t)fs->p.command_timeout_ms * 1000000;
-    if (redisAppendCommandArgv(fs->c, argc, argv, argvlen) != REDIS_OK)
-        return failed(fs, broken_ctx(fs, err, errlen));
-    if ((rc = send_all(fs, deadline, err, errlen)) < 0) return failed(fs, rc);
-    if ((rc = recv_reply(fs, deadline, reply, err, errlen)) < 0)
-        return failed(fs, rc);
-    return CTR_OK;
+    rc = exchange(fs, argc, argv, argvlen, deadline, reply, err, errlen);
+    if (rc == CTR_EBACKEND && reused && fs->conn_lost) {
+        fs->st.retries++;
+        if ((rc = ensure_connected(fs, err, errlen)) == CTR_OK)
+            rc = exchange(fs, argc, argv, argvlen, deadline, reply, err,
+                          errlen);
+    }
+    return rc < 0 ? failed(fs, rc) : CTR_OK;
 }
 
 /* An error reply leaves the connection in step; it is still a failed call. */

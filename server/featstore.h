@@ -18,8 +18,14 @@
  *     failed is not tried again for reconnect_interval_ms, and calls in
  *     between fail at once with CTR_EBACKEND, so a dead Redis costs each
  *     request nothing rather than a connect timeout;
+ *   - a read (ping, get_user, get_items) on a kept connection that turns
+ *     out closed by the other end is sent once more on a new connection,
+ *     within the same deadline, so a Redis restart does not fail the next
+ *     request of every worker;
  *   - a call that timed out drops its connection, since the late reply
  *     would otherwise answer the next command.
+ *
+ * A call takes at most connect_timeout_ms + command_timeout_ms.
  *
  * Usage (one per worker thread):
  *
@@ -100,6 +106,8 @@ typedef struct featstore_stats {
                                    reconnect_interval_ms of a failed connect */
     uint64_t connect_attempts;
     uint64_t connects;          /* attempts that succeeded */
+    uint64_t retries;           /* reads sent again because their reused
+                                   connection turned out closed */
     uint64_t items_requested;   /* ids asked of featstore_get_items */
     uint64_t items_missing;     /* of which without a key */
     uint64_t items_malformed;   /* of which with a malformed value */

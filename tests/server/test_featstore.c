@@ -394,31 +394,72 @@ static void test_many_items(void **state) {
     featstore_close(fs);
 }
 
-/* The connection is killed under the featstore: the next call may fail,
- * the one after works on a new connection. */
-static void test_reconnect_after_kill(void **state) {
-    featstore_params p = params();
-    featstore *fs = open_fs(&p);
-    assert_int_equal(featstore_ping(fs, err, sizeof err), CTR_OK);
+static void kill_normal_clients(void) {
     redisReply *r = admin_cmd("CLIENT KILL TYPE normal SKIPME yes");
     assert_int_equal(r->type, REDIS_REPLY_INTEGER);
     assert_true(r->integer >= 1);
     freeReplyObject(r);
+}
 
-    int rc = featstore_ping(fs, err, sizeof err);
-    assert_true(rc == CTR_OK || rc == CTR_EBACKEND);
-    /* No back-off after a connection broke: the next call reconnects. */
+/* The connection is killed under the featstore: the next read notices,
+ * reconnects and sends its command again, so it still succeeds; each kind
+ * of read does. */
+static void test_reconnect_after_kill(void **state) {
+    featstore_params p = params();
+    featstore *fs = open_fs(&p);
     assert_int_equal(featstore_ping(fs, err, sizeof err), CTR_OK);
+    kill_normal_clients();
+    assert_int_equal(featstore_ping(fs, err, sizeof err), CTR_OK);
+
     int64_t *ids;
     int n;
+    kill_normal_clients();
     assert_int_equal(featstore_get_user(fs, "nobody", &A, &ids, &n, err,
                                         sizeof err),
                      CTR_ENOTFOUND);
+    int64_t one = 1;
+    featstore_item out[1];
+    kill_normal_clients();
+    assert_int_equal(featstore_get_items(fs, &one, 1, &A, out, err,
+                                         sizeof err),
+                     CTR_OK);
     featstore_stats st;
     featstore_stats_get(fs, &st);
-    assert_int_equal(st.connects, 2);
+    assert_int_equal(st.connects, 4);
+    assert_int_equal(st.retries, 3);
+    assert_int_equal(st.failures, 0);
     assert_int_equal(st.fast_failures, 0);
-    assert_int_equal(st.failures, rc == CTR_OK ? 0 : 1);
+    /* And the next call simply uses the new connection. */
+    assert_int_equal(featstore_ping(fs, err, sizeof err), CTR_OK);
+    featstore_stats_get(fs, &st);
+    assert_int_equal(st.connects, 4);
+    featstore_close(fs);
+}
+
+/* A write pipeline is not retried: the loader must know its batch failed. */
+static void test_flush_after_kill(void **state) {
+    featstore_params p = params();
+    featstore *fs = open_fs(&p);
+    assert_int_equal(featstore_ping(fs, err, sizeof err), CTR_OK);
+    kill_normal_clients();
+    unsigned char buf[8];
+    size_t len;
+    assert_int_equal(features_user_encode(NULL, 0, buf, sizeof buf, &len, err,
+                                          sizeof err),
+                     CTR_OK);
+    assert_int_equal(featstore_put_user(fs, "k", buf, len, err, sizeof err),
+                     CTR_OK);
+    assert_int_equal(featstore_flush(fs, err, sizeof err), CTR_EBACKEND);
+    assert_int_equal(featstore_pending(fs), 0);
+    /* The next batch goes through on a new connection. */
+    assert_int_equal(featstore_put_user(fs, "k", buf, len, err, sizeof err),
+                     CTR_OK);
+    assert_int_equal(featstore_flush(fs, err, sizeof err), CTR_OK);
+    featstore_stats st;
+    featstore_stats_get(fs, &st);
+    assert_int_equal(st.failures, 1);
+    assert_int_equal(st.retries, 0);
+    assert_int_equal(st.connects, 2);
     featstore_close(fs);
 }
 
@@ -610,6 +651,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_items, setup, teardown),
         cmocka_unit_test_setup_teardown(test_many_items, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reconnect_after_kill, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_flush_after_kill, setup, teardown),
         cmocka_unit_test_setup_teardown(test_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_command_timeout, setup, teardown),
         cmocka_unit_test_setup_teardown(test_connect_timeout, setup, teardown),
