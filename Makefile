@@ -117,3 +117,17 @@ clean:
 	rm -rf build
 
 -include $(shell find build -name '*.d' 2>/dev/null)
+
+# --- make bench-compare: our engine vs ONNX Runtime (onnxruntime-node) vs
+# PyTorch eager, one thread each (bench/README.md).  onnxruntime-node is
+# installed from bench/package-lock.json without its install script (the CPU
+# library ships in the package); if that fails, the run reports ORT as
+# unavailable.
+BENCH_ORT_STAMP := bench/node_modules/.package-lock.json
+.PHONY: bench-compare
+bench-compare: $(B)/bench/bench_engine $(BENCH_ORT_STAMP)
+	$(PYTHON) bench/compare.py --engine $(B)/bench/bench_engine --out build/bench-compare
+
+$(BENCH_ORT_STAMP): bench/package.json bench/package-lock.json
+	cd bench && npm ci --ignore-scripts --no-audit --no-fund || \
+	  echo "bench-compare: npm ci failed; ONNX Runtime will be reported unavailable"

@@ -1,0 +1,229 @@
+/*
+ * bench_engine.c - our engine as a worker process for `make bench-compare`
+ * (bench/compare.py drives it; see bench/README.md).
+ *
+ * Workload: one request = one user's history of max_len behaviours shared
+ * by N candidates (N up to NMAX).  The worker loads a model file, reads
+ * input sets written by compare.py (the same raw tensors ONNX Runtime and
+ * PyTorch are fed), computes the item vectors of every history item and
+ * candidate once (not timed: the service keeps them in its item cache),
+ * then answers commands on stdin, one line each, with one line on stdout:
+ *
+ *   probs S N      ->  ok p_1 .. p_N            (qin_forward on set S, %.9g)
+ *   time S N K     ->  ok CPU_NS t_1 .. t_K     (K timed qin_forward calls, ns)
+ *   sgemm N K      ->  ok CPU_NS t_1 .. t_K     (K timed sgemm yardsticks, ns)
+ *   quit
+ *
+ * CPU_NS is the process CPU time the K calls took, so the coordinator can
+ * check that the work ran on one thread (CPU time ~ wall time).
+ *
+ * The sgemm yardstick is what the folded QNN cannot do better than: for
+ * each of the model's num_layers layers, one single-threaded
+ * cblas_sgemm(N x D) x (D x D)^T with a distinct D x D matrix per layer (as
+ * the model has), the shape and the transposition qin_qnn_layer uses.
+ *
+ *   bench_engine MODEL NMAX SETDIR...
+ *
+ * A set directory holds, for NMAX rows (row-major, little-endian; the
+ * history is the same in every row, as the training code sees it, and this
+ * worker reads row 0):
+ *   item_id.i64 (NMAX)   item_tags.i64 (NMAX x T)   item_mm.f32 (NMAX x M)
+ *   ctx.i64 (NMAX x C)   seq_id.i64 (NMAX x L)      seq_tags.i64 (NMAX x L x T)
+ *   seq_mm.f32 (NMAX x L x M)
+ * with T = num_tags, M = mm_in, C = num_ctx and L = max_len of the model.
+ */
+#include <cblas.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "core/qin.h"
+
+#define MAX_SETS 8
+
+typedef struct input_set {
+    int nhist;                 /* = max_len; NULL entries are padding */
+    const float **hist;        /* nhist item vectors (or NULL) */
+    const float **cand;        /* nmax item vectors */
+    int32_t *ctx;              /* nmax x num_ctx */
+    float *vecs;               /* backing store of the item vectors */
+} input_set;
+
+static int64_t now_ns(clockid_t clk) {
+    struct timespec ts;
+    clock_gettime(clk, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+static void die(const char *what, const char *detail) {
+    fprintf(stderr, "bench_engine: %s%s%s\n", what, detail ? ": " : "", detail ? detail : "");
+    exit(1);
+}
+
+/* Reads exactly `count` elements of `size` bytes from dir/name. */
+static void *read_raw(const char *dir, const char *name, size_t size, size_t count) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    FILE *f = fopen(path, "rb");
+    if (!f) die("cannot open", path);
+    void *p = malloc(size * count > 0 ? size * count : 1);
+    if (!p) die("out of memory", NULL);
+    if (fread(p, size, count, f) != count || fgetc(f) != EOF) die("wrong size", path);
+    fclose(f);
+    return p;
+}
+
+/* Item vector of one item from int64 tags and float mm, as qin_item_compute
+ * wants it. */
+static void item_vector(const qin_model *m, int64_t id, const int64_t *tags, const float *mm,
+                        float *vec) {
+    const qin_config *c = qin_model_config(m);
+    int32_t t32[64];
+    if (c->num_tags > 64) die("too many tag slots", NULL);
+    for (int k = 0; k < c->num_tags; k++) t32[k] = (int32_t)tags[k];
+    qin_item_input in = {id, t32, c->num_tags, mm};
+    char err[256];
+    if (qin_item_compute(m, &in, vec, err, sizeof err) < 0) die("item vector", err);
+}
+
+static void load_set(const qin_model *m, const char *dir, int nmax, input_set *s) {
+    const qin_config *c = qin_model_config(m);
+    const int T = c->num_tags, M = c->mm_in, L = c->max_len, C = c->num_ctx;
+    const size_t vf = qin_item_vec_floats(m);
+    int64_t *item_id = read_raw(dir, "item_id.i64", 8, (size_t)nmax);
+    int64_t *item_tags = read_raw(dir, "item_tags.i64", 8, (size_t)nmax * T);
+    float *item_mm = read_raw(dir, "item_mm.f32", 4, (size_t)nmax * M);
+    int64_t *ctx = read_raw(dir, "ctx.i64", 8, (size_t)nmax * C);
+    int64_t *seq_id = read_raw(dir, "seq_id.i64", 8, (size_t)nmax * L);
+    int64_t *seq_tags = read_raw(dir, "seq_tags.i64", 8, (size_t)nmax * L * T);
+    float *seq_mm = read_raw(dir, "seq_mm.f32", 4, (size_t)nmax * L * M);
+
+    s->nhist = L;
+    s->vecs = aligned_alloc(64, ((size_t)(L + nmax) * vf * sizeof(float) + 63) & ~(size_t)63);
+    s->hist = calloc((size_t)L, sizeof *s->hist);
+    s->cand = calloc((size_t)nmax, sizeof *s->cand);
+    s->ctx = malloc((size_t)nmax * (C ? C : 1) * sizeof *s->ctx);
+    if (!s->vecs || !s->hist || !s->cand || !s->ctx) die("out of memory", NULL);
+    /* History: row 0 (every row holds the same copy). */
+    for (int j = 0; j < L; j++) {
+        if (seq_id[j] == 0) continue; /* padding */
+        float *v = s->vecs + (size_t)j * vf;
+        item_vector(m, seq_id[j], seq_tags + (size_t)j * T, seq_mm + (size_t)j * M, v);
+        s->hist[j] = v;
+    }
+    for (int i = 0; i < nmax; i++) {
+        float *v = s->vecs + (size_t)(L + i) * vf;
+        item_vector(m, item_id[i], item_tags + (size_t)i * T, item_mm + (size_t)i * M, v);
+        s->cand[i] = v;
+        for (int f = 0; f < C; f++) s->ctx[(size_t)i * C + f] = (int32_t)ctx[(size_t)i * C + f];
+    }
+    free(item_id); free(item_tags); free(item_mm); free(ctx);
+    free(seq_id); free(seq_tags); free(seq_mm);
+}
+
+int main(int argc, char **argv) {
+    if (argc < 4) {
+        fprintf(stderr, "usage: %s MODEL NMAX SETDIR...\n", argv[0]);
+        return 2;
+    }
+    const int nmax = atoi(argv[2]);
+    const int nsets = argc - 3;
+    if (nmax < 1 || nsets > MAX_SETS) die("bad NMAX or too many sets", NULL);
+
+    qin_model *m;
+    char err[512];
+    if (qin_model_load(argv[1], &m, err, sizeof err) < 0) die("load", err); /* sets 1 BLAS thread */
+    const qin_config *c = qin_model_config(m);
+    const int D = c->input_dim;
+
+    input_set sets[MAX_SETS];
+    for (int k = 0; k < nsets; k++) load_set(m, argv[3 + k], nmax, &sets[k]);
+
+    qin_scratch *scratch;
+    if (qin_scratch_init(m, nmax, &scratch) < 0) die("scratch", NULL);
+    float *prob = malloc((size_t)nmax * sizeof *prob);
+
+    /* The sgemm yardstick's operands: an input of the usual magnitude and
+     * one distinct D x D matrix per layer. */
+    float *a = aligned_alloc(64, ((size_t)nmax * D * 4 + 63) & ~(size_t)63);
+    float *y = aligned_alloc(64, ((size_t)nmax * D * 4 + 63) & ~(size_t)63);
+    float **w = calloc((size_t)c->num_layers, sizeof *w);
+    if (!prob || !a || !y || !w) die("out of memory", NULL);
+    for (size_t i = 0; i < (size_t)nmax * D; i++)
+        a[i] = (float)((i * 2654435761u) % 2000) * 0.001f - 1.0f;
+    for (int l = 0; l < c->num_layers; l++) {
+        w[l] = aligned_alloc(64, ((size_t)D * D * 4 + 63) & ~(size_t)63);
+        if (!w[l]) die("out of memory", NULL);
+        for (size_t i = 0; i < (size_t)D * D; i++) w[l][i] = (float)((i + l) % 7) * 0.01f - 0.03f;
+    }
+
+    printf("ready D=%d E=%d L=%d layers=%d R=%d openblas=\"%s\" core=%s threads=%d\n", D,
+           c->item_dim, c->max_len, c->num_layers, c->num_row, openblas_get_config(),
+           openblas_get_corename(), openblas_get_num_threads());
+    fflush(stdout);
+
+    char line[256], cmd[32];
+    int64_t *t = NULL;
+    size_t tcap = 0;
+    while (fgets(line, sizeof line, stdin)) {
+        int set = 0, n = 0, k = 0;
+        if (sscanf(line, "%31s", cmd) != 1) continue;
+        if (!strcmp(cmd, "quit")) break;
+        int is_probs = !strcmp(cmd, "probs"), is_time = !strcmp(cmd, "time"),
+            is_sgemm = !strcmp(cmd, "sgemm");
+        int ok = (is_probs && sscanf(line, "%*s %d %d", &set, &n) == 2) ||
+                 (is_time && sscanf(line, "%*s %d %d %d", &set, &n, &k) == 3) ||
+                 (is_sgemm && sscanf(line, "%*s %d %d", &n, &k) == 2);
+        if (!ok || set < 0 || set >= nsets || n < 1 || n > nmax || k < 0) {
+            printf("error bad command: %s", line);
+            fflush(stdout);
+            continue;
+        }
+        const input_set *s = &sets[set];
+        qin_request req = {s->hist, s->nhist, s->cand, s->ctx, n};
+        if (is_probs) {
+            if (qin_forward(m, scratch, &req, prob, err, sizeof err) < 0) {
+                printf("error %s\n", err);
+            } else {
+                printf("ok");
+                for (int i = 0; i < n; i++) printf(" %.9g", prob[i]);
+                printf("\n");
+            }
+            fflush(stdout);
+            continue;
+        }
+        if ((size_t)k > tcap) {
+            tcap = (size_t)k;
+            t = realloc(t, tcap * sizeof *t);
+            if (!t) die("out of memory", NULL);
+        }
+        int64_t cpu0 = now_ns(CLOCK_PROCESS_CPUTIME_ID);
+        for (int i = 0; i < k; i++) {
+            int64_t t0 = now_ns(CLOCK_MONOTONIC);
+            if (is_time) {
+                qin_forward(m, scratch, &req, prob, NULL, 0);
+            } else {
+                for (int l = 0; l < c->num_layers; l++)
+                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, D, D, 1.0f, a, D,
+                                w[l], D, 0.0f, y, D);
+            }
+            t[i] = now_ns(CLOCK_MONOTONIC) - t0;
+        }
+        int64_t cpu = now_ns(CLOCK_PROCESS_CPUTIME_ID) - cpu0;
+        printf("ok %lld", (long long)cpu);
+        for (int i = 0; i < k; i++) printf(" %lld", (long long)t[i]);
+        printf("\n");
+        fflush(stdout);
+    }
+    free(t);
+    for (int l = 0; l < c->num_layers; l++) free(w[l]);
+    free(w); free(a); free(y); free(prob);
+    for (int k = 0; k < nsets; k++) {
+        free(sets[k].vecs); free(sets[k].hist); free(sets[k].cand); free(sets[k].ctx);
+    }
+    qin_scratch_free(scratch);
+    qin_model_free(m);
+    return 0;
+}

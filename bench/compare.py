@@ -1,0 +1,625 @@
+#!/usr/bin/python3
+# compare.py - `make bench-compare`: the QIN forward pass of our engine vs
+# ONNX Runtime (CPU, onnxruntime-node) vs PyTorch eager, each on one thread,
+# same weights, same inputs, interleaved in one run.  See bench/README.md.
+#
+#   OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 /usr/bin/python3 bench/compare.py \
+#       --engine build/release/bench/bench_engine [--out build/bench-compare] \
+#       [--budget 300] [--ns 1,16,64,256] [--configs microlens,demo]
+#
+# Workload: one request = one user's history of max_len (64) behaviours and
+# N candidates.  The reference (tools/qin_reference.py, the training code's
+# computation, unfolded) takes a batch of N rows, each with its own copy of
+# the history, and that is what PyTorch runs and what is exported to ONNX
+# (inputs with a dynamic leading axis N); the repeated history tensors are
+# built once per N and are not part of any timing.  Our engine gets the
+# same history once, as item vectors computed beforehand (the service's
+# item cache), and is timed on qin_forward alone.
+#
+# Flow, per configuration: build the model (random weights, or the demo
+# checkpoint), write our model file (tools/convert.py) and the ONNX export,
+# write the input sets as raw tensors, start the two workers (bench_engine
+# for ours, bench/ort_worker.js for ORT; a line protocol on stdin/stdout,
+# each worker timing its own calls), keep PyTorch in this process; check
+# that all three agree within 1e-5 for every N; then time in rounds that
+# rotate N and the runtime order, so machine noise hits all alike.
+
+import os
+
+# Before torch (and its OpenMP/OpenBLAS) is loaded: one thread everywhere
+# (the workers inherit this too).  OPENBLAS_CORETYPE is left as it is.
+for _v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[_v] = "1"
+
+import argparse  # noqa: E402
+import collections  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+import platform  # noqa: E402
+import re  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "tools"))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+import convert  # noqa: E402
+import qin_reference as ref  # noqa: E402
+
+TOL = 1e-5
+OPSET = 17
+INPUTS = ("ctx", "item_id", "item_tags", "item_mm", "seq_id", "seq_tags",
+          "seq_mm")
+RUNTIMES = ("ours", "ort", "torch")
+LABEL = {"ours": "ours", "ort": "ORT", "torch": "PyTorch"}
+# The small configuration make_demo.py trains (its defaults), used with
+# random weights when demo/ has no checkpoint yet.
+DEMO_FALLBACK = dict(embedding_dim=16, num_layers=3, num_row=2,
+                     item_vocab=5001, tag_vocab=501)
+
+
+def log(*a):
+    print(*a, flush=True)
+
+
+# --- models -----------------------------------------------------------------
+
+class OnnxWrapper(nn.Module):
+    """The reference's forward with the batch dict's tensors as positional
+    inputs (what torch.onnx.export traces)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, ctx, item_id, item_tags, item_mm, seq_id, seq_tags,
+                seq_mm):
+        return self.model({"ctx": ctx, "item_id": item_id,
+                           "item_tags": item_tags, "item_mm": item_mm,
+                           "seq_id": seq_id, "seq_tags": seq_tags,
+                           "seq_mm": seq_mm})
+
+
+class AddOne(nn.Module):
+    def forward(self, x):
+        return x + 1.0
+
+
+def build_model(name, args, outdir):
+    """(model, cfg, model file for our engine, description, demo items or
+    None)."""
+    if name == "microlens":
+        cfg = ref.microlens_config(4)
+        model = ref.QINReference(cfg)
+        ref.random_init(model, args.seed)
+        path = os.path.join(outdir, "model.safetensors")
+        convert.convert_state_dict(model.state_dict(), path,
+                                   version=f"bench-{args.seed}",
+                                   name="qin-bench")
+        return (model.eval(), cfg, path,
+                f"MicroLens QIN, random weights (random_init seed {args.seed})",
+                None)
+    ckpt = os.path.join(args.demo, "ckpt.model")
+    mfile = os.path.join(args.demo, "model.safetensors")
+    if os.path.exists(ckpt) and os.path.exists(mfile):
+        sd = convert.load_checkpoint(ckpt)
+        cfg = convert.derive_config(sd)
+        model = ref.QINReference(cfg)
+        model.load_state_dict(sd, strict=True)
+        items = load_demo_items(os.path.join(args.demo, "items.jsonl"), cfg)
+        return (model.eval(), cfg, mfile,
+                f"demo checkpoint {ckpt} (trained by tools/make_demo.py), "
+                f"our engine on {mfile}"
+                + ("; item tags and multimodal vectors from items.jsonl"
+                   if items else ""), items)
+    cfg = ref.QINConfig(**DEMO_FALLBACK)
+    model = ref.QINReference(cfg)
+    ref.random_init(model, args.seed)
+    path = os.path.join(outdir, "model.safetensors")
+    convert.convert_state_dict(model.state_dict(), path,
+                               version=f"bench-{args.seed}", name="qin-small")
+    return (model.eval(), cfg, path,
+            f"small config with random weights (random_init seed {args.seed}): "
+            f"{args.demo}/ckpt.model and model.safetensors not found", None)
+
+
+def load_demo_items(path, cfg):
+    """{id: (tags, mm)} from make_demo.py's items.jsonl, or None."""
+    if not os.path.exists(path):
+        return None
+    items = {}
+    with open(path) as f:
+        for line in f:
+            o = json.loads(line)
+            tags = [int(t) for t in o.get("item_tags", [])][:cfg.num_tags]
+            tags += [0] * (cfg.num_tags - len(tags))
+            mm = [float(v) for v in o["item_emb_d128"]]
+            if len(mm) == cfg.mm_in and 0 < int(o["item_id"]) < cfg.item_vocab:
+                items[int(o["item_id"])] = (tags, mm)
+    return items or None
+
+
+def export_onnx(model, cfg, path):
+    """Exports the reference, unfolded, with a dynamic leading axis n; returns
+    a census of the graph's operators."""
+    batch = ref.make_batch(cfg, *example_items(cfg))
+    wrapper = OnnxWrapper(model).eval()
+    kw = dict(input_names=list(INPUTS), output_names=["prob"],
+              dynamic_axes={**{k: {0: "n"} for k in INPUTS}, "prob": {0: "n"}},
+              opset_version=OPSET, do_constant_folding=True)
+    args = tuple(batch[k] for k in INPUTS)
+    with torch.no_grad():
+        torch.onnx.export(wrapper, args, path, **kw)
+        text = torch.onnx.export_to_pretty_string(wrapper, args, **kw)
+    ops = collections.Counter(re.findall(r'Node \{type: "(\w+)"', text))
+    ops.pop("Constant", None)
+    return ops
+
+
+def example_items(cfg):
+    """A tiny request for tracing (the values do not matter)."""
+    T, M = cfg.num_tags, cfg.mm_in
+    items = {1: ([1] + [0] * (T - 1), [0.5] * M)}
+    return items, [1, 0, 1], [(1, [1] * cfg.num_ctx), (1, [0] * cfg.num_ctx)]
+
+
+# --- inputs -----------------------------------------------------------------
+
+def draw_item(rng, cfg, k, demo_items, item_id):
+    """Tags and multimodal vector of one item: from the demo's items when
+    there, else random (about 30% padding slots, every 16th item without
+    tags)."""
+    if demo_items and item_id in demo_items:
+        return demo_items[item_id]
+    T = cfg.num_tags
+    tags = [int(t) if rng.random() < 0.7 else 0
+            for t in rng.integers(1, cfg.tag_vocab, T)]
+    if k % 16 == 5:
+        tags = [0] * T
+    return tags, [float(v) for v in rng.standard_normal(cfg.mm_in)]
+
+
+def make_sets(cfg, nmax, seed, demo_items):
+    """Two requests' worth of inputs, as make_batch gives them to the
+    reference: `bench` (a full history of max_len distinct behaviours, nmax
+    candidates) and `edge` (left padding and padding inside the history, a
+    repeated behaviour, repeated and absent tags, a zero multimodal vector,
+    padding context values, a candidate that is also in the history)."""
+    rng = np.random.default_rng(seed)
+    L, T = cfg.max_len, cfg.num_tags
+    pool = sorted(demo_items) if demo_items else range(1, cfg.item_vocab)
+    ids = [int(i) for i in rng.choice(pool, size=L + nmax,
+                                      replace=len(pool) < L + nmax)]
+    items = {}
+    for k, i in enumerate(ids):
+        items.setdefault(i, draw_item(rng, cfg, k, demo_items, i))
+
+    def ctx_row(zero=False):
+        return [0 if zero else int(rng.integers(0, v)) for v in cfg.context_vocab]
+
+    bench = ref.make_batch(cfg, items, ids[:L],
+                           [(i, ctx_row()) for i in ids[L:L + nmax]])
+
+    hist = list(ids[:L - 24])
+    for j in range(0, len(hist), 7):
+        hist[j] = 0                      # padding inside the history
+    hist[-1] = hist[-3]                  # the same behaviour twice
+    edge_items = dict(items)
+    cands = []
+    for k, i in enumerate(ids[L:L + nmax]):
+        tags, mm = edge_items[i]
+        if k % 5 == 1:                   # a tag repeated, one absent
+            live = [t for t in tags if t] or [1]
+            edge_items[i] = ([live[0]] * (T - 1) + [0], mm)
+        elif k % 5 == 2:
+            edge_items[i] = ([0] * T, mm)
+        elif k % 5 == 3:
+            edge_items[i] = (tags, [0.0] * cfg.mm_in)
+        cands.append((hist[-2] if k == 7 else i, ctx_row(zero=k % 4 == 0)))
+    edge = ref.make_batch(cfg, edge_items, hist, cands)
+    return {"bench": bench, "edge": edge}
+
+
+def write_set(batch, d):
+    os.makedirs(d, exist_ok=True)
+    shapes = {}
+    for k in INPUTS:
+        a = batch[k].numpy()
+        a = a.astype("<i8" if a.dtype.kind in "iu" else "<f4", copy=False)
+        ext = "i64" if a.dtype.kind == "i" else "f32"
+        np.ascontiguousarray(a).tofile(os.path.join(d, f"{k}.{ext}"))
+        shapes[k] = list(a.shape)
+    with open(os.path.join(d, "meta.json"), "w") as f:
+        json.dump({"shapes": shapes}, f)
+
+
+# --- workers ----------------------------------------------------------------
+
+class Worker:
+    """A process answering one line per command line (bench_engine.c,
+    ort_worker.js)."""
+
+    def __init__(self, name, argv, errpath):
+        self.name = name
+        self.err = open(errpath, "w")
+        self.p = subprocess.Popen(argv, stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, stderr=self.err,
+                                  text=True, bufsize=1, cwd=ROOT)
+        self.banner = self.p.stdout.readline().strip()
+        self.errpath = errpath
+
+    @property
+    def ready(self):
+        return self.banner.startswith("ready")
+
+    def ask(self, line):
+        self.p.stdin.write(line + "\n")
+        self.p.stdin.flush()
+        out = self.p.stdout.readline()
+        if not out.startswith("ok"):
+            raise RuntimeError(f"{self.name}: {line!r} -> {out.strip() or 'EOF'} "
+                               f"(stderr in {self.errpath})")
+        return out.split()[1:]
+
+    def probs(self, s, n):
+        return np.array([float(v) for v in self.ask(f"probs {s} {n}")])
+
+    def timed(self, line):
+        w = self.ask(line)
+        return int(w[0]), [int(v) for v in w[1:]]
+
+    def close(self):
+        if self.p.poll() is None:
+            try:
+                self.p.stdin.write("quit\n")
+                self.p.stdin.flush()
+                self.p.wait(timeout=20)
+            except (OSError, subprocess.TimeoutExpired):
+                self.p.kill()
+                self.p.wait()
+        self.err.close()
+
+
+class TorchRunner:
+    def __init__(self, model, batches, ns):
+        self.model = model
+        self.feeds = {(s, n): {k: b[k][:n] for k in INPUTS}
+                      for s, b in enumerate(batches) for n in ns}
+
+    def probs(self, s, n):
+        with torch.inference_mode():
+            return self.model(self.feeds[(s, n)]).double().numpy()
+
+    def timed(self, s, n, k):
+        f = self.feeds[(s, n)]
+        t = []
+        cpu0 = time.process_time_ns()
+        with torch.inference_mode():
+            for _ in range(k):
+                t0 = time.perf_counter_ns()
+                self.model(f)
+                t.append(time.perf_counter_ns() - t0)
+        return time.process_time_ns() - cpu0, t
+
+
+# --- statistics and tables ----------------------------------------------------
+
+def quantile(v, q):
+    """Nearest-rank quantile."""
+    s = sorted(v)
+    return s[max(0, math.ceil(q * len(s)) - 1)]
+
+
+def fmt_us(ns):
+    us = ns / 1e3
+    return f"{us:.0f}" if us >= 1000 else f"{us:.1f}"
+
+
+def folded_flops(cfg, n):
+    """The arithmetic the folded model needs per request (bench_forward.c):
+    num_layers x 2 N D^2 + attention 4 N L E + head 2 N D."""
+    D, E, L = cfg.input_dim, cfg.item_dim, cfg.max_len
+    return (cfg.num_layers * 2.0 * n * D * D + 4.0 * n * L * E + 2.0 * n * D,
+            cfg.num_layers * 2.0 * n * D * D)
+
+
+def reference_flops(cfg, n):
+    """What the unfolded reference computes per request (multiply-adds x 2):
+    item vectors of the target and the N copies of the history (W_mm), the
+    projections q, k, v and W_o, the scores and the pooling, the R-row QNN
+    layers and the head."""
+    d, E, D, L, R = (cfg.embedding_dim, cfg.item_dim, cfg.input_dim,
+                     cfg.max_len, cfg.num_row)
+    per = (cfg.mm_in * cfg.mm_out * (L + 1) + E * 2 * E * (1 + 2 * L)
+           + 2 * L * 2 * E + 2 * E * E + cfg.num_layers * R * D * D + D)
+    return 2.0 * n * per
+
+
+# --- the benchmark of one configuration ---------------------------------------
+
+def run_config(name, args, ns, budget, out_lines, results):
+    t_setup = time.time()
+    outdir = os.path.join(args.out, name)
+    os.makedirs(outdir, exist_ok=True)
+    model, cfg, mfile, desc, demo_items = build_model(name, args, outdir)
+    nmax = max(ns)
+    onnx_path = os.path.join(outdir, "qin.onnx")
+    ops = export_onnx(model, cfg, onnx_path)
+    batches = make_sets(cfg, nmax, args.seed + 1, demo_items)
+    set_names = list(batches)
+    set_dirs = [os.path.join(outdir, "inputs", s) for s in set_names]
+    for s, d in zip(set_names, set_dirs):
+        write_set(batches[s], d)
+    tiny = os.path.join(args.out, "tiny.onnx")
+    if not os.path.exists(tiny):
+        torch.onnx.export(AddOne(), (torch.zeros(16),), tiny,
+                          input_names=["x"], output_names=["y"],
+                          opset_version=OPSET)
+
+    ours = Worker("ours", [args.engine, mfile, str(nmax)] + set_dirs,
+                  os.path.join(outdir, "engine.stderr"))
+    if not ours.ready:
+        raise SystemExit(f"bench_engine did not start: {ours.banner} "
+                         f"(see {ours.errpath})")
+    ort = Worker("ort", [args.node, os.path.join(ROOT, "bench", "ort_worker.js"),
+                         onnx_path, str(nmax)] + set_dirs + ["--overhead", tiny],
+                 os.path.join(outdir, "ort.stderr"))
+    ort_ok = ort.ready
+    pt = TorchRunner(model, [batches[s] for s in set_names], ns)
+    setup_s = time.time() - t_setup
+
+    def say(line=""):
+        log(line)
+        out_lines.append(line)
+
+    D, E, L = cfg.input_dim, cfg.item_dim, cfg.max_len
+    say(f"== {name}: {desc}")
+    say(f"   embedding_dim {cfg.embedding_dim}, item width E {E}, D {D}, "
+        f"history {L}, {cfg.num_layers} QNN layers, R {cfg.num_row}, "
+        f"item_vocab {cfg.item_vocab}, tag_vocab {cfg.tag_vocab}, "
+        f"{ref.count_parameters(cfg):,} parameters")
+    say(f"   ours: {ours.banner[6:]}")
+    say(f"   ORT:  {ort.banner[6:] if ort_ok else 'UNAVAILABLE: ' + ort.banner}")
+    say(f"   PyTorch {torch.__version__}: {torch.get_num_threads()} thread, "
+        f"eval(), inference_mode")
+    say(f"   ONNX opset {OPSET}, {os.path.getsize(onnx_path) / 1e6:.0f} MB, "
+        "ops: " + ", ".join(f"{k} {v}" for k, v in sorted(ops.items())))
+    say(f"   setup (weights, model file, ONNX export, inputs, workers) "
+        f"{setup_s:.1f} s")
+
+    # 1. Parity.
+    say()
+    say("   parity: max |p_a - p_b| over the N candidates (tolerance 1e-5)")
+    say(f"   {'set':5} {'N':>4} {'ours-ORT':>10} {'ours-PyTorch':>13} "
+        f"{'ORT-PyTorch':>12} {'p range':>15}  ok")
+    parity_ok = True
+    parity = []
+    for si, s in enumerate(set_names):
+        for n in ns:
+            p_ours = ours.probs(si, n)
+            p_pt = pt.probs(si, n)
+            p_ort = ort.probs(si, n) if ort_ok else None
+            d_op = float(np.abs(p_ours - p_pt).max())
+            d_oo = float(np.abs(p_ours - p_ort).max()) if ort_ok else None
+            d_rp = float(np.abs(p_ort - p_pt).max()) if ort_ok else None
+            ok = all(d is None or d <= TOL for d in (d_op, d_oo, d_rp))
+            parity_ok &= ok
+            parity.append(dict(set=s, n=n, ours_ort=d_oo, ours_torch=d_op,
+                               ort_torch=d_rp))
+            na = "n/a"
+            say(f"   {s:5} {n:4d} {na if d_oo is None else f'{d_oo:.2e}':>10} "
+                f"{d_op:13.2e} {na if d_rp is None else f'{d_rp:.2e}':>12} "
+                f"{p_pt.min():7.4f}..{p_pt.max():6.4f}  "
+                f"{'yes' if ok else 'NO'}")
+
+    # 2. Timing: warm up, calibrate, then rounds.
+    rts = [r for r in RUNTIMES if r != "ort" or ort_ok] + ["sgemm"]
+
+    def call(rt, n, k):
+        if rt == "ours":
+            return ours.timed(f"time 0 {n} {k}")
+        if rt == "sgemm":
+            return ours.timed(f"sgemm {n} {k}")
+        if rt == "ort":
+            return ort.timed(f"time 0 {n} {k}")
+        return pt.timed(0, n, k)
+
+    est = {}
+    for n in ns:
+        for rt in rts:
+            call(rt, n, 2)                           # warm-up
+            est[(rt, n)] = min(call(rt, n, 3)[1])
+    # Budget per cell (runtime x N); ours and the sgemm yardstick are cheap,
+    # so they get up to kmax samples within their share.
+    cell = budget / (len(ns) * len(rts))
+    iters = {key: int(min(args.kmax, max(args.kmin, cell * 1e9 / max(t, 1))))
+             for key, t in est.items()}
+    rounds = args.rounds
+    for key in iters:
+        iters[key] = max(rounds, int(math.ceil(iters[key] / rounds)) * rounds)
+    samples = {key: [] for key in iters}
+    cpu = {key: 0 for key in iters}
+    t_time = time.time()
+    order = [(n, rt) for n in ns for rt in rts]
+    for r in range(rounds):
+        # Rotate which N and which runtime goes first in each round.
+        shift = (r * (len(rts) + 1)) % len(order)
+        for n, rt in order[shift:] + order[:shift]:
+            c, t = call(rt, n, iters[(rt, n)] // rounds)
+            samples[(rt, n)] += t
+            cpu[(rt, n)] += c
+    time_s = time.time() - t_time
+    overhead = None
+    if ort_ok:
+        ort.timed("overhead 50")
+        overhead = quantile(ort.timed("overhead 500")[1], 0.5)
+
+    say()
+    say(f"   forward pass per request, microseconds (median / p99); "
+        f"{rounds} interleaved rounds, {time_s:.0f} s")
+    hdr = (f"   {'N':>4} {'ours med':>9} {'p99':>7} {'ORT med':>9} {'p99':>7} "
+           f"{'PyTorch med':>11} {'p99':>7} {'ORT/ours':>9} {'PyTorch/ours':>12}"
+           f"  iters ours/ORT/PyTorch")
+    say(hdr)
+    rows = []
+    for n in ns:
+        st = {}
+        for rt in RUNTIMES:
+            if (rt, n) in samples:
+                v = samples[(rt, n)]
+                st[rt] = (quantile(v, 0.5), quantile(v, 0.99), len(v))
+        o = st["ours"]
+        cells = []
+        for rt in ("ours", "ort", "torch"):
+            w = 9 if rt != "torch" else 11
+            if rt in st:
+                cells.append(f"{fmt_us(st[rt][0]):>{w}} {fmt_us(st[rt][1]):>7}")
+            else:
+                cells.append(f"{'n/a':>{w}} {'n/a':>7}")
+        r_ort = st["ort"][0] / o[0] if "ort" in st else None
+        r_pt = st["torch"][0] / o[0]
+        say(f"   {n:4d} " + " ".join(cells)
+            + f" {(f'{r_ort:.1f}x' if r_ort else 'n/a'):>9} {r_pt:11.1f}x  "
+            + "/".join(str(st[rt][2]) if rt in st else "-" for rt in RUNTIMES))
+        rows.append(dict(n=n, **{f"{rt}_median_us": st[rt][0] / 1e3 for rt in st},
+                         **{f"{rt}_p99_us": st[rt][1] / 1e3 for rt in st},
+                         **{f"{rt}_iters": st[rt][2] for rt in st},
+                         ort_over_ours=r_ort, torch_over_ours=r_pt))
+    # Threads actually used: CPU time over wall time of the timed calls.
+    util = {}
+    for rt in rts:
+        wall = sum(sum(samples[(rt, n)]) for n in ns)
+        util[rt] = sum(cpu[(rt, n)] for n in ns) / wall
+    say("   CPU time / wall time of the timed calls (1.00 = one busy thread): "
+        + ", ".join(f"{LABEL.get(rt, rt)} {util[rt]:.2f}" for rt in rts))
+    if overhead is not None:
+        say(f"   ORT call overhead (await session.run of a one-Add graph): "
+            f"{overhead / 1e3:.1f} us median, included in the ORT times above")
+
+    # 3. The limit: folded arithmetic at this run's sgemm rate.
+    say()
+    say("   the limit: folded arithmetic / sgemm rate of this run "
+        "(sgemm: num_layers x (N x D) x (D x D)^T, distinct matrices)")
+    say(f"   {'N':>4} {'MFLOP':>9} {'ref MFLOP':>10} {'sgemm us':>9} "
+        f"{'sgemm GF/s':>10} {'bound us':>9} {'ours us':>9} {'ours GF/s':>9}"
+        f" {'ours/bound':>10}")
+    for row in rows:
+        n = row["n"]
+        flops, qnn = folded_flops(cfg, n)
+        g = quantile(samples[("sgemm", n)], 0.5)
+        rate = qnn / g                                       # flop per ns
+        bound = flops / rate
+        o = row["ours_median_us"] * 1e3
+        say(f"   {n:4d} {flops / 1e6:9.1f} {reference_flops(cfg, n) / 1e6:10.0f} "
+            f"{g / 1e3:9.1f} {rate:10.1f} {bound / 1e3:9.1f} {o / 1e3:9.1f} "
+            f"{flops / o:9.1f} {o / bound:9.2f}x")
+        row.update(mflop=flops / 1e6, sgemm_gflops=rate, bound_us=bound / 1e3,
+                   ours_over_bound=o / bound)
+    say("   MFLOP: folded model (num_layers x 2 N D^2 + attention 4 N L E + "
+        "head 2 N D); ref MFLOP: what the unfolded reference computes")
+
+    ours.close()
+    ort.close()
+    results[name] = dict(description=desc, config=dict(
+        embedding_dim=cfg.embedding_dim, E=E, D=D, max_len=L,
+        num_layers=cfg.num_layers, num_row=cfg.num_row,
+        item_vocab=cfg.item_vocab, tag_vocab=cfg.tag_vocab),
+        ort_available=ort_ok, ort_banner=ort.banner, ours_banner=ours.banner,
+        parity_ok=parity_ok, parity=parity, rows=rows, cpu_over_wall=util,
+        ort_overhead_us=None if overhead is None else overhead / 1e3,
+        setup_s=setup_s, timing_s=time_s)
+    return parity_ok
+
+
+def machine():
+    model = cores = "?"
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        for line in out.splitlines():
+            k, _, v = line.partition(":")
+            if k.strip() == "Model name":
+                model = v.strip()
+            if k.strip() == "CPU(s)":
+                cores = v.strip()
+    except OSError:
+        pass
+    return (f"{model}, {cores} CPUs, {platform.system()} {platform.release()}; "
+            f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}")
+
+
+def main():
+    ap = argparse.ArgumentParser(
+        description="QIN forward pass: our engine vs ONNX Runtime vs PyTorch "
+                    "(bench/README.md)")
+    ap.add_argument("--engine", default=os.path.join(
+        ROOT, "build/release/bench/bench_engine"))
+    ap.add_argument("--node", default="node")
+    ap.add_argument("--out", default=os.path.join(ROOT, "build/bench-compare"))
+    ap.add_argument("--demo", default=os.path.join(ROOT, "demo"))
+    ap.add_argument("--configs", default="microlens,demo")
+    ap.add_argument("--ns", default="1,16,64,256")
+    ap.add_argument("--budget", type=float, default=300.0,
+                    help="seconds of timed calls in all (default 300), "
+                         "3/4 to microlens")
+    ap.add_argument("--rounds", type=int, default=10)
+    ap.add_argument("--kmin", type=int, default=20)
+    ap.add_argument("--kmax", type=int, default=3000)
+    ap.add_argument("--seed", type=int, default=1)
+    args = ap.parse_args()
+    t0 = time.time()
+    torch.set_num_threads(1)
+    torch.set_num_interop_threads(1)
+    ns = [int(v) for v in args.ns.split(",")]
+    configs = [c for c in args.configs.split(",") if c]
+    os.makedirs(args.out, exist_ok=True)
+    lines = []
+    log(f"bench-compare: {machine()}")
+    log(f"N in {ns}; timing budget {args.budget:.0f} s; one thread per runtime")
+    results, ok = {}, True
+    shares = {"microlens": 0.75, "demo": 0.25} if len(configs) == 2 else {}
+    for c in configs:
+        if c not in ("microlens", "demo"):
+            raise SystemExit(f"unknown configuration {c}")
+        log("")
+        ok &= run_config(c, args, ns, args.budget * shares.get(c, 1.0 / len(configs)),
+                         lines, results)
+    total = time.time() - t0
+
+    log("")
+    log("targets (MicroLens configuration):")
+    verdicts = []
+    if "microlens" in results:
+        rows = {r["n"]: r for r in results["microlens"]["rows"]}
+        for n in (16, 64):
+            if n not in rows:
+                continue
+            r = rows[n]
+            for rt, key in (("ORT", "ort_over_ours"), ("PyTorch", "torch_over_ours")):
+                v = r.get(key)
+                verdicts.append(
+                    f"  N={n}: {rt}/ours = " + (f"{v:.1f}x (target >= 10x): "
+                                                f"{'met' if v >= 10 else 'MISSED'}"
+                                                if v else "n/a (ORT unavailable)"))
+        for n, r in sorted(rows.items()):
+            if n >= 64:
+                v = r["ours_over_bound"]
+                verdicts.append(f"  N={n}: ours = {v:.2f}x the sgemm bound "
+                                f"(target <= 1.3x): {'met' if v <= 1.3 else 'MISSED'}")
+    for v in verdicts:
+        log(v)
+    log(f"parity within {TOL:g}: {'yes' if ok else 'NO'}; "
+        f"bench-compare took {total:.0f} s")
+    with open(os.path.join(args.out, "results.json"), "w") as f:
+        json.dump(dict(machine=machine(), ns=ns, results=results,
+                       verdicts=verdicts, total_s=total, parity_ok=ok), f,
+                  indent=1)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
