@@ -126,6 +126,7 @@ int main(int argc, char **argv) {
         goto out;
     }
     metrics_set_model(svc.metrics, first->cfg->name, first->cfg->version);
+    first->metrics = svc.metrics;
 
     http_params hp = {cp.bind, cp.port, cp.threads, cp.request_timeout_s, 4096};
     if (http_start(&svc, &hp, &http, err, sizeof err) < 0) {

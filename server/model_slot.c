@@ -41,6 +41,11 @@ int model_slot_load(const char *path, const item_cache_params *cache_params,
 void model_slot_release(model_slot *s) {
     if (!s) return;
     if (atomic_fetch_sub(&s->refs, 1) != 1) return;
+    if (s->metrics) {
+        item_cache_stats st;
+        item_cache_stats_get(s->cache, &st);
+        metrics_cache_retire(s->metrics, &st);
+    }
     item_cache_free(s->cache);
     qin_model_free(s->model);
     free(s);
@@ -82,6 +87,7 @@ int model_holder_reload(model_holder *h, const char *path,
     if (rc == CTR_OK) {
         pthread_mutex_lock(&h->mu);
         model_slot *old = h->cur;
+        s->metrics = old->metrics;
         h->cur = s;
         pthread_mutex_unlock(&h->mu);
         model_slot_release(old);

@@ -16,6 +16,7 @@
 
 #include "core/qin.h"
 #include "server/item_cache.h"
+#include "server/metrics.h"
 
 typedef struct model_slot {
     qin_model *model;
@@ -24,6 +25,9 @@ typedef struct model_slot {
     uint64_t generation;            /* 1 for the first model, +1 per reload */
     const char *ctx_name[QIN_MAX_CTX];  /* for proto_rank_schema */
     char path[1024];
+    metrics *metrics;               /* when set, the cache's counters are
+                                       handed over before it is freed, so
+                                       the _total series never go back */
     atomic_int refs;
 } model_slot;
 
