@@ -34,32 +34,31 @@ static void cache_params_from(const config_params *cp, item_cache_params *out) {
 
 /* SIGHUP: load the file again; keep the old model unless the new one loads
  * and reads the same features (the feature store's values are decoded with
- * the first model's tag count and embedding width). */
+ * the first model's tag count and embedding width).  Runs on the main
+ * thread only, so reloads never overlap. */
 static void reload(service *svc) {
     model_slot *old = model_holder_acquire(svc->models);
     int old_tags = old->cfg->num_tags, old_mm = old->cfg->mm_in;
     model_slot_release(old);
-    model_slot *probe = NULL;
+    model_slot *s = NULL;
     char err[1024];
     log_info("SIGHUP: reloading %s", svc->model_path);
-    int rc = model_slot_load(svc->model_path, &svc->cache_params, 0, &probe, err, sizeof err);
-    if (rc == CTR_OK && (probe->cfg->num_tags != old_tags || probe->cfg->mm_in != old_mm)) {
+    int rc = model_slot_load(svc->model_path, &svc->cache_params, 0, &s, err, sizeof err);
+    if (rc == CTR_OK && (s->cfg->num_tags != old_tags || s->cfg->mm_in != old_mm)) {
         snprintf(err, sizeof err,
                  "new model reads %d tags and %d-d embeddings, the running one %d and %d; a "
-                 "feature schema change needs a restart", probe->cfg->num_tags,
-                 probe->cfg->mm_in, old_tags, old_mm);
+                 "feature schema change needs a restart", s->cfg->num_tags, s->cfg->mm_in,
+                 old_tags, old_mm);
         rc = CTR_EMODEL;
     }
-    model_slot_release(probe);
-    if (rc == CTR_OK)
-        rc = model_holder_reload(svc->models, svc->model_path, &svc->cache_params, err,
-                                 sizeof err);
     if (rc < 0) {
+        model_slot_release(s);
         metrics_reload(svc->metrics, 0);
         log_error("reload failed, still serving the previous model: %s", err);
         return;
     }
-    model_slot *s = model_holder_acquire(svc->models);
+    model_holder_swap(svc->models, s); /* the holder owns s now */
+    s = model_holder_acquire(svc->models);
     metrics_reload(svc->metrics, 1);
     metrics_set_model(svc->metrics, s->cfg->name, s->cfg->version);
     log_info("reloaded: now serving %s version %s (generation %llu)", s->cfg->name,

@@ -8,7 +8,6 @@
 
 struct model_holder {
     pthread_mutex_t mu;         /* guards cur (held for a pointer read) */
-    pthread_mutex_t reload_mu;  /* one reload at a time */
     model_slot *cur;
 };
 
@@ -55,7 +54,6 @@ model_holder *model_holder_new(model_slot *first) {
     model_holder *h = calloc(1, sizeof *h);
     if (!h) return NULL;
     pthread_mutex_init(&h->mu, NULL);
-    pthread_mutex_init(&h->reload_mu, NULL);
     h->cur = first;
     return h;
 }
@@ -64,7 +62,6 @@ void model_holder_free(model_holder *h) {
     if (!h) return;
     model_slot_release(h->cur);
     pthread_mutex_destroy(&h->mu);
-    pthread_mutex_destroy(&h->reload_mu);
     free(h);
 }
 
@@ -76,22 +73,12 @@ model_slot *model_holder_acquire(model_holder *h) {
     return s;
 }
 
-int model_holder_reload(model_holder *h, const char *path,
-                        const item_cache_params *cache_params, char *err, size_t errlen) {
-    pthread_mutex_lock(&h->reload_mu);
+void model_holder_swap(model_holder *h, model_slot *s) {
     pthread_mutex_lock(&h->mu);
-    uint64_t gen = h->cur->generation + 1;
+    model_slot *old = h->cur;
+    s->generation = old->generation + 1;
+    s->metrics = old->metrics;
+    h->cur = s;
     pthread_mutex_unlock(&h->mu);
-    model_slot *s;
-    int rc = model_slot_load(path, cache_params, gen, &s, err, errlen);
-    if (rc == CTR_OK) {
-        pthread_mutex_lock(&h->mu);
-        model_slot *old = h->cur;
-        s->metrics = old->metrics;
-        h->cur = s;
-        pthread_mutex_unlock(&h->mu);
-        model_slot_release(old);
-    }
-    pthread_mutex_unlock(&h->reload_mu);
-    return rc;
+    model_slot_release(old);
 }

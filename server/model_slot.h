@@ -48,11 +48,10 @@ void model_holder_free(model_holder *h);
 /* The current slot with a reference the caller must release. */
 model_slot *model_holder_acquire(model_holder *h);
 
-/* Loads path and, only if that succeeds, makes it current; the old slot
- * lives on until its last request releases it.  On failure the current
- * model stays and err says why.  Serialised: concurrent reloads run one
- * after the other. */
-int model_holder_reload(model_holder *h, const char *path,
-                        const item_cache_params *cache_params, char *err, size_t errlen);
+/* Makes s (freshly loaded, one reference which the holder takes over)
+ * current: its generation becomes the old one's + 1 and it inherits the
+ * old slot's metrics.  The old slot lives on until its last request
+ * releases it.  Thread-safe. */
+void model_holder_swap(model_holder *h, model_slot *s);
 
 #endif
