@@ -57,8 +57,7 @@
 #define FEATURES_MAX_MM 65535       /* mm_dim is two bytes */
 
 /* A decoded item value.  The arrays live in the arena given to the
- * decoder; mm is asked of the arena with 64-byte alignment, for the
- * engine's vector code. */
+ * decoder; mm is 64-byte aligned, for the engine's vector code. */
 typedef struct features_item {
     int32_t *tags;          /* num_tags ids; NULL when num_tags is 0 */
     int num_tags;

@@ -91,8 +91,7 @@ typedef struct featstore_item {
     int32_t *tags;              /* num_tags ids (fewer than max_tags: the
                                    rest are padding); NULL when none */
     int num_tags;
-    float *mm;                  /* mm_dim floats (64-byte alignment asked
-                                   of the arena) */
+    float *mm;                  /* mm_dim floats, 64-byte aligned */
     int mm_dim;
 } featstore_item;
 
