@@ -5,6 +5,9 @@
 --   CTR_WRK_REQUESTS=demo/requests_64.jsonl \
 --     wrk -t2 -c16 -d30s -s deploy/wrk/rank.lua http://127.0.0.1:8080
 --
+-- Paced (about 200 requests/s per connection, 800 in all):
+--   CTR_WRK_RATE=200 wrk -t1 -c4 -d30s -s deploy/wrk/rank.lua http://127.0.0.1:8080
+--
 -- The requests file is CTR_WRK_REQUESTS (default demo/requests_16.jsonl,
 -- relative to the working directory), or the first script argument
 -- (wrk ... -s rank.lua URL -- FILE), which wins over the variable.  The path
@@ -16,6 +19,19 @@
 
 local DEFAULT_FILE = "demo/requests_16.jsonl"
 local DEFAULT_PATH = "/v1/rank"
+
+-- Pacing: CTR_WRK_RATE requests/s per connection (unset or 0: as fast as
+-- the server answers, wrk's usual closed loop).  Each connection waits an
+-- exponentially distributed pause of mean 1/rate after each answer, so the
+-- offered load is a little under connections x rate (the answer time adds
+-- to each cycle); read the achieved rate off WRK_RESULT.  delay() is only
+-- defined when pacing, since wrk takes its presence as a request for it.
+local rate = tonumber(os.getenv("CTR_WRK_RATE") or "") or 0
+if rate > 0 then
+   function delay()
+      return -math.log(1 - math.random()) * 1000 / rate
+   end
+end
 
 local function requests_file(args)
    if args and args[1] and args[1] ~= "" then
