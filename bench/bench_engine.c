@@ -12,10 +12,13 @@
  *   probs S N      ->  ok p_1 .. p_N            (qin_forward on set S, %.9g)
  *   time S N K     ->  ok CPU_NS t_1 .. t_K     (K timed qin_forward calls, ns)
  *   sgemm N K      ->  ok CPU_NS t_1 .. t_K     (K timed sgemm yardsticks, ns)
+ *   both S N K     ->  ok CPU_NS f_1 g_1 .. f_K g_K  (alternately: forward
+ *                      f_i, then the sgemm yardstick g_i, so that both see
+ *                      the same machine state; what compare.py uses)
  *   quit
  *
- * CPU_NS is the process CPU time the K calls took, so the coordinator can
- * check that the work ran on one thread (CPU time ~ wall time).
+ * CPU_NS is the process CPU time of the whole command, so the coordinator
+ * can check that the work ran on one thread (CPU time ~ wall time).
  *
  * The sgemm yardstick is what the folded QNN cannot do better than: for
  * each of the model's num_layers layers, one single-threaded
@@ -172,9 +175,9 @@ int main(int argc, char **argv) {
         if (sscanf(line, "%31s", cmd) != 1) continue;
         if (!strcmp(cmd, "quit")) break;
         int is_probs = !strcmp(cmd, "probs"), is_time = !strcmp(cmd, "time"),
-            is_sgemm = !strcmp(cmd, "sgemm");
+            is_sgemm = !strcmp(cmd, "sgemm"), is_both = !strcmp(cmd, "both");
         int ok = (is_probs && sscanf(line, "%*s %d %d", &set, &n) == 2) ||
-                 (is_time && sscanf(line, "%*s %d %d %d", &set, &n, &k) == 3) ||
+                 ((is_time || is_both) && sscanf(line, "%*s %d %d %d", &set, &n, &k) == 3) ||
                  (is_sgemm && sscanf(line, "%*s %d %d", &n, &k) == 2);
         if (!ok || set < 0 || set >= nsets || n < 1 || n > nmax || k < 0) {
             printf("error bad command: %s", line);
@@ -194,15 +197,18 @@ int main(int argc, char **argv) {
             fflush(stdout);
             continue;
         }
-        if ((size_t)k > tcap) {
-            tcap = (size_t)k;
+        const size_t nt = (size_t)k * (is_both ? 2 : 1);
+        if (nt > tcap) {
+            tcap = nt;
             t = realloc(t, tcap * sizeof *t);
             if (!t) die("out of memory", NULL);
         }
         int64_t cpu0 = now_ns(CLOCK_PROCESS_CPUTIME_ID);
-        for (int i = 0; i < k; i++) {
+        for (size_t i = 0; i < nt; i++) {
+            /* In `both`, even slots time the forward pass, odd ones sgemm. */
+            int fwd = is_time || (is_both && i % 2 == 0);
             int64_t t0 = now_ns(CLOCK_MONOTONIC);
-            if (is_time) {
+            if (fwd) {
                 qin_forward(m, scratch, &req, prob, NULL, 0);
             } else {
                 for (int l = 0; l < c->num_layers; l++)
@@ -213,7 +219,7 @@ int main(int argc, char **argv) {
         }
         int64_t cpu = now_ns(CLOCK_PROCESS_CPUTIME_ID) - cpu0;
         printf("ok %lld", (long long)cpu);
-        for (int i = 0; i < k; i++) printf(" %lld", (long long)t[i]);
+        for (size_t i = 0; i < nt; i++) printf(" %lld", (long long)t[i]);
         printf("\n");
         fflush(stdout);
     }
