@@ -558,6 +558,15 @@ def run_config(name, args, ns, budget, out_lines, results):
     return parity_ok
 
 
+def loadavg():
+    """The 1, 5 and 15 minute load averages (other work on the machine)."""
+    try:
+        with open("/proc/loadavg") as f:
+            return " ".join(f.read().split()[:3])
+    except OSError:
+        return "?"
+
+
 def machine():
     model = cores = "?"
     try:
@@ -600,7 +609,7 @@ def main():
     configs = [c for c in args.configs.split(",") if c]
     os.makedirs(args.out, exist_ok=True)
     lines = []
-    log(f"bench-compare: {machine()}")
+    log(f"bench-compare: {machine()}; load average {loadavg()}")
     log(f"N in {ns}; timing budget {args.budget:.0f} s; one thread per runtime")
     results, ok = {}, True
     shares = {"microlens": 0.75, "demo": 0.25} if len(configs) == 2 else {}
@@ -635,7 +644,7 @@ def main():
     for v in verdicts:
         log(v)
     log(f"parity within {TOL:g}: {'yes' if ok else 'NO'}; "
-        f"bench-compare took {total:.0f} s")
+        f"bench-compare took {total:.0f} s; load average now {loadavg()}")
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump(dict(machine=machine(), ns=ns, results=results,
                        verdicts=verdicts, total_s=total, parity_ok=ok), f,
