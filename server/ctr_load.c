@@ -14,7 +14,8 @@
  * --batch per round trip, so a load costs about (lines / batch) round trips
  * and Redis's own write time.  Memory: one line, one batch of encoded values
  * in hiredis's output buffer, and the keys already loaded (to catch an id
- * given twice): about 50 bytes per item or user, 100 MB for 2M users.
+ * given twice, jsonl.h): about 60 bytes per item or user, 120 MB for 2M
+ * users.
  *
  * Behaviours at the edges (also in --help, the user's manual):
  *   - a bad line is reported on stderr as FILE:LINE: message and skipped;
@@ -38,7 +39,6 @@
 #include <inttypes.h>
 #include <limits.h>
 #include <signal.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -49,9 +49,9 @@
 #include "proto/features.h"
 #include "proto/records.h"
 #include "server/featstore.h"
+#include "server/jsonl.h"
 
 #define PROG "ctr-load"
-#define ERRORS_SHOWN 50    /* per file; the rest are only counted */
 
 static void usage(FILE *f) {
     fprintf(f,
@@ -104,119 +104,7 @@ static void usage(FILE *f) {
 "Exit status: 0 every line loaded; 1 some line rejected, or Redis failed\n"
 "(the load stops at the failure; the last batch may or may not be stored);\n"
 "2 could not start (usage, unreadable file or model).\n",
-        ERRORS_SHOWN);
-}
-
-/* --- Reporting ---------------------------------------------------------- */
-
-typedef struct source {
-    const char *name;     /* as the user gave it */
-    long line;            /* current line, 1-based */
-    long bad;             /* bad lines so far */
-} source;
-
-static void line_error(source *src, const char *fmt, ...)
-#if defined(__GNUC__)
-    __attribute__((format(printf, 2, 3)))
-#endif
-    ;
-
-static void line_error(source *src, const char *fmt, ...) {
-    src->bad++;
-    if (src->bad > ERRORS_SHOWN) return;
-    fprintf(stderr, PROG ": %s:%ld: ", src->name, src->line);
-    va_list ap;
-    va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
-    va_end(ap);
-    fputc('\n', stderr);
-    if (src->bad == ERRORS_SHOWN)
-        fprintf(stderr, PROG ": %s: further errors in this file are only "
-                "counted\n", src->name);
-}
-
-/* The next line into *buf; 0 at end of file, -1 on a read error.  *len
- * excludes the newline. */
-static int next_line(FILE *f, source *src, char **buf, size_t *cap,
-                     size_t *len) {
-    errno = 0;
-    ssize_t n = getline(buf, cap, f);
-    if (n < 0) return ferror(f) ? -1 : 0;
-    src->line++;
-    if (n > 0 && (*buf)[n - 1] == '\n') n--;
-    *len = (size_t)n;
-    return 1;
-}
-
-static int blank(const char *s, size_t len) {
-    for (size_t i = 0; i < len; i++)
-        if (s[i] != ' ' && s[i] != '\t' && s[i] != '\r') return 0;
-    return 1;
-}
-
-/* --- Keys already loaded, to refuse a second line for the same key ------ */
-
-typedef struct seen_entry {
-    const char *key;      /* NULL: empty slot */
-    long line;
-} seen_entry;
-
-typedef struct seen_set {
-    seen_entry *slot;     /* open addressing, linear probing */
-    size_t cap;           /* a power of two */
-    size_t n;
-    arena mem;            /* the keys */
-} seen_set;
-
-static uint64_t key_hash(const char *s) {
-    uint64_t h = 1469598103934665603ull;   /* FNV-1a */
-    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-        h ^= *p;
-        h *= 1099511628211ull;
-    }
-    return h ^ (h >> 29);
-}
-
-static int seen_init(seen_set *s) {
-    s->cap = 1024;
-    s->n = 0;
-    s->slot = calloc(s->cap, sizeof *s->slot);
-    arena_init(&s->mem, 1 << 20);
-    return s->slot ? CTR_OK : CTR_ENOMEM;
-}
-
-static void seen_free(seen_set *s) {
-    free(s->slot);
-    arena_free(&s->mem);
-}
-
-static seen_entry *seen_find(seen_entry *slot, size_t cap, const char *key) {
-    size_t mask = cap - 1;
-    for (size_t i = key_hash(key) & mask;; i = (i + 1) & mask)
-        if (!slot[i].key || strcmp(slot[i].key, key) == 0) return &slot[i];
-}
-
-/* Records key as given on `line`.  Returns 0 when it is new, the earlier
- * line when it was given before, -1 when out of memory. */
-static long seen_add(seen_set *s, const char *key, long line) {
-    seen_entry *e = seen_find(s->slot, s->cap, key);
-    if (e->key) return e->line;
-    if (2 * (s->n + 1) > s->cap) {
-        size_t cap = 2 * s->cap;
-        seen_entry *slot = calloc(cap, sizeof *slot);
-        if (!slot) return -1;
-        for (size_t i = 0; i < s->cap; i++)
-            if (s->slot[i].key) *seen_find(slot, cap, s->slot[i].key) = s->slot[i];
-        free(s->slot);
-        s->slot = slot;
-        s->cap = cap;
-        e = seen_find(s->slot, s->cap, key);
-    }
-    e->key = arena_strndup(&s->mem, key, strlen(key));
-    if (!e->key) return -1;
-    e->line = line;
-    s->n++;
-    return 0;
+        JSONL_ERRORS_SHOWN);
 }
 
 /* --- Loading ------------------------------------------------------------ */
@@ -264,32 +152,32 @@ static int queued(loader *ld, int rc, const char *err) {
 
 /* Returns CTR_OK when the file was read to its end (bad lines included),
  * or a negative status when the load must stop. */
-static int load_items(loader *ld, FILE *f, source *src) {
+static int load_items(loader *ld, jsonl_source *src) {
     const options *o = ld->o;
     arena scratch;
     arena_init(&scratch, 1 << 16);
-    seen_set seen;
-    int rc = seen_init(&seen);
-    char *line = NULL;
-    size_t cap = 0, len;
+    jsonl_seen *seen;
+    int rc = jsonl_seen_init(&seen);
+    const char *line;
+    size_t len;
     char err[256];
     int more = 0;
-    while (rc == CTR_OK && (more = next_line(f, src, &line, &cap, &len)) > 0) {
-        if (blank(line, len)) continue;
+    while (rc == CTR_OK && (more = jsonl_next_line(src, &line, &len)) > 0) {
         arena_reset(&scratch);
         proto_item it;
         int st = proto_item_decode(line, len, o->max_tags, o->mm_dim, &scratch,
                                    &it, err, sizeof err);
         if (st == CTR_ENOMEM) { rc = st; break; }
-        if (st < 0) { line_error(src, "%s", err); continue; }
+        if (st < 0) { jsonl_error(src, "%s", err); continue; }
         if (it.item_id < 1) {
-            line_error(src, "item_id: %" PRId64 " is not an item id (ids "
-                       "start at 1; 0 is padding)", it.item_id);
+            jsonl_error(src, "item_id: %" PRId64 " is not an item id (ids "
+                        "start at 1; 0 is padding)", it.item_id);
             continue;
         }
         if (o->item_vocab && it.item_id >= o->item_vocab) {
-            line_error(src, "item_id: %" PRId64 " is outside the model's item "
-                       "vocabulary (1..%d)", it.item_id, o->item_vocab - 1);
+            jsonl_error(src, "item_id: %" PRId64 " is outside the model's "
+                        "item vocabulary (1..%d)", it.item_id,
+                        o->item_vocab - 1);
             continue;
         }
         int k = 0;
@@ -297,9 +185,9 @@ static int load_items(loader *ld, FILE *f, source *src) {
                it.tags[k] < o->tag_vocab)
             k++;
         if (o->tag_vocab && k < it.num_tags) {
-            line_error(src, "item_tags[%d]: %" PRId32 " is outside the model's "
-                       "tag vocabulary (0..%d)", k, it.tags[k],
-                       o->tag_vocab - 1);
+            jsonl_error(src, "item_tags[%d]: %" PRId32 " is outside the "
+                        "model's tag vocabulary (0..%d)", k, it.tags[k],
+                        o->tag_vocab - 1);
             continue;
         }
         size_t size = features_item_size(it.num_tags, it.mm_dim);
@@ -308,16 +196,16 @@ static int load_items(loader *ld, FILE *f, source *src) {
         size_t vlen;
         if (features_item_encode(it.tags, it.num_tags, it.mm, it.mm_dim, val,
                                  size, &vlen, err, sizeof err) < 0) {
-            line_error(src, "%s", err);
+            jsonl_error(src, "%s", err);
             continue;
         }
         char key[24];
         snprintf(key, sizeof key, "%" PRId64, it.item_id);
-        long first = seen_add(&seen, key, src->line);
+        long first = jsonl_seen_add(seen, key, jsonl_source_line(src), NULL);
         if (first < 0) { rc = CTR_ENOMEM; break; }
         if (first > 0) {
-            line_error(src, "item_id: %s already given on line %ld", key,
-                       first);
+            jsonl_error(src, "item_id: %s already given on line %ld", key,
+                        first);
             continue;
         }
         rc = featstore_put_item(ld->fs, it.item_id, val, vlen, err, sizeof err);
@@ -325,36 +213,36 @@ static int load_items(loader *ld, FILE *f, source *src) {
         rc = queued(ld, rc, err);
     }
     if (rc == CTR_OK && more < 0) {
-        fprintf(stderr, PROG ": %s: read error after line %ld: %s\n",
-                src->name, src->line, strerror(errno));
-        rc = CTR_EIO;
+        rc = more;
+        if (rc == CTR_EIO)
+            fprintf(stderr, PROG ": %s: read error after line %ld: %s\n",
+                    jsonl_source_name(src), jsonl_source_line(src),
+                    strerror(errno));
     }
     if (rc == CTR_ENOMEM) fprintf(stderr, PROG ": out of memory\n");
-    free(line);
-    seen_free(&seen);
+    jsonl_seen_free(seen);
     arena_free(&scratch);
     return rc;
 }
 
-static int load_users(loader *ld, FILE *f, source *src) {
+static int load_users(loader *ld, jsonl_source *src) {
     const options *o = ld->o;
     arena scratch;
     arena_init(&scratch, 1 << 16);
-    seen_set seen;
-    int rc = seen_init(&seen);
-    char *line = NULL;
-    size_t cap = 0, len;
+    jsonl_seen *seen;
+    int rc = jsonl_seen_init(&seen);
+    const char *line;
+    size_t len;
     char err[256];
     int more = 0;
-    while (rc == CTR_OK && (more = next_line(f, src, &line, &cap, &len)) > 0) {
-        if (blank(line, len)) continue;
+    while (rc == CTR_OK && (more = jsonl_next_line(src, &line, &len)) > 0) {
         arena_reset(&scratch);
         proto_user u;
         /* No bound here: a long history is truncated, not refused. */
         int st = proto_user_decode(line, len, -1, &scratch, &u, err,
                                    sizeof err);
         if (st == CTR_ENOMEM) { rc = st; break; }
-        if (st < 0) { line_error(src, "%s", err); continue; }
+        if (st < 0) { jsonl_error(src, "%s", err); continue; }
         const int64_t *seq = u.item_seq;
         int n = u.seq_len;
         if (n > o->max_seq) {
@@ -371,15 +259,16 @@ static int load_users(loader *ld, FILE *f, source *src) {
              * file's position instead. */
             int i = 0;
             while (i < n && seq[i] >= 0 && seq[i] <= INT32_MAX) i++;
-            line_error(src, "item_seq[%d]: %" PRId64 " is outside 0..%ld",
-                       (int)(seq - u.item_seq) + i, seq[i], (long)INT32_MAX);
+            jsonl_error(src, "item_seq[%d]: %" PRId64 " is outside 0..%ld",
+                        (int)(seq - u.item_seq) + i, seq[i], (long)INT32_MAX);
             continue;
         }
-        long first = seen_add(&seen, u.user_id, src->line);
+        long first = jsonl_seen_add(seen, u.user_id, jsonl_source_line(src),
+                                    NULL);
         if (first < 0) { rc = CTR_ENOMEM; break; }
         if (first > 0) {
-            line_error(src, "user_id: %s already given on line %ld (integer "
-                       "and string ids share a key)", u.user_id, first);
+            jsonl_error(src, "user_id: %s already given on line %ld (integer "
+                        "and string ids share a key)", u.user_id, first);
             continue;
         }
         rc = featstore_put_user(ld->fs, u.user_id, val, vlen, err, sizeof err);
@@ -387,13 +276,14 @@ static int load_users(loader *ld, FILE *f, source *src) {
         rc = queued(ld, rc, err);
     }
     if (rc == CTR_OK && more < 0) {
-        fprintf(stderr, PROG ": %s: read error after line %ld: %s\n",
-                src->name, src->line, strerror(errno));
-        rc = CTR_EIO;
+        rc = more;
+        if (rc == CTR_EIO)
+            fprintf(stderr, PROG ": %s: read error after line %ld: %s\n",
+                    jsonl_source_name(src), jsonl_source_line(src),
+                    strerror(errno));
     }
     if (rc == CTR_ENOMEM) fprintf(stderr, PROG ": out of memory\n");
-    free(line);
-    seen_free(&seen);
+    jsonl_seen_free(seen);
     arena_free(&scratch);
     return rc;
 }
@@ -503,14 +393,12 @@ int main(int argc, char **argv) {
 
     /* Open both files before writing anything, so a typo in the second
      * does not leave a half-done load. */
-    FILE *fi = NULL, *fu = NULL;
-    if (o.items && !(fi = fopen(o.items, "r"))) {
-        fprintf(stderr, PROG ": %s: %s\n", o.items, strerror(errno));
-        return 2;
-    }
-    if (o.users && !(fu = fopen(o.users, "r"))) {
-        fprintf(stderr, PROG ": %s: %s\n", o.users, strerror(errno));
-        if (fi) fclose(fi);
+    jsonl_source *si = NULL, *su = NULL;
+    if ((o.items && jsonl_source_open(o.items, PROG, &si, err, sizeof err) < 0)
+        || (o.users &&
+            jsonl_source_open(o.users, PROG, &su, err, sizeof err) < 0)) {
+        fprintf(stderr, PROG ": %s\n", err);
+        jsonl_source_close(si);
         return 2;
     }
 
@@ -537,26 +425,27 @@ int main(int argc, char **argv) {
         goto done;
     }
 
-    source si = {.name = o.items}, su = {.name = o.users};
     int rc = CTR_OK;
-    if (fi) rc = load_items(&ld, fi, &si);
-    if (rc == CTR_OK && fu) rc = load_users(&ld, fu, &su);
+    if (si) rc = load_items(&ld, si);
+    if (rc == CTR_OK && su) rc = load_users(&ld, su);
     if (rc == CTR_OK) rc = flush(&ld);
+    long rejected = (si ? jsonl_source_bad(si) : 0) +
+                    (su ? jsonl_source_bad(su) : 0);
 
     printf(PROG ": items_loaded=%ld users_loaded=%ld lines_rejected=%ld "
            "histories_truncated=%ld (redis %s, prefix \"%s\")\n",
-           ld.items_loaded, ld.users_loaded, si.bad + su.bad, ld.truncated,
+           ld.items_loaded, ld.users_loaded, rejected, ld.truncated,
            o.redis, o.prefix);
     if (ld.truncated)
         fprintf(stderr, PROG ": %ld histories were longer than --max-seq %d "
                 "and keep their most recent %d ids\n", ld.truncated,
                 o.max_seq, o.max_seq);
     if (fflush(stdout) != 0) rc = CTR_EIO;
-    status = rc == CTR_OK && !si.bad && !su.bad ? 0 : 1;
+    status = rc == CTR_OK && !rejected ? 0 : 1;
 
 done:
     featstore_close(ld.fs);
-    if (fi) fclose(fi);
-    if (fu) fclose(fu);
+    jsonl_source_close(si);
+    jsonl_source_close(su);
     return status;
 }

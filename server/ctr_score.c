@@ -24,17 +24,20 @@
  *   - a request without item_seq takes its user's stored history; a user
  *     missing from users.jsonl is scored with an empty history (a cold
  *     start is normal, not an error): one note at the end says how many;
- *   - integer and string user ids are distinct keys (42 is not "42"), as
- *     they are distinct JSON values;
+ *   - a user is known by the text of its id: the integer 42 and the string
+ *     "42" are the same user, as they are in the feature store (one key,
+ *     <prefix>u:42) that ctr-load fills and ctr-server reads, so ctr-score
+ *     and ctr-server score the same data the same way; the output still
+ *     echoes user_id as the request gave it;
  *   - in a history, id 0, ids outside the vocabulary and ids without an
  *     items.jsonl line are padding; a candidate like that is a bad line;
  *   - an item id listed twice in items.jsonl, or a user twice in
- *     users.jsonl, is a bad line (the first one is kept).
+ *     users.jsonl (42 and "42" included), is a bad line (the first one is
+ *     kept).
  */
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -45,9 +48,9 @@
 #include "proto/buf.h"
 #include "proto/rank.h"
 #include "proto/records.h"
+#include "server/jsonl.h"
 
 #define PROG "ctr-score"
-#define ERRORS_SHOWN 50    /* per file; the rest are only counted */
 
 static void usage(FILE *f) {
     fprintf(f,
@@ -88,68 +91,22 @@ static void usage(FILE *f) {
 "\n"
 "Histories: a request without item_seq uses its user's line in --users; a\n"
 "user with no line there gets an empty history (noted once on stderr).\n"
-"Integer and string user ids are distinct (42 is not \"42\").  In a history,\n"
-"id 0, ids outside the vocabulary and ids with no line in --items are\n"
-"padding.  A candidate outside the vocabulary or without features, a\n"
-"context value outside its vocabulary, or more than --max-cand candidates\n"
-"make the request line bad.\n"
+"A user is known by its id's text: the integer 42 and the string \"42\" are\n"
+"the same user, as in ctr-load and ctr-server (the output still echoes\n"
+"user_id as the request gave it).  In a history, id 0, ids outside the\n"
+"vocabulary and ids with no line in --items are padding.  A candidate\n"
+"outside the vocabulary or without features, a context value outside its\n"
+"vocabulary, or more than --max-cand candidates make the request line bad.\n"
 "\n"
 "Errors: each bad line, in any file, is reported on stderr as\n"
 "FILE:LINE: message (at most %d per file, then only counted) and skipped;\n"
 "the other lines are still used, and a bad request line prints nothing on\n"
-"stdout.  An item or user given twice is a bad line (the first is kept).\n"
-"Blank lines are skipped.\n"
+"stdout.  An item or user given twice (42 and \"42\" included) is a bad\n"
+"line (the first is kept).  Blank lines are skipped.\n"
 "\n"
 "Exit status: 0 all lines good; 1 some line bad; 2 could not run (usage,\n"
 "unreadable file or model, out of memory, write error).\n",
-        ERRORS_SHOWN);
-}
-
-/* --- Reporting ---------------------------------------------------------- */
-
-typedef struct source {
-    const char *name;     /* as the user gave it */
-    long line;            /* current line, 1-based */
-    long bad;             /* bad lines so far */
-} source;
-
-static void line_error(source *src, const char *fmt, ...)
-#if defined(__GNUC__)
-    __attribute__((format(printf, 2, 3)))
-#endif
-    ;
-
-static void line_error(source *src, const char *fmt, ...) {
-    src->bad++;
-    if (src->bad > ERRORS_SHOWN) return;
-    fprintf(stderr, PROG ": %s:%ld: ", src->name, src->line);
-    va_list ap;
-    va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
-    va_end(ap);
-    fputc('\n', stderr);
-    if (src->bad == ERRORS_SHOWN)
-        fprintf(stderr, PROG ": %s: further errors in this file are only "
-                "counted\n", src->name);
-}
-
-/* Reads the next line into *buf (getline); 0 at end of file, -1 on a read
- * error.  *len excludes the newline.  Counts lines in src. */
-static int next_line(FILE *f, source *src, char **buf, size_t *cap,
-                     size_t *len) {
-    errno = 0;
-    ssize_t n = getline(buf, cap, f);
-    if (n < 0) return ferror(f) ? -1 : 0;
-    src->line++;
-    if (n > 0 && (*buf)[n - 1] == '\n') n--;
-    *len = (size_t)n;
-    return 1;
-}
-
-static int blank(const char *s, size_t len) {
-    for (size_t i = 0; i < len; i++)
-        if (s[i] != ' ' && s[i] != '\t' && s[i] != '\r') return 0;
-    return 1;
+        JSONL_ERRORS_SHOWN);
 }
 
 /* --- Items: features by id, vectors computed on first use --------------- */
@@ -240,42 +197,41 @@ static int items_known(const item_table *t, int64_t id) {
     return id >= 1 && id < t->vocab && t->feat[id];
 }
 
-static int load_items(FILE *f, source *src, item_table *t, char **buf,
-                      size_t *cap) {
+static int load_items(jsonl_source *src, item_table *t) {
     const qin_config *c = qin_model_config(t->model);
     arena scratch;
     arena_init(&scratch, 1 << 16);
+    const char *line;
     size_t len;
     int rc;
     char err[256];
-    while ((rc = next_line(f, src, buf, cap, &len)) > 0) {
-        if (blank(*buf, len)) continue;
+    while ((rc = jsonl_next_line(src, &line, &len)) > 0) {
         arena_reset(&scratch);
         proto_item it;
-        int st = proto_item_decode(*buf, len, c->num_tags, c->mm_in, &scratch,
+        int st = proto_item_decode(line, len, c->num_tags, c->mm_in, &scratch,
                                    &it, err, sizeof err);
         if (st == CTR_ENOMEM) { rc = st; break; }
-        if (st < 0) { line_error(src, "%s", err); continue; }
+        if (st < 0) { jsonl_error(src, "%s", err); continue; }
         if (it.item_id < 1 || it.item_id >= t->vocab) {
-            line_error(src, "item_id: %" PRId64 " is outside the model's item "
-                       "vocabulary (1..%d)", it.item_id, t->vocab - 1);
+            jsonl_error(src, "item_id: %" PRId64 " is outside the model's "
+                        "item vocabulary (1..%d)", it.item_id, t->vocab - 1);
             continue;
         }
         int k = 0;
         while (k < it.num_tags && it.tags[k] >= 0 && it.tags[k] < c->tag_vocab)
             k++;
         if (k < it.num_tags) {
-            line_error(src, "item_tags[%d]: %" PRId32 " is outside the model's "
-                       "tag vocabulary (0..%d)", k, it.tags[k],
-                       c->tag_vocab - 1);
+            jsonl_error(src, "item_tags[%d]: %" PRId32 " is outside the "
+                        "model's tag vocabulary (0..%d)", k, it.tags[k],
+                        c->tag_vocab - 1);
             continue;
         }
         if (t->feat[it.item_id]) {
-            line_error(src, "item_id: %" PRId64 " already given on line %ld",
-                       it.item_id, t->feat[it.item_id]->line);
+            jsonl_error(src, "item_id: %" PRId64 " already given on line %ld",
+                        it.item_id, t->feat[it.item_id]->line);
             continue;
         }
-        if ((rc = items_add(t, &it, src->line)) < 0) break;
+        if ((rc = items_add(t, &it, jsonl_source_line(src))) < 0) break;
     }
     arena_free(&scratch);
     return rc;
@@ -283,101 +239,66 @@ static int load_items(FILE *f, source *src, item_table *t, char **buf,
 
 /* --- Users: stored histories by id -------------------------------------- */
 
-typedef struct user_entry {
-    const char *id;       /* NULL: empty slot */
-    int is_int;
-    int seq_len;
-    const int64_t *seq;   /* the last max_len ids, oldest first */
-    long line;
-} user_entry;
+/* One user's stored history: the last max_len ids, oldest first. */
+typedef struct user_hist {
+    int len;
+    int64_t seq[];
+} user_hist;
 
+/* Users are keyed by the text of their id (proto_user keeps an integer id
+ * as its decimal text), so 42 and "42" are one user, as they are one key in
+ * the feature store that ctr-server reads. */
 typedef struct user_map {
-    user_entry *slot;     /* open addressing, linear probing */
-    size_t cap;           /* a power of two */
-    size_t n;
-    arena mem;
+    jsonl_seen *ids;      /* user_id -> its user_hist */
+    arena mem;            /* the histories */
 } user_map;
 
-static uint64_t user_hash(const char *id, int is_int) {
-    uint64_t h = 1469598103934665603ull ^ (uint64_t)is_int;   /* FNV-1a */
-    for (const unsigned char *p = (const unsigned char *)id; *p; p++) {
-        h ^= *p;
-        h *= 1099511628211ull;
-    }
-    return h ^ (h >> 29);
-}
-
 static int users_init(user_map *u) {
-    u->cap = 1024;
-    u->n = 0;
-    u->slot = calloc(u->cap, sizeof *u->slot);
     arena_init(&u->mem, 1 << 20);
-    return u->slot ? CTR_OK : CTR_ENOMEM;
+    return jsonl_seen_init(&u->ids);
 }
 
 static void users_free(user_map *u) {
-    free(u->slot);
+    jsonl_seen_free(u->ids);
     arena_free(&u->mem);
 }
 
-static user_entry *users_find(user_map *u, const char *id, int is_int) {
-    size_t mask = u->cap - 1;
-    for (size_t i = user_hash(id, is_int) & mask;; i = (i + 1) & mask) {
-        user_entry *e = &u->slot[i];
-        if (!e->id) return e;
-        if (e->is_int == is_int && strcmp(e->id, id) == 0) return e;
-    }
+/* The stored history of user_id; NULL when it has no line in users.jsonl. */
+static const user_hist *users_find(const user_map *u, const char *user_id) {
+    const void *h = NULL;
+    jsonl_seen_find(u->ids, user_id, &h);
+    return h;
 }
 
-static int users_grow(user_map *u) {
-    user_map bigger = *u;
-    bigger.cap = u->cap * 2;
-    bigger.slot = calloc(bigger.cap, sizeof *bigger.slot);
-    if (!bigger.slot) return CTR_ENOMEM;
-    for (size_t i = 0; i < u->cap; i++)
-        if (u->slot[i].id)
-            *users_find(&bigger, u->slot[i].id, u->slot[i].is_int) =
-                u->slot[i];
-    free(u->slot);
-    u->slot = bigger.slot;
-    u->cap = bigger.cap;
-    return CTR_OK;
-}
-
-static int load_users(FILE *f, source *src, user_map *u, int max_len,
-                      char **buf, size_t *cap) {
+static int load_users(jsonl_source *src, user_map *u, int max_len) {
     arena scratch;
     arena_init(&scratch, 1 << 16);
+    const char *line;
     size_t len;
     int rc;
     char err[256];
-    while ((rc = next_line(f, src, buf, cap, &len)) > 0) {
-        if (blank(*buf, len)) continue;
+    while ((rc = jsonl_next_line(src, &line, &len)) > 0) {
         arena_reset(&scratch);
         proto_user pu;
         /* No bound on the stored length: only the tail is kept. */
-        int st = proto_user_decode(*buf, len, -1, &scratch, &pu, err,
+        int st = proto_user_decode(line, len, -1, &scratch, &pu, err,
                                    sizeof err);
         if (st == CTR_ENOMEM) { rc = st; break; }
-        if (st < 0) { line_error(src, "%s", err); continue; }
-        if ((u->n + 1) * 10 > u->cap * 7 && (rc = users_grow(u)) < 0) break;
-        user_entry *e = users_find(u, pu.user_id, pu.user_id_is_int);
-        if (e->id) {
-            line_error(src, "user_id: %s%s%s already given on line %ld",
-                       pu.user_id_is_int ? "" : "\"", pu.user_id,
-                       pu.user_id_is_int ? "" : "\"", e->line);
-            continue;
-        }
+        if (st < 0) { jsonl_error(src, "%s", err); continue; }
         int keep = pu.seq_len < max_len ? pu.seq_len : max_len;
-        int64_t *seq = arena_alloc(&u->mem, (size_t)(keep + 1) * sizeof *seq,
-                                   _Alignof(int64_t));
-        char *id = arena_strndup(&u->mem, pu.user_id, strlen(pu.user_id));
-        if (!seq || !id) { rc = CTR_ENOMEM; break; }
+        user_hist *h = arena_alloc(&u->mem, sizeof *h + (size_t)keep *
+                                   sizeof h->seq[0], _Alignof(user_hist));
+        if (!h) { rc = CTR_ENOMEM; break; }
+        h->len = keep;
         if (keep)
-            memcpy(seq, pu.item_seq + (pu.seq_len - keep),
-                   (size_t)keep * sizeof *seq);
-        *e = (user_entry){id, pu.user_id_is_int, keep, seq, src->line};
-        u->n++;
+            memcpy(h->seq, pu.item_seq + (pu.seq_len - keep),
+                   (size_t)keep * sizeof h->seq[0]);
+        long first = jsonl_seen_add(u->ids, pu.user_id,
+                                    jsonl_source_line(src), h);
+        if (first < 0) { rc = CTR_ENOMEM; break; }
+        if (first > 0)
+            jsonl_error(src, "user_id: %s already given on line %ld (integer "
+                        "and string ids share a key)", pu.user_id, first);
     }
     arena_free(&scratch);
     return rc;
@@ -415,11 +336,10 @@ static int score_line(scorer *s, const char *line, size_t len, long lineno,
     const int64_t *seq = r.item_seq;
     int seq_len = r.seq_len;
     if (!r.has_item_seq) {
-        const user_entry *u = users_find(s->users, r.user_id,
-                                         r.user_id_is_int);
-        if (u->id) {
+        const user_hist *u = users_find(s->users, r.user_id);
+        if (u) {
             seq = u->seq;
-            seq_len = u->seq_len;
+            seq_len = u->len;
         } else {
             seq = NULL;
             seq_len = 0;
@@ -468,16 +388,19 @@ static int score_line(scorer *s, const char *line, size_t len, long lineno,
     return rc < 0 || !proto_buf_ok(&s->out) ? CTR_ENOMEM : CTR_OK;
 }
 
-static int score_requests(scorer *s, FILE *in, source *src, char **buf,
-                          size_t *cap, long *scored) {
+/* Scores every request line of src onto stdout.  Returns 0 at the end of
+ * the input, or the first failure: a read error or CTR_ENOMEM from src, or
+ * CTR_EIO when stdout refused a line (its error flag is then set). */
+static int score_requests(scorer *s, jsonl_source *src, long *scored) {
+    const char *line;
     size_t len;
     int rc;
     char err[300];
-    while ((rc = next_line(in, src, buf, cap, &len)) > 0) {
-        if (blank(*buf, len)) continue;
-        int st = score_line(s, *buf, len, src->line, err, sizeof err);
+    while ((rc = jsonl_next_line(src, &line, &len)) > 0) {
+        int st = score_line(s, line, len, jsonl_source_line(src), err,
+                            sizeof err);
         if (st == CTR_ENOMEM) return st;
-        if (st < 0) { line_error(src, "%s", err); continue; }
+        if (st < 0) { jsonl_error(src, "%s", err); continue; }
         if (fwrite(s->out.data, 1, s->out.len, stdout) != s->out.len)
             return CTR_EIO;
         (*scored)++;
@@ -500,10 +423,13 @@ static int parse_count(const char *opt, const char *s, int *out) {
     return 0;
 }
 
-static FILE *open_input(const char *path) {
-    FILE *f = fopen(path, "r");
-    if (!f) fprintf(stderr, PROG ": %s: %s\n", path, strerror(errno));
-    return f;
+/* Opens path (NULL: stdin) as a source; NULL, said on stderr, if it can't. */
+static jsonl_source *open_input(const char *path) {
+    jsonl_source *src;
+    char err[300];
+    if (jsonl_source_open(path, PROG, &src, err, sizeof err) < 0)
+        fprintf(stderr, PROG ": %s\n", err);
+    return src;
 }
 
 int main(int argc, char **argv) {
@@ -548,12 +474,7 @@ int main(int argc, char **argv) {
     item_table items = {0};
     user_map users = {0};
     scorer s = {0};
-    FILE *f = NULL;
-    char *buf = NULL;
-    size_t cap = 0;
-    source items_src = {items_path, 0, 0};
-    source users_src = {users_path, 0, 0};
-    source req_src = {"<stdin>", 0, 0};
+    jsonl_source *items_src = NULL, *users_src = NULL, *req_src = NULL;
     long scored = 0;
     arena_init(&s.req_mem, 1 << 16);
     proto_buf_init(&s.out);
@@ -565,25 +486,21 @@ int main(int argc, char **argv) {
     const qin_config *c = qin_model_config(model);
 
     if (items_init(&items, model) < 0 || users_init(&users) < 0) goto oom;
-    if (!(f = open_input(items_path))) goto done;
-    rc = load_items(f, &items_src, &items, &buf, &cap);
+    if (!(items_src = open_input(items_path))) goto done;
+    rc = load_items(items_src, &items);
     if (rc == CTR_ENOMEM) goto oom;
     if (rc < 0) {
         fprintf(stderr, PROG ": %s: %s\n", items_path, strerror(errno));
         goto done;
     }
-    fclose(f);
-    f = NULL;
     if (users_path) {
-        if (!(f = open_input(users_path))) goto done;
-        rc = load_users(f, &users_src, &users, c->max_len, &buf, &cap);
+        if (!(users_src = open_input(users_path))) goto done;
+        rc = load_users(users_src, &users, c->max_len);
         if (rc == CTR_ENOMEM) goto oom;
         if (rc < 0) {
             fprintf(stderr, PROG ": %s: %s\n", users_path, strerror(errno));
             goto done;
         }
-        fclose(f);
-        f = NULL;
     }
 
     s.model = model;
@@ -601,9 +518,11 @@ int main(int argc, char **argv) {
         goto done;
     }
 
-    rc = score_requests(&s, stdin, &req_src, &buf, &cap, &scored);
+    if (!(req_src = open_input(NULL))) goto done;
+    rc = score_requests(&s, req_src, &scored);
     if (rc == CTR_ENOMEM) goto oom;
-    if (rc == CTR_EIO || fflush(stdout) != 0 || ferror(stdout)) {
+    /* Both reading and writing fail with CTR_EIO; stdout's flag tells. */
+    if (fflush(stdout) != 0 || ferror(stdout)) {
         fprintf(stderr, PROG ": writing the scores: %s\n", strerror(errno));
         goto done;
     }
@@ -618,20 +537,24 @@ int main(int argc, char **argv) {
                 s.unknown_users, s.unknown_users == 1 ? "" : "s",
                 users_path ? users_path : "--users (not given)",
                 s.first_unknown_line, s.unknown_users == 1 ? "was" : "were");
-    long bad = items_src.bad + users_src.bad + req_src.bad;
+    long items_bad = jsonl_source_bad(items_src);
+    long users_bad = users_src ? jsonl_source_bad(users_src) : 0;
+    long req_bad = jsonl_source_bad(req_src);
+    long bad = items_bad + users_bad + req_bad;
     if (bad)
         fprintf(stderr, PROG ": %ld bad line%s (items %ld, users %ld, "
                 "requests %ld); %ld request%s scored\n", bad,
-                bad == 1 ? "" : "s", items_src.bad, users_src.bad,
-                req_src.bad, scored, scored == 1 ? "" : "s");
+                bad == 1 ? "" : "s", items_bad, users_bad, req_bad, scored,
+                scored == 1 ? "" : "s");
     status = bad ? 1 : 0;
     goto done;
 
 oom:
     fprintf(stderr, PROG ": out of memory\n");
 done:
-    if (f) fclose(f);
-    free(buf);
+    jsonl_source_close(items_src);
+    jsonl_source_close(users_src);
+    jsonl_source_close(req_src);
     qin_scratch_free(s.scratch);
     free(s.hist);
     free(s.cand);

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # test_ctr_score.sh - ctr-score end to end against the PyTorch reference's
-# golden scores, and its behaviour on bad input (bad lines are reported with
-# their line number and skipped, the good ones still scored, exit status 1).
+# golden scores, its behaviour on bad input (bad lines are reported with
+# their line number and skipped, the good ones still scored, exit status 1),
+# and the user-id rule it shares with ctr-load and ctr-server (42 and "42"
+# are one user).
 #
 # Run from the repository root by `make test`, with
 #   CTR_BUILD=build/<variant>  CTR_GOLDEN=build/golden  PYTHON=/usr/bin/python3
@@ -98,6 +100,31 @@ if [ -f "$d/requests.jsonl" ]; then
     check "unknown user: noted once on stderr" err_has "2 requests named a user not in"
     same_scores() { [ "$(sed -n 1p "$tmp/out" | sed 's/.*"scores"//')" = "$(sed -n 2p "$tmp/out" | sed 's/.*"scores"//')" ]; }
     check "unknown user: scored as an empty history" same_scores
+
+    # --- 42 and "42" are one user, as in the feature store (ctr-load, -------
+    # --- ctr-server); the output echoes user_id as given --------------------
+    { echo "{\"user_id\": 42, \"item_seq\": [$item]}"
+      echo '{"user_id": "42", "item_seq": []}'; } >"$tmp/users42.jsonl"
+    # The first request's candidates, whose scores depend on the history.
+    cands=$("$PYTHON" -c 'import json, sys; print(json.dumps(json.loads(sys.stdin.readline())["candidates"]))' <"$d/requests.jsonl")
+    { echo "{\"user_id\": \"42\", \"candidates\": $cands}"
+      echo "{\"user_id\": 42, \"candidates\": $cands}"
+      echo "{\"user_id\": \"x\", \"item_seq\": [$item], \"candidates\": $cands}"
+      echo "{\"user_id\": \"y\", \"item_seq\": [], \"candidates\": $cands}"; } >"$tmp/req42.jsonl"
+    rc=0
+    "$SCORE" --model "$d/model.safetensors" --items "$d/items.jsonl" \
+        --users "$tmp/users42.jsonl" <"$tmp/req42.jsonl" >"$tmp/out" 2>"$tmp/err" || rc=$?
+    echo "$rc" >"$tmp/rc"
+    scores_of() { sed -n "$1p" "$tmp/out" | sed 's/.*"scores"//'; }
+    check "42 and \"42\": exit status 1 (the second user line is bad)" status_is 1
+    check "42 and \"42\": the second user line is a duplicate" err_has "users42.jsonl:2: user_id: 42 already given on line 1 (integer and string ids share a key)"
+    check "42 and \"42\": all 4 requests scored" out_lines 4
+    check "42 and \"42\": a string id echoed as a string" grep -q '^{"user_id":"42",' "$tmp/out"
+    check "42 and \"42\": an integer id echoed as an integer" grep -q '^{"user_id":42,' "$tmp/out"
+    check "42 and \"42\": no unknown user" test "$(grep -c 'named a user not in' "$tmp/err")" -eq 0
+    check "42 and \"42\": \"42\" gets 42's stored history" test "$(scores_of 1)" = "$(scores_of 3)"
+    check "42 and \"42\": 42 gets the same history" test "$(scores_of 2)" = "$(scores_of 3)"
+    check "42 and \"42\": (the history changes the score)" test "$(scores_of 3)" != "$(scores_of 4)"
 
     # --- Bad item and user lines: reported, the rest still used -------------
     cp "$d/items.jsonl" "$tmp/items.jsonl"
