@@ -469,8 +469,8 @@ def run_config(name, args, ns, budget, out_lines, results):
         shift = (r * (len(rts) + 1)) % len(order)
         for n, rt in order[shift:] + order[:shift]:
             c, res = call(rt, n, iters[(rt, n)] // rounds)
-            for name, v in res:
-                samples[(name, n)].append(v)
+            for which, v in res:
+                samples[(which, n)].append(v)
             cpu[(rt, n)] += c
     time_s = time.time() - t_time
     overhead = None
