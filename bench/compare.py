@@ -463,8 +463,15 @@ def run_config(name, args, ns, budget, out_lines, results):
     samples = {(rt, n): [] for n in ns for rt in rts + ["sgemm"]}
     cpu = {key: 0 for key in iters}
     t_time = time.time()
+    # On a busy machine the calls run slower than calibrated; whole rounds
+    # are dropped rather than letting the run grow without bound.
+    deadline = t_time + 1.5 * budget
+    done = rounds
     order = [(n, rt) for n in ns for rt in rts]
     for r in range(rounds):
+        if r and time.time() > deadline:
+            done = r
+            break
         # Rotate which N and which runtime goes first in each round.
         shift = (r * (len(rts) + 1)) % len(order)
         for n, rt in order[shift:] + order[:shift]:
@@ -480,7 +487,10 @@ def run_config(name, args, ns, budget, out_lines, results):
 
     say()
     say(f"   forward pass per request, microseconds (median / p99); "
-        f"{rounds} interleaved rounds, {time_s:.0f} s")
+        f"{done} interleaved rounds, {time_s:.0f} s"
+        + (f" (stopped after {done} of {rounds} rounds: over 1.5x the time "
+           "budget: calls slower than calibrated, e.g. a busy machine)"
+           if done < rounds else ""))
     hdr = (f"   {'N':>4} {'ours med':>9} {'p99':>7} {'ORT med':>9} {'p99':>7} "
            f"{'PyTorch med':>11} {'p99':>7} {'ORT/ours':>9} {'PyTorch/ours':>12}"
            f"  iters ours/ORT/PyTorch")
