@@ -116,6 +116,9 @@ bench: all
 clean:
 	rm -rf build
 
+# Keep objects of pattern-built programs (tests, bench) between runs.
+.SECONDARY:
+
 -include $(shell find build -name '*.d' 2>/dev/null)
 
 # --- make bench-compare: our engine vs ONNX Runtime (onnxruntime-node) vs
