@@ -162,10 +162,70 @@ void proto_buf_json_cstr(proto_buf *b, const char *s) {
 }
 
 void proto_buf_json_int(proto_buf *b, int64_t v) {
-    proto_buf_printf(b, "%lld", (long long)v);
+    /* Digits by hand: one per answer item, and printf is slow for this. */
+    char tmp[24];
+    int w = (int)sizeof tmp;
+    uint64_t u = v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v;
+    do {
+        tmp[--w] = (char)('0' + u % 10);
+        u /= 10;
+    } while (u);
+    if (v < 0) tmp[--w] = '-';
+    proto_buf_append(b, tmp + w, sizeof tmp - (size_t)w);
+}
+
+/* "%.9g" of a float in [1e-4, 1), without printf: answers print one score
+ * per candidate, and glibc's printf of a float (arbitrary precision, locale
+ * machinery) costs about 0.3 us each, a tenth of a warm request's time
+ * outside the model at 256 candidates.  The float is m 2^e exactly, so
+ * m 10^k 2^e is computed exactly in 128-bit integers and rounded half to
+ * even, as printf rounds the exact binary value; the digits are then laid
+ * out as %g does (fixed notation in this range, trailing zeros dropped).
+ * Returns the length written into out (at least 24 bytes), or 0 when v is
+ * outside the range (the caller uses printf then).  Tested against
+ * snprintf on every float in the range's exponents (tests/proto). */
+static int fmt_prob(float v, char *out) {
+    /* Decades are compared in double: 1e-4f, 0.01f... are not the decimal
+     * powers they stand for, and a float just below 10^x belongs to the
+     * decade below (doubles are close enough to 10^x to decide that). */
+    double dv = (double)v;
+    if (!(dv >= 1e-4 && dv < 1.0)) return 0;
+    int e2;
+    double fr = frexp((double)v, &e2); /* v = fr 2^e2, fr in [0.5, 1) */
+    uint64_t m = (uint64_t)ldexp(fr, 24); /* exact: a float has 24 bits */
+    int shift = 24 - e2;                  /* v = m / 2^shift, shift in 25..38 */
+    /* Decimal exponent x of v (v in [10^x, 10^(x+1))), x in -4..-1. */
+    int x = dv >= 0.1 ? -1 : dv >= 0.01 ? -2 : dv >= 0.001 ? -3 : -4;
+    /* 9 significant digits: q = round(v 10^(8 - x)). */
+    unsigned __int128 n = m;
+    for (int i = 0; i < 8 - x; i++) n *= 10;
+    unsigned __int128 q = n >> shift, rem = n - (q << shift), half = (unsigned __int128)1 << (shift - 1);
+    if (rem > half || (rem == half && (q & 1))) q++;
+    if (q >= 1000000000u) { /* rounded up to the next power of ten */
+        q /= 10;
+        x++;
+        if (x >= 0) return 0; /* became 1.00000000: let printf say "1" */
+    }
+    char digits[9];
+    uint64_t d = (uint64_t)q;
+    for (int i = 8; i >= 0; i--) {
+        digits[i] = (char)('0' + d % 10);
+        d /= 10;
+    }
+    int nd = 9;
+    while (nd > 1 && digits[nd - 1] == '0') nd--;
+    int w = 0;
+    out[w++] = '0';
+    out[w++] = '.';
+    for (int i = 0; i < -x - 1; i++) out[w++] = '0';
+    for (int i = 0; i < nd; i++) out[w++] = digits[i];
+    return w;
 }
 
 void proto_buf_json_float(proto_buf *b, float v) {
+    char tmp[32];
+    int n;
     if (!isfinite(v)) proto_buf_append(b, "null", 4);
+    else if ((n = fmt_prob(v, tmp)) > 0) proto_buf_append(b, tmp, (size_t)n);
     else proto_buf_printf(b, "%.9g", (double)v);
 }

@@ -96,6 +96,19 @@ int proto_rank_request_decode(const char *buf, size_t len,
                               proto_rank_request *out, char *err,
                               size_t errlen);
 
+/* The two halves of proto_rank_request_decode, for tests and benchmarks.
+ * _fast decodes the plain, valid subset of requests in one pass and returns
+ * 1, or declines with 0 (out is then unspecified); _tree (jansson) decodes
+ * anything, with the error messages.  Wherever _fast returns 1, both give
+ * the same out. */
+int proto_rank_request_decode_fast(const char *buf, size_t len,
+                                   const proto_rank_schema *schema, arena *a,
+                                   proto_rank_request *out);
+int proto_rank_request_decode_tree(const char *buf, size_t len,
+                                   const proto_rank_schema *schema, arena *a,
+                                   proto_rank_request *out, char *err,
+                                   size_t errlen);
+
 /* --- The answer --------------------------------------------------------- */
 
 typedef struct proto_rank_item {

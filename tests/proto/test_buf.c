@@ -122,8 +122,54 @@ static void test_values(void **state) {
     proto_buf_free(&b);
 }
 
+/* json_float and json_int print without printf; they must print exactly
+ * what "%.9g" and "%lld" print.  Floats: a stride through [1e-5, 1.5] and
+ * every float within 3000 ulps of each decade boundary, where the decimal
+ * exponent and the rounding carry change. */
+static void check_float(proto_buf *b, float v) {
+    char want[64];
+    snprintf(want, sizeof want, "%.9g", (double)v);
+    proto_buf_reset(b);
+    proto_buf_json_float(b, v);
+    if (strcmp(want, proto_buf_str(b)) != 0)
+        fail_msg("%a: printf %s, ours %s", (double)v, want, proto_buf_str(b));
+}
+
+static void test_number_formats(void **state) {
+    proto_buf b;
+    proto_buf_init(&b);
+    float lo = 1e-5f, hi = 1.5f;
+    uint32_t u, end;
+    memcpy(&u, &lo, 4);
+    memcpy(&end, &hi, 4);
+    for (; u < end; u += 101) {
+        float v;
+        memcpy(&v, &u, 4);
+        check_float(&b, v);
+    }
+    const float edges[] = {1e-4f, 1e-3f, 1e-2f, 1e-1f, 1.0f};
+    for (size_t i = 0; i < sizeof edges / sizeof edges[0]; i++) {
+        memcpy(&u, &edges[i], 4);
+        for (uint32_t k = u - 3000; k < u + 3000; k++) {
+            float v;
+            memcpy(&v, &k, 4);
+            check_float(&b, v);
+        }
+    }
+    const int64_t ints[] = {0, 1, -1, 9, 10, 1234567890123LL, INT64_MAX, INT64_MIN};
+    for (size_t i = 0; i < sizeof ints / sizeof ints[0]; i++) {
+        char want[32];
+        snprintf(want, sizeof want, "%lld", (long long)ints[i]);
+        proto_buf_reset(&b);
+        proto_buf_json_int(&b, ints[i]);
+        assert_string_equal(proto_buf_str(&b), want);
+    }
+    proto_buf_free(&b);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_number_formats),
         cmocka_unit_test(test_growth),
         cmocka_unit_test(test_escapes),
         cmocka_unit_test(test_nul_byte),

@@ -487,9 +487,159 @@ static void test_decode_order_encode(void **state) {
     proto_buf_free(&b);
 }
 
+
+/* --- Fast path against the tree path ------------------------------------ */
+
+static uint64_t rng_state = 88172645463325252ull;
+static unsigned rnd(unsigned n) {
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    return (unsigned)(rng_state % n);
+}
+
+static void same_request(const proto_rank_request *x, const proto_rank_request *y,
+                         const char *body) {
+    int ok = x->num_cand == y->num_cand && x->user_id_is_int == y->user_id_is_int &&
+             strcmp(x->user_id, y->user_id) == 0 && x->has_item_seq == y->has_item_seq &&
+             x->seq_len == y->seq_len && x->top_k == y->top_k &&
+             (!x->request_id) == (!y->request_id) &&
+             (!x->request_id || strcmp(x->request_id, y->request_id) == 0);
+    for (int i = 0; ok && i < x->num_cand; i++) {
+        ok = x->cand_id[i] == y->cand_id[i];
+        for (int k = 0; ok && k < schema.num_ctx; k++)
+            ok = x->ctx[i * schema.num_ctx + k] == y->ctx[i * schema.num_ctx + k];
+    }
+    for (int j = 0; ok && j < x->seq_len; j++) ok = x->item_seq[j] == y->item_seq[j];
+    if (!ok) fail_msg("fast and tree paths disagree on %s", body);
+}
+
+/* A random request: valid most of the time, in varied layouts; then
+ * mutated by a byte change now and then. */
+static size_t random_request(char *b, size_t cap) {
+    static const char *ws[] = {"", " ", "\n", "  \t", "\r\n"};
+    size_t w = 0;
+#define OUT(...) (w += (size_t)snprintf(b + w, cap - w, __VA_ARGS__))
+#define WS() OUT("%s", ws[rnd(5)])
+    OUT("{");
+    int fields[5] = {0, 1, 2, 3, 4}, nf = 2 + (int)rnd(4);
+    for (int i = 4; i > 0; i--) {
+        int j = (int)rnd((unsigned)i + 1), t = fields[i];
+        fields[i] = fields[j];
+        fields[j] = t;
+    }
+    int have_user = 0, have_cand = 0;
+    for (int f = 0; f < nf || !have_user || !have_cand; f++) {
+        int which = f < nf ? fields[f] : !have_user ? 0 : 1;
+        if (f) OUT(",");
+        WS();
+        switch (which) {
+        case 0:
+            have_user = 1;
+            if (rnd(2)) OUT("\"user_id\":%s\"u%u\"", ws[rnd(5)], rnd(1000));
+            else OUT("\"user_id\":%s%u", ws[rnd(5)], rnd(100000));
+            break;
+        case 1: {
+            have_cand = 1;
+            OUT("\"candidates\":[");
+            int n = (int)rnd(6);
+            for (int i = 0; i < n; i++) {
+                OUT("%s{", i ? "," : "");
+                int order = (int)rnd(3), nk = 0;
+                const char *keys[3] = {"item_id", "likes_level", "views_level"};
+                for (int k = 0; k < 3; k++) {
+                    int kk = (k + order) % 3;
+                    if (kk && rnd(3) == 0) continue;
+                    OUT("%s\"%s\":%s%u", nk++ ? "," : "", keys[kk], ws[rnd(5)],
+                        kk ? rnd(12) : 1 + rnd(90000));
+                }
+                OUT("}");
+            }
+            OUT("%s]", ws[rnd(5)]);
+            break;
+        }
+        case 2: {
+            OUT("\"item_seq\":[");
+            int n = (int)rnd(7);
+            for (int i = 0; i < n; i++) OUT("%s%s%u", i ? "," : "", ws[rnd(5)], rnd(100));
+            OUT("]");
+            break;
+        }
+        case 3:
+            OUT("\"top_k\":%u", rnd(4));
+            break;
+        case 4:
+            OUT("\"request_id\":\"r-%u\"", rnd(100));
+            break;
+        }
+        WS();
+    }
+    OUT("}");
+    WS();
+#undef OUT
+#undef WS
+    if (rnd(3) == 0 && w > 0) { /* a mutation */
+        static const char bytes[] = "{}[],:\"0-9.e \\a\x01\xc3";
+        b[rnd((unsigned)w)] = bytes[rnd(sizeof bytes - 1)];
+    }
+    return w;
+}
+
+static void test_fast_path_agrees(void **state) {
+    char body[4096], err2[256];
+    int fast_taken = 0, valid = 0;
+    for (int t = 0; t < 20000; t++) {
+        size_t len = random_request(body, sizeof body);
+        proto_rank_request f, tr;
+        arena_reset(&A);
+        int fast_ok = proto_rank_request_decode_fast(body, len, &schema, &A, &f);
+        int rc = proto_rank_request_decode_tree(body, len, &schema, &A, &tr, err2, sizeof err2);
+        valid += rc == CTR_OK;
+        if (!fast_ok) continue;
+        fast_taken++;
+        body[len] = '\0';
+        if (rc != CTR_OK) fail_msg("fast path accepted what the tree path refuses: %s (%s)", body, err2);
+        same_request(&f, &tr, body);
+    }
+    /* The fast path must carry the plain requests, or it is dead code. */
+    printf("fast path: %d of %d valid random requests\n", fast_taken, valid);
+    assert_true(fast_taken > valid / 2);
+}
+
+static void test_fast_path_declines(void **state) {
+    /* Each is valid for the tree path (or refused by it) but outside the
+     * plain subset: the public decoder must still give the tree's answer. */
+    static const char *odd[] = {
+        "{\"user_id\": \"\\u0075\", \"candidates\": []}",          /* escape */
+        "{\"user_id\": -5, \"candidates\": []}",                   /* negative */
+        "{\"user_id\": \"u\", \"candidates\": [{\"item_id\": 1, \"likes_level\": -1}]}",
+        "{\"user_id\": \"u\", \"candidates\": [], \"candidates\": []}", /* twice */
+        "{\"user_id\": \"u\", \"candidates\": [{\"item_id\": 1.0}]}",
+        "{\"user_id\": \"u\", \"candidates\": [{\"item_id\": 01}]}",
+        "{\"user_id\": \"u\", \"candidates\": [{\"item_id\": 1}, {\"item_id\": 2}, "
+        "{\"item_id\": 3}, {\"item_id\": 4}, {\"item_id\": 5}]}",     /* > max_cand */
+        "{\"user_id\": \"u\", \"candidates\": [], \"top_k\": 0}",
+        "{\"user_id\": \"u\", \"candidates\": [{\"likes_level\": 1}]}", /* no item_id */
+        "{\"user_id\": \"u\", \"candidates\": [{\"item_id\": 1, \"x\": 1}]}",
+    };
+    for (size_t i = 0; i < sizeof odd / sizeof odd[0]; i++) {
+        proto_rank_request f, a, b;
+        char e1[256] = "", e2[256] = "";
+        size_t len = strlen(odd[i]);
+        arena_reset(&A);
+        assert_int_equal(proto_rank_request_decode_fast(odd[i], len, &schema, &A, &f), 0);
+        int r1 = proto_rank_request_decode(odd[i], len, &schema, &A, &a, e1, sizeof e1);
+        int r2 = proto_rank_request_decode_tree(odd[i], len, &schema, &A, &b, e2, sizeof e2);
+        assert_int_equal(r1, r2);
+        assert_string_equal(e1, e2);
+    }
+}
+
 int main(void) {
 #define T(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
     const struct CMUnitTest tests[] = {
+        T(test_fast_path_agrees),
+        T(test_fast_path_declines),
         T(test_decode_full),
         T(test_decode_minimal),
         T(test_decode_empty_lists),
