@@ -60,7 +60,7 @@ FUZZ_SRC   := $(wildcard tests/fuzz/fuzz_*.c)
 FUZZ_BIN   := $(FUZZ_SRC:%.c=$(B)/%)
 FUZZ_SECONDS ?= 60
 
-.PHONY: all test check bench golden fuzz clean
+.PHONY: all test check bench bench-e2e golden fuzz clean
 all: $(PROGRAMS) $(BENCH_BIN)
 
 $(B)/%.o: %.c
@@ -112,6 +112,11 @@ check:
 
 bench: all
 	$(B)/bench/bench_forward
+
+# ctr-server on a real redis-server with the demo model, loaded with wrk
+# (makes demo/ first if needed); tables in bench/README.md.
+bench-e2e: all
+	$(PYTHON) bench/e2e.py --build $(B)
 
 clean:
 	rm -rf build
