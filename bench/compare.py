@@ -57,10 +57,10 @@ INPUTS = ("ctx", "item_id", "item_tags", "item_mm", "seq_id", "seq_tags",
           "seq_mm")
 RUNTIMES = ("ours", "ort", "torch")
 LABEL = {"ours": "ours", "ort": "ORT", "torch": "PyTorch"}
-# The small configuration make_demo.py trains (its defaults), used with
-# random weights when demo/ has no checkpoint yet.
+# The shapes make_demo.py trains by default (5000 items, 499 tags, mm
+# 128 -> 32), used with random weights when demo/ has no checkpoint.
 DEMO_FALLBACK = dict(embedding_dim=16, num_layers=3, num_row=2,
-                     item_vocab=5001, tag_vocab=501)
+                     item_vocab=5001, tag_vocab=500, mm_out=32)
 
 
 def log(*a):
