@@ -151,6 +151,9 @@ int main(int argc, char **argv) {
            E, D, c->num_layers, c->num_row, L);
     printf("OpenBLAS %s, core %s; model load %.2f s; item vector %.1f us/item\n",
            openblas_get_config(), openblas_get_corename(), load_s, item_us);
+    printf("QNN GEMM: %s (CTR_QNN_OPENBLAS=1 forces OpenBLAS); sgemm columns: plain OpenBLAS "
+           "sgemm of the QNN's shapes, same run\n",
+           m->use_packed ? "packed AVX-512 kernel (core/gemm.c)" : "OpenBLAS sgemm");
     printf("%5s %10s %10s %10s %9s %9s %10s %10s %7s\n", "N", "median_us", "p99_us",
            "us/cand", "GFLOP/s", "qnn_GF/s", "sgemm_GF/s", "qnn/sgemm", "iters");
 

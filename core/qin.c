@@ -5,8 +5,9 @@
  * and N candidates (1 to a few hundred).  Per candidate the folded model
  * costs about 4.3M multiply-adds, of which the QNN's num_layers D x D
  * products are ~98% (MicroLens: 4 x 1024 x 1024).  So the hot spot is
- * qin_qnn_layer: one sgemm for all N candidates per layer, then one fused
- * pass for bias, batch-norm shift, PReLU and the residual.  Everything
+ * qin_qnn_layer: one GEMM for all N candidates per layer (the packed
+ * AVX-512 kernel of gemm.c where the CPU has it, else OpenBLAS sgemm), then
+ * one fused pass for bias, batch-norm shift, PReLU and the residual.  Everything
  * item-side (e, A e, B e) is computed once per item by qin_item_compute and
  * cached by the caller, so a request only gathers those vectors.
  */
@@ -15,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "gemm.h"
 #include "qin_internal.h"
 
 size_t qin_item_vec_floats(const qin_model *m) { return 3 * (size_t)m->cfg.item_dim; }
@@ -130,15 +132,20 @@ void qin_attention(const qin_model *m, int n, const float *t, int ldt, int nh, c
                 pool, ldp);
 }
 
-/* Hot spot: ~98% of a request's arithmetic is this sgemm. */
+/* Hot spot: ~98% of a request's arithmetic is this GEMM. */
 void qin_qnn_layer(const qin_model *m, int layer, int n, float *x, int ldx, float *y) {
     const int D = m->cfg.input_dim;
     const float *w = m->qnn_w[layer];
     const float *restrict b = m->qnn_b[layer], *restrict c = m->qnn_c[layer];
     const float a = m->prelu[layer];
-    /* y = x W^T for all n candidates at once (W is D x D, [out, in]). */
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, D, D, 1.0f, x, ldx, w, D, 0.0f, y,
-                ldx);
+    /* y = x W^T for all n candidates at once (W is D x D, [out, in]): the
+     * packed AVX-512 kernel where the model has packed weights, else one
+     * OpenBLAS sgemm. */
+    if (m->use_packed)
+        gemm_packed(n, D, x, ldx, m->qnn_packed[layer], y, ldx);
+    else
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, D, D, 1.0f, x, ldx, w, D, 0.0f,
+                    y, ldx);
     /* Fused: z = x (y + b) + c (batch norm folded); PReLU; x += z. */
     for (int i = 0; i < n; i++) {
         float *restrict xi = x + (size_t)i * ldx;

@@ -26,6 +26,9 @@ struct qin_model {
     float attn_scale;             /* 1 / sqrt(attn_dim) */
     /* QNN folds, per layer l: y = W_l x + b_l; z = x * y + c_l; PReLU. */
     float **qnn_w;                /* num_layers of D x D: diag(s) sum_r W_r */
+    float **qnn_packed;           /* the same packed for gemm_packed, or NULL
+                                     (CPU without AVX-512F, D % 32 != 0) */
+    int use_packed;               /* 1: QNN via gemm_packed, 0: OpenBLAS */
     float **qnn_b;                /* num_layers of D: s * sum_r b_r */
     float **qnn_c;                /* num_layers of D: beta - mean * s */
     float *prelu;                 /* num_layers slopes */
@@ -44,6 +47,11 @@ struct qin_scratch {
     float *bh;                    /* max_len x E: B h */
     float *logit;                 /* max_cand */
 };
+
+/* Chooses the QNN's GEMM: 1 the packed kernel (when the model has packed
+ * weights), 0 OpenBLAS.  Returns the choice in force.  Call before the
+ * model is shared between threads (tests and benchmarks compare both). */
+int qin_model_use_packed(qin_model *m, int on);
 
 /* Aligned allocation of n floats, zeroed; NULL on failure or overflow. */
 float *qin_falloc(size_t n);
