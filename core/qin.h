@@ -78,9 +78,10 @@ typedef struct qin_scratch qin_scratch;
  * On success *out owns the model (free with qin_model_free).  Refuses, with
  * a message naming the problem, a truncated/corrupt file, a tensor of the
  * wrong dtype or shape, a missing tensor, or a configuration out of bounds.
- * Never reads past the file.  Also sets OpenBLAS to one thread (see model.c), and packs the QNN weights
- * for the AVX-512 kernel where the CPU has one (core/gemm.h; the environment
- * variable CTR_QNN_OPENBLAS=1 keeps OpenBLAS for every product). */
+ * Never reads past the file.  Also sets OpenBLAS to one thread (see
+ * model.c), and packs the QNN weights for the AVX-512 kernel where the CPU
+ * has one (core/gemm.h; the environment variable CTR_QNN_OPENBLAS=1 keeps
+ * OpenBLAS for every product). */
 int qin_model_load(const char *path, qin_model **out, char *err, size_t errlen);
 
 /* Same, from a buffer the caller keeps ownership of (fuzzing, tests). */
