@@ -42,6 +42,34 @@ static double quantile(double *v, int n, double q) {
     return v[i];
 }
 
+/* The core's FMA peak: 24 independent 16-wide FMA chains, no memory
+ * traffic, so the figure is what the FMA units can do at the clock this
+ * core runs now (AVX-512; 0 when the CPU has none). */
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+__attribute__((target("avx512f"))) static double fma_peak_gflops(void) {
+    if (!__builtin_cpu_supports("avx512f")) return 0;
+    __m512 a[24], m = _mm512_set1_ps(0.999999f), c = _mm512_set1_ps(1e-7f);
+    for (int i = 0; i < 24; i++) a[i] = _mm512_set1_ps((float)i);
+    const long iters = 2000000;
+    double best = 0;
+    for (int rep = 0; rep < 5; rep++) {
+        double t0 = now_s();
+        for (long k = 0; k < iters; k++)
+#pragma GCC unroll 24
+            for (int i = 0; i < 24; i++) a[i] = _mm512_fmadd_ps(a[i], m, c);
+        double g = 24.0 * 16 * 2 * iters / (now_s() - t0) * 1e-9;
+        if (g > best) best = g;
+    }
+    float sink = 0;
+    for (int i = 0; i < 24; i++) sink += _mm512_reduce_add_ps(a[i]);
+    if (sink == 12345.0f) printf(" ");
+    return best;
+}
+#else
+static double fma_peak_gflops(void) { return 0; }
+#endif
+
 static qin_config microlens_config(void) {
     qin_config c = tm_small_config();
     strcpy(c.name, "qin-bench");
@@ -200,6 +228,10 @@ int main(int argc, char **argv) {
     }
     printf("flops count the folded model: %d layers x 2 N D^2 + attention 4 N L E + head 2 N D\n",
            c->num_layers);
+    double peak = fma_peak_gflops();
+    if (peak > 0)
+        printf("this core's AVX-512 FMA peak, measured now: %.1f GFLOP/s (the QNN's qnn_GF/s "
+               "above as a share of it is the distance to the machine's limit)\n", peak);
     for (int l = 0; l < c->num_layers; l++) free(w[l]);
     free(a); free(x0); free(y); free(prob); free(ctx); free(ptr); free(vecs); free(mm); free(tags);
     qin_scratch_free(s);

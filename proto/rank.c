@@ -208,7 +208,10 @@ static int fast_uint(fast *f, int64_t *v, const char **text, size_t *tlen) {
     fast_ws(f);
     const char *b = f->p;
     int64_t x = 0;
-    while (f->p < f->end && *f->p >= '0' && *f->p <= '9') x = x * 10 + (*f->p++ - '0');
+    while (f->p < f->end && *f->p >= '0' && *f->p <= '9') {
+        if (f->p - b >= 18) return 0; /* 19+ digits: the tree path decides */
+        x = x * 10 + (*f->p++ - '0');
+    }
     size_t n = (size_t)(f->p - b);
     if (n == 0 || n > 18 || (n > 1 && *b == '0')) return 0;
     if (f->p < f->end && (*f->p == '.' || *f->p == 'e' || *f->p == 'E')) return 0;
