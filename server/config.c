@@ -103,6 +103,11 @@ static const setting settings[] = {
     {"split_min", SET_INT, F(split_min), 0, 1, 1000000, "N", NULL, NULL, NULL,
      "Fewest candidates worth splitting across score_threads; smaller "
      "requests are scored on their worker thread."},
+    {"split_min_mflops", SET_INT, F(split_min_mflops), 0, 0, 1000000, "MFLOP", NULL, NULL,
+     NULL,
+     "Least arithmetic (millions of flops of the folded model) in each part of "
+     "a split request, so a hand-off to another thread is worth its cost; "
+     "with a small model, requests stay on one thread."},
     {"max_candidates", SET_INT, F(max_candidates), 0, 1, 100000, "N", NULL, NULL, NULL,
      "Most candidates one request may carry (more: 422).  Sizes each "
      "worker's scratch memory."},
@@ -150,6 +155,7 @@ config_params config_default_params(void) {
     p.threads = online_cpus();
     p.score_threads = online_cpus();
     p.split_min = 32;
+    p.split_min_mflops = 25;
     p.max_candidates = 512;
     p.max_body_bytes = (size_t)1 << 20;
     p.max_seq = 1000;

@@ -98,6 +98,7 @@ int main(int argc, char **argv) {
     svc.max_seq = cp.max_seq;
     svc.max_body = cp.max_body_bytes;
     svc.split_min = cp.split_min;
+    svc.split_min_mflops = cp.split_min_mflops;
     svc.score_parts = cp.score_threads;
     svc.skip_scoring = cp.skip_scoring;
     atomic_init(&svc.stopping, 0);

@@ -279,7 +279,17 @@ int rank_handle(worker *w, const char *body, size_t len) {
         for (int i = 0; i < ns; i++) prob[i] = 0.0f;
     } else if (ns > 0) {
         score_job job = {svc, slot, hist, nh, cand, ctx, ns, prob, 0};
-        int parts = svc->split_min > 0 ? ns / svc->split_min : 1;
+        /* A part must be worth a hand-off to another thread (a futex wake
+         * and a context switch, tens of microseconds on a VM): at least
+         * split_min candidates and split_min_mflops of arithmetic (25 by
+         * default: ~150 us at the QNN kernel's rate).  So the MicroLens
+         * model (8.4 MFLOP a candidate) splits 64 candidates in two, while
+         * a small model scores them on this thread. */
+        const double per_cand = 2.0 * c->num_layers * (double)c->input_dim * c->input_dim +
+                                4.0 * c->max_len * c->item_dim + 2.0 * c->input_dim;
+        int min_part = (int)(svc->split_min_mflops * 1e6 / per_cand) + 1;
+        if (min_part < svc->split_min) min_part = svc->split_min;
+        int parts = ns / min_part;
         if (parts > svc->score_parts) parts = svc->score_parts;
         if (parts < 1) parts = 1;
         pool_run(svc->scorers, score_part, &job, parts);

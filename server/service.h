@@ -34,6 +34,7 @@ typedef struct service {
     int max_seq;                   /* item_seq entries accepted in a request */
     size_t max_body;               /* bytes; 413 above */
     int split_min;                 /* candidates per part when splitting */
+    int split_min_mflops;          /* and arithmetic per part, MFLOP */
     int score_parts;               /* most parts a request is cut into */
     int skip_scoring;              /* answer with score 0, model not run */
     atomic_int stopping;           /* set on SIGTERM: new requests get 503 */

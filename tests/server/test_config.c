@@ -22,7 +22,8 @@
  * list each (checked against this independent list, not the table). */
 static const char *const keys[] = {
     "model", "redis", "redis_prefix", "redis_connect_timeout_ms", "redis_timeout_ms",
-    "bind", "port", "threads", "score_threads", "split_min", "max_candidates",
+    "bind", "port", "threads", "score_threads", "split_min", "split_min_mflops",
+    "max_candidates",
     "max_body_bytes", "max_seq", "cache_mb", "cache_ttl_s", "request_timeout_s",
     "skip_scoring", "log_level",
 };
