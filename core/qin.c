@@ -23,10 +23,12 @@ size_t qin_item_vec_floats(const qin_model *m) { return 3 * (size_t)m->cfg.item_
 
 float *qin_item_vec_alloc(const qin_model *m) { return qin_falloc(qin_item_vec_floats(m)); }
 
-int qin_item_compute(const qin_model *m, const qin_item_input *item, float *vec, char *err,
+/* e = [E_item[id] | masked tag mean | W_mm mm] into e (item_dim floats),
+ * after checking the item.  The attention halves are the caller's. */
+static int item_base(const qin_model *m, const qin_item_input *item, float *e, char *err,
                      size_t errlen) {
     const qin_config *c = &m->cfg;
-    const int d = c->embedding_dim, E = c->item_dim;
+    const int d = c->embedding_dim;
     if (item->id < 1 || item->id >= c->item_vocab)
         return ctr_fail(err, errlen, CTR_ERANGE, "item_id %lld outside 1..%d",
                         (long long)item->id, c->item_vocab - 1);
@@ -44,7 +46,7 @@ int qin_item_compute(const qin_model *m, const qin_item_input *item, float *vec,
                                 "item %lld: non-finite multimodal value at %d",
                                 (long long)item->id, k);
 
-    float *e = vec, *e_tag = vec + d, *e_mm = vec + 2 * d;
+    float *e_tag = e + d, *e_mm = e + 2 * d;
     memcpy(e, m->item_emb + (size_t)item->id * d, (size_t)d * sizeof *e);
 
     /* Masked mean over the tags whose embedding row is not all zero; the
@@ -66,11 +68,37 @@ int qin_item_compute(const qin_model *m, const qin_item_input *item, float *vec,
                     item->mm, 1, 0.0f, e_mm, 1);
     else
         memset(e_mm, 0, (size_t)c->mm_out * sizeof *e_mm);
+    return CTR_OK;
+}
 
+int qin_item_compute(const qin_model *m, const qin_item_input *item, float *vec, char *err,
+                     size_t errlen) {
+    const int E = m->cfg.item_dim;
+    int rc = item_base(m, item, vec, err, errlen);
+    if (rc < 0) return rc;
     /* The item-side halves of the attention: A e (keys) and B e (values). */
-    cblas_sgemv(CblasRowMajor, CblasNoTrans, E, E, 1.0f, m->attn_a, E, e, 1, 0.0f, vec + E, 1);
-    cblas_sgemv(CblasRowMajor, CblasNoTrans, E, E, 1.0f, m->attn_b, E, e, 1, 0.0f,
+    cblas_sgemv(CblasRowMajor, CblasNoTrans, E, E, 1.0f, m->attn_a, E, vec, 1, 0.0f, vec + E, 1);
+    cblas_sgemv(CblasRowMajor, CblasNoTrans, E, E, 1.0f, m->attn_b, E, vec, 1, 0.0f,
                 vec + 2 * E, 1);
+    return CTR_OK;
+}
+
+int qin_items_compute(const qin_model *m, int n, const qin_item_input *items, float *out,
+                      int *bad, char *err, size_t errlen) {
+    const int E = m->cfg.item_dim, ld = 3 * E;
+    for (int i = 0; i < n; i++) {
+        int rc = item_base(m, &items[i], out + (size_t)i * ld, err, errlen);
+        if (rc < 0) {
+            if (bad) *bad = i;
+            return rc;
+        }
+    }
+    if (n <= 0) return CTR_OK;
+    /* Rows e_i (stride 3E) times A^T and B^T, into the rows' other parts. */
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, E, E, 1.0f, out, ld, m->attn_a, E,
+                0.0f, out + E, ld);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, E, E, 1.0f, out, ld, m->attn_b, E,
+                0.0f, out + 2 * E, ld);
     return CTR_OK;
 }
 

@@ -114,6 +114,16 @@ float *qin_item_vec_alloc(const qin_model *m);
 int qin_item_compute(const qin_model *m, const qin_item_input *item, float *vec,
                      char *err, size_t errlen);
 
+/* The item vectors of n items at once into out (n x qin_item_vec_floats,
+ * contiguous; out + i * qin_item_vec_floats(m) is item i's vector, 64-byte
+ * aligned when out is).  Same values as qin_item_compute item by item, but
+ * A e and B e of all n items are two sgemm calls instead of 2n sgemv: the
+ * cold-cache path of a request, where a few hundred items miss at once.
+ * Stops at the first bad item (its index in *bad, when bad is non-NULL)
+ * with qin_item_compute's status and message. */
+int qin_items_compute(const qin_model *m, int n, const qin_item_input *items, float *out,
+                      int *bad, char *err, size_t errlen);
+
 /* --- Scoring ----------------------------------------------------------- */
 
 /* Scratch for requests of up to max_cand candidates; one per thread.

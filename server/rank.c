@@ -214,8 +214,9 @@ int rank_handle(worker *w, const char *body, size_t len) {
     int fetch_failed = 0;
     if (nmiss > 0) {
         featstore_item *feats = arena_alloc(a, (size_t)nmiss * sizeof *feats, 64);
-        float *tmp = arena_alloc(a, qin_item_vec_floats(slot->model) * sizeof(float), 64);
-        if (!feats || !tmp) {
+        qin_item_input *in = arena_alloc(a, (size_t)nmiss * sizeof *in, 64);
+        int *in_k = arena_alloc(a, (size_t)nmiss * sizeof *in_k, 64);
+        if (!feats || !in || !in_k) {
             status = answer_error(w, PROTO_ERROR_INTERNAL, "out of memory");
             goto done;
         }
@@ -227,16 +228,43 @@ int rank_handle(worker *w, const char *body, size_t len) {
             fetch_failed = 1;
             degraded[ndeg++] = "item_features_unavailable";
         } else {
+            int nin = 0;
             for (int k = 0; k < nmiss; k++) {
                 if (!feats[k].found) continue;
-                qin_item_input in = {miss_id[k], feats[k].tags, feats[k].num_tags, feats[k].mm};
-                if (feats[k].mm_dim != c->mm_in ||
-                    qin_item_compute(slot->model, &in, tmp, err, sizeof err) < 0) {
-                    log_warn("item %lld: unusable features (%s)", (long long)miss_id[k],
-                             feats[k].mm_dim != c->mm_in ? "embedding width" : err);
+                if (feats[k].mm_dim != c->mm_in) {
+                    log_warn("item %lld: embedding width %d, the model reads %d",
+                             (long long)miss_id[k], feats[k].mm_dim, c->mm_in);
                     continue;
                 }
-                uvec[miss_u[k]] = item_cache_put(slot->cache, miss_id[k], tmp, &refs[miss_u[k]]);
+                in[nin] = (qin_item_input){miss_id[k], feats[k].tags, feats[k].num_tags,
+                                           feats[k].mm};
+                in_k[nin++] = k;
+            }
+            /* All the missing vectors in one batch (two sgemm), then into
+             * the cache, which copies them and hands back pinned entries. */
+            const size_t vf = qin_item_vec_floats(slot->model);
+            float *vecs = arena_alloc(a, (size_t)(nin ? nin : 1) * vf * sizeof(float), 64);
+            unsigned char *ok = arena_alloc(a, (size_t)(nin ? nin : 1), 64);
+            if (!vecs || !ok) {
+                status = answer_error(w, PROTO_ERROR_INTERNAL, "out of memory");
+                goto done;
+            }
+            memset(ok, 1, (size_t)(nin ? nin : 1));
+            if (qin_items_compute(slot->model, nin, in, vecs, NULL, err, sizeof err) < 0) {
+                /* Some item's features are out of the model's range: redo
+                 * them one by one and leave the bad ones out. */
+                for (int j = 0; j < nin; j++)
+                    if (qin_item_compute(slot->model, &in[j], vecs + (size_t)j * vf, err,
+                                         sizeof err) < 0) {
+                        log_warn("item %lld: unusable features (%s)", (long long)in[j].id, err);
+                        ok[j] = 0;
+                    }
+            }
+            for (int j = 0; j < nin; j++) {
+                if (!ok[j]) continue;
+                int k = in_k[j];
+                uvec[miss_u[k]] = item_cache_put(slot->cache, miss_id[k], vecs + (size_t)j * vf,
+                                                 &refs[miss_u[k]]);
             }
         }
     }

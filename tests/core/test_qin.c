@@ -121,6 +121,34 @@ static void test_item_out_of_range(void **state) {
     free(v);
 }
 
+/* The batch path gives the item-by-item vectors (to float rounding of a
+ * different summation order) and names the first bad item. */
+static void test_items_batch(void **state) {
+    (void)state;
+    const size_t vf = qin_item_vec_floats(model);
+    qin_item_input in[19];
+    for (int id = 1; id < 20; id++)
+        in[id - 1] = (qin_item_input){id, items[id].tags, items[id].ntags, items[id].mm};
+    float *batch = qin_falloc(19 * vf);
+    char err[256] = "";
+    assert_int_equal(qin_items_compute(model, 19, in, batch, NULL, err, sizeof err), CTR_OK);
+    for (int id = 1; id < 20; id++) {
+        float *one = engine_item(id);
+        for (size_t k = 0; k < vf; k++)
+            if (fabsf(one[k] - batch[(id - 1) * vf + k]) > 1e-6f * (1.0f + fabsf(one[k])))
+                fail_msg("item %d [%zu]: one by one %.9g, batch %.9g", id, k, one[k],
+                         batch[(id - 1) * vf + k]);
+        free(one);
+    }
+    int bad = -1;
+    in[7].id = 999;
+    assert_int_equal(qin_items_compute(model, 19, in, batch, &bad, err, sizeof err), CTR_ERANGE);
+    assert_int_equal(bad, 7);
+    assert_non_null(strstr(err, "item_id 999"));
+    assert_int_equal(qin_items_compute(model, 0, in, batch, NULL, err, sizeof err), CTR_OK);
+    free(batch);
+}
+
 static void test_attention_piece(void **state) {
     (void)state;
     const int E = model->cfg.item_dim;
@@ -262,6 +290,7 @@ int main(void) {
         cmocka_unit_test(test_item_vector),
         cmocka_unit_test(test_all_padding_tags),
         cmocka_unit_test(test_item_out_of_range),
+        cmocka_unit_test(test_items_batch),
         cmocka_unit_test(test_attention_piece),
         cmocka_unit_test(test_qnn_layer_and_head),
         cmocka_unit_test(test_forward_whole),
