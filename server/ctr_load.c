@@ -150,137 +150,122 @@ static int queued(loader *ld, int rc, const char *err) {
     return CTR_OK;
 }
 
-/* Returns CTR_OK when the file was read to its end (bad lines included),
- * or a negative status when the load must stop. */
-static int load_items(loader *ld, jsonl_source *src) {
+/* One line's work: decode, check, encode, queue.  A bad line is reported
+ * with jsonl_error and answered CTR_OK; a negative status stops the load.
+ * scratch is reset before each line; seen holds the keys given so far. */
+typedef int (*line_fn)(loader *ld, jsonl_source *src, const char *line, size_t len,
+                       arena *scratch, jsonl_seen *seen);
+
+static int item_line(loader *ld, jsonl_source *src, const char *line, size_t len,
+                     arena *scratch, jsonl_seen *seen) {
     const options *o = ld->o;
-    arena scratch;
-    arena_init(&scratch, 1 << 16);
-    jsonl_seen *seen;
-    int rc = jsonl_seen_init(&seen);
-    const char *line;
-    size_t len;
     char err[256];
-    int more = 0;
-    while (rc == CTR_OK && (more = jsonl_next_line(src, &line, &len)) > 0) {
-        arena_reset(&scratch);
-        proto_item it;
-        int st = proto_item_decode(line, len, o->max_tags, o->mm_dim, &scratch,
-                                   &it, err, sizeof err);
-        if (st == CTR_ENOMEM) { rc = st; break; }
-        if (st < 0) { jsonl_error(src, "%s", err); continue; }
-        if (it.item_id < 1) {
-            jsonl_error(src, "item_id: %" PRId64 " is not an item id (ids "
-                        "start at 1; 0 is padding)", it.item_id);
-            continue;
-        }
-        if (o->item_vocab && it.item_id >= o->item_vocab) {
-            jsonl_error(src, "item_id: %" PRId64 " is outside the model's "
-                        "item vocabulary (1..%d)", it.item_id,
-                        o->item_vocab - 1);
-            continue;
-        }
-        int k = 0;
-        while (o->tag_vocab && k < it.num_tags && it.tags[k] >= 0 &&
-               it.tags[k] < o->tag_vocab)
-            k++;
-        if (o->tag_vocab && k < it.num_tags) {
-            jsonl_error(src, "item_tags[%d]: %" PRId32 " is outside the "
-                        "model's tag vocabulary (0..%d)", k, it.tags[k],
-                        o->tag_vocab - 1);
-            continue;
-        }
-        size_t size = features_item_size(it.num_tags, it.mm_dim);
-        void *val = size ? arena_alloc(&scratch, size, 8) : NULL;
-        if (!val) { rc = CTR_ENOMEM; break; }
-        size_t vlen;
-        if (features_item_encode(it.tags, it.num_tags, it.mm, it.mm_dim, val,
-                                 size, &vlen, err, sizeof err) < 0) {
-            jsonl_error(src, "%s", err);
-            continue;
-        }
-        char key[24];
-        snprintf(key, sizeof key, "%" PRId64, it.item_id);
-        long first = jsonl_seen_add(seen, key, jsonl_source_line(src), NULL);
-        if (first < 0) { rc = CTR_ENOMEM; break; }
-        if (first > 0) {
-            jsonl_error(src, "item_id: %s already given on line %ld", key,
-                        first);
-            continue;
-        }
-        rc = featstore_put_item(ld->fs, it.item_id, val, vlen, err, sizeof err);
-        if (rc == CTR_OK) ld->batch_items++;
-        rc = queued(ld, rc, err);
+    proto_item it;
+    int st = proto_item_decode(line, len, o->max_tags, o->mm_dim, scratch, &it, err,
+                               sizeof err);
+    if (st == CTR_ENOMEM) return st;
+    if (st < 0) { jsonl_error(src, "%s", err); return CTR_OK; }
+    if (it.item_id < 1) {
+        jsonl_error(src, "item_id: %" PRId64 " is not an item id (ids "
+                    "start at 1; 0 is padding)", it.item_id);
+        return CTR_OK;
     }
-    if (rc == CTR_OK && more < 0) {
-        rc = more;
-        if (rc == CTR_EIO)
-            fprintf(stderr, PROG ": %s: read error after line %ld: %s\n",
-                    jsonl_source_name(src), jsonl_source_line(src),
-                    strerror(errno));
+    if (o->item_vocab && it.item_id >= o->item_vocab) {
+        jsonl_error(src, "item_id: %" PRId64 " is outside the model's "
+                    "item vocabulary (1..%d)", it.item_id, o->item_vocab - 1);
+        return CTR_OK;
     }
-    if (rc == CTR_ENOMEM) fprintf(stderr, PROG ": out of memory\n");
-    jsonl_seen_free(seen);
-    arena_free(&scratch);
-    return rc;
+    int k = 0;
+    while (o->tag_vocab && k < it.num_tags && it.tags[k] >= 0 && it.tags[k] < o->tag_vocab)
+        k++;
+    if (o->tag_vocab && k < it.num_tags) {
+        jsonl_error(src, "item_tags[%d]: %" PRId32 " is outside the "
+                    "model's tag vocabulary (0..%d)", k, it.tags[k], o->tag_vocab - 1);
+        return CTR_OK;
+    }
+    size_t size = features_item_size(it.num_tags, it.mm_dim);
+    void *val = size ? arena_alloc(scratch, size, 8) : NULL;
+    if (!val) return CTR_ENOMEM;
+    size_t vlen;
+    if (features_item_encode(it.tags, it.num_tags, it.mm, it.mm_dim, val, size, &vlen, err,
+                             sizeof err) < 0) {
+        jsonl_error(src, "%s", err);
+        return CTR_OK;
+    }
+    char key[24];
+    snprintf(key, sizeof key, "%" PRId64, it.item_id);
+    long first = jsonl_seen_add(seen, key, jsonl_source_line(src), NULL);
+    if (first < 0) return CTR_ENOMEM;
+    if (first > 0) {
+        jsonl_error(src, "item_id: %s already given on line %ld", key, first);
+        return CTR_OK;
+    }
+    int rc = featstore_put_item(ld->fs, it.item_id, val, vlen, err, sizeof err);
+    if (rc == CTR_OK) ld->batch_items++;
+    return queued(ld, rc, err);
 }
 
-static int load_users(loader *ld, jsonl_source *src) {
+static int user_line(loader *ld, jsonl_source *src, const char *line, size_t len,
+                     arena *scratch, jsonl_seen *seen) {
     const options *o = ld->o;
+    char err[256];
+    proto_user u;
+    /* No bound here: a long history is truncated, not refused. */
+    int st = proto_user_decode(line, len, -1, scratch, &u, err, sizeof err);
+    if (st == CTR_ENOMEM) return st;
+    if (st < 0) { jsonl_error(src, "%s", err); return CTR_OK; }
+    const int64_t *seq = u.item_seq;
+    int n = u.seq_len;
+    if (n > o->max_seq) {
+        seq += n - o->max_seq;
+        n = o->max_seq;
+        ld->truncated++;
+    }
+    size_t size = features_user_size((size_t)n);
+    void *val = arena_alloc(scratch, size, 8);
+    if (!val) return CTR_ENOMEM;
+    size_t vlen;
+    if (features_user_encode(seq, n, val, size, &vlen, err, sizeof err) < 0) {
+        /* Positions in the message count from the kept part; name the
+         * file's position instead. */
+        int i = 0;
+        while (i < n && seq[i] >= 0 && seq[i] <= INT32_MAX) i++;
+        jsonl_error(src, "item_seq[%d]: %" PRId64 " is outside 0..%ld",
+                    (int)(seq - u.item_seq) + i, seq[i], (long)INT32_MAX);
+        return CTR_OK;
+    }
+    long first = jsonl_seen_add(seen, u.user_id, jsonl_source_line(src), NULL);
+    if (first < 0) return CTR_ENOMEM;
+    if (first > 0) {
+        jsonl_error(src, "user_id: %s already given on line %ld (integer "
+                    "and string ids share a key)", u.user_id, first);
+        return CTR_OK;
+    }
+    int rc = featstore_put_user(ld->fs, u.user_id, val, vlen, err, sizeof err);
+    if (rc == CTR_OK) ld->batch_users++;
+    return queued(ld, rc, err);
+}
+
+/* Feeds every line of src to fn.  Returns CTR_OK when the file was read to
+ * its end (bad lines included), or a negative status when the load must
+ * stop. */
+static int load_lines(loader *ld, jsonl_source *src, line_fn fn) {
     arena scratch;
     arena_init(&scratch, 1 << 16);
     jsonl_seen *seen;
     int rc = jsonl_seen_init(&seen);
     const char *line;
     size_t len;
-    char err[256];
     int more = 0;
     while (rc == CTR_OK && (more = jsonl_next_line(src, &line, &len)) > 0) {
         arena_reset(&scratch);
-        proto_user u;
-        /* No bound here: a long history is truncated, not refused. */
-        int st = proto_user_decode(line, len, -1, &scratch, &u, err,
-                                   sizeof err);
-        if (st == CTR_ENOMEM) { rc = st; break; }
-        if (st < 0) { jsonl_error(src, "%s", err); continue; }
-        const int64_t *seq = u.item_seq;
-        int n = u.seq_len;
-        if (n > o->max_seq) {
-            seq += n - o->max_seq;
-            n = o->max_seq;
-            ld->truncated++;
-        }
-        size_t size = features_user_size((size_t)n);
-        void *val = arena_alloc(&scratch, size, 8);
-        if (!val) { rc = CTR_ENOMEM; break; }
-        size_t vlen;
-        if (features_user_encode(seq, n, val, size, &vlen, err, sizeof err) < 0) {
-            /* Positions in the message count from the kept part; name the
-             * file's position instead. */
-            int i = 0;
-            while (i < n && seq[i] >= 0 && seq[i] <= INT32_MAX) i++;
-            jsonl_error(src, "item_seq[%d]: %" PRId64 " is outside 0..%ld",
-                        (int)(seq - u.item_seq) + i, seq[i], (long)INT32_MAX);
-            continue;
-        }
-        long first = jsonl_seen_add(seen, u.user_id, jsonl_source_line(src),
-                                    NULL);
-        if (first < 0) { rc = CTR_ENOMEM; break; }
-        if (first > 0) {
-            jsonl_error(src, "user_id: %s already given on line %ld (integer "
-                        "and string ids share a key)", u.user_id, first);
-            continue;
-        }
-        rc = featstore_put_user(ld->fs, u.user_id, val, vlen, err, sizeof err);
-        if (rc == CTR_OK) ld->batch_users++;
-        rc = queued(ld, rc, err);
+        rc = fn(ld, src, line, len, &scratch, seen);
     }
     if (rc == CTR_OK && more < 0) {
         rc = more;
         if (rc == CTR_EIO)
             fprintf(stderr, PROG ": %s: read error after line %ld: %s\n",
-                    jsonl_source_name(src), jsonl_source_line(src),
-                    strerror(errno));
+                    jsonl_source_name(src), jsonl_source_line(src), strerror(errno));
     }
     if (rc == CTR_ENOMEM) fprintf(stderr, PROG ": out of memory\n");
     jsonl_seen_free(seen);
@@ -426,8 +411,8 @@ int main(int argc, char **argv) {
     }
 
     int rc = CTR_OK;
-    if (si) rc = load_items(&ld, si);
-    if (rc == CTR_OK && su) rc = load_users(&ld, su);
+    if (si) rc = load_lines(&ld, si, item_line);
+    if (rc == CTR_OK && su) rc = load_lines(&ld, su, user_line);
     if (rc == CTR_OK) rc = flush(&ld);
     long rejected = (si ? jsonl_source_bad(si) : 0) +
                     (su ? jsonl_source_bad(su) : 0);
