@@ -194,9 +194,8 @@ int rank_handle(worker *w, const char *body, size_t len) {
     }
 
     /* Cached vectors, pinned for the rest of the request. */
-    size_t hits = item_cache_get_many(slot->cache, uid, (size_t)nu, uvec, refs);
+    item_cache_get_many(slot->cache, uid, (size_t)nu, uvec, refs);
     nref = nu;
-    (void)hits;
 
     /* One MGET for everything the cache lacks. */
     int nmiss = 0;
