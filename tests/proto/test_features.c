@@ -19,19 +19,7 @@
 #include "core/status.h"
 #include "proto/features.h"
 
-static char err[256];
-static arena A;
-
-static int setup(void **state) {
-    arena_init(&A, 1 << 14);
-    err[0] = '\0';
-    return 0;
-}
-
-static int teardown(void **state) {
-    arena_free(&A);
-    return 0;
-}
+#include "tests/proto/fixture.h"
 
 #define EXPECT_ERR(call, status, sub)                                         \
     do {                                                                      \

@@ -23,19 +23,7 @@ static const char *const ctx_names[] = {"likes_level", "views_level"};
 static const proto_rank_schema schema = {
     .num_ctx = 2, .ctx_name = ctx_names, .max_cand = 4, .max_seq = 5};
 
-static char err[256];
-static arena A;
-
-static int setup(void **state) {
-    arena_init(&A, 1 << 14);
-    err[0] = '\0';
-    return 0;
-}
-
-static int teardown(void **state) {
-    arena_free(&A);
-    return 0;
-}
+#include "tests/proto/fixture.h"
 
 static int dec(const char *body, proto_rank_request *r) {
     err[0] = '\0';

@@ -19,19 +19,7 @@
 #define MM 4
 #define TAGS 5
 
-static char err[256];
-static arena A;
-
-static int setup(void **state) {
-    arena_init(&A, 1 << 14);
-    err[0] = '\0';
-    return 0;
-}
-
-static int teardown(void **state) {
-    arena_free(&A);
-    return 0;
-}
+#include "tests/proto/fixture.h"
 
 static int item(const char *line, proto_item *it) {
     err[0] = '\0';
