@@ -6,6 +6,8 @@
 #   make SANITIZE=undefined test   the same under UBSan
 #   make check                test + both sanitizer runs (what CI runs)
 #   make bench                forward-pass benchmark (prints a table)
+#   make container-test       build the Dockerfile's images with podman and run
+#                             them (not in check: downloads, takes minutes)
 #   make clean
 #
 # Objects and programs go to build/<variant>/, so sanitizer builds never
@@ -60,7 +62,7 @@ FUZZ_SRC   := $(wildcard tests/fuzz/fuzz_*.c)
 FUZZ_BIN   := $(FUZZ_SRC:%.c=$(B)/%)
 FUZZ_SECONDS ?= 60
 
-.PHONY: all test check bench bench-e2e golden fuzz clean
+.PHONY: all test check bench bench-e2e golden fuzz clean container-test
 all: $(PROGRAMS) $(BENCH_BIN)
 
 $(B)/%.o: %.c
@@ -117,6 +119,13 @@ bench: all
 # (makes demo/ first if needed); tables in bench/README.md.
 bench-e2e: all
 	$(PYTHON) bench/e2e.py --build $(B)
+
+# The images built and run for real (deploy/container-test.sh): Redis, the
+# loader and the scorer as containers, a ranking checked against ctr-score,
+# then deploy/docker-compose.yml under podman-compose.
+container-test:
+	bash deploy/install.sh container
+	bash deploy/container-test.sh
 
 clean:
 	rm -rf build

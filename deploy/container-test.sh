@@ -7,18 +7,19 @@
 #   bash deploy/container-test.sh          (or: make container-test)
 #
 # Not part of `make check`: it downloads Debian packages and takes minutes
-# (first run ~15 min on 2 cores: base image ~70 s, build stage, demo model
-# training; later runs reuse podman's layer cache).  Needs root (podman
-# with the overlay driver, debootstrap), podman, runc, debootstrap and
-# podman-compose (deploy/install.sh container).
+# (first run ~6 min on 2 cores: base image ~40-70 s, the build stage, demo
+# model training; later runs reuse podman's layer cache, ~1 min).  Needs
+# root (podman's store, debootstrap) and the packages of
+# `bash deploy/install.sh container` (podman, buildah, runc, debootstrap,
+# podman-compose, CNI's dnsname plugin).
 #
-# How podman runs here (these machines have no systemd cgroup manager, a
-# ulimit podman cannot set, and no container networking): every podman
-# call is `podman --runtime runc --cgroup-manager cgroupfs`, with
-# CONTAINERS_CONF pointing at a file whose [containers] section sets
-# `default_ulimits = []`, and every build and container uses
-# `--network host`; the services therefore listen on 127.0.0.1 on free
-# ports chosen here.
+# How podman runs here (these machines have no systemd, and a ulimit podman
+# cannot set): every podman call is `podman --runtime runc --cgroup-manager
+# cgroupfs`, with CONTAINERS_CONF pointing at a file whose [containers]
+# section sets `default_ulimits = []`.  Builds and the containers started
+# here use `--network host` (the services listen on 127.0.0.1, on free
+# ports chosen here); the compose run uses its own bridge network, whose
+# service names resolve through CNI's dnsname plugin.
 #
 # No image registry is needed: the base image `debian:bookworm-slim` is made
 # once with `debootstrap --variant=minbase bookworm DIR MIRROR`, MIRROR being
@@ -28,6 +29,9 @@
 # the Dockerfile's `redis` stage (Debian's redis-server).
 #
 # Environment: CTR_CT_COMPOSE=0 skips the compose part.
+#
+# Nothing is left running: the containers, the compose project and its
+# network are removed on exit; the images stay (podman's cache).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -51,6 +55,7 @@ cleanup() {
   for c in "${containers[@]}"; do pm rm -f -t 5 "$c" >/dev/null 2>&1 || true; done
   if [ -n "$compose_up" ]; then
     (cd deploy && podman-compose "${compose_args[@]}" down -t 5 >/dev/null 2>&1) || true
+    pm network rm "${compose_project}_default" >/dev/null 2>&1 || true
   fi
   rm -rf "$tmp"
   exit $rc
@@ -210,30 +215,36 @@ echo "exit code 0"
 
 # --- docker-compose.yml with podman-compose -----------------------------------
 
+# The compose file as it is (bridge network, service names): podman's CNI
+# network needs the dnsname plugin for names to resolve.
+compose_project=ctr$suffix
+compose_args=(-p "$compose_project" --podman-args "--runtime runc --cgroup-manager cgroupfs"
+              -f docker-compose.yml)
 if [ "${CTR_CT_COMPOSE:-1}" = 1 ]; then
   step "deploy/docker-compose.yml with podman-compose"
-  if ! command -v podman-compose >/dev/null; then
-    echo "podman-compose not installed: skipped"
-  else
-    compose_port=$(free_port)
-    compose_args=(-p "ctr$suffix" --podman-args "--runtime runc --cgroup-manager cgroupfs"
-                  -f docker-compose.yml -f docker-compose.host.yml)
-    export CTR_COMPOSE_REDIS_PORT=$(free_port) CTR_COMPOSE_HTTP_PORT=$compose_port
-    compose_up=1
-    (cd deploy && podman-compose "${compose_args[@]}" up -d) >"$tmp/compose.log" 2>&1 ||
-      { tail -n 30 "$tmp/compose.log"; die "podman-compose up failed"; }
-    curl_url=http://127.0.0.1:$compose_port
-    for _ in $(seq 300); do
-      curl -fsS "$curl_url/readyz" >/dev/null 2>&1 && break
-      sleep 0.2
-    done
-    curl -fsS "$curl_url/readyz" >/dev/null ||
-      { tail -n 30 "$tmp/compose.log"; (cd deploy && podman-compose "${compose_args[@]}" logs) | tail -n 30
-        die "the compose scorer did not become ready"; }
-    curl -fsS -H 'Content-Type: application/json' -d @deploy/example_request.json \
-      "$curl_url/v1/rank" >"$tmp/answer-compose.json" || die "compose: POST /v1/rank failed"
-    compare "$tmp/answer-compose.json" || die "the compose ranking differs from ctr-score's"
-  fi
+  command -v podman-compose >/dev/null || die "podman-compose is not installed"
+  [ -x /usr/lib/cni/dnsname ] ||
+    die "podman's CNI dnsname plugin is missing (golang-github-containernetworking-plugin-dnsname)"
+  export CTR_HTTP_PORT=$(free_port)
+  compose_up=1
+  (cd deploy && podman-compose "${compose_args[@]}" up -d) >"$tmp/compose.log" 2>&1 ||
+    { tail -n 30 "$tmp/compose.log"; die "podman-compose up failed"; }
+  # podman-compose 1.0.3 ignores depends_on's conditions: wait for the
+  # loader here.
+  load_rc=$(pm wait "${compose_project}_load_1" 2>/dev/null || echo missing)
+  pm logs "${compose_project}_load_1" 2>&1 | tail -n 1
+  [ "$load_rc" = 0 ] || die "the compose loader exited with $load_rc"
+  curl_url=http://127.0.0.1:$CTR_HTTP_PORT
+  for _ in $(seq 150); do
+    curl -fsS "$curl_url/readyz" >/dev/null 2>&1 && break
+    sleep 0.2
+  done
+  curl -fsS "$curl_url/readyz" >/dev/null ||
+    { pm logs "${compose_project}_scorer_1" 2>&1 | tail -n 20; die "the compose scorer did not become ready"; }
+  curl -fsS -H 'Content-Type: application/json' -d @deploy/example_request.json \
+    "$curl_url/v1/rank" >"$tmp/answer-compose.json" || die "compose: POST /v1/rank failed"
+  cat "$tmp/answer-compose.json"; echo
+  compare "$tmp/answer-compose.json" || die "the compose ranking differs from ctr-score's"
 fi
 
 step "container-test: PASS ($((SECONDS - t_start)) s)"
