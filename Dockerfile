@@ -33,7 +33,8 @@ RUN /usr/bin/python3 tools/make_demo.py --out /demo
 FROM debian:bookworm-slim AS runtime-base
 COPY deploy/install.sh /tmp/install.sh
 RUN bash /tmp/install.sh runtime && rm -rf /var/lib/apt/lists/* /tmp/install.sh \
- && useradd --system --uid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin ctr
+ && groupadd --system --gid 10001 ctr \
+ && useradd --system --uid 10001 --gid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin ctr
 COPY --from=build /src/build/release/ctr-server /src/build/release/ctr-load \
      /src/build/release/ctr-score /usr/local/bin/
 COPY proto/openapi.yaml /usr/share/ctr/openapi.yaml
@@ -43,7 +44,8 @@ ENV CTR_BIND=0.0.0.0 \
     CTR_PORT=8080 \
     CTR_MODEL=/models/model.safetensors \
     CTR_REDIS=redis:6379
-USER 10001
+# Numeric, so that Kubernetes' runAsNonRoot can check it.
+USER 10001:10001
 EXPOSE 8080
 HEALTHCHECK --interval=10s --timeout=2s --start-period=30s --retries=3 \
   CMD curl -fsS "http://127.0.0.1:${CTR_PORT}/healthz" >/dev/null || exit 1
@@ -52,8 +54,8 @@ STOPSIGNAL SIGTERM
 ENTRYPOINT ["/usr/local/bin/ctr-server"]
 
 FROM runtime-base AS demo
-COPY --from=demo-data --chown=10001 /demo/model.safetensors /models/model.safetensors
-COPY --from=demo-data --chown=10001 /demo/items.jsonl /demo/users.jsonl /demo/
+COPY --from=demo-data --chown=10001:10001 /demo/model.safetensors /models/model.safetensors
+COPY --from=demo-data --chown=10001:10001 /demo/items.jsonl /demo/users.jsonl /demo/
 
 # Redis for the feature store, from Debian (the version the tests use), so
 # that nothing needs an image registry.  deploy/redis.conf is the

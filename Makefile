@@ -120,6 +120,13 @@ bench: all
 bench-e2e: all
 	$(PYTHON) bench/e2e.py --build $(B)
 
+# Feature reads on a Redis Cluster (server/rcluster.c) against one node:
+# starts a 3+3 cluster (tests/integration/lib/redis_cluster.sh) and a
+# single redis-server, both on free loopback ports.
+.PHONY: bench-cluster
+bench-cluster: $(B)/bench/bench_rcluster
+	bash bench/cluster.sh $(B)/bench/bench_rcluster $(BENCH_CLUSTER_ARGS)
+
 # The images built and run for real (deploy/container-test.sh): Redis, the
 # loader and the scorer as containers, a ranking checked against ctr-score,
 # then deploy/docker-compose.yml under podman-compose.
