@@ -886,7 +886,7 @@ static void test_exec_redirect_limits(void **state) {
     snprintf(desc, sizeof desc, "0-16383=127.0.0.1:%d", f.port);
     rcluster_map *m = map_of(desc, NULL);
     rcluster_cmd *cmds = gets(1, "%sask:%d");
-    rcluster_reply out[1];
+    rcluster_reply out[3];
     rcluster_exec_stats st;
     assert_int_equal(rcluster_exec(m, &links, RCLUSTER_READ_MASTER, 0, 1, cmds, ms_from_now(2000),
                                    &A, out, &st, err, sizeof err), CTR_EBACKEND);
