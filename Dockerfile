@@ -24,8 +24,13 @@ RUN make clean && make -j"$(nproc)" all \
  && if [ "$RUN_TESTS" = 1 ]; then make check; fi
 
 # Demo model and data: synthetic MicroLens-shaped data, a small QIN
-# trained on it (a few minutes on 2 cores).
-FROM build AS demo-data
+# trained on it (several minutes on 2 cores).  A stage of its own that
+# copies only tools/, so a change to the C code does not train it again.
+FROM debian:bookworm-slim AS demo-data
+WORKDIR /src
+COPY deploy/install.sh deploy/install.sh
+RUN bash deploy/install.sh demo && rm -rf /var/lib/apt/lists/*
+COPY tools/ tools/
 RUN /usr/bin/python3 tools/make_demo.py --out /demo
 
 # The service alone, without a model: mount one at /models (read-only) or

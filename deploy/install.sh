@@ -8,6 +8,8 @@
 #   deploy/install.sh runtime    only the shared libraries ctr-server needs
 #   deploy/install.sh container  what deploy/container-test.sh needs to
 #                                build and run the images (podman...)
+#   deploy/install.sh demo       what tools/make_demo.py needs (Python,
+#                                NumPy, PyTorch; the Dockerfile's demo stage)
 #
 # Idempotent: when every package is already there it changes nothing and
 # does not touch the network.
@@ -19,6 +21,7 @@ build_pkgs=(gcc make pkg-config libc6-dev libmicrohttpd-dev libjansson-dev libop
             libhiredis-dev libcmocka-dev)
 test_pkgs=(redis-server redis-tools python3 python3-numpy python3-torch curl wrk procps
            haproxy python3-kubernetes python3-yaml)
+demo_pkgs=(python3 python3-numpy python3-torch)
 container_pkgs=(podman buildah runc debootstrap podman-compose
                 golang-github-containernetworking-plugin-dnsname curl python3)
 
@@ -27,7 +30,8 @@ case "$mode" in
   build)   pkgs=("${runtime_pkgs[@]}" "${build_pkgs[@]}") ;;
   all)     pkgs=("${runtime_pkgs[@]}" "${build_pkgs[@]}" "${test_pkgs[@]}") ;;
   container) pkgs=("${container_pkgs[@]}") ;;
-  *) echo "usage: $0 [all|build|runtime|container]" >&2; exit 2 ;;
+  demo)    pkgs=("${demo_pkgs[@]}") ;;
+  *) echo "usage: $0 [all|build|runtime|container|demo]" >&2; exit 2 ;;
 esac
 
 missing=()
