@@ -70,10 +70,12 @@ done
 tmp=$(mktemp -d /tmp/ctr-lb-test.XXXXXX)
 declare -A pid=()
 cleanup() {
-  local k
-  for k in "${!pid[@]}"; do [ -n "${pid[$k]}" ] && kill -KILL "${pid[$k]}" 2>/dev/null; done
-  for k in "${!pid[@]}"; do [ -n "${pid[$k]}" ] && wait "${pid[$k]}" 2>/dev/null; done
+  local rc=$? k
+  set +e
+  for k in "${!pid[@]}"; do if [ -n "${pid[$k]}" ]; then kill -KILL "${pid[$k]}" 2>/dev/null; fi; done
+  for k in "${!pid[@]}"; do if [ -n "${pid[$k]}" ]; then wait "${pid[$k]}" 2>/dev/null; fi; done
   rm -rf "$tmp"
+  exit "$rc"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM

@@ -147,8 +147,8 @@ cluster_wait_ok() {
 cluster_kill() {
   local pid=${_rc_pids[$1]:-}
   [ -n "$pid" ] || return 0
-  kill -KILL "$pid" 2>/dev/null
-  wait "$pid" 2>/dev/null
+  kill -KILL "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
   _rc_pids[$1]=
 }
 
@@ -186,19 +186,22 @@ cluster_start() {
   export CTR_REDIS_CLUSTER CTR_CLUSTER_PORTS CTR_CLUSTER_DIR
 }
 
+# Stops every node this shell started and removes the directory; safe to
+# call twice, and under set -e.
 cluster_stop() {
   local p pid
   for p in "${!_rc_pids[@]}"; do
     pid=${_rc_pids[$p]}
-    [ -n "$pid" ] && kill -TERM "$pid" 2>/dev/null
+    if [ -n "$pid" ]; then kill -TERM "$pid" 2>/dev/null || true; fi
   done
   for p in "${!_rc_pids[@]}"; do
     pid=${_rc_pids[$p]}
-    [ -n "$pid" ] && wait "$pid" 2>/dev/null
+    if [ -n "$pid" ]; then wait "$pid" 2>/dev/null || true; fi
     _rc_pids[$p]=
   done
-  [ -n "${CTR_CLUSTER_DIR:-}" ] && [ -d "$CTR_CLUSTER_DIR" ] && rm -rf "$CTR_CLUSTER_DIR"
+  if [ -n "${CTR_CLUSTER_DIR:-}" ] && [ -d "$CTR_CLUSTER_DIR" ]; then rm -rf "$CTR_CLUSTER_DIR"; fi
   CTR_CLUSTER_DIR=
+  return 0
 }
 
 # As a command: redis_cluster.sh -- COMMAND [ARG...]
