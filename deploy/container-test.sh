@@ -7,8 +7,9 @@
 #   bash deploy/container-test.sh          (or: make container-test)
 #
 # Not part of `make check`: it downloads Debian packages and takes minutes
-# (first run ~6 min on 2 cores: base image ~40-70 s, the build stage, demo
-# model training; later runs reuse podman's layer cache, ~1 min).  Needs
+# (first run 6 min on a quiet 2-core machine, far more on a busy one: the
+# base image ~40-70 s, the build stage, the demo model's training; later
+# runs reuse podman's layer cache, ~1 min).  Needs
 # root (podman's store, debootstrap) and the packages of
 # `bash deploy/install.sh container` (podman, buildah, runc, debootstrap,
 # podman-compose, CNI's dnsname plugin).
