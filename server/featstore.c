@@ -487,7 +487,7 @@ int featstore_get_user(featstore *fs, const char *user_id, int keep, int64_t dea
             fs->st.users_malformed++;
             free_replies(r, 3);
             return ctr_fail(err, errlen, CTR_EFORMAT,
-                            "user %s: the key is not a string", user_id);
+                            "user %s: the key is not a string (WRONGTYPE)", user_id);
         }
         if (r[i]->type == REDIS_REPLY_ERROR) {
             redisReply *e = r[i];
@@ -521,7 +521,17 @@ int featstore_get_user(featstore *fs, const char *user_id, int keep, int64_t dea
                          (uint32_t)h[7] << 24;
         size_t kept = count < (uint32_t)keep ? count : (size_t)keep;
         size_t have = r[2]->len;
-        if ((unsigned long long)total != FEATURES_HEADER_SIZE + 4ull * count) {
+        /* The header's own fields first (magic, version), as a value of
+         * no ids. */
+        unsigned char h0[FEATURES_HEADER_SIZE];
+        memcpy(h0, h, 4);
+        memset(h0 + 4, 0, 4);
+        int64_t *none;
+        int nnone;
+        int hrc = features_user_decode(h0, sizeof h0, 0, a, &none, &nnone, msg, sizeof msg);
+        if (hrc < 0) {
+            rc = hrc;
+        } else if ((unsigned long long)total != FEATURES_HEADER_SIZE + 4ull * count) {
             snprintf(msg, sizeof msg, "user value of %lld bytes, its header says %lu ids",
                      total, (unsigned long)count);
         } else if (have < 4 * kept) {
