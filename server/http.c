@@ -672,11 +672,16 @@ int http_start(service *svc, const http_params *p, http_server **out, char *err,
         return ctr_fail(err, errlen, CTR_ENOMEM, "cannot start the watchdog thread");
     }
     h->watchdog_started = 1;
+    /* The thread pool option only when there is a pool: libmicrohttpd
+     * warns about a pool of one. */
+    struct MHD_OptionItem pool_opt[] = {
+        {p->io_threads > 1 ? MHD_OPTION_THREAD_POOL_SIZE : MHD_OPTION_END,
+         (intptr_t)p->io_threads, NULL},
+        {MHD_OPTION_END, 0, NULL}};
     h->d = MHD_start_daemon(
         flags, (uint16_t)p->port, NULL, NULL, on_request, h,
         MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, NULL, /* first, to catch every message */
         MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
-        MHD_OPTION_THREAD_POOL_SIZE, (unsigned)p->io_threads,
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)p->idle_timeout_s,
         MHD_OPTION_CONNECTION_LIMIT, (unsigned)(p->connection_limit > 0 ? p->connection_limit : 1024),
         MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)(p->per_ip_limit > 0 ? p->per_ip_limit : 0),
@@ -684,6 +689,7 @@ int http_start(service *svc, const http_params *p, http_server **out, char *err,
         MHD_OPTION_NOTIFY_CONNECTION, on_connection, h,
         MHD_OPTION_URI_LOG_CALLBACK, on_uri, h,
         MHD_OPTION_LISTEN_BACKLOG_SIZE, 1024u,
+        MHD_OPTION_ARRAY, pool_opt,
         MHD_OPTION_END);
     if (!h->d) {
         stop_workers(h);
