@@ -19,6 +19,7 @@
     X(BAD_REQUEST,            400, "bad_request")                             \
     X(NOT_FOUND,              404, "not_found")                               \
     X(METHOD_NOT_ALLOWED,     405, "method_not_allowed")                      \
+    X(LENGTH_REQUIRED,        411, "length_required")                         \
     X(BODY_TOO_LARGE,         413, "body_too_large")                          \
     X(UNSUPPORTED_MEDIA_TYPE, 415, "unsupported_media_type")                  \
     X(TOO_MANY_CANDIDATES,    422, "too_many_candidates")                     \

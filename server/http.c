@@ -399,6 +399,14 @@ static enum MHD_Result on_headers(http_server *h, struct MHD_Connection *c, http
     if (!json_content_type(c))
         return respond_error(c, r, PROTO_ERROR_UNSUPPORTED_MEDIA_TYPE,
                              "Content-Type must be application/json", NULL);
+    /* A rank body is a few kilobytes the client has whole: Content-Length
+     * is required, and chunked bodies (whose sizes the HTTP library parses
+     * out of our sight: a chunk of 2^64-1 bytes would hold the connection
+     * until a deadline) are refused at once. */
+    if (MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_TRANSFER_ENCODING))
+        return respond_error_c(c, r, PROTO_ERROR_LENGTH_REQUIRED,
+                               "POST /v1/rank needs a Content-Length (chunked bodies are not "
+                               "accepted)", NULL, 1);
     if ((r->header_deadline_ms = header_deadline(c)) < 0)
         return respond_error(c, r, PROTO_ERROR_BAD_REQUEST,
                              "X-Request-Timeout-Ms must be a whole number of milliseconds, "
