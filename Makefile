@@ -4,8 +4,10 @@
 #   make test                 unit tests (cmocka) + integration tests
 #   make SANITIZE=address test     the same under AddressSanitizer
 #   make SANITIZE=undefined test   the same under UBSan
-#   make check                test + both sanitizer runs (what CI runs)
+#   make check                test + the sanitizer runs (what CI runs)
 #   make bench                forward-pass benchmark (prints a table)
+#   make bench-faults         Redis frozen, overload, connection floods (figures)
+#   make soak                 ASan server, 1M requests with faults (not in CI)
 #   make clean
 #
 # Objects and programs go to build/<variant>/, so sanitizer builds never
@@ -60,7 +62,7 @@ FUZZ_SRC   := $(wildcard tests/fuzz/fuzz_*.c)
 FUZZ_BIN   := $(FUZZ_SRC:%.c=$(B)/%)
 FUZZ_SECONDS ?= 60
 
-.PHONY: all test check bench bench-e2e golden fuzz clean
+.PHONY: all test check bench bench-e2e bench-faults soak golden fuzz clean
 all: $(PROGRAMS) $(BENCH_BIN)
 
 $(B)/%.o: %.c
@@ -117,6 +119,19 @@ bench: all
 # (makes demo/ first if needed); tables in bench/README.md.
 bench-e2e: all
 	$(PYTHON) bench/e2e.py --build $(B)
+
+# ctr-server under a frozen Redis, overload and connection floods, with the
+# demo model (made first if needed); bench/README.md.
+bench-faults: all
+	$(PYTHON) bench/faults.py --build $(B)
+
+# An AddressSanitizer server under load with Redis faults and reloads on a
+# schedule, SOAK_REQUESTS answers, then the leak check (not in CI).
+SOAK_REQUESTS ?= 1000000
+soak: golden
+	$(MAKE) all
+	$(MAKE) SANITIZE=address all
+	$(PYTHON) bench/soak.py --requests $(SOAK_REQUESTS)
 
 clean:
 	rm -rf build
