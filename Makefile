@@ -4,7 +4,7 @@
 #   make test                 unit tests (cmocka) + integration tests
 #   make SANITIZE=address test     the same under AddressSanitizer
 #   make SANITIZE=undefined test   the same under UBSan
-#   make check                test + the sanitizer runs (what CI runs)
+#   make check                test + ASan, UBSan and TSan runs (what CI runs)
 #   make bench                forward-pass benchmark (prints a table)
 #   make bench-faults         Redis frozen, overload, connection floods (figures)
 #   make soak                 ASan server, 1M requests with faults (not in CI)
@@ -107,10 +107,13 @@ fuzz:
 	  build/fuzz/$$n -max_total_time=$(FUZZ_SECONDS) build/fuzz/corpus-$$n \
 	    $$( [ -d tests/fuzz/corpus/$${n#fuzz_} ] && echo tests/fuzz/corpus/$${n#fuzz_} ); done
 
+# TSan joined when the request path went multi-threaded (event loop,
+# workers, watchdog, health check): ~3 minutes on 2 cores.
 check:
 	$(MAKE) test
 	$(MAKE) SANITIZE=address test
 	$(MAKE) SANITIZE=undefined test
+	$(MAKE) SANITIZE=thread test
 
 bench: all
 	$(B)/bench/bench_forward

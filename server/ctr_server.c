@@ -81,7 +81,11 @@ static void health_check(service *svc, featstore *fs) {
     int64_t dl = clock_now_ns() + (int64_t)svc->fs_params.command_timeout_ms * 1000000;
     int state = SERVICE_FS_UNKNOWN;
     double loaded_at = 0;
+    int64_t t0 = clock_now_ns();
     int rc = featstore_ping(fs, dl, err, sizeof err);
+    metrics_redis(svc->metrics, METRICS_REDIS_PING, (double)(clock_now_ns() - t0) * 1e-9,
+                  rc == CTR_OK ? METRICS_REDIS_OK
+                               : rc == CTR_ETIMEOUT ? METRICS_REDIS_TIMEOUT : METRICS_REDIS_ERROR);
     if (rc == CTR_OK) rc = featstore_get_meta(fs, dl, buf, sizeof buf, &len, err, sizeof err);
     if (rc == CTR_OK) {
         proto_meta m;

@@ -149,8 +149,10 @@ def main():
     cand_ids = sorted({c["item_id"] for r in reqs for c in r["candidates"]})
     servers = []
     try:
-        srv = Server(model, redis, prefix, ["--deadline-ms", "100", "--receive-timeout-ms", "1000",
-                                            "--redis-timeout-ms", "20"])
+        # A Redis timeout of 100 ms: generous for a loopback Redis on a busy
+        # machine (or a sanitizer build), so only the freeze trips it.
+        srv = Server(model, redis, prefix, ["--deadline-ms", "300", "--receive-timeout-ms", "1000",
+                                            "--redis-timeout-ms", "100"])
         servers.append(srv)
         for r in stored:  # warm the item cache: a frozen Redis then costs only the history
             srv.rank(r)
@@ -173,14 +175,15 @@ def main():
                   for o in frozen), str(frozen[:1]))
         check("no null score, ever", all(no_null(o[2]) for o in ld.out))
         check("answers within twice their deadline (took_us)",
-              all(o[2].get("took_us", 0) < 200000 for o in ld.out if o[1] == 200),
+              all(o[2].get("took_us", 0) < 600000 for o in ld.out if o[1] == 200),
               str(max((o[2].get("took_us", 0) for o in ld.out if o[1] == 200), default=0)))
         check("breaker opened and short-circuited calls",
               srv.metric("ctr_redis_breaker_opens_total") >= 1 and
               srv.metric("ctr_redis_breaker_short_circuits_total") >= 1)
         check(f"past the breaker bound after SIGCONT: not degraded ({len(after)} answers)",
               after and all(o[1] == 200 and o[2].get("degraded") == [] for o in after),
-              str([o for o in after if o[2].get("degraded")][:2])[:300])
+              str([(o[1], o[2].get("degraded"), o[2].get("stage_us")) for o in after
+                   if o[1] != 200 or o[2].get("degraded")][:3]))
         check("every breaker closed again", srv.metric("ctr_redis_breaker_open") == 0)
 
         print("redis restarted empty")
