@@ -225,7 +225,7 @@ static int ensure_connected(featstore *fs, int64_t deadline, char *err,
     if (r == 0) {
         char msg[64];
         snprintf(msg, sizeof msg, "connect timed out after %lld ms",
-                 (long long)((now_ns() - t0) / 1000000));
+                 (long long)((cdl - t0 + 500000) / 1000000));
         return connect_failed(fs, err, errlen, msg);
     }
     int soerr = r < 0 ? errno : 0;

@@ -127,6 +127,7 @@ int rank_decode(rank_ctx *x, const rank_input *in) {
     if (clock_now_ns() >= x->deadline_ns) {
         snprintf(err, sizeof err, "the request waited past its %d ms deadline before work "
                  "began", ms);
+        metrics_shed(svc->metrics, 1);
         return answer_error(x, PROTO_ERROR_OVERLOADED, err);
     }
 
