@@ -118,7 +118,7 @@ static const setting settings[] = {
     {"io_threads", SET_INT, F(io_threads), 0, 1, 64, "N", NULL, NULL, NULL,
      "HTTP event-loop threads (reading requests, writing answers, admission)."},
     {"max_pending", SET_INT, F(max_pending), 0, 0, 1000000, "N", NULL, NULL,
-     "0, which means 2 x threads",
+     "0: 2 x threads",
      "Most rank requests queued or in work at once; more are answered 503 "
      "overloaded with Retry-After at once, so admitted requests keep their "
      "latency."},
@@ -127,7 +127,7 @@ static const setting settings[] = {
      "server raises its open-file limit to fit (or lowers this, with a warning, "
      "when the hard limit is lower)."},
     {"max_connections_per_ip", SET_INT, F(max_connections_per_ip), 0, 0, 1000000, "N",
-     NULL, NULL, "0, no limit: behind a proxy every client shares its address",
+     NULL, NULL, "0: no limit, since behind a proxy every client shares its address",
      "Most open connections from one client address."},
     {"receive_timeout_ms", SET_INT, F(receive_timeout_ms), 0, 1, 3600000, "MS", NULL, NULL,
      NULL,
