@@ -115,8 +115,6 @@ static const setting settings[] = {
      "the number of online CPUs",
      "Request worker threads: each runs one rank request at a time, with its own "
      "Redis connection."},
-    {"io_threads", SET_INT, F(io_threads), 0, 1, 64, "N", NULL, NULL, NULL,
-     "HTTP event-loop threads (reading requests, writing answers, admission)."},
     {"max_pending", SET_INT, F(max_pending), 0, 0, 1000000, "N", NULL, NULL,
      "0: 2 x threads",
      "Most rank requests queued or in work at once; more are answered 503 "
@@ -199,7 +197,6 @@ config_params config_default_params(void) {
     p.port = 8080;
     p.threads = online_cpus();
     p.score_threads = online_cpus();
-    p.io_threads = 1;
     p.max_pending = 0;
     p.max_connections = 10000;
     p.max_connections_per_ip = 0;

@@ -55,7 +55,6 @@ typedef struct config_params {
     char bind[CONFIG_STR_MAX];      /* address to listen on */
     int port;
     int threads;                    /* request worker threads */
-    int io_threads;                 /* HTTP event-loop threads */
     int max_pending;                /* rank requests queued + in work;
                                        0: 2 x threads */
     int max_connections;            /* concurrent connections */

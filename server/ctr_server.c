@@ -220,7 +220,6 @@ int main(int argc, char **argv) {
 
     http_params hp = {cp.bind,
                       cp.port,
-                      cp.io_threads,
                       cp.threads,
                       cp.max_pending ? cp.max_pending : 2 * cp.threads,
                       cp.request_timeout_s,

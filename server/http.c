@@ -1,9 +1,16 @@
 /*
  * http.c - libmicrohttpd glue for ctr-server (see http.h).
  *
- * Threads: io_threads libmicrohttpd event loops (each with its own epoll
- * set and share of the connections) read requests and write answers; a
- * fixed set of request workers runs the rank requests.  The access handler
+ * Threads: one event loop of our own drives libmicrohttpd (its epoll set,
+ * MHD_run: never blocking inside the library) to read requests and write
+ * answers; a fixed set of request workers runs the rank requests.
+ *
+ * Why not libmicrohttpd's internal epoll thread: in 0.9.75 its event loop
+ * calls epoll_wait again, with the blocking timeout, whenever a call
+ * returned exactly its 128-event maximum, so with a multiple of 128 ready
+ * connections (256 clients waiting for answers) it sleeps until the next
+ * connection timeout (seconds) with requests unread.  MHD_run never
+ * blocks, and this loop sleeps in poll(2) on the epoll descriptor.  The access handler
  * is called several times per request: once with the headers (protocol
  * checks), once per body chunk (collected into a per-request buffer bounded
  * by max_body), and once at the end, where a rank request is admitted (its
@@ -27,12 +34,14 @@
 #include <limits.h>
 #include <microhttpd.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -57,6 +66,15 @@ struct http_server {
     service *svc;
     struct MHD_Daemon *d;
     http_params p;
+    pthread_t loop;
+    int loop_started;
+    atomic_int loop_stop;
+    atomic_int quiesce;             /* ask the loop to stop accepting */
+    MHD_socket quiesced;            /* the listen socket it handed back */
+    int wake_fd;                    /* eventfd: a worker resumed a
+                                       connection (libmicrohttpd's own
+                                       signal is not in its epoll set in
+                                       this mode) */
     int port;
     atomic_int inflight;
 
@@ -230,6 +248,12 @@ static int header_deadline(struct MHD_Connection *c) {
 
 /* --- the rank queue ------------------------------------------------------ */
 
+/* Wakes the event loop (a resumed connection, a stop). */
+static void wake(http_server *h) {
+    uint64_t one = 1;
+    if (write(h->wake_fd, &one, sizeof one) < 0) { /* full counter: awake anyway */ }
+}
+
 /* Builds the worker's answer into r->resp.  Runs on a worker thread. */
 static void work(http_server *h, http_req *r) {
     service *svc = h->svc;
@@ -275,6 +299,7 @@ static void *worker_main(void *arg) {
         r->state = REQ_DONE;
         atomic_fetch_sub(&h->pending, 1);
         MHD_resume_connection(r->conn);
+        wake(h);
     }
 }
 
@@ -601,6 +626,32 @@ static void on_mhd_log(void *cls, const char *fmt, va_list ap) {
     log_limited(&lim, LOG_WARN, "http library messages", "http: %s", msg);
 }
 
+/* --- the event loop ----------------------------------------------------- */
+
+static void *loop_main(void *arg) {
+    http_server *h = arg;
+    const union MHD_DaemonInfo *di = MHD_get_daemon_info(h->d, MHD_DAEMON_INFO_EPOLL_FD);
+    int efd = di ? di->epoll_fd : -1;
+    while (!atomic_load(&h->loop_stop)) {
+        if (atomic_exchange(&h->quiesce, 0)) h->quiesced = MHD_quiesce_daemon(h->d);
+        /* Sleep until libmicrohttpd has events (its epoll descriptor turns
+         * readable; a worker's resume signals it too) or its next timeout,
+         * at most 50 ms so stop and quiesce requests are seen. */
+        int ms = 50;
+        MHD_UNSIGNED_LONG_LONG to;
+        if (MHD_get_timeout(h->d, &to) == MHD_YES && to < (MHD_UNSIGNED_LONG_LONG)ms)
+            ms = (int)to;
+        struct pollfd pfd[2] = {{.fd = efd, .events = POLLIN},
+                                {.fd = h->wake_fd, .events = POLLIN}};
+        if (poll(pfd, 2, ms) > 0 && (pfd[1].revents & POLLIN)) {
+            uint64_t n;
+            if (read(h->wake_fd, &n, sizeof n) < 0) { /* drained by another read */ }
+        }
+        MHD_run(h->d);
+    }
+    return NULL;
+}
+
 /* --- start / stop -------------------------------------------------------- */
 
 static void stop_workers(http_server *h) {
@@ -623,15 +674,16 @@ static void server_free(http_server *h) {
     pthread_mutex_destroy(&h->qmu);
     pthread_cond_destroy(&h->qcv);
     pthread_mutex_destroy(&h->cmu);
+    if (h->wake_fd >= 0) close(h->wake_fd);
     free(h);
 }
 
 int http_start(service *svc, const http_params *p, http_server **out, char *err,
                size_t errlen) {
     *out = NULL;
-    if (p->workers < 1 || p->max_pending < 1 || p->io_threads < 1 || p->receive_timeout_ms < 1)
-        return ctr_fail(err, errlen, CTR_EINVAL, "workers, max_pending, io_threads and "
-                        "receive_timeout_ms must be at least 1");
+    if (p->workers < 1 || p->max_pending < 1 || p->receive_timeout_ms < 1)
+        return ctr_fail(err, errlen, CTR_EINVAL, "workers, max_pending and receive_timeout_ms "
+                        "must be at least 1");
     http_server *h = calloc(1, sizeof *h);
     if (!h) return ctr_fail(err, errlen, CTR_ENOMEM, "out of memory");
     h->svc = svc;
@@ -643,15 +695,15 @@ int http_start(service *svc, const http_params *p, http_server **out, char *err,
     pthread_mutex_init(&h->cmu, NULL);
     h->ring = calloc((size_t)p->max_pending, sizeof *h->ring);
     h->workers = calloc((size_t)p->workers, sizeof *h->workers);
-    if (!h->ring || !h->workers) {
+    h->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (!h->ring || !h->workers || h->wake_fd < 0) {
         server_free(h);
         return ctr_fail(err, errlen, CTR_ENOMEM, "out of memory");
     }
 
     struct sockaddr_storage ss;
     memset(&ss, 0, sizeof ss);
-    unsigned flags = MHD_USE_EPOLL_INTERNAL_THREAD | MHD_USE_ITC | MHD_USE_ERROR_LOG |
-                     MHD_ALLOW_SUSPEND_RESUME;
+    unsigned flags = MHD_USE_EPOLL | MHD_USE_ITC | MHD_USE_ERROR_LOG | MHD_ALLOW_SUSPEND_RESUME;
     struct sockaddr_in *v4 = (struct sockaddr_in *)&ss;
     struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)&ss;
     if (inet_pton(AF_INET, p->bind, &v4->sin_addr) == 1) {
@@ -680,12 +732,6 @@ int http_start(service *svc, const http_params *p, http_server **out, char *err,
         return ctr_fail(err, errlen, CTR_ENOMEM, "cannot start the watchdog thread");
     }
     h->watchdog_started = 1;
-    /* The thread pool option only when there is a pool: libmicrohttpd
-     * warns about a pool of one. */
-    struct MHD_OptionItem pool_opt[] = {
-        {p->io_threads > 1 ? MHD_OPTION_THREAD_POOL_SIZE : MHD_OPTION_END,
-         (intptr_t)p->io_threads, NULL},
-        {MHD_OPTION_END, 0, NULL}};
     h->d = MHD_start_daemon(
         flags, (uint16_t)p->port, NULL, NULL, on_request, h,
         MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, NULL, /* first, to catch every message */
@@ -697,7 +743,6 @@ int http_start(service *svc, const http_params *p, http_server **out, char *err,
         MHD_OPTION_NOTIFY_CONNECTION, on_connection, h,
         MHD_OPTION_URI_LOG_CALLBACK, on_uri, h,
         MHD_OPTION_LISTEN_BACKLOG_SIZE, 1024u,
-        MHD_OPTION_ARRAY, pool_opt,
         MHD_OPTION_END);
     if (!h->d) {
         stop_workers(h);
@@ -707,6 +752,14 @@ int http_start(service *svc, const http_params *p, http_server **out, char *err,
     }
     const union MHD_DaemonInfo *info = MHD_get_daemon_info(h->d, MHD_DAEMON_INFO_BIND_PORT);
     h->port = info ? info->port : p->port;
+    h->quiesced = MHD_INVALID_SOCKET;
+    if (pthread_create(&h->loop, NULL, loop_main, h) != 0) {
+        MHD_stop_daemon(h->d);
+        stop_workers(h);
+        server_free(h);
+        return ctr_fail(err, errlen, CTR_ENOMEM, "cannot start the event loop thread");
+    }
+    h->loop_started = 1;
     *out = h;
     return CTR_OK;
 }
@@ -719,9 +772,11 @@ int http_pending(const http_server *h) { return atomic_load(&h->pending); }
 
 void http_stop(http_server *h, int grace_ms) {
     if (!h) return;
-    /* Stop accepting; requests already in flight keep their connections. */
-    MHD_socket ls = MHD_quiesce_daemon(h->d);
-    if (ls != MHD_INVALID_SOCKET) close(ls);
+    /* Stop accepting (on the loop's thread); requests already in flight
+     * keep their connections. */
+    atomic_store(&h->quiesce, 1);
+    wake(h);
+    for (int waited = 0; atomic_load(&h->quiesce) && waited < 1000; waited += 5) usleep(5000);
     for (int waited = 0; atomic_load(&h->inflight) > 0 && waited < grace_ms; waited += 10)
         usleep(10000);
     if (atomic_load(&h->inflight) > 0)
@@ -731,6 +786,10 @@ void http_stop(http_server *h, int grace_ms) {
      * svc->stopping is set) and resume those connections before the
      * daemon goes. */
     stop_workers(h);
+    atomic_store(&h->loop_stop, 1);
+    wake(h);
+    pthread_join(h->loop, NULL);
     MHD_stop_daemon(h->d);
+    if (h->quiesced != MHD_INVALID_SOCKET) close(h->quiesced);
     server_free(h);
 }

@@ -1,10 +1,10 @@
 /*
- * http.h - ctr-server's HTTP front: libmicrohttpd on io_threads event-loop
+ * http.h - ctr-server's HTTP front: libmicrohttpd driven by one event-loop
  * threads (epoll), routing, admission control, a pool of request workers,
  * connection limits and receive deadlines, and the metrics of every
  * request.  See proto/openapi.yaml for the API.
  *
- * The event-loop threads only do I/O and cheap endpoints (/healthz,
+ * The event loop only does I/O and cheap endpoints (/healthz,
  * /readyz from the health check's state, /metrics, /v1/models); a rank
  * request, once its body is in, is admitted or refused at once, and if
  * admitted its connection is suspended and the request queued for one of
@@ -45,7 +45,6 @@ typedef struct http_server http_server;
 typedef struct http_params {
     const char *bind;            /* numeric IPv4/IPv6 address */
     int port;                    /* 0: any free port (see http_port) */
-    int io_threads;              /* libmicrohttpd event-loop threads */
     int workers;                 /* request worker threads */
     int max_pending;             /* rank requests queued + in work */
     int idle_timeout_s;          /* idle keep-alive connections closed */
