@@ -116,7 +116,7 @@ static const setting settings[] = {
      "Request worker threads: each runs one rank request at a time, with its own "
      "Redis connection."},
     {"max_pending", SET_INT, F(max_pending), 0, 0, 1000000, "N", NULL, NULL,
-     "0: 2 x threads",
+     "0: 4 x threads",
      "Most rank requests queued or in work at once; more are answered 503 "
      "overloaded with Retry-After at once, so admitted requests keep their "
      "latency."},

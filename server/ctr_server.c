@@ -78,7 +78,10 @@ static void health_check(service *svc, featstore *fs) {
     static int last = -1;
     char err[512] = "", buf[FEATSTORE_META_MAX + 1];
     size_t len;
-    int64_t dl = clock_now_ns() + (int64_t)svc->fs_params.command_timeout_ms * 1000000;
+    /* More patience than a request has: a busy machine must not make
+     * /readyz flap. */
+    int wait_ms = svc->fs_params.command_timeout_ms < 100 ? 100 : svc->fs_params.command_timeout_ms;
+    int64_t dl = clock_now_ns() + (int64_t)wait_ms * 1000000;
     int state = SERVICE_FS_UNKNOWN;
     double loaded_at = 0;
     int64_t t0 = clock_now_ns();
@@ -212,6 +215,7 @@ int main(int argc, char **argv) {
     svc.fs_params.breaker_hook_arg = svc.metrics;
     featstore_params hfp = svc.fs_params;
     hfp.breaker_hook = NULL; /* the health check's breaker is not a worker's */
+    hfp.command_timeout_ms = cp.redis_timeout_ms < 100 ? 100 : cp.redis_timeout_ms;
     if (featstore_open(&hfp, &health_fs, err, sizeof err) < 0) {
         log_error("feature store: %s", err);
         goto out;
@@ -221,7 +225,7 @@ int main(int argc, char **argv) {
     http_params hp = {cp.bind,
                       cp.port,
                       cp.threads,
-                      cp.max_pending ? cp.max_pending : 2 * cp.threads,
+                      cp.max_pending ? cp.max_pending : 4 * cp.threads,
                       cp.request_timeout_s,
                       cp.receive_timeout_ms,
                       fit_fd_limit(cp.max_connections, cp.threads + cp.score_threads),
