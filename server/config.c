@@ -130,8 +130,9 @@ static const setting settings[] = {
     {"receive_timeout_ms", SET_INT, F(receive_timeout_ms), 0, 1, 3600000, "MS", NULL, NULL,
      NULL,
      "A request (line, headers and body) must arrive whole within this of its first "
-     "line (of the connect, for a connection's first request); else its connection "
-     "is closed, so clients trickling bytes cannot hold connections."},
+     "line (of the connect, for a connection's first request; of the previous answer "
+     "plus request_timeout_s, for the next ones); else its connection is closed, so "
+     "clients trickling bytes cannot hold connections."},
     {"health_interval_ms", SET_INT, F(health_interval_ms), 0, 10, 60000, "MS", NULL, NULL,
      NULL,
      "How often the server checks Redis and its feature-set marker (what /readyz "

@@ -22,7 +22,8 @@
  * Connections are tracked from accept to close (MHD's connection
  * notifications) in one list that a watchdog thread scans every few tens
  * of milliseconds: a connection whose request has not arrived whole within
- * receive_timeout_ms is shut down (shutdown(2): the event loop then sees
+ * receive_timeout_ms of its first line (of the accept, or of the previous
+ * answer plus the idle timeout) is shut down (shutdown(2): the event loop then sees
  * the end of the stream and closes it itself).  libmicrohttpd notifies the
  * close before it closes the socket, and both the notification and the
  * watchdog hold the list's lock, so the watchdog never touches a socket
@@ -527,9 +528,17 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 
 static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
                          enum MHD_RequestTerminationCode toe) {
-    (void)c;
     (void)toe;
     http_server *h = cls;
+    /* The next request on this connection may idle for idle_timeout_s,
+     * then has receive_timeout_ms to arrive whole: a client that trickles
+     * the next request line (which resets the idle timer with every byte)
+     * is cut too. */
+    http_conn *hc = conn_of(c);
+    if (hc) {
+        atomic_store(&hc->req_start_ns, clock_now_ns() + (int64_t)h->p.idle_timeout_s * 1000000000);
+        atomic_store(&hc->receiving, 1);
+    }
     http_req *r = *con_cls;
     if (!r) return;
     metrics_http(h->svc->metrics, r->ep, r->status ? r->status : 499,

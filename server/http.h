@@ -20,8 +20,9 @@
  *     closed at once), at most per_ip_limit from one address (0: no limit);
  *     a request must arrive whole (request line, headers, body) within
  *     receive_timeout_ms of its first line (of the connect, for the first
- *     request), else its connection is closed: trickling clients cannot
- *     hold connections.  Idle keep-alive connections close after
+ *     request; of the previous answer plus idle_timeout_s, for the next
+ *     ones), else its connection is closed: trickling clients cannot hold
+ *     connections.  Idle keep-alive connections close after
  *     idle_timeout_s;
  *   - protocol: two Content-Length headers, a Transfer-Encoding other than
  *     chunked, or both Transfer-Encoding and Content-Length are refused

@@ -374,9 +374,25 @@ def main():
             s.close()
 
         print("per-address limit")
-        lim = Server(model, redis, prefix, ["--max-connections-per-ip", "3"])
+        lim = Server(model, redis, prefix, ["--max-connections-per-ip", "3", "--request-timeout-s", "1",
+                                            "--receive-timeout-ms", "500"])
         servers.append(lim)
-        held = [socket.create_connection(("127.0.0.1", lim.port), timeout=5) for _ in range(3)]
+        # Three connections, each proven accepted by an answer (kept alive);
+        # the server may still be closing the ones its start-up probes used,
+        # so hold on until three are in.
+        held = []
+        end = time.time() + 5
+        while len(held) < 3 and time.time() < end:
+            h = socket.create_connection(("127.0.0.1", lim.port), timeout=5)
+            try:
+                h.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+                if status_of(h.recv(4096)) == 200:
+                    held.append(h)
+                    continue
+            except OSError:
+                pass
+            h.close()
+            time.sleep(0.05)
         out, closed = raw(lim.port, b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n", 2)
         check("a 4th connection from one address is closed unanswered", closed and not out)
         for s in held:
@@ -384,6 +400,31 @@ def main():
         check("below the limit again: answered",
               wait_for(lambda: status_of(raw(lim.port, b"GET /healthz HTTP/1.1\r\nHost: t\r\n"
                                                        b"Connection: close\r\n\r\n", 2)[0]) == 200, 3))
+        # A keep-alive connection that trickles its next request line, a
+        # byte at a time (each byte resets the idle timer): cut within the
+        # idle timeout (1 s) plus the receive deadline (0.5 s).
+        ka = socket.create_connection(("127.0.0.1", lim.port), timeout=5)
+        ka.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+        first = ka.recv(4096)
+        t0, closed = time.time(), False
+        for ch in b"GET /healthz HTTP/1.1\r\nHost: t\r\n":
+            time.sleep(0.3)
+            try:
+                ka.sendall(bytes([ch]))
+            except OSError:
+                closed = True
+                break
+            if time.time() - t0 > 5:
+                break
+        if not closed:
+            ka.settimeout(1)
+            try:
+                closed = ka.recv(100) == b""
+            except OSError:
+                closed = True
+        check("keep-alive connection trickling its next request: cut",
+              status_of(first) == 200 and closed and time.time() - t0 < 4, f"{time.time() - t0:.1f} s")
+        ka.close()
         lim.stop()
         servers.remove(lim)
         check("server stops cleanly", srv.stop() == 0, srv.logtext()[-1500:])
