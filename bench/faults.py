@@ -104,7 +104,7 @@ def rank_buckets(port):
     return out
 
 
-def over(b0, b1, bound):
+def late_answers(b0, b1, bound):
     """Answers between two bucket snapshots that took longer than bound s."""
     total = b1[float("inf")] - b0.get(float("inf"), 0)
     within = b1.get(bound, 0) - b0.get(bound, 0)
@@ -188,7 +188,7 @@ def main():
         th.start()
         frozen = loadgen(args.build, srv.port, reqfile, 8, args.freeze, rate=half)
         th.join()
-        late, total = over(b0, rank_buckets(srv.port), 0.05)
+        late, total = late_answers(b0, rank_buckets(srv.port), 0.05)
         nulls += frozen["nulls"]
         # Recovery: load on, poll the open-breaker gauge every 10 ms.
         rec = {}

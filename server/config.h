@@ -57,6 +57,7 @@ typedef struct config_params {
     int threads;                    /* request worker threads */
     int max_pending;                /* rank requests queued + in work;
                                        0: 4 x threads */
+    int worker_nice;                /* nice value of the request workers */
     int max_connections;            /* concurrent connections */
     int max_connections_per_ip;     /* 0: no per-address limit */
     int receive_timeout_ms;         /* a whole request must arrive in this */

@@ -229,7 +229,8 @@ int main(int argc, char **argv) {
                       cp.request_timeout_s,
                       cp.receive_timeout_ms,
                       fit_fd_limit(cp.max_connections, cp.threads + cp.score_threads),
-                      cp.max_connections_per_ip};
+                      cp.max_connections_per_ip,
+                      cp.worker_nice};
     if (http_start(&svc, &hp, &http, err, sizeof err) < 0) {
         log_error("%s", err);
         goto out;

@@ -42,7 +42,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sched.h>
 #include <sys/eventfd.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -285,6 +288,21 @@ static void work(http_server *h, http_req *r) {
 
 static void *worker_main(void *arg) {
     http_server *h = arg;
+    /* Computation yields to the event loop: SCHED_BATCH (no wakeup
+     * preemption) and worker_nice more than the process's nice value, so
+     * that on a saturated CPU the loop still reads requests, refuses the
+     * excess and writes answers at once instead of queueing behind the
+     * model.  Both are allowed without privileges; on an idle CPU they
+     * change nothing.  (The scoring pool's helpers keep the process's
+     * priority: a request being scored should finish.) */
+    if (h->p.worker_nice > 0) {
+        struct sched_param sp = {0};
+        pthread_setschedparam(pthread_self(), SCHED_BATCH, &sp);
+        if (setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid),
+                        getpriority(PRIO_PROCESS, 0) + h->p.worker_nice) != 0) {
+            /* not allowed here: run at the loop's priority */
+        }
+    }
     for (;;) {
         pthread_mutex_lock(&h->qmu);
         while (!h->count && !h->stopping) pthread_cond_wait(&h->qcv, &h->qmu);

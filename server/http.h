@@ -52,6 +52,8 @@ typedef struct http_params {
     int receive_timeout_ms;      /* a whole request must arrive in this */
     int connection_limit;        /* concurrent connections */
     int per_ip_limit;            /* per client address; 0: none */
+    int worker_nice;             /* added to the workers' nice value (and
+                                    SCHED_BATCH); 0: as the process */
 } http_params;
 
 /* Starts listening and serving.  CTR_OK, or CTR_EIO / CTR_ENOMEM with a

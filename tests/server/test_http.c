@@ -21,7 +21,7 @@ static http_server *h;
 static int setup(void **state) {
     (void)state;
     if (svc_init(&svc) < 0 || worker_global_init() < 0) return -1;
-    http_params p = {"127.0.0.1", 0, 2, 4, 10, 1000, 64, 0};
+    http_params p = {"127.0.0.1", 0, 2, 4, 10, 1000, 64, 0, 5};
     char err[256];
     if (http_start(&svc, &p, &h, err, sizeof err) < 0) {
         fprintf(stderr, "%s\n", err);
