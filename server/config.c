@@ -121,10 +121,11 @@ static const setting settings[] = {
      "overloaded with Retry-After at once, so admitted requests keep their "
      "latency."},
     {"worker_nice", SET_INT, F(worker_nice), 0, 0, 19, "N", NULL, NULL, NULL,
-     "Nice value of the request workers (they also run SCHED_BATCH), so that on a "
+     "Added to the request workers' nice value, with SCHED_BATCH, so that on a "
      "saturated CPU the event loop still reads requests, refuses the excess and "
-     "writes answers at once instead of waiting behind the model; 0 keeps them at "
-     "the process's priority."},
+     "writes answers at once instead of waiting behind the model.  Off by default: "
+     "SCHED_BATCH also delays a worker's wake-up on a busy machine, which costs "
+     "normal requests latency."},
     {"max_connections", SET_INT, F(max_connections), 0, 1, 1000000, "N", NULL, NULL, NULL,
      "Most open client connections; more are accepted and closed at once.  The "
      "server raises its open-file limit to fit (or lowers this, with a warning, "
@@ -204,7 +205,7 @@ config_params config_default_params(void) {
     p.threads = online_cpus();
     p.score_threads = online_cpus();
     p.max_pending = 0;
-    p.worker_nice = 5;
+    p.worker_nice = 0;
     p.max_connections = 10000;
     p.max_connections_per_ip = 0;
     p.receive_timeout_ms = 5000;
