@@ -20,7 +20,8 @@
  * Output: one line, `LOADGEN key=value ...`: sent, answered, per class
  * (ok = 200, shed = 503, other) the count and p50/p99/p99.9/max latency in
  * ms, req/s, nulls (200 answers with "score":null), errors (connection
- * failures).
+ * failures), and took_p50/p99/p999/max: the server's own took_us of the 200
+ * answers (arrival to answer, per answer), in ms.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -184,7 +185,7 @@ int main(int argc, char **argv) {
         cs[i].idx = (int)((long long)i * nreq / conns);
         if (open_conn(&cs[i], ep) < 0) { perror("connect"); return 1; }
     }
-    series ok = {0}, shed = {0}, other = {0};
+    series ok = {0}, shed = {0}, other = {0}, took = {0};
     long sent = 0, errors = 0, nulls = 0;
     const int64_t start = now_ns(), end = start + (int64_t)(seconds * 1e9);
     const double interval = rate > 0 ? 1e9 * conns / rate : 0;  /* per connection */
@@ -243,6 +244,8 @@ int main(int argc, char **argv) {
                     push(&ok, ms);
                     c->in[boff + blen] = '\0';
                     if (strstr(c->in + boff, "\"score\":null")) nulls++;
+                    const char *tk = strstr(c->in + boff, "\"took_us\":");
+                    if (tk) push(&took, atof(tk + 10) / 1000.0);
                 } else if (status == 503) {
                     push(&shed, ms);
                 } else {
@@ -270,6 +273,9 @@ int main(int argc, char **argv) {
                name[s], pct(all[s], 0.5), name[s], pct(all[s], 0.99), name[s],
                pct(all[s], 0.999), name[s], all[s]->n ? all[s]->v[all[s]->n - 1] : 0.0);
     }
+    qsort(took.v, took.n, sizeof(double), cmp);
+    printf(" took_p50=%.3f took_p99=%.3f took_p999=%.3f took_max=%.3f", pct(&took, 0.5),
+           pct(&took, 0.99), pct(&took, 0.999), took.n ? took.v[took.n - 1] : 0.0);
     printf("\n");
     for (int i = 0; i < conns; i++) close_conn(&cs[i], ep);
     close(ep);
