@@ -4,10 +4,12 @@
 #   make test                 unit tests (cmocka) + integration tests
 #   make SANITIZE=address test     the same under AddressSanitizer
 #   make SANITIZE=undefined test   the same under UBSan
-#   make check                test + both sanitizer runs (what CI runs)
+#   make check                test + ASan, UBSan and TSan runs (what CI runs)
 #   make bench                forward-pass benchmark (prints a table)
 #   make container-test       build the Dockerfile's images with podman and run
 #                             them (not in check: downloads, takes minutes)
+#   make bench-faults         Redis frozen, overload, connection floods (figures)
+#   make soak                 ASan server, 1M requests with faults (not in CI)
 #   make clean
 #
 # Objects and programs go to build/<variant>/, so sanitizer builds never
@@ -62,7 +64,7 @@ FUZZ_SRC   := $(wildcard tests/fuzz/fuzz_*.c)
 FUZZ_BIN   := $(FUZZ_SRC:%.c=$(B)/%)
 FUZZ_SECONDS ?= 60
 
-.PHONY: all test check bench bench-e2e golden fuzz clean container-test
+.PHONY: all test check bench bench-e2e bench-faults soak golden fuzz clean container-test
 all: $(PROGRAMS) $(BENCH_BIN)
 
 $(B)/%.o: %.c
@@ -107,10 +109,13 @@ fuzz:
 	  build/fuzz/$$n -max_total_time=$(FUZZ_SECONDS) build/fuzz/corpus-$$n \
 	    $$( [ -d tests/fuzz/corpus/$${n#fuzz_} ] && echo tests/fuzz/corpus/$${n#fuzz_} ); done
 
+# TSan joined when the request path went multi-threaded (event loop,
+# workers, watchdog, health check): ~3 minutes on 2 cores.
 check:
 	$(MAKE) test
 	$(MAKE) SANITIZE=address test
 	$(MAKE) SANITIZE=undefined test
+	$(MAKE) SANITIZE=thread test
 
 bench: all
 	$(B)/bench/bench_forward
@@ -133,6 +138,18 @@ bench-cluster: $(B)/bench/bench_rcluster
 container-test:
 	bash deploy/install.sh container
 	bash deploy/container-test.sh
+# ctr-server under a frozen Redis, overload and connection floods, with the
+# demo model (made first if needed); bench/README.md.
+bench-faults: all
+	$(PYTHON) bench/faults.py --build $(B)
+
+# An AddressSanitizer server under load with Redis faults and reloads on a
+# schedule, SOAK_REQUESTS answers, then the leak check (not in CI).
+SOAK_REQUESTS ?= 1000000
+soak: golden
+	$(MAKE) all
+	$(MAKE) SANITIZE=address all
+	$(PYTHON) bench/soak.py --requests $(SOAK_REQUESTS)
 
 clean:
 	rm -rf build

@@ -71,6 +71,20 @@ static int item_base(const qin_model *m, const qin_item_input *item, float *e, c
     return CTR_OK;
 }
 
+/* An item vector with an infinite or NaN entry (finite inputs can still
+ * overflow: 3e38 in the multimodal embedding) would poison every score it
+ * touches, and a cached one would keep doing so: refuse it. */
+static int vec_finite(const qin_model *m, const qin_item_input *item, const float *vec,
+                      char *err, size_t errlen) {
+    const size_t n = qin_item_vec_floats(m);
+    float acc = 0.0f;
+    for (size_t k = 0; k < n; k++) acc += vec[k] * 0.0f; /* NaN iff some entry is inf/NaN */
+    if (acc == 0.0f) return CTR_OK;
+    return ctr_fail(err, errlen, CTR_EINVAL,
+                    "item %lld: its vector overflows (features too large for the model)",
+                    (long long)item->id);
+}
+
 int qin_item_compute(const qin_model *m, const qin_item_input *item, float *vec, char *err,
                      size_t errlen) {
     const int E = m->cfg.item_dim;
@@ -80,7 +94,7 @@ int qin_item_compute(const qin_model *m, const qin_item_input *item, float *vec,
     cblas_sgemv(CblasRowMajor, CblasNoTrans, E, E, 1.0f, m->attn_a, E, vec, 1, 0.0f, vec + E, 1);
     cblas_sgemv(CblasRowMajor, CblasNoTrans, E, E, 1.0f, m->attn_b, E, vec, 1, 0.0f,
                 vec + 2 * E, 1);
-    return CTR_OK;
+    return vec_finite(m, item, vec, err, errlen);
 }
 
 int qin_items_compute(const qin_model *m, int n, const qin_item_input *items, float *out,
@@ -99,7 +113,40 @@ int qin_items_compute(const qin_model *m, int n, const qin_item_input *items, fl
                 0.0f, out + E, ld);
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, E, E, 1.0f, out, ld, m->attn_b, E,
                 0.0f, out + 2 * E, ld);
+    for (int i = 0; i < n; i++) {
+        int rc = vec_finite(m, &items[i], out + (size_t)i * ld, err, errlen);
+        if (rc < 0) {
+            if (bad) *bad = i;
+            return rc;
+        }
+    }
     return CTR_OK;
+}
+
+int qin_request_check(const qin_config *c, const int64_t *cand_id, const int32_t *ctx, int n,
+                      char *err, size_t errlen) {
+    for (int i = 0; i < n; i++) {
+        if (cand_id[i] < 1 || cand_id[i] >= c->item_vocab)
+            return ctr_fail(err, errlen, CTR_ERANGE,
+                            "candidates[%d].item_id: %lld outside the model's items 1..%d", i,
+                            (long long)cand_id[i], c->item_vocab - 1);
+        for (int f = 0; ctx && f < c->num_ctx; f++) {
+            int32_t v = ctx[(size_t)i * c->num_ctx + f];
+            if (v < 0 || v >= c->ctx_vocab[f])
+                return ctr_fail(err, errlen, CTR_ERANGE, "candidates[%d].%s: %d outside 0..%d",
+                                i, c->ctx_name[f], (int)v, c->ctx_vocab[f] - 1);
+        }
+    }
+    return CTR_OK;
+}
+
+int qin_history_usable(const qin_config *c, int64_t id) { return id >= 1 && id < c->item_vocab; }
+
+double qin_candidate_flops(const qin_config *c) {
+    /* Per candidate: the QNN's D x D products (the bulk), the attention
+     * against max_len behaviours, the head. */
+    return 2.0 * c->num_layers * (double)c->input_dim * c->input_dim +
+           4.0 * c->max_len * c->item_dim + 2.0 * c->input_dim;
 }
 
 /* --- scratch ------------------------------------------------------------ */

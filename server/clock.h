@@ -1,8 +1,8 @@
 /*
- * clock.h - the monotonic clock, in the units deadlines and timings use.
- *
- * One definition for the server's modules (CLOCK_MONOTONIC never jumps with
- * the wall clock, so a deadline computed from it holds).  Thread-safe.
+ * clock.h - the one monotonic clock of the server: nanoseconds since an
+ * arbitrary start (CLOCK_MONOTONIC), for deadlines, back-offs and timings.
+ * Deadlines are absolute values of this clock, so a budget passed from one
+ * stage to the next never restarts.  Thread-safe.
  */
 #ifndef CTR_SERVER_CLOCK_H
 #define CTR_SERVER_CLOCK_H
@@ -10,11 +10,12 @@
 #include <stdint.h>
 #include <time.h>
 
-/* Nanoseconds since an arbitrary fixed point (CLOCK_MONOTONIC). */
 static inline int64_t clock_now_ns(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
+
+static inline double clock_now_s(void) { return (double)clock_now_ns() * 1e-9; }
 
 #endif

@@ -30,6 +30,12 @@
  *     range 0..2^31-1;
  *   - a Redis failure stops the load at once (exit 1): the values already
  *     written stay, and the last batch may or may not be stored.
+ *   - with --model, an item whose features make the model's item vector
+ *     overflow (finite but huge embedding values) is a bad line: the
+ *     scorer would refuse it anyway;
+ *   - after every value is written, the feature-set marker <prefix>meta
+ *     (proto/meta.h: schema, counts, load time) is written, so the scorer
+ *     can tell a loaded prefix from an empty Redis;
  *   - values are written over whatever the keys held; nothing is deleted,
  *     so a key of an item no longer in the file keeps its old value (load a
  *     new feature version under a new prefix instead, see REDIS_SCHEMA.md).
@@ -42,11 +48,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "core/arena.h"
 #include "core/qin.h"
 #include "core/status.h"
 #include "proto/features.h"
+#include "proto/meta.h"
 #include "proto/records.h"
 #include "server/featstore.h"
 #include "server/jsonl.h"
@@ -77,9 +85,10 @@ static void usage(FILE *f) {
 "                   decimal text, so 42 and \"42\" are the same user)\n"
 "  --prefix P       key prefix (default \"ctr:\"); load a new feature version\n"
 "                   under a new prefix and point the service at it\n"
-"  --model M        model file: take --max-tags and --mm-dim from it, and\n"
-"                   check item ids (1..item_vocab-1) and tag ids\n"
-"                   (0..tag_vocab-1) against its vocabularies\n"
+"  --model M        model file: take --max-tags and --mm-dim from it, check\n"
+"                   item ids (1..item_vocab-1) and tag ids (0..tag_vocab-1)\n"
+"                   against its vocabularies, and refuse items whose\n"
+"                   features make its item vector overflow\n"
 "  --max-tags N     tag slots per item (default 5); lines with more are bad\n"
 "  --mm-dim N       embedding width (default 128); other widths are bad\n"
 "  --max-seq N      longest history stored (default 1000); longer ones keep\n"
@@ -94,6 +103,10 @@ static void usage(FILE *f) {
 "0..2147483647 (0 is padding; ids unknown to the model are padding when\n"
 "scoring, so they are not refused here).  An item or user given twice is a\n"
 "bad line (the first is kept).  Blank lines are skipped.\n"
+"\n"
+"When every value is written, the feature-set marker <prefix>meta is\n"
+"written (JSON: format, num_tags, mm_dim, items, users, loaded_at,\n"
+"model_version); the scorer's /readyz is not ready while it is missing.\n"
 "\n"
 "Output: each bad line is reported on stderr as FILE:LINE: message (at most\n"
 "%d per file, then only counted) and skipped; the other lines are still\n"
@@ -113,6 +126,9 @@ typedef struct options {
     const char *redis, *items, *users, *prefix, *model;
     int max_tags, mm_dim, max_seq, batch, timeout_ms;
     int item_vocab, tag_vocab;      /* from --model; 0: unchecked */
+    qin_model *qin;                 /* --model: item vectors checked */
+    char model_version[64];
+    float *vec;                     /* one item vector, for the check */
 } options;
 
 typedef struct loader {
@@ -192,6 +208,15 @@ static int item_line(loader *ld, jsonl_source *src, const char *line, size_t len
         jsonl_error(src, "%s", err);
         return CTR_OK;
     }
+    if (o->qin) {
+        /* The model's first products of this item: exact, and cheap next
+         * to parsing the line. */
+        qin_item_input in = {it.item_id, it.tags, it.num_tags, it.mm};
+        if (qin_item_compute(o->qin, &in, o->vec, err, sizeof err) < 0) {
+            jsonl_error(src, "%s", err);
+            return CTR_OK;
+        }
+    }
     char key[24];
     snprintf(key, sizeof key, "%" PRId64, it.item_id);
     long first = jsonl_seen_add(seen, key, jsonl_source_line(src), NULL);
@@ -270,6 +295,25 @@ static int load_lines(loader *ld, jsonl_source *src, line_fn fn) {
     if (rc == CTR_ENOMEM) fprintf(stderr, PROG ": out of memory\n");
     jsonl_seen_free(seen);
     arena_free(&scratch);
+    return rc;
+}
+
+/* The feature-set marker, after every value (proto/meta.h). */
+static int write_meta(loader *ld) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    proto_meta m = {PROTO_META_FORMAT, ld->o->max_tags, ld->o->mm_dim, ld->items_loaded,
+                    ld->users_loaded, (double)ts.tv_sec + ts.tv_nsec * 1e-9, ""};
+    snprintf(m.model_version, sizeof m.model_version, "%s", ld->o->model_version);
+    proto_buf b;
+    proto_buf_init(&b);
+    char err[256];
+    int rc = proto_meta_encode(&m, &b);
+    if (rc == CTR_OK) rc = featstore_put_meta(ld->fs, b.data, b.len, err, sizeof err);
+    else snprintf(err, sizeof err, "out of memory");
+    proto_buf_free(&b);
+    if (rc == CTR_OK) rc = featstore_flush(ld->fs, err, sizeof err);
+    if (rc < 0) fprintf(stderr, PROG ": feature-set marker: %s\n", err);
     return rc;
 }
 
@@ -362,12 +406,21 @@ int main(int argc, char **argv) {
         int tags = cfg->num_tags, mm = cfg->mm_in;
         o.item_vocab = cfg->item_vocab;
         o.tag_vocab = cfg->tag_vocab;
-        qin_model_free(m);
+        snprintf(o.model_version, sizeof o.model_version, "%s", cfg->version);
+        o.qin = m;
+        o.vec = qin_item_vec_alloc(m);
+        if (!o.vec) {
+            fprintf(stderr, PROG ": out of memory\n");
+            qin_model_free(m);
+            return 2;
+        }
         if ((o.max_tags >= 0 && o.max_tags != tags) ||
             (o.mm_dim >= 0 && o.mm_dim != mm)) {
             fprintf(stderr, PROG ": --max-tags/--mm-dim (%d/%d) disagree with "
                     "the model's %d tags and %d-wide embedding; leave them "
                     "out with --model\n", o.max_tags, o.mm_dim, tags, mm);
+            free(o.vec);
+            qin_model_free(o.qin);
             return 2;
         }
         o.max_tags = tags;
@@ -384,6 +437,8 @@ int main(int argc, char **argv) {
             jsonl_source_open(o.users, PROG, &su, err, sizeof err) < 0)) {
         fprintf(stderr, PROG ": %s\n", err);
         jsonl_source_close(si);
+        free(o.vec);
+        qin_model_free(o.qin);
         return 2;
     }
 
@@ -405,7 +460,7 @@ int main(int argc, char **argv) {
         goto done;
     }
     status = 1;
-    if (featstore_ping(ld.fs, err, sizeof err) < 0) {
+    if (featstore_ping(ld.fs, 0, err, sizeof err) < 0) {
         fprintf(stderr, PROG ": %s\n", err);
         goto done;
     }
@@ -414,6 +469,7 @@ int main(int argc, char **argv) {
     if (si) rc = load_lines(&ld, si, item_line);
     if (rc == CTR_OK && su) rc = load_lines(&ld, su, user_line);
     if (rc == CTR_OK) rc = flush(&ld);
+    if (rc == CTR_OK) rc = write_meta(&ld);
     long rejected = (si ? jsonl_source_bad(si) : 0) +
                     (su ? jsonl_source_bad(su) : 0);
 
@@ -430,6 +486,8 @@ int main(int argc, char **argv) {
 
 done:
     featstore_close(ld.fs);
+    free(o.vec);
+    qin_model_free(o.qin);
     jsonl_source_close(si);
     jsonl_source_close(su);
     return status;

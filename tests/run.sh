@@ -58,9 +58,12 @@ run() {
 }
 for t in "$@"; do
   case "$t" in
-    */fuzz/fuzz_*)  # regression run over the committed corpus, if any
+    */fuzz/fuzz_*)  # the built-in sweep, then the committed corpus, if any
+      run "$t" "$t"
       corpus=tests/fuzz/corpus/$(basename "$t" | sed 's/^fuzz_//')
-      if [ -d "$corpus" ]; then run "$t" "$t" "$corpus"/*; else run "$t" "$t"; fi ;;
+      if [ -d "$corpus" ] && ls "$corpus"/* >/dev/null 2>&1; then
+        run "$t $corpus" "$t" "$corpus"/*
+      fi ;;
     *) run "$t" "$t" ;;
   esac
 done

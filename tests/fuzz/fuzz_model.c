@@ -12,6 +12,13 @@
  * arguments it runs each file once; with none it runs a deterministic
  * sweep over a small valid model: every truncation length in a range, and
  * a few thousand seeded byte mutations of the header and the data.
+ *
+ * `fuzz_model --write-seeds DIR` writes the seed corpus committed under
+ * tests/fuzz/corpus/model/ (a valid small model, with and without batch
+ * norm and context fields, and one of each kind of damage the loader names:
+ * a missing tensor, a wrong dtype, a wrong shape, data past the end, an
+ * unexpected tensor, a bad metadata value, a cut header), so libFuzzer
+ * starts from files that reach every check.
  */
 #include <stdint.h>
 #include <stdio.h>
@@ -50,7 +57,53 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) { return one_input(data, size); }
 
 #ifndef FUZZ_LIBFUZZER
+static int write_seed(const char *dir, const char *name, const unsigned char *b, size_t len) {
+    char path[1024];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    FILE *f = fopen(path, "wb");
+    if (!f || fwrite(b, 1, len, f) != len) { perror(path); if (f) fclose(f); return 1; }
+    return fclose(f) != 0;
+}
+
+static int write_seeds(const char *dir) {
+    int bad = 0;
+    for (int variant = 0; variant < 2; variant++) {
+        qin_config c = tm_small_config();
+        c.num_layers = 1;
+        c.item_vocab = 6;
+        if (variant) { c.batch_norm = 0; c.num_ctx = 0; c.input_dim = 2 * c.item_dim; }
+        test_model tm;
+        tm_init(&tm, &c, 3 + (uint64_t)variant);
+        size_t len;
+        unsigned char *b = tm_serialize(&tm, NULL, &len);
+        bad |= write_seed(dir, variant ? "valid_no_bn_no_ctx" : "valid", b, len);
+        if (!variant) {
+            bad |= write_seed(dir, "cut_header", b, len < 40 ? len : 40);
+            bad |= write_seed(dir, "cut_data", b, len - 3);
+        }
+        free(b);
+        if (!variant) {
+            const struct { const char *name; tm_damage d; } dmg[] = {
+                {"missing_tensor", {.skip = "qnn.fc.weight"}},
+                {"wrong_dtype", {.dtype_of = "attention_layers.W_q.weight"}},
+                {"wrong_shape", {.shape_of = "attention_layers.W_k.weight"}},
+                {"past_end", {.end_extra = 8}},
+                {"extra_tensor", {.extra = "unexpected.weight"}},
+                {"bad_meta", {.meta_key = "num_row", .meta_value = "x"}},
+            };
+            for (size_t k = 0; k < sizeof dmg / sizeof *dmg; k++) {
+                b = tm_serialize(&tm, &dmg[k].d, &len);
+                bad |= write_seed(dir, dmg[k].name, b, len);
+                free(b);
+            }
+        }
+        tm_free(&tm);
+    }
+    return bad;
+}
+
 int main(int argc, char **argv) {
+    if (argc == 3 && strcmp(argv[1], "--write-seeds") == 0) return write_seeds(argv[2]);
     if (argc > 1) {
         for (int i = 1; i < argc; i++) {
             FILE *f = fopen(argv[i], "rb");

@@ -90,8 +90,15 @@ expect_in "counts reported" "$TMP/out" \
     "items_loaded=$n_items users_loaded=$n_users lines_rejected=0 histories_truncated=0"
 [ -s "$TMP/err" ] && fail "stderr not empty: $(cat "$TMP/err")" || ok "nothing on stderr"
 keys=$(rcli --scan --pattern "${PFX}g*" | wc -l)
-if [ "$keys" -eq $((n_items + n_users)) ]; then ok "$keys keys under the prefix"
-else fail "$keys keys under the prefix, expected $((n_items + n_users))"; fi
+if [ "$keys" -eq $((n_items + n_users + 1)) ]; then ok "$keys keys under the prefix (values + marker)"
+else fail "$keys keys under the prefix, expected $((n_items + n_users + 1))"; fi
+meta=$(rcli GET "${PFX}gmeta")
+if META=$meta "$PYTHON" -c '
+import json, os, sys, time
+m = json.loads(os.environ["META"])
+sys.exit(0 if m["format"] == 1 and m["items"] == int(sys.argv[1]) and m["users"] == int(sys.argv[2])
+         and abs(m["loaded_at"] - time.time()) < 600 and m["num_tags"] > 0 else 1)' "$n_items" "$n_users"
+then ok "feature-set marker: format, counts, load time"; else fail "feature-set marker: $meta"; fi
 
 # The first item, byte for byte: header 'C' 'I' 1 num_tags mm_dim(LE16) 0,
 # then the tags as int32 LE and the embedding as float32 LE.
