@@ -25,7 +25,7 @@ OPT      ?= -O3
 CFLAGS   := -std=c11 -D_GNU_SOURCE -g $(OPT) -Wall -Wextra -Wshadow \
             -Wno-unused-parameter -pthread -I. $(PKG_CFLAGS) $(EXTRA_CFLAGS)
 LDFLAGS  := -pthread $(EXTRA_LDFLAGS)
-LDLIBS   := $(PKG_LIBS) -lm
+LDLIBS   := $(PKG_LIBS) -ldnnl -lgomp -lm
 
 ifeq ($(SANITIZE),address)
   CFLAGS  += -fsanitize=address -fno-omit-frame-pointer
