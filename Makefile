@@ -86,7 +86,8 @@ $(B)/tests/%: $(B)/tests/%.o $(LIB)
 # Golden data from the PyTorch reference: generated here, in every clean
 # build (CI included), so the parity tests follow the reference.
 golden: $(GOLDEN)/stamp
-$(GOLDEN)/stamp: tools/make_golden.py tools/qin_reference.py tools/convert.py tools/safetensors_io.py
+$(GOLDEN)/stamp: tools/make_golden.py tools/qin_reference.py tools/din_reference.py \
+                 tools/tin_reference.py tools/convert.py tools/safetensors_io.py
 	@mkdir -p $(GOLDEN)
 	$(PYTHON) tools/make_golden.py --out $(GOLDEN)
 	touch $@

@@ -31,6 +31,7 @@ static int dnnl_chosen(void) {
 }
 
 int linear_use_dnnl(int on) {
+    if (on < 0) return dnnl_chosen();
     atomic_store(&use_dnnl, on ? 1 : 0);
     return on ? 1 : 0;
 }

@@ -28,9 +28,9 @@
 void linear_gemm(int n, int out, int in, const float *x, int ldx, const float *w, int ldw,
                  int w_out_in, float beta, float *y, int ldy);
 
-/* Which library linear_gemm calls: 1 oneDNN, 0 OpenBLAS.  The default is
- * oneDNN unless the environment sets CTR_DENSE_OPENBLAS=1.  Returns the
- * choice in force.  Process-wide; call before the scoring threads start
+/* Which library linear_gemm calls: 1 oneDNN, 0 OpenBLAS, -1 only asks.
+ * The default is oneDNN unless the environment sets CTR_DENSE_OPENBLAS=1.
+ * Returns the choice in force.  Process-wide; call before the scoring threads start
  * (tests and benchmarks compare the two). */
 int linear_use_dnnl(int on);
 
