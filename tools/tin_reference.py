@@ -147,12 +147,14 @@ class TINReference(nn.Module):
         return torch.sigmoid(self.logits(batch))
 
 
-def make_batch(cfg, items, history, candidates):
+def make_batch(cfg, items, history, candidates, width=None):
     """Scores `candidates` (item ids) for one history.  items: {id: cate};
     history: ids oldest first, any length (the most recent max_len are
-    kept); every id must be in items."""
+    kept); every id must be in items.  The history columns are padded on the
+    right with item 0 (masked by sl) to `width` (default: the history's
+    length)."""
     seq = list(history)[-cfg.max_len:] if cfg.max_len > 0 else []
-    T = max(1, len(seq))
+    T = max(1, len(seq), width or 0)
     B = len(candidates)
     row = seq + [0] * (T - len(seq))
     return {
