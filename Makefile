@@ -5,7 +5,8 @@
 #   make SANITIZE=address test     the same under AddressSanitizer
 #   make SANITIZE=undefined test   the same under UBSan
 #   make check                test + both sanitizer runs (what CI runs)
-#   make bench                forward-pass benchmark (prints a table)
+#   make bench                forward-pass benchmarks (print tables): QIN in
+#                             detail, then QIN, DIN and TIN through engine.h
 #   make clean
 #
 # Objects and programs go to build/<variant>/, so sanitizer builds never
@@ -111,8 +112,10 @@ check:
 	$(MAKE) SANITIZE=address test
 	$(MAKE) SANITIZE=undefined test
 
-bench: all
+bench: all golden
 	$(B)/bench/bench_forward
+	$(B)/bench/bench_models $(GOLDEN)/microlens/model.safetensors \
+	    $(GOLDEN)/din-microlens/model.safetensors $(GOLDEN)/tin-amazon/model.safetensors
 
 # ctr-server on a real redis-server with the demo model, loaded with wrk
 # (makes demo/ first if needed); tables in bench/README.md.
