@@ -264,7 +264,8 @@ def _mlp_layers(sd, regex, net):
     for i in sorted(mods):
         p = mods[i]
         names = set(p)
-        first = p[sorted(names)[0]][0]
+        odd = sorted(names - BN_PARAMS - DICE_PARAMS)
+        first = p[odd[0] if odd else sorted(names)[0]][0]
         if names == {"weight", "bias"} and len(_shape(p["weight"][1])) == 2:
             layers.append({"w": p["weight"], "b": p["bias"], "bn": None, "dice": None,
                            "index": i})
