@@ -101,7 +101,7 @@ fuzz:
 	@mkdir -p build/fuzz
 	@set -e; for f in $(FUZZ_SRC); do n=$$(basename $$f .c); \
 	  clang -std=c11 -D_GNU_SOURCE -g -O1 -I. -DFUZZ_LIBFUZZER $(PKG_CFLAGS) \
-	    -fsanitize=fuzzer,address,undefined $$f $(CORE_SRC) $(PROTO_SRC) $(PKG_LIBS) -lm \
+	    -fsanitize=fuzzer,address,undefined $$f $(CORE_SRC) $(PROTO_SRC) $(LDLIBS) \
 	    -o build/fuzz/$$n; \
 	  mkdir -p build/fuzz/corpus-$$n; \
 	  build/fuzz/$$n -max_total_time=$(FUZZ_SECONDS) build/fuzz/corpus-$$n \

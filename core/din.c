@@ -47,7 +47,9 @@
 #define DIN_DICE_EPS 1e-9
 /* Pair rows per block of the attention MLP: measured with bench_forward
  * at MicroLens shapes (bench/README.md). */
+#ifndef DIN_PAIR_ROWS
 #define DIN_PAIR_ROWS 256
+#endif
 
 /* The activation after a hidden layer: ReLU, or Dice with its folded
  * batch norm: y = x (alpha + (1 - alpha) sigmoid(x scale + shift)). */
