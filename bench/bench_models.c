@@ -21,31 +21,8 @@
 #include <string.h>
 #include <time.h>
 
+#include "bench/bench.h"
 #include "core/engine.h"
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-/* This thread's CPU time: on a shared machine it leaves out the time the
- * thread waited for a core (not the slowdown of shared caches). */
-static double cpu_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-static double quantile(double *v, int n, double q) {
-    qsort(v, (size_t)n, sizeof *v, cmp_double);
-    return v[(int)(q * (n - 1) + 0.5)];
-}
 
 static uint64_t rng = 88172645463325252ULL;
 static uint64_t next(void) {
@@ -58,12 +35,12 @@ static uint64_t next(void) {
 static int bench_one(const char *path, int hist, const int *ns, int nn, double seconds) {
     engine_model *m;
     char err[512];
-    double t0 = now_s();
+    double t0 = bench_now_s();
     if (engine_model_load(path, &m, err, sizeof err) < 0) {
         fprintf(stderr, "bench_models: %s\n", err);
         return 1;
     }
-    double load_s = now_s() - t0;
+    double load_s = bench_now_s() - t0;
     const engine_schema *sc = engine_model_schema(m);
     int max_n = 1;
     for (int k = 0; k < nn; k++) max_n = ns[k] > max_n ? ns[k] : max_n;
@@ -97,12 +74,12 @@ static int bench_one(const char *path, int hist, const int *ns, int nn, double s
         it->cate = sc->cate_vocab ? (int32_t)(next() % (uint64_t)sc->cate_vocab) : 0;
         ptr[i] = vecs + (size_t)i * vf;
     }
-    t0 = now_s();
+    t0 = bench_now_s();
     if (engine_items_compute(m, nitems, items, vecs, NULL, err, sizeof err) < 0) {
         fprintf(stderr, "bench_models: items: %s\n", err);
         return 1;
     }
-    double item_us = (now_s() - t0) / nitems * 1e6;
+    double item_us = (bench_now_s() - t0) / nitems * 1e6;
     for (int i = 0; i < max_n; i++)
         for (int f = 0; f < sc->num_ctx; f++)
             ctx[(size_t)i * sc->num_ctx + f] = (int32_t)(next() % (uint64_t)sc->ctx_vocab[f]);
@@ -131,21 +108,21 @@ static int bench_one(const char *path, int hist, const int *ns, int nn, double s
         int cap = 100000, it = 0;
         double *tf = malloc(cap * sizeof *tf), *te = malloc(cap * sizeof *te);
         double *tc = malloc(cap * sizeof *tc);
-        double end = now_s() + seconds;
-        while ((now_s() < end || it < 10) && it < cap) {
+        double end = bench_now_s() + seconds;
+        while ((bench_now_s() < end || it < 10) && it < cap) {
             /* Alternate which goes first, so neither always sees a warmer
              * cache. */
             for (int r = 0; r < 2; r++) {
                 int with = (r + it) % 2;
-                double a0 = now_s(), c0 = cpu_s();
+                double a0 = bench_now_s(), c0 = bench_cpu_s();
                 engine_forward(m, s, with ? &expl : &plain, prob, NULL, 0);
-                double d = now_s() - a0;
-                if (with) te[it] = d; else tf[it] = d, tc[it] = cpu_s() - c0;
+                double d = bench_now_s() - a0;
+                if (with) te[it] = d; else tf[it] = d, tc[it] = bench_cpu_s() - c0;
             }
             it++;
         }
-        double med = quantile(tf, it, 0.5), p99 = quantile(tf, it, 0.99);
-        double emed = quantile(te, it, 0.5), cmed = quantile(tc, it, 0.5);
+        double med = bench_quantile(tf, it, 0.5), p99 = bench_quantile(tf, it, 0.99);
+        double emed = bench_quantile(te, it, 0.5), cmed = bench_quantile(tc, it, 0.5);
         printf("%5d %10.1f %10.1f %10.1f %10.2f %9.1f %12.1f %11.1f%% %7d\n", n, med * 1e6,
                p99 * 1e6, cmed * 1e6, med * 1e6 / n, 2.0 * c.folded * n / med * 1e-9,
                emed * 1e6, 100.0 * (emed - med) / med, it);

@@ -7,7 +7,6 @@
 #include "engine.h"
 
 #include <cblas.h>
-#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -71,28 +70,12 @@ fail:
 
 int engine_model_load(const char *path, engine_model **out, char *err, size_t errlen) {
     *out = NULL;
-    FILE *fp = fopen(path, "rb");
-    if (!fp) return ctr_fail(err, errlen, CTR_EIO, "%s: %s", path, strerror(errno));
-    long size = -1;
-    if (fseek(fp, 0, SEEK_END) == 0) size = ftell(fp);
-    rewind(fp);
-    if (size < 0) {
-        fclose(fp);
-        return ctr_fail(err, errlen, CTR_EIO, "%s: cannot tell its size", path);
-    }
-    unsigned char *buf = malloc(size ? (size_t)size : 1);
-    if (!buf) {
-        fclose(fp);
-        return ctr_fail(err, errlen, CTR_ENOMEM, "%s: out of memory for %ld bytes", path, size);
-    }
-    size_t got = fread(buf, 1, (size_t)size, fp);
-    fclose(fp);
-    if (got != (size_t)size) {
-        free(buf);
-        return ctr_fail(err, errlen, CTR_EIO, "%s: short read", path);
-    }
+    unsigned char *buf;
+    size_t size;
+    int rc = modelfile_read(path, &buf, &size, err, errlen);
+    if (rc < 0) return rc;
     char inner[512] = "";
-    int rc = engine_model_load_buffer(buf, (size_t)size, out, inner, sizeof inner);
+    rc = engine_model_load_buffer(buf, size, out, inner, sizeof inner);
     free(buf);
     if (rc < 0) return ctr_fail(err, errlen, rc, "%s: %s", path, inner);
     return CTR_OK;

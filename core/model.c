@@ -26,20 +26,14 @@
 
 #include "qin_internal.h"
 #include "gemm.h"
+#include "linear.h"
 #include "modelfile.h"
 #include "safetensors.h"
 
 #define P "embedding_layer.embedding_layer."
 #define BN_EPS 1e-5
 
-float *qin_falloc(size_t n) {
-    if (n == 0) n = 1;
-    if (n > SIZE_MAX / sizeof(float) - QIN_ALIGN) return NULL;
-    size_t bytes = (n * sizeof(float) + QIN_ALIGN - 1) & ~(size_t)(QIN_ALIGN - 1);
-    float *p = aligned_alloc(QIN_ALIGN, bytes);
-    if (p) memset(p, 0, bytes);
-    return p;
-}
+float *qin_falloc(size_t n) { return linear_falloc(n); }
 
 /* --- configuration from metadata -------------------------------------- */
 
@@ -349,31 +343,12 @@ int qin_model_load_buffer(const void *buf, size_t len, qin_model **out, char *er
 
 int qin_model_load(const char *path, qin_model **out, char *err, size_t errlen) {
     *out = NULL;
-    FILE *fp = fopen(path, "rb");
-    if (!fp) return ctr_fail(err, errlen, CTR_EIO, "%s: %s", path, strerror(errno));
-    if (fseek(fp, 0, SEEK_END) != 0) {
-        fclose(fp);
-        return ctr_fail(err, errlen, CTR_EIO, "%s: cannot seek", path);
-    }
-    long size = ftell(fp);
-    rewind(fp);
-    if (size < 0) {
-        fclose(fp);
-        return ctr_fail(err, errlen, CTR_EIO, "%s: cannot tell size", path);
-    }
-    unsigned char *buf = malloc(size ? (size_t)size : 1);
-    if (!buf) {
-        fclose(fp);
-        return ctr_fail(err, errlen, CTR_ENOMEM, "%s: out of memory for %ld bytes", path, size);
-    }
-    size_t got = fread(buf, 1, (size_t)size, fp);
-    fclose(fp);
-    if (got != (size_t)size) {
-        free(buf);
-        return ctr_fail(err, errlen, CTR_EIO, "%s: short read", path);
-    }
+    unsigned char *buf;
+    size_t size;
+    int rc = modelfile_read(path, &buf, &size, err, errlen);
+    if (rc < 0) return rc;
     char inner[512] = "";
-    int rc = qin_model_load_buffer(buf, (size_t)size, out, inner, sizeof inner);
+    rc = qin_model_load_buffer(buf, size, out, inner, sizeof inner);
     free(buf);
     if (rc < 0) return ctr_fail(err, errlen, rc, "%s: %s", path, inner);
     return CTR_OK;

@@ -15,6 +15,35 @@
 
 #include "linear.h"
 
+int modelfile_read(const char *path, unsigned char **buf, size_t *len, char *err,
+                   size_t errlen) {
+    *buf = NULL;
+    *len = 0;
+    FILE *fp = fopen(path, "rb");
+    if (!fp) return ctr_fail(err, errlen, CTR_EIO, "%s: %s", path, strerror(errno));
+    long size = -1;
+    if (fseek(fp, 0, SEEK_END) == 0) size = ftell(fp);
+    rewind(fp);
+    if (size < 0) {
+        fclose(fp);
+        return ctr_fail(err, errlen, CTR_EIO, "%s: cannot tell its size", path);
+    }
+    unsigned char *b = malloc(size ? (size_t)size : 1);
+    if (!b) {
+        fclose(fp);
+        return ctr_fail(err, errlen, CTR_ENOMEM, "%s: out of memory for %ld bytes", path, size);
+    }
+    size_t got = fread(b, 1, (size_t)size, fp);
+    fclose(fp);
+    if (got != (size_t)size) {
+        free(b);
+        return ctr_fail(err, errlen, CTR_EIO, "%s: short read", path);
+    }
+    *buf = b;
+    *len = (size_t)size;
+    return CTR_OK;
+}
+
 int modelfile_tensor(const st_file *f, const char *name, int64_t d0, int64_t d1, float **out,
                      char *err, size_t errlen) {
     *out = NULL;

@@ -20,6 +20,12 @@
 #define MODELFILE_FORMAT "ctr-model-2"
 #define MODELFILE_FORMAT_QIN1 "ctr-qin-1"
 
+/* Reads the whole file at path into *buf (malloc'd, the caller frees it)
+ * and its length into *len.  CTR_EIO (naming the path and the reason) or
+ * CTR_ENOMEM. */
+int modelfile_read(const char *path, unsigned char **buf, size_t *len, char *err,
+                   size_t errlen);
+
 /* Finds tensor `name`, checks dtype F32, shape (d0) when d1 < 0 else
  * (d0, d1), and finite values; *out gets an aligned copy (NULL on error).
  * CTR_EMODEL / CTR_ENOMEM with a message naming the tensor. */
