@@ -102,10 +102,13 @@ static void act_free(din_act *a) {
     free(a->shift);
 }
 
-/* Applies act to n rows of `units` (stride ld), bias already added. */
-static void act_apply(const din_act *a, int n, int units, float *y, int ld) {
+/* y = act(y + b) on n rows of `units` (stride ld), in one pass (b may be
+ * NULL).  ReLU as a max, branch-free so it vectorizes. */
+static void act_apply(const din_act *a, int n, int units, const float *b, float *y, int ld) {
     for (int i = 0; i < n; i++) {
         float *restrict r = y + (size_t)i * ld;
+        if (b)
+            for (int k = 0; k < units; k++) r[k] += b[k];
         if (!a->dice) {
             for (int k = 0; k < units; k++) r[k] = r[k] > 0.0f ? r[k] : 0.0f;
             continue;
@@ -115,6 +118,14 @@ static void act_apply(const din_act *a, int n, int units, float *y, int ld) {
             r[k] *= a->alpha[k] + (1.0f - a->alpha[k]) * p;
         }
     }
+}
+
+/* Hidden layer l of a net: y = act(x W^T + b), the product through
+ * linear_gemm, bias and activation in one pass after it. */
+static void hidden(const linear_layer *l, const din_act *a, int n, const float *x, int ldx,
+                   float *y, int ldy) {
+    linear_gemm(n, l->out, l->in, x, ldx, l->w, l->in, 1, 0.0f, y, ldy);
+    act_apply(a, n, l->out, l->b, y, ldy);
 }
 
 /* --- loading ----------------------------------------------------------- */
@@ -476,20 +487,27 @@ static void din_block(const din_model *m, din_scratch *s, const float *const *ca
     /* Layer 0: Wd (t * h), then + (Wa + Wc) t + b1 + (Wb - Wc) h and the
      * activation, in one pass. */
     linear_gemm(rows, H1, E, s->x, E, m->w_d, E, 1, 0.0f, s->z0, W);
+    const int relu = !m->att_act[0].dice;
     for (int c = 0; c < nc; c++) {
         const float *restrict tq = cand[i0 + c] + E + H1;
         for (int j = 0; j < nh; j++) {
             float *restrict z = s->z0 + ((size_t)c * nh + j) * W;
             const float *restrict hp = s->hp + (size_t)j * H1;
-            for (int o = 0; o < H1; o++) z[o] += tq[o] + hp[o];
+            if (relu) {
+                for (int o = 0; o < H1; o++) {
+                    float v = z[o] + tq[o] + hp[o];
+                    z[o] = v > 0.0f ? v : 0.0f;
+                }
+            } else {
+                for (int o = 0; o < H1; o++) z[o] += tq[o] + hp[o];
+            }
         }
     }
-    act_apply(&m->att_act[0], rows, H1, s->z0, W);
+    if (!relu) act_apply(&m->att_act[0], rows, H1, NULL, s->z0, W);
     /* Hidden layers 1..na-2, then the output unit. */
     float *a = s->z0, *b = s->z1;
     for (int k = 1; k < m->na - 1; k++) {
-        linear_forward(&m->att[k], rows, a, W, b, W);
-        act_apply(&m->att_act[k], rows, m->att[k].out, b, W);
+        hidden(&m->att[k], &m->att_act[k], rows, a, W, b, W);
         float *t = a;
         a = b;
         b = t;
@@ -542,8 +560,7 @@ static int din_forward(const void *impl, void *scratch, const engine_request *re
     int lda = ld;
     float *b = s->y0;
     for (int k = 0; k < m->nd - 1; k++) {
-        linear_forward(&m->dnn[k], n, a, lda, b, W);
-        act_apply(&m->dnn_act[k], n, m->dnn[k].out, b, W);
+        hidden(&m->dnn[k], &m->dnn_act[k], n, a, lda, b, W);
         a = b;
         lda = W;
         b = b == s->y0 ? s->y1 : s->y0;
