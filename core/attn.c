@@ -4,6 +4,7 @@
 #include "attn.h"
 
 #include <math.h>
+#include <stdint.h>
 #include <string.h>
 
 int attn_window(const float *const *hist, int num_hist, int max_len, int32_t *pos) {
@@ -35,41 +36,117 @@ void attn_softmax_rows(float *s, int n, int nh, int ld) {
     }
 }
 
-void attn_explain(const float *w, int n, int nh, int ld, const int32_t *pos,
-                  engine_explain *ex, int first) {
+/* One maxss (fmaxf's NaN rules would cost a call or a branch). */
+static inline float max2(float a, float b) { return a > b ? a : b; }
+
+/* Inserts |w| = a (weight w, position q) into a top list sorted down by
+ * magnitude (mag), keeping the first of equals in front. */
+static inline void top_insert(float a, float w, int32_t q, int k, int *have, int32_t *p,
+                              float *wt, float *mag) {
+    int r = *have < k ? (*have)++ : k - 1;
+    while (r > 0 && a > mag[r - 1]) {
+        p[r] = p[r - 1];
+        wt[r] = wt[r - 1];
+        mag[r] = mag[r - 1];
+        r--;
+    }
+    p[r] = q;
+    wt[r] = w;
+    mag[r] = a;
+}
+
+/* The list by plain insertion, newest first (ties keep the later
+ * position): for k beyond the fast path's stack lists. */
+static void explain_plain(const float *w, int n, int nh, int ld, const int32_t *pos,
+                          engine_explain *ex, int first) {
     const int k = ex->k;
     for (int i = 0; i < n; i++) {
         const float *row = w + (size_t)i * ld;
         int32_t *p = ex->pos + (size_t)(first + i) * k;
         float *wt = ex->weight + (size_t)(first + i) * k;
-        float *mag = wt;        /* |weight| of the kept ones, sorted down */
-        float tmp[16];
-        if (k <= 16) mag = tmp;
         int have = 0;
         for (int r = 0; r < k; r++) {
             p[r] = -1;
             wt[r] = 0.0f;
         }
-        /* Insertion into a sorted list of at most k, newest first so that
-         * ties keep the later position; once the list is full, an entry
-         * must beat the k-th to get in, and the common case is one compare
-         * (hot loop: n x nh entries per request, next to n x nh x width
-         * multiply-adds in the forward pass; bench_models measures it). */
-        float thr = -1.0f;
         for (int j = nh - 1; j >= 0; j--) {
             float a = fabsf(row[j]);
-            if (!(a > thr)) continue;
+            if (have == k && !(a > fabsf(wt[k - 1]))) continue;
             int r = have < k ? have++ : k - 1;
-            while (r > 0 && a > (mag == wt ? fabsf(wt[r - 1]) : mag[r - 1])) {
+            while (r > 0 && a > fabsf(wt[r - 1])) {
                 p[r] = p[r - 1];
                 wt[r] = wt[r - 1];
-                if (mag != wt) mag[r] = mag[r - 1];
                 r--;
             }
             p[r] = pos[j];
             wt[r] = row[j];
-            if (mag != wt) mag[r] = a;
-            if (have == k) thr = mag == wt ? fabsf(wt[k - 1]) : mag[k - 1];
+        }
+    }
+}
+
+void attn_explain(const float *w, int n, int nh, int ld, const int32_t *pos,
+                  engine_explain *ex, int first) {
+    enum { KMAX = 16, CHUNK = 8, NH_MAX = 4096 };
+    const int k = ex->k;
+    if (k > KMAX || nh > NH_MAX) {
+        explain_plain(w, n, nh, ld, pos, ex, first);
+        return;
+    }
+    float cmax[NH_MAX / CHUNK], mag[KMAX], cm_top[KMAX];
+    int32_t idx[NH_MAX], cp[KMAX];
+    for (int i = 0; i < n; i++) {
+        const float *row = w + (size_t)i * ld;
+        int32_t *p = ex->pos + (size_t)(first + i) * k;
+        float *wt = ex->weight + (size_t)(first + i) * k;
+        for (int r = 0; r < k; r++) {
+            p[r] = -1;
+            wt[r] = 0.0f;
+        }
+        /* Hot loop (n x nh weights a request, in an order no branch
+         * predictor learns).  1. The largest |w| of each chunk of 8
+         * (branch-free, vectorized); the k-th largest of those is a lower
+         * bound of the k-th largest |w| (k chunks each hold one at least
+         * as large), so only weights at or above it can make the list. */
+        const int nc = (nh + CHUNK - 1) / CHUNK, full = nh / CHUNK;
+        for (int c = 0; c < full; c++) {
+            /* A tree, not a running max: chunks stay independent of each
+             * other (no chain through one accumulator). */
+            const float *q = row + c * CHUNK;
+            float a0 = max2(fabsf(q[0]), fabsf(q[1])), a1 = max2(fabsf(q[2]), fabsf(q[3]));
+            float a2 = max2(fabsf(q[4]), fabsf(q[5])), a3 = max2(fabsf(q[6]), fabsf(q[7]));
+            cmax[c] = max2(max2(a0, a1), max2(a2, a3));
+        }
+        if (full < nc) {
+            float m = 0.0f;
+            for (int j = full * CHUNK; j < nh; j++) m = max2(m, fabsf(row[j]));
+            cmax[full] = m;
+        }
+        float thr = 0.0f;
+        if (nc >= k) {
+            int have = 0;
+            for (int c = 0; c < nc; c++)
+                if (have < k || cmax[c] > cm_top[k - 1])
+                    top_insert(cmax[c], cmax[c], c, k, &have, cp, cm_top, mag);
+            thr = cm_top[k - 1];
+        }
+        /* 2. Those weights' indices, appended without a branch, from the
+         * chunks that hold any (about k of them). */
+        int cnt = 0;
+        for (int c = 0; c < nc; c++) {
+            if (cmax[c] < thr) continue;
+            const int lo = c * CHUNK, hi = lo + CHUNK < nh ? lo + CHUNK : nh;
+            for (int j = lo; j < hi; j++) {
+                idx[cnt] = j;
+                cnt += fabsf(row[j]) >= thr;
+            }
+        }
+        /* 3. The list from them, newest first so that ties keep the later
+         * position. */
+        int have = 0;
+        for (int c = cnt - 1; c >= 0; c--) {
+            const int j = idx[c];
+            const float a = fabsf(row[j]);
+            if (have < k || a > mag[k - 1]) top_insert(a, row[j], pos[j], k, &have, p, wt, mag);
         }
     }
 }

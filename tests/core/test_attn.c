@@ -61,7 +61,8 @@ static void test_explain(void **state) {
     assert_int_equal(p[4], 10);
     assert_int_equal(p[5], -1);
     assert_true(wt[5] == 0.0f);
-    /* k larger than the stack buffer of the implementation. */
+    /* k beyond the fast path (its lists live on the stack): the plain
+     * insertion, same order. */
     float big[40];
     int32_t bpos[40], bp[20];
     float bw[20];
@@ -73,6 +74,27 @@ static void test_explain(void **state) {
     attn_explain(big, 1, 40, 40, bpos, &ex2, 0);
     for (int r = 1; r < 20; r++) assert_true(fabsf(bw[r - 1]) >= fabsf(bw[r]));
     assert_true(fabsf(bw[0]) == 19.5f && fabsf(bw[19]) == 10.5f);
+    /* The fast path against the plain one on many rows of ties and signs
+     * (k = 1..6, histories 1..70, chunks of 8 with a ragged end). */
+    for (int k = 1; k <= 6; k++)
+        for (int nh = 1; nh <= 70; nh += 3) {
+            float row[70];
+            int32_t rp[70], a_pos[6], b_pos[20];
+            float a_w[6], b_w[20];
+            for (int j = 0; j < nh; j++) {
+                row[j] = (float)((j * 7 + k * 3) % 11) - 5.0f; /* many equal |w| */
+                rp[j] = 100 + j;
+            }
+            engine_explain fast = {k, a_pos, a_w};
+            attn_explain(row, 1, nh, 70, rp, &fast, 0);
+            /* The plain path: k padded to 20 (beyond the fast path). */
+            engine_explain plain = {20, b_pos, b_w};
+            attn_explain(row, 1, nh, 70, rp, &plain, 0);
+            for (int r = 0; r < k; r++) {
+                assert_int_equal(a_pos[r], b_pos[r]);
+                assert_true(a_w[r] == b_w[r]);
+            }
+        }
 }
 
 int main(void) {
