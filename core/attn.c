@@ -4,6 +4,7 @@
 #include "attn.h"
 
 #include <math.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -84,6 +85,76 @@ static void explain_plain(const float *w, int n, int nh, int ld, const int32_t *
     }
 }
 
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define ATTN_X86 1
+
+/* The fast path's three steps for one row with AVX-512, a chunk being one
+ * register of 16 weights: its maximum |w|, the compare with the bound
+ * and the compressed store of the indices above it. */
+__attribute__((target("avx512f"))) static void explain_row_avx512(
+    const float *row, int nh, const int32_t *pos, int k, int32_t *p, float *wt, float *mag,
+    float *cmax, float *cm_top, int32_t *cp, int32_t *idx) {
+    const int nc = (nh + 15) / 16;
+    const __m512i absmask = _mm512_set1_epi32(0x7fffffff);
+    for (int c = 0; c < nc; c++) {
+        const int left = nh - c * 16;
+        const __mmask16 live = left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1);
+        __m512 a = _mm512_castsi512_ps(_mm512_and_si512(
+            _mm512_castps_si512(_mm512_maskz_loadu_ps(live, row + c * 16)), absmask));
+        cmax[c] = _mm512_reduce_max_ps(a);
+    }
+    float thr = 0.0f;
+    if (nc >= k) {
+        int have = 0;
+        for (int c = 0; c < nc; c++)
+            if (have < k || cmax[c] > cm_top[k - 1])
+                top_insert(cmax[c], cmax[c], c, k, &have, cp, cm_top, mag);
+        thr = cm_top[k - 1];
+    }
+    const __m512 tv = _mm512_set1_ps(thr);
+    const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    int cnt = 0;
+    for (int c = 0; c < nc; c++) {
+        if (cmax[c] < thr) continue;
+        const int left = nh - c * 16;
+        const __mmask16 live = left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1);
+        __m512 a = _mm512_castsi512_ps(_mm512_and_si512(
+            _mm512_castps_si512(_mm512_maskz_loadu_ps(live, row + c * 16)), absmask));
+        __mmask16 m = _mm512_mask_cmp_ps_mask(live, a, tv, _CMP_GE_OQ);
+        _mm512_mask_compressstoreu_epi32(idx + cnt, m,
+                                         _mm512_add_epi32(iota, _mm512_set1_epi32(c * 16)));
+        cnt += __builtin_popcount((unsigned)m);
+    }
+    int have = 0;
+    for (int c = cnt - 1; c >= 0; c--) {
+        const int j = idx[c];
+        const float a = fabsf(row[j]);
+        if (have < k || a > mag[k - 1]) top_insert(a, row[j], pos[j], k, &have, p, wt, mag);
+    }
+}
+#endif
+
+/* Which path attn_explain takes: -1 undecided, 0 portable, 1 AVX-512. */
+static atomic_int explain_avx512 = -1;
+
+int attn_explain_use_avx512(int on) {
+    int v = 0;
+#ifdef ATTN_X86
+    if (on < 0) {
+        v = atomic_load(&explain_avx512);
+        if (v >= 0) return v;
+        v = __builtin_cpu_supports("avx512f") ? 1 : 0;
+    } else {
+        v = on && __builtin_cpu_supports("avx512f");
+    }
+#else
+    (void)on;
+#endif
+    atomic_store(&explain_avx512, v);
+    return v;
+}
+
 void attn_explain(const float *w, int n, int nh, int ld, const int32_t *pos,
                   engine_explain *ex, int first) {
     enum { KMAX = 16, CHUNK = 8, NH_MAX = 4096 };
@@ -92,6 +163,22 @@ void attn_explain(const float *w, int n, int nh, int ld, const int32_t *pos,
         explain_plain(w, n, nh, ld, pos, ex, first);
         return;
     }
+#ifdef ATTN_X86
+    if (attn_explain_use_avx512(-1)) {
+        float cmax[NH_MAX / 16], mag[KMAX], cm_top[KMAX];
+        int32_t idx[NH_MAX], cp[KMAX];
+        for (int i = 0; i < n; i++) {
+            int32_t *p = ex->pos + (size_t)(first + i) * k;
+            float *wt = ex->weight + (size_t)(first + i) * k;
+            for (int r = 0; r < k; r++) {
+                p[r] = -1;
+                wt[r] = 0.0f;
+            }
+            explain_row_avx512(w + (size_t)i * ld, nh, pos, k, p, wt, mag, cmax, cm_top, cp, idx);
+        }
+        return;
+    }
+#endif
     float cmax[NH_MAX / CHUNK], mag[KMAX], cm_top[KMAX];
     int32_t idx[NH_MAX], cp[KMAX];
     for (int i = 0; i < n; i++) {

@@ -36,4 +36,9 @@ void attn_softmax_rows(float *s, int n, int nh, int ld);
 void attn_explain(const float *w, int n, int nh, int ld, const int32_t *pos,
                   engine_explain *ex, int first);
 
+/* attn_explain's path: 1 AVX-512 (the default where the CPU has it), 0 the
+ * portable one, -1 only asks.  Returns the path in force.  Process-wide;
+ * the tests compare the two. */
+int attn_explain_use_avx512(int on);
+
 #endif

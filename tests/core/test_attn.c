@@ -74,10 +74,13 @@ static void test_explain(void **state) {
     attn_explain(big, 1, 40, 40, bpos, &ex2, 0);
     for (int r = 1; r < 20; r++) assert_true(fabsf(bw[r - 1]) >= fabsf(bw[r]));
     assert_true(fabsf(bw[0]) == 19.5f && fabsf(bw[19]) == 10.5f);
-    /* The fast path against the plain one on many rows of ties and signs
-     * (k = 1..6, histories 1..70, chunks of 8 with a ragged end). */
+    /* The fast paths (AVX-512 where the CPU has it, and the portable one)
+     * against the plain insertion on rows of ties and signs (k = 1..6,
+     * histories 1..70, chunks with a ragged end). */
+    for (int avx = 0; avx < 2; avx++)
     for (int k = 1; k <= 6; k++)
         for (int nh = 1; nh <= 70; nh += 3) {
+            attn_explain_use_avx512(avx);
             float row[70];
             int32_t rp[70], a_pos[6], b_pos[20];
             float a_w[6], b_w[20];
@@ -95,6 +98,27 @@ static void test_explain(void **state) {
                 assert_true(a_w[r] == b_w[r]);
             }
         }
+    attn_explain_use_avx512(1);
+    /* Random rows, random order: the two fast paths agree exactly. */
+    uint64_t rng = 5;
+    static float rows[16][300];
+    static int32_t rpos[300];
+    for (int j = 0; j < 300; j++) rpos[j] = j;
+    for (int i = 0; i < 16; i++)
+        for (int j = 0; j < 300; j++) {
+            rng = rng * 6364136223846793005ULL + 1442695040888963407ULL;
+            rows[i][j] = (float)((int64_t)(rng >> 40) % 2001 - 1000) / 977.0f;
+        }
+    for (int nh = 1; nh <= 300; nh += 37) {
+        int32_t pa[16 * 3], pb[16 * 3];
+        float wa[16 * 3], wb[16 * 3];
+        engine_explain xa = {3, pa, wa}, xb = {3, pb, wb};
+        attn_explain_use_avx512(0);
+        attn_explain(&rows[0][0], 16, nh, 300, rpos, &xa, 0);
+        attn_explain_use_avx512(1);
+        attn_explain(&rows[0][0], 16, nh, 300, rpos, &xb, 0);
+        for (int q = 0; q < 16 * 3; q++) assert_true(pa[q] == pb[q] && wa[q] == wb[q]);
+    }
 }
 
 int main(void) {
