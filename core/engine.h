@@ -131,8 +131,9 @@ const engine_schema *engine_model_schema(const engine_model *m);
 
 /* --- Item vectors ------------------------------------------------------ */
 
-/* Floats in one item vector (a multiple of 16, so vectors laid end to end
- * in a 64-byte aligned buffer each stay aligned). */
+/* Floats in one item vector: QIN 3E ([e | A e | B e]); DIN and TIN pad
+ * theirs to a multiple of 16, so vectors laid end to end in a 64-byte
+ * aligned buffer each stay aligned. */
 size_t engine_item_vec_floats(const engine_model *m);
 
 /* A 64-byte aligned, zeroed buffer for n item vectors; free with free(). */
