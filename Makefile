@@ -26,7 +26,7 @@ OPT      ?= -O3
 CFLAGS   := -std=c11 -D_GNU_SOURCE -g $(OPT) -Wall -Wextra -Wshadow \
             -Wno-unused-parameter -pthread -I. $(PKG_CFLAGS) $(EXTRA_CFLAGS)
 LDFLAGS  := -pthread $(EXTRA_LDFLAGS)
-LDLIBS   := $(PKG_LIBS) -ldnnl -lgomp -lm
+LDLIBS   := $(PKG_LIBS) -ldnnl -lgomp -lmvec -lm
 
 ifeq ($(SANITIZE),address)
   CFLAGS  += -fsanitize=address -fno-omit-frame-pointer

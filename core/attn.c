@@ -2,6 +2,7 @@
  * attn.c - window, gather, softmax and explanations (see attn.h).
  */
 #include "attn.h"
+#include "vmath.h"
 
 #include <math.h>
 #include <stdatomic.h>
@@ -27,11 +28,10 @@ void attn_softmax_rows(float *s, int n, int nh, int ld) {
         float *row = s + (size_t)i * ld;
         float mx = row[0];
         for (int j = 1; j < nh; j++) mx = row[j] > mx ? row[j] : mx;
+        for (int j = 0; j < nh; j++) row[j] -= mx;
+        vmath_exp(row, nh);
         float sum = 0.0f;
-        for (int j = 0; j < nh; j++) {
-            row[j] = expf(row[j] - mx);
-            sum += row[j];
-        }
+        for (int j = 0; j < nh; j++) sum += row[j];
         float inv = 1.0f / sum;
         for (int j = 0; j < nh; j++) row[j] *= inv;
     }

@@ -40,11 +40,13 @@
 #include "itemvec.h"
 #include "linear.h"
 #include "modelfile.h"
+#include "vmath.h"
 
 #define P "embedding_layer.embedding_layer."
 #define DIN_MAX_LAYERS 8
 #define DIN_BN_EPS 1e-5
 #define DIN_DICE_EPS 1e-9
+#define DIN_DICE_CHUNK 256
 /* Pair rows per block of the attention MLP: measured with bench_forward
  * at MicroLens shapes (bench/README.md). */
 #ifndef DIN_PAIR_ROWS
@@ -91,7 +93,6 @@ typedef struct din_scratch {
     float *z0, *z1;                  /* rows x max_width: layer activations */
     float *in;                       /* max_cand x in_dim: DNN input */
     float *y0, *y1;                  /* max_cand x max_width */
-    float *logit;                    /* max_cand */
 } din_scratch;
 
 /* --- activations ------------------------------------------------------- */
@@ -113,9 +114,16 @@ static void act_apply(const din_act *a, int n, int units, const float *b, float 
             for (int k = 0; k < units; k++) r[k] = r[k] > 0.0f ? r[k] : 0.0f;
             continue;
         }
-        for (int k = 0; k < units; k++) {
-            float p = 1.0f / (1.0f + expf(-(r[k] * a->scale[k] + a->shift[k])));
-            r[k] *= a->alpha[k] + (1.0f - a->alpha[k]) * p;
+        /* Dice: the gate p = sigmoid(x scale + shift), a chunk at a time
+         * through vmath (the pair matrices make this one exponential per
+         * unit of every candidate-behaviour pair). */
+        for (int k0 = 0; k0 < units; k0 += DIN_DICE_CHUNK) {
+            const int kn = units - k0 < DIN_DICE_CHUNK ? units - k0 : DIN_DICE_CHUNK;
+            float p[DIN_DICE_CHUNK];
+            for (int k = 0; k < kn; k++) p[k] = r[k0 + k] * a->scale[k0 + k] + a->shift[k0 + k];
+            vmath_sigmoid(p, kn);
+            for (int k = 0; k < kn; k++)
+                r[k0 + k] *= a->alpha[k0 + k] + (1.0f - a->alpha[k0 + k]) * p[k];
         }
     }
 }
@@ -437,7 +445,6 @@ static void din_scratch_free(void *scratch) {
     free(s->in);
     free(s->y0);
     free(s->y1);
-    free(s->logit);
     free(s);
 }
 
@@ -458,9 +465,8 @@ static int din_scratch_init(const void *impl, int max_cand, void **scratch) {
     s->in = linear_falloc((size_t)max_cand * m->in_dim);
     s->y0 = linear_falloc((size_t)max_cand * W);
     s->y1 = linear_falloc((size_t)max_cand * W);
-    s->logit = linear_falloc((size_t)max_cand);
     if (!s->pos || !s->he || !s->hp || !s->s || !s->x || !s->z0 || !s->z1 || !s->in || !s->y0 ||
-        !s->y1 || !s->logit) {
+        !s->y1) {
         din_scratch_free(s);
         return CTR_ENOMEM;
     }
@@ -565,8 +571,8 @@ static int din_forward(const void *impl, void *scratch, const engine_request *re
         lda = W;
         b = b == s->y0 ? s->y1 : s->y0;
     }
-    linear_forward(&m->dnn[m->nd - 1], n, a, lda, s->logit, 1);
-    for (int i = 0; i < n; i++) prob[i] = 1.0f / (1.0f + expf(-s->logit[i]));
+    linear_forward(&m->dnn[m->nd - 1], n, a, lda, prob, 1);
+    vmath_sigmoid(prob, n);
 
     if (req->explain) attn_explain(s->s, n, nh, L, s->pos, req->explain, 0);
     return CTR_OK;

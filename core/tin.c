@@ -36,6 +36,7 @@
 #include "attn.h"
 #include "linear.h"
 #include "modelfile.h"
+#include "vmath.h"
 
 #define TIN_BN_EPS 1e-3
 
@@ -71,8 +72,6 @@ typedef struct tin_scratch {
     float *z1;                   /* max_cand x F1 */
     float *z2;                   /* max_cand x F2 */
 } tin_scratch;
-
-static float sigmoidf(float x) { return 1.0f / (1.0f + expf(-x)); }
 
 /* --- loading ----------------------------------------------------------- */
 
@@ -390,18 +389,22 @@ static int tin_forward(const void *impl, void *scratch, const engine_request *re
     for (int i = 0; i < n; i++) {
         float *restrict z = s->z1 + (size_t)i * F1;
         const float *restrict et = req->cand[i] + m->off_et;
-        for (int o = 0; o < F1; o++) z[o] = sigmoidf(z[o] + et[o] + m->b1[o]);
+        for (int o = 0; o < F1; o++) z[o] += et[o] + m->b1[o];
     }
+    vmath_sigmoid(s->z1, n * F1);
     linear_gemm(n, F2, F1, s->z1, F1, m->k2, F2, 0, 0.0f, s->z2, F2);
     for (int i = 0; i < n; i++) {
         float *restrict z = s->z2 + (size_t)i * F2;
-        float acc = 0.0f;
-        for (int o = 0; o < F2; o++) {
-            z[o] = sigmoidf(z[o] + m->b2[o]);
-            acc += z[o] * m->k3[o];
-        }
-        prob[i] = sigmoidf(acc + m->b3 + req->cand[i][m->off_b]);
+        for (int o = 0; o < F2; o++) z[o] += m->b2[o];
     }
+    vmath_sigmoid(s->z2, n * F2);
+    for (int i = 0; i < n; i++) {
+        const float *restrict z = s->z2 + (size_t)i * F2;
+        float acc = 0.0f;
+        for (int o = 0; o < F2; o++) acc += z[o] * m->k3[o];
+        prob[i] = acc + m->b3 + req->cand[i][m->off_b];
+    }
+    vmath_sigmoid(prob, n);
 
     if (req->explain) attn_explain(s->s, n, l, L, s->pos, req->explain, 0);
     return CTR_OK;
