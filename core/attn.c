@@ -89,8 +89,8 @@ static void explain_plain(const float *w, int n, int nh, int ld, const int32_t *
 #include <immintrin.h>
 #define ATTN_X86 1
 
-/* The fast path's three steps for one row with AVX-512, a chunk being one
- * register of 16 weights: its maximum |w|, the compare with the bound
+/* For k beyond explain_block16's registers: the fast path's three steps
+ * for one row with AVX-512, a chunk being one register of 16 weights: its maximum |w|, the compare with the bound
  * and the compressed store of the indices above it. */
 __attribute__((target("avx512f"))) static void explain_row_avx512(
     const float *row, int nh, const int32_t *pos, int k, int32_t *p, float *wt, float *mag,
@@ -133,6 +133,49 @@ __attribute__((target("avx512f"))) static void explain_row_avx512(
         if (have < k || a > mag[k - 1]) top_insert(a, row[j], pos[j], k, &have, p, wt, mag);
     }
 }
+
+/* Sixteen candidates at a time, one lane each: weight j of the 16 rows is
+ * one gather, and each lane keeps its k largest in registers, merged by
+ * compare-and-blend (no branch, no shuffle).  Weights go in oldest first
+ * and win ties (>=), so on equal |w| the later position ranks first. */
+__attribute__((target("avx512f"))) static void explain_block16(
+    const float *w, int rows, int nh, int ld, const int32_t *pos, int k, int32_t *p,
+    float *wt) {
+    enum { KB = 8 };
+    const __mmask16 live = rows >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << rows) - 1);
+    const __m512i lane_off = _mm512_mullo_epi32(
+        _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+        _mm512_set1_epi32(ld));
+    const __m512i absmask = _mm512_set1_epi32(0x7fffffff);
+    __m512 tv[KB];
+    __m512i ti[KB];
+    for (int r = 0; r < k; r++) {
+        tv[r] = _mm512_set1_ps(-1.0f);
+        ti[r] = _mm512_set1_epi32(-1);
+    }
+    for (int j = 0; j < nh; j++) {
+        __m512 cv = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), live, lane_off, w + j, 4);
+        cv = _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(cv), absmask));
+        __m512i ci = _mm512_set1_epi32(j);
+        for (int r = 0; r < k; r++) {
+            const __mmask16 m = _mm512_cmp_ps_mask(cv, tv[r], _CMP_GE_OQ);
+            const __m512 ov = tv[r];
+            const __m512i oi = ti[r];
+            tv[r] = _mm512_mask_blend_ps(m, ov, cv);
+            ti[r] = _mm512_mask_blend_epi32(m, oi, ci);
+            cv = _mm512_mask_blend_ps(m, cv, ov);
+            ci = _mm512_mask_blend_epi32(m, ci, oi);
+        }
+    }
+    int32_t idx[KB][16];
+    for (int r = 0; r < k; r++) _mm512_storeu_si512(idx[r], ti[r]);
+    for (int i = 0; i < rows; i++)
+        for (int r = 0; r < k; r++) {
+            const int j = idx[r][i];
+            p[(size_t)i * k + r] = j >= 0 ? pos[j] : -1;
+            wt[(size_t)i * k + r] = j >= 0 ? w[(size_t)i * ld + j] : 0.0f;
+        }
+}
 #endif
 
 /* Which path attn_explain takes: -1 undecided, 0 portable, 1 AVX-512. */
@@ -164,6 +207,13 @@ void attn_explain(const float *w, int n, int nh, int ld, const int32_t *pos,
         return;
     }
 #ifdef ATTN_X86
+    if (attn_explain_use_avx512(-1) && k <= 8) {
+        for (int i0 = 0; i0 < n; i0 += 16)
+            explain_block16(w + (size_t)i0 * ld, n - i0 < 16 ? n - i0 : 16, nh, ld, pos, k,
+                            ex->pos + (size_t)(first + i0) * k,
+                            ex->weight + (size_t)(first + i0) * k);
+        return;
+    }
     if (attn_explain_use_avx512(-1)) {
         float cmax[NH_MAX / 16], mag[KMAX], cm_top[KMAX];
         int32_t idx[NH_MAX], cp[KMAX];

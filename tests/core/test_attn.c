@@ -109,16 +109,27 @@ static void test_explain(void **state) {
             rng = rng * 6364136223846793005ULL + 1442695040888963407ULL;
             rows[i][j] = (float)((int64_t)(rng >> 40) % 2001 - 1000) / 977.0f;
         }
-    for (int nh = 1; nh <= 300; nh += 37) {
-        int32_t pa[16 * 3], pb[16 * 3];
-        float wa[16 * 3], wb[16 * 3];
-        engine_explain xa = {3, pa, wa}, xb = {3, pb, wb};
-        attn_explain_use_avx512(0);
-        attn_explain(&rows[0][0], 16, nh, 300, rpos, &xa, 0);
-        attn_explain_use_avx512(1);
-        attn_explain(&rows[0][0], 16, nh, 300, rpos, &xb, 0);
-        for (int q = 0; q < 16 * 3; q++) assert_true(pa[q] == pb[q] && wa[q] == wb[q]);
-    }
+    /* k = 3 and 8 (sixteen candidates a block), 12 (a row at a time);
+     * 13 rows (a ragged block). */
+    const int ks[3] = {3, 8, 12};
+    for (int q3 = 0; q3 < 3; q3++)
+        for (int nh = 1; nh <= 300; nh += 37) {
+            const int kk = ks[q3];
+            int32_t pa[16 * 12], pb[16 * 12], pc[16 * 20];
+            float wa[16 * 12], wb[16 * 12], wc[16 * 20];
+            engine_explain xa = {kk, pa, wa}, xb = {kk, pb, wb}, xc = {20, pc, wc};
+            attn_explain_use_avx512(0);
+            attn_explain(&rows[0][0], 13, nh, 300, rpos, &xa, 0);
+            attn_explain_use_avx512(1);
+            attn_explain(&rows[0][0], 13, nh, 300, rpos, &xb, 0);
+            attn_explain(&rows[0][0], 13, nh, 300, rpos, &xc, 0); /* plain */
+            for (int i = 0; i < 13; i++)
+                for (int r = 0; r < kk; r++) {
+                    const int q = i * kk + r;
+                    assert_true(pa[q] == pb[q] && wa[q] == wb[q]);
+                    assert_true(pa[q] == pc[i * 20 + r] && wa[q] == wc[i * 20 + r]);
+                }
+        }
 }
 
 int main(void) {
