@@ -11,7 +11,7 @@
 #define VMATH_X86 1
 
 /* glibc's 16-lane expf (libmvec, the vector ABI name of expf for AVX-512). */
-__m512 _ZGVeN16v_expf(__m512 x);
+__attribute__((target("avx512f"))) __m512 _ZGVeN16v_expf(__m512 x);
 
 __attribute__((target("avx512f"))) static void exp16(float *x, int n) {
     int i = 0;
