@@ -5,7 +5,8 @@
 #   make SANITIZE=address test     the same under AddressSanitizer
 #   make SANITIZE=undefined test   the same under UBSan
 #   make check                test + ASan, UBSan and TSan runs (what CI runs)
-#   make bench                forward-pass benchmark (prints a table)
+#   make bench                forward-pass benchmarks (print tables): QIN in
+#                             detail, then QIN, DIN and TIN through engine.h
 #   make container-test       build the Dockerfile's images with podman and run
 #                             them (not in check: downloads, takes minutes)
 #   make bench-faults         Redis frozen, overload, connection floods (figures)
@@ -29,7 +30,7 @@ OPT      ?= -O3
 CFLAGS   := -std=c11 -D_GNU_SOURCE -g $(OPT) -Wall -Wextra -Wshadow \
             -Wno-unused-parameter -pthread -I. $(PKG_CFLAGS) $(EXTRA_CFLAGS)
 LDFLAGS  := -pthread $(EXTRA_LDFLAGS)
-LDLIBS   := $(PKG_LIBS) -lm
+LDLIBS   := $(PKG_LIBS) -ldnnl -lgomp -lmvec -lm
 
 ifeq ($(SANITIZE),address)
   CFLAGS  += -fsanitize=address -fno-omit-frame-pointer
@@ -90,7 +91,8 @@ $(B)/tests/%: $(B)/tests/%.o $(LIB)
 # Golden data from the PyTorch reference: generated here, in every clean
 # build (CI included), so the parity tests follow the reference.
 golden: $(GOLDEN)/stamp
-$(GOLDEN)/stamp: tools/make_golden.py tools/qin_reference.py tools/convert.py tools/safetensors_io.py
+$(GOLDEN)/stamp: tools/make_golden.py tools/qin_reference.py tools/din_reference.py \
+                 tools/tin_reference.py tools/convert.py tools/safetensors_io.py
 	@mkdir -p $(GOLDEN)
 	$(PYTHON) tools/make_golden.py --out $(GOLDEN)
 	touch $@
@@ -103,7 +105,7 @@ fuzz:
 	@mkdir -p build/fuzz
 	@set -e; for f in $(FUZZ_SRC); do n=$$(basename $$f .c); \
 	  clang -std=c11 -D_GNU_SOURCE -g -O1 -I. -DFUZZ_LIBFUZZER $(PKG_CFLAGS) \
-	    -fsanitize=fuzzer,address,undefined $$f $(CORE_SRC) $(PROTO_SRC) $(PKG_LIBS) -lm \
+	    -fsanitize=fuzzer,address,undefined $$f $(CORE_SRC) $(PROTO_SRC) $(LDLIBS) \
 	    -o build/fuzz/$$n; \
 	  mkdir -p build/fuzz/corpus-$$n; \
 	  build/fuzz/$$n -max_total_time=$(FUZZ_SECONDS) build/fuzz/corpus-$$n \
@@ -117,8 +119,10 @@ check:
 	$(MAKE) SANITIZE=undefined test
 	$(MAKE) SANITIZE=thread test
 
-bench: all
+bench: all golden
 	$(B)/bench/bench_forward
+	$(B)/bench/bench_models $(GOLDEN)/microlens/model.safetensors \
+	    $(GOLDEN)/din-microlens/model.safetensors $(GOLDEN)/tin-amazon/model.safetensors
 
 # ctr-server on a real redis-server with the demo model, loaded with wrk
 # (makes demo/ first if needed); tables in bench/README.md.

@@ -22,25 +22,9 @@
 #include <string.h>
 #include <time.h>
 
+#include "bench/bench.h"
 #include "core/qin_internal.h"
 #include "tests/core/testmodel.h"
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-static double quantile(double *v, int n, double q) {
-    qsort(v, (size_t)n, sizeof *v, cmp_double);
-    int i = (int)(q * (n - 1) + 0.5);
-    return v[i];
-}
 
 /* The core's FMA peak: 24 independent 16-wide FMA chains, no memory
  * traffic, so the figure is what the FMA units can do at the clock this
@@ -54,11 +38,11 @@ __attribute__((target("avx512f"))) static double fma_peak_gflops(void) {
     const long iters = 2000000;
     double best = 0;
     for (int rep = 0; rep < 5; rep++) {
-        double t0 = now_s();
+        double t0 = bench_now_s();
         for (long k = 0; k < iters; k++)
 #pragma GCC unroll 24
             for (int i = 0; i < 24; i++) a[i] = _mm512_fmadd_ps(a[i], m, c);
-        double g = 24.0 * 16 * 2 * iters / (now_s() - t0) * 1e-9;
+        double g = 24.0 * 16 * 2 * iters / (bench_now_s() - t0) * 1e-9;
         if (g > best) best = g;
     }
     float sink = 0;
@@ -111,7 +95,7 @@ int main(int argc, char **argv) {
 
     qin_model *m;
     char err[1024];
-    double t0 = now_s();
+    double t0 = bench_now_s();
     if (model_path) {
         if (qin_model_load(model_path, &m, err, sizeof err) < 0) {
             fprintf(stderr, "load: %s\n", err);
@@ -131,7 +115,7 @@ int main(int argc, char **argv) {
             return 1;
         }
     }
-    double load_s = now_s() - t0;
+    double load_s = bench_now_s() - t0;
     const qin_config *c = qin_model_config(m);
     const int D = c->input_dim, E = c->item_dim, L = c->max_len;
 
@@ -142,7 +126,7 @@ int main(int argc, char **argv) {
     float *mm = malloc((size_t)c->mm_in * sizeof *mm);
     int32_t *tags = malloc((size_t)(c->num_tags ? c->num_tags : 1) * sizeof *tags);
     uint64_t rng = 1;
-    t0 = now_s();
+    t0 = bench_now_s();
     for (int i = 0; i < nitems; i++) {
         for (int k = 0; k < c->mm_in; k++) {
             rng = rng * 6364136223846793005ULL + 1442695040888963407ULL;
@@ -157,7 +141,7 @@ int main(int argc, char **argv) {
         }
         ptr[i] = v;
     }
-    double item_us = (now_s() - t0) / nitems * 1e6;
+    double item_us = (bench_now_s() - t0) / nitems * 1e6;
     int32_t *ctx = malloc((size_t)max_n * (c->num_ctx ? c->num_ctx : 1) * sizeof *ctx);
     for (int i = 0; i < max_n * c->num_ctx; i++) ctx[i] = i % c->ctx_vocab[i % c->num_ctx];
 
@@ -201,26 +185,26 @@ int main(int argc, char **argv) {
         int cap = 200000, it = 0;
         double *tf = malloc(cap * sizeof *tf), *tq = malloc(cap * sizeof *tq),
                *tg = malloc(cap * sizeof *tg);
-        double end = now_s() + seconds;
-        while ((now_s() < end || it < 20) && it < cap) {
-            double a0 = now_s();
+        double end = bench_now_s() + seconds;
+        while ((bench_now_s() < end || it < 20) && it < cap) {
+            double a0 = bench_now_s();
             qin_forward(m, s, &req, prob, NULL, 0);
-            double a1 = now_s();
+            double a1 = bench_now_s();
             memcpy(s->x, x0, (size_t)n * s->ldx * sizeof *x0);
-            double a1b = now_s();
+            double a1b = bench_now_s();
             for (int l = 0; l < c->num_layers; l++) qin_qnn_layer(m, l, n, s->x, s->ldx, s->y);
-            double a2 = now_s();
+            double a2 = bench_now_s();
             for (int l = 0; l < c->num_layers; l++)
                 cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, D, D, 1.0f, a, D, w[l],
                             D, 0.0f, y, D);
-            double a3 = now_s();
+            double a3 = bench_now_s();
             tf[it] = a1 - a0;
             tq[it] = a2 - a1b;
             tg[it] = a3 - a2;
             it++;
         }
-        double med = quantile(tf, it, 0.5), p99 = quantile(tf, it, 0.99);
-        double qmed = quantile(tq, it, 0.5), gmed = quantile(tg, it, 0.5);
+        double med = bench_quantile(tf, it, 0.5), p99 = bench_quantile(tf, it, 0.99);
+        double qmed = bench_quantile(tq, it, 0.5), gmed = bench_quantile(tg, it, 0.5);
         printf("%5d %10.1f %10.1f %10.2f %9.1f %9.1f %10.1f %9.0f%% %7d\n", n, med * 1e6,
                p99 * 1e6, med * 1e6 / n, flops / med * 1e-9, qnn_flops / qmed * 1e-9,
                qnn_flops / gmed * 1e-9, 100.0 * gmed / qmed, it);

@@ -16,6 +16,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "arch.h"
+#include "attn.h"
 #include "gemm.h"
 #include "qin_internal.h"
 
@@ -24,50 +26,13 @@ size_t qin_item_vec_floats(const qin_model *m) { return 3 * (size_t)m->cfg.item_
 float *qin_item_vec_alloc(const qin_model *m) { return qin_falloc(qin_item_vec_floats(m)); }
 
 /* e = [E_item[id] | masked tag mean | W_mm mm] into e (item_dim floats),
- * after checking the item.  The attention halves are the caller's. */
+ * after checking the item (itemvec.h, shared with DIN).  The attention
+ * halves are the caller's. */
 static int item_base(const qin_model *m, const qin_item_input *item, float *e, char *err,
                      size_t errlen) {
-    const qin_config *c = &m->cfg;
-    const int d = c->embedding_dim;
-    if (item->id < 1 || item->id >= c->item_vocab)
-        return ctr_fail(err, errlen, CTR_ERANGE, "item_id %lld outside 1..%d",
-                        (long long)item->id, c->item_vocab - 1);
-    if (item->num_tags < 0 || item->num_tags > c->num_tags)
-        return ctr_fail(err, errlen, CTR_EINVAL, "item %lld: %d tags, at most %d",
-                        (long long)item->id, item->num_tags, c->num_tags);
-    for (int k = 0; k < item->num_tags; k++)
-        if (item->tags[k] < 0 || item->tags[k] >= c->tag_vocab)
-            return ctr_fail(err, errlen, CTR_ERANGE, "item %lld: tag %d outside 0..%d",
-                            (long long)item->id, (int)item->tags[k], c->tag_vocab - 1);
-    if (item->mm)
-        for (int k = 0; k < c->mm_in; k++)
-            if (!isfinite(item->mm[k]))
-                return ctr_fail(err, errlen, CTR_EINVAL,
-                                "item %lld: non-finite multimodal value at %d",
-                                (long long)item->id, k);
-
-    float *e_tag = e + d, *e_mm = e + 2 * d;
-    memcpy(e, m->item_emb + (size_t)item->id * d, (size_t)d * sizeof *e);
-
-    /* Masked mean over the tags whose embedding row is not all zero; the
-     * divisor n + 1e-12 is the training code's, and makes all-padding
-     * tags give zero. */
-    memset(e_tag, 0, (size_t)d * sizeof *e_tag);
-    int live = 0;
-    for (int k = 0; k < item->num_tags; k++) {
-        if (!m->tag_live[item->tags[k]]) continue;
-        const float *row = m->tag_emb + (size_t)item->tags[k] * d;
-        for (int j = 0; j < d; j++) e_tag[j] += row[j];
-        live++;
-    }
-    float denom = (float)live + 1e-12f;
-    for (int j = 0; j < d; j++) e_tag[j] /= denom;
-
-    if (item->mm)
-        cblas_sgemv(CblasRowMajor, CblasNoTrans, c->mm_out, c->mm_in, 1.0f, m->w_mm, c->mm_in,
-                    item->mm, 1, 0.0f, e_mm, 1);
-    else
-        memset(e_mm, 0, (size_t)c->mm_out * sizeof *e_mm);
+    int rc = itemvec_check(&m->iv, item, err, errlen);
+    if (rc < 0) return rc;
+    itemvec_base(&m->iv, item, e);
     return CTR_OK;
 }
 
@@ -290,3 +255,105 @@ int qin_forward(const qin_model *m, qin_scratch *s, const qin_request *req, floa
     qin_head(m, n, s->x, ldx, s->logit, prob);
     return CTR_OK;
 }
+
+/* --- the engine interface (arch.h) --------------------------------------- */
+
+/* QIN behind engine.h: the functions above, unchanged; the explanation
+ * reads the attention weights qin_forward leaves in its scratch. */
+
+typedef struct qin_engine_scratch {
+    qin_scratch *s;
+    int32_t *pos;                 /* max_len: positions of the kept behaviours */
+} qin_engine_scratch;
+
+static int qin_arch_load(const st_file *f, const engine_schema *sc, void **impl, char *err,
+                         size_t errlen) {
+    (void)sc;
+    return qin_model_build(f, (qin_model **)impl, err, errlen);
+}
+
+static void qin_arch_free(void *impl) { qin_model_free(impl); }
+
+static size_t qin_arch_vec_floats(const void *impl) { return qin_item_vec_floats(impl); }
+
+static int qin_arch_items(const void *impl, int n, const engine_item *items, float *out, int *bad,
+                          char *err, size_t errlen) {
+    /* qin_items_compute takes qin_item_input: convert a chunk at a time on
+     * the stack (the products stay batched per chunk). */
+    enum { CHUNK = 128 };
+    qin_item_input in[CHUNK];
+    const size_t vf = qin_item_vec_floats(impl);
+    for (int i0 = 0; i0 < n; i0 += CHUNK) {
+        int c = n - i0 < CHUNK ? n - i0 : CHUNK;
+        for (int i = 0; i < c; i++) in[i] = engine_item_base(&items[i0 + i]);
+        int rc = qin_items_compute(impl, c, in, out + (size_t)i0 * vf, bad, err, errlen);
+        if (rc < 0) {
+            if (bad) *bad += i0;
+            return rc;
+        }
+    }
+    return CTR_OK;
+}
+
+static void qin_arch_scratch_free(void *scratch) {
+    qin_engine_scratch *es = scratch;
+    if (!es) return;
+    qin_scratch_free(es->s);
+    free(es->pos);
+    free(es);
+}
+
+static int qin_arch_scratch_init(const void *impl, int max_cand, void **scratch) {
+    const qin_model *m = impl;
+    qin_engine_scratch *es = calloc(1, sizeof *es);
+    if (!es) return CTR_ENOMEM;
+    int rc = qin_scratch_init(m, max_cand, &es->s);
+    es->pos = malloc((size_t)m->cfg.max_len * sizeof *es->pos);
+    if (rc == CTR_OK && !es->pos) rc = CTR_ENOMEM;
+    if (rc < 0) {
+        qin_arch_scratch_free(es);
+        return rc;
+    }
+    *scratch = es;
+    return CTR_OK;
+}
+
+static int qin_arch_forward(const void *impl, void *scratch, const engine_request *req,
+                            float *prob, char *err, size_t errlen) {
+    const qin_model *m = impl;
+    qin_engine_scratch *es = scratch;
+    qin_request q = {req->hist, req->num_hist, req->cand, req->ctx, req->num_cand};
+    int rc = qin_forward(m, es->s, &q, prob, err, errlen);
+    if (rc < 0 || !req->explain) return rc;
+    /* qin_forward kept the same behaviours (the window, padding skipped)
+     * and left a_j in s (num_cand x max_len). */
+    int nh = attn_window(req->hist, req->num_hist, m->cfg.max_len, es->pos);
+    attn_explain(es->s->s, req->num_cand, nh, m->cfg.max_len, es->pos, req->explain, 0);
+    return CTR_OK;
+}
+
+static engine_cost qin_arch_cost(const void *impl, int nh) {
+    const qin_config *c = &((const qin_model *)impl)->cfg;
+    const double D = c->input_dim, E = c->item_dim, H = c->attn_dim, R = c->num_row;
+    engine_cost k;
+    /* Folded: the attention (t . A h and a_j B h, 2 E per behaviour), the
+     * QNN (D x D per layer) and the head. */
+    k.folded = 2.0 * nh * E + c->num_layers * D * D + D;
+    /* As trained: every candidate's copy of the history gets its item
+     * vectors (W_mm) and projections (W_k, W_v), the target W_q, the
+     * scores and pool (2 H per behaviour), W_o, the R-row QNN, the head. */
+    k.unfolded = (double)c->mm_in * c->mm_out * (nh + 1) + E * H * (1 + 2.0 * nh) +
+                 2.0 * nh * H + H * E + c->num_layers * R * D * D + D;
+    return k;
+}
+
+const arch_ops qin_arch_ops = {
+    .load = qin_arch_load,
+    .free = qin_arch_free,
+    .item_vec_floats = qin_arch_vec_floats,
+    .items_compute = qin_arch_items,
+    .scratch_init = qin_arch_scratch_init,
+    .scratch_free = qin_arch_scratch_free,
+    .forward = qin_arch_forward,
+    .cost = qin_arch_cost,
+};

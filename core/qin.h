@@ -43,6 +43,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "itemvec.h"
 #include "status.h"
 
 #define QIN_MAX_CTX 16        /* context fields a model may declare */
@@ -95,12 +96,10 @@ const qin_config *qin_model_config(const qin_model *m);
 
 /* --- Item vectors ------------------------------------------------------ */
 
-typedef struct qin_item_input {
-    int64_t id;             /* 1..item_vocab-1 */
-    const int32_t *tags;    /* num_tags ids (fewer: the rest are padding) */
-    int num_tags;
-    const float *mm;        /* mm_in floats; NULL means all zeros */
-} qin_item_input;
+/* {id (1..item_vocab-1), tags (num_tags ids; fewer: the rest are padding),
+ * num_tags, mm (mm_in floats; NULL means all zeros)}: the struct of
+ * itemvec.h, shared with DIN. */
+typedef itemvec_input qin_item_input;
 
 /* Floats in one item vector: [e | A e | B e], each part item_dim floats. */
 size_t qin_item_vec_floats(const qin_model *m);

@@ -7,6 +7,7 @@
 #define CTR_QIN_INTERNAL_H
 
 #include "qin.h"
+#include "safetensors.h"
 
 /* Alignment of every weight and activation buffer (one cache line, and
  * enough for any SIMD width OpenBLAS picks). */
@@ -16,10 +17,7 @@ struct qin_model {
     qin_config cfg;
     /* Embedding tables, row-major, 64-byte aligned. */
     float *ctx_emb[QIN_MAX_CTX];  /* ctx_vocab[f] x d */
-    float *item_emb;              /* item_vocab x d */
-    float *tag_emb;               /* tag_vocab x d */
-    unsigned char *tag_live;      /* tag_vocab: 1 when the row is not all zero */
-    float *w_mm;                  /* mm_out x mm_in ([out, in]) */
+    itemvec_tables iv;            /* E_item, E_tag, W_mm (itemvec.h) */
     /* Attention folds (computed in double at load). */
     float *attn_a;                /* E x E: A = W_q^T W_k */
     float *attn_b;                /* E x E: B = W_o W_v */
@@ -55,6 +53,10 @@ int qin_model_use_packed(qin_model *m, int on);
 
 /* Aligned allocation of n floats, zeroed; NULL on failure or overflow. */
 float *qin_falloc(size_t n);
+
+/* Builds a QIN model from a parsed model file (what qin_model_load_buffer
+ * and the engine's QIN loader share). */
+int qin_model_build(const st_file *f, qin_model **out, char *err, size_t errlen);
 
 /* Pieces of the forward pass (qin.c), exposed for the tests. */
 

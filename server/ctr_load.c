@@ -51,7 +51,7 @@
 #include <time.h>
 
 #include "core/arena.h"
-#include "core/qin.h"
+#include "core/engine.h"
 #include "core/status.h"
 #include "proto/features.h"
 #include "proto/meta.h"
@@ -78,6 +78,8 @@ static void usage(FILE *f) {
 "  --items FILE     item features, one JSON object a line:\n"
 "                     {\"item_id\": 17, \"item_tags\": [up to N ints],\n"
 "                      \"item_emb_d128\": [mm-dim numbers]}\n"
+"                   or, for a model that reads a category (TIN, with\n"
+"                   --model): {\"item_id\": 0, \"cate_id\": 5}\n"
 "                   stored as <prefix>i:<item_id>; other fields ignored\n"
 "  --users FILE     histories, one JSON object a line:\n"
 "                     {\"user_id\": \"u1\" | 42, \"item_seq\": [ids, oldest first]}\n"
@@ -85,10 +87,13 @@ static void usage(FILE *f) {
 "                   decimal text, so 42 and \"42\" are the same user)\n"
 "  --prefix P       key prefix (default \"ctr:\"); load a new feature version\n"
 "                   under a new prefix and point the service at it\n"
-"  --model M        model file: take --max-tags and --mm-dim from it, check\n"
-"                   item ids (1..item_vocab-1) and tag ids (0..tag_vocab-1)\n"
-"                   against its vocabularies, and refuse items whose\n"
-"                   features make its item vector overflow\n"
+"  --model M        model file (QIN, DIN or TIN): write what its schema\n"
+"                   reads (tags and embedding, or a category), take\n"
+"                   --max-tags and --mm-dim from it, and check item ids\n"
+"                   (1..item_vocab-1; TIN: 0..item_vocab-1), tag ids\n"
+"                   (0..tag_vocab-1) and cate_id (0..cate_vocab-1),\n"
+"                   and refuse items whose features make its item\n"
+"                   vector overflow\n"
 "  --max-tags N     tag slots per item (default 5); lines with more are bad\n"
 "  --mm-dim N       embedding width (default 128); other widths are bad\n"
 "  --max-seq N      longest history stored (default 1000); longer ones keep\n"
@@ -98,7 +103,8 @@ static void usage(FILE *f) {
 "                   5000)\n"
 "  --help           this text\n"
 "\n"
-"Checks: item ids must be >= 1 (0 is padding); tags must fit in int32 and\n"
+"Checks: item ids must be >= 1 (0 is padding), except for a model whose\n"
+"ids start at 0 (TIN); tags and cate_id must fit in int32 and\n"
 "embedding values be finite float32; history ids must be within\n"
 "0..2147483647 (0 is padding; ids unknown to the model are padding when\n"
 "scoring, so they are not refused here).  An item or user given twice is a\n"
@@ -126,9 +132,11 @@ typedef struct options {
     const char *redis, *items, *users, *prefix, *model;
     int max_tags, mm_dim, max_seq, batch, timeout_ms;
     int item_vocab, tag_vocab;      /* from --model; 0: unchecked */
-    qin_model *qin;                 /* --model: item vectors checked */
+    engine_model *eng;              /* --model: item vectors checked */
     char model_version[64];
     float *vec;                     /* one item vector, for the check */
+    int item_id_min;                /* 1, or 0 for a TIN model */
+    int cate_vocab;                 /* from --model; 0: no category */
 } options;
 
 typedef struct loader {
@@ -177,18 +185,30 @@ static int item_line(loader *ld, jsonl_source *src, const char *line, size_t len
     const options *o = ld->o;
     char err[256];
     proto_item it;
-    int st = proto_item_decode(line, len, o->max_tags, o->mm_dim, scratch, &it, err,
-                               sizeof err);
+    /* The fields the model reads: tags and embedding, or a category. */
+    const proto_item_schema sch = {o->cate_vocab ? -1 : o->max_tags,
+                                   o->cate_vocab ? -1 : o->mm_dim, o->cate_vocab > 0};
+    int st = proto_item_decode_schema(line, len, &sch, scratch, &it, err, sizeof err);
     if (st == CTR_ENOMEM) return st;
     if (st < 0) { jsonl_error(src, "%s", err); return CTR_OK; }
-    if (it.item_id < 1) {
-        jsonl_error(src, "item_id: %" PRId64 " is not an item id (ids "
-                    "start at 1; 0 is padding)", it.item_id);
+    if (it.item_id < o->item_id_min) {
+        if (o->item_id_min == 1)
+            jsonl_error(src, "item_id: %" PRId64 " is not an item id (ids "
+                        "start at 1; 0 is padding)", it.item_id);
+        else
+            jsonl_error(src, "item_id: %" PRId64 " is not an item id (ids "
+                        "start at 0)", it.item_id);
         return CTR_OK;
     }
     if (o->item_vocab && it.item_id >= o->item_vocab) {
         jsonl_error(src, "item_id: %" PRId64 " is outside the model's "
-                    "item vocabulary (1..%d)", it.item_id, o->item_vocab - 1);
+                    "item vocabulary (%d..%d)", it.item_id, o->item_id_min,
+                    o->item_vocab - 1);
+        return CTR_OK;
+    }
+    if (it.has_cate && (it.cate < 0 || it.cate >= o->cate_vocab)) {
+        jsonl_error(src, "cate_id: %" PRId32 " is outside the model's "
+                    "category vocabulary (0..%d)", it.cate, o->cate_vocab - 1);
         return CTR_OK;
     }
     int k = 0;
@@ -199,20 +219,23 @@ static int item_line(loader *ld, jsonl_source *src, const char *line, size_t len
                     "model's tag vocabulary (0..%d)", k, it.tags[k], o->tag_vocab - 1);
         return CTR_OK;
     }
-    size_t size = features_item_size(it.num_tags, it.mm_dim);
+    size_t size = it.has_cate ? features_item_cate_size(it.num_tags, it.mm_dim)
+                              : features_item_size(it.num_tags, it.mm_dim);
     void *val = size ? arena_alloc(scratch, size, 8) : NULL;
     if (!val) return CTR_ENOMEM;
     size_t vlen;
-    if (features_item_encode(it.tags, it.num_tags, it.mm, it.mm_dim, val, size, &vlen, err,
-                             sizeof err) < 0) {
+    if ((it.has_cate ? features_item_encode_cate(it.tags, it.num_tags, it.mm, it.mm_dim,
+                                                 it.cate, val, size, &vlen, err, sizeof err)
+                     : features_item_encode(it.tags, it.num_tags, it.mm, it.mm_dim, val,
+                                            size, &vlen, err, sizeof err)) < 0) {
         jsonl_error(src, "%s", err);
         return CTR_OK;
     }
-    if (o->qin) {
+    if (o->eng) {
         /* The model's first products of this item: exact, and cheap next
          * to parsing the line. */
-        qin_item_input in = {it.item_id, it.tags, it.num_tags, it.mm};
-        if (qin_item_compute(o->qin, &in, o->vec, err, sizeof err) < 0) {
+        engine_item in = {it.item_id, it.tags, it.num_tags, it.mm, it.cate};
+        if (engine_items_compute(o->eng, 1, &in, o->vec, NULL, err, sizeof err) < 0) {
             jsonl_error(src, "%s", err);
             return CTR_OK;
         }
@@ -334,7 +357,8 @@ static int parse_int(const char *opt, const char *s, int lo, int hi, int *out) {
 
 int main(int argc, char **argv) {
     options o = {.prefix = "ctr:", .max_tags = -1, .mm_dim = -1,
-                 .max_seq = 1000, .batch = 512, .timeout_ms = 5000};
+                 .max_seq = 1000, .batch = 512, .timeout_ms = 5000,
+                 .item_id_min = 1};
     enum { O_REDIS = 1, O_ITEMS, O_USERS, O_PREFIX, O_MODEL, O_MAX_TAGS,
            O_MM_DIM, O_MAX_SEQ, O_BATCH, O_TIMEOUT, O_HELP };
     static const struct option longopts[] = {
@@ -397,21 +421,23 @@ int main(int argc, char **argv) {
 
     char err[256];
     if (o.model) {
-        qin_model *m;
-        if (qin_model_load(o.model, &m, err, sizeof err) < 0) {
-            fprintf(stderr, PROG ": %s: %s\n", o.model, err);
+        engine_model *m;
+        if (engine_model_load(o.model, &m, err, sizeof err) < 0) {
+            fprintf(stderr, PROG ": %s\n", err);
             return 2;
         }
-        const qin_config *cfg = qin_model_config(m);
-        int tags = cfg->num_tags, mm = cfg->mm_in;
+        const engine_schema *cfg = engine_model_schema(m);
+        int tags = cfg->num_tags, mm = cfg->mm_dim;
         o.item_vocab = cfg->item_vocab;
         o.tag_vocab = cfg->tag_vocab;
         snprintf(o.model_version, sizeof o.model_version, "%s", cfg->version);
-        o.qin = m;
-        o.vec = qin_item_vec_alloc(m);
+        o.item_id_min = cfg->item_id_min;
+        o.cate_vocab = cfg->cate_vocab;
+        o.eng = m;
+        o.vec = engine_item_vecs_alloc(m, 1);
         if (!o.vec) {
             fprintf(stderr, PROG ": out of memory\n");
-            qin_model_free(m);
+            engine_model_free(m);
             return 2;
         }
         if ((o.max_tags >= 0 && o.max_tags != tags) ||
@@ -420,7 +446,7 @@ int main(int argc, char **argv) {
                     "the model's %d tags and %d-wide embedding; leave them "
                     "out with --model\n", o.max_tags, o.mm_dim, tags, mm);
             free(o.vec);
-            qin_model_free(o.qin);
+            engine_model_free(o.eng);
             return 2;
         }
         o.max_tags = tags;
@@ -438,7 +464,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, PROG ": %s\n", err);
         jsonl_source_close(si);
         free(o.vec);
-        qin_model_free(o.qin);
+        engine_model_free(o.eng);
         return 2;
     }
 
@@ -487,7 +513,7 @@ int main(int argc, char **argv) {
 done:
     featstore_close(ld.fs);
     free(o.vec);
-    qin_model_free(o.qin);
+    engine_model_free(o.eng);
     jsonl_source_close(si);
     jsonl_source_close(su);
     return status;
