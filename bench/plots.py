@@ -25,6 +25,7 @@ date, since a figure copied into a README outlives its run.
 import json
 import math
 import os
+import re
 import sys
 import time
 
@@ -88,7 +89,9 @@ def compare_figure(results, path, footer=""):
                 ratio = "ort_over_ours" if key == "ort" else "torch_over_ours"
                 for r in rows:
                     if r.get(ratio):
-                        ax.annotate(f"{r[ratio]:.0f}x", (r["n"], r[f"{key}_median_us"]),
+                        v = r[ratio]
+                        ax.annotate(f"{v:.1f}x" if v < 10 else f"{v:.0f}x",
+                                    (r["n"], r[f"{key}_median_us"]),
                                     textcoords="offset points", xytext=(6, -3), fontsize=7,
                                     color=color)
         ax.set_xscale("log", base=2)
@@ -117,7 +120,8 @@ def e2e_figure(rows, path, footer=""):
     """rows: [(mode, n, load, conns, result)] as e2e.py builds them; load is
     "saturation" (closed loop) or "NN% of sat" (paced); result has rps,
     p50_ms, p99_ms, p999_ms.  A grid: a column per N, a row per
-    percentile, a line per mode."""
+    percentile, a line per mode; x is the load offered (a paced run that
+    falls behind it shows as latency, not as a point moved left)."""
     ns = sorted({r[1] for r in rows})
     fig, axes = plt.subplots(len(PERCENTILES), len(ns), figsize=(4.4 * len(ns), 2.9 * len(PERCENTILES)),
                              squeeze=False, sharey="row", sharex="col")
@@ -125,7 +129,7 @@ def e2e_figure(rows, path, footer=""):
         for i, (key, pname, _, _) in enumerate(PERCENTILES):
             ax = axes[i][j]
             for mode, (label, color) in MODES.items():
-                pts = sorted((r[4]["rps"], r[4][key], r[2]) for r in rows
+                pts = sorted((_offered(r, rows), r[4][key], r[2]) for r in rows
                              if r[0] == mode and r[1] == n)
                 if not pts:
                     continue
@@ -147,10 +151,10 @@ def e2e_figure(rows, path, footer=""):
             if i == 0:
                 ax.set_title(f"N = {n} candidates, history 64", fontsize=10)
             if i == len(PERCENTILES) - 1:
-                ax.set_xlabel("throughput, req/s", fontsize=9)
+                ax.set_xlabel("offered load, req/s", fontsize=9)
     handles, labels = axes[0][0].get_legend_handles_labels()
     handles.append(Line2D([], [], color="0.3", marker="o", ms=10, mfc="none", ls="none"))
-    labels.append("closed loop at saturation (others: 25/50/75% of it offered)")
+    labels.append("closed loop: the saturation rate (others: 25/50/75% of it offered, paced)")
     fig.legend(handles, labels, loc="upper center", ncol=4, fontsize=8, frameon=False,
                bbox_to_anchor=(0.5, 0.955))
     fig.suptitle("ctr-server end to end (HTTP, JSON, Redis, model), client-side latency "
@@ -197,6 +201,16 @@ def _guarded(fn):
 def _load(path):
     with open(path) as f:
         return json.load(f)
+
+
+def _offered(row, rows):
+    """The load offered: NN% of the same mode and N's saturation rate for a
+    paced run; for the closed-loop run, the rate it reached."""
+    m = re.match(r"(\d+)% of sat", row[2])
+    if not m:
+        return row[4]["rps"]
+    sat = [r[4]["rps"] for r in rows if r[0] == row[0] and r[1] == row[1] and r[2] == "saturation"]
+    return int(m.group(1)) / 100 * sat[0] if sat else row[4]["rps"]
 
 
 def footer_line(machine):

@@ -346,8 +346,8 @@ static void render_process(proto_buf *b, double start_time) {
     const char *p = strrchr(buf, ')');
     unsigned long long utime = 0, stime = 0;
     long long rss = 0;
-    if (!p || sscanf(p + 1, " %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu "
-                            "%*d %*d %*d %*d %*d %*d %*u %*u %lld",
+    if (!p || sscanf(p + 1, " %*c %*d %*d %*d %*d %*d %*u %*llu %*llu %*llu %*llu %llu %llu "
+                            "%*lld %*lld %*lld %*lld %*lld %*lld %*llu %*llu %lld",
                      &utime, &stime, &rss) != 3)
         return;
     long ticks = sysconf(_SC_CLK_TCK), page = sysconf(_SC_PAGESIZE);
