@@ -341,15 +341,20 @@ static void render_process(proto_buf *b, double start_time) {
     size_t n = fread(buf, 1, sizeof buf - 1, f);
     fclose(f);
     buf[n] = '\0';
-    /* Fields after the command name (which may hold spaces and parens):
-     * state is field 3, utime 14, stime 15, rss 24 (pages). */
+    /* Fields after the command name (which may hold spaces and parens),
+     * counted from the state, field 3: utime 14, stime 15, rss 24 (pages). */
     const char *p = strrchr(buf, ')');
-    unsigned long long utime = 0, stime = 0;
-    long long rss = 0;
-    if (!p || sscanf(p + 1, " %*c %*d %*d %*d %*d %*d %*u %*llu %*llu %*llu %*llu %llu %llu "
-                            "%*lld %*lld %*lld %*lld %*lld %*lld %*llu %*llu %lld",
-                     &utime, &stime, &rss) != 3)
-        return;
+    unsigned long long utime = 0, stime = 0, rss = 0;
+    int field = 3, found = 0;
+    for (p = p ? p + 1 : NULL; p && *p && found < 3; field++) {
+        while (*p == ' ') p++;
+        unsigned long long v = strtoull(p, NULL, 10);   /* field 3 (a letter): 0 */
+        if (field == 14) utime = v, found++;
+        else if (field == 15) stime = v, found++;
+        else if (field == 24) rss = v, found++;
+        p = strchr(p, ' ');
+    }
+    if (found != 3) return;
     long ticks = sysconf(_SC_CLK_TCK), page = sysconf(_SC_PAGESIZE);
     if (ticks <= 0 || page <= 0) return;
     family(b, "process_cpu_seconds_total", "counter",
@@ -357,7 +362,8 @@ static void render_process(proto_buf *b, double start_time) {
     proto_buf_printf(b, "process_cpu_seconds_total %.2f\n",
                      (double)(utime + stime) / (double)ticks);
     family(b, "process_resident_memory_bytes", "gauge", "Resident memory size in bytes.");
-    proto_buf_printf(b, "process_resident_memory_bytes %lld\n", rss * (long long)page);
+    proto_buf_printf(b, "process_resident_memory_bytes %llu\n",
+                     rss * (unsigned long long)page);
 }
 
 int metrics_render(metrics *m, const item_cache_stats *cache, proto_buf *b) {
