@@ -4,7 +4,10 @@
 #   make test                 unit tests (cmocka) + integration tests
 #   make SANITIZE=address test     the same under AddressSanitizer
 #   make SANITIZE=undefined test   the same under UBSan
-#   make check                test + ASan, UBSan and TSan runs (what CI runs)
+#   make check                test + ASan, UBSan and TSan runs, then
+#                             test-prometheus once (what CI runs)
+#   make test-prometheus      a real Prometheus scraping ctr-server under
+#                             load: recording rules, alerts, dashboard (~75 s)
 #   make bench                forward-pass benchmarks (print tables): QIN in
 #                             detail, then QIN, DIN and TIN through engine.h
 #   make container-test       build the Dockerfile's images with podman and run
@@ -65,7 +68,8 @@ FUZZ_SRC   := $(wildcard tests/fuzz/fuzz_*.c)
 FUZZ_BIN   := $(FUZZ_SRC:%.c=$(B)/%)
 FUZZ_SECONDS ?= 60
 
-.PHONY: all test check bench bench-e2e bench-faults soak golden fuzz clean container-test
+.PHONY: all test check bench bench-e2e bench-faults soak golden fuzz clean container-test \
+        test-prometheus
 all: $(PROGRAMS) $(BENCH_BIN)
 
 $(B)/%.o: %.c
@@ -118,6 +122,15 @@ check:
 	$(MAKE) SANITIZE=address test
 	$(MAKE) SANITIZE=undefined test
 	$(MAKE) SANITIZE=thread test
+	$(MAKE) test-prometheus
+
+# Debian's prometheus scraping ctr-server while bench/loadgen drives it,
+# the recording rules checked against the load's own counts through the
+# HTTP API, every dashboard expression evaluated.  A target of its own (the
+# rules' windows are a minute, so it runs ~75 s); `check` runs it once, on
+# the optimised build, since the sanitizers would only slow the server down.
+test-prometheus: all golden
+	CTR_BUILD=$(B) CTR_GOLDEN=$(GOLDEN) $(PYTHON) tests/integration/test_prometheus.py
 
 bench: all golden
 	$(B)/bench/bench_forward

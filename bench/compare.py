@@ -756,6 +756,8 @@ def main():
         json.dump(dict(machine=machine(), ns=ns, results=results,
                        verdicts=verdicts, total_s=total, parity_ok=ok), f,
                   indent=1)
+    import plots  # bench/plots.py: compare.png beside results.json
+    plots.after_compare(args.out, machine())
     return 0 if ok else 1
 
 

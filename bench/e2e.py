@@ -120,6 +120,8 @@ def main():
     ap.add_argument("--conns", type=int, default=8, help="connections for the saturation run")
     ap.add_argument("--modes", default="warm,cold,floor")
     ap.add_argument("--quick", action="store_true", help="2 s runs, N=16 and 64 only")
+    ap.add_argument("--out", default=os.path.join(ROOT, "build/bench-e2e"),
+                    help="results.json and e2e.png (bench/plots.py)")
     args = ap.parse_args()
     if args.quick:
         args.seconds, args.ns = 2, "16,64"
@@ -202,6 +204,8 @@ def main():
             if ("floor", n) in half:
                 print(f"floor N={n} at half saturation: p99 {half[('floor', n)]['p99_ms']:.3f} ms "
                       f"(target: under 0.3 ms)")
+        import plots  # bench/plots.py
+        plots.after_e2e(rows, args.out, f"{cpu}, {os.cpu_count()} cores; {secs:g} s runs")
     finally:
         if server and server.poll() is None:
             server.kill()

@@ -32,6 +32,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -96,7 +97,10 @@ static int open_conn(conn *c, int ep) {
         c->fd = -1;
         return -1;
     }
-    struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT, .data.ptr = c};
+    /* Readable only, while idle: an idle socket is always writable, and
+     * EPOLLOUT on it would make every epoll_wait return at once (a core
+     * spinning between paced requests).  start_request's caller adds it. */
+    struct epoll_event ev = {.events = EPOLLIN, .data.ptr = c};
     epoll_ctl(ep, EPOLL_CTL_ADD, c->fd, &ev);
     c->busy = 0;
     c->got = 0;
@@ -192,6 +196,8 @@ int main(int argc, char **argv) {
     int64_t *next = calloc((size_t)conns, sizeof *next);
     for (int i = 0; i < conns; i++) next[i] = start + (int64_t)(interval * i / conns);
     struct epoll_event evs[256];
+    int have_pwait2 = 1;
+    prctl(PR_SET_TIMERSLACK, 1UL, 0, 0, 0);   /* wake when asked, not up to 50 us late */
     for (;;) {
         int64_t t = now_ns();
         if (t >= end) break;
@@ -208,8 +214,18 @@ int main(int argc, char **argv) {
             struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT, .data.ptr = c};
             epoll_ctl(ep, EPOLL_CTL_MOD, c->fd, &ev);
         }
-        int timeout = 1;
-        int ne = epoll_wait(ep, evs, 256, timeout);
+        /* Sleep until the next paced start is due (or 1 ms, closed loop
+         * or all busy), to the nanosecond where the kernel has
+         * epoll_pwait2: a request starting late would be charged the
+         * delay. */
+        int64_t wake = t + 1000000;
+        for (int i = 0; rate > 0 && i < conns; i++)
+            if (cs[i].fd >= 0 && !cs[i].busy && next[i] < wake) wake = next[i];
+        int64_t wait_ns = wake > t ? wake - t : 0;
+        struct timespec ts = {(time_t)(wait_ns / 1000000000), (long)(wait_ns % 1000000000)};
+        int ne = have_pwait2 ? epoll_pwait2(ep, evs, 256, &ts, NULL) : -1;
+        if (ne < 0 && errno == ENOSYS) have_pwait2 = 0;
+        if (!have_pwait2) ne = epoll_wait(ep, evs, 256, (int)(wait_ns / 1000000));
         for (int k = 0; k < ne; k++) {
             conn *c = evs[k].data.ptr;
             if (c->fd < 0) continue;
@@ -255,7 +271,7 @@ int main(int argc, char **argv) {
                 c->got = 0;
                 if (!keep) close_conn(c, ep);
                 else {
-                    struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT, .data.ptr = c};
+                    struct epoll_event ev = {.events = EPOLLIN, .data.ptr = c};
                     epoll_ctl(ep, EPOLL_CTL_MOD, c->fd, &ev);
                 }
             }

@@ -21,7 +21,7 @@ runtime_pkgs=(libmicrohttpd12 libjansson4 libopenblas0-pthread libhiredis0.14 li
 build_pkgs=(gcc make pkg-config libc6-dev libmicrohttpd-dev libjansson-dev libopenblas-dev
             libhiredis-dev libcmocka-dev libdnnl-dev)
 test_pkgs=(redis-server redis-tools python3 python3-numpy python3-torch curl wrk procps
-           haproxy python3-kubernetes python3-yaml)
+           haproxy python3-kubernetes python3-yaml prometheus python3-matplotlib)
 demo_pkgs=(python3 python3-numpy python3-torch)
 container_pkgs=(podman buildah runc debootstrap podman-compose
                 golang-github-containernetworking-plugin-dnsname curl python3)

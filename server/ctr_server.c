@@ -89,6 +89,7 @@ static void health_check(service *svc, featstore *fs) {
     metrics_redis(svc->metrics, METRICS_REDIS_PING, (double)(clock_now_ns() - t0) * 1e-9,
                   rc == CTR_OK ? METRICS_REDIS_OK
                                : rc == CTR_ETIMEOUT ? METRICS_REDIS_TIMEOUT : METRICS_REDIS_ERROR);
+    metrics_redis_up(svc->metrics, rc == CTR_OK);
     if (rc == CTR_OK) rc = featstore_get_meta(fs, dl, buf, sizeof buf, &len, err, sizeof err);
     if (rc == CTR_OK) {
         proto_meta m;

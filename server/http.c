@@ -317,6 +317,7 @@ static void *worker_main(void *arg) {
         work(h, r);
         r->state = REQ_DONE;
         atomic_fetch_sub(&h->pending, 1);
+        metrics_pending_add(h->svc->metrics, -1);
         MHD_resume_connection(r->conn);
         wake(h);
     }
@@ -328,6 +329,7 @@ static int admit(http_server *h, http_req *r) {
         atomic_fetch_sub(&h->pending, 1);
         return -1;
     }
+    metrics_pending_add(h->svc->metrics, 1);
     r->state = REQ_QUEUED;
     MHD_suspend_connection(r->conn);
     pthread_mutex_lock(&h->qmu);
@@ -715,6 +717,7 @@ int http_start(service *svc, const http_params *p, http_server **out, char *err,
     if (!h) return ctr_fail(err, errlen, CTR_ENOMEM, "out of memory");
     h->svc = svc;
     h->p = *p;
+    metrics_set_pending_limit(svc->metrics, p->max_pending);
     atomic_init(&h->inflight, 0);
     atomic_init(&h->pending, 0);
     pthread_mutex_init(&h->qmu, NULL);

@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 /* Bucket upper bounds in seconds: 100 us (a cache-warm rank of a few
  * items) to 1 s (far past any sane deadline).  The literal is also the
@@ -68,13 +69,18 @@ struct metrics {
     counter redis_timeouts[METRICS_REDIS_OP_COUNT];
     counter redis_errors[METRICS_REDIS_OP_COUNT];
     atomic_int_fast64_t inflight;
+    atomic_int_fast64_t pending;
+    atomic_int pending_limit;
+    atomic_int redis_up;
     counter scored;
+    counter degraded_responses;
     histogram stage_time[METRICS_RANK_STAGES];
     counter breaker_opens, breaker_closes, breaker_probes, breaker_short;
     counter shed_admission, shed_deadline, cut_receive;
     atomic_int feature_set_ready;
     _Atomic double feature_set_loaded_at;
     counter reloads_ok, reloads_failed;
+    atomic_int last_reload_ok;
     /* The last slot is "other" from the start; the rest are claimed by CAS
      * on first use of a reason. */
     reason_slot reasons[METRICS_MAX_REASONS];
@@ -105,6 +111,7 @@ int metrics_init(metrics **out) {
         return CTR_ENOMEM;
     }
     atomic_store(&m->reasons[METRICS_MAX_REASONS - 1].name, "other");
+    atomic_store(&m->last_reload_ok, 1);   /* the first load succeeded, or no process */
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     m->start_time = (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
@@ -165,6 +172,16 @@ void metrics_scored(metrics *m, uint64_t n) {
     add(&m->scored, n);
 }
 
+void metrics_degraded_response(metrics *m) { add(&m->degraded_responses, 1); }
+
+void metrics_pending_add(metrics *m, int delta) {
+    atomic_fetch_add_explicit(&m->pending, delta, memory_order_relaxed);
+}
+
+void metrics_set_pending_limit(metrics *m, int limit) { atomic_store(&m->pending_limit, limit); }
+
+void metrics_redis_up(metrics *m, int up) { atomic_store(&m->redis_up, up ? 1 : 0); }
+
 void metrics_rank_stage(metrics *m, int stage, double seconds) {
     if (stage < 0 || stage >= METRICS_RANK_STAGES) return;
     observe(&m->stage_time[stage], seconds);
@@ -202,6 +219,7 @@ void metrics_set_model(metrics *m, const char *name, const char *version) {
 
 void metrics_reload(metrics *m, int ok) {
     add(ok ? &m->reloads_ok : &m->reloads_failed, 1);
+    atomic_store(&m->last_reload_ok, ok ? 1 : 0);
 }
 
 void metrics_degraded(metrics *m, const char *reason) {
@@ -307,6 +325,47 @@ static void render_histogram(proto_buf *b, const char *name, const char *key,
     proto_buf_printf(b, "%llu\n", (unsigned long long)cum);
 }
 
+/* The standard process_* series of Prometheus client libraries.  CPU time
+ * and resident size come from /proc/self/stat (one small read); without
+ * /proc they are left out rather than written as 0.  (process_open_fds is
+ * not among them: counting /proc/self/fd walks every connection's entry,
+ * on the event loop that answers the scrape.) */
+static void render_process(proto_buf *b, double start_time) {
+    family(b, "process_start_time_seconds", "gauge",
+           "Start time of the process since unix epoch in seconds.");
+    proto_buf_printf(b, "process_start_time_seconds %.3f\n", start_time);
+
+    char buf[1024];
+    FILE *f = fopen("/proc/self/stat", "r");
+    if (!f) return;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    /* Fields after the command name (which may hold spaces and parens),
+     * counted from the state, field 3: utime 14, stime 15, rss 24 (pages). */
+    const char *p = strrchr(buf, ')');
+    unsigned long long utime = 0, stime = 0, rss = 0;
+    int field = 3, found = 0;
+    for (p = p ? p + 1 : NULL; p && *p && found < 3; field++) {
+        while (*p == ' ') p++;
+        unsigned long long v = strtoull(p, NULL, 10);   /* field 3 (a letter): 0 */
+        if (field == 14) utime = v, found++;
+        else if (field == 15) stime = v, found++;
+        else if (field == 24) rss = v, found++;
+        p = strchr(p, ' ');
+    }
+    if (found != 3) return;
+    long ticks = sysconf(_SC_CLK_TCK), page = sysconf(_SC_PAGESIZE);
+    if (ticks <= 0 || page <= 0) return;
+    family(b, "process_cpu_seconds_total", "counter",
+           "Total user and system CPU time spent in seconds.");
+    proto_buf_printf(b, "process_cpu_seconds_total %.2f\n",
+                     (double)(utime + stime) / (double)ticks);
+    family(b, "process_resident_memory_bytes", "gauge", "Resident memory size in bytes.");
+    proto_buf_printf(b, "process_resident_memory_bytes %llu\n",
+                     rss * (unsigned long long)page);
+}
+
 int metrics_render(metrics *m, const item_cache_stats *cache, proto_buf *b) {
     static const item_cache_stats none;
     if (!cache) cache = &none;
@@ -346,6 +405,10 @@ int metrics_render(metrics *m, const item_cache_stats *cache, proto_buf *b) {
                    "error", get(&m->redis_errors[op]));
     }
 
+    family(b, "ctr_redis_up", "gauge",
+           "1 when the health check's last PING to the feature store was answered.");
+    proto_buf_printf(b, "ctr_redis_up %d\n", atomic_load(&m->redis_up));
+
     /* Counters: what retired caches counted plus the current cache. */
     const struct {
         const char *name, *help;
@@ -380,6 +443,13 @@ int metrics_render(metrics *m, const item_cache_stats *cache, proto_buf *b) {
     family(b, "ctr_inflight_requests", "gauge", "HTTP requests being handled now.");
     proto_buf_printf(b, "ctr_inflight_requests %lld\n",
                      (long long)atomic_load_explicit(&m->inflight, memory_order_relaxed));
+    family(b, "ctr_rank_pending_requests", "gauge",
+           "Rank requests admitted and not yet answered (queued or being worked on).");
+    proto_buf_printf(b, "ctr_rank_pending_requests %lld\n",
+                     (long long)atomic_load_explicit(&m->pending, memory_order_relaxed));
+    family(b, "ctr_rank_pending_requests_limit", "gauge",
+           "Admission bound on ctr_rank_pending_requests (max_pending); beyond it, 503.");
+    proto_buf_printf(b, "ctr_rank_pending_requests_limit %d\n", atomic_load(&m->pending_limit));
 
     family(b, "ctr_model_info", "gauge", "The model being served (value always 1).");
     pthread_mutex_lock(&m->model_lock);
@@ -393,15 +463,24 @@ int metrics_render(metrics *m, const item_cache_stats *cache, proto_buf *b) {
                get(&m->reloads_ok));
     sample_u64(b, "ctr_model_reloads_total", "result", "failed", NULL, NULL,
                get(&m->reloads_failed));
+    family(b, "ctr_model_last_reload_successful", "gauge",
+           "0 when the last model reload failed (the previous model still serves), else 1.");
+    proto_buf_printf(b, "ctr_model_last_reload_successful %d\n",
+                     atomic_load(&m->last_reload_ok));
 
     family(b, "ctr_degraded_responses_total", "counter",
-           "Responses answered in degraded form, by reason.");
+           "Responses answered in degraded form, by reason (an answer with several reasons "
+           "counts under each).");
     for (int i = 0; i < METRICS_MAX_REASONS; i++) {
         const char *name = atomic_load_explicit(&m->reasons[i].name, memory_order_acquire);
         uint64_t v = get(&m->reasons[i].count);
         if (name && v)
             sample_u64(b, "ctr_degraded_responses_total", "reason", name, NULL, NULL, v);
     }
+    family(b, "ctr_rank_degraded_responses_total", "counter",
+           "Rank answers carrying at least one degradation reason, each counted once.");
+    sample_u64(b, "ctr_rank_degraded_responses_total", NULL, NULL, NULL, NULL,
+               get(&m->degraded_responses));
 
     family(b, "ctr_scored_candidates_total", "counter",
            "Candidates scored by the model.");
@@ -450,9 +529,7 @@ int metrics_render(metrics *m, const item_cache_stats *cache, proto_buf *b) {
     proto_buf_printf(b, "ctr_feature_set_loaded_timestamp_seconds %.3f\n",
                      atomic_load(&m->feature_set_loaded_at));
 
-    family(b, "ctr_process_start_time_seconds", "gauge",
-           "Start time of the process since the unix epoch, in seconds.");
-    proto_buf_printf(b, "ctr_process_start_time_seconds %.3f\n", m->start_time);
+    render_process(b, m->start_time);
 
     return proto_buf_ok(b) ? CTR_OK : CTR_ENOMEM;
 }

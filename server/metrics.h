@@ -10,30 +10,50 @@
  * series is fixed here (endpoints, Redis operations, histogram buckets),
  * which is what keeps updates that cheap.
  *
- * Series (all prefixed ctr_):
- *   http_requests_total{endpoint,status}        counter
- *   http_request_duration_seconds{endpoint}     histogram
- *   redis_call_duration_seconds{op}             histogram
- *   redis_errors_total{op,kind="timeout|error"} counter
- *   item_cache_{hits,misses,insertions,evictions,expirations}_total  counter
- *   item_cache_entries, item_cache_bytes        gauge
- *   inflight_requests                           gauge
- *   model_info{name,version} 1                  gauge
- *   model_reloads_total{result="ok|failed"}     counter
- *   degraded_responses_total{reason}            counter
- *   scored_candidates_total                     counter
- *   rank_stage_duration_seconds{stage}          histogram (queue, decode,
- *                                               history, items, score)
- *   redis_breaker_open                          gauge (connections whose
- *                                               breaker is open or probing)
- *   redis_breaker_{opens,probes,short_circuits}_total  counter
- *   requests_shed_total{reason="admission|deadline"}   counter
- *   connections_cut_total{reason="receive_deadline"}   counter
- *   feature_set_ready                           gauge (1: marker present
- *                                               and matching the model)
- *   feature_set_loaded_timestamp_seconds        gauge (unix time of the
- *                                               load; 0 when unknown)
- *   process_start_time_seconds                  gauge (unix time)
+ * Series (ctr_ prefix, apart from the standard process_* ones):
+ *   ctr_http_requests_total{endpoint,status}        counter
+ *   ctr_http_request_duration_seconds{endpoint}     histogram
+ *   ctr_redis_call_duration_seconds{op}             histogram
+ *   ctr_redis_errors_total{op,kind="timeout|error"} counter
+ *   ctr_redis_up                                    gauge (1: the last health
+ *                                                   check's PING answered)
+ *   ctr_item_cache_{hits,misses,insertions,evictions,expirations}_total  counter
+ *   ctr_item_cache_entries, ctr_item_cache_bytes    gauge
+ *   ctr_inflight_requests                           gauge (HTTP, every endpoint)
+ *   ctr_rank_pending_requests                       gauge (rank requests queued
+ *                                                   or in work: what admission
+ *                                                   bounds)
+ *   ctr_rank_pending_requests_limit                 gauge (that bound, max_pending)
+ *   ctr_model_info{name,version} 1                  gauge
+ *   ctr_model_reloads_total{result="ok|failed"}     counter
+ *   ctr_model_last_reload_successful                gauge (1 until a reload fails,
+ *                                                   1 again after one succeeds)
+ *   ctr_degraded_responses_total{reason}            counter (an answer with two
+ *                                                   reasons counts under both)
+ *   ctr_rank_degraded_responses_total               counter (answers with at
+ *                                                   least one reason, once each)
+ *   ctr_scored_candidates_total                     counter
+ *   ctr_rank_stage_duration_seconds{stage}          histogram (queue, decode,
+ *                                                   history, items, score)
+ *   ctr_redis_breaker_open                          gauge (connections whose
+ *                                                   breaker is open or probing)
+ *   ctr_redis_breaker_{opens,probes,short_circuits}_total  counter
+ *   ctr_requests_shed_total{reason="admission|deadline"}   counter
+ *   ctr_connections_cut_total{reason="receive_deadline"}   counter
+ *   ctr_feature_set_ready                           gauge (1: marker present
+ *                                                   and matching the model)
+ *   ctr_feature_set_loaded_timestamp_seconds        gauge (unix time of the
+ *                                                   load; 0 when unknown)
+ *   process_start_time_seconds                      gauge (unix time)
+ *   process_cpu_seconds_total                       counter (user + system)
+ *   process_resident_memory_bytes                   gauge
+ *   process_open_fds, process_max_fds               gauge
+ * The process_* series are the standard ones of Prometheus client libraries
+ * (read from /proc at each scrape; absent where /proc is not).  Label values
+ * come from fixed sets (endpoints, status codes, operations, stages, at most
+ * METRICS_MAX_REASONS reasons) or from the model file (name, version): never
+ * from a request.  deploy/prometheus/ holds the recording and alert rules
+ * built on these names, deploy/grafana/ the dashboard: rename with them.
  *
  * Usage:
  *
@@ -119,7 +139,8 @@ void metrics_scored(metrics *m, uint64_t n);
  * bytes); NULL is "".  Takes a mutex: meant for load and reload only. */
 void metrics_set_model(metrics *m, const char *name, const char *version);
 
-/* One model reload attempt (ok != 0: succeeded). */
+/* One model reload attempt (ok != 0: succeeded); also sets
+ * ctr_model_last_reload_successful. */
 void metrics_reload(metrics *m, int ok);
 
 /* One response answered in degraded form.  `reason` is a short label such
@@ -128,6 +149,20 @@ void metrics_reload(metrics *m, int ok);
  * The first METRICS_MAX_REASONS - 1 distinct reasons get their own series,
  * the rest count as "other". */
 void metrics_degraded(metrics *m, const char *reason);
+
+/* One rank answer carrying at least one degradation reason (besides
+ * metrics_degraded for each reason). */
+void metrics_degraded_response(metrics *m);
+
+/* Rank requests admitted and not yet answered by a worker: +1 at
+ * admission, -1 when the worker is done. */
+void metrics_pending_add(metrics *m, int delta);
+
+/* The admission bound (max_pending), set once at start. */
+void metrics_set_pending_limit(metrics *m, int limit);
+
+/* Whether the health check's last PING was answered. */
+void metrics_redis_up(metrics *m, int up);
 
 /* Time one rank request spent in a stage (0..METRICS_RANK_STAGES-1, in
  * the order of proto_rank_stage_name). */

@@ -564,6 +564,7 @@ int rank_answer(rank_ctx *x) {
     int kept = proto_rank_order(sid, sp, ns, x->req.top_k, items);
     for (int k = 0; k < kept; k++) items[k].cand = cand_of[items[k].cand];
     for (int d = 0; d < x->ndeg; d++) metrics_degraded(x->svc->metrics, x->degraded[d]);
+    if (x->ndeg) metrics_degraded_response(x->svc->metrics);
     int64_t now = clock_now_ns(), stage_us[RANK_STAGES];
     for (int s = 0; s < RANK_STAGES; s++) {
         stage_us[s] = x->stage_ns[s] / 1000;

@@ -133,6 +133,17 @@ class Server:
             return None
 
 
+def promtool_check_metrics(srv):
+    """A live /metrics answer through `promtool check metrics` (Prometheus's
+    linter: names, units, suffixes, HELP, label syntax).  (ok, findings):
+    ok when it exits 0 and reports nothing."""
+    st, _, data = srv.request("GET", "/metrics")
+    r = subprocess.run(["promtool", "check", "metrics"], input=data, capture_output=True,
+                       timeout=60)
+    said = (r.stdout + r.stderr).decode(errors="replace").strip()
+    return st == 200 and r.returncode == 0 and not said, f"status {st}, exit {r.returncode}: {said}"
+
+
 def error_code(resp):
     try:
         return resp["error"]["code"]

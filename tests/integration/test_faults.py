@@ -24,7 +24,7 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from fixture import SMALL, Redis, Server, error_code, load, wait_for  # noqa: E402
+from fixture import SMALL, Redis, Server, error_code, load, promtool_check_metrics, wait_for  # noqa: E402
 
 passed = failed = 0
 
@@ -370,6 +370,9 @@ def main():
                 cut += 1
         check(f"trickling connections cut by the receive deadline ({cut} of 200)", cut == 200)
         check("cuts counted", srv.metric("ctr_connections_cut_total") >= 200)
+        # After breakers, sheds, cuts and a feature set gone and back.
+        ok, said = promtool_check_metrics(srv)
+        check("promtool check metrics: nothing to report", ok, said)
         for s in idle + trick:
             s.close()
 

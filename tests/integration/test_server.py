@@ -18,7 +18,8 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from fixture import BUILD, PY, SMALL, Redis, Server, error_code, load, wait_for  # noqa: E402
+from fixture import (BUILD, PY, SMALL, Redis, Server, error_code, load,  # noqa: E402
+                     promtool_check_metrics, wait_for)
 
 TOL = 1e-6
 
@@ -230,6 +231,10 @@ def main():
         check("good model: serving v2", json.loads(data)["models"][0]["version"] == "v2")
         st, resp = srv.rank(stored_user)
         check("v2 answers with its version", st == 200 and resp["model"]["version"] == "v2")
+        # After traffic, every error status, Redis down, degraded answers and
+        # both reloads: every series present, as a scraper sees them.
+        ok, said = promtool_check_metrics(srv)
+        check("promtool check metrics: nothing to report", ok, said)
 
         print("SIGTERM")
         results = []

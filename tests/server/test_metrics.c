@@ -20,7 +20,9 @@
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
+#include <sys/resource.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "server/metrics.h"
 
@@ -313,17 +315,19 @@ static parsed P;   /* big; one at a time */
 
 static const char *const families[] = {
     "ctr_http_requests_total", "ctr_http_request_duration_seconds",
-    "ctr_redis_call_duration_seconds", "ctr_redis_errors_total",
+    "ctr_redis_call_duration_seconds", "ctr_redis_errors_total", "ctr_redis_up",
     "ctr_item_cache_hits_total", "ctr_item_cache_misses_total",
     "ctr_item_cache_insertions_total", "ctr_item_cache_evictions_total",
     "ctr_item_cache_expirations_total", "ctr_item_cache_entries",
-    "ctr_item_cache_bytes", "ctr_inflight_requests", "ctr_model_info",
-    "ctr_model_reloads_total", "ctr_degraded_responses_total",
-    "ctr_scored_candidates_total", "ctr_rank_stage_duration_seconds",
+    "ctr_item_cache_bytes", "ctr_inflight_requests", "ctr_rank_pending_requests",
+    "ctr_rank_pending_requests_limit", "ctr_model_info", "ctr_model_reloads_total",
+    "ctr_model_last_reload_successful", "ctr_degraded_responses_total",
+    "ctr_rank_degraded_responses_total", "ctr_scored_candidates_total", "ctr_rank_stage_duration_seconds",
     "ctr_redis_breaker_open", "ctr_redis_breaker_opens_total",
     "ctr_redis_breaker_probes_total", "ctr_redis_breaker_short_circuits_total",
     "ctr_requests_shed_total", "ctr_connections_cut_total", "ctr_feature_set_ready",
-    "ctr_feature_set_loaded_timestamp_seconds", "ctr_process_start_time_seconds",
+    "ctr_feature_set_loaded_timestamp_seconds", "process_start_time_seconds",
+    "process_cpu_seconds_total", "process_resident_memory_bytes",
 };
 
 static void test_fresh(void **state) {
@@ -339,8 +343,13 @@ static void test_fresh(void **state) {
     assert_true(value(&P, "ctr_http_request_duration_seconds_count", "endpoint=/v1/rank") == 0);
     assert_true(value(&P, "ctr_item_cache_entries", "") == 0);
     assert_true(value(&P, "ctr_redis_errors_total", "op=ping,kind=timeout") == 0);
-    double start = value(&P, "ctr_process_start_time_seconds", "");
+    double start = value(&P, "process_start_time_seconds", "");
     assert_true(fabs(start - (double)time(NULL)) < 5);
+    assert_true(value(&P, "ctr_model_last_reload_successful", "") == 1);
+    assert_true(value(&P, "ctr_redis_up", "") == 0);
+    assert_true(value(&P, "ctr_rank_pending_requests", "") == 0);
+    assert_true(value(&P, "ctr_rank_pending_requests_limit", "") == 0);
+    assert_true(value(&P, "ctr_rank_degraded_responses_total", "") == 0);
     assert_true(value(&P, "ctr_redis_breaker_open", "") == 0);
     assert_true(value(&P, "ctr_feature_set_ready", "") == 0);
     /* The issue-7 series move as their events happen. */
@@ -354,7 +363,16 @@ static void test_fresh(void **state) {
     metrics_connection_cut(m);
     metrics_feature_set(m, 1, 1714557600.5);
     metrics_rank_stage(m, 2, 0.0003);
+    metrics_redis_up(m, 1);
+    metrics_set_pending_limit(m, 32);
+    metrics_pending_add(m, 1);
+    metrics_pending_add(m, 1);
+    metrics_pending_add(m, 1);
+    metrics_pending_add(m, -1);
     free(render(m, NULL, &P));
+    assert_true(value(&P, "ctr_redis_up", "") == 1);
+    assert_true(value(&P, "ctr_rank_pending_requests", "") == 2);
+    assert_true(value(&P, "ctr_rank_pending_requests_limit", "") == 32);
     assert_true(value(&P, "ctr_redis_breaker_open", "") == 1);
     assert_true(value(&P, "ctr_redis_breaker_opens_total", "") == 2);
     assert_true(value(&P, "ctr_redis_breaker_short_circuits_total", "") == 1);
@@ -364,6 +382,45 @@ static void test_fresh(void **state) {
     assert_true(value(&P, "ctr_feature_set_ready", "") == 1);
     assert_true(value(&P, "ctr_feature_set_loaded_timestamp_seconds", "") == 1714557600.5);
     assert_true(value(&P, "ctr_rank_stage_duration_seconds_count", "stage=history") == 1);
+    metrics_free(m);
+}
+
+/* Resident bytes of this process, from /proc/self/statm. */
+static double statm_rss(void) {
+    long size = 0, pages = 0;
+    FILE *f = fopen("/proc/self/statm", "r");
+    assert_non_null(f);
+    assert_int_equal(fscanf(f, "%ld %ld", &size, &pages), 2);
+    fclose(f);
+    return (double)pages * (double)sysconf(_SC_PAGESIZE);
+}
+
+/* The process_* series against what getrusage and /proc/self/statm say
+ * around the render (the parse that follows touches megabytes). */
+static void test_process(void **state) {
+    metrics *m;
+    assert_int_equal(metrics_init(&m), CTR_OK);
+    for (volatile long i = 0; i < 50000000; i++) {   /* some CPU time to see */
+    }
+    proto_buf b;
+    proto_buf_init(&b);
+    struct rusage r0, r1;
+    assert_int_equal(getrusage(RUSAGE_SELF, &r0), 0);
+    double rss0 = statm_rss();
+    assert_int_equal(metrics_render(m, NULL, &b), CTR_OK);
+    double rss1 = statm_rss();
+    assert_int_equal(getrusage(RUSAGE_SELF, &r1), 0);
+    parse(&P, proto_buf_str(&b));
+#define SECS(r) ((double)((r).ru_utime.tv_sec + (r).ru_stime.tv_sec) + \
+                 (double)((r).ru_utime.tv_usec + (r).ru_stime.tv_usec) / 1e6)
+    double cpu = value(&P, "process_cpu_seconds_total", "");
+    /* /proc counts in clock ticks (10 ms) and is printed to 10 ms. */
+    assert_true(cpu >= SECS(r0) - 0.02 && cpu <= SECS(r1) + 0.02);
+    assert_true(cpu > 0);
+#undef SECS
+    double rss = value(&P, "process_resident_memory_bytes", "");
+    assert_true(rss >= 0.9 * rss0 && rss <= 1.1 * rss1 && rss > 0);
+    proto_buf_free(&b);
     metrics_free(m);
 }
 
@@ -388,6 +445,8 @@ static void test_values(void **state) {
     metrics_reload(m, 1);
     metrics_reload(m, 0);
     metrics_reload(m, 0);
+    metrics_degraded_response(m);
+    metrics_degraded_response(m);
     metrics_set_model(m, "qin", "2024-01-01");
     metrics_set_model(m, "qin", "2024-02-01");      /* replaces, one series */
 
@@ -435,6 +494,8 @@ static void test_values(void **state) {
     assert_true(value(&P, "ctr_scored_candidates_total", "") == 312);
     assert_true(value(&P, "ctr_model_reloads_total", "result=ok") == 1);
     assert_true(value(&P, "ctr_model_reloads_total", "result=failed") == 2);
+    assert_true(value(&P, "ctr_model_last_reload_successful", "") == 0);
+    assert_true(value(&P, "ctr_rank_degraded_responses_total", "") == 2);
     assert_int_equal(count_samples(&P, "ctr_model_info"), 1);
     assert_true(value(&P, "ctr_model_info", "name=qin,version=2024-02-01") == 1);
 
@@ -456,7 +517,9 @@ static void test_values(void **state) {
     free(text);
 
     /* No current cache: the retired counters remain, gauges read 0. */
+    metrics_reload(m, 1);                             /* a good reload clears it */
     free(render(m, NULL, &P));
+    assert_true(value(&P, "ctr_model_last_reload_successful", "") == 1);
     assert_true(value(&P, "ctr_item_cache_hits_total", "") == 10);
     assert_true(value(&P, "ctr_item_cache_entries", "") == 0);
     metrics_free(m);
@@ -612,6 +675,7 @@ static void test_threads(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_fresh),
+        cmocka_unit_test(test_process),
         cmocka_unit_test(test_values),
         cmocka_unit_test(test_escaping),
         cmocka_unit_test(test_endpoint_of),
