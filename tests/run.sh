@@ -17,6 +17,10 @@ shift 2
 export CTR_BUILD=$build CTR_GOLDEN=$golden PYTHON=${PYTHON:-/usr/bin/python3}
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
+# OpenBLAS on the calling thread, as the engine sets it at model load: unit
+# tests that call BLAS before (or without) loading a model would otherwise
+# start OpenBLAS's own threads, whose synchronisation TSan cannot see.
+export OPENBLAS_NUM_THREADS=1
 
 tmp=$(mktemp -d /tmp/ctr-test.XXXXXX)
 redis_pid=
