@@ -3,7 +3,7 @@
 #
 # Starts one throw-away redis-server on a free loopback port for the whole
 # run (CTR_REDIS=127.0.0.1:PORT) and one throw-away Redis Cluster (six
-# nodes, 3 masters + 3 replicas: CTR_REDIS_CLUSTER=host:port,..., see
+# nodes, 3 masters + 3 replicas: CTR_CLUSTER_SEEDS=host:port,..., see
 # tests/integration/lib/redis_cluster.sh), runs each cmocka binary, then
 # each tests/integration/*.sh, and stops them all whatever happens.  Tests
 # that kill or reshard cluster nodes start a cluster of their own with the
@@ -48,7 +48,7 @@ fi
 export CTR_REDIS=127.0.0.1:$port CTR_REDIS_PORT=$port
 t0=$SECONDS
 cluster_start || { echo "run.sh: the Redis Cluster did not start"; exit 1; }
-echo "run.sh: Redis Cluster on $CTR_REDIS_CLUSTER (ready in $((SECONDS - t0)) s)"
+echo "run.sh: Redis Cluster on $CTR_CLUSTER_SEEDS (ready in $((SECONDS - t0)) s)"
 
 passed=0 failed=0 failures=()
 run() {

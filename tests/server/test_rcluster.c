@@ -3,7 +3,7 @@
  * written here and against Redis's own CLUSTER KEYSLOT; slot maps from
  * CLUSTER SLOTS replies (made here as RESP text and parsed by hiredis's
  * reader, and from a real cluster); redirect parsing; grouping; and
- * rcluster_exec against the real cluster of $CTR_REDIS_CLUSTER (which
+ * rcluster_exec against the real cluster of $CTR_CLUSTER_SEEDS (which
  * tests/run.sh always provides: tests/integration/lib/redis_cluster.sh;
  * the test fails without it) and against fake nodes made here (a node that
  * answers only once every node has its pipeline, one that never answers,
@@ -1374,9 +1374,9 @@ static void delete_test_keys(void) {
 
 int main(void) {
     signal(SIGPIPE, SIG_IGN);   /* rcluster.h: writes to closed sockets */
-    const char *env = getenv("CTR_REDIS_CLUSTER");
+    const char *env = getenv("CTR_CLUSTER_SEEDS");
     if (!env || !*env) {
-        fprintf(stderr, "test_rcluster: CTR_REDIS_CLUSTER is not set (host:port,... of a "
+        fprintf(stderr, "test_rcluster: CTR_CLUSTER_SEEDS is not set (host:port,... of a "
                         "Redis Cluster's nodes; tests/run.sh starts one with "
                         "tests/integration/lib/redis_cluster.sh)\n");
         return 1;

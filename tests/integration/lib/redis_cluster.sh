@@ -21,7 +21,7 @@
 #     ...
 #
 # Variables set (exported):
-#   CTR_REDIS_CLUSTER      every node, "127.0.0.1:P1,127.0.0.1:P2,..." (seeds)
+#   CTR_CLUSTER_SEEDS      every node, "127.0.0.1:P1,127.0.0.1:P2,..." (seeds)
 #   CTR_CLUSTER_PORTS      the six client ports, "P1 P2 ... P6"
 #   CTR_CLUSTER_DIR        working directory (logs: DIR/PORT/redis.log)
 # Settings read:
@@ -182,8 +182,8 @@ cluster_start() {
     return 1
   fi
   cluster_wait_ok --replicas 30 || return 1
-  CTR_REDIS_CLUSTER=$(IFS=,; echo "${addrs[*]}")
-  export CTR_REDIS_CLUSTER CTR_CLUSTER_PORTS CTR_CLUSTER_DIR
+  CTR_CLUSTER_SEEDS=$(IFS=,; echo "${addrs[*]}")
+  export CTR_CLUSTER_SEEDS CTR_CLUSTER_PORTS CTR_CLUSTER_DIR
 }
 
 # Stops every node this shell started and removes the directory; safe to
