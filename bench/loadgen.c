@@ -9,7 +9,10 @@
  *           [--path /v1/rank] [--count N] [--log FILE]
  *
  * --count N stops after N answers (or at --seconds, whichever is first).
- * --log FILE writes one line per answer: its arrival in ms since the start,
+ * SIGINT or SIGTERM ends the run early, with the figures so far.
+ * --log FILE writes a first line "# start_unix_ms T" (the start, in the
+ * wall clock's milliseconds), then one line per answer: its arrival in ms
+ * since the start,
  * the HTTP status (0: connection failed), 1 when a 200 answer is degraded
  * (a non-empty "degraded" list), its latency in ms, and for an error
  * answer its error code ("-" otherwise); for fault tests that need to know
@@ -31,6 +34,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdint.h>
@@ -83,6 +87,9 @@ static double pct(series *s, double p) {
     size_t i = (size_t)(p * (double)(s->n - 1) + 0.5);
     return s->v[i];
 }
+
+static volatile sig_atomic_t stop;
+static void on_signal(int sig) { (void)sig; stop = 1; }
 
 static char **reqs;
 static size_t *req_len;
@@ -197,14 +204,21 @@ int main(int argc, char **argv) {
     }
     series ok = {0}, shed = {0}, other = {0}, took = {0};
     long sent = 0, errors = 0, nulls = 0, degraded = 0;
+    signal(SIGINT, on_signal);
+    signal(SIGTERM, on_signal);
     const int64_t start = now_ns(), end = start + (int64_t)(seconds * 1e9);
+    if (logf) {
+        struct timespec rt;
+        clock_gettime(CLOCK_REALTIME, &rt);
+        fprintf(logf, "# start_unix_ms %lld\n", (long long)rt.tv_sec * 1000 + rt.tv_nsec / 1000000);
+    }
     const double interval = rate > 0 ? 1e9 * conns / rate : 0;  /* per connection */
     int64_t *next = calloc((size_t)conns, sizeof *next);
     for (int i = 0; i < conns; i++) next[i] = start + (int64_t)(interval * i / conns);
     struct epoll_event evs[256];
     for (;;) {
         int64_t t = now_ns();
-        if (t >= end) break;
+        if (t >= end || stop) break;
         if (count && (long)(ok.n + shed.n + other.n) >= count) break;
         /* Start what is due on idle connections. */
         for (int i = 0; i < conns; i++) {
