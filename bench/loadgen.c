@@ -325,5 +325,12 @@ int main(int argc, char **argv) {
     for (int i = 0; i < conns; i++) close_conn(&cs[i], ep);
     close(ep);
     if (logf) fclose(logf);
+    for (int s = 0; s < 3; s++) free(all[s]->v);
+    free(took.v);
+    free(next);
+    free(cs);
+    for (int i = 0; i < nreq; i++) free(reqs[i]);
+    free(reqs);
+    free(req_len);
     return 0;
 }

@@ -217,6 +217,16 @@ PY
   check "failover, server $s: degraded/503 only between the kill and the map refresh, then clean" \
     [ $? = 0 ]
 done
+# SIGTERM: both drain and exit 0, with no sanitizer report.
+for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null; done
+for pid in "${pids[@]}"; do
+  wait "$pid"
+  rc=$?
+  check "server (pid $pid) stopped: exit $rc" [ "$rc" = 0 ]
+done
+pids=()
+check "no sanitizer report in the servers' logs" \
+  bash -c "! grep -l Sanitizer '$tmp/cached.log' '$tmp/nocache.log'"
 for s in cached nocache; do
   check "server $s: nothing in its log names the password" \
     bash -c "! grep -q -e '$svc_password' -e '$CTR_CLUSTER_PASSWORD' '$tmp/$s.log'"
