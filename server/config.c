@@ -74,7 +74,8 @@ static int check_redis(const char *v, char *why, size_t whylen) {
 /* "host:port[,host:port...]" (IPv6 hosts in brackets), or "". */
 static int check_redis_cluster(const char *v, char *why, size_t whylen) {
     char item[CONFIG_STR_MAX];
-    for (const char *s = v; *s;) {
+    if (!*v) return 0;
+    for (const char *s = v;;) {
         size_t n = strcspn(s, ",");
         snprintf(item, sizeof item, "%.*s", (int)n, s);
         char *t = item;
@@ -89,9 +90,9 @@ static int check_redis_cluster(const char *v, char *why, size_t whylen) {
                      "seeds separated by commas", t);
             return -1;
         }
-        s += n + (s[n] == ',');
+        if (!s[n]) return 0;
+        s += n + 1;   /* past the comma: another seed must follow */
     }
-    return 0;
 }
 
 /* Settings whose value is never printed (config_dump). */
