@@ -137,6 +137,12 @@ start_lb() {   # start_lb N...: haproxy in front of those replicas, all UP
       { say "haproxy: s$i not UP"; cat "$tmp/haproxy.log"; exit 1; }
   done
 }
+# HAProxy's log of failed requests (option log-separate-errors), for a
+# failure's message: status and termination state counted.
+lb_errors() {
+  grep -o ' [0-9][0-9][0-9] [0-9]* - - [A-Za-z-]\{4\}' "$tmp/haproxy.log" 2>/dev/null |
+    awk '$1 >= 400 || $5 != "----" { n[$1 " " $5]++ } END { for (k in n) printf "%s%d x %s", (c++ ? ", " : ""), n[k], k }'
+}
 stop_lb() { kill -TERM "${pid[lb]}" 2>/dev/null; wait "${pid[lb]}" 2>/dev/null || true; pid[lb]=; }
 
 # run_wrk URL SECONDS OUT: wrk in the background (its pid in wrk_pid).
@@ -210,6 +216,8 @@ if [ "$mode" != bench ]; then
   say "kill: SIGKILL to replica 2 after ${at} s ($inflight2 request(s) in flight there per haproxy; at most $conns, one per wrk connection)"
   say "kill: $(res "$tmp/kill.out" requests) answers, $kill_failed failed ($(res "$tmp/kill.out" non2xx) HTTP >= 400, $(res "$tmp/kill.out" errors) socket errors); haproxy retries on s2: $(stat s2 wretr), redispatched: $(stat s2 wredis), s2 now $(stat s2 status)"
   say "after both: s3 served $(stat s3 stot) sessions, status $(stat s3 status)"
+  errs=$(lb_errors)
+  [ -z "$errs" ] || say "haproxy logged failed requests (status, termination state): $errs"
   stop_lb
 
   if [ "$check" = 1 ]; then
