@@ -167,9 +167,10 @@ static void node_failed(featstore_cluster *fc, fc_node *n, int status) {
                     status == CTR_ETIMEOUT ? FEATSTORE_NODE_TIMEOUT : FEATSTORE_NODE_ERROR);
 }
 
-/* A connected (and authenticated) node, by the running call's deadline;
- * NULL with a reason in why (breaker open, cannot connect). */
-static rcluster_link *node_link(featstore_cluster *fc, fc_node *n, char *why, size_t whylen) {
+/* A connected (and authenticated) node, by `deadline` at the latest; NULL
+ * with a reason in why (breaker open, cannot connect). */
+static rcluster_link *node_link(featstore_cluster *fc, fc_node *n, int64_t deadline, char *why,
+                                size_t whylen) {
     int64_t now = clock_now_ns();
     if (!breaker_allow(&n->br, now)) {
         n->failed = 1;
@@ -183,8 +184,8 @@ static rcluster_link *node_link(featstore_cluster *fc, fc_node *n, char *why, si
         return &n->link;
     }
     n->reused = 0;
-    if (featstore_connect(&fc->p, n->host, n->port, NULL, fc->deadline_ns, fc->st, &n->link.c,
-                          why, whylen) < 0) {
+    if (featstore_connect(&fc->p, n->host, n->port, NULL, deadline, fc->st, &n->link.c, why,
+                          whylen) < 0) {
         node_failed(fc, n, CTR_EBACKEND);
         return NULL;
     }
@@ -202,7 +203,7 @@ static rcluster_link *links_get(void *ud, const char *host, int port, char *err,
         return NULL;
     }
     n->used = 1;
-    rcluster_link *l = node_link(fc, n, err, errlen);
+    rcluster_link *l = node_link(fc, n, fc->deadline_ns, err, errlen);
     if (l) node_hook_event(fc, n->hook_id, FEATSTORE_NODE_PIPELINE);
     return l;
 }
@@ -231,7 +232,7 @@ static int slots_from(featstore_cluster *fc, fc_node *n, int64_t deadline, rclus
     *out = NULL;
     n->failed = 0;
     n->reused = 0;
-    rcluster_link *l = node_link(fc, n, why, whylen);
+    rcluster_link *l = node_link(fc, n, deadline, why, whylen);
     if (!l) return CTR_EBACKEND;
     static const char *const argv[] = {"CLUSTER", "SLOTS"};
     static const size_t lens[] = {7, 5};
@@ -248,9 +249,11 @@ static int slots_from(featstore_cluster *fc, fc_node *n, int64_t deadline, rclus
     return rc == CTR_ENOMEM ? rc : rc < 0 ? CTR_EBACKEND : CTR_OK;
 }
 
-/* Reads the slot map from the first node that gives one: the map's nodes
- * (from a rotating start, so a dead one is not always asked first), then
- * the seeds.  The old map stays when none does. */
+/* Reads the slot map from the first node that gives one by `deadline`:
+ * the map's nodes (from a rotating start, so a dead one is not always
+ * asked first; those whose breaker is open are skipped), then the seeds.
+ * Each node gets half the time left, so one that hangs leaves time to ask
+ * another.  The old map stays when none answers. */
 static int refresh(featstore_cluster *fc, int64_t deadline, char *err, size_t errlen) {
     int64_t now = clock_now_ns();
     fc->refreshed_ns = now;
@@ -283,7 +286,9 @@ static int refresh(featstore_cluster *fc, int64_t deadline, char *err, size_t er
         }
         rcluster_map *m;
         char w[200];
-        int r = slots_from(fc, n, deadline, &m, w, sizeof w);
+        int64_t left = deadline - clock_now_ns();
+        int64_t ndl = k + 1 < total ? deadline - left / 2 : deadline;
+        int r = slots_from(fc, n, ndl, &m, w, sizeof w);
         if (r == CTR_OK) {
             rcluster_map_free(fc->map);
             fc->map = m;
@@ -306,14 +311,15 @@ static int refresh(featstore_cluster *fc, int64_t deadline, char *err, size_t er
 
 /* Refreshes the map when there is none, when it is stale (at most every
  * cluster_refresh_ms), or when it is old.  A failed refresh keeps the old
- * map; CTR_OK when there is a map to use. */
+ * map; with one to fall back on, a refresh may take half of the call's
+ * time, the rest being the call's.  CTR_OK when there is a map to use. */
 static int map_ready(featstore_cluster *fc, int64_t now, int64_t deadline, char *err,
                      size_t errlen) {
     int64_t since = now - fc->refreshed_ns;
     if (fc->map && !(fc->stale && since >= (int64_t)fc->p.cluster_refresh_ms * 1000000) &&
         since < (int64_t)FEATSTORE_CLUSTER_MAX_AGE_MS * 1000000)
         return CTR_OK;
-    int rc = refresh(fc, deadline, err, errlen);
+    int rc = refresh(fc, fc->map ? now + (deadline - now) / 2 : deadline, err, errlen);
     if (fc->map) {
         if (err && errlen) err[0] = '\0';
         return CTR_OK;
@@ -417,11 +423,19 @@ static int cluster_state_error(const redisReply *r) {
     return 0;
 }
 
+static void fail_all(int n, redisReply **replies, int *status, int rc) {
+    for (int i = 0; i < n; i++) {
+        replies[i] = NULL;
+        status[i] = rc;
+    }
+}
+
 /* Runs n commands (pass and retry) and sorts the answers: error replies
  * other than WRONGTYPE become failures of their command. */
 static int run(featstore_cluster *fc, rcluster_read read, int n, const rcluster_cmd *cmds,
                int64_t deadline, arena *a, redisReply **replies, int *status, char *err,
                size_t errlen) {
+    fail_all(n, replies, status, CTR_EBACKEND);   /* until answered */
     rcluster_reply *out = arena_alloc(a, (size_t)(n ? n : 1) * sizeof *out,
                                       _Alignof(rcluster_reply));
     if (!out) return ctr_fail(err, errlen, CTR_ENOMEM, "arena full");
@@ -469,13 +483,6 @@ static int64_t call_begin(featstore_cluster *fc, int64_t deadline_ns) {
     fc->deadline_ns = dl;
     fc->budget_ns = dl - t0;
     return dl;
-}
-
-static void fail_all(int n, redisReply **replies, int *status, int rc) {
-    for (int i = 0; i < n; i++) {
-        replies[i] = NULL;
-        status[i] = rc;
-    }
 }
 
 int featstore_cluster_read(featstore_cluster *fc, int n, const rcluster_cmd *cmds, int route,
