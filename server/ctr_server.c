@@ -16,6 +16,7 @@
  * Every other thread has these signals blocked, so they arrive here.
  */
 #include <errno.h>
+#include <pthread.h>
 #include <signal.h>
 #include <sys/resource.h>
 #include <stdio.h>
@@ -169,6 +170,20 @@ static void scrub_password_flag(int argc, char **argv) {
     }
 }
 
+/* Threads started before main (OpenBLAS starts its pool in a library
+ * constructor) do not block the signals main waits for, so the kernel may
+ * hand SIGTERM, SIGINT or SIGHUP to one of them while main is not inside
+ * sigtimedwait (a health check, a reload): with the default action that
+ * killed the process (exit 143 instead of a drain; SIGHUP too).  A handler
+ * instead sends it on to the main thread, which blocks it, so it waits
+ * there for sigtimedwait.  pthread_kill is async-signal-safe. */
+static pthread_t main_thread;
+static void forward_to_main(int sig) {
+    int saved = errno;
+    pthread_kill(main_thread, sig);
+    errno = saved;
+}
+
 /* Room for max_connections sockets, Redis connections, the model and
  * logs: raise the soft open-file limit as far as the hard one allows, and
  * lower the connection limit to fit what it does. */
@@ -214,6 +229,14 @@ int main(int argc, char **argv) {
     sigaddset(&sigs, SIGINT);
     sigaddset(&sigs, SIGHUP);
     pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+    main_thread = pthread_self();
+    struct sigaction fwd;
+    memset(&fwd, 0, sizeof fwd);
+    fwd.sa_handler = forward_to_main;
+    sigfillset(&fwd.sa_mask);
+    sigaction(SIGTERM, &fwd, NULL);
+    sigaction(SIGINT, &fwd, NULL);
+    sigaction(SIGHUP, &fwd, NULL);
     signal(SIGPIPE, SIG_IGN);
 
     service svc;
