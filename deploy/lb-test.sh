@@ -145,9 +145,10 @@ lb_errors() {
 }
 stop_lb() { kill -TERM "${pid[lb]}" 2>/dev/null; wait "${pid[lb]}" 2>/dev/null || true; pid[lb]=; }
 
-# run_wrk URL SECONDS OUT: wrk in the background (its pid in wrk_pid).
+# run_wrk URL SECONDS OUT [CONNECTIONS]: wrk in the background (its pid in
+# wrk_pid).
 run_wrk() {
-  CTR_WRK_REQUESTS=$requests wrk -t2 -c"$conns" -d"$2s" --timeout 5s -s deploy/wrk/rank.lua \
+  CTR_WRK_REQUESTS=$requests wrk -t2 -c"${4:-$conns}" -d"$2s" --timeout 5s -s deploy/wrk/rank.lua \
     "$1/v1/rank" >"$3" 2>&1 &
   wrk_pid=$!
 }
@@ -165,15 +166,21 @@ status=0
 # --- Throughput: one replica direct, one and two behind HAProxy ---------------
 
 if [ "$mode" != failover ]; then
-  bench_run() {   # bench_run LABEL URL
-    run_wrk "$2" "$seconds" "$tmp/bench.out"
+  bench_run() {   # bench_run LABEL URL NAME [CONNECTIONS]
+    run_wrk "$2" "$seconds" "$tmp/bench.out" "${4:-}"
     wait "$wrk_pid" || true
-    printf 'lb-test: bench %-28s %8.1f req/s  p50 %6.3f ms  p99 %7.3f ms  failed %d\n' "$1" \
+    printf 'lb-test: bench %-34s %8.1f req/s  p50 %6.3f ms  p99 %7.3f ms  failed %d\n' "$1" \
       "$(res "$tmp/bench.out" rps)" "$(res "$tmp/bench.out" p50_ms)" \
       "$(res "$tmp/bench.out" p99_ms)" "$(failed_answers "$tmp/bench.out")"
     res "$tmp/bench.out" rps >"$tmp/rps.$3"
   }
-  bench_run "1 replica, no balancer" "http://127.0.0.1:${rport[1]}" direct
+  # Straight to a replica, at most as many connections as it admits
+  # (max_pending: 4 x its 2 threads): more would be refused with 503 at
+  # once, which measures the refusals.  Behind HAProxy, which queues
+  # beyond CTR_SCORER_MAXCONN (8) a replica, all $conns.
+  direct_conns=$(( conns < 8 ? conns : 8 ))
+  bench_run "1 replica, no balancer (-c$direct_conns)" "http://127.0.0.1:${rport[1]}" direct \
+    "$direct_conns"
   start_lb 1
   bench_run "1 replica behind haproxy" "$lb_url" lb1
   stop_lb
