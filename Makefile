@@ -13,6 +13,7 @@
 #   make container-test       build the Dockerfile's images with podman and run
 #                             them (not in check: downloads, takes minutes)
 #   make bench-faults         Redis frozen, overload, connection floods (figures)
+#   make bench-cluster-e2e    ctr-server on one Redis vs a Redis Cluster (figures)
 #   make soak                 ASan server, 1M requests with faults (not in CI)
 #   make clean
 #
@@ -145,9 +146,14 @@ bench-e2e: all
 # Feature reads on a Redis Cluster (server/rcluster.c) against one node:
 # starts a 3+3 cluster (tests/integration/lib/redis_cluster.sh) and a
 # single redis-server, both on free loopback ports.
-.PHONY: bench-cluster
+.PHONY: bench-cluster bench-cluster-e2e
 bench-cluster: $(B)/bench/bench_rcluster
 	bash bench/cluster.sh $(B)/bench/bench_rcluster $(BENCH_CLUSTER_ARGS)
+
+# ctr-server on one Redis node and on a 3+3 Redis Cluster, same run, demo
+# model, N = 64: p50/p99 at one connection and at a moderate rate.
+bench-cluster-e2e: all
+	bash tests/integration/lib/redis_cluster.sh -- $(PYTHON) bench/cluster_e2e.py --build $(B) $(BENCH_CLUSTER_E2E_ARGS)
 
 # The images built and run for real (deploy/container-test.sh): Redis, the
 # loader and the scorer as containers, a ranking checked against ctr-score,

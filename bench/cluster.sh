@@ -17,4 +17,4 @@ single=$!
 trap 'kill $single 2>/dev/null; wait $single 2>/dev/null; rm -rf "$tmp"' EXIT
 for _ in $(seq 100); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.05; done
 bash tests/integration/lib/redis_cluster.sh -- \
-  bash -c "\"$bin\" --single 127.0.0.1:$port --cluster \"\${CTR_REDIS_CLUSTER%%,*}\" $*"
+  bash -c "\"$bin\" --single 127.0.0.1:$port --cluster \"\${CTR_CLUSTER_SEEDS%%,*}\" $*"

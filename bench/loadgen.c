@@ -6,9 +6,17 @@
  * answers carrying a null score.
  *
  *   loadgen --port P --conns C --seconds S --requests FILE [--rate R]
- *           [--path /v1/rank] [--count N]
+ *           [--path /v1/rank] [--count N] [--log FILE]
  *
  * --count N stops after N answers (or at --seconds, whichever is first).
+ * SIGINT or SIGTERM ends the run early, with the figures so far.
+ * --log FILE writes a first line "# start_unix_ms T" (the start, in the
+ * wall clock's milliseconds), then one line per answer: its arrival in ms
+ * since the start,
+ * the HTTP status (0: connection failed), 1 when a 200 answer is degraded
+ * (a non-empty "degraded" list), its latency in ms, and for an error
+ * answer its error code ("-" otherwise); for fault tests that need to know
+ * when answers went bad, how, and when they came back.
  *
  * FILE holds one JSON request body a line; connections cycle through them.
  * Closed loop by default (each connection sends its next request when the
@@ -19,12 +27,14 @@
  *
  * Output: one line, `LOADGEN key=value ...`: sent, answered, per class
  * (ok = 200, shed = 503, other) the count and p50/p99/p99.9/max latency in
- * ms, req/s, nulls (200 answers with "score":null), errors (connection
- * failures), and took_p50/p99/p999/max: the server's own took_us of the 200
+ * ms, req/s, nulls (200 answers with "score":null), degraded (200 answers
+ * with a non-empty "degraded" list), errors (connection failures), and
+ * took_p50/p99/p999/max: the server's own took_us of the 200
  * answers (arrival to answer, per answer), in ms.
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdint.h>
@@ -78,6 +88,9 @@ static double pct(series *s, double p) {
     size_t i = (size_t)(p * (double)(s->n - 1) + 0.5);
     return s->v[i];
 }
+
+static volatile sig_atomic_t stop;
+static void on_signal(int sig) { (void)sig; stop = 1; }
 
 static char **reqs;
 static size_t *req_len;
@@ -146,6 +159,7 @@ int main(int argc, char **argv) {
     double seconds = 5, rate = 0;
     const char *file = NULL;
     long count = 0;
+    const char *logpath = NULL;
     for (int i = 1; i + 1 < argc; i += 2) {
         if (!strcmp(argv[i], "--port")) port = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--conns")) conns = atoi(argv[i + 1]);
@@ -154,6 +168,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--requests")) file = argv[i + 1];
         else if (!strcmp(argv[i], "--path")) path = argv[i + 1];
         else if (!strcmp(argv[i], "--count")) count = atol(argv[i + 1]);
+        else if (!strcmp(argv[i], "--log")) logpath = argv[i + 1];
         else { fprintf(stderr, "loadgen: unknown option %s\n", argv[i]); return 2; }
     }
     if (!port || !file || conns < 1) {
@@ -182,6 +197,8 @@ int main(int argc, char **argv) {
     free(line);
     fclose(f);
     if (!nreq) { fprintf(stderr, "loadgen: no requests in %s\n", file); return 2; }
+    FILE *logf = NULL;
+    if (logpath && !(logf = fopen(logpath, "w"))) { perror(logpath); return 2; }
 
     int ep = epoll_create1(0);
     conn *cs = calloc((size_t)conns, sizeof *cs);
@@ -190,8 +207,15 @@ int main(int argc, char **argv) {
         if (open_conn(&cs[i], ep) < 0) { perror("connect"); return 1; }
     }
     series ok = {0}, shed = {0}, other = {0}, took = {0};
-    long sent = 0, errors = 0, nulls = 0;
+    long sent = 0, errors = 0, nulls = 0, degraded = 0;
+    signal(SIGINT, on_signal);
+    signal(SIGTERM, on_signal);
     const int64_t start = now_ns(), end = start + (int64_t)(seconds * 1e9);
+    if (logf) {
+        struct timespec rt;
+        clock_gettime(CLOCK_REALTIME, &rt);
+        fprintf(logf, "# start_unix_ms %lld\n", (long long)rt.tv_sec * 1000 + rt.tv_nsec / 1000000);
+    }
     const double interval = rate > 0 ? 1e9 * conns / rate : 0;  /* per connection */
     int64_t *next = calloc((size_t)conns, sizeof *next);
     for (int i = 0; i < conns; i++) next[i] = start + (int64_t)(interval * i / conns);
@@ -200,7 +224,7 @@ int main(int argc, char **argv) {
     prctl(PR_SET_TIMERSLACK, 1UL, 0, 0, 0);   /* wake when asked, not up to 50 us late */
     for (;;) {
         int64_t t = now_ns();
-        if (t >= end) break;
+        if (t >= end || stop) break;
         if (count && (long)(ok.n + shed.n + other.n) >= count) break;
         /* Start what is due on idle connections. */
         for (int i = 0; i < conns; i++) {
@@ -246,7 +270,12 @@ int main(int argc, char **argv) {
                 ssize_t r = recv(c->fd, c->in + c->got, sizeof c->in - 1 - c->got, 0);
                 if (r <= 0) {
                     if (r == 0 || errno != EAGAIN) {
-                        if (c->busy) errors++;
+                        if (c->busy) {
+                            errors++;
+                            if (logf)
+                                fprintf(logf, "%.3f 0 0 %.3f -\n", (double)(now_ns() - start) / 1e6,
+                                        (double)(now_ns() - c->t0) / 1e6);
+                        }
                         close_conn(c, ep);
                     }
                     continue;
@@ -255,11 +284,23 @@ int main(int argc, char **argv) {
                 int status, keep;
                 size_t boff, blen;
                 if (!c->busy || !whole(c, &status, &keep, &boff, &blen)) continue;
-                double ms = (double)(now_ns() - c->t0) / 1e6;
+                int64_t t_end = now_ns();
+                double ms = (double)(t_end - c->t0) / 1e6;
+                int deg = 0;
+                char code[40] = "-";
+                if (status != 200) {
+                    c->in[boff + blen] = '\0';
+                    const char *cd = strstr(c->in + boff, "\"code\":\"");
+                    if (cd) sscanf(cd + 8, "%39[a-z_]", code);
+                }
                 if (status == 200) {
                     push(&ok, ms);
                     c->in[boff + blen] = '\0';
                     if (strstr(c->in + boff, "\"score\":null")) nulls++;
+                    if (strstr(c->in + boff, "\"degraded\":[\"")) {
+                        deg = 1;
+                        degraded++;
+                    }
                     const char *tk = strstr(c->in + boff, "\"took_us\":");
                     if (tk) push(&took, atof(tk + 10) / 1000.0);
                 } else if (status == 503) {
@@ -267,6 +308,9 @@ int main(int argc, char **argv) {
                 } else {
                     push(&other, ms);
                 }
+                if (logf)
+                    fprintf(logf, "%.3f %d %d %.3f %s\n", (double)(t_end - start) / 1e6, status,
+                            deg, ms, code);
                 c->busy = 0;
                 c->got = 0;
                 if (!keep) close_conn(c, ep);
@@ -280,9 +324,10 @@ int main(int argc, char **argv) {
     double secs = (double)(now_ns() - start) / 1e9;
     series *all[] = {&ok, &shed, &other};
     const char *name[] = {"ok", "shed", "other"};
-    printf("LOADGEN sent=%ld answered=%zu seconds=%.3f rps=%.1f ok_rps=%.1f nulls=%ld errors=%ld",
+    printf("LOADGEN sent=%ld answered=%zu seconds=%.3f rps=%.1f ok_rps=%.1f nulls=%ld "
+           "degraded=%ld errors=%ld",
            sent, ok.n + shed.n + other.n, secs, (double)(ok.n + shed.n + other.n) / secs,
-           (double)ok.n / secs, nulls, errors);
+           (double)ok.n / secs, nulls, degraded, errors);
     for (int s = 0; s < 3; s++) {
         qsort(all[s]->v, all[s]->n, sizeof(double), cmp);
         printf(" %s=%zu %s_p50=%.3f %s_p99=%.3f %s_p999=%.3f %s_max=%.3f", name[s], all[s]->n,
@@ -295,5 +340,13 @@ int main(int argc, char **argv) {
     printf("\n");
     for (int i = 0; i < conns; i++) close_conn(&cs[i], ep);
     close(ep);
+    if (logf) fclose(logf);
+    for (int s = 0; s < 3; s++) free(all[s]->v);
+    free(took.v);
+    free(next);
+    free(cs);
+    for (int i = 0; i < nreq; i++) free(reqs[i]);
+    free(reqs);
+    free(req_len);
     return 0;
 }

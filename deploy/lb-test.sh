@@ -137,11 +137,18 @@ start_lb() {   # start_lb N...: haproxy in front of those replicas, all UP
       { say "haproxy: s$i not UP"; cat "$tmp/haproxy.log"; exit 1; }
   done
 }
+# HAProxy's log of failed requests (option log-separate-errors), for a
+# failure's message: status and termination state counted.
+lb_errors() {
+  grep -o ' [0-9][0-9][0-9] [0-9]* - - [A-Za-z-]\{4\}' "$tmp/haproxy.log" 2>/dev/null |
+    awk '$1 >= 400 || $5 != "----" { n[$1 " " $5]++ } END { for (k in n) printf "%s%d x %s", (c++ ? ", " : ""), n[k], k }'
+}
 stop_lb() { kill -TERM "${pid[lb]}" 2>/dev/null; wait "${pid[lb]}" 2>/dev/null || true; pid[lb]=; }
 
-# run_wrk URL SECONDS OUT: wrk in the background (its pid in wrk_pid).
+# run_wrk URL SECONDS OUT [CONNECTIONS]: wrk in the background (its pid in
+# wrk_pid).
 run_wrk() {
-  CTR_WRK_REQUESTS=$requests wrk -t2 -c"$conns" -d"$2s" --timeout 5s -s deploy/wrk/rank.lua \
+  CTR_WRK_REQUESTS=$requests wrk -t2 -c"${4:-$conns}" -d"$2s" --timeout 5s -s deploy/wrk/rank.lua \
     "$1/v1/rank" >"$3" 2>&1 &
   wrk_pid=$!
 }
@@ -159,15 +166,21 @@ status=0
 # --- Throughput: one replica direct, one and two behind HAProxy ---------------
 
 if [ "$mode" != failover ]; then
-  bench_run() {   # bench_run LABEL URL
-    run_wrk "$2" "$seconds" "$tmp/bench.out"
+  bench_run() {   # bench_run LABEL URL NAME [CONNECTIONS]
+    run_wrk "$2" "$seconds" "$tmp/bench.out" "${4:-}"
     wait "$wrk_pid" || true
-    printf 'lb-test: bench %-28s %8.1f req/s  p50 %6.3f ms  p99 %7.3f ms  failed %d\n' "$1" \
+    printf 'lb-test: bench %-34s %8.1f req/s  p50 %6.3f ms  p99 %7.3f ms  failed %d\n' "$1" \
       "$(res "$tmp/bench.out" rps)" "$(res "$tmp/bench.out" p50_ms)" \
       "$(res "$tmp/bench.out" p99_ms)" "$(failed_answers "$tmp/bench.out")"
     res "$tmp/bench.out" rps >"$tmp/rps.$3"
   }
-  bench_run "1 replica, no balancer" "http://127.0.0.1:${rport[1]}" direct
+  # Straight to a replica, at most as many connections as it admits
+  # (max_pending: 4 x its 2 threads): more would be refused with 503 at
+  # once, which measures the refusals.  Behind HAProxy, which queues
+  # beyond CTR_SCORER_MAXCONN (8) a replica, all $conns.
+  direct_conns=$(( conns < 8 ? conns : 8 ))
+  bench_run "1 replica, no balancer (-c$direct_conns)" "http://127.0.0.1:${rport[1]}" direct \
+    "$direct_conns"
   start_lb 1
   bench_run "1 replica behind haproxy" "$lb_url" lb1
   stop_lb
@@ -210,6 +223,8 @@ if [ "$mode" != bench ]; then
   say "kill: SIGKILL to replica 2 after ${at} s ($inflight2 request(s) in flight there per haproxy; at most $conns, one per wrk connection)"
   say "kill: $(res "$tmp/kill.out" requests) answers, $kill_failed failed ($(res "$tmp/kill.out" non2xx) HTTP >= 400, $(res "$tmp/kill.out" errors) socket errors); haproxy retries on s2: $(stat s2 wretr), redispatched: $(stat s2 wredis), s2 now $(stat s2 status)"
   say "after both: s3 served $(stat s3 stot) sessions, status $(stat s3 status)"
+  errs=$(lb_errors)
+  [ -z "$errs" ] || say "haproxy logged failed requests (status, termination state): $errs"
   stop_lb
 
   if [ "$check" = 1 ]; then

@@ -71,6 +71,33 @@ static int check_redis(const char *v, char *why, size_t whylen) {
     return 0;
 }
 
+/* "host:port[,host:port...]" (IPv6 hosts in brackets), or "". */
+static int check_redis_cluster(const char *v, char *why, size_t whylen) {
+    char item[CONFIG_STR_MAX];
+    if (!*v) return 0;
+    for (const char *s = v;;) {
+        size_t n = strcspn(s, ",");
+        snprintf(item, sizeof item, "%.*s", (int)n, s);
+        char *t = item;
+        while (*t == ' ') t++;
+        size_t tl = strlen(t);
+        while (tl && t[tl - 1] == ' ') t[--tl] = '\0';
+        const char *colon = strrchr(t, ':');
+        int v6 = t[0] == '[';
+        if (!tl || t[0] == '/' || (colon && !v6 && strchr(t, ':') != colon) ||
+            (v6 && (!colon || colon[-1] != ']')) || check_redis(t, why, whylen) < 0) {
+            snprintf(why, whylen, "seed \"%.64s\": expected host:port (IPv6 as [addr]:port), "
+                     "seeds separated by commas", t);
+            return -1;
+        }
+        if (!s[n]) return 0;
+        s += n + 1;   /* past the comma: another seed must follow */
+    }
+}
+
+/* Settings whose value is never printed (config_dump). */
+static int is_secret(const char *key) { return strcmp(key, "redis_password") == 0; }
+
 #define F(field) offsetof(config_params, field)
 #define CAP(field) sizeof(((config_params *)0)->field)
 
@@ -85,6 +112,30 @@ static const setting settings[] = {
      check_redis, NULL,
      "Feature store (Redis) address: host:port, or a unix socket path "
      "starting with /."},
+    {"redis_cluster", SET_STR, F(redis_cluster), CAP(redis_cluster), 0, 0,
+     "HOST:PORT[,HOST:PORT...]", NULL, check_redis_cluster, "\"\": one node, see redis",
+     "Redis Cluster seed nodes: the feature store is then the cluster (slot map from "
+     "CLUSTER SLOTS, one connection per node and worker) and `redis` is not used."},
+    {"redis_read_replicas", SET_BOOL, F(redis_read_replicas), 0, 0, 1, "BOOL", NULL, NULL,
+     NULL,
+     "Redis Cluster: read features from replicas (READONLY), spreading reads over every "
+     "node; a replica may lag its master by a few milliseconds."},
+    {"redis_cluster_refresh_ms", SET_INT, F(redis_cluster_refresh_ms), 0, 1, 60000, "MS",
+     NULL, NULL, NULL,
+     "Redis Cluster: after a redirect or a node failure, a worker reads the slot map "
+     "again at most this often (so a promoted replica is found within about this)."},
+    {"redis_user", SET_STR, F(redis_user), CAP(redis_user), 0, 0, "USER", NULL, NULL,
+     "\"\": the default user",
+     "Redis ACL user to authenticate as (AUTH user password); needs a password."},
+    {"redis_password", SET_STR, F(redis_password), CAP(redis_password), 0, 0, "SECRET",
+     NULL, NULL, "\"\": no AUTH",
+     "Redis password (AUTH), for every node.  Never printed or logged.  A flag is "
+     "visible to other local users while the process starts: prefer "
+     "redis_password_file or the environment."},
+    {"redis_password_file", SET_STR, F(redis_password_file), CAP(redis_password_file), 0, 0,
+     "FILE", NULL, NULL, NULL,
+     "Read the Redis password from the first line of this file (a mounted secret); not "
+     "with redis_password."},
     {"redis_prefix", SET_STR, F(redis_prefix), CAP(redis_prefix), 0, 0, "PREFIX",
      NULL, NULL, NULL, "Prefix of every feature key read from Redis."},
     {"redis_connect_timeout_ms", SET_INT, F(redis_connect_timeout_ms), 0, 1, 60000,
@@ -194,6 +245,8 @@ config_params config_default_params(void) {
     snprintf(p.model, sizeof p.model, "demo/model.safetensors");
     snprintf(p.redis, sizeof p.redis, "127.0.0.1:6379");
     snprintf(p.redis_prefix, sizeof p.redis_prefix, "ctr:");
+    p.redis_read_replicas = 0;
+    p.redis_cluster_refresh_ms = 100;
     p.redis_connect_timeout_ms = 50;
     p.redis_timeout_ms = 20;
     p.redis_breaker_base_ms = 100;
@@ -606,6 +659,10 @@ void config_dump(const config_params *p, FILE *out) {
     for (size_t i = 0; i < NSETTINGS; i++) {
         const setting *s = &settings[i];
         if (strcmp(s->key, "config") == 0) continue;   /* not valid in a file */
+        if (is_secret(s->key) && *((const char *)p + s->off)) {
+            fprintf(out, "# %s is set (not shown)\n", s->key);
+            continue;
+        }
         fprintf(out, "%s = ", s->key);
         print_value(out, s, p);
         if (strcmp(s->key, "skip_scoring") == 0 && p->skip_scoring)

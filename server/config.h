@@ -45,6 +45,14 @@ typedef struct config_params {
     char model[CONFIG_STR_MAX];     /* model file (safetensors) */
     char redis[CONFIG_STR_MAX];     /* "host:port", or a unix socket path
                                        (starts with '/') */
+    char redis_cluster[CONFIG_STR_MAX]; /* Redis Cluster seeds "host:port,..."
+                                       ("": one node, `redis`) */
+    int redis_read_replicas;        /* cluster: reads from replicas */
+    int redis_cluster_refresh_ms;   /* cluster: least time between slot-map
+                                       refreshes of one connection set */
+    char redis_user[256];           /* AUTH user ("": default user) */
+    char redis_password[CONFIG_STR_MAX];  /* AUTH password: never printed */
+    char redis_password_file[CONFIG_STR_MAX];  /* or read from this file */
     char redis_prefix[CONFIG_STR_MAX];  /* key prefix of every feature */
     int redis_connect_timeout_ms;
     int redis_timeout_ms;           /* per command */
@@ -103,7 +111,8 @@ int config_set(config_params *p, const char *key, const char *value,
 void config_help(FILE *out, const char *prog);
 
 /* The effective settings as `key = value` lines (valid config file
- * syntax), for the startup log. */
+ * syntax), for the startup log.  A secret (redis_password) is never
+ * printed: a set one shows as a comment line saying so. */
 void config_dump(const config_params *p, FILE *out);
 
 #endif

@@ -63,10 +63,11 @@
 
 static void usage(FILE *f) {
     fprintf(f,
-"Usage: " PROG " --redis HOST:PORT|/PATH.sock [--items ITEMS.jsonl]\n"
-"                [--users USERS.jsonl] [--prefix P] [--model M]\n"
-"                [--max-tags N] [--mm-dim N] [--max-seq N] [--batch N]\n"
-"                [--timeout-ms N]\n"
+"Usage: " PROG " --redis HOST:PORT|/PATH.sock | --redis-cluster HOST:PORT[,...]\n"
+"                [--items ITEMS.jsonl] [--users USERS.jsonl] [--prefix P]\n"
+"                [--model M] [--max-tags N] [--mm-dim N] [--max-seq N]\n"
+"                [--batch N] [--timeout-ms N] [--redis-user U]\n"
+"                [--redis-password-file F | --redis-password P]\n"
 "\n"
 "Loads item features and user histories into Redis for the scoring\n"
 "service, as the compact binary values described in deploy/REDIS_SCHEMA.md.\n"
@@ -75,6 +76,18 @@ static void usage(FILE *f) {
 "Options:\n"
 "  --redis ADDR     Redis to write to: host:port ([v6addr]:port for IPv6)\n"
 "                   or the path of a unix socket (starting with '/')\n"
+"  --redis-cluster SEEDS\n"
+"                   a Redis Cluster instead, by some of its nodes\n"
+"                   (host:port,host:port...): each batch goes out as one\n"
+"                   pipeline per master, all at once, MOVED/ASK followed\n"
+"  --redis-user U   Redis ACL user (env CTR_REDIS_USER); needs a password\n"
+"  --redis-password-file F\n"
+"                   Redis password (AUTH) from the first line of F (env\n"
+"                   CTR_REDIS_PASSWORD_FILE)\n"
+"  --redis-password P\n"
+"                   the password itself (env CTR_REDIS_PASSWORD; a flag is\n"
+"                   briefly visible to other local users: prefer the file\n"
+"                   or the environment).  Never printed.\n"
 "  --items FILE     item features, one JSON object a line:\n"
 "                     {\"item_id\": 17, \"item_tags\": [up to N ints],\n"
 "                      \"item_emb_d128\": [mm-dim numbers]}\n"
@@ -119,6 +132,7 @@ static void usage(FILE *f) {
 "loaded.  At the end one line on stdout:\n"
 "  " PROG ": items_loaded=N users_loaded=N lines_rejected=N\n"
 "  histories_truncated=N (redis ADDR, prefix \"P\")\n"
+"(\"Redis Cluster SEEDS\" with --redis-cluster.)\n"
 "\n"
 "Exit status: 0 every line loaded; 1 some line rejected, or Redis failed\n"
 "(the load stops at the failure; the last batch may or may not be stored);\n"
@@ -129,7 +143,8 @@ static void usage(FILE *f) {
 /* --- Loading ------------------------------------------------------------ */
 
 typedef struct options {
-    const char *redis, *items, *users, *prefix, *model;
+    const char *redis, *cluster, *items, *users, *prefix, *model;
+    const char *user, *password, *password_file;
     int max_tags, mm_dim, max_seq, batch, timeout_ms;
     int item_vocab, tag_vocab;      /* from --model; 0: unchecked */
     engine_model *eng;              /* --model: item vectors checked */
@@ -342,6 +357,37 @@ static int write_meta(loader *ld) {
 
 /* --- main --------------------------------------------------------------- */
 
+/* The AUTH settings: flags, else CTR_REDIS_USER / CTR_REDIS_PASSWORD /
+ * CTR_REDIS_PASSWORD_FILE (as ctr-server reads them); a password file is
+ * read into buf.  0, or -1 with a message printed (never the password). */
+static int redis_auth(options *o, char *buf, size_t cap) {
+    const char *e;
+    if (!o->user && (e = getenv("CTR_REDIS_USER")) && *e) o->user = e;
+    if (!o->password && !o->password_file) {
+        if ((e = getenv("CTR_REDIS_PASSWORD")) && *e) o->password = e;
+        if ((e = getenv("CTR_REDIS_PASSWORD_FILE")) && *e) o->password_file = e;
+    }
+    if (o->password && o->password_file) {
+        fprintf(stderr, PROG ": give one of --redis-password (CTR_REDIS_PASSWORD), "
+                "--redis-password-file (CTR_REDIS_PASSWORD_FILE)\n");
+        return -1;
+    }
+    if (o->password_file) {
+        char err[1200];
+        if (featstore_password_file(o->password_file, buf, cap, err, sizeof err) < 0) {
+            fprintf(stderr, PROG ": %s\n", err);
+            return -1;
+        }
+        o->password = buf;
+    }
+    if (o->user && !o->password) {
+        fprintf(stderr, PROG ": --redis-user needs a password (--redis-password-file, "
+                "--redis-password or CTR_REDIS_PASSWORD)\n");
+        return -1;
+    }
+    return 0;
+}
+
 static int parse_int(const char *opt, const char *s, int lo, int hi, int *out) {
     char *end;
     errno = 0;
@@ -360,9 +406,14 @@ int main(int argc, char **argv) {
                  .max_seq = 1000, .batch = 512, .timeout_ms = 5000,
                  .item_id_min = 1};
     enum { O_REDIS = 1, O_ITEMS, O_USERS, O_PREFIX, O_MODEL, O_MAX_TAGS,
-           O_MM_DIM, O_MAX_SEQ, O_BATCH, O_TIMEOUT, O_HELP };
+           O_MM_DIM, O_MAX_SEQ, O_BATCH, O_TIMEOUT, O_HELP, O_CLUSTER, O_USER,
+           O_PASSWORD, O_PASSWORD_FILE };
     static const struct option longopts[] = {
         {"redis", required_argument, NULL, O_REDIS},
+        {"redis-cluster", required_argument, NULL, O_CLUSTER},
+        {"redis-user", required_argument, NULL, O_USER},
+        {"redis-password", required_argument, NULL, O_PASSWORD},
+        {"redis-password-file", required_argument, NULL, O_PASSWORD_FILE},
         {"items", required_argument, NULL, O_ITEMS},
         {"users", required_argument, NULL, O_USERS},
         {"prefix", required_argument, NULL, O_PREFIX},
@@ -375,11 +426,20 @@ int main(int argc, char **argv) {
         {"help", no_argument, NULL, O_HELP},
         {NULL, 0, NULL, 0},
     };
+    char *password_copy = NULL;
     int c;
     while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
         int bad = 0;
         switch (c) {
         case O_REDIS: o.redis = optarg; break;
+        case O_CLUSTER: o.cluster = optarg; break;
+        case O_USER: o.user = optarg; break;
+        case O_PASSWORD:
+            /* Copied, then blanked in the argument list (ps). */
+            if (!(o.password = password_copy = strdup(optarg))) bad = 1;
+            memset(optarg, 0, strlen(optarg));
+            break;
+        case O_PASSWORD_FILE: o.password_file = optarg; break;
         case O_ITEMS: o.items = optarg; break;
         case O_USERS: o.users = optarg; break;
         case O_PREFIX: o.prefix = optarg; break;
@@ -405,6 +465,7 @@ int main(int argc, char **argv) {
         }
         if (bad) {
             fprintf(stderr, "Try '" PROG " --help'.\n");
+            free(password_copy);
             return 2;
         }
     }
@@ -413,13 +474,17 @@ int main(int argc, char **argv) {
                 " --help'.\n", argv[optind]);
         return 2;
     }
-    if (!o.redis || (!o.items && !o.users)) {
-        fprintf(stderr, PROG ": need --redis and at least one of --items, "
-                "--users\nTry '" PROG " --help'.\n");
+    char err[256];
+    char secret[1024];
+    if (redis_auth(&o, secret, sizeof secret) < 0 || (o.redis != NULL) == (o.cluster != NULL) ||
+        (!o.items && !o.users)) {
+        if ((o.redis != NULL) == (o.cluster != NULL) || (!o.items && !o.users))
+            fprintf(stderr, PROG ": need one of --redis, --redis-cluster and at least one "
+                    "of --items, --users\nTry '" PROG " --help'.\n");
+        free(password_copy);
         return 2;
     }
 
-    char err[256];
     if (o.model) {
         engine_model *m;
         if (engine_model_load(o.model, &m, err, sizeof err) < 0) {
@@ -475,6 +540,9 @@ int main(int argc, char **argv) {
     featstore_params p;
     featstore_default_params(&p);
     p.addr = o.redis;
+    p.cluster = o.cluster;
+    p.user = o.user;
+    p.password = o.password;
     p.prefix = o.prefix;
     p.connect_timeout_ms = p.command_timeout_ms = o.timeout_ms;
     p.max_tags = o.max_tags;
@@ -500,9 +568,9 @@ int main(int argc, char **argv) {
                     (su ? jsonl_source_bad(su) : 0);
 
     printf(PROG ": items_loaded=%ld users_loaded=%ld lines_rejected=%ld "
-           "histories_truncated=%ld (redis %s, prefix \"%s\")\n",
+           "histories_truncated=%ld (%s %s, prefix \"%s\")\n",
            ld.items_loaded, ld.users_loaded, rejected, ld.truncated,
-           o.redis, o.prefix);
+           o.cluster ? "Redis Cluster" : "redis", o.cluster ? o.cluster : o.redis, o.prefix);
     if (ld.truncated)
         fprintf(stderr, PROG ": %ld histories were longer than --max-seq %d "
                 "and keep their most recent %d ids\n", ld.truncated,
@@ -512,6 +580,9 @@ int main(int argc, char **argv) {
 
 done:
     featstore_close(ld.fs);
+    memset(secret, 0, sizeof secret);
+    if (password_copy) memset(password_copy, 0, strlen(password_copy));
+    free(password_copy);
     free(o.vec);
     engine_model_free(o.eng);
     jsonl_source_close(si);

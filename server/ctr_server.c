@@ -16,6 +16,7 @@
  * Every other thread has these signals blocked, so they arrive here.
  */
 #include <errno.h>
+#include <pthread.h>
 #include <signal.h>
 #include <sys/resource.h>
 #include <stdio.h>
@@ -76,6 +77,7 @@ static void reload(service *svc) {
  * model's schema.  Sets svc->feature_set and the metrics; logs changes. */
 static void health_check(service *svc, featstore *fs) {
     static int last = -1;
+    static double last_loaded_at;
     char err[512] = "", buf[FEATSTORE_META_MAX + 1];
     size_t len;
     /* More patience than a request has: a busy machine must not make
@@ -90,6 +92,7 @@ static void health_check(service *svc, featstore *fs) {
                   rc == CTR_OK ? METRICS_REDIS_OK
                                : rc == CTR_ETIMEOUT ? METRICS_REDIS_TIMEOUT : METRICS_REDIS_ERROR);
     metrics_redis_up(svc->metrics, rc == CTR_OK);
+    int pinged = rc == CTR_OK;
     if (rc == CTR_OK) rc = featstore_get_meta(fs, dl, buf, sizeof buf, &len, err, sizeof err);
     if (rc == CTR_OK) {
         proto_meta m;
@@ -109,7 +112,16 @@ static void health_check(service *svc, featstore *fs) {
         state = SERVICE_FS_MISSING;
     } else if (rc == CTR_EFORMAT) {
         state = SERVICE_FS_MISMATCH;
+    } else if (pinged && svc->fs_params.cluster && last > SERVICE_FS_UNKNOWN) {
+        /* A Redis Cluster answers, but not the marker's shard (master and
+         * replica): it is failing over, or down.  The marker has not
+         * changed for that; keep the last view, so that every replica
+         * behind a load balancer does not go unready at once while the
+         * other shards still serve (deploy/README.md). */
+        state = last;
+        loaded_at = last_loaded_at;
     }
+    last_loaded_at = loaded_at;
     atomic_store(&svc->feature_set, state);
     metrics_feature_set(svc->metrics, state == SERVICE_FS_OK, loaded_at);
     if (state != last) {
@@ -118,6 +130,59 @@ static void health_check(service *svc, featstore *fs) {
         else log_warn("feature store not ready: %s", err);
         last = state;
     }
+}
+
+/* The Redis password: from redis_password or redis_password_file (not
+ * both), into cp->redis_password.  0, or -1 with a message printed. */
+static int redis_secret(config_params *cp) {
+    char err[1200];
+    if (cp->redis_password_file[0]) {
+        if (cp->redis_password[0]) {
+            fprintf(stderr, "ctr-server: redis_password and redis_password_file are both "
+                            "set; give one\n");
+            return -1;
+        }
+        if (featstore_password_file(cp->redis_password_file, cp->redis_password,
+                                    sizeof cp->redis_password, err, sizeof err) < 0) {
+            fprintf(stderr, "ctr-server: redis_password_file: %s\n", err);
+            return -1;
+        }
+    }
+    if (cp->redis_user[0] && !cp->redis_password[0]) {
+        fprintf(stderr, "ctr-server: redis_user needs a password (redis_password or "
+                        "redis_password_file)\n");
+        return -1;
+    }
+    return 0;
+}
+
+/* Blanks the value of --redis-password in the argument list, so that ps
+ * and /proc/PID/cmdline show it only for the moment before this runs. */
+static void scrub_password_flag(int argc, char **argv) {
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (strncmp(a, "--redis", 7) != 0 || (a[7] != '-' && a[7] != '_') ||
+            strncmp(a + 8, "password", 8) != 0)
+            continue;
+        char *v = NULL;
+        if (a[16] == '=') v = argv[i] + 17;
+        else if (a[16] == '\0' && i + 1 < argc) v = argv[++i];
+        if (v) memset(v, 0, strlen(v));
+    }
+}
+
+/* Threads started before main (OpenBLAS starts its pool in a library
+ * constructor) do not block the signals main waits for, so the kernel may
+ * hand SIGTERM, SIGINT or SIGHUP to one of them while main is not inside
+ * sigtimedwait (a health check, a reload): with the default action that
+ * killed the process (exit 143 instead of a drain; SIGHUP too).  A handler
+ * instead sends it on to the main thread, which blocks it, so it waits
+ * there for sigtimedwait.  pthread_kill is async-signal-safe. */
+static pthread_t main_thread;
+static void forward_to_main(int sig) {
+    int saved = errno;
+    pthread_kill(main_thread, sig);
+    errno = saved;
 }
 
 /* Room for max_connections sockets, Redis connections, the model and
@@ -149,10 +214,12 @@ int main(int argc, char **argv) {
         config_help(stdout, argv[0]);
         return 0;
     }
+    scrub_password_flag(argc, argv);
     if (rc < 0) {
         fprintf(stderr, "ctr-server: %s\n(see ctr-server --help)\n", err);
         return 2;
     }
+    if (redis_secret(&cp) < 0) return 2;
     log_set_level_name(cp.log_level);
 
     /* Block the signals we wait for before any thread starts, so every
@@ -163,6 +230,14 @@ int main(int argc, char **argv) {
     sigaddset(&sigs, SIGINT);
     sigaddset(&sigs, SIGHUP);
     pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+    main_thread = pthread_self();
+    struct sigaction fwd;
+    memset(&fwd, 0, sizeof fwd);
+    fwd.sa_handler = forward_to_main;
+    sigfillset(&fwd.sa_mask);
+    sigaction(SIGTERM, &fwd, NULL);
+    sigaction(SIGINT, &fwd, NULL);
+    sigaction(SIGHUP, &fwd, NULL);
     signal(SIGPIPE, SIG_IGN);
 
     service svc;
@@ -200,6 +275,12 @@ int main(int argc, char **argv) {
     svc.fs_params.max_tags = first->cfg->num_tags;
     svc.fs_params.mm_dim = first->cfg->mm_in;
     svc.fs_params.max_seq = cp.max_seq;
+    svc.fs_params.cluster = cp.redis_cluster[0] ? cp.redis_cluster : NULL;
+    svc.fs_params.read_replicas = cp.redis_read_replicas;
+    svc.fs_params.cluster_refresh_ms = cp.redis_cluster_refresh_ms;
+    svc.fs_params.user = cp.redis_user;
+    svc.fs_params.password = cp.redis_password;
+    static featstore_node_hooks node_hooks = {metrics_node_id, metrics_node_event, NULL};
 
     int exit_code = 1;
     http_server *http = NULL;
@@ -214,8 +295,11 @@ int main(int argc, char **argv) {
     first->metrics = svc.metrics;
     svc.fs_params.breaker_hook = metrics_breaker;
     svc.fs_params.breaker_hook_arg = svc.metrics;
+    node_hooks.arg = svc.metrics;
+    svc.fs_params.node_hooks = &node_hooks;
     featstore_params hfp = svc.fs_params;
     hfp.breaker_hook = NULL; /* the health check's breaker is not a worker's */
+    hfp.node_hooks = NULL;
     hfp.command_timeout_ms = cp.redis_timeout_ms < 100 ? 100 : cp.redis_timeout_ms;
     if (featstore_open(&hfp, &health_fs, err, sizeof err) < 0) {
         log_error("feature store: %s", err);
@@ -236,10 +320,19 @@ int main(int argc, char **argv) {
         log_error("%s", err);
         goto out;
     }
-    log_info("serving %s version %s (%s) on http://%s:%d; redis %s prefix \"%s\"; %d "
+    char redis_desc[CONFIG_STR_MAX + 300];
+    int n = snprintf(redis_desc, sizeof redis_desc, "%s %s",
+                     cp.redis_cluster[0] ? "Redis Cluster" : "redis",
+                     cp.redis_cluster[0] ? cp.redis_cluster : cp.redis);
+    if (cp.redis_cluster[0] && cp.redis_read_replicas)
+        n += snprintf(redis_desc + n, sizeof redis_desc - (size_t)n, " (reads from replicas)");
+    if (cp.redis_password[0])   /* that AUTH is on, and as whom; never the password */
+        snprintf(redis_desc + n, sizeof redis_desc - (size_t)n, " with AUTH%s%s",
+                 cp.redis_user[0] ? " as " : "", cp.redis_user);
+    log_info("serving %s version %s (%s) on http://%s:%d; %s, prefix \"%s\"; %d "
              "workers, %d admitted at most, deadline %d ms (max %d), %d connections at "
              "most; scoring split over up to %d threads%s", first->cfg->name,
-             first->cfg->version, cp.model, cp.bind, http_port(http), cp.redis, cp.redis_prefix,
+             first->cfg->version, cp.model, cp.bind, http_port(http), redis_desc, cp.redis_prefix,
              cp.threads, hp.max_pending, svc.deadline_ms, svc.max_deadline_ms,
              hp.connection_limit, cp.score_threads,
              cp.skip_scoring ? "; SKIP_SCORING: every score is 0 (benchmark floor only)" : "");

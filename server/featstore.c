@@ -10,9 +10,11 @@
  * and a reply of a few hundred kilobytes takes many reads.
  */
 #include "featstore.h"
+#include "featstore_internal.h"
 
 #include <errno.h>
 #include <limits.h>
+#include <stdio.h>
 #include <poll.h>
 #include <stdlib.h>
 #include <string.h>
@@ -37,6 +39,8 @@ struct featstore {
     int port;
     char *prefix;
     size_t prefix_len;
+    char *user, *password;      /* AUTH; NULL when not set */
+    featstore_cluster *cl;      /* Redis Cluster mode; NULL: one node */
     redisContext *c;            /* NULL when not connected */
     breaker br;                 /* fails calls fast after a failure */
     int64_t call_budget_ns;     /* the running call's budget (for the
@@ -44,6 +48,7 @@ struct featstore {
     int pending;                /* SETs queued in c's output buffer */
     int conn_lost;              /* the last failure was the peer closing or
                                    resetting the connection */
+    arena scratch;              /* cluster calls without the caller's arena */
     featstore_stats st;
 };
 
@@ -61,6 +66,12 @@ void featstore_default_params(featstore_params *p) {
     p->max_tags = 5;
     p->mm_dim = 128;
     p->max_seq = 1000;
+    p->cluster = NULL;
+    p->read_replicas = 0;
+    p->cluster_refresh_ms = 100;
+    p->user = NULL;
+    p->password = NULL;
+    p->node_hooks = NULL;
 }
 
 /* Splits "host:port" / "[v6]:port" into fs->host and fs->port. */
@@ -101,7 +112,8 @@ static int parse_tcp_addr(featstore *fs, const char *addr, char *err,
 int featstore_open(const featstore_params *p, featstore **out, char *err,
                    size_t errlen) {
     *out = NULL;
-    if (!p->addr || !p->addr[0])
+    int cluster = p->cluster && p->cluster[0];
+    if (!cluster && (!p->addr || !p->addr[0]))
         return ctr_fail(err, errlen, CTR_EINVAL, "no Redis address");
     if (!p->prefix)
         return ctr_fail(err, errlen, CTR_EINVAL, "no key prefix");
@@ -123,7 +135,7 @@ int featstore_open(const featstore_params *p, featstore **out, char *err,
     featstore *fs = calloc(1, sizeof *fs);
     if (!fs) return ctr_fail(err, errlen, CTR_ENOMEM, "out of memory");
     fs->p = *p;
-    fs->addr = strdup(p->addr);
+    fs->addr = strdup(cluster ? "Redis Cluster" : p->addr);
     fs->prefix = strdup(p->prefix);
     if (!fs->addr || !fs->prefix) {
         ctr_fail(err, errlen, rc, "out of memory");
@@ -131,7 +143,24 @@ int featstore_open(const featstore_params *p, featstore **out, char *err,
     }
     fs->p.addr = fs->addr;
     fs->p.prefix = fs->prefix;
+    arena_init(&fs->scratch, 1 << 12);
     fs->prefix_len = strlen(fs->prefix);
+    fs->p.user = fs->p.password = NULL;
+    fs->p.cluster = NULL;
+    if ((p->user && p->user[0] && !(fs->user = strdup(p->user))) ||
+        (p->password && p->password[0] && !(fs->password = strdup(p->password)))) {
+        ctr_fail(err, errlen, rc, "out of memory");
+        goto fail;
+    }
+    fs->p.user = fs->user;
+    fs->p.password = fs->password;
+    if (cluster) {
+        featstore_params cp = fs->p;   /* the seeds are parsed, not kept */
+        cp.cluster = p->cluster;
+        if ((rc = featstore_cluster_open(&cp, &fs->st, &fs->cl, err, errlen)) < 0) goto fail;
+        *out = fs;
+        return CTR_OK;
+    }
     breaker_init(&fs->br,
                  &(breaker_params){p->breaker_base_ms, p->breaker_max_ms,
                                    p->breaker_hook, p->breaker_hook_arg},
@@ -147,23 +176,40 @@ fail:
     return rc;
 }
 
+/* Overwrites a secret before freeing it, so it does not linger in freed
+ * memory (core dumps). */
+static void free_secret(char *s) {
+    if (!s) return;
+    volatile char *v = s;
+    while (*v) *v++ = 0;
+    free(s);
+}
+
 void featstore_close(featstore *fs) {
     if (!fs) return;
+    featstore_cluster_close(fs->cl);
     if (fs->c) redisFree(fs->c);
+    free(fs->user);
+    free_secret(fs->password);
     free(fs->addr);
     free(fs->host);
     free(fs->prefix);
+    arena_free(&fs->scratch);
     free(fs);
 }
 
 void featstore_stats_get(const featstore *fs, featstore_stats *st) {
     *st = fs->st;
-    st->breaker_opens = fs->br.opens;
+    st->breaker_opens = fs->cl ? featstore_cluster_breaker_opens(fs->cl) : fs->br.opens;
 }
 
-breaker_state featstore_breaker_state(const featstore *fs) { return fs->br.state; }
+breaker_state featstore_breaker_state(const featstore *fs) {
+    return fs->cl ? featstore_cluster_breaker_state(fs->cl) : fs->br.state;
+}
 
-int featstore_pending(const featstore *fs) { return fs->pending; }
+int featstore_pending(const featstore *fs) {
+    return fs->cl ? featstore_cluster_pending(fs->cl) : fs->pending;
+}
 
 /* --- connection ---------------------------------------------------------- */
 
@@ -196,11 +242,72 @@ static int wait_fd(int fd, short events, int64_t deadline) {
     }
 }
 
-static int connect_failed(featstore *fs, char *err, size_t errlen,
-                          const char *what) {
-    ctr_fail(err, errlen, CTR_EBACKEND, "Redis %s: %s", fs->addr, what);
-    drop(fs);
-    return CTR_EBACKEND;
+int featstore_connect(const featstore_params *p, const char *host, int port,
+                      const char *unix_path, int64_t deadline_ns, featstore_stats *st,
+                      redisContext **out, char *err, size_t errlen) {
+    *out = NULL;
+    int64_t t0 = now_ns();
+    st->connect_attempts++;
+    redisContext *c = host ? redisConnectNonBlock(host, port) : redisConnectUnixNonBlock(unix_path);
+    if (!c) return ctr_fail(err, errlen, CTR_EBACKEND, "out of memory");
+    if (c->err) {
+        ctr_fail(err, errlen, CTR_EBACKEND, "%s", c->errstr);
+        redisFree(c);
+        return CTR_EBACKEND;
+    }
+    /* A TCP connect is usually still in progress here. */
+    int64_t cdl = t0 + (int64_t)p->connect_timeout_ms * 1000000;
+    if (deadline_ns && deadline_ns < cdl) cdl = deadline_ns;
+    int r = wait_fd(c->fd, POLLOUT, cdl);
+    int soerr = r < 0 ? errno : 0;
+    socklen_t sl = sizeof soerr;
+    if (r > 0 && getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &soerr, &sl) < 0) soerr = errno;
+    if (r == 0 || soerr) {
+        if (r == 0)
+            ctr_fail(err, errlen, CTR_EBACKEND, "connect timed out after %lld ms",
+                     (long long)((cdl - t0 + 500000) / 1000000));
+        else
+            ctr_fail(err, errlen, CTR_EBACKEND, "%s", strerror(soerr));
+        redisFree(c);
+        return CTR_EBACKEND;
+    }
+    if (p->password && p->password[0]) {
+        /* AUTH [user] password, answered within the connect's time.  Redis's
+         * refusal (WRONGPASS, or ERR for AUTH on a server without one)
+         * names neither the user nor the password. */
+        const char *argv[3] = {"AUTH"};
+        size_t lens[3] = {4};
+        int argc = 1;
+        if (p->user && p->user[0]) {
+            argv[argc] = p->user;
+            lens[argc++] = strlen(p->user);
+        }
+        argv[argc] = p->password;
+        lens[argc++] = strlen(p->password);
+        redisReply *rep = NULL;
+        char why[160];
+        int rc = rcluster_command(c, argc, argv, lens, cdl, &rep, why, sizeof why);
+        if (rc < 0) {
+            redisFree(c);
+            return ctr_fail(err, errlen, CTR_EBACKEND, "AUTH: %s", why);
+        }
+        int ok = rep->type == REDIS_REPLY_STATUS && rep->len == 2 && memcmp(rep->str, "OK", 2) == 0;
+        if (!ok) {
+            if (rep->type == REDIS_REPLY_ERROR)
+                ctr_fail(err, errlen, CTR_EBACKEND, "authentication refused: %.*s",
+                         (int)(rep->len > 160 ? 160 : rep->len), rep->str ? rep->str : "");
+            else
+                ctr_fail(err, errlen, CTR_EBACKEND, "unexpected reply type %d to AUTH",
+                         rep->type);
+            freeReplyObject(rep);
+            redisFree(c);
+            return CTR_EBACKEND;
+        }
+        freeReplyObject(rep);
+    }
+    st->connects++;
+    *out = c;
+    return CTR_OK;
 }
 
 /* Makes sure there is a connection, connecting by `deadline` at the
@@ -208,32 +315,12 @@ static int connect_failed(featstore *fs, char *err, size_t errlen,
 static int ensure_connected(featstore *fs, int64_t deadline, char *err,
                             size_t errlen) {
     if (fs->c) return CTR_OK;
-    int64_t t0 = now_ns();
-    fs->st.connect_attempts++;
-    fs->c = fs->host ? redisConnectNonBlock(fs->host, fs->port)
-                     : redisConnectUnixNonBlock(fs->addr);
-    if (!fs->c) return connect_failed(fs, err, errlen, "out of memory");
-    if (fs->c->err) {
-        char msg[sizeof fs->c->errstr];
-        memcpy(msg, fs->c->errstr, sizeof msg);
-        return connect_failed(fs, err, errlen, msg);
+    char why[256];
+    if (featstore_connect(&fs->p, fs->host, fs->port, fs->addr, deadline, &fs->st, &fs->c, why,
+                          sizeof why) < 0) {
+        drop(fs);
+        return ctr_fail(err, errlen, CTR_EBACKEND, "Redis %s: %s", fs->addr, why);
     }
-    /* A TCP connect is usually still in progress here. */
-    int64_t cdl = t0 + (int64_t)fs->p.connect_timeout_ms * 1000000;
-    if (deadline && deadline < cdl) cdl = deadline;
-    int r = wait_fd(fs->c->fd, POLLOUT, cdl);
-    if (r == 0) {
-        char msg[64];
-        snprintf(msg, sizeof msg, "connect timed out after %lld ms",
-                 (long long)((cdl - t0 + 500000) / 1000000));
-        return connect_failed(fs, err, errlen, msg);
-    }
-    int soerr = r < 0 ? errno : 0;
-    socklen_t sl = sizeof soerr;
-    if (!soerr && getsockopt(fs->c->fd, SOL_SOCKET, SO_ERROR, &soerr, &sl) < 0)
-        soerr = errno;
-    if (soerr) return connect_failed(fs, err, errlen, strerror(soerr));
-    fs->st.connects++;
     return CTR_OK;
 }
 
@@ -293,12 +380,8 @@ static int recv_reply(featstore *fs, int64_t deadline, redisReply **out,
     }
 }
 
-/* One command of a pipeline. */
-typedef struct cmd {
-    int argc;
-    const char **argv;
-    const size_t *lens;
-} cmd;
+/* One command of a pipeline (argv[1] is its key, for the cluster). */
+typedef rcluster_cmd cmd;
 
 static void free_replies(redisReply **r, int n) {
     for (int i = 0; i < n; i++)
@@ -310,8 +393,8 @@ static int exchange(featstore *fs, int ncmd, const cmd *cmds, int64_t deadline,
     int rc;
     fs->conn_lost = 0;
     for (int i = 0; i < ncmd; i++)
-        if (redisAppendCommandArgv(fs->c, cmds[i].argc, cmds[i].argv,
-                                   cmds[i].lens) != REDIS_OK)
+        if (redisAppendCommandArgv(fs->c, cmds[i].argc, (const char **)cmds[i].argv,
+                                   cmds[i].argvlen) != REDIS_OK)
             return broken_ctx(fs, err, errlen);
     if ((rc = send_all(fs, deadline, err, errlen)) < 0) return rc;
     for (int i = 0; i < ncmd; i++) {
@@ -333,7 +416,7 @@ static int timeout_counts(const featstore *fs) {
 /* A failed call: counted, and the breaker told when the failure is
  * Redis's. */
 static int call_failed(featstore *fs, int rc) {
-    if (rc == CTR_EBACKEND || (rc == CTR_ETIMEOUT && timeout_counts(fs)))
+    if (!fs->cl && (rc == CTR_EBACKEND || (rc == CTR_ETIMEOUT && timeout_counts(fs))))
         breaker_failure(&fs->br, now_ns());
     return failed(fs, rc);
 }
@@ -412,9 +495,42 @@ static int unexpected_reply(featstore *fs, redisReply *r, const char *what,
     return call_failed(fs, broken(fs, CTR_EBACKEND, err, errlen, msg));
 }
 
+int featstore_is_wrongtype(const redisReply *r) {
+    return r->type == REDIS_REPLY_ERROR && r->len >= 9 && memcmp(r->str, "WRONGTYPE", 9) == 0;
+}
+
+/* Read commands on either backend.  CTR_OK: r[i] answers cmds[i] (never an
+ * error reply other than WRONGTYPE).  On one node a call is all or nothing:
+ * an error reply (LOADING...) fails it and counts against the breaker, and
+ * a failure leaves r[] all NULL.  On a cluster status[i] says per command:
+ * on a failure, the replies of the commands that were answered are in r[]
+ * (the others NULL) and the caller frees them.  `route`:
+ * FEATSTORE_ROUTE_* (cluster only). */
+static int run_reads(featstore *fs, int n, const cmd *cmds, int route, int64_t deadline_ns,
+                     arena *a, redisReply **r, int *status, char *err, size_t errlen) {
+    if (fs->cl)
+        return featstore_cluster_read(fs->cl, n, cmds, route, deadline_ns, a, r, status, err,
+                                      errlen);
+    int rc = command(fs, n, cmds, deadline_ns, r, err, errlen);
+    for (int i = 0; i < n && rc == CTR_OK; i++) {
+        if (r[i]->type == REDIS_REPLY_ERROR && !featstore_is_wrongtype(r[i])) {
+            redisReply *e = r[i];
+            r[i] = NULL;
+            free_replies(r, n);
+            rc = error_reply(fs, e, CTR_EBACKEND, err, errlen);
+        }
+    }
+    for (int i = 0; i < n; i++) {
+        status[i] = rc;
+        if (rc < 0) r[i] = NULL;
+    }
+    return rc;
+}
+
 /* --- reading ------------------------------------------------------------- */
 
 int featstore_ping(featstore *fs, int64_t deadline_ns, char *err, size_t errlen) {
+    if (fs->cl) return featstore_cluster_ping(fs->cl, deadline_ns, err, errlen);
     const char *argv[] = {"PING"};
     size_t lens[] = {4};
     redisReply *r;
@@ -447,10 +563,7 @@ static size_t put_int64(char *p, int64_t v) {
 
 /* WRONGTYPE: the key exists but holds a hash, list...: a value this
  * service did not write, so it is malformed data, not an outage. */
-static int is_wrongtype(const redisReply *r) {
-    return r->type == REDIS_REPLY_ERROR && r->len >= 9 &&
-           memcmp(r->str, "WRONGTYPE", 9) == 0;
-}
+#define is_wrongtype featstore_is_wrongtype
 
 int featstore_get_user(featstore *fs, const char *user_id, int keep, int64_t deadline_ns,
                        arena *a, int64_t **ids, int *n, char *err, size_t errlen) {
@@ -480,20 +593,18 @@ int featstore_get_user(featstore *fs, const char *user_id, int keep, int64_t dea
     size_t l2[] = {8, klen, tlen, 2};
     cmd cmds[] = {{2, a0, l0}, {4, a1, l1}, {4, a2, l2}};
     redisReply *r[3];
-    int rc = command(fs, 3, cmds, deadline_ns, r, err, errlen);
-    if (rc < 0) return rc;
+    int stv[3];
+    int rc = run_reads(fs, 3, cmds, FEATSTORE_ROUTE_DEFAULT, deadline_ns, a, r, stv, err, errlen);
+    if (rc < 0) {
+        free_replies(r, 3);
+        return rc;
+    }
     for (int i = 0; i < 3; i++) {
         if (is_wrongtype(r[i])) {
             fs->st.users_malformed++;
             free_replies(r, 3);
             return ctr_fail(err, errlen, CTR_EFORMAT,
                             "user %s: the key is not a string (WRONGTYPE)", user_id);
-        }
-        if (r[i]->type == REDIS_REPLY_ERROR) {
-            redisReply *e = r[i];
-            r[i] = NULL;
-            free_replies(r, 3);
-            return error_reply(fs, e, CTR_EBACKEND, err, errlen);
         }
         if (r[i]->type != (i ? REDIS_REPLY_STRING : REDIS_REPLY_INTEGER)) {
             redisReply *e = r[i];
@@ -579,8 +690,9 @@ int featstore_get_items(featstore *fs, const int64_t *ids, int n, int64_t deadli
     size_t *lens = arena_alloc(a, (size_t)n * 4 * sizeof *lens, _Alignof(size_t));
     cmd *cmds = arena_alloc(a, (size_t)n * sizeof *cmds, _Alignof(cmd));
     redisReply **r = arena_alloc(a, (size_t)n * sizeof *r, _Alignof(redisReply *));
+    int *stv = arena_alloc(a, (size_t)n * sizeof *stv, _Alignof(int));
     char *keys = arena_alloc(a, (size_t)n * stride, 1);
-    if (!argv || !lens || !cmds || !r || !keys)
+    if (!argv || !lens || !cmds || !r || !stv || !keys)
         return ctr_fail(err, errlen, CTR_ENOMEM, "arena full");
     for (int i = 0; i < n; i++) {
         char *k = keys + (size_t)i * stride;
@@ -600,23 +712,28 @@ int featstore_get_items(featstore *fs, const int64_t *ids, int n, int64_t deadli
         cmds[i] = (cmd){4, av, al};
     }
 
-    int rc = command(fs, n, cmds, deadline_ns, r, err, errlen);
-    if (rc < 0) return rc;
-    for (int i = 0; i < n; i++) {
-        if (r[i]->type == REDIS_REPLY_ERROR && !is_wrongtype(r[i])) {
-            redisReply *e = r[i];
-            r[i] = NULL;
-            free_replies(r, n);
-            return error_reply(fs, e, CTR_EBACKEND, err, errlen);
-        }
+    int rc = run_reads(fs, n, cmds, FEATSTORE_ROUTE_DEFAULT, deadline_ns, a, r, stv, err,
+                       errlen);
+    /* A cluster node that failed costs its items only (err keeps why). */
+    int answered = 0;
+    for (int i = 0; i < n && rc < 0; i++) answered += stv[i] == CTR_OK;
+    if (rc < 0 && (!answered || rc == CTR_ENOMEM || rc == CTR_EINVAL)) {
+        free_replies(r, n);
+        return rc;
     }
+    int noted = rc < 0;
+    rc = CTR_OK;
 
     fs->st.items_requested += (uint64_t)n;
-    int noted = 0;
     for (int i = 0; i < n && rc == CTR_OK; i++) {
         const redisReply *e = r[i];
         featstore_item *it = &out[i];
         memset(it, 0, sizeof *it);
+        if (stv[i] < 0) {
+            it->status = stv[i];
+            fs->st.items_unavailable++;
+            continue;
+        }
         if (e->type == REDIS_REPLY_STRING && e->len == 0) {
             /* GETRANGE answers "" for an absent key. */
             it->status = CTR_ENOTFOUND;
@@ -671,8 +788,17 @@ int featstore_get_meta(featstore *fs, int64_t deadline_ns, char *buf, size_t cap
     size_t last_len = (size_t)snprintf(last, sizeof last, "%d", FEATSTORE_META_MAX);
     const char *argv[] = {"GETRANGE", key, "0", last};
     size_t lens[] = {8, (size_t)klen, 1, last_len};
+    cmd c = {4, argv, lens};
     redisReply *r;
-    int rc = command1(fs, 4, argv, lens, deadline_ns, &r, err, errlen);
+    int stv;
+    arena_reset(&fs->scratch);
+    /* On a cluster, from the master; from its replica when the master
+     * cannot answer (it may be failing over: the marker has not changed). */
+    int rc = run_reads(fs, 1, &c, FEATSTORE_ROUTE_MASTER, deadline_ns, &fs->scratch, &r, &stv,
+                       err, errlen);
+    if (rc < 0 && fs->cl && rc != CTR_ENOMEM)
+        rc = run_reads(fs, 1, &c, FEATSTORE_ROUTE_REPLICA, deadline_ns, &fs->scratch, &r, &stv,
+                       err, errlen);
     if (rc < 0) return rc;
     if (is_wrongtype(r)) {
         freeReplyObject(r);
@@ -702,7 +828,8 @@ static int put(featstore *fs, const char *kind, const char *id, size_t idlen,
                const void *value, size_t len, char *err, size_t errlen) {
     int rc;
     int64_t t0 = now_ns();
-    if ((rc = ensure_connected(fs, t0 + (int64_t)fs->p.connect_timeout_ms * 1000000, err,
+    if (!fs->cl &&
+        (rc = ensure_connected(fs, t0 + (int64_t)fs->p.connect_timeout_ms * 1000000, err,
                                errlen)) < 0)
         return failed(fs, rc);
     /* The key is formatted into hiredis's buffer at once, so a stack copy
@@ -715,6 +842,11 @@ static int put(featstore *fs, const char *kind, const char *id, size_t idlen,
     memcpy(key, fs->prefix, fs->prefix_len);
     memcpy(key + fs->prefix_len, kind, kind_len);
     memcpy(key + fs->prefix_len + kind_len, id, idlen);
+    if (fs->cl) {
+        rc = featstore_cluster_put(fs->cl, key, klen, value, len, err, errlen);
+        if (key != stack) free(key);
+        return rc;
+    }
     const char *argv[] = {"SET", key, value};
     size_t lens[] = {3, klen, len};
     rc = redisAppendCommandArgv(fs->c, 3, argv, lens);
@@ -742,6 +874,7 @@ int featstore_put_meta(featstore *fs, const void *value, size_t len, char *err,
 }
 
 int featstore_flush(featstore *fs, char *err, size_t errlen) {
+    if (fs->cl) return featstore_cluster_flush(fs->cl, err, errlen);
     if (!fs->pending) return CTR_OK;
     int64_t deadline = now_ns() + (int64_t)fs->p.command_timeout_ms * 1000000;
     int rc, want = fs->pending;
@@ -771,4 +904,35 @@ int featstore_flush(featstore *fs, char *err, size_t errlen) {
         freeReplyObject(r);
     }
     return bad ? failed(fs, CTR_EBACKEND) : CTR_OK;
+}
+
+int featstore_password_file(const char *path, char *buf, size_t cap, char *err,
+                            size_t errlen) {
+    if (cap) buf[0] = '\0';
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return ctr_fail(err, errlen, CTR_EIO, "password file \"%s\": %s", path,
+                        strerror(errno));
+    size_t n = 0;
+    int c, too_long = 0;
+    while ((c = fgetc(f)) != EOF && c != '\n') {
+        if (n + 1 < cap) buf[n++] = (char)c;
+        else too_long = 1;
+    }
+    int rerr = ferror(f);
+    fclose(f);
+    if (n && buf[n - 1] == '\r') n--;
+    if (cap) buf[n] = '\0';
+    if (rerr)
+        return ctr_fail(err, errlen, CTR_EIO, "password file \"%s\": read error", path);
+    if (too_long) {
+        volatile char *v = buf;
+        for (size_t i = 0; i < cap; i++) v[i] = 0;
+        return ctr_fail(err, errlen, CTR_EINVAL, "password file \"%s\": first line longer "
+                        "than %zu bytes", path, cap ? cap - 1 : 0);
+    }
+    if (!n)
+        return ctr_fail(err, errlen, CTR_EINVAL, "password file \"%s\": empty first line",
+                        path);
+    return CTR_OK;
 }

@@ -35,6 +35,38 @@
  *
  * A call takes at most min(deadline, connect + command timeouts).
  *
+ * Redis Cluster (params.cluster set; featstore_cluster.c, routing in
+ * rcluster.h): the same calls, the same deadlines and degraded answers,
+ * over every node of the cluster:
+ *
+ *   - the slot map comes from CLUSTER SLOTS, asked of a seed (then of any
+ *     node the map knows) on the first call; it is asked again when a call
+ *     saw it stale (a MOVED, a node that failed, a slot with no master, a
+ *     CLUSTERDOWN answer), at most every cluster_refresh_ms, and every
+ *     FEATSTORE_CLUSTER_MAX_AGE_MS anyway (replicas added);
+ *   - one connection per node, each with its own breaker (a dead master
+ *     costs microseconds per call, not a timeout, while the healthy nodes
+ *     keep answering), the same connect and command timeouts, and the same
+ *     one resend of reads whose reused connection turned out closed;
+ *   - a call's keys are grouped by node, one pipeline per node, every node
+ *     in flight at once (rcluster_exec); MOVED and ASK are followed within
+ *     the call;
+ *   - featstore_get_items answers per item: items whose node failed get
+ *     found = 0 and status CTR_EBACKEND or CTR_ETIMEOUT while the others
+ *     are decoded, and the call returns CTR_OK unless no item could be read
+ *     at all (then the first failure, as for one node);
+ *   - reads go to replicas with read_replicas (READONLY; a replica that
+ *     cannot be reached sends its reads to the master); writes and the
+ *     feature-set marker go to masters;
+ *   - featstore_ping asks a node for the slot map: CTR_OK when some node
+ *     answers with one (the cluster is reachable, even when some slots are
+ *     not served).
+ *
+ * AUTH: with `password` set (and `user`, for an ACL user), every new
+ * connection authenticates before its first command (one more round trip
+ * per connection, within the connect timeout).  The password is copied and
+ * never written into a message, a log or a metric.
+ *
  * Usage (one per worker thread):
  *
  *     featstore_params p;
@@ -93,15 +125,57 @@ typedef struct featstore_params {
                                    values of another width are malformed */
     int max_seq;                /* longest history returned (1000): longer
                                    ones keep their most recent max_seq ids */
+    const char *cluster;        /* Redis Cluster seeds, "host:port[,host:
+                                   port...]" (NULL or "": one node, addr);
+                                   copied */
+    int read_replicas;          /* cluster: reads from replicas (0) */
+    int cluster_refresh_ms;     /* cluster: least time between two slot-map
+                                   refreshes of one featstore (100) */
+    const char *user;           /* AUTH user (ACL; NULL or "": the default
+                                   user); copied */
+    const char *password;       /* AUTH password (NULL or "": no AUTH);
+                                   copied, never logged */
+    const struct featstore_node_hooks *node_hooks;  /* cluster: per-node
+                                   events, for metrics (NULL) */
 } featstore_params;
+
+/* A cluster's slot map is asked again at least this often. */
+#define FEATSTORE_CLUSTER_MAX_AGE_MS 10000
+
+/* Per-node events of a cluster featstore (node ids come from hooks.node;
+ * id -1: the cluster as a whole). */
+typedef enum featstore_node_event {
+    FEATSTORE_NODE_PIPELINE,        /* a pipeline sent to the node */
+    FEATSTORE_NODE_ERROR,           /* its connection failed, or it answered
+                                       an error (LOADING, NOAUTH...) */
+    FEATSTORE_NODE_TIMEOUT,         /* no answer in time */
+    FEATSTORE_NODE_BREAKER_OPENED,  /* its breaker opened */
+    FEATSTORE_NODE_SHORT_CIRCUIT,   /* a call refused by its open breaker */
+    FEATSTORE_NODE_MOVED,           /* id -1: MOVED replies followed */
+    FEATSTORE_NODE_ASK,             /* id -1: ASK replies followed */
+    FEATSTORE_NODE_REFRESH,         /* id -1: slot map refreshed */
+    FEATSTORE_NODE_REFRESH_FAILED,  /* id -1: no node gave a slot map */
+} featstore_node_event;
+
+typedef struct featstore_node_hooks {
+    /* A small id for the node "host:port", asked once per node a featstore
+     * learns; -1: that node's events are dropped.  Called from the
+     * featstore's thread; must be thread-safe across featstores. */
+    int (*node)(void *arg, const char *addr);
+    void (*event)(void *arg, int id, featstore_node_event ev);
+    void *arg;
+} featstore_node_hooks;
 
 /* One item of featstore_get_items.  When found, the arrays live in the
  * arena given to that call. */
 typedef struct featstore_item {
     int found;                  /* 1: tags and mm below are valid */
     int status;                 /* CTR_OK (found), CTR_ENOTFOUND (no key,
-                                   or a key that is not a string) or
-                                   CTR_EFORMAT (value malformed) */
+                                   or a key that is not a string),
+                                   CTR_EFORMAT (value malformed), or in
+                                   cluster mode CTR_EBACKEND / CTR_ETIMEOUT
+                                   (the item's node failed; the others
+                                   were read) */
     int32_t *tags;              /* num_tags ids (fewer than max_tags: the
                                    rest are padding); NULL when none */
     int num_tags;
@@ -125,6 +199,12 @@ typedef struct featstore_stats {
     uint64_t items_missing;     /* of which without a key */
     uint64_t items_malformed;   /* of which with a malformed value */
     uint64_t users_malformed;   /* featstore_get_user calls: CTR_EFORMAT */
+    uint64_t items_unavailable; /* cluster: items whose node failed (the
+                                   call still answered the others) */
+    uint64_t map_refreshes;     /* cluster: slot maps read */
+    uint64_t map_refresh_failures;
+    uint64_t moved, asked;      /* cluster: redirects followed */
+    uint64_t replica_reroutes;  /* cluster: replica reads sent to the master */
 } featstore_stats;
 
 /* Fills *p with the defaults above.  Thread-safe. */
@@ -170,7 +250,10 @@ int featstore_get_user(featstore *fs, const char *user_id, int keep, int64_t dea
  * so a longer one is refused as malformed without being read whole.
  * Missing and malformed items are not errors: out[i].found is 0 and
  * out[i].status says why, and the stats count them; err then holds a note
- * on the first malformed value (err is left empty when none was).  Returns
+ * on the first malformed value (err is left empty when none was).  In
+ * cluster mode, items of a node that failed are not errors either when
+ * other items were read (status CTR_EBACKEND / CTR_ETIMEOUT; err then
+ * says why the first one failed).  Returns
  * CTR_OK, or for the whole call CTR_EBACKEND / CTR_ETIMEOUT / CTR_ENOMEM
  * (arena) / CTR_EINVAL (n < 0), in which case out[] is unspecified. */
 int featstore_get_items(featstore *fs, const int64_t *ids, int n, int64_t deadline_ns,
@@ -188,7 +271,8 @@ int featstore_get_meta(featstore *fs, int64_t deadline_ns, char *buf, size_t cap
 int featstore_put_meta(featstore *fs, const void *value, size_t len, char *err,
                        size_t errlen);
 
-/* The breaker's state (breaker.h), for tests and /metrics. */
+/* The breaker's state (breaker.h), for tests and /metrics; in cluster
+ * mode the most open of the nodes' breakers. */
 breaker_state featstore_breaker_state(const featstore *fs);
 
 /* --- Writing (ctr-load) ----------------------------------------------- */
@@ -214,5 +298,12 @@ int featstore_pending(const featstore *fs);
 
 /* Copies the counters into *st. */
 void featstore_stats_get(const featstore *fs, featstore_stats *st);
+
+/* Reads a password from the first line of the file at path (a trailing
+ * "\n" or "\r\n" dropped) into buf (cap bytes, NUL-terminated).
+ * CTR_OK; CTR_EIO (unreadable: err names the file and the reason, never
+ * its content); CTR_EINVAL (empty, or longer than cap - 1).  Thread-safe. */
+int featstore_password_file(const char *path, char *buf, size_t cap, char *err,
+                            size_t errlen);
 
 #endif

@@ -81,6 +81,16 @@ struct metrics {
     _Atomic double feature_set_loaded_at;
     counter reloads_ok, reloads_failed;
     atomic_int last_reload_ok;
+    /* Redis Cluster: per node (slot METRICS_MAX_NODES is "other"), and
+     * cluster-wide. */
+    pthread_mutex_t node_lock;      /* guards registration */
+    atomic_int nnodes;
+    char node_addr[METRICS_MAX_NODES][METRICS_LABEL_MAX];
+    counter node_pipelines[METRICS_MAX_NODES + 1], node_errors[METRICS_MAX_NODES + 1],
+        node_timeouts[METRICS_MAX_NODES + 1], node_opens[METRICS_MAX_NODES + 1],
+        node_short[METRICS_MAX_NODES + 1];
+    int node_other_used;
+    counter refreshes_ok, refreshes_failed, moved, asked;
     /* The last slot is "other" from the start; the rest are claimed by CAS
      * on first use of a reason. */
     reason_slot reasons[METRICS_MAX_REASONS];
@@ -110,6 +120,11 @@ int metrics_init(metrics **out) {
         free(m);
         return CTR_ENOMEM;
     }
+    if (pthread_mutex_init(&m->node_lock, NULL) != 0) {
+        pthread_mutex_destroy(&m->model_lock);
+        free(m);
+        return CTR_ENOMEM;
+    }
     atomic_store(&m->reasons[METRICS_MAX_REASONS - 1].name, "other");
     atomic_store(&m->last_reload_ok, 1);   /* the first load succeeded, or no process */
     struct timespec ts;
@@ -122,6 +137,7 @@ int metrics_init(metrics **out) {
 void metrics_free(metrics *m) {
     if (!m) return;
     pthread_mutex_destroy(&m->model_lock);
+    pthread_mutex_destroy(&m->node_lock);
     free(m);
 }
 
@@ -203,6 +219,48 @@ void metrics_shed(metrics *m, int deadline) {
 }
 
 void metrics_connection_cut(metrics *m) { add(&m->cut_receive, 1); }
+
+int metrics_node_id(void *arg, const char *addr) {
+    metrics *m = arg;
+    pthread_mutex_lock(&m->node_lock);
+    int n = atomic_load(&m->nnodes), id = -1;
+    for (int i = 0; i < n && id < 0; i++)
+        if (strncmp(m->node_addr[i], addr, METRICS_LABEL_MAX - 1) == 0) id = i;
+    if (id < 0 && n < METRICS_MAX_NODES) {
+        snprintf(m->node_addr[n], METRICS_LABEL_MAX, "%s", addr);
+        id = n;
+        atomic_store(&m->nnodes, n + 1);   /* after the address is written */
+    }
+    if (id < 0) {
+        id = METRICS_MAX_NODES;
+        m->node_other_used = 1;
+    }
+    pthread_mutex_unlock(&m->node_lock);
+    return id;
+}
+
+void metrics_node_event(void *arg, int id, featstore_node_event ev) {
+    metrics *m = arg;
+    if (id > METRICS_MAX_NODES) return;
+    if (id < 0) {
+        switch (ev) {
+        case FEATSTORE_NODE_MOVED: add(&m->moved, 1); break;
+        case FEATSTORE_NODE_ASK: add(&m->asked, 1); break;
+        case FEATSTORE_NODE_REFRESH: add(&m->refreshes_ok, 1); break;
+        case FEATSTORE_NODE_REFRESH_FAILED: add(&m->refreshes_failed, 1); break;
+        default: break;
+        }
+        return;
+    }
+    switch (ev) {
+    case FEATSTORE_NODE_PIPELINE: add(&m->node_pipelines[id], 1); break;
+    case FEATSTORE_NODE_ERROR: add(&m->node_errors[id], 1); break;
+    case FEATSTORE_NODE_TIMEOUT: add(&m->node_timeouts[id], 1); break;
+    case FEATSTORE_NODE_BREAKER_OPENED: add(&m->node_opens[id], 1); break;
+    case FEATSTORE_NODE_SHORT_CIRCUIT: add(&m->node_short[id], 1); break;
+    default: break;
+    }
+}
 
 void metrics_feature_set(metrics *m, int ready, double loaded_at) {
     atomic_store(&m->feature_set_ready, ready ? 1 : 0);
@@ -366,6 +424,63 @@ static void render_process(proto_buf *b, double start_time) {
                      rss * (unsigned long long)page);
 }
 
+/* The per-node and cluster series; nothing in one-node mode. */
+static void render_nodes(metrics *m, proto_buf *b) {
+    int n = atomic_load(&m->nnodes);
+    if (!n) return;
+    pthread_mutex_lock(&m->node_lock);
+    int other = m->node_other_used;
+    pthread_mutex_unlock(&m->node_lock);
+    int last = other ? METRICS_MAX_NODES : n - 1;
+    static const struct {
+        const char *name, *help;
+        size_t off;
+    } fams[] = {
+        {"ctr_redis_node_pipelines_total",
+         "Pipelines sent to each Redis Cluster node (one per node a call reads from).",
+         offsetof(metrics, node_pipelines)},
+        {"ctr_redis_node_breaker_opens_total",
+         "Circuit breaker openings of each Redis Cluster node's connections.",
+         offsetof(metrics, node_opens)},
+        {"ctr_redis_node_short_circuits_total",
+         "Calls to a Redis Cluster node refused at once by its open breaker.",
+         offsetof(metrics, node_short)},
+    };
+    for (size_t f = 0; f < sizeof fams / sizeof *fams; f++) {
+        family(b, fams[f].name, "counter", fams[f].help);
+        const counter *c = (const counter *)((const char *)m + fams[f].off);
+        for (int i = 0; i <= last; i++) {
+            if (i >= n && i < METRICS_MAX_NODES) continue;
+            sample_u64(b, fams[f].name, "node", i < n ? m->node_addr[i] : "other", NULL, NULL,
+                       get(&c[i]));
+        }
+    }
+    family(b, "ctr_redis_node_errors_total", "counter",
+           "Failed exchanges with each Redis Cluster node: no answer in time, or a broken "
+           "connection or error reply.");
+    for (int i = 0; i <= last; i++) {
+        if (i >= n && i < METRICS_MAX_NODES) continue;
+        const char *node = i < n ? m->node_addr[i] : "other";
+        sample_u64(b, "ctr_redis_node_errors_total", "node", node, "kind", "timeout",
+                   get(&m->node_timeouts[i]));
+        sample_u64(b, "ctr_redis_node_errors_total", "node", node, "kind", "error",
+                   get(&m->node_errors[i]));
+    }
+    family(b, "ctr_redis_cluster_map_refreshes_total", "counter",
+           "Redis Cluster slot map reads (CLUSTER SLOTS) by the workers.");
+    sample_u64(b, "ctr_redis_cluster_map_refreshes_total", "result", "ok", NULL, NULL,
+               get(&m->refreshes_ok));
+    sample_u64(b, "ctr_redis_cluster_map_refreshes_total", "result", "failed", NULL, NULL,
+               get(&m->refreshes_failed));
+    family(b, "ctr_redis_cluster_redirects_total", "counter",
+           "Redis Cluster redirections followed (moved: a slot has a new owner; ask: a "
+           "key is being migrated).");
+    sample_u64(b, "ctr_redis_cluster_redirects_total", "kind", "moved", NULL, NULL,
+               get(&m->moved));
+    sample_u64(b, "ctr_redis_cluster_redirects_total", "kind", "ask", NULL, NULL,
+               get(&m->asked));
+}
+
 int metrics_render(metrics *m, const item_cache_stats *cache, proto_buf *b) {
     static const item_cache_stats none;
     if (!cache) cache = &none;
@@ -508,6 +623,8 @@ int metrics_render(metrics *m, const item_cache_stats *cache, proto_buf *b) {
            "Calls failed at once because their connection's breaker was open.");
     sample_u64(b, "ctr_redis_breaker_short_circuits_total", NULL, NULL, NULL, NULL,
                get(&m->breaker_short));
+
+    render_nodes(m, b);
 
     family(b, "ctr_requests_shed_total", "counter",
            "Rank requests answered 503 overloaded: over the admission bound, or past "

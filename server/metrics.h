@@ -48,6 +48,14 @@
  *   process_cpu_seconds_total                       counter (user + system)
  *   process_resident_memory_bytes                   gauge
  *   process_open_fds, process_max_fds               gauge
+ * Redis Cluster mode only (nodes are few: the first METRICS_MAX_NODES node
+ * addresses get their own series, later ones share node="other"):
+ *   ctr_redis_node_pipelines_total{node}            counter
+ *   ctr_redis_node_errors_total{node,kind="timeout|error"}  counter
+ *   ctr_redis_node_breaker_opens_total{node}        counter
+ *   ctr_redis_node_short_circuits_total{node}       counter
+ *   ctr_redis_cluster_map_refreshes_total{result="ok|failed"}  counter
+ *   ctr_redis_cluster_redirects_total{kind="moved|ask"}        counter
  * The process_* series are the standard ones of Prometheus client libraries
  * (read from /proc at each scrape; absent where /proc is not).  Label values
  * come from fixed sets (endpoints, status codes, operations, stages, at most
@@ -77,6 +85,7 @@
 #include "core/status.h"
 #include "proto/buf.h"
 #include "server/breaker.h"
+#include "server/featstore.h"
 #include "server/item_cache.h"
 
 #define METRICS_CONTENT_TYPE "text/plain; version=0.0.4; charset=utf-8"
@@ -172,6 +181,16 @@ void metrics_rank_stage(metrics *m, int stage, double seconds);
 /* One breaker event of a feature-store connection (a breaker_hook: pass m
  * as the argument). */
 void metrics_breaker(void *m, breaker_event ev);
+
+/* Redis Cluster nodes with series of their own (then node="other"). */
+#define METRICS_MAX_NODES 32
+
+/* featstore_node_hooks for a cluster featstore: pass m as the argument.
+ * metrics_node_id gives the slot of the node "host:port" (registered on
+ * first sight, under a lock); metrics_node_event counts one event (id -1:
+ * the cluster-wide events).  Thread-safe. */
+int metrics_node_id(void *m, const char *addr);
+void metrics_node_event(void *m, int id, featstore_node_event ev);
 
 /* A request answered 503 overloaded: at admission, or because it waited
  * past its deadline in the queue (deadline != 0). */

@@ -231,8 +231,12 @@ static int compute_vectors(rank_ctx *x, const int64_t *miss_id, const int *miss_
     for (int k = 0; k < nmiss; k++) {
         int u = miss_u[k];
         if (!feats[k].found) {
-            x->ureason[u] = feats[k].status == CTR_EFORMAT ? RANK_NOVEC_INVALID
-                                                           : RANK_NOVEC_MISSING;
+            /* CTR_EBACKEND / CTR_ETIMEOUT: a cluster node failed (featstore.h) */
+            int down = feats[k].status == CTR_EBACKEND || feats[k].status == CTR_ETIMEOUT;
+            x->fetch_failed |= down;
+            x->ureason[u] = down ? RANK_NOVEC_UNAVAILABLE
+                                 : feats[k].status == CTR_EFORMAT ? RANK_NOVEC_INVALID
+                                                                  : RANK_NOVEC_MISSING;
             continue;
         }
         if (feats[k].mm_dim != c->mm_in) {

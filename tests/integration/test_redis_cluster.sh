@@ -16,7 +16,7 @@ trap cluster_stop EXIT
 
 t0=$(date +%s%N)
 cluster_start || { echo "test_redis_cluster: cluster_start failed" >&2; exit 1; }
-ok "cluster up in $(( ($(date +%s%N) - t0) / 1000000 )) ms: $CTR_REDIS_CLUSTER"
+ok "cluster up in $(( ($(date +%s%N) - t0) / 1000000 )) ms: $CTR_CLUSTER_SEEDS"
 read -r -a ports <<<"$CTR_CLUSTER_PORTS"
 p0=${ports[0]}
 masters=$(cluster_masters | wc -l) replicas=$(cluster_replicas | wc -l)

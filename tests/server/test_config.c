@@ -25,7 +25,8 @@ static const char *const keys[] = {
     "bind", "port", "threads", "score_threads", "split_min", "split_min_mflops",
     "max_candidates",
     "max_body_bytes", "max_seq", "cache_mb", "cache_ttl_s", "request_timeout_s",
-    "skip_scoring", "log_level",
+    "skip_scoring", "log_level", "redis_cluster", "redis_read_replicas",
+    "redis_cluster_refresh_ms", "redis_user", "redis_password", "redis_password_file",
 };
 #define NKEYS (sizeof keys / sizeof *keys)
 
@@ -407,6 +408,52 @@ static void test_dump_roundtrip(void **state) {
     free(again);
 }
 
+/* The Redis password is never printed: not by the dump (a comment says
+ * it is set), --help or an error; the seed list is checked. */
+static void test_redis_secret_and_seeds(void **state) {
+    config_params p;
+    char err[256];
+    const char *pw = "s3cr#t pass";
+    assert_int_equal(parse(&p, no_env, err, sizeof err, "--redis-password", pw, "--redis-user",
+                           "scorer", "--redis-cluster", "10.0.0.1:7000, [::1]:7001", NULL),
+                     CTR_OK);
+    assert_string_equal(p.redis_password, pw);
+    assert_string_equal(p.redis_cluster, "10.0.0.1:7000, [::1]:7001");
+    char *text = capture(dump_fn, &p);
+    assert_null(strstr(text, "s3cr"));
+    assert_non_null(strstr(text, "\n# redis_password is set (not shown)\n"));
+    assert_non_null(strstr(text, "\nredis_user = scorer\n"));
+    /* The dump still reads back (the password is simply not in it). */
+    const char *path = write_file("secret.conf", text);
+    config_params q;
+    assert_int_equal(parse(&q, no_env, err, sizeof err, "--config", path, NULL), CTR_OK);
+    assert_string_equal(q.redis_password, "");
+    assert_string_equal(q.redis_cluster, p.redis_cluster);
+    free(text);
+    char *env[] = {"CTR_REDIS_PASSWORD=from-env", NULL};
+    assert_int_equal(parse(&p, env, err, sizeof err, NULL), CTR_OK);
+    assert_string_equal(p.redis_password, "from-env");
+    text = capture(help_fn, "ctr-server");
+    assert_null(strstr(text, "from-env"));
+    free(text);
+    /* A bad value is refused without being repeated. */
+    assert_int_equal(parse(&p, no_env, err, sizeof err, "--redis-password", "ab\001cd", NULL),
+                     CTR_EINVAL);
+    assert_null(strstr(err, "ab"));
+    assert_non_null(strstr(err, "redis_password"));
+
+    const char *bad[] = {"10.0.0.1", "10.0.0.1:7000,", "a:1,,b:2", "/tmp/sock", "::1:7000",
+                         "h:0", "h:7000,h"};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        if (parse(&p, no_env, err, sizeof err, "--redis-cluster", bad[i], NULL) != CTR_EINVAL)
+            fail_msg("seeds \"%s\" accepted", bad[i]);
+        assert_non_null(strstr(err, "seed"));
+    }
+    assert_int_equal(parse(&p, no_env, err, sizeof err, "--redis-cluster", "", NULL), CTR_OK);
+    assert_int_equal(parse(&p, no_env, err, sizeof err, "--redis-cluster-refresh-ms", "0", NULL),
+                     CTR_EINVAL);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_defaults),
@@ -415,6 +462,7 @@ int main(void) {
         cmocka_unit_test(test_errors),
         cmocka_unit_test(test_help),
         cmocka_unit_test(test_dump_roundtrip),
+        cmocka_unit_test(test_redis_secret_and_seeds),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -138,6 +138,43 @@ static int teardown(void **state) {
     return 0;
 }
 
+/* --- password files ----------------------------------------------------- */
+
+static const char *write_tmp(const char *text, size_t len) {
+    static char path[64];
+    snprintf(path, sizeof path, "/tmp/test_featstore_pw.%ld", (long)getpid());
+    FILE *f = fopen(path, "wb");
+    assert_non_null(f);
+    assert_int_equal(fwrite(text, 1, len, f), len);
+    fclose(f);
+    return path;
+}
+
+static void test_password_file(void **state) {
+    char buf[16];
+    const char *path = write_tmp("hunter2\nsecond line\n", 20);
+    assert_int_equal(featstore_password_file(path, buf, sizeof buf, err, sizeof err), CTR_OK);
+    assert_string_equal(buf, "hunter2");
+    path = write_tmp("hunter2\r\n", 9);
+    assert_int_equal(featstore_password_file(path, buf, sizeof buf, err, sizeof err), CTR_OK);
+    assert_string_equal(buf, "hunter2");
+    path = write_tmp("no newline", 10);
+    assert_int_equal(featstore_password_file(path, buf, sizeof buf, err, sizeof err), CTR_OK);
+    assert_string_equal(buf, "no newline");
+    path = write_tmp("\nhunter2\n", 9);
+    assert_int_equal(featstore_password_file(path, buf, sizeof buf, err, sizeof err),
+                     CTR_EINVAL);
+    assert_non_null(strstr(err, "empty"));
+    path = write_tmp("0123456789abcdefXYZ\n", 20);   /* 19 bytes: more than 15 */
+    assert_int_equal(featstore_password_file(path, buf, sizeof buf, err, sizeof err),
+                     CTR_EINVAL);
+    assert_null(strstr(err, "0123"));
+    assert_string_equal(buf, "");
+    unlink(path);
+    assert_int_equal(featstore_password_file(path, buf, sizeof buf, err, sizeof err), CTR_EIO);
+    assert_non_null(strstr(err, path));
+}
+
 /* --- against Redis ------------------------------------------------------ */
 
 static void test_open_refusals(void **state) {
@@ -777,6 +814,7 @@ int main(void) {
              (long long)time(NULL));
 
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_password_file, setup, teardown),
         cmocka_unit_test_setup_teardown(test_open_refusals, setup, teardown),
         cmocka_unit_test_setup_teardown(test_ping, setup, teardown),
         cmocka_unit_test_setup_teardown(test_users, setup, teardown),

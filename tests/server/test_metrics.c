@@ -424,6 +424,51 @@ static void test_process(void **state) {
     metrics_free(m);
 }
 
+/* Redis Cluster nodes: a series set per node address (the first
+ * METRICS_MAX_NODES; later ones share node="other"), cluster-wide
+ * redirects and refreshes; nothing of it in one-node mode (test_fresh). */
+static void test_nodes(void **state) {
+    metrics *m;
+    assert_int_equal(metrics_init(&m), CTR_OK);
+    int a = metrics_node_id(m, "10.0.0.1:7000");
+    int b = metrics_node_id(m, "[::1]:7001");
+    assert_true(a >= 0 && b >= 0 && a != b);
+    assert_int_equal(metrics_node_id(m, "10.0.0.1:7000"), a);   /* same node, same id */
+    metrics_node_event(m, a, FEATSTORE_NODE_PIPELINE);
+    metrics_node_event(m, a, FEATSTORE_NODE_PIPELINE);
+    metrics_node_event(m, b, FEATSTORE_NODE_TIMEOUT);
+    metrics_node_event(m, b, FEATSTORE_NODE_ERROR);
+    metrics_node_event(m, b, FEATSTORE_NODE_BREAKER_OPENED);
+    metrics_node_event(m, b, FEATSTORE_NODE_SHORT_CIRCUIT);
+    metrics_node_event(m, -1, FEATSTORE_NODE_MOVED);
+    metrics_node_event(m, -1, FEATSTORE_NODE_ASK);
+    metrics_node_event(m, -1, FEATSTORE_NODE_REFRESH);
+    metrics_node_event(m, -1, FEATSTORE_NODE_REFRESH);
+    metrics_node_event(m, -1, FEATSTORE_NODE_REFRESH_FAILED);
+    free(render(m, NULL, &P));
+    assert_true(value(&P, "ctr_redis_node_pipelines_total", "node=10.0.0.1:7000") == 2);
+    assert_true(value(&P, "ctr_redis_node_pipelines_total", "node=[::1]:7001") == 0);
+    assert_true(value(&P, "ctr_redis_node_errors_total", "node=[::1]:7001,kind=timeout") == 1);
+    assert_true(value(&P, "ctr_redis_node_errors_total", "node=[::1]:7001,kind=error") == 1);
+    assert_true(value(&P, "ctr_redis_node_breaker_opens_total", "node=[::1]:7001") == 1);
+    assert_true(value(&P, "ctr_redis_node_short_circuits_total", "node=[::1]:7001") == 1);
+    assert_true(value(&P, "ctr_redis_cluster_redirects_total", "kind=moved") == 1);
+    assert_true(value(&P, "ctr_redis_cluster_redirects_total", "kind=ask") == 1);
+    assert_true(value(&P, "ctr_redis_cluster_map_refreshes_total", "result=ok") == 2);
+    assert_true(value(&P, "ctr_redis_cluster_map_refreshes_total", "result=failed") == 1);
+    assert_int_equal(count_samples(&P, "ctr_redis_node_pipelines_total"), 2);
+    /* Bounded: past METRICS_MAX_NODES addresses, one "other" series. */
+    char addr[32];
+    for (int i = 0; i < METRICS_MAX_NODES + 5; i++) {
+        snprintf(addr, sizeof addr, "10.0.1.%d:7000", i);
+        metrics_node_event(m, metrics_node_id(m, addr), FEATSTORE_NODE_PIPELINE);
+    }
+    free(render(m, NULL, &P));
+    assert_int_equal(count_samples(&P, "ctr_redis_node_pipelines_total"), METRICS_MAX_NODES + 1);
+    assert_true(value(&P, "ctr_redis_node_pipelines_total", "node=other") == 7);
+    metrics_free(m);
+}
+
 static void test_values(void **state) {
     metrics *m;
     assert_int_equal(metrics_init(&m), CTR_OK);
@@ -677,6 +722,7 @@ int main(void) {
         cmocka_unit_test(test_fresh),
         cmocka_unit_test(test_process),
         cmocka_unit_test(test_values),
+        cmocka_unit_test(test_nodes),
         cmocka_unit_test(test_escaping),
         cmocka_unit_test(test_endpoint_of),
         cmocka_unit_test(test_threads),

@@ -3,7 +3,7 @@
  * written here and against Redis's own CLUSTER KEYSLOT; slot maps from
  * CLUSTER SLOTS replies (made here as RESP text and parsed by hiredis's
  * reader, and from a real cluster); redirect parsing; grouping; and
- * rcluster_exec against the real cluster of $CTR_REDIS_CLUSTER (which
+ * rcluster_exec against the real cluster of $CTR_CLUSTER_SEEDS (which
  * tests/run.sh always provides: tests/integration/lib/redis_cluster.sh;
  * the test fails without it) and against fake nodes made here (a node that
  * answers only once every node has its pipeline, one that never answers,
@@ -567,6 +567,9 @@ typedef enum fake_mode {
 typedef struct fake {
     int lfd, port;
     fake_mode mode;
+    pthread_mutex_t lock;       /* guards reply and the BARRIER fields,
+                                   which a test sets while the fake runs
+                                   (fake_set_reply, fake_set_barrier) */
     char reply[128];
     int expect;                 /* BARRIER: commands before the group is ready */
     atomic_int *ready;          /* BARRIER: fakes of the group with all theirs */
@@ -633,7 +636,11 @@ static void *fake_main(void *arg) {
         pfd[0] = (struct pollfd){.fd = f->lfd, .events = POLLIN};
         for (int i = 0; i < ncl; i++) pfd[1 + i] = (struct pollfd){.fd = cfd[i], .events = POLLIN};
         int r = poll(pfd, (nfds_t)(1 + ncl), 5);
-        if (f->mode == FAKE_BARRIER && atomic_load(f->ready) == f->group) {
+        pthread_mutex_lock(&f->lock);
+        atomic_int *ready = f->ready;
+        int group = f->group, expect = f->expect;
+        pthread_mutex_unlock(&f->lock);
+        if (f->mode == FAKE_BARRIER && ready && atomic_load(ready) == group) {
             for (int i = 0; i < ncl; i++) {
                 write_all(cfd[i], pending[i], npend[i]);
                 npend[i] = 0;
@@ -661,6 +668,10 @@ static void *fake_main(void *arg) {
             memmove(b, b + used, have[i] - used);
             have[i] -= used;
             atomic_fetch_add(&f->commands, k);
+            char reply[sizeof f->reply];
+            pthread_mutex_lock(&f->lock);
+            memcpy(reply, f->reply, sizeof reply);
+            pthread_mutex_unlock(&f->lock);
             if (f->mode == FAKE_HANGUP && k) {
                 close(cfd[i]);
                 cfd[i] = -1;
@@ -671,7 +682,7 @@ static void *fake_main(void *arg) {
                 const char *rep = (j < 64 && (strcmp(names[j], "ASKING") == 0 ||
                                               strcmp(names[j], "READONLY") == 0))
                                       ? "+OK\r\n"
-                                      : f->reply;
+                                      : reply;
                 if (f->mode == FAKE_BARRIER) {
                     size_t len = strlen(rep);
                     if (npend[i] + len <= sizeof pending[i]) {
@@ -682,10 +693,10 @@ static void *fake_main(void *arg) {
                     write_all(cfd[i], rep, strlen(rep));
                 }
             }
-            if (f->mode == FAKE_BARRIER && !atomic_load(&f->counted) &&
-                atomic_load(&f->commands) >= f->expect) {
+            if (f->mode == FAKE_BARRIER && ready && !atomic_load(&f->counted) &&
+                atomic_load(&f->commands) >= expect) {
                 atomic_store(&f->counted, 1);
-                atomic_fetch_add(f->ready, 1);
+                atomic_fetch_add(ready, 1);
             }
         }
     }
@@ -696,6 +707,7 @@ static void *fake_main(void *arg) {
 
 static void fake_start(fake *f, fake_mode mode, const char *reply) {
     memset(f, 0, sizeof *f);
+    pthread_mutex_init(&f->lock, NULL);
     f->mode = mode;
     snprintf(f->reply, sizeof f->reply, "%s", reply ? reply : "$1\r\nv\r\n");
     f->lfd = socket(AF_INET, SOCK_STREAM, 0);
@@ -713,6 +725,28 @@ static void fake_stop(fake *f) {
     atomic_store(&f->stop, 1);
     pthread_join(f->th, NULL);
     close(f->lfd);
+    pthread_mutex_destroy(&f->lock);
+}
+
+/* BARRIER: answer once `group` fakes sharing `ready` have each received
+ * their `expect` commands. */
+static void fake_set_barrier(fake *f, int expect, atomic_int *ready, int group) {
+    pthread_mutex_lock(&f->lock);
+    f->expect = expect;
+    f->ready = ready;
+    f->group = group;
+    pthread_mutex_unlock(&f->lock);
+}
+
+/* Changes what a running fake answers. */
+__attribute__((format(printf, 2, 3)))
+static void fake_set_reply(fake *f, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    pthread_mutex_lock(&f->lock);
+    vsnprintf(f->reply, sizeof f->reply, fmt, ap);
+    pthread_mutex_unlock(&f->lock);
+    va_end(ap);
 }
 
 /* A loopback port where nothing listens (bound, then closed). */
@@ -787,9 +821,7 @@ static void test_exec_all_nodes_in_flight(void **state) {
         for (int i = 0; i < 3; i++)
             if (f[i].port == node_port(m, p.group_node[g])) fg = &f[i];
         assert_non_null(fg);
-        fg->expect = p.group_start[g + 1] - p.group_start[g];
-        fg->ready = &ready;
-        fg->group = 3;
+        fake_set_barrier(fg, p.group_start[g + 1] - p.group_start[g], &ready, 3);
     }
     rcluster_reply out[N];
     rcluster_exec_stats st;
@@ -881,7 +913,7 @@ static void test_exec_redirect_limits(void **state) {
     /* ASK is followed once: a second ASK fails the command. */
     fake f;
     fake_start(&f, FAKE_REPLY, "");
-    snprintf(f.reply, sizeof f.reply, "-ASK 1 127.0.0.1:%d\r\n", f.port);
+    fake_set_reply(&f, "-ASK 1 127.0.0.1:%d\r\n", f.port);
     char desc[64];
     snprintf(desc, sizeof desc, "0-16383=127.0.0.1:%d", f.port);
     rcluster_map *m = map_of(desc, NULL);
@@ -899,7 +931,7 @@ static void test_exec_redirect_limits(void **state) {
     assert_int_equal(conn_find("127.0.0.1", f.port)->failures, 0);
 
     /* MOVED forever: given up after RCLUSTER_MAX_ROUNDS. */
-    snprintf(f.reply, sizeof f.reply, "-MOVED 1 :%d\r\n", f.port);   /* ":port": same host */
+    fake_set_reply(&f, "-MOVED 1 :%d\r\n", f.port);   /* ":port": same host */
     assert_int_equal(rcluster_exec(m, &links, RCLUSTER_READ_MASTER, 0, 1, cmds, ms_from_now(2000),
                                    &A, out, &st, err, sizeof err), CTR_EBACKEND);
     assert_int_equal(st.moved, RCLUSTER_MAX_ROUNDS);
@@ -909,7 +941,7 @@ static void test_exec_redirect_limits(void **state) {
     assert_int_equal(rcluster_map_nodes(m), 1);   /* ":port" was the same node */
 
     /* Other error replies are answers. */
-    snprintf(f.reply, sizeof f.reply, "-CLUSTERDOWN The cluster is down\r\n");
+    fake_set_reply(&f, "-CLUSTERDOWN The cluster is down\r\n");
     assert_int_equal(rcluster_exec(m, &links, RCLUSTER_READ_MASTER, 0, 1, cmds, ms_from_now(2000),
                                    &A, out, &st, err, sizeof err), CTR_OK);
     assert_int_equal(out[0].reply->type, REDIS_REPLY_ERROR);
@@ -1374,9 +1406,9 @@ static void delete_test_keys(void) {
 
 int main(void) {
     signal(SIGPIPE, SIG_IGN);   /* rcluster.h: writes to closed sockets */
-    const char *env = getenv("CTR_REDIS_CLUSTER");
+    const char *env = getenv("CTR_CLUSTER_SEEDS");
     if (!env || !*env) {
-        fprintf(stderr, "test_rcluster: CTR_REDIS_CLUSTER is not set (host:port,... of a "
+        fprintf(stderr, "test_rcluster: CTR_CLUSTER_SEEDS is not set (host:port,... of a "
                         "Redis Cluster's nodes; tests/run.sh starts one with "
                         "tests/integration/lib/redis_cluster.sh)\n");
         return 1;

@@ -21,7 +21,9 @@
 #     ...
 #
 # Variables set (exported):
-#   CTR_REDIS_CLUSTER      every node, "127.0.0.1:P1,127.0.0.1:P2,..." (seeds)
+#   CTR_CLUSTER_SEEDS      every node, "127.0.0.1:P1,127.0.0.1:P2,..." (seeds;
+#                          not CTR_REDIS_CLUSTER, which ctr-server would read
+#                          as its redis_cluster setting)
 #   CTR_CLUSTER_PORTS      the six client ports, "P1 P2 ... P6"
 #   CTR_CLUSTER_DIR        working directory (logs: DIR/PORT/redis.log)
 # Settings read:
@@ -29,8 +31,12 @@
 #                                 master is failed over in ~2-3 s)
 #   CTR_CLUSTER_NODES             nodes (default 6; with 1 replica each,
 #                                 half are masters; must be even, >= 6)
+#   CTR_CLUSTER_PASSWORD          when set, every node requires it (requirepass,
+#                                 and masterauth for its replicas); the
+#                                 helpers pass it to redis-cli
 #
 # Helpers (sourced use): cluster_cli PORT ARG...  (redis-cli to one node),
+# cluster_redis_cli ARG... (redis-cli with the password, e.g. --cluster reshard),
 # cluster_masters / cluster_replicas (client ports, from CLUSTER NODES),
 # cluster_pid PORT, cluster_kill PORT (SIGKILL), cluster_restart PORT,
 # cluster_wait_ok [--replicas] [SECONDS] (every live node: state ok, all
@@ -54,10 +60,20 @@ print(" ".join(str(s.getsockname()[1]) for s in socks))
 PY
 }
 
+# redis-cli, with the cluster's password (from the environment, not the
+# command line) when it has one.
+cluster_redis_cli() {
+  if [ -n "${CTR_CLUSTER_PASSWORD:-}" ]; then
+    REDISCLI_AUTH=$CTR_CLUSTER_PASSWORD redis-cli "$@"
+  else
+    redis-cli "$@"
+  fi
+}
+
 cluster_cli() {
   local port=$1
   shift
-  redis-cli -h 127.0.0.1 -p "$port" "$@"
+  cluster_redis_cli -h 127.0.0.1 -p "$port" "$@"
 }
 
 cluster_pid() { echo "${_rc_pids[$1]:-}"; }
@@ -65,9 +81,15 @@ cluster_pid() { echo "${_rc_pids[$1]:-}"; }
 # Starts (or restarts, with its nodes.conf) the node on client port $1, bus
 # port $2.
 _rc_node_start() {
-  local port=$1 bus=$2 d=$CTR_CLUSTER_DIR/$1
+  local port=$1 bus=$2 d=$CTR_CLUSTER_DIR/$1 auth=()
   mkdir -p "$d"
-  redis-server --port "$port" --cluster-port "$bus" --bind 127.0.0.1 \
+  if [ -n "${CTR_CLUSTER_PASSWORD:-}" ]; then
+    # In a config file rather than on the command line (ps).
+    printf 'requirepass "%s"\nmasterauth "%s"\n' "$CTR_CLUSTER_PASSWORD" \
+      "$CTR_CLUSTER_PASSWORD" >"$d/auth.conf"
+    auth=("$d/auth.conf")
+  fi
+  redis-server "${auth[@]}" --port "$port" --cluster-port "$bus" --bind 127.0.0.1 \
     --cluster-enabled yes --cluster-config-file "$d/nodes.conf" \
     --cluster-node-timeout "${CTR_CLUSTER_NODE_TIMEOUT_MS:-2000}" \
     --save "" --appendonly no --dir "$d" --logfile "$d/redis.log" \
@@ -175,15 +197,15 @@ cluster_start() {
     addrs+=("127.0.0.1:${ports[i]}")
   done
   for ((i = 0; i < n; i++)); do _rc_wait_ping "${ports[i]}" || return 1; done
-  if ! redis-cli --cluster create "${addrs[@]}" --cluster-replicas 1 --cluster-yes \
-      >"$CTR_CLUSTER_DIR/create.log" 2>&1; then
+  if ! cluster_redis_cli --cluster create "${addrs[@]}" \
+      --cluster-replicas 1 --cluster-yes >"$CTR_CLUSTER_DIR/create.log" 2>&1; then
     echo "redis_cluster: redis-cli --cluster create failed:" >&2
     tail -n 20 "$CTR_CLUSTER_DIR/create.log" >&2
     return 1
   fi
   cluster_wait_ok --replicas 30 || return 1
-  CTR_REDIS_CLUSTER=$(IFS=,; echo "${addrs[*]}")
-  export CTR_REDIS_CLUSTER CTR_CLUSTER_PORTS CTR_CLUSTER_DIR
+  CTR_CLUSTER_SEEDS=$(IFS=,; echo "${addrs[*]}")
+  export CTR_CLUSTER_SEEDS CTR_CLUSTER_PORTS CTR_CLUSTER_DIR
 }
 
 # Stops every node this shell started and removes the directory; safe to

@@ -1,0 +1,585 @@
+/*
+ * test_featstore_cluster.c - server/featstore_cluster.c: the feature store
+ * (featstore.h) in Redis Cluster mode, against the real cluster of
+ * $CTR_CLUSTER_SEEDS (3 masters, 3 replicas; tests/run.sh starts one with
+ * tests/integration/lib/redis_cluster.sh) and $CTR_REDIS (one node, for
+ * parity).  The test fails when either is missing.
+ *
+ * What it shows: values written through the cluster (one pipeline per
+ * master) land on every master and read back equal to the same values
+ * through one node; a call's keys go out as one pipeline per node; reads
+ * from replicas; a node that does not answer costs only its own keys (the
+ * others are decoded, the call answers CTR_OK) and its breaker, not the
+ * call; a cluster that cannot be reached fails whole, with a message;
+ * WRONGTYPE stays malformed data; the feature-set marker.
+ *
+ * Keys carry a prefix of this run (pid, time) and are deleted at the end.
+ * One test pauses a master for 400 ms (CLIENT PAUSE), well under the
+ * cluster's node timeout, so the cluster never fails over.
+ */
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+#include <hiredis/hiredis.h>
+
+#include "core/status.h"
+#include "proto/features.h"
+#include "server/clock.h"
+#include "server/featstore.h"
+#include "server/rcluster.h"
+
+#define MM 12
+#define TAGS 5
+#define MAX_NODES 16
+
+static char seeds[1024], single[256], prefix[64];
+static char err[256];
+static arena A;
+
+/* Every node of the cluster, by port, with an admin connection. */
+static int nnodes;
+static int node_port[MAX_NODES];
+static redisContext *node_admin[MAX_NODES];
+static rcluster_map *map;       /* the cluster's map at start */
+static redisContext *single_admin;
+
+static void sleep_ms(int ms) {
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000};
+    nanosleep(&ts, NULL);
+}
+
+static redisContext *connect_admin(const char *host, int port) {
+    struct timeval tv = {2, 0};
+    redisContext *c = redisConnectWithTimeout(host, port, tv);
+    if (!c || c->err) return NULL;
+    redisSetTimeout(c, tv);
+    return c;
+}
+
+static redisContext *admin_of(int port) {
+    for (int i = 0; i < nnodes; i++)
+        if (node_port[i] == port) return node_admin[i];
+    return NULL;
+}
+
+static void node_do(redisContext *c, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    redisReply *r = redisvCommand(c, fmt, ap);
+    va_end(ap);
+    if (!r) fail_msg("admin %s: %s", fmt, c->errstr);
+    if (r->type == REDIS_REPLY_ERROR) fail_msg("admin %s: %s", fmt, r->str);
+    freeReplyObject(r);
+}
+
+/* The port of key's master in the map at start. */
+static int master_port(const char *key) {
+    int m = rcluster_map_master(map, rcluster_keyslot(key, strlen(key)));
+    assert_true(m >= 0);
+    return rcluster_map_node(map, m)->port;
+}
+
+/* Keys of this run on the node (SCAN). */
+static long count_keys(redisContext *c) {
+    long n = 0;
+    unsigned long long cursor = 0;
+    do {
+        redisReply *r = redisCommand(c, "SCAN %llu MATCH %s* COUNT 1000", cursor, prefix);
+        assert_non_null(r);
+        assert_int_equal(r->type, REDIS_REPLY_ARRAY);
+        cursor = strtoull(r->element[0]->str, NULL, 10);
+        n += (long)r->element[1]->elements;
+        freeReplyObject(r);
+    } while (cursor);
+    return n;
+}
+
+static featstore_params params(void) {
+    featstore_params p;
+    featstore_default_params(&p);
+    p.cluster = seeds;
+    p.prefix = prefix;
+    p.max_tags = TAGS;
+    p.mm_dim = MM;
+    p.max_seq = 4;
+    /* Sanitizer builds are slower; deadlines are tested where said. */
+    p.command_timeout_ms = 2000;
+    p.connect_timeout_ms = 2000;
+    return p;
+}
+
+static featstore *open_fs(const featstore_params *p) {
+    featstore *fs;
+    int rc = featstore_open(p, &fs, err, sizeof err);
+    if (rc != CTR_OK) fail_msg("featstore_open: %d %s", rc, err);
+    return fs;
+}
+
+/* An encoded item whose tags and floats derive from id. */
+static size_t make_item(int64_t id, unsigned char *buf, size_t cap) {
+    int32_t tags[TAGS];
+    float mm[MM];
+    for (int i = 0; i < TAGS; i++) tags[i] = (int32_t)(id % 1000 * 10 + i);
+    for (int i = 0; i < MM; i++) mm[i] = (float)id + (float)i / 8;
+    size_t len = 0;
+    assert_int_equal(features_item_encode(tags, TAGS, mm, MM, buf, cap, &len, err, sizeof err),
+                     CTR_OK);
+    return len;
+}
+
+static void check_item(const featstore_item *it, int64_t id) {
+    assert_int_equal(it->found, 1);
+    assert_int_equal(it->status, CTR_OK);
+    assert_int_equal(it->num_tags, TAGS);
+    assert_int_equal(it->mm_dim, MM);
+    for (int i = 0; i < TAGS; i++) assert_int_equal(it->tags[i], id % 1000 * 10 + i);
+    for (int i = 0; i < MM; i++) assert_true(it->mm[i] == (float)id + (float)i / 8);
+}
+
+/* Items 1..n through fs, flushed every `batch`. */
+static void put_items(featstore *fs, int n, int batch) {
+    unsigned char buf[512];
+    for (int64_t id = 1; id <= n; id++) {
+        size_t len = make_item(id, buf, sizeof buf);
+        assert_int_equal(featstore_put_item(fs, id, buf, len, err, sizeof err), CTR_OK);
+        if (featstore_pending(fs) >= batch)
+            assert_int_equal(featstore_flush(fs, err, sizeof err), CTR_OK);
+    }
+    assert_int_equal(featstore_flush(fs, err, sizeof err), CTR_OK);
+    assert_int_equal(featstore_pending(fs), 0);
+}
+
+static int setup(void **state) {
+    arena_init(&A, 1 << 16);
+    err[0] = '\0';
+    return 0;
+}
+
+static int teardown(void **state) {
+    arena_free(&A);
+    return 0;
+}
+
+#define NITEMS 300
+
+/* --- tests --------------------------------------------------------------- */
+
+static void test_open_refusals(void **state) {
+    featstore_params p = params();
+    featstore *fs = (featstore *)1;
+    const char *bad[] = {"localhost", "127.0.0.1:", "127.0.0.1:0", "127.0.0.1:65536",
+                         "h:12x", ":6379", "::1:6379", "a:1,,b:2", "a:1,", " , "};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        p.cluster = bad[i];
+        err[0] = '\0';
+        int rc = featstore_open(&p, &fs, err, sizeof err);
+        if (rc != CTR_EINVAL) fail_msg("seeds \"%s\": %d", bad[i], rc);
+        assert_null(fs);
+        assert_non_null(strstr(err, "seed"));
+    }
+    p = params();
+    p.cluster_refresh_ms = 0;
+    assert_int_equal(featstore_open(&p, &fs, err, sizeof err), CTR_EINVAL);
+    /* Accepted: IPv6 in brackets, blanks around seeds; open does not
+     * connect. */
+    p = params();
+    p.cluster = "[::1]:7000, 127.0.0.1:7001";
+    fs = open_fs(&p);
+    featstore_stats st;
+    featstore_stats_get(fs, &st);
+    assert_int_equal(st.connect_attempts, 0);
+    featstore_close(fs);
+}
+
+/* Written through the cluster: on every master, read back whole. */
+static void test_write_read(void **state) {
+    featstore_params p = params();
+    featstore *fs = open_fs(&p);
+    put_items(fs, NITEMS, 64);
+    unsigned char buf[256];
+    size_t len;
+    int64_t seq[3] = {5, 0, 7};
+    assert_int_equal(features_user_encode(seq, 3, buf, sizeof buf, &len, err, sizeof err),
+                     CTR_OK);
+    assert_int_equal(featstore_put_user(fs, "u1", buf, len, err, sizeof err), CTR_OK);
+    assert_int_equal(featstore_flush(fs, err, sizeof err), CTR_OK);
+
+    /* Each master holds some of the keys (CRC16 spreads them). */
+    int masters = 0;
+    long total = 0;
+    for (int i = 0; i < nnodes; i++) {
+        redisReply *r = redisCommand(node_admin[i], "ROLE");
+        assert_non_null(r);
+        int is_master = strcmp(r->element[0]->str, "master") == 0;
+        freeReplyObject(r);
+        if (!is_master) continue;
+        masters++;
+        long n = count_keys(node_admin[i]);
+        assert_true(n > 0);
+        total += n;
+    }
+    assert_int_equal(masters, 3);
+    assert_int_equal(total, NITEMS + 1);
+
+    int64_t ids[NITEMS + 1];
+    for (int i = 0; i < NITEMS; i++) ids[i] = i + 1;
+    ids[NITEMS] = 999999;   /* absent */
+    featstore_item out[NITEMS + 1];
+    featstore_stats s0, s1;
+    featstore_stats_get(fs, &s0);
+    assert_int_equal(featstore_get_items(fs, ids, NITEMS + 1, 0, &A, out, err, sizeof err),
+                     CTR_OK);
+    featstore_stats_get(fs, &s1);
+    for (int i = 0; i < NITEMS; i++) check_item(&out[i], ids[i]);
+    assert_int_equal(out[NITEMS].found, 0);
+    assert_int_equal(out[NITEMS].status, CTR_ENOTFOUND);
+    /* One pipeline per master for the whole call. */
+    assert_int_equal(s1.round_trips - s0.round_trips, 3);
+    assert_int_equal(s1.failures, 0);
+    assert_true(s1.map_refreshes >= 1);
+
+    int64_t *h;
+    int n;
+    assert_int_equal(featstore_get_user(fs, "u1", 4, 0, &A, &h, &n, err, sizeof err), CTR_OK);
+    assert_int_equal(n, 3);
+    assert_int_equal(h[0], 5);
+    assert_int_equal(h[2], 7);
+    assert_int_equal(featstore_get_user(fs, "nobody", 4, 0, &A, &h, &n, err, sizeof err),
+                     CTR_ENOTFOUND);
+    assert_int_equal(featstore_ping(fs, 0, err, sizeof err), CTR_OK);
+    featstore_close(fs);
+}
+
+/* The same values through one node read back the same. */
+static void test_parity_with_one_node(void **state) {
+    featstore_params p = params();
+    featstore *cl = open_fs(&p);
+    p.cluster = NULL;
+    p.addr = single;
+    featstore *one = open_fs(&p);
+    put_items(one, NITEMS, 100);
+    int64_t ids[NITEMS];
+    for (int i = 0; i < NITEMS; i++) ids[i] = NITEMS - i;   /* another order */
+    featstore_item a[NITEMS], b[NITEMS];
+    assert_int_equal(featstore_get_items(cl, ids, NITEMS, 0, &A, a, err, sizeof err), CTR_OK);
+    assert_int_equal(featstore_get_items(one, ids, NITEMS, 0, &A, b, err, sizeof err), CTR_OK);
+    for (int i = 0; i < NITEMS; i++) {
+        assert_int_equal(a[i].found, b[i].found);
+        assert_int_equal(a[i].num_tags, b[i].num_tags);
+        assert_memory_equal(a[i].tags, b[i].tags, (size_t)a[i].num_tags * sizeof(int32_t));
+        assert_memory_equal(a[i].mm, b[i].mm, MM * sizeof(float));
+    }
+    featstore_close(cl);
+    featstore_close(one);
+}
+
+static long long cmd_calls(redisContext *c, const char *cmd) {
+    redisReply *r = redisCommand(c, "INFO commandstats");
+    assert_non_null(r);
+    char pat[64];
+    snprintf(pat, sizeof pat, "cmdstat_%s:calls=", cmd);
+    const char *s = r->str ? strstr(r->str, pat) : NULL;
+    long long n = s ? atoll(s + strlen(pat)) : 0;
+    freeReplyObject(r);
+    return n;
+}
+
+/* read_replicas: the replicas answer (their GETRANGE counts grow, the
+ * masters' do not), with the same values. */
+static void test_read_replicas(void **state) {
+    featstore_params p = params();
+    p.read_replicas = 1;
+    featstore *fs = open_fs(&p);
+    int64_t ids[NITEMS];
+    for (int i = 0; i < NITEMS; i++) ids[i] = i + 1;
+    featstore_item out[NITEMS];
+    /* Replication is asynchronous: give the replicas a moment. */
+    int ok = 0;
+    for (int tries = 0; tries < 100 && !ok; tries++) {
+        arena_reset(&A);
+        assert_int_equal(featstore_get_items(fs, ids, NITEMS, 0, &A, out, err, sizeof err),
+                         CTR_OK);
+        ok = 1;
+        for (int i = 0; i < NITEMS; i++) ok &= out[i].found;
+        if (!ok) sleep_ms(20);
+    }
+    assert_true(ok);
+    long long before[MAX_NODES];
+    for (int i = 0; i < nnodes; i++) before[i] = cmd_calls(node_admin[i], "getrange");
+    arena_reset(&A);
+    assert_int_equal(featstore_get_items(fs, ids, NITEMS, 0, &A, out, err, sizeof err), CTR_OK);
+    for (int i = 0; i < NITEMS; i++) check_item(&out[i], ids[i]);
+    int replicas_read = 0;
+    for (int i = 0; i < nnodes; i++) {
+        long long d = cmd_calls(node_admin[i], "getrange") - before[i];
+        redisReply *r = redisCommand(node_admin[i], "ROLE");
+        int is_master = strcmp(r->element[0]->str, "master") == 0;
+        freeReplyObject(r);
+        if (is_master) assert_int_equal(d, 0);
+        else replicas_read += d > 0;
+    }
+    assert_int_equal(replicas_read, 3);
+    featstore_stats st;
+    featstore_stats_get(fs, &st);
+    assert_int_equal(st.replica_reroutes, 0);
+    featstore_close(fs);
+}
+
+/* A master that does not answer within the deadline costs its own keys:
+ * the others are read, the call answers CTR_OK, its items say
+ * CTR_ETIMEOUT.  Its breaker opens (later calls fail its keys at once,
+ * again without failing the call), and closes once it answers. */
+static void test_node_down_costs_its_keys(void **state) {
+    featstore_params p = params();
+    p.command_timeout_ms = 150;
+    p.breaker_base_ms = 100;
+    p.breaker_max_ms = 100;
+    featstore *fs = open_fs(&p);
+    int64_t ids[NITEMS];
+    char key[128];
+    int paused_port = 0, on_paused = 0;
+    for (int i = 0; i < NITEMS; i++) ids[i] = i + 1;
+    featstore_item out[NITEMS];
+    assert_int_equal(featstore_get_items(fs, ids, NITEMS, 0, &A, out, err, sizeof err), CTR_OK);
+
+    snprintf(key, sizeof key, "%si:1", prefix);
+    paused_port = master_port(key);
+    for (int i = 0; i < NITEMS; i++) {
+        snprintf(key, sizeof key, "%si:%d", prefix, i + 1);
+        on_paused += master_port(key) == paused_port;
+    }
+    assert_true(on_paused > 0 && on_paused < NITEMS);
+    node_do(admin_of(paused_port), "CLIENT PAUSE 400");
+    arena_reset(&A);
+    double t0 = (double)clock_now_ns();
+    int rc = featstore_get_items(fs, ids, NITEMS, clock_now_ns() + 100000000, &A, out, err,
+                                 sizeof err);
+    double took_ms = ((double)clock_now_ns() - t0) / 1e6;
+    assert_int_equal(rc, CTR_OK);
+    assert_true(took_ms < 400);
+    assert_non_null(strstr(err, "deadline"));
+    int down = 0;
+    for (int i = 0; i < NITEMS; i++) {
+        snprintf(key, sizeof key, "%si:%d", prefix, i + 1);
+        if (master_port(key) == paused_port) {
+            assert_int_equal(out[i].found, 0);
+            assert_int_equal(out[i].status, CTR_ETIMEOUT);
+            down++;
+        } else {
+            check_item(&out[i], ids[i]);
+        }
+    }
+    assert_int_equal(down, on_paused);
+    assert_int_equal(featstore_breaker_state(fs), BREAKER_OPEN);
+    featstore_stats st;
+    featstore_stats_get(fs, &st);
+    assert_int_equal(st.items_unavailable, (uint64_t)on_paused);
+    assert_int_equal(st.breaker_opens, 1);
+
+    /* While its breaker is open: its keys fail at once. */
+    arena_reset(&A);
+    t0 = (double)clock_now_ns();
+    assert_int_equal(featstore_get_items(fs, ids, NITEMS, 0, &A, out, err, sizeof err), CTR_OK);
+    assert_true(((double)clock_now_ns() - t0) / 1e6 < 100);
+    assert_non_null(strstr(err, "circuit open"));
+    featstore_stats_get(fs, &st);
+    assert_true(st.fast_failures >= 1);
+
+    /* All keys on the paused node: the call fails whole. */
+    int64_t one = 0;
+    for (int i = 0; i < NITEMS && !one; i++) {
+        snprintf(key, sizeof key, "%si:%d", prefix, i + 1);
+        if (master_port(key) == paused_port) one = i + 1;
+    }
+    arena_reset(&A);
+    assert_int_equal(featstore_get_items(fs, &one, 1, 0, &A, out, err, sizeof err),
+                     CTR_EBACKEND);
+
+    /* The pause ends, the breaker's period too: every item again. */
+    int all = 0;
+    for (int tries = 0; tries < 100 && !all; tries++) {
+        sleep_ms(20);
+        arena_reset(&A);
+        assert_int_equal(featstore_get_items(fs, ids, NITEMS, 0, &A, out, err, sizeof err),
+                         CTR_OK);
+        all = 1;
+        for (int i = 0; i < NITEMS; i++) all &= out[i].found;
+    }
+    assert_true(all);
+    assert_int_equal(featstore_breaker_state(fs), BREAKER_CLOSED);
+    featstore_close(fs);
+}
+
+/* No node reachable: calls fail whole and say why. */
+static void test_unreachable(void **state) {
+    featstore_params p = params();
+    p.cluster = "127.0.0.1:1,127.0.0.1:2";
+    p.connect_timeout_ms = 200;
+    featstore *fs = open_fs(&p);
+    assert_int_equal(featstore_ping(fs, 0, err, sizeof err), CTR_EBACKEND);
+    assert_non_null(strstr(err, "CLUSTER SLOTS"));
+    int64_t ids[3] = {1, 2, 3};
+    featstore_item out[3];
+    assert_int_equal(featstore_get_items(fs, ids, 3, 0, &A, out, err, sizeof err),
+                     CTR_EBACKEND);
+    int64_t *h;
+    int n;
+    assert_int_equal(featstore_get_user(fs, "u1", 4, 0, &A, &h, &n, err, sizeof err),
+                     CTR_EBACKEND);
+    featstore_stats st;
+    featstore_stats_get(fs, &st);
+    assert_true(st.map_refresh_failures >= 1);
+    assert_int_equal(st.map_refreshes, 0);
+    featstore_close(fs);
+
+    /* A dead seed before live ones: the live ones give the map. */
+    char list[1100];
+    snprintf(list, sizeof list, "127.0.0.1:1,%s", seeds);
+    p.cluster = list;
+    fs = open_fs(&p);
+    assert_int_equal(featstore_ping(fs, 0, err, sizeof err), CTR_OK);
+    featstore_close(fs);
+
+    /* A plain Redis is not a cluster. */
+    p.cluster = single;
+    fs = open_fs(&p);
+    assert_int_equal(featstore_ping(fs, 0, err, sizeof err), CTR_EBACKEND);
+    assert_non_null(strstr(err, "cluster support disabled"));
+    featstore_close(fs);
+}
+
+/* A key of another type is malformed data, not a node failure. */
+static void test_wrongtype_and_meta(void **state) {
+    featstore_params p = params();
+    featstore *fs = open_fs(&p);
+    char key[128];
+    snprintf(key, sizeof key, "%si:777", prefix);
+    node_do(admin_of(master_port(key)), "LPUSH %s x", key);
+    int64_t ids[2] = {777, 1};
+    featstore_item out[2];
+    assert_int_equal(featstore_get_items(fs, ids, 2, 0, &A, out, err, sizeof err), CTR_OK);
+    assert_int_equal(out[0].found, 0);
+    assert_int_equal(out[0].status, CTR_EFORMAT);
+    check_item(&out[1], 1);
+    assert_int_equal(featstore_breaker_state(fs), BREAKER_CLOSED);
+
+    char buf[FEATSTORE_META_MAX + 1];
+    size_t len;
+    assert_int_equal(featstore_get_meta(fs, 0, buf, sizeof buf, &len, err, sizeof err),
+                     CTR_ENOTFOUND);
+    const char meta[] = "{\"format\":1}";
+    assert_int_equal(featstore_put_meta(fs, meta, sizeof meta - 1, err, sizeof err), CTR_OK);
+    assert_int_equal(featstore_flush(fs, err, sizeof err), CTR_OK);
+    assert_int_equal(featstore_get_meta(fs, 0, buf, sizeof buf, &len, err, sizeof err), CTR_OK);
+    assert_string_equal(buf, meta);
+    /* The marker lives on the master of its slot. */
+    snprintf(key, sizeof key, "%smeta", prefix);
+    redisReply *r = redisCommand(admin_of(master_port(key)), "GET %s", key);
+    assert_non_null(r);
+    assert_int_equal(r->type, REDIS_REPLY_STRING);
+    assert_string_equal(r->str, meta);
+    freeReplyObject(r);
+    featstore_close(fs);
+}
+
+/* --- main ---------------------------------------------------------------- */
+
+static void delete_test_keys(void) {
+    for (int i = 0; i < nnodes; i++) {
+        unsigned long long cursor = 0;
+        do {
+            redisReply *r = redisCommand(node_admin[i], "SCAN %llu MATCH %s* COUNT 1000", cursor,
+                                         prefix);
+            if (!r || r->type != REDIS_REPLY_ARRAY) {
+                if (r) freeReplyObject(r);
+                break;
+            }
+            cursor = strtoull(r->element[0]->str, NULL, 10);
+            for (size_t k = 0; k < r->element[1]->elements; k++) {
+                redisReply *d = redisCommand(node_admin[i], "DEL %b", r->element[1]->element[k]->str,
+                                             r->element[1]->element[k]->len);
+                if (d) freeReplyObject(d);   /* a replica refuses: fine */
+            }
+            freeReplyObject(r);
+        } while (cursor);
+    }
+    if (single_admin) {
+        unsigned long long cursor = 0;
+        do {
+            redisReply *r = redisCommand(single_admin, "SCAN %llu MATCH %s* COUNT 1000", cursor,
+                                         prefix);
+            if (!r || r->type != REDIS_REPLY_ARRAY) {
+                if (r) freeReplyObject(r);
+                break;
+            }
+            cursor = strtoull(r->element[0]->str, NULL, 10);
+            for (size_t k = 0; k < r->element[1]->elements; k++) {
+                redisReply *d = redisCommand(single_admin, "DEL %b", r->element[1]->element[k]->str,
+                                             r->element[1]->element[k]->len);
+                if (d) freeReplyObject(d);
+            }
+            freeReplyObject(r);
+        } while (cursor);
+    }
+}
+
+int main(void) {
+    signal(SIGPIPE, SIG_IGN);   /* featstore.h */
+    const char *env = getenv("CTR_CLUSTER_SEEDS"), *one = getenv("CTR_REDIS");
+    if (!env || !*env || !one || !*one) {
+        fprintf(stderr, "test_featstore_cluster: CTR_CLUSTER_SEEDS (a Redis Cluster's nodes) "
+                        "and CTR_REDIS (one Redis) must be set; tests/run.sh provides both\n");
+        return 1;
+    }
+    snprintf(seeds, sizeof seeds, "%s", env);
+    snprintf(single, sizeof single, "%s", one);
+    char list[1024];
+    snprintf(list, sizeof list, "%s", env);
+    char *save = NULL;
+    for (char *t = strtok_r(list, ",", &save); t && nnodes < MAX_NODES;
+         t = strtok_r(NULL, ",", &save)) {
+        char *colon = strrchr(t, ':');
+        if (!colon) return fprintf(stderr, "bad seed %s\n", t), 1;
+        *colon = '\0';
+        node_port[nnodes] = atoi(colon + 1);
+        node_admin[nnodes] = connect_admin(t, node_port[nnodes]);
+        if (!node_admin[nnodes]) return fprintf(stderr, "cannot reach %s\n", t), 1;
+        nnodes++;
+    }
+    char *colon = strrchr(single, ':');
+    char host[256];
+    snprintf(host, sizeof host, "%.*s", colon ? (int)(colon - single) : 0, single);
+    single_admin = colon ? connect_admin(host, atoi(colon + 1)) : NULL;
+    if (!single_admin) return fprintf(stderr, "cannot reach %s\n", single), 1;
+    redisReply *r = redisCommand(node_admin[0], "CLUSTER SLOTS");
+    if (!r || rcluster_map_parse(r, "127.0.0.1", &map, err, sizeof err) < 0)
+        return fprintf(stderr, "CLUSTER SLOTS: %s\n", err), 1;
+    freeReplyObject(r);
+    snprintf(prefix, sizeof prefix, "test_fsc:%ld:%lld:", (long)getpid(),
+             (long long)time(NULL));
+
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_open_refusals, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_write_read, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_parity_with_one_node, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_read_replicas, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_node_down_costs_its_keys, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_unreachable, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_wrongtype_and_meta, setup, teardown),
+    };
+    int failed = cmocka_run_group_tests(tests, NULL, NULL);
+    delete_test_keys();
+    for (int i = 0; i < nnodes; i++) redisFree(node_admin[i]);
+    redisFree(single_admin);
+    rcluster_map_free(map);
+    return failed;
+}
