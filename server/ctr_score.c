@@ -523,7 +523,7 @@ int main(int argc, char **argv) {
     s.items = &items;
     s.users = &users;
     for (int k = 0; k < c->num_ctx; k++) s.ctx_name[k] = c->ctx_name[k];
-    s.schema = (proto_rank_schema){c->num_ctx, s.ctx_name, max_cand, max_seq};
+    s.schema = (proto_rank_schema){c->num_ctx, s.ctx_name, max_cand, max_seq, c->name};
     s.hist = calloc((size_t)c->max_len, sizeof *s.hist);
     s.cand = calloc((size_t)max_cand, sizeof *s.cand);
     s.prob = calloc((size_t)max_cand, sizeof *s.prob);
