@@ -22,7 +22,9 @@ struct engine_model {
 };
 
 struct engine_scratch {
-    const engine_model *model;
+    const engine_model *model;  /* compared, never read after the model is
+                                   freed (see engine_scratch_free) */
+    const arch_ops *ops;        /* static: frees the scratch without it */
     int max_cand;
     void *impl;
 };
@@ -147,6 +149,7 @@ int engine_scratch_init(const engine_model *m, int max_cand, engine_scratch **ou
     engine_scratch *s = calloc(1, sizeof *s);
     if (!s) return CTR_ENOMEM;
     s->model = m;
+    s->ops = m->ops;
     s->max_cand = max_cand;
     int rc = m->ops->scratch_init(m->impl, max_cand, &s->impl);
     if (rc < 0) {
@@ -159,7 +162,7 @@ int engine_scratch_init(const engine_model *m, int max_cand, engine_scratch **ou
 
 void engine_scratch_free(engine_scratch *s) {
     if (!s) return;
-    if (s->impl) s->model->ops->scratch_free(s->impl);
+    if (s->impl) s->ops->scratch_free(s->impl);
     free(s);
 }
 

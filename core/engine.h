@@ -165,7 +165,9 @@ int engine_request_check(const engine_model *m, const int64_t *cand_id, const in
 int engine_history_id_ok(const engine_model *m, int64_t id);
 
 /* Scratch for requests of up to max_cand candidates; one per thread.
- * CTR_OK and *out, or CTR_ENOMEM / CTR_EINVAL. */
+ * CTR_OK and *out, or CTR_ENOMEM / CTR_EINVAL.  engine_scratch_free may
+ * come after the model's engine_model_free (a server's threads drop their
+ * scratch of a reloaded model lazily). */
 int engine_scratch_init(const engine_model *m, int max_cand, engine_scratch **out);
 void engine_scratch_free(engine_scratch *s);
 

@@ -135,7 +135,7 @@ def main():
         check("/metrics is Prometheus text", st == 200 and hdr.get("Content-Type", "").startswith("text/plain")
               and 'ctr_http_requests_total{endpoint="/v1/rank",status="422"}' in text
               and "ctr_http_request_duration_seconds_bucket" in text
-              and 'ctr_model_info{name="qin",version="golden-1"} 1' in text
+              and 'ctr_model_info{model="qin",name="qin",version="golden-1",arch="qin"} 1' in text
               and "ctr_inflight_requests" in text and "ctr_item_cache_hits_total" in text, text[:300])
 
         print("item cache")
@@ -214,7 +214,7 @@ def main():
             f.truncate(1000)
         srv.proc.send_signal(signal.SIGHUP)
         check("corrupt model: reload counted as failed",
-              wait_for(lambda: srv.metric('ctr_model_reloads_total{result="failed"}') >= 1, 10))
+              wait_for(lambda: srv.metric('ctr_model_reloads_total{model="qin",result="failed"}') >= 1, 10))
         st, _, data = srv.request("GET", "/v1/models")
         check("corrupt model: still serving the old version", json.loads(data)["models"][0]["version"] == "golden-1")
         st, resp = srv.rank(stored_user)
@@ -225,7 +225,7 @@ def main():
         check("converted a new version", conv.returncode == 0, conv.stderr[-500:])
         srv.proc.send_signal(signal.SIGHUP)
         check("good model: reload counted as ok",
-              wait_for(lambda: srv.metric('ctr_model_reloads_total{result="ok"}') >= 1, 20))
+              wait_for(lambda: srv.metric('ctr_model_reloads_total{model="qin",result="ok"}') >= 1, 20))
         st, _, data = srv.request("GET", "/v1/models")
         check("good model: serving v2", json.loads(data)["models"][0]["version"] == "v2")
         st, resp = srv.rank(stored_user)
