@@ -303,6 +303,7 @@ static void *worker_main(void *arg) {
             /* not allowed here: run at the loop's priority */
         }
     }
+    worker_prepare(h->svc);
     for (;;) {
         pthread_mutex_lock(&h->qmu);
         while (!h->count && !h->stopping) pthread_cond_wait(&h->qcv, &h->qmu);

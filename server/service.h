@@ -117,6 +117,12 @@ worker *worker_self(service *svc);
  * changed.  NULL when out of memory. */
 engine_scratch *worker_scratch(worker *w, const service_model *m, const model_slot *slot);
 
+/* Makes this thread's worker and its scratch for every model's current
+ * slot now (request threads call it as they start), so that a first
+ * request does not pay for allocating them (a few ms for DIN at MicroLens
+ * shapes).  A reload's new slots get theirs on first use. */
+void worker_prepare(service *svc);
+
 /* Process-wide set-up/tear-down of the thread key; call once each. */
 int worker_global_init(void);
 void worker_global_free(void);

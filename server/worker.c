@@ -70,6 +70,18 @@ engine_scratch *worker_scratch(worker *w, const service_model *m, const model_sl
     return wm->scratch;
 }
 
+void worker_prepare(service *svc) {
+    worker *w = worker_self(svc);
+    if (!w) return;
+    for (int i = 0; i < svc->num_models; i++) {
+        model_slot *s = model_holder_acquire(svc->models[i].holder);
+        if (!worker_scratch(w, &svc->models[i], s))
+            log_warn("model %s: no scratch yet (out of memory); retried per request",
+                     svc->models[i].name);
+        model_slot_release(s);
+    }
+}
+
 /* --- the service's models -------------------------------------------------- */
 
 service_model *service_find_model(service *svc, const char *name) {
