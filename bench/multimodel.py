@@ -85,6 +85,9 @@ class Server:
         args = [f"{build}/ctr-server", *extra, "--redis", f"127.0.0.1:{redis_port}", "--port",
                 str(self.port), "--threads", "1", "--score-threads", "1", "--max-candidates",
                 str(max_cand), "--deadline-ms", "10000", "--max-deadline-ms", "10000",
+                # A busy machine must not turn a slow Redis reply into a
+                # degraded answer: the bench measures the model.
+                "--redis-timeout-ms", "2000", "--redis-connect-timeout-ms", "2000",
                 "--warmup", "true" if warmup else "false"]
         for name, cfg in MODELS:
             args += ["--model", f"{name}={golden}/{cfg}/model.safetensors",
