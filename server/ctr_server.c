@@ -47,7 +47,7 @@ static void reload(service *svc) {
         log_info("SIGHUP: reloading model %s from %s", m->name, m->path);
         int rc = model_slot_load(m->path, &m->slot_params, 0, &s, err, sizeof err);
         if (rc == CTR_OK) {
-            featstore_params want = featstore_params_for(&m->fs_params, s->schema);
+            featstore_params want = service_fs_params(&m->fs_params, s->schema);
             if (want.max_tags != m->fs_params.max_tags || want.mm_dim != m->fs_params.mm_dim ||
                 want.cate != m->fs_params.cate) {
                 snprintf(err, sizeof err,

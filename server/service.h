@@ -80,7 +80,7 @@ service_model *service_find_model(service *svc, const char *name);
 /* Sets up svc->models[svc->num_models] (and counts it): name, path, slot
  * params, its first slot (the holder takes it over), its feature-store
  * params from svc->fs_params with the given key prefix and the item layout
- * the slot's schema reads (featstore_params_for), its metrics series.
+ * the slot's schema reads (service_fs_params), its metrics series.
  * CTR_EINVAL when full or the name is taken, CTR_ENOMEM; on failure the
  * caller still owns first. */
 int service_add_model(service *svc, const char *name, const char *path,
@@ -89,7 +89,7 @@ int service_add_model(service *svc, const char *name, const char *path,
 
 /* The feature-store params of a model of schema sc: base with the item
  * layout the model reads (tag slots, embedding width, a category). */
-featstore_params featstore_params_for(const featstore_params *base, const engine_schema *sc);
+featstore_params service_fs_params(const featstore_params *base, const engine_schema *sc);
 
 /* Frees every model's holder (the service struct itself is the caller's). */
 void service_free_models(service *svc);

@@ -25,6 +25,7 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 
@@ -32,7 +33,8 @@ import jsonschema
 import yaml
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from fixture import GOLDEN, Redis, Server, error_code, load, wait_for  # noqa: E402
+from fixture import (BUILD, GOLDEN, Redis, Server, error_code, free_port, load,  # noqa: E402
+                     wait_for)
 
 TOL = 1e-5
 EXPLAIN = 3
@@ -397,6 +399,28 @@ def main():
         check("both still answer, exactly", st == 200 and st2 == 200
               and score_diff(treqs[0], resp, texp[0]) <= TOL
               and score_diff(reqs[0], resp2, exp[0]) <= TOL)
+
+        print("refused at startup (exit 1, naming the problem)")
+        small = os.path.join(GOLDEN, "small", "model.safetensors")
+        tin = os.path.join(GOLDEN, "tin-small", "model.safetensors")
+        bad_starts = [
+            ("two models of one name", ["--model", f"a={small}", "--model", f"a={tin}"],
+             'two models named "a"'),
+            ("two bare paths of one metadata name", ["--model", small, "--model", small],
+             'two models named "qin"'),
+            ("a per-model value for no model", ["--model", f"a={small}", "--redis-prefix",
+                                                "b=x:"], 'no model named "b" (serving a)'),
+            ("a bad file, named", ["--model", f"a={small}", "--model",
+                                   f"b={os.path.join(tmp, 'none.safetensors')}"],
+             "cannot load the model: model b:"),
+        ]
+        for what, args, frag in bad_starts:
+            r = subprocess.run([f"{BUILD}/ctr-server", *args, "--redis",
+                                f"127.0.0.1:{redis.port}", "--port", str(free_port()), "--warmup",
+                                "false"],
+                               capture_output=True, text=True, timeout=120)
+            check(f"{what}: exit 1 saying so", r.returncode == 1 and frag in r.stderr + r.stdout,
+                  f"{r.returncode} {(r.stderr + r.stdout)[-300:]}")
 
         check("answers validated against every schema they use",
               all(validated.get(n, 0) > 0 for n in ("RankAnswer", "Error", "Models", "Status")),
