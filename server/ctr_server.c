@@ -136,45 +136,52 @@ static void health_check(service *svc, featstore *const *fs) {
 /* Loads every model of the settings into svc: its name (given, or the
  * file's), its key prefix and cache budget (its own NAME=VALUE, else the
  * plain setting; models without a budget of their own share cache_mb
- * equally), warmed up.  CTR_OK, or an error with a message. */
+ * equally), warmed up.  Two passes, since a bare path's name (and so
+ * whether it has a budget of its own) is known once its file is loaded.
+ * CTR_OK, or an error with a message. */
 static int load_models(service *svc, const config_params *cp, char *err, size_t errlen) {
-    int shared = 0;
-    for (int i = 0; i < cp->num_models; i++) shared += !cp->models[i].name[0] ||
-        !config_model_value(cp, "cache_mb", cp->models[i].name);
+    model_slot *slot[CONFIG_MAX_MODELS] = {NULL};
     const char *names[CONFIG_MAX_MODELS];
-    for (int i = 0; i < cp->num_models; i++) {
+    model_slot_params sp = model_slot_default_params();
+    sp.cache.ttl_ms = (uint64_t)cp->cache_ttl_s * 1000;
+    sp.cache.max_bytes = 0; /* until the budgets are known */
+    sp.warmup_max_cand = cp->warmup ? cp->max_candidates : 0;
+    char inner[900];
+    int rc = CTR_OK, shared = 0, i;
+    for (i = 0; i < cp->num_models; i++) {
         const config_model *cm = &cp->models[i];
-        model_slot_params sp = model_slot_default_params();
-        sp.cache.ttl_ms = (uint64_t)cp->cache_ttl_s * 1000;
-        sp.warmup_max_cand = cp->warmup ? cp->max_candidates : 0;
-        sp.cache.max_bytes = 0; /* until the name, and so the budget, is known */
-        model_slot *s;
-        char inner[900];
-        int rc = model_slot_load(cm->path, &sp, 1, &s, inner, sizeof inner);
-        if (rc < 0)
-            return ctr_fail(err, errlen, rc, "model %s: %s", cm->name[0] ? cm->name : cm->path,
-                            inner);
-        const char *name = cm->name[0] ? cm->name : s->schema->name;
-        const char *v = config_model_value(cp, "cache_mb", name);
+        if ((rc = model_slot_load(cm->path, &sp, 1, &slot[i], inner, sizeof inner)) < 0) {
+            ctr_fail(err, errlen, rc, "model %s: %s", cm->name[0] ? cm->name : cm->path, inner);
+            goto fail;
+        }
+        names[i] = cm->name[0] ? cm->name : slot[i]->schema->name;
+        shared += !config_model_value(cp, "cache_mb", names[i]);
+    }
+    for (i = 0; i < cp->num_models; i++) {
+        const char *v = config_model_value(cp, "cache_mb", names[i]);
         size_t mb = v ? (size_t)atoi(v) : (size_t)cp->cache_mb / (size_t)(shared ? shared : 1);
-        sp.cache.max_bytes = mb << 20;
-        if ((rc = model_slot_set_cache(s, &sp.cache, inner, sizeof inner)) < 0) {
-            model_slot_release(s);
-            return ctr_fail(err, errlen, rc, "model %s: %s", name, inner);
+        model_slot_params msp = sp;
+        msp.cache.max_bytes = mb << 20;
+        const char *prefix = config_model_value(cp, "redis_prefix", names[i]);
+        if ((rc = model_slot_set_cache(slot[i], &msp.cache, inner, sizeof inner)) < 0 ||
+            (rc = service_add_model(svc, names[i], cp->models[i].path, &msp,
+                                    prefix ? prefix : cp->redis_prefix, slot[i], inner,
+                                    sizeof inner)) < 0) {
+            ctr_fail(err, errlen, rc, "model %s: %s", names[i], inner);
+            goto fail;
         }
-        const char *prefix = config_model_value(cp, "redis_prefix", name);
-        if ((rc = service_add_model(svc, name, cm->path, &sp, prefix ? prefix : cp->redis_prefix,
-                                    s, inner, sizeof inner)) < 0) {
-            model_slot_release(s);
-            return ctr_fail(err, errlen, rc, "%s", inner);
-        }
+        const model_slot *s = slot[i];
+        slot[i] = NULL; /* the service's now */
         names[i] = svc->models[i].name;
         log_info("model %s: %s version %s (%s), %s; prefix \"%s\", item cache %zu MiB; load %.0f "
-                 "ms, warm-up %.0f ms", name, s->schema->name, s->schema->version,
-                 engine_arch_name(s->schema->arch), cm->path, svc->models[i].prefix, mb,
+                 "ms, warm-up %.0f ms", names[i], s->schema->name, s->schema->version,
+                 engine_arch_name(s->schema->arch), cp->models[i].path, svc->models[i].prefix, mb,
                  s->load_ms, s->warmup_ms);
     }
     return config_check_models(cp, names, cp->num_models, err, errlen);
+fail:
+    for (int k = 0; k < cp->num_models; k++) model_slot_release(slot[k]);
+    return rc;
 }
 
 /* Room for max_connections sockets, Redis connections, the model and

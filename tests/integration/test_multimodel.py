@@ -422,6 +422,22 @@ def main():
             check(f"{what}: exit 1 saying so", r.returncode == 1 and frag in r.stderr + r.stdout,
                   f"{r.returncode} {(r.stderr + r.stdout)[-300:]}")
 
+        # A bare path is named from its metadata ("tin-small"), and a
+        # NAME=VALUE of that name applies to it: the shares count it out.
+        bare = Server(["qin=" + small, tin], redis, "q:",
+                      ["--redis-prefix", "tin-small=t:", "--cache-mb", "10", "--cache-mb",
+                       "tin-small=4", "--warmup", "false"], threads=1)
+        try:
+            info = {m["name"]: m for m in json.loads(bare.request("GET", "/v1/models")[2])["models"]}
+            check("a bare path named from its file, its own budget; the other gets all the rest",
+                  sorted(info) == ["qin", "tin-small"]
+                  and info["tin-small"]["cache"]["max_bytes"] == 4 << 20
+                  and info["qin"]["cache"]["max_bytes"] == 10 << 20
+                  and info["tin-small"]["redis_prefix"] == "t:",
+                  str([(n, m["cache"], m["redis_prefix"]) for n, m in info.items()]))
+        finally:
+            bare.stop()
+
         check("answers validated against every schema they use",
               all(validated.get(n, 0) > 0 for n in ("RankAnswer", "Error", "Models", "Status")),
               str(validated))
