@@ -154,6 +154,22 @@ class Server:
             return None
 
 
+class Checks:
+    """Named checks, printed as they go and counted: call it with a name, a
+    condition and a detail shown on failure; .passed and .failed count."""
+
+    def __init__(self):
+        self.passed = self.failed = 0
+
+    def __call__(self, name, cond, detail=""):
+        if cond:
+            self.passed += 1
+            print(f"  ok   {name}")
+        else:
+            self.failed += 1
+            print(f"  FAIL {name} {detail}")
+
+
 def error_code(resp):
     try:
         return resp["error"]["code"]

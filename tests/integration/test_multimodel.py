@@ -33,7 +33,7 @@ import jsonschema
 import yaml
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from fixture import (BUILD, GOLDEN, Redis, Server, error_code, free_port, load,  # noqa: E402
+from fixture import (BUILD, GOLDEN, Checks, Redis, Server, error_code, free_port, load,  # noqa: E402
                      wait_for)
 
 TOL = 1e-5
@@ -51,17 +51,7 @@ MODELS = {
     "tam": ("tin-amazon", "tam:"),
 }
 
-passed = failed = 0
-
-
-def check(name, cond, detail=""):
-    global passed, failed
-    if cond:
-        passed += 1
-        print(f"  ok   {name}")
-    else:
-        failed += 1
-        print(f"  FAIL {name} {detail}")
+check = Checks()
 
 
 # --- the OpenAPI schemas, closed ---------------------------------------------
@@ -447,10 +437,10 @@ def main():
             srv.stop(signal.SIGKILL, 5)
         redis.stop()
         shutil.rmtree(tmp, ignore_errors=True)
-    if failed and srv:
+    if check.failed and srv:
         print(srv.logtext()[-3000:])
-    print(f"test_multimodel: {passed} passed, {failed} failed")
-    return 1 if failed else 0
+    print(f"test_multimodel: {check.passed} passed, {check.failed} failed")
+    return 1 if check.failed else 0
 
 
 if __name__ == "__main__":

@@ -18,21 +18,11 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from fixture import BUILD, PY, SMALL, Redis, Server, error_code, load, wait_for  # noqa: E402
+from fixture import BUILD, PY, SMALL, Checks, Redis, Server, error_code, load, wait_for  # noqa: E402
 
 TOL = 1e-6
 
-passed = failed = 0
-
-
-def check(name, cond, detail=""):
-    global passed, failed
-    if cond:
-        passed += 1
-        print(f"  ok   {name}")
-    else:
-        failed += 1
-        print(f"  FAIL {name} {detail}")
+check = Checks()
 
 
 def main():
@@ -260,10 +250,10 @@ def main():
                 s.stop(signal.SIGKILL, 5)
         redis.stop()
         shutil.rmtree(tmp, ignore_errors=True)
-    if failed:
+    if check.failed:
         print(srv.logtext()[-3000:])
-    print(f"test_server: {passed} passed, {failed} failed")
-    return 1 if failed else 0
+    print(f"test_server: {check.passed} passed, {check.failed} failed")
+    return 1 if check.failed else 0
 
 
 if __name__ == "__main__":
