@@ -161,6 +161,12 @@ bench-cluster-e2e: all
 container-test:
 	bash deploy/install.sh container
 	bash deploy/container-test.sh
+# Several models in one ctr-server: explain off/on server-side, and the
+# load-time warm-up's effect on the first requests (bench/README.md).
+.PHONY: bench-multimodel
+bench-multimodel: all golden
+	$(PYTHON) bench/multimodel.py --build $(B) $(BENCH_MULTIMODEL_ARGS)
+
 # ctr-server under a frozen Redis, overload and connection floods, with the
 # demo model (made first if needed); bench/README.md.
 bench-faults: all

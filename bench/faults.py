@@ -62,14 +62,21 @@ def loadgen(build, port, reqfile, conns, seconds, rate=0.0):
 
 
 def metric(port, name):
+    """The sum of the samples of `name`, which may carry labels in braces
+    (name{k="v",...}): then only samples with at least those labels, in any
+    order, count."""
     c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
     c.request("GET", "/metrics")
     text = c.getresponse().read().decode()
     c.close()
+    base, _, want = name.partition("{")
+    want = [w for w in want.rstrip("}").split(",") if w]
     total = 0.0
     for line in text.splitlines():
-        if line.startswith(name + " ") or line.startswith(name + "{"):
-            total += float(line.rsplit(" ", 1)[1])
+        if line.startswith(base + " ") or line.startswith(base + "{"):
+            labels = line[len(base):].rsplit(" ", 1)[0]
+            if all(w in labels for w in want):
+                total += float(line.rsplit(" ", 1)[1])
     return total
 
 

@@ -22,7 +22,9 @@ struct engine_model {
 };
 
 struct engine_scratch {
-    const engine_model *model;
+    const engine_model *model;  /* compared, never read after the model is
+                                   freed (see engine_scratch_free) */
+    const arch_ops *ops;        /* static: frees the scratch without it */
     int max_cand;
     void *impl;
 };
@@ -104,7 +106,18 @@ float *engine_item_vecs_alloc(const engine_model *m, int n) {
 int engine_items_compute(const engine_model *m, int n, const engine_item *items, float *out,
                          int *bad, char *err, size_t errlen) {
     if (n <= 0) return CTR_OK;
-    return m->ops->items_compute(m->impl, n, items, out, bad, err, errlen);
+    int rc = m->ops->items_compute(m->impl, n, items, out, bad, err, errlen);
+    if (rc < 0) return rc;
+    /* Every architecture's vectors, checked once here (itemvec_finite). */
+    const size_t vf = engine_item_vec_floats(m);
+    for (int i = 0; i < n; i++) {
+        if (itemvec_finite(out + (size_t)i * vf, vf)) continue;
+        if (bad) *bad = i;
+        return ctr_fail(err, errlen, CTR_EINVAL,
+                        "item %lld: its vector overflows (features too large for the model)",
+                        (long long)items[i].id);
+    }
+    return CTR_OK;
 }
 
 int engine_history_id_ok(const engine_model *m, int64_t id) {
@@ -136,6 +149,7 @@ int engine_scratch_init(const engine_model *m, int max_cand, engine_scratch **ou
     engine_scratch *s = calloc(1, sizeof *s);
     if (!s) return CTR_ENOMEM;
     s->model = m;
+    s->ops = m->ops;
     s->max_cand = max_cand;
     int rc = m->ops->scratch_init(m->impl, max_cand, &s->impl);
     if (rc < 0) {
@@ -148,7 +162,7 @@ int engine_scratch_init(const engine_model *m, int max_cand, engine_scratch **ou
 
 void engine_scratch_free(engine_scratch *s) {
     if (!s) return;
-    if (s->impl) s->model->ops->scratch_free(s->impl);
+    if (s->impl) s->ops->scratch_free(s->impl);
     free(s);
 }
 
@@ -169,6 +183,53 @@ int engine_forward(const engine_model *m, engine_scratch *s, const engine_reques
         if (!req->cand[i]) return ctr_fail(err, errlen, CTR_EINVAL, "candidate %d: no vector", i);
     if (n == 0) return CTR_OK;
     return m->ops->forward(m->impl, s->impl, req, prob, err, errlen);
+}
+
+/* Candidate counts the warm-up scores: every small count (oneDNN picks
+ * other kernels for a product of a few rows) and powers of two up to the
+ * largest request. */
+static const int warm_sizes[] = {1, 2, 3, 4, 5, 6, 7, 8, 16, 32, 64, 128, 256};
+
+int engine_warmup(const engine_model *m, int max_cand, char *err, size_t errlen) {
+    const engine_schema *sc = &m->sc;
+    if (max_cand < 1) max_cand = 1;
+    int top = 0; /* the largest warm-up size within max_cand */
+    for (size_t k = 0; k < sizeof warm_sizes / sizeof *warm_sizes; k++)
+        if (warm_sizes[k] <= max_cand) top = warm_sizes[k];
+    const int nh = sc->max_len, ni = top + nh;
+    const size_t vf = engine_item_vec_floats(m);
+    engine_scratch *s = NULL;
+    engine_item *items = calloc((size_t)ni, sizeof *items);
+    float *vecs = engine_item_vecs_alloc(m, ni), *prob = malloc((size_t)top * sizeof *prob);
+    const float **ptr = malloc((size_t)ni * sizeof *ptr);
+    int rc = CTR_ENOMEM;
+    if (!items || !vecs || !prob || !ptr || engine_scratch_init(m, top, &s) < 0) {
+        ctr_fail(err, errlen, rc, "warm-up: out of memory");
+        goto done;
+    }
+    /* Real ids, every feature padding (no tags, a zero embedding, category
+     * 0): valid for every architecture. */
+    const int span = sc->item_vocab - sc->item_id_min;
+    for (int i = 0; i < ni; i++) items[i].id = sc->item_id_min + i % span;
+    for (size_t k = 0; k < sizeof warm_sizes / sizeof *warm_sizes && warm_sizes[k] <= top; k++)
+        if ((rc = engine_items_compute(m, warm_sizes[k], items, vecs, NULL, err, errlen)) < 0)
+            goto done;
+    if ((rc = engine_items_compute(m, ni, items, vecs, NULL, err, errlen)) < 0) goto done;
+    for (int i = 0; i < ni; i++) ptr[i] = vecs + (size_t)i * vf;
+    /* Candidates first, then the history; a full history and one entry. */
+    for (size_t k = 0; k < sizeof warm_sizes / sizeof *warm_sizes && warm_sizes[k] <= top; k++)
+        for (int h = 0; h < 2; h++) {
+            engine_request r = {ptr + top, h ? 1 : nh, ptr, NULL, warm_sizes[k], NULL};
+            if ((rc = engine_forward(m, s, &r, prob, err, errlen)) < 0) goto done;
+        }
+    rc = CTR_OK;
+done:
+    engine_scratch_free(s);
+    free(items);
+    free(vecs);
+    free(prob);
+    free(ptr);
+    return rc;
 }
 
 engine_cost engine_model_cost(const engine_model *m, int nh) {

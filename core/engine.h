@@ -142,8 +142,12 @@ float *engine_item_vecs_alloc(const engine_model *m, int n);
 /* The vectors of n items into out (n x engine_item_vec_floats, 64-byte
  * aligned).  Checks each item against the schema: id outside the items
  * (CTR_ERANGE), a tag or category outside its vocabulary (CTR_ERANGE), too
- * many tags or a non-finite value (CTR_EINVAL).  Stops at the first bad
- * item (its index in *bad when bad is non-NULL). */
+ * many tags or a non-finite value (CTR_EINVAL); then each vector, every
+ * architecture alike: one with an infinite or NaN entry (finite features
+ * can overflow, e.g. 3e38 in the embedding) is CTR_EINVAL ("its vector
+ * overflows"), since it would poison every score it touches.  Stops at the
+ * first bad item (its index in *bad when bad is non-NULL); the vectors of
+ * the items before it are then unspecified (compute them again). */
 int engine_items_compute(const engine_model *m, int n, const engine_item *items, float *out,
                          int *bad, char *err, size_t errlen);
 
@@ -161,7 +165,9 @@ int engine_request_check(const engine_model *m, const int64_t *cand_id, const in
 int engine_history_id_ok(const engine_model *m, int64_t id);
 
 /* Scratch for requests of up to max_cand candidates; one per thread.
- * CTR_OK and *out, or CTR_ENOMEM / CTR_EINVAL. */
+ * CTR_OK and *out, or CTR_ENOMEM / CTR_EINVAL.  engine_scratch_free may
+ * come after the model's engine_model_free (a server's threads drop their
+ * scratch of a reloaded model lazily). */
 int engine_scratch_init(const engine_model *m, int max_cand, engine_scratch **out);
 void engine_scratch_free(engine_scratch *s);
 
@@ -188,6 +194,17 @@ typedef struct engine_request {
  * or explain->k < 1.  Allocates nothing. */
 int engine_forward(const engine_model *m, engine_scratch *s, const engine_request *req,
                    float *prob, char *err, size_t errlen);
+
+/* Runs the model once at a spread of request sizes (1..8 candidates, then
+ * powers of two up to max_cand, each with a full history and with one
+ * behaviour; at most 256) on dummy items, so that the dense-product library's
+ * just-in-time kernels (oneDNN compiles one on the first product of each
+ * kind) are built before the first real request instead of during it.
+ * The kernels are process-wide, so one call on any thread warms every
+ * thread.  Takes up to a few hundred milliseconds (DIN at MicroLens
+ * shapes); allocates and frees its own scratch.  CTR_OK or the first
+ * error (CTR_ENOMEM).  Thread-safe. */
+int engine_warmup(const engine_model *m, int max_cand, char *err, size_t errlen);
 
 /* Multiply-adds per candidate for a history of nh behaviours (the item
  * vectors already computed, as a warm cache has them): what the folded

@@ -56,4 +56,16 @@ int itemvec_check(const itemvec_tables *t, const itemvec_input *item, char *err,
 /* e of a checked item into e (itemvec_dim floats); W_mm x is one sgemv. */
 void itemvec_base(const itemvec_tables *t, const itemvec_input *item, float *e);
 
+/* 1 when every one of the n floats of v is finite.  Finite features can
+ * still give an item vector that overflows (3e38 in the multimodal
+ * embedding), and such a vector would poison every score it touches (and
+ * keep doing so from a cache), so every architecture's vectors are checked
+ * with this (engine_items_compute).  Branch-free: v[k] * 0 is NaN exactly
+ * when v[k] is infinite or NaN, and a NaN survives the sum. */
+static inline int itemvec_finite(const float *v, size_t n) {
+    float acc = 0.0f;
+    for (size_t k = 0; k < n; k++) acc += v[k] * 0.0f;
+    return acc == 0.0f;
+}
+
 #endif

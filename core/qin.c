@@ -41,10 +41,7 @@ static int item_base(const qin_model *m, const qin_item_input *item, float *e, c
  * touches, and a cached one would keep doing so: refuse it. */
 static int vec_finite(const qin_model *m, const qin_item_input *item, const float *vec,
                       char *err, size_t errlen) {
-    const size_t n = qin_item_vec_floats(m);
-    float acc = 0.0f;
-    for (size_t k = 0; k < n; k++) acc += vec[k] * 0.0f; /* NaN iff some entry is inf/NaN */
-    if (acc == 0.0f) return CTR_OK;
+    if (itemvec_finite(vec, qin_item_vec_floats(m))) return CTR_OK;
     return ctr_fail(err, errlen, CTR_EINVAL,
                     "item %lld: its vector overflows (features too large for the model)",
                     (long long)item->id);

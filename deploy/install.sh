@@ -21,7 +21,8 @@ runtime_pkgs=(libmicrohttpd12 libjansson4 libopenblas0-pthread libhiredis0.14 li
 build_pkgs=(gcc make pkg-config libc6-dev libmicrohttpd-dev libjansson-dev libopenblas-dev
             libhiredis-dev libcmocka-dev libdnnl-dev)
 test_pkgs=(redis-server redis-tools python3 python3-numpy python3-torch curl wrk procps
-           haproxy python3-kubernetes python3-yaml prometheus python3-matplotlib)
+           haproxy python3-kubernetes python3-yaml prometheus python3-matplotlib
+           python3-jsonschema)
 demo_pkgs=(python3 python3-numpy python3-torch)
 container_pkgs=(podman buildah runc debootstrap podman-compose
                 golang-github-containernetworking-plugin-dnsname curl python3)
@@ -39,6 +40,12 @@ missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
+# The OpenAPI validator of the tests (tests/integration/test_openapi.sh)
+# runs on Node.js from npm: Debian's nodejs and npm, unless a Node.js with
+# npm is there already (whatever its origin).
+if [ "$mode" = all ] && ! command -v npm >/dev/null 2>&1; then
+  missing+=(nodejs npm)
+fi
 if [ ${#missing[@]} -eq 0 ]; then
   echo "install.sh: all ${#pkgs[@]} packages present"
   exit 0

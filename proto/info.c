@@ -14,28 +14,39 @@ int proto_status_encode(const char *status, const char *detail, proto_buf *b) {
     return proto_buf_ok(b) ? CTR_OK : CTR_ENOMEM;
 }
 
-int proto_models_encode(const qin_config *c, const char *path, uint64_t generation,
-                        proto_buf *b) {
-    proto_buf_puts(b, "{\"models\":[{\"name\":");
-    proto_buf_json_cstr(b, c->name);
-    proto_buf_puts(b, ",\"version\":");
-    proto_buf_json_cstr(b, c->version);
-    proto_buf_puts(b, ",\"arch\":\"qin\",\"path\":");
-    proto_buf_json_cstr(b, path);
-    proto_buf_printf(b, ",\"generation\":%llu,\"config\":{", (unsigned long long)generation);
-    proto_buf_printf(b,
-                     "\"embedding_dim\":%d,\"max_len\":%d,\"num_layers\":%d,\"num_row\":%d,"
-                     "\"batch_norm\":%s,\"item_vocab\":%d,\"tag_vocab\":%d,\"num_tags\":%d,"
-                     "\"mm_in\":%d,\"mm_out\":%d,\"item_dim\":%d,\"input_dim\":%d,"
-                     "\"context_fields\":[",
-                     c->embedding_dim, c->max_len, c->num_layers, c->num_row,
-                     c->batch_norm ? "true" : "false", c->item_vocab, c->tag_vocab, c->num_tags,
-                     c->mm_in, c->mm_out, c->item_dim, c->input_dim);
-    for (int i = 0; i < c->num_ctx; i++) {
+int proto_models_encode(const proto_model_info *models, int n, proto_buf *b) {
+    proto_buf_puts(b, "{\"models\":[");
+    for (int i = 0; i < n; i++) {
+        const proto_model_info *m = &models[i];
+        const engine_schema *c = m->schema;
         proto_buf_puts(b, i ? ",{\"name\":" : "{\"name\":");
-        proto_buf_json_cstr(b, c->ctx_name[i]);
-        proto_buf_printf(b, ",\"vocab\":%d}", c->ctx_vocab[i]);
+        proto_buf_json_cstr(b, m->name);
+        proto_buf_printf(b, ",\"default\":%s,\"version\":", m->is_default ? "true" : "false");
+        proto_buf_json_cstr(b, c->version);
+        proto_buf_puts(b, ",\"arch\":");
+        proto_buf_json_cstr(b, engine_arch_name(c->arch));
+        proto_buf_puts(b, ",\"path\":");
+        proto_buf_json_cstr(b, m->path);
+        proto_buf_printf(b, ",\"generation\":%llu,\"redis_prefix\":",
+                         (unsigned long long)m->generation);
+        proto_buf_json_cstr(b, m->redis_prefix);
+        proto_buf_printf(b, ",\"cache\":{\"max_bytes\":%zu,\"entries\":%llu}",
+                         m->cache_bytes, (unsigned long long)m->cache_entries);
+        proto_buf_puts(b, ",\"config\":{\"model_name\":");
+        proto_buf_json_cstr(b, c->name);
+        proto_buf_printf(b,
+                         ",\"max_len\":%d,\"item_id_min\":%d,\"item_vocab\":%d,"
+                         "\"num_tags\":%d,\"tag_vocab\":%d,\"mm_dim\":%d,\"cate_vocab\":%d,"
+                         "\"context_fields\":[",
+                         c->max_len, c->item_id_min, c->item_vocab, c->num_tags, c->tag_vocab,
+                         c->mm_dim, c->cate_vocab);
+        for (int k = 0; k < c->num_ctx; k++) {
+            proto_buf_puts(b, k ? ",{\"name\":" : "{\"name\":");
+            proto_buf_json_cstr(b, c->ctx_name[k]);
+            proto_buf_printf(b, ",\"vocab\":%d}", c->ctx_vocab[k]);
+        }
+        proto_buf_puts(b, "]}}");
     }
-    proto_buf_puts(b, "]}}]}");
+    proto_buf_puts(b, "]}");
     return proto_buf_ok(b) ? CTR_OK : CTR_ENOMEM;
 }

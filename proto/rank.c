@@ -88,21 +88,52 @@ static int decode_candidates(json_t *v, const proto_rank_schema *sc,
     return CTR_OK;
 }
 
-static int decode_fields(json_t *root, const proto_rank_schema *sc, arena *a,
-                         proto_rank_request *out, char *err, size_t errlen) {
+/* Refuses unknown names first: a typo is the likelier mistake. */
+static int check_names(json_t *root, char *err, size_t errlen) {
+    static const char *const known[] = {"user_id", "candidates", "item_seq", "top_k",
+                                        "request_id", "deadline_ms", "model", "explain"};
     const char *key;
     json_t *v;
-    int rc;
-    /* Refuse unknown names first: a typo is the likelier mistake. */
     json_object_foreach(root, key, v) {
-        if (strcmp(key, "user_id") && strcmp(key, "candidates") &&
-            strcmp(key, "item_seq") && strcmp(key, "top_k") &&
-            strcmp(key, "request_id") && strcmp(key, "deadline_ms"))
+        size_t k = 0;
+        while (k < sizeof known / sizeof *known && strcmp(key, known[k]) != 0) k++;
+        if (k == sizeof known / sizeof *known)
             return proto_field_fail(err, errlen, CTR_EINVAL, PROTO_PATH(key),
                                     "unknown field (a request has user_id, "
                                     "candidates, item_seq, top_k, "
-                                    "request_id, deadline_ms)");
+                                    "request_id, deadline_ms, model, explain)");
     }
+    return CTR_OK;
+}
+
+/* "model", then the schema it picks. */
+static int decode_model(json_t *root, proto_rank_pick pick, void *arg, arena *a,
+                        proto_rank_request *out, const proto_rank_schema **sc, char *err,
+                        size_t errlen) {
+    json_t *v = json_object_get(root, "model");
+    if (v) {
+        if (!json_is_string(v))
+            return proto_field_fail(err, errlen, CTR_EINVAL, PROTO_PATH("model"),
+                                    "expected a string, got %s", proto_field_kind(v));
+        size_t len = json_string_length(v);
+        if (len == 0 || len > PROTO_RANK_MODEL_MAX || memchr(json_string_value(v), 0, len))
+            return proto_field_fail(err, errlen, CTR_EINVAL, PROTO_PATH("model"),
+                                    "%zu bytes, 1 to %d allowed (no NUL)", len,
+                                    PROTO_RANK_MODEL_MAX);
+        out->model = arena_strndup(a, json_string_value(v), len);
+        if (!out->model) return ctr_fail(err, errlen, CTR_ENOMEM, "out of memory");
+    }
+    *sc = pick(arg, out->model);
+    if (!*sc)
+        return proto_field_fail(err, errlen, CTR_ENOTFOUND, PROTO_PATH("model"),
+                                "no model named \"%s\" here", out->model ? out->model : "");
+    return CTR_OK;
+}
+
+static int decode_fields(json_t *root, const proto_rank_schema *sc, arena *a,
+                         proto_rank_request *out, char *err, size_t errlen) {
+    json_t *v;
+    int rc;
 
     if (!(v = json_object_get(root, "user_id")))
         return proto_field_fail(err, errlen, CTR_EINVAL,
@@ -127,6 +158,20 @@ static int decode_fields(json_t *root, const proto_rank_schema *sc, arena *a,
         out->request_id = arena_strndup(a, json_string_value(v), len);
         if (!out->request_id)
             return ctr_fail(err, errlen, CTR_ENOMEM, "out of memory");
+    }
+
+    if ((v = json_object_get(root, "explain"))) {
+        int64_t k;
+        if ((rc = proto_field_int64(v, PROTO_PATH("explain"), &k, err, errlen)) < 0)
+            return rc;
+        if (k < 0)
+            return proto_field_fail(err, errlen, CTR_EINVAL, PROTO_PATH("explain"),
+                                    "must be 0 or more");
+        if (k > PROTO_RANK_EXPLAIN_MAX)
+            return proto_field_fail(err, errlen, CTR_ERANGE, PROTO_PATH("explain"),
+                                    "%lld asked, at most %d behaviours are explained",
+                                    (long long)k, PROTO_RANK_EXPLAIN_MAX);
+        out->explain = (int)k;
     }
 
     if ((v = json_object_get(root, "top_k"))) {
@@ -328,11 +373,16 @@ static int fast_seq(fast *f, const proto_rank_schema *sc, arena *a, proto_rank_r
     return 1;
 }
 
-/* 1: decoded into out; 0: declined (out is garbage, use the tree path). */
-static int fast_decode(const char *buf, size_t len, const proto_rank_schema *sc, arena *a,
+/* 1: decoded into out; 0: declined (out is garbage, use the tree path).
+ * The schema is picked when first needed (candidates, item_seq) or when
+ * "model" comes; a "model" after the default was used for something that
+ * names another model declines. */
+static int fast_decode(const char *buf, size_t len, proto_rank_pick pick, void *arg, arena *a,
                        proto_rank_request *out) {
     fast f = {buf, buf + len};
-    enum { F_USER = 1, F_CAND = 2, F_SEQ = 4, F_TOPK = 8, F_RID = 16, F_DL = 32 };
+    const proto_rank_schema *sc = NULL;
+    enum { F_USER = 1, F_CAND = 2, F_SEQ = 4, F_TOPK = 8, F_RID = 16, F_DL = 32, F_MODEL = 64,
+           F_EXPLAIN = 128 };
     unsigned seen = 0;
     if (!fast_char(&f, '{')) return 0;
     for (;;) {
@@ -351,10 +401,23 @@ static int fast_decode(const char *buf, size_t len, const proto_rank_schema *sc,
             out->user_id_is_int = !is_str;
         } else if (klen == 10 && memcmp(key, "candidates", 10) == 0) {
             bit = F_CAND;
+            if (!sc && !(sc = pick(arg, NULL))) return 0;
             if (!fast_candidates(&f, sc, a, out)) return 0;
         } else if (klen == 8 && memcmp(key, "item_seq", 8) == 0) {
             bit = F_SEQ;
+            if (!sc && !(sc = pick(arg, NULL))) return 0;
             if (!fast_seq(&f, sc, a, out)) return 0;
+        } else if (klen == 5 && memcmp(key, "model", 5) == 0) {
+            bit = F_MODEL;
+            if (!fast_string(&f, &s, &slen) || slen == 0 || slen > PROTO_RANK_MODEL_MAX) return 0;
+            if (!(out->model = arena_strndup(a, s, slen))) return 0;
+            const proto_rank_schema *named = pick(arg, out->model);
+            if (!named || (sc && named != sc)) return 0;
+            sc = named;
+        } else if (klen == 7 && memcmp(key, "explain", 7) == 0) {
+            bit = F_EXPLAIN;
+            if (!fast_uint(&f, &v, NULL, NULL) || v > PROTO_RANK_EXPLAIN_MAX) return 0;
+            out->explain = (int)v;
         } else if (klen == 5 && memcmp(key, "top_k", 5) == 0) {
             bit = F_TOPK;
             if (!fast_uint(&f, &v, NULL, NULL) || v < 1) return 0;
@@ -381,34 +444,47 @@ static int fast_decode(const char *buf, size_t len, const proto_rank_schema *sc,
     return f.p == f.end && (seen & F_USER) && (seen & F_CAND);
 }
 
-int proto_rank_request_decode_tree(const char *buf, size_t len,
-                                   const proto_rank_schema *schema, arena *a,
-                                   proto_rank_request *out, char *err,
+int proto_rank_request_decode_tree(const char *buf, size_t len, proto_rank_pick pick,
+                                   void *arg, arena *a, proto_rank_request *out, char *err,
                                    size_t errlen) {
     memset(out, 0, sizeof *out);
     json_t *root;
     int rc = proto_field_parse_object(buf, len, "request", &root, err, errlen);
     if (rc < 0) return rc;
-    rc = decode_fields(root, schema, a, out, err, errlen);
+    const proto_rank_schema *sc;
+    if ((rc = check_names(root, err, errlen)) == CTR_OK &&
+        (rc = decode_model(root, pick, arg, a, out, &sc, err, errlen)) == CTR_OK)
+        rc = decode_fields(root, sc, a, out, err, errlen);
     json_decref(root);
     return rc;
 }
 
-int proto_rank_request_decode_fast(const char *buf, size_t len,
-                                   const proto_rank_schema *schema, arena *a,
-                                   proto_rank_request *out) {
+int proto_rank_request_decode_fast(const char *buf, size_t len, proto_rank_pick pick,
+                                   void *arg, arena *a, proto_rank_request *out) {
     memset(out, 0, sizeof *out);
-    return fast_decode(buf, len, schema, a, out);
+    return fast_decode(buf, len, pick, arg, a, out);
+}
+
+int proto_rank_request_decode_pick(const char *buf, size_t len, proto_rank_pick pick,
+                                   void *arg, arena *a, proto_rank_request *out, char *err,
+                                   size_t errlen) {
+    if (proto_rank_request_decode_fast(buf, len, pick, arg, a, out)) return CTR_OK;
+    /* Declined: the tree path decodes it, or says precisely what is wrong.
+     * The arena keeps what the fast path took until the request ends. */
+    return proto_rank_request_decode_tree(buf, len, pick, arg, a, out, err, errlen);
+}
+
+const proto_rank_schema *proto_rank_pick_one(void *schema, const char *model) {
+    const proto_rank_schema *sc = schema;
+    return !model || !sc->name || strcmp(model, sc->name) == 0 ? sc : NULL;
 }
 
 int proto_rank_request_decode(const char *buf, size_t len,
                               const proto_rank_schema *schema, arena *a,
                               proto_rank_request *out, char *err,
                               size_t errlen) {
-    if (proto_rank_request_decode_fast(buf, len, schema, a, out)) return CTR_OK;
-    /* Declined: the tree path decodes it, or says precisely what is wrong.
-     * The arena keeps what the fast path took until the request ends. */
-    return proto_rank_request_decode_tree(buf, len, schema, a, out, err, errlen);
+    return proto_rank_request_decode_pick(buf, len, proto_rank_pick_one, (void *)schema, a, out,
+                                          err, errlen);
 }
 
 /* --- Ordering ----------------------------------------------------------- */
@@ -463,6 +539,24 @@ const char *const proto_rank_stage_name[PROTO_RANK_STAGES] = {
 
 static void put_score(proto_buf *b, float s) { proto_buf_json_float(b, s); }
 
+/* ,"explain":[{"item_id":..,"position":..,"weight":..},...] of candidate
+ * c: its rows of positions and weights, rows at -1 left out. */
+static void put_explain(proto_buf *b, const proto_rank_answer *ans, int c) {
+    const int k = ans->explain_k;
+    const int32_t *pos = ans->explain_pos + (size_t)c * k;
+    const float *w = ans->explain_weight + (size_t)c * k;
+    proto_buf_puts(b, ",\"explain\":[");
+    for (int j = 0, any = 0; j < k; j++) {
+        if (pos[j] < 0) continue;
+        proto_buf_puts(b, any++ ? ",{\"item_id\":" : "{\"item_id\":");
+        proto_buf_json_int(b, ans->hist_ids[pos[j]]);
+        proto_buf_printf(b, ",\"position\":%d,\"weight\":", (int)pos[j]);
+        proto_buf_json_float(b, w[j]);
+        proto_buf_putc(b, '}');
+    }
+    proto_buf_putc(b, ']');
+}
+
 int proto_rank_answer_encode(const proto_rank_answer *ans, proto_buf *b) {
     proto_buf_putc(b, '{');
     if (ans->request_id) {
@@ -482,6 +576,7 @@ int proto_rank_answer_encode(const proto_rank_answer *ans, proto_buf *b) {
         proto_buf_json_int(b, it->item_id);
         proto_buf_puts(b, ",\"score\":");
         put_score(b, it->score);
+        if (ans->explain_k > 0) put_explain(b, ans, it->cand);
         proto_buf_putc(b, '}');
     }
     proto_buf_printf(b, "],\"took_us\":%lld,", (long long)ans->took_us);

@@ -11,7 +11,13 @@
  *             "deadline_ms": 50,                    (optional, >= 1: the
  *                                                   answer is due this long
  *                                                   after arrival)
- *             "request_id": "abc"}                  (optional string)
+ *             "request_id": "abc",                  (optional string)
+ *             "model": "din",                       (optional: which of the
+ *                                                   server's models; absent:
+ *                                                   the first)
+ *             "explain": 3}                         (optional, 0..16: the
+ *                                                   behaviours that weighed
+ *                                                   most, per answered item)
  *
  * Candidate fields other than item_id are the model's context fields, by
  * name; a missing one takes the padding value 0; unknown names are refused
@@ -32,13 +38,20 @@
  *     present and empty means "no history", which differs from absent;
  *   - top_k: optional integer >= 1 (values past INT_MAX are clamped);
  *   - request_id: optional string of 1..PROTO_RANK_REQUEST_ID_MAX bytes;
+ *   - model: optional string of 1..PROTO_RANK_MODEL_MAX bytes; a name the
+ *     caller does not know is CTR_ENOTFOUND (404), decided before the
+ *     candidates are, since their context fields are that model's;
+ *   - explain: optional integer 0..PROTO_RANK_EXPLAIN_MAX (0: none, as
+ *     absent); negative is CTR_EINVAL, above the bound CTR_ERANGE (422);
  *   - null is never a stand-in for "absent": it is a wrong type.
  *
  * The answer, written by proto_rank_answer_encode:
  *
  *   {"request_id": "abc",                          (only when given)
  *    "model": {"name": "qin", "version": "2025-01-01"},
- *    "items": [{"item_id": 17, "score": 0.123456789}, ...],
+ *    "items": [{"item_id": 17, "score": 0.123456789,
+ *               "explain": [{"item_id": 5, "position": 61,     (with
+ *                            "weight": 0.25}, ...]}, ...],       explain)
  *    "took_us": 123,
  *    "stage_us": {"queue": 3, "decode": 9, "history": 60, "items": 0,
  *                 "score": 41},                     (when given)
@@ -64,6 +77,8 @@
 
 #define PROTO_RANK_ID_MAX 256          /* bytes of a string user_id */
 #define PROTO_RANK_REQUEST_ID_MAX 128  /* bytes of request_id */
+#define PROTO_RANK_MODEL_MAX 63        /* bytes of a model name */
+#define PROTO_RANK_EXPLAIN_MAX 16      /* most behaviours explained */
 
 /* What the decoder needs to know of the model and the limits. */
 typedef struct proto_rank_schema {
@@ -73,7 +88,19 @@ typedef struct proto_rank_schema {
                                      bound */
     int max_seq;                  /* longer item_seq: CTR_ETOOBIG;
                                      negative: no bound */
+    const char *name;             /* proto_rank_request_decode: the one
+                                     model name accepted in "model"; NULL
+                                     accepts any */
 } proto_rank_schema;
+
+/* Chooses the model a request is for, by the name in its "model" field
+ * (NULL: it names none, so the default), and returns the schema to decode
+ * the rest with; NULL when there is no model of that name (the decode then
+ * fails with CTR_ENOTFOUND).  The decoder may call it more than once for
+ * one request (its fast path may have begun with the default before it
+ * meets "model" and hand over to the tree path); the schema the request
+ * was decoded with is the last one returned. */
+typedef const proto_rank_schema *(*proto_rank_pick)(void *arg, const char *model);
 
 typedef struct proto_rank_request {
     const char *user_id;          /* integer ids kept as decimal text */
@@ -89,6 +116,9 @@ typedef struct proto_rank_request {
     int seq_len;
     int top_k;                    /* 0 when absent */
     int deadline_ms;              /* 0 when absent */
+    const char *model;            /* NULL when absent */
+    int explain;                  /* 0..PROTO_RANK_EXPLAIN_MAX; 0 when
+                                     absent */
 } proto_rank_request;
 
 /* Decodes a request.  Returns CTR_OK; CTR_EFORMAT for malformed JSON,
@@ -103,18 +133,26 @@ int proto_rank_request_decode(const char *buf, size_t len,
                               proto_rank_request *out, char *err,
                               size_t errlen);
 
+/* The same for a caller with several models: pick (with arg) chooses the
+ * schema by the request's "model" field. */
+int proto_rank_request_decode_pick(const char *buf, size_t len, proto_rank_pick pick,
+                                   void *arg, arena *a, proto_rank_request *out, char *err,
+                                   size_t errlen);
+
 /* The two halves of proto_rank_request_decode, for tests and benchmarks.
  * _fast decodes the plain, valid subset of requests in one pass and returns
  * 1, or declines with 0 (out is then unspecified); _tree (jansson) decodes
  * anything, with the error messages.  Wherever _fast returns 1, both give
  * the same out. */
-int proto_rank_request_decode_fast(const char *buf, size_t len,
-                                   const proto_rank_schema *schema, arena *a,
-                                   proto_rank_request *out);
-int proto_rank_request_decode_tree(const char *buf, size_t len,
-                                   const proto_rank_schema *schema, arena *a,
-                                   proto_rank_request *out, char *err,
+int proto_rank_request_decode_fast(const char *buf, size_t len, proto_rank_pick pick,
+                                   void *arg, arena *a, proto_rank_request *out);
+int proto_rank_request_decode_tree(const char *buf, size_t len, proto_rank_pick pick,
+                                   void *arg, arena *a, proto_rank_request *out, char *err,
                                    size_t errlen);
+
+/* The picker of a single schema (arg is the proto_rank_schema): the
+ * default, and the name schema->name when that is set. */
+const proto_rank_schema *proto_rank_pick_one(void *schema, const char *model);
 
 /* --- The answer --------------------------------------------------------- */
 
@@ -151,6 +189,13 @@ typedef struct proto_rank_answer {
                                        (no features); the field is left
                                        out when num_unscored is 0 */
     int num_unscored;
+    /* Explanations: explain_k behaviours per candidate of the request
+     * (items[i].cand indexes them), as positions in hist_ids (-1: none,
+     * left out) and weights.  explain_k 0: no "explain" field. */
+    int explain_k;
+    const int32_t *explain_pos;
+    const float *explain_weight;
+    const int64_t *hist_ids;
 } proto_rank_answer;
 
 /* Appends the answer's JSON (no newline) to out.  CTR_OK, or CTR_ENOMEM

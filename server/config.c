@@ -25,6 +25,7 @@ typedef enum setting_type {
     SET_SIZE,     /* size_t, min..max */
     SET_BOOL,     /* int 0/1 */
     SET_CHOICE,   /* char[cap], one of `choices` ("a|b|c") */
+    SET_MODELS,   /* config_params.models: PATH or NAME=PATH entries */
 } setting_type;
 
 typedef struct setting {
@@ -40,6 +41,15 @@ typedef struct setting {
     const char *default_note;   /* why the default is what it is, or NULL */
     const char *help;
 } setting;
+
+/* The per-model settings: they take NAME=VALUE entries too (config.h). */
+static const char *const per_model_keys[] = {"redis_prefix", "cache_mb"};
+
+static int per_model(const setting *s) {
+    for (size_t i = 0; i < sizeof per_model_keys / sizeof *per_model_keys; i++)
+        if (strcmp(s->key, per_model_keys[i]) == 0) return 1;
+    return 0;
+}
 
 static int check_nonempty(const char *v, char *why, size_t whylen) {
     if (*v) return 0;
@@ -106,8 +116,11 @@ static const setting settings[] = {
     {"config", SET_STR, F(config), CAP(config), 0, 0, "FILE", NULL, NULL, NULL,
      "Settings file (lines `key = value`, # comments), read before the "
      "environment and flags.  Only from a flag or CTR_CONFIG."},
-    {"model", SET_STR, F(model), CAP(model), 0, 0, "PATH", NULL, check_nonempty, NULL,
-     "Model file (safetensors) to load."},
+    {"model", SET_MODELS, F(models), 0, 0, 0, "[NAME=]PATH", NULL, NULL, NULL,
+     "Model file (safetensors) to serve, as PATH (named from the file's metadata) or "
+     "NAME=PATH.  Repeat it (or separate entries with commas) to serve several models: "
+     "a rank request picks one with \"model\": NAME, the first by default.  Each model "
+     "has its own item cache, reload and metrics (label model)."},
     {"redis", SET_STR, F(redis), CAP(redis), 0, 0, "HOST:PORT|/SOCKET", NULL,
      check_redis, NULL,
      "Feature store (Redis) address: host:port, or a unix socket path "
@@ -136,8 +149,12 @@ static const setting settings[] = {
      "FILE", NULL, NULL, NULL,
      "Read the Redis password from the first line of this file (a mounted secret); not "
      "with redis_password."},
-    {"redis_prefix", SET_STR, F(redis_prefix), CAP(redis_prefix), 0, 0, "PREFIX",
-     NULL, NULL, NULL, "Prefix of every feature key read from Redis."},
+    {"redis_prefix", SET_STR, F(redis_prefix), CAP(redis_prefix), 0, 0, "[NAME=]PREFIX",
+     NULL, NULL, NULL,
+     "Prefix of every feature key read from Redis (and of the feature-set marker "
+     "<prefix>meta).  NAME=PREFIX sets it for one model (repeatable, or comma-separated): "
+     "models whose item features differ need prefixes of their own (TIN's items carry "
+     "a category, QIN's and DIN's tags and an embedding, so QIN and DIN can share one)."},
     {"redis_connect_timeout_ms", SET_INT, F(redis_connect_timeout_ms), 0, 1, 60000,
      "MS", NULL, NULL, NULL, "Timeout for connecting to Redis."},
     {"redis_timeout_ms", SET_INT, F(redis_timeout_ms), 0, 1, 60000, "MS", NULL, NULL,
@@ -213,8 +230,13 @@ static const setting settings[] = {
     {"max_seq", SET_INT, F(max_seq), 0, 1, 1000000, "N", NULL, NULL, NULL,
      "History entries read per user; the model uses the most recent max_len "
      "of them."},
-    {"cache_mb", SET_INT, F(cache_mb), 0, 0, 1 << 20, "MIB", NULL, NULL, NULL,
-     "Item vector cache budget in MiB; 0 disables the cache."},
+    {"cache_mb", SET_INT, F(cache_mb), 0, 0, 1 << 20, "[NAME=]MIB", NULL, NULL, NULL,
+     "Item vector cache budget in MiB, split equally among the models without a "
+     "budget of their own (NAME=MIB, repeatable); 0 disables the cache."},
+    {"warmup", SET_BOOL, F(warmup), 0, 0, 1, "BOOL", NULL, NULL, NULL,
+     "Score dummy requests of 1..256 candidates with each model as it loads (and "
+     "reloads, before it serves), so the first real requests do not pay for compiling "
+     "the dense-product kernels."},
     {"cache_ttl_s", SET_INT, F(cache_ttl_s), 0, 0, 365 * 86400, "SECONDS", NULL, NULL,
      NULL, "How long an item vector stays cached, which bounds how stale it "
      "gets after its features change in Redis; 0 never expires."},
@@ -242,7 +264,9 @@ static int online_cpus(void) {
 config_params config_default_params(void) {
     config_params p;
     memset(&p, 0, sizeof p);
-    snprintf(p.model, sizeof p.model, "demo/model.safetensors");
+    snprintf(p.models[0].path, sizeof p.models[0].path, "demo/model.safetensors");
+    p.num_models = 1;
+    p.models_source = -1;    /* any source's models replace the default */
     snprintf(p.redis, sizeof p.redis, "127.0.0.1:6379");
     snprintf(p.redis_prefix, sizeof p.redis_prefix, "ctr:");
     p.redis_read_replicas = 0;
@@ -270,6 +294,7 @@ config_params config_default_params(void) {
     p.max_seq = 1000;
     p.cache_mb = 256;
     p.cache_ttl_s = 600;
+    p.warmup = 1;
     p.request_timeout_s = 10;
     p.skip_scoring = 0;
     snprintf(p.log_level, sizeof p.log_level, "info");
@@ -310,14 +335,18 @@ static int parse_bool(const char *v) {
     return -1;
 }
 
+static char *trim(char *s);
+
 /* Message prefix: "where: key: " (where may be NULL). */
 #define WHERE_FMT "%s%s%s: "
 #define WHERE_ARGS(where, s) (where) ? (where) : "", (where) ? ": " : "", (s)->key
 
-static int set_value(config_params *p, const setting *s, const char *v,
-                     const char *where, char *err, size_t errlen) {
-    char *field = (char *)p + s->off;
+/* Checks v for setting s and stores it in field (the setting's type). */
+static int set_field(const setting *s, void *fieldp, const char *v, const char *where,
+                     char *err, size_t errlen) {
+    char *field = fieldp;
     switch (s->type) {
+    case SET_MODELS: break;
     case SET_INT:
     case SET_SIZE: {
         char *end;
@@ -378,6 +407,127 @@ static int set_value(config_params *p, const setting *s, const char *v,
     }
     }
     return ctr_fail(err, errlen, CTR_EINVAL, "config: bad setting type");
+}
+
+int config_model_name_ok(const char *s, size_t len) {
+    if (len < 1 || len >= CONFIG_NAME_MAX || !isalnum((unsigned char)s[0])) return 0;
+    for (size_t i = 0; i < len; i++)
+        if (!isalnum((unsigned char)s[i]) && s[i] != '_' && s[i] != '.' && s[i] != '-')
+            return 0;
+    return 1;
+}
+
+/* Length of the NAME in "NAME=rest", or 0 when e does not start so. */
+static size_t name_prefix(const char *e) {
+    size_t n = strcspn(e, "=");
+    return e[n] == '=' && config_model_name_ok(e, n) ? n : 0;
+}
+
+/* One `model` entry: PATH or NAME=PATH. */
+static int add_model(config_params *p, const setting *s, const char *e, const char *where,
+                     char *err, size_t errlen) {
+    if (p->models_source != p->source) {   /* a higher source: its own list */
+        p->num_models = 0;
+        p->models_source = p->source;
+    }
+    if (p->num_models == CONFIG_MAX_MODELS)
+        return ctr_fail(err, errlen, CTR_EINVAL, WHERE_FMT "more than %d models",
+                        WHERE_ARGS(where, s), CONFIG_MAX_MODELS);
+    size_t n = name_prefix(e);
+    const char *path = n ? e + n + 1 : e;
+    if (!*path)
+        return ctr_fail(err, errlen, CTR_EINVAL, WHERE_FMT "\"%.64s\": empty file name",
+                        WHERE_ARGS(where, s), e);
+    if (strlen(path) >= CONFIG_STR_MAX)
+        return ctr_fail(err, errlen, CTR_EINVAL, WHERE_FMT "path longer than %d bytes",
+                        WHERE_ARGS(where, s), CONFIG_STR_MAX - 1);
+    config_model *m = &p->models[p->num_models++];
+    snprintf(m->name, sizeof m->name, "%.*s", (int)n, e);
+    snprintf(m->path, sizeof m->path, "%s", path);
+    return CTR_OK;
+}
+
+/* One NAME=VALUE entry of a per-model setting: checked as the setting's
+ * value, then kept as text (replacing the model's earlier entry). */
+static int add_override(config_params *p, const setting *s, const char *e, size_t n,
+                        const char *where, char *err, size_t errlen) {
+    union { int i; size_t z; char str[CONFIG_STR_MAX]; } tmp;
+    int rc = set_field(s, &tmp, e + n + 1, where, err, errlen);
+    if (rc < 0) return rc;
+    config_override *o = NULL;
+    for (int i = 0; i < p->num_overrides && !o; i++)
+        if (strcmp(p->overrides[i].key, s->key) == 0 &&
+            strlen(p->overrides[i].model) == n && memcmp(p->overrides[i].model, e, n) == 0)
+            o = &p->overrides[i];
+    if (!o) {
+        if (p->num_overrides == CONFIG_MAX_OVERRIDES)
+            return ctr_fail(err, errlen, CTR_EINVAL, WHERE_FMT "more than %d NAME=VALUE "
+                            "entries in all", WHERE_ARGS(where, s), CONFIG_MAX_OVERRIDES);
+        o = &p->overrides[p->num_overrides++];
+    }
+    o->key = s->key;
+    snprintf(o->model, sizeof o->model, "%.*s", (int)n, e);
+    snprintf(o->value, sizeof o->value, "%s", e + n + 1);
+    snprintf(o->where, sizeof o->where, "%s", where ? where : "");
+    return CTR_OK;
+}
+
+/* A value: one entry, or for list settings (model, per-model ones)
+ * entries separated by commas, blanks around them ignored. */
+static int set_value(config_params *p, const setting *s, const char *v, const char *where,
+                     char *err, size_t errlen) {
+    if (s->type != SET_MODELS && !per_model(s))
+        return set_field(s, (char *)p + s->off, v, where, err, errlen);
+    if (strlen(v) >= CONFIG_STR_MAX)
+        return ctr_fail(err, errlen, CTR_EINVAL, WHERE_FMT "value longer than %d bytes",
+                        WHERE_ARGS(where, s), CONFIG_STR_MAX - 1);
+    char buf[CONFIG_STR_MAX];
+    snprintf(buf, sizeof buf, "%s", v);
+    const int several = strchr(buf, ',') != NULL;
+    for (char *e = buf, *next; e; e = next) {
+        char *comma = strchr(e, ',');
+        next = comma ? comma + 1 : NULL;
+        if (comma) *comma = '\0';
+        if (several) e = trim(e);
+        if (several && !*e)
+            return ctr_fail(err, errlen, CTR_EINVAL, WHERE_FMT "an empty entry in \"%.64s\"",
+                            WHERE_ARGS(where, s), v);
+        int rc;
+        if (s->type == SET_MODELS) {
+            rc = add_model(p, s, e, where, err, errlen);
+        } else {
+            size_t n = name_prefix(e);
+            rc = n ? add_override(p, s, e, n, where, err, errlen)
+                   : set_field(s, (char *)p + s->off, e, where, err, errlen);
+        }
+        if (rc < 0) return rc;
+    }
+    return CTR_OK;
+}
+
+const char *config_model_value(const config_params *p, const char *key, const char *model) {
+    for (int i = 0; i < p->num_overrides; i++)
+        if (strcmp(p->overrides[i].key, key) == 0 && strcmp(p->overrides[i].model, model) == 0)
+            return p->overrides[i].value;
+    return NULL;
+}
+
+int config_check_models(const config_params *p, const char *const *names, int n, char *err,
+                        size_t errlen) {
+    for (int i = 0; i < p->num_overrides; i++) {
+        const config_override *o = &p->overrides[i];
+        int k = 0;
+        while (k < n && strcmp(names[k], o->model) != 0) k++;
+        if (k < n) continue;
+        char list[512] = "";
+        for (int j = 0; j < n; j++)
+            snprintf(list + strlen(list), sizeof list - strlen(list), "%s%s", j ? ", " : "",
+                     names[j]);
+        return ctr_fail(err, errlen, CTR_EINVAL, "%s%s%s: \"%s=%.64s\": no model named \"%s\" "
+                        "(serving %s)", o->where, o->where[0] ? ": " : "", o->key, o->model,
+                        o->value, o->model, list);
+    }
+    return CTR_OK;
 }
 
 int config_set(config_params *p, const char *key, const char *value,
@@ -559,8 +709,10 @@ int config_parse(config_params *p, int argc, char *const argv[],
         if (!*cfg)
             return ctr_fail(err, errlen, CTR_EINVAL, "%s: config: empty file name",
                             cfg_from);
+        p->source = 1;
         if ((rc = load_file(p, cfg, cfg_from, err, errlen)) < 0) return rc;
     }
+    p->source = 2;
 
     for (size_t k = 0; k < NSETTINGS; k++) {
         if (strcmp(settings[k].key, "config") == 0) continue;   /* done above */
@@ -572,6 +724,7 @@ int config_parse(config_params *p, int argc, char *const argv[],
         if ((rc = set_value(p, &settings[k], v, where, err, errlen)) < 0) return rc;
     }
 
+    p->source = 3;
     for (int i = 1; i < argc;) {
         next_flag(argc, argv, &i, &s, &value, where, sizeof where, NULL, 0);
         if (strcmp(s->key, "config") == 0) continue;
@@ -582,21 +735,35 @@ int config_parse(config_params *p, int argc, char *const argv[],
 
 /* --- Output ------------------------------------------------------------ */
 
+/* A string as the file syntax reads it back: quoted when it would
+ * otherwise be trimmed or cut. */
+static void print_str(FILE *out, const char *field) {
+    size_t n = strlen(field);
+    int quote = n == 0 || field[0] == ' ' || field[0] == '\t' || field[0] == '"' ||
+                field[n - 1] == ' ' || field[n - 1] == '\t' || strchr(field, '#');
+    fprintf(out, quote ? "\"%s\"" : "%s", field);
+}
+
+static void print_model(FILE *out, const config_model *m) {
+    char e[CONFIG_NAME_MAX + CONFIG_STR_MAX + 1];
+    snprintf(e, sizeof e, "%s%s%s", m->name, m->name[0] ? "=" : "", m->path);
+    print_str(out, e);
+}
+
 static void print_value(FILE *out, const setting *s, const config_params *p) {
     const char *field = (const char *)p + s->off;
     switch (s->type) {
+    case SET_MODELS:
+        for (int i = 0; i < p->num_models; i++) {
+            if (i) fputc(',', out);
+            print_model(out, &p->models[i]);
+        }
+        break;
     case SET_INT: fprintf(out, "%d", *(const int *)field); break;
     case SET_SIZE: fprintf(out, "%zu", *(const size_t *)field); break;
     case SET_BOOL: fputs(*(const int *)field ? "true" : "false", out); break;
     case SET_CHOICE:
-    case SET_STR: {
-        /* Quote what the file syntax would otherwise trim or cut. */
-        size_t n = strlen(field);
-        int quote = n == 0 || field[0] == ' ' || field[0] == '\t' || field[0] == '"' ||
-                    field[n - 1] == ' ' || field[n - 1] == '\t' || strchr(field, '#');
-        fprintf(out, quote ? "\"%s\"" : "%s", field);
-        break;
-    }
+    case SET_STR: print_str(out, field); break;
     }
 }
 
@@ -628,6 +795,14 @@ void config_help(FILE *out, const char *prog) {
             "Each setting comes from, lowest precedence first: its default, the\n"
             "config file (`key = value` lines, # comments), its environment\n"
             "variable, a command-line flag.  In keys, - and _ are the same.\n"
+            "\n"
+            "Several models: repeat --model (or separate entries with commas, as\n"
+            "in CTR_MODEL=qin=/m/q.safetensors,din=/m/d.safetensors, or repeat the\n"
+            "`model =` line in the file); a source that sets models replaces a\n"
+            "lower one's.  Settings shown with [NAME=] take a VALUE for every model\n"
+            "and NAME=VALUE entries for one model, in the same list forms\n"
+            "(--redis-prefix ctr: --redis-prefix tin=ctr-tin:).  No entry may hold\n"
+            "a comma.\n"
             "\n",
             prog ? prog : "ctr-score");
     for (size_t i = 0; i < NSETTINGS; i++) {
@@ -663,10 +838,26 @@ void config_dump(const config_params *p, FILE *out) {
             fprintf(out, "# %s is set (not shown)\n", s->key);
             continue;
         }
+        if (s->type == SET_MODELS) {   /* one line per entry: lines add up */
+            for (int m = 0; m < p->num_models; m++) {
+                fprintf(out, "%s = ", s->key);
+                print_model(out, &p->models[m]);
+                fputc('\n', out);
+            }
+            continue;
+        }
         fprintf(out, "%s = ", s->key);
         print_value(out, s, p);
         if (strcmp(s->key, "skip_scoring") == 0 && p->skip_scoring)
             fputs("   # WARNING: benchmark mode, every score is 0", out);
         fputc('\n', out);
+        for (int o = 0; o < p->num_overrides; o++) {
+            if (strcmp(p->overrides[o].key, s->key) != 0) continue;
+            char e[CONFIG_NAME_MAX + CONFIG_STR_MAX + 1];
+            snprintf(e, sizeof e, "%s=%s", p->overrides[o].model, p->overrides[o].value);
+            fprintf(out, "%s = ", s->key);
+            print_str(out, e);
+            fputc('\n', out);
+        }
     }
 }

@@ -16,6 +16,19 @@
  *      keys (--redis-prefix).  A boolean flag alone (--skip_scoring) means
  *      true.
  *
+ * Several models: `model` takes a list.  Each entry is PATH (the model is
+ * named from its file's metadata) or NAME=PATH; entries are separated by
+ * commas, and repeating the setting within one source (flags, or lines of
+ * the file) adds entries.  A source that sets `model` replaces the list of
+ * a lower one (a flag's models replace the file's).  Per-model settings
+ * (redis_prefix, cache_mb; more may join) take a plain VALUE for every
+ * model, or NAME=VALUE for one model, in the same list form:
+ * `--redis-prefix ctr: --redis-prefix tin=ctr-tin:`, or
+ * `CTR_REDIS_PREFIX=ctr:,tin=ctr-tin:`; for one model and setting, the
+ * highest source (and, within it, the last entry) wins.  A NAME=VALUE
+ * entry must name a model being served (config_check_models).  Lists
+ * cannot hold a comma inside an entry; blanks around commas are ignored.
+ *
  * One table in config.c lists every setting with its type, range, default
  * and description; parsing, --help and config_dump all read it, so they
  * cannot disagree.  Bad input (unknown key, a number that is not one, a
@@ -41,8 +54,30 @@
 /* config_parse's answer when --help (or -h) is on the command line. */
 #define CONFIG_HELP 1
 
+#define CONFIG_MAX_MODELS 8         /* entries of `model` */
+#define CONFIG_NAME_MAX 64          /* a model name, NUL included */
+#define CONFIG_MAX_OVERRIDES 32     /* NAME=VALUE entries, all settings */
+
+/* One `model` entry. */
+typedef struct config_model {
+    char name[CONFIG_NAME_MAX];     /* "" for a bare PATH: the file's
+                                       metadata names it */
+    char path[CONFIG_STR_MAX];
+} config_model;
+
+/* One NAME=VALUE entry of a per-model setting, checked when read. */
+typedef struct config_override {
+    const char *key;                /* the setting ("redis_prefix") */
+    char model[CONFIG_NAME_MAX];
+    char value[CONFIG_STR_MAX];
+    char where[96];                 /* its source, for messages */
+} config_override;
+
 typedef struct config_params {
-    char model[CONFIG_STR_MAX];     /* model file (safetensors) */
+    config_model models[CONFIG_MAX_MODELS];  /* model files (safetensors),
+                                                served in this order; the
+                                                first is the default */
+    int num_models;
     char redis[CONFIG_STR_MAX];     /* "host:port", or a unix socket path
                                        (starts with '/') */
     char redis_cluster[CONFIG_STR_MAX]; /* Redis Cluster seeds "host:port,..."
@@ -53,7 +88,8 @@ typedef struct config_params {
     char redis_user[256];           /* AUTH user ("": default user) */
     char redis_password[CONFIG_STR_MAX];  /* AUTH password: never printed */
     char redis_password_file[CONFIG_STR_MAX];  /* or read from this file */
-    char redis_prefix[CONFIG_STR_MAX];  /* key prefix of every feature */
+    char redis_prefix[CONFIG_STR_MAX];  /* key prefix of every feature
+                                           (per model) */
     int redis_connect_timeout_ms;
     int redis_timeout_ms;           /* per command */
     int redis_breaker_base_ms;      /* first open period of a breaker */
@@ -76,12 +112,19 @@ typedef struct config_params {
     int max_candidates;             /* per request; sizes the scratch */
     size_t max_body_bytes;
     int max_seq;                    /* history entries read per user */
-    int cache_mb;                   /* item cache budget; 0 disables it */
+    int cache_mb;                   /* item cache budget, shared by the
+                                       models without their own (per
+                                       model); 0 disables it */
+    int warmup;                     /* score dummy requests at load */
     int cache_ttl_s;                /* item cache TTL; 0 never expires */
     int request_timeout_s;          /* idle keep-alive connection timeout */
     int skip_scoring;               /* BENCHMARK ONLY: scores are all 0 */
     char log_level[16];             /* "debug", "info", "warn", "error" */
     char config[CONFIG_STR_MAX];    /* the config file read, "" if none */
+    config_override overrides[CONFIG_MAX_OVERRIDES];  /* NAME=VALUE */
+    int num_overrides;
+    int source;                     /* internal: the source being read */
+    int models_source;              /* internal: the source of models[] */
 } config_params;
 
 /* Built-in defaults.  threads and score_threads are the number of online
@@ -105,6 +148,21 @@ int config_parse(config_params *p, int argc, char *const argv[],
  * "config" key is accepted here and only records the path. */
 int config_set(config_params *p, const char *key, const char *value,
                const char *where, char *err, size_t errlen);
+
+/* A per-model setting's NAME=VALUE text for model (the last entry of the
+ * highest source), or NULL when the model has none: the global field then
+ * applies.  The text was checked when set (an int setting's is a valid
+ * number in range). */
+const char *config_model_value(const config_params *p, const char *key, const char *model);
+
+/* CTR_OK when every NAME=VALUE entry names one of the n models; otherwise
+ * CTR_EINVAL naming the entry, its source and the models served. */
+int config_check_models(const config_params *p, const char *const *names, int n, char *err,
+                        size_t errlen);
+
+/* 1 when s[0..len) is a valid model name: 1..63 of [A-Za-z0-9_.-],
+ * starting with a letter or digit. */
+int config_model_name_ok(const char *s, size_t len);
 
 /* Usage: every setting with its argument, environment variable, default
  * and a description.  prog is the program name for the usage line. */

@@ -90,8 +90,10 @@ static void usage(FILE *f) {
 "   \"item_seq\": [ids]}            (optional; replaces the stored history)\n"
 "  Context fields are the model's, by name (QIN, DIN: likes_level,\n"
 "  views_level; TIN has none); a missing one is padding (0).\n"
-"  \"top_k\" and \"request_id\" are accepted and ignored (all scores are\n"
-"  printed, in candidate order).  Unknown fields are refused.\n"
+"  \"top_k\", \"request_id\", \"deadline_ms\" and \"explain\" are accepted and\n"
+"  ignored (all scores are printed, in candidate order); \"model\", when\n"
+"  given, must be the model's name (its metadata).  Unknown fields are\n"
+"  refused.\n"
 "\n"
 "Output (stdout), one line per good request:\n"
 "  {\"user_id\": <as given, string or integer>, \"scores\": [p, ...]}\n"
@@ -523,7 +525,7 @@ int main(int argc, char **argv) {
     s.items = &items;
     s.users = &users;
     for (int k = 0; k < c->num_ctx; k++) s.ctx_name[k] = c->ctx_name[k];
-    s.schema = (proto_rank_schema){c->num_ctx, s.ctx_name, max_cand, max_seq};
+    s.schema = (proto_rank_schema){c->num_ctx, s.ctx_name, max_cand, max_seq, c->name};
     s.hist = calloc((size_t)c->max_len, sizeof *s.hist);
     s.cand = calloc((size_t)max_cand, sizeof *s.cand);
     s.prob = calloc((size_t)max_cand, sizeof *s.prob);

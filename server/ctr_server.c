@@ -1,17 +1,19 @@
 /*
  * ctr_server.c - ctr-server: the online CTR scoring service.
  *
- *   ctr-server [--config FILE] [--model PATH] [--redis HOST:PORT|/sock] ...
+ *   ctr-server [--config FILE] [--model [NAME=]PATH]... [--redis HOST:PORT|/sock] ...
  *   ctr-server --help          every setting, its env variable and default
  *
- * Startup: settings (config.h), model (refused with a message if bad: exit
- * 1), open-file limit, scoring pool, one health check, HTTP.  Then the main
- * thread waits for signals, and every health_interval_ms checks Redis
- * (PING) and its feature-set marker (what /readyz reports) and prints the
+ * Startup: settings (config.h), models (each loaded, checked and warmed up;
+ * a bad one is refused with a message: exit 1), open-file limit, scoring
+ * pool, one health check, HTTP.  Then the main thread waits for signals,
+ * and every health_interval_ms checks Redis (PING) and each model's
+ * feature-set marker under its prefix (what /readyz reports) and prints the
  * rate-limited log summaries due:
- *   SIGHUP          reload the model file; swap only if the new one loads
- *                   and keeps the feature schema, else keep serving the old
- *                   one (logged, counted in ctr_model_reloads_total);
+ *   SIGHUP          reload every model file; each is swapped only if the
+ *                   new file loads and keeps the model's feature schema,
+ *                   else that model keeps serving its old version (logged,
+ *                   counted in ctr_model_reloads_total{model});
  *   SIGTERM/SIGINT  stop accepting, finish the requests in flight, exit 0.
  * Every other thread has these signals blocked, so they arrive here.
  */
@@ -33,103 +35,165 @@
 
 #define SHUTDOWN_GRACE_MS 10000
 
-static void cache_params_from(const config_params *cp, item_cache_params *out) {
-    *out = item_cache_default_params();
-    out->max_bytes = (size_t)cp->cache_mb << 20;
-    out->ttl_ms = (uint64_t)cp->cache_ttl_s * 1000;
-}
-
-/* SIGHUP: load the file again; keep the old model unless the new one loads
- * and reads the same features (the feature store's values are decoded with
- * the first model's tag count and embedding width).  Runs on the main
- * thread only, so reloads never overlap. */
+/* SIGHUP: load each model's file again; keep a model's old version unless
+ * the new one loads and reads the same item features (the model's
+ * feature-store connections decode values with its tag count, embedding
+ * width and category).  Runs on the main thread only, so reloads never
+ * overlap. */
 static void reload(service *svc) {
-    model_slot *old = model_holder_acquire(svc->models);
-    int old_tags = old->cfg->num_tags, old_mm = old->cfg->mm_in;
-    model_slot_release(old);
-    model_slot *s = NULL;
-    char err[1024];
-    log_info("SIGHUP: reloading %s", svc->model_path);
-    int rc = model_slot_load(svc->model_path, &svc->cache_params, 0, &s, err, sizeof err);
-    if (rc == CTR_OK && (s->cfg->num_tags != old_tags || s->cfg->mm_in != old_mm)) {
-        snprintf(err, sizeof err,
-                 "new model reads %d tags and %d-d embeddings, the running one %d and %d; a "
-                 "feature schema change needs a restart", s->cfg->num_tags, s->cfg->mm_in,
-                 old_tags, old_mm);
-        rc = CTR_EMODEL;
-    }
-    if (rc < 0) {
+    for (int i = 0; i < svc->num_models; i++) {
+        service_model *m = &svc->models[i];
+        model_slot *s = NULL;
+        char err[1024];
+        log_info("SIGHUP: reloading model %s from %s", m->name, m->path);
+        int rc = model_slot_load(m->path, &m->slot_params, 0, &s, err, sizeof err);
+        if (rc == CTR_OK) {
+            featstore_params want = service_fs_params(&m->fs_params, s->schema);
+            if (want.max_tags != m->fs_params.max_tags || want.mm_dim != m->fs_params.mm_dim ||
+                want.cate != m->fs_params.cate) {
+                snprintf(err, sizeof err,
+                         "new file reads %d tags, %d-d embeddings%s; the running one %d, %d%s: "
+                         "a feature schema change needs a restart", want.max_tags, want.mm_dim,
+                         want.cate ? " and a category" : "", m->fs_params.max_tags,
+                         m->fs_params.mm_dim, m->fs_params.cate ? " and a category" : "");
+                rc = CTR_EMODEL;
+            }
+        }
+        if (rc < 0) {
+            model_slot_release(s);
+            metrics_reload(svc->metrics, m->index, 0);
+            log_error("reload of model %s failed, still serving its previous version: %s",
+                      m->name, err);
+            continue;
+        }
+        model_holder_swap(m->holder, s); /* the holder owns s now */
+        s = model_holder_acquire(m->holder);
+        metrics_reload(svc->metrics, m->index, 1);
+        metrics_set_model(svc->metrics, m->index, s->schema->name, s->schema->version,
+                          engine_arch_name(s->schema->arch));
+        log_info("reloaded model %s: now %s version %s (generation %llu; load %.0f ms, "
+                 "warm-up %.0f ms)", m->name, s->schema->name, s->schema->version,
+                 (unsigned long long)s->generation, s->load_ms, s->warmup_ms);
         model_slot_release(s);
-        metrics_reload(svc->metrics, 0);
-        log_error("reload failed, still serving the previous model: %s", err);
-        return;
     }
-    model_holder_swap(svc->models, s); /* the holder owns s now */
-    s = model_holder_acquire(svc->models);
-    metrics_reload(svc->metrics, 1);
-    metrics_set_model(svc->metrics, s->cfg->name, s->cfg->version);
-    log_info("reloaded: now serving %s version %s (generation %llu)", s->cfg->name,
-             s->cfg->version, (unsigned long long)s->generation);
-    model_slot_release(s);
 }
 
-/* The health check: PING, then the feature-set marker, compared with the
- * model's schema.  Sets svc->feature_set and the metrics; logs changes. */
-static void health_check(service *svc, featstore *fs) {
-    static int last = -1;
-    static double last_loaded_at;
+/* The health check: PING, then each model's feature-set marker under its
+ * prefix, compared with the model's schema.  Sets each model's
+ * feature_set and the metrics; logs changes. */
+static void health_check(service *svc, featstore *const *fs) {
+    static int last[SERVICE_MAX_MODELS] = {-1, -1, -1, -1, -1, -1, -1, -1};
+    static double last_loaded_at[SERVICE_MAX_MODELS];
     char err[512] = "", buf[FEATSTORE_META_MAX + 1];
     size_t len;
     /* More patience than a request has: a busy machine must not make
      * /readyz flap. */
     int wait_ms = svc->fs_params.command_timeout_ms < 100 ? 100 : svc->fs_params.command_timeout_ms;
     int64_t dl = clock_now_ns() + (int64_t)wait_ms * 1000000;
-    int state = SERVICE_FS_UNKNOWN;
-    double loaded_at = 0;
     int64_t t0 = clock_now_ns();
-    int rc = featstore_ping(fs, dl, err, sizeof err);
+    int ping = featstore_ping(fs[0], dl, err, sizeof err);
     metrics_redis(svc->metrics, METRICS_REDIS_PING, (double)(clock_now_ns() - t0) * 1e-9,
-                  rc == CTR_OK ? METRICS_REDIS_OK
-                               : rc == CTR_ETIMEOUT ? METRICS_REDIS_TIMEOUT : METRICS_REDIS_ERROR);
-    metrics_redis_up(svc->metrics, rc == CTR_OK);
-    int pinged = rc == CTR_OK;
-    if (rc == CTR_OK) rc = featstore_get_meta(fs, dl, buf, sizeof buf, &len, err, sizeof err);
-    if (rc == CTR_OK) {
-        proto_meta m;
-        model_slot *s = model_holder_acquire(svc->models);
-        if (proto_meta_decode(buf, len, &m, err, sizeof err) < 0) {
+                  ping == CTR_OK ? METRICS_REDIS_OK
+                                 : ping == CTR_ETIMEOUT ? METRICS_REDIS_TIMEOUT
+                                                        : METRICS_REDIS_ERROR);
+    metrics_redis_up(svc->metrics, ping == CTR_OK);
+    for (int i = 0; i < svc->num_models; i++) {
+        service_model *mod = &svc->models[i];
+        int state = SERVICE_FS_UNKNOWN;
+        double loaded_at = 0;
+        int rc = ping;
+        if (rc == CTR_OK)
+            rc = featstore_get_meta(fs[i], dl, buf, sizeof buf, &len, err, sizeof err);
+        if (rc == CTR_OK) {
+            proto_meta m;
+            const featstore_params *p = &mod->fs_params;
+            if (proto_meta_decode(buf, len, &m, err, sizeof err) < 0) {
+                state = SERVICE_FS_MISMATCH;
+            } else if (m.num_tags > p->max_tags || m.mm_dim != p->mm_dim) {
+                snprintf(err, sizeof err, "feature set of %d tags and %d-d embeddings, the "
+                         "model reads %d and %d", m.num_tags, m.mm_dim, p->max_tags, p->mm_dim);
+                state = SERVICE_FS_MISMATCH;
+            } else {
+                state = SERVICE_FS_OK;
+                loaded_at = m.loaded_at;
+            }
+        } else if (rc == CTR_ENOTFOUND) {
+            state = SERVICE_FS_MISSING;
+        } else if (rc == CTR_EFORMAT) {
             state = SERVICE_FS_MISMATCH;
-        } else if (m.num_tags > s->cfg->num_tags || m.mm_dim != s->cfg->mm_in) {
-            snprintf(err, sizeof err, "feature set of %d tags and %d-d embeddings, the model "
-                     "reads %d and %d", m.num_tags, m.mm_dim, s->cfg->num_tags, s->cfg->mm_in);
-            state = SERVICE_FS_MISMATCH;
-        } else {
-            state = SERVICE_FS_OK;
-            loaded_at = m.loaded_at;
+        } else if (ping == CTR_OK && svc->fs_params.cluster && last[i] > SERVICE_FS_UNKNOWN) {
+            /* A Redis Cluster answers, but not the marker's shard (master
+             * and replica): it is failing over, or down.  The marker has
+             * not changed for that; keep the last view, so that every
+             * replica behind a load balancer does not go unready at once
+             * while the other shards still serve (deploy/README.md). */
+            state = last[i];
+            loaded_at = last_loaded_at[i];
         }
-        model_slot_release(s);
-    } else if (rc == CTR_ENOTFOUND) {
-        state = SERVICE_FS_MISSING;
-    } else if (rc == CTR_EFORMAT) {
-        state = SERVICE_FS_MISMATCH;
-    } else if (pinged && svc->fs_params.cluster && last > SERVICE_FS_UNKNOWN) {
-        /* A Redis Cluster answers, but not the marker's shard (master and
-         * replica): it is failing over, or down.  The marker has not
-         * changed for that; keep the last view, so that every replica
-         * behind a load balancer does not go unready at once while the
-         * other shards still serve (deploy/README.md). */
-        state = last;
-        loaded_at = last_loaded_at;
+        last_loaded_at[i] = loaded_at;
+        atomic_store(&mod->feature_set, state);
+        metrics_feature_set(svc->metrics, i, state == SERVICE_FS_OK, loaded_at);
+        if (state != last[i]) {
+            if (state == SERVICE_FS_OK)
+                log_info("model %s: feature store ready (prefix \"%s\", feature set loaded "
+                         "at %.0f)", mod->name, mod->prefix, loaded_at);
+            else
+                log_warn("model %s: feature store not ready (prefix \"%s\"): %s", mod->name,
+                         mod->prefix, err);
+            last[i] = state;
+        }
     }
-    last_loaded_at = loaded_at;
-    atomic_store(&svc->feature_set, state);
-    metrics_feature_set(svc->metrics, state == SERVICE_FS_OK, loaded_at);
-    if (state != last) {
-        if (state == SERVICE_FS_OK) log_info("feature store ready (feature set loaded at %.0f)",
-                                             loaded_at);
-        else log_warn("feature store not ready: %s", err);
-        last = state;
+}
+
+/* Loads every model of the settings into svc: its name (given, or the
+ * file's), its key prefix and cache budget (its own NAME=VALUE, else the
+ * plain setting; models without a budget of their own share cache_mb
+ * equally), warmed up.  Two passes, since a bare path's name (and so
+ * whether it has a budget of its own) is known once its file is loaded.
+ * CTR_OK, or an error with a message. */
+static int load_models(service *svc, const config_params *cp, char *err, size_t errlen) {
+    model_slot *slot[CONFIG_MAX_MODELS] = {NULL};
+    const char *names[CONFIG_MAX_MODELS];
+    model_slot_params sp = model_slot_default_params();
+    sp.cache.ttl_ms = (uint64_t)cp->cache_ttl_s * 1000;
+    sp.cache.max_bytes = 0; /* until the budgets are known */
+    sp.warmup_max_cand = cp->warmup ? cp->max_candidates : 0;
+    char inner[900];
+    int rc = CTR_OK, shared = 0, i;
+    for (i = 0; i < cp->num_models; i++) {
+        const config_model *cm = &cp->models[i];
+        if ((rc = model_slot_load(cm->path, &sp, 1, &slot[i], inner, sizeof inner)) < 0) {
+            ctr_fail(err, errlen, rc, "model %s: %s", cm->name[0] ? cm->name : cm->path, inner);
+            goto fail;
+        }
+        names[i] = cm->name[0] ? cm->name : slot[i]->schema->name;
+        shared += !config_model_value(cp, "cache_mb", names[i]);
     }
+    for (i = 0; i < cp->num_models; i++) {
+        const char *v = config_model_value(cp, "cache_mb", names[i]);
+        size_t mb = v ? (size_t)atoi(v) : (size_t)cp->cache_mb / (size_t)(shared ? shared : 1);
+        model_slot_params msp = sp;
+        msp.cache.max_bytes = mb << 20;
+        const char *prefix = config_model_value(cp, "redis_prefix", names[i]);
+        if ((rc = model_slot_set_cache(slot[i], &msp.cache, inner, sizeof inner)) < 0 ||
+            (rc = service_add_model(svc, names[i], cp->models[i].path, &msp,
+                                    prefix ? prefix : cp->redis_prefix, slot[i], inner,
+                                    sizeof inner)) < 0) {
+            ctr_fail(err, errlen, rc, "model %s: %s", names[i], inner);
+            goto fail;
+        }
+        const model_slot *s = slot[i];
+        slot[i] = NULL; /* the service's now */
+        names[i] = svc->models[i].name;
+        log_info("model %s: %s version %s (%s), %s; prefix \"%s\", item cache %zu MiB; load %.0f "
+                 "ms, warm-up %.0f ms", names[i], s->schema->name, s->schema->version,
+                 engine_arch_name(s->schema->arch), cp->models[i].path, svc->models[i].prefix, mb,
+                 s->load_ms, s->warmup_ms);
+    }
+    return config_check_models(cp, names, cp->num_models, err, errlen);
+fail:
+    for (int k = 0; k < cp->num_models; k++) model_slot_release(slot[k]);
+    return rc;
 }
 
 /* The Redis password: from redis_password or redis_password_file (not
@@ -240,10 +304,8 @@ int main(int argc, char **argv) {
     sigaction(SIGHUP, &fwd, NULL);
     signal(SIGPIPE, SIG_IGN);
 
-    service svc;
+    static service svc;   /* large (per-model state): not on the stack */
     memset(&svc, 0, sizeof svc);
-    snprintf(svc.model_path, sizeof svc.model_path, "%s", cp.model);
-    cache_params_from(&cp, &svc.cache_params);
     svc.max_candidates = cp.max_candidates;
     svc.max_seq = cp.max_seq;
     svc.max_body = cp.max_body_bytes;
@@ -255,14 +317,6 @@ int main(int argc, char **argv) {
     svc.max_deadline_ms = cp.max_deadline_ms > cp.deadline_ms ? cp.max_deadline_ms
                                                               : cp.deadline_ms;
     atomic_init(&svc.stopping, 0);
-    atomic_init(&svc.feature_set, SERVICE_FS_UNKNOWN);
-    atomic_init(&svc.score_ns_per_mflop, 0);
-
-    model_slot *first;
-    if (model_slot_load(cp.model, &svc.cache_params, 1, &first, err, sizeof err) < 0) {
-        log_error("cannot load the model: %s", err);
-        return 1;
-    }
     featstore_default_params(&svc.fs_params);
     svc.fs_params.addr = cp.redis;
     svc.fs_params.prefix = cp.redis_prefix;
@@ -272,8 +326,6 @@ int main(int argc, char **argv) {
     svc.fs_params.breaker_max_ms = cp.redis_breaker_max_ms > cp.redis_breaker_base_ms
                                        ? cp.redis_breaker_max_ms
                                        : cp.redis_breaker_base_ms;
-    svc.fs_params.max_tags = first->cfg->num_tags;
-    svc.fs_params.mm_dim = first->cfg->mm_in;
     svc.fs_params.max_seq = cp.max_seq;
     svc.fs_params.cluster = cp.redis_cluster[0] ? cp.redis_cluster : NULL;
     svc.fs_params.read_replicas = cp.redis_read_replicas;
@@ -284,26 +336,29 @@ int main(int argc, char **argv) {
 
     int exit_code = 1;
     http_server *http = NULL;
-    featstore *health_fs = NULL;
-    svc.models = model_holder_new(first);
-    if (!svc.models || metrics_init(&svc.metrics) < 0 || worker_global_init() < 0 ||
+    featstore *health_fs[SERVICE_MAX_MODELS] = {NULL};
+    if (metrics_init(&svc.metrics) < 0 || worker_global_init() < 0 ||
         pool_init(cp.score_threads > 1 ? cp.score_threads - 1 : 0, &svc.scorers) < 0) {
         log_error("out of memory at startup");
         goto out;
     }
-    metrics_set_model(svc.metrics, first->cfg->name, first->cfg->version);
-    first->metrics = svc.metrics;
     svc.fs_params.breaker_hook = metrics_breaker;
     svc.fs_params.breaker_hook_arg = svc.metrics;
     node_hooks.arg = svc.metrics;
     svc.fs_params.node_hooks = &node_hooks;
-    featstore_params hfp = svc.fs_params;
-    hfp.breaker_hook = NULL; /* the health check's breaker is not a worker's */
-    hfp.node_hooks = NULL;
-    hfp.command_timeout_ms = cp.redis_timeout_ms < 100 ? 100 : cp.redis_timeout_ms;
-    if (featstore_open(&hfp, &health_fs, err, sizeof err) < 0) {
-        log_error("feature store: %s", err);
+    if (load_models(&svc, &cp, err, sizeof err) < 0) {
+        log_error("cannot load the model: %s", err);
         goto out;
+    }
+    for (int i = 0; i < svc.num_models; i++) {
+        featstore_params hfp = svc.models[i].fs_params;
+        hfp.breaker_hook = NULL; /* the health check's breaker is not a worker's */
+        hfp.node_hooks = NULL;
+        hfp.command_timeout_ms = cp.redis_timeout_ms < 100 ? 100 : cp.redis_timeout_ms;
+        if (featstore_open(&hfp, &health_fs[i], err, sizeof err) < 0) {
+            log_error("feature store: %s", err);
+            goto out;
+        }
     }
     health_check(&svc, health_fs);
 
@@ -313,13 +368,18 @@ int main(int argc, char **argv) {
                       cp.max_pending ? cp.max_pending : 4 * cp.threads,
                       cp.request_timeout_s,
                       cp.receive_timeout_ms,
-                      fit_fd_limit(cp.max_connections, cp.threads + cp.score_threads),
+                      fit_fd_limit(cp.max_connections,
+                                   (cp.threads + cp.score_threads) * (svc.num_models + 1)),
                       cp.max_connections_per_ip,
                       cp.worker_nice};
     if (http_start(&svc, &hp, &http, err, sizeof err) < 0) {
         log_error("%s", err);
         goto out;
     }
+    char served[512] = "";
+    for (int i = 0; i < svc.num_models; i++)
+        snprintf(served + strlen(served), sizeof served - strlen(served), "%s%s", i ? ", " : "",
+                 svc.models[i].name);
     char redis_desc[CONFIG_STR_MAX + 300];
     int n = snprintf(redis_desc, sizeof redis_desc, "%s %s",
                      cp.redis_cluster[0] ? "Redis Cluster" : "redis",
@@ -329,10 +389,10 @@ int main(int argc, char **argv) {
     if (cp.redis_password[0])   /* that AUTH is on, and as whom; never the password */
         snprintf(redis_desc + n, sizeof redis_desc - (size_t)n, " with AUTH%s%s",
                  cp.redis_user[0] ? " as " : "", cp.redis_user);
-    log_info("serving %s version %s (%s) on http://%s:%d; %s, prefix \"%s\"; %d "
+    log_info("serving %d model(s) (%s; default %s) on http://%s:%d; %s; %d "
              "workers, %d admitted at most, deadline %d ms (max %d), %d connections at "
-             "most; scoring split over up to %d threads%s", first->cfg->name,
-             first->cfg->version, cp.model, cp.bind, http_port(http), redis_desc, cp.redis_prefix,
+             "most; scoring split over up to %d threads%s", svc.num_models, served,
+             svc.models[0].name, cp.bind, http_port(http), redis_desc,
              cp.threads, hp.max_pending, svc.deadline_ms, svc.max_deadline_ms,
              hp.connection_limit, cp.score_threads,
              cp.skip_scoring ? "; SKIP_SCORING: every score is 0 (benchmark floor only)" : "");
@@ -364,9 +424,9 @@ int main(int argc, char **argv) {
     log_info("stopped");
 out:
     http_stop(http, 0);
-    featstore_close(health_fs);
+    for (int i = 0; i < SERVICE_MAX_MODELS; i++) featstore_close(health_fs[i]);
     pool_free(svc.scorers);
-    model_holder_free(svc.models);
+    service_free_models(&svc);
     if (svc.metrics) metrics_free(svc.metrics);
     worker_global_free();
     return exit_code;

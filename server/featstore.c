@@ -65,6 +65,7 @@ void featstore_default_params(featstore_params *p) {
     p->prefix = "ctr:";
     p->max_tags = 5;
     p->mm_dim = 128;
+    p->cate = 0;
     p->max_seq = 1000;
     p->cluster = NULL;
     p->read_replicas = 0;
@@ -682,7 +683,8 @@ int featstore_get_items(featstore *fs, const int64_t *ids, int n, int64_t deadli
 
     /* GETRANGE key 0 <longest allowed>: one byte more than a valid value
      * can have shows a value that is too long, without reading it. */
-    size_t longest = features_item_size(fs->p.max_tags, fs->p.mm_dim);
+    size_t longest = fs->p.cate ? features_item_cate_size(fs->p.max_tags, fs->p.mm_dim)
+                                : features_item_size(fs->p.max_tags, fs->p.mm_dim);
     char last[24];
     size_t last_len = (size_t)snprintf(last, sizeof last, "%zu", longest);
     size_t stride = fs->prefix_len + ITEM_KEY_EXTRA;
@@ -753,6 +755,10 @@ int featstore_get_items(featstore *fs, const int64_t *ids, int n, int64_t deadli
         } else {
             drc = features_item_decode(e->str, e->len, fs->p.max_tags, fs->p.mm_dim, a, &f,
                                        msg, sizeof msg);
+            if (drc == CTR_OK && fs->p.cate && !f.has_cate) {
+                drc = CTR_EFORMAT;
+                snprintf(msg, sizeof msg, "no category (the model reads one)");
+            }
         }
         if (drc == CTR_ENOMEM) {
             rc = ctr_fail(err, errlen, CTR_ENOMEM, "arena full");
@@ -771,6 +777,8 @@ int featstore_get_items(featstore *fs, const int64_t *ids, int n, int64_t deadli
         it->num_tags = f.num_tags;
         it->mm = f.mm;
         it->mm_dim = f.mm_dim;
+        it->has_cate = f.has_cate;
+        it->cate = f.cate;
     }
     free_replies(r, n);
     return rc;

@@ -123,6 +123,9 @@ typedef struct featstore_params {
                                    with more tags are malformed */
     int mm_dim;                 /* embedding width of the model (128): item
                                    values of another width are malformed */
+    int cate;                   /* 1: the model reads a category (TIN):
+                                   item values without one are malformed
+                                   (0) */
     int max_seq;                /* longest history returned (1000): longer
                                    ones keep their most recent max_seq ids */
     const char *cluster;        /* Redis Cluster seeds, "host:port[,host:
@@ -181,6 +184,8 @@ typedef struct featstore_item {
     int num_tags;
     float *mm;                  /* mm_dim floats, 64-byte aligned */
     int mm_dim;
+    int has_cate;               /* 1: the value carries a category */
+    int32_t cate;               /* its category id (0 when has_cate is 0) */
 } featstore_item;
 
 /* Counters since featstore_open, for tests and metrics. */
@@ -246,8 +251,9 @@ int featstore_get_user(featstore *fs, const char *user_id, int keep, int64_t dea
 
 /* Features of n items in one round trip (no round trip when n is 0):
  * out[i] for ids[i] (duplicates allowed).  Each value is read up to one
- * byte past the longest item value the schema allows (max_tags, mm_dim),
- * so a longer one is refused as malformed without being read whole.
+ * byte past the longest item value the schema allows (max_tags, mm_dim,
+ * cate), so a longer one is refused as malformed without being read whole;
+ * with cate set, a value without a category is malformed too.
  * Missing and malformed items are not errors: out[i].found is 0 and
  * out[i].status says why, and the stats count them; err then holds a note
  * on the first malformed value (err is left empty when none was).  In

@@ -303,6 +303,7 @@ static void *worker_main(void *arg) {
             /* not allowed here: run at the loop's priority */
         }
     }
+    worker_prepare(h->svc);
     for (;;) {
         pthread_mutex_lock(&h->qmu);
         while (!h->count && !h->stopping) pthread_cond_wait(&h->qcv, &h->qmu);
@@ -350,16 +351,27 @@ static const struct route {
     {"/metrics", "GET"},  {"/v1/models", "GET"},
 };
 
-static const char *not_ready_reason(service *svc) {
-    switch (atomic_load(&svc->feature_set)) {
-    case SERVICE_FS_OK: return NULL;
-    case SERVICE_FS_MISSING:
-        return "the feature store has no feature-set marker (Redis empty or not loaded: "
-               "run ctr-load)";
-    case SERVICE_FS_MISMATCH:
-        return "the feature set in Redis was loaded for another schema than the model's";
-    default: return "feature store not reachable";
+/* Why the service is not ready (NULL: it is): the first model whose
+ * feature set the health check did not find ready, named. */
+static const char *not_ready_reason(service *svc, char *buf, size_t cap) {
+    for (int i = 0; i < svc->num_models; i++) {
+        const char *why;
+        switch (atomic_load(&svc->models[i].feature_set)) {
+        case SERVICE_FS_OK: continue;
+        case SERVICE_FS_MISSING:
+            why = "the feature store has no feature-set marker (Redis empty or not loaded: "
+                  "run ctr-load)";
+            break;
+        case SERVICE_FS_MISMATCH:
+            why = "the feature set in Redis was loaded for another schema than the model's";
+            break;
+        default: why = "feature store not reachable"; break;
+        }
+        snprintf(buf, cap, "model %s (prefix \"%s\"): %s", svc->models[i].name,
+                 svc->models[i].prefix, why);
+        return buf;
     }
+    return NULL;
 }
 
 static enum MHD_Result serve(http_server *h, struct MHD_Connection *c, http_req *r,
@@ -388,7 +400,8 @@ static enum MHD_Result serve(http_server *h, struct MHD_Connection *c, http_req 
         /* The health check's last view (ctr_server.c), no I/O here. */
         if (atomic_load(&svc->stopping))
             return respond_error(c, r, PROTO_ERROR_NOT_READY, "shutting down", NULL);
-        const char *why = not_ready_reason(svc);
+        char buf[1400];
+        const char *why = not_ready_reason(svc, buf, sizeof buf);
         if (why) return respond_error(c, r, PROTO_ERROR_NOT_READY, why, NULL);
         static const char ready[] = "{\"status\":\"ready\"}";
         return respond(c, r, 200, JSON_TYPE, ready, sizeof ready - 1, NULL, 0);
@@ -397,17 +410,27 @@ static enum MHD_Result serve(http_server *h, struct MHD_Connection *c, http_req 
         /* /v1/models, /metrics: on the event loop, in a local buffer. */
         proto_buf b;
         proto_buf_init(&b);
-        model_slot *s = model_holder_acquire(svc->models);
+        model_slot *slot[SERVICE_MAX_MODELS];
+        for (int i = 0; i < svc->num_models; i++) slot[i] = model_holder_acquire(svc->models[i].holder);
         const char *ctype = JSON_TYPE;
         if (strcmp(rt->path, "/v1/models") == 0) {
-            proto_models_encode(s->cfg, s->path, s->generation, &b);
+            proto_model_info info[SERVICE_MAX_MODELS];
+            for (int i = 0; i < svc->num_models; i++) {
+                const service_model *m = &svc->models[i];
+                item_cache_stats st;
+                item_cache_stats_get(slot[i]->cache, &st);
+                info[i] = (proto_model_info){m->name, i == 0, slot[i]->path, slot[i]->generation,
+                                             slot[i]->schema, m->prefix,
+                                             m->slot_params.cache.max_bytes, st.entries};
+            }
+            proto_models_encode(info, svc->num_models, &b);
         } else {
-            item_cache_stats st;
-            item_cache_stats_get(s->cache, &st);
-            metrics_render(svc->metrics, &st, &b);
+            item_cache_stats st[SERVICE_MAX_MODELS];
+            for (int i = 0; i < svc->num_models; i++) item_cache_stats_get(slot[i]->cache, &st[i]);
+            metrics_render(svc->metrics, st, svc->num_models, &b);
             ctype = METRICS_CONTENT_TYPE;
         }
-        model_slot_release(s);
+        for (int i = 0; i < svc->num_models; i++) model_slot_release(slot[i]);
         enum MHD_Result ret = respond_buf(c, r, 200, ctype, &b);
         proto_buf_free(&b);
         return ret;

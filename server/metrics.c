@@ -57,6 +57,20 @@ static const char *const stage_name[METRICS_RANK_STAGES] = {
     "queue", "decode", "history", "items", "score",
 };
 
+/* The series of one model. */
+typedef struct model_slots {
+    char label[METRICS_LABEL_MAX];  /* written once, at startup */
+    counter scored, reloads_ok, reloads_failed;
+    atomic_int feature_set_ready;
+    _Atomic double feature_set_loaded_at;
+    atomic_int last_reload_ok;      /* 1 until a reload fails, 1 again after one succeeds */
+    /* Counters of the model's item caches already freed. */
+    counter cache_hits, cache_misses, cache_insertions, cache_evictions, cache_expirations;
+    /* Guarded by metrics.model_lock. */
+    char name[METRICS_LABEL_MAX], version[METRICS_LABEL_MAX], arch[METRICS_LABEL_MAX];
+    int set;
+} model_slots;
+
 typedef struct reason_slot {
     _Atomic(const char *) name;     /* NULL until claimed */
     counter count;
@@ -72,15 +86,10 @@ struct metrics {
     atomic_int_fast64_t pending;
     atomic_int pending_limit;
     atomic_int redis_up;
-    counter scored;
     counter degraded_responses;
     histogram stage_time[METRICS_RANK_STAGES];
     counter breaker_opens, breaker_closes, breaker_probes, breaker_short;
     counter shed_admission, shed_deadline, cut_receive;
-    atomic_int feature_set_ready;
-    _Atomic double feature_set_loaded_at;
-    counter reloads_ok, reloads_failed;
-    atomic_int last_reload_ok;
     /* Redis Cluster: per node (slot METRICS_MAX_NODES is "other"), and
      * cluster-wide. */
     pthread_mutex_t node_lock;      /* guards registration */
@@ -94,15 +103,16 @@ struct metrics {
     /* The last slot is "other" from the start; the rest are claimed by CAS
      * on first use of a reason. */
     reason_slot reasons[METRICS_MAX_REASONS];
-    /* Counters of item caches already freed. */
-    counter cache_hits, cache_misses, cache_insertions, cache_evictions,
-        cache_expirations;
+    model_slots models[METRICS_MAX_MODELS];
+    int nmodels;                    /* written at startup only */
     double start_time;              /* unix seconds, written once at init */
-    pthread_mutex_t model_lock;     /* guards model_name, model_version */
-    char model_name[METRICS_LABEL_MAX];
-    char model_version[METRICS_LABEL_MAX];
-    int model_set;
+    pthread_mutex_t model_lock;     /* guards each model's name, version, arch */
 };
+
+/* The slots of model i, or NULL for an index not handed out. */
+static model_slots *model_at(metrics *m, int i) {
+    return i >= 0 && i < m->nmodels ? &m->models[i] : NULL;
+}
 
 static inline void add(counter *c, uint64_t d) {
     atomic_fetch_add_explicit(c, d, memory_order_relaxed);
@@ -126,7 +136,6 @@ int metrics_init(metrics **out) {
         return CTR_ENOMEM;
     }
     atomic_store(&m->reasons[METRICS_MAX_REASONS - 1].name, "other");
-    atomic_store(&m->last_reload_ok, 1);   /* the first load succeeded, or no process */
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     m->start_time = (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
@@ -184,8 +193,16 @@ void metrics_inflight_add(metrics *m, int delta) {
     atomic_fetch_add_explicit(&m->inflight, delta, memory_order_relaxed);
 }
 
-void metrics_scored(metrics *m, uint64_t n) {
-    add(&m->scored, n);
+int metrics_add_model(metrics *m, const char *label) {
+    if (m->nmodels == METRICS_MAX_MODELS) return -1;
+    snprintf(m->models[m->nmodels].label, METRICS_LABEL_MAX, "%s", label ? label : "");
+    atomic_store(&m->models[m->nmodels].last_reload_ok, 1);   /* loaded at startup */
+    return m->nmodels++;
+}
+
+void metrics_scored(metrics *m, int model, uint64_t n) {
+    model_slots *s = model_at(m, model);
+    if (s) add(&s->scored, n);
 }
 
 void metrics_degraded_response(metrics *m) { add(&m->degraded_responses, 1); }
@@ -262,22 +279,30 @@ void metrics_node_event(void *arg, int id, featstore_node_event ev) {
     }
 }
 
-void metrics_feature_set(metrics *m, int ready, double loaded_at) {
-    atomic_store(&m->feature_set_ready, ready ? 1 : 0);
-    atomic_store(&m->feature_set_loaded_at, loaded_at);
+void metrics_feature_set(metrics *m, int model, int ready, double loaded_at) {
+    model_slots *s = model_at(m, model);
+    if (!s) return;
+    atomic_store(&s->feature_set_ready, ready ? 1 : 0);
+    atomic_store(&s->feature_set_loaded_at, loaded_at);
 }
 
-void metrics_set_model(metrics *m, const char *name, const char *version) {
+void metrics_set_model(metrics *m, int model, const char *name, const char *version,
+                       const char *arch) {
+    model_slots *s = model_at(m, model);
+    if (!s) return;
     pthread_mutex_lock(&m->model_lock);
-    snprintf(m->model_name, sizeof m->model_name, "%s", name ? name : "");
-    snprintf(m->model_version, sizeof m->model_version, "%s", version ? version : "");
-    m->model_set = 1;
+    snprintf(s->name, sizeof s->name, "%s", name ? name : "");
+    snprintf(s->version, sizeof s->version, "%s", version ? version : "");
+    snprintf(s->arch, sizeof s->arch, "%s", arch ? arch : "");
+    s->set = 1;
     pthread_mutex_unlock(&m->model_lock);
 }
 
-void metrics_reload(metrics *m, int ok) {
-    add(ok ? &m->reloads_ok : &m->reloads_failed, 1);
-    atomic_store(&m->last_reload_ok, ok ? 1 : 0);
+void metrics_reload(metrics *m, int model, int ok) {
+    model_slots *s = model_at(m, model);
+    if (!s) return;
+    add(ok ? &s->reloads_ok : &s->reloads_failed, 1);
+    atomic_store(&s->last_reload_ok, ok ? 1 : 0);
 }
 
 void metrics_degraded(metrics *m, const char *reason) {
@@ -310,12 +335,14 @@ void metrics_degraded(metrics *m, const char *reason) {
     add(&other->count, 1);
 }
 
-void metrics_cache_retire(metrics *m, const item_cache_stats *st) {
-    add(&m->cache_hits, st->hits);
-    add(&m->cache_misses, st->misses);
-    add(&m->cache_insertions, st->insertions);
-    add(&m->cache_evictions, st->evictions);
-    add(&m->cache_expirations, st->expirations);
+void metrics_cache_retire(metrics *m, int model, const item_cache_stats *st) {
+    model_slots *s = model_at(m, model);
+    if (!s) return;
+    add(&s->cache_hits, st->hits);
+    add(&s->cache_misses, st->misses);
+    add(&s->cache_insertions, st->insertions);
+    add(&s->cache_evictions, st->evictions);
+    add(&s->cache_expirations, st->expirations);
 }
 
 /* --- Rendering ---------------------------------------------------------- */
@@ -338,23 +365,27 @@ static void family(proto_buf *b, const char *name, const char *type,
     proto_buf_printf(b, "\n# TYPE %s %s\n", name, type);
 }
 
+/* name{k1="v1",k2="v2",...} of n label pairs kv[2i], kv[2i+1]; a NULL
+ * key ends the list early. */
+static void series_n(proto_buf *b, const char *name, const char *suffix,
+                     const char *const *kv, int n) {
+    proto_buf_puts(b, name);
+    proto_buf_puts(b, suffix);
+    int i = 0;
+    for (; i < n && kv[2 * i]; i++) {
+        proto_buf_printf(b, "%c%s=\"", i ? ',' : '{', kv[2 * i]);
+        put_escaped(b, kv[2 * i + 1], 1);
+        proto_buf_putc(b, '"');
+    }
+    if (i) proto_buf_putc(b, '}');
+    proto_buf_putc(b, ' ');
+}
+
 /* name{k1="v1",k2="v2"} — NULL keys end the label list early. */
 static void series(proto_buf *b, const char *name, const char *suffix,
                    const char *k1, const char *v1, const char *k2, const char *v2) {
-    proto_buf_puts(b, name);
-    proto_buf_puts(b, suffix);
-    if (k1) {
-        proto_buf_printf(b, "{%s=\"", k1);
-        put_escaped(b, v1, 1);
-        proto_buf_putc(b, '"');
-        if (k2) {
-            proto_buf_printf(b, ",%s=\"", k2);
-            put_escaped(b, v2, 1);
-            proto_buf_putc(b, '"');
-        }
-        proto_buf_putc(b, '}');
-    }
-    proto_buf_putc(b, ' ');
+    const char *const kv[] = {k1, v1, k2, v2};
+    series_n(b, name, suffix, kv, 2);
 }
 
 static void sample_u64(proto_buf *b, const char *name, const char *k1,
@@ -481,9 +512,8 @@ static void render_nodes(metrics *m, proto_buf *b) {
                get(&m->asked));
 }
 
-int metrics_render(metrics *m, const item_cache_stats *cache, proto_buf *b) {
+int metrics_render(metrics *m, const item_cache_stats *caches, int ncaches, proto_buf *b) {
     static const item_cache_stats none;
-    if (!cache) cache = &none;
     char status[16];
 
     family(b, "ctr_http_requests_total", "counter",
@@ -527,33 +557,43 @@ int metrics_render(metrics *m, const item_cache_stats *cache, proto_buf *b) {
     /* Counters: what retired caches counted plus the current cache. */
     const struct {
         const char *name, *help;
-        const counter *base;
-        uint64_t cur;
+        size_t base, cur;   /* offsets in model_slots and item_cache_stats */
     } cache_ctr[] = {
         {"ctr_item_cache_hits_total", "Item vector lookups answered from the cache.",
-         &m->cache_hits, cache->hits},
+         offsetof(model_slots, cache_hits), offsetof(item_cache_stats, hits)},
         {"ctr_item_cache_misses_total",
          "Item vector lookups that missed (or found an expired entry).",
-         &m->cache_misses, cache->misses},
+         offsetof(model_slots, cache_misses), offsetof(item_cache_stats, misses)},
         {"ctr_item_cache_insertions_total", "Item vectors added to the cache.",
-         &m->cache_insertions, cache->insertions},
+         offsetof(model_slots, cache_insertions), offsetof(item_cache_stats, insertions)},
         {"ctr_item_cache_evictions_total",
          "Item vectors dropped to keep the cache within its byte budget.",
-         &m->cache_evictions, cache->evictions},
+         offsetof(model_slots, cache_evictions), offsetof(item_cache_stats, evictions)},
         {"ctr_item_cache_expirations_total",
          "Item vectors dropped because their TTL passed.",
-         &m->cache_expirations, cache->expirations},
+         offsetof(model_slots, cache_expirations), offsetof(item_cache_stats, expirations)},
     };
-    for (size_t i = 0; i < sizeof cache_ctr / sizeof *cache_ctr; i++) {
-        family(b, cache_ctr[i].name, "counter", cache_ctr[i].help);
-        sample_u64(b, cache_ctr[i].name, NULL, NULL, NULL, NULL,
-                   get(cache_ctr[i].base) + cache_ctr[i].cur);
+#define CACHE_OF(i) ((i) < ncaches && caches ? &caches[i] : &none)
+    for (size_t k = 0; k < sizeof cache_ctr / sizeof *cache_ctr; k++) {
+        family(b, cache_ctr[k].name, "counter", cache_ctr[k].help);
+        for (int i = 0; i < m->nmodels; i++) {
+            const counter *base = (const counter *)((const char *)&m->models[i] +
+                                                    cache_ctr[k].base);
+            uint64_t cur = *(const uint64_t *)((const char *)CACHE_OF(i) + cache_ctr[k].cur);
+            sample_u64(b, cache_ctr[k].name, "model", m->models[i].label, NULL, NULL,
+                       get(base) + cur);
+        }
     }
     family(b, "ctr_item_cache_entries", "gauge", "Item vectors in the cache now.");
-    sample_u64(b, "ctr_item_cache_entries", NULL, NULL, NULL, NULL, cache->entries);
+    for (int i = 0; i < m->nmodels; i++)
+        sample_u64(b, "ctr_item_cache_entries", "model", m->models[i].label, NULL, NULL,
+                   CACHE_OF(i)->entries);
     family(b, "ctr_item_cache_bytes", "gauge",
            "Bytes held by the cached item vectors (counted against cache_mb).");
-    sample_u64(b, "ctr_item_cache_bytes", NULL, NULL, NULL, NULL, cache->bytes);
+    for (int i = 0; i < m->nmodels; i++)
+        sample_u64(b, "ctr_item_cache_bytes", "model", m->models[i].label, NULL, NULL,
+                   CACHE_OF(i)->bytes);
+#undef CACHE_OF
 
     family(b, "ctr_inflight_requests", "gauge", "HTTP requests being handled now.");
     proto_buf_printf(b, "ctr_inflight_requests %lld\n",
@@ -566,22 +606,33 @@ int metrics_render(metrics *m, const item_cache_stats *cache, proto_buf *b) {
            "Admission bound on ctr_rank_pending_requests (max_pending); beyond it, 503.");
     proto_buf_printf(b, "ctr_rank_pending_requests_limit %d\n", atomic_load(&m->pending_limit));
 
-    family(b, "ctr_model_info", "gauge", "The model being served (value always 1).");
+    family(b, "ctr_model_info", "gauge",
+           "The file each model serves (name and version from its metadata; value always 1).");
     pthread_mutex_lock(&m->model_lock);
-    if (m->model_set)
-        sample_u64(b, "ctr_model_info", "name", m->model_name, "version",
-                   m->model_version, 1);
+    for (int i = 0; i < m->nmodels; i++) {
+        const model_slots *s = &m->models[i];
+        if (!s->set) continue;
+        const char *const kv[] = {"model", s->label, "name", s->name, "version", s->version,
+                                  "arch", s->arch};
+        series_n(b, "ctr_model_info", "", kv, 4);
+        proto_buf_puts(b, "1\n");
+    }
     pthread_mutex_unlock(&m->model_lock);
 
     family(b, "ctr_model_reloads_total", "counter", "Model reload attempts, by result.");
-    sample_u64(b, "ctr_model_reloads_total", "result", "ok", NULL, NULL,
-               get(&m->reloads_ok));
-    sample_u64(b, "ctr_model_reloads_total", "result", "failed", NULL, NULL,
-               get(&m->reloads_failed));
+    for (int i = 0; i < m->nmodels; i++) {
+        sample_u64(b, "ctr_model_reloads_total", "model", m->models[i].label, "result", "ok",
+                   get(&m->models[i].reloads_ok));
+        sample_u64(b, "ctr_model_reloads_total", "model", m->models[i].label, "result",
+                   "failed", get(&m->models[i].reloads_failed));
+    }
     family(b, "ctr_model_last_reload_successful", "gauge",
-           "0 when the last model reload failed (the previous model still serves), else 1.");
-    proto_buf_printf(b, "ctr_model_last_reload_successful %d\n",
-                     atomic_load(&m->last_reload_ok));
+           "0 when the model's last reload failed (its previous version still serves), else 1.");
+    for (int i = 0; i < m->nmodels; i++) {
+        series(b, "ctr_model_last_reload_successful", "", "model", m->models[i].label, NULL,
+               NULL);
+        proto_buf_printf(b, "%d\n", atomic_load(&m->models[i].last_reload_ok));
+    }
 
     family(b, "ctr_degraded_responses_total", "counter",
            "Responses answered in degraded form, by reason (an answer with several reasons "
@@ -599,7 +650,9 @@ int metrics_render(metrics *m, const item_cache_stats *cache, proto_buf *b) {
 
     family(b, "ctr_scored_candidates_total", "counter",
            "Candidates scored by the model.");
-    sample_u64(b, "ctr_scored_candidates_total", NULL, NULL, NULL, NULL, get(&m->scored));
+    for (int i = 0; i < m->nmodels; i++)
+        sample_u64(b, "ctr_scored_candidates_total", "model", m->models[i].label, NULL, NULL,
+                   get(&m->models[i].scored));
 
     family(b, "ctr_rank_stage_duration_seconds", "histogram",
            "Time a rank request spent in each stage (queue: waiting for a worker).");
@@ -639,12 +692,19 @@ int metrics_render(metrics *m, const item_cache_stats *cache, proto_buf *b) {
                get(&m->cut_receive));
 
     family(b, "ctr_feature_set_ready", "gauge",
-           "1 when the feature store holds a feature-set marker matching the model.");
-    proto_buf_printf(b, "ctr_feature_set_ready %d\n", atomic_load(&m->feature_set_ready));
+           "1 when the feature store holds a feature-set marker matching the model, under "
+           "its key prefix.");
+    for (int i = 0; i < m->nmodels; i++) {
+        series(b, "ctr_feature_set_ready", "", "model", m->models[i].label, NULL, NULL);
+        proto_buf_printf(b, "%d\n", atomic_load(&m->models[i].feature_set_ready));
+    }
     family(b, "ctr_feature_set_loaded_timestamp_seconds", "gauge",
            "When ctr-load finished writing the feature set (unix seconds; 0 unknown).");
-    proto_buf_printf(b, "ctr_feature_set_loaded_timestamp_seconds %.3f\n",
-                     atomic_load(&m->feature_set_loaded_at));
+    for (int i = 0; i < m->nmodels; i++) {
+        series(b, "ctr_feature_set_loaded_timestamp_seconds", "", "model", m->models[i].label,
+               NULL, NULL);
+        proto_buf_printf(b, "%.3f\n", atomic_load(&m->models[i].feature_set_loaded_at));
+    }
 
     render_process(b, m->start_time);
 

@@ -10,29 +10,32 @@
  * series is fixed here (endpoints, Redis operations, histogram buckets),
  * which is what keeps updates that cheap.
  *
- * Series (ctr_ prefix, apart from the standard process_* ones):
+ * Series (ctr_ prefix, apart from the standard process_* ones; those marked
+ * [model] have one series per model served, labelled model="<its name>",
+ * the first label):
  *   ctr_http_requests_total{endpoint,status}        counter
  *   ctr_http_request_duration_seconds{endpoint}     histogram
  *   ctr_redis_call_duration_seconds{op}             histogram
  *   ctr_redis_errors_total{op,kind="timeout|error"} counter
  *   ctr_redis_up                                    gauge (1: the last health
  *                                                   check's PING answered)
- *   ctr_item_cache_{hits,misses,insertions,evictions,expirations}_total  counter
- *   ctr_item_cache_entries, ctr_item_cache_bytes    gauge
+ *   ctr_item_cache_{hits,misses,insertions,evictions,expirations}_total  counter [model]
+ *   ctr_item_cache_entries, ctr_item_cache_bytes    gauge [model]
  *   ctr_inflight_requests                           gauge (HTTP, every endpoint)
  *   ctr_rank_pending_requests                       gauge (rank requests queued
  *                                                   or in work: what admission
  *                                                   bounds)
  *   ctr_rank_pending_requests_limit                 gauge (that bound, max_pending)
- *   ctr_model_info{name,version} 1                  gauge
- *   ctr_model_reloads_total{result="ok|failed"}     counter
- *   ctr_model_last_reload_successful                gauge (1 until a reload fails,
+ *   ctr_model_info{name,version,arch} 1             gauge [model] (name and
+ *                                                   version from the file)
+ *   ctr_model_reloads_total{result="ok|failed"}     counter [model]
+ *   ctr_model_last_reload_successful                gauge [model] (1 until a reload fails,
  *                                                   1 again after one succeeds)
  *   ctr_degraded_responses_total{reason}            counter (an answer with two
  *                                                   reasons counts under both)
  *   ctr_rank_degraded_responses_total               counter (answers with at
  *                                                   least one reason, once each)
- *   ctr_scored_candidates_total                     counter
+ *   ctr_scored_candidates_total                     counter [model]
  *   ctr_rank_stage_duration_seconds{stage}          histogram (queue, decode,
  *                                                   history, items, score)
  *   ctr_redis_breaker_open                          gauge (connections whose
@@ -40,9 +43,10 @@
  *   ctr_redis_breaker_{opens,probes,short_circuits}_total  counter
  *   ctr_requests_shed_total{reason="admission|deadline"}   counter
  *   ctr_connections_cut_total{reason="receive_deadline"}   counter
- *   ctr_feature_set_ready                           gauge (1: marker present
- *                                                   and matching the model)
- *   ctr_feature_set_loaded_timestamp_seconds        gauge (unix time of the
+ *   ctr_feature_set_ready                           gauge [model] (1: marker
+ *                                                   present and matching the
+ *                                                   model, under its prefix)
+ *   ctr_feature_set_loaded_timestamp_seconds        gauge [model] (unix time of the
  *                                                   load; 0 when unknown)
  *   process_start_time_seconds                      gauge (unix time)
  *   process_cpu_seconds_total                       counter (user + system)
@@ -59,23 +63,26 @@
  * The process_* series are the standard ones of Prometheus client libraries
  * (read from /proc at each scrape; absent where /proc is not).  Label values
  * come from fixed sets (endpoints, status codes, operations, stages, at most
- * METRICS_MAX_REASONS reasons) or from the model file (name, version): never
+ * METRICS_MAX_REASONS reasons) or from the settings and model files (model, name, version, arch): never
  * from a request.  deploy/prometheus/ holds the recording and alert rules
  * built on these names, deploy/grafana/ the dashboard: rename with them.
  *
  * Usage:
  *
  *     metrics *m;  metrics_init(&m);                  // once per process
+ *     int qin = metrics_add_model(m, "qin");          // at startup, each model
  *     metrics_inflight_add(m, 1);
  *     ... metrics_http(m, metrics_endpoint_of(url), 200, elapsed_s);
  *     metrics_inflight_add(m, -1);
  *
- *     // GET /metrics
- *     item_cache_stats st;  item_cache_stats_get(cache, &st);
- *     metrics_render(m, &st, &buf);    // Content-Type: METRICS_CONTENT_TYPE
+ *     // GET /metrics: each model's current cache, in model order
+ *     item_cache_stats st[1];  item_cache_stats_get(cache, &st[0]);
+ *     metrics_render(m, st, 1, &buf);  // Content-Type: METRICS_CONTENT_TYPE
  *
- * Thread-safety: everything except init and free may be called from any
- * thread at any time, including concurrently with metrics_render.
+ * Thread-safety: everything except init, free and metrics_add_model may be
+ * called from any thread at any time, including concurrently with
+ * metrics_render; metrics_add_model belongs to startup, before any other
+ * thread uses m.
  */
 #ifndef CTR_SERVER_METRICS_H
 #define CTR_SERVER_METRICS_H
@@ -117,6 +124,8 @@ typedef enum metrics_redis_result {
 
 /* Distinct degraded-response reasons kept; later ones count as "other". */
 #define METRICS_MAX_REASONS 16
+/* Models with series of their own. */
+#define METRICS_MAX_MODELS 8
 /* Model name and version are cut to this many bytes (with the NUL). */
 #define METRICS_LABEL_MAX 128
 
@@ -141,16 +150,27 @@ void metrics_redis(metrics *m, metrics_redis_op op, double seconds,
 /* Requests being handled: +1 on arrival, -1 when answered. */
 void metrics_inflight_add(metrics *m, int delta);
 
-/* Candidates scored by the model (after a successful forward pass). */
-void metrics_scored(metrics *m, uint64_t n);
+/* Registers a model served under `label` (copied, cut to
+ * METRICS_LABEL_MAX bytes) and returns its index for the [model] calls
+ * below (models are numbered 0, 1, ... in the order added), or -1 when
+ * METRICS_MAX_MODELS are registered already.  Startup only. */
+int metrics_add_model(metrics *m, const char *label);
 
-/* The model being served.  Copies both strings (cut to METRICS_LABEL_MAX
- * bytes); NULL is "".  Takes a mutex: meant for load and reload only. */
-void metrics_set_model(metrics *m, const char *name, const char *version);
+/* In the [model] calls, an index that was not returned by
+ * metrics_add_model is ignored. */
 
-/* One model reload attempt (ok != 0: succeeded); also sets
+/* Candidates scored by model (after a successful forward pass). */
+void metrics_scored(metrics *m, int model, uint64_t n);
+
+/* The file a model serves now.  Copies the strings (cut to
+ * METRICS_LABEL_MAX bytes); NULL is "".  Takes a mutex: meant for load and
+ * reload only. */
+void metrics_set_model(metrics *m, int model, const char *name, const char *version,
+                       const char *arch);
+
+/* One reload attempt of model (ok != 0: succeeded); also sets its
  * ctr_model_last_reload_successful. */
-void metrics_reload(metrics *m, int ok);
+void metrics_reload(metrics *m, int model, int ok);
 
 /* One response answered in degraded form.  `reason` is a short label such
  * as "user_features_missing"; it must have static storage duration (a
@@ -200,20 +220,20 @@ void metrics_shed(metrics *m, int deadline);
  * deadline. */
 void metrics_connection_cut(metrics *m);
 
-/* The health check's view of the feature set: ready (marker present and
- * matching), and its load time in unix seconds (0: unknown). */
-void metrics_feature_set(metrics *m, int ready, double loaded_at);
+/* The health check's view of a model's feature set: ready (marker present
+ * and matching), and its load time in unix seconds (0: unknown). */
+void metrics_feature_set(metrics *m, int model, int ready, double loaded_at);
 
-/* Adds the final counters of an item cache about to be freed (after a
- * model reload) to a base, so the *_total series stay monotonic across
+/* Adds the final counters of a model's item cache about to be freed
+ * (after a reload) to a base, so the *_total series stay monotonic across
  * caches.  Gauges (entries, bytes) are not affected. */
-void metrics_cache_retire(metrics *m, const item_cache_stats *final_stats);
+void metrics_cache_retire(metrics *m, int model, const item_cache_stats *final_stats);
 
-/* Appends every series to `out` in text format 0.0.4.  `cache` is the
- * current item cache's stats, or NULL when there is none (no model loaded
- * yet, or caching off): the gauges then read 0 and the counters show only
- * what retired caches counted.  CTR_OK, or CTR_ENOMEM when the buffer could
- * not grow. */
-int metrics_render(metrics *m, const item_cache_stats *cache, proto_buf *out);
+/* Appends every series to `out` in text format 0.0.4.  `caches` holds the
+ * current item cache stats of models 0..ncaches-1 (NULL, or fewer than the
+ * models: the others have none, so their gauges read 0 and their counters
+ * show only what retired caches counted).  CTR_OK, or CTR_ENOMEM when the
+ * buffer could not grow. */
+int metrics_render(metrics *m, const item_cache_stats *caches, int ncaches, proto_buf *out);
 
 #endif

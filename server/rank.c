@@ -4,9 +4,12 @@
  *
  * Workload: one user, N = 1..max_candidates candidates, a history of up to
  * max_len behaviours, under a deadline of a few to a few tens of
- * milliseconds.  Cost order, warm cache: the forward pass (~90-160 us per
- * candidate on one core for MicroLens) >> JSON decode/encode (~1 us per
- * candidate) > one Redis round trip for the history (~50 us on loopback).
+ * milliseconds, for one of the service's models (QIN, DIN or TIN, through
+ * core/engine.h).  Cost order, warm cache: the forward pass (QIN ~60-130
+ * us, DIN ~400 us, TIN ~1.5 us per candidate on one core at MicroLens and
+ * Amazon shapes) against JSON decode/encode (~1 us per candidate) and one
+ * Redis round trip for the history (~50 us on loopback): for TIN the
+ * service's own work dominates.
  * So the path is arranged to (1) touch Redis at most twice, one read for
  * the user and one pipeline for every item vector the cache lacks, each
  * bounded by what is left of the budget after the model's expected share,
@@ -18,9 +21,14 @@
  * answer late: no history -> scored with an empty history; item features
  * unreachable -> the candidates the cache lacks are left unscored, and if
  * that leaves nothing to rank, 503.  A score is never null: item vectors
- * are checked when computed (never cached non-finite), and a score that is
+ * are checked when computed (engine_items_compute refuses non-finite ones,
+ * every architecture alike, so they are never cached), and a score that is
  * not finite after the pass sends its candidate to "unscored" (after
  * dropping any history item that poisons the attention).
+ *
+ * Explanations ("explain": k) ride along with the forward pass (the
+ * engine's top-k per candidate, engine.h); when not asked for, the pass is
+ * exactly the one without them.
  */
 #include "server/rank.h"
 
@@ -60,9 +68,14 @@ void rank_degrade(rank_ctx *x, const char *reason) {
 }
 
 int64_t rank_score_estimate_ns(const rank_ctx *x, int n) {
-    long long per = atomic_load_explicit(&x->svc->score_ns_per_mflop, memory_order_relaxed);
+    long long per = atomic_load_explicit(&x->m->score_ns_per_mflop, memory_order_relaxed);
     if (per <= 0) per = DEFAULT_NS_PER_MFLOP;
-    return (int64_t)((double)n * qin_candidate_flops(x->cfg) * 1e-6 * (double)per);
+    return (int64_t)((double)n * x->flops_per_cand * 1e-6 * (double)per);
+}
+
+/* 2 flops per multiply-add of the folded model, for a history of nh. */
+static double cand_flops(const rank_ctx *x, int nh) {
+    return 2.0 * engine_model_cost(x->slot->model, nh).folded;
 }
 
 /* The deadline of a feature-store call: what is left after the model's
@@ -90,8 +103,6 @@ void rank_begin(rank_ctx *x, worker *w, const rank_input *in) {
     memset(x, 0, sizeof *x);
     x->w = w;
     x->svc = w->svc;
-    x->slot = model_holder_acquire(x->svc->models);
-    x->cfg = x->slot->cfg;
     x->a = &w->arena;
     arena_reset(x->a);
     proto_buf_reset(&w->out);
@@ -107,16 +118,41 @@ void rank_end(rank_ctx *x) {
     x->slot = NULL;
 }
 
+/* The decoder's picker (proto_rank_pick): the named model's current slot,
+ * acquired for the rest of the request. */
+static const proto_rank_schema *pick_model(void *arg, const char *name) {
+    rank_ctx *x = arg;
+    service_model *m = service_find_model(x->svc, name);
+    if (!m) return NULL;
+    if (m != x->m) {
+        model_slot_release(x->slot);
+        x->m = m;
+        x->slot = model_holder_acquire(m->holder);
+        x->sc = x->slot->schema;
+        x->pschema = (proto_rank_schema){x->sc->num_ctx, x->slot->ctx_name,
+                                         x->svc->max_candidates, x->svc->max_seq, NULL};
+    }
+    return &x->pschema;
+}
+
+/* "(models: a, b)" for the message of an unknown model. */
+static void model_list(const service *svc, char *out, size_t cap) {
+    size_t n = (size_t)snprintf(out, cap, " (models: ");
+    for (int i = 0; i < svc->num_models && n < cap; i++)
+        n += (size_t)snprintf(out + n, cap - n, "%s%s", i ? ", " : "", svc->models[i].name);
+    if (n < cap) snprintf(out + n, cap - n, ")");
+}
+
 /* --- decode ------------------------------------------------------------- */
 
 int rank_decode(rank_ctx *x, const rank_input *in) {
     service *svc = x->svc;
-    char err[512];
-    proto_rank_schema schema = {x->cfg->num_ctx, x->slot->ctx_name, svc->max_candidates,
-                                svc->max_seq};
-    int rc = proto_rank_request_decode(in->body, in->len, &schema, x->a, &x->req, err,
-                                       sizeof err);
+    char err[768];
+    int rc = proto_rank_request_decode_pick(in->body, in->len, pick_model, x, x->a, &x->req, err,
+                                            sizeof err - 256);
+    if (rc == CTR_ENOTFOUND) model_list(svc, err + strlen(err), 256);
     if (rc < 0) return answer_error(x, proto_error_from_status(rc), err);
+    x->flops_per_cand = cand_flops(x, x->sc->max_len);
 
     int ms = x->req.deadline_ms ? x->req.deadline_ms
                                 : (in->header_deadline_ms > 0 ? in->header_deadline_ms
@@ -131,8 +167,8 @@ int rank_decode(rank_ctx *x, const rank_input *in) {
         return answer_error(x, PROTO_ERROR_OVERLOADED, err);
     }
 
-    if ((rc = qin_request_check(x->cfg, x->req.cand_id, x->req.ctx, x->req.num_cand, err,
-                                sizeof err)) < 0)
+    if ((rc = engine_request_check(x->slot->model, x->req.cand_id, x->req.ctx, x->req.num_cand,
+                                   err, sizeof err)) < 0)
         return answer_error(x, proto_error_from_status(rc), err);
 
     const size_t n1 = (size_t)(x->req.num_cand ? x->req.num_cand : 1);
@@ -140,6 +176,12 @@ int rank_decode(rank_ctx *x, const rank_input *in) {
     x->scored = arena_alloc(x->a, n1, 64);
     if (!x->prob || !x->scored) return out_of_memory(x);
     memset(x->scored, 0, n1);
+    if (x->req.explain > 0) {
+        const size_t k = (size_t)x->req.explain;
+        x->xpos = arena_alloc(x->a, n1 * k * sizeof *x->xpos, 64);
+        x->xweight = arena_alloc(x->a, n1 * k * sizeof *x->xweight, 64);
+        if (!x->xpos || !x->xweight) return out_of_memory(x);
+    }
     stage_end(x, RANK_STAGE_DECODE);
     return 0;
 }
@@ -149,7 +191,7 @@ int rank_decode(rank_ctx *x, const rank_input *in) {
 int rank_history(rank_ctx *x) {
     static log_limit lim_fail;
     service *svc = x->svc;
-    int fs_state = atomic_load(&svc->feature_set);
+    int fs_state = atomic_load(&x->m->feature_set);
     if (fs_state == SERVICE_FS_MISSING || fs_state == SERVICE_FS_MISMATCH)
         rank_degrade(x, "feature_set_missing");
 
@@ -161,8 +203,9 @@ int rank_history(rank_ctx *x) {
             rank_degrade(x, "history_deadline");
         } else {
             char err[512];
-            int rc = featstore_get_user(x->w->fs, x->req.user_id, x->cfg->max_len, dl, x->a,
-                                        &x->hist_ids, &x->nh, err, sizeof err);
+            int rc = featstore_get_user(x->w->m[x->m->index].fs, x->req.user_id,
+                                        x->sc->max_len, dl, x->a, &x->hist_ids, &x->nh, err,
+                                        sizeof err);
             metrics_redis(svc->metrics, METRICS_REDIS_GET_USER,
                           (double)(clock_now_ns() - start) * 1e-9, redis_result(rc));
             if (rc == CTR_ENOTFOUND) {
@@ -179,17 +222,20 @@ int rank_history(rank_ctx *x) {
             }
         }
     }
-    if (x->nh > x->cfg->max_len) { /* only the most recent max_len count */
-        x->hist_ids += x->nh - x->cfg->max_len;
-        x->nh = x->cfg->max_len;
+    if (x->nh > x->sc->max_len) { /* only the most recent max_len count */
+        x->hist_ids += x->nh - x->sc->max_len;
+        x->nh = x->sc->max_len;
     }
+    x->flops_per_cand = cand_flops(x, x->nh);
     stage_end(x, RANK_STAGE_HISTORY);
     return 0;
 }
 
 /* --- item vectors ------------------------------------------------------- */
 
-/* Open-addressing map item id -> slot in the request's unique-item table. */
+/* Open-addressing map item id -> slot in the request's unique-item table.
+ * Keys are id + 1, so 0 marks an empty slot (ids here are valid, so >= 0:
+ * TIN's item 0 is real). */
 typedef struct idmap {
     int64_t *keys;
     int *vals;
@@ -202,17 +248,18 @@ static int idmap_init(idmap *m, arena *a, int n) {
     m->keys = arena_alloc(a, cap * sizeof *m->keys, 64);
     m->vals = arena_alloc(a, cap * sizeof *m->vals, 64);
     if (!m->keys || !m->vals) return -1;
-    for (unsigned i = 0; i < cap; i++) m->keys[i] = 0; /* 0 is never a valid id */
+    for (unsigned i = 0; i < cap; i++) m->keys[i] = 0; /* empty */
     m->mask = cap - 1;
     return 0;
 }
 
 /* Index of id, inserting it as *next when new. */
 static int idmap_get(idmap *m, int64_t id, int *next) {
-    unsigned h = (unsigned)((uint64_t)id * 0x9E3779B97F4A7C15ull >> 32) & m->mask;
-    while (m->keys[h] && m->keys[h] != id) h = (h + 1) & m->mask;
+    const int64_t key = id + 1;
+    unsigned h = (unsigned)((uint64_t)key * 0x9E3779B97F4A7C15ull >> 32) & m->mask;
+    while (m->keys[h] && m->keys[h] != key) h = (h + 1) & m->mask;
     if (!m->keys[h]) {
-        m->keys[h] = id;
+        m->keys[h] = key;
         m->vals[h] = (*next)++;
     }
     return m->vals[h];
@@ -223,8 +270,8 @@ static int idmap_get(idmap *m, int64_t id, int *next) {
 static int compute_vectors(rank_ctx *x, const int64_t *miss_id, const int *miss_u, int nmiss,
                            const featstore_item *feats) {
     static log_limit lim_width, lim_bad;
-    const qin_config *c = x->cfg;
-    qin_item_input *in = arena_alloc(x->a, (size_t)nmiss * sizeof *in, 64);
+    const engine_schema *sc = x->sc;
+    engine_item *in = arena_alloc(x->a, (size_t)nmiss * sizeof *in, 64);
     int *in_k = arena_alloc(x->a, (size_t)nmiss * sizeof *in_k, 64);
     if (!in || !in_k) return -1;
     int nin = 0;
@@ -239,30 +286,31 @@ static int compute_vectors(rank_ctx *x, const int64_t *miss_id, const int *miss_
                                                                   : RANK_NOVEC_MISSING;
             continue;
         }
-        if (feats[k].mm_dim != c->mm_in) {
+        if (feats[k].mm_dim != sc->mm_dim) {
             log_limited(&lim_width, LOG_WARN, "item width mismatches",
                         "item %lld: embedding width %d, the model reads %d",
-                        (long long)miss_id[k], feats[k].mm_dim, c->mm_in);
+                        (long long)miss_id[k], feats[k].mm_dim, sc->mm_dim);
             x->ureason[u] = RANK_NOVEC_INVALID;
             continue;
         }
-        in[nin] = (qin_item_input){miss_id[k], feats[k].tags, feats[k].num_tags, feats[k].mm};
+        in[nin] = (engine_item){miss_id[k], feats[k].tags, feats[k].num_tags, feats[k].mm,
+                                feats[k].cate};
         in_k[nin++] = k;
     }
-    /* All the missing vectors in one batch (two sgemm), then into the
-     * cache, which copies them and hands back pinned entries. */
-    const size_t vf = qin_item_vec_floats(x->slot->model);
+    /* All the missing vectors in one batch (batched products), then into
+     * the cache, which copies them and hands back pinned entries. */
+    const size_t vf = engine_item_vec_floats(x->slot->model);
     float *vecs = arena_alloc(x->a, (size_t)(nin ? nin : 1) * vf * sizeof(float), 64);
     unsigned char *ok = arena_alloc(x->a, (size_t)(nin ? nin : 1), 64);
     if (!vecs || !ok) return -1;
     memset(ok, 1, (size_t)(nin ? nin : 1));
     char err[256];
-    if (qin_items_compute(x->slot->model, nin, in, vecs, NULL, err, sizeof err) < 0) {
+    if (engine_items_compute(x->slot->model, nin, in, vecs, NULL, err, sizeof err) < 0) {
         /* Some item's features are out of the model's range or overflow:
          * redo them one by one and leave the bad ones out (never cached). */
         for (int j = 0; j < nin; j++)
-            if (qin_item_compute(x->slot->model, &in[j], vecs + (size_t)j * vf, err,
-                                 sizeof err) < 0) {
+            if (engine_items_compute(x->slot->model, 1, &in[j], vecs + (size_t)j * vf, NULL,
+                                     err, sizeof err) < 0) {
                 log_limited(&lim_bad, LOG_WARN, "unusable item features",
                             "item %lld: unusable features (%s)", (long long)in[j].id, err);
                 ok[j] = 0;
@@ -305,7 +353,7 @@ int rank_items(rank_ctx *x) {
     }
     for (int j = 0; j < nh; j++) {
         int64_t id = x->hist_ids[j];
-        if (!qin_history_usable(x->cfg, id)) {
+        if (!engine_history_id_ok(x->slot->model, id)) {
             x->hist_u[j] = -1;
             continue;
         }
@@ -337,7 +385,8 @@ int rank_items(rank_ctx *x) {
         int rc = CTR_ETIMEOUT, deadline_hit = !dl;
         char err[512] = "";
         if (dl) {
-            rc = featstore_get_items(x->w->fs, miss_id, nmiss, dl, a, feats, err, sizeof err);
+            rc = featstore_get_items(x->w->m[x->m->index].fs, miss_id, nmiss, dl, a, feats, err,
+                                     sizeof err);
             metrics_redis(svc->metrics, METRICS_REDIS_GET_ITEMS,
                           (double)(clock_now_ns() - start) * 1e-9, redis_result(rc));
             deadline_hit = budget_timeout(x, rc, start, dl);
@@ -391,6 +440,7 @@ int rank_items(rank_ctx *x) {
 
 typedef struct score_job {
     service *svc;
+    const service_model *m;
     const model_slot *slot;
     const float *const *hist;
     int nh;
@@ -398,20 +448,28 @@ typedef struct score_job {
     const int32_t *ctx;
     int n;
     float *prob;
+    const engine_explain *ex;     /* n rows, or NULL */
     atomic_int failed;
 } score_job;
 
+/* One slice of the candidates: candidate, context and explanation rows
+ * offset alike. */
 static void score_part(void *arg, int part, int nparts) {
     static log_limit lim;
     score_job *j = arg;
     int lo = (int)((long long)j->n * part / nparts), hi = (int)((long long)j->n * (part + 1) / nparts);
     if (hi <= lo) return;
     worker *w = worker_self(j->svc);
-    qin_scratch *s = w ? worker_scratch(w, j->slot) : NULL;
+    engine_scratch *s = w ? worker_scratch(w, j->m, j->slot) : NULL;
     char err[256];
-    const int nctx = j->slot->cfg->num_ctx;
-    qin_request r = {j->hist, j->nh, j->cand + lo, j->ctx + (size_t)lo * nctx, hi - lo};
-    if (!s || qin_forward(j->slot->model, s, &r, j->prob + lo, err, sizeof err) < 0) {
+    const int nctx = j->slot->schema->num_ctx;
+    engine_explain ex;
+    if (j->ex)
+        ex = (engine_explain){j->ex->k, j->ex->pos + (size_t)lo * j->ex->k,
+                              j->ex->weight + (size_t)lo * j->ex->k};
+    engine_request r = {j->hist, j->nh, j->cand + lo, j->ctx + (size_t)lo * nctx, hi - lo,
+                        j->ex ? &ex : NULL};
+    if (!s || engine_forward(j->slot->model, s, &r, j->prob + lo, err, sizeof err) < 0) {
         if (s) log_limited(&lim, LOG_ERROR, "scoring failures", "scoring: %s", err);
         atomic_store(&j->failed, 1);
     }
@@ -421,16 +479,18 @@ static void score_part(void *arg, int part, int nparts) {
  * hand-off to another thread (a futex wake and a context switch, tens of
  * microseconds on a VM): at least split_min candidates and
  * split_min_mflops of arithmetic (25 by default: ~150 us at the QNN
- * kernel's rate).  So the MicroLens model (8.4 MFLOP a candidate) splits 64
- * candidates in two, while a small model scores them on this thread.
- * 0, or -1 when the engine failed. */
+ * kernel's rate), counted as 2 flops per multiply-add of the folded model
+ * (engine_model_cost).  So the MicroLens QIN (8.5 MFLOP a candidate) and
+ * DIN (36 MFLOP) split 64 candidates in two, while TIN (0.08 MFLOP) and
+ * small models score them on this thread.  ex, when set, gets the n
+ * candidates' explanations.  0, or -1 when the engine failed. */
 static int score_run(rank_ctx *x, const float *const *hist, int nh, const float *const *cand,
-                     const int32_t *ctx, int n, float *prob) {
+                     const int32_t *ctx, int n, float *prob, const engine_explain *ex) {
     service *svc = x->svc;
     if (n <= 0) return 0;
-    score_job job = {svc, x->slot, hist, nh, cand, ctx, n, prob, 0};
-    const double per_cand = qin_candidate_flops(x->cfg);
-    int min_part = (int)(svc->split_min_mflops * 1e6 / per_cand) + 1;
+    score_job job = {svc, x->m, x->slot, hist, nh, cand, ctx, n, prob, ex, 0};
+    const double per_cand = cand_flops(x, nh);
+    int min_part = per_cand > 0 ? (int)(svc->split_min_mflops * 1e6 / per_cand) + 1 : n;
     if (min_part < svc->split_min) min_part = svc->split_min;
     int parts = n / min_part;
     if (parts > svc->score_parts) parts = svc->score_parts;
@@ -444,21 +504,21 @@ static int score_run(rank_ctx *x, const float *const *hist, int nh, const float 
  * the attention, one at a time with one of those candidates, drop them, and
  * score everything again.  Rare, so plain rather than fast. */
 static int repair_history(rank_ctx *x, const float **hist, int nh, const float **cand,
-                          const int32_t *ctx, int ns, float *prob) {
+                          const int32_t *ctx, int ns, float *prob, const engine_explain *ex) {
     static log_limit lim;
-    const int nctx = x->cfg->num_ctx;
+    const int nctx = x->sc->num_ctx;
     int probe = -1;
     float p;
     for (int i = 0; i < ns && probe < 0; i++) {
         if (isfinite(prob[i])) continue;
-        if (score_run(x, NULL, 0, cand + i, ctx + (size_t)i * nctx, 1, &p) < 0) return -1;
+        if (score_run(x, NULL, 0, cand + i, ctx + (size_t)i * nctx, 1, &p, NULL) < 0) return -1;
         if (isfinite(p)) probe = i;
     }
     if (probe < 0) return 0; /* not the history's doing */
     int dropped = 0;
     for (int j = 0; j < nh; j++) {
         if (!hist[j]) continue;
-        if (score_run(x, &hist[j], 1, cand + probe, ctx + (size_t)probe * nctx, 1, &p) < 0)
+        if (score_run(x, &hist[j], 1, cand + probe, ctx + (size_t)probe * nctx, 1, &p, NULL) < 0)
             return -1;
         if (!isfinite(p)) {
             log_limited(&lim, LOG_WARN, "history items dropped",
@@ -470,12 +530,12 @@ static int repair_history(rank_ctx *x, const float **hist, int nh, const float *
     }
     if (!dropped) return 0;
     rank_degrade(x, "history_item_invalid");
-    return score_run(x, hist, nh, cand, ctx, ns, prob);
+    return score_run(x, hist, nh, cand, ctx, ns, prob, ex);
 }
 
 int rank_score(rank_ctx *x) {
     service *svc = x->svc;
-    const int n = x->req.num_cand, nh = x->nh, nctx = x->cfg->num_ctx;
+    const int n = x->req.num_cand, nh = x->nh, nctx = x->sc->num_ctx, xk = x->req.explain;
     arena *a = x->a;
     const float **hist = arena_alloc(a, (size_t)(nh ? nh : 1) * sizeof *hist, 64);
     const float **cand = arena_alloc(a, (size_t)(n ? n : 1) * sizeof *cand, 64);
@@ -483,6 +543,13 @@ int rank_score(rank_ctx *x) {
     int *cand_of = arena_alloc(a, (size_t)(n ? n : 1) * sizeof *cand_of, 64);
     float *prob = arena_alloc(a, (size_t)(n ? n : 1) * sizeof *prob, 64);
     if (!hist || !cand || !ctx || !cand_of || !prob) return out_of_memory(x);
+    /* Explanations of the scored candidates, in their order here. */
+    engine_explain ex = {xk, NULL, NULL};
+    if (xk > 0) {
+        ex.pos = arena_alloc(a, (size_t)(n ? n : 1) * (size_t)xk * sizeof *ex.pos, 64);
+        ex.weight = arena_alloc(a, (size_t)(n ? n : 1) * (size_t)xk * sizeof *ex.weight, 64);
+        if (!ex.pos || !ex.weight) return out_of_memory(x);
+    }
     for (int j = 0; j < nh; j++) hist[j] = x->hist_u[j] >= 0 ? x->uvec[x->hist_u[j]] : NULL;
     int ns = 0;
     for (int i = 0; i < n; i++) {
@@ -513,24 +580,25 @@ int rank_score(rank_ctx *x) {
             return answer_error(x, PROTO_ERROR_DEADLINE_EXCEEDED, msg);
         }
         int64_t t0 = clock_now_ns();
-        if (score_run(x, hist, nh, cand, ctx, k, prob) < 0)
+        if (score_run(x, hist, nh, cand, ctx, k, prob, xk > 0 ? &ex : NULL) < 0)
             return answer_error(x, PROTO_ERROR_INTERNAL, "scoring failed (see the log)");
-        /* The running speed estimate: an 8-sample moving average, races
-         * between threads harmless. */
-        double mflops = (double)k * qin_candidate_flops(x->cfg) * 1e-6;
+        /* The model's running speed estimate: an 8-sample moving average,
+         * races between threads harmless. */
+        double mflops = (double)k * x->flops_per_cand * 1e-6;
         if (mflops > 0.01) {
+            atomic_llong *est = &x->m->score_ns_per_mflop;
             long long sample = (long long)((double)(clock_now_ns() - t0) / mflops);
-            long long old = atomic_load_explicit(&svc->score_ns_per_mflop, memory_order_relaxed);
+            long long old = atomic_load_explicit(est, memory_order_relaxed);
             if (old <= 0) old = sample;
-            atomic_store_explicit(&svc->score_ns_per_mflop, old + (sample - old) / 8,
-                                  memory_order_relaxed);
+            atomic_store_explicit(est, old + (sample - old) / 8, memory_order_relaxed);
         }
         int bad = 0;
         for (int i = 0; i < k; i++) bad += !isfinite(prob[i]);
-        if (bad && nh > 0 && repair_history(x, hist, nh, cand, ctx, k, prob) < 0)
+        if (bad && nh > 0 &&
+            repair_history(x, hist, nh, cand, ctx, k, prob, xk > 0 ? &ex : NULL) < 0)
             return answer_error(x, PROTO_ERROR_INTERNAL, "scoring failed (see the log)");
         ns = k;
-        metrics_scored(svc->metrics, (uint64_t)ns);
+        metrics_scored(svc->metrics, x->m->index, (uint64_t)ns);
     }
     for (int s = 0; s < ns; s++) {
         if (!isfinite(prob[s])) {
@@ -539,6 +607,14 @@ int rank_score(rank_ctx *x) {
         }
         x->prob[cand_of[s]] = prob[s];
         x->scored[cand_of[s]] = 1;
+        if (xk > 0 && !svc->skip_scoring) {
+            memcpy(x->xpos + (size_t)cand_of[s] * xk, ex.pos + (size_t)s * xk,
+                   (size_t)xk * sizeof *ex.pos);
+            memcpy(x->xweight + (size_t)cand_of[s] * xk, ex.weight + (size_t)s * xk,
+                   (size_t)xk * sizeof *ex.weight);
+        } else if (xk > 0) {
+            for (int j = 0; j < xk; j++) x->xpos[(size_t)cand_of[s] * xk + j] = -1;
+        }
     }
     stage_end(x, RANK_STAGE_SCORE);
     return 0;
@@ -575,8 +651,8 @@ int rank_answer(rank_ctx *x) {
         metrics_rank_stage(x->svc->metrics, s, (double)x->stage_ns[s] * 1e-9);
     }
     proto_rank_answer ans = {.request_id = x->req.request_id,
-                             .model_name = x->cfg->name,
-                             .model_version = x->cfg->version,
+                             .model_name = x->m->name,
+                             .model_version = x->sc->version,
                              .items = items,
                              .num_items = kept,
                              .took_us = (now - x->arrival_ns) / 1000,
@@ -584,7 +660,11 @@ int rank_answer(rank_ctx *x) {
                              .degraded = x->degraded,
                              .num_degraded = x->ndeg,
                              .unscored = unscored,
-                             .num_unscored = nun};
+                             .num_unscored = nun,
+                             .explain_k = x->req.explain,
+                             .explain_pos = x->xpos,
+                             .explain_weight = x->xweight,
+                             .hist_ids = x->hist_ids};
     if (proto_rank_answer_encode(&ans, &x->w->out) < 0) return out_of_memory(x);
     return 200;
 }

@@ -2,13 +2,14 @@
  * rank.h - POST /v1/rank as a sequence of stages over one request context,
  * each a function a unit test can call on its own:
  *
- *   rank_begin     acquire the model, start the clock and the budget
- *   rank_decode    JSON body -> request; the model's range rules; deadline
+ *   rank_begin     start the clock
+ *   rank_decode    JSON body -> request, with the schema of the model it
+ *                  names (acquired here); the model's range rules; deadline
  *   rank_history   the user's history (the request's own, or one bounded
  *                  read from the feature store)
  *   rank_items     item vectors: cache, then one read for what it lacks
  *   rank_score     the forward pass, split across the scoring pool; scores
- *                  that are not finite handled
+ *                  that are not finite handled; explanations when asked
  *   rank_answer    order, encode
  *   rank_end       release cache pins and the model
  *
@@ -62,8 +63,13 @@ enum { RANK_STAGE_QUEUE, RANK_STAGE_DECODE, RANK_STAGE_HISTORY, RANK_STAGE_ITEMS
 typedef struct rank_ctx {
     worker *w;
     service *svc;
-    model_slot *slot;              /* referenced from begin to end */
-    const qin_config *cfg;
+    service_model *m;              /* the model the request names */
+    model_slot *slot;              /* m's, referenced from decode to end */
+    const engine_schema *sc;       /* slot's */
+    proto_rank_schema pschema;     /* what the decoder reads of it */
+    double flops_per_cand;         /* 2 x folded multiply-adds at the
+                                      history length (max_len until the
+                                      history is read) */
     arena *a;
     int64_t arrival_ns, deadline_ns, stage_t0;
     int64_t stage_ns[RANK_STAGES];
@@ -71,7 +77,9 @@ typedef struct rank_ctx {
 
     proto_rank_request req;
 
-    /* History: ids, then their slots in the unique-item table. */
+    /* History: ids (the most recent max_len, oldest first: explanation
+     * positions index this array), then their slots in the unique-item
+     * table. */
     int64_t *hist_ids;
     int nh;
 
@@ -88,6 +96,9 @@ typedef struct rank_ctx {
     /* Scoring. */
     float *prob;                   /* per candidate; NaN when unscored */
     unsigned char *scored;         /* per candidate: 1 when prob is valid */
+    int32_t *xpos;                 /* with explain k: per candidate, k
+                                      positions in hist_ids (-1: none) */
+    float *xweight;                /* and their weights */
 
     const char *degraded[RANK_MAX_DEGRADED];
     int ndeg;
@@ -97,8 +108,9 @@ typedef struct rank_ctx {
 enum { RANK_NOVEC_NONE, RANK_NOVEC_MISSING, RANK_NOVEC_INVALID, RANK_NOVEC_UNAVAILABLE,
        RANK_NOVEC_DEADLINE };
 
-/* Set-up: the context of in's request on w (the model is acquired, the
- * arena and the answer buffer reset). */
+/* Set-up: the context of in's request on w (the arena and the answer
+ * buffer reset; the model is acquired by rank_decode, once the request
+ * has named it). */
 void rank_begin(rank_ctx *x, worker *w, const rank_input *in);
 int rank_decode(rank_ctx *x, const rank_input *in);
 int rank_history(rank_ctx *x);
@@ -110,7 +122,8 @@ void rank_end(rank_ctx *x);
 /* Adds a degraded reason once (a string literal). */
 void rank_degrade(rank_ctx *x, const char *reason);
 
-/* Nanoseconds the forward pass is expected to take for n candidates. */
+/* Nanoseconds the forward pass is expected to take for n candidates (of
+ * the model rank_decode acquired). */
 int64_t rank_score_estimate_ns(const rank_ctx *x, int n);
 
 #endif

@@ -2,10 +2,12 @@
  * service.h - the state ctr-server's request handlers share.
  *
  * One service per process, built by ctr_server.c from the configuration
- * and read-only afterwards except for the model holder (reload) and the
- * atomics.  Per-thread state (Redis connection, engine scratch, request
- * arena, answer buffer) lives in a worker (below), created on a thread's
- * first request and freed when the thread exits.
+ * and read-only afterwards except for the models' holders (reload) and the
+ * atomics.  A service serves 1..SERVICE_MAX_MODELS models, each under a
+ * name (service_model); a request names one ("model"), or gets the first.
+ * Per-thread state (a Redis connection and an engine scratch per model, the
+ * request arena, the answer buffer) lives in a worker (below), created on a
+ * thread's first request and freed when the thread exits.
  */
 #ifndef CTR_SERVICE_H
 #define CTR_SERVICE_H
@@ -15,7 +17,7 @@
 #include <stdint.h>
 
 #include "core/arena.h"
-#include "core/qin.h"
+#include "core/engine.h"
 #include "proto/buf.h"
 #include "server/featstore.h"
 #include "server/item_cache.h"
@@ -23,13 +25,33 @@
 #include "server/model_slot.h"
 #include "server/pool.h"
 
+#define SERVICE_MAX_MODELS 8
+
+/* One model the service serves: its name, its current slot, and where its
+ * features live. */
+typedef struct service_model {
+    int index;                     /* in service.models; also its metrics
+                                      series (metrics_add_model) */
+    char name[ENGINE_NAME_MAX];    /* "model" in requests, the model label */
+    char path[1024];               /* reloaded from here on SIGHUP */
+    model_slot_params slot_params;
+    model_holder *holder;
+    featstore_params fs_params;    /* the service's, with this model's key
+                                      prefix and item layout */
+    char prefix[1024];             /* fs_params.prefix points here */
+    atomic_int feature_set;        /* SERVICE_FS_*: the health check's view
+                                      of the feature-set marker under the
+                                      model's prefix */
+    atomic_llong score_ns_per_mflop;  /* running estimate of the forward
+                                         pass's speed, for deadlines */
+} service_model;
+
 typedef struct service {
-    model_holder *models;
+    service_model models[SERVICE_MAX_MODELS];  /* models[0] is the default */
+    int num_models;
     pool *scorers;                 /* helpers for splitting big requests */
     metrics *metrics;
-    featstore_params fs_params;
-    item_cache_params cache_params;
-    char model_path[1024];
+    featstore_params fs_params;    /* address, timeouts, breaker: shared */
     int max_candidates;            /* per request; 422 above */
     int max_seq;                   /* item_seq entries accepted in a request */
     size_t max_body;               /* bytes; 413 above */
@@ -40,13 +62,9 @@ typedef struct service {
     int deadline_ms;               /* a request's budget when it names none */
     int max_deadline_ms;           /* the most a request may ask for */
     atomic_int stopping;           /* set on SIGTERM: new requests get 503 */
-    atomic_int feature_set;        /* SERVICE_FS_*: the health check's view
-                                      of the feature-set marker */
-    atomic_llong score_ns_per_mflop;  /* running estimate of the forward
-                                         pass's speed, for deadlines */
 } service;
 
-/* What the last health check found (service.feature_set). */
+/* What the last health check found (service_model.feature_set). */
 enum {
     SERVICE_FS_UNKNOWN,            /* not checked yet, or Redis unreachable */
     SERVICE_FS_OK,                 /* marker present, schema matches */
@@ -55,11 +73,38 @@ enum {
     SERVICE_FS_MISMATCH            /* marker of another schema */
 };
 
+/* The model named name, or the default (the first) for NULL; NULL when no
+ * model has that name.  Thread-safe (names never change). */
+service_model *service_find_model(service *svc, const char *name);
+
+/* Sets up svc->models[svc->num_models] (and counts it): name, path, slot
+ * params, its first slot (the holder takes it over), its feature-store
+ * params from svc->fs_params with the given key prefix and the item layout
+ * the slot's schema reads (service_fs_params), its metrics series.
+ * CTR_EINVAL when full or the name is taken, CTR_ENOMEM; on failure the
+ * caller still owns first. */
+int service_add_model(service *svc, const char *name, const char *path,
+                      const model_slot_params *sp, const char *prefix, model_slot *first,
+                      char *err, size_t errlen);
+
+/* The feature-store params of a model of schema sc: base with the item
+ * layout the model reads (tag slots, embedding width, a category). */
+featstore_params service_fs_params(const featstore_params *base, const engine_schema *sc);
+
+/* Frees every model's holder (the service struct itself is the caller's). */
+void service_free_models(service *svc);
+
+/* Per thread, per model: a Redis connection under the model's prefix, and
+ * an engine scratch for the model's current generation. */
+typedef struct worker_model {
+    featstore *fs;
+    engine_scratch *scratch;       /* for scratch_gen's slot */
+    uint64_t scratch_gen;
+} worker_model;
+
 typedef struct worker {
     service *svc;
-    featstore *fs;                 /* this thread's Redis connection */
-    qin_scratch *scratch;          /* for scratch_gen's model */
-    uint64_t scratch_gen;
+    worker_model m[SERVICE_MAX_MODELS];
     arena arena;                   /* one request's data, reset per request */
     proto_buf out;                 /* the answer being built */
 } worker;
@@ -68,9 +113,15 @@ typedef struct worker {
  * Threads exit with their worker freed (pthread key destructor). */
 worker *worker_self(service *svc);
 
-/* This thread's scratch for slot's model, (re)made when the model changed.
- * NULL when out of memory. */
-qin_scratch *worker_scratch(worker *w, const model_slot *slot);
+/* This thread's scratch for model m's slot, (re)made when the model
+ * changed.  NULL when out of memory. */
+engine_scratch *worker_scratch(worker *w, const service_model *m, const model_slot *slot);
+
+/* Makes this thread's worker and its scratch for every model's current
+ * slot now (request threads call it as they start), so that a first
+ * request does not pay for allocating them (a few ms for DIN at MicroLens
+ * shapes).  A reload's new slots get theirs on first use. */
+void worker_prepare(service *svc);
 
 /* Process-wide set-up/tear-down of the thread key; call once each. */
 int worker_global_init(void);

@@ -4,11 +4,15 @@
  * libmicrohttpd's pool threads and the scoring helpers each get one worker
  * the first time they need it, kept in a pthread key so it is freed when
  * the thread exits (MHD_stop_daemon and pool_free join their threads).  A
- * worker's engine scratch is sized for the largest request allowed and
- * remade only when a reload brings a model of another generation.
+ * worker holds, per model, a feature-store connection under the model's
+ * key prefix (connected on first use) and an engine scratch sized for the
+ * largest request allowed, remade only when a reload brings a model of
+ * another generation.
  */
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "server/log.h"
 #include "server/service.h"
@@ -18,8 +22,10 @@ static pthread_key_t worker_key;
 static void worker_destroy(void *p) {
     worker *w = p;
     if (!w) return;
-    featstore_close(w->fs);
-    qin_scratch_free(w->scratch);
+    for (int i = 0; i < SERVICE_MAX_MODELS; i++) {
+        featstore_close(w->m[i].fs);
+        engine_scratch_free(w->m[i].scratch);
+    }
     arena_free(&w->arena);
     proto_buf_free(&w->out);
     free(w);
@@ -41,22 +47,36 @@ worker *worker_self(service *svc) {
     if (!w) return NULL;
     w->svc = svc;
     char err[256];
-    if (featstore_open(&svc->fs_params, &w->fs, err, sizeof err) < 0) {
-        log_error("feature store: %s", err);
-        free(w);
-        return NULL;
-    }
+    for (int i = 0; i < svc->num_models; i++)
+        if (featstore_open(&svc->models[i].fs_params, &w->m[i].fs, err, sizeof err) < 0) {
+            log_error("feature store: %s", err);
+            worker_destroy(w);
+            return NULL;
+        }
     arena_init(&w->arena, 1 << 20);
     proto_buf_init(&w->out);
     pthread_setspecific(worker_key, w);
     return w;
 }
 
-qin_scratch *worker_scratch(worker *w, const model_slot *slot) {
-    if (w->scratch && w->scratch_gen == slot->generation) return w->scratch;
-    qin_scratch_free(w->scratch);
-    w->scratch = NULL;
-    if (qin_scratch_init(slot->model, w->svc->max_candidates, &w->scratch) < 0) return NULL;
-    w->scratch_gen = slot->generation;
-    return w->scratch;
+engine_scratch *worker_scratch(worker *w, const service_model *m, const model_slot *slot) {
+    worker_model *wm = &w->m[m->index];
+    if (wm->scratch && wm->scratch_gen == slot->generation) return wm->scratch;
+    engine_scratch_free(wm->scratch);
+    wm->scratch = NULL;
+    if (engine_scratch_init(slot->model, w->svc->max_candidates, &wm->scratch) < 0) return NULL;
+    wm->scratch_gen = slot->generation;
+    return wm->scratch;
+}
+
+void worker_prepare(service *svc) {
+    worker *w = worker_self(svc);
+    if (!w) return;
+    for (int i = 0; i < svc->num_models; i++) {
+        model_slot *s = model_holder_acquire(svc->models[i].holder);
+        if (!worker_scratch(w, &svc->models[i], s))
+            log_warn("model %s: no scratch yet (out of memory); retried per request",
+                     svc->models[i].name);
+        model_slot_release(s);
+    }
 }

@@ -186,6 +186,67 @@ static void test_forward_qin(void **state) { (void)state; run_forward("small"); 
 static void test_forward_din(void **state) { (void)state; run_forward("din-dice-softmax"); }
 static void test_forward_tin(void **state) { (void)state; run_forward("tin-small"); }
 
+/* Vectors that overflow are refused the same way for every architecture
+ * (engine level): QIN and DIN from a huge embedding, naming the item and
+ * its index in the batch. */
+static void test_overflow(void **state) {
+    (void)state;
+    const char *names[] = {"small", "din-small"};
+    for (int n = 0; n < 2; n++) {
+        engine_model *m = load(names[n]);
+        const engine_schema *sc = engine_model_schema(m);
+        float mm[12], huge[12];
+        for (int k = 0; k < 12; k++) {
+            mm[k] = 0.25f;
+            huge[k] = k % 2 ? -3e38f : 3e38f; /* finite, and W_mm x overflows */
+        }
+        engine_item it[3] = {{1, NULL, 0, mm, 0}, {7, NULL, 0, huge, 0}, {9, NULL, 0, mm, 0}};
+        assert_int_equal(sc->mm_dim, 12);
+        float *v = engine_item_vecs_alloc(m, 3);
+        char err[256];
+        int bad = -1;
+        assert_int_equal(engine_items_compute(m, 3, it, v, &bad, err, sizeof err), CTR_EINVAL);
+        assert_int_equal(bad, 1);
+        assert_string_equal(err, "item 7: its vector overflows (features too large for the model)");
+        it[1].mm = mm;
+        if (engine_items_compute(m, 3, it, v, &bad, err, sizeof err) != CTR_OK) fail_msg("%s", err);
+        free(v);
+        engine_model_free(m);
+    }
+}
+
+/* The warm-up runs every architecture at its spread of sizes and leaves
+ * no trace: a request scores the same before and after. */
+static void test_warmup(void **state) {
+    (void)state;
+    const char *names[] = {"small", "din-dice-softmax", "tin-small"};
+    for (int n = 0; n < 3; n++) {
+        engine_model *m = load(names[n]);
+        const engine_schema *sc = engine_model_schema(m);
+        engine_item it[4];
+        for (int i = 0; i < 4; i++)
+            it[i] = (engine_item){sc->item_id_min + 3 * i + 1, NULL, 0, NULL, i % 3};
+        float *v = engine_item_vecs_alloc(m, 4);
+        char err[256];
+        assert_int_equal(engine_items_compute(m, 4, it, v, NULL, err, sizeof err), CTR_OK);
+        const size_t vf = engine_item_vec_floats(m);
+        const float *hist[2] = {v, v + vf}, *cand[2] = {v + 2 * vf, v + 3 * vf};
+        engine_scratch *s;
+        assert_int_equal(engine_scratch_init(m, 2, &s), CTR_OK);
+        engine_request r = {hist, 2, cand, NULL, 2, NULL};
+        float before[2], after[2];
+        assert_int_equal(engine_forward(m, s, &r, before, err, sizeof err), CTR_OK);
+        assert_int_equal(engine_warmup(m, 300, err, sizeof err), CTR_OK);
+        assert_int_equal(engine_warmup(m, 5, err, sizeof err), CTR_OK);
+        assert_int_equal(engine_forward(m, s, &r, after, err, sizeof err), CTR_OK);
+        assert_true(before[0] == after[0] && before[1] == after[1]);
+        /* A scratch may outlive its model (a server drops it lazily). */
+        engine_model_free(m);
+        engine_scratch_free(s);
+        free(v);
+    }
+}
+
 static void test_load_refusals(void **state) {
     (void)state;
     engine_model *m = (engine_model *)1;
@@ -205,6 +266,7 @@ int main(void) {
         cmocka_unit_test(test_schemas),      cmocka_unit_test(test_request_rules),
         cmocka_unit_test(test_forward_qin),  cmocka_unit_test(test_forward_din),
         cmocka_unit_test(test_forward_tin),  cmocka_unit_test(test_load_refusals),
+        cmocka_unit_test(test_overflow),     cmocka_unit_test(test_warmup),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -66,25 +66,39 @@ class Redis:
         return 0
 
 
-def load(redis, prefix):
+def load(redis, prefix, golden=SMALL):
+    """ctr-load of a golden configuration's items and users (default: the
+    small QIN's) under prefix."""
     r = subprocess.run([f"{BUILD}/ctr-load", "--redis", f"127.0.0.1:{redis.port}", "--prefix",
-                        prefix, "--items", f"{SMALL}/items.jsonl", "--users",
-                        f"{SMALL}/users.jsonl", "--model", f"{SMALL}/model.safetensors"],
-                       capture_output=True, text=True, timeout=60)
+                        prefix, "--items", f"{golden}/items.jsonl", "--users",
+                        f"{golden}/users.jsonl", "--model", f"{golden}/model.safetensors"],
+                       capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
 
 
 class Server:
-    def __init__(self, model, redis, prefix, extra=(), threads=3):
+    """A ctr-server on a free port.  model: a path, or a list of --model
+    values ([NAME=]PATH); prefix None leaves --redis-prefix to extra (or a
+    config file); env adds to the environment."""
+
+    def __init__(self, model, redis, prefix, extra=(), threads=3, env=None):
         self.port = free_port()
         self.log = tempfile.NamedTemporaryFile(prefix="ctr-server-", suffix=".log", delete=False)
+        models = [model] if isinstance(model, str) else list(model)
+        args = [a for m in models for a in ("--model", m)]
+        if prefix is not None:
+            args += ["--redis-prefix", prefix]
+        e = None
+        if env:
+            e = dict(os.environ)
+            e.update(env)
         self.proc = subprocess.Popen(
-            [f"{BUILD}/ctr-server", "--model", model, "--redis", f"127.0.0.1:{redis.port}",
-             "--redis-prefix", prefix, "--port", str(self.port), "--threads", str(threads),
+            [f"{BUILD}/ctr-server", *args, "--redis", f"127.0.0.1:{redis.port}",
+             "--port", str(self.port), "--threads", str(threads),
              "--score-threads", "2", "--split-min", "2", "--split-min-mflops", "0", "--max-candidates", "64",
              "--max-body-bytes", "65536", "--redis-timeout-ms", "200",
              "--redis-connect-timeout-ms", "200", *extra],
-            stdout=self.log, stderr=subprocess.STDOUT)
+            stdout=self.log, stderr=subprocess.STDOUT, env=e)
         ok = wait_for(lambda: self.request("GET", "/healthz")[0] == 200, timeout=60)
         assert ok, "server did not come up: " + self.logtext()
 
@@ -116,11 +130,18 @@ class Server:
             return st, {"raw": data.decode(errors="replace")}
 
     def metric(self, name):
+        """The sum of the samples of `name`, which may carry labels in
+        braces (name{k="v",...}): then only samples with at least those
+        labels, in any order, count."""
         st, _, data = self.request("GET", "/metrics")
+        base, _, want = name.partition("{")
+        want = [w for w in want.rstrip("}").split(",") if w]
         total = 0.0
         for line in data.decode().splitlines():
-            if line.startswith(name + " ") or line.startswith(name + "{"):
-                total += float(line.rsplit(" ", 1)[1])
+            if line.startswith(base + " ") or line.startswith(base + "{"):
+                labels = line[len(base):].rsplit(" ", 1)[0]
+                if all(w in labels for w in want):
+                    total += float(line.rsplit(" ", 1)[1])
         return total
 
     def stop(self, sig=signal.SIGTERM, timeout=30):
@@ -142,6 +163,22 @@ def promtool_check_metrics(srv):
                        timeout=60)
     said = (r.stdout + r.stderr).decode(errors="replace").strip()
     return st == 200 and r.returncode == 0 and not said, f"status {st}, exit {r.returncode}: {said}"
+
+
+class Checks:
+    """Named checks, printed as they go and counted: call it with a name, a
+    condition and a detail shown on failure; .passed and .failed count."""
+
+    def __init__(self):
+        self.passed = self.failed = 0
+
+    def __call__(self, name, cond, detail=""):
+        if cond:
+            self.passed += 1
+            print(f"  ok   {name}")
+        else:
+            self.failed += 1
+            print(f"  FAIL {name} {detail}")
 
 
 def error_code(resp):

@@ -24,19 +24,10 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from fixture import SMALL, Redis, Server, error_code, load, promtool_check_metrics, wait_for  # noqa: E402
+from fixture import (SMALL, Checks, Redis, Server, error_code, load,  # noqa: E402
+                     promtool_check_metrics, wait_for)
 
-passed = failed = 0
-
-
-def check(name, cond, detail=""):
-    global passed, failed
-    if cond:
-        passed += 1
-        print(f"  ok   {name}")
-    else:
-        failed += 1
-        print(f"  FAIL {name} {detail}")
+check = Checks()
 
 
 def raw(port, data, wait=5.0):
@@ -440,10 +431,10 @@ def main():
             redis.proc.send_signal(signal.SIGCONT)
         redis.stop()
         shutil.rmtree(tmp, ignore_errors=True)
-    if failed and servers:
+    if check.failed and servers:
         print(servers[0].logtext()[-3000:])
-    print(f"test_faults: {passed} passed, {failed} failed")
-    return 1 if failed else 0
+    print(f"test_faults: {check.passed} passed, {check.failed} failed")
+    return 1 if check.failed else 0
 
 
 if __name__ == "__main__":

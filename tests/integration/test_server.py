@@ -18,22 +18,12 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from fixture import (BUILD, PY, SMALL, Redis, Server, error_code, load,  # noqa: E402
+from fixture import (BUILD, PY, SMALL, Checks, Redis, Server, error_code, load,  # noqa: E402
                      promtool_check_metrics, wait_for)
 
 TOL = 1e-6
 
-passed = failed = 0
-
-
-def check(name, cond, detail=""):
-    global passed, failed
-    if cond:
-        passed += 1
-        print(f"  ok   {name}")
-    else:
-        failed += 1
-        print(f"  FAIL {name} {detail}")
+check = Checks()
 
 
 def main():
@@ -136,7 +126,7 @@ def main():
         check("/metrics is Prometheus text", st == 200 and hdr.get("Content-Type", "").startswith("text/plain")
               and 'ctr_http_requests_total{endpoint="/v1/rank",status="422"}' in text
               and "ctr_http_request_duration_seconds_bucket" in text
-              and 'ctr_model_info{name="qin",version="golden-1"} 1' in text
+              and 'ctr_model_info{model="qin",name="qin",version="golden-1",arch="qin"} 1' in text
               and "ctr_inflight_requests" in text and "ctr_item_cache_hits_total" in text, text[:300])
 
         print("item cache")
@@ -215,7 +205,7 @@ def main():
             f.truncate(1000)
         srv.proc.send_signal(signal.SIGHUP)
         check("corrupt model: reload counted as failed",
-              wait_for(lambda: srv.metric('ctr_model_reloads_total{result="failed"}') >= 1, 10))
+              wait_for(lambda: srv.metric('ctr_model_reloads_total{model="qin",result="failed"}') >= 1, 10))
         st, _, data = srv.request("GET", "/v1/models")
         check("corrupt model: still serving the old version", json.loads(data)["models"][0]["version"] == "golden-1")
         st, resp = srv.rank(stored_user)
@@ -226,7 +216,7 @@ def main():
         check("converted a new version", conv.returncode == 0, conv.stderr[-500:])
         srv.proc.send_signal(signal.SIGHUP)
         check("good model: reload counted as ok",
-              wait_for(lambda: srv.metric('ctr_model_reloads_total{result="ok"}') >= 1, 20))
+              wait_for(lambda: srv.metric('ctr_model_reloads_total{model="qin",result="ok"}') >= 1, 20))
         st, _, data = srv.request("GET", "/v1/models")
         check("good model: serving v2", json.loads(data)["models"][0]["version"] == "v2")
         st, resp = srv.rank(stored_user)
@@ -265,10 +255,10 @@ def main():
                 s.stop(signal.SIGKILL, 5)
         redis.stop()
         shutil.rmtree(tmp, ignore_errors=True)
-    if failed:
+    if check.failed:
         print(srv.logtext()[-3000:])
-    print(f"test_server: {passed} passed, {failed} failed")
-    return 1 if failed else 0
+    print(f"test_server: {check.passed} passed, {check.failed} failed")
+    return 1 if check.failed else 0
 
 
 if __name__ == "__main__":

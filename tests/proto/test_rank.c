@@ -23,6 +23,19 @@ static const char *const ctx_names[] = {"likes_level", "views_level"};
 static const proto_rank_schema schema = {
     .num_ctx = 2, .ctx_name = ctx_names, .max_cand = 4, .max_seq = 5};
 
+/* Two models for "model": "a" (the default, the schema above) and "b",
+ * with other context fields and limits. */
+static const char *const ctx_names_b[] = {"views_level", "hour"};
+static const proto_rank_schema schema_b = {
+    .num_ctx = 2, .ctx_name = ctx_names_b, .max_cand = 3, .max_seq = 2};
+static int picks;
+static const proto_rank_schema *pick2(void *arg, const char *model) {
+    (void)arg;
+    picks++;
+    if (!model || strcmp(model, "a") == 0) return &schema;
+    return strcmp(model, "b") == 0 ? &schema_b : NULL;
+}
+
 #include "tests/proto/fixture.h"
 
 static int dec(const char *body, proto_rank_request *r) {
@@ -235,7 +248,7 @@ static void test_decode_optional_fields(void **state) {
 }
 
 static void test_decode_no_ctx_model(void **state) {
-    const proto_rank_schema bare = {0, NULL, 2, -1};
+    const proto_rank_schema bare = {0, NULL, 2, -1, NULL};
     proto_rank_request r;
     const char *ok = "{\"user_id\": 1, \"candidates\": [{\"item_id\": 3}]}";
     assert_int_equal(proto_rank_request_decode(ok, strlen(ok), &bare, &A, &r,
@@ -496,15 +509,18 @@ static unsigned rnd(unsigned n) {
 
 static void same_request(const proto_rank_request *x, const proto_rank_request *y,
                          const char *body) {
-    int ok = x->num_cand == y->num_cand && x->user_id_is_int == y->user_id_is_int &&
+    const proto_rank_schema *sc = pick2(NULL, x->model);
+    int ok = (!x->model) == (!y->model) && (!x->model || strcmp(x->model, y->model) == 0) &&
+             x->explain == y->explain && sc &&
+             x->num_cand == y->num_cand && x->user_id_is_int == y->user_id_is_int &&
              strcmp(x->user_id, y->user_id) == 0 && x->has_item_seq == y->has_item_seq &&
              x->seq_len == y->seq_len && x->top_k == y->top_k &&
              (!x->request_id) == (!y->request_id) &&
              (!x->request_id || strcmp(x->request_id, y->request_id) == 0);
     for (int i = 0; ok && i < x->num_cand; i++) {
         ok = x->cand_id[i] == y->cand_id[i];
-        for (int k = 0; ok && k < schema.num_ctx; k++)
-            ok = x->ctx[i * schema.num_ctx + k] == y->ctx[i * schema.num_ctx + k];
+        for (int k = 0; ok && k < sc->num_ctx; k++)
+            ok = x->ctx[i * sc->num_ctx + k] == y->ctx[i * sc->num_ctx + k];
     }
     for (int j = 0; ok && j < x->seq_len; j++) ok = x->item_seq[j] == y->item_seq[j];
     if (!ok) fail_msg("fast and tree paths disagree on %s", body);
@@ -518,8 +534,8 @@ static size_t random_request(char *b, size_t cap) {
 #define OUT(...) (w += (size_t)snprintf(b + w, cap - w, __VA_ARGS__))
 #define WS() OUT("%s", ws[rnd(5)])
     OUT("{");
-    int fields[5] = {0, 1, 2, 3, 4}, nf = 2 + (int)rnd(4);
-    for (int i = 4; i > 0; i--) {
+    int fields[7] = {0, 1, 2, 3, 4, 5, 6}, nf = 2 + (int)rnd(6);
+    for (int i = 6; i > 0; i--) {
         int j = (int)rnd((unsigned)i + 1), t = fields[i];
         fields[i] = fields[j];
         fields[j] = t;
@@ -542,7 +558,8 @@ static size_t random_request(char *b, size_t cap) {
             for (int i = 0; i < n; i++) {
                 OUT("%s{", i ? "," : "");
                 int order = (int)rnd(3), nk = 0;
-                const char *keys[3] = {"item_id", "likes_level", "views_level"};
+                const char *keys[3] = {"item_id", rnd(4) ? "likes_level" : "hour",
+                                       "views_level"};
                 for (int k = 0; k < 3; k++) {
                     int kk = (k + order) % 3;
                     if (kk && rnd(3) == 0) continue;
@@ -567,6 +584,14 @@ static size_t random_request(char *b, size_t cap) {
         case 4:
             OUT("\"request_id\":\"r-%u\"", rnd(100));
             break;
+        case 5: {
+            static const char *names[] = {"a", "b", "zz", ""};
+            OUT("\"model\":%s\"%s\"", ws[rnd(5)], names[rnd(4)]);
+            break;
+        }
+        case 6:
+            OUT("\"explain\":%u", rnd(20));
+            break;
         }
         WS();
     }
@@ -588,8 +613,8 @@ static void test_fast_path_agrees(void **state) {
         size_t len = random_request(body, sizeof body);
         proto_rank_request f, tr;
         arena_reset(&A);
-        int fast_ok = proto_rank_request_decode_fast(body, len, &schema, &A, &f);
-        int rc = proto_rank_request_decode_tree(body, len, &schema, &A, &tr, err2, sizeof err2);
+        int fast_ok = proto_rank_request_decode_fast(body, len, pick2, NULL, &A, &f);
+        int rc = proto_rank_request_decode_tree(body, len, pick2, NULL, &A, &tr, err2, sizeof err2);
         valid += rc == CTR_OK;
         if (!fast_ok) continue;
         fast_taken++;
@@ -617,18 +642,153 @@ static void test_fast_path_declines(void **state) {
         "{\"user_id\": \"u\", \"candidates\": [], \"top_k\": 0}",
         "{\"user_id\": \"u\", \"candidates\": [{\"likes_level\": 1}]}", /* no item_id */
         "{\"user_id\": \"u\", \"candidates\": [{\"item_id\": 1, \"x\": 1}]}",
+        /* "model" after the default's candidates, naming another model. */
+        "{\"user_id\": \"u\", \"candidates\": [{\"item_id\": 1, \"hour\": 2}], \"model\": \"b\"}",
+        "{\"user_id\": \"u\", \"candidates\": [], \"model\": \"nope\"}",
+        "{\"user_id\": \"u\", \"candidates\": [], \"explain\": 17}",
     };
     for (size_t i = 0; i < sizeof odd / sizeof odd[0]; i++) {
         proto_rank_request f, a, b;
         char e1[256] = "", e2[256] = "";
         size_t len = strlen(odd[i]);
         arena_reset(&A);
-        assert_int_equal(proto_rank_request_decode_fast(odd[i], len, &schema, &A, &f), 0);
-        int r1 = proto_rank_request_decode(odd[i], len, &schema, &A, &a, e1, sizeof e1);
-        int r2 = proto_rank_request_decode_tree(odd[i], len, &schema, &A, &b, e2, sizeof e2);
+        assert_int_equal(proto_rank_request_decode_fast(odd[i], len, pick2, NULL, &A, &f), 0);
+        int r1 = proto_rank_request_decode_pick(odd[i], len, pick2, NULL, &A, &a, e1, sizeof e1);
+        int r2 = proto_rank_request_decode_tree(odd[i], len, pick2, NULL, &A, &b, e2, sizeof e2);
         assert_int_equal(r1, r2);
         assert_string_equal(e1, e2);
     }
+}
+
+/* "model" picks the schema the candidates and item_seq are decoded with,
+ * wherever it stands in the body. */
+static void test_decode_model(void **state) {
+    proto_rank_request r;
+    char e[256];
+    static const char *bodies[] = {
+        "{\"model\": \"b\", \"user_id\": \"u\", \"candidates\": [{\"item_id\": 3, \"hour\": 5}]}",
+        "{\"user_id\": \"u\", \"candidates\": [{\"item_id\": 3, \"hour\": 5}], \"model\": \"b\"}",
+        "{\"user_id\": \"u\", \"candidates\": [{\"item_id\": 3, \"hour\": 5}], \"model\": \"b\", "
+        "\"request_id\": \"\\u0072\"}",
+    };
+    for (size_t i = 0; i < sizeof bodies / sizeof *bodies; i++) {
+        arena_reset(&A);
+        int rc = proto_rank_request_decode_pick(bodies[i], strlen(bodies[i]), pick2, NULL, &A, &r,
+                                                e, sizeof e);
+        if (rc != CTR_OK) fail_msg("%s: %s", bodies[i], e);
+        assert_string_equal(r.model, "b");
+        assert_int_equal(r.num_cand, 1);
+        assert_int_equal(r.ctx[0], 0);   /* views_level absent */
+        assert_int_equal(r.ctx[1], 5);   /* hour */
+    }
+    /* The first is the plain subset: decoded in one pass, one pick. */
+    picks = 0;
+    assert_int_equal(proto_rank_request_decode_fast(bodies[0], strlen(bodies[0]), pick2, NULL,
+                                                    &A, &r), 1);
+    assert_int_equal(picks, 1);
+    /* Absent: the default ("hour" is not its field). */
+    const char *def = "{\"user_id\": \"u\", \"candidates\": [{\"item_id\": 3, \"likes_level\": 2}]}";
+    assert_int_equal(proto_rank_request_decode_pick(def, strlen(def), pick2, NULL, &A, &r, e,
+                                                    sizeof e), CTR_OK);
+    assert_null(r.model);
+    assert_int_equal(r.ctx[0], 2);
+    /* Each model's limits: b takes 3 candidates and a history of 2. */
+    const char *many = "{\"model\": \"b\", \"user_id\": 1, \"item_seq\": [1, 2, 3], "
+                       "\"candidates\": []}";
+    assert_int_equal(proto_rank_request_decode_pick(many, strlen(many), pick2, NULL, &A, &r, e,
+                                                    sizeof e), CTR_ERANGE);
+    assert_non_null(strstr(e, "item_seq"));
+    /* Unknown, wrong type, empty, too long. */
+    struct { const char *body; int rc; const char *msg; } bad[] = {
+        {"{\"user_id\": 1, \"candidates\": [], \"model\": \"c\"}", CTR_ENOTFOUND,
+         "model: no model named \"c\" here"},
+        {"{\"user_id\": 1, \"candidates\": [], \"model\": 2}", CTR_EINVAL,
+         "model: expected a string, got an integer"},
+        {"{\"user_id\": 1, \"candidates\": [], \"model\": \"\"}", CTR_EINVAL, "model: 0 bytes"},
+        {"{\"user_id\": 1, \"candidates\": [], \"model\": "
+         "\"0123456789012345678901234567890123456789012345678901234567890123\"}",
+         CTR_EINVAL, "model: 64 bytes, 1 to 63"},
+        {"{\"user_id\": 1, \"candidates\": [], \"model\": null}", CTR_EINVAL, "model"},
+        /* b's candidates with a's field: b's schema refuses it. */
+        {"{\"model\": \"b\", \"user_id\": 1, \"candidates\": [{\"item_id\": 1, "
+         "\"likes_level\": 1}]}", CTR_EINVAL, "candidates[0].likes_level: unknown field"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        e[0] = '\0';
+        int rc = proto_rank_request_decode_pick(bad[i].body, strlen(bad[i].body), pick2, NULL, &A,
+                                                &r, e, sizeof e);
+        if (rc != bad[i].rc || !strstr(e, bad[i].msg))
+            fail_msg("%s: got %d \"%s\", want %d \"%s\"", bad[i].body, rc, e, bad[i].rc,
+                     bad[i].msg);
+    }
+    /* The single-schema decoder: any name, or only its own when named. */
+    const char *named = "{\"user_id\": 1, \"candidates\": [], \"model\": \"x\"}";
+    assert_int_equal(dec(named, &r), CTR_OK);
+    proto_rank_schema own = schema;
+    own.name = "qin";
+    assert_int_equal(proto_rank_request_decode(named, strlen(named), &own, &A, &r, e, sizeof e),
+                     CTR_ENOTFOUND);
+}
+
+static void test_decode_explain(void **state) {
+    proto_rank_request r;
+    assert_int_equal(dec("{\"user_id\": 1, \"candidates\": [], \"explain\": 3}", &r), CTR_OK);
+    assert_int_equal(r.explain, 3);
+    assert_int_equal(dec("{\"user_id\": 1, \"candidates\": [], \"explain\": 0}", &r), CTR_OK);
+    assert_int_equal(r.explain, 0);
+    assert_int_equal(dec("{\"user_id\": 1, \"candidates\": []}", &r), CTR_OK);
+    assert_int_equal(r.explain, 0);
+    assert_int_equal(dec("{\"user_id\": 1, \"candidates\": [], \"explain\": 16}", &r), CTR_OK);
+    assert_int_equal(r.explain, 16);
+    EXPECT_ERR("{\"user_id\": 1, \"candidates\": [], \"explain\": 17}", CTR_ERANGE,
+               "explain: 17 asked, at most 16");
+    EXPECT_ERR("{\"user_id\": 1, \"candidates\": [], \"explain\": -1}", CTR_EINVAL,
+               "explain: must be 0 or more");
+    EXPECT_ERR("{\"user_id\": 1, \"candidates\": [], \"explain\": \"3\"}", CTR_EINVAL,
+               "explain: expected an integer");
+    EXPECT_ERR("{\"user_id\": 1, \"candidates\": [], \"explain\": true}", CTR_EINVAL,
+               "explain");
+}
+
+/* Each item's explanation: its candidate's rows, -1 rows left out, ids
+ * from the history the positions index. */
+static void test_answer_explain(void **state) {
+    proto_rank_item items[2] = {{7, 0.75f, 1}, {5, 0.25f, 0}};
+    int64_t hist[4] = {40, 41, 42, 43};
+    int32_t pos[2 * 3] = {3, -1, -1, /* candidate 1: */ 0, 2, 1};
+    float w[2 * 3] = {0.5f, 0, 0, 1.0f / 3.0f, -0.125f, 1e-20f};
+    proto_rank_answer ans = {.model_name = "din", .model_version = "1", .items = items,
+                             .num_items = 2, .explain_k = 3, .explain_pos = pos,
+                             .explain_weight = w, .hist_ids = hist};
+    proto_buf b;
+    proto_buf_init(&b);
+    assert_int_equal(proto_rank_answer_encode(&ans, &b), CTR_OK);
+    json_t *j = parse(&b);
+    json_t *it = json_object_get(j, "items");
+    json_t *x0 = json_object_get(json_array_get(it, 0), "explain");
+    json_t *x1 = json_object_get(json_array_get(it, 1), "explain");
+    assert_int_equal(json_array_size(x0), 3);
+    assert_int_equal(json_array_size(x1), 1);
+    int64_t want_id[3] = {40, 42, 41};
+    for (int k = 0; k < 3; k++) {
+        json_t *e = json_array_get(x0, k);
+        assert_int_equal(json_object_size(e), 3);
+        assert_int_equal(json_integer_value(json_object_get(e, "item_id")), want_id[k]);
+        assert_int_equal(json_integer_value(json_object_get(e, "position")), pos[3 + k]);
+        assert_true((float)json_number_value(json_object_get(e, "weight")) == w[3 + k]);
+    }
+    json_t *e = json_array_get(x1, 0);
+    assert_int_equal(json_integer_value(json_object_get(e, "item_id")), 43);
+    assert_int_equal(json_integer_value(json_object_get(e, "position")), 3);
+    json_decref(j);
+    /* Off: no field at all. */
+    proto_buf_reset(&b);
+    ans.explain_k = 0;
+    assert_int_equal(proto_rank_answer_encode(&ans, &b), CTR_OK);
+    j = parse(&b);
+    assert_null(json_object_get(json_array_get(json_object_get(j, "items"), 0), "explain"));
+    json_decref(j);
+    proto_buf_free(&b);
 }
 
 int main(void) {
@@ -647,6 +807,9 @@ int main(void) {
         T(test_decode_optional_fields),
         T(test_decode_no_ctx_model),
         T(test_decode_null_err),
+        T(test_decode_model),
+        T(test_decode_explain),
+        T(test_answer_explain),
         T(test_order),
         T(test_order_many_ties),
         T(test_answer_encode),

@@ -27,6 +27,7 @@ static const char *const keys[] = {
     "max_body_bytes", "max_seq", "cache_mb", "cache_ttl_s", "request_timeout_s",
     "skip_scoring", "log_level", "redis_cluster", "redis_read_replicas",
     "redis_cluster_refresh_ms", "redis_user", "redis_password", "redis_password_file",
+    "warmup",
 };
 #define NKEYS (sizeof keys / sizeof *keys)
 
@@ -88,7 +89,11 @@ static void dump_fn(FILE *f, const void *arg) { config_dump(arg, f); }
 
 static void test_defaults(void **state) {
     config_params p = config_default_params();
-    assert_string_equal(p.model, "demo/model.safetensors");
+    assert_int_equal(p.num_models, 1);
+    assert_string_equal(p.models[0].path, "demo/model.safetensors");
+    assert_string_equal(p.models[0].name, "");
+    assert_int_equal(p.warmup, 1);
+    assert_int_equal(p.num_overrides, 0);
     assert_string_equal(p.redis, "127.0.0.1:6379");
     assert_string_equal(p.redis_prefix, "ctr:");
     assert_int_equal(p.redis_connect_timeout_ms, 50);
@@ -205,7 +210,7 @@ static void test_syntax(void **state) {
         "skip_scoring = false\n");
     assert_int_equal(parse(&p, no_env, err, sizeof err, "--config", cfg, NULL), CTR_OK);
     assert_string_equal(p.redis_prefix, " a#b ");
-    assert_string_equal(p.model, "/models/x#1.safetensors");   /* # inside a word */
+    assert_string_equal(p.models[0].path, "/models/x#1.safetensors");   /* # inside a word */
     assert_int_equal(p.cache_mb, 0);
     assert_int_equal(p.cache_ttl_s, 0);
 
@@ -379,7 +384,9 @@ static void test_dump_roundtrip(void **state) {
     config_params p;
     char err[256];
     assert_int_equal(parse(&p, no_env, err, sizeof err, "--redis_prefix", " odd#prefix ",
-                           "--model", "/m/model v2.safetensors", "--port", "9090",
+                           "--model", "/m/model v2.safetensors", "--model",
+                           "tin=/m/t#1.safetensors", "--redis-prefix", "tin=ctr-tin:",
+                           "--cache-mb", "tin=3", "--port", "9090",
                            "--skip_scoring", "--log_level", "debug", "--cache_mb", "0",
                            "--max_body_bytes", "4096", NULL), CTR_OK);
     char *text = capture(dump_fn, &p);
@@ -400,7 +407,12 @@ static void test_dump_roundtrip(void **state) {
     char *again = capture(dump_fn, &q);
     assert_string_equal(strchr(again, '\n'), strchr(text, '\n'));   /* past line 1 */
     assert_string_equal(q.redis_prefix, " odd#prefix ");
-    assert_string_equal(q.model, "/m/model v2.safetensors");
+    assert_int_equal(q.num_models, 2);
+    assert_string_equal(q.models[0].path, "/m/model v2.safetensors");
+    assert_string_equal(q.models[1].name, "tin");
+    assert_string_equal(q.models[1].path, "/m/t#1.safetensors");
+    assert_string_equal(config_model_value(&q, "redis_prefix", "tin"), "ctr-tin:");
+    assert_string_equal(config_model_value(&q, "cache_mb", "tin"), "3");
     assert_int_equal(q.skip_scoring, 1);
     assert_int_equal(q.max_body_bytes, 4096);
     assert_non_null(strstr(again, "(config file: "));
@@ -454,8 +466,100 @@ static void test_redis_secret_and_seeds(void **state) {
                      CTR_EINVAL);
 }
 
+/* Several models and per-model settings, from each source. */
+static void test_models(void **state) {
+    config_params p;
+    char err[512];
+    /* Flags: repeated, or comma-separated; bare paths and NAME=PATH. */
+    assert_int_equal(parse(&p, no_env, err, sizeof err, "--model", "qin=/m/q.safetensors",
+                           "--model", "/m/d.safetensors, tin=/m/t.safetensors", NULL), CTR_OK);
+    assert_int_equal(p.num_models, 3);
+    assert_string_equal(p.models[0].name, "qin");
+    assert_string_equal(p.models[0].path, "/m/q.safetensors");
+    assert_string_equal(p.models[1].name, "");           /* named from metadata */
+    assert_string_equal(p.models[1].path, "/m/d.safetensors");
+    assert_string_equal(p.models[2].name, "tin");
+    /* A path whose '=' follows something that is not a name is a path. */
+    assert_int_equal(parse(&p, no_env, err, sizeof err, "--model", "/m/a=b.safetensors", NULL),
+                     CTR_OK);
+    assert_string_equal(p.models[0].name, "");
+    assert_string_equal(p.models[0].path, "/m/a=b.safetensors");
+
+    /* Per-model values beside the plain one; the last entry of a model
+     * wins; other models read the plain one (NULL here). */
+    assert_int_equal(parse(&p, no_env, err, sizeof err, "--redis-prefix", "ctr:",
+                           "--redis-prefix", "tin=t1:", "--redis-prefix", "tin=t2:,din=d:",
+                           "--cache-mb", "din=16", "--cache-mb", "100", NULL), CTR_OK);
+    assert_string_equal(p.redis_prefix, "ctr:");
+    assert_string_equal(config_model_value(&p, "redis_prefix", "tin"), "t2:");
+    assert_string_equal(config_model_value(&p, "redis_prefix", "din"), "d:");
+    assert_null(config_model_value(&p, "redis_prefix", "qin"));
+    assert_string_equal(config_model_value(&p, "cache_mb", "din"), "16");
+    assert_null(config_model_value(&p, "cache_mb", "tin"));
+    assert_int_equal(p.cache_mb, 100);
+
+    /* Environment and file forms; a higher source's models replace a
+     * lower one's list, while NAME=VALUE entries of other models stay. */
+    const char *cfg = write_file("models.conf",
+                                 "model = qin=/f/q.safetensors\n"
+                                 "model = din=/f/d.safetensors\n"
+                                 "redis_prefix = din=file-d:\n"
+                                 "redis_prefix = tin=file-t:\n");
+    char *env[] = {"CTR_MODEL=din=/e/d.safetensors,tin=/e/t.safetensors",
+                   "CTR_REDIS_PREFIX=tin=env-t:", NULL};
+    assert_int_equal(parse(&p, no_env, err, sizeof err, "--config", cfg, NULL), CTR_OK);
+    assert_int_equal(p.num_models, 2);
+    assert_string_equal(p.models[1].path, "/f/d.safetensors");
+    assert_int_equal(parse(&p, env, err, sizeof err, "--config", cfg, NULL), CTR_OK);
+    assert_int_equal(p.num_models, 2);
+    assert_string_equal(p.models[0].name, "din");
+    assert_string_equal(p.models[0].path, "/e/d.safetensors");
+    assert_string_equal(config_model_value(&p, "redis_prefix", "tin"), "env-t:");
+    assert_string_equal(config_model_value(&p, "redis_prefix", "din"), "file-d:");
+    assert_int_equal(parse(&p, env, err, sizeof err, "--config", cfg, "--model",
+                           "/x/only.safetensors", NULL), CTR_OK);
+    assert_int_equal(p.num_models, 1);
+    assert_string_equal(p.models[0].path, "/x/only.safetensors");
+
+    /* Entries must name models being served. */
+    assert_int_equal(parse(&p, no_env, err, sizeof err, "--redis-prefix", "tni=x:", NULL),
+                     CTR_OK);
+    const char *names[] = {"qin", "tin"};
+    assert_int_equal(config_check_models(&p, names, 2, err, sizeof err), CTR_EINVAL);
+    assert_non_null(strstr(err, "flag --redis-prefix: redis_prefix: \"tni=x:\": no model named "
+                                "\"tni\" (serving qin, tin)"));
+    assert_int_equal(parse(&p, no_env, err, sizeof err, "--redis-prefix", "tin=x:", NULL),
+                     CTR_OK);
+    assert_int_equal(config_check_models(&p, names, 2, err, sizeof err), CTR_OK);
+
+    /* Names. */
+    assert_true(config_model_name_ok("din-v2.1_b", 10));
+    assert_false(config_model_name_ok("-din", 4));
+    assert_false(config_model_name_ok("a/b", 3));
+    assert_false(config_model_name_ok("", 0));
+}
+
+static void test_models_errors(void **state) {
+    /* A per-model value is checked as the setting's own. */
+    expect_error(CTR_EINVAL, FRAGS("flag --cache-mb", "cache_mb", "\"x\" is not a whole number"),
+                 no_env, "--cache-mb", "din=x", NULL);
+    expect_error(CTR_EINVAL, FRAGS("flag --cache-mb", "out of range"), no_env, "--cache-mb",
+                 "din=-3", NULL);
+    char *env[] = {"CTR_CACHE_MB=din=1,,tin=2", NULL};
+    expect_error(CTR_EINVAL, FRAGS("env CTR_CACHE_MB", "an empty entry"), env, NULL);
+    expect_error(CTR_EINVAL, FRAGS("flag --model", "empty file name"), no_env, "--model",
+                 "qin=", NULL);
+    expect_error(CTR_EINVAL, FRAGS("flag --model", "more than 8 models"), no_env, "--model",
+                 "a,b,c,d,e,f,g,h,i", NULL);
+    /* Settings that are not per model take no NAME=VALUE. */
+    expect_error(CTR_EINVAL, FRAGS("flag --port", "not a whole number"), no_env, "--port",
+                 "din=80", NULL);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_models),
+        cmocka_unit_test(test_models_errors),
         cmocka_unit_test(test_defaults),
         cmocka_unit_test(test_precedence),
         cmocka_unit_test(test_syntax),

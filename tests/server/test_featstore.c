@@ -394,6 +394,47 @@ static void test_items(void **state) {
     featstore_close(fs);
 }
 
+/* A model that reads a category (TIN: no tags, no embedding): values with
+ * one decode with it, and a value without one is malformed for it; a
+ * model without a category still reads the plain values. */
+static void test_items_cate(void **state) {
+    featstore_params p = params();
+    p.max_tags = 0;
+    p.mm_dim = 0;
+    p.cate = 1;
+    featstore *fs = open_fs(&p);
+    unsigned char buf[64];
+    size_t len;
+    assert_int_equal(features_item_encode_cate(NULL, 0, NULL, 0, 6, buf, sizeof buf, &len, err,
+                                               sizeof err), CTR_OK);
+    admin_do("SET %si:0 %b", prefix, buf, len);
+    assert_int_equal(features_item_encode_cate(NULL, 0, NULL, 0, 0, buf, sizeof buf, &len, err,
+                                               sizeof err), CTR_OK);
+    admin_do("SET %si:70 %b", prefix, buf, len);
+    assert_int_equal(features_item_encode(NULL, 0, NULL, 0, buf, sizeof buf, &len, err,
+                                          sizeof err), CTR_OK);
+    admin_do("SET %si:71 %b", prefix, buf, len);      /* no category */
+    int64_t ask[] = {0, 70, 71, 72};
+    featstore_item out[4];
+    assert_int_equal(featstore_get_items(fs, ask, 4, 0, &A, out, err, sizeof err), CTR_OK);
+    assert_true(out[0].found && out[0].has_cate && out[0].cate == 6);
+    assert_int_equal(out[0].num_tags, 0);
+    assert_int_equal(out[0].mm_dim, 0);
+    assert_true(out[1].found && out[1].has_cate && out[1].cate == 0);
+    assert_int_equal(out[2].status, CTR_EFORMAT);
+    assert_non_null(strstr(err, "item 71: no category"));
+    assert_int_equal(out[3].status, CTR_ENOTFOUND);
+    featstore_close(fs);
+
+    /* Without cate, the plain value reads (and has no category). */
+    p.cate = 0;
+    fs = open_fs(&p);
+    assert_int_equal(featstore_get_items(fs, ask + 2, 1, 0, &A, out, err, sizeof err), CTR_OK);
+    assert_true(out[0].found && !out[0].has_cate);
+    featstore_close(fs);
+    admin_do("DEL %si:0 %si:70 %si:71", prefix, prefix, prefix);
+}
+
 /* A reply of several hundred kilobytes arrives in many reads, all within one
  * deadline. */
 static void test_many_items(void **state) {
@@ -819,6 +860,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_ping, setup, teardown),
         cmocka_unit_test_setup_teardown(test_users, setup, teardown),
         cmocka_unit_test_setup_teardown(test_items, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_items_cate, setup, teardown),
         cmocka_unit_test_setup_teardown(test_many_items, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reconnect_after_kill, setup, teardown),
         cmocka_unit_test_setup_teardown(test_flush_after_kill, setup, teardown),

@@ -82,12 +82,19 @@ static void test_routes(void **state) {
     assert_int_equal(get("GET /v1/rank HTTP/1.1\r\nHost: t\r\n\r\n", out, sizeof out, &closed), 405);
     assert_non_null(strstr(out, "Allow: POST"));
     assert_int_equal(get("GET /readyz HTTP/1.1\r\nHost: t\r\n\r\n", out, sizeof out, &closed), 200);
-    atomic_store(&svc.feature_set, SERVICE_FS_MISSING);
+    /* Ready only when every model's feature set is: the answer names the
+     * model that is not. */
+    atomic_store(&svc.models[1].feature_set, SERVICE_FS_MISSING);
     assert_int_equal(get("GET /readyz HTTP/1.1\r\nHost: t\r\n\r\n", out, sizeof out, &closed), 503);
     assert_non_null(strstr(out, "feature-set marker"));
-    atomic_store(&svc.feature_set, SERVICE_FS_OK);
+    assert_non_null(strstr(out, "model tin (prefix"));
+    atomic_store(&svc.models[1].feature_set, SERVICE_FS_OK);
     assert_int_equal(get("GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n", out, sizeof out, &closed), 200);
     assert_non_null(strstr(out, "ctr_redis_breaker_open"));
+    assert_non_null(strstr(out, "ctr_model_info{model=\"tin\",name=\"tin-small\""));
+    assert_int_equal(get("GET /v1/models HTTP/1.1\r\nHost: t\r\n\r\n", out, sizeof out, &closed), 200);
+    assert_non_null(strstr(out, "\"name\":\"qin\",\"default\":true"));
+    assert_non_null(strstr(out, "\"name\":\"tin\",\"default\":false"));
 }
 
 static void test_rank(void **state) {
@@ -105,6 +112,13 @@ static void test_rank(void **state) {
              "Content-Length: %zu\r\n\r\n%s", strlen(body), body);
     assert_int_equal(get(req, out, sizeof out, &closed), 400);
     assert_non_null(strstr(out, "X-Request-Timeout-Ms"));
+    /* A model the server does not have: 404, naming the ones it has. */
+    body = "{\"model\": \"gbdt\", \"user_id\": \"u1\", \"candidates\": [{\"item_id\": 3}]}";
+    snprintf(req, sizeof req, "POST /v1/rank HTTP/1.1\r\nHost: t\r\nContent-Type: "
+             "application/json\r\nContent-Length: %zu\r\n\r\n%s", strlen(body), body);
+    assert_int_equal(get(req, out, sizeof out, &closed), 404);
+    assert_non_null(strstr(out, "\"code\":\"not_found\""));
+    assert_non_null(strstr(out, "no model named \\\"gbdt\\\" here (models: qin, tin)"));
 }
 
 static void test_framing(void **state) {

@@ -306,7 +306,7 @@ static int check_histograms(const parsed *p) {
 static char *render(metrics *m, const item_cache_stats *st, parsed *p) {
     proto_buf b;
     proto_buf_init(&b);
-    assert_int_equal(metrics_render(m, st, &b), CTR_OK);
+    assert_int_equal(metrics_render(m, st, st ? 1 : 0, &b), CTR_OK);
     parse(p, proto_buf_str(&b));
     return b.data;   /* caller frees */
 }
@@ -333,6 +333,7 @@ static const char *const families[] = {
 static void test_fresh(void **state) {
     metrics *m;
     assert_int_equal(metrics_init(&m), CTR_OK);
+    assert_int_equal(metrics_add_model(m, "qin"), 0);
     free(render(m, NULL, &P));
     assert_int_equal(P.nf, (int)(sizeof families / sizeof *families));
     for (size_t i = 0; i < sizeof families / sizeof *families; i++)
@@ -341,17 +342,17 @@ static void test_fresh(void **state) {
     assert_int_equal(count_samples(&P, "ctr_model_info"), 0);
     assert_int_equal(check_histograms(&P), METRICS_EP_COUNT + METRICS_REDIS_OP_COUNT + METRICS_RANK_STAGES);
     assert_true(value(&P, "ctr_http_request_duration_seconds_count", "endpoint=/v1/rank") == 0);
-    assert_true(value(&P, "ctr_item_cache_entries", "") == 0);
+    assert_true(value(&P, "ctr_item_cache_entries", "model=qin") == 0);
     assert_true(value(&P, "ctr_redis_errors_total", "op=ping,kind=timeout") == 0);
     double start = value(&P, "process_start_time_seconds", "");
     assert_true(fabs(start - (double)time(NULL)) < 5);
-    assert_true(value(&P, "ctr_model_last_reload_successful", "") == 1);
+    assert_true(value(&P, "ctr_model_last_reload_successful", "model=qin") == 1);
     assert_true(value(&P, "ctr_redis_up", "") == 0);
     assert_true(value(&P, "ctr_rank_pending_requests", "") == 0);
     assert_true(value(&P, "ctr_rank_pending_requests_limit", "") == 0);
     assert_true(value(&P, "ctr_rank_degraded_responses_total", "") == 0);
     assert_true(value(&P, "ctr_redis_breaker_open", "") == 0);
-    assert_true(value(&P, "ctr_feature_set_ready", "") == 0);
+    assert_true(value(&P, "ctr_feature_set_ready", "model=qin") == 0);
     /* The issue-7 series move as their events happen. */
     metrics_breaker(m, BREAKER_EV_OPENED);
     metrics_breaker(m, BREAKER_EV_OPENED);
@@ -361,7 +362,8 @@ static void test_fresh(void **state) {
     metrics_shed(m, 1);
     metrics_shed(m, 1);
     metrics_connection_cut(m);
-    metrics_feature_set(m, 1, 1714557600.5);
+    metrics_feature_set(m, 0, 1, 1714557600.5);
+    metrics_feature_set(m, 5, 1, 1.0);                /* not a model: ignored */
     metrics_rank_stage(m, 2, 0.0003);
     metrics_redis_up(m, 1);
     metrics_set_pending_limit(m, 32);
@@ -379,8 +381,9 @@ static void test_fresh(void **state) {
     assert_true(value(&P, "ctr_requests_shed_total", "reason=admission") == 1);
     assert_true(value(&P, "ctr_requests_shed_total", "reason=deadline") == 2);
     assert_true(value(&P, "ctr_connections_cut_total", "reason=receive_deadline") == 1);
-    assert_true(value(&P, "ctr_feature_set_ready", "") == 1);
-    assert_true(value(&P, "ctr_feature_set_loaded_timestamp_seconds", "") == 1714557600.5);
+    assert_true(value(&P, "ctr_feature_set_ready", "model=qin") == 1);
+    assert_int_equal(count_samples(&P, "ctr_feature_set_ready"), 1);
+    assert_true(value(&P, "ctr_feature_set_loaded_timestamp_seconds", "model=qin") == 1714557600.5);
     assert_true(value(&P, "ctr_rank_stage_duration_seconds_count", "stage=history") == 1);
     metrics_free(m);
 }
@@ -407,7 +410,7 @@ static void test_process(void **state) {
     struct rusage r0, r1;
     assert_int_equal(getrusage(RUSAGE_SELF, &r0), 0);
     double rss0 = statm_rss();
-    assert_int_equal(metrics_render(m, NULL, &b), CTR_OK);
+    assert_int_equal(metrics_render(m, NULL, 0, &b), CTR_OK);
     double rss1 = statm_rss();
     assert_int_equal(getrusage(RUSAGE_SELF, &r1), 0);
     parse(&P, proto_buf_str(&b));
@@ -472,6 +475,7 @@ static void test_nodes(void **state) {
 static void test_values(void **state) {
     metrics *m;
     assert_int_equal(metrics_init(&m), CTR_OK);
+    assert_int_equal(metrics_add_model(m, "qin"), 0);
     metrics_http(m, METRICS_EP_RANK, 200, 0.0001);    /* le is inclusive */
     metrics_http(m, METRICS_EP_RANK, 200, 0.00011);
     metrics_http(m, METRICS_EP_RANK, 503, 2.5);       /* only in +Inf */
@@ -485,15 +489,16 @@ static void test_values(void **state) {
     metrics_inflight_add(m, 1);
     metrics_inflight_add(m, 1);
     metrics_inflight_add(m, -1);
-    metrics_scored(m, 300);
-    metrics_scored(m, 12);
-    metrics_reload(m, 1);
-    metrics_reload(m, 0);
-    metrics_reload(m, 0);
+    metrics_scored(m, 0, 300);
+    metrics_scored(m, 0, 12);
+    metrics_scored(m, 1, 99);                        /* no such model: ignored */
+    metrics_reload(m, 0, 1);
+    metrics_reload(m, 0, 0);
+    metrics_reload(m, 0, 0);
+    metrics_set_model(m, 0, "qin", "2024-01-01", "qin");
+    metrics_set_model(m, 0, "qin", "2024-02-01", "qin");   /* replaces, one series */
     metrics_degraded_response(m);
     metrics_degraded_response(m);
-    metrics_set_model(m, "qin", "2024-01-01");
-    metrics_set_model(m, "qin", "2024-02-01");      /* replaces, one series */
 
     static const char *const reasons[] = {
         "r00", "r01", "r02", "r03", "r04", "r05", "r06", "r07", "r08", "r09",
@@ -507,7 +512,7 @@ static void test_values(void **state) {
 
     item_cache_stats old = {.hits = 10, .misses = 5, .insertions = 5, .evictions = 1,
                             .expirations = 2, .entries = 2, .bytes = 999};
-    metrics_cache_retire(m, &old);
+    metrics_cache_retire(m, 0, &old);
     item_cache_stats cur = {.hits = 7, .misses = 3, .insertions = 3, .evictions = 0,
                             .expirations = 1, .entries = 3, .bytes = 3 * 4672};
 
@@ -536,13 +541,14 @@ static void test_values(void **state) {
     assert_int_equal(check_histograms(&P), METRICS_EP_COUNT + METRICS_REDIS_OP_COUNT + METRICS_RANK_STAGES);
 
     assert_true(value(&P, "ctr_inflight_requests", "") == 1);
-    assert_true(value(&P, "ctr_scored_candidates_total", "") == 312);
-    assert_true(value(&P, "ctr_model_reloads_total", "result=ok") == 1);
-    assert_true(value(&P, "ctr_model_reloads_total", "result=failed") == 2);
-    assert_true(value(&P, "ctr_model_last_reload_successful", "") == 0);
+    assert_true(value(&P, "ctr_scored_candidates_total", "model=qin") == 312);
+    assert_int_equal(count_samples(&P, "ctr_scored_candidates_total"), 1);
+    assert_true(value(&P, "ctr_model_reloads_total", "model=qin,result=ok") == 1);
+    assert_true(value(&P, "ctr_model_reloads_total", "model=qin,result=failed") == 2);
+    assert_true(value(&P, "ctr_model_last_reload_successful", "model=qin") == 0);
     assert_true(value(&P, "ctr_rank_degraded_responses_total", "") == 2);
     assert_int_equal(count_samples(&P, "ctr_model_info"), 1);
-    assert_true(value(&P, "ctr_model_info", "name=qin,version=2024-02-01") == 1);
+    assert_true(value(&P, "ctr_model_info", "model=qin,name=qin,version=2024-02-01,arch=qin") == 1);
 
     /* 15 named slots, then "other": r15, r16, r17 and "other" itself. */
     assert_true(value(&P, "ctr_degraded_responses_total", "reason=r00") == 1);
@@ -552,21 +558,65 @@ static void test_values(void **state) {
     assert_true(value(&P, "ctr_degraded_responses_total", "reason=other") == 4);
     assert_int_equal(count_samples(&P, "ctr_degraded_responses_total"), 16);
 
-    assert_true(value(&P, "ctr_item_cache_hits_total", "") == 17);
-    assert_true(value(&P, "ctr_item_cache_misses_total", "") == 8);
-    assert_true(value(&P, "ctr_item_cache_insertions_total", "") == 8);
-    assert_true(value(&P, "ctr_item_cache_evictions_total", "") == 1);
-    assert_true(value(&P, "ctr_item_cache_expirations_total", "") == 3);
-    assert_true(value(&P, "ctr_item_cache_entries", "") == 3);
-    assert_true(value(&P, "ctr_item_cache_bytes", "") == 3 * 4672);
+    assert_true(value(&P, "ctr_item_cache_hits_total", "model=qin") == 17);
+    assert_true(value(&P, "ctr_item_cache_misses_total", "model=qin") == 8);
+    assert_true(value(&P, "ctr_item_cache_insertions_total", "model=qin") == 8);
+    assert_true(value(&P, "ctr_item_cache_evictions_total", "model=qin") == 1);
+    assert_true(value(&P, "ctr_item_cache_expirations_total", "model=qin") == 3);
+    assert_true(value(&P, "ctr_item_cache_entries", "model=qin") == 3);
+    assert_true(value(&P, "ctr_item_cache_bytes", "model=qin") == 3 * 4672);
     free(text);
 
     /* No current cache: the retired counters remain, gauges read 0. */
-    metrics_reload(m, 1);                             /* a good reload clears it */
+    metrics_reload(m, 0, 1);                          /* a good reload clears it */
     free(render(m, NULL, &P));
-    assert_true(value(&P, "ctr_model_last_reload_successful", "") == 1);
-    assert_true(value(&P, "ctr_item_cache_hits_total", "") == 10);
-    assert_true(value(&P, "ctr_item_cache_entries", "") == 0);
+    assert_true(value(&P, "ctr_model_last_reload_successful", "model=qin") == 1);
+    assert_true(value(&P, "ctr_item_cache_hits_total", "model=qin") == 10);
+    assert_true(value(&P, "ctr_item_cache_entries", "model=qin") == 0);
+    metrics_free(m);
+}
+
+/* Several models: one series each, labelled by name, counted apart. */
+static void test_models(void **state) {
+    metrics *m;
+    assert_int_equal(metrics_init(&m), CTR_OK);
+    assert_int_equal(metrics_add_model(m, "qin"), 0);
+    assert_int_equal(metrics_add_model(m, "din"), 1);
+    assert_int_equal(metrics_add_model(m, "tin"), 2);
+    for (int i = 3; i < METRICS_MAX_MODELS; i++) {
+        char name[8];
+        snprintf(name, sizeof name, "m%d", i);
+        assert_int_equal(metrics_add_model(m, name), i);
+    }
+    assert_int_equal(metrics_add_model(m, "one-too-many"), -1);
+    metrics_set_model(m, 1, "din-small", "v3", "din");
+    metrics_scored(m, 1, 64);
+    metrics_scored(m, 2, 5);
+    metrics_reload(m, 2, 0);
+    metrics_feature_set(m, 2, 1, 7.0);
+    item_cache_stats st[3] = {{.hits = 1}, {.hits = 2, .entries = 4}, {.hits = 3}};
+    metrics_cache_retire(m, 1, &(item_cache_stats){.hits = 10});
+    proto_buf b;
+    proto_buf_init(&b);
+    assert_int_equal(metrics_render(m, st, 3, &b), CTR_OK);
+    parse(&P, proto_buf_str(&b));
+    proto_buf_free(&b);
+    assert_true(value(&P, "ctr_scored_candidates_total", "model=din") == 64);
+    assert_true(value(&P, "ctr_scored_candidates_total", "model=tin") == 5);
+    assert_true(value(&P, "ctr_scored_candidates_total", "model=qin") == 0);
+    assert_true(value(&P, "ctr_model_reloads_total", "model=tin,result=failed") == 1);
+    assert_true(value(&P, "ctr_model_reloads_total", "model=din,result=failed") == 0);
+    assert_true(value(&P, "ctr_feature_set_ready", "model=tin") == 1);
+    assert_true(value(&P, "ctr_feature_set_ready", "model=din") == 0);
+    assert_true(value(&P, "ctr_model_last_reload_successful", "model=tin") == 0);
+    assert_true(value(&P, "ctr_model_last_reload_successful", "model=din") == 1);
+    assert_true(value(&P, "ctr_item_cache_hits_total", "model=din") == 12);
+    assert_true(value(&P, "ctr_item_cache_hits_total", "model=tin") == 3);
+    assert_true(value(&P, "ctr_item_cache_entries", "model=din") == 4);
+    assert_int_equal(count_samples(&P, "ctr_item_cache_hits_total"), METRICS_MAX_MODELS);
+    assert_true(value(&P, "ctr_item_cache_hits_total", "model=m7") == 0);
+    assert_int_equal(count_samples(&P, "ctr_model_info"), 1);   /* only din's is set */
+    assert_true(value(&P, "ctr_model_info", "model=din,name=din-small,version=v3,arch=din") == 1);
     metrics_free(m);
 }
 
@@ -574,16 +624,17 @@ static void test_escaping(void **state) {
     metrics *m;
     assert_int_equal(metrics_init(&m), CTR_OK);
     const char *version = "v1 \"beta\"\\2\nnext";
-    metrics_set_model(m, "q\\in", version);
+    assert_int_equal(metrics_add_model(m, "m"), 0);
+    metrics_set_model(m, 0, "q\\in", version, "qin");
     char *text = render(m, NULL, &P);
     assert_non_null(strstr(text,
-        "\nctr_model_info{name=\"q\\\\in\",version=\"v1 \\\"beta\\\"\\\\2\\nnext\"} 1\n"));
+        "\nctr_model_info{model=\"m\",name=\"q\\\\in\",version=\"v1 \\\"beta\\\"\\\\2\\nnext\",arch=\"qin\"} 1\n"));
     int found = 0;
     for (int i = 0; i < P.n; i++) {
         if (strcmp(P.s[i].name, "ctr_model_info") != 0) continue;
         found++;
-        assert_string_equal(P.s[i].val[0], "q\\in");
-        assert_string_equal(P.s[i].val[1], version);
+        assert_string_equal(P.s[i].val[1], "q\\in");
+        assert_string_equal(P.s[i].val[2], version);
     }
     assert_int_equal(found, 1);
     free(text);
@@ -592,12 +643,12 @@ static void test_escaping(void **state) {
     char big[600];
     memset(big, 'v', sizeof big - 1);
     big[sizeof big - 1] = '\0';
-    metrics_set_model(m, big, NULL);
+    metrics_set_model(m, 0, big, NULL, NULL);
     free(render(m, NULL, &P));
     for (int i = 0; i < P.n; i++)
         if (strcmp(P.s[i].name, "ctr_model_info") == 0) {
-            assert_int_equal(strlen(P.s[i].val[0]), METRICS_LABEL_MAX - 1);
-            assert_string_equal(P.s[i].val[1], "");
+            assert_int_equal(strlen(P.s[i].val[1]), METRICS_LABEL_MAX - 1);
+            assert_string_equal(P.s[i].val[2], "");
         }
     metrics_free(m);
 }
@@ -639,7 +690,7 @@ static void *writer(void *arg) {
                      i % 2 ? 200 : 503, s);
         metrics_redis(shared, (metrics_redis_op)(i % METRICS_REDIS_OP_COUNT), s,
                       (metrics_redis_result)(i % 3));
-        metrics_scored(shared, 3);
+        metrics_scored(shared, 0, 3);
         /* Threads race to claim reason slots. */
         metrics_degraded(shared, why[(i + t) % 3]);
         metrics_inflight_add(shared, -1);
@@ -662,6 +713,7 @@ static void *scraper(void *arg) {
 
 static void test_threads(void **state) {
     assert_int_equal(metrics_init(&shared), CTR_OK);
+    assert_int_equal(metrics_add_model(shared, "qin"), 0);
     atomic_store(&writers_done, 0);
     atomic_store(&scraping, 0);
     pthread_t t[NTHREADS], sc;
@@ -691,7 +743,7 @@ static void test_threads(void **state) {
         if (strcmp(P.s[i].name, "ctr_http_request_duration_seconds_sum") == 0)
             sum += P.s[i].value;
     assert_true(fabs(sum - NTHREADS * 20 * 0.5005) < 1e-6);
-    assert_true(value(&P, "ctr_scored_candidates_total", "") == 3 * total);
+    assert_true(value(&P, "ctr_scored_candidates_total", "model=qin") == 3 * total);
     assert_true(value(&P, "ctr_inflight_requests", "") == 0);
     double timeouts = 0, errors = 0;
     for (int op = 0; op < METRICS_REDIS_OP_COUNT; op++) {
@@ -723,6 +775,7 @@ int main(void) {
         cmocka_unit_test(test_process),
         cmocka_unit_test(test_values),
         cmocka_unit_test(test_nodes),
+        cmocka_unit_test(test_models),
         cmocka_unit_test(test_escaping),
         cmocka_unit_test(test_endpoint_of),
         cmocka_unit_test(test_threads),

@@ -10,10 +10,10 @@
 #include "svc_fixture.h"
 
 static model_slot *load(void) {
-    item_cache_params cp = item_cache_default_params();
+    model_slot_params sp = model_slot_default_params();
     model_slot *s;
     char err[512];
-    assert_int_equal(model_slot_load(svc_golden_model(), &cp, 1, &s, err, sizeof err), CTR_OK);
+    assert_int_equal(model_slot_load(svc_golden_model(), &sp, 1, &s, err, sizeof err), CTR_OK);
     return s;
 }
 
@@ -23,8 +23,9 @@ static void test_swap(void **state) {
     metrics *m;
     assert_int_equal(metrics_init(&m), CTR_OK);
     first->metrics = m;
-    assert_int_equal(first->cfg->num_ctx, 3);
-    assert_string_equal(first->ctx_name[0], first->cfg->ctx_name[0]);
+    first->metrics_model = metrics_add_model(m, "qin");
+    assert_int_equal(first->schema->num_ctx, 3);
+    assert_string_equal(first->ctx_name[0], first->schema->ctx_name[0]);
     model_holder *h = model_holder_new(first);
     model_slot *held = model_holder_acquire(h);     /* a request in flight */
     assert_ptr_equal(held, first);
@@ -34,9 +35,10 @@ static void test_swap(void **state) {
     model_holder_swap(h, second);
     assert_int_equal(second->generation, 2);
     assert_ptr_equal(second->metrics, m);           /* inherited */
+    assert_int_equal(second->metrics_model, 0);
     /* The old slot lives until its last request lets go. */
     assert_int_equal(atomic_load(&first->refs), 1);
-    assert_non_null(qin_model_config(held->model));
+    assert_non_null(engine_model_schema(held->model));
     model_slot *now = model_holder_acquire(h);
     assert_ptr_equal(now, second);
     model_slot_release(now);
@@ -48,10 +50,10 @@ static void test_swap(void **state) {
 
 static void test_bad_file(void **state) {
     (void)state;
-    item_cache_params cp = item_cache_default_params();
+    model_slot_params sp = model_slot_default_params();
     model_slot *s = (model_slot *)1;
     char err[512] = "";
-    assert_true(model_slot_load("/nonexistent/model.safetensors", &cp, 1, &s, err,
+    assert_true(model_slot_load("/nonexistent/model.safetensors", &sp, 1, &s, err,
                                 sizeof err) < 0);
     assert_null(s);
     assert_non_null(strstr(err, "/nonexistent/model.safetensors"));
@@ -83,8 +85,36 @@ static void test_concurrent(void **state) {
     model_holder_free(shared);
 }
 
+/* Every architecture loads into a slot, with its item vector width, its
+ * warm-up done when asked, and a cache that can be replaced before use. */
+static void test_archs(void **state) {
+    (void)state;
+    const char *names[] = {"small", "din-small", "tin-small"};
+    const int arch[] = {ENGINE_ARCH_QIN, ENGINE_ARCH_DIN, ENGINE_ARCH_TIN};
+    for (int i = 0; i < 3; i++) {
+        model_slot_params sp = model_slot_default_params();
+        sp.warmup_max_cand = 20;
+        model_slot *s;
+        char err[512];
+        assert_int_equal(model_slot_load(svc_golden(names[i]), &sp, 1, &s, err, sizeof err),
+                         CTR_OK);
+        assert_int_equal(s->schema->arch, arch[i]);
+        assert_true(s->warmup_ms > 0);
+        item_cache_params cp = item_cache_default_params();
+        cp.max_bytes = 1 << 20;
+        assert_int_equal(model_slot_set_cache(s, &cp, err, sizeof err), CTR_OK);
+        float *v = engine_item_vecs_alloc(s->model, 1);
+        item_cache_ref ref;
+        assert_non_null(item_cache_put(s->cache, 1, v, &ref));   /* vectors fit */
+        item_cache_release_many(s->cache, &ref, 1);
+        free(v);
+        model_slot_release(s);
+    }
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_archs),
         cmocka_unit_test(test_swap),
         cmocka_unit_test(test_bad_file),
         cmocka_unit_test(test_concurrent),

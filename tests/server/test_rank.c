@@ -1,7 +1,9 @@
 /* test_rank.c - the stages of POST /v1/rank (server/rank.h), each called on
  * its own: decode errors and the deadline, history from the request or the
- * store, a store that is down, deadlines that run short, and scores that
- * are not finite.  Needs $CTR_REDIS and $CTR_GOLDEN (tests/run.sh). */
+ * store, a store that is down, deadlines that run short, scores that are
+ * not finite (QIN and TIN), routing by "model" (QIN by default, TIN with
+ * its item 0), and explanations (positions in the window the model used).
+ * Needs $CTR_REDIS and $CTR_GOLDEN (tests/run.sh). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -145,21 +147,21 @@ static void test_deadline_short(void **state) {
     assert_int_equal(rank_decode(&x, &in), 0);
     assert_int_equal(rank_history(&x), 0);
     assert_int_equal(rank_items(&x), 0);
-    long long saved = atomic_load(&svc.score_ns_per_mflop);
-    atomic_store(&svc.score_ns_per_mflop, 1000000000000LL);
+    long long saved = atomic_load(&svc.models[0].score_ns_per_mflop);
+    atomic_store(&svc.models[0].score_ns_per_mflop, 1000000000000LL);
     assert_int_equal(rank_score(&x), 503);
     assert_string_equal(code(), "deadline_exceeded");
-    atomic_store(&svc.score_ns_per_mflop, saved);
+    atomic_store(&svc.models[0].score_ns_per_mflop, saved);
     rank_end(&x);
 }
 
 static void test_store_down(void **state) {
     (void)state;
-    featstore *good = w->fs;
-    featstore_params p = svc.fs_params;
+    featstore *good = w->m[0].fs;
+    featstore_params p = svc.models[0].fs_params;
     p.addr = "127.0.0.1:1";
     char err[256];
-    assert_int_equal(featstore_open(&p, &w->fs, err, sizeof err), CTR_OK);
+    assert_int_equal(featstore_open(&p, &w->m[0].fs, err, sizeof err), CTR_OK);
     rank_ctx x;
     rank_input in = input("{\"user_id\": \"u1\", \"candidates\": [{\"item_id\": 11}]}");
     rank_begin(&x, w, &in);
@@ -169,38 +171,45 @@ static void test_store_down(void **state) {
     assert_int_equal(rank_items(&x), 503);            /* item 11 not cached */
     assert_string_equal(code(), "unavailable");
     rank_end(&x);
-    featstore_close(w->fs);
-    w->fs = good;
+    featstore_close(w->m[0].fs);
+    w->m[0].fs = good;
 }
 
 /* A history item whose (finite) vector overflows the attention: found,
  * dropped, everything scored; a candidate whose score is not finite is
- * unscored, never null. */
-static void test_non_finite(void **state) {
-    (void)state;
+ * unscored, never null.  For each architecture served (QIN, TIN). */
+static void run_non_finite(const char *model) {
     rank_ctx x;
-    rank_input in = input("{\"user_id\": \"x\", \"item_seq\": [1, 2, 3], "
-                          "\"candidates\": [{\"item_id\": 4}, {\"item_id\": 5}]}");
+    char body[512];
+    snprintf(body, sizeof body, "{\"model\": \"%s\", \"user_id\": \"x\", \"item_seq\": [1, 2, 3], "
+             "\"candidates\": [{\"item_id\": 4}, {\"item_id\": 5}], \"explain\": 2}", model);
+    rank_input in = input(body);
     rank_begin(&x, w, &in);
     assert_int_equal(rank_decode(&x, &in), 0);
+    assert_string_equal(x.m->name, model);
     assert_int_equal(rank_history(&x), 0);
     assert_int_equal(rank_items(&x), 0);
-    const size_t vf = qin_item_vec_floats(x.slot->model);
-    float *huge = qin_item_vec_alloc(x.slot->model);
-    for (size_t k = 0; k < vf; k++) huge[k] = 1e30f;
+    const size_t vf = engine_item_vec_floats(x.slot->model);
+    float *huge = engine_item_vecs_alloc(x.slot->model, 1);
+    for (size_t k = 0; k < vf; k++) huge[k] = 3e38f; /* finite; poisons QIN and TIN */
     x.uvec[x.hist_u[1]] = huge;
     assert_int_equal(rank_score(&x), 0);
     assert_true(x.scored[0] && x.scored[1]);
     assert_true(isfinite(x.prob[0]) && isfinite(x.prob[1]));
     assert_string_equal(x.degraded[x.ndeg - 1], "history_item_invalid");
+    /* The explanations come from the pass after the drop: never the
+     * dropped behaviour (position 1). */
+    for (int i = 0; i < 2 * 2; i++) assert_true(x.xpos[i] != 1);
     rank_end(&x);
 
-    in = input("{\"user_id\": \"x\", \"item_seq\": [], "
-                "\"candidates\": [{\"item_id\": 4}, {\"item_id\": 5}]}");
+    snprintf(body, sizeof body, "{\"model\": \"%s\", \"user_id\": \"x\", \"item_seq\": [], "
+             "\"candidates\": [{\"item_id\": 4}, {\"item_id\": 5}]}", model);
+    in = input(body);
     rank_begin(&x, w, &in);
     assert_int_equal(rank_decode(&x, &in), 0);
     assert_int_equal(rank_history(&x), 0);
     assert_int_equal(rank_items(&x), 0);
+    for (size_t k = 0; k < vf; k++) huge[k] = NAN; /* a score that cannot be finite */
     x.uvec[x.cand_u[0]] = huge;
     assert_int_equal(rank_score(&x), 0);
     assert_false(x.scored[0]);
@@ -215,15 +224,105 @@ static void test_non_finite(void **state) {
     free(huge);
 }
 
+static void test_non_finite(void **state) {
+    (void)state;
+    run_non_finite("qin");
+    run_non_finite("tin");
+}
+
+/* "model" routes: TIN reads its own prefix, where item 0 is real (in the
+ * history and as a candidate); QIN is the default, where 0 is padding. */
+static void test_routing(void **state) {
+    (void)state;
+    rank_input in = input("{\"model\": \"tin\", \"user_id\": \"u1\", \"item_seq\": [0, 3], "
+                          "\"candidates\": [{\"item_id\": 0}, {\"item_id\": 7}], \"explain\": 2}");
+    assert_int_equal(rank_handle(w, &in), 200);
+    json_t *j = answer();
+    assert_string_equal(json_string_value(json_object_get(json_object_get(j, "model"), "name")),
+                        "tin");
+    json_t *items = json_object_get(j, "items");
+    assert_int_equal(json_array_size(items), 2);
+    assert_int_equal(json_array_size(json_object_get(j, "degraded")), 0);
+    /* TIN's softmax weights: both behaviours, item 0 among them. */
+    json_t *ex = json_object_get(json_array_get(items, 0), "explain");
+    assert_int_equal(json_array_size(ex), 2);
+    double sum = 0;
+    int saw0 = 0;
+    for (size_t k = 0; k < 2; k++) {
+        json_t *e = json_array_get(ex, k);
+        int64_t id = json_integer_value(json_object_get(e, "item_id"));
+        int64_t pos = json_integer_value(json_object_get(e, "position"));
+        assert_int_equal(id, pos == 0 ? 0 : 3);
+        saw0 |= id == 0;
+        sum += json_number_value(json_object_get(e, "weight"));
+    }
+    assert_true(saw0);
+    assert_true(fabs(sum - 1.0) < 1e-5);
+    json_decref(j);
+
+    /* Item 0 is no QIN item: 422 from the default model. */
+    in = input("{\"user_id\": \"u1\", \"candidates\": [{\"item_id\": 0}]}");
+    assert_int_equal(rank_handle(w, &in), 422);
+    assert_string_equal(code(), "out_of_range");
+    /* QIN's context field on TIN: TIN's schema refuses it. */
+    in = input("{\"model\": \"tin\", \"user_id\": \"u1\", \"candidates\": [{\"item_id\": 1, \"a\": 1}]}");
+    assert_int_equal(rank_handle(w, &in), 400);
+    in = input("{\"user_id\": \"u1\", \"candidates\": [{\"item_id\": 1, \"a\": 1}], \"model\": \"qin\"}");
+    assert_int_equal(rank_handle(w, &in), 200);
+    in = input("{\"user_id\": \"u1\", \"candidates\": [{\"item_id\": 1}], \"model\": \"din\"}");
+    assert_int_equal(rank_handle(w, &in), 404);
+    assert_string_equal(code(), "not_found");
+}
+
+/* Explanations index the window the model used: of a history longer than
+ * max_len (6 for the small QIN), position 0 is the oldest kept entry, and
+ * item_id is the id at that position. */
+static void test_explain_window(void **state) {
+    (void)state;
+    rank_input in = input("{\"user_id\": \"x\", \"item_seq\": [11, 12, 13, 14, 15, 16, 17, 18], "
+                          "\"candidates\": [{\"item_id\": 4}, {\"item_id\": 5}], \"explain\": 16}");
+    assert_int_equal(rank_handle(w, &in), 200);
+    json_t *j = answer();
+    json_t *items = json_object_get(j, "items");
+    for (size_t i = 0; i < 2; i++) {
+        json_t *ex = json_object_get(json_array_get(items, i), "explain");
+        assert_int_equal(json_array_size(ex), 6);      /* fewer behaviours than k */
+        double last = INFINITY;
+        for (size_t k = 0; k < 6; k++) {
+            json_t *e = json_array_get(ex, k);
+            int64_t pos = json_integer_value(json_object_get(e, "position"));
+            assert_true(pos >= 0 && pos < 6);
+            assert_int_equal(json_integer_value(json_object_get(e, "item_id")), 13 + pos);
+            double wgt = fabs(json_number_value(json_object_get(e, "weight")));
+            assert_true(wgt <= last);                  /* largest first */
+            last = wgt;
+        }
+    }
+    json_decref(j);
+    /* Off: no field. */
+    in = input("{\"user_id\": \"x\", \"item_seq\": [11], \"candidates\": [{\"item_id\": 4}]}");
+    assert_int_equal(rank_handle(w, &in), 200);
+    assert_null(strstr(w->out.data, "explain"));
+    in = input("{\"user_id\": \"x\", \"candidates\": [{\"item_id\": 4}], \"explain\": 17}");
+    assert_int_equal(rank_handle(w, &in), 422);
+    assert_string_equal(code(), "out_of_range");
+}
+
 static void test_feature_set_missing(void **state) {
     (void)state;
-    atomic_store(&svc.feature_set, SERVICE_FS_MISSING);
+    /* Per model: TIN's prefix lacks its marker, QIN's does not. */
+    atomic_store(&svc.models[1].feature_set, SERVICE_FS_MISSING);
     rank_input in = input("{\"user_id\": \"new\", \"candidates\": [{\"item_id\": 7}]}");
     assert_int_equal(rank_handle(w, &in), 200);
     json_t *j = answer();
+    assert_false(degraded(j, "feature_set_missing"));
+    json_decref(j);
+    in = input("{\"user_id\": \"new\", \"candidates\": [{\"item_id\": 7}], \"model\": \"tin\"}");
+    assert_int_equal(rank_handle(w, &in), 200);
+    j = answer();
     assert_true(degraded(j, "feature_set_missing"));
     json_decref(j);
-    atomic_store(&svc.feature_set, SERVICE_FS_OK);
+    atomic_store(&svc.models[1].feature_set, SERVICE_FS_OK);
 }
 
 int main(void) {
@@ -235,6 +334,8 @@ int main(void) {
         cmocka_unit_test(test_store_down),
         cmocka_unit_test(test_non_finite),
         cmocka_unit_test(test_feature_set_missing),
+        cmocka_unit_test(test_routing),
+        cmocka_unit_test(test_explain_window),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -1,0 +1,68 @@
+/*
+ * service.c - the models a ctr-server serves, by name (see service.h).
+ *
+ * Set up once at startup (service_add_model per model); afterwards only
+ * read, so lookups by name need no lock.  A handful of models at most:
+ * lookups are linear.
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "server/service.h"
+
+service_model *service_find_model(service *svc, const char *name) {
+    if (!name) return svc->num_models ? &svc->models[0] : NULL;
+    for (int i = 0; i < svc->num_models; i++)
+        if (strcmp(svc->models[i].name, name) == 0) return &svc->models[i];
+    return NULL;
+}
+
+featstore_params service_fs_params(const featstore_params *base, const engine_schema *sc) {
+    featstore_params p = *base;
+    p.max_tags = sc->num_tags;
+    p.mm_dim = sc->mm_dim;
+    p.cate = sc->cate_vocab > 0;
+    return p;
+}
+
+int service_add_model(service *svc, const char *name, const char *path,
+                      const model_slot_params *sp, const char *prefix, model_slot *first,
+                      char *err, size_t errlen) {
+    if (svc->num_models == SERVICE_MAX_MODELS)
+        return ctr_fail(err, errlen, CTR_EINVAL, "more than %d models", SERVICE_MAX_MODELS);
+    if (service_find_model(svc, name) && svc->num_models)
+        return ctr_fail(err, errlen, CTR_EINVAL, "two models named \"%s\" (name them with "
+                        "--model NAME=PATH)", name);
+    service_model *m = &svc->models[svc->num_models];
+    memset(m, 0, sizeof *m);
+    m->index = svc->num_models;
+    snprintf(m->name, sizeof m->name, "%s", name);
+    snprintf(m->path, sizeof m->path, "%s", path);
+    snprintf(m->prefix, sizeof m->prefix, "%s", prefix);
+    m->slot_params = *sp;
+    m->fs_params = service_fs_params(&svc->fs_params, first->schema);
+    m->fs_params.prefix = m->prefix;
+    atomic_init(&m->feature_set, SERVICE_FS_UNKNOWN);
+    atomic_init(&m->score_ns_per_mflop, 0);
+    if (svc->metrics) {
+        int k = metrics_add_model(svc->metrics, name);
+        if (k != m->index)
+            return ctr_fail(err, errlen, CTR_EINVAL, "metrics: no room for model %s", name);
+        first->metrics = svc->metrics;
+        first->metrics_model = k;
+        metrics_set_model(svc->metrics, k, first->schema->name, first->schema->version,
+                          engine_arch_name(first->schema->arch));
+    }
+    if (!(m->holder = model_holder_new(first)))
+        return ctr_fail(err, errlen, CTR_ENOMEM, "out of memory");
+    svc->num_models++;
+    return CTR_OK;
+}
+
+void service_free_models(service *svc) {
+    for (int i = 0; i < svc->num_models; i++) {
+        model_holder_free(svc->models[i].holder);
+        svc->models[i].holder = NULL;
+    }
+    svc->num_models = 0;
+}
