@@ -25,7 +25,9 @@ OPT      ?= -O3
 CFLAGS   := -std=c11 -D_GNU_SOURCE -g $(OPT) -Wall -Wextra -Wshadow \
             -Wno-unused-parameter -pthread -I. $(PKG_CFLAGS) $(EXTRA_CFLAGS)
 LDFLAGS  := -pthread $(EXTRA_LDFLAGS)
-LDLIBS   := $(PKG_LIBS) -lm
+# oneDNN (Debian's libdnnl-dev ships no pkg-config file) and the OpenMP
+# runtime it is built on, whose per-thread limit core/dense.c sets.
+LDLIBS   := $(PKG_LIBS) -ldnnl -lgomp -lm
 
 ifeq ($(SANITIZE),address)
   CFLAGS  += -fsanitize=address -fno-omit-frame-pointer
@@ -99,7 +101,7 @@ fuzz:
 	@mkdir -p build/fuzz
 	@set -e; for f in $(FUZZ_SRC); do n=$$(basename $$f .c); \
 	  clang -std=c11 -D_GNU_SOURCE -g -O1 -I. -DFUZZ_LIBFUZZER $(PKG_CFLAGS) \
-	    -fsanitize=fuzzer,address,undefined $$f $(CORE_SRC) $(PROTO_SRC) $(PKG_LIBS) -lm \
+	    -fsanitize=fuzzer,address,undefined $$f $(CORE_SRC) $(PROTO_SRC) $(PKG_LIBS) -ldnnl -lgomp -lm \
 	    -o build/fuzz/$$n; \
 	  mkdir -p build/fuzz/corpus-$$n; \
 	  build/fuzz/$$n -max_total_time=$(FUZZ_SECONDS) build/fuzz/corpus-$$n \

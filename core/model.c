@@ -25,7 +25,6 @@
 #include <string.h>
 
 #include "qin_internal.h"
-#include "gemm.h"
 #include "safetensors.h"
 
 #define P "embedding_layer.embedding_layer."
@@ -370,18 +369,11 @@ static int model_build(qin_model *m, const st_file *f, char *err, size_t errlen)
         return ctr_fail(err, errlen, CTR_ENOMEM, "out of memory");
     for (int l = 0; l < c->num_layers; l++)
         if ((rc = fold_qnn_layer(m, f, l, err, errlen)) < 0) return rc;
-    /* Packed copies for the AVX-512 kernel where it runs (gemm.h); the
-     * row-major weights stay for OpenBLAS, the fallback and reference. */
-    if (gemm_packed_supported(D) && !getenv("CTR_QNN_OPENBLAS")) {
-        m->qnn_packed = calloc((size_t)c->num_layers, sizeof *m->qnn_packed);
-        if (!m->qnn_packed) return ctr_fail(err, errlen, CTR_ENOMEM, "out of memory");
-        for (int l = 0; l < c->num_layers; l++) {
-            if (!(m->qnn_packed[l] = qin_falloc(gemm_packed_floats(D))))
-                return ctr_fail(err, errlen, CTR_ENOMEM, "out of memory");
-            gemm_pack(m->qnn_w[l], D, m->qnn_packed[l]);
-        }
-        m->use_packed = 1;
-    }
+    /* The QNN's products in fp32 (dense.h); the row-major weights stay for
+     * the tests' reference and other precisions (qin_model_set_precision). */
+    dense_params dp = dense_default_params();
+    if (getenv("CTR_QNN_OPENBLAS")) dp.backend = DENSE_BACKEND_OPENBLAS;
+    if ((rc = qin_model_prepare(m, &dp, err, errlen)) < 0) return rc;
 
     float *fcb = NULL;
     if ((rc = tensor_get(f, "qnn.fc.weight", 1, D, &m->fc_w, err, errlen)) < 0 ||
@@ -466,8 +458,8 @@ void qin_model_free(qin_model *m) {
         if (m->qnn_b) free(m->qnn_b[l]);
         if (m->qnn_c) free(m->qnn_c[l]);
     }
-    for (int l = 0; m->qnn_packed && l < m->cfg.num_layers; l++) free(m->qnn_packed[l]);
-    free(m->qnn_packed);
+    for (int l = 0; m->qnn_dense && l < m->cfg.num_layers; l++) dense_free(m->qnn_dense[l]);
+    free(m->qnn_dense);
     free(m->qnn_w);
     free(m->qnn_b);
     free(m->qnn_c);
@@ -477,8 +469,3 @@ void qin_model_free(qin_model *m) {
 }
 
 const qin_config *qin_model_config(const qin_model *m) { return &m->cfg; }
-
-int qin_model_use_packed(qin_model *m, int on) {
-    m->use_packed = on && m->qnn_packed != NULL;
-    return m->use_packed;
-}

@@ -5,9 +5,10 @@
  * and N candidates (1 to a few hundred).  Per candidate the folded model
  * costs about 4.3M multiply-adds, of which the QNN's num_layers D x D
  * products are ~98% (MicroLens: 4 x 1024 x 1024).  So the hot spot is
- * qin_qnn_layer: one GEMM for all N candidates per layer (the packed
- * AVX-512 kernel of gemm.c where the CPU has it, else OpenBLAS sgemm), then
- * one fused pass for bias, batch-norm shift, PReLU and the residual.  Everything
+ * qin_qnn_layer: one product for all N candidates per layer (dense.h: oneDNN
+ * in the model's precision, or the packed AVX-512 kernel of gemm.c for fp32
+ * at small N), then one fused pass for bias, batch-norm shift, PReLU and the
+ * residual.  Everything
  * item-side (e, A e, B e) is computed once per item by qin_item_compute and
  * cached by the caller, so a request only gathers those vectors.
  */
@@ -16,7 +17,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "gemm.h"
 #include "qin_internal.h"
 
 size_t qin_item_vec_floats(const qin_model *m) { return 3 * (size_t)m->cfg.item_dim; }
@@ -95,11 +95,9 @@ int qin_items_compute(const qin_model *m, int n, const qin_item_input *items, fl
     }
     if (n <= 0) return CTR_OK;
     /* Rows e_i (stride 3E) times A^T and B^T, into the rows' other parts. */
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, E, E, 1.0f, out, ld, m->attn_a, E,
-                0.0f, out + E, ld);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, E, E, 1.0f, out, ld, m->attn_b, E,
-                0.0f, out + 2 * E, ld);
-    return CTR_OK;
+    int rc = dense_sgemm(1, n, E, E, 1.0f, out, ld, m->attn_a, E, 0.0f, out + E, ld);
+    if (rc == CTR_OK) rc = dense_sgemm(1, n, E, E, 1.0f, out, ld, m->attn_b, E, 0.0f, out + 2 * E, ld);
+    return rc < 0 ? ctr_fail(err, errlen, rc, "item vectors: product failed") : CTR_OK;
 }
 
 /* --- scratch ------------------------------------------------------------ */
@@ -112,16 +110,20 @@ int qin_scratch_init(const qin_model *m, int max_cand, qin_scratch **out) {
     if (!s) return CTR_ENOMEM;
     s->model = m;
     s->max_cand = max_cand;
-    s->ldx = (c->input_dim + 15) & ~15;
+    s->ldx = qin_ldx(c);
     s->x = qin_falloc((size_t)max_cand * s->ldx);
     s->y = qin_falloc((size_t)max_cand * s->ldx);
     s->s = qin_falloc((size_t)max_cand * c->max_len);
     s->ah = qin_falloc((size_t)c->max_len * c->item_dim);
     s->bh = qin_falloc((size_t)c->max_len * c->item_dim);
     s->logit = qin_falloc((size_t)max_cand);
-    if (!s->x || !s->y || !s->s || !s->ah || !s->bh || !s->logit) {
+    size_t ws = 0;
+    for (int l = 0; l < c->num_layers; l++)
+        if (dense_ws_size(m->qnn_dense[l]) > ws) ws = dense_ws_size(m->qnn_dense[l]);
+    int rc = dense_ws_init(ws, &s->dws);
+    if (!s->x || !s->y || !s->s || !s->ah || !s->bh || !s->logit || rc < 0) {
         qin_scratch_free(s);
-        return CTR_ENOMEM;
+        return rc < 0 ? rc : CTR_ENOMEM;
     }
     *out = s;
     return CTR_OK;
@@ -135,6 +137,7 @@ void qin_scratch_free(qin_scratch *s) {
     free(s->ah);
     free(s->bh);
     free(s->logit);
+    dense_ws_free(s->dws);
     free(s);
 }
 
@@ -142,39 +145,70 @@ int qin_scratch_max_cand(const qin_scratch *s) { return s->max_cand; }
 
 /* --- forward pieces ----------------------------------------------------- */
 
-void qin_attention(const qin_model *m, int n, const float *t, int ldt, int nh, const float *ah,
-                   const float *bh, float *s, int lds, float *pool, int ldp) {
+/* The two products are oneDNN's sgemm (dense_sgemm): their shapes change
+ * with every request, and on AVX-512 machines it ran them 2x (Haswell
+ * kernels) to 4.7x (OpenBLAS's baseline kernels) faster than OpenBLAS at
+ * N = 64 (bench/README.md). */
+int qin_attention(const qin_model *m, int n, const float *t, int ldt, int nh, const float *ah,
+                  const float *bh, float *s, int lds, float *pool, int ldp) {
     const int E = m->cfg.item_dim;
     for (int i = 0; i < n; i++) memcpy(pool + (size_t)i * ldp, t + (size_t)i * ldt,
                                        (size_t)E * sizeof *pool);
-    if (nh == 0 || n == 0) return; /* empty history: pool = t */
+    if (nh == 0 || n == 0) return CTR_OK; /* empty history: pool = t */
     /* s = relu(scale * T (A H)^T): n x nh. */
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, nh, E, m->attn_scale, t, ldt, ah, E,
-                0.0f, s, lds);
+    int rc = dense_sgemm(1, n, nh, E, m->attn_scale, t, ldt, ah, E, 0.0f, s, lds);
+    if (rc < 0) return rc;
     for (int i = 0; i < n; i++) {
         float *row = s + (size_t)i * lds;
         for (int j = 0; j < nh; j++) row[j] = row[j] > 0.0f ? row[j] : 0.0f;
     }
     /* pool += s (B H): n x E. */
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, E, nh, 1.0f, s, lds, bh, E, 1.0f,
-                pool, ldp);
+    return dense_sgemm(0, n, E, nh, 1.0f, s, lds, bh, E, 1.0f, pool, ldp);
 }
 
-/* Hot spot: ~98% of a request's arithmetic is this GEMM. */
-void qin_qnn_layer(const qin_model *m, int layer, int n, float *x, int ldx, float *y) {
-    const int D = m->cfg.input_dim;
-    const float *w = m->qnn_w[layer];
-    const float *restrict b = m->qnn_b[layer], *restrict c = m->qnn_c[layer];
-    const float a = m->prelu[layer];
-    /* y = x W^T for all n candidates at once (W is D x D, [out, in]): the
-     * packed AVX-512 kernel where the model has packed weights, else one
-     * OpenBLAS sgemm. */
-    if (m->use_packed)
-        gemm_packed(n, D, x, ldx, m->qnn_packed[layer], y, ldx);
-    else
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, D, D, 1.0f, x, ldx, w, D, 0.0f,
-                    y, ldx);
-    /* Fused: z = x (y + b) + c (batch norm folded); PReLU; x += z. */
+int qin_model_prepare(qin_model *m, const dense_params *p, char *err, size_t errlen) {
+    const qin_config *c = &m->cfg;
+    const int D = c->input_dim;
+    dense_params dp = *p;
+    dp.ld_in = dp.ld_out = qin_ldx(c);
+    dense **layers = calloc((size_t)c->num_layers, sizeof *layers);
+    if (!layers) return ctr_fail(err, errlen, CTR_ENOMEM, "out of memory");
+    for (int l = 0; l < c->num_layers; l++) {
+        char inner[256] = "";
+        int rc = dense_init(m->qnn_w[l], D, D, &dp, &layers[l], inner, sizeof inner);
+        if (rc < 0) {
+            for (int k = 0; k < l; k++) dense_free(layers[k]);
+            free(layers);
+            return ctr_fail(err, errlen, rc, "qnn layer %d, %s: %s", l,
+                            dense_precision_name(dp.precision), inner);
+        }
+    }
+    for (int l = 0; m->qnn_dense && l < c->num_layers; l++) dense_free(m->qnn_dense[l]);
+    free(m->qnn_dense);
+    m->qnn_dense = layers;
+    m->precision = dp.precision;
+    return CTR_OK;
+}
+
+int qin_model_set_precision(qin_model *m, dense_precision p, char *err, size_t errlen) {
+    if (p == m->precision) return CTR_OK;
+    dense_params dp = dense_default_params();
+    dp.precision = p;
+    return qin_model_prepare(m, &dp, err, errlen);
+}
+
+dense_precision qin_model_precision(const qin_model *m) { return m->precision; }
+
+const char *qin_model_describe(const qin_model *m) { return dense_describe(m->qnn_dense[0]); }
+
+/* The fused pass after a layer's product: z = x (y + b) + c (batch norm
+ * folded); PReLU; x += z.  Cloned for AVX-512 (chosen at load time by the
+ * dynamic linker): compiled for the baseline x86-64 it runs 4 floats at a
+ * time, and with the product on oneDNN's int8 kernels it was 7% of the
+ * forward pass (perf, N = 64). */
+__attribute__((target_clones("avx512f", "default"))) static void
+qnn_fused(int n, int D, float *x, int ldx, const float *y, const float *restrict b,
+          const float *restrict c, float a) {
     for (int i = 0; i < n; i++) {
         float *restrict xi = x + (size_t)i * ldx;
         const float *restrict yi = y + (size_t)i * ldx;
@@ -187,6 +221,17 @@ void qin_qnn_layer(const qin_model *m, int layer, int n, float *x, int ldx, floa
             xi[k] += pos + a * neg;
         }
     }
+}
+
+/* Hot spot: ~98% of a request's arithmetic is this product. */
+int qin_qnn_layer(const qin_model *m, dense_ws *ws, int layer, int n, float *x, float *y) {
+    /* y = x W^T for all n candidates at once (W is D x D, [out, in]), in the
+     * model's precision (dense.h). */
+    int rc = dense_forward(m->qnn_dense[layer], ws, n, x, y);
+    if (rc < 0) return rc;
+    qnn_fused(n, m->cfg.input_dim, x, qin_ldx(&m->cfg), y, m->qnn_b[layer], m->qnn_c[layer],
+              m->prelu[layer]);
+    return CTR_OK;
 }
 
 void qin_head(const qin_model *m, int n, const float *x, int ldx, float *logit, float *prob) {
@@ -238,8 +283,13 @@ int qin_forward(const qin_model *m, qin_scratch *s, const qin_request *req, floa
         }
         memcpy(xi + off_t, req->cand[i], (size_t)E * sizeof(float));
     }
-    qin_attention(m, n, s->x + off_t, ldx, nh, s->ah, s->bh, s->s, c->max_len, s->x + off_p, ldx);
-    for (int l = 0; l < c->num_layers; l++) qin_qnn_layer(m, l, n, s->x, ldx, s->y);
+    if (qin_attention(m, n, s->x + off_t, ldx, nh, s->ah, s->bh, s->s, c->max_len, s->x + off_p,
+                      ldx) < 0)
+        return ctr_fail(err, errlen, CTR_EINVAL, "attention: product failed");
+    for (int l = 0; l < c->num_layers; l++)
+        if (qin_qnn_layer(m, s->dws, l, n, s->x, s->y) < 0)
+            return ctr_fail(err, errlen, CTR_EINVAL, "qnn layer %d: %s failed", l,
+                            dense_describe(m->qnn_dense[l]));
     qin_head(m, n, s->x, ldx, s->logit, prob);
     return CTR_OK;
 }

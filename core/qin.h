@@ -43,6 +43,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "dense.h"
 #include "status.h"
 
 #define QIN_MAX_CTX 16        /* context fields a model may declare */
@@ -79,9 +80,10 @@ typedef struct qin_scratch qin_scratch;
  * a message naming the problem, a truncated/corrupt file, a tensor of the
  * wrong dtype or shape, a missing tensor, or a configuration out of bounds.
  * Never reads past the file.  Also sets OpenBLAS to one thread (see
- * model.c), and packs the QNN weights for the AVX-512 kernel where the CPU
- * has one (core/gemm.h; the environment variable CTR_QNN_OPENBLAS=1 keeps
- * OpenBLAS for every product). */
+ * model.c), and prepares the QNN layers in fp32 (dense.h: oneDNN, and the
+ * packed AVX-512 kernel of gemm.h for small batches where the CPU has it;
+ * the environment variable CTR_QNN_OPENBLAS=1 keeps OpenBLAS for every
+ * product). */
 int qin_model_load(const char *path, qin_model **out, char *err, size_t errlen);
 
 /* Same, from a buffer the caller keeps ownership of (fuzzing, tests). */
@@ -92,6 +94,23 @@ void qin_model_free(qin_model *m);
 
 /* The model's configuration; valid as long as the model.  Thread-safe. */
 const qin_config *qin_model_config(const qin_model *m);
+
+/* Serves the QNN layers in precision p from now on (dense.h; the model
+ * loads in fp32, the exact one).  bf16 and int8 are not exact: their error
+ * against fp32 is measured in bench/README.md and bounded by the tests.
+ * Call once after loading, before the model is shared and before any
+ * qin_scratch is made for it (a scratch sized for another precision is
+ * refused by qin_forward).  CTR_OK; on error (message in err) the model
+ * keeps its previous precision. */
+int qin_model_set_precision(qin_model *m, dense_precision p, char *err, size_t errlen);
+
+/* The precision the QNN layers run in.  Thread-safe. */
+dense_precision qin_model_precision(const qin_model *m);
+
+/* What computes the QNN layers, e.g. "int8: oneDNN brg:avx512_core_vnni,
+ * 46 row classes up to 256", for logs and benchmarks.  Valid until the
+ * next qin_model_set_precision. */
+const char *qin_model_describe(const qin_model *m);
 
 /* --- Item vectors ------------------------------------------------------ */
 

@@ -6,6 +6,7 @@
 #ifndef CTR_QIN_INTERNAL_H
 #define CTR_QIN_INTERNAL_H
 
+#include "dense.h"
 #include "qin.h"
 
 /* Alignment of every weight and activation buffer (one cache line, and
@@ -26,9 +27,10 @@ struct qin_model {
     float attn_scale;             /* 1 / sqrt(attn_dim) */
     /* QNN folds, per layer l: y = W_l x + b_l; z = x * y + c_l; PReLU. */
     float **qnn_w;                /* num_layers of D x D: diag(s) sum_r W_r */
-    float **qnn_packed;           /* the same packed for gemm_packed, or NULL
-                                     (CPU without AVX-512F, D % 32 != 0) */
-    int use_packed;               /* 1: QNN via gemm_packed, 0: OpenBLAS */
+    dense **qnn_dense;            /* num_layers: qnn_w prepared for the
+                                     serving precision (dense.h), rows of
+                                     stride qin_ldx */
+    dense_precision precision;    /* of qnn_dense; fp32 after load */
     float **qnn_b;                /* num_layers of D: s * sum_r b_r */
     float **qnn_c;                /* num_layers of D: beta - mean * s */
     float *prelu;                 /* num_layers slopes */
@@ -46,12 +48,18 @@ struct qin_scratch {
     float *ah;                    /* max_len x E: A h of the behaviours kept */
     float *bh;                    /* max_len x E: B h */
     float *logit;                 /* max_cand */
+    dense_ws *dws;                /* the QNN layers' workspace */
 };
 
-/* Chooses the QNN's GEMM: 1 the packed kernel (when the model has packed
- * weights), 0 OpenBLAS.  Returns the choice in force.  Call before the
- * model is shared between threads (tests and benchmarks compare both). */
-int qin_model_use_packed(qin_model *m, int on);
+/* Row stride of the QNN's activations: D rounded up to 16 floats. */
+static inline int qin_ldx(const qin_config *c) { return (c->input_dim + 15) & ~15; }
+
+/* (Re)prepares the QNN layers from qnn_w with p (precision and backend;
+ * ld_in/ld_out are set here).  The model load calls it with fp32 and the
+ * AUTO backend (OpenBLAS when CTR_QNN_OPENBLAS=1 is in the environment).
+ * Call before the model is shared and before scratches are made for it;
+ * tests and benchmarks use it to compare backends. */
+int qin_model_prepare(qin_model *m, const dense_params *p, char *err, size_t errlen);
 
 /* Aligned allocation of n floats, zeroed; NULL on failure or overflow. */
 float *qin_falloc(size_t n);
@@ -61,14 +69,15 @@ float *qin_falloc(size_t n);
 /* Attention for n candidates whose item vectors t sit in rows of `t`
  * (stride ldt) against nh behaviours (ah, bh: nh x E, contiguous).
  * Writes pool rows (stride ldp) = sum_j relu(scale t.(A h_j)) B h_j + t and
- * leaves the weights in s (n x ld_s). */
-void qin_attention(const qin_model *m, int n, const float *t, int ldt, int nh,
-                   const float *ah, const float *bh, float *s, int lds,
-                   float *pool, int ldp);
+ * leaves the weights in s (n x ld_s).  CTR_OK or dense_sgemm's error. */
+int qin_attention(const qin_model *m, int n, const float *t, int ldt, int nh,
+                  const float *ah, const float *bh, float *s, int lds,
+                  float *pool, int ldp);
 
-/* One folded QNN layer in place on x (n x D, stride ldx), y as scratch. */
-void qin_qnn_layer(const qin_model *m, int layer, int n, float *x, int ldx,
-                   float *y);
+/* One folded QNN layer in place on x (n x D, stride qin_ldx), y as scratch,
+ * ws a workspace for the model's layers (qin_scratch's dws).  CTR_OK, or
+ * dense_forward's error. */
+int qin_qnn_layer(const qin_model *m, dense_ws *ws, int layer, int n, float *x, float *y);
 
 /* Output head: prob[i] = sigmoid(fc_w . x_i + fc_b). */
 void qin_head(const qin_model *m, int n, const float *x, int ldx, float *logit,

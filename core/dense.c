@@ -1,0 +1,635 @@
+/*
+ * dense.c - batched dense layers on oneDNN (see dense.h).
+ *
+ * Workload: n = 1..512 rows (a request's candidates) against weights of a
+ * few hundred to a few thousand columns (MicroLens QNN: 1024 x 1024, four
+ * layers, 16 MB in fp32, 8 MB in bf16, 4 MB in int8).  On the machines this
+ * runs on, one core streams weights from the last-level cache at about
+ * 12 GB/s, so at small n the weight bytes set the time and at large n the
+ * arithmetic rate of the precision does (bench/README.md has both).
+ *
+ * Everything that can be decided before a request is decided in dense_init:
+ * the weights are quantised or rounded and reordered into oneDNN's blocked
+ * layout once, and one matmul primitive is made per class of row counts
+ * (classes, below).  A call only converts its rows when the precision needs
+ * it, runs one primitive per chunk and, for int8, rescales the int32 sums.
+ *
+ * Threads.  Debian's oneDNN is built on OpenMP: a primitive made in a
+ * thread whose OpenMP limit is the number of cores splits every call over
+ * an OpenMP team of that size, on top of the service's own threads.  So
+ * every thread that makes or runs a primitive here first sets its own
+ * OpenMP limit to 1 (omp_set_num_threads is per thread in libgomp), and the
+ * primitives are made with one thread in mind; a call then runs entirely on
+ * its caller's thread and no OpenMP thread is ever started
+ * (tests/core/test_dense.c checks that the thread count stays put).
+ */
+#include "dense.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <oneapi/dnnl/dnnl.h>
+
+#include "gemm.h"
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define DENSE_X86 1
+#endif
+
+#if DNNL_CPU_RUNTIME == DNNL_RUNTIME_OMP
+/* libgomp's, declared here so that no OpenMP compiler flag is needed. */
+void omp_set_num_threads(int n);
+static void one_thread(void) {
+    static _Thread_local int done;
+    if (!done) {
+        omp_set_num_threads(1);
+        done = 1;
+    }
+}
+#elif DNNL_CPU_RUNTIME == DNNL_RUNTIME_SEQ
+static void one_thread(void) {}
+#else
+#error "dense.c expects oneDNN with the OpenMP or the sequential CPU runtime"
+#endif
+
+#define ALIGN 64
+/* Row-count classes: 1..16, then 24, 32, ..., DENSE_MAX_ROWS. */
+#define NCLASS (16 + (DENSE_MAX_ROWS - 16) / 8)
+
+static int class_rows(int c) { return c < 16 ? c + 1 : 16 + 8 * (c - 15); }
+static int class_of(int m) { return m <= 16 ? m - 1 : 15 + (m - 16 + 7) / 8; }
+
+typedef struct dense_class {
+    dnnl_primitive_t prim;
+    dnnl_memory_desc_t src_md, dst_md, pad_md;
+    size_t pad_bytes;               /* oneDNN's scratchpad for one call */
+} dense_class;
+
+struct dense {
+    int in, out, ld_in, ld_out;
+    dense_precision prec;
+    dense_backend backend;          /* as asked (AUTO resolved per call) */
+    int packed_below;               /* rows under which fp32 uses `packed` */
+    float *w;                       /* OPENBLAS: plain copy, out x in */
+    float *packed;                  /* packed-kernel weights, or NULL */
+    void *wq;                       /* oneDNN weights in its layout, or NULL */
+    dnnl_memory_desc_t w_md;
+    dnnl_memory_t w_mem;            /* over wq; read-only after init */
+    float *wscale;                  /* int8: out scales, max |W[o,:]| / 127 */
+    int32_t *comp;                  /* int8: 128 * sum_k Wq[o][k] */
+    dense_class cls[NCLASS];
+    int ncls;                       /* classes made (0 without oneDNN) */
+    size_t src_bytes, dst_bytes, pad_bytes;  /* workspace parts */
+    char what[192];
+};
+
+struct dense_ws {
+    dnnl_stream_t stream;
+    unsigned char *buf;
+    size_t size;
+};
+
+/* --- precisions ---------------------------------------------------------- */
+
+const char *dense_precision_name(dense_precision p) {
+    switch (p) {
+#define DENSE_PRECISION_NAME(name, text, exact, what) case DENSE_##name: return text;
+        DENSE_PRECISION_MAP(DENSE_PRECISION_NAME)
+#undef DENSE_PRECISION_NAME
+    default: return "unknown";
+    }
+}
+
+const char *dense_precision_what(dense_precision p) {
+    switch (p) {
+#define DENSE_PRECISION_WHAT(name, text, exact, what) case DENSE_##name: return what;
+        DENSE_PRECISION_MAP(DENSE_PRECISION_WHAT)
+#undef DENSE_PRECISION_WHAT
+    default: return "unknown";
+    }
+}
+
+int dense_precision_exact(dense_precision p) {
+    switch (p) {
+#define DENSE_PRECISION_EXACT(name, text, exact, what) case DENSE_##name: return exact;
+        DENSE_PRECISION_MAP(DENSE_PRECISION_EXACT)
+#undef DENSE_PRECISION_EXACT
+    default: return 0;
+    }
+}
+
+int dense_precision_parse(const char *text, dense_precision *out) {
+    for (int p = 0; p < DENSE_PRECISION_COUNT; p++) {
+        const char *name = dense_precision_name((dense_precision)p);
+        size_t i = 0;
+        while (name[i] && (text[i] | 0x20) == name[i]) i++;
+        if (!name[i] && !text[i]) {
+            *out = (dense_precision)p;
+            return CTR_OK;
+        }
+    }
+    return CTR_EINVAL;
+}
+
+dense_params dense_default_params(void) {
+    dense_params p = {DENSE_FP32, DENSE_BACKEND_AUTO, 0, 0, 48};
+    return p;
+}
+
+/* --- conversions ------------------------------------------------------- */
+
+unsigned short dense_bf16_round(float f) {
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    u += 0x7fffu + ((u >> 16) & 1u); /* to nearest, ties to even */
+    return (unsigned short)(u >> 16);
+}
+
+/* Rows of x (stride ldx) into bfloat16 rows of `in` (contiguous).  Cloned
+ * for AVX-512 like the other per-element loops here (the baseline build
+ * runs them 4 floats at a time). */
+__attribute__((target_clones("avx512f", "default"))) static void to_bf16(int n, int in, const float *x, int ldx, unsigned short *q) {
+    for (int i = 0; i < n; i++) {
+        const float *restrict xi = x + (size_t)i * ldx;
+        unsigned short *restrict qi = q + (size_t)i * in;
+        for (int k = 0; k < in; k++) {
+            uint32_t u;
+            memcpy(&u, &xi[k], sizeof u);
+            qi[k] = (unsigned short)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+        }
+    }
+}
+
+static float row_absmax(const float *x, int in) {
+    float m = 0.0f;
+    for (int k = 0; k < in; k++) {
+        float a = fabsf(x[k]);
+        m = a > m ? a : m;
+    }
+    return m;
+}
+
+static float quantize_row_scalar(const float *x, int in, unsigned char *q) {
+    float m = row_absmax(x, in);
+    float scale = m > 0.0f ? m / 127.0f : 1.0f, inv = m > 0.0f ? 127.0f / m : 0.0f;
+    for (int k = 0; k < in; k++) {
+        float v = nearbyintf(x[k] * inv);
+        v = v > 127.0f ? 127.0f : (v < -127.0f ? -127.0f : v);
+        q[k] = (unsigned char)((int)v + 128);
+    }
+    return scale;
+}
+
+#ifdef DENSE_X86
+/* The same, 16 at a time (cvtps rounds to nearest even, as nearbyintf does
+ * in the default rounding mode, so both give the same bytes). */
+__attribute__((target("avx512f"))) static float quantize_row_avx512(const float *x, int in,
+                                                                     unsigned char *q) {
+    int k = 0;
+    __m512 mx = _mm512_setzero_ps();
+    for (; k + 16 <= in; k += 16) mx = _mm512_max_ps(mx, _mm512_abs_ps(_mm512_loadu_ps(x + k)));
+    float m = _mm512_reduce_max_ps(mx);
+    for (; k < in; k++) m = fabsf(x[k]) > m ? fabsf(x[k]) : m;
+    float scale = m > 0.0f ? m / 127.0f : 1.0f, inv = m > 0.0f ? 127.0f / m : 0.0f;
+    const __m512 vinv = _mm512_set1_ps(inv);
+    const __m512i lo = _mm512_set1_epi32(-127), hi = _mm512_set1_epi32(127),
+                  off = _mm512_set1_epi32(128);
+    for (k = 0; k + 16 <= in; k += 16) {
+        __m512i v = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(x + k), vinv));
+        v = _mm512_add_epi32(_mm512_min_epi32(_mm512_max_epi32(v, lo), hi), off);
+        _mm_storeu_si128((__m128i *)(q + k), _mm512_cvtepi32_epi8(v));
+    }
+    for (; k < in; k++) {
+        float v = nearbyintf(x[k] * inv);
+        v = v > 127.0f ? 127.0f : (v < -127.0f ? -127.0f : v);
+        q[k] = (unsigned char)((int)v + 128);
+    }
+    return scale;
+}
+
+#endif
+
+float dense_quantize_row(const float *x, int in, unsigned char *q) {
+#ifdef DENSE_X86
+    if (__builtin_cpu_supports("avx512f")) return quantize_row_avx512(x, in, q);
+#endif
+    return quantize_row_scalar(x, in, q);
+}
+
+/* --- oneDNN plumbing ----------------------------------------------------- */
+
+static dnnl_engine_t engine;
+static dnnl_status_t engine_status = dnnl_runtime_error;
+static pthread_once_t engine_once = PTHREAD_ONCE_INIT;
+
+static void engine_make(void) { engine_status = dnnl_engine_create(&engine, dnnl_cpu, 0); }
+
+/* The process's CPU engine, made on first use and kept for the process's
+ * life (every primitive and memory object refers to it). */
+static dnnl_engine_t engine_get(void) {
+    pthread_once(&engine_once, engine_make);
+    return engine_status == dnnl_success ? engine : NULL;
+}
+
+static int dnnl_fail(char *err, size_t errlen, dnnl_status_t st, const char *what) {
+    static const char *names[] = {"success", "out_of_memory", "invalid_arguments",
+                                  "unimplemented", "iterator_ends", "runtime_error",
+                                  "not_required"};
+    const char *n = (unsigned)st < sizeof names / sizeof *names ? names[st] : "unknown";
+    return ctr_fail(err, errlen, st == dnnl_out_of_memory ? CTR_ENOMEM : CTR_EINVAL,
+                    "oneDNN: %s: %s", what, n);
+}
+
+static void *aligned_bytes(size_t n) {
+    n = (n + ALIGN - 1) & ~(size_t)(ALIGN - 1);
+    void *p = aligned_alloc(ALIGN, n ? n : ALIGN);
+    if (p) memset(p, 0, n ? n : ALIGN);
+    return p;
+}
+
+static size_t round_up(size_t n) { return (n + ALIGN - 1) & ~(size_t)(ALIGN - 1); }
+
+/* Data types of the three operands. */
+static void types(dense_precision p, dnnl_data_type_t *src, dnnl_data_type_t *wei,
+                  dnnl_data_type_t *dst) {
+    switch (p) {
+    case DENSE_BF16: *src = *wei = dnnl_bf16; *dst = dnnl_f32; break;
+    case DENSE_INT8: *src = dnnl_u8; *wei = dnnl_s8; *dst = dnnl_s32; break;
+    default: *src = *wei = *dst = dnnl_f32; break;
+    }
+}
+
+/* Row strides of the primitive's src and dst: always the rows' own widths
+ * (oneDNN 2.6 runs wider strides on its slower gemm:jit path, which packs
+ * the weights again on every call).  fp32 reads the caller's x and writes
+ * the caller's y in place when their strides are these; otherwise, and for
+ * bf16 and int8 which convert their rows first, through the workspace. */
+static int src_stride(const dense *d) { return d->in; }
+static int dst_stride(const dense *d) { return d->out; }
+
+/* Makes the primitive of class c; wmd is "any" for the first one (oneDNN
+ * picks the layout) and that layout for the rest. */
+static int make_class(dense *d, int c, const dnnl_memory_desc_t *wmd, char *err,
+                      size_t errlen) {
+    dnnl_data_type_t st, wt, dt;
+    types(d->prec, &st, &wt, &dt);
+    const int rows = class_rows(c);
+    dnnl_dims_t sdims = {rows, d->in}, ddims = {rows, d->out};
+    dnnl_dims_t sstr = {src_stride(d), 1}, dstr = {dst_stride(d), 1};
+    dnnl_memory_desc_t smd, dmd;
+    dnnl_matmul_desc_t mm;
+    dnnl_primitive_attr_t attr = NULL;
+    dnnl_primitive_desc_t pd = NULL;
+    dnnl_status_t s;
+    int rc = CTR_OK;
+    if ((s = dnnl_memory_desc_init_by_strides(&smd, 2, sdims, st, sstr)) ||
+        (s = dnnl_memory_desc_init_by_strides(&dmd, 2, ddims, dt, dstr)) ||
+        (s = dnnl_matmul_desc_init(&mm, &smd, wmd, NULL, &dmd)) ||
+        (s = dnnl_primitive_attr_create(&attr)) ||
+        (s = dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user)) ||
+        (s = dnnl_primitive_desc_create(&pd, &mm, attr, engine_get(), NULL)) ||
+        (s = dnnl_primitive_create(&d->cls[c].prim, pd))) {
+        char what[64];
+        snprintf(what, sizeof what, "matmul %dx%d by %dx%d", rows, d->in, d->in, d->out);
+        rc = dnnl_fail(err, errlen, s, what);
+        goto done;
+    }
+    dense_class *k = &d->cls[c];
+    k->src_md = smd;
+    k->dst_md = dmd;
+    const dnnl_memory_desc_t *pad = dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0);
+    k->pad_bytes = pad ? dnnl_memory_desc_get_size(pad) : 0;
+    if (pad) k->pad_md = *pad;
+    if (wmd->format_kind == dnnl_format_kind_any) {
+        d->w_md = *dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
+        const char *impl = "?";
+        dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &impl);
+        snprintf(d->what, sizeof d->what, "%s: oneDNN %s, %d row classes up to %d",
+                 dense_precision_name(d->prec), impl, NCLASS, DENSE_MAX_ROWS);
+    }
+done:
+    if (pd) dnnl_primitive_desc_destroy(pd);
+    if (attr) dnnl_primitive_attr_destroy(attr);
+    return rc;
+}
+
+/* Reorders the plain weight (dims in x out, element (k, o) at o * in + k,
+ * of type t) into d->wq, d->w_md's layout. */
+static int reorder_weights(dense *d, const void *plain, dnnl_data_type_t t, char *err,
+                           size_t errlen) {
+    dnnl_dims_t dims = {d->in, d->out};
+    dnnl_memory_desc_t pmd;
+    dnnl_primitive_desc_t rpd = NULL;
+    dnnl_primitive_t r = NULL;
+    dnnl_memory_t from = NULL;
+    dnnl_stream_t stream = NULL;
+    dnnl_status_t s;
+    int rc = CTR_OK;
+    if (!(d->wq = aligned_bytes(dnnl_memory_desc_get_size(&d->w_md))))
+        return ctr_fail(err, errlen, CTR_ENOMEM, "out of memory for weights");
+    if ((s = dnnl_memory_desc_init_by_tag(&pmd, 2, dims, t, dnnl_ba)) ||
+        (s = dnnl_memory_create(&from, &pmd, engine_get(), (void *)plain)) ||
+        (s = dnnl_memory_create(&d->w_mem, &d->w_md, engine_get(), d->wq)) ||
+        (s = dnnl_reorder_primitive_desc_create(&rpd, &pmd, engine_get(), &d->w_md,
+                                                engine_get(), NULL)) ||
+        (s = dnnl_primitive_create(&r, rpd)) ||
+        (s = dnnl_stream_create(&stream, engine_get(), dnnl_stream_default_flags))) {
+        rc = dnnl_fail(err, errlen, s, "weight reorder");
+        goto done;
+    }
+    dnnl_exec_arg_t args[2] = {{DNNL_ARG_FROM, from}, {DNNL_ARG_TO, d->w_mem}};
+    if ((s = dnnl_primitive_execute(r, stream, 2, args)) || (s = dnnl_stream_wait(stream)))
+        rc = dnnl_fail(err, errlen, s, "weight reorder");
+done:
+    if (stream) dnnl_stream_destroy(stream);
+    if (r) dnnl_primitive_destroy(r);
+    if (rpd) dnnl_primitive_desc_destroy(rpd);
+    if (from) dnnl_memory_destroy(from);
+    return rc;
+}
+
+/* int8 weights: per output channel, scale = max |W[o,:]| / 127 and
+ * Wq = round(W / scale) in -127..127; comp[o] = 128 sum_k Wq[o][k], the
+ * sum the +128 offset of the activations adds. */
+static int prepare_int8(dense *d, const float *w, char *err, size_t errlen) {
+    const int in = d->in, out = d->out;
+    signed char *wq = malloc((size_t)in * out);
+    d->wscale = aligned_bytes((size_t)out * sizeof *d->wscale);
+    d->comp = aligned_bytes((size_t)out * sizeof *d->comp);
+    if (!wq || !d->wscale || !d->comp) {
+        free(wq);
+        return ctr_fail(err, errlen, CTR_ENOMEM, "out of memory for int8 weights");
+    }
+    for (int o = 0; o < out; o++) {
+        const float *row = w + (size_t)o * in;
+        float m = row_absmax(row, in);
+        float inv = m > 0.0f ? 127.0f / m : 0.0f;
+        int32_t sum = 0;
+        for (int k = 0; k < in; k++) {
+            float v = nearbyintf(row[k] * inv);
+            v = v > 127.0f ? 127.0f : (v < -127.0f ? -127.0f : v);
+            wq[(size_t)o * in + k] = (signed char)v;
+            sum += (int32_t)v;
+        }
+        d->wscale[o] = m > 0.0f ? m / 127.0f : 0.0f;
+        d->comp[o] = 128 * sum;
+    }
+    int rc = reorder_weights(d, wq, dnnl_s8, err, errlen);
+    free(wq);
+    return rc;
+}
+
+static int make_onednn(dense *d, const float *w, char *err, size_t errlen) {
+    if (!engine_get()) return ctr_fail(err, errlen, CTR_EINVAL, "oneDNN: no CPU engine");
+    dnnl_data_type_t st, wt, dt;
+    types(d->prec, &st, &wt, &dt);
+    dnnl_dims_t wdims = {d->in, d->out};
+    dnnl_memory_desc_t any;
+    dnnl_status_t s = dnnl_memory_desc_init_by_tag(&any, 2, wdims, wt, dnnl_format_tag_any);
+    if (s) return dnnl_fail(err, errlen, s, "weights");
+    int rc;
+    /* The largest class picks the weight layout; the others must take it. */
+    if ((rc = make_class(d, NCLASS - 1, &any, err, errlen)) < 0) return rc;
+    d->ncls = NCLASS;
+    for (int c = 0; c < NCLASS - 1; c++)
+        if ((rc = make_class(d, c, &d->w_md, err, errlen)) < 0) return rc;
+    if (d->prec == DENSE_INT8) rc = prepare_int8(d, w, err, errlen);
+    else rc = reorder_weights(d, w, dnnl_f32, err, errlen); /* bf16: rounds to nearest even */
+    if (rc < 0) return rc;
+    size_t esz = d->prec == DENSE_FP32 ? 4 : (d->prec == DENSE_BF16 ? 2 : 1);
+    d->src_bytes = round_up((size_t)DENSE_MAX_ROWS * src_stride(d) * esz);
+    d->dst_bytes = round_up((size_t)DENSE_MAX_ROWS * dst_stride(d) * 4);
+    for (int c = 0; c < NCLASS; c++)
+        if (d->cls[c].pad_bytes > d->pad_bytes) d->pad_bytes = d->cls[c].pad_bytes;
+    d->pad_bytes = round_up(d->pad_bytes);
+    return CTR_OK;
+}
+
+/* --- the layer ------------------------------------------------------------- */
+
+int dense_init(const float *w, int out, int in, const dense_params *params, dense **dp,
+               char *err, size_t errlen) {
+    *dp = NULL;
+    dense_params p = params ? *params : dense_default_params();
+    if (in < 1 || out < 1 || (p.ld_in && p.ld_in < in) || (p.ld_out && p.ld_out < out) ||
+        p.precision < 0 || p.precision >= DENSE_PRECISION_COUNT)
+        return ctr_fail(err, errlen, CTR_EINVAL, "dense %d x %d: bad shape or parameters", out,
+                        in);
+    if (p.precision != DENSE_FP32 &&
+        (p.backend == DENSE_BACKEND_PACKED || p.backend == DENSE_BACKEND_OPENBLAS))
+        return ctr_fail(err, errlen, CTR_EINVAL, "%s runs on oneDNN only",
+                        dense_precision_name(p.precision));
+    int packed_ok = in == out && gemm_packed_supported(in);
+    if (p.backend == DENSE_BACKEND_PACKED && !packed_ok)
+        return ctr_fail(err, errlen, CTR_EINVAL,
+                        "the packed kernel needs AVX-512F and a square weight of a multiple "
+                        "of 32 (here %d x %d)", out, in);
+    for (size_t i = 0; i < (size_t)in * out; i++)
+        if (!isfinite(w[i])) return ctr_fail(err, errlen, CTR_EINVAL, "non-finite weight");
+    one_thread();
+
+    dense *d = calloc(1, sizeof *d);
+    if (!d) return ctr_fail(err, errlen, CTR_ENOMEM, "out of memory");
+    d->in = in;
+    d->out = out;
+    d->ld_in = p.ld_in ? p.ld_in : in;
+    d->ld_out = p.ld_out ? p.ld_out : out;
+    d->prec = p.precision;
+    d->backend = p.backend;
+    int rc = CTR_ENOMEM;
+    switch (p.backend) {
+    case DENSE_BACKEND_OPENBLAS:
+        if (!(d->w = aligned_bytes((size_t)in * out * sizeof(float)))) goto fail;
+        memcpy(d->w, w, (size_t)in * out * sizeof(float));
+        snprintf(d->what, sizeof d->what, "fp32: OpenBLAS sgemm");
+        break;
+    case DENSE_BACKEND_PACKED:
+        if (!(d->packed = aligned_bytes(gemm_packed_floats(in) * sizeof(float)))) goto fail;
+        gemm_pack(w, in, d->packed);
+        d->packed_below = INT32_MAX;
+        snprintf(d->what, sizeof d->what, "fp32: packed AVX-512 kernel");
+        break;
+    case DENSE_BACKEND_AUTO:
+    case DENSE_BACKEND_ONEDNN:
+        if ((rc = make_onednn(d, w, err, errlen)) < 0) goto fail;
+        if (p.backend == DENSE_BACKEND_AUTO && d->prec == DENSE_FP32 && packed_ok &&
+            p.packed_below > 1) {
+            rc = CTR_ENOMEM;
+            if (!(d->packed = aligned_bytes(gemm_packed_floats(in) * sizeof(float)))) goto fail;
+            gemm_pack(w, in, d->packed);
+            d->packed_below = p.packed_below;
+            size_t len = strlen(d->what);
+            snprintf(d->what + len, sizeof d->what - len,
+                     "; packed AVX-512 kernel below %d rows", d->packed_below);
+        }
+        break;
+    default:
+        rc = ctr_fail(err, errlen, CTR_EINVAL, "unknown backend");
+        goto fail;
+    }
+    *dp = d;
+    return CTR_OK;
+fail:
+    if (rc == CTR_ENOMEM && err && !*err) ctr_fail(err, errlen, rc, "out of memory");
+    dense_free(d);
+    return rc;
+}
+
+void dense_free(dense *d) {
+    if (!d) return;
+    for (int c = 0; c < NCLASS; c++)
+        if (d->cls[c].prim) dnnl_primitive_destroy(d->cls[c].prim);
+    if (d->w_mem) dnnl_memory_destroy(d->w_mem);
+    free(d->w);
+    free(d->packed);
+    free(d->wq);
+    free(d->wscale);
+    free(d->comp);
+    free(d);
+}
+
+const char *dense_describe(const dense *d) { return d->what; }
+dense_precision dense_get_precision(const dense *d) { return d->prec; }
+int dense_in(const dense *d) { return d->in; }
+int dense_out(const dense *d) { return d->out; }
+
+size_t dense_ws_size(const dense *d) {
+    return d->src_bytes + d->dst_bytes + d->pad_bytes + round_up(DENSE_MAX_ROWS * sizeof(float));
+}
+
+int dense_ws_init(size_t bytes, dense_ws **out) {
+    *out = NULL;
+    dense_ws *ws = calloc(1, sizeof *ws);
+    if (!ws) return CTR_ENOMEM;
+    ws->size = round_up(bytes);
+    if (!(ws->buf = aligned_bytes(ws->size))) {
+        free(ws);
+        return CTR_ENOMEM;
+    }
+    if (!engine_get() ||
+        dnnl_stream_create(&ws->stream, engine_get(), dnnl_stream_default_flags) != dnnl_success) {
+        free(ws->buf);
+        free(ws);
+        return CTR_EINVAL;
+    }
+    *out = ws;
+    return CTR_OK;
+}
+
+void dense_ws_free(dense_ws *ws) {
+    if (!ws) return;
+    if (ws->stream) dnnl_stream_destroy(ws->stream);
+    free(ws->buf);
+    free(ws);
+}
+
+/* --- a call ---------------------------------------------------------------- */
+
+/* Runs class c on src and dst (laid out as the class's descriptors say). */
+static int run_class(const dense *d, const dense_class *k, dense_ws *ws, void *src, void *dst,
+                     void *pad) {
+    dnnl_memory_t ms = NULL, md = NULL, mp = NULL;
+    dnnl_status_t s;
+    if ((s = dnnl_memory_create(&ms, &k->src_md, engine_get(), src)) == dnnl_success &&
+        (s = dnnl_memory_create(&md, &k->dst_md, engine_get(), dst)) == dnnl_success &&
+        (!k->pad_bytes ||
+         (s = dnnl_memory_create(&mp, &k->pad_md, engine_get(), pad)) == dnnl_success)) {
+        dnnl_exec_arg_t args[4] = {{DNNL_ARG_SRC, ms}, {DNNL_ARG_WEIGHTS, d->w_mem},
+                                   {DNNL_ARG_DST, md}, {DNNL_ARG_SCRATCHPAD, mp}};
+        s = dnnl_primitive_execute(k->prim, ws->stream, mp ? 4 : 3, args);
+    }
+    if (ms) dnnl_memory_destroy(ms);
+    if (md) dnnl_memory_destroy(md);
+    if (mp) dnnl_memory_destroy(mp);
+    return s == dnnl_success ? CTR_OK : CTR_EINVAL;
+}
+
+/* y = (sum - 128 sum_k Wq) * row scale * channel scale for m rows of int32
+ * sums (stride out); the difference is exact in int32 and below 2^24 in
+ * magnitude, so exact in float. */
+__attribute__((target_clones("avx512f", "default"))) static void
+dequantize(int m, int out, const int32_t *acc, const int32_t *restrict comp,
+           const float *rscale, const float *restrict cscale, float *y, int ldy) {
+    for (int i = 0; i < m; i++) {
+        const int32_t *restrict a = acc + (size_t)i * out;
+        float *restrict yi = y + (size_t)i * ldy;
+        const float si = rscale[i];
+        for (int o = 0; o < out; o++) yi[o] = (float)(a[o] - comp[o]) * (si * cscale[o]);
+    }
+}
+
+/* m <= DENSE_MAX_ROWS rows through oneDNN. */
+static int chunk_onednn(const dense *d, dense_ws *ws, int m, const float *x, float *y) {
+    const dense_class *k = &d->cls[class_of(m)];
+    const int rows = class_rows(class_of(m));
+    unsigned char *src = ws->buf, *dst = src + d->src_bytes, *pad = dst + d->dst_bytes;
+    float *scale = (float *)(pad + d->pad_bytes);
+    int rc;
+    /* Rows the class computes beyond m hold whatever an earlier call left
+     * (finite values, zero at first); their results are dropped. */
+    const int tight_in = d->ld_in == d->in, tight_out = d->ld_out == d->out;
+    switch (d->prec) {
+    case DENSE_FP32:
+    case DENSE_BF16: {
+        void *s_ = src;
+        if (d->prec == DENSE_BF16)
+            to_bf16(m, d->in, x, d->ld_in, (unsigned short *)src);
+        else if (rows == m && tight_in)
+            s_ = (void *)x;
+        else
+            for (int i = 0; i < m; i++)
+                memcpy((float *)src + (size_t)i * d->in, x + (size_t)i * d->ld_in,
+                       (size_t)d->in * sizeof(float));
+        if (rows == m && tight_out) return run_class(d, k, ws, s_, y, pad);
+        if ((rc = run_class(d, k, ws, s_, dst, pad)) < 0) return rc;
+        for (int i = 0; i < m; i++)
+            memcpy(y + (size_t)i * d->ld_out, (float *)dst + (size_t)i * d->out,
+                   (size_t)d->out * sizeof(float));
+        return CTR_OK;
+    }
+    case DENSE_INT8:
+        for (int i = 0; i < m; i++)
+            scale[i] = dense_quantize_row(x + (size_t)i * d->ld_in, d->in, src + (size_t)i * d->in);
+        if ((rc = run_class(d, k, ws, src, dst, pad)) < 0) return rc;
+        dequantize(m, d->out, (const int32_t *)dst, d->comp, scale, d->wscale, y, d->ld_out);
+        return CTR_OK;
+    default:
+        return CTR_EINVAL;
+    }
+}
+
+int dense_forward(const dense *d, dense_ws *ws, int n, const float *x, float *y) {
+    if (n <= 0) return CTR_OK;
+    if (d->w) { /* OpenBLAS */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, d->out, d->in, 1.0f, x, d->ld_in,
+                    d->w, d->in, 0.0f, y, d->ld_out);
+        return CTR_OK;
+    }
+    if (d->packed && n < d->packed_below) {
+        gemm_packed(n, d->in, x, d->ld_in, d->packed, y, d->ld_out);
+        return CTR_OK;
+    }
+    if (!ws || ws->size < dense_ws_size(d)) return CTR_EINVAL;
+    one_thread();
+    for (int i0 = 0; i0 < n; i0 += DENSE_MAX_ROWS) {
+        int m = n - i0 < DENSE_MAX_ROWS ? n - i0 : DENSE_MAX_ROWS;
+        int rc = chunk_onednn(d, ws, m, x + (size_t)i0 * d->ld_in, y + (size_t)i0 * d->ld_out);
+        if (rc < 0) return rc;
+    }
+    return CTR_OK;
+}
+
+int dense_sgemm(int trans_b, int m, int n, int k, float alpha, const float *a, int lda,
+                const float *b, int ldb, float beta, float *c, int ldc) {
+    if (m <= 0 || n <= 0) return CTR_OK;
+    one_thread();
+    dnnl_status_t s = dnnl_sgemm('N', trans_b ? 'T' : 'N', m, n, k, alpha, a, lda, b, ldb, beta,
+                                 c, ldc);
+    return s == dnnl_success ? CTR_OK : CTR_EINVAL;
+}
