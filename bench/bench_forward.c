@@ -13,6 +13,8 @@
  *   - the QNN layers alone in each precision (product + fused pass);
  *   - the fp32 QNN layers on each kernel (the packed AVX-512 kernel of
  *     gemm.c, and oneDNN), which is how dense.h's packed_below is chosen;
+ *   - the forward pass in fp32 and int8 without the first layer's split
+ *     (qin.c, "the first layer"): the whole D x D product like the others;
  *   - the yardstick: plain oneDNN matmul primitives of the QNN's shapes
  *     (N x D by D x D, four distinct weights as the model has, weights
  *     reordered beforehand), in f32, bf16 and u8 x s8, on inputs already in
@@ -370,6 +372,17 @@ int main(int argc, char **argv) {
             }
         }
     }
+    qin_model *unsplit[2] = {NULL, NULL};
+    const dense_precision unsplit_prec[2] = {DENSE_FP32, DENSE_INT8};
+    if (all)
+        for (int k = 0; k < 2; k++) {
+            unsplit[k] = load(model_path, buf, len);
+            if (qin_model_set_precision(unsplit[k], unsplit_prec[k], err, sizeof err) < 0) {
+                fprintf(stderr, "%s\n", err);
+                return 1;
+            }
+            qin_model_fold_first(unsplit[k], 0);
+        }
     free(buf);
 
     printf("QIN forward pass, %s (d=%d, E=%d, D=%d, %d layers, R=%d), history %d, 1 thread\n",
@@ -395,6 +408,14 @@ int main(int argc, char **argv) {
             a->m = b->m = pm[p];
             b->k = QNN;
             snprintf(b->name, sizeof b->name, "%s", dense_precision_name(precs[p]));
+        }
+        for (int q = 0; q < 2; q++) {
+            if (!unsplit[q]) continue;
+            variant *a = &v[nv++];
+            memset(a, 0, sizeof *a);
+            snprintf(a->name, sizeof a->name, "%s unsplit", dense_precision_name(unsplit_prec[q]));
+            a->k = FORWARD;
+            a->m = unsplit[q];
         }
         for (int q = 0; q < 2; q++) {
             if (!kern[q]) continue;
@@ -468,7 +489,7 @@ int main(int argc, char **argv) {
         printf("  %-6s %11s %9s %9s %9s %10s %9s\n", "prec", "forward_us", "p99_us", "us/cand",
                "GFLOP/s", "qnn_us", "qnn_GF/s");
         for (int i = 0; i < nv; i++) {
-            if (v[i].k != FORWARD) continue;
+            if (v[i].k != FORWARD || v[i].m == unsplit[0] || v[i].m == unsplit[1]) continue;
             double q = med[i + 1];
             printf("  %-6s %11.1f %9.1f %9.2f %9.1f %10.1f %9.1f\n", v[i].name, med[i] * 1e6,
                    p99[i] * 1e6, med[i] * 1e6 / n, flops / med[i] * 1e-9, q * 1e6,
@@ -476,6 +497,12 @@ int main(int argc, char **argv) {
             printf("forward n=%d precision=%s median_ms=%.4f p99_ms=%.4f qnn_ms=%.4f\n", n,
                    v[i].name, med[i] * 1e3, p99[i] * 1e3, q * 1e3);
         }
+        for (int i = 0; i < nv; i++)
+            if (v[i].k == FORWARD && (v[i].m == unsplit[0] || v[i].m == unsplit[1]))
+                for (int j = 0; j < nv; j++)
+                    if (v[j].k == FORWARD && v[j].m == pm[v[i].m == unsplit[0] ? 0 : 2])
+                        printf("  %-12s forward %9.1f us: the first layer's split saves %.0f%%\n",
+                               v[i].name, med[i] * 1e6, 100.0 * (1 - med[j] / med[i]));
         for (int i = 0; i < nv; i++) {
             if (v[i].k == QNN && v[i].m && (v[i].m == kern[0] || v[i].m == kern[1]))
                 printf("  QNN layers on the %-19s %9.1f us %6.1f GFLOP/s\n", v[i].name,
@@ -501,6 +528,7 @@ int main(int argc, char **argv) {
            c->num_layers);
     for (int k = 0; k < np; k++) qin_model_free(pm[k]);
     for (int k = 0; k < 2; k++) qin_model_free(kern[k]);
+    for (int k = 0; k < 2; k++) qin_model_free(unsplit[k]);
     free(x0); free(prob); free(ctx); free(ptr); free(vecs); free(mm); free(tags);
     return 0;
 }

@@ -373,7 +373,9 @@ static int model_build(qin_model *m, const st_file *f, char *err, size_t errlen)
      * the tests' reference and other precisions (qin_model_set_precision). */
     dense_params dp = dense_default_params();
     if (getenv("CTR_QNN_OPENBLAS")) dp.backend = DENSE_BACKEND_OPENBLAS;
-    if ((rc = qin_model_prepare(m, &dp, err, errlen)) < 0) return rc;
+    if ((rc = qin_model_prepare(m, &dp, err, errlen)) < 0 ||
+        (rc = qin_fold_first_layer(m, err, errlen)) < 0)
+        return rc;
 
     float *fcb = NULL;
     if ((rc = tensor_get(f, "qnn.fc.weight", 1, D, &m->fc_w, err, errlen)) < 0 ||
@@ -453,6 +455,9 @@ void qin_model_free(qin_model *m) {
     free(m->w_mm);
     free(m->attn_a);
     free(m->attn_b);
+    for (int i = 0; i < QIN_MAX_CTX; i++) free(m->first_ctx[i]);
+    free(m->first_u);
+    free(m->first_v);
     for (int l = 0; l < m->cfg.num_layers; l++) {
         if (m->qnn_w) free(m->qnn_w[l]);
         if (m->qnn_b) free(m->qnn_b[l]);

@@ -19,7 +19,10 @@
 
 #include "qin_internal.h"
 
-size_t qin_item_vec_floats(const qin_model *m) { return 3 * (size_t)m->cfg.item_dim; }
+/* [e | A e | B e | U e | V e]: 3 E + 2 D floats. */
+size_t qin_item_vec_floats(const qin_model *m) {
+    return 3 * (size_t)m->cfg.item_dim + 2 * (size_t)m->cfg.input_dim;
+}
 
 float *qin_item_vec_alloc(const qin_model *m) { return qin_falloc(qin_item_vec_floats(m)); }
 
@@ -63,29 +66,25 @@ static int item_base(const qin_model *m, const qin_item_input *item, float *e, c
     float denom = (float)live + 1e-12f;
     for (int j = 0; j < d; j++) e_tag[j] /= denom;
 
-    if (item->mm)
-        cblas_sgemv(CblasRowMajor, CblasNoTrans, c->mm_out, c->mm_in, 1.0f, m->w_mm, c->mm_in,
-                    item->mm, 1, 0.0f, e_mm, 1);
-    else
+    if (!item->mm) {
         memset(e_mm, 0, (size_t)c->mm_out * sizeof *e_mm);
+        return CTR_OK;
+    }
+    /* e_mm (1 x mm_out) = mm (1 x mm_in) W_mm^T */
+    if (dense_sgemm(1, 1, c->mm_out, c->mm_in, 1.0f, item->mm, c->mm_in, m->w_mm, c->mm_in, 0.0f,
+                    e_mm, c->mm_out) < 0)
+        return ctr_fail(err, errlen, CTR_EINVAL, "item %lld: product failed", (long long)item->id);
     return CTR_OK;
 }
 
 int qin_item_compute(const qin_model *m, const qin_item_input *item, float *vec, char *err,
                      size_t errlen) {
-    const int E = m->cfg.item_dim;
-    int rc = item_base(m, item, vec, err, errlen);
-    if (rc < 0) return rc;
-    /* The item-side halves of the attention: A e (keys) and B e (values). */
-    cblas_sgemv(CblasRowMajor, CblasNoTrans, E, E, 1.0f, m->attn_a, E, vec, 1, 0.0f, vec + E, 1);
-    cblas_sgemv(CblasRowMajor, CblasNoTrans, E, E, 1.0f, m->attn_b, E, vec, 1, 0.0f,
-                vec + 2 * E, 1);
-    return CTR_OK;
+    return qin_items_compute(m, 1, item, vec, NULL, err, errlen);
 }
 
 int qin_items_compute(const qin_model *m, int n, const qin_item_input *items, float *out,
                       int *bad, char *err, size_t errlen) {
-    const int E = m->cfg.item_dim, ld = 3 * E;
+    const int E = m->cfg.item_dim, D = m->cfg.input_dim, ld = (int)qin_item_vec_floats(m);
     for (int i = 0; i < n; i++) {
         int rc = item_base(m, &items[i], out + (size_t)i * ld, err, errlen);
         if (rc < 0) {
@@ -94,9 +93,13 @@ int qin_items_compute(const qin_model *m, int n, const qin_item_input *items, fl
         }
     }
     if (n <= 0) return CTR_OK;
-    /* Rows e_i (stride 3E) times A^T and B^T, into the rows' other parts. */
+    /* Rows e_i times A^T, B^T, U^T and V^T, into the rows' other parts. */
     int rc = dense_sgemm(1, n, E, E, 1.0f, out, ld, m->attn_a, E, 0.0f, out + E, ld);
     if (rc == CTR_OK) rc = dense_sgemm(1, n, E, E, 1.0f, out, ld, m->attn_b, E, 0.0f, out + 2 * E, ld);
+    if (rc == CTR_OK)
+        rc = dense_sgemm(1, n, D, E, 1.0f, out, ld, m->first_u, E, 0.0f, out + 3 * E, ld);
+    if (rc == CTR_OK)
+        rc = dense_sgemm(1, n, D, E, 1.0f, out, ld, m->first_v, E, 0.0f, out + 3 * E + D, ld);
     return rc < 0 ? ctr_fail(err, errlen, rc, "item vectors: product failed") : CTR_OK;
 }
 
@@ -116,12 +119,13 @@ int qin_scratch_init(const qin_model *m, int max_cand, qin_scratch **out) {
     s->s = qin_falloc((size_t)max_cand * c->max_len);
     s->ah = qin_falloc((size_t)c->max_len * c->item_dim);
     s->bh = qin_falloc((size_t)c->max_len * c->item_dim);
+    s->vh = qin_falloc((size_t)c->max_len * c->input_dim);
     s->logit = qin_falloc((size_t)max_cand);
     size_t ws = 0;
     for (int l = 0; l < c->num_layers; l++)
         if (dense_ws_size(m->qnn_dense[l]) > ws) ws = dense_ws_size(m->qnn_dense[l]);
     int rc = dense_ws_init(ws, &s->dws);
-    if (!s->x || !s->y || !s->s || !s->ah || !s->bh || !s->logit || rc < 0) {
+    if (!s->x || !s->y || !s->s || !s->ah || !s->bh || !s->vh || !s->logit || rc < 0) {
         qin_scratch_free(s);
         return rc < 0 ? rc : CTR_ENOMEM;
     }
@@ -136,6 +140,7 @@ void qin_scratch_free(qin_scratch *s) {
     free(s->s);
     free(s->ah);
     free(s->bh);
+    free(s->vh);
     free(s->logit);
     dense_ws_free(s->dws);
     free(s);
@@ -166,6 +171,97 @@ int qin_attention(const qin_model *m, int n, const float *t, int ldt, int nh, co
     return dense_sgemm(0, n, E, nh, 1.0f, s, lds, bh, E, 1.0f, pool, ldp);
 }
 
+/* --- the first layer ------------------------------------------------------
+ *
+ * The first layer's input is x_0 = [C_1 .. C_F | t | pool] with
+ * pool = sum_j a_j B h_j + t, so its product splits exactly:
+ *
+ *     W_1 x_0 = sum_f W_1[:, C_f] C_f + (W_1[:, t] + W_1[:, pool]) t
+ *               + sum_j a_j (W_1[:, pool] B) h_j
+ *             = sum_f G_f[v_f] + U t + sum_j a_j V h_j.
+ *
+ * G_f has one row per context value, U t and V h one per item (cached in
+ * the item vectors like A e and B e), so per candidate only the attention
+ * weights times the history's V h remain: nh x D multiply-adds instead of
+ * D x D (MicroLens: 64 x 1024 instead of 1024 x 1024, a quarter of the
+ * forward pass's arithmetic gone; bench/README.md has the measurement). */
+int qin_fold_first_layer(qin_model *m, char *err, size_t errlen) {
+    const qin_config *c = &m->cfg;
+    const int d = c->embedding_dim, E = c->item_dim, D = c->input_dim;
+    const int off_t = c->num_ctx * d, off_p = off_t + E;
+    const float *w = m->qnn_w[0], *b = m->attn_b;
+    double *wp = malloc((size_t)D * E * sizeof *wp), *bd = malloc((size_t)E * E * sizeof *bd),
+           *v = malloc((size_t)D * E * sizeof *v);
+    int rc = CTR_OK;
+    m->first_u = qin_falloc((size_t)D * E);
+    m->first_v = qin_falloc((size_t)D * E);
+    for (int f = 0; f < c->num_ctx; f++) m->first_ctx[f] = qin_falloc((size_t)c->ctx_vocab[f] * D);
+    int ok = wp && bd && v && m->first_u && m->first_v;
+    for (int f = 0; f < c->num_ctx; f++) ok = ok && m->first_ctx[f];
+    if (!ok) {
+        rc = ctr_fail(err, errlen, CTR_ENOMEM, "out of memory splitting the first layer");
+        goto done;
+    }
+    for (int o = 0; o < D; o++)
+        for (int k = 0; k < E; k++) {
+            const float *row = w + (size_t)o * D;
+            m->first_u[(size_t)o * E + k] = (float)((double)row[off_t + k] + row[off_p + k]);
+            wp[(size_t)o * E + k] = row[off_p + k];
+        }
+    for (size_t i = 0; i < (size_t)E * E; i++) bd[i] = b[i];
+    /* V (D x E) = W_1[:, pool] (D x E) B (E x E) */
+    cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, D, E, E, 1.0, wp, E, bd, E, 0.0, v, E);
+    for (size_t i = 0; i < (size_t)D * E; i++) m->first_v[i] = (float)v[i];
+    for (int f = 0; f < c->num_ctx; f++)
+        for (int val = 0; val < c->ctx_vocab[f]; val++) {
+            const float *e = m->ctx_emb[f] + (size_t)val * d;
+            for (int o = 0; o < D; o++) {
+                const float *row = w + (size_t)o * D + f * d;
+                double sum = 0;
+                for (int k = 0; k < d; k++) sum += (double)row[k] * e[k];
+                m->first_ctx[f][(size_t)val * D + o] = (float)sum;
+            }
+        }
+    m->fold_first = 1;
+done:
+    free(wp);
+    free(bd);
+    free(v);
+    return rc;
+}
+
+int qin_model_fold_first(qin_model *m, int on) {
+    m->fold_first = on && m->first_u != NULL;
+    return m->fold_first;
+}
+
+/* y (n x D, stride ldx) = the first layer's product for the candidates,
+ * from the split parts: rows of the attention weights s (n x nh, stride
+ * lds) times V h of the behaviours (vh: nh x D), plus U t of each candidate
+ * and G_f of its context values. */
+static int first_layer_product(const qin_model *m, const qin_request *req, int nh,
+                               const float *s, int lds, const float *vh, float *y, int ldx) {
+    const qin_config *c = &m->cfg;
+    const int E = c->item_dim, D = c->input_dim, n = req->num_cand;
+    if (nh > 0) {
+        int rc = dense_sgemm(0, n, D, nh, 1.0f, s, lds, vh, D, 0.0f, y, ldx);
+        if (rc < 0) return rc;
+    } else {
+        for (int i = 0; i < n; i++) memset(y + (size_t)i * ldx, 0, (size_t)D * sizeof *y);
+    }
+    for (int i = 0; i < n; i++) {
+        float *restrict yi = y + (size_t)i * ldx;
+        const float *restrict u = req->cand[i] + 3 * E;
+        for (int k = 0; k < D; k++) yi[k] += u[k];
+        for (int f = 0; f < c->num_ctx; f++) {
+            int32_t v = req->ctx ? req->ctx[(size_t)i * c->num_ctx + f] : 0;
+            const float *restrict g = m->first_ctx[f] + (size_t)v * D;
+            for (int k = 0; k < D; k++) yi[k] += g[k];
+        }
+    }
+    return CTR_OK;
+}
+
 int qin_model_prepare(qin_model *m, const dense_params *p, char *err, size_t errlen) {
     const qin_config *c = &m->cfg;
     const int D = c->input_dim;
@@ -186,18 +282,18 @@ int qin_model_prepare(qin_model *m, const dense_params *p, char *err, size_t err
     for (int l = 0; m->qnn_dense && l < c->num_layers; l++) dense_free(m->qnn_dense[l]);
     free(m->qnn_dense);
     m->qnn_dense = layers;
-    m->precision = dp.precision;
+    m->cfg.precision = dp.precision;
     return CTR_OK;
 }
 
 int qin_model_set_precision(qin_model *m, dense_precision p, char *err, size_t errlen) {
-    if (p == m->precision) return CTR_OK;
+    if (p == m->cfg.precision) return CTR_OK;
     dense_params dp = dense_default_params();
     dp.precision = p;
     return qin_model_prepare(m, &dp, err, errlen);
 }
 
-dense_precision qin_model_precision(const qin_model *m) { return m->precision; }
+dense_precision qin_model_precision(const qin_model *m) { return m->cfg.precision; }
 
 const char *qin_model_describe(const qin_model *m) { return dense_describe(m->qnn_dense[0]); }
 
@@ -223,7 +319,8 @@ qnn_fused(int n, int D, float *x, int ldx, const float *y, const float *restrict
     }
 }
 
-/* Hot spot: ~98% of a request's arithmetic is this product. */
+/* Hot spot: ~98% of a request's arithmetic is this product (three quarters
+ * of it with the first layer split). */
 int qin_qnn_layer(const qin_model *m, dense_ws *ws, int layer, int n, float *x, float *y) {
     /* y = x W^T for all n candidates at once (W is D x D, [out, in]), in the
      * model's precision (dense.h). */
@@ -234,10 +331,13 @@ int qin_qnn_layer(const qin_model *m, dense_ws *ws, int layer, int n, float *x, 
     return CTR_OK;
 }
 
-void qin_head(const qin_model *m, int n, const float *x, int ldx, float *logit, float *prob) {
+int qin_head(const qin_model *m, int n, const float *x, int ldx, float *logit, float *prob) {
     const int D = m->cfg.input_dim;
-    cblas_sgemv(CblasRowMajor, CblasNoTrans, n, D, 1.0f, x, ldx, m->fc_w, 1, 0.0f, logit, 1);
+    /* logit (n x 1) = x (n x D) fc_w^T */
+    int rc = dense_sgemm(1, n, 1, D, 1.0f, x, ldx, m->fc_w, D, 0.0f, logit, 1);
+    if (rc < 0) return rc;
     for (int i = 0; i < n; i++) prob[i] = 1.0f / (1.0f + expf(-(logit[i] + m->fc_b)));
+    return CTR_OK;
 }
 
 /* --- the forward pass --------------------------------------------------- */
@@ -270,6 +370,9 @@ int qin_forward(const qin_model *m, qin_scratch *s, const qin_request *req, floa
         if (!h) continue;
         memcpy(s->ah + (size_t)nh * E, h + E, (size_t)E * sizeof(float));
         memcpy(s->bh + (size_t)nh * E, h + 2 * E, (size_t)E * sizeof(float));
+        if (m->fold_first)
+            memcpy(s->vh + (size_t)nh * c->input_dim, h + 3 * E + c->input_dim,
+                   (size_t)c->input_dim * sizeof(float));
         nh++;
     }
 
@@ -286,10 +389,18 @@ int qin_forward(const qin_model *m, qin_scratch *s, const qin_request *req, floa
     if (qin_attention(m, n, s->x + off_t, ldx, nh, s->ah, s->bh, s->s, c->max_len, s->x + off_p,
                       ldx) < 0)
         return ctr_fail(err, errlen, CTR_EINVAL, "attention: product failed");
-    for (int l = 0; l < c->num_layers; l++)
+    int l0 = 0;
+    if (m->fold_first) {
+        if (first_layer_product(m, req, nh, s->s, c->max_len, s->vh, s->y, ldx) < 0)
+            return ctr_fail(err, errlen, CTR_EINVAL, "first layer: product failed");
+        qnn_fused(n, c->input_dim, s->x, ldx, s->y, m->qnn_b[0], m->qnn_c[0], m->prelu[0]);
+        l0 = 1;
+    }
+    for (int l = l0; l < c->num_layers; l++)
         if (qin_qnn_layer(m, s->dws, l, n, s->x, s->y) < 0)
             return ctr_fail(err, errlen, CTR_EINVAL, "qnn layer %d: %s failed", l,
                             dense_describe(m->qnn_dense[l]));
-    qin_head(m, n, s->x, ldx, s->logit, prob);
+    if (qin_head(m, n, s->x, ldx, s->logit, prob) < 0)
+        return ctr_fail(err, errlen, CTR_EINVAL, "head: product failed");
     return CTR_OK;
 }

@@ -70,6 +70,9 @@ typedef struct qin_config {
     int item_dim;                 /* E = 2 d + mm_out (384) */
     int attn_dim;                 /* 2 E (768) */
     int input_dim;                /* D = num_ctx d + 2 E (1024) */
+    /* How it is served, not what the file says. */
+    dense_precision precision;    /* of the QNN layers: fp32 after load, then
+                                     what qin_model_set_precision set */
 } qin_config;
 
 typedef struct qin_model qin_model;

@@ -30,10 +30,16 @@ struct qin_model {
     dense **qnn_dense;            /* num_layers: qnn_w prepared for the
                                      serving precision (dense.h), rows of
                                      stride qin_ldx */
-    dense_precision precision;    /* of qnn_dense; fp32 after load */
     float **qnn_b;                /* num_layers of D: s * sum_r b_r */
     float **qnn_c;                /* num_layers of D: beta - mean * s */
     float *prelu;                 /* num_layers slopes */
+    /* The first layer's product split by its input's parts (qin.c, "the
+     * first layer"): y_1 = sum_f G_f[v_f] + U t + sum_j a_j V h_j, with U t
+     * and V h cached in the item vectors. */
+    int fold_first;               /* 1: layer 0's product from these parts */
+    float *first_ctx[QIN_MAX_CTX];/* ctx_vocab[f] x D: G_f = W_1[:, ctx f] E_f^T */
+    float *first_u;               /* D x E: W_1[:, t] + W_1[:, pool] */
+    float *first_v;               /* D x E: W_1[:, pool] B */
     float *fc_w;                  /* D */
     float fc_b;
 };
@@ -47,6 +53,7 @@ struct qin_scratch {
     float *s;                     /* max_cand x max_len: attention weights */
     float *ah;                    /* max_len x E: A h of the behaviours kept */
     float *bh;                    /* max_len x E: B h */
+    float *vh;                    /* max_len x D: V h (first layer) */
     float *logit;                 /* max_cand */
     dense_ws *dws;                /* the QNN layers' workspace */
 };
@@ -60,6 +67,17 @@ static inline int qin_ldx(const qin_config *c) { return (c->input_dim + 15) & ~1
  * Call before the model is shared and before scratches are made for it;
  * tests and benchmarks use it to compare backends. */
 int qin_model_prepare(qin_model *m, const dense_params *p, char *err, size_t errlen);
+
+/* Splits the first layer's weight into first_ctx, first_u, first_v (in
+ * double, each rounded once to float) and turns fold_first on.  Called by
+ * the loader after the QNN folds.  CTR_OK or CTR_ENOMEM. */
+int qin_fold_first_layer(qin_model *m, char *err, size_t errlen);
+
+/* 1: the forward pass takes the first layer's product from the split parts
+ * (the default), 0: from the full D x D product like the other layers.
+ * Both give the same scores to float rounding; tests and benchmarks compare
+ * them.  Call before the model is shared.  Returns the setting. */
+int qin_model_fold_first(qin_model *m, int on);
 
 /* Aligned allocation of n floats, zeroed; NULL on failure or overflow. */
 float *qin_falloc(size_t n);
@@ -79,8 +97,9 @@ int qin_attention(const qin_model *m, int n, const float *t, int ldt, int nh,
  * dense_forward's error. */
 int qin_qnn_layer(const qin_model *m, dense_ws *ws, int layer, int n, float *x, float *y);
 
-/* Output head: prob[i] = sigmoid(fc_w . x_i + fc_b). */
-void qin_head(const qin_model *m, int n, const float *x, int ldx, float *logit,
+/* Output head: prob[i] = sigmoid(fc_w . x_i + fc_b).  CTR_OK or
+ * dense_sgemm's error. */
+int qin_head(const qin_model *m, int n, const float *x, int ldx, float *logit,
               float *prob);
 
 #endif

@@ -20,7 +20,10 @@ int proto_models_encode(const qin_config *c, const char *path, uint64_t generati
     proto_buf_json_cstr(b, c->name);
     proto_buf_puts(b, ",\"version\":");
     proto_buf_json_cstr(b, c->version);
-    proto_buf_puts(b, ",\"arch\":\"qin\",\"path\":");
+    proto_buf_puts(b, ",\"arch\":\"qin\",\"precision\":");
+    proto_buf_json_cstr(b, dense_precision_name(c->precision));
+    proto_buf_printf(b, ",\"exact\":%s,\"path\":",
+                     dense_precision_exact(c->precision) ? "true" : "false");
     proto_buf_json_cstr(b, path);
     proto_buf_printf(b, ",\"generation\":%llu,\"config\":{", (unsigned long long)generation);
     proto_buf_printf(b,

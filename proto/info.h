@@ -2,7 +2,8 @@
  * info.h - the small JSON answers of the operations endpoints:
  *   GET /healthz, GET /readyz   {"status": "ok" | "ready", ...}
  *   GET /v1/models              {"models": [{"name", "version", "arch",
- *                                "path", "generation", "config": {...}}]}
+ *                                "precision", "exact", "path", "generation",
+ *                                "config": {...}}]}
  * Thread-safe; everything is appended to the caller's buffer.
  */
 #ifndef CTR_PROTO_INFO_H

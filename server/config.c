@@ -116,6 +116,13 @@ static const setting settings[] = {
     {"max_seq", SET_INT, F(max_seq), 0, 1, 1000000, "N", NULL, NULL, NULL,
      "History entries read per user; the model uses the most recent max_len "
      "of them."},
+    {"precision", SET_CHOICE, F(precision), CAP(precision), 0, 0, "PRECISION",
+     "fp32|bf16|int8", NULL, NULL,
+     "Arithmetic of the model's dense layers.  fp32 is exact (the trained "
+     "model's scores to 1e-5); bf16 and int8 trade a little accuracy for "
+     "speed on CPUs with the instructions (AVX512_BF16, VNNI): bench/README.md "
+     "has their measured score error and speed.  The startup log, /v1/models "
+     "and /metrics say which one is in force."},
     {"cache_mb", SET_INT, F(cache_mb), 0, 0, 1 << 20, "MIB", NULL, NULL, NULL,
      "Item vector cache budget in MiB; 0 disables the cache."},
     {"cache_ttl_s", SET_INT, F(cache_ttl_s), 0, 0, 365 * 86400, "SECONDS", NULL, NULL,
@@ -159,6 +166,7 @@ config_params config_default_params(void) {
     p.max_candidates = 512;
     p.max_body_bytes = (size_t)1 << 20;
     p.max_seq = 1000;
+    snprintf(p.precision, sizeof p.precision, "fp32");
     p.cache_mb = 256;
     p.cache_ttl_s = 600;
     p.request_timeout_s = 10;
@@ -554,6 +562,8 @@ void config_dump(const config_params *p, FILE *out) {
         print_value(out, s, p);
         if (strcmp(s->key, "skip_scoring") == 0 && p->skip_scoring)
             fputs("   # WARNING: benchmark mode, every score is 0", out);
+        if (strcmp(s->key, "precision") == 0 && strcmp(p->precision, "fp32") != 0)
+            fputs("   # NOT EXACT: scores differ slightly from the trained model's", out);
         fputc('\n', out);
     }
 }

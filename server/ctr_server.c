@@ -39,11 +39,12 @@ static void cache_params_from(const config_params *cp, item_cache_params *out) {
 static void reload(service *svc) {
     model_slot *old = model_holder_acquire(svc->models);
     int old_tags = old->cfg->num_tags, old_mm = old->cfg->mm_in;
-    model_slot_release(old);
     model_slot *s = NULL;
     char err[1024];
     log_info("SIGHUP: reloading %s", svc->model_path);
-    int rc = model_slot_load(svc->model_path, &svc->cache_params, 0, &s, err, sizeof err);
+    /* the precision stays what the server started with */
+    int rc = model_slot_load(svc->model_path, &svc->cache_params, qin_model_precision(old->model),
+                             0, &s, err, sizeof err);
     if (rc == CTR_OK && (s->cfg->num_tags != old_tags || s->cfg->mm_in != old_mm)) {
         snprintf(err, sizeof err,
                  "new model reads %d tags and %d-d embeddings, the running one %d and %d; a "
@@ -51,6 +52,7 @@ static void reload(service *svc) {
                  old_tags, old_mm);
         rc = CTR_EMODEL;
     }
+    model_slot_release(old);
     if (rc < 0) {
         model_slot_release(s);
         metrics_reload(svc->metrics, 0);
@@ -103,8 +105,10 @@ int main(int argc, char **argv) {
     svc.skip_scoring = cp.skip_scoring;
     atomic_init(&svc.stopping, 0);
 
+    dense_precision precision = DENSE_FP32;
+    dense_precision_parse(cp.precision, &precision); /* checked by config_parse */
     model_slot *first;
-    if (model_slot_load(cp.model, &svc.cache_params, 1, &first, err, sizeof err) < 0) {
+    if (model_slot_load(cp.model, &svc.cache_params, precision, 1, &first, err, sizeof err) < 0) {
         log_error("cannot load the model: %s", err);
         return 1;
     }
@@ -126,6 +130,8 @@ int main(int argc, char **argv) {
         goto out;
     }
     metrics_set_model(svc.metrics, first->cfg->name, first->cfg->version);
+    metrics_set_precision(svc.metrics, dense_precision_name(precision),
+                          dense_precision_exact(precision));
     first->metrics = svc.metrics;
 
     http_params hp = {cp.bind, cp.port, cp.threads, cp.request_timeout_s, 4096};
@@ -134,10 +140,16 @@ int main(int argc, char **argv) {
         goto out;
     }
     log_info("serving %s version %s (%s) on http://%s:%d; redis %s prefix \"%s\"; %d http "
-             "threads, scoring split over up to %d threads%s", first->cfg->name,
-             first->cfg->version, cp.model, cp.bind, http_port(http), cp.redis, cp.redis_prefix,
-             cp.threads, cp.score_threads,
+             "threads, scoring split over up to %d threads; precision %s (%s)%s",
+             first->cfg->name, first->cfg->version, cp.model, cp.bind, http_port(http), cp.redis,
+             cp.redis_prefix, cp.threads, cp.score_threads, dense_precision_name(precision),
+             qin_model_describe(first->model),
              cp.skip_scoring ? "; SKIP_SCORING: every score is 0 (benchmark floor only)" : "");
+    if (!dense_precision_exact(precision))
+        log_warn("precision %s is NOT EXACT: %s, so scores differ from the trained model's "
+                 "(measured error against fp32 in bench/README.md); --precision fp32 gives "
+                 "them to 1e-5", dense_precision_name(precision),
+                 dense_precision_what(precision));
 
     for (;;) {
         int sig = 0;

@@ -76,6 +76,8 @@ struct metrics {
     pthread_mutex_t model_lock;     /* guards model_name, model_version */
     char model_name[METRICS_LABEL_MAX];
     char model_version[METRICS_LABEL_MAX];
+    char precision[16];             /* "" until set; guarded by model_lock */
+    int exact;
     int model_set;
 };
 
@@ -161,6 +163,13 @@ void metrics_set_model(metrics *m, const char *name, const char *version) {
     snprintf(m->model_name, sizeof m->model_name, "%s", name ? name : "");
     snprintf(m->model_version, sizeof m->model_version, "%s", version ? version : "");
     m->model_set = 1;
+    pthread_mutex_unlock(&m->model_lock);
+}
+
+void metrics_set_precision(metrics *m, const char *precision, int exact) {
+    pthread_mutex_lock(&m->model_lock);
+    snprintf(m->precision, sizeof m->precision, "%s", precision ? precision : "");
+    m->exact = exact;
     pthread_mutex_unlock(&m->model_lock);
 }
 
@@ -350,6 +359,14 @@ int metrics_render(metrics *m, const item_cache_stats *cache, proto_buf *b) {
     if (m->model_set)
         sample_u64(b, "ctr_model_info", "name", m->model_name, "version",
                    m->model_version, 1);
+    pthread_mutex_unlock(&m->model_lock);
+
+    family(b, "ctr_model_precision", "gauge",
+           "Arithmetic of the model's dense layers (value always 1); only fp32 is exact.");
+    pthread_mutex_lock(&m->model_lock);
+    if (m->precision[0])
+        sample_u64(b, "ctr_model_precision", "precision", m->precision, "exact",
+                   m->exact ? "true" : "false", 1);
     pthread_mutex_unlock(&m->model_lock);
 
     family(b, "ctr_model_reloads_total", "counter", "Model reload attempts, by result.");

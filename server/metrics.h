@@ -19,6 +19,7 @@
  *   item_cache_entries, item_cache_bytes        gauge
  *   inflight_requests                           gauge
  *   model_info{name,version} 1                  gauge
+ *   model_precision{precision,exact} 1          gauge
  *   model_reloads_total{result="ok|failed"}     counter
  *   degraded_responses_total{reason}            counter
  *   scored_candidates_total                     counter
@@ -106,6 +107,10 @@ void metrics_scored(metrics *m, uint64_t n);
 /* The model being served.  Copies both strings (cut to METRICS_LABEL_MAX
  * bytes); NULL is "".  Takes a mutex: meant for load and reload only. */
 void metrics_set_model(metrics *m, const char *name, const char *version);
+
+/* The precision the model's dense layers run in ("fp32", "bf16", "int8")
+ * and whether it is exact: ctr_model_precision{precision, exact} 1. */
+void metrics_set_precision(metrics *m, const char *precision, int exact);
 
 /* One model reload attempt (ok != 0: succeeded). */
 void metrics_reload(metrics *m, int ok);

@@ -12,11 +12,14 @@ struct model_holder {
 };
 
 int model_slot_load(const char *path, const item_cache_params *cache_params,
-                    uint64_t generation, model_slot **out, char *err, size_t errlen) {
+                    dense_precision precision, uint64_t generation, model_slot **out,
+                    char *err, size_t errlen) {
     *out = NULL;
     model_slot *s = calloc(1, sizeof *s);
     if (!s) return ctr_fail(err, errlen, CTR_ENOMEM, "out of memory");
     int rc = qin_model_load(path, &s->model, err, errlen);
+    if (rc == CTR_OK && (rc = qin_model_set_precision(s->model, precision, err, errlen)) < 0)
+        qin_model_free(s->model);
     if (rc < 0) {
         free(s);
         return rc;

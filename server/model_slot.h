@@ -34,9 +34,11 @@ typedef struct model_slot {
 typedef struct model_holder model_holder;
 
 /* Loads path into a new slot whose cache follows cache_params (vec_floats
- * is filled in here).  CTR_OK or the loader's error, with a message. */
+ * is filled in here), its dense layers prepared in `precision`.  CTR_OK or
+ * the loader's error, with a message. */
 int model_slot_load(const char *path, const item_cache_params *cache_params,
-                    uint64_t generation, model_slot **out, char *err, size_t errlen);
+                    dense_precision precision, uint64_t generation, model_slot **out,
+                    char *err, size_t errlen);
 
 /* Drops one reference; the last one frees model and cache.  Thread-safe. */
 void model_slot_release(model_slot *s);

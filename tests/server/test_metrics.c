@@ -317,7 +317,7 @@ static const char *const families[] = {
     "ctr_item_cache_hits_total", "ctr_item_cache_misses_total",
     "ctr_item_cache_insertions_total", "ctr_item_cache_evictions_total",
     "ctr_item_cache_expirations_total", "ctr_item_cache_entries",
-    "ctr_item_cache_bytes", "ctr_inflight_requests", "ctr_model_info",
+    "ctr_item_cache_bytes", "ctr_inflight_requests", "ctr_model_info", "ctr_model_precision",
     "ctr_model_reloads_total", "ctr_degraded_responses_total",
     "ctr_scored_candidates_total", "ctr_process_start_time_seconds",
 };
@@ -451,6 +451,14 @@ static void test_escaping(void **state) {
         assert_string_equal(P.s[i].val[1], version);
     }
     assert_int_equal(found, 1);
+    /* No precision series until one is set, then exactly one. */
+    assert_null(strstr(text, "\nctr_model_precision{"));
+    free(text);
+    metrics_set_precision(m, "fp32", 1);
+    metrics_set_precision(m, "int8", 0);
+    text = render(m, NULL, &P);
+    assert_non_null(strstr(text, "\nctr_model_precision{precision=\"int8\",exact=\"false\"} 1\n"));
+    assert_null(strstr(text, "precision=\"fp32\""));
     free(text);
 
     /* Over-long labels are cut, not overflowed. */
