@@ -5,7 +5,10 @@
 #   make SANITIZE=address test     the same under AddressSanitizer
 #   make SANITIZE=undefined test   the same under UBSan
 #   make check                test + both sanitizer runs (what CI runs)
-#   make bench                forward-pass benchmark (prints a table)
+#   make bench                forward-pass benchmark by precision, and the
+#                             score quality of each precision (tables)
+#   make bench-e2e            the service end to end (demo and MicroLens-size)
+#   make demo-full            the MicroLens-size model and data (demo/full)
 #   make clean
 #
 # Objects and programs go to build/<variant>/, so sanitizer builds never
@@ -62,7 +65,7 @@ FUZZ_SRC   := $(wildcard tests/fuzz/fuzz_*.c)
 FUZZ_BIN   := $(FUZZ_SRC:%.c=$(B)/%)
 FUZZ_SECONDS ?= 60
 
-.PHONY: all test check bench bench-e2e golden fuzz clean
+.PHONY: all test check bench bench-e2e golden fuzz clean demo-full
 all: $(PROGRAMS) $(BENCH_BIN)
 
 $(B)/%.o: %.c
@@ -112,13 +115,19 @@ check:
 	$(MAKE) SANITIZE=address test
 	$(MAKE) SANITIZE=undefined test
 
-bench: all
+bench: all golden
 	$(B)/bench/bench_forward
+	$(PYTHON) bench/quality.py --build $(B) --golden $(GOLDEN) --make-demo
 
 # ctr-server on a real redis-server with the demo model, loaded with wrk
 # (makes demo/ first if needed); tables in bench/README.md.
 bench-e2e: all
 	$(PYTHON) bench/e2e.py --build $(B)
+
+# The MicroLens-size model (D 1024, 4 layers, R 4), its features and
+# validation set, trained briefly on synthetic data (tools/README.md).
+demo-full:
+	$(PYTHON) tools/make_demo.py --full
 
 clean:
 	rm -rf build

@@ -12,9 +12,10 @@
 set -euo pipefail
 
 mode=${1:-all}
-runtime_pkgs=(libmicrohttpd12 libjansson4 libopenblas0-pthread libhiredis0.14 ca-certificates curl)
+runtime_pkgs=(libmicrohttpd12 libjansson4 libopenblas0-pthread libhiredis0.14 libdnnl2 libgomp1
+              ca-certificates curl)
 build_pkgs=(gcc make pkg-config libc6-dev libmicrohttpd-dev libjansson-dev libopenblas-dev
-            libhiredis-dev libcmocka-dev)
+            libhiredis-dev libcmocka-dev libdnnl-dev)
 test_pkgs=(redis-server redis-tools python3 python3-numpy python3-torch curl wrk procps)
 
 case "$mode" in
