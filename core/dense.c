@@ -82,7 +82,7 @@ struct dense {
     dnnl_memory_desc_t w_md;
     dnnl_memory_t w_mem;            /* over wq; read-only after init */
     float *wscale;                  /* int8: out scales, max |W[o,:]| / 127 */
-    int32_t *comp;                  /* int8: 128 * sum_k Wq[o][k] */
+    int32_t *colsum;                /* int8: sum_k Wq[o][k] */
     dense_class cls[NCLASS];
     int ncls;                       /* classes made (0 without oneDNN) */
     size_t src_bytes, dst_bytes, pad_bytes;  /* workspace parts */
@@ -175,13 +175,33 @@ static float row_absmax(const float *x, int in) {
     return m;
 }
 
-static float quantize_row_scalar(const float *x, int in, unsigned char *q) {
-    float m = row_absmax(x, in);
-    float scale = m > 0.0f ? m / 127.0f : 1.0f, inv = m > 0.0f ? 127.0f / m : 0.0f;
+/* The row's range, widened to hold 0 so that the zero point is 0..255
+ * (and z * column sum stays far inside int32): scale = (hi - lo) / 255,
+ * zero = round(-lo / scale); an all-zero row gets scale 1, zero 0. */
+static void row_range(float lo, float hi, float *scale, float *inv, int32_t *zero) {
+    lo = lo < 0.0f ? lo : 0.0f;
+    hi = hi > 0.0f ? hi : 0.0f;
+    if (hi - lo > 0.0f) {
+        *scale = (hi - lo) / 255.0f;
+        *inv = 255.0f / (hi - lo);
+        *zero = (int32_t)nearbyintf(-lo * *inv);
+    } else {
+        *scale = 1.0f;
+        *inv = 0.0f;
+        *zero = 0;
+    }
+}
+
+static float quantize_row_scalar(const float *x, int in, unsigned char *q, int32_t *zero) {
+    float lo = 0.0f, hi = 0.0f, scale, inv;
     for (int k = 0; k < in; k++) {
-        float v = nearbyintf(x[k] * inv);
-        v = v > 127.0f ? 127.0f : (v < -127.0f ? -127.0f : v);
-        q[k] = (unsigned char)((int)v + 128);
+        lo = x[k] < lo ? x[k] : lo;
+        hi = x[k] > hi ? x[k] : hi;
+    }
+    row_range(lo, hi, &scale, &inv, zero);
+    for (int k = 0; k < in; k++) {
+        float v = nearbyintf(x[k] * inv) + (float)*zero;
+        q[k] = (unsigned char)(v > 255.0f ? 255.0f : (v < 0.0f ? 0.0f : v));
     }
     return scale;
 }
@@ -190,36 +210,42 @@ static float quantize_row_scalar(const float *x, int in, unsigned char *q) {
 /* The same, 16 at a time (cvtps rounds to nearest even, as nearbyintf does
  * in the default rounding mode, so both give the same bytes). */
 __attribute__((target("avx512f"))) static float quantize_row_avx512(const float *x, int in,
-                                                                     unsigned char *q) {
+                                                                     unsigned char *q,
+                                                                     int32_t *zero) {
     int k = 0;
-    __m512 mx = _mm512_setzero_ps();
-    for (; k + 16 <= in; k += 16) mx = _mm512_max_ps(mx, _mm512_abs_ps(_mm512_loadu_ps(x + k)));
-    float m = _mm512_reduce_max_ps(mx);
-    for (; k < in; k++) m = fabsf(x[k]) > m ? fabsf(x[k]) : m;
-    float scale = m > 0.0f ? m / 127.0f : 1.0f, inv = m > 0.0f ? 127.0f / m : 0.0f;
+    __m512 vlo = _mm512_setzero_ps(), vhi = _mm512_setzero_ps();
+    for (; k + 16 <= in; k += 16) {
+        __m512 v = _mm512_loadu_ps(x + k);
+        vlo = _mm512_min_ps(vlo, v);
+        vhi = _mm512_max_ps(vhi, v);
+    }
+    float lo = _mm512_reduce_min_ps(vlo), hi = _mm512_reduce_max_ps(vhi), scale, inv;
+    for (; k < in; k++) {
+        lo = x[k] < lo ? x[k] : lo;
+        hi = x[k] > hi ? x[k] : hi;
+    }
+    row_range(lo, hi, &scale, &inv, zero);
     const __m512 vinv = _mm512_set1_ps(inv);
-    const __m512i lo = _mm512_set1_epi32(-127), hi = _mm512_set1_epi32(127),
-                  off = _mm512_set1_epi32(128);
+    const __m512i z = _mm512_set1_epi32(*zero), top = _mm512_set1_epi32(255),
+                  bottom = _mm512_setzero_si512();
     for (k = 0; k + 16 <= in; k += 16) {
         __m512i v = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(x + k), vinv));
-        v = _mm512_add_epi32(_mm512_min_epi32(_mm512_max_epi32(v, lo), hi), off);
+        v = _mm512_min_epi32(_mm512_max_epi32(_mm512_add_epi32(v, z), bottom), top);
         _mm_storeu_si128((__m128i *)(q + k), _mm512_cvtepi32_epi8(v));
     }
     for (; k < in; k++) {
-        float v = nearbyintf(x[k] * inv);
-        v = v > 127.0f ? 127.0f : (v < -127.0f ? -127.0f : v);
-        q[k] = (unsigned char)((int)v + 128);
+        float v = nearbyintf(x[k] * inv) + (float)*zero;
+        q[k] = (unsigned char)(v > 255.0f ? 255.0f : (v < 0.0f ? 0.0f : v));
     }
     return scale;
 }
-
 #endif
 
-float dense_quantize_row(const float *x, int in, unsigned char *q) {
+float dense_quantize_row(const float *x, int in, unsigned char *q, int32_t *zero) {
 #ifdef DENSE_X86
-    if (__builtin_cpu_supports("avx512f")) return quantize_row_avx512(x, in, q);
+    if (__builtin_cpu_supports("avx512f")) return quantize_row_avx512(x, in, q, zero);
 #endif
-    return quantize_row_scalar(x, in, q);
+    return quantize_row_scalar(x, in, q, zero);
 }
 
 /* --- oneDNN plumbing ----------------------------------------------------- */
@@ -355,14 +381,14 @@ done:
 }
 
 /* int8 weights: per output channel, scale = max |W[o,:]| / 127 and
- * Wq = round(W / scale) in -127..127; comp[o] = 128 sum_k Wq[o][k], the
- * sum the +128 offset of the activations adds. */
+ * Wq = round(W / scale) in -127..127; colsum[o] = sum_k Wq[o][k], which a
+ * row's zero point z adds z times to its sums. */
 static int prepare_int8(dense *d, const float *w, char *err, size_t errlen) {
     const int in = d->in, out = d->out;
     signed char *wq = malloc((size_t)in * out);
     d->wscale = aligned_bytes((size_t)out * sizeof *d->wscale);
-    d->comp = aligned_bytes((size_t)out * sizeof *d->comp);
-    if (!wq || !d->wscale || !d->comp) {
+    d->colsum = aligned_bytes((size_t)out * sizeof *d->colsum);
+    if (!wq || !d->wscale || !d->colsum) {
         free(wq);
         return ctr_fail(err, errlen, CTR_ENOMEM, "out of memory for int8 weights");
     }
@@ -378,7 +404,7 @@ static int prepare_int8(dense *d, const float *w, char *err, size_t errlen) {
             sum += (int32_t)v;
         }
         d->wscale[o] = m > 0.0f ? m / 127.0f : 0.0f;
-        d->comp[o] = 128 * sum;
+        d->colsum[o] = sum;
     }
     int rc = reorder_weights(d, wq, dnnl_s8, err, errlen);
     free(wq);
@@ -490,7 +516,7 @@ void dense_free(dense *d) {
     free(d->packed);
     free(d->wq);
     free(d->wscale);
-    free(d->comp);
+    free(d->colsum);
     free(d);
 }
 
@@ -500,7 +526,8 @@ int dense_in(const dense *d) { return d->in; }
 int dense_out(const dense *d) { return d->out; }
 
 size_t dense_ws_size(const dense *d) {
-    return d->src_bytes + d->dst_bytes + d->pad_bytes + round_up(DENSE_MAX_ROWS * sizeof(float));
+    return d->src_bytes + d->dst_bytes + d->pad_bytes +
+           round_up(DENSE_MAX_ROWS * (sizeof(float) + sizeof(int32_t)));
 }
 
 int dense_ws_init(size_t bytes, dense_ws **out) {
@@ -550,17 +577,19 @@ static int run_class(const dense *d, const dense_class *k, dense_ws *ws, void *s
     return s == dnnl_success ? CTR_OK : CTR_EINVAL;
 }
 
-/* y = (sum - 128 sum_k Wq) * row scale * channel scale for m rows of int32
- * sums (stride out); the difference is exact in int32 and below 2^24 in
- * magnitude, so exact in float. */
+/* y = (sum - z_i colsum) * row scale * channel scale for m rows of int32
+ * sums (stride out): the zero point taken out exactly, in int32 (both terms
+ * are below 2^26 in magnitude), then one rounding to float. */
 __attribute__((target_clones("avx512f", "default"))) static void
-dequantize(int m, int out, const int32_t *acc, const int32_t *restrict comp,
-           const float *rscale, const float *restrict cscale, float *y, int ldy) {
+dequantize(int m, int out, const int32_t *acc, const int32_t *restrict colsum,
+           const float *rscale, const int32_t *rzero, const float *restrict cscale, float *y,
+           int ldy) {
     for (int i = 0; i < m; i++) {
         const int32_t *restrict a = acc + (size_t)i * out;
         float *restrict yi = y + (size_t)i * ldy;
         const float si = rscale[i];
-        for (int o = 0; o < out; o++) yi[o] = (float)(a[o] - comp[o]) * (si * cscale[o]);
+        const int32_t zi = rzero[i];
+        for (int o = 0; o < out; o++) yi[o] = (float)(a[o] - zi * colsum[o]) * (si * cscale[o]);
     }
 }
 
@@ -570,6 +599,7 @@ static int chunk_onednn(const dense *d, dense_ws *ws, int m, const float *x, flo
     const int rows = class_rows(class_of(m));
     unsigned char *src = ws->buf, *dst = src + d->src_bytes, *pad = dst + d->dst_bytes;
     float *scale = (float *)(pad + d->pad_bytes);
+    int32_t *zero = (int32_t *)(scale + DENSE_MAX_ROWS);
     int rc;
     /* Rows the class computes beyond m hold whatever an earlier call left
      * (finite values, zero at first); their results are dropped. */
@@ -595,9 +625,11 @@ static int chunk_onednn(const dense *d, dense_ws *ws, int m, const float *x, flo
     }
     case DENSE_INT8:
         for (int i = 0; i < m; i++)
-            scale[i] = dense_quantize_row(x + (size_t)i * d->ld_in, d->in, src + (size_t)i * d->in);
+            scale[i] = dense_quantize_row(x + (size_t)i * d->ld_in, d->in, src + (size_t)i * d->in,
+                                          &zero[i]);
         if ((rc = run_class(d, k, ws, src, dst, pad)) < 0) return rc;
-        dequantize(m, d->out, (const int32_t *)dst, d->comp, scale, d->wscale, y, d->ld_out);
+        dequantize(m, d->out, (const int32_t *)dst, d->colsum, scale, zero, d->wscale, y,
+                   d->ld_out);
         return CTR_OK;
     default:
         return CTR_EINVAL;

@@ -45,27 +45,42 @@ static float bf16_value(float f) {
 }
 
 /* One operand as each precision sees it: a row of x, or a row of W (one
- * output channel), as given, rounded to bfloat16, and quantised to int8
- * with its own scale (max |v| / 127, as dense.h says). */
+ * output channel), as given, rounded to bfloat16, and quantised as dense.h
+ * says: a weight row symmetric (scale max |w| / 127, q in -127..127), a row
+ * of x over its range with a zero point (q - zero in the u8 range).  q holds
+ * the integer the product uses (q - zero for x) and e the rounding left,
+ * v = scale (q + e). */
 typedef struct operand {
-    double *v, *b, *q;
-    double scale, sabs_q;
+    double *v, *b, *q, *e;
+    double scale;
 } operand;
 
-static void operand_make(operand *op, const float *v, int in) {
+static void operand_make(operand *op, const float *v, int in, int is_x) {
     op->v = malloc((size_t)in * sizeof(double));
     op->b = malloc((size_t)in * sizeof(double));
     op->q = malloc((size_t)in * sizeof(double));
-    float m = 0;
-    for (int k = 0; k < in; k++) m = fabsf(v[k]) > m ? fabsf(v[k]) : m;
-    float inv = m > 0 ? 127.0f / m : 0.0f;
-    op->scale = m / 127.0;
-    op->sabs_q = 0;
+    op->e = malloc((size_t)in * sizeof(double));
+    float lo = 0, hi = 0, inv, zero = 0;
+    for (int k = 0; k < in; k++) {
+        lo = v[k] < lo ? v[k] : lo;
+        hi = v[k] > hi ? v[k] : hi;
+    }
+    if (is_x) {
+        inv = hi - lo > 0 ? 255.0f / (hi - lo) : 0.0f;
+        op->scale = hi - lo > 0 ? (hi - lo) / 255.0f : 1.0;
+        zero = nearbyintf(-lo * inv);
+    } else {
+        float m = hi > -lo ? hi : -lo;
+        inv = m > 0 ? 127.0f / m : 0.0f;
+        op->scale = m / 127.0f;
+    }
     for (int k = 0; k < in; k++) {
         op->v[k] = v[k];
         op->b[k] = bf16_value(v[k]);
-        op->q[k] = nearbyintf(v[k] * inv);
-        op->sabs_q += fabs(op->q[k]);
+        float q = nearbyintf(v[k] * inv) + zero;
+        if (is_x) q = q > 255 ? 255 : (q < 0 ? 0 : q);
+        op->q[k] = q - zero;
+        op->e[k] = op->scale > 0 ? v[k] / op->scale - op->q[k] : 0;
     }
 }
 
@@ -73,6 +88,7 @@ static void operand_free(operand *op) {
     free(op->v);
     free(op->b);
     free(op->q);
+    free(op->e);
 }
 
 /* What the precision should give for x . w, in double, and how far the
@@ -107,14 +123,16 @@ static expect expected(dense_precision p, const operand *x, const operand *w, in
         e.exact_tol = sabs * (1.0 / 256 + 1.0 / 262144) + e.claim_tol;
     } else {
         /* The int32 sum of the quantised values is exact; only the final
-         * scaling rounds.  An all-zero row of x has scale 1 and q = 0. */
-        double sx = x->scale > 0 ? x->scale : 1.0;
-        e.claim = qsum * sx * w->scale;
-        e.claim_tol = 2e-6 * fabs(e.claim) + 1e-30;
-        /* x = sx (qx + ex), w = sw (qw + ew), |e| <= 1/2:
-         * |x.w - sx sw qx.qw| <= sx sw sum (|qx| + |qw| + 1/2) / 2 */
-        e.exact_tol = 1.01 * sx * w->scale * (0.5 * x->sabs_q + 0.5 * w->sabs_q + 0.25 * in) +
-                      e.claim_tol;
+         * scaling rounds (a few float roundings of sums below 2^26). */
+        e.claim = qsum * x->scale * w->scale;
+        double qabs = 0, bound = 0;
+        for (int k = 0; k < in; k++) {
+            qabs += fabs(x->q[k] * w->q[k]);
+            /* x w - sx sw qx qw = sx sw (qx ew + ex qw + ex ew), |ew| <= 1/2 */
+            bound += 0.5 * fabs(x->q[k]) + fabs(x->e[k]) * (fabs(w->q[k]) + 0.5);
+        }
+        e.claim_tol = 4e-7 * qabs * x->scale * w->scale + 1e-30;
+        e.exact_tol = 1.01 * x->scale * w->scale * bound + e.claim_tol;
     }
     return e;
 }
@@ -136,7 +154,7 @@ static void check_layer(dense *d, dense_ws *ws, const operand *wo, int n, int ld
     assert_memory_equal(x, x_copy, (size_t)n * ld_in * sizeof *x);
     for (int i = 0; i < n; i++) {
         operand xo;
-        operand_make(&xo, x + (size_t)i * ld_in, in);
+        operand_make(&xo, x + (size_t)i * ld_in, in, 1);
         for (int o = 0; o < out; o++) {
             expect e = expected(p, &xo, &wo[o], in);
             double got = y[(size_t)i * ld_out + o];
@@ -171,7 +189,7 @@ static void run_shapes(dense_precision p, dense_backend b) {
         for (int i = 0; i < out * in; i++) w[i] = uni() / sqrtf((float)in);
         for (int k = 0; k < in; k++) w[k] = 0.0f; /* an all-zero output channel */
         operand *wo = malloc((size_t)out * sizeof *wo);
-        for (int o = 0; o < out; o++) operand_make(&wo[o], w + (size_t)o * in, in);
+        for (int o = 0; o < out; o++) operand_make(&wo[o], w + (size_t)o * in, in, 0);
         for (int padded = 0; padded < 2; padded++) {
             dense_params dp = dense_default_params();
             dp.precision = p;
@@ -248,20 +266,33 @@ static void test_quantize_row(void **state) {
     const int in = 37; /* a vector body and a scalar tail */
     float x[37];
     unsigned char q[37];
+    int32_t zero;
     for (int k = 0; k < in; k++) x[k] = uni() * 3.0f;
-    x[11] = -4.5f; /* the largest magnitude: -127 */
-    float s = dense_quantize_row(x, in, q);
-    assert_true(fabsf(s - 4.5f / 127.0f) < 1e-9f);
-    assert_int_equal(q[11], 1);
+    x[11] = -4.5f; /* the range: -4.5 .. 3.5 */
+    x[30] = 3.5f;
+    float s = dense_quantize_row(x, in, q, &zero);
+    assert_true(fabsf(s - 8.0f / 255.0f) < 1e-7f);
+    assert_int_equal(zero, (int)nearbyintf(4.5f * 255.0f / 8.0f));
+    assert_int_equal(q[11], 0);
+    assert_int_equal(q[30], 255);
     for (int k = 0; k < in; k++) {
-        int want = (int)nearbyintf(x[k] * (127.0f / 4.5f)) + 128;
+        int want = (int)nearbyintf(x[k] * (255.0f / 8.0f)) + zero;
+        want = want < 0 ? 0 : (want > 255 ? 255 : want);
         assert_int_equal(q[k], want);
-        assert_true(fabsf(((int)q[k] - 128) * s - x[k]) <= 0.5f * s + 1e-6f);
+        assert_true(fabsf(((int)q[k] - zero) * s - x[k]) <= 0.5f * s + 1e-6f);
     }
+    /* One sign only: the range still holds 0 (zero point 0 or 255). */
+    for (int k = 0; k < in; k++) x[k] = 1.0f + fabsf(uni());
+    s = dense_quantize_row(x, in, q, &zero);
+    assert_int_equal(zero, 0);
+    for (int k = 0; k < in; k++) x[k] = -x[k];
+    s = dense_quantize_row(x, in, q, &zero);
+    assert_int_equal(zero, 255);
     memset(x, 0, sizeof x);
-    s = dense_quantize_row(x, in, q);
+    s = dense_quantize_row(x, in, q, &zero);
     assert_true(s == 1.0f);
-    for (int k = 0; k < in; k++) assert_int_equal(q[k], 128);
+    assert_int_equal(zero, 0);
+    for (int k = 0; k < in; k++) assert_int_equal(q[k], 0);
 }
 
 static void test_refusals(void **state) {
