@@ -239,8 +239,9 @@ int qin_model_fold_first(qin_model *m, int on) {
  * from the split parts: rows of the attention weights s (n x nh, stride
  * lds) times V h of the behaviours (vh: nh x D), plus U t of each candidate
  * and G_f of its context values. */
-static int first_layer_product(const qin_model *m, const qin_request *req, int nh,
-                               const float *s, int lds, const float *vh, float *y, int ldx) {
+__attribute__((target_clones("avx512f", "default"))) static int
+first_layer_product(const qin_model *m, const qin_request *req, int nh, const float *s, int lds,
+                    const float *vh, float *y, int ldx) {
     const qin_config *c = &m->cfg;
     const int E = c->item_dim, D = c->input_dim, n = req->num_cand;
     if (nh > 0) {

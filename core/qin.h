@@ -18,7 +18,8 @@
  *   - qin_model: weights and the folds done once at load (summed row blocks,
  *     batch norm folded into the QNN, A = W_q^T W_k, B = W_o W_v).  Immutable
  *     after load and shared freely between threads.
- *   - item vectors: [e | A e | B e] for one item, computed once and reusable
+ *   - item vectors: [e | A e | B e | U e | V e] for one item (the attention's
+ *     and the first QNN layer's item-side parts), computed once and reusable
  *     across candidates, requests and threads; callers cache them (they depend
  *     on the model, so a cache must be keyed by model too).
  *   - qin_scratch: one thread's activations, sized at init for the largest
@@ -124,7 +125,9 @@ typedef struct qin_item_input {
     const float *mm;        /* mm_in floats; NULL means all zeros */
 } qin_item_input;
 
-/* Floats in one item vector: [e | A e | B e], each part item_dim floats. */
+/* Floats in one item vector: [e | A e | B e | U e | V e], the first three
+ * item_dim floats each, the last two input_dim (D) each (MicroLens: 3200
+ * floats, 12.5 KiB). */
 size_t qin_item_vec_floats(const qin_model *m);
 
 /* A 64-byte aligned buffer for one item vector; free with free(). */
