@@ -11,7 +11,11 @@ enough to hold every item the requests use):
   1 conn     one connection, closed loop: the latency of a lone client;
   half sat   the saturation rate found first (closed loop, 8 connections),
              then half of it offered by 4 paced connections.
-Beside it, the forward pass alone on the same model and precision
+One server per precision, all running at once: after the saturation runs,
+the 1-connection and paced runs go in --rounds interleaved rounds (each
+precision in turn, the order rotated each round), so other load on a shared
+machine falls on every precision alike; the table gives the medians over the
+rounds and the range of p99.  Beside it, the forward pass alone on the same model and precision
 (bench_forward --model --precision, one thread), so the table shows what the
 service adds.  With --modes cold,floor (fp32 only) also the earlier modes:
 cold (--cache-mb 0: every request MGETs its items and computes their
@@ -23,7 +27,7 @@ part of every figure (as it would be for any client on the box).
 
     /usr/bin/python3 bench/e2e.py [--seconds 5] [--ns 16,64,256]
         [--models demo,full] [--precisions fp32,bf16,int8] [--modes warm]
-        [--quick] [--make-full]
+        [--rounds 3] [--quick] [--make-full]
 """
 import argparse
 import http.client
@@ -159,16 +163,18 @@ def main():
     ap.add_argument("--ns", default="16,64,256")
     ap.add_argument("--fractions", default="0.25,0.5,0.75", help="for the cold and floor modes")
     ap.add_argument("--conns", type=int, default=8, help="connections for the saturation run")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="interleaved rounds of the 1-connection and paced runs (3)")
     ap.add_argument("--modes", default="warm", help="warm, and cold / floor (fp32 only)")
     ap.add_argument("--cache-mb", type=int, default=2048,
                     help="item cache of the warm runs (2048: holds every item the "
                          "MicroLens-size requests use)")
     ap.add_argument("--make-full", action="store_true",
                     help="make demo/full (tools/make_demo.py --full) when missing")
-    ap.add_argument("--quick", action="store_true", help="2 s runs, N=16 and 64 only")
+    ap.add_argument("--quick", action="store_true", help="2 s runs, 2 rounds, N=16 and 64 only")
     args = ap.parse_args()
     if args.quick:
-        args.seconds, args.ns = 2, "16,64"
+        args.seconds, args.ns, args.rounds = 2, "16,64", 2
     ns = [int(x) for x in args.ns.split(",")]
     fractions = [float(x) for x in args.fractions.split(",")]
     modes = args.modes.split(",")
@@ -198,7 +204,6 @@ def main():
     redis = subprocess.Popen(["redis-server", "--port", str(rport), "--bind", "127.0.0.1", "--save", "",
                               "--appendonly", "no", "--dir", tmp],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    server = None
     rows = []
     fwd = {}
     try:
@@ -226,58 +231,82 @@ def main():
                 print(f"  {name} {p}: forward pass alone (1 thread), median ms: " +
                       ", ".join(f"N={n}: {fwd[(name, p)].get(n, float('nan')):.3f}" for n in ns),
                       flush=True)
-            for p in precisions:
-                for mode in modes:
-                    if mode != "warm" and p != "fp32":
-                        continue
-                    extra = {"warm": ["--cache-mb", str(args.cache_mb)], "cold": ["--cache-mb", "0"],
-                             "floor": ["--skip-scoring"]}[mode]
-                    port = free_port()
-                    log = open(os.path.join(tmp, f"server-{name}-{p}-{mode}.log"), "w")
-                    server = subprocess.Popen([f"{args.build}/ctr-server", "--model", model, "--redis",
-                                               f"127.0.0.1:{rport}", "--redis-prefix", prefix,
-                                               "--port", str(port), "--log-level", "warn",
-                                               "--precision", p, *extra],
-                                              stdout=log, stderr=subprocess.STDOUT)
-                    assert wait_for(lambda: http_ok(port, "/readyz"), 120), \
-                        f"server ({name} {p} {mode}) did not come up"
-                    for n in ns:
+            # Every variant's server runs at once, so that the runs of one N
+            # can be interleaved (round by round, each variant in turn) and
+            # other load on the machine falls on all of them alike.
+            variants = [(p, mode) for p in precisions for mode in modes if mode == "warm" or p == "fp32"]
+            servers = {}
+            for p, mode in variants:
+                extra = {"warm": ["--cache-mb", str(args.cache_mb)], "cold": ["--cache-mb", "0"],
+                         "floor": ["--skip-scoring"]}[mode]
+                port = free_port()
+                log = open(os.path.join(tmp, f"server-{name}-{p}-{mode}.log"), "w")
+                servers[(p, mode)] = (port, subprocess.Popen(
+                    [f"{args.build}/ctr-server", "--model", model, "--redis", f"127.0.0.1:{rport}",
+                     "--redis-prefix", prefix, "--port", str(port), "--log-level", "warn",
+                     "--precision", p, *extra], stdout=log, stderr=subprocess.STDOUT))
+            for (p, mode), (port, proc) in servers.items():
+                assert wait_for(lambda: http_ok(port, "/readyz"), 120), \
+                    f"server ({name} {p} {mode}) did not come up"
+            try:
+                for n in ns:
+                    sat = {}
+                    for v in variants:
+                        port = servers[v][0]
                         bad = send_all(port, reqfiles[n])  # warm the item cache
                         run_wrk(port, reqfiles[n], 2, 1)  # connections, branch predictors
-                        key = (name, p, mode, n)
-                        if mode == "warm":
-                            one = run_wrk(port, reqfiles[n], 1, secs)
-                            rows.append(key + ("1 conn", 1, one))
-                        sat = run_wrk(port, reqfiles[n], args.conns, secs)
-                        rows.append(key + ("saturation", args.conns, sat))
-                        for frac in ([0.5] if mode == "warm" else fractions):
-                            r = run_wrk(port, reqfiles[n], 4, secs, rate_per_conn=frac * sat["rps"] / 4)
-                            label = "half sat" if frac == 0.5 else f"{int(frac * 100)}% of sat"
-                            rows.append(key + (label, 4, r))
-                        print(f"    {name} {p} {mode} N={n}: saturation {sat['rps']:.0f} req/s"
+                        sat[v] = run_wrk(port, reqfiles[n], args.conns, secs)
+                        rows.append((name, v[0], v[1], n, "saturation", args.conns, [sat[v]]))
+                        print(f"    {name} {v[0]} {v[1]} N={n}: saturation {sat[v]['rps']:.0f} req/s"
                               + (f" ({bad} warm-up requests failed)" if bad else ""), flush=True)
-                    server.send_signal(signal.SIGTERM)
-                    rc = server.wait(60)
-                    server = None
-                    if rc != 0:
-                        print(f"warning: server ({name} {p} {mode}) exited {rc}")
+                    runs = {}
+                    for r in range(args.rounds):
+                        for k in range(len(variants)):
+                            v = variants[(k + r) % len(variants)]
+                            port = servers[v][0]
+                            loads = [("1 conn", 1, 0.0)] if v[1] == "warm" else []
+                            for frac in ([0.5] if v[1] == "warm" else fractions):
+                                label = "half sat" if frac == 0.5 else f"{int(frac * 100)}% of sat"
+                                loads.append((label, 4, frac * sat[v]["rps"] / 4))
+                            for label, conns, rate in loads:
+                                res = run_wrk(port, reqfiles[n], conns, secs, rate_per_conn=rate)
+                                runs.setdefault((v, label, conns), []).append(res)
+                    for (v, label, conns), rs in runs.items():
+                        rows.append((name, v[0], v[1], n, label, conns, rs))
+            finally:
+                for port, proc in servers.values():
+                    proc.send_signal(signal.SIGTERM)
+                for (p, mode), (port, proc) in servers.items():
+                    if proc.wait(60) != 0:
+                        print(f"warning: server ({name} {p} {mode}) exited {proc.returncode}")
 
         print()
         print(f"load average now {os.getloadavg()[0]:.2f}")
+        print(f"{args.rounds} interleaved rounds of {secs:g} s per row (saturation: one run); "
+              "p50 and p99 are medians over the rounds, [p99 range]")
         print(f"{'model':5} {'prec':5} {'mode':5} {'N':>4} {'load':>11} {'conns':>5} {'req/s':>7} "
-              f"{'p50 ms':>7} {'p99 ms':>7} {'p99.9 ms':>8} {'fwd ms':>7} {'non2xx':>6}")
-        for name, p, mode, n, load, conns, r in rows:
+              f"{'p50 ms':>7} {'p99 ms':>7} {'p99 range':>15} {'fwd ms':>7} {'non2xx':>6}")
+        order = {p: i for i, p in enumerate(precisions)}
+        rows.sort(key=lambda r: (r[0], order.get(r[1], 9), r[2], r[3],
+                                 {"1 conn": 0, "saturation": 1}.get(r[4], 2)))
+        table = []
+        for name, p, mode, n, load, conns, rs in rows:
+            med = lambda k: sorted(x[k] for x in rs)[len(rs) // 2]
+            r = {"rps": med("rps"), "p50_ms": med("p50_ms"), "p99_ms": med("p99_ms"),
+                 "p99_lo": min(x["p99_ms"] for x in rs), "p99_hi": max(x["p99_ms"] for x in rs),
+                 "bad": sum(int(x["non2xx"] + x.get("errors", 0)) for x in rs)}
+            table.append((name, p, mode, n, load, conns, r))
             f = fwd.get((name, p), {}).get(n)
             fs = f"{f:7.3f}" if f is not None and mode == "warm" else f"{'-':>7}"
+            rng = f"[{r['p99_lo']:.2f}-{r['p99_hi']:.2f}]" if len(rs) > 1 else ""
             print(f"{name:5} {p:5} {mode:5} {n:>4} {load:>11} {conns:>5} {r['rps']:>7.0f} "
-                  f"{r['p50_ms']:>7.3f} {r['p99_ms']:>7.3f} {r['p999_ms']:>8.3f} {fs} "
-                  f"{int(r['non2xx'] + r.get('errors', 0)):>6}")
+                  f"{r['p50_ms']:>7.3f} {r['p99_ms']:>7.3f} {rng:>15} {fs} {r['bad']:>6}")
         print()
         ok, why = quality_ok(os.path.join(ROOT, "build/quality.json"))
         print("precisions meeting their quality targets: " +
               ", ".join(p for p in precisions if ok.get(p)) + f" ({why})")
         for name, _ in models:
-            one = {(p, n): r for nm, p, mode, n, load, c, r in rows
+            one = {(p, n): r for nm, p, mode, n, load, c, r in table
                    if nm == name and mode == "warm" and load == "1 conn"}
             for n in ns:
                 cands = [(one[(p, n)]["p99_ms"], p) for p in precisions if (p, n) in one and ok.get(p)]
@@ -288,8 +317,6 @@ def main():
                           + (" (target < 1 ms: " + ("met" if best[0] < 1.0 else "MISSED") + ")"
                              if name == "full" and n == 64 else ""))
     finally:
-        if server and server.poll() is None:
-            server.kill()
         redis.terminate()
         redis.wait(10)
         shutil.rmtree(tmp, ignore_errors=True)
