@@ -15,6 +15,8 @@
  *     gemm.c, and oneDNN), which is how dense.h's packed_below is chosen;
  *   - the forward pass in fp32 and int8 without the first layer's split
  *     (qin.c, "the first layer"): the whole D x D product like the others;
+ *   - the attention's two products (N x 64 x E and N x E x 64) on OpenBLAS
+ *     and on oneDNN's sgemm (dense_sgemm, what qin.c uses);
  *   - the yardstick: plain oneDNN matmul primitives of the QNN's shapes
  *     (N x D by D x D, four distinct weights as the model has, weights
  *     reordered beforehand), in f32, bf16 and u8 x s8, on inputs already in
@@ -47,7 +49,7 @@
 #include "core/qin_internal.h"
 #include "tests/core/testmodel.h"
 
-#define MAXV 16
+#define MAXV 24
 
 static double now_s(void) {
     struct timespec ts;
@@ -276,7 +278,7 @@ static qin_model *load(const char *path, const unsigned char *buf, size_t len) {
 }
 
 /* One timed thing of a round. */
-typedef enum kind { FORWARD, QNN, YARD } kind;
+typedef enum kind { FORWARD, QNN, YARD, ATTN_BLAS, ATTN_DNNL } kind;
 typedef struct variant {
     char name[32];
     kind k;
@@ -440,6 +442,12 @@ int main(int argc, char **argv) {
             a->m = kern[q];
         }
         if (all) {
+            for (int q = 0; q < 2; q++) {
+                variant *a = &v[nv++];
+                memset(a, 0, sizeof *a);
+                snprintf(a->name, sizeof a->name, "%s", q ? "oneDNN sgemm" : "OpenBLAS");
+                a->k = q ? ATTN_DNNL : ATTN_BLAS;
+            }
             static const char *yn[3] = {"f32", "bf16", "u8s8"};
             dnnl_data_type_t st[3] = {dnnl_f32, dnnl_bf16, dnnl_u8},
                              wt[3] = {dnnl_f32, dnnl_bf16, dnnl_s8},
@@ -454,12 +462,23 @@ int main(int argc, char **argv) {
         }
         int cap = 100000;
         for (int i = 0; i < nv; i++) {
-            if (v[i].k != YARD && qin_scratch_init(v[i].m, n, &v[i].s) < 0) return 1;
+            if ((v[i].k == FORWARD || v[i].k == QNN) && qin_scratch_init(v[i].m, n, &v[i].s) < 0)
+                return 1;
             v[i].t = malloc((size_t)cap * sizeof(double));
             v[i].tc = malloc((size_t)cap * sizeof(double));
             v[i].nt = 0;
         }
         qin_request req = {ptr, L, ptr + L, ctx, n};
+        /* The attention's operands: the candidates' rows t, the history's
+         * A h and B h, weights s (n x L), pool (n x E). */
+        float *at = qin_falloc((size_t)n * E), *ah = qin_falloc((size_t)L * E),
+              *bh = qin_falloc((size_t)L * E), *as = qin_falloc((size_t)n * L),
+              *ap = qin_falloc((size_t)n * E);
+        for (int i = 0; i < n; i++) memcpy(at + (size_t)i * E, ptr[L + i], (size_t)E * sizeof *at);
+        for (int j = 0; j < L; j++) {
+            memcpy(ah + (size_t)j * E, ptr[j] + E, (size_t)E * sizeof *ah);
+            memcpy(bh + (size_t)j * E, ptr[j] + 2 * E, (size_t)E * sizeof *bh);
+        }
         /* A QNN input of the usual magnitude, to time the layers alone. */
         for (size_t i = 0; i < (size_t)n * qin_ldx(c); i++)
             x0[i] = (float)((i * 2654435761u) % 2000) * 0.001f - 1.0f;
@@ -483,6 +502,14 @@ int main(int argc, char **argv) {
                 } else if (a->k == QNN) {
                     for (int l = 0; l < c->num_layers; l++)
                         qin_qnn_layer(a->m, a->s->dws, l, n, a->s->x, a->s->y);
+                } else if (a->k == ATTN_BLAS) {
+                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, L, E, 1.0f, at, E, ah,
+                                E, 0.0f, as, L);
+                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, E, L, 1.0f, as, L,
+                                bh, E, 1.0f, ap, E);
+                } else if (a->k == ATTN_DNNL) {
+                    dense_sgemm(1, n, L, E, 1.0f, at, E, ah, E, 0.0f, as, L);
+                    dense_sgemm(0, n, E, L, 1.0f, as, L, bh, E, 1.0f, ap, E);
                 } else {
                     yard_run(&a->y);
                 }
@@ -528,6 +555,10 @@ int main(int argc, char **argv) {
                        med[i] * 1e6, qnn_flops / med[i] * 1e-9);
         }
         for (int i = 0; i < nv; i++)
+            if (v[i].k == ATTN_BLAS || v[i].k == ATTN_DNNL)
+                printf("  attention's two products (%d x %d x %d, %d x %d x %d) on %-12s %8.1f us\n",
+                       n, L, E, n, E, L, v[i].name, med[i] * 1e6);
+        for (int i = 0; i < nv; i++)
             if (v[i].k == YARD)
                 printf("  oneDNN matmul alone, %-5s %d x %d x %d x %d layers: %9.1f us %6.1f "
                        "G(FL)OP/s\n", v[i].name, n, D, D, c->num_layers, med[i] * 1e6,
@@ -537,6 +568,7 @@ int main(int argc, char **argv) {
                 if (v[i].k == QNN && v[i].m == pm[0] && precs[0] == DENSE_FP32)
                     printf("  fp32 QNN layers at %.0f%% of the same-run oneDNN f32 matmul rate "
                            "(target >= 90%%)\n", 100.0 * fp32_yard / med[i]);
+        free(at); free(ah); free(bh); free(as); free(ap);
         for (int i = 0; i < nv; i++) {
             if (v[i].k == YARD) yard_free(&v[i].y);
             else qin_scratch_free(v[i].s);
