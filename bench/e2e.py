@@ -112,9 +112,17 @@ def send_all(port, reqfile):
     return bad
 
 
-def run_wrk(port, reqfile, conns, seconds, rate_per_conn=0.0, threads=1):
+def proc_cpu_s(pid):
+    """User + system CPU seconds of a process so far (/proc/PID/stat)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_wrk(port, reqfile, conns, seconds, rate_per_conn=0.0, threads=1, pid=None):
     env = dict(os.environ, CTR_WRK_REQUESTS=reqfile, CTR_WRK_RATE=str(rate_per_conn))
-    cmd = ["wrk", "-t", str(threads), "-c", str(conns), "-d", f"{seconds}s", "--timeout", "5s",
+    cpu0 = proc_cpu_s(pid) if pid else None
+    cmd = ["wrk", "-t", str(threads), "-c", str(conns), "-d", f"{seconds:g}s", "--timeout", "5s",
            "-s", os.path.join(ROOT, "deploy/wrk/rank.lua"), f"http://127.0.0.1:{port}/v1/rank"]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=seconds + 60).stdout
     m = re.search(r"WRK_RESULT (.*)", out)
@@ -124,6 +132,10 @@ def run_wrk(port, reqfile, conns, seconds, rate_per_conn=0.0, threads=1):
     for kv in m.group(1).split():
         k, v = kv.split("=", 1)
         res[k] = float(v)
+    if pid and res.get("requests"):
+        # the server's own CPU per request: what a request costs it, which
+        # other load on a shared machine changes far less than latency
+        res["cpu_ms"] = (proc_cpu_s(pid) - cpu0) * 1000.0 / res["requests"]
     return res
 
 
@@ -255,7 +267,7 @@ def main():
                         port = servers[v][0]
                         bad = send_all(port, reqfiles[n])  # warm the item cache
                         run_wrk(port, reqfiles[n], 2, 1)  # connections, branch predictors
-                        sat[v] = run_wrk(port, reqfiles[n], args.conns, secs)
+                        sat[v] = run_wrk(port, reqfiles[n], args.conns, secs, pid=servers[v][1].pid)
                         rows.append((name, v[0], v[1], n, "saturation", args.conns, [sat[v]]))
                         print(f"    {name} {v[0]} {v[1]} N={n}: saturation {sat[v]['rps']:.0f} req/s"
                               + (f" ({bad} warm-up requests failed)" if bad else ""), flush=True)
@@ -269,7 +281,8 @@ def main():
                                 label = "half sat" if frac == 0.5 else f"{int(frac * 100)}% of sat"
                                 loads.append((label, 4, frac * sat[v]["rps"] / 4))
                             for label, conns, rate in loads:
-                                res = run_wrk(port, reqfiles[n], conns, secs, rate_per_conn=rate)
+                                res = run_wrk(port, reqfiles[n], conns, secs, rate_per_conn=rate,
+                                              pid=servers[v][1].pid)
                                 runs.setdefault((v, label, conns), []).append(res)
                     for (v, label, conns), rs in runs.items():
                         rows.append((name, v[0], v[1], n, label, conns, rs))
@@ -284,8 +297,11 @@ def main():
         print(f"load average now {os.getloadavg()[0]:.2f}")
         print(f"{args.rounds} interleaved rounds of {secs:g} s per row (saturation: one run); "
               "p50 and p99 are medians over the rounds, [p99 range]")
+        print("cpu ms/req: the server process's CPU time per request (all its threads); fwd ms: "
+              "the forward pass alone, one thread (CPU-time median)")
         print(f"{'model':5} {'prec':5} {'mode':5} {'N':>4} {'load':>11} {'conns':>5} {'req/s':>7} "
-              f"{'p50 ms':>7} {'p99 ms':>7} {'p99 range':>15} {'fwd ms':>7} {'non2xx':>6}")
+              f"{'p50 ms':>7} {'p99 ms':>7} {'p99 range':>15} {'cpu ms/req':>10} {'fwd ms':>7} "
+              f"{'non2xx':>6}")
         order = {p: i for i, p in enumerate(precisions)}
         rows.sort(key=lambda r: (r[0], order.get(r[1], 9), r[2], r[3],
                                  {"1 conn": 0, "saturation": 1}.get(r[4], 2)))
@@ -293,6 +309,7 @@ def main():
         for name, p, mode, n, load, conns, rs in rows:
             med = lambda k: sorted(x[k] for x in rs)[len(rs) // 2]
             r = {"rps": med("rps"), "p50_ms": med("p50_ms"), "p99_ms": med("p99_ms"),
+                 "cpu_ms": sorted(x.get("cpu_ms", float("nan")) for x in rs)[len(rs) // 2],
                  "p99_lo": min(x["p99_ms"] for x in rs), "p99_hi": max(x["p99_ms"] for x in rs),
                  "bad": sum(int(x["non2xx"] + x.get("errors", 0)) for x in rs)}
             table.append((name, p, mode, n, load, conns, r))
@@ -300,7 +317,8 @@ def main():
             fs = f"{f:7.3f}" if f is not None and mode == "warm" else f"{'-':>7}"
             rng = f"[{r['p99_lo']:.2f}-{r['p99_hi']:.2f}]" if len(rs) > 1 else ""
             print(f"{name:5} {p:5} {mode:5} {n:>4} {load:>11} {conns:>5} {r['rps']:>7.0f} "
-                  f"{r['p50_ms']:>7.3f} {r['p99_ms']:>7.3f} {rng:>15} {fs} {r['bad']:>6}")
+                  f"{r['p50_ms']:>7.3f} {r['p99_ms']:>7.3f} {rng:>15} {r['cpu_ms']:>10.3f} {fs} "
+                  f"{r['bad']:>6}")
         print()
         ok, why = quality_ok(os.path.join(ROOT, "build/quality.json"))
         print("precisions meeting their quality targets: " +
