@@ -138,7 +138,7 @@ int dense_precision_parse(const char *text, dense_precision *out) {
 }
 
 dense_params dense_default_params(void) {
-    dense_params p = {DENSE_FP32, DENSE_BACKEND_AUTO, 0, 0, 48};
+    dense_params p = {DENSE_FP32, DENSE_BACKEND_AUTO, 0, 0, 9};
     return p;
 }
 

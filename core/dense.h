@@ -107,8 +107,10 @@ typedef struct dense_params {
     int ld_in;                   /* row stride of x in floats; 0: in */
     int ld_out;                  /* row stride of y in floats; 0: out */
     int packed_below;            /* AUTO, fp32: calls of fewer rows use the
-                                    packed kernel (48: measured, see
-                                    bench/README.md) */
+                                    packed kernel (9: it was 4-10% ahead of
+                                    oneDNN at 1 and 8 rows and level or
+                                    behind from 16 rows on, MicroLens
+                                    shapes, bench/README.md) */
 } dense_params;
 
 dense_params dense_default_params(void);
