@@ -35,8 +35,10 @@
  * Lifetimes: a dense is built once and then read-only, shared by every
  * thread.  A dense_ws is one thread's workspace (a oneDNN stream, conversion
  * buffers, oneDNN's scratchpad), sized at start for the largest layer it
- * will run; dense_forward allocates nothing itself (oneDNN's execute call
- * allocates its small argument map inside the library).
+ * will run.  dense_forward makes no allocation of its own, but the oneDNN
+ * calls it makes do, inside the library: the memory objects that wrap the
+ * buffers of a call, and the execute call's argument map (6 mallocs per
+ * execute, counted); neither has a way around it in oneDNN 2.6's C API.
  *
  * Shape classes: oneDNN's fast matmul (brgemm) needs the row count fixed
  * when the primitive is made, so dense_init makes one primitive per class
@@ -70,7 +72,7 @@
     X(BF16, "bf16", 0, "bfloat16 weights and activations, float32 accumulation")       \
     X(INT8, "int8", 0,                                                                 \
       "int8 weights (a scale per output channel), activations quantised per row at "   \
-      "run time, int32 accumulation")
+      "run time (scale and zero point), int32 accumulation")
 
 typedef enum dense_precision {
 #define DENSE_PRECISION_ENUM(name, text, exact, what) DENSE_##name,

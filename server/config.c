@@ -119,10 +119,13 @@ static const setting settings[] = {
     {"precision", SET_CHOICE, F(precision), CAP(precision), 0, 0, "PRECISION",
      "fp32|bf16|int8", NULL, NULL,
      "Arithmetic of the model's dense layers.  fp32 is exact (the trained "
-     "model's scores to 1e-5); bf16 and int8 trade a little accuracy for "
-     "speed on CPUs with the instructions (AVX512_BF16, VNNI): bench/README.md "
-     "has their measured score error and speed.  The startup log, /v1/models "
-     "and /metrics say which one is in force."},
+     "model's scores to 1e-5); bf16 and int8 are not, and trade a little "
+     "accuracy for speed where the CPU runs bfloat16 / int8 dot products "
+     "faster than float32 ones (int8 with VNNI: about 2.7x; bf16 is slower "
+     "than fp32 on CPUs whose bf16 units run at half rate, such as this "
+     "project's Xeon): bench/README.md has the measured score error and "
+     "speed.  The startup log, /v1/models and /metrics say which one is in "
+     "force."},
     {"cache_mb", SET_INT, F(cache_mb), 0, 0, 1 << 20, "MIB", NULL, NULL, NULL,
      "Item vector cache budget in MiB; 0 disables the cache."},
     {"cache_ttl_s", SET_INT, F(cache_ttl_s), 0, 0, 365 * 86400, "SECONDS", NULL, NULL,
