@@ -1,12 +1,18 @@
 # Multi-stage image of the CTR scoring service.
 #
-#   docker build -t ctr-scorer .                 # runtime image (no model)
-#   docker build -t ctr-scorer:demo --target demo .   # + demo model and data
-#   docker compose -f deploy/docker-compose.yml up    # Redis + load + service
+#   docker build -t ctr-scorer .                          # runtime image (no model)
+#   docker build -t ctr-scorer:demo --target demo .       # + demo model and data
+#   docker build -t ctr-scorer:redis --target redis .     # Debian's redis-server
+#   docker compose -f deploy/docker-compose.yml up --build   # Redis + load + service
+#
+# deploy/container-test.sh (`make container-test`) builds these with podman,
+# runs them and checks a ranking against ctr-score.
 #
 # The build stage installs with the same script as CI and the README
 # (deploy/install.sh) and builds with the same Makefile; RUN_TESTS=1 also
 # runs the whole test suite (`make check`, as CI does) inside the build.
+# The runtime stage installs `deploy/install.sh runtime`: the shared
+# libraries only, so a library added to the build there reaches the image.
 
 FROM debian:bookworm-slim AS build
 WORKDIR /src
@@ -18,14 +24,22 @@ RUN make clean && make -j"$(nproc)" all \
  && if [ "$RUN_TESTS" = 1 ]; then make check; fi
 
 # Demo model and data: synthetic MicroLens-shaped data, a small QIN
-# trained on it (a few minutes on 2 cores).
-FROM build AS demo-data
+# trained on it (several minutes on 2 cores).  A stage of its own that
+# copies only tools/, so a change to the C code does not train it again.
+FROM debian:bookworm-slim AS demo-data
+WORKDIR /src
+COPY deploy/install.sh deploy/install.sh
+RUN bash deploy/install.sh demo && rm -rf /var/lib/apt/lists/*
+COPY tools/ tools/
 RUN /usr/bin/python3 tools/make_demo.py --out /demo
 
-FROM debian:bookworm-slim AS runtime
+# The service alone, without a model: mount one at /models (read-only) or
+# build FROM this image.
+FROM debian:bookworm-slim AS runtime-base
 COPY deploy/install.sh /tmp/install.sh
 RUN bash /tmp/install.sh runtime && rm -rf /var/lib/apt/lists/* /tmp/install.sh \
- && useradd --system --uid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin ctr
+ && groupadd --system --gid 10001 ctr \
+ && useradd --system --uid 10001 --gid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin ctr
 COPY --from=build /src/build/release/ctr-server /src/build/release/ctr-load \
      /src/build/release/ctr-score /usr/local/bin/
 COPY proto/openapi.yaml /usr/share/ctr/openapi.yaml
@@ -35,7 +49,8 @@ ENV CTR_BIND=0.0.0.0 \
     CTR_PORT=8080 \
     CTR_MODEL=/models/model.safetensors \
     CTR_REDIS=redis:6379
-USER ctr
+# Numeric, so that Kubernetes' runAsNonRoot can check it.
+USER 10001:10001
 EXPOSE 8080
 HEALTHCHECK --interval=10s --timeout=2s --start-period=30s --retries=3 \
   CMD curl -fsS "http://127.0.0.1:${CTR_PORT}/healthz" >/dev/null || exit 1
@@ -43,6 +58,23 @@ HEALTHCHECK --interval=10s --timeout=2s --start-period=30s --retries=3 \
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["/usr/local/bin/ctr-server"]
 
-FROM runtime AS demo
-COPY --from=demo-data --chown=ctr /demo/model.safetensors /models/model.safetensors
-COPY --from=demo-data --chown=ctr /demo/items.jsonl /demo/users.jsonl /demo/
+FROM runtime-base AS demo
+COPY --from=demo-data --chown=10001:10001 /demo/model.safetensors /models/model.safetensors
+COPY --from=demo-data --chown=10001:10001 /demo/items.jsonl /demo/users.jsonl /demo/
+
+# Redis for the feature store, from Debian (the version the tests use), so
+# that nothing needs an image registry.  deploy/redis.conf is the
+# standalone configuration; a cluster node adds --cluster-enabled yes.
+FROM debian:bookworm-slim AS redis
+RUN apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+      --no-install-recommends redis-server redis-tools \
+ && rm -rf /var/lib/apt/lists/*
+COPY deploy/redis.conf /etc/redis/ctr.conf
+WORKDIR /var/lib/redis
+USER redis
+EXPOSE 6379
+ENTRYPOINT ["redis-server"]
+CMD ["/etc/redis/ctr.conf"]
+
+# Last, so that a plain `docker build .` makes the runtime image.
+FROM runtime-base AS runtime

@@ -4,11 +4,15 @@
 #   make test                 unit tests (cmocka) + integration tests
 #   make SANITIZE=address test     the same under AddressSanitizer
 #   make SANITIZE=undefined test   the same under UBSan
-#   make check                test + both sanitizer runs (what CI runs)
-#   make bench                forward-pass benchmark by precision, and the
-#                             score quality of each precision (tables)
+#   make check                test + ASan, UBSan and TSan runs (what CI runs)
+#   make bench                forward-pass benchmarks (print tables): QIN in
+#                             detail, then QIN, DIN and TIN through engine.h
 #   make bench-e2e            the service end to end (demo and MicroLens-size)
 #   make demo-full            the MicroLens-size model and data (demo/full)
+#   make container-test       build the Dockerfile's images with podman and run
+#                             them (not in check: downloads, takes minutes)
+#   make bench-faults         Redis frozen, overload, connection floods (figures)
+#   make soak                 ASan server, 1M requests with faults (not in CI)
 #   make clean
 #
 # Objects and programs go to build/<variant>/, so sanitizer builds never
@@ -28,9 +32,7 @@ OPT      ?= -O3
 CFLAGS   := -std=c11 -D_GNU_SOURCE -g $(OPT) -Wall -Wextra -Wshadow \
             -Wno-unused-parameter -pthread -I. $(PKG_CFLAGS) $(EXTRA_CFLAGS)
 LDFLAGS  := -pthread $(EXTRA_LDFLAGS)
-# oneDNN (Debian's libdnnl-dev ships no pkg-config file) and the OpenMP
-# runtime it is built on, whose per-thread limit core/dense.c sets.
-LDLIBS   := $(PKG_LIBS) -ldnnl -lgomp -lm
+LDLIBS   := $(PKG_LIBS) -ldnnl -lgomp -lmvec -lm
 
 ifeq ($(SANITIZE),address)
   CFLAGS  += -fsanitize=address -fno-omit-frame-pointer
@@ -65,7 +67,7 @@ FUZZ_SRC   := $(wildcard tests/fuzz/fuzz_*.c)
 FUZZ_BIN   := $(FUZZ_SRC:%.c=$(B)/%)
 FUZZ_SECONDS ?= 60
 
-.PHONY: all test check bench bench-e2e golden fuzz clean demo-full
+.PHONY: all test check bench bench-e2e bench-faults soak golden fuzz clean container-test demo-full
 all: $(PROGRAMS) $(BENCH_BIN)
 
 $(B)/%.o: %.c
@@ -91,7 +93,8 @@ $(B)/tests/%: $(B)/tests/%.o $(LIB)
 # Golden data from the PyTorch reference: generated here, in every clean
 # build (CI included), so the parity tests follow the reference.
 golden: $(GOLDEN)/stamp
-$(GOLDEN)/stamp: tools/make_golden.py tools/qin_reference.py tools/convert.py tools/safetensors_io.py
+$(GOLDEN)/stamp: tools/make_golden.py tools/qin_reference.py tools/din_reference.py \
+                 tools/tin_reference.py tools/convert.py tools/safetensors_io.py
 	@mkdir -p $(GOLDEN)
 	$(PYTHON) tools/make_golden.py --out $(GOLDEN)
 	touch $@
@@ -104,25 +107,57 @@ fuzz:
 	@mkdir -p build/fuzz
 	@set -e; for f in $(FUZZ_SRC); do n=$$(basename $$f .c); \
 	  clang -std=c11 -D_GNU_SOURCE -g -O1 -I. -DFUZZ_LIBFUZZER $(PKG_CFLAGS) \
-	    -fsanitize=fuzzer,address,undefined $$f $(CORE_SRC) $(PROTO_SRC) $(PKG_LIBS) -ldnnl -lgomp -lm \
+	    -fsanitize=fuzzer,address,undefined $$f $(CORE_SRC) $(PROTO_SRC) $(LDLIBS) \
 	    -o build/fuzz/$$n; \
 	  mkdir -p build/fuzz/corpus-$$n; \
 	  build/fuzz/$$n -max_total_time=$(FUZZ_SECONDS) build/fuzz/corpus-$$n \
 	    $$( [ -d tests/fuzz/corpus/$${n#fuzz_} ] && echo tests/fuzz/corpus/$${n#fuzz_} ); done
 
+# TSan joined when the request path went multi-threaded (event loop,
+# workers, watchdog, health check): ~3 minutes on 2 cores.
 check:
 	$(MAKE) test
 	$(MAKE) SANITIZE=address test
 	$(MAKE) SANITIZE=undefined test
+	$(MAKE) SANITIZE=thread test
 
 bench: all golden
 	$(B)/bench/bench_forward
+	$(B)/bench/bench_models $(GOLDEN)/microlens/model.safetensors \
+	    $(GOLDEN)/din-microlens/model.safetensors $(GOLDEN)/tin-amazon/model.safetensors
 	$(PYTHON) bench/quality.py --build $(B) --golden $(GOLDEN) --make-demo
 
 # ctr-server on a real redis-server with the demo model, loaded with wrk
 # (makes demo/ first if needed); tables in bench/README.md.
 bench-e2e: all
 	$(PYTHON) bench/e2e.py --build $(B)
+
+# Feature reads on a Redis Cluster (server/rcluster.c) against one node:
+# starts a 3+3 cluster (tests/integration/lib/redis_cluster.sh) and a
+# single redis-server, both on free loopback ports.
+.PHONY: bench-cluster
+bench-cluster: $(B)/bench/bench_rcluster
+	bash bench/cluster.sh $(B)/bench/bench_rcluster $(BENCH_CLUSTER_ARGS)
+
+# The images built and run for real (deploy/container-test.sh): Redis, the
+# loader and the scorer as containers, a ranking checked against ctr-score,
+# then deploy/docker-compose.yml under podman-compose.
+container-test:
+	bash deploy/install.sh container
+	bash deploy/container-test.sh
+
+# ctr-server under a frozen Redis, overload and connection floods, with the
+# demo model (made first if needed); bench/README.md.
+bench-faults: all
+	$(PYTHON) bench/faults.py --build $(B)
+
+# An AddressSanitizer server under load with Redis faults and reloads on a
+# schedule, SOAK_REQUESTS answers, then the leak check (not in CI).
+SOAK_REQUESTS ?= 1000000
+soak: golden
+	$(MAKE) all
+	$(MAKE) SANITIZE=address all
+	$(PYTHON) bench/soak.py --requests $(SOAK_REQUESTS)
 
 # The MicroLens-size model (D 1024, 4 layers, R 4), its features and
 # validation set, trained briefly on synthetic data (tools/README.md).

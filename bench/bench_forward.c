@@ -16,7 +16,7 @@
  *   - the forward pass in fp32 and int8 without the first layer's split
  *     (qin.c, "the first layer"): the whole D x D product like the others;
  *   - the attention's two products (N x 64 x E and N x E x 64) on OpenBLAS
- *     and on oneDNN's sgemm (dense_sgemm, what qin.c uses);
+ *     and on oneDNN's sgemm (linear_gemm, what qin.c uses);
  *   - the yardstick: plain oneDNN matmul primitives of the QNN's shapes
  *     (N x D by D x D, four distinct weights as the model has, weights
  *     reordered beforehand), in f32, bf16 and u8 x s8, on inputs already in
@@ -45,36 +45,13 @@
 
 #include <oneapi/dnnl/dnnl.h>
 
+#include "bench/bench.h"
 #include "core/gemm.h"
+#include "core/linear.h"
 #include "core/qin_internal.h"
 #include "tests/core/testmodel.h"
 
 #define MAXV 24
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-/* This thread's CPU time: what a call cost when other processes took the
- * core away in the middle of it (the machine is shared). */
-static double cpu_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-static double quantile(double *v, int n, double q) {
-    qsort(v, (size_t)n, sizeof *v, cmp_double);
-    int i = (int)(q * (n - 1) + 0.5);
-    return v[i];
-}
 
 /* --- peak rates of the core: independent chains, no memory traffic ------ */
 
@@ -84,11 +61,11 @@ static double quantile(double *v, int n, double q) {
 __attribute__((target("avx512f"))) static double peak_fp32(void) {
     __m512 a[24], m = _mm512_set1_ps(0.999999f), c = _mm512_set1_ps(1e-7f);
     for (int i = 0; i < 24; i++) a[i] = _mm512_set1_ps((float)i);
-    double t0 = now_s();
+    double t0 = bench_now_s();
     for (long k = 0; k < PEAK_ITERS; k++)
 #pragma GCC unroll 24
         for (int i = 0; i < 24; i++) a[i] = _mm512_fmadd_ps(a[i], m, c);
-    double g = 24.0 * 16 * 2 * PEAK_ITERS / (now_s() - t0) * 1e-9;
+    double g = 24.0 * 16 * 2 * PEAK_ITERS / (bench_now_s() - t0) * 1e-9;
     float sink = 0;
     for (int i = 0; i < 24; i++) sink += _mm512_reduce_add_ps(a[i]);
     return sink == 12345.0f ? 0 : g;
@@ -97,11 +74,11 @@ __attribute__((target("avx512f,avx512bf16"))) static double peak_bf16(void) {
     __m512 a[24];
     __m512bh m = (__m512bh)_mm512_set1_epi16(0x3f80);
     for (int i = 0; i < 24; i++) a[i] = _mm512_set1_ps((float)i);
-    double t0 = now_s();
+    double t0 = bench_now_s();
     for (long k = 0; k < PEAK_ITERS; k++)
 #pragma GCC unroll 24
         for (int i = 0; i < 24; i++) a[i] = _mm512_dpbf16_ps(a[i], m, m);
-    double g = 24.0 * 32 * 2 * PEAK_ITERS / (now_s() - t0) * 1e-9;
+    double g = 24.0 * 32 * 2 * PEAK_ITERS / (bench_now_s() - t0) * 1e-9;
     float sink = 0;
     for (int i = 0; i < 24; i++) sink += _mm512_reduce_add_ps(a[i]);
     return sink == 12345.0f ? 0 : g;
@@ -109,11 +86,11 @@ __attribute__((target("avx512f,avx512bf16"))) static double peak_bf16(void) {
 __attribute__((target("avx512f,avx512vnni"))) static double peak_int8(void) {
     __m512i a[24], m = _mm512_set1_epi8(1);
     for (int i = 0; i < 24; i++) a[i] = _mm512_set1_epi32(i);
-    double t0 = now_s();
+    double t0 = bench_now_s();
     for (long k = 0; k < PEAK_ITERS; k++)
 #pragma GCC unroll 24
         for (int i = 0; i < 24; i++) a[i] = _mm512_dpbusd_epi32(a[i], m, m);
-    double g = 24.0 * 64 * 2 * PEAK_ITERS / (now_s() - t0) * 1e-9;
+    double g = 24.0 * 64 * 2 * PEAK_ITERS / (bench_now_s() - t0) * 1e-9;
     long long sink = 0;
     for (int i = 0; i < 24; i++) sink += _mm512_reduce_add_epi32(a[i]);
     return sink == 12345 ? 0 : g;
@@ -329,9 +306,9 @@ int main(int argc, char **argv) {
         buf = tm_serialize(&tm, NULL, &len);
         tm_free(&tm);
     }
-    double t0 = now_s();
+    double t0 = bench_now_s();
     qin_model *m = load(model_path, buf, len);
-    double load_s = now_s() - t0;
+    double load_s = bench_now_s() - t0;
     const qin_config *c = qin_model_config(m);
     const int D = c->input_dim, E = c->item_dim, L = c->max_len;
 
@@ -343,7 +320,7 @@ int main(int argc, char **argv) {
     int32_t *tags = malloc((size_t)(c->num_tags ? c->num_tags : 1) * sizeof *tags);
     uint64_t rng = 1;
     char err[1024];
-    t0 = now_s();
+    t0 = bench_now_s();
     for (int i = 0; i < nitems; i++) {
         for (int k = 0; k < c->mm_in; k++) {
             rng = rng * 6364136223846793005ULL + 1442695040888963407ULL;
@@ -358,7 +335,7 @@ int main(int argc, char **argv) {
         }
         ptr[i] = v;
     }
-    double item_us = (now_s() - t0) / nitems * 1e6;
+    double item_us = (bench_now_s() - t0) / nitems * 1e6;
     int32_t *ctx = malloc((size_t)max_n * (c->num_ctx ? c->num_ctx : 1) * sizeof *ctx);
     for (int i = 0; i < max_n * c->num_ctx; i++) ctx[i] = i % c->ctx_vocab[i % c->num_ctx];
 
@@ -487,13 +464,13 @@ int main(int argc, char **argv) {
                 if (v[i].k == FORWARD) qin_forward(v[i].m, v[i].s, &req, prob, NULL, 0);
                 if (v[i].k == YARD) yard_run(&v[i].y);
             }
-        double end = now_s() + seconds;
+        double end = bench_now_s() + seconds;
         int rounds = 0;
-        while ((now_s() < end || rounds < 10) && rounds < cap) {
+        while ((bench_now_s() < end || rounds < 10) && rounds < cap) {
             for (int j = 0; j < nv; j++) {
                 variant *a = &v[(j + rounds) % nv];
                 if (a->k == QNN) memcpy(a->s->x, x0, (size_t)n * qin_ldx(c) * sizeof *x0);
-                double a0 = now_s(), c0 = cpu_s();
+                double a0 = bench_now_s(), c0 = bench_cpu_s();
                 if (a->k == FORWARD) {
                     if (qin_forward(a->m, a->s, &req, prob, err, sizeof err) < 0) {
                         fprintf(stderr, "forward: %s\n", err);
@@ -508,13 +485,13 @@ int main(int argc, char **argv) {
                     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, E, L, 1.0f, as, L,
                                 bh, E, 1.0f, ap, E);
                 } else if (a->k == ATTN_DNNL) {
-                    dense_sgemm(1, n, L, E, 1.0f, at, E, ah, E, 0.0f, as, L);
-                    dense_sgemm(0, n, E, L, 1.0f, as, L, bh, E, 1.0f, ap, E);
+                    linear_gemm(n, L, E, at, E, ah, E, 1, 0.0f, as, L);
+                    linear_gemm(n, E, L, as, L, bh, E, 0, 1.0f, ap, E);
                 } else {
                     yard_run(&a->y);
                 }
-                a->t[a->nt] = now_s() - a0;
-                a->tc[a->nt++] = cpu_s() - c0;
+                a->t[a->nt] = bench_now_s() - a0;
+                a->tc[a->nt++] = bench_cpu_s() - c0;
             }
             rounds++;
         }
@@ -522,9 +499,9 @@ int main(int argc, char **argv) {
         double flops = qnn_flops + 2.0 * 2 * n * (double)L * E + 2.0 * n * D;
         double med[MAXV], p99[MAXV], wall[MAXV];
         for (int i = 0; i < nv; i++) {
-            med[i] = quantile(v[i].tc, v[i].nt, 0.5);
-            wall[i] = quantile(v[i].t, v[i].nt, 0.5);
-            p99[i] = quantile(v[i].t, v[i].nt, 0.99);
+            med[i] = bench_quantile(v[i].tc, v[i].nt, 0.5);
+            wall[i] = bench_quantile(v[i].t, v[i].nt, 0.5);
+            p99[i] = bench_quantile(v[i].t, v[i].nt, 0.99);
         }
         double fp32_yard = 0;
         for (int i = 0; i < nv; i++)

@@ -1,7 +1,9 @@
 #!/usr/bin/python3
-# compare.py - `make bench-compare`: the QIN forward pass of our engine vs
+# compare.py - `make bench-compare`: the forward pass of our engine vs
 # ONNX Runtime (CPU, onnxruntime-node) vs PyTorch eager, each on one thread,
-# same weights, same inputs, interleaved in one run.  See bench/README.md.
+# same weights, same inputs, interleaved in one run, for QIN (MicroLens
+# shapes and the demo model), DIN (the challenge baseline's shapes) and TIN
+# (the authors' Amazon shapes, a history of 64).  See bench/README.md.
 #
 #   OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 /usr/bin/python3 bench/compare.py \
 #       --engine build/release/bench/bench_engine [--out build/bench-compare] \
@@ -32,6 +34,7 @@ for _v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[_v] = "1"
 
 import argparse  # noqa: E402
+import dataclasses  # noqa: E402
 import collections  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
@@ -49,12 +52,22 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 import convert  # noqa: E402
+import din_reference as dref  # noqa: E402
 import qin_reference as ref  # noqa: E402
+import tin_reference as tref  # noqa: E402
 
 TOL = 1e-5
 OPSET = 17
 INPUTS = ("ctx", "item_id", "item_tags", "item_mm", "seq_id", "seq_tags",
           "seq_mm")
+TIN_INPUTS = ("item_id", "cate", "seq_id", "seq_cate", "sl")
+ARCH_OF = {"microlens": "qin", "demo": "qin", "din": "din", "tin": "tin"}
+# History length of the DIN and TIN runs (the targets' "history 64").
+HIST = 64
+
+
+def inputs_of(name):
+    return TIN_INPUTS if ARCH_OF[name] == "tin" else INPUTS
 RUNTIMES = ("ours", "ort", "torch")
 LABEL = {"ours": "ours", "ort": "ORT", "torch": "PyTorch"}
 # The shapes make_demo.py trains by default (5000 items, 499 tags, mm
@@ -73,16 +86,13 @@ class OnnxWrapper(nn.Module):
     """The reference's forward with the batch dict's tensors as positional
     inputs (what torch.onnx.export traces)."""
 
-    def __init__(self, model):
+    def __init__(self, model, names):
         super().__init__()
         self.model = model
+        self.names = tuple(names)
 
-    def forward(self, ctx, item_id, item_tags, item_mm, seq_id, seq_tags,
-                seq_mm):
-        return self.model({"ctx": ctx, "item_id": item_id,
-                           "item_tags": item_tags, "item_mm": item_mm,
-                           "seq_id": seq_id, "seq_tags": seq_tags,
-                           "seq_mm": seq_mm})
+    def forward(self, *args):
+        return self.model(dict(zip(self.names, args)))
 
 
 class AddOne(nn.Module):
@@ -93,6 +103,32 @@ class AddOne(nn.Module):
 def build_model(name, args, outdir):
     """(model, cfg, model file for our engine, description, demo items or
     None)."""
+    if name == "din":
+        # The challenge baseline: embedding_dim 64, attention 512 -> 256,
+        # DNN 1024 -> 512 -> 256 with batch norm, ReLU, no softmax, dropout
+        # 0.1 (module indices as the challenge's checkpoints have them).
+        cfg = dref.microlens_config(max_len=HIST, attention_dropout=0.1, net_dropout=0.1)
+        model = dref.DINReference(cfg)
+        dref.random_init(model, args.seed)
+        ckpt = os.path.join(outdir, "ckpt.model")
+        torch.save(model.state_dict(), ckpt)
+        path = os.path.join(outdir, "model.safetensors")
+        convert.convert_any(ckpt, path, max_len=HIST, version=f"bench-{args.seed}",
+                            name="din-bench")
+        return (model.eval(), cfg, path,
+                f"MicroLens DIN (challenge baseline shapes), random weights "
+                f"(random_init seed {args.seed})", None)
+    if name == "tin":
+        cfg = tref.amazon_config()
+        model = tref.TINReference(cfg)
+        tref.random_init(model, args.seed)
+        ckpt = os.path.join(outdir, "ckpt.npz")
+        np.savez(ckpt, **model.tf_variables())
+        path = os.path.join(outdir, "model.safetensors")
+        convert.convert_any(ckpt, path, version=f"bench-{args.seed}", name="tin-bench")
+        return (model.eval(), cfg, path,
+                f"Amazon TIN (item 63001 x 64, category 801 x 64, 431 positions), "
+                f"random weights (random_init seed {args.seed}), history {HIST}", None)
     if name == "microlens":
         cfg = ref.microlens_config(4)
         model = ref.QINReference(cfg)
@@ -159,15 +195,16 @@ def load_demo_items(path, cfg):
     return items or None
 
 
-def export_onnx(model, cfg, path):
-    """Exports the reference, unfolded, with a dynamic leading axis n; returns
-    a census of the graph's operators."""
-    batch = ref.make_batch(cfg, *example_items(cfg))
-    wrapper = OnnxWrapper(model).eval()
-    kw = dict(input_names=list(INPUTS), output_names=["prob"],
-              dynamic_axes={**{k: {0: "n"} for k in INPUTS}, "prob": {0: "n"}},
+def export_onnx(model, cfg, path, example, names):
+    """Exports the reference, unfolded, with a dynamic leading axis n
+    (example: a batch to trace with); returns a census of the graph's
+    operators."""
+    batch = example
+    wrapper = OnnxWrapper(model, names).eval()
+    kw = dict(input_names=list(names), output_names=["prob"],
+              dynamic_axes={**{k: {0: "n"} for k in names}, "prob": {0: "n"}},
               opset_version=OPSET, do_constant_folding=True)
-    args = tuple(batch[k] for k in INPUTS)
+    args = tuple(batch[k] for k in names)
     with torch.no_grad():
         torch.onnx.export(wrapper, args, path, **kw)
         text = torch.onnx.export_to_pretty_string(wrapper, args, **kw)
@@ -240,17 +277,38 @@ def make_sets(cfg, nmax, seed, demo_items):
     return {"bench": bench, "edge": edge}
 
 
-def write_set(batch, d):
+def make_tin_sets(cfg, nmax, seed):
+    """TIN's two sets, as tin_reference.make_batch gives them: `bench` (a
+    history of HIST behaviours, nmax candidates) and `edge` (a shorter
+    history holding item 0, category 0 and a repeat; item 0 and a candidate
+    from the history among the candidates)."""
+    rng = np.random.default_rng(seed)
+    ids = [int(i) for i in rng.integers(0, cfg.item_vocab, HIST + nmax)]
+    cate = {i: int(rng.integers(0, cfg.cate_vocab)) for i in ids}
+    cate[0] = 0
+    bench = tref.make_batch(cfg, cate, ids[:HIST], ids[HIST:HIST + nmax], HIST)
+    hist = ids[:HIST - 24]
+    hist[3] = 0
+    hist[-1] = hist[-3]
+    cands = list(ids[HIST:HIST + nmax])
+    cands[0], cands[7] = 0, hist[-2]
+    edge = tref.make_batch(cfg, cate, hist, cands, HIST)
+    return {"bench": bench, "edge": edge}
+
+
+def write_set(batch, d, names=INPUTS):
     os.makedirs(d, exist_ok=True)
     shapes = {}
-    for k in INPUTS:
+    for k in names:
         a = batch[k].numpy()
         a = a.astype("<i8" if a.dtype.kind in "iu" else "<f4", copy=False)
         ext = "i64" if a.dtype.kind == "i" else "f32"
         np.ascontiguousarray(a).tofile(os.path.join(d, f"{k}.{ext}"))
         shapes[k] = list(a.shape)
     with open(os.path.join(d, "meta.json"), "w") as f:
-        json.dump({"shapes": shapes}, f)
+        json.dump({"shapes": shapes, "inputs": [
+            [k, "float32", "f32"] if batch[k].dtype == torch.float32 else [k, "int64", "i64"]
+            for k in names]}, f)
 
 
 # --- workers ----------------------------------------------------------------
@@ -301,9 +359,9 @@ class Worker:
 
 
 class TorchRunner:
-    def __init__(self, model, batches, ns):
+    def __init__(self, model, batches, ns, names=INPUTS):
         self.model = model
-        self.feeds = {(s, n): {k: b[k][:n] for k in INPUTS}
+        self.feeds = {(s, n): {k: b[k][:n] for k in names}
                       for s, b in enumerate(batches) for n in ns}
 
     def probs(self, s, n):
@@ -361,15 +419,24 @@ def run_config(name, args, ns, budget, out_lines, results):
     t_setup = time.time()
     outdir = os.path.join(args.out, name)
     os.makedirs(outdir, exist_ok=True)
+    arch, names = ARCH_OF[name], inputs_of(name)
+    is_qin = arch == "qin"
     model, cfg, mfile, desc, demo_items = build_model(name, args, outdir)
     nmax = max(ns)
-    onnx_path = os.path.join(outdir, "qin.onnx")
-    ops = export_onnx(model, cfg, onnx_path)
-    batches = make_sets(cfg, nmax, args.seed + 1, demo_items)
+    onnx_path = os.path.join(outdir, f"{arch}.onnx")
+    if arch == "tin":
+        batches = make_tin_sets(cfg, nmax, args.seed + 1)
+        # Traced with the sets' history length (fixed in the graph; n is
+        # the dynamic axis).
+        example = {k: v[:2] for k, v in batches["bench"].items()}
+    else:
+        example = ref.make_batch(cfg, *example_items(cfg))
+        batches = make_sets(cfg, nmax, args.seed + 1, demo_items)
+    ops = export_onnx(model, cfg, onnx_path, example, names)
     set_names = list(batches)
     set_dirs = [os.path.join(outdir, "inputs", s) for s in set_names]
     for s, d in zip(set_names, set_dirs):
-        write_set(batches[s], d)
+        write_set(batches[s], d, names)
     tiny = os.path.join(args.out, "tiny.onnx")
     if not os.path.exists(tiny):
         torch.onnx.export(AddOne(), (torch.zeros(16),), tiny,
@@ -385,19 +452,35 @@ def run_config(name, args, ns, budget, out_lines, results):
                          onnx_path, str(nmax)] + set_dirs + ["--overhead", tiny],
                  os.path.join(outdir, "ort.stderr"))
     ort_ok = ort.ready
-    pt = TorchRunner(model, [batches[s] for s in set_names], ns)
+    pt = TorchRunner(model, [batches[s] for s in set_names], ns, names)
     setup_s = time.time() - t_setup
 
     def say(line=""):
         log(line)
         out_lines.append(line)
 
-    D, E, L = cfg.input_dim, cfg.item_dim, cfg.max_len
     say(f"== {name}: {desc}")
-    say(f"   embedding_dim {cfg.embedding_dim}, item width E {E}, D {D}, "
-        f"history {L}, {cfg.num_layers} QNN layers, R {cfg.num_row}, "
-        f"item_vocab {cfg.item_vocab}, tag_vocab {cfg.tag_vocab}, "
-        f"{ref.count_parameters(cfg):,} parameters")
+    if is_qin:
+        D, E, L = cfg.input_dim, cfg.item_dim, cfg.max_len
+        say(f"   embedding_dim {cfg.embedding_dim}, item width E {E}, D {D}, "
+            f"history {L}, {cfg.num_layers} QNN layers, R {cfg.num_row}, "
+            f"item_vocab {cfg.item_vocab}, tag_vocab {cfg.tag_vocab}, "
+            f"{ref.count_parameters(cfg):,} parameters")
+    elif arch == "din":
+        say(f"   embedding_dim {cfg.embedding_dim}, item width E {cfg.item_dim}, history "
+            f"{cfg.max_len}, attention {cfg.attention_units}, DNN {cfg.dnn_units} with batch "
+            f"norm, ReLU, no softmax; "
+            f"{sum(p.numel() for p in model.parameters()):,} parameters")
+    else:
+        say(f"   H {cfg.hidden}, positions {cfg.max_len + 1}, f1 {cfg.f1_units}, f2 "
+            f"{cfg.f2_units}, history {HIST}; "
+            f"{sum(p.numel() for p in model.parameters()):,} weights (moving statistics "
+            "included)")
+    mad = dict(kv.split("=", 1) for kv in ours.banner.split() if "=" in kv)
+    if "madds_per_cand_folded" in mad:
+        f, u = float(mad["madds_per_cand_folded"]), float(mad["madds_per_cand_unfolded"])
+        say(f"   multiply-adds per candidate at history {mad.get('hist')}: {f / 1e6:.3f}M "
+            f"folded (ours), {u / 1e6:.3f}M as trained (ORT, PyTorch): {u / f:.2f}x")
     say(f"   ours: {ours.banner[6:]}")
     say(f"   ORT:  {ort.banner[6:] if ort_ok else 'UNAVAILABLE: ' + ort.banner}")
     say(f"   PyTorch {torch.__version__}: {torch.get_num_threads()} thread, "
@@ -438,9 +521,12 @@ def run_config(name, args, ns, budget, out_lines, results):
     def call(rt, n, k):
         """(cpu ns, [(runtime, wall ns)...]) of k timed calls.  Ours
         alternates call by call with the sgemm yardstick."""
-        if rt == "ours":
+        if rt == "ours" and is_qin:
             c, t = ours.timed(f"both 0 {n} {k}")
             return c, [("ours", v) for v in t[0::2]] + [("sgemm", v) for v in t[1::2]]
+        if rt == "ours":
+            c, t = ours.timed(f"time 0 {n} {k}")
+            return c, [("ours", v) for v in t]
         c, t = ort.timed(f"time 0 {n} {k}") if rt == "ort" else pt.timed(0, n, k)
         return c, [(rt, v) for v in t]
 
@@ -523,7 +609,7 @@ def run_config(name, args, ns, budget, out_lines, results):
     util = {}
     for rt in rts:
         wall = sum(sum(samples[(rt, n)]) + (sum(samples[("sgemm", n)])
-                                            if rt == "ours" else 0) for n in ns)
+                                            if rt == "ours" and is_qin else 0) for n in ns)
         util[rt] = sum(cpu[(rt, n)] for n in ns) / wall
     say("   CPU time / wall time of the timed calls (1.00 = one thread, never "
         "descheduled; > 1: more threads; < 1: the machine was shared): "
@@ -532,35 +618,34 @@ def run_config(name, args, ns, budget, out_lines, results):
         say(f"   ORT call overhead (await session.run of a one-Add graph): "
             f"{overhead / 1e3:.1f} us median, included in the ORT times above")
 
-    # 3. The limit: folded arithmetic at this run's sgemm rate.
-    say()
-    say("   the limit: folded arithmetic / sgemm rate of this run "
-        "(sgemm: num_layers x (N x D) x (D x D)^T, distinct matrices, "
-        "timed alternately with ours)")
-    say(f"   {'N':>4} {'MFLOP':>9} {'ref MFLOP':>10} {'sgemm us':>9} "
-        f"{'sgemm GF/s':>10} {'bound us':>9} {'ours us':>9} {'ours GF/s':>9}"
-        f" {'ours/bound':>10}")
-    for row in rows:
-        n = row["n"]
-        flops, qnn = folded_flops(cfg, n)
-        g = quantile(samples[("sgemm", n)], 0.5)
-        rate = qnn / g                                       # flop per ns
-        bound = flops / rate
-        o = row["ours_median_us"] * 1e3
-        say(f"   {n:4d} {flops / 1e6:9.1f} {reference_flops(cfg, n) / 1e6:10.0f} "
-            f"{g / 1e3:9.1f} {rate:10.1f} {bound / 1e3:9.1f} {o / 1e3:9.1f} "
-            f"{flops / o:9.1f} {o / bound:9.2f}x")
-        row.update(mflop=flops / 1e6, sgemm_gflops=rate, bound_us=bound / 1e3,
-                   ours_over_bound=o / bound)
-    say("   MFLOP: folded model (num_layers x 2 N D^2 + attention 4 N L E + "
-        "head 2 N D); ref MFLOP: what the unfolded reference computes")
+    if is_qin:
+        # 3. The limit: folded arithmetic at this run's sgemm rate.
+        say()
+        say("   the limit: folded arithmetic / sgemm rate of this run "
+            "(sgemm: num_layers x (N x D) x (D x D)^T, distinct matrices, "
+            "timed alternately with ours)")
+        say(f"   {'N':>4} {'MFLOP':>9} {'ref MFLOP':>10} {'sgemm us':>9} "
+            f"{'sgemm GF/s':>10} {'bound us':>9} {'ours us':>9} {'ours GF/s':>9}"
+            f" {'ours/bound':>10}")
+        for row in rows:
+            n = row["n"]
+            flops, qnn = folded_flops(cfg, n)
+            g = quantile(samples[("sgemm", n)], 0.5)
+            rate = qnn / g                                       # flop per ns
+            bound = flops / rate
+            o = row["ours_median_us"] * 1e3
+            say(f"   {n:4d} {flops / 1e6:9.1f} {reference_flops(cfg, n) / 1e6:10.0f} "
+                f"{g / 1e3:9.1f} {rate:10.1f} {bound / 1e3:9.1f} {o / 1e3:9.1f} "
+                f"{flops / o:9.1f} {o / bound:9.2f}x")
+            row.update(mflop=flops / 1e6, sgemm_gflops=rate, bound_us=bound / 1e3,
+                       ours_over_bound=o / bound)
+        say("   MFLOP: folded model (num_layers x 2 N D^2 + attention 4 N L E + "
+            "head 2 N D); ref MFLOP: what the unfolded reference computes")
 
     ours.close()
     ort.close()
-    results[name] = dict(description=desc, config=dict(
-        embedding_dim=cfg.embedding_dim, E=E, D=D, max_len=L,
-        num_layers=cfg.num_layers, num_row=cfg.num_row,
-        item_vocab=cfg.item_vocab, tag_vocab=cfg.tag_vocab),
+    results[name] = dict(description=desc, arch=arch, config=dataclasses.asdict(cfg),
+        madds_per_candidate={k: float(v) for k, v in mad.items() if k.startswith("madds")},
         ort_available=ort_ok, ort_banner=ort.banner, ours_banner=ours.banner,
         parity_ok=parity_ok, parity=parity, rows=rows, cpu_over_wall=util,
         ort_overhead_us=None if overhead is None else overhead / 1e3,
@@ -602,11 +687,11 @@ def main():
     ap.add_argument("--node", default="node")
     ap.add_argument("--out", default=os.path.join(ROOT, "build/bench-compare"))
     ap.add_argument("--demo", default=os.path.join(ROOT, "demo"))
-    ap.add_argument("--configs", default="microlens,demo")
+    ap.add_argument("--configs", default="microlens,demo,din,tin")
     ap.add_argument("--ns", default="1,16,64,256")
-    ap.add_argument("--budget", type=float, default=300.0,
-                    help="seconds of timed calls in all (default 300), "
-                         "3/4 to microlens")
+    ap.add_argument("--budget", type=float, default=420.0,
+                    help="seconds of timed calls in all (default 420: "
+                         "microlens 35%%, demo 10%%, din 35%%, tin 20%%)")
     ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--kmin", type=int, default=20)
     ap.add_argument("--kmax", type=int, default=3000)
@@ -622,18 +707,30 @@ def main():
     log(f"bench-compare: {machine()}; load average {loadavg()}")
     log(f"N in {ns}; timing budget {args.budget:.0f} s; one thread per runtime")
     results, ok = {}, True
-    shares = {"microlens": 0.75, "demo": 0.25} if len(configs) == 2 else {}
+    shares = {"microlens": 0.35, "demo": 0.10, "din": 0.35, "tin": 0.20}
+    total_share = sum(shares.get(c, 0.25) for c in configs)
     for c in configs:
-        if c not in ("microlens", "demo"):
+        if c not in ARCH_OF:
             raise SystemExit(f"unknown configuration {c}")
         log("")
-        ok &= run_config(c, args, ns, args.budget * shares.get(c, 1.0 / len(configs)),
+        ok &= run_config(c, args, ns, args.budget * shares.get(c, 0.25) / total_share,
                          lines, results)
     total = time.time() - t0
 
     log("")
-    log("targets (MicroLens configuration):")
+    log("targets:")
     verdicts = []
+    for cname, target in (("din", 3.0), ("tin", 10.0)):
+        if cname not in results:
+            continue
+        r = {r["n"]: r for r in results[cname]["rows"]}.get(64)
+        if r is None:
+            continue
+        v = r.get("ort_over_ours")
+        verdicts.append(f"  {cname.upper()} N=64 history {HIST}: ORT/ours = "
+                        + (f"{v:.1f}x (target >= {target:g}x): "
+                           f"{'met' if v >= target else 'MISSED'}" if v else
+                           "n/a (ORT unavailable)"))
     if "microlens" in results:
         rows = {r["n"]: r for r in results["microlens"]["rows"]}
         for n in (16, 64):
@@ -643,13 +740,13 @@ def main():
             for rt, key in (("ORT", "ort_over_ours"), ("PyTorch", "torch_over_ours")):
                 v = r.get(key)
                 verdicts.append(
-                    f"  N={n}: {rt}/ours = " + (f"{v:.1f}x (target >= 10x): "
+                    f"  QIN MicroLens N={n}: {rt}/ours = " + (f"{v:.1f}x (target >= 10x): "
                                                 f"{'met' if v >= 10 else 'MISSED'}"
                                                 if v else "n/a (ORT unavailable)"))
         for n, r in sorted(rows.items()):
             if n >= 64:
                 v = r["ours_over_bound"]
-                verdicts.append(f"  N={n}: ours = {v:.2f}x the sgemm bound "
+                verdicts.append(f"  QIN MicroLens N={n}: ours = {v:.2f}x the sgemm bound "
                                 f"(target <= 1.3x): {'met' if v <= 1.3 else 'MISSED'}")
     for v in verdicts:
         log(v)

@@ -52,7 +52,9 @@ function readArray(file, type) {
 function loadSet(dir, nmax) {
   const meta = JSON.parse(fs.readFileSync(path.join(dir, 'meta.json'), 'utf8'));
   const set = {};
-  for (const [name, type, ext] of INPUTS) {
+  // The set names its inputs (QIN and DIN: the seven above; TIN: its own).
+  set.inputs = meta.inputs || INPUTS;
+  for (const [name, type, ext] of set.inputs) {
     const shape = meta.shapes[name];
     if (shape[0] !== nmax) throw new Error(`${dir}: ${name} has ${shape[0]} rows, expected ${nmax}`);
     const data = readArray(path.join(dir, `${name}.${ext}`), type);
@@ -65,7 +67,7 @@ function loadSet(dir, nmax) {
 
 function feedsFor(ort, set, n) {
   const feeds = {};
-  for (const [name] of INPUTS) {
+  for (const [name] of set.inputs) {
     const a = set[name];
     feeds[name] = new ort.Tensor(a.type, a.data.subarray(0, n * a.rowSize), [n, ...a.shape.slice(1)]);
   }

@@ -36,27 +36,15 @@
 #include <oneapi/dnnl/dnnl.h>
 
 #include "gemm.h"
+#include "linear.h"
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
 #define DENSE_X86 1
 #endif
 
-#if DNNL_CPU_RUNTIME == DNNL_RUNTIME_OMP
-/* libgomp's, declared here so that no OpenMP compiler flag is needed. */
-void omp_set_num_threads(int n);
-static void one_thread(void) {
-    static _Thread_local int done;
-    if (!done) {
-        omp_set_num_threads(1);
-        done = 1;
-    }
-}
-#elif DNNL_CPU_RUNTIME == DNNL_RUNTIME_SEQ
-static void one_thread(void) {}
-#else
-#error "dense.c expects oneDNN with the OpenMP or the sequential CPU runtime"
-#endif
+/* One OpenMP thread for oneDNN in the calling thread (linear.h). */
+#define one_thread linear_one_thread
 
 #define ALIGN 64
 /* Row-count classes: 1..16, then 24, 32, ..., DENSE_MAX_ROWS. */
@@ -655,13 +643,4 @@ int dense_forward(const dense *d, dense_ws *ws, int n, const float *x, float *y)
         if (rc < 0) return rc;
     }
     return CTR_OK;
-}
-
-int dense_sgemm(int trans_b, int m, int n, int k, float alpha, const float *a, int lda,
-                const float *b, int ldb, float beta, float *c, int ldc) {
-    if (m <= 0 || n <= 0) return CTR_OK;
-    one_thread();
-    dnnl_status_t s = dnnl_sgemm('N', trans_b ? 'T' : 'N', m, n, k, alpha, a, lda, b, ldb, beta,
-                                 c, ldc);
-    return s == dnnl_success ? CTR_OK : CTR_EINVAL;
 }

@@ -152,15 +152,9 @@ void dense_ws_free(dense_ws *ws);
  * refuses to run (never seen; the message says why). */
 int dense_forward(const dense *d, dense_ws *ws, int n, const float *x, float *y);
 
-/* C (m x n, row stride ldc) = alpha A B' + beta C, all row-major, with
- * A m x k (stride lda) and B' = B (k x n, stride ldb) or, when trans_b, B^T
- * for B n x k: a product whose shapes are known only at run time and whose
- * operands change with every request (attention), so there is no weight
- * to prepare.  oneDNN's sgemm (AVX-512 where the CPU has it), on the
- * calling thread; fp32, exact to float rounding.  Thread-safe.  CTR_OK or
- * CTR_EINVAL (bad arguments). */
-int dense_sgemm(int trans_b, int m, int n, int k, float alpha, const float *a, int lda,
-                const float *b, int ldb, float beta, float *c, int ldc);
+/* Products whose shapes are known only at run time and whose operands
+ * change with every request (attention) have no weight to prepare: they
+ * go through linear_gemm (linear.h), the one run-time-shape sgemm. */
 
 /* Pieces exposed for the tests (tests/core/test_dense.c). */
 

@@ -25,76 +25,39 @@
 #include <string.h>
 
 #include "qin_internal.h"
+#include "linear.h"
+#include "modelfile.h"
 #include "safetensors.h"
 
 #define P "embedding_layer.embedding_layer."
 #define BN_EPS 1e-5
 
-float *qin_falloc(size_t n) {
-    if (n == 0) n = 1;
-    if (n > SIZE_MAX / sizeof(float) - QIN_ALIGN) return NULL;
-    size_t bytes = (n * sizeof(float) + QIN_ALIGN - 1) & ~(size_t)(QIN_ALIGN - 1);
-    float *p = aligned_alloc(QIN_ALIGN, bytes);
-    if (p) memset(p, 0, bytes);
-    return p;
-}
+float *qin_falloc(size_t n) { return linear_falloc(n); }
 
 /* --- configuration from metadata -------------------------------------- */
 
+/* The shared readers of modelfile.h, under the short names this file has
+ * always used. */
 static int meta_int(const st_file *f, const char *key, int lo, int hi, int *out,
                     char *err, size_t errlen) {
-    const char *v = st_meta_get(f, key);
-    if (!v) return ctr_fail(err, errlen, CTR_EMODEL, "metadata lacks \"%s\"", key);
-    char *end;
-    errno = 0;
-    long x = strtol(v, &end, 10);
-    if (errno || end == v || *end || x < lo || x > hi)
-        return ctr_fail(err, errlen, CTR_EMODEL,
-                        "metadata \"%s\" = \"%s\": expected an integer in [%d, %d]",
-                        key, v, lo, hi);
-    *out = (int)x;
-    return CTR_OK;
+    return modelfile_meta_int(f, key, lo, hi, out, err, errlen);
 }
 
 static int meta_str(const st_file *f, const char *key, char *dst, size_t cap,
                     char *err, size_t errlen) {
-    const char *v = st_meta_get(f, key);
-    if (!v) return ctr_fail(err, errlen, CTR_EMODEL, "metadata lacks \"%s\"", key);
-    if (strlen(v) >= cap || !*v)
-        return ctr_fail(err, errlen, CTR_EMODEL,
-                        "metadata \"%s\" must be 1..%zu characters", key, cap - 1);
-    strcpy(dst, v);
-    return CTR_OK;
-}
-
-/* Splits a comma-separated list into at most QIN_MAX_CTX fields. */
-static int split_list(const char *s, char out[][QIN_NAME_MAX], int *n) {
-    *n = 0;
-    if (!*s) return 0;
-    for (;;) {
-        const char *c = strchr(s, ',');
-        size_t len = c ? (size_t)(c - s) : strlen(s);
-        if (*n >= QIN_MAX_CTX || len == 0 || len >= QIN_NAME_MAX) return -1;
-        memcpy(out[*n], s, len);
-        out[*n][len] = '\0';
-        (*n)++;
-        if (!c) return 0;
-        s = c + 1;
-    }
+    return modelfile_meta_str(f, key, dst, cap, err, errlen);
 }
 
 static int config_read(const st_file *f, qin_config *c, char *err, size_t errlen) {
     int r;
-    const char *fmt = st_meta_get(f, "format");
-    const char *arch = st_meta_get(f, "arch");
-    if (!fmt || strcmp(fmt, "ctr-qin-1") != 0)
+    /* Format (ctr-model-2, or the first one, ctr-qin-1), architecture and
+     * feature schema, as every architecture's loader reads them. */
+    engine_schema sc;
+    if ((r = modelfile_schema(f, &sc, err, errlen)) < 0) return r;
+    if (sc.arch != ENGINE_ARCH_QIN)
         return ctr_fail(err, errlen, CTR_EMODEL,
-                        "metadata \"format\" is \"%s\", expected \"ctr-qin-1\" "
-                        "(convert checkpoints with tools/convert.py)", fmt ? fmt : "(none)");
-    if (!arch || strcmp(arch, "qin") != 0)
-        return ctr_fail(err, errlen, CTR_EMODEL,
-                        "metadata \"arch\" is \"%s\"; this engine serves \"qin\"",
-                        arch ? arch : "(none)");
+                        "metadata \"arch\" is \"%s\"; this engine serves \"qin\" (the "
+                        "engine of engine.h serves all three)", engine_arch_name(sc.arch));
     memset(c, 0, sizeof *c);
     if ((r = meta_str(f, "name", c->name, sizeof c->name, err, errlen)) < 0) return r;
     if ((r = meta_str(f, "version", c->version, sizeof c->version, err, errlen)) < 0) return r;
@@ -118,8 +81,8 @@ static int config_read(const st_file *f, qin_config *c, char *err, size_t errlen
                         "metadata lacks \"context_fields\" or \"context_vocab\"");
     char vs[QIN_MAX_CTX][QIN_NAME_MAX];
     int nv;
-    if (split_list(fields, c->ctx_name, &c->num_ctx) < 0 || split_list(vocabs, vs, &nv) < 0 ||
-        nv != c->num_ctx)
+    if (modelfile_split(fields, c->ctx_name, &c->num_ctx) < 0 ||
+        modelfile_split(vocabs, vs, &nv) < 0 || nv != c->num_ctx)
         return ctr_fail(err, errlen, CTR_EMODEL,
                         "metadata context_fields \"%s\" / context_vocab \"%s\": expected "
                         "two comma-separated lists of the same length (at most %d)",
@@ -151,42 +114,10 @@ static int config_read(const st_file *f, qin_config *c, char *err, size_t errlen
 
 /* --- tensors ------------------------------------------------------------ */
 
-/* Finds name, checks dtype F32 and shape (d0[, d1]; d1 < 0 for 1-d), and
- * returns its data as an aligned float copy in *out (NULL on error). */
+/* modelfile_tensor (modelfile.h) under this file's name for it. */
 static int tensor_get(const st_file *f, const char *name, int64_t d0, int64_t d1,
                       float **out, char *err, size_t errlen) {
-    *out = NULL;
-    const st_tensor *t = st_find(f, name);
-    if (!t) return ctr_fail(err, errlen, CTR_EMODEL, "missing tensor %s", name);
-    if (strcmp(t->dtype, "F32") != 0)
-        return ctr_fail(err, errlen, CTR_EMODEL, "tensor %s: dtype %s, expected F32", name,
-                        t->dtype);
-    int want_ndim = d1 < 0 ? 1 : 2;
-    if (t->ndim != want_ndim || t->shape[0] != d0 || (d1 >= 0 && t->shape[1] != d1)) {
-        char got[96] = "", *w = got;
-        for (int i = 0; i < t->ndim && w < got + sizeof got - 24; i++)
-            w += snprintf(w, (size_t)(got + sizeof got - w), "%s%lld", i ? ", " : "",
-                          (long long)t->shape[i]);
-        if (d1 < 0)
-            return ctr_fail(err, errlen, CTR_EMODEL, "tensor %s: shape [%s], expected [%lld]",
-                            name, got, (long long)d0);
-        return ctr_fail(err, errlen, CTR_EMODEL,
-                        "tensor %s: shape [%s], expected [%lld, %lld]", name, got,
-                        (long long)d0, (long long)d1);
-    }
-    size_t n = (size_t)(t->end - t->begin) / sizeof(float);
-    float *p = qin_falloc(n);
-    if (!p) return ctr_fail(err, errlen, CTR_ENOMEM, "tensor %s: out of memory", name);
-    memcpy(p, t->data, n * sizeof(float)); /* file data may be unaligned */
-    for (size_t i = 0; i < n; i++) {
-        if (!isfinite(p[i])) {
-            free(p);
-            return ctr_fail(err, errlen, CTR_EMODEL, "tensor %s: non-finite value at %zu",
-                            name, i);
-        }
-    }
-    *out = p;
-    return CTR_OK;
+    return modelfile_tensor(f, name, d0, d1, out, err, errlen);
 }
 
 static int expected_name(const qin_config *c, const char *name) {
@@ -312,7 +243,8 @@ done:
     return rc;
 }
 
-static int model_build(qin_model *m, const st_file *f, char *err, size_t errlen) {
+static int model_build(qin_model *m, const st_file *f, dense_precision precision, char *err,
+                       size_t errlen) {
     qin_config *c = &m->cfg;
     const int d = c->embedding_dim, E = c->item_dim, H = c->attn_dim, D = c->input_dim;
     char name[256];
@@ -329,25 +261,9 @@ static int model_build(qin_model *m, const st_file *f, char *err, size_t errlen)
         if ((rc = tensor_get(f, name, c->ctx_vocab[i], d, &m->ctx_emb[i], err, errlen)) < 0)
             return rc;
     }
-    if ((rc = tensor_get(f, P "embedding_layers.item_id.weight", c->item_vocab, d,
-                         &m->item_emb, err, errlen)) < 0 ||
-        (rc = tensor_get(f, P "embedding_layers.item_tags.weight", c->tag_vocab, d,
-                         &m->tag_emb, err, errlen)) < 0 ||
-        (rc = tensor_get(f, P "feature_encoders.item_emb_d128.weight", c->mm_out, c->mm_in,
-                         &m->w_mm, err, errlen)) < 0)
-        return rc;
-
-    /* The training code averages a tag list over the rows that are not all
-     * zero (padding rows are zero); which rows those are is fixed by the
-     * weights, so decide it once. */
-    m->tag_live = malloc((size_t)c->tag_vocab);
-    if (!m->tag_live) return ctr_fail(err, errlen, CTR_ENOMEM, "out of memory");
-    for (int t = 0; t < c->tag_vocab; t++) {
-        const float *row = m->tag_emb + (size_t)t * d;
-        int live = 0;
-        for (int k = 0; k < d && !live; k++) live = row[k] != 0.0f;
-        m->tag_live[t] = (unsigned char)live;
-    }
+    m->iv = (itemvec_tables){.d = d, .item_vocab = c->item_vocab, .tag_vocab = c->tag_vocab,
+                             .num_tags = c->num_tags, .mm_in = c->mm_in, .mm_out = c->mm_out};
+    if ((rc = itemvec_load(&m->iv, f, err, errlen)) < 0) return rc;
 
     float *wq = NULL, *wk = NULL, *wv = NULL, *wo = NULL;
     if ((rc = tensor_get(f, "attention_layers.W_q.weight", H, E, &wq, err, errlen)) < 0 ||
@@ -369,10 +285,12 @@ static int model_build(qin_model *m, const st_file *f, char *err, size_t errlen)
         return ctr_fail(err, errlen, CTR_ENOMEM, "out of memory");
     for (int l = 0; l < c->num_layers; l++)
         if ((rc = fold_qnn_layer(m, f, l, err, errlen)) < 0) return rc;
-    /* The QNN's products in fp32 (dense.h); the row-major weights stay for
-     * the tests' reference and other precisions (qin_model_set_precision). */
+    /* The QNN's products in the precision asked (dense.h); the row-major
+     * weights stay for the tests' reference and other precisions
+     * (qin_model_set_precision). */
     dense_params dp = dense_default_params();
-    if (getenv("CTR_QNN_OPENBLAS")) dp.backend = DENSE_BACKEND_OPENBLAS;
+    dp.precision = precision;
+    if (getenv("CTR_QNN_OPENBLAS") && precision == DENSE_FP32) dp.backend = DENSE_BACKEND_OPENBLAS;
     if ((rc = qin_model_prepare(m, &dp, err, errlen)) < 0 ||
         (rc = qin_fold_first_layer(m, err, errlen)) < 0)
         return rc;
@@ -386,24 +304,31 @@ static int model_build(qin_model *m, const st_file *f, char *err, size_t errlen)
     return CTR_OK;
 }
 
+int qin_model_build(const st_file *f, dense_precision precision, qin_model **out, char *err,
+                    size_t errlen) {
+    *out = NULL;
+    qin_model *m = calloc(1, sizeof *m);
+    if (!m) return ctr_fail(err, errlen, CTR_ENOMEM, "out of memory");
+    int rc;
+    if ((rc = config_read(f, &m->cfg, err, errlen)) < 0 ||
+        (rc = model_build(m, f, precision, err, errlen)) < 0) {
+        qin_model_free(m);
+        return rc;
+    }
+    *out = m;
+    return CTR_OK;
+}
+
 int qin_model_load_buffer(const void *buf, size_t len, qin_model **out, char *err,
                           size_t errlen) {
     *out = NULL;
     st_file f;
     int rc = st_parse(buf, len, &f, err, errlen);
     if (rc < 0) return rc;
-    qin_model *m = calloc(1, sizeof *m);
-    if (!m) {
-        st_free(&f);
-        return ctr_fail(err, errlen, CTR_ENOMEM, "out of memory");
-    }
-    if ((rc = config_read(&f, &m->cfg, err, errlen)) < 0 ||
-        (rc = model_build(m, &f, err, errlen)) < 0) {
-        st_free(&f);
-        qin_model_free(m);
-        return rc;
-    }
+    qin_model *m;
+    rc = qin_model_build(&f, DENSE_FP32, &m, err, errlen);
     st_free(&f);
+    if (rc < 0) return rc;
     /* BLAS runs single-threaded inside every call: the service gets its
      * parallelism from its own worker threads (one request, or one slice of
      * a request, per core).  Letting OpenBLAS start threads too would
@@ -416,31 +341,12 @@ int qin_model_load_buffer(const void *buf, size_t len, qin_model **out, char *er
 
 int qin_model_load(const char *path, qin_model **out, char *err, size_t errlen) {
     *out = NULL;
-    FILE *fp = fopen(path, "rb");
-    if (!fp) return ctr_fail(err, errlen, CTR_EIO, "%s: %s", path, strerror(errno));
-    if (fseek(fp, 0, SEEK_END) != 0) {
-        fclose(fp);
-        return ctr_fail(err, errlen, CTR_EIO, "%s: cannot seek", path);
-    }
-    long size = ftell(fp);
-    rewind(fp);
-    if (size < 0) {
-        fclose(fp);
-        return ctr_fail(err, errlen, CTR_EIO, "%s: cannot tell size", path);
-    }
-    unsigned char *buf = malloc(size ? (size_t)size : 1);
-    if (!buf) {
-        fclose(fp);
-        return ctr_fail(err, errlen, CTR_ENOMEM, "%s: out of memory for %ld bytes", path, size);
-    }
-    size_t got = fread(buf, 1, (size_t)size, fp);
-    fclose(fp);
-    if (got != (size_t)size) {
-        free(buf);
-        return ctr_fail(err, errlen, CTR_EIO, "%s: short read", path);
-    }
+    unsigned char *buf;
+    size_t size;
+    int rc = modelfile_read(path, &buf, &size, err, errlen);
+    if (rc < 0) return rc;
     char inner[512] = "";
-    int rc = qin_model_load_buffer(buf, (size_t)size, out, inner, sizeof inner);
+    rc = qin_model_load_buffer(buf, size, out, inner, sizeof inner);
     free(buf);
     if (rc < 0) return ctr_fail(err, errlen, rc, "%s: %s", path, inner);
     return CTR_OK;
@@ -449,10 +355,7 @@ int qin_model_load(const char *path, qin_model **out, char *err, size_t errlen) 
 void qin_model_free(qin_model *m) {
     if (!m) return;
     for (int i = 0; i < QIN_MAX_CTX; i++) free(m->ctx_emb[i]);
-    free(m->item_emb);
-    free(m->tag_emb);
-    free(m->tag_live);
-    free(m->w_mm);
+    itemvec_free(&m->iv);
     free(m->attn_a);
     free(m->attn_b);
     for (int i = 0; i < QIN_MAX_CTX; i++) free(m->first_ctx[i]);

@@ -17,6 +17,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "arch.h"
+#include "attn.h"
+#include "linear.h"
 #include "qin_internal.h"
 
 /* [e | A e | B e | U e | V e]: 3 E + 2 D floats. */
@@ -27,54 +30,28 @@ size_t qin_item_vec_floats(const qin_model *m) {
 float *qin_item_vec_alloc(const qin_model *m) { return qin_falloc(qin_item_vec_floats(m)); }
 
 /* e = [E_item[id] | masked tag mean | W_mm mm] into e (item_dim floats),
- * after checking the item.  The attention halves are the caller's. */
+ * after checking the item (itemvec.h, shared with DIN).  The attention
+ * halves are the caller's. */
 static int item_base(const qin_model *m, const qin_item_input *item, float *e, char *err,
                      size_t errlen) {
-    const qin_config *c = &m->cfg;
-    const int d = c->embedding_dim;
-    if (item->id < 1 || item->id >= c->item_vocab)
-        return ctr_fail(err, errlen, CTR_ERANGE, "item_id %lld outside 1..%d",
-                        (long long)item->id, c->item_vocab - 1);
-    if (item->num_tags < 0 || item->num_tags > c->num_tags)
-        return ctr_fail(err, errlen, CTR_EINVAL, "item %lld: %d tags, at most %d",
-                        (long long)item->id, item->num_tags, c->num_tags);
-    for (int k = 0; k < item->num_tags; k++)
-        if (item->tags[k] < 0 || item->tags[k] >= c->tag_vocab)
-            return ctr_fail(err, errlen, CTR_ERANGE, "item %lld: tag %d outside 0..%d",
-                            (long long)item->id, (int)item->tags[k], c->tag_vocab - 1);
-    if (item->mm)
-        for (int k = 0; k < c->mm_in; k++)
-            if (!isfinite(item->mm[k]))
-                return ctr_fail(err, errlen, CTR_EINVAL,
-                                "item %lld: non-finite multimodal value at %d",
-                                (long long)item->id, k);
-
-    float *e_tag = e + d, *e_mm = e + 2 * d;
-    memcpy(e, m->item_emb + (size_t)item->id * d, (size_t)d * sizeof *e);
-
-    /* Masked mean over the tags whose embedding row is not all zero; the
-     * divisor n + 1e-12 is the training code's, and makes all-padding
-     * tags give zero. */
-    memset(e_tag, 0, (size_t)d * sizeof *e_tag);
-    int live = 0;
-    for (int k = 0; k < item->num_tags; k++) {
-        if (!m->tag_live[item->tags[k]]) continue;
-        const float *row = m->tag_emb + (size_t)item->tags[k] * d;
-        for (int j = 0; j < d; j++) e_tag[j] += row[j];
-        live++;
-    }
-    float denom = (float)live + 1e-12f;
-    for (int j = 0; j < d; j++) e_tag[j] /= denom;
-
-    if (!item->mm) {
-        memset(e_mm, 0, (size_t)c->mm_out * sizeof *e_mm);
-        return CTR_OK;
-    }
-    /* e_mm (1 x mm_out) = mm (1 x mm_in) W_mm^T */
-    if (dense_sgemm(1, 1, c->mm_out, c->mm_in, 1.0f, item->mm, c->mm_in, m->w_mm, c->mm_in, 0.0f,
-                    e_mm, c->mm_out) < 0)
-        return ctr_fail(err, errlen, CTR_EINVAL, "item %lld: product failed", (long long)item->id);
+    int rc = itemvec_check(&m->iv, item, err, errlen);
+    if (rc < 0) return rc;
+    itemvec_base(&m->iv, item, e);
     return CTR_OK;
+}
+
+/* An item vector with an infinite or NaN entry (finite inputs can still
+ * overflow: 3e38 in the multimodal embedding) would poison every score it
+ * touches, and a cached one would keep doing so: refuse it. */
+static int vec_finite(const qin_model *m, const qin_item_input *item, const float *vec,
+                      char *err, size_t errlen) {
+    const size_t n = qin_item_vec_floats(m);
+    float acc = 0.0f;
+    for (size_t k = 0; k < n; k++) acc += vec[k] * 0.0f; /* NaN iff some entry is inf/NaN */
+    if (acc == 0.0f) return CTR_OK;
+    return ctr_fail(err, errlen, CTR_EINVAL,
+                    "item %lld: its vector overflows (features too large for the model)",
+                    (long long)item->id);
 }
 
 int qin_item_compute(const qin_model *m, const qin_item_input *item, float *vec, char *err,
@@ -94,13 +71,44 @@ int qin_items_compute(const qin_model *m, int n, const qin_item_input *items, fl
     }
     if (n <= 0) return CTR_OK;
     /* Rows e_i times A^T, B^T, U^T and V^T, into the rows' other parts. */
-    int rc = dense_sgemm(1, n, E, E, 1.0f, out, ld, m->attn_a, E, 0.0f, out + E, ld);
-    if (rc == CTR_OK) rc = dense_sgemm(1, n, E, E, 1.0f, out, ld, m->attn_b, E, 0.0f, out + 2 * E, ld);
-    if (rc == CTR_OK)
-        rc = dense_sgemm(1, n, D, E, 1.0f, out, ld, m->first_u, E, 0.0f, out + 3 * E, ld);
-    if (rc == CTR_OK)
-        rc = dense_sgemm(1, n, D, E, 1.0f, out, ld, m->first_v, E, 0.0f, out + 3 * E + D, ld);
-    return rc < 0 ? ctr_fail(err, errlen, rc, "item vectors: product failed") : CTR_OK;
+    linear_gemm(n, E, E, out, ld, m->attn_a, E, 1, 0.0f, out + E, ld);
+    linear_gemm(n, E, E, out, ld, m->attn_b, E, 1, 0.0f, out + 2 * E, ld);
+    linear_gemm(n, D, E, out, ld, m->first_u, E, 1, 0.0f, out + 3 * E, ld);
+    linear_gemm(n, D, E, out, ld, m->first_v, E, 1, 0.0f, out + 3 * E + D, ld);
+    for (int i = 0; i < n; i++) {
+        int rc = vec_finite(m, &items[i], out + (size_t)i * ld, err, errlen);
+        if (rc < 0) {
+            if (bad) *bad = i;
+            return rc;
+        }
+    }
+    return CTR_OK;
+}
+
+int qin_request_check(const qin_config *c, const int64_t *cand_id, const int32_t *ctx, int n,
+                      char *err, size_t errlen) {
+    for (int i = 0; i < n; i++) {
+        if (cand_id[i] < 1 || cand_id[i] >= c->item_vocab)
+            return ctr_fail(err, errlen, CTR_ERANGE,
+                            "candidates[%d].item_id: %lld outside the model's items 1..%d", i,
+                            (long long)cand_id[i], c->item_vocab - 1);
+        for (int f = 0; ctx && f < c->num_ctx; f++) {
+            int32_t v = ctx[(size_t)i * c->num_ctx + f];
+            if (v < 0 || v >= c->ctx_vocab[f])
+                return ctr_fail(err, errlen, CTR_ERANGE, "candidates[%d].%s: %d outside 0..%d",
+                                i, c->ctx_name[f], (int)v, c->ctx_vocab[f] - 1);
+        }
+    }
+    return CTR_OK;
+}
+
+int qin_history_usable(const qin_config *c, int64_t id) { return id >= 1 && id < c->item_vocab; }
+
+double qin_candidate_flops(const qin_config *c) {
+    /* Per candidate: the QNN's D x D products (the bulk), the attention
+     * against max_len behaviours, the head. */
+    return 2.0 * c->num_layers * (double)c->input_dim * c->input_dim +
+           4.0 * c->max_len * c->item_dim + 2.0 * c->input_dim;
 }
 
 /* --- scratch ------------------------------------------------------------ */
@@ -150,25 +158,28 @@ int qin_scratch_max_cand(const qin_scratch *s) { return s->max_cand; }
 
 /* --- forward pieces ----------------------------------------------------- */
 
-/* The two products are oneDNN's sgemm (dense_sgemm): their shapes change
- * with every request, and on AVX-512 machines it ran them 2x (Haswell
- * kernels) to 4.7x (OpenBLAS's baseline kernels) faster than OpenBLAS at
- * N = 64 (bench/README.md). */
-int qin_attention(const qin_model *m, int n, const float *t, int ldt, int nh, const float *ah,
-                  const float *bh, float *s, int lds, float *pool, int ldp) {
+/* The two products go through linear_gemm (oneDNN's sgemm): their shapes
+ * change with every request, and on AVX-512 machines it ran them 2x
+ * (Haswell kernels) to 4.7x (OpenBLAS's baseline kernels) faster than
+ * OpenBLAS at N = 64 (bench/README.md). */
+void qin_attention(const qin_model *m, int n, const float *t, int ldt, int nh, const float *ah,
+                   const float *bh, float *s, int lds, float *pool, int ldp) {
     const int E = m->cfg.item_dim;
     for (int i = 0; i < n; i++) memcpy(pool + (size_t)i * ldp, t + (size_t)i * ldt,
                                        (size_t)E * sizeof *pool);
-    if (nh == 0 || n == 0) return CTR_OK; /* empty history: pool = t */
+    if (nh == 0 || n == 0) return; /* empty history: pool = t */
     /* s = relu(scale * T (A H)^T): n x nh. */
-    int rc = dense_sgemm(1, n, nh, E, m->attn_scale, t, ldt, ah, E, 0.0f, s, lds);
-    if (rc < 0) return rc;
+    linear_gemm(n, nh, E, t, ldt, ah, E, 1, 0.0f, s, lds);
+    const float scale = m->attn_scale;
     for (int i = 0; i < n; i++) {
         float *row = s + (size_t)i * lds;
-        for (int j = 0; j < nh; j++) row[j] = row[j] > 0.0f ? row[j] : 0.0f;
+        for (int j = 0; j < nh; j++) {
+            float v = scale * row[j];
+            row[j] = v > 0.0f ? v : 0.0f;
+        }
     }
     /* pool += s (B H): n x E. */
-    return dense_sgemm(0, n, E, nh, 1.0f, s, lds, bh, E, 1.0f, pool, ldp);
+    linear_gemm(n, E, nh, s, lds, bh, E, 0, 1.0f, pool, ldp);
 }
 
 /* --- the first layer ------------------------------------------------------
@@ -239,14 +250,13 @@ int qin_model_fold_first(qin_model *m, int on) {
  * from the split parts: rows of the attention weights s (n x nh, stride
  * lds) times V h of the behaviours (vh: nh x D), plus U t of each candidate
  * and G_f of its context values. */
-__attribute__((target_clones("avx512f", "default"))) static int
+__attribute__((target_clones("avx512f", "default"))) static void
 first_layer_product(const qin_model *m, const qin_request *req, int nh, const float *s, int lds,
                     const float *vh, float *y, int ldx) {
     const qin_config *c = &m->cfg;
     const int E = c->item_dim, D = c->input_dim, n = req->num_cand;
     if (nh > 0) {
-        int rc = dense_sgemm(0, n, D, nh, 1.0f, s, lds, vh, D, 0.0f, y, ldx);
-        if (rc < 0) return rc;
+        linear_gemm(n, D, nh, s, lds, vh, D, 0, 0.0f, y, ldx);
     } else {
         for (int i = 0; i < n; i++) memset(y + (size_t)i * ldx, 0, (size_t)D * sizeof *y);
     }
@@ -260,7 +270,6 @@ first_layer_product(const qin_model *m, const qin_request *req, int nh, const fl
             for (int k = 0; k < D; k++) yi[k] += g[k];
         }
     }
-    return CTR_OK;
 }
 
 int qin_model_prepare(qin_model *m, const dense_params *p, char *err, size_t errlen) {
@@ -332,13 +341,11 @@ int qin_qnn_layer(const qin_model *m, dense_ws *ws, int layer, int n, float *x, 
     return CTR_OK;
 }
 
-int qin_head(const qin_model *m, int n, const float *x, int ldx, float *logit, float *prob) {
+void qin_head(const qin_model *m, int n, const float *x, int ldx, float *logit, float *prob) {
     const int D = m->cfg.input_dim;
     /* logit (n x 1) = x (n x D) fc_w^T */
-    int rc = dense_sgemm(1, n, 1, D, 1.0f, x, ldx, m->fc_w, D, 0.0f, logit, 1);
-    if (rc < 0) return rc;
+    linear_gemm(n, 1, D, x, ldx, m->fc_w, D, 1, 0.0f, logit, 1);
     for (int i = 0; i < n; i++) prob[i] = 1.0f / (1.0f + expf(-(logit[i] + m->fc_b)));
-    return CTR_OK;
 }
 
 /* --- the forward pass --------------------------------------------------- */
@@ -387,13 +394,10 @@ int qin_forward(const qin_model *m, qin_scratch *s, const qin_request *req, floa
         }
         memcpy(xi + off_t, req->cand[i], (size_t)E * sizeof(float));
     }
-    if (qin_attention(m, n, s->x + off_t, ldx, nh, s->ah, s->bh, s->s, c->max_len, s->x + off_p,
-                      ldx) < 0)
-        return ctr_fail(err, errlen, CTR_EINVAL, "attention: product failed");
+    qin_attention(m, n, s->x + off_t, ldx, nh, s->ah, s->bh, s->s, c->max_len, s->x + off_p, ldx);
     int l0 = 0;
     if (m->fold_first) {
-        if (first_layer_product(m, req, nh, s->s, c->max_len, s->vh, s->y, ldx) < 0)
-            return ctr_fail(err, errlen, CTR_EINVAL, "first layer: product failed");
+        first_layer_product(m, req, nh, s->s, c->max_len, s->vh, s->y, ldx);
         qnn_fused(n, c->input_dim, s->x, ldx, s->y, m->qnn_b[0], m->qnn_c[0], m->prelu[0]);
         l0 = 1;
     }
@@ -401,7 +405,111 @@ int qin_forward(const qin_model *m, qin_scratch *s, const qin_request *req, floa
         if (qin_qnn_layer(m, s->dws, l, n, s->x, s->y) < 0)
             return ctr_fail(err, errlen, CTR_EINVAL, "qnn layer %d: %s failed", l,
                             dense_describe(m->qnn_dense[l]));
-    if (qin_head(m, n, s->x, ldx, s->logit, prob) < 0)
-        return ctr_fail(err, errlen, CTR_EINVAL, "head: product failed");
+    qin_head(m, n, s->x, ldx, s->logit, prob);
     return CTR_OK;
 }
+
+/* --- the engine interface (arch.h) --------------------------------------- */
+
+/* QIN behind engine.h: the functions above, unchanged; the explanation
+ * reads the attention weights qin_forward leaves in its scratch. */
+
+typedef struct qin_engine_scratch {
+    qin_scratch *s;
+    int32_t *pos;                 /* max_len: positions of the kept behaviours */
+} qin_engine_scratch;
+
+static int qin_arch_load(const st_file *f, const engine_schema *sc, const engine_params *p,
+                         void **impl, char *err, size_t errlen) {
+    (void)sc;
+    return qin_model_build(f, p->precision, (qin_model **)impl, err, errlen);
+}
+
+static const char *qin_arch_describe(const void *impl) { return qin_model_describe(impl); }
+
+static void qin_arch_free(void *impl) { qin_model_free(impl); }
+
+static size_t qin_arch_vec_floats(const void *impl) { return qin_item_vec_floats(impl); }
+
+static int qin_arch_items(const void *impl, int n, const engine_item *items, float *out, int *bad,
+                          char *err, size_t errlen) {
+    /* qin_items_compute takes qin_item_input: convert a chunk at a time on
+     * the stack (the products stay batched per chunk). */
+    enum { CHUNK = 128 };
+    qin_item_input in[CHUNK];
+    const size_t vf = qin_item_vec_floats(impl);
+    for (int i0 = 0; i0 < n; i0 += CHUNK) {
+        int c = n - i0 < CHUNK ? n - i0 : CHUNK;
+        for (int i = 0; i < c; i++) in[i] = engine_item_base(&items[i0 + i]);
+        int rc = qin_items_compute(impl, c, in, out + (size_t)i0 * vf, bad, err, errlen);
+        if (rc < 0) {
+            if (bad) *bad += i0;
+            return rc;
+        }
+    }
+    return CTR_OK;
+}
+
+static void qin_arch_scratch_free(void *scratch) {
+    qin_engine_scratch *es = scratch;
+    if (!es) return;
+    qin_scratch_free(es->s);
+    free(es->pos);
+    free(es);
+}
+
+static int qin_arch_scratch_init(const void *impl, int max_cand, void **scratch) {
+    const qin_model *m = impl;
+    qin_engine_scratch *es = calloc(1, sizeof *es);
+    if (!es) return CTR_ENOMEM;
+    int rc = qin_scratch_init(m, max_cand, &es->s);
+    es->pos = malloc((size_t)m->cfg.max_len * sizeof *es->pos);
+    if (rc == CTR_OK && !es->pos) rc = CTR_ENOMEM;
+    if (rc < 0) {
+        qin_arch_scratch_free(es);
+        return rc;
+    }
+    *scratch = es;
+    return CTR_OK;
+}
+
+static int qin_arch_forward(const void *impl, void *scratch, const engine_request *req,
+                            float *prob, char *err, size_t errlen) {
+    const qin_model *m = impl;
+    qin_engine_scratch *es = scratch;
+    qin_request q = {req->hist, req->num_hist, req->cand, req->ctx, req->num_cand};
+    int rc = qin_forward(m, es->s, &q, prob, err, errlen);
+    if (rc < 0 || !req->explain) return rc;
+    /* qin_forward kept the same behaviours (the window, padding skipped)
+     * and left a_j in s (num_cand x max_len). */
+    int nh = attn_window(req->hist, req->num_hist, m->cfg.max_len, es->pos);
+    attn_explain(es->s->s, req->num_cand, nh, m->cfg.max_len, es->pos, req->explain, 0);
+    return CTR_OK;
+}
+
+static engine_cost qin_arch_cost(const void *impl, int nh) {
+    const qin_config *c = &((const qin_model *)impl)->cfg;
+    const double D = c->input_dim, E = c->item_dim, H = c->attn_dim, R = c->num_row;
+    engine_cost k;
+    /* Folded: the attention (t . A h and a_j B h, 2 E per behaviour), the
+     * QNN (D x D per layer) and the head. */
+    k.folded = 2.0 * nh * E + c->num_layers * D * D + D;
+    /* As trained: every candidate's copy of the history gets its item
+     * vectors (W_mm) and projections (W_k, W_v), the target W_q, the
+     * scores and pool (2 H per behaviour), W_o, the R-row QNN, the head. */
+    k.unfolded = (double)c->mm_in * c->mm_out * (nh + 1) + E * H * (1 + 2.0 * nh) +
+                 2.0 * nh * H + H * E + c->num_layers * R * D * D + D;
+    return k;
+}
+
+const arch_ops qin_arch_ops = {
+    .load = qin_arch_load,
+    .free = qin_arch_free,
+    .item_vec_floats = qin_arch_vec_floats,
+    .items_compute = qin_arch_items,
+    .scratch_init = qin_arch_scratch_init,
+    .scratch_free = qin_arch_scratch_free,
+    .forward = qin_arch_forward,
+    .cost = qin_arch_cost,
+    .describe = qin_arch_describe,
+};

@@ -45,6 +45,7 @@
 #include <stdint.h>
 
 #include "dense.h"
+#include "itemvec.h"
 #include "status.h"
 
 #define QIN_MAX_CTX 16        /* context fields a model may declare */
@@ -118,12 +119,10 @@ const char *qin_model_describe(const qin_model *m);
 
 /* --- Item vectors ------------------------------------------------------ */
 
-typedef struct qin_item_input {
-    int64_t id;             /* 1..item_vocab-1 */
-    const int32_t *tags;    /* num_tags ids (fewer: the rest are padding) */
-    int num_tags;
-    const float *mm;        /* mm_in floats; NULL means all zeros */
-} qin_item_input;
+/* {id (1..item_vocab-1), tags (num_tags ids; fewer: the rest are padding),
+ * num_tags, mm (mm_in floats; NULL means all zeros)}: the struct of
+ * itemvec.h, shared with DIN. */
+typedef itemvec_input qin_item_input;
 
 /* Floats in one item vector: [e | A e | B e | U e | V e], the first three
  * item_dim floats each, the last two input_dim (D) each (MicroLens: 3200
@@ -135,7 +134,9 @@ float *qin_item_vec_alloc(const qin_model *m);
 
 /* Computes the item vector of `item` into vec (qin_item_vec_floats floats).
  * CTR_ERANGE for an id or tag outside the vocabulary, CTR_EINVAL for a
- * non-finite multimodal value. */
+ * non-finite multimodal value or a vector that overflows (finite features
+ * too large for the model's products): a vector with a non-finite entry is
+ * never returned as good. */
 int qin_item_compute(const qin_model *m, const qin_item_input *item, float *vec,
                      char *err, size_t errlen);
 
@@ -148,6 +149,23 @@ int qin_item_compute(const qin_model *m, const qin_item_input *item, float *vec,
  * with qin_item_compute's status and message. */
 int qin_items_compute(const qin_model *m, int n, const qin_item_input *items, float *out,
                       int *bad, char *err, size_t errlen);
+
+/* --- The model's request rules, stated once -------------------------- */
+
+/* Checks n candidates of a request: ids in 1..item_vocab-1 and, when ctx
+ * (n x num_ctx) is non-NULL, each context value in its vocabulary.
+ * CTR_OK, or CTR_ERANGE with a message naming the first bad field
+ * ("candidates[3].item_id: ..."), as an API error would.  Thread-safe. */
+int qin_request_check(const qin_config *c, const int64_t *cand_id, const int32_t *ctx, int n,
+                      char *err, size_t errlen);
+
+/* 1 when a history id can have an item vector; other ids (0, outside the
+ * vocabulary) are padding. */
+int qin_history_usable(const qin_config *c, int64_t id);
+
+/* Floating-point operations the forward pass spends on one candidate
+ * (folded model, full history): for splitting and deadline estimates. */
+double qin_candidate_flops(const qin_config *c);
 
 /* --- Scoring ----------------------------------------------------------- */
 
@@ -170,7 +188,9 @@ typedef struct qin_request {
 /* Scores every candidate of req: prob[i] = P(click | user, cand[i]).
  * The scratch must come from qin_scratch_init with this model.
  * CTR_ETOOMANY if num_cand exceeds the scratch, CTR_ERANGE for a context
- * value outside its vocabulary.  Allocates nothing. */
+ * value outside its vocabulary.  Allocates nothing.  A score may still be
+ * NaN when finite item vectors overflow inside the pass (huge but finite
+ * history values): callers check each score with isfinite. */
 int qin_forward(const qin_model *m, qin_scratch *s, const qin_request *req,
                 float *prob, char *err, size_t errlen);
 

@@ -8,6 +8,7 @@
 
 #include "dense.h"
 #include "qin.h"
+#include "safetensors.h"
 
 /* Alignment of every weight and activation buffer (one cache line, and
  * enough for any SIMD width OpenBLAS picks). */
@@ -17,10 +18,7 @@ struct qin_model {
     qin_config cfg;
     /* Embedding tables, row-major, 64-byte aligned. */
     float *ctx_emb[QIN_MAX_CTX];  /* ctx_vocab[f] x d */
-    float *item_emb;              /* item_vocab x d */
-    float *tag_emb;               /* tag_vocab x d */
-    unsigned char *tag_live;      /* tag_vocab: 1 when the row is not all zero */
-    float *w_mm;                  /* mm_out x mm_in ([out, in]) */
+    itemvec_tables iv;            /* E_item, E_tag, W_mm (itemvec.h) */
     /* Attention folds (computed in double at load). */
     float *attn_a;                /* E x E: A = W_q^T W_k */
     float *attn_b;                /* E x E: B = W_o W_v */
@@ -82,24 +80,29 @@ int qin_model_fold_first(qin_model *m, int on);
 /* Aligned allocation of n floats, zeroed; NULL on failure or overflow. */
 float *qin_falloc(size_t n);
 
+/* Builds a QIN model from a parsed model file, its QNN layers prepared in
+ * `precision` (what qin_model_load_buffer, in fp32, and the engine's QIN
+ * loader share). */
+int qin_model_build(const st_file *f, dense_precision precision, qin_model **out, char *err,
+                    size_t errlen);
+
 /* Pieces of the forward pass (qin.c), exposed for the tests. */
 
 /* Attention for n candidates whose item vectors t sit in rows of `t`
  * (stride ldt) against nh behaviours (ah, bh: nh x E, contiguous).
  * Writes pool rows (stride ldp) = sum_j relu(scale t.(A h_j)) B h_j + t and
- * leaves the weights in s (n x ld_s).  CTR_OK or dense_sgemm's error. */
-int qin_attention(const qin_model *m, int n, const float *t, int ldt, int nh,
-                  const float *ah, const float *bh, float *s, int lds,
-                  float *pool, int ldp);
+ * leaves the weights in s (n x ld_s). */
+void qin_attention(const qin_model *m, int n, const float *t, int ldt, int nh,
+                   const float *ah, const float *bh, float *s, int lds,
+                   float *pool, int ldp);
 
 /* One folded QNN layer in place on x (n x D, stride qin_ldx), y as scratch,
  * ws a workspace for the model's layers (qin_scratch's dws).  CTR_OK, or
  * dense_forward's error. */
 int qin_qnn_layer(const qin_model *m, dense_ws *ws, int layer, int n, float *x, float *y);
 
-/* Output head: prob[i] = sigmoid(fc_w . x_i + fc_b).  CTR_OK or
- * dense_sgemm's error. */
-int qin_head(const qin_model *m, int n, const float *x, int ldx, float *logit,
+/* Output head: prob[i] = sigmoid(fc_w . x_i + fc_b). */
+void qin_head(const qin_model *m, int n, const float *x, int ldx, float *logit,
               float *prob);
 
 #endif

@@ -6,6 +6,10 @@
 #
 #   deploy/install.sh            build + test + demo tools (default)
 #   deploy/install.sh runtime    only the shared libraries ctr-server needs
+#   deploy/install.sh container  what deploy/container-test.sh needs to
+#                                build and run the images (podman...)
+#   deploy/install.sh demo       what tools/make_demo.py needs (Python,
+#                                NumPy, PyTorch; the Dockerfile's demo stage)
 #
 # Idempotent: when every package is already there it changes nothing and
 # does not touch the network.
@@ -16,13 +20,19 @@ runtime_pkgs=(libmicrohttpd12 libjansson4 libopenblas0-pthread libhiredis0.14 li
               ca-certificates curl)
 build_pkgs=(gcc make pkg-config libc6-dev libmicrohttpd-dev libjansson-dev libopenblas-dev
             libhiredis-dev libcmocka-dev libdnnl-dev)
-test_pkgs=(redis-server redis-tools python3 python3-numpy python3-torch curl wrk procps)
+test_pkgs=(redis-server redis-tools python3 python3-numpy python3-torch curl wrk procps
+           haproxy python3-kubernetes python3-yaml)
+demo_pkgs=(python3 python3-numpy python3-torch)
+container_pkgs=(podman buildah runc debootstrap podman-compose
+                golang-github-containernetworking-plugin-dnsname curl python3)
 
 case "$mode" in
   runtime) pkgs=("${runtime_pkgs[@]}") ;;
   build)   pkgs=("${runtime_pkgs[@]}" "${build_pkgs[@]}") ;;
   all)     pkgs=("${runtime_pkgs[@]}" "${build_pkgs[@]}" "${test_pkgs[@]}") ;;
-  *) echo "usage: $0 [all|build|runtime]" >&2; exit 2 ;;
+  container) pkgs=("${container_pkgs[@]}") ;;
+  demo)    pkgs=("${demo_pkgs[@]}") ;;
+  *) echo "usage: $0 [all|build|runtime|container|demo]" >&2; exit 2 ;;
 esac
 
 missing=()

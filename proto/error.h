@@ -19,13 +19,16 @@
     X(BAD_REQUEST,            400, "bad_request")                             \
     X(NOT_FOUND,              404, "not_found")                               \
     X(METHOD_NOT_ALLOWED,     405, "method_not_allowed")                      \
+    X(LENGTH_REQUIRED,        411, "length_required")                         \
     X(BODY_TOO_LARGE,         413, "body_too_large")                          \
     X(UNSUPPORTED_MEDIA_TYPE, 415, "unsupported_media_type")                  \
     X(TOO_MANY_CANDIDATES,    422, "too_many_candidates")                     \
     X(OUT_OF_RANGE,           422, "out_of_range")                            \
     X(INTERNAL,               500, "internal")                                \
     X(NOT_READY,              503, "not_ready")                               \
-    X(UNAVAILABLE,            503, "unavailable")
+    X(UNAVAILABLE,            503, "unavailable")                             \
+    X(OVERLOADED,             503, "overloaded")                              \
+    X(DEADLINE_EXCEEDED,      503, "deadline_exceeded")
 
 typedef enum proto_error {
 #define PROTO_ERROR_ENUM(name, http, code) PROTO_ERROR_##name,
@@ -43,13 +46,14 @@ const char *proto_error_code(proto_error e);
  * engine:
  *   CTR_EFORMAT   -> bad_json (400)       CTR_EINVAL    -> bad_request (400)
  *   CTR_ETOOMANY  -> too_many_candidates  CTR_ERANGE    -> out_of_range (422)
- *   CTR_ETOOBIG   -> body_too_large (413; the body, or an item_seq past the
- *                    limit, is more than the service takes)
+ *   CTR_ETOOBIG   -> body_too_large (413: the body is more than the
+ *                    service takes; an item_seq past its limit is
+ *                    out_of_range, 422, since the body itself was fine)
  *   CTR_ENOTFOUND -> not_found (404)
  *   CTR_EBACKEND, CTR_ETIMEOUT -> unavailable (503)
  *   anything else (CTR_ENOMEM, CTR_EIO, CTR_EMODEL, ...) -> internal (500).
- * Not-ready, method, media-type errors have no ctr_status: the server names
- * them directly. */
+ * Not-ready, method, media-type, overloaded and deadline errors have no
+ * ctr_status: the server names them directly. */
 proto_error proto_error_from_status(int status);
 
 /* Appends {"error":{"code":...,"message":...}} (no newline) to out; the

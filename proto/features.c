@@ -70,9 +70,33 @@ size_t features_item_size(int num_tags, int mm_dim) {
     return FEATURES_HEADER_SIZE + 4 * (size_t)num_tags + 4 * (size_t)mm_dim;
 }
 
+size_t features_item_cate_size(int num_tags, int mm_dim) {
+    size_t n = features_item_size(num_tags, mm_dim);
+    return n ? n + 4 : 0;
+}
+
+static int item_encode(const int32_t *tags, int num_tags, const float *mm,
+                       int mm_dim, const int32_t *cate, void *buf, size_t cap,
+                       size_t *len, char *err, size_t errlen);
+
 int features_item_encode(const int32_t *tags, int num_tags, const float *mm,
                          int mm_dim, void *buf, size_t cap, size_t *len,
                          char *err, size_t errlen) {
+    return item_encode(tags, num_tags, mm, mm_dim, NULL, buf, cap, len, err,
+                       errlen);
+}
+
+int features_item_encode_cate(const int32_t *tags, int num_tags, const float *mm,
+                              int mm_dim, int32_t cate, void *buf, size_t cap,
+                              size_t *len, char *err, size_t errlen) {
+    return item_encode(tags, num_tags, mm, mm_dim, &cate, buf, cap, len, err,
+                       errlen);
+}
+
+/* Version 1 without a category (cate NULL), version 2 with one. */
+static int item_encode(const int32_t *tags, int num_tags, const float *mm,
+                       int mm_dim, const int32_t *cate, void *buf, size_t cap,
+                       size_t *len, char *err, size_t errlen) {
     if (num_tags < 0 || num_tags > FEATURES_MAX_TAGS)
         return ctr_fail(err, errlen, CTR_EINVAL,
                         "%d tags: the item format holds 0..%d", num_tags,
@@ -83,17 +107,18 @@ int features_item_encode(const int32_t *tags, int num_tags, const float *mm,
                         mm_dim, FEATURES_MAX_MM);
     if ((num_tags && !tags) || (mm_dim && !mm))
         return ctr_fail(err, errlen, CTR_EINVAL, "NULL tags or embedding");
-    size_t need = features_item_size(num_tags, mm_dim);
+    size_t need = cate ? features_item_cate_size(num_tags, mm_dim)
+                       : features_item_size(num_tags, mm_dim);
     if (cap < need)
         return ctr_fail(err, errlen, CTR_EINVAL,
                         "buffer of %zu bytes, item value needs %zu", cap, need);
     unsigned char *p = buf;
     p[0] = MAGIC0;
     p[1] = MAGIC_ITEM;
-    p[2] = FEATURES_VERSION;
+    p[2] = cate ? FEATURES_VERSION_CATE : FEATURES_VERSION;
     p[3] = (unsigned char)num_tags;
     put_u16(p + 4, (uint16_t)mm_dim);
-    put_u16(p + 6, 0);
+    put_u16(p + 6, cate ? 1 : 0);
     p += FEATURES_HEADER_SIZE;
     for (int i = 0; i < num_tags; i++, p += 4) put_u32(p, i32_to_u32(tags[i]));
     for (int i = 0; i < mm_dim; i++, p += 4) {
@@ -104,6 +129,7 @@ int features_item_encode(const int32_t *tags, int num_tags, const float *mm,
                             "embedding[%d] is not finite", i);
         put_u32(p, bits);
     }
+    if (cate) put_u32(p, i32_to_u32(*cate));
     *len = need;
     return CTR_OK;
 }
@@ -121,15 +147,17 @@ int features_item_decode(const void *buf, size_t len, int max_tags,
         return ctr_fail(err, errlen, CTR_EFORMAT,
                         "not an item value (magic %02x %02x, expected 'C' 'I')",
                         p[0], p[1]);
-    if (p[2] != FEATURES_VERSION)
+    if (p[2] != FEATURES_VERSION && p[2] != FEATURES_VERSION_CATE)
         return ctr_fail(err, errlen, CTR_EFORMAT,
-                        "item value version %u, this build reads %d", p[2],
-                        FEATURES_VERSION);
+                        "item value version %u, this build reads %d and %d",
+                        p[2], FEATURES_VERSION, FEATURES_VERSION_CATE);
+    const int has_cate = p[2] == FEATURES_VERSION_CATE;
     int nt = p[3];
     int md = get_u16(p + 4);
-    if (get_u16(p + 6) != 0)
-        return ctr_fail(err, errlen, CTR_EFORMAT,
-                        "item value reserved bytes are not zero");
+    if (get_u16(p + 6) != (has_cate ? 1 : 0))
+        return ctr_fail(err, errlen, CTR_EFORMAT, has_cate
+                        ? "item value flags are not 1 (category)"
+                        : "item value reserved bytes are not zero");
     if (nt > max_tags)
         return ctr_fail(err, errlen, CTR_EFORMAT,
                         "item value has %d tags, the model has %d slots", nt,
@@ -138,7 +166,8 @@ int features_item_decode(const void *buf, size_t len, int max_tags,
         return ctr_fail(err, errlen, CTR_EFORMAT,
                         "item embedding width %d, the model needs %d", md,
                         mm_dim);
-    size_t want = features_item_size(nt, md);
+    size_t want = has_cate ? features_item_cate_size(nt, md)
+                           : features_item_size(nt, md);
     if (len != want)
         return ctr_fail(err, errlen, CTR_EFORMAT,
                         "item value of %zu bytes, its header says %zu", len,
@@ -149,6 +178,8 @@ int features_item_decode(const void *buf, size_t len, int max_tags,
     out->mm_dim = md;
     out->tags = NULL;
     out->mm = NULL;
+    out->has_cate = has_cate;
+    out->cate = 0;
     if (nt) {
         out->tags = arena_alloc(a, (size_t)nt * sizeof *out->tags,
                                 _Alignof(int32_t));
@@ -166,6 +197,7 @@ int features_item_decode(const void *buf, size_t len, int max_tags,
             memcpy(&out->mm[i], &bits, sizeof bits);
         }
     }
+    if (has_cate) out->cate = u32_to_i32(get_u32(p));
     return CTR_OK;
 }
 

@@ -14,13 +14,19 @@
  *   item value (key <prefix>i:<item_id>, item_id in decimal):
  *     offset 0  u8   'C'
  *            1  u8   'I'
- *            2  u8   version (1)
+ *            2  u8   version: 1, or 2 for a value with a category
  *            3  u8   num_tags (0..255)
  *            4  u16  mm_dim (0..65535)
- *            6  u16  reserved, 0
+ *            6  u16  version 1: reserved, 0; version 2: flags, bit 0 set
+ *                    (a category follows), the other bits 0
  *            8  i32  tag ids [num_tags]
  *               f32  multimodal embedding [mm_dim], IEEE 754 binary32
- *     length: exactly 8 + 4 num_tags + 4 mm_dim bytes.
+ *               i32  category id (version 2 only; TIN's cate_id)
+ *     length: exactly 8 + 4 num_tags + 4 mm_dim (+ 4 in version 2) bytes.
+ *     Values without a category are written as version 1, byte for byte
+ *     what this layout has always been, so QIN and DIN features load and
+ *     read as before; version 2 is written only for models that read a
+ *     category (TIN).
  *
  *   user value (key <prefix>u:<user_id>, user_id as in the request):
  *     offset 0  u8   'C'
@@ -51,7 +57,8 @@
 
 #include "core/arena.h"
 
-#define FEATURES_VERSION 1
+#define FEATURES_VERSION 1          /* item without category, user */
+#define FEATURES_VERSION_CATE 2     /* item with a category */
 #define FEATURES_HEADER_SIZE 8
 #define FEATURES_MAX_TAGS 255       /* num_tags is one byte */
 #define FEATURES_MAX_MM 65535       /* mm_dim is two bytes */
@@ -63,6 +70,8 @@ typedef struct features_item {
     int num_tags;
     float *mm;              /* mm_dim floats; NULL when mm_dim is 0 */
     int mm_dim;
+    int has_cate;           /* 1 for a version 2 value */
+    int32_t cate;           /* its category id (0 when has_cate is 0) */
 } features_item;
 
 /* Bytes of an encoded item value; 0 when num_tags or mm_dim is out of the
@@ -77,7 +86,15 @@ int features_item_encode(const int32_t *tags, int num_tags, const float *mm,
                          int mm_dim, void *buf, size_t cap, size_t *len,
                          char *err, size_t errlen);
 
-/* Decodes an item value of len bytes.  max_tags: tag slots the model has
+/* The same with a category: a version 2 value of features_item_size + 4
+ * bytes (features_item_cate_size). */
+size_t features_item_cate_size(int num_tags, int mm_dim);
+int features_item_encode_cate(const int32_t *tags, int num_tags, const float *mm,
+                              int mm_dim, int32_t cate, void *buf, size_t cap,
+                              size_t *len, char *err, size_t errlen);
+
+/* Decodes an item value of len bytes, version 1 or 2 (has_cate says which;
+ * whether the model needs the category is the caller's to check).  max_tags: tag slots the model has
  * (a value may carry fewer: the rest are padding); mm_dim: the embedding
  * width the model requires (exact).  CTR_OK and *out; CTR_EFORMAT for any
  * departure from the layout above; CTR_ENOMEM when the arena cannot grow.

@@ -97,11 +97,11 @@ static int decode_fields(json_t *root, const proto_rank_schema *sc, arena *a,
     json_object_foreach(root, key, v) {
         if (strcmp(key, "user_id") && strcmp(key, "candidates") &&
             strcmp(key, "item_seq") && strcmp(key, "top_k") &&
-            strcmp(key, "request_id"))
+            strcmp(key, "request_id") && strcmp(key, "deadline_ms"))
             return proto_field_fail(err, errlen, CTR_EINVAL, PROTO_PATH(key),
                                     "unknown field (a request has user_id, "
                                     "candidates, item_seq, top_k, "
-                                    "request_id)");
+                                    "request_id, deadline_ms)");
     }
 
     if (!(v = json_object_get(root, "user_id")))
@@ -141,11 +141,25 @@ static int decode_fields(json_t *root, const proto_rank_schema *sc, arena *a,
         out->top_k = k > INT_MAX ? INT_MAX : (int)k;
     }
 
+    if ((v = json_object_get(root, "deadline_ms"))) {
+        int64_t ms;
+        if ((rc = proto_field_int64(v, PROTO_PATH("deadline_ms"), &ms, err,
+                                    errlen)) < 0)
+            return rc;
+        if (ms < 1)
+            return proto_field_fail(err, errlen, CTR_EINVAL,
+                                    PROTO_PATH("deadline_ms"),
+                                    "must be at least 1");
+        out->deadline_ms = ms > INT_MAX ? INT_MAX : (int)ms;
+    }
+
     if ((v = json_object_get(root, "item_seq"))) {
+        /* Too long a history is a field out of range (422), not a body too
+         * large: the body was within the limit. */
         if ((rc = proto_field_int64_array(v, PROTO_PATH("item_seq"),
                                           sc->max_seq, a, &out->item_seq,
                                           &out->seq_len, err, errlen)) < 0)
-            return rc;
+            return rc == CTR_ETOOBIG ? CTR_ERANGE : rc;
         out->has_item_seq = 1;
     }
 
@@ -318,7 +332,7 @@ static int fast_seq(fast *f, const proto_rank_schema *sc, arena *a, proto_rank_r
 static int fast_decode(const char *buf, size_t len, const proto_rank_schema *sc, arena *a,
                        proto_rank_request *out) {
     fast f = {buf, buf + len};
-    enum { F_USER = 1, F_CAND = 2, F_SEQ = 4, F_TOPK = 8, F_RID = 16 };
+    enum { F_USER = 1, F_CAND = 2, F_SEQ = 4, F_TOPK = 8, F_RID = 16, F_DL = 32 };
     unsigned seen = 0;
     if (!fast_char(&f, '{')) return 0;
     for (;;) {
@@ -345,6 +359,10 @@ static int fast_decode(const char *buf, size_t len, const proto_rank_schema *sc,
             bit = F_TOPK;
             if (!fast_uint(&f, &v, NULL, NULL) || v < 1) return 0;
             out->top_k = v > INT_MAX ? INT_MAX : (int)v;
+        } else if (klen == 11 && memcmp(key, "deadline_ms", 11) == 0) {
+            bit = F_DL;
+            if (!fast_uint(&f, &v, NULL, NULL) || v < 1) return 0;
+            out->deadline_ms = v > INT_MAX ? INT_MAX : (int)v;
         } else if (klen == 10 && memcmp(key, "request_id", 10) == 0) {
             bit = F_RID;
             if (!fast_string(&f, &s, &slen) || slen == 0 || slen > PROTO_RANK_REQUEST_ID_MAX)
@@ -439,6 +457,10 @@ int proto_rank_order(const int64_t *cand_id, const float *score, int n,
 
 /* --- Encoding ----------------------------------------------------------- */
 
+const char *const proto_rank_stage_name[PROTO_RANK_STAGES] = {
+    "queue", "decode", "history", "items", "score",
+};
+
 static void put_score(proto_buf *b, float s) { proto_buf_json_float(b, s); }
 
 int proto_rank_answer_encode(const proto_rank_answer *ans, proto_buf *b) {
@@ -462,8 +484,15 @@ int proto_rank_answer_encode(const proto_rank_answer *ans, proto_buf *b) {
         put_score(b, it->score);
         proto_buf_putc(b, '}');
     }
-    proto_buf_printf(b, "],\"took_us\":%lld,\"degraded\":[",
-                     (long long)ans->took_us);
+    proto_buf_printf(b, "],\"took_us\":%lld,", (long long)ans->took_us);
+    if (ans->stage_us) {
+        proto_buf_puts(b, "\"stage_us\":{");
+        for (int i = 0; i < PROTO_RANK_STAGES; i++)
+            proto_buf_printf(b, "%s\"%s\":%lld", i ? "," : "", proto_rank_stage_name[i],
+                             (long long)ans->stage_us[i]);
+        proto_buf_puts(b, "},");
+    }
+    proto_buf_puts(b, "\"degraded\":[");
     for (int i = 0; i < ans->num_degraded; i++) {
         if (i) proto_buf_putc(b, ',');
         proto_buf_json_cstr(b, ans->degraded[i]);

@@ -8,6 +8,9 @@
  *             "item_seq": [ids, oldest first],     (optional: replaces the
  *                                                   stored history)
  *             "top_k": 10,                          (optional, >= 1)
+ *             "deadline_ms": 50,                    (optional, >= 1: the
+ *                                                   answer is due this long
+ *                                                   after arrival)
  *             "request_id": "abc"}                  (optional string)
  *
  * Candidate fields other than item_id are the model's context fields, by
@@ -24,7 +27,8 @@
  *   - item_id, item_seq ids: JSON integers within int64 (17.0 and "17" are
  *     refused); whether they are in the vocabulary is the engine's business;
  *   - context values: JSON integers within int32 (vocabulary: engine);
- *   - item_seq: optional array, at most schema->max_seq ids (CTR_ETOOBIG);
+ *   - item_seq: optional array, at most schema->max_seq ids (CTR_ERANGE);
+ *   - deadline_ms: optional integer >= 1 (values past INT_MAX clamped);
  *     present and empty means "no history", which differs from absent;
  *   - top_k: optional integer >= 1 (values past INT_MAX are clamped);
  *   - request_id: optional string of 1..PROTO_RANK_REQUEST_ID_MAX bytes;
@@ -36,6 +40,8 @@
  *    "model": {"name": "qin", "version": "2025-01-01"},
  *    "items": [{"item_id": 17, "score": 0.123456789}, ...],
  *    "took_us": 123,
+ *    "stage_us": {"queue": 3, "decode": 9, "history": 60, "items": 0,
+ *                 "score": 41},                     (when given)
  *    "degraded": ["reason", ...],                   (always; [] when none)
  *    "unscored": [item ids]}                        (only when not empty)
  *
@@ -82,11 +88,12 @@ typedef struct proto_rank_request {
                                      absent or empty) */
     int seq_len;
     int top_k;                    /* 0 when absent */
+    int deadline_ms;              /* 0 when absent */
 } proto_rank_request;
 
 /* Decodes a request.  Returns CTR_OK; CTR_EFORMAT for malformed JSON,
  * CTR_EINVAL for wrong types or missing fields, CTR_ETOOMANY for too many
- * candidates, CTR_ETOOBIG for too long a history; err says which field;
+ * candidates, CTR_ERANGE for too long a history; err says which field;
  * CTR_ENOMEM when the arena cannot grow.  A number too large for int64 or
  * double is CTR_EINVAL naming the field (jansson itself refuses to hold
  * it).  Everything out points to lives in the arena; on failure *out is
@@ -124,6 +131,10 @@ typedef struct proto_rank_item {
 int proto_rank_order(const int64_t *cand_id, const float *score, int n,
                      int top_k, proto_rank_item *out);
 
+/* Stages of a request whose times the answer reports (stage_us). */
+#define PROTO_RANK_STAGES 5
+extern const char *const proto_rank_stage_name[PROTO_RANK_STAGES];
+
 typedef struct proto_rank_answer {
     const char *request_id;         /* NULL: the field is left out */
     const char *model_name;
@@ -131,6 +142,9 @@ typedef struct proto_rank_answer {
     const proto_rank_item *items;   /* in answer order (proto_rank_order) */
     int num_items;
     int64_t took_us;
+    const int64_t *stage_us;        /* PROTO_RANK_STAGES times in the order
+                                       of proto_rank_stage_name, or NULL
+                                       (the field is left out) */
     const char *const *degraded;    /* num_degraded reasons */
     int num_degraded;
     const int64_t *unscored;        /* candidates that could not be scored

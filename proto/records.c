@@ -9,6 +9,8 @@
  */
 #include "records.h"
 
+#include <string.h>
+
 #include "core/status.h"
 #include "field.h"
 
@@ -24,14 +26,24 @@ static int member(json_t *obj, const char *key, json_t **out, char *err,
     return CTR_OK;
 }
 
-static int item_fields(json_t *root, int max_tags, int mm_dim, arena *a,
+static int item_fields(json_t *root, const proto_item_schema *sch, arena *a,
                        proto_item *out, char *err, size_t errlen) {
     json_t *v;
     int rc;
+    const int max_tags = sch->max_tags, mm_dim = sch->mm_dim;
+    memset(out, 0, sizeof *out);
     if ((rc = member(root, "item_id", &v, err, errlen)) < 0) return rc;
     if ((rc = proto_field_int64(v, PROTO_PATH("item_id"), &out->item_id, err,
                                 errlen)) < 0)
         return rc;
+    if (sch->cate) {
+        if ((rc = member(root, "cate_id", &v, err, errlen)) < 0) return rc;
+        if ((rc = proto_field_int32(v, PROTO_PATH("cate_id"), &out->cate, err,
+                                    errlen)) < 0)
+            return rc;
+        out->has_cate = 1;
+    }
+    if (max_tags < 0) goto mm;
 
     if ((rc = member(root, "item_tags", &v, err, errlen)) < 0) return rc;
     if (!json_is_array(v))
@@ -54,6 +66,8 @@ static int item_fields(json_t *root, int max_tags, int mm_dim, arena *a,
                                     &out->tags[i], err, errlen)) < 0)
             return rc;
 
+mm:
+    if (mm_dim < 0) return CTR_OK;
     if ((rc = member(root, "item_emb_d128", &v, err, errlen)) < 0) return rc;
     if (!json_is_array(v))
         return proto_field_fail(err, errlen, CTR_EINVAL,
@@ -61,7 +75,7 @@ static int item_fields(json_t *root, int max_tags, int mm_dim, arena *a,
                                 "expected an array of numbers, got %s",
                                 proto_field_kind(v));
     size_t nm = json_array_size(v);
-    if (mm_dim < 0 || nm != (size_t)mm_dim)
+    if (nm != (size_t)mm_dim)
         return proto_field_fail(err, errlen, CTR_EINVAL,
                                 PROTO_PATH("item_emb_d128"),
                                 "%zu numbers, the model needs %d", nm, mm_dim);
@@ -78,14 +92,23 @@ static int item_fields(json_t *root, int max_tags, int mm_dim, arena *a,
     return CTR_OK;
 }
 
-int proto_item_decode(const char *line, size_t len, int max_tags, int mm_dim,
-                      arena *a, proto_item *out, char *err, size_t errlen) {
+int proto_item_decode_schema(const char *line, size_t len,
+                             const proto_item_schema *sch, arena *a,
+                             proto_item *out, char *err, size_t errlen) {
     json_t *root;
     int rc = proto_field_parse_object(line, len, "item", &root, err, errlen);
     if (rc < 0) return rc;
-    rc = item_fields(root, max_tags, mm_dim, a, out, err, errlen);
+    rc = item_fields(root, sch, a, out, err, errlen);
     json_decref(root);
     return rc;
+}
+
+int proto_item_decode(const char *line, size_t len, int max_tags, int mm_dim,
+                      arena *a, proto_item *out, char *err, size_t errlen) {
+    /* Both fields read (a negative size allows nothing, as it always
+     * has); no category. */
+    proto_item_schema sch = {max_tags < 0 ? 0 : max_tags, mm_dim < 0 ? 0 : mm_dim, 0};
+    return proto_item_decode_schema(line, len, &sch, a, out, err, errlen);
 }
 
 int proto_user_decode(const char *line, size_t len, int max_seq, arena *a,

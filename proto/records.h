@@ -3,7 +3,8 @@
  * plain C structs.  This is the only way core/ and server/ see those files.
  *
  *   item:    {"item_id": 17, "item_tags": [3, 9, 0, 0, 0],
- *             "item_emb_d128": [128 numbers]}
+ *             "item_emb_d128": [128 numbers]}            (QIN, DIN)
+ *            {"item_id": 0, "cate_id": 5}                (TIN)
  *   user:    {"user_id": "u1" | 42, "item_seq": [ids, oldest first]}
  *
  * Decoders are strict: wrong types, missing fields, non-integral ids,
@@ -33,7 +34,17 @@ typedef struct proto_item {
     int num_tags;
     float *mm;              /* mm_dim floats */
     int mm_dim;
+    int has_cate;           /* 1 when cate_id was read */
+    int32_t cate;           /* cate_id */
 } proto_item;
+
+/* Which item fields a model reads (engine.h's schema): a field it reads is
+ * required, the others are ignored like any extra column. */
+typedef struct proto_item_schema {
+    int max_tags;           /* item_tags: at most this many; < 0: not read */
+    int mm_dim;             /* item_emb_d128: exactly this many; < 0: not read */
+    int cate;               /* 1: cate_id (an int32) is read */
+} proto_item_schema;
 
 typedef struct proto_user {
     const char *user_id;    /* integer ids are kept as their decimal text */
@@ -50,6 +61,12 @@ typedef struct proto_user {
  * unspecified (and may point to arena memory). */
 int proto_item_decode(const char *line, size_t len, int max_tags, int mm_dim,
                       arena *a, proto_item *out, char *err, size_t errlen);
+
+/* The same for any schema (proto_item_decode reads item_tags and
+ * item_emb_d128, no category).  Fields not read are left empty (NULL, 0). */
+int proto_item_decode_schema(const char *line, size_t len,
+                             const proto_item_schema *sch, arena *a,
+                             proto_item *out, char *err, size_t errlen);
 
 /* Decodes one user line.  max_seq bounds item_seq's length (CTR_ETOOBIG;
  * negative: no bound).  Other failures as for proto_item_decode.  An empty

@@ -90,13 +90,59 @@ static const setting settings[] = {
     {"redis_connect_timeout_ms", SET_INT, F(redis_connect_timeout_ms), 0, 1, 60000,
      "MS", NULL, NULL, NULL, "Timeout for connecting to Redis."},
     {"redis_timeout_ms", SET_INT, F(redis_timeout_ms), 0, 1, 60000, "MS", NULL, NULL,
-     NULL, "Timeout of each Redis command."},
+     NULL, "Longest wait for one Redis call (a request's own deadline may cut it "
+     "shorter)."},
+    {"redis_breaker_base_ms", SET_INT, F(redis_breaker_base_ms), 0, 1, 60000, "MS", NULL,
+     NULL, NULL,
+     "After a Redis call fails or times out, its connection fails calls at once for "
+     "this long (with jitter), then lets one call through as a probe."},
+    {"redis_breaker_max_ms", SET_INT, F(redis_breaker_max_ms), 0, 1, 600000, "MS", NULL,
+     NULL, NULL,
+     "Each failed probe doubles the fail-fast period, up to this; so a connection "
+     "probes again within 1.25 x this of Redis returning.  At least "
+     "redis_breaker_base_ms."},
+    {"deadline_ms", SET_INT, F(deadline_ms), 0, 1, 600000, "MS", NULL, NULL, NULL,
+     "A rank request's budget from arrival to answer when it names none (body "
+     "deadline_ms, or header X-Request-Timeout-Ms).  When it runs short the answer "
+     "comes on time, degraded."},
+    {"max_deadline_ms", SET_INT, F(max_deadline_ms), 0, 1, 600000, "MS", NULL, NULL, NULL,
+     "The longest budget a request may ask for; longer ones are cut to this."},
     {"bind", SET_STR, F(bind), CAP(bind), 0, 0, "ADDR", NULL, check_nonempty, NULL,
      "Address to listen on (0.0.0.0 for every interface)."},
     {"port", SET_INT, F(port), 0, 1, 65535, "N", NULL, NULL, NULL,
      "TCP port to listen on."},
     {"threads", SET_INT, F(threads), 0, 1, 1024, "N", NULL, NULL,
-     "the number of online CPUs", "HTTP worker threads."},
+     "the number of online CPUs",
+     "Request worker threads: each runs one rank request at a time, with its own "
+     "Redis connection."},
+    {"max_pending", SET_INT, F(max_pending), 0, 0, 1000000, "N", NULL, NULL,
+     "0: 4 x threads",
+     "Most rank requests queued or in work at once; more are answered 503 "
+     "overloaded with Retry-After at once, so admitted requests keep their "
+     "latency."},
+    {"worker_nice", SET_INT, F(worker_nice), 0, 0, 19, "N", NULL, NULL, NULL,
+     "Added to the request workers' nice value, with SCHED_BATCH, so that on a "
+     "saturated CPU the event loop still reads requests, refuses the excess and "
+     "writes answers at once instead of waiting behind the model.  Off by default: "
+     "SCHED_BATCH also delays a worker's wake-up on a busy machine, which costs "
+     "normal requests latency."},
+    {"max_connections", SET_INT, F(max_connections), 0, 1, 1000000, "N", NULL, NULL, NULL,
+     "Most open client connections; more are accepted and closed at once.  The "
+     "server raises its open-file limit to fit (or lowers this, with a warning, "
+     "when the hard limit is lower)."},
+    {"max_connections_per_ip", SET_INT, F(max_connections_per_ip), 0, 0, 1000000, "N",
+     NULL, NULL, "0: no limit, since behind a proxy every client shares its address",
+     "Most open connections from one client address."},
+    {"receive_timeout_ms", SET_INT, F(receive_timeout_ms), 0, 1, 3600000, "MS", NULL, NULL,
+     NULL,
+     "A request (line, headers and body) must arrive whole within this of its first "
+     "line (of the connect, for a connection's first request; of the previous answer "
+     "plus request_timeout_s, for the next ones); else its connection is closed, so "
+     "clients trickling bytes cannot hold connections."},
+    {"health_interval_ms", SET_INT, F(health_interval_ms), 0, 10, 60000, "MS", NULL, NULL,
+     NULL,
+     "How often the server checks Redis and its feature-set marker (what /readyz "
+     "and the feature_set_missing reason report)."},
     {"score_threads", SET_INT, F(score_threads), 0, 1, 1024, "N", NULL, NULL,
      "the number of online CPUs",
      "Threads one large request's candidates are split across."},
@@ -132,7 +178,7 @@ static const setting settings[] = {
      NULL, "How long an item vector stays cached, which bounds how stale it "
      "gets after its features change in Redis; 0 never expires."},
     {"request_timeout_s", SET_INT, F(request_timeout_s), 0, 1, 3600, "SECONDS", NULL,
-     NULL, NULL, "Idle HTTP connection timeout (libmicrohttpd)."},
+     NULL, NULL, "Idle keep-alive connections are closed after this."},
     {"skip_scoring", SET_BOOL, F(skip_scoring), 0, 0, 1, "BOOL", NULL, NULL, NULL,
      "BENCHMARK ONLY, NEVER IN PRODUCTION: answer score 0 for every "
      "candidate without running the model, to measure the HTTP + JSON + "
@@ -160,10 +206,20 @@ config_params config_default_params(void) {
     snprintf(p.redis_prefix, sizeof p.redis_prefix, "ctr:");
     p.redis_connect_timeout_ms = 50;
     p.redis_timeout_ms = 20;
+    p.redis_breaker_base_ms = 100;
+    p.redis_breaker_max_ms = 400;
+    p.deadline_ms = 50;
+    p.max_deadline_ms = 1000;
     snprintf(p.bind, sizeof p.bind, "127.0.0.1");
     p.port = 8080;
     p.threads = online_cpus();
     p.score_threads = online_cpus();
+    p.max_pending = 0;
+    p.worker_nice = 0;
+    p.max_connections = 10000;
+    p.max_connections_per_ip = 0;
+    p.receive_timeout_ms = 5000;
+    p.health_interval_ms = 200;
     p.split_min = 32;
     p.split_min_mflops = 25;
     p.max_candidates = 512;

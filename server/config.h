@@ -48,9 +48,20 @@ typedef struct config_params {
     char redis_prefix[CONFIG_STR_MAX];  /* key prefix of every feature */
     int redis_connect_timeout_ms;
     int redis_timeout_ms;           /* per command */
+    int redis_breaker_base_ms;      /* first open period of a breaker */
+    int redis_breaker_max_ms;       /* longest open period */
+    int deadline_ms;                /* a request's budget by default */
+    int max_deadline_ms;            /* the most a request may ask for */
     char bind[CONFIG_STR_MAX];      /* address to listen on */
     int port;
-    int threads;                    /* HTTP worker threads */
+    int threads;                    /* request worker threads */
+    int max_pending;                /* rank requests queued + in work;
+                                       0: 4 x threads */
+    int worker_nice;                /* nice value of the request workers */
+    int max_connections;            /* concurrent connections */
+    int max_connections_per_ip;     /* 0: no per-address limit */
+    int receive_timeout_ms;         /* a whole request must arrive in this */
+    int health_interval_ms;         /* Redis + feature-set check period */
     int score_threads;              /* threads one request's scoring may use */
     int split_min;                  /* fewest candidates worth splitting */
     int split_min_mflops;           /* least work per part of a split */
@@ -59,7 +70,7 @@ typedef struct config_params {
     int max_seq;                    /* history entries read per user */
     int cache_mb;                   /* item cache budget; 0 disables it */
     int cache_ttl_s;                /* item cache TTL; 0 never expires */
-    int request_timeout_s;          /* idle connection timeout */
+    int request_timeout_s;          /* idle keep-alive connection timeout */
     int skip_scoring;               /* BENCHMARK ONLY: scores are all 0 */
     char precision[8];              /* "fp32", "bf16", "int8" */
     char log_level[16];             /* "debug", "info", "warn", "error" */

@@ -30,6 +30,12 @@
  *     range 0..2^31-1;
  *   - a Redis failure stops the load at once (exit 1): the values already
  *     written stay, and the last batch may or may not be stored.
+ *   - with --model, an item whose features make the model's item vector
+ *     overflow (finite but huge embedding values) is a bad line: the
+ *     scorer would refuse it anyway;
+ *   - after every value is written, the feature-set marker <prefix>meta
+ *     (proto/meta.h: schema, counts, load time) is written, so the scorer
+ *     can tell a loaded prefix from an empty Redis;
  *   - values are written over whatever the keys held; nothing is deleted,
  *     so a key of an item no longer in the file keeps its old value (load a
  *     new feature version under a new prefix instead, see REDIS_SCHEMA.md).
@@ -42,11 +48,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "core/arena.h"
-#include "core/qin.h"
+#include "core/engine.h"
 #include "core/status.h"
 #include "proto/features.h"
+#include "proto/meta.h"
 #include "proto/records.h"
 #include "server/featstore.h"
 #include "server/jsonl.h"
@@ -70,6 +78,8 @@ static void usage(FILE *f) {
 "  --items FILE     item features, one JSON object a line:\n"
 "                     {\"item_id\": 17, \"item_tags\": [up to N ints],\n"
 "                      \"item_emb_d128\": [mm-dim numbers]}\n"
+"                   or, for a model that reads a category (TIN, with\n"
+"                   --model): {\"item_id\": 0, \"cate_id\": 5}\n"
 "                   stored as <prefix>i:<item_id>; other fields ignored\n"
 "  --users FILE     histories, one JSON object a line:\n"
 "                     {\"user_id\": \"u1\" | 42, \"item_seq\": [ids, oldest first]}\n"
@@ -77,9 +87,13 @@ static void usage(FILE *f) {
 "                   decimal text, so 42 and \"42\" are the same user)\n"
 "  --prefix P       key prefix (default \"ctr:\"); load a new feature version\n"
 "                   under a new prefix and point the service at it\n"
-"  --model M        model file: take --max-tags and --mm-dim from it, and\n"
-"                   check item ids (1..item_vocab-1) and tag ids\n"
-"                   (0..tag_vocab-1) against its vocabularies\n"
+"  --model M        model file (QIN, DIN or TIN): write what its schema\n"
+"                   reads (tags and embedding, or a category), take\n"
+"                   --max-tags and --mm-dim from it, and check item ids\n"
+"                   (1..item_vocab-1; TIN: 0..item_vocab-1), tag ids\n"
+"                   (0..tag_vocab-1) and cate_id (0..cate_vocab-1),\n"
+"                   and refuse items whose features make its item\n"
+"                   vector overflow\n"
 "  --max-tags N     tag slots per item (default 5); lines with more are bad\n"
 "  --mm-dim N       embedding width (default 128); other widths are bad\n"
 "  --max-seq N      longest history stored (default 1000); longer ones keep\n"
@@ -89,11 +103,16 @@ static void usage(FILE *f) {
 "                   5000)\n"
 "  --help           this text\n"
 "\n"
-"Checks: item ids must be >= 1 (0 is padding); tags must fit in int32 and\n"
+"Checks: item ids must be >= 1 (0 is padding), except for a model whose\n"
+"ids start at 0 (TIN); tags and cate_id must fit in int32 and\n"
 "embedding values be finite float32; history ids must be within\n"
 "0..2147483647 (0 is padding; ids unknown to the model are padding when\n"
 "scoring, so they are not refused here).  An item or user given twice is a\n"
 "bad line (the first is kept).  Blank lines are skipped.\n"
+"\n"
+"When every value is written, the feature-set marker <prefix>meta is\n"
+"written (JSON: format, num_tags, mm_dim, items, users, loaded_at,\n"
+"model_version); the scorer's /readyz is not ready while it is missing.\n"
 "\n"
 "Output: each bad line is reported on stderr as FILE:LINE: message (at most\n"
 "%d per file, then only counted) and skipped; the other lines are still\n"
@@ -113,6 +132,11 @@ typedef struct options {
     const char *redis, *items, *users, *prefix, *model;
     int max_tags, mm_dim, max_seq, batch, timeout_ms;
     int item_vocab, tag_vocab;      /* from --model; 0: unchecked */
+    engine_model *eng;              /* --model: item vectors checked */
+    char model_version[64];
+    float *vec;                     /* one item vector, for the check */
+    int item_id_min;                /* 1, or 0 for a TIN model */
+    int cate_vocab;                 /* from --model; 0: no category */
 } options;
 
 typedef struct loader {
@@ -161,18 +185,30 @@ static int item_line(loader *ld, jsonl_source *src, const char *line, size_t len
     const options *o = ld->o;
     char err[256];
     proto_item it;
-    int st = proto_item_decode(line, len, o->max_tags, o->mm_dim, scratch, &it, err,
-                               sizeof err);
+    /* The fields the model reads: tags and embedding, or a category. */
+    const proto_item_schema sch = {o->cate_vocab ? -1 : o->max_tags,
+                                   o->cate_vocab ? -1 : o->mm_dim, o->cate_vocab > 0};
+    int st = proto_item_decode_schema(line, len, &sch, scratch, &it, err, sizeof err);
     if (st == CTR_ENOMEM) return st;
     if (st < 0) { jsonl_error(src, "%s", err); return CTR_OK; }
-    if (it.item_id < 1) {
-        jsonl_error(src, "item_id: %" PRId64 " is not an item id (ids "
-                    "start at 1; 0 is padding)", it.item_id);
+    if (it.item_id < o->item_id_min) {
+        if (o->item_id_min == 1)
+            jsonl_error(src, "item_id: %" PRId64 " is not an item id (ids "
+                        "start at 1; 0 is padding)", it.item_id);
+        else
+            jsonl_error(src, "item_id: %" PRId64 " is not an item id (ids "
+                        "start at 0)", it.item_id);
         return CTR_OK;
     }
     if (o->item_vocab && it.item_id >= o->item_vocab) {
         jsonl_error(src, "item_id: %" PRId64 " is outside the model's "
-                    "item vocabulary (1..%d)", it.item_id, o->item_vocab - 1);
+                    "item vocabulary (%d..%d)", it.item_id, o->item_id_min,
+                    o->item_vocab - 1);
+        return CTR_OK;
+    }
+    if (it.has_cate && (it.cate < 0 || it.cate >= o->cate_vocab)) {
+        jsonl_error(src, "cate_id: %" PRId32 " is outside the model's "
+                    "category vocabulary (0..%d)", it.cate, o->cate_vocab - 1);
         return CTR_OK;
     }
     int k = 0;
@@ -183,14 +219,26 @@ static int item_line(loader *ld, jsonl_source *src, const char *line, size_t len
                     "model's tag vocabulary (0..%d)", k, it.tags[k], o->tag_vocab - 1);
         return CTR_OK;
     }
-    size_t size = features_item_size(it.num_tags, it.mm_dim);
+    size_t size = it.has_cate ? features_item_cate_size(it.num_tags, it.mm_dim)
+                              : features_item_size(it.num_tags, it.mm_dim);
     void *val = size ? arena_alloc(scratch, size, 8) : NULL;
     if (!val) return CTR_ENOMEM;
     size_t vlen;
-    if (features_item_encode(it.tags, it.num_tags, it.mm, it.mm_dim, val, size, &vlen, err,
-                             sizeof err) < 0) {
+    if ((it.has_cate ? features_item_encode_cate(it.tags, it.num_tags, it.mm, it.mm_dim,
+                                                 it.cate, val, size, &vlen, err, sizeof err)
+                     : features_item_encode(it.tags, it.num_tags, it.mm, it.mm_dim, val,
+                                            size, &vlen, err, sizeof err)) < 0) {
         jsonl_error(src, "%s", err);
         return CTR_OK;
+    }
+    if (o->eng) {
+        /* The model's first products of this item: exact, and cheap next
+         * to parsing the line. */
+        engine_item in = {it.item_id, it.tags, it.num_tags, it.mm, it.cate};
+        if (engine_items_compute(o->eng, 1, &in, o->vec, NULL, err, sizeof err) < 0) {
+            jsonl_error(src, "%s", err);
+            return CTR_OK;
+        }
     }
     char key[24];
     snprintf(key, sizeof key, "%" PRId64, it.item_id);
@@ -273,6 +321,25 @@ static int load_lines(loader *ld, jsonl_source *src, line_fn fn) {
     return rc;
 }
 
+/* The feature-set marker, after every value (proto/meta.h). */
+static int write_meta(loader *ld) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    proto_meta m = {PROTO_META_FORMAT, ld->o->max_tags, ld->o->mm_dim, ld->items_loaded,
+                    ld->users_loaded, (double)ts.tv_sec + ts.tv_nsec * 1e-9, ""};
+    snprintf(m.model_version, sizeof m.model_version, "%s", ld->o->model_version);
+    proto_buf b;
+    proto_buf_init(&b);
+    char err[256];
+    int rc = proto_meta_encode(&m, &b);
+    if (rc == CTR_OK) rc = featstore_put_meta(ld->fs, b.data, b.len, err, sizeof err);
+    else snprintf(err, sizeof err, "out of memory");
+    proto_buf_free(&b);
+    if (rc == CTR_OK) rc = featstore_flush(ld->fs, err, sizeof err);
+    if (rc < 0) fprintf(stderr, PROG ": feature-set marker: %s\n", err);
+    return rc;
+}
+
 /* --- main --------------------------------------------------------------- */
 
 static int parse_int(const char *opt, const char *s, int lo, int hi, int *out) {
@@ -290,7 +357,8 @@ static int parse_int(const char *opt, const char *s, int lo, int hi, int *out) {
 
 int main(int argc, char **argv) {
     options o = {.prefix = "ctr:", .max_tags = -1, .mm_dim = -1,
-                 .max_seq = 1000, .batch = 512, .timeout_ms = 5000};
+                 .max_seq = 1000, .batch = 512, .timeout_ms = 5000,
+                 .item_id_min = 1};
     enum { O_REDIS = 1, O_ITEMS, O_USERS, O_PREFIX, O_MODEL, O_MAX_TAGS,
            O_MM_DIM, O_MAX_SEQ, O_BATCH, O_TIMEOUT, O_HELP };
     static const struct option longopts[] = {
@@ -353,21 +421,32 @@ int main(int argc, char **argv) {
 
     char err[256];
     if (o.model) {
-        qin_model *m;
-        if (qin_model_load(o.model, &m, err, sizeof err) < 0) {
-            fprintf(stderr, PROG ": %s: %s\n", o.model, err);
+        engine_model *m;
+        if (engine_model_load(o.model, &m, err, sizeof err) < 0) {
+            fprintf(stderr, PROG ": %s\n", err);
             return 2;
         }
-        const qin_config *cfg = qin_model_config(m);
-        int tags = cfg->num_tags, mm = cfg->mm_in;
+        const engine_schema *cfg = engine_model_schema(m);
+        int tags = cfg->num_tags, mm = cfg->mm_dim;
         o.item_vocab = cfg->item_vocab;
         o.tag_vocab = cfg->tag_vocab;
-        qin_model_free(m);
+        snprintf(o.model_version, sizeof o.model_version, "%s", cfg->version);
+        o.item_id_min = cfg->item_id_min;
+        o.cate_vocab = cfg->cate_vocab;
+        o.eng = m;
+        o.vec = engine_item_vecs_alloc(m, 1);
+        if (!o.vec) {
+            fprintf(stderr, PROG ": out of memory\n");
+            engine_model_free(m);
+            return 2;
+        }
         if ((o.max_tags >= 0 && o.max_tags != tags) ||
             (o.mm_dim >= 0 && o.mm_dim != mm)) {
             fprintf(stderr, PROG ": --max-tags/--mm-dim (%d/%d) disagree with "
                     "the model's %d tags and %d-wide embedding; leave them "
                     "out with --model\n", o.max_tags, o.mm_dim, tags, mm);
+            free(o.vec);
+            engine_model_free(o.eng);
             return 2;
         }
         o.max_tags = tags;
@@ -384,6 +463,8 @@ int main(int argc, char **argv) {
             jsonl_source_open(o.users, PROG, &su, err, sizeof err) < 0)) {
         fprintf(stderr, PROG ": %s\n", err);
         jsonl_source_close(si);
+        free(o.vec);
+        engine_model_free(o.eng);
         return 2;
     }
 
@@ -405,7 +486,7 @@ int main(int argc, char **argv) {
         goto done;
     }
     status = 1;
-    if (featstore_ping(ld.fs, err, sizeof err) < 0) {
+    if (featstore_ping(ld.fs, 0, err, sizeof err) < 0) {
         fprintf(stderr, PROG ": %s\n", err);
         goto done;
     }
@@ -414,6 +495,7 @@ int main(int argc, char **argv) {
     if (si) rc = load_lines(&ld, si, item_line);
     if (rc == CTR_OK && su) rc = load_lines(&ld, su, user_line);
     if (rc == CTR_OK) rc = flush(&ld);
+    if (rc == CTR_OK) rc = write_meta(&ld);
     long rejected = (si ? jsonl_source_bad(si) : 0) +
                     (su ? jsonl_source_bad(su) : 0);
 
@@ -430,6 +512,8 @@ int main(int argc, char **argv) {
 
 done:
     featstore_close(ld.fs);
+    free(o.vec);
+    engine_model_free(o.eng);
     jsonl_source_close(si);
     jsonl_source_close(su);
     return status;

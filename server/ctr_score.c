@@ -1,7 +1,8 @@
 /*
- * ctr_score.c - ctr-score, the offline scorer: the engine (core/qin.h) on
- * files instead of HTTP, for batch jobs and for checking the engine end to
- * end against the PyTorch reference (tests/integration/test_ctr_score.sh).
+ * ctr_score.c - ctr-score, the offline scorer: the engine (core/engine.h:
+ * QIN, DIN or TIN, as the model file says) on files instead of HTTP, for
+ * batch jobs and for checking the engine end to end against the PyTorch
+ * references (tests/integration/test_ctr_score.sh).
  *
  *   ctr-score --model M --items items.jsonl [--users users.jsonl]
  *             [--max-cand N] [--max-seq N] [--precision P]
@@ -9,10 +10,11 @@
  *
  * Workload: one process, one thread, requests one after another.  Items
  * (~92k lines of ~1.5 kB) and users (up to ~1M lines) are read once at
- * start.  Item vectors [e | A e | B e] are computed the first time an item
- * is used, as candidate or behaviour, and kept for the rest of the run in
- * an array indexed by item id (ids are bounded by the model's item_vocab),
- * so a run that touches every MicroLens item holds ~420 MB of vectors.
+ * start.  Item vectors (engine_items_compute) are computed the first time
+ * an item is used, as candidate or behaviour, and kept for the rest of the
+ * run in an array indexed by item id (ids are bounded by the model's
+ * item_vocab), so a QIN run that touches every MicroLens item holds
+ * ~420 MB of vectors.
  *
  * Behaviours at the edges (also in --help, which is the user's manual):
  *   - a bad line in any file is reported on stderr as FILE:LINE: message
@@ -30,8 +32,10 @@
  *     <prefix>u:42) that ctr-load fills and ctr-server reads, so ctr-score
  *     and ctr-server score the same data the same way; the output still
  *     echoes user_id as the request gave it;
- *   - in a history, id 0, ids outside the vocabulary and ids without an
- *     items.jsonl line are padding; a candidate like that is a bad line;
+ *   - in a history, ids outside the vocabulary and ids without an
+ *     items.jsonl line are padding (QIN, DIN, where id 0 is padding too) or
+ *     left out (TIN, where id 0 is an item); a candidate like that is a
+ *     bad line;
  *   - an item id listed twice in items.jsonl, or a user twice in
  *     users.jsonl (42 and "42" included), is a bad line (the first one is
  *     kept).
@@ -44,7 +48,7 @@
 #include <string.h>
 
 #include "core/arena.h"
-#include "core/qin.h"
+#include "core/engine.h"
 #include "core/status.h"
 #include "proto/buf.h"
 #include "proto/rank.h"
@@ -59,23 +63,27 @@ static void usage(FILE *f) {
 "                 [--max-cand N] [--max-seq N] [--precision P]\n"
 "                 < REQUESTS.jsonl > SCORES.jsonl\n"
 "\n"
-"Scores ranking requests offline with a QIN model: one output line per good\n"
-"request line, in input order.\n"
+"Scores ranking requests offline with a QIN, DIN or TIN model (the model\n"
+"file says which): one output line per good request line, in input order.\n"
 "\n"
 "Options:\n"
 "  --model M        model file (safetensors, as written by tools/convert.py)\n"
 "  --items FILE     item features, one JSON object a line:\n"
-"                     {\"item_id\": 17, \"item_tags\": [5 ints],\n"
-"                      \"item_emb_d128\": [mm_in numbers]}\n"
+"                     QIN, DIN: {\"item_id\": 17, \"item_tags\": [5 ints],\n"
+"                                \"item_emb_d128\": [mm_in numbers]}\n"
+"                     TIN:      {\"item_id\": 0, \"cate_id\": 5}\n"
 "                   item_id must be within the model's vocabulary\n"
-"                   (1..item_vocab-1) and tags within 0..tag_vocab-1; fewer\n"
-"                   tags than the model's are padded; other fields ignored\n"
+"                   (1..item_vocab-1; TIN: 0..item_vocab-1, 0 is an item),\n"
+"                   tags within 0..tag_vocab-1, cate_id within\n"
+"                   0..cate_vocab-1; fewer tags than the model's are padded;\n"
+"                   fields the model does not read are ignored\n"
 "  --users FILE     stored histories, one JSON object a line:\n"
 "                     {\"user_id\": \"u1\" | 42, \"item_seq\": [ids, oldest first]}\n"
 "                   (optional; without it every user is unknown)\n"
 "  --max-cand N     most candidates a request may have (default 1024)\n"
 "  --max-seq N      most ids a request's item_seq may have (default 65536;\n"
-"                   only the last max_len of any history are used)\n"
+"                   only the last max_len of any history are used: 64 for\n"
+"                   the challenge QIN and DIN, 430 for TIN)\n"
 "  --precision P    arithmetic of the dense layers: fp32 (default; exact to\n"
 "                   the trained model), bf16 or int8 (faster on CPUs with\n"
 "                   AVX512_BF16 / VNNI, not exact: a note on stderr says so;\n"
@@ -86,7 +94,8 @@ static void usage(FILE *f) {
 "  {\"user_id\": \"u1\" | 42,\n"
 "   \"candidates\": [{\"item_id\": 17, \"<context field>\": 3, ...}, ...],\n"
 "   \"item_seq\": [ids]}            (optional; replaces the stored history)\n"
-"  Context fields are the model's, by name; a missing one is padding (0).\n"
+"  Context fields are the model's, by name (QIN, DIN: likes_level,\n"
+"  views_level; TIN has none); a missing one is padding (0).\n"
 "  \"top_k\" and \"request_id\" are accepted and ignored (all scores are\n"
 "  printed, in candidate order).  Unknown fields are refused.\n"
 "\n"
@@ -99,8 +108,9 @@ static void usage(FILE *f) {
 "user with no line there gets an empty history (noted once on stderr).\n"
 "A user is known by its id's text: the integer 42 and the string \"42\" are\n"
 "the same user, as in ctr-load and ctr-server (the output still echoes\n"
-"user_id as the request gave it).  In a history, id 0, ids outside the\n"
-"vocabulary and ids with no line in --items are padding.  A candidate\n"
+"user_id as the request gave it).  In a history, ids outside the\n"
+"vocabulary and ids with no line in --items are padding (QIN, DIN; id 0\n"
+"too) or left out of the history (TIN, where id 0 is an item).  A candidate\n"
 "outside the vocabulary or without features, a context value outside its\n"
 "vocabulary, or more than --max-cand candidates make the request line bad.\n"
 "\n"
@@ -123,16 +133,17 @@ typedef struct item_entry {
 } item_entry;
 
 typedef struct item_table {
-    const qin_model *model;
-    int vocab;            /* ids 1..vocab-1 */
+    const engine_model *model;
+    int lo, vocab;        /* ids lo..vocab-1 */
     item_entry **feat;    /* [vocab]; NULL: no line in items.jsonl */
     float **vec;          /* [vocab]; NULL: not computed yet */
     arena mem;
 } item_table;
 
-static int items_init(item_table *t, const qin_model *m) {
+static int items_init(item_table *t, const engine_model *m) {
     t->model = m;
-    t->vocab = qin_model_config(m)->item_vocab;
+    t->lo = engine_model_schema(m)->item_id_min;
+    t->vocab = engine_model_schema(m)->item_vocab;
     t->feat = calloc((size_t)t->vocab, sizeof *t->feat);
     t->vec = calloc((size_t)t->vocab, sizeof *t->vec);
     arena_init(&t->mem, 1 << 20);
@@ -155,8 +166,8 @@ static int items_add(item_table *t, const proto_item *it, long line) {
     float *mm = arena_alloc(&t->mem, (size_t)(it->mm_dim + 1) * sizeof *mm,
                             _Alignof(float));
     if (!e || !tags || !mm) return CTR_ENOMEM;
-    memcpy(tags, it->tags, (size_t)it->num_tags * sizeof *tags);
-    memcpy(mm, it->mm, (size_t)it->mm_dim * sizeof *mm);
+    if (it->num_tags) memcpy(tags, it->tags, (size_t)it->num_tags * sizeof *tags);
+    if (it->mm_dim) memcpy(mm, it->mm, (size_t)it->mm_dim * sizeof *mm);
     e->it = *it;
     e->it.tags = tags;
     e->it.mm = mm;
@@ -170,10 +181,10 @@ static int items_add(item_table *t, const proto_item *it, long line) {
  * engine refused the features) or CTR_ENOMEM, with a message. */
 static int items_vec(item_table *t, int64_t id, const float **vec, char *err,
                      size_t errlen) {
-    if (id < 1 || id >= t->vocab)
+    if (id < t->lo || id >= t->vocab)
         return ctr_fail(err, errlen, CTR_ERANGE,
                         "%" PRId64 " is outside the model's item vocabulary "
-                        "(1..%d)", id, t->vocab - 1);
+                        "(%d..%d)", id, t->lo, t->vocab - 1);
     if (t->vec[id]) {
         *vec = t->vec[id];
         return CTR_OK;
@@ -182,11 +193,11 @@ static int items_vec(item_table *t, int64_t id, const float **vec, char *err,
     if (!e)
         return ctr_fail(err, errlen, CTR_ENOTFOUND,
                         "item %" PRId64 " has no line in the items file", id);
-    float *v = qin_item_vec_alloc(t->model);
+    float *v = engine_item_vecs_alloc(t->model, 1);
     if (!v) return ctr_fail(err, errlen, CTR_ENOMEM, "out of memory");
-    qin_item_input in = {id, e->it.tags, e->it.num_tags, e->it.mm};
+    engine_item in = {id, e->it.tags, e->it.num_tags, e->it.mm, e->it.cate};
     char why[200];
-    int rc = qin_item_compute(t->model, &in, v, why, sizeof why);
+    int rc = engine_items_compute(t->model, 1, &in, v, NULL, why, sizeof why);
     if (rc < 0) {
         free(v);
         return ctr_fail(err, errlen, rc, "item %" PRId64 " (items line %ld): "
@@ -200,11 +211,15 @@ static int items_vec(item_table *t, int64_t id, const float **vec, char *err,
  * (the engine's NULL), not errors: histories come from logs that may name
  * items the catalogue has since dropped. */
 static int items_known(const item_table *t, int64_t id) {
-    return id >= 1 && id < t->vocab && t->feat[id];
+    return engine_history_id_ok(t->model, id) && t->feat[id];
 }
 
 static int load_items(jsonl_source *src, item_table *t) {
-    const qin_config *c = qin_model_config(t->model);
+    const engine_schema *c = engine_model_schema(t->model);
+    /* The fields this model reads (engine_schema). */
+    const proto_item_schema sch = {c->mm_dim ? c->num_tags : -1,
+                                   c->mm_dim ? c->mm_dim : -1,
+                                   c->cate_vocab > 0};
     arena scratch;
     arena_init(&scratch, 1 << 16);
     const char *line;
@@ -214,13 +229,20 @@ static int load_items(jsonl_source *src, item_table *t) {
     while ((rc = jsonl_next_line(src, &line, &len)) > 0) {
         arena_reset(&scratch);
         proto_item it;
-        int st = proto_item_decode(line, len, c->num_tags, c->mm_in, &scratch,
-                                   &it, err, sizeof err);
+        int st = proto_item_decode_schema(line, len, &sch, &scratch, &it, err,
+                                          sizeof err);
         if (st == CTR_ENOMEM) { rc = st; break; }
         if (st < 0) { jsonl_error(src, "%s", err); continue; }
-        if (it.item_id < 1 || it.item_id >= t->vocab) {
+        if (it.item_id < t->lo || it.item_id >= t->vocab) {
             jsonl_error(src, "item_id: %" PRId64 " is outside the model's "
-                        "item vocabulary (1..%d)", it.item_id, t->vocab - 1);
+                        "item vocabulary (%d..%d)", it.item_id, t->lo,
+                        t->vocab - 1);
+            continue;
+        }
+        if (it.has_cate && (it.cate < 0 || it.cate >= c->cate_vocab)) {
+            jsonl_error(src, "cate_id: %" PRId32 " is outside the model's "
+                        "category vocabulary (0..%d)", it.cate,
+                        c->cate_vocab - 1);
             continue;
         }
         int k = 0;
@@ -313,12 +335,12 @@ static int load_users(jsonl_source *src, user_map *u, int max_len) {
 /* --- Requests ----------------------------------------------------------- */
 
 typedef struct scorer {
-    const qin_model *model;
-    qin_scratch *scratch;
+    const engine_model *model;
+    engine_scratch *scratch;
     item_table *items;
     user_map *users;
     proto_rank_schema schema;
-    const char *ctx_name[QIN_MAX_CTX];
+    const char *ctx_name[ENGINE_MAX_CTX];
     const float **hist;   /* [max_len] */
     const float **cand;   /* [max_cand] */
     float *prob;          /* [max_cand] */
@@ -332,7 +354,7 @@ typedef struct scorer {
  * when the line is bad (or CTR_ENOMEM). */
 static int score_line(scorer *s, const char *line, size_t len, long lineno,
                       char *err, size_t errlen) {
-    const qin_config *c = qin_model_config(s->model);
+    const engine_schema *c = engine_model_schema(s->model);
     proto_rank_request r;
     arena_reset(&s->req_mem);
     int rc = proto_rank_request_decode(line, len, &s->schema, &s->req_mem, &r,
@@ -370,21 +392,15 @@ static int score_line(scorer *s, const char *line, size_t len, long lineno,
             return ctr_fail(err, errlen, rc, "candidates[%d].item_id: %s", i,
                             why);
 
-    /* The engine checks these too, but can only say "candidate 3"; here
-     * the message can name the field as the request spelled it. */
-    for (int i = 0; i < r.num_cand; i++)
-        for (int k = 0; k < c->num_ctx; k++) {
-            int32_t v = r.ctx[(size_t)i * c->num_ctx + k];
-            if (v < 0 || v >= c->ctx_vocab[k])
-                return ctr_fail(err, errlen, CTR_ERANGE,
-                                "candidates[%d].%s: %" PRId32 " is outside "
-                                "the model's vocabulary (0..%d)", i,
-                                c->ctx_name[k], v, c->ctx_vocab[k] - 1);
-        }
+    /* The request rules, as the engine states them (the message names
+     * the field as the request spelled it). */
+    if ((rc = engine_request_check(s->model, r.cand_id, r.ctx, r.num_cand, err,
+                                   errlen)) < 0)
+        return rc;
 
-    qin_request q = {s->hist, nh, s->cand, r.ctx, r.num_cand};
-    if ((rc = qin_forward(s->model, s->scratch, &q, s->prob, why,
-                          sizeof why)) < 0)
+    engine_request q = {s->hist, nh, s->cand, r.ctx, r.num_cand, NULL};
+    if ((rc = engine_forward(s->model, s->scratch, &q, s->prob, why,
+                             sizeof why)) < 0)
         return ctr_fail(err, errlen, rc, "%s", why);
 
     proto_buf_reset(&s->out);
@@ -485,7 +501,7 @@ int main(int argc, char **argv) {
     /* Everything below is released at `done`, whatever got built. */
     int status = 2, rc;
     char err[256];
-    qin_model *model = NULL;
+    engine_model *model = NULL;
     item_table items = {0};
     user_map users = {0};
     scorer s = {0};
@@ -494,16 +510,17 @@ int main(int argc, char **argv) {
     arena_init(&s.req_mem, 1 << 16);
     proto_buf_init(&s.out);
 
-    if (qin_model_load(model_path, &model, err, sizeof err) < 0 ||
-        qin_model_set_precision(model, precision, err, sizeof err) < 0) {
-        fprintf(stderr, PROG ": %s: %s\n", model_path, err);
+    engine_params ep = engine_default_params();
+    ep.precision = precision;
+    if (engine_model_load_with(model_path, &ep, &model, err, sizeof err) < 0) {
+        fprintf(stderr, PROG ": %s\n", err);
         goto done;
     }
     if (!dense_precision_exact(precision))
         fprintf(stderr, PROG ": precision %s is not exact (%s): scores differ slightly from "
                 "the trained model's\n", dense_precision_name(precision),
                 dense_precision_what(precision));
-    const qin_config *c = qin_model_config(model);
+    const engine_schema *c = engine_model_schema(model);
 
     if (items_init(&items, model) < 0 || users_init(&users) < 0) goto oom;
     if (!(items_src = open_input(items_path))) goto done;
@@ -532,7 +549,7 @@ int main(int argc, char **argv) {
     s.cand = calloc((size_t)max_cand, sizeof *s.cand);
     s.prob = calloc((size_t)max_cand, sizeof *s.prob);
     if (!s.hist || !s.cand || !s.prob) goto oom;
-    if ((rc = qin_scratch_init(model, max_cand, &s.scratch)) < 0) {
+    if ((rc = engine_scratch_init(model, max_cand, &s.scratch)) < 0) {
         fprintf(stderr, PROG ": scratch for %d candidates: %s\n", max_cand,
                 ctr_strerror(rc));
         goto done;
@@ -575,7 +592,7 @@ done:
     jsonl_source_close(items_src);
     jsonl_source_close(users_src);
     jsonl_source_close(req_src);
-    qin_scratch_free(s.scratch);
+    engine_scratch_free(s.scratch);
     free(s.hist);
     free(s.cand);
     free(s.prob);
@@ -583,6 +600,6 @@ done:
     proto_buf_free(&s.out);
     items_free(&items);
     users_free(&users);
-    qin_model_free(model);
+    engine_model_free(model);
     return status;
 }

@@ -1,8 +1,9 @@
 /*
  * featstore.c - one worker's Redis connection for features, see featstore.h.
  *
- * Workload: a GET and an MGET of a few hundred keys per request, each with a
- * deadline of a few milliseconds, from one thread; Redis on the same host or
+ * Workload: a history read (three pipelined commands) and a pipeline of a
+ * few hundred GETRANGEs per request, each with a deadline of a few
+ * milliseconds, from one thread; Redis on the same host or
  * the same rack.  hiredis is used in non-blocking mode for its connect,
  * command formatting and reply parser, and this file drives the socket with
  * ppoll, because hiredis's blocking mode applies its timeout to each read
@@ -21,10 +22,13 @@
 #include <hiredis/hiredis.h>
 
 #include "proto/features.h"
+#include "server/clock.h"
 
 /* Longest "<prefix>i:<int64>" key beyond the prefix: "i:" and 20 digits
  * with a sign. */
 #define ITEM_KEY_EXTRA 24
+/* Longest key featstore_get_meta builds. */
+#define CONFIG_KEY_MAX 1100
 
 struct featstore {
     featstore_params p;         /* addr and prefix point to the copies below */
@@ -34,24 +38,25 @@ struct featstore {
     char *prefix;
     size_t prefix_len;
     redisContext *c;            /* NULL when not connected */
-    int64_t retry_at_ns;        /* no connect attempt before this */
+    breaker br;                 /* fails calls fast after a failure */
+    int64_t call_budget_ns;     /* the running call's budget (for the
+                                   breaker: see timeout_counts) */
     int pending;                /* SETs queued in c's output buffer */
     int conn_lost;              /* the last failure was the peer closing or
                                    resetting the connection */
     featstore_stats st;
 };
 
-static int64_t now_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
+#define now_ns clock_now_ns
 
 void featstore_default_params(featstore_params *p) {
     p->addr = "127.0.0.1:6379";
     p->connect_timeout_ms = 50;
     p->command_timeout_ms = 20;
-    p->reconnect_interval_ms = 100;
+    p->breaker_base_ms = 100;
+    p->breaker_max_ms = 400;
+    p->breaker_hook = NULL;
+    p->breaker_hook_arg = NULL;
     p->prefix = "ctr:";
     p->max_tags = 5;
     p->mm_dim = 128;
@@ -101,12 +106,12 @@ int featstore_open(const featstore_params *p, featstore **out, char *err,
     if (!p->prefix)
         return ctr_fail(err, errlen, CTR_EINVAL, "no key prefix");
     if (p->connect_timeout_ms <= 0 || p->command_timeout_ms <= 0 ||
-        p->reconnect_interval_ms < 0)
+        p->breaker_base_ms <= 0 || p->breaker_max_ms < p->breaker_base_ms)
         return ctr_fail(err, errlen, CTR_EINVAL,
                         "timeouts must be positive (connect %d ms, command %d "
-                        "ms, reconnect interval %d ms)",
+                        "ms, breaker %d..%d ms)",
                         p->connect_timeout_ms, p->command_timeout_ms,
-                        p->reconnect_interval_ms);
+                        p->breaker_base_ms, p->breaker_max_ms);
     if (p->max_tags < 0 || p->max_tags > FEATURES_MAX_TAGS || p->mm_dim < 0 ||
         p->mm_dim > FEATURES_MAX_MM || p->max_seq < 0)
         return ctr_fail(err, errlen, CTR_EINVAL,
@@ -127,6 +132,10 @@ int featstore_open(const featstore_params *p, featstore **out, char *err,
     fs->p.addr = fs->addr;
     fs->p.prefix = fs->prefix;
     fs->prefix_len = strlen(fs->prefix);
+    breaker_init(&fs->br,
+                 &(breaker_params){p->breaker_base_ms, p->breaker_max_ms,
+                                   p->breaker_hook, p->breaker_hook_arg},
+                 (uint64_t)(uintptr_t)fs ^ (uint64_t)now_ns());
     if (fs->addr[0] != '/' &&
         (rc = parse_tcp_addr(fs, fs->addr, err, errlen)) < 0)
         goto fail;
@@ -149,7 +158,10 @@ void featstore_close(featstore *fs) {
 
 void featstore_stats_get(const featstore *fs, featstore_stats *st) {
     *st = fs->st;
+    st->breaker_opens = fs->br.opens;
 }
+
+breaker_state featstore_breaker_state(const featstore *fs) { return fs->br.state; }
 
 int featstore_pending(const featstore *fs) { return fs->pending; }
 
@@ -184,51 +196,44 @@ static int wait_fd(int fd, short events, int64_t deadline) {
     }
 }
 
-static int connect_failed(featstore *fs, int64_t t0, char *err, size_t errlen,
+static int connect_failed(featstore *fs, char *err, size_t errlen,
                           const char *what) {
     ctr_fail(err, errlen, CTR_EBACKEND, "Redis %s: %s", fs->addr, what);
     drop(fs);
-    fs->retry_at_ns = t0 + (int64_t)fs->p.reconnect_interval_ms * 1000000;
     return CTR_EBACKEND;
 }
 
-/* Makes sure there is a connection.  Failures are counted by the caller. */
-static int ensure_connected(featstore *fs, char *err, size_t errlen) {
+/* Makes sure there is a connection, connecting by `deadline` at the
+ * latest.  Failures are counted by the caller. */
+static int ensure_connected(featstore *fs, int64_t deadline, char *err,
+                            size_t errlen) {
     if (fs->c) return CTR_OK;
     int64_t t0 = now_ns();
-    if (t0 < fs->retry_at_ns) {
-        fs->st.fast_failures++;
-        return ctr_fail(err, errlen, CTR_EBACKEND,
-                        "Redis %s unavailable (last connect failed; next "
-                        "attempt in %lld ms)",
-                        fs->addr,
-                        (long long)((fs->retry_at_ns - t0 + 999999) / 1000000));
-    }
     fs->st.connect_attempts++;
     fs->c = fs->host ? redisConnectNonBlock(fs->host, fs->port)
                      : redisConnectUnixNonBlock(fs->addr);
-    if (!fs->c) return connect_failed(fs, t0, err, errlen, "out of memory");
+    if (!fs->c) return connect_failed(fs, err, errlen, "out of memory");
     if (fs->c->err) {
         char msg[sizeof fs->c->errstr];
         memcpy(msg, fs->c->errstr, sizeof msg);
-        return connect_failed(fs, t0, err, errlen, msg);
+        return connect_failed(fs, err, errlen, msg);
     }
     /* A TCP connect is usually still in progress here. */
-    int64_t deadline = t0 + (int64_t)fs->p.connect_timeout_ms * 1000000;
-    int r = wait_fd(fs->c->fd, POLLOUT, deadline);
+    int64_t cdl = t0 + (int64_t)fs->p.connect_timeout_ms * 1000000;
+    if (deadline && deadline < cdl) cdl = deadline;
+    int r = wait_fd(fs->c->fd, POLLOUT, cdl);
     if (r == 0) {
         char msg[64];
-        snprintf(msg, sizeof msg, "connect timed out after %d ms",
-                 fs->p.connect_timeout_ms);
-        return connect_failed(fs, t0, err, errlen, msg);
+        snprintf(msg, sizeof msg, "connect timed out after %lld ms",
+                 (long long)((cdl - t0 + 500000) / 1000000));
+        return connect_failed(fs, err, errlen, msg);
     }
     int soerr = r < 0 ? errno : 0;
     socklen_t sl = sizeof soerr;
     if (!soerr && getsockopt(fs->c->fd, SOL_SOCKET, SO_ERROR, &soerr, &sl) < 0)
         soerr = errno;
-    if (soerr) return connect_failed(fs, t0, err, errlen, strerror(soerr));
+    if (soerr) return connect_failed(fs, err, errlen, strerror(soerr));
     fs->st.connects++;
-    fs->retry_at_ns = 0;
     return CTR_OK;
 }
 
@@ -278,8 +283,8 @@ static int recv_reply(featstore *fs, int64_t deadline, redisReply **out,
         int r = wait_fd(fs->c->fd, POLLIN, deadline);
         if (r == 0) {
             char msg[64];
-            snprintf(msg, sizeof msg, "no answer within %d ms",
-                     fs->p.command_timeout_ms);
+            snprintf(msg, sizeof msg, "no answer within %lld ms",
+                     (long long)(fs->call_budget_ns / 1000000));
             return broken(fs, CTR_ETIMEOUT, err, errlen, msg);
         }
         if (r < 0) return broken(fs, CTR_EBACKEND, err, errlen, strerror(errno));
@@ -288,44 +293,105 @@ static int recv_reply(featstore *fs, int64_t deadline, redisReply **out,
     }
 }
 
-static int exchange(featstore *fs, int argc, const char **argv,
-                    const size_t *argvlen, int64_t deadline,
-                    redisReply **reply, char *err, size_t errlen) {
-    int rc;
-    fs->conn_lost = 0;
-    if (redisAppendCommandArgv(fs->c, argc, argv, argvlen) != REDIS_OK)
-        return broken_ctx(fs, err, errlen);
-    if ((rc = send_all(fs, deadline, err, errlen)) < 0) return rc;
-    return recv_reply(fs, deadline, reply, err, errlen);
+/* One command of a pipeline. */
+typedef struct cmd {
+    int argc;
+    const char **argv;
+    const size_t *lens;
+} cmd;
+
+static void free_replies(redisReply **r, int n) {
+    for (int i = 0; i < n; i++)
+        if (r[i]) freeReplyObject(r[i]);
 }
 
-/* One read-only command, one reply, within command_timeout_ms.
+static int exchange(featstore *fs, int ncmd, const cmd *cmds, int64_t deadline,
+                    redisReply **replies, char *err, size_t errlen) {
+    int rc;
+    fs->conn_lost = 0;
+    for (int i = 0; i < ncmd; i++)
+        if (redisAppendCommandArgv(fs->c, cmds[i].argc, cmds[i].argv,
+                                   cmds[i].lens) != REDIS_OK)
+            return broken_ctx(fs, err, errlen);
+    if ((rc = send_all(fs, deadline, err, errlen)) < 0) return rc;
+    for (int i = 0; i < ncmd; i++) {
+        if ((rc = recv_reply(fs, deadline, &replies[i], err, errlen)) < 0) {
+            free_replies(replies, i);
+            return rc;
+        }
+    }
+    return CTR_OK;
+}
+
+/* Whether a timeout says something about Redis: a call given less than a
+ * quarter of command_timeout_ms (the request's budget was nearly spent)
+ * may time out against a healthy Redis, and must not open the breaker. */
+static int timeout_counts(const featstore *fs) {
+    return fs->call_budget_ns * 4 >= (int64_t)fs->p.command_timeout_ms * 1000000;
+}
+
+/* A failed call: counted, and the breaker told when the failure is
+ * Redis's. */
+static int call_failed(featstore *fs, int rc) {
+    if (rc == CTR_EBACKEND || (rc == CTR_ETIMEOUT && timeout_counts(fs)))
+        breaker_failure(&fs->br, now_ns());
+    return failed(fs, rc);
+}
+
+/* A pipeline of read-only commands, one reply each, within
+ * min(deadline, command_timeout_ms); the breaker decides first whether to
+ * try at all.
  *
  * A connection that sat idle may have been closed by the other end (Redis
  * restarted, a proxy or CLIENT KILL closed it) without our knowing until we
  * use it.  The commands sent here only read, so when a reused connection
- * turns out closed the command is sent once more on a new connection,
+ * turns out closed the pipeline is sent once more on a new connection,
  * within the same deadline: otherwise every worker would fail one request
  * after each Redis restart.  Timeouts are not retried. */
-static int command(featstore *fs, int argc, const char **argv,
-                   const size_t *argvlen, redisReply **reply, char *err,
-                   size_t errlen) {
+static int command(featstore *fs, int ncmd, const cmd *cmds, int64_t deadline_ns,
+                   redisReply **replies, char *err, size_t errlen) {
     int rc;
     if (fs->pending)
         return ctr_fail(err, errlen, CTR_EINVAL,
                         "%d queued SETs: call featstore_flush first",
                         fs->pending);
+    int64_t t0 = now_ns();
+    if (deadline_ns && t0 >= deadline_ns) {
+        fs->call_budget_ns = 0;
+        return failed(fs, ctr_fail(err, errlen, CTR_ETIMEOUT,
+                                   "Redis %s: no time left in the request's "
+                                   "budget", fs->addr));
+    }
+    if (!breaker_allow(&fs->br, t0)) {
+        fs->st.fast_failures++;
+        return failed(fs, ctr_fail(err, errlen, CTR_EBACKEND,
+                                   "Redis %s unavailable (circuit open after "
+                                   "failures; next probe in %lld ms)",
+                                   fs->addr,
+                                   (long long)breaker_wait_ms(&fs->br, t0)));
+    }
+    int64_t dl = t0 + (int64_t)fs->p.command_timeout_ms * 1000000;
+    if (deadline_ns && deadline_ns < dl) dl = deadline_ns;
+    fs->call_budget_ns = dl - t0;
     int reused = fs->c != NULL;
-    if ((rc = ensure_connected(fs, err, errlen)) < 0) return failed(fs, rc);
-    int64_t deadline = now_ns() + (int64_t)fs->p.command_timeout_ms * 1000000;
-    rc = exchange(fs, argc, argv, argvlen, deadline, reply, err, errlen);
+    if ((rc = ensure_connected(fs, dl, err, errlen)) < 0) return call_failed(fs, rc);
+    rc = exchange(fs, ncmd, cmds, dl, replies, err, errlen);
     if (rc == CTR_EBACKEND && reused && fs->conn_lost) {
         fs->st.retries++;
-        if ((rc = ensure_connected(fs, err, errlen)) == CTR_OK)
-            rc = exchange(fs, argc, argv, argvlen, deadline, reply, err,
-                          errlen);
+        if ((rc = ensure_connected(fs, dl, err, errlen)) == CTR_OK)
+            rc = exchange(fs, ncmd, cmds, dl, replies, err, errlen);
     }
-    return rc < 0 ? failed(fs, rc) : CTR_OK;
+    if (rc < 0) return call_failed(fs, rc);
+    breaker_success(&fs->br);
+    return CTR_OK;
+}
+
+/* One command, one reply. */
+static int command1(featstore *fs, int argc, const char **argv,
+                    const size_t *lens, int64_t deadline_ns, redisReply **reply,
+                    char *err, size_t errlen) {
+    cmd c = {argc, argv, lens};
+    return command(fs, 1, &c, deadline_ns, reply, err, errlen);
 }
 
 /* An error reply leaves the connection in step; it is still a failed call. */
@@ -334,25 +400,25 @@ static int error_reply(featstore *fs, redisReply *r, int rc, char *err,
     ctr_fail(err, errlen, rc, "Redis %s: %.*s", fs->addr,
              (int)(r->len > 200 ? 200 : r->len), r->str ? r->str : "");
     freeReplyObject(r);
-    return rc == CTR_EBACKEND ? failed(fs, rc) : rc;
+    return rc == CTR_EBACKEND ? call_failed(fs, rc) : rc;
 }
 
-static int unexpected_reply(featstore *fs, redisReply *r, const char *cmd,
+static int unexpected_reply(featstore *fs, redisReply *r, const char *what,
                             char *err, size_t errlen) {
     int type = r->type;
     freeReplyObject(r);
     char msg[80];
-    snprintf(msg, sizeof msg, "unexpected reply type %d to %s", type, cmd);
-    return failed(fs, broken(fs, CTR_EBACKEND, err, errlen, msg));
+    snprintf(msg, sizeof msg, "unexpected reply type %d to %s", type, what);
+    return call_failed(fs, broken(fs, CTR_EBACKEND, err, errlen, msg));
 }
 
 /* --- reading ------------------------------------------------------------- */
 
-int featstore_ping(featstore *fs, char *err, size_t errlen) {
+int featstore_ping(featstore *fs, int64_t deadline_ns, char *err, size_t errlen) {
     const char *argv[] = {"PING"};
     size_t lens[] = {4};
     redisReply *r;
-    int rc = command(fs, 1, argv, lens, &r, err, errlen);
+    int rc = command1(fs, 1, argv, lens, deadline_ns, &r, err, errlen);
     if (rc < 0) return rc;
     if (r->type == REDIS_REPLY_ERROR)
         return error_reply(fs, r, CTR_EBACKEND, err, errlen);
@@ -360,55 +426,6 @@ int featstore_ping(featstore *fs, char *err, size_t errlen) {
         memcmp(r->str, "PONG", 4) != 0)
         return unexpected_reply(fs, r, "PING", err, errlen);
     freeReplyObject(r);
-    return CTR_OK;
-}
-
-int featstore_get_user(featstore *fs, const char *user_id, arena *a,
-                       int64_t **ids, int *n, char *err, size_t errlen) {
-    *ids = NULL;
-    *n = 0;
-    if (!user_id)
-        return ctr_fail(err, errlen, CTR_EINVAL, "NULL user id");
-    size_t ulen = strlen(user_id);
-    size_t klen = fs->prefix_len + 2 + ulen;
-    char *key = arena_alloc(a, klen, 1);
-    if (!key) return ctr_fail(err, errlen, CTR_ENOMEM, "arena full");
-    memcpy(key, fs->prefix, fs->prefix_len);
-    memcpy(key + fs->prefix_len, "u:", 2);
-    memcpy(key + fs->prefix_len + 2, user_id, ulen);
-
-    const char *argv[] = {"GET", key};
-    size_t lens[] = {3, klen};
-    redisReply *r;
-    int rc = command(fs, 2, argv, lens, &r, err, errlen);
-    if (rc < 0) return rc;
-    switch (r->type) {
-    case REDIS_REPLY_NIL:
-        freeReplyObject(r);
-        return ctr_fail(err, errlen, CTR_ENOTFOUND, "no user %s", user_id);
-    case REDIS_REPLY_ERROR:
-        /* WRONGTYPE: the key exists but holds a hash, list...: a value this
-         * service did not write, so it is malformed data, not an outage. */
-        if (r->len >= 9 && memcmp(r->str, "WRONGTYPE", 9) == 0) {
-            fs->st.users_malformed++;
-            return error_reply(fs, r, CTR_EFORMAT, err, errlen);
-        }
-        return error_reply(fs, r, CTR_EBACKEND, err, errlen);
-    case REDIS_REPLY_STRING:
-        break;
-    default:
-        return unexpected_reply(fs, r, "GET", err, errlen);
-    }
-    char msg[160];
-    rc = features_user_decode(r->str, r->len, fs->p.max_seq, a, ids, n, msg,
-                              sizeof msg);
-    freeReplyObject(r);
-    if (rc < 0) {
-        *ids = NULL;
-        *n = 0;
-        if (rc == CTR_EFORMAT) fs->st.users_malformed++;
-        return ctr_fail(err, errlen, rc, "user %s: %s", user_id, msg);
-    }
     return CTR_OK;
 }
 
@@ -428,67 +445,207 @@ static size_t put_int64(char *p, int64_t v) {
     return len;
 }
 
-int featstore_get_items(featstore *fs, const int64_t *ids, int n, arena *a,
-                        featstore_item *out, char *err, size_t errlen) {
+/* WRONGTYPE: the key exists but holds a hash, list...: a value this
+ * service did not write, so it is malformed data, not an outage. */
+static int is_wrongtype(const redisReply *r) {
+    return r->type == REDIS_REPLY_ERROR && r->len >= 9 &&
+           memcmp(r->str, "WRONGTYPE", 9) == 0;
+}
+
+int featstore_get_user(featstore *fs, const char *user_id, int keep, int64_t deadline_ns,
+                       arena *a, int64_t **ids, int *n, char *err, size_t errlen) {
+    *ids = NULL;
+    *n = 0;
+    if (!user_id)
+        return ctr_fail(err, errlen, CTR_EINVAL, "NULL user id");
+    if (keep < 1 || keep > fs->p.max_seq) keep = fs->p.max_seq;
+    size_t ulen = strlen(user_id);
+    size_t klen = fs->prefix_len + 2 + ulen;
+    char *key = arena_alloc(a, klen, 1);
+    if (!key) return ctr_fail(err, errlen, CTR_ENOMEM, "arena full");
+    memcpy(key, fs->prefix, fs->prefix_len);
+    memcpy(key + fs->prefix_len, "u:", 2);
+    memcpy(key + fs->prefix_len + 2, user_id, ulen);
+
+    /* The length, the header and the last `keep` ids, in one round trip.
+     * (A value replaced between the reads shows as a length mismatch, or
+     * as a history mixing the two versions for this one request.) */
+    char tail[24];
+    size_t tlen = (size_t)snprintf(tail, sizeof tail, "-%lld", (long long)keep * 4);
+    const char *a0[] = {"STRLEN", key};
+    size_t l0[] = {6, klen};
+    const char *a1[] = {"GETRANGE", key, "0", "7"};
+    size_t l1[] = {8, klen, 1, 1};
+    const char *a2[] = {"GETRANGE", key, tail, "-1"};
+    size_t l2[] = {8, klen, tlen, 2};
+    cmd cmds[] = {{2, a0, l0}, {4, a1, l1}, {4, a2, l2}};
+    redisReply *r[3];
+    int rc = command(fs, 3, cmds, deadline_ns, r, err, errlen);
+    if (rc < 0) return rc;
+    for (int i = 0; i < 3; i++) {
+        if (is_wrongtype(r[i])) {
+            fs->st.users_malformed++;
+            free_replies(r, 3);
+            return ctr_fail(err, errlen, CTR_EFORMAT,
+                            "user %s: the key is not a string (WRONGTYPE)", user_id);
+        }
+        if (r[i]->type == REDIS_REPLY_ERROR) {
+            redisReply *e = r[i];
+            r[i] = NULL;
+            free_replies(r, 3);
+            return error_reply(fs, e, CTR_EBACKEND, err, errlen);
+        }
+        if (r[i]->type != (i ? REDIS_REPLY_STRING : REDIS_REPLY_INTEGER)) {
+            redisReply *e = r[i];
+            r[i] = NULL;
+            free_replies(r, 3);
+            return unexpected_reply(fs, e, i ? "GETRANGE" : "STRLEN", err, errlen);
+        }
+    }
+    long long total = r[0]->integer;
+    if (total == 0) {
+        free_replies(r, 3);
+        return ctr_fail(err, errlen, CTR_ENOTFOUND, "no user %s", user_id);
+    }
+    /* Check the header and the kept ids with the one decoder: a value made
+     * of the header (count set to the ids kept) and the tail's last ids.
+     * The length must be what the header's count says. */
+    char msg[160];
+    rc = CTR_EFORMAT;
+    const unsigned char *h = (const unsigned char *)r[1]->str;
+    if (r[1]->len < FEATURES_HEADER_SIZE) {
+        snprintf(msg, sizeof msg, "user value of %lld bytes is shorter than its %d-byte header",
+                 total, FEATURES_HEADER_SIZE);
+    } else {
+        uint32_t count = (uint32_t)h[4] | (uint32_t)h[5] << 8 | (uint32_t)h[6] << 16 |
+                         (uint32_t)h[7] << 24;
+        size_t kept = count < (uint32_t)keep ? count : (size_t)keep;
+        size_t have = r[2]->len;
+        /* The header's own fields first (magic, version), as a value of
+         * no ids. */
+        unsigned char h0[FEATURES_HEADER_SIZE];
+        memcpy(h0, h, 4);
+        memset(h0 + 4, 0, 4);
+        int64_t *none;
+        int nnone;
+        int hrc = features_user_decode(h0, sizeof h0, 0, a, &none, &nnone, msg, sizeof msg);
+        if (hrc < 0) {
+            rc = hrc;
+        } else if ((unsigned long long)total != FEATURES_HEADER_SIZE + 4ull * count) {
+            snprintf(msg, sizeof msg, "user value of %lld bytes, its header says %lu ids",
+                     total, (unsigned long)count);
+        } else if (have < 4 * kept) {
+            snprintf(msg, sizeof msg, "user value changed while being read");
+        } else {
+            unsigned char *v = arena_alloc(a, FEATURES_HEADER_SIZE + 4 * kept, 8);
+            if (!v) {
+                free_replies(r, 3);
+                return ctr_fail(err, errlen, CTR_ENOMEM, "arena full");
+            }
+            memcpy(v, h, FEATURES_HEADER_SIZE);
+            v[4] = (unsigned char)kept;
+            v[5] = (unsigned char)(kept >> 8);
+            v[6] = (unsigned char)(kept >> 16);
+            v[7] = (unsigned char)(kept >> 24);
+            memcpy(v + FEATURES_HEADER_SIZE, r[2]->str + have - 4 * kept, 4 * kept);
+            rc = features_user_decode(v, FEATURES_HEADER_SIZE + 4 * kept, keep, a, ids, n,
+                                      msg, sizeof msg);
+        }
+    }
+    free_replies(r, 3);
+    if (rc < 0) {
+        *ids = NULL;
+        *n = 0;
+        if (rc == CTR_EFORMAT) fs->st.users_malformed++;
+        return ctr_fail(err, errlen, rc, "user %s: %s", user_id, msg);
+    }
+    return CTR_OK;
+}
+
+int featstore_get_items(featstore *fs, const int64_t *ids, int n, int64_t deadline_ns,
+                        arena *a, featstore_item *out, char *err, size_t errlen) {
     if (err && errlen) err[0] = '\0';
     if (n < 0) return ctr_fail(err, errlen, CTR_EINVAL, "n = %d", n);
     if (n == 0) return CTR_OK;
-    if (n == INT_MAX) return ctr_fail(err, errlen, CTR_EINVAL, "too many ids");
+    if (n >= INT_MAX / 4) return ctr_fail(err, errlen, CTR_EINVAL, "too many ids");
 
-    /* MGET key...: the arguments and all keys in the request arena. */
+    /* GETRANGE key 0 <longest allowed>: one byte more than a valid value
+     * can have shows a value that is too long, without reading it. */
+    size_t longest = features_item_size(fs->p.max_tags, fs->p.mm_dim);
+    char last[24];
+    size_t last_len = (size_t)snprintf(last, sizeof last, "%zu", longest);
     size_t stride = fs->prefix_len + ITEM_KEY_EXTRA;
-    const char **argv = arena_alloc(a, (size_t)(n + 1) * sizeof *argv,
-                                    _Alignof(const char *));
-    size_t *lens = arena_alloc(a, (size_t)(n + 1) * sizeof *lens,
-                               _Alignof(size_t));
+    const char **argv = arena_alloc(a, (size_t)n * 4 * sizeof *argv, _Alignof(const char *));
+    size_t *lens = arena_alloc(a, (size_t)n * 4 * sizeof *lens, _Alignof(size_t));
+    cmd *cmds = arena_alloc(a, (size_t)n * sizeof *cmds, _Alignof(cmd));
+    redisReply **r = arena_alloc(a, (size_t)n * sizeof *r, _Alignof(redisReply *));
     char *keys = arena_alloc(a, (size_t)n * stride, 1);
-    if (!argv || !lens || !keys)
+    if (!argv || !lens || !cmds || !r || !keys)
         return ctr_fail(err, errlen, CTR_ENOMEM, "arena full");
-    argv[0] = "MGET";
-    lens[0] = 4;
     for (int i = 0; i < n; i++) {
         char *k = keys + (size_t)i * stride;
         memcpy(k, fs->prefix, fs->prefix_len);
         k[fs->prefix_len] = 'i';
         k[fs->prefix_len + 1] = ':';
-        argv[i + 1] = k;
-        lens[i + 1] = fs->prefix_len + 2 + put_int64(k + fs->prefix_len + 2, ids[i]);
+        const char **av = argv + 4 * (size_t)i;
+        size_t *al = lens + 4 * (size_t)i;
+        av[0] = "GETRANGE";
+        al[0] = 8;
+        av[1] = k;
+        al[1] = fs->prefix_len + 2 + put_int64(k + fs->prefix_len + 2, ids[i]);
+        av[2] = "0";
+        al[2] = 1;
+        av[3] = last;
+        al[3] = last_len;
+        cmds[i] = (cmd){4, av, al};
     }
 
-    redisReply *r;
-    int rc = command(fs, n + 1, argv, lens, &r, err, errlen);
+    int rc = command(fs, n, cmds, deadline_ns, r, err, errlen);
     if (rc < 0) return rc;
-    if (r->type == REDIS_REPLY_ERROR)
-        return error_reply(fs, r, CTR_EBACKEND, err, errlen);
-    if (r->type != REDIS_REPLY_ARRAY || r->elements != (size_t)n)
-        return unexpected_reply(fs, r, "MGET", err, errlen);
+    for (int i = 0; i < n; i++) {
+        if (r[i]->type == REDIS_REPLY_ERROR && !is_wrongtype(r[i])) {
+            redisReply *e = r[i];
+            r[i] = NULL;
+            free_replies(r, n);
+            return error_reply(fs, e, CTR_EBACKEND, err, errlen);
+        }
+    }
 
     fs->st.items_requested += (uint64_t)n;
     int noted = 0;
-    for (int i = 0; i < n; i++) {
-        const redisReply *e = r->element[i];
+    for (int i = 0; i < n && rc == CTR_OK; i++) {
+        const redisReply *e = r[i];
         featstore_item *it = &out[i];
         memset(it, 0, sizeof *it);
-        if (e->type != REDIS_REPLY_STRING) {
-            /* MGET answers nil for an absent key and for a non-string. */
+        if (e->type == REDIS_REPLY_STRING && e->len == 0) {
+            /* GETRANGE answers "" for an absent key. */
             it->status = CTR_ENOTFOUND;
             fs->st.items_missing++;
             continue;
         }
         features_item f;
         char msg[160];
-        rc = features_item_decode(e->str, e->len, fs->p.max_tags,
-                                  fs->p.mm_dim, a, &f, msg, sizeof msg);
-        if (rc == CTR_ENOMEM) {
-            freeReplyObject(r);
-            return ctr_fail(err, errlen, CTR_ENOMEM, "arena full");
+        int drc;
+        if (e->type != REDIS_REPLY_STRING) {
+            drc = CTR_EFORMAT;
+            snprintf(msg, sizeof msg, "the key is not a string");
+        } else if (e->len > longest) {
+            drc = CTR_EFORMAT;
+            snprintf(msg, sizeof msg, "value longer than the %zu bytes the schema allows",
+                     longest);
+        } else {
+            drc = features_item_decode(e->str, e->len, fs->p.max_tags, fs->p.mm_dim, a, &f,
+                                       msg, sizeof msg);
         }
-        if (rc < 0) {
+        if (drc == CTR_ENOMEM) {
+            rc = ctr_fail(err, errlen, CTR_ENOMEM, "arena full");
+            break;
+        }
+        if (drc < 0) {
             it->status = CTR_EFORMAT;
             fs->st.items_malformed++;
             if (!noted++)
-                ctr_fail(err, errlen, CTR_EFORMAT, "item %lld: %s",
-                         (long long)ids[i], msg);
+                ctr_fail(err, errlen, CTR_EFORMAT, "item %lld: %s", (long long)ids[i], msg);
             continue;
         }
         it->found = 1;
@@ -498,6 +655,43 @@ int featstore_get_items(featstore *fs, const int64_t *ids, int n, arena *a,
         it->mm = f.mm;
         it->mm_dim = f.mm_dim;
     }
+    free_replies(r, n);
+    return rc;
+}
+
+int featstore_get_meta(featstore *fs, int64_t deadline_ns, char *buf, size_t cap,
+                       size_t *len, char *err, size_t errlen) {
+    *len = 0;
+    if (cap) buf[0] = '\0';
+    char key[CONFIG_KEY_MAX];
+    int klen = snprintf(key, sizeof key, "%smeta", fs->prefix);
+    if (klen < 0 || (size_t)klen >= sizeof key)
+        return ctr_fail(err, errlen, CTR_EINVAL, "key prefix too long");
+    char last[16];
+    size_t last_len = (size_t)snprintf(last, sizeof last, "%d", FEATSTORE_META_MAX);
+    const char *argv[] = {"GETRANGE", key, "0", last};
+    size_t lens[] = {8, (size_t)klen, 1, last_len};
+    redisReply *r;
+    int rc = command1(fs, 4, argv, lens, deadline_ns, &r, err, errlen);
+    if (rc < 0) return rc;
+    if (is_wrongtype(r)) {
+        freeReplyObject(r);
+        return ctr_fail(err, errlen, CTR_EFORMAT, "%s is not a string", key);
+    }
+    if (r->type == REDIS_REPLY_ERROR) return error_reply(fs, r, CTR_EBACKEND, err, errlen);
+    if (r->type != REDIS_REPLY_STRING) return unexpected_reply(fs, r, "GETRANGE", err, errlen);
+    if (r->len == 0) {
+        freeReplyObject(r);
+        return ctr_fail(err, errlen, CTR_ENOTFOUND, "no feature-set marker %s", key);
+    }
+    if (r->len > FEATSTORE_META_MAX || r->len >= cap) {
+        freeReplyObject(r);
+        return ctr_fail(err, errlen, CTR_EFORMAT, "%s is longer than %d bytes", key,
+                        FEATSTORE_META_MAX);
+    }
+    memcpy(buf, r->str, r->len);
+    buf[r->len] = '\0';
+    *len = r->len;
     freeReplyObject(r);
     return CTR_OK;
 }
@@ -507,16 +701,20 @@ int featstore_get_items(featstore *fs, const int64_t *ids, int n, arena *a,
 static int put(featstore *fs, const char *kind, const char *id, size_t idlen,
                const void *value, size_t len, char *err, size_t errlen) {
     int rc;
-    if ((rc = ensure_connected(fs, err, errlen)) < 0) return failed(fs, rc);
+    int64_t t0 = now_ns();
+    if ((rc = ensure_connected(fs, t0 + (int64_t)fs->p.connect_timeout_ms * 1000000, err,
+                               errlen)) < 0)
+        return failed(fs, rc);
     /* The key is formatted into hiredis's buffer at once, so a stack copy
      * will do; ids are short (user ids are at most 256 bytes). */
     char stack[512];
-    size_t klen = fs->prefix_len + 2 + idlen;
+    size_t kind_len = strlen(kind);
+    size_t klen = fs->prefix_len + kind_len + idlen;
     char *key = klen <= sizeof stack ? stack : malloc(klen);
     if (!key) return ctr_fail(err, errlen, CTR_ENOMEM, "out of memory");
     memcpy(key, fs->prefix, fs->prefix_len);
-    memcpy(key + fs->prefix_len, kind, 2);
-    memcpy(key + fs->prefix_len + 2, id, idlen);
+    memcpy(key + fs->prefix_len, kind, kind_len);
+    memcpy(key + fs->prefix_len + kind_len, id, idlen);
     const char *argv[] = {"SET", key, value};
     size_t lens[] = {3, klen, len};
     rc = redisAppendCommandArgv(fs->c, 3, argv, lens);
@@ -536,6 +734,11 @@ int featstore_put_user(featstore *fs, const char *user_id, const void *value,
                        size_t len, char *err, size_t errlen) {
     if (!user_id) return ctr_fail(err, errlen, CTR_EINVAL, "NULL user id");
     return put(fs, "u:", user_id, strlen(user_id), value, len, err, errlen);
+}
+
+int featstore_put_meta(featstore *fs, const void *value, size_t len, char *err,
+                       size_t errlen) {
+    return put(fs, "meta", "", 0, value, len, err, errlen);
 }
 
 int featstore_flush(featstore *fs, char *err, size_t errlen) {

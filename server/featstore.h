@@ -3,29 +3,37 @@
  * holding user histories and item features as the binary values of
  * proto/features.h (layout and keys: deploy/REDIS_SCHEMA.md).
  *
- * Workload: every rank request makes one GET for the user and one MGET for
- * the items it has not cached (a few hundred keys, ~540 bytes each), under a
- * latency budget of a few milliseconds; ctr-load writes millions of values
- * in pipelined batches.  Redis may restart or be unreachable at any time and
- * the service must keep answering (without features), so:
+ * Workload: every rank request makes one read of the user's history and
+ * one pipelined read of the items it has not cached (a few hundred keys,
+ * ~540 bytes each), under a latency budget of a few milliseconds; ctr-load
+ * writes millions of values in pipelined batches.  Redis may restart, hang
+ * or be unreachable at any time and the service must keep answering on
+ * time (without features), so:
  *
- *   - every call has a deadline (command_timeout_ms) covering the whole
- *     round trip, not each read: the socket is non-blocking and polled, so
- *     a server that trickles bytes cannot hold a worker longer;
- *   - featstore_open never connects; the first call does, and after a
- *     failure the next call connects again.  A connection that broke is
- *     reopened at once (Redis restarted, an idle timeout); a connect that
- *     failed is not tried again for reconnect_interval_ms, and calls in
- *     between fail at once with CTR_EBACKEND, so a dead Redis costs each
- *     request nothing rather than a connect timeout;
- *   - a read (ping, get_user, get_items) on a kept connection that turns
- *     out closed by the other end is sent once more on a new connection,
- *     within the same deadline, so a Redis restart does not fail the next
- *     request of every worker;
+ *   - every read takes the caller's absolute deadline (clock.h; the rest of
+ *     the request's budget) and also stops at command_timeout_ms, whichever
+ *     comes first; the deadline covers the whole round trip, not each read:
+ *     the socket is non-blocking and polled, so a server that trickles
+ *     bytes cannot hold a worker longer;
+ *   - a circuit breaker (breaker.h) per connection: after a timeout, a
+ *     failed connect or an unavailable reply, calls fail at once with
+ *     CTR_EBACKEND for a back-off period (breaker_base_ms doubling to
+ *     breaker_max_ms, with jitter); then one call probes, and its success
+ *     closes the breaker.  A hung Redis costs microseconds per call, and
+ *     one bounded call per connection per period;
+ *   - reads are bounded: a history is read as its header and its last
+ *     `keep` ids (GETRANGE), never whole, and an item value is read up to
+ *     one byte past the longest the schema allows, so a huge value costs
+ *     no more than a normal one and is refused as malformed;
+ *   - featstore_open never connects; the first call does.  A read on a
+ *     kept connection that turns out closed by the other end (Redis
+ *     restarted, an idle timeout) is sent once more on a new connection,
+ *     within the same deadline, so a restart does not fail the next request
+ *     of every worker;
  *   - a call that timed out drops its connection, since the late reply
  *     would otherwise answer the next command.
  *
- * A call takes at most connect_timeout_ms + command_timeout_ms.
+ * A call takes at most min(deadline, connect + command timeouts).
  *
  * Usage (one per worker thread):
  *
@@ -34,8 +42,9 @@
  *     p.addr = "127.0.0.1:6379";  p.max_tags = 5;  p.mm_dim = 128;
  *     featstore *fs;
  *     if (featstore_open(&p, &fs, err, sizeof err) < 0) ...   // bad params
- *     rc = featstore_get_user(fs, "u1", &req_arena, &ids, &n, err, sizeof err);
- *     rc = featstore_get_items(fs, ids, n, &req_arena, items, err, sizeof err);
+ *     int64_t deadline = clock_now_ns() + 5000000;            // 5 ms budget
+ *     rc = featstore_get_user(fs, "u1", 64, deadline, &req_arena, &ids, &n, err, sizeof err);
+ *     rc = featstore_get_items(fs, ids, n, deadline, &req_arena, items, err, sizeof err);
  *     featstore_close(fs);
  *
  * SIGPIPE: hiredis writes with write(2), so a write to a connection Redis
@@ -59,6 +68,7 @@
 
 #include "core/arena.h"
 #include "core/status.h"
+#include "server/breaker.h"
 
 typedef struct featstore featstore;
 
@@ -70,8 +80,12 @@ typedef struct featstore_params {
                                    connect.  Copied by featstore_open. */
     int connect_timeout_ms;     /* a connect may take this long (50) */
     int command_timeout_ms;     /* a whole call, sent to answered (20) */
-    int reconnect_interval_ms;  /* after a failed connect, no new attempt
-                                   for this long (100) */
+    int breaker_base_ms;        /* first open period of the breaker (100) */
+    int breaker_max_ms;         /* longest open period (400); a connection
+                                   probes again within 1.25 x this of Redis
+                                   returning */
+    breaker_hook breaker_hook;  /* breaker events, for metrics (NULL) */
+    void *breaker_hook_arg;
     const char *prefix;         /* key prefix ("ctr:"); copied */
     int max_tags;               /* tag slots of the model (5): item values
                                    with more tags are malformed */
@@ -101,8 +115,8 @@ typedef struct featstore_stats {
     uint64_t failures;          /* calls that returned CTR_EBACKEND or
                                    CTR_ETIMEOUT (fast failures included) */
     uint64_t timeouts;          /* of which CTR_ETIMEOUT */
-    uint64_t fast_failures;     /* of which refused without trying, inside
-                                   reconnect_interval_ms of a failed connect */
+    uint64_t fast_failures;     /* of which refused by the open breaker */
+    uint64_t breaker_opens;     /* closed -> open transitions */
     uint64_t connect_attempts;
     uint64_t connects;          /* attempts that succeeded */
     uint64_t retries;           /* reads sent again because their reused
@@ -126,30 +140,56 @@ int featstore_open(const featstore_params *p, featstore **out, char *err,
 /* Closes the connection and frees fs (NULL is fine). */
 void featstore_close(featstore *fs);
 
+/* Reads take `deadline_ns`, an absolute time of clock_now_ns() (0: none);
+ * the call also stops at command_timeout_ms from its start.  A deadline
+ * already past fails at once with CTR_ETIMEOUT and does not count against
+ * the breaker. */
+
 /* CTR_OK when Redis answers PING; otherwise CTR_EBACKEND (cannot connect,
- * connection or protocol error, an error reply such as LOADING) or
- * CTR_ETIMEOUT. */
-int featstore_ping(featstore *fs, char *err, size_t errlen);
+ * breaker open, connection or protocol error, an error reply such as
+ * LOADING) or CTR_ETIMEOUT. */
+int featstore_ping(featstore *fs, int64_t deadline_ns, char *err, size_t errlen);
 
 /* The history of user_id (a NUL-terminated string; an integer id is looked
- * up by its decimal text), oldest first, at most max_seq ids (the most
- * recent).  *ids lives in the arena a; *ids is NULL when *n is 0.
+ * up by its decimal text), oldest first: its most recent min(count, keep)
+ * ids (keep < 1: max_seq), read as the value's header and tail in one round
+ * trip (STRLEN, two GETRANGE), so a long history costs no more than keep
+ * ids.  The header, the length and the ids read are checked.  *ids lives
+ * in the arena a; *ids is NULL when *n is 0.
  * Returns CTR_OK (found; the history may be empty), CTR_ENOTFOUND (no such
  * key: *n = 0, *ids = NULL), CTR_EFORMAT (the key holds a malformed value
- * or is not a string: *n = 0), CTR_EBACKEND (cannot connect, connection or
- * protocol error, error reply), CTR_ETIMEOUT, CTR_ENOMEM (arena). */
-int featstore_get_user(featstore *fs, const char *user_id, arena *a,
-                       int64_t **ids, int *n, char *err, size_t errlen);
+ * or is not a string: *n = 0), CTR_EBACKEND (cannot connect, breaker open,
+ * connection or protocol error, error reply), CTR_ETIMEOUT, CTR_ENOMEM
+ * (arena). */
+int featstore_get_user(featstore *fs, const char *user_id, int keep, int64_t deadline_ns,
+                       arena *a, int64_t **ids, int *n, char *err, size_t errlen);
 
-/* Features of n items, with one MGET (no round trip when n is 0): out[i]
- * for ids[i] (duplicates allowed).  Missing and malformed items are not
- * errors: out[i].found is 0 and out[i].status says why, and the stats count
- * them; err then holds a note on the first malformed value (err is left
- * empty when none was).  Returns CTR_OK, or for the whole call
- * CTR_EBACKEND / CTR_ETIMEOUT / CTR_ENOMEM (arena) / CTR_EINVAL (n < 0),
- * in which case out[] is unspecified. */
-int featstore_get_items(featstore *fs, const int64_t *ids, int n, arena *a,
-                        featstore_item *out, char *err, size_t errlen);
+/* Features of n items in one round trip (no round trip when n is 0):
+ * out[i] for ids[i] (duplicates allowed).  Each value is read up to one
+ * byte past the longest item value the schema allows (max_tags, mm_dim),
+ * so a longer one is refused as malformed without being read whole.
+ * Missing and malformed items are not errors: out[i].found is 0 and
+ * out[i].status says why, and the stats count them; err then holds a note
+ * on the first malformed value (err is left empty when none was).  Returns
+ * CTR_OK, or for the whole call CTR_EBACKEND / CTR_ETIMEOUT / CTR_ENOMEM
+ * (arena) / CTR_EINVAL (n < 0), in which case out[] is unspecified. */
+int featstore_get_items(featstore *fs, const int64_t *ids, int n, int64_t deadline_ns,
+                        arena *a, featstore_item *out, char *err, size_t errlen);
+
+/* The feature-set marker <prefix>meta that ctr-load writes last (see
+ * proto/meta.h), at most FEATSTORE_META_MAX bytes (a longer value is
+ * CTR_EFORMAT), copied into buf (cap bytes, NUL-terminated); *len gets its
+ * length.  CTR_OK, CTR_ENOTFOUND (no marker), or as featstore_ping. */
+#define FEATSTORE_META_MAX 4096
+int featstore_get_meta(featstore *fs, int64_t deadline_ns, char *buf, size_t cap,
+                       size_t *len, char *err, size_t errlen);
+
+/* Queues SET <prefix>meta (ctr-load; sent by featstore_flush). */
+int featstore_put_meta(featstore *fs, const void *value, size_t len, char *err,
+                       size_t errlen);
+
+/* The breaker's state (breaker.h), for tests and /metrics. */
+breaker_state featstore_breaker_state(const featstore *fs);
 
 /* --- Writing (ctr-load) ----------------------------------------------- */
 

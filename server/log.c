@@ -1,13 +1,21 @@
-/* log.c - stderr log records, see log.h. */
+/* log.c - stderr log records and rate-limited kinds, see log.h. */
 #include "log.h"
 
 #include <stdarg.h>
-#include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
 
+#include "server/clock.h"
+
 static atomic_int min_level = LOG_INFO;
+static atomic_int limit_interval_ms = 10000;
+
+/* Kinds that have fired, for log_limit_tick; a fixed table, since kinds
+ * are call sites (a few dozen at most). */
+#define LOG_MAX_KINDS 64
+static _Atomic(log_limit *) kinds[LOG_MAX_KINDS];
+static atomic_int nkinds;
 
 void log_set_level(log_level l) { atomic_store(&min_level, (int)l); }
 
@@ -21,18 +29,77 @@ int log_set_level_name(const char *name) {
     return -1;
 }
 
-void log_msg(log_level l, const char *fmt, ...) {
-    if ((int)l < atomic_load(&min_level)) return;
+void log_limit_set_interval_ms(int ms) { atomic_store(&limit_interval_ms, ms > 0 ? ms : 1); }
+
+static void emit(log_level l, const char *msg) {
     static const char *tags[] = {"debug", "info", "warn", "error"};
-    char msg[1024], stamp[32];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
+    char stamp[32];
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     struct tm tm;
     gmtime_r(&ts.tv_sec, &tm);
     strftime(stamp, sizeof stamp, "%Y-%m-%dT%H:%M:%S", &tm);
     fprintf(stderr, "%s.%03ldZ %-5s %s\n", stamp, ts.tv_nsec / 1000000, tags[l], msg);
+}
+
+void log_msg(log_level l, const char *fmt, ...) {
+    if ((int)l < atomic_load(&min_level)) return;
+    char msg[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    emit(l, msg);
+}
+
+static void summary(log_limit *l, unsigned long long n) {
+    if (!n || (int)l->level < atomic_load(&min_level)) return;
+    char msg[256];
+    snprintf(msg, sizeof msg, "%s: %llu more like the last in %.1f s (rate-limited)",
+             l->kind ? l->kind : "log", n, atomic_load(&limit_interval_ms) / 1000.0);
+    emit(l->level, msg);
+}
+
+void log_limited(log_limit *l, log_level lv, const char *kind, const char *fmt, ...) {
+    if ((int)lv < atomic_load(&min_level)) return;
+    int64_t now = clock_now_ns();
+    long long end = atomic_load(&l->window_end_ns);
+    if (end && now < end) {
+        atomic_fetch_add(&l->suppressed, 1);
+        return;
+    }
+    /* One thread opens the next window and prints; racers count. */
+    if (!atomic_compare_exchange_strong(&l->window_end_ns, &end,
+                                        now + (int64_t)atomic_load(&limit_interval_ms) * 1000000)) {
+        atomic_fetch_add(&l->suppressed, 1);
+        return;
+    }
+    if (!atomic_exchange(&l->registered, 1)) {
+        l->kind = kind;
+        l->level = lv;
+        int i = atomic_fetch_add(&nkinds, 1);
+        if (i < LOG_MAX_KINDS) atomic_store(&kinds[i], l);
+    }
+    summary(l, atomic_exchange(&l->suppressed, 0));
+    char msg[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    emit(lv, msg);
+}
+
+void log_limit_tick(void) {
+    int n = atomic_load(&nkinds);
+    if (n > LOG_MAX_KINDS) n = LOG_MAX_KINDS;
+    int64_t now = clock_now_ns();
+    for (int i = 0; i < n; i++) {
+        log_limit *l = atomic_load(&kinds[i]);
+        if (!l || !atomic_load(&l->suppressed)) continue;
+        long long end = atomic_load(&l->window_end_ns);
+        if (now < end) continue;
+        /* Close the window: the next record prints at once again. */
+        if (atomic_compare_exchange_strong(&l->window_end_ns, &end, 0))
+            summary(l, atomic_exchange(&l->suppressed, 0));
+    }
 }

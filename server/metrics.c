@@ -52,6 +52,10 @@ static const char *const redis_op_name[METRICS_REDIS_OP_COUNT] = {
     "get_user", "get_items", "ping",
 };
 
+static const char *const stage_name[METRICS_RANK_STAGES] = {
+    "queue", "decode", "history", "items", "score",
+};
+
 typedef struct reason_slot {
     _Atomic(const char *) name;     /* NULL until claimed */
     counter count;
@@ -65,6 +69,11 @@ struct metrics {
     counter redis_errors[METRICS_REDIS_OP_COUNT];
     atomic_int_fast64_t inflight;
     counter scored;
+    histogram stage_time[METRICS_RANK_STAGES];
+    counter breaker_opens, breaker_closes, breaker_probes, breaker_short;
+    counter shed_admission, shed_deadline, cut_receive;
+    atomic_int feature_set_ready;
+    _Atomic double feature_set_loaded_at;
     counter reloads_ok, reloads_failed;
     /* The last slot is "other" from the start; the rest are claimed by CAS
      * on first use of a reason. */
@@ -156,6 +165,33 @@ void metrics_inflight_add(metrics *m, int delta) {
 
 void metrics_scored(metrics *m, uint64_t n) {
     add(&m->scored, n);
+}
+
+void metrics_rank_stage(metrics *m, int stage, double seconds) {
+    if (stage < 0 || stage >= METRICS_RANK_STAGES) return;
+    observe(&m->stage_time[stage], seconds);
+}
+
+void metrics_breaker(void *arg, breaker_event ev) {
+    metrics *m = arg;
+    if (!m) return;
+    switch (ev) {
+    case BREAKER_EV_OPENED: add(&m->breaker_opens, 1); break;
+    case BREAKER_EV_CLOSED: add(&m->breaker_closes, 1); break;
+    case BREAKER_EV_PROBE: add(&m->breaker_probes, 1); break;
+    case BREAKER_EV_SHORT_CIRCUIT: add(&m->breaker_short, 1); break;
+    }
+}
+
+void metrics_shed(metrics *m, int deadline) {
+    add(deadline ? &m->shed_deadline : &m->shed_admission, 1);
+}
+
+void metrics_connection_cut(metrics *m) { add(&m->cut_receive, 1); }
+
+void metrics_feature_set(metrics *m, int ready, double loaded_at) {
+    atomic_store(&m->feature_set_ready, ready ? 1 : 0);
+    atomic_store(&m->feature_set_loaded_at, loaded_at);
 }
 
 void metrics_set_model(metrics *m, const char *name, const char *version) {
@@ -387,6 +423,49 @@ int metrics_render(metrics *m, const item_cache_stats *cache, proto_buf *b) {
     family(b, "ctr_scored_candidates_total", "counter",
            "Candidates scored by the model.");
     sample_u64(b, "ctr_scored_candidates_total", NULL, NULL, NULL, NULL, get(&m->scored));
+
+    family(b, "ctr_rank_stage_duration_seconds", "histogram",
+           "Time a rank request spent in each stage (queue: waiting for a worker).");
+    for (int st = 0; st < METRICS_RANK_STAGES; st++)
+        render_histogram(b, "ctr_rank_stage_duration_seconds", "stage", stage_name[st],
+                         &m->stage_time[st]);
+
+    uint64_t opens = get(&m->breaker_opens), closes = get(&m->breaker_closes);
+    family(b, "ctr_redis_breaker_open", "gauge",
+           "Feature store connections whose circuit breaker is open or probing.");
+    proto_buf_printf(b, "ctr_redis_breaker_open %llu\n",
+                     (unsigned long long)(opens > closes ? opens - closes : 0));
+    family(b, "ctr_redis_breaker_opens_total", "counter",
+           "Circuit breaker openings (a connection's call failed while closed).");
+    sample_u64(b, "ctr_redis_breaker_opens_total", NULL, NULL, NULL, NULL, opens);
+    family(b, "ctr_redis_breaker_probes_total", "counter",
+           "Calls let through an open breaker to probe the feature store.");
+    sample_u64(b, "ctr_redis_breaker_probes_total", NULL, NULL, NULL, NULL,
+               get(&m->breaker_probes));
+    family(b, "ctr_redis_breaker_short_circuits_total", "counter",
+           "Calls failed at once because their connection's breaker was open.");
+    sample_u64(b, "ctr_redis_breaker_short_circuits_total", NULL, NULL, NULL, NULL,
+               get(&m->breaker_short));
+
+    family(b, "ctr_requests_shed_total", "counter",
+           "Rank requests answered 503 overloaded: over the admission bound, or past "
+           "their deadline before a worker took them.");
+    sample_u64(b, "ctr_requests_shed_total", "reason", "admission", NULL, NULL,
+               get(&m->shed_admission));
+    sample_u64(b, "ctr_requests_shed_total", "reason", "deadline", NULL, NULL,
+               get(&m->shed_deadline));
+    family(b, "ctr_connections_cut_total", "counter",
+           "Connections closed for not sending a whole request within the receive deadline.");
+    sample_u64(b, "ctr_connections_cut_total", "reason", "receive_deadline", NULL, NULL,
+               get(&m->cut_receive));
+
+    family(b, "ctr_feature_set_ready", "gauge",
+           "1 when the feature store holds a feature-set marker matching the model.");
+    proto_buf_printf(b, "ctr_feature_set_ready %d\n", atomic_load(&m->feature_set_ready));
+    family(b, "ctr_feature_set_loaded_timestamp_seconds", "gauge",
+           "When ctr-load finished writing the feature set (unix seconds; 0 unknown).");
+    proto_buf_printf(b, "ctr_feature_set_loaded_timestamp_seconds %.3f\n",
+                     atomic_load(&m->feature_set_loaded_at));
 
     family(b, "ctr_process_start_time_seconds", "gauge",
            "Start time of the process since the unix epoch, in seconds.");

@@ -23,6 +23,17 @@
  *   model_reloads_total{result="ok|failed"}     counter
  *   degraded_responses_total{reason}            counter
  *   scored_candidates_total                     counter
+ *   rank_stage_duration_seconds{stage}          histogram (queue, decode,
+ *                                               history, items, score)
+ *   redis_breaker_open                          gauge (connections whose
+ *                                               breaker is open or probing)
+ *   redis_breaker_{opens,probes,short_circuits}_total  counter
+ *   requests_shed_total{reason="admission|deadline"}   counter
+ *   connections_cut_total{reason="receive_deadline"}   counter
+ *   feature_set_ready                           gauge (1: marker present
+ *                                               and matching the model)
+ *   feature_set_loaded_timestamp_seconds        gauge (unix time of the
+ *                                               load; 0 when unknown)
  *   process_start_time_seconds                  gauge (unix time)
  *
  * Usage:
@@ -46,6 +57,7 @@
 
 #include "core/status.h"
 #include "proto/buf.h"
+#include "server/breaker.h"
 #include "server/item_cache.h"
 
 #define METRICS_CONTENT_TYPE "text/plain; version=0.0.4; charset=utf-8"
@@ -121,6 +133,27 @@ void metrics_reload(metrics *m, int ok);
  * The first METRICS_MAX_REASONS - 1 distinct reasons get their own series,
  * the rest count as "other". */
 void metrics_degraded(metrics *m, const char *reason);
+
+/* Time one rank request spent in a stage (0..METRICS_RANK_STAGES-1, in
+ * the order of proto_rank_stage_name). */
+#define METRICS_RANK_STAGES 5
+void metrics_rank_stage(metrics *m, int stage, double seconds);
+
+/* One breaker event of a feature-store connection (a breaker_hook: pass m
+ * as the argument). */
+void metrics_breaker(void *m, breaker_event ev);
+
+/* A request answered 503 overloaded: at admission, or because it waited
+ * past its deadline in the queue (deadline != 0). */
+void metrics_shed(metrics *m, int deadline);
+
+/* A connection closed for not sending its request within the receive
+ * deadline. */
+void metrics_connection_cut(metrics *m);
+
+/* The health check's view of the feature set: ready (marker present and
+ * matching), and its load time in unix seconds (0: unknown). */
+void metrics_feature_set(metrics *m, int ready, double loaded_at);
 
 /* Adds the final counters of an item cache about to be freed (after a
  * model reload) to a base, so the *_total series stay monotonic across

@@ -1,43 +1,193 @@
 /*
- * rank.c - POST /v1/rank: decode, fetch features, score, answer.
+ * rank.c - POST /v1/rank: decode, history, item vectors, score, answer
+ * (stages and degraded reasons: rank.h).
  *
  * Workload: one user, N = 1..max_candidates candidates, a history of up to
- * max_len behaviours.  Cost order, warm cache: the forward pass (~90-160 us
- * per candidate on one core for MicroLens) >> JSON decode/encode (~1 us per
- * candidate) > one Redis GET for the history (~50 us on loopback).  So the
- * path is arranged to (1) touch Redis at most twice, one GET for the user
- * and one MGET for every item vector the cache lacks, (2) use cached item
- * vectors in place (pinned, never copied), and (3) split a big request's
- * candidates across the scoring pool so its latency falls with cores.
+ * max_len behaviours, under a deadline of a few to a few tens of
+ * milliseconds.  Cost order, warm cache: the forward pass (~90-160 us per
+ * candidate on one core for MicroLens) >> JSON decode/encode (~1 us per
+ * candidate) > one Redis round trip for the history (~50 us on loopback).
+ * So the path is arranged to (1) touch Redis at most twice, one read for
+ * the user and one pipeline for every item vector the cache lacks, each
+ * bounded by what is left of the budget after the model's expected share,
+ * (2) use cached item vectors in place (pinned, never copied), and (3)
+ * split a big request's candidates across the scoring pool so its latency
+ * falls with cores.
  *
- * Failures of the feature store degrade, never crash (README "Failure
- * behaviour"): no history -> scored with an empty history and
- * "history_unavailable"; item features unreachable -> the candidates the
- * cache lacks are left unscored ("item_features_unavailable"), and if that
- * leaves nothing to rank, 503.  Candidates Redis has no features for are
- * listed in "unscored" ("item_features_missing").
+ * Failures of the feature store degrade, never crash, and never make the
+ * answer late: no history -> scored with an empty history; item features
+ * unreachable -> the candidates the cache lacks are left unscored, and if
+ * that leaves nothing to rank, 503.  A score is never null: item vectors
+ * are checked when computed (never cached non-finite), and a score that is
+ * not finite after the pass sends its candidate to "unscored" (after
+ * dropping any history item that poisons the attention).
  */
+#include "server/rank.h"
+
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
-#include <time.h>
 
 #include "proto/error.h"
-#include "proto/rank.h"
+#include "server/clock.h"
 #include "server/log.h"
-#include "server/service.h"
 
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
+/* Time kept for ordering and encoding the answer after scoring. */
+#define ANSWER_RESERVE_NS 100000
+/* The forward pass's speed before any request has measured it. */
+#define DEFAULT_NS_PER_MFLOP 20000
 
-static int answer_error(worker *w, proto_error e, const char *msg) {
-    proto_buf_reset(&w->out);
-    proto_error_encode(e, msg, &w->out);
+static int answer_error(rank_ctx *x, proto_error e, const char *msg) {
+    proto_buf_reset(&x->w->out);
+    proto_error_encode(e, msg, &x->w->out);
     return proto_error_http(e);
 }
+
+static int out_of_memory(rank_ctx *x) {
+    return answer_error(x, PROTO_ERROR_INTERNAL, "out of memory");
+}
+
+static void stage_end(rank_ctx *x, int stage) {
+    int64_t now = clock_now_ns();
+    x->stage_ns[stage] += now - x->stage_t0;
+    x->stage_t0 = now;
+}
+
+void rank_degrade(rank_ctx *x, const char *reason) {
+    for (int i = 0; i < x->ndeg; i++)
+        if (x->degraded[i] == reason || strcmp(x->degraded[i], reason) == 0) return;
+    if (x->ndeg < RANK_MAX_DEGRADED) x->degraded[x->ndeg++] = reason;
+}
+
+int64_t rank_score_estimate_ns(const rank_ctx *x, int n) {
+    long long per = atomic_load_explicit(&x->svc->score_ns_per_mflop, memory_order_relaxed);
+    if (per <= 0) per = DEFAULT_NS_PER_MFLOP;
+    return (int64_t)((double)n * qin_candidate_flops(x->cfg) * 1e-6 * (double)per);
+}
+
+/* The deadline of a feature-store call: what is left after the model's
+ * and the answer's expected share.  0 when nothing is left. */
+static int64_t call_deadline(const rank_ctx *x) {
+    int64_t d = x->deadline_ns - rank_score_estimate_ns(x, x->req.num_cand) - ANSWER_RESERVE_NS;
+    return d > clock_now_ns() ? d : 0;
+}
+
+static metrics_redis_result redis_result(int rc) {
+    return rc == CTR_ETIMEOUT ? METRICS_REDIS_TIMEOUT
+                              : (rc == CTR_EBACKEND ? METRICS_REDIS_ERROR : METRICS_REDIS_OK);
+}
+
+/* A feature-store call that timed out because the request's budget ran
+ * out, rather than Redis's own command timeout. */
+static int budget_timeout(const rank_ctx *x, int rc, int64_t start, int64_t dl) {
+    return rc == CTR_ETIMEOUT &&
+           dl < start + (int64_t)x->svc->fs_params.command_timeout_ms * 1000000;
+}
+
+/* --- begin / end -------------------------------------------------------- */
+
+void rank_begin(rank_ctx *x, worker *w, const rank_input *in) {
+    memset(x, 0, sizeof *x);
+    x->w = w;
+    x->svc = w->svc;
+    x->slot = model_holder_acquire(x->svc->models);
+    x->cfg = x->slot->cfg;
+    x->a = &w->arena;
+    arena_reset(x->a);
+    proto_buf_reset(&w->out);
+    x->stage_t0 = clock_now_ns();
+    x->arrival_ns = in->arrival_ns ? in->arrival_ns : x->stage_t0;
+    x->stage_ns[RANK_STAGE_QUEUE] = x->stage_t0 - x->arrival_ns;
+}
+
+void rank_end(rank_ctx *x) {
+    if (x->refs && x->nref) item_cache_release_many(x->slot->cache, x->refs, (size_t)x->nref);
+    x->nref = 0;
+    model_slot_release(x->slot);
+    x->slot = NULL;
+}
+
+/* --- decode ------------------------------------------------------------- */
+
+int rank_decode(rank_ctx *x, const rank_input *in) {
+    service *svc = x->svc;
+    char err[512];
+    proto_rank_schema schema = {x->cfg->num_ctx, x->slot->ctx_name, svc->max_candidates,
+                                svc->max_seq};
+    int rc = proto_rank_request_decode(in->body, in->len, &schema, x->a, &x->req, err,
+                                       sizeof err);
+    if (rc < 0) return answer_error(x, proto_error_from_status(rc), err);
+
+    int ms = x->req.deadline_ms ? x->req.deadline_ms
+                                : (in->header_deadline_ms > 0 ? in->header_deadline_ms
+                                                              : svc->deadline_ms);
+    if (ms > svc->max_deadline_ms) ms = svc->max_deadline_ms;
+    x->deadline_ms = ms;
+    x->deadline_ns = x->arrival_ns + (int64_t)ms * 1000000;
+    if (clock_now_ns() >= x->deadline_ns) {
+        snprintf(err, sizeof err, "the request waited past its %d ms deadline before work "
+                 "began", ms);
+        metrics_shed(svc->metrics, 1);
+        return answer_error(x, PROTO_ERROR_OVERLOADED, err);
+    }
+
+    if ((rc = qin_request_check(x->cfg, x->req.cand_id, x->req.ctx, x->req.num_cand, err,
+                                sizeof err)) < 0)
+        return answer_error(x, proto_error_from_status(rc), err);
+
+    const size_t n1 = (size_t)(x->req.num_cand ? x->req.num_cand : 1);
+    x->prob = arena_alloc(x->a, n1 * sizeof *x->prob, 64);
+    x->scored = arena_alloc(x->a, n1, 64);
+    if (!x->prob || !x->scored) return out_of_memory(x);
+    memset(x->scored, 0, n1);
+    stage_end(x, RANK_STAGE_DECODE);
+    return 0;
+}
+
+/* --- history ------------------------------------------------------------ */
+
+int rank_history(rank_ctx *x) {
+    static log_limit lim_fail;
+    service *svc = x->svc;
+    int fs_state = atomic_load(&svc->feature_set);
+    if (fs_state == SERVICE_FS_MISSING || fs_state == SERVICE_FS_MISMATCH)
+        rank_degrade(x, "feature_set_missing");
+
+    x->hist_ids = x->req.item_seq;
+    x->nh = x->req.has_item_seq ? x->req.seq_len : 0;
+    if (!x->req.has_item_seq) {
+        int64_t start = clock_now_ns(), dl = call_deadline(x);
+        if (!dl) {
+            rank_degrade(x, "history_deadline");
+        } else {
+            char err[512];
+            int rc = featstore_get_user(x->w->fs, x->req.user_id, x->cfg->max_len, dl, x->a,
+                                        &x->hist_ids, &x->nh, err, sizeof err);
+            metrics_redis(svc->metrics, METRICS_REDIS_GET_USER,
+                          (double)(clock_now_ns() - start) * 1e-9, redis_result(rc));
+            if (rc == CTR_ENOTFOUND) {
+                x->nh = 0;
+            } else if (rc < 0) {
+                x->nh = 0;
+                if (budget_timeout(x, rc, start, dl)) {
+                    rank_degrade(x, "history_deadline");
+                } else {
+                    log_limited(&lim_fail, LOG_WARN, "history read failures",
+                                "history of user %s: %s", x->req.user_id, err);
+                    rank_degrade(x, "history_unavailable");
+                }
+            }
+        }
+    }
+    if (x->nh > x->cfg->max_len) { /* only the most recent max_len count */
+        x->hist_ids += x->nh - x->cfg->max_len;
+        x->nh = x->cfg->max_len;
+    }
+    stage_end(x, RANK_STAGE_HISTORY);
+    return 0;
+}
+
+/* --- item vectors ------------------------------------------------------- */
 
 /* Open-addressing map item id -> slot in the request's unique-item table. */
 typedef struct idmap {
@@ -68,6 +218,173 @@ static int idmap_get(idmap *m, int64_t id, int *next) {
     return m->vals[h];
 }
 
+/* Computes the vectors of the fetched items and puts them in the cache;
+ * items whose features are malformed or overflow get no vector. */
+static int compute_vectors(rank_ctx *x, const int64_t *miss_id, const int *miss_u, int nmiss,
+                           const featstore_item *feats) {
+    static log_limit lim_width, lim_bad;
+    const qin_config *c = x->cfg;
+    qin_item_input *in = arena_alloc(x->a, (size_t)nmiss * sizeof *in, 64);
+    int *in_k = arena_alloc(x->a, (size_t)nmiss * sizeof *in_k, 64);
+    if (!in || !in_k) return -1;
+    int nin = 0;
+    for (int k = 0; k < nmiss; k++) {
+        int u = miss_u[k];
+        if (!feats[k].found) {
+            x->ureason[u] = feats[k].status == CTR_EFORMAT ? RANK_NOVEC_INVALID
+                                                           : RANK_NOVEC_MISSING;
+            continue;
+        }
+        if (feats[k].mm_dim != c->mm_in) {
+            log_limited(&lim_width, LOG_WARN, "item width mismatches",
+                        "item %lld: embedding width %d, the model reads %d",
+                        (long long)miss_id[k], feats[k].mm_dim, c->mm_in);
+            x->ureason[u] = RANK_NOVEC_INVALID;
+            continue;
+        }
+        in[nin] = (qin_item_input){miss_id[k], feats[k].tags, feats[k].num_tags, feats[k].mm};
+        in_k[nin++] = k;
+    }
+    /* All the missing vectors in one batch (two sgemm), then into the
+     * cache, which copies them and hands back pinned entries. */
+    const size_t vf = qin_item_vec_floats(x->slot->model);
+    float *vecs = arena_alloc(x->a, (size_t)(nin ? nin : 1) * vf * sizeof(float), 64);
+    unsigned char *ok = arena_alloc(x->a, (size_t)(nin ? nin : 1), 64);
+    if (!vecs || !ok) return -1;
+    memset(ok, 1, (size_t)(nin ? nin : 1));
+    char err[256];
+    if (qin_items_compute(x->slot->model, nin, in, vecs, NULL, err, sizeof err) < 0) {
+        /* Some item's features are out of the model's range or overflow:
+         * redo them one by one and leave the bad ones out (never cached). */
+        for (int j = 0; j < nin; j++)
+            if (qin_item_compute(x->slot->model, &in[j], vecs + (size_t)j * vf, err,
+                                 sizeof err) < 0) {
+                log_limited(&lim_bad, LOG_WARN, "unusable item features",
+                            "item %lld: unusable features (%s)", (long long)in[j].id, err);
+                ok[j] = 0;
+                x->ureason[miss_u[in_k[j]]] = RANK_NOVEC_INVALID;
+            }
+    }
+    for (int j = 0; j < nin; j++) {
+        if (!ok[j]) continue;
+        int u = miss_u[in_k[j]];
+        x->uvec[u] = item_cache_put(x->slot->cache, miss_id[in_k[j]], vecs + (size_t)j * vf,
+                                    &x->refs[u]);
+        if (!x->uvec[u]) x->ureason[u] = RANK_NOVEC_UNAVAILABLE; /* out of memory */
+    }
+    return 0;
+}
+
+int rank_items(rank_ctx *x) {
+    static log_limit lim_fail;
+    service *svc = x->svc;
+    const int n = x->req.num_cand, nh = x->nh;
+    arena *a = x->a;
+
+    /* Unique item ids of candidates and history (usable ones only: other
+     * history ids are padding). */
+    idmap map;
+    x->cand_u = arena_alloc(a, (size_t)(n ? n : 1) * sizeof *x->cand_u, 64);
+    x->hist_u = arena_alloc(a, (size_t)(nh ? nh : 1) * sizeof *x->hist_u, 64);
+    x->uid = arena_alloc(a, (size_t)(n + nh + 1) * sizeof *x->uid, 64);
+    x->uvec = arena_alloc(a, (size_t)(n + nh + 1) * sizeof *x->uvec, 64);
+    x->ureason = arena_alloc(a, (size_t)(n + nh + 1), 64);
+    x->refs = arena_alloc(a, (size_t)(n + nh + 1) * sizeof *x->refs, 64);
+    if (!x->cand_u || !x->hist_u || !x->uid || !x->uvec || !x->ureason || !x->refs ||
+        idmap_init(&map, a, n + nh) < 0)
+        return out_of_memory(x);
+    int nu = 0;
+    for (int i = 0; i < n; i++) {
+        int before = nu;
+        x->cand_u[i] = idmap_get(&map, x->req.cand_id[i], &nu);
+        if (nu > before) x->uid[x->cand_u[i]] = x->req.cand_id[i];
+    }
+    for (int j = 0; j < nh; j++) {
+        int64_t id = x->hist_ids[j];
+        if (!qin_history_usable(x->cfg, id)) {
+            x->hist_u[j] = -1;
+            continue;
+        }
+        int before = nu;
+        x->hist_u[j] = idmap_get(&map, id, &nu);
+        if (nu > before) x->uid[x->hist_u[j]] = id;
+    }
+    x->nu = nu;
+    memset(x->ureason, 0, (size_t)nu + 1);
+
+    /* Cached vectors, pinned for the rest of the request. */
+    item_cache_get_many(x->slot->cache, x->uid, (size_t)nu, x->uvec, x->refs);
+    x->nref = nu;
+
+    /* One pipelined read for everything the cache lacks. */
+    int nmiss = 0;
+    int64_t *miss_id = arena_alloc(a, (size_t)(nu ? nu : 1) * sizeof *miss_id, 64);
+    int *miss_u = arena_alloc(a, (size_t)(nu ? nu : 1) * sizeof *miss_u, 64);
+    if (!miss_id || !miss_u) return out_of_memory(x);
+    for (int u = 0; u < nu; u++)
+        if (!x->uvec[u]) {
+            miss_id[nmiss] = x->uid[u];
+            miss_u[nmiss++] = u;
+        }
+    if (nmiss > 0) {
+        featstore_item *feats = arena_alloc(a, (size_t)nmiss * sizeof *feats, 64);
+        if (!feats) return out_of_memory(x);
+        int64_t start = clock_now_ns(), dl = call_deadline(x);
+        int rc = CTR_ETIMEOUT, deadline_hit = !dl;
+        char err[512] = "";
+        if (dl) {
+            rc = featstore_get_items(x->w->fs, miss_id, nmiss, dl, a, feats, err, sizeof err);
+            metrics_redis(svc->metrics, METRICS_REDIS_GET_ITEMS,
+                          (double)(clock_now_ns() - start) * 1e-9, redis_result(rc));
+            deadline_hit = budget_timeout(x, rc, start, dl);
+        }
+        if (rc < 0) {
+            x->fetch_failed = 1;
+            if (!deadline_hit)
+                log_limited(&lim_fail, LOG_WARN, "item read failures", "item features: %s",
+                            err);
+            for (int k = 0; k < nmiss; k++)
+                x->ureason[miss_u[k]] =
+                    deadline_hit ? RANK_NOVEC_DEADLINE : RANK_NOVEC_UNAVAILABLE;
+        } else if (compute_vectors(x, miss_id, miss_u, nmiss, feats) < 0) {
+            return out_of_memory(x);
+        }
+    }
+
+    /* Why candidates go unscored; history items without a vector are
+     * padding, and said so when their features were bad. */
+    int nvec = 0;
+    for (int i = 0; i < n; i++) {
+        int u = x->cand_u[i];
+        if (x->uvec[u]) {
+            nvec++;
+            continue;
+        }
+        static const char *const why[] = {
+            [RANK_NOVEC_MISSING] = "item_features_missing",
+            [RANK_NOVEC_INVALID] = "item_features_invalid",
+            [RANK_NOVEC_UNAVAILABLE] = "item_features_unavailable",
+            [RANK_NOVEC_DEADLINE] = "item_features_deadline",
+        };
+        rank_degrade(x, why[x->ureason[u] ? x->ureason[u] : RANK_NOVEC_MISSING]);
+    }
+    for (int j = 0; j < nh; j++)
+        if (x->hist_u[j] >= 0 && x->ureason[x->hist_u[j]] == RANK_NOVEC_INVALID)
+            rank_degrade(x, "history_item_invalid");
+    if (nvec == 0 && n > 0 && x->fetch_failed) {
+        int deadline = x->ureason[x->cand_u[0]] == RANK_NOVEC_DEADLINE;
+        return answer_error(x, deadline ? PROTO_ERROR_DEADLINE_EXCEEDED
+                                        : PROTO_ERROR_UNAVAILABLE,
+                            deadline ? "the deadline passed before any candidate's features "
+                                       "could be read"
+                                     : "feature store unavailable and no candidate is cached");
+    }
+    stage_end(x, RANK_STAGE_ITEMS);
+    return 0;
+}
+
+/* --- scoring ------------------------------------------------------------ */
+
 typedef struct score_job {
     service *svc;
     const model_slot *slot;
@@ -81,6 +398,7 @@ typedef struct score_job {
 } score_job;
 
 static void score_part(void *arg, int part, int nparts) {
+    static log_limit lim;
     score_job *j = arg;
     int lo = (int)((long long)j->n * part / nparts), hi = (int)((long long)j->n * (part + 1) / nparts);
     if (hi <= lo) return;
@@ -90,253 +408,190 @@ static void score_part(void *arg, int part, int nparts) {
     const int nctx = j->slot->cfg->num_ctx;
     qin_request r = {j->hist, j->nh, j->cand + lo, j->ctx + (size_t)lo * nctx, hi - lo};
     if (!s || qin_forward(j->slot->model, s, &r, j->prob + lo, err, sizeof err) < 0) {
-        if (s) log_error("scoring: %s", err);
+        if (s) log_limited(&lim, LOG_ERROR, "scoring failures", "scoring: %s", err);
         atomic_store(&j->failed, 1);
     }
 }
 
-static metrics_redis_result redis_result(int rc) {
-    return rc == CTR_ETIMEOUT ? METRICS_REDIS_TIMEOUT
-                              : (rc == CTR_EBACKEND ? METRICS_REDIS_ERROR : METRICS_REDIS_OK);
+/* Scores n candidates, split across the pool when each part is worth a
+ * hand-off to another thread (a futex wake and a context switch, tens of
+ * microseconds on a VM): at least split_min candidates and
+ * split_min_mflops of arithmetic (25 by default: ~150 us at the QNN
+ * kernel's rate).  So the MicroLens model (8.4 MFLOP a candidate) splits 64
+ * candidates in two, while a small model scores them on this thread.
+ * 0, or -1 when the engine failed. */
+static int score_run(rank_ctx *x, const float *const *hist, int nh, const float *const *cand,
+                     const int32_t *ctx, int n, float *prob) {
+    service *svc = x->svc;
+    if (n <= 0) return 0;
+    score_job job = {svc, x->slot, hist, nh, cand, ctx, n, prob, 0};
+    const double per_cand = qin_candidate_flops(x->cfg);
+    int min_part = (int)(svc->split_min_mflops * 1e6 / per_cand) + 1;
+    if (min_part < svc->split_min) min_part = svc->split_min;
+    int parts = n / min_part;
+    if (parts > svc->score_parts) parts = svc->score_parts;
+    if (parts < 1) parts = 1;
+    pool_run(svc->scorers, score_part, &job, parts);
+    return atomic_load(&job.failed) ? -1 : 0;
 }
 
-int rank_handle(worker *w, const char *body, size_t len) {
-    service *svc = w->svc;
-    double t0 = now_s();
-    arena *a = &w->arena;
-    arena_reset(a);
-    proto_buf_reset(&w->out);
-    char err[512];
-    int status = 200;
-
-    model_slot *slot = model_holder_acquire(svc->models);
-    const qin_config *c = slot->cfg;
-    const int nctx = c->num_ctx;
-    int nref = 0;
-    item_cache_ref *refs = NULL;
-
-    proto_rank_schema schema = {nctx, slot->ctx_name, svc->max_candidates, svc->max_seq};
-    proto_rank_request req;
-    int rc = proto_rank_request_decode(body, len, &schema, a, &req, err, sizeof err);
-    if (rc < 0) {
-        status = answer_error(w, proto_error_from_status(rc), err);
-        goto done;
+/* Some scores are not finite.  If the history is to blame (the same
+ * candidates score finite without it), find the history items that poison
+ * the attention, one at a time with one of those candidates, drop them, and
+ * score everything again.  Rare, so plain rather than fast. */
+static int repair_history(rank_ctx *x, const float **hist, int nh, const float **cand,
+                          const int32_t *ctx, int ns, float *prob) {
+    static log_limit lim;
+    const int nctx = x->cfg->num_ctx;
+    int probe = -1;
+    float p;
+    for (int i = 0; i < ns && probe < 0; i++) {
+        if (isfinite(prob[i])) continue;
+        if (score_run(x, NULL, 0, cand + i, ctx + (size_t)i * nctx, 1, &p) < 0) return -1;
+        if (isfinite(p)) probe = i;
     }
-    const int n = req.num_cand;
-    for (int i = 0; i < n; i++) {
-        if (req.cand_id[i] < 1 || req.cand_id[i] >= c->item_vocab) {
-            snprintf(err, sizeof err, "candidates[%d].item_id: %lld outside the model's items 1..%d",
-                     i, (long long)req.cand_id[i], c->item_vocab - 1);
-            status = answer_error(w, PROTO_ERROR_OUT_OF_RANGE, err);
-            goto done;
-        }
-        for (int f = 0; f < nctx; f++) {
-            int32_t v = req.ctx[(size_t)i * nctx + f];
-            if (v < 0 || v >= c->ctx_vocab[f]) {
-                snprintf(err, sizeof err, "candidates[%d].%s: %d outside 0..%d", i,
-                         c->ctx_name[f], (int)v, c->ctx_vocab[f] - 1);
-                status = answer_error(w, PROTO_ERROR_OUT_OF_RANGE, err);
-                goto done;
-            }
-        }
-    }
-
-    const char *degraded[4];
-    int ndeg = 0;
-
-    /* History: the request's own, else one GET. */
-    int64_t *hist_ids = req.item_seq;
-    int nh = req.has_item_seq ? req.seq_len : 0;
-    if (!req.has_item_seq) {
-        double r0 = now_s();
-        rc = featstore_get_user(w->fs, req.user_id, a, &hist_ids, &nh, err, sizeof err);
-        metrics_redis(svc->metrics, METRICS_REDIS_GET_USER, now_s() - r0, redis_result(rc));
-        if (rc == CTR_ENOTFOUND) {
-            nh = 0;
-        } else if (rc < 0) {
-            log_warn("history of user %s: %s", req.user_id, err);
-            degraded[ndeg++] = "history_unavailable";
-            nh = 0;
-        }
-    }
-    if (nh > c->max_len) { /* only the most recent max_len count */
-        hist_ids += nh - c->max_len;
-        nh = c->max_len;
-    }
-
-    /* Unique item ids of candidates and history (valid ones only: history
-     * ids outside the vocabulary are padding). */
-    idmap map;
-    int nu = 0;
-    int *cand_u = arena_alloc(a, (size_t)(n ? n : 1) * sizeof *cand_u, 64);
-    int *hist_u = arena_alloc(a, (size_t)(nh ? nh : 1) * sizeof *hist_u, 64);
-    int64_t *uid = arena_alloc(a, (size_t)(n + nh + 1) * sizeof *uid, 64);
-    const float **uvec = arena_alloc(a, (size_t)(n + nh + 1) * sizeof *uvec, 64);
-    refs = arena_alloc(a, (size_t)(n + nh + 1) * sizeof *refs, 64);
-    if (!cand_u || !hist_u || !uid || !uvec || !refs || idmap_init(&map, a, n + nh) < 0) {
-        status = answer_error(w, PROTO_ERROR_INTERNAL, "out of memory");
-        goto done;
-    }
-    for (int i = 0; i < n; i++) {
-        int before = nu;
-        cand_u[i] = idmap_get(&map, req.cand_id[i], &nu);
-        if (nu > before) uid[cand_u[i]] = req.cand_id[i];
-    }
+    if (probe < 0) return 0; /* not the history's doing */
+    int dropped = 0;
     for (int j = 0; j < nh; j++) {
-        int64_t id = hist_ids[j];
-        if (id < 1 || id >= c->item_vocab) {
-            hist_u[j] = -1;
-            continue;
-        }
-        int before = nu;
-        hist_u[j] = idmap_get(&map, id, &nu);
-        if (nu > before) uid[hist_u[j]] = id;
-    }
-
-    /* Cached vectors, pinned for the rest of the request. */
-    item_cache_get_many(slot->cache, uid, (size_t)nu, uvec, refs);
-    nref = nu;
-
-    /* One MGET for everything the cache lacks. */
-    int nmiss = 0;
-    int64_t *miss_id = arena_alloc(a, (size_t)(nu ? nu : 1) * sizeof *miss_id, 64);
-    int *miss_u = arena_alloc(a, (size_t)(nu ? nu : 1) * sizeof *miss_u, 64);
-    if (!miss_id || !miss_u) {
-        status = answer_error(w, PROTO_ERROR_INTERNAL, "out of memory");
-        goto done;
-    }
-    for (int u = 0; u < nu; u++)
-        if (!uvec[u]) {
-            miss_id[nmiss] = uid[u];
-            miss_u[nmiss++] = u;
-        }
-    int fetch_failed = 0;
-    if (nmiss > 0) {
-        featstore_item *feats = arena_alloc(a, (size_t)nmiss * sizeof *feats, 64);
-        qin_item_input *in = arena_alloc(a, (size_t)nmiss * sizeof *in, 64);
-        int *in_k = arena_alloc(a, (size_t)nmiss * sizeof *in_k, 64);
-        if (!feats || !in || !in_k) {
-            status = answer_error(w, PROTO_ERROR_INTERNAL, "out of memory");
-            goto done;
-        }
-        double r0 = now_s();
-        rc = featstore_get_items(w->fs, miss_id, nmiss, a, feats, err, sizeof err);
-        metrics_redis(svc->metrics, METRICS_REDIS_GET_ITEMS, now_s() - r0, redis_result(rc));
-        if (rc < 0) {
-            log_warn("item features: %s", err);
-            fetch_failed = 1;
-            degraded[ndeg++] = "item_features_unavailable";
-        } else {
-            int nin = 0;
-            for (int k = 0; k < nmiss; k++) {
-                if (!feats[k].found) continue;
-                if (feats[k].mm_dim != c->mm_in) {
-                    log_warn("item %lld: embedding width %d, the model reads %d",
-                             (long long)miss_id[k], feats[k].mm_dim, c->mm_in);
-                    continue;
-                }
-                in[nin] = (qin_item_input){miss_id[k], feats[k].tags, feats[k].num_tags,
-                                           feats[k].mm};
-                in_k[nin++] = k;
-            }
-            /* All the missing vectors in one batch (two sgemm), then into
-             * the cache, which copies them and hands back pinned entries. */
-            const size_t vf = qin_item_vec_floats(slot->model);
-            float *vecs = arena_alloc(a, (size_t)(nin ? nin : 1) * vf * sizeof(float), 64);
-            unsigned char *ok = arena_alloc(a, (size_t)(nin ? nin : 1), 64);
-            if (!vecs || !ok) {
-                status = answer_error(w, PROTO_ERROR_INTERNAL, "out of memory");
-                goto done;
-            }
-            memset(ok, 1, (size_t)(nin ? nin : 1));
-            if (qin_items_compute(slot->model, nin, in, vecs, NULL, err, sizeof err) < 0) {
-                /* Some item's features are out of the model's range: redo
-                 * them one by one and leave the bad ones out. */
-                for (int j = 0; j < nin; j++)
-                    if (qin_item_compute(slot->model, &in[j], vecs + (size_t)j * vf, err,
-                                         sizeof err) < 0) {
-                        log_warn("item %lld: unusable features (%s)", (long long)in[j].id, err);
-                        ok[j] = 0;
-                    }
-            }
-            for (int j = 0; j < nin; j++) {
-                if (!ok[j]) continue;
-                int k = in_k[j];
-                uvec[miss_u[k]] = item_cache_put(slot->cache, miss_id[k], vecs + (size_t)j * vf,
-                                                 &refs[miss_u[k]]);
-            }
+        if (!hist[j]) continue;
+        if (score_run(x, &hist[j], 1, cand + probe, ctx + (size_t)probe * nctx, 1, &p) < 0)
+            return -1;
+        if (!isfinite(p)) {
+            log_limited(&lim, LOG_WARN, "history items dropped",
+                        "user %s: history item %lld makes scores non-finite; dropped",
+                        x->req.user_id, (long long)x->hist_ids[j]);
+            hist[j] = NULL;
+            dropped++;
         }
     }
+    if (!dropped) return 0;
+    rank_degrade(x, "history_item_invalid");
+    return score_run(x, hist, nh, cand, ctx, ns, prob);
+}
 
-    /* Pointer arrays for the engine; candidates without a vector are left
-     * out and reported. */
+int rank_score(rank_ctx *x) {
+    service *svc = x->svc;
+    const int n = x->req.num_cand, nh = x->nh, nctx = x->cfg->num_ctx;
+    arena *a = x->a;
     const float **hist = arena_alloc(a, (size_t)(nh ? nh : 1) * sizeof *hist, 64);
     const float **cand = arena_alloc(a, (size_t)(n ? n : 1) * sizeof *cand, 64);
     int32_t *ctx = arena_alloc(a, (size_t)(n ? n : 1) * (nctx ? nctx : 1) * sizeof *ctx, 64);
     int *cand_of = arena_alloc(a, (size_t)(n ? n : 1) * sizeof *cand_of, 64);
-    int64_t *unscored = arena_alloc(a, (size_t)(n ? n : 1) * sizeof *unscored, 64);
     float *prob = arena_alloc(a, (size_t)(n ? n : 1) * sizeof *prob, 64);
-    int64_t *sid = arena_alloc(a, (size_t)(n ? n : 1) * sizeof *sid, 64);
-    proto_rank_item *items = arena_alloc(a, (size_t)(n ? n : 1) * sizeof *items, 64);
-    if (!hist || !cand || !ctx || !cand_of || !unscored || !prob || !sid || !items) {
-        status = answer_error(w, PROTO_ERROR_INTERNAL, "out of memory");
-        goto done;
-    }
-    for (int j = 0; j < nh; j++) hist[j] = hist_u[j] >= 0 ? uvec[hist_u[j]] : NULL;
-    int ns = 0, nun = 0;
+    if (!hist || !cand || !ctx || !cand_of || !prob) return out_of_memory(x);
+    for (int j = 0; j < nh; j++) hist[j] = x->hist_u[j] >= 0 ? x->uvec[x->hist_u[j]] : NULL;
+    int ns = 0;
     for (int i = 0; i < n; i++) {
-        const float *v = uvec[cand_u[i]];
-        if (!v) {
-            unscored[nun++] = req.cand_id[i];
-            continue;
-        }
+        const float *v = x->uvec[x->cand_u[i]];
+        if (!v) continue;
         cand[ns] = v;
-        memcpy(ctx + (size_t)ns * nctx, req.ctx + (size_t)i * nctx, (size_t)nctx * sizeof *ctx);
-        sid[ns] = req.cand_id[i];
+        memcpy(ctx + (size_t)ns * nctx, x->req.ctx + (size_t)i * nctx, (size_t)nctx * sizeof *ctx);
         cand_of[ns++] = i;
-    }
-    if (nun > 0 && !fetch_failed) degraded[ndeg++] = "item_features_missing";
-    if (ns == 0 && n > 0 && fetch_failed) {
-        status = answer_error(w, PROTO_ERROR_UNAVAILABLE,
-                              "feature store unavailable and no candidate is cached");
-        goto done;
     }
 
     if (svc->skip_scoring) {
         for (int i = 0; i < ns; i++) prob[i] = 0.0f;
     } else if (ns > 0) {
-        score_job job = {svc, slot, hist, nh, cand, ctx, ns, prob, 0};
-        /* A part must be worth a hand-off to another thread (a futex wake
-         * and a context switch, tens of microseconds on a VM): at least
-         * split_min candidates and split_min_mflops of arithmetic (25 by
-         * default: ~150 us at the QNN kernel's rate).  So the MicroLens
-         * model (8.4 MFLOP a candidate) splits 64 candidates in two, while
-         * a small model scores them on this thread. */
-        const double per_cand = 2.0 * c->num_layers * (double)c->input_dim * c->input_dim +
-                                4.0 * c->max_len * c->item_dim + 2.0 * c->input_dim;
-        int min_part = (int)(svc->split_min_mflops * 1e6 / per_cand) + 1;
-        if (min_part < svc->split_min) min_part = svc->split_min;
-        int parts = ns / min_part;
-        if (parts > svc->score_parts) parts = svc->score_parts;
-        if (parts < 1) parts = 1;
-        pool_run(svc->scorers, score_part, &job, parts);
-        if (atomic_load(&job.failed)) {
-            status = answer_error(w, PROTO_ERROR_INTERNAL, "scoring failed (see the log)");
-            goto done;
+        /* As many candidates as the budget allows, in request order. */
+        int64_t left = x->deadline_ns - clock_now_ns() - ANSWER_RESERVE_NS;
+        int64_t per = rank_score_estimate_ns(x, 1);
+        int k = ns;
+        if (rank_score_estimate_ns(x, ns) > left) {
+            k = per > 0 ? (int)(left / per) : ns;
+            if (k < 0) k = 0;
+            if (k > ns) k = ns;
         }
+        if (k < ns) rank_degrade(x, "scoring_deadline");
+        if (k == 0) {
+            char msg[160];
+            snprintf(msg, sizeof msg, "the %d ms deadline leaves no time to score any "
+                     "candidate", x->deadline_ms);
+            return answer_error(x, PROTO_ERROR_DEADLINE_EXCEEDED, msg);
+        }
+        int64_t t0 = clock_now_ns();
+        if (score_run(x, hist, nh, cand, ctx, k, prob) < 0)
+            return answer_error(x, PROTO_ERROR_INTERNAL, "scoring failed (see the log)");
+        /* The running speed estimate: an 8-sample moving average, races
+         * between threads harmless. */
+        double mflops = (double)k * qin_candidate_flops(x->cfg) * 1e-6;
+        if (mflops > 0.01) {
+            long long sample = (long long)((double)(clock_now_ns() - t0) / mflops);
+            long long old = atomic_load_explicit(&svc->score_ns_per_mflop, memory_order_relaxed);
+            if (old <= 0) old = sample;
+            atomic_store_explicit(&svc->score_ns_per_mflop, old + (sample - old) / 8,
+                                  memory_order_relaxed);
+        }
+        int bad = 0;
+        for (int i = 0; i < k; i++) bad += !isfinite(prob[i]);
+        if (bad && nh > 0 && repair_history(x, hist, nh, cand, ctx, k, prob) < 0)
+            return answer_error(x, PROTO_ERROR_INTERNAL, "scoring failed (see the log)");
+        ns = k;
         metrics_scored(svc->metrics, (uint64_t)ns);
     }
+    for (int s = 0; s < ns; s++) {
+        if (!isfinite(prob[s])) {
+            rank_degrade(x, "non_finite");
+            continue;
+        }
+        x->prob[cand_of[s]] = prob[s];
+        x->scored[cand_of[s]] = 1;
+    }
+    stage_end(x, RANK_STAGE_SCORE);
+    return 0;
+}
 
-    int kept = proto_rank_order(sid, prob, ns, req.top_k, items);
+/* --- answer ------------------------------------------------------------- */
+
+int rank_answer(rank_ctx *x) {
+    const int n = x->req.num_cand;
+    arena *a = x->a;
+    int64_t *sid = arena_alloc(a, (size_t)(n ? n : 1) * sizeof *sid, 64);
+    float *sp = arena_alloc(a, (size_t)(n ? n : 1) * sizeof *sp, 64);
+    int *cand_of = arena_alloc(a, (size_t)(n ? n : 1) * sizeof *cand_of, 64);
+    int64_t *unscored = arena_alloc(a, (size_t)(n ? n : 1) * sizeof *unscored, 64);
+    proto_rank_item *items = arena_alloc(a, (size_t)(n ? n : 1) * sizeof *items, 64);
+    if (!sid || !sp || !cand_of || !unscored || !items) return out_of_memory(x);
+    int ns = 0, nun = 0;
+    for (int i = 0; i < n; i++) {
+        if (x->scored[i]) {
+            sid[ns] = x->req.cand_id[i];
+            sp[ns] = x->prob[i];
+            cand_of[ns++] = i;
+        } else {
+            unscored[nun++] = x->req.cand_id[i];
+        }
+    }
+    int kept = proto_rank_order(sid, sp, ns, x->req.top_k, items);
     for (int k = 0; k < kept; k++) items[k].cand = cand_of[items[k].cand];
-    for (int d = 0; d < ndeg; d++) metrics_degraded(svc->metrics, degraded[d]);
-    proto_rank_answer ans = {req.request_id, c->name, c->version, items, kept,
-                             (int64_t)((now_s() - t0) * 1e6), degraded, ndeg, unscored, nun};
-    if (proto_rank_answer_encode(&ans, &w->out) < 0)
-        status = answer_error(w, PROTO_ERROR_INTERNAL, "out of memory");
+    for (int d = 0; d < x->ndeg; d++) metrics_degraded(x->svc->metrics, x->degraded[d]);
+    int64_t now = clock_now_ns(), stage_us[RANK_STAGES];
+    for (int s = 0; s < RANK_STAGES; s++) {
+        stage_us[s] = x->stage_ns[s] / 1000;
+        metrics_rank_stage(x->svc->metrics, s, (double)x->stage_ns[s] * 1e-9);
+    }
+    proto_rank_answer ans = {.request_id = x->req.request_id,
+                             .model_name = x->cfg->name,
+                             .model_version = x->cfg->version,
+                             .items = items,
+                             .num_items = kept,
+                             .took_us = (now - x->arrival_ns) / 1000,
+                             .stage_us = stage_us,
+                             .degraded = x->degraded,
+                             .num_degraded = x->ndeg,
+                             .unscored = unscored,
+                             .num_unscored = nun};
+    if (proto_rank_answer_encode(&ans, &x->w->out) < 0) return out_of_memory(x);
+    return 200;
+}
 
-done:
-    if (refs && nref) item_cache_release_many(slot->cache, refs, (size_t)nref);
-    model_slot_release(slot);
+int rank_handle(worker *w, const rank_input *in) {
+    rank_ctx x;
+    rank_begin(&x, w, in);
+    int status = rank_decode(&x, in);
+    if (!status) status = rank_history(&x);
+    if (!status) status = rank_items(&x);
+    if (!status) status = rank_score(&x);
+    if (!status) status = rank_answer(&x);
+    rank_end(&x);
     return status;
 }

@@ -37,8 +37,23 @@ typedef struct service {
     int split_min_mflops;          /* and arithmetic per part, MFLOP */
     int score_parts;               /* most parts a request is cut into */
     int skip_scoring;              /* answer with score 0, model not run */
+    int deadline_ms;               /* a request's budget when it names none */
+    int max_deadline_ms;           /* the most a request may ask for */
     atomic_int stopping;           /* set on SIGTERM: new requests get 503 */
+    atomic_int feature_set;        /* SERVICE_FS_*: the health check's view
+                                      of the feature-set marker */
+    atomic_llong score_ns_per_mflop;  /* running estimate of the forward
+                                         pass's speed, for deadlines */
 } service;
+
+/* What the last health check found (service.feature_set). */
+enum {
+    SERVICE_FS_UNKNOWN,            /* not checked yet, or Redis unreachable */
+    SERVICE_FS_OK,                 /* marker present, schema matches */
+    SERVICE_FS_MISSING,            /* Redis answers, no marker: empty or
+                                      half-loaded feature store */
+    SERVICE_FS_MISMATCH            /* marker of another schema */
+};
 
 typedef struct worker {
     service *svc;
@@ -61,8 +76,18 @@ qin_scratch *worker_scratch(worker *w, const model_slot *slot);
 int worker_global_init(void);
 void worker_global_free(void);
 
-/* POST /v1/rank: decodes body, fetches features, scores, and writes the
- * JSON answer or error into w->out.  Returns the HTTP status. */
-int rank_handle(worker *w, const char *body, size_t len);
+/* One POST /v1/rank as the HTTP layer hands it over. */
+typedef struct rank_input {
+    const char *body;
+    size_t len;
+    int64_t arrival_ns;            /* clock_now_ns() when it arrived: the
+                                      deadline counts from here */
+    int header_deadline_ms;        /* X-Request-Timeout-Ms; 0 when absent */
+} rank_input;
+
+/* POST /v1/rank: decodes the body, fetches features, scores, and writes the
+ * JSON answer or error into w->out (stages in rank.h).  Returns the HTTP
+ * status. */
+int rank_handle(worker *w, const rank_input *in);
 
 #endif

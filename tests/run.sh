@@ -2,9 +2,13 @@
 # run.sh - runs every test of one build variant (called by `make test`).
 #
 # Starts one throw-away redis-server on a free loopback port for the whole
-# run (CTR_REDIS=127.0.0.1:PORT), runs each cmocka binary, then each
-# tests/integration/*.sh, and stops Redis whatever happens.  Exit status is
-# non-zero if anything failed; the last line counts passes and failures.
+# run (CTR_REDIS=127.0.0.1:PORT) and one throw-away Redis Cluster (six
+# nodes, 3 masters + 3 replicas: CTR_REDIS_CLUSTER=host:port,..., see
+# tests/integration/lib/redis_cluster.sh), runs each cmocka binary, then
+# each tests/integration/*.sh, and stops them all whatever happens.  Tests
+# that kill or reshard cluster nodes start a cluster of their own with the
+# same script.  Exit status is non-zero if anything failed; the last line
+# counts passes and failures.
 #
 #   tests/run.sh BUILD_DIR GOLDEN_DIR TEST_BIN...
 set -uo pipefail
@@ -16,8 +20,10 @@ export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
 
 tmp=$(mktemp -d /tmp/ctr-test.XXXXXX)
 redis_pid=
+. tests/integration/lib/redis_cluster.sh
 cleanup() {
   [ -n "$redis_pid" ] && kill "$redis_pid" 2>/dev/null && wait "$redis_pid" 2>/dev/null
+  cluster_stop
   rm -rf "$tmp"
 }
 trap cleanup EXIT
@@ -40,6 +46,9 @@ if ! redis-cli -p "$port" ping >/dev/null 2>&1; then
   echo "run.sh: redis-server did not start:"; cat "$tmp/redis.log"; exit 1
 fi
 export CTR_REDIS=127.0.0.1:$port CTR_REDIS_PORT=$port
+t0=$SECONDS
+cluster_start || { echo "run.sh: the Redis Cluster did not start"; exit 1; }
+echo "run.sh: Redis Cluster on $CTR_REDIS_CLUSTER (ready in $((SECONDS - t0)) s)"
 
 passed=0 failed=0 failures=()
 run() {
@@ -49,9 +58,12 @@ run() {
 }
 for t in "$@"; do
   case "$t" in
-    */fuzz/fuzz_*)  # regression run over the committed corpus, if any
+    */fuzz/fuzz_*)  # the built-in sweep, then the committed corpus, if any
+      run "$t" "$t"
       corpus=tests/fuzz/corpus/$(basename "$t" | sed 's/^fuzz_//')
-      if [ -d "$corpus" ]; then run "$t" "$t" "$corpus"/*; else run "$t" "$t"; fi ;;
+      if [ -d "$corpus" ] && ls "$corpus"/* >/dev/null 2>&1; then
+        run "$t $corpus" "$t" "$corpus"/*
+      fi ;;
     *) run "$t" "$t" ;;
   esac
 done

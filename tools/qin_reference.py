@@ -189,6 +189,20 @@ class _QNN(nn.Module):
         return self.fc(x).squeeze(-1)                        # logits (B,)
 
 
+def item_vectors(tables, mm_encoder, ids, tags, mm):
+    """The item vector of MODEL_SPEC section 2 (QIN and DIN):
+    [E_item[id] | masked mean of tag rows | W_mm mm] for items of any
+    leading shape: ids (...), tags (..., T), mm (..., mm_in)."""
+    e_id = tables["item_id"](ids)
+    rows = tables["item_tags"](tags)                         # (..., T, d)
+    # n counts the tag rows that are not all zero (FuxiCTR masks by the
+    # embedding's content, not by the id); padding row 0 is zero.
+    n = (rows != 0).any(dim=-1).sum(dim=-1, keepdim=True).to(rows.dtype)
+    e_tag = rows.sum(dim=-2) / (n + 1e-12)
+    e_mm = mm_encoder(mm)
+    return torch.cat([e_id, e_tag, e_mm], dim=-1)
+
+
 class QINReference(nn.Module):
     """QIN (variant v9) as trained by FuxiCTR.  forward(batch) -> (B,) probs.
 
@@ -222,14 +236,7 @@ class QINReference(nn.Module):
     def item_vectors(self, ids, tags, mm):
         """[E_item[id] | masked mean of tag rows | W_mm mm] for items of any
         leading shape: ids (...), tags (..., T), mm (..., mm_in)."""
-        e_id = self.tables["item_id"](ids)
-        rows = self.tables["item_tags"](tags)                # (..., T, d)
-        # n counts the tag rows that are not all zero (FuxiCTR masks by the
-        # embedding's content, not by the id); padding row 0 is zero.
-        n = (rows != 0).any(dim=-1).sum(dim=-1, keepdim=True).to(rows.dtype)
-        e_tag = rows.sum(dim=-2) / (n + 1e-12)
-        e_mm = self.mm_encoder(mm)
-        return torch.cat([e_id, e_tag, e_mm], dim=-1)
+        return item_vectors(self.tables, self.mm_encoder, ids, tags, mm)
 
     def input_vector(self, batch):
         """x0 = [ctx embeddings in field order | t | pool], (B, D)."""

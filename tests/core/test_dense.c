@@ -24,6 +24,7 @@
 
 #include "core/dense.h"
 #include "core/gemm.h"
+#include "core/linear.h"
 
 static uint64_t rng = 12345;
 static float uni(void) {
@@ -352,7 +353,7 @@ static void *run_in_thread(void *p) {
     float *x = falloc((size_t)n * in), *y = falloc((size_t)n * out);
     for (int i = 0; i < n * in; i++) x[i] = uni();
     dense_forward(a->d, ws, n, x, y);
-    dense_sgemm(1, n, n, in, 1.0f, x, in, x, in, 0.0f, y, n); /* x x^T: n x n <= n x out */
+    linear_gemm(n, n, in, x, in, x, in, 1, 0.0f, y, n); /* x x^T: n x n <= n x out */
     a->threads_after = thread_count();
     free(x); free(y);
     dense_ws_free(ws);

@@ -52,7 +52,7 @@ static void test_valid(void **state) {
     assert_string_equal(c->ctx_name[1], "views_level");
     assert_int_equal(c->ctx_vocab[1], 3);
     /* Every weight buffer is 64-byte aligned. */
-    assert_int_equal((uintptr_t)m->item_emb % 64, 0);
+    assert_int_equal((uintptr_t)m->iv.item_emb % 64, 0);
     assert_int_equal((uintptr_t)m->qnn_w[1] % 64, 0);
     assert_int_equal((uintptr_t)m->attn_a % 64, 0);
     qin_model_free(m);

@@ -170,7 +170,8 @@ if accepted big "microlens"; then
 import sys; sys.path.insert(0, "tools")
 import safetensors_io
 meta, t = safetensors_io.read(sys.argv[1])
-want = {"format": "ctr-qin-1", "arch": "qin", "name": "qin", "version": "7",
+want = {"format": "ctr-model-2", "arch": "qin", "item_fields": "item_id,item_tags,item_emb_d128",
+        "name": "qin", "version": "7",
         "embedding_dim": "128", "max_len": "64", "num_layers": "4",
         "num_row": "4", "batch_norm": "1", "item_vocab": "91718",
         "tag_vocab": "11740", "num_tags": "5", "mm_in": "128", "mm_out": "128",

@@ -2,7 +2,9 @@
 # test_ctr_load.sh - integration test of ctr-load against the test Redis:
 # it loads the golden small data (items and users, checked against the
 # model), reports the counts, and writes exactly the bytes of
-# deploy/REDIS_SCHEMA.md (checked with redis-cli); a bad line is reported
+# deploy/REDIS_SCHEMA.md (checked with redis-cli), for QIN and DIN (version
+# 1 item values) and TIN (item ids from 0, version 2 values with a
+# category); a bad line is reported
 # with its file and line number, skipped, and makes the exit status 1 while
 # the good lines are still loaded; duplicates, long histories, a refused
 # connection and usage errors behave as --help says.
@@ -90,8 +92,15 @@ expect_in "counts reported" "$TMP/out" \
     "items_loaded=$n_items users_loaded=$n_users lines_rejected=0 histories_truncated=0"
 [ -s "$TMP/err" ] && fail "stderr not empty: $(cat "$TMP/err")" || ok "nothing on stderr"
 keys=$(rcli --scan --pattern "${PFX}g*" | wc -l)
-if [ "$keys" -eq $((n_items + n_users)) ]; then ok "$keys keys under the prefix"
-else fail "$keys keys under the prefix, expected $((n_items + n_users))"; fi
+if [ "$keys" -eq $((n_items + n_users + 1)) ]; then ok "$keys keys under the prefix (values + marker)"
+else fail "$keys keys under the prefix, expected $((n_items + n_users + 1))"; fi
+meta=$(rcli GET "${PFX}gmeta")
+if META=$meta "$PYTHON" -c '
+import json, os, sys, time
+m = json.loads(os.environ["META"])
+sys.exit(0 if m["format"] == 1 and m["items"] == int(sys.argv[1]) and m["users"] == int(sys.argv[2])
+         and abs(m["loaded_at"] - time.time()) < 600 and m["num_tags"] > 0 else 1)' "$n_items" "$n_users"
+then ok "feature-set marker: format, counts, load time"; else fail "feature-set marker: $meta"; fi
 
 # The first item, byte for byte: header 'C' 'I' 1 num_tags mm_dim(LE16) 0,
 # then the tags as int32 LE and the embedding as float32 LE.
@@ -128,6 +137,44 @@ LINE=$(grep -m 1 '"user_id": "u_idle"' "$SMALL/users.jsonl")
 expect_hex "string user u_idle, byte for byte" "${PFX}gu:u_idle" \
     'struct.pack("<2sBBI", b"CU", 1, 0, len(line["item_seq"]))
      + struct.pack("<%di" % len(line["item_seq"]), *line["item_seq"])'
+
+echo "test_ctr_load: a TIN model (ids from 0, a category per item)"
+TIN=$GOLDEN/tin-small
+n_tin=$(grep -c . "$TIN/items.jsonl")
+run t --items "$TIN/items.jsonl" --users "$TIN/users.jsonl" --model "$TIN/model.safetensors"
+[ "$rc" -eq 0 ] && ok "TIN: exit 0" || { fail "TIN: exit $rc"; cat "$TMP/err"; }
+expect_in "TIN: every item loaded" "$TMP/out" "items_loaded=$n_tin "
+# Item 0 is an item: version 2 value, no tags, no embedding, its category.
+LINE=$(grep -m 1 '"item_id": 0,' "$TIN/items.jsonl" || true)
+if [ -n "$LINE" ]; then
+    expect_hex "TIN item 0: version 2 value with its category" "${PFX}ti:0" \
+        'struct.pack("<2sBBHHi", b"CI", 2, 0, 0, 1, line["cate_id"])'
+else fail "TIN golden items lack item 0"; fi
+cat >"$TMP/tin_bad.jsonl" <<'EOF2'
+{"item_id": 3, "cate_id": 7}
+{"item_id": -1, "cate_id": 0}
+{"item_id": 4}
+{"item_id": 50, "cate_id": 1}
+{"item_id": 5, "cate_id": 6, "item_tags": [1, 2]}
+EOF2
+run tb --items "$TMP/tin_bad.jsonl" --model "$TIN/model.safetensors"
+[ "$rc" -eq 1 ] && ok "TIN bad lines: exit 1" || fail "TIN bad lines: exit $rc"
+expect_in "TIN bad lines named" "$TMP/err" \
+    "tin_bad.jsonl:1: cate_id: 7 is outside the model's category vocabulary (0..6)" \
+    "tin_bad.jsonl:2: item_id: -1 is not an item id (ids start at 0)" \
+    "tin_bad.jsonl:3: cate_id: missing field" \
+    "tin_bad.jsonl:4: item_id: 50 is outside the model's item vocabulary (0..49)"
+expect_in "TIN: tags ignored, the good line loaded" "$TMP/out" "items_loaded=1 "
+# A DIN model reads what QIN reads: the same version 1 values.
+DIN=$GOLDEN/din-small
+run d --items "$DIN/items.jsonl" --model "$DIN/model.safetensors"
+LINE=$(head -n 1 "$DIN/items.jsonl")
+id=$(LINE=$LINE "$PYTHON" -c 'import json,os; print(json.loads(os.environ["LINE"])["item_id"])')
+[ "$rc" -eq 0 ] && ok "DIN: exit 0" || fail "DIN: exit $rc"
+expect_hex "DIN item $id: version 1 value, as for QIN" "${PFX}di:$id" \
+    'struct.pack("<2sBBHH", b"CI", 1, len(line["item_tags"]), len(line["item_emb_d128"]), 0)
+     + struct.pack("<%di" % len(line["item_tags"]), *line["item_tags"])
+     + struct.pack("<%df" % len(line["item_emb_d128"]), *line["item_emb_d128"])'
 
 echo "test_ctr_load: bad lines"
 # Items: line 2 not JSON, line 4 outside the model's item vocabulary, line 5

@@ -45,7 +45,7 @@ matches()   { "$PYTHON" "${COMPARE[@]}" "$1" "$tmp/out" --tol "${2:-$TOL}" >"$tm
 [ -x "$SCORE" ] || { echo "test_ctr_score: $SCORE not built" >&2; exit 1; }
 
 # --- Parity with the reference --------------------------------------------
-for cfg in small microlens; do
+for cfg in small microlens din-small din-dice-softmax din-microlens tin-small tin-amazon; do
     d="$CTR_GOLDEN/$cfg"
     if [ ! -f "$d/expected.jsonl" ]; then
         bad "$cfg: golden data missing in $d (make golden)"

@@ -160,8 +160,10 @@ static void test_item_decode_refusals(void **state) {
     EXPECT_ERR(DECODE(buf, len, 5, 4), CTR_EFORMAT, "not an item value");
     RESET(); buf[1] = 'U';  /* a user value where an item was expected */
     EXPECT_ERR(DECODE(buf, len, 5, 4), CTR_EFORMAT, "not an item value");
-    RESET(); buf[2] = 2;
-    EXPECT_ERR(DECODE(buf, len, 5, 4), CTR_EFORMAT, "version 2");
+    RESET(); buf[2] = 3;    /* 1 and 2 (with a category) are known */
+    EXPECT_ERR(DECODE(buf, len, 5, 4), CTR_EFORMAT, "version 3");
+    RESET(); buf[2] = 2;    /* version 2 needs its flag and 4 more bytes */
+    EXPECT_ERR(DECODE(buf, len, 5, 4), CTR_EFORMAT, "flags");
     RESET(); buf[6] = 1;
     EXPECT_ERR(DECODE(buf, len, 5, 4), CTR_EFORMAT, "reserved");
     RESET(); buf[7] = 0x80;
@@ -301,6 +303,64 @@ static void test_user_decode_refusals(void **state) {
 #undef RESET
 }
 
+
+/* Version 2: a category after the embedding; version 1 stays byte for
+ * byte what it was, and both decode. */
+static void test_item_category(void **state) {
+    unsigned char buf[64];
+    size_t len = 0;
+    assert_int_equal(features_item_cate_size(0, 0), 12);
+    assert_int_equal(features_item_cate_size(5, 4), 48);
+    assert_int_equal(features_item_encode_cate(NULL, 0, NULL, 0, 0x01020304, buf, sizeof buf,
+                                               &len, err, sizeof err),
+                     CTR_OK);
+    static const unsigned char tin[] = {'C', 'I', 2, 0, 0, 0, 1, 0, 4, 3, 2, 1};
+    assert_int_equal(len, sizeof tin);
+    assert_memory_equal(buf, tin, sizeof tin);
+    features_item it;
+    assert_int_equal(features_item_decode(buf, len, 0, 0, &A, &it, err, sizeof err), CTR_OK);
+    assert_int_equal(it.has_cate, 1);
+    assert_int_equal(it.cate, 0x01020304);
+    assert_int_equal(it.num_tags, 0);
+    /* With tags and embedding too, and a negative id (two's complement). */
+    assert_int_equal(features_item_encode_cate(TAGS, 5, MM, 4, -2, buf, sizeof buf, &len, err,
+                                               sizeof err),
+                     CTR_OK);
+    assert_int_equal(len, 48);
+    assert_int_equal(features_item_decode(buf, len, 5, 4, &A, &it, err, sizeof err), CTR_OK);
+    assert_int_equal(it.cate, -2);
+    assert_int_equal(it.tags[2], TAGS[2]);
+    assert_true(it.mm[1] == MM[1]);
+    /* A version 1 value decodes with no category. */
+    len = good_item(buf);
+    assert_int_equal(features_item_decode(buf, len, 5, 4, &A, &it, err, sizeof err), CTR_OK);
+    assert_int_equal(it.has_cate, 0);
+    assert_int_equal(it.cate, 0);
+    /* Refusals: version 2 without its flag, an unknown flag bit, a version
+     * 1 value with the flag, the category's bytes missing or extra. */
+    assert_int_equal(features_item_encode_cate(NULL, 0, NULL, 0, 7, buf, sizeof buf, &len, err,
+                                               sizeof err),
+                     CTR_OK);
+    buf[6] = 0;
+    EXPECT_ERR(features_item_decode(buf, len, 0, 0, &A, &it, err, sizeof err), CTR_EFORMAT,
+               "flags");
+    buf[6] = 3;
+    EXPECT_ERR(features_item_decode(buf, len, 0, 0, &A, &it, err, sizeof err), CTR_EFORMAT,
+               "flags");
+    buf[6] = 1;
+    buf[2] = 1;
+    EXPECT_ERR(features_item_decode(buf, len, 0, 0, &A, &it, err, sizeof err), CTR_EFORMAT,
+               "reserved");
+    buf[2] = 2;
+    EXPECT_ERR(features_item_decode(buf, len - 1, 0, 0, &A, &it, err, sizeof err), CTR_EFORMAT,
+               "header says");
+    buf[2] = 3;
+    EXPECT_ERR(features_item_decode(buf, len, 0, 0, &A, &it, err, sizeof err), CTR_EFORMAT,
+               "version 3");
+    EXPECT_ERR(features_item_encode_cate(NULL, 0, NULL, 0, 7, buf, 11, &len, err, sizeof err),
+               CTR_EINVAL, "needs 12");
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_item_bytes, setup, teardown),
@@ -309,6 +369,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_item_sizes, setup, teardown),
         cmocka_unit_test_setup_teardown(test_item_encode_refusals, setup, teardown),
         cmocka_unit_test_setup_teardown(test_item_decode_refusals, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_item_category, setup, teardown),
         cmocka_unit_test_setup_teardown(test_user_bytes_and_round_trip, setup, teardown),
         cmocka_unit_test_setup_teardown(test_user_empty, setup, teardown),
         cmocka_unit_test_setup_teardown(test_user_encode_refusals, setup, teardown),

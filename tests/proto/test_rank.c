@@ -117,7 +117,15 @@ static void test_decode_limits(void **state) {
                CTR_ETOOMANY, "candidates: 5 given, at most 4 allowed");
     EXPECT_ERR("{\"user_id\": 1, \"candidates\": [], "
                "\"item_seq\": [1,2,3,4,5,6]}",
-               CTR_ETOOBIG, "item_seq: 6 ids, at most 5 allowed");
+               CTR_ERANGE, "item_seq: 6 ids, at most 5 allowed");
+    /* deadline_ms: an integer >= 1, on both decode paths. */
+    assert_int_equal(dec("{\"user_id\": 1, \"candidates\": [], \"deadline_ms\": 7}", &r),
+                     CTR_OK);
+    assert_int_equal(r.deadline_ms, 7);
+    assert_int_equal(dec("{\"user_id\": 1, \"candidates\": [], \"deadline_ms\": 7.0}", &r),
+                     CTR_EINVAL);
+    EXPECT_ERR("{\"user_id\": 1, \"candidates\": [], \"deadline_ms\": 0}", CTR_EINVAL,
+               "deadline_ms: must be at least 1");
 }
 
 static void test_decode_bad_json(void **state) {

@@ -233,12 +233,45 @@ static void test_user_refusals(void **state) {
     EXPECT_ERR(user("\"u1\"", 10, &u), CTR_EFORMAT, "line 1");
 }
 
+
+/* A schema: TIN items (id and category, tags and embedding not read) and
+ * the category's refusals. */
+static void test_item_schema(void **state) {
+    (void)state;
+    proto_item it;
+    const proto_item_schema tin = {-1, -1, 1};
+    const char *line = "{\"item_id\": 0, \"cate_id\": 5, \"item_tags\": \"ignored\"}";
+    assert_int_equal(proto_item_decode_schema(line, strlen(line), &tin, &A, &it, err, sizeof err),
+                     CTR_OK);
+    assert_int_equal(it.item_id, 0);
+    assert_int_equal(it.has_cate, 1);
+    assert_int_equal(it.cate, 5);
+    assert_int_equal(it.num_tags, 0);
+    assert_int_equal(it.mm_dim, 0);
+    assert_null(it.tags);
+    line = "{\"item_id\": 3}";
+    EXPECT_ERR(proto_item_decode_schema(line, strlen(line), &tin, &A, &it, err, sizeof err),
+               CTR_EINVAL, "cate_id: missing field");
+    line = "{\"item_id\": 3, \"cate_id\": 2147483648}";
+    EXPECT_ERR(proto_item_decode_schema(line, strlen(line), &tin, &A, &it, err, sizeof err),
+               CTR_EINVAL, "cate_id");
+    line = "{\"item_id\": 3, \"cate_id\": 1.5}";
+    EXPECT_ERR(proto_item_decode_schema(line, strlen(line), &tin, &A, &it, err, sizeof err),
+               CTR_EINVAL, "cate_id");
+    /* The plain decoder reads no category, even when the line has one. */
+    line = "{\"item_id\": 3, \"cate_id\": 9, \"item_tags\": [], "
+           "\"item_emb_d128\": [1, 2, 3, 4]}";
+    assert_int_equal(item(line, &it), CTR_OK);
+    assert_int_equal(it.has_cate, 0);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_item_good, setup, teardown),
         cmocka_unit_test_setup_teardown(test_item_fewer_tags_and_extremes,
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_item_refusals, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_item_schema, setup, teardown),
         cmocka_unit_test_setup_teardown(test_user_good, setup, teardown),
         cmocka_unit_test_setup_teardown(test_user_refusals, setup, teardown),
     };

@@ -30,6 +30,7 @@
 
 #include "core/status.h"
 #include "proto/features.h"
+#include "server/clock.h"
 #include "server/featstore.h"
 
 #define MM 12
@@ -170,7 +171,7 @@ static void test_open_refusals(void **state) {
     featstore_close(fs);
     p.addr = "/nonexistent/redis.sock";
     fs = open_fs(&p);
-    assert_int_equal(featstore_ping(fs, err, sizeof err), CTR_EBACKEND);
+    assert_int_equal(featstore_ping(fs, 0, err, sizeof err), CTR_EBACKEND);
     featstore_close(fs);
     featstore_close(NULL);
 }
@@ -181,8 +182,8 @@ static void test_ping(void **state) {
     featstore_stats st;
     featstore_stats_get(fs, &st);
     assert_int_equal(st.connect_attempts, 0);   /* open does not connect */
-    assert_int_equal(featstore_ping(fs, err, sizeof err), CTR_OK);
-    assert_int_equal(featstore_ping(fs, err, sizeof err), CTR_OK);
+    assert_int_equal(featstore_ping(fs, 0, err, sizeof err), CTR_OK);
+    assert_int_equal(featstore_ping(fs, 0, err, sizeof err), CTR_OK);
     featstore_stats_get(fs, &st);
     assert_int_equal(st.connects, 1);
     assert_int_equal(st.round_trips, 2);
@@ -215,13 +216,13 @@ static void test_users(void **state) {
     /* Reading with SETs queued would mix up the replies. */
     int64_t *ids;
     int n;
-    assert_int_equal(featstore_get_user(fs, "alice", &A, &ids, &n, err,
+    assert_int_equal(featstore_get_user(fs, "alice", 0, 0, &A, &ids, &n, err,
                                         sizeof err),
                      CTR_EINVAL);
     assert_int_equal(featstore_flush(fs, err, sizeof err), CTR_OK);
     assert_int_equal(featstore_pending(fs), 0);
 
-    assert_int_equal(featstore_get_user(fs, "alice", &A, &ids, &n, err,
+    assert_int_equal(featstore_get_user(fs, "alice", 0, 0, &A, &ids, &n, err,
                                         sizeof err),
                      CTR_OK);
     assert_int_equal(n, 3);
@@ -230,21 +231,21 @@ static void test_users(void **state) {
     assert_int_equal(ids[2], 7);
 
     /* Longer than max_seq (4): the most recent four. */
-    assert_int_equal(featstore_get_user(fs, "42", &A, &ids, &n, err,
+    assert_int_equal(featstore_get_user(fs, "42", 0, 0, &A, &ids, &n, err,
                                         sizeof err),
                      CTR_OK);
     assert_int_equal(n, 4);
     assert_int_equal(ids[0], 7);
     assert_int_equal(ids[3], 10);
 
-    assert_int_equal(featstore_get_user(fs, "idle", &A, &ids, &n, err,
+    assert_int_equal(featstore_get_user(fs, "idle", 0, 0, &A, &ids, &n, err,
                                         sizeof err),
                      CTR_OK);
     assert_int_equal(n, 0);
     assert_null(ids);
 
     n = 99;
-    assert_int_equal(featstore_get_user(fs, "nobody", &A, &ids, &n, err,
+    assert_int_equal(featstore_get_user(fs, "nobody", 0, 0, &A, &ids, &n, err,
                                         sizeof err),
                      CTR_ENOTFOUND);
     assert_int_equal(n, 0);
@@ -253,25 +254,25 @@ static void test_users(void **state) {
     /* Malformed values: bytes that are not a user value, an item value,
      * and a key of another type. */
     admin_do("SET %su:junk %b", prefix, "hello world", (size_t)11);
-    assert_int_equal(featstore_get_user(fs, "junk", &A, &ids, &n, err,
+    assert_int_equal(featstore_get_user(fs, "junk", 0, 0, &A, &ids, &n, err,
                                         sizeof err),
                      CTR_EFORMAT);
     assert_non_null(strstr(err, "junk"));
     assert_non_null(strstr(err, "not a user value"));
     len = make_item(3, buf, sizeof buf);
     admin_do("SET %su:item %b", prefix, buf, len);
-    assert_int_equal(featstore_get_user(fs, "item", &A, &ids, &n, err,
+    assert_int_equal(featstore_get_user(fs, "item", 0, 0, &A, &ids, &n, err,
                                         sizeof err),
                      CTR_EFORMAT);
     admin_do("RPUSH %su:list a b", prefix);
-    assert_int_equal(featstore_get_user(fs, "list", &A, &ids, &n, err,
+    assert_int_equal(featstore_get_user(fs, "list", 0, 0, &A, &ids, &n, err,
                                         sizeof err),
                      CTR_EFORMAT);
     assert_non_null(strstr(err, "WRONGTYPE"));
     assert_int_equal(n, 0);
 
     /* The connection is still good after all that. */
-    assert_int_equal(featstore_get_user(fs, "alice", &A, &ids, &n, err,
+    assert_int_equal(featstore_get_user(fs, "alice", 0, 0, &A, &ids, &n, err,
                                         sizeof err),
                      CTR_OK);
     featstore_stats st;
@@ -313,12 +314,12 @@ static void test_items(void **state) {
     featstore_item out[9];
     featstore_stats before, after;
     featstore_stats_get(fs, &before);
-    long long mget0 = redis_calls("mget");
-    assert_int_equal(featstore_get_items(fs, ask, n, &A, out, err, sizeof err),
+    long long mget0 = redis_calls("getrange");
+    assert_int_equal(featstore_get_items(fs, ask, n, 0, &A, out, err, sizeof err),
                      CTR_OK);
-    long long mget1 = redis_calls("mget");
+    long long mget1 = redis_calls("getrange");
     featstore_stats_get(fs, &after);
-    assert_int_equal(mget1 - mget0, 1);                 /* one MGET */
+    assert_int_equal(mget1 - mget0, n);                 /* one GETRANGE each, */
     assert_int_equal(after.round_trips - before.round_trips, 1);
 
     check_item(&out[0], 17);
@@ -328,7 +329,7 @@ static void test_items(void **state) {
     assert_int_equal(out[2].status, CTR_EFORMAT);
     check_item(&out[3], 1);
     assert_int_equal(out[4].status, CTR_EFORMAT);
-    assert_int_equal(out[5].status, CTR_ENOTFOUND);     /* MGET: nil */
+    assert_int_equal(out[5].status, CTR_EFORMAT);       /* not a string */
     check_item(&out[6], 9000000000LL);
     check_item(&out[7], 17);
     check_item(&out[8], -3);
@@ -336,20 +337,20 @@ static void test_items(void **state) {
     assert_non_null(strstr(err, "item 50"));
     assert_non_null(strstr(err, "width 13, the model needs 12"));
     assert_int_equal(after.items_requested - before.items_requested, 9);
-    assert_int_equal(after.items_missing - before.items_missing, 2);
-    assert_int_equal(after.items_malformed - before.items_malformed, 2);
+    assert_int_equal(after.items_missing - before.items_missing, 1);
+    assert_int_equal(after.items_malformed - before.items_malformed, 3);
 
     /* All found: no note. */
     strcpy(err, "stale");
-    assert_int_equal(featstore_get_items(fs, have, 2, &A, out, err, sizeof err),
+    assert_int_equal(featstore_get_items(fs, have, 2, 0, &A, out, err, sizeof err),
                      CTR_OK);
     assert_string_equal(err, "");
 
     /* Nothing asked: no round trip. */
     featstore_stats_get(fs, &before);
-    assert_int_equal(featstore_get_items(fs, ask, 0, &A, out, err, sizeof err),
+    assert_int_equal(featstore_get_items(fs, ask, 0, 0, &A, out, err, sizeof err),
                      CTR_OK);
-    assert_int_equal(featstore_get_items(fs, ask, -1, &A, out, err, sizeof err),
+    assert_int_equal(featstore_get_items(fs, ask, -1, 0, &A, out, err, sizeof err),
                      CTR_EINVAL);
     featstore_stats_get(fs, &after);
     assert_int_equal(after.round_trips, before.round_trips);
@@ -381,10 +382,10 @@ static void test_many_items(void **state) {
                          CTR_OK);
     }
     assert_int_equal(featstore_flush(fs, err, sizeof err), CTR_OK);
-    long long mget0 = redis_calls("mget");
-    assert_int_equal(featstore_get_items(fs, ids, N, &A, out, err, sizeof err),
+    long long mget0 = redis_calls("getrange");
+    assert_int_equal(featstore_get_items(fs, ids, N, 0, &A, out, err, sizeof err),
                      CTR_OK);
-    assert_int_equal(redis_calls("mget") - mget0, 1);
+    assert_int_equal(redis_calls("getrange") - mget0, N);
     for (int i = 0; i < N; i++) {
         assert_int_equal(out[i].found, 1);
         assert_int_equal(out[i].num_tags, 2);
@@ -407,20 +408,20 @@ static void kill_normal_clients(void) {
 static void test_reconnect_after_kill(void **state) {
     featstore_params p = params();
     featstore *fs = open_fs(&p);
-    assert_int_equal(featstore_ping(fs, err, sizeof err), CTR_OK);
+    assert_int_equal(featstore_ping(fs, 0, err, sizeof err), CTR_OK);
     kill_normal_clients();
-    assert_int_equal(featstore_ping(fs, err, sizeof err), CTR_OK);
+    assert_int_equal(featstore_ping(fs, 0, err, sizeof err), CTR_OK);
 
     int64_t *ids;
     int n;
     kill_normal_clients();
-    assert_int_equal(featstore_get_user(fs, "nobody", &A, &ids, &n, err,
+    assert_int_equal(featstore_get_user(fs, "nobody", 0, 0, &A, &ids, &n, err,
                                         sizeof err),
                      CTR_ENOTFOUND);
     int64_t one = 1;
     featstore_item out[1];
     kill_normal_clients();
-    assert_int_equal(featstore_get_items(fs, &one, 1, &A, out, err,
+    assert_int_equal(featstore_get_items(fs, &one, 1, 0, &A, out, err,
                                          sizeof err),
                      CTR_OK);
     featstore_stats st;
@@ -430,7 +431,7 @@ static void test_reconnect_after_kill(void **state) {
     assert_int_equal(st.failures, 0);
     assert_int_equal(st.fast_failures, 0);
     /* And the next call simply uses the new connection. */
-    assert_int_equal(featstore_ping(fs, err, sizeof err), CTR_OK);
+    assert_int_equal(featstore_ping(fs, 0, err, sizeof err), CTR_OK);
     featstore_stats_get(fs, &st);
     assert_int_equal(st.connects, 4);
     featstore_close(fs);
@@ -440,7 +441,7 @@ static void test_reconnect_after_kill(void **state) {
 static void test_flush_after_kill(void **state) {
     featstore_params p = params();
     featstore *fs = open_fs(&p);
-    assert_int_equal(featstore_ping(fs, err, sizeof err), CTR_OK);
+    assert_int_equal(featstore_ping(fs, 0, err, sizeof err), CTR_OK);
     kill_normal_clients();
     unsigned char buf[8];
     size_t len;
@@ -489,11 +490,12 @@ static void test_refused(void **state) {
     featstore_params p = params();
     p.addr = addr;
     p.connect_timeout_ms = 1000;
-    p.reconnect_interval_ms = 150;
+    p.breaker_base_ms = 150;
+    p.breaker_max_ms = 150;
     featstore *fs = open_fs(&p);
 
     double t0 = now_ms();
-    assert_int_equal(featstore_ping(fs, err, sizeof err), CTR_EBACKEND);
+    assert_int_equal(featstore_ping(fs, 0, err, sizeof err), CTR_EBACKEND);
     double t1 = now_ms();
     assert_true(t1 - t0 < 100);                /* not the connect timeout */
     assert_non_null(strstr(err, addr));
@@ -502,13 +504,14 @@ static void test_refused(void **state) {
     int n;
     featstore_item out[1];
     int64_t one = 1;
-    assert_int_equal(featstore_get_user(fs, "u", &A, &ids, &n, err,
+    assert_int_equal(featstore_get_user(fs, "u", 0, 0, &A, &ids, &n, err,
                                         sizeof err),
                      CTR_EBACKEND);
-    assert_int_equal(featstore_get_items(fs, &one, 1, &A, out, err,
+    assert_int_equal(featstore_get_items(fs, &one, 1, 0, &A, out, err,
                                          sizeof err),
                      CTR_EBACKEND);
-    assert_non_null(strstr(err, "next attempt"));
+    assert_non_null(strstr(err, "next probe"));
+    assert_int_equal(featstore_breaker_state(fs), BREAKER_OPEN);
     featstore_stats st;
     featstore_stats_get(fs, &st);
     assert_int_equal(st.connect_attempts, 1);
@@ -516,12 +519,132 @@ static void test_refused(void **state) {
     assert_int_equal(st.failures, 3);
     assert_int_equal(st.round_trips, 0);
 
-    sleep_ms(200);
-    assert_int_equal(featstore_ping(fs, err, sizeof err), CTR_EBACKEND);
+    sleep_ms(200);   /* past 1.25 x 150 ms: the next call probes */
+    assert_int_equal(featstore_ping(fs, 0, err, sizeof err), CTR_EBACKEND);
     featstore_stats_get(fs, &st);
     assert_int_equal(st.connect_attempts, 2);
+    assert_int_equal(st.breaker_opens, 1);     /* a failed probe re-opens */
     featstore_close(fs);
     close(fd);
+}
+
+/* The breaker closes on the first successful probe: a Redis that comes back
+ * is used again within the recovery bound. */
+static void test_breaker_recovers(void **state) {
+    featstore_params p = params();
+    p.command_timeout_ms = 30;
+    p.breaker_base_ms = 50;
+    p.breaker_max_ms = 100;
+    featstore *fs = open_fs(&p);
+    assert_int_equal(featstore_ping(fs, 0, err, sizeof err), CTR_OK);
+    admin_do("CLIENT PAUSE 300");
+    assert_int_equal(featstore_ping(fs, 0, err, sizeof err), CTR_ETIMEOUT);
+    assert_int_equal(featstore_breaker_state(fs), BREAKER_OPEN);
+    double t0 = now_ms();
+    assert_int_equal(featstore_ping(fs, 0, err, sizeof err), CTR_EBACKEND); /* fast */
+    assert_true(now_ms() - t0 < 5);
+    /* Redis answers again after the pause; within pause + the bound
+     * (1.25 x 100 ms) plus a margin, a call probes and succeeds. */
+    int ok = 0;
+    for (int i = 0; i < 100 && !ok; i++) {
+        ok = featstore_ping(fs, 0, err, sizeof err) == CTR_OK;
+        if (!ok) sleep_ms(10);
+    }
+    double took = now_ms() - t0;
+    assert_true(ok);
+    assert_true(took < 300 + 125 + 200);
+    assert_int_equal(featstore_breaker_state(fs), BREAKER_CLOSED);
+    featstore_close(fs);
+}
+
+/* A deadline already past fails at once and leaves the breaker closed; a
+ * deadline sooner than command_timeout_ms cuts the call there. */
+static void test_deadline(void **state) {
+    int port;
+    int fd = loopback_socket(1, 16, &port);
+    char addr[64];
+    snprintf(addr, sizeof addr, "127.0.0.1:%d", port);
+    featstore_params p = params();
+    p.addr = addr;
+    p.command_timeout_ms = 1000;
+    featstore *fs = open_fs(&p);
+    assert_int_equal(featstore_ping(fs, clock_now_ns() - 1, err, sizeof err), CTR_ETIMEOUT);
+    assert_int_equal(featstore_breaker_state(fs), BREAKER_CLOSED);
+    double t0 = now_ms();
+    assert_int_equal(featstore_ping(fs, clock_now_ns() + 30000000, err, sizeof err),
+                     CTR_ETIMEOUT);
+    double dt = now_ms() - t0;
+    assert_true(dt >= 29 && dt < 500);
+    /* 30 ms of a 1000 ms command timeout: the request's budget ran out, not
+     * Redis's, so the breaker stays closed. */
+    assert_int_equal(featstore_breaker_state(fs), BREAKER_CLOSED);
+    featstore_close(fs);
+    close(fd);
+}
+
+/* Histories are read as header + tail: a long one costs keep ids, and a
+ * value whose length disagrees with its header is malformed. */
+static void test_user_bounded(void **state) {
+    featstore_params p = params();
+    featstore *fs = open_fs(&p);
+    enum { LONG = 100000 };
+    static int64_t seq[LONG];
+    static unsigned char buf[8 + 4 * LONG];
+    for (int i = 0; i < LONG; i++) seq[i] = i + 1;
+    size_t len;
+    assert_int_equal(features_user_encode(seq, LONG, buf, sizeof buf, &len, err, sizeof err),
+                     CTR_OK);
+    admin_do("SET %su:long %b", prefix, buf, len);
+    int64_t *ids;
+    int n;
+    assert_int_equal(featstore_get_user(fs, "long", 3, 0, &A, &ids, &n, err, sizeof err),
+                     CTR_OK);
+    assert_int_equal(n, 3);
+    assert_int_equal(ids[0], LONG - 2);
+    assert_int_equal(ids[2], LONG);
+    /* Short history, keep larger than it: all of it. */
+    assert_int_equal(features_user_encode(seq, 2, buf, sizeof buf, &len, err, sizeof err),
+                     CTR_OK);
+    admin_do("SET %su:short %b", prefix, buf, len);
+    assert_int_equal(featstore_get_user(fs, "short", 64, 0, &A, &ids, &n, err, sizeof err),
+                     CTR_OK);
+    assert_int_equal(n, 2);
+    assert_int_equal(ids[1], 2);
+    /* Header says 2 ids, value holds 3. */
+    memcpy(buf + len, "\1\0\0\0", 4);
+    admin_do("SET %su:liar %b", prefix, buf, len + 4);
+    assert_int_equal(featstore_get_user(fs, "liar", 64, 0, &A, &ids, &n, err, sizeof err),
+                     CTR_EFORMAT);
+    assert_non_null(strstr(err, "header says 2"));
+    featstore_close(fs);
+}
+
+/* An item value longer than the schema allows is refused without being
+ * read whole; the feature-set marker round-trips. */
+static void test_item_too_long_and_meta(void **state) {
+    featstore_params p = params();
+    featstore *fs = open_fs(&p);
+    static char big[1 << 20];
+    memset(big, 'x', sizeof big);
+    memcpy(big, "CI", 2);
+    admin_do("SET %si:77 %b", prefix, big, sizeof big);
+    int64_t one = 77;
+    featstore_item out[1];
+    assert_int_equal(featstore_get_items(fs, &one, 1, 0, &A, out, err, sizeof err), CTR_OK);
+    assert_int_equal(out[0].status, CTR_EFORMAT);
+    assert_non_null(strstr(err, "longer than"));
+
+    char mbuf[FEATSTORE_META_MAX + 1];
+    size_t mlen;
+    assert_int_equal(featstore_get_meta(fs, 0, mbuf, sizeof mbuf, &mlen, err, sizeof err),
+                     CTR_ENOTFOUND);
+    assert_int_equal(featstore_put_meta(fs, "{\"format\":1}", 12, err, sizeof err), CTR_OK);
+    assert_int_equal(featstore_flush(fs, err, sizeof err), CTR_OK);
+    assert_int_equal(featstore_get_meta(fs, 0, mbuf, sizeof mbuf, &mlen, err, sizeof err),
+                     CTR_OK);
+    assert_int_equal(mlen, 12);
+    assert_string_equal(mbuf, "{\"format\":1}");
+    featstore_close(fs);
 }
 
 /* Accepted (by the kernel: nobody calls accept) but never answered: the
@@ -537,16 +660,24 @@ static void test_command_timeout(void **state) {
     featstore *fs = open_fs(&p);
 
     double t0 = now_ms();
-    assert_int_equal(featstore_ping(fs, err, sizeof err), CTR_ETIMEOUT);
+    assert_int_equal(featstore_ping(fs, 0, err, sizeof err), CTR_ETIMEOUT);
     double dt = now_ms() - t0;
     assert_true(dt >= 39);
     assert_true(dt < 1000);
     assert_non_null(strstr(err, "40 ms"));
 
+    /* The breaker is open now: the next call fails at once. */
     int64_t ids[3] = {1, 2, 3};
     featstore_item out[3];
     t0 = now_ms();
-    assert_int_equal(featstore_get_items(fs, ids, 3, &A, out, err, sizeof err),
+    assert_int_equal(featstore_get_items(fs, ids, 3, 0, &A, out, err, sizeof err),
+                     CTR_EBACKEND);
+    dt = now_ms() - t0;
+    assert_true(dt < 20);
+    /* After the open period the next call probes: it times out too. */
+    sleep_ms(130);
+    t0 = now_ms();
+    assert_int_equal(featstore_get_items(fs, ids, 3, 0, &A, out, err, sizeof err),
                      CTR_ETIMEOUT);
     dt = now_ms() - t0;
     assert_true(dt >= 39 && dt < 1000);
@@ -554,7 +685,8 @@ static void test_command_timeout(void **state) {
     featstore_stats st;
     featstore_stats_get(fs, &st);
     assert_int_equal(st.timeouts, 2);
-    assert_int_equal(st.failures, 2);
+    assert_int_equal(st.failures, 3);
+    assert_int_equal(st.fast_failures, 1);
     assert_int_equal(st.connects, 2);     /* a timed-out connection is dropped */
     featstore_close(fs);
     close(fd);
@@ -582,7 +714,7 @@ static void test_connect_timeout(void **state) {
     p.connect_timeout_ms = 60;
     featstore *fs = open_fs(&p);
     double t0 = now_ms();
-    assert_int_equal(featstore_ping(fs, err, sizeof err), CTR_EBACKEND);
+    assert_int_equal(featstore_ping(fs, 0, err, sizeof err), CTR_EBACKEND);
     double dt = now_ms() - t0;
     assert_non_null(strstr(err, "connect timed out after 60 ms"));
     assert_true(dt >= 59 && dt < 1000);
@@ -655,6 +787,10 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_command_timeout, setup, teardown),
         cmocka_unit_test_setup_teardown(test_connect_timeout, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_breaker_recovers, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_deadline, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_user_bounded, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_item_too_long_and_meta, setup, teardown),
     };
     int failed = cmocka_run_group_tests(tests, NULL, NULL);
     delete_test_keys();

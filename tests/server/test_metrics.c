@@ -319,7 +319,11 @@ static const char *const families[] = {
     "ctr_item_cache_expirations_total", "ctr_item_cache_entries",
     "ctr_item_cache_bytes", "ctr_inflight_requests", "ctr_model_info", "ctr_model_precision",
     "ctr_model_reloads_total", "ctr_degraded_responses_total",
-    "ctr_scored_candidates_total", "ctr_process_start_time_seconds",
+    "ctr_scored_candidates_total", "ctr_rank_stage_duration_seconds",
+    "ctr_redis_breaker_open", "ctr_redis_breaker_opens_total",
+    "ctr_redis_breaker_probes_total", "ctr_redis_breaker_short_circuits_total",
+    "ctr_requests_shed_total", "ctr_connections_cut_total", "ctr_feature_set_ready",
+    "ctr_feature_set_loaded_timestamp_seconds", "ctr_process_start_time_seconds",
 };
 
 static void test_fresh(void **state) {
@@ -331,12 +335,35 @@ static void test_fresh(void **state) {
         assert_non_null(find_family(&P, families[i]));
     assert_int_equal(count_samples(&P, "ctr_http_requests_total"), 0);
     assert_int_equal(count_samples(&P, "ctr_model_info"), 0);
-    assert_int_equal(check_histograms(&P), METRICS_EP_COUNT + METRICS_REDIS_OP_COUNT);
+    assert_int_equal(check_histograms(&P), METRICS_EP_COUNT + METRICS_REDIS_OP_COUNT + METRICS_RANK_STAGES);
     assert_true(value(&P, "ctr_http_request_duration_seconds_count", "endpoint=/v1/rank") == 0);
     assert_true(value(&P, "ctr_item_cache_entries", "") == 0);
     assert_true(value(&P, "ctr_redis_errors_total", "op=ping,kind=timeout") == 0);
     double start = value(&P, "ctr_process_start_time_seconds", "");
     assert_true(fabs(start - (double)time(NULL)) < 5);
+    assert_true(value(&P, "ctr_redis_breaker_open", "") == 0);
+    assert_true(value(&P, "ctr_feature_set_ready", "") == 0);
+    /* The issue-7 series move as their events happen. */
+    metrics_breaker(m, BREAKER_EV_OPENED);
+    metrics_breaker(m, BREAKER_EV_OPENED);
+    metrics_breaker(m, BREAKER_EV_SHORT_CIRCUIT);
+    metrics_breaker(m, BREAKER_EV_CLOSED);
+    metrics_shed(m, 0);
+    metrics_shed(m, 1);
+    metrics_shed(m, 1);
+    metrics_connection_cut(m);
+    metrics_feature_set(m, 1, 1714557600.5);
+    metrics_rank_stage(m, 2, 0.0003);
+    free(render(m, NULL, &P));
+    assert_true(value(&P, "ctr_redis_breaker_open", "") == 1);
+    assert_true(value(&P, "ctr_redis_breaker_opens_total", "") == 2);
+    assert_true(value(&P, "ctr_redis_breaker_short_circuits_total", "") == 1);
+    assert_true(value(&P, "ctr_requests_shed_total", "reason=admission") == 1);
+    assert_true(value(&P, "ctr_requests_shed_total", "reason=deadline") == 2);
+    assert_true(value(&P, "ctr_connections_cut_total", "reason=receive_deadline") == 1);
+    assert_true(value(&P, "ctr_feature_set_ready", "") == 1);
+    assert_true(value(&P, "ctr_feature_set_loaded_timestamp_seconds", "") == 1714557600.5);
+    assert_true(value(&P, "ctr_rank_stage_duration_seconds_count", "stage=history") == 1);
     metrics_free(m);
 }
 
@@ -402,7 +429,7 @@ static void test_values(void **state) {
     assert_true(value(&P, "ctr_redis_errors_total", "op=get_items,kind=error") == 0);
     assert_true(value(&P, "ctr_redis_errors_total", "op=ping,kind=error") == 1);
     assert_true(value(&P, "ctr_redis_call_duration_seconds_count", "op=ping") == 1);
-    assert_int_equal(check_histograms(&P), METRICS_EP_COUNT + METRICS_REDIS_OP_COUNT);
+    assert_int_equal(check_histograms(&P), METRICS_EP_COUNT + METRICS_REDIS_OP_COUNT + METRICS_RANK_STAGES);
 
     assert_true(value(&P, "ctr_inflight_requests", "") == 1);
     assert_true(value(&P, "ctr_scored_candidates_total", "") == 312);

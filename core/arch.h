@@ -1,0 +1,40 @@
+/*
+ * arch.h - what each architecture gives the engine (engine.c): its loader,
+ * item vectors, scratch, forward pass and cost, behind one table of
+ * functions.  Internal to core/: callers use engine.h.
+ *
+ * The engine checks what is common before calling in (candidate count,
+ * context ranges, NULL candidates, explain->k), so the architectures start
+ * from a valid request.
+ */
+#ifndef CTR_ARCH_H
+#define CTR_ARCH_H
+
+#include "engine.h"
+#include "safetensors.h"
+
+typedef struct arch_ops {
+    /* Builds the model from a parsed file whose schema sc is already read
+     * and checked, its dense layers prepared in p->precision; *impl owns
+     * it. */
+    int (*load)(const st_file *f, const engine_schema *sc, const engine_params *p, void **impl,
+                char *err, size_t errlen);
+    void (*free)(void *impl);
+    size_t (*item_vec_floats)(const void *impl);
+    /* n vectors into out, stride item_vec_floats (see engine.h). */
+    int (*items_compute)(const void *impl, int n, const engine_item *items, float *out, int *bad,
+                         char *err, size_t errlen);
+    int (*scratch_init)(const void *impl, int max_cand, void **scratch);
+    void (*scratch_free)(void *scratch);
+    int (*forward)(const void *impl, void *scratch, const engine_request *req, float *prob,
+                   char *err, size_t errlen);
+    engine_cost (*cost)(const void *impl, int nh);
+    /* What computes the largest dense layer (engine_model_describe). */
+    const char *(*describe)(const void *impl);
+} arch_ops;
+
+extern const arch_ops qin_arch_ops;   /* qin.c */
+extern const arch_ops din_arch_ops;   /* din.c */
+extern const arch_ops tin_arch_ops;   /* tin.c */
+
+#endif

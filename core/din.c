@@ -1,0 +1,618 @@
+/*
+ * din.c - DIN (Deep Interest Network, the WWW 2025 challenge baseline on
+ * FuxiCTR's DIN_Attention; MODEL_SPEC section 4) behind the engine
+ * interface (arch.h, engine.h).
+ *
+ * Model as trained, per candidate t and behaviour h_j (E = 2 d + mm_out):
+ *   s_j = MLP_att([t, h_j, t - h_j, t * h_j])      (4E -> H1 -> ... -> 1)
+ *   s_j *= m_j;  optional softmax over the real behaviours
+ *   u = sum_j s_j h_j
+ *   p = sigmoid(DNN([ctx embeddings | t | u]))     (Linear, BN, act, ...)
+ *
+ * Folds, exact, done once at load in double:
+ *   - the first attention layer W1 = [Wa | Wb | Wc | Wd] splits into
+ *     (Wa + Wc) t + (Wb - Wc) h + Wd (t * h): the first two terms depend on
+ *     one item each and are part of the item vector, so only Wd (t * h) is
+ *     per pair;
+ *   - every batch norm of the DNN folds into its Linear
+ *     (W' = diag(s) W, b' = s (b - mean) + beta, s = gamma / sqrt(var + eps));
+ *   - Dice's own batch norm (no affine, eps 1e-9) becomes a scale and a
+ *     shift inside its sigmoid.
+ *
+ * Workload and hot spot: the attention MLP runs once per candidate-behaviour
+ * pair: at MicroLens shapes (E = 256, units 512 -> 256) about 262k
+ * multiply-adds a pair, 17M a candidate at a history of 64, against ~1.3M
+ * for the DNN.  The pairs of a request are cut into blocks of about
+ * DIN_PAIR_ROWS rows (whole candidates each); each block's layers are one
+ * product each (linear_gemm), so the activations of a block stay in L2
+ * instead of streaming 8 MB per layer through memory at N = 64.
+ *
+ * Item vector: [e (E) | (Wb - Wc) e (H1) | (Wa + Wc) e + b1 (H1)], padded
+ * to a multiple of 16 floats.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "arch.h"
+#include "attn.h"
+#include "itemvec.h"
+#include "linear.h"
+#include "modelfile.h"
+#include "vmath.h"
+
+#define P "embedding_layer.embedding_layer."
+#define DIN_MAX_LAYERS 8
+#define DIN_BN_EPS 1e-5
+#define DIN_DICE_EPS 1e-9
+#define DIN_DICE_CHUNK 256
+/* Pair rows per block of the attention MLP: measured with bench_forward
+ * at MicroLens shapes (bench/README.md). */
+#ifndef DIN_PAIR_ROWS
+#define DIN_PAIR_ROWS 256
+#endif
+
+/* The activation after a hidden layer: ReLU, or Dice with its folded
+ * batch norm: y = x (alpha + (1 - alpha) sigmoid(x scale + shift)). */
+typedef struct din_act {
+    int dice;
+    float *alpha, *scale, *shift;   /* units each, when dice */
+} din_act;
+
+typedef struct din_model {
+    int d, E, num_ctx;
+    int ctx_vocab[ENGINE_MAX_CTX];
+    float *ctx_emb[ENGINE_MAX_CTX];  /* ctx_vocab[f] x d */
+    itemvec_tables iv;
+    int max_len, softmax;
+    /* Attention MLP: na Linear layers, na - 1 hidden (units[0..na-2]). */
+    int na, att_units[DIN_MAX_LAYERS];
+    float *w_t;                      /* H1 x E: Wa + Wc */
+    float *w_h;                      /* H1 x E: Wb - Wc */
+    float *w_d;                      /* H1 x E: Wd */
+    float *b1;                       /* H1 */
+    linear_layer att[DIN_MAX_LAYERS];  /* [1..na-1]; [0] is the split above */
+    din_act att_act[DIN_MAX_LAYERS];   /* after layers 0..na-2 */
+    /* Main network: nd Linear layers, batch norm folded. */
+    int nd, in_dim;
+    linear_layer dnn[DIN_MAX_LAYERS];
+    din_act dnn_act[DIN_MAX_LAYERS];
+    int max_width;                   /* widest hidden layer of either net */
+    int vec_floats;
+    int pair_rows;
+} din_model;
+
+typedef struct din_scratch {
+    int max_cand, rows;              /* rows: pair rows per block */
+    int32_t *pos;                    /* max_len */
+    float *he;                       /* max_len x E: e of the behaviours */
+    float *hp;                       /* max_len x H1: (Wb - Wc) h */
+    float *s;                        /* max_cand x max_len: s_j */
+    float *x;                        /* rows x E: t * h of a block */
+    float *z0, *z1;                  /* rows x max_width: layer activations */
+    float *in;                       /* max_cand x in_dim: DNN input */
+    float *y0, *y1;                  /* max_cand x max_width */
+} din_scratch;
+
+/* --- activations ------------------------------------------------------- */
+
+static void act_free(din_act *a) {
+    free(a->alpha);
+    free(a->scale);
+    free(a->shift);
+}
+
+/* y = act(y + b) on n rows of `units` (stride ld), in one pass (b may be
+ * NULL).  ReLU as a max, branch-free so it vectorizes. */
+static void act_apply(const din_act *a, int n, int units, const float *b, float *y, int ld) {
+    for (int i = 0; i < n; i++) {
+        float *restrict r = y + (size_t)i * ld;
+        if (b)
+            for (int k = 0; k < units; k++) r[k] += b[k];
+        if (!a->dice) {
+            for (int k = 0; k < units; k++) r[k] = r[k] > 0.0f ? r[k] : 0.0f;
+            continue;
+        }
+        /* Dice: the gate p = sigmoid(x scale + shift), a chunk at a time
+         * through vmath (the pair matrices make this one exponential per
+         * unit of every candidate-behaviour pair). */
+        for (int k0 = 0; k0 < units; k0 += DIN_DICE_CHUNK) {
+            const int kn = units - k0 < DIN_DICE_CHUNK ? units - k0 : DIN_DICE_CHUNK;
+            float p[DIN_DICE_CHUNK];
+            for (int k = 0; k < kn; k++) p[k] = r[k0 + k] * a->scale[k0 + k] + a->shift[k0 + k];
+            vmath_sigmoid(p, kn);
+            for (int k = 0; k < kn; k++)
+                r[k0 + k] *= a->alpha[k0 + k] + (1.0f - a->alpha[k0 + k]) * p[k];
+        }
+    }
+}
+
+/* Hidden layer l of a net: y = act(x W^T + b), the product through
+ * linear_gemm, bias and activation in one pass after it. */
+static void hidden(const linear_layer *l, const din_act *a, int n, const float *x, int ldx,
+                   float *y, int ldy) {
+    linear_gemm(n, l->out, l->in, x, ldx, l->w, l->in, 1, 0.0f, y, ldy);
+    act_apply(a, n, l->out, l->b, y, ldy);
+}
+
+/* --- loading ----------------------------------------------------------- */
+
+typedef struct din_names {
+    const din_model *m;
+    const engine_schema *sc;
+    int att_dice, dnn_dice, dnn_bn;
+} din_names;
+
+static int din_expected(const void *ctx, const char *name) {
+    const din_names *nm = ctx;
+    const din_model *m = nm->m;
+    char buf[160];
+    for (int f = 0; f < nm->sc->num_ctx; f++)
+        if (!strcmp(name, modelfile_name(buf, sizeof buf, P "embedding_layers.%s.weight",
+                                         nm->sc->ctx_name[f])))
+            return 1;
+    if (!strcmp(name, P "embedding_layers.item_id.weight") ||
+        !strcmp(name, P "embedding_layers.item_tags.weight") ||
+        !strcmp(name, P "feature_encoders.item_emb_d128.weight"))
+        return 1;
+    static const char *const lin[] = {"weight", "bias"};
+    static const char *const dice[] = {"dice.alpha", "dice.running_mean", "dice.running_var"};
+    static const char *const bn[] = {"bn.weight", "bn.bias", "bn.running_mean",
+                                     "bn.running_var"};
+    for (int net = 0; net < 2; net++) {
+        const char *pre = net ? "dnn" : "attention";
+        int nl = net ? m->nd : m->na;
+        for (int k = 0; k < nl; k++) {
+            for (int i = 0; i < 2; i++)
+                if (!strcmp(name, modelfile_name(buf, sizeof buf, "%s.%d.%s", pre, k, lin[i])))
+                    return 1;
+            if (k == nl - 1) continue;
+            if (net ? nm->dnn_dice : nm->att_dice)
+                for (int i = 0; i < 3; i++)
+                    if (!strcmp(name, modelfile_name(buf, sizeof buf, "%s.%d.%s", pre, k, dice[i])))
+                        return 1;
+            if (net && nm->dnn_bn)
+                for (int i = 0; i < 4; i++)
+                    if (!strcmp(name, modelfile_name(buf, sizeof buf, "dnn.%d.%s", k, bn[i])))
+                        return 1;
+        }
+    }
+    return 0;
+}
+
+static int load_dice(const st_file *f, const char *pre, int k, int units, din_act *a, char *err,
+                     size_t errlen) {
+    char name[96];
+    float *mean = NULL, *var = NULL;
+    int rc;
+    a->dice = 1;
+    if ((rc = modelfile_tensor(f, modelfile_name(name, sizeof name, "%s.%d.dice.alpha", pre, k),
+                               units, -1, &a->alpha, err, errlen)) < 0 ||
+        (rc = modelfile_tensor(f,
+                               modelfile_name(name, sizeof name, "%s.%d.dice.running_mean", pre, k),
+                               units, -1, &mean, err, errlen)) < 0 ||
+        (rc = modelfile_tensor(f,
+                               modelfile_name(name, sizeof name, "%s.%d.dice.running_var", pre, k),
+                               units, -1, &var, err, errlen)) < 0)
+        goto done;
+    a->scale = linear_falloc((size_t)units);
+    a->shift = linear_falloc((size_t)units);
+    if (!a->scale || !a->shift) {
+        rc = ctr_fail(err, errlen, CTR_ENOMEM, "out of memory");
+        goto done;
+    }
+    for (int i = 0; i < units; i++) {
+        if (var[i] < 0) {
+            rc = ctr_fail(err, errlen, CTR_EMODEL, "%s.%d.dice.running_var[%d] < 0", pre, k, i);
+            goto done;
+        }
+        double sc = 1.0 / sqrt((double)var[i] + DIN_DICE_EPS);
+        a->scale[i] = (float)sc;
+        a->shift[i] = (float)(-(double)mean[i] * sc);
+    }
+    rc = CTR_OK;
+done:
+    free(mean);
+    free(var);
+    return rc;
+}
+
+/* Loads Linear k of a net into l, folding "dnn.<k>.bn.*" when bn. */
+static int load_linear(const st_file *f, const char *pre, int k, int in, int out, int bn,
+                       linear_layer *l, char *err, size_t errlen) {
+    char name[96];
+    int rc;
+    l->in = in;
+    l->out = out;
+    if ((rc = modelfile_tensor(f, modelfile_name(name, sizeof name, "%s.%d.weight", pre, k), out,
+                               in, &l->w, err, errlen)) < 0 ||
+        (rc = modelfile_tensor(f, modelfile_name(name, sizeof name, "%s.%d.bias", pre, k), out, -1,
+                               &l->b, err, errlen)) < 0)
+        return rc;
+    if (!bn) return CTR_OK;
+    float *g = NULL, *be = NULL, *mu = NULL, *var = NULL;
+    if ((rc = modelfile_tensor(f, modelfile_name(name, sizeof name, "%s.%d.bn.weight", pre, k),
+                               out, -1, &g, err, errlen)) < 0 ||
+        (rc = modelfile_tensor(f, modelfile_name(name, sizeof name, "%s.%d.bn.bias", pre, k), out,
+                               -1, &be, err, errlen)) < 0 ||
+        (rc = modelfile_tensor(f,
+                               modelfile_name(name, sizeof name, "%s.%d.bn.running_mean", pre, k),
+                               out, -1, &mu, err, errlen)) < 0 ||
+        (rc = modelfile_tensor(f, modelfile_name(name, sizeof name, "%s.%d.bn.running_var", pre, k),
+                               out, -1, &var, err, errlen)) < 0)
+        goto done;
+    for (int o = 0; o < out; o++) {
+        if (var[o] < 0) {
+            rc = ctr_fail(err, errlen, CTR_EMODEL, "%s.%d.bn.running_var[%d] < 0", pre, k, o);
+            goto done;
+        }
+        double s = (double)g[o] / sqrt((double)var[o] + DIN_BN_EPS);
+        for (int i = 0; i < in; i++) l->w[(size_t)o * in + i] = (float)(s * l->w[(size_t)o * in + i]);
+        l->b[o] = (float)(s * ((double)l->b[o] - mu[o]) + be[o]);
+    }
+done:
+    free(g);
+    free(be);
+    free(mu);
+    free(var);
+    return rc;
+}
+
+/* Splits attention layer 0 (H1 x 4E) into w_t, w_h, w_d and b1. */
+static int load_first(const st_file *f, din_model *m, char *err, size_t errlen) {
+    const int E = m->E, H1 = m->att_units[0];
+    float *w = NULL;
+    int rc;
+    if ((rc = modelfile_tensor(f, "attention.0.weight", H1, 4 * E, &w, err, errlen)) < 0 ||
+        (rc = modelfile_tensor(f, "attention.0.bias", H1, -1, &m->b1, err, errlen)) < 0)
+        goto done;
+    m->w_t = linear_falloc((size_t)H1 * E);
+    m->w_h = linear_falloc((size_t)H1 * E);
+    m->w_d = linear_falloc((size_t)H1 * E);
+    if (!m->w_t || !m->w_h || !m->w_d) {
+        rc = ctr_fail(err, errlen, CTR_ENOMEM, "out of memory");
+        goto done;
+    }
+    for (int o = 0; o < H1; o++) {
+        const float *row = w + (size_t)o * 4 * E;
+        for (int i = 0; i < E; i++) {
+            double wa = row[i], wb = row[E + i], wc = row[2 * E + i];
+            m->w_t[(size_t)o * E + i] = (float)(wa + wc);
+            m->w_h[(size_t)o * E + i] = (float)(wb - wc);
+            m->w_d[(size_t)o * E + i] = row[3 * E + i];
+        }
+    }
+done:
+    free(w);
+    return rc;
+}
+
+static int act_kind(const st_file *f, const char *key, int *dice, char *err, size_t errlen) {
+    const char *v = st_meta_get(f, key);
+    if (v && (!strcmp(v, "relu") || !strcmp(v, "dice"))) {
+        *dice = !strcmp(v, "dice");
+        return CTR_OK;
+    }
+    return ctr_fail(err, errlen, CTR_EMODEL, "metadata \"%s\" is \"%s\", expected relu or dice",
+                    key, v ? v : "(none)");
+}
+
+static void din_free(void *impl) {
+    din_model *m = impl;
+    if (!m) return;
+    for (int f = 0; f < ENGINE_MAX_CTX; f++) free(m->ctx_emb[f]);
+    itemvec_free(&m->iv);
+    free(m->w_t);
+    free(m->w_h);
+    free(m->w_d);
+    free(m->b1);
+    for (int k = 0; k < DIN_MAX_LAYERS; k++) {
+        linear_layer_free(&m->att[k]);
+        linear_layer_free(&m->dnn[k]);
+        act_free(&m->att_act[k]);
+        act_free(&m->dnn_act[k]);
+    }
+    free(m);
+}
+
+static int din_build(din_model *m, const st_file *f, const engine_schema *sc, char *err,
+                     size_t errlen) {
+    int rc, mm_out, au[DIN_MAX_LAYERS], du[DIN_MAX_LAYERS], nau, ndu;
+    din_names nm = {m, sc, 0, 0, 0};
+    if ((rc = modelfile_meta_int(f, "embedding_dim", 1, 4096, &m->d, err, errlen)) < 0 ||
+        (rc = modelfile_meta_int(f, "mm_out", 1, 4096, &mm_out, err, errlen)) < 0 ||
+        (rc = modelfile_meta_ints(f, "attention_units", DIN_MAX_LAYERS - 1, 1, 16384, au, &nau,
+                                  err, errlen)) < 0 ||
+        (rc = modelfile_meta_ints(f, "dnn_units", DIN_MAX_LAYERS - 1, 1, 16384, du, &ndu, err,
+                                  errlen)) < 0 ||
+        (rc = act_kind(f, "attention_activation", &nm.att_dice, err, errlen)) < 0 ||
+        (rc = act_kind(f, "dnn_activation", &nm.dnn_dice, err, errlen)) < 0 ||
+        (rc = modelfile_meta_int(f, "dnn_batch_norm", 0, 1, &nm.dnn_bn, err, errlen)) < 0 ||
+        (rc = modelfile_meta_int(f, "softmax", 0, 1, &m->softmax, err, errlen)) < 0)
+        return rc;
+    if (nau < 1)
+        return ctr_fail(err, errlen, CTR_EMODEL,
+                        "metadata \"attention_units\": at least one hidden layer");
+    const int d = m->d, E = 2 * d + mm_out;
+    m->E = E;
+    m->num_ctx = sc->num_ctx;
+    m->max_len = sc->max_len;
+    m->in_dim = sc->num_ctx * d + 2 * E;
+    m->na = nau + 1;
+    m->nd = ndu + 1;
+    m->max_width = 1;
+    for (int k = 0; k < nau; k++) {
+        m->att_units[k] = au[k];
+        if (au[k] > m->max_width) m->max_width = au[k];
+    }
+    m->att_units[nau] = 1;
+    for (int k = 0; k < ndu; k++)
+        if (du[k] > m->max_width) m->max_width = du[k];
+    if ((long long)sc->item_vocab * d > INT32_MAX || (long long)sc->tag_vocab * d > INT32_MAX ||
+        (long long)au[0] * 4 * E > INT32_MAX || m->in_dim > 65536)
+        return ctr_fail(err, errlen, CTR_EMODEL, "configuration too large");
+
+    if ((rc = modelfile_no_unexpected(f, din_expected, &nm, err, errlen)) < 0) return rc;
+    char name[160];
+    for (int i = 0; i < sc->num_ctx; i++) {
+        m->ctx_vocab[i] = sc->ctx_vocab[i];
+        if ((rc = modelfile_tensor(
+                 f, modelfile_name(name, sizeof name, P "embedding_layers.%s.weight",
+                                   sc->ctx_name[i]),
+                 sc->ctx_vocab[i], d, &m->ctx_emb[i], err, errlen)) < 0)
+            return rc;
+    }
+    m->iv = (itemvec_tables){.d = d, .item_vocab = sc->item_vocab, .tag_vocab = sc->tag_vocab,
+                             .num_tags = sc->num_tags, .mm_in = sc->mm_dim, .mm_out = mm_out};
+    if ((rc = itemvec_load(&m->iv, f, err, errlen)) < 0) return rc;
+
+    if ((rc = load_first(f, m, err, errlen)) < 0) return rc;
+    for (int k = 1; k < m->na; k++)
+        if ((rc = load_linear(f, "attention", k, m->att_units[k - 1], m->att_units[k], 0,
+                              &m->att[k], err, errlen)) < 0)
+            return rc;
+    for (int k = 0; k < nau; k++)
+        if (nm.att_dice && (rc = load_dice(f, "attention", k, au[k], &m->att_act[k], err,
+                                           errlen)) < 0)
+            return rc;
+    for (int k = 0; k < m->nd; k++) {
+        int in = k ? du[k - 1] : m->in_dim, out = k < ndu ? du[k] : 1;
+        if ((rc = load_linear(f, "dnn", k, in, out, nm.dnn_bn && k < ndu, &m->dnn[k], err,
+                              errlen)) < 0)
+            return rc;
+        if (k < ndu && nm.dnn_dice &&
+            (rc = load_dice(f, "dnn", k, out, &m->dnn_act[k], err, errlen)) < 0)
+            return rc;
+    }
+    m->vec_floats = (E + 2 * au[0] + 15) & ~15;
+    m->pair_rows = DIN_PAIR_ROWS;
+    return CTR_OK;
+}
+
+static int din_load(const st_file *f, const engine_schema *sc, const engine_params *p,
+                    void **impl, char *err, size_t errlen) {
+    if (p->precision != DENSE_FP32)
+        return ctr_fail(err, errlen, CTR_EINVAL, "DIN: precision %s not available",
+                        dense_precision_name(p->precision));
+    din_model *m = calloc(1, sizeof *m);
+    if (!m) return ctr_fail(err, errlen, CTR_ENOMEM, "out of memory");
+    int rc = din_build(m, f, sc, err, errlen);
+    if (rc < 0) {
+        din_free(m);
+        return rc;
+    }
+    *impl = m;
+    return CTR_OK;
+}
+
+/* --- item vectors ------------------------------------------------------ */
+
+static size_t din_vec_floats(const void *impl) { return (size_t)((const din_model *)impl)->vec_floats; }
+
+static int din_items(const void *impl, int n, const engine_item *items, float *out, int *bad,
+                     char *err, size_t errlen) {
+    const din_model *m = impl;
+    const int E = m->E, H1 = m->att_units[0], ld = m->vec_floats;
+    for (int i = 0; i < n; i++) {
+        itemvec_input in = engine_item_base(&items[i]);
+        int rc = itemvec_check(&m->iv, &in, err, errlen);
+        if (rc < 0) {
+            if (bad) *bad = i;
+            return rc;
+        }
+        float *v = out + (size_t)i * ld;
+        itemvec_base(&m->iv, &in, v);
+        memset(v + E, 0, (size_t)(ld - E) * sizeof *v);
+        for (int o = 0; o < H1; o++) v[E + H1 + o] = m->b1[o];
+    }
+    /* The item-side halves of attention layer 0, for all n at once:
+     * (Wb - Wc) e and (Wa + Wc) e + b1. */
+    linear_gemm(n, H1, E, out, ld, m->w_h, E, 1, 0.0f, out + E, ld);
+    linear_gemm(n, H1, E, out, ld, m->w_t, E, 1, 1.0f, out + E + H1, ld);
+    return CTR_OK;
+}
+
+/* --- scratch ----------------------------------------------------------- */
+
+static void din_scratch_free(void *scratch) {
+    din_scratch *s = scratch;
+    if (!s) return;
+    free(s->pos);
+    free(s->he);
+    free(s->hp);
+    free(s->s);
+    free(s->x);
+    free(s->z0);
+    free(s->z1);
+    free(s->in);
+    free(s->y0);
+    free(s->y1);
+    free(s);
+}
+
+static int din_scratch_init(const void *impl, int max_cand, void **scratch) {
+    const din_model *m = impl;
+    din_scratch *s = calloc(1, sizeof *s);
+    if (!s) return CTR_ENOMEM;
+    const size_t L = (size_t)m->max_len, W = (size_t)m->max_width;
+    s->max_cand = max_cand;
+    s->rows = m->pair_rows > m->max_len ? m->pair_rows : m->max_len;
+    s->pos = malloc(L * sizeof *s->pos);
+    s->he = linear_falloc(L * m->E);
+    s->hp = linear_falloc(L * m->att_units[0]);
+    s->s = linear_falloc((size_t)max_cand * L);
+    s->x = linear_falloc((size_t)s->rows * m->E);
+    s->z0 = linear_falloc((size_t)s->rows * W);
+    s->z1 = linear_falloc((size_t)s->rows * W);
+    s->in = linear_falloc((size_t)max_cand * m->in_dim);
+    s->y0 = linear_falloc((size_t)max_cand * W);
+    s->y1 = linear_falloc((size_t)max_cand * W);
+    if (!s->pos || !s->he || !s->hp || !s->s || !s->x || !s->z0 || !s->z1 || !s->in || !s->y0 ||
+        !s->y1) {
+        din_scratch_free(s);
+        return CTR_ENOMEM;
+    }
+    *scratch = s;
+    return CTR_OK;
+}
+
+/* --- forward ----------------------------------------------------------- */
+
+/* Attention scores of candidates [i0, i0 + nc) against the nh behaviours
+ * into rows of s->s.  One block: nc x nh pair rows. */
+static void din_block(const din_model *m, din_scratch *s, const float *const *cand, int i0,
+                      int nc, int nh) {
+    const int E = m->E, H1 = m->att_units[0], W = m->max_width, rows = nc * nh;
+    /* x = t_i * h_j for every pair (rows ordered candidate-major). */
+    for (int c = 0; c < nc; c++) {
+        const float *restrict t = cand[i0 + c];
+        for (int j = 0; j < nh; j++) {
+            const float *restrict h = s->he + (size_t)j * E;
+            float *restrict x = s->x + ((size_t)c * nh + j) * E;
+            for (int k = 0; k < E; k++) x[k] = t[k] * h[k];
+        }
+    }
+    /* Layer 0: Wd (t * h), then + (Wa + Wc) t + b1 + (Wb - Wc) h and the
+     * activation, in one pass. */
+    linear_gemm(rows, H1, E, s->x, E, m->w_d, E, 1, 0.0f, s->z0, W);
+    const int relu = !m->att_act[0].dice;
+    for (int c = 0; c < nc; c++) {
+        const float *restrict tq = cand[i0 + c] + E + H1;
+        for (int j = 0; j < nh; j++) {
+            float *restrict z = s->z0 + ((size_t)c * nh + j) * W;
+            const float *restrict hp = s->hp + (size_t)j * H1;
+            if (relu) {
+                for (int o = 0; o < H1; o++) {
+                    float v = z[o] + tq[o] + hp[o];
+                    z[o] = v > 0.0f ? v : 0.0f;
+                }
+            } else {
+                for (int o = 0; o < H1; o++) z[o] += tq[o] + hp[o];
+            }
+        }
+    }
+    if (!relu) act_apply(&m->att_act[0], rows, H1, NULL, s->z0, W);
+    /* Hidden layers 1..na-2, then the output unit. */
+    float *a = s->z0, *b = s->z1;
+    for (int k = 1; k < m->na - 1; k++) {
+        hidden(&m->att[k], &m->att_act[k], rows, a, W, b, W);
+        float *t = a;
+        a = b;
+        b = t;
+    }
+    const linear_layer *last = &m->att[m->na - 1];
+    linear_forward(last, rows, a, W, b, 1);
+    for (int c = 0; c < nc; c++)
+        memcpy(s->s + (size_t)(i0 + c) * m->max_len, b + (size_t)c * nh, (size_t)nh * sizeof(float));
+}
+
+static int din_forward(const void *impl, void *scratch, const engine_request *req, float *prob,
+                       char *err, size_t errlen) {
+    (void)err;
+    (void)errlen;
+    const din_model *m = impl;
+    din_scratch *s = scratch;
+    const int n = req->num_cand, E = m->E, H1 = m->att_units[0], d = m->d, L = m->max_len;
+    const int W = m->max_width;
+
+    /* The behaviours that count (padding and unknown ids masked: they add
+     * s_j m_j h_j = 0 without softmax, and exp(-1e9) = 0 with it). */
+    const int nh = attn_window(req->hist, req->num_hist, L, s->pos);
+    attn_gather(req->hist, s->pos, nh, 0, E, s->he, E);
+    attn_gather(req->hist, s->pos, nh, E, H1, s->hp, H1);
+
+    /* Attention scores, a block of whole candidates at a time. */
+    if (nh > 0) {
+        int per = s->rows / nh;
+        if (per < 1) per = 1;
+        for (int i0 = 0; i0 < n; i0 += per)
+            din_block(m, s, req->cand, i0, n - i0 < per ? n - i0 : per, nh);
+        if (m->softmax) attn_softmax_rows(s->s, n, nh, L);
+    }
+
+    /* DNN input [ctx embeddings | t | u], u = S He (no behaviours: u = 0,
+     * which with softmax is this engine's definition, README). */
+    const int off_t = m->num_ctx * d, off_u = off_t + E, ld = m->in_dim;
+    for (int i = 0; i < n; i++) {
+        float *xi = s->in + (size_t)i * ld;
+        for (int f = 0; f < m->num_ctx; f++) {
+            int32_t v = req->ctx ? req->ctx[(size_t)i * m->num_ctx + f] : 0;
+            memcpy(xi + f * d, m->ctx_emb[f] + (size_t)v * d, (size_t)d * sizeof(float));
+        }
+        memcpy(xi + off_t, req->cand[i], (size_t)E * sizeof(float));
+        if (nh == 0) memset(xi + off_u, 0, (size_t)E * sizeof(float));
+    }
+    if (nh > 0) linear_gemm(n, E, nh, s->s, L, s->he, E, 0, 0.0f, s->in + off_u, ld);
+
+    const float *a = s->in;
+    int lda = ld;
+    float *b = s->y0;
+    for (int k = 0; k < m->nd - 1; k++) {
+        hidden(&m->dnn[k], &m->dnn_act[k], n, a, lda, b, W);
+        a = b;
+        lda = W;
+        b = b == s->y0 ? s->y1 : s->y0;
+    }
+    linear_forward(&m->dnn[m->nd - 1], n, a, lda, prob, 1);
+    vmath_sigmoid(prob, n);
+
+    if (req->explain) attn_explain(s->s, n, nh, L, s->pos, req->explain, 0);
+    return CTR_OK;
+}
+
+static engine_cost din_cost(const void *impl, int nh) {
+    const din_model *m = impl;
+    const double E = m->E;
+    double att_rest = 0, dnn = 0;
+    for (int k = 1; k < m->na; k++) att_rest += (double)m->att[k].in * m->att[k].out;
+    for (int k = 0; k < m->nd; k++) dnn += (double)m->dnn[k].in * m->dnn[k].out;
+    const double H1 = m->att_units[0];
+    engine_cost c;
+    /* Folded: per pair t * h (E) and Wd (H1 E) and the rest of the MLP;
+     * the pooling (E per behaviour) and the DNN per candidate. */
+    c.folded = nh * (E + H1 * E + att_rest + E) + dnn;
+    /* As trained: per pair the 4E-wide first layer and the rest, the
+     * pooling, the DNN, and every candidate's copy of the history's item
+     * vectors (W_mm) and its own. */
+    c.unfolded = nh * (4 * E * H1 + att_rest + E) + dnn +
+                 (double)m->iv.mm_in * m->iv.mm_out * (nh + 1);
+    return c;
+}
+
+static const char *din_describe(const void *impl) {
+    (void)impl;
+    return "fp32: linear_gemm (oneDNN sgemm)";
+}
+
+const arch_ops din_arch_ops = {
+    .load = din_load,
+    .free = din_free,
+    .item_vec_floats = din_vec_floats,
+    .items_compute = din_items,
+    .scratch_init = din_scratch_init,
+    .scratch_free = din_scratch_free,
+    .forward = din_forward,
+    .cost = din_cost,
+    .describe = din_describe,
+};

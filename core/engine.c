@@ -1,0 +1,208 @@
+/*
+ * engine.c - the engine interface (engine.h): reads the model file's
+ * schema, hands the file to its architecture (arch.h), and checks what
+ * every architecture's request has in common before calling its forward
+ * pass.
+ */
+#include "engine.h"
+
+#include <cblas.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "arch.h"
+#include "modelfile.h"
+#include "safetensors.h"
+
+struct engine_model {
+    engine_schema sc;
+    engine_params params;
+    const arch_ops *ops;
+    void *impl;
+};
+
+struct engine_scratch {
+    const engine_model *model;
+    int max_cand;
+    void *impl;
+};
+
+static const arch_ops *const ops_of[ENGINE_ARCH_COUNT] = {
+    [ENGINE_ARCH_QIN] = &qin_arch_ops,
+    [ENGINE_ARCH_DIN] = &din_arch_ops,
+    [ENGINE_ARCH_TIN] = &tin_arch_ops,
+};
+
+const char *engine_arch_name(int arch) {
+    static const char *const names[] = {
+#define ENGINE_ARCH_STR(name, str) str,
+        ENGINE_ARCH_MAP(ENGINE_ARCH_STR)
+#undef ENGINE_ARCH_STR
+    };
+    return arch >= 0 && arch < ENGINE_ARCH_COUNT ? names[arch] : "unknown";
+}
+
+engine_params engine_default_params(void) {
+    engine_params p = {DENSE_FP32};
+    return p;
+}
+
+int engine_precision_parse(const char *text, dense_precision *out, char *err, size_t errlen) {
+    if (text && dense_precision_parse(text, out) == CTR_OK) return CTR_OK;
+    return ctr_fail(err, errlen, CTR_EINVAL, "precision \"%s\": expected fp32, bf16 or int8",
+                    text ? text : "");
+}
+
+int engine_model_load_buffer_with(const void *buf, size_t len, const engine_params *p,
+                                  engine_model **out, char *err, size_t errlen) {
+    *out = NULL;
+    const engine_params params = p ? *p : engine_default_params();
+    if (params.precision < 0 || params.precision >= DENSE_PRECISION_COUNT)
+        return ctr_fail(err, errlen, CTR_EINVAL, "unknown precision %d", (int)params.precision);
+    st_file f;
+    int rc = st_parse(buf, len, &f, err, errlen);
+    if (rc < 0) return rc;
+    engine_model *m = calloc(1, sizeof *m);
+    if (!m) {
+        st_free(&f);
+        return ctr_fail(err, errlen, CTR_ENOMEM, "out of memory");
+    }
+    m->params = params;
+    if ((rc = modelfile_schema(&f, &m->sc, err, errlen)) < 0) goto fail;
+    m->ops = ops_of[m->sc.arch];
+    if ((rc = m->ops->load(&f, &m->sc, &m->params, &m->impl, err, errlen)) < 0) goto fail;
+    st_free(&f);
+    /* BLAS single-threaded inside every call: the service's parallelism is
+     * its own worker threads (see model.c); process-wide. */
+    openblas_set_num_threads(1);
+    *out = m;
+    return CTR_OK;
+fail:
+    st_free(&f);
+    free(m);
+    return rc;
+}
+
+int engine_model_load_buffer(const void *buf, size_t len, engine_model **out, char *err,
+                             size_t errlen) {
+    return engine_model_load_buffer_with(buf, len, NULL, out, err, errlen);
+}
+
+int engine_model_load(const char *path, engine_model **out, char *err, size_t errlen) {
+    return engine_model_load_with(path, NULL, out, err, errlen);
+}
+
+int engine_model_load_with(const char *path, const engine_params *p, engine_model **out,
+                           char *err, size_t errlen) {
+    *out = NULL;
+    unsigned char *buf;
+    size_t size;
+    int rc = modelfile_read(path, &buf, &size, err, errlen);
+    if (rc < 0) return rc;
+    char inner[512] = "";
+    rc = engine_model_load_buffer_with(buf, size, p, out, inner, sizeof inner);
+    free(buf);
+    if (rc < 0) return ctr_fail(err, errlen, rc, "%s: %s", path, inner);
+    return CTR_OK;
+}
+
+void engine_model_free(engine_model *m) {
+    if (!m) return;
+    if (m->impl) m->ops->free(m->impl);
+    free(m);
+}
+
+const engine_schema *engine_model_schema(const engine_model *m) { return &m->sc; }
+
+dense_precision engine_model_precision(const engine_model *m) { return m->params.precision; }
+
+const char *engine_model_describe(const engine_model *m) { return m->ops->describe(m->impl); }
+
+size_t engine_item_vec_floats(const engine_model *m) { return m->ops->item_vec_floats(m->impl); }
+
+float *engine_item_vecs_alloc(const engine_model *m, int n) {
+    if (n < 1) n = 1;
+    size_t vf = engine_item_vec_floats(m);
+    if ((size_t)n > SIZE_MAX / sizeof(float) / vf - 16) return NULL;
+    size_t bytes = ((size_t)n * vf * sizeof(float) + 63) & ~(size_t)63;
+    float *p = aligned_alloc(64, bytes);
+    if (p) memset(p, 0, bytes);
+    return p;
+}
+
+int engine_items_compute(const engine_model *m, int n, const engine_item *items, float *out,
+                         int *bad, char *err, size_t errlen) {
+    if (n <= 0) return CTR_OK;
+    return m->ops->items_compute(m->impl, n, items, out, bad, err, errlen);
+}
+
+int engine_history_id_ok(const engine_model *m, int64_t id) {
+    return id >= m->sc.item_id_min && id < m->sc.item_vocab;
+}
+
+int engine_request_check(const engine_model *m, const int64_t *cand_id, const int32_t *ctx,
+                         int n, char *err, size_t errlen) {
+    const engine_schema *sc = &m->sc;
+    for (int i = 0; i < n; i++) {
+        if (cand_id && !engine_history_id_ok(m, cand_id[i]))
+            return ctr_fail(err, errlen, CTR_ERANGE,
+                            "candidates[%d].item_id: %lld is outside the model's items %d..%d", i,
+                            (long long)cand_id[i], sc->item_id_min, sc->item_vocab - 1);
+        for (int f = 0; ctx && f < sc->num_ctx; f++) {
+            int32_t v = ctx[(size_t)i * sc->num_ctx + f];
+            if (v < 0 || v >= sc->ctx_vocab[f])
+                return ctr_fail(err, errlen, CTR_ERANGE,
+                                "candidates[%d].%s: %d is outside the model's vocabulary (0..%d)",
+                                i, sc->ctx_name[f], (int)v, sc->ctx_vocab[f] - 1);
+        }
+    }
+    return CTR_OK;
+}
+
+int engine_scratch_init(const engine_model *m, int max_cand, engine_scratch **out) {
+    *out = NULL;
+    if (max_cand < 1 || max_cand > (1 << 20)) return CTR_EINVAL;
+    engine_scratch *s = calloc(1, sizeof *s);
+    if (!s) return CTR_ENOMEM;
+    s->model = m;
+    s->max_cand = max_cand;
+    int rc = m->ops->scratch_init(m->impl, max_cand, &s->impl);
+    if (rc < 0) {
+        free(s);
+        return rc;
+    }
+    *out = s;
+    return CTR_OK;
+}
+
+void engine_scratch_free(engine_scratch *s) {
+    if (!s) return;
+    if (s->impl) s->model->ops->scratch_free(s->impl);
+    free(s);
+}
+
+int engine_forward(const engine_model *m, engine_scratch *s, const engine_request *req,
+                   float *prob, char *err, size_t errlen) {
+    const int n = req->num_cand;
+    if (s->model != m) return ctr_fail(err, errlen, CTR_EINVAL, "scratch of another model");
+    if (n < 0 || n > s->max_cand)
+        return ctr_fail(err, errlen, CTR_ETOOMANY, "%d candidates, at most %d", n, s->max_cand);
+    if (req->num_hist < 0 || (req->num_hist > 0 && !req->hist))
+        return ctr_fail(err, errlen, CTR_EINVAL, "bad history (%d entries)", req->num_hist);
+    if (req->explain && (req->explain->k < 1 || !req->explain->pos || !req->explain->weight))
+        return ctr_fail(err, errlen, CTR_EINVAL, "explain: k must be >= 1, with room for k "
+                        "entries per candidate");
+    int rc = engine_request_check(m, NULL, req->ctx, n, err, errlen);
+    if (rc < 0) return rc;
+    for (int i = 0; i < n; i++)
+        if (!req->cand[i]) return ctr_fail(err, errlen, CTR_EINVAL, "candidate %d: no vector", i);
+    if (n == 0) return CTR_OK;
+    return m->ops->forward(m->impl, s->impl, req, prob, err, errlen);
+}
+
+engine_cost engine_model_cost(const engine_model *m, int nh) {
+    if (nh < 0) nh = 0;
+    if (nh > m->sc.max_len) nh = m->sc.max_len;
+    return m->ops->cost(m->impl, nh);
+}

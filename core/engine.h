@@ -1,0 +1,237 @@
+/*
+ * engine.h - one scoring engine for the three architectures the service
+ * runs: QIN, DIN and TIN (MODEL_SPEC sections 2-5).  ctr-score and ctr-load
+ * use it for every model; it is what a multi-model server holds per model.
+ *
+ * Usage:
+ *
+ *     engine_model *m;  char err[256];
+ *     if (engine_model_load("model.safetensors", &m, err, sizeof err) < 0) ...
+ *     const engine_schema *sc = engine_model_schema(m);  // what to feed it
+ *     engine_scratch *s; engine_scratch_init(m, 256, &s);  // one per thread
+ *     float *vecs = ...;  // n x engine_item_vec_floats(m), 64-byte aligned
+ *     engine_items_compute(m, n, items, vecs, NULL, err, sizeof err);
+ *     engine_request_check(m, cand_ids, ctx, n, err, sizeof err);  // 422
+ *     engine_forward(m, s, &(engine_request){...}, probs, err, sizeof err);
+ *
+ * The file's metadata names the architecture ("arch": qin, din or tin) and
+ * the feature schema the model reads (engine_schema); the loader checks
+ * every tensor of the architecture against it (tools/README.md "Model
+ * file").  Three lifetimes, as in qin.h:
+ *   - engine_model: weights and the folds done once at load; immutable and
+ *     shared freely between threads;
+ *   - item vectors: computed once per item, reusable across candidates,
+ *     requests and threads (a cache must be keyed by model too);
+ *   - engine_scratch: one thread's activations, sized at init for the
+ *     largest request; engine_forward allocates nothing.
+ *
+ * Histories (engine_request.hist) are item vectors, oldest first; a NULL
+ * entry stands for an id that is padding or that has no features.  Of a
+ * longer history only the last max_len entries count.  Then, per
+ * architecture (README "Defined behaviour"):
+ *   - QIN, DIN: NULL entries are padding (mask 0) and contribute nothing;
+ *   - TIN: ids start at 0 and id 0 is a real item, so there is no padding
+ *     id; NULL entries (ids without features) are left out and the others
+ *     form the history (positions count the kept ones).
+ *
+ * Explanations: engine_request.explain, when set, receives for each
+ * candidate the k behaviours with the largest attention weight in
+ * absolute value (ties: the more recent first), as positions in
+ * engine_request.hist and their weights:
+ *   - QIN: a_j = relu(m_j (A h_j) . t / sqrt(2E)), the unnormalised score
+ *     that multiplies B h_j in the pool;
+ *   - DIN: s_j, the attention MLP's output that multiplies h_j in u (after
+ *     the softmax when the model has it); it can be negative without it;
+ *   - TIN: w_k, the softmax weight (the weights of a candidate sum to 1).
+ * Fewer behaviours than k: the rest of the row is position -1, weight 0.
+ *
+ * All functions are thread-safe as long as each thread passes its own
+ * scratch.  Errors: negative ctr_status (status.h) and a message in the
+ * caller's buffer (which may be NULL).
+ */
+#ifndef CTR_ENGINE_H
+#define CTR_ENGINE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "dense.h"
+#include "itemvec.h"
+#include "status.h"
+
+#define ENGINE_ARCH_MAP(X)                                                    \
+    X(QIN, "qin")                                                             \
+    X(DIN, "din")                                                             \
+    X(TIN, "tin")
+
+typedef enum engine_arch {
+#define ENGINE_ARCH_ENUM(name, str) ENGINE_ARCH_##name,
+    ENGINE_ARCH_MAP(ENGINE_ARCH_ENUM)
+#undef ENGINE_ARCH_ENUM
+    ENGINE_ARCH_COUNT
+} engine_arch;
+
+/* "qin", "din", "tin"; "unknown" for anything else.  Thread-safe. */
+const char *engine_arch_name(int arch);
+
+#define ENGINE_MAX_CTX 16
+#define ENGINE_NAME_MAX 64
+
+/* What a model reads: the request and feature-store rules follow from it. */
+typedef struct engine_schema {
+    engine_arch arch;
+    char name[ENGINE_NAME_MAX];     /* from metadata */
+    char version[ENGINE_NAME_MAX];
+    int max_len;                    /* history entries used (most recent) */
+    /* Item fields.  An item id is valid in item_id_min..item_vocab-1. */
+    int item_id_min;                /* 1 (0 is padding: QIN, DIN) or 0 (TIN) */
+    int item_vocab;
+    int num_tags;                   /* tag slots; 0: the model reads no tags */
+    int tag_vocab;                  /* tag ids 0..tag_vocab-1, 0 is padding */
+    int mm_dim;                     /* dense vector width; 0: none */
+    int cate_vocab;                 /* category ids 0..cate_vocab-1; 0: none */
+    /* Per-candidate context fields, model order (missing = 0, padding). */
+    int num_ctx;
+    char ctx_name[ENGINE_MAX_CTX][ENGINE_NAME_MAX];
+    int ctx_vocab[ENGINE_MAX_CTX];
+} engine_schema;
+
+typedef struct engine_model engine_model;
+typedef struct engine_scratch engine_scratch;
+
+/* One item's features, as the feature store or a JSON line gives them;
+ * each architecture reads the fields its schema names (QIN, DIN: id, tags,
+ * mm; TIN: id, cate) and ignores the others. */
+typedef struct engine_item {
+    int64_t id;
+    const int32_t *tags;    /* num_tags tag ids; fewer than the model's
+                               slots: the rest are padding */
+    int num_tags;
+    const float *mm;        /* mm_dim floats; NULL means all zeros */
+    int32_t cate;           /* category id */
+} engine_item;
+
+/* The fields of item that itemvec.h reads. */
+static inline itemvec_input engine_item_base(const engine_item *item) {
+    return (itemvec_input){item->id, item->tags, item->num_tags, item->mm};
+}
+
+/* How a model is served, decided at load.
+ *
+ * precision: the arithmetic of the model's dense layers (dense.h): the QNN
+ * layers of QIN, the attention MLP and main MLP of DIN, the MLP of TIN.
+ * Their weights are prepared once, at load, in that precision.  DENSE_FP32
+ * is exact (1e-5 against the trained model); DENSE_BF16 and DENSE_INT8 are
+ * not, and their error against fp32 is bounded by the tests and measured
+ * in bench/README.md.  Everything else (item vectors, attention scores and
+ * pooling, heads) stays fp32 in every precision. */
+typedef struct engine_params {
+    dense_precision precision;      /* DENSE_FP32 */
+} engine_params;
+
+engine_params engine_default_params(void);
+
+/* Loads and checks a model file of any architecture, prepared as p says
+ * (NULL: engine_default_params()).  On success *out owns the model (free
+ * with engine_model_free).  Refuses, with a message naming the problem, a
+ * truncated or corrupt file, an unknown format or architecture, metadata
+ * out of bounds, and a tensor missing, unexpected, of the wrong dtype or
+ * shape, or not finite; CTR_EINVAL when the precision cannot run here
+ * (oneDNN's reason in the message).  Sets OpenBLAS to one thread. */
+int engine_model_load_with(const char *path, const engine_params *p, engine_model **out,
+                           char *err, size_t errlen);
+int engine_model_load_buffer_with(const void *buf, size_t len, const engine_params *p,
+                                  engine_model **out, char *err, size_t errlen);
+/* The same in fp32 (the defaults). */
+int engine_model_load(const char *path, engine_model **out, char *err, size_t errlen);
+int engine_model_load_buffer(const void *buf, size_t len, engine_model **out, char *err,
+                             size_t errlen);
+void engine_model_free(engine_model *m);
+
+/* Valid as long as the model.  Thread-safe. */
+const engine_schema *engine_model_schema(const engine_model *m);
+
+/* The precision the model's dense layers run in.  Thread-safe. */
+dense_precision engine_model_precision(const engine_model *m);
+
+/* What computes the model's largest dense layer, e.g. "int8: oneDNN
+ * brg:avx512_core_vnni, 46 row classes up to 256", for logs and
+ * benchmarks.  Valid as long as the model. */
+const char *engine_model_describe(const engine_model *m);
+
+/* The precision's name ("fp32", "bf16", "int8"; "unknown" otherwise) and
+ * whether it is exact: dense_precision_name and dense_precision_exact.
+ * engine_precision_parse reads a name (any case) into *out: CTR_OK, or
+ * CTR_EINVAL with a message listing the names. */
+int engine_precision_parse(const char *text, dense_precision *out, char *err, size_t errlen);
+
+/* --- Item vectors ------------------------------------------------------ */
+
+/* Floats in one item vector: QIN 3E ([e | A e | B e]); DIN and TIN pad
+ * theirs to a multiple of 16, so vectors laid end to end in a 64-byte
+ * aligned buffer each stay aligned. */
+size_t engine_item_vec_floats(const engine_model *m);
+
+/* A 64-byte aligned, zeroed buffer for n item vectors; free with free(). */
+float *engine_item_vecs_alloc(const engine_model *m, int n);
+
+/* The vectors of n items into out (n x engine_item_vec_floats, 64-byte
+ * aligned).  Checks each item against the schema: id outside the items
+ * (CTR_ERANGE), a tag or category outside its vocabulary (CTR_ERANGE), too
+ * many tags or a non-finite value (CTR_EINVAL).  Stops at the first bad
+ * item (its index in *bad when bad is non-NULL). */
+int engine_items_compute(const engine_model *m, int n, const engine_item *items, float *out,
+                         int *bad, char *err, size_t errlen);
+
+/* --- Requests ---------------------------------------------------------- */
+
+/* The request rules, stated once for every caller: each candidate id in
+ * item_id_min..item_vocab-1 and each context value (n x num_ctx, row-major;
+ * NULL: all padding) in 0..vocab-1.  CTR_ERANGE with a message naming the
+ * first offender as candidates[i].field. */
+int engine_request_check(const engine_model *m, const int64_t *cand_id, const int32_t *ctx,
+                         int n, char *err, size_t errlen);
+
+/* 1 when id may stand in a history (in item_id_min..item_vocab-1); other
+ * ids are padding (QIN, DIN) or left out (TIN). */
+int engine_history_id_ok(const engine_model *m, int64_t id);
+
+/* Scratch for requests of up to max_cand candidates; one per thread.
+ * CTR_OK and *out, or CTR_ENOMEM / CTR_EINVAL. */
+int engine_scratch_init(const engine_model *m, int max_cand, engine_scratch **out);
+void engine_scratch_free(engine_scratch *s);
+
+typedef struct engine_explain {
+    int k;                  /* behaviours per candidate (>= 1) */
+    int32_t *pos;           /* num_cand x k: positions in hist, or -1 */
+    float *weight;          /* num_cand x k */
+} engine_explain;
+
+typedef struct engine_request {
+    const float *const *hist;   /* item vectors, oldest first; NULL entries
+                                   as described above */
+    int num_hist;               /* any count; the last max_len are used */
+    const float *const *cand;   /* item vectors of the candidates */
+    const int32_t *ctx;         /* num_cand x num_ctx, row-major; NULL:
+                                   every field is padding (0) */
+    int num_cand;               /* 0..max_cand of the scratch */
+    engine_explain *explain;    /* NULL: no explanation (costs nothing) */
+} engine_request;
+
+/* prob[i] = P(click | user, cand[i]) for every candidate.  CTR_ETOOMANY
+ * beyond the scratch, CTR_ERANGE for a context value outside its
+ * vocabulary, CTR_EINVAL for a NULL candidate, a scratch of another model
+ * or explain->k < 1.  Allocates nothing. */
+int engine_forward(const engine_model *m, engine_scratch *s, const engine_request *req,
+                   float *prob, char *err, size_t errlen);
+
+/* Multiply-adds per candidate for a history of nh behaviours (the item
+ * vectors already computed, as a warm cache has them): what the folded
+ * engine does, and what the training code's graph does unfolded. */
+typedef struct engine_cost {
+    double folded;
+    double unfolded;
+} engine_cost;
+engine_cost engine_model_cost(const engine_model *m, int nh);
+
+#endif

@@ -1,0 +1,90 @@
+/*
+ * linear.c - linear_gemm and the dense layer (see linear.h).
+ *
+ * Workload: per request, a few products of 16..16,384 rows (DIN's attention
+ * runs one row per candidate-behaviour pair) against weights of up to
+ * 1024 x 640; single-threaded.
+ */
+#include "linear.h"
+
+#include <cblas.h>
+#include <dnnl.h>
+#include <omp.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define LINEAR_ALIGN 64
+
+/* -1: not decided yet (the environment decides on first use). */
+static atomic_int use_dnnl = -1;
+
+static int dnnl_chosen(void) {
+    int v = atomic_load(&use_dnnl);
+    if (v < 0) {
+        const char *e = getenv("CTR_DENSE_OPENBLAS");
+        v = !(e && *e && strcmp(e, "0") != 0);
+        atomic_store(&use_dnnl, v);
+    }
+    return v;
+}
+
+int linear_use_dnnl(int on) {
+    if (on < 0) return dnnl_chosen();
+    atomic_store(&use_dnnl, on ? 1 : 0);
+    return on ? 1 : 0;
+}
+
+void linear_one_thread(void) {
+    static _Thread_local int pinned;
+    if (!pinned) {
+        omp_set_num_threads(1);
+        pinned = 1;
+    }
+}
+
+void linear_gemm(int n, int out, int in, const float *x, int ldx, const float *w, int ldw,
+                 int w_out_in, float beta, float *y, int ldy) {
+    if (n <= 0 || out <= 0) return;
+    if (in <= 0) {
+        for (int i = 0; i < n; i++)
+            for (int o = 0; o < out; o++) y[(size_t)i * ldy + o] *= beta;
+        return;
+    }
+    if (dnnl_chosen()) {
+        linear_one_thread();
+        /* dnnl_sgemm is row-major: C (M x N) = A (M x K) op(B). */
+        if (dnnl_sgemm('N', w_out_in ? 'T' : 'N', n, out, in, 1.0f, x, ldx, w, ldw, beta, y,
+                       ldy) == dnnl_success)
+            return;
+        /* dnnl refuses only bad arguments, which would be a bug here;
+         * OpenBLAS gives the answer regardless. */
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, w_out_in ? CblasTrans : CblasNoTrans, n, out, in,
+                1.0f, x, ldx, w, ldw, beta, y, ldy);
+}
+
+void linear_forward(const linear_layer *l, int n, const float *x, int ldx, float *y, int ldy) {
+    linear_gemm(n, l->out, l->in, x, ldx, l->w, l->in, 1, 0.0f, y, ldy);
+    for (int i = 0; i < n; i++) {
+        float *restrict yi = y + (size_t)i * ldy;
+        const float *restrict b = l->b;
+        for (int o = 0; o < l->out; o++) yi[o] += b[o];
+    }
+}
+
+float *linear_falloc(size_t n) {
+    if (n == 0) n = 1;
+    if (n > SIZE_MAX / sizeof(float) - LINEAR_ALIGN) return NULL;
+    size_t bytes = (n * sizeof(float) + LINEAR_ALIGN - 1) & ~(size_t)(LINEAR_ALIGN - 1);
+    float *p = aligned_alloc(LINEAR_ALIGN, bytes);
+    if (p) memset(p, 0, bytes);
+    return p;
+}
+
+void linear_layer_free(linear_layer *l) {
+    free(l->w);
+    free(l->b);
+    l->w = l->b = NULL;
+}

@@ -1,0 +1,69 @@
+/*
+ * modelfile.h - reading the model file's metadata and tensors, shared by
+ * the loaders of the three architectures (model.c for QIN, din.c, tin.c).
+ *
+ * Format "ctr-model-2" (tools/convert.py writes it for every architecture):
+ * metadata "arch" and the feature schema (item_fields, context_fields,
+ * max_len and the vocabularies), then the architecture's own keys.  Files
+ * of the first format, "ctr-qin-1" (QIN only; its schema is implied: item
+ * fields item_id, item_tags, item_emb_d128), load unchanged.
+ */
+#ifndef CTR_MODELFILE_H
+#define CTR_MODELFILE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "engine.h"
+#include "safetensors.h"
+
+#define MODELFILE_FORMAT "ctr-model-2"
+#define MODELFILE_FORMAT_QIN1 "ctr-qin-1"
+
+/* Reads the whole file at path into *buf (malloc'd, the caller frees it)
+ * and its length into *len.  CTR_EIO (naming the path and the reason) or
+ * CTR_ENOMEM. */
+int modelfile_read(const char *path, unsigned char **buf, size_t *len, char *err,
+                   size_t errlen);
+
+/* Finds tensor `name`, checks dtype F32, shape (d0) when d1 < 0 else
+ * (d0, d1), and finite values; *out gets an aligned copy (NULL on error).
+ * CTR_EMODEL / CTR_ENOMEM with a message naming the tensor. */
+int modelfile_tensor(const st_file *f, const char *name, int64_t d0, int64_t d1, float **out,
+                     char *err, size_t errlen);
+
+/* Metadata value of key as an integer in [lo, hi]; CTR_EMODEL if absent or
+ * out of bounds. */
+int modelfile_meta_int(const st_file *f, const char *key, int lo, int hi, int *out, char *err,
+                       size_t errlen);
+
+/* Metadata value of key as 1..cap-1 characters. */
+int modelfile_meta_str(const st_file *f, const char *key, char *dst, size_t cap, char *err,
+                       size_t errlen);
+
+/* Metadata value of key as a comma-separated list of 0..max integers, each
+ * in [lo, hi]; *n gets the count.  An absent key is CTR_EMODEL. */
+int modelfile_meta_ints(const st_file *f, const char *key, int max, int lo, int hi, int *out,
+                        int *n, char *err, size_t errlen);
+
+/* Splits a comma-separated list into at most ENGINE_MAX_CTX names; -1 when
+ * there are more, or a name is empty or too long. */
+int modelfile_split(const char *s, char out[][ENGINE_NAME_MAX], int *n);
+
+/* Reads "format", "arch" and the feature schema into sc (engine.h) and
+ * checks it for the architecture: CTR_EMODEL naming the key otherwise. */
+int modelfile_schema(const st_file *f, engine_schema *sc, char *err, size_t errlen);
+
+/* Refuses (CTR_EMODEL) the first tensor for which expected(ctx, name) is 0,
+ * as "unexpected tensor NAME". */
+int modelfile_no_unexpected(const st_file *f, int (*expected)(const void *ctx, const char *name),
+                            const void *ctx, char *err, size_t errlen);
+
+/* A tensor name built with printf, for the loaders' numbered layers. */
+const char *modelfile_name(char *buf, size_t cap, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 3, 4)))
+#endif
+    ;
+
+#endif

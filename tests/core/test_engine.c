@@ -1,0 +1,210 @@
+/* test_engine.c - the engine interface (core/engine.h) on the golden model
+ * files of each architecture ($CTR_GOLDEN, made by tools/make_golden.py):
+ * the schema each file declares, the request rules and their messages,
+ * the history id rule (TIN's id 0 is an item), the refusals of
+ * engine_forward, explain off vs on giving the same scores, slices of a
+ * request scoring like the whole, and the cost counts.  The scores
+ * themselves are checked against the references in test_golden.c. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/engine.h"
+
+static engine_model *load(const char *name) {
+    const char *d = getenv("CTR_GOLDEN");
+    char path[1024], err[512];
+    snprintf(path, sizeof path, "%s/%s/model.safetensors", d && *d ? d : "build/golden", name);
+    engine_model *m = NULL;
+    if (engine_model_load(path, &m, err, sizeof err) < 0) fail_msg("%s", err);
+    return m;
+}
+
+static void test_schemas(void **state) {
+    (void)state;
+    engine_model *q = load("small"), *d = load("din-dice-softmax"), *t = load("tin-small");
+    const engine_schema *sq = engine_model_schema(q), *sd = engine_model_schema(d),
+                        *st = engine_model_schema(t);
+    assert_int_equal(sq->arch, ENGINE_ARCH_QIN);
+    assert_int_equal(sd->arch, ENGINE_ARCH_DIN);
+    assert_int_equal(st->arch, ENGINE_ARCH_TIN);
+    assert_string_equal(engine_arch_name(st->arch), "tin");
+    assert_string_equal(engine_arch_name(99), "unknown");
+    /* QIN, DIN: ids from 1, tags and embedding, context fields. */
+    assert_int_equal(sd->item_id_min, 1);
+    assert_int_equal(sd->num_tags, 5);
+    assert_int_equal(sd->mm_dim, 12);
+    assert_int_equal(sd->cate_vocab, 0);
+    assert_int_equal(sd->num_ctx, 3);
+    assert_string_equal(sd->ctx_name[2], "c");
+    assert_int_equal(sd->max_len, 6);
+    /* TIN: ids from 0, a category, no tags or embedding, its position
+     * table's max_len. */
+    assert_int_equal(st->item_id_min, 0);
+    assert_int_equal(st->cate_vocab, 7);
+    assert_int_equal(st->num_tags, 0);
+    assert_int_equal(st->mm_dim, 0);
+    assert_int_equal(st->num_ctx, 0);
+    assert_int_equal(st->max_len, 12);
+    assert_true(engine_history_id_ok(t, 0) && !engine_history_id_ok(q, 0));
+    assert_true(!engine_history_id_ok(t, 50) && engine_history_id_ok(t, 49));
+    /* Item vectors end to end stay aligned. */
+    assert_int_equal(engine_item_vec_floats(d) % 16, 0);
+    assert_int_equal(engine_item_vec_floats(t) % 16, 0);
+    /* Folded arithmetic is less than the unfolded, and grows with the
+     * history (capped at max_len). */
+    for (engine_model *m = q;; m = m == q ? d : t) {
+        engine_cost c0 = engine_model_cost(m, 0), c3 = engine_model_cost(m, 3);
+        engine_cost cl = engine_model_cost(m, 1000), cm = engine_model_cost(m, 1 << 20);
+        assert_true(c3.folded > c0.folded && c3.folded < c3.unfolded);
+        assert_true(cl.folded == cm.folded);
+        if (m == t) break;
+    }
+    engine_model_free(q);
+    engine_model_free(d);
+    engine_model_free(t);
+}
+
+static void test_request_rules(void **state) {
+    (void)state;
+    engine_model *d = load("din-small"), *t = load("tin-small");
+    char err[256];
+    int64_t ids[2] = {1, 59};
+    int32_t ctx[6] = {0, 6, 3, 4, 0, 0};
+    assert_int_equal(engine_request_check(d, ids, ctx, 2, err, sizeof err), CTR_OK);
+    ids[1] = 60;
+    assert_int_equal(engine_request_check(d, ids, ctx, 2, err, sizeof err), CTR_ERANGE);
+    assert_string_equal(err, "candidates[1].item_id: 60 is outside the model's items 1..59");
+    ids[1] = 0;
+    assert_int_equal(engine_request_check(d, ids, ctx, 2, err, sizeof err), CTR_ERANGE);
+    ids[1] = 2;
+    ctx[1] = 7;
+    assert_int_equal(engine_request_check(d, ids, ctx, 2, err, sizeof err), CTR_ERANGE);
+    assert_string_equal(err, "candidates[0].b: 7 is outside the model's vocabulary (0..6)");
+    assert_int_equal(engine_request_check(d, ids, NULL, 2, err, sizeof err), CTR_OK);
+    /* TIN: 0 is an item. */
+    int64_t tid[2] = {0, 49};
+    assert_int_equal(engine_request_check(t, tid, NULL, 2, err, sizeof err), CTR_OK);
+    tid[0] = -1;
+    assert_int_equal(engine_request_check(t, tid, NULL, 2, err, sizeof err), CTR_ERANGE);
+    /* Items: a category outside its vocabulary, an id outside. */
+    engine_item it = {3, NULL, 0, NULL, 7};
+    float *v = engine_item_vecs_alloc(t, 2);
+    int bad = -1;
+    assert_int_equal(engine_items_compute(t, 1, &it, v, &bad, err, sizeof err), CTR_ERANGE);
+    assert_non_null(strstr(err, "cate_id 7 outside 0..6"));
+    engine_item two[2] = {{0, NULL, 0, NULL, 0}, {50, NULL, 0, NULL, 1}};
+    assert_int_equal(engine_items_compute(t, 2, two, v, &bad, err, sizeof err), CTR_ERANGE);
+    assert_int_equal(bad, 1);
+    free(v);
+    engine_model_free(d);
+    engine_model_free(t);
+}
+
+/* Forward refusals; explain on/off; a request cut in two slices. */
+static void run_forward(const char *name) {
+    engine_model *m = load(name), *other = load("small");
+    const engine_schema *sc = engine_model_schema(m);
+    enum { N = 6, H = 9 };
+    engine_item items[N + H];
+    int32_t tags[N + H][5] = {{0}};
+    float mm[N + H][12];
+    for (int i = 0; i < N + H; i++) {
+        items[i] = (engine_item){sc->item_id_min + (i * 7) % (sc->item_vocab - 1), tags[i],
+                                 sc->num_tags, sc->mm_dim ? mm[i] : NULL, i % 5};
+        for (int k = 0; k < sc->num_tags; k++) tags[i][k] = (i + k) % 4;
+        for (int k = 0; k < 12; k++) mm[i][k] = (float)((i * 13 + k * 7) % 17) / 17.0f - 0.5f;
+    }
+    float *v = engine_item_vecs_alloc(m, N + H);
+    char err[256];
+    assert_int_equal(engine_items_compute(m, N + H, items, v, NULL, err, sizeof err), CTR_OK);
+    const size_t vf = engine_item_vec_floats(m);
+    const float *hist[H], *cand[N];
+    for (int j = 0; j < H; j++) hist[j] = j == 2 ? NULL : v + (size_t)(N + j) * vf;
+    for (int i = 0; i < N; i++) cand[i] = v + (size_t)i * vf;
+    engine_scratch *s, *so;
+    assert_int_equal(engine_scratch_init(m, N, &s), CTR_OK);
+    assert_int_equal(engine_scratch_init(other, N, &so), CTR_OK);
+    engine_scratch *none;
+    assert_int_equal(engine_scratch_init(m, 0, &none), CTR_EINVAL);
+    assert_null(none);
+    float p[N], pe[N], p2[N];
+    int32_t pos[N * 2];
+    float w[N * 2];
+    engine_request r = {hist, H, cand, NULL, N, NULL};
+    assert_int_equal(engine_forward(m, so, &r, p, err, sizeof err), CTR_EINVAL);
+    assert_string_equal(err, "scratch of another model");
+    r.num_cand = N + 1;
+    assert_int_equal(engine_forward(m, s, &r, p, err, sizeof err), CTR_ETOOMANY);
+    r.num_cand = N;
+    engine_explain bad = {0, pos, w};
+    r.explain = &bad;
+    assert_int_equal(engine_forward(m, s, &r, p, err, sizeof err), CTR_EINVAL);
+    r.explain = NULL;
+    cand[3] = NULL;
+    assert_int_equal(engine_forward(m, s, &r, p, err, sizeof err), CTR_EINVAL);
+    assert_string_equal(err, "candidate 3: no vector");
+    cand[3] = v + 3 * vf;
+
+    assert_int_equal(engine_forward(m, s, &r, p, err, sizeof err), CTR_OK);
+    engine_explain ex = {2, pos, w};
+    r.explain = &ex;
+    assert_int_equal(engine_forward(m, s, &r, pe, err, sizeof err), CTR_OK);
+    for (int i = 0; i < N; i++) {
+        assert_true(p[i] == pe[i]);
+        assert_true(p[i] > 0.0f && p[i] < 1.0f);
+        /* Positions name real behaviours of the window, never the NULL. */
+        for (int k = 0; k < 2; k++) {
+            int q = pos[i * 2 + k];
+            assert_true(q >= H - sc->max_len && q < H && q != 2);
+        }
+    }
+    /* Two slices, as a server splitting a request across threads. */
+    engine_request a = {hist, H, cand, NULL, 2, NULL}, b = {hist, H, cand + 2, NULL, N - 2, NULL};
+    assert_int_equal(engine_forward(m, s, &a, p2, err, sizeof err), CTR_OK);
+    assert_int_equal(engine_forward(m, s, &b, p2 + 2, err, sizeof err), CTR_OK);
+    for (int i = 0; i < N; i++) assert_true(fabsf(p2[i] - p[i]) < 1e-6f);
+    /* No history at all, and an empty request. */
+    engine_request e = {NULL, 0, cand, NULL, N, &ex};
+    assert_int_equal(engine_forward(m, s, &e, p2, err, sizeof err), CTR_OK);
+    for (int i = 0; i < N; i++) assert_int_equal(pos[i * 2], -1);
+    e.num_cand = 0;
+    assert_int_equal(engine_forward(m, s, &e, p2, err, sizeof err), CTR_OK);
+    engine_scratch_free(s);
+    engine_scratch_free(so);
+    free(v);
+    engine_model_free(m);
+    engine_model_free(other);
+}
+
+static void test_forward_qin(void **state) { (void)state; run_forward("small"); }
+static void test_forward_din(void **state) { (void)state; run_forward("din-dice-softmax"); }
+static void test_forward_tin(void **state) { (void)state; run_forward("tin-small"); }
+
+static void test_load_refusals(void **state) {
+    (void)state;
+    engine_model *m = (engine_model *)1;
+    char err[256] = "";
+    assert_int_equal(engine_model_load("/nonexistent/model.safetensors", &m, err, sizeof err),
+                     CTR_EIO);
+    assert_null(m);
+    assert_non_null(strstr(err, "/nonexistent/model.safetensors"));
+    static const unsigned char junk[16] = {1, 2, 3};
+    assert_true(engine_model_load_buffer(junk, sizeof junk, &m, err, sizeof err) < 0);
+    assert_null(m);
+    assert_true(err[0] != '\0');
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_schemas),      cmocka_unit_test(test_request_rules),
+        cmocka_unit_test(test_forward_qin),  cmocka_unit_test(test_forward_din),
+        cmocka_unit_test(test_forward_tin),  cmocka_unit_test(test_load_refusals),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,142 @@
+"""Shared helpers of the integration tests (test_server.py, test_faults.py):
+a throw-away redis-server, ctr-load, a ctr-server process with HTTP helpers,
+and bounded waits.  Only loopback traffic."""
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+
+BUILD = os.environ.get("CTR_BUILD", "build/release")
+GOLDEN = os.environ.get("CTR_GOLDEN", "build/golden")
+PY = os.environ.get("PYTHON", "/usr/bin/python3")
+SMALL = os.path.join(GOLDEN, "small")
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def wait_for(fn, timeout=10.0, step=0.05):
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            if fn():
+                return True
+        except Exception:
+            pass
+        time.sleep(step)
+    return False
+
+
+class Redis:
+    def __init__(self, tmp):
+        self.port = free_port()
+        self.tmp = tmp
+        self.proc = None
+
+    def start(self):
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", self.tmp],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        assert wait_for(lambda: self.cli("PING") == "PONG"), "redis did not start"
+
+    def stop(self):
+        if self.proc:
+            self.proc.terminate()
+            self.proc.wait(10)
+            self.proc = None
+
+    def cli(self, *args):
+        return subprocess.run(["redis-cli", "-p", str(self.port), *args], capture_output=True,
+                              text=True, timeout=10).stdout.strip()
+
+    def calls(self, cmd):
+        for line in self.cli("INFO", "commandstats").splitlines():
+            if line.startswith(f"cmdstat_{cmd}:"):
+                return int(line.split("calls=")[1].split(",")[0])
+        return 0
+
+
+def load(redis, prefix):
+    r = subprocess.run([f"{BUILD}/ctr-load", "--redis", f"127.0.0.1:{redis.port}", "--prefix",
+                        prefix, "--items", f"{SMALL}/items.jsonl", "--users",
+                        f"{SMALL}/users.jsonl", "--model", f"{SMALL}/model.safetensors"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+
+
+class Server:
+    def __init__(self, model, redis, prefix, extra=(), threads=3):
+        self.port = free_port()
+        self.log = tempfile.NamedTemporaryFile(prefix="ctr-server-", suffix=".log", delete=False)
+        self.proc = subprocess.Popen(
+            [f"{BUILD}/ctr-server", "--model", model, "--redis", f"127.0.0.1:{redis.port}",
+             "--redis-prefix", prefix, "--port", str(self.port), "--threads", str(threads),
+             "--score-threads", "2", "--split-min", "2", "--split-min-mflops", "0", "--max-candidates", "64",
+             "--max-body-bytes", "65536", "--redis-timeout-ms", "200",
+             "--redis-connect-timeout-ms", "200", *extra],
+            stdout=self.log, stderr=subprocess.STDOUT)
+        ok = wait_for(lambda: self.request("GET", "/healthz")[0] == 200, timeout=60)
+        assert ok, "server did not come up: " + self.logtext()
+
+    def logtext(self):
+        with open(self.log.name) as f:
+            return f.read()
+
+    def request(self, method, path, body=None, ctype="application/json", headers=None):
+        c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        h = dict(headers or {})
+        if body is not None:
+            if isinstance(body, (dict, list)):
+                body = json.dumps(body)
+            if isinstance(body, str):
+                body = body.encode()
+            if ctype:
+                h["Content-Type"] = ctype
+        c.request(method, path, body=body, headers=h)
+        r = c.getresponse()
+        data = r.read()
+        c.close()
+        return r.status, dict(r.getheaders()), data
+
+    def rank(self, req):
+        st, hdr, data = self.request("POST", "/v1/rank", req)
+        try:
+            return st, json.loads(data)
+        except ValueError:
+            return st, {"raw": data.decode(errors="replace")}
+
+    def metric(self, name):
+        st, _, data = self.request("GET", "/metrics")
+        total = 0.0
+        for line in data.decode().splitlines():
+            if line.startswith(name + " ") or line.startswith(name + "{"):
+                total += float(line.rsplit(" ", 1)[1])
+        return total
+
+    def stop(self, sig=signal.SIGTERM, timeout=30):
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return None
+
+
+def error_code(resp):
+    try:
+        return resp["error"]["code"]
+    except (KeyError, TypeError):
+        return None
+
+
