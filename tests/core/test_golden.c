@@ -301,6 +301,16 @@ static const precision_bound bounds[] = {
     {"small", 2e-3, 8e-3},
     /* measured: bf16 1.3e-3, int8 1.3e-2 */
     {"microlens", 4e-3, 4e-2},
+    /* measured: bf16 3.7e-3, int8 1.1e-2 */
+    {"din-small", 1e-2, 3e-2},
+    /* measured: bf16 3.2e-3, int8 1.5e-2 */
+    {"din-dice-softmax", 1e-2, 5e-2},
+    /* measured: bf16 5.7e-3, int8 2.5e-2 */
+    {"din-microlens", 2e-2, 8e-2},
+    /* measured: bf16 2.3e-3, int8 4.9e-3 */
+    {"tin-small", 7e-3, 1.5e-2},
+    /* measured: bf16 1.4e-3, int8 5.5e-3 */
+    {"tin-amazon", 5e-3, 2e-2},
 };
 
 static double bound_of(const char *config, dense_precision p) {
@@ -363,6 +373,11 @@ GOLDEN_TEST(test_tin_amazon, "tin-amazon", "tin")
     static void fn(void **state) { (void)state; run_precisions(name, arch); }
 PRECISION_TEST(test_qin_small_precisions, "small", "qin")
 PRECISION_TEST(test_qin_microlens_precisions, "microlens", "qin")
+PRECISION_TEST(test_din_small_precisions, "din-small", "din")
+PRECISION_TEST(test_din_dice_softmax_precisions, "din-dice-softmax", "din")
+PRECISION_TEST(test_din_microlens_precisions, "din-microlens", "din")
+PRECISION_TEST(test_tin_small_precisions, "tin-small", "tin")
+PRECISION_TEST(test_tin_amazon_precisions, "tin-amazon", "tin")
 
 int main(void) {
     const struct CMUnitTest tests[] = {
@@ -372,6 +387,11 @@ int main(void) {
         cmocka_unit_test(test_tin_amazon),
         cmocka_unit_test(test_qin_small_precisions),
         cmocka_unit_test(test_qin_microlens_precisions),
+        cmocka_unit_test(test_din_small_precisions),
+        cmocka_unit_test(test_din_dice_softmax_precisions),
+        cmocka_unit_test(test_din_microlens_precisions),
+        cmocka_unit_test(test_tin_small_precisions),
+        cmocka_unit_test(test_tin_amazon_precisions),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
