@@ -13,13 +13,18 @@ int8 and compares each with fp32:
 
 on these data sets, each one skipped with a note when it is not there:
 
-  golden-small, golden-microlens   the C tests' golden cases (build/golden,
-                       random weights; no clicks), as requests with their
-                       histories inline;
+  golden-*             the C tests' golden cases of every architecture (QIN
+                       small and microlens, DIN small, dice-softmax and
+                       microlens, TIN small and amazon; build/golden, random
+                       weights, no clicks), through ctr-score's files;
   demo                 the demo model's validation impressions (demo/,
                        tools/make_demo.py: one request per held-out user);
   full                 the same for the MicroLens-size model (demo/full,
                        tools/make_demo.py --full).
+
+The data sets with clicks (demo, full) are QIN models: there is no trained
+DIN or TIN model with a validation set in the project, so DIN's and TIN's
+rows are the golden cases only (random weights: no AUC).
 
     /usr/bin/python3 bench/quality.py [--build build/release] [--demo demo]
         [--full demo/full] [--golden build/golden] [--make-demo]
@@ -27,14 +32,15 @@ on these data sets, each one skipped with a note when it is not there:
 import argparse
 import json
 import os
-import struct
 import subprocess
 import sys
-import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PRECISIONS = ("fp32", "bf16", "int8")
 TOPK = 10
+# The golden configurations of every architecture (tools/make_golden.py).
+GOLDEN = ("small", "microlens", "din-small", "din-dice-softmax", "din-microlens", "tin-small",
+          "tin-amazon")
 
 
 def auc(labels, scores):
@@ -62,55 +68,17 @@ def top(scores, k=TOPK):
     return order[:min(k, len(scores))]
 
 
-def model_context_fields(path):
-    with open(path, "rb") as f:
-        n = struct.unpack("<Q", f.read(8))[0]
-        meta = json.loads(f.read(n)).get("__metadata__", {})
-    fields = meta.get("context_fields", "")
-    return [x for x in fields.split(",") if x]
-
-
-def golden_set(golden_dir, name, tmp):
-    """build/golden/<name> as items.jsonl + requests for ctr-score."""
+def golden_set(golden_dir, name):
+    """build/golden/<name>: the golden cases as ctr-score files (items,
+    users with their histories, requests), as tools/make_golden.py writes
+    them for every architecture."""
     d = os.path.join(golden_dir, name)
-    model = os.path.join(d, "model.safetensors")
-    text = os.path.join(d, "golden.txt")
-    if not (os.path.exists(model) and os.path.exists(text)):
+    need = ["model.safetensors", "items.jsonl", "users.jsonl", "requests.jsonl"]
+    if not all(os.path.exists(os.path.join(d, n)) for n in need):
         return None
-    fields = model_context_fields(model)
-    tok = open(text).read().split()
-    pos = 0
-
-    def nxt():
-        nonlocal pos
-        pos += 1
-        return tok[pos - 1]
-    assert nxt() == "qin-golden" and nxt() == "1" and nxt() == "items"
-    nitems, ntags, mm = int(nxt()), int(nxt()), int(nxt())
-    items = os.path.join(tmp, f"golden-{name}-items.jsonl")
-    with open(items, "w") as f:
-        for _ in range(nitems):
-            iid = int(nxt())
-            tags = [int(nxt()) for _ in range(ntags)]
-            vec = [float(nxt()) for _ in range(mm)]
-            f.write(json.dumps({"item_id": iid, "item_tags": tags, "item_emb_d128": vec}) + "\n")
-    assert nxt() == "cases"
-    reqs = os.path.join(tmp, f"golden-{name}-requests.jsonl")
-    with open(reqs, "w") as f:
-        for k in range(int(nxt())):
-            assert nxt() == "case"
-            nh, nc, nctx = int(nxt()), int(nxt()), int(nxt())
-            seq = [int(nxt()) for _ in range(nh)]
-            cands = []
-            for _ in range(nc):
-                c = {"item_id": int(nxt())}
-                for j in range(nctx):
-                    c[fields[j]] = int(nxt())
-                nxt()  # the reference probability
-                cands.append(c)
-            f.write(json.dumps({"user_id": f"g{k}", "item_seq": seq, "candidates": cands}) + "\n")
-    return {"name": f"golden-{name}", "model": model, "items": items, "users": None,
-            "requests": reqs, "labels": None}
+    return {"name": f"golden-{name}", "model": os.path.join(d, "model.safetensors"),
+            "items": os.path.join(d, "items.jsonl"), "users": os.path.join(d, "users.jsonl"),
+            "requests": os.path.join(d, "requests.jsonl"), "labels": None}
 
 
 def demo_set(name, d):
@@ -170,10 +138,9 @@ def main():
         subprocess.run(["/usr/bin/python3", os.path.join(ROOT, "tools/make_demo.py"), "--out",
                         args.demo], check=True)
 
-    tmp = tempfile.mkdtemp(prefix="ctr-quality-")
     sets, missing = [], []
-    for name in ("small", "microlens"):
-        ds = golden_set(args.golden, name, tmp)
+    for name in GOLDEN:
+        ds = golden_set(args.golden, name)
         (sets.append(ds) if ds else missing.append(f"golden-{name} ({args.golden}: make golden)"))
     for name, d, how in (("demo", args.demo, "tools/make_demo.py"),
                          ("full", args.full, "tools/make_demo.py --full")):
@@ -182,7 +149,7 @@ def main():
 
     results = {}
     print("score quality by precision, against fp32 on the same requests (ctr-score)")
-    print(f"{'data set':17} {'prec':5} {'requests':>8} {'scores':>7} {'max |dp|':>9} "
+    print(f"{'data set':24} {'prec':5} {'requests':>8} {'scores':>7} {'max |dp|':>9} "
           f"{'mean |dp|':>9} {'AUC':>7} {'dAUC':>9} {'top-10 changed':>14}")
     for ds in sets:
         base = score(args.build, ds, "fp32")
@@ -193,7 +160,7 @@ def main():
             results[ds["name"]][p] = row
             a = f"{row['auc']:.4f}" if "auc" in row else "-"
             da = f"{row['dauc']:+.5f}" if "dauc" in row else "-"
-            print(f"{ds['name']:17} {p:5} {row['requests']:>8} {row['scores']:>7} "
+            print(f"{ds['name']:24} {p:5} {row['requests']:>8} {row['scores']:>7} "
                   f"{row['max_dp']:>9.2e} {row['mean_dp']:>9.2e} {a:>7} {da:>9} "
                   f"{100 * row['top10_changed']:>13.1f}%", flush=True)
     for m in missing:
