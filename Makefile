@@ -122,9 +122,11 @@ check:
 	$(MAKE) SANITIZE=thread test
 
 bench: all golden
+	$(B)/bench/bench_isa
 	$(B)/bench/bench_forward
-	$(B)/bench/bench_models $(GOLDEN)/microlens/model.safetensors \
-	    $(GOLDEN)/din-microlens/model.safetensors $(GOLDEN)/tin-amazon/model.safetensors
+	$(B)/bench/bench_models --precision fp32 --precision bf16 --precision int8 \
+	    $(GOLDEN)/microlens/model.safetensors $(GOLDEN)/din-microlens/model.safetensors \
+	    $(GOLDEN)/tin-amazon/model.safetensors
 	$(PYTHON) bench/quality.py --build $(B) --golden $(GOLDEN) --make-demo
 
 # ctr-server on a real redis-server with the demo model, loaded with wrk

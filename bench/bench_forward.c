@@ -53,73 +53,6 @@
 
 #define MAXV 24
 
-/* --- peak rates of the core: independent chains, no memory traffic ------ */
-
-#if defined(__x86_64__) && defined(__GNUC__)
-#include <immintrin.h>
-#define PEAK_ITERS 4000000L
-__attribute__((target("avx512f"))) static double peak_fp32(void) {
-    __m512 a[24], m = _mm512_set1_ps(0.999999f), c = _mm512_set1_ps(1e-7f);
-    for (int i = 0; i < 24; i++) a[i] = _mm512_set1_ps((float)i);
-    double t0 = bench_now_s();
-    for (long k = 0; k < PEAK_ITERS; k++)
-#pragma GCC unroll 24
-        for (int i = 0; i < 24; i++) a[i] = _mm512_fmadd_ps(a[i], m, c);
-    double g = 24.0 * 16 * 2 * PEAK_ITERS / (bench_now_s() - t0) * 1e-9;
-    float sink = 0;
-    for (int i = 0; i < 24; i++) sink += _mm512_reduce_add_ps(a[i]);
-    return sink == 12345.0f ? 0 : g;
-}
-__attribute__((target("avx512f,avx512bf16"))) static double peak_bf16(void) {
-    __m512 a[24];
-    __m512bh m = (__m512bh)_mm512_set1_epi16(0x3f80);
-    for (int i = 0; i < 24; i++) a[i] = _mm512_set1_ps((float)i);
-    double t0 = bench_now_s();
-    for (long k = 0; k < PEAK_ITERS; k++)
-#pragma GCC unroll 24
-        for (int i = 0; i < 24; i++) a[i] = _mm512_dpbf16_ps(a[i], m, m);
-    double g = 24.0 * 32 * 2 * PEAK_ITERS / (bench_now_s() - t0) * 1e-9;
-    float sink = 0;
-    for (int i = 0; i < 24; i++) sink += _mm512_reduce_add_ps(a[i]);
-    return sink == 12345.0f ? 0 : g;
-}
-__attribute__((target("avx512f,avx512vnni"))) static double peak_int8(void) {
-    __m512i a[24], m = _mm512_set1_epi8(1);
-    for (int i = 0; i < 24; i++) a[i] = _mm512_set1_epi32(i);
-    double t0 = bench_now_s();
-    for (long k = 0; k < PEAK_ITERS; k++)
-#pragma GCC unroll 24
-        for (int i = 0; i < 24; i++) a[i] = _mm512_dpbusd_epi32(a[i], m, m);
-    double g = 24.0 * 64 * 2 * PEAK_ITERS / (bench_now_s() - t0) * 1e-9;
-    long long sink = 0;
-    for (int i = 0; i < 24; i++) sink += _mm512_reduce_add_epi32(a[i]);
-    return sink == 12345 ? 0 : g;
-}
-static void print_peaks(void) {
-    if (!__builtin_cpu_supports("avx512f")) {
-        printf("peak: no AVX-512 on this CPU\n");
-        return;
-    }
-    double f = 0, b = 0, q = 0;
-    for (int r = 0; r < 3; r++) {
-        double x = peak_fp32();
-        f = x > f ? x : f;
-        if (__builtin_cpu_supports("avx512bf16")) {
-            x = peak_bf16();
-            b = x > b ? x : b;
-        }
-        if (__builtin_cpu_supports("avx512vnni")) {
-            x = peak_int8();
-            q = x > q ? x : q;
-        }
-    }
-    printf("this core's peak, measured now (24 independent chains, registers only): fp32 FMA "
-           "%.0f GFLOP/s, bf16 dot (vdpbf16ps) %.0f, int8 dot (vpdpbusd) %.0f GOP/s\n", f, b, q);
-}
-#else
-static void print_peaks(void) {}
-#endif
-
 /* --- the oneDNN yardstick -------------------------------------------------- */
 
 #define CK(call)                                                                          \
@@ -384,7 +317,6 @@ int main(int argc, char **argv) {
     printf("OpenBLAS %s, core %s (attention, head); model load %.2f s; item vector %.1f us/item\n",
            openblas_get_config(), openblas_get_corename(), load_s, item_us);
     for (int k = 0; k < np; k++) printf("QNN %s\n", qin_model_describe(pm[k]));
-    print_peaks();
 
     float *prob = malloc((size_t)max_n * sizeof *prob);
     float *x0 = qin_falloc((size_t)max_n * qin_ldx(c));
