@@ -51,7 +51,7 @@
 #include "core/qin_internal.h"
 #include "tests/core/testmodel.h"
 
-#define MAXV 24
+#define MAXV 32
 
 /* --- the oneDNN yardstick -------------------------------------------------- */
 
@@ -284,18 +284,26 @@ int main(int argc, char **argv) {
         }
         pm[k] = x;
     }
-    qin_model *kern[2] = {NULL, NULL};
-    const char *kname[2] = {"fp32 packed kernel", "fp32 oneDNN"};
-    if (all && gemm_packed_supported(D)) {
-        dense_backend kb[2] = {DENSE_BACKEND_PACKED, DENSE_BACKEND_ONEDNN};
-        for (int k = 0; k < 2; k++) {
-            kern[k] = load(model_path, buf, len);
-            dense_params dp = dense_default_params();
-            dp.backend = kb[k];
-            if (qin_model_prepare(kern[k], &dp, err, sizeof err) < 0) {
-                fprintf(stderr, "%s\n", err);
-                return 1;
-            }
+    /* The QNN layers on each kernel, fp32 and int8: ours (the packed
+     * AVX-512 fp32 kernel, the AVX512_VNNI int8 kernel) and oneDNN's. */
+    enum { NKERN = 4 };
+    qin_model *kern[NKERN] = {NULL, NULL, NULL, NULL};
+    const char *kname[NKERN] = {"fp32 packed kernel", "fp32 oneDNN", "int8 VNNI kernel",
+                                "int8 oneDNN"};
+    const dense_backend kb[NKERN] = {DENSE_BACKEND_PACKED, DENSE_BACKEND_ONEDNN,
+                                     DENSE_BACKEND_PACKED, DENSE_BACKEND_ONEDNN};
+    const dense_precision kp[NKERN] = {DENSE_FP32, DENSE_FP32, DENSE_INT8, DENSE_INT8};
+    for (int k = 0; all && k < NKERN; k++) {
+        if (kb[k] == DENSE_BACKEND_PACKED &&
+            (kp[k] == DENSE_FP32 ? !gemm_packed_supported(D) : !dense_vnni_supported(D, D)))
+            continue;
+        kern[k] = load(model_path, buf, len);
+        dense_params dp = dense_default_params();
+        dp.backend = kb[k];
+        dp.precision = kp[k];
+        if (qin_model_prepare(kern[k], &dp, err, sizeof err) < 0) {
+            fprintf(stderr, "%s\n", err);
+            return 1;
         }
     }
     qin_model *unsplit[2] = {NULL, NULL};
@@ -342,7 +350,7 @@ int main(int argc, char **argv) {
             a->k = FORWARD;
             a->m = unsplit[q];
         }
-        for (int q = 0; q < 2; q++) {
+        for (int q = 0; q < NKERN; q++) {
             if (!kern[q]) continue;
             variant *a = &v[nv++];
             memset(a, 0, sizeof *a);
@@ -459,9 +467,10 @@ int main(int argc, char **argv) {
                         printf("  %-12s forward %9.1f us: the first layer's split saves %.0f%%\n",
                                v[i].name, med[i] * 1e6, 100.0 * (1 - med[j] / med[i]));
         for (int i = 0; i < nv; i++) {
-            if (v[i].k == QNN && v[i].m && (v[i].m == kern[0] || v[i].m == kern[1]))
-                printf("  QNN layers on the %-19s %9.1f us %6.1f GFLOP/s\n", v[i].name,
-                       med[i] * 1e6, qnn_flops / med[i] * 1e-9);
+            for (int q = 0; q < NKERN; q++)
+                if (v[i].k == QNN && v[i].m && v[i].m == kern[q])
+                    printf("  QNN layers on the %-19s %9.1f us %6.1f G(FL)OP/s\n", v[i].name,
+                           med[i] * 1e6, qnn_flops / med[i] * 1e-9);
         }
         for (int i = 0; i < nv; i++)
             if (v[i].k == ATTN_BLAS || v[i].k == ATTN_DNNL)
@@ -488,7 +497,7 @@ int main(int argc, char **argv) {
     printf("\nflops count the folded model: %d layers x 2 N D^2 + attention 4 N L E + head 2 N D\n",
            c->num_layers);
     for (int k = 0; k < np; k++) qin_model_free(pm[k]);
-    for (int k = 0; k < 2; k++) qin_model_free(kern[k]);
+    for (int k = 0; k < NKERN; k++) qin_model_free(kern[k]);
     for (int k = 0; k < 2; k++) qin_model_free(unsplit[k]);
     free(x0); free(prob); free(ctx); free(ptr); free(vecs); free(mm); free(tags);
     return 0;

@@ -10,7 +10,9 @@
  *   fp16  vfmadd231ph zmm      32 multiply-adds (AVX512_FP16; no precision
  *                              of the service uses it: for comparison)
  *
- * Each is run with 8, 16 and 24 independent accumulator chains (more
+ * Each is run with 8, 16 and 24 independent accumulator chains, each
+ * starting from its own value (equal chains would be merged by the
+ * compiler into one), (more
  * chains than latency x issue width means the issue rate, not the latency,
  * limits it), best of several repetitions.  Rates are multiply-adds x 2 per
  * second (GFLOP/s, GOP/s for int8), and instructions per cycle of the
@@ -39,28 +41,33 @@
     __attribute__((target(tgt), noinline)) static double name(void) {                         \
         MDECL;                                                                                \
         T a[CH];                                                                              \
-        for (int i = 0; i < CH; i++) a[i] = init;                                             \
+        _Pragma("GCC unroll 24") for (int i = 0; i < CH; i++) a[i] = init;                    \
         double t0 = bench_now_s();                                                            \
         for (long k = 0; k < ITERS; k++) {                                                    \
-            _Pragma("GCC unroll 24") for (int i = 0; i < CH; i++) a[i] = OP;                  \
+            _Pragma("GCC unroll 24") for (int i = 0; i < CH; i++) { OP; }                      \
         }                                                                                     \
         double t = bench_now_s() - t0;                                                        \
-        for (int i = 0; i < CH; i++) __asm__ volatile("" : : "v"(a[i]));                     \
+        _Pragma("GCC unroll 24") for (int i = 0; i < CH; i++) __asm__ volatile("" : : "v"(a[i])); \
         return (double)ITERS * CH / t; /* instructions per second */                          \
     }
 
-#define FP32_INIT _mm512_set1_ps(1.0f)
-#define FP32_OP _mm512_fmadd_ps(a[i], m32, c32)
-#define BF16_INIT _mm512_set1_ps(1.0f)
-#define BF16_OP _mm512_dpbf16_ps(a[i], mb, mb)
-#define BF16Y_INIT _mm256_set1_ps(1.0f)
-#define BF16Y_OP _mm256_dpbf16_ps(a[i], mby, mby)
-#define INT8_INIT _mm512_set1_epi32(1)
-#define INT8_OP _mm512_dpbusd_epi32(a[i], mq, mq)
-#define INT8Y_INIT _mm256_set1_epi32(1)
-#define INT8Y_OP _mm256_dpbusd_epi32(a[i], mqy, mqy)
-#define FP16_INIT _mm512_set1_ph((_Float16)1.0f)
-#define FP16_OP _mm512_fmadd_ph(a[i], m16, c16)
+#define FP32_INIT _mm512_set1_ps((float)i)
+#define FP32_OP a[i] = _mm512_fmadd_ps(a[i], m32, c32)
+#define BF16_INIT _mm512_set1_ps((float)i)
+/* The dot-product instructions as inline assembly with the accumulator
+ * tied ("+v"): GCC 12 compiles their intrinsics into register copies and
+ * spills once many accumulators are live (it halved the 24-chain int8
+ * figure), which would measure the compiler instead of the core. */
+#define ASM_ACC(insn, acc, x, y) __asm__(insn " %2, %1, %0" : "+v"(acc) : "v"(x), "v"(y))
+#define BF16_OP ASM_ACC("vdpbf16ps", a[i], mb, mb)
+#define BF16Y_INIT _mm256_set1_ps((float)i)
+#define BF16Y_OP ASM_ACC("vdpbf16ps", a[i], mby, mby)
+#define INT8_INIT _mm512_set1_epi32(i)
+#define INT8_OP ASM_ACC("vpdpbusd", a[i], mq, mq)
+#define INT8Y_INIT _mm256_set1_epi32(i)
+#define INT8Y_OP ASM_ACC("vpdpbusd", a[i], mqy, mqy)
+#define FP16_INIT _mm512_set1_ph((_Float16)(float)i)
+#define FP16_OP a[i] = _mm512_fmadd_ph(a[i], m16, c16)
 
 #define FP32_M const __m512 m32 = _mm512_set1_ps(0.999999f), c32 = _mm512_set1_ps(1e-7f)
 #define BF16_M const __m512bh mb = (__m512bh)_mm512_set1_epi16(0x3f80)

@@ -66,6 +66,9 @@ struct dense {
     int packed_below;               /* rows under which fp32 uses `packed` */
     float *w;                       /* OPENBLAS: plain copy, out x in */
     float *packed;                  /* packed-kernel weights, or NULL */
+    signed char *wvnni;             /* int8 PACKED: Wq in blocks of 32
+                                       output channels, 4 inputs a group
+                                       (vnni_layout), or NULL */
     void *wq;                       /* oneDNN weights in its layout, or NULL */
     dnnl_memory_desc_t w_md;
     dnnl_memory_t w_mem;            /* over wq; read-only after init */
@@ -368,18 +371,11 @@ done:
     return rc;
 }
 
-/* int8 weights: per output channel, scale = max |W[o,:]| / 127 and
- * Wq = round(W / scale) in -127..127; colsum[o] = sum_k Wq[o][k], which a
- * row's zero point z adds z times to its sums. */
-static int prepare_int8(dense *d, const float *w, char *err, size_t errlen) {
-    const int in = d->in, out = d->out;
-    signed char *wq = malloc((size_t)in * out);
-    d->wscale = aligned_bytes((size_t)out * sizeof *d->wscale);
-    d->colsum = aligned_bytes((size_t)out * sizeof *d->colsum);
-    if (!wq || !d->wscale || !d->colsum) {
-        free(wq);
-        return ctr_fail(err, errlen, CTR_ENOMEM, "out of memory for int8 weights");
-    }
+/* int8 weights, per output channel: scale = max |W[o,:]| / 127 and Wq =
+ * round(W / scale) in -127..127; colsum[o] = sum_k Wq[o][k], which a row's
+ * zero point z adds z times to its sums. */
+static void quantize_weights(const float *w, int out, int in, signed char *wq, float *wscale,
+                             int32_t *colsum) {
     for (int o = 0; o < out; o++) {
         const float *row = w + (size_t)o * in;
         float m = row_absmax(row, in);
@@ -391,9 +387,22 @@ static int prepare_int8(dense *d, const float *w, char *err, size_t errlen) {
             wq[(size_t)o * in + k] = (signed char)v;
             sum += (int32_t)v;
         }
-        d->wscale[o] = m > 0.0f ? m / 127.0f : 0.0f;
-        d->colsum[o] = sum;
+        wscale[o] = m > 0.0f ? m / 127.0f : 0.0f;
+        colsum[o] = sum;
     }
+}
+
+/* The int8 weights for oneDNN, reordered into its layout. */
+static int prepare_int8(dense *d, const float *w, char *err, size_t errlen) {
+    const int in = d->in, out = d->out;
+    signed char *wq = malloc((size_t)in * out);
+    d->wscale = aligned_bytes((size_t)out * sizeof *d->wscale);
+    d->colsum = aligned_bytes((size_t)out * sizeof *d->colsum);
+    if (!wq || !d->wscale || !d->colsum) {
+        free(wq);
+        return ctr_fail(err, errlen, CTR_ENOMEM, "out of memory for int8 weights");
+    }
+    quantize_weights(w, out, in, wq, d->wscale, d->colsum);
     int rc = reorder_weights(d, wq, dnnl_s8, err, errlen);
     free(wq);
     return rc;
@@ -425,6 +434,129 @@ static int make_onednn(dense *d, const float *w, char *err, size_t errlen) {
     return CTR_OK;
 }
 
+/* --- int8 on our own VNNI kernel ------------------------------------------------
+ *
+ * The same arithmetic as oneDNN's u8 x s8 path (rows quantised by
+ * dense_quantize_row, weights by prepare_int8, the zero point taken out in
+ * int32), computed by a small AVX512_VNNI kernel: 8 rows x 32 output
+ * channels a block, 16 accumulators in registers (vpdpbusd issues two a
+ * cycle on this CPU and has a latency of several: 16 independent chains
+ * keep both ports busy; bench_isa), the 32 channels' weights of a block
+ * (32 x in bytes, 32 KB at in = 1024) reused from L1 by every row block,
+ * and the int32 sums turned into floats in registers (no int32 buffer).
+ *
+ * Weight layout (vnni_layout): for output block b (channels 32 b .. 32 b +
+ * 31) and input group g (inputs 4 g .. 4 g + 3), 128 bytes: channel c's four
+ * weights at 4 c (c = 0..31). */
+
+static int vnni_shape_ok(int out, int in) { return out % 32 == 0 && in % 4 == 0; }
+
+static void vnni_layout(const signed char *wq, int out, int in, signed char *p) {
+    for (int b = 0; b < out / 32; b++)
+        for (int g = 0; g < in / 4; g++)
+            for (int c = 0; c < 32; c++)
+                for (int j = 0; j < 4; j++)
+                    p[(((size_t)b * (in / 4) + g) * 32 + c) * 4 + j] =
+                        wq[(size_t)(32 * b + c) * in + 4 * g + j];
+}
+
+#ifdef DENSE_X86
+/* acc += u8 b x s8 w, four products a lane.  As inline assembly: GCC 12
+ * compiles _mm512_dpbusd_epi32 without tying the accumulator to the
+ * output, and with 16 accumulators live it copies and spills them every
+ * step (measured: half the instruction's rate in bench_isa's 24-chain
+ * loop); the constraint "+v" keeps each accumulator in its register. */
+#define VNNI_DPBUSD(acc, b, w) __asm__("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(b), "v"(w))
+
+/* R (1..8) rows of q (u8, stride in) by one 32-channel block w: y (stride
+ * ldy) = (sum - zero_r colsum) scale_r wscale, R known at compile time
+ * where it is inlined. */
+__attribute__((target("avx512f,avx512bw,avx512vnni"), always_inline)) static inline void
+vnni_block(const int R, int in, const unsigned char *q, const signed char *w,
+           const int32_t *colsum, const float *wscale, const float *rscale, const int32_t *rzero,
+           float *y, int ldy) {
+    __m512i acc[8][2];
+    for (int r = 0; r < R; r++) acc[r][0] = acc[r][1] = _mm512_setzero_si512();
+    for (int g = 0; g < in / 4; g++) {
+        const __m512i w0 = _mm512_load_si512(w + (size_t)g * 128);
+        const __m512i w1 = _mm512_load_si512(w + (size_t)g * 128 + 64);
+        for (int r = 0; r < R; r++) {
+            int32_t v;
+            memcpy(&v, q + (size_t)r * in + 4 * g, sizeof v);
+            const __m512i b = _mm512_set1_epi32(v);
+            VNNI_DPBUSD(acc[r][0], b, w0);
+            VNNI_DPBUSD(acc[r][1], b, w1);
+        }
+    }
+    const __m512i cs0 = _mm512_loadu_si512(colsum), cs1 = _mm512_loadu_si512(colsum + 16);
+    const __m512 ws0 = _mm512_loadu_ps(wscale), ws1 = _mm512_loadu_ps(wscale + 16);
+    for (int r = 0; r < R; r++) {
+        const __m512i z = _mm512_set1_epi32(rzero[r]);
+        const __m512 s = _mm512_set1_ps(rscale[r]);
+        __m512i a0 = _mm512_sub_epi32(acc[r][0], _mm512_mullo_epi32(z, cs0));
+        __m512i a1 = _mm512_sub_epi32(acc[r][1], _mm512_mullo_epi32(z, cs1));
+        _mm512_storeu_ps(y + (size_t)r * ldy,
+                         _mm512_mul_ps(_mm512_cvtepi32_ps(a0), _mm512_mul_ps(s, ws0)));
+        _mm512_storeu_ps(y + (size_t)r * ldy + 16,
+                         _mm512_mul_ps(_mm512_cvtepi32_ps(a1), _mm512_mul_ps(s, ws1)));
+    }
+}
+
+/* m rows (quantised in q, stride in) through every output block. */
+__attribute__((target("avx512f,avx512bw,avx512vnni"))) static void
+vnni_rows(const dense *d, int m, const unsigned char *q, const float *rscale,
+          const int32_t *rzero, float *y) {
+    const int in = d->in, ldy = d->ld_out;
+    for (int b = 0; b < d->out / 32; b++) {
+        const signed char *w = d->wvnni + (size_t)b * (in / 4) * 128;
+        const int32_t *cs = d->colsum + 32 * b;
+        const float *ws = d->wscale + 32 * b;
+        for (int r = 0; r < m; r += 8) {
+            const unsigned char *qr = q + (size_t)r * in;
+            float *yr = y + (size_t)r * ldy + 32 * b;
+            switch (m - r < 8 ? m - r : 8) {
+#define VNNI_CASE(R)                                                                          \
+    case R: vnni_block(R, in, qr, w, cs, ws, rscale + r, rzero + r, yr, ldy); break;
+                VNNI_CASE(1) VNNI_CASE(2) VNNI_CASE(3) VNNI_CASE(4)
+                VNNI_CASE(5) VNNI_CASE(6) VNNI_CASE(7) VNNI_CASE(8)
+#undef VNNI_CASE
+            }
+        }
+    }
+}
+#endif
+
+int dense_vnni_supported(int out, int in) {
+#ifdef DENSE_X86
+    return vnni_shape_ok(out, in) && __builtin_cpu_supports("avx512vnni") &&
+           __builtin_cpu_supports("avx512bw");
+#else
+    (void)out;
+    (void)in;
+    return 0;
+#endif
+}
+
+/* The int8 weights (as prepare_int8 makes them) in vnni_layout, and the
+ * workspace: the quantised rows, their scales and zero points. */
+static int make_vnni(dense *d, const float *w, char *err, size_t errlen) {
+    const int in = d->in, out = d->out;
+    signed char *wq = malloc((size_t)in * out);
+    d->wscale = aligned_bytes((size_t)out * sizeof *d->wscale);
+    d->colsum = aligned_bytes((size_t)out * sizeof *d->colsum);
+    d->wvnni = aligned_bytes((size_t)in * out);
+    if (!wq || !d->wscale || !d->colsum || !d->wvnni) {
+        free(wq);
+        return ctr_fail(err, errlen, CTR_ENOMEM, "out of memory for int8 weights");
+    }
+    quantize_weights(w, out, in, wq, d->wscale, d->colsum);
+    vnni_layout(wq, out, in, d->wvnni);
+    free(wq);
+    d->src_bytes = round_up((size_t)DENSE_MAX_ROWS * in);
+    snprintf(d->what, sizeof d->what, "int8: AVX512_VNNI kernel (8 x 32 blocks)");
+    return CTR_OK;
+}
+
 /* --- the layer ------------------------------------------------------------- */
 
 int dense_init(const float *w, int out, int in, const dense_params *params, dense **dp,
@@ -435,12 +567,18 @@ int dense_init(const float *w, int out, int in, const dense_params *params, dens
         p.precision < 0 || p.precision >= DENSE_PRECISION_COUNT)
         return ctr_fail(err, errlen, CTR_EINVAL, "dense %d x %d: bad shape or parameters", out,
                         in);
-    if (p.precision != DENSE_FP32 &&
-        (p.backend == DENSE_BACKEND_PACKED || p.backend == DENSE_BACKEND_OPENBLAS))
-        return ctr_fail(err, errlen, CTR_EINVAL, "%s runs on oneDNN only",
+    if ((p.precision == DENSE_BF16 &&
+         (p.backend == DENSE_BACKEND_PACKED || p.backend == DENSE_BACKEND_OPENBLAS)) ||
+        (p.precision == DENSE_INT8 && p.backend == DENSE_BACKEND_OPENBLAS))
+        return ctr_fail(err, errlen, CTR_EINVAL, "%s does not run on that backend",
                         dense_precision_name(p.precision));
+    if (p.precision == DENSE_INT8 && p.backend == DENSE_BACKEND_PACKED &&
+        !dense_vnni_supported(out, in))
+        return ctr_fail(err, errlen, CTR_EINVAL,
+                        "the int8 VNNI kernel needs AVX512_VNNI, a multiple of 32 outputs and "
+                        "of 4 inputs (here %d x %d)", out, in);
     int packed_ok = in == out && gemm_packed_supported(in);
-    if (p.backend == DENSE_BACKEND_PACKED && !packed_ok)
+    if (p.precision == DENSE_FP32 && p.backend == DENSE_BACKEND_PACKED && !packed_ok)
         return ctr_fail(err, errlen, CTR_EINVAL,
                         "the packed kernel needs AVX-512F and a square weight of a multiple "
                         "of 32 (here %d x %d)", out, in);
@@ -464,12 +602,24 @@ int dense_init(const float *w, int out, int in, const dense_params *params, dens
         snprintf(d->what, sizeof d->what, "fp32: OpenBLAS sgemm");
         break;
     case DENSE_BACKEND_PACKED:
+        if (d->prec == DENSE_INT8) {
+            if ((rc = make_vnni(d, w, err, errlen)) < 0) goto fail;
+            break;
+        }
         if (!(d->packed = aligned_bytes(gemm_packed_floats(in) * sizeof(float)))) goto fail;
         gemm_pack(w, in, d->packed);
         d->packed_below = INT32_MAX;
         snprintf(d->what, sizeof d->what, "fp32: packed AVX-512 kernel");
         break;
     case DENSE_BACKEND_AUTO:
+        /* int8: our VNNI kernel where it runs (same-run benchmark: level
+         * with oneDNN's u8 x s8 matmul or up to 25% ahead, N = 1..256,
+         * MicroLens and DIN shapes; bench/README.md); oneDNN elsewhere. */
+        if (d->prec == DENSE_INT8 && dense_vnni_supported(out, in)) {
+            if ((rc = make_vnni(d, w, err, errlen)) < 0) goto fail;
+            break;
+        }
+        /* fall through */
     case DENSE_BACKEND_ONEDNN:
         if ((rc = make_onednn(d, w, err, errlen)) < 0) goto fail;
         if (p.backend == DENSE_BACKEND_AUTO && d->prec == DENSE_FP32 && packed_ok &&
@@ -502,6 +652,7 @@ void dense_free(dense *d) {
     if (d->w_mem) dnnl_memory_destroy(d->w_mem);
     free(d->w);
     free(d->packed);
+    free(d->wvnni);
     free(d->wq);
     free(d->wscale);
     free(d->colsum);
@@ -636,6 +787,21 @@ int dense_forward(const dense *d, dense_ws *ws, int n, const float *x, float *y)
         return CTR_OK;
     }
     if (!ws || ws->size < dense_ws_size(d)) return CTR_EINVAL;
+#ifdef DENSE_X86
+    if (d->wvnni) {
+        unsigned char *q = ws->buf;
+        float *scale = (float *)(q + d->src_bytes);
+        int32_t *zero = (int32_t *)(scale + DENSE_MAX_ROWS);
+        for (int i0 = 0; i0 < n; i0 += DENSE_MAX_ROWS) {
+            int m = n - i0 < DENSE_MAX_ROWS ? n - i0 : DENSE_MAX_ROWS;
+            for (int i = 0; i < m; i++)
+                scale[i] = dense_quantize_row(x + (size_t)(i0 + i) * d->ld_in, d->in,
+                                              q + (size_t)i * d->in, &zero[i]);
+            vnni_rows(d, m, q, scale, zero, y + (size_t)i0 * d->ld_out);
+        }
+        return CTR_OK;
+    }
+#endif
     one_thread();
     for (int i0 = 0; i0 < n; i0 += DENSE_MAX_ROWS) {
         int m = n - i0 < DENSE_MAX_ROWS ? n - i0 : DENSE_MAX_ROWS;

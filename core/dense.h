@@ -16,8 +16,9 @@
  *   int8  weights in int8 with one scale per output channel (max |W[o,:]| /
  *         127), each row of x quantised at run time to u8 over its own
  *         range (scale and zero point per row: (max - min) / 255, the range
- *         widened to hold 0), int32 accumulation, float32 out (oneDNN u8 x s8;
- *         the zero point is taken out exactly in int32).  Asymmetric rows:
+ *         widened to hold 0), int32 accumulation, float32 out (our
+ *         AVX512_VNNI kernel, dense.c, or oneDNN's u8 x s8 matmul; the zero
+ *         point is taken out exactly in int32).  Asymmetric rows:
  *         on the demo model's validation set the largest score error was
  *         4x smaller than with symmetric rows (max |x| / 127), at the same
  *         cost (bench/README.md).
@@ -92,10 +93,14 @@ int dense_precision_parse(const char *text, dense_precision *out);
 
 /* Which code computes the product. */
 typedef enum dense_backend {
-    DENSE_BACKEND_AUTO,      /* oneDNN; fp32 row counts below packed_below
-                                through the packed kernel where it runs */
+    DENSE_BACKEND_AUTO,      /* fp32: oneDNN, row counts below packed_below
+                                through the packed kernel where it runs;
+                                bf16: oneDNN; int8: the VNNI kernel where
+                                it runs (dense_vnni_supported), else oneDNN */
     DENSE_BACKEND_ONEDNN,    /* oneDNN for every row count */
-    DENSE_BACKEND_PACKED,    /* fp32 only: the packed AVX-512 kernel (gemm.h) */
+    DENSE_BACKEND_PACKED,    /* fp32: the packed AVX-512 kernel (gemm.h);
+                                int8: the AVX512_VNNI kernel of dense.c
+                                (dense_vnni_supported) */
     DENSE_BACKEND_OPENBLAS,  /* fp32 only: cblas_sgemm on the plain weight
                                 (the reference the tests compare against) */
 } dense_backend;
@@ -123,8 +128,8 @@ typedef struct dense_ws dense_ws;
 /* Prepares w (out x in floats, row-major [out, in]; copied, the caller keeps
  * it) for the precision and backend of p (NULL: defaults).  On success *d
  * owns everything it needs (free with dense_free).  CTR_EINVAL for a
- * combination that cannot run (bf16/int8 with the packed or OpenBLAS
- * backend, the packed kernel where the CPU or shape cannot use it, a
+ * combination that cannot run (bf16 with the packed or OpenBLAS backend,
+ * int8 with OpenBLAS, a packed kernel where the CPU or shape cannot use it, a
  * non-finite weight), CTR_ENOMEM, or CTR_EINVAL with oneDNN's reason. */
 int dense_init(const float *w, int out, int in, const dense_params *p, dense **d,
                char *err, size_t errlen);
@@ -155,6 +160,10 @@ int dense_forward(const dense *d, dense_ws *ws, int n, const float *x, float *y)
 /* Products whose shapes are known only at run time and whose operands
  * change with every request (attention) have no weight to prepare: they
  * go through linear_gemm (linear.h), the one run-time-shape sgemm. */
+
+/* 1 when this CPU and an out x in weight can run the int8 VNNI kernel
+ * (AVX512_VNNI and BW, out a multiple of 32, in of 4). */
+int dense_vnni_supported(int out, int in);
 
 /* Pieces exposed for the tests (tests/core/test_dense.c). */
 

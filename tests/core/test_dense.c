@@ -185,7 +185,11 @@ static void run_shapes(dense_precision p, dense_backend b) {
     char err[256];
     for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++) {
         const int out = shapes[s][0], in = shapes[s][1];
-        if (b == DENSE_BACKEND_PACKED && (in != out || !gemm_packed_supported(in))) continue;
+        if (b == DENSE_BACKEND_PACKED && p == DENSE_FP32 &&
+            (in != out || !gemm_packed_supported(in)))
+            continue;
+        if (b == DENSE_BACKEND_PACKED && p == DENSE_INT8 && !dense_vnni_supported(out, in))
+            continue;
         float *w = falloc((size_t)out * in);
         for (int i = 0; i < out * in; i++) w[i] = uni() / sqrtf((float)in);
         for (int k = 0; k < in; k++) w[k] = 0.0f; /* an all-zero output channel */
@@ -227,6 +231,12 @@ static void test_fp32_packed(void **state) { (void)state; run_shapes(DENSE_FP32,
 static void test_fp32_openblas(void **state) { (void)state; run_shapes(DENSE_FP32, DENSE_BACKEND_OPENBLAS); }
 static void test_bf16(void **state) { (void)state; run_shapes(DENSE_BF16, DENSE_BACKEND_AUTO); }
 static void test_int8(void **state) { (void)state; run_shapes(DENSE_INT8, DENSE_BACKEND_AUTO); }
+static void test_int8_onednn(void **state) { (void)state; run_shapes(DENSE_INT8, DENSE_BACKEND_ONEDNN); }
+static void test_int8_vnni(void **state) {
+    (void)state;
+    if (!dense_vnni_supported(32, 32)) skip(); /* no AVX512_VNNI on this CPU */
+    run_shapes(DENSE_INT8, DENSE_BACKEND_PACKED);
+}
 
 static void test_precision_names(void **state) {
     (void)state;
@@ -306,7 +316,12 @@ static void test_refusals(void **state) {
     dp.precision = DENSE_INT8;
     dp.backend = DENSE_BACKEND_OPENBLAS;
     assert_int_equal(dense_init(w, 64, 48, &dp, &d, err, sizeof err), CTR_EINVAL);
-    assert_non_null(strstr(err, "oneDNN only"));
+    assert_non_null(strstr(err, "does not run on that backend"));
+    dp.backend = DENSE_BACKEND_PACKED; /* int8 kernel: 64 outputs, 48 inputs fit; 60 do not */
+    if (dense_vnni_supported(64, 48)) {
+        assert_int_equal(dense_init(w, 60, 48, &dp, &d, err, sizeof err), CTR_EINVAL);
+        assert_non_null(strstr(err, "multiple of 32"));
+    }
     dp = dense_default_params();
     dp.backend = DENSE_BACKEND_PACKED; /* not square */
     assert_int_equal(dense_init(w, 64, 48, &dp, &d, err, sizeof err), CTR_EINVAL);
@@ -402,6 +417,8 @@ int main(void) {
         cmocka_unit_test(test_fp32_openblas),
         cmocka_unit_test(test_bf16),
         cmocka_unit_test(test_int8),
+        cmocka_unit_test(test_int8_onednn),
+        cmocka_unit_test(test_int8_vnni),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
