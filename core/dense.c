@@ -1,5 +1,6 @@
 /*
- * dense.c - batched dense layers on oneDNN (see dense.h).
+ * dense.c - batched dense layers on oneDNN, and int8 on an AVX512_VNNI
+ * kernel of our own (see dense.h).
  *
  * Workload: n = 1..512 rows (a request's candidates) against weights of a
  * few hundred to a few thousand columns (MicroLens QNN: 1024 x 1024, four
@@ -13,6 +14,9 @@
  * layout once, and one matmul primitive is made per class of row counts
  * (classes, below).  A call only converts its rows when the precision needs
  * it, runs one primitive per chunk and, for int8, rescales the int32 sums.
+ * int8 runs on the VNNI kernel below instead where the CPU and the shape
+ * allow (AUTO): level with oneDNN's u8 x s8 matmul or ahead in same-run
+ * measurements (bench/README.md).
  *
  * Threads.  Debian's oneDNN is built on OpenMP: a primitive made in a
  * thread whose OpenMP limit is the number of cores splits every call over

@@ -167,7 +167,8 @@ int engine_precision_parse(const char *text, dense_precision *out, char *err, si
 
 /* --- Item vectors ------------------------------------------------------ */
 
-/* Floats in one item vector: QIN 3E ([e | A e | B e]); DIN and TIN pad
+/* Floats in one item vector: QIN 3E + 2D ([e | A e | B e | U e | V e]:
+ * the attention's and the first QNN layer's item-side parts); DIN and TIN pad
  * theirs to a multiple of 16, so vectors laid end to end in a 64-byte
  * aligned buffer each stay aligned. */
 size_t engine_item_vec_floats(const engine_model *m);
