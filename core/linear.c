@@ -10,6 +10,7 @@
 #include <cblas.h>
 #include <dnnl.h>
 #include <omp.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -43,6 +44,19 @@ void linear_one_thread(void) {
         pinned = 1;
     }
 }
+
+static pthread_once_t warm_once = PTHREAD_ONCE_INIT;
+
+/* Every kind of call linear_gemm makes: W as [out, in] and as [in, out],
+ * beta 0 and 1, on small zeroed operands. */
+static void warm_up(void) {
+    enum { K = 16 };
+    static float x[K * K], w[K * K], y[K * K];
+    for (int t = 0; t < 2; t++)
+        for (int b = 0; b < 2; b++) linear_gemm(K, K, K, x, K, w, K, t, (float)b, y, K);
+}
+
+void linear_warm_up(void) { pthread_once(&warm_once, warm_up); }
 
 void linear_gemm(int n, int out, int in, const float *x, int ldx, const float *w, int ldw,
                  int w_out_in, float beta, float *y, int ldy) {

@@ -38,6 +38,15 @@ void linear_gemm(int n, int out, int in, const float *x, int ldx, const float *w
  * before any oneDNN call. */
 void linear_one_thread(void);
 
+/* Makes oneDNN generate linear_gemm's kernels now rather than in the first
+ * request: the process's first dnnl_sgemm call takes 70-170 ms on this
+ * machine (JIT code for its kernels and the OpenMP runtime's start), the
+ * first with a transposed W another 7-11 ms, where later ones take
+ * microseconds; a first request that slow misses its deadline and skews
+ * the server's running estimate of the scoring speed.  Once per process
+ * (later calls return at once); the model loaders call it.  Thread-safe. */
+void linear_warm_up(void);
+
 /* Which library linear_gemm calls: 1 oneDNN, 0 OpenBLAS, -1 only asks.
  * The default is oneDNN unless the environment sets CTR_DENSE_OPENBLAS=1.
  * Returns the choice in force.  Process-wide; call before the scoring threads start

@@ -335,6 +335,9 @@ int qin_model_load_buffer(const void *buf, size_t len, qin_model **out, char *er
      * oversubscribe the cores and, at our small matrix sizes, cost more in
      * hand-offs than it gains.  The setting is process-wide. */
     openblas_set_num_threads(1);
+    /* oneDNN's sgemm kernels made now, not in the first request
+     * (linear.h). */
+    linear_warm_up();
     *out = m;
     return CTR_OK;
 }
