@@ -39,6 +39,7 @@
 
 #include <oneapi/dnnl/dnnl.h>
 
+#include "clones.h"
 #include "gemm.h"
 #include "linear.h"
 
@@ -149,7 +150,7 @@ unsigned short dense_bf16_round(float f) {
 /* Rows of x (stride ldx) into bfloat16 rows of `in` (contiguous).  Cloned
  * for AVX-512 like the other per-element loops here (the baseline build
  * runs them 4 floats at a time). */
-__attribute__((target_clones("avx512f", "default"))) static void to_bf16(int n, int in, const float *x, int ldx, unsigned short *q) {
+CTR_CLONES static void to_bf16(int n, int in, const float *x, int ldx, unsigned short *q) {
     for (int i = 0; i < n; i++) {
         const float *restrict xi = x + (size_t)i * ldx;
         unsigned short *restrict qi = q + (size_t)i * in;
@@ -723,7 +724,7 @@ static int run_class(const dense *d, const dense_class *k, dense_ws *ws, void *s
 /* y = (sum - z_i colsum) * row scale * channel scale for m rows of int32
  * sums (stride out): the zero point taken out exactly, in int32 (both terms
  * are below 2^26 in magnitude), then one rounding to float. */
-__attribute__((target_clones("avx512f", "default"))) static void
+CTR_CLONES static void
 dequantize(int m, int out, const int32_t *acc, const int32_t *restrict colsum,
            const float *rscale, const int32_t *rzero, const float *restrict cscale, float *y,
            int ldy) {

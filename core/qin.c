@@ -20,6 +20,7 @@
 #include "arch.h"
 #include "attn.h"
 #include "linear.h"
+#include "clones.h"
 #include "qin_internal.h"
 
 /* [e | A e | B e | U e | V e]: 3 E + 2 D floats. */
@@ -250,7 +251,7 @@ int qin_model_fold_first(qin_model *m, int on) {
  * from the split parts: rows of the attention weights s (n x nh, stride
  * lds) times V h of the behaviours (vh: nh x D), plus U t of each candidate
  * and G_f of its context values. */
-__attribute__((target_clones("avx512f", "default"))) static void
+CTR_CLONES static void
 first_layer_product(const qin_model *m, const qin_request *req, int nh, const float *s, int lds,
                     const float *vh, float *y, int ldx) {
     const qin_config *c = &m->cfg;
@@ -312,7 +313,7 @@ const char *qin_model_describe(const qin_model *m) { return dense_describe(m->qn
  * dynamic linker): compiled for the baseline x86-64 it runs 4 floats at a
  * time, and with the product on oneDNN's int8 kernels it was 7% of the
  * forward pass (perf, N = 64). */
-__attribute__((target_clones("avx512f", "default"))) static void
+CTR_CLONES static void
 qnn_fused(int n, int D, float *x, int ldx, const float *y, const float *restrict b,
           const float *restrict c, float a) {
     for (int i = 0; i < n; i++) {
