@@ -10,6 +10,8 @@
 #                             load: recording rules, alerts, dashboard (~75 s)
 #   make bench                forward-pass benchmarks (print tables): QIN in
 #                             detail, then QIN, DIN and TIN through engine.h
+#   make bench-e2e            the service end to end (demo and MicroLens-size)
+#   make demo-full            the MicroLens-size model and data (demo/full)
 #   make container-test       build the Dockerfile's images with podman and run
 #                             them (not in check: downloads, takes minutes)
 #   make bench-faults         Redis frozen, overload, connection floods (figures)
@@ -70,7 +72,7 @@ FUZZ_BIN   := $(FUZZ_SRC:%.c=$(B)/%)
 FUZZ_SECONDS ?= 60
 
 .PHONY: all test check bench bench-e2e bench-faults soak golden fuzz clean container-test \
-        test-prometheus
+        test-prometheus demo-full
 all: $(PROGRAMS) $(BENCH_BIN)
 
 $(B)/%.o: %.c
@@ -134,9 +136,12 @@ test-prometheus: all golden
 	CTR_BUILD=$(B) CTR_GOLDEN=$(GOLDEN) $(PYTHON) tests/integration/test_prometheus.py
 
 bench: all golden
+	$(B)/bench/bench_isa
 	$(B)/bench/bench_forward
-	$(B)/bench/bench_models $(GOLDEN)/microlens/model.safetensors \
-	    $(GOLDEN)/din-microlens/model.safetensors $(GOLDEN)/tin-amazon/model.safetensors
+	$(B)/bench/bench_models --precision fp32 --precision bf16 --precision int8 \
+	    $(GOLDEN)/microlens/model.safetensors $(GOLDEN)/din-microlens/model.safetensors \
+	    $(GOLDEN)/tin-amazon/model.safetensors
+	$(PYTHON) bench/quality.py --build $(B) --golden $(GOLDEN) --make-demo
 
 # ctr-server on a real redis-server with the demo model, loaded with wrk
 # (makes demo/ first if needed); tables in bench/README.md.
@@ -179,6 +184,11 @@ soak: golden
 	$(MAKE) all
 	$(MAKE) SANITIZE=address all
 	$(PYTHON) bench/soak.py --requests $(SOAK_REQUESTS)
+
+# The MicroLens-size model (D 1024, 4 layers, R 4), its features and
+# validation set, trained briefly on synthetic data (tools/README.md).
+demo-full:
+	$(PYTHON) tools/make_demo.py --full
 
 clean:
 	rm -rf build

@@ -1,20 +1,41 @@
 /*
- * bench_forward.c - forward-pass benchmark (`make bench`).
+ * bench_forward.c - forward-pass benchmark by precision (`make bench`).
  *
  * MicroLens QIN configuration (embedding_dim 128, 4 QNN layers, R = 4,
  * D = 1024) with random weights, one user with a full history of 64, and N
- * candidates in {1, 16, 64, 256}.  Item vectors are computed beforehand,
- * as the service's item cache has them warm, so this times qin_forward
- * alone.  For each N it prints the median and p99 time per request, the
- * time per candidate, the achieved GFLOP/s of the whole pass and of the QNN
- * layers alone, and the rate of a plain single-threaded OpenBLAS sgemm of
- * the QNN's shape (N x 1024 x 1024) measured in the same run, interleaved
- * with the forward passes so both see the same machine state.
+ * candidates in {1, 16, 64, 256}, one thread.  Item vectors are computed
+ * beforehand, as the service's item cache has them warm, so this times
+ * qin_forward alone.  Everything of one N is timed in interleaved rounds
+ * (each round runs every variant once, in an order rotated from round to
+ * round), so other load on the machine falls on all of them alike:
+ *
+ *   - the whole forward pass in each precision (fp32, bf16, int8);
+ *   - the QNN layers alone in each precision (product + fused pass);
+ *   - the fp32 QNN layers on each kernel (the packed AVX-512 kernel of
+ *     gemm.c, and oneDNN), which is how dense.h's packed_below is chosen;
+ *   - the forward pass in fp32 and int8 without the first layer's split
+ *     (qin.c, "the first layer"): the whole D x D product like the others;
+ *   - the attention's two products (N x 64 x E and N x E x 64) on OpenBLAS
+ *     and on oneDNN's sgemm (linear_gemm, what qin.c uses);
+ *   - the yardstick: plain oneDNN matmul primitives of the QNN's shapes
+ *     (N x D by D x D, four distinct weights as the model has, weights
+ *     reordered beforehand), in f32, bf16 and u8 x s8, on inputs already in
+ *     that type: what the library does on its own.
  *
  *   build/release/bench/bench_forward [--seconds S] [--n N]... [--model FILE]
+ *                                     [--precision fp32|bf16|int8]...
  *
- * With --model it times that model file instead (random item features and
- * contexts within its vocabularies, history of its max_len).
+ * Every call is timed twice: wall clock, and the thread's CPU time.  On a
+ * quiet machine they agree; on a shared one the CPU time leaves out the
+ * stretches when another process had the core, so the tables use the
+ * medians of CPU time (the "cpu" columns) and print the wall-clock medians
+ * and p99 beside them.
+ *
+ * --seconds is the timing budget per N (default 3).  With --model it times
+ * that model file instead (random item features and contexts within its
+ * vocabularies, history of its max_len); with --precision only those
+ * precisions (and no kernel or yardstick columns).  Machine-readable lines
+ * start with "forward", one per (N, precision).
  */
 #include <cblas.h>
 #include <stdio.h>
@@ -22,37 +43,118 @@
 #include <string.h>
 #include <time.h>
 
+#include <oneapi/dnnl/dnnl.h>
+
 #include "bench/bench.h"
+#include "core/gemm.h"
+#include "core/linear.h"
 #include "core/qin_internal.h"
 #include "tests/core/testmodel.h"
 
-/* The core's FMA peak: 24 independent 16-wide FMA chains, no memory
- * traffic, so the figure is what the FMA units can do at the clock this
- * core runs now (AVX-512; 0 when the CPU has none). */
-#if defined(__x86_64__) && defined(__GNUC__)
-#include <immintrin.h>
-__attribute__((target("avx512f"))) static double fma_peak_gflops(void) {
-    if (!__builtin_cpu_supports("avx512f")) return 0;
-    __m512 a[24], m = _mm512_set1_ps(0.999999f), c = _mm512_set1_ps(1e-7f);
-    for (int i = 0; i < 24; i++) a[i] = _mm512_set1_ps((float)i);
-    const long iters = 2000000;
-    double best = 0;
-    for (int rep = 0; rep < 5; rep++) {
-        double t0 = bench_now_s();
-        for (long k = 0; k < iters; k++)
-#pragma GCC unroll 24
-            for (int i = 0; i < 24; i++) a[i] = _mm512_fmadd_ps(a[i], m, c);
-        double g = 24.0 * 16 * 2 * iters / (bench_now_s() - t0) * 1e-9;
-        if (g > best) best = g;
+#define MAXV 32
+
+/* --- the oneDNN yardstick -------------------------------------------------- */
+
+#define CK(call)                                                                          \
+    do {                                                                                  \
+        if ((call) != dnnl_success) {                                                     \
+            fprintf(stderr, "oneDNN: %s failed\n", #call);                                \
+            exit(1);                                                                      \
+        }                                                                                 \
+    } while (0)
+
+typedef struct yard {
+    const char *name;
+    int layers;
+    dnnl_engine_t eng;
+    dnnl_stream_t strm;
+    dnnl_primitive_t prim;
+    dnnl_memory_t src, dst, pad, w[64];
+} yard;
+
+/* n x D by D x D matmuls, `layers` distinct weights, in type st x wt. */
+static void yard_init(yard *y, const char *name, int n, int D, int layers, dnnl_data_type_t st,
+                      dnnl_data_type_t wt, dnnl_data_type_t dt) {
+    memset(y, 0, sizeof *y);
+    y->name = name;
+    y->layers = layers;
+    CK(dnnl_engine_create(&y->eng, dnnl_cpu, 0));
+    CK(dnnl_stream_create(&y->strm, y->eng, dnnl_stream_default_flags));
+    dnnl_memory_desc_t smd, wmd, dmd, wplain;
+    dnnl_dims_t sd = {n, D}, wd = {D, D}, dd = {n, D};
+    CK(dnnl_memory_desc_init_by_tag(&smd, 2, sd, st, dnnl_ab));
+    CK(dnnl_memory_desc_init_by_tag(&wmd, 2, wd, wt, dnnl_format_tag_any));
+    CK(dnnl_memory_desc_init_by_tag(&wplain, 2, wd, dnnl_f32, dnnl_ba));
+    CK(dnnl_memory_desc_init_by_tag(&dmd, 2, dd, dt, dnnl_ab));
+    dnnl_matmul_desc_t md;
+    CK(dnnl_matmul_desc_init(&md, &smd, &wmd, NULL, &dmd));
+    dnnl_primitive_attr_t attr;
+    CK(dnnl_primitive_attr_create(&attr));
+    CK(dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user));
+    dnnl_primitive_desc_t pd;
+    CK(dnnl_primitive_desc_create(&pd, &md, attr, y->eng, NULL));
+    CK(dnnl_primitive_create(&y->prim, pd));
+    const dnnl_memory_desc_t *wq = dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
+    const dnnl_memory_desc_t *pq = dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0);
+    /* Weights: small values (int8 takes them as they come: a reorder from
+     * f32 to s8 rounds; the rate does not depend on the values). */
+    float *plain = malloc((size_t)D * D * sizeof *plain);
+    for (int l = 0; l < layers; l++) {
+        for (size_t i = 0; i < (size_t)D * D; i++)
+            plain[i] = (float)((i * 2654435761u + l) % 200) - 100.0f;
+        if (wt != dnnl_s8)
+            for (size_t i = 0; i < (size_t)D * D; i++) plain[i] *= 0.001f;
+        dnnl_memory_t from;
+        CK(dnnl_memory_create(&from, &wplain, y->eng, plain));
+        CK(dnnl_memory_create(&y->w[l], wq, y->eng, DNNL_MEMORY_ALLOCATE));
+        dnnl_primitive_desc_t rpd;
+        dnnl_primitive_t r;
+        CK(dnnl_reorder_primitive_desc_create(&rpd, &wplain, y->eng, wq, y->eng, NULL));
+        CK(dnnl_primitive_create(&r, rpd));
+        dnnl_exec_arg_t args[2] = {{DNNL_ARG_FROM, from}, {DNNL_ARG_TO, y->w[l]}};
+        CK(dnnl_primitive_execute(r, y->strm, 2, args));
+        CK(dnnl_stream_wait(y->strm));
+        dnnl_primitive_destroy(r);
+        dnnl_primitive_desc_destroy(rpd);
+        dnnl_memory_destroy(from);
     }
-    float sink = 0;
-    for (int i = 0; i < 24; i++) sink += _mm512_reduce_add_ps(a[i]);
-    if (sink == 12345.0f) printf(" ");
-    return best;
+    free(plain);
+    CK(dnnl_memory_create(&y->src, &smd, y->eng, DNNL_MEMORY_ALLOCATE));
+    CK(dnnl_memory_create(&y->dst, &dmd, y->eng, DNNL_MEMORY_ALLOCATE));
+    /* Inputs of the usual size for the type (bf16 1.0 + noise, u8 values
+     * around 128, f32 in -1..1). */
+    void *sp;
+    CK(dnnl_memory_get_data_handle(y->src, &sp));
+    for (int i = 0; i < n * D; i++) {
+        if (st == dnnl_f32) ((float *)sp)[i] = (float)((i * 7919) % 2001) * 0.001f - 1.0f;
+        else if (st == dnnl_bf16) ((unsigned short *)sp)[i] = (unsigned short)(0x3f00 + i % 97);
+        else ((unsigned char *)sp)[i] = (unsigned char)(60 + i % 137);
+    }
+    if (pq && dnnl_memory_desc_get_size(pq))
+        CK(dnnl_memory_create(&y->pad, pq, y->eng, DNNL_MEMORY_ALLOCATE));
+    dnnl_primitive_desc_destroy(pd);
+    dnnl_primitive_attr_destroy(attr);
 }
-#else
-static double fma_peak_gflops(void) { return 0; }
-#endif
+
+static void yard_run(yard *y) {
+    for (int l = 0; l < y->layers; l++) {
+        dnnl_exec_arg_t args[4] = {{DNNL_ARG_SRC, y->src}, {DNNL_ARG_WEIGHTS, y->w[l]},
+                                   {DNNL_ARG_DST, y->dst}, {DNNL_ARG_SCRATCHPAD, y->pad}};
+        CK(dnnl_primitive_execute(y->prim, y->strm, y->pad ? 4 : 3, args));
+    }
+}
+
+static void yard_free(yard *y) {
+    for (int l = 0; l < y->layers; l++) dnnl_memory_destroy(y->w[l]);
+    dnnl_memory_destroy(y->src);
+    dnnl_memory_destroy(y->dst);
+    if (y->pad) dnnl_memory_destroy(y->pad);
+    dnnl_primitive_destroy(y->prim);
+    dnnl_stream_destroy(y->strm);
+    dnnl_engine_destroy(y->eng);
+}
+
+/* --- the model -------------------------------------------------------------- */
 
 static qin_config microlens_config(void) {
     qin_config c = tm_small_config();
@@ -73,11 +175,37 @@ static qin_config microlens_config(void) {
     return c;
 }
 
+static qin_model *load(const char *path, const unsigned char *buf, size_t len) {
+    qin_model *m;
+    char err[1024];
+    int rc = path ? qin_model_load(path, &m, err, sizeof err)
+                  : qin_model_load_buffer(buf, len, &m, err, sizeof err);
+    if (rc < 0) {
+        fprintf(stderr, "load: %s\n", err);
+        exit(1);
+    }
+    return m;
+}
+
+/* One timed thing of a round. */
+typedef enum kind { FORWARD, QNN, YARD, ATTN_BLAS, ATTN_DNNL } kind;
+typedef struct variant {
+    char name[32];
+    kind k;
+    qin_model *m;
+    qin_scratch *s;
+    yard y;
+    double *t, *tc;               /* wall and CPU time of each call */
+    int nt;
+} variant;
+
 int main(int argc, char **argv) {
-    double seconds = 1.5;
+    double seconds = 3;
     int ns[16] = {1, 16, 64, 256}, nn = 4, custom = 0;
+    int precs[DENSE_PRECISION_COUNT], np = 0;
     const char *model_path = NULL;
     for (int i = 1; i < argc; i++) {
+        dense_precision p;
         if (!strcmp(argv[i], "--model") && i + 1 < argc) {
             model_path = argv[++i];
         } else if (!strcmp(argv[i], "--seconds") && i + 1 < argc) {
@@ -85,36 +213,34 @@ int main(int argc, char **argv) {
         } else if (!strcmp(argv[i], "--n") && i + 1 < argc && nn < 16) {
             if (!custom) nn = 0, custom = 1;
             ns[nn++] = atoi(argv[++i]);
+        } else if (!strcmp(argv[i], "--precision") && i + 1 < argc &&
+                   dense_precision_parse(argv[i + 1], &p) == CTR_OK &&
+                   np < DENSE_PRECISION_COUNT) {
+            precs[np++] = p;
+            i++;
         } else {
-            fprintf(stderr, "usage: %s [--seconds S] [--n N]... [--model FILE]\n", argv[0]);
+            fprintf(stderr, "usage: %s [--seconds S] [--n N]... [--model FILE] "
+                            "[--precision fp32|bf16|int8]...\n", argv[0]);
             return 2;
         }
     }
+    const int all = np == 0;
+    if (all)
+        for (int p = 0; p < DENSE_PRECISION_COUNT; p++) precs[np++] = p;
     int max_n = 1;
     for (int i = 0; i < nn; i++) max_n = ns[i] > max_n ? ns[i] : max_n;
 
-    qin_model *m;
-    char err[1024];
-    double t0 = bench_now_s();
-    if (model_path) {
-        if (qin_model_load(model_path, &m, err, sizeof err) < 0) {
-            fprintf(stderr, "load: %s\n", err);
-            return 1;
-        }
-    } else {
+    unsigned char *buf = NULL;
+    size_t len = 0;
+    if (!model_path) {
         qin_config cfg = microlens_config();
         test_model tm;
         tm_init(&tm, &cfg, 42);
-        size_t len;
-        unsigned char *buf = tm_serialize(&tm, NULL, &len);
+        buf = tm_serialize(&tm, NULL, &len);
         tm_free(&tm);
-        int rc = qin_model_load_buffer(buf, len, &m, err, sizeof err);
-        free(buf);
-        if (rc < 0) {
-            fprintf(stderr, "load: %s\n", err);
-            return 1;
-        }
     }
+    double t0 = bench_now_s();
+    qin_model *m = load(model_path, buf, len);
     double load_s = bench_now_s() - t0;
     const qin_config *c = qin_model_config(m);
     const int D = c->input_dim, E = c->item_dim, L = c->max_len;
@@ -126,6 +252,7 @@ int main(int argc, char **argv) {
     float *mm = malloc((size_t)c->mm_in * sizeof *mm);
     int32_t *tags = malloc((size_t)(c->num_tags ? c->num_tags : 1) * sizeof *tags);
     uint64_t rng = 1;
+    char err[1024];
     t0 = bench_now_s();
     for (int i = 0; i < nitems; i++) {
         for (int k = 0; k < c->mm_in; k++) {
@@ -145,80 +272,233 @@ int main(int argc, char **argv) {
     int32_t *ctx = malloc((size_t)max_n * (c->num_ctx ? c->num_ctx : 1) * sizeof *ctx);
     for (int i = 0; i < max_n * c->num_ctx; i++) ctx[i] = i % c->ctx_vocab[i % c->num_ctx];
 
-    qin_scratch *s;
-    if (qin_scratch_init(m, max_n, &s) < 0) return 1;
-    float *prob = malloc((size_t)max_n * sizeof *prob);
-    /* The sgemm yardstick: the same shapes as the QNN, one distinct D x D
-     * matrix per layer (as the model has), so both stream the same bytes. */
-    float *a = qin_falloc((size_t)max_n * D), *y = qin_falloc((size_t)max_n * D);
-    float *w[64];
-    for (int l = 0; l < c->num_layers; l++) {
-        w[l] = qin_falloc((size_t)D * D);
-        for (size_t i = 0; i < (size_t)D * D; i++) w[l][i] = (float)((i + l) % 7) * 0.01f;
+    /* One model per precision (and per fp32 kernel), each with a scratch. */
+    variant v[MAXV];
+    int nv = 0;
+    qin_model *pm[DENSE_PRECISION_COUNT] = {0};
+    for (int k = 0; k < np; k++) {
+        qin_model *x = k == 0 ? m : load(model_path, buf, len);
+        if (qin_model_set_precision(x, precs[k], err, sizeof err) < 0) {
+            fprintf(stderr, "%s\n", err);
+            return 1;
+        }
+        pm[k] = x;
     }
-    float *x0 = qin_falloc((size_t)max_n * s->ldx);
+    /* The QNN layers on each kernel, fp32 and int8: ours (the packed
+     * AVX-512 fp32 kernel, the AVX512_VNNI int8 kernel) and oneDNN's. */
+    enum { NKERN = 4 };
+    qin_model *kern[NKERN] = {NULL, NULL, NULL, NULL};
+    const char *kname[NKERN] = {"fp32 packed kernel", "fp32 oneDNN", "int8 VNNI kernel",
+                                "int8 oneDNN"};
+    const dense_backend kb[NKERN] = {DENSE_BACKEND_PACKED, DENSE_BACKEND_ONEDNN,
+                                     DENSE_BACKEND_PACKED, DENSE_BACKEND_ONEDNN};
+    const dense_precision kp[NKERN] = {DENSE_FP32, DENSE_FP32, DENSE_INT8, DENSE_INT8};
+    for (int k = 0; all && k < NKERN; k++) {
+        if (kb[k] == DENSE_BACKEND_PACKED &&
+            (kp[k] == DENSE_FP32 ? !gemm_packed_supported(D) : !dense_vnni_supported(D, D)))
+            continue;
+        kern[k] = load(model_path, buf, len);
+        dense_params dp = dense_default_params();
+        dp.backend = kb[k];
+        dp.precision = kp[k];
+        if (qin_model_prepare(kern[k], &dp, err, sizeof err) < 0) {
+            fprintf(stderr, "%s\n", err);
+            return 1;
+        }
+    }
+    qin_model *unsplit[2] = {NULL, NULL};
+    const dense_precision unsplit_prec[2] = {DENSE_FP32, DENSE_INT8};
+    if (all)
+        for (int k = 0; k < 2; k++) {
+            unsplit[k] = load(model_path, buf, len);
+            if (qin_model_set_precision(unsplit[k], unsplit_prec[k], err, sizeof err) < 0) {
+                fprintf(stderr, "%s\n", err);
+                return 1;
+            }
+            qin_model_fold_first(unsplit[k], 0);
+        }
+    free(buf);
 
     printf("QIN forward pass, %s (d=%d, E=%d, D=%d, %d layers, R=%d), history %d, 1 thread\n",
            model_path ? model_path : "MicroLens configuration, random weights", c->embedding_dim,
            E, D, c->num_layers, c->num_row, L);
-    printf("OpenBLAS %s, core %s; model load %.2f s; item vector %.1f us/item\n",
+    printf("OpenBLAS %s, core %s (attention, head); model load %.2f s; item vector %.1f us/item\n",
            openblas_get_config(), openblas_get_corename(), load_s, item_us);
-    printf("QNN GEMM: %s (CTR_QNN_OPENBLAS=1 forces OpenBLAS); sgemm columns: plain OpenBLAS "
-           "sgemm of the QNN's shapes, same run\n",
-           m->use_packed ? "packed AVX-512 kernel (core/gemm.c)" : "OpenBLAS sgemm");
-    printf("%5s %10s %10s %10s %9s %9s %10s %10s %7s\n", "N", "median_us", "p99_us",
-           "us/cand", "GFLOP/s", "qnn_GF/s", "sgemm_GF/s", "qnn/sgemm", "iters");
+    for (int k = 0; k < np; k++) printf("QNN %s\n", qin_model_describe(pm[k]));
 
+    float *prob = malloc((size_t)max_n * sizeof *prob);
+    float *x0 = qin_falloc((size_t)max_n * qin_ldx(c));
     for (int k = 0; k < nn; k++) {
         int n = ns[k];
         if (n < 1 || n > max_n) continue;
+        nv = 0;
+        for (int p = 0; p < np; p++) {
+            variant *a = &v[nv++], *b = &v[nv++];
+            memset(a, 0, sizeof *a);
+            memset(b, 0, sizeof *b);
+            snprintf(a->name, sizeof a->name, "%s", dense_precision_name(precs[p]));
+            a->k = FORWARD;
+            a->m = b->m = pm[p];
+            b->k = QNN;
+            snprintf(b->name, sizeof b->name, "%s", dense_precision_name(precs[p]));
+        }
+        for (int q = 0; q < 2; q++) {
+            if (!unsplit[q]) continue;
+            variant *a = &v[nv++];
+            memset(a, 0, sizeof *a);
+            snprintf(a->name, sizeof a->name, "%s unsplit", dense_precision_name(unsplit_prec[q]));
+            a->k = FORWARD;
+            a->m = unsplit[q];
+        }
+        for (int q = 0; q < NKERN; q++) {
+            if (!kern[q]) continue;
+            variant *a = &v[nv++];
+            memset(a, 0, sizeof *a);
+            snprintf(a->name, sizeof a->name, "%s", kname[q]);
+            a->k = QNN;
+            a->m = kern[q];
+        }
+        if (all) {
+            for (int q = 0; q < 2; q++) {
+                variant *a = &v[nv++];
+                memset(a, 0, sizeof *a);
+                snprintf(a->name, sizeof a->name, "%s", q ? "oneDNN sgemm" : "OpenBLAS");
+                a->k = q ? ATTN_DNNL : ATTN_BLAS;
+            }
+            static const char *yn[3] = {"f32", "bf16", "u8s8"};
+            dnnl_data_type_t st[3] = {dnnl_f32, dnnl_bf16, dnnl_u8},
+                             wt[3] = {dnnl_f32, dnnl_bf16, dnnl_s8},
+                             dt[3] = {dnnl_f32, dnnl_f32, dnnl_s32};
+            for (int q = 0; q < 3; q++) {
+                variant *a = &v[nv++];
+                memset(a, 0, sizeof *a);
+                snprintf(a->name, sizeof a->name, "%s", yn[q]);
+                a->k = YARD;
+                yard_init(&a->y, yn[q], n, D, c->num_layers, st[q], wt[q], dt[q]);
+            }
+        }
+        int cap = 100000;
+        for (int i = 0; i < nv; i++) {
+            if ((v[i].k == FORWARD || v[i].k == QNN) && qin_scratch_init(v[i].m, n, &v[i].s) < 0)
+                return 1;
+            v[i].t = malloc((size_t)cap * sizeof(double));
+            v[i].tc = malloc((size_t)cap * sizeof(double));
+            v[i].nt = 0;
+        }
         qin_request req = {ptr, L, ptr + L, ctx, n};
-        /* Folded arithmetic per request, in flops (2 per multiply-add). */
+        /* The attention's operands: the candidates' rows t, the history's
+         * A h and B h, weights s (n x L), pool (n x E). */
+        float *at = qin_falloc((size_t)n * E), *ah = qin_falloc((size_t)L * E),
+              *bh = qin_falloc((size_t)L * E), *as = qin_falloc((size_t)n * L),
+              *ap = qin_falloc((size_t)n * E);
+        for (int i = 0; i < n; i++) memcpy(at + (size_t)i * E, ptr[L + i], (size_t)E * sizeof *at);
+        for (int j = 0; j < L; j++) {
+            memcpy(ah + (size_t)j * E, ptr[j] + E, (size_t)E * sizeof *ah);
+            memcpy(bh + (size_t)j * E, ptr[j] + 2 * E, (size_t)E * sizeof *bh);
+        }
+        /* A QNN input of the usual magnitude, to time the layers alone. */
+        for (size_t i = 0; i < (size_t)n * qin_ldx(c); i++)
+            x0[i] = (float)((i * 2654435761u) % 2000) * 0.001f - 1.0f;
+        for (int w = 0; w < 2; w++)
+            for (int i = 0; i < nv; i++) {
+                if (v[i].k == FORWARD) qin_forward(v[i].m, v[i].s, &req, prob, NULL, 0);
+                if (v[i].k == YARD) yard_run(&v[i].y);
+            }
+        double end = bench_now_s() + seconds;
+        int rounds = 0;
+        while ((bench_now_s() < end || rounds < 10) && rounds < cap) {
+            for (int j = 0; j < nv; j++) {
+                variant *a = &v[(j + rounds) % nv];
+                if (a->k == QNN) memcpy(a->s->x, x0, (size_t)n * qin_ldx(c) * sizeof *x0);
+                double a0 = bench_now_s(), c0 = bench_cpu_s();
+                if (a->k == FORWARD) {
+                    if (qin_forward(a->m, a->s, &req, prob, err, sizeof err) < 0) {
+                        fprintf(stderr, "forward: %s\n", err);
+                        return 1;
+                    }
+                } else if (a->k == QNN) {
+                    for (int l = 0; l < c->num_layers; l++)
+                        qin_qnn_layer(a->m, a->s->dws, l, n, a->s->x, a->s->y);
+                } else if (a->k == ATTN_BLAS) {
+                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, L, E, 1.0f, at, E, ah,
+                                E, 0.0f, as, L);
+                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, E, L, 1.0f, as, L,
+                                bh, E, 1.0f, ap, E);
+                } else if (a->k == ATTN_DNNL) {
+                    linear_gemm(n, L, E, at, E, ah, E, 1, 0.0f, as, L);
+                    linear_gemm(n, E, L, as, L, bh, E, 0, 1.0f, ap, E);
+                } else {
+                    yard_run(&a->y);
+                }
+                a->t[a->nt] = bench_now_s() - a0;
+                a->tc[a->nt++] = bench_cpu_s() - c0;
+            }
+            rounds++;
+        }
         double qnn_flops = 2.0 * c->num_layers * n * (double)D * D;
         double flops = qnn_flops + 2.0 * 2 * n * (double)L * E + 2.0 * n * D;
-        /* Warm up, then interleave: forward, QNN layers alone, sgemm. */
-        for (int i = 0; i < 3; i++) qin_forward(m, s, &req, prob, NULL, 0);
-        /* A QNN input of the usual magnitude, to time the layers alone. */
-        for (size_t i = 0; i < (size_t)n * s->ldx; i++)
-            x0[i] = (float)((i * 2654435761u) % 2000) * 0.001f - 1.0f;
-        memcpy(a, x0, (size_t)n * D * sizeof *a);
-        int cap = 200000, it = 0;
-        double *tf = malloc(cap * sizeof *tf), *tq = malloc(cap * sizeof *tq),
-               *tg = malloc(cap * sizeof *tg);
-        double end = bench_now_s() + seconds;
-        while ((bench_now_s() < end || it < 20) && it < cap) {
-            double a0 = bench_now_s();
-            qin_forward(m, s, &req, prob, NULL, 0);
-            double a1 = bench_now_s();
-            memcpy(s->x, x0, (size_t)n * s->ldx * sizeof *x0);
-            double a1b = bench_now_s();
-            for (int l = 0; l < c->num_layers; l++) qin_qnn_layer(m, l, n, s->x, s->ldx, s->y);
-            double a2 = bench_now_s();
-            for (int l = 0; l < c->num_layers; l++)
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, D, D, 1.0f, a, D, w[l],
-                            D, 0.0f, y, D);
-            double a3 = bench_now_s();
-            tf[it] = a1 - a0;
-            tq[it] = a2 - a1b;
-            tg[it] = a3 - a2;
-            it++;
+        double med[MAXV], p99[MAXV], wall[MAXV];
+        for (int i = 0; i < nv; i++) {
+            med[i] = bench_quantile(v[i].tc, v[i].nt, 0.5);
+            wall[i] = bench_quantile(v[i].t, v[i].nt, 0.5);
+            p99[i] = bench_quantile(v[i].t, v[i].nt, 0.99);
         }
-        double med = bench_quantile(tf, it, 0.5), p99 = bench_quantile(tf, it, 0.99);
-        double qmed = bench_quantile(tq, it, 0.5), gmed = bench_quantile(tg, it, 0.5);
-        printf("%5d %10.1f %10.1f %10.2f %9.1f %9.1f %10.1f %9.0f%% %7d\n", n, med * 1e6,
-               p99 * 1e6, med * 1e6 / n, flops / med * 1e-9, qnn_flops / qmed * 1e-9,
-               qnn_flops / gmed * 1e-9, 100.0 * gmed / qmed, it);
-        free(tf); free(tq); free(tg);
+        double fp32_yard = 0;
+        for (int i = 0; i < nv; i++)
+            if (v[i].k == YARD && !strcmp(v[i].name, "f32")) fp32_yard = med[i];
+        printf("\nN = %d: %d interleaved rounds; medians of CPU time (wall-clock median and "
+               "p99 beside)\n", n, rounds);
+        printf("  %-6s %11s %9s %9s %9s %9s %10s %9s\n", "prec", "forward_us", "wall_us",
+               "wall_p99", "us/cand", "GFLOP/s", "qnn_us", "qnn_GF/s");
+        for (int i = 0; i < nv; i++) {
+            if (v[i].k != FORWARD || v[i].m == unsplit[0] || v[i].m == unsplit[1]) continue;
+            double q = med[i + 1];
+            printf("  %-6s %11.1f %9.1f %9.1f %9.2f %9.1f %10.1f %9.1f\n", v[i].name,
+                   med[i] * 1e6, wall[i] * 1e6, p99[i] * 1e6, med[i] * 1e6 / n,
+                   flops / med[i] * 1e-9, q * 1e6, qnn_flops / q * 1e-9);
+            printf("forward n=%d precision=%s median_ms=%.4f wall_ms=%.4f p99_ms=%.4f "
+                   "qnn_ms=%.4f\n", n, v[i].name, med[i] * 1e3, wall[i] * 1e3, p99[i] * 1e3,
+                   q * 1e3);
+        }
+        for (int i = 0; i < nv; i++)
+            if (v[i].k == FORWARD && (v[i].m == unsplit[0] || v[i].m == unsplit[1]))
+                for (int j = 0; j < nv; j++)
+                    if (v[j].k == FORWARD && v[j].m == pm[v[i].m == unsplit[0] ? 0 : 2])
+                        printf("  %-12s forward %9.1f us: the first layer's split saves %.0f%%\n",
+                               v[i].name, med[i] * 1e6, 100.0 * (1 - med[j] / med[i]));
+        for (int i = 0; i < nv; i++) {
+            for (int q = 0; q < NKERN; q++)
+                if (v[i].k == QNN && v[i].m && v[i].m == kern[q])
+                    printf("  QNN layers on the %-19s %9.1f us %6.1f G(FL)OP/s\n", v[i].name,
+                           med[i] * 1e6, qnn_flops / med[i] * 1e-9);
+        }
+        for (int i = 0; i < nv; i++)
+            if (v[i].k == ATTN_BLAS || v[i].k == ATTN_DNNL)
+                printf("  attention's two products (%d x %d x %d, %d x %d x %d) on %-12s %8.1f us\n",
+                       n, L, E, n, E, L, v[i].name, med[i] * 1e6);
+        for (int i = 0; i < nv; i++)
+            if (v[i].k == YARD)
+                printf("  oneDNN matmul alone, %-5s %d x %d x %d x %d layers: %9.1f us %6.1f "
+                       "G(FL)OP/s\n", v[i].name, n, D, D, c->num_layers, med[i] * 1e6,
+                       qnn_flops / med[i] * 1e-9);
+        if (fp32_yard > 0)
+            for (int i = 0; i < nv; i++)
+                if (v[i].k == QNN && v[i].m == pm[0] && precs[0] == DENSE_FP32)
+                    printf("  fp32 QNN layers at %.0f%% of the same-run oneDNN f32 matmul rate "
+                           "(target >= 90%%)\n", 100.0 * fp32_yard / med[i]);
+        free(at); free(ah); free(bh); free(as); free(ap);
+        for (int i = 0; i < nv; i++) {
+            if (v[i].k == YARD) yard_free(&v[i].y);
+            else qin_scratch_free(v[i].s);
+            free(v[i].t);
+            free(v[i].tc);
+        }
     }
-    printf("flops count the folded model: %d layers x 2 N D^2 + attention 4 N L E + head 2 N D\n",
+    printf("\nflops count the folded model: %d layers x 2 N D^2 + attention 4 N L E + head 2 N D\n",
            c->num_layers);
-    double peak = fma_peak_gflops();
-    if (peak > 0)
-        printf("this core's AVX-512 FMA peak, measured now: %.1f GFLOP/s (the QNN's qnn_GF/s "
-               "above as a share of it is the distance to the machine's limit)\n", peak);
-    for (int l = 0; l < c->num_layers; l++) free(w[l]);
-    free(a); free(x0); free(y); free(prob); free(ctx); free(ptr); free(vecs); free(mm); free(tags);
-    qin_scratch_free(s);
-    qin_model_free(m);
+    for (int k = 0; k < np; k++) qin_model_free(pm[k]);
+    for (int k = 0; k < NKERN; k++) qin_model_free(kern[k]);
+    for (int k = 0; k < 2; k++) qin_model_free(unsplit[k]);
+    free(x0); free(prob); free(ctx); free(ptr); free(vecs); free(mm); free(tags);
     return 0;
 }

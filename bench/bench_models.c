@@ -7,7 +7,12 @@
  * weights per candidate), interleaved call by call so both see the same
  * machine state.
  *
- *   build/release/bench/bench_models [--seconds S] [--hist H] [--n N]... MODEL...
+ *   build/release/bench/bench_models [--seconds S] [--hist H] [--n N]...
+ *                                    [--precision fp32|bf16|int8]... MODEL...
+ *
+ * With several --precision, each model is loaded once per precision and
+ * their forward passes run in interleaved rounds (the order rotated each
+ * round), so the ratios between precisions are of one run.
  *
  * Workload: random item features within the model's vocabularies (tags,
  * multimodal vector, or category), H distinct behaviours, N candidates,
@@ -32,32 +37,45 @@ static uint64_t next(void) {
     return rng;
 }
 
-static int bench_one(const char *path, int hist, const int *ns, int nn, double seconds) {
-    engine_model *m;
+#define MAXP DENSE_PRECISION_COUNT
+
+/* One model file in each precision of precs: the same items, history and
+ * candidates; for each N, the precisions' forward passes in interleaved
+ * rounds (the order rotated round by round), and the first precision's
+ * pass with the explanation beside its plain one. */
+static int bench_one(const char *path, const dense_precision *precs, int np, int hist,
+                     const int *ns, int nn, double seconds) {
+    engine_model *m[MAXP];
+    engine_scratch *s[MAXP];
+    float *vecs[MAXP];
+    const float **ptr[MAXP];
+    double load_s[MAXP], item_us[MAXP];
     char err[512];
-    double t0 = bench_now_s();
-    if (engine_model_load(path, &m, err, sizeof err) < 0) {
-        fprintf(stderr, "bench_models: %s\n", err);
-        return 1;
+    for (int p = 0; p < np; p++) {
+        engine_params ep = engine_default_params();
+        ep.precision = precs[p];
+        double t0 = bench_now_s();
+        if (engine_model_load_with(path, &ep, &m[p], err, sizeof err) < 0) {
+            fprintf(stderr, "bench_models: %s\n", err);
+            return 1;
+        }
+        load_s[p] = bench_now_s() - t0;
     }
-    double load_s = bench_now_s() - t0;
-    const engine_schema *sc = engine_model_schema(m);
+    const engine_schema *sc = engine_model_schema(m[0]);
     int max_n = 1;
     for (int k = 0; k < nn; k++) max_n = ns[k] > max_n ? ns[k] : max_n;
     const int H = hist < sc->max_len ? hist : sc->max_len, nitems = H + max_n;
-    const size_t vf = engine_item_vec_floats(m);
+    const size_t vf = engine_item_vec_floats(m[0]);
 
     /* Items: distinct ids, random features. */
     engine_item *items = calloc((size_t)nitems, sizeof *items);
     int32_t *tags = calloc((size_t)nitems * (sc->num_tags ? sc->num_tags : 1), sizeof *tags);
     float *mm = calloc((size_t)nitems * (sc->mm_dim ? sc->mm_dim : 1), sizeof *mm);
-    float *vecs = engine_item_vecs_alloc(m, nitems);
-    const float **ptr = malloc((size_t)nitems * sizeof *ptr);
     int32_t *ctx = calloc((size_t)max_n * (sc->num_ctx ? sc->num_ctx : 1), sizeof *ctx);
     float *prob = malloc((size_t)max_n * sizeof *prob);
     int32_t *xpos = malloc((size_t)max_n * 3 * sizeof *xpos);
     float *xw = malloc((size_t)max_n * 3 * sizeof *xw);
-    if (!items || !tags || !mm || !vecs || !ptr || !ctx || !prob || !xpos || !xw) return 1;
+    if (!items || !tags || !mm || !ctx || !prob || !xpos || !xw) return 1;
     const int64_t span = sc->item_vocab - sc->item_id_min;
     for (int i = 0; i < nitems; i++) {
         engine_item *it = &items[i];
@@ -72,78 +90,99 @@ static int bench_one(const char *path, int hist, const int *ns, int nn, double s
                 mm[(size_t)i * sc->mm_dim + k] = (float)(next() % 2000) * 0.001f - 1.0f;
         }
         it->cate = sc->cate_vocab ? (int32_t)(next() % (uint64_t)sc->cate_vocab) : 0;
-        ptr[i] = vecs + (size_t)i * vf;
     }
-    t0 = bench_now_s();
-    if (engine_items_compute(m, nitems, items, vecs, NULL, err, sizeof err) < 0) {
-        fprintf(stderr, "bench_models: items: %s\n", err);
-        return 1;
+    for (int p = 0; p < np; p++) {
+        vecs[p] = engine_item_vecs_alloc(m[p], nitems);
+        ptr[p] = malloc((size_t)nitems * sizeof *ptr[p]);
+        if (!vecs[p] || !ptr[p]) return 1;
+        for (int i = 0; i < nitems; i++) ptr[p][i] = vecs[p] + (size_t)i * vf;
+        double t0 = bench_now_s();
+        if (engine_items_compute(m[p], nitems, items, vecs[p], NULL, err, sizeof err) < 0) {
+            fprintf(stderr, "bench_models: items: %s\n", err);
+            return 1;
+        }
+        item_us[p] = (bench_now_s() - t0) / nitems * 1e6;
+        if (engine_scratch_init(m[p], max_n, &s[p]) < 0) return 1;
     }
-    double item_us = (bench_now_s() - t0) / nitems * 1e6;
     for (int i = 0; i < max_n; i++)
         for (int f = 0; f < sc->num_ctx; f++)
             ctx[(size_t)i * sc->num_ctx + f] = (int32_t)(next() % (uint64_t)sc->ctx_vocab[f]);
-    engine_scratch *s;
-    if (engine_scratch_init(m, max_n, &s) < 0) return 1;
 
-    engine_cost c = engine_model_cost(m, H), cl = engine_model_cost(m, sc->max_len);
-    printf("\n%s model %s (%s), load %.2f s, item vectors %.1f us/item (%zu floats each)\n",
-           engine_arch_name(sc->arch), sc->name, path, load_s, item_us, vf);
+    engine_cost c = engine_model_cost(m[0], H), cl = engine_model_cost(m[0], sc->max_len);
+    printf("\n%s model %s (%s), item vectors %.1f us/item (%zu floats each)\n",
+           engine_arch_name(sc->arch), sc->name, path, item_us[0], vf);
+    for (int p = 0; p < np; p++)
+        printf("  %s: load %.2f s; %s\n", dense_precision_name(precs[p]), load_s[p],
+               engine_model_describe(m[p]));
     printf("multiply-adds per candidate, history %d: folded %.3fM, unfolded %.3fM (%.2fx); "
            "history %d (max_len): folded %.3fM, unfolded %.3fM (%.2fx)\n",
            H, c.folded / 1e6, c.unfolded / 1e6, c.unfolded / c.folded, sc->max_len,
            cl.folded / 1e6, cl.unfolded / 1e6, cl.unfolded / cl.folded);
-    printf("%5s %10s %10s %10s %10s %9s %12s %12s %12s %7s\n", "N", "median_us", "p99_us",
-           "cpu_us", "us/cand", "GFLOP/s", "explain3_us", "explain_cost", "explain_cpu", "iters");
+    printf("%5s %5s %10s %10s %10s %10s %9s %8s %12s %12s %12s %7s\n", "N", "prec", "median_us",
+           "p99_us", "cpu_us", "us/cand", "GFLOP/s", "cpu/1st", "explain3_us", "explain_cost",
+           "explain_cpu", "rounds");
     for (int k = 0; k < nn; k++) {
         int n = ns[k];
         if (n < 1 || n > max_n) continue;
         engine_explain ex = {3, xpos, xw};
-        engine_request plain = {ptr, H, ptr + H, ctx, n, NULL}, expl = plain;
-        expl.explain = &ex;
-        for (int i = 0; i < 3; i++) {
-            engine_forward(m, s, &plain, prob, NULL, 0);
-            engine_forward(m, s, &expl, prob, NULL, 0);
+        engine_request plain[MAXP];
+        for (int p = 0; p < np; p++) {
+            plain[p] = (engine_request){ptr[p], H, ptr[p] + H, ctx, n, NULL};
+            for (int i = 0; i < 3; i++) engine_forward(m[p], s[p], &plain[p], prob, NULL, 0);
         }
+        engine_request expl = plain[0];
+        expl.explain = &ex;
+        const int slots = np + 1; /* every precision, then the first with explain */
         int cap = 100000, it = 0;
-        double *tf = malloc(cap * sizeof *tf), *te = malloc(cap * sizeof *te);
-        double *tc = malloc(cap * sizeof *tc), *tce = malloc(cap * sizeof *tce);
+        double *tw = malloc((size_t)cap * slots * sizeof *tw);
+        double *tc = malloc((size_t)cap * slots * sizeof *tc);
         double end = bench_now_s() + seconds;
         while ((bench_now_s() < end || it < 10) && it < cap) {
-            /* Alternate which goes first, so neither always sees a warmer
-             * cache. */
-            for (int r = 0; r < 2; r++) {
-                int with = (r + it) % 2;
+            /* Rotate the order, so none always sees a warmer cache. */
+            for (int r = 0; r < slots; r++) {
+                int q = (r + it) % slots, p = q < np ? q : 0;
                 double a0 = bench_now_s(), c0 = bench_cpu_s();
-                engine_forward(m, s, with ? &expl : &plain, prob, NULL, 0);
-                double d = bench_now_s() - a0;
-                double cd = bench_cpu_s() - c0;
-                if (with) te[it] = d, tce[it] = cd;
-                else tf[it] = d, tc[it] = cd;
+                engine_forward(m[p], s[p], q < np ? &plain[p] : &expl, prob, NULL, 0);
+                tw[(size_t)q * cap + it] = bench_now_s() - a0;
+                tc[(size_t)q * cap + it] = bench_cpu_s() - c0;
             }
             it++;
         }
-        double med = bench_quantile(tf, it, 0.5), p99 = bench_quantile(tf, it, 0.99);
-        double emed = bench_quantile(te, it, 0.5), cmed = bench_quantile(tc, it, 0.5);
-        double cemed = bench_quantile(tce, it, 0.5);
-        printf("%5d %10.1f %10.1f %10.1f %10.2f %9.1f %12.1f %11.1f%% %11.1f%% %7d\n", n,
-               med * 1e6, p99 * 1e6, cmed * 1e6, med * 1e6 / n, 2.0 * c.folded * n / med * 1e-9,
-               emed * 1e6, 100.0 * (emed - med) / med, 100.0 * (cemed - cmed) / cmed, it);
-        free(tf);
-        free(te);
+        double med[MAXP + 1], p99[MAXP + 1], cmed[MAXP + 1];
+        for (int q = 0; q < slots; q++) {
+            p99[q] = bench_quantile(tw + (size_t)q * cap, it, 0.99);
+            med[q] = bench_quantile(tw + (size_t)q * cap, it, 0.5);
+            cmed[q] = bench_quantile(tc + (size_t)q * cap, it, 0.5);
+        }
+        for (int p = 0; p < np; p++) {
+            printf("%5d %5s %10.1f %10.1f %10.1f %10.2f %9.1f %7.2fx", n,
+                   dense_precision_name(precs[p]), med[p] * 1e6, p99[p] * 1e6, cmed[p] * 1e6,
+                   cmed[p] * 1e6 / n, 2.0 * c.folded * n / cmed[p] * 1e-9, cmed[p] / cmed[0]);
+            if (p == 0)
+                printf(" %12.1f %11.1f%% %11.1f%% %7d\n", med[np] * 1e6,
+                       100.0 * (med[np] - med[0]) / med[0],
+                       100.0 * (cmed[np] - cmed[0]) / cmed[0], it);
+            else
+                printf(" %12s %12s %12s %7d\n", "-", "-", "-", it);
+        }
+        free(tw);
         free(tc);
-        free(tce);
     }
-    engine_scratch_free(s);
-    free(items); free(tags); free(mm); free(vecs); free(ptr); free(ctx); free(prob);
+    for (int p = 0; p < np; p++) {
+        engine_scratch_free(s[p]);
+        free(vecs[p]);
+        free(ptr[p]);
+        engine_model_free(m[p]);
+    }
+    free(items); free(tags); free(mm); free(ctx); free(prob);
     free(xpos); free(xw);
-    engine_model_free(m);
     return 0;
 }
 
 int main(int argc, char **argv) {
     double seconds = 1.5;
-    int ns[16] = {16, 64, 256}, nn = 3, custom = 0, hist = 64, nm = 0;
+    int ns[16] = {16, 64, 256}, nn = 3, custom = 0, hist = 64, nm = 0, np = 0;
+    dense_precision precs[MAXP];
     const char *models[16];
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--seconds") && i + 1 < argc) {
@@ -153,27 +192,40 @@ int main(int argc, char **argv) {
         } else if (!strcmp(argv[i], "--n") && i + 1 < argc && nn < 16) {
             if (!custom) nn = 0, custom = 1;
             ns[nn++] = atoi(argv[++i]);
+        } else if (!strcmp(argv[i], "--precision") && i + 1 < argc) {
+            dense_precision p;
+            char err[128];
+            if (engine_precision_parse(argv[++i], &p, err, sizeof err) < 0) {
+                fprintf(stderr, "bench_models: %s\n", err);
+                return 2;
+            }
+            int dup = 0;
+            for (int k = 0; k < np; k++) dup |= precs[k] == p;
+            if (!dup) precs[np++] = p;
         } else if (argv[i][0] != '-' && nm < 16) {
             models[nm++] = argv[i];
         } else {
-            fprintf(stderr, "usage: %s [--seconds S] [--hist H] [--n N]... MODEL...\n", argv[0]);
+            fprintf(stderr, "usage: %s [--seconds S] [--hist H] [--n N]... [--precision P]... MODEL...\n", argv[0]);
             return 2;
         }
     }
     if (!nm) {
-        fprintf(stderr, "usage: %s [--seconds S] [--hist H] [--n N]... MODEL...\n", argv[0]);
+        fprintf(stderr, "usage: %s [--seconds S] [--hist H] [--n N]... [--precision P]... MODEL...\n", argv[0]);
         return 2;
     }
-    printf("engine forward pass per model, history %d, 1 thread, fp32; explain3: the same "
-           "call returning the top-3 attention weights per candidate\n", hist);
+    if (!np) precs[np++] = DENSE_FP32;
+    printf("engine forward pass per model and precision, history %d, 1 thread; explain3: the "
+           "first precision's call returning the top-3 attention weights per candidate\n",
+           hist);
     printf("OpenBLAS %s, core %s; DIN/TIN dense products on %s (CTR_DENSE_OPENBLAS=1: "
            "OpenBLAS)\n", openblas_get_config(), openblas_get_corename(),
            getenv("CTR_DENSE_OPENBLAS") && strcmp(getenv("CTR_DENSE_OPENBLAS"), "0")
                ? "OpenBLAS" : "oneDNN sgemm");
     int rc = 0;
-    for (int k = 0; k < nm; k++) rc |= bench_one(models[k], hist, ns, nn, seconds);
-    printf("\nGFLOP/s counts the folded multiply-adds x 2; cpu_us: median thread CPU time "
-           "(without explain); explain_cost = (explain3 - median) / median, medians of "
-           "interleaved calls (wall time); explain_cpu: the same on thread CPU time\n");
+    for (int k = 0; k < nm; k++) rc |= bench_one(models[k], precs, np, hist, ns, nn, seconds);
+    printf("\nGFLOP/s counts the folded multiply-adds x 2 over the median thread CPU time "
+           "(cpu_us); cpu/1st: cpu_us against the first precision's, same rounds; "
+           "explain_cost = (explain3 - median) / median, medians of interleaved calls (wall "
+           "time); explain_cpu: the same on thread CPU time\n");
     return rc;
 }

@@ -15,9 +15,10 @@
 
 typedef struct arch_ops {
     /* Builds the model from a parsed file whose schema sc is already read
-     * and checked; *impl owns it. */
-    int (*load)(const st_file *f, const engine_schema *sc, void **impl, char *err,
-                size_t errlen);
+     * and checked, its dense layers prepared in p->precision; *impl owns
+     * it. */
+    int (*load)(const st_file *f, const engine_schema *sc, const engine_params *p, void **impl,
+                char *err, size_t errlen);
     void (*free)(void *impl);
     size_t (*item_vec_floats)(const void *impl);
     /* n vectors into out, stride item_vec_floats (see engine.h). */
@@ -28,6 +29,8 @@ typedef struct arch_ops {
     int (*forward)(const void *impl, void *scratch, const engine_request *req, float *prob,
                    char *err, size_t errlen);
     engine_cost (*cost)(const void *impl, int nh);
+    /* What computes the largest dense layer (engine_model_describe). */
+    const char *(*describe)(const void *impl);
 } arch_ops;
 
 extern const arch_ops qin_arch_ops;   /* qin.c */

@@ -24,8 +24,16 @@
  * multiply-adds a pair, 17M a candidate at a history of 64, against ~1.3M
  * for the DNN.  The pairs of a request are cut into blocks of about
  * DIN_PAIR_ROWS rows (whole candidates each); each block's layers are one
- * product each (linear_gemm), so the activations of a block stay in L2
- * instead of streaming 8 MB per layer through memory at N = 64.
+ * product each, so the activations of a block stay in L2 instead of
+ * streaming 8 MB per layer through memory at N = 64.
+ *
+ * Precision (engine_params): the attention MLP's hidden layers (Wd of
+ * layer 0 and layers 1..na-2) and the DNN's hidden layers are dense layers
+ * (dense.h), prepared at load in the model's precision; their outputs of
+ * one unit (the attention score, the logit) stay fp32 products
+ * (linear_gemm), as do the item-side folds and the pooling.  Activations
+ * are kept at tight row strides (each layer's own width): oneDNN runs wider
+ * strides on a slower path.
  *
  * Item vector: [e (E) | (Wb - Wc) e (H1) | (Wa + Wc) e + b1 (H1)], padded
  * to a multiple of 16 floats.
@@ -37,6 +45,7 @@
 
 #include "arch.h"
 #include "attn.h"
+#include "dense.h"
 #include "itemvec.h"
 #include "linear.h"
 #include "modelfile.h"
@@ -78,6 +87,13 @@ typedef struct din_model {
     int nd, in_dim;
     linear_layer dnn[DIN_MAX_LAYERS];
     din_act dnn_act[DIN_MAX_LAYERS];
+    /* The hidden layers' weights prepared in the serving precision:
+     * att_d[0] is Wd (H1 x E), att_d[k] att[k]'s (k = 1..na-2), dnn_d[k]
+     * dnn[k]'s (k = 0..nd-2).  The one-unit output layers stay fp32. */
+    dense_precision precision;
+    dense *att_d[DIN_MAX_LAYERS];
+    dense *dnn_d[DIN_MAX_LAYERS];
+    size_t ws_bytes;                 /* the largest dense_ws_size */
     int max_width;                   /* widest hidden layer of either net */
     int vec_floats;
     int pair_rows;
@@ -93,6 +109,7 @@ typedef struct din_scratch {
     float *z0, *z1;                  /* rows x max_width: layer activations */
     float *in;                       /* max_cand x in_dim: DNN input */
     float *y0, *y1;                  /* max_cand x max_width */
+    dense_ws *ws;                    /* the dense layers' workspace */
 } din_scratch;
 
 /* --- activations ------------------------------------------------------- */
@@ -128,12 +145,15 @@ static void act_apply(const din_act *a, int n, int units, const float *b, float 
     }
 }
 
-/* Hidden layer l of a net: y = act(x W^T + b), the product through
- * linear_gemm, bias and activation in one pass after it. */
-static void hidden(const linear_layer *l, const din_act *a, int n, const float *x, int ldx,
-                   float *y, int ldy) {
-    linear_gemm(n, l->out, l->in, x, ldx, l->w, l->in, 1, 0.0f, y, ldy);
-    act_apply(a, n, l->out, l->b, y, ldy);
+/* Hidden layer of a net: y = act(x W^T + b) on rows of tight stride, the
+ * product in the model's precision (dense.h), bias and activation in one
+ * pass after it. */
+static int hidden(const dense *d, const float *b, const din_act *a, dense_ws *ws, int n,
+                  const float *x, float *y) {
+    int rc = dense_forward(d, ws, n, x, y);
+    if (rc < 0) return rc;
+    act_apply(a, n, dense_out(d), b, y, dense_out(d));
+    return CTR_OK;
 }
 
 /* --- loading ----------------------------------------------------------- */
@@ -308,6 +328,8 @@ static void din_free(void *impl) {
     free(m->w_d);
     free(m->b1);
     for (int k = 0; k < DIN_MAX_LAYERS; k++) {
+        dense_free(m->att_d[k]);
+        dense_free(m->dnn_d[k]);
         linear_layer_free(&m->att[k]);
         linear_layer_free(&m->dnn[k]);
         act_free(&m->att_act[k]);
@@ -390,11 +412,43 @@ static int din_build(din_model *m, const st_file *f, const engine_schema *sc, ch
     return CTR_OK;
 }
 
-static int din_load(const st_file *f, const engine_schema *sc, void **impl, char *err,
-                    size_t errlen) {
+/* Prepares one hidden layer's weight w (out x in) in precision p. */
+static int din_dense(din_model *m, const char *what, int k, const float *w, int out, int in,
+                     dense **d, char *err, size_t errlen) {
+    dense_params dp = dense_default_params();
+    dp.precision = m->precision;
+    char inner[256] = "";
+    int rc = dense_init(w, out, in, &dp, d, inner, sizeof inner);
+    if (rc < 0)
+        return ctr_fail(err, errlen, rc, "%s layer %d, %s: %s", what, k,
+                        dense_precision_name(m->precision), inner);
+    if (dense_ws_size(*d) > m->ws_bytes) m->ws_bytes = dense_ws_size(*d);
+    return CTR_OK;
+}
+
+static int din_prepare(din_model *m, dense_precision p, char *err, size_t errlen) {
+    int rc;
+    m->precision = p;
+    if ((rc = din_dense(m, "attention", 0, m->w_d, m->att_units[0], m->E, &m->att_d[0], err,
+                        errlen)) < 0)
+        return rc;
+    for (int k = 1; k < m->na - 1; k++)
+        if ((rc = din_dense(m, "attention", k, m->att[k].w, m->att[k].out, m->att[k].in,
+                            &m->att_d[k], err, errlen)) < 0)
+            return rc;
+    for (int k = 0; k < m->nd - 1; k++)
+        if ((rc = din_dense(m, "dnn", k, m->dnn[k].w, m->dnn[k].out, m->dnn[k].in, &m->dnn_d[k],
+                            err, errlen)) < 0)
+            return rc;
+    return CTR_OK;
+}
+
+static int din_load(const st_file *f, const engine_schema *sc, const engine_params *p,
+                    void **impl, char *err, size_t errlen) {
     din_model *m = calloc(1, sizeof *m);
     if (!m) return ctr_fail(err, errlen, CTR_ENOMEM, "out of memory");
     int rc = din_build(m, f, sc, err, errlen);
+    if (rc == CTR_OK) rc = din_prepare(m, p->precision, err, errlen);
     if (rc < 0) {
         din_free(m);
         return rc;
@@ -445,6 +499,7 @@ static void din_scratch_free(void *scratch) {
     free(s->in);
     free(s->y0);
     free(s->y1);
+    dense_ws_free(s->ws);
     free(s);
 }
 
@@ -465,10 +520,11 @@ static int din_scratch_init(const void *impl, int max_cand, void **scratch) {
     s->in = linear_falloc((size_t)max_cand * m->in_dim);
     s->y0 = linear_falloc((size_t)max_cand * W);
     s->y1 = linear_falloc((size_t)max_cand * W);
+    int rc = dense_ws_init(m->ws_bytes, &s->ws);
     if (!s->pos || !s->he || !s->hp || !s->s || !s->x || !s->z0 || !s->z1 || !s->in || !s->y0 ||
-        !s->y1) {
+        !s->y1 || rc < 0) {
         din_scratch_free(s);
-        return CTR_ENOMEM;
+        return rc < 0 ? rc : CTR_ENOMEM;
     }
     *scratch = s;
     return CTR_OK;
@@ -477,10 +533,11 @@ static int din_scratch_init(const void *impl, int max_cand, void **scratch) {
 /* --- forward ----------------------------------------------------------- */
 
 /* Attention scores of candidates [i0, i0 + nc) against the nh behaviours
- * into rows of s->s.  One block: nc x nh pair rows. */
-static void din_block(const din_model *m, din_scratch *s, const float *const *cand, int i0,
-                      int nc, int nh) {
-    const int E = m->E, H1 = m->att_units[0], W = m->max_width, rows = nc * nh;
+ * into rows of s->s.  One block: nc x nh pair rows.  CTR_OK or
+ * dense_forward's error. */
+static int din_block(const din_model *m, din_scratch *s, const float *const *cand, int i0,
+                     int nc, int nh) {
+    const int E = m->E, H1 = m->att_units[0], rows = nc * nh;
     /* x = t_i * h_j for every pair (rows ordered candidate-major). */
     for (int c = 0; c < nc; c++) {
         const float *restrict t = cand[i0 + c];
@@ -492,12 +549,13 @@ static void din_block(const din_model *m, din_scratch *s, const float *const *ca
     }
     /* Layer 0: Wd (t * h), then + (Wa + Wc) t + b1 + (Wb - Wc) h and the
      * activation, in one pass. */
-    linear_gemm(rows, H1, E, s->x, E, m->w_d, E, 1, 0.0f, s->z0, W);
+    int rc = dense_forward(m->att_d[0], s->ws, rows, s->x, s->z0);
+    if (rc < 0) return rc;
     const int relu = !m->att_act[0].dice;
     for (int c = 0; c < nc; c++) {
         const float *restrict tq = cand[i0 + c] + E + H1;
         for (int j = 0; j < nh; j++) {
-            float *restrict z = s->z0 + ((size_t)c * nh + j) * W;
+            float *restrict z = s->z0 + ((size_t)c * nh + j) * H1;
             const float *restrict hp = s->hp + (size_t)j * H1;
             if (relu) {
                 for (int o = 0; o < H1; o++) {
@@ -509,29 +567,28 @@ static void din_block(const din_model *m, din_scratch *s, const float *const *ca
             }
         }
     }
-    if (!relu) act_apply(&m->att_act[0], rows, H1, NULL, s->z0, W);
+    if (!relu) act_apply(&m->att_act[0], rows, H1, NULL, s->z0, H1);
     /* Hidden layers 1..na-2, then the output unit. */
     float *a = s->z0, *b = s->z1;
     for (int k = 1; k < m->na - 1; k++) {
-        hidden(&m->att[k], &m->att_act[k], rows, a, W, b, W);
+        if ((rc = hidden(m->att_d[k], m->att[k].b, &m->att_act[k], s->ws, rows, a, b)) < 0)
+            return rc;
         float *t = a;
         a = b;
         b = t;
     }
     const linear_layer *last = &m->att[m->na - 1];
-    linear_forward(last, rows, a, W, b, 1);
+    linear_forward(last, rows, a, last->in, b, 1);
     for (int c = 0; c < nc; c++)
         memcpy(s->s + (size_t)(i0 + c) * m->max_len, b + (size_t)c * nh, (size_t)nh * sizeof(float));
+    return CTR_OK;
 }
 
 static int din_forward(const void *impl, void *scratch, const engine_request *req, float *prob,
                        char *err, size_t errlen) {
-    (void)err;
-    (void)errlen;
     const din_model *m = impl;
     din_scratch *s = scratch;
     const int n = req->num_cand, E = m->E, H1 = m->att_units[0], d = m->d, L = m->max_len;
-    const int W = m->max_width;
 
     /* The behaviours that count (padding and unknown ids masked: they add
      * s_j m_j h_j = 0 without softmax, and exp(-1e9) = 0 with it). */
@@ -544,7 +601,9 @@ static int din_forward(const void *impl, void *scratch, const engine_request *re
         int per = s->rows / nh;
         if (per < 1) per = 1;
         for (int i0 = 0; i0 < n; i0 += per)
-            din_block(m, s, req->cand, i0, n - i0 < per ? n - i0 : per, nh);
+            if (din_block(m, s, req->cand, i0, n - i0 < per ? n - i0 : per, nh) < 0)
+                return ctr_fail(err, errlen, CTR_EINVAL, "attention MLP: %s failed",
+                                dense_describe(m->att_d[0]));
         if (m->softmax) attn_softmax_rows(s->s, n, nh, L);
     }
 
@@ -563,15 +622,16 @@ static int din_forward(const void *impl, void *scratch, const engine_request *re
     if (nh > 0) linear_gemm(n, E, nh, s->s, L, s->he, E, 0, 0.0f, s->in + off_u, ld);
 
     const float *a = s->in;
-    int lda = ld;
     float *b = s->y0;
     for (int k = 0; k < m->nd - 1; k++) {
-        hidden(&m->dnn[k], &m->dnn_act[k], n, a, lda, b, W);
+        if (hidden(m->dnn_d[k], m->dnn[k].b, &m->dnn_act[k], s->ws, n, a, b) < 0)
+            return ctr_fail(err, errlen, CTR_EINVAL, "dnn layer %d: %s failed", k,
+                            dense_describe(m->dnn_d[k]));
         a = b;
-        lda = W;
         b = b == s->y0 ? s->y1 : s->y0;
     }
-    linear_forward(&m->dnn[m->nd - 1], n, a, lda, prob, 1);
+    const linear_layer *last = &m->dnn[m->nd - 1];
+    linear_forward(last, n, a, last->in, prob, 1);
     vmath_sigmoid(prob, n);
 
     if (req->explain) attn_explain(s->s, n, nh, L, s->pos, req->explain, 0);
@@ -597,6 +657,10 @@ static engine_cost din_cost(const void *impl, int nh) {
     return c;
 }
 
+static const char *din_describe(const void *impl) {
+    return dense_describe(((const din_model *)impl)->att_d[0]);
+}
+
 const arch_ops din_arch_ops = {
     .load = din_load,
     .free = din_free,
@@ -606,4 +670,5 @@ const arch_ops din_arch_ops = {
     .scratch_free = din_scratch_free,
     .forward = din_forward,
     .cost = din_cost,
+    .describe = din_describe,
 };

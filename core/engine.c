@@ -12,11 +12,13 @@
 #include <string.h>
 
 #include "arch.h"
+#include "linear.h"
 #include "modelfile.h"
 #include "safetensors.h"
 
 struct engine_model {
     engine_schema sc;
+    engine_params params;
     const arch_ops *ops;
     void *impl;
 };
@@ -44,9 +46,23 @@ const char *engine_arch_name(int arch) {
     return arch >= 0 && arch < ENGINE_ARCH_COUNT ? names[arch] : "unknown";
 }
 
-int engine_model_load_buffer(const void *buf, size_t len, engine_model **out, char *err,
-                             size_t errlen) {
+engine_params engine_default_params(void) {
+    engine_params p = {DENSE_FP32};
+    return p;
+}
+
+int engine_precision_parse(const char *text, dense_precision *out, char *err, size_t errlen) {
+    if (text && dense_precision_parse(text, out) == CTR_OK) return CTR_OK;
+    return ctr_fail(err, errlen, CTR_EINVAL, "precision \"%s\": expected fp32, bf16 or int8",
+                    text ? text : "");
+}
+
+int engine_model_load_buffer_with(const void *buf, size_t len, const engine_params *p,
+                                  engine_model **out, char *err, size_t errlen) {
     *out = NULL;
+    const engine_params params = p ? *p : engine_default_params();
+    if (params.precision < 0 || params.precision >= DENSE_PRECISION_COUNT)
+        return ctr_fail(err, errlen, CTR_EINVAL, "unknown precision %d", (int)params.precision);
     st_file f;
     int rc = st_parse(buf, len, &f, err, errlen);
     if (rc < 0) return rc;
@@ -55,13 +71,16 @@ int engine_model_load_buffer(const void *buf, size_t len, engine_model **out, ch
         st_free(&f);
         return ctr_fail(err, errlen, CTR_ENOMEM, "out of memory");
     }
+    m->params = params;
     if ((rc = modelfile_schema(&f, &m->sc, err, errlen)) < 0) goto fail;
     m->ops = ops_of[m->sc.arch];
-    if ((rc = m->ops->load(&f, &m->sc, &m->impl, err, errlen)) < 0) goto fail;
+    if ((rc = m->ops->load(&f, &m->sc, &m->params, &m->impl, err, errlen)) < 0) goto fail;
     st_free(&f);
     /* BLAS single-threaded inside every call: the service's parallelism is
-     * its own worker threads (see model.c); process-wide. */
+     * its own worker threads (see model.c); process-wide.  And oneDNN's
+     * sgemm kernels made now, not in the first request (linear.h). */
     openblas_set_num_threads(1);
+    linear_warm_up();
     *out = m;
     return CTR_OK;
 fail:
@@ -70,14 +89,24 @@ fail:
     return rc;
 }
 
+int engine_model_load_buffer(const void *buf, size_t len, engine_model **out, char *err,
+                             size_t errlen) {
+    return engine_model_load_buffer_with(buf, len, NULL, out, err, errlen);
+}
+
 int engine_model_load(const char *path, engine_model **out, char *err, size_t errlen) {
+    return engine_model_load_with(path, NULL, out, err, errlen);
+}
+
+int engine_model_load_with(const char *path, const engine_params *p, engine_model **out,
+                           char *err, size_t errlen) {
     *out = NULL;
     unsigned char *buf;
     size_t size;
     int rc = modelfile_read(path, &buf, &size, err, errlen);
     if (rc < 0) return rc;
     char inner[512] = "";
-    rc = engine_model_load_buffer(buf, size, out, inner, sizeof inner);
+    rc = engine_model_load_buffer_with(buf, size, p, out, inner, sizeof inner);
     free(buf);
     if (rc < 0) return ctr_fail(err, errlen, rc, "%s: %s", path, inner);
     return CTR_OK;
@@ -90,6 +119,10 @@ void engine_model_free(engine_model *m) {
 }
 
 const engine_schema *engine_model_schema(const engine_model *m) { return &m->sc; }
+
+dense_precision engine_model_precision(const engine_model *m) { return m->params.precision; }
+
+const char *engine_model_describe(const engine_model *m) { return m->ops->describe(m->impl); }
 
 size_t engine_item_vec_floats(const engine_model *m) { return m->ops->item_vec_floats(m->impl); }
 

@@ -55,6 +55,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "dense.h"
 #include "itemvec.h"
 #include "status.h"
 
@@ -115,12 +116,33 @@ static inline itemvec_input engine_item_base(const engine_item *item) {
     return (itemvec_input){item->id, item->tags, item->num_tags, item->mm};
 }
 
-/* Loads and checks a model file of any architecture.  On success *out owns
- * the model (free with engine_model_free).  Refuses, with a message naming
- * the problem, a truncated or corrupt file, an unknown format or
- * architecture, metadata out of bounds, and a tensor missing, unexpected,
- * of the wrong dtype or shape, or not finite.  Sets OpenBLAS to one
- * thread. */
+/* How a model is served, decided at load.
+ *
+ * precision: the arithmetic of the model's dense layers (dense.h): the QNN
+ * layers of QIN, the attention MLP and main MLP of DIN, the MLP of TIN.
+ * Their weights are prepared once, at load, in that precision.  DENSE_FP32
+ * is exact (1e-5 against the trained model); DENSE_BF16 and DENSE_INT8 are
+ * not, and their error against fp32 is bounded by the tests and measured
+ * in bench/README.md.  Everything else (item vectors, attention scores and
+ * pooling, heads) stays fp32 in every precision. */
+typedef struct engine_params {
+    dense_precision precision;      /* DENSE_FP32 */
+} engine_params;
+
+engine_params engine_default_params(void);
+
+/* Loads and checks a model file of any architecture, prepared as p says
+ * (NULL: engine_default_params()).  On success *out owns the model (free
+ * with engine_model_free).  Refuses, with a message naming the problem, a
+ * truncated or corrupt file, an unknown format or architecture, metadata
+ * out of bounds, and a tensor missing, unexpected, of the wrong dtype or
+ * shape, or not finite; CTR_EINVAL when the precision cannot run here
+ * (oneDNN's reason in the message).  Sets OpenBLAS to one thread. */
+int engine_model_load_with(const char *path, const engine_params *p, engine_model **out,
+                           char *err, size_t errlen);
+int engine_model_load_buffer_with(const void *buf, size_t len, const engine_params *p,
+                                  engine_model **out, char *err, size_t errlen);
+/* The same in fp32 (the defaults). */
 int engine_model_load(const char *path, engine_model **out, char *err, size_t errlen);
 int engine_model_load_buffer(const void *buf, size_t len, engine_model **out, char *err,
                              size_t errlen);
@@ -129,9 +151,24 @@ void engine_model_free(engine_model *m);
 /* Valid as long as the model.  Thread-safe. */
 const engine_schema *engine_model_schema(const engine_model *m);
 
+/* The precision the model's dense layers run in.  Thread-safe. */
+dense_precision engine_model_precision(const engine_model *m);
+
+/* What computes the model's largest dense layer, e.g. "int8: oneDNN
+ * brg:avx512_core_vnni, 46 row classes up to 256", for logs and
+ * benchmarks.  Valid as long as the model. */
+const char *engine_model_describe(const engine_model *m);
+
+/* The precision's name ("fp32", "bf16", "int8"; "unknown" otherwise) and
+ * whether it is exact: dense_precision_name and dense_precision_exact.
+ * engine_precision_parse reads a name (any case) into *out: CTR_OK, or
+ * CTR_EINVAL with a message listing the names. */
+int engine_precision_parse(const char *text, dense_precision *out, char *err, size_t errlen);
+
 /* --- Item vectors ------------------------------------------------------ */
 
-/* Floats in one item vector: QIN 3E ([e | A e | B e]); DIN and TIN pad
+/* Floats in one item vector: QIN 3E + 2D ([e | A e | B e | U e | V e]:
+ * the attention's and the first QNN layer's item-side parts); DIN and TIN pad
  * theirs to a multiple of 16, so vectors laid end to end in a 64-byte
  * aligned buffer each stay aligned. */
 size_t engine_item_vec_floats(const engine_model *m);

@@ -4,10 +4,11 @@
  * y = x W^T for n rows of x (n x D) and a fixed D x D weight W ([out, in]).
  * OpenBLAS repacks W on every call (a fifth of the QNN's time at 64
  * candidates) and, on machines where it is held to its AVX2 kernels, leaves
- * half of an AVX-512 core idle.  So where the CPU has AVX-512F and D is a
- * multiple of 32, the model keeps each QNN weight packed in 16-wide output
- * panels and multiplies with the kernel here; elsewhere it calls OpenBLAS
- * (cblas_sgemm), which stays the reference the tests compare against.
+ * half of an AVX-512 core idle.  dense.h's fp32 layers use this kernel where
+ * the CPU has AVX-512F, the weight is square with D a multiple of 32, and a
+ * call has fewer rows than dense_params.packed_below: the same-run benchmark
+ * (bench/README.md) has it ahead of oneDNN's fp32 matmul only there.
+ * OpenBLAS (cblas_sgemm) stays the reference the tests compare against.
  */
 #ifndef CTR_GEMM_H
 #define CTR_GEMM_H

@@ -6,11 +6,11 @@
  */
 #include "itemvec.h"
 
-#include <cblas.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "linear.h"
 #include "modelfile.h"
 #include "status.h"
 
@@ -92,8 +92,8 @@ void itemvec_base(const itemvec_tables *t, const itemvec_input *item, float *e) 
     id_and_tags(t, item, e);
     float *e_mm = e + 2 * t->d;
     if (item->mm)
-        cblas_sgemv(CblasRowMajor, CblasNoTrans, t->mm_out, t->mm_in, 1.0f, t->w_mm, t->mm_in,
-                    item->mm, 1, 0.0f, e_mm, 1);
+        linear_gemm(1, t->mm_out, t->mm_in, item->mm, t->mm_in, t->w_mm, t->mm_in, 1, 0.0f,
+                    e_mm, t->mm_out);
     else
         memset(e_mm, 0, (size_t)t->mm_out * sizeof *e_mm);
 }

@@ -10,6 +10,7 @@
 #include <cblas.h>
 #include <dnnl.h>
 #include <omp.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -36,6 +37,27 @@ int linear_use_dnnl(int on) {
     return on ? 1 : 0;
 }
 
+void linear_one_thread(void) {
+    static _Thread_local int pinned;
+    if (!pinned) {
+        omp_set_num_threads(1);
+        pinned = 1;
+    }
+}
+
+static pthread_once_t warm_once = PTHREAD_ONCE_INIT;
+
+/* Every kind of call linear_gemm makes: W as [out, in] and as [in, out],
+ * beta 0 and 1, on small zeroed operands. */
+static void warm_up(void) {
+    enum { K = 16 };
+    static float x[K * K], w[K * K], y[K * K];
+    for (int t = 0; t < 2; t++)
+        for (int b = 0; b < 2; b++) linear_gemm(K, K, K, x, K, w, K, t, (float)b, y, K);
+}
+
+void linear_warm_up(void) { pthread_once(&warm_once, warm_up); }
+
 void linear_gemm(int n, int out, int in, const float *x, int ldx, const float *w, int ldw,
                  int w_out_in, float beta, float *y, int ldy) {
     if (n <= 0 || out <= 0) return;
@@ -45,13 +67,7 @@ void linear_gemm(int n, int out, int in, const float *x, int ldx, const float *w
         return;
     }
     if (dnnl_chosen()) {
-        /* One OpenMP thread for oneDNN on this thread (see linear.h); the
-         * setting is per thread in libgomp, so each thread makes it once. */
-        static _Thread_local int pinned;
-        if (!pinned) {
-            omp_set_num_threads(1);
-            pinned = 1;
-        }
+        linear_one_thread();
         /* dnnl_sgemm is row-major: C (M x N) = A (M x K) op(B). */
         if (dnnl_sgemm('N', w_out_in ? 'T' : 'N', n, out, in, 1.0f, x, ldx, w, ldw, beta, y,
                        ldy) == dnnl_success)

@@ -1,14 +1,19 @@
 /*
- * linear.h - the one dense product of the DIN and TIN forward passes.
+ * linear.h - the one run-time-shape product of every architecture.
  *
- * Every matrix product of din.c and tin.c (the attention MLP over all
- * candidate-behaviour pairs, the main networks, the item-side folds) goes
- * through linear_gemm, so the library behind it can be changed in this one
- * place.  Today it is oneDNN's dnnl_sgemm (its JIT AVX-512 kernels: 4-5x
- * single-threaded OpenBLAS at the DIN shapes on this machine, whose OpenBLAS
- * either detects no kernel for the CPU or is held to AVX2), with OpenBLAS's
- * cblas_sgemm as the fallback and the reference the tests compare against
- * (tests/core/test_linear.c).  QIN's QNN keeps its own kernel (gemm.h).
+ * Two kinds of matrix product run per request:
+ *   - a model's dense layers, whose weights are known at load: they are
+ *     prepared once in the model's precision by dense.h (QIN's QNN, DIN's
+ *     attention MLP and main MLP, TIN's MLP);
+ *   - everything else, whose operands or shapes change with every request
+ *     or item (attention scores and pooling against a history of any
+ *     length, the item-side folds, heads of one output): linear_gemm, fp32.
+ * linear_gemm is the one entry point for the second kind, so the library
+ * behind it can be changed in this one place.  Today it is oneDNN's
+ * dnnl_sgemm (its JIT AVX-512 kernels: 4-5x single-threaded OpenBLAS at the
+ * DIN shapes on this machine, whose OpenBLAS either detects no kernel for
+ * the CPU or is held to AVX2), with OpenBLAS's cblas_sgemm as the fallback
+ * and the reference the tests compare against (tests/core/test_linear.c).
  *
  * Threading: one product runs on the calling thread only.  oneDNN's OpenMP
  * runtime would otherwise start a team of all cores inside every call, on
@@ -27,6 +32,20 @@
  * Thread-safe. */
 void linear_gemm(int n, int out, int in, const float *x, int ldx, const float *w, int ldw,
                  int w_out_in, float beta, float *y, int ldy);
+
+/* Holds oneDNN's OpenMP team in the calling thread to one thread (once per
+ * thread; libgomp's limit is per thread).  linear_gemm and dense.c call it
+ * before any oneDNN call. */
+void linear_one_thread(void);
+
+/* Makes oneDNN generate linear_gemm's kernels now rather than in the first
+ * request: the process's first dnnl_sgemm call takes 70-170 ms on this
+ * machine (JIT code for its kernels and the OpenMP runtime's start), the
+ * first with a transposed W another 7-11 ms, where later ones take
+ * microseconds; a first request that slow misses its deadline and skews
+ * the server's running estimate of the scoring speed.  Once per process
+ * (later calls return at once); the model loaders call it.  Thread-safe. */
+void linear_warm_up(void);
 
 /* Which library linear_gemm calls: 1 oneDNN, 0 OpenBLAS, -1 only asks.
  * The default is oneDNN unless the environment sets CTR_DENSE_OPENBLAS=1.

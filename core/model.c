@@ -25,7 +25,6 @@
 #include <string.h>
 
 #include "qin_internal.h"
-#include "gemm.h"
 #include "linear.h"
 #include "modelfile.h"
 #include "safetensors.h"
@@ -244,7 +243,8 @@ done:
     return rc;
 }
 
-static int model_build(qin_model *m, const st_file *f, char *err, size_t errlen) {
+static int model_build(qin_model *m, const st_file *f, dense_precision precision, char *err,
+                       size_t errlen) {
     qin_config *c = &m->cfg;
     const int d = c->embedding_dim, E = c->item_dim, H = c->attn_dim, D = c->input_dim;
     char name[256];
@@ -285,18 +285,15 @@ static int model_build(qin_model *m, const st_file *f, char *err, size_t errlen)
         return ctr_fail(err, errlen, CTR_ENOMEM, "out of memory");
     for (int l = 0; l < c->num_layers; l++)
         if ((rc = fold_qnn_layer(m, f, l, err, errlen)) < 0) return rc;
-    /* Packed copies for the AVX-512 kernel where it runs (gemm.h); the
-     * row-major weights stay for OpenBLAS, the fallback and reference. */
-    if (gemm_packed_supported(D) && !getenv("CTR_QNN_OPENBLAS")) {
-        m->qnn_packed = calloc((size_t)c->num_layers, sizeof *m->qnn_packed);
-        if (!m->qnn_packed) return ctr_fail(err, errlen, CTR_ENOMEM, "out of memory");
-        for (int l = 0; l < c->num_layers; l++) {
-            if (!(m->qnn_packed[l] = qin_falloc(gemm_packed_floats(D))))
-                return ctr_fail(err, errlen, CTR_ENOMEM, "out of memory");
-            gemm_pack(m->qnn_w[l], D, m->qnn_packed[l]);
-        }
-        m->use_packed = 1;
-    }
+    /* The QNN's products in the precision asked (dense.h); the row-major
+     * weights stay for the tests' reference and other precisions
+     * (qin_model_set_precision). */
+    dense_params dp = dense_default_params();
+    dp.precision = precision;
+    if (getenv("CTR_QNN_OPENBLAS") && precision == DENSE_FP32) dp.backend = DENSE_BACKEND_OPENBLAS;
+    if ((rc = qin_model_prepare(m, &dp, err, errlen)) < 0 ||
+        (rc = qin_fold_first_layer(m, err, errlen)) < 0)
+        return rc;
 
     float *fcb = NULL;
     if ((rc = tensor_get(f, "qnn.fc.weight", 1, D, &m->fc_w, err, errlen)) < 0 ||
@@ -307,13 +304,14 @@ static int model_build(qin_model *m, const st_file *f, char *err, size_t errlen)
     return CTR_OK;
 }
 
-int qin_model_build(const st_file *f, qin_model **out, char *err, size_t errlen) {
+int qin_model_build(const st_file *f, dense_precision precision, qin_model **out, char *err,
+                    size_t errlen) {
     *out = NULL;
     qin_model *m = calloc(1, sizeof *m);
     if (!m) return ctr_fail(err, errlen, CTR_ENOMEM, "out of memory");
     int rc;
     if ((rc = config_read(f, &m->cfg, err, errlen)) < 0 ||
-        (rc = model_build(m, f, err, errlen)) < 0) {
+        (rc = model_build(m, f, precision, err, errlen)) < 0) {
         qin_model_free(m);
         return rc;
     }
@@ -328,7 +326,7 @@ int qin_model_load_buffer(const void *buf, size_t len, qin_model **out, char *er
     int rc = st_parse(buf, len, &f, err, errlen);
     if (rc < 0) return rc;
     qin_model *m;
-    rc = qin_model_build(&f, &m, err, errlen);
+    rc = qin_model_build(&f, DENSE_FP32, &m, err, errlen);
     st_free(&f);
     if (rc < 0) return rc;
     /* BLAS runs single-threaded inside every call: the service gets its
@@ -337,6 +335,9 @@ int qin_model_load_buffer(const void *buf, size_t len, qin_model **out, char *er
      * oversubscribe the cores and, at our small matrix sizes, cost more in
      * hand-offs than it gains.  The setting is process-wide. */
     openblas_set_num_threads(1);
+    /* oneDNN's sgemm kernels made now, not in the first request
+     * (linear.h). */
+    linear_warm_up();
     *out = m;
     return CTR_OK;
 }
@@ -360,13 +361,16 @@ void qin_model_free(qin_model *m) {
     itemvec_free(&m->iv);
     free(m->attn_a);
     free(m->attn_b);
+    for (int i = 0; i < QIN_MAX_CTX; i++) free(m->first_ctx[i]);
+    free(m->first_u);
+    free(m->first_v);
     for (int l = 0; l < m->cfg.num_layers; l++) {
         if (m->qnn_w) free(m->qnn_w[l]);
         if (m->qnn_b) free(m->qnn_b[l]);
         if (m->qnn_c) free(m->qnn_c[l]);
     }
-    for (int l = 0; m->qnn_packed && l < m->cfg.num_layers; l++) free(m->qnn_packed[l]);
-    free(m->qnn_packed);
+    for (int l = 0; m->qnn_dense && l < m->cfg.num_layers; l++) dense_free(m->qnn_dense[l]);
+    free(m->qnn_dense);
     free(m->qnn_w);
     free(m->qnn_b);
     free(m->qnn_c);
@@ -376,8 +380,3 @@ void qin_model_free(qin_model *m) {
 }
 
 const qin_config *qin_model_config(const qin_model *m) { return &m->cfg; }
-
-int qin_model_use_packed(qin_model *m, int on) {
-    m->use_packed = on && m->qnn_packed != NULL;
-    return m->use_packed;
-}

@@ -5,9 +5,10 @@
  * and N candidates (1 to a few hundred).  Per candidate the folded model
  * costs about 4.3M multiply-adds, of which the QNN's num_layers D x D
  * products are ~98% (MicroLens: 4 x 1024 x 1024).  So the hot spot is
- * qin_qnn_layer: one GEMM for all N candidates per layer (the packed
- * AVX-512 kernel of gemm.c where the CPU has it, else OpenBLAS sgemm), then
- * one fused pass for bias, batch-norm shift, PReLU and the residual.  Everything
+ * qin_qnn_layer: one product for all N candidates per layer (dense.h: oneDNN
+ * in the model's precision, or the packed AVX-512 kernel of gemm.c for fp32
+ * at small N), then one fused pass for bias, batch-norm shift, PReLU and the
+ * residual.  Everything
  * item-side (e, A e, B e) is computed once per item by qin_item_compute and
  * cached by the caller, so a request only gathers those vectors.
  */
@@ -18,10 +19,14 @@
 
 #include "arch.h"
 #include "attn.h"
-#include "gemm.h"
+#include "linear.h"
+#include "clones.h"
 #include "qin_internal.h"
 
-size_t qin_item_vec_floats(const qin_model *m) { return 3 * (size_t)m->cfg.item_dim; }
+/* [e | A e | B e | U e | V e]: 3 E + 2 D floats. */
+size_t qin_item_vec_floats(const qin_model *m) {
+    return 3 * (size_t)m->cfg.item_dim + 2 * (size_t)m->cfg.input_dim;
+}
 
 float *qin_item_vec_alloc(const qin_model *m) { return qin_falloc(qin_item_vec_floats(m)); }
 
@@ -49,19 +54,12 @@ static int vec_finite(const qin_model *m, const qin_item_input *item, const floa
 
 int qin_item_compute(const qin_model *m, const qin_item_input *item, float *vec, char *err,
                      size_t errlen) {
-    const int E = m->cfg.item_dim;
-    int rc = item_base(m, item, vec, err, errlen);
-    if (rc < 0) return rc;
-    /* The item-side halves of the attention: A e (keys) and B e (values). */
-    cblas_sgemv(CblasRowMajor, CblasNoTrans, E, E, 1.0f, m->attn_a, E, vec, 1, 0.0f, vec + E, 1);
-    cblas_sgemv(CblasRowMajor, CblasNoTrans, E, E, 1.0f, m->attn_b, E, vec, 1, 0.0f,
-                vec + 2 * E, 1);
-    return vec_finite(m, item, vec, err, errlen);
+    return qin_items_compute(m, 1, item, vec, NULL, err, errlen);
 }
 
 int qin_items_compute(const qin_model *m, int n, const qin_item_input *items, float *out,
                       int *bad, char *err, size_t errlen) {
-    const int E = m->cfg.item_dim, ld = 3 * E;
+    const int E = m->cfg.item_dim, D = m->cfg.input_dim, ld = (int)qin_item_vec_floats(m);
     for (int i = 0; i < n; i++) {
         int rc = item_base(m, &items[i], out + (size_t)i * ld, err, errlen);
         if (rc < 0) {
@@ -70,11 +68,11 @@ int qin_items_compute(const qin_model *m, int n, const qin_item_input *items, fl
         }
     }
     if (n <= 0) return CTR_OK;
-    /* Rows e_i (stride 3E) times A^T and B^T, into the rows' other parts. */
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, E, E, 1.0f, out, ld, m->attn_a, E,
-                0.0f, out + E, ld);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, E, E, 1.0f, out, ld, m->attn_b, E,
-                0.0f, out + 2 * E, ld);
+    /* Rows e_i times A^T, B^T, U^T and V^T, into the rows' other parts. */
+    linear_gemm(n, E, E, out, ld, m->attn_a, E, 1, 0.0f, out + E, ld);
+    linear_gemm(n, E, E, out, ld, m->attn_b, E, 1, 0.0f, out + 2 * E, ld);
+    linear_gemm(n, D, E, out, ld, m->first_u, E, 1, 0.0f, out + 3 * E, ld);
+    linear_gemm(n, D, E, out, ld, m->first_v, E, 1, 0.0f, out + 3 * E + D, ld);
     for (int i = 0; i < n; i++) {
         int rc = vec_finite(m, &items[i], out + (size_t)i * ld, err, errlen);
         if (rc < 0) {
@@ -121,16 +119,21 @@ int qin_scratch_init(const qin_model *m, int max_cand, qin_scratch **out) {
     if (!s) return CTR_ENOMEM;
     s->model = m;
     s->max_cand = max_cand;
-    s->ldx = (c->input_dim + 15) & ~15;
+    s->ldx = qin_ldx(c);
     s->x = qin_falloc((size_t)max_cand * s->ldx);
     s->y = qin_falloc((size_t)max_cand * s->ldx);
     s->s = qin_falloc((size_t)max_cand * c->max_len);
     s->ah = qin_falloc((size_t)c->max_len * c->item_dim);
     s->bh = qin_falloc((size_t)c->max_len * c->item_dim);
+    s->vh = qin_falloc((size_t)c->max_len * c->input_dim);
     s->logit = qin_falloc((size_t)max_cand);
-    if (!s->x || !s->y || !s->s || !s->ah || !s->bh || !s->logit) {
+    size_t ws = 0;
+    for (int l = 0; l < c->num_layers; l++)
+        if (dense_ws_size(m->qnn_dense[l]) > ws) ws = dense_ws_size(m->qnn_dense[l]);
+    int rc = dense_ws_init(ws, &s->dws);
+    if (!s->x || !s->y || !s->s || !s->ah || !s->bh || !s->vh || !s->logit || rc < 0) {
         qin_scratch_free(s);
-        return CTR_ENOMEM;
+        return rc < 0 ? rc : CTR_ENOMEM;
     }
     *out = s;
     return CTR_OK;
@@ -143,7 +146,9 @@ void qin_scratch_free(qin_scratch *s) {
     free(s->s);
     free(s->ah);
     free(s->bh);
+    free(s->vh);
     free(s->logit);
+    dense_ws_free(s->dws);
     free(s);
 }
 
@@ -151,6 +156,10 @@ int qin_scratch_max_cand(const qin_scratch *s) { return s->max_cand; }
 
 /* --- forward pieces ----------------------------------------------------- */
 
+/* The two products go through linear_gemm (oneDNN's sgemm): their shapes
+ * change with every request, and on AVX-512 machines it ran them 2x
+ * (Haswell kernels) to 4.7x (OpenBLAS's baseline kernels) faster than
+ * OpenBLAS at N = 64 (bench/README.md). */
 void qin_attention(const qin_model *m, int n, const float *t, int ldt, int nh, const float *ah,
                    const float *bh, float *s, int lds, float *pool, int ldp) {
     const int E = m->cfg.item_dim;
@@ -158,32 +167,152 @@ void qin_attention(const qin_model *m, int n, const float *t, int ldt, int nh, c
                                        (size_t)E * sizeof *pool);
     if (nh == 0 || n == 0) return; /* empty history: pool = t */
     /* s = relu(scale * T (A H)^T): n x nh. */
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, nh, E, m->attn_scale, t, ldt, ah, E,
-                0.0f, s, lds);
+    linear_gemm(n, nh, E, t, ldt, ah, E, 1, 0.0f, s, lds);
+    const float scale = m->attn_scale;
     for (int i = 0; i < n; i++) {
         float *row = s + (size_t)i * lds;
-        for (int j = 0; j < nh; j++) row[j] = row[j] > 0.0f ? row[j] : 0.0f;
+        for (int j = 0; j < nh; j++) {
+            float v = scale * row[j];
+            row[j] = v > 0.0f ? v : 0.0f;
+        }
     }
     /* pool += s (B H): n x E. */
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, E, nh, 1.0f, s, lds, bh, E, 1.0f,
-                pool, ldp);
+    linear_gemm(n, E, nh, s, lds, bh, E, 0, 1.0f, pool, ldp);
 }
 
-/* Hot spot: ~98% of a request's arithmetic is this GEMM. */
-void qin_qnn_layer(const qin_model *m, int layer, int n, float *x, int ldx, float *y) {
-    const int D = m->cfg.input_dim;
-    const float *w = m->qnn_w[layer];
-    const float *restrict b = m->qnn_b[layer], *restrict c = m->qnn_c[layer];
-    const float a = m->prelu[layer];
-    /* y = x W^T for all n candidates at once (W is D x D, [out, in]): the
-     * packed AVX-512 kernel where the model has packed weights, else one
-     * OpenBLAS sgemm. */
-    if (m->use_packed)
-        gemm_packed(n, D, x, ldx, m->qnn_packed[layer], y, ldx);
-    else
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, D, D, 1.0f, x, ldx, w, D, 0.0f,
-                    y, ldx);
-    /* Fused: z = x (y + b) + c (batch norm folded); PReLU; x += z. */
+/* --- the first layer ------------------------------------------------------
+ *
+ * The first layer's input is x_0 = [C_1 .. C_F | t | pool] with
+ * pool = sum_j a_j B h_j + t, so its product splits exactly:
+ *
+ *     W_1 x_0 = sum_f W_1[:, C_f] C_f + (W_1[:, t] + W_1[:, pool]) t
+ *               + sum_j a_j (W_1[:, pool] B) h_j
+ *             = sum_f G_f[v_f] + U t + sum_j a_j V h_j.
+ *
+ * G_f has one row per context value, U t and V h one per item (cached in
+ * the item vectors like A e and B e), so per candidate only the attention
+ * weights times the history's V h remain: nh x D multiply-adds instead of
+ * D x D (MicroLens: 64 x 1024 instead of 1024 x 1024, a quarter of the
+ * forward pass's arithmetic gone; bench/README.md has the measurement). */
+int qin_fold_first_layer(qin_model *m, char *err, size_t errlen) {
+    const qin_config *c = &m->cfg;
+    const int d = c->embedding_dim, E = c->item_dim, D = c->input_dim;
+    const int off_t = c->num_ctx * d, off_p = off_t + E;
+    const float *w = m->qnn_w[0], *b = m->attn_b;
+    double *wp = malloc((size_t)D * E * sizeof *wp), *bd = malloc((size_t)E * E * sizeof *bd),
+           *v = malloc((size_t)D * E * sizeof *v);
+    int rc = CTR_OK;
+    m->first_u = qin_falloc((size_t)D * E);
+    m->first_v = qin_falloc((size_t)D * E);
+    for (int f = 0; f < c->num_ctx; f++) m->first_ctx[f] = qin_falloc((size_t)c->ctx_vocab[f] * D);
+    int ok = wp && bd && v && m->first_u && m->first_v;
+    for (int f = 0; f < c->num_ctx; f++) ok = ok && m->first_ctx[f];
+    if (!ok) {
+        rc = ctr_fail(err, errlen, CTR_ENOMEM, "out of memory splitting the first layer");
+        goto done;
+    }
+    for (int o = 0; o < D; o++)
+        for (int k = 0; k < E; k++) {
+            const float *row = w + (size_t)o * D;
+            m->first_u[(size_t)o * E + k] = (float)((double)row[off_t + k] + row[off_p + k]);
+            wp[(size_t)o * E + k] = row[off_p + k];
+        }
+    for (size_t i = 0; i < (size_t)E * E; i++) bd[i] = b[i];
+    /* V (D x E) = W_1[:, pool] (D x E) B (E x E) */
+    cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, D, E, E, 1.0, wp, E, bd, E, 0.0, v, E);
+    for (size_t i = 0; i < (size_t)D * E; i++) m->first_v[i] = (float)v[i];
+    for (int f = 0; f < c->num_ctx; f++)
+        for (int val = 0; val < c->ctx_vocab[f]; val++) {
+            const float *e = m->ctx_emb[f] + (size_t)val * d;
+            for (int o = 0; o < D; o++) {
+                const float *row = w + (size_t)o * D + f * d;
+                double sum = 0;
+                for (int k = 0; k < d; k++) sum += (double)row[k] * e[k];
+                m->first_ctx[f][(size_t)val * D + o] = (float)sum;
+            }
+        }
+    m->fold_first = 1;
+done:
+    free(wp);
+    free(bd);
+    free(v);
+    return rc;
+}
+
+int qin_model_fold_first(qin_model *m, int on) {
+    m->fold_first = on && m->first_u != NULL;
+    return m->fold_first;
+}
+
+/* y (n x D, stride ldx) = the first layer's product for the candidates,
+ * from the split parts: rows of the attention weights s (n x nh, stride
+ * lds) times V h of the behaviours (vh: nh x D), plus U t of each candidate
+ * and G_f of its context values. */
+CTR_CLONES static void
+first_layer_product(const qin_model *m, const qin_request *req, int nh, const float *s, int lds,
+                    const float *vh, float *y, int ldx) {
+    const qin_config *c = &m->cfg;
+    const int E = c->item_dim, D = c->input_dim, n = req->num_cand;
+    if (nh > 0) {
+        linear_gemm(n, D, nh, s, lds, vh, D, 0, 0.0f, y, ldx);
+    } else {
+        for (int i = 0; i < n; i++) memset(y + (size_t)i * ldx, 0, (size_t)D * sizeof *y);
+    }
+    for (int i = 0; i < n; i++) {
+        float *restrict yi = y + (size_t)i * ldx;
+        const float *restrict u = req->cand[i] + 3 * E;
+        for (int k = 0; k < D; k++) yi[k] += u[k];
+        for (int f = 0; f < c->num_ctx; f++) {
+            int32_t v = req->ctx ? req->ctx[(size_t)i * c->num_ctx + f] : 0;
+            const float *restrict g = m->first_ctx[f] + (size_t)v * D;
+            for (int k = 0; k < D; k++) yi[k] += g[k];
+        }
+    }
+}
+
+int qin_model_prepare(qin_model *m, const dense_params *p, char *err, size_t errlen) {
+    const qin_config *c = &m->cfg;
+    const int D = c->input_dim;
+    dense_params dp = *p;
+    dp.ld_in = dp.ld_out = qin_ldx(c);
+    dense **layers = calloc((size_t)c->num_layers, sizeof *layers);
+    if (!layers) return ctr_fail(err, errlen, CTR_ENOMEM, "out of memory");
+    for (int l = 0; l < c->num_layers; l++) {
+        char inner[256] = "";
+        int rc = dense_init(m->qnn_w[l], D, D, &dp, &layers[l], inner, sizeof inner);
+        if (rc < 0) {
+            for (int k = 0; k < l; k++) dense_free(layers[k]);
+            free(layers);
+            return ctr_fail(err, errlen, rc, "qnn layer %d, %s: %s", l,
+                            dense_precision_name(dp.precision), inner);
+        }
+    }
+    for (int l = 0; m->qnn_dense && l < c->num_layers; l++) dense_free(m->qnn_dense[l]);
+    free(m->qnn_dense);
+    m->qnn_dense = layers;
+    m->cfg.precision = dp.precision;
+    return CTR_OK;
+}
+
+int qin_model_set_precision(qin_model *m, dense_precision p, char *err, size_t errlen) {
+    if (p == m->cfg.precision) return CTR_OK;
+    dense_params dp = dense_default_params();
+    dp.precision = p;
+    return qin_model_prepare(m, &dp, err, errlen);
+}
+
+dense_precision qin_model_precision(const qin_model *m) { return m->cfg.precision; }
+
+const char *qin_model_describe(const qin_model *m) { return dense_describe(m->qnn_dense[0]); }
+
+/* The fused pass after a layer's product: z = x (y + b) + c (batch norm
+ * folded); PReLU; x += z.  Cloned for AVX-512 (chosen at load time by the
+ * dynamic linker): compiled for the baseline x86-64 it runs 4 floats at a
+ * time, and with the product on oneDNN's int8 kernels it was 7% of the
+ * forward pass (perf, N = 64). */
+CTR_CLONES static void
+qnn_fused(int n, int D, float *x, int ldx, const float *y, const float *restrict b,
+          const float *restrict c, float a) {
     for (int i = 0; i < n; i++) {
         float *restrict xi = x + (size_t)i * ldx;
         const float *restrict yi = y + (size_t)i * ldx;
@@ -198,9 +327,22 @@ void qin_qnn_layer(const qin_model *m, int layer, int n, float *x, int ldx, floa
     }
 }
 
+/* Hot spot: ~98% of a request's arithmetic is this product (three quarters
+ * of it with the first layer split). */
+int qin_qnn_layer(const qin_model *m, dense_ws *ws, int layer, int n, float *x, float *y) {
+    /* y = x W^T for all n candidates at once (W is D x D, [out, in]), in the
+     * model's precision (dense.h). */
+    int rc = dense_forward(m->qnn_dense[layer], ws, n, x, y);
+    if (rc < 0) return rc;
+    qnn_fused(n, m->cfg.input_dim, x, qin_ldx(&m->cfg), y, m->qnn_b[layer], m->qnn_c[layer],
+              m->prelu[layer]);
+    return CTR_OK;
+}
+
 void qin_head(const qin_model *m, int n, const float *x, int ldx, float *logit, float *prob) {
     const int D = m->cfg.input_dim;
-    cblas_sgemv(CblasRowMajor, CblasNoTrans, n, D, 1.0f, x, ldx, m->fc_w, 1, 0.0f, logit, 1);
+    /* logit (n x 1) = x (n x D) fc_w^T */
+    linear_gemm(n, 1, D, x, ldx, m->fc_w, D, 1, 0.0f, logit, 1);
     for (int i = 0; i < n; i++) prob[i] = 1.0f / (1.0f + expf(-(logit[i] + m->fc_b)));
 }
 
@@ -234,6 +376,9 @@ int qin_forward(const qin_model *m, qin_scratch *s, const qin_request *req, floa
         if (!h) continue;
         memcpy(s->ah + (size_t)nh * E, h + E, (size_t)E * sizeof(float));
         memcpy(s->bh + (size_t)nh * E, h + 2 * E, (size_t)E * sizeof(float));
+        if (m->fold_first)
+            memcpy(s->vh + (size_t)nh * c->input_dim, h + 3 * E + c->input_dim,
+                   (size_t)c->input_dim * sizeof(float));
         nh++;
     }
 
@@ -248,7 +393,16 @@ int qin_forward(const qin_model *m, qin_scratch *s, const qin_request *req, floa
         memcpy(xi + off_t, req->cand[i], (size_t)E * sizeof(float));
     }
     qin_attention(m, n, s->x + off_t, ldx, nh, s->ah, s->bh, s->s, c->max_len, s->x + off_p, ldx);
-    for (int l = 0; l < c->num_layers; l++) qin_qnn_layer(m, l, n, s->x, ldx, s->y);
+    int l0 = 0;
+    if (m->fold_first) {
+        first_layer_product(m, req, nh, s->s, c->max_len, s->vh, s->y, ldx);
+        qnn_fused(n, c->input_dim, s->x, ldx, s->y, m->qnn_b[0], m->qnn_c[0], m->prelu[0]);
+        l0 = 1;
+    }
+    for (int l = l0; l < c->num_layers; l++)
+        if (qin_qnn_layer(m, s->dws, l, n, s->x, s->y) < 0)
+            return ctr_fail(err, errlen, CTR_EINVAL, "qnn layer %d: %s failed", l,
+                            dense_describe(m->qnn_dense[l]));
     qin_head(m, n, s->x, ldx, s->logit, prob);
     return CTR_OK;
 }
@@ -263,11 +417,13 @@ typedef struct qin_engine_scratch {
     int32_t *pos;                 /* max_len: positions of the kept behaviours */
 } qin_engine_scratch;
 
-static int qin_arch_load(const st_file *f, const engine_schema *sc, void **impl, char *err,
-                         size_t errlen) {
+static int qin_arch_load(const st_file *f, const engine_schema *sc, const engine_params *p,
+                         void **impl, char *err, size_t errlen) {
     (void)sc;
-    return qin_model_build(f, (qin_model **)impl, err, errlen);
+    return qin_model_build(f, p->precision, (qin_model **)impl, err, errlen);
 }
+
+static const char *qin_arch_describe(const void *impl) { return qin_model_describe(impl); }
 
 static void qin_arch_free(void *impl) { qin_model_free(impl); }
 
@@ -353,4 +509,5 @@ const arch_ops qin_arch_ops = {
     .scratch_free = qin_arch_scratch_free,
     .forward = qin_arch_forward,
     .cost = qin_arch_cost,
+    .describe = qin_arch_describe,
 };

@@ -18,7 +18,8 @@
  *   - qin_model: weights and the folds done once at load (summed row blocks,
  *     batch norm folded into the QNN, A = W_q^T W_k, B = W_o W_v).  Immutable
  *     after load and shared freely between threads.
- *   - item vectors: [e | A e | B e] for one item, computed once and reusable
+ *   - item vectors: [e | A e | B e | U e | V e] for one item (the attention's
+ *     and the first QNN layer's item-side parts), computed once and reusable
  *     across candidates, requests and threads; callers cache them (they depend
  *     on the model, so a cache must be keyed by model too).
  *   - qin_scratch: one thread's activations, sized at init for the largest
@@ -43,6 +44,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "dense.h"
 #include "itemvec.h"
 #include "status.h"
 
@@ -70,6 +72,9 @@ typedef struct qin_config {
     int item_dim;                 /* E = 2 d + mm_out (384) */
     int attn_dim;                 /* 2 E (768) */
     int input_dim;                /* D = num_ctx d + 2 E (1024) */
+    /* How it is served, not what the file says. */
+    dense_precision precision;    /* of the QNN layers: fp32 after load, then
+                                     what qin_model_set_precision set */
 } qin_config;
 
 typedef struct qin_model qin_model;
@@ -80,9 +85,10 @@ typedef struct qin_scratch qin_scratch;
  * a message naming the problem, a truncated/corrupt file, a tensor of the
  * wrong dtype or shape, a missing tensor, or a configuration out of bounds.
  * Never reads past the file.  Also sets OpenBLAS to one thread (see
- * model.c), and packs the QNN weights for the AVX-512 kernel where the CPU
- * has one (core/gemm.h; the environment variable CTR_QNN_OPENBLAS=1 keeps
- * OpenBLAS for every product). */
+ * model.c), and prepares the QNN layers in fp32 (dense.h: oneDNN, and the
+ * packed AVX-512 kernel of gemm.h for small batches where the CPU has it;
+ * the environment variable CTR_QNN_OPENBLAS=1 keeps OpenBLAS for every
+ * product). */
 int qin_model_load(const char *path, qin_model **out, char *err, size_t errlen);
 
 /* Same, from a buffer the caller keeps ownership of (fuzzing, tests). */
@@ -94,6 +100,23 @@ void qin_model_free(qin_model *m);
 /* The model's configuration; valid as long as the model.  Thread-safe. */
 const qin_config *qin_model_config(const qin_model *m);
 
+/* Serves the QNN layers in precision p from now on (dense.h; the model
+ * loads in fp32, the exact one).  bf16 and int8 are not exact: their error
+ * against fp32 is measured in bench/README.md and bounded by the tests.
+ * Call once after loading, before the model is shared and before any
+ * qin_scratch is made for it (a scratch sized for another precision is
+ * refused by qin_forward).  CTR_OK; on error (message in err) the model
+ * keeps its previous precision. */
+int qin_model_set_precision(qin_model *m, dense_precision p, char *err, size_t errlen);
+
+/* The precision the QNN layers run in.  Thread-safe. */
+dense_precision qin_model_precision(const qin_model *m);
+
+/* What computes the QNN layers, e.g. "int8: oneDNN brg:avx512_core_vnni,
+ * 46 row classes up to 256", for logs and benchmarks.  Valid until the
+ * next qin_model_set_precision. */
+const char *qin_model_describe(const qin_model *m);
+
 /* --- Item vectors ------------------------------------------------------ */
 
 /* {id (1..item_vocab-1), tags (num_tags ids; fewer: the rest are padding),
@@ -101,7 +124,9 @@ const qin_config *qin_model_config(const qin_model *m);
  * itemvec.h, shared with DIN. */
 typedef itemvec_input qin_item_input;
 
-/* Floats in one item vector: [e | A e | B e], each part item_dim floats. */
+/* Floats in one item vector: [e | A e | B e | U e | V e], the first three
+ * item_dim floats each, the last two input_dim (D) each (MicroLens: 3200
+ * floats, 12.5 KiB). */
 size_t qin_item_vec_floats(const qin_model *m);
 
 /* A 64-byte aligned buffer for one item vector; free with free(). */

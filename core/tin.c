@@ -27,6 +27,13 @@
  *
  * Item vector: [e (H) | e K' (H) | e K1t (F1) | item_b], padded to a
  * multiple of 16 floats.
+ *
+ * Precision (engine_params): f1 (on [u | u * t~], 2H -> F1) and f2 are
+ * dense layers (dense.h), prepared at load in the model's precision; the
+ * attention (scores, softmax, the weighted sum) and f3 (one unit) stay
+ * fp32.  At the Amazon shapes the MLP is about 24k multiply-adds a
+ * candidate, so what a precision saves there is small against the
+ * conversions it adds (bench/README.md has the measurement).
  */
 #include <math.h>
 #include <stdlib.h>
@@ -34,6 +41,7 @@
 
 #include "arch.h"
 #include "attn.h"
+#include "dense.h"
 #include "linear.h"
 #include "modelfile.h"
 #include "vmath.h"
@@ -54,6 +62,10 @@ typedef struct tin_model {
                                     rows [u | t~ | u * t~] */
     float *b1;                   /* F1: folded bias + P[0] K1t */
     float *k2, *b2;              /* F1 x F2, F2 */
+    dense *f1;                   /* F1 x 2H ([out, in]): the u and u * t~
+                                    rows of k1, in the serving precision */
+    dense *f2;                   /* F2 x F1 ([out, in]): k2 transposed */
+    size_t ws_bytes;
     float *k3;                   /* F2 */
     float b3;
     float scale;                 /* 1 / sqrt(H) */
@@ -71,6 +83,7 @@ typedef struct tin_scratch {
     float *x2;                   /* max_cand x 2H: [u | u * t~] */
     float *z1;                   /* max_cand x F1 */
     float *z2;                   /* max_cand x F2 */
+    dense_ws *ws;                /* f1's and f2's workspace */
 } tin_scratch;
 
 /* --- loading ----------------------------------------------------------- */
@@ -138,7 +151,42 @@ static void tin_free(void *impl) {
     free(m->k2);
     free(m->b2);
     free(m->k3);
+    dense_free(m->f1);
+    dense_free(m->f2);
     free(m);
+}
+
+/* f1 (its u and u * t~ rows) and f2 as dense layers in precision p: the
+ * weights transposed to [out, in]. */
+static int tin_prepare(tin_model *m, dense_precision p, char *err, size_t errlen) {
+    const int H = m->H, F1 = m->F1, F2 = m->F2;
+    float *w1 = malloc((size_t)F1 * 2 * H * sizeof *w1), *w2 = malloc((size_t)F2 * F1 * sizeof *w2);
+    int rc = CTR_OK;
+    if (!w1 || !w2) {
+        rc = ctr_fail(err, errlen, CTR_ENOMEM, "out of memory");
+        goto done;
+    }
+    for (int o = 0; o < F1; o++)
+        for (int i = 0; i < H; i++) {
+            w1[(size_t)o * 2 * H + i] = m->k1[(size_t)i * F1 + o];
+            w1[(size_t)o * 2 * H + H + i] = m->k1[(size_t)(2 * H + i) * F1 + o];
+        }
+    for (int o = 0; o < F2; o++)
+        for (int i = 0; i < F1; i++) w2[(size_t)o * F1 + i] = m->k2[(size_t)i * F2 + o];
+    dense_params dp = dense_default_params();
+    dp.precision = p;
+    char inner[256] = "";
+    if ((rc = dense_init(w1, F1, 2 * H, &dp, &m->f1, inner, sizeof inner)) < 0 ||
+        (rc = dense_init(w2, F2, F1, &dp, &m->f2, inner, sizeof inner)) < 0) {
+        rc = ctr_fail(err, errlen, rc, "f1/f2, %s: %s", dense_precision_name(p), inner);
+        goto done;
+    }
+    m->ws_bytes = dense_ws_size(m->f1) > dense_ws_size(m->f2) ? dense_ws_size(m->f1)
+                                                               : dense_ws_size(m->f2);
+done:
+    free(w1);
+    free(w2);
+    return rc;
 }
 
 /* Each matrix is small (at most 384 x 128): the folds are plain loops. */
@@ -247,11 +295,12 @@ done:
     return rc;
 }
 
-static int tin_load(const st_file *f, const engine_schema *sc, void **impl, char *err,
-                    size_t errlen) {
+static int tin_load(const st_file *f, const engine_schema *sc, const engine_params *p,
+                    void **impl, char *err, size_t errlen) {
     tin_model *m = calloc(1, sizeof *m);
     if (!m) return ctr_fail(err, errlen, CTR_ENOMEM, "out of memory");
     int rc = tin_build(m, f, sc, err, errlen);
+    if (rc == CTR_OK) rc = tin_prepare(m, p->precision, err, errlen);
     if (rc < 0) {
         tin_free(m);
         return rc;
@@ -307,6 +356,7 @@ static void tin_scratch_free(void *scratch) {
     free(s->x2);
     free(s->z1);
     free(s->z2);
+    dense_ws_free(s->ws);
     free(s);
 }
 
@@ -323,9 +373,10 @@ static int tin_scratch_init(const void *impl, int max_cand, void **scratch) {
     s->x2 = linear_falloc(N * 2 * H);
     s->z1 = linear_falloc(N * m->F1);
     s->z2 = linear_falloc(N * m->F2);
-    if (!s->pos || !s->hs || !s->g || !s->tt || !s->s || !s->x2 || !s->z1 || !s->z2) {
+    int rc = dense_ws_init(m->ws_bytes, &s->ws);
+    if (!s->pos || !s->hs || !s->g || !s->tt || !s->s || !s->x2 || !s->z1 || !s->z2 || rc < 0) {
         tin_scratch_free(s);
-        return CTR_ENOMEM;
+        return rc < 0 ? rc : CTR_ENOMEM;
     }
     *scratch = s;
     return CTR_OK;
@@ -335,8 +386,6 @@ static int tin_scratch_init(const void *impl, int max_cand, void **scratch) {
 
 static int tin_forward(const void *impl, void *scratch, const engine_request *req, float *prob,
                        char *err, size_t errlen) {
-    (void)err;
-    (void)errlen;
     const tin_model *m = impl;
     tin_scratch *s = scratch;
     const int n = req->num_cand, H = m->H, F1 = m->F1, F2 = m->F2, L = m->max_len;
@@ -383,16 +432,16 @@ static int tin_forward(const void *impl, void *scratch, const engine_request *re
     }
 
     /* f1 on [u | u * t~] (the t~ rows are in the item vector), f2, f3. */
-    const float *k1u = m->k1, *k1ut = m->k1 + (size_t)2 * H * F1;
-    linear_gemm(n, F1, H, u, ld2, k1u, F1, 0, 0.0f, s->z1, F1);
-    linear_gemm(n, F1, H, u + H, ld2, k1ut, F1, 0, 1.0f, s->z1, F1);
+    if (dense_forward(m->f1, s->ws, n, u, s->z1) < 0)
+        return ctr_fail(err, errlen, CTR_EINVAL, "f1: %s failed", dense_describe(m->f1));
     for (int i = 0; i < n; i++) {
         float *restrict z = s->z1 + (size_t)i * F1;
         const float *restrict et = req->cand[i] + m->off_et;
         for (int o = 0; o < F1; o++) z[o] += et[o] + m->b1[o];
     }
     vmath_sigmoid(s->z1, n * F1);
-    linear_gemm(n, F2, F1, s->z1, F1, m->k2, F2, 0, 0.0f, s->z2, F2);
+    if (dense_forward(m->f2, s->ws, n, s->z1, s->z2) < 0)
+        return ctr_fail(err, errlen, CTR_EINVAL, "f2: %s failed", dense_describe(m->f2));
     for (int i = 0; i < n; i++) {
         float *restrict z = s->z2 + (size_t)i * F2;
         for (int o = 0; o < F2; o++) z[o] += m->b2[o];
@@ -424,6 +473,10 @@ static engine_cost tin_cost(const void *impl, int nh) {
     return c;
 }
 
+static const char *tin_describe(const void *impl) {
+    return dense_describe(((const tin_model *)impl)->f1);
+}
+
 const arch_ops tin_arch_ops = {
     .load = tin_load,
     .free = tin_free,
@@ -433,4 +486,5 @@ const arch_ops tin_arch_ops = {
     .scratch_free = tin_scratch_free,
     .forward = tin_forward,
     .cost = tin_cost,
+    .describe = tin_describe,
 };

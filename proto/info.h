@@ -2,8 +2,8 @@
  * info.h - the small JSON answers of the operations endpoints:
  *   GET /healthz, GET /readyz   {"status": "ok" | "ready", ...}
  *   GET /v1/models              {"models": [{"name", "default", "version",
- *                                "arch", "path", "generation",
- *                                "redis_prefix", "cache": {...},
+ *                                "arch", "precision", "exact", "path",
+ *                                "generation", "redis_prefix", "cache": {...},
  *                                "config": {...}}, ...]}
  * Thread-safe; everything is appended to the caller's buffer.
  */
@@ -27,6 +27,7 @@ typedef struct proto_model_info {
     const char *path;               /* the file loaded */
     uint64_t generation;            /* loads of it, reloads included */
     const engine_schema *schema;    /* the file's metadata */
+    dense_precision precision;      /* its dense layers' arithmetic */
     const char *redis_prefix;       /* its feature keys' prefix */
     size_t cache_bytes;             /* its item cache's budget */
     uint64_t cache_entries;         /* item vectors cached now */

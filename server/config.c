@@ -43,7 +43,7 @@ typedef struct setting {
 } setting;
 
 /* The per-model settings: they take NAME=VALUE entries too (config.h). */
-static const char *const per_model_keys[] = {"redis_prefix", "cache_mb"};
+static const char *const per_model_keys[] = {"redis_prefix", "cache_mb", "precision"};
 
 static int per_model(const setting *s) {
     for (size_t i = 0; i < sizeof per_model_keys / sizeof *per_model_keys; i++)
@@ -230,6 +230,17 @@ static const setting settings[] = {
     {"max_seq", SET_INT, F(max_seq), 0, 1, 1000000, "N", NULL, NULL, NULL,
      "History entries read per user; the model uses the most recent max_len "
      "of them."},
+    {"precision", SET_CHOICE, F(precision), CAP(precision), 0, 0, "[NAME=]PRECISION",
+     "fp32|bf16|int8", NULL, NULL,
+     "Arithmetic of the models' dense layers (NAME=PRECISION for one model, "
+     "repeatable).  fp32 is exact (the trained "
+     "model's scores to 1e-5); bf16 and int8 are not, and trade a little "
+     "accuracy for speed where the CPU runs bfloat16 / int8 dot products "
+     "faster than float32 ones (int8 with VNNI: about 2.7x; bf16 is slower "
+     "than fp32 on CPUs whose bf16 units run at half rate, such as this "
+     "project's Xeon): bench/README.md has the measured score error and "
+     "speed.  The startup log, /v1/models and /metrics say which one is in "
+     "force."},
     {"cache_mb", SET_INT, F(cache_mb), 0, 0, 1 << 20, "[NAME=]MIB", NULL, NULL, NULL,
      "Item vector cache budget in MiB, split equally among the models without a "
      "budget of their own (NAME=MIB, repeatable); 0 disables the cache."},
@@ -292,6 +303,7 @@ config_params config_default_params(void) {
     p.max_candidates = 512;
     p.max_body_bytes = (size_t)1 << 20;
     p.max_seq = 1000;
+    snprintf(p.precision, sizeof p.precision, "fp32");
     p.cache_mb = 256;
     p.cache_ttl_s = 600;
     p.warmup = 1;
@@ -850,6 +862,8 @@ void config_dump(const config_params *p, FILE *out) {
         print_value(out, s, p);
         if (strcmp(s->key, "skip_scoring") == 0 && p->skip_scoring)
             fputs("   # WARNING: benchmark mode, every score is 0", out);
+        if (strcmp(s->key, "precision") == 0 && strcmp(p->precision, "fp32") != 0)
+            fputs("   # NOT EXACT: scores differ slightly from the trained model's", out);
         fputc('\n', out);
         for (int o = 0; o < p->num_overrides; o++) {
             if (strcmp(p->overrides[o].key, s->key) != 0) continue;

@@ -119,6 +119,7 @@ typedef struct config_params {
     int cache_ttl_s;                /* item cache TTL; 0 never expires */
     int request_timeout_s;          /* idle keep-alive connection timeout */
     int skip_scoring;               /* BENCHMARK ONLY: scores are all 0 */
+    char precision[8];              /* "fp32", "bf16", "int8" */
     char log_level[16];             /* "debug", "info", "warn", "error" */
     char config[CONFIG_STR_MAX];    /* the config file read, "" if none */
     config_override overrides[CONFIG_MAX_OVERRIDES];  /* NAME=VALUE */

@@ -5,7 +5,8 @@
  * references (tests/integration/test_ctr_score.sh).
  *
  *   ctr-score --model M --items items.jsonl [--users users.jsonl]
- *             [--max-cand N] [--max-seq N] < requests.jsonl > scores.jsonl
+ *             [--max-cand N] [--max-seq N] [--precision P]
+ *             < requests.jsonl > scores.jsonl
  *
  * Workload: one process, one thread, requests one after another.  Items
  * (~92k lines of ~1.5 kB) and users (up to ~1M lines) are read once at
@@ -59,7 +60,8 @@
 static void usage(FILE *f) {
     fprintf(f,
 "Usage: " PROG " --model M --items ITEMS.jsonl [--users USERS.jsonl]\n"
-"                 [--max-cand N] [--max-seq N] < REQUESTS.jsonl > SCORES.jsonl\n"
+"                 [--max-cand N] [--max-seq N] [--precision P]\n"
+"                 < REQUESTS.jsonl > SCORES.jsonl\n"
 "\n"
 "Scores ranking requests offline with a QIN, DIN or TIN model (the model\n"
 "file says which): one output line per good request line, in input order.\n"
@@ -82,6 +84,10 @@ static void usage(FILE *f) {
 "  --max-seq N      most ids a request's item_seq may have (default 65536;\n"
 "                   only the last max_len of any history are used: 64 for\n"
 "                   the challenge QIN and DIN, 430 for TIN)\n"
+"  --precision P    arithmetic of the dense layers: fp32 (default; exact to\n"
+"                   the trained model), bf16 or int8 (faster on CPUs with\n"
+"                   AVX512_BF16 / VNNI, not exact: a note on stderr says so;\n"
+"                   measured error in bench/README.md)\n"
 "  --help           this text\n"
 "\n"
 "Requests (stdin), one JSON object a line:\n"
@@ -453,12 +459,14 @@ static jsonl_source *open_input(const char *path) {
 int main(int argc, char **argv) {
     const char *model_path = NULL, *items_path = NULL, *users_path = NULL;
     int max_cand = 1024, max_seq = 65536;
+    dense_precision precision = DENSE_FP32;
     static const struct option longopts[] = {
         {"model", required_argument, NULL, 'm'},
         {"items", required_argument, NULL, 'i'},
         {"users", required_argument, NULL, 'u'},
         {"max-cand", required_argument, NULL, 'c'},
         {"max-seq", required_argument, NULL, 's'},
+        {"precision", required_argument, NULL, 'p'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -472,6 +480,13 @@ int main(int argc, char **argv) {
                   break;
         case 's': if (parse_count("--max-seq", optarg, &max_seq)) return 2;
                   break;
+        case 'p':
+            if (dense_precision_parse(optarg, &precision) < 0) {
+                fprintf(stderr, PROG ": --precision: \"%s\" is not one of fp32, bf16, int8\n",
+                        optarg);
+                return 2;
+            }
+            break;
         case 'h': usage(stdout); return 0;
         default:
             fprintf(stderr, "Try '" PROG " --help'.\n");
@@ -497,10 +512,16 @@ int main(int argc, char **argv) {
     arena_init(&s.req_mem, 1 << 16);
     proto_buf_init(&s.out);
 
-    if (engine_model_load(model_path, &model, err, sizeof err) < 0) {
+    engine_params ep = engine_default_params();
+    ep.precision = precision;
+    if (engine_model_load_with(model_path, &ep, &model, err, sizeof err) < 0) {
         fprintf(stderr, PROG ": %s\n", err);
         goto done;
     }
+    if (!dense_precision_exact(precision))
+        fprintf(stderr, PROG ": precision %s is not exact (%s): scores differ slightly from "
+                "the trained model's\n", dense_precision_name(precision),
+                dense_precision_what(precision));
     const engine_schema *c = engine_model_schema(model);
 
     if (items_init(&items, model) < 0 || users_init(&users) < 0) goto oom;

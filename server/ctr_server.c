@@ -160,11 +160,27 @@ static int load_models(service *svc, const config_params *cp, char *err, size_t 
     sp.warmup_max_cand = cp->warmup ? cp->max_candidates : 0;
     char inner[900];
     int rc = CTR_OK, shared = 0, i;
+    dense_precision plain = DENSE_FP32;
+    dense_precision_parse(cp->precision, &plain); /* checked by config_parse */
     for (i = 0; i < cp->num_models; i++) {
         const config_model *cm = &cp->models[i];
-        if ((rc = model_slot_load(cm->path, &sp, 1, &slot[i], inner, sizeof inner)) < 0) {
-            ctr_fail(err, errlen, rc, "model %s: %s", cm->name[0] ? cm->name : cm->path, inner);
-            goto fail;
+        /* A bare path's own precision entry is known once its file names
+         * it: loaded again then, if it differs. */
+        for (int pass = 0; pass < 2; pass++) {
+            const char *pv = cm->name[0] ? config_model_value(cp, "precision", cm->name)
+                           : slot[i] ? config_model_value(cp, "precision", slot[i]->schema->name)
+                                     : NULL;
+            sp.precision = plain;
+            if (pv) dense_precision_parse(pv, &sp.precision);
+            if (slot[i] && engine_model_precision(slot[i]->model) == sp.precision) break;
+            model_slot_release(slot[i]);
+            slot[i] = NULL;
+            if ((rc = model_slot_load(cm->path, &sp, 1, &slot[i], inner, sizeof inner)) < 0) {
+                ctr_fail(err, errlen, rc, "model %s: %s", cm->name[0] ? cm->name : cm->path,
+                         inner);
+                goto fail;
+            }
+            if (cm->name[0]) break;
         }
         names[i] = cm->name[0] ? cm->name : slot[i]->schema->name;
         shared += !config_model_value(cp, "cache_mb", names[i]);
@@ -174,6 +190,7 @@ static int load_models(service *svc, const config_params *cp, char *err, size_t 
         size_t mb = v ? (size_t)atoi(v) : (size_t)cp->cache_mb / (size_t)(shared ? shared : 1);
         model_slot_params msp = sp;
         msp.cache.max_bytes = mb << 20;
+        msp.precision = engine_model_precision(slot[i]->model);   /* reloads keep it */
         const char *prefix = config_model_value(cp, "redis_prefix", names[i]);
         if ((rc = model_slot_set_cache(slot[i], &msp.cache, inner, sizeof inner)) < 0 ||
             (rc = service_add_model(svc, names[i], cp->models[i].path, &msp,
@@ -185,10 +202,17 @@ static int load_models(service *svc, const config_params *cp, char *err, size_t 
         const model_slot *s = slot[i];
         slot[i] = NULL; /* the service's now */
         names[i] = svc->models[i].name;
-        log_info("model %s: %s version %s (%s), %s; prefix \"%s\", item cache %zu MiB; load %.0f "
-                 "ms, warm-up %.0f ms", names[i], s->schema->name, s->schema->version,
-                 engine_arch_name(s->schema->arch), cp->models[i].path, svc->models[i].prefix, mb,
-                 s->load_ms, s->warmup_ms);
+        dense_precision pr = engine_model_precision(s->model);
+        log_info("model %s: %s version %s (%s), %s; prefix \"%s\", item cache %zu MiB; "
+                 "precision %s (%s); load %.0f ms, warm-up %.0f ms", names[i], s->schema->name,
+                 s->schema->version, engine_arch_name(s->schema->arch), cp->models[i].path,
+                 svc->models[i].prefix, mb, dense_precision_name(pr),
+                 engine_model_describe(s->model), s->load_ms, s->warmup_ms);
+        if (!dense_precision_exact(pr))
+            log_warn("model %s: precision %s is NOT EXACT: %s, so scores differ from the "
+                     "trained model's (measured error against fp32 in bench/README.md); "
+                     "--precision %s=fp32 gives them to 1e-5", names[i], dense_precision_name(pr),
+                     dense_precision_what(pr), names[i]);
     }
     return config_check_models(cp, names, cp->num_models, err, errlen);
 fail:

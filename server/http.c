@@ -419,9 +419,12 @@ static enum MHD_Result serve(http_server *h, struct MHD_Connection *c, http_req 
                 const service_model *m = &svc->models[i];
                 item_cache_stats st;
                 item_cache_stats_get(slot[i]->cache, &st);
-                info[i] = (proto_model_info){m->name, i == 0, slot[i]->path, slot[i]->generation,
-                                             slot[i]->schema, m->prefix,
-                                             m->slot_params.cache.max_bytes, st.entries};
+                info[i] = (proto_model_info){
+                    .name = m->name, .is_default = i == 0, .path = slot[i]->path,
+                    .generation = slot[i]->generation, .schema = slot[i]->schema,
+                    .precision = engine_model_precision(slot[i]->model),
+                    .redis_prefix = m->prefix, .cache_bytes = m->slot_params.cache.max_bytes,
+                    .cache_entries = st.entries};
             }
             proto_models_encode(info, svc->num_models, &b);
         } else {

@@ -3,8 +3,8 @@
  * worker thread.
  *
  * A rank request names ~300 candidate items plus the user's history; each
- * needs its item vector ([e | A e | B e], qin_item_vec_floats floats, about
- * 4.6 KB for the production model).  Computing one costs a Redis round trip
+ * needs its item vector ([e | A e | B e | U e | V e], qin_item_vec_floats
+ * floats, about 12.5 KiB for the production model).  Computing one costs a Redis round trip
  * and a few small matrix-vector products, so the server keeps recent ones
  * here.  The workload: 2..64 threads, each looking up a few hundred ids per
  * request, almost all hits once warm; inserts only on misses.

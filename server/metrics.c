@@ -69,6 +69,8 @@ typedef struct model_slots {
     /* Guarded by metrics.model_lock. */
     char name[METRICS_LABEL_MAX], version[METRICS_LABEL_MAX], arch[METRICS_LABEL_MAX];
     int set;
+    char precision[16];             /* "" until set */
+    int exact;
 } model_slots;
 
 typedef struct reason_slot {
@@ -303,6 +305,15 @@ void metrics_reload(metrics *m, int model, int ok) {
     if (!s) return;
     add(ok ? &s->reloads_ok : &s->reloads_failed, 1);
     atomic_store(&s->last_reload_ok, ok ? 1 : 0);
+}
+
+void metrics_set_precision(metrics *m, int model, const char *precision, int exact) {
+    model_slots *s = model_at(m, model);
+    if (!s) return;
+    pthread_mutex_lock(&m->model_lock);
+    snprintf(s->precision, sizeof s->precision, "%s", precision ? precision : "");
+    s->exact = exact;
+    pthread_mutex_unlock(&m->model_lock);
 }
 
 void metrics_degraded(metrics *m, const char *reason) {
@@ -615,6 +626,19 @@ int metrics_render(metrics *m, const item_cache_stats *caches, int ncaches, prot
         const char *const kv[] = {"model", s->label, "name", s->name, "version", s->version,
                                   "arch", s->arch};
         series_n(b, "ctr_model_info", "", kv, 4);
+        proto_buf_puts(b, "1\n");
+    }
+    pthread_mutex_unlock(&m->model_lock);
+
+    family(b, "ctr_model_precision", "gauge",
+           "Arithmetic of each model's dense layers (value always 1); only fp32 is exact.");
+    pthread_mutex_lock(&m->model_lock);
+    for (int i = 0; i < m->nmodels; i++) {
+        const model_slots *s = &m->models[i];
+        if (!s->precision[0]) continue;
+        const char *const kv[] = {"model", s->label, "precision", s->precision, "exact",
+                                  s->exact ? "true" : "false"};
+        series_n(b, "ctr_model_precision", "", kv, 3);
         proto_buf_puts(b, "1\n");
     }
     pthread_mutex_unlock(&m->model_lock);

@@ -28,6 +28,8 @@
  *   ctr_rank_pending_requests_limit                 gauge (that bound, max_pending)
  *   ctr_model_info{name,version,arch} 1             gauge [model] (name and
  *                                                   version from the file)
+ *   ctr_model_precision{precision,exact} 1          gauge [model] (fp32|bf16|
+ *                                                   int8; exact "true" for fp32)
  *   ctr_model_reloads_total{result="ok|failed"}     counter [model]
  *   ctr_model_last_reload_successful                gauge [model] (1 until a reload fails,
  *                                                   1 again after one succeeds)
@@ -167,6 +169,11 @@ void metrics_scored(metrics *m, int model, uint64_t n);
  * reload only. */
 void metrics_set_model(metrics *m, int model, const char *name, const char *version,
                        const char *arch);
+
+/* The precision model's dense layers run in ("fp32", "bf16", "int8") and
+ * whether it is exact: ctr_model_precision{model, precision, exact} 1.
+ * Takes a mutex: startup only. */
+void metrics_set_precision(metrics *m, int model, const char *precision, int exact);
 
 /* One reload attempt of model (ok != 0: succeeded); also sets its
  * ctr_model_last_reload_successful. */

@@ -14,7 +14,7 @@ struct model_holder {
 };
 
 model_slot_params model_slot_default_params(void) {
-    return (model_slot_params){item_cache_default_params(), 0};
+    return (model_slot_params){item_cache_default_params(), 0, DENSE_FP32};
 }
 
 int model_slot_load(const char *path, const model_slot_params *p, uint64_t generation,
@@ -23,7 +23,9 @@ int model_slot_load(const char *path, const model_slot_params *p, uint64_t gener
     model_slot *s = calloc(1, sizeof *s);
     if (!s) return ctr_fail(err, errlen, CTR_ENOMEM, "out of memory");
     int64_t t0 = clock_now_ns();
-    int rc = engine_model_load(path, &s->model, err, errlen);
+    engine_params ep = engine_default_params();
+    ep.precision = p->precision;
+    int rc = engine_model_load_with(path, &ep, &s->model, err, errlen);
     if (rc < 0) goto fail;
     s->schema = engine_model_schema(s->model);
     int64_t t1 = clock_now_ns();

@@ -27,6 +27,7 @@ typedef struct model_slot_params {
     int warmup_max_cand;            /* > 0: engine_warmup for requests of up
                                        to this many candidates before the
                                        slot is handed out; 0: none */
+    dense_precision precision;      /* of the dense layers (DENSE_FP32) */
 } model_slot_params;
 
 /* Defaults: item_cache_default_params, no warm-up. */
@@ -50,8 +51,8 @@ typedef struct model_slot {
 
 typedef struct model_holder model_holder;
 
-/* Loads path into a new slot (warmed up when p says so) whose cache
- * follows p->cache.  CTR_OK or the loader's error, with a message. */
+/* Loads path into a new slot, its dense layers prepared in p->precision
+ * (warmed up when p says so), whose cache follows p->cache.  CTR_OK or the loader's error, with a message. */
 int model_slot_load(const char *path, const model_slot_params *p, uint64_t generation,
                     model_slot **out, char *err, size_t errlen);
 

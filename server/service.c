@@ -52,6 +52,9 @@ int service_add_model(service *svc, const char *name, const char *path,
         first->metrics_model = k;
         metrics_set_model(svc->metrics, k, first->schema->name, first->schema->version,
                           engine_arch_name(first->schema->arch));
+        dense_precision pr = engine_model_precision(first->model);
+        metrics_set_precision(svc->metrics, k, dense_precision_name(pr),
+                              dense_precision_exact(pr));
     }
     if (!(m->holder = model_holder_new(first)))
         return ctr_fail(err, errlen, CTR_ENOMEM, "out of memory");

@@ -7,6 +7,7 @@
 #   /usr/bin/python3 tools/make_demo.py [--out demo] [--seed 1] [--users 20000]
 #       [--items 5000] [--epochs 4] [--threads 2] [--req-cands 16]
 #       [--rows-per-user 32]
+#   /usr/bin/python3 tools/make_demo.py --full     # MicroLens-size, into demo/full
 #
 # The planted signal (see World and World.click_logits):
 #   - K topics with unit centres in a DZ-dimensional latent space; each item
@@ -33,6 +34,21 @@
 # epochs of 18,000 users x 32 impressions, the learning rate x0.6 per epoch.
 # Held out: 2,000 other users.  About 75 s on 2 cores; validation AUC about
 # 0.84 against 0.56 for popularity alone (see tools/README.md).
+#
+# --full makes a model of the MicroLens configuration instead: embedding_dim
+# 128, 4 QNN layers, num_row 4, W_mm 128 -> 128 (D 1024), 91,717 items and a
+# tag table of 11,740 rows, i.e. exactly the 31,244,293 parameters of the
+# challenge's QIN, trained briefly (one epoch over 8,000 users x 16
+# impressions) on the same kind of synthetic world.  It is there to measure
+# serving at full size (speed, and the score error of bf16 and int8 at
+# D = 1024), not to be a good model: most of its 91,717 item embeddings are
+# never trained.
+#
+# Besides the model, every run writes the validation impressions as
+# requests (validation.jsonl: one line per held-out user, its impressions as
+# candidates, its history from users.jsonl) and their clicks
+# (validation_labels.jsonl, one array per line), which bench/quality.py
+# scores in each precision.
 #
 # Training runs the reference module's own layers (item_vectors, the
 # attention's W_q/W_k/W_v/W_o, qnn) in training mode, grouped by user: the
@@ -411,6 +427,20 @@ def write_requests(path, world, rng, lines, n_cands):
                                separators=(",", ":")) + "\n")
 
 
+def write_validation(out, users, cand, ctx, y):
+    """The validation impressions as ranking requests (one per held-out
+    user, its impressions as candidates, history from users.jsonl) and their
+    clicks, line by line."""
+    with open(os.path.join(out, "validation.jsonl"), "w") as f, \
+            open(os.path.join(out, "validation_labels.jsonl"), "w") as g:
+        for u in users.tolist():
+            cands = [{"item_id": int(i), FIELDS[0]: int(c[0]),
+                      FIELDS[1]: int(c[1])} for i, c in zip(cand[u], ctx[u])]
+            f.write(json.dumps({"user_id": user_id(u), "candidates": cands},
+                               separators=(",", ":")) + "\n")
+            g.write(json.dumps([int(v) for v in y[u]]) + "\n")
+
+
 # --- main -------------------------------------------------------------------
 
 def main(argv=None):
@@ -443,7 +473,26 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=2048, help="rows per step")
     ap.add_argument("--val-frac", type=float, default=0.1,
                     help="share of users held out for validation (0.1)")
+    ap.add_argument("--tag-vocab", type=int, default=TAG_VOCAB,
+                    help=f"rows of the model's tag table ({TAG_VOCAB}; the "
+                         f"world draws tags below {TAG_VOCAB})")
+    ap.add_argument("--name", default="qin-demo", help="model name (qin-demo)")
+    ap.add_argument("--full", action="store_true",
+                    help="the MicroLens configuration (D 1024, 4 layers, R 4, "
+                         "91,717 items, tag table 11,740), trained briefly, "
+                         "into demo/full: sets the defaults of --out, "
+                         "--users, --items, --epochs, --rows-per-user, "
+                         "--embedding-dim, --layers, --num-row, --mm-out, "
+                         "--tag-vocab, --name, --bench-lines")
+    full = {"out": os.path.join("demo", "full"), "users": 8000, "items": 91717,
+            "epochs": 1, "rows_per_user": 16, "embedding_dim": 128, "layers": 4,
+            "num_row": 4, "mm_out": 128, "tag_vocab": 11740,
+            "name": "qin-microlens-synthetic", "bench_lines": 300, "lr": 1e-3}
+    if "--full" in (argv if argv is not None else sys.argv[1:]):
+        ap.set_defaults(**full)
     args = ap.parse_args(argv)
+    if args.tag_vocab < TAG_VOCAB:
+        ap.error(f"--tag-vocab must be at least {TAG_VOCAB}")
     if args.users < 20 or args.items < 50 or args.epochs < 1 \
             or args.rows_per_user < 1:
         ap.error("need --users >= 20, --items >= 50, --epochs >= 1, "
@@ -489,7 +538,7 @@ def main(argv=None):
     cfg = ref.QINConfig(
         embedding_dim=args.embedding_dim, max_len=MAX_LEN,
         num_layers=args.layers, num_row=args.num_row, batch_norm=True,
-        item_vocab=args.items + 1, tag_vocab=TAG_VOCAB, num_tags=NUM_TAGS,
+        item_vocab=args.items + 1, tag_vocab=args.tag_vocab, num_tags=NUM_TAGS,
         mm_in=MM, mm_out=args.mm_out, context_fields=FIELDS,
         context_vocab=(11, 11), dropout=0.0)
     model = ref.QINReference(cfg)
@@ -529,7 +578,7 @@ def main(argv=None):
     cfg2, meta, size = convert.convert_state_dict(
         sd, os.path.join(args.out, "model.safetensors"), max_len=MAX_LEN,
         num_tags=NUM_TAGS, context_fields=FIELDS, version=f"demo-{args.seed}",
-        name="qin-demo")
+        name=args.name)
     assert cfg2 == cfg, (cfg2, cfg)
     print(convert.summary(cfg2, meta, os.path.join(args.out,
                                                    "model.safetensors"), size))
@@ -540,6 +589,7 @@ def main(argv=None):
     for k, n in enumerate((16, 64, 256)):
         write_requests(os.path.join(args.out, f"requests_{n}.jsonl"), world,
                        stream(5 + k), args.bench_lines, n)
+    write_validation(args.out, va_u, cand, ctx, y)
     total = time.time() - t_start
     metrics = {
         "val_auc": round(val_auc, 5),
@@ -575,7 +625,7 @@ def main(argv=None):
     with open(os.path.join(args.out, "metrics.json"), "w") as f:
         json.dump(metrics, f, indent=2)
         f.write("\n")
-    print(f"make_demo: {args.out}: qin-demo demo-{args.seed} (d "
+    print(f"make_demo: {args.out}: {args.name} demo-{args.seed} (d "
           f"{cfg.embedding_dim}, {cfg.num_layers} layers, R {cfg.num_row}, mm "
           f"{cfg.mm_in}->{cfg.mm_out}) on {args.users} users x {args.items} "
           f"items, {y.size} rows: validation AUC {val_auc:.4f} vs "

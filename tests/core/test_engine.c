@@ -247,6 +247,47 @@ static void test_warmup(void **state) {
     }
 }
 
+/* The precision API: defaults, names, the parse and its message, each
+ * architecture loading in each precision and saying so, a precision
+ * outside the list refused.  (What each precision computes is checked in
+ * test_golden.c and test_dense.c.) */
+static void test_precision_params(void **state) {
+    (void)state;
+    char err[256], path[1024];
+    engine_params p = engine_default_params();
+    assert_int_equal(p.precision, DENSE_FP32);
+    dense_precision q;
+    assert_int_equal(engine_precision_parse("INT8", &q, err, sizeof err), CTR_OK);
+    assert_int_equal(q, DENSE_INT8);
+    assert_int_equal(engine_precision_parse("bf16", &q, err, sizeof err), CTR_OK);
+    assert_int_equal(q, DENSE_BF16);
+    assert_int_equal(engine_precision_parse("fp16", &q, err, sizeof err), CTR_EINVAL);
+    assert_non_null(strstr(err, "fp32, bf16 or int8"));
+    assert_int_equal(engine_precision_parse(NULL, &q, err, sizeof err), CTR_EINVAL);
+    const char *d = getenv("CTR_GOLDEN");
+    static const char *const names[] = {"small", "din-small", "tin-small"};
+    for (int k = 0; k < 3; k++) {
+        snprintf(path, sizeof path, "%s/%s/model.safetensors", d && *d ? d : "build/golden",
+                 names[k]);
+        engine_model *m = load(names[k]);
+        assert_int_equal(engine_model_precision(m), DENSE_FP32);
+        assert_non_null(strstr(engine_model_describe(m), "fp32"));
+        engine_model_free(m);
+        for (int pr = 0; pr < DENSE_PRECISION_COUNT; pr++) {
+            p.precision = (dense_precision)pr;
+            if (engine_model_load_with(path, &p, &m, err, sizeof err) < 0)
+                fail_msg("%s %s: %s", names[k], dense_precision_name(p.precision), err);
+            assert_int_equal(engine_model_precision(m), pr);
+            assert_non_null(strstr(engine_model_describe(m), dense_precision_name(p.precision)));
+            engine_model_free(m);
+        }
+        p.precision = (dense_precision)DENSE_PRECISION_COUNT;
+        assert_int_equal(engine_model_load_with(path, &p, &m, err, sizeof err), CTR_EINVAL);
+        assert_null(m);
+        assert_non_null(strstr(err, "precision"));
+    }
+}
+
 static void test_load_refusals(void **state) {
     (void)state;
     engine_model *m = (engine_model *)1;
@@ -267,6 +308,7 @@ int main(void) {
         cmocka_unit_test(test_forward_qin),  cmocka_unit_test(test_forward_din),
         cmocka_unit_test(test_forward_tin),  cmocka_unit_test(test_load_refusals),
         cmocka_unit_test(test_overflow),     cmocka_unit_test(test_warmup),
+        cmocka_unit_test(test_precision_params),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

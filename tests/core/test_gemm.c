@@ -9,6 +9,7 @@
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "core/gemm.h"
 #include "core/qin_internal.h"
@@ -68,7 +69,7 @@ static void test_packed_vs_openblas(void **state) {
 }
 
 /* A folded QNN layer with D = 160 (d 16, mm_out 32, 2 context fields):
- * the packed path and OpenBLAS agree. */
+ * the packed path and OpenBLAS agree (dense.h's backends). */
 static void test_layer_both_ways(void **state) {
     (void)state;
     qin_config c = tm_small_config();
@@ -87,17 +88,32 @@ static void test_layer_both_ways(void **state) {
     assert_int_equal(qin_model_load_buffer(buf, len, &m, err, sizeof err), CTR_OK);
     free(buf);
     tm_free(&tm);
-    int packed = qin_model_use_packed(m, 1);
-    assert_int_equal(packed, gemm_packed_supported(160) && !getenv("CTR_QNN_OPENBLAS"));
+    dense_params dp = dense_default_params();
+    dp.backend = DENSE_BACKEND_PACKED;
+    if (!gemm_packed_supported(160)) {
+        assert_int_equal(qin_model_prepare(m, &dp, err, sizeof err), CTR_EINVAL);
+        qin_model_free(m);
+        printf("no AVX-512F here: packed kernel not used\n");
+        return;
+    }
     const int n = 13, ld = 160;
+    qin_scratch *s;
+    assert_int_equal(qin_scratch_init(m, n, &s), CTR_OK);
     float *x0 = qin_falloc(n * ld), *xa = qin_falloc(n * ld), *xb = qin_falloc(n * ld),
           *y = qin_falloc(n * ld);
     for (int i = 0; i < n * ld; i++) x0[i] = uni();
     memcpy(xa, x0, sizeof(float) * n * ld);
     memcpy(xb, x0, sizeof(float) * n * ld);
-    for (int l = 0; l < c.num_layers; l++) qin_qnn_layer(m, l, n, xa, ld, y);
-    qin_model_use_packed(m, 0);
-    for (int l = 0; l < c.num_layers; l++) qin_qnn_layer(m, l, n, xb, ld, y);
+    assert_int_equal(qin_model_prepare(m, &dp, err, sizeof err), CTR_OK);
+    assert_non_null(strstr(qin_model_describe(m), "packed"));
+    for (int l = 0; l < c.num_layers; l++)
+        assert_int_equal(qin_qnn_layer(m, s->dws, l, n, xa, y), CTR_OK);
+    dp.backend = DENSE_BACKEND_OPENBLAS;
+    assert_int_equal(qin_model_prepare(m, &dp, err, sizeof err), CTR_OK);
+    assert_non_null(strstr(qin_model_describe(m), "OpenBLAS"));
+    for (int l = 0; l < c.num_layers; l++)
+        assert_int_equal(qin_qnn_layer(m, s->dws, l, n, xb, y), CTR_OK);
+    qin_scratch_free(s);
     for (int i = 0; i < n * ld; i++)
         if (fabsf(xa[i] - xb[i]) > 1e-5f * (1.0f + fabsf(xb[i])))
             fail_msg("x[%d]: packed %.9g openblas %.9g", i, xa[i], xb[i]);

@@ -184,13 +184,16 @@ static void test_attention_piece(void **state) {
 static void test_qnn_layer_and_head(void **state) {
     (void)state;
     const int D = model->cfg.input_dim, n = 5, ldx = 48;
+    assert_int_equal(qin_ldx(&model->cfg), ldx);
+    qin_scratch *s;
+    assert_int_equal(qin_scratch_init(model, n, &s), CTR_OK);
     float *x = qin_falloc(n * ldx), *y = qin_falloc(n * ldx), *logit = qin_falloc(n);
     float prob[5];
     double xd[5][34];
     for (int i = 0; i < n; i++)
         for (int k = 0; k < D; k++) xd[i][k] = x[i * ldx + k] = tm_uniform(&tm, -1.5f, 1.5f);
     for (int l = 0; l < model->cfg.num_layers; l++) {
-        qin_qnn_layer(model, l, n, x, ldx, y);
+        assert_int_equal(qin_qnn_layer(model, s->dws, l, n, x, y), CTR_OK);
         for (int i = 0; i < n; i++) {
             tm_qnn_layer(&tm, l, xd[i]);
             for (int k = 0; k < D; k++) assert_close(xd[i][k], x[i * ldx + k], "qnn", k);
@@ -199,6 +202,7 @@ static void test_qnn_layer_and_head(void **state) {
     qin_head(model, n, x, ldx, logit, prob);
     for (int i = 0; i < n; i++) assert_close(tm_head(&tm, xd[i]), prob[i], "head", i);
     free(x); free(y); free(logit);
+    qin_scratch_free(s);
 }
 
 /* Whole model: request with a long, padded history vs the naive model. */

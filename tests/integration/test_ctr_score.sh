@@ -40,7 +40,7 @@ rc()        { cat "$tmp/rc"; }
 err_has()   { grep -qF -- "$1" "$tmp/err" || { echo "    stderr lacks: $1" >&2; sed 's/^/    | /' "$tmp/err" >&2; return 1; }; }
 status_is() { [ "$(rc)" = "$1" ] || { echo "    exit status $(rc), expected $1" >&2; sed 's/^/    | /' "$tmp/err" >&2; return 1; }; }
 out_lines() { [ "$(wc -l <"$tmp/out")" -eq "$1" ] || { echo "    $(wc -l <"$tmp/out") output lines, expected $1" >&2; return 1; }; }
-matches()   { "$PYTHON" "${COMPARE[@]}" "$1" "$tmp/out" --tol "$TOL" >"$tmp/cmp" 2>&1 || { sed 's/^/    | /' "$tmp/cmp" >&2; return 1; }; }
+matches()   { "$PYTHON" "${COMPARE[@]}" "$1" "$tmp/out" --tol "${2:-$TOL}" >"$tmp/cmp" 2>&1 || { sed 's/^/    | /' "$tmp/cmp" >&2; return 1; }; }
 
 [ -x "$SCORE" ] || { echo "test_ctr_score: $SCORE not built" >&2; exit 1; }
 
@@ -56,6 +56,22 @@ for cfg in small microlens din-small din-dice-softmax din-microlens tin-small ti
     check "$cfg: scores match the reference within $TOL" matches "$d/expected.jsonl"
     check "$cfg: nothing on stderr" test ! -s "$tmp/err"
 done
+
+# --- Other precisions: within their bounds (tests/core/test_golden.c), and
+# said on stderr.  The bounds are against fp32; the reference is within
+# 1e-5 of fp32, so they hold against it too.
+for spec in small:bf16:2e-3 small:int8:8e-3 microlens:bf16:4e-3 microlens:int8:4e-2; do
+    IFS=: read -r cfg prec tol <<<"$spec"
+    d="$CTR_GOLDEN/$cfg"
+    [ -f "$d/expected.jsonl" ] || continue
+    run "$d" --precision "$prec" <"$d/requests.jsonl"
+    check "$cfg $prec: exit status 0" status_is 0
+    check "$cfg $prec: scores within $tol of the reference" matches "$d/expected.jsonl" "$tol"
+    check "$cfg $prec: stderr says it is not exact" err_has "precision $prec is not exact"
+done
+run "$CTR_GOLDEN/small" --precision fp16 </dev/null
+check "--precision fp16: exit status 2" status_is 2
+check "--precision fp16: stderr names the choices" err_has "not one of fp32, bf16, int8"
 
 d="$CTR_GOLDEN/small"
 if [ -f "$d/requests.jsonl" ]; then

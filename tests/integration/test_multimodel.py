@@ -256,6 +256,8 @@ def main():
               by["tin"]["cache"]["max_bytes"] == 8 << 20
               and all(by[n]["cache"]["max_bytes"] == (60 // 6) << 20 for n in by if n != "tin"),
               str([(n, by[n]["cache"]) for n in by]))
+        check("every model fp32 (exact) by default",
+              all((m["precision"], m["exact"]) == ("fp32", True) for m in models["models"]))
         check("TIN's schema: ids from 0, a category, no context",
               by["tin"]["config"]["item_id_min"] == 0 and by["tin"]["config"]["cate_vocab"] > 0
               and by["tin"]["config"]["context_fields"] == [])
@@ -416,7 +418,8 @@ def main():
         # NAME=VALUE of that name applies to it: the shares count it out.
         bare = Server(["qin=" + small, tin], redis, "q:",
                       ["--redis-prefix", "tin-small=t:", "--cache-mb", "10", "--cache-mb",
-                       "tin-small=4", "--warmup", "false"], threads=1)
+                       "tin-small=4", "--warmup", "false",
+                       "--precision", "int8", "--precision", "tin-small=fp32"], threads=1)
         try:
             info = {m["name"]: m for m in json.loads(bare.request("GET", "/v1/models")[2])["models"]}
             check("a bare path named from its file, its own budget; the other gets all the rest",
@@ -425,6 +428,21 @@ def main():
                   and info["qin"]["cache"]["max_bytes"] == 10 << 20
                   and info["tin-small"]["redis_prefix"] == "t:",
                   str([(n, m["cache"], m["redis_prefix"]) for n, m in info.items()]))
+            # Precision per model: the plain setting for qin, the bare
+            # path's own entry (by its file's name) for tin-small.
+            check("precision per model: qin int8 (not exact), tin-small fp32 (exact)",
+                  (info["qin"]["precision"], info["qin"]["exact"]) == ("int8", False)
+                  and (info["tin-small"]["precision"], info["tin-small"]["exact"]) == ("fp32", True),
+                  str([(n, m["precision"], m["exact"]) for n, m in info.items()]))
+            check("precision per model in /metrics",
+                  bare.metric('ctr_model_precision{model="qin",precision="int8",exact="false"}') == 1
+                  and bare.metric('ctr_model_precision{model="tin-small",precision="fp32",'
+                                  'exact="true"}') == 1
+                  and bare.metric("ctr_model_precision") == 2)
+            check("the startup log names the inexact model",
+                  "model qin: precision int8 is NOT EXACT" in bare.logtext()
+                  and bare.logtext().count("NOT EXACT") == 1,
+                  bare.logtext()[-800:])
         finally:
             bare.stop()
 

@@ -81,6 +81,39 @@ def main():
         check("top_k cuts the answer", st == 200 and len(resp["items"]) == 2, str(resp)[:200])
         check("answer names the model", resp.get("model", {}).get("version") == "golden-1")
 
+        print("precision")
+        q8 = Server(model, redis, prefix, ["--precision", "int8"])
+        try:
+            st, _, data = q8.request("GET", "/v1/models")
+            m = json.loads(data)["models"][0]
+            check("int8: /v1/models says precision int8, not exact",
+                  st == 200 and m["precision"] == "int8" and m["exact"] is False, data[:300])
+            st, _, data = srv.request("GET", "/v1/models")
+            m = json.loads(data)["models"][0]
+            check("default: /v1/models says fp32, exact", m["precision"] == "fp32" and m["exact"] is True)
+            check("int8: /metrics has ctr_model_precision",
+                  q8.metric('ctr_model_precision{precision="int8",exact="false"}') == 1)
+            check("int8: the startup log says it is not exact", "NOT EXACT" in q8.logtext(),
+                  q8.logtext()[-500:])
+            # Scores within int8's bound of fp32's (tests/core/test_golden.c:
+            # 8e-3 on this model), and not identical to them.
+            worst = 0.0
+            for k, line in enumerate(req_lines[:20]):
+                st, resp = q8.rank(json.loads(line))
+                got = {}
+                for it in resp.get("items", []):
+                    got.setdefault(it["item_id"], []).append(it["score"])
+                for i, c in enumerate(json.loads(line)["candidates"]):
+                    s = got.get(c["item_id"], [])
+                    worst = max(worst, min(abs(x - expected[k][i]) for x in s) if s else 1.0)
+            check(f"int8 scores within 8e-3 of fp32 (max |dp| {worst:.2g})", 0 < worst <= 8e-3)
+            q8.proc.send_signal(signal.SIGHUP)
+            wait_for(lambda: q8.metric('ctr_model_reloads_total{result="ok"}') >= 1, 20)
+            st, _, data = q8.request("GET", "/v1/models")
+            check("int8: still int8 after a reload", json.loads(data)["models"][0]["precision"] == "int8")
+        finally:
+            q8.stop()
+
         print("error statuses")
         cand = big["candidates"][0]
         cases = [

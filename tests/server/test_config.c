@@ -24,7 +24,7 @@ static const char *const keys[] = {
     "model", "redis", "redis_prefix", "redis_connect_timeout_ms", "redis_timeout_ms",
     "bind", "port", "threads", "score_threads", "split_min", "split_min_mflops",
     "max_candidates",
-    "max_body_bytes", "max_seq", "cache_mb", "cache_ttl_s", "request_timeout_s",
+    "max_body_bytes", "max_seq", "precision", "cache_mb", "cache_ttl_s", "request_timeout_s",
     "skip_scoring", "log_level", "redis_cluster", "redis_read_replicas",
     "redis_cluster_refresh_ms", "redis_user", "redis_password", "redis_password_file",
     "warmup",
@@ -111,6 +111,7 @@ static void test_defaults(void **state) {
     assert_int_equal(p.request_timeout_s, 10);
     assert_int_equal(p.skip_scoring, 0);
     assert_string_equal(p.log_level, "info");
+    assert_string_equal(p.precision, "fp32");
     assert_string_equal(p.config, "");
 
     /* Nothing given: defaults survive parsing. */
@@ -176,7 +177,9 @@ static void test_syntax(void **state) {
     /* Both flag forms, dashes for underscores, case-insensitive choices. */
     assert_int_equal(parse(&p, no_env, err, sizeof err, "--redis", "/run/redis.sock",
                            "--redis-prefix=", "--log_level", "WARN",
-                           "--max_body_bytes=2048", "--bind=0.0.0.0", NULL), CTR_OK);
+                           "--max_body_bytes=2048", "--bind=0.0.0.0", "--precision", "INT8",
+                           NULL), CTR_OK);
+    assert_string_equal(p.precision, "int8");
     assert_string_equal(p.redis, "/run/redis.sock");
     assert_string_equal(p.redis_prefix, "");
     assert_string_equal(p.log_level, "warn");
@@ -278,6 +281,9 @@ static void test_errors(void **state) {
                  "--skip_scoring=maybe", NULL);
     expect_error(CTR_EINVAL, FRAGS("flag --log_level", "verbose", "debug|info|warn|error"),
                  no_env, "--log_level", "verbose", NULL);
+    char *env_prec[] = {"CTR_PRECISION=fp16", NULL};
+    expect_error(CTR_EINVAL, FRAGS("env CTR_PRECISION", "fp16", "fp32|bf16|int8"), env_prec,
+                 NULL);
     expect_error(CTR_EINVAL, FRAGS("flag --redis", "host:port"), no_env,
                  "--redis", "localhost", NULL);
     expect_error(CTR_EINVAL, FRAGS("flag --redis", "1..65535"), no_env,
@@ -388,7 +394,7 @@ static void test_dump_roundtrip(void **state) {
                            "tin=/m/t#1.safetensors", "--redis-prefix", "tin=ctr-tin:",
                            "--cache-mb", "tin=3", "--port", "9090",
                            "--skip_scoring", "--log_level", "debug", "--cache_mb", "0",
-                           "--max_body_bytes", "4096", NULL), CTR_OK);
+                           "--max_body_bytes", "4096", "--precision", "bf16", NULL), CTR_OK);
     char *text = capture(dump_fn, &p);
     for (size_t i = 0; i < NKEYS; i++) {
         char line[64];
@@ -399,6 +405,7 @@ static void test_dump_roundtrip(void **state) {
     assert_non_null(strstr(text, "\nport = 9090\n"));
     assert_non_null(strstr(text, "\nredis_prefix = \" odd#prefix \"\n"));
     assert_non_null(strstr(text, "skip_scoring = true   # WARNING"));
+    assert_non_null(strstr(text, "\nprecision = bf16   # NOT EXACT"));
 
     /* Read back as a config file: the same settings. */
     const char *path = write_file("dump.conf", text);

@@ -320,8 +320,8 @@ static const char *const families[] = {
     "ctr_item_cache_insertions_total", "ctr_item_cache_evictions_total",
     "ctr_item_cache_expirations_total", "ctr_item_cache_entries",
     "ctr_item_cache_bytes", "ctr_inflight_requests", "ctr_rank_pending_requests",
-    "ctr_rank_pending_requests_limit", "ctr_model_info", "ctr_model_reloads_total",
-    "ctr_model_last_reload_successful", "ctr_degraded_responses_total",
+    "ctr_rank_pending_requests_limit", "ctr_model_info", "ctr_model_precision",
+    "ctr_model_reloads_total", "ctr_model_last_reload_successful", "ctr_degraded_responses_total",
     "ctr_rank_degraded_responses_total", "ctr_scored_candidates_total", "ctr_rank_stage_duration_seconds",
     "ctr_redis_breaker_open", "ctr_redis_breaker_opens_total",
     "ctr_redis_breaker_probes_total", "ctr_redis_breaker_short_circuits_total",
@@ -637,6 +637,17 @@ static void test_escaping(void **state) {
         assert_string_equal(P.s[i].val[2], version);
     }
     assert_int_equal(found, 1);
+    /* No precision series until one is set, then one per model. */
+    assert_null(strstr(text, "\nctr_model_precision{"));
+    free(text);
+    metrics_set_precision(m, 0, "fp32", 1);
+    metrics_set_precision(m, 0, "int8", 0);
+    metrics_set_precision(m, 3, "bf16", 0);        /* not a model: ignored */
+    text = render(m, NULL, &P);
+    assert_non_null(strstr(text, "\nctr_model_precision{model=\"m\",precision=\"int8\","
+                                 "exact=\"false\"} 1\n"));
+    assert_null(strstr(text, "precision=\"fp32\""));
+    assert_null(strstr(text, "precision=\"bf16\""));
     free(text);
 
     /* Over-long labels are cut, not overflowed. */

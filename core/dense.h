@@ -1,0 +1,179 @@
+/*
+ * dense.h - batched dense layers: y = x W^T for n rows at once, with the
+ * weight W (out x in, [out, in] as PyTorch stores it) prepared once, at
+ * model load, in the precision the model is served in.
+ *
+ * Shared by every architecture's dense products (QIN's QNN layers today; the
+ * MLPs of the others).  What a layer does besides the product (bias, batch
+ * norm, activation, residual) stays in the caller's own fused pass over y,
+ * so this module is only the product.
+ *
+ * Precisions (dense_precision):
+ *   fp32  exact: float32 weights and arithmetic (oneDNN, or the packed
+ *         AVX-512 kernel of gemm.c for the row counts where it is faster);
+ *   bf16  weights in bfloat16, the rows of x converted to bfloat16 per call
+ *         (round to nearest even), float32 accumulation (oneDNN);
+ *   int8  weights in int8 with one scale per output channel (max |W[o,:]| /
+ *         127), each row of x quantised at run time to u8 over its own
+ *         range (scale and zero point per row: (max - min) / 255, the range
+ *         widened to hold 0), int32 accumulation, float32 out (our
+ *         AVX512_VNNI kernel, dense.c, or oneDNN's u8 x s8 matmul; the zero
+ *         point is taken out exactly in int32).  Asymmetric rows:
+ *         on the demo model's validation set the largest score error was
+ *         4x smaller than with symmetric rows (max |x| / 127), at the same
+ *         cost (bench/README.md).
+ * Only fp32 is exact; the error bounds of the others are measured by
+ * tests/core/test_dense.c on the machine that runs the tests.
+ *
+ * Usage:
+ *
+ *     dense_params p = dense_default_params();
+ *     p.precision = DENSE_INT8;
+ *     dense *d;  dense_init(w, out, in, &p, &d, err, sizeof err);   // at load
+ *     dense_ws *ws;  dense_ws_init(dense_ws_size(d), &ws);          // per thread
+ *     dense_forward(d, ws, n, x, y);                                 // per call
+ *
+ * Lifetimes: a dense is built once and then read-only, shared by every
+ * thread.  A dense_ws is one thread's workspace (a oneDNN stream, conversion
+ * buffers, oneDNN's scratchpad), sized at start for the largest layer it
+ * will run.  dense_forward makes no allocation of its own, but the oneDNN
+ * calls it makes do, inside the library: the memory objects that wrap the
+ * buffers of a call, and the execute call's argument map (6 mallocs per
+ * execute, counted); neither has a way around it in oneDNN 2.6's C API.
+ *
+ * Shape classes: oneDNN's fast matmul (brgemm) needs the row count fixed
+ * when the primitive is made, so dense_init makes one primitive per class
+ * of row counts (1..16, then multiples of 8 up to DENSE_MAX_ROWS) and a call
+ * runs the smallest class that holds its rows (padding rows are computed
+ * and dropped); more rows go in chunks of DENSE_MAX_ROWS.  No primitive is
+ * made after dense_init.  All classes share one weight layout, reordered
+ * once at init into the layout oneDNN prefers.
+ *
+ * Threads: every call runs on the calling thread only.  The service gets
+ * its parallelism from its own threads (one request, or one slice of a
+ * request, per core), so oneDNN's OpenMP runtime is held to one thread in
+ * every thread that makes or runs a primitive (see dense.c).
+ *
+ * Errors: negative ctr_status (status.h) with a message in the caller's
+ * buffer (may be NULL).  Thread-safety: dense_init and dense_free are not
+ * to be called concurrently on the same object; dense_forward is
+ * thread-safe with one dense_ws per thread.
+ */
+#ifndef CTR_DENSE_H
+#define CTR_DENSE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "status.h"
+
+/* name, text, exact, what it is */
+#define DENSE_PRECISION_MAP(X)                                                          \
+    X(FP32, "fp32", 1, "float32 weights and arithmetic (exact)")                       \
+    X(BF16, "bf16", 0, "bfloat16 weights and activations, float32 accumulation")       \
+    X(INT8, "int8", 0,                                                                 \
+      "int8 weights (a scale per output channel), activations quantised per row at "   \
+      "run time (scale and zero point), int32 accumulation")
+
+typedef enum dense_precision {
+#define DENSE_PRECISION_ENUM(name, text, exact, what) DENSE_##name,
+    DENSE_PRECISION_MAP(DENSE_PRECISION_ENUM)
+#undef DENSE_PRECISION_ENUM
+    DENSE_PRECISION_COUNT
+} dense_precision;
+
+/* "fp32", "bf16", "int8"; "unknown" otherwise.  Static strings. */
+const char *dense_precision_name(dense_precision p);
+/* One line saying what the precision computes.  Static string. */
+const char *dense_precision_what(dense_precision p);
+/* 1 for fp32 (exact), 0 for the others. */
+int dense_precision_exact(dense_precision p);
+/* Parses "fp32" | "bf16" | "int8" (any case).  CTR_OK or CTR_EINVAL. */
+int dense_precision_parse(const char *text, dense_precision *out);
+
+/* Which code computes the product. */
+typedef enum dense_backend {
+    DENSE_BACKEND_AUTO,      /* fp32: oneDNN, row counts below packed_below
+                                through the packed kernel where it runs;
+                                bf16: oneDNN; int8: the VNNI kernel where
+                                it runs (dense_vnni_supported), else oneDNN */
+    DENSE_BACKEND_ONEDNN,    /* oneDNN for every row count */
+    DENSE_BACKEND_PACKED,    /* fp32: the packed AVX-512 kernel (gemm.h);
+                                int8: the AVX512_VNNI kernel of dense.c
+                                (dense_vnni_supported) */
+    DENSE_BACKEND_OPENBLAS,  /* fp32 only: cblas_sgemm on the plain weight
+                                (the reference the tests compare against) */
+} dense_backend;
+
+/* Largest row count of one oneDNN call; more rows go in chunks. */
+#define DENSE_MAX_ROWS 256
+
+typedef struct dense_params {
+    dense_precision precision;   /* DENSE_FP32 */
+    dense_backend backend;       /* DENSE_BACKEND_AUTO */
+    int ld_in;                   /* row stride of x in floats; 0: in */
+    int ld_out;                  /* row stride of y in floats; 0: out */
+    int packed_below;            /* AUTO, fp32: calls of fewer rows use the
+                                    packed kernel (9: it was 4-10% ahead of
+                                    oneDNN at 1 and 8 rows and level or
+                                    behind from 16 rows on, MicroLens
+                                    shapes, bench/README.md) */
+} dense_params;
+
+dense_params dense_default_params(void);
+
+typedef struct dense dense;
+typedef struct dense_ws dense_ws;
+
+/* Prepares w (out x in floats, row-major [out, in]; copied, the caller keeps
+ * it) for the precision and backend of p (NULL: defaults).  On success *d
+ * owns everything it needs (free with dense_free).  CTR_EINVAL for a
+ * combination that cannot run (bf16 with the packed or OpenBLAS backend,
+ * int8 with OpenBLAS, a packed kernel where the CPU or shape cannot use it, a
+ * non-finite weight), CTR_ENOMEM, or CTR_EINVAL with oneDNN's reason. */
+int dense_init(const float *w, int out, int in, const dense_params *p, dense **d,
+               char *err, size_t errlen);
+void dense_free(dense *d);
+
+/* What the layer runs, e.g. "int8: oneDNN brg:avx512_core_vnni (46 shape
+ * classes)".  Static for the layer's life. */
+const char *dense_describe(const dense *d);
+dense_precision dense_get_precision(const dense *d);
+int dense_in(const dense *d);
+int dense_out(const dense *d);
+
+/* Bytes of workspace one call of d needs.  A thread that runs several
+ * layers sizes its dense_ws by the largest. */
+size_t dense_ws_size(const dense *d);
+
+/* One thread's workspace of at least `bytes`.  CTR_OK, CTR_ENOMEM or
+ * CTR_EINVAL (oneDNN stream). */
+int dense_ws_init(size_t bytes, dense_ws **ws);
+void dense_ws_free(dense_ws *ws);
+
+/* y (n x out, row stride ld_out) = x (n x in, row stride ld_in) W^T, in the
+ * layer's precision.  x is not changed.  n may be 0.  CTR_OK, CTR_EINVAL
+ * when ws is smaller than dense_ws_size(d), or CTR_EINVAL when oneDNN
+ * refuses to run (never seen; the message says why). */
+int dense_forward(const dense *d, dense_ws *ws, int n, const float *x, float *y);
+
+/* Products whose shapes are known only at run time and whose operands
+ * change with every request (attention) have no weight to prepare: they
+ * go through linear_gemm (linear.h), the one run-time-shape sgemm. */
+
+/* 1 when this CPU and an out x in weight can run the int8 VNNI kernel
+ * (AVX512_VNNI and BW, out a multiple of 32, in of 4). */
+int dense_vnni_supported(int out, int in);
+
+/* Pieces exposed for the tests (tests/core/test_dense.c). */
+
+/* bfloat16 of f, rounded to nearest even (what the bf16 path feeds oneDNN). */
+unsigned short dense_bf16_round(float f);
+
+/* One row x (in floats) quantised for the int8 path: with lo = min(x, 0),
+ * hi = max(x, 0), scale = (hi - lo) / 255 and *zero = round(-lo / scale),
+ * q[k] = clamp(round(x[k] / scale) + zero, 0, 255), so x[k] ~ scale (q[k] -
+ * zero).  An all-zero row gives scale 1, zero 0.  Returns scale. */
+float dense_quantize_row(const float *x, int in, unsigned char *q, int32_t *zero);
+
+#endif

@@ -1,0 +1,424 @@
+/* test_dense.c - the dense layers of every precision and backend against a
+ * naive double-precision product, on this machine's CPU (math libraries
+ * have shipped silent wrong results for some CPUs, oneDNN's int8 and bf16
+ * kernels among them):
+ *   - fp32 on each backend within float rounding of the exact product;
+ *   - bf16 exactly what it claims (the product of the bf16-rounded inputs,
+ *     within float accumulation) and within its own bound of fp32;
+ *   - int8 exactly what it claims (the integer product of the quantised
+ *     inputs is exact) and within its own bound of fp32;
+ * for row counts around every shape class, odd shapes and row strides
+ * wider than the rows; plus the row quantiser, the bf16 rounding, the
+ * refusals, and that no call starts a thread. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+#include <dirent.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/dense.h"
+#include "core/gemm.h"
+#include "core/linear.h"
+
+static uint64_t rng = 12345;
+static float uni(void) {
+    rng = rng * 6364136223846793005ULL + 1442695040888963407ULL;
+    return (float)((double)(rng >> 11) / 9007199254740992.0) * 2.0f - 1.0f;
+}
+
+static float *falloc(size_t n) {
+    float *p = aligned_alloc(64, ((n * sizeof(float)) + 63) & ~(size_t)63);
+    assert_non_null(p);
+    return p;
+}
+
+static float bf16_value(float f) {
+    uint32_t u = (uint32_t)dense_bf16_round(f) << 16;
+    float r;
+    memcpy(&r, &u, sizeof r);
+    return r;
+}
+
+/* One operand as each precision sees it: a row of x, or a row of W (one
+ * output channel), as given, rounded to bfloat16, and quantised as dense.h
+ * says: a weight row symmetric (scale max |w| / 127, q in -127..127), a row
+ * of x over its range with a zero point (q - zero in the u8 range).  q holds
+ * the integer the product uses (q - zero for x) and e the rounding left,
+ * v = scale (q + e). */
+typedef struct operand {
+    double *v, *b, *q, *e;
+    double scale;
+} operand;
+
+static void operand_make(operand *op, const float *v, int in, int is_x) {
+    op->v = malloc((size_t)in * sizeof(double));
+    op->b = malloc((size_t)in * sizeof(double));
+    op->q = malloc((size_t)in * sizeof(double));
+    op->e = malloc((size_t)in * sizeof(double));
+    float lo = 0, hi = 0, inv, zero = 0;
+    for (int k = 0; k < in; k++) {
+        lo = v[k] < lo ? v[k] : lo;
+        hi = v[k] > hi ? v[k] : hi;
+    }
+    if (is_x) {
+        inv = hi - lo > 0 ? 255.0f / (hi - lo) : 0.0f;
+        op->scale = hi - lo > 0 ? (hi - lo) / 255.0f : 1.0;
+        zero = nearbyintf(-lo * inv);
+    } else {
+        float m = hi > -lo ? hi : -lo;
+        inv = m > 0 ? 127.0f / m : 0.0f;
+        op->scale = m / 127.0f;
+    }
+    for (int k = 0; k < in; k++) {
+        op->v[k] = v[k];
+        op->b[k] = bf16_value(v[k]);
+        float q = nearbyintf(v[k] * inv) + zero;
+        if (is_x) q = q > 255 ? 255 : (q < 0 ? 0 : q);
+        op->q[k] = q - zero;
+        op->e[k] = op->scale > 0 ? v[k] / op->scale - op->q[k] : 0;
+    }
+}
+
+static void operand_free(operand *op) {
+    free(op->v);
+    free(op->b);
+    free(op->q);
+    free(op->e);
+}
+
+/* What the precision should give for x . w, in double, and how far the
+ * layer may be from it: `claim` is the product of the inputs as the
+ * precision rounds them (checks that the library computes what it says),
+ * `exact` the product of the float inputs (the precision's own bound). */
+typedef struct expect {
+    double claim, claim_tol, exact, exact_tol;
+} expect;
+
+static expect expected(dense_precision p, const operand *x, const operand *w, int in) {
+    expect e = {0, 0, 0, 0};
+    double sabs = 0, babs = 0, bsum = 0, qsum = 0;
+    for (int k = 0; k < in; k++) {
+        double t = x->v[k] * w->v[k], tb = x->b[k] * w->b[k];
+        e.exact += t;
+        sabs += fabs(t);
+        bsum += tb;
+        babs += fabs(tb);
+        qsum += x->q[k] * w->q[k];
+    }
+    /* float accumulation: a few ulps of the sum of magnitudes */
+    const double acc = 4e-7 * (1 + log2(in));
+    if (p == DENSE_FP32) {
+        e.claim = e.exact;
+        e.claim_tol = e.exact_tol = acc * sabs + 1e-30;
+    } else if (p == DENSE_BF16) {
+        e.claim = bsum;
+        e.claim_tol = acc * babs + 1e-30;
+        /* each input rounded to 8 significant bits: relative error <= 2^-9
+         * each, so <= 2^-8 + 2^-18 per product */
+        e.exact_tol = sabs * (1.0 / 256 + 1.0 / 262144) + e.claim_tol;
+    } else {
+        /* The int32 sum of the quantised values is exact; only the final
+         * scaling rounds (a few float roundings of sums below 2^26). */
+        e.claim = qsum * x->scale * w->scale;
+        double qabs = 0, bound = 0;
+        for (int k = 0; k < in; k++) {
+            qabs += fabs(x->q[k] * w->q[k]);
+            /* x w - sx sw qx qw = sx sw (qx ew + ex qw + ex ew), |ew| <= 1/2 */
+            bound += 0.5 * fabs(x->q[k]) + fabs(x->e[k]) * (fabs(w->q[k]) + 0.5);
+        }
+        e.claim_tol = 4e-7 * qabs * x->scale * w->scale + 1e-30;
+        e.exact_tol = 1.01 * x->scale * w->scale * bound + e.claim_tol;
+    }
+    return e;
+}
+
+/* Runs d on n random rows (strides ld_in, ld_out) and checks every output
+ * against `expected`; the padding of y and x itself must stay as they were. */
+static void check_layer(dense *d, dense_ws *ws, const operand *wo, int n, int ld_in, int ld_out,
+                        double *worst_claim, double *worst_exact) {
+    const int in = dense_in(d), out = dense_out(d);
+    const dense_precision p = dense_get_precision(d);
+    float *x = falloc((size_t)(n ? n : 1) * ld_in), *x_copy = falloc((size_t)(n ? n : 1) * ld_in),
+          *y = falloc((size_t)(n ? n : 1) * ld_out);
+    for (int i = 0; i < n * ld_in; i++) x[i] = uni() * (1.0f + (float)(i % 7));
+    if (n > 2)
+        for (int k = 0; k < in; k++) x[(size_t)2 * ld_in + k] = 0.0f; /* an all-zero row */
+    memcpy(x_copy, x, (size_t)n * ld_in * sizeof *x);
+    for (int i = 0; i < n * ld_out; i++) y[i] = 12345.0f;
+    assert_int_equal(dense_forward(d, ws, n, x, y), CTR_OK);
+    assert_memory_equal(x, x_copy, (size_t)n * ld_in * sizeof *x);
+    for (int i = 0; i < n; i++) {
+        operand xo;
+        operand_make(&xo, x + (size_t)i * ld_in, in, 1);
+        for (int o = 0; o < out; o++) {
+            expect e = expected(p, &xo, &wo[o], in);
+            double got = y[(size_t)i * ld_out + o];
+            double dc = fabs(got - e.claim), de = fabs(got - e.exact);
+            if (dc > e.claim_tol || de > e.exact_tol)
+                fail_msg("%s n=%d y[%d][%d] = %.9g: claim %.9g (off %.3g, tol %.3g), exact "
+                         "%.9g (off %.3g, tol %.3g)", dense_describe(d), n, i, o, got, e.claim,
+                         dc, e.claim_tol, e.exact, de, e.exact_tol);
+            if (dc / e.claim_tol > *worst_claim) *worst_claim = dc / e.claim_tol;
+            if (de / e.exact_tol > *worst_exact) *worst_exact = de / e.exact_tol;
+        }
+        operand_free(&xo);
+        for (int o = out; o < ld_out; o++)
+            if (y[(size_t)i * ld_out + o] != 12345.0f)
+                fail_msg("%s n=%d: y[%d][%d] past the row was written", dense_describe(d), n, i, o);
+    }
+    free(x); free(x_copy); free(y);
+}
+
+/* Row counts around the shape classes (1..16, multiples of 8, chunks of
+ * DENSE_MAX_ROWS) and the packed kernel's threshold. */
+static const int counts[] = {0, 1, 2, 3, 7, 8, 9, 15, 16, 17, 23, 24, 25, 47, 48, 49, 64, 65,
+                             100, 255, 256, 257, 300};
+
+static void run_shapes(dense_precision p, dense_backend b) {
+    static const int shapes[][2] = {{32, 32}, {160, 160}, {48, 80}, {37, 100}, {1024, 1024}};
+    char err[256];
+    for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++) {
+        const int out = shapes[s][0], in = shapes[s][1];
+        if (b == DENSE_BACKEND_PACKED && p == DENSE_FP32 &&
+            (in != out || !gemm_packed_supported(in)))
+            continue;
+        if (b == DENSE_BACKEND_PACKED && p == DENSE_INT8 && !dense_vnni_supported(out, in))
+            continue;
+        float *w = falloc((size_t)out * in);
+        for (int i = 0; i < out * in; i++) w[i] = uni() / sqrtf((float)in);
+        for (int k = 0; k < in; k++) w[k] = 0.0f; /* an all-zero output channel */
+        operand *wo = malloc((size_t)out * sizeof *wo);
+        for (int o = 0; o < out; o++) operand_make(&wo[o], w + (size_t)o * in, in, 0);
+        for (int padded = 0; padded < 2; padded++) {
+            dense_params dp = dense_default_params();
+            dp.precision = p;
+            dp.backend = b;
+            dp.ld_in = padded ? in + 16 : 0;
+            dp.ld_out = padded ? out + 5 : 0;
+            dense *d;
+            if (dense_init(w, out, in, &dp, &d, err, sizeof err) < 0) fail_msg("%s", err);
+            dense_ws *ws;
+            assert_int_equal(dense_ws_init(dense_ws_size(d), &ws), CTR_OK);
+            double wc = 0, we = 0;
+            for (size_t c = 0; c < sizeof counts / sizeof *counts; c++) {
+                /* the largest shape at a few counts only, for time */
+                if (in == 1024 && counts[c] != 1 && counts[c] != 17 && counts[c] != 64 &&
+                    counts[c] != 65)
+                    continue;
+                check_layer(d, ws, wo, counts[c], padded ? in + 16 : in, padded ? out + 5 : out,
+                            &wc, &we);
+            }
+            printf("%-60s %4dx%-4d ld %s: worst error / bound: %.2f (own claim), %.2f (exact "
+                   "product)\n", dense_describe(d), out, in, padded ? "padded" : "tight", wc, we);
+            dense_ws_free(ws);
+            dense_free(d);
+        }
+        for (int o = 0; o < out; o++) operand_free(&wo[o]);
+        free(wo);
+        free(w);
+    }
+}
+
+static void test_fp32_auto(void **state) { (void)state; run_shapes(DENSE_FP32, DENSE_BACKEND_AUTO); }
+static void test_fp32_onednn(void **state) { (void)state; run_shapes(DENSE_FP32, DENSE_BACKEND_ONEDNN); }
+static void test_fp32_packed(void **state) { (void)state; run_shapes(DENSE_FP32, DENSE_BACKEND_PACKED); }
+static void test_fp32_openblas(void **state) { (void)state; run_shapes(DENSE_FP32, DENSE_BACKEND_OPENBLAS); }
+static void test_bf16(void **state) { (void)state; run_shapes(DENSE_BF16, DENSE_BACKEND_AUTO); }
+static void test_int8(void **state) { (void)state; run_shapes(DENSE_INT8, DENSE_BACKEND_AUTO); }
+static void test_int8_onednn(void **state) { (void)state; run_shapes(DENSE_INT8, DENSE_BACKEND_ONEDNN); }
+static void test_int8_vnni(void **state) {
+    (void)state;
+    if (!dense_vnni_supported(32, 32)) skip(); /* no AVX512_VNNI on this CPU */
+    run_shapes(DENSE_INT8, DENSE_BACKEND_PACKED);
+}
+
+static void test_precision_names(void **state) {
+    (void)state;
+    dense_precision p;
+    for (int i = 0; i < DENSE_PRECISION_COUNT; i++) {
+        assert_int_equal(dense_precision_parse(dense_precision_name(i), &p), CTR_OK);
+        assert_int_equal(p, i);
+    }
+    assert_int_equal(dense_precision_parse("INT8", &p), CTR_OK);
+    assert_int_equal(p, DENSE_INT8);
+    assert_int_equal(dense_precision_parse("int", &p), CTR_EINVAL);
+    assert_int_equal(dense_precision_parse("fp32x", &p), CTR_EINVAL);
+    assert_int_equal(dense_precision_parse("", &p), CTR_EINVAL);
+    assert_true(dense_precision_exact(DENSE_FP32));
+    assert_false(dense_precision_exact(DENSE_BF16));
+    assert_false(dense_precision_exact(DENSE_INT8));
+    assert_string_equal(dense_precision_name(DENSE_BF16), "bf16");
+}
+
+static void test_bf16_rounding(void **state) {
+    (void)state;
+    assert_int_equal(dense_bf16_round(1.0f), 0x3f80);
+    assert_int_equal(dense_bf16_round(-2.0f), 0xc000);
+    /* 1 + 2^-8 is halfway between 1 and 1 + 2^-7: ties to even (down) */
+    assert_int_equal(dense_bf16_round(1.0f + 1.0f / 256), 0x3f80);
+    /* 1 + 3 * 2^-8 is halfway between 1 + 2^-7 and 1 + 2^-6: up to even */
+    assert_int_equal(dense_bf16_round(1.0f + 3.0f / 256), 0x3f82);
+    assert_int_equal(dense_bf16_round(1.0f + 1.0f / 256 + 1.0f / 65536), 0x3f81);
+    for (int i = 0; i < 10000; i++) {
+        float f = uni() * 1000.0f;
+        float r = bf16_value(f);
+        assert_true(fabsf(r - f) <= fabsf(f) / 256.0f);
+    }
+}
+
+static void test_quantize_row(void **state) {
+    (void)state;
+    const int in = 37; /* a vector body and a scalar tail */
+    float x[37];
+    unsigned char q[37];
+    int32_t zero;
+    for (int k = 0; k < in; k++) x[k] = uni() * 3.0f;
+    x[11] = -4.5f; /* the range: -4.5 .. 3.5 */
+    x[30] = 3.5f;
+    float s = dense_quantize_row(x, in, q, &zero);
+    assert_true(fabsf(s - 8.0f / 255.0f) < 1e-7f);
+    assert_int_equal(zero, (int)nearbyintf(4.5f * 255.0f / 8.0f));
+    assert_int_equal(q[11], 0);
+    assert_int_equal(q[30], 255);
+    for (int k = 0; k < in; k++) {
+        int want = (int)nearbyintf(x[k] * (255.0f / 8.0f)) + zero;
+        want = want < 0 ? 0 : (want > 255 ? 255 : want);
+        assert_int_equal(q[k], want);
+        assert_true(fabsf(((int)q[k] - zero) * s - x[k]) <= 0.5f * s + 1e-6f);
+    }
+    /* One sign only: the range still holds 0 (zero point 0 or 255). */
+    for (int k = 0; k < in; k++) x[k] = 1.0f + fabsf(uni());
+    s = dense_quantize_row(x, in, q, &zero);
+    assert_int_equal(zero, 0);
+    for (int k = 0; k < in; k++) x[k] = -x[k];
+    s = dense_quantize_row(x, in, q, &zero);
+    assert_int_equal(zero, 255);
+    memset(x, 0, sizeof x);
+    s = dense_quantize_row(x, in, q, &zero);
+    assert_true(s == 1.0f);
+    assert_int_equal(zero, 0);
+    for (int k = 0; k < in; k++) assert_int_equal(q[k], 0);
+}
+
+static void test_refusals(void **state) {
+    (void)state;
+    float w[64 * 48];
+    for (int i = 0; i < 64 * 48; i++) w[i] = uni();
+    dense *d;
+    char err[256];
+    dense_params dp = dense_default_params();
+    dp.precision = DENSE_INT8;
+    dp.backend = DENSE_BACKEND_OPENBLAS;
+    assert_int_equal(dense_init(w, 64, 48, &dp, &d, err, sizeof err), CTR_EINVAL);
+    assert_non_null(strstr(err, "does not run on that backend"));
+    dp.backend = DENSE_BACKEND_PACKED; /* int8 kernel: 64 outputs, 48 inputs fit; 60 do not */
+    if (dense_vnni_supported(64, 48)) {
+        assert_int_equal(dense_init(w, 60, 48, &dp, &d, err, sizeof err), CTR_EINVAL);
+        assert_non_null(strstr(err, "multiple of 32"));
+    }
+    dp = dense_default_params();
+    dp.backend = DENSE_BACKEND_PACKED; /* not square */
+    assert_int_equal(dense_init(w, 64, 48, &dp, &d, err, sizeof err), CTR_EINVAL);
+    dp = dense_default_params();
+    dp.ld_in = 10; /* shorter than a row */
+    assert_int_equal(dense_init(w, 64, 48, &dp, &d, err, sizeof err), CTR_EINVAL);
+    w[100] = NAN;
+    assert_int_equal(dense_init(w, 64, 48, NULL, &d, err, sizeof err), CTR_EINVAL);
+    w[100] = 0.5f;
+    /* A workspace too small for the layer is refused, not overrun. */
+    dp = dense_default_params();
+    dp.precision = DENSE_INT8;
+    assert_int_equal(dense_init(w, 64, 48, &dp, &d, err, sizeof err), CTR_OK);
+    dense_ws *ws;
+    assert_int_equal(dense_ws_init(64, &ws), CTR_OK);
+    float x[48] = {1}, y[64];
+    assert_int_equal(dense_forward(d, ws, 1, x, y), CTR_EINVAL);
+    assert_int_equal(dense_forward(d, ws, 0, x, y), CTR_OK);
+    dense_ws_free(ws);
+    dense_free(d);
+}
+
+/* --- threads ------------------------------------------------------------ */
+
+static int thread_count(void) {
+    DIR *dir = opendir("/proc/self/task");
+    if (!dir) return -1;
+    int n = 0;
+    for (struct dirent *e; (e = readdir(dir));) n += e->d_name[0] != '.';
+    closedir(dir);
+    return n;
+}
+
+typedef struct run_arg {
+    dense *d;
+    int threads_after;
+} run_arg;
+
+static void *run_in_thread(void *p) {
+    run_arg *a = p;
+    dense_ws *ws;
+    if (dense_ws_init(dense_ws_size(a->d), &ws) < 0) return NULL;
+    const int n = 256, in = dense_in(a->d), out = dense_out(a->d);
+    float *x = falloc((size_t)n * in), *y = falloc((size_t)n * out);
+    for (int i = 0; i < n * in; i++) x[i] = uni();
+    dense_forward(a->d, ws, n, x, y);
+    linear_gemm(n, n, in, x, in, x, in, 1, 0.0f, y, n); /* x x^T: n x n <= n x out */
+    a->threads_after = thread_count();
+    free(x); free(y);
+    dense_ws_free(ws);
+    return NULL;
+}
+
+/* oneDNN here runs on OpenMP, whose default team is one thread per core:
+ * dense.h promises that a call runs on its caller's thread only, in the
+ * thread that made the layer and in any other. */
+static void test_one_thread_per_call(void **state) {
+    (void)state;
+    const int D = 512;
+    float *w = falloc((size_t)D * D);
+    for (int i = 0; i < D * D; i++) w[i] = uni();
+    char err[256];
+    for (int p = 0; p < DENSE_PRECISION_COUNT; p++) {
+        dense_params dp = dense_default_params();
+        dp.precision = p;
+        dp.backend = DENSE_BACKEND_ONEDNN;
+        int before = thread_count();
+        dense *d;
+        if (dense_init(w, D, D, &dp, &d, err, sizeof err) < 0) fail_msg("%s", err);
+        run_arg a = {d, 0};
+        pthread_t t;
+        assert_int_equal(pthread_create(&t, NULL, run_in_thread, &a), 0);
+        pthread_join(t, NULL);
+        /* the test's own thread is the one extra */
+        if (a.threads_after != before + 1)
+            fail_msg("%s: %d threads during a call, %d before", dense_describe(d),
+                     a.threads_after, before);
+        dense_free(d);
+    }
+    free(w);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_precision_names),
+        cmocka_unit_test(test_bf16_rounding),
+        cmocka_unit_test(test_quantize_row),
+        cmocka_unit_test(test_refusals),
+        cmocka_unit_test(test_one_thread_per_call),
+        cmocka_unit_test(test_fp32_auto),
+        cmocka_unit_test(test_fp32_onednn),
+        cmocka_unit_test(test_fp32_packed),
+        cmocka_unit_test(test_fp32_openblas),
+        cmocka_unit_test(test_bf16),
+        cmocka_unit_test(test_int8),
+        cmocka_unit_test(test_int8_onednn),
+        cmocka_unit_test(test_int8_vnni),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
