@@ -157,8 +157,9 @@ def explain_problems(req, ans_items, case, info, items, users):
     entries of the request's item_seq, or of the stored history, left-out
     and padding entries included.  Both name the same behaviour when they
     are the same count of usable behaviours from the most recent end.
-    Weights within TOL (relative above 1); a rank that ties the next is
-    not held to a position."""
+    Weights within TOL (relative above 1); a rank that ties the one before
+    or after it (the same item twice in a history: equal weights, whose
+    order is rounding's) is not held to a position."""
     cfg = info["config"]
     hist, cands = case
 
@@ -180,7 +181,8 @@ def explain_problems(req, ans_items, case, info, items, users):
             continue
         for j in range(n):
             pos, w = want[j]
-            tie = j + 1 < len(want) and abs(abs(want[j + 1][1]) - abs(w)) <= 1e-6 * max(1, abs(w))
+            tie = any(0 <= k < len(want) and abs(abs(want[k][1]) - abs(w)) <= 1e-6 * max(1, abs(w))
+                      for k in (j - 1, j + 1))
             g = got[j]
             if abs(g["weight"] - w) > TOL * max(1.0, abs(w)):
                 probs.append(f"item {it['item_id']} rank {j}: weight {g['weight']} vs {w}")
