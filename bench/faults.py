@@ -45,12 +45,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PY = "/usr/bin/python3"
 NICE = []   # ["nice", "-n", N] with --nice: server, Redis and loadgen
 SERVER_ARGS = []  # --server-args: extra ctr-server settings for every run
+SERVER_PIN = []   # ["taskset", "-c", CPUS] with --server-cpus: server and Redis
+CLIENT_PIN = []   # ["taskset", "-c", CPUS] with --client-cpus: loadgen
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 from e2e import free_port, http_ok, make_requests, wait_for  # noqa: E402
 
 
 def loadgen(build, port, reqfile, conns, seconds, rate=0.0):
-    cmd = NICE + [f"{build}/bench/loadgen", "--port", str(port), "--conns", str(conns), "--seconds",
+    cmd = CLIENT_PIN + NICE + [f"{build}/bench/loadgen", "--port", str(port), "--conns", str(conns), "--seconds",
            str(seconds), "--requests", reqfile]
     if rate:
         cmd += ["--rate", str(rate)]
@@ -85,7 +87,7 @@ class Server:
         extra = list(extra) + SERVER_ARGS
         self.port = free_port()
         self.log = open(os.path.join(tmp, f"server-{self.port}.log"), "w")
-        self.proc = subprocess.Popen(NICE + [f"{build}/ctr-server", "--model", model, "--redis",
+        self.proc = subprocess.Popen(SERVER_PIN + NICE + [f"{build}/ctr-server", "--model", model, "--redis",
                                       f"127.0.0.1:{rport}", "--port", str(self.port),
                                       "--log-level", "warn", *extra],
                                      stdout=self.log, stderr=subprocess.STDOUT)
@@ -144,10 +146,19 @@ def main():
     ap.add_argument("--nice", type=int, default=None,
                     help="run server, Redis and loadgen under `nice -n N` (a negative N needs root: "
                          "on a machine shared with other jobs, it keeps them from setting the figures)")
+    ap.add_argument("--server-cpus", default="",
+                    help="run ctr-server and Redis on these CPUs only (taskset -c LIST)")
+    ap.add_argument("--client-cpus", default="",
+                    help="run the load generator on these CPUs only (taskset -c LIST): with "
+                    "--server-cpus, the client no longer takes the server's time slices")
     ap.add_argument("--server-args", default="", help="extra ctr-server flags for every run, "
                     "e.g. \"--threads 1 --worker-nice 5\"")
     args = ap.parse_args()
     SERVER_ARGS.extend(args.server_args.split())
+    if args.server_cpus:
+        SERVER_PIN.extend(["taskset", "-c", args.server_cpus])
+    if args.client_cpus:
+        CLIENT_PIN.extend(["taskset", "-c", args.client_cpus])
     if args.nice is not None:
         NICE.extend(["nice", "-n", str(args.nice)])
     if args.quick:
@@ -160,7 +171,7 @@ def main():
 
     tmp = tempfile.mkdtemp(prefix="ctr-faults-")
     rport = free_port()
-    redis = subprocess.Popen(NICE + ["redis-server", "--port", str(rport), "--bind", "127.0.0.1", "--save", "",
+    redis = subprocess.Popen(SERVER_PIN + NICE + ["redis-server", "--port", str(rport), "--bind", "127.0.0.1", "--save", "",
                               "--appendonly", "no", "--dir", tmp],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     servers = []
@@ -178,7 +189,9 @@ def main():
         cpu = subprocess.run(["sh", "-c", "lscpu | sed -n 's/^Model name: *//p'"], capture_output=True,
                              text=True).stdout.strip()
         print(f"machine: {cpu}, {os.cpu_count()} cores; load average {os.getloadavg()[0]:.2f}"
-              f"{'; everything under nice -n ' + str(args.nice) if args.nice is not None else ''}; "
+              f"{'; everything under nice -n ' + str(args.nice) if args.nice is not None else ''}"
+              f"{'; server and Redis on CPUs ' + args.server_cpus if args.server_cpus else ''}"
+              f"{'; load generator on CPUs ' + args.client_cpus if args.client_cpus else ''}; "
               f"demo model ({os.path.basename(args.demo)}/model.safetensors), "
               f"fp32, N={args.n}, history 64 from Redis; server defaults (threads = cores, "
               f"deadline 50 ms, redis timeout 20 ms, max_pending 4 x threads)"
