@@ -123,18 +123,34 @@ def e2e_figure(rows, path, footer=""):
     percentile, a line per mode; x is the load offered (a paced run that
     falls behind it shows as latency, not as a point moved left)."""
     ns = sorted({r[1] for r in rows})
-    fig, axes = plt.subplots(len(PERCENTILES), len(ns), figsize=(4.4 * len(ns), 2.9 * len(PERCENTILES)),
+    # The percentiles every row has (the precision runs keep p50 and p99);
+    # a line per mode: the named modes in their colours, any other label
+    # (e2e.py's "MODEL PRECISION MODE") in the next colour of the cycle.
+    pcts = [p for p in PERCENTILES if all(p[0] in r[4] for r in rows)]
+    modes = {m: v for m, v in MODES.items() if any(r[0] == m for r in rows)}
+    for r in rows:
+        if r[0] not in modes:
+            modes[r[0]] = (r[0], f"C{len(modes) % 10}")
+    fig, axes = plt.subplots(len(pcts), len(ns), figsize=(4.4 * len(ns), 2.9 * len(pcts)),
                              squeeze=False, sharey="row", sharex="col")
     for j, n in enumerate(ns):
-        for i, (key, pname, _, _) in enumerate(PERCENTILES):
+        for i, (key, pname, _, _) in enumerate(pcts):
             ax = axes[i][j]
-            for mode, (label, color) in MODES.items():
-                pts = sorted((_offered(r, rows), r[4][key], r[2]) for r in rows
-                             if r[0] == mode and r[1] == n)
-                if not pts:
+            for mode, (label, color) in modes.items():
+                allpts = sorted((_offered(r, rows), r[4][key], r[2]) for r in rows
+                                if r[0] == mode and r[1] == n)
+                if not allpts:
                     continue
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], color=color, marker="o",
-                        ms=4, lw=1.6, label=label)
+                # One connection, closed loop: the unloaded latency, a point
+                # of its own (its rate is not a load anyone offered).
+                pts = [p for p in allpts if p[2] != "1 conn"]
+                for p in allpts:
+                    if p[2] == "1 conn":
+                        ax.plot([p[0]], [p[1]], marker="x", ms=8, ls="none", color=color,
+                                label=None if pts else label)
+                if pts:
+                    ax.plot([p[0] for p in pts], [p[1] for p in pts], color=color, marker="o",
+                            ms=4, lw=1.6, label=label)
                 # The closed-loop point: what saturation delivers.
                 for p in pts:
                     if p[2] == "saturation":
@@ -150,12 +166,15 @@ def e2e_figure(rows, path, footer=""):
                 ax.set_ylabel(f"{pname} latency, ms", fontsize=9)
             if i == 0:
                 ax.set_title(f"N = {n} candidates, history 64", fontsize=10)
-            if i == len(PERCENTILES) - 1:
+            if i == len(pcts) - 1:
                 ax.set_xlabel("offered load, req/s", fontsize=9)
     handles, labels = axes[0][0].get_legend_handles_labels()
     handles.append(Line2D([], [], color="0.3", marker="o", ms=10, mfc="none", ls="none"))
-    labels.append("closed loop: the saturation rate (others: 25/50/75% of it offered, paced)")
-    fig.legend(handles, labels, loc="upper center", ncol=4, fontsize=8, frameon=False,
+    labels.append("closed loop: the saturation rate (others: a fraction of it offered, paced)")
+    if any(r[2] == "1 conn" for r in rows):
+        handles.append(Line2D([], [], color="0.3", marker="x", ms=8, ls="none"))
+        labels.append("one connection, closed loop")
+    fig.legend(handles, labels, loc="upper center", ncol=min(3, len(handles)), fontsize=8, frameon=False,
                bbox_to_anchor=(0.5, 0.955))
     fig.suptitle("ctr-server end to end (HTTP, JSON, Redis, model), client-side latency "
                  "against load", fontsize=11)
@@ -207,10 +226,11 @@ def _offered(row, rows):
     """The load offered: NN% of the same mode and N's saturation rate for a
     paced run; for the closed-loop run, the rate it reached."""
     m = re.match(r"(\d+)% of sat", row[2])
-    if not m:
+    if not m and row[2] != "half sat":
         return row[4]["rps"]
+    frac = int(m.group(1)) / 100 if m else 0.5
     sat = [r[4]["rps"] for r in rows if r[0] == row[0] and r[1] == row[1] and r[2] == "saturation"]
-    return int(m.group(1)) / 100 * sat[0] if sat else row[4]["rps"]
+    return frac * sat[0] if sat else row[4]["rps"]
 
 
 def footer_line(machine):
