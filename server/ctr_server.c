@@ -14,7 +14,9 @@
  *                   new file loads and keeps the model's feature schema,
  *                   else that model keeps serving its old version (logged,
  *                   counted in ctr_model_reloads_total{model});
- *   SIGTERM/SIGINT  stop accepting, finish the requests in flight, exit 0.
+ *   SIGTERM/SIGINT  stop accepting, finish the requests in flight (and serve,
+ *                   with Connection: close, ones arriving on open
+ *                   connections meanwhile), exit 0.
  * Every other thread has these signals blocked, so they arrive here.
  */
 #include <errno.h>
@@ -341,6 +343,7 @@ int main(int argc, char **argv) {
     svc.max_deadline_ms = cp.max_deadline_ms > cp.deadline_ms ? cp.max_deadline_ms
                                                               : cp.deadline_ms;
     atomic_init(&svc.stopping, 0);
+    atomic_init(&svc.draining, 0);
     featstore_default_params(&svc.fs_params);
     svc.fs_params.addr = cp.redis;
     svc.fs_params.prefix = cp.redis_prefix;
@@ -441,7 +444,7 @@ int main(int argc, char **argv) {
                  http_inflight(http));
         break;
     }
-    atomic_store(&svc.stopping, 1);
+    atomic_store(&svc.draining, 1); /* http_stop sets stopping after its wait */
     http_stop(http, SHUTDOWN_GRACE_MS);
     http = NULL;
     exit_code = 0;

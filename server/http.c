@@ -116,6 +116,8 @@ struct http_req {
     /* Set by the worker, queued by the event loop after the resume. */
     struct MHD_Response *resp;
     int resp_status;
+    int close_after;                /* admitted while draining: answer with
+                                       Connection: close */
 };
 
 /* --- responses ----------------------------------------------------------- */
@@ -282,7 +284,7 @@ static void work(http_server *h, http_req *r) {
         status = rank_handle(w, &in);
         http_body_of(&w->out, &data, &len, &status);
     }
-    r->resp = make(status, JSON_TYPE, data, len, NULL, 0);
+    r->resp = make(status, JSON_TYPE, data, len, NULL, r->close_after);
     r->resp_status = status;
 }
 
@@ -398,7 +400,7 @@ static enum MHD_Result serve(http_server *h, struct MHD_Connection *c, http_req 
     }
     if (strcmp(rt->path, "/readyz") == 0) {
         /* The health check's last view (ctr_server.c), no I/O here. */
-        if (atomic_load(&svc->stopping))
+        if (atomic_load(&svc->stopping) || atomic_load(&svc->draining))
             return respond_error(c, r, PROTO_ERROR_NOT_READY, "shutting down", NULL);
         char buf[1400];
         const char *why = not_ready_reason(svc, buf, sizeof buf);
@@ -441,6 +443,11 @@ static enum MHD_Result serve(http_server *h, struct MHD_Connection *c, http_req 
     /* POST /v1/rank */
     if (atomic_load(&svc->stopping))
         return respond_error(c, r, PROTO_ERROR_NOT_READY, "shutting down", NULL);
+    /* Draining: no new connections are accepted, but a request on one
+     * already open (keep-alive) is served, and its connection closed after
+     * the answer, so the client reconnects elsewhere instead of getting a
+     * 503 from a replica that is still able to answer. */
+    r->close_after = atomic_load(&svc->draining);
     if (admit(h, r) < 0) {
         metrics_shed(svc->metrics, 0);
         char msg[128];
@@ -838,6 +845,7 @@ void http_stop(http_server *h, int grace_ms) {
     if (atomic_load(&h->inflight) > 0)
         log_warn("shutdown: %d request(s) still in flight after %d ms; closing",
                  atomic_load(&h->inflight), grace_ms);
+    atomic_store(&h->svc->stopping, 1);
     /* Workers finish what is queued (answered "shutting down" once
      * svc->stopping is set) and resume those connections before the
      * daemon goes. */

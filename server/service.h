@@ -61,7 +61,12 @@ typedef struct service {
     int skip_scoring;              /* answer with score 0, model not run */
     int deadline_ms;               /* a request's budget when it names none */
     int max_deadline_ms;           /* the most a request may ask for */
-    atomic_int stopping;           /* set on SIGTERM: new requests get 503 */
+    atomic_int draining;           /* set on SIGTERM: /readyz 503; rank
+                                      requests on open connections are
+                                      still served, answered with
+                                      Connection: close */
+    atomic_int stopping;           /* set once the drain's wait is over:
+                                      requests still queued get 503 */
 } service;
 
 /* What the last health check found (service_model.feature_set). */

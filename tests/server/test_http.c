@@ -166,11 +166,73 @@ static void test_body_of(void **state) {
     proto_buf_free(&b);
 }
 
+/* Reads one answer (headers and a Content-Length body) from fd into out;
+ * its status, or 0.  *closed: the server closed the connection after it. */
+static int read_answer(int fd, char *out, size_t cap, int *closed) {
+    size_t n = 0;
+    *closed = 0;
+    for (;;) {
+        ssize_t r = recv(fd, out + n, cap - 1 - n, 0);
+        if (r <= 0) break;
+        n += (size_t)r;
+        out[n] = '\0';
+        char *hdr_end = strstr(out, "\r\n\r\n"), *cl = strcasestr(out, "Content-Length: ");
+        if (hdr_end && cl && (size_t)(out + n - hdr_end - 4) >= strtoul(cl + 16, NULL, 10))
+            break;
+    }
+    out[n] = '\0';
+    if (strstr(out, "Connection: close")) {
+        char c;
+        *closed = recv(fd, &c, 1, 0) == 0;
+    }
+    int status = 0;
+    sscanf(out, "HTTP/1.1 %d", &status);
+    return status;
+}
+
+/* A drain (SIGTERM sets draining): /readyz says 503 at once, but a rank
+ * request on a connection already open is still answered, 200, with
+ * Connection: close, so its client goes elsewhere for the next one. */
+static void test_drain(void **state) {
+    (void)state;
+    char out[8192], req[1024];
+    int closed;
+    const char *body = "{\"user_id\": \"u1\", \"candidates\": [{\"item_id\": 3}]}";
+    int len = snprintf(req, sizeof req, "POST /v1/rank HTTP/1.1\r\nHost: t\r\nContent-Type: "
+                       "application/json\r\nX-Request-Timeout-Ms: 500\r\nContent-Length: %zu\r\n\r\n%s",
+                       strlen(body), body);
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)http_port(h)),
+                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    assert_int_equal(connect(fd, (struct sockaddr *)&sa, sizeof sa), 0);
+    struct timeval tv = {2, 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    assert_int_equal(send(fd, req, (size_t)len, MSG_NOSIGNAL), len);
+    assert_int_equal(read_answer(fd, out, sizeof out, &closed), 200);
+    assert_null(strstr(out, "Connection: close"));   /* kept alive */
+
+    atomic_store(&svc.draining, 1);
+    char ready[4096];
+    assert_int_equal(get("GET /readyz HTTP/1.1\r\nHost: t\r\n\r\n", ready, sizeof ready, &closed),
+                     503);
+    assert_non_null(strstr(ready, "shutting down"));
+    assert_int_equal(send(fd, req, (size_t)len, MSG_NOSIGNAL), len);
+    assert_int_equal(read_answer(fd, out, sizeof out, &closed), 200);
+    assert_non_null(strstr(out, "\"items\":[{\"item_id\":3,"));
+    assert_non_null(strstr(out, "Connection: close"));
+    assert_true(closed);
+    close(fd);
+    atomic_store(&svc.draining, 0);
+    assert_int_equal(get("GET /readyz HTTP/1.1\r\nHost: t\r\n\r\n", ready, sizeof ready, &closed),
+                     200);
+}
+
 int main(void) {
     signal(SIGPIPE, SIG_IGN);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_routes),
         cmocka_unit_test(test_rank),
+        cmocka_unit_test(test_drain),
         cmocka_unit_test(test_framing),
         cmocka_unit_test(test_body_of),
     };
