@@ -147,6 +147,16 @@ static void health_check(service *svc, featstore *const *fs) {
     }
 }
 
+/* The precision of the model served as `name` (NULL: not known yet): its
+ * own NAME=PRECISION entry, else the plain setting (both checked by
+ * config_parse). */
+static dense_precision precision_of(const config_params *cp, const char *name) {
+    const char *v = name ? config_model_value(cp, "precision", name) : NULL;
+    dense_precision p = DENSE_FP32;
+    dense_precision_parse(v ? v : cp->precision, &p);
+    return p;
+}
+
 /* Loads every model of the settings into svc: its name (given, or the
  * file's), its key prefix and cache budget (its own NAME=VALUE, else the
  * plain setting; models without a budget of their own share cache_mb
@@ -162,27 +172,22 @@ static int load_models(service *svc, const config_params *cp, char *err, size_t 
     sp.warmup_max_cand = cp->warmup ? cp->max_candidates : 0;
     char inner[900];
     int rc = CTR_OK, shared = 0, i;
-    dense_precision plain = DENSE_FP32;
-    dense_precision_parse(cp->precision, &plain); /* checked by config_parse */
     for (i = 0; i < cp->num_models; i++) {
         const config_model *cm = &cp->models[i];
-        /* A bare path's own precision entry is known once its file names
-         * it: loaded again then, if it differs. */
-        for (int pass = 0; pass < 2; pass++) {
-            const char *pv = cm->name[0] ? config_model_value(cp, "precision", cm->name)
-                           : slot[i] ? config_model_value(cp, "precision", slot[i]->schema->name)
-                                     : NULL;
-            sp.precision = plain;
-            if (pv) dense_precision_parse(pv, &sp.precision);
-            if (slot[i] && engine_model_precision(slot[i]->model) == sp.precision) break;
+        sp.precision = precision_of(cp, cm->name[0] ? cm->name : NULL);
+        rc = model_slot_load(cm->path, &sp, 1, &slot[i], inner, sizeof inner);
+        /* A bare path is named by its file: its own precision entry, if
+         * any, is known only now. */
+        if (rc == CTR_OK && !cm->name[0] &&
+            precision_of(cp, slot[i]->schema->name) != sp.precision) {
+            sp.precision = precision_of(cp, slot[i]->schema->name);
             model_slot_release(slot[i]);
             slot[i] = NULL;
-            if ((rc = model_slot_load(cm->path, &sp, 1, &slot[i], inner, sizeof inner)) < 0) {
-                ctr_fail(err, errlen, rc, "model %s: %s", cm->name[0] ? cm->name : cm->path,
-                         inner);
-                goto fail;
-            }
-            if (cm->name[0]) break;
+            rc = model_slot_load(cm->path, &sp, 1, &slot[i], inner, sizeof inner);
+        }
+        if (rc < 0) {
+            ctr_fail(err, errlen, rc, "model %s: %s", cm->name[0] ? cm->name : cm->path, inner);
+            goto fail;
         }
         names[i] = cm->name[0] ? cm->name : slot[i]->schema->name;
         shared += !config_model_value(cp, "cache_mb", names[i]);

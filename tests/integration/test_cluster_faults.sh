@@ -49,11 +49,7 @@ cleanup() {
   return 0
 }
 trap cleanup EXIT
-passed=0 failed=0
-ok()  { passed=$((passed + 1)); echo "  ok   $1"; }
-bad() { failed=$((failed + 1)); echo "  FAIL $1" >&2; }
-check() { local name=$1; shift; if "$@"; then ok "$name"; else bad "$name"; fi; }
-free_port() { "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. tests/integration/lib/checks.sh
 now_ms() { date +%s%3N; }
 t_start=$SECONDS
 

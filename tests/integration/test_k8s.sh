@@ -12,11 +12,9 @@ set -euo pipefail
 : "${PYTHON:=/usr/bin/python3}"
 validate=("$PYTHON" tools/k8s_validate.py --ctr-server "$CTR_BUILD/ctr-server")
 
-passed=0 failed=0
+. tests/integration/lib/checks.sh
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-ok()  { passed=$((passed + 1)); echo "  ok   $1"; }
-bad() { failed=$((failed + 1)); echo "  FAIL $1" >&2; }
 
 if "${validate[@]}" deploy/k8s/*.yaml >"$tmp/out" 2>&1; then
   ok "deploy/k8s: $(tail -n 1 "$tmp/out" | sed 's/^k8s_validate: //')"

@@ -9,9 +9,7 @@
 set -euo pipefail
 dir=tests/openapi
 cli=$dir/node_modules/.bin/swagger-cli
-passed=0 failed=0
-ok()  { passed=$((passed + 1)); echo "  ok   $1"; }
-bad() { failed=$((failed + 1)); echo "  FAIL $1" >&2; }
+. tests/integration/lib/checks.sh
 
 if ! command -v npm >/dev/null; then
   echo "test_openapi: npm not found (deploy/install.sh installs it)" >&2

@@ -8,10 +8,7 @@
 # restarted, rejoins as a replica.  About 10 s.
 set -uo pipefail
 . tests/integration/lib/redis_cluster.sh
-passed=0 failed=0
-ok()  { passed=$((passed + 1)); echo "  ok   $1"; }
-bad() { failed=$((failed + 1)); echo "  FAIL $1" >&2; }
-check() { local name=$1; shift; if "$@"; then ok "$name"; else bad "$name"; fi; }
+. tests/integration/lib/checks.sh
 trap cluster_stop EXIT
 
 t0=$(date +%s%N)

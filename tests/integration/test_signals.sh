@@ -15,11 +15,8 @@ PY=${PYTHON:-/usr/bin/python3}
 tmp=$(mktemp -d /tmp/ctr-signals.XXXXXX)
 pid=
 trap '[ -n "$pid" ] && kill -KILL "$pid" 2>/dev/null; rm -rf "$tmp"' EXIT
-passed=0 failed=0
-ok()  { passed=$((passed + 1)); echo "  ok   $1"; }
-bad() { failed=$((failed + 1)); echo "  FAIL $1" >&2; }
-check() { local name=$1; shift; if "$@"; then ok "$name"; else bad "$name"; fi; }
-port=$("$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+. tests/integration/lib/checks.sh
+port=$(free_port)
 
 "$B/ctr-server" --model "$G/small/model.safetensors" --redis "$CTR_REDIS" --port "$port" \
   --threads 2 --score-threads 2 >"$tmp/server.log" 2>&1 &
