@@ -51,19 +51,24 @@ else ifneq ($(SANITIZE),)
   $(error SANITIZE must be address, undefined or thread)
 endif
 
-CORE_SRC   := $(wildcard core/*.c)
+# Layers, bottom up (docs/ARCHITECTURE.md): core/base (arena, status, log,
+# clock), core (the engine), proto (the wire), server/store (the feature
+# store over Redis), server (the service), server/cmd (the programs: one
+# main() per ctr_*.c, and what only they use).
+CORE_SRC   := $(wildcard core/base/*.c core/*.c)
 PROTO_SRC  := $(wildcard proto/*.c)
-# server/ holds one main() per program (ctr_*.c) and shared modules.
-SERVER_LIB := $(filter-out server/ctr_%.c,$(wildcard server/*.c))
+SERVER_LIB := $(wildcard server/store/*.c server/*.c) \
+              $(filter-out server/cmd/ctr_%.c,$(wildcard server/cmd/*.c))
 
 CORE_OBJ   := $(CORE_SRC:%.c=$(B)/%.o)
 PROTO_OBJ  := $(PROTO_SRC:%.c=$(B)/%.o)
 SERVER_OBJ := $(SERVER_LIB:%.c=$(B)/%.o)
 LIB        := $(B)/libctr.a
 
-PROGRAMS   := $(patsubst server/ctr_%.c,$(B)/ctr-%,$(wildcard server/ctr_*.c))
+PROGRAMS   := $(patsubst server/cmd/ctr_%.c,$(B)/ctr-%,$(wildcard server/cmd/ctr_*.c))
 BENCH_BIN  := $(patsubst bench/%.c,$(B)/bench/%,$(wildcard bench/*.c))
-TEST_SRC   := $(wildcard tests/core/test_*.c tests/proto/test_*.c tests/server/test_*.c)
+TEST_SRC   := $(wildcard tests/core/test_*.c tests/core/*/test_*.c tests/proto/test_*.c \
+                         tests/server/test_*.c tests/server/*/test_*.c)
 TEST_BIN   := $(TEST_SRC:%.c=$(B)/%)
 # Fuzz targets: built as plain programs (regression sweep) for `make test`,
 # and with libFuzzer by `make fuzz`.
@@ -83,7 +88,7 @@ $(LIB): $(CORE_OBJ) $(PROTO_OBJ) $(SERVER_OBJ)
 	@mkdir -p $(dir $@)
 	rm -f $@ && $(AR) rcs $@ $^
 
-$(B)/ctr-%: $(B)/server/ctr_%.o $(LIB)
+$(B)/ctr-%: $(B)/server/cmd/ctr_%.o $(LIB)
 	$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@
 
 $(B)/bench/%: $(B)/bench/%.o $(LIB)
@@ -148,7 +153,7 @@ bench: all golden
 bench-e2e: all
 	$(PYTHON) bench/e2e.py --build $(B)
 
-# Feature reads on a Redis Cluster (server/rcluster.c) against one node:
+# Feature reads on a Redis Cluster (server/store/rcluster.c) against one node:
 # starts a 3+3 cluster (tests/integration/lib/redis_cluster.sh) and a
 # single redis-server, both on free loopback ports.
 .PHONY: bench-cluster bench-cluster-e2e

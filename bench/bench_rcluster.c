@@ -1,6 +1,6 @@
 /*
  * bench_rcluster.c - what reading a request's item features costs on a
- * Redis Cluster (server/rcluster.c) against one Redis node, at the feature
+ * Redis Cluster (server/store/rcluster.c) against one Redis node, at the feature
  * store's shapes: N item keys of ~540 bytes (a MicroLens item value), read
  * by one client thread, request after request.
  *
@@ -27,9 +27,9 @@
 
 #include <hiredis/hiredis.h>
 
-#include "core/arena.h"
-#include "server/clock.h"
-#include "server/rcluster.h"
+#include "core/base/arena.h"
+#include "core/base/clock.h"
+#include "server/store/rcluster.h"
 
 #define VALUE_LEN 540
 #define MAX_N 1024

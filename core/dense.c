@@ -39,7 +39,7 @@
 
 #include <oneapi/dnnl/dnnl.h>
 
-#include "clones.h"
+#include "core/base/clones.h"
 #include "gemm.h"
 #include "linear.h"
 

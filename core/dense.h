@@ -65,7 +65,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "status.h"
+#include "core/base/status.h"
 
 /* name, text, exact, what it is */
 #define DENSE_PRECISION_MAP(X)                                                          \

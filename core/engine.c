@@ -77,7 +77,7 @@ int engine_model_load_buffer_with(const void *buf, size_t len, const engine_para
     if ((rc = m->ops->load(&f, &m->sc, &m->params, &m->impl, err, errlen)) < 0) goto fail;
     st_free(&f);
     /* BLAS single-threaded inside every call: the service's parallelism is
-     * its own worker threads (see model.c); process-wide.  And oneDNN's
+     * its own worker threads (see qin_load.c); process-wide.  And oneDNN's
      * sgemm kernels made now, not in the first request (linear.h). */
     openblas_set_num_threads(1);
     linear_warm_up();

@@ -57,7 +57,7 @@
 
 #include "dense.h"
 #include "itemvec.h"
-#include "status.h"
+#include "core/base/status.h"
 
 #define ENGINE_ARCH_MAP(X)                                                    \
     X(QIN, "qin")                                                             \

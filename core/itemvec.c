@@ -12,7 +12,7 @@
 
 #include "linear.h"
 #include "modelfile.h"
-#include "status.h"
+#include "core/base/status.h"
 
 #define P "embedding_layer.embedding_layer."
 

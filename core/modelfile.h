@@ -1,6 +1,6 @@
 /*
  * modelfile.h - reading the model file's metadata and tensors, shared by
- * the loaders of the three architectures (model.c for QIN, din.c, tin.c).
+ * the loaders of the three architectures (qin_load.c for QIN, din.c, tin.c).
  *
  * Format "ctr-model-2" (tools/convert.py writes it for every architecture):
  * metadata "arch" and the feature schema (item_fields, context_fields,

@@ -20,7 +20,7 @@
 #include "arch.h"
 #include "attn.h"
 #include "linear.h"
-#include "clones.h"
+#include "core/base/clones.h"
 #include "qin_internal.h"
 
 /* [e | A e | B e | U e | V e]: 3 E + 2 D floats. */

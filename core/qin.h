@@ -46,7 +46,7 @@
 
 #include "dense.h"
 #include "itemvec.h"
-#include "status.h"
+#include "core/base/status.h"
 
 #define QIN_MAX_CTX 16        /* context fields a model may declare */
 #define QIN_NAME_MAX 64
@@ -85,7 +85,7 @@ typedef struct qin_scratch qin_scratch;
  * a message naming the problem, a truncated/corrupt file, a tensor of the
  * wrong dtype or shape, a missing tensor, or a configuration out of bounds.
  * Never reads past the file.  Also sets OpenBLAS to one thread (see
- * model.c), and prepares the QNN layers in fp32 (dense.h: oneDNN, and the
+ * qin_load.c), and prepares the QNN layers in fp32 (dense.h: oneDNN, and the
  * packed AVX-512 kernel of gemm.h for small batches where the CPU has it;
  * the environment variable CTR_QNN_OPENBLAS=1 keeps OpenBLAS for every
  * product). */

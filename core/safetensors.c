@@ -11,7 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "status.h"
+#include "core/base/status.h"
 
 #define MAX_DEPTH 32
 

@@ -1,7 +1,7 @@
 /* error.c - error answers of the API, see error.h. */
 #include "error.h"
 
-#include "core/status.h"
+#include "core/base/status.h"
 
 int proto_error_http(proto_error e) {
     switch (e) {

@@ -12,7 +12,7 @@
 #include <limits.h>
 #include <string.h>
 
-#include "core/status.h"
+#include "core/base/status.h"
 
 #define MAGIC0 'C'
 #define MAGIC_ITEM 'I'

@@ -55,7 +55,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "core/arena.h"
+#include "core/base/arena.h"
 
 #define FEATURES_VERSION 1          /* item without category, user */
 #define FEATURES_VERSION_CATE 2     /* item with a category */

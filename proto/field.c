@@ -18,7 +18,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "core/status.h"
+#include "core/base/status.h"
 
 static void path_print(char *dst, size_t cap, proto_path p) {
     int n;

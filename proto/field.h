@@ -18,7 +18,7 @@
 
 #include <jansson.h>
 
-#include "core/arena.h"
+#include "core/base/arena.h"
 
 /* Where a value sits: outer, then "[index]" when index >= 0, then
  * ".inner" when inner is set.  {"candidates", 3, "item_id"} prints as

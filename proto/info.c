@@ -1,7 +1,7 @@
 /* info.c - JSON of the operations endpoints, see info.h. */
 #include "info.h"
 
-#include "core/status.h"
+#include "core/base/status.h"
 
 int proto_status_encode(const char *status, const char *detail, proto_buf *b) {
     proto_buf_puts(b, "{\"status\":");

@@ -4,7 +4,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "core/status.h"
+#include "core/base/status.h"
 #include "field.h"
 
 int proto_meta_encode(const proto_meta *m, proto_buf *b) {

@@ -14,7 +14,7 @@
 #include <math.h>
 #include <string.h>
 
-#include "core/status.h"
+#include "core/base/status.h"
 #include "field.h"
 
 /* --- Decoding ----------------------------------------------------------- */

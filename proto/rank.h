@@ -72,7 +72,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "core/arena.h"
+#include "core/base/arena.h"
 #include "proto/buf.h"
 
 #define PROTO_RANK_ID_MAX 256          /* bytes of a string user_id */

@@ -11,7 +11,7 @@
 
 #include <string.h>
 
-#include "core/status.h"
+#include "core/base/status.h"
 #include "field.h"
 
 #define RECORDS_USER_ID_MAX 256

@@ -51,8 +51,8 @@
 
 #include "proto/error.h"
 #include "proto/info.h"
-#include "server/clock.h"
-#include "server/log.h"
+#include "core/base/clock.h"
+#include "core/base/log.h"
 
 #define JSON_TYPE "application/json"
 

@@ -91,10 +91,10 @@
 
 #include <stdint.h>
 
-#include "core/status.h"
+#include "core/base/status.h"
 #include "proto/buf.h"
-#include "server/breaker.h"
-#include "server/featstore.h"
+#include "server/store/breaker.h"
+#include "server/store/featstore.h"
 #include "server/item_cache.h"
 
 #define METRICS_CONTENT_TYPE "text/plain; version=0.0.4; charset=utf-8"

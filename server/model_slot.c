@@ -6,7 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "server/clock.h"
+#include "core/base/clock.h"
 
 struct model_holder {
     pthread_mutex_t mu;         /* guards cur (held for a pointer read) */

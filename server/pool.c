@@ -13,7 +13,7 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 
-#include "core/status.h"
+#include "core/base/status.h"
 
 typedef struct job {
     pool_fn fn;

@@ -37,8 +37,8 @@
 #include <string.h>
 
 #include "proto/error.h"
-#include "server/clock.h"
-#include "server/log.h"
+#include "core/base/clock.h"
+#include "core/base/log.h"
 
 /* Time kept for ordering and encoding the answer after scoring. */
 #define ANSWER_RESERVE_NS 100000

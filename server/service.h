@@ -16,10 +16,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "core/arena.h"
+#include "core/base/arena.h"
 #include "core/engine.h"
 #include "proto/buf.h"
-#include "server/featstore.h"
+#include "server/store/featstore.h"
 #include "server/item_cache.h"
 #include "server/metrics.h"
 #include "server/model_slot.h"

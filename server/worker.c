@@ -14,7 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "server/log.h"
+#include "core/base/log.h"
 #include "server/service.h"
 
 static pthread_key_t worker_key;

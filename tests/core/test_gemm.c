@@ -122,7 +122,7 @@ static void test_layer_both_ways(void **state) {
 }
 
 int main(void) {
-    /* As the engine runs it (core/model.c): OpenBLAS on the calling thread
+    /* As the engine runs it (core/qin_load.c): OpenBLAS on the calling thread
      * only.  Its own worker threads synchronise in code TSan cannot see,
      * so a threaded sgemm shows as a race in the TSan build. */
     openblas_set_num_threads(1);

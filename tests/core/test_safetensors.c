@@ -8,7 +8,7 @@
 #include <string.h>
 
 #include "core/safetensors.h"
-#include "core/status.h"
+#include "core/base/status.h"
 
 /* Builds [u64 len][header][data] from a header string and data size. */
 static unsigned char *make(const char *header, size_t data_len, size_t *len) {

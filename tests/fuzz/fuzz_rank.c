@@ -12,7 +12,7 @@
  *
  *   clang -std=c11 -D_GNU_SOURCE -g -O1 -I. -DFUZZ_LIBFUZZER \
  *       -fsanitize=fuzzer,address,undefined \
- *       tests/fuzz/fuzz_rank.c proto/[a-z]*.c core/arena.c core/status.c \
+ *       tests/fuzz/fuzz_rank.c proto/[a-z]*.c core/base/arena.c core/base/status.c \
  *       $(pkg-config --cflags --libs jansson) -o build/fuzz_rank
  *   build/fuzz_rank -max_len=4096 tests/fuzz/corpus/rank
  *
@@ -28,7 +28,7 @@
 
 #include <jansson.h>
 
-#include "core/status.h"
+#include "core/base/status.h"
 #include "proto/error.h"
 #include "proto/rank.h"
 

@@ -6,7 +6,7 @@
 #ifndef CTR_TESTS_PROTO_FIXTURE_H
 #define CTR_TESTS_PROTO_FIXTURE_H
 
-#include "core/arena.h"
+#include "core/base/arena.h"
 
 static char err[256];
 static arena A;

@@ -13,7 +13,7 @@
 #include <cmocka.h>
 #include <jansson.h>
 
-#include "core/status.h"
+#include "core/base/status.h"
 #include "proto/error.h"
 
 static void test_mapping(void **state) {

@@ -16,7 +16,7 @@
 
 #include <cmocka.h>
 
-#include "core/status.h"
+#include "core/base/status.h"
 #include "proto/features.h"
 
 #include "tests/proto/fixture.h"

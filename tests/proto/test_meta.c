@@ -5,7 +5,7 @@
 #include <cmocka.h>
 #include <string.h>
 
-#include "core/status.h"
+#include "core/base/status.h"
 #include "proto/meta.h"
 
 static void test_round_trip(void **state) {

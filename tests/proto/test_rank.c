@@ -16,7 +16,7 @@
 #include <cmocka.h>
 #include <jansson.h>
 
-#include "core/status.h"
+#include "core/base/status.h"
 #include "proto/rank.h"
 
 static const char *const ctx_names[] = {"likes_level", "views_level"};

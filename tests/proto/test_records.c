@@ -13,7 +13,7 @@
 
 #include <cmocka.h>
 
-#include "core/status.h"
+#include "core/base/status.h"
 #include "proto/records.h"
 
 #define MM 4

@@ -16,7 +16,7 @@
 
 #include "proto/features.h"
 #include "proto/meta.h"
-#include "server/clock.h"
+#include "core/base/clock.h"
 #include "server/service.h"
 
 #define SVC_ITEMS 20

@@ -8,7 +8,7 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 
-#include "core/status.h"
+#include "core/base/status.h"
 #include "server/pool.h"
 
 typedef struct work {

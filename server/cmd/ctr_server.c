@@ -29,10 +29,10 @@
 #include <unistd.h>
 
 #include "proto/meta.h"
-#include "server/clock.h"
-#include "server/config.h"
+#include "core/base/clock.h"
+#include "server/cmd/config.h"
 #include "server/http.h"
-#include "server/log.h"
+#include "core/base/log.h"
 #include "server/service.h"
 
 #define SHUTDOWN_GRACE_MS 10000

@@ -1,5 +1,5 @@
 /*
- * test_rcluster.c - server/rcluster.c: key slots against a bitwise CRC16
+ * test_rcluster.c - server/store/rcluster.c: key slots against a bitwise CRC16
  * written here and against Redis's own CLUSTER KEYSLOT; slot maps from
  * CLUSTER SLOTS replies (made here as RESP text and parsed by hiredis's
  * reader, and from a real cluster); redirect parsing; grouping; and
@@ -34,10 +34,10 @@
 #include <cmocka.h>
 #include <hiredis/hiredis.h>
 
-#include "core/arena.h"
-#include "core/status.h"
-#include "server/clock.h"
-#include "server/rcluster.h"
+#include "core/base/arena.h"
+#include "core/base/status.h"
+#include "core/base/clock.h"
+#include "server/store/rcluster.h"
 
 static char err[512];
 static arena A;

@@ -6,7 +6,7 @@
 #include <cmocka.h>
 #include <stdint.h>
 
-#include "server/breaker.h"
+#include "server/store/breaker.h"
 
 #define MS 1000000LL
 

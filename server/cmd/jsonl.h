@@ -39,7 +39,7 @@
 
 #include <stddef.h>
 
-#include "core/status.h"
+#include "core/base/status.h"
 
 #define JSONL_ERRORS_SHOWN 50    /* per file; the rest are only counted */
 

@@ -9,7 +9,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "server/log.h"
+#include "core/base/log.h"
 
 static char path[] = "/tmp/ctr-test-log.XXXXXX";
 static int saved = -1;

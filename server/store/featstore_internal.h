@@ -17,10 +17,10 @@
 
 #include <stdint.h>
 
-#include "core/arena.h"
-#include "server/breaker.h"
-#include "server/featstore.h"
-#include "server/rcluster.h"
+#include "core/base/arena.h"
+#include "server/store/breaker.h"
+#include "server/store/featstore.h"
+#include "server/store/rcluster.h"
 
 struct redisContext;
 struct redisReply;

@@ -6,7 +6,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "server/clock.h"
+#include "core/base/clock.h"
 
 static atomic_int min_level = LOG_INFO;
 static atomic_int limit_interval_ms = 10000;

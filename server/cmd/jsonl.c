@@ -5,7 +5,7 @@
  * Workload: files read once, front to back, by one thread; the key set
  * grows to a few million entries (one per user line).
  */
-#include "server/jsonl.h"
+#include "server/cmd/jsonl.h"
 
 #include <errno.h>
 #include <stdarg.h>
@@ -14,7 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "core/arena.h"
+#include "core/base/arena.h"
 
 /* --- Sources ------------------------------------------------------------ */
 

@@ -98,9 +98,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "core/arena.h"
-#include "core/status.h"
-#include "server/breaker.h"
+#include "core/base/arena.h"
+#include "core/base/status.h"
+#include "server/store/breaker.h"
 
 typedef struct featstore featstore;
 

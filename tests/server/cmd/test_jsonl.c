@@ -1,5 +1,5 @@
 /*
- * test_jsonl.c - server/jsonl.c: line numbers that count blank lines, blank
+ * test_jsonl.c - server/cmd/jsonl.c: line numbers that count blank lines, blank
  * lines skipped, CRLF lines, a last line without a newline, NUL bytes in a
  * line, standard input, a file that cannot be opened, the cap on error
  * reports (checked on the captured stderr), and the set of keys already
@@ -16,7 +16,7 @@
 #include <cmocka.h>
 #include <unistd.h>
 
-#include "server/jsonl.h"
+#include "server/cmd/jsonl.h"
 
 static char tmpdir[] = "/tmp/ctr-test-jsonl.XXXXXX";
 

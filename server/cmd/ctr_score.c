@@ -47,13 +47,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "core/arena.h"
+#include "core/base/arena.h"
 #include "core/engine.h"
-#include "core/status.h"
+#include "core/base/status.h"
 #include "proto/buf.h"
 #include "proto/rank.h"
 #include "proto/records.h"
-#include "server/jsonl.h"
+#include "server/cmd/jsonl.h"
 
 #define PROG "ctr-score"
 

@@ -7,7 +7,7 @@
 #include <stdint.h>
 #include <string.h>
 
-#include "core/arena.h"
+#include "core/base/arena.h"
 
 static void test_alignment_and_growth(void **state) {
     (void)state;

@@ -50,14 +50,14 @@
 #include <string.h>
 #include <time.h>
 
-#include "core/arena.h"
+#include "core/base/arena.h"
 #include "core/engine.h"
-#include "core/status.h"
+#include "core/base/status.h"
 #include "proto/features.h"
 #include "proto/meta.h"
 #include "proto/records.h"
-#include "server/featstore.h"
-#include "server/jsonl.h"
+#include "server/store/featstore.h"
+#include "server/cmd/jsonl.h"
 
 #define PROG "ctr-load"
 

@@ -64,8 +64,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "core/arena.h"
-#include "core/status.h"
+#include "core/base/arena.h"
+#include "core/base/status.h"
 
 struct redisReply;
 struct redisContext;

@@ -45,7 +45,7 @@
 #include <stddef.h>
 #include <stdio.h>
 
-#include "core/status.h"
+#include "core/base/status.h"
 
 /* Capacity of each string setting, NUL included; longer values are an
  * error, never silently cut. */

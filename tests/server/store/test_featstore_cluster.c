@@ -1,5 +1,5 @@
 /*
- * test_featstore_cluster.c - server/featstore_cluster.c: the feature store
+ * test_featstore_cluster.c - server/store/featstore_cluster.c: the feature store
  * (featstore.h) in Redis Cluster mode, against the real cluster of
  * $CTR_CLUSTER_SEEDS (3 masters, 3 replicas; tests/run.sh starts one with
  * tests/integration/lib/redis_cluster.sh) and $CTR_REDIS (one node, for
@@ -31,11 +31,11 @@
 #include <cmocka.h>
 #include <hiredis/hiredis.h>
 
-#include "core/status.h"
+#include "core/base/status.h"
 #include "proto/features.h"
-#include "server/clock.h"
-#include "server/featstore.h"
-#include "server/rcluster.h"
+#include "core/base/clock.h"
+#include "server/store/featstore.h"
+#include "server/store/rcluster.h"
 
 #define MM 12
 #define TAGS 5

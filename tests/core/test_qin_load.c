@@ -1,4 +1,4 @@
-/* test_model.c - the model loader: a valid file loads with its declared
+/* test_qin_load.c - the QIN model loader: a valid file loads with its declared
  * configuration; every kind of damaged file is refused with its message. */
 #include <setjmp.h>
 #include <stdarg.h>

@@ -1,5 +1,5 @@
 /*
- * model.c - loads a QIN model file and folds it for scoring.
+ * qin_load.c - loads a QIN model file and folds it for scoring.
  *
  * The file holds the weights as training left them (FuxiCTR checkpoint
  * names, float32) and a __metadata__ map with the configuration.  Every

@@ -32,7 +32,7 @@
 
 #include <hiredis/hiredis.h>
 
-#include "server/clock.h"
+#include "core/base/clock.h"
 
 /* One node the featstore has been sent to (from the map, a seed or a
  * redirect), with its connection and breaker, and this call's view. */

@@ -1,5 +1,5 @@
 /*
- * test_featstore.c - server/featstore.c against a real Redis ($CTR_REDIS,
+ * test_featstore.c - server/store/featstore.c against a real Redis ($CTR_REDIS,
  * host:port, which tests/run.sh always provides; the test fails without it)
  * and against fake servers made here: a port where nothing listens, and a
  * listening socket that never answers.
@@ -28,10 +28,10 @@
 #include <cmocka.h>
 #include <hiredis/hiredis.h>
 
-#include "core/status.h"
+#include "core/base/status.h"
 #include "proto/features.h"
-#include "server/clock.h"
-#include "server/featstore.h"
+#include "core/base/clock.h"
+#include "server/store/featstore.h"
 
 #define MM 12
 #define TAGS 5

@@ -24,7 +24,7 @@
 #include <hiredis/hiredis.h>
 
 #include "proto/features.h"
-#include "server/clock.h"
+#include "core/base/clock.h"
 
 /* Longest "<prefix>i:<int64>" key beyond the prefix: "i:" and 20 digits
  * with a sign. */

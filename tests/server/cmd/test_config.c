@@ -1,5 +1,5 @@
 /*
- * test_config.c - server/config.c: defaults, precedence (default < file <
+ * test_config.c - server/cmd/config.c: defaults, precedence (default < file <
  * env < flag), flag and file syntax, every kind of error with the source it
  * must name, --help listing every setting, and config_dump read back as a
  * config file giving the same settings.  The environment is passed in
@@ -16,7 +16,7 @@
 #include <cmocka.h>
 #include <unistd.h>
 
-#include "server/config.h"
+#include "server/cmd/config.h"
 
 /* The settings the service is specified to have; --help and the dump must
  * list each (checked against this independent list, not the table). */

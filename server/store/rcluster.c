@@ -23,7 +23,7 @@
 
 #include <hiredis/hiredis.h>
 
-#include "server/clock.h"
+#include "core/base/clock.h"
 
 /* --- Key slots ------------------------------------------------------------ */
 
