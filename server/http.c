@@ -51,6 +51,8 @@
 
 #include "proto/error.h"
 #include "proto/info.h"
+#include "server/rank.h"
+#include "server/worker.h"
 #include "core/base/clock.h"
 #include "core/base/log.h"
 

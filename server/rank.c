@@ -61,10 +61,11 @@ static void stage_end(rank_ctx *x, int stage) {
     x->stage_t0 = now;
 }
 
-void rank_degrade(rank_ctx *x, const char *reason) {
+void rank_degrade(rank_ctx *x, proto_degraded reason) {
+    if ((unsigned)reason >= PROTO_DEGRADED_COUNT) return;
     for (int i = 0; i < x->ndeg; i++)
-        if (x->degraded[i] == reason || strcmp(x->degraded[i], reason) == 0) return;
-    if (x->ndeg < RANK_MAX_DEGRADED) x->degraded[x->ndeg++] = reason;
+        if (x->degraded[i] == reason) return;
+    x->degraded[x->ndeg++] = reason;
 }
 
 int64_t rank_score_estimate_ns(const rank_ctx *x, int n) {
@@ -193,14 +194,14 @@ int rank_history(rank_ctx *x) {
     service *svc = x->svc;
     int fs_state = atomic_load(&x->m->feature_set);
     if (fs_state == SERVICE_FS_MISSING || fs_state == SERVICE_FS_MISMATCH)
-        rank_degrade(x, "feature_set_missing");
+        rank_degrade(x, PROTO_DEGRADED_FEATURE_SET_MISSING);
 
     x->hist_ids = x->req.item_seq;
     x->nh = x->req.has_item_seq ? x->req.seq_len : 0;
     if (!x->req.has_item_seq) {
         int64_t start = clock_now_ns(), dl = call_deadline(x);
         if (!dl) {
-            rank_degrade(x, "history_deadline");
+            rank_degrade(x, PROTO_DEGRADED_HISTORY_DEADLINE);
         } else {
             char err[512];
             int rc = featstore_get_user(x->w->m[x->m->index].fs, x->req.user_id,
@@ -213,11 +214,11 @@ int rank_history(rank_ctx *x) {
             } else if (rc < 0) {
                 x->nh = 0;
                 if (budget_timeout(x, rc, start, dl)) {
-                    rank_degrade(x, "history_deadline");
+                    rank_degrade(x, PROTO_DEGRADED_HISTORY_DEADLINE);
                 } else {
                     log_limited(&lim_fail, LOG_WARN, "history read failures",
                                 "history of user %s: %s", x->req.user_id, err);
-                    rank_degrade(x, "history_unavailable");
+                    rank_degrade(x, PROTO_DEGRADED_HISTORY_UNAVAILABLE);
                 }
             }
         }
@@ -413,17 +414,17 @@ int rank_items(rank_ctx *x) {
             nvec++;
             continue;
         }
-        static const char *const why[] = {
-            [RANK_NOVEC_MISSING] = "item_features_missing",
-            [RANK_NOVEC_INVALID] = "item_features_invalid",
-            [RANK_NOVEC_UNAVAILABLE] = "item_features_unavailable",
-            [RANK_NOVEC_DEADLINE] = "item_features_deadline",
+        static const proto_degraded why[] = {
+            [RANK_NOVEC_MISSING] = PROTO_DEGRADED_ITEM_FEATURES_MISSING,
+            [RANK_NOVEC_INVALID] = PROTO_DEGRADED_ITEM_FEATURES_INVALID,
+            [RANK_NOVEC_UNAVAILABLE] = PROTO_DEGRADED_ITEM_FEATURES_UNAVAILABLE,
+            [RANK_NOVEC_DEADLINE] = PROTO_DEGRADED_ITEM_FEATURES_DEADLINE,
         };
         rank_degrade(x, why[x->ureason[u] ? x->ureason[u] : RANK_NOVEC_MISSING]);
     }
     for (int j = 0; j < nh; j++)
         if (x->hist_u[j] >= 0 && x->ureason[x->hist_u[j]] == RANK_NOVEC_INVALID)
-            rank_degrade(x, "history_item_invalid");
+            rank_degrade(x, PROTO_DEGRADED_HISTORY_ITEM_INVALID);
     if (nvec == 0 && n > 0 && x->fetch_failed) {
         int deadline = x->ureason[x->cand_u[0]] == RANK_NOVEC_DEADLINE;
         return answer_error(x, deadline ? PROTO_ERROR_DEADLINE_EXCEEDED
@@ -529,7 +530,7 @@ static int repair_history(rank_ctx *x, const float **hist, int nh, const float *
         }
     }
     if (!dropped) return 0;
-    rank_degrade(x, "history_item_invalid");
+    rank_degrade(x, PROTO_DEGRADED_HISTORY_ITEM_INVALID);
     return score_run(x, hist, nh, cand, ctx, ns, prob, ex);
 }
 
@@ -572,7 +573,7 @@ int rank_score(rank_ctx *x) {
             if (k < 0) k = 0;
             if (k > ns) k = ns;
         }
-        if (k < ns) rank_degrade(x, "scoring_deadline");
+        if (k < ns) rank_degrade(x, PROTO_DEGRADED_SCORING_DEADLINE);
         if (k == 0) {
             char msg[160];
             snprintf(msg, sizeof msg, "the %d ms deadline leaves no time to score any "
@@ -602,7 +603,7 @@ int rank_score(rank_ctx *x) {
     }
     for (int s = 0; s < ns; s++) {
         if (!isfinite(prob[s])) {
-            rank_degrade(x, "non_finite");
+            rank_degrade(x, PROTO_DEGRADED_NON_FINITE);
             continue;
         }
         x->prob[cand_of[s]] = prob[s];
@@ -643,7 +644,11 @@ int rank_answer(rank_ctx *x) {
     }
     int kept = proto_rank_order(sid, sp, ns, x->req.top_k, items);
     for (int k = 0; k < kept; k++) items[k].cand = cand_of[items[k].cand];
-    for (int d = 0; d < x->ndeg; d++) metrics_degraded(x->svc->metrics, x->degraded[d]);
+    const char *degraded[PROTO_DEGRADED_COUNT];
+    for (int d = 0; d < x->ndeg; d++) {
+        degraded[d] = proto_degraded_label(x->degraded[d]);
+        metrics_degraded(x->svc->metrics, x->degraded[d]);
+    }
     if (x->ndeg) metrics_degraded_response(x->svc->metrics);
     int64_t now = clock_now_ns(), stage_us[RANK_STAGES];
     for (int s = 0; s < RANK_STAGES; s++) {
@@ -657,7 +662,7 @@ int rank_answer(rank_ctx *x) {
                              .num_items = kept,
                              .took_us = (now - x->arrival_ns) / 1000,
                              .stage_us = stage_us,
-                             .degraded = x->degraded,
+                             .degraded = degraded,
                              .num_degraded = x->ndeg,
                              .unscored = unscored,
                              .num_unscored = nun,

@@ -34,6 +34,7 @@
 #include "server/http.h"
 #include "core/base/log.h"
 #include "server/service.h"
+#include "server/worker.h"
 
 #define SHUTDOWN_GRACE_MS 10000
 
