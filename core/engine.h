@@ -197,6 +197,15 @@ int engine_items_compute(const engine_model *m, int n, const engine_item *items,
 int engine_request_check(const engine_model *m, const int64_t *cand_id, const int32_t *ctx,
                          int n, char *err, size_t errlen);
 
+/* The model's rules for one item's ids, as a feature file or the feature
+ * store gives them: id in item_id_min..item_vocab-1 (below it: "not an
+ * item id"), each tag in 0..tag_vocab-1 (a model that reads tags), the
+ * category in 0..cate_vocab-1 (a model that reads one).  CTR_OK, or
+ * CTR_ERANGE with a message naming the field as a JSON line spells it
+ * ("item_id: 60 is outside the model's item vocabulary (1..59)",
+ * "item_tags[0]: ...", "cate_id: ...").  Thread-safe. */
+int engine_item_check(const engine_model *m, const engine_item *item, char *err, size_t errlen);
+
 /* 1 when id may stand in a history (in item_id_min..item_vocab-1); other
  * ids are padding (QIN, DIN) or left out (TIN). */
 int engine_history_id_ok(const engine_model *m, int64_t id);

@@ -228,45 +228,6 @@ fail:
     return rc;
 }
 
-/* The Redis password: from redis_password or redis_password_file (not
- * both), into cp->redis_password.  0, or -1 with a message printed. */
-static int redis_secret(config_params *cp) {
-    char err[1200];
-    if (cp->redis_password_file[0]) {
-        if (cp->redis_password[0]) {
-            fprintf(stderr, "ctr-server: redis_password and redis_password_file are both "
-                            "set; give one\n");
-            return -1;
-        }
-        if (featstore_password_file(cp->redis_password_file, cp->redis_password,
-                                    sizeof cp->redis_password, err, sizeof err) < 0) {
-            fprintf(stderr, "ctr-server: redis_password_file: %s\n", err);
-            return -1;
-        }
-    }
-    if (cp->redis_user[0] && !cp->redis_password[0]) {
-        fprintf(stderr, "ctr-server: redis_user needs a password (redis_password or "
-                        "redis_password_file)\n");
-        return -1;
-    }
-    return 0;
-}
-
-/* Blanks the value of --redis-password in the argument list, so that ps
- * and /proc/PID/cmdline show it only for the moment before this runs. */
-static void scrub_password_flag(int argc, char **argv) {
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        if (strncmp(a, "--redis", 7) != 0 || (a[7] != '-' && a[7] != '_') ||
-            strncmp(a + 8, "password", 8) != 0)
-            continue;
-        char *v = NULL;
-        if (a[16] == '=') v = argv[i] + 17;
-        else if (a[16] == '\0' && i + 1 < argc) v = argv[++i];
-        if (v) memset(v, 0, strlen(v));
-    }
-}
-
 /* Threads started before main (OpenBLAS starts its pool in a library
  * constructor) do not block the signals main waits for, so the kernel may
  * hand SIGTERM, SIGINT or SIGHUP to one of them while main is not inside
@@ -310,12 +271,15 @@ int main(int argc, char **argv) {
         config_help(stdout, argv[0]);
         return 0;
     }
-    scrub_password_flag(argc, argv);
+    config_scrub_argv(argc, argv);
     if (rc < 0) {
         fprintf(stderr, "ctr-server: %s\n(see ctr-server --help)\n", err);
         return 2;
     }
-    if (redis_secret(&cp) < 0) return 2;
+    if (config_redis_auth(&cp, err, sizeof err) < 0) {
+        fprintf(stderr, "ctr-server: %s\n", err);
+        return 2;
+    }
     log_set_level_name(cp.log_level);
 
     /* Block the signals we wait for before any thread starts, so every
