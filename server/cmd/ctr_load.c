@@ -156,14 +156,19 @@ static int queued(loader *ld, int rc, const char *err) {
     return CTR_OK;
 }
 
-/* One line's work: decode, check, encode, queue.  A bad line is reported
- * with jsonl_error and answered CTR_OK; a negative status stops the load.
- * scratch is reset before each line; seen holds the keys given so far. */
-typedef int (*line_fn)(loader *ld, jsonl_source *src, const char *line, size_t len,
-                       arena *scratch, jsonl_seen *seen);
+/* A file being loaded: the loader and the keys its lines gave so far. */
+typedef struct file_ctx {
+    loader *ld;
+    jsonl_seen *seen;
+} file_ctx;
 
-static int item_line(loader *ld, jsonl_source *src, const char *line, size_t len,
-                     arena *scratch, jsonl_seen *seen) {
+/* One line's work (jsonl_each_line; ctx: a file_ctx): decode, check,
+ * encode, queue.  A bad line is reported with jsonl_error and answered
+ * CTR_OK; a negative status stops the load. */
+static int item_line(void *ctx, jsonl_source *src, const char *line, size_t len,
+                     arena *scratch) {
+    loader *ld = ((file_ctx *)ctx)->ld;
+    jsonl_seen *seen = ((file_ctx *)ctx)->seen;
     const options *o = ld->o;
     char err[256];
     proto_item it;
@@ -216,8 +221,10 @@ static int item_line(loader *ld, jsonl_source *src, const char *line, size_t len
     return queued(ld, rc, err);
 }
 
-static int user_line(loader *ld, jsonl_source *src, const char *line, size_t len,
-                     arena *scratch, jsonl_seen *seen) {
+static int user_line(void *ctx, jsonl_source *src, const char *line, size_t len,
+                     arena *scratch) {
+    loader *ld = ((file_ctx *)ctx)->ld;
+    jsonl_seen *seen = ((file_ctx *)ctx)->seen;
     const options *o = ld->o;
     char err[256];
     proto_user u;
@@ -260,27 +267,15 @@ static int user_line(loader *ld, jsonl_source *src, const char *line, size_t len
 /* Feeds every line of src to fn.  Returns CTR_OK when the file was read to
  * its end (bad lines included), or a negative status when the load must
  * stop. */
-static int load_lines(loader *ld, jsonl_source *src, line_fn fn) {
-    arena scratch;
-    arena_init(&scratch, 1 << 16);
-    jsonl_seen *seen;
-    int rc = jsonl_seen_init(&seen);
-    const char *line;
-    size_t len;
-    int more = 0;
-    while (rc == CTR_OK && (more = jsonl_next_line(src, &line, &len)) > 0) {
-        arena_reset(&scratch);
-        rc = fn(ld, src, line, len, &scratch, seen);
-    }
-    if (rc == CTR_OK && more < 0) {
-        rc = more;
-        if (rc == CTR_EIO)
-            fprintf(stderr, PROG ": %s: read error after line %ld: %s\n",
-                    jsonl_source_name(src), jsonl_source_line(src), strerror(errno));
-    }
+static int load_lines(loader *ld, jsonl_source *src, jsonl_line_fn fn) {
+    file_ctx f = {ld, NULL};
+    int rc = jsonl_seen_init(&f.seen);
+    if (rc == CTR_OK) rc = jsonl_each_line(src, fn, &f);
+    if (rc == CTR_EIO && !ld->redis_failed)   /* the file's, not Redis's (said already) */
+        fprintf(stderr, PROG ": %s: read error after line %ld: %s\n", jsonl_source_name(src),
+                jsonl_source_line(src), strerror(errno));
     if (rc == CTR_ENOMEM) fprintf(stderr, PROG ": out of memory\n");
-    jsonl_seen_free(seen);
-    arena_free(&scratch);
+    jsonl_seen_free(f.seen);
     return rc;
 }
 

@@ -206,39 +206,30 @@ static int items_known(const item_table *t, int64_t id) {
     return engine_history_id_ok(t->model, id) && t->feat[id];
 }
 
-static int load_items(jsonl_source *src, item_table *t) {
+/* One items.jsonl line (jsonl_each_line; ctx: the item_table). */
+static int item_line(void *ctx, jsonl_source *src, const char *line, size_t len,
+                     arena *scratch) {
+    item_table *t = ctx;
     const engine_schema *c = engine_model_schema(t->model);
     /* The fields this model reads (engine_schema). */
-    const proto_item_schema sch = {c->mm_dim ? c->num_tags : -1,
-                                   c->mm_dim ? c->mm_dim : -1,
+    const proto_item_schema sch = {c->mm_dim ? c->num_tags : -1, c->mm_dim ? c->mm_dim : -1,
                                    c->cate_vocab > 0};
-    arena scratch;
-    arena_init(&scratch, 1 << 16);
-    const char *line;
-    size_t len;
-    int rc;
     char err[256];
-    while ((rc = jsonl_next_line(src, &line, &len)) > 0) {
-        arena_reset(&scratch);
-        proto_item it;
-        int st = proto_item_decode_schema(line, len, &sch, &scratch, &it, err,
-                                          sizeof err);
-        if (st == CTR_ENOMEM) { rc = st; break; }
-        if (st < 0) { jsonl_error(src, "%s", err); continue; }
-        engine_item in = {it.item_id, it.tags, it.num_tags, it.mm, it.cate};
-        if (engine_item_check(t->model, &in, err, sizeof err) < 0) {
-            jsonl_error(src, "%s", err);   /* the model's ids and vocabularies */
-            continue;
-        }
-        if (t->feat[it.item_id]) {
-            jsonl_error(src, "item_id: %" PRId64 " already given on line %ld",
-                        it.item_id, t->feat[it.item_id]->line);
-            continue;
-        }
-        if ((rc = items_add(t, &it, jsonl_source_line(src))) < 0) break;
+    proto_item it;
+    int st = proto_item_decode_schema(line, len, &sch, scratch, &it, err, sizeof err);
+    if (st == CTR_ENOMEM) return st;
+    engine_item in = {it.item_id, it.tags, it.num_tags, it.mm, it.cate};
+    /* The model's ids and vocabularies. */
+    if (st < 0 || engine_item_check(t->model, &in, err, sizeof err) < 0) {
+        jsonl_error(src, "%s", err);
+        return CTR_OK;
     }
-    arena_free(&scratch);
-    return rc;
+    if (t->feat[it.item_id]) {
+        jsonl_error(src, "item_id: %" PRId64 " already given on line %ld", it.item_id,
+                    t->feat[it.item_id]->line);
+        return CTR_OK;
+    }
+    return items_add(t, &it, jsonl_source_line(src));
 }
 
 /* --- Users: stored histories by id -------------------------------------- */
@@ -255,9 +246,11 @@ typedef struct user_hist {
 typedef struct user_map {
     jsonl_seen *ids;      /* user_id -> its user_hist */
     arena mem;            /* the histories */
+    int max_len;          /* ids kept of each (the model's max_len) */
 } user_map;
 
-static int users_init(user_map *u) {
+static int users_init(user_map *u, int max_len) {
+    u->max_len = max_len;
     arena_init(&u->mem, 1 << 20);
     return jsonl_seen_init(&u->ids);
 }
@@ -274,38 +267,33 @@ static const user_hist *users_find(const user_map *u, const char *user_id) {
     return h;
 }
 
-static int load_users(jsonl_source *src, user_map *u, int max_len) {
-    arena scratch;
-    arena_init(&scratch, 1 << 16);
-    const char *line;
-    size_t len;
-    int rc;
+/* One users.jsonl line (jsonl_each_line; ctx: the user_map), keeping the
+ * last max_len ids of its history. */
+static int user_line(void *ctx, jsonl_source *src, const char *line, size_t len,
+                     arena *scratch) {
+    user_map *u = ctx;
     char err[256];
-    while ((rc = jsonl_next_line(src, &line, &len)) > 0) {
-        arena_reset(&scratch);
-        proto_user pu;
-        /* No bound on the stored length: only the tail is kept. */
-        int st = proto_user_decode(line, len, -1, &scratch, &pu, err,
-                                   sizeof err);
-        if (st == CTR_ENOMEM) { rc = st; break; }
-        if (st < 0) { jsonl_error(src, "%s", err); continue; }
-        int keep = pu.seq_len < max_len ? pu.seq_len : max_len;
-        user_hist *h = arena_alloc(&u->mem, sizeof *h + (size_t)keep *
-                                   sizeof h->seq[0], _Alignof(user_hist));
-        if (!h) { rc = CTR_ENOMEM; break; }
-        h->len = keep;
-        if (keep)
-            memcpy(h->seq, pu.item_seq + (pu.seq_len - keep),
-                   (size_t)keep * sizeof h->seq[0]);
-        long first = jsonl_seen_add(u->ids, pu.user_id,
-                                    jsonl_source_line(src), h);
-        if (first < 0) { rc = CTR_ENOMEM; break; }
-        if (first > 0)
-            jsonl_error(src, "user_id: %s already given on line %ld (integer "
-                        "and string ids share a key)", pu.user_id, first);
+    proto_user pu;
+    /* No bound on the stored length: only the tail is kept. */
+    int st = proto_user_decode(line, len, -1, scratch, &pu, err, sizeof err);
+    if (st == CTR_ENOMEM) return st;
+    if (st < 0) {
+        jsonl_error(src, "%s", err);
+        return CTR_OK;
     }
-    arena_free(&scratch);
-    return rc;
+    int keep = pu.seq_len < u->max_len ? pu.seq_len : u->max_len;
+    user_hist *h = arena_alloc(&u->mem, sizeof *h + (size_t)keep * sizeof h->seq[0],
+                               _Alignof(user_hist));
+    if (!h) return CTR_ENOMEM;
+    h->len = keep;
+    if (keep)
+        memcpy(h->seq, pu.item_seq + (pu.seq_len - keep), (size_t)keep * sizeof h->seq[0]);
+    long first = jsonl_seen_add(u->ids, pu.user_id, jsonl_source_line(src), h);
+    if (first < 0) return CTR_ENOMEM;
+    if (first > 0)
+        jsonl_error(src, "user_id: %s already given on line %ld (integer and string ids "
+                    "share a key)", pu.user_id, first);
+    return CTR_OK;
 }
 
 /* --- Requests ----------------------------------------------------------- */
@@ -457,13 +445,15 @@ static int run_load(run *r, const config_params *cp) {
         fprintf(stderr, PROG ": precision %s is not exact (%s): scores differ slightly from "
                 "the trained model's\n", dense_precision_name(ep.precision),
                 dense_precision_what(ep.precision));
-    if (items_init(&r->items, r->model) < 0 || users_init(&r->users) < 0) return CTR_ENOMEM;
+    if (items_init(&r->items, r->model) < 0 ||
+        users_init(&r->users, engine_model_schema(r->model)->max_len) < 0)
+        return CTR_ENOMEM;
     if (!(r->items_src = open_input(cp->items))) return CTR_EIO;
-    int rc = load_items(r->items_src, &r->items);
+    int rc = jsonl_each_line(r->items_src, item_line, &r->items);
     if (rc < 0 && rc != CTR_ENOMEM) fprintf(stderr, PROG ": %s: %s\n", cp->items, strerror(errno));
     if (rc < 0 || !cp->users[0]) return rc < 0 ? rc : CTR_OK;
     if (!(r->users_src = open_input(cp->users))) return CTR_EIO;
-    rc = load_users(r->users_src, &r->users, engine_model_schema(r->model)->max_len);
+    rc = jsonl_each_line(r->users_src, user_line, &r->users);
     if (rc < 0 && rc != CTR_ENOMEM) fprintf(stderr, PROG ": %s: %s\n", cp->users, strerror(errno));
     return rc < 0 ? rc : CTR_OK;
 }
