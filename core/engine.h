@@ -28,7 +28,7 @@
  * Histories (engine_request.hist) are item vectors, oldest first; a NULL
  * entry stands for an id that is padding or that has no features.  Of a
  * longer history only the last max_len entries count.  Then, per
- * architecture (README "Defined behaviour"):
+ * architecture (docs/BEHAVIOUR.md):
  *   - QIN, DIN: NULL entries are padding (mask 0) and contribute nothing;
  *   - TIN: ids start at 0 and id 0 is a real item, so there is no padding
  *     id; NULL entries (ids without features) are left out and the others
