@@ -50,7 +50,7 @@
 #include <unistd.h>
 
 #include "proto/error.h"
-#include "proto/info.h"
+#include "server/endpoints.h"
 #include "server/rank.h"
 #include "server/worker.h"
 #include "core/base/clock.h"
@@ -355,29 +355,6 @@ static const struct route {
     {"/metrics", "GET"},  {"/v1/models", "GET"},
 };
 
-/* Why the service is not ready (NULL: it is): the first model whose
- * feature set the health check did not find ready, named. */
-static const char *not_ready_reason(service *svc, char *buf, size_t cap) {
-    for (int i = 0; i < svc->num_models; i++) {
-        const char *why;
-        switch (atomic_load(&svc->models[i].feature_set)) {
-        case SERVICE_FS_OK: continue;
-        case SERVICE_FS_MISSING:
-            why = "the feature store has no feature-set marker (Redis empty or not loaded: "
-                  "run ctr-load)";
-            break;
-        case SERVICE_FS_MISMATCH:
-            why = "the feature set in Redis was loaded for another schema than the model's";
-            break;
-        default: why = "feature store not reachable"; break;
-        }
-        snprintf(buf, cap, "model %s (prefix \"%s\"): %s", svc->models[i].name,
-                 svc->models[i].prefix, why);
-        return buf;
-    }
-    return NULL;
-}
-
 static enum MHD_Result serve(http_server *h, struct MHD_Connection *c, http_req *r,
                              const char *url, const char *method) {
     service *svc = h->svc;
@@ -396,49 +373,13 @@ static enum MHD_Result serve(http_server *h, struct MHD_Connection *c, http_req 
         return respond_error(c, r, PROTO_ERROR_METHOD_NOT_ALLOWED, msg,
                              get ? "GET, HEAD" : rt->method);
     }
-    if (strcmp(rt->path, "/healthz") == 0) {
-        static const char ok[] = "{\"status\":\"ok\"}";
-        return respond(c, r, 200, JSON_TYPE, ok, sizeof ok - 1, NULL, 0);
-    }
-    if (strcmp(rt->path, "/readyz") == 0) {
-        /* The health check's last view (ctr_server.c), no I/O here. */
-        if (atomic_load(&svc->stopping) || atomic_load(&svc->draining))
-            return respond_error(c, r, PROTO_ERROR_NOT_READY, "shutting down", NULL);
-        char buf[1400];
-        const char *why = not_ready_reason(svc, buf, sizeof buf);
-        if (why) return respond_error(c, r, PROTO_ERROR_NOT_READY, why, NULL);
-        static const char ready[] = "{\"status\":\"ready\"}";
-        return respond(c, r, 200, JSON_TYPE, ready, sizeof ready - 1, NULL, 0);
-    }
     if (strcmp(rt->path, "/v1/rank") != 0) {
-        /* /v1/models, /metrics: on the event loop, in a local buffer. */
+        /* GET endpoints: on the event loop, in a local buffer. */
         proto_buf b;
         proto_buf_init(&b);
-        model_slot *slot[SERVICE_MAX_MODELS];
-        for (int i = 0; i < svc->num_models; i++) slot[i] = model_holder_acquire(svc->models[i].holder);
-        const char *ctype = JSON_TYPE;
-        if (strcmp(rt->path, "/v1/models") == 0) {
-            proto_model_info info[SERVICE_MAX_MODELS];
-            for (int i = 0; i < svc->num_models; i++) {
-                const service_model *m = &svc->models[i];
-                item_cache_stats st;
-                item_cache_stats_get(slot[i]->cache, &st);
-                info[i] = (proto_model_info){
-                    .name = m->name, .is_default = i == 0, .path = slot[i]->path,
-                    .generation = slot[i]->generation, .schema = slot[i]->schema,
-                    .precision = engine_model_precision(slot[i]->model),
-                    .redis_prefix = m->prefix, .cache_bytes = m->slot_params.cache.max_bytes,
-                    .cache_entries = st.entries};
-            }
-            proto_models_encode(info, svc->num_models, &b);
-        } else {
-            item_cache_stats st[SERVICE_MAX_MODELS];
-            for (int i = 0; i < svc->num_models; i++) item_cache_stats_get(slot[i]->cache, &st[i]);
-            metrics_render(svc->metrics, st, svc->num_models, &b);
-            ctype = METRICS_CONTENT_TYPE;
-        }
-        for (int i = 0; i < svc->num_models; i++) model_slot_release(slot[i]);
-        enum MHD_Result ret = respond_buf(c, r, 200, ctype, &b);
+        const char *ctype;
+        int status = endpoint_get(svc, rt->path, &b, &ctype);
+        enum MHD_Result ret = respond_buf(c, r, status, ctype, &b);
         proto_buf_free(&b);
         return ret;
     }
