@@ -341,6 +341,20 @@ static void log_serving(const service *svc, const config_params *cp, const http_
              cp->skip_scoring ? "; SKIP_SCORING: every score is 0 (benchmark floor only)" : "");
 }
 
+/* The health check's own connection to each model's feature store: no
+ * worker's breaker or metrics hooks, and more patience than a request has
+ * (at least 100 ms), so a busy machine does not make /readyz flap. */
+static int open_health_stores(const service *svc, featstore **fs, char *err, size_t errlen) {
+    for (int i = 0; i < svc->num_models; i++) {
+        featstore_params hfp = svc->models[i].fs_params;
+        hfp.breaker_hook = NULL;
+        hfp.node_hooks = NULL;
+        if (hfp.command_timeout_ms < 100) hfp.command_timeout_ms = 100;
+        if (featstore_open(&hfp, &fs[i], err, errlen) < 0) return -1;
+    }
+    return 0;
+}
+
 /* Until SIGTERM or SIGINT: the health check every interval_ms (and the
  * log summaries due), a reload on SIGHUP. */
 static void serve(service *svc, featstore *const *health_fs, const sigset_t *sigs,
@@ -407,15 +421,9 @@ int main(int argc, char **argv) {
         log_error("cannot load the model: %s", err);
         goto out;
     }
-    for (int i = 0; i < svc.num_models; i++) {
-        featstore_params hfp = svc.models[i].fs_params;
-        hfp.breaker_hook = NULL; /* the health check's breaker is not a worker's */
-        hfp.node_hooks = NULL;
-        hfp.command_timeout_ms = cp.redis_timeout_ms < 100 ? 100 : cp.redis_timeout_ms;
-        if (featstore_open(&hfp, &health_fs[i], err, sizeof err) < 0) {
-            log_error("feature store: %s", err);
-            goto out;
-        }
+    if (open_health_stores(&svc, health_fs, err, sizeof err) < 0) {
+        log_error("feature store: %s", err);
+        goto out;
     }
     health_check(&svc, health_fs);
 
