@@ -683,6 +683,25 @@ static void server_free(http_server *h) {
     free(h);
 }
 
+/* bind:port as a socket address (IPv4, or IPv6 with MHD_USE_IPv6 added to
+ * *flags); -1 when bind is not a numeric address. */
+static int listen_address(const char *bind, int port, struct sockaddr_storage *ss,
+                          unsigned *flags) {
+    memset(ss, 0, sizeof *ss);
+    struct sockaddr_in *v4 = (struct sockaddr_in *)ss;
+    struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)ss;
+    if (inet_pton(AF_INET, bind, &v4->sin_addr) == 1) {
+        v4->sin_family = AF_INET;
+        v4->sin_port = htons((uint16_t)port);
+        return 0;
+    }
+    if (inet_pton(AF_INET6, bind, &v6->sin6_addr) != 1) return -1;
+    v6->sin6_family = AF_INET6;
+    v6->sin6_port = htons((uint16_t)port);
+    *flags |= MHD_USE_IPv6;
+    return 0;
+}
+
 int http_start(service *svc, const http_params *p, http_server **out, char *err,
                size_t errlen) {
     *out = NULL;
@@ -708,18 +727,8 @@ int http_start(service *svc, const http_params *p, http_server **out, char *err,
     }
 
     struct sockaddr_storage ss;
-    memset(&ss, 0, sizeof ss);
     unsigned flags = MHD_USE_EPOLL | MHD_USE_ITC | MHD_USE_ERROR_LOG | MHD_ALLOW_SUSPEND_RESUME;
-    struct sockaddr_in *v4 = (struct sockaddr_in *)&ss;
-    struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)&ss;
-    if (inet_pton(AF_INET, p->bind, &v4->sin_addr) == 1) {
-        v4->sin_family = AF_INET;
-        v4->sin_port = htons((uint16_t)p->port);
-    } else if (inet_pton(AF_INET6, p->bind, &v6->sin6_addr) == 1) {
-        v6->sin6_family = AF_INET6;
-        v6->sin6_port = htons((uint16_t)p->port);
-        flags |= MHD_USE_IPv6;
-    } else {
+    if (listen_address(p->bind, p->port, &ss, &flags) < 0) {
         server_free(h);
         return ctr_fail(err, errlen, CTR_EINVAL, "bind address \"%s\" is not a numeric IP address",
                         p->bind);
