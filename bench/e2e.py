@@ -37,7 +37,6 @@ import random
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -50,24 +49,15 @@ PY = "/usr/bin/python3"
 QUALITY = {"bf16": (("dauc", 0.0005), ("max_dp", 2e-3)), "int8": (("dauc", 0.001),)}
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
+sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
+import fixture  # noqa: E402  (free_port, wait_for: the integration tests' own)
+
+free_port = fixture.free_port
 
 
 def wait_for(fn, timeout=30.0):
-    end = time.time() + timeout
-    while time.time() < end:
-        try:
-            if fn():
-                return True
-        except Exception:
-            pass
-        time.sleep(0.05)
-    return False
+    """fixture.wait_for with the benchmarks' longer default (bigger models load slower)."""
+    return fixture.wait_for(fn, timeout)
 
 
 def http_ok(port, path):

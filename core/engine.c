@@ -157,6 +157,26 @@ int engine_history_id_ok(const engine_model *m, int64_t id) {
     return id >= m->sc.item_id_min && id < m->sc.item_vocab;
 }
 
+int engine_item_check(const engine_model *m, const engine_item *item, char *err, size_t errlen) {
+    const engine_schema *sc = &m->sc;
+    if (item->id < sc->item_id_min)
+        return ctr_fail(err, errlen, CTR_ERANGE, "item_id: %lld is not an item id (ids start at "
+                        "%d%s)", (long long)item->id, sc->item_id_min,
+                        sc->item_id_min ? "; 0 is padding" : "");
+    if (item->id >= sc->item_vocab)
+        return ctr_fail(err, errlen, CTR_ERANGE, "item_id: %lld is outside the model's item "
+                        "vocabulary (%d..%d)", (long long)item->id, sc->item_id_min,
+                        sc->item_vocab - 1);
+    if (sc->cate_vocab && (item->cate < 0 || item->cate >= sc->cate_vocab))
+        return ctr_fail(err, errlen, CTR_ERANGE, "cate_id: %d is outside the model's category "
+                        "vocabulary (0..%d)", (int)item->cate, sc->cate_vocab - 1);
+    for (int k = 0; sc->num_tags && item->tags && k < item->num_tags; k++)
+        if (item->tags[k] < 0 || item->tags[k] >= sc->tag_vocab)
+            return ctr_fail(err, errlen, CTR_ERANGE, "item_tags[%d]: %d is outside the model's "
+                            "tag vocabulary (0..%d)", k, (int)item->tags[k], sc->tag_vocab - 1);
+    return CTR_OK;
+}
+
 int engine_request_check(const engine_model *m, const int64_t *cand_id, const int32_t *ctx,
                          int n, char *err, size_t errlen) {
     const engine_schema *sc = &m->sc;

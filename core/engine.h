@@ -28,7 +28,7 @@
  * Histories (engine_request.hist) are item vectors, oldest first; a NULL
  * entry stands for an id that is padding or that has no features.  Of a
  * longer history only the last max_len entries count.  Then, per
- * architecture (README "Defined behaviour"):
+ * architecture (docs/BEHAVIOUR.md):
  *   - QIN, DIN: NULL entries are padding (mask 0) and contribute nothing;
  *   - TIN: ids start at 0 and id 0 is a real item, so there is no padding
  *     id; NULL entries (ids without features) are left out and the others
@@ -196,6 +196,15 @@ int engine_items_compute(const engine_model *m, int n, const engine_item *items,
  * first offender as candidates[i].field. */
 int engine_request_check(const engine_model *m, const int64_t *cand_id, const int32_t *ctx,
                          int n, char *err, size_t errlen);
+
+/* The model's rules for one item's ids, as a feature file or the feature
+ * store gives them: id in item_id_min..item_vocab-1 (below it: "not an
+ * item id"), each tag in 0..tag_vocab-1 (a model that reads tags), the
+ * category in 0..cate_vocab-1 (a model that reads one).  CTR_OK, or
+ * CTR_ERANGE with a message naming the field as a JSON line spells it
+ * ("item_id: 60 is outside the model's item vocabulary (1..59)",
+ * "item_tags[0]: ...", "cate_id: ...").  Thread-safe. */
+int engine_item_check(const engine_model *m, const engine_item *item, char *err, size_t errlen);
 
 /* 1 when id may stand in a history (in item_id_min..item_vocab-1); other
  * ids are padding (QIN, DIN) or left out (TIN). */

@@ -50,7 +50,9 @@
 #include <unistd.h>
 
 #include "proto/error.h"
-#include "proto/info.h"
+#include "server/endpoints.h"
+#include "server/rank.h"
+#include "server/worker.h"
 #include "core/base/clock.h"
 #include "core/base/log.h"
 
@@ -353,29 +355,6 @@ static const struct route {
     {"/metrics", "GET"},  {"/v1/models", "GET"},
 };
 
-/* Why the service is not ready (NULL: it is): the first model whose
- * feature set the health check did not find ready, named. */
-static const char *not_ready_reason(service *svc, char *buf, size_t cap) {
-    for (int i = 0; i < svc->num_models; i++) {
-        const char *why;
-        switch (atomic_load(&svc->models[i].feature_set)) {
-        case SERVICE_FS_OK: continue;
-        case SERVICE_FS_MISSING:
-            why = "the feature store has no feature-set marker (Redis empty or not loaded: "
-                  "run ctr-load)";
-            break;
-        case SERVICE_FS_MISMATCH:
-            why = "the feature set in Redis was loaded for another schema than the model's";
-            break;
-        default: why = "feature store not reachable"; break;
-        }
-        snprintf(buf, cap, "model %s (prefix \"%s\"): %s", svc->models[i].name,
-                 svc->models[i].prefix, why);
-        return buf;
-    }
-    return NULL;
-}
-
 static enum MHD_Result serve(http_server *h, struct MHD_Connection *c, http_req *r,
                              const char *url, const char *method) {
     service *svc = h->svc;
@@ -394,49 +373,13 @@ static enum MHD_Result serve(http_server *h, struct MHD_Connection *c, http_req 
         return respond_error(c, r, PROTO_ERROR_METHOD_NOT_ALLOWED, msg,
                              get ? "GET, HEAD" : rt->method);
     }
-    if (strcmp(rt->path, "/healthz") == 0) {
-        static const char ok[] = "{\"status\":\"ok\"}";
-        return respond(c, r, 200, JSON_TYPE, ok, sizeof ok - 1, NULL, 0);
-    }
-    if (strcmp(rt->path, "/readyz") == 0) {
-        /* The health check's last view (ctr_server.c), no I/O here. */
-        if (atomic_load(&svc->stopping) || atomic_load(&svc->draining))
-            return respond_error(c, r, PROTO_ERROR_NOT_READY, "shutting down", NULL);
-        char buf[1400];
-        const char *why = not_ready_reason(svc, buf, sizeof buf);
-        if (why) return respond_error(c, r, PROTO_ERROR_NOT_READY, why, NULL);
-        static const char ready[] = "{\"status\":\"ready\"}";
-        return respond(c, r, 200, JSON_TYPE, ready, sizeof ready - 1, NULL, 0);
-    }
     if (strcmp(rt->path, "/v1/rank") != 0) {
-        /* /v1/models, /metrics: on the event loop, in a local buffer. */
+        /* GET endpoints: on the event loop, in a local buffer. */
         proto_buf b;
         proto_buf_init(&b);
-        model_slot *slot[SERVICE_MAX_MODELS];
-        for (int i = 0; i < svc->num_models; i++) slot[i] = model_holder_acquire(svc->models[i].holder);
-        const char *ctype = JSON_TYPE;
-        if (strcmp(rt->path, "/v1/models") == 0) {
-            proto_model_info info[SERVICE_MAX_MODELS];
-            for (int i = 0; i < svc->num_models; i++) {
-                const service_model *m = &svc->models[i];
-                item_cache_stats st;
-                item_cache_stats_get(slot[i]->cache, &st);
-                info[i] = (proto_model_info){
-                    .name = m->name, .is_default = i == 0, .path = slot[i]->path,
-                    .generation = slot[i]->generation, .schema = slot[i]->schema,
-                    .precision = engine_model_precision(slot[i]->model),
-                    .redis_prefix = m->prefix, .cache_bytes = m->slot_params.cache.max_bytes,
-                    .cache_entries = st.entries};
-            }
-            proto_models_encode(info, svc->num_models, &b);
-        } else {
-            item_cache_stats st[SERVICE_MAX_MODELS];
-            for (int i = 0; i < svc->num_models; i++) item_cache_stats_get(slot[i]->cache, &st[i]);
-            metrics_render(svc->metrics, st, svc->num_models, &b);
-            ctype = METRICS_CONTENT_TYPE;
-        }
-        for (int i = 0; i < svc->num_models; i++) model_slot_release(slot[i]);
-        enum MHD_Result ret = respond_buf(c, r, 200, ctype, &b);
+        const char *ctype;
+        int status = endpoint_get(svc, rt->path, &b, &ctype);
+        enum MHD_Result ret = respond_buf(c, r, status, ctype, &b);
         proto_buf_free(&b);
         return ret;
     }
@@ -740,6 +683,25 @@ static void server_free(http_server *h) {
     free(h);
 }
 
+/* bind:port as a socket address (IPv4, or IPv6 with MHD_USE_IPv6 added to
+ * *flags); -1 when bind is not a numeric address. */
+static int listen_address(const char *bind, int port, struct sockaddr_storage *ss,
+                          unsigned *flags) {
+    memset(ss, 0, sizeof *ss);
+    struct sockaddr_in *v4 = (struct sockaddr_in *)ss;
+    struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)ss;
+    if (inet_pton(AF_INET, bind, &v4->sin_addr) == 1) {
+        v4->sin_family = AF_INET;
+        v4->sin_port = htons((uint16_t)port);
+        return 0;
+    }
+    if (inet_pton(AF_INET6, bind, &v6->sin6_addr) != 1) return -1;
+    v6->sin6_family = AF_INET6;
+    v6->sin6_port = htons((uint16_t)port);
+    *flags |= MHD_USE_IPv6;
+    return 0;
+}
+
 int http_start(service *svc, const http_params *p, http_server **out, char *err,
                size_t errlen) {
     *out = NULL;
@@ -765,18 +727,8 @@ int http_start(service *svc, const http_params *p, http_server **out, char *err,
     }
 
     struct sockaddr_storage ss;
-    memset(&ss, 0, sizeof ss);
     unsigned flags = MHD_USE_EPOLL | MHD_USE_ITC | MHD_USE_ERROR_LOG | MHD_ALLOW_SUSPEND_RESUME;
-    struct sockaddr_in *v4 = (struct sockaddr_in *)&ss;
-    struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)&ss;
-    if (inet_pton(AF_INET, p->bind, &v4->sin_addr) == 1) {
-        v4->sin_family = AF_INET;
-        v4->sin_port = htons((uint16_t)p->port);
-    } else if (inet_pton(AF_INET6, p->bind, &v6->sin6_addr) == 1) {
-        v6->sin6_family = AF_INET6;
-        v6->sin6_port = htons((uint16_t)p->port);
-        flags |= MHD_USE_IPv6;
-    } else {
+    if (listen_address(p->bind, p->port, &ss, &flags) < 0) {
         server_free(h);
         return ctr_fail(err, errlen, CTR_EINVAL, "bind address \"%s\" is not a numeric IP address",
                         p->bind);

@@ -73,11 +73,6 @@ typedef struct model_slots {
     int exact;
 } model_slots;
 
-typedef struct reason_slot {
-    _Atomic(const char *) name;     /* NULL until claimed */
-    counter count;
-} reason_slot;
-
 struct metrics {
     counter http[METRICS_EP_COUNT][STATUS_SLOTS];
     histogram http_time[METRICS_EP_COUNT];
@@ -102,9 +97,7 @@ struct metrics {
         node_short[METRICS_MAX_NODES + 1];
     int node_other_used;
     counter refreshes_ok, refreshes_failed, moved, asked;
-    /* The last slot is "other" from the start; the rest are claimed by CAS
-     * on first use of a reason. */
-    reason_slot reasons[METRICS_MAX_REASONS];
+    counter degraded[PROTO_DEGRADED_COUNT];
     model_slots models[METRICS_MAX_MODELS];
     int nmodels;                    /* written at startup only */
     double start_time;              /* unix seconds, written once at init */
@@ -137,7 +130,6 @@ int metrics_init(metrics **out) {
         free(m);
         return CTR_ENOMEM;
     }
-    atomic_store(&m->reasons[METRICS_MAX_REASONS - 1].name, "other");
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     m->start_time = (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
@@ -316,34 +308,8 @@ void metrics_set_precision(metrics *m, int model, const char *precision, int exa
     pthread_mutex_unlock(&m->model_lock);
 }
 
-void metrics_degraded(metrics *m, const char *reason) {
-    if (!reason) reason = "unknown";
-    reason_slot *other = &m->reasons[METRICS_MAX_REASONS - 1];
-    if (strcmp(reason, "other") == 0) {   /* never a second "other" series */
-        add(&other->count, 1);
-        return;
-    }
-    for (int i = 0; i < METRICS_MAX_REASONS - 1; i++) {
-        reason_slot *s = &m->reasons[i];
-        const char *have = atomic_load_explicit(&s->name, memory_order_acquire);
-        if (!have) {
-            /* Claim the empty slot; if another thread got there first, its
-             * reason may be ours (same text, different pointer). */
-            const char *expected = NULL;
-            if (atomic_compare_exchange_strong_explicit(
-                    &s->name, &expected, reason, memory_order_acq_rel,
-                    memory_order_acquire)) {
-                add(&s->count, 1);
-                return;
-            }
-            have = expected;
-        }
-        if (have == reason || strcmp(have, reason) == 0) {
-            add(&s->count, 1);
-            return;
-        }
-    }
-    add(&other->count, 1);
+void metrics_degraded(metrics *m, proto_degraded reason) {
+    if ((unsigned)reason < PROTO_DEGRADED_COUNT) add(&m->degraded[reason], 1);
 }
 
 void metrics_cache_retire(metrics *m, int model, const item_cache_stats *st) {
@@ -369,7 +335,7 @@ static void put_escaped(proto_buf *b, const char *s, int quote) {
     }
 }
 
-static void family(proto_buf *b, const char *name, const char *type,
+static void family_header(proto_buf *b, const char *name, const char *type,
                    const char *help) {
     proto_buf_printf(b, "# HELP %s ", name);
     put_escaped(b, help, 0);
@@ -425,16 +391,350 @@ static void render_histogram(proto_buf *b, const char *name, const char *key,
     proto_buf_printf(b, "%llu\n", (unsigned long long)cum);
 }
 
-/* The standard process_* series of Prometheus client libraries.  CPU time
- * and resident size come from /proc/self/stat (one small read); without
+/* --- The families ------------------------------------------------------- */
+
+/* What one render reads besides m: the caches' stats, the cluster nodes
+ * seen, and /proc/self/stat. */
+typedef struct render_ctx {
+    metrics *m;
+    proto_buf *b;
+    const item_cache_stats *caches;
+    int ncaches;
+    int nodes, last_node;           /* node slots 0..last_node are shown */
+    int proc_ok;                    /* the process_* values below were read */
+    double cpu_seconds;
+    unsigned long long rss_bytes;
+} render_ctx;
+
+typedef struct family family;
+typedef void render_fn(const render_ctx *r, const family *f);
+
+/* How a slot is read and printed. */
+enum { V_COUNTER, V_INT, V_I64, V_SECONDS };
+/* When a family is shown. */
+enum { ALWAYS, CLUSTER_ONLY, WITH_PROC };
+#define NO_SLOT ((size_t)-1)
+#define MAX_SLOTS 3
+
+/* One metric family: its name, type and help (each written here only),
+ * and how its samples are produced.  The generic renderers read `slot`
+ * (offsets in metrics or model_slots, each with the value of label `key`),
+ * `labels`/`n` (one histogram or counter per label value) and `cur` (an
+ * offset in item_cache_stats). */
+_Static_assert(offsetof(metrics, http) == 0 && offsetof(model_slots, label) == 0,
+               "offset 0 ends a family's slot list");
+
+struct family {
+    const char *name, *type, *help;
+    render_fn *render;
+    int vt, when;
+    const char *key;
+    struct {
+        const char *val;
+        size_t off;
+    } slot[MAX_SLOTS];
+    const char *const *labels;
+    int n;
+    size_t cur;
+};
+
+static const void *at(const void *base, size_t off) { return (const char *)base + off; }
+
+static void put_value(proto_buf *b, int vt, const void *p) {
+    switch (vt) {
+    case V_COUNTER: proto_buf_printf(b, "%llu\n", (unsigned long long)get(p)); break;
+    case V_INT: proto_buf_printf(b, "%d\n", atomic_load((atomic_int *)p)); break;
+    case V_I64:
+        proto_buf_printf(b, "%lld\n", (long long)atomic_load_explicit(
+                                          (atomic_int_fast64_t *)p, memory_order_relaxed));
+        break;
+    case V_SECONDS: proto_buf_printf(b, "%.3f\n", atomic_load((_Atomic double *)p)); break;
+    }
+}
+
+/* Whether f has a slot s: slot 0 always, later ones when their offset is
+ * not 0 (offset 0 of metrics and of model_slots holds no such slot). */
+static int has_slot(const family *f, int s) { return s < MAX_SLOTS && (!s || f->slot[s].off); }
+
+/* Slots of metrics itself, one sample each (labelled key=val, or bare). */
+static void r_slots(const render_ctx *r, const family *f) {
+    for (int s = 0; has_slot(f, s); s++) {
+        series(r->b, f->name, "", f->key, f->slot[s].val, NULL, NULL);
+        put_value(r->b, f->vt, at(r->m, f->slot[s].off));
+    }
+}
+
+/* Slots of each model's model_slots: model="...", then key=val. */
+static void r_model_slots(const render_ctx *r, const family *f) {
+    for (int i = 0; i < r->m->nmodels; i++)
+        for (int s = 0; has_slot(f, s); s++) {
+            series(r->b, f->name, "", "model", r->m->models[i].label, f->key, f->slot[s].val);
+            put_value(r->b, f->vt, at(&r->m->models[i], f->slot[s].off));
+        }
+}
+
+/* One histogram per label value: histogram[n] at slot[0].off. */
+static void r_histograms(const render_ctx *r, const family *f) {
+    const histogram *h = at(r->m, f->slot[0].off);
+    for (int i = 0; i < f->n; i++) render_histogram(r->b, f->name, f->key, f->labels[i], &h[i]);
+}
+
+/* Item cache figures per model: the current cache's (cur in
+ * item_cache_stats) plus, for counters, what retired caches counted
+ * (slot[0].off in model_slots). */
+static void r_cache(const render_ctx *r, const family *f) {
+    static const item_cache_stats none;
+    for (int i = 0; i < r->m->nmodels; i++) {
+        const item_cache_stats *st = r->caches && i < r->ncaches ? &r->caches[i] : &none;
+        uint64_t v = *(const uint64_t *)at(st, f->cur);
+        if (f->slot[0].off != NO_SLOT) v += get(at(&r->m->models[i], f->slot[0].off));
+        sample_u64(r->b, f->name, "model", r->m->models[i].label, NULL, NULL, v);
+    }
+}
+
+/* Per cluster node: counter[METRICS_MAX_NODES + 1] at slot[0].off (the
+ * last one node="other", shown once used). */
+static void r_nodes(const render_ctx *r, const family *f) {
+    for (int i = 0; i <= r->last_node; i++) {
+        if (i >= r->nodes && i < METRICS_MAX_NODES) continue;
+        const char *node = i < r->nodes ? r->m->node_addr[i] : "other";
+        for (int s = 0; has_slot(f, s); s++) {
+            const counter *c = at(r->m, f->slot[s].off);
+            sample_u64(r->b, f->name, "node", node, f->key, f->slot[s].val, get(&c[i]));
+        }
+    }
+}
+
+static void r_http_requests(const render_ctx *r, const family *f) {
+    char status[16];
+    for (int ep = 0; ep < METRICS_EP_COUNT; ep++)
+        for (int s = 0; s < STATUS_SLOTS; s++) {
+            uint64_t v = get(&r->m->http[ep][s]);
+            if (!v) continue;   /* only statuses that occurred */
+            if (s) snprintf(status, sizeof status, "%d", s);
+            else snprintf(status, sizeof status, "other");
+            sample_u64(r->b, f->name, "endpoint", endpoint_name[ep], "status", status, v);
+        }
+}
+
+static void r_redis_errors(const render_ctx *r, const family *f) {
+    for (int op = 0; op < METRICS_REDIS_OP_COUNT; op++) {
+        sample_u64(r->b, f->name, "op", redis_op_name[op], "kind", "timeout",
+                   get(&r->m->redis_timeouts[op]));
+        sample_u64(r->b, f->name, "op", redis_op_name[op], "kind", "error",
+                   get(&r->m->redis_errors[op]));
+    }
+}
+
+/* ctr_model_info and ctr_model_precision: value 1, labels from the model
+ * files, read under model_lock. */
+static void r_model_info(const render_ctx *r, const family *f) {
+    pthread_mutex_lock(&r->m->model_lock);
+    for (int i = 0; i < r->m->nmodels; i++) {
+        const model_slots *s = &r->m->models[i];
+        if (!s->set) continue;
+        const char *const kv[] = {"model", s->label, "name", s->name, "version", s->version,
+                                  "arch", s->arch};
+        series_n(r->b, f->name, "", kv, 4);
+        proto_buf_puts(r->b, "1\n");
+    }
+    pthread_mutex_unlock(&r->m->model_lock);
+}
+
+static void r_model_precision(const render_ctx *r, const family *f) {
+    pthread_mutex_lock(&r->m->model_lock);
+    for (int i = 0; i < r->m->nmodels; i++) {
+        const model_slots *s = &r->m->models[i];
+        if (!s->precision[0]) continue;
+        const char *const kv[] = {"model", s->label, "precision", s->precision, "exact",
+                                  s->exact ? "true" : "false"};
+        series_n(r->b, f->name, "", kv, 3);
+        proto_buf_puts(r->b, "1\n");
+    }
+    pthread_mutex_unlock(&r->m->model_lock);
+}
+
+/* Only the reasons that occurred, in the order of PROTO_DEGRADED_MAP. */
+static void r_degraded(const render_ctx *r, const family *f) {
+    for (int d = 0; d < PROTO_DEGRADED_COUNT; d++) {
+        uint64_t v = get(&r->m->degraded[d]);
+        if (v) sample_u64(r->b, f->name, "reason", proto_degraded_label(d), NULL, NULL, v);
+    }
+}
+
+static void r_breaker_open(const render_ctx *r, const family *f) {
+    uint64_t opens = get(&r->m->breaker_opens), closes = get(&r->m->breaker_closes);
+    sample_u64(r->b, f->name, NULL, NULL, NULL, NULL, opens > closes ? opens - closes : 0);
+}
+
+static void r_process_start(const render_ctx *r, const family *f) {
+    proto_buf_printf(r->b, "%s %.3f\n", f->name, r->m->start_time);
+}
+
+static void r_process_cpu(const render_ctx *r, const family *f) {
+    proto_buf_printf(r->b, "%s %.2f\n", f->name, r->cpu_seconds);
+}
+
+static void r_process_rss(const render_ctx *r, const family *f) {
+    proto_buf_printf(r->b, "%s %llu\n", f->name, r->rss_bytes);
+}
+
+#define M(field) offsetof(metrics, field)
+#define MS(field) offsetof(model_slots, field)
+#define CS(field) offsetof(item_cache_stats, field)
+#define FAM(n, t, h, fn) .name = (n), .type = (t), .help = (h), .render = (fn)
+
+/* Every family, in the order rendered. */
+static const family families[] = {
+    {FAM("ctr_http_requests_total", "counter",
+         "HTTP requests answered, by endpoint and status code.", r_http_requests)},
+    {FAM("ctr_http_request_duration_seconds", "histogram",
+         "Time from request arrival to the answer being queued, by endpoint.", r_histograms),
+     .key = "endpoint", .slot = {{NULL, M(http_time)}}, .labels = endpoint_name,
+     .n = METRICS_EP_COUNT},
+    {FAM("ctr_redis_call_duration_seconds", "histogram",
+         "Round-trip time of feature store calls, failed ones included, by operation.",
+         r_histograms),
+     .key = "op", .slot = {{NULL, M(redis_time)}}, .labels = redis_op_name,
+     .n = METRICS_REDIS_OP_COUNT},
+    {FAM("ctr_redis_errors_total", "counter",
+         "Failed feature store calls, by operation and kind.", r_redis_errors)},
+    {FAM("ctr_redis_up", "gauge",
+         "1 when the health check's last PING to the feature store was answered.", r_slots),
+     .vt = V_INT, .slot = {{NULL, M(redis_up)}}},
+    {FAM("ctr_item_cache_hits_total", "counter",
+         "Item vector lookups answered from the cache.", r_cache),
+     .slot = {{NULL, MS(cache_hits)}}, .cur = CS(hits)},
+    {FAM("ctr_item_cache_misses_total", "counter",
+         "Item vector lookups that missed (or found an expired entry).", r_cache),
+     .slot = {{NULL, MS(cache_misses)}}, .cur = CS(misses)},
+    {FAM("ctr_item_cache_insertions_total", "counter", "Item vectors added to the cache.",
+         r_cache),
+     .slot = {{NULL, MS(cache_insertions)}}, .cur = CS(insertions)},
+    {FAM("ctr_item_cache_evictions_total", "counter",
+         "Item vectors dropped to keep the cache within its byte budget.", r_cache),
+     .slot = {{NULL, MS(cache_evictions)}}, .cur = CS(evictions)},
+    {FAM("ctr_item_cache_expirations_total", "counter",
+         "Item vectors dropped because their TTL passed.", r_cache),
+     .slot = {{NULL, MS(cache_expirations)}}, .cur = CS(expirations)},
+    {FAM("ctr_item_cache_entries", "gauge", "Item vectors in the cache now.", r_cache),
+     .slot = {{NULL, NO_SLOT}}, .cur = CS(entries)},
+    {FAM("ctr_item_cache_bytes", "gauge",
+         "Bytes held by the cached item vectors (counted against cache_mb).", r_cache),
+     .slot = {{NULL, NO_SLOT}}, .cur = CS(bytes)},
+    {FAM("ctr_inflight_requests", "gauge", "HTTP requests being handled now.", r_slots),
+     .vt = V_I64, .slot = {{NULL, M(inflight)}}},
+    {FAM("ctr_rank_pending_requests", "gauge",
+         "Rank requests admitted and not yet answered (queued or being worked on).", r_slots),
+     .vt = V_I64, .slot = {{NULL, M(pending)}}},
+    {FAM("ctr_rank_pending_requests_limit", "gauge",
+         "Admission bound on ctr_rank_pending_requests (max_pending); beyond it, 503.",
+         r_slots),
+     .vt = V_INT, .slot = {{NULL, M(pending_limit)}}},
+    {FAM("ctr_model_info", "gauge",
+         "The file each model serves (name and version from its metadata; value always 1).",
+         r_model_info)},
+    {FAM("ctr_model_precision", "gauge",
+         "Arithmetic of each model's dense layers (value always 1); only fp32 is exact.",
+         r_model_precision)},
+    {FAM("ctr_model_reloads_total", "counter", "Model reload attempts, by result.",
+         r_model_slots),
+     .key = "result", .slot = {{"ok", MS(reloads_ok)}, {"failed", MS(reloads_failed)}}},
+    {FAM("ctr_model_last_reload_successful", "gauge",
+         "0 when the model's last reload failed (its previous version still serves), else 1.",
+         r_model_slots),
+     .vt = V_INT, .slot = {{NULL, MS(last_reload_ok)}}},
+    {FAM("ctr_degraded_responses_total", "counter",
+         "Responses answered in degraded form, by reason (an answer with several reasons "
+         "counts under each).",
+         r_degraded)},
+    {FAM("ctr_rank_degraded_responses_total", "counter",
+         "Rank answers carrying at least one degradation reason, each counted once.", r_slots),
+     .slot = {{NULL, M(degraded_responses)}}},
+    {FAM("ctr_scored_candidates_total", "counter", "Candidates scored by the model.",
+         r_model_slots),
+     .slot = {{NULL, MS(scored)}}},
+    {FAM("ctr_rank_stage_duration_seconds", "histogram",
+         "Time a rank request spent in each stage (queue: waiting for a worker).",
+         r_histograms),
+     .key = "stage", .slot = {{NULL, M(stage_time)}}, .labels = stage_name,
+     .n = METRICS_RANK_STAGES},
+    {FAM("ctr_redis_breaker_open", "gauge",
+         "Feature store connections whose circuit breaker is open or probing.",
+         r_breaker_open)},
+    {FAM("ctr_redis_breaker_opens_total", "counter",
+         "Circuit breaker openings (a connection's call failed while closed).", r_slots),
+     .slot = {{NULL, M(breaker_opens)}}},
+    {FAM("ctr_redis_breaker_probes_total", "counter",
+         "Calls let through an open breaker to probe the feature store.", r_slots),
+     .slot = {{NULL, M(breaker_probes)}}},
+    {FAM("ctr_redis_breaker_short_circuits_total", "counter",
+         "Calls failed at once because their connection's breaker was open.", r_slots),
+     .slot = {{NULL, M(breaker_short)}}},
+    {FAM("ctr_redis_node_pipelines_total", "counter",
+         "Pipelines sent to each Redis Cluster node (one per node a call reads from).",
+         r_nodes),
+     .when = CLUSTER_ONLY, .slot = {{NULL, M(node_pipelines)}}},
+    {FAM("ctr_redis_node_breaker_opens_total", "counter",
+         "Circuit breaker openings of each Redis Cluster node's connections.", r_nodes),
+     .when = CLUSTER_ONLY, .slot = {{NULL, M(node_opens)}}},
+    {FAM("ctr_redis_node_short_circuits_total", "counter",
+         "Calls to a Redis Cluster node refused at once by its open breaker.", r_nodes),
+     .when = CLUSTER_ONLY, .slot = {{NULL, M(node_short)}}},
+    {FAM("ctr_redis_node_errors_total", "counter",
+         "Failed exchanges with each Redis Cluster node: no answer in time, or a broken "
+         "connection or error reply.",
+         r_nodes),
+     .when = CLUSTER_ONLY, .key = "kind",
+     .slot = {{"timeout", M(node_timeouts)}, {"error", M(node_errors)}}},
+    {FAM("ctr_redis_cluster_map_refreshes_total", "counter",
+         "Redis Cluster slot map reads (CLUSTER SLOTS) by the workers.", r_slots),
+     .when = CLUSTER_ONLY, .key = "result",
+     .slot = {{"ok", M(refreshes_ok)}, {"failed", M(refreshes_failed)}}},
+    {FAM("ctr_redis_cluster_redirects_total", "counter",
+         "Redis Cluster redirections followed (moved: a slot has a new owner; ask: a key is "
+         "being migrated).",
+         r_slots),
+     .when = CLUSTER_ONLY, .key = "kind", .slot = {{"moved", M(moved)}, {"ask", M(asked)}}},
+    {FAM("ctr_requests_shed_total", "counter",
+         "Rank requests answered 503 overloaded: over the admission bound, or past their "
+         "deadline before a worker took them.",
+         r_slots),
+     .key = "reason", .slot = {{"admission", M(shed_admission)}, {"deadline", M(shed_deadline)}}},
+    {FAM("ctr_connections_cut_total", "counter",
+         "Connections closed for not sending a whole request within the receive deadline.",
+         r_slots),
+     .key = "reason", .slot = {{"receive_deadline", M(cut_receive)}}},
+    {FAM("ctr_feature_set_ready", "gauge",
+         "1 when the feature store holds a feature-set marker matching the model, under its "
+         "key prefix.",
+         r_model_slots),
+     .vt = V_INT, .slot = {{NULL, MS(feature_set_ready)}}},
+    {FAM("ctr_feature_set_loaded_timestamp_seconds", "gauge",
+         "When ctr-load finished writing the feature set (unix seconds; 0 unknown).",
+         r_model_slots),
+     .vt = V_SECONDS, .slot = {{NULL, MS(feature_set_loaded_at)}}},
+    /* The standard process_* series of Prometheus client libraries. */
+    {FAM("process_start_time_seconds", "gauge",
+         "Start time of the process since unix epoch in seconds.", r_process_start)},
+    {FAM("process_cpu_seconds_total", "counter",
+         "Total user and system CPU time spent in seconds.", r_process_cpu),
+     .when = WITH_PROC},
+    {FAM("process_resident_memory_bytes", "gauge", "Resident memory size in bytes.",
+         r_process_rss),
+     .when = WITH_PROC},
+};
+
+#undef M
+#undef MS
+#undef CS
+#undef FAM
+
+/* CPU time and resident size from /proc/self/stat (one small read); without
  * /proc they are left out rather than written as 0.  (process_open_fds is
  * not among them: counting /proc/self/fd walks every connection's entry,
  * on the event loop that answers the scrape.) */
-static void render_process(proto_buf *b, double start_time) {
-    family(b, "process_start_time_seconds", "gauge",
-           "Start time of the process since unix epoch in seconds.");
-    proto_buf_printf(b, "process_start_time_seconds %.3f\n", start_time);
-
+static void read_proc(render_ctx *r) {
     char buf[1024];
     FILE *f = fopen("/proc/self/stat", "r");
     if (!f) return;
@@ -454,283 +754,26 @@ static void render_process(proto_buf *b, double start_time) {
         else if (field == 24) rss = v, found++;
         p = strchr(p, ' ');
     }
-    if (found != 3) return;
     long ticks = sysconf(_SC_CLK_TCK), page = sysconf(_SC_PAGESIZE);
-    if (ticks <= 0 || page <= 0) return;
-    family(b, "process_cpu_seconds_total", "counter",
-           "Total user and system CPU time spent in seconds.");
-    proto_buf_printf(b, "process_cpu_seconds_total %.2f\n",
-                     (double)(utime + stime) / (double)ticks);
-    family(b, "process_resident_memory_bytes", "gauge", "Resident memory size in bytes.");
-    proto_buf_printf(b, "process_resident_memory_bytes %llu\n",
-                     rss * (unsigned long long)page);
-}
-
-/* The per-node and cluster series; nothing in one-node mode. */
-static void render_nodes(metrics *m, proto_buf *b) {
-    int n = atomic_load(&m->nnodes);
-    if (!n) return;
-    pthread_mutex_lock(&m->node_lock);
-    int other = m->node_other_used;
-    pthread_mutex_unlock(&m->node_lock);
-    int last = other ? METRICS_MAX_NODES : n - 1;
-    static const struct {
-        const char *name, *help;
-        size_t off;
-    } fams[] = {
-        {"ctr_redis_node_pipelines_total",
-         "Pipelines sent to each Redis Cluster node (one per node a call reads from).",
-         offsetof(metrics, node_pipelines)},
-        {"ctr_redis_node_breaker_opens_total",
-         "Circuit breaker openings of each Redis Cluster node's connections.",
-         offsetof(metrics, node_opens)},
-        {"ctr_redis_node_short_circuits_total",
-         "Calls to a Redis Cluster node refused at once by its open breaker.",
-         offsetof(metrics, node_short)},
-    };
-    for (size_t f = 0; f < sizeof fams / sizeof *fams; f++) {
-        family(b, fams[f].name, "counter", fams[f].help);
-        const counter *c = (const counter *)((const char *)m + fams[f].off);
-        for (int i = 0; i <= last; i++) {
-            if (i >= n && i < METRICS_MAX_NODES) continue;
-            sample_u64(b, fams[f].name, "node", i < n ? m->node_addr[i] : "other", NULL, NULL,
-                       get(&c[i]));
-        }
-    }
-    family(b, "ctr_redis_node_errors_total", "counter",
-           "Failed exchanges with each Redis Cluster node: no answer in time, or a broken "
-           "connection or error reply.");
-    for (int i = 0; i <= last; i++) {
-        if (i >= n && i < METRICS_MAX_NODES) continue;
-        const char *node = i < n ? m->node_addr[i] : "other";
-        sample_u64(b, "ctr_redis_node_errors_total", "node", node, "kind", "timeout",
-                   get(&m->node_timeouts[i]));
-        sample_u64(b, "ctr_redis_node_errors_total", "node", node, "kind", "error",
-                   get(&m->node_errors[i]));
-    }
-    family(b, "ctr_redis_cluster_map_refreshes_total", "counter",
-           "Redis Cluster slot map reads (CLUSTER SLOTS) by the workers.");
-    sample_u64(b, "ctr_redis_cluster_map_refreshes_total", "result", "ok", NULL, NULL,
-               get(&m->refreshes_ok));
-    sample_u64(b, "ctr_redis_cluster_map_refreshes_total", "result", "failed", NULL, NULL,
-               get(&m->refreshes_failed));
-    family(b, "ctr_redis_cluster_redirects_total", "counter",
-           "Redis Cluster redirections followed (moved: a slot has a new owner; ask: a "
-           "key is being migrated).");
-    sample_u64(b, "ctr_redis_cluster_redirects_total", "kind", "moved", NULL, NULL,
-               get(&m->moved));
-    sample_u64(b, "ctr_redis_cluster_redirects_total", "kind", "ask", NULL, NULL,
-               get(&m->asked));
+    if (found != 3 || ticks <= 0 || page <= 0) return;
+    r->cpu_seconds = (double)(utime + stime) / (double)ticks;
+    r->rss_bytes = rss * (unsigned long long)page;
+    r->proc_ok = 1;
 }
 
 int metrics_render(metrics *m, const item_cache_stats *caches, int ncaches, proto_buf *b) {
-    static const item_cache_stats none;
-    char status[16];
-
-    family(b, "ctr_http_requests_total", "counter",
-           "HTTP requests answered, by endpoint and status code.");
-    for (int ep = 0; ep < METRICS_EP_COUNT; ep++) {
-        for (int s = 0; s < STATUS_SLOTS; s++) {
-            uint64_t v = get(&m->http[ep][s]);
-            if (!v) continue;   /* only statuses that occurred */
-            if (s) snprintf(status, sizeof status, "%d", s);
-            else snprintf(status, sizeof status, "other");
-            sample_u64(b, "ctr_http_requests_total", "endpoint", endpoint_name[ep],
-                       "status", status, v);
-        }
+    render_ctx r = {.m = m, .b = b, .caches = caches, .ncaches = ncaches};
+    r.nodes = atomic_load(&m->nnodes);
+    pthread_mutex_lock(&m->node_lock);
+    r.last_node = m->node_other_used ? METRICS_MAX_NODES : r.nodes - 1;
+    pthread_mutex_unlock(&m->node_lock);
+    read_proc(&r);
+    for (size_t i = 0; i < sizeof families / sizeof *families; i++) {
+        const family *f = &families[i];
+        if ((f->when == CLUSTER_ONLY && !r.nodes) || (f->when == WITH_PROC && !r.proc_ok))
+            continue;
+        family_header(b, f->name, f->type, f->help);
+        f->render(&r, f);
     }
-
-    family(b, "ctr_http_request_duration_seconds", "histogram",
-           "Time from request arrival to the answer being queued, by endpoint.");
-    for (int ep = 0; ep < METRICS_EP_COUNT; ep++)
-        render_histogram(b, "ctr_http_request_duration_seconds", "endpoint",
-                         endpoint_name[ep], &m->http_time[ep]);
-
-    family(b, "ctr_redis_call_duration_seconds", "histogram",
-           "Round-trip time of feature store calls, failed ones included, by operation.");
-    for (int op = 0; op < METRICS_REDIS_OP_COUNT; op++)
-        render_histogram(b, "ctr_redis_call_duration_seconds", "op",
-                         redis_op_name[op], &m->redis_time[op]);
-
-    family(b, "ctr_redis_errors_total", "counter",
-           "Failed feature store calls, by operation and kind.");
-    for (int op = 0; op < METRICS_REDIS_OP_COUNT; op++) {
-        sample_u64(b, "ctr_redis_errors_total", "op", redis_op_name[op], "kind",
-                   "timeout", get(&m->redis_timeouts[op]));
-        sample_u64(b, "ctr_redis_errors_total", "op", redis_op_name[op], "kind",
-                   "error", get(&m->redis_errors[op]));
-    }
-
-    family(b, "ctr_redis_up", "gauge",
-           "1 when the health check's last PING to the feature store was answered.");
-    proto_buf_printf(b, "ctr_redis_up %d\n", atomic_load(&m->redis_up));
-
-    /* Counters: what retired caches counted plus the current cache. */
-    const struct {
-        const char *name, *help;
-        size_t base, cur;   /* offsets in model_slots and item_cache_stats */
-    } cache_ctr[] = {
-        {"ctr_item_cache_hits_total", "Item vector lookups answered from the cache.",
-         offsetof(model_slots, cache_hits), offsetof(item_cache_stats, hits)},
-        {"ctr_item_cache_misses_total",
-         "Item vector lookups that missed (or found an expired entry).",
-         offsetof(model_slots, cache_misses), offsetof(item_cache_stats, misses)},
-        {"ctr_item_cache_insertions_total", "Item vectors added to the cache.",
-         offsetof(model_slots, cache_insertions), offsetof(item_cache_stats, insertions)},
-        {"ctr_item_cache_evictions_total",
-         "Item vectors dropped to keep the cache within its byte budget.",
-         offsetof(model_slots, cache_evictions), offsetof(item_cache_stats, evictions)},
-        {"ctr_item_cache_expirations_total",
-         "Item vectors dropped because their TTL passed.",
-         offsetof(model_slots, cache_expirations), offsetof(item_cache_stats, expirations)},
-    };
-#define CACHE_OF(i) ((i) < ncaches && caches ? &caches[i] : &none)
-    for (size_t k = 0; k < sizeof cache_ctr / sizeof *cache_ctr; k++) {
-        family(b, cache_ctr[k].name, "counter", cache_ctr[k].help);
-        for (int i = 0; i < m->nmodels; i++) {
-            const counter *base = (const counter *)((const char *)&m->models[i] +
-                                                    cache_ctr[k].base);
-            uint64_t cur = *(const uint64_t *)((const char *)CACHE_OF(i) + cache_ctr[k].cur);
-            sample_u64(b, cache_ctr[k].name, "model", m->models[i].label, NULL, NULL,
-                       get(base) + cur);
-        }
-    }
-    family(b, "ctr_item_cache_entries", "gauge", "Item vectors in the cache now.");
-    for (int i = 0; i < m->nmodels; i++)
-        sample_u64(b, "ctr_item_cache_entries", "model", m->models[i].label, NULL, NULL,
-                   CACHE_OF(i)->entries);
-    family(b, "ctr_item_cache_bytes", "gauge",
-           "Bytes held by the cached item vectors (counted against cache_mb).");
-    for (int i = 0; i < m->nmodels; i++)
-        sample_u64(b, "ctr_item_cache_bytes", "model", m->models[i].label, NULL, NULL,
-                   CACHE_OF(i)->bytes);
-#undef CACHE_OF
-
-    family(b, "ctr_inflight_requests", "gauge", "HTTP requests being handled now.");
-    proto_buf_printf(b, "ctr_inflight_requests %lld\n",
-                     (long long)atomic_load_explicit(&m->inflight, memory_order_relaxed));
-    family(b, "ctr_rank_pending_requests", "gauge",
-           "Rank requests admitted and not yet answered (queued or being worked on).");
-    proto_buf_printf(b, "ctr_rank_pending_requests %lld\n",
-                     (long long)atomic_load_explicit(&m->pending, memory_order_relaxed));
-    family(b, "ctr_rank_pending_requests_limit", "gauge",
-           "Admission bound on ctr_rank_pending_requests (max_pending); beyond it, 503.");
-    proto_buf_printf(b, "ctr_rank_pending_requests_limit %d\n", atomic_load(&m->pending_limit));
-
-    family(b, "ctr_model_info", "gauge",
-           "The file each model serves (name and version from its metadata; value always 1).");
-    pthread_mutex_lock(&m->model_lock);
-    for (int i = 0; i < m->nmodels; i++) {
-        const model_slots *s = &m->models[i];
-        if (!s->set) continue;
-        const char *const kv[] = {"model", s->label, "name", s->name, "version", s->version,
-                                  "arch", s->arch};
-        series_n(b, "ctr_model_info", "", kv, 4);
-        proto_buf_puts(b, "1\n");
-    }
-    pthread_mutex_unlock(&m->model_lock);
-
-    family(b, "ctr_model_precision", "gauge",
-           "Arithmetic of each model's dense layers (value always 1); only fp32 is exact.");
-    pthread_mutex_lock(&m->model_lock);
-    for (int i = 0; i < m->nmodels; i++) {
-        const model_slots *s = &m->models[i];
-        if (!s->precision[0]) continue;
-        const char *const kv[] = {"model", s->label, "precision", s->precision, "exact",
-                                  s->exact ? "true" : "false"};
-        series_n(b, "ctr_model_precision", "", kv, 3);
-        proto_buf_puts(b, "1\n");
-    }
-    pthread_mutex_unlock(&m->model_lock);
-
-    family(b, "ctr_model_reloads_total", "counter", "Model reload attempts, by result.");
-    for (int i = 0; i < m->nmodels; i++) {
-        sample_u64(b, "ctr_model_reloads_total", "model", m->models[i].label, "result", "ok",
-                   get(&m->models[i].reloads_ok));
-        sample_u64(b, "ctr_model_reloads_total", "model", m->models[i].label, "result",
-                   "failed", get(&m->models[i].reloads_failed));
-    }
-    family(b, "ctr_model_last_reload_successful", "gauge",
-           "0 when the model's last reload failed (its previous version still serves), else 1.");
-    for (int i = 0; i < m->nmodels; i++) {
-        series(b, "ctr_model_last_reload_successful", "", "model", m->models[i].label, NULL,
-               NULL);
-        proto_buf_printf(b, "%d\n", atomic_load(&m->models[i].last_reload_ok));
-    }
-
-    family(b, "ctr_degraded_responses_total", "counter",
-           "Responses answered in degraded form, by reason (an answer with several reasons "
-           "counts under each).");
-    for (int i = 0; i < METRICS_MAX_REASONS; i++) {
-        const char *name = atomic_load_explicit(&m->reasons[i].name, memory_order_acquire);
-        uint64_t v = get(&m->reasons[i].count);
-        if (name && v)
-            sample_u64(b, "ctr_degraded_responses_total", "reason", name, NULL, NULL, v);
-    }
-    family(b, "ctr_rank_degraded_responses_total", "counter",
-           "Rank answers carrying at least one degradation reason, each counted once.");
-    sample_u64(b, "ctr_rank_degraded_responses_total", NULL, NULL, NULL, NULL,
-               get(&m->degraded_responses));
-
-    family(b, "ctr_scored_candidates_total", "counter",
-           "Candidates scored by the model.");
-    for (int i = 0; i < m->nmodels; i++)
-        sample_u64(b, "ctr_scored_candidates_total", "model", m->models[i].label, NULL, NULL,
-                   get(&m->models[i].scored));
-
-    family(b, "ctr_rank_stage_duration_seconds", "histogram",
-           "Time a rank request spent in each stage (queue: waiting for a worker).");
-    for (int st = 0; st < METRICS_RANK_STAGES; st++)
-        render_histogram(b, "ctr_rank_stage_duration_seconds", "stage", stage_name[st],
-                         &m->stage_time[st]);
-
-    uint64_t opens = get(&m->breaker_opens), closes = get(&m->breaker_closes);
-    family(b, "ctr_redis_breaker_open", "gauge",
-           "Feature store connections whose circuit breaker is open or probing.");
-    proto_buf_printf(b, "ctr_redis_breaker_open %llu\n",
-                     (unsigned long long)(opens > closes ? opens - closes : 0));
-    family(b, "ctr_redis_breaker_opens_total", "counter",
-           "Circuit breaker openings (a connection's call failed while closed).");
-    sample_u64(b, "ctr_redis_breaker_opens_total", NULL, NULL, NULL, NULL, opens);
-    family(b, "ctr_redis_breaker_probes_total", "counter",
-           "Calls let through an open breaker to probe the feature store.");
-    sample_u64(b, "ctr_redis_breaker_probes_total", NULL, NULL, NULL, NULL,
-               get(&m->breaker_probes));
-    family(b, "ctr_redis_breaker_short_circuits_total", "counter",
-           "Calls failed at once because their connection's breaker was open.");
-    sample_u64(b, "ctr_redis_breaker_short_circuits_total", NULL, NULL, NULL, NULL,
-               get(&m->breaker_short));
-
-    render_nodes(m, b);
-
-    family(b, "ctr_requests_shed_total", "counter",
-           "Rank requests answered 503 overloaded: over the admission bound, or past "
-           "their deadline before a worker took them.");
-    sample_u64(b, "ctr_requests_shed_total", "reason", "admission", NULL, NULL,
-               get(&m->shed_admission));
-    sample_u64(b, "ctr_requests_shed_total", "reason", "deadline", NULL, NULL,
-               get(&m->shed_deadline));
-    family(b, "ctr_connections_cut_total", "counter",
-           "Connections closed for not sending a whole request within the receive deadline.");
-    sample_u64(b, "ctr_connections_cut_total", "reason", "receive_deadline", NULL, NULL,
-               get(&m->cut_receive));
-
-    family(b, "ctr_feature_set_ready", "gauge",
-           "1 when the feature store holds a feature-set marker matching the model, under "
-           "its key prefix.");
-    for (int i = 0; i < m->nmodels; i++) {
-        series(b, "ctr_feature_set_ready", "", "model", m->models[i].label, NULL, NULL);
-        proto_buf_printf(b, "%d\n", atomic_load(&m->models[i].feature_set_ready));
-    }
-    family(b, "ctr_feature_set_loaded_timestamp_seconds", "gauge",
-           "When ctr-load finished writing the feature set (unix seconds; 0 unknown).");
-    for (int i = 0; i < m->nmodels; i++) {
-        series(b, "ctr_feature_set_loaded_timestamp_seconds", "", "model", m->models[i].label,
-               NULL, NULL);
-        proto_buf_printf(b, "%.3f\n", atomic_load(&m->models[i].feature_set_loaded_at));
-    }
-
-    render_process(b, m->start_time);
-
     return proto_buf_ok(b) ? CTR_OK : CTR_ENOMEM;
 }

@@ -64,8 +64,8 @@
  *   ctr_redis_cluster_redirects_total{kind="moved|ask"}        counter
  * The process_* series are the standard ones of Prometheus client libraries
  * (read from /proc at each scrape; absent where /proc is not).  Label values
- * come from fixed sets (endpoints, status codes, operations, stages, at most
- * METRICS_MAX_REASONS reasons) or from the settings and model files (model, name, version, arch): never
+ * come from fixed sets (endpoints, status codes, operations, stages, the
+ * degraded reasons of proto/degraded.h) or from the settings and model files (model, name, version, arch): never
  * from a request.  deploy/prometheus/ holds the recording and alert rules
  * built on these names, deploy/grafana/ the dashboard: rename with them.
  *
@@ -93,6 +93,7 @@
 
 #include "core/base/status.h"
 #include "proto/buf.h"
+#include "proto/degraded.h"
 #include "server/store/breaker.h"
 #include "server/store/featstore.h"
 #include "server/item_cache.h"
@@ -124,8 +125,6 @@ typedef enum metrics_redis_result {
     METRICS_REDIS_ERROR
 } metrics_redis_result;
 
-/* Distinct degraded-response reasons kept; later ones count as "other". */
-#define METRICS_MAX_REASONS 16
 /* Models with series of their own. */
 #define METRICS_MAX_MODELS 8
 /* Model name and version are cut to this many bytes (with the NUL). */
@@ -179,12 +178,9 @@ void metrics_set_precision(metrics *m, int model, const char *precision, int exa
  * ctr_model_last_reload_successful. */
 void metrics_reload(metrics *m, int model, int ok);
 
-/* One response answered in degraded form.  `reason` is a short label such
- * as "user_features_missing"; it must have static storage duration (a
- * string literal), because the metrics keep the pointer instead of copying.
- * The first METRICS_MAX_REASONS - 1 distinct reasons get their own series,
- * the rest count as "other". */
-void metrics_degraded(metrics *m, const char *reason);
+/* One response answered in degraded form for `reason` (a value outside
+ * the enum is ignored); its series appears once counted. */
+void metrics_degraded(metrics *m, proto_degraded reason);
 
 /* One rank answer carrying at least one degradation reason (besides
  * metrics_degraded for each reason). */

@@ -61,10 +61,11 @@ static void stage_end(rank_ctx *x, int stage) {
     x->stage_t0 = now;
 }
 
-void rank_degrade(rank_ctx *x, const char *reason) {
+void rank_degrade(rank_ctx *x, proto_degraded reason) {
+    if ((unsigned)reason >= PROTO_DEGRADED_COUNT) return;
     for (int i = 0; i < x->ndeg; i++)
-        if (x->degraded[i] == reason || strcmp(x->degraded[i], reason) == 0) return;
-    if (x->ndeg < RANK_MAX_DEGRADED) x->degraded[x->ndeg++] = reason;
+        if (x->degraded[i] == reason) return;
+    x->degraded[x->ndeg++] = reason;
 }
 
 int64_t rank_score_estimate_ns(const rank_ctx *x, int n) {
@@ -193,14 +194,14 @@ int rank_history(rank_ctx *x) {
     service *svc = x->svc;
     int fs_state = atomic_load(&x->m->feature_set);
     if (fs_state == SERVICE_FS_MISSING || fs_state == SERVICE_FS_MISMATCH)
-        rank_degrade(x, "feature_set_missing");
+        rank_degrade(x, PROTO_DEGRADED_FEATURE_SET_MISSING);
 
     x->hist_ids = x->req.item_seq;
     x->nh = x->req.has_item_seq ? x->req.seq_len : 0;
     if (!x->req.has_item_seq) {
         int64_t start = clock_now_ns(), dl = call_deadline(x);
         if (!dl) {
-            rank_degrade(x, "history_deadline");
+            rank_degrade(x, PROTO_DEGRADED_HISTORY_DEADLINE);
         } else {
             char err[512];
             int rc = featstore_get_user(x->w->m[x->m->index].fs, x->req.user_id,
@@ -213,11 +214,11 @@ int rank_history(rank_ctx *x) {
             } else if (rc < 0) {
                 x->nh = 0;
                 if (budget_timeout(x, rc, start, dl)) {
-                    rank_degrade(x, "history_deadline");
+                    rank_degrade(x, PROTO_DEGRADED_HISTORY_DEADLINE);
                 } else {
                     log_limited(&lim_fail, LOG_WARN, "history read failures",
                                 "history of user %s: %s", x->req.user_id, err);
-                    rank_degrade(x, "history_unavailable");
+                    rank_degrade(x, PROTO_DEGRADED_HISTORY_UNAVAILABLE);
                 }
             }
         }
@@ -327,14 +328,12 @@ static int compute_vectors(rank_ctx *x, const int64_t *miss_id, const int *miss_
     return 0;
 }
 
-int rank_items(rank_ctx *x) {
-    static log_limit lim_fail;
-    service *svc = x->svc;
+/* The unique item ids of candidates and history (usable ones only: other
+ * history ids are padding) into x->uid, and each one's slot (cand_u,
+ * hist_u).  0, or -1 when out of memory. */
+static int unique_items(rank_ctx *x) {
     const int n = x->req.num_cand, nh = x->nh;
     arena *a = x->a;
-
-    /* Unique item ids of candidates and history (usable ones only: other
-     * history ids are padding). */
     idmap map;
     x->cand_u = arena_alloc(a, (size_t)(n ? n : 1) * sizeof *x->cand_u, 64);
     x->hist_u = arena_alloc(a, (size_t)(nh ? nh : 1) * sizeof *x->hist_u, 64);
@@ -344,7 +343,7 @@ int rank_items(rank_ctx *x) {
     x->refs = arena_alloc(a, (size_t)(n + nh + 1) * sizeof *x->refs, 64);
     if (!x->cand_u || !x->hist_u || !x->uid || !x->uvec || !x->ureason || !x->refs ||
         idmap_init(&map, a, n + nh) < 0)
-        return out_of_memory(x);
+        return -1;
     int nu = 0;
     for (int i = 0; i < n; i++) {
         int before = nu;
@@ -363,75 +362,83 @@ int rank_items(rank_ctx *x) {
     }
     x->nu = nu;
     memset(x->ureason, 0, (size_t)nu + 1);
+    return 0;
+}
 
-    /* Cached vectors, pinned for the rest of the request. */
-    item_cache_get_many(x->slot->cache, x->uid, (size_t)nu, x->uvec, x->refs);
-    x->nref = nu;
-
-    /* One pipelined read for everything the cache lacks. */
+/* One pipelined read for every unique item the cache lacks, bounded by
+ * the call deadline; their vectors computed (compute_vectors), or each
+ * marked unavailable or past the deadline.  0, or -1 when out of memory. */
+static int fetch_missing(rank_ctx *x) {
+    static log_limit lim_fail;
+    arena *a = x->a;
+    const int nu = x->nu;
     int nmiss = 0;
     int64_t *miss_id = arena_alloc(a, (size_t)(nu ? nu : 1) * sizeof *miss_id, 64);
     int *miss_u = arena_alloc(a, (size_t)(nu ? nu : 1) * sizeof *miss_u, 64);
-    if (!miss_id || !miss_u) return out_of_memory(x);
+    if (!miss_id || !miss_u) return -1;
     for (int u = 0; u < nu; u++)
         if (!x->uvec[u]) {
             miss_id[nmiss] = x->uid[u];
             miss_u[nmiss++] = u;
         }
-    if (nmiss > 0) {
-        featstore_item *feats = arena_alloc(a, (size_t)nmiss * sizeof *feats, 64);
-        if (!feats) return out_of_memory(x);
-        int64_t start = clock_now_ns(), dl = call_deadline(x);
-        int rc = CTR_ETIMEOUT, deadline_hit = !dl;
-        char err[512] = "";
-        if (dl) {
-            rc = featstore_get_items(x->w->m[x->m->index].fs, miss_id, nmiss, dl, a, feats, err,
-                                     sizeof err);
-            metrics_redis(svc->metrics, METRICS_REDIS_GET_ITEMS,
-                          (double)(clock_now_ns() - start) * 1e-9, redis_result(rc));
-            deadline_hit = budget_timeout(x, rc, start, dl);
-        }
-        if (rc < 0) {
-            x->fetch_failed = 1;
-            if (!deadline_hit)
-                log_limited(&lim_fail, LOG_WARN, "item read failures", "item features: %s",
-                            err);
-            for (int k = 0; k < nmiss; k++)
-                x->ureason[miss_u[k]] =
-                    deadline_hit ? RANK_NOVEC_DEADLINE : RANK_NOVEC_UNAVAILABLE;
-        } else if (compute_vectors(x, miss_id, miss_u, nmiss, feats) < 0) {
-            return out_of_memory(x);
-        }
+    if (nmiss == 0) return 0;
+    featstore_item *feats = arena_alloc(a, (size_t)nmiss * sizeof *feats, 64);
+    if (!feats) return -1;
+    int64_t start = clock_now_ns(), dl = call_deadline(x);
+    int rc = CTR_ETIMEOUT, deadline_hit = !dl;
+    char err[512] = "";
+    if (dl) {
+        rc = featstore_get_items(x->w->m[x->m->index].fs, miss_id, nmiss, dl, a, feats, err,
+                                 sizeof err);
+        metrics_redis(x->svc->metrics, METRICS_REDIS_GET_ITEMS,
+                      (double)(clock_now_ns() - start) * 1e-9, redis_result(rc));
+        deadline_hit = budget_timeout(x, rc, start, dl);
     }
+    if (rc >= 0) return compute_vectors(x, miss_id, miss_u, nmiss, feats);
+    x->fetch_failed = 1;
+    if (!deadline_hit)
+        log_limited(&lim_fail, LOG_WARN, "item read failures", "item features: %s", err);
+    for (int k = 0; k < nmiss; k++)
+        x->ureason[miss_u[k]] = deadline_hit ? RANK_NOVEC_DEADLINE : RANK_NOVEC_UNAVAILABLE;
+    return 0;
+}
 
-    /* Why candidates go unscored; history items without a vector are
-     * padding, and said so when their features were bad. */
+/* Why candidates go unscored; history items without a vector are padding,
+ * and said so when their features were bad.  0, or the status of the error
+ * answered when no candidate can be scored because the read failed. */
+static int items_verdict(rank_ctx *x) {
+    static const proto_degraded why[] = {
+        [RANK_NOVEC_MISSING] = PROTO_DEGRADED_ITEM_FEATURES_MISSING,
+        [RANK_NOVEC_INVALID] = PROTO_DEGRADED_ITEM_FEATURES_INVALID,
+        [RANK_NOVEC_UNAVAILABLE] = PROTO_DEGRADED_ITEM_FEATURES_UNAVAILABLE,
+        [RANK_NOVEC_DEADLINE] = PROTO_DEGRADED_ITEM_FEATURES_DEADLINE,
+    };
+    const int n = x->req.num_cand;
     int nvec = 0;
     for (int i = 0; i < n; i++) {
         int u = x->cand_u[i];
-        if (x->uvec[u]) {
-            nvec++;
-            continue;
-        }
-        static const char *const why[] = {
-            [RANK_NOVEC_MISSING] = "item_features_missing",
-            [RANK_NOVEC_INVALID] = "item_features_invalid",
-            [RANK_NOVEC_UNAVAILABLE] = "item_features_unavailable",
-            [RANK_NOVEC_DEADLINE] = "item_features_deadline",
-        };
-        rank_degrade(x, why[x->ureason[u] ? x->ureason[u] : RANK_NOVEC_MISSING]);
+        if (x->uvec[u]) nvec++;
+        else rank_degrade(x, why[x->ureason[u] ? x->ureason[u] : RANK_NOVEC_MISSING]);
     }
-    for (int j = 0; j < nh; j++)
+    for (int j = 0; j < x->nh; j++)
         if (x->hist_u[j] >= 0 && x->ureason[x->hist_u[j]] == RANK_NOVEC_INVALID)
-            rank_degrade(x, "history_item_invalid");
-    if (nvec == 0 && n > 0 && x->fetch_failed) {
-        int deadline = x->ureason[x->cand_u[0]] == RANK_NOVEC_DEADLINE;
-        return answer_error(x, deadline ? PROTO_ERROR_DEADLINE_EXCEEDED
-                                        : PROTO_ERROR_UNAVAILABLE,
-                            deadline ? "the deadline passed before any candidate's features "
-                                       "could be read"
-                                     : "feature store unavailable and no candidate is cached");
-    }
+            rank_degrade(x, PROTO_DEGRADED_HISTORY_ITEM_INVALID);
+    if (nvec > 0 || n == 0 || !x->fetch_failed) return 0;
+    int deadline = x->ureason[x->cand_u[0]] == RANK_NOVEC_DEADLINE;
+    return answer_error(x, deadline ? PROTO_ERROR_DEADLINE_EXCEEDED : PROTO_ERROR_UNAVAILABLE,
+                        deadline ? "the deadline passed before any candidate's features "
+                                   "could be read"
+                                 : "feature store unavailable and no candidate is cached");
+}
+
+int rank_items(rank_ctx *x) {
+    if (unique_items(x) < 0) return out_of_memory(x);
+    /* Cached vectors, pinned for the rest of the request. */
+    item_cache_get_many(x->slot->cache, x->uid, (size_t)x->nu, x->uvec, x->refs);
+    x->nref = x->nu;
+    if (fetch_missing(x) < 0) return out_of_memory(x);
+    int status = items_verdict(x);
+    if (status) return status;
     stage_end(x, RANK_STAGE_ITEMS);
     return 0;
 }
@@ -529,8 +536,55 @@ static int repair_history(rank_ctx *x, const float **hist, int nh, const float *
         }
     }
     if (!dropped) return 0;
-    rank_degrade(x, "history_item_invalid");
+    rank_degrade(x, PROTO_DEGRADED_HISTORY_ITEM_INVALID);
     return score_run(x, hist, nh, cand, ctx, ns, prob, ex);
+}
+
+/* How many candidates (the first ones, in request order) the budget
+ * leaves time to score: all ns, or fewer (0: none). */
+static int scoring_budget(const rank_ctx *x, int ns) {
+    int64_t left = x->deadline_ns - clock_now_ns() - ANSWER_RESERVE_NS;
+    int64_t per = rank_score_estimate_ns(x, 1);
+    if (rank_score_estimate_ns(x, ns) <= left) return ns;
+    int k = per > 0 ? (int)(left / per) : ns;
+    return k < 0 ? 0 : k > ns ? ns : k;
+}
+
+/* The model's running speed estimate after scoring k candidates in
+ * elapsed_ns: an 8-sample moving average, races between threads
+ * harmless. */
+static void note_speed(rank_ctx *x, int k, int64_t elapsed_ns) {
+    double mflops = (double)k * x->flops_per_cand * 1e-6;
+    if (mflops <= 0.01) return;
+    atomic_llong *est = &x->m->score_ns_per_mflop;
+    long long sample = (long long)((double)elapsed_ns / mflops);
+    long long old = atomic_load_explicit(est, memory_order_relaxed);
+    if (old <= 0) old = sample;
+    atomic_store_explicit(est, old + (sample - old) / 8, memory_order_relaxed);
+}
+
+/* The ns scores (and explanations, ex; NULL: none computed, so positions
+ * -1) of the candidates cand_of[0..ns) into the context; a score that is
+ * not finite leaves its candidate unscored. */
+static void keep_scores(rank_ctx *x, const float *prob, int ns, const int *cand_of,
+                        const engine_explain *ex) {
+    const int xk = x->req.explain;
+    for (int s = 0; s < ns; s++) {
+        if (!isfinite(prob[s])) {
+            rank_degrade(x, PROTO_DEGRADED_NON_FINITE);
+            continue;
+        }
+        const size_t c = (size_t)cand_of[s];
+        x->prob[c] = prob[s];
+        x->scored[c] = 1;
+        if (xk > 0 && ex) {
+            memcpy(x->xpos + c * xk, ex->pos + (size_t)s * xk, (size_t)xk * sizeof *ex->pos);
+            memcpy(x->xweight + c * xk, ex->weight + (size_t)s * xk,
+                   (size_t)xk * sizeof *ex->weight);
+        } else if (xk > 0) {
+            for (int j = 0; j < xk; j++) x->xpos[c * xk + j] = -1;
+        }
+    }
 }
 
 int rank_score(rank_ctx *x) {
@@ -563,16 +617,8 @@ int rank_score(rank_ctx *x) {
     if (svc->skip_scoring) {
         for (int i = 0; i < ns; i++) prob[i] = 0.0f;
     } else if (ns > 0) {
-        /* As many candidates as the budget allows, in request order. */
-        int64_t left = x->deadline_ns - clock_now_ns() - ANSWER_RESERVE_NS;
-        int64_t per = rank_score_estimate_ns(x, 1);
-        int k = ns;
-        if (rank_score_estimate_ns(x, ns) > left) {
-            k = per > 0 ? (int)(left / per) : ns;
-            if (k < 0) k = 0;
-            if (k > ns) k = ns;
-        }
-        if (k < ns) rank_degrade(x, "scoring_deadline");
+        int k = scoring_budget(x, ns);
+        if (k < ns) rank_degrade(x, PROTO_DEGRADED_SCORING_DEADLINE);
         if (k == 0) {
             char msg[160];
             snprintf(msg, sizeof msg, "the %d ms deadline leaves no time to score any "
@@ -582,16 +628,7 @@ int rank_score(rank_ctx *x) {
         int64_t t0 = clock_now_ns();
         if (score_run(x, hist, nh, cand, ctx, k, prob, xk > 0 ? &ex : NULL) < 0)
             return answer_error(x, PROTO_ERROR_INTERNAL, "scoring failed (see the log)");
-        /* The model's running speed estimate: an 8-sample moving average,
-         * races between threads harmless. */
-        double mflops = (double)k * x->flops_per_cand * 1e-6;
-        if (mflops > 0.01) {
-            atomic_llong *est = &x->m->score_ns_per_mflop;
-            long long sample = (long long)((double)(clock_now_ns() - t0) / mflops);
-            long long old = atomic_load_explicit(est, memory_order_relaxed);
-            if (old <= 0) old = sample;
-            atomic_store_explicit(est, old + (sample - old) / 8, memory_order_relaxed);
-        }
+        note_speed(x, k, clock_now_ns() - t0);
         int bad = 0;
         for (int i = 0; i < k; i++) bad += !isfinite(prob[i]);
         if (bad && nh > 0 &&
@@ -600,22 +637,7 @@ int rank_score(rank_ctx *x) {
         ns = k;
         metrics_scored(svc->metrics, x->m->index, (uint64_t)ns);
     }
-    for (int s = 0; s < ns; s++) {
-        if (!isfinite(prob[s])) {
-            rank_degrade(x, "non_finite");
-            continue;
-        }
-        x->prob[cand_of[s]] = prob[s];
-        x->scored[cand_of[s]] = 1;
-        if (xk > 0 && !svc->skip_scoring) {
-            memcpy(x->xpos + (size_t)cand_of[s] * xk, ex.pos + (size_t)s * xk,
-                   (size_t)xk * sizeof *ex.pos);
-            memcpy(x->xweight + (size_t)cand_of[s] * xk, ex.weight + (size_t)s * xk,
-                   (size_t)xk * sizeof *ex.weight);
-        } else if (xk > 0) {
-            for (int j = 0; j < xk; j++) x->xpos[(size_t)cand_of[s] * xk + j] = -1;
-        }
-    }
+    keep_scores(x, prob, ns, cand_of, svc->skip_scoring ? NULL : &ex);
     stage_end(x, RANK_STAGE_SCORE);
     return 0;
 }
@@ -643,7 +665,11 @@ int rank_answer(rank_ctx *x) {
     }
     int kept = proto_rank_order(sid, sp, ns, x->req.top_k, items);
     for (int k = 0; k < kept; k++) items[k].cand = cand_of[items[k].cand];
-    for (int d = 0; d < x->ndeg; d++) metrics_degraded(x->svc->metrics, x->degraded[d]);
+    const char *degraded[PROTO_DEGRADED_COUNT];
+    for (int d = 0; d < x->ndeg; d++) {
+        degraded[d] = proto_degraded_label(x->degraded[d]);
+        metrics_degraded(x->svc->metrics, x->degraded[d]);
+    }
     if (x->ndeg) metrics_degraded_response(x->svc->metrics);
     int64_t now = clock_now_ns(), stage_us[RANK_STAGES];
     for (int s = 0; s < RANK_STAGES; s++) {
@@ -657,7 +683,7 @@ int rank_answer(rank_ctx *x) {
                              .num_items = kept,
                              .took_us = (now - x->arrival_ns) / 1000,
                              .stage_us = stage_us,
-                             .degraded = x->degraded,
+                             .degraded = degraded,
                              .num_degraded = x->ndeg,
                              .unscored = unscored,
                              .num_unscored = nun,

@@ -25,25 +25,8 @@
  * what is there and says why in "degraded" (reasons below); candidates left
  * out are listed in "unscored".
  *
- * Degraded reasons (README "Defined behaviour"):
- *   history_unavailable        history read failed (Redis down, breaker
- *                              open, malformed value): empty history used
- *   history_deadline           no time left to read the history
- *   history_item_invalid       history items whose vectors overflow (or
- *                              that make scores non-finite) were dropped
- *   item_features_unavailable  the item read failed: uncached candidates
- *                              unscored
- *   item_features_deadline     no time left to read item features
- *   item_features_missing      candidates without features: unscored
- *   item_features_invalid      candidates with malformed or overflowing
- *                              features: unscored
- *   non_finite                 candidates whose score is not finite:
- *                              unscored
- *   scoring_deadline           candidates left unscored for lack of time
- *   feature_set_missing        the feature store has no (matching)
- *                              feature-set marker: Redis may have restarted
- *                              empty, so a missing user is not evidence of
- *                              a new user
+ * Degraded reasons: the labels and when each is given are
+ * proto/degraded.h's map (published in proto/openapi.yaml).
  *
  * Thread-safety: a context belongs to one request on one thread.
  */
@@ -52,10 +35,10 @@
 
 #include <stdint.h>
 
+#include "proto/degraded.h"
 #include "proto/rank.h"
 #include "server/service.h"
-
-#define RANK_MAX_DEGRADED 12
+#include "server/worker.h"
 
 enum { RANK_STAGE_QUEUE, RANK_STAGE_DECODE, RANK_STAGE_HISTORY, RANK_STAGE_ITEMS,
        RANK_STAGE_SCORE, RANK_STAGES };
@@ -100,13 +83,27 @@ typedef struct rank_ctx {
                                       positions in hist_ids (-1: none) */
     float *xweight;                /* and their weights */
 
-    const char *degraded[RANK_MAX_DEGRADED];
+    proto_degraded degraded[PROTO_DEGRADED_COUNT];  /* in the order first met */
     int ndeg;
 } rank_ctx;
 
 /* Why a unique item has no vector. */
 enum { RANK_NOVEC_NONE, RANK_NOVEC_MISSING, RANK_NOVEC_INVALID, RANK_NOVEC_UNAVAILABLE,
        RANK_NOVEC_DEADLINE };
+
+/* One POST /v1/rank as the HTTP layer hands it over. */
+typedef struct rank_input {
+    const char *body;
+    size_t len;
+    int64_t arrival_ns;            /* clock_now_ns() when it arrived: the
+                                      deadline counts from here */
+    int header_deadline_ms;        /* X-Request-Timeout-Ms; 0 when absent */
+} rank_input;
+
+/* POST /v1/rank: decodes the body, fetches features, scores, and writes the
+ * JSON answer or error into w->out (the stages below).  Returns the HTTP
+ * status. */
+int rank_handle(worker *w, const rank_input *in);
 
 /* Set-up: the context of in's request on w (the arena and the answer
  * buffer reset; the model is acquired by rank_decode, once the request
@@ -119,8 +116,8 @@ int rank_score(rank_ctx *x);
 int rank_answer(rank_ctx *x);
 void rank_end(rank_ctx *x);
 
-/* Adds a degraded reason once (a string literal). */
-void rank_degrade(rank_ctx *x, const char *reason);
+/* Adds a degraded reason once. */
+void rank_degrade(rank_ctx *x, proto_degraded reason);
 
 /* Nanoseconds the forward pass is expected to take for n candidates (of
  * the model rank_decode acquired). */

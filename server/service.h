@@ -6,8 +6,8 @@
  * atomics.  A service serves 1..SERVICE_MAX_MODELS models, each under a
  * name (service_model); a request names one ("model"), or gets the first.
  * Per-thread state (a Redis connection and an engine scratch per model, the
- * request arena, the answer buffer) lives in a worker (below), created on a
- * thread's first request and freed when the thread exits.
+ * request arena, the answer buffer) lives in a worker (worker.h), created
+ * on a thread's first request and freed when the thread exits.
  */
 #ifndef CTR_SERVICE_H
 #define CTR_SERVICE_H
@@ -16,9 +16,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "core/base/arena.h"
 #include "core/engine.h"
-#include "proto/buf.h"
 #include "server/store/featstore.h"
 #include "server/item_cache.h"
 #include "server/metrics.h"
@@ -98,52 +96,5 @@ featstore_params service_fs_params(const featstore_params *base, const engine_sc
 
 /* Frees every model's holder (the service struct itself is the caller's). */
 void service_free_models(service *svc);
-
-/* Per thread, per model: a Redis connection under the model's prefix, and
- * an engine scratch for the model's current generation. */
-typedef struct worker_model {
-    featstore *fs;
-    engine_scratch *scratch;       /* for scratch_gen's slot */
-    uint64_t scratch_gen;
-} worker_model;
-
-typedef struct worker {
-    service *svc;
-    worker_model m[SERVICE_MAX_MODELS];
-    arena arena;                   /* one request's data, reset per request */
-    proto_buf out;                 /* the answer being built */
-} worker;
-
-/* This thread's worker, created on first use (NULL if out of memory).
- * Threads exit with their worker freed (pthread key destructor). */
-worker *worker_self(service *svc);
-
-/* This thread's scratch for model m's slot, (re)made when the model
- * changed.  NULL when out of memory. */
-engine_scratch *worker_scratch(worker *w, const service_model *m, const model_slot *slot);
-
-/* Makes this thread's worker and its scratch for every model's current
- * slot now (request threads call it as they start), so that a first
- * request does not pay for allocating them (a few ms for DIN at MicroLens
- * shapes).  A reload's new slots get theirs on first use. */
-void worker_prepare(service *svc);
-
-/* Process-wide set-up/tear-down of the thread key; call once each. */
-int worker_global_init(void);
-void worker_global_free(void);
-
-/* One POST /v1/rank as the HTTP layer hands it over. */
-typedef struct rank_input {
-    const char *body;
-    size_t len;
-    int64_t arrival_ns;            /* clock_now_ns() when it arrived: the
-                                      deadline counts from here */
-    int header_deadline_ms;        /* X-Request-Timeout-Ms; 0 when absent */
-} rank_input;
-
-/* POST /v1/rank: decodes the body, fetches features, scores, and writes the
- * JSON answer or error into w->out (stages in rank.h).  Returns the HTTP
- * status. */
-int rank_handle(worker *w, const rank_input *in);
 
 #endif

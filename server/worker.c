@@ -1,5 +1,5 @@
 /*
- * worker.c - per-thread state of ctr-server (see service.h).
+ * worker.c - per-thread state of ctr-server (see worker.h).
  *
  * libmicrohttpd's pool threads and the scoring helpers each get one worker
  * the first time they need it, kept in a pthread key so it is freed when
@@ -15,7 +15,7 @@
 #include <string.h>
 
 #include "core/base/log.h"
-#include "server/service.h"
+#include "server/worker.h"
 
 static pthread_key_t worker_key;
 

@@ -173,8 +173,8 @@ def known_series(metrics_source, rules):
     with open(metrics_source) as f:
         src = f.read()
     names = set(re.findall(r'"((?:ctr|process)_[a-z0-9_]+)"', src))
-    for h in re.findall(r'family\(b, "([a-z0-9_]+)", "histogram"', src) + \
-            re.findall(r'render_histogram\(b, "([a-z0-9_]+)"', src):
+    # Histogram families: rows of metrics.c's table, FAM("name", "histogram", ...).
+    for h in re.findall(r'FAM\("([a-z0-9_]+)", "histogram"', src):
         names |= {h + "_bucket", h + "_sum", h + "_count"}
     records = {r["record"] for g in rules.get("groups", []) for r in g.get("rules", [])
                if "record" in r}

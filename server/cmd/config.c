@@ -8,7 +8,9 @@
  * names the setting and the file line, variable or flag it came from,
  * instead of starting with a default the operator did not mean.
  */
-#include "config.h"
+#include "server/cmd/config.h"
+#include "server/cmd/config_table.h"
+#include "server/store/featstore.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -19,312 +21,35 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-typedef enum setting_type {
-    SET_STR,      /* char[cap] */
-    SET_INT,      /* int, min..max */
-    SET_SIZE,     /* size_t, min..max */
-    SET_BOOL,     /* int 0/1 */
-    SET_CHOICE,   /* char[cap], one of `choices` ("a|b|c") */
-    SET_MODELS,   /* config_params.models: PATH or NAME=PATH entries */
-} setting_type;
 
-typedef struct setting {
-    const char *key;
-    setting_type type;
-    size_t off;                 /* offsetof(config_params, field) */
-    size_t cap;                 /* SET_STR, SET_CHOICE: field size */
-    long long min, max;         /* SET_INT, SET_SIZE */
-    const char *arg;            /* what --help shows after the flag */
-    const char *choices;        /* SET_CHOICE */
-    /* Extra check of a string; fills why and returns -1 when bad. */
-    int (*check)(const char *v, char *why, size_t whylen);
-    const char *default_note;   /* why the default is what it is, or NULL */
-    const char *help;
-} setting;
-
-/* The per-model settings: they take NAME=VALUE entries too (config.h). */
-static const char *const per_model_keys[] = {"redis_prefix", "cache_mb", "precision"};
-
-static int per_model(const setting *s) {
-    for (size_t i = 0; i < sizeof per_model_keys / sizeof *per_model_keys; i++)
-        if (strcmp(s->key, per_model_keys[i]) == 0) return 1;
-    return 0;
-}
-
-static int check_nonempty(const char *v, char *why, size_t whylen) {
-    if (*v) return 0;
-    snprintf(why, whylen, "must not be empty");
-    return -1;
-}
-
-/* "host:port" or "/unix/socket/path", checked here so a typo fails at
- * startup rather than at the first request. */
-static int check_redis(const char *v, char *why, size_t whylen) {
-    if (v[0] == '/') {
-        if (strlen(v) < sizeof(((struct sockaddr_un *)0)->sun_path)) return 0;
-        snprintf(why, whylen, "unix socket path longer than %zu bytes",
-                 sizeof(((struct sockaddr_un *)0)->sun_path) - 1);
-        return -1;
-    }
-    const char *colon = strrchr(v, ':');
-    if (!colon || colon == v) {
-        snprintf(why, whylen, "expected host:port or a /unix/socket path");
-        return -1;
-    }
-    char *end;
-    errno = 0;
-    long port = strtol(colon + 1, &end, 10);
-    if (!isdigit((unsigned char)colon[1]) || *end || errno || port < 1 || port > 65535) {
-        snprintf(why, whylen, "port after ':' must be 1..65535");
-        return -1;
-    }
-    return 0;
-}
-
-/* "host:port[,host:port...]" (IPv6 hosts in brackets), or "". */
-static int check_redis_cluster(const char *v, char *why, size_t whylen) {
-    char item[CONFIG_STR_MAX];
-    if (!*v) return 0;
-    for (const char *s = v;;) {
-        size_t n = strcspn(s, ",");
-        snprintf(item, sizeof item, "%.*s", (int)n, s);
-        char *t = item;
-        while (*t == ' ') t++;
-        size_t tl = strlen(t);
-        while (tl && t[tl - 1] == ' ') t[--tl] = '\0';
-        const char *colon = strrchr(t, ':');
-        int v6 = t[0] == '[';
-        if (!tl || t[0] == '/' || (colon && !v6 && strchr(t, ':') != colon) ||
-            (v6 && (!colon || colon[-1] != ']')) || check_redis(t, why, whylen) < 0) {
-            snprintf(why, whylen, "seed \"%.64s\": expected host:port (IPv6 as [addr]:port), "
-                     "seeds separated by commas", t);
-            return -1;
-        }
-        if (!s[n]) return 0;
-        s += n + 1;   /* past the comma: another seed must follow */
-    }
-}
+static int per_model(const setting *s) { return (s->flags & SETTING_PER_MODEL) != 0; }
 
 /* Settings whose value is never printed (config_dump). */
-static int is_secret(const char *key) { return strcmp(key, "redis_password") == 0; }
+static int is_secret(const setting *s) { return (s->flags & SETTING_SECRET) != 0; }
 
-#define F(field) offsetof(config_params, field)
-#define CAP(field) sizeof(((config_params *)0)->field)
-
-/* Every setting, in the order --help and config_dump show them. */
-static const setting settings[] = {
-    {"config", SET_STR, F(config), CAP(config), 0, 0, "FILE", NULL, NULL, NULL,
-     "Settings file (lines `key = value`, # comments), read before the "
-     "environment and flags.  Only from a flag or CTR_CONFIG."},
-    {"model", SET_MODELS, F(models), 0, 0, 0, "[NAME=]PATH", NULL, NULL, NULL,
-     "Model file (safetensors) to serve, as PATH (named from the file's metadata) or "
-     "NAME=PATH.  Repeat it (or separate entries with commas) to serve several models: "
-     "a rank request picks one with \"model\": NAME, the first by default.  Each model "
-     "has its own item cache, reload and metrics (label model)."},
-    {"redis", SET_STR, F(redis), CAP(redis), 0, 0, "HOST:PORT|/SOCKET", NULL,
-     check_redis, NULL,
-     "Feature store (Redis) address: host:port, or a unix socket path "
-     "starting with /."},
-    {"redis_cluster", SET_STR, F(redis_cluster), CAP(redis_cluster), 0, 0,
-     "HOST:PORT[,HOST:PORT...]", NULL, check_redis_cluster, "\"\": one node, see redis",
-     "Redis Cluster seed nodes: the feature store is then the cluster (slot map from "
-     "CLUSTER SLOTS, one connection per node and worker) and `redis` is not used."},
-    {"redis_read_replicas", SET_BOOL, F(redis_read_replicas), 0, 0, 1, "BOOL", NULL, NULL,
-     NULL,
-     "Redis Cluster: read features from replicas (READONLY), spreading reads over every "
-     "node; a replica may lag its master by a few milliseconds."},
-    {"redis_cluster_refresh_ms", SET_INT, F(redis_cluster_refresh_ms), 0, 1, 60000, "MS",
-     NULL, NULL, NULL,
-     "Redis Cluster: after a redirect or a node failure, a worker reads the slot map "
-     "again at most this often (so a promoted replica is found within about this)."},
-    {"redis_user", SET_STR, F(redis_user), CAP(redis_user), 0, 0, "USER", NULL, NULL,
-     "\"\": the default user",
-     "Redis ACL user to authenticate as (AUTH user password); needs a password."},
-    {"redis_password", SET_STR, F(redis_password), CAP(redis_password), 0, 0, "SECRET",
-     NULL, NULL, "\"\": no AUTH",
-     "Redis password (AUTH), for every node.  Never printed or logged.  A flag is "
-     "visible to other local users while the process starts: prefer "
-     "redis_password_file or the environment."},
-    {"redis_password_file", SET_STR, F(redis_password_file), CAP(redis_password_file), 0, 0,
-     "FILE", NULL, NULL, NULL,
-     "Read the Redis password from the first line of this file (a mounted secret); not "
-     "with redis_password."},
-    {"redis_prefix", SET_STR, F(redis_prefix), CAP(redis_prefix), 0, 0, "[NAME=]PREFIX",
-     NULL, NULL, NULL,
-     "Prefix of every feature key read from Redis (and of the feature-set marker "
-     "<prefix>meta).  NAME=PREFIX sets it for one model (repeatable, or comma-separated): "
-     "models whose item features differ need prefixes of their own (TIN's items carry "
-     "a category, QIN's and DIN's tags and an embedding, so QIN and DIN can share one)."},
-    {"redis_connect_timeout_ms", SET_INT, F(redis_connect_timeout_ms), 0, 1, 60000,
-     "MS", NULL, NULL, NULL, "Timeout for connecting to Redis."},
-    {"redis_timeout_ms", SET_INT, F(redis_timeout_ms), 0, 1, 60000, "MS", NULL, NULL,
-     NULL, "Longest wait for one Redis call (a request's own deadline may cut it "
-     "shorter)."},
-    {"redis_breaker_base_ms", SET_INT, F(redis_breaker_base_ms), 0, 1, 60000, "MS", NULL,
-     NULL, NULL,
-     "After a Redis call fails or times out, its connection fails calls at once for "
-     "this long (with jitter), then lets one call through as a probe."},
-    {"redis_breaker_max_ms", SET_INT, F(redis_breaker_max_ms), 0, 1, 600000, "MS", NULL,
-     NULL, NULL,
-     "Each failed probe doubles the fail-fast period, up to this; so a connection "
-     "probes again within 1.25 x this of Redis returning.  At least "
-     "redis_breaker_base_ms."},
-    {"deadline_ms", SET_INT, F(deadline_ms), 0, 1, 600000, "MS", NULL, NULL, NULL,
-     "A rank request's budget from arrival to answer when it names none (body "
-     "deadline_ms, or header X-Request-Timeout-Ms).  When it runs short the answer "
-     "comes on time, degraded."},
-    {"max_deadline_ms", SET_INT, F(max_deadline_ms), 0, 1, 600000, "MS", NULL, NULL, NULL,
-     "The longest budget a request may ask for; longer ones are cut to this."},
-    {"bind", SET_STR, F(bind), CAP(bind), 0, 0, "ADDR", NULL, check_nonempty, NULL,
-     "Address to listen on (0.0.0.0 for every interface)."},
-    {"port", SET_INT, F(port), 0, 1, 65535, "N", NULL, NULL, NULL,
-     "TCP port to listen on."},
-    {"threads", SET_INT, F(threads), 0, 1, 1024, "N", NULL, NULL,
-     "the number of online CPUs",
-     "Request worker threads: each runs one rank request at a time, with its own "
-     "Redis connection."},
-    {"max_pending", SET_INT, F(max_pending), 0, 0, 1000000, "N", NULL, NULL,
-     "0: 4 x threads",
-     "Most rank requests queued or in work at once; more are answered 503 "
-     "overloaded with Retry-After at once, so admitted requests keep their "
-     "latency."},
-    {"worker_nice", SET_INT, F(worker_nice), 0, 0, 19, "N", NULL, NULL, NULL,
-     "Added to the request workers' nice value, with SCHED_BATCH, so that on a "
-     "saturated CPU the event loop still reads requests, refuses the excess and "
-     "writes answers at once instead of waiting behind the model.  Off by default: "
-     "SCHED_BATCH also delays a worker's wake-up on a busy machine, which costs "
-     "normal requests latency."},
-    {"max_connections", SET_INT, F(max_connections), 0, 1, 1000000, "N", NULL, NULL, NULL,
-     "Most open client connections; more are accepted and closed at once.  The "
-     "server raises its open-file limit to fit (or lowers this, with a warning, "
-     "when the hard limit is lower)."},
-    {"max_connections_per_ip", SET_INT, F(max_connections_per_ip), 0, 0, 1000000, "N",
-     NULL, NULL, "0: no limit, since behind a proxy every client shares its address",
-     "Most open connections from one client address."},
-    {"receive_timeout_ms", SET_INT, F(receive_timeout_ms), 0, 1, 3600000, "MS", NULL, NULL,
-     NULL,
-     "A request (line, headers and body) must arrive whole within this of its first "
-     "line (of the connect, for a connection's first request; of the previous answer "
-     "plus request_timeout_s, for the next ones); else its connection is closed, so "
-     "clients trickling bytes cannot hold connections."},
-    {"health_interval_ms", SET_INT, F(health_interval_ms), 0, 10, 60000, "MS", NULL, NULL,
-     NULL,
-     "How often the server checks Redis and its feature-set marker (what /readyz "
-     "and the feature_set_missing reason report)."},
-    {"score_threads", SET_INT, F(score_threads), 0, 1, 1024, "N", NULL, NULL,
-     "the number of online CPUs",
-     "Threads one large request's candidates are split across."},
-    {"split_min", SET_INT, F(split_min), 0, 1, 1000000, "N", NULL, NULL, NULL,
-     "Fewest candidates worth splitting across score_threads; smaller "
-     "requests are scored on their worker thread."},
-    {"split_min_mflops", SET_INT, F(split_min_mflops), 0, 0, 1000000, "MFLOP", NULL, NULL,
-     NULL,
-     "Least arithmetic (millions of flops of the folded model) in each part of "
-     "a split request, so a hand-off to another thread is worth its cost; "
-     "with a small model, requests stay on one thread."},
-    {"max_candidates", SET_INT, F(max_candidates), 0, 1, 100000, "N", NULL, NULL, NULL,
-     "Most candidates one request may carry (more: 422).  Sizes each "
-     "worker's scratch memory."},
-    {"max_body_bytes", SET_SIZE, F(max_body_bytes), 0, 1024, 1 << 30, "BYTES", NULL,
-     NULL, NULL, "Largest request body accepted (more: 413)."},
-    {"max_seq", SET_INT, F(max_seq), 0, 1, 1000000, "N", NULL, NULL, NULL,
-     "History entries read per user; the model uses the most recent max_len "
-     "of them."},
-    {"precision", SET_CHOICE, F(precision), CAP(precision), 0, 0, "[NAME=]PRECISION",
-     "fp32|bf16|int8", NULL, NULL,
-     "Arithmetic of the models' dense layers (NAME=PRECISION for one model, "
-     "repeatable).  fp32 is exact (the trained "
-     "model's scores to 1e-5); bf16 and int8 are not, and trade a little "
-     "accuracy for speed where the CPU runs bfloat16 / int8 dot products "
-     "faster than float32 ones (int8 with VNNI: about 2.7x; bf16 is slower "
-     "than fp32 on CPUs whose bf16 units run at half rate, such as this "
-     "project's Xeon): bench/README.md has the measured score error and "
-     "speed.  The startup log, /v1/models and /metrics say which one is in "
-     "force."},
-    {"cache_mb", SET_INT, F(cache_mb), 0, 0, 1 << 20, "[NAME=]MIB", NULL, NULL, NULL,
-     "Item vector cache budget in MiB, split equally among the models without a "
-     "budget of their own (NAME=MIB, repeatable); 0 disables the cache."},
-    {"warmup", SET_BOOL, F(warmup), 0, 0, 1, "BOOL", NULL, NULL, NULL,
-     "Score dummy requests of 1..256 candidates with each model as it loads (and "
-     "reloads, before it serves), so the first real requests do not pay for compiling "
-     "the dense-product kernels."},
-    {"cache_ttl_s", SET_INT, F(cache_ttl_s), 0, 0, 365 * 86400, "SECONDS", NULL, NULL,
-     NULL, "How long an item vector stays cached, which bounds how stale it "
-     "gets after its features change in Redis; 0 never expires."},
-    {"request_timeout_s", SET_INT, F(request_timeout_s), 0, 1, 3600, "SECONDS", NULL,
-     NULL, NULL, "Idle keep-alive connections are closed after this."},
-    {"skip_scoring", SET_BOOL, F(skip_scoring), 0, 0, 1, "BOOL", NULL, NULL, NULL,
-     "BENCHMARK ONLY, NEVER IN PRODUCTION: answer score 0 for every "
-     "candidate without running the model, to measure the HTTP + JSON + "
-     "Redis floor."},
-    {"log_level", SET_CHOICE, F(log_level), CAP(log_level), 0, 0, "LEVEL",
-     "debug|info|warn|error", NULL, NULL, "Least severe log records printed."},
-};
-
-#undef F
-#undef CAP
-
-#define NSETTINGS (sizeof settings / sizeof *settings)
-
-static int online_cpus(void) {
-    long n = sysconf(_SC_NPROCESSORS_ONLN);
-    if (n < 1) return 1;
-    return n > 1024 ? 1024 : (int)n;
-}
-
-config_params config_default_params(void) {
-    config_params p;
-    memset(&p, 0, sizeof p);
-    snprintf(p.models[0].path, sizeof p.models[0].path, "demo/model.safetensors");
-    p.num_models = 1;
-    p.models_source = -1;    /* any source's models replace the default */
-    snprintf(p.redis, sizeof p.redis, "127.0.0.1:6379");
-    snprintf(p.redis_prefix, sizeof p.redis_prefix, "ctr:");
-    p.redis_read_replicas = 0;
-    p.redis_cluster_refresh_ms = 100;
-    p.redis_connect_timeout_ms = 50;
-    p.redis_timeout_ms = 20;
-    p.redis_breaker_base_ms = 100;
-    p.redis_breaker_max_ms = 400;
-    p.deadline_ms = 50;
-    p.max_deadline_ms = 1000;
-    snprintf(p.bind, sizeof p.bind, "127.0.0.1");
-    p.port = 8080;
-    p.threads = online_cpus();
-    p.score_threads = online_cpus();
-    p.max_pending = 0;
-    p.worker_nice = 0;
-    p.max_connections = 10000;
-    p.max_connections_per_ip = 0;
-    p.receive_timeout_ms = 5000;
-    p.health_interval_ms = 200;
-    p.split_min = 32;
-    p.split_min_mflops = 25;
-    p.max_candidates = 512;
-    p.max_body_bytes = (size_t)1 << 20;
-    p.max_seq = 1000;
-    snprintf(p.precision, sizeof p.precision, "fp32");
-    p.cache_mb = 256;
-    p.cache_ttl_s = 600;
-    p.warmup = 1;
-    p.request_timeout_s = 10;
-    p.skip_scoring = 0;
-    snprintf(p.log_level, sizeof p.log_level, "info");
-    p.config[0] = '\0';
-    return p;
+/* Whether prog reads s from the environment: ctr-server every setting,
+ * the others only those marked so. */
+static int env_read(const setting *s, config_prog prog) {
+    return prog == CONFIG_SERVER || (s->flags & SETTING_ENV);
 }
 
 /* --- Lookup and conversion --------------------------------------------- */
 
-/* The setting named by key[0..len), with '-' read as '_'. */
-static const setting *find_setting(const char *key, size_t len) {
-    for (size_t i = 0; i < NSETTINGS; i++) {
-        const char *k = settings[i].key;
-        if (strlen(k) != len) continue;
-        size_t j = 0;
-        while (j < len && (key[j] == '-' ? '_' : key[j]) == k[j]) j++;
-        if (j == len) return &settings[i];
-    }
+/* 1 when key[0..len) spells name, '-' read as '_'. */
+static int key_is(const char *key, size_t len, const char *name) {
+    if (!name || strlen(name) != len) return 0;
+    size_t j = 0;
+    while (j < len && (key[j] == '-' ? '_' : key[j]) == name[j]) j++;
+    return j == len;
+}
+
+/* prog's setting named by key[0..len) (or by its alias), with '-' read as
+ * '_'. */
+static const setting *find_setting(config_prog prog, const char *key, size_t len) {
+    for (size_t i = 0; i < config_nsettings; i++)
+        if ((config_settings[i].progs & prog) &&
+            (key_is(key, len, config_settings[i].key) || key_is(key, len, config_settings[i].alias)))
+            return &config_settings[i];
     return NULL;
 }
 
@@ -396,9 +121,15 @@ static int set_field(const setting *s, void *fieldp, const char *v, const char *
             }
             c += n + (c[n] == '|');
         }
-        return ctr_fail(err, errlen, CTR_EINVAL,
-                        WHERE_FMT "\"%.64s\" is not one of %s",
-                        WHERE_ARGS(where, s), v, s->choices);
+        char list[128] = "";
+        for (const char *c = s->choices; *c;) {
+            size_t n = strcspn(c, "|");
+            snprintf(list + strlen(list), sizeof list - strlen(list), "%s%.*s",
+                     list[0] ? ", " : "", (int)n, c);
+            c += n + (c[n] == '|');
+        }
+        return ctr_fail(err, errlen, CTR_EINVAL, WHERE_FMT "\"%.64s\" is not one of %s",
+                        WHERE_ARGS(where, s), v, list);
     }
     case SET_STR: {
         if (strlen(v) >= s->cap)
@@ -488,6 +219,7 @@ static int add_override(config_params *p, const setting *s, const char *e, size_
  * entries separated by commas, blanks around them ignored. */
 static int set_value(config_params *p, const setting *s, const char *v, const char *where,
                      char *err, size_t errlen) {
+    p->given[s - config_settings] = (unsigned char)p->source;
     if (s->type != SET_MODELS && !per_model(s))
         return set_field(s, (char *)p + s->off, v, where, err, errlen);
     if (strlen(v) >= CONFIG_STR_MAX)
@@ -544,7 +276,7 @@ int config_check_models(const config_params *p, const char *const *names, int n,
 
 int config_set(config_params *p, const char *key, const char *value,
                const char *where, char *err, size_t errlen) {
-    const setting *s = find_setting(key, strlen(key));
+    const setting *s = find_setting(p->prog, key, strlen(key));
     if (!s)
         return ctr_fail(err, errlen, CTR_EINVAL,
                         "%s%sunknown setting \"%.64s\" (--help lists them)",
@@ -637,7 +369,7 @@ static int load_file(config_params *p, const char *path, const char *from,
             rc = ctr_fail(err, errlen, CTR_EINVAL, "%s: %s", where, why);
             break;
         }
-        const setting *s = find_setting(key, strlen(key));
+        const setting *s = find_setting(p->prog, key, strlen(key));
         if (!s) {
             rc = ctr_fail(err, errlen, CTR_EINVAL,
                           "%s: unknown setting \"%.64s\" (--help lists them)", where, key);
@@ -659,7 +391,7 @@ static int load_file(config_params *p, const char *path, const char *from,
 
 /* Reads the flag at argv[*i] (and its value) and advances *i.  Fills *s,
  * *value and `where` ("flag --key"). */
-static int next_flag(int argc, char *const argv[], int *i, const setting **s,
+static int next_flag(config_prog prog, int argc, char *const argv[], int *i, const setting **s,
                      const char **value, char *where, size_t wlen, char *err,
                      size_t errlen) {
     const char *a = argv[(*i)++];
@@ -670,7 +402,7 @@ static int next_flag(int argc, char *const argv[], int *i, const setting **s,
     const char *eq = strchr(key, '=');
     size_t klen = eq ? (size_t)(eq - key) : strlen(key);
     snprintf(where, wlen, "flag --%.*s", (int)klen, key);
-    *s = find_setting(key, klen);
+    *s = find_setting(prog, key, klen);
     if (!*s)
         return ctr_fail(err, errlen, CTR_EINVAL,
                         "%s: unknown setting \"%.*s\" (--help lists them)", where,
@@ -704,7 +436,7 @@ int config_parse(config_params *p, int argc, char *const argv[],
     char where[96], cfg_from[96] = "";
     int rc;
     for (int i = 1; i < argc;) {
-        if ((rc = next_flag(argc, argv, &i, &s, &value, where, sizeof where, err,
+        if ((rc = next_flag(p->prog, argc, argv, &i, &s, &value, where, sizeof where, err,
                             errlen)) < 0)
             return rc;
         if (strcmp(s->key, "config") == 0) {
@@ -712,7 +444,7 @@ int config_parse(config_params *p, int argc, char *const argv[],
             snprintf(cfg_from, sizeof cfg_from, "%s", where);
         }
     }
-    if (!cfg) {
+    if (!cfg && find_setting(p->prog, "config", 6)) {
         cfg = env_get(envp, "CTR_CONFIG");
         if (cfg && !*cfg) cfg = NULL;
         snprintf(cfg_from, sizeof cfg_from, "env CTR_CONFIG");
@@ -726,19 +458,20 @@ int config_parse(config_params *p, int argc, char *const argv[],
     }
     p->source = 2;
 
-    for (size_t k = 0; k < NSETTINGS; k++) {
-        if (strcmp(settings[k].key, "config") == 0) continue;   /* done above */
+    for (size_t k = 0; k < config_nsettings; k++) {
+        if (!(config_settings[k].progs & p->prog) || !env_read(&config_settings[k], p->prog)) continue;
+        if (strcmp(config_settings[k].key, "config") == 0) continue;   /* done above */
         char name[64];
-        env_name(&settings[k], name, sizeof name);
+        env_name(&config_settings[k], name, sizeof name);
         const char *v = env_get(envp, name);
         if (!v || !*v) continue;
         snprintf(where, sizeof where, "env %s", name);
-        if ((rc = set_value(p, &settings[k], v, where, err, errlen)) < 0) return rc;
+        if ((rc = set_value(p, &config_settings[k], v, where, err, errlen)) < 0) return rc;
     }
 
     p->source = 3;
     for (int i = 1; i < argc;) {
-        next_flag(argc, argv, &i, &s, &value, where, sizeof where, NULL, 0);
+        next_flag(p->prog, argc, argv, &i, &s, &value, where, sizeof where, NULL, 0);
         if (strcmp(s->key, "config") == 0) continue;
         if ((rc = set_value(p, s, value, where, err, errlen)) < 0) return rc;
     }
@@ -799,54 +532,83 @@ static void print_wrapped(FILE *out, const char *text) {
     fputc('\n', out);
 }
 
-void config_help(FILE *out, const char *prog) {
-    config_params d = config_default_params();
-    fprintf(out,
-            "Usage: %s [--config FILE] [--KEY VALUE | --KEY=VALUE]...\n"
-            "\n"
-            "Each setting comes from, lowest precedence first: its default, the\n"
-            "config file (`key = value` lines, # comments), its environment\n"
-            "variable, a command-line flag.  In keys, - and _ are the same.\n"
-            "\n"
-            "Several models: repeat --model (or separate entries with commas, as\n"
-            "in CTR_MODEL=qin=/m/q.safetensors,din=/m/d.safetensors, or repeat the\n"
-            "`model =` line in the file); a source that sets models replaces a\n"
-            "lower one's.  Settings shown with [NAME=] take a VALUE for every model\n"
-            "and NAME=VALUE entries for one model, in the same list forms\n"
-            "(--redis-prefix ctr: --redis-prefix tin=ctr-tin:).  No entry may hold\n"
-            "a comma.\n"
-            "\n",
-            prog ? prog : "ctr-score");
-    for (size_t i = 0; i < NSETTINGS; i++) {
-        const setting *s = &settings[i];
+/* s's key as a flag: "--redis-prefix". */
+static void print_flag(FILE *out, const char *key) {
+    fputs("--", out);
+    for (const char *c = key; *c; c++) fputc(*c == '_' ? '-' : *c, out);
+}
+
+/* One setting's --help entry: the flag, its argument, its variable (where
+ * prog reads one), its default and older spelling, then the description
+ * with its range or choices. */
+static void print_setting(FILE *out, const setting *s, const config_params *d) {
+    fputs("  ", out);
+    print_flag(out, s->key);
+    fprintf(out, " %s", s->arg);
+    if (env_read(s, d->prog)) {
         char env[64];
         env_name(s, env, sizeof env);
-        fprintf(out, "  --%s %s  [env %s]", s->key, s->arg, env);
-        if (strcmp(s->key, "config") != 0) {
-            fputs("  default: ", out);
-            print_value(out, s, &d);
-            if (s->default_note) fprintf(out, " (%s)", s->default_note);
-        }
-        fputc('\n', out);
-        char text[512];
-        if (s->type == SET_INT || s->type == SET_SIZE)
-            snprintf(text, sizeof text, "%s  Range %lld..%lld.", s->help, s->min, s->max);
-        else if (s->type == SET_CHOICE)
-            snprintf(text, sizeof text, "%s  One of %s.", s->help, s->choices);
-        else
-            snprintf(text, sizeof text, "%s", s->help);
-        print_wrapped(out, text);
+        fprintf(out, "  [env %s]", env);
     }
+    if (strcmp(s->key, "config") != 0) {
+        fputs("  default: ", out);
+        print_value(out, s, d);
+        if (s->default_note) fprintf(out, " (%s)", s->default_note);
+    }
+    if (s->alias) {
+        fputs("  (also ", out);
+        print_flag(out, s->alias);
+        fputc(')', out);
+    }
+    fputc('\n', out);
+    char text[768];
+    if (s->type == SET_INT || s->type == SET_SIZE)
+        snprintf(text, sizeof text, "%s  Range %lld..%lld.", s->help, s->min, s->max);
+    else if (s->type == SET_CHOICE)
+        snprintf(text, sizeof text, "%s  One of %s.", s->help, s->choices);
+    else
+        snprintf(text, sizeof text, "%s", s->help);
+    print_wrapped(out, text);
+}
+
+void config_usage(FILE *out, config_prog prog, const char *name, const char *synopsis,
+                  const char *about, const char *after) {
+    config_params d = config_prog_params(prog);
+    fprintf(out, "Usage: %s %s\n\n", name, synopsis);
+    if (about) fputs(about, out);
+    fputs("Settings:\n", out);
+    for (size_t i = 0; i < config_nsettings; i++)
+        if (config_settings[i].progs & prog) print_setting(out, &config_settings[i], &d);
     fputs("  --help\n      Print this and exit.\n", out);
+    if (after) fputs(after, out);
+}
+
+void config_help(FILE *out, const char *prog) {
+    config_usage(out, CONFIG_SERVER, prog ? prog : "ctr-server",
+                 "[--config FILE] [--KEY VALUE | --KEY=VALUE]...",
+                 "Each setting comes from, lowest precedence first: its default, the\n"
+                 "config file (`key = value` lines, # comments), its environment\n"
+                 "variable, a command-line flag.  In keys, - and _ are the same.\n"
+                 "\n"
+                 "Several models: repeat --model (or separate entries with commas, as\n"
+                 "in CTR_MODEL=qin=/m/q.safetensors,din=/m/d.safetensors, or repeat the\n"
+                 "`model =` line in the file); a source that sets models replaces a\n"
+                 "lower one's.  Settings shown with [NAME=] take a VALUE for every model\n"
+                 "and NAME=VALUE entries for one model, in the same list forms\n"
+                 "(--redis-prefix ctr: --redis-prefix tin=ctr-tin:).  No entry may hold\n"
+                 "a comma.\n"
+                 "\n",
+                 NULL);
 }
 
 void config_dump(const config_params *p, FILE *out) {
     if (p->config[0]) fprintf(out, "# settings in effect (config file: %s)\n", p->config);
     else fputs("# settings in effect (no config file)\n", out);
-    for (size_t i = 0; i < NSETTINGS; i++) {
-        const setting *s = &settings[i];
+    for (size_t i = 0; i < config_nsettings; i++) {
+        const setting *s = &config_settings[i];
+        if (!(s->progs & p->prog)) continue;
         if (strcmp(s->key, "config") == 0) continue;   /* not valid in a file */
-        if (is_secret(s->key) && *((const char *)p + s->off)) {
+        if (is_secret(s) && *((const char *)p + s->off)) {
             fprintf(out, "# %s is set (not shown)\n", s->key);
             continue;
         }
@@ -873,5 +635,48 @@ void config_dump(const config_params *p, FILE *out) {
             print_str(out, e);
             fputc('\n', out);
         }
+    }
+}
+
+/* --- Shared by the programs -------------------------------------------- */
+
+int config_given(const config_params *p, const char *key) {
+    const setting *s = find_setting(p->prog, key, strlen(key));
+    return s ? p->given[s - config_settings] : 0;
+}
+
+int config_redis_auth(config_params *p, char *err, size_t errlen) {
+    int pw = config_given(p, "redis_password"), file = config_given(p, "redis_password_file");
+    if (p->redis_password[0] && p->redis_password_file[0]) {
+        if (pw == file)
+            return ctr_fail(err, errlen, CTR_EINVAL,
+                            "redis_password and redis_password_file are both set; give one");
+        if (pw > file) p->redis_password_file[0] = '\0';   /* the higher source wins */
+        else memset(p->redis_password, 0, sizeof p->redis_password);
+    }
+    if (p->redis_password_file[0]) {
+        char why[1200];
+        if (featstore_password_file(p->redis_password_file, p->redis_password,
+                                    sizeof p->redis_password, why, sizeof why) < 0)
+            return ctr_fail(err, errlen, CTR_EINVAL, "redis_password_file: %s", why);
+    }
+    if (p->redis_user[0] && !p->redis_password[0])
+        return ctr_fail(err, errlen, CTR_EINVAL,
+                        "redis_user needs a password (redis_password or redis_password_file)");
+    return CTR_OK;
+}
+
+void config_scrub_argv(int argc, char **argv) {
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (strncmp(a, "--", 2) != 0) continue;
+        size_t klen = strcspn(a + 2, "=");
+        int secret = 0;
+        for (size_t k = 0; k < config_nsettings && !secret; k++)
+            secret = is_secret(&config_settings[k]) &&
+                     key_is(a + 2, klen, config_settings[k].key);
+        if (!secret) continue;
+        char *v = a[2 + klen] == '=' ? argv[i] + 3 + klen : i + 1 < argc ? argv[++i] : NULL;
+        if (v) memset(v, 0, strlen(v));
     }
 }

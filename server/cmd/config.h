@@ -1,6 +1,14 @@
 /*
- * config.h - the server's settings: defaults, config file, environment,
- * command line, --help and the startup dump.
+ * config.h - the settings of the three programs (ctr-server, ctr-load,
+ * ctr-score): defaults, config file, environment, command line, --help and
+ * the startup dump.
+ *
+ * One table (config_table.c) lists every setting of every program with the
+ * programs that take it; a name means the same thing in each program that
+ * has it (--redis, --redis-prefix, --redis-timeout-ms, --max-seq,
+ * --max-candidates, --precision ...).  Older spellings stay accepted as
+ * aliases and --help says so (ctr-load's --prefix and --timeout-ms,
+ * ctr-score's --max-cand).
  *
  * Each setting comes from, in increasing precedence:
  *   1. its built-in default (config_default_params);
@@ -11,10 +19,13 @@
  *   3. the environment: CTR_<KEY in upper case>, e.g. CTR_PORT, CTR_REDIS.
  *      An empty variable counts as unset (compose files and shells produce
  *      `CTR_X=` placeholders).  Other CTR_* variables are ignored, since
- *      tools share the prefix;
+ *      tools share the prefix.  ctr-server reads every setting so; ctr-load
+ *      only the Redis AUTH ones (a loader run beside a server must not pick
+ *      up the server's CTR_REDIS or CTR_MODEL), ctr-score none;
  *   4. flags: `--key value` or `--key=value`; `-` and `_` are the same in
  *      keys (--redis-prefix).  A boolean flag alone (--skip_scoring) means
  *      true.
+ * The config file (1.) is ctr-server's only.
  *
  * Several models: `model` takes a list.  Each entry is PATH (the model is
  * named from its file's metadata) or NAME=PATH; entries are separated by
@@ -29,8 +40,8 @@
  * entry must name a model being served (config_check_models).  Lists
  * cannot hold a comma inside an entry; blanks around commas are ignored.
  *
- * One table in config.c lists every setting with its type, range, default
- * and description; parsing, --help and config_dump all read it, so they
+ * The table gives each setting its type, range, default, programs and
+ * description; parsing, --help and config_dump all read it, so they
  * cannot disagree.  Bad input (unknown key, a number that is not one, a
  * value out of range) is an error naming the setting and where it came from
  * ("cfg.conf:3", "env CTR_PORT", "flag --port"); the caller prints it and
@@ -53,6 +64,16 @@
 
 /* config_parse's answer when --help (or -h) is on the command line. */
 #define CONFIG_HELP 1
+
+/* The programs; a setting lists those that take it. */
+typedef enum config_prog {
+    CONFIG_SERVER = 1,              /* ctr-server */
+    CONFIG_LOAD = 2,                /* ctr-load */
+    CONFIG_SCORE = 4                /* ctr-score */
+} config_prog;
+
+/* Rows of the settings table, all programs (config_given's slots). */
+#define CONFIG_MAX_SETTINGS 64
 
 #define CONFIG_MAX_MODELS 8         /* entries of `model` */
 #define CONFIG_NAME_MAX 64          /* a model name, NUL included */
@@ -122,15 +143,28 @@ typedef struct config_params {
     char precision[8];              /* "fp32", "bf16", "int8" */
     char log_level[16];             /* "debug", "info", "warn", "error" */
     char config[CONFIG_STR_MAX];    /* the config file read, "" if none */
+    /* ctr-load and ctr-score. */
+    char model_path[CONFIG_STR_MAX];  /* their one model ("": none) */
+    char items[CONFIG_STR_MAX];     /* item features file (JSON Lines) */
+    char users[CONFIG_STR_MAX];     /* user histories file (JSON Lines) */
+    int batch;                      /* ctr-load: SETs per round trip */
+    int max_tags;                   /* ctr-load: tag slots per item */
+    int mm_dim;                     /* ctr-load: embedding width */
+    config_prog prog;               /* whose settings these are */
+    unsigned char given[CONFIG_MAX_SETTINGS];  /* internal: the source that
+                                       last set each row (0: default) */
     config_override overrides[CONFIG_MAX_OVERRIDES];  /* NAME=VALUE */
     int num_overrides;
     int source;                     /* internal: the source being read */
     int models_source;              /* internal: the source of models[] */
 } config_params;
 
-/* Built-in defaults.  threads and score_threads are the number of online
- * CPUs at the time of the call. */
+/* Built-in defaults of ctr-server.  threads and score_threads are the
+ * number of online CPUs at the time of the call. */
 config_params config_default_params(void);
+
+/* Built-in defaults of prog (config_default_params for CONFIG_SERVER). */
+config_params config_prog_params(config_prog prog);
 
 /* Fills *p (which should hold defaults) from the config file, the
  * environment and the command line, in that order of precedence.
@@ -165,9 +199,32 @@ int config_check_models(const config_params *p, const char *const *names, int n,
  * starting with a letter or digit. */
 int config_model_name_ok(const char *s, size_t len);
 
-/* Usage: every setting with its argument, environment variable, default
- * and a description.  prog is the program name for the usage line. */
+/* Where the setting `key` of p came from: 0 its default, 1 the config
+ * file, 2 the environment, 3 a flag. */
+int config_given(const config_params *p, const char *key);
+
+/* The Redis AUTH settings made ready: a redis_password_file is read into
+ * redis_password (a trailing CR/LF dropped); redis_password and
+ * redis_password_file from one source are refused (from two, the higher
+ * source's wins), and so is redis_user without a password.  CTR_OK, or an
+ * error with a message that never holds the password. */
+int config_redis_auth(config_params *p, char *err, size_t errlen);
+
+/* Blanks the value of every secret flag (--redis-password, any spelling)
+ * in argv, so that ps and /proc/PID/cmdline show it only for the moment
+ * before this runs.  Call right after config_parse. */
+void config_scrub_argv(int argc, char **argv);
+
+/* ctr-server's usage: every setting with its argument, environment
+ * variable, default and a description.  prog is the program name for the
+ * usage line. */
 void config_help(FILE *out, const char *prog);
+
+/* Any program's usage: "Usage: NAME SYNOPSIS", the text `about`, every
+ * setting of prog as config_help shows them, then `after` (either text
+ * may be NULL). */
+void config_usage(FILE *out, config_prog prog, const char *name, const char *synopsis,
+                  const char *about, const char *after);
 
 /* The effective settings as `key = value` lines (valid config file
  * syntax), for the startup log.  A secret (redis_password) is never

@@ -5,8 +5,12 @@
  * (deploy/REDIS_SCHEMA.md).
  *
  *   ctr-load --redis HOST:PORT|/path.sock [--items F] [--users F]
- *            [--prefix ctr:] [--model M | --max-tags 5 --mm-dim 128]
- *            [--max-seq 1000] [--batch 512] [--timeout-ms 5000]
+ *            [--redis-prefix ctr:] [--model M | --max-tags 5 --mm-dim 128]
+ *            [--max-seq 1000] [--batch 512] [--redis-timeout-ms 5000]
+ *
+ * Its settings are rows of the programs' one settings table (config.h):
+ * the same names as ctr-server's where they mean the same (--prefix and
+ * --timeout-ms stay accepted as aliases).
  *
  * Workload: one process, one connection, run when features change: ~92k
  * item lines of ~1.5 kB and up to a few million user lines.  Lines are
@@ -41,7 +45,6 @@
  *     new feature version under a new prefix instead, see REDIS_SCHEMA.md).
  */
 #include <errno.h>
-#include <getopt.h>
 #include <inttypes.h>
 #include <limits.h>
 #include <signal.h>
@@ -57,68 +60,29 @@
 #include "proto/meta.h"
 #include "proto/records.h"
 #include "server/store/featstore.h"
+#include "server/cmd/config.h"
 #include "server/cmd/jsonl.h"
 
 #define PROG "ctr-load"
 
-static void usage(FILE *f) {
-    fprintf(f,
-"Usage: " PROG " --redis HOST:PORT|/PATH.sock | --redis-cluster HOST:PORT[,...]\n"
-"                [--items ITEMS.jsonl] [--users USERS.jsonl] [--prefix P]\n"
-"                [--model M] [--max-tags N] [--mm-dim N] [--max-seq N]\n"
-"                [--batch N] [--timeout-ms N] [--redis-user U]\n"
-"                [--redis-password-file F | --redis-password P]\n"
-"\n"
+static const char usage_about[] =
 "Loads item features and user histories into Redis for the scoring\n"
 "service, as the compact binary values described in deploy/REDIS_SCHEMA.md.\n"
-"Give --items, --users or both.\n"
+"Give --redis or --redis-cluster, and --items, --users or both.\n"
 "\n"
-"Options:\n"
-"  --redis ADDR     Redis to write to: host:port ([v6addr]:port for IPv6)\n"
-"                   or the path of a unix socket (starting with '/')\n"
-"  --redis-cluster SEEDS\n"
-"                   a Redis Cluster instead, by some of its nodes\n"
-"                   (host:port,host:port...): each batch goes out as one\n"
-"                   pipeline per master, all at once, MOVED/ASK followed\n"
-"  --redis-user U   Redis ACL user (env CTR_REDIS_USER); needs a password\n"
-"  --redis-password-file F\n"
-"                   Redis password (AUTH) from the first line of F (env\n"
-"                   CTR_REDIS_PASSWORD_FILE)\n"
-"  --redis-password P\n"
-"                   the password itself (env CTR_REDIS_PASSWORD; a flag is\n"
-"                   briefly visible to other local users: prefer the file\n"
-"                   or the environment).  Never printed.\n"
-"  --items FILE     item features, one JSON object a line:\n"
-"                     {\"item_id\": 17, \"item_tags\": [up to N ints],\n"
-"                      \"item_emb_d128\": [mm-dim numbers]}\n"
-"                   or, for a model that reads a category (TIN, with\n"
-"                   --model): {\"item_id\": 0, \"cate_id\": 5}\n"
-"                   stored as <prefix>i:<item_id>; other fields ignored\n"
-"  --users FILE     histories, one JSON object a line:\n"
-"                     {\"user_id\": \"u1\" | 42, \"item_seq\": [ids, oldest first]}\n"
-"                   stored as <prefix>u:<user_id> (an integer id by its\n"
-"                   decimal text, so 42 and \"42\" are the same user)\n"
-"  --prefix P       key prefix (default \"ctr:\"); load a new feature version\n"
-"                   under a new prefix and point the service at it\n"
-"  --model M        model file (QIN, DIN or TIN): write what its schema\n"
-"                   reads (tags and embedding, or a category), take\n"
-"                   --max-tags and --mm-dim from it, and check item ids\n"
-"                   (1..item_vocab-1; TIN: 0..item_vocab-1), tag ids\n"
-"                   (0..tag_vocab-1) and cate_id (0..cate_vocab-1),\n"
-"                   and refuse items whose features make its item\n"
-"                   vector overflow\n"
-"  --max-tags N     tag slots per item (default 5); lines with more are bad\n"
-"  --mm-dim N       embedding width (default 128); other widths are bad\n"
-"  --max-seq N      longest history stored (default 1000); longer ones keep\n"
-"                   their most recent N ids\n"
-"  --batch N        SETs per pipelined round trip (default 512)\n"
-"  --timeout-ms N   most time one connect or one batch may take (default\n"
-"                   5000)\n"
-"  --help           this text\n"
+"Items, one JSON object a line:\n"
+"  {\"item_id\": 17, \"item_tags\": [up to max_tags ints],\n"
+"   \"item_emb_d128\": [mm_dim numbers]}\n"
+"or, for a model that reads a category (TIN, with --model):\n"
+"  {\"item_id\": 0, \"cate_id\": 5}\n"
+"\n";
+
+static const char usage_after[] =
 "\n"
 "Checks: item ids must be >= 1 (0 is padding), except for a model whose\n"
 "ids start at 0 (TIN); tags and cate_id must fit in int32 and\n"
-"embedding values be finite float32; history ids must be within\n"
+"embedding values be finite float32; with --model, ids, tags and cate_id\n"
+"must be within its vocabularies; history ids must be within\n"
 "0..2147483647 (0 is padding; ids unknown to the model are padding when\n"
 "scoring, so they are not refused here).  An item or user given twice is a\n"
 "bad line (the first is kept).  Blank lines are skipped.\n"
@@ -136,22 +100,25 @@ static void usage(FILE *f) {
 "\n"
 "Exit status: 0 every line loaded; 1 some line rejected, or Redis failed\n"
 "(the load stops at the failure; the last batch may or may not be stored);\n"
-"2 could not start (usage, unreadable file or model).\n",
-        JSONL_ERRORS_SHOWN);
+"2 could not start (usage, unreadable file or model).\n";
+
+static void usage(FILE *f) {
+    config_usage(f, CONFIG_LOAD, PROG,
+                 "--redis HOST:PORT|/PATH.sock | --redis-cluster HOST:PORT[,...]\n"
+                 "                [--items ITEMS.jsonl] [--users USERS.jsonl] [--KEY VALUE]...",
+                 usage_about, NULL);
+    fprintf(f, usage_after, JSONL_ERRORS_SHOWN);
 }
 
 /* --- Loading ------------------------------------------------------------ */
 
 typedef struct options {
-    const char *redis, *cluster, *items, *users, *prefix, *model;
-    const char *user, *password, *password_file;
-    int max_tags, mm_dim, max_seq, batch, timeout_ms;
-    int item_vocab, tag_vocab;      /* from --model; 0: unchecked */
-    engine_model *eng;              /* --model: item vectors checked */
+    const config_params *cp;        /* the settings */
+    int max_tags, mm_dim;           /* the model's, else the settings' */
+    int cate;                       /* the model reads a category (TIN) */
+    engine_model *eng;              /* --model: items checked against it */
     char model_version[64];
     float *vec;                     /* one item vector, for the check */
-    int item_id_min;                /* 1, or 0 for a TIN model */
-    int cate_vocab;                 /* from --model; 0: no category */
 } options;
 
 typedef struct loader {
@@ -185,53 +152,40 @@ static int queued(loader *ld, int rc, const char *err) {
         ld->redis_failed = 1;
         return rc;
     }
-    if (featstore_pending(ld->fs) >= ld->o->batch) return flush(ld);
+    if (featstore_pending(ld->fs) >= ld->o->cp->batch) return flush(ld);
     return CTR_OK;
 }
 
-/* One line's work: decode, check, encode, queue.  A bad line is reported
- * with jsonl_error and answered CTR_OK; a negative status stops the load.
- * scratch is reset before each line; seen holds the keys given so far. */
-typedef int (*line_fn)(loader *ld, jsonl_source *src, const char *line, size_t len,
-                       arena *scratch, jsonl_seen *seen);
+/* A file being loaded: the loader and the keys its lines gave so far. */
+typedef struct file_ctx {
+    loader *ld;
+    jsonl_seen *seen;
+} file_ctx;
 
-static int item_line(loader *ld, jsonl_source *src, const char *line, size_t len,
-                     arena *scratch, jsonl_seen *seen) {
+/* One line's work (jsonl_each_line; ctx: a file_ctx): decode, check,
+ * encode, queue.  A bad line is reported with jsonl_error and answered
+ * CTR_OK; a negative status stops the load. */
+static int item_line(void *ctx, jsonl_source *src, const char *line, size_t len,
+                     arena *scratch) {
+    loader *ld = ((file_ctx *)ctx)->ld;
+    jsonl_seen *seen = ((file_ctx *)ctx)->seen;
     const options *o = ld->o;
     char err[256];
     proto_item it;
     /* The fields the model reads: tags and embedding, or a category. */
-    const proto_item_schema sch = {o->cate_vocab ? -1 : o->max_tags,
-                                   o->cate_vocab ? -1 : o->mm_dim, o->cate_vocab > 0};
+    const proto_item_schema sch = {o->cate ? -1 : o->max_tags, o->cate ? -1 : o->mm_dim,
+                                   o->cate};
     int st = proto_item_decode_schema(line, len, &sch, scratch, &it, err, sizeof err);
     if (st == CTR_ENOMEM) return st;
     if (st < 0) { jsonl_error(src, "%s", err); return CTR_OK; }
-    if (it.item_id < o->item_id_min) {
-        if (o->item_id_min == 1)
-            jsonl_error(src, "item_id: %" PRId64 " is not an item id (ids "
-                        "start at 1; 0 is padding)", it.item_id);
-        else
-            jsonl_error(src, "item_id: %" PRId64 " is not an item id (ids "
-                        "start at 0)", it.item_id);
+    engine_item in = {it.item_id, it.tags, it.num_tags, it.mm, it.cate};
+    if (o->eng && engine_item_check(o->eng, &in, err, sizeof err) < 0) {
+        jsonl_error(src, "%s", err);   /* the model's ids and vocabularies */
         return CTR_OK;
     }
-    if (o->item_vocab && it.item_id >= o->item_vocab) {
-        jsonl_error(src, "item_id: %" PRId64 " is outside the model's "
-                    "item vocabulary (%d..%d)", it.item_id, o->item_id_min,
-                    o->item_vocab - 1);
-        return CTR_OK;
-    }
-    if (it.has_cate && (it.cate < 0 || it.cate >= o->cate_vocab)) {
-        jsonl_error(src, "cate_id: %" PRId32 " is outside the model's "
-                    "category vocabulary (0..%d)", it.cate, o->cate_vocab - 1);
-        return CTR_OK;
-    }
-    int k = 0;
-    while (o->tag_vocab && k < it.num_tags && it.tags[k] >= 0 && it.tags[k] < o->tag_vocab)
-        k++;
-    if (o->tag_vocab && k < it.num_tags) {
-        jsonl_error(src, "item_tags[%d]: %" PRId32 " is outside the "
-                    "model's tag vocabulary (0..%d)", k, it.tags[k], o->tag_vocab - 1);
+    if (!o->eng && it.item_id < 1) {
+        jsonl_error(src, "item_id: %" PRId64 " is not an item id (ids start at 1; 0 is "
+                    "padding)", it.item_id);
         return CTR_OK;
     }
     size_t size = it.has_cate ? features_item_cate_size(it.num_tags, it.mm_dim)
@@ -249,7 +203,6 @@ static int item_line(loader *ld, jsonl_source *src, const char *line, size_t len
     if (o->eng) {
         /* The model's first products of this item: exact, and cheap next
          * to parsing the line. */
-        engine_item in = {it.item_id, it.tags, it.num_tags, it.mm, it.cate};
         if (engine_items_compute(o->eng, 1, &in, o->vec, NULL, err, sizeof err) < 0) {
             jsonl_error(src, "%s", err);
             return CTR_OK;
@@ -268,8 +221,10 @@ static int item_line(loader *ld, jsonl_source *src, const char *line, size_t len
     return queued(ld, rc, err);
 }
 
-static int user_line(loader *ld, jsonl_source *src, const char *line, size_t len,
-                     arena *scratch, jsonl_seen *seen) {
+static int user_line(void *ctx, jsonl_source *src, const char *line, size_t len,
+                     arena *scratch) {
+    loader *ld = ((file_ctx *)ctx)->ld;
+    jsonl_seen *seen = ((file_ctx *)ctx)->seen;
     const options *o = ld->o;
     char err[256];
     proto_user u;
@@ -279,9 +234,9 @@ static int user_line(loader *ld, jsonl_source *src, const char *line, size_t len
     if (st < 0) { jsonl_error(src, "%s", err); return CTR_OK; }
     const int64_t *seq = u.item_seq;
     int n = u.seq_len;
-    if (n > o->max_seq) {
-        seq += n - o->max_seq;
-        n = o->max_seq;
+    if (n > o->cp->max_seq) {
+        seq += n - o->cp->max_seq;
+        n = o->cp->max_seq;
         ld->truncated++;
     }
     size_t size = features_user_size((size_t)n);
@@ -312,27 +267,15 @@ static int user_line(loader *ld, jsonl_source *src, const char *line, size_t len
 /* Feeds every line of src to fn.  Returns CTR_OK when the file was read to
  * its end (bad lines included), or a negative status when the load must
  * stop. */
-static int load_lines(loader *ld, jsonl_source *src, line_fn fn) {
-    arena scratch;
-    arena_init(&scratch, 1 << 16);
-    jsonl_seen *seen;
-    int rc = jsonl_seen_init(&seen);
-    const char *line;
-    size_t len;
-    int more = 0;
-    while (rc == CTR_OK && (more = jsonl_next_line(src, &line, &len)) > 0) {
-        arena_reset(&scratch);
-        rc = fn(ld, src, line, len, &scratch, seen);
-    }
-    if (rc == CTR_OK && more < 0) {
-        rc = more;
-        if (rc == CTR_EIO)
-            fprintf(stderr, PROG ": %s: read error after line %ld: %s\n",
-                    jsonl_source_name(src), jsonl_source_line(src), strerror(errno));
-    }
+static int load_lines(loader *ld, jsonl_source *src, jsonl_line_fn fn) {
+    file_ctx f = {ld, NULL};
+    int rc = jsonl_seen_init(&f.seen);
+    if (rc == CTR_OK) rc = jsonl_each_line(src, fn, &f);
+    if (rc == CTR_EIO && !ld->redis_failed)   /* the file's, not Redis's (said already) */
+        fprintf(stderr, PROG ": %s: read error after line %ld: %s\n", jsonl_source_name(src),
+                jsonl_source_line(src), strerror(errno));
     if (rc == CTR_ENOMEM) fprintf(stderr, PROG ": out of memory\n");
-    jsonl_seen_free(seen);
-    arena_free(&scratch);
+    jsonl_seen_free(f.seen);
     return rc;
 }
 
@@ -357,232 +300,127 @@ static int write_meta(loader *ld) {
 
 /* --- main --------------------------------------------------------------- */
 
-/* The AUTH settings: flags, else CTR_REDIS_USER / CTR_REDIS_PASSWORD /
- * CTR_REDIS_PASSWORD_FILE (as ctr-server reads them); a password file is
- * read into buf.  0, or -1 with a message printed (never the password). */
-static int redis_auth(options *o, char *buf, size_t cap) {
-    const char *e;
-    if (!o->user && (e = getenv("CTR_REDIS_USER")) && *e) o->user = e;
-    if (!o->password && !o->password_file) {
-        if ((e = getenv("CTR_REDIS_PASSWORD")) && *e) o->password = e;
-        if ((e = getenv("CTR_REDIS_PASSWORD_FILE")) && *e) o->password_file = e;
-    }
-    if (o->password && o->password_file) {
-        fprintf(stderr, PROG ": give one of --redis-password (CTR_REDIS_PASSWORD), "
-                "--redis-password-file (CTR_REDIS_PASSWORD_FILE)\n");
+/* With --model: loads it and takes the item layout it reads (tag slots and
+ * embedding width, or a category) and its version; --max-tags/--mm-dim may
+ * only repeat the model's.  0, or -1 with a message printed. */
+static int use_model(options *o) {
+    const config_params *cp = o->cp;
+    char err[1024];
+    o->max_tags = cp->max_tags;
+    o->mm_dim = cp->mm_dim;
+    if (!cp->model_path[0]) return 0;
+    if (engine_model_load(cp->model_path, &o->eng, err, sizeof err) < 0) {
+        fprintf(stderr, PROG ": %s\n", err);
         return -1;
     }
-    if (o->password_file) {
-        char err[1200];
-        if (featstore_password_file(o->password_file, buf, cap, err, sizeof err) < 0) {
-            fprintf(stderr, PROG ": %s\n", err);
-            return -1;
-        }
-        o->password = buf;
+    const engine_schema *sc = engine_model_schema(o->eng);
+    if ((config_given(cp, "max_tags") && cp->max_tags != sc->num_tags) ||
+        (config_given(cp, "mm_dim") && cp->mm_dim != sc->mm_dim)) {
+        fprintf(stderr, PROG ": --max-tags/--mm-dim (%d/%d) disagree with the model's %d tags "
+                "and %d-wide embedding; leave them out with --model\n", cp->max_tags,
+                cp->mm_dim, sc->num_tags, sc->mm_dim);
+        return -1;
     }
-    if (o->user && !o->password) {
-        fprintf(stderr, PROG ": --redis-user needs a password (--redis-password-file, "
-                "--redis-password or CTR_REDIS_PASSWORD)\n");
+    o->max_tags = sc->num_tags;
+    o->mm_dim = sc->mm_dim;
+    o->cate = sc->cate_vocab > 0;
+    snprintf(o->model_version, sizeof o->model_version, "%s", sc->version);
+    if (!(o->vec = engine_item_vecs_alloc(o->eng, 1))) {
+        fprintf(stderr, PROG ": out of memory\n");
         return -1;
     }
     return 0;
 }
 
-static int parse_int(const char *opt, const char *s, int lo, int hi, int *out) {
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || end == s || *end || v < lo || v > hi) {
-        fprintf(stderr, PROG ": %s: expected an integer in %d..%d, got \"%s\"\n",
-                opt, lo, hi, s);
-        return -1;
+/* The feature store the settings name, answering PING.  Exit status 0, or
+ * 2 (could not connect: a usage error) or 1 (Redis failed), said on
+ * stderr. */
+static int open_store(const options *o, featstore **fs) {
+    const config_params *cp = o->cp;
+    featstore_params p;
+    featstore_default_params(&p);
+    p.addr = cp->redis[0] ? cp->redis : NULL;
+    p.cluster = cp->redis_cluster[0] ? cp->redis_cluster : NULL;
+    p.user = cp->redis_user[0] ? cp->redis_user : NULL;
+    p.password = cp->redis_password[0] ? cp->redis_password : NULL;
+    p.prefix = cp->redis_prefix;
+    p.connect_timeout_ms = p.command_timeout_ms = cp->redis_timeout_ms;
+    p.max_tags = o->max_tags;
+    p.mm_dim = o->mm_dim;
+    p.max_seq = cp->max_seq;
+    char err[256];
+    if (featstore_open(&p, fs, err, sizeof err) < 0) {
+        fprintf(stderr, PROG ": %s\n", err);
+        return 2;
     }
-    *out = (int)v;
+    if (featstore_ping(*fs, 0, err, sizeof err) < 0) {
+        fprintf(stderr, PROG ": %s\n", err);
+        return 1;
+    }
     return 0;
+}
+
+/* Loads the opened files into ld's store, then the marker; prints the
+ * counts.  The exit status. */
+static int run(loader *ld, jsonl_source *si, jsonl_source *su) {
+    const config_params *cp = ld->o->cp;
+    int rc = CTR_OK;
+    if (si) rc = load_lines(ld, si, item_line);
+    if (rc == CTR_OK && su) rc = load_lines(ld, su, user_line);
+    if (rc == CTR_OK) rc = flush(ld);
+    if (rc == CTR_OK) rc = write_meta(ld);
+    long rejected = (si ? jsonl_source_bad(si) : 0) + (su ? jsonl_source_bad(su) : 0);
+    printf(PROG ": items_loaded=%ld users_loaded=%ld lines_rejected=%ld "
+           "histories_truncated=%ld (%s %s, prefix \"%s\")\n",
+           ld->items_loaded, ld->users_loaded, rejected, ld->truncated,
+           cp->redis_cluster[0] ? "Redis Cluster" : "redis",
+           cp->redis_cluster[0] ? cp->redis_cluster : cp->redis, cp->redis_prefix);
+    if (ld->truncated)
+        fprintf(stderr, PROG ": %ld histories were longer than --max-seq %d and keep their "
+                "most recent %d ids\n", ld->truncated, cp->max_seq, cp->max_seq);
+    if (fflush(stdout) != 0) rc = CTR_EIO;
+    return rc == CTR_OK && !rejected ? 0 : 1;
 }
 
 int main(int argc, char **argv) {
-    options o = {.prefix = "ctr:", .max_tags = -1, .mm_dim = -1,
-                 .max_seq = 1000, .batch = 512, .timeout_ms = 5000,
-                 .item_id_min = 1};
-    enum { O_REDIS = 1, O_ITEMS, O_USERS, O_PREFIX, O_MODEL, O_MAX_TAGS,
-           O_MM_DIM, O_MAX_SEQ, O_BATCH, O_TIMEOUT, O_HELP, O_CLUSTER, O_USER,
-           O_PASSWORD, O_PASSWORD_FILE };
-    static const struct option longopts[] = {
-        {"redis", required_argument, NULL, O_REDIS},
-        {"redis-cluster", required_argument, NULL, O_CLUSTER},
-        {"redis-user", required_argument, NULL, O_USER},
-        {"redis-password", required_argument, NULL, O_PASSWORD},
-        {"redis-password-file", required_argument, NULL, O_PASSWORD_FILE},
-        {"items", required_argument, NULL, O_ITEMS},
-        {"users", required_argument, NULL, O_USERS},
-        {"prefix", required_argument, NULL, O_PREFIX},
-        {"model", required_argument, NULL, O_MODEL},
-        {"max-tags", required_argument, NULL, O_MAX_TAGS},
-        {"mm-dim", required_argument, NULL, O_MM_DIM},
-        {"max-seq", required_argument, NULL, O_MAX_SEQ},
-        {"batch", required_argument, NULL, O_BATCH},
-        {"timeout-ms", required_argument, NULL, O_TIMEOUT},
-        {"help", no_argument, NULL, O_HELP},
-        {NULL, 0, NULL, 0},
-    };
-    char *password_copy = NULL;
-    int c;
-    while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
-        int bad = 0;
-        switch (c) {
-        case O_REDIS: o.redis = optarg; break;
-        case O_CLUSTER: o.cluster = optarg; break;
-        case O_USER: o.user = optarg; break;
-        case O_PASSWORD:
-            /* Copied, then blanked in the argument list (ps). */
-            if (!(o.password = password_copy = strdup(optarg))) bad = 1;
-            memset(optarg, 0, strlen(optarg));
-            break;
-        case O_PASSWORD_FILE: o.password_file = optarg; break;
-        case O_ITEMS: o.items = optarg; break;
-        case O_USERS: o.users = optarg; break;
-        case O_PREFIX: o.prefix = optarg; break;
-        case O_MODEL: o.model = optarg; break;
-        case O_MAX_TAGS:
-            bad = parse_int("--max-tags", optarg, 0, FEATURES_MAX_TAGS,
-                            &o.max_tags);
-            break;
-        case O_MM_DIM:
-            bad = parse_int("--mm-dim", optarg, 0, FEATURES_MAX_MM, &o.mm_dim);
-            break;
-        case O_MAX_SEQ:
-            bad = parse_int("--max-seq", optarg, 1, INT_MAX, &o.max_seq);
-            break;
-        case O_BATCH:
-            bad = parse_int("--batch", optarg, 1, 1000000, &o.batch);
-            break;
-        case O_TIMEOUT:
-            bad = parse_int("--timeout-ms", optarg, 1, 3600000, &o.timeout_ms);
-            break;
-        case O_HELP: usage(stdout); return 0;
-        default: bad = 1; break;
-        }
-        if (bad) {
-            fprintf(stderr, "Try '" PROG " --help'.\n");
-            free(password_copy);
-            return 2;
-        }
+    config_params cp = config_prog_params(CONFIG_LOAD);
+    char err[1400];
+    int rc = config_parse(&cp, argc, argv, NULL, err, sizeof err);
+    if (rc == CONFIG_HELP) {
+        usage(stdout);
+        return 0;
     }
-    if (optind < argc) {
-        fprintf(stderr, PROG ": unexpected argument \"%s\"\nTry '" PROG
-                " --help'.\n", argv[optind]);
-        return 2;
-    }
-    char err[256];
-    char secret[1024];
-    if (redis_auth(&o, secret, sizeof secret) < 0 || (o.redis != NULL) == (o.cluster != NULL) ||
-        (!o.items && !o.users)) {
-        if ((o.redis != NULL) == (o.cluster != NULL) || (!o.items && !o.users))
-            fprintf(stderr, PROG ": need one of --redis, --redis-cluster and at least one "
-                    "of --items, --users\nTry '" PROG " --help'.\n");
-        free(password_copy);
+    config_scrub_argv(argc, argv);
+    if (rc == CTR_OK && !cp.redis[0] == !cp.redis_cluster[0])
+        rc = ctr_fail(err, sizeof err, CTR_EINVAL, "need one of --redis, --redis-cluster");
+    if (rc == CTR_OK && !cp.items[0] && !cp.users[0])
+        rc = ctr_fail(err, sizeof err, CTR_EINVAL, "need at least one of --items, --users");
+    if (rc == CTR_OK) rc = config_redis_auth(&cp, err, sizeof err);
+    if (rc < 0) {
+        fprintf(stderr, PROG ": %s\nTry '" PROG " --help'.\n", err);
+        memset(&cp, 0, sizeof cp);   /* the password, if read */
         return 2;
     }
 
-    if (o.model) {
-        engine_model *m;
-        if (engine_model_load(o.model, &m, err, sizeof err) < 0) {
-            fprintf(stderr, PROG ": %s\n", err);
-            return 2;
-        }
-        const engine_schema *cfg = engine_model_schema(m);
-        int tags = cfg->num_tags, mm = cfg->mm_dim;
-        o.item_vocab = cfg->item_vocab;
-        o.tag_vocab = cfg->tag_vocab;
-        snprintf(o.model_version, sizeof o.model_version, "%s", cfg->version);
-        o.item_id_min = cfg->item_id_min;
-        o.cate_vocab = cfg->cate_vocab;
-        o.eng = m;
-        o.vec = engine_item_vecs_alloc(m, 1);
-        if (!o.vec) {
-            fprintf(stderr, PROG ": out of memory\n");
-            engine_model_free(m);
-            return 2;
-        }
-        if ((o.max_tags >= 0 && o.max_tags != tags) ||
-            (o.mm_dim >= 0 && o.mm_dim != mm)) {
-            fprintf(stderr, PROG ": --max-tags/--mm-dim (%d/%d) disagree with "
-                    "the model's %d tags and %d-wide embedding; leave them "
-                    "out with --model\n", o.max_tags, o.mm_dim, tags, mm);
-            free(o.vec);
-            engine_model_free(o.eng);
-            return 2;
-        }
-        o.max_tags = tags;
-        o.mm_dim = mm;
-    }
-    if (o.max_tags < 0) o.max_tags = 5;
-    if (o.mm_dim < 0) o.mm_dim = 128;
-
+    options o = {.cp = &cp};
+    loader ld = {.o = &o};
+    jsonl_source *si = NULL, *su = NULL;
+    int status = 2;
+    if (use_model(&o) < 0) goto done;
     /* Open both files before writing anything, so a typo in the second
      * does not leave a half-done load. */
-    jsonl_source *si = NULL, *su = NULL;
-    if ((o.items && jsonl_source_open(o.items, PROG, &si, err, sizeof err) < 0)
-        || (o.users &&
-            jsonl_source_open(o.users, PROG, &su, err, sizeof err) < 0)) {
+    if ((cp.items[0] && jsonl_source_open(cp.items, PROG, &si, err, sizeof err) < 0) ||
+        (cp.users[0] && jsonl_source_open(cp.users, PROG, &su, err, sizeof err) < 0)) {
         fprintf(stderr, PROG ": %s\n", err);
-        jsonl_source_close(si);
-        free(o.vec);
-        engine_model_free(o.eng);
-        return 2;
+        goto done;
     }
-
     /* featstore.h: a write to a connection Redis closed must fail, not
      * kill the process. */
     signal(SIGPIPE, SIG_IGN);
-    int status = 2;
-    featstore_params p;
-    featstore_default_params(&p);
-    p.addr = o.redis;
-    p.cluster = o.cluster;
-    p.user = o.user;
-    p.password = o.password;
-    p.prefix = o.prefix;
-    p.connect_timeout_ms = p.command_timeout_ms = o.timeout_ms;
-    p.max_tags = o.max_tags;
-    p.mm_dim = o.mm_dim;
-    p.max_seq = o.max_seq;
-    loader ld = {.o = &o};
-    if (featstore_open(&p, &ld.fs, err, sizeof err) < 0) {
-        fprintf(stderr, PROG ": %s\n", err);
-        goto done;
-    }
-    status = 1;
-    if (featstore_ping(ld.fs, 0, err, sizeof err) < 0) {
-        fprintf(stderr, PROG ": %s\n", err);
-        goto done;
-    }
-
-    int rc = CTR_OK;
-    if (si) rc = load_lines(&ld, si, item_line);
-    if (rc == CTR_OK && su) rc = load_lines(&ld, su, user_line);
-    if (rc == CTR_OK) rc = flush(&ld);
-    if (rc == CTR_OK) rc = write_meta(&ld);
-    long rejected = (si ? jsonl_source_bad(si) : 0) +
-                    (su ? jsonl_source_bad(su) : 0);
-
-    printf(PROG ": items_loaded=%ld users_loaded=%ld lines_rejected=%ld "
-           "histories_truncated=%ld (%s %s, prefix \"%s\")\n",
-           ld.items_loaded, ld.users_loaded, rejected, ld.truncated,
-           o.cluster ? "Redis Cluster" : "redis", o.cluster ? o.cluster : o.redis, o.prefix);
-    if (ld.truncated)
-        fprintf(stderr, PROG ": %ld histories were longer than --max-seq %d "
-                "and keep their most recent %d ids\n", ld.truncated,
-                o.max_seq, o.max_seq);
-    if (fflush(stdout) != 0) rc = CTR_EIO;
-    status = rc == CTR_OK && !rejected ? 0 : 1;
-
+    if ((status = open_store(&o, &ld.fs)) == 0) status = run(&ld, si, su);
 done:
     featstore_close(ld.fs);
-    memset(secret, 0, sizeof secret);
-    if (password_copy) memset(password_copy, 0, strlen(password_copy));
-    free(password_copy);
+    memset(&cp, 0, sizeof cp);
     free(o.vec);
     engine_model_free(o.eng);
     jsonl_source_close(si);

@@ -5,8 +5,11 @@
  * references (tests/integration/test_ctr_score.sh).
  *
  *   ctr-score --model M --items items.jsonl [--users users.jsonl]
- *             [--max-cand N] [--max-seq N] [--precision P]
+ *             [--max-candidates N] [--max-seq N] [--precision P]
  *             < requests.jsonl > scores.jsonl
+ *
+ * Its settings are rows of the programs' one settings table (config.h),
+ * named as ctr-server's (--max-cand stays accepted as an alias).
  *
  * Workload: one process, one thread, requests one after another.  Items
  * (~92k lines of ~1.5 kB) and users (up to ~1M lines) are read once at
@@ -40,8 +43,8 @@
  *     users.jsonl (42 and "42" included), is a bad line (the first one is
  *     kept).
  */
+#include <assert.h>
 #include <errno.h>
-#include <getopt.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -53,42 +56,24 @@
 #include "proto/buf.h"
 #include "proto/rank.h"
 #include "proto/records.h"
+#include "server/cmd/config.h"
 #include "server/cmd/jsonl.h"
 
 #define PROG "ctr-score"
 
-static void usage(FILE *f) {
-    fprintf(f,
-"Usage: " PROG " --model M --items ITEMS.jsonl [--users USERS.jsonl]\n"
-"                 [--max-cand N] [--max-seq N] [--precision P]\n"
-"                 < REQUESTS.jsonl > SCORES.jsonl\n"
-"\n"
+static const char usage_about[] =
 "Scores ranking requests offline with a QIN, DIN or TIN model (the model\n"
 "file says which): one output line per good request line, in input order.\n"
 "\n"
-"Options:\n"
-"  --model M        model file (safetensors, as written by tools/convert.py)\n"
-"  --items FILE     item features, one JSON object a line:\n"
-"                     QIN, DIN: {\"item_id\": 17, \"item_tags\": [5 ints],\n"
-"                                \"item_emb_d128\": [mm_in numbers]}\n"
-"                     TIN:      {\"item_id\": 0, \"cate_id\": 5}\n"
-"                   item_id must be within the model's vocabulary\n"
-"                   (1..item_vocab-1; TIN: 0..item_vocab-1, 0 is an item),\n"
-"                   tags within 0..tag_vocab-1, cate_id within\n"
-"                   0..cate_vocab-1; fewer tags than the model's are padded;\n"
-"                   fields the model does not read are ignored\n"
-"  --users FILE     stored histories, one JSON object a line:\n"
-"                     {\"user_id\": \"u1\" | 42, \"item_seq\": [ids, oldest first]}\n"
-"                   (optional; without it every user is unknown)\n"
-"  --max-cand N     most candidates a request may have (default 1024)\n"
-"  --max-seq N      most ids a request's item_seq may have (default 65536;\n"
-"                   only the last max_len of any history are used: 64 for\n"
-"                   the challenge QIN and DIN, 430 for TIN)\n"
-"  --precision P    arithmetic of the dense layers: fp32 (default; exact to\n"
-"                   the trained model), bf16 or int8 (faster on CPUs with\n"
-"                   AVX512_BF16 / VNNI, not exact: a note on stderr says so;\n"
-"                   measured error in bench/README.md)\n"
-"  --help           this text\n"
+"Items (--items), one JSON object a line:\n"
+"  QIN, DIN: {\"item_id\": 17, \"item_tags\": [5 ints], \"item_emb_d128\": [mm_in numbers]}\n"
+"  TIN:      {\"item_id\": 0, \"cate_id\": 5}\n"
+"item_id within the model's vocabulary (1..item_vocab-1; TIN:\n"
+"0..item_vocab-1, 0 is an item), tags within 0..tag_vocab-1, cate_id within\n"
+"0..cate_vocab-1.\n"
+"\n";
+
+static const char usage_after[] =
 "\n"
 "Requests (stdin), one JSON object a line:\n"
 "  {\"user_id\": \"u1\" | 42,\n"
@@ -114,7 +99,8 @@ static void usage(FILE *f) {
 "vocabulary and ids with no line in --items are padding (QIN, DIN; id 0\n"
 "too) or left out of the history (TIN, where id 0 is an item).  A candidate\n"
 "outside the vocabulary or without features, a context value outside its\n"
-"vocabulary, or more than --max-cand candidates make the request line bad.\n"
+"vocabulary, or more than --max-candidates candidates make the request line\n"
+"bad.\n"
 "\n"
 "Errors: each bad line, in any file, is reported on stderr as\n"
 "FILE:LINE: message (at most %d per file, then only counted) and skipped;\n"
@@ -123,8 +109,14 @@ static void usage(FILE *f) {
 "line (the first is kept).  Blank lines are skipped.\n"
 "\n"
 "Exit status: 0 all lines good; 1 some line bad; 2 could not run (usage,\n"
-"unreadable file or model, out of memory, write error).\n",
-        JSONL_ERRORS_SHOWN);
+"unreadable file or model, out of memory, write error).\n";
+
+static void usage(FILE *f) {
+    config_usage(f, CONFIG_SCORE, PROG,
+                 "--model M --items ITEMS.jsonl [--users USERS.jsonl] [--KEY VALUE]...\n"
+                 "                 < REQUESTS.jsonl > SCORES.jsonl",
+                 usage_about, NULL);
+    fprintf(f, usage_after, JSONL_ERRORS_SHOWN);
 }
 
 /* --- Items: features by id, vectors computed on first use --------------- */
@@ -178,15 +170,13 @@ static int items_add(item_table *t, const proto_item *it, long line) {
     return CTR_OK;
 }
 
-/* The vector of item id into *vec, computed on first use.  CTR_ERANGE
- * (outside the vocabulary), CTR_ENOTFOUND (no features), CTR_EINVAL (the
- * engine refused the features) or CTR_ENOMEM, with a message. */
+/* The vector of item id (within the model's items: the caller checked it
+ * with engine_item_check or engine_history_id_ok) into *vec, computed on
+ * first use.  CTR_ENOTFOUND (no features), CTR_EINVAL (the engine refused
+ * the features) or CTR_ENOMEM, with a message. */
 static int items_vec(item_table *t, int64_t id, const float **vec, char *err,
                      size_t errlen) {
-    if (id < t->lo || id >= t->vocab)
-        return ctr_fail(err, errlen, CTR_ERANGE,
-                        "%" PRId64 " is outside the model's item vocabulary "
-                        "(%d..%d)", id, t->lo, t->vocab - 1);
+    assert(id >= t->lo && id < t->vocab);
     if (t->vec[id]) {
         *vec = t->vec[id];
         return CTR_OK;
@@ -216,55 +206,30 @@ static int items_known(const item_table *t, int64_t id) {
     return engine_history_id_ok(t->model, id) && t->feat[id];
 }
 
-static int load_items(jsonl_source *src, item_table *t) {
+/* One items.jsonl line (jsonl_each_line; ctx: the item_table). */
+static int item_line(void *ctx, jsonl_source *src, const char *line, size_t len,
+                     arena *scratch) {
+    item_table *t = ctx;
     const engine_schema *c = engine_model_schema(t->model);
     /* The fields this model reads (engine_schema). */
-    const proto_item_schema sch = {c->mm_dim ? c->num_tags : -1,
-                                   c->mm_dim ? c->mm_dim : -1,
+    const proto_item_schema sch = {c->mm_dim ? c->num_tags : -1, c->mm_dim ? c->mm_dim : -1,
                                    c->cate_vocab > 0};
-    arena scratch;
-    arena_init(&scratch, 1 << 16);
-    const char *line;
-    size_t len;
-    int rc;
     char err[256];
-    while ((rc = jsonl_next_line(src, &line, &len)) > 0) {
-        arena_reset(&scratch);
-        proto_item it;
-        int st = proto_item_decode_schema(line, len, &sch, &scratch, &it, err,
-                                          sizeof err);
-        if (st == CTR_ENOMEM) { rc = st; break; }
-        if (st < 0) { jsonl_error(src, "%s", err); continue; }
-        if (it.item_id < t->lo || it.item_id >= t->vocab) {
-            jsonl_error(src, "item_id: %" PRId64 " is outside the model's "
-                        "item vocabulary (%d..%d)", it.item_id, t->lo,
-                        t->vocab - 1);
-            continue;
-        }
-        if (it.has_cate && (it.cate < 0 || it.cate >= c->cate_vocab)) {
-            jsonl_error(src, "cate_id: %" PRId32 " is outside the model's "
-                        "category vocabulary (0..%d)", it.cate,
-                        c->cate_vocab - 1);
-            continue;
-        }
-        int k = 0;
-        while (k < it.num_tags && it.tags[k] >= 0 && it.tags[k] < c->tag_vocab)
-            k++;
-        if (k < it.num_tags) {
-            jsonl_error(src, "item_tags[%d]: %" PRId32 " is outside the "
-                        "model's tag vocabulary (0..%d)", k, it.tags[k],
-                        c->tag_vocab - 1);
-            continue;
-        }
-        if (t->feat[it.item_id]) {
-            jsonl_error(src, "item_id: %" PRId64 " already given on line %ld",
-                        it.item_id, t->feat[it.item_id]->line);
-            continue;
-        }
-        if ((rc = items_add(t, &it, jsonl_source_line(src))) < 0) break;
+    proto_item it;
+    int st = proto_item_decode_schema(line, len, &sch, scratch, &it, err, sizeof err);
+    if (st == CTR_ENOMEM) return st;
+    engine_item in = {it.item_id, it.tags, it.num_tags, it.mm, it.cate};
+    /* The model's ids and vocabularies. */
+    if (st < 0 || engine_item_check(t->model, &in, err, sizeof err) < 0) {
+        jsonl_error(src, "%s", err);
+        return CTR_OK;
     }
-    arena_free(&scratch);
-    return rc;
+    if (t->feat[it.item_id]) {
+        jsonl_error(src, "item_id: %" PRId64 " already given on line %ld", it.item_id,
+                    t->feat[it.item_id]->line);
+        return CTR_OK;
+    }
+    return items_add(t, &it, jsonl_source_line(src));
 }
 
 /* --- Users: stored histories by id -------------------------------------- */
@@ -281,9 +246,11 @@ typedef struct user_hist {
 typedef struct user_map {
     jsonl_seen *ids;      /* user_id -> its user_hist */
     arena mem;            /* the histories */
+    int max_len;          /* ids kept of each (the model's max_len) */
 } user_map;
 
-static int users_init(user_map *u) {
+static int users_init(user_map *u, int max_len) {
+    u->max_len = max_len;
     arena_init(&u->mem, 1 << 20);
     return jsonl_seen_init(&u->ids);
 }
@@ -300,38 +267,33 @@ static const user_hist *users_find(const user_map *u, const char *user_id) {
     return h;
 }
 
-static int load_users(jsonl_source *src, user_map *u, int max_len) {
-    arena scratch;
-    arena_init(&scratch, 1 << 16);
-    const char *line;
-    size_t len;
-    int rc;
+/* One users.jsonl line (jsonl_each_line; ctx: the user_map), keeping the
+ * last max_len ids of its history. */
+static int user_line(void *ctx, jsonl_source *src, const char *line, size_t len,
+                     arena *scratch) {
+    user_map *u = ctx;
     char err[256];
-    while ((rc = jsonl_next_line(src, &line, &len)) > 0) {
-        arena_reset(&scratch);
-        proto_user pu;
-        /* No bound on the stored length: only the tail is kept. */
-        int st = proto_user_decode(line, len, -1, &scratch, &pu, err,
-                                   sizeof err);
-        if (st == CTR_ENOMEM) { rc = st; break; }
-        if (st < 0) { jsonl_error(src, "%s", err); continue; }
-        int keep = pu.seq_len < max_len ? pu.seq_len : max_len;
-        user_hist *h = arena_alloc(&u->mem, sizeof *h + (size_t)keep *
-                                   sizeof h->seq[0], _Alignof(user_hist));
-        if (!h) { rc = CTR_ENOMEM; break; }
-        h->len = keep;
-        if (keep)
-            memcpy(h->seq, pu.item_seq + (pu.seq_len - keep),
-                   (size_t)keep * sizeof h->seq[0]);
-        long first = jsonl_seen_add(u->ids, pu.user_id,
-                                    jsonl_source_line(src), h);
-        if (first < 0) { rc = CTR_ENOMEM; break; }
-        if (first > 0)
-            jsonl_error(src, "user_id: %s already given on line %ld (integer "
-                        "and string ids share a key)", pu.user_id, first);
+    proto_user pu;
+    /* No bound on the stored length: only the tail is kept. */
+    int st = proto_user_decode(line, len, -1, scratch, &pu, err, sizeof err);
+    if (st == CTR_ENOMEM) return st;
+    if (st < 0) {
+        jsonl_error(src, "%s", err);
+        return CTR_OK;
     }
-    arena_free(&scratch);
-    return rc;
+    int keep = pu.seq_len < u->max_len ? pu.seq_len : u->max_len;
+    user_hist *h = arena_alloc(&u->mem, sizeof *h + (size_t)keep * sizeof h->seq[0],
+                               _Alignof(user_hist));
+    if (!h) return CTR_ENOMEM;
+    h->len = keep;
+    if (keep)
+        memcpy(h->seq, pu.item_seq + (pu.seq_len - keep), (size_t)keep * sizeof h->seq[0]);
+    long first = jsonl_seen_add(u->ids, pu.user_id, jsonl_source_line(src), h);
+    if (first < 0) return CTR_ENOMEM;
+    if (first > 0)
+        jsonl_error(src, "user_id: %s already given on line %ld (integer and string ids "
+                    "share a key)", pu.user_id, first);
+    return CTR_OK;
 }
 
 /* --- Requests ----------------------------------------------------------- */
@@ -388,11 +350,13 @@ static int score_line(scorer *s, const char *line, size_t len, long lineno,
             return ctr_fail(err, errlen, rc, "item_seq: %s", why);
     }
 
-    for (int i = 0; i < r.num_cand; i++)
-        if ((rc = items_vec(s->items, r.cand_id[i], &s->cand[i], why,
-                            sizeof why)) < 0)
-            return ctr_fail(err, errlen, rc, "candidates[%d].item_id: %s", i,
-                            why);
+    for (int i = 0; i < r.num_cand; i++) {
+        engine_item id = {.id = r.cand_id[i]};
+        if ((rc = engine_item_check(s->model, &id, why, sizeof why)) < 0)
+            return ctr_fail(err, errlen, rc, "candidates[%d].%s", i, why);
+        if ((rc = items_vec(s->items, r.cand_id[i], &s->cand[i], why, sizeof why)) < 0)
+            return ctr_fail(err, errlen, rc, "candidates[%d].item_id: %s", i, why);
+    }
 
     /* The request rules, as the engine states them (the message names
      * the field as the request spelled it). */
@@ -434,19 +398,6 @@ static int score_requests(scorer *s, jsonl_source *src, long *scored) {
 
 /* --- Main --------------------------------------------------------------- */
 
-static int parse_count(const char *opt, const char *s, int *out) {
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || end == s || *end || v < 1 || v > (1 << 20)) {
-        fprintf(stderr, PROG ": %s: expected an integer from 1 to %d, got "
-                "\"%s\"\n", opt, 1 << 20, s);
-        return -1;
-    }
-    *out = (int)v;
-    return 0;
-}
-
 /* Opens path (NULL: stdin) as a source; NULL, said on stderr, if it can't. */
 static jsonl_source *open_input(const char *path) {
     jsonl_source *src;
@@ -456,152 +407,136 @@ static jsonl_source *open_input(const char *path) {
     return src;
 }
 
-int main(int argc, char **argv) {
-    const char *model_path = NULL, *items_path = NULL, *users_path = NULL;
-    int max_cand = 1024, max_seq = 65536;
-    dense_precision precision = DENSE_FP32;
-    static const struct option longopts[] = {
-        {"model", required_argument, NULL, 'm'},
-        {"items", required_argument, NULL, 'i'},
-        {"users", required_argument, NULL, 'u'},
-        {"max-cand", required_argument, NULL, 'c'},
-        {"max-seq", required_argument, NULL, 's'},
-        {"precision", required_argument, NULL, 'p'},
-        {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0},
-    };
-    int opt;
-    while ((opt = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
-        switch (opt) {
-        case 'm': model_path = optarg; break;
-        case 'i': items_path = optarg; break;
-        case 'u': users_path = optarg; break;
-        case 'c': if (parse_count("--max-cand", optarg, &max_cand)) return 2;
-                  break;
-        case 's': if (parse_count("--max-seq", optarg, &max_seq)) return 2;
-                  break;
-        case 'p':
-            if (dense_precision_parse(optarg, &precision) < 0) {
-                fprintf(stderr, PROG ": --precision: \"%s\" is not one of fp32, bf16, int8\n",
-                        optarg);
-                return 2;
-            }
-            break;
-        case 'h': usage(stdout); return 0;
-        default:
-            fprintf(stderr, "Try '" PROG " --help'.\n");
-            return 2;
-        }
+/* Everything one run holds, released by run_free whatever got built. */
+typedef struct run {
+    engine_model *model;
+    item_table items;
+    user_map users;
+    scorer s;
+    jsonl_source *items_src, *users_src, *req_src;
+} run;
+
+static void run_free(run *r) {
+    jsonl_source_close(r->items_src);
+    jsonl_source_close(r->users_src);
+    jsonl_source_close(r->req_src);
+    engine_scratch_free(r->s.scratch);
+    free(r->s.hist);
+    free(r->s.cand);
+    free(r->s.prob);
+    arena_free(&r->s.req_mem);
+    proto_buf_free(&r->s.out);
+    items_free(&r->items);
+    users_free(&r->users);
+    engine_model_free(r->model);
+}
+
+/* The model (in the settings' precision), then the items and users files.
+ * CTR_OK, or a failure said on stderr (CTR_ENOMEM: not yet said). */
+static int run_load(run *r, const config_params *cp) {
+    char err[256];
+    engine_params ep = engine_default_params();
+    dense_precision_parse(cp->precision, &ep.precision);   /* checked by config_parse */
+    if (engine_model_load_with(cp->model_path, &ep, &r->model, err, sizeof err) < 0) {
+        fprintf(stderr, PROG ": %s\n", err);
+        return CTR_EINVAL;
     }
-    if (optind < argc || !model_path || !items_path) {
-        fprintf(stderr, PROG ": %s\nTry '" PROG " --help'.\n",
-                optind < argc ? "unexpected argument" :
-                "--model and --items are required");
+    if (!dense_precision_exact(ep.precision))
+        fprintf(stderr, PROG ": precision %s is not exact (%s): scores differ slightly from "
+                "the trained model's\n", dense_precision_name(ep.precision),
+                dense_precision_what(ep.precision));
+    if (items_init(&r->items, r->model) < 0 ||
+        users_init(&r->users, engine_model_schema(r->model)->max_len) < 0)
+        return CTR_ENOMEM;
+    if (!(r->items_src = open_input(cp->items))) return CTR_EIO;
+    int rc = jsonl_each_line(r->items_src, item_line, &r->items);
+    if (rc < 0 && rc != CTR_ENOMEM) fprintf(stderr, PROG ": %s: %s\n", cp->items, strerror(errno));
+    if (rc < 0 || !cp->users[0]) return rc < 0 ? rc : CTR_OK;
+    if (!(r->users_src = open_input(cp->users))) return CTR_EIO;
+    rc = jsonl_each_line(r->users_src, user_line, &r->users);
+    if (rc < 0 && rc != CTR_ENOMEM) fprintf(stderr, PROG ": %s: %s\n", cp->users, strerror(errno));
+    return rc < 0 ? rc : CTR_OK;
+}
+
+/* The scorer's buffers for max_candidates candidates.  CTR_OK, or a
+ * failure (CTR_ENOMEM: not yet said). */
+static int run_scorer(run *r, const config_params *cp) {
+    const engine_schema *c = engine_model_schema(r->model);
+    scorer *s = &r->s;
+    s->model = r->model;
+    s->items = &r->items;
+    s->users = &r->users;
+    for (int k = 0; k < c->num_ctx; k++) s->ctx_name[k] = c->ctx_name[k];
+    s->schema = (proto_rank_schema){c->num_ctx, s->ctx_name, cp->max_candidates, cp->max_seq,
+                                    c->name};
+    s->hist = calloc((size_t)c->max_len, sizeof *s->hist);
+    s->cand = calloc((size_t)cp->max_candidates, sizeof *s->cand);
+    s->prob = calloc((size_t)cp->max_candidates, sizeof *s->prob);
+    if (!s->hist || !s->cand || !s->prob) return CTR_ENOMEM;
+    int rc = engine_scratch_init(r->model, cp->max_candidates, &s->scratch);
+    if (rc < 0)
+        fprintf(stderr, PROG ": scratch for %d candidates: %s\n", cp->max_candidates,
+                ctr_strerror(rc));
+    return rc;
+}
+
+/* Scores stdin onto stdout and says what was bad.  The exit status. */
+static int run_requests(run *r, const config_params *cp) {
+    scorer *s = &r->s;
+    long scored = 0;
+    if (!(r->req_src = open_input(NULL))) return 2;
+    int rc = score_requests(s, r->req_src, &scored);
+    if (rc == CTR_ENOMEM) {
+        fprintf(stderr, PROG ": out of memory\n");
         return 2;
     }
-
-    /* Everything below is released at `done`, whatever got built. */
-    int status = 2, rc;
-    char err[256];
-    engine_model *model = NULL;
-    item_table items = {0};
-    user_map users = {0};
-    scorer s = {0};
-    jsonl_source *items_src = NULL, *users_src = NULL, *req_src = NULL;
-    long scored = 0;
-    arena_init(&s.req_mem, 1 << 16);
-    proto_buf_init(&s.out);
-
-    engine_params ep = engine_default_params();
-    ep.precision = precision;
-    if (engine_model_load_with(model_path, &ep, &model, err, sizeof err) < 0) {
-        fprintf(stderr, PROG ": %s\n", err);
-        goto done;
-    }
-    if (!dense_precision_exact(precision))
-        fprintf(stderr, PROG ": precision %s is not exact (%s): scores differ slightly from "
-                "the trained model's\n", dense_precision_name(precision),
-                dense_precision_what(precision));
-    const engine_schema *c = engine_model_schema(model);
-
-    if (items_init(&items, model) < 0 || users_init(&users) < 0) goto oom;
-    if (!(items_src = open_input(items_path))) goto done;
-    rc = load_items(items_src, &items);
-    if (rc == CTR_ENOMEM) goto oom;
-    if (rc < 0) {
-        fprintf(stderr, PROG ": %s: %s\n", items_path, strerror(errno));
-        goto done;
-    }
-    if (users_path) {
-        if (!(users_src = open_input(users_path))) goto done;
-        rc = load_users(users_src, &users, c->max_len);
-        if (rc == CTR_ENOMEM) goto oom;
-        if (rc < 0) {
-            fprintf(stderr, PROG ": %s: %s\n", users_path, strerror(errno));
-            goto done;
-        }
-    }
-
-    s.model = model;
-    s.items = &items;
-    s.users = &users;
-    for (int k = 0; k < c->num_ctx; k++) s.ctx_name[k] = c->ctx_name[k];
-    s.schema = (proto_rank_schema){c->num_ctx, s.ctx_name, max_cand, max_seq, c->name};
-    s.hist = calloc((size_t)c->max_len, sizeof *s.hist);
-    s.cand = calloc((size_t)max_cand, sizeof *s.cand);
-    s.prob = calloc((size_t)max_cand, sizeof *s.prob);
-    if (!s.hist || !s.cand || !s.prob) goto oom;
-    if ((rc = engine_scratch_init(model, max_cand, &s.scratch)) < 0) {
-        fprintf(stderr, PROG ": scratch for %d candidates: %s\n", max_cand,
-                ctr_strerror(rc));
-        goto done;
-    }
-
-    if (!(req_src = open_input(NULL))) goto done;
-    rc = score_requests(&s, req_src, &scored);
-    if (rc == CTR_ENOMEM) goto oom;
     /* Both reading and writing fail with CTR_EIO; stdout's flag tells. */
     if (fflush(stdout) != 0 || ferror(stdout)) {
         fprintf(stderr, PROG ": writing the scores: %s\n", strerror(errno));
-        goto done;
+        return 2;
     }
     if (rc < 0) {
         fprintf(stderr, PROG ": reading the requests: %s\n", strerror(errno));
-        goto done;
+        return 2;
     }
-
-    if (s.unknown_users)
+    if (s->unknown_users)
         fprintf(stderr, PROG ": note: %ld request%s named a user not in %s "
                 "(first on line %ld) and %s scored with an empty history\n",
-                s.unknown_users, s.unknown_users == 1 ? "" : "s",
-                users_path ? users_path : "--users (not given)",
-                s.first_unknown_line, s.unknown_users == 1 ? "was" : "were");
-    long items_bad = jsonl_source_bad(items_src);
-    long users_bad = users_src ? jsonl_source_bad(users_src) : 0;
-    long req_bad = jsonl_source_bad(req_src);
+                s->unknown_users, s->unknown_users == 1 ? "" : "s",
+                cp->users[0] ? cp->users : "--users (not given)", s->first_unknown_line,
+                s->unknown_users == 1 ? "was" : "were");
+    long items_bad = jsonl_source_bad(r->items_src);
+    long users_bad = r->users_src ? jsonl_source_bad(r->users_src) : 0;
+    long req_bad = jsonl_source_bad(r->req_src);
     long bad = items_bad + users_bad + req_bad;
     if (bad)
-        fprintf(stderr, PROG ": %ld bad line%s (items %ld, users %ld, "
-                "requests %ld); %ld request%s scored\n", bad,
-                bad == 1 ? "" : "s", items_bad, users_bad, req_bad, scored,
-                scored == 1 ? "" : "s");
-    status = bad ? 1 : 0;
-    goto done;
+        fprintf(stderr, PROG ": %ld bad line%s (items %ld, users %ld, requests %ld); %ld "
+                "request%s scored\n", bad, bad == 1 ? "" : "s", items_bad, users_bad, req_bad,
+                scored, scored == 1 ? "" : "s");
+    return bad ? 1 : 0;
+}
 
-oom:
-    fprintf(stderr, PROG ": out of memory\n");
-done:
-    jsonl_source_close(items_src);
-    jsonl_source_close(users_src);
-    jsonl_source_close(req_src);
-    engine_scratch_free(s.scratch);
-    free(s.hist);
-    free(s.cand);
-    free(s.prob);
-    arena_free(&s.req_mem);
-    proto_buf_free(&s.out);
-    items_free(&items);
-    users_free(&users);
-    engine_model_free(model);
+int main(int argc, char **argv) {
+    config_params cp = config_prog_params(CONFIG_SCORE);
+    char err[1200];
+    int rc = config_parse(&cp, argc, argv, NULL, err, sizeof err);
+    if (rc == CONFIG_HELP) {
+        usage(stdout);
+        return 0;
+    }
+    if (rc == CTR_OK && (!cp.model_path[0] || !cp.items[0]))
+        rc = ctr_fail(err, sizeof err, CTR_EINVAL, "--model and --items are required");
+    if (rc < 0) {
+        fprintf(stderr, PROG ": %s\nTry '" PROG " --help'.\n", err);
+        return 2;
+    }
+    run r = {0};
+    arena_init(&r.s.req_mem, 1 << 16);
+    proto_buf_init(&r.s.out);
+    int status = 2;
+    if ((rc = run_load(&r, &cp)) == CTR_OK) rc = run_scorer(&r, &cp);
+    if (rc == CTR_ENOMEM) fprintf(stderr, PROG ": out of memory\n");
+    if (rc == CTR_OK) status = run_requests(&r, &cp);
+    run_free(&r);
     return status;
 }

@@ -34,6 +34,7 @@
 #include "server/http.h"
 #include "core/base/log.h"
 #include "server/service.h"
+#include "server/worker.h"
 
 #define SHUTDOWN_GRACE_MS 10000
 
@@ -227,45 +228,6 @@ fail:
     return rc;
 }
 
-/* The Redis password: from redis_password or redis_password_file (not
- * both), into cp->redis_password.  0, or -1 with a message printed. */
-static int redis_secret(config_params *cp) {
-    char err[1200];
-    if (cp->redis_password_file[0]) {
-        if (cp->redis_password[0]) {
-            fprintf(stderr, "ctr-server: redis_password and redis_password_file are both "
-                            "set; give one\n");
-            return -1;
-        }
-        if (featstore_password_file(cp->redis_password_file, cp->redis_password,
-                                    sizeof cp->redis_password, err, sizeof err) < 0) {
-            fprintf(stderr, "ctr-server: redis_password_file: %s\n", err);
-            return -1;
-        }
-    }
-    if (cp->redis_user[0] && !cp->redis_password[0]) {
-        fprintf(stderr, "ctr-server: redis_user needs a password (redis_password or "
-                        "redis_password_file)\n");
-        return -1;
-    }
-    return 0;
-}
-
-/* Blanks the value of --redis-password in the argument list, so that ps
- * and /proc/PID/cmdline show it only for the moment before this runs. */
-static void scrub_password_flag(int argc, char **argv) {
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        if (strncmp(a, "--redis", 7) != 0 || (a[7] != '-' && a[7] != '_') ||
-            strncmp(a + 8, "password", 8) != 0)
-            continue;
-        char *v = NULL;
-        if (a[16] == '=') v = argv[i] + 17;
-        else if (a[16] == '\0' && i + 1 < argc) v = argv[++i];
-        if (v) memset(v, 0, strlen(v));
-    }
-}
-
 /* Threads started before main (OpenBLAS starts its pool in a library
  * constructor) do not block the signals main waits for, so the kernel may
  * hand SIGTERM, SIGINT or SIGHUP to one of them while main is not inside
@@ -301,30 +263,48 @@ static int fit_fd_limit(int want_conns, int threads) {
     return fit;
 }
 
-int main(int argc, char **argv) {
-    config_params cp = config_default_params();
-    char err[1024];
-    int rc = config_parse(&cp, argc, argv, NULL, err, sizeof err);
-    if (rc == CONFIG_HELP) {
-        config_help(stdout, argv[0]);
-        return 0;
-    }
-    scrub_password_flag(argc, argv);
-    if (rc < 0) {
-        fprintf(stderr, "ctr-server: %s\n(see ctr-server --help)\n", err);
-        return 2;
-    }
-    if (redis_secret(&cp) < 0) return 2;
-    log_set_level_name(cp.log_level);
+/* The service's settings from the configuration (models come later, by
+ * load_models).  svc must be zeroed. */
+static void service_setup(service *svc, const config_params *cp) {
+    svc->max_candidates = cp->max_candidates;
+    svc->max_seq = cp->max_seq;
+    svc->max_body = cp->max_body_bytes;
+    svc->split_min = cp->split_min;
+    svc->split_min_mflops = cp->split_min_mflops;
+    svc->score_parts = cp->score_threads;
+    svc->skip_scoring = cp->skip_scoring;
+    svc->deadline_ms = cp->deadline_ms;
+    svc->max_deadline_ms = cp->max_deadline_ms > cp->deadline_ms ? cp->max_deadline_ms
+                                                                 : cp->deadline_ms;
+    atomic_init(&svc->stopping, 0);
+    atomic_init(&svc->draining, 0);
+    featstore_params *fp = &svc->fs_params;
+    featstore_default_params(fp);
+    fp->addr = cp->redis;
+    fp->prefix = cp->redis_prefix;
+    fp->connect_timeout_ms = cp->redis_connect_timeout_ms;
+    fp->command_timeout_ms = cp->redis_timeout_ms;
+    fp->breaker_base_ms = cp->redis_breaker_base_ms;
+    fp->breaker_max_ms = cp->redis_breaker_max_ms > cp->redis_breaker_base_ms
+                             ? cp->redis_breaker_max_ms
+                             : cp->redis_breaker_base_ms;
+    fp->max_seq = cp->max_seq;
+    fp->cluster = cp->redis_cluster[0] ? cp->redis_cluster : NULL;
+    fp->read_replicas = cp->redis_read_replicas;
+    fp->cluster_refresh_ms = cp->redis_cluster_refresh_ms;
+    fp->user = cp->redis_user;
+    fp->password = cp->redis_password;
+}
 
-    /* Block the signals we wait for before any thread starts, so every
-     * thread inherits the mask and they all arrive at sigwait below. */
-    sigset_t sigs;
-    sigemptyset(&sigs);
-    sigaddset(&sigs, SIGTERM);
-    sigaddset(&sigs, SIGINT);
-    sigaddset(&sigs, SIGHUP);
-    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+/* Blocks the signals main waits for before any thread starts, so every
+ * thread inherits the mask and they all arrive at sigtimedwait; a thread
+ * started before main gets them forwarded (forward_to_main). */
+static void signals_setup(sigset_t *sigs) {
+    sigemptyset(sigs);
+    sigaddset(sigs, SIGTERM);
+    sigaddset(sigs, SIGINT);
+    sigaddset(sigs, SIGHUP);
+    pthread_sigmask(SIG_BLOCK, sigs, NULL);
     main_thread = pthread_self();
     struct sigaction fwd;
     memset(&fwd, 0, sizeof fwd);
@@ -334,38 +314,97 @@ int main(int argc, char **argv) {
     sigaction(SIGINT, &fwd, NULL);
     sigaction(SIGHUP, &fwd, NULL);
     signal(SIGPIPE, SIG_IGN);
+}
+
+/* The startup line: models, address, feature store (never the password),
+ * workers and limits. */
+static void log_serving(const service *svc, const config_params *cp, const http_params *hp,
+                        int port) {
+    char served[512] = "";
+    for (int i = 0; i < svc->num_models; i++)
+        snprintf(served + strlen(served), sizeof served - strlen(served), "%s%s", i ? ", " : "",
+                 svc->models[i].name);
+    char redis_desc[CONFIG_STR_MAX + 300];
+    int n = snprintf(redis_desc, sizeof redis_desc, "%s %s",
+                     cp->redis_cluster[0] ? "Redis Cluster" : "redis",
+                     cp->redis_cluster[0] ? cp->redis_cluster : cp->redis);
+    if (cp->redis_cluster[0] && cp->redis_read_replicas)
+        n += snprintf(redis_desc + n, sizeof redis_desc - (size_t)n, " (reads from replicas)");
+    if (cp->redis_password[0])   /* that AUTH is on, and as whom; never the password */
+        snprintf(redis_desc + n, sizeof redis_desc - (size_t)n, " with AUTH%s%s",
+                 cp->redis_user[0] ? " as " : "", cp->redis_user);
+    log_info("serving %d model(s) (%s; default %s) on http://%s:%d; %s; %d "
+             "workers, %d admitted at most, deadline %d ms (max %d), %d connections at "
+             "most; scoring split over up to %d threads%s", svc->num_models, served,
+             svc->models[0].name, cp->bind, port, redis_desc, cp->threads, hp->max_pending,
+             svc->deadline_ms, svc->max_deadline_ms, hp->connection_limit, cp->score_threads,
+             cp->skip_scoring ? "; SKIP_SCORING: every score is 0 (benchmark floor only)" : "");
+}
+
+/* The health check's own connection to each model's feature store: no
+ * worker's breaker or metrics hooks, and more patience than a request has
+ * (at least 100 ms), so a busy machine does not make /readyz flap. */
+static int open_health_stores(const service *svc, featstore **fs, char *err, size_t errlen) {
+    for (int i = 0; i < svc->num_models; i++) {
+        featstore_params hfp = svc->models[i].fs_params;
+        hfp.breaker_hook = NULL;
+        hfp.node_hooks = NULL;
+        if (hfp.command_timeout_ms < 100) hfp.command_timeout_ms = 100;
+        if (featstore_open(&hfp, &fs[i], err, errlen) < 0) return -1;
+    }
+    return 0;
+}
+
+/* Until SIGTERM or SIGINT: the health check every interval_ms (and the
+ * log summaries due), a reload on SIGHUP. */
+static void serve(service *svc, featstore *const *health_fs, const sigset_t *sigs,
+                  http_server *http, int interval_ms) {
+    int64_t next_check = clock_now_ns();
+    for (;;) {
+        int64_t wait = next_check - clock_now_ns();
+        if (wait <= 0) {
+            health_check(svc, health_fs);
+            log_limit_tick();
+            next_check = clock_now_ns() + (int64_t)interval_ms * 1000000;
+            continue;
+        }
+        struct timespec ts = {wait / 1000000000, wait % 1000000000};
+        int sig = sigtimedwait(sigs, NULL, &ts);
+        if (sig < 0) continue; /* timeout or EINTR */
+        if (sig == SIGHUP) {
+            reload(svc);
+            continue;
+        }
+        log_info("%s: stopping; %d request(s) in flight", sig == SIGINT ? "SIGINT" : "SIGTERM",
+                 http_inflight(http));
+        return;
+    }
+}
+
+int main(int argc, char **argv) {
+    config_params cp = config_default_params();
+    char err[1024];
+    int rc = config_parse(&cp, argc, argv, NULL, err, sizeof err);
+    if (rc == CONFIG_HELP) {
+        config_help(stdout, argv[0]);
+        return 0;
+    }
+    config_scrub_argv(argc, argv);
+    if (rc < 0) {
+        fprintf(stderr, "ctr-server: %s\n(see ctr-server --help)\n", err);
+        return 2;
+    }
+    if (config_redis_auth(&cp, err, sizeof err) < 0) {
+        fprintf(stderr, "ctr-server: %s\n", err);
+        return 2;
+    }
+    log_set_level_name(cp.log_level);
+    sigset_t sigs;
+    signals_setup(&sigs);
 
     static service svc;   /* large (per-model state): not on the stack */
-    memset(&svc, 0, sizeof svc);
-    svc.max_candidates = cp.max_candidates;
-    svc.max_seq = cp.max_seq;
-    svc.max_body = cp.max_body_bytes;
-    svc.split_min = cp.split_min;
-    svc.split_min_mflops = cp.split_min_mflops;
-    svc.score_parts = cp.score_threads;
-    svc.skip_scoring = cp.skip_scoring;
-    svc.deadline_ms = cp.deadline_ms;
-    svc.max_deadline_ms = cp.max_deadline_ms > cp.deadline_ms ? cp.max_deadline_ms
-                                                              : cp.deadline_ms;
-    atomic_init(&svc.stopping, 0);
-    atomic_init(&svc.draining, 0);
-    featstore_default_params(&svc.fs_params);
-    svc.fs_params.addr = cp.redis;
-    svc.fs_params.prefix = cp.redis_prefix;
-    svc.fs_params.connect_timeout_ms = cp.redis_connect_timeout_ms;
-    svc.fs_params.command_timeout_ms = cp.redis_timeout_ms;
-    svc.fs_params.breaker_base_ms = cp.redis_breaker_base_ms;
-    svc.fs_params.breaker_max_ms = cp.redis_breaker_max_ms > cp.redis_breaker_base_ms
-                                       ? cp.redis_breaker_max_ms
-                                       : cp.redis_breaker_base_ms;
-    svc.fs_params.max_seq = cp.max_seq;
-    svc.fs_params.cluster = cp.redis_cluster[0] ? cp.redis_cluster : NULL;
-    svc.fs_params.read_replicas = cp.redis_read_replicas;
-    svc.fs_params.cluster_refresh_ms = cp.redis_cluster_refresh_ms;
-    svc.fs_params.user = cp.redis_user;
-    svc.fs_params.password = cp.redis_password;
+    service_setup(&svc, &cp);
     static featstore_node_hooks node_hooks = {metrics_node_id, metrics_node_event, NULL};
-
     int exit_code = 1;
     http_server *http = NULL;
     featstore *health_fs[SERVICE_MAX_MODELS] = {NULL};
@@ -382,73 +421,30 @@ int main(int argc, char **argv) {
         log_error("cannot load the model: %s", err);
         goto out;
     }
-    for (int i = 0; i < svc.num_models; i++) {
-        featstore_params hfp = svc.models[i].fs_params;
-        hfp.breaker_hook = NULL; /* the health check's breaker is not a worker's */
-        hfp.node_hooks = NULL;
-        hfp.command_timeout_ms = cp.redis_timeout_ms < 100 ? 100 : cp.redis_timeout_ms;
-        if (featstore_open(&hfp, &health_fs[i], err, sizeof err) < 0) {
-            log_error("feature store: %s", err);
-            goto out;
-        }
+    if (open_health_stores(&svc, health_fs, err, sizeof err) < 0) {
+        log_error("feature store: %s", err);
+        goto out;
     }
     health_check(&svc, health_fs);
 
-    http_params hp = {cp.bind,
-                      cp.port,
-                      cp.threads,
-                      cp.max_pending ? cp.max_pending : 4 * cp.threads,
-                      cp.request_timeout_s,
-                      cp.receive_timeout_ms,
-                      fit_fd_limit(cp.max_connections,
-                                   (cp.threads + cp.score_threads) * (svc.num_models + 1)),
-                      cp.max_connections_per_ip,
-                      cp.worker_nice};
+    http_params hp = {
+        .bind = cp.bind,
+        .port = cp.port,
+        .workers = cp.threads,
+        .max_pending = cp.max_pending ? cp.max_pending : 4 * cp.threads,
+        .idle_timeout_s = cp.request_timeout_s,
+        .receive_timeout_ms = cp.receive_timeout_ms,
+        .connection_limit = fit_fd_limit(cp.max_connections, (cp.threads + cp.score_threads) *
+                                                                  (svc.num_models + 1)),
+        .per_ip_limit = cp.max_connections_per_ip,
+        .worker_nice = cp.worker_nice,
+    };
     if (http_start(&svc, &hp, &http, err, sizeof err) < 0) {
         log_error("%s", err);
         goto out;
     }
-    char served[512] = "";
-    for (int i = 0; i < svc.num_models; i++)
-        snprintf(served + strlen(served), sizeof served - strlen(served), "%s%s", i ? ", " : "",
-                 svc.models[i].name);
-    char redis_desc[CONFIG_STR_MAX + 300];
-    int n = snprintf(redis_desc, sizeof redis_desc, "%s %s",
-                     cp.redis_cluster[0] ? "Redis Cluster" : "redis",
-                     cp.redis_cluster[0] ? cp.redis_cluster : cp.redis);
-    if (cp.redis_cluster[0] && cp.redis_read_replicas)
-        n += snprintf(redis_desc + n, sizeof redis_desc - (size_t)n, " (reads from replicas)");
-    if (cp.redis_password[0])   /* that AUTH is on, and as whom; never the password */
-        snprintf(redis_desc + n, sizeof redis_desc - (size_t)n, " with AUTH%s%s",
-                 cp.redis_user[0] ? " as " : "", cp.redis_user);
-    log_info("serving %d model(s) (%s; default %s) on http://%s:%d; %s; %d "
-             "workers, %d admitted at most, deadline %d ms (max %d), %d connections at "
-             "most; scoring split over up to %d threads%s", svc.num_models, served,
-             svc.models[0].name, cp.bind, http_port(http), redis_desc,
-             cp.threads, hp.max_pending, svc.deadline_ms, svc.max_deadline_ms,
-             hp.connection_limit, cp.score_threads,
-             cp.skip_scoring ? "; SKIP_SCORING: every score is 0 (benchmark floor only)" : "");
-
-    int64_t next_check = clock_now_ns();
-    for (;;) {
-        int64_t wait = next_check - clock_now_ns();
-        if (wait <= 0) {
-            health_check(&svc, health_fs);
-            log_limit_tick();
-            next_check = clock_now_ns() + (int64_t)cp.health_interval_ms * 1000000;
-            continue;
-        }
-        struct timespec ts = {wait / 1000000000, wait % 1000000000};
-        int sig = sigtimedwait(&sigs, NULL, &ts);
-        if (sig < 0) continue; /* timeout or EINTR */
-        if (sig == SIGHUP) {
-            reload(&svc);
-            continue;
-        }
-        log_info("%s: stopping; %d request(s) in flight", sig == SIGINT ? "SIGINT" : "SIGTERM",
-                 http_inflight(http));
-        break;
-    }
+    log_serving(&svc, &cp, &hp, http_port(http));
+    serve(&svc, health_fs, &sigs, http, cp.health_interval_ms);
     atomic_store(&svc.draining, 1); /* http_stop sets stopping after its wait */
     http_stop(http, SHUTDOWN_GRACE_MS);
     http = NULL;

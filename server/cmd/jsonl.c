@@ -92,6 +92,20 @@ void jsonl_error(jsonl_source *s, const char *fmt, ...) {
                 "counted\n", s->prog, s->name);
 }
 
+int jsonl_each_line(jsonl_source *s, jsonl_line_fn fn, void *ctx) {
+    arena scratch;
+    arena_init(&scratch, 1 << 16);
+    const char *line;
+    size_t len;
+    int rc = CTR_OK, more = 0;
+    while (rc == CTR_OK && (more = jsonl_next_line(s, &line, &len)) > 0) {
+        arena_reset(&scratch);
+        rc = fn(ctx, s, line, len, &scratch);
+    }
+    arena_free(&scratch);
+    return rc == CTR_OK && more < 0 ? more : rc;
+}
+
 const char *jsonl_source_name(const jsonl_source *s) { return s->name; }
 long jsonl_source_line(const jsonl_source *s) { return s->line; }
 long jsonl_source_bad(const jsonl_source *s) { return s->bad; }

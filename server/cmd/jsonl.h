@@ -19,6 +19,7 @@
  *     while ((rc = jsonl_next_line(src, &line, &len)) > 0)
  *         if (decode(line, len, ...) < 0) jsonl_error(src, "%s", why);
  *     ... rc < 0: a read error or out of memory (errno says which) ...
+ *     // or: rc = jsonl_each_line(src, one_line, ctx);
  *     jsonl_source_close(src);
  *
  * The rules the programs share (and their --help states):
@@ -39,6 +40,7 @@
 
 #include <stddef.h>
 
+#include "core/base/arena.h"
 #include "core/base/status.h"
 
 #define JSONL_ERRORS_SHOWN 50    /* per file; the rest are only counted */
@@ -74,6 +76,18 @@ void jsonl_error(jsonl_source *s, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)))
 #endif
     ;
+
+/* One line's work for jsonl_each_line: ctx is the caller's, scratch an
+ * arena reset before each line.  A bad line is the function's to report
+ * (jsonl_error); it returns CTR_OK to go on, or a negative status to stop
+ * the reading. */
+typedef int (*jsonl_line_fn)(void *ctx, jsonl_source *s, const char *line, size_t len,
+                             arena *scratch);
+
+/* Calls fn for every line of s.  Returns CTR_OK at the end of the input,
+ * fn's status when it stopped, or the source's failure (CTR_EIO, CTR_ENOMEM,
+ * errno set). */
+int jsonl_each_line(jsonl_source *s, jsonl_line_fn fn, void *ctx);
 
 const char *jsonl_source_name(const jsonl_source *s);  /* as given */
 long jsonl_source_line(const jsonl_source *s);  /* the current one; 0 first */

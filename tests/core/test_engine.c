@@ -102,6 +102,28 @@ static void test_request_rules(void **state) {
     assert_int_equal(engine_items_compute(t, 2, two, v, &bad, err, sizeof err), CTR_ERANGE);
     assert_int_equal(bad, 1);
     free(v);
+    /* One item's ids against the schema (engine_item_check): what ctr-load
+     * and ctr-score refuse a feature line for. */
+    int32_t tags[2] = {3, 25};
+    engine_item di = {59, tags, 1, NULL, 0};
+    assert_int_equal(engine_item_check(d, &di, err, sizeof err), CTR_OK);
+    di.num_tags = 2;
+    assert_int_equal(engine_item_check(d, &di, err, sizeof err), CTR_ERANGE);
+    assert_string_equal(err, "item_tags[1]: 25 is outside the model's tag vocabulary (0..24)");
+    di.id = 60;
+    assert_int_equal(engine_item_check(d, &di, err, sizeof err), CTR_ERANGE);
+    assert_string_equal(err, "item_id: 60 is outside the model's item vocabulary (1..59)");
+    di.id = 0;
+    assert_int_equal(engine_item_check(d, &di, err, sizeof err), CTR_ERANGE);
+    assert_string_equal(err, "item_id: 0 is not an item id (ids start at 1; 0 is padding)");
+    engine_item ti = {0, tags, 2, NULL, 6};   /* TIN reads no tags: ignored */
+    assert_int_equal(engine_item_check(t, &ti, err, sizeof err), CTR_OK);
+    ti.cate = 7;
+    assert_int_equal(engine_item_check(t, &ti, err, sizeof err), CTR_ERANGE);
+    assert_string_equal(err, "cate_id: 7 is outside the model's category vocabulary (0..6)");
+    ti.id = -1;
+    assert_int_equal(engine_item_check(t, &ti, err, sizeof err), CTR_ERANGE);
+    assert_string_equal(err, "item_id: -1 is not an item id (ids start at 0)");
     engine_model_free(d);
     engine_model_free(t);
 }

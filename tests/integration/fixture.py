@@ -1,4 +1,5 @@
-"""Shared helpers of the integration tests (test_server.py, test_faults.py):
+"""Shared helpers of the integration tests (test_server.py, test_faults.py,
+test_multimodel.py, test_prometheus.py; bench/e2e.py takes free_port and wait_for):
 a throw-away redis-server, ctr-load, a ctr-server process with HTTP helpers,
 and bounded waits.  Only loopback traffic."""
 import http.client

@@ -1,6 +1,6 @@
 #!/usr/bin/python3
 """ctr-server under faults and attacks, each test asserting the defined
-behaviour (README "Defined behaviour"), not timings: Redis frozen (SIGSTOP)
+behaviour (docs/BEHAVIOUR.md), not timings: Redis frozen (SIGSTOP)
 under load, Redis restarted empty, corrupt and huge values, poisoned items,
 overload beyond the admission bound, idle and trickling connections, the
 per-address limit, and the protocol defects (framing, 411/413/422, deadline

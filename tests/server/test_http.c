@@ -14,6 +14,7 @@
 
 #include "svc_fixture.h"
 #include "server/http.h"
+#include "server/worker.h"
 
 static service svc;
 static http_server *h;

@@ -500,15 +500,11 @@ static void test_values(void **state) {
     metrics_degraded_response(m);
     metrics_degraded_response(m);
 
-    static const char *const reasons[] = {
-        "r00", "r01", "r02", "r03", "r04", "r05", "r06", "r07", "r08", "r09",
-        "r10", "r11", "r12", "r13", "r14", "r15", "r16", "r17",
-    };
-    for (size_t i = 0; i < sizeof reasons / sizeof *reasons; i++)
-        metrics_degraded(m, reasons[i]);
-    char same[] = "r03";                              /* same text, new pointer */
-    metrics_degraded(m, same);
-    metrics_degraded(m, "other");
+    metrics_degraded(m, PROTO_DEGRADED_HISTORY_UNAVAILABLE);
+    metrics_degraded(m, PROTO_DEGRADED_FEATURE_SET_MISSING);
+    metrics_degraded(m, PROTO_DEGRADED_FEATURE_SET_MISSING);
+    metrics_degraded(m, PROTO_DEGRADED_COUNT);             /* not a reason: ignored */
+    metrics_degraded(m, (proto_degraded)-1);
 
     item_cache_stats old = {.hits = 10, .misses = 5, .insertions = 5, .evictions = 1,
                             .expirations = 2, .entries = 2, .bytes = 999};
@@ -550,13 +546,11 @@ static void test_values(void **state) {
     assert_int_equal(count_samples(&P, "ctr_model_info"), 1);
     assert_true(value(&P, "ctr_model_info", "model=qin,name=qin,version=2024-02-01,arch=qin") == 1);
 
-    /* 15 named slots, then "other": r15, r16, r17 and "other" itself. */
-    assert_true(value(&P, "ctr_degraded_responses_total", "reason=r00") == 1);
-    assert_true(value(&P, "ctr_degraded_responses_total", "reason=r03") == 2);
-    assert_true(value(&P, "ctr_degraded_responses_total", "reason=r14") == 1);
-    assert_true(value(&P, "ctr_degraded_responses_total", "reason=r15") == -1);
-    assert_true(value(&P, "ctr_degraded_responses_total", "reason=other") == 4);
-    assert_int_equal(count_samples(&P, "ctr_degraded_responses_total"), 16);
+    /* A series for each reason counted, by its label; none for the others. */
+    assert_true(value(&P, "ctr_degraded_responses_total", "reason=history_unavailable") == 1);
+    assert_true(value(&P, "ctr_degraded_responses_total", "reason=feature_set_missing") == 2);
+    assert_true(value(&P, "ctr_degraded_responses_total", "reason=non_finite") == -1);
+    assert_int_equal(count_samples(&P, "ctr_degraded_responses_total"), 2);
 
     assert_true(value(&P, "ctr_item_cache_hits_total", "model=qin") == 17);
     assert_true(value(&P, "ctr_item_cache_misses_total", "model=qin") == 8);
@@ -691,7 +685,9 @@ static atomic_int scraping;   /* writers start once the scraper is running */
 
 static void *writer(void *arg) {
     int t = (int)(intptr_t)arg;
-    static const char *const why[] = {"redis_down", "items_missing", "timeout"};
+    static const proto_degraded why[] = {PROTO_DEGRADED_HISTORY_UNAVAILABLE,
+                                         PROTO_DEGRADED_ITEM_FEATURES_MISSING,
+                                         PROTO_DEGRADED_SCORING_DEADLINE};
     while (!atomic_load(&scraping)) sched_yield();
     for (int i = 0; i < ITERS; i++) {
         metrics_inflight_add(shared, 1);
@@ -702,7 +698,6 @@ static void *writer(void *arg) {
         metrics_redis(shared, (metrics_redis_op)(i % METRICS_REDIS_OP_COUNT), s,
                       (metrics_redis_result)(i % 3));
         metrics_scored(shared, 0, 3);
-        /* Threads race to claim reason slots. */
         metrics_degraded(shared, why[(i + t) % 3]);
         metrics_inflight_add(shared, -1);
     }

@@ -60,6 +60,22 @@ static const char *code(void) {
     return c;
 }
 
+/* Each reason once, in the order first met; a value outside the map
+ * ignored. */
+static void test_degrade(void **state) {
+    (void)state;
+    rank_ctx x = {0};
+    rank_degrade(&x, PROTO_DEGRADED_NON_FINITE);
+    rank_degrade(&x, PROTO_DEGRADED_HISTORY_DEADLINE);
+    rank_degrade(&x, PROTO_DEGRADED_NON_FINITE);
+    rank_degrade(&x, PROTO_DEGRADED_COUNT);
+    assert_int_equal(x.ndeg, 2);
+    assert_int_equal(x.degraded[0], PROTO_DEGRADED_NON_FINITE);
+    assert_int_equal(x.degraded[1], PROTO_DEGRADED_HISTORY_DEADLINE);
+    for (int d = 0; d < PROTO_DEGRADED_COUNT; d++) rank_degrade(&x, (proto_degraded)d);
+    assert_int_equal(x.ndeg, PROTO_DEGRADED_COUNT);
+}
+
 static void test_decode(void **state) {
     (void)state;
     rank_ctx x;
@@ -135,7 +151,7 @@ static void test_deadline_short(void **state) {
     x.deadline_ns = clock_now_ns() + 1000;
     assert_int_equal(rank_history(&x), 0);
     assert_int_equal(x.nh, 0);
-    assert_string_equal(x.degraded[0], "history_deadline");
+    assert_int_equal(x.degraded[0], PROTO_DEGRADED_HISTORY_DEADLINE);
     /* ...and so is the item read: no candidate can be scored. */
     assert_int_equal(rank_items(&x), 503);
     assert_string_equal(code(), "deadline_exceeded");
@@ -167,7 +183,7 @@ static void test_store_down(void **state) {
     rank_begin(&x, w, &in);
     assert_int_equal(rank_decode(&x, &in), 0);
     assert_int_equal(rank_history(&x), 0);
-    assert_string_equal(x.degraded[0], "history_unavailable");
+    assert_int_equal(x.degraded[0], PROTO_DEGRADED_HISTORY_UNAVAILABLE);
     assert_int_equal(rank_items(&x), 503);            /* item 11 not cached */
     assert_string_equal(code(), "unavailable");
     rank_end(&x);
@@ -196,7 +212,7 @@ static void run_non_finite(const char *model) {
     assert_int_equal(rank_score(&x), 0);
     assert_true(x.scored[0] && x.scored[1]);
     assert_true(isfinite(x.prob[0]) && isfinite(x.prob[1]));
-    assert_string_equal(x.degraded[x.ndeg - 1], "history_item_invalid");
+    assert_int_equal(x.degraded[x.ndeg - 1], PROTO_DEGRADED_HISTORY_ITEM_INVALID);
     /* The explanations come from the pass after the drop: never the
      * dropped behaviour (position 1). */
     for (int i = 0; i < 2 * 2; i++) assert_true(x.xpos[i] != 1);
@@ -328,6 +344,7 @@ static void test_feature_set_missing(void **state) {
 int main(void) {
     signal(SIGPIPE, SIG_IGN);
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_degrade),
         cmocka_unit_test(test_decode),
         cmocka_unit_test(test_full),
         cmocka_unit_test(test_deadline_short),

@@ -55,17 +55,34 @@ static const char *write_file(const char *name, const char *text) {
     return path;
 }
 
-/* config_parse over a NULL-terminated argument list (argv[0] added). */
-static int parse(config_params *p, char *const env[], char *err, size_t errlen, ...) {
+/* config_parse of prog's defaults over a NULL-terminated argument list
+ * (argv[0] added). */
+static int vparse(config_prog prog, config_params *p, char *const env[], char *err,
+                  size_t errlen, va_list ap) {
     char *argv[64] = {"ctr-score"};
     int argc = 1;
-    va_list ap;
-    va_start(ap, errlen);
     for (char *a; (a = va_arg(ap, char *)) != NULL;) argv[argc++] = a;
-    va_end(ap);
-    *p = config_default_params();
+    *p = config_prog_params(prog);
     err[0] = '\0';
     return config_parse(p, argc, argv, env, err, errlen);
+}
+
+/* The same for ctr-server. */
+static int parse(config_params *p, char *const env[], char *err, size_t errlen, ...) {
+    va_list ap;
+    va_start(ap, errlen);
+    int rc = vparse(CONFIG_SERVER, p, env, err, errlen, ap);
+    va_end(ap);
+    return rc;
+}
+
+static int parse_prog(config_prog prog, config_params *p, char *const env[], char *err,
+                      size_t errlen, ...) {
+    va_list ap;
+    va_start(ap, errlen);
+    int rc = vparse(prog, p, env, err, errlen, ap);
+    va_end(ap);
+    return rc;
 }
 
 /* What fn prints, as a malloc'd string. */
@@ -279,10 +296,10 @@ static void test_errors(void **state) {
     /* Other bad values. */
     expect_error(CTR_EINVAL, FRAGS("flag --skip_scoring", "not a boolean"), no_env,
                  "--skip_scoring=maybe", NULL);
-    expect_error(CTR_EINVAL, FRAGS("flag --log_level", "verbose", "debug|info|warn|error"),
+    expect_error(CTR_EINVAL, FRAGS("flag --log_level", "verbose", "debug, info, warn, error"),
                  no_env, "--log_level", "verbose", NULL);
     char *env_prec[] = {"CTR_PRECISION=fp16", NULL};
-    expect_error(CTR_EINVAL, FRAGS("env CTR_PRECISION", "fp16", "fp32|bf16|int8"), env_prec,
+    expect_error(CTR_EINVAL, FRAGS("env CTR_PRECISION", "fp16", "fp32, bf16, int8"), env_prec,
                  NULL);
     expect_error(CTR_EINVAL, FRAGS("flag --redis", "host:port"), no_env,
                  "--redis", "localhost", NULL);
@@ -364,6 +381,8 @@ static void test_help(void **state) {
     for (size_t i = 0; i < NKEYS; i++) {
         char flag[64], env[64];
         snprintf(flag, sizeof flag, "  --%s ", keys[i]);
+        for (char *c = flag + 4; *c; c++)   /* shown as flags are typed: --redis-prefix */
+            if (*c == '_') *c = '-';
         size_t n = (size_t)snprintf(env, sizeof env, "[env CTR_");
         for (const char *c = keys[i]; *c; c++) env[n++] = (char)(*c >= 'a' && *c <= 'z' ? *c - 32 : *c);
         env[n++] = ']';
@@ -563,11 +582,141 @@ static void test_models_errors(void **state) {
                  "din=80", NULL);
 }
 
+struct usage_arg {
+    config_prog prog;
+    const char *name;
+};
+static void usage_fn(FILE *f, const void *arg) {
+    const struct usage_arg *u = arg;
+    config_usage(f, u->prog, u->name, "SYNOPSIS", "ABOUT\n", "AFTER\n");
+}
+
+/* ctr-load and ctr-score: their own defaults, settings named as the
+ * server's with the old spellings as aliases, no settings of the other
+ * programs, the environment read only for Redis AUTH (ctr-load). */
+static void test_programs(void **state) {
+    config_params p;
+    char err[512];
+    char *env[] = {"CTR_REDIS=env-host:1", "CTR_MODEL=/env/m", "CTR_REDIS_USER=loader",
+                   "CTR_REDIS_PASSWORD=pw-env", "CTR_CONFIG=/nonexistent", NULL};
+    assert_int_equal(parse_prog(CONFIG_LOAD, &p, env, err, sizeof err, "--redis", "h:1",
+                                "--prefix", "v2:", "--timeout-ms", "70", "--items", "i.jsonl",
+                                NULL), CTR_OK);
+    assert_string_equal(p.redis, "h:1");
+    assert_string_equal(p.redis_prefix, "v2:");
+    assert_int_equal(p.redis_timeout_ms, 70);
+    assert_string_equal(p.items, "i.jsonl");
+    assert_string_equal(p.model_path, "");          /* CTR_MODEL is the server's */
+    assert_string_equal(p.redis_user, "loader");    /* AUTH from the environment */
+    assert_string_equal(p.redis_password, "pw-env");
+    assert_int_equal(p.batch, 512);
+    assert_int_equal(p.max_seq, 1000);
+    assert_int_equal(p.max_tags, 5);
+    assert_int_equal(config_given(&p, "redis_prefix"), 3);
+    assert_int_equal(config_given(&p, "redis_password"), 2);
+    assert_int_equal(config_given(&p, "max_tags"), 0);
+    assert_int_equal(parse_prog(CONFIG_LOAD, &p, no_env, err, sizeof err, NULL), CTR_OK);
+    assert_string_equal(p.redis, "");
+    assert_int_equal(p.redis_timeout_ms, 5000);
+    /* Not ctr-load's: the server's and ctr-score's settings, the config file. */
+    const char *not_load[] = {"--port", "--config", "--max-cand", "--deadline-ms"};
+    for (size_t i = 0; i < sizeof not_load / sizeof *not_load; i++) {
+        if (parse_prog(CONFIG_LOAD, &p, no_env, err, sizeof err, not_load[i], "1", NULL) !=
+            CTR_EINVAL)
+            fail_msg("ctr-load took %s", not_load[i]);
+        assert_non_null(strstr(err, "unknown setting"));
+    }
+    assert_int_equal(parse_prog(CONFIG_LOAD, &p, no_env, err, sizeof err, "--batch", "0",
+                                NULL), CTR_EINVAL);
+    assert_non_null(strstr(err, "out of range 1..1000000"));
+
+    /* ctr-score: max_candidates (alias max_cand), no environment at all. */
+    assert_int_equal(parse_prog(CONFIG_SCORE, &p, env, err, sizeof err, "--model", "m",
+                                "--max_cand", "3", "--precision", "INT8", NULL), CTR_OK);
+    assert_int_equal(p.max_candidates, 3);
+    assert_string_equal(p.precision, "int8");
+    assert_string_equal(p.redis_password, "");
+    assert_int_equal(p.max_seq, 65536);
+    assert_int_equal(parse_prog(CONFIG_SCORE, &p, no_env, err, sizeof err, "--redis", "h:1",
+                                NULL), CTR_EINVAL);
+    assert_int_equal(parse_prog(CONFIG_SCORE, &p, no_env, err, sizeof err, "--max-cand", "0",
+                                NULL), CTR_EINVAL);
+    assert_non_null(strstr(err, "max_candidates"));
+    /* The server keeps its own names: no aliases of the others there. */
+    assert_int_equal(parse(&p, no_env, err, sizeof err, "--prefix", "x", NULL), CTR_EINVAL);
+
+    /* --help of each: its settings only, aliases and variables said. */
+    struct usage_arg load = {CONFIG_LOAD, "ctr-load"}, score = {CONFIG_SCORE, "ctr-score"};
+    char *text = capture(usage_fn, &load);
+    assert_non_null(strstr(text, "Usage: ctr-load SYNOPSIS\n\nABOUT\n"));
+    assert_non_null(strstr(text, "  --redis-prefix PREFIX  default: ctr:  (also --prefix)\n"));
+    assert_non_null(strstr(text, "  --redis-timeout-ms MS  default: 5000  (also --timeout-ms)\n"));
+    assert_non_null(strstr(text, "--redis-user USER  [env CTR_REDIS_USER]"));
+    assert_null(strstr(text, "[env CTR_REDIS]"));
+    assert_null(strstr(text, "--port"));
+    assert_non_null(strstr(text, "AFTER\n"));
+    free(text);
+    text = capture(usage_fn, &score);
+    assert_non_null(strstr(text, "  --max-candidates N  default: 1024  (also --max-cand)\n"));
+    assert_null(strstr(text, "[env"));
+    assert_null(strstr(text, "--redis"));
+    free(text);
+}
+
+/* The AUTH settings made ready, written once for every program. */
+static void test_redis_auth(void **state) {
+    config_params p;
+    char err[512];
+    const char *file = write_file("pw", "from-file\r\n");
+    /* One source with both: refused; the higher of two sources wins. */
+    assert_int_equal(parse_prog(CONFIG_LOAD, &p, no_env, err, sizeof err, "--redis-password",
+                                "pw-flag", "--redis-password-file", file, NULL), CTR_OK);
+    assert_int_equal(config_redis_auth(&p, err, sizeof err), CTR_EINVAL);
+    assert_non_null(strstr(err, "both set"));
+    assert_null(strstr(err, "pw-flag"));
+    char *env_pw[] = {"CTR_REDIS_PASSWORD=pw-env", NULL};
+    assert_int_equal(parse_prog(CONFIG_LOAD, &p, env_pw, err, sizeof err,
+                                "--redis-password-file", file, NULL), CTR_OK);
+    assert_int_equal(config_redis_auth(&p, err, sizeof err), CTR_OK);
+    assert_string_equal(p.redis_password, "from-file");
+    char *env_file[64];
+    char file_var[300];
+    snprintf(file_var, sizeof file_var, "CTR_REDIS_PASSWORD_FILE=%s", file);
+    env_file[0] = file_var;
+    env_file[1] = NULL;
+    assert_int_equal(parse(&p, env_file, err, sizeof err, "--redis-password", "pw-flag", NULL),
+                     CTR_OK);
+    assert_int_equal(config_redis_auth(&p, err, sizeof err), CTR_OK);
+    assert_string_equal(p.redis_password, "pw-flag");
+    /* A user needs a password; an unreadable file is named. */
+    assert_int_equal(parse(&p, no_env, err, sizeof err, "--redis-user", "u", NULL), CTR_OK);
+    assert_int_equal(config_redis_auth(&p, err, sizeof err), CTR_EINVAL);
+    assert_non_null(strstr(err, "needs a password"));
+    assert_int_equal(parse(&p, no_env, err, sizeof err, "--redis-password-file",
+                           "/nonexistent/pw", NULL), CTR_OK);
+    assert_int_equal(config_redis_auth(&p, err, sizeof err), CTR_EINVAL);
+    assert_non_null(strstr(err, "/nonexistent/pw"));
+
+    /* The password's flag value blanked in argv, any spelling; nothing
+     * else touched. */
+    char a1[] = "--redis-password", a2[] = "s3cret", a3[] = "--redis_password=s3cret",
+         a4[] = "--redis-password-file", a5[] = "/f", a6[] = "--port", a7[] = "80";
+    char *argv[] = {"prog", a1, a2, a3, a4, a5, a6, a7};
+    config_scrub_argv(8, argv);
+    assert_int_equal(a2[0], '\0');
+    assert_string_equal(a3, "--redis_password=");
+    assert_int_equal(a3[17], '\0');
+    assert_string_equal(a5, "/f");
+    assert_string_equal(a7, "80");
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_models),
         cmocka_unit_test(test_models_errors),
         cmocka_unit_test(test_defaults),
+        cmocka_unit_test(test_programs),
+        cmocka_unit_test(test_redis_auth),
         cmocka_unit_test(test_precedence),
         cmocka_unit_test(test_syntax),
         cmocka_unit_test(test_errors),

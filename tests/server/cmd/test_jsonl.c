@@ -104,6 +104,50 @@ static void test_lines_and_blanks(void **state) {
     jsonl_source_close(s);
 }
 
+/* jsonl_each_line: every non-blank line to the function with its number,
+ * a scratch arena empty at each line, and the function's stop status
+ * handed back (the lines after it not read). */
+typedef struct each_log {
+    int calls;
+    long lines[8];
+    char first[8];
+    int stop_at;                    /* call number that returns CTR_EINVAL */
+    void *p0;                       /* the first line's first allocation */
+} each_log;
+
+static int each_fn(void *ctx, jsonl_source *s, const char *line, size_t len, arena *scratch) {
+    each_log *l = ctx;
+    void *p = arena_alloc(scratch, 100, 8);
+    assert_non_null(p);
+    if (!l->p0) l->p0 = p;
+    assert_ptr_equal(p, l->p0);               /* the arena was reset before each line */
+    assert_non_null(arena_alloc(scratch, 100, 8));
+    l->lines[l->calls] = jsonl_source_line(s);
+    l->first[l->calls] = len ? line[0] : '-';
+    if (line[0] == 'b') jsonl_error(s, "bad");
+    return ++l->calls == l->stop_at ? CTR_EINVAL : CTR_OK;
+}
+
+static void test_each_line(void **state) {
+    jsonl_source *s = open_text("each.jsonl", "a\n\nb\nc\n");
+    each_log l = {0};
+    assert_int_equal(jsonl_each_line(s, each_fn, &l), CTR_OK);
+    assert_int_equal(l.calls, 3);
+    assert_int_equal(l.lines[0], 1);
+    assert_int_equal(l.lines[1], 3);
+    assert_int_equal(l.lines[2], 4);
+    assert_memory_equal(l.first, "abc", 3);
+    assert_int_equal(jsonl_source_bad(s), 1);
+    jsonl_source_close(s);
+
+    s = open_text("stop.jsonl", "a\nb\nc\n");
+    each_log st = {.stop_at = 2};
+    assert_int_equal(jsonl_each_line(s, each_fn, &st), CTR_EINVAL);
+    assert_int_equal(st.calls, 2);
+    assert_int_equal(jsonl_source_line(s), 2);
+    jsonl_source_close(s);
+}
+
 /* A CRLF line keeps its '\r' (JSON whitespace: the decoders' columns then
  * match the file); a line of only "\r" is blank. */
 static void test_crlf(void **state) {
@@ -300,6 +344,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_lines_and_blanks),
         cmocka_unit_test(test_crlf),
+        cmocka_unit_test(test_each_line),
         cmocka_unit_test(test_last_line_without_newline),
         cmocka_unit_test(test_nul_in_line),
         cmocka_unit_test(test_stdin),
