@@ -30,6 +30,7 @@
 #include "core/base/arena.h"
 #include "core/base/clock.h"
 #include "server/store/rcluster.h"
+#include "server/store/rconn.h"
 
 #define VALUE_LEN 540
 #define MAX_N 1024
@@ -47,7 +48,7 @@ static rcluster_link *get_link(void *ud, const char *host, int port, char *err, 
     (void)ud;
     for (int i = 0; i < nconns; i++)
         if (conns[i].port == port && strcmp(conns[i].host, host) == 0) {
-            if (!conns[i].link.c) break;
+            if (!conns[i].link.conn) break;
             return &conns[i].link;
         }
     conn *c = NULL;
@@ -62,22 +63,18 @@ static rcluster_link *get_link(void *ud, const char *host, int port, char *err, 
         snprintf(c->host, sizeof c->host, "%s", host);
         c->port = port;
     }
-    c->link.c = redisConnectNonBlock(host, port);
+    const rconn_params rp = {2000, NULL, NULL};
     c->link.readonly = 0;
-    if (!c->link.c || c->link.c->err) {
-        snprintf(err, errlen, "cannot connect");
-        if (c->link.c) redisFree(c->link.c);
-        c->link.c = NULL;
+    if (rconn_open(&rp, host, port, clock_now_ns() + 2000000000LL, &c->link.conn, err, errlen) < 0)
         return NULL;
-    }
     return &c->link;
 }
 
 static void link_failed(void *ud, rcluster_link *l, int status, const char *why) {
     (void)ud;
     fprintf(stderr, "bench_rcluster: connection given up (%d): %s\n", status, why);
-    redisFree(l->c);
-    l->c = NULL;
+    rconn_close(l->conn);
+    l->conn = NULL;
 }
 
 static const rcluster_links links = {get_link, link_failed, NULL};
@@ -90,19 +87,26 @@ static int split_addr(const char *s, char *host, size_t hl, int *port) {
     return *port > 0 ? 0 : -1;
 }
 
+static rconn *connect_to(const char *host, int port, char *err, size_t errlen) {
+    const rconn_params rp = {2000, NULL, NULL};
+    rconn *c;
+    return rconn_open(&rp, host, port, clock_now_ns() + 2000000000LL, &c, err, errlen) < 0 ? NULL
+                                                                                            : c;
+}
+
 static rcluster_map *map_from(const char *host, int port, char *err, size_t errlen) {
-    redisContext *c = redisConnectNonBlock(host, port);
-    if (!c || c->err) return NULL;
+    rconn *c = connect_to(host, port, err, errlen);
+    if (!c) return NULL;
     const char *argv[] = {"CLUSTER", "SLOTS"};
     size_t lens[] = {7, 5};
     redisReply *r;
     rcluster_map *m = NULL;
-    if (rcluster_command(c, 2, argv, lens, clock_now_ns() + 2000000000LL, &r, err, errlen) ==
+    if (rconn_command(c, 2, argv, lens, clock_now_ns() + 2000000000LL, &r, err, errlen) ==
         CTR_OK) {
         rcluster_map_parse(r, host, &m, err, errlen);
         freeReplyObject(r);
     }
-    redisFree(c);
+    rconn_close(c);
     return m;
 }
 
@@ -175,7 +179,7 @@ int main(int argc, char **argv) {
     rcluster_reply *out = malloc((size_t)MAX_N * sizeof *out);
     const char *(*av)[3] = malloc((size_t)nkeys * sizeof *av);
     size_t (*al)[3] = malloc((size_t)nkeys * sizeof *al);
-    rcluster_cmd *cmds = malloc((size_t)nkeys * sizeof *cmds);
+    rconn_cmd *cmds = malloc((size_t)nkeys * sizeof *cmds);
     for (int i = 0; i < nkeys; i++) {
         snprintf(keys[i], sizeof keys[i], "bench:i:%d", i + 1);
         av[i][0] = "SET";
@@ -184,7 +188,7 @@ int main(int argc, char **argv) {
         al[i][1] = strlen(keys[i]);
         av[i][2] = value;
         al[i][2] = VALUE_LEN;
-        cmds[i] = (rcluster_cmd){3, av[i], al[i]};
+        cmds[i] = (rconn_cmd){3, av[i], al[i]};
     }
     for (int i = 0; i < nkeys; i += 500) {
         int k = nkeys - i < 500 ? nkeys - i : 500;
@@ -204,7 +208,11 @@ int main(int argc, char **argv) {
     for (int i = 0; i < nkeys; i++) av[i][0] = "GET", cmds[i].argc = 2;
 
     /* The single node's own connection for MGET. */
-    redisContext *sc = redisConnectNonBlock(shost, sport);
+    rconn *sc = connect_to(shost, sport, err, sizeof err);
+    if (!sc) {
+        fprintf(stderr, "bench_rcluster: %s: %s\n", single, err);
+        return 1;
+    }
     const char **margv = malloc((size_t)(n + 1) * sizeof *margv);
     size_t *mlen = malloc((size_t)(n + 1) * sizeof *mlen);
     margv[0] = "MGET";
@@ -215,7 +223,7 @@ int main(int argc, char **argv) {
                                        "cluster any"};
     int64_t *t[MODES];
     for (int m = 0; m < MODES; m++) t[m] = malloc((size_t)rounds * sizeof(int64_t));
-    rcluster_cmd *pick = malloc((size_t)n * sizeof *pick);
+    rconn_cmd *pick = malloc((size_t)n * sizeof *pick);
     unsigned seed = 1;
     int bad = 0, warm = rounds / 10;
     for (int r = -warm; r < rounds; r++) {
@@ -232,7 +240,7 @@ int main(int argc, char **argv) {
             int rc;
             if (m == 0) {
                 redisReply *rep;
-                rc = rcluster_command(sc, n + 1, margv, mlen, deadline, &rep, err, sizeof err);
+                rc = rconn_command(sc, n + 1, margv, mlen, deadline, &rep, err, sizeof err);
                 if (rc == CTR_OK) {
                     for (size_t e = 0; e < rep->elements; e++)
                         bad += rep->element[e]->len != VALUE_LEN;
@@ -297,8 +305,8 @@ int main(int argc, char **argv) {
     }
     for (int m = 0; m < MODES; m++) free(t[m]);
     for (int i = 0; i < nconns; i++)
-        if (conns[i].link.c) redisFree(conns[i].link.c);
-    redisFree(sc);
+        rconn_close(conns[i].link.conn);
+    rconn_close(sc);
     free(pick);
     free(margv);
     free(mlen);

@@ -7,9 +7,9 @@
  * flat slot -> shard table (16384 shorts, one lookup per key), and an exec
  * writes each node's whole pipeline before reading anything, then serves
  * all sockets from one ppoll: the request costs the slowest node's round
- * trip, not the sum of them.  hiredis is used for command formatting and
- * reply parsing only; the sockets are driven here, as in featstore.c, so
- * the deadline covers the whole exchange rather than each read.
+ * trip, not the sum of them.  The connections are rconn.h's, driven here
+ * with its non-blocking pieces, so that the deadline covers the whole
+ * exchange rather than each read.
  */
 #include "rcluster.h"
 
@@ -20,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <hiredis/hiredis.h>
 
@@ -461,53 +462,6 @@ int rcluster_plan_make(const rcluster_map *m, int n, const char *const *keys,
     return CTR_OK;
 }
 
-/* --- One command on one connection ---------------------------------------- */
-
-/* Waits for events on fd until deadline: 1 ready, 0 timed out, -1 error. */
-static int wait_fd(int fd, short events, int64_t deadline) {
-    for (;;) {
-        int64_t left = deadline - clock_now_ns();
-        if (left <= 0) return 0;
-        struct pollfd pfd = {.fd = fd, .events = events};
-        struct timespec ts = {.tv_sec = left / 1000000000, .tv_nsec = left % 1000000000};
-        int r = ppoll(&pfd, 1, &ts, NULL);
-        if (r > 0) return 1;
-        if (r == 0) return 0;
-        if (errno != EINTR) return -1;
-    }
-}
-
-int rcluster_command(redisContext *c, int argc, const char *const *argv,
-                     const size_t *argvlen, int64_t deadline_ns, redisReply **reply,
-                     char *err, size_t errlen) {
-    *reply = NULL;
-    if (redisAppendCommandArgv(c, argc, (const char **)argv, argvlen) != REDIS_OK)
-        return ctr_fail(err, errlen, CTR_EBACKEND, "%s", c->errstr);
-    int done = 0;
-    for (;;) {
-        if (redisBufferWrite(c, &done) != REDIS_OK)
-            return ctr_fail(err, errlen, CTR_EBACKEND, "%s", c->errstr);
-        if (done) break;
-        int r = wait_fd(c->fd, POLLOUT, deadline_ns);
-        if (r == 0) return ctr_fail(err, errlen, CTR_ETIMEOUT, "timed out sending");
-        if (r < 0) return ctr_fail(err, errlen, CTR_EBACKEND, "%s", strerror(errno));
-    }
-    for (;;) {
-        void *rep = NULL;
-        if (redisGetReplyFromReader(c, &rep) != REDIS_OK)
-            return ctr_fail(err, errlen, CTR_EBACKEND, "%s", c->errstr);
-        if (rep) {
-            *reply = rep;
-            return CTR_OK;
-        }
-        int r = wait_fd(c->fd, POLLIN, deadline_ns);
-        if (r == 0) return ctr_fail(err, errlen, CTR_ETIMEOUT, "no answer in time");
-        if (r < 0) return ctr_fail(err, errlen, CTR_EBACKEND, "%s", strerror(errno));
-        if (redisBufferRead(c) != REDIS_OK)
-            return ctr_fail(err, errlen, CTR_EBACKEND, "%s", c->errstr);
-    }
-}
-
 /* --- Pipelined exec ------------------------------------------------------- */
 
 /* What a reply in a lane's queue answers, besides a command index. */
@@ -530,7 +484,7 @@ typedef struct exec_state {
     rcluster_map *m;
     const rcluster_links *links;
     rcluster_read read;
-    const rcluster_cmd *cmds;
+    const rconn_cmd *cmds;
     rcluster_reply *out;
     rcluster_exec_stats st;
     int *slot;                  /* [n] */
@@ -583,7 +537,7 @@ static int lane_up(exec_state *x, lane *l) {
     const rcluster_node *nd = x->m->nodes[l->node];
     char why[160] = "";
     l->link = x->links->get(x->links->ud, nd->host, nd->port, why, sizeof why);
-    if (!l->link || !l->link->c) {
+    if (!l->link || !l->link->conn) {
         l->link = NULL;
         l->down = 1;
         x->st.failed_nodes++;
@@ -694,15 +648,15 @@ static int on_reply(exec_state *x, lane *l, redisReply *r) {
 
 /* Reads what the socket holds and consumes every complete reply. */
 static int lane_read(exec_state *x, lane *l) {
-    redisContext *c = l->link->c;
-    if (redisBufferRead(c) != REDIS_OK) {
-        lane_fail(x, l, CTR_EBACKEND, c->errstr);
+    rconn *c = l->link->conn;
+    if (rconn_read(c) < 0) {
+        lane_fail(x, l, CTR_EBACKEND, rconn_why(c));
         return CTR_OK;
     }
     while (l->got < l->nexpect) {
-        void *r = NULL;
-        if (redisGetReplyFromReader(c, &r) != REDIS_OK) {
-            lane_fail(x, l, CTR_EBACKEND, c->errstr);
+        redisReply *r;
+        if (rconn_take(c, &r) < 0) {
+            lane_fail(x, l, CTR_EBACKEND, rconn_why(c));
             return CTR_OK;
         }
         if (!r) break;
@@ -713,8 +667,8 @@ static int lane_read(exec_state *x, lane *l) {
 
 static void lane_write(exec_state *x, lane *l) {
     int done = 0;
-    if (redisBufferWrite(l->link->c, &done) != REDIS_OK)
-        lane_fail(x, l, CTR_EBACKEND, l->link->c->errstr);
+    if (rconn_write(l->link->conn, &done) < 0)
+        lane_fail(x, l, CTR_EBACKEND, rconn_why(l->link->conn));
     else
         l->flushed = done;
 }
@@ -722,8 +676,8 @@ static void lane_write(exec_state *x, lane *l) {
 static int lane_busy(const lane *l) { return l->link && l->got < l->nexpect; }
 
 static int append(lane *l, int argc, const char *const *argv, const size_t *lens, int owner) {
-    if (redisAppendCommandArgv(l->link->c, argc, (const char **)argv, lens) != REDIS_OK)
-        return CTR_ENOMEM;
+    rconn_cmd cmd = {argc, argv, lens};
+    if (rconn_append(l->link->conn, &cmd) < 0) return CTR_ENOMEM;
     l->expect[l->nexpect++] = owner;
     return CTR_OK;
 }
@@ -806,7 +760,7 @@ static int run_round(exec_state *x, int64_t deadline, arena *a) {
         for (int j = 0; j < x->nlanes; j++) {
             lane *l = &x->lanes[j];
             if (!lane_busy(l)) continue;
-            pfd[np] = (struct pollfd){.fd = l->link->c->fd,
+            pfd[np] = (struct pollfd){.fd = rconn_fd(l->link->conn),
                                       .events = (short)(POLLIN | (l->flushed ? 0 : POLLOUT))};
             which[np++] = j;
         }
@@ -847,7 +801,7 @@ void rcluster_replies_free(rcluster_reply *out, int n) {
 }
 
 int rcluster_exec(rcluster_map *m, const rcluster_links *links, rcluster_read read,
-                  unsigned salt, int n, const rcluster_cmd *cmds, int64_t deadline_ns,
+                  unsigned salt, int n, const rconn_cmd *cmds, int64_t deadline_ns,
                   arena *a, rcluster_reply *out, rcluster_exec_stats *st, char *err,
                   size_t errlen) {
     if (st) memset(st, 0, sizeof *st);

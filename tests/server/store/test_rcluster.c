@@ -38,6 +38,7 @@
 #include "core/base/status.h"
 #include "core/base/clock.h"
 #include "server/store/rcluster.h"
+#include "server/store/rconn.h"
 
 static char err[512];
 static arena A;
@@ -496,7 +497,8 @@ typedef struct conn {
     char host[64];
     int port;
     rcluster_link link;
-    int gets, failures, last_status;
+    int gets, failures, last_status;   /* last_status: of the last failed()
+                                          call or refused connect */
     int deny;                   /* get() answers NULL */
 } conn;
 
@@ -522,13 +524,11 @@ static rcluster_link *links_get(void *ud, const char *host, int port, char *e, s
         snprintf(e, elen, "denied by the test");
         return NULL;
     }
-    if (!c->link.c) {
-        c->link.c = redisConnectNonBlock(host, port);
+    if (!c->link.conn) {
+        const rconn_params rp = {2000, NULL, NULL};
         c->link.readonly = 0;
-        if (!c->link.c || c->link.c->err) {
-            snprintf(e, elen, "%s", c->link.c ? c->link.c->errstr : "out of memory");
-            if (c->link.c) redisFree(c->link.c);
-            c->link.c = NULL;
+        if (rconn_open(&rp, host, port, ms_from_now(2000), &c->link.conn, e, elen) < 0) {
+            c->last_status = CTR_EBACKEND;
             return NULL;
         }
     }
@@ -541,16 +541,15 @@ static void links_failed(void *ud, rcluster_link *l, int status, const char *why
     conn *c = (conn *)((char *)l - offsetof(conn, link));
     c->failures++;
     c->last_status = status;
-    redisFree(l->c);
-    l->c = NULL;
+    rconn_close(l->conn);
+    l->conn = NULL;
     l->readonly = 0;
 }
 
 static const rcluster_links links = {links_get, links_failed, NULL};
 
 static void conns_reset(void) {
-    for (int i = 0; i < nconns; i++)
-        if (conns[i].link.c) redisFree(conns[i].link.c);
+    for (int i = 0; i < nconns; i++) rconn_close(conns[i].link.conn);
     nconns = 0;
 }
 
@@ -764,13 +763,13 @@ static int dead_port(void) {
 typedef struct cmdset {
     const char *argv[512][3];
     size_t lens[512][3];
-    rcluster_cmd cmd[512];
+    rconn_cmd cmd[512];
     char keys[512][128];
 } cmdset;
 
 static cmdset CS;
 
-static rcluster_cmd *gets(int n, const char *fmt) {
+static rconn_cmd *gets(int n, const char *fmt) {
     assert_true(n <= 512);
     for (int i = 0; i < n; i++) {
         snprintf(CS.keys[i], sizeof CS.keys[i], fmt, prefix, i);
@@ -778,7 +777,7 @@ static rcluster_cmd *gets(int n, const char *fmt) {
         CS.lens[i][0] = 3;
         CS.argv[i][1] = CS.keys[i];
         CS.lens[i][1] = strlen(CS.keys[i]);
-        CS.cmd[i] = (rcluster_cmd){2, CS.argv[i], CS.lens[i]};
+        CS.cmd[i] = (rconn_cmd){2, CS.argv[i], CS.lens[i]};
     }
     return CS.cmd;
 }
@@ -803,7 +802,7 @@ static void test_exec_all_nodes_in_flight(void **state) {
     enum { N = 90 };
     fake f[3];
     atomic_int ready = 0;
-    rcluster_cmd *cmds = gets(N, "%sfl:%d");
+    rconn_cmd *cmds = gets(N, "%sfl:%d");
     for (int i = 0; i < 3; i++) fake_start(&f[i], FAKE_BARRIER, "$1\r\nv\r\n");
     rcluster_map *m = map_of_fakes(f, 3);
     rcluster_plan p;
@@ -865,7 +864,7 @@ static void test_exec_timeout_and_refused(void **state) {
     snprintf(desc, sizeof desc, "0-5460=127.0.0.1:%d;5461-10922=127.0.0.1:%d;10923-16383=127.0.0.1:%d",
              silent.port, good.port, dead);
     rcluster_map *m = map_of(desc, NULL);
-    rcluster_cmd *cmds = gets(N, "%sto:%d");
+    rconn_cmd *cmds = gets(N, "%sto:%d");
     rcluster_reply out[N];
     rcluster_exec_stats st;
     int64_t t0 = clock_now_ns();
@@ -917,7 +916,7 @@ static void test_exec_redirect_limits(void **state) {
     char desc[64];
     snprintf(desc, sizeof desc, "0-16383=127.0.0.1:%d", f.port);
     rcluster_map *m = map_of(desc, NULL);
-    rcluster_cmd *cmds = gets(1, "%sask:%d");
+    rconn_cmd *cmds = gets(1, "%sask:%d");
     rcluster_reply out[3];
     rcluster_exec_stats st;
     assert_int_equal(rcluster_exec(m, &links, RCLUSTER_READ_MASTER, 0, 1, cmds, ms_from_now(2000),
@@ -958,7 +957,7 @@ static void test_exec_redirect_limits(void **state) {
     assert_non_null(strstr(err, "no node serves slot"));
     assert_int_equal(st.stale, 1);
     assert_int_equal(nconns, 0);   /* nothing was tried */
-    rcluster_cmd nokey = {1, cmds[0].argv, cmds[0].argvlen};
+    rconn_cmd nokey = {1, cmds[0].argv, cmds[0].argvlen};
     assert_int_equal(rcluster_exec(m, &links, RCLUSTER_READ_MASTER, 0, 1, &nokey, ms_from_now(100),
                                    &A, out, &st, err, sizeof err), CTR_EINVAL);
     assert_int_equal(rcluster_exec(m, &links, RCLUSTER_READ_MASTER, 0, -1, cmds, ms_from_now(100),
@@ -1003,20 +1002,22 @@ static void node_do(int port, const char *fmt, ...) {
     freeReplyObject(r);
 }
 
-/* The map, as rcluster_command + rcluster_map_parse give it. */
+/* The map, as rconn_command + rcluster_map_parse give it. */
 static rcluster_map *real_map(void) {
-    redisContext *c = redisConnectNonBlock(seed_host[0], seed_port[0]);
-    assert_non_null(c);
+    const rconn_params rp = {2000, NULL, NULL};
+    rconn *c;
+    if (rconn_open(&rp, seed_host[0], seed_port[0], ms_from_now(2000), &c, err, sizeof err) < 0)
+        fail_msg("connect: %s", err);
     const char *argv[] = {"CLUSTER", "SLOTS"};
     size_t lens[] = {7, 5};
     redisReply *r;
-    int rc = rcluster_command(c, 2, argv, lens, ms_from_now(2000), &r, err, sizeof err);
+    int rc = rconn_command(c, 2, argv, lens, ms_from_now(2000), &r, err, sizeof err);
     if (rc != CTR_OK) fail_msg("CLUSTER SLOTS: %s", err);
     rcluster_map *m;
     rc = rcluster_map_parse(r, seed_host[0], &m, err, sizeof err);
     if (rc != CTR_OK) fail_msg("parse: %s", err);
     freeReplyObject(r);
-    redisFree(c);
+    rconn_close(c);
     return m;
 }
 
@@ -1087,7 +1088,7 @@ static void set_keys(rcluster_map *m, int n, const char *fmt, const char *valfmt
     static const char *argv[512][3];
     static size_t lens[512][3];
     static char keys[512][128], vals[512][64];
-    rcluster_cmd cmd[512];
+    rconn_cmd cmd[512];
     for (int i = 0; i < n; i++) {
         snprintf(keys[i], sizeof keys[i], fmt, prefix, i);
         snprintf(vals[i], sizeof vals[i], valfmt, i);
@@ -1097,7 +1098,7 @@ static void set_keys(rcluster_map *m, int n, const char *fmt, const char *valfmt
         lens[i][1] = strlen(keys[i]);
         argv[i][2] = vals[i];
         lens[i][2] = strlen(vals[i]);
-        cmd[i] = (rcluster_cmd){3, argv[i], lens[i]};
+        cmd[i] = (rconn_cmd){3, argv[i], lens[i]};
     }
     rcluster_reply out[512];
     rcluster_exec_stats st;
@@ -1115,7 +1116,7 @@ static void set_keys(rcluster_map *m, int n, const char *fmt, const char *valfmt
 /* GETs keys fmt 0..n-1 with `read`; 1 when every value is "v<i>". */
 static int values_read(rcluster_map *m, int n, const char *fmt, rcluster_read read, unsigned salt,
                        rcluster_reply *out, rcluster_exec_stats *st) {
-    rcluster_cmd *cmds = gets(n, fmt);
+    rconn_cmd *cmds = gets(n, fmt);
     int rc = rcluster_exec(m, &links, read, salt, n, cmds, ms_from_now(3000), &A, out, st, err,
                            sizeof err);
     if (rc != CTR_OK) fail_msg("GET: %s", err);
@@ -1311,7 +1312,7 @@ static void test_exec_ask_during_migration(void **state) {
     static const char *argv[2][3];
     static size_t lens[2][3];
     char keys[2][128];
-    rcluster_cmd cmd[2];
+    rconn_cmd cmd[2];
     for (int i = 0; i < 2; i++) {
         snprintf(keys[i], sizeof keys[i], "%s{ask}%c", prefix, 'a' + i);
         argv[i][0] = "SET";
@@ -1320,7 +1321,7 @@ static void test_exec_ask_during_migration(void **state) {
         lens[i][1] = strlen(keys[i]);
         argv[i][2] = i ? "vb" : "va";
         lens[i][2] = 2;
-        cmd[i] = (rcluster_cmd){3, argv[i], lens[i]};
+        cmd[i] = (rconn_cmd){3, argv[i], lens[i]};
     }
     int s = slot_of(keys[0]);
     assert_int_equal(slot_of(keys[1]), s);
