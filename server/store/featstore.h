@@ -91,6 +91,12 @@
  *
  * Thread-safety: a featstore is not thread-safe; give each worker its own.
  * Different featstores may be used from different threads at once.
+ *
+ * Inside (server/store/), bottom up: rconn.h, one Redis connection under a
+ * deadline; rcluster.h, Redis Cluster routing; the two backends behind one
+ * table of functions (featstore_backend.h): featstore_single.c (one
+ * Redis) and featstore_cluster.c (a cluster); and featstore.c, this
+ * interface: keys, commands, and decoding the replies.
  */
 #ifndef CTR_SERVER_FEATSTORE_H
 #define CTR_SERVER_FEATSTORE_H

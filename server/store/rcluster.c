@@ -682,26 +682,11 @@ static int append(lane *l, int argc, const char *const *argv, const size_t *lens
     return CTR_OK;
 }
 
-/* One round: the queued commands appended to their lanes' buffers, every
- * lane written, then one ppoll over all of them until each has its answers
- * or the deadline passes. */
-static int run_round(exec_state *x, int64_t deadline, arena *a) {
-    static const char *const asking[] = {"ASKING"}, *const readonly[] = {"READONLY"};
-    static const size_t asking_len[] = {6}, readonly_len[] = {8};
-    int n = x->nnext;
-    if (clock_now_ns() >= deadline) {
-        for (int k = 0; k < n; k++) settle(x, x->next[k], CTR_ETIMEOUT, x->target[x->next[k]]);
-        x->nnext = 0;
-        note(x, CTR_ETIMEOUT, "Redis Cluster: deadline passed before redirected commands were sent");
-        return CTR_OK;
-    }
-    int *cur = arena_alloc(a, (size_t)n * sizeof(int) + 1, _Alignof(int));
-    if (!cur) return CTR_ENOMEM;
-    memcpy(cur, x->next, (size_t)n * sizeof(int));
-    x->nnext = 0;
-
-    /* Each command's link; one unreachable may send a read to its master,
-     * whose link is then tried (reroute() allows that once). */
+/* Finds the link of each of the round's commands cur[0..n); a read whose
+ * node is unreachable may go to its master, whose link is then tried
+ * (reroute() allows that once).  Commands without a link are settled;
+ * the others are left in cur[0..return). */
+static int round_links(exec_state *x, int *cur, int n) {
     int nready = 0;
     for (int k = 0; k < n; k++) {
         int i = cur[k];
@@ -722,13 +707,20 @@ static int run_round(exec_state *x, int64_t deadline, arena *a) {
             }
         }
     }
+    return nready;
+}
 
-    /* Queue sizes, then the commands (READONLY first where needed). */
+/* Appends the commands cur[0..n) to their lanes' buffers (READONLY first
+ * where the link needs it, ASKING before a command that follows an ASK)
+ * and writes every lane what its socket takes.  CTR_OK or CTR_ENOMEM. */
+static int round_send(exec_state *x, const int *cur, int n, arena *a) {
+    static const char *const asking[] = {"ASKING"}, *const readonly[] = {"READONLY"};
+    static const size_t asking_len[] = {6}, readonly_len[] = {8};
     for (int j = 0; j < x->nlanes; j++) {
         x->lanes[j].nexpect = x->lanes[j].got = 0;
         x->lanes[j].flushed = 0;
     }
-    for (int k = 0; k < nready; k++) {
+    for (int k = 0; k < n; k++) {
         int i = cur[k];
         x->lanes[x->lane_of[x->target[i]]].nexpect += 1 + x->asking[i];
     }
@@ -741,7 +733,7 @@ static int run_round(exec_state *x, int64_t deadline, arena *a) {
         l->nexpect = 0;
         if (ro && append(l, 1, readonly, readonly_len, EXPECT_READONLY) < 0) return CTR_ENOMEM;
     }
-    for (int k = 0; k < nready; k++) {
+    for (int k = 0; k < n; k++) {
         int i = cur[k];
         lane *l = &x->lanes[x->lane_of[x->target[i]]];
         if (x->asking[i] && append(l, 1, asking, asking_len, EXPECT_ASKING) < 0)
@@ -751,7 +743,13 @@ static int run_round(exec_state *x, int64_t deadline, arena *a) {
     }
     for (int j = 0; j < x->nlanes; j++)
         if (lane_busy(&x->lanes[j])) lane_write(x, &x->lanes[j]);
+    return CTR_OK;
+}
 
+/* One ppoll over every lane still sending or waiting, until each has its
+ * answers or the deadline passes (the lanes left then fail, timed out).
+ * CTR_OK or CTR_ENOMEM. */
+static int round_wait(exec_state *x, int64_t deadline, arena *a) {
     struct pollfd *pfd = arena_alloc(a, (size_t)x->nlanes * sizeof *pfd + 1, _Alignof(struct pollfd));
     int *which = arena_alloc(a, (size_t)x->nlanes * sizeof(int) + 1, _Alignof(int));
     if (!pfd || !which) return CTR_ENOMEM;
@@ -791,6 +789,24 @@ static int run_round(exec_state *x, int64_t deadline, arena *a) {
                 return CTR_ENOMEM;
         }
     }
+}
+
+/* One round: the queued commands to their links, sent, answered. */
+static int run_round(exec_state *x, int64_t deadline, arena *a) {
+    int n = x->nnext;
+    if (clock_now_ns() >= deadline) {
+        for (int k = 0; k < n; k++) settle(x, x->next[k], CTR_ETIMEOUT, x->target[x->next[k]]);
+        x->nnext = 0;
+        note(x, CTR_ETIMEOUT, "Redis Cluster: deadline passed before redirected commands were sent");
+        return CTR_OK;
+    }
+    int *cur = arena_alloc(a, (size_t)n * sizeof(int) + 1, _Alignof(int));
+    if (!cur) return CTR_ENOMEM;
+    memcpy(cur, x->next, (size_t)n * sizeof(int));
+    x->nnext = 0;
+    int nready = round_links(x, cur, n);
+    if (round_send(x, cur, nready, a) < 0) return CTR_ENOMEM;
+    return round_wait(x, deadline, a);
 }
 
 void rcluster_replies_free(rcluster_reply *out, int n) {

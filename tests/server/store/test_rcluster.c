@@ -5,64 +5,33 @@
  * reader, and from a real cluster); redirect parsing; grouping; and
  * rcluster_exec against the real cluster of $CTR_CLUSTER_SEEDS (which
  * tests/run.sh always provides: tests/integration/lib/redis_cluster.sh;
- * the test fails without it) and against fake nodes made here (a node that
- * answers only once every node has its pipeline, one that never answers,
- * one that hangs up, one that redirects forever).
+ * the test fails without it) and against fake nodes (fake_redis.h: a node
+ * that answers only once every node has its pipeline, one that never
+ * answers, one that hangs up, one that redirects forever).
  *
  * Keys written start with a prefix of this run's own and are deleted at
  * the end.  The ASK / MOVED test migrates one slot between two masters and
  * moves it back, waiting until every node agrees again.
  */
-#include <arpa/inet.h>
-#include <errno.h>
-#include <netinet/in.h>
-#include <poll.h>
-#include <pthread.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
-#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
-#include <time.h>
-#include <unistd.h>
 
 #include <cmocka.h>
 #include <hiredis/hiredis.h>
 
 #include "core/base/arena.h"
 #include "core/base/status.h"
-#include "core/base/clock.h"
 #include "server/store/rcluster.h"
 #include "server/store/rconn.h"
 
-static char err[512];
-static arena A;
-static char prefix[64];
-
-static int setup(void **state) {
-    (void)state;
-    arena_init(&A, 1 << 16);
-    err[0] = '\0';
-    return 0;
-}
-
-static int teardown(void **state) {
-    (void)state;
-    arena_free(&A);
-    return 0;
-}
-
-static int64_t ms_from_now(int ms) { return clock_now_ns() + (int64_t)ms * 1000000; }
-
-static void sleep_ms(int ms) {
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000};
-    nanosleep(&ts, NULL);
-}
+#include "tests/server/store/store_fixture.h"
+#include "tests/server/store/fake_redis.h"
 
 /* --- Key slots ------------------------------------------------------------ */
 
@@ -192,7 +161,7 @@ static rcluster_map *map_of(const char *desc, const char *origin) {
     return m;
 }
 
-static int node_port(const rcluster_map *m, int i) {
+static int map_port(const rcluster_map *m, int i) {
     const rcluster_node *n = rcluster_map_node(m, i);
     assert_non_null(n);
     return n->port;
@@ -206,19 +175,19 @@ static void test_map_parse(void **state) {
                              "10.0.0.1");
     assert_int_equal(rcluster_map_nodes(m), 6);
     assert_int_equal(rcluster_map_covered(m), 16384);
-    assert_int_equal(node_port(m, rcluster_map_master(m, 0)), 7000);
-    assert_int_equal(node_port(m, rcluster_map_master(m, 5460)), 7000);
-    assert_int_equal(node_port(m, rcluster_map_master(m, 5461)), 7001);
-    assert_int_equal(node_port(m, rcluster_map_master(m, 16383)), 7002);
+    assert_int_equal(map_port(m, rcluster_map_master(m, 0)), 7000);
+    assert_int_equal(map_port(m, rcluster_map_master(m, 5460)), 7000);
+    assert_int_equal(map_port(m, rcluster_map_master(m, 5461)), 7001);
+    assert_int_equal(map_port(m, rcluster_map_master(m, 16383)), 7002);
     assert_int_equal(rcluster_map_master(m, -1), -1);
     assert_int_equal(rcluster_map_master(m, 16384), -1);
     int reps[4];
     assert_int_equal(rcluster_map_replicas(m, 100, reps, 4), 1);
-    assert_int_equal(node_port(m, reps[0]), 7003);
+    assert_int_equal(map_port(m, reps[0]), 7003);
     assert_int_equal(rcluster_map_replicas(m, 6000, reps, 1), 2);   /* more than max */
-    assert_int_equal(node_port(m, reps[0]), 7004);
+    assert_int_equal(map_port(m, reps[0]), 7004);
     assert_int_equal(rcluster_map_replicas(m, 6000, reps, 4), 2);
-    assert_int_equal(node_port(m, reps[1]), 7006);
+    assert_int_equal(map_port(m, reps[1]), 7006);
     assert_int_equal(rcluster_map_replicas(m, 12000, reps, 4), 0);
     const rcluster_node *n = rcluster_map_node(m, rcluster_map_find(m, "10.0.0.2", 7004));
     assert_non_null(n);
@@ -237,7 +206,7 @@ static void test_map_parse_shapes(void **state) {
     rcluster_map *m = map_of("0-99=h:1,h:2;200-299=h:1,h:2;100-199=h:3", NULL);
     assert_int_equal(rcluster_map_nodes(m), 3);
     assert_int_equal(rcluster_map_master(m, 50), rcluster_map_master(m, 250));
-    assert_int_equal(node_port(m, rcluster_map_master(m, 150)), 3);
+    assert_int_equal(map_port(m, rcluster_map_master(m, 150)), 3);
     assert_int_equal(rcluster_map_covered(m), 300);
     assert_int_equal(rcluster_map_master(m, 300), -1);     /* not covered */
     assert_int_equal(rcluster_map_route(m, 300, RCLUSTER_READ_ANY, 1), -1);
@@ -460,7 +429,7 @@ static void test_plan(void **state) {
                 /* The node is the one the slot's range names. */
                 int want = s <= 5460 ? 1 : s <= 10922 ? 2 : 3;
                 if (mode != RCLUSTER_READ_MASTER) want += 10;   /* salt 1: the replica */
-                assert_int_equal(node_port(m, node), want);
+                assert_int_equal(map_port(m, node), want);
             }
             total += p.group_start[g + 1] - p.group_start[g];
         }
@@ -553,212 +522,6 @@ static void conns_reset(void) {
     nconns = 0;
 }
 
-/* --- Fake nodes ----------------------------------------------------------- */
-
-typedef enum fake_mode {
-    FAKE_REPLY,         /* every command gets `reply` (ASKING/READONLY: +OK) */
-    FAKE_BARRIER,       /* as REPLY, but only once every fake in the group
-                           has received `expect` commands */
-    FAKE_SILENT,        /* reads, never answers */
-    FAKE_HANGUP,        /* closes the connection on the first command */
-} fake_mode;
-
-typedef struct fake {
-    int lfd, port;
-    fake_mode mode;
-    pthread_mutex_t lock;       /* guards reply and the BARRIER fields,
-                                   which a test sets while the fake runs
-                                   (fake_set_reply, fake_set_barrier) */
-    char reply[128];
-    int expect;                 /* BARRIER: commands before the group is ready */
-    atomic_int *ready;          /* BARRIER: fakes of the group with all theirs */
-    int group;                  /* BARRIER: fakes in the group */
-    atomic_int commands;        /* commands received (ASKING/READONLY too) */
-    atomic_int counted;         /* BARRIER: this fake is counted in ready */
-    atomic_int stop;
-    pthread_t th;
-} fake;
-
-/* Complete commands at the start of buf[0..n): their count, and the bytes
- * they take in *used; names of the first 64 in names[]. */
-static int parse_cmds(const char *buf, size_t n, size_t *used, char names[][16]) {
-    size_t p = 0;
-    int count = 0;
-    for (;;) {
-        size_t q = p;
-        if (q >= n || buf[q] != '*') break;
-        const char *nl = memchr(buf + q, '\n', n - q);
-        if (!nl) break;
-        int argc = atoi(buf + q + 1);
-        q = (size_t)(nl - buf) + 1;
-        int ok = 1;
-        for (int a = 0; a < argc && ok; a++) {
-            if (q >= n || buf[q] != '$') { ok = 0; break; }
-            nl = memchr(buf + q, '\n', n - q);
-            if (!nl) { ok = 0; break; }
-            size_t len = (size_t)atol(buf + q + 1);
-            size_t start = (size_t)(nl - buf) + 1;
-            if (start + len + 2 > n) { ok = 0; break; }
-            if (a == 0 && count < 64) {
-                size_t k = len < 15 ? len : 15;
-                memcpy(names[count], buf + start, k);
-                names[count][k] = '\0';
-            }
-            q = start + len + 2;
-        }
-        if (!ok) break;
-        p = q;
-        count++;
-    }
-    *used = p;
-    return count;
-}
-
-static void write_all(int fd, const char *s, size_t n) {
-    while (n) {
-        ssize_t w = write(fd, s, n);
-        if (w <= 0) return;
-        s += w;
-        n -= (size_t)w;
-    }
-}
-
-static void *fake_main(void *arg) {
-    fake *f = arg;
-    int cfd[8], ncl = 0;
-    static __thread char buf[1 << 16];
-    size_t have[8] = {0};
-    char pending[8][1 << 12];   /* replies held back (BARRIER) */
-    size_t npend[8] = {0};
-    while (!atomic_load(&f->stop)) {
-        struct pollfd pfd[9];
-        pfd[0] = (struct pollfd){.fd = f->lfd, .events = POLLIN};
-        for (int i = 0; i < ncl; i++) pfd[1 + i] = (struct pollfd){.fd = cfd[i], .events = POLLIN};
-        int r = poll(pfd, (nfds_t)(1 + ncl), 5);
-        pthread_mutex_lock(&f->lock);
-        atomic_int *ready = f->ready;
-        int group = f->group, expect = f->expect;
-        pthread_mutex_unlock(&f->lock);
-        if (f->mode == FAKE_BARRIER && ready && atomic_load(ready) == group) {
-            for (int i = 0; i < ncl; i++) {
-                write_all(cfd[i], pending[i], npend[i]);
-                npend[i] = 0;
-            }
-        }
-        if (r <= 0) continue;
-        if ((pfd[0].revents & POLLIN) && ncl < 8) {
-            int c = accept(f->lfd, NULL, NULL);
-            if (c >= 0) {
-                cfd[ncl] = c;
-                have[ncl] = 0;
-                npend[ncl] = 0;
-                ncl++;
-            }
-        }
-        for (int i = 0; i < ncl; i++) {
-            if (!(pfd[1 + i].revents & (POLLIN | POLLHUP))) continue;
-            char *b = buf;
-            ssize_t got = read(cfd[i], b + have[i], sizeof buf - have[i]);
-            if (got <= 0) continue;
-            have[i] += (size_t)got;
-            size_t used;
-            char names[64][16];
-            int k = parse_cmds(b, have[i], &used, names);
-            memmove(b, b + used, have[i] - used);
-            have[i] -= used;
-            atomic_fetch_add(&f->commands, k);
-            char reply[sizeof f->reply];
-            pthread_mutex_lock(&f->lock);
-            memcpy(reply, f->reply, sizeof reply);
-            pthread_mutex_unlock(&f->lock);
-            if (f->mode == FAKE_HANGUP && k) {
-                close(cfd[i]);
-                cfd[i] = -1;
-                continue;
-            }
-            if (f->mode == FAKE_SILENT) continue;
-            for (int j = 0; j < k; j++) {
-                const char *rep = (j < 64 && (strcmp(names[j], "ASKING") == 0 ||
-                                              strcmp(names[j], "READONLY") == 0))
-                                      ? "+OK\r\n"
-                                      : reply;
-                if (f->mode == FAKE_BARRIER) {
-                    size_t len = strlen(rep);
-                    if (npend[i] + len <= sizeof pending[i]) {
-                        memcpy(pending[i] + npend[i], rep, len);
-                        npend[i] += len;
-                    }
-                } else {
-                    write_all(cfd[i], rep, strlen(rep));
-                }
-            }
-            if (f->mode == FAKE_BARRIER && ready && !atomic_load(&f->counted) &&
-                atomic_load(&f->commands) >= expect) {
-                atomic_store(&f->counted, 1);
-                atomic_fetch_add(ready, 1);
-            }
-        }
-    }
-    for (int i = 0; i < ncl; i++)
-        if (cfd[i] >= 0) close(cfd[i]);
-    return NULL;
-}
-
-static void fake_start(fake *f, fake_mode mode, const char *reply) {
-    memset(f, 0, sizeof *f);
-    pthread_mutex_init(&f->lock, NULL);
-    f->mode = mode;
-    snprintf(f->reply, sizeof f->reply, "%s", reply ? reply : "$1\r\nv\r\n");
-    f->lfd = socket(AF_INET, SOCK_STREAM, 0);
-    assert_true(f->lfd >= 0);
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    assert_int_equal(bind(f->lfd, (struct sockaddr *)&sa, sizeof sa), 0);
-    assert_int_equal(listen(f->lfd, 8), 0);
-    socklen_t sl = sizeof sa;
-    getsockname(f->lfd, (struct sockaddr *)&sa, &sl);
-    f->port = ntohs(sa.sin_port);
-    assert_int_equal(pthread_create(&f->th, NULL, fake_main, f), 0);
-}
-
-static void fake_stop(fake *f) {
-    atomic_store(&f->stop, 1);
-    pthread_join(f->th, NULL);
-    close(f->lfd);
-    pthread_mutex_destroy(&f->lock);
-}
-
-/* BARRIER: answer once `group` fakes sharing `ready` have each received
- * their `expect` commands. */
-static void fake_set_barrier(fake *f, int expect, atomic_int *ready, int group) {
-    pthread_mutex_lock(&f->lock);
-    f->expect = expect;
-    f->ready = ready;
-    f->group = group;
-    pthread_mutex_unlock(&f->lock);
-}
-
-/* Changes what a running fake answers. */
-__attribute__((format(printf, 2, 3)))
-static void fake_set_reply(fake *f, const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    pthread_mutex_lock(&f->lock);
-    vsnprintf(f->reply, sizeof f->reply, fmt, ap);
-    pthread_mutex_unlock(&f->lock);
-    va_end(ap);
-}
-
-/* A loopback port where nothing listens (bound, then closed). */
-static int dead_port(void) {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    assert_int_equal(bind(fd, (struct sockaddr *)&sa, sizeof sa), 0);
-    socklen_t sl = sizeof sa;
-    getsockname(fd, (struct sockaddr *)&sa, &sl);
-    close(fd);
-    return ntohs(sa.sin_port);
-}
-
 /* GET key commands for keys[0..n). */
 typedef struct cmdset {
     const char *argv[512][3];
@@ -818,7 +581,7 @@ static void test_exec_all_nodes_in_flight(void **state) {
     for (int g = 0; g < 3; g++) {
         fake *fg = NULL;
         for (int i = 0; i < 3; i++)
-            if (f[i].port == node_port(m, p.group_node[g])) fg = &f[i];
+            if (f[i].port == map_port(m, p.group_node[g])) fg = &f[i];
         assert_non_null(fg);
         fake_set_barrier(fg, p.group_start[g + 1] - p.group_start[g], &ready, 3);
     }
@@ -833,7 +596,7 @@ static void test_exec_all_nodes_in_flight(void **state) {
     for (int i = 0; i < N; i++) {
         assert_int_equal(out[i].status, CTR_OK);
         assert_int_equal(out[i].reply->type, REDIS_REPLY_STRING);
-        assert_int_equal(node_port(m, out[i].node), node_port(m, p.node[i]));
+        assert_int_equal(map_port(m, out[i].node), map_port(m, p.node[i]));
     }
     rcluster_replies_free(out, N);
     for (int i = 0; i < N; i++) assert_null(out[i].reply);
@@ -970,18 +733,6 @@ static void test_exec_redirect_limits(void **state) {
 
 /* --- Against the real cluster --------------------------------------------- */
 
-static int nseeds;
-static char seed_host[8][64];
-static int seed_port[8];
-static redisContext *admin[8];   /* blocking, one per node */
-
-static redisContext *admin_of(int port) {
-    for (int i = 0; i < nseeds; i++)
-        if (seed_port[i] == port) return admin[i];
-    fail_msg("no node on port %d", port);
-    return NULL;
-}
-
 /* (hiredis's %b takes two arguments: no printf format check here.) */
 static redisReply *node_cmd(int port, const char *fmt, ...) {
     va_list ap;
@@ -1006,7 +757,7 @@ static void node_do(int port, const char *fmt, ...) {
 static rcluster_map *real_map(void) {
     const rconn_params rp = {2000, NULL, NULL};
     rconn *c;
-    if (rconn_open(&rp, seed_host[0], seed_port[0], ms_from_now(2000), &c, err, sizeof err) < 0)
+    if (rconn_open(&rp, node_host[0], node_port[0], ms_from_now(2000), &c, err, sizeof err) < 0)
         fail_msg("connect: %s", err);
     const char *argv[] = {"CLUSTER", "SLOTS"};
     size_t lens[] = {7, 5};
@@ -1014,7 +765,7 @@ static rcluster_map *real_map(void) {
     int rc = rconn_command(c, 2, argv, lens, ms_from_now(2000), &r, err, sizeof err);
     if (rc != CTR_OK) fail_msg("CLUSTER SLOTS: %s", err);
     rcluster_map *m;
-    rc = rcluster_map_parse(r, seed_host[0], &m, err, sizeof err);
+    rc = rcluster_map_parse(r, node_host[0], &m, err, sizeof err);
     if (rc != CTR_OK) fail_msg("parse: %s", err);
     freeReplyObject(r);
     rconn_close(c);
@@ -1040,7 +791,7 @@ static void test_keyslot_matches_redis(void **state) {
             for (size_t i = 0; i < len; i++)
                 key[i] = alphabet[rand_r(&seed) % (sizeof alphabet - 1)];
         }
-        redisReply *r = node_cmd(seed_port[0], "CLUSTER KEYSLOT %b", key, len);
+        redisReply *r = node_cmd(node_port[0], "CLUSTER KEYSLOT %b", key, len);
         assert_int_equal(r->type, REDIS_REPLY_INTEGER);
         assert_int_equal(rcluster_keyslot(key, len), (int)r->integer);
         freeReplyObject(r);
@@ -1053,7 +804,7 @@ static void test_real_map(void **state) {
     (void)state;
     rcluster_map *m = real_map();
     assert_int_equal(rcluster_map_covered(m), 16384);
-    assert_int_equal(rcluster_map_nodes(m), nseeds);
+    assert_int_equal(rcluster_map_nodes(m), nnodes);
     /* Every node of the map is one of the harness's, with its id; three
      * masters, each with one replica. */
     int masters = 0;
@@ -1077,7 +828,7 @@ static void test_real_map(void **state) {
         char key[32];
         snprintf(key, sizeof key, "probe:%d", t * 31);
         int s = slot_of(key);
-        redisReply *r = node_cmd(node_port(m, rcluster_map_master(m, s)), "GET %s", key);
+        redisReply *r = node_cmd(map_port(m, rcluster_map_master(m, s)), "GET %s", key);
         assert_int_not_equal(r->type, REDIS_REPLY_ERROR);
         freeReplyObject(r);
     }
@@ -1207,7 +958,7 @@ static void test_exec_replica_hangs_up(void **state) {
         int e = s;
         while (e + 1 < RCLUSTER_SLOTS && rcluster_map_master(real, e + 1) == mst) e++;
         k += (size_t)snprintf(desc + k, sizeof desc - k, "%s%d-%d=127.0.0.1:%d,127.0.0.1:%d",
-                              k ? ";" : "", s, e, node_port(real, mst), h.port);
+                              k ? ";" : "", s, e, map_port(real, mst), h.port);
         prev = mst;
     }
     rcluster_map *m = map_of(desc, NULL);
@@ -1219,7 +970,7 @@ static void test_exec_replica_hangs_up(void **state) {
     assert_true(atomic_load(&h.commands) >= 1);
     assert_int_equal(conn_find("127.0.0.1", h.port)->failures, 1);
     for (int i = 0; i < N; i++)
-        assert_int_equal(node_port(m, out[i].node), node_port(real, rcluster_map_master(real, slot_of(CS.keys[i]))));
+        assert_int_equal(map_port(m, out[i].node), map_port(real, rcluster_map_master(real, slot_of(CS.keys[i]))));
     rcluster_replies_free(out, N);
     fake_stop(&h);
     conns_reset();
@@ -1237,7 +988,7 @@ static void test_exec_moved(void **state) {
     int m0 = rcluster_map_master(real, 0);
     char desc[128];
     snprintf(desc, sizeof desc, "0-16383=%s:%d", rcluster_map_node(real, m0)->host,
-             node_port(real, m0));
+             map_port(real, m0));
     rcluster_map *m = map_of(desc, NULL);
     rcluster_reply out[N];
     rcluster_exec_stats st;
@@ -1246,8 +997,8 @@ static void test_exec_moved(void **state) {
     for (int i = 0; i < N; i++) {
         int s = slot_of(CS.keys[i]);
         elsewhere += rcluster_map_master(real, s) != m0;
-        assert_int_equal(node_port(m, out[i].node), node_port(real, rcluster_map_master(real, s)));
-        assert_int_equal(node_port(m, rcluster_map_master(m, s)), node_port(real, rcluster_map_master(real, s)));
+        assert_int_equal(map_port(m, out[i].node), map_port(real, rcluster_map_master(real, s)));
+        assert_int_equal(map_port(m, rcluster_map_master(m, s)), map_port(real, rcluster_map_master(real, s)));
     }
     assert_true(elsewhere > 0);
     assert_int_equal(st.moved, elsewhere);
@@ -1268,7 +1019,7 @@ static void test_exec_moved(void **state) {
 /* Sets slot s's owner to the node of id `id` on every master. */
 static void setslot_node(rcluster_map *m, int s, const char *id) {
     for (int i = 0; i < rcluster_map_nodes(m); i++) {
-        int port = node_port(m, i);
+        int port = map_port(m, i);
         int is_master = 0;
         for (int t = 0; t < RCLUSTER_SLOTS; t++)
             if (rcluster_map_master(m, t) == i) { is_master = 1; break; }
@@ -1291,8 +1042,8 @@ static void migrate_keys(int from, int to, int s) {
 }
 
 static int nodes_agree(int s, int port) {
-    for (int i = 0; i < nseeds; i++) {
-        redisReply *r = node_cmd(seed_port[i], "CLUSTER SLOTS");
+    for (int i = 0; i < nnodes; i++) {
+        redisReply *r = node_cmd(node_port[i], "CLUSTER SLOTS");
         int owner = -1;
         for (size_t k = 0; k < r->elements; k++) {
             redisReply *e = r->element[k];
@@ -1332,7 +1083,7 @@ static void test_exec_ask_during_migration(void **state) {
     rcluster_replies_free(out, 2);
     int ai = rcluster_map_master(m, s), bi = rcluster_map_master(m, (s + 8192) % RCLUSTER_SLOTS);
     assert_int_not_equal(ai, bi);
-    int a = node_port(m, ai), b = node_port(m, bi);
+    int a = map_port(m, ai), b = map_port(m, bi);
     const char *aid = rcluster_map_node(m, ai)->id, *bid = rcluster_map_node(m, bi)->id;
 
     /* Migration half done: key a on B, key b still on A. */
@@ -1381,61 +1132,10 @@ static void test_exec_ask_during_migration(void **state) {
     rcluster_map_free(m);
 }
 
-static void delete_test_keys(void) {
-    /* SCAN each master for this run's prefix; DEL where found. */
-    char pat[96];
-    snprintf(pat, sizeof pat, "%s*", prefix);
-    for (int i = 0; i < nseeds; i++) {
-        unsigned long long cursor = 0;
-        do {
-            redisReply *r = redisCommand(admin[i], "SCAN %llu MATCH %s COUNT 1000", cursor, pat);
-            if (!r || r->type != REDIS_REPLY_ARRAY || r->elements != 2) {
-                if (r) freeReplyObject(r);
-                break;
-            }
-            cursor = strtoull(r->element[0]->str, NULL, 10);
-            redisReply *keys = r->element[1];
-            for (size_t k = 0; k < keys->elements; k++) {
-                redisReply *d = redisCommand(admin[i], "DEL %b", keys->element[k]->str,
-                                             keys->element[k]->len);
-                if (d) freeReplyObject(d);
-            }
-            freeReplyObject(r);
-        } while (cursor != 0);
-    }
-}
-
 int main(void) {
-    signal(SIGPIPE, SIG_IGN);   /* rcluster.h: writes to closed sockets */
-    const char *env = getenv("CTR_CLUSTER_SEEDS");
-    if (!env || !*env) {
-        fprintf(stderr, "test_rcluster: CTR_CLUSTER_SEEDS is not set (host:port,... of a "
-                        "Redis Cluster's nodes; tests/run.sh starts one with "
-                        "tests/integration/lib/redis_cluster.sh)\n");
-        return 1;
-    }
-    char list[1024];
-    snprintf(list, sizeof list, "%s", env);
-    char *save = NULL;
-    for (char *t = strtok_r(list, ",", &save); t && nseeds < 8; t = strtok_r(NULL, ",", &save)) {
-        char *colon = strrchr(t, ':');
-        if (!colon) {
-            fprintf(stderr, "test_rcluster: \"%s\" is not host:port\n", t);
-            return 1;
-        }
-        snprintf(seed_host[nseeds], sizeof seed_host[nseeds], "%.*s", (int)(colon - t), t);
-        seed_port[nseeds] = atoi(colon + 1);
-        struct timeval tv = {2, 0};
-        admin[nseeds] = redisConnectWithTimeout(seed_host[nseeds], seed_port[nseeds], tv);
-        if (!admin[nseeds] || admin[nseeds]->err) {
-            fprintf(stderr, "test_rcluster: cannot reach %s\n", t);
-            return 1;
-        }
-        redisSetTimeout(admin[nseeds], tv);
-        nseeds++;
-    }
-    snprintf(prefix, sizeof prefix, "test_rcluster:%ld:%lld:", (long)getpid(),
-             (long long)time(NULL));
+    signal(SIGPIPE, SIG_IGN);   /* rconn.h: writes to closed sockets */
+    if (cluster_open("test_rcluster") < 0) return 1;
+    prefix_init("test_rcluster");
 
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_keyslot_known),
@@ -1458,7 +1158,6 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_exec_ask_during_migration, setup, teardown),
     };
     int failed = cmocka_run_group_tests(tests, NULL, NULL);
-    delete_test_keys();
-    for (int i = 0; i < nseeds; i++) redisFree(admin[i]);
+    cluster_close();
     return failed;
 }
