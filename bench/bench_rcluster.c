@@ -101,7 +101,8 @@ static rcluster_map *map_from(const char *host, int port, char *err, size_t errl
     size_t lens[] = {7, 5};
     redisReply *r;
     rcluster_map *m = NULL;
-    if (rconn_command(c, 2, argv, lens, clock_now_ns() + 2000000000LL, &r, err, errlen) ==
+    if (rconn_command(c, 2, argv, lens, RCONN_ARRAY, clock_now_ns() + 2000000000LL, &r, err,
+                      errlen) ==
         CTR_OK) {
         rcluster_map_parse(r, host, &m, err, errlen);
         freeReplyObject(r);
@@ -188,7 +189,7 @@ int main(int argc, char **argv) {
         al[i][1] = strlen(keys[i]);
         av[i][2] = value;
         al[i][2] = VALUE_LEN;
-        cmds[i] = (rconn_cmd){3, av[i], al[i]};
+        cmds[i] = (rconn_cmd){3, av[i], al[i], RCONN_STATUS};
     }
     for (int i = 0; i < nkeys; i += 500) {
         int k = nkeys - i < 500 ? nkeys - i : 500;
@@ -205,7 +206,8 @@ int main(int argc, char **argv) {
         }
         free(o);
     }
-    for (int i = 0; i < nkeys; i++) av[i][0] = "GET", cmds[i].argc = 2;
+    for (int i = 0; i < nkeys; i++)
+        av[i][0] = "GET", cmds[i].argc = 2, cmds[i].expect = RCONN_STRING | RCONN_NIL;
 
     /* The single node's own connection for MGET. */
     rconn *sc = connect_to(shost, sport, err, sizeof err);
@@ -240,7 +242,8 @@ int main(int argc, char **argv) {
             int rc;
             if (m == 0) {
                 redisReply *rep;
-                rc = rconn_command(sc, n + 1, margv, mlen, deadline, &rep, err, sizeof err);
+                rc = rconn_command(sc, n + 1, margv, mlen, RCONN_ARRAY, deadline, &rep, err,
+                                   sizeof err);
                 if (rc == CTR_OK) {
                     for (size_t e = 0; e < rep->elements; e++)
                         bad += rep->element[e]->len != VALUE_LEN;
@@ -291,7 +294,7 @@ int main(int argc, char **argv) {
                pct(t[m], rounds, 99), p50 / base);
     }
     /* Clean up the keys. */
-    for (int i = 0; i < nkeys; i++) av[i][0] = "DEL", al[i][0] = 3;
+    for (int i = 0; i < nkeys; i++) av[i][0] = "DEL", al[i][0] = 3, cmds[i].expect = RCONN_INTEGER;
     for (int i = 0; i < nkeys; i += 500) {
         int k = nkeys - i < 500 ? nkeys - i : 500;
         for (int pass = 0; pass < 2; pass++) {

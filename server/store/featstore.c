@@ -33,8 +33,6 @@ struct featstore {
                                    addr and cluster: the backend's */
     const featstore_backend *ops;
     void *impl;                 /* the backend's state */
-    char where[80];             /* "Redis <addr>" or "Redis Cluster", for
-                                   messages */
     char *prefix;
     size_t prefix_len;
     char *user, *password;      /* AUTH; NULL when not set */
@@ -60,6 +58,8 @@ void featstore_default_params(featstore_params *p) {
     p->cluster_refresh_ms = 100;
     p->user = NULL;
     p->password = NULL;
+    p->desync_hook = NULL;
+    p->desync_hook_arg = NULL;
     p->node_hooks = NULL;
 }
 
@@ -105,7 +105,6 @@ int featstore_open(const featstore_params *p, featstore **out, char *err, size_t
     fs->prefix_len = strlen(fs->prefix);
     fs->p.user = fs->user;
     fs->p.password = fs->password;
-    snprintf(fs->where, sizeof fs->where, cluster ? "Redis Cluster" : "Redis %s", p->addr);
     fs->ops = cluster ? &featstore_cluster_backend : &featstore_single_backend;
     featstore_params bp = fs->p;    /* the address or seeds, for open only */
     bp.addr = p->addr;
@@ -158,18 +157,6 @@ int featstore_ping(featstore *fs, int64_t deadline_ns, char *err, size_t errlen)
 static void free_replies(redisReply **r, int n) {
     for (int i = 0; i < n; i++)
         if (r[i]) freeReplyObject(r[i]);
-}
-
-/* A reply of a type its command does not answer: the connection may be
- * out of step, so the backend drops what it must; a failed call. */
-static int unexpected_reply(featstore *fs, redisReply *r, const char *what, char *err,
-                            size_t errlen) {
-    int type = r->type;
-    freeReplyObject(r);
-    fs->ops->reply_unusable(fs->impl);
-    fs->st.failures++;
-    return ctr_fail(err, errlen, CTR_EBACKEND, "%s: unexpected reply type %d to %s", fs->where,
-                    type, what);
 }
 
 /* WRONGTYPE: the key exists but holds a hash, list...: a value this
@@ -268,7 +255,8 @@ int featstore_get_user(featstore *fs, const char *user_id, int keep, int64_t dea
     const size_t l1[] = {8, klen, 1, 1};
     const char *a2[] = {"GETRANGE", key, tail, "-1"};
     const size_t l2[] = {8, klen, tlen, 2};
-    const rconn_cmd cmds[] = {{2, a0, l0}, {4, a1, l1}, {4, a2, l2}};
+    const rconn_cmd cmds[] = {{2, a0, l0, RCONN_INTEGER}, {4, a1, l1, RCONN_STRING},
+                              {4, a2, l2, RCONN_STRING}};
     redisReply *r[3];
     int stv[3];
     int rc = fs->ops->read(fs->impl, 3, cmds, FEATSTORE_ROUTE_DEFAULT, deadline_ns, a, r, stv,
@@ -277,18 +265,13 @@ int featstore_get_user(featstore *fs, const char *user_id, int keep, int64_t dea
         free_replies(r, 3);
         return rc;
     }
+    /* Each reply is of its command's type, or WRONGTYPE (featstore_backend.h). */
     for (int i = 0; i < 3; i++) {
         if (is_wrongtype(r[i])) {
             fs->st.users_malformed++;
             free_replies(r, 3);
             return ctr_fail(err, errlen, CTR_EFORMAT,
                             "user %s: the key is not a string (WRONGTYPE)", user_id);
-        }
-        if (r[i]->type != (i ? REDIS_REPLY_STRING : REDIS_REPLY_INTEGER)) {
-            redisReply *e = r[i];
-            r[i] = NULL;
-            free_replies(r, 3);
-            return unexpected_reply(fs, e, i ? "GETRANGE" : "STRLEN", err, errlen);
         }
     }
     long long total = r[0]->integer;
@@ -344,7 +327,7 @@ static rconn_cmd *item_cmds(const featstore *fs, const int64_t *ids, int n, aren
         al[2] = 1;
         av[3] = last;
         al[3] = last_len;
-        cmds[i] = (rconn_cmd){4, av, al};
+        cmds[i] = (rconn_cmd){4, av, al, RCONN_STRING};
     }
     return cmds;
 }
@@ -364,7 +347,7 @@ static int decode_item(featstore *fs, const redisReply *e, arena *a, featstore_i
     size_t longest = item_longest(fs);
     features_item f;
     int rc;
-    if (e->type != REDIS_REPLY_STRING) {
+    if (e->type != REDIS_REPLY_STRING) {   /* WRONGTYPE */
         rc = ctr_fail(msg, msglen, CTR_EFORMAT, "the key is not a string");
     } else if (e->len > longest) {
         rc = ctr_fail(msg, msglen, CTR_EFORMAT,
@@ -445,7 +428,7 @@ int featstore_get_meta(featstore *fs, int64_t deadline_ns, char *buf, size_t cap
     size_t last_len = (size_t)snprintf(last, sizeof last, "%d", FEATSTORE_META_MAX);
     const char *argv[] = {"GETRANGE", key, "0", last};
     const size_t lens[] = {8, (size_t)klen, 1, last_len};
-    const rconn_cmd c = {4, argv, lens};
+    const rconn_cmd c = {4, argv, lens, RCONN_STRING};
     redisReply *r;
     int stv;
     arena_reset(&fs->scratch);
@@ -456,7 +439,6 @@ int featstore_get_meta(featstore *fs, int64_t deadline_ns, char *buf, size_t cap
         freeReplyObject(r);
         return ctr_fail(err, errlen, CTR_EFORMAT, "%s is not a string", key);
     }
-    if (r->type != REDIS_REPLY_STRING) return unexpected_reply(fs, r, "GETRANGE", err, errlen);
     if (r->len == 0) {
         freeReplyObject(r);
         return ctr_fail(err, errlen, CTR_ENOTFOUND, "no feature-set marker %s", key);

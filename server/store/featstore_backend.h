@@ -19,8 +19,8 @@
  *                               command.
  *
  * A backend counts what it does in the front end's featstore_stats (round
- * trips, failures, timeouts, fast failures, connects, retries, and the
- * cluster's counters); the front end counts items and users.
+ * trips, failures, timeouts, fast failures, connects, retries, desyncs,
+ * and the cluster's counters); the front end counts items and users.
  *
  * Thread-safety: as featstore.h (a backend belongs to one featstore, used
  * by one thread at a time).
@@ -56,8 +56,11 @@ typedef struct featstore_backend {
 
     /* n read commands, each with one key (argv[1]), within
      * min(deadline_ns, command_timeout_ms).  status[i] CTR_OK: replies[i]
-     * answers cmds[i] (the caller frees it; never an error reply other
-     * than WRONGTYPE, which is malformed data, not an outage); otherwise
+     * answers cmds[i] (the caller frees it): of a type in cmds[i].expect,
+     * or a WRONGTYPE error reply (malformed data, not an outage), never
+     * another error reply; a connection out of step (rconn.h) is dropped,
+     * counted (stats.desyncs, p->desync_hook) and logged, and fails the
+     * commands it answered; otherwise
      * CTR_EBACKEND or CTR_ETIMEOUT and replies[i] NULL.  Returns CTR_OK
      * when every command was answered, else the first failure (err says
      * why); CTR_EINVAL, CTR_ENOMEM (arena: nothing is held).  One node
@@ -70,11 +73,6 @@ typedef struct featstore_backend {
 
     /* featstore_ping (featstore.h). */
     int (*ping)(void *impl, int64_t deadline_ns, char *err, size_t errlen);
-
-    /* A reply of read's that the front end cannot use: of a type its
-     * command does not answer.  The connection may be out of step; the
-     * backend drops what it must. */
-    void (*reply_unusable)(void *impl);
 
     /* Queues SET key value (key and value copied at once); sent by flush.
      * CTR_OK, CTR_EBACKEND (one node: cannot connect), CTR_ENOMEM. */

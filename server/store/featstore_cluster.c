@@ -33,6 +33,7 @@
 #include <hiredis/hiredis.h>
 
 #include "core/base/clock.h"
+#include "core/base/log.h"
 #include "server/store/rcluster.h"
 
 /* One node the featstore has been sent to (from the map, a seed or a
@@ -170,8 +171,22 @@ static void node_failed(featstore_cluster *fc, fc_node *n, int status) {
                     status == CTR_ETIMEOUT ? FEATSTORE_NODE_TIMEOUT : FEATSTORE_NODE_ERROR);
 }
 
+/* The node's connection turned out of step (rconn.h): counted, logged;
+ * the caller closes it. */
+static void node_desync(featstore_cluster *fc, fc_node *n, const char *why) {
+    static log_limit lim;
+    fc->st->desyncs++;
+    if (fc->p.desync_hook) fc->p.desync_hook(fc->p.desync_hook_arg);
+    log_limited(&lim, LOG_WARN, "Redis replies out of step",
+                strchr(n->host, ':') ? "Redis [%s]:%d: %s; connection dropped"
+                                     : "Redis %s:%d: %s; connection dropped",
+                n->host, n->port, why);
+}
+
 /* A connected (and authenticated) node, by `deadline` at the latest; NULL
- * with a reason in why (breaker open, cannot connect). */
+ * with a reason in why (breaker open, cannot connect).  A kept connection
+ * on which bytes arrived while it sat idle answers no command: it is
+ * dropped and the node connected again. */
 static rcluster_link *node_link(featstore_cluster *fc, fc_node *n, int64_t deadline, char *why,
                                 size_t whylen) {
     int64_t now = clock_now_ns();
@@ -181,6 +196,10 @@ static rcluster_link *node_link(featstore_cluster *fc, fc_node *n, int64_t deadl
         snprintf(why, whylen, "unavailable (circuit open after failures; next probe in %lld ms)",
                  (long long)breaker_wait_ms(&n->br, now));
         return NULL;
+    }
+    if (n->link.conn && rconn_check_idle(n->link.conn, why, whylen) < 0) {
+        node_desync(fc, n, why);
+        node_close(n);
     }
     if (n->link.conn) {
         n->reused = 1;
@@ -217,9 +236,9 @@ static rcluster_link *links_get(void *ud, const char *host, int port, char *err,
 static void links_failed(void *ud, rcluster_link *l, int status, const char *why) {
     featstore_cluster *fc = ud;
     fc_node *n = (fc_node *)((char *)l - offsetof(fc_node, link));
-    (void)why;
     int lost = status == CTR_EBACKEND && n->reused && l->conn &&
                rconn_error_of(l->conn) == RCONN_CLOSED;
+    if (l->conn && rconn_error_of(l->conn) == RCONN_DESYNC) node_desync(fc, n, why);
     node_close(n);
     if (lost) {     /* the resend decides; no breaker failure yet */
         n->failed = 1;
@@ -242,8 +261,9 @@ static int slots_from(featstore_cluster *fc, fc_node *n, int64_t deadline, rclus
     static const char *const argv[] = {"CLUSTER", "SLOTS"};
     static const size_t lens[] = {7, 5};
     redisReply *r;
-    int rc = rconn_command(l->conn, 2, argv, lens, deadline, &r, why, whylen);
+    int rc = rconn_command(l->conn, 2, argv, lens, RCONN_ARRAY, deadline, &r, why, whylen);
     if (rc < 0) {
+        if (rconn_error_of(l->conn) == RCONN_DESYNC) node_desync(fc, n, why);
         node_close(n);
         node_failed(fc, n, rc);
         return rc;
@@ -607,7 +627,7 @@ static int cluster_flush(void *impl, char *err, size_t errlen) {
         al[1] = fc->w[i].klen;
         av[2] = fc->wbuf + fc->w[i].val;
         al[2] = fc->w[i].vlen;
-        cmds[i] = (rconn_cmd){3, av, al};
+        cmds[i] = (rconn_cmd){3, av, al, RCONN_STATUS};
     }
     rc = run(fc, RCLUSTER_READ_MASTER, n, cmds, dl, a, replies, status, err, errlen);
     if (rc == CTR_ENOMEM) return rc;
@@ -615,14 +635,9 @@ static int cluster_flush(void *impl, char *err, size_t errlen) {
     for (int i = 0; i < n; i++) {
         redisReply *r = replies[i];
         if (!r) continue;
-        if (r->type != REDIS_REPLY_STATUS && !bad++) {
-            if (r->type == REDIS_REPLY_ERROR)
-                ctr_fail(err, errlen, CTR_EBACKEND, "%s: SET: %.*s", route_name,
-                         (int)(r->len > 200 ? 200 : r->len), r->str ? r->str : "");
-            else
-                ctr_fail(err, errlen, CTR_EBACKEND, "%s: unexpected reply type %d to SET",
-                         route_name, r->type);
-        }
+        if (r->type == REDIS_REPLY_ERROR && !bad++)   /* (run() leaves only WRONGTYPE) */
+            ctr_fail(err, errlen, CTR_EBACKEND, "%s: SET: %.*s", route_name,
+                     (int)(r->len > 200 ? 200 : r->len), r->str ? r->str : "");
         freeReplyObject(r);
     }
     if (rc < 0) return rc;
@@ -742,16 +757,11 @@ static uint64_t cluster_breaker_opens(const void *impl) {
     return n;
 }
 
-/* A reply the front end cannot use: it fails its call (counted there);
- * the node's connection stays. */
-static void cluster_reply_unusable(void *impl) { (void)impl; }
-
 const featstore_backend featstore_cluster_backend = {
     .open = cluster_open,
     .close = cluster_close,
     .read = cluster_read,
     .ping = cluster_ping,
-    .reply_unusable = cluster_reply_unusable,
     .put = cluster_put,
     .flush = cluster_flush,
     .pending = cluster_pending,

@@ -9,7 +9,8 @@
  * SETs.  Redis on the same host or the same rack.
  *
  * A call is all or nothing: every command of the pipeline is answered, or
- * the call fails.  An error reply (LOADING, NOAUTH, OOM...) fails the call
+ * the call fails (a pipeline out of step too: none of its replies is
+ * used).  An error reply (LOADING, NOAUTH, OOM...) fails the call
  * and counts against the breaker; WRONGTYPE is data, not an outage, and
  * goes back to the front end.  A failed exchange drops the connection (a
  * late reply would otherwise answer the next command); the next call
@@ -25,6 +26,7 @@
 #include <hiredis/hiredis.h>
 
 #include "core/base/clock.h"
+#include "core/base/log.h"
 
 typedef struct single {
     featstore_params p;         /* user, password: the front end's copies */
@@ -138,6 +140,27 @@ static int call_failed(single *s, int rc) {
     return failed(s, rc);
 }
 
+/* A connection found out of step (rconn.h): counted, logged; the caller
+ * drops it. */
+static void desync(single *s, const char *why) {
+    static log_limit lim;
+    s->st->desyncs++;
+    if (s->p.desync_hook) s->p.desync_hook(s->p.desync_hook_arg);
+    log_limited(&lim, LOG_WARN, "Redis replies out of step", "Redis %s: %s; connection dropped",
+                s->addr, why);
+}
+
+/* A kept connection about to be used again: bytes that arrived while it
+ * sat idle answer no command, so it is dropped (the call then connects
+ * again); 1 when it was. */
+static int dropped_stray(single *s) {
+    char why[160];
+    if (!s->c || rconn_check_idle(s->c, why, sizeof why) == CTR_OK) return 0;
+    desync(s, why);
+    drop(s);
+    return 1;
+}
+
 /* Makes sure there is a connection, connecting by `deadline` at the
  * latest.  Failures are counted by the caller. */
 static int ensure_connected(single *s, int64_t deadline, char *err, size_t errlen) {
@@ -156,6 +179,7 @@ static int ensure_connected(single *s, int64_t deadline, char *err, size_t errle
  * so that the next call connects again, and say why. */
 static int broken(single *s, int rc, const char *why, char *err, size_t errlen) {
     s->conn_lost = rconn_error_of(s->c) == RCONN_CLOSED;
+    if (rconn_error_of(s->c) == RCONN_DESYNC) desync(s, why);
     if (rc == CTR_ETIMEOUT)
         ctr_fail(err, errlen, rc, "Redis %s: %s within %lld ms", s->addr, why,
                  (long long)(s->call_budget_ns / 1000000));
@@ -207,6 +231,7 @@ static int command(single *s, int n, const rconn_cmd *cmds, int64_t deadline_ns,
     int64_t dl = t0 + (int64_t)s->p.command_timeout_ms * 1000000;
     if (deadline_ns && deadline_ns < dl) dl = deadline_ns;
     s->call_budget_ns = dl - t0;
+    dropped_stray(s);
     int reused = s->c != NULL;
     int rc = ensure_connected(s, dl, err, errlen);
     if (rc < 0) return call_failed(s, rc);
@@ -259,28 +284,24 @@ static int single_read(void *impl, int n, const rconn_cmd *cmds, featstore_route
     return rc;
 }
 
-static void single_reply_unusable(void *impl) {
-    single *s = impl;
-    drop(s);
-    breaker_failure(&s->br, clock_now_ns());
-}
-
 static int single_ping(void *impl, int64_t deadline_ns, char *err, size_t errlen) {
     single *s = impl;
     static const char *const argv[] = {"PING"};
     static const size_t lens[] = {4};
-    const rconn_cmd c = {1, argv, lens};
+    const rconn_cmd c = {1, argv, lens, RCONN_STATUS};
     struct redisReply *r;
     int rc = command(s, 1, &c, deadline_ns, &r, err, errlen);
     if (rc < 0) return rc;
     if (r->type == REDIS_REPLY_ERROR) return error_reply(s, r, err, errlen);
-    if (r->type != REDIS_REPLY_STATUS || r->len != 4 || memcmp(r->str, "PONG", 4) != 0) {
-        int type = r->type;
+    if (r->len != 4 || memcmp(r->str, "PONG", 4) != 0) {   /* another command's +OK */
+        char why[80];
+        snprintf(why, sizeof why, "out of step: +%.*s answered PING",
+                 (int)(r->len > 20 ? 20 : r->len), r->str);
         freeReplyObject(r);
-        single_reply_unusable(s);
-        ctr_fail(err, errlen, CTR_EBACKEND, "Redis %s: unexpected reply type %d to PING",
-                 s->addr, type);
-        return failed(s, CTR_EBACKEND);
+        desync(s, why);
+        drop(s);
+        ctr_fail(err, errlen, CTR_EBACKEND, "Redis %s: %s", s->addr, why);
+        return call_failed(s, CTR_EBACKEND);
     }
     freeReplyObject(r);
     return CTR_OK;
@@ -292,11 +313,12 @@ static int single_put(void *impl, const char *key, size_t klen, const void *valu
                       char *err, size_t errlen) {
     single *s = impl;
     int64_t t0 = clock_now_ns();
+    if (!s->pending) dropped_stray(s);   /* a batch's first SET */
     int rc = ensure_connected(s, t0 + (int64_t)s->p.connect_timeout_ms * 1000000, err, errlen);
     if (rc < 0) return failed(s, rc);
     const char *argv[] = {"SET", key, value};
     const size_t lens[] = {3, klen, len};
-    const rconn_cmd c = {3, argv, lens};
+    const rconn_cmd c = {3, argv, lens, RCONN_STATUS};
     if (rconn_append(s->c, &c) < 0) return failed(s, broken(s, CTR_EBACKEND, rconn_why(s->c), err,
                                                             errlen));
     s->pending++;
@@ -319,23 +341,16 @@ static int single_flush(void *impl, char *err, size_t errlen) {
     int bad = 0;
     for (int i = 0; i < want; i++) {
         struct redisReply *r;
-        if ((rc = rconn_recv(s->c, deadline, &r, why, sizeof why)) < 0)
+        if ((rc = rconn_recv(s->c, deadline, RCONN_STATUS, &r, why, sizeof why)) < 0)
             return failed(s, broken(s, rc, why, err, errlen));
         s->pending--;
-        if (r->type == REDIS_REPLY_STATUS) {
-            freeReplyObject(r);
-            continue;
-        }
-        if (!bad++) {
-            if (r->type == REDIS_REPLY_ERROR)
-                ctr_fail(err, errlen, CTR_EBACKEND, "Redis %s: SET: %.*s", s->addr,
-                         (int)(r->len > 200 ? 200 : r->len), r->str ? r->str : "");
-            else
-                ctr_fail(err, errlen, CTR_EBACKEND, "Redis %s: unexpected reply type %d to SET",
-                         s->addr, r->type);
-        }
+        if (r->type == REDIS_REPLY_ERROR && !bad++)
+            ctr_fail(err, errlen, CTR_EBACKEND, "Redis %s: SET: %.*s", s->addr,
+                     (int)(r->len > 200 ? 200 : r->len), r->str ? r->str : "");
         freeReplyObject(r);
     }
+    if ((rc = rconn_finish(s->c, why, sizeof why)) < 0)
+        return failed(s, broken(s, rc, why, err, errlen));
     return bad ? failed(s, CTR_EBACKEND) : CTR_OK;
 }
 
@@ -354,7 +369,6 @@ const featstore_backend featstore_single_backend = {
     .close = single_close,
     .read = single_read,
     .ping = single_ping,
-    .reply_unusable = single_reply_unusable,
     .put = single_put,
     .flush = single_flush,
     .pending = single_pending,

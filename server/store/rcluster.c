@@ -485,6 +485,7 @@ typedef struct exec_state {
     const rcluster_links *links;
     rcluster_read read;
     const rconn_cmd *cmds;
+    int n;
     rcluster_reply *out;
     rcluster_exec_stats st;
     int *slot;                  /* [n] */
@@ -570,7 +571,9 @@ static int reroute(exec_state *x, int i, int from) {
 }
 
 /* Gives up on a lane's link: its unanswered commands fail with status (or
- * go to their master next round), and the owner is told. */
+ * go to their master next round), and the owner is told.  When the link
+ * turned out of step (RCONN_DESYNC), the answers already read from it are
+ * withdrawn too: they may belong to other commands. */
 static void lane_fail(exec_state *x, lane *l, int status, const char *why) {
     const rcluster_node *nd = x->m->nodes[l->node];
     for (int k = l->got; k < l->nexpect; k++) {
@@ -579,6 +582,12 @@ static void lane_fail(exec_state *x, lane *l, int status, const char *why) {
         if (status != CTR_ETIMEOUT && reroute(x, i, l->node)) x->next[x->nnext++] = i;
         else settle(x, i, status, l->node);
     }
+    if (rconn_error_of(l->link->conn) == RCONN_DESYNC)
+        for (int i = 0; i < x->n; i++)
+            if (x->out[i].status == CTR_OK && x->out[i].node == l->node) {
+                freeReplyObject(x->out[i].reply);
+                settle(x, i, CTR_EBACKEND, l->node);
+            }
     note(x, status, "Redis %s:%d: %s", nd->host, nd->port, why);
     l->got = l->nexpect;
     x->links->failed(x->links->ud, l->link, status, why);
@@ -654,14 +663,18 @@ static int lane_read(exec_state *x, lane *l) {
         return CTR_OK;
     }
     while (l->got < l->nexpect) {
+        int owner = l->expect[l->got];
         redisReply *r;
-        if (rconn_take(c, &r) < 0) {
+        if (rconn_take(c, owner >= 0 ? x->cmds[owner].expect : RCONN_STATUS, &r) < 0) {
             lane_fail(x, l, CTR_EBACKEND, rconn_why(c));
             return CTR_OK;
         }
         if (!r) break;
         if (on_reply(x, l, r) == CTR_ENOMEM) return CTR_ENOMEM;
     }
+    /* Every reply in: nothing may be left over. */
+    if (l->got == l->nexpect && rconn_finish(c, NULL, 0) < 0)
+        lane_fail(x, l, CTR_EBACKEND, rconn_why(c));
     return CTR_OK;
 }
 
@@ -676,7 +689,7 @@ static void lane_write(exec_state *x, lane *l) {
 static int lane_busy(const lane *l) { return l->link && l->got < l->nexpect; }
 
 static int append(lane *l, int argc, const char *const *argv, const size_t *lens, int owner) {
-    rconn_cmd cmd = {argc, argv, lens};
+    rconn_cmd cmd = {argc, argv, lens, RCONN_ANY};   /* types are checked as replies are taken */
     if (rconn_append(l->link->conn, &cmd) < 0) return CTR_ENOMEM;
     l->expect[l->nexpect++] = owner;
     return CTR_OK;
@@ -834,6 +847,7 @@ int rcluster_exec(rcluster_map *m, const rcluster_links *links, rcluster_read re
     x.links = links;
     x.read = read;
     x.cmds = cmds;
+    x.n = n;
     x.out = out;
     x.err = err;
     x.errlen = errlen;

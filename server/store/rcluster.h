@@ -219,7 +219,8 @@ typedef struct rcluster_links {
     /* The link to host:port, or NULL when there is none to be had now
      * (down, inside a reconnect back-off...; err says why, and that node's
      * commands fail with CTR_EBACKEND or go to the master, see above).
-     * Called at most once per node per rcluster_exec. */
+     * Called at most once per node per rcluster_exec.  A connection that
+     * sat idle since its last use should pass rconn_check_idle first. */
     rcluster_link *(*get)(void *ud, const char *host, int port, char *err,
                           size_t errlen);
     /* rcluster_exec gave up on l->conn: it broke (CTR_EBACKEND; rconn_error_of
@@ -274,6 +275,13 @@ typedef struct rcluster_exec_stats {
  * target; a second redirect for that command is its failure).  Commands
  * with read != MASTER are taken to be reads and are rerouted to the
  * master when their replica cannot be reached.
+ *
+ * Each reply must be of a type its command answers (cmds[i].expect; an
+ * error reply always is), and nothing may be left over once a node's
+ * replies are in: otherwise that node's connection is out of step
+ * (RCONN_DESYNC, given up through links->failed) and every command it
+ * answered in this exec fails with CTR_EBACKEND, the answers already read
+ * from it included.
  *
  * Returns CTR_OK when every command has an answer; otherwise the first
  * failure among out[] (CTR_EBACKEND or CTR_ETIMEOUT) and out[] says which

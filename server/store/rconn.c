@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <time.h>
 
@@ -108,7 +109,7 @@ static int authenticate(rconn *c, const rconn_params *p, int64_t deadline, char 
     lens[argc++] = strlen(p->password);
     redisReply *rep = NULL;
     char why[160];
-    if (rconn_command(c, argc, argv, lens, deadline, &rep, why, sizeof why) < 0)
+    if (rconn_command(c, argc, argv, lens, RCONN_STATUS, deadline, &rep, why, sizeof why) < 0)
         return ctr_fail(err, errlen, CTR_EBACKEND, "AUTH: %s", why);
     int ok = rep->type == REDIS_REPLY_STATUS && rep->len == 2 && memcmp(rep->str, "OK", 2) == 0;
     if (!ok) {
@@ -116,7 +117,8 @@ static int authenticate(rconn *c, const rconn_params *p, int64_t deadline, char 
             ctr_fail(err, errlen, CTR_EBACKEND, "authentication refused: %.*s",
                      (int)(rep->len > 160 ? 160 : rep->len), rep->str ? rep->str : "");
         else
-            ctr_fail(err, errlen, CTR_EBACKEND, "unexpected reply type %d to AUTH", rep->type);
+            ctr_fail(err, errlen, CTR_EBACKEND, "AUTH answered +%.*s, not +OK",
+                     (int)(rep->len > 40 ? 40 : rep->len), rep->str ? rep->str : "");
     }
     freeReplyObject(rep);
     return ok ? CTR_OK : CTR_EBACKEND;
@@ -162,6 +164,66 @@ int rconn_open(const rconn_params *p, const char *host, int port, int64_t deadli
     return CTR_OK;
 }
 
+/* --- Where replies belong ------------------------------------------------- */
+
+int rconn_reply_type(const redisReply *r) {
+    switch (r->type) {
+    case REDIS_REPLY_STRING: return RCONN_STRING;
+    case REDIS_REPLY_INTEGER: return RCONN_INTEGER;
+    case REDIS_REPLY_STATUS: return RCONN_STATUS;
+    case REDIS_REPLY_ARRAY: return RCONN_ARRAY;
+    case REDIS_REPLY_NIL: return RCONN_NIL;
+    default: return 0;
+    }
+}
+
+/* "string", "integer or nil"...: the types of a mask, for messages. */
+static const char *types_text(int mask, char *buf, size_t cap) {
+    static const char *const names[] = {"string", "integer", "status", "array", "nil"};
+    size_t k = 0;
+    buf[0] = '\0';
+    for (int b = 0; b < 5; b++)
+        if (mask & (1 << b))
+            k += (size_t)snprintf(buf + k, k < cap ? cap - k : 0, "%s%s", k ? " or " : "",
+                                  names[b]);
+    return buf[0] ? buf : "error";
+}
+
+/* Takes r when it answers a command that expects `expect`; otherwise
+ * frees it and fails c out of step. */
+static int check_type(rconn *c, redisReply *r, int expect, char *err, size_t errlen) {
+    if (expect == RCONN_ANY || r->type == REDIS_REPLY_ERROR || (rconn_reply_type(r) & expect))
+        return CTR_OK;
+    char got[24], want[64];
+    types_text(rconn_reply_type(r), got, sizeof got);
+    types_text(expect, want, sizeof want);
+    freeReplyObject(r);
+    return fail(c, RCONN_DESYNC, err, errlen, "out of step: a reply of type %s where %s was due",
+                got, want);
+}
+
+/* Bytes that no command asked for: unparsed in the reader, or arrived on
+ * the socket (FIONREAD: 0 at end of file, which the next use reports). */
+static int stray(rconn *c, const char *when, char *err, size_t errlen) {
+    if (c->error) return ctr_fail(err, errlen, CTR_EBACKEND, "%s", c->why);
+    const redisReader *rd = c->c->reader;
+    size_t left = rd->len > rd->pos ? rd->len - rd->pos : 0;
+    int avail = 0;
+    if (ioctl(c->c->fd, FIONREAD, &avail) < 0) avail = 0;
+    left += avail > 0 ? (size_t)avail : 0;
+    if (!left) return CTR_OK;
+    return fail(c, RCONN_DESYNC, err, errlen, "out of step: %zu byte%s %s", left,
+                left == 1 ? "" : "s", when);
+}
+
+int rconn_finish(rconn *c, char *err, size_t errlen) {
+    return stray(c, "left over after the replies", err, errlen);
+}
+
+int rconn_check_idle(rconn *c, char *err, size_t errlen) {
+    return stray(c, "arrived while no command was waiting", err, errlen);
+}
+
 /* --- Blocking ------------------------------------------------------------- */
 
 int rconn_append(rconn *c, const rconn_cmd *cmd) {
@@ -184,15 +246,17 @@ int rconn_send(rconn *c, int64_t deadline_ns, char *err, size_t errlen) {
     }
 }
 
-int rconn_recv(rconn *c, int64_t deadline_ns, redisReply **reply, char *err, size_t errlen) {
+int rconn_recv(rconn *c, int64_t deadline_ns, int expect, redisReply **reply, char *err,
+               size_t errlen) {
     *reply = NULL;
     if (c->error) return ctr_fail(err, errlen, CTR_EBACKEND, "%s", c->why);
     for (;;) {
         void *r = NULL;
         if (redisGetReplyFromReader(c->c, &r) != REDIS_OK) return fail_ctx(c, err, errlen);
         if (r) {
-            *reply = r;
-            return CTR_OK;
+            int rc = check_type(c, r, expect, err, errlen);
+            if (rc == CTR_OK) *reply = r;
+            return rc;
         }
         int w = wait_fd(c->c->fd, POLLIN, deadline_ns);
         if (w == 0) return fail(c, RCONN_TIMEOUT, err, errlen, "no answer");
@@ -208,21 +272,21 @@ int rconn_exchange(rconn *c, int n, const rconn_cmd *cmds, int64_t deadline_ns,
     for (int i = 0; i < n; i++)
         if (rconn_append(c, &cmds[i]) < 0) return ctr_fail(err, errlen, CTR_EBACKEND, "%s", c->why);
     if ((rc = rconn_send(c, deadline_ns, err, errlen)) < 0) return rc;
-    for (int i = 0; i < n; i++) {
-        if ((rc = rconn_recv(c, deadline_ns, &replies[i], err, errlen)) < 0) {
-            for (int k = 0; k < i; k++) {
-                freeReplyObject(replies[k]);
-                replies[k] = NULL;
-            }
-            return rc;
+    for (int i = 0; i < n && rc == CTR_OK; i++)
+        rc = rconn_recv(c, deadline_ns, cmds[i].expect, &replies[i], err, errlen);
+    if (rc == CTR_OK) rc = rconn_finish(c, err, errlen);
+    if (rc < 0)   /* none of an out-of-step pipeline's replies is handed out */
+        for (int k = 0; k < n; k++) {
+            if (replies[k]) freeReplyObject(replies[k]);
+            replies[k] = NULL;
         }
-    }
-    return CTR_OK;
+    return rc;
 }
 
 int rconn_command(rconn *c, int argc, const char *const *argv, const size_t *argvlen,
-                  int64_t deadline_ns, redisReply **reply, char *err, size_t errlen) {
-    rconn_cmd cmd = {argc, argv, argvlen};
+                  int expect, int64_t deadline_ns, redisReply **reply, char *err,
+                  size_t errlen) {
+    rconn_cmd cmd = {argc, argv, argvlen, expect};
     return rconn_exchange(c, 1, &cmd, deadline_ns, reply, err, errlen);
 }
 
@@ -239,11 +303,12 @@ int rconn_read(rconn *c) {
     return redisBufferRead(c->c) == REDIS_OK ? CTR_OK : fail_ctx(c, NULL, 0);
 }
 
-int rconn_take(rconn *c, redisReply **reply) {
+int rconn_take(rconn *c, int expect, redisReply **reply) {
     *reply = NULL;
     if (c->error) return CTR_EBACKEND;
     void *r = NULL;
     if (redisGetReplyFromReader(c->c, &r) != REDIS_OK) return fail_ctx(c, NULL, 0);
+    if (r && check_type(c, r, expect, NULL, 0) < 0) return CTR_EBACKEND;
     *reply = r;
     return CTR_OK;
 }

@@ -15,6 +15,26 @@
  * used for what it is good at: connecting, formatting commands, parsing
  * replies.
  *
+ * Knowing where each reply belongs.  Redis answers a connection's commands
+ * in order, one reply each, so the client must read exactly one reply per
+ * command: a reply that no command asked for (a misbehaving proxy or
+ * server) would otherwise answer the next command, and every later one,
+ * silently.  So each command says which reply types answer it (`expect`;
+ * an error reply always may), and a connection is RCONN_DESYNC, failed
+ * like any other, when
+ *
+ *   - a reply is of a type its command does not answer;
+ *   - bytes are left over once a pipeline's last reply is read (what has
+ *     already arrived is read first: one more non-blocking read);
+ *   - bytes arrive while nothing was asked (rconn_check_idle, before a
+ *     connection that sat idle is used again).
+ *
+ * None of the replies of a pipeline that ends out of step is handed out.
+ * What this cannot see: a stray reply whose last displaced byte arrives
+ * after the pipeline's replies were read and before the connection is
+ * next used; the next use sees it (rconn_check_idle), but the call before
+ * had read a shifted answer.
+ *
  * Two ways to use a connection:
  *
  *   - blocking, under a deadline: rconn_exchange (a pipeline: send every
@@ -69,6 +89,9 @@ struct redisReply;
                                            reset, broken pipe, I/O error */ \
     X(IO,       "socket error")         /* waiting on the socket failed */  \
     X(PROTOCOL, "protocol error")       /* bytes that are not RESP */       \
+    X(DESYNC,   "reply out of step")    /* a reply no command asked for: of \
+                                           the wrong type, left over after  \
+                                           a pipeline, or while idle */     \
     X(NOMEM,    "out of memory")        /* in hiredis */
 
 typedef enum rconn_error {
@@ -87,6 +110,16 @@ typedef struct rconn_params {
     const char *password;       /* NULL or "": no AUTH */
 } rconn_params;
 
+/* Reply types, for rconn_cmd.expect (an error reply answers any command). */
+enum {
+    RCONN_STRING = 1 << 0,      /* bulk string: GET, GETRANGE, ECHO */
+    RCONN_INTEGER = 1 << 1,     /* STRLEN, DEL */
+    RCONN_STATUS = 1 << 2,      /* +OK, +PONG: SET, PING, AUTH, READONLY */
+    RCONN_ARRAY = 1 << 3,       /* CLUSTER SLOTS, MGET */
+    RCONN_NIL = 1 << 4,         /* GET of a missing key */
+    RCONN_ANY = 0               /* no check (tools and tests) */
+};
+
 /* One command: argv[0] its name, argvlen[i] the byte length of argv[i]
  * (binary-safe).  The strings are copied into the connection's output
  * buffer when the command is appended.  Commands of the feature store
@@ -95,6 +128,9 @@ typedef struct rconn_cmd {
     int argc;
     const char *const *argv;
     const size_t *argvlen;
+    int expect;                 /* RCONN_STRING | ...: the reply types that
+                                   answer it; a reply of another type (an
+                                   error excepted) is RCONN_DESYNC */
 } rconn_cmd;
 
 /* The text of a kind ("unknown" for anything else).  Thread-safe. */
@@ -122,16 +158,19 @@ const char *rconn_why(const rconn *c);
 /* --- Blocking, under a deadline ------------------------------------------ */
 
 /* Sends cmds[0..n) in one pipeline and reads their n replies, by
- * deadline_ns (absolute; 0: none).  On CTR_OK replies[i] answers cmds[i]
- * (the caller frees each; error replies included).  On failure every
- * replies[i] is NULL, c is failed, and err says why (without "Redis
- * host:port", which the caller knows): CTR_ETIMEOUT, CTR_EBACKEND. */
+ * deadline_ns (absolute), checking each reply's type (cmds[i].expect) and
+ * that nothing is left over after the last (RCONN_DESYNC otherwise).  On
+ * CTR_OK replies[i] answers cmds[i] (the caller frees each; error replies
+ * included).  On failure every replies[i] is NULL, c is failed, and err
+ * says why (without "Redis host:port", which the caller knows):
+ * CTR_ETIMEOUT, CTR_EBACKEND. */
 int rconn_exchange(rconn *c, int n, const rconn_cmd *cmds, int64_t deadline_ns,
                    struct redisReply **replies, char *err, size_t errlen);
 
 /* One command: rconn_exchange of one. */
 int rconn_command(rconn *c, int argc, const char *const *argv, const size_t *argvlen,
-                  int64_t deadline_ns, struct redisReply **reply, char *err, size_t errlen);
+                  int expect, int64_t deadline_ns, struct redisReply **reply, char *err,
+                  size_t errlen);
 
 /* Appends a command to c's output buffer (nothing is sent yet).  CTR_OK,
  * or CTR_EBACKEND (out of memory: c is failed). */
@@ -141,10 +180,22 @@ int rconn_append(rconn *c, const rconn_cmd *cmd);
  * CTR_EBACKEND (c failed). */
 int rconn_send(rconn *c, int64_t deadline_ns, char *err, size_t errlen);
 
-/* Reads the next reply, by deadline_ns (the caller frees it).  CTR_OK,
- * CTR_ETIMEOUT, CTR_EBACKEND (c failed). */
-int rconn_recv(rconn *c, int64_t deadline_ns, struct redisReply **reply, char *err,
-               size_t errlen);
+/* Reads the next reply, by deadline_ns (the caller frees it), of a type
+ * in `expect` or an error.  CTR_OK, CTR_ETIMEOUT, CTR_EBACKEND (c failed;
+ * a reply of another type: RCONN_DESYNC). */
+int rconn_recv(rconn *c, int64_t deadline_ns, int expect, struct redisReply **reply,
+               char *err, size_t errlen);
+
+/* After the last reply the caller expects: fails c (RCONN_DESYNC,
+ * CTR_EBACKEND) when bytes are left over, counting what has arrived on the
+ * socket by now.  CTR_OK: c is idle and in step. */
+int rconn_finish(rconn *c, char *err, size_t errlen);
+
+/* Before using again a connection that sat idle: fails c (RCONN_DESYNC,
+ * CTR_EBACKEND) when bytes have arrived that no command asked for.  A
+ * connection the other end closed is not reported here (its next use
+ * fails as RCONN_CLOSED).  One non-blocking recv(MSG_PEEK). */
+int rconn_check_idle(rconn *c, char *err, size_t errlen);
 
 /* --- Non-blocking pieces, for a caller's own ppoll ----------------------- */
 
@@ -160,13 +211,18 @@ int rconn_write(rconn *c, int *done);
 int rconn_read(rconn *c);
 
 /* The next complete reply already read, or *reply NULL when there is none
- * yet.  CTR_OK or CTR_EBACKEND (the bytes are not RESP: c failed). */
-int rconn_take(rconn *c, struct redisReply **reply);
+ * yet; it must be of a type in `expect` or an error.  CTR_OK or
+ * CTR_EBACKEND (c failed: bytes that are not RESP, RCONN_PROTOCOL; a
+ * reply of another type, RCONN_DESYNC). */
+int rconn_take(rconn *c, int expect, struct redisReply **reply);
 
 /* --- Replies ------------------------------------------------------------- */
 
 /* 1 when r is an error reply starting with `code` ("WRONGTYPE",
  * "LOADING"...). */
 int rconn_reply_is(const struct redisReply *r, const char *code);
+
+/* The RCONN_* type of a hiredis reply (0 for an error reply). */
+int rconn_reply_type(const struct redisReply *r);
 
 #endif

@@ -11,7 +11,9 @@
  * from replicas; a node that does not answer costs only its own keys (the
  * others are decoded, the call answers CTR_OK) and its breaker, not the
  * call; a cluster that cannot be reached fails whole, with a message;
- * WRONGTYPE stays malformed data; the feature-set marker.
+ * WRONGTYPE stays malformed data; the feature-set marker; and, on a
+ * cluster of two fake nodes (fake_redis.h), a node whose replies are out
+ * of step costs its own items, its connection, and nothing else.
  *
  * Keys carry a prefix of this run (pid, time) and are deleted at the end.
  * One test pauses a master for 400 ms (CLIENT PAUSE), well under the
@@ -36,6 +38,7 @@
 #include "server/store/rcluster.h"
 
 #include "tests/server/store/store_fixture.h"
+#include "tests/server/store/fake_redis.h"
 
 static char seeds[1024];
 static rcluster_map *map;       /* the cluster's map at start */
@@ -371,6 +374,74 @@ static void test_wrongtype_and_meta(void **state) {
     featstore_close(fs);
 }
 
+/* A node that sends a reply no command asked for: its items fail (not
+ * decoded), the other node's are read, the call answers; bytes that
+ * arrive on a kept connection while it is idle cost a new connection. */
+static void test_desync_costs_its_node(void **state) {
+    enum { N = 24 };
+    fake f[2];
+    for (int i = 0; i < 2; i++) fake_start(&f[i], FAKE_STORE, NULL);
+    for (int i = 0; i < 2; i++) fake_set_slots(&f[i], f, 2);
+    int64_t ids[N];
+    int on[N], n0 = 0;
+    unsigned char v[256];
+    char key[128];
+    for (int i = 0; i < N; i++) {
+        ids[i] = i + 1;
+        snprintf(key, sizeof key, "%si:%d", prefix, i + 1);
+        on[i] = rcluster_keyslot(key, strlen(key)) < 8192 ? 0 : 1;
+        n0 += on[i] == 0;
+        fake_store_set(&f[on[i]], key, v, make_item(ids[i], v, sizeof v));
+    }
+    assert_true(n0 > 0 && n0 < N);
+    char seed[64];
+    snprintf(seed, sizeof seed, "127.0.0.1:%d", f[0].port);
+    featstore_params p = params();
+    p.cluster = seed;
+    featstore *fs = open_fs(&p);
+    featstore_item out[N];
+    assert_int_equal(featstore_get_items(fs, ids, N, 0, &A, out, err, sizeof err), CTR_OK);
+    for (int i = 0; i < N; i++) check_item(&out[i], ids[i]);
+
+    fake_inject(&f[0], "$2\r\nv0\r\n", 8, 0);
+    arena_reset(&A);
+    assert_int_equal(featstore_get_items(fs, ids, N, 0, &A, out, err, sizeof err), CTR_OK);
+    assert_non_null(strstr(err, "out of step"));
+    for (int i = 0; i < N; i++) {
+        if (on[i] == 0) {
+            assert_int_equal(out[i].found, 0);
+            assert_int_equal(out[i].status, CTR_EBACKEND);
+        } else {
+            check_item(&out[i], ids[i]);
+        }
+    }
+    featstore_stats st;
+    featstore_stats_get(fs, &st);
+    assert_int_equal(st.desyncs, 1);
+    assert_int_equal(st.items_unavailable, (uint64_t)n0);
+
+    /* Stray bytes on node 1 while idle; node 0's breaker (opened by the
+     * failure above) is let past. */
+    fake_inject(&f[1], "+OK\r\n", 5, 10);
+    sleep_ms(200);
+    arena_reset(&A);
+    assert_int_equal(featstore_get_items(fs, ids, N, 0, &A, out, err, sizeof err), CTR_OK);
+    for (int i = 0; i < N; i++) check_item(&out[i], ids[i]);
+    int64_t dl = ms_from_now(2000);
+    while (atomic_load(&f[1].injected) < 1 && clock_now_ns() < dl) sleep_ms(2);
+    sleep_ms(50);
+    featstore_stats_get(fs, &st);
+    uint64_t connects = st.connects;
+    arena_reset(&A);
+    assert_int_equal(featstore_get_items(fs, ids, N, 0, &A, out, err, sizeof err), CTR_OK);
+    for (int i = 0; i < N; i++) check_item(&out[i], ids[i]);
+    featstore_stats_get(fs, &st);
+    assert_int_equal(st.desyncs, 2);
+    assert_int_equal(st.connects, connects + 1);
+    featstore_close(fs);
+    for (int i = 0; i < 2; i++) fake_stop(&f[i]);
+}
+
 /* --- main ---------------------------------------------------------------- */
 
 int main(void) {
@@ -391,6 +462,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_node_down_costs_its_keys, setup, teardown),
         cmocka_unit_test_setup_teardown(test_unreachable, setup, teardown),
         cmocka_unit_test_setup_teardown(test_wrongtype_and_meta, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_desync_costs_its_node, setup, teardown),
     };
     int failed = cmocka_run_group_tests(tests, NULL, NULL);
     cluster_close();

@@ -7,7 +7,10 @@
  * connect's).  Against a real Redis ($CTR_REDIS, which tests/run.sh always
  * provides; the test fails without it) and against fake servers made
  * here: a port where nothing listens, a listening socket that never
- * answers, one whose listen queue is full.
+ * answers, one whose listen queue is full; and a fake Redis (fake_redis.h)
+ * that sends replies out of step: a reply no command asked for after a
+ * pipeline's (with them, or later while the connection is idle), and a
+ * reply of the wrong type.
  */
 #include <setjmp.h>
 #include <signal.h>
@@ -28,6 +31,7 @@
 #include "server/store/featstore.h"
 
 #include "tests/server/store/store_fixture.h"
+#include "tests/server/store/fake_redis.h"
 
 /* fs_params() on $CTR_REDIS. */
 static featstore_params params(void) {
@@ -289,6 +293,126 @@ static void test_deadline(void **state) {
     close(fd);
 }
 
+/* --- Replies out of step ------------------------------------------------- */
+
+/* The RESP bulk string of item id's value (make_item), in buf. */
+static size_t item_bulk(int64_t id, char *buf, size_t cap) {
+    unsigned char v[256];
+    size_t len = make_item(id, v, sizeof v);
+    size_t k = (size_t)snprintf(buf, cap, "$%zu\r\n", len);
+    assert_true(k + len + 2 <= cap);
+    memcpy(buf + k, v, len);
+    memcpy(buf + k + len, "\r\n", 2);
+    return k + len + 2;
+}
+
+/* Items 1..3 of the fake, read: CTR_OK with each one right, or a failure
+ * (never a wrong value); the status. */
+static int read_items(featstore *fs) {
+    static const int64_t ids[3] = {1, 2, 3};
+    featstore_item out[3];
+    arena_reset(&A);
+    int rc = featstore_get_items(fs, ids, 3, 0, &A, out, err, sizeof err);
+    if (rc == CTR_OK)
+        for (int i = 0; i < 3; i++) check_item(&out[i], ids[i]);
+    return rc;
+}
+
+/* A Redis (or a proxy in front of it) that sends one reply no command
+ * asked for.  Without the checks, every later command on the connection
+ * would read the reply of the one before: here item 1 would get item 4's
+ * value, item 2 item 1's... and nothing would say so.  With them, the
+ * pipeline that has one reply too many fails (CTR_EBACKEND, nothing
+ * decoded), the connection is dropped and counted, and the next call
+ * reads the right values on a new connection. */
+static void test_desync_extra_reply(void **state) {
+    fake f;
+    fake_start(&f, FAKE_STORE, NULL);
+    unsigned char v[256];
+    char key[128];
+    for (int64_t id = 1; id <= 4; id++) {
+        snprintf(key, sizeof key, "%si:%lld", prefix, (long long)id);
+        fake_store_set(&f, key, v, make_item(id, v, sizeof v));
+    }
+    char addr[64];
+    featstore_params p = params();
+    p.breaker_base_ms = p.breaker_max_ms = 10;   /* a failed call opens it */
+    featstore *fs = open_at(p, f.port, addr);
+    assert_int_equal(read_items(fs), CTR_OK);
+
+    /* With the pipeline's replies, in one write: that call fails, the
+     * others read the right values. */
+    char extra[512];
+    size_t n = item_bulk(4, extra, sizeof extra);
+    fake_inject(&f, extra, n, 0);
+    int failed = 0;
+    for (int k = 0; k < 4; k++) {
+        int rc = read_items(fs);
+        if (rc == CTR_OK) continue;
+        assert_int_equal(rc, CTR_EBACKEND);
+        assert_non_null(strstr(err, "out of step"));
+        failed++;
+        sleep_ms(20);                            /* past the breaker */
+    }
+    assert_int_equal(failed, 1);
+    featstore_stats st;
+    featstore_stats_get(fs, &st);
+    assert_int_equal(st.desyncs, 1);
+
+    /* 20 ms after the replies: the call has its values; the stray reply is
+     * found before the next call sends anything, which then goes out on a
+     * new connection. */
+    fake_inject(&f, extra, n, 20);
+    assert_int_equal(read_items(fs), CTR_OK);
+    int64_t dl = ms_from_now(2000);
+    while (atomic_load(&f.injected) < 2 && clock_now_ns() < dl) sleep_ms(2);
+    sleep_ms(60);
+    featstore_stats_get(fs, &st);
+    uint64_t failures = st.failures, connects = st.connects;
+    assert_int_equal(read_items(fs), CTR_OK);
+    featstore_stats_get(fs, &st);
+    assert_int_equal(st.desyncs, 2);
+    assert_int_equal(st.failures, failures);
+    assert_int_equal(st.connects, connects + 1);
+
+    /* A reply of a type the command does not answer (before the checks: an
+     * item counted malformed, the connection kept). */
+    fake_replace(&f, ":7\r\n");
+    assert_int_equal(read_items(fs), CTR_EBACKEND);
+    featstore_stats_get(fs, &st);
+    assert_int_equal(st.desyncs, 3);
+    assert_int_equal(st.items_malformed, 0);
+    sleep_ms(20);
+    assert_int_equal(read_items(fs), CTR_OK);
+
+    /* A history read, and PING answered by another command's +OK. */
+    int64_t *ids;
+    int nh;
+    fake_inject(&f, ":5\r\n", 4, 0);
+    assert_int_equal(featstore_get_user(fs, "nobody", 0, 0, &A, &ids, &nh, err, sizeof err),
+                     CTR_EBACKEND);
+    sleep_ms(20);
+    assert_int_equal(featstore_get_user(fs, "nobody", 0, 0, &A, &ids, &nh, err, sizeof err),
+                     CTR_ENOTFOUND);
+    fake_replace(&f, "+OK\r\n");
+    assert_int_equal(featstore_ping(fs, 0, err, sizeof err), CTR_EBACKEND);
+    assert_non_null(strstr(err, "+OK answered PING"));
+    sleep_ms(20);
+    assert_int_equal(featstore_ping(fs, 0, err, sizeof err), CTR_OK);
+    featstore_stats_get(fs, &st);
+    assert_int_equal(st.desyncs, 5);
+
+    /* ctr-load's batches: an extra reply after the SETs' fails the flush. */
+    assert_int_equal(featstore_put_item(fs, 9, v, make_item(9, v, sizeof v), err, sizeof err),
+                     CTR_OK);
+    fake_inject(&f, "+OK\r\n", 5, 0);
+    assert_int_equal(featstore_flush(fs, err, sizeof err), CTR_EBACKEND);
+    featstore_stats_get(fs, &st);
+    assert_int_equal(st.desyncs, 6);
+    featstore_close(fs);
+    fake_stop(&f);
+}
+
 /* --- main ------------------------------------------------------------------ */
 
 int main(void) {
@@ -303,6 +427,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_connect_timeout, setup, teardown),
         cmocka_unit_test_setup_teardown(test_breaker_recovers, setup, teardown),
         cmocka_unit_test_setup_teardown(test_deadline, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_desync_extra_reply, setup, teardown),
     };
     int failed = cmocka_run_group_tests(tests, NULL, NULL);
     redis_close();

@@ -7,7 +7,8 @@
  * tests/run.sh always provides: tests/integration/lib/redis_cluster.sh;
  * the test fails without it) and against fake nodes (fake_redis.h: a node
  * that answers only once every node has its pipeline, one that never
- * answers, one that hangs up, one that redirects forever).
+ * answers, one that hangs up, one that redirects forever, ones that send
+ * replies out of step).
  *
  * Keys written start with a prefix of this run's own and are deleted at
  * the end.  The ASK / MOVED test migrates one slot between two masters and
@@ -468,6 +469,7 @@ typedef struct conn {
     rcluster_link link;
     int gets, failures, last_status;   /* last_status: of the last failed()
                                           call or refused connect */
+    rconn_error last_kind;      /* of the last failed() call */
     int deny;                   /* get() answers NULL */
 } conn;
 
@@ -510,6 +512,7 @@ static void links_failed(void *ud, rcluster_link *l, int status, const char *why
     conn *c = (conn *)((char *)l - offsetof(conn, link));
     c->failures++;
     c->last_status = status;
+    c->last_kind = rconn_error_of(l->conn);
     rconn_close(l->conn);
     l->conn = NULL;
     l->readonly = 0;
@@ -540,7 +543,7 @@ static rconn_cmd *gets(int n, const char *fmt) {
         CS.lens[i][0] = 3;
         CS.argv[i][1] = CS.keys[i];
         CS.lens[i][1] = strlen(CS.keys[i]);
-        CS.cmd[i] = (rconn_cmd){2, CS.argv[i], CS.lens[i]};
+        CS.cmd[i] = (rconn_cmd){2, CS.argv[i], CS.lens[i], RCONN_STRING | RCONN_NIL};
     }
     return CS.cmd;
 }
@@ -720,13 +723,71 @@ static void test_exec_redirect_limits(void **state) {
     assert_non_null(strstr(err, "no node serves slot"));
     assert_int_equal(st.stale, 1);
     assert_int_equal(nconns, 0);   /* nothing was tried */
-    rconn_cmd nokey = {1, cmds[0].argv, cmds[0].argvlen};
+    rconn_cmd nokey = {1, cmds[0].argv, cmds[0].argvlen, RCONN_ANY};
     assert_int_equal(rcluster_exec(m, &links, RCLUSTER_READ_MASTER, 0, 1, &nokey, ms_from_now(100),
                                    &A, out, &st, err, sizeof err), CTR_EINVAL);
     assert_int_equal(rcluster_exec(m, &links, RCLUSTER_READ_MASTER, 0, -1, cmds, ms_from_now(100),
                                    &A, out, &st, err, sizeof err), CTR_EINVAL);
     assert_int_equal(rcluster_exec(m, &links, RCLUSTER_READ_MASTER, 0, 0, cmds, ms_from_now(100),
                                    &A, out, NULL, err, sizeof err), CTR_OK);
+    conns_reset();
+    rcluster_map_free(m);
+}
+
+/* A node that sends one reply too many, or one of the wrong type: its
+ * commands fail, the answers already read from it included (they may be
+ * other commands'), and its link is given up out of step; the other
+ * node's answers stand. */
+static void test_exec_desync(void **state) {
+    (void)state;
+    enum { N = 40 };
+    fake f[2];
+    for (int i = 0; i < 2; i++) fake_start(&f[i], FAKE_STORE, NULL);
+    rcluster_map *m = map_of_fakes(f, 2);
+    rconn_cmd *cmds = gets(N, "%sds:%d");
+    for (int i = 0; i < N; i++) {
+        char v[16];
+        snprintf(v, sizeof v, "v%d", i);
+        fake_store_set(&f[slot_of(CS.keys[i]) < 8192 ? 0 : 1], CS.keys[i], v, strlen(v));
+    }
+    rcluster_reply out[N];
+    rcluster_exec_stats st;
+    for (int round = 0; round < 2; round++) {
+        if (round == 0) fake_inject(&f[0], "$2\r\nv0\r\n", 8, 0);
+        else fake_replace(&f[1], ":1\r\n");
+        int bad = round == 0 ? 0 : 1;
+        int rc = rcluster_exec(m, &links, RCLUSTER_READ_MASTER, 0, N, cmds, ms_from_now(2000), &A,
+                               out, &st, err, sizeof err);
+        assert_int_equal(rc, CTR_EBACKEND);
+        assert_non_null(strstr(err, "out of step"));
+        int failed = 0;
+        for (int i = 0; i < N; i++) {
+            int on_bad = (slot_of(CS.keys[i]) < 8192 ? 0 : 1) == bad;
+            if (on_bad) {
+                assert_int_equal(out[i].status, CTR_EBACKEND);
+                assert_null(out[i].reply);
+                failed++;
+            } else {
+                char v[16];
+                snprintf(v, sizeof v, "v%d", i);
+                assert_int_equal(out[i].status, CTR_OK);
+                assert_string_equal(out[i].reply->str, v);
+            }
+        }
+        assert_true(failed > 0 && failed < N);
+        conn *c = conn_find("127.0.0.1", f[bad].port);
+        assert_int_equal(c->failures, 1);
+        assert_int_equal(c->last_status, CTR_EBACKEND);
+        assert_int_equal(c->last_kind, RCONN_DESYNC);
+        assert_int_equal(conn_find("127.0.0.1", f[1 - bad].port)->failures, round);
+        assert_int_equal(st.stale, 1);
+        rcluster_replies_free(out, N);
+    }
+    /* Both in step again (new connections). */
+    assert_int_equal(rcluster_exec(m, &links, RCLUSTER_READ_MASTER, 0, N, cmds, ms_from_now(2000),
+                                   &A, out, &st, err, sizeof err), CTR_OK);
+    rcluster_replies_free(out, N);
+    for (int i = 0; i < 2; i++) fake_stop(&f[i]);
     conns_reset();
     rcluster_map_free(m);
 }
@@ -762,7 +823,7 @@ static rcluster_map *real_map(void) {
     const char *argv[] = {"CLUSTER", "SLOTS"};
     size_t lens[] = {7, 5};
     redisReply *r;
-    int rc = rconn_command(c, 2, argv, lens, ms_from_now(2000), &r, err, sizeof err);
+    int rc = rconn_command(c, 2, argv, lens, RCONN_ARRAY, ms_from_now(2000), &r, err, sizeof err);
     if (rc != CTR_OK) fail_msg("CLUSTER SLOTS: %s", err);
     rcluster_map *m;
     rc = rcluster_map_parse(r, node_host[0], &m, err, sizeof err);
@@ -849,7 +910,7 @@ static void set_keys(rcluster_map *m, int n, const char *fmt, const char *valfmt
         lens[i][1] = strlen(keys[i]);
         argv[i][2] = vals[i];
         lens[i][2] = strlen(vals[i]);
-        cmd[i] = (rconn_cmd){3, argv[i], lens[i]};
+        cmd[i] = (rconn_cmd){3, argv[i], lens[i], RCONN_STATUS};
     }
     rcluster_reply out[512];
     rcluster_exec_stats st;
@@ -1072,7 +1133,7 @@ static void test_exec_ask_during_migration(void **state) {
         lens[i][1] = strlen(keys[i]);
         argv[i][2] = i ? "vb" : "va";
         lens[i][2] = 2;
-        cmd[i] = (rconn_cmd){3, argv[i], lens[i]};
+        cmd[i] = (rconn_cmd){3, argv[i], lens[i], RCONN_STATUS};
     }
     int s = slot_of(keys[0]);
     assert_int_equal(slot_of(keys[1]), s);
@@ -1091,7 +1152,7 @@ static void test_exec_ask_during_migration(void **state) {
     node_do(a, "CLUSTER SETSLOT %d MIGRATING %s", s, bid);
     node_do(a, "MIGRATE 127.0.0.1 %d %s 0 5000", b, keys[0]);
     for (int i = 0; i < 2; i++) argv[i][0] = "GET", lens[i][0] = 3;
-    for (int i = 0; i < 2; i++) cmd[i].argc = 2;
+    for (int i = 0; i < 2; i++) cmd[i].argc = 2, cmd[i].expect = RCONN_STRING | RCONN_NIL;
     assert_int_equal(rcluster_exec(m, &links, RCLUSTER_READ_MASTER, 0, 2, cmd, ms_from_now(2000),
                                    &A, out, &st, err, sizeof err), CTR_OK);
     assert_string_equal(out[0].reply->str, "va");
@@ -1150,6 +1211,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_exec_all_nodes_in_flight, setup, teardown),
         cmocka_unit_test_setup_teardown(test_exec_timeout_and_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_exec_redirect_limits, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_exec_desync, setup, teardown),
         cmocka_unit_test(test_keyslot_matches_redis),
         cmocka_unit_test(test_real_map),
         cmocka_unit_test_setup_teardown(test_exec_real, setup, teardown),

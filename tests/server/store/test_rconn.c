@@ -5,7 +5,10 @@
  * non-blocking pieces, and each kind of failure, after which the
  * connection refuses to be used again: a server that never answers
  * (RCONN_TIMEOUT), one that hangs up (RCONN_CLOSED), one that answers
- * bytes that are not RESP (RCONN_PROTOCOL).
+ * bytes that are not RESP (RCONN_PROTOCOL); and replies out of step
+ * (RCONN_DESYNC): a reply no command asked for after a pipeline's, in the
+ * same write or later while the connection is idle, and a reply of a type
+ * its command does not answer.
  *
  * Against a real Redis ($CTR_REDIS, which tests/run.sh always provides;
  * the test fails without it) and fake servers (fake_redis.h).
@@ -53,7 +56,7 @@ typedef struct cmdbuf {
     int n;
 } cmdbuf;
 
-static void add(cmdbuf *b, int argc, ...) {
+static void add(cmdbuf *b, int expect, int argc, ...) {
     va_list ap;
     va_start(ap, argc);
     for (int i = 0; i < argc; i++) {
@@ -61,7 +64,7 @@ static void add(cmdbuf *b, int argc, ...) {
         b->lens[b->n][i] = strlen(b->argv[b->n][i]);
     }
     va_end(ap);
-    b->cmd[b->n] = (rconn_cmd){argc, b->argv[b->n], b->lens[b->n]};
+    b->cmd[b->n] = (rconn_cmd){argc, b->argv[b->n], b->lens[b->n], expect};
     b->n++;
 }
 
@@ -83,12 +86,12 @@ static void test_pipeline(void **state) {
     char key[128];
     snprintf(key, sizeof key, "%sk", prefix);
     cmdbuf b = {.n = 0};
-    add(&b, 3, "SET", key, "hello");
-    add(&b, 2, "STRLEN", key);
-    add(&b, 4, "GETRANGE", key, "1", "3");
-    add(&b, 1, "NOSUCHCOMMAND");
-    add(&b, 2, "LPUSH", key);           /* wrong arity: an error reply */
-    add(&b, 1, "PING");
+    add(&b, RCONN_STATUS, 3, "SET", key, "hello");
+    add(&b, RCONN_INTEGER, 2, "STRLEN", key);
+    add(&b, RCONN_STRING, 4, "GETRANGE", key, "1", "3");
+    add(&b, RCONN_STATUS, 1, "NOSUCHCOMMAND");
+    add(&b, RCONN_INTEGER, 2, "LPUSH", key);   /* wrong arity: an error reply */
+    add(&b, RCONN_STATUS, 1, "PING");
     redisReply *r[6];
     assert_int_equal(rconn_exchange(c, b.n, b.cmd, ms_from_now(2000), r, err, sizeof err),
                      CTR_OK);
@@ -107,7 +110,8 @@ static void test_pipeline(void **state) {
     const char *argv[] = {"GET", key};
     const size_t lens[] = {3, strlen(key)};
     redisReply *one;
-    assert_int_equal(rconn_command(c, 2, argv, lens, ms_from_now(2000), &one, err, sizeof err),
+    assert_int_equal(rconn_command(c, 2, argv, lens, RCONN_STRING | RCONN_NIL, ms_from_now(2000),
+                                   &one, err, sizeof err),
                      CTR_OK);
     assert_string_equal(one->str, "hello");
     freeReplyObject(one);
@@ -120,8 +124,8 @@ static void test_nonblocking_pieces(void **state) {
     (void)state;
     rconn *c = open_redis();
     cmdbuf b = {.n = 0};
-    add(&b, 2, "ECHO", "one");
-    add(&b, 2, "ECHO", "two");
+    add(&b, RCONN_STRING, 2, "ECHO", "one");
+    add(&b, RCONN_STRING, 2, "ECHO", "two");
     for (int i = 0; i < b.n; i++) assert_int_equal(rconn_append(c, &b.cmd[i]), CTR_OK);
     int done = 0;
     int64_t dl = ms_from_now(2000);
@@ -132,7 +136,7 @@ static void test_nonblocking_pieces(void **state) {
     while (n < 2 && clock_now_ns() < dl) {
         assert_int_equal(rconn_read(c), CTR_OK);
         redisReply *r;
-        while (n < 2 && rconn_take(c, &r) == CTR_OK && r) got[n++] = r;
+        while (n < 2 && rconn_take(c, RCONN_STRING, &r) == CTR_OK && r) got[n++] = r;
     }
     assert_int_equal(n, 2);
     assert_string_equal(got[0]->str, "one");
@@ -188,13 +192,13 @@ static void expect_failed(rconn *c, rconn_error kind) {
     const char *argv[] = {"PING"};
     const size_t lens[] = {4};
     redisReply *r = (redisReply *)1;
-    assert_int_equal(rconn_command(c, 1, argv, lens, ms_from_now(100), &r, err, sizeof err),
+    assert_int_equal(rconn_command(c, 1, argv, lens, RCONN_STATUS, ms_from_now(100), &r, err, sizeof err),
                      CTR_EBACKEND);
     assert_null(r);
     int done;
     assert_int_equal(rconn_write(c, &done), CTR_EBACKEND);
     assert_int_equal(rconn_read(c), CTR_EBACKEND);
-    assert_int_equal(rconn_take(c, &r), CTR_EBACKEND);
+    assert_int_equal(rconn_take(c, RCONN_ANY, &r), CTR_EBACKEND);
 }
 
 static void test_failures(void **state) {
@@ -207,7 +211,7 @@ static void test_failures(void **state) {
     fake_start(&silent, FAKE_SILENT, NULL);
     rconn *c = open_fake(&silent);
     double t0 = now_ms();
-    assert_int_equal(rconn_command(c, 1, argv, lens, ms_from_now(40), &r, err, sizeof err),
+    assert_int_equal(rconn_command(c, 1, argv, lens, RCONN_STATUS, ms_from_now(40), &r, err, sizeof err),
                      CTR_ETIMEOUT);
     double dt = now_ms() - t0;
     assert_true(dt >= 39 && dt < 1000);
@@ -220,7 +224,7 @@ static void test_failures(void **state) {
     fake hangup;
     fake_start(&hangup, FAKE_HANGUP, NULL);
     c = open_fake(&hangup);
-    assert_int_equal(rconn_command(c, 1, argv, lens, ms_from_now(2000), &r, err, sizeof err),
+    assert_int_equal(rconn_command(c, 1, argv, lens, RCONN_STATUS, ms_from_now(2000), &r, err, sizeof err),
                      CTR_EBACKEND);
     expect_failed(c, RCONN_CLOSED);
     rconn_close(c);
@@ -229,11 +233,129 @@ static void test_failures(void **state) {
     fake garbage;
     fake_start(&garbage, FAKE_REPLY, "?this is not RESP\r\n");
     c = open_fake(&garbage);
-    assert_int_equal(rconn_command(c, 1, argv, lens, ms_from_now(2000), &r, err, sizeof err),
+    assert_int_equal(rconn_command(c, 1, argv, lens, RCONN_STATUS, ms_from_now(2000), &r, err, sizeof err),
                      CTR_EBACKEND);
     expect_failed(c, RCONN_PROTOCOL);
     rconn_close(c);
     fake_stop(&garbage);
+}
+
+/* --- Replies out of step ------------------------------------------------ */
+
+static void gets2(cmdbuf *b) {
+    b->n = 0;
+    add(b, RCONN_STRING | RCONN_NIL, 2, "GET", "k1");
+    add(b, RCONN_STRING | RCONN_NIL, 2, "GET", "k2");
+}
+
+/* The pipeline answered in order: "one", "two". */
+static void expect_clean(rconn *c, const cmdbuf *b) {
+    redisReply *r[2];
+    if (rconn_exchange(c, 2, b->cmd, ms_from_now(2000), r, err, sizeof err) != CTR_OK)
+        fail_msg("exchange: %s", err);
+    assert_string_equal(r[0]->str, "one");
+    assert_string_equal(r[1]->str, "two");
+    freeReplyObject(r[0]);
+    freeReplyObject(r[1]);
+}
+
+static fake *store_fake(void) {
+    static fake f;
+    fake_start(&f, FAKE_STORE, NULL);
+    fake_store_set(&f, "k1", "one", 3);
+    fake_store_set(&f, "k2", "two", 3);
+    return &f;
+}
+
+/* One reply too many, in the same write as a pipeline's replies: the
+ * pipeline fails out of step and hands out none of its replies (the
+ * extra one would have answered the next command). */
+static void test_desync_left_over(void **state) {
+    (void)state;
+    fake *f = store_fake();
+    rconn *c = open_fake(f);
+    cmdbuf b;
+    gets2(&b);
+    expect_clean(c, &b);
+    fake_inject(f, "$3\r\none\r\n", 9, 0);
+    redisReply *r[2] = {(redisReply *)1, (redisReply *)1};
+    assert_int_equal(rconn_exchange(c, 2, b.cmd, ms_from_now(2000), r, err, sizeof err),
+                     CTR_EBACKEND);
+    assert_null(r[0]);
+    assert_null(r[1]);
+    assert_string_equal(err, "out of step: 9 bytes left over after the replies");
+    expect_failed(c, RCONN_DESYNC);
+    rconn_close(c);
+    /* A new connection is in step. */
+    c = open_fake(f);
+    expect_clean(c, &b);
+    rconn_close(c);
+    fake_stop(f);
+}
+
+/* A reply of a type its command does not answer; error replies answer
+ * every command. */
+static void test_desync_wrong_type(void **state) {
+    (void)state;
+    fake *f = store_fake();
+    rconn *c = open_fake(f);
+    cmdbuf b;
+    gets2(&b);
+    fake_replace(f, "-LOADING Redis is loading the dataset in memory\r\n");
+    redisReply *r[2];
+    assert_int_equal(rconn_exchange(c, 2, b.cmd, ms_from_now(2000), r, err, sizeof err), CTR_OK);
+    assert_true(rconn_reply_is(r[0], "LOADING"));
+    assert_string_equal(r[1]->str, "two");
+    freeReplyObject(r[0]);
+    freeReplyObject(r[1]);
+    fake_replace(f, ":7\r\n");
+    assert_int_equal(rconn_exchange(c, 2, b.cmd, ms_from_now(2000), r, err, sizeof err),
+                     CTR_EBACKEND);
+    assert_null(r[0]);
+    assert_null(r[1]);
+    assert_string_equal(err, "out of step: a reply of type integer where string or nil was due");
+    expect_failed(c, RCONN_DESYNC);
+    rconn_close(c);
+
+    /* The same through the non-blocking pieces. */
+    c = open_fake(f);
+    fake_replace(f, "*0\r\n");
+    assert_int_equal(rconn_append(c, &b.cmd[0]), CTR_OK);
+    assert_int_equal(rconn_send(c, ms_from_now(2000), err, sizeof err), CTR_OK);
+    redisReply *one = NULL;
+    int64_t dl = ms_from_now(2000);
+    int rc = CTR_OK;
+    while (rc == CTR_OK && !one && clock_now_ns() < dl) {
+        sleep_ms(1);
+        if ((rc = rconn_read(c)) == CTR_OK) rc = rconn_take(c, b.cmd[0].expect, &one);
+    }
+    assert_int_equal(rc, CTR_EBACKEND);
+    assert_null(one);
+    expect_failed(c, RCONN_DESYNC);
+    rconn_close(c);
+    fake_stop(f);
+}
+
+/* One reply too many, after the pipeline's were read: seen before the
+ * connection is used again. */
+static void test_desync_idle(void **state) {
+    (void)state;
+    fake *f = store_fake();
+    rconn *c = open_fake(f);
+    cmdbuf b;
+    gets2(&b);
+    expect_clean(c, &b);
+    sleep_ms(20);
+    assert_int_equal(rconn_check_idle(c, err, sizeof err), CTR_OK);   /* nothing stray */
+    fake_inject(f, "+OK\r\n", 5, 20);
+    expect_clean(c, &b);
+    struct pollfd p = {.fd = rconn_fd(c), .events = POLLIN};
+    assert_int_equal(poll(&p, 1, 2000), 1);      /* the stray reply is in */
+    assert_int_equal(rconn_check_idle(c, err, sizeof err), CTR_EBACKEND);
+    assert_string_equal(err, "out of step: 5 bytes arrived while no command was waiting");
+    expect_failed(c, RCONN_DESYNC);
+    rconn_close(c);
+    fake_stop(f);
 }
 
 int main(void) {
@@ -245,6 +367,9 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_nonblocking_pieces, setup, teardown),
         cmocka_unit_test_setup_teardown(test_open_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_failures, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_desync_left_over, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_desync_wrong_type, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_desync_idle, setup, teardown),
     };
     int failed = cmocka_run_group_tests(tests, NULL, NULL);
     redis_close();
