@@ -152,13 +152,12 @@ static void desync(single *s, const char *why) {
 
 /* A kept connection about to be used again: bytes that arrived while it
  * sat idle answer no command, so it is dropped (the call then connects
- * again); 1 when it was. */
-static int dropped_stray(single *s) {
+ * again). */
+static void drop_if_stray(single *s) {
     char why[160];
-    if (!s->c || rconn_check_idle(s->c, why, sizeof why) == CTR_OK) return 0;
+    if (!s->c || rconn_check_idle(s->c, why, sizeof why) == CTR_OK) return;
     desync(s, why);
     drop(s);
-    return 1;
 }
 
 /* Makes sure there is a connection, connecting by `deadline` at the
@@ -231,7 +230,7 @@ static int command(single *s, int n, const rconn_cmd *cmds, int64_t deadline_ns,
     int64_t dl = t0 + (int64_t)s->p.command_timeout_ms * 1000000;
     if (deadline_ns && deadline_ns < dl) dl = deadline_ns;
     s->call_budget_ns = dl - t0;
-    dropped_stray(s);
+    drop_if_stray(s);
     int reused = s->c != NULL;
     int rc = ensure_connected(s, dl, err, errlen);
     if (rc < 0) return call_failed(s, rc);
@@ -313,7 +312,7 @@ static int single_put(void *impl, const char *key, size_t klen, const void *valu
                       char *err, size_t errlen) {
     single *s = impl;
     int64_t t0 = clock_now_ns();
-    if (!s->pending) dropped_stray(s);   /* a batch's first SET */
+    if (!s->pending) drop_if_stray(s);   /* a batch's first SET */
     int rc = ensure_connected(s, t0 + (int64_t)s->p.connect_timeout_ms * 1000000, err, errlen);
     if (rc < 0) return failed(s, rc);
     const char *argv[] = {"SET", key, value};

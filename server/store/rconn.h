@@ -24,8 +24,9 @@
  * like any other, when
  *
  *   - a reply is of a type its command does not answer;
- *   - bytes are left over once a pipeline's last reply is read (what has
- *     already arrived is read first: one more non-blocking read);
+ *   - bytes are left over once a pipeline's last reply is read, in the
+ *     reply parser or already arrived on the socket (rconn_finish: one
+ *     FIONREAD);
  *   - bytes arrive while nothing was asked (rconn_check_idle, before a
  *     connection that sat idle is used again).
  *
@@ -39,17 +40,17 @@
  *
  *   - blocking, under a deadline: rconn_exchange (a pipeline: send every
  *     command, read every reply), rconn_command (one), or rconn_append +
- *     rconn_send + rconn_recv for a caller that reads its replies one by
- *     one (ctr-load's SETs);
+ *     rconn_send + rconn_recv + rconn_finish for a caller that reads its
+ *     replies one by one (ctr-load's SETs);
  *   - non-blocking pieces, for a caller that multiplexes several
  *     connections with one ppoll of its own (rcluster_exec): rconn_fd,
- *     rconn_append, rconn_write, rconn_read, rconn_take.
+ *     rconn_append, rconn_write, rconn_read, rconn_take, rconn_finish.
  *
  * Failures.  Every failure leaves the connection unusable: replies may
  * still be on their way (a timeout) or the stream is broken, so the next
  * command would read an answer that is not its own.  Close it
- * (rconn_close) and open another.  rconn_error says what kind of failure
- * it was (RCONN_ERROR_MAP below) and rconn_why the detail; functions
+ * (rconn_close) and open another.  rconn_error_of says what kind of
+ * failure it was (RCONN_ERROR_MAP below) and rconn_why the detail; functions
  * return CTR_ETIMEOUT for RCONN_TIMEOUT and CTR_EBACKEND for the others
  * (CTR_ENOMEM is not used: out of memory in hiredis fails the connection
  * like any other broken stream).
@@ -77,13 +78,11 @@
 
 struct redisReply;
 
-/* Kinds of failure.  X(name, text): RCONN_<name>, and its text for
- * messages (rconn_error_name). */
+/* Kinds of failure of an open connection.  X(name, text): RCONN_<name>,
+ * and its text for messages (rconn_error_name).  (A connect that fails
+ * makes no connection: rconn_open says why in its message.) */
 #define RCONN_ERROR_MAP(X)                                                  \
     X(NONE,     "no error")                                                 \
-    X(CONNECT,  "cannot connect")       /* refused, unreachable, connect    \
-                                           timed out, out of memory */      \
-    X(AUTH,     "authentication failed")/* AUTH refused or unanswered */    \
     X(TIMEOUT,  "timed out")            /* the deadline passed mid-call */  \
     X(CLOSED,   "connection closed")    /* by the other end: end of file,   \
                                            reset, broken pipe, I/O error */ \
@@ -194,7 +193,7 @@ int rconn_finish(rconn *c, char *err, size_t errlen);
 /* Before using again a connection that sat idle: fails c (RCONN_DESYNC,
  * CTR_EBACKEND) when bytes have arrived that no command asked for.  A
  * connection the other end closed is not reported here (its next use
- * fails as RCONN_CLOSED).  One non-blocking recv(MSG_PEEK). */
+ * fails as RCONN_CLOSED).  One FIONREAD, no read. */
 int rconn_check_idle(rconn *c, char *err, size_t errlen);
 
 /* --- Non-blocking pieces, for a caller's own ppoll ----------------------- */
