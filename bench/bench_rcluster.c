@@ -18,8 +18,15 @@
  *   cluster masters   rcluster_exec over the real map: N GETs, one pipeline
  *                     per master, all three in flight at once
  *   cluster any       the same with RCLUSTER_READ_ANY (masters and replicas)
+ *   store single      featstore_get_items on the single node: what a rank
+ *                     request's item read costs (N bounded GETRANGEs, each
+ *                     reply's type and the pipeline's end checked, values
+ *                     decoded)
+ *   store cluster     the same on the cluster (masters)
  * Prints the median, p90 and p99 per mode, in microseconds, and the ratios
- * of medians to single MGET.  Every answer is checked (value length).
+ * of medians to single MGET.  Every answer is checked (value length; the
+ * store's: every item found).  The values are one MicroLens-shaped item
+ * (5 tags, 128 floats: 540 bytes).
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -28,6 +35,8 @@
 #include <hiredis/hiredis.h>
 
 #include "core/base/arena.h"
+#include "proto/features.h"
+#include "server/store/featstore.h"
 #include "core/base/clock.h"
 #include "server/store/rcluster.h"
 #include "server/store/rconn.h"
@@ -173,8 +182,18 @@ int main(int argc, char **argv) {
 
     /* Keys and values. */
     char (*keys)[32] = malloc((size_t)nkeys * sizeof *keys);
-    char value[VALUE_LEN];
-    for (int i = 0; i < VALUE_LEN; i++) value[i] = (char)('a' + i % 26);
+    unsigned char value[VALUE_LEN];
+    {
+        const int32_t tags[5] = {1, 2, 3, 4, 5};
+        float mm[128];
+        for (int i = 0; i < 128; i++) mm[i] = (float)i / 128;
+        size_t vlen = 0;
+        if (features_item_encode(tags, 5, mm, 128, value, sizeof value, &vlen, err, sizeof err) < 0 ||
+            vlen != VALUE_LEN) {
+            fprintf(stderr, "bench_rcluster: item value: %s\n", err);
+            return 1;
+        }
+    }
     arena a;
     arena_init(&a, 1 << 20);
     rcluster_reply *out = malloc((size_t)MAX_N * sizeof *out);
@@ -187,7 +206,7 @@ int main(int argc, char **argv) {
         al[i][0] = 3;
         av[i][1] = keys[i];
         al[i][1] = strlen(keys[i]);
-        av[i][2] = value;
+        av[i][2] = (const char *)value;
         al[i][2] = VALUE_LEN;
         cmds[i] = (rconn_cmd){3, av[i], al[i], RCONN_STATUS};
     }
@@ -215,14 +234,31 @@ int main(int argc, char **argv) {
         fprintf(stderr, "bench_rcluster: %s: %s\n", single, err);
         return 1;
     }
+    /* The feature store on each, reading the same keys as items. */
+    featstore *fs[2];
+    for (int k = 0; k < 2; k++) {
+        featstore_params p;
+        featstore_default_params(&p);
+        if (k) p.cluster = cluster;
+        else p.addr = single;
+        p.prefix = "bench:";
+        p.mm_dim = 128;
+        p.connect_timeout_ms = p.command_timeout_ms = 1000;
+        if (featstore_open(&p, &fs[k], err, sizeof err) < 0) {
+            fprintf(stderr, "bench_rcluster: featstore: %s\n", err);
+            return 1;
+        }
+    }
+    int64_t *ids = malloc((size_t)n * sizeof *ids);
+    featstore_item *items = malloc((size_t)n * sizeof *items);
     const char **margv = malloc((size_t)(n + 1) * sizeof *margv);
     size_t *mlen = malloc((size_t)(n + 1) * sizeof *mlen);
     margv[0] = "MGET";
     mlen[0] = 4;
 
-    enum { MODES = 4 };
+    enum { MODES = 6 };
     static const char *names[MODES] = {"single MGET", "single GETs", "cluster masters",
-                                       "cluster any"};
+                                       "cluster any", "store single", "store cluster"};
     int64_t *t[MODES];
     for (int m = 0; m < MODES; m++) t[m] = malloc((size_t)rounds * sizeof(int64_t));
     rconn_cmd *pick = malloc((size_t)n * sizeof *pick);
@@ -232,6 +268,7 @@ int main(int argc, char **argv) {
         for (int j = 0; j < n; j++) {
             int k = (int)(rand_r(&seed) % (unsigned)nkeys);
             pick[j] = cmds[k];
+            ids[j] = k + 1;
             margv[j + 1] = keys[k];
             mlen[j + 1] = strlen(keys[k]);
         }
@@ -250,6 +287,9 @@ int main(int argc, char **argv) {
                     bad += rep->elements != (size_t)n;
                     freeReplyObject(rep);
                 }
+            } else if (m >= 4) {
+                rc = featstore_get_items(fs[m - 4], ids, n, deadline, &a, items, err, sizeof err);
+                for (int j = 0; j < n && rc == CTR_OK; j++) bad += !items[j].found;
             } else {
                 rcluster_map *mp = m == 1 ? smap : cmap;
                 rcluster_read rdm = m == 3 ? RCLUSTER_READ_ANY : RCLUSTER_READ_MASTER;
@@ -310,6 +350,10 @@ int main(int argc, char **argv) {
     for (int i = 0; i < nconns; i++)
         rconn_close(conns[i].link.conn);
     rconn_close(sc);
+    featstore_close(fs[0]);
+    featstore_close(fs[1]);
+    free(ids);
+    free(items);
     free(pick);
     free(margv);
     free(mlen);

@@ -239,13 +239,15 @@ def main():
     reqs = [{"user_id": "d", "item_seq": [],
              "candidates": [{"item_id": i, "a": 1, "b": 1, "c": 1}]} for i in items]
     model = os.path.join(SMALL, "model.safetensors")
+    # Deadlines far from what is tested: sanitizer builds on a busy machine.
+    slack = ["--deadline-ms", "2000", "--redis-timeout-ms", "1000"]
     proxy = Proxy(redis.port)
     servers = []
     try:
-        ref = Server(model, redis, prefix, threads=1)
+        ref = Server(model, redis, prefix, slack, threads=1)
         servers.append(ref)
-        srv = Server(model, Upstream(proxy.port), prefix, ["--redis-breaker-max-ms", "200"],
-                     threads=1)
+        srv = Server(model, Upstream(proxy.port), prefix,
+                     slack + ["--redis-breaker-max-ms", "200"], threads=1)
         servers.append(srv)
         want = []
         for r in reqs:
@@ -272,7 +274,7 @@ def main():
               not wrong and clean == len(reqs), str(wrong[:3])[:600])
 
         print("one extra reply, 50 ms after a pipeline's replies")
-        cold = Server(model, Upstream(proxy.port), prefix, ["--cache-mb", "0"], threads=1)
+        cold = Server(model, Upstream(proxy.port), prefix, slack + ["--cache-mb", "0"], threads=1)
         servers.append(cold)
         proxy.inject(0.05)
         st, resp = cold.rank(reqs[0])
