@@ -10,7 +10,8 @@
  * batches.  The cluster may reshard (MOVED, ASK) or fail over (a node
  * unreachable until the map is refreshed) under that load.
  *
- * The pieces, each usable alone:
+ * The pieces, each usable alone (rcluster_map.c: slots, map, redirects,
+ * grouping, none touching a connection; rcluster.c: the exec):
  *
  *   rcluster_keyslot          CRC16 (XMODEM) of the key mod 16384, hash tags
  *                             honoured, as Redis computes it.
@@ -149,6 +150,11 @@ int rcluster_map_route(const rcluster_map *m, int slot, rcluster_read read,
 
 /* Slots with a master (16384 when the cluster is fully served). */
 int rcluster_map_covered(const rcluster_map *m);
+
+/* The index of host:port, added (with no slot) when the map does not know
+ * it: a node an ASK sends one command to.  CTR_EINVAL (bad host or port),
+ * CTR_ENOMEM. */
+int rcluster_map_add(rcluster_map *m, const char *host, int port);
 
 /* Records a MOVED: slot's master is now host:port, the node added to the
  * map if new (with no replicas known).  Other slots keep their owners until
