@@ -259,12 +259,29 @@ static void expect_clean(rconn *c, const cmdbuf *b) {
     freeReplyObject(r[1]);
 }
 
-static fake *store_fake(void) {
+/* A fake Redis holding k1 = "one", k2 = "two", a connection to it, and
+ * the pipeline GET k1, GET k2 in b. */
+static fake *store_fake(rconn **c, cmdbuf *b) {
     static fake f;
     fake_start(&f, FAKE_STORE, NULL);
     fake_store_set(&f, "k1", "one", 3);
     fake_store_set(&f, "k2", "two", 3);
+    *c = open_fake(&f);
+    gets2(b);
     return &f;
+}
+
+/* The pipeline b fails out of step, err saying `why`, none of its replies
+ * handed out; c is failed (and closed here). */
+static void expect_out_of_step(rconn *c, const cmdbuf *b, const char *why) {
+    redisReply *r[2] = {(redisReply *)1, (redisReply *)1};
+    assert_int_equal(rconn_exchange(c, 2, b->cmd, ms_from_now(2000), r, err, sizeof err),
+                     CTR_EBACKEND);
+    assert_null(r[0]);
+    assert_null(r[1]);
+    assert_string_equal(err, why);
+    expect_failed(c, RCONN_DESYNC);
+    rconn_close(c);
 }
 
 /* One reply too many, in the same write as a pipeline's replies: the
@@ -272,20 +289,12 @@ static fake *store_fake(void) {
  * extra one would have answered the next command). */
 static void test_desync_left_over(void **state) {
     (void)state;
-    fake *f = store_fake();
-    rconn *c = open_fake(f);
+    rconn *c;
     cmdbuf b;
-    gets2(&b);
+    fake *f = store_fake(&c, &b);
     expect_clean(c, &b);
     fake_inject(f, "$3\r\none\r\n", 9, 0);
-    redisReply *r[2] = {(redisReply *)1, (redisReply *)1};
-    assert_int_equal(rconn_exchange(c, 2, b.cmd, ms_from_now(2000), r, err, sizeof err),
-                     CTR_EBACKEND);
-    assert_null(r[0]);
-    assert_null(r[1]);
-    assert_string_equal(err, "out of step: 9 bytes left over after the replies");
-    expect_failed(c, RCONN_DESYNC);
-    rconn_close(c);
+    expect_out_of_step(c, &b, "out of step: 9 bytes left over after the replies");
     /* A new connection is in step. */
     c = open_fake(f);
     expect_clean(c, &b);
@@ -297,10 +306,9 @@ static void test_desync_left_over(void **state) {
  * every command. */
 static void test_desync_wrong_type(void **state) {
     (void)state;
-    fake *f = store_fake();
-    rconn *c = open_fake(f);
+    rconn *c;
     cmdbuf b;
-    gets2(&b);
+    fake *f = store_fake(&c, &b);
     fake_replace(f, "-LOADING Redis is loading the dataset in memory\r\n");
     redisReply *r[2];
     assert_int_equal(rconn_exchange(c, 2, b.cmd, ms_from_now(2000), r, err, sizeof err), CTR_OK);
@@ -309,13 +317,7 @@ static void test_desync_wrong_type(void **state) {
     freeReplyObject(r[0]);
     freeReplyObject(r[1]);
     fake_replace(f, ":7\r\n");
-    assert_int_equal(rconn_exchange(c, 2, b.cmd, ms_from_now(2000), r, err, sizeof err),
-                     CTR_EBACKEND);
-    assert_null(r[0]);
-    assert_null(r[1]);
-    assert_string_equal(err, "out of step: a reply of type integer where string or nil was due");
-    expect_failed(c, RCONN_DESYNC);
-    rconn_close(c);
+    expect_out_of_step(c, &b, "out of step: a reply of type integer where string or nil was due");
 
     /* The same through the non-blocking pieces. */
     c = open_fake(f);
@@ -340,10 +342,9 @@ static void test_desync_wrong_type(void **state) {
  * connection is used again. */
 static void test_desync_idle(void **state) {
     (void)state;
-    fake *f = store_fake();
-    rconn *c = open_fake(f);
+    rconn *c;
     cmdbuf b;
-    gets2(&b);
+    fake *f = store_fake(&c, &b);
     expect_clean(c, &b);
     sleep_ms(20);
     assert_int_equal(rconn_check_idle(c, err, sizeof err), CTR_OK);   /* nothing stray */
