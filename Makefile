@@ -57,7 +57,8 @@ endif
 # main() per ctr_*.c, and what only they use).
 CORE_SRC   := $(wildcard core/base/*.c core/*.c)
 PROTO_SRC  := $(wildcard proto/*.c)
-SERVER_LIB := $(wildcard server/store/*.c server/*.c) \
+STORE_SRC  := $(wildcard server/store/*.c)
+SERVER_LIB := $(STORE_SRC) $(wildcard server/*.c) \
               $(filter-out server/cmd/ctr_%.c,$(wildcard server/cmd/*.c))
 
 CORE_OBJ   := $(CORE_SRC:%.c=$(B)/%.o)
@@ -116,9 +117,9 @@ test: all $(TEST_BIN) $(FUZZ_BIN) golden
 fuzz:
 	@mkdir -p build/fuzz
 	@set -e; for f in $(FUZZ_SRC); do n=$$(basename $$f .c); \
-	  clang -std=c11 -D_GNU_SOURCE -g -O1 -I. -DFUZZ_LIBFUZZER $(PKG_CFLAGS) \
-	    -fsanitize=fuzzer,address,undefined $$f $(CORE_SRC) $(PROTO_SRC) $(LDLIBS) \
-	    -o build/fuzz/$$n; \
+	  clang -std=c11 -D_GNU_SOURCE -g -O1 -I. -DFUZZ_LIBFUZZER $(PKG_CFLAGS) -pthread \
+	    -fsanitize=fuzzer,address,undefined $$f $(CORE_SRC) $(PROTO_SRC) $(STORE_SRC) \
+	    $(LDLIBS) -o build/fuzz/$$n; \
 	  mkdir -p build/fuzz/corpus-$$n; \
 	  build/fuzz/$$n -max_total_time=$(FUZZ_SECONDS) build/fuzz/corpus-$$n \
 	    $$( [ -d tests/fuzz/corpus/$${n#fuzz_} ] && echo tests/fuzz/corpus/$${n#fuzz_} ); done

@@ -18,8 +18,15 @@
  *   cluster masters   rcluster_exec over the real map: N GETs, one pipeline
  *                     per master, all three in flight at once
  *   cluster any       the same with RCLUSTER_READ_ANY (masters and replicas)
+ *   store single      featstore_get_items on the single node: what a rank
+ *                     request's item read costs (N bounded GETRANGEs, each
+ *                     reply's type and the pipeline's end checked, values
+ *                     decoded)
+ *   store cluster     the same on the cluster (masters)
  * Prints the median, p90 and p99 per mode, in microseconds, and the ratios
- * of medians to single MGET.  Every answer is checked (value length).
+ * of medians to single MGET.  Every answer is checked (value length; the
+ * store's: every item found).  The values are one MicroLens-shaped item
+ * (5 tags, 128 floats: 540 bytes).
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -28,8 +35,11 @@
 #include <hiredis/hiredis.h>
 
 #include "core/base/arena.h"
+#include "proto/features.h"
+#include "server/store/featstore.h"
 #include "core/base/clock.h"
 #include "server/store/rcluster.h"
+#include "server/store/rconn.h"
 
 #define VALUE_LEN 540
 #define MAX_N 1024
@@ -47,7 +57,7 @@ static rcluster_link *get_link(void *ud, const char *host, int port, char *err, 
     (void)ud;
     for (int i = 0; i < nconns; i++)
         if (conns[i].port == port && strcmp(conns[i].host, host) == 0) {
-            if (!conns[i].link.c) break;
+            if (!conns[i].link.conn) break;
             return &conns[i].link;
         }
     conn *c = NULL;
@@ -62,22 +72,18 @@ static rcluster_link *get_link(void *ud, const char *host, int port, char *err, 
         snprintf(c->host, sizeof c->host, "%s", host);
         c->port = port;
     }
-    c->link.c = redisConnectNonBlock(host, port);
+    const rconn_params rp = {2000, NULL, NULL};
     c->link.readonly = 0;
-    if (!c->link.c || c->link.c->err) {
-        snprintf(err, errlen, "cannot connect");
-        if (c->link.c) redisFree(c->link.c);
-        c->link.c = NULL;
+    if (rconn_open(&rp, host, port, clock_now_ns() + 2000000000LL, &c->link.conn, err, errlen) < 0)
         return NULL;
-    }
     return &c->link;
 }
 
 static void link_failed(void *ud, rcluster_link *l, int status, const char *why) {
     (void)ud;
     fprintf(stderr, "bench_rcluster: connection given up (%d): %s\n", status, why);
-    redisFree(l->c);
-    l->c = NULL;
+    rconn_close(l->conn);
+    l->conn = NULL;
 }
 
 static const rcluster_links links = {get_link, link_failed, NULL};
@@ -90,19 +96,27 @@ static int split_addr(const char *s, char *host, size_t hl, int *port) {
     return *port > 0 ? 0 : -1;
 }
 
+static rconn *connect_to(const char *host, int port, char *err, size_t errlen) {
+    const rconn_params rp = {2000, NULL, NULL};
+    rconn *c;
+    return rconn_open(&rp, host, port, clock_now_ns() + 2000000000LL, &c, err, errlen) < 0 ? NULL
+                                                                                            : c;
+}
+
 static rcluster_map *map_from(const char *host, int port, char *err, size_t errlen) {
-    redisContext *c = redisConnectNonBlock(host, port);
-    if (!c || c->err) return NULL;
+    rconn *c = connect_to(host, port, err, errlen);
+    if (!c) return NULL;
     const char *argv[] = {"CLUSTER", "SLOTS"};
     size_t lens[] = {7, 5};
     redisReply *r;
     rcluster_map *m = NULL;
-    if (rcluster_command(c, 2, argv, lens, clock_now_ns() + 2000000000LL, &r, err, errlen) ==
+    if (rconn_command(c, 2, argv, lens, RCONN_ARRAY, clock_now_ns() + 2000000000LL, &r, err,
+                      errlen) ==
         CTR_OK) {
         rcluster_map_parse(r, host, &m, err, errlen);
         freeReplyObject(r);
     }
-    redisFree(c);
+    rconn_close(c);
     return m;
 }
 
@@ -168,23 +182,33 @@ int main(int argc, char **argv) {
 
     /* Keys and values. */
     char (*keys)[32] = malloc((size_t)nkeys * sizeof *keys);
-    char value[VALUE_LEN];
-    for (int i = 0; i < VALUE_LEN; i++) value[i] = (char)('a' + i % 26);
+    unsigned char value[VALUE_LEN];
+    {
+        const int32_t tags[5] = {1, 2, 3, 4, 5};
+        float mm[128];
+        for (int i = 0; i < 128; i++) mm[i] = (float)i / 128;
+        size_t vlen = 0;
+        if (features_item_encode(tags, 5, mm, 128, value, sizeof value, &vlen, err, sizeof err) < 0 ||
+            vlen != VALUE_LEN) {
+            fprintf(stderr, "bench_rcluster: item value: %s\n", err);
+            return 1;
+        }
+    }
     arena a;
     arena_init(&a, 1 << 20);
     rcluster_reply *out = malloc((size_t)MAX_N * sizeof *out);
     const char *(*av)[3] = malloc((size_t)nkeys * sizeof *av);
     size_t (*al)[3] = malloc((size_t)nkeys * sizeof *al);
-    rcluster_cmd *cmds = malloc((size_t)nkeys * sizeof *cmds);
+    rconn_cmd *cmds = malloc((size_t)nkeys * sizeof *cmds);
     for (int i = 0; i < nkeys; i++) {
         snprintf(keys[i], sizeof keys[i], "bench:i:%d", i + 1);
         av[i][0] = "SET";
         al[i][0] = 3;
         av[i][1] = keys[i];
         al[i][1] = strlen(keys[i]);
-        av[i][2] = value;
+        av[i][2] = (const char *)value;
         al[i][2] = VALUE_LEN;
-        cmds[i] = (rcluster_cmd){3, av[i], al[i]};
+        cmds[i] = (rconn_cmd){3, av[i], al[i], RCONN_STATUS};
     }
     for (int i = 0; i < nkeys; i += 500) {
         int k = nkeys - i < 500 ? nkeys - i : 500;
@@ -201,27 +225,50 @@ int main(int argc, char **argv) {
         }
         free(o);
     }
-    for (int i = 0; i < nkeys; i++) av[i][0] = "GET", cmds[i].argc = 2;
+    for (int i = 0; i < nkeys; i++)
+        av[i][0] = "GET", cmds[i].argc = 2, cmds[i].expect = RCONN_STRING | RCONN_NIL;
 
     /* The single node's own connection for MGET. */
-    redisContext *sc = redisConnectNonBlock(shost, sport);
+    rconn *sc = connect_to(shost, sport, err, sizeof err);
+    if (!sc) {
+        fprintf(stderr, "bench_rcluster: %s: %s\n", single, err);
+        return 1;
+    }
+    /* The feature store on each, reading the same keys as items. */
+    featstore *fs[2];
+    for (int k = 0; k < 2; k++) {
+        featstore_params p;
+        featstore_default_params(&p);
+        if (k) p.cluster = cluster;
+        else p.addr = single;
+        p.prefix = "bench:";
+        p.mm_dim = 128;
+        p.connect_timeout_ms = p.command_timeout_ms = 1000;
+        if (featstore_open(&p, &fs[k], err, sizeof err) < 0) {
+            fprintf(stderr, "bench_rcluster: featstore: %s\n", err);
+            return 1;
+        }
+    }
+    int64_t *ids = malloc((size_t)n * sizeof *ids);
+    featstore_item *items = malloc((size_t)n * sizeof *items);
     const char **margv = malloc((size_t)(n + 1) * sizeof *margv);
     size_t *mlen = malloc((size_t)(n + 1) * sizeof *mlen);
     margv[0] = "MGET";
     mlen[0] = 4;
 
-    enum { MODES = 4 };
+    enum { MODES = 6 };
     static const char *names[MODES] = {"single MGET", "single GETs", "cluster masters",
-                                       "cluster any"};
+                                       "cluster any", "store single", "store cluster"};
     int64_t *t[MODES];
     for (int m = 0; m < MODES; m++) t[m] = malloc((size_t)rounds * sizeof(int64_t));
-    rcluster_cmd *pick = malloc((size_t)n * sizeof *pick);
+    rconn_cmd *pick = malloc((size_t)n * sizeof *pick);
     unsigned seed = 1;
     int bad = 0, warm = rounds / 10;
     for (int r = -warm; r < rounds; r++) {
         for (int j = 0; j < n; j++) {
             int k = (int)(rand_r(&seed) % (unsigned)nkeys);
             pick[j] = cmds[k];
+            ids[j] = k + 1;
             margv[j + 1] = keys[k];
             mlen[j + 1] = strlen(keys[k]);
         }
@@ -232,13 +279,17 @@ int main(int argc, char **argv) {
             int rc;
             if (m == 0) {
                 redisReply *rep;
-                rc = rcluster_command(sc, n + 1, margv, mlen, deadline, &rep, err, sizeof err);
+                rc = rconn_command(sc, n + 1, margv, mlen, RCONN_ARRAY, deadline, &rep, err,
+                                   sizeof err);
                 if (rc == CTR_OK) {
                     for (size_t e = 0; e < rep->elements; e++)
                         bad += rep->element[e]->len != VALUE_LEN;
                     bad += rep->elements != (size_t)n;
                     freeReplyObject(rep);
                 }
+            } else if (m >= 4) {
+                rc = featstore_get_items(fs[m - 4], ids, n, deadline, &a, items, err, sizeof err);
+                for (int j = 0; j < n && rc == CTR_OK; j++) bad += !items[j].found;
             } else {
                 rcluster_map *mp = m == 1 ? smap : cmap;
                 rcluster_read rdm = m == 3 ? RCLUSTER_READ_ANY : RCLUSTER_READ_MASTER;
@@ -283,7 +334,7 @@ int main(int argc, char **argv) {
                pct(t[m], rounds, 99), p50 / base);
     }
     /* Clean up the keys. */
-    for (int i = 0; i < nkeys; i++) av[i][0] = "DEL", al[i][0] = 3;
+    for (int i = 0; i < nkeys; i++) av[i][0] = "DEL", al[i][0] = 3, cmds[i].expect = RCONN_INTEGER;
     for (int i = 0; i < nkeys; i += 500) {
         int k = nkeys - i < 500 ? nkeys - i : 500;
         for (int pass = 0; pass < 2; pass++) {
@@ -297,8 +348,12 @@ int main(int argc, char **argv) {
     }
     for (int m = 0; m < MODES; m++) free(t[m]);
     for (int i = 0; i < nconns; i++)
-        if (conns[i].link.c) redisFree(conns[i].link.c);
-    redisFree(sc);
+        rconn_close(conns[i].link.conn);
+    rconn_close(sc);
+    featstore_close(fs[0]);
+    featstore_close(fs[1]);
+    free(ids);
+    free(items);
     free(pick);
     free(margv);
     free(mlen);

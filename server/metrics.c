@@ -86,6 +86,7 @@ struct metrics {
     counter degraded_responses;
     histogram stage_time[METRICS_RANK_STAGES];
     counter breaker_opens, breaker_closes, breaker_probes, breaker_short;
+    counter redis_desyncs;
     counter shed_admission, shed_deadline, cut_receive;
     /* Redis Cluster: per node (slot METRICS_MAX_NODES is "other"), and
      * cluster-wide. */
@@ -223,6 +224,11 @@ void metrics_breaker(void *arg, breaker_event ev) {
     case BREAKER_EV_PROBE: add(&m->breaker_probes, 1); break;
     case BREAKER_EV_SHORT_CIRCUIT: add(&m->breaker_short, 1); break;
     }
+}
+
+void metrics_redis_desync(void *arg) {
+    metrics *m = arg;
+    if (m) add(&m->redis_desyncs, 1);
 }
 
 void metrics_shed(metrics *m, int deadline) {
@@ -671,6 +677,11 @@ static const family families[] = {
     {FAM("ctr_redis_breaker_short_circuits_total", "counter",
          "Calls failed at once because their connection's breaker was open.", r_slots),
      .slot = {{NULL, M(breaker_short)}}},
+    {FAM("ctr_redis_desync_total", "counter",
+         "Feature-store connections dropped because a reply belonged to no command (of the "
+         "wrong type, left over after a pipeline, or arriving while idle).",
+         r_slots),
+     .slot = {{NULL, M(redis_desyncs)}}},
     {FAM("ctr_redis_node_pipelines_total", "counter",
          "Pipelines sent to each Redis Cluster node (one per node a call reads from).",
          r_nodes),

@@ -43,6 +43,9 @@
  *   ctr_redis_breaker_open                          gauge (connections whose
  *                                                   breaker is open or probing)
  *   ctr_redis_breaker_{opens,probes,short_circuits}_total  counter
+ *   ctr_redis_desync_total                          counter (connections dropped
+ *                                                   out of step: a reply that
+ *                                                   belonged to no command)
  *   ctr_requests_shed_total{reason="admission|deadline"}   counter
  *   ctr_connections_cut_total{reason="receive_deadline"}   counter
  *   ctr_feature_set_ready                           gauge [model] (1: marker
@@ -204,6 +207,10 @@ void metrics_rank_stage(metrics *m, int stage, double seconds);
 /* One breaker event of a feature-store connection (a breaker_hook: pass m
  * as the argument). */
 void metrics_breaker(void *m, breaker_event ev);
+
+/* One feature-store connection dropped out of step (a featstore
+ * desync_hook: pass m as the argument). */
+void metrics_redis_desync(void *m);
 
 /* Redis Cluster nodes with series of their own (then node="other"). */
 #define METRICS_MAX_NODES 32

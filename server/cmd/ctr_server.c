@@ -415,6 +415,8 @@ int main(int argc, char **argv) {
     }
     svc.fs_params.breaker_hook = metrics_breaker;
     svc.fs_params.breaker_hook_arg = svc.metrics;
+    svc.fs_params.desync_hook = metrics_redis_desync;
+    svc.fs_params.desync_hook_arg = svc.metrics;
     node_hooks.arg = svc.metrics;
     svc.fs_params.node_hooks = &node_hooks;
     if (load_models(&svc, &cp, err, sizeof err) < 0) {

@@ -62,6 +62,19 @@
  *     answers with one (the cluster is reachable, even when some slots are
  *     not served).
  *
+ * Replies out of step: every command is answered by exactly one reply of
+ * the types it can answer (rconn.h).  A reply of another type, bytes left
+ * over after a pipeline's replies, or bytes arriving on a connection while
+ * it is idle mean that a reply no command asked for was received (a
+ * misbehaving proxy or server): the connection is dropped, the event
+ * counted (stats.desyncs, desync_hook) and logged (rate-limited), and the
+ * call fails with CTR_EBACKEND when its own replies were involved (on a
+ * cluster, the items of that node; the others are read), so that nothing
+ * read out of step is decoded; bytes found before a call sends anything
+ * only cost a new connection.  (What rconn.h cannot see: a stray reply
+ * whose displaced last byte arrives after the call's replies were read; the
+ * next call sees it.)
+ *
  * AUTH: with `password` set (and `user`, for an ACL user), every new
  * connection authenticates before its first command (one more round trip
  * per connection, within the connect timeout).  The password is copied and
@@ -91,6 +104,12 @@
  *
  * Thread-safety: a featstore is not thread-safe; give each worker its own.
  * Different featstores may be used from different threads at once.
+ *
+ * Inside (server/store/), bottom up: rconn.h, one Redis connection under a
+ * deadline; rcluster.h, Redis Cluster routing; the two backends behind one
+ * table of functions (featstore_backend.h): featstore_single.c (one
+ * Redis) and featstore_cluster.c (a cluster); and featstore.c, this
+ * interface: keys, commands, and decoding the replies.
  */
 #ifndef CTR_SERVER_FEATSTORE_H
 #define CTR_SERVER_FEATSTORE_H
@@ -138,6 +157,11 @@ typedef struct featstore_params {
                                    user); copied */
     const char *password;       /* AUTH password (NULL or "": no AUTH);
                                    copied, never logged */
+    void (*desync_hook)(void *arg); /* a connection dropped out of step (see
+                                   "Replies out of step"), for metrics
+                                   (NULL); called from the featstore's
+                                   thread */
+    void *desync_hook_arg;
     const struct featstore_node_hooks *node_hooks;  /* cluster: per-node
                                    events, for metrics (NULL) */
 } featstore_params;
@@ -210,6 +234,8 @@ typedef struct featstore_stats {
     uint64_t map_refresh_failures;
     uint64_t moved, asked;      /* cluster: redirects followed */
     uint64_t replica_reroutes;  /* cluster: replica reads sent to the master */
+    uint64_t desyncs;           /* connections dropped out of step (replies
+                                   that belonged to no command) */
 } featstore_stats;
 
 /* Fills *p with the defaults above.  Thread-safe. */

@@ -1,10 +1,10 @@
 /*
- * featstore_cluster.c - the feature store on a Redis Cluster (featstore.h,
- * "Redis Cluster"): featstore.c builds the commands and decodes the
- * replies, this file routes them with rcluster.h over one connection per
- * node.
+ * featstore_cluster.c - the feature store's backend for a Redis Cluster
+ * (featstore_backend.h; featstore.h, "Redis Cluster"): featstore.c builds
+ * the commands and decodes the replies, this file routes them with
+ * rcluster.h over one connection (rconn.h) per node.
  *
- * Workload: as featstore.c, per worker: a history read (three commands on
+ * Workload: as featstore_single.c, per worker: a history read (three commands on
  * one key, so one node) and a few hundred item reads spread over every
  * master, each call under a deadline of a few milliseconds; ctr-load's
  * batches of a few hundred SETs.  A cluster has a handful of nodes, so
@@ -23,7 +23,7 @@
  * healthy, the cluster's state is what is wrong, and an open breaker would
  * only delay reading it once the cluster recovers.
  */
-#include "featstore_internal.h"
+#include "featstore_backend.h"
 
 #include <stddef.h>
 #include <stdio.h>
@@ -33,14 +33,18 @@
 #include <hiredis/hiredis.h>
 
 #include "core/base/clock.h"
+#include "core/base/log.h"
+#include "server/store/rcluster.h"
 
 /* One node the featstore has been sent to (from the map, a seed or a
  * redirect), with its connection and breaker, and this call's view. */
+typedef struct featstore_cluster featstore_cluster;
+
 typedef struct fc_node {
     featstore_cluster *fc;
     char host[RCLUSTER_HOST_MAX];
     int port;
-    rcluster_link link;             /* link.c NULL: not connected */
+    rcluster_link link;             /* link.conn NULL: not connected */
     breaker br;
     int hook_id;                    /* node_hooks id; -1: none */
     /* The running pass of rcluster_exec: */
@@ -62,7 +66,7 @@ typedef struct fc_write {
     size_t key, klen, val, vlen;
 } fc_write;
 
-struct featstore_cluster {
+typedef struct featstore_cluster {
     featstore_params p;             /* user, password: the featstore's
                                        copies, which outlive this */
     featstore_stats *st;
@@ -82,7 +86,7 @@ struct featstore_cluster {
     size_t wlen, wcap;
     fc_write *w;
     int nw, cap_w;
-};
+} featstore_cluster;
 
 static const char *const route_name = "Redis Cluster";
 
@@ -145,14 +149,14 @@ static fc_node *node_for(featstore_cluster *fc, const char *host, int port) {
 }
 
 static void node_close(fc_node *n) {
-    if (n->link.c) redisFree(n->link.c);
-    n->link.c = NULL;
+    rconn_close(n->link.conn);
+    n->link.conn = NULL;
     n->link.readonly = 0;
 }
 
 /* Whether a timeout says something about the node: a call given less than
  * a quarter of command_timeout_ms may time out against a healthy node (as
- * in featstore.c). */
+ * in featstore_single.c). */
 static int timeout_counts(const featstore_cluster *fc) {
     return fc->budget_ns * 4 >= (int64_t)fc->p.command_timeout_ms * 1000000;
 }
@@ -167,8 +171,22 @@ static void node_failed(featstore_cluster *fc, fc_node *n, int status) {
                     status == CTR_ETIMEOUT ? FEATSTORE_NODE_TIMEOUT : FEATSTORE_NODE_ERROR);
 }
 
+/* The node's connection turned out of step (rconn.h): counted, logged;
+ * the caller closes it. */
+static void node_desync(featstore_cluster *fc, fc_node *n, const char *why) {
+    static log_limit lim;
+    fc->st->desyncs++;
+    if (fc->p.desync_hook) fc->p.desync_hook(fc->p.desync_hook_arg);
+    log_limited(&lim, LOG_WARN, "Redis replies out of step",
+                strchr(n->host, ':') ? "Redis [%s]:%d: %s; connection dropped"
+                                     : "Redis %s:%d: %s; connection dropped",
+                n->host, n->port, why);
+}
+
 /* A connected (and authenticated) node, by `deadline` at the latest; NULL
- * with a reason in why (breaker open, cannot connect). */
+ * with a reason in why (breaker open, cannot connect).  A kept connection
+ * on which bytes arrived while it sat idle answers no command: it is
+ * dropped and the node connected again. */
 static rcluster_link *node_link(featstore_cluster *fc, fc_node *n, int64_t deadline, char *why,
                                 size_t whylen) {
     int64_t now = clock_now_ns();
@@ -179,16 +197,22 @@ static rcluster_link *node_link(featstore_cluster *fc, fc_node *n, int64_t deadl
                  (long long)breaker_wait_ms(&n->br, now));
         return NULL;
     }
-    if (n->link.c) {
+    if (n->link.conn && rconn_check_idle(n->link.conn, why, whylen) < 0) {
+        node_desync(fc, n, why);
+        node_close(n);
+    }
+    if (n->link.conn) {
         n->reused = 1;
         return &n->link;
     }
     n->reused = 0;
-    if (featstore_connect(&fc->p, n->host, n->port, NULL, deadline, fc->st, &n->link.c, why,
-                          whylen) < 0) {
+    const rconn_params rp = {fc->p.connect_timeout_ms, fc->p.user, fc->p.password};
+    fc->st->connect_attempts++;
+    if (rconn_open(&rp, n->host, n->port, deadline, &n->link.conn, why, whylen) < 0) {
         node_failed(fc, n, CTR_EBACKEND);
         return NULL;
     }
+    fc->st->connects++;
     n->link.readonly = 0;
     return &n->link;
 }
@@ -212,9 +236,9 @@ static rcluster_link *links_get(void *ud, const char *host, int port, char *err,
 static void links_failed(void *ud, rcluster_link *l, int status, const char *why) {
     featstore_cluster *fc = ud;
     fc_node *n = (fc_node *)((char *)l - offsetof(fc_node, link));
-    (void)why;
-    int lost = status == CTR_EBACKEND && n->reused && l->c &&
-               (l->c->err == REDIS_ERR_EOF || l->c->err == REDIS_ERR_IO);
+    int lost = status == CTR_EBACKEND && n->reused && l->conn &&
+               rconn_error_of(l->conn) == RCONN_CLOSED;
+    if (l->conn && rconn_error_of(l->conn) == RCONN_DESYNC) node_desync(fc, n, why);
     node_close(n);
     if (lost) {     /* the resend decides; no breaker failure yet */
         n->failed = 1;
@@ -237,8 +261,9 @@ static int slots_from(featstore_cluster *fc, fc_node *n, int64_t deadline, rclus
     static const char *const argv[] = {"CLUSTER", "SLOTS"};
     static const size_t lens[] = {7, 5};
     redisReply *r;
-    int rc = rcluster_command(l->c, 2, argv, lens, deadline, &r, why, whylen);
+    int rc = rconn_command(l->conn, 2, argv, lens, RCONN_ARRAY, deadline, &r, why, whylen);
     if (rc < 0) {
+        if (rconn_error_of(l->conn) == RCONN_DESYNC) node_desync(fc, n, why);
         node_close(n);
         node_failed(fc, n, rc);
         return rc;
@@ -329,12 +354,6 @@ static int map_ready(featstore_cluster *fc, int64_t now, int64_t deadline, char 
 
 /* --- Running commands ---------------------------------------------------- */
 
-static rcluster_read route_of(const featstore_cluster *fc, int route) {
-    if (route == FEATSTORE_ROUTE_MASTER) return RCLUSTER_READ_MASTER;
-    if (route == FEATSTORE_ROUTE_REPLICA) return RCLUSTER_READ_REPLICA;
-    return fc->p.read_replicas ? RCLUSTER_READ_REPLICA : RCLUSTER_READ_MASTER;
-}
-
 static void pass_begin(featstore_cluster *fc) {
     for (int i = 0; i < fc->nnodes; i++) {
         fc_node *n = fc->nodes[i];
@@ -365,8 +384,8 @@ static fc_node *node_of(featstore_cluster *fc, int i) {
 
 /* rcluster_exec, and once more for the commands of nodes whose reused
  * connection turned out closed (Redis restarted, an idle timeout): as in
- * featstore.c, a restart must not fail every worker's next call. */
-static int exec(featstore_cluster *fc, rcluster_read read, int n, const rcluster_cmd *cmds,
+ * featstore_single.c, a restart must not fail every worker's next call. */
+static int exec(featstore_cluster *fc, rcluster_read read, int n, const rconn_cmd *cmds,
                 int64_t deadline, arena *a, rcluster_reply *out, char *err, size_t errlen) {
     static const rcluster_links links_tmpl = {links_get, links_failed, NULL};
     rcluster_links links = links_tmpl;
@@ -389,7 +408,7 @@ static int exec(featstore_cluster *fc, rcluster_read read, int n, const rcluster
         if (nd && nd->conn_lost) idx[k++] = i;
     }
     if (!k) return rc;
-    rcluster_cmd *c2 = arena_alloc(a, (size_t)k * sizeof *c2, _Alignof(rcluster_cmd));
+    rconn_cmd *c2 = arena_alloc(a, (size_t)k * sizeof *c2, _Alignof(rconn_cmd));
     rcluster_reply *o2 = arena_alloc(a, (size_t)k * sizeof *o2, _Alignof(rcluster_reply));
     if (!c2 || !o2) return rc;
     for (int j = 0; j < k; j++) c2[j] = cmds[idx[j]];
@@ -416,10 +435,8 @@ static int exec(featstore_cluster *fc, rcluster_read read, int n, const rcluster
  * node: the cluster is down or a slot is being moved. */
 static int cluster_state_error(const redisReply *r) {
     static const char *const kinds[] = {"CLUSTERDOWN", "TRYAGAIN", "MASTERDOWN"};
-    for (size_t k = 0; k < sizeof kinds / sizeof *kinds; k++) {
-        size_t l = strlen(kinds[k]);
-        if (r->len >= l && memcmp(r->str, kinds[k], l) == 0) return 1;
-    }
+    for (size_t k = 0; k < sizeof kinds / sizeof *kinds; k++)
+        if (rconn_reply_is(r, kinds[k])) return 1;
     return 0;
 }
 
@@ -432,7 +449,7 @@ static void fail_all(int n, redisReply **replies, int *status, int rc) {
 
 /* Runs n commands (pass and retry) and sorts the answers: error replies
  * other than WRONGTYPE become failures of their command. */
-static int run(featstore_cluster *fc, rcluster_read read, int n, const rcluster_cmd *cmds,
+static int run(featstore_cluster *fc, rcluster_read read, int n, const rconn_cmd *cmds,
                int64_t deadline, arena *a, redisReply **replies, int *status, char *err,
                size_t errlen) {
     fail_all(n, replies, status, CTR_EBACKEND);   /* until answered */
@@ -447,7 +464,7 @@ static int run(featstore_cluster *fc, rcluster_read read, int n, const rcluster_
         replies[i] = NULL;
         status[i] = out[i].status;
         redisReply *r = out[i].reply;
-        if (status[i] == CTR_OK && r->type == REDIS_REPLY_ERROR && !featstore_is_wrongtype(r)) {
+        if (status[i] == CTR_OK && r->type == REDIS_REPLY_ERROR && !rconn_reply_is(r, "WRONGTYPE")) {
             fc_node *nd = node_of(fc, out[i].node);
             if (rc == CTR_OK)
                 ctr_fail(err, errlen, CTR_EBACKEND, "Redis %s:%d: %.*s",
@@ -485,9 +502,10 @@ static int64_t call_begin(featstore_cluster *fc, int64_t deadline_ns) {
     return dl;
 }
 
-int featstore_cluster_read(featstore_cluster *fc, int n, const rcluster_cmd *cmds, int route,
-                           int64_t deadline_ns, arena *a, redisReply **replies, int *status,
-                           char *err, size_t errlen) {
+/* One pass of a read (see cluster_read). */
+static int read_pass(featstore_cluster *fc, int n, const rconn_cmd *cmds, rcluster_read read,
+                     int64_t deadline_ns, arena *a, redisReply **replies, int *status,
+                     char *err, size_t errlen) {
     if (err && errlen) err[0] = '\0';
     if (n < 0) return ctr_fail(err, errlen, CTR_EINVAL, "n = %d", n);
     if (n == 0) return CTR_OK;
@@ -506,11 +524,27 @@ int featstore_cluster_read(featstore_cluster *fc, int n, const rcluster_cmd *cmd
         if (rc == CTR_ETIMEOUT) fc->st->timeouts++;
         return rc;
     }
-    return run(fc, route_of(fc, route), n, cmds, dl, a, replies, status, err, errlen);
+    return run(fc, read, n, cmds, dl, a, replies, status, err, errlen);
 }
 
-int featstore_cluster_ping(featstore_cluster *fc, int64_t deadline_ns, char *err,
-                           size_t errlen) {
+static int cluster_read(void *impl, int n, const rconn_cmd *cmds, featstore_route route,
+                        int64_t deadline_ns, arena *a, redisReply **replies, int *status,
+                        char *err, size_t errlen) {
+    featstore_cluster *fc = impl;
+    if (route != FEATSTORE_ROUTE_MASTER_FIRST)
+        return read_pass(fc, n, cmds, fc->p.read_replicas ? RCLUSTER_READ_REPLICA
+                                                          : RCLUSTER_READ_MASTER,
+                         deadline_ns, a, replies, status, err, errlen);
+    int rc = read_pass(fc, n, cmds, RCLUSTER_READ_MASTER, deadline_ns, a, replies, status, err,
+                       errlen);
+    if (rc < 0 && rc != CTR_ENOMEM)
+        rc = read_pass(fc, n, cmds, RCLUSTER_READ_REPLICA, deadline_ns, a, replies, status, err,
+                       errlen);
+    return rc;
+}
+
+static int cluster_ping(void *impl, int64_t deadline_ns, char *err, size_t errlen) {
+    featstore_cluster *fc = impl;
     int64_t dl = call_begin(fc, deadline_ns);
     if (!dl) {
         fc->st->failures++;
@@ -528,8 +562,9 @@ int featstore_cluster_ping(featstore_cluster *fc, int64_t deadline_ns, char *err
 
 /* --- Writes -------------------------------------------------------------- */
 
-int featstore_cluster_put(featstore_cluster *fc, const char *key, size_t klen,
-                          const void *value, size_t len, char *err, size_t errlen) {
+static int cluster_put(void *impl, const char *key, size_t klen, const void *value, size_t len,
+                       char *err, size_t errlen) {
+    featstore_cluster *fc = impl;
     if (fc->nw == fc->cap_w) {
         int cap = fc->cap_w ? 2 * fc->cap_w : 256;
         fc_write *w = realloc(fc->w, (size_t)cap * sizeof *w);
@@ -558,9 +593,10 @@ int featstore_cluster_put(featstore_cluster *fc, const char *key, size_t klen,
     return CTR_OK;
 }
 
-int featstore_cluster_pending(const featstore_cluster *fc) { return fc->nw; }
+static int cluster_pending(const void *impl) { return ((const featstore_cluster *)impl)->nw; }
 
-int featstore_cluster_flush(featstore_cluster *fc, char *err, size_t errlen) {
+static int cluster_flush(void *impl, char *err, size_t errlen) {
+    featstore_cluster *fc = impl;
     if (err && errlen) err[0] = '\0';
     int n = fc->nw;
     if (!n) return CTR_OK;
@@ -577,7 +613,7 @@ int featstore_cluster_flush(featstore_cluster *fc, char *err, size_t errlen) {
     static const char set[] = "SET";
     const char **argv = arena_alloc(a, (size_t)n * 3 * sizeof *argv, _Alignof(const char *));
     size_t *lens = arena_alloc(a, (size_t)n * 3 * sizeof *lens, _Alignof(size_t));
-    rcluster_cmd *cmds = arena_alloc(a, (size_t)n * sizeof *cmds, _Alignof(rcluster_cmd));
+    rconn_cmd *cmds = arena_alloc(a, (size_t)n * sizeof *cmds, _Alignof(rconn_cmd));
     redisReply **replies = arena_alloc(a, (size_t)n * sizeof *replies, _Alignof(redisReply *));
     int *status = arena_alloc(a, (size_t)n * sizeof *status, _Alignof(int));
     if (!argv || !lens || !cmds || !replies || !status)
@@ -591,7 +627,7 @@ int featstore_cluster_flush(featstore_cluster *fc, char *err, size_t errlen) {
         al[1] = fc->w[i].klen;
         av[2] = fc->wbuf + fc->w[i].val;
         al[2] = fc->w[i].vlen;
-        cmds[i] = (rcluster_cmd){3, av, al};
+        cmds[i] = (rconn_cmd){3, av, al, RCONN_STATUS};
     }
     rc = run(fc, RCLUSTER_READ_MASTER, n, cmds, dl, a, replies, status, err, errlen);
     if (rc == CTR_ENOMEM) return rc;
@@ -599,14 +635,9 @@ int featstore_cluster_flush(featstore_cluster *fc, char *err, size_t errlen) {
     for (int i = 0; i < n; i++) {
         redisReply *r = replies[i];
         if (!r) continue;
-        if (r->type != REDIS_REPLY_STATUS && !bad++) {
-            if (r->type == REDIS_REPLY_ERROR)
-                ctr_fail(err, errlen, CTR_EBACKEND, "%s: SET: %.*s", route_name,
-                         (int)(r->len > 200 ? 200 : r->len), r->str ? r->str : "");
-            else
-                ctr_fail(err, errlen, CTR_EBACKEND, "%s: unexpected reply type %d to SET",
-                         route_name, r->type);
-        }
+        if (r->type == REDIS_REPLY_ERROR && !bad++)   /* (run() leaves only WRONGTYPE) */
+            ctr_fail(err, errlen, CTR_EBACKEND, "%s: SET: %.*s", route_name,
+                     (int)(r->len > 200 ? 200 : r->len), r->str ? r->str : "");
         freeReplyObject(r);
     }
     if (rc < 0) return rc;
@@ -666,8 +697,10 @@ static int parse_seeds(featstore_cluster *fc, const char *list, char *err, size_
     return CTR_OK;
 }
 
-int featstore_cluster_open(const featstore_params *p, featstore_stats *st,
-                           featstore_cluster **out, char *err, size_t errlen) {
+static void cluster_close(void *impl);
+
+static int cluster_open(const featstore_params *p, featstore_stats *st, void **out, char *err,
+                        size_t errlen) {
     static _Atomic unsigned next_salt;
     *out = NULL;
     if (p->cluster_refresh_ms < 1)
@@ -677,19 +710,21 @@ int featstore_cluster_open(const featstore_params *p, featstore_stats *st,
     if (!fc) return ctr_fail(err, errlen, CTR_ENOMEM, "out of memory");
     fc->p = *p;
     fc->p.cluster = NULL;   /* not kept */
+    fc->p.addr = NULL;      /* not used */
     fc->st = st;
     fc->salt = next_salt++;
     arena_init(&fc->scratch, 1 << 16);
     int rc = parse_seeds(fc, p->cluster, err, errlen);
     if (rc < 0) {
-        featstore_cluster_close(fc);
+        cluster_close(fc);
         return rc;
     }
     *out = fc;
     return CTR_OK;
 }
 
-void featstore_cluster_close(featstore_cluster *fc) {
+static void cluster_close(void *impl) {
+    featstore_cluster *fc = impl;
     if (!fc) return;
     for (int i = 0; i < fc->nnodes; i++) {
         node_close(fc->nodes[i]);
@@ -704,7 +739,8 @@ void featstore_cluster_close(featstore_cluster *fc) {
     free(fc);
 }
 
-breaker_state featstore_cluster_breaker_state(const featstore_cluster *fc) {
+static breaker_state cluster_breaker_state(const void *impl) {
+    const featstore_cluster *fc = impl;
     breaker_state s = BREAKER_CLOSED;
     for (int i = 0; i < fc->nnodes; i++) {
         breaker_state b = fc->nodes[i]->br.state;
@@ -714,8 +750,21 @@ breaker_state featstore_cluster_breaker_state(const featstore_cluster *fc) {
     return s;
 }
 
-uint64_t featstore_cluster_breaker_opens(const featstore_cluster *fc) {
+static uint64_t cluster_breaker_opens(const void *impl) {
+    const featstore_cluster *fc = impl;
     uint64_t n = 0;
     for (int i = 0; i < fc->nnodes; i++) n += fc->nodes[i]->br.opens;
     return n;
 }
+
+const featstore_backend featstore_cluster_backend = {
+    .open = cluster_open,
+    .close = cluster_close,
+    .read = cluster_read,
+    .ping = cluster_ping,
+    .put = cluster_put,
+    .flush = cluster_flush,
+    .pending = cluster_pending,
+    .breaker_state = cluster_breaker_state,
+    .breaker_opens = cluster_breaker_opens,
+};

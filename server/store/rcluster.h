@@ -10,7 +10,8 @@
  * batches.  The cluster may reshard (MOVED, ASK) or fail over (a node
  * unreachable until the map is refreshed) under that load.
  *
- * The pieces, each usable alone:
+ * The pieces, each usable alone (rcluster_map.c: slots, map, redirects,
+ * grouping, none touching a connection; rcluster.c: the exec):
  *
  *   rcluster_keyslot          CRC16 (XMODEM) of the key mod 16384, hash tags
  *                             honoured, as Redis computes it.
@@ -27,13 +28,13 @@
  *                             followed once with ASKING, replies returned in
  *                             the caller's order; all within one deadline.
  *
- * Connections stay with the caller (rcluster_links): the feature store owns
- * one connection per node per worker, with its own timeouts, reconnection
+ * Connections (rconn.h) stay with the caller (rcluster_links): the feature
+ * store owns one connection per node per worker, with its own timeouts, reconnection
  * back-off and health; rcluster_exec asks for the connection of each node
  * it needs and says which ones it had to give up on.
  *
  * A refresh is the caller's: send CLUSTER SLOTS to any reachable node
- * (rcluster_command), rcluster_map_parse the reply, swap the maps.  Do it
+ * (rconn_command), rcluster_map_parse the reply, swap the maps.  Do it
  * at start, and when rcluster_exec_stats.stale says so (a MOVED was seen, a
  * node failed or a slot had no master), rate-limited: after a failover, the
  * old map routes the failed master's slots to a dead node until then.
@@ -66,9 +67,9 @@
 
 #include "core/base/arena.h"
 #include "core/base/status.h"
+#include "server/store/rconn.h"
 
 struct redisReply;
-struct redisContext;
 
 #define RCLUSTER_SLOTS 16384
 #define RCLUSTER_HOST_MAX 64      /* longest host (with its NUL) kept */
@@ -150,6 +151,11 @@ int rcluster_map_route(const rcluster_map *m, int slot, rcluster_read read,
 /* Slots with a master (16384 when the cluster is fully served). */
 int rcluster_map_covered(const rcluster_map *m);
 
+/* The index of host:port, added (with no slot) when the map does not know
+ * it: a node an ASK sends one command to.  CTR_EINVAL (bad host or port),
+ * CTR_ENOMEM. */
+int rcluster_map_add(rcluster_map *m, const char *host, int port);
+
 /* Records a MOVED: slot's master is now host:port, the node added to the
  * map if new (with no replicas known).  Other slots keep their owners until
  * the next refresh.  Returns the node's index, CTR_EINVAL (bad slot, host
@@ -206,12 +212,12 @@ int rcluster_plan_make(const rcluster_map *m, int n, const char *const *keys,
 
 /* --- Pipelined exec across nodes ----------------------------------------- */
 
-/* One connection of the caller's.  rcluster_exec reads c and readonly,
- * writes to c, and sets readonly to 1 once Redis accepts READONLY on it. */
+/* One connection of the caller's.  rcluster_exec reads conn and
+ * readonly, sends on conn, and sets readonly to 1 once Redis accepts
+ * READONLY on it. */
 typedef struct rcluster_link {
-    struct redisContext *c;         /* non-blocking (redisConnectNonBlock),
-                                       connected or connecting */
-    int readonly;                   /* READONLY is in effect on c */
+    rconn *conn;                    /* connected (rconn_open) */
+    int readonly;                   /* READONLY is in effect on conn */
 } rcluster_link;
 
 /* The caller's connections, one per node address. */
@@ -219,27 +225,18 @@ typedef struct rcluster_links {
     /* The link to host:port, or NULL when there is none to be had now
      * (down, inside a reconnect back-off...; err says why, and that node's
      * commands fail with CTR_EBACKEND or go to the master, see above).
-     * Called at most once per node per rcluster_exec; the link's c may
-     * still be connecting (its first write waits for the connect, within
-     * the exec's deadline). */
+     * Called at most once per node per rcluster_exec.  A connection that
+     * sat idle since its last use should pass rconn_check_idle first. */
     rcluster_link *(*get)(void *ud, const char *host, int port, char *err,
                           size_t errlen);
-    /* rcluster_exec gave up on l->c: it broke (CTR_EBACKEND) or did not
-     * answer in time (CTR_ETIMEOUT, replies may still come, so it is out
-     * of step).  The owner must close it (redisFree) before it is used
-     * again; rcluster_exec does not touch l after this call. */
+    /* rcluster_exec gave up on l->conn: it broke (CTR_EBACKEND; rconn_error_of
+     * says how) or did not answer in time (CTR_ETIMEOUT, replies may still
+     * come, so it is out of step).  The owner must close it (rconn_close)
+     * before it is used again; rcluster_exec does not touch l after this
+     * call. */
     void (*failed)(void *ud, rcluster_link *l, int status, const char *why);
     void *ud;
 } rcluster_links;
-
-/* One single-key command: argv[1] is the key (GET key, GETRANGE key 0 99,
- * SET key value...).  The strings are copied into the connection's buffer
- * at once. */
-typedef struct rcluster_cmd {
-    int argc;                       /* >= 2 */
-    const char *const *argv;
-    const size_t *argvlen;
-} rcluster_cmd;
 
 /* The answer to command i. */
 typedef struct rcluster_reply {
@@ -274,15 +271,23 @@ typedef struct rcluster_exec_stats {
  * MOVED -> ASK during a migration needs three). */
 #define RCLUSTER_MAX_ROUNDS 4
 
-/* Runs cmds[0..n) on the cluster, each on the node rcluster_map_route(m,
- * slot of its key, read, salt) gives (use RCLUSTER_READ_MASTER for
- * writes), pipelined per node, every node in flight at once, until all are
+/* Runs cmds[0..n) on the cluster (single-key commands: argv[1] is the
+ * key, as in GET key, GETRANGE key 0 99, SET key value), each on the node
+ * rcluster_map_route(m, slot of its key, read, salt) gives (use
+ * RCLUSTER_READ_MASTER for writes), pipelined per node, every node in flight at once, until all are
  * answered or deadline_ns (CLOCK_MONOTONIC) passes.  out[i] answers
  * cmds[i].  A MOVED updates m (rcluster_map_moved) and the command is sent
  * to the new owner; an ASK is followed once (ASKING + the command, to the
  * target; a second redirect for that command is its failure).  Commands
  * with read != MASTER are taken to be reads and are rerouted to the
  * master when their replica cannot be reached.
+ *
+ * Each reply must be of a type its command answers (cmds[i].expect; an
+ * error reply always is), and nothing may be left over once a node's
+ * replies are in: otherwise that node's connection is out of step
+ * (RCONN_DESYNC, given up through links->failed) and every command it
+ * answered in this exec fails with CTR_EBACKEND, the answers already read
+ * from it included.
  *
  * Returns CTR_OK when every command has an answer; otherwise the first
  * failure among out[] (CTR_EBACKEND or CTR_ETIMEOUT) and out[] says which
@@ -291,20 +296,11 @@ typedef struct rcluster_exec_stats {
  * no reply is held in out[]).  st may be NULL. */
 int rcluster_exec(rcluster_map *m, const rcluster_links *links,
                   rcluster_read read, unsigned salt, int n,
-                  const rcluster_cmd *cmds, int64_t deadline_ns, arena *a,
+                  const rconn_cmd *cmds, int64_t deadline_ns, arena *a,
                   rcluster_reply *out, rcluster_exec_stats *st, char *err,
                   size_t errlen);
 
 /* Frees the replies held in out[0..n) and sets them to NULL. */
 void rcluster_replies_free(rcluster_reply *out, int n);
-
-/* One command on one connection, without routing (CLUSTER SLOTS, READONLY,
- * PING...): written and answered by deadline_ns on a non-blocking context.
- * On CTR_OK *reply is the answer (freeReplyObject), which may be an error
- * reply.  CTR_EBACKEND (connection error: c is then unusable) or
- * CTR_ETIMEOUT (c out of step: close it). */
-int rcluster_command(struct redisContext *c, int argc, const char *const *argv,
-                     const size_t *argvlen, int64_t deadline_ns,
-                     struct redisReply **reply, char *err, size_t errlen);
 
 #endif

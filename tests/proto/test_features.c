@@ -19,7 +19,7 @@
 #include "core/base/status.h"
 #include "proto/features.h"
 
-#include "tests/proto/fixture.h"
+#include "tests/fixture.h"
 
 #define EXPECT_ERR(call, status, sub)                                         \
     do {                                                                      \

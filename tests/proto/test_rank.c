@@ -36,7 +36,7 @@ static const proto_rank_schema *pick2(void *arg, const char *model) {
     return strcmp(model, "b") == 0 ? &schema_b : NULL;
 }
 
-#include "tests/proto/fixture.h"
+#include "tests/fixture.h"
 
 static int dec(const char *body, proto_rank_request *r) {
     err[0] = '\0';

@@ -19,7 +19,7 @@
 #define MM 4
 #define TAGS 5
 
-#include "tests/proto/fixture.h"
+#include "tests/fixture.h"
 
 static int item(const char *line, proto_item *it) {
     err[0] = '\0';

@@ -325,7 +325,8 @@ static const char *const families[] = {
     "ctr_rank_degraded_responses_total", "ctr_scored_candidates_total", "ctr_rank_stage_duration_seconds",
     "ctr_redis_breaker_open", "ctr_redis_breaker_opens_total",
     "ctr_redis_breaker_probes_total", "ctr_redis_breaker_short_circuits_total",
-    "ctr_requests_shed_total", "ctr_connections_cut_total", "ctr_feature_set_ready",
+    "ctr_redis_desync_total", "ctr_requests_shed_total", "ctr_connections_cut_total",
+    "ctr_feature_set_ready",
     "ctr_feature_set_loaded_timestamp_seconds", "process_start_time_seconds",
     "process_cpu_seconds_total", "process_resident_memory_bytes",
 };
@@ -352,6 +353,7 @@ static void test_fresh(void **state) {
     assert_true(value(&P, "ctr_rank_pending_requests_limit", "") == 0);
     assert_true(value(&P, "ctr_rank_degraded_responses_total", "") == 0);
     assert_true(value(&P, "ctr_redis_breaker_open", "") == 0);
+    assert_true(value(&P, "ctr_redis_desync_total", "") == 0);
     assert_true(value(&P, "ctr_feature_set_ready", "model=qin") == 0);
     /* The issue-7 series move as their events happen. */
     metrics_breaker(m, BREAKER_EV_OPENED);
@@ -362,6 +364,8 @@ static void test_fresh(void **state) {
     metrics_shed(m, 1);
     metrics_shed(m, 1);
     metrics_connection_cut(m);
+    metrics_redis_desync(m);
+    metrics_redis_desync(NULL);                       /* no metrics: ignored */
     metrics_feature_set(m, 0, 1, 1714557600.5);
     metrics_feature_set(m, 5, 1, 1.0);                /* not a model: ignored */
     metrics_rank_stage(m, 2, 0.0003);
@@ -381,6 +385,7 @@ static void test_fresh(void **state) {
     assert_true(value(&P, "ctr_requests_shed_total", "reason=admission") == 1);
     assert_true(value(&P, "ctr_requests_shed_total", "reason=deadline") == 2);
     assert_true(value(&P, "ctr_connections_cut_total", "reason=receive_deadline") == 1);
+    assert_true(value(&P, "ctr_redis_desync_total", "") == 1);
     assert_true(value(&P, "ctr_feature_set_ready", "model=qin") == 1);
     assert_int_equal(count_samples(&P, "ctr_feature_set_ready"), 1);
     assert_true(value(&P, "ctr_feature_set_loaded_timestamp_seconds", "model=qin") == 1714557600.5);

@@ -11,7 +11,9 @@
  * from replicas; a node that does not answer costs only its own keys (the
  * others are decoded, the call answers CTR_OK) and its breaker, not the
  * call; a cluster that cannot be reached fails whole, with a message;
- * WRONGTYPE stays malformed data; the feature-set marker.
+ * WRONGTYPE stays malformed data; the feature-set marker; and, on a
+ * cluster of two fake nodes (fake_redis.h), a node whose replies are out
+ * of step costs its own items, its connection, and nothing else.
  *
  * Keys carry a prefix of this run (pid, time) and are deleted at the end.
  * One test pauses a master for 400 ms (CLIENT PAUSE), well under the
@@ -25,61 +27,21 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
-#include <unistd.h>
 
 #include <cmocka.h>
 #include <hiredis/hiredis.h>
 
+#include "core/base/clock.h"
 #include "core/base/status.h"
 #include "proto/features.h"
-#include "core/base/clock.h"
 #include "server/store/featstore.h"
 #include "server/store/rcluster.h"
 
-#define MM 12
-#define TAGS 5
-#define MAX_NODES 16
+#include "tests/server/store/store_fixture.h"
+#include "tests/server/store/fake_redis.h"
 
-static char seeds[1024], single[256], prefix[64];
-static char err[256];
-static arena A;
-
-/* Every node of the cluster, by port, with an admin connection. */
-static int nnodes;
-static int node_port[MAX_NODES];
-static redisContext *node_admin[MAX_NODES];
+static char seeds[1024];
 static rcluster_map *map;       /* the cluster's map at start */
-static redisContext *single_admin;
-
-static void sleep_ms(int ms) {
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000};
-    nanosleep(&ts, NULL);
-}
-
-static redisContext *connect_admin(const char *host, int port) {
-    struct timeval tv = {2, 0};
-    redisContext *c = redisConnectWithTimeout(host, port, tv);
-    if (!c || c->err) return NULL;
-    redisSetTimeout(c, tv);
-    return c;
-}
-
-static redisContext *admin_of(int port) {
-    for (int i = 0; i < nnodes; i++)
-        if (node_port[i] == port) return node_admin[i];
-    return NULL;
-}
-
-static void node_do(redisContext *c, const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    redisReply *r = redisvCommand(c, fmt, ap);
-    va_end(ap);
-    if (!r) fail_msg("admin %s: %s", fmt, c->errstr);
-    if (r->type == REDIS_REPLY_ERROR) fail_msg("admin %s: %s", fmt, r->str);
-    freeReplyObject(r);
-}
 
 /* The port of key's master in the map at start. */
 static int master_port(const char *key) {
@@ -88,61 +50,11 @@ static int master_port(const char *key) {
     return rcluster_map_node(map, m)->port;
 }
 
-/* Keys of this run on the node (SCAN). */
-static long count_keys(redisContext *c) {
-    long n = 0;
-    unsigned long long cursor = 0;
-    do {
-        redisReply *r = redisCommand(c, "SCAN %llu MATCH %s* COUNT 1000", cursor, prefix);
-        assert_non_null(r);
-        assert_int_equal(r->type, REDIS_REPLY_ARRAY);
-        cursor = strtoull(r->element[0]->str, NULL, 10);
-        n += (long)r->element[1]->elements;
-        freeReplyObject(r);
-    } while (cursor);
-    return n;
-}
-
+/* fs_params() on the cluster. */
 static featstore_params params(void) {
-    featstore_params p;
-    featstore_default_params(&p);
+    featstore_params p = fs_params();
     p.cluster = seeds;
-    p.prefix = prefix;
-    p.max_tags = TAGS;
-    p.mm_dim = MM;
-    p.max_seq = 4;
-    /* Sanitizer builds are slower; deadlines are tested where said. */
-    p.command_timeout_ms = 2000;
-    p.connect_timeout_ms = 2000;
     return p;
-}
-
-static featstore *open_fs(const featstore_params *p) {
-    featstore *fs;
-    int rc = featstore_open(p, &fs, err, sizeof err);
-    if (rc != CTR_OK) fail_msg("featstore_open: %d %s", rc, err);
-    return fs;
-}
-
-/* An encoded item whose tags and floats derive from id. */
-static size_t make_item(int64_t id, unsigned char *buf, size_t cap) {
-    int32_t tags[TAGS];
-    float mm[MM];
-    for (int i = 0; i < TAGS; i++) tags[i] = (int32_t)(id % 1000 * 10 + i);
-    for (int i = 0; i < MM; i++) mm[i] = (float)id + (float)i / 8;
-    size_t len = 0;
-    assert_int_equal(features_item_encode(tags, TAGS, mm, MM, buf, cap, &len, err, sizeof err),
-                     CTR_OK);
-    return len;
-}
-
-static void check_item(const featstore_item *it, int64_t id) {
-    assert_int_equal(it->found, 1);
-    assert_int_equal(it->status, CTR_OK);
-    assert_int_equal(it->num_tags, TAGS);
-    assert_int_equal(it->mm_dim, MM);
-    for (int i = 0; i < TAGS; i++) assert_int_equal(it->tags[i], id % 1000 * 10 + i);
-    for (int i = 0; i < MM; i++) assert_true(it->mm[i] == (float)id + (float)i / 8);
 }
 
 /* Items 1..n through fs, flushed every `batch`. */
@@ -156,17 +68,6 @@ static void put_items(featstore *fs, int n, int batch) {
     }
     assert_int_equal(featstore_flush(fs, err, sizeof err), CTR_OK);
     assert_int_equal(featstore_pending(fs), 0);
-}
-
-static int setup(void **state) {
-    arena_init(&A, 1 << 16);
-    err[0] = '\0';
-    return 0;
-}
-
-static int teardown(void **state) {
-    arena_free(&A);
-    return 0;
 }
 
 #define NITEMS 300
@@ -217,13 +118,9 @@ static void test_write_read(void **state) {
     int masters = 0;
     long total = 0;
     for (int i = 0; i < nnodes; i++) {
-        redisReply *r = redisCommand(node_admin[i], "ROLE");
-        assert_non_null(r);
-        int is_master = strcmp(r->element[0]->str, "master") == 0;
-        freeReplyObject(r);
-        if (!is_master) continue;
+        if (!node_is_master(node_admin[i])) continue;
         masters++;
-        long n = count_keys(node_admin[i]);
+        long n = admin_count_keys(node_admin[i]);
         assert_true(n > 0);
         total += n;
     }
@@ -264,7 +161,7 @@ static void test_parity_with_one_node(void **state) {
     featstore_params p = params();
     featstore *cl = open_fs(&p);
     p.cluster = NULL;
-    p.addr = single;
+    p.addr = redis_addr;
     featstore *one = open_fs(&p);
     put_items(one, NITEMS, 100);
     int64_t ids[NITEMS];
@@ -280,17 +177,6 @@ static void test_parity_with_one_node(void **state) {
     }
     featstore_close(cl);
     featstore_close(one);
-}
-
-static long long cmd_calls(redisContext *c, const char *cmd) {
-    redisReply *r = redisCommand(c, "INFO commandstats");
-    assert_non_null(r);
-    char pat[64];
-    snprintf(pat, sizeof pat, "cmdstat_%s:calls=", cmd);
-    const char *s = r->str ? strstr(r->str, pat) : NULL;
-    long long n = s ? atoll(s + strlen(pat)) : 0;
-    freeReplyObject(r);
-    return n;
 }
 
 /* read_replicas: the replicas answer (their GETRANGE counts grow, the
@@ -313,18 +199,15 @@ static void test_read_replicas(void **state) {
         if (!ok) sleep_ms(20);
     }
     assert_true(ok);
-    long long before[MAX_NODES];
-    for (int i = 0; i < nnodes; i++) before[i] = cmd_calls(node_admin[i], "getrange");
+    long long before[CLUSTER_MAX_NODES];
+    for (int i = 0; i < nnodes; i++) before[i] = admin_calls(node_admin[i], "getrange");
     arena_reset(&A);
     assert_int_equal(featstore_get_items(fs, ids, NITEMS, 0, &A, out, err, sizeof err), CTR_OK);
     for (int i = 0; i < NITEMS; i++) check_item(&out[i], ids[i]);
     int replicas_read = 0;
     for (int i = 0; i < nnodes; i++) {
-        long long d = cmd_calls(node_admin[i], "getrange") - before[i];
-        redisReply *r = redisCommand(node_admin[i], "ROLE");
-        int is_master = strcmp(r->element[0]->str, "master") == 0;
-        freeReplyObject(r);
-        if (is_master) assert_int_equal(d, 0);
+        long long d = admin_calls(node_admin[i], "getrange") - before[i];
+        if (node_is_master(node_admin[i])) assert_int_equal(d, 0);
         else replicas_read += d > 0;
     }
     assert_int_equal(replicas_read, 3);
@@ -358,7 +241,7 @@ static void test_node_down_costs_its_keys(void **state) {
         on_paused += master_port(key) == paused_port;
     }
     assert_true(on_paused > 0 && on_paused < NITEMS);
-    node_do(admin_of(paused_port), "CLIENT PAUSE 400");
+    admin_do(admin_of(paused_port), "CLIENT PAUSE 400");
     arena_reset(&A);
     double t0 = (double)clock_now_ns();
     int rc = featstore_get_items(fs, ids, NITEMS, clock_now_ns() + 100000000, &A, out, err,
@@ -450,7 +333,7 @@ static void test_unreachable(void **state) {
     featstore_close(fs);
 
     /* A plain Redis is not a cluster. */
-    p.cluster = single;
+    p.cluster = redis_addr;
     fs = open_fs(&p);
     assert_int_equal(featstore_ping(fs, 0, err, sizeof err), CTR_EBACKEND);
     assert_non_null(strstr(err, "cluster support disabled"));
@@ -463,7 +346,7 @@ static void test_wrongtype_and_meta(void **state) {
     featstore *fs = open_fs(&p);
     char key[128];
     snprintf(key, sizeof key, "%si:777", prefix);
-    node_do(admin_of(master_port(key)), "LPUSH %s x", key);
+    admin_do(admin_of(master_port(key)), "LPUSH %s x", key);
     int64_t ids[2] = {777, 1};
     featstore_item out[2];
     assert_int_equal(featstore_get_items(fs, ids, 2, 0, &A, out, err, sizeof err), CTR_OK);
@@ -491,81 +374,85 @@ static void test_wrongtype_and_meta(void **state) {
     featstore_close(fs);
 }
 
-/* --- main ---------------------------------------------------------------- */
+/* A node that sends a reply no command asked for: its items fail (not
+ * decoded), the other node's are read, the call answers; bytes that
+ * arrive on a kept connection while it is idle cost a new connection. */
+static void test_desync_costs_its_node(void **state) {
+    enum { N = 24 };
+    fake f[2];
+    for (int i = 0; i < 2; i++) fake_start(&f[i], FAKE_STORE, NULL);
+    for (int i = 0; i < 2; i++) fake_set_slots(&f[i], f, 2);
+    int64_t ids[N];
+    int on[N], n0 = 0;
+    unsigned char v[256];
+    char key[128];
+    for (int i = 0; i < N; i++) {
+        ids[i] = i + 1;
+        snprintf(key, sizeof key, "%si:%d", prefix, i + 1);
+        on[i] = rcluster_keyslot(key, strlen(key)) < 8192 ? 0 : 1;
+        n0 += on[i] == 0;
+        fake_store_set(&f[on[i]], key, v, make_item(ids[i], v, sizeof v));
+    }
+    assert_true(n0 > 0 && n0 < N);
+    char seed[64];
+    snprintf(seed, sizeof seed, "127.0.0.1:%d", f[0].port);
+    featstore_params p = params();
+    p.cluster = seed;
+    featstore *fs = open_fs(&p);
+    featstore_item out[N];
+    assert_int_equal(featstore_get_items(fs, ids, N, 0, &A, out, err, sizeof err), CTR_OK);
+    for (int i = 0; i < N; i++) check_item(&out[i], ids[i]);
 
-static void delete_test_keys(void) {
-    for (int i = 0; i < nnodes; i++) {
-        unsigned long long cursor = 0;
-        do {
-            redisReply *r = redisCommand(node_admin[i], "SCAN %llu MATCH %s* COUNT 1000", cursor,
-                                         prefix);
-            if (!r || r->type != REDIS_REPLY_ARRAY) {
-                if (r) freeReplyObject(r);
-                break;
-            }
-            cursor = strtoull(r->element[0]->str, NULL, 10);
-            for (size_t k = 0; k < r->element[1]->elements; k++) {
-                redisReply *d = redisCommand(node_admin[i], "DEL %b", r->element[1]->element[k]->str,
-                                             r->element[1]->element[k]->len);
-                if (d) freeReplyObject(d);   /* a replica refuses: fine */
-            }
-            freeReplyObject(r);
-        } while (cursor);
+    fake_inject(&f[0], "$2\r\nv0\r\n", 8, 0);
+    arena_reset(&A);
+    assert_int_equal(featstore_get_items(fs, ids, N, 0, &A, out, err, sizeof err), CTR_OK);
+    assert_non_null(strstr(err, "out of step"));
+    for (int i = 0; i < N; i++) {
+        if (on[i] == 0) {
+            assert_int_equal(out[i].found, 0);
+            assert_int_equal(out[i].status, CTR_EBACKEND);
+        } else {
+            check_item(&out[i], ids[i]);
+        }
     }
-    if (single_admin) {
-        unsigned long long cursor = 0;
-        do {
-            redisReply *r = redisCommand(single_admin, "SCAN %llu MATCH %s* COUNT 1000", cursor,
-                                         prefix);
-            if (!r || r->type != REDIS_REPLY_ARRAY) {
-                if (r) freeReplyObject(r);
-                break;
-            }
-            cursor = strtoull(r->element[0]->str, NULL, 10);
-            for (size_t k = 0; k < r->element[1]->elements; k++) {
-                redisReply *d = redisCommand(single_admin, "DEL %b", r->element[1]->element[k]->str,
-                                             r->element[1]->element[k]->len);
-                if (d) freeReplyObject(d);
-            }
-            freeReplyObject(r);
-        } while (cursor);
-    }
+    featstore_stats st;
+    featstore_stats_get(fs, &st);
+    assert_int_equal(st.desyncs, 1);
+    assert_int_equal(st.items_unavailable, (uint64_t)n0);
+
+    /* Stray bytes on node 1 while idle; node 0's breaker (opened by the
+     * failure above) is let past. */
+    fake_inject(&f[1], "+OK\r\n", 5, 10);
+    sleep_ms(200);
+    arena_reset(&A);
+    assert_int_equal(featstore_get_items(fs, ids, N, 0, &A, out, err, sizeof err), CTR_OK);
+    for (int i = 0; i < N; i++) check_item(&out[i], ids[i]);
+    int64_t dl = ms_from_now(2000);
+    while (atomic_load(&f[1].injected) < 1 && clock_now_ns() < dl) sleep_ms(2);
+    sleep_ms(50);
+    featstore_stats_get(fs, &st);
+    uint64_t connects = st.connects;
+    arena_reset(&A);
+    assert_int_equal(featstore_get_items(fs, ids, N, 0, &A, out, err, sizeof err), CTR_OK);
+    for (int i = 0; i < N; i++) check_item(&out[i], ids[i]);
+    featstore_stats_get(fs, &st);
+    assert_int_equal(st.desyncs, 2);
+    assert_int_equal(st.connects, connects + 1);
+    featstore_close(fs);
+    for (int i = 0; i < 2; i++) fake_stop(&f[i]);
 }
+
+/* --- main ---------------------------------------------------------------- */
 
 int main(void) {
     signal(SIGPIPE, SIG_IGN);   /* featstore.h */
-    const char *env = getenv("CTR_CLUSTER_SEEDS"), *one = getenv("CTR_REDIS");
-    if (!env || !*env || !one || !*one) {
-        fprintf(stderr, "test_featstore_cluster: CTR_CLUSTER_SEEDS (a Redis Cluster's nodes) "
-                        "and CTR_REDIS (one Redis) must be set; tests/run.sh provides both\n");
-        return 1;
-    }
-    snprintf(seeds, sizeof seeds, "%s", env);
-    snprintf(single, sizeof single, "%s", one);
-    char list[1024];
-    snprintf(list, sizeof list, "%s", env);
-    char *save = NULL;
-    for (char *t = strtok_r(list, ",", &save); t && nnodes < MAX_NODES;
-         t = strtok_r(NULL, ",", &save)) {
-        char *colon = strrchr(t, ':');
-        if (!colon) return fprintf(stderr, "bad seed %s\n", t), 1;
-        *colon = '\0';
-        node_port[nnodes] = atoi(colon + 1);
-        node_admin[nnodes] = connect_admin(t, node_port[nnodes]);
-        if (!node_admin[nnodes]) return fprintf(stderr, "cannot reach %s\n", t), 1;
-        nnodes++;
-    }
-    char *colon = strrchr(single, ':');
-    char host[256];
-    snprintf(host, sizeof host, "%.*s", colon ? (int)(colon - single) : 0, single);
-    single_admin = colon ? connect_admin(host, atoi(colon + 1)) : NULL;
-    if (!single_admin) return fprintf(stderr, "cannot reach %s\n", single), 1;
+    /* The cluster, and the one Redis too (for parity). */
+    if (cluster_open("test_featstore_cluster") < 0 || redis_open("test_fsc") < 0) return 1;
+    snprintf(seeds, sizeof seeds, "%s", getenv("CTR_CLUSTER_SEEDS"));
     redisReply *r = redisCommand(node_admin[0], "CLUSTER SLOTS");
     if (!r || rcluster_map_parse(r, "127.0.0.1", &map, err, sizeof err) < 0)
         return fprintf(stderr, "CLUSTER SLOTS: %s\n", err), 1;
     freeReplyObject(r);
-    snprintf(prefix, sizeof prefix, "test_fsc:%ld:%lld:", (long)getpid(),
-             (long long)time(NULL));
 
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_open_refusals, setup, teardown),
@@ -575,11 +462,11 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_node_down_costs_its_keys, setup, teardown),
         cmocka_unit_test_setup_teardown(test_unreachable, setup, teardown),
         cmocka_unit_test_setup_teardown(test_wrongtype_and_meta, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_desync_costs_its_node, setup, teardown),
     };
     int failed = cmocka_run_group_tests(tests, NULL, NULL);
-    delete_test_keys();
-    for (int i = 0; i < nnodes; i++) redisFree(node_admin[i]);
-    redisFree(single_admin);
+    cluster_close();
+    redis_close();
     rcluster_map_free(map);
     return failed;
 }
