@@ -14,9 +14,12 @@
  * layout once, and one matmul primitive is made per class of row counts
  * (classes, below).  A call only converts its rows when the precision needs
  * it, runs one primitive per chunk and, for int8, rescales the int32 sums.
- * int8 runs on the VNNI kernel below instead where the CPU and the shape
- * allow (AUTO): level with oneDNN's u8 x s8 matmul or ahead in same-run
- * measurements (bench/README.md).
+ * Which kernel runs is measured, not assumed (the planner, below): on a CPU
+ * with AMX, oneDNN's int8 and bf16 matmuls run there and leave every
+ * AVX-512 kernel behind from a few rows on; without AMX, our VNNI kernel
+ * was level with oneDNN's or ahead; the packed fp32 kernel wins at a few
+ * rows only.  Each of these changes with the CPU, so each layer shape is
+ * timed once on the host that serves it.
  *
  * Threads.  Debian's oneDNN is built on OpenMP: a primitive made in a
  * thread whose OpenMP limit is the number of cores splits every call over
@@ -36,6 +39,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <oneapi/dnnl/dnnl.h>
 
@@ -67,8 +71,11 @@ typedef struct dense_class {
 struct dense {
     int in, out, ld_in, ld_out;
     dense_precision prec;
-    dense_backend backend;          /* as asked (AUTO resolved per call) */
-    int packed_below;               /* rows under which fp32 uses `packed` */
+    dense_backend backend;          /* as asked */
+    /* The kernel each plan class runs (never AUTO), and what the planner
+     * measured (microseconds a call, < 0: not timed). */
+    dense_backend pick[DENSE_PLAN_CLASSES];
+    double plan_us[DENSE_PLAN_CLASSES][DENSE_BACKEND_COUNT];
     float *w;                       /* OPENBLAS: plain copy, out x in */
     float *packed;                  /* packed-kernel weights, or NULL */
     signed char *wvnni;             /* int8 PACKED: Wq in blocks of 32
@@ -82,7 +89,8 @@ struct dense {
     dense_class cls[NCLASS];
     int ncls;                       /* classes made (0 without oneDNN) */
     size_t src_bytes, dst_bytes, pad_bytes;  /* workspace parts */
-    char what[192];
+    char impl[64];                  /* oneDNN's implementation, or "" */
+    char what[320];
 };
 
 struct dense_ws {
@@ -134,8 +142,30 @@ int dense_precision_parse(const char *text, dense_precision *out) {
 }
 
 dense_params dense_default_params(void) {
-    dense_params p = {DENSE_FP32, DENSE_BACKEND_AUTO, 0, 0, 9};
+    dense_params p = {DENSE_FP32, DENSE_BACKEND_AUTO, 0, 0};
     return p;
+}
+
+const char *dense_backend_name(dense_backend b) {
+    switch (b) {
+#define DENSE_BACKEND_NAME(name, text, what) case DENSE_BACKEND_##name: return text;
+        DENSE_BACKEND_MAP(DENSE_BACKEND_NAME)
+#undef DENSE_BACKEND_NAME
+    default: return "unknown";
+    }
+}
+
+int dense_backend_parse(const char *text, dense_backend *out) {
+    for (int b = 0; text && b < DENSE_BACKEND_COUNT; b++) {
+        const char *name = dense_backend_name((dense_backend)b);
+        size_t i = 0;
+        while (name[i] && (text[i] | 0x20) == name[i]) i++;
+        if (!name[i] && !text[i]) {
+            *out = (dense_backend)b;
+            return CTR_OK;
+        }
+    }
+    return CTR_EINVAL;
 }
 
 /* --- conversions ------------------------------------------------------- */
@@ -332,8 +362,7 @@ static int make_class(dense *d, int c, const dnnl_memory_desc_t *wmd, char *err,
         d->w_md = *dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
         const char *impl = "?";
         dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &impl);
-        snprintf(d->what, sizeof d->what, "%s: oneDNN %s, %d row classes up to %d",
-                 dense_precision_name(d->prec), impl, NCLASS, DENSE_MAX_ROWS);
+        snprintf(d->impl, sizeof d->impl, "%s", impl);
     }
 done:
     if (pd) dnnl_primitive_desc_destroy(pd);
@@ -397,23 +426,23 @@ static void quantize_weights(const float *w, int out, int in, signed char *wq, f
     }
 }
 
-/* The int8 weights for oneDNN, reordered into its layout. */
-static int prepare_int8(dense *d, const float *w, char *err, size_t errlen) {
+/* The int8 weights, once for every kernel of the layer: Wq (out x in, a
+ * buffer the caller frees), and d->wscale and d->colsum. */
+static int quantize_int8(dense *d, const float *w, signed char **wq, char *err, size_t errlen) {
     const int in = d->in, out = d->out;
-    signed char *wq = malloc((size_t)in * out);
+    *wq = malloc((size_t)in * out);
     d->wscale = aligned_bytes((size_t)out * sizeof *d->wscale);
     d->colsum = aligned_bytes((size_t)out * sizeof *d->colsum);
-    if (!wq || !d->wscale || !d->colsum) {
-        free(wq);
+    if (!*wq || !d->wscale || !d->colsum)
         return ctr_fail(err, errlen, CTR_ENOMEM, "out of memory for int8 weights");
-    }
-    quantize_weights(w, out, in, wq, d->wscale, d->colsum);
-    int rc = reorder_weights(d, wq, dnnl_s8, err, errlen);
-    free(wq);
-    return rc;
+    quantize_weights(w, out, in, *wq, d->wscale, d->colsum);
+    return CTR_OK;
 }
 
-static int make_onednn(dense *d, const float *w, char *err, size_t errlen) {
+/* oneDNN's primitives for every row class and the weights in their layout:
+ * w (fp32, bf16) or wq (int8, quantize_int8). */
+static int make_onednn(dense *d, const float *w, const signed char *wq, char *err,
+                       size_t errlen) {
     if (!engine_get()) return ctr_fail(err, errlen, CTR_EINVAL, "oneDNN: no CPU engine");
     dnnl_data_type_t st, wt, dt;
     types(d->prec, &st, &wt, &dt);
@@ -427,11 +456,12 @@ static int make_onednn(dense *d, const float *w, char *err, size_t errlen) {
     d->ncls = NCLASS;
     for (int c = 0; c < NCLASS - 1; c++)
         if ((rc = make_class(d, c, &d->w_md, err, errlen)) < 0) return rc;
-    if (d->prec == DENSE_INT8) rc = prepare_int8(d, w, err, errlen);
+    if (d->prec == DENSE_INT8) rc = reorder_weights(d, wq, dnnl_s8, err, errlen);
     else rc = reorder_weights(d, w, dnnl_f32, err, errlen); /* bf16: rounds to nearest even */
     if (rc < 0) return rc;
     size_t esz = d->prec == DENSE_FP32 ? 4 : (d->prec == DENSE_BF16 ? 2 : 1);
-    d->src_bytes = round_up((size_t)DENSE_MAX_ROWS * src_stride(d) * esz);
+    size_t src = round_up((size_t)DENSE_MAX_ROWS * src_stride(d) * esz);
+    if (src > d->src_bytes) d->src_bytes = src;
     d->dst_bytes = round_up((size_t)DENSE_MAX_ROWS * dst_stride(d) * 4);
     for (int c = 0; c < NCLASS; c++)
         if (d->cls[c].pad_bytes > d->pad_bytes) d->pad_bytes = d->cls[c].pad_bytes;
@@ -442,7 +472,7 @@ static int make_onednn(dense *d, const float *w, char *err, size_t errlen) {
 /* --- int8 on our own VNNI kernel ------------------------------------------------
  *
  * The same arithmetic as oneDNN's u8 x s8 path (rows quantised by
- * dense_quantize_row, weights by prepare_int8, the zero point taken out in
+ * dense_quantize_row, weights by quantize_int8, the zero point taken out in
  * int32), computed by a small AVX512_VNNI kernel: 8 rows x 32 output
  * channels a block, 16 accumulators in registers (vpdpbusd issues two a
  * cycle on this CPU and has a latency of several: 16 independent chains
@@ -542,24 +572,230 @@ int dense_vnni_supported(int out, int in) {
 #endif
 }
 
-/* The int8 weights (as prepare_int8 makes them) in vnni_layout, and the
- * workspace: the quantised rows, their scales and zero points. */
-static int make_vnni(dense *d, const float *w, char *err, size_t errlen) {
-    const int in = d->in, out = d->out;
-    signed char *wq = malloc((size_t)in * out);
-    d->wscale = aligned_bytes((size_t)out * sizeof *d->wscale);
-    d->colsum = aligned_bytes((size_t)out * sizeof *d->colsum);
-    d->wvnni = aligned_bytes((size_t)in * out);
-    if (!wq || !d->wscale || !d->colsum || !d->wvnni) {
-        free(wq);
+/* The int8 weights (quantize_int8) in vnni_layout, and the workspace: the
+ * quantised rows, their scales and zero points. */
+static int make_vnni(dense *d, const signed char *wq, char *err, size_t errlen) {
+    if (!(d->wvnni = aligned_bytes((size_t)d->in * d->out)))
         return ctr_fail(err, errlen, CTR_ENOMEM, "out of memory for int8 weights");
-    }
-    quantize_weights(w, out, in, wq, d->wscale, d->colsum);
-    vnni_layout(wq, out, in, d->wvnni);
-    free(wq);
-    d->src_bytes = round_up((size_t)DENSE_MAX_ROWS * in);
-    snprintf(d->what, sizeof d->what, "int8: AVX512_VNNI kernel (8 x 32 blocks)");
+    vnni_layout(wq, d->out, d->in, d->wvnni);
+    size_t src = round_up((size_t)DENSE_MAX_ROWS * d->in);
+    if (src > d->src_bytes) d->src_bytes = src;
     return CTR_OK;
+}
+
+static void free_onednn(dense *d) {
+    for (int c = 0; c < NCLASS; c++)
+        if (d->cls[c].prim) dnnl_primitive_destroy(d->cls[c].prim);
+    memset(d->cls, 0, sizeof d->cls);
+    d->ncls = 0;
+    if (d->w_mem) dnnl_memory_destroy(d->w_mem);
+    d->w_mem = NULL;
+    free(d->wq);
+    d->wq = NULL;
+    d->impl[0] = 0;
+}
+
+static void free_packed(dense *d) {
+    free(d->packed);
+    free(d->wvnni);
+    d->packed = NULL;
+    d->wvnni = NULL;
+}
+
+/* Builds kernel b for the layer (its weights in b's layout). */
+static int make_kernel(dense *d, dense_backend b, const float *w, const signed char *wq,
+                       char *err, size_t errlen) {
+    switch (b) {
+    case DENSE_BACKEND_ONEDNN: return make_onednn(d, w, wq, err, errlen);
+    case DENSE_BACKEND_OPENBLAS:
+        if (!(d->w = aligned_bytes((size_t)d->in * d->out * sizeof(float)))) break;
+        memcpy(d->w, w, (size_t)d->in * d->out * sizeof(float));
+        return CTR_OK;
+    case DENSE_BACKEND_PACKED:
+        if (d->prec == DENSE_INT8) return make_vnni(d, wq, err, errlen);
+        if (!(d->packed = aligned_bytes(gemm_packed_floats(d->in) * sizeof(float)))) break;
+        gemm_pack(w, d->in, d->packed);
+        return CTR_OK;
+    default: return ctr_fail(err, errlen, CTR_EINVAL, "unknown backend");
+    }
+    return ctr_fail(err, errlen, CTR_ENOMEM, "out of memory for the weights");
+}
+
+/* --- the planner ------------------------------------------------------------ */
+
+static const int plan_rows[DENSE_PLAN_CLASSES] = {4, 16, 64, 256};
+static const int plan_top[DENSE_PLAN_CLASSES] = {8, 32, 128, DENSE_MAX_ROWS};
+
+int dense_plan_rows(int c) { return c >= 0 && c < DENSE_PLAN_CLASSES ? plan_rows[c] : 0; }
+int dense_plan_top(int c) { return c >= 0 && c < DENSE_PLAN_CLASSES ? plan_top[c] : 0; }
+
+static int plan_class(int m) {
+    int c = 0;
+    while (c < DENSE_PLAN_CLASSES - 1 && m > plan_top[c]) c++;
+    return c;
+}
+
+int dense_candidates(dense_precision p, int out, int in, dense_backend *b) {
+    int n = 0;
+    b[n++] = DENSE_BACKEND_ONEDNN;
+    if (p == DENSE_FP32 && in == out && gemm_packed_supported(in)) b[n++] = DENSE_BACKEND_PACKED;
+    if (p == DENSE_INT8 && dense_vnni_supported(out, in)) b[n++] = DENSE_BACKEND_PACKED;
+    return n;
+}
+
+int dense_plan_pick(const double *us, int n) {
+    int best = 0;
+    for (int k = 1; k < n; k++)
+        if (us[k] >= 0 && (us[best] < 0 || us[k] < us[best])) best = k;
+    /* The default stays unless beaten by 3%: jitter does not flip it. */
+    if (best != 0 && us[0] >= 0 && us[best] > 0.97 * us[0]) best = 0;
+    return best;
+}
+
+const char *dense_cpu_isa(void) {
+    switch (dnnl_get_effective_cpu_isa()) {
+    case dnnl_cpu_isa_sse41: return "sse41";
+    case dnnl_cpu_isa_avx: return "avx";
+    case dnnl_cpu_isa_avx2: return "avx2";
+    case dnnl_cpu_isa_avx2_vnni: return "avx2_vnni";
+    case dnnl_cpu_isa_avx512_mic: return "avx512_mic";
+    case dnnl_cpu_isa_avx512_mic_4ops: return "avx512_mic_4ops";
+    case dnnl_cpu_isa_avx512_core: return "avx512_core";
+    case dnnl_cpu_isa_avx512_core_vnni: return "avx512_core_vnni";
+    case dnnl_cpu_isa_avx512_core_bf16: return "avx512_core_bf16";
+    case dnnl_cpu_isa_avx512_core_amx: return "avx512_core_amx";
+    default: return "unknown";
+    }
+}
+
+/* Plans of the shapes already timed, for the process's life: a layer of
+ * the same precision, shape and strides takes the first one's choice (the
+ * weights' values do not change which kernel is faster). */
+typedef struct plan_entry {
+    int prec, in, out, ld_in, ld_out;
+    dense_backend pick[DENSE_PLAN_CLASSES];
+    double us[DENSE_PLAN_CLASSES][DENSE_BACKEND_COUNT];
+} plan_entry;
+
+#define PLAN_CACHE 64
+static plan_entry plan_cache[PLAN_CACHE];
+static int plan_cached;
+static pthread_mutex_t plan_mu = PTHREAD_MUTEX_INITIALIZER;
+
+static int run_kernel(const dense *d, dense_backend b, dense_ws *ws, int m, const float *x,
+                      float *y);
+
+static double now_us(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e6 + (double)ts.tv_nsec * 1e-3;
+}
+
+/* Times the candidates cand[0..nc-1] per plan class on random rows and
+ * fills d->pick and d->plan_us: each kernel run once to warm it (oneDNN's
+ * first call, the weights into cache), then the fastest of a few calls,
+ * kernels interleaved call by call (the order rotated) so that a burst of
+ * load from elsewhere falls on all alike. */
+static int plan_time(dense *d, const dense_backend *cand, int nc, char *err, size_t errlen) {
+    const int n = DENSE_MAX_ROWS;
+    float *x = aligned_bytes((size_t)n * d->ld_in * sizeof *x),
+          *y = aligned_bytes((size_t)n * d->ld_out * sizeof *y);
+    dense_ws *ws = NULL;
+    int rc = CTR_ENOMEM;
+    if (!x || !y || (rc = dense_ws_init(dense_ws_size(d), &ws)) < 0) {
+        free(x);
+        free(y);
+        return ctr_fail(err, errlen, rc, "planner: no workspace");
+    }
+    uint64_t r = 0x9e3779b97f4a7c15ULL;
+    for (size_t i = 0; i < (size_t)n * d->ld_in; i++) {
+        r = r * 6364136223846793005ULL + 1442695040888963407ULL;
+        x[i] = (float)((double)(r >> 40) / 16777216.0) * 2.0f - 1.0f;
+    }
+    for (int c = 0; c < DENSE_PLAN_CLASSES && rc == CTR_OK; c++) {
+        const int rows = plan_rows[c], reps = rows <= 64 ? 7 : 3;
+        double best[DENSE_BACKEND_COUNT];
+        for (int k = 0; k < nc && rc == CTR_OK; k++) {
+            best[k] = -1;
+            rc = run_kernel(d, cand[k], ws, rows, x, y);
+        }
+        for (int i = 0; i < reps && rc == CTR_OK; i++)
+            for (int j = 0; j < nc && rc == CTR_OK; j++) {
+                const int k = (i + j) % nc;
+                double t0 = now_us();
+                rc = run_kernel(d, cand[k], ws, rows, x, y);
+                double t = now_us() - t0;
+                if (best[k] < 0 || t < best[k]) best[k] = t;
+            }
+        if (rc < 0) break;
+        d->pick[c] = cand[dense_plan_pick(best, nc)];
+        for (int k = 0; k < nc; k++) d->plan_us[c][cand[k]] = best[k];
+    }
+    dense_ws_free(ws);
+    free(x);
+    free(y);
+    if (rc < 0) return ctr_fail(err, errlen, rc, "planner: a kernel failed to run");
+    return CTR_OK;
+}
+
+/* d->pick and d->plan_us for AUTO: from the cache, or timed and cached. */
+static int plan(dense *d, const dense_backend *cand, int nc, char *err, size_t errlen) {
+    pthread_mutex_lock(&plan_mu);
+    int rc = CTR_OK;
+    for (int i = 0; i < plan_cached; i++) {
+        const plan_entry *e = &plan_cache[i];
+        if (e->prec == (int)d->prec && e->in == d->in && e->out == d->out &&
+            e->ld_in == d->ld_in && e->ld_out == d->ld_out) {
+            memcpy(d->pick, e->pick, sizeof d->pick);
+            memcpy(d->plan_us, e->us, sizeof d->plan_us);
+            goto done;
+        }
+    }
+    if ((rc = plan_time(d, cand, nc, err, errlen)) < 0) goto done;
+    if (plan_cached < PLAN_CACHE) {
+        plan_entry *e = &plan_cache[plan_cached++];
+        *e = (plan_entry){(int)d->prec, d->in, d->out, d->ld_in, d->ld_out, {0}, {{0}}};
+        memcpy(e->pick, d->pick, sizeof e->pick);
+        memcpy(e->us, d->plan_us, sizeof e->us);
+    }
+done:
+    pthread_mutex_unlock(&plan_mu);
+    return rc;
+}
+
+/* The kernel's name in dense_describe. */
+static const char *kernel_name(const dense *d, dense_backend b, char *buf, size_t len) {
+    switch (b) {
+    case DENSE_BACKEND_ONEDNN: snprintf(buf, len, "oneDNN %s", d->impl); break;
+    case DENSE_BACKEND_OPENBLAS: snprintf(buf, len, "OpenBLAS sgemm"); break;
+    case DENSE_BACKEND_PACKED:
+        snprintf(buf, len, d->prec == DENSE_INT8 ? "AVX512_VNNI kernel (8 x 32 blocks)"
+                                                 : "packed AVX-512 kernel");
+        break;
+    default: snprintf(buf, len, "?"); break;
+    }
+    return buf;
+}
+
+/* "int8: rows 1-8 <kernel>; rows 9-256 <kernel> (planned)". */
+static void describe(dense *d) {
+    size_t len = (size_t)snprintf(d->what, sizeof d->what, "%s: ", dense_precision_name(d->prec));
+    for (int c = 0; c < DENSE_PLAN_CLASSES && len < sizeof d->what;) {
+        int e = c;
+        while (e + 1 < DENSE_PLAN_CLASSES && d->pick[e + 1] == d->pick[c]) e++;
+        char name[96];
+        kernel_name(d, d->pick[c], name, sizeof name);
+        if (c == 0 && e == DENSE_PLAN_CLASSES - 1)
+            len += (size_t)snprintf(d->what + len, sizeof d->what - len, "%s", name);
+        else
+            len += (size_t)snprintf(d->what + len, sizeof d->what - len, "%srows %d-%d %s",
+                                    c ? "; " : "", c ? plan_top[c - 1] + 1 : 1, plan_top[e],
+                                    name);
+        c = e + 1;
+    }
+    if (len < sizeof d->what)
+        snprintf(d->what + len, sizeof d->what - len, " (%s)",
+                 d->backend == DENSE_BACKEND_AUTO ? "planned" : "set");
 }
 
 /* --- the layer ------------------------------------------------------------- */
@@ -569,7 +805,8 @@ int dense_init(const float *w, int out, int in, const dense_params *params, dens
     *dp = NULL;
     dense_params p = params ? *params : dense_default_params();
     if (in < 1 || out < 1 || (p.ld_in && p.ld_in < in) || (p.ld_out && p.ld_out < out) ||
-        p.precision < 0 || p.precision >= DENSE_PRECISION_COUNT)
+        p.precision < 0 || p.precision >= DENSE_PRECISION_COUNT || p.backend < 0 ||
+        p.backend >= DENSE_BACKEND_COUNT)
         return ctr_fail(err, errlen, CTR_EINVAL, "dense %d x %d: bad shape or parameters", out,
                         in);
     if ((p.precision == DENSE_BF16 &&
@@ -582,8 +819,8 @@ int dense_init(const float *w, int out, int in, const dense_params *params, dens
         return ctr_fail(err, errlen, CTR_EINVAL,
                         "the int8 VNNI kernel needs AVX512_VNNI, a multiple of 32 outputs and "
                         "of 4 inputs (here %d x %d)", out, in);
-    int packed_ok = in == out && gemm_packed_supported(in);
-    if (p.precision == DENSE_FP32 && p.backend == DENSE_BACKEND_PACKED && !packed_ok)
+    if (p.precision == DENSE_FP32 && p.backend == DENSE_BACKEND_PACKED &&
+        !(in == out && gemm_packed_supported(in)))
         return ctr_fail(err, errlen, CTR_EINVAL,
                         "the packed kernel needs AVX-512F and a square weight of a multiple "
                         "of 32 (here %d x %d)", out, in);
@@ -599,66 +836,45 @@ int dense_init(const float *w, int out, int in, const dense_params *params, dens
     d->ld_out = p.ld_out ? p.ld_out : out;
     d->prec = p.precision;
     d->backend = p.backend;
-    int rc = CTR_ENOMEM;
-    switch (p.backend) {
-    case DENSE_BACKEND_OPENBLAS:
-        if (!(d->w = aligned_bytes((size_t)in * out * sizeof(float)))) goto fail;
-        memcpy(d->w, w, (size_t)in * out * sizeof(float));
-        snprintf(d->what, sizeof d->what, "fp32: OpenBLAS sgemm");
-        break;
-    case DENSE_BACKEND_PACKED:
-        if (d->prec == DENSE_INT8) {
-            if ((rc = make_vnni(d, w, err, errlen)) < 0) goto fail;
-            break;
+    for (int c = 0; c < DENSE_PLAN_CLASSES; c++)
+        for (int b = 0; b < DENSE_BACKEND_COUNT; b++) d->plan_us[c][b] = -1;
+    dense_backend cand[DENSE_BACKEND_COUNT];
+    int nc = 1;
+    cand[0] = p.backend;
+    if (p.backend == DENSE_BACKEND_AUTO) nc = dense_candidates(d->prec, out, in, cand);
+    signed char *wq = NULL;
+    int rc = CTR_OK;
+    if (d->prec == DENSE_INT8 && (rc = quantize_int8(d, w, &wq, err, errlen)) < 0) goto fail;
+    for (int k = 0; k < nc; k++)
+        if ((rc = make_kernel(d, cand[k], w, wq, err, errlen)) < 0) goto fail;
+    free(wq);
+    wq = NULL;
+    for (int c = 0; c < DENSE_PLAN_CLASSES; c++) d->pick[c] = cand[0];
+    if (nc > 1) {
+        if ((rc = plan(d, cand, nc, err, errlen)) < 0) goto fail;
+        int used[DENSE_BACKEND_COUNT] = {0};
+        for (int c = 0; c < DENSE_PLAN_CLASSES; c++) used[d->pick[c]] = 1;
+        if (!used[DENSE_BACKEND_ONEDNN]) {
+            free_onednn(d);
+            d->dst_bytes = d->pad_bytes = 0;
         }
-        if (!(d->packed = aligned_bytes(gemm_packed_floats(in) * sizeof(float)))) goto fail;
-        gemm_pack(w, in, d->packed);
-        d->packed_below = INT32_MAX;
-        snprintf(d->what, sizeof d->what, "fp32: packed AVX-512 kernel");
-        break;
-    case DENSE_BACKEND_AUTO:
-        /* int8: our VNNI kernel where it runs (same-run benchmark: level
-         * with oneDNN's u8 x s8 matmul or up to 25% ahead, N = 1..256,
-         * MicroLens and DIN shapes; bench/README.md); oneDNN elsewhere. */
-        if (d->prec == DENSE_INT8 && dense_vnni_supported(out, in)) {
-            if ((rc = make_vnni(d, w, err, errlen)) < 0) goto fail;
-            break;
-        }
-        /* fall through */
-    case DENSE_BACKEND_ONEDNN:
-        if ((rc = make_onednn(d, w, err, errlen)) < 0) goto fail;
-        if (p.backend == DENSE_BACKEND_AUTO && d->prec == DENSE_FP32 && packed_ok &&
-            p.packed_below > 1) {
-            rc = CTR_ENOMEM;
-            if (!(d->packed = aligned_bytes(gemm_packed_floats(in) * sizeof(float)))) goto fail;
-            gemm_pack(w, in, d->packed);
-            d->packed_below = p.packed_below;
-            size_t len = strlen(d->what);
-            snprintf(d->what + len, sizeof d->what - len,
-                     "; packed AVX-512 kernel below %d rows", d->packed_below);
-        }
-        break;
-    default:
-        rc = ctr_fail(err, errlen, CTR_EINVAL, "unknown backend");
-        goto fail;
+        if (!used[DENSE_BACKEND_PACKED]) free_packed(d);
     }
+    describe(d);
     *dp = d;
     return CTR_OK;
 fail:
     if (rc == CTR_ENOMEM && err && !*err) ctr_fail(err, errlen, rc, "out of memory");
+    free(wq);
     dense_free(d);
     return rc;
 }
 
 void dense_free(dense *d) {
     if (!d) return;
-    for (int c = 0; c < NCLASS; c++)
-        if (d->cls[c].prim) dnnl_primitive_destroy(d->cls[c].prim);
-    if (d->w_mem) dnnl_memory_destroy(d->w_mem);
+    free_onednn(d);
+    free_packed(d);
     free(d->w);
-    free(d->packed);
-    free(d->wvnni);
-    free(d->wq);
     free(d->wscale);
     free(d->colsum);
     free(d);
@@ -669,11 +885,19 @@ dense_precision dense_get_precision(const dense *d) { return d->prec; }
 int dense_in(const dense *d) { return d->in; }
 int dense_out(const dense *d) { return d->out; }
 
+dense_backend dense_backend_for(const dense *d, int n) {
+    return d->pick[plan_class(n < DENSE_MAX_ROWS ? n : DENSE_MAX_ROWS)];
+}
+
+double dense_plan_us(const dense *d, int c, dense_backend b) {
+    if (c < 0 || c >= DENSE_PLAN_CLASSES || b < 0 || b >= DENSE_BACKEND_COUNT) return -1;
+    return d->plan_us[c][b];
+}
+
 size_t dense_ws_size(const dense *d) {
     return d->src_bytes + d->dst_bytes + d->pad_bytes +
            round_up(DENSE_MAX_ROWS * (sizeof(float) + sizeof(int32_t)));
 }
-
 int dense_ws_init(size_t bytes, dense_ws **out) {
     *out = NULL;
     dense_ws *ws = calloc(1, sizeof *ws);
@@ -780,37 +1004,47 @@ static int chunk_onednn(const dense *d, dense_ws *ws, int m, const float *x, flo
     }
 }
 
-int dense_forward(const dense *d, dense_ws *ws, int n, const float *x, float *y) {
-    if (n <= 0) return CTR_OK;
-    if (d->w) { /* OpenBLAS */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, d->out, d->in, 1.0f, x, d->ld_in,
+/* m <= DENSE_MAX_ROWS rows on the int8 VNNI kernel. */
+static void chunk_vnni(const dense *d, dense_ws *ws, int m, const float *x, float *y) {
+#ifdef DENSE_X86
+    unsigned char *q = ws->buf;
+    float *scale = (float *)(q + d->src_bytes);
+    int32_t *zero = (int32_t *)(scale + DENSE_MAX_ROWS);
+    for (int i = 0; i < m; i++)
+        scale[i] = dense_quantize_row(x + (size_t)i * d->ld_in, d->in, q + (size_t)i * d->in,
+                                      &zero[i]);
+    vnni_rows(d, m, q, scale, zero, y);
+#else
+    (void)d, (void)ws, (void)m, (void)x, (void)y;
+#endif
+}
+
+/* m <= DENSE_MAX_ROWS rows on kernel b (built). */
+static int run_kernel(const dense *d, dense_backend b, dense_ws *ws, int m, const float *x,
+                      float *y) {
+    switch (b) {
+    case DENSE_BACKEND_OPENBLAS:
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, d->out, d->in, 1.0f, x, d->ld_in,
                     d->w, d->in, 0.0f, y, d->ld_out);
         return CTR_OK;
-    }
-    if (d->packed && n < d->packed_below) {
-        gemm_packed(n, d->in, x, d->ld_in, d->packed, y, d->ld_out);
+    case DENSE_BACKEND_PACKED:
+        if (d->prec == DENSE_INT8) chunk_vnni(d, ws, m, x, y);
+        else gemm_packed(m, d->in, x, d->ld_in, d->packed, y, d->ld_out);
         return CTR_OK;
+    case DENSE_BACKEND_ONEDNN:
+        one_thread();
+        return chunk_onednn(d, ws, m, x, y);
+    default: return CTR_EINVAL;
     }
+}
+
+int dense_forward(const dense *d, dense_ws *ws, int n, const float *x, float *y) {
+    if (n <= 0) return CTR_OK;
     if (!ws || ws->size < dense_ws_size(d)) return CTR_EINVAL;
-#ifdef DENSE_X86
-    if (d->wvnni) {
-        unsigned char *q = ws->buf;
-        float *scale = (float *)(q + d->src_bytes);
-        int32_t *zero = (int32_t *)(scale + DENSE_MAX_ROWS);
-        for (int i0 = 0; i0 < n; i0 += DENSE_MAX_ROWS) {
-            int m = n - i0 < DENSE_MAX_ROWS ? n - i0 : DENSE_MAX_ROWS;
-            for (int i = 0; i < m; i++)
-                scale[i] = dense_quantize_row(x + (size_t)(i0 + i) * d->ld_in, d->in,
-                                              q + (size_t)i * d->in, &zero[i]);
-            vnni_rows(d, m, q, scale, zero, y + (size_t)i0 * d->ld_out);
-        }
-        return CTR_OK;
-    }
-#endif
-    one_thread();
     for (int i0 = 0; i0 < n; i0 += DENSE_MAX_ROWS) {
         int m = n - i0 < DENSE_MAX_ROWS ? n - i0 : DENSE_MAX_ROWS;
-        int rc = chunk_onednn(d, ws, m, x + (size_t)i0 * d->ld_in, y + (size_t)i0 * d->ld_out);
+        int rc = run_kernel(d, d->pick[plan_class(m)], ws, m, x + (size_t)i0 * d->ld_in,
+                            y + (size_t)i0 * d->ld_out);
         if (rc < 0) return rc;
     }
     return CTR_OK;

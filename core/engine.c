@@ -47,7 +47,7 @@ const char *engine_arch_name(int arch) {
 }
 
 engine_params engine_default_params(void) {
-    engine_params p = {DENSE_FP32};
+    engine_params p = {DENSE_FP32, DENSE_BACKEND_AUTO};
     return p;
 }
 
@@ -63,6 +63,8 @@ int engine_model_load_buffer_with(const void *buf, size_t len, const engine_para
     const engine_params params = p ? *p : engine_default_params();
     if (params.precision < 0 || params.precision >= DENSE_PRECISION_COUNT)
         return ctr_fail(err, errlen, CTR_EINVAL, "unknown precision %d", (int)params.precision);
+    if (params.kernel < 0 || params.kernel >= DENSE_BACKEND_COUNT)
+        return ctr_fail(err, errlen, CTR_EINVAL, "unknown kernel %d", (int)params.kernel);
     st_file f;
     int rc = st_parse(buf, len, &f, err, errlen);
     if (rc < 0) return rc;
@@ -121,6 +123,8 @@ void engine_model_free(engine_model *m) {
 const engine_schema *engine_model_schema(const engine_model *m) { return &m->sc; }
 
 dense_precision engine_model_precision(const engine_model *m) { return m->params.precision; }
+
+dense_backend engine_model_kernel(const engine_model *m) { return m->params.kernel; }
 
 const char *engine_model_describe(const engine_model *m) { return m->ops->describe(m->impl); }
 

@@ -127,6 +127,12 @@ static inline itemvec_input engine_item_base(const engine_item *item) {
  * pooling, heads) stays fp32 in every precision. */
 typedef struct engine_params {
     dense_precision precision;      /* DENSE_FP32 */
+    dense_backend kernel;           /* DENSE_BACKEND_AUTO: per layer shape
+                                       and row class, the fastest kernel
+                                       on this CPU, timed at load (dense.h);
+                                       another: that kernel for every layer
+                                       (CTR_EINVAL at load where it cannot
+                                       run one) */
 } engine_params;
 
 engine_params engine_default_params(void);
@@ -153,10 +159,13 @@ const engine_schema *engine_model_schema(const engine_model *m);
 
 /* The precision the model's dense layers run in.  Thread-safe. */
 dense_precision engine_model_precision(const engine_model *m);
+/* The kernel setting it was loaded with (AUTO unless set).  Thread-safe. */
+dense_backend engine_model_kernel(const engine_model *m);
 
-/* What computes the model's largest dense layer, e.g. "int8: oneDNN
- * brg:avx512_core_vnni, 46 row classes up to 256", for logs and
- * benchmarks.  Valid as long as the model. */
+/* What computes the model's largest dense layer, per row class, e.g.
+ * "int8: rows 1-8 AVX512_VNNI kernel (8 x 32 blocks); rows 9-256 oneDNN
+ * brg:avx512_core_amx_int8 (planned)", for logs, /v1/models and
+ * benchmarks (dense_describe).  Valid as long as the model. */
 const char *engine_model_describe(const engine_model *m);
 
 /* The precision's name ("fp32", "bf16", "int8"; "unknown" otherwise) and

@@ -420,7 +420,7 @@ typedef struct qin_engine_scratch {
 static int qin_arch_load(const st_file *f, const engine_schema *sc, const engine_params *p,
                          void **impl, char *err, size_t errlen) {
     (void)sc;
-    return qin_model_build(f, p->precision, (qin_model **)impl, err, errlen);
+    return qin_model_build(f, p->precision, p->kernel, (qin_model **)impl, err, errlen);
 }
 
 static const char *qin_arch_describe(const void *impl) { return qin_model_describe(impl); }

@@ -81,10 +81,10 @@ int qin_model_fold_first(qin_model *m, int on);
 float *qin_falloc(size_t n);
 
 /* Builds a QIN model from a parsed model file, its QNN layers prepared in
- * `precision` (what qin_model_load_buffer, in fp32, and the engine's QIN
- * loader share). */
-int qin_model_build(const st_file *f, dense_precision precision, qin_model **out, char *err,
-                    size_t errlen);
+ * `precision` on `kernel` (dense.h; what qin_model_load_buffer, in fp32 on
+ * AUTO, and the engine's QIN loader share). */
+int qin_model_build(const st_file *f, dense_precision precision, dense_backend kernel,
+                    qin_model **out, char *err, size_t errlen);
 
 /* Pieces of the forward pass (qin.c), exposed for the tests. */
 
