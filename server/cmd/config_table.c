@@ -266,6 +266,17 @@ const setting config_settings[] = {
      "Arithmetic of the dense layers: fp32 is exact to the trained model; bf16 and int8 "
      "are faster on CPUs with AVX512_BF16 / VNNI, not exact (a note on stderr says so; "
      "measured error in bench/README.md).", C, 0, NULL},
+    {"kernel", SET_CHOICE, F(kernel), CAP(kernel), 0, 0, "KERNEL",
+     "auto|onednn|packed|openblas", NULL, NULL,
+     "Which code computes the dense layers.  auto (default): at load, every "
+     "kernel that runs the layer's precision on this CPU is timed per layer "
+     "shape and row count and the fastest kept (oneDNN on AMX where the CPU "
+     "has it; this project's AVX512-VNNI int8 and packed fp32 kernels); the "
+     "startup log, /v1/models and /metrics show each choice and oneDNN's "
+     "instruction set (ONEDNN_MAX_CPU_ISA in the environment caps it).  "
+     "onednn, packed (fp32: square layers of a multiple of 32; int8: a "
+     "multiple of 32 outputs) or openblas (fp32 only) run that kernel "
+     "everywhere; a model it cannot run fails to load.", S, 0, NULL},
     {"cache_mb", SET_INT, F(cache_mb), 0, 0, 1 << 20, "[NAME=]MIB", NULL, NULL, NULL,
      "Item vector cache budget in MiB, split equally among the models without a "
      "budget of their own (NAME=MIB, repeatable); 0 disables the cache.", S, SETTING_PER_MODEL, NULL},
@@ -332,6 +343,7 @@ config_params config_default_params(void) {
     p.max_body_bytes = (size_t)1 << 20;
     p.max_seq = 1000;
     snprintf(p.precision, sizeof p.precision, "fp32");
+    snprintf(p.kernel, sizeof p.kernel, "auto");
     p.cache_mb = 256;
     p.cache_ttl_s = 600;
     p.warmup = 1;

@@ -171,6 +171,8 @@ static int load_models(service *svc, const config_params *cp, char *err, size_t 
     sp.cache.ttl_ms = (uint64_t)cp->cache_ttl_s * 1000;
     sp.cache.max_bytes = 0; /* until the budgets are known */
     sp.warmup_max_cand = cp->warmup ? cp->max_candidates : 0;
+    if (dense_backend_parse(cp->kernel, &sp.kernel) < 0) sp.kernel = DENSE_BACKEND_AUTO;
+    log_info("dense layers: kernel %s; oneDNN instruction set %s", cp->kernel, dense_cpu_isa());
     char inner[900];
     int rc = CTR_OK, shared = 0, i;
     for (i = 0; i < cp->num_models; i++) {
@@ -212,7 +214,7 @@ static int load_models(service *svc, const config_params *cp, char *err, size_t 
         names[i] = svc->models[i].name;
         dense_precision pr = engine_model_precision(s->model);
         log_info("model %s: %s version %s (%s), %s; prefix \"%s\", item cache %zu MiB; "
-                 "precision %s (%s); load %.0f ms, warm-up %.0f ms", names[i], s->schema->name,
+                 "precision %s, kernel %s; load %.0f ms, warm-up %.0f ms", names[i], s->schema->name,
                  s->schema->version, engine_arch_name(s->schema->arch), cp->models[i].path,
                  svc->models[i].prefix, mb, dense_precision_name(pr),
                  engine_model_describe(s->model), s->load_ms, s->warmup_ms);
