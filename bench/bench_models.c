@@ -221,6 +221,9 @@ int main(int argc, char **argv) {
            "OpenBLAS)\n", openblas_get_config(), openblas_get_corename(),
            getenv("CTR_DENSE_OPENBLAS") && strcmp(getenv("CTR_DENSE_OPENBLAS"), "0")
                ? "OpenBLAS" : "oneDNN sgemm");
+    printf("oneDNN instruction set %s (ONEDNN_MAX_CPU_ISA %s); dense kernels planned at load "
+           "(each model's largest layer below)\n", dense_cpu_isa(),
+           getenv("ONEDNN_MAX_CPU_ISA") ? getenv("ONEDNN_MAX_CPU_ISA") : "unset");
     int rc = 0;
     for (int k = 0; k < nm; k++) rc |= bench_one(models[k], precs, np, hist, ns, nn, seconds);
     printf("\nGFLOP/s counts the folded multiply-adds x 2 over the median thread CPU time "
