@@ -127,7 +127,7 @@ static int bench_one(const char *path, const dense_precision *precs, int np, int
         engine_explain ex = {3, xpos, xw};
         engine_request plain[MAXP];
         for (int p = 0; p < np; p++) {
-            plain[p] = (engine_request){ptr[p], H, ptr[p] + H, ctx, n, NULL};
+            plain[p] = (engine_request){ptr[p], H, ptr[p] + H, ctx, n, NULL, NULL};
             for (int i = 0; i < 3; i++) engine_forward(m[p], s[p], &plain[p], prob, NULL, 0);
         }
         engine_request expl = plain[0];

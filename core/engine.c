@@ -47,7 +47,7 @@ const char *engine_arch_name(int arch) {
 }
 
 engine_params engine_default_params(void) {
-    engine_params p = {DENSE_FP32, DENSE_BACKEND_AUTO};
+    engine_params p = {DENSE_FP32, DENSE_BACKEND_AUTO, 1};
     return p;
 }
 
@@ -65,6 +65,9 @@ int engine_model_load_buffer_with(const void *buf, size_t len, const engine_para
         return ctr_fail(err, errlen, CTR_EINVAL, "unknown precision %d", (int)params.precision);
     if (params.kernel < 0 || params.kernel >= DENSE_BACKEND_COUNT)
         return ctr_fail(err, errlen, CTR_EINVAL, "unknown kernel %d", (int)params.kernel);
+    if (params.column_parts != 1 && params.column_parts != 2)
+        return ctr_fail(err, errlen, CTR_EINVAL, "column_parts %d: 1 or 2",
+                        params.column_parts);
     st_file f;
     int rc = st_parse(buf, len, &f, err, errlen);
     if (rc < 0) return rc;
@@ -125,6 +128,10 @@ const engine_schema *engine_model_schema(const engine_model *m) { return &m->sc;
 dense_precision engine_model_precision(const engine_model *m) { return m->params.precision; }
 
 dense_backend engine_model_kernel(const engine_model *m) { return m->params.kernel; }
+
+int engine_model_column_parts(const engine_model *m) {
+    return m->ops->column_parts ? m->ops->column_parts(m->impl) : 1;
+}
 
 const char *engine_model_describe(const engine_model *m) { return m->ops->describe(m->impl); }
 
@@ -276,7 +283,7 @@ int engine_warmup(const engine_model *m, int max_cand, char *err, size_t errlen)
     /* Candidates first, then the history; a full history and one entry. */
     for (size_t k = 0; k < sizeof warm_sizes / sizeof *warm_sizes && warm_sizes[k] <= top; k++)
         for (int h = 0; h < 2; h++) {
-            engine_request r = {ptr + top, h ? 1 : nh, ptr, NULL, warm_sizes[k], NULL};
+            engine_request r = {ptr + top, h ? 1 : nh, ptr, NULL, warm_sizes[k], NULL, NULL};
             if ((rc = engine_forward(m, s, &r, prob, err, errlen)) < 0) goto done;
         }
     rc = CTR_OK;

@@ -133,6 +133,14 @@ typedef struct engine_params {
                                        another: that kernel for every layer
                                        (CTR_EINVAL at load where it cannot
                                        run one) */
+    int column_parts;               /* 1 (default) or 2: also prepare each
+                                       QIN layer's weight in two halves of
+                                       its output columns, so that a request
+                                       given an engine_par splits every layer
+                                       across two threads, each multiplying
+                                       by its own half of the weights (which
+                                       then stays in that core's cache);
+                                       the weights' memory doubles */
 } engine_params;
 
 engine_params engine_default_params(void);
@@ -161,6 +169,10 @@ const engine_schema *engine_model_schema(const engine_model *m);
 dense_precision engine_model_precision(const engine_model *m);
 /* The kernel setting it was loaded with (AUTO unless set).  Thread-safe. */
 dense_backend engine_model_kernel(const engine_model *m);
+/* 2 when a request given an engine_par splits the model's layers by
+ * columns (a QIN loaded with column_parts 2 whose width allows it), else 1.
+ * Thread-safe. */
+int engine_model_column_parts(const engine_model *m);
 
 /* What computes the model's largest dense layer, per row class, e.g.
  * "int8: rows 1-8 AVX512_VNNI kernel (8 x 32 blocks); rows 9-256 oneDNN
@@ -232,6 +244,18 @@ typedef struct engine_explain {
     float *weight;          /* num_cand x k */
 } engine_explain;
 
+/* Fork-join for one request's layers (engine_request.par): run(ctx, fn,
+ * arg, nparts) calls fn(arg, part, nparts) once for every part in
+ * 0..nparts-1, on any threads, the caller's included, and returns when all
+ * have returned.  The server hands its scoring pool (server/pool.h). */
+typedef void (*engine_part_fn)(void *arg, int part, int nparts);
+typedef struct engine_par {
+    void (*run)(void *ctx, engine_part_fn fn, void *arg, int nparts);
+    void *ctx;
+    int min_rows;                   /* requests of fewer candidates stay on
+                                       the caller's thread */
+} engine_par;
+
 typedef struct engine_request {
     const float *const *hist;   /* item vectors, oldest first; NULL entries
                                    as described above */
@@ -241,6 +265,11 @@ typedef struct engine_request {
                                    every field is padding (0) */
     int num_cand;               /* 0..max_cand of the scratch */
     engine_explain *explain;    /* NULL: no explanation (costs nothing) */
+    const engine_par *par;      /* NULL: the caller's thread only; else,
+                                   with a model loaded with column_parts 2
+                                   (QIN), each layer's output columns split
+                                   across par's threads, the caller's
+                                   included; the same scores either way */
 } engine_request;
 
 /* prob[i] = P(click | user, cand[i]) for every candidate.  CTR_ETOOMANY

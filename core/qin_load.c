@@ -365,6 +365,9 @@ void qin_model_free(qin_model *m) {
     for (int i = 0; i < QIN_MAX_CTX; i++) free(m->first_ctx[i]);
     free(m->first_u);
     free(m->first_v);
+    for (int i = 0; m->qnn_part && i < m->cfg.num_layers * QIN_PARTS; i++)
+        dense_free(m->qnn_part[i]);
+    free(m->qnn_part);
     for (int l = 0; l < m->cfg.num_layers; l++) {
         if (m->qnn_w) free(m->qnn_w[l]);
         if (m->qnn_b) free(m->qnn_b[l]);

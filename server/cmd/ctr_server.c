@@ -172,6 +172,7 @@ static int load_models(service *svc, const config_params *cp, char *err, size_t 
     sp.cache.max_bytes = 0; /* until the budgets are known */
     sp.warmup_max_cand = cp->warmup ? cp->max_candidates : 0;
     if (dense_backend_parse(cp->kernel, &sp.kernel) < 0) sp.kernel = DENSE_BACKEND_AUTO;
+    sp.column_parts = svc->split_columns ? 2 : 1;
     log_info("dense layers: kernel %s; oneDNN instruction set %s", cp->kernel, dense_cpu_isa());
     char inner[900];
     int rc = CTR_OK, shared = 0, i;
@@ -274,6 +275,7 @@ static void service_setup(service *svc, const config_params *cp) {
     svc->split_min = cp->split_min;
     svc->split_min_mflops = cp->split_min_mflops;
     svc->score_parts = cp->score_threads;
+    svc->split_columns = cp->score_threads > 1 && strcmp(cp->split, "columns") == 0;
     svc->skip_scoring = cp->skip_scoring;
     svc->deadline_ms = cp->deadline_ms;
     svc->max_deadline_ms = cp->max_deadline_ms > cp->deadline_ms ? cp->max_deadline_ms

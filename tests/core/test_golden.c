@@ -188,7 +188,7 @@ static void golden_forward(const golden *g, const engine_model *m, engine_scratc
     for (int i = 0; i < c->nc; i++) cand[i] = vecs + (size_t)g->pos[c->cid[i]] * vf;
     if (engine_request_check(m, c->cid, c->ctx, c->nc, err, sizeof err) < 0)
         fail_msg("case %d: %s", k, err);
-    engine_request req = {hist, c->nh, cand, c->ctx, c->nc, ex};
+    engine_request req = {hist, c->nh, cand, c->ctx, c->nc, ex, NULL};
     if (engine_forward(m, s, &req, out, err, sizeof err) < 0) fail_msg("case %d: %s", k, err);
     free(hist);
     free(cand);
