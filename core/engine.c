@@ -254,6 +254,38 @@ int engine_forward(const engine_model *m, engine_scratch *s, const engine_reques
  * largest request. */
 static const int warm_sizes[] = {1, 2, 3, 4, 5, 6, 7, 8, 16, 32, 64, 128, 256};
 
+int engine_warmup_thread(const engine_model *m, engine_scratch *s, char *err, size_t errlen) {
+    static const int sizes[] = {1, 4, 16, 64, 256}; /* one per kernel plan class */
+    const engine_schema *sc = &m->sc;
+    const int top = s->max_cand < 256 ? s->max_cand : 256, nh = sc->max_len, ni = top + nh;
+    const size_t vf = engine_item_vec_floats(m);
+    engine_item *items = calloc((size_t)ni, sizeof *items);
+    float *vecs = engine_item_vecs_alloc(m, ni), *prob = malloc((size_t)top * sizeof *prob);
+    const float **ptr = malloc((size_t)ni * sizeof *ptr);
+    int rc = CTR_ENOMEM;
+    if (!items || !vecs || !prob || !ptr) {
+        ctr_fail(err, errlen, rc, "thread warm-up: out of memory");
+        goto done;
+    }
+    const int span = sc->item_vocab - sc->item_id_min;
+    for (int i = 0; i < ni; i++) items[i].id = sc->item_id_min + i % span;
+    if ((rc = engine_items_compute(m, ni, items, vecs, NULL, err, errlen)) < 0) goto done;
+    for (int i = 0; i < ni; i++) ptr[i] = vecs + (size_t)i * vf;
+    for (size_t k = 0; k < sizeof sizes / sizeof *sizes; k++) {
+        const int n = sizes[k] < top ? sizes[k] : top;
+        engine_request r = {ptr + top, nh, ptr, NULL, n, NULL, NULL};
+        if ((rc = engine_forward(m, s, &r, prob, err, errlen)) < 0) goto done;
+        if (n == top) break;
+    }
+    rc = CTR_OK;
+done:
+    free(items);
+    free(vecs);
+    free(prob);
+    free(ptr);
+    return rc;
+}
+
 int engine_warmup(const engine_model *m, int max_cand, char *err, size_t errlen) {
     const engine_schema *sc = &m->sc;
     if (max_cand < 1) max_cand = 1;

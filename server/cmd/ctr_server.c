@@ -148,6 +148,11 @@ static void health_check(service *svc, featstore *const *fs) {
     }
 }
 
+static void warm_helper(void *arg, int i, int n) {
+    (void)i, (void)n;
+    worker_prepare(arg);
+}
+
 /* The precision of the model served as `name` (NULL: not known yet): its
  * own NAME=PRECISION entry, else the plain setting (both checked by
  * config_parse). */
@@ -427,6 +432,9 @@ int main(int argc, char **argv) {
         log_error("cannot load the model: %s", err);
         goto out;
     }
+    /* The scoring helpers warmed now, as the HTTP workers are when they
+     * start (worker_prepare): scratch, AMX state, connections. */
+    pool_each_thread(svc.scorers, warm_helper, &svc);
     if (open_health_stores(&svc, health_fs, err, sizeof err) < 0) {
         log_error("feature store: %s", err);
         goto out;

@@ -262,6 +262,8 @@ static void test_warmup(void **state) {
         assert_int_equal(engine_forward(m, s, &r, before, err, sizeof err), CTR_OK);
         assert_int_equal(engine_warmup(m, 300, err, sizeof err), CTR_OK);
         assert_int_equal(engine_warmup(m, 5, err, sizeof err), CTR_OK);
+        /* A thread's warm-up on its own scratch leaves it scoring alike. */
+        assert_int_equal(engine_warmup_thread(m, s, err, sizeof err), CTR_OK);
         assert_int_equal(engine_forward(m, s, &r, after, err, sizeof err), CTR_OK);
         assert_true(before[0] == after[0] && before[1] == after[1]);
         /* A scratch may outlive its model (a server drops it lazily). */
