@@ -129,6 +129,7 @@ int qin_scratch_init(const qin_model *m, int max_cand, qin_scratch **out) {
     s->ah = qin_falloc((size_t)c->max_len * c->item_dim);
     s->bh = qin_falloc((size_t)c->max_len * c->item_dim);
     s->vh = qin_falloc((size_t)c->max_len * c->input_dim);
+    s->keep = calloc((size_t)c->max_len, sizeof *s->keep);
     s->logit = qin_falloc((size_t)max_cand);
     size_t ws = 0;
     for (int l = 0; l < c->num_layers; l++) {
@@ -142,7 +143,7 @@ int qin_scratch_init(const qin_model *m, int max_cand, qin_scratch **out) {
     s->pws[0] = s->dws;
     for (int p = 1; rc == CTR_OK && m->qnn_part && p < QIN_PARTS; p++)
         rc = dense_ws_init(ws, &s->pws[p]);
-    if (!s->x || !s->y || !s->s || !s->ah || !s->bh || !s->vh || !s->logit ||
+    if (!s->x || !s->y || !s->s || !s->ah || !s->bh || !s->vh || !s->logit || !s->keep ||
         (m->qnn_part && !s->x2) || rc < 0) {
         qin_scratch_free(s);
         return rc < 0 ? rc : CTR_ENOMEM;
@@ -161,6 +162,7 @@ void qin_scratch_free(qin_scratch *s) {
     free(s->ah);
     free(s->bh);
     free(s->vh);
+    free(s->keep);
     free(s->logit);
     dense_ws_free(s->dws);
     free(s);
@@ -258,21 +260,22 @@ int qin_model_fold_first(qin_model *m, int on) {
     return m->fold_first;
 }
 
-/* y (n x D, stride ldx) = the first layer's product for the candidates,
- * from the split parts: rows of the attention weights s (n x nh, stride
+/* Rows lo..hi-1 of y (stride ldx) = the first layer's product for those
+ * candidates, from the split parts: rows of the attention weights s (stride
  * lds) times V h of the behaviours (vh: nh x D), plus U t of each candidate
  * and G_f of its context values. */
 CTR_CLONES static void
-first_layer_product(const qin_model *m, const qin_request *req, int nh, const float *s, int lds,
-                    const float *vh, float *y, int ldx) {
+first_layer_product(const qin_model *m, const qin_request *req, int lo, int hi, int nh,
+                    const float *s, int lds, const float *vh, float *y, int ldx) {
     const qin_config *c = &m->cfg;
-    const int E = c->item_dim, D = c->input_dim, n = req->num_cand;
+    const int E = c->item_dim, D = c->input_dim;
     if (nh > 0) {
-        linear_gemm(n, D, nh, s, lds, vh, D, 0, 0.0f, y, ldx);
+        linear_gemm(hi - lo, D, nh, s + (size_t)lo * lds, lds, vh, D, 0, 0.0f,
+                    y + (size_t)lo * ldx, ldx);
     } else {
-        for (int i = 0; i < n; i++) memset(y + (size_t)i * ldx, 0, (size_t)D * sizeof *y);
+        for (int i = lo; i < hi; i++) memset(y + (size_t)i * ldx, 0, (size_t)D * sizeof *y);
     }
-    for (int i = 0; i < n; i++) {
+    for (int i = lo; i < hi; i++) {
         float *restrict yi = y + (size_t)i * ldx;
         const float *restrict u = req->cand[i] + 3 * E;
         for (int k = 0; k < D; k++) yi[k] += u[k];
@@ -460,10 +463,69 @@ void qin_head(const qin_model *m, int n, const float *x, int ldx, float *logit, 
 
 /* --- the forward pass --------------------------------------------------- */
 
+/* Behaviours keep[j0..j1) of the request into rows j0..j1-1 of A h, B h
+ * and V h (the attention's and the first layer's operands). */
+static void gather_history(const qin_model *m, qin_scratch *s, const qin_request *req, int j0,
+                           int j1) {
+    const int E = m->cfg.item_dim, D = m->cfg.input_dim;
+    for (int j = j0; j < j1; j++) {
+        const float *h = req->hist[s->keep[j]];
+        memcpy(s->ah + (size_t)j * E, h + E, (size_t)E * sizeof(float));
+        memcpy(s->bh + (size_t)j * E, h + 2 * E, (size_t)E * sizeof(float));
+        if (m->fold_first)
+            memcpy(s->vh + (size_t)j * D, h + 3 * E + D, (size_t)D * sizeof(float));
+    }
+}
+
+/* Candidates lo..hi-1 up to the first layer's output: x0 = [ctx
+ * embeddings | t | pool], the attention, and (folded) the first layer. */
+static void first_rows(const qin_model *m, qin_scratch *s, const qin_request *req, int nh,
+                       int lo, int hi) {
+    const qin_config *c = &m->cfg;
+    const int d = c->embedding_dim, E = c->item_dim, ldx = s->ldx;
+    const int off_t = c->num_ctx * d, off_p = off_t + E;
+    for (int i = lo; i < hi; i++) {
+        float *xi = s->x + (size_t)i * ldx;
+        for (int f = 0; f < c->num_ctx; f++) {
+            int32_t v = req->ctx ? req->ctx[(size_t)i * c->num_ctx + f] : 0;
+            memcpy(xi + f * d, m->ctx_emb[f] + (size_t)v * d, (size_t)d * sizeof(float));
+        }
+        memcpy(xi + off_t, req->cand[i], (size_t)E * sizeof(float));
+    }
+    const size_t r = (size_t)lo * ldx;
+    qin_attention(m, hi - lo, s->x + r + off_t, ldx, nh, s->ah, s->bh,
+                  s->s + (size_t)lo * c->max_len, c->max_len, s->x + r + off_p, ldx);
+    if (m->fold_first) {
+        first_layer_product(m, req, lo, hi, nh, s->s, c->max_len, s->vh, s->y, ldx);
+        qnn_fused(hi - lo, c->input_dim, s->x + r, ldx, s->y + r, m->qnn_b[0], m->qnn_c[0],
+                  m->prelu[0]);
+    }
+}
+
+/* The stages before the QNN layers, in parts (a request split across
+ * threads): stage 0 gathers part of the history, stage 1 runs part of the
+ * candidates through first_rows. */
+typedef struct fwd_job {
+    const qin_model *m;
+    qin_scratch *s;
+    const qin_request *req;
+    int nh, stage;
+} fwd_job;
+
+static void fwd_part(void *arg, int part, int nparts) {
+    fwd_job *j = arg;
+    const int total = j->stage == 0 ? j->nh : j->req->num_cand;
+    const int lo = (int)((long long)total * part / nparts),
+              hi = (int)((long long)total * (part + 1) / nparts);
+    if (hi <= lo) return;
+    if (j->stage == 0) gather_history(j->m, j->s, j->req, lo, hi);
+    else first_rows(j->m, j->s, j->req, j->nh, lo, hi);
+}
+
 int qin_forward(const qin_model *m, qin_scratch *s, const qin_request *req, float *prob,
                 char *err, size_t errlen) {
     const qin_config *c = &m->cfg;
-    const int d = c->embedding_dim, E = c->item_dim, n = req->num_cand;
+    const int n = req->num_cand;
     if (s->model != m) return ctr_fail(err, errlen, CTR_EINVAL, "scratch of another model");
     if (n < 0 || n > s->max_cand)
         return ctr_fail(err, errlen, CTR_ETOOMANY, "%d candidates, at most %d", n, s->max_cand);
@@ -483,36 +545,24 @@ int qin_forward(const qin_model *m, qin_scratch *s, const qin_request *req, floa
     /* The most recent max_len behaviours, padding skipped: with no softmax,
      * a masked position contributes exactly nothing. */
     int first = req->num_hist > c->max_len ? req->num_hist - c->max_len : 0, nh = 0;
-    for (int j = first; j < req->num_hist; j++) {
-        const float *h = req->hist[j];
-        if (!h) continue;
-        memcpy(s->ah + (size_t)nh * E, h + E, (size_t)E * sizeof(float));
-        memcpy(s->bh + (size_t)nh * E, h + 2 * E, (size_t)E * sizeof(float));
-        if (m->fold_first)
-            memcpy(s->vh + (size_t)nh * c->input_dim, h + 3 * E + c->input_dim,
-                   (size_t)c->input_dim * sizeof(float));
-        nh++;
-    }
-
-    /* x0 = [ctx embeddings | t | pool] per candidate row. */
-    const int ldx = s->ldx, off_t = c->num_ctx * d, off_p = off_t + E;
-    for (int i = 0; i < n; i++) {
-        float *xi = s->x + (size_t)i * ldx;
-        for (int f = 0; f < c->num_ctx; f++) {
-            int32_t v = req->ctx ? req->ctx[(size_t)i * c->num_ctx + f] : 0;
-            memcpy(xi + f * d, m->ctx_emb[f] + (size_t)v * d, (size_t)d * sizeof(float));
-        }
-        memcpy(xi + off_t, req->cand[i], (size_t)E * sizeof(float));
-    }
-    qin_attention(m, n, s->x + off_t, ldx, nh, s->ah, s->bh, s->s, c->max_len, s->x + off_p, ldx);
-    int l0 = 0;
-    if (m->fold_first) {
-        first_layer_product(m, req, nh, s->s, c->max_len, s->vh, s->y, ldx);
-        qnn_fused(n, c->input_dim, s->x, ldx, s->y, m->qnn_b[0], m->qnn_c[0], m->prelu[0]);
-        l0 = 1;
-    }
+    for (int j = first; j < req->num_hist; j++)
+        if (req->hist[j]) s->keep[nh++] = j;
     const engine_par *par = req->par;
-    if (par && m->qnn_part && n >= par->min_rows && n > 1) {
+    const int split = par && m->qnn_part && n >= par->min_rows && n > 1;
+    fwd_job job = {m, s, req, nh, 0};
+    if (split) {
+        /* The history's rows in parts, then the candidates' rows in parts
+         * (two fork-joins: the second reads every behaviour). */
+        job.stage = 0;
+        par->run(par->ctx, fwd_part, &job, QIN_PARTS);
+        job.stage = 1;
+        par->run(par->ctx, fwd_part, &job, QIN_PARTS);
+    } else {
+        gather_history(m, s, req, 0, nh);
+        first_rows(m, s, req, nh, 0, n);
+    }
+    const int ldx = s->ldx, l0 = m->fold_first ? 1 : 0;
+    if (split) {
         if (qnn_layers_split(m, s, par, l0, n) < 0)
             return ctr_fail(err, errlen, CTR_EINVAL, "qnn layers: %s failed (split)",
                             dense_describe(m->qnn_part[0]));

@@ -62,6 +62,7 @@ struct qin_scratch {
     float *ah;                    /* max_len x E: A h of the behaviours kept */
     float *bh;                    /* max_len x E: B h */
     float *vh;                    /* max_len x D: V h (first layer) */
+    int *keep;                    /* max_len: the history positions kept */
     float *logit;                 /* max_cand */
     dense_ws *dws;                /* the QNN layers' workspace */
     dense_ws *pws[QIN_PARTS];     /* one per column part (pws[0] = dws) */

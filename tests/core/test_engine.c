@@ -401,11 +401,11 @@ static void test_column_split(void **state) {
         for (int i = 0; i < N; i++) {
             assert_true(p1[i] == p2[i]);   /* the same parts, in any order, on any thread */
             assert_true(p3[i] == p0[i]);
-            /* int8: every kernel computes the same integers, so the halves
-             * give the same bits as the whole; fp32 and bf16 may sum in
-             * another order at another width. */
-            if (pr == DENSE_INT8) assert_true(p1[i] == p0[i]);
-            else if (fabsf(p1[i] - p0[i]) > 1e-5f)
+            /* The split sums in another order (products of other widths
+             * and row counts): fp32 and bf16 agree to float rounding; int8
+             * to its own error, a value rounded to the other side of a
+             * quantisation step now and then. */
+            if (fabsf(p1[i] - p0[i]) > (pr == DENSE_INT8 ? 2e-3f : 1e-5f))
                 fail_msg("%s: candidate %d split %.9g, whole %.9g",
                          dense_precision_name((dense_precision)pr), i, p1[i], p0[i]);
         }
