@@ -85,6 +85,7 @@ struct dense {
     dnnl_memory_desc_t w_md;
     dnnl_memory_t w_mem;            /* over wq; read-only after init */
     float *wscale;                  /* int8: out scales, max |W[o,:]| / 127 */
+    float *colscale;                /* int8x2: f_k, x_k's factor (in) */
     int32_t *colsum;                /* int8: sum_k Wq[o][k] */
     dense_class cls[NCLASS];
     int ncls;                       /* classes made (0 without oneDNN) */
@@ -140,6 +141,9 @@ int dense_precision_parse(const char *text, dense_precision *out) {
     }
     return CTR_EINVAL;
 }
+
+/* The precisions with int8 weights and u8 rows. */
+static int is_int8(dense_precision p) { return p == DENSE_INT8 || p == DENSE_INT8X2; }
 
 dense_params dense_default_params(void) {
     dense_params p = {DENSE_FP32, DENSE_BACKEND_AUTO, 0, 0};
@@ -312,7 +316,8 @@ static void types(dense_precision p, dnnl_data_type_t *src, dnnl_data_type_t *we
                   dnnl_data_type_t *dst) {
     switch (p) {
     case DENSE_BF16: *src = *wei = dnnl_bf16; *dst = dnnl_f32; break;
-    case DENSE_INT8: *src = dnnl_u8; *wei = dnnl_s8; *dst = dnnl_s32; break;
+    case DENSE_INT8:
+    case DENSE_INT8X2: *src = dnnl_u8; *wei = dnnl_s8; *dst = dnnl_s32; break;
     default: *src = *wei = *dst = dnnl_f32; break;
     }
 }
@@ -427,15 +432,39 @@ static void quantize_weights(const float *w, int out, int in, signed char *wq, f
 }
 
 /* The int8 weights, once for every kernel of the layer: Wq (out x in, a
- * buffer the caller frees), and d->wscale and d->colsum. */
+ * buffer the caller frees), and d->wscale and d->colsum; int8x2 balances
+ * the columns first (f_k = sqrt(max_o |W[o, k]|), W[:, k] / f_k, kept in
+ * d->colscale for the rows). */
 static int quantize_int8(dense *d, const float *w, signed char **wq, char *err, size_t errlen) {
     const int in = d->in, out = d->out;
     *wq = malloc((size_t)in * out);
     d->wscale = aligned_bytes((size_t)out * sizeof *d->wscale);
     d->colsum = aligned_bytes((size_t)out * sizeof *d->colsum);
-    if (!*wq || !d->wscale || !d->colsum)
+    float *wb = NULL;
+    if (d->prec == DENSE_INT8X2) {
+        d->colscale = aligned_bytes((size_t)in * sizeof *d->colscale);
+        wb = malloc((size_t)in * out * sizeof *wb);
+    }
+    if (!*wq || !d->wscale || !d->colsum || (d->prec == DENSE_INT8X2 && (!d->colscale || !wb))) {
+        free(wb);
         return ctr_fail(err, errlen, CTR_ENOMEM, "out of memory for int8 weights");
+    }
+    if (wb) {
+        for (int k = 0; k < in; k++) d->colscale[k] = 0.0f;
+        for (int o = 0; o < out; o++)
+            for (int k = 0; k < in; k++) {
+                float a = fabsf(w[(size_t)o * in + k]);
+                d->colscale[k] = a > d->colscale[k] ? a : d->colscale[k];
+            }
+        for (int k = 0; k < in; k++)
+            d->colscale[k] = d->colscale[k] > 0.0f ? sqrtf(d->colscale[k]) : 1.0f;
+        for (int o = 0; o < out; o++)
+            for (int k = 0; k < in; k++)
+                wb[(size_t)o * in + k] = w[(size_t)o * in + k] / d->colscale[k];
+        w = wb;
+    }
     quantize_weights(w, out, in, *wq, d->wscale, d->colsum);
+    free(wb);
     return CTR_OK;
 }
 
@@ -456,10 +485,10 @@ static int make_onednn(dense *d, const float *w, const signed char *wq, char *er
     d->ncls = NCLASS;
     for (int c = 0; c < NCLASS - 1; c++)
         if ((rc = make_class(d, c, &d->w_md, err, errlen)) < 0) return rc;
-    if (d->prec == DENSE_INT8) rc = reorder_weights(d, wq, dnnl_s8, err, errlen);
+    if (is_int8(d->prec)) rc = reorder_weights(d, wq, dnnl_s8, err, errlen);
     else rc = reorder_weights(d, w, dnnl_f32, err, errlen); /* bf16: rounds to nearest even */
     if (rc < 0) return rc;
-    size_t esz = d->prec == DENSE_FP32 ? 4 : (d->prec == DENSE_BF16 ? 2 : 1);
+    size_t esz = d->prec == DENSE_FP32 ? 4 : (d->prec == DENSE_BF16 ? 2 : 1); /* int8s: 1 */
     size_t src = round_up((size_t)DENSE_MAX_ROWS * src_stride(d) * esz);
     if (src > d->src_bytes) d->src_bytes = src;
     d->dst_bytes = round_up((size_t)DENSE_MAX_ROWS * dst_stride(d) * 4);
@@ -540,8 +569,8 @@ vnni_block(const int R, int in, const unsigned char *q, const signed char *w,
 /* m rows (quantised in q, stride in) through every output block. */
 __attribute__((target("avx512f,avx512bw,avx512vnni"))) static void
 vnni_rows(const dense *d, int m, const unsigned char *q, const float *rscale,
-          const int32_t *rzero, float *y) {
-    const int in = d->in, ldy = d->ld_out;
+          const int32_t *rzero, float *y, int ldy) {
+    const int in = d->in;
     for (int b = 0; b < d->out / 32; b++) {
         const signed char *w = d->wvnni + (size_t)b * (in / 4) * 128;
         const int32_t *cs = d->colsum + 32 * b;
@@ -612,7 +641,7 @@ static int make_kernel(dense *d, dense_backend b, const float *w, const signed c
         memcpy(d->w, w, (size_t)d->in * d->out * sizeof(float));
         return CTR_OK;
     case DENSE_BACKEND_PACKED:
-        if (d->prec == DENSE_INT8) return make_vnni(d, wq, err, errlen);
+        if (is_int8(d->prec)) return make_vnni(d, wq, err, errlen);
         if (!(d->packed = aligned_bytes(gemm_packed_floats(d->in) * sizeof(float)))) break;
         gemm_pack(w, d->in, d->packed);
         return CTR_OK;
@@ -639,7 +668,7 @@ int dense_candidates(dense_precision p, int out, int in, dense_backend *b) {
     int n = 0;
     b[n++] = DENSE_BACKEND_ONEDNN;
     if (p == DENSE_FP32 && in == out && gemm_packed_supported(in)) b[n++] = DENSE_BACKEND_PACKED;
-    if (p == DENSE_INT8 && dense_vnni_supported(out, in)) b[n++] = DENSE_BACKEND_PACKED;
+    if (is_int8(p) && dense_vnni_supported(out, in)) b[n++] = DENSE_BACKEND_PACKED;
     return n;
 }
 
@@ -712,8 +741,10 @@ static int plan_time(dense *d, const dense_backend *cand, int nc, char *err, siz
         r = r * 6364136223846793005ULL + 1442695040888963407ULL;
         x[i] = (float)((double)(r >> 40) / 16777216.0) * 2.0f - 1.0f;
     }
+    /* int8x2 runs two kernel rows a row: its calls stop at half the rows. */
+    const int most = d->prec == DENSE_INT8X2 ? DENSE_MAX_ROWS / 2 : DENSE_MAX_ROWS;
     for (int c = 0; c < DENSE_PLAN_CLASSES && rc == CTR_OK; c++) {
-        const int rows = plan_rows[c], reps = rows <= 64 ? 7 : 3;
+        const int rows = plan_rows[c] < most ? plan_rows[c] : most, reps = rows <= 64 ? 7 : 3;
         double best[DENSE_BACKEND_COUNT];
         for (int k = 0; k < nc && rc == CTR_OK; k++) {
             best[k] = -1;
@@ -769,7 +800,7 @@ static const char *kernel_name(const dense *d, dense_backend b, char *buf, size_
     case DENSE_BACKEND_ONEDNN: snprintf(buf, len, "oneDNN %s", d->impl); break;
     case DENSE_BACKEND_OPENBLAS: snprintf(buf, len, "OpenBLAS sgemm"); break;
     case DENSE_BACKEND_PACKED:
-        snprintf(buf, len, d->prec == DENSE_INT8 ? "AVX512_VNNI kernel (8 x 32 blocks)"
+        snprintf(buf, len, is_int8(d->prec) ? "AVX512_VNNI kernel (8 x 32 blocks)"
                                                  : "packed AVX-512 kernel");
         break;
     default: snprintf(buf, len, "?"); break;
@@ -811,10 +842,10 @@ int dense_init(const float *w, int out, int in, const dense_params *params, dens
                         in);
     if ((p.precision == DENSE_BF16 &&
          (p.backend == DENSE_BACKEND_PACKED || p.backend == DENSE_BACKEND_OPENBLAS)) ||
-        (p.precision == DENSE_INT8 && p.backend == DENSE_BACKEND_OPENBLAS))
+        (is_int8(p.precision) && p.backend == DENSE_BACKEND_OPENBLAS))
         return ctr_fail(err, errlen, CTR_EINVAL, "%s does not run on that backend",
                         dense_precision_name(p.precision));
-    if (p.precision == DENSE_INT8 && p.backend == DENSE_BACKEND_PACKED &&
+    if (is_int8(p.precision) && p.backend == DENSE_BACKEND_PACKED &&
         !dense_vnni_supported(out, in))
         return ctr_fail(err, errlen, CTR_EINVAL,
                         "the int8 VNNI kernel needs AVX512_VNNI, a multiple of 32 outputs and "
@@ -844,7 +875,7 @@ int dense_init(const float *w, int out, int in, const dense_params *params, dens
     if (p.backend == DENSE_BACKEND_AUTO) nc = dense_candidates(d->prec, out, in, cand);
     signed char *wq = NULL;
     int rc = CTR_OK;
-    if (d->prec == DENSE_INT8 && (rc = quantize_int8(d, w, &wq, err, errlen)) < 0) goto fail;
+    if (is_int8(d->prec) && (rc = quantize_int8(d, w, &wq, err, errlen)) < 0) goto fail;
     for (int k = 0; k < nc; k++)
         if ((rc = make_kernel(d, cand[k], w, wq, err, errlen)) < 0) goto fail;
     free(wq);
@@ -860,6 +891,10 @@ int dense_init(const float *w, int out, int in, const dense_params *params, dens
         }
         if (!used[DENSE_BACKEND_PACKED]) free_packed(d);
     }
+    /* int8x2 on the VNNI kernel: its 2m rows of output go through the
+     * workspace's dst part before the two levels are added. */
+    if (d->prec == DENSE_INT8X2 && d->dst_bytes < round_up((size_t)DENSE_MAX_ROWS * d->out * 4))
+        d->dst_bytes = round_up((size_t)DENSE_MAX_ROWS * d->out * 4);
     describe(d);
     *dp = d;
     return CTR_OK;
@@ -876,6 +911,7 @@ void dense_free(dense *d) {
     free_packed(d);
     free(d->w);
     free(d->wscale);
+    free(d->colscale);
     free(d->colsum);
     free(d);
 }
@@ -896,7 +932,51 @@ double dense_plan_us(const dense *d, int c, dense_backend b) {
 
 size_t dense_ws_size(const dense *d) {
     return d->src_bytes + d->dst_bytes + d->pad_bytes +
-           round_up(DENSE_MAX_ROWS * (sizeof(float) + sizeof(int32_t)));
+           round_up(DENSE_MAX_ROWS * (sizeof(float) + sizeof(int32_t))) +
+           round_up((size_t)d->in * sizeof(float));
+}
+
+/* The parts of a call's workspace: the kernel's rows (src), oneDNN's
+ * output (dst) and scratchpad (pad), the rows' scales and zero points,
+ * and one row of floats (int8x2's residual). */
+typedef struct ws_parts {
+    unsigned char *src, *dst, *pad;
+    float *scale;
+    int32_t *zero;
+    float *row;
+} ws_parts;
+
+static ws_parts parts_of(const dense *d, dense_ws *ws) {
+    ws_parts p;
+    p.src = ws->buf;
+    p.dst = p.src + d->src_bytes;
+    p.pad = p.dst + d->dst_bytes;
+    p.scale = (float *)(p.pad + d->pad_bytes);
+    p.zero = (int32_t *)(p.scale + DENSE_MAX_ROWS);
+    p.row = (float *)((unsigned char *)p.scale +
+                      round_up(DENSE_MAX_ROWS * (sizeof(float) + sizeof(int32_t))));
+    return p;
+}
+
+/* Rows of x (m, stride ld_in) quantised for the kernel into q: int8, one
+ * row each (scales and zero points in scale[i], zero[i]); int8x2, x * f
+ * into rows 0..m-1 and its rounding residual into rows m..2m-1. */
+static void quantize_rows(const dense *d, int m, const float *x, unsigned char *q, float *scale,
+                          int32_t *zero, float *row) {
+    const int in = d->in;
+    for (int i = 0; i < m; i++) {
+        const float *xi = x + (size_t)i * d->ld_in;
+        if (d->prec != DENSE_INT8X2) {
+            scale[i] = dense_quantize_row(xi, in, q + (size_t)i * in, &zero[i]);
+            continue;
+        }
+        for (int k = 0; k < in; k++) row[k] = xi[k] * d->colscale[k];
+        unsigned char *q1 = q + (size_t)i * in, *q2 = q + (size_t)(m + i) * in;
+        const float s1 = scale[i] = dense_quantize_row(row, in, q1, &zero[i]);
+        const int32_t z1 = zero[i];
+        for (int k = 0; k < in; k++) row[k] -= s1 * (float)((int32_t)q1[k] - z1);
+        scale[m + i] = dense_quantize_row(row, in, q2, &zero[m + i]);
+    }
 }
 int dense_ws_init(size_t bytes, dense_ws **out) {
     *out = NULL;
@@ -951,23 +1031,30 @@ static int run_class(const dense *d, const dense_class *k, dense_ws *ws, void *s
 CTR_CLONES static void
 dequantize(int m, int out, const int32_t *acc, const int32_t *restrict colsum,
            const float *rscale, const int32_t *rzero, const float *restrict cscale, float *y,
-           int ldy) {
+           int ldy, int add) {
     for (int i = 0; i < m; i++) {
         const int32_t *restrict a = acc + (size_t)i * out;
         float *restrict yi = y + (size_t)i * ldy;
         const float si = rscale[i];
         const int32_t zi = rzero[i];
-        for (int o = 0; o < out; o++) yi[o] = (float)(a[o] - zi * colsum[o]) * (si * cscale[o]);
+        if (add)
+            for (int o = 0; o < out; o++)
+                yi[o] += (float)(a[o] - zi * colsum[o]) * (si * cscale[o]);
+        else
+            for (int o = 0; o < out; o++)
+                yi[o] = (float)(a[o] - zi * colsum[o]) * (si * cscale[o]);
     }
 }
 
 /* m <= DENSE_MAX_ROWS rows through oneDNN. */
 static int chunk_onednn(const dense *d, dense_ws *ws, int m, const float *x, float *y) {
-    const dense_class *k = &d->cls[class_of(m)];
-    const int rows = class_rows(class_of(m));
-    unsigned char *src = ws->buf, *dst = src + d->src_bytes, *pad = dst + d->dst_bytes;
-    float *scale = (float *)(pad + d->pad_bytes);
-    int32_t *zero = (int32_t *)(scale + DENSE_MAX_ROWS);
+    const int kr = d->prec == DENSE_INT8X2 ? 2 * m : m; /* the kernel's rows */
+    const dense_class *k = &d->cls[class_of(kr)];
+    const int rows = class_rows(class_of(kr));
+    const ws_parts wp = parts_of(d, ws);
+    unsigned char *src = wp.src, *dst = wp.dst, *pad = wp.pad;
+    float *scale = wp.scale;
+    int32_t *zero = wp.zero;
     int rc;
     /* Rows the class computes beyond m hold whatever an earlier call left
      * (finite values, zero at first); their results are dropped. */
@@ -992,12 +1079,14 @@ static int chunk_onednn(const dense *d, dense_ws *ws, int m, const float *x, flo
         return CTR_OK;
     }
     case DENSE_INT8:
-        for (int i = 0; i < m; i++)
-            scale[i] = dense_quantize_row(x + (size_t)i * d->ld_in, d->in, src + (size_t)i * d->in,
-                                          &zero[i]);
+    case DENSE_INT8X2:
+        quantize_rows(d, m, x, src, scale, zero, wp.row);
         if ((rc = run_class(d, k, ws, src, dst, pad)) < 0) return rc;
         dequantize(m, d->out, (const int32_t *)dst, d->colsum, scale, zero, d->wscale, y,
-                   d->ld_out);
+                   d->ld_out, 0);
+        if (kr > m) /* int8x2: the residual's rows added */
+            dequantize(m, d->out, (const int32_t *)dst + (size_t)m * d->out, d->colsum,
+                       scale + m, zero + m, d->wscale, y, d->ld_out, 1);
         return CTR_OK;
     default:
         return CTR_EINVAL;
@@ -1007,13 +1096,20 @@ static int chunk_onednn(const dense *d, dense_ws *ws, int m, const float *x, flo
 /* m <= DENSE_MAX_ROWS rows on the int8 VNNI kernel. */
 static void chunk_vnni(const dense *d, dense_ws *ws, int m, const float *x, float *y) {
 #ifdef DENSE_X86
-    unsigned char *q = ws->buf;
-    float *scale = (float *)(q + d->src_bytes);
-    int32_t *zero = (int32_t *)(scale + DENSE_MAX_ROWS);
-    for (int i = 0; i < m; i++)
-        scale[i] = dense_quantize_row(x + (size_t)i * d->ld_in, d->in, q + (size_t)i * d->in,
-                                      &zero[i]);
-    vnni_rows(d, m, q, scale, zero, y);
+    const ws_parts wp = parts_of(d, ws);
+    quantize_rows(d, m, x, wp.src, wp.scale, wp.zero, wp.row);
+    if (d->prec != DENSE_INT8X2) {
+        vnni_rows(d, m, wp.src, wp.scale, wp.zero, y, d->ld_out);
+        return;
+    }
+    /* int8x2: both levels' rows, then their sum. */
+    float *t = (float *)wp.dst;
+    vnni_rows(d, 2 * m, wp.src, wp.scale, wp.zero, t, d->out);
+    for (int i = 0; i < m; i++) {
+        float *restrict yi = y + (size_t)i * d->ld_out;
+        const float *restrict a = t + (size_t)i * d->out, *restrict b = a + (size_t)m * d->out;
+        for (int o = 0; o < d->out; o++) yi[o] = a[o] + b[o];
+    }
 #else
     (void)d, (void)ws, (void)m, (void)x, (void)y;
 #endif
@@ -1028,7 +1124,7 @@ static int run_kernel(const dense *d, dense_backend b, dense_ws *ws, int m, cons
                     d->w, d->in, 0.0f, y, d->ld_out);
         return CTR_OK;
     case DENSE_BACKEND_PACKED:
-        if (d->prec == DENSE_INT8) chunk_vnni(d, ws, m, x, y);
+        if (is_int8(d->prec)) chunk_vnni(d, ws, m, x, y);
         else gemm_packed(m, d->in, x, d->ld_in, d->packed, y, d->ld_out);
         return CTR_OK;
     case DENSE_BACKEND_ONEDNN:
@@ -1041,8 +1137,10 @@ static int run_kernel(const dense *d, dense_backend b, dense_ws *ws, int m, cons
 int dense_forward(const dense *d, dense_ws *ws, int n, const float *x, float *y) {
     if (n <= 0) return CTR_OK;
     if (!ws || ws->size < dense_ws_size(d)) return CTR_EINVAL;
-    for (int i0 = 0; i0 < n; i0 += DENSE_MAX_ROWS) {
-        int m = n - i0 < DENSE_MAX_ROWS ? n - i0 : DENSE_MAX_ROWS;
+    /* int8x2 runs two kernel rows a row. */
+    const int chunk = d->prec == DENSE_INT8X2 ? DENSE_MAX_ROWS / 2 : DENSE_MAX_ROWS;
+    for (int i0 = 0; i0 < n; i0 += chunk) {
+        int m = n - i0 < chunk ? n - i0 : chunk;
         int rc = run_kernel(d, d->pick[plan_class(m)], ws, m, x + (size_t)i0 * d->ld_in,
                             y + (size_t)i0 * d->ld_out);
         if (rc < 0) return rc;

@@ -23,6 +23,18 @@
  *         on the demo model's validation set the largest score error was
  *         4x smaller than with symmetric rows (max |x| / 127), at the same
  *         cost (bench/README.md).
+ *   int8x2 int8 as above, but each row of x is quantised twice: q1 as int8
+ *         does, then the rounding residual x - s1 (q1 - z1) the same way
+ *         (q2, s2, z2), and y = s1 (q1 - z1) W'^T + s2 (q2 - z2) W'^T, both
+ *         as one product of 2n rows; so the activations' rounding, which
+ *         dominates int8's error, all but goes and the error is about that
+ *         of int8 weights alone.  The weights are balanced first: input
+ *         column k of W is divided by f_k = sqrt(max_o |W[o, k]|) and x_k
+ *         multiplied by it (exact in arithmetic; the weights' rounding
+ *         spreads more evenly over the columns).  Twice int8's arithmetic
+ *         for the same weight bytes: on AMX, where a product is bound by
+ *         the weights' bytes, at about int8's speed; on the VNNI kernel at
+ *         half of it.
  * Only fp32 is exact; the error bounds of the others are measured by
  * tests/core/test_dense.c on the machine that runs the tests.  Which
  * kernel runs a call is the planner's choice (below) unless
@@ -76,7 +88,11 @@
     X(BF16, "bf16", 0, "bfloat16 weights and activations, float32 accumulation")       \
     X(INT8, "int8", 0,                                                                 \
       "int8 weights (a scale per output channel), activations quantised per row at "   \
-      "run time (scale and zero point), int32 accumulation")
+      "run time (scale and zero point), int32 accumulation")                            \
+    X(INT8X2, "int8x2", 0,                                                             \
+      "int8 weights (input columns balanced, a scale per output channel), each row of "  \
+      "activations quantised twice (the row, then what its rounding left), int32 "        \
+      "accumulation: about the error of int8 weights alone, for twice int8's arithmetic")
 
 typedef enum dense_precision {
 #define DENSE_PRECISION_ENUM(name, text, exact, what) DENSE_##name,
@@ -85,7 +101,7 @@ typedef enum dense_precision {
     DENSE_PRECISION_COUNT
 } dense_precision;
 
-/* "fp32", "bf16", "int8"; "unknown" otherwise.  Static strings. */
+/* "fp32", "bf16", "int8", "int8x2"; "unknown" otherwise.  Static strings. */
 const char *dense_precision_name(dense_precision p);
 /* One line saying what the precision computes.  Static string. */
 const char *dense_precision_what(dense_precision p);

@@ -53,7 +53,7 @@ engine_params engine_default_params(void) {
 
 int engine_precision_parse(const char *text, dense_precision *out, char *err, size_t errlen) {
     if (text && dense_precision_parse(text, out) == CTR_OK) return CTR_OK;
-    return ctr_fail(err, errlen, CTR_EINVAL, "precision \"%s\": expected fp32, bf16 or int8",
+    return ctr_fail(err, errlen, CTR_EINVAL, "precision \"%s\": expected fp32, bf16, int8 or int8x2",
                     text ? text : "");
 }
 

@@ -180,7 +180,8 @@ int engine_model_column_parts(const engine_model *m);
  * benchmarks (dense_describe).  Valid as long as the model. */
 const char *engine_model_describe(const engine_model *m);
 
-/* The precision's name ("fp32", "bf16", "int8"; "unknown" otherwise) and
+/* The precision's name ("fp32", "bf16", "int8", "int8x2"; "unknown"
+ * otherwise) and
  * whether it is exact: dense_precision_name and dense_precision_exact.
  * engine_precision_parse reads a name (any case) into *out: CTR_OK, or
  * CTR_EINVAL with a message listing the names. */

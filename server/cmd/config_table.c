@@ -259,21 +259,23 @@ const setting config_settings[] = {
      "Most ids a request's item_seq may have (only the last max_len of any history are "
      "used: 64 for the challenge QIN and DIN, 430 for TIN).", C, 0, NULL},
     {"precision", SET_CHOICE, F(precision), CAP(precision), 0, 0, "[NAME=]PRECISION",
-     "fp32|bf16|int8", NULL, NULL,
+     "fp32|bf16|int8|int8x2", NULL, NULL,
      "Arithmetic of the models' dense layers (NAME=PRECISION for one model, "
      "repeatable).  fp32 is exact (the trained "
      "model's scores to 1e-5); bf16 and int8 are not, and trade a little "
      "accuracy for speed where the CPU runs bfloat16 / int8 dot products "
      "faster than float32 ones (int8 with VNNI: about 2.7x; bf16 is slower "
      "than fp32 on CPUs whose bf16 units run at half rate, such as this "
-     "project's Xeon): bench/README.md has the measured score error and "
+     "project's Xeon); int8x2 quantises each row twice (the row and its rounding "
+     "residual) for about the error of int8 weights alone at twice int8's arithmetic: "
+     "docs/PRECISION.md and bench/results/ have the measured score error and "
      "speed.  The startup log, /v1/models and /metrics say which one is in "
      "force.", S, SETTING_PER_MODEL, NULL},
     {"precision", SET_CHOICE, F(precision), CAP(precision), 0, 0, "PRECISION",
-     "fp32|bf16|int8", NULL, NULL,
-     "Arithmetic of the dense layers: fp32 is exact to the trained model; bf16 and int8 "
-     "are faster on CPUs with AVX512_BF16 / VNNI, not exact (a note on stderr says so; "
-     "measured error in bench/README.md).", C, 0, NULL},
+     "fp32|bf16|int8|int8x2", NULL, NULL,
+     "Arithmetic of the dense layers: fp32 is exact to the trained model; bf16, int8 "
+     "and int8x2 are faster on CPUs with AVX512_BF16 / VNNI / AMX, not exact (a note on "
+     "stderr says so; measured error in docs/PRECISION.md).", C, 0, NULL},
     {"kernel", SET_CHOICE, F(kernel), CAP(kernel), 0, 0, "KERNEL",
      "auto|onednn|packed|openblas", NULL, NULL,
      "Which code computes the dense layers.  auto (default): at load, every "

@@ -109,6 +109,26 @@ typedef struct expect {
     double claim, claim_tol, exact, exact_tol;
 } expect;
 
+/* int8x2's bound on x . w (dense.h): its weights are W / f rounded per
+ * row (step sw, half a step off at most, times f_k on x_k), and its rows
+ * keep a residual of half a step of the second level (s1 / 255 / 2 at
+ * most, on W / f); a few float roundings of each level's sum. */
+static double int8x2_bound(const double *x, const double *w, const double *f, int in) {
+    double wm = 0, lo = 0, hi = 0, xabs = 0, wabs = 0, sabs = 0;
+    for (int k = 0; k < in; k++) {
+        double wb = w[k] / f[k], xb = x[k] * f[k];
+        wm = fabs(wb) > wm ? fabs(wb) : wm;
+        lo = xb < lo ? xb : lo;
+        hi = xb > hi ? xb : hi;
+        xabs += fabs(xb);
+        wabs += fabs(wb);
+        sabs += fabs(x[k] * w[k]);
+    }
+    const double sw = wm / 127, s1 = (hi - lo) / 255;
+    return 0.5 * sw * xabs * 1.01 + (0.5 * s1 / 255 * 1.01) * (wabs + 0.5 * sw * in) +
+           1e-6 * (sabs + sw * xabs) + 1e-30;
+}
+
 static expect expected(dense_precision p, const operand *x, const operand *w, int in) {
     expect e = {0, 0, 0, 0};
     double sabs = 0, babs = 0, bsum = 0, qsum = 0;
@@ -153,6 +173,11 @@ static void check_layer(dense *d, dense_ws *ws, const operand *wo, int n, int ld
                         double *worst_claim, double *worst_exact) {
     const int in = dense_in(d), out = dense_out(d);
     const dense_precision p = dense_get_precision(d);
+    /* int8x2's column balance, f_k = sqrt(max_o |W[o, k]|), as dense.h says */
+    double *f = calloc((size_t)in, sizeof *f);
+    for (int o = 0; o < out; o++)
+        for (int k = 0; k < in; k++) f[k] = fabs(wo[o].v[k]) > f[k] ? fabs(wo[o].v[k]) : f[k];
+    for (int k = 0; k < in; k++) f[k] = f[k] > 0 ? (double)sqrtf((float)f[k]) : 1.0;
     float *x = falloc((size_t)(n ? n : 1) * ld_in), *x_copy = falloc((size_t)(n ? n : 1) * ld_in),
           *y = falloc((size_t)(n ? n : 1) * ld_out);
     for (int i = 0; i < n * ld_in; i++) x[i] = uni() * (1.0f + (float)(i % 7));
@@ -167,6 +192,10 @@ static void check_layer(dense *d, dense_ws *ws, const operand *wo, int n, int ld
         operand_make(&xo, x + (size_t)i * ld_in, in, 1);
         for (int o = 0; o < out; o++) {
             expect e = expected(p, &xo, &wo[o], in);
+            if (p == DENSE_INT8X2) { /* only its bound against the exact product */
+                e.claim = e.exact;
+                e.claim_tol = e.exact_tol = int8x2_bound(xo.v, wo[o].v, f, in);
+            }
             double got = y[(size_t)i * ld_out + o];
             double dc = fabs(got - e.claim), de = fabs(got - e.exact);
             if (dc > e.claim_tol || de > e.exact_tol)
@@ -181,7 +210,7 @@ static void check_layer(dense *d, dense_ws *ws, const operand *wo, int n, int ld
             if (y[(size_t)i * ld_out + o] != 12345.0f)
                 fail_msg("%s n=%d: y[%d][%d] past the row was written", dense_describe(d), n, i, o);
     }
-    free(x); free(x_copy); free(y);
+    free(x); free(x_copy); free(y); free(f);
 }
 
 /* Row counts around oneDNN's shape classes (1..16, multiples of 8, chunks
@@ -197,7 +226,8 @@ static void run_shapes(dense_precision p, dense_backend b) {
         if (b == DENSE_BACKEND_PACKED && p == DENSE_FP32 &&
             (in != out || !gemm_packed_supported(in)))
             continue;
-        if (b == DENSE_BACKEND_PACKED && p == DENSE_INT8 && !dense_vnni_supported(out, in))
+        if (b == DENSE_BACKEND_PACKED && (p == DENSE_INT8 || p == DENSE_INT8X2) &&
+            !dense_vnni_supported(out, in))
             continue;
         float *w = falloc((size_t)out * in);
         for (int i = 0; i < out * in; i++) w[i] = uni() / sqrtf((float)in);
@@ -240,6 +270,7 @@ static void test_fp32_packed(void **state) { (void)state; run_shapes(DENSE_FP32,
 static void test_fp32_openblas(void **state) { (void)state; run_shapes(DENSE_FP32, DENSE_BACKEND_OPENBLAS); }
 static void test_bf16(void **state) { (void)state; run_shapes(DENSE_BF16, DENSE_BACKEND_AUTO); }
 static void test_int8(void **state) { (void)state; run_shapes(DENSE_INT8, DENSE_BACKEND_AUTO); }
+static void test_int8x2(void **state) { (void)state; run_shapes(DENSE_INT8X2, DENSE_BACKEND_AUTO); }
 static void test_int8_onednn(void **state) { (void)state; run_shapes(DENSE_INT8, DENSE_BACKEND_ONEDNN); }
 static void test_int8_vnni(void **state) {
     (void)state;
@@ -437,11 +468,10 @@ static void test_candidates_exact(void **state) {
 
 /* The int8 kernels compute the same integers and scale them the same way:
  * their outputs are the same bits, at every row count. */
-static void test_int8_kernels_agree(void **state) {
-    (void)state;
+static void int8_kernels_agree(dense_precision prec) {
     const int out = 256, in = 320, n = 300;
     dense_backend cand[DENSE_BACKEND_COUNT];
-    int nc = dense_candidates(DENSE_INT8, out, in, cand);
+    int nc = dense_candidates(prec, out, in, cand);
     if (nc < 2) skip(); /* one int8 kernel on this CPU */
     float *w = falloc((size_t)out * in), *x = falloc((size_t)n * in);
     float *y[DENSE_BACKEND_COUNT];
@@ -452,7 +482,7 @@ static void test_int8_kernels_agree(void **state) {
     for (size_t r = 0; r < sizeof rows / sizeof *rows; r++) {
         for (int k = 0; k < nc; k++) {
             dense_params dp = dense_default_params();
-            dp.precision = DENSE_INT8;
+            dp.precision = prec;
             dp.backend = cand[k];
             dense *d;
             dense_ws *ws;
@@ -470,6 +500,12 @@ static void test_int8_kernels_agree(void **state) {
     }
     free(w);
     free(x);
+}
+
+static void test_int8_kernels_agree(void **state) {
+    (void)state;
+    int8_kernels_agree(DENSE_INT8);
+    int8_kernels_agree(DENSE_INT8X2);
 }
 
 static void test_plan_pick(void **state) {
@@ -602,6 +638,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_int8),
         cmocka_unit_test(test_int8_onednn),
         cmocka_unit_test(test_int8_vnni),
+        cmocka_unit_test(test_int8x2),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -316,7 +316,7 @@ static const precision_bound bounds[] = {
 static double bound_of(const char *config, dense_precision p) {
     for (size_t i = 0; i < sizeof bounds / sizeof *bounds; i++)
         if (!strcmp(bounds[i].config, config))
-            return p == DENSE_BF16 ? bounds[i].bf16 : bounds[i].int8;
+            return p == DENSE_BF16 ? bounds[i].bf16 : bounds[i].int8; /* int8x2 too */
     fail_msg("no bound for %s", config);
     return 0;
 }
