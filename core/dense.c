@@ -196,6 +196,37 @@ CTR_CLONES static void to_bf16(int n, int in, const float *x, int ldx, unsigned 
     }
 }
 
+#ifdef DENSE_X86
+/* The same with AVX512_BF16's conversion (32 floats an instruction, round
+ * to nearest even as above; it reads denormal inputs as zero, which moves
+ * a value by less than 2^-126).  The conversion was a tenth of DIN's bf16
+ * forward pass on the AVX-512F loop (perf, N = 64). */
+__attribute__((target("avx512f,avx512bf16"))) static void
+to_bf16_avx512bf16(int n, int in, const float *x, int ldx, unsigned short *q) {
+    for (int i = 0; i < n; i++) {
+        const float *xi = x + (size_t)i * ldx;
+        unsigned short *qi = q + (size_t)i * in;
+        int k = 0;
+        for (; k + 32 <= in; k += 32) {
+            __m512bh v = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(xi + k + 16), _mm512_loadu_ps(xi + k));
+            _mm512_storeu_si512((void *)(qi + k), (__m512i)v);
+        }
+        for (; k < in; k++) qi[k] = dense_bf16_round(xi[k]);
+    }
+}
+#endif
+
+/* Rows of x into bfloat16 on the fastest conversion this CPU has. */
+static void rows_to_bf16(int n, int in, const float *x, int ldx, unsigned short *q) {
+#ifdef DENSE_X86
+    if (__builtin_cpu_supports("avx512bf16")) {
+        to_bf16_avx512bf16(n, in, x, ldx, q);
+        return;
+    }
+#endif
+    to_bf16(n, in, x, ldx, q);
+}
+
 static float row_absmax(const float *x, int in) {
     float m = 0.0f;
     for (int k = 0; k < in; k++) {
@@ -1064,7 +1095,7 @@ static int chunk_onednn(const dense *d, dense_ws *ws, int m, const float *x, flo
     case DENSE_BF16: {
         void *s_ = src;
         if (d->prec == DENSE_BF16)
-            to_bf16(m, d->in, x, d->ld_in, (unsigned short *)src);
+            rows_to_bf16(m, d->in, x, d->ld_in, (unsigned short *)src);
         else if (rows == m && tight_in)
             s_ = (void *)x;
         else
