@@ -94,10 +94,23 @@ struct dense {
     char what[320];
 };
 
+/* oneDNN memory objects of one call's shapes, kept by the workspace and
+ * pointed at each call's buffers (dnnl_memory_set_data_handle), so a call
+ * does not create and destroy three of them (a malloc and a free each):
+ * layers of one shape (QIN's) share an entry. */
+#define WS_MEMS 16
+typedef struct ws_mem {
+    dnnl_memory_desc_t src_md, dst_md, pad_md;
+    dnnl_memory_t src, dst, pad;   /* pad: a scratchpad of pad_bytes, or NULL */
+    size_t pad_bytes;
+} ws_mem;
+
 struct dense_ws {
     dnnl_stream_t stream;
     unsigned char *buf;
     size_t size;
+    ws_mem mem[WS_MEMS];
+    int nmem, next;                /* entries made; the one to replace next */
 };
 
 /* --- precisions ---------------------------------------------------------- */
@@ -1028,8 +1041,16 @@ int dense_ws_init(size_t bytes, dense_ws **out) {
     return CTR_OK;
 }
 
+static void ws_mem_free(ws_mem *e) {
+    if (e->src) dnnl_memory_destroy(e->src);
+    if (e->dst) dnnl_memory_destroy(e->dst);
+    if (e->pad) dnnl_memory_destroy(e->pad);
+    memset(e, 0, sizeof *e);
+}
+
 void dense_ws_free(dense_ws *ws) {
     if (!ws) return;
+    for (int i = 0; i < ws->nmem; i++) ws_mem_free(&ws->mem[i]);
     if (ws->stream) dnnl_stream_destroy(ws->stream);
     free(ws->buf);
     free(ws);
@@ -1038,21 +1059,45 @@ void dense_ws_free(dense_ws *ws) {
 /* --- a call ---------------------------------------------------------------- */
 
 /* Runs class c on src and dst (laid out as the class's descriptors say). */
+/* The workspace's memory objects for class k's shapes: found, or made
+ * (the oldest entry replaced), once per shape and workspace. */
+static ws_mem *ws_mem_for(dense_ws *ws, const dense_class *k) {
+    for (int i = 0; i < ws->nmem; i++) {
+        ws_mem *e = &ws->mem[i];
+        if (e->pad_bytes == k->pad_bytes && dnnl_memory_desc_equal(&e->src_md, &k->src_md) &&
+            dnnl_memory_desc_equal(&e->dst_md, &k->dst_md) &&
+            (!k->pad_bytes || dnnl_memory_desc_equal(&e->pad_md, &k->pad_md)))
+            return e;
+    }
+    ws_mem *e = &ws->mem[ws->nmem < WS_MEMS ? ws->nmem++ : ws->next];
+    if (ws->nmem == WS_MEMS) ws->next = (ws->next + 1) % WS_MEMS;
+    ws_mem_free(e);
+    if (dnnl_memory_create(&e->src, &k->src_md, engine_get(), DNNL_MEMORY_NONE) ||
+        dnnl_memory_create(&e->dst, &k->dst_md, engine_get(), DNNL_MEMORY_NONE) ||
+        (k->pad_bytes &&
+         dnnl_memory_create(&e->pad, &k->pad_md, engine_get(), DNNL_MEMORY_NONE))) {
+        ws_mem_free(e);
+        return NULL;
+    }
+    e->src_md = k->src_md;
+    e->dst_md = k->dst_md;
+    e->pad_md = k->pad_md;
+    e->pad_bytes = k->pad_bytes;
+    return e;
+}
+
 static int run_class(const dense *d, const dense_class *k, dense_ws *ws, void *src, void *dst,
                      void *pad) {
-    dnnl_memory_t ms = NULL, md = NULL, mp = NULL;
+    ws_mem *e = ws_mem_for(ws, k);
+    if (!e) return CTR_ENOMEM;
     dnnl_status_t s;
-    if ((s = dnnl_memory_create(&ms, &k->src_md, engine_get(), src)) == dnnl_success &&
-        (s = dnnl_memory_create(&md, &k->dst_md, engine_get(), dst)) == dnnl_success &&
-        (!k->pad_bytes ||
-         (s = dnnl_memory_create(&mp, &k->pad_md, engine_get(), pad)) == dnnl_success)) {
-        dnnl_exec_arg_t args[4] = {{DNNL_ARG_SRC, ms}, {DNNL_ARG_WEIGHTS, d->w_mem},
-                                   {DNNL_ARG_DST, md}, {DNNL_ARG_SCRATCHPAD, mp}};
-        s = dnnl_primitive_execute(k->prim, ws->stream, mp ? 4 : 3, args);
+    if ((s = dnnl_memory_set_data_handle(e->src, src)) == dnnl_success &&
+        (s = dnnl_memory_set_data_handle(e->dst, dst)) == dnnl_success &&
+        (!e->pad || (s = dnnl_memory_set_data_handle(e->pad, pad)) == dnnl_success)) {
+        dnnl_exec_arg_t args[4] = {{DNNL_ARG_SRC, e->src}, {DNNL_ARG_WEIGHTS, d->w_mem},
+                                   {DNNL_ARG_DST, e->dst}, {DNNL_ARG_SCRATCHPAD, e->pad}};
+        s = dnnl_primitive_execute(k->prim, ws->stream, e->pad ? 4 : 3, args);
     }
-    if (ms) dnnl_memory_destroy(ms);
-    if (md) dnnl_memory_destroy(md);
-    if (mp) dnnl_memory_destroy(mp);
     return s == dnnl_success ? CTR_OK : CTR_EINVAL;
 }
 

@@ -51,10 +51,12 @@
  * Lifetimes: a dense is built once and then read-only, shared by every
  * thread.  A dense_ws is one thread's workspace (a oneDNN stream, conversion
  * buffers, oneDNN's scratchpad), sized at start for the largest layer it
- * will run.  dense_forward makes no allocation of its own, but the oneDNN
- * calls it makes do, inside the library: the memory objects that wrap the
- * buffers of a call, and the execute call's argument map (6 mallocs per
- * execute, counted); neither has a way around it in oneDNN 2.6's C API.
+ * will run; it also keeps the oneDNN memory objects of the shapes it has
+ * run (made on a shape's first call, then pointed at each call's buffers).
+ * dense_forward makes no allocation of its own after a shape's first call,
+ * but oneDNN's execute does, inside the library (its argument map: 6
+ * mallocs and frees per execute, counted); oneDNN 2.6's C API has no way
+ * around it.
  *
  * Shape classes: oneDNN's fast matmul (brgemm) needs the row count fixed
  * when the primitive is made, so dense_init makes one primitive per class
