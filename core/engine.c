@@ -255,9 +255,11 @@ int engine_forward(const engine_model *m, engine_scratch *s, const engine_reques
 static const int warm_sizes[] = {1, 2, 3, 4, 5, 6, 7, 8, 16, 32, 64, 128, 256};
 
 int engine_warmup_thread(const engine_model *m, engine_scratch *s, char *err, size_t errlen) {
-    static const int sizes[] = {1, 4, 16, 64, 256}; /* one per kernel plan class */
+    /* A few rows, then the classes where the planner takes oneDNN's AMX
+     * kernels (from 9 rows); larger calls run the same kernels. */
+    static const int sizes[] = {1, 16, 64};
     const engine_schema *sc = &m->sc;
-    const int top = s->max_cand < 256 ? s->max_cand : 256, nh = sc->max_len, ni = top + nh;
+    const int top = s->max_cand < 64 ? s->max_cand : 64, nh = sc->max_len, ni = top + nh;
     const size_t vf = engine_item_vec_floats(m);
     engine_item *items = calloc((size_t)ni, sizeof *items);
     float *vecs = engine_item_vecs_alloc(m, ni), *prob = malloc((size_t)top * sizeof *prob);

@@ -291,8 +291,8 @@ int engine_forward(const engine_model *m, engine_scratch *s, const engine_reques
  * error (CTR_ENOMEM).  Thread-safe. */
 int engine_warmup(const engine_model *m, int max_cand, char *err, size_t errlen);
 
-/* Runs a few dummy requests (1 to 256 candidates, one per kernel plan
- * class, within the scratch's size) on the calling thread with its scratch
+/* Runs a few dummy requests (1, 16 and 64 candidates, within the
+ * scratch's size) on the calling thread with its scratch
  * s, so that the thread's first real request does not pay for what a
  * thread pays once: the CPU's AMX state (Linux traps a thread's first
  * AMX instruction to give it room), the scratch's pages, oneDNN's
