@@ -32,9 +32,10 @@
  *         column k of W is divided by f_k = sqrt(max_o |W[o, k]|) and x_k
  *         multiplied by it (exact in arithmetic; the weights' rounding
  *         spreads more evenly over the columns).  Twice int8's arithmetic
- *         for the same weight bytes: on AMX, where a product is bound by
- *         the weights' bytes, at about int8's speed; on the VNNI kernel at
- *         half of it.
+ *         for the same weight bytes: on AMX, where a product waits for the
+ *         weights' bytes, well under twice int8's time (1.4x, QIN N = 64,
+ *         bench/results/perf-2026-12-07.md); on the VNNI kernel about
+ *         twice.
  * Only fp32 is exact; the error bounds of the others are measured by
  * tests/core/test_dense.c on the machine that runs the tests.  Which
  * kernel runs a call is the planner's choice (below) unless
