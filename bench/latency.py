@@ -5,8 +5,8 @@ MicroLens-size model (demo/full, tools/make_demo.py --full), the floor of
 the client and server (GET /healthz through the same client), and the
 saturation rate at 8 connections (bench/loadgen, closed loop).
 
-For each precision and split mode (--split: columns, the default, or
-candidates), one ctr-server on a real redis-server over loopback, the item
+For each precision and split mode (ctr-server --split: candidates, the
+default, or columns), one ctr-server on a real redis-server over loopback, the item
 cache warm (every request sent once before measuring).  The client is
 bench/blockclient: one connection, send, read the whole answer, send the
 next; so the figures are the server's, not a load generator's (an

@@ -227,12 +227,14 @@ const setting config_settings[] = {
      "the number of online CPUs",
      "Threads one large request's candidates are split across.", S, 0, NULL},
     {"split", SET_CHOICE, F(split), CAP(split), 0, 0, "HOW", "columns|candidates", NULL, NULL,
-     "How one large request is split across score_threads.  columns (default): every "
-     "QIN layer's output columns in two, one half of the weights per core, so each "
-     "core keeps multiplying by the same half (held in its own cache; the weights' "
-     "memory doubles); models that cannot (DIN, TIN, a width not a multiple of 64) "
-     "and servers with one score thread split candidates instead.  candidates: each "
-     "thread takes a share of the candidates and streams every layer's whole weight.",
+     "How one large request is split across score_threads.  candidates (default): "
+     "each thread takes a share of the candidates and streams every layer's whole "
+     "weight.  columns: every QIN layer's output columns in two, one half of the "
+     "weights per core, so each core keeps multiplying by the same half (held in its "
+     "own cache; the weights' memory doubles); models that cannot (DIN, TIN, a width "
+     "not a multiple of 64) and servers with one score thread split candidates.  "
+     "bench_split compares the two on a host; columns is not the default until it "
+     "has been measured faster on an idle one.",
      S, 0, NULL},
     {"split_min", SET_INT, F(split_min), 0, 1, 1000000, "N", NULL, NULL, NULL,
      "Fewest candidates worth splitting across score_threads; smaller "
@@ -354,7 +356,7 @@ config_params config_default_params(void) {
     p.max_seq = 1000;
     snprintf(p.precision, sizeof p.precision, "fp32");
     snprintf(p.kernel, sizeof p.kernel, "auto");
-    snprintf(p.split, sizeof p.split, "columns");
+    snprintf(p.split, sizeof p.split, "candidates");
     p.cache_mb = 256;
     p.cache_ttl_s = 600;
     p.warmup = 1;

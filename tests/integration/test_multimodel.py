@@ -49,8 +49,8 @@ MODELS = {
     "dml": ("din-microlens", "dml:"),
     "tin": ("tin-small", "t:"),
     "tam": ("tin-amazon", "tam:"),
-    # MicroLens-size QIN: with the server's 2 score threads its layers are
-    # split by columns across them (--split columns, the default)
+    # MicroLens-size QIN: with the server's 2 score threads and --split
+    # columns its layers are split by columns across them
     "qml": ("microlens", "qml:"),
 }
 
@@ -238,6 +238,7 @@ def main():
             f.write("redis_prefix = qin2=d:   # QIN reads DIN's items\n")
         srv = Server([], redis, None,
                      ["--config", conf, "--cache-mb", "60", "--cache-mb", "tin=8", "--max-seq", "600",
+                      "--split", "columns",
                       # Sanitizer builds run DIN at MicroLens shapes ~10x
                       # slower: no answer here may be cut by a deadline.
                       "--deadline-ms", "20000", "--max-deadline-ms", "20000"],
