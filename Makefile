@@ -11,6 +11,8 @@
 #   make bench                forward-pass benchmarks (print tables): QIN in
 #                             detail, then QIN, DIN and TIN through engine.h
 #   make bench-e2e            the service end to end (demo and MicroLens-size)
+#   make bench-latency        p50/p99/p99.9 at one connection (blocking client)
+#                             and saturation, MicroLens-size (needs demo-full)
 #   make demo-full            the MicroLens-size model and data (demo/full)
 #   make container-test       build the Dockerfile's images with podman and run
 #                             them (not in check: downloads, takes minutes)
@@ -145,9 +147,19 @@ bench: all golden
 	$(B)/bench/bench_isa
 	$(B)/bench/bench_forward
 	$(B)/bench/bench_models --precision fp32 --precision bf16 --precision int8 \
-	    $(GOLDEN)/microlens/model.safetensors $(GOLDEN)/din-microlens/model.safetensors \
-	    $(GOLDEN)/tin-amazon/model.safetensors
+	    --precision int8x2 $(GOLDEN)/microlens/model.safetensors \
+	    $(GOLDEN)/din-microlens/model.safetensors $(GOLDEN)/tin-amazon/model.safetensors
+	$(B)/bench/bench_split --precision int8 --precision int8x2 --precision bf16 \
+	    $(GOLDEN)/microlens/model.safetensors
 	$(PYTHON) bench/quality.py --build $(B) --golden $(GOLDEN) --make-demo
+
+# ctr-server at one connection through a blocking client (bench/blockclient:
+# p50, p99, p99.9; BENCH_LATENCY_ARGS=--count 1000000 for a million
+# requests) and at saturation (8 connections), MicroLens-size model
+# (demo/full: make demo-full), per precision and split mode.
+.PHONY: bench-latency
+bench-latency: all
+	$(PYTHON) bench/latency.py --build $(B) $(BENCH_LATENCY_ARGS)
 
 # ctr-server on a real redis-server with the demo model, loaded with wrk
 # (makes demo/ first if needed); tables in bench/README.md.

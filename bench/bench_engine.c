@@ -231,7 +231,7 @@ int main(int argc, char **argv) {
             continue;
         }
         const input_set *s = &sets[set];
-        engine_request req = {s->hist, s->nhist, s->cand, s->ctx, n, NULL};
+        engine_request req = {s->hist, s->nhist, s->cand, s->ctx, n, NULL, NULL};
         if (is_probs) {
             if (engine_forward(m, scratch, &req, prob, err, sizeof err) < 0) {
                 printf("error %s\n", err);

@@ -385,7 +385,7 @@ int main(int argc, char **argv) {
             v[i].tc = malloc((size_t)cap * sizeof(double));
             v[i].nt = 0;
         }
-        qin_request req = {ptr, L, ptr + L, ctx, n};
+        qin_request req = {ptr, L, ptr + L, ctx, n, NULL};
         /* The attention's operands: the candidates' rows t, the history's
          * A h and B h, weights s (n x L), pool (n x E). */
         float *at = qin_falloc((size_t)n * E), *ah = qin_falloc((size_t)L * E),

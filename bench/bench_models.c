@@ -8,7 +8,12 @@
  * machine state.
  *
  *   build/release/bench/bench_models [--seconds S] [--hist H] [--n N]...
- *                                    [--precision fp32|bf16|int8]... MODEL...
+ *                                    [--precision fp32|bf16|int8|int8x2]...
+ *                                    [--kernel auto|onednn|packed|openblas] MODEL...
+ *
+ * --kernel sets every dense layer's kernel (engine_params.kernel; default
+ * auto, the planner's choice), e.g. packed for int8 on this project's VNNI
+ * kernel whatever the CPU has.
  *
  * With several --precision, each model is loaded once per precision and
  * their forward passes run in interleaved rounds (the order rotated each
@@ -43,6 +48,8 @@ static uint64_t next(void) {
  * candidates; for each N, the precisions' forward passes in interleaved
  * rounds (the order rotated round by round), and the first precision's
  * pass with the explanation beside its plain one. */
+static dense_backend kernel = DENSE_BACKEND_AUTO;
+
 static int bench_one(const char *path, const dense_precision *precs, int np, int hist,
                      const int *ns, int nn, double seconds) {
     engine_model *m[MAXP];
@@ -54,6 +61,7 @@ static int bench_one(const char *path, const dense_precision *precs, int np, int
     for (int p = 0; p < np; p++) {
         engine_params ep = engine_default_params();
         ep.precision = precs[p];
+        ep.kernel = kernel;
         double t0 = bench_now_s();
         if (engine_model_load_with(path, &ep, &m[p], err, sizeof err) < 0) {
             fprintf(stderr, "bench_models: %s\n", err);
@@ -127,7 +135,7 @@ static int bench_one(const char *path, const dense_precision *precs, int np, int
         engine_explain ex = {3, xpos, xw};
         engine_request plain[MAXP];
         for (int p = 0; p < np; p++) {
-            plain[p] = (engine_request){ptr[p], H, ptr[p] + H, ctx, n, NULL};
+            plain[p] = (engine_request){ptr[p], H, ptr[p] + H, ctx, n, NULL, NULL};
             for (int i = 0; i < 3; i++) engine_forward(m[p], s[p], &plain[p], prob, NULL, 0);
         }
         engine_request expl = plain[0];
@@ -187,6 +195,11 @@ int main(int argc, char **argv) {
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--seconds") && i + 1 < argc) {
             seconds = atof(argv[++i]);
+        } else if (!strcmp(argv[i], "--kernel") && i + 1 < argc) {
+            if (dense_backend_parse(argv[++i], &kernel) < 0) {
+                fprintf(stderr, "bench_models: --kernel: auto, onednn, packed or openblas\n");
+                return 2;
+            }
         } else if (!strcmp(argv[i], "--hist") && i + 1 < argc) {
             hist = atoi(argv[++i]);
         } else if (!strcmp(argv[i], "--n") && i + 1 < argc && nn < 16) {
@@ -205,12 +218,12 @@ int main(int argc, char **argv) {
         } else if (argv[i][0] != '-' && nm < 16) {
             models[nm++] = argv[i];
         } else {
-            fprintf(stderr, "usage: %s [--seconds S] [--hist H] [--n N]... [--precision P]... MODEL...\n", argv[0]);
+            fprintf(stderr, "usage: %s [--seconds S] [--hist H] [--n N]... [--precision P]... [--kernel K] MODEL...\n", argv[0]);
             return 2;
         }
     }
     if (!nm) {
-        fprintf(stderr, "usage: %s [--seconds S] [--hist H] [--n N]... [--precision P]... MODEL...\n", argv[0]);
+        fprintf(stderr, "usage: %s [--seconds S] [--hist H] [--n N]... [--precision P]... [--kernel K] MODEL...\n", argv[0]);
         return 2;
     }
     if (!np) precs[np++] = DENSE_FP32;
@@ -221,6 +234,9 @@ int main(int argc, char **argv) {
            "OpenBLAS)\n", openblas_get_config(), openblas_get_corename(),
            getenv("CTR_DENSE_OPENBLAS") && strcmp(getenv("CTR_DENSE_OPENBLAS"), "0")
                ? "OpenBLAS" : "oneDNN sgemm");
+    printf("oneDNN instruction set %s (ONEDNN_MAX_CPU_ISA %s); dense kernels planned at load "
+           "(each model's largest layer below)\n", dense_cpu_isa(),
+           getenv("ONEDNN_MAX_CPU_ISA") ? getenv("ONEDNN_MAX_CPU_ISA") : "unset");
     int rc = 0;
     for (int k = 0; k < nm; k++) rc |= bench_one(models[k], precs, np, hist, ns, nn, seconds);
     printf("\nGFLOP/s counts the folded multiply-adds x 2 over the median thread CPU time "

@@ -31,6 +31,9 @@ typedef struct arch_ops {
     engine_cost (*cost)(const void *impl, int nh);
     /* What computes the largest dense layer (engine_model_describe). */
     const char *(*describe)(const void *impl);
+    /* Column parts a request's layers split into (engine_model_column_parts);
+     * NULL: 1. */
+    int (*column_parts)(const void *impl);
 } arch_ops;
 
 extern const arch_ops qin_arch_ops;   /* qin.c */

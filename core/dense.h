@@ -10,20 +10,36 @@
  *
  * Precisions (dense_precision):
  *   fp32  exact: float32 weights and arithmetic (oneDNN, or the packed
- *         AVX-512 kernel of gemm.c for the row counts where it is faster);
+ *         AVX-512 kernel of gemm.c);
  *   bf16  weights in bfloat16, the rows of x converted to bfloat16 per call
  *         (round to nearest even), float32 accumulation (oneDNN);
  *   int8  weights in int8 with one scale per output channel (max |W[o,:]| /
  *         127), each row of x quantised at run time to u8 over its own
  *         range (scale and zero point per row: (max - min) / 255, the range
- *         widened to hold 0), int32 accumulation, float32 out (our
- *         AVX512_VNNI kernel, dense.c, or oneDNN's u8 x s8 matmul; the zero
- *         point is taken out exactly in int32).  Asymmetric rows:
+ *         widened to hold 0), int32 accumulation, float32 out (oneDNN's
+ *         u8 x s8 matmul, on AMX where the CPU has it, or our AVX512_VNNI
+ *         kernel, dense.c; both compute the same integers and give the same
+ *         bits; the zero point is taken out exactly in int32).  Asymmetric rows:
  *         on the demo model's validation set the largest score error was
  *         4x smaller than with symmetric rows (max |x| / 127), at the same
  *         cost (bench/README.md).
+ *   int8x2 int8 as above, but each row of x is quantised twice: q1 as int8
+ *         does, then the rounding residual x - s1 (q1 - z1) the same way
+ *         (q2, s2, z2), and y = s1 (q1 - z1) W'^T + s2 (q2 - z2) W'^T, both
+ *         as one product of 2n rows; so the activations' rounding, which
+ *         dominates int8's error, all but goes and the error is about that
+ *         of int8 weights alone.  The weights are balanced first: input
+ *         column k of W is divided by f_k = sqrt(max_o |W[o, k]|) and x_k
+ *         multiplied by it (exact in arithmetic; the weights' rounding
+ *         spreads more evenly over the columns).  Twice int8's arithmetic
+ *         for the same weight bytes: on AMX, where a product waits for the
+ *         weights' bytes, well under twice int8's time (1.4x, QIN N = 64,
+ *         bench/results/perf-2026-12-07.md); on the VNNI kernel about
+ *         twice.
  * Only fp32 is exact; the error bounds of the others are measured by
- * tests/core/test_dense.c on the machine that runs the tests.
+ * tests/core/test_dense.c on the machine that runs the tests.  Which
+ * kernel runs a call is the planner's choice (below) unless
+ * dense_params.backend sets one.
  *
  * Usage:
  *
@@ -36,10 +52,12 @@
  * Lifetimes: a dense is built once and then read-only, shared by every
  * thread.  A dense_ws is one thread's workspace (a oneDNN stream, conversion
  * buffers, oneDNN's scratchpad), sized at start for the largest layer it
- * will run.  dense_forward makes no allocation of its own, but the oneDNN
- * calls it makes do, inside the library: the memory objects that wrap the
- * buffers of a call, and the execute call's argument map (6 mallocs per
- * execute, counted); neither has a way around it in oneDNN 2.6's C API.
+ * will run; it also keeps the oneDNN memory objects of the shapes it has
+ * run (made on a shape's first call, then pointed at each call's buffers).
+ * dense_forward makes no allocation of its own after a shape's first call,
+ * but oneDNN's execute does, inside the library (its argument map: 6
+ * mallocs and frees per execute, counted); oneDNN 2.6's C API has no way
+ * around it.
  *
  * Shape classes: oneDNN's fast matmul (brgemm) needs the row count fixed
  * when the primitive is made, so dense_init makes one primitive per class
@@ -73,7 +91,11 @@
     X(BF16, "bf16", 0, "bfloat16 weights and activations, float32 accumulation")       \
     X(INT8, "int8", 0,                                                                 \
       "int8 weights (a scale per output channel), activations quantised per row at "   \
-      "run time (scale and zero point), int32 accumulation")
+      "run time (scale and zero point), int32 accumulation")                            \
+    X(INT8X2, "int8x2", 0,                                                             \
+      "int8 weights (input columns balanced, a scale per output channel), each row of "  \
+      "activations quantised twice (the row, then what its rounding left), int32 "        \
+      "accumulation: about the error of int8 weights alone, for twice int8's arithmetic")
 
 typedef enum dense_precision {
 #define DENSE_PRECISION_ENUM(name, text, exact, what) DENSE_##name,
@@ -82,7 +104,7 @@ typedef enum dense_precision {
     DENSE_PRECISION_COUNT
 } dense_precision;
 
-/* "fp32", "bf16", "int8"; "unknown" otherwise.  Static strings. */
+/* "fp32", "bf16", "int8", "int8x2"; "unknown" otherwise.  Static strings. */
 const char *dense_precision_name(dense_precision p);
 /* One line saying what the precision computes.  Static string. */
 const char *dense_precision_what(dense_precision p);
@@ -91,33 +113,47 @@ int dense_precision_exact(dense_precision p);
 /* Parses "fp32" | "bf16" | "int8" (any case).  CTR_OK or CTR_EINVAL. */
 int dense_precision_parse(const char *text, dense_precision *out);
 
-/* Which code computes the product. */
+/* Which code computes the product: name, text, what it is. */
+#define DENSE_BACKEND_MAP(X)                                                            \
+    X(AUTO, "auto", "the fastest kernel that runs here, timed per row class at load")   \
+    X(ONEDNN, "onednn", "oneDNN's matmul (AMX, AVX512-VNNI/BF16 or AVX-512 as the CPU has)") \
+    X(PACKED, "packed", "this project's kernels: fp32 packed AVX-512, int8 AVX512_VNNI")  \
+    X(OPENBLAS, "openblas", "fp32 only: OpenBLAS sgemm on the plain weight (the reference)")
+
 typedef enum dense_backend {
-    DENSE_BACKEND_AUTO,      /* fp32: oneDNN, row counts below packed_below
-                                through the packed kernel where it runs;
-                                bf16: oneDNN; int8: the VNNI kernel where
-                                it runs (dense_vnni_supported), else oneDNN */
-    DENSE_BACKEND_ONEDNN,    /* oneDNN for every row count */
-    DENSE_BACKEND_PACKED,    /* fp32: the packed AVX-512 kernel (gemm.h);
-                                int8: the AVX512_VNNI kernel of dense.c
-                                (dense_vnni_supported) */
-    DENSE_BACKEND_OPENBLAS,  /* fp32 only: cblas_sgemm on the plain weight
-                                (the reference the tests compare against) */
+#define DENSE_BACKEND_ENUM(name, text, what) DENSE_BACKEND_##name,
+    DENSE_BACKEND_MAP(DENSE_BACKEND_ENUM)
+#undef DENSE_BACKEND_ENUM
+    DENSE_BACKEND_COUNT
 } dense_backend;
+
+/* "auto", "onednn", "packed", "openblas"; "unknown" otherwise.  Static. */
+const char *dense_backend_name(dense_backend b);
+/* Parses a backend name (any case).  CTR_OK or CTR_EINVAL. */
+int dense_backend_parse(const char *text, dense_backend *out);
 
 /* Largest row count of one oneDNN call; more rows go in chunks. */
 #define DENSE_MAX_ROWS 256
+
+/* The planner (AUTO).  At dense_init, every kernel that can run the
+ * layer's precision and shape on this CPU (dense_candidates) is built and
+ * timed on the layer's own weights at one row count per plan class (4, 16,
+ * 64 and 256 rows for the classes 1-8, 9-32, 33-128 and 129-256), the
+ * fastest kept per class (a kernel other than the first candidate must be
+ * 3% faster to be taken: timings on a shared machine jitter) and the
+ * others freed.  Layers of one shape, precision and strides share the
+ * first one's plan for the process's life (QIN's layers, a reload), so the
+ * timing runs once per shape: a few milliseconds to a few tens (fp32 at
+ * 256 rows).  The plan is in dense_describe, dense_backend_for and
+ * dense_plan_us.  A backend other than AUTO runs that kernel for every row
+ * count. */
+#define DENSE_PLAN_CLASSES 4
 
 typedef struct dense_params {
     dense_precision precision;   /* DENSE_FP32 */
     dense_backend backend;       /* DENSE_BACKEND_AUTO */
     int ld_in;                   /* row stride of x in floats; 0: in */
     int ld_out;                  /* row stride of y in floats; 0: out */
-    int packed_below;            /* AUTO, fp32: calls of fewer rows use the
-                                    packed kernel (9: it was 4-10% ahead of
-                                    oneDNN at 1 and 8 rows and level or
-                                    behind from 16 rows on, MicroLens
-                                    shapes, bench/README.md) */
 } dense_params;
 
 dense_params dense_default_params(void);
@@ -135,9 +171,32 @@ int dense_init(const float *w, int out, int in, const dense_params *p, dense **d
                char *err, size_t errlen);
 void dense_free(dense *d);
 
-/* What the layer runs, e.g. "int8: oneDNN brg:avx512_core_vnni (46 shape
- * classes)".  Static for the layer's life. */
+/* What the layer runs per row class, e.g. "int8: rows 1-8 AVX512_VNNI
+ * kernel; rows 9-256 oneDNN brg:avx512_core_amx_int8 (planned)".  Static
+ * for the layer's life. */
 const char *dense_describe(const dense *d);
+/* The kernel a call of n rows runs (ONEDNN, PACKED or OPENBLAS; more than
+ * DENSE_MAX_ROWS: the class of its chunks). */
+dense_backend dense_backend_for(const dense *d, int n);
+/* What the planner measured for class c (0..DENSE_PLAN_CLASSES-1) on kernel
+ * b: microseconds a call at dense_plan_rows(c) rows; negative where b was
+ * not timed (not a candidate, or not AUTO). */
+double dense_plan_us(const dense *d, int c, dense_backend b);
+/* The row count timed for class c, and the largest row count of the class. */
+int dense_plan_rows(int c);
+int dense_plan_top(int c);
+/* The kernels AUTO chooses among for this precision and shape on this CPU,
+ * the default first (fp32: oneDNN, packed where it runs; bf16: oneDNN;
+ * int8: oneDNN, the VNNI kernel where it runs) into b (room for
+ * DENSE_BACKEND_COUNT); returns how many. */
+int dense_candidates(dense_precision p, int out, int in, dense_backend *b);
+/* Which of n timings (microseconds, the default's first) the planner
+ * takes: the smallest, unless it is less than 3% below the first's. */
+int dense_plan_pick(const double *us, int n);
+/* The instruction set oneDNN uses on this CPU (dnnl_get_effective_cpu_isa:
+ * "avx512_core_amx", "avx512_core_bf16", ..., capped by the environment's
+ * ONEDNN_MAX_CPU_ISA).  Static string. */
+const char *dense_cpu_isa(void);
 dense_precision dense_get_precision(const dense *d);
 int dense_in(const dense *d);
 int dense_out(const dense *d);

@@ -91,6 +91,7 @@ typedef struct din_model {
      * att_d[0] is Wd (H1 x E), att_d[k] att[k]'s (k = 1..na-2), dnn_d[k]
      * dnn[k]'s (k = 0..nd-2).  The one-unit output layers stay fp32. */
     dense_precision precision;
+    dense_backend kernel;            /* engine_params.kernel */
     dense *att_d[DIN_MAX_LAYERS];
     dense *dnn_d[DIN_MAX_LAYERS];
     size_t ws_bytes;                 /* the largest dense_ws_size */
@@ -417,6 +418,7 @@ static int din_dense(din_model *m, const char *what, int k, const float *w, int 
                      dense **d, char *err, size_t errlen) {
     dense_params dp = dense_default_params();
     dp.precision = m->precision;
+    dp.backend = m->kernel;
     char inner[256] = "";
     int rc = dense_init(w, out, in, &dp, d, inner, sizeof inner);
     if (rc < 0)
@@ -448,6 +450,7 @@ static int din_load(const st_file *f, const engine_schema *sc, const engine_para
     din_model *m = calloc(1, sizeof *m);
     if (!m) return ctr_fail(err, errlen, CTR_ENOMEM, "out of memory");
     int rc = din_build(m, f, sc, err, errlen);
+    m->kernel = p->kernel;
     if (rc == CTR_OK) rc = din_prepare(m, p->precision, err, errlen);
     if (rc < 0) {
         din_free(m);

@@ -47,13 +47,13 @@ const char *engine_arch_name(int arch) {
 }
 
 engine_params engine_default_params(void) {
-    engine_params p = {DENSE_FP32};
+    engine_params p = {DENSE_FP32, DENSE_BACKEND_AUTO, 1};
     return p;
 }
 
 int engine_precision_parse(const char *text, dense_precision *out, char *err, size_t errlen) {
     if (text && dense_precision_parse(text, out) == CTR_OK) return CTR_OK;
-    return ctr_fail(err, errlen, CTR_EINVAL, "precision \"%s\": expected fp32, bf16 or int8",
+    return ctr_fail(err, errlen, CTR_EINVAL, "precision \"%s\": expected fp32, bf16, int8 or int8x2",
                     text ? text : "");
 }
 
@@ -63,6 +63,11 @@ int engine_model_load_buffer_with(const void *buf, size_t len, const engine_para
     const engine_params params = p ? *p : engine_default_params();
     if (params.precision < 0 || params.precision >= DENSE_PRECISION_COUNT)
         return ctr_fail(err, errlen, CTR_EINVAL, "unknown precision %d", (int)params.precision);
+    if (params.kernel < 0 || params.kernel >= DENSE_BACKEND_COUNT)
+        return ctr_fail(err, errlen, CTR_EINVAL, "unknown kernel %d", (int)params.kernel);
+    if (params.column_parts != 1 && params.column_parts != 2)
+        return ctr_fail(err, errlen, CTR_EINVAL, "column_parts %d: 1 or 2",
+                        params.column_parts);
     st_file f;
     int rc = st_parse(buf, len, &f, err, errlen);
     if (rc < 0) return rc;
@@ -121,6 +126,12 @@ void engine_model_free(engine_model *m) {
 const engine_schema *engine_model_schema(const engine_model *m) { return &m->sc; }
 
 dense_precision engine_model_precision(const engine_model *m) { return m->params.precision; }
+
+dense_backend engine_model_kernel(const engine_model *m) { return m->params.kernel; }
+
+int engine_model_column_parts(const engine_model *m) {
+    return m->ops->column_parts ? m->ops->column_parts(m->impl) : 1;
+}
 
 const char *engine_model_describe(const engine_model *m) { return m->ops->describe(m->impl); }
 
@@ -243,6 +254,40 @@ int engine_forward(const engine_model *m, engine_scratch *s, const engine_reques
  * largest request. */
 static const int warm_sizes[] = {1, 2, 3, 4, 5, 6, 7, 8, 16, 32, 64, 128, 256};
 
+int engine_warmup_thread(const engine_model *m, engine_scratch *s, char *err, size_t errlen) {
+    /* A few rows, then the classes where the planner takes oneDNN's AMX
+     * kernels (from 9 rows); larger calls run the same kernels. */
+    static const int sizes[] = {1, 16, 64};
+    const engine_schema *sc = &m->sc;
+    const int top = s->max_cand < 64 ? s->max_cand : 64, nh = sc->max_len, ni = top + nh;
+    const size_t vf = engine_item_vec_floats(m);
+    engine_item *items = calloc((size_t)ni, sizeof *items);
+    float *vecs = engine_item_vecs_alloc(m, ni), *prob = malloc((size_t)top * sizeof *prob);
+    const float **ptr = malloc((size_t)ni * sizeof *ptr);
+    int rc = CTR_ENOMEM;
+    if (!items || !vecs || !prob || !ptr) {
+        ctr_fail(err, errlen, rc, "thread warm-up: out of memory");
+        goto done;
+    }
+    const int span = sc->item_vocab - sc->item_id_min;
+    for (int i = 0; i < ni; i++) items[i].id = sc->item_id_min + i % span;
+    if ((rc = engine_items_compute(m, ni, items, vecs, NULL, err, errlen)) < 0) goto done;
+    for (int i = 0; i < ni; i++) ptr[i] = vecs + (size_t)i * vf;
+    for (size_t k = 0; k < sizeof sizes / sizeof *sizes; k++) {
+        const int n = sizes[k] < top ? sizes[k] : top;
+        engine_request r = {ptr + top, nh, ptr, NULL, n, NULL, NULL};
+        if ((rc = engine_forward(m, s, &r, prob, err, errlen)) < 0) goto done;
+        if (n == top) break;
+    }
+    rc = CTR_OK;
+done:
+    free(items);
+    free(vecs);
+    free(prob);
+    free(ptr);
+    return rc;
+}
+
 int engine_warmup(const engine_model *m, int max_cand, char *err, size_t errlen) {
     const engine_schema *sc = &m->sc;
     if (max_cand < 1) max_cand = 1;
@@ -272,7 +317,7 @@ int engine_warmup(const engine_model *m, int max_cand, char *err, size_t errlen)
     /* Candidates first, then the history; a full history and one entry. */
     for (size_t k = 0; k < sizeof warm_sizes / sizeof *warm_sizes && warm_sizes[k] <= top; k++)
         for (int h = 0; h < 2; h++) {
-            engine_request r = {ptr + top, h ? 1 : nh, ptr, NULL, warm_sizes[k], NULL};
+            engine_request r = {ptr + top, h ? 1 : nh, ptr, NULL, warm_sizes[k], NULL, NULL};
             if ((rc = engine_forward(m, s, &r, prob, err, errlen)) < 0) goto done;
         }
     rc = CTR_OK;

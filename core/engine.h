@@ -127,6 +127,20 @@ static inline itemvec_input engine_item_base(const engine_item *item) {
  * pooling, heads) stays fp32 in every precision. */
 typedef struct engine_params {
     dense_precision precision;      /* DENSE_FP32 */
+    dense_backend kernel;           /* DENSE_BACKEND_AUTO: per layer shape
+                                       and row class, the fastest kernel
+                                       on this CPU, timed at load (dense.h);
+                                       another: that kernel for every layer
+                                       (CTR_EINVAL at load where it cannot
+                                       run one) */
+    int column_parts;               /* 1 (default) or 2: also prepare each
+                                       QIN layer's weight in two halves of
+                                       its output columns, so that a request
+                                       given an engine_par splits every layer
+                                       across two threads, each multiplying
+                                       by its own half of the weights (which
+                                       then stays in that core's cache);
+                                       the weights' memory doubles */
 } engine_params;
 
 engine_params engine_default_params(void);
@@ -153,13 +167,21 @@ const engine_schema *engine_model_schema(const engine_model *m);
 
 /* The precision the model's dense layers run in.  Thread-safe. */
 dense_precision engine_model_precision(const engine_model *m);
+/* The kernel setting it was loaded with (AUTO unless set).  Thread-safe. */
+dense_backend engine_model_kernel(const engine_model *m);
+/* 2 when a request given an engine_par splits the model's layers by
+ * columns (a QIN loaded with column_parts 2 whose width allows it), else 1.
+ * Thread-safe. */
+int engine_model_column_parts(const engine_model *m);
 
-/* What computes the model's largest dense layer, e.g. "int8: oneDNN
- * brg:avx512_core_vnni, 46 row classes up to 256", for logs and
- * benchmarks.  Valid as long as the model. */
+/* What computes the model's largest dense layer, per row class, e.g.
+ * "int8: rows 1-8 AVX512_VNNI kernel (8 x 32 blocks); rows 9-256 oneDNN
+ * brg:avx512_core_amx_int8 (planned)", for logs, /v1/models and
+ * benchmarks (dense_describe).  Valid as long as the model. */
 const char *engine_model_describe(const engine_model *m);
 
-/* The precision's name ("fp32", "bf16", "int8"; "unknown" otherwise) and
+/* The precision's name ("fp32", "bf16", "int8", "int8x2"; "unknown"
+ * otherwise) and
  * whether it is exact: dense_precision_name and dense_precision_exact.
  * engine_precision_parse reads a name (any case) into *out: CTR_OK, or
  * CTR_EINVAL with a message listing the names. */
@@ -223,6 +245,18 @@ typedef struct engine_explain {
     float *weight;          /* num_cand x k */
 } engine_explain;
 
+/* Fork-join for one request's layers (engine_request.par): run(ctx, fn,
+ * arg, nparts) calls fn(arg, part, nparts) once for every part in
+ * 0..nparts-1, on any threads, the caller's included, and returns when all
+ * have returned.  The server hands its scoring pool (server/pool.h). */
+typedef void (*engine_part_fn)(void *arg, int part, int nparts);
+typedef struct engine_par {
+    void (*run)(void *ctx, engine_part_fn fn, void *arg, int nparts);
+    void *ctx;
+    int min_rows;                   /* requests of fewer candidates stay on
+                                       the caller's thread */
+} engine_par;
+
 typedef struct engine_request {
     const float *const *hist;   /* item vectors, oldest first; NULL entries
                                    as described above */
@@ -232,6 +266,11 @@ typedef struct engine_request {
                                    every field is padding (0) */
     int num_cand;               /* 0..max_cand of the scratch */
     engine_explain *explain;    /* NULL: no explanation (costs nothing) */
+    const engine_par *par;      /* NULL: the caller's thread only; else,
+                                   with a model loaded with column_parts 2
+                                   (QIN), each layer's output columns split
+                                   across par's threads, the caller's
+                                   included; the same scores either way */
 } engine_request;
 
 /* prob[i] = P(click | user, cand[i]) for every candidate.  CTR_ETOOMANY
@@ -251,6 +290,15 @@ int engine_forward(const engine_model *m, engine_scratch *s, const engine_reques
  * shapes); allocates and frees its own scratch.  CTR_OK or the first
  * error (CTR_ENOMEM).  Thread-safe. */
 int engine_warmup(const engine_model *m, int max_cand, char *err, size_t errlen);
+
+/* Runs a few dummy requests (1, 16 and 64 candidates, within the
+ * scratch's size) on the calling thread with its scratch
+ * s, so that the thread's first real request does not pay for what a
+ * thread pays once: the CPU's AMX state (Linux traps a thread's first
+ * AMX instruction to give it room), the scratch's pages, oneDNN's
+ * per-thread state.  A server calls it on each of its threads at start.
+ * A few milliseconds at MicroLens size.  CTR_OK or the first error. */
+int engine_warmup_thread(const engine_model *m, engine_scratch *s, char *err, size_t errlen);
 
 /* Multiply-adds per candidate for a history of nh behaviours (the item
  * vectors already computed, as a warm cache has them): what the folded

@@ -4,10 +4,10 @@
  * y = x W^T for n rows of x (n x D) and a fixed D x D weight W ([out, in]).
  * OpenBLAS repacks W on every call (a fifth of the QNN's time at 64
  * candidates) and, on machines where it is held to its AVX2 kernels, leaves
- * half of an AVX-512 core idle.  dense.h's fp32 layers use this kernel where
- * the CPU has AVX-512F, the weight is square with D a multiple of 32, and a
- * call has fewer rows than dense_params.packed_below: the same-run benchmark
- * (bench/README.md) has it ahead of oneDNN's fp32 matmul only there.
+ * half of an AVX-512 core idle.  dense.h's fp32 layers may use this kernel
+ * where the CPU has AVX-512F and the weight is square with D a multiple of
+ * 32: its planner times it against oneDNN's fp32 matmul per row class at
+ * load (it tends to win at a few rows only).
  * OpenBLAS (cblas_sgemm) stays the reference the tests compare against.
  */
 #ifndef CTR_GEMM_H

@@ -14,6 +14,8 @@
  */
 #include <cblas.h>
 #include <math.h>
+#include <sched.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -121,17 +123,28 @@ int qin_scratch_init(const qin_model *m, int max_cand, qin_scratch **out) {
     s->max_cand = max_cand;
     s->ldx = qin_ldx(c);
     s->x = qin_falloc((size_t)max_cand * s->ldx);
+    if (m->qnn_part) s->x2 = qin_falloc((size_t)max_cand * s->ldx);
     s->y = qin_falloc((size_t)max_cand * s->ldx);
     s->s = qin_falloc((size_t)max_cand * c->max_len);
     s->ah = qin_falloc((size_t)c->max_len * c->item_dim);
     s->bh = qin_falloc((size_t)c->max_len * c->item_dim);
     s->vh = qin_falloc((size_t)c->max_len * c->input_dim);
+    s->keep = calloc((size_t)c->max_len, sizeof *s->keep);
     s->logit = qin_falloc((size_t)max_cand);
     size_t ws = 0;
-    for (int l = 0; l < c->num_layers; l++)
+    for (int l = 0; l < c->num_layers; l++) {
         if (dense_ws_size(m->qnn_dense[l]) > ws) ws = dense_ws_size(m->qnn_dense[l]);
+        for (int p = 0; m->qnn_part && p < QIN_PARTS; p++) {
+            size_t b = dense_ws_size(m->qnn_part[l * QIN_PARTS + p]);
+            ws = b > ws ? b : ws;
+        }
+    }
     int rc = dense_ws_init(ws, &s->dws);
-    if (!s->x || !s->y || !s->s || !s->ah || !s->bh || !s->vh || !s->logit || rc < 0) {
+    s->pws[0] = s->dws;
+    for (int p = 1; rc == CTR_OK && m->qnn_part && p < QIN_PARTS; p++)
+        rc = dense_ws_init(ws, &s->pws[p]);
+    if (!s->x || !s->y || !s->s || !s->ah || !s->bh || !s->vh || !s->logit || !s->keep ||
+        (m->qnn_part && !s->x2) || rc < 0) {
         qin_scratch_free(s);
         return rc < 0 ? rc : CTR_ENOMEM;
     }
@@ -142,11 +155,14 @@ int qin_scratch_init(const qin_model *m, int max_cand, qin_scratch **out) {
 void qin_scratch_free(qin_scratch *s) {
     if (!s) return;
     free(s->x);
+    free(s->x2);
     free(s->y);
+    for (int p = 1; p < QIN_PARTS; p++) dense_ws_free(s->pws[p]);
     free(s->s);
     free(s->ah);
     free(s->bh);
     free(s->vh);
+    free(s->keep);
     free(s->logit);
     dense_ws_free(s->dws);
     free(s);
@@ -244,21 +260,22 @@ int qin_model_fold_first(qin_model *m, int on) {
     return m->fold_first;
 }
 
-/* y (n x D, stride ldx) = the first layer's product for the candidates,
- * from the split parts: rows of the attention weights s (n x nh, stride
+/* Rows lo..hi-1 of y (stride ldx) = the first layer's product for those
+ * candidates, from the split parts: rows of the attention weights s (stride
  * lds) times V h of the behaviours (vh: nh x D), plus U t of each candidate
  * and G_f of its context values. */
 CTR_CLONES static void
-first_layer_product(const qin_model *m, const qin_request *req, int nh, const float *s, int lds,
-                    const float *vh, float *y, int ldx) {
+first_layer_product(const qin_model *m, const qin_request *req, int lo, int hi, int nh,
+                    const float *s, int lds, const float *vh, float *y, int ldx) {
     const qin_config *c = &m->cfg;
-    const int E = c->item_dim, D = c->input_dim, n = req->num_cand;
+    const int E = c->item_dim, D = c->input_dim;
     if (nh > 0) {
-        linear_gemm(n, D, nh, s, lds, vh, D, 0, 0.0f, y, ldx);
+        linear_gemm(hi - lo, D, nh, s + (size_t)lo * lds, lds, vh, D, 0, 0.0f,
+                    y + (size_t)lo * ldx, ldx);
     } else {
-        for (int i = 0; i < n; i++) memset(y + (size_t)i * ldx, 0, (size_t)D * sizeof *y);
+        for (int i = lo; i < hi; i++) memset(y + (size_t)i * ldx, 0, (size_t)D * sizeof *y);
     }
-    for (int i = 0; i < n; i++) {
+    for (int i = lo; i < hi; i++) {
         float *restrict yi = y + (size_t)i * ldx;
         const float *restrict u = req->cand[i] + 3 * E;
         for (int k = 0; k < D; k++) yi[k] += u[k];
@@ -294,6 +311,35 @@ int qin_model_prepare(qin_model *m, const dense_params *p, char *err, size_t err
     return CTR_OK;
 }
 
+int qin_model_prepare_parts(qin_model *m, const dense_params *p, char *err, size_t errlen) {
+    const qin_config *c = &m->cfg;
+    const int D = c->input_dim, w = D / QIN_PARTS;
+    if (D % (32 * QIN_PARTS))
+        return ctr_fail(err, errlen, CTR_EINVAL, "column parts: D = %d is not a multiple of %d",
+                        D, 32 * QIN_PARTS);
+    dense_params dp = *p;
+    dp.ld_in = dp.ld_out = qin_ldx(c);
+    const int np = c->num_layers * QIN_PARTS;
+    dense **parts = calloc((size_t)np, sizeof *parts);
+    if (!parts) return ctr_fail(err, errlen, CTR_ENOMEM, "out of memory");
+    for (int i = 0; i < np; i++) {
+        const int l = i / QIN_PARTS, part = i % QIN_PARTS;
+        char inner[256] = "";
+        int rc = dense_init(m->qnn_w[l] + (size_t)part * w * D, w, D, &dp, &parts[i], inner,
+                            sizeof inner);
+        if (rc < 0) {
+            for (int k = 0; k < i; k++) dense_free(parts[k]);
+            free(parts);
+            return ctr_fail(err, errlen, rc, "qnn layer %d part %d, %s: %s", l, part,
+                            dense_precision_name(dp.precision), inner);
+        }
+    }
+    for (int i = 0; m->qnn_part && i < np; i++) dense_free(m->qnn_part[i]);
+    free(m->qnn_part);
+    m->qnn_part = parts;
+    return CTR_OK;
+}
+
 int qin_model_set_precision(qin_model *m, dense_precision p, char *err, size_t errlen) {
     if (p == m->cfg.precision) return CTR_OK;
     dense_params dp = dense_default_params();
@@ -306,25 +352,33 @@ dense_precision qin_model_precision(const qin_model *m) { return m->cfg.precisio
 const char *qin_model_describe(const qin_model *m) { return dense_describe(m->qnn_dense[0]); }
 
 /* The fused pass after a layer's product: z = x (y + b) + c (batch norm
- * folded); PReLU; x += z.  Cloned for AVX-512 (chosen at load time by the
- * dynamic linker): compiled for the baseline x86-64 it runs 4 floats at a
- * time, and with the product on oneDNN's int8 kernels it was 7% of the
- * forward pass (perf, N = 64). */
+ * folded); PReLU; xo = x + z (xo is x itself, or, when a layer's columns
+ * are split across threads, the next layer's buffer: the other threads
+ * still read x).  Cloned for AVX-512 (chosen at load time by the dynamic
+ * linker): compiled for the baseline x86-64 it runs 4 floats at a time,
+ * and with the product on oneDNN's int8 kernels it was 7% of the forward
+ * pass (perf, N = 64). */
 CTR_CLONES static void
-qnn_fused(int n, int D, float *x, int ldx, const float *y, const float *restrict b,
-          const float *restrict c, float a) {
+qnn_fused_to(int n, int D, const float *x, int ldx, const float *y, const float *restrict b,
+             const float *restrict c, float a, float *xo) {
     for (int i = 0; i < n; i++) {
-        float *restrict xi = x + (size_t)i * ldx;
+        const float *xi = x + (size_t)i * ldx;
         const float *restrict yi = y + (size_t)i * ldx;
+        float *xoi = xo + (size_t)i * ldx;
         for (int k = 0; k < D; k++) {
             float z = xi[k] * (yi[k] + b[k]) + c[k];
             /* PReLU as max + a min: exactly z or a z, and written as two
              * min/max patterns so the compiler vectorizes it without a
              * branch (the signs of z are random: a branch mispredicts). */
             float pos = z > 0.0f ? z : 0.0f, neg = z < 0.0f ? z : 0.0f;
-            xi[k] += pos + a * neg;
+            xoi[k] = xi[k] + (pos + a * neg);
         }
     }
+}
+
+static void qnn_fused(int n, int D, float *x, int ldx, const float *y, const float *b,
+                      const float *c, float a) {
+    qnn_fused_to(n, D, x, ldx, y, b, c, a, x);
 }
 
 /* Hot spot: ~98% of a request's arithmetic is this product (three quarters
@@ -339,6 +393,67 @@ int qin_qnn_layer(const qin_model *m, dense_ws *ws, int layer, int n, float *x, 
     return CTR_OK;
 }
 
+/* --- a layer's columns across threads ------------------------------------
+ *
+ * One big request on an idle server: rather than each core taking half
+ * the candidates and streaming every layer's whole weight from the shared
+ * cache, each core takes half of every layer's output columns for all the
+ * candidates, and so always multiplies by the same half of the weights
+ * (MicroLens int8: 1.5 MB a core for the three D x D layers, inside its
+ * 2 MB L2; bf16 3 MB).  A layer reads x whole and writes its columns of
+ * the next layer's state (x2), so the parts never wait for each other
+ * inside a layer; the fork-join between layers is the price.
+ *
+ * Which core runs which part: whichever thread runs a part first claims
+ * the part numbered by its CPU (sched_getcpu() % QIN_PARTS), if still
+ * free, so a core keeps multiplying by the same half, request after
+ * request, without pinning any thread. */
+
+typedef struct layer_job {
+    const qin_model *m;
+    qin_scratch *s;
+    int layer, n;
+    const float *x;
+    float *xo;
+    atomic_int claimed;           /* bit p: part p taken */
+    atomic_int failed;
+} layer_job;
+
+static void layer_part(void *arg, int part, int nparts) {
+    layer_job *j = arg;
+    (void)nparts;
+    int cpu = sched_getcpu(), want = cpu >= 0 ? cpu % QIN_PARTS : part, p = -1;
+    int seen = atomic_fetch_or(&j->claimed, 1 << want);
+    if (!(seen & (1 << want))) p = want;
+    for (int k = 0; p < 0 && k < QIN_PARTS; k++)
+        if (!(atomic_fetch_or(&j->claimed, 1 << k) & (1 << k))) p = k;
+    if (p < 0) return; /* cannot happen: as many calls as parts */
+    const qin_config *c = &j->m->cfg;
+    const int D = c->input_dim, w = D / QIN_PARTS, ldx = qin_ldx(c), l = j->layer;
+    float *y = j->s->y + (size_t)p * w;
+    if (dense_forward(j->m->qnn_part[l * QIN_PARTS + p], j->s->pws[p], j->n, j->x, y) < 0) {
+        atomic_store(&j->failed, 1);
+        return;
+    }
+    qnn_fused_to(j->n, w, j->x + (size_t)p * w, ldx, y, j->m->qnn_b[l] + (size_t)p * w,
+                 j->m->qnn_c[l] + (size_t)p * w, j->m->prelu[l], j->xo + (size_t)p * w);
+}
+
+/* Layers l0.. with their columns split across par's threads; the final
+ * state is left in s->x.  CTR_OK or CTR_EINVAL (a product failed). */
+static int qnn_layers_split(const qin_model *m, qin_scratch *s, const engine_par *par, int l0,
+                            int n) {
+    for (int l = l0; l < m->cfg.num_layers; l++) {
+        layer_job j = {m, s, l, n, s->x, s->x2, 0, 0};
+        par->run(par->ctx, layer_part, &j, QIN_PARTS);
+        if (atomic_load(&j.failed)) return CTR_EINVAL;
+        float *t = s->x;
+        s->x = s->x2;
+        s->x2 = t;
+    }
+    return CTR_OK;
+}
+
 void qin_head(const qin_model *m, int n, const float *x, int ldx, float *logit, float *prob) {
     const int D = m->cfg.input_dim;
     /* logit (n x 1) = x (n x D) fc_w^T */
@@ -348,10 +463,69 @@ void qin_head(const qin_model *m, int n, const float *x, int ldx, float *logit, 
 
 /* --- the forward pass --------------------------------------------------- */
 
+/* Behaviours keep[j0..j1) of the request into rows j0..j1-1 of A h, B h
+ * and V h (the attention's and the first layer's operands). */
+static void gather_history(const qin_model *m, qin_scratch *s, const qin_request *req, int j0,
+                           int j1) {
+    const int E = m->cfg.item_dim, D = m->cfg.input_dim;
+    for (int j = j0; j < j1; j++) {
+        const float *h = req->hist[s->keep[j]];
+        memcpy(s->ah + (size_t)j * E, h + E, (size_t)E * sizeof(float));
+        memcpy(s->bh + (size_t)j * E, h + 2 * E, (size_t)E * sizeof(float));
+        if (m->fold_first)
+            memcpy(s->vh + (size_t)j * D, h + 3 * E + D, (size_t)D * sizeof(float));
+    }
+}
+
+/* Candidates lo..hi-1 up to the first layer's output: x0 = [ctx
+ * embeddings | t | pool], the attention, and (folded) the first layer. */
+static void first_rows(const qin_model *m, qin_scratch *s, const qin_request *req, int nh,
+                       int lo, int hi) {
+    const qin_config *c = &m->cfg;
+    const int d = c->embedding_dim, E = c->item_dim, ldx = s->ldx;
+    const int off_t = c->num_ctx * d, off_p = off_t + E;
+    for (int i = lo; i < hi; i++) {
+        float *xi = s->x + (size_t)i * ldx;
+        for (int f = 0; f < c->num_ctx; f++) {
+            int32_t v = req->ctx ? req->ctx[(size_t)i * c->num_ctx + f] : 0;
+            memcpy(xi + f * d, m->ctx_emb[f] + (size_t)v * d, (size_t)d * sizeof(float));
+        }
+        memcpy(xi + off_t, req->cand[i], (size_t)E * sizeof(float));
+    }
+    const size_t r = (size_t)lo * ldx;
+    qin_attention(m, hi - lo, s->x + r + off_t, ldx, nh, s->ah, s->bh,
+                  s->s + (size_t)lo * c->max_len, c->max_len, s->x + r + off_p, ldx);
+    if (m->fold_first) {
+        first_layer_product(m, req, lo, hi, nh, s->s, c->max_len, s->vh, s->y, ldx);
+        qnn_fused(hi - lo, c->input_dim, s->x + r, ldx, s->y + r, m->qnn_b[0], m->qnn_c[0],
+                  m->prelu[0]);
+    }
+}
+
+/* The stages before the QNN layers, in parts (a request split across
+ * threads): stage 0 gathers part of the history, stage 1 runs part of the
+ * candidates through first_rows. */
+typedef struct fwd_job {
+    const qin_model *m;
+    qin_scratch *s;
+    const qin_request *req;
+    int nh, stage;
+} fwd_job;
+
+static void fwd_part(void *arg, int part, int nparts) {
+    fwd_job *j = arg;
+    const int total = j->stage == 0 ? j->nh : j->req->num_cand;
+    const int lo = (int)((long long)total * part / nparts),
+              hi = (int)((long long)total * (part + 1) / nparts);
+    if (hi <= lo) return;
+    if (j->stage == 0) gather_history(j->m, j->s, j->req, lo, hi);
+    else first_rows(j->m, j->s, j->req, j->nh, lo, hi);
+}
+
 int qin_forward(const qin_model *m, qin_scratch *s, const qin_request *req, float *prob,
                 char *err, size_t errlen) {
     const qin_config *c = &m->cfg;
-    const int d = c->embedding_dim, E = c->item_dim, n = req->num_cand;
+    const int n = req->num_cand;
     if (s->model != m) return ctr_fail(err, errlen, CTR_EINVAL, "scratch of another model");
     if (n < 0 || n > s->max_cand)
         return ctr_fail(err, errlen, CTR_ETOOMANY, "%d candidates, at most %d", n, s->max_cand);
@@ -371,38 +545,33 @@ int qin_forward(const qin_model *m, qin_scratch *s, const qin_request *req, floa
     /* The most recent max_len behaviours, padding skipped: with no softmax,
      * a masked position contributes exactly nothing. */
     int first = req->num_hist > c->max_len ? req->num_hist - c->max_len : 0, nh = 0;
-    for (int j = first; j < req->num_hist; j++) {
-        const float *h = req->hist[j];
-        if (!h) continue;
-        memcpy(s->ah + (size_t)nh * E, h + E, (size_t)E * sizeof(float));
-        memcpy(s->bh + (size_t)nh * E, h + 2 * E, (size_t)E * sizeof(float));
-        if (m->fold_first)
-            memcpy(s->vh + (size_t)nh * c->input_dim, h + 3 * E + c->input_dim,
-                   (size_t)c->input_dim * sizeof(float));
-        nh++;
+    for (int j = first; j < req->num_hist; j++)
+        if (req->hist[j]) s->keep[nh++] = j;
+    const engine_par *par = req->par;
+    const int split = par && m->qnn_part && n >= par->min_rows && n > 1;
+    fwd_job job = {m, s, req, nh, 0};
+    if (split) {
+        /* The history's rows in parts, then the candidates' rows in parts
+         * (two fork-joins: the second reads every behaviour). */
+        job.stage = 0;
+        par->run(par->ctx, fwd_part, &job, QIN_PARTS);
+        job.stage = 1;
+        par->run(par->ctx, fwd_part, &job, QIN_PARTS);
+    } else {
+        gather_history(m, s, req, 0, nh);
+        first_rows(m, s, req, nh, 0, n);
     }
-
-    /* x0 = [ctx embeddings | t | pool] per candidate row. */
-    const int ldx = s->ldx, off_t = c->num_ctx * d, off_p = off_t + E;
-    for (int i = 0; i < n; i++) {
-        float *xi = s->x + (size_t)i * ldx;
-        for (int f = 0; f < c->num_ctx; f++) {
-            int32_t v = req->ctx ? req->ctx[(size_t)i * c->num_ctx + f] : 0;
-            memcpy(xi + f * d, m->ctx_emb[f] + (size_t)v * d, (size_t)d * sizeof(float));
-        }
-        memcpy(xi + off_t, req->cand[i], (size_t)E * sizeof(float));
+    const int ldx = s->ldx, l0 = m->fold_first ? 1 : 0;
+    if (split) {
+        if (qnn_layers_split(m, s, par, l0, n) < 0)
+            return ctr_fail(err, errlen, CTR_EINVAL, "qnn layers: %s failed (split)",
+                            dense_describe(m->qnn_part[0]));
+    } else {
+        for (int l = l0; l < c->num_layers; l++)
+            if (qin_qnn_layer(m, s->dws, l, n, s->x, s->y) < 0)
+                return ctr_fail(err, errlen, CTR_EINVAL, "qnn layer %d: %s failed", l,
+                                dense_describe(m->qnn_dense[l]));
     }
-    qin_attention(m, n, s->x + off_t, ldx, nh, s->ah, s->bh, s->s, c->max_len, s->x + off_p, ldx);
-    int l0 = 0;
-    if (m->fold_first) {
-        first_layer_product(m, req, nh, s->s, c->max_len, s->vh, s->y, ldx);
-        qnn_fused(n, c->input_dim, s->x, ldx, s->y, m->qnn_b[0], m->qnn_c[0], m->prelu[0]);
-        l0 = 1;
-    }
-    for (int l = l0; l < c->num_layers; l++)
-        if (qin_qnn_layer(m, s->dws, l, n, s->x, s->y) < 0)
-            return ctr_fail(err, errlen, CTR_EINVAL, "qnn layer %d: %s failed", l,
-                            dense_describe(m->qnn_dense[l]));
     qin_head(m, n, s->x, ldx, s->logit, prob);
     return CTR_OK;
 }
@@ -420,10 +589,28 @@ typedef struct qin_engine_scratch {
 static int qin_arch_load(const st_file *f, const engine_schema *sc, const engine_params *p,
                          void **impl, char *err, size_t errlen) {
     (void)sc;
-    return qin_model_build(f, p->precision, (qin_model **)impl, err, errlen);
+    qin_model *m;
+    int rc = qin_model_build(f, p->precision, p->kernel, &m, err, errlen);
+    if (rc < 0) return rc;
+    dense_params dp = dense_default_params();
+    dp.precision = p->precision;
+    dp.backend = p->kernel;
+    /* Column parts where the width allows them (D a multiple of 64);
+     * otherwise requests stay on one thread per request part. */
+    if (p->column_parts == QIN_PARTS && m->cfg.input_dim % (32 * QIN_PARTS) == 0 &&
+        (rc = qin_model_prepare_parts(m, &dp, err, errlen)) < 0) {
+        qin_model_free(m);
+        return rc;
+    }
+    *impl = m;
+    return CTR_OK;
 }
 
 static const char *qin_arch_describe(const void *impl) { return qin_model_describe(impl); }
+
+static int qin_arch_column_parts(const void *impl) {
+    return ((const qin_model *)impl)->qnn_part ? QIN_PARTS : 1;
+}
 
 static void qin_arch_free(void *impl) { qin_model_free(impl); }
 
@@ -475,7 +662,7 @@ static int qin_arch_forward(const void *impl, void *scratch, const engine_reques
                             float *prob, char *err, size_t errlen) {
     const qin_model *m = impl;
     qin_engine_scratch *es = scratch;
-    qin_request q = {req->hist, req->num_hist, req->cand, req->ctx, req->num_cand};
+    qin_request q = {req->hist, req->num_hist, req->cand, req->ctx, req->num_cand, req->par};
     int rc = qin_forward(m, es->s, &q, prob, err, errlen);
     if (rc < 0 || !req->explain) return rc;
     /* qin_forward kept the same behaviours (the window, padding skipped)
@@ -510,4 +697,5 @@ const arch_ops qin_arch_ops = {
     .forward = qin_arch_forward,
     .cost = qin_arch_cost,
     .describe = qin_arch_describe,
+    .column_parts = qin_arch_column_parts,
 };

@@ -183,6 +183,9 @@ typedef struct qin_request {
     const int32_t *ctx;        /* num_cand x num_ctx values, row-major;
                                   NULL means every field is padding (0) */
     int num_cand;              /* 0..max_cand of the scratch */
+    const struct engine_par *par;  /* NULL: one thread; else the QNN layers'
+                                  columns split across its threads when the
+                                  model has column parts (engine.h) */
 } qin_request;
 
 /* Scores every candidate of req: prob[i] = P(click | user, cand[i]).

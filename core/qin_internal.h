@@ -14,6 +14,9 @@
  * enough for any SIMD width OpenBLAS picks). */
 #define QIN_ALIGN 64
 
+/* Column parts of the QNN layers for a split request (engine_par). */
+#define QIN_PARTS 2
+
 struct qin_model {
     qin_config cfg;
     /* Embedding tables, row-major, 64-byte aligned. */
@@ -28,6 +31,11 @@ struct qin_model {
     dense **qnn_dense;            /* num_layers: qnn_w prepared for the
                                      serving precision (dense.h), rows of
                                      stride qin_ldx */
+    dense **qnn_part;             /* NULL, or num_layers x QIN_PARTS: part p
+                                     of layer l (index l * QIN_PARTS + p) is
+                                     rows p D / QIN_PARTS .. (p + 1) D /
+                                     QIN_PARTS - 1 of qnn_w[l] (its output
+                                     columns), prepared like qnn_dense */
     float **qnn_b;                /* num_layers of D: s * sum_r b_r */
     float **qnn_c;                /* num_layers of D: beta - mean * s */
     float *prelu;                 /* num_layers slopes */
@@ -47,13 +55,17 @@ struct qin_scratch {
     int max_cand;
     int ldx;                      /* row stride of x and y (D rounded to 16) */
     float *x;                     /* max_cand x ldx: QNN input/state */
+    float *x2;                    /* max_cand x ldx: the next layer's state
+                                     when a layer's columns are split */
     float *y;                     /* max_cand x ldx: GEMM output */
     float *s;                     /* max_cand x max_len: attention weights */
     float *ah;                    /* max_len x E: A h of the behaviours kept */
     float *bh;                    /* max_len x E: B h */
     float *vh;                    /* max_len x D: V h (first layer) */
+    int *keep;                    /* max_len: the history positions kept */
     float *logit;                 /* max_cand */
     dense_ws *dws;                /* the QNN layers' workspace */
+    dense_ws *pws[QIN_PARTS];     /* one per column part (pws[0] = dws) */
 };
 
 /* Row stride of the QNN's activations: D rounded up to 16 floats. */
@@ -65,6 +77,11 @@ static inline int qin_ldx(const qin_config *c) { return (c->input_dim + 15) & ~1
  * Call before the model is shared and before scratches are made for it;
  * tests and benchmarks use it to compare backends. */
 int qin_model_prepare(qin_model *m, const dense_params *p, char *err, size_t errlen);
+
+/* Also prepares each QNN layer's QIN_PARTS column parts (qnn_part) with p,
+ * for requests split across threads; CTR_EINVAL when D is not a multiple
+ * of 32 QIN_PARTS.  Call before scratches are made for the model. */
+int qin_model_prepare_parts(qin_model *m, const dense_params *p, char *err, size_t errlen);
 
 /* Splits the first layer's weight into first_ctx, first_u, first_v (in
  * double, each rounded once to float) and turns fold_first on.  Called by
@@ -81,10 +98,10 @@ int qin_model_fold_first(qin_model *m, int on);
 float *qin_falloc(size_t n);
 
 /* Builds a QIN model from a parsed model file, its QNN layers prepared in
- * `precision` (what qin_model_load_buffer, in fp32, and the engine's QIN
- * loader share). */
-int qin_model_build(const st_file *f, dense_precision precision, qin_model **out, char *err,
-                    size_t errlen);
+ * `precision` on `kernel` (dense.h; what qin_model_load_buffer, in fp32 on
+ * AUTO, and the engine's QIN loader share). */
+int qin_model_build(const st_file *f, dense_precision precision, dense_backend kernel,
+                    qin_model **out, char *err, size_t errlen);
 
 /* Pieces of the forward pass (qin.c), exposed for the tests. */
 

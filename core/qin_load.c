@@ -243,8 +243,8 @@ done:
     return rc;
 }
 
-static int model_build(qin_model *m, const st_file *f, dense_precision precision, char *err,
-                       size_t errlen) {
+static int model_build(qin_model *m, const st_file *f, dense_precision precision,
+                       dense_backend kernel, char *err, size_t errlen) {
     qin_config *c = &m->cfg;
     const int d = c->embedding_dim, E = c->item_dim, H = c->attn_dim, D = c->input_dim;
     char name[256];
@@ -290,6 +290,7 @@ static int model_build(qin_model *m, const st_file *f, dense_precision precision
      * (qin_model_set_precision). */
     dense_params dp = dense_default_params();
     dp.precision = precision;
+    dp.backend = kernel;
     if (getenv("CTR_QNN_OPENBLAS") && precision == DENSE_FP32) dp.backend = DENSE_BACKEND_OPENBLAS;
     if ((rc = qin_model_prepare(m, &dp, err, errlen)) < 0 ||
         (rc = qin_fold_first_layer(m, err, errlen)) < 0)
@@ -304,14 +305,14 @@ static int model_build(qin_model *m, const st_file *f, dense_precision precision
     return CTR_OK;
 }
 
-int qin_model_build(const st_file *f, dense_precision precision, qin_model **out, char *err,
-                    size_t errlen) {
+int qin_model_build(const st_file *f, dense_precision precision, dense_backend kernel,
+                    qin_model **out, char *err, size_t errlen) {
     *out = NULL;
     qin_model *m = calloc(1, sizeof *m);
     if (!m) return ctr_fail(err, errlen, CTR_ENOMEM, "out of memory");
     int rc;
     if ((rc = config_read(f, &m->cfg, err, errlen)) < 0 ||
-        (rc = model_build(m, f, precision, err, errlen)) < 0) {
+        (rc = model_build(m, f, precision, kernel, err, errlen)) < 0) {
         qin_model_free(m);
         return rc;
     }
@@ -326,7 +327,7 @@ int qin_model_load_buffer(const void *buf, size_t len, qin_model **out, char *er
     int rc = st_parse(buf, len, &f, err, errlen);
     if (rc < 0) return rc;
     qin_model *m;
-    rc = qin_model_build(&f, DENSE_FP32, &m, err, errlen);
+    rc = qin_model_build(&f, DENSE_FP32, DENSE_BACKEND_AUTO, &m, err, errlen);
     st_free(&f);
     if (rc < 0) return rc;
     /* BLAS runs single-threaded inside every call: the service gets its
@@ -364,6 +365,9 @@ void qin_model_free(qin_model *m) {
     for (int i = 0; i < QIN_MAX_CTX; i++) free(m->first_ctx[i]);
     free(m->first_u);
     free(m->first_v);
+    for (int i = 0; m->qnn_part && i < m->cfg.num_layers * QIN_PARTS; i++)
+        dense_free(m->qnn_part[i]);
+    free(m->qnn_part);
     for (int l = 0; l < m->cfg.num_layers; l++) {
         if (m->qnn_w) free(m->qnn_w[l]);
         if (m->qnn_b) free(m->qnn_b[l]);

@@ -158,7 +158,8 @@ static void tin_free(void *impl) {
 
 /* f1 (its u and u * t~ rows) and f2 as dense layers in precision p: the
  * weights transposed to [out, in]. */
-static int tin_prepare(tin_model *m, dense_precision p, char *err, size_t errlen) {
+static int tin_prepare(tin_model *m, dense_precision p, dense_backend k, char *err,
+                       size_t errlen) {
     const int H = m->H, F1 = m->F1, F2 = m->F2;
     float *w1 = malloc((size_t)F1 * 2 * H * sizeof *w1), *w2 = malloc((size_t)F2 * F1 * sizeof *w2);
     int rc = CTR_OK;
@@ -175,6 +176,7 @@ static int tin_prepare(tin_model *m, dense_precision p, char *err, size_t errlen
         for (int i = 0; i < F1; i++) w2[(size_t)o * F1 + i] = m->k2[(size_t)i * F2 + o];
     dense_params dp = dense_default_params();
     dp.precision = p;
+    dp.backend = k;
     char inner[256] = "";
     if ((rc = dense_init(w1, F1, 2 * H, &dp, &m->f1, inner, sizeof inner)) < 0 ||
         (rc = dense_init(w2, F2, F1, &dp, &m->f2, inner, sizeof inner)) < 0) {
@@ -300,7 +302,7 @@ static int tin_load(const st_file *f, const engine_schema *sc, const engine_para
     tin_model *m = calloc(1, sizeof *m);
     if (!m) return ctr_fail(err, errlen, CTR_ENOMEM, "out of memory");
     int rc = tin_build(m, f, sc, err, errlen);
-    if (rc == CTR_OK) rc = tin_prepare(m, p->precision, err, errlen);
+    if (rc == CTR_OK) rc = tin_prepare(m, p->precision, p->kernel, err, errlen);
     if (rc < 0) {
         tin_free(m);
         return rc;

@@ -27,8 +27,14 @@ int proto_models_encode(const proto_model_info *models, int n, proto_buf *b) {
         proto_buf_json_cstr(b, engine_arch_name(c->arch));
         proto_buf_puts(b, ",\"precision\":");
         proto_buf_json_cstr(b, dense_precision_name(m->precision));
-        proto_buf_printf(b, ",\"exact\":%s,\"path\":",
+        proto_buf_printf(b, ",\"exact\":%s,\"kernel\":{\"setting\":",
                          dense_precision_exact(m->precision) ? "true" : "false");
+        proto_buf_json_cstr(b, dense_backend_name(m->kernel_setting));
+        proto_buf_puts(b, ",\"cpu_isa\":");
+        proto_buf_json_cstr(b, dense_cpu_isa());
+        proto_buf_puts(b, ",\"largest_layer\":");
+        proto_buf_json_cstr(b, m->kernel ? m->kernel : "");
+        proto_buf_puts(b, "},\"path\":");
         proto_buf_json_cstr(b, m->path);
         proto_buf_printf(b, ",\"generation\":%llu,\"redis_prefix\":",
                          (unsigned long long)m->generation);

@@ -28,6 +28,9 @@ typedef struct proto_model_info {
     uint64_t generation;            /* loads of it, reloads included */
     const engine_schema *schema;    /* the file's metadata */
     dense_precision precision;      /* its dense layers' arithmetic */
+    dense_backend kernel_setting;   /* as loaded (AUTO: planned) */
+    const char *kernel;             /* what runs its largest dense layer
+                                       (engine_model_describe) */
     const char *redis_prefix;       /* its feature keys' prefix */
     size_t cache_bytes;             /* its item cache's budget */
     uint64_t cache_entries;         /* item vectors cached now */

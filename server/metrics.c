@@ -71,6 +71,8 @@ typedef struct model_slots {
     int set;
     char precision[16];             /* "" until set */
     int exact;
+    char isa[METRICS_LABEL_MAX];    /* "" until set */
+    char kernel[METRICS_LABEL_MAX * 3];
 } model_slots;
 
 struct metrics {
@@ -303,6 +305,15 @@ void metrics_reload(metrics *m, int model, int ok) {
     if (!s) return;
     add(ok ? &s->reloads_ok : &s->reloads_failed, 1);
     atomic_store(&s->last_reload_ok, ok ? 1 : 0);
+}
+
+void metrics_set_kernel(metrics *m, int model, const char *isa, const char *kernel) {
+    model_slots *s = model_at(m, model);
+    if (!s) return;
+    pthread_mutex_lock(&m->model_lock);
+    snprintf(s->isa, sizeof s->isa, "%s", isa ? isa : "");
+    snprintf(s->kernel, sizeof s->kernel, "%s", kernel ? kernel : "");
+    pthread_mutex_unlock(&m->model_lock);
 }
 
 void metrics_set_precision(metrics *m, int model, const char *precision, int exact) {
@@ -547,6 +558,18 @@ static void r_model_info(const render_ctx *r, const family *f) {
     pthread_mutex_unlock(&r->m->model_lock);
 }
 
+static void r_model_kernel(const render_ctx *r, const family *f) {
+    pthread_mutex_lock(&r->m->model_lock);
+    for (int i = 0; i < r->m->nmodels; i++) {
+        const model_slots *s = &r->m->models[i];
+        if (!s->isa[0]) continue;
+        const char *const kv[] = {"model", s->label, "isa", s->isa, "kernel", s->kernel};
+        series_n(r->b, f->name, "", kv, 3);
+        proto_buf_puts(r->b, "1\n");
+    }
+    pthread_mutex_unlock(&r->m->model_lock);
+}
+
 static void r_model_precision(const render_ctx *r, const family *f) {
     pthread_mutex_lock(&r->m->model_lock);
     for (int i = 0; i < r->m->nmodels; i++) {
@@ -643,6 +666,10 @@ static const family families[] = {
     {FAM("ctr_model_precision", "gauge",
          "Arithmetic of each model's dense layers (value always 1); only fp32 is exact.",
          r_model_precision)},
+    {FAM("ctr_model_kernel", "gauge",
+         "oneDNN's instruction set on this host and the kernel of each model's largest "
+         "dense layer per row class (value always 1).",
+         r_model_kernel)},
     {FAM("ctr_model_reloads_total", "counter", "Model reload attempts, by result.",
          r_model_slots),
      .key = "result", .slot = {{"ok", MS(reloads_ok)}, {"failed", MS(reloads_failed)}}},

@@ -30,6 +30,10 @@
  *                                                   version from the file)
  *   ctr_model_precision{precision,exact} 1          gauge [model] (fp32|bf16|
  *                                                   int8; exact "true" for fp32)
+ *   ctr_model_kernel{isa,kernel} 1                  gauge [model] (oneDNN's
+ *                                                   instruction set; what runs
+ *                                                   the largest dense layer,
+ *                                                   per row class)
  *   ctr_model_reloads_total{result="ok|failed"}     counter [model]
  *   ctr_model_last_reload_successful                gauge [model] (1 until a reload fails,
  *                                                   1 again after one succeeds)
@@ -176,6 +180,11 @@ void metrics_set_model(metrics *m, int model, const char *name, const char *vers
  * whether it is exact: ctr_model_precision{model, precision, exact} 1.
  * Takes a mutex: startup only. */
 void metrics_set_precision(metrics *m, int model, const char *precision, int exact);
+
+/* oneDNN's instruction set on this host (dense_cpu_isa) and what computes
+ * the model's largest dense layer (engine_model_describe):
+ * ctr_model_kernel{model, isa, kernel} 1.  Takes a mutex: startup only. */
+void metrics_set_kernel(metrics *m, int model, const char *isa, const char *kernel);
 
 /* One reload attempt of model (ok != 0: succeeded); also sets its
  * ctr_model_last_reload_successful. */

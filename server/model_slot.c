@@ -14,7 +14,7 @@ struct model_holder {
 };
 
 model_slot_params model_slot_default_params(void) {
-    return (model_slot_params){item_cache_default_params(), 0, DENSE_FP32};
+    return (model_slot_params){item_cache_default_params(), 0, DENSE_FP32, DENSE_BACKEND_AUTO, 1};
 }
 
 int model_slot_load(const char *path, const model_slot_params *p, uint64_t generation,
@@ -25,6 +25,8 @@ int model_slot_load(const char *path, const model_slot_params *p, uint64_t gener
     int64_t t0 = clock_now_ns();
     engine_params ep = engine_default_params();
     ep.precision = p->precision;
+    ep.kernel = p->kernel;
+    ep.column_parts = p->column_parts;
     int rc = engine_model_load_with(path, &ep, &s->model, err, errlen);
     if (rc < 0) goto fail;
     s->schema = engine_model_schema(s->model);

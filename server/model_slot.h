@@ -28,6 +28,9 @@ typedef struct model_slot_params {
                                        to this many candidates before the
                                        slot is handed out; 0: none */
     dense_precision precision;      /* of the dense layers (DENSE_FP32) */
+    dense_backend kernel;           /* their kernel (DENSE_BACKEND_AUTO:
+                                       planned at load, dense.h) */
+    int column_parts;               /* engine_params.column_parts (1) */
 } model_slot_params;
 
 /* Defaults: item_cache_default_params, no warm-up. */

@@ -30,4 +30,10 @@ void pool_run(pool *p, pool_fn fn, void *arg, int nparts);
 
 int pool_threads(const pool *p);
 
+/* Runs fn(arg, i, pool_threads(p)) once on each helper thread (i numbers
+ * them) and returns when every one has: for per-thread set-up, such as
+ * warming a thread before it takes requests.  Not concurrently with
+ * itself. */
+void pool_each_thread(pool *p, pool_fn fn, void *arg);
+
 #endif

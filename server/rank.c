@@ -475,7 +475,7 @@ static void score_part(void *arg, int part, int nparts) {
         ex = (engine_explain){j->ex->k, j->ex->pos + (size_t)lo * j->ex->k,
                               j->ex->weight + (size_t)lo * j->ex->k};
     engine_request r = {j->hist, j->nh, j->cand + lo, j->ctx + (size_t)lo * nctx, hi - lo,
-                        j->ex ? &ex : NULL};
+                        j->ex ? &ex : NULL, NULL};
     if (!s || engine_forward(j->slot->model, s, &r, j->prob + lo, err, sizeof err) < 0) {
         if (s) log_limited(&lim, LOG_ERROR, "scoring failures", "scoring: %s", err);
         atomic_store(&j->failed, 1);
@@ -491,12 +491,37 @@ static void score_part(void *arg, int part, int nparts) {
  * DIN (36 MFLOP) split 64 candidates in two, while TIN (0.08 MFLOP) and
  * small models score them on this thread.  ex, when set, gets the n
  * candidates' explanations.  0, or -1 when the engine failed. */
+static void par_run(void *ctx, engine_part_fn fn, void *arg, int nparts) {
+    pool_run(ctx, fn, arg, nparts);
+}
+
 static int score_run(rank_ctx *x, const float *const *hist, int nh, const float *const *cand,
                      const int32_t *ctx, int n, float *prob, const engine_explain *ex) {
     service *svc = x->svc;
     if (n <= 0) return 0;
     score_job job = {svc, x->m, x->slot, hist, nh, cand, ctx, n, prob, ex, 0};
     const double per_cand = cand_flops(x, nh);
+    /* A model that splits its layers by columns: one call on this thread,
+     * the pool taking the other column parts of each layer, when half the
+     * request's arithmetic is worth a hand-off (split_min_mflops). */
+    const int cols = svc->split_columns ? engine_model_column_parts(x->slot->model) : 1;
+    if (cols > 1) {
+        int min_rows = per_cand > 0 ? (int)(svc->split_min_mflops * 1e6 * cols / per_cand) + 1 : n;
+        engine_par par = {par_run, svc->scorers, min_rows};
+        if (n >= min_rows) {
+            worker *w = worker_self(svc);
+            engine_scratch *s = w ? worker_scratch(w, x->m, x->slot) : NULL;
+            engine_explain e;
+            if (ex) e = *ex;
+            engine_request r = {hist, nh, cand, ctx, n, ex ? &e : NULL, &par};
+            char err[256];
+            if (s && engine_forward(x->slot->model, s, &r, prob, err, sizeof err) == CTR_OK)
+                return 0;
+            static log_limit lim;
+            if (s) log_limited(&lim, LOG_ERROR, "scoring failures", "scoring: %s", err);
+            return -1;
+        }
+    }
     int min_part = per_cand > 0 ? (int)(svc->split_min_mflops * 1e6 / per_cand) + 1 : n;
     if (min_part < svc->split_min) min_part = svc->split_min;
     int parts = n / min_part;

@@ -55,6 +55,7 @@ int service_add_model(service *svc, const char *name, const char *path,
         dense_precision pr = engine_model_precision(first->model);
         metrics_set_precision(svc->metrics, k, dense_precision_name(pr),
                               dense_precision_exact(pr));
+        metrics_set_kernel(svc->metrics, k, dense_cpu_isa(), engine_model_describe(first->model));
     }
     if (!(m->holder = model_holder_new(first)))
         return ctr_fail(err, errlen, CTR_ENOMEM, "out of memory");

@@ -56,6 +56,8 @@ typedef struct service {
     int split_min;                 /* candidates per part when splitting */
     int split_min_mflops;          /* and arithmetic per part, MFLOP */
     int score_parts;               /* most parts a request is cut into */
+    int split_columns;             /* 1: split a model's layers by columns
+                                      where it allows (engine_par) */
     int skip_scoring;              /* answer with score 0, model not run */
     int deadline_ms;               /* a request's budget when it names none */
     int max_deadline_ms;           /* the most a request may ask for */

@@ -74,9 +74,15 @@ void worker_prepare(service *svc) {
     if (!w) return;
     for (int i = 0; i < svc->num_models; i++) {
         model_slot *s = model_holder_acquire(svc->models[i].holder);
-        if (!worker_scratch(w, &svc->models[i], s))
+        engine_scratch *sc = worker_scratch(w, &svc->models[i], s);
+        char err[256];
+        if (!sc)
             log_warn("model %s: no scratch yet (out of memory); retried per request",
                      svc->models[i].name);
+        /* This thread's first use of the CPU's AMX units and of its
+         * scratch, now rather than in a request. */
+        else if (engine_warmup_thread(s->model, sc, err, sizeof err) < 0)
+            log_warn("model %s: thread warm-up: %s", svc->models[i].name, err);
         model_slot_release(s);
     }
 }

@@ -74,6 +74,9 @@ for t in "$@"; do
       if [ -d "$corpus" ] && ls "$corpus"/* >/dev/null 2>&1; then
         run "$t $corpus" "$t" "$corpus"/*
       fi ;;
+    */test_dense)  # again with oneDNN held below AMX: both routes on an AMX host
+      run "$t" "$t"
+      run "$t (ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16)" env ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16 "$t" plan ;;
     *) run "$t" "$t" ;;
   esac
 done

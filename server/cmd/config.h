@@ -130,6 +130,7 @@ typedef struct config_params {
     int score_threads;              /* threads one request's scoring may use */
     int split_min;                  /* fewest candidates worth splitting */
     int split_min_mflops;           /* least work per part of a split */
+    char split[16];                 /* "columns", "candidates" */
     int max_candidates;             /* per request; sizes the scratch */
     size_t max_body_bytes;
     int max_seq;                    /* history entries read per user */
@@ -140,7 +141,8 @@ typedef struct config_params {
     int cache_ttl_s;                /* item cache TTL; 0 never expires */
     int request_timeout_s;          /* idle keep-alive connection timeout */
     int skip_scoring;               /* BENCHMARK ONLY: scores are all 0 */
-    char precision[8];              /* "fp32", "bf16", "int8" */
+    char precision[8];              /* "fp32", "bf16", "int8", "int8x2" */
+    char kernel[16];                /* "auto", "onednn", "packed", "openblas" */
     char log_level[16];             /* "debug", "info", "warn", "error" */
     char config[CONFIG_STR_MAX];    /* the config file read, "" if none */
     /* ctr-load and ctr-score. */

@@ -226,6 +226,16 @@ const setting config_settings[] = {
     {"score_threads", SET_INT, F(score_threads), 0, 1, 1024, "N", NULL, NULL,
      "the number of online CPUs",
      "Threads one large request's candidates are split across.", S, 0, NULL},
+    {"split", SET_CHOICE, F(split), CAP(split), 0, 0, "HOW", "columns|candidates", NULL, NULL,
+     "How one large request is split across score_threads.  candidates (default): "
+     "each thread takes a share of the candidates and streams every layer's whole "
+     "weight.  columns: every QIN layer's output columns in two, one half of the "
+     "weights per core, so each core keeps multiplying by the same half (held in its "
+     "own cache; the weights' memory doubles); models that cannot (DIN, TIN, a width "
+     "not a multiple of 64) and servers with one score thread split candidates.  "
+     "bench_split compares the two on a host; columns is not the default until it "
+     "has been measured faster on an idle one.",
+     S, 0, NULL},
     {"split_min", SET_INT, F(split_min), 0, 1, 1000000, "N", NULL, NULL, NULL,
      "Fewest candidates worth splitting across score_threads; smaller "
      "requests are scored on their worker thread.", S, 0, NULL},
@@ -251,21 +261,34 @@ const setting config_settings[] = {
      "Most ids a request's item_seq may have (only the last max_len of any history are "
      "used: 64 for the challenge QIN and DIN, 430 for TIN).", C, 0, NULL},
     {"precision", SET_CHOICE, F(precision), CAP(precision), 0, 0, "[NAME=]PRECISION",
-     "fp32|bf16|int8", NULL, NULL,
+     "fp32|bf16|int8|int8x2", NULL, NULL,
      "Arithmetic of the models' dense layers (NAME=PRECISION for one model, "
      "repeatable).  fp32 is exact (the trained "
      "model's scores to 1e-5); bf16 and int8 are not, and trade a little "
      "accuracy for speed where the CPU runs bfloat16 / int8 dot products "
      "faster than float32 ones (int8 with VNNI: about 2.7x; bf16 is slower "
      "than fp32 on CPUs whose bf16 units run at half rate, such as this "
-     "project's Xeon): bench/README.md has the measured score error and "
+     "project's Xeon); int8x2 quantises each row twice (the row and its rounding "
+     "residual) for about the error of int8 weights alone at twice int8's arithmetic: "
+     "docs/PRECISION.md and bench/results/ have the measured score error and "
      "speed.  The startup log, /v1/models and /metrics say which one is in "
      "force.", S, SETTING_PER_MODEL, NULL},
     {"precision", SET_CHOICE, F(precision), CAP(precision), 0, 0, "PRECISION",
-     "fp32|bf16|int8", NULL, NULL,
-     "Arithmetic of the dense layers: fp32 is exact to the trained model; bf16 and int8 "
-     "are faster on CPUs with AVX512_BF16 / VNNI, not exact (a note on stderr says so; "
-     "measured error in bench/README.md).", C, 0, NULL},
+     "fp32|bf16|int8|int8x2", NULL, NULL,
+     "Arithmetic of the dense layers: fp32 is exact to the trained model; bf16, int8 "
+     "and int8x2 are faster on CPUs with AVX512_BF16 / VNNI / AMX, not exact (a note on "
+     "stderr says so; measured error in docs/PRECISION.md).", C, 0, NULL},
+    {"kernel", SET_CHOICE, F(kernel), CAP(kernel), 0, 0, "KERNEL",
+     "auto|onednn|packed|openblas", NULL, NULL,
+     "Which code computes the dense layers.  auto (default): at load, every "
+     "kernel that runs the layer's precision on this CPU is timed per layer "
+     "shape and row count and the fastest kept (oneDNN on AMX where the CPU "
+     "has it; this project's AVX512-VNNI int8 and packed fp32 kernels); the "
+     "startup log, /v1/models and /metrics show each choice and oneDNN's "
+     "instruction set (ONEDNN_MAX_CPU_ISA in the environment caps it).  "
+     "onednn, packed (fp32: square layers of a multiple of 32; int8: a "
+     "multiple of 32 outputs) or openblas (fp32 only) run that kernel "
+     "everywhere; a model it cannot run fails to load.", S, 0, NULL},
     {"cache_mb", SET_INT, F(cache_mb), 0, 0, 1 << 20, "[NAME=]MIB", NULL, NULL, NULL,
      "Item vector cache budget in MiB, split equally among the models without a "
      "budget of their own (NAME=MIB, repeatable); 0 disables the cache.", S, SETTING_PER_MODEL, NULL},
@@ -332,6 +355,8 @@ config_params config_default_params(void) {
     p.max_body_bytes = (size_t)1 << 20;
     p.max_seq = 1000;
     snprintf(p.precision, sizeof p.precision, "fp32");
+    snprintf(p.kernel, sizeof p.kernel, "auto");
+    snprintf(p.split, sizeof p.split, "candidates");
     p.cache_mb = 256;
     p.cache_ttl_s = 600;
     p.warmup = 1;

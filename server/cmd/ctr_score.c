@@ -364,7 +364,7 @@ static int score_line(scorer *s, const char *line, size_t len, long lineno,
                                    errlen)) < 0)
         return rc;
 
-    engine_request q = {s->hist, nh, s->cand, r.ctx, r.num_cand, NULL};
+    engine_request q = {s->hist, nh, s->cand, r.ctx, r.num_cand, NULL, NULL};
     if ((rc = engine_forward(s->model, s->scratch, &q, s->prob, why,
                              sizeof why)) < 0)
         return ctr_fail(err, errlen, rc, "%s", why);

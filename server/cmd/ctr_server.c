@@ -148,6 +148,11 @@ static void health_check(service *svc, featstore *const *fs) {
     }
 }
 
+static void warm_helper(void *arg, int i, int n) {
+    (void)i, (void)n;
+    worker_prepare(arg);
+}
+
 /* The precision of the model served as `name` (NULL: not known yet): its
  * own NAME=PRECISION entry, else the plain setting (both checked by
  * config_parse). */
@@ -171,6 +176,9 @@ static int load_models(service *svc, const config_params *cp, char *err, size_t 
     sp.cache.ttl_ms = (uint64_t)cp->cache_ttl_s * 1000;
     sp.cache.max_bytes = 0; /* until the budgets are known */
     sp.warmup_max_cand = cp->warmup ? cp->max_candidates : 0;
+    if (dense_backend_parse(cp->kernel, &sp.kernel) < 0) sp.kernel = DENSE_BACKEND_AUTO;
+    sp.column_parts = svc->split_columns ? 2 : 1;
+    log_info("dense layers: kernel %s; oneDNN instruction set %s", cp->kernel, dense_cpu_isa());
     char inner[900];
     int rc = CTR_OK, shared = 0, i;
     for (i = 0; i < cp->num_models; i++) {
@@ -212,7 +220,7 @@ static int load_models(service *svc, const config_params *cp, char *err, size_t 
         names[i] = svc->models[i].name;
         dense_precision pr = engine_model_precision(s->model);
         log_info("model %s: %s version %s (%s), %s; prefix \"%s\", item cache %zu MiB; "
-                 "precision %s (%s); load %.0f ms, warm-up %.0f ms", names[i], s->schema->name,
+                 "precision %s, kernel %s; load %.0f ms, warm-up %.0f ms", names[i], s->schema->name,
                  s->schema->version, engine_arch_name(s->schema->arch), cp->models[i].path,
                  svc->models[i].prefix, mb, dense_precision_name(pr),
                  engine_model_describe(s->model), s->load_ms, s->warmup_ms);
@@ -272,6 +280,7 @@ static void service_setup(service *svc, const config_params *cp) {
     svc->split_min = cp->split_min;
     svc->split_min_mflops = cp->split_min_mflops;
     svc->score_parts = cp->score_threads;
+    svc->split_columns = cp->score_threads > 1 && strcmp(cp->split, "columns") == 0;
     svc->skip_scoring = cp->skip_scoring;
     svc->deadline_ms = cp->deadline_ms;
     svc->max_deadline_ms = cp->max_deadline_ms > cp->deadline_ms ? cp->max_deadline_ms
@@ -423,6 +432,9 @@ int main(int argc, char **argv) {
         log_error("cannot load the model: %s", err);
         goto out;
     }
+    /* The scoring helpers warmed now, as the HTTP workers are when they
+     * start (worker_prepare): scratch, AMX state, connections. */
+    pool_each_thread(svc.scorers, warm_helper, &svc);
     if (open_health_stores(&svc, health_fs, err, sizeof err) < 0) {
         log_error("feature store: %s", err);
         goto out;

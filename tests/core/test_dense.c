@@ -9,7 +9,16 @@
  *     inputs is exact) and within its own bound of fp32;
  * for row counts around every shape class, odd shapes and row strides
  * wider than the rows; plus the row quantiser, the bf16 rounding, the
- * refusals, and that no call starts a thread. */
+ * refusals, and that no call starts a thread.
+ *
+ * The planner (dense.h, AUTO): every kernel it may pick for a precision on
+ * this CPU is checked as above on its own, the int8 kernels give the same
+ * bits as each other, the pick follows the planner's own timings, and
+ * oneDNN's instruction set is what the CPU and the environment allow.
+ * tests/run.sh runs these again with oneDNN held below AMX
+ * (ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16, argument "plan"), so both routes
+ * are checked on a host that has AMX; on a host without it the capped run
+ * is the same as the first. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -100,6 +109,26 @@ typedef struct expect {
     double claim, claim_tol, exact, exact_tol;
 } expect;
 
+/* int8x2's bound on x . w (dense.h): its weights are W / f rounded per
+ * row (step sw, half a step off at most, times f_k on x_k), and its rows
+ * keep a residual of half a step of the second level (s1 / 255 / 2 at
+ * most, on W / f); a few float roundings of each level's sum. */
+static double int8x2_bound(const double *x, const double *w, const double *f, int in) {
+    double wm = 0, lo = 0, hi = 0, xabs = 0, wabs = 0, sabs = 0;
+    for (int k = 0; k < in; k++) {
+        double wb = w[k] / f[k], xb = x[k] * f[k];
+        wm = fabs(wb) > wm ? fabs(wb) : wm;
+        lo = xb < lo ? xb : lo;
+        hi = xb > hi ? xb : hi;
+        xabs += fabs(xb);
+        wabs += fabs(wb);
+        sabs += fabs(x[k] * w[k]);
+    }
+    const double sw = wm / 127, s1 = (hi - lo) / 255;
+    return 0.5 * sw * xabs * 1.01 + (0.5 * s1 / 255 * 1.01) * (wabs + 0.5 * sw * in) +
+           1e-6 * (sabs + sw * xabs) + 1e-30;
+}
+
 static expect expected(dense_precision p, const operand *x, const operand *w, int in) {
     expect e = {0, 0, 0, 0};
     double sabs = 0, babs = 0, bsum = 0, qsum = 0;
@@ -144,6 +173,11 @@ static void check_layer(dense *d, dense_ws *ws, const operand *wo, int n, int ld
                         double *worst_claim, double *worst_exact) {
     const int in = dense_in(d), out = dense_out(d);
     const dense_precision p = dense_get_precision(d);
+    /* int8x2's column balance, f_k = sqrt(max_o |W[o, k]|), as dense.h says */
+    double *f = calloc((size_t)in, sizeof *f);
+    for (int o = 0; o < out; o++)
+        for (int k = 0; k < in; k++) f[k] = fabs(wo[o].v[k]) > f[k] ? fabs(wo[o].v[k]) : f[k];
+    for (int k = 0; k < in; k++) f[k] = f[k] > 0 ? (double)sqrtf((float)f[k]) : 1.0;
     float *x = falloc((size_t)(n ? n : 1) * ld_in), *x_copy = falloc((size_t)(n ? n : 1) * ld_in),
           *y = falloc((size_t)(n ? n : 1) * ld_out);
     for (int i = 0; i < n * ld_in; i++) x[i] = uni() * (1.0f + (float)(i % 7));
@@ -158,6 +192,10 @@ static void check_layer(dense *d, dense_ws *ws, const operand *wo, int n, int ld
         operand_make(&xo, x + (size_t)i * ld_in, in, 1);
         for (int o = 0; o < out; o++) {
             expect e = expected(p, &xo, &wo[o], in);
+            if (p == DENSE_INT8X2) { /* only its bound against the exact product */
+                e.claim = e.exact;
+                e.claim_tol = e.exact_tol = int8x2_bound(xo.v, wo[o].v, f, in);
+            }
             double got = y[(size_t)i * ld_out + o];
             double dc = fabs(got - e.claim), de = fabs(got - e.exact);
             if (dc > e.claim_tol || de > e.exact_tol)
@@ -172,13 +210,13 @@ static void check_layer(dense *d, dense_ws *ws, const operand *wo, int n, int ld
             if (y[(size_t)i * ld_out + o] != 12345.0f)
                 fail_msg("%s n=%d: y[%d][%d] past the row was written", dense_describe(d), n, i, o);
     }
-    free(x); free(x_copy); free(y);
+    free(x); free(x_copy); free(y); free(f);
 }
 
-/* Row counts around the shape classes (1..16, multiples of 8, chunks of
- * DENSE_MAX_ROWS) and the packed kernel's threshold. */
-static const int counts[] = {0, 1, 2, 3, 7, 8, 9, 15, 16, 17, 23, 24, 25, 47, 48, 49, 64, 65,
-                             100, 255, 256, 257, 300};
+/* Row counts around oneDNN's shape classes (1..16, multiples of 8, chunks
+ * of DENSE_MAX_ROWS) and the planner's classes (8 | 9, 32 | 33, 128 | 129). */
+static const int counts[] = {0, 1, 2, 3, 7, 8, 9, 15, 16, 17, 23, 24, 25, 32, 33, 47, 48, 49,
+                             64, 65, 100, 128, 129, 255, 256, 257, 300};
 
 static void run_shapes(dense_precision p, dense_backend b) {
     static const int shapes[][2] = {{32, 32}, {160, 160}, {48, 80}, {37, 100}, {1024, 1024}};
@@ -188,7 +226,8 @@ static void run_shapes(dense_precision p, dense_backend b) {
         if (b == DENSE_BACKEND_PACKED && p == DENSE_FP32 &&
             (in != out || !gemm_packed_supported(in)))
             continue;
-        if (b == DENSE_BACKEND_PACKED && p == DENSE_INT8 && !dense_vnni_supported(out, in))
+        if (b == DENSE_BACKEND_PACKED && (p == DENSE_INT8 || p == DENSE_INT8X2) &&
+            !dense_vnni_supported(out, in))
             continue;
         float *w = falloc((size_t)out * in);
         for (int i = 0; i < out * in; i++) w[i] = uni() / sqrtf((float)in);
@@ -231,6 +270,7 @@ static void test_fp32_packed(void **state) { (void)state; run_shapes(DENSE_FP32,
 static void test_fp32_openblas(void **state) { (void)state; run_shapes(DENSE_FP32, DENSE_BACKEND_OPENBLAS); }
 static void test_bf16(void **state) { (void)state; run_shapes(DENSE_BF16, DENSE_BACKEND_AUTO); }
 static void test_int8(void **state) { (void)state; run_shapes(DENSE_INT8, DENSE_BACKEND_AUTO); }
+static void test_int8x2(void **state) { (void)state; run_shapes(DENSE_INT8X2, DENSE_BACKEND_AUTO); }
 static void test_int8_onednn(void **state) { (void)state; run_shapes(DENSE_INT8, DENSE_BACKEND_ONEDNN); }
 static void test_int8_vnni(void **state) {
     (void)state;
@@ -412,8 +452,179 @@ static void test_one_thread_per_call(void **state) {
     free(w);
 }
 
-int main(void) {
+/* --- the planner ------------------------------------------------------------ */
+
+/* Every kernel AUTO may pick, forced, against the exact product. */
+static void test_candidates_exact(void **state) {
+    (void)state;
+    for (int p = 0; p < DENSE_PRECISION_COUNT; p++) {
+        dense_backend cand[DENSE_BACKEND_COUNT];
+        int nc = dense_candidates(p, 1024, 1024, cand);
+        assert_true(nc >= 1);
+        assert_int_equal(cand[0], DENSE_BACKEND_ONEDNN);
+        for (int k = 0; k < nc; k++) run_shapes(p, cand[k]);
+    }
+}
+
+/* The int8 kernels compute the same integers and scale them the same way:
+ * their outputs are the same bits, at every row count. */
+static void int8_kernels_agree(dense_precision prec) {
+    const int out = 256, in = 320, n = 300;
+    dense_backend cand[DENSE_BACKEND_COUNT];
+    int nc = dense_candidates(prec, out, in, cand);
+    if (nc < 2) skip(); /* one int8 kernel on this CPU */
+    float *w = falloc((size_t)out * in), *x = falloc((size_t)n * in);
+    float *y[DENSE_BACKEND_COUNT];
+    for (int i = 0; i < out * in; i++) w[i] = uni();
+    for (int i = 0; i < n * in; i++) x[i] = uni() * 3.0f;
+    char err[256];
+    static const int rows[] = {1, 5, 8, 9, 33, 64, 129, 256, 300};
+    for (size_t r = 0; r < sizeof rows / sizeof *rows; r++) {
+        for (int k = 0; k < nc; k++) {
+            dense_params dp = dense_default_params();
+            dp.precision = prec;
+            dp.backend = cand[k];
+            dense *d;
+            dense_ws *ws;
+            if (dense_init(w, out, in, &dp, &d, err, sizeof err) < 0) fail_msg("%s", err);
+            assert_int_equal(dense_ws_init(dense_ws_size(d), &ws), CTR_OK);
+            y[k] = falloc((size_t)n * out);
+            assert_int_equal(dense_forward(d, ws, rows[r], x, y[k]), CTR_OK);
+            if (k > 0 && memcmp(y[0], y[k], (size_t)rows[r] * out * sizeof(float)) != 0)
+                fail_msg("%d rows: %s and %s differ", rows[r], dense_backend_name(cand[0]),
+                         dense_backend_name(cand[k]));
+            dense_ws_free(ws);
+            dense_free(d);
+        }
+        for (int k = 0; k < nc; k++) free(y[k]);
+    }
+    free(w);
+    free(x);
+}
+
+static void test_int8_kernels_agree(void **state) {
+    (void)state;
+    int8_kernels_agree(DENSE_INT8);
+    int8_kernels_agree(DENSE_INT8X2);
+}
+
+static void test_plan_pick(void **state) {
+    (void)state;
+    double a[] = {10.0, 9.0, 8.0};
+    assert_int_equal(dense_plan_pick(a, 3), 2);
+    double b[] = {10.0, 9.8};       /* 2% faster: the default stays */
+    assert_int_equal(dense_plan_pick(b, 2), 0);
+    double c[] = {10.0, 9.6};       /* 4% faster: taken */
+    assert_int_equal(dense_plan_pick(c, 2), 1);
+    double d[] = {10.0, -1.0, 12.0}; /* not timed, slower */
+    assert_int_equal(dense_plan_pick(d, 3), 0);
+    double e[] = {-1.0, 5.0};       /* the default not timed */
+    assert_int_equal(dense_plan_pick(e, 2), 1);
+    assert_int_equal(dense_plan_pick(a, 1), 0);
+    for (int c2 = 0; c2 < DENSE_PLAN_CLASSES; c2++) {
+        assert_true(dense_plan_rows(c2) <= dense_plan_top(c2));
+        assert_true(c2 == 0 || dense_plan_rows(c2) > dense_plan_top(c2 - 1));
+    }
+    assert_int_equal(dense_plan_top(DENSE_PLAN_CLASSES - 1), DENSE_MAX_ROWS);
+    dense_backend bk;
+    assert_int_equal(dense_backend_parse("OneDNN", &bk), CTR_OK);
+    assert_int_equal(bk, DENSE_BACKEND_ONEDNN);
+    assert_int_equal(dense_backend_parse("fast", &bk), CTR_EINVAL);
+    for (int i = 0; i < DENSE_BACKEND_COUNT; i++) {
+        assert_int_equal(dense_backend_parse(dense_backend_name(i), &bk), CTR_OK);
+        assert_int_equal(bk, i);
+    }
+}
+
+/* 1 when /proc/cpuinfo lists the flag. */
+static int cpu_flag(const char *flag) {
+    FILE *f = fopen("/proc/cpuinfo", "r");
+    if (!f) return 0;
+    char line[8192];
+    int found = 0;
+    size_t len = strlen(flag);
+    while (!found && fgets(line, sizeof line, f)) {
+        if (strncmp(line, "flags", 5) != 0) continue;
+        for (char *p = strstr(line, flag); p && !found; p = strstr(p + 1, flag))
+            found = (p[-1] == ' ' || p[-1] == '\t') && (p[len] == ' ' || p[len] == '\n');
+        break;
+    }
+    fclose(f);
+    return found;
+}
+
+/* The plan of each precision at the QNN's shape: every class runs a
+ * candidate, that class's pick is what the planner's own timings say, a
+ * forced backend runs everywhere; and oneDNN's instruction set and kernels
+ * are those of this CPU as capped by ONEDNN_MAX_CPU_ISA. */
+static void test_plan_choice(void **state) {
+    (void)state;
+    const char *cap = getenv("ONEDNN_MAX_CPU_ISA");
+    const int capped = cap && strcmp(cap, "AVX512_CORE_BF16") == 0;
+    const int amx = cpu_flag("amx_int8") && cpu_flag("amx_bf16") && cpu_flag("amx_tile");
+    const char *isa = dense_cpu_isa();
+    printf("oneDNN ISA %s (CPU %s AMX, ONEDNN_MAX_CPU_ISA %s)\n", isa, amx ? "has" : "has no",
+           cap ? cap : "unset");
+    if (amx && !capped) assert_string_equal(isa, "avx512_core_amx");
+    if (capped) assert_null(strstr(isa, "amx"));
+    const int D = 1024;
+    float *w = falloc((size_t)D * D);
+    for (int i = 0; i < D * D; i++) w[i] = uni() / 32.0f;
+    char err[256];
+    for (int p = 0; p < DENSE_PRECISION_COUNT; p++) {
+        dense_backend cand[DENSE_BACKEND_COUNT];
+        int nc = dense_candidates(p, D, D, cand);
+        dense_params dp = dense_default_params();
+        dp.precision = p;
+        dense *d;
+        if (dense_init(w, D, D, &dp, &d, err, sizeof err) < 0) fail_msg("%s", err);
+        printf("%s\n", dense_describe(d));
+        assert_non_null(strstr(dense_describe(d), "(planned)"));
+        for (int c = 0; c < DENSE_PLAN_CLASSES; c++) {
+            double us[DENSE_BACKEND_COUNT];
+            for (int k = 0; k < nc; k++) us[k] = dense_plan_us(d, c, cand[k]);
+            if (nc > 1) {
+                for (int k = 0; k < nc; k++) assert_true(us[k] > 0);
+                assert_int_equal(dense_backend_for(d, dense_plan_rows(c)),
+                                 cand[dense_plan_pick(us, nc)]);
+            } else {
+                assert_int_equal(dense_backend_for(d, dense_plan_rows(c)), cand[0]);
+            }
+            assert_int_equal(dense_backend_for(d, dense_plan_top(c)),
+                             dense_backend_for(d, dense_plan_rows(c)));
+        }
+        /* oneDNN's kernel for the precision: on AMX where oneDNN may use
+         * it (bf16 and int8), never where it is capped. */
+        dp.backend = DENSE_BACKEND_ONEDNN;
+        dense *o;
+        if (dense_init(w, D, D, &dp, &o, err, sizeof err) < 0) fail_msg("%s", err);
+        printf("%s\n", dense_describe(o));
+        assert_non_null(strstr(dense_describe(o), "(set)"));
+        for (int c = 0; c < DENSE_PLAN_CLASSES; c++) {
+            assert_int_equal(dense_backend_for(o, dense_plan_rows(c)), DENSE_BACKEND_ONEDNN);
+            assert_true(dense_plan_us(o, c, DENSE_BACKEND_ONEDNN) < 0); /* not timed */
+        }
+        if (capped) assert_null(strstr(dense_describe(o), "amx"));
+        if (amx && !capped && p != DENSE_FP32) assert_non_null(strstr(dense_describe(o), "amx"));
+        dense_free(o);
+        dense_free(d);
+    }
+    free(w);
+}
+
+int main(int argc, char **argv) {
+    const struct CMUnitTest plan_tests[] = {
+        cmocka_unit_test(test_plan_pick),
+        cmocka_unit_test(test_plan_choice),
+        cmocka_unit_test(test_candidates_exact),
+        cmocka_unit_test(test_int8_kernels_agree),
+    };
+    if (argc > 1 && strcmp(argv[1], "plan") == 0)
+        return cmocka_run_group_tests_name("dense planner", plan_tests, NULL, NULL);
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_plan_pick),
+        cmocka_unit_test(test_plan_choice),
+        cmocka_unit_test(test_int8_kernels_agree),
         cmocka_unit_test(test_precision_names),
         cmocka_unit_test(test_bf16_rounding),
         cmocka_unit_test(test_quantize_row),
@@ -427,6 +638,7 @@ int main(void) {
         cmocka_unit_test(test_int8),
         cmocka_unit_test(test_int8_onednn),
         cmocka_unit_test(test_int8_vnni),
+        cmocka_unit_test(test_int8x2),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -3,13 +3,15 @@
  * the schema each file declares, the request rules and their messages,
  * the history id rule (TIN's id 0 is an item), the refusals of
  * engine_forward, explain off vs on giving the same scores, slices of a
- * request scoring like the whole, and the cost counts.  The scores
+ * request scoring like the whole, a request's layers split by columns
+ * across threads scoring like one thread, and the cost counts.  The scores
  * themselves are checked against the references in test_golden.c. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <cmocka.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -158,7 +160,7 @@ static void run_forward(const char *name) {
     float p[N], pe[N], p2[N];
     int32_t pos[N * 2];
     float w[N * 2];
-    engine_request r = {hist, H, cand, NULL, N, NULL};
+    engine_request r = {hist, H, cand, NULL, N, NULL, NULL};
     assert_int_equal(engine_forward(m, so, &r, p, err, sizeof err), CTR_EINVAL);
     assert_string_equal(err, "scratch of another model");
     r.num_cand = N + 1;
@@ -187,12 +189,12 @@ static void run_forward(const char *name) {
         }
     }
     /* Two slices, as a server splitting a request across threads. */
-    engine_request a = {hist, H, cand, NULL, 2, NULL}, b = {hist, H, cand + 2, NULL, N - 2, NULL};
+    engine_request a = {hist, H, cand, NULL, 2, NULL, NULL}, b = {hist, H, cand + 2, NULL, N - 2, NULL, NULL};
     assert_int_equal(engine_forward(m, s, &a, p2, err, sizeof err), CTR_OK);
     assert_int_equal(engine_forward(m, s, &b, p2 + 2, err, sizeof err), CTR_OK);
     for (int i = 0; i < N; i++) assert_true(fabsf(p2[i] - p[i]) < 1e-6f);
     /* No history at all, and an empty request. */
-    engine_request e = {NULL, 0, cand, NULL, N, &ex};
+    engine_request e = {NULL, 0, cand, NULL, N, &ex, NULL};
     assert_int_equal(engine_forward(m, s, &e, p2, err, sizeof err), CTR_OK);
     for (int i = 0; i < N; i++) assert_int_equal(pos[i * 2], -1);
     e.num_cand = 0;
@@ -255,11 +257,13 @@ static void test_warmup(void **state) {
         const float *hist[2] = {v, v + vf}, *cand[2] = {v + 2 * vf, v + 3 * vf};
         engine_scratch *s;
         assert_int_equal(engine_scratch_init(m, 2, &s), CTR_OK);
-        engine_request r = {hist, 2, cand, NULL, 2, NULL};
+        engine_request r = {hist, 2, cand, NULL, 2, NULL, NULL};
         float before[2], after[2];
         assert_int_equal(engine_forward(m, s, &r, before, err, sizeof err), CTR_OK);
         assert_int_equal(engine_warmup(m, 300, err, sizeof err), CTR_OK);
         assert_int_equal(engine_warmup(m, 5, err, sizeof err), CTR_OK);
+        /* A thread's warm-up on its own scratch leaves it scoring alike. */
+        assert_int_equal(engine_warmup_thread(m, s, err, sizeof err), CTR_OK);
         assert_int_equal(engine_forward(m, s, &r, after, err, sizeof err), CTR_OK);
         assert_true(before[0] == after[0] && before[1] == after[1]);
         /* A scratch may outlive its model (a server drops it lazily). */
@@ -284,7 +288,7 @@ static void test_precision_params(void **state) {
     assert_int_equal(engine_precision_parse("bf16", &q, err, sizeof err), CTR_OK);
     assert_int_equal(q, DENSE_BF16);
     assert_int_equal(engine_precision_parse("fp16", &q, err, sizeof err), CTR_EINVAL);
-    assert_non_null(strstr(err, "fp32, bf16 or int8"));
+    assert_non_null(strstr(err, "fp32, bf16, int8 or int8x2"));
     assert_int_equal(engine_precision_parse(NULL, &q, err, sizeof err), CTR_EINVAL);
     const char *d = getenv("CTR_GOLDEN");
     static const char *const names[] = {"small", "din-small", "tin-small"};
@@ -310,6 +314,121 @@ static void test_precision_params(void **state) {
     }
 }
 
+/* --- a request's layers split by columns (engine_par) --------------------- */
+
+/* Parts in reverse order on the caller: no part may depend on another. */
+static void run_serial(void *ctx, engine_part_fn fn, void *arg, int nparts) {
+    (*(int *)ctx)++;
+    for (int p = nparts - 1; p >= 0; p--) fn(arg, p, nparts);
+}
+
+typedef struct part_call {
+    engine_part_fn fn;
+    void *arg;
+    int part, nparts;
+} part_call;
+
+static void *part_thread(void *a) {
+    part_call *c = a;
+    c->fn(c->arg, c->part, c->nparts);
+    return NULL;
+}
+
+/* Part 1.. on threads of their own, part 0 on the caller, at once. */
+static void run_threads(void *ctx, engine_part_fn fn, void *arg, int nparts) {
+    (*(int *)ctx)++;
+    pthread_t t[8];
+    part_call c[8];
+    for (int p = 1; p < nparts && p < 8; p++) {
+        c[p] = (part_call){fn, arg, p, nparts};
+        assert_int_equal(pthread_create(&t[p], NULL, part_thread, &c[p]), 0);
+    }
+    fn(arg, 0, nparts);
+    for (int p = 1; p < nparts && p < 8; p++) pthread_join(t[p], NULL);
+}
+
+static void test_column_split(void **state) {
+    (void)state;
+    const char *d = getenv("CTR_GOLDEN");
+    char path[1024], err[512];
+    snprintf(path, sizeof path, "%s/microlens/model.safetensors", d && *d ? d : "build/golden");
+    enum { N = 24, H = 40 };
+    for (int pr = 0; pr < DENSE_PRECISION_COUNT; pr++) {
+        engine_params ep = engine_default_params();
+        ep.precision = (dense_precision)pr;
+        ep.column_parts = 2;
+        engine_model *m;
+        if (engine_model_load_with(path, &ep, &m, err, sizeof err) < 0) fail_msg("%s", err);
+        assert_int_equal(engine_model_column_parts(m), 2);
+        const engine_schema *sc = engine_model_schema(m);
+        engine_item items[N + H];
+        int32_t tags[N + H][5];
+        float *mm = calloc((size_t)(N + H) * sc->mm_dim, sizeof *mm);
+        int32_t ctx[N * 2];
+        for (int i = 0; i < N + H; i++) {
+            for (int k = 0; k < 5; k++) tags[i][k] = (i * 3 + k) % sc->tag_vocab;
+            for (int k = 0; k < sc->mm_dim; k++)
+                mm[(size_t)i * sc->mm_dim + k] = (float)((i * 31 + k * 7) % 23) / 23.0f - 0.5f;
+            items[i] = (engine_item){1 + (i * 37) % (sc->item_vocab - 1), tags[i],
+                                     sc->num_tags < 5 ? sc->num_tags : 5,
+                                     mm + (size_t)i * sc->mm_dim, 0};
+        }
+        for (int i = 0; i < N * sc->num_ctx && i < N * 2; i++) ctx[i] = i % 3;
+        float *v = engine_item_vecs_alloc(m, N + H);
+        if (engine_items_compute(m, N + H, items, v, NULL, err, sizeof err) < 0)
+            fail_msg("%s", err);
+        const size_t vf = engine_item_vec_floats(m);
+        const float *hist[H], *cand[N];
+        for (int j = 0; j < H; j++) hist[j] = j == 5 ? NULL : v + (size_t)(N + j) * vf;
+        for (int i = 0; i < N; i++) cand[i] = v + (size_t)i * vf;
+        engine_scratch *s;
+        assert_int_equal(engine_scratch_init(m, N, &s), CTR_OK);
+        float p0[N], p1[N], p2[N], p3[N];
+        int calls = 0;
+        engine_request r = {hist, H, cand, sc->num_ctx <= 2 ? ctx : NULL, N, NULL, NULL};
+        assert_int_equal(engine_forward(m, s, &r, p0, err, sizeof err), CTR_OK);
+        engine_par serial = {run_serial, &calls, 2}, threads = {run_threads, &calls, 2},
+                   too_few = {run_serial, &calls, N + 1};
+        r.par = &serial;
+        assert_int_equal(engine_forward(m, s, &r, p1, err, sizeof err), CTR_OK);
+        assert_true(calls > 0); /* it did split */
+        r.par = &threads;
+        assert_int_equal(engine_forward(m, s, &r, p2, err, sizeof err), CTR_OK);
+        int before = calls;
+        r.par = &too_few;
+        assert_int_equal(engine_forward(m, s, &r, p3, err, sizeof err), CTR_OK);
+        assert_int_equal(calls, before); /* fewer rows than min_rows: not split */
+        for (int i = 0; i < N; i++) {
+            assert_true(p1[i] == p2[i]);   /* the same parts, in any order, on any thread */
+            assert_true(p3[i] == p0[i]);
+            /* The split sums in another order (products of other widths
+             * and row counts): fp32 and bf16 agree to float rounding; int8
+             * to its own error, a value rounded to the other side of a
+             * quantisation step now and then; int8x2 balances each half's
+             * columns by that half's weights, so its halves round their
+             * weights otherwise than the whole (within its error of fp32,
+             * test_golden.c). */
+            const float tol = pr == DENSE_INT8X2 ? 5e-3f : (pr == DENSE_INT8 ? 2e-3f : 1e-5f);
+            if (fabsf(p1[i] - p0[i]) > tol)
+                fail_msg("%s: candidate %d split %.9g, whole %.9g",
+                         dense_precision_name((dense_precision)pr), i, p1[i], p0[i]);
+        }
+        engine_scratch_free(s);
+        free(v);
+        free(mm);
+        engine_model_free(m);
+    }
+    /* A width that does not split in 64s, or column_parts 1: no parts. */
+    engine_params ep = engine_default_params();
+    engine_model *m;
+    if (engine_model_load_with(path, &ep, &m, err, sizeof err) < 0) fail_msg("%s", err);
+    assert_int_equal(engine_model_column_parts(m), 1);
+    engine_model_free(m);
+    ep.column_parts = 3;
+    assert_int_equal(engine_model_load_with(path, &ep, &m, err, sizeof err), CTR_EINVAL);
+    assert_non_null(strstr(err, "column_parts"));
+}
+
 static void test_load_refusals(void **state) {
     (void)state;
     engine_model *m = (engine_model *)1;
@@ -331,6 +450,7 @@ int main(void) {
         cmocka_unit_test(test_forward_tin),  cmocka_unit_test(test_load_refusals),
         cmocka_unit_test(test_overflow),     cmocka_unit_test(test_warmup),
         cmocka_unit_test(test_precision_params),
+        cmocka_unit_test(test_column_split),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

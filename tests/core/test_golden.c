@@ -188,7 +188,7 @@ static void golden_forward(const golden *g, const engine_model *m, engine_scratc
     for (int i = 0; i < c->nc; i++) cand[i] = vecs + (size_t)g->pos[c->cid[i]] * vf;
     if (engine_request_check(m, c->cid, c->ctx, c->nc, err, sizeof err) < 0)
         fail_msg("case %d: %s", k, err);
-    engine_request req = {hist, c->nh, cand, c->ctx, c->nc, ex};
+    engine_request req = {hist, c->nh, cand, c->ctx, c->nc, ex, NULL};
     if (engine_forward(m, s, &req, out, err, sizeof err) < 0) fail_msg("case %d: %s", k, err);
     free(hist);
     free(cand);
@@ -316,7 +316,7 @@ static const precision_bound bounds[] = {
 static double bound_of(const char *config, dense_precision p) {
     for (size_t i = 0; i < sizeof bounds / sizeof *bounds; i++)
         if (!strcmp(bounds[i].config, config))
-            return p == DENSE_BF16 ? bounds[i].bf16 : bounds[i].int8;
+            return p == DENSE_BF16 ? bounds[i].bf16 : bounds[i].int8; /* int8x2 too */
     fail_msg("no bound for %s", config);
     return 0;
 }

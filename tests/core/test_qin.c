@@ -218,7 +218,7 @@ static void check_request(const int64_t *hist_ids, int nh, const int64_t *cand_i
     for (int i = 0; i < nc; i++) cand[i] = owned[no++] = engine_item(cand_ids[i]);
     float prob[8];
     char err[256];
-    qin_request req = {hist, nh, cand, ctx, nc};
+    qin_request req = {hist, nh, cand, ctx, nc, NULL};
     if (qin_forward(model, s, &req, prob, err, sizeof err) < 0) fail_msg("%s", err);
     /* Naive: last max_len positions, padding removed. */
     double h[32 * 13];
@@ -258,8 +258,8 @@ static void test_history_keeps_most_recent(void **state) {
     const float *h1[7] = {a, a, b, b, c, b, c}, *h2[7] = {c, b, b, b, c, b, c};
     const float *cand[2] = {a, c};
     float p1[2], p2[2], p3[2];
-    qin_request r1 = {h1, 7, cand, NULL, 2}, r2 = {h2, 7, cand, NULL, 2},
-                r3 = {h1 + 2, 5, cand, NULL, 2};
+    qin_request r1 = {h1, 7, cand, NULL, 2, NULL}, r2 = {h2, 7, cand, NULL, 2, NULL},
+                r3 = {h1 + 2, 5, cand, NULL, 2, NULL};
     assert_int_equal(qin_forward(model, s, &r1, p1, NULL, 0), CTR_OK);
     assert_int_equal(qin_forward(model, s, &r2, p2, NULL, 0), CTR_OK);
     assert_int_equal(qin_forward(model, s, &r3, p3, NULL, 0), CTR_OK);
@@ -277,13 +277,13 @@ static void test_forward_refusals(void **state) {
     const float *cand[3] = {a, a, a};
     float p[3];
     char err[256] = "";
-    qin_request r = {NULL, 0, cand, NULL, 3};
+    qin_request r = {NULL, 0, cand, NULL, 3, NULL};
     assert_int_equal(qin_forward(model, s, &r, p, err, sizeof err), CTR_ETOOMANY);
     const int32_t ctx[4] = {0, 0, 4, 1}; /* likes_level vocab is 4 */
-    qin_request r2 = {NULL, 0, cand, ctx, 2};
+    qin_request r2 = {NULL, 0, cand, ctx, 2, NULL};
     assert_int_equal(qin_forward(model, s, &r2, p, err, sizeof err), CTR_ERANGE);
     assert_non_null(strstr(err, "candidate 1: likes_level = 4 outside 0..3"));
-    qin_request r3 = {NULL, 0, cand, NULL, 0};
+    qin_request r3 = {NULL, 0, cand, NULL, 0, NULL};
     assert_int_equal(qin_forward(model, s, &r3, p, err, sizeof err), CTR_OK);
     free(a);
     qin_scratch_free(s);

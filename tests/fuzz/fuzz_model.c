@@ -51,7 +51,7 @@ static void one_engine(const uint8_t *data, size_t size) {
         float p[2], w[4];
         int32_t pos[4];
         engine_explain ex = {2, pos, w};
-        engine_request r = {h, 2, cand, NULL, 2, &ex};
+        engine_request r = {h, 2, cand, NULL, 2, &ex, NULL};
         if (engine_forward(m, s, &r, p, err, sizeof err) != CTR_OK) abort();
     }
     engine_scratch_free(s);
@@ -76,7 +76,7 @@ static int one_input(const uint8_t *data, size_t size) {
         qin_scratch_init(m, 2, &s) == CTR_OK) {
         const float *h[2] = {v, NULL}, *cand[2] = {v, v};
         float p[2];
-        qin_request r = {h, 2, cand, NULL, 2};
+        qin_request r = {h, 2, cand, NULL, 2, NULL};
         if (qin_forward(m, s, &r, p, err, sizeof err) != CTR_OK) abort();
     }
     qin_scratch_free(s);

@@ -49,6 +49,9 @@ MODELS = {
     "dml": ("din-microlens", "dml:"),
     "tin": ("tin-small", "t:"),
     "tam": ("tin-amazon", "tam:"),
+    # MicroLens-size QIN: with the server's 2 score threads and --split
+    # columns its layers are split by columns across them
+    "qml": ("microlens", "qml:"),
 }
 
 check = Checks()
@@ -235,6 +238,7 @@ def main():
             f.write("redis_prefix = qin2=d:   # QIN reads DIN's items\n")
         srv = Server([], redis, None,
                      ["--config", conf, "--cache-mb", "60", "--cache-mb", "tin=8", "--max-seq", "600",
+                      "--split", "columns",
                       # Sanitizer builds run DIN at MicroLens shapes ~10x
                       # slower: no answer here may be cut by a deadline.
                       "--deadline-ms", "20000", "--max-deadline-ms", "20000"],
@@ -250,13 +254,14 @@ def main():
               and [m["default"] for m in models["models"]] == [True] + [False] * len(MODELS),
               str([(m["name"], m["default"]) for m in models["models"]]))
         check("each model's architecture and prefix",
-              [by[n]["arch"] for n in MODELS] == ["qin", "din", "din", "din", "tin", "tin"]
+              [by[n]["arch"] for n in MODELS] == ["qin", "din", "din", "din", "tin", "tin", "qin"]
               and all(by[n]["redis_prefix"] == MODELS[n][1] for n in MODELS)
               and by["qin2"]["redis_prefix"] == "d:",
               str([(n, by[n]["arch"], by[n]["redis_prefix"]) for n in by]))
         check("cache budgets: tin's own 8 MiB, the others share 60 MiB",
               by["tin"]["cache"]["max_bytes"] == 8 << 20
-              and all(by[n]["cache"]["max_bytes"] == (60 // 6) << 20 for n in by if n != "tin"),
+              and all(by[n]["cache"]["max_bytes"] == (60 // (len(by) - 1)) << 20
+                      for n in by if n != "tin"),
               str([(n, by[n]["cache"]) for n in by]))
         check("every model fp32 (exact) by default",
               all((m["precision"], m["exact"]) == ("fp32", True) for m in models["models"]))
@@ -310,7 +315,7 @@ def main():
         conforms("Error", err, "unknown model")
         check("unknown model: 404 not_found naming the models", st == 404
               and error_code(err) == "not_found" and "gbdt" in err["error"]["message"]
-              and "qin, din, dsm, dml, tin, tam, qin2" in err["error"]["message"], data)
+              and "qin, din, dsm, dml, tin, tam, qml, qin2" in err["error"]["message"], data)
         _, dreqs, _, _ = golden("din-small")
         st, resp = srv.rank(dict(dreqs[0], model="qin2"))
         check("qin2 (a QIN on DIN's prefix) answers from DIN's items", st == 200

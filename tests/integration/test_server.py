@@ -82,15 +82,27 @@ def main():
         check("answer names the model", resp.get("model", {}).get("version") == "golden-1")
 
         print("precision")
-        q8 = Server(model, redis, prefix, ["--precision", "int8"])
+        q8 = Server(model, redis, prefix, ["--precision", "int8", "--kernel", "onednn"])
         try:
             st, _, data = q8.request("GET", "/v1/models")
             m = json.loads(data)["models"][0]
             check("int8: /v1/models says precision int8, not exact",
                   st == 200 and m["precision"] == "int8" and m["exact"] is False, data[:300])
+            k = m.get("kernel", {})
+            check("--kernel onednn: /v1/models says so (set, not planned)",
+                  k.get("setting") == "onednn" and "oneDNN" in k.get("largest_layer", "")
+                  and k["largest_layer"].endswith("(set)"), data[:600])
+            check("int8: /metrics has ctr_model_kernel with the ISA",
+                  q8.metric('ctr_model_kernel{isa="%s"' % k.get("cpu_isa", "?")) == 1)
             st, _, data = srv.request("GET", "/v1/models")
             m = json.loads(data)["models"][0]
             check("default: /v1/models says fp32, exact", m["precision"] == "fp32" and m["exact"] is True)
+            k = m.get("kernel", {})
+            check("default: kernel auto, planned, oneDNN's ISA named",
+                  k.get("setting") == "auto" and k.get("largest_layer", "").endswith("(planned)")
+                  and k.get("cpu_isa", "unknown") != "unknown", data[:600])
+            check("the startup log names the kernel and the ISA",
+                  "oneDNN instruction set " + k.get("cpu_isa", "?") in srv.logtext())
             check("int8: /metrics has ctr_model_precision",
                   q8.metric('ctr_model_precision{precision="int8",exact="false"}') == 1)
             check("int8: the startup log says it is not exact", "NOT EXACT" in q8.logtext(),

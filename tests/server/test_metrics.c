@@ -321,6 +321,7 @@ static const char *const families[] = {
     "ctr_item_cache_expirations_total", "ctr_item_cache_entries",
     "ctr_item_cache_bytes", "ctr_inflight_requests", "ctr_rank_pending_requests",
     "ctr_rank_pending_requests_limit", "ctr_model_info", "ctr_model_precision",
+    "ctr_model_kernel",
     "ctr_model_reloads_total", "ctr_model_last_reload_successful", "ctr_degraded_responses_total",
     "ctr_rank_degraded_responses_total", "ctr_scored_candidates_total", "ctr_rank_stage_duration_seconds",
     "ctr_redis_breaker_open", "ctr_redis_breaker_opens_total",
@@ -647,6 +648,14 @@ static void test_escaping(void **state) {
                                  "exact=\"false\"} 1\n"));
     assert_null(strstr(text, "precision=\"fp32\""));
     assert_null(strstr(text, "precision=\"bf16\""));
+    assert_null(strstr(text, "\nctr_model_kernel{"));
+    free(text);
+    metrics_set_kernel(m, 0, "avx512_core_amx", "int8: oneDNN brg:avx512_core_amx_int8 (planned)");
+    metrics_set_kernel(m, 3, "avx2", "x");         /* not a model: ignored */
+    text = render(m, NULL, &P);
+    assert_non_null(strstr(text, "\nctr_model_kernel{model=\"m\",isa=\"avx512_core_amx\","
+                                 "kernel=\"int8: oneDNN brg:avx512_core_amx_int8 (planned)\"} 1\n"));
+    assert_null(strstr(text, "isa=\"avx2\""));
     free(text);
 
     /* Over-long labels are cut, not overflowed. */

@@ -46,6 +46,46 @@ static void test_sizes(void **state) {
     }
 }
 
+/* pool_each_thread: each helper once, numbered 0..n-1, on its own thread. */
+typedef struct each_rec {
+    pthread_mutex_t mu;
+    pthread_t who[8];
+    int seen[8], calls, bad;
+} each_rec;
+
+static void each_part(void *arg, int i, int n) {
+    each_rec *r = arg;
+    pthread_mutex_lock(&r->mu);
+    if (i < 0 || i >= n || n > 8) r->bad++;
+    else {
+        r->seen[i]++;
+        r->who[i] = pthread_self();
+    }
+    r->calls++;
+    pthread_mutex_unlock(&r->mu);
+}
+
+static void test_each_thread(void **state) {
+    (void)state;
+    for (int threads = 0; threads <= 3; threads++) {
+        pool *p;
+        assert_int_equal(pool_init(threads, &p), CTR_OK);
+        for (int round = 0; round < 3; round++) {
+            each_rec r = {PTHREAD_MUTEX_INITIALIZER, {0}, {0}, 0, 0};
+            pool_each_thread(p, each_part, &r);
+            assert_int_equal(r.calls, threads);
+            assert_int_equal(r.bad, 0);
+            for (int i = 0; i < threads; i++) {
+                assert_int_equal(r.seen[i], 1);
+                assert_false(pthread_equal(r.who[i], pthread_self()));
+                for (int k = 0; k < i; k++) assert_false(pthread_equal(r.who[i], r.who[k]));
+            }
+            run_and_check(p, 3); /* jobs still run after it */
+        }
+        pool_free(p);
+    }
+}
+
 static pool *shared;
 
 static void *caller_main(void *arg) {
@@ -67,6 +107,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_sizes),
         cmocka_unit_test(test_concurrent_callers),
+        cmocka_unit_test(test_each_thread),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
