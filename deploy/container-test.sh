@@ -41,13 +41,8 @@ tag=ctr-scorer
 suffix=ct$$
 tmp=$(mktemp -d /tmp/ctr-container-test.XXXXXX)
 t_start=$SECONDS
-
-cat >"$tmp/containers.conf" <<'EOF'
-[containers]
-default_ulimits = []
-EOF
-export CONTAINERS_CONF=$tmp/containers.conf
-pm() { podman --runtime runc --cgroup-manager cgroupfs "$@"; }
+step() { echo; echo "== [$((SECONDS - t_start)) s] $*"; }
+die() { echo "container-test: FAIL: $*" >&2; exit 1; }
 
 containers=()
 compose_up=
@@ -64,8 +59,23 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-step() { echo; echo "== [$((SECONDS - t_start)) s] $*"; }
-die() { echo "container-test: FAIL: $*" >&2; exit 1; }
+cat >"$tmp/containers.conf" <<'EOF'
+[containers]
+default_ulimits = []
+EOF
+export CONTAINERS_CONF=$tmp/containers.conf
+podman_global=(--runtime runc --cgroup-manager cgroupfs)
+if [ -n "${CTR_CT_STORE:-}" ]; then
+  # A store of its own (an empty one measures a first run), not podman's
+  # default one; podman-compose gets the same options.
+  mkdir -p "$CTR_CT_STORE"
+  store=$(cd "$CTR_CT_STORE" && pwd)
+  case $store in *[[:space:]]*) die "CTR_CT_STORE must not contain spaces" ;; esac
+  podman_global+=(--root "$store/root" --runroot "$store/run")
+fi
+pm() { podman "${podman_global[@]}" "$@"; }
+times=()    # "what N s" for the summary
+
 
 free_port() {
   "$py" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
@@ -115,21 +125,32 @@ else
   tar -C "$rootfs" -c . | pm import - debian:bookworm-slim >/dev/null
   rm -rf "$rootfs"
   echo "made in $((SECONDS - t0)) s"
+  times+=("base image $((SECONDS - t0)) s")
 fi
 
 # --- Images ------------------------------------------------------------------
 
-build() {   # build TARGET
-  local t0=$SECONDS
-  pm build --network host --target "$1" -t "$tag:$1" -f Dockerfile . >"$tmp/build-$1.log" 2>&1 ||
-    { tail -n 40 "$tmp/build-$1.log"; die "podman build --target $1 failed"; }
-  echo "$tag:$1 built in $((SECONDS - t0)) s ($(pm image inspect --format '{{.Size}}' "$tag:$1" |
+build() {   # build TARGET [podman build options...]
+  local target=$1 t0=$SECONDS
+  shift
+  pm build --network host "$@" --target "$target" -t "$tag:$target" -f Dockerfile . \
+    >"$tmp/build-$target.log" 2>&1 ||
+    { tail -n 40 "$tmp/build-$target.log"; die "podman build --target $target failed"; }
+  local s=$((SECONDS - t0))
+  times+=("$target $s s")
+  echo "$tag:$target built in $s s ($(pm image inspect --format '{{.Size}}' "$tag:$target" |
        awk '{printf "%.0f MB", $1 / 1e6}'))"
 }
 step "podman build: runtime, demo, redis"
 build runtime
-build demo
+# The demo stage's optional build argument, as docker-compose.yml passes it
+# (the caller's OPENBLAS_CORETYPE, empty when unset): the same value, the
+# same cached layers, so the compose run below does not train again.
+build demo --build-arg "OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-}"
+# What the training printed (nothing when the layer came from the cache).
+grep -E '^make_demo: ' "$tmp/build-demo.log" | sed 's/^/  /' || echo "  demo model and data: from the layer cache"
 build redis
+demo_id=$(pm image inspect --format '{{.Id}}' "$tag:demo")
 
 # --- Run: Redis, ctr-load, ctr-server ----------------------------------------
 
@@ -219,8 +240,7 @@ echo "exit code 0"
 # The compose file as it is (bridge network, service names): podman's CNI
 # network needs the dnsname plugin for names to resolve.
 compose_project=ctr$suffix
-compose_args=(-p "$compose_project" --podman-args "--runtime runc --cgroup-manager cgroupfs"
-              -f docker-compose.yml)
+compose_args=(-p "$compose_project" --podman-args "${podman_global[*]}" -f docker-compose.yml)
 if [ "${CTR_CT_COMPOSE:-1}" = 1 ]; then
   step "deploy/docker-compose.yml with podman-compose"
   command -v podman-compose >/dev/null || die "podman-compose is not installed"
@@ -228,8 +248,18 @@ if [ "${CTR_CT_COMPOSE:-1}" = 1 ]; then
     die "podman's CNI dnsname plugin is missing (golang-github-containernetworking-plugin-dnsname)"
   export CTR_HTTP_PORT=$(free_port)
   compose_up=1
-  (cd deploy && podman-compose "${compose_args[@]}" up -d) >"$tmp/compose.log" 2>&1 ||
-    { tail -n 30 "$tmp/compose.log"; die "podman-compose up failed"; }
+  # As the README runs it: `up --build`.  Its builds must come from the
+  # layers built above (nothing trained again): the same demo image.
+  t0=$SECONDS
+  (cd deploy && podman-compose "${compose_args[@]}" up --build -d) >"$tmp/compose.log" 2>&1 ||
+    { tail -n 30 "$tmp/compose.log"; die "podman-compose up --build failed"; }
+  times+=("compose up --build $((SECONDS - t0)) s")
+  echo "podman-compose up --build: $((SECONDS - t0)) s"
+  compose_demo_id=$(pm image inspect --format '{{.Id}}' "$tag:demo")
+  [ "$compose_demo_id" = "$demo_id" ] ||
+    { grep -E '^(STEP|--> )' "$tmp/compose.log" | tail -n 20
+      die "compose: the demo image was built again (${compose_demo_id:0:12}, not ${demo_id:0:12}): its layers were not reused"; }
+  echo "compose demo image: ${demo_id:0:12}, the one built above (layers reused)"
   # podman-compose 1.0.3 ignores depends_on's conditions: wait for the
   # loader here.
   load_rc=$(pm wait "${compose_project}_load_1" 2>/dev/null || echo missing)
@@ -259,4 +289,4 @@ if [ "${CTR_CT_COMPOSE:-1}" = 1 ]; then
   fi
 fi
 
-step "container-test: PASS ($((SECONDS - t_start)) s)"
+step "container-test: PASS ($((SECONDS - t_start)) s; $(IFS=,; echo "${times[*]}" | sed 's/,/, /g'))"
