@@ -9,10 +9,17 @@
 # runs them and checks a ranking against ctr-score.
 #
 # The build stage installs with the same script as CI and the README
-# (deploy/install.sh) and builds with the same Makefile; RUN_TESTS=1 also
-# runs the whole test suite (`make check`, as CI does) inside the build.
-# The runtime stage installs `deploy/install.sh runtime`: the shared
-# libraries only, so a library added to the build there reaches the image.
+# (deploy/install.sh build) and builds with the same Makefile; RUN_TESTS=1
+# installs the test tools too and runs the whole test suite (`make check`,
+# as CI does) inside the build.  The runtime stage installs
+# `deploy/install.sh runtime`: the shared libraries only, so a library
+# added to the build there reaches the image.
+#
+# A first build of the demo image (what a first `up --build` waits for)
+# takes a few minutes on 2 cores: the build stage, PyTorch for the
+# demo-data stage and the demo's training, BuildKit running the stages side
+# by side; deploy/README.md has measured times.  Later builds reuse the
+# cached layers.
 
 FROM debian:bookworm-slim AS build
 WORKDIR /src

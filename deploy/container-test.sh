@@ -7,9 +7,11 @@
 #   bash deploy/container-test.sh          (or: make container-test)
 #
 # Not part of `make check`: it downloads Debian packages and takes minutes
-# (first run 6 min on a quiet 2-core machine, far more on a busy one: the
-# base image ~40-70 s, the build stage, the demo model's training; later
-# runs reuse podman's layer cache, ~1 min).  Needs
+# on a first run (the base image, then the demo image: the build stage,
+# PyTorch and the demo model's training; deploy/README.md has measured
+# times, far longer on a machine busy with other work); later runs reuse
+# podman's layer cache, about a minute.  Each image's build time is
+# printed, and again in the closing line.  Needs
 # root (podman's store, debootstrap) and the packages of
 # `bash deploy/install.sh container` (podman, buildah, runc, debootstrap,
 # podman-compose, CNI's dnsname plugin).
@@ -29,7 +31,11 @@
 # podman's image store; CTR_BASE_REBUILD=1 makes it again.  Redis comes from
 # the Dockerfile's `redis` stage (Debian's redis-server).
 #
-# Environment: CTR_CT_COMPOSE=0 skips the compose part.
+# Environment: CTR_CT_COMPOSE=0 skips the compose part.  CTR_CT_STORE=DIR
+# keeps podman's images and layers under DIR instead of podman's default
+# store (an empty DIR measures a first run without touching that store; it
+# stays for the next run, remove it when done).  OPENBLAS_CORETYPE, when
+# set, reaches the demo's training as docker-compose.yml passes it.
 #
 # Nothing is left running: the containers, the compose project and its
 # network are removed on exit; the images stay (podman's cache).
