@@ -36,8 +36,10 @@ RUN make clean && make -j"$(nproc)" all \
 # Demo model and data: synthetic MicroLens-shaped data, a small QIN
 # trained on it (about a minute on 2 cores, as tools/make_demo.py on the
 # host: PyTorch's matrix products on OpenBLAS, which `install.sh demo`
-# installs).  A stage of its own that copies only tools/, so a change to
-# the C code does not train it again.
+# installs).  A stage of its own that copies only make_demo.py and the
+# modules it imports (convert.py imports the TIN reference when converting
+# a TIN), so a change to the C code or to another tool does not
+# train it again.
 #
 # OPENBLAS_CORETYPE (optional, empty by default) picks OpenBLAS's kernels
 # for the training, for a host whose CPU OpenBLAS does not detect; empty,
@@ -48,7 +50,8 @@ FROM debian:bookworm-slim AS demo-data
 WORKDIR /src
 COPY deploy/install.sh deploy/install.sh
 RUN bash deploy/install.sh demo && rm -rf /var/lib/apt/lists/*
-COPY tools/ tools/
+COPY tools/make_demo.py tools/convert.py tools/safetensors_io.py \
+     tools/qin_reference.py tools/tin_reference.py tools/
 ARG OPENBLAS_CORETYPE=
 # An empty OPENBLAS_CORETYPE is not "unset" to OpenBLAS (it picks a
 # fallback core instead of detecting): unset it.
