@@ -24,7 +24,8 @@ build_pkgs=(gcc make pkg-config libc6-dev libmicrohttpd-dev libjansson-dev libop
 test_pkgs=(redis-server redis-tools python3 python3-numpy python3-torch curl wrk procps
            haproxy python3-kubernetes python3-yaml prometheus python3-matplotlib
            python3-jsonschema)
-# OpenBLAS: PyTorch and NumPy only recommend it; without it (apt's
+# OpenBLAS: PyTorch and NumPy depend on "libblas3 | libblas.so.3" and
+# PyTorch only recommends OpenBLAS; without it (apt's
 # --no-install-recommends) their BLAS is Debian's reference libblas3, and
 # the demo's training runs about 14x slower.
 demo_pkgs=(python3 python3-numpy python3-torch libopenblas0-pthread)
