@@ -9,29 +9,54 @@
 # runs them and checks a ranking against ctr-score.
 #
 # The build stage installs with the same script as CI and the README
-# (deploy/install.sh) and builds with the same Makefile; RUN_TESTS=1 also
-# runs the whole test suite (`make check`, as CI does) inside the build.
-# The runtime stage installs `deploy/install.sh runtime`: the shared
-# libraries only, so a library added to the build there reaches the image.
+# (deploy/install.sh build) and builds with the same Makefile; RUN_TESTS=1
+# installs the test tools too and runs the whole test suite (`make check`,
+# as CI does) inside the build.  The runtime stage installs
+# `deploy/install.sh runtime`: the shared libraries only, so a library
+# added to the build there reaches the image.
+#
+# A first build of the demo image (what a first `up --build` waits for)
+# takes a few minutes on 2 cores: the build stage, PyTorch for the
+# demo-data stage and the demo's training, BuildKit running the stages side
+# by side; deploy/README.md has measured times.  Later builds reuse the
+# cached layers.
 
 FROM debian:bookworm-slim AS build
 WORKDIR /src
-COPY deploy/install.sh deploy/install.sh
-RUN bash deploy/install.sh && rm -rf /var/lib/apt/lists/*
-COPY . .
 ARG RUN_TESTS=0
+COPY deploy/install.sh deploy/install.sh
+# The compiler and the -dev packages; the test tools (Redis, PyTorch,
+# Prometheus, Node.js...) only when the tests run here.
+RUN if [ "$RUN_TESTS" = 1 ]; then bash deploy/install.sh; else bash deploy/install.sh build; fi \
+ && rm -rf /var/lib/apt/lists/*
+COPY . .
 RUN make clean && make -j"$(nproc)" all \
  && if [ "$RUN_TESTS" = 1 ]; then make check; fi
 
 # Demo model and data: synthetic MicroLens-shaped data, a small QIN
-# trained on it (several minutes on 2 cores).  A stage of its own that
-# copies only tools/, so a change to the C code does not train it again.
+# trained on it (about a minute on 2 cores, as tools/make_demo.py on the
+# host: PyTorch's matrix products on OpenBLAS, which `install.sh demo`
+# installs).  A stage of its own that copies only make_demo.py and the
+# modules it imports (convert.py imports the TIN reference when converting
+# a TIN), so a change to the C code or to another tool does not
+# train it again.
+#
+# OPENBLAS_CORETYPE (optional, empty by default) picks OpenBLAS's kernels
+# for the training, for a host whose CPU OpenBLAS does not detect; empty,
+# OpenBLAS detects the CPU itself.  deploy/docker-compose.yml and
+# deploy/container-test.sh both pass the caller's OPENBLAS_CORETYPE, so
+# they build the same cached layer.
 FROM debian:bookworm-slim AS demo-data
 WORKDIR /src
 COPY deploy/install.sh deploy/install.sh
 RUN bash deploy/install.sh demo && rm -rf /var/lib/apt/lists/*
-COPY tools/ tools/
-RUN /usr/bin/python3 tools/make_demo.py --out /demo
+COPY tools/make_demo.py tools/convert.py tools/safetensors_io.py \
+     tools/qin_reference.py tools/tin_reference.py tools/
+ARG OPENBLAS_CORETYPE=
+# An empty OPENBLAS_CORETYPE is not "unset" to OpenBLAS (it picks a
+# fallback core instead of detecting): unset it.
+RUN if [ -z "$OPENBLAS_CORETYPE" ]; then unset OPENBLAS_CORETYPE; fi \
+ && /usr/bin/python3 tools/make_demo.py --out /demo
 
 # The service alone, without a model: mount one at /models (read-only) or
 # build FROM this image.

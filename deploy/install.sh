@@ -9,7 +9,8 @@
 #   deploy/install.sh container  what deploy/container-test.sh needs to
 #                                build and run the images (podman...)
 #   deploy/install.sh demo       what tools/make_demo.py needs (Python,
-#                                NumPy, PyTorch; the Dockerfile's demo stage)
+#                                NumPy, PyTorch, OpenBLAS; the Dockerfile's
+#                                demo stage)
 #
 # Idempotent: when every package is already there it changes nothing and
 # does not touch the network.
@@ -23,7 +24,11 @@ build_pkgs=(gcc make pkg-config libc6-dev libmicrohttpd-dev libjansson-dev libop
 test_pkgs=(redis-server redis-tools python3 python3-numpy python3-torch curl wrk procps
            haproxy python3-kubernetes python3-yaml prometheus python3-matplotlib
            python3-jsonschema)
-demo_pkgs=(python3 python3-numpy python3-torch)
+# OpenBLAS: PyTorch and NumPy depend on "libblas3 | libblas.so.3" and
+# PyTorch only recommends OpenBLAS; without it (apt's
+# --no-install-recommends) their BLAS is Debian's reference libblas3, and
+# the demo's training runs about 14x slower.
+demo_pkgs=(python3 python3-numpy python3-torch libopenblas0-pthread)
 container_pkgs=(podman buildah runc debootstrap podman-compose
                 golang-github-containernetworking-plugin-dnsname curl python3)
 
