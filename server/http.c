@@ -1126,6 +1126,11 @@ static void stop_workers(http_server *h) {
 }
 
 static void server_free(http_server *h) {
+    while (h->dead) {
+        gate_conn *g = h->dead;
+        h->dead = g->next;
+        gate_free(g);
+    }
     while (h->gates) {
         gate_conn *g = h->gates;
         h->gates = g->next;

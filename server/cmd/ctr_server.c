@@ -337,21 +337,22 @@ static void forward_to_main(int sig) {
     errno = saved;
 }
 
-/* Room for max_connections sockets, Redis connections, the model and
- * logs: raise the soft open-file limit as far as the hard one allows, and
- * lower the connection limit to fit what it does. */
+/* Room for max_connections connections (HTTP_FDS_PER_CONNECTION
+ * descriptors each), Redis connections, the model and logs: raise the
+ * soft open-file limit as far as the hard one allows, and lower the
+ * connection limit to fit what it does. */
 static int fit_fd_limit(int want_conns, int threads) {
     const int reserve = 64 + 2 * threads;
     struct rlimit rl;
     if (getrlimit(RLIMIT_NOFILE, &rl) != 0) return want_conns;
-    rlim_t want = (rlim_t)want_conns + (rlim_t)reserve;
+    rlim_t want = (rlim_t)want_conns * HTTP_FDS_PER_CONNECTION + (rlim_t)reserve;
     if (rl.rlim_cur < want) {
         rlim_t cur = rl.rlim_max == RLIM_INFINITY || rl.rlim_max >= want ? want : rl.rlim_max;
         struct rlimit nr = {cur, rl.rlim_max};
         if (setrlimit(RLIMIT_NOFILE, &nr) == 0) rl.rlim_cur = cur;
     }
     if (rl.rlim_cur >= want) return want_conns;
-    int fit = (int)rl.rlim_cur - reserve;
+    int fit = ((int)rl.rlim_cur - reserve) / HTTP_FDS_PER_CONNECTION;
     if (fit < 16) fit = 16;
     log_warn("open-file limit %llu: max_connections lowered from %d to %d (raise `ulimit -n`)",
              (unsigned long long)rl.rlim_cur, want_conns, fit);
