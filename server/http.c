@@ -1097,7 +1097,7 @@ static void *loop_main(void *arg) {
             uint64_t n;
             if (read(h->wake_fd, &n, sizeof n) < 0) { /* drained by another read */ }
         }
-        gate_poll(h);           /* new connections, requests in */
+        if (pfd[2].revents) gate_poll(h);   /* new connections, requests in */
         MHD_run(h->d);
         gate_poll(h);           /* the answers it wrote, out */
         int64_t now = clock_now_ns();
