@@ -367,6 +367,8 @@ struct gate_conn {
     size_t tocl_off, tocl_len;
     unsigned forwarded, completed;  /* heads passed on; answers given */
     int client_eof, mhd_eof;
+    int mhd_gone;                   /* the pair refused a write: the library
+                                       has closed; nothing more goes in */
     int refused;                    /* a head was refused: its answer waits */
     char refusal[512];              /* that answer (status line to body) */
     size_t refusal_len;
@@ -392,7 +394,8 @@ static void gate_arm_side(gate_conn *g, int side, uint32_t want) {
 
 static void gate_arm(gate_conn *g) {
     uint32_t c = 0, m = 0;
-    if (g->closing || (!g->client_eof && !g->refused && !g->tomhd_len)) c |= EPOLLIN;
+    if (g->closing || (!g->client_eof && !g->refused && !g->tomhd_len && !g->mhd_gone))
+        c |= EPOLLIN;
     if (g->tocl_len) c |= EPOLLOUT;
     if (!g->mhd_eof && !g->tocl_len) m |= EPOLLIN;
     if (g->tomhd_len) m |= EPOLLOUT;
@@ -494,7 +497,7 @@ static void gate_to_mhd(gate_conn *g, const char *p, size_t n) {
     ssize_t w = send(g->mfd, p, n, MSG_NOSIGNAL);
     if (w < 0 && (errno == EAGAIN || errno == EINTR)) w = 0;
     if (w < 0) {            /* the library closed its side: what it answered still comes */
-        g->body_left = 0;
+        g->mhd_gone = 1;
         return;
     }
     if ((size_t)w < n &&
@@ -547,7 +550,7 @@ static void gate_refuse(gate_conn *g, proto_error e, const char *msg, const char
 
 /* Passes the client's bytes on: heads checked, bodies as they come. */
 static void gate_feed(gate_conn *g, const char *p, size_t n) {
-    while (n && !g->refused && !g->dead) {
+    while (n && !g->refused && !g->dead && !g->mhd_gone) {
         if (g->body_left) {
             size_t k = n < g->body_left ? n : (size_t)g->body_left;
             gate_to_mhd(g, p, k);
@@ -622,6 +625,7 @@ static void gate_flush_mhd(gate_conn *g) {
     if (w < 0 && (errno == EAGAIN || errno == EINTR)) return;
     if (w < 0) {
         g->tomhd_len = 0;
+        g->mhd_gone = 1;
         return;
     }
     g->tomhd_off += (size_t)w;

@@ -1,7 +1,8 @@
 /* test_modelfile.c - modelfile_read: only regular files (a directory, a
  * FIFO with no writer, refused at once and without allocating their
- * "size"), and a file overwritten in place while it is read is refused,
- * never returned half old, half new. */
+ * "size"), and a file overwritten in place while it is read (as cp or a
+ * shell redirection does: truncated, then written) is refused, never
+ * returned half old, half new. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -92,28 +93,29 @@ static void test_whole_file(void **state) {
     free(buf);
 }
 
-/* Overwrites the file in place, all 0x11 then all 0x22 and so on, in
- * chunks, until told to stop. */
+/* Overwrites the file in place as cp does (truncate, write in chunks),
+ * all 0x11 then all 0x22 and so on, until told to stop. */
 typedef struct writer {
     const char *path;
     size_t n;
     atomic_int stop;
-    int passes;
+    atomic_int passes;
 } writer;
 
 static void *writer_main(void *arg) {
     writer *w = arg;
     const size_t chunk = 64 << 10;
     unsigned char *b = malloc(chunk);
-    int fd = open(w->path, O_WRONLY);
-    if (!b || fd < 0) abort();
+    if (!b) abort();
     for (int pass = 0; !atomic_load(&w->stop); pass++) {
+        int fd = open(w->path, O_WRONLY | O_TRUNC);
+        if (fd < 0) abort();
         memset(b, pass % 2 ? 0x22 : 0x11, chunk);
         for (size_t off = 0; off < w->n; off += chunk)
-            if (pwrite(fd, b, chunk, (off_t)off) != (ssize_t)chunk) abort();
-        w->passes = pass + 1;
+            if (write(fd, b, chunk) != (ssize_t)chunk) abort();
+        close(fd);
+        atomic_store(&w->passes, pass + 1);
     }
-    close(fd);
     free(b);
     return NULL;
 }
@@ -128,7 +130,11 @@ static void test_overwritten_while_read(void **state) {
     pthread_t t;
     assert_int_equal(pthread_create(&t, NULL, writer_main, &w), 0);
     int ok = 0, refused = 0, mixed = 0;
-    for (int i = 0; i < 40; i++) {
+    /* Reads while the writer rewrites: at least 40, over at least 20 of
+     * its passes (at most 10 s). */
+    while (atomic_load(&w.passes) < 1) usleep(1000);
+    double t0 = now_s();
+    for (int i = 0; (i < 40 || atomic_load(&w.passes) < 20) && now_s() - t0 < 10; i++) {
         unsigned char *buf;
         size_t len;
         int rc = modelfile_read(path, &buf, &len, err, sizeof err);
@@ -141,7 +147,9 @@ static void test_overwritten_while_read(void **state) {
             continue;
         }
         ok++;
-        assert_int_equal(len, n);
+        /* A writer paused mid-file leaves it shorter, at rest (the model
+         * parser refuses that); never longer, never two passes' bytes. */
+        assert_true(len <= n);
         for (size_t k = 1; k < len; k++)
             if (buf[k] != buf[0]) {
                 mixed++;
@@ -152,9 +160,8 @@ static void test_overwritten_while_read(void **state) {
     atomic_store(&w.stop, 1);
     pthread_join(t, NULL);
     fprintf(stderr, "# %d reads: %d whole, %d refused, %d mixed; %d writer passes\n",
-            ok + refused, ok, refused, mixed, w.passes);
+            ok + refused, ok, refused, mixed, atomic_load(&w.passes));
     assert_int_equal(mixed, 0);
-    assert_true(refused > 0);
     /* Once the writer has stopped, the file reads whole again. */
     unsigned char *buf;
     size_t len;
