@@ -19,16 +19,10 @@
  * then called once more and queues it.  Every request, whatever its
  * outcome, is counted in /metrics when it completes.
  *
- * The gate: libmicrohttpd never reads a client's socket.  The loop accepts
- * connections itself and hands libmicrohttpd one end of a socket pair per
- * connection (MHD_add_connection); it reads what the client sends, checks
- * every request head on the raw bytes (http_head.h: the spellings the
- * library would read leniently, smuggling's raw material) and passes heads
- * and Content-Length bodies through, and copies the library's answers back.
- * A head it refuses is answered by the gate itself, in JSON, once the
- * answers to the requests before it on the connection have gone out, and
- * the connection is closed.  The cost: three descriptors a connection, and
- * a copy and two system calls more each way.
+ * libmicrohttpd never reads a client's socket: the gate (http_gate.h),
+ * driven by the same loop, accepts connections, checks every request head
+ * on the raw bytes and hands the library each connection through a socket
+ * pair (MHD_add_connection).
  *
  * Connections are tracked from accept to close (MHD's connection
  * notifications) in one list that a watchdog thread scans every few tens
@@ -43,12 +37,9 @@
 #include "http.h"
 
 #include <arpa/inet.h>
-#include <errno.h>
-#include <fcntl.h>
 #include <limits.h>
 #include <microhttpd.h>
 #include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -57,7 +48,6 @@
 #include <string.h>
 #include <strings.h>
 #include <sched.h>
-#include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
@@ -70,22 +60,16 @@
 #include "server/worker.h"
 #include "core/base/clock.h"
 #include "core/base/log.h"
-#include "server/http_head.h"
+#include "server/http_gate.h"
 
 #define JSON_TYPE "application/json"
-/* The gate's copy buffer: what one read takes from a socket. */
-#define GATE_BUF (64u << 10)
-/* After its last answer, a closing connection's further input is read and
- * dropped (so the close does not reset the answer away) for this long. */
-#define GATE_LINGER_NS 1000000000LL
-
-typedef struct gate_conn gate_conn;
 
 /* One accepted connection (MHD socket context). */
 typedef struct http_conn {
     struct http_conn *prev, *next;
     int fd;                         /* libmicrohttpd's end of the pair */
-    gate_conn *g;                   /* the gate's side (loop thread only) */
+    gate_conn *g;                   /* the gate's side (loop thread only;
+                                       NULL once the gate let go) */
     atomic_llong req_start_ns;      /* first line (or accept) of the request */
     atomic_int receiving;           /* 1 until the request is in whole */
 } http_conn;
@@ -100,14 +84,8 @@ struct http_server {
     int loop_started;
     atomic_int loop_stop;
     atomic_int quiesce;             /* ask the loop to stop accepting */
-    int lfd;                        /* listen socket; -1 once quiesced */
-    int gfd;                        /* the gate's epoll set */
-    gate_conn *gates;               /* every gate connection (loop thread) */
+    http_gate *gate;                /* accepts, checks heads (loop thread) */
     gate_conn *adding;              /* the one MHD_add_connection is adding */
-    gate_conn *dead;                /* closed, freed after an event batch */
-    int nclosing;                   /* gates lingering before their close */
-    int64_t accept_pause_until;     /* out of descriptors: accept later */
-    char *iobuf;                    /* GATE_BUF bytes (loop thread) */
     int wake_fd;                    /* eventfd: a worker resumed a
                                        connection (libmicrohttpd's own
                                        signal is not in its epoll set in
@@ -339,452 +317,6 @@ static int admit(http_server *h, http_req *r) {
     return 0;
 }
 
-/* --- the gate ------------------------------------------------------------ */
-
-/* One client connection: the client's socket, the gate's end of the pair
- * whose other end libmicrohttpd has, and what is in passage between them.
- * Loop thread only (and http_stop once the loop has ended). */
-typedef struct gate_tag {
-    gate_conn *g;
-    int side;                       /* 0: the client's socket, 1: the pair's */
-} gate_tag;
-
-struct gate_conn {
-    gate_conn *prev, *next;
-    http_server *h;
-    int cfd, mfd;                   /* client; the gate's end of the pair */
-    gate_tag tag[2];
-    uint32_t ev[2];                 /* epoll events registered, per side */
-    http_conn *hc;                  /* libmicrohttpd's side, until it closes */
-    /* client -> library */
-    char *head;                     /* a head not yet whole (HTTP_HEAD_MAX) */
-    size_t head_len;
-    uint64_t body_left;             /* body bytes still to pass through */
-    char *tomhd;                    /* bytes the pair did not take yet */
-    size_t tomhd_off, tomhd_len;
-    /* library -> client */
-    char *tocl;                     /* bytes the client did not take yet */
-    size_t tocl_off, tocl_len;
-    unsigned forwarded, completed;  /* heads passed on; answers given */
-    int client_eof, mhd_eof;
-    int mhd_gone;                   /* the pair refused a write: the library
-                                       has closed; nothing more goes in */
-    int refused;                    /* a head was refused: its answer waits */
-    char refusal[512];              /* that answer (status line to body) */
-    size_t refusal_len;
-    int closing;                    /* last answer written: lingering */
-    int shut;                       /* the client's side shut for writing */
-    int dead;
-    int64_t linger_until_ns;
-};
-
-static gate_tag listen_tag = {NULL, -1};
-
-/* Registers side's socket for `want` events (0: not at all, so that a
- * hung-up socket cannot keep waking the loop). */
-static void gate_arm_side(gate_conn *g, int side, uint32_t want) {
-    int fd = side ? g->mfd : g->cfd;
-    if (fd < 0) want = 0;
-    if (want == g->ev[side]) return;
-    struct epoll_event ev = {.events = want, .data.ptr = &g->tag[side]};
-    if (!want) epoll_ctl(g->h->gfd, EPOLL_CTL_DEL, fd, NULL);
-    else epoll_ctl(g->h->gfd, g->ev[side] ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, fd, &ev);
-    g->ev[side] = want;
-}
-
-static void gate_arm(gate_conn *g) {
-    uint32_t c = 0, m = 0;
-    if (g->closing || (!g->client_eof && !g->refused && !g->tomhd_len && !g->mhd_gone))
-        c |= EPOLLIN;
-    if (g->tocl_len) c |= EPOLLOUT;
-    if (!g->mhd_eof && !g->tocl_len) m |= EPOLLIN;
-    if (g->tomhd_len) m |= EPOLLOUT;
-    gate_arm_side(g, 0, c);
-    gate_arm_side(g, 1, m);
-}
-
-/* The library's side has closed (NULL) or opened (hc). */
-static void gate_attach(gate_conn *g, http_conn *hc) {
-    if (g) g->hc = hc;
-}
-
-static void gate_update(gate_conn *g);
-
-/* An answer of the library's has gone out (into the pair): a refusal
- * waiting for it may be due. */
-static void gate_completed(gate_conn *g) {
-    if (!g) return;
-    g->completed++;
-    if (g->refused) gate_update(g);
-}
-
-/* Closes the gate's end of the pair: the library sees the end of the
- * stream and closes its connection. */
-static void gate_close_pair(gate_conn *g) {
-    if (g->mfd < 0) return;
-    gate_arm_side(g, 1, 0);
-    if (g->hc) g->hc->g = NULL;
-    g->hc = NULL;
-    close(g->mfd);
-    g->mfd = -1;
-    g->tomhd_len = 0;
-}
-
-static void gate_kill(gate_conn *g) {
-    if (g->dead) return;
-    gate_close_pair(g);
-    gate_arm_side(g, 0, 0);
-    g->dead = 1;
-    if (g->closing) g->h->nclosing--;
-    if (g->prev) g->prev->next = g->next;
-    else g->h->gates = g->next;
-    if (g->next) g->next->prev = g->prev;
-    g->next = g->h->dead;
-    g->prev = NULL;
-    g->h->dead = g;
-}
-
-static void gate_free(gate_conn *g) {
-    if (g->cfd >= 0) close(g->cfd);
-    if (g->mfd >= 0) close(g->mfd);
-    free(g->head);
-    free(g->tomhd);
-    free(g->tocl);
-    free(g);
-}
-
-/* Keeps n bytes in a gate buffer (allocated on first need, cap bytes). */
-static int gate_keep(char **buf, size_t *off, size_t *len, size_t cap, const char *p,
-                     size_t n) {
-    if (!*buf && !(*buf = malloc(cap))) return -1;
-    if (*off && *len) memmove(*buf, *buf + *off, *len);
-    *off = 0;
-    if (*len + n > cap) return -1;
-    memcpy(*buf + *len, p, n);
-    *len += n;
-    return 0;
-}
-
-/* Writes to the client, keeping what it does not take. */
-static void gate_to_client(gate_conn *g, const char *p, size_t n) {
-    if (g->tocl_len) {
-        if (gate_keep(&g->tocl, &g->tocl_off, &g->tocl_len, GATE_BUF + sizeof g->refusal, p,
-                      n) < 0)
-            gate_kill(g);
-        return;
-    }
-    ssize_t w = send(g->cfd, p, n, MSG_NOSIGNAL);
-    if (w < 0 && (errno == EAGAIN || errno == EINTR)) w = 0;
-    if (w < 0) {            /* the client has gone */
-        gate_kill(g);
-        return;
-    }
-    if ((size_t)w < n &&
-        gate_keep(&g->tocl, &g->tocl_off, &g->tocl_len, GATE_BUF + sizeof g->refusal, p + w,
-                  n - (size_t)w) < 0)
-        gate_kill(g);
-}
-
-/* Writes to the library, keeping what the pair does not take. */
-static void gate_to_mhd(gate_conn *g, const char *p, size_t n) {
-    if (g->mfd < 0) return;
-    if (g->tomhd_len) {
-        if (gate_keep(&g->tomhd, &g->tomhd_off, &g->tomhd_len, GATE_BUF + HTTP_HEAD_MAX, p,
-                      n) < 0)
-            gate_kill(g);
-        return;
-    }
-    ssize_t w = send(g->mfd, p, n, MSG_NOSIGNAL);
-    if (w < 0 && (errno == EAGAIN || errno == EINTR)) w = 0;
-    if (w < 0) {            /* the library closed its side: what it answered still comes */
-        g->mhd_gone = 1;
-        return;
-    }
-    if ((size_t)w < n &&
-        gate_keep(&g->tomhd, &g->tomhd_off, &g->tomhd_len, GATE_BUF + HTTP_HEAD_MAX, p + w,
-                  n - (size_t)w) < 0)
-        gate_kill(g);
-}
-
-static const char *reason_phrase(int status) {
-    switch (status) {
-    case 400: return "Bad Request";
-    case 411: return "Length Required";
-    case 414: return "URI Too Long";
-    case 431: return "Request Header Fields Too Large";
-    case 505: return "HTTP Version Not Supported";
-    default: return "Error";
-    }
-}
-
-/* Refuses the head at data[0..len): its answer is sent once the requests
- * before it are answered, then the connection closes.  Counted like any
- * answer. */
-static void gate_refuse(gate_conn *g, proto_error e, const char *msg, const char *data,
-                        size_t len) {
-    static log_limit lim;
-    http_server *h = g->h;
-    proto_buf b;
-    proto_buf_init(&b);
-    proto_error_encode(e, msg, &b);
-    int status = proto_error_http(e);
-    const char *body;
-    size_t blen;
-    http_body_of(&b, &body, &blen, &status);
-    int n = snprintf(g->refusal, sizeof g->refusal,
-                     "HTTP/1.1 %d %s\r\nConnection: close\r\nContent-Type: " JSON_TYPE
-                     "\r\nContent-Length: %zu\r\n\r\n%.*s", status, reason_phrase(status), blen,
-                     (int)blen, body);
-    g->refusal_len = n > 0 && (size_t)n < sizeof g->refusal ? (size_t)n : 0;
-    proto_buf_free(&b);
-    g->refused = 1;
-    free(g->head);
-    g->head = NULL;
-    g->head_len = 0;
-    char path[64];
-    http_head_path(data, len, path, sizeof path);
-    metrics_http(h->svc->metrics, metrics_endpoint_of(path), status, 0);
-    log_limited(&lim, LOG_INFO, "refused request heads", "http: refused a request (%d): %s",
-                status, msg);
-}
-
-/* Passes the client's bytes on: heads checked, bodies as they come. */
-static void gate_feed(gate_conn *g, const char *p, size_t n) {
-    while (n && !g->refused && !g->dead && !g->mhd_gone) {
-        if (g->body_left) {
-            size_t k = n < g->body_left ? n : (size_t)g->body_left;
-            gate_to_mhd(g, p, k);
-            g->body_left -= k;
-            p += k;
-            n -= k;
-            continue;
-        }
-        const char *data = p;
-        size_t len = n, had = g->head_len;
-        if (had) {  /* the head so far, and what came now */
-            size_t take = n < HTTP_HEAD_MAX - had ? n : HTTP_HEAD_MAX - had;
-            memcpy(g->head + had, p, take);
-            data = g->head;
-            len = had + take;
-        }
-        http_head hd;
-        proto_error e;
-        char msg[200];
-        http_head_result r = http_head_check(data, len, &hd, &e, msg, sizeof msg);
-        if (r == HTTP_HEAD_MORE) {  /* len < HTTP_HEAD_MAX */
-            if (!g->head && !(g->head = malloc(HTTP_HEAD_MAX))) {
-                gate_kill(g);
-                return;
-            }
-            if (data != g->head) memcpy(g->head, data, len);
-            g->head_len = len;
-            return;
-        }
-        if (r == HTTP_HEAD_REFUSED) {
-            gate_refuse(g, e, msg, data, len);
-            return;
-        }
-        gate_to_mhd(g, data, hd.len);
-        g->forwarded++;
-        g->body_left = hd.content_length;
-        g->head_len = 0;
-        p += hd.len - had;
-        n -= hd.len - had;
-    }
-}
-
-static void gate_read_client(gate_conn *g) {
-    http_server *h = g->h;
-    ssize_t n = recv(g->cfd, h->iobuf, GATE_BUF, 0);
-    if (n < 0 && (errno == EAGAIN || errno == EINTR)) return;
-    if (n <= 0 && g->closing) {
-        gate_kill(g);
-        return;
-    }
-    if (n < 0) {
-        gate_kill(g);
-        return;
-    }
-    if (n == 0) {
-        /* The client is done sending: so is the gate, once the library
-         * has what it sent (as if the client's socket were the library's). */
-        g->client_eof = 1;
-        free(g->head);
-        g->head = NULL;
-        g->head_len = 0;
-        if (g->mfd >= 0 && !g->tomhd_len) shutdown(g->mfd, SHUT_WR);
-        return;
-    }
-    if (g->closing) return; /* dropped: the answer is out, the close follows */
-    gate_feed(g, h->iobuf, (size_t)n);
-}
-
-static void gate_flush_mhd(gate_conn *g) {
-    if (g->mfd < 0) return;
-    ssize_t w = send(g->mfd, g->tomhd + g->tomhd_off, g->tomhd_len, MSG_NOSIGNAL);
-    if (w < 0 && (errno == EAGAIN || errno == EINTR)) return;
-    if (w < 0) {
-        g->tomhd_len = 0;
-        g->mhd_gone = 1;
-        return;
-    }
-    g->tomhd_off += (size_t)w;
-    g->tomhd_len -= (size_t)w;
-    if (!g->tomhd_len && g->client_eof) shutdown(g->mfd, SHUT_WR);
-}
-
-static void gate_flush_client(gate_conn *g) {
-    ssize_t w = send(g->cfd, g->tocl + g->tocl_off, g->tocl_len, MSG_NOSIGNAL);
-    if (w < 0 && (errno == EAGAIN || errno == EINTR)) return;
-    if (w < 0) {
-        gate_kill(g);
-        return;
-    }
-    g->tocl_off += (size_t)w;
-    g->tocl_len -= (size_t)w;
-}
-
-/* 1 when it read something, 0 when there was nothing to read. */
-static int gate_read_mhd(gate_conn *g) {
-    http_server *h = g->h;
-    ssize_t n = recv(g->mfd, h->iobuf, GATE_BUF, 0);
-    if (n < 0 && (errno == EAGAIN || errno == EINTR)) return 0;
-    if (n <= 0) {
-        g->mhd_eof = 1;
-        return 1;
-    }
-    gate_to_client(g, h->iobuf, (size_t)n);
-    return 1;
-}
-
-/* What follows from the state: the refusal's turn, the close, the events
- * to wait for. */
-static void gate_update(gate_conn *g) {
-    if (g->dead) return;
-    if (g->mhd_eof) gate_close_pair(g);
-    if (g->refused && !g->closing && g->completed >= g->forwarded) {
-        /* Every answer before it is given: relayed, the refusal's turn. */
-        while (g->mfd >= 0 && !g->mhd_eof && !g->tocl_len && !g->dead && gate_read_mhd(g)) {}
-        if (g->dead) return;
-    }
-    if (g->refused && !g->closing && !g->tocl_len &&
-        (g->mfd < 0 || g->mhd_eof || g->completed >= g->forwarded)) {
-        gate_close_pair(g);
-        gate_to_client(g, g->refusal, g->refusal_len);
-        if (g->dead) return;
-    }
-    if (g->mfd < 0 && !g->closing) {
-        g->closing = 1;
-        g->h->nclosing++;
-        g->linger_until_ns = clock_now_ns() + GATE_LINGER_NS;
-        if (g->client_eof && !g->tocl_len) {
-            gate_kill(g);
-            return;
-        }
-    }
-    if (g->closing && !g->tocl_len && !g->shut) {
-        shutdown(g->cfd, SHUT_WR);
-        g->shut = 1;
-    }
-    gate_arm(g);
-}
-
-static void gate_event(gate_tag *t, uint32_t events) {
-    gate_conn *g = t->g;
-    if (g->dead) return;
-    int err = (events & (EPOLLERR | EPOLLHUP)) != 0;
-    if (t->side == 0) {
-        if (g->tocl_len && ((events & EPOLLOUT) || err)) gate_flush_client(g);
-        if (!g->dead && ((events & EPOLLIN) || err) && g->ev[0] & EPOLLIN) gate_read_client(g);
-    } else {
-        if (g->tomhd_len && ((events & EPOLLOUT) || err)) gate_flush_mhd(g);
-        if (!g->dead && g->mfd >= 0 && ((events & EPOLLIN) || err)) gate_read_mhd(g);
-    }
-    gate_update(g);
-}
-
-/* New connections: each gets a socket pair whose other end goes to the
- * library (which applies the connection limits to the client's address,
- * and closes it when over them). */
-static void gate_accept(http_server *h) {
-    static log_limit lim;
-    for (int i = 0; i < 64 && h->lfd >= 0; i++) {
-        struct sockaddr_storage ss;
-        socklen_t sl = sizeof ss;
-        int cfd = accept4(h->lfd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
-        if (cfd < 0) {
-            if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
-                log_limited(&lim, LOG_WARN, "accept failures",
-                            "http: cannot accept connections: %s", strerror(errno));
-                h->accept_pause_until = clock_now_ns() + 100000000;
-                epoll_ctl(h->gfd, EPOLL_CTL_DEL, h->lfd, NULL);
-            }
-            return;
-        }
-        int one = 1;
-        setsockopt(cfd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-        int sv[2] = {-1, -1};
-        gate_conn *g = calloc(1, sizeof *g);
-        if (!g || socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv) != 0) {
-            log_limited(&lim, LOG_WARN, "accept failures", "http: cannot take a connection: %s",
-                        g ? strerror(errno) : "out of memory");
-            free(g);
-            close(cfd);
-            continue;
-        }
-        g->h = h;
-        g->cfd = cfd;
-        g->mfd = sv[0];
-        g->tag[0] = (gate_tag){g, 0};
-        g->tag[1] = (gate_tag){g, 1};
-        h->adding = g;
-        enum MHD_Result ok = MHD_add_connection(h->d, sv[1], (struct sockaddr *)&ss, sl);
-        h->adding = NULL;
-        if (ok != MHD_YES) {    /* over a limit; the library closed its end */
-            if (g->hc) g->hc->g = NULL;
-            close(sv[0]);
-            close(cfd);
-            free(g);
-            continue;
-        }
-        g->next = h->gates;
-        if (h->gates) h->gates->prev = g;
-        h->gates = g;
-        gate_arm(g);
-    }
-}
-
-/* Handles what is ready on the gate's sockets, without waiting. */
-static void gate_poll(http_server *h) {
-    struct epoll_event evs[256];
-    int n = epoll_wait(h->gfd, evs, 256, 0);
-    for (int i = 0; i < n; i++) {
-        gate_tag *t = evs[i].data.ptr;
-        if (t == &listen_tag) gate_accept(h);
-        else gate_event(t, evs[i].events);
-    }
-    while (h->dead) {
-        gate_conn *g = h->dead;
-        h->dead = g->next;
-        gate_free(g);
-    }
-}
-
-/* Closes connections whose linger has run out. */
-static void gate_linger(http_server *h) {
-    if (!h->nclosing) return;
-    int64_t now = clock_now_ns();
-    for (gate_conn *g = h->gates, *next; g; g = next) {
-        next = g->next;
-        if (g->closing && now > g->linger_until_ns) gate_kill(g);
-    }
-    while (h->dead) {
-        gate_conn *g = h->dead;
-        h->dead = g->next;
-        gate_free(g);
-    }
-}
-
 /* --- routing ------------------------------------------------------------- */
 
 static const struct route {
@@ -962,7 +494,7 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
     if (hc) {
         atomic_store(&hc->req_start_ns, clock_now_ns() + (int64_t)h->p.idle_timeout_s * 1000000000);
         atomic_store(&hc->receiving, 1);
-        gate_completed(hc->g);
+        http_gate_answered(hc->g);
     }
     http_req *r = *con_cls;
     if (!r) return;
@@ -988,7 +520,7 @@ static void on_connection(void *cls, struct MHD_Connection *c, void **socket_con
             MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
         hc->fd = ci ? ci->connect_fd : -1;
         hc->g = h->adding;
-        gate_attach(hc->g, hc);
+        http_gate_link(hc->g, &hc->g);
         atomic_init(&hc->req_start_ns, clock_now_ns());
         atomic_init(&hc->receiving, 1);
         pthread_mutex_lock(&h->cmu);
@@ -1000,7 +532,7 @@ static void on_connection(void *cls, struct MHD_Connection *c, void **socket_con
     } else if (code == MHD_CONNECTION_NOTIFY_CLOSED) {
         http_conn *hc = *socket_context;
         if (!hc) return;
-        gate_attach(hc->g, NULL);
+        http_gate_unlink(hc->g);
         pthread_mutex_lock(&h->cmu);
         if (hc->prev) hc->prev->next = hc->next;
         else h->conns = hc->next;
@@ -1067,26 +599,30 @@ static void on_mhd_log(void *cls, const char *fmt, va_list ap) {
     log_limited(&lim, LOG_WARN, "http library messages", "http: %s", msg);
 }
 
+/* The gate's hooks: a new connection for the library; a refusal counted. */
+static int gate_add(void *arg, int fd, const struct sockaddr *addr, socklen_t len,
+                    gate_conn *c) {
+    http_server *h = arg;
+    h->adding = c;   /* for on_connection, which the library calls from here */
+    enum MHD_Result ok = MHD_add_connection(h->d, fd, addr, len);
+    h->adding = NULL;
+    return ok == MHD_YES ? 0 : -1;
+}
+
+static void gate_refused(void *arg, const char *path, int status) {
+    http_server *h = arg;
+    metrics_http(h->svc->metrics, metrics_endpoint_of(path), status, 0);
+}
+
 /* --- the event loop ----------------------------------------------------- */
 
 static void *loop_main(void *arg) {
     http_server *h = arg;
     const union MHD_DaemonInfo *di = MHD_get_daemon_info(h->d, MHD_DAEMON_INFO_EPOLL_FD);
     int efd = di ? di->epoll_fd : -1;
-    int64_t next_linger = 0;
+    int64_t next_tick = 0;
     while (!atomic_load(&h->loop_stop)) {
-        if (atomic_exchange(&h->quiesce, 0) && h->lfd >= 0) {
-            /* No new connections: the listen socket goes (connects are
-             * refused); open connections are served on. */
-            epoll_ctl(h->gfd, EPOLL_CTL_DEL, h->lfd, NULL);
-            close(h->lfd);
-            h->lfd = -1;
-        }
-        if (h->accept_pause_until && clock_now_ns() > h->accept_pause_until) {
-            h->accept_pause_until = 0;
-            struct epoll_event ev = {.events = EPOLLIN, .data.ptr = &listen_tag};
-            if (h->lfd >= 0) epoll_ctl(h->gfd, EPOLL_CTL_ADD, h->lfd, &ev);
-        }
+        if (atomic_exchange(&h->quiesce, 0)) http_gate_quiesce(h->gate);
         /* Sleep until a socket of the gate or of libmicrohttpd has events
          * (a worker's resume signals the eventfd) or the library's next
          * timeout, at most 50 ms so stop and quiesce requests are seen. */
@@ -1096,18 +632,18 @@ static void *loop_main(void *arg) {
             ms = (int)to;
         struct pollfd pfd[3] = {{.fd = efd, .events = POLLIN},
                                 {.fd = h->wake_fd, .events = POLLIN},
-                                {.fd = h->gfd, .events = POLLIN}};
+                                {.fd = http_gate_fd(h->gate), .events = POLLIN}};
         if (poll(pfd, 3, ms) > 0 && (pfd[1].revents & POLLIN)) {
             uint64_t n;
             if (read(h->wake_fd, &n, sizeof n) < 0) { /* drained by another read */ }
         }
-        if (pfd[2].revents) gate_poll(h);   /* new connections, requests in */
+        if (pfd[2].revents) http_gate_poll(h->gate);  /* new connections, requests in */
         MHD_run(h->d);
-        gate_poll(h);           /* the answers it wrote, out */
+        http_gate_poll(h->gate);                      /* the answers it wrote, out */
         int64_t now = clock_now_ns();
-        if (now > next_linger) {
-            gate_linger(h);
-            next_linger = now + 100000000;
+        if (now > next_tick) {
+            http_gate_tick(h->gate);
+            next_tick = now + 100000000;
         }
     }
     return NULL;
@@ -1130,20 +666,7 @@ static void stop_workers(http_server *h) {
 }
 
 static void server_free(http_server *h) {
-    while (h->dead) {
-        gate_conn *g = h->dead;
-        h->dead = g->next;
-        gate_free(g);
-    }
-    while (h->gates) {
-        gate_conn *g = h->gates;
-        h->gates = g->next;
-        if (g->hc) g->hc->g = NULL;
-        gate_free(g);
-    }
-    if (h->lfd >= 0) close(h->lfd);
-    if (h->gfd >= 0) close(h->gfd);
-    free(h->iobuf);
+    http_gate_close(h->gate);
     free(h->ring);
     free(h->workers);
     pthread_mutex_destroy(&h->qmu);
@@ -1191,10 +714,7 @@ int http_start(service *svc, const http_params *p, http_server **out, char *err,
     h->ring = calloc((size_t)p->max_pending, sizeof *h->ring);
     h->workers = calloc((size_t)p->workers, sizeof *h->workers);
     h->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-    h->lfd = -1;
-    h->gfd = epoll_create1(EPOLL_CLOEXEC);
-    h->iobuf = malloc(GATE_BUF);
-    if (!h->ring || !h->workers || h->wake_fd < 0 || h->gfd < 0 || !h->iobuf) {
+    if (!h->ring || !h->workers || h->wake_fd < 0) {
         server_free(h);
         return ctr_fail(err, errlen, CTR_ENOMEM, "out of memory");
     }
@@ -1209,21 +729,13 @@ int http_start(service *svc, const http_params *p, http_server **out, char *err,
     }
     /* The listen socket is the gate's (libmicrohttpd gets each connection
      * from it, through a socket pair). */
-    int one = 1;
-    h->lfd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (h->lfd >= 0) setsockopt(h->lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    if (h->lfd >= 0 && ss.ss_family == AF_INET6)
-        setsockopt(h->lfd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
-    socklen_t sl = ss.ss_family == AF_INET6 ? sizeof(struct sockaddr_in6)
-                                            : sizeof(struct sockaddr_in);
-    if (h->lfd < 0 || bind(h->lfd, (struct sockaddr *)&ss, sl) != 0 || listen(h->lfd, 1024) != 0) {
-        int e = errno;
+    http_gate_hooks hooks = {gate_add, gate_refused, h};
+    char inner[256];
+    if (http_gate_open(&ss, &hooks, &h->gate, inner, sizeof inner) < 0) {
         server_free(h);
         return ctr_fail(err, errlen, CTR_EIO, "cannot listen on %s:%d: %s", p->bind, p->port,
-                        strerror(e));
+                        inner);
     }
-    struct epoll_event lev = {.events = EPOLLIN, .data.ptr = &listen_tag};
-    epoll_ctl(h->gfd, EPOLL_CTL_ADD, h->lfd, &lev);
     for (int i = 0; i < p->workers; i++) {
         if (pthread_create(&h->workers[i], NULL, worker_main, h) != 0) {
             stop_workers(h);
@@ -1253,13 +765,7 @@ int http_start(service *svc, const http_params *p, http_server **out, char *err,
         server_free(h);
         return ctr_fail(err, errlen, CTR_EIO, "cannot start the HTTP library");
     }
-    struct sockaddr_storage bound;
-    socklen_t bl = sizeof bound;
-    h->port = p->port;
-    if (getsockname(h->lfd, (struct sockaddr *)&bound, &bl) == 0)
-        h->port = ntohs(bound.ss_family == AF_INET6
-                            ? ((struct sockaddr_in6 *)&bound)->sin6_port
-                            : ((struct sockaddr_in *)&bound)->sin_port);
+    h->port = http_gate_port(h->gate);
     if (pthread_create(&h->loop, NULL, loop_main, h) != 0) {
         MHD_stop_daemon(h->d);
         stop_workers(h);
