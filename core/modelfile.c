@@ -6,41 +6,142 @@
 #include "modelfile.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "linear.h"
+
+/* A file's identity and state: any write, truncation or replacement between
+ * two of these shows as a difference. */
+typedef struct file_state {
+    dev_t dev;
+    ino_t ino;
+    off_t size;
+    struct timespec mtime, ctime;
+} file_state;
+
+static file_state state_of(const struct stat *st) {
+    return (file_state){st->st_dev, st->st_ino, st->st_size, st->st_mtim, st->st_ctim};
+}
+
+static int same_state(const file_state *a, const file_state *b) {
+    return a->dev == b->dev && a->ino == b->ino && a->size == b->size &&
+           a->mtime.tv_sec == b->mtime.tv_sec && a->mtime.tv_nsec == b->mtime.tv_nsec &&
+           a->ctime.tv_sec == b->ctime.tv_sec && a->ctime.tv_nsec == b->ctime.tv_nsec;
+}
+
+static int64_t ts_ns(struct timespec t) { return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec; }
+
+static int64_t realtime_ns(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_REALTIME, &t);
+    return ts_ns(t);
+}
+
+/* Reads all of fd (a regular file of st->size bytes) into a new buffer.
+ * CTR_OK, CTR_ENOMEM, or CTR_EIO with a message. */
+static int read_all(int fd, const char *path, off_t size, unsigned char **out, char *err,
+                    size_t errlen) {
+    unsigned char *b = malloc(size ? (size_t)size : 1);
+    if (!b)
+        return ctr_fail(err, errlen, CTR_ENOMEM, "%s: out of memory for %lld bytes", path,
+                        (long long)size);
+    size_t got = 0;
+    while (got < (size_t)size) {
+        ssize_t n = pread(fd, b + got, (size_t)size - got, (off_t)got);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) {
+            int e = errno;
+            free(b);
+            if (n < 0) return ctr_fail(err, errlen, CTR_EIO, "%s: %s", path, strerror(e));
+            return ctr_fail(err, errlen, CTR_EIO, "%s: changed while being read (shorter than "
+                            "its size); replace model files by atomic rename", path);
+        }
+        got += (size_t)n;
+    }
+    *out = b;
+    return CTR_OK;
+}
 
 int modelfile_read(const char *path, unsigned char **buf, size_t *len, char *err,
                    size_t errlen) {
     *buf = NULL;
     *len = 0;
-    FILE *fp = fopen(path, "rb");
-    if (!fp) return ctr_fail(err, errlen, CTR_EIO, "%s: %s", path, strerror(errno));
-    long size = -1;
-    if (fseek(fp, 0, SEEK_END) == 0) size = ftell(fp);
-    rewind(fp);
-    if (size < 0) {
-        fclose(fp);
-        return ctr_fail(err, errlen, CTR_EIO, "%s: cannot tell its size", path);
-    }
-    unsigned char *b = malloc(size ? (size_t)size : 1);
-    if (!b) {
-        fclose(fp);
-        return ctr_fail(err, errlen, CTR_ENOMEM, "%s: out of memory for %ld bytes", path, size);
-    }
-    size_t got = fread(b, 1, (size_t)size, fp);
-    fclose(fp);
-    if (got != (size_t)size) {
+    /* O_NONBLOCK: opening a FIFO would otherwise wait for a writer before
+     * anything could be checked.  The file is checked through this one
+     * descriptor, so what is checked is what is read. */
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) return ctr_fail(err, errlen, CTR_EIO, "%s: %s", path, strerror(errno));
+    int rc = CTR_OK;
+    unsigned char *b = NULL;
+    size_t size = 0;
+    for (int attempt = 0;; attempt++) {
+        struct stat st;
+        if (fstat(fd, &st) != 0) {
+            rc = ctr_fail(err, errlen, CTR_EIO, "%s: %s", path, strerror(errno));
+            break;
+        }
+        if (!S_ISREG(st.st_mode)) {
+            rc = ctr_fail(err, errlen, CTR_EIO, "%s: not a regular file (a %s)", path,
+                          S_ISDIR(st.st_mode)    ? "directory"
+                          : S_ISFIFO(st.st_mode) ? "FIFO"
+                          : S_ISSOCK(st.st_mode) ? "socket"
+                          : S_ISCHR(st.st_mode)  ? "character device"
+                          : S_ISBLK(st.st_mode)  ? "block device"
+                                                 : "special file");
+            break;
+        }
+        if ((uint64_t)st.st_size > MODELFILE_MAX_BYTES) {
+            rc = ctr_fail(err, errlen, CTR_ETOOBIG, "%s: %lld bytes; at most %llu", path,
+                          (long long)st.st_size, (unsigned long long)MODELFILE_MAX_BYTES);
+            break;
+        }
+        const file_state before = state_of(&st);
+        size = (size_t)st.st_size;
+        const int64_t start_ns = realtime_ns();
+        if ((rc = read_all(fd, path, st.st_size, &b, err, errlen)) < 0) break;
+        file_state after = before;
+        if (fstat(fd, &st) == 0) after = state_of(&st);
+        else after.size = -1;
+        if (!same_state(&before, &after)) {
+            rc = ctr_fail(err, errlen, CTR_EIO, "%s: changed while being read; replace "
+                          "model files by atomic rename (write a new file, then mv it over "
+                          "the old one)", path);
+            break;
+        }
+        /* File times tick coarsely (a clock tick, a few ms): a write in the
+         * tick of the first fstat, during the read, would leave them as
+         * they were.  Only a file last written before that tick is known
+         * whole; one written just now is read again once the tick has
+         * passed. */
+        if (ts_ns(before.mtime) < start_ns - MODELFILE_TIME_TICK_NS &&
+            ts_ns(before.ctime) < start_ns - MODELFILE_TIME_TICK_NS)
+            break;
         free(b);
-        return ctr_fail(err, errlen, CTR_EIO, "%s: short read", path);
+        b = NULL;
+        if (attempt == 2) {
+            rc = ctr_fail(err, errlen, CTR_EIO, "%s: still being written (modified during "
+                          "each of 3 reads); replace model files by atomic rename", path);
+            break;
+        }
+        struct timespec pause = {0, 2 * MODELFILE_TIME_TICK_NS};
+        nanosleep(&pause, NULL);
+    }
+    close(fd);
+    if (rc < 0) {
+        free(b);
+        return rc;
     }
     *buf = b;
-    *len = (size_t)size;
+    *len = size;
     return CTR_OK;
 }
 

@@ -20,9 +20,23 @@
 #define MODELFILE_FORMAT "ctr-model-2"
 #define MODELFILE_FORMAT_QIN1 "ctr-qin-1"
 
+/* A model file larger than this is refused before anything is allocated
+ * (the largest real model is a few hundred MB). */
+#define MODELFILE_MAX_BYTES (16ull << 30)
+
+/* File times advance in clock ticks (1..10 ms), not nanoseconds. */
+#define MODELFILE_TIME_TICK_NS 20000000
+
 /* Reads the whole file at path into *buf (malloc'd, the caller frees it)
- * and its length into *len.  CTR_EIO (naming the path and the reason) or
- * CTR_ENOMEM. */
+ * and its length into *len, through one descriptor: only a regular file
+ * (checked before reading; a FIFO is not waited on), read whole and found
+ * unchanged afterwards (device, inode, size, mtime, ctime), so a file
+ * being overwritten in place is refused instead of read half old, half
+ * new.  A file written within the last clock tick is read again once the
+ * tick has passed (its times could not show a write during the read);
+ * refused after 3 such reads.  Model files are to be replaced by atomic
+ * rename.  CTR_EIO (naming the path and the reason), CTR_ETOOBIG or
+ * CTR_ENOMEM.  Thread-safe. */
 int modelfile_read(const char *path, unsigned char **buf, size_t *len, char *err,
                    size_t errlen);
 

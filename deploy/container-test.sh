@@ -303,8 +303,8 @@ if [ "${CTR_CT_COMPOSE:-1}" = 1 ]; then
   nofile=$(pm exec "${compose_project}_scorer_1" sh -c 'grep "^Max open files" /proc/1/limits' |
     awk '{ print $4 "/" $5 }')
   echo "compose scorer: open files soft/hard $nofile"
-  [ "$nofile" = 16384/16384 ] ||
-    die "compose: the scorer's open-file limit is $nofile, not docker-compose.yml's 16384"
+  [ "$nofile" = 32768/32768 ] ||
+    die "compose: the scorer's open-file limit is $nofile, not docker-compose.yml's 32768"
   if pm logs "${compose_project}_scorer_1" 2>&1 | grep -q "max_connections lowered"; then
     die "compose: the scorer lowered max_connections (open-file limit too low)"
   fi

@@ -21,14 +21,17 @@
     X(METHOD_NOT_ALLOWED,     405, "method_not_allowed")                      \
     X(LENGTH_REQUIRED,        411, "length_required")                         \
     X(BODY_TOO_LARGE,         413, "body_too_large")                          \
+    X(URI_TOO_LONG,           414, "uri_too_long")                            \
     X(UNSUPPORTED_MEDIA_TYPE, 415, "unsupported_media_type")                  \
     X(TOO_MANY_CANDIDATES,    422, "too_many_candidates")                     \
     X(OUT_OF_RANGE,           422, "out_of_range")                            \
+    X(HEADERS_TOO_LARGE,      431, "headers_too_large")                       \
     X(INTERNAL,               500, "internal")                                \
     X(NOT_READY,              503, "not_ready")                               \
     X(UNAVAILABLE,            503, "unavailable")                             \
     X(OVERLOADED,             503, "overloaded")                              \
-    X(DEADLINE_EXCEEDED,      503, "deadline_exceeded")
+    X(DEADLINE_EXCEEDED,      503, "deadline_exceeded")                       \
+    X(HTTP_VERSION,           505, "http_version_not_supported")
 
 typedef enum proto_error {
 #define PROTO_ERROR_ENUM(name, http, code) PROTO_ERROR_##name,

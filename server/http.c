@@ -19,6 +19,11 @@
  * then called once more and queues it.  Every request, whatever its
  * outcome, is counted in /metrics when it completes.
  *
+ * libmicrohttpd never reads a client's socket: the gate (http_gate.h),
+ * driven by the same loop, accepts connections, checks every request head
+ * on the raw bytes and hands the library each connection through a socket
+ * pair (MHD_add_connection).
+ *
  * Connections are tracked from accept to close (MHD's connection
  * notifications) in one list that a watchdog thread scans every few tens
  * of milliseconds: a connection whose request has not arrived whole within
@@ -55,13 +60,16 @@
 #include "server/worker.h"
 #include "core/base/clock.h"
 #include "core/base/log.h"
+#include "server/http_gate.h"
 
 #define JSON_TYPE "application/json"
 
 /* One accepted connection (MHD socket context). */
 typedef struct http_conn {
     struct http_conn *prev, *next;
-    int fd;
+    int fd;                         /* libmicrohttpd's end of the pair */
+    gate_conn *g;                   /* the gate's side (loop thread only;
+                                       NULL once the gate let go) */
     atomic_llong req_start_ns;      /* first line (or accept) of the request */
     atomic_int receiving;           /* 1 until the request is in whole */
 } http_conn;
@@ -76,7 +84,8 @@ struct http_server {
     int loop_started;
     atomic_int loop_stop;
     atomic_int quiesce;             /* ask the loop to stop accepting */
-    MHD_socket quiesced;            /* the listen socket it handed back */
+    http_gate *gate;                /* accepts, checks heads (loop thread) */
+    gate_conn *adding;              /* the one MHD_add_connection is adding */
     int wake_fd;                    /* eventfd: a worker resumed a
                                        connection (libmicrohttpd's own
                                        signal is not in its epoll set in
@@ -205,43 +214,6 @@ static int json_content_type(struct MHD_Connection *c) {
     while (*ct == ' ') ct++;
     size_t n = strlen(JSON_TYPE);
     return strncasecmp(ct, JSON_TYPE, n) == 0 && (ct[n] == '\0' || ct[n] == ';' || ct[n] == ' ');
-}
-
-typedef struct header_scan {
-    int content_length, transfer_encoding;
-    const char *te;
-} header_scan;
-
-static enum MHD_Result scan_header(void *cls, enum MHD_ValueKind kind, const char *key,
-                                   const char *value) {
-    (void)kind;
-    header_scan *s = cls;
-    if (strcasecmp(key, MHD_HTTP_HEADER_CONTENT_LENGTH) == 0) s->content_length++;
-    if (strcasecmp(key, MHD_HTTP_HEADER_TRANSFER_ENCODING) == 0) {
-        s->transfer_encoding++;
-        s->te = value;
-    }
-    return MHD_YES;
-}
-
-/* Framing a proxy and this server could read differently (request
- * smuggling) is refused.  NULL when fine, else the reason. */
-static const char *framing_problem(struct MHD_Connection *c) {
-    header_scan s = {0, 0, NULL};
-    MHD_get_connection_values(c, MHD_HEADER_KIND, scan_header, &s);
-    if (s.content_length > 1) return "more than one Content-Length header";
-    if (s.transfer_encoding > 1) return "more than one Transfer-Encoding header";
-    if (s.transfer_encoding && s.content_length)
-        return "both Transfer-Encoding and Content-Length";
-    if (s.transfer_encoding) {
-        const char *v = s.te ? s.te : "";
-        while (*v == ' ' || *v == '\t') v++;
-        size_t n = strlen(v);
-        while (n && (v[n - 1] == ' ' || v[n - 1] == '\t')) n--;
-        if (n != 7 || strncasecmp(v, "chunked", 7) != 0)
-            return "Transfer-Encoding other than chunked";
-    }
-    return NULL;
 }
 
 /* X-Request-Timeout-Ms: 0 when absent, -1 when malformed. */
@@ -410,25 +382,13 @@ static http_conn *conn_of(struct MHD_Connection *c) {
 /* The first call of a request: headers are in. */
 static enum MHD_Result on_headers(http_server *h, struct MHD_Connection *c, http_req *r,
                                   const char *url, const char *method) {
+    /* The gate has checked the head: one Content-Length of plain digits
+     * at most, no Transfer-Encoding, Host on HTTP/1.1 (http_head.h). */
     service *svc = h->svc;
-    const char *why = framing_problem(c);
-    if (why) {
-        char msg[160];
-        snprintf(msg, sizeof msg, "%s: refused (the framing is ambiguous)", why);
-        return respond_error_c(c, r, PROTO_ERROR_BAD_REQUEST, msg, NULL, 1);
-    }
     if (strcmp(method, "POST") != 0 || strcmp(url, "/v1/rank") != 0) return MHD_YES;
     if (!json_content_type(c))
         return respond_error(c, r, PROTO_ERROR_UNSUPPORTED_MEDIA_TYPE,
                              "Content-Type must be application/json", NULL);
-    /* A rank body is a few kilobytes the client has whole: Content-Length
-     * is required, and chunked bodies (whose sizes the HTTP library parses
-     * out of our sight: a chunk of 2^64-1 bytes would hold the connection
-     * until a deadline) are refused at once. */
-    if (MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_TRANSFER_ENCODING))
-        return respond_error_c(c, r, PROTO_ERROR_LENGTH_REQUIRED,
-                               "POST /v1/rank needs a Content-Length (chunked bodies are not "
-                               "accepted)", NULL, 1);
     if ((r->header_deadline_ms = header_deadline(c)) < 0)
         return respond_error(c, r, PROTO_ERROR_BAD_REQUEST,
                              "X-Request-Timeout-Ms must be a whole number of milliseconds, "
@@ -534,6 +494,7 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
     if (hc) {
         atomic_store(&hc->req_start_ns, clock_now_ns() + (int64_t)h->p.idle_timeout_s * 1000000000);
         atomic_store(&hc->receiving, 1);
+        http_gate_answered(hc->g);
     }
     http_req *r = *con_cls;
     if (!r) return;
@@ -558,6 +519,8 @@ static void on_connection(void *cls, struct MHD_Connection *c, void **socket_con
         const union MHD_ConnectionInfo *ci =
             MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
         hc->fd = ci ? ci->connect_fd : -1;
+        hc->g = h->adding;
+        http_gate_link(hc->g, &hc->g);
         atomic_init(&hc->req_start_ns, clock_now_ns());
         atomic_init(&hc->receiving, 1);
         pthread_mutex_lock(&h->cmu);
@@ -569,6 +532,7 @@ static void on_connection(void *cls, struct MHD_Connection *c, void **socket_con
     } else if (code == MHD_CONNECTION_NOTIFY_CLOSED) {
         http_conn *hc = *socket_context;
         if (!hc) return;
+        http_gate_unlink(hc->g);
         pthread_mutex_lock(&h->cmu);
         if (hc->prev) hc->prev->next = hc->next;
         else h->conns = hc->next;
@@ -628,7 +592,26 @@ static void on_mhd_log(void *cls, const char *fmt, va_list ap) {
     vsnprintf(msg, sizeof msg, fmt, ap);
     size_t n = strlen(msg);
     while (n && (msg[n - 1] == '\n' || msg[n - 1] == '\r')) msg[--n] = '\0';
+    /* The library's sockets are the gate's socket pairs (Unix sockets):
+     * its TCP options fail there, and are the gate's to set on the
+     * client's socket. */
+    if (strncmp(msg, "Setting TCP_", 12) == 0) return;
     log_limited(&lim, LOG_WARN, "http library messages", "http: %s", msg);
+}
+
+/* The gate's hooks: a new connection for the library; a refusal counted. */
+static int gate_add(void *arg, int fd, const struct sockaddr *addr, socklen_t len,
+                    gate_conn *c) {
+    http_server *h = arg;
+    h->adding = c;   /* for on_connection, which the library calls from here */
+    enum MHD_Result ok = MHD_add_connection(h->d, fd, addr, len);
+    h->adding = NULL;
+    return ok == MHD_YES ? 0 : -1;
+}
+
+static void gate_refused(void *arg, const char *path, int status) {
+    http_server *h = arg;
+    metrics_http(h->svc->metrics, metrics_endpoint_of(path), status, 0);
 }
 
 /* --- the event loop ----------------------------------------------------- */
@@ -637,22 +620,31 @@ static void *loop_main(void *arg) {
     http_server *h = arg;
     const union MHD_DaemonInfo *di = MHD_get_daemon_info(h->d, MHD_DAEMON_INFO_EPOLL_FD);
     int efd = di ? di->epoll_fd : -1;
+    int64_t next_tick = 0;
     while (!atomic_load(&h->loop_stop)) {
-        if (atomic_exchange(&h->quiesce, 0)) h->quiesced = MHD_quiesce_daemon(h->d);
-        /* Sleep until libmicrohttpd has events (its epoll descriptor turns
-         * readable; a worker's resume signals it too) or its next timeout,
-         * at most 50 ms so stop and quiesce requests are seen. */
+        if (atomic_exchange(&h->quiesce, 0)) http_gate_quiesce(h->gate);
+        /* Sleep until a socket of the gate or of libmicrohttpd has events
+         * (a worker's resume signals the eventfd) or the library's next
+         * timeout, at most 50 ms so stop and quiesce requests are seen. */
         int ms = 50;
         MHD_UNSIGNED_LONG_LONG to;
         if (MHD_get_timeout(h->d, &to) == MHD_YES && to < (MHD_UNSIGNED_LONG_LONG)ms)
             ms = (int)to;
-        struct pollfd pfd[2] = {{.fd = efd, .events = POLLIN},
-                                {.fd = h->wake_fd, .events = POLLIN}};
-        if (poll(pfd, 2, ms) > 0 && (pfd[1].revents & POLLIN)) {
+        struct pollfd pfd[3] = {{.fd = efd, .events = POLLIN},
+                                {.fd = h->wake_fd, .events = POLLIN},
+                                {.fd = http_gate_fd(h->gate), .events = POLLIN}};
+        if (poll(pfd, 3, ms) > 0 && (pfd[1].revents & POLLIN)) {
             uint64_t n;
             if (read(h->wake_fd, &n, sizeof n) < 0) { /* drained by another read */ }
         }
+        if (pfd[2].revents) http_gate_poll(h->gate);  /* new connections, requests in */
         MHD_run(h->d);
+        http_gate_poll(h->gate);                      /* the answers it wrote, out */
+        int64_t now = clock_now_ns();
+        if (now > next_tick) {
+            http_gate_tick(h->gate);
+            next_tick = now + 100000000;
+        }
     }
     return NULL;
 }
@@ -674,6 +666,7 @@ static void stop_workers(http_server *h) {
 }
 
 static void server_free(http_server *h) {
+    http_gate_close(h->gate);
     free(h->ring);
     free(h->workers);
     pthread_mutex_destroy(&h->qmu);
@@ -727,11 +720,21 @@ int http_start(service *svc, const http_params *p, http_server **out, char *err,
     }
 
     struct sockaddr_storage ss;
-    unsigned flags = MHD_USE_EPOLL | MHD_USE_ITC | MHD_USE_ERROR_LOG | MHD_ALLOW_SUSPEND_RESUME;
+    unsigned flags = MHD_USE_EPOLL | MHD_USE_ITC | MHD_USE_ERROR_LOG | MHD_ALLOW_SUSPEND_RESUME |
+                     MHD_USE_NO_LISTEN_SOCKET;
     if (listen_address(p->bind, p->port, &ss, &flags) < 0) {
         server_free(h);
         return ctr_fail(err, errlen, CTR_EINVAL, "bind address \"%s\" is not a numeric IP address",
                         p->bind);
+    }
+    /* The listen socket is the gate's (libmicrohttpd gets each connection
+     * from it, through a socket pair). */
+    http_gate_hooks hooks = {gate_add, gate_refused, h};
+    char inner[256];
+    if (http_gate_open(&ss, &hooks, &h->gate, inner, sizeof inner) < 0) {
+        server_free(h);
+        return ctr_fail(err, errlen, CTR_EIO, "cannot listen on %s:%d: %s", p->bind, p->port,
+                        inner);
     }
     for (int i = 0; i < p->workers; i++) {
         if (pthread_create(&h->workers[i], NULL, worker_main, h) != 0) {
@@ -750,24 +753,19 @@ int http_start(service *svc, const http_params *p, http_server **out, char *err,
     h->d = MHD_start_daemon(
         flags, (uint16_t)p->port, NULL, NULL, on_request, h,
         MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, NULL, /* first, to catch every message */
-        MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)p->idle_timeout_s,
         MHD_OPTION_CONNECTION_LIMIT, (unsigned)(p->connection_limit > 0 ? p->connection_limit : 1024),
         MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)(p->per_ip_limit > 0 ? p->per_ip_limit : 0),
         MHD_OPTION_NOTIFY_COMPLETED, on_completed, h,
         MHD_OPTION_NOTIFY_CONNECTION, on_connection, h,
         MHD_OPTION_URI_LOG_CALLBACK, on_uri, h,
-        MHD_OPTION_LISTEN_BACKLOG_SIZE, 1024u,
         MHD_OPTION_END);
     if (!h->d) {
         stop_workers(h);
         server_free(h);
-        return ctr_fail(err, errlen, CTR_EIO, "cannot listen on %s:%d (in use, or not allowed?)",
-                        p->bind, p->port);
+        return ctr_fail(err, errlen, CTR_EIO, "cannot start the HTTP library");
     }
-    const union MHD_DaemonInfo *info = MHD_get_daemon_info(h->d, MHD_DAEMON_INFO_BIND_PORT);
-    h->port = info ? info->port : p->port;
-    h->quiesced = MHD_INVALID_SOCKET;
+    h->port = http_gate_port(h->gate);
     if (pthread_create(&h->loop, NULL, loop_main, h) != 0) {
         MHD_stop_daemon(h->d);
         stop_workers(h);
@@ -806,6 +804,5 @@ void http_stop(http_server *h, int grace_ms) {
     wake(h);
     pthread_join(h->loop, NULL);
     MHD_stop_daemon(h->d);
-    if (h->quiesced != MHD_INVALID_SOCKET) close(h->quiesced);
     server_free(h);
 }

@@ -1,8 +1,9 @@
 /*
  * http.h - ctr-server's HTTP front: libmicrohttpd driven by one event-loop
- * threads (epoll), routing, admission control, a pool of request workers,
- * connection limits and receive deadlines, and the metrics of every
- * request.  See proto/openapi.yaml for the API.
+ * thread (epoll) behind a gate that checks each request head, routing,
+ * admission control, a pool of request workers, connection limits and
+ * receive deadlines, and the metrics of every request.  See
+ * proto/openapi.yaml for the API.
  *
  * The event loop only does I/O and cheap endpoints (/healthz,
  * /readyz from the health check's state, /metrics, /v1/models); a rank
@@ -24,9 +25,11 @@
  *     ones), else its connection is closed: trickling clients cannot hold
  *     connections.  Idle keep-alive connections close after
  *     idle_timeout_s;
- *   - protocol: two Content-Length headers, a Transfer-Encoding other than
- *     chunked, or both Transfer-Encoding and Content-Length are refused
- *     with 400 and the connection closed (request smuggling); a body over
+ *   - protocol: every request head is checked on the raw bytes before
+ *     libmicrohttpd parses them (http_head.h: header spellings, framing,
+ *     paths, Host, versions, sizes); what could be read two ways (request
+ *     smuggling) is refused with the API's JSON error (400, 411, 414, 431,
+ *     505) and the connection closed; a body over
  *     max_body is answered 413 after it has been read and discarded (up to
  *     HTTP_DISCARD_MAX bytes, within the receive deadline), so clients that
  *     send the whole body before reading see the answer, and at once when
@@ -36,6 +39,10 @@
 #define CTR_HTTP_H
 
 #include "server/service.h"
+
+/* Open files a connection takes: the client's socket and the gate's
+ * socket pair (http.c). */
+#define HTTP_FDS_PER_CONNECTION 3
 
 /* A body over max_body is read and discarded up to this many bytes before
  * the 413 (then the connection is closed). */

@@ -51,6 +51,11 @@ static int answer_error(rank_ctx *x, proto_error e, const char *msg) {
     return proto_error_http(e);
 }
 
+/* The request's id for its log records (proto/openapi.yaml: request_id is
+ * in the logs); "-" when the client gave none.  Control characters in it
+ * are escaped by the log itself. */
+static const char *log_rid(const char *request_id) { return request_id ? request_id : "-"; }
+
 static int out_of_memory(rank_ctx *x) {
     return answer_error(x, PROTO_ERROR_INTERNAL, "out of memory");
 }
@@ -217,7 +222,8 @@ int rank_history(rank_ctx *x) {
                     rank_degrade(x, PROTO_DEGRADED_HISTORY_DEADLINE);
                 } else {
                     log_limited(&lim_fail, LOG_WARN, "history read failures",
-                                "history of user %s: %s", x->req.user_id, err);
+                                "request %s: history of user %s: %s", log_rid(x->req.request_id),
+                                x->req.user_id, err);
                     rank_degrade(x, PROTO_DEGRADED_HISTORY_UNAVAILABLE);
                 }
             }
@@ -289,8 +295,9 @@ static int compute_vectors(rank_ctx *x, const int64_t *miss_id, const int *miss_
         }
         if (feats[k].mm_dim != sc->mm_dim) {
             log_limited(&lim_width, LOG_WARN, "item width mismatches",
-                        "item %lld: embedding width %d, the model reads %d",
-                        (long long)miss_id[k], feats[k].mm_dim, sc->mm_dim);
+                        "request %s: item %lld: embedding width %d, the model reads %d",
+                        log_rid(x->req.request_id), (long long)miss_id[k], feats[k].mm_dim,
+                        sc->mm_dim);
             x->ureason[u] = RANK_NOVEC_INVALID;
             continue;
         }
@@ -313,7 +320,8 @@ static int compute_vectors(rank_ctx *x, const int64_t *miss_id, const int *miss_
             if (engine_items_compute(x->slot->model, 1, &in[j], vecs + (size_t)j * vf, NULL,
                                      err, sizeof err) < 0) {
                 log_limited(&lim_bad, LOG_WARN, "unusable item features",
-                            "item %lld: unusable features (%s)", (long long)in[j].id, err);
+                            "request %s: item %lld: unusable features (%s)",
+                            log_rid(x->req.request_id), (long long)in[j].id, err);
                 ok[j] = 0;
                 x->ureason[miss_u[in_k[j]]] = RANK_NOVEC_INVALID;
             }
@@ -397,7 +405,8 @@ static int fetch_missing(rank_ctx *x) {
     if (rc >= 0) return compute_vectors(x, miss_id, miss_u, nmiss, feats);
     x->fetch_failed = 1;
     if (!deadline_hit)
-        log_limited(&lim_fail, LOG_WARN, "item read failures", "item features: %s", err);
+        log_limited(&lim_fail, LOG_WARN, "item read failures", "request %s: item features: %s",
+                    log_rid(x->req.request_id), err);
     for (int k = 0; k < nmiss; k++)
         x->ureason[miss_u[k]] = deadline_hit ? RANK_NOVEC_DEADLINE : RANK_NOVEC_UNAVAILABLE;
     return 0;
@@ -456,6 +465,7 @@ typedef struct score_job {
     int n;
     float *prob;
     const engine_explain *ex;     /* n rows, or NULL */
+    const char *request_id;       /* for the log */
     atomic_int failed;
 } score_job;
 
@@ -477,7 +487,8 @@ static void score_part(void *arg, int part, int nparts) {
     engine_request r = {j->hist, j->nh, j->cand + lo, j->ctx + (size_t)lo * nctx, hi - lo,
                         j->ex ? &ex : NULL, NULL};
     if (!s || engine_forward(j->slot->model, s, &r, j->prob + lo, err, sizeof err) < 0) {
-        if (s) log_limited(&lim, LOG_ERROR, "scoring failures", "scoring: %s", err);
+        if (s) log_limited(&lim, LOG_ERROR, "scoring failures", "request %s: scoring: %s",
+                            log_rid(j->request_id), err);
         atomic_store(&j->failed, 1);
     }
 }
@@ -499,7 +510,8 @@ static int score_run(rank_ctx *x, const float *const *hist, int nh, const float 
                      const int32_t *ctx, int n, float *prob, const engine_explain *ex) {
     service *svc = x->svc;
     if (n <= 0) return 0;
-    score_job job = {svc, x->m, x->slot, hist, nh, cand, ctx, n, prob, ex, 0};
+    score_job job = {svc, x->m, x->slot, hist, nh, cand, ctx, n, prob, ex,
+                     x->req.request_id, 0};
     const double per_cand = cand_flops(x, nh);
     /* A model that splits its layers by columns: one call on this thread,
      * the pool taking the other column parts of each layer, when half the
@@ -554,8 +566,9 @@ static int repair_history(rank_ctx *x, const float **hist, int nh, const float *
             return -1;
         if (!isfinite(p)) {
             log_limited(&lim, LOG_WARN, "history items dropped",
-                        "user %s: history item %lld makes scores non-finite; dropped",
-                        x->req.user_id, (long long)x->hist_ids[j]);
+                        "request %s: user %s: history item %lld makes scores non-finite; "
+                        "dropped", log_rid(x->req.request_id), x->req.user_id,
+                        (long long)x->hist_ids[j]);
             hist[j] = NULL;
             dropped++;
         }

@@ -31,8 +31,45 @@ int log_set_level_name(const char *name) {
 
 void log_limit_set_interval_ms(int ms) { atomic_store(&limit_interval_ms, ms > 0 ? ms : 1); }
 
-static void emit(log_level l, const char *msg) {
+/* Copies msg into out (cap bytes) with every control character escaped:
+ * C0 and DEL as \n, \r, \t or \xHH, C1 (UTF-8 C2 80..C2 9F) as \u00HH.
+ * Messages carry client-supplied strings (user ids, request ids, model
+ * names, paths): raw, a newline would forge a log line and an escape
+ * sequence would drive the reader's terminal.  Cut short (never
+ * mid-escape) when out is full. */
+static void escape(const char *msg, char *out, size_t cap) {
+    static const char hex[] = "0123456789abcdef";
+    size_t o = 0;
+    for (const unsigned char *p = (const unsigned char *)msg; *p; p++) {
+        char e[8];
+        size_t n;
+        if (*p == '\n' || *p == '\r' || *p == '\t') {
+            e[0] = '\\';
+            e[1] = *p == '\n' ? 'n' : *p == '\r' ? 'r' : 't';
+            n = 2;
+        } else if (*p < 0x20 || *p == 0x7f) {
+            e[0] = '\\', e[1] = 'x', e[2] = hex[*p >> 4], e[3] = hex[*p & 15];
+            n = 4;
+        } else if (*p == 0xc2 && p[1] >= 0x80 && p[1] <= 0x9f) {
+            p++;
+            memcpy(e, "\\u00", 4);
+            e[4] = hex[*p >> 4], e[5] = hex[*p & 15];
+            n = 6;
+        } else {
+            e[0] = (char)*p;
+            n = 1;
+        }
+        if (o + n >= cap) break;
+        memcpy(out + o, e, n);
+        o += n;
+    }
+    out[o] = '\0';
+}
+
+static void emit(log_level l, const char *raw) {
     static const char *tags[] = {"debug", "info", "warn", "error"};
+    char msg[LOG_LINE_MAX];
+    escape(raw, msg, sizeof msg);
     char stamp[32];
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);

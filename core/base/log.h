@@ -2,7 +2,11 @@
  * log.h - one-line log records on stderr: time, level, message.
  *
  * Containers collect stderr, so that is where logs go; one fprintf per
- * record keeps lines whole across threads.  Thread-safe.
+ * record keeps lines whole across threads.  Control characters in a
+ * message (a newline in a client's user id, an ESC) are written escaped
+ * (\n, \x1b, \u0085), so a record is always one line and a client cannot
+ * forge records or send the reader's terminal escape sequences.  A record
+ * longer than LOG_LINE_MAX bytes after escaping is cut.  Thread-safe.
  *
  * Rate-limited records: a warning that can fire on every request (Redis
  * down, a malformed value) goes through a log_limit, one per kind (a
@@ -19,6 +23,8 @@
 
 #include <stdatomic.h>
 #include <stdint.h>
+
+#define LOG_LINE_MAX 2048
 
 typedef enum log_level { LOG_DEBUG, LOG_INFO, LOG_WARN, LOG_ERROR } log_level;
 

@@ -207,7 +207,8 @@ const setting config_settings[] = {
      "SCHED_BATCH also delays a worker's wake-up on a busy machine, which costs "
      "normal requests latency.", S, 0, NULL},
     {"max_connections", SET_INT, F(max_connections), 0, 1, 1000000, "N", NULL, NULL, NULL,
-     "Most open client connections; more are accepted and closed at once.  The "
+     "Most open client connections; more are accepted and closed at once.  Each "
+     "takes three open files (its socket and the HTTP gate's socket pair): the "
      "server raises its open-file limit to fit (or lowers this, with a warning, "
      "when the hard limit is lower).", S, 0, NULL},
     {"max_connections_per_ip", SET_INT, F(max_connections_per_ip), 0, 0, 1000000, "N",

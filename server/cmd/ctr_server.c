@@ -6,14 +6,18 @@
  *
  * Startup: settings (config.h), models (each loaded, checked and warmed up;
  * a bad one is refused with a message: exit 1), open-file limit, scoring
- * pool, one health check, HTTP.  Then the main thread waits for signals,
- * and every health_interval_ms checks Redis (PING) and each model's
- * feature-set marker under its prefix (what /readyz reports) and prints the
- * rate-limited log summaries due:
- *   SIGHUP          reload every model file; each is swapped only if the
- *                   new file loads and keeps the model's feature schema,
- *                   else that model keeps serving its old version (logged,
- *                   counted in ctr_model_reloads_total{model});
+ * pool, one health check, HTTP, the reload thread.  Then the main thread
+ * waits for signals, and every health_interval_ms checks Redis (PING) and
+ * each model's feature-set marker under its prefix (what /readyz reports)
+ * and prints the rate-limited log summaries due:
+ *   SIGHUP          ask the reload thread to reload every model file; each
+ *                   is swapped only if the new file loads and keeps the
+ *                   model's feature schema, else that model keeps serving
+ *                   its old version (logged, counted in
+ *                   ctr_model_reloads_total{model}).  Loading and warm-up
+ *                   run on that thread, so health checks, /readyz and
+ *                   SIGTERM never wait for them; SIGHUPs during a reload
+ *                   make one more reload after it;
  *   SIGTERM/SIGINT  stop accepting, finish the requests in flight (and serve,
  *                   with Connection: close, ones arriving on open
  *                   connections meanwhile), exit 0.
@@ -21,11 +25,13 @@
  */
 #include <errno.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <signal.h>
 #include <sys/resource.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "proto/meta.h"
@@ -37,14 +43,17 @@
 #include "server/worker.h"
 
 #define SHUTDOWN_GRACE_MS 10000
+/* At exit, how long a reload still running is waited for before it is
+ * abandoned (the process exits under it). */
+#define RELOAD_ABANDON_MS 1000
 
 /* SIGHUP: load each model's file again; keep a model's old version unless
  * the new one loads and reads the same item features (the model's
  * feature-store connections decode values with its tag count, embedding
- * width and category).  Runs on the main thread only, so reloads never
- * overlap. */
-static void reload(service *svc) {
-    for (int i = 0; i < svc->num_models; i++) {
+ * width and category).  Runs on the reload thread only, so reloads never
+ * overlap; stops between models once *stop is set. */
+static void reload(service *svc, const atomic_int *stop) {
+    for (int i = 0; i < svc->num_models && !atomic_load(stop); i++) {
         service_model *m = &svc->models[i];
         model_slot *s = NULL;
         char err[1024];
@@ -79,6 +88,84 @@ static void reload(service *svc) {
                  (unsigned long long)s->generation, s->load_ms, s->warmup_ms);
         model_slot_release(s);
     }
+}
+
+/* The reload thread: SIGHUP (on the main thread) asks, this thread loads,
+ * warms up and swaps.  A reload can take long (a large model: load and
+ * warm-up, half a second and more) or hang (a file on a stuck network
+ * mount), so it never runs where health checks and SIGTERM are handled. */
+typedef struct reloader {
+    service *svc;
+    pthread_t thread;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int requested;                  /* a SIGHUP came since the last start */
+    int busy;                       /* a reload is running */
+    atomic_int stop;
+} reloader;
+
+static void *reloader_main(void *arg) {
+    reloader *r = arg;
+    pthread_mutex_lock(&r->mu);
+    for (;;) {
+        while (!r->requested && !atomic_load(&r->stop)) pthread_cond_wait(&r->cv, &r->mu);
+        if (atomic_load(&r->stop)) break;
+        r->requested = 0;
+        r->busy = 1;
+        pthread_mutex_unlock(&r->mu);
+        reload(r->svc, &r->stop);
+        pthread_mutex_lock(&r->mu);
+        r->busy = 0;
+        pthread_cond_broadcast(&r->cv);
+    }
+    pthread_mutex_unlock(&r->mu);
+    return NULL;
+}
+
+static int reloader_start(reloader *r, service *svc) {
+    memset(r, 0, sizeof *r);
+    r->svc = svc;
+    atomic_init(&r->stop, 0);
+    pthread_mutex_init(&r->mu, NULL);
+    pthread_cond_init(&r->cv, NULL);
+    return pthread_create(&r->thread, NULL, reloader_main, r) == 0 ? 0 : -1;
+}
+
+/* SIGHUP: a reload now, or right after the one running. */
+static void reloader_request(reloader *r) {
+    pthread_mutex_lock(&r->mu);
+    if (r->busy)
+        log_info("SIGHUP: a reload is running; another follows it");
+    r->requested = 1;
+    pthread_cond_signal(&r->cv);
+    pthread_mutex_unlock(&r->mu);
+}
+
+/* Stops the thread: a reload running ends after its current model, waited
+ * for up to wait_ms.  0 when the thread has ended (joined), -1 when the
+ * reload is still running (hung): it is abandoned, and the caller must
+ * leave everything it may touch (the service) alone. */
+static int reloader_stop(reloader *r, int wait_ms) {
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += wait_ms / 1000;
+    until.tv_nsec += (long)(wait_ms % 1000) * 1000000;
+    if (until.tv_nsec >= 1000000000) {
+        until.tv_sec++;
+        until.tv_nsec -= 1000000000;
+    }
+    pthread_mutex_lock(&r->mu);
+    atomic_store(&r->stop, 1);
+    pthread_cond_broadcast(&r->cv);
+    while (r->busy)
+        if (pthread_cond_timedwait(&r->cv, &r->mu, &until) != 0) break;
+    int busy = r->busy;
+    pthread_mutex_unlock(&r->mu);
+    if (busy) return -1;
+    pthread_join(r->thread, NULL);
+    pthread_mutex_destroy(&r->mu);
+    pthread_cond_destroy(&r->cv);
+    return 0;
 }
 
 /* The health check: PING, then each model's feature-set marker under its
@@ -250,21 +337,22 @@ static void forward_to_main(int sig) {
     errno = saved;
 }
 
-/* Room for max_connections sockets, Redis connections, the model and
- * logs: raise the soft open-file limit as far as the hard one allows, and
- * lower the connection limit to fit what it does. */
+/* Room for max_connections connections (HTTP_FDS_PER_CONNECTION
+ * descriptors each), Redis connections, the model and logs: raise the
+ * soft open-file limit as far as the hard one allows, and lower the
+ * connection limit to fit what it does. */
 static int fit_fd_limit(int want_conns, int threads) {
     const int reserve = 64 + 2 * threads;
     struct rlimit rl;
     if (getrlimit(RLIMIT_NOFILE, &rl) != 0) return want_conns;
-    rlim_t want = (rlim_t)want_conns + (rlim_t)reserve;
+    rlim_t want = (rlim_t)want_conns * HTTP_FDS_PER_CONNECTION + (rlim_t)reserve;
     if (rl.rlim_cur < want) {
         rlim_t cur = rl.rlim_max == RLIM_INFINITY || rl.rlim_max >= want ? want : rl.rlim_max;
         struct rlimit nr = {cur, rl.rlim_max};
         if (setrlimit(RLIMIT_NOFILE, &nr) == 0) rl.rlim_cur = cur;
     }
     if (rl.rlim_cur >= want) return want_conns;
-    int fit = (int)rl.rlim_cur - reserve;
+    int fit = ((int)rl.rlim_cur - reserve) / HTTP_FDS_PER_CONNECTION;
     if (fit < 16) fit = 16;
     log_warn("open-file limit %llu: max_connections lowered from %d to %d (raise `ulimit -n`)",
              (unsigned long long)rl.rlim_cur, want_conns, fit);
@@ -365,9 +453,9 @@ static int open_health_stores(const service *svc, featstore **fs, char *err, siz
 }
 
 /* Until SIGTERM or SIGINT: the health check every interval_ms (and the
- * log summaries due), a reload on SIGHUP. */
+ * log summaries due); on SIGHUP, a reload asked of the reload thread. */
 static void serve(service *svc, featstore *const *health_fs, const sigset_t *sigs,
-                  http_server *http, int interval_ms) {
+                  http_server *http, reloader *rl, int interval_ms) {
     int64_t next_check = clock_now_ns();
     for (;;) {
         int64_t wait = next_check - clock_now_ns();
@@ -381,7 +469,7 @@ static void serve(service *svc, featstore *const *health_fs, const sigset_t *sig
         int sig = sigtimedwait(sigs, NULL, &ts);
         if (sig < 0) continue; /* timeout or EINTR */
         if (sig == SIGHUP) {
-            reload(svc);
+            reloader_request(rl);
             continue;
         }
         log_info("%s: stopping; %d request(s) in flight", sig == SIGINT ? "SIGINT" : "SIGTERM",
@@ -416,6 +504,8 @@ int main(int argc, char **argv) {
     static featstore_node_hooks node_hooks = {metrics_node_id, metrics_node_event, NULL};
     int exit_code = 1;
     http_server *http = NULL;
+    static reloader rl;
+    int rl_started = 0;
     featstore *health_fs[SERVICE_MAX_MODELS] = {NULL};
     if (metrics_init(&svc.metrics) < 0 || worker_global_init() < 0 ||
         pool_init(cp.score_threads > 1 ? cp.score_threads - 1 : 0, &svc.scorers) < 0) {
@@ -457,8 +547,13 @@ int main(int argc, char **argv) {
         log_error("%s", err);
         goto out;
     }
+    if (reloader_start(&rl, &svc) < 0) {
+        log_error("cannot start the reload thread");
+        goto out;
+    }
+    rl_started = 1;
     log_serving(&svc, &cp, &hp, http_port(http));
-    serve(&svc, health_fs, &sigs, http, cp.health_interval_ms);
+    serve(&svc, health_fs, &sigs, http, &rl, cp.health_interval_ms);
     atomic_store(&svc.draining, 1); /* http_stop sets stopping after its wait */
     http_stop(http, SHUTDOWN_GRACE_MS);
     http = NULL;
@@ -466,6 +561,14 @@ int main(int argc, char **argv) {
     log_info("stopped");
 out:
     http_stop(http, 0);
+    if (rl_started && reloader_stop(&rl, RELOAD_ABANDON_MS) < 0) {
+        /* A reload that hangs (reading a stuck file) holds the service:
+         * leave it, and the thread, to the process's end. */
+        log_warn("exit: a model reload still running after %d ms is abandoned",
+                 RELOAD_ABANDON_MS);
+        fflush(stderr);
+        _exit(exit_code);
+    }
     for (int i = 0; i < SERVICE_MAX_MODELS; i++) featstore_close(health_fs[i]);
     pool_free(svc.scorers);
     service_free_models(&svc);

@@ -205,10 +205,20 @@ def main():
               st == 200 and resp.get("degraded") == [] and time.time() - t0 < 1.0, str(resp)[:300])
         st, resp = cold.rank({"user_id": "huge", "candidates": [{"item_id": 8}]})
         check("and the next request on that worker too", st == 200 and resp.get("degraded") == [])
-        redis_set(redis, f"{prefix}u:bad", b"CU\x01\x00\x05\x00\x00\x00abc")
-        st, resp = cold.rank({"user_id": "bad", "candidates": [{"item_id": 8}]})
+        # The user id (and request id) carry a newline, a CR, ESC and a C1
+        # control: the log line that names them must stay one line.
+        evil = "bad\n2030-01-01T00:00:00.000Z error FORGED\x1b[2J\u009b"
+        redis_set(redis, f"{prefix}u:{evil}".encode(), b"CU\x01\x00\x05\x00\x00\x00abc")
+        st, resp = cold.rank({"user_id": evil, "request_id": "r-7\r\nFORGED",
+                              "candidates": [{"item_id": 8}]})
         check("malformed history: history_unavailable", st == 200 and
               "history_unavailable" in resp.get("degraded", []), str(resp)[:300])
+        log = cold.logtext()
+        check("log: control characters in user_id and request_id escaped, no forged line",
+              "request r-7\\r\\nFORGED: history of user bad\\n2030-01-01T00:00:00.000Z "
+              "error FORGED\\x1b[2J\\u009b: " in log and
+              not any(l.startswith(("2030", "FORGED")) for l in log.splitlines()) and
+              "\x1b" not in log and "\r" not in log, log[-600:])
         redis_set(redis, f"{prefix}i:13", b"CI" + b"\x00" * (1 << 20))
         st, resp = cold.rank({"user_id": "x", "item_seq": hist,
                               "candidates": [{"item_id": 13}, {"item_id": 8}]})

@@ -1,5 +1,6 @@
 /* test_http.c - the HTTP front on a real socket: routing, /readyz from the
- * health state, framing refusals (two Content-Length, Transfer-Encoding),
+ * health state, framing refusals (two Content-Length, Transfer-Encoding;
+ * header spellings, paths, versions, sizes: the gate's JSON refusals),
  * 411/413, the deadline header, a rank through the worker queue, the
  * out-of-memory answer, and a clean stop.  Needs $CTR_REDIS, $CTR_GOLDEN. */
 #include <setjmp.h>
@@ -14,6 +15,7 @@
 
 #include "svc_fixture.h"
 #include "server/http.h"
+#include "server/http_head.h"
 #include "server/worker.h"
 
 static service svc;
@@ -148,6 +150,145 @@ static void test_framing(void **state) {
     assert_int_equal(exchange(big, (size_t)n + (2 << 20), out, sizeof out, &closed), 413);
 }
 
+/* A refusal: status, the API's JSON error naming `what`, connection
+ * closed, and nothing else answered (a body smuggled as a next request
+ * is never run). */
+static void refused(const char *req, size_t len, int status, const char *what) {
+    static char out[1 << 16];
+    int closed;
+    int got = exchange(req, len, out, sizeof out, &closed);
+    if (got != status || !closed || !strstr(out, "Content-Type: application/json") ||
+        !strstr(out, "\r\n\r\n{\"error\":{\"code\":") || !strstr(out, what) ||
+        strstr(out + 12, "\nHTTP/") || strstr(out, "}HTTP/") || strstr(out, "<html"))
+        fail_msg("%.60s...: expected %d naming \"%s\", closed; got %d, closed %d:\n%s", req,
+                 status, what, got, closed, out);
+}
+#define REFUSED(req, status, what) refused(req, sizeof(req) - 1, status, what)
+
+/* Spellings a lenient parser reads differently from a strict front end
+ * (request smuggling), and what libmicrohttpd answered in HTML or let
+ * through: every one refused by the gate in JSON, the connection closed. */
+static void test_spellings(void **state) {
+    (void)state;
+    /* Whitespace before the colon: the library took "Content-Length " for
+     * another header, framed no body, and ran the body as a request. */
+    REFUSED("POST /v1/rank HTTP/1.1\r\nHost: t\r\nContent-Length : 36\r\n\r\n"
+            "GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n", 400, "whitespace between a header name");
+    REFUSED("POST /v1/rank HTTP/1.1\r\nHost: t\r\nContent-Length\t: 36\r\n\r\n"
+            "GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n", 400, "whitespace between");
+    /* obs-fold: a Content-Length folded into the previous header. */
+    REFUSED("POST /v1/rank HTTP/1.1\r\nHost: t\r\nX-A: b\r\n Content-Length: 36\r\n\r\n"
+            "GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n", 400, "obs-fold");
+    REFUSED("GET /healthz HTTP/1.1\r\nHost: t\r\nX-A: b\r\n\tc\r\n\r\n", 400, "obs-fold");
+    /* Transfer-Encoding in any spelling, with Content-Length. */
+    REFUSED("POST /v1/rank HTTP/1.1\r\nHost: t\r\nTransfer-Encoding : chunked\r\n"
+            "Content-Length: 2\r\n\r\n{}", 400, "whitespace between");
+    REFUSED("POST /v1/rank HTTP/1.1\r\nHost: t\r\nX-A: b\r\n Transfer-Encoding: chunked\r\n"
+            "Content-Length: 2\r\n\r\n{}", 400, "obs-fold");
+    REFUSED("POST /v1/rank HTTP/1.1\r\nHost: t\r\ntransfer-encoding: CHUNKED\r\n"
+            "Content-Length: 2\r\n\r\n{}", 400, "both Transfer-Encoding and Content-Length");
+    /* Content-Length other than plain digits. */
+    REFUSED("POST /v1/rank HTTP/1.1\r\nHost: t\r\nContent-Length: -1\r\n\r\n", 400,
+            "plain digits");
+    REFUSED("POST /v1/rank HTTP/1.1\r\nHost: t\r\nContent-Length: +2\r\n\r\n{}", 400,
+            "plain digits");
+    REFUSED("POST /v1/rank HTTP/1.1\r\nHost: t\r\nContent-Length: 2, 2\r\n\r\n{}", 400,
+            "plain digits");
+    REFUSED("POST /v1/rank HTTP/1.1\r\nHost: t\r\nContent-Length: 0x2\r\n\r\n{}", 400,
+            "plain digits");
+    REFUSED("POST /v1/rank HTTP/1.1\r\nHost: t\r\nContent-Length:\r\n\r\n", 400,
+            "plain digits");
+    REFUSED("POST /v1/rank HTTP/1.1\r\nHost: t\r\nContent-Length: 99999999999999999999\r\n"
+            "\r\n", 400, "plain digits");
+    /* Bytes that cannot be in a path; %00 cut the path short. */
+    REFUSED("GET /healthz%00junk HTTP/1.1\r\nHost: t\r\n\r\n", 400, "escaped control byte");
+    REFUSED("POST /v1/rank%00junk HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\n{}", 400,
+            "escaped control byte");
+    REFUSED("GET /healthz%0d%0aX: y HTTP/1.1\r\nHost: t\r\n\r\n", 400, "escaped control byte");
+    REFUSED("GET /healthz%0a HTTP/1.1\r\nHost: t\r\n\r\n", 400, "escaped control byte");
+    REFUSED("GET /healthz%zz HTTP/1.1\r\nHost: t\r\n\r\n", 400, "malformed %-escape");
+    REFUSED("GET /healthz% HTTP/1.1\r\nHost: t\r\n\r\n", 400, "malformed %-escape");
+    REFUSED("GET /he\x01lthz HTTP/1.1\r\nHost: t\r\n\r\n", 400, "a byte a path cannot hold");
+    REFUSED("GET /h\xc3\xa9 HTTP/1.1\r\nHost: t\r\n\r\n", 400, "a byte a path cannot hold");
+    REFUSED("GET healthz HTTP/1.1\r\nHost: t\r\n\r\n", 400, "must be a path");
+    /* Host on HTTP/1.1; versions. */
+    REFUSED("GET /healthz HTTP/1.1\r\n\r\n", 400, "HTTP/1.1 needs a Host header");
+    REFUSED("GET /healthz HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400, "more than one Host");
+    REFUSED("GET /healthz HTTP/1.9\r\nHost: t\r\n\r\n", 505, "HTTP/1.9 not supported");
+    REFUSED("GET /healthz HTTP/2.0\r\nHost: t\r\n\r\n", 505, "not supported");
+    REFUSED("GET /healthz HTTP/1.10\r\nHost: t\r\n\r\n", 400, "malformed HTTP version");
+    REFUSED("GET /healthz\r\n\r\n", 400, "malformed request line");
+    /* Line ends other than CRLF; control bytes in a value. */
+    REFUSED("GET /healthz HTTP/1.1\nHost: t\n\n", 400, "bare CR or LF");
+    REFUSED("GET /healthz HTTP/1.1\r\nHost: t\rX: y\r\n\r\n", 400, "bare CR or LF");
+    REFUSED("GET /healthz HTTP/1.1\r\nHost: t\x01\r\n\r\n", 400, "control byte");
+    REFUSED("GET /healthz HTTP/1.1\r\nHost: t\r\nNo colon here\r\n\r\n", 400,
+            "whitespace between");
+    REFUSED("GET /healthz HTTP/1.1\r\nHost: t\r\nNocolon\r\n\r\n", 400,
+            "malformed header line");
+    /* Sizes: answered in JSON, not in the library's HTML. */
+    static char big[HTTP_HEAD_MAX + 4096];
+    int n = snprintf(big, sizeof big, "GET /");
+    memset(big + n, 'a', HTTP_TARGET_MAX + 10);
+    n += HTTP_TARGET_MAX + 10;
+    n += snprintf(big + n, sizeof big - (size_t)n, " HTTP/1.1\r\nHost: t\r\n\r\n");
+    refused(big, (size_t)n, 414, "request target over 2048 bytes");
+    n = snprintf(big, sizeof big, "GET /healthz HTTP/1.1\r\nHost: t\r\n");
+    while (n < HTTP_HEAD_MAX + 100)
+        n += snprintf(big + n, sizeof big - (size_t)n, "X-Pad: %0100d\r\n", 0);
+    n += snprintf(big + n, sizeof big - (size_t)n, "\r\n");
+    refused(big, (size_t)n, 431, "request line and headers over 8192 bytes");
+    /* Still fine: HTTP/1.0 without Host; empty lines before a request; a
+     * query; escapes of printable bytes. */
+    static char out[8192];
+    int closed;
+    assert_int_equal(get("GET /healthz HTTP/1.0\r\n\r\n", out, sizeof out, &closed), 200);
+    assert_int_equal(get("\r\n\r\nGET /healthz HTTP/1.1\r\nHost: t\r\n\r\n", out, sizeof out,
+                         &closed), 200);
+    assert_int_equal(get("GET /healthz?x=1&y=%41 HTTP/1.1\r\nHost: t\r\n\r\n", out, sizeof out,
+                         &closed), 200);
+    assert_int_equal(get("GET /%68ealthz HTTP/1.1\r\nHost: t\r\nX-E:\r\n\r\n", out,
+                         sizeof out, &closed), 200);
+}
+
+/* A refused request after good ones on the same connection: the good
+ * ones are answered first, in order, then the refusal, then the close. */
+static void test_refusal_after_pipeline(void **state) {
+    (void)state;
+    static char out[1 << 16];
+    int closed;
+    const char *body = "{\"user_id\": \"u1\", \"candidates\": [{\"item_id\": 3}]}";
+    char req[2048];
+    int n = snprintf(req, sizeof req,
+                     "GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n"
+                     "POST /v1/rank HTTP/1.1\r\nHost: t\r\nContent-Length: %zu\r\n\r\n%s"
+                     "GET /readyz HTTP/1.1\r\nHost : t\r\n\r\n"
+                     "GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n",
+                     strlen(body), body);
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)http_port(h)),
+                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    assert_int_equal(connect(fd, (struct sockaddr *)&sa, sizeof sa), 0);
+    struct timeval tv = {2, 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    assert_int_equal(send(fd, req, (size_t)n, MSG_NOSIGNAL), n);
+    size_t got = 0;
+    closed = 0;
+    for (;;) {
+        ssize_t r = recv(fd, out + got, sizeof out - 1 - got, 0);
+        if (r == 0) closed = 1;
+        if (r <= 0) break;
+        got += (size_t)r;
+    }
+    out[got] = '\0';
+    close(fd);
+    if (!closed) fail_msg("not closed:\n%s", out);
+    char *a = strstr(out, "HTTP/1.1 200"), *b = a ? strstr(a + 1, "HTTP/1.1 200") : NULL,
+         *c = b ? strstr(b + 1, "HTTP/1.1 400") : NULL;
+    if (!a || !b || !c || strstr(c + 1, "HTTP/1.1") || !strstr(b, "\"items\":[{\"item_id\":3"))
+        fail_msg("expected 200, 200 (rank), 400, close:\n%s", out);
+}
+
 static void test_body_of(void **state) {
     (void)state;
     proto_buf b;
@@ -235,6 +376,8 @@ int main(void) {
         cmocka_unit_test(test_rank),
         cmocka_unit_test(test_drain),
         cmocka_unit_test(test_framing),
+        cmocka_unit_test(test_spellings),
+        cmocka_unit_test(test_refusal_after_pipeline),
         cmocka_unit_test(test_body_of),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

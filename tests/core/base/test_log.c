@@ -1,5 +1,6 @@
 /* test_log.c - rate-limited log kinds: the first record printed, the rest
- * counted, one summary per interval (at the next record or the tick). */
+ * counted, one summary per interval (at the next record or the tick);
+ * control characters in a record escaped, so a record is one line. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -96,8 +97,43 @@ static void test_kinds_apart(void **state) {
     log_set_level(LOG_INFO);
 }
 
+static void test_escaped(void **state) {
+    (void)state;
+    static log_limit lim;
+    log_limit_set_interval_ms(10000);
+    capture();
+    /* What a client can put in a user id: a forged record after a newline,
+     * a CR, a tab, an ESC sequence, DEL, and a C1 control (U+009B, CSI). */
+    log_warn("history of user %s: %s", "u1\n2030-01-01T00:00:00.000Z error FORGED\r\x1b[2J\x7f",
+             "tab\there \xc2\x9b\xc3\xa9 end");
+    log_limited(&lim, LOG_WARN, "k", "request %s: x", "r\n1");
+    char *out = release();
+    assert_int_equal(lines(out), 2);
+    assert_non_null(strstr(out, "history of user u1\\n2030-01-01T00:00:00.000Z error "
+                                "FORGED\\r\\x1b[2J\\x7f: tab\\there \\u009b\xc3\xa9 end\n"));
+    assert_non_null(strstr(out, "request r\\n1: x\n"));
+    assert_null(strchr(out, '\r'));
+    assert_null(strchr(out, '\x1b'));
+    free(out);
+    /* A record of nothing but control characters is cut whole escapes at
+     * LOG_LINE_MAX, never mid-escape. */
+    char big[1000];
+    memset(big, '\n', sizeof big - 1);
+    big[sizeof big - 1] = '\0';
+    capture();
+    log_warn("%s", big);
+    out = release();
+    assert_int_equal(lines(out), 1);
+    char *msg = strstr(out, "\\n");
+    assert_non_null(msg);
+    size_t n = strlen(msg) - 1;   /* without the newline */
+    assert_true(n < LOG_LINE_MAX && n % 2 == 0);
+    free(out);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_escaped),
         cmocka_unit_test(test_flood),
         cmocka_unit_test(test_kinds_apart),
     };
