@@ -53,7 +53,7 @@
 #include <time.h>
 
 #include "core/engine.h"
-#include "core/qin.h"
+#include "core/qin_internal.h" /* the QIN yardstick's shapes */
 
 #define MAX_SETS 8
 
@@ -174,11 +174,9 @@ int main(int argc, char **argv) {
     /* The QIN yardstick's shapes. */
     int D = 0, layers = 0;
     if (sc->arch == ENGINE_ARCH_QIN) {
-        qin_model *q;
-        if (qin_model_load(argv[1], &q, err, sizeof err) < 0) die("load", err);
-        D = qin_model_config(q)->input_dim;
-        layers = qin_model_config(q)->num_layers;
-        qin_model_free(q);
+        const qin_config *qc = &qin_model_of(m)->cfg;
+        D = qc->input_dim;
+        layers = qc->num_layers;
     }
 
     input_set sets[MAX_SETS];

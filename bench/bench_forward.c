@@ -46,6 +46,7 @@
 #include <oneapi/dnnl/dnnl.h>
 
 #include "bench/bench.h"
+#include "core/engine.h"
 #include "core/gemm.h"
 #include "core/linear.h"
 #include "core/qin_internal.h"
@@ -175,16 +176,26 @@ static qin_config microlens_config(void) {
     return c;
 }
 
-static qin_model *load(const char *path, const unsigned char *buf, size_t len) {
-    qin_model *m;
+/* Every model loaded, freed at the end. */
+static engine_model *loaded[MAXV];
+static int nloaded;
+
+/* The file (or the buffer) through engine.h in precision p; its QIN
+ * insides. */
+static qin_model *load(const char *path, const unsigned char *buf, size_t len,
+                       dense_precision p) {
+    engine_params ep = engine_default_params();
+    ep.precision = p;
+    engine_model *em;
     char err[1024];
-    int rc = path ? qin_model_load(path, &m, err, sizeof err)
-                  : qin_model_load_buffer(buf, len, &m, err, sizeof err);
-    if (rc < 0) {
-        fprintf(stderr, "load: %s\n", err);
+    int rc = path ? engine_model_load_with(path, &ep, &em, err, sizeof err)
+                  : engine_model_load_buffer_with(buf, len, &ep, &em, err, sizeof err);
+    if (rc < 0 || !qin_model_of(em) || nloaded == MAXV) {
+        fprintf(stderr, "load: %s\n", rc < 0 ? err : "not a QIN model, or too many");
         exit(1);
     }
-    return m;
+    loaded[nloaded++] = em;
+    return qin_model_of(em);
 }
 
 /* One timed thing of a round. */
@@ -240,14 +251,15 @@ int main(int argc, char **argv) {
         tm_free(&tm);
     }
     double t0 = bench_now_s();
-    qin_model *m = load(model_path, buf, len);
+    qin_model *m = load(model_path, buf, len, precs[0]);
     double load_s = bench_now_s() - t0;
-    const qin_config *c = qin_model_config(m);
+    engine_model *em = loaded[0];
+    const qin_config *c = &m->cfg;
     const int D = c->input_dim, E = c->item_dim, L = c->max_len;
 
     /* Item vectors for the history and the candidates. */
     int nitems = L + max_n;
-    float *vecs = qin_falloc((size_t)nitems * qin_item_vec_floats(m));
+    float *vecs = linear_falloc((size_t)nitems * qin_item_vec_floats(m));
     const float **ptr = malloc((size_t)nitems * sizeof *ptr);
     float *mm = malloc((size_t)c->mm_in * sizeof *mm);
     int32_t *tags = malloc((size_t)(c->num_tags ? c->num_tags : 1) * sizeof *tags);
@@ -260,9 +272,9 @@ int main(int argc, char **argv) {
             mm[k] = (float)((double)(rng >> 11) / 9007199254740992.0) - 0.5f;
         }
         for (int k = 0; k < c->num_tags; k++) tags[k] = (int32_t)((i * 31 + k * 977) % c->tag_vocab);
-        qin_item_input in = {1 + (i * 7919) % (c->item_vocab - 1), tags, c->num_tags, mm};
+        engine_item in = {1 + (i * 7919) % (c->item_vocab - 1), tags, c->num_tags, mm, 0};
         float *v = vecs + (size_t)i * qin_item_vec_floats(m);
-        if (qin_item_compute(m, &in, v, err, sizeof err) < 0) {
+        if (engine_items_compute(em, 1, &in, v, NULL, err, sizeof err) < 0) {
             fprintf(stderr, "item: %s\n", err);
             return 1;
         }
@@ -276,14 +288,7 @@ int main(int argc, char **argv) {
     variant v[MAXV];
     int nv = 0;
     qin_model *pm[DENSE_PRECISION_COUNT] = {0};
-    for (int k = 0; k < np; k++) {
-        qin_model *x = k == 0 ? m : load(model_path, buf, len);
-        if (qin_model_set_precision(x, precs[k], err, sizeof err) < 0) {
-            fprintf(stderr, "%s\n", err);
-            return 1;
-        }
-        pm[k] = x;
-    }
+    for (int k = 0; k < np; k++) pm[k] = k == 0 ? m : load(model_path, buf, len, precs[k]);
     /* The QNN layers on each kernel, fp32 and int8: ours (the packed
      * AVX-512 fp32 kernel, the AVX512_VNNI int8 kernel) and oneDNN's. */
     enum { NKERN = 4 };
@@ -297,7 +302,7 @@ int main(int argc, char **argv) {
         if (kb[k] == DENSE_BACKEND_PACKED &&
             (kp[k] == DENSE_FP32 ? !gemm_packed_supported(D) : !dense_vnni_supported(D, D)))
             continue;
-        kern[k] = load(model_path, buf, len);
+        kern[k] = load(model_path, buf, len, DENSE_FP32);
         dense_params dp = dense_default_params();
         dp.backend = kb[k];
         dp.precision = kp[k];
@@ -310,11 +315,7 @@ int main(int argc, char **argv) {
     const dense_precision unsplit_prec[2] = {DENSE_FP32, DENSE_INT8};
     if (all)
         for (int k = 0; k < 2; k++) {
-            unsplit[k] = load(model_path, buf, len);
-            if (qin_model_set_precision(unsplit[k], unsplit_prec[k], err, sizeof err) < 0) {
-                fprintf(stderr, "%s\n", err);
-                return 1;
-            }
+            unsplit[k] = load(model_path, buf, len, unsplit_prec[k]);
             qin_model_fold_first(unsplit[k], 0);
         }
     free(buf);
@@ -327,7 +328,7 @@ int main(int argc, char **argv) {
     for (int k = 0; k < np; k++) printf("QNN %s\n", qin_model_describe(pm[k]));
 
     float *prob = malloc((size_t)max_n * sizeof *prob);
-    float *x0 = qin_falloc((size_t)max_n * qin_ldx(c));
+    float *x0 = linear_falloc((size_t)max_n * qin_ldx(c));
     for (int k = 0; k < nn; k++) {
         int n = ns[k];
         if (n < 1 || n > max_n) continue;
@@ -388,9 +389,9 @@ int main(int argc, char **argv) {
         qin_request req = {ptr, L, ptr + L, ctx, n, NULL};
         /* The attention's operands: the candidates' rows t, the history's
          * A h and B h, weights s (n x L), pool (n x E). */
-        float *at = qin_falloc((size_t)n * E), *ah = qin_falloc((size_t)L * E),
-              *bh = qin_falloc((size_t)L * E), *as = qin_falloc((size_t)n * L),
-              *ap = qin_falloc((size_t)n * E);
+        float *at = linear_falloc((size_t)n * E), *ah = linear_falloc((size_t)L * E),
+              *bh = linear_falloc((size_t)L * E), *as = linear_falloc((size_t)n * L),
+              *ap = linear_falloc((size_t)n * E);
         for (int i = 0; i < n; i++) memcpy(at + (size_t)i * E, ptr[L + i], (size_t)E * sizeof *at);
         for (int j = 0; j < L; j++) {
             memcpy(ah + (size_t)j * E, ptr[j] + E, (size_t)E * sizeof *ah);
@@ -496,9 +497,7 @@ int main(int argc, char **argv) {
     }
     printf("\nflops count the folded model: %d layers x 2 N D^2 + attention 4 N L E + head 2 N D\n",
            c->num_layers);
-    for (int k = 0; k < np; k++) qin_model_free(pm[k]);
-    for (int k = 0; k < NKERN; k++) qin_model_free(kern[k]);
-    for (int k = 0; k < 2; k++) qin_model_free(unsplit[k]);
+    for (int k = 0; k < nloaded; k++) engine_model_free(loaded[k]);
     free(x0); free(prob); free(ctx); free(ptr); free(vecs); free(mm); free(tags);
     return 0;
 }

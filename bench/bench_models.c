@@ -32,6 +32,7 @@
 #include <time.h>
 
 #include "bench/bench.h"
+#include "core/base/cpu.h"
 #include "core/engine.h"
 
 static uint64_t rng = 88172645463325252ULL;
@@ -230,10 +231,9 @@ int main(int argc, char **argv) {
     printf("engine forward pass per model and precision, history %d, 1 thread; explain3: the "
            "first precision's call returning the top-3 attention weights per candidate\n",
            hist);
-    printf("OpenBLAS %s, core %s; DIN/TIN dense products on %s (CTR_DENSE_OPENBLAS=1: "
-           "OpenBLAS)\n", openblas_get_config(), openblas_get_corename(),
-           getenv("CTR_DENSE_OPENBLAS") && strcmp(getenv("CTR_DENSE_OPENBLAS"), "0")
-               ? "OpenBLAS" : "oneDNN sgemm");
+    printf("OpenBLAS %s, core %s; CPU %s; DIN/TIN dense products on %s "
+           "(CTR_DENSE_OPENBLAS=1: OpenBLAS)\n", openblas_get_config(), openblas_get_corename(),
+           cpu_describe(), cpu_path_on(CPU_PATH_LINEAR_ONEDNN) ? "oneDNN sgemm" : "OpenBLAS");
     printf("oneDNN instruction set %s (ONEDNN_MAX_CPU_ISA %s); dense kernels planned at load "
            "(each model's largest layer below)\n", dense_cpu_isa(),
            getenv("ONEDNN_MAX_CPU_ISA") ? getenv("ONEDNN_MAX_CPU_ISA") : "unset");

@@ -14,11 +14,17 @@
 #include "safetensors.h"
 
 typedef struct arch_ops {
-    /* Builds the model from a parsed file whose schema sc is already read
-     * and checked, its dense layers prepared in p->precision; *impl owns
-     * it. */
-    int (*load)(const st_file *f, const engine_schema *sc, const engine_params *p, void **impl,
-                char *err, size_t errlen);
+    /* Loading, in two steps on a model of model_size bytes that the engine
+     * allocates zeroed: build reads it from a parsed file whose schema sc
+     * is already read and checked (every tensor checked against the
+     * declared configuration, the exact folds made); prepare makes its
+     * dense layers as p says (precision, kernel, column parts; dense.h).
+     * free releases what
+     * the two made and the model itself, also after either failed part
+     * way. */
+    size_t model_size;
+    int (*build)(void *impl, const st_file *f, const engine_schema *sc, char *err, size_t errlen);
+    int (*prepare)(void *impl, const engine_params *p, char *err, size_t errlen);
     void (*free)(void *impl);
     size_t (*item_vec_floats)(const void *impl);
     /* n vectors into out, stride item_vec_floats (see engine.h). */
@@ -35,6 +41,10 @@ typedef struct arch_ops {
      * NULL: 1. */
     int (*column_parts)(const void *impl);
 } arch_ops;
+
+/* The model ops->load made for m, for the tests and benchmarks of one
+ * architecture's insides (qin_internal.h's qin_model_of).  Owned by m. */
+void *engine_model_impl(const engine_model *m);
 
 extern const arch_ops qin_arch_ops;   /* qin.c */
 extern const arch_ops din_arch_ops;   /* din.c */

@@ -5,9 +5,10 @@
 #include "vmath.h"
 
 #include <math.h>
-#include <stdatomic.h>
 #include <stdint.h>
 #include <string.h>
+
+#include "core/base/cpu.h"
 
 int attn_window(const float *const *hist, int num_hist, int max_len, int32_t *pos) {
     int first = num_hist > max_len ? num_hist - max_len : 0, nh = 0;
@@ -56,6 +57,77 @@ static inline void top_insert(float a, float w, int32_t q, int k, int *have, int
     mag[r] = a;
 }
 
+/* The fast paths' three steps, shared by the portable and the AVX-512
+ * one.  1. The largest |w| of each chunk of a row (cmax, nc chunks); the
+ * k-th largest of those is a lower bound of the row's k-th largest |w| (k
+ * chunks each hold one at least as large), so only weights at or above it
+ * can make the list: returns that bound (0 with fewer than k chunks). */
+static inline float chunk_bound(const float *cmax, int nc, int k, int32_t *cp, float *cm_top,
+                                float *mag) {
+    if (nc < k) return 0.0f;
+    int have = 0;
+    for (int c = 0; c < nc; c++)
+        if (have < k || cmax[c] > cm_top[k - 1])
+            top_insert(cmax[c], cmax[c], c, k, &have, cp, cm_top, mag);
+    return cm_top[k - 1];
+}
+
+/* 3. The list from the cnt candidates idx (2. found them), newest first so
+ * that ties keep the later position. */
+static inline void list_from(const float *row, const int32_t *idx, int cnt, const int32_t *pos,
+                             int k, int32_t *p, float *wt, float *mag) {
+    int have = 0;
+    for (int c = cnt - 1; c >= 0; c--) {
+        const int j = idx[c];
+        const float a = fabsf(row[j]);
+        if (have < k || a > mag[k - 1]) top_insert(a, row[j], pos[j], k, &have, p, wt, mag);
+    }
+}
+
+/* A row of the list: position -1, weight 0. */
+static inline void list_clear(int32_t *p, float *wt, int k) {
+    for (int r = 0; r < k; r++) {
+        p[r] = -1;
+        wt[r] = 0.0f;
+    }
+}
+
+/* The three steps for one row, portable: chunks of 8. */
+static void explain_row(const float *row, int nh, const int32_t *pos, int k, int32_t *p,
+                        float *wt, float *mag, float *cmax, float *cm_top, int32_t *cp,
+                        int32_t *idx) {
+    enum { CHUNK = 8 };
+    /* Hot loop (n x nh weights a request, in an order no branch predictor
+     * learns).  1. Each chunk's largest |w|, branch-free, vectorized. */
+    const int nc = (nh + CHUNK - 1) / CHUNK, full = nh / CHUNK;
+    for (int c = 0; c < full; c++) {
+        /* A tree, not a running max: chunks stay independent of each
+         * other (no chain through one accumulator). */
+        const float *q = row + c * CHUNK;
+        float a0 = max2(fabsf(q[0]), fabsf(q[1])), a1 = max2(fabsf(q[2]), fabsf(q[3]));
+        float a2 = max2(fabsf(q[4]), fabsf(q[5])), a3 = max2(fabsf(q[6]), fabsf(q[7]));
+        cmax[c] = max2(max2(a0, a1), max2(a2, a3));
+    }
+    if (full < nc) {
+        float m = 0.0f;
+        for (int j = full * CHUNK; j < nh; j++) m = max2(m, fabsf(row[j]));
+        cmax[full] = m;
+    }
+    const float thr = chunk_bound(cmax, nc, k, cp, cm_top, mag);
+    /* 2. Those weights' indices, appended without a branch, from the
+     * chunks that hold any (about k of them). */
+    int cnt = 0;
+    for (int c = 0; c < nc; c++) {
+        if (cmax[c] < thr) continue;
+        const int lo = c * CHUNK, hi = lo + CHUNK < nh ? lo + CHUNK : nh;
+        for (int j = lo; j < hi; j++) {
+            idx[cnt] = j;
+            cnt += fabsf(row[j]) >= thr;
+        }
+    }
+    list_from(row, idx, cnt, pos, k, p, wt, mag);
+}
+
 /* The list by plain insertion, newest first (ties keep the later
  * position): for k beyond the fast path's stack lists. */
 static void explain_plain(const float *w, int n, int nh, int ld, const int32_t *pos,
@@ -66,10 +138,7 @@ static void explain_plain(const float *w, int n, int nh, int ld, const int32_t *
         int32_t *p = ex->pos + (size_t)(first + i) * k;
         float *wt = ex->weight + (size_t)(first + i) * k;
         int have = 0;
-        for (int r = 0; r < k; r++) {
-            p[r] = -1;
-            wt[r] = 0.0f;
-        }
+        list_clear(p, wt, k);
         for (int j = nh - 1; j >= 0; j--) {
             float a = fabsf(row[j]);
             if (have == k && !(a > fabsf(wt[k - 1]))) continue;
@@ -90,8 +159,9 @@ static void explain_plain(const float *w, int n, int nh, int ld, const int32_t *
 #define ATTN_X86 1
 
 /* For k beyond explain_block16's registers: the fast path's three steps
- * for one row with AVX-512, a chunk being one register of 16 weights: its maximum |w|, the compare with the bound
- * and the compressed store of the indices above it. */
+ * for one row with AVX-512, a chunk being one register of 16 weights: its
+ * maximum |w|, the compare with the bound and the compressed store of the
+ * indices above it. */
 __attribute__((target("avx512f"))) static void explain_row_avx512(
     const float *row, int nh, const int32_t *pos, int k, int32_t *p, float *wt, float *mag,
     float *cmax, float *cm_top, int32_t *cp, int32_t *idx) {
@@ -104,14 +174,7 @@ __attribute__((target("avx512f"))) static void explain_row_avx512(
             _mm512_castps_si512(_mm512_maskz_loadu_ps(live, row + c * 16)), absmask));
         cmax[c] = _mm512_reduce_max_ps(a);
     }
-    float thr = 0.0f;
-    if (nc >= k) {
-        int have = 0;
-        for (int c = 0; c < nc; c++)
-            if (have < k || cmax[c] > cm_top[k - 1])
-                top_insert(cmax[c], cmax[c], c, k, &have, cp, cm_top, mag);
-        thr = cm_top[k - 1];
-    }
+    const float thr = chunk_bound(cmax, nc, k, cp, cm_top, mag);
     const __m512 tv = _mm512_set1_ps(thr);
     const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
     int cnt = 0;
@@ -126,12 +189,7 @@ __attribute__((target("avx512f"))) static void explain_row_avx512(
                                          _mm512_add_epi32(iota, _mm512_set1_epi32(c * 16)));
         cnt += __builtin_popcount((unsigned)m);
     }
-    int have = 0;
-    for (int c = cnt - 1; c >= 0; c--) {
-        const int j = idx[c];
-        const float a = fabsf(row[j]);
-        if (have < k || a > mag[k - 1]) top_insert(a, row[j], pos[j], k, &have, p, wt, mag);
-    }
+    list_from(row, idx, cnt, pos, k, p, wt, mag);
 }
 
 /* Sixteen candidates at a time, one lane each: weight j of the 16 rows is
@@ -178,112 +236,39 @@ __attribute__((target("avx512f"))) static void explain_block16(
 }
 #endif
 
-/* Which path attn_explain takes: -1 undecided, 0 portable, 1 AVX-512. */
-static atomic_int explain_avx512 = -1;
-
-int attn_explain_use_avx512(int on) {
-    int v = 0;
-#ifdef ATTN_X86
-    if (on < 0) {
-        v = atomic_load(&explain_avx512);
-        if (v >= 0) return v;
-        v = __builtin_cpu_supports("avx512f") ? 1 : 0;
-    } else {
-        v = on && __builtin_cpu_supports("avx512f");
-    }
-#else
-    (void)on;
-#endif
-    atomic_store(&explain_avx512, v);
-    return v;
-}
-
 void attn_explain(const float *w, int n, int nh, int ld, const int32_t *pos,
                   engine_explain *ex, int first) {
-    enum { KMAX = 16, CHUNK = 8, NH_MAX = 4096 };
+    enum { KMAX = 16, NH_MAX = 4096 };
     const int k = ex->k;
     if (k > KMAX || nh > NH_MAX) {
         explain_plain(w, n, nh, ld, pos, ex, first);
         return;
     }
+    int avx512 = 0;
+    (void)avx512; /* read only where the AVX-512 path is compiled */
 #ifdef ATTN_X86
-    if (attn_explain_use_avx512(-1) && k <= 8) {
+    avx512 = cpu_path_on(CPU_PATH_EXPLAIN_AVX512);
+    if (avx512 && k <= 8) {
         for (int i0 = 0; i0 < n; i0 += 16)
             explain_block16(w + (size_t)i0 * ld, n - i0 < 16 ? n - i0 : 16, nh, ld, pos, k,
                             ex->pos + (size_t)(first + i0) * k,
                             ex->weight + (size_t)(first + i0) * k);
         return;
     }
-    if (attn_explain_use_avx512(-1)) {
-        float cmax[NH_MAX / 16], mag[KMAX], cm_top[KMAX];
-        int32_t idx[NH_MAX], cp[KMAX];
-        for (int i = 0; i < n; i++) {
-            int32_t *p = ex->pos + (size_t)(first + i) * k;
-            float *wt = ex->weight + (size_t)(first + i) * k;
-            for (int r = 0; r < k; r++) {
-                p[r] = -1;
-                wt[r] = 0.0f;
-            }
-            explain_row_avx512(w + (size_t)i * ld, nh, pos, k, p, wt, mag, cmax, cm_top, cp, idx);
-        }
-        return;
-    }
 #endif
-    float cmax[NH_MAX / CHUNK], mag[KMAX], cm_top[KMAX];
+    float cmax[NH_MAX / 8], mag[KMAX], cm_top[KMAX];
     int32_t idx[NH_MAX], cp[KMAX];
     for (int i = 0; i < n; i++) {
         const float *row = w + (size_t)i * ld;
         int32_t *p = ex->pos + (size_t)(first + i) * k;
         float *wt = ex->weight + (size_t)(first + i) * k;
-        for (int r = 0; r < k; r++) {
-            p[r] = -1;
-            wt[r] = 0.0f;
+        list_clear(p, wt, k);
+#ifdef ATTN_X86
+        if (avx512) {
+            explain_row_avx512(row, nh, pos, k, p, wt, mag, cmax, cm_top, cp, idx);
+            continue;
         }
-        /* Hot loop (n x nh weights a request, in an order no branch
-         * predictor learns).  1. The largest |w| of each chunk of 8
-         * (branch-free, vectorized); the k-th largest of those is a lower
-         * bound of the k-th largest |w| (k chunks each hold one at least
-         * as large), so only weights at or above it can make the list. */
-        const int nc = (nh + CHUNK - 1) / CHUNK, full = nh / CHUNK;
-        for (int c = 0; c < full; c++) {
-            /* A tree, not a running max: chunks stay independent of each
-             * other (no chain through one accumulator). */
-            const float *q = row + c * CHUNK;
-            float a0 = max2(fabsf(q[0]), fabsf(q[1])), a1 = max2(fabsf(q[2]), fabsf(q[3]));
-            float a2 = max2(fabsf(q[4]), fabsf(q[5])), a3 = max2(fabsf(q[6]), fabsf(q[7]));
-            cmax[c] = max2(max2(a0, a1), max2(a2, a3));
-        }
-        if (full < nc) {
-            float m = 0.0f;
-            for (int j = full * CHUNK; j < nh; j++) m = max2(m, fabsf(row[j]));
-            cmax[full] = m;
-        }
-        float thr = 0.0f;
-        if (nc >= k) {
-            int have = 0;
-            for (int c = 0; c < nc; c++)
-                if (have < k || cmax[c] > cm_top[k - 1])
-                    top_insert(cmax[c], cmax[c], c, k, &have, cp, cm_top, mag);
-            thr = cm_top[k - 1];
-        }
-        /* 2. Those weights' indices, appended without a branch, from the
-         * chunks that hold any (about k of them). */
-        int cnt = 0;
-        for (int c = 0; c < nc; c++) {
-            if (cmax[c] < thr) continue;
-            const int lo = c * CHUNK, hi = lo + CHUNK < nh ? lo + CHUNK : nh;
-            for (int j = lo; j < hi; j++) {
-                idx[cnt] = j;
-                cnt += fabsf(row[j]) >= thr;
-            }
-        }
-        /* 3. The list from them, newest first so that ties keep the later
-         * position. */
-        int have = 0;
-        for (int c = cnt - 1; c >= 0; c--) {
-            const int j = idx[c];
-            const float a = fabsf(row[j]);
-            if (have < k || a > mag[k - 1]) top_insert(a, row[j], pos[j], k, &have, p, wt, mag);
-        }
+#endif
+        explain_row(row, nh, pos, k, p, wt, mag, cmax, cm_top, cp, idx);
     }
 }

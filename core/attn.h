@@ -32,13 +32,10 @@ void attn_softmax_rows(float *s, int n, int nh, int ld);
 /* For candidates [0, n): the ex->k entries of row i of w (n x nh, stride
  * ld) largest in absolute value (ties: the later position first), as
  * positions pos[j] and signed weights, into rows first + i of ex; the rest
- * of a row is position -1, weight 0. */
+ * of a row is position -1, weight 0.  On AVX-512 where the CPU has it (the
+ * EXPLAIN_AVX512 path of core/base/cpu.h), else a portable loop; the same
+ * answer either way. */
 void attn_explain(const float *w, int n, int nh, int ld, const int32_t *pos,
                   engine_explain *ex, int first);
-
-/* attn_explain's path: 1 AVX-512 (the default where the CPU has it), 0 the
- * portable one, -1 only asks.  Returns the path in force.  Process-wide;
- * the tests compare the two. */
-int attn_explain_use_avx512(int on);
 
 #endif

@@ -43,7 +43,7 @@
 
 #include <oneapi/dnnl/dnnl.h>
 
-#include "core/base/clones.h"
+#include "core/base/cpu.h"
 #include "gemm.h"
 #include "linear.h"
 
@@ -232,7 +232,7 @@ to_bf16_avx512bf16(int n, int in, const float *x, int ldx, unsigned short *q) {
 /* Rows of x into bfloat16 on the fastest conversion this CPU has. */
 static void rows_to_bf16(int n, int in, const float *x, int ldx, unsigned short *q) {
 #ifdef DENSE_X86
-    if (__builtin_cpu_supports("avx512bf16")) {
+    if (cpu_has(CPU_AVX512BF16)) {
         to_bf16_avx512bf16(n, in, x, ldx, q);
         return;
     }
@@ -317,7 +317,7 @@ __attribute__((target("avx512f"))) static float quantize_row_avx512(const float 
 
 float dense_quantize_row(const float *x, int in, unsigned char *q, int32_t *zero) {
 #ifdef DENSE_X86
-    if (__builtin_cpu_supports("avx512f")) return quantize_row_avx512(x, in, q, zero);
+    if (cpu_has(CPU_AVX512F)) return quantize_row_avx512(x, in, q, zero);
 #endif
     return quantize_row_scalar(x, in, q, zero);
 }
@@ -636,8 +636,7 @@ vnni_rows(const dense *d, int m, const unsigned char *q, const float *rscale,
 
 int dense_vnni_supported(int out, int in) {
 #ifdef DENSE_X86
-    return vnni_shape_ok(out, in) && __builtin_cpu_supports("avx512vnni") &&
-           __builtin_cpu_supports("avx512bw");
+    return vnni_shape_ok(out, in) && cpu_has(CPU_AVX512VNNI) && cpu_has(CPU_AVX512BW);
 #else
     (void)out;
     (void)in;

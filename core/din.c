@@ -1,6 +1,6 @@
 /*
  * din.c - DIN (Deep Interest Network, the WWW 2025 challenge baseline on
- * FuxiCTR's DIN_Attention; MODEL_SPEC section 4) behind the engine
+ * FuxiCTR's DIN_Attention; docs/MODEL_SPEC.md section 4) behind the engine
  * interface (arch.h, engine.h).
  *
  * Model as trained, per candidate t and behaviour h_j (E = 2 d + mm_out):
@@ -101,6 +101,7 @@ typedef struct din_model {
 } din_model;
 
 typedef struct din_scratch {
+    linear_bufs bufs;                /* owns the buffers below */
     int max_cand, rows;              /* rows: pair rows per block */
     int32_t *pos;                    /* max_len */
     float *he;                       /* max_len x E: e of the behaviours */
@@ -202,44 +203,38 @@ static int din_expected(const void *ctx, const char *name) {
     return 0;
 }
 
+/* Dice after layer k of a net: alpha, and its batch norm (no affine
+ * part) as the scale and shift inside the sigmoid. */
 static int load_dice(const st_file *f, const char *pre, int k, int units, din_act *a, char *err,
                      size_t errlen) {
+    static const char *const stats[4] = {NULL, NULL, "running_mean", "running_var"};
     char name[96];
-    float *mean = NULL, *var = NULL;
+    double *sc = malloc((size_t)units * sizeof *sc), *sh = malloc((size_t)units * sizeof *sh);
     int rc;
     a->dice = 1;
-    if ((rc = modelfile_tensor(f, modelfile_name(name, sizeof name, "%s.%d.dice.alpha", pre, k),
-                               units, -1, &a->alpha, err, errlen)) < 0 ||
-        (rc = modelfile_tensor(f,
-                               modelfile_name(name, sizeof name, "%s.%d.dice.running_mean", pre, k),
-                               units, -1, &mean, err, errlen)) < 0 ||
-        (rc = modelfile_tensor(f,
-                               modelfile_name(name, sizeof name, "%s.%d.dice.running_var", pre, k),
-                               units, -1, &var, err, errlen)) < 0)
-        goto done;
     a->scale = linear_falloc((size_t)units);
     a->shift = linear_falloc((size_t)units);
-    if (!a->scale || !a->shift) {
+    if (!sc || !sh || !a->scale || !a->shift) {
         rc = ctr_fail(err, errlen, CTR_ENOMEM, "out of memory");
         goto done;
     }
+    if ((rc = modelfile_tensor(f, modelfile_name(name, sizeof name, "%s.%d.dice.alpha", pre, k),
+                               units, -1, &a->alpha, err, errlen)) < 0 ||
+        (rc = modelfile_batch_norm(f, modelfile_name(name, sizeof name, "%s.%d.dice.", pre, k),
+                                   stats, units, DIN_DICE_EPS, sc, sh, err, errlen)) < 0)
+        goto done;
     for (int i = 0; i < units; i++) {
-        if (var[i] < 0) {
-            rc = ctr_fail(err, errlen, CTR_EMODEL, "%s.%d.dice.running_var[%d] < 0", pre, k, i);
-            goto done;
-        }
-        double sc = 1.0 / sqrt((double)var[i] + DIN_DICE_EPS);
-        a->scale[i] = (float)sc;
-        a->shift[i] = (float)(-(double)mean[i] * sc);
+        a->scale[i] = (float)sc[i];
+        a->shift[i] = (float)sh[i];
     }
-    rc = CTR_OK;
 done:
-    free(mean);
-    free(var);
+    free(sc);
+    free(sh);
     return rc;
 }
 
-/* Loads Linear k of a net into l, folding "dnn.<k>.bn.*" when bn. */
+/* Loads Linear k of a net into l, folding "dnn.<k>.bn.*" when bn:
+ * W' = diag(s) W, b' = s b + shift. */
 static int load_linear(const st_file *f, const char *pre, int k, int in, int out, int bn,
                        linear_layer *l, char *err, size_t errlen) {
     char name[96];
@@ -252,31 +247,19 @@ static int load_linear(const st_file *f, const char *pre, int k, int in, int out
                                &l->b, err, errlen)) < 0)
         return rc;
     if (!bn) return CTR_OK;
-    float *g = NULL, *be = NULL, *mu = NULL, *var = NULL;
-    if ((rc = modelfile_tensor(f, modelfile_name(name, sizeof name, "%s.%d.bn.weight", pre, k),
-                               out, -1, &g, err, errlen)) < 0 ||
-        (rc = modelfile_tensor(f, modelfile_name(name, sizeof name, "%s.%d.bn.bias", pre, k), out,
-                               -1, &be, err, errlen)) < 0 ||
-        (rc = modelfile_tensor(f,
-                               modelfile_name(name, sizeof name, "%s.%d.bn.running_mean", pre, k),
-                               out, -1, &mu, err, errlen)) < 0 ||
-        (rc = modelfile_tensor(f, modelfile_name(name, sizeof name, "%s.%d.bn.running_var", pre, k),
-                               out, -1, &var, err, errlen)) < 0)
-        goto done;
-    for (int o = 0; o < out; o++) {
-        if (var[o] < 0) {
-            rc = ctr_fail(err, errlen, CTR_EMODEL, "%s.%d.bn.running_var[%d] < 0", pre, k, o);
-            goto done;
-        }
-        double s = (double)g[o] / sqrt((double)var[o] + DIN_BN_EPS);
-        for (int i = 0; i < in; i++) l->w[(size_t)o * in + i] = (float)(s * l->w[(size_t)o * in + i]);
-        l->b[o] = (float)(s * ((double)l->b[o] - mu[o]) + be[o]);
+    double *s = malloc((size_t)out * sizeof *s), *sh = malloc((size_t)out * sizeof *sh);
+    if (!s || !sh)
+        rc = ctr_fail(err, errlen, CTR_ENOMEM, "out of memory");
+    else
+        rc = modelfile_batch_norm(f, modelfile_name(name, sizeof name, "%s.%d.bn.", pre, k),
+                                  modelfile_bn_torch, out, DIN_BN_EPS, s, sh, err, errlen);
+    for (int o = 0; o < out && rc == CTR_OK; o++) {
+        for (int i = 0; i < in; i++)
+            l->w[(size_t)o * in + i] = (float)(s[o] * l->w[(size_t)o * in + i]);
+        l->b[o] = (float)(s[o] * l->b[o] + sh[o]);
     }
-done:
-    free(g);
-    free(be);
-    free(mu);
-    free(var);
+    free(s);
+    free(sh);
     return rc;
 }
 
@@ -339,8 +322,9 @@ static void din_free(void *impl) {
     free(m);
 }
 
-static int din_build(din_model *m, const st_file *f, const engine_schema *sc, char *err,
+static int din_build(void *impl, const st_file *f, const engine_schema *sc, char *err,
                      size_t errlen) {
+    din_model *m = impl;
     int rc, mm_out, au[DIN_MAX_LAYERS], du[DIN_MAX_LAYERS], nau, ndu;
     din_names nm = {m, sc, 0, 0, 0};
     if ((rc = modelfile_meta_int(f, "embedding_dim", 1, 4096, &m->d, err, errlen)) < 0 ||
@@ -428,9 +412,11 @@ static int din_dense(din_model *m, const char *what, int k, const float *w, int 
     return CTR_OK;
 }
 
-static int din_prepare(din_model *m, dense_precision p, char *err, size_t errlen) {
+static int din_prepare(void *impl, const engine_params *p, char *err, size_t errlen) {
+    din_model *m = impl;
     int rc;
-    m->precision = p;
+    m->precision = p->precision;
+    m->kernel = p->kernel;
     if ((rc = din_dense(m, "attention", 0, m->w_d, m->att_units[0], m->E, &m->att_d[0], err,
                         errlen)) < 0)
         return rc;
@@ -442,21 +428,6 @@ static int din_prepare(din_model *m, dense_precision p, char *err, size_t errlen
         if ((rc = din_dense(m, "dnn", k, m->dnn[k].w, m->dnn[k].out, m->dnn[k].in, &m->dnn_d[k],
                             err, errlen)) < 0)
             return rc;
-    return CTR_OK;
-}
-
-static int din_load(const st_file *f, const engine_schema *sc, const engine_params *p,
-                    void **impl, char *err, size_t errlen) {
-    din_model *m = calloc(1, sizeof *m);
-    if (!m) return ctr_fail(err, errlen, CTR_ENOMEM, "out of memory");
-    int rc = din_build(m, f, sc, err, errlen);
-    m->kernel = p->kernel;
-    if (rc == CTR_OK) rc = din_prepare(m, p->precision, err, errlen);
-    if (rc < 0) {
-        din_free(m);
-        return rc;
-    }
-    *impl = m;
     return CTR_OK;
 }
 
@@ -492,16 +463,7 @@ static int din_items(const void *impl, int n, const engine_item *items, float *o
 static void din_scratch_free(void *scratch) {
     din_scratch *s = scratch;
     if (!s) return;
-    free(s->pos);
-    free(s->he);
-    free(s->hp);
-    free(s->s);
-    free(s->x);
-    free(s->z0);
-    free(s->z1);
-    free(s->in);
-    free(s->y0);
-    free(s->y1);
+    linear_bufs_free(&s->bufs);
     dense_ws_free(s->ws);
     free(s);
 }
@@ -510,22 +472,23 @@ static int din_scratch_init(const void *impl, int max_cand, void **scratch) {
     const din_model *m = impl;
     din_scratch *s = calloc(1, sizeof *s);
     if (!s) return CTR_ENOMEM;
-    const size_t L = (size_t)m->max_len, W = (size_t)m->max_width;
+    const size_t L = (size_t)m->max_len, W = (size_t)m->max_width, N = (size_t)max_cand;
     s->max_cand = max_cand;
     s->rows = m->pair_rows > m->max_len ? m->pair_rows : m->max_len;
-    s->pos = malloc(L * sizeof *s->pos);
-    s->he = linear_falloc(L * m->E);
-    s->hp = linear_falloc(L * m->att_units[0]);
-    s->s = linear_falloc((size_t)max_cand * L);
-    s->x = linear_falloc((size_t)s->rows * m->E);
-    s->z0 = linear_falloc((size_t)s->rows * W);
-    s->z1 = linear_falloc((size_t)s->rows * W);
-    s->in = linear_falloc((size_t)max_cand * m->in_dim);
-    s->y0 = linear_falloc((size_t)max_cand * W);
-    s->y1 = linear_falloc((size_t)max_cand * W);
+    const size_t R = (size_t)s->rows;
+    linear_bufs *b = &s->bufs;
+    s->pos = linear_bufs_ints(b, L);
+    s->he = linear_bufs_floats(b, L * m->E);
+    s->hp = linear_bufs_floats(b, L * m->att_units[0]);
+    s->s = linear_bufs_floats(b, N * L);
+    s->x = linear_bufs_floats(b, R * m->E);
+    s->z0 = linear_bufs_floats(b, R * W);
+    s->z1 = linear_bufs_floats(b, R * W);
+    s->in = linear_bufs_floats(b, N * m->in_dim);
+    s->y0 = linear_bufs_floats(b, N * W);
+    s->y1 = linear_bufs_floats(b, N * W);
     int rc = dense_ws_init(m->ws_bytes, &s->ws);
-    if (!s->pos || !s->he || !s->hp || !s->s || !s->x || !s->z0 || !s->z1 || !s->in || !s->y0 ||
-        !s->y1 || rc < 0) {
+    if (b->failed || rc < 0) {
         din_scratch_free(s);
         return rc < 0 ? rc : CTR_ENOMEM;
     }
@@ -665,7 +628,9 @@ static const char *din_describe(const void *impl) {
 }
 
 const arch_ops din_arch_ops = {
-    .load = din_load,
+    .model_size = sizeof(din_model),
+    .build = din_build,
+    .prepare = din_prepare,
     .free = din_free,
     .item_vec_floats = din_vec_floats,
     .items_compute = din_items,

@@ -7,6 +7,7 @@
 #include "engine.h"
 
 #include <cblas.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -46,6 +47,130 @@ const char *engine_arch_name(int arch) {
     return arch >= 0 && arch < ENGINE_ARCH_COUNT ? names[arch] : "unknown";
 }
 
+/* --- the schema a file declares ----------------------------------------- */
+
+/* Splits a comma-separated list into at most ENGINE_MAX_CTX names; -1 when
+ * there are more, or a name is empty or too long. */
+static int split_names(const char *s, char out[][ENGINE_NAME_MAX], int *n) {
+    *n = 0;
+    if (!*s) return 0;
+    for (;;) {
+        const char *c = strchr(s, ',');
+        size_t len = c ? (size_t)(c - s) : strlen(s);
+        if (*n >= ENGINE_MAX_CTX || len == 0 || len >= ENGINE_NAME_MAX) return -1;
+        memcpy(out[*n], s, len);
+        out[*n][len] = '\0';
+        (*n)++;
+        if (!c) return 0;
+        s = c + 1;
+    }
+}
+
+/* Item fields a schema may name, in the order a file lists them. */
+enum { F_ID = 1, F_TAGS = 2, F_MM = 4, F_CATE = 8 };
+
+static int item_fields(const char *s, int *mask) {
+    char names[ENGINE_MAX_CTX][ENGINE_NAME_MAX];
+    int n;
+    if (split_names(s, names, &n) < 0) return -1;
+    *mask = 0;
+    for (int i = 0; i < n; i++) {
+        int bit = !strcmp(names[i], "item_id")         ? F_ID
+                  : !strcmp(names[i], "item_tags")     ? F_TAGS
+                  : !strcmp(names[i], "item_emb_d128") ? F_MM
+                  : !strcmp(names[i], "cate_id")       ? F_CATE
+                                                       : 0;
+        if (!bit || (*mask & bit)) return -1;
+        *mask |= bit;
+    }
+    return 0;
+}
+
+/* Reads "format", "arch" and the feature schema into sc and checks it for
+ * the architecture: CTR_EMODEL naming the key otherwise. */
+static int schema_read(const st_file *f, engine_schema *sc, char *err, size_t errlen) {
+    int rc;
+    memset(sc, 0, sizeof *sc);
+    const char *fmt = st_meta_get(f, "format");
+    const char *arch = st_meta_get(f, "arch");
+    int v1 = fmt && !strcmp(fmt, MODELFILE_FORMAT_QIN1);
+    if (!fmt || (!v1 && strcmp(fmt, MODELFILE_FORMAT) != 0))
+        return ctr_fail(err, errlen, CTR_EMODEL,
+                        "metadata \"format\" is \"%s\", expected \"" MODELFILE_FORMAT
+                        "\" (or \"" MODELFILE_FORMAT_QIN1 "\"); convert checkpoints with "
+                        "tools/convert.py", fmt ? fmt : "(none)");
+    int a = -1;
+    for (int i = 0; i < ENGINE_ARCH_COUNT; i++)
+        if (arch && !strcmp(arch, engine_arch_name(i))) a = i;
+    if (a < 0 || (v1 && a != ENGINE_ARCH_QIN))
+        return ctr_fail(err, errlen, CTR_EMODEL,
+                        "metadata \"arch\" is \"%s\"; this engine serves %s",
+                        arch ? arch : "(none)",
+                        v1 ? "\"qin\" in a " MODELFILE_FORMAT_QIN1 " file" : "qin, din and tin");
+    sc->arch = (engine_arch)a;
+    if ((rc = modelfile_meta_str(f, "name", sc->name, sizeof sc->name, err, errlen)) < 0 ||
+        (rc = modelfile_meta_str(f, "version", sc->version, sizeof sc->version, err, errlen)) < 0)
+        return rc;
+
+    int mask = F_ID | F_TAGS | F_MM;
+    if (!v1) {
+        const char *fields = st_meta_get(f, "item_fields");
+        if (!fields) return ctr_fail(err, errlen, CTR_EMODEL, "metadata lacks \"item_fields\"");
+        int want = a == ENGINE_ARCH_TIN ? (F_ID | F_CATE) : (F_ID | F_TAGS | F_MM);
+        if (item_fields(fields, &mask) < 0 || mask != want)
+            return ctr_fail(err, errlen, CTR_EMODEL,
+                            "metadata \"item_fields\" = \"%s\": a %s model reads %s", fields, arch,
+                            a == ENGINE_ARCH_TIN ? "item_id,cate_id"
+                                                 : "item_id,item_tags,item_emb_d128");
+    }
+    /* Bounds keep every size product below 2^31 elements and reject
+     * nonsense early with a clear message. */
+    if ((rc = modelfile_meta_int(f, "max_len", 1, 4096, &sc->max_len, err, errlen)) < 0 ||
+        (rc = modelfile_meta_int(f, "item_vocab", 2, INT_MAX, &sc->item_vocab, err, errlen)) < 0)
+        return rc;
+    sc->item_id_min = a == ENGINE_ARCH_TIN ? 0 : 1;
+    if (mask & F_TAGS) {
+        if ((rc = modelfile_meta_int(f, "tag_vocab", 1, INT_MAX, &sc->tag_vocab, err, errlen)) <
+                0 ||
+            (rc = modelfile_meta_int(f, "num_tags", 0, 1024, &sc->num_tags, err, errlen)) < 0)
+            return rc;
+    }
+    if ((mask & F_MM) &&
+        (rc = modelfile_meta_int(f, "mm_in", 1, 65536, &sc->mm_dim, err, errlen)) < 0)
+        return rc;
+    if ((mask & F_CATE) &&
+        (rc = modelfile_meta_int(f, "cate_vocab", 1, INT_MAX, &sc->cate_vocab, err, errlen)) < 0)
+        return rc;
+
+    const char *fields = st_meta_get(f, "context_fields");
+    const char *vocabs = st_meta_get(f, "context_vocab");
+    if (!fields || !vocabs)
+        return ctr_fail(err, errlen, CTR_EMODEL,
+                        "metadata lacks \"context_fields\" or \"context_vocab\"");
+    int nv;
+    if (split_names(fields, sc->ctx_name, &sc->num_ctx) < 0 ||
+        modelfile_meta_ints(f, "context_vocab", ENGINE_MAX_CTX, 1, INT_MAX, sc->ctx_vocab, &nv,
+                            NULL, 0) < 0 ||
+        nv != sc->num_ctx)
+        return ctr_fail(err, errlen, CTR_EMODEL,
+                        "metadata context_fields \"%s\" / context_vocab \"%s\": expected "
+                        "two comma-separated lists of the same length (at most %d)",
+                        fields, vocabs, ENGINE_MAX_CTX);
+    for (int i = 0; i < sc->num_ctx; i++) {
+        for (int j = 0; j < i; j++)
+            if (!strcmp(sc->ctx_name[i], sc->ctx_name[j]))
+                return ctr_fail(err, errlen, CTR_EMODEL, "context field \"%s\" twice",
+                                sc->ctx_name[i]);
+        if (!strcmp(sc->ctx_name[i], "item_id") || !strcmp(sc->ctx_name[i], "item_tags") ||
+            !strcmp(sc->ctx_name[i], "item_emb_d128") || !strcmp(sc->ctx_name[i], "cate_id"))
+            return ctr_fail(err, errlen, CTR_EMODEL,
+                            "context field \"%s\" clashes with an item field", sc->ctx_name[i]);
+    }
+    return CTR_OK;
+}
+
+/* --- loading -------------------------------------------------------------- */
+
 engine_params engine_default_params(void) {
     engine_params p = {DENSE_FP32, DENSE_BACKEND_AUTO, 1};
     return p;
@@ -77,19 +202,29 @@ int engine_model_load_buffer_with(const void *buf, size_t len, const engine_para
         return ctr_fail(err, errlen, CTR_ENOMEM, "out of memory");
     }
     m->params = params;
-    if ((rc = modelfile_schema(&f, &m->sc, err, errlen)) < 0) goto fail;
+    if ((rc = schema_read(&f, &m->sc, err, errlen)) < 0) goto fail;
     m->ops = ops_of[m->sc.arch];
-    if ((rc = m->ops->load(&f, &m->sc, &m->params, &m->impl, err, errlen)) < 0) goto fail;
+    if (!(m->impl = calloc(1, m->ops->model_size))) {
+        rc = ctr_fail(err, errlen, CTR_ENOMEM, "out of memory");
+        goto fail;
+    }
+    if ((rc = m->ops->build(m->impl, &f, &m->sc, err, errlen)) < 0 ||
+        (rc = m->ops->prepare(m->impl, &m->params, err, errlen)) < 0)
+        goto fail;
     st_free(&f);
-    /* BLAS single-threaded inside every call: the service's parallelism is
-     * its own worker threads (see qin_load.c); process-wide.  And oneDNN's
-     * sgemm kernels made now, not in the first request (linear.h). */
+    /* BLAS runs single-threaded inside every call: the service gets its
+     * parallelism from its own worker threads (one request, or one slice of
+     * a request, per core).  Letting OpenBLAS start threads too would
+     * oversubscribe the cores and, at our small matrix sizes, cost more in
+     * hand-offs than it gains.  The setting is process-wide.  And oneDNN's
+     * sgemm kernels are made now, not in the first request (linear.h). */
     openblas_set_num_threads(1);
     linear_warm_up();
     *out = m;
     return CTR_OK;
 fail:
     st_free(&f);
+    if (m->impl) m->ops->free(m->impl);
     free(m);
     return rc;
 }
@@ -124,6 +259,8 @@ void engine_model_free(engine_model *m) {
 }
 
 const engine_schema *engine_model_schema(const engine_model *m) { return &m->sc; }
+
+void *engine_model_impl(const engine_model *m) { return m->impl; }
 
 dense_precision engine_model_precision(const engine_model *m) { return m->params.precision; }
 

@@ -1,7 +1,8 @@
 /*
  * engine.h - one scoring engine for the three architectures the service
- * runs: QIN, DIN and TIN (MODEL_SPEC sections 2-5).  ctr-score and ctr-load
- * use it for every model; it is what a multi-model server holds per model.
+ * runs: QIN, DIN and TIN (docs/MODEL_SPEC.md sections 2-5).  ctr-score and
+ * ctr-load use it for every model; it is what a multi-model server holds
+ * per model.
  *
  * Usage:
  *
@@ -17,7 +18,7 @@
  * The file's metadata names the architecture ("arch": qin, din or tin) and
  * the feature schema the model reads (engine_schema); the loader checks
  * every tensor of the architecture against it (tools/README.md "Model
- * file").  Three lifetimes, as in qin.h:
+ * file").  Three lifetimes:
  *   - engine_model: weights and the folds done once at load; immutable and
  *     shared freely between threads;
  *   - item vectors: computed once per item, reusable across candidates,

@@ -14,6 +14,8 @@
 
 #include <string.h>
 
+#include "core/base/cpu.h"
+
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
 #define GEMM_X86 1
@@ -24,7 +26,7 @@
 
 int gemm_packed_supported(int D) {
 #ifdef GEMM_X86
-    return D > 0 && D % (2 * NR) == 0 && __builtin_cpu_supports("avx512f");
+    return D > 0 && D % (2 * NR) == 0 && cpu_has(CPU_AVX512F);
 #else
     (void)D;
     return 0;

@@ -1,9 +1,10 @@
 /*
- * itemvec.h - the item vector QIN and DIN share (MODEL_SPEC section 2):
- * e = [E_item[id] | masked mean of E_tag over the tags | W_mm x], width
- * 2 d + mm_out.  The tables are loaded from the model file under their
- * FuxiCTR names; each architecture appends its own item-side folds after e
- * (QIN: A e, B e; DIN: the two halves of its first attention layer).
+ * itemvec.h - the item vector QIN and DIN share (docs/MODEL_SPEC.md
+ * section 2): e = [E_item[id] | masked mean of E_tag over the tags |
+ * W_mm x], width 2 d + mm_out.  The tables are loaded from the model file
+ * under their FuxiCTR names; each architecture appends its own item-side
+ * folds after e (QIN: A e, B e, U e, V e; DIN: the two halves of its first
+ * attention layer).
  *
  * Thread-safe once loaded (read-only).
  */
@@ -15,7 +16,7 @@
 
 #include "safetensors.h"
 
-/* The features e reads (QIN's qin_item_input is this struct). */
+/* The features e reads (engine_item's id, tags and mm: engine_item_base). */
 typedef struct itemvec_input {
     int64_t id;             /* 1..item_vocab-1 */
     const int32_t *tags;    /* num_tags tag ids (fewer than the model's

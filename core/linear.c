@@ -11,31 +11,13 @@
 #include <dnnl.h>
 #include <omp.h>
 #include <pthread.h>
-#include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/base/cpu.h"
+
 #define LINEAR_ALIGN 64
-
-/* -1: not decided yet (the environment decides on first use). */
-static atomic_int use_dnnl = -1;
-
-static int dnnl_chosen(void) {
-    int v = atomic_load(&use_dnnl);
-    if (v < 0) {
-        const char *e = getenv("CTR_DENSE_OPENBLAS");
-        v = !(e && *e && strcmp(e, "0") != 0);
-        atomic_store(&use_dnnl, v);
-    }
-    return v;
-}
-
-int linear_use_dnnl(int on) {
-    if (on < 0) return dnnl_chosen();
-    atomic_store(&use_dnnl, on ? 1 : 0);
-    return on ? 1 : 0;
-}
 
 void linear_one_thread(void) {
     static _Thread_local int pinned;
@@ -66,7 +48,7 @@ void linear_gemm(int n, int out, int in, const float *x, int ldx, const float *w
             for (int o = 0; o < out; o++) y[(size_t)i * ldy + o] *= beta;
         return;
     }
-    if (dnnl_chosen()) {
+    if (cpu_path_on(CPU_PATH_LINEAR_ONEDNN)) {
         linear_one_thread();
         /* dnnl_sgemm is row-major: C (M x N) = A (M x K) op(B). */
         if (dnnl_sgemm('N', w_out_in ? 'T' : 'N', n, out, in, 1.0f, x, ldx, w, ldw, beta, y,
@@ -95,6 +77,27 @@ float *linear_falloc(size_t n) {
     float *p = aligned_alloc(LINEAR_ALIGN, bytes);
     if (p) memset(p, 0, bytes);
     return p;
+}
+
+static void *bufs_keep(linear_bufs *b, void *p) {
+    if (!p || b->n == LINEAR_BUFS_MAX) {
+        free(p);
+        b->failed = 1;
+        return NULL;
+    }
+    return b->owned[b->n++] = p;
+}
+
+float *linear_bufs_floats(linear_bufs *b, size_t n) { return bufs_keep(b, linear_falloc(n)); }
+
+int32_t *linear_bufs_ints(linear_bufs *b, size_t n) {
+    _Static_assert(sizeof(int32_t) == sizeof(float), "int32 buffers as float-sized ones");
+    return bufs_keep(b, linear_falloc(n));
+}
+
+void linear_bufs_free(linear_bufs *b) {
+    for (int i = 0; i < b->n; i++) free(b->owned[i]);
+    b->n = 0;
 }
 
 void linear_layer_free(linear_layer *l) {

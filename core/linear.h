@@ -13,7 +13,9 @@
  * dnnl_sgemm (its JIT AVX-512 kernels: 4-5x single-threaded OpenBLAS at the
  * DIN shapes on this machine, whose OpenBLAS either detects no kernel for
  * the CPU or is held to AVX2), with OpenBLAS's cblas_sgemm as the fallback
- * and the reference the tests compare against (tests/core/test_linear.c).
+ * and the reference the tests compare against (tests/core/test_linear.c);
+ * which of the two runs is the LINEAR_ONEDNN path of core/base/cpu.h
+ * (CTR_DENSE_OPENBLAS=1 in the environment: OpenBLAS).
  *
  * Threading: one product runs on the calling thread only.  oneDNN's OpenMP
  * runtime would otherwise start a team of all cores inside every call, on
@@ -24,6 +26,7 @@
 #define CTR_LINEAR_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 /* y (n x out, row stride ldy) = x (n x in, stride ldx) op(W) + beta y.
  * w_out_in = 1: W is out x in ([out, in], as PyTorch stores a Linear) and
@@ -47,12 +50,6 @@ void linear_one_thread(void);
  * (later calls return at once); the model loaders call it.  Thread-safe. */
 void linear_warm_up(void);
 
-/* Which library linear_gemm calls: 1 oneDNN, 0 OpenBLAS, -1 only asks.
- * The default is oneDNN unless the environment sets CTR_DENSE_OPENBLAS=1.
- * Returns the choice in force.  Process-wide; call before the scoring threads start
- * (tests and benchmarks compare the two). */
-int linear_use_dnnl(int on);
-
 /* A dense layer with its bias: y = x W^T + b. */
 typedef struct linear_layer {
     int in, out;
@@ -68,5 +65,20 @@ void linear_forward(const linear_layer *l, int n, const float *x, int ldx, float
 float *linear_falloc(size_t n);
 
 void linear_layer_free(linear_layer *l);
+
+/* The buffers of a scratch, made together at init and freed together:
+ * each linear_bufs_floats / linear_bufs_ints call allocates one (64-byte
+ * aligned, zeroed) and keeps it; failed is set once any allocation failed
+ * (or more than LINEAR_BUFS_MAX were asked for); linear_bufs_free frees
+ * them all.  Start from a zeroed linear_bufs. */
+#define LINEAR_BUFS_MAX 16
+typedef struct linear_bufs {
+    int n, failed;
+    void *owned[LINEAR_BUFS_MAX];
+} linear_bufs;
+
+float *linear_bufs_floats(linear_bufs *b, size_t n);
+int32_t *linear_bufs_ints(linear_bufs *b, size_t n);
+void linear_bufs_free(linear_bufs *b);
 
 #endif

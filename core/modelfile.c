@@ -1,5 +1,5 @@
 /*
- * modelfile.c - metadata, schema and tensor access for the loaders (see
+ * modelfile.c - metadata and tensor access for the loaders (see
  * modelfile.h).  A model file is untrusted input (tests/fuzz/fuzz_model.c):
  * every value is bounded before it is used in a size.
  */
@@ -236,21 +236,6 @@ bad:
                     "in [%d, %d]", key, v, max, lo, hi);
 }
 
-int modelfile_split(const char *s, char out[][ENGINE_NAME_MAX], int *n) {
-    *n = 0;
-    if (!*s) return 0;
-    for (;;) {
-        const char *c = strchr(s, ',');
-        size_t len = c ? (size_t)(c - s) : strlen(s);
-        if (*n >= ENGINE_MAX_CTX || len == 0 || len >= ENGINE_NAME_MAX) return -1;
-        memcpy(out[*n], s, len);
-        out[*n][len] = '\0';
-        (*n)++;
-        if (!c) return 0;
-        s = c + 1;
-    }
-}
-
 const char *modelfile_name(char *buf, size_t cap, const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
@@ -259,104 +244,30 @@ const char *modelfile_name(char *buf, size_t cap, const char *fmt, ...) {
     return buf;
 }
 
-/* Item fields a schema may name, in the order a file lists them. */
-enum { F_ID = 1, F_TAGS = 2, F_MM = 4, F_CATE = 8 };
+const char *const modelfile_bn_torch[4] = {"weight", "bias", "running_mean", "running_var"};
+const char *const modelfile_bn_tf[4] = {"gamma", "beta", "moving_mean", "moving_variance"};
 
-static int item_fields(const char *s, int *mask) {
-    char names[ENGINE_MAX_CTX][ENGINE_NAME_MAX];
-    int n;
-    if (modelfile_split(s, names, &n) < 0) return -1;
-    *mask = 0;
-    for (int i = 0; i < n; i++) {
-        int bit = !strcmp(names[i], "item_id")         ? F_ID
-                  : !strcmp(names[i], "item_tags")     ? F_TAGS
-                  : !strcmp(names[i], "item_emb_d128") ? F_MM
-                  : !strcmp(names[i], "cate_id")       ? F_CATE
-                                                       : 0;
-        if (!bit || (*mask & bit)) return -1;
-        *mask |= bit;
+int modelfile_batch_norm(const st_file *f, const char *prefix, const char *const names[4], int n,
+                         double eps, double *scale, double *shift, char *err, size_t errlen) {
+    float *t[4] = {NULL, NULL, NULL, NULL}; /* gamma, beta, mean, var */
+    char name[4][160];
+    int rc = CTR_OK;
+    for (int k = 0; k < 4 && rc == CTR_OK; k++)
+        if (names[k])
+            rc = modelfile_tensor(f, modelfile_name(name[k], sizeof name[k], "%s%s", prefix,
+                                                    names[k]),
+                                  n, -1, &t[k], err, errlen);
+    for (int i = 0; i < n && rc == CTR_OK; i++) {
+        if (t[3][i] < 0) {
+            rc = ctr_fail(err, errlen, CTR_EMODEL, "%s[%d] < 0", name[3], i);
+            break;
+        }
+        const double s = (t[0] ? (double)t[0][i] : 1.0) / sqrt((double)t[3][i] + eps);
+        scale[i] = s;
+        shift[i] = t[1] ? (double)t[1][i] - (double)t[2][i] * s : -((double)t[2][i] * s);
     }
-    return 0;
-}
-
-int modelfile_schema(const st_file *f, engine_schema *sc, char *err, size_t errlen) {
-    int rc;
-    memset(sc, 0, sizeof *sc);
-    const char *fmt = st_meta_get(f, "format");
-    const char *arch = st_meta_get(f, "arch");
-    int v1 = fmt && !strcmp(fmt, MODELFILE_FORMAT_QIN1);
-    if (!fmt || (!v1 && strcmp(fmt, MODELFILE_FORMAT) != 0))
-        return ctr_fail(err, errlen, CTR_EMODEL,
-                        "metadata \"format\" is \"%s\", expected \"" MODELFILE_FORMAT
-                        "\" (or \"" MODELFILE_FORMAT_QIN1 "\"); convert checkpoints with "
-                        "tools/convert.py", fmt ? fmt : "(none)");
-    int a = -1;
-    for (int i = 0; i < ENGINE_ARCH_COUNT; i++)
-        if (arch && !strcmp(arch, engine_arch_name(i))) a = i;
-    if (a < 0 || (v1 && a != ENGINE_ARCH_QIN))
-        return ctr_fail(err, errlen, CTR_EMODEL,
-                        "metadata \"arch\" is \"%s\"; this engine serves %s", arch ? arch : "(none)",
-                        v1 ? "\"qin\" in a " MODELFILE_FORMAT_QIN1 " file" : "qin, din and tin");
-    sc->arch = (engine_arch)a;
-    if ((rc = modelfile_meta_str(f, "name", sc->name, sizeof sc->name, err, errlen)) < 0 ||
-        (rc = modelfile_meta_str(f, "version", sc->version, sizeof sc->version, err, errlen)) < 0)
-        return rc;
-
-    int mask = F_ID | F_TAGS | F_MM;
-    if (!v1) {
-        const char *fields = st_meta_get(f, "item_fields");
-        if (!fields) return ctr_fail(err, errlen, CTR_EMODEL, "metadata lacks \"item_fields\"");
-        int want = a == ENGINE_ARCH_TIN ? (F_ID | F_CATE) : (F_ID | F_TAGS | F_MM);
-        if (item_fields(fields, &mask) < 0 || mask != want)
-            return ctr_fail(err, errlen, CTR_EMODEL,
-                            "metadata \"item_fields\" = \"%s\": a %s model reads %s", fields, arch,
-                            a == ENGINE_ARCH_TIN ? "item_id,cate_id"
-                                                 : "item_id,item_tags,item_emb_d128");
-    }
-    /* Bounds keep every size product below 2^31 elements and reject
-     * nonsense early with a clear message. */
-    if ((rc = modelfile_meta_int(f, "max_len", 1, 4096, &sc->max_len, err, errlen)) < 0 ||
-        (rc = modelfile_meta_int(f, "item_vocab", 2, INT_MAX, &sc->item_vocab, err, errlen)) < 0)
-        return rc;
-    sc->item_id_min = a == ENGINE_ARCH_TIN ? 0 : 1;
-    if (mask & F_TAGS) {
-        if ((rc = modelfile_meta_int(f, "tag_vocab", 1, INT_MAX, &sc->tag_vocab, err, errlen)) <
-                0 ||
-            (rc = modelfile_meta_int(f, "num_tags", 0, 1024, &sc->num_tags, err, errlen)) < 0)
-            return rc;
-    }
-    if ((mask & F_MM) &&
-        (rc = modelfile_meta_int(f, "mm_in", 1, 65536, &sc->mm_dim, err, errlen)) < 0)
-        return rc;
-    if ((mask & F_CATE) &&
-        (rc = modelfile_meta_int(f, "cate_vocab", 1, INT_MAX, &sc->cate_vocab, err, errlen)) < 0)
-        return rc;
-
-    const char *fields = st_meta_get(f, "context_fields");
-    const char *vocabs = st_meta_get(f, "context_vocab");
-    if (!fields || !vocabs)
-        return ctr_fail(err, errlen, CTR_EMODEL,
-                        "metadata lacks \"context_fields\" or \"context_vocab\"");
-    int nv;
-    if (modelfile_split(fields, sc->ctx_name, &sc->num_ctx) < 0 ||
-        modelfile_meta_ints(f, "context_vocab", ENGINE_MAX_CTX, 1, INT_MAX, sc->ctx_vocab, &nv,
-                            NULL, 0) < 0 ||
-        nv != sc->num_ctx)
-        return ctr_fail(err, errlen, CTR_EMODEL,
-                        "metadata context_fields \"%s\" / context_vocab \"%s\": expected "
-                        "two comma-separated lists of the same length (at most %d)",
-                        fields, vocabs, ENGINE_MAX_CTX);
-    for (int i = 0; i < sc->num_ctx; i++) {
-        for (int j = 0; j < i; j++)
-            if (!strcmp(sc->ctx_name[i], sc->ctx_name[j]))
-                return ctr_fail(err, errlen, CTR_EMODEL, "context field \"%s\" twice",
-                                sc->ctx_name[i]);
-        if (!strcmp(sc->ctx_name[i], "item_id") || !strcmp(sc->ctx_name[i], "item_tags") ||
-            !strcmp(sc->ctx_name[i], "item_emb_d128") || !strcmp(sc->ctx_name[i], "cate_id"))
-            return ctr_fail(err, errlen, CTR_EMODEL,
-                            "context field \"%s\" clashes with an item field", sc->ctx_name[i]);
-    }
-    return CTR_OK;
+    for (int k = 0; k < 4; k++) free(t[k]);
+    return rc;
 }
 
 int modelfile_no_unexpected(const st_file *f, int (*expected)(const void *ctx, const char *name),

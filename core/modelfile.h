@@ -1,6 +1,8 @@
 /*
  * modelfile.h - reading the model file's metadata and tensors, shared by
- * the loaders of the three architectures (qin_load.c for QIN, din.c, tin.c).
+ * engine.c (which reads the feature schema every file declares) and the
+ * loaders of the three architectures (qin_load.c for QIN, din.c, tin.c).
+ * Below the engine: it knows the file, not the architectures.
  *
  * Format "ctr-model-2" (tools/convert.py writes it for every architecture):
  * metadata "arch" and the feature schema (item_fields, context_fields,
@@ -14,8 +16,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "engine.h"
 #include "safetensors.h"
+#include "core/base/status.h"
 
 #define MODELFILE_FORMAT "ctr-model-2"
 #define MODELFILE_FORMAT_QIN1 "ctr-qin-1"
@@ -60,13 +62,18 @@ int modelfile_meta_str(const st_file *f, const char *key, char *dst, size_t cap,
 int modelfile_meta_ints(const st_file *f, const char *key, int max, int lo, int hi, int *out,
                         int *n, char *err, size_t errlen);
 
-/* Splits a comma-separated list into at most ENGINE_MAX_CTX names; -1 when
- * there are more, or a name is empty or too long. */
-int modelfile_split(const char *s, char out[][ENGINE_NAME_MAX], int *n);
+/* A batch norm of n units, read and folded into y = scale x + shift (in
+ * double, unrounded): scale = gamma / sqrt(var + eps), shift = beta - mean
+ * scale, from the tensors prefix + names[k] for gamma, beta, the running
+ * mean and the running variance (names[0] and names[1] NULL: no affine
+ * part, gamma 1 and beta 0).  CTR_EMODEL naming the tensor (missing, wrong
+ * shape, non-finite, a negative variance) or CTR_ENOMEM. */
+int modelfile_batch_norm(const st_file *f, const char *prefix, const char *const names[4], int n,
+                         double eps, double *scale, double *shift, char *err, size_t errlen);
 
-/* Reads "format", "arch" and the feature schema into sc (engine.h) and
- * checks it for the architecture: CTR_EMODEL naming the key otherwise. */
-int modelfile_schema(const st_file *f, engine_schema *sc, char *err, size_t errlen);
+/* The names of a batch norm's tensors as PyTorch and TensorFlow save them. */
+extern const char *const modelfile_bn_torch[4];  /* weight, bias, running_mean, running_var */
+extern const char *const modelfile_bn_tf[4];     /* gamma, beta, moving_mean, moving_variance */
 
 /* Refuses (CTR_EMODEL) the first tensor for which expected(ctx, name) is 0,
  * as "unexpected tensor NAME". */

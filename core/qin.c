@@ -1,5 +1,6 @@
 /*
- * qin.c - item vectors and the batched QIN forward pass.
+ * qin.c - item vectors and the batched QIN forward pass (docs/MODEL_SPEC.md
+ * section 3; the folds it relies on are made by qin_load.c).
  *
  * Workload: one request = one user's history (up to max_len = 64 behaviours)
  * and N candidates (1 to a few hundred).  Per candidate the folded model
@@ -9,10 +10,12 @@
  * in the model's precision, or the packed AVX-512 kernel of gemm.c for fp32
  * at small N), then one fused pass for bias, batch-norm shift, PReLU and the
  * residual.  Everything
- * item-side (e, A e, B e) is computed once per item by qin_item_compute and
- * cached by the caller, so a request only gathers those vectors.
+ * item-side (e, A e, B e, U e, V e) is computed once per item by
+ * qin_items_compute and cached by the caller, so a request only gathers
+ * those vectors.  The folds these rely on are made at load (qin_load.c);
+ * this file reads the model and never calls back into the loader's
+ * preparation.
  */
-#include <cblas.h>
 #include <math.h>
 #include <sched.h>
 #include <stdatomic.h>
@@ -22,7 +25,7 @@
 #include "arch.h"
 #include "attn.h"
 #include "linear.h"
-#include "core/base/clones.h"
+#include "core/base/cpu.h"
 #include "qin_internal.h"
 
 /* [e | A e | B e | U e | V e]: 3 E + 2 D floats. */
@@ -30,12 +33,10 @@ size_t qin_item_vec_floats(const qin_model *m) {
     return 3 * (size_t)m->cfg.item_dim + 2 * (size_t)m->cfg.input_dim;
 }
 
-float *qin_item_vec_alloc(const qin_model *m) { return qin_falloc(qin_item_vec_floats(m)); }
-
 /* e = [E_item[id] | masked tag mean | W_mm mm] into e (item_dim floats),
  * after checking the item (itemvec.h, shared with DIN).  The attention
  * halves are the caller's. */
-static int item_base(const qin_model *m, const qin_item_input *item, float *e, char *err,
+static int item_base(const qin_model *m, const itemvec_input *item, float *e, char *err,
                      size_t errlen) {
     int rc = itemvec_check(&m->iv, item, err, errlen);
     if (rc < 0) return rc;
@@ -43,23 +44,7 @@ static int item_base(const qin_model *m, const qin_item_input *item, float *e, c
     return CTR_OK;
 }
 
-/* An item vector with an infinite or NaN entry (finite inputs can still
- * overflow: 3e38 in the multimodal embedding) would poison every score it
- * touches, and a cached one would keep doing so: refuse it. */
-static int vec_finite(const qin_model *m, const qin_item_input *item, const float *vec,
-                      char *err, size_t errlen) {
-    if (itemvec_finite(vec, qin_item_vec_floats(m))) return CTR_OK;
-    return ctr_fail(err, errlen, CTR_EINVAL,
-                    "item %lld: its vector overflows (features too large for the model)",
-                    (long long)item->id);
-}
-
-int qin_item_compute(const qin_model *m, const qin_item_input *item, float *vec, char *err,
-                     size_t errlen) {
-    return qin_items_compute(m, 1, item, vec, NULL, err, errlen);
-}
-
-int qin_items_compute(const qin_model *m, int n, const qin_item_input *items, float *out,
+int qin_items_compute(const qin_model *m, int n, const itemvec_input *items, float *out,
                       int *bad, char *err, size_t errlen) {
     const int E = m->cfg.item_dim, D = m->cfg.input_dim, ld = (int)qin_item_vec_floats(m);
     for (int i = 0; i < n; i++) {
@@ -75,40 +60,7 @@ int qin_items_compute(const qin_model *m, int n, const qin_item_input *items, fl
     linear_gemm(n, E, E, out, ld, m->attn_b, E, 1, 0.0f, out + 2 * E, ld);
     linear_gemm(n, D, E, out, ld, m->first_u, E, 1, 0.0f, out + 3 * E, ld);
     linear_gemm(n, D, E, out, ld, m->first_v, E, 1, 0.0f, out + 3 * E + D, ld);
-    for (int i = 0; i < n; i++) {
-        int rc = vec_finite(m, &items[i], out + (size_t)i * ld, err, errlen);
-        if (rc < 0) {
-            if (bad) *bad = i;
-            return rc;
-        }
-    }
     return CTR_OK;
-}
-
-int qin_request_check(const qin_config *c, const int64_t *cand_id, const int32_t *ctx, int n,
-                      char *err, size_t errlen) {
-    for (int i = 0; i < n; i++) {
-        if (cand_id[i] < 1 || cand_id[i] >= c->item_vocab)
-            return ctr_fail(err, errlen, CTR_ERANGE,
-                            "candidates[%d].item_id: %lld outside the model's items 1..%d", i,
-                            (long long)cand_id[i], c->item_vocab - 1);
-        for (int f = 0; ctx && f < c->num_ctx; f++) {
-            int32_t v = ctx[(size_t)i * c->num_ctx + f];
-            if (v < 0 || v >= c->ctx_vocab[f])
-                return ctr_fail(err, errlen, CTR_ERANGE, "candidates[%d].%s: %d outside 0..%d",
-                                i, c->ctx_name[f], (int)v, c->ctx_vocab[f] - 1);
-        }
-    }
-    return CTR_OK;
-}
-
-int qin_history_usable(const qin_config *c, int64_t id) { return id >= 1 && id < c->item_vocab; }
-
-double qin_candidate_flops(const qin_config *c) {
-    /* Per candidate: the QNN's D x D products (the bulk), the attention
-     * against max_len behaviours, the head. */
-    return 2.0 * c->num_layers * (double)c->input_dim * c->input_dim +
-           4.0 * c->max_len * c->item_dim + 2.0 * c->input_dim;
 }
 
 /* --- scratch ------------------------------------------------------------ */
@@ -122,15 +74,15 @@ int qin_scratch_init(const qin_model *m, int max_cand, qin_scratch **out) {
     s->model = m;
     s->max_cand = max_cand;
     s->ldx = qin_ldx(c);
-    s->x = qin_falloc((size_t)max_cand * s->ldx);
-    if (m->qnn_part) s->x2 = qin_falloc((size_t)max_cand * s->ldx);
-    s->y = qin_falloc((size_t)max_cand * s->ldx);
-    s->s = qin_falloc((size_t)max_cand * c->max_len);
-    s->ah = qin_falloc((size_t)c->max_len * c->item_dim);
-    s->bh = qin_falloc((size_t)c->max_len * c->item_dim);
-    s->vh = qin_falloc((size_t)c->max_len * c->input_dim);
+    s->x = linear_falloc((size_t)max_cand * s->ldx);
+    if (m->qnn_part) s->x2 = linear_falloc((size_t)max_cand * s->ldx);
+    s->y = linear_falloc((size_t)max_cand * s->ldx);
+    s->s = linear_falloc((size_t)max_cand * c->max_len);
+    s->ah = linear_falloc((size_t)c->max_len * c->item_dim);
+    s->bh = linear_falloc((size_t)c->max_len * c->item_dim);
+    s->vh = linear_falloc((size_t)c->max_len * c->input_dim);
     s->keep = calloc((size_t)c->max_len, sizeof *s->keep);
-    s->logit = qin_falloc((size_t)max_cand);
+    s->logit = linear_falloc((size_t)max_cand);
     size_t ws = 0;
     for (int l = 0; l < c->num_layers; l++) {
         if (dense_ws_size(m->qnn_dense[l]) > ws) ws = dense_ws_size(m->qnn_dense[l]);
@@ -168,8 +120,6 @@ void qin_scratch_free(qin_scratch *s) {
     free(s);
 }
 
-int qin_scratch_max_cand(const qin_scratch *s) { return s->max_cand; }
-
 /* --- forward pieces ----------------------------------------------------- */
 
 /* The two products go through linear_gemm (oneDNN's sgemm): their shapes
@@ -196,74 +146,10 @@ void qin_attention(const qin_model *m, int n, const float *t, int ldt, int nh, c
     linear_gemm(n, E, nh, s, lds, bh, E, 0, 1.0f, pool, ldp);
 }
 
-/* --- the first layer ------------------------------------------------------
- *
- * The first layer's input is x_0 = [C_1 .. C_F | t | pool] with
- * pool = sum_j a_j B h_j + t, so its product splits exactly:
- *
- *     W_1 x_0 = sum_f W_1[:, C_f] C_f + (W_1[:, t] + W_1[:, pool]) t
- *               + sum_j a_j (W_1[:, pool] B) h_j
- *             = sum_f G_f[v_f] + U t + sum_j a_j V h_j.
- *
- * G_f has one row per context value, U t and V h one per item (cached in
- * the item vectors like A e and B e), so per candidate only the attention
- * weights times the history's V h remain: nh x D multiply-adds instead of
- * D x D (MicroLens: 64 x 1024 instead of 1024 x 1024, a quarter of the
- * forward pass's arithmetic gone; bench/README.md has the measurement). */
-int qin_fold_first_layer(qin_model *m, char *err, size_t errlen) {
-    const qin_config *c = &m->cfg;
-    const int d = c->embedding_dim, E = c->item_dim, D = c->input_dim;
-    const int off_t = c->num_ctx * d, off_p = off_t + E;
-    const float *w = m->qnn_w[0], *b = m->attn_b;
-    double *wp = malloc((size_t)D * E * sizeof *wp), *bd = malloc((size_t)E * E * sizeof *bd),
-           *v = malloc((size_t)D * E * sizeof *v);
-    int rc = CTR_OK;
-    m->first_u = qin_falloc((size_t)D * E);
-    m->first_v = qin_falloc((size_t)D * E);
-    for (int f = 0; f < c->num_ctx; f++) m->first_ctx[f] = qin_falloc((size_t)c->ctx_vocab[f] * D);
-    int ok = wp && bd && v && m->first_u && m->first_v;
-    for (int f = 0; f < c->num_ctx; f++) ok = ok && m->first_ctx[f];
-    if (!ok) {
-        rc = ctr_fail(err, errlen, CTR_ENOMEM, "out of memory splitting the first layer");
-        goto done;
-    }
-    for (int o = 0; o < D; o++)
-        for (int k = 0; k < E; k++) {
-            const float *row = w + (size_t)o * D;
-            m->first_u[(size_t)o * E + k] = (float)((double)row[off_t + k] + row[off_p + k]);
-            wp[(size_t)o * E + k] = row[off_p + k];
-        }
-    for (size_t i = 0; i < (size_t)E * E; i++) bd[i] = b[i];
-    /* V (D x E) = W_1[:, pool] (D x E) B (E x E) */
-    cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, D, E, E, 1.0, wp, E, bd, E, 0.0, v, E);
-    for (size_t i = 0; i < (size_t)D * E; i++) m->first_v[i] = (float)v[i];
-    for (int f = 0; f < c->num_ctx; f++)
-        for (int val = 0; val < c->ctx_vocab[f]; val++) {
-            const float *e = m->ctx_emb[f] + (size_t)val * d;
-            for (int o = 0; o < D; o++) {
-                const float *row = w + (size_t)o * D + f * d;
-                double sum = 0;
-                for (int k = 0; k < d; k++) sum += (double)row[k] * e[k];
-                m->first_ctx[f][(size_t)val * D + o] = (float)sum;
-            }
-        }
-    m->fold_first = 1;
-done:
-    free(wp);
-    free(bd);
-    free(v);
-    return rc;
-}
-
-int qin_model_fold_first(qin_model *m, int on) {
-    m->fold_first = on && m->first_u != NULL;
-    return m->fold_first;
-}
-
 /* Rows lo..hi-1 of y (stride ldx) = the first layer's product for those
- * candidates, from the split parts: rows of the attention weights s (stride
- * lds) times V h of the behaviours (vh: nh x D), plus U t of each candidate
- * and G_f of its context values. */
+ * candidates, from the split parts (qin_load.c, "the first layer"): rows of
+ * the attention weights s (stride lds) times V h of the behaviours (vh:
+ * nh x D), plus U t of each candidate and G_f of its context values. */
 CTR_CLONES static void
 first_layer_product(const qin_model *m, const qin_request *req, int lo, int hi, int nh,
                     const float *s, int lds, const float *vh, float *y, int ldx) {
@@ -287,67 +173,6 @@ first_layer_product(const qin_model *m, const qin_request *req, int lo, int hi, 
     }
 }
 
-int qin_model_prepare(qin_model *m, const dense_params *p, char *err, size_t errlen) {
-    const qin_config *c = &m->cfg;
-    const int D = c->input_dim;
-    dense_params dp = *p;
-    dp.ld_in = dp.ld_out = qin_ldx(c);
-    dense **layers = calloc((size_t)c->num_layers, sizeof *layers);
-    if (!layers) return ctr_fail(err, errlen, CTR_ENOMEM, "out of memory");
-    for (int l = 0; l < c->num_layers; l++) {
-        char inner[256] = "";
-        int rc = dense_init(m->qnn_w[l], D, D, &dp, &layers[l], inner, sizeof inner);
-        if (rc < 0) {
-            for (int k = 0; k < l; k++) dense_free(layers[k]);
-            free(layers);
-            return ctr_fail(err, errlen, rc, "qnn layer %d, %s: %s", l,
-                            dense_precision_name(dp.precision), inner);
-        }
-    }
-    for (int l = 0; m->qnn_dense && l < c->num_layers; l++) dense_free(m->qnn_dense[l]);
-    free(m->qnn_dense);
-    m->qnn_dense = layers;
-    m->cfg.precision = dp.precision;
-    return CTR_OK;
-}
-
-int qin_model_prepare_parts(qin_model *m, const dense_params *p, char *err, size_t errlen) {
-    const qin_config *c = &m->cfg;
-    const int D = c->input_dim, w = D / QIN_PARTS;
-    if (D % (32 * QIN_PARTS))
-        return ctr_fail(err, errlen, CTR_EINVAL, "column parts: D = %d is not a multiple of %d",
-                        D, 32 * QIN_PARTS);
-    dense_params dp = *p;
-    dp.ld_in = dp.ld_out = qin_ldx(c);
-    const int np = c->num_layers * QIN_PARTS;
-    dense **parts = calloc((size_t)np, sizeof *parts);
-    if (!parts) return ctr_fail(err, errlen, CTR_ENOMEM, "out of memory");
-    for (int i = 0; i < np; i++) {
-        const int l = i / QIN_PARTS, part = i % QIN_PARTS;
-        char inner[256] = "";
-        int rc = dense_init(m->qnn_w[l] + (size_t)part * w * D, w, D, &dp, &parts[i], inner,
-                            sizeof inner);
-        if (rc < 0) {
-            for (int k = 0; k < i; k++) dense_free(parts[k]);
-            free(parts);
-            return ctr_fail(err, errlen, rc, "qnn layer %d part %d, %s: %s", l, part,
-                            dense_precision_name(dp.precision), inner);
-        }
-    }
-    for (int i = 0; m->qnn_part && i < np; i++) dense_free(m->qnn_part[i]);
-    free(m->qnn_part);
-    m->qnn_part = parts;
-    return CTR_OK;
-}
-
-int qin_model_set_precision(qin_model *m, dense_precision p, char *err, size_t errlen) {
-    if (p == m->cfg.precision) return CTR_OK;
-    dense_params dp = dense_default_params();
-    dp.precision = p;
-    return qin_model_prepare(m, &dp, err, errlen);
-}
-
-dense_precision qin_model_precision(const qin_model *m) { return m->cfg.precision; }
 
 const char *qin_model_describe(const qin_model *m) { return dense_describe(m->qnn_dense[0]); }
 
@@ -526,20 +351,6 @@ int qin_forward(const qin_model *m, qin_scratch *s, const qin_request *req, floa
                 char *err, size_t errlen) {
     const qin_config *c = &m->cfg;
     const int n = req->num_cand;
-    if (s->model != m) return ctr_fail(err, errlen, CTR_EINVAL, "scratch of another model");
-    if (n < 0 || n > s->max_cand)
-        return ctr_fail(err, errlen, CTR_ETOOMANY, "%d candidates, at most %d", n, s->max_cand);
-    if (req->ctx)
-        for (int i = 0; i < n; i++)
-            for (int f = 0; f < c->num_ctx; f++) {
-                int32_t v = req->ctx[(size_t)i * c->num_ctx + f];
-                if (v < 0 || v >= c->ctx_vocab[f])
-                    return ctr_fail(err, errlen, CTR_ERANGE,
-                                    "candidate %d: %s = %d outside 0..%d", i, c->ctx_name[f],
-                                    (int)v, c->ctx_vocab[f] - 1);
-            }
-    for (int i = 0; i < n; i++)
-        if (!req->cand[i]) return ctr_fail(err, errlen, CTR_EINVAL, "candidate %d: no vector", i);
     if (n == 0) return CTR_OK;
 
     /* The most recent max_len behaviours, padding skipped: with no softmax,
@@ -586,24 +397,27 @@ typedef struct qin_engine_scratch {
     int32_t *pos;                 /* max_len: positions of the kept behaviours */
 } qin_engine_scratch;
 
-static int qin_arch_load(const st_file *f, const engine_schema *sc, const engine_params *p,
-                         void **impl, char *err, size_t errlen) {
-    (void)sc;
-    qin_model *m;
-    int rc = qin_model_build(f, p->precision, p->kernel, &m, err, errlen);
-    if (rc < 0) return rc;
+static int qin_arch_build(void *impl, const st_file *f, const engine_schema *sc, char *err,
+                          size_t errlen) {
+    return qin_model_build(impl, f, sc, err, errlen);
+}
+
+/* The QNN's products as p says (dense.h): precision and kernel, and the
+ * column parts where the width allows them (D a multiple of 64; otherwise
+ * requests stay on one thread per request part). */
+static int qin_arch_prepare(void *impl, const engine_params *p, char *err, size_t errlen) {
+    qin_model *m = impl;
     dense_params dp = dense_default_params();
     dp.precision = p->precision;
     dp.backend = p->kernel;
-    /* Column parts where the width allows them (D a multiple of 64);
-     * otherwise requests stay on one thread per request part. */
-    if (p->column_parts == QIN_PARTS && m->cfg.input_dim % (32 * QIN_PARTS) == 0 &&
-        (rc = qin_model_prepare_parts(m, &dp, err, errlen)) < 0) {
-        qin_model_free(m);
-        return rc;
-    }
-    *impl = m;
-    return CTR_OK;
+    if (!cpu_path_on(CPU_PATH_QNN_DENSE) && p->precision == DENSE_FP32)
+        dp.backend = DENSE_BACKEND_OPENBLAS;
+    int rc = qin_model_prepare(m, &dp, err, errlen);
+    if (rc < 0) return rc;
+    dp.backend = p->kernel;
+    if (p->column_parts == QIN_PARTS && m->cfg.input_dim % (32 * QIN_PARTS) == 0)
+        rc = qin_model_prepare_parts(m, &dp, err, errlen);
+    return rc;
 }
 
 static const char *qin_arch_describe(const void *impl) { return qin_model_describe(impl); }
@@ -618,10 +432,10 @@ static size_t qin_arch_vec_floats(const void *impl) { return qin_item_vec_floats
 
 static int qin_arch_items(const void *impl, int n, const engine_item *items, float *out, int *bad,
                           char *err, size_t errlen) {
-    /* qin_items_compute takes qin_item_input: convert a chunk at a time on
+    /* qin_items_compute takes itemvec_input: convert a chunk at a time on
      * the stack (the products stay batched per chunk). */
     enum { CHUNK = 128 };
-    qin_item_input in[CHUNK];
+    itemvec_input in[CHUNK];
     const size_t vf = qin_item_vec_floats(impl);
     for (int i0 = 0; i0 < n; i0 += CHUNK) {
         int c = n - i0 < CHUNK ? n - i0 : CHUNK;
@@ -688,7 +502,9 @@ static engine_cost qin_arch_cost(const void *impl, int nh) {
 }
 
 const arch_ops qin_arch_ops = {
-    .load = qin_arch_load,
+    .model_size = sizeof(qin_model),
+    .build = qin_arch_build,
+    .prepare = qin_arch_prepare,
     .free = qin_arch_free,
     .item_vec_floats = qin_arch_vec_floats,
     .items_compute = qin_arch_items,

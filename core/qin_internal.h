@@ -1,18 +1,63 @@
 /*
- * qin_internal.h - the engine's insides, shared by the core sources and the unit
- * tests (tests/core/), which check each piece against a naive version.
- * Not part of the API: server/ and proto/ use qin.h only.
+ * qin_internal.h - QIN (Quadratic Interest Network, docs/MODEL_SPEC.md
+ * section 3) inside the engine: its configuration, folded weights, scratch
+ * and the pieces of its forward pass.  Not an API: everything outside core/ scores QIN through engine.h
+ * (qin.c's qin_arch_ops).  The unit tests (tests/core/test_qin.c,
+ * test_qin_load.c, test_gemm.c) and bench/bench_forward.c include it to
+ * check or time one piece at a time against a naive version, on a model
+ * loaded through engine.h (qin_model_of).
+ *
+ * Two files: qin_load.c loads the file and makes the folds (once per
+ * model); qin.c computes item vectors and the forward pass (every request)
+ * and holds the engine's entry points.  qin.c calls into qin_load.c, never
+ * the other way.
+ *
+ * Three lifetimes, as engine.h has them:
+ *   - qin_model: weights and the folds done once at load (summed row
+ *     blocks, batch norm folded into the QNN, A = W_q^T W_k, B = W_o W_v,
+ *     the first layer split).  Immutable once loaded, shared freely
+ *     between threads.
+ *   - item vectors: [e | A e | B e | U e | V e] for one item, computed once
+ *     and reusable across candidates, requests and threads.
+ *   - qin_scratch: one thread's activations, sized at init for the largest
+ *     request; qin_forward allocates nothing.
  */
 #ifndef CTR_QIN_INTERNAL_H
 #define CTR_QIN_INTERNAL_H
 
+#include <stddef.h>
+#include <stdint.h>
+
+#include "arch.h"
 #include "dense.h"
-#include "qin.h"
+#include "itemvec.h"
 #include "safetensors.h"
 
-/* Alignment of every weight and activation buffer (one cache line, and
- * enough for any SIMD width OpenBLAS picks). */
-#define QIN_ALIGN 64
+/* What a model file declares (and the loader checks every tensor against). */
+typedef struct qin_config {
+    char name[ENGINE_NAME_MAX];    /* model name, from metadata ("qin") */
+    char version[ENGINE_NAME_MAX]; /* model version string, from metadata */
+    int embedding_dim;            /* d: width of each categorical table (128) */
+    int max_len;                  /* behaviours kept, most recent first (64) */
+    int num_layers;               /* QNN layers (4) */
+    int num_row;                  /* R: row blocks per QNN layer (4) */
+    int batch_norm;               /* 1 when the QNN has batch norm */
+    int item_vocab;               /* rows of E_item; ids 1..item_vocab-1 */
+    int tag_vocab;                /* rows of E_tag; 0 is padding */
+    int num_tags;                 /* tag slots per item (5) */
+    int mm_in;                    /* multimodal embedding width (128) */
+    int mm_out;                   /* W_mm output width (128) */
+    int num_ctx;                  /* per-candidate context fields, in order */
+    char ctx_name[ENGINE_MAX_CTX][ENGINE_NAME_MAX];
+    int ctx_vocab[ENGINE_MAX_CTX];
+    /* Derived. */
+    int item_dim;                 /* E = 2 d + mm_out (384) */
+    int attn_dim;                 /* 2 E (768) */
+    int input_dim;                /* D = num_ctx d + 2 E (1024) */
+} qin_config;
+
+typedef struct qin_model qin_model;
+typedef struct qin_scratch qin_scratch;
 
 /* Column parts of the QNN layers for a split request (engine_par). */
 #define QIN_PARTS 2
@@ -20,7 +65,7 @@
 struct qin_model {
     qin_config cfg;
     /* Embedding tables, row-major, 64-byte aligned. */
-    float *ctx_emb[QIN_MAX_CTX];  /* ctx_vocab[f] x d */
+    float *ctx_emb[ENGINE_MAX_CTX]; /* ctx_vocab[f] x d */
     itemvec_tables iv;            /* E_item, E_tag, W_mm (itemvec.h) */
     /* Attention folds (computed in double at load). */
     float *attn_a;                /* E x E: A = W_q^T W_k */
@@ -39,11 +84,11 @@ struct qin_model {
     float **qnn_b;                /* num_layers of D: s * sum_r b_r */
     float **qnn_c;                /* num_layers of D: beta - mean * s */
     float *prelu;                 /* num_layers slopes */
-    /* The first layer's product split by its input's parts (qin.c, "the
-     * first layer"): y_1 = sum_f G_f[v_f] + U t + sum_j a_j V h_j, with U t
-     * and V h cached in the item vectors. */
+    /* The first layer's product split by its input's parts (qin_load.c,
+     * "the first layer"): y_1 = sum_f G_f[v_f] + U t + sum_j a_j V h_j,
+     * with U t and V h cached in the item vectors. */
     int fold_first;               /* 1: layer 0's product from these parts */
-    float *first_ctx[QIN_MAX_CTX];/* ctx_vocab[f] x D: G_f = W_1[:, ctx f] E_f^T */
+    float *first_ctx[ENGINE_MAX_CTX]; /* ctx_vocab[f] x D: G_f = W_1[:, ctx f] E_f^T */
     float *first_u;               /* D x E: W_1[:, t] + W_1[:, pool] */
     float *first_v;               /* D x E: W_1[:, pool] B */
     float *fc_w;                  /* D */
@@ -71,11 +116,30 @@ struct qin_scratch {
 /* Row stride of the QNN's activations: D rounded up to 16 floats. */
 static inline int qin_ldx(const qin_config *c) { return (c->input_dim + 15) & ~15; }
 
+/* The QIN model inside an engine model, for the tests and benchmarks of its
+ * pieces; NULL when m is of another architecture.  Owned by m. */
+static inline qin_model *qin_model_of(const engine_model *m) {
+    return engine_model_schema(m)->arch == ENGINE_ARCH_QIN ? (qin_model *)engine_model_impl(m)
+                                                           : NULL;
+}
+
+/* --- loading (qin_load.c) ------------------------------------------------ */
+
+/* Builds m (zeroed, as the engine allocates it) from a parsed file whose
+ * schema sc engine.c has read and checked: QIN's own metadata, every tensor
+ * checked against the configuration, the folds.  CTR_OK, or CTR_EMODEL /
+ * CTR_ENOMEM with a message; the QNN layers are made by qin_model_prepare
+ * after it. */
+int qin_model_build(qin_model *m, const st_file *f, const engine_schema *sc, char *err,
+                    size_t errlen);
+/* Frees what qin_model_build and qin_model_prepare made, and m. */
+void qin_model_free(qin_model *m);
+
 /* (Re)prepares the QNN layers from qnn_w with p (precision and backend;
- * ld_in/ld_out are set here).  The model load calls it with fp32 and the
- * AUTO backend (OpenBLAS when CTR_QNN_OPENBLAS=1 is in the environment).
- * Call before the model is shared and before scratches are made for it;
- * tests and benchmarks use it to compare backends. */
+ * ld_in/ld_out are set here).  The engine calls it at load (qin.c: fp32 on
+ * OpenBLAS where the QNN_DENSE path of core/base/cpu.h is off); tests and
+ * benchmarks call it again to compare backends, before the model is shared
+ * and before scratches are made for it. */
 int qin_model_prepare(qin_model *m, const dense_params *p, char *err, size_t errlen);
 
 /* Also prepares each QNN layer's QIN_PARTS column parts (qnn_part) with p,
@@ -94,16 +158,54 @@ int qin_fold_first_layer(qin_model *m, char *err, size_t errlen);
  * them.  Call before the model is shared.  Returns the setting. */
 int qin_model_fold_first(qin_model *m, int on);
 
-/* Aligned allocation of n floats, zeroed; NULL on failure or overflow. */
-float *qin_falloc(size_t n);
+/* --- item vectors and the forward pass (qin.c) --------------------------- */
 
-/* Builds a QIN model from a parsed model file, its QNN layers prepared in
- * `precision` on `kernel` (dense.h; what qin_model_load_buffer, in fp32 on
- * AUTO, and the engine's QIN loader share). */
-int qin_model_build(const st_file *f, dense_precision precision, dense_backend kernel,
-                    qin_model **out, char *err, size_t errlen);
+/* Floats in one item vector: [e | A e | B e | U e | V e], the first three
+ * item_dim floats each, the last two input_dim (D) each (MicroLens: 3200
+ * floats, 12.5 KiB). */
+size_t qin_item_vec_floats(const qin_model *m);
 
-/* Pieces of the forward pass (qin.c), exposed for the tests. */
+/* The item vectors of n items into out (n x qin_item_vec_floats,
+ * contiguous; 64-byte aligned rows when out is).  A e, B e, U e and V e of
+ * all n items are four sgemm calls: the cold-cache path of a request, where
+ * a few hundred items miss at once.  Stops at the first bad item (its index
+ * in *bad, when bad is non-NULL) with itemvec_check's status and message;
+ * the engine checks the vectors for overflow (engine_items_compute). */
+int qin_items_compute(const qin_model *m, int n, const itemvec_input *items, float *out,
+                      int *bad, char *err, size_t errlen);
+
+/* Scratch for requests of up to max_cand candidates; one per thread.
+ * CTR_OK and *out, or CTR_ENOMEM / CTR_EINVAL. */
+int qin_scratch_init(const qin_model *m, int max_cand, qin_scratch **out);
+void qin_scratch_free(qin_scratch *s);
+
+typedef struct qin_request {
+    const float *const *hist;  /* item vectors of the behaviours, oldest
+                                  first; NULL entries are padding */
+    int num_hist;              /* any count; the last max_len are used */
+    const float *const *cand;  /* item vectors of the candidates */
+    const int32_t *ctx;        /* num_cand x num_ctx values, row-major;
+                                  NULL means every field is padding (0) */
+    int num_cand;              /* 0..max_cand of the scratch */
+    const struct engine_par *par;  /* NULL: one thread; else the QNN layers'
+                                  columns split across its threads when the
+                                  model has column parts (engine.h) */
+} qin_request;
+
+/* Scores every candidate of req: prob[i] = P(click | user, cand[i]), on a
+ * request engine_forward has checked (candidate count within the scratch
+ * of this model, context values in their vocabularies, no NULL candidate).
+ * An empty history (or all padding) gives pool = t, as the reference does.
+ * Allocates nothing.  CTR_OK, or CTR_EINVAL when a dense layer fails. */
+int qin_forward(const qin_model *m, qin_scratch *s, const qin_request *req,
+                float *prob, char *err, size_t errlen);
+
+/* What computes the QNN layers, e.g. "int8: oneDNN brg:avx512_core_vnni,
+ * 46 row classes up to 256", for logs and benchmarks.  Valid until the
+ * next qin_model_prepare. */
+const char *qin_model_describe(const qin_model *m);
+
+/* Pieces of the forward pass, exposed for the tests. */
 
 /* Attention for n candidates whose item vectors t sit in rows of `t`
  * (stride ldt) against nh behaviours (ah, bh: nh x E, contiguous).

@@ -53,6 +53,66 @@ static int hexval(char c) {
     return -1;
 }
 
+/* Four hex digits at p into *cp; -1 if any is not one. */
+static int hex4(const char *p, unsigned *cp) {
+    *cp = 0;
+    for (int i = 0; i < 4; i++) {
+        int h = hexval(p[i]);
+        if (h < 0) return -1;
+        *cp = *cp * 16 + (unsigned)h;
+    }
+    return 0;
+}
+
+/* The escape after a backslash (ps->p at its letter) as a code point;
+ * a \u surrogate pair is combined, a lone surrogate refused.  -1 if
+ * invalid. */
+static int parse_escape(parser *ps, unsigned *cp) {
+    if (ps->p >= ps->end) return -1;
+    unsigned char c = (unsigned char)*ps->p++;
+    switch (c) {
+    case '"': case '\\': case '/': *cp = c; return 0;
+    case 'b': *cp = '\b'; return 0;
+    case 'f': *cp = '\f'; return 0;
+    case 'n': *cp = '\n'; return 0;
+    case 'r': *cp = '\r'; return 0;
+    case 't': *cp = '\t'; return 0;
+    case 'u': break;
+    default: return -1;
+    }
+    if (ps->end - ps->p < 4 || hex4(ps->p, cp) < 0) return -1;
+    ps->p += 4;
+    if (*cp >= 0xDC00 && *cp <= 0xDFFF) return -1;
+    if (*cp < 0xD800 || *cp > 0xDBFF) return 0;
+    unsigned lo;
+    if (ps->end - ps->p < 6 || ps->p[0] != '\\' || ps->p[1] != 'u' || hex4(ps->p + 2, &lo) < 0 ||
+        lo < 0xDC00 || lo > 0xDFFF)
+        return -1;
+    ps->p += 6;
+    *cp = 0x10000 + ((*cp - 0xD800) << 10) + (lo - 0xDC00);
+    return 0;
+}
+
+/* cp as UTF-8 at w (1 to 4 bytes); returns the end. */
+static char *put_utf8(char *w, unsigned cp) {
+    if (cp < 0x80) {
+        *w++ = (char)cp;
+    } else if (cp < 0x800) {
+        *w++ = (char)(0xC0 | (cp >> 6));
+        *w++ = (char)(0x80 | (cp & 0x3F));
+    } else if (cp < 0x10000) {
+        *w++ = (char)(0xE0 | (cp >> 12));
+        *w++ = (char)(0x80 | ((cp >> 6) & 0x3F));
+        *w++ = (char)(0x80 | (cp & 0x3F));
+    } else {
+        *w++ = (char)(0xF0 | (cp >> 18));
+        *w++ = (char)(0x80 | ((cp >> 12) & 0x3F));
+        *w++ = (char)(0x80 | ((cp >> 6) & 0x3F));
+        *w++ = (char)(0x80 | (cp & 0x3F));
+    }
+    return w;
+}
+
 /* Parses a JSON string; on success *out is a malloc'd UTF-8 copy (when out
  * is non-NULL).  \u escapes become UTF-8; surrogate pairs are combined. */
 static int parse_string(parser *ps, char **out) {
@@ -80,61 +140,11 @@ static int parse_string(parser *ps, char **out) {
             if (w) *w++ = (char)c;
             continue;
         }
-        if (ps->p >= ps->end) goto bad;
-        c = (unsigned char)*ps->p++;
         unsigned cp;
-        switch (c) {
-        case '"': case '\\': case '/': cp = c; break;
-        case 'b': cp = '\b'; break;
-        case 'f': cp = '\f'; break;
-        case 'n': cp = '\n'; break;
-        case 'r': cp = '\r'; break;
-        case 't': cp = '\t'; break;
-        case 'u': {
-            if (ps->end - ps->p < 4) goto bad;
-            cp = 0;
-            for (int i = 0; i < 4; i++) {
-                int h = hexval(ps->p[i]);
-                if (h < 0) goto bad;
-                cp = cp * 16 + (unsigned)h;
-            }
-            ps->p += 4;
-            if (cp >= 0xD800 && cp <= 0xDBFF) {
-                if (ps->end - ps->p < 6 || ps->p[0] != '\\' || ps->p[1] != 'u') goto bad;
-                unsigned lo = 0;
-                for (int i = 2; i < 6; i++) {
-                    int h = hexval(ps->p[i]);
-                    if (h < 0) goto bad;
-                    lo = lo * 16 + (unsigned)h;
-                }
-                if (lo < 0xDC00 || lo > 0xDFFF) goto bad;
-                ps->p += 6;
-                cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
-            } else if (cp >= 0xDC00 && cp <= 0xDFFF) {
-                goto bad;
-            }
-            break;
-        }
-        default: goto bad;
-        }
-        if (!w) continue;
+        if (parse_escape(ps, &cp) < 0) goto bad;
         /* An escape takes at least 2 source bytes and a \u one 6, so the
          * UTF-8 form (at most 4 bytes) always fits in buf. */
-        if (cp < 0x80) {
-            *w++ = (char)cp;
-        } else if (cp < 0x800) {
-            *w++ = (char)(0xC0 | (cp >> 6));
-            *w++ = (char)(0x80 | (cp & 0x3F));
-        } else if (cp < 0x10000) {
-            *w++ = (char)(0xE0 | (cp >> 12));
-            *w++ = (char)(0x80 | ((cp >> 6) & 0x3F));
-            *w++ = (char)(0x80 | (cp & 0x3F));
-        } else {
-            *w++ = (char)(0xF0 | (cp >> 18));
-            *w++ = (char)(0x80 | ((cp >> 12) & 0x3F));
-            *w++ = (char)(0x80 | ((cp >> 6) & 0x3F));
-            *w++ = (char)(0x80 | (cp & 0x3F));
-        }
+        if (w) w = put_utf8(w, cp);
     }
     if (ps->p >= ps->end) goto bad;
     ps->p++; /* closing quote */
@@ -310,6 +320,86 @@ int st_dtype_size(const char *dtype) {
     return 0;
 }
 
+/* One "name": value entry of the header object: the metadata map, or a
+ * tensor appended to out.  -1 with the message set. */
+static int parse_entry(parser *ps, const char *start, st_file *out) {
+    char *name = NULL;
+    if (parse_string(ps, &name) < 0 || expect(ps, ':') < 0) {
+        free(name);
+        return fail_at(ps, start, "expected a tensor name");
+    }
+    if (strcmp(name, "__metadata__") == 0) {
+        free(name);
+        return parse_metadata(ps, start, out);
+    }
+    const char *why = st_find(out, name)                    ? "duplicate tensor name"
+                      : out->num_tensors >= ST_MAX_TENSORS ? "too many tensors"
+                                                            : NULL;
+    st_tensor *nt = why ? NULL : realloc(out->tensors, (size_t)(out->num_tensors + 1) * sizeof *nt);
+    if (!nt) {
+        free(name);
+        return fail_at(ps, start, why ? why : "out of memory");
+    }
+    out->tensors = nt;
+    st_tensor *t = &out->tensors[out->num_tensors++];
+    memset(t, 0, sizeof *t);
+    t->name = name;
+    return parse_tensor(ps, start, t);
+}
+
+/* The header: one JSON object of entries, nothing after it. */
+static int parse_header(parser *ps, const char *start, st_file *out) {
+    if (expect(ps, '{') < 0) return fail_at(ps, start, "header is not a JSON object");
+    skip_ws(ps);
+    if (ps->p < ps->end && *ps->p == '}') {
+        ps->p++;
+    } else {
+        for (;;) {
+            if (parse_entry(ps, start, out) < 0) return -1;
+            skip_ws(ps);
+            if (ps->p >= ps->end) return fail_at(ps, start, "unterminated header");
+            if (*ps->p == ',') {
+                ps->p++;
+                continue;
+            }
+            if (*ps->p == '}') {
+                ps->p++;
+                break;
+            }
+            return fail_at(ps, start, "expected ',' or '}'");
+        }
+    }
+    skip_ws(ps);
+    if (ps->p != ps->end) return fail_at(ps, start, "trailing bytes after the header object");
+    return 0;
+}
+
+/* A tensor's entry against the data: known dtype, byte length = elements x
+ * size, inside the data buffer (data_len bytes). */
+static int check_tensor(const st_tensor *t, size_t data_len, char *err, size_t errlen) {
+    int es = st_dtype_size(t->dtype);
+    if (!es)
+        return ctr_fail(err, errlen, CTR_EFORMAT, "tensor %s: unknown dtype \"%s\"", t->name,
+                        t->dtype);
+    uint64_t n = 1;
+    for (int d = 0; d < t->ndim; d++) {
+        uint64_t dim = (uint64_t)t->shape[d];
+        if (dim != 0 && n > (UINT64_C(1) << 62) / dim)
+            return ctr_fail(err, errlen, CTR_EFORMAT, "tensor %s: shape too large", t->name);
+        n *= dim;
+    }
+    if (t->end < t->begin || t->end > data_len)
+        return ctr_fail(err, errlen, CTR_EFORMAT,
+                        "tensor %s: data_offsets [%llu, %llu] outside the data (%zu bytes; "
+                        "file truncated?)", t->name, (unsigned long long)t->begin,
+                        (unsigned long long)t->end, data_len);
+    if (t->end - t->begin != n * (uint64_t)es)
+        return ctr_fail(err, errlen, CTR_EFORMAT, "tensor %s: %llu bytes for %llu elements of %s",
+                        t->name, (unsigned long long)(t->end - t->begin), (unsigned long long)n,
+                        t->dtype);
+    return CTR_OK;
+}
+
 int st_parse(const void *buf, size_t len, st_file *out, char *err, size_t errlen) {
     const unsigned char *b = buf;
     memset(out, 0, sizeof *out);
@@ -326,91 +416,10 @@ int st_parse(const void *buf, size_t len, st_file *out, char *err, size_t errlen
     const unsigned char *data = b + 8 + hlen;
     size_t data_len = len - 8 - (size_t)hlen;
     parser ps = {start, start + hlen, err, errlen, 0};
-
-    if (expect(&ps, '{') < 0) {
-        fail_at(&ps, start, "header is not a JSON object");
-        goto fail;
-    }
-    skip_ws(&ps);
-    if (ps.p < ps.end && *ps.p == '}') {
-        ps.p++;
-    } else {
-        for (;;) {
-            char *name = NULL;
-            if (parse_string(&ps, &name) < 0 || expect(&ps, ':') < 0) {
-                free(name);
-                fail_at(&ps, start, "expected a tensor name");
-                goto fail;
-            }
-            if (strcmp(name, "__metadata__") == 0) {
-                free(name);
-                if (parse_metadata(&ps, start, out) < 0) goto fail;
-            } else {
-                if (st_find(out, name)) {
-                    free(name);
-                    fail_at(&ps, start, "duplicate tensor name");
-                    goto fail;
-                }
-                if (out->num_tensors >= ST_MAX_TENSORS) {
-                    free(name);
-                    fail_at(&ps, start, "too many tensors");
-                    goto fail;
-                }
-                st_tensor *nt = realloc(out->tensors, (size_t)(out->num_tensors + 1) * sizeof *nt);
-                if (!nt) { free(name); fail_at(&ps, start, "out of memory"); goto fail; }
-                out->tensors = nt;
-                st_tensor *t = &out->tensors[out->num_tensors++];
-                memset(t, 0, sizeof *t);
-                t->name = name;
-                if (parse_tensor(&ps, start, t) < 0) goto fail;
-            }
-            skip_ws(&ps);
-            if (ps.p >= ps.end) { fail_at(&ps, start, "unterminated header"); goto fail; }
-            if (*ps.p == ',') { ps.p++; continue; }
-            if (*ps.p == '}') { ps.p++; break; }
-            fail_at(&ps, start, "expected ',' or '}'");
-            goto fail;
-        }
-    }
-    skip_ws(&ps);
-    if (ps.p != ps.end) {
-        fail_at(&ps, start, "trailing bytes after the header object");
-        goto fail;
-    }
-
-    /* Every tensor: known dtype, byte length = elements x size, inside the
-     * data buffer. */
+    if (parse_header(&ps, start, out) < 0) goto fail;
     for (int i = 0; i < out->num_tensors; i++) {
         st_tensor *t = &out->tensors[i];
-        int es = st_dtype_size(t->dtype);
-        if (!es) {
-            ctr_fail(err, errlen, CTR_EFORMAT, "tensor %s: unknown dtype \"%s\"",
-                     t->name, t->dtype);
-            goto fail;
-        }
-        uint64_t n = 1;
-        for (int d = 0; d < t->ndim; d++) {
-            uint64_t dim = (uint64_t)t->shape[d];
-            if (dim != 0 && n > (UINT64_C(1) << 62) / dim) {
-                ctr_fail(err, errlen, CTR_EFORMAT, "tensor %s: shape too large", t->name);
-                goto fail;
-            }
-            n *= dim;
-        }
-        if (t->end < t->begin || t->end > data_len) {
-            ctr_fail(err, errlen, CTR_EFORMAT,
-                     "tensor %s: data_offsets [%llu, %llu] outside the data (%zu bytes; "
-                     "file truncated?)", t->name, (unsigned long long)t->begin,
-                     (unsigned long long)t->end, data_len);
-            goto fail;
-        }
-        if (t->end - t->begin != n * (uint64_t)es) {
-            ctr_fail(err, errlen, CTR_EFORMAT,
-                     "tensor %s: %llu bytes for %llu elements of %s",
-                     t->name, (unsigned long long)(t->end - t->begin),
-                     (unsigned long long)n, t->dtype);
-            goto fail;
-        }
+        if (check_tensor(t, data_len, err, errlen) < 0) goto fail;
         t->data = data + t->begin;
     }
     return CTR_OK;

@@ -1,6 +1,6 @@
 /*
  * tin.c - TIN (Temporal Interest Network, the authors' TensorFlow 1 code,
- * model/tin/tin.py; MODEL_SPEC section 5) behind the engine interface
+ * model/tin/tin.py; docs/MODEL_SPEC.md section 5) behind the engine interface
  * (arch.h, engine.h).
  *
  * Model as trained, for a history of l behaviours (oldest first) and a
@@ -75,6 +75,7 @@ typedef struct tin_model {
 } tin_model;
 
 typedef struct tin_scratch {
+    linear_bufs bufs;            /* owns the buffers below */
     int32_t *pos;                /* max_len */
     float *hs;                   /* max_len x H: h~ */
     float *g;                    /* max_len x H: h~ K' */
@@ -104,38 +105,6 @@ static int tin_expected(const void *ctx, const char *name) {
     return 0;
 }
 
-/* Reads a batch norm (name/gamma, beta, moving_mean, moving_variance) of
- * n units as scale s and shift sh: BN(x) = s x + sh. */
-static int load_bn(const st_file *f, const char *pre, int n, double *s, double *sh, char *err,
-                   size_t errlen) {
-    char name[96];
-    float *g = NULL, *be = NULL, *mu = NULL, *var = NULL;
-    int rc;
-    if ((rc = modelfile_tensor(f, modelfile_name(name, sizeof name, "%s/gamma", pre), n, -1, &g,
-                               err, errlen)) < 0 ||
-        (rc = modelfile_tensor(f, modelfile_name(name, sizeof name, "%s/beta", pre), n, -1, &be,
-                               err, errlen)) < 0 ||
-        (rc = modelfile_tensor(f, modelfile_name(name, sizeof name, "%s/moving_mean", pre), n, -1,
-                               &mu, err, errlen)) < 0 ||
-        (rc = modelfile_tensor(f, modelfile_name(name, sizeof name, "%s/moving_variance", pre), n,
-                               -1, &var, err, errlen)) < 0)
-        goto done;
-    for (int i = 0; i < n; i++) {
-        if (var[i] < 0) {
-            rc = ctr_fail(err, errlen, CTR_EMODEL, "%s/moving_variance[%d] < 0", pre, i);
-            goto done;
-        }
-        s[i] = (double)g[i] / sqrt((double)var[i] + TIN_BN_EPS);
-        sh[i] = (double)be[i] - (double)mu[i] * s[i];
-    }
-done:
-    free(g);
-    free(be);
-    free(mu);
-    free(var);
-    return rc;
-}
-
 static void tin_free(void *impl) {
     tin_model *m = impl;
     if (!m) return;
@@ -158,8 +127,10 @@ static void tin_free(void *impl) {
 
 /* f1 (its u and u * t~ rows) and f2 as dense layers in precision p: the
  * weights transposed to [out, in]. */
-static int tin_prepare(tin_model *m, dense_precision p, dense_backend k, char *err,
-                       size_t errlen) {
+static int tin_prepare(void *impl, const engine_params *ep, char *err, size_t errlen) {
+    tin_model *m = impl;
+    const dense_precision p = ep->precision;
+    const dense_backend k = ep->kernel;
     const int H = m->H, F1 = m->F1, F2 = m->F2;
     float *w1 = malloc((size_t)F1 * 2 * H * sizeof *w1), *w2 = malloc((size_t)F2 * F1 * sizeof *w2);
     int rc = CTR_OK;
@@ -191,9 +162,59 @@ done:
     return rc;
 }
 
-/* Each matrix is small (at most 384 x 128): the folds are plain loops. */
-static int tin_build(tin_model *m, const st_file *f, const engine_schema *sc, char *err,
-                     size_t errlen) {
+/* The folds of hist_fcn_t: its input's batch norm (s, sh) folded in,
+ * u = (s o + sh) K + b = o (diag(s) K) + (sh K + b), into kf and bf; and
+ * the position rows through it, P K', in double from the unrounded fold.
+ * Each matrix is small (at most 384 x 128): plain loops. */
+static int fold_hist(tin_model *m, const float *k, const float *b, const double *s,
+                     const double *sh, char *err, size_t errlen) {
+    const int H = m->H, np = m->max_len + 1;
+    m->kf = linear_falloc((size_t)H * H);
+    m->bf = linear_falloc((size_t)H);
+    m->pk = linear_falloc((size_t)np * H);
+    if (!m->kf || !m->bf || !m->pk) return ctr_fail(err, errlen, CTR_ENOMEM, "out of memory");
+    for (int o = 0; o < H; o++) {
+        double acc = b[o];
+        for (int i = 0; i < H; i++) {
+            m->kf[(size_t)i * H + o] = (float)(s[i] * k[(size_t)i * H + o]);
+            acc += sh[i] * k[(size_t)i * H + o];
+        }
+        m->bf[o] = (float)acc;
+    }
+    for (int p = 0; p < np; p++)
+        for (int o = 0; o < H; o++) {
+            double acc = 0;
+            for (int i = 0; i < H; i++)
+                acc += (double)m->pos[(size_t)p * H + i] * s[i] * k[(size_t)i * H + o];
+            m->pk[(size_t)p * H + o] = (float)acc;
+        }
+    return CTR_OK;
+}
+
+/* The fold of f1: b1 (s, sh) folded in, f1(b1(x)) = x (diag(s) K1) + (sh K1
+ * + bias), plus the constant P[0] K1t of the t~ rows, into k1 and b1. */
+static int fold_f1(tin_model *m, const float *k1, const float *bias, const double *s,
+                   const double *sh, char *err, size_t errlen) {
+    const int H = m->H, F1 = m->F1;
+    m->k1 = linear_falloc((size_t)3 * H * F1);
+    m->b1 = linear_falloc((size_t)F1);
+    if (!m->k1 || !m->b1) return ctr_fail(err, errlen, CTR_ENOMEM, "out of memory");
+    for (int o = 0; o < F1; o++) {
+        double acc = bias[o];
+        for (int i = 0; i < 3 * H; i++) {
+            double w = s[i] * k1[(size_t)i * F1 + o];
+            m->k1[(size_t)i * F1 + o] = (float)w;
+            acc += sh[i] * k1[(size_t)i * F1 + o];
+            if (i >= H && i < 2 * H) acc += (double)m->pos[i - H] * w;
+        }
+        m->b1[o] = (float)acc;
+    }
+    return CTR_OK;
+}
+
+/* The shapes from the metadata, checked against the schema. */
+static int read_config(tin_model *m, const st_file *f, const engine_schema *sc, char *err,
+                       size_t errlen) {
     int rc;
     if (sc->num_ctx != 0)
         return ctr_fail(err, errlen, CTR_EMODEL, "a tin model has no context fields");
@@ -202,16 +223,23 @@ static int tin_build(tin_model *m, const st_file *f, const engine_schema *sc, ch
         (rc = modelfile_meta_int(f, "f1_units", 1, 4096, &m->F1, err, errlen)) < 0 ||
         (rc = modelfile_meta_int(f, "f2_units", 1, 4096, &m->F2, err, errlen)) < 0)
         return rc;
-    const int H = m->H = m->di + m->dc, F1 = m->F1, F2 = m->F2;
+    m->H = m->di + m->dc;
     m->item_vocab = sc->item_vocab;
     m->cate_vocab = sc->cate_vocab;
     m->max_len = sc->max_len;
-    if ((long long)m->item_vocab * m->di > INT32_MAX || (long long)m->cate_vocab * m->dc > INT32_MAX)
+    if ((long long)m->item_vocab * m->di > INT32_MAX ||
+        (long long)m->cate_vocab * m->dc > INT32_MAX)
         return ctr_fail(err, errlen, CTR_EMODEL, "configuration too large");
-    if ((rc = modelfile_no_unexpected(f, tin_expected, NULL, err, errlen)) < 0) return rc;
+    return modelfile_no_unexpected(f, tin_expected, NULL, err, errlen);
+}
 
-    const int np = m->max_len + 1;
-    float *k = NULL, *b = NULL, *k1 = NULL, *b1 = NULL, *k3 = NULL, *b3 = NULL;
+static int tin_build(void *impl, const st_file *f, const engine_schema *sc, char *err,
+                     size_t errlen) {
+    tin_model *m = impl;
+    int rc;
+    if ((rc = read_config(m, f, sc, err, errlen)) < 0) return rc;
+    const int H = m->H, F1 = m->F1, F2 = m->F2, np = m->max_len + 1;
+    float *k = NULL, *b = NULL, *k1 = NULL, *b1 = NULL, *b3 = NULL;
     double *s = malloc((size_t)3 * H * sizeof *s), *sh = malloc((size_t)3 * H * sizeof *sh);
     if (!s || !sh) {
         rc = ctr_fail(err, errlen, CTR_ENOMEM, "out of memory");
@@ -227,64 +255,22 @@ static int tin_build(tin_model *m, const st_file *f, const engine_schema *sc, ch
         (rc = modelfile_tensor(f, "f1/bias", F1, -1, &b1, err, errlen)) < 0 ||
         (rc = modelfile_tensor(f, "f2/kernel", F1, F2, &m->k2, err, errlen)) < 0 ||
         (rc = modelfile_tensor(f, "f2/bias", F2, -1, &m->b2, err, errlen)) < 0 ||
-        (rc = modelfile_tensor(f, "f3/kernel", F2, 1, &k3, err, errlen)) < 0 ||
+        (rc = modelfile_tensor(f, "f3/kernel", F2, 1, &m->k3, err, errlen)) < 0 ||
         (rc = modelfile_tensor(f, "f3/bias", 1, -1, &b3, err, errlen)) < 0)
         goto done;
-    m->k3 = k3;
-    k3 = NULL;
     m->b3 = b3[0];
-
-    /* u = (s o + sh) K + b = o (diag(s) K) + (sh K + b). */
-    if ((rc = load_bn(f, "batch_normalization", H, s, sh, err, errlen)) < 0) goto done;
-    m->kf = linear_falloc((size_t)H * H);
-    m->bf = linear_falloc((size_t)H);
-    m->pk = linear_falloc((size_t)np * H);
-    if (!m->kf || !m->bf || !m->pk) {
-        rc = ctr_fail(err, errlen, CTR_ENOMEM, "out of memory");
+    if ((rc = modelfile_batch_norm(f, "batch_normalization/", modelfile_bn_tf, H, TIN_BN_EPS, s,
+                                   sh, err, errlen)) < 0 ||
+        (rc = fold_hist(m, k, b, s, sh, err, errlen)) < 0 ||
+        (rc = modelfile_batch_norm(f, "b1/", modelfile_bn_tf, 3 * H, TIN_BN_EPS, s, sh, err,
+                                   errlen)) < 0 ||
+        (rc = fold_f1(m, k1, b1, s, sh, err, errlen)) < 0)
         goto done;
-    }
-    for (int o = 0; o < H; o++) {
-        double acc = b[o];
-        for (int i = 0; i < H; i++) {
-            m->kf[(size_t)i * H + o] = (float)(s[i] * k[(size_t)i * H + o]);
-            acc += sh[i] * k[(size_t)i * H + o];
-        }
-        m->bf[o] = (float)acc;
-    }
-    /* P K', in double from the unrounded fold. */
-    for (int p = 0; p < np; p++)
-        for (int o = 0; o < H; o++) {
-            double acc = 0;
-            for (int i = 0; i < H; i++)
-                acc += (double)m->pos[(size_t)p * H + i] * s[i] * k[(size_t)i * H + o];
-            m->pk[(size_t)p * H + o] = (float)acc;
-        }
-
-    /* f1(b1(x)) = x (diag(s1) K1) + (sh1 K1 + bias), plus the constant
-     * P[0] K1t of the t~ rows. */
-    if ((rc = load_bn(f, "b1", 3 * H, s, sh, err, errlen)) < 0) goto done;
-    m->k1 = linear_falloc((size_t)3 * H * F1);
-    m->b1 = linear_falloc((size_t)F1);
-    if (!m->k1 || !m->b1) {
-        rc = ctr_fail(err, errlen, CTR_ENOMEM, "out of memory");
-        goto done;
-    }
-    for (int o = 0; o < F1; o++) {
-        double acc = b1[o];
-        for (int i = 0; i < 3 * H; i++) {
-            double w = s[i] * k1[(size_t)i * F1 + o];
-            m->k1[(size_t)i * F1 + o] = (float)w;
-            acc += sh[i] * k1[(size_t)i * F1 + o];
-            if (i >= H && i < 2 * H) acc += (double)m->pos[i - H] * w;
-        }
-        m->b1[o] = (float)acc;
-    }
     m->scale = (float)(1.0 / sqrt((double)H));
     m->off_ek = H;
     m->off_et = 2 * H;
     m->off_b = 2 * H + F1;
     m->vec_floats = (2 * H + F1 + 1 + 15) & ~15;
-    rc = CTR_OK;
 done:
     free(s);
     free(sh);
@@ -292,23 +278,8 @@ done:
     free(b);
     free(k1);
     free(b1);
-    free(k3);
     free(b3);
     return rc;
-}
-
-static int tin_load(const st_file *f, const engine_schema *sc, const engine_params *p,
-                    void **impl, char *err, size_t errlen) {
-    tin_model *m = calloc(1, sizeof *m);
-    if (!m) return ctr_fail(err, errlen, CTR_ENOMEM, "out of memory");
-    int rc = tin_build(m, f, sc, err, errlen);
-    if (rc == CTR_OK) rc = tin_prepare(m, p->precision, p->kernel, err, errlen);
-    if (rc < 0) {
-        tin_free(m);
-        return rc;
-    }
-    *impl = m;
-    return CTR_OK;
 }
 
 /* --- item vectors ------------------------------------------------------ */
@@ -350,14 +321,7 @@ static int tin_items(const void *impl, int n, const engine_item *items, float *o
 static void tin_scratch_free(void *scratch) {
     tin_scratch *s = scratch;
     if (!s) return;
-    free(s->pos);
-    free(s->hs);
-    free(s->g);
-    free(s->tt);
-    free(s->s);
-    free(s->x2);
-    free(s->z1);
-    free(s->z2);
+    linear_bufs_free(&s->bufs);
     dense_ws_free(s->ws);
     free(s);
 }
@@ -367,16 +331,17 @@ static int tin_scratch_init(const void *impl, int max_cand, void **scratch) {
     tin_scratch *s = calloc(1, sizeof *s);
     if (!s) return CTR_ENOMEM;
     const size_t L = (size_t)m->max_len, N = (size_t)max_cand, H = (size_t)m->H;
-    s->pos = malloc(L * sizeof *s->pos);
-    s->hs = linear_falloc(L * H);
-    s->g = linear_falloc(L * H);
-    s->tt = linear_falloc(N * H);
-    s->s = linear_falloc(N * L);
-    s->x2 = linear_falloc(N * 2 * H);
-    s->z1 = linear_falloc(N * m->F1);
-    s->z2 = linear_falloc(N * m->F2);
+    linear_bufs *b = &s->bufs;
+    s->pos = linear_bufs_ints(b, L);
+    s->hs = linear_bufs_floats(b, L * H);
+    s->g = linear_bufs_floats(b, L * H);
+    s->tt = linear_bufs_floats(b, N * H);
+    s->s = linear_bufs_floats(b, N * L);
+    s->x2 = linear_bufs_floats(b, N * 2 * H);
+    s->z1 = linear_bufs_floats(b, N * m->F1);
+    s->z2 = linear_bufs_floats(b, N * m->F2);
     int rc = dense_ws_init(m->ws_bytes, &s->ws);
-    if (!s->pos || !s->hs || !s->g || !s->tt || !s->s || !s->x2 || !s->z1 || !s->z2 || rc < 0) {
+    if (b->failed || rc < 0) {
         tin_scratch_free(s);
         return rc < 0 ? rc : CTR_ENOMEM;
     }
@@ -480,7 +445,9 @@ static const char *tin_describe(const void *impl) {
 }
 
 const arch_ops tin_arch_ops = {
-    .load = tin_load,
+    .model_size = sizeof(tin_model),
+    .build = tin_build,
+    .prepare = tin_prepare,
     .free = tin_free,
     .item_vec_floats = tin_vec_floats,
     .items_compute = tin_items,

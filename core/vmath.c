@@ -4,7 +4,8 @@
 #include "vmath.h"
 
 #include <math.h>
-#include <stdatomic.h>
+
+#include "core/base/cpu.h"
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
@@ -35,28 +36,9 @@ __attribute__((target("avx512f"))) static void sigmoid16(float *x, int n) {
 }
 #endif
 
-static atomic_int use_vector = -1;
-
-int vmath_use_vector(int on) {
-    int v = 0;
-#ifdef VMATH_X86
-    if (on < 0) {
-        v = atomic_load(&use_vector);
-        if (v >= 0) return v;
-        v = __builtin_cpu_supports("avx512f") ? 1 : 0;
-    } else {
-        v = on && __builtin_cpu_supports("avx512f");
-    }
-#else
-    (void)on;
-#endif
-    atomic_store(&use_vector, v);
-    return v;
-}
-
 void vmath_exp(float *x, int n) {
 #ifdef VMATH_X86
-    if (vmath_use_vector(-1)) {
+    if (cpu_path_on(CPU_PATH_VMATH_AVX512)) {
         exp16(x, n);
         return;
     }
@@ -66,7 +48,7 @@ void vmath_exp(float *x, int n) {
 
 void vmath_sigmoid(float *x, int n) {
 #ifdef VMATH_X86
-    if (vmath_use_vector(-1)) {
+    if (cpu_path_on(CPU_PATH_VMATH_AVX512)) {
         sigmoid16(x, n);
         return;
     }

@@ -6,9 +6,9 @@
  *
  * Where the CPU has AVX-512F the work goes 16 at a time through glibc's
  * vector expf (libmvec, _ZGVeN16v_expf: glibc documents it within 1 ulp
- * here, like the scalar expf), else through expf; tests/core/test_vmath.c
- * holds the vector path to expf on this machine.  Pure functions apart from
- * the path choice; thread-safe.
+ * here, like the scalar expf), else through expf: the VMATH_AVX512 path of
+ * core/base/cpu.h.  tests/core/test_vmath.c holds the vector path to expf
+ * on this machine.  Pure functions; thread-safe.
  */
 #ifndef CTR_VMATH_H
 #define CTR_VMATH_H
@@ -18,9 +18,5 @@ void vmath_exp(float *x, int n);
 
 /* x[i] = 1 / (1 + expf(-x[i])) for i < n. */
 void vmath_sigmoid(float *x, int n);
-
-/* The path: 1 vector (the default where the CPU has AVX-512F), 0 scalar
- * expf, -1 only asks.  Returns the path in force.  Process-wide (tests). */
-int vmath_use_vector(int on);
 
 #endif

@@ -3,8 +3,8 @@
  * worker thread.
  *
  * A rank request names ~300 candidate items plus the user's history; each
- * needs its item vector ([e | A e | B e | U e | V e], qin_item_vec_floats
- * floats, about 12.5 KiB for the production model).  Computing one costs a Redis round trip
+ * needs its item vector (engine_item_vec_floats floats; QIN's [e | A e | B e |
+ * U e | V e] is about 12.5 KiB for the production model).  Computing one costs a Redis round trip
  * and a few small matrix-vector products, so the server keeps recent ones
  * here.  The workload: 2..64 threads, each looking up a few hundred ids per
  * request, almost all hits once warm; inserts only on misses.
@@ -12,7 +12,7 @@
  * Usage:
  *
  *     item_cache_params p = item_cache_default_params();
- *     p.vec_floats = qin_item_vec_floats(model);
+ *     p.vec_floats = engine_item_vec_floats(model);
  *     item_cache *c;
  *     if (item_cache_init(&p, &c, err, sizeof err) < 0) ...
  *
@@ -66,7 +66,7 @@ typedef struct item_cache_params {
      * may be rewritten; the TTL bounds how stale a vector can get.  0 means
      * entries never expire. */
     uint64_t ttl_ms;
-    /* Floats per vector: qin_item_vec_floats(model).  Required (> 0). */
+    /* Floats per vector: engine_item_vec_floats(model).  Required (> 0). */
     size_t vec_floats;
     /* Lock stripes (64), rounded up to a power of two.  Fewer are used when
      * max_bytes is too small to give every shard room for 4 entries, since

@@ -34,8 +34,8 @@ QIN_ITEM_FIELDS = "item_id,item_tags,item_emb_d128"
 P = ref.PREFIX
 EMB_RE = re.compile(re.escape(P) + r"embedding_layers\.([^.]+)\.weight$")
 LAYER_RE = re.compile(r"qnn\.layer\.(\d+)\.linear\.0\.weight$")
-NAME_MAX = 63          # QIN_NAME_MAX - 1 in core/qin.h
-MAX_CTX = 16           # QIN_MAX_CTX in core/qin.h
+NAME_MAX = 63          # ENGINE_NAME_MAX - 1 in core/engine.h
+MAX_CTX = 16           # ENGINE_MAX_CTX in core/engine.h
 DEFAULT_CONTEXT = ("likes_level", "views_level")
 
 

@@ -1,14 +1,14 @@
 # din_reference.py - the PyTorch reference of DIN as the WWW 2025 challenge
 # baseline trains it (FuxiCTR DIN with DIN_Attention), written from
-# MODEL_SPEC.md sections 2 and 4: the unfolded 4E-wide attention MLP per
+# docs/MODEL_SPEC.md sections 2 and 4: the unfolded 4E-wide attention MLP per
 # candidate-behaviour pair, batch norm with running statistics, optional
 # Dice and softmax.  Its modules are laid out as FuxiCTR's, so its
 # state_dict has the real checkpoint keys, module indices included: each
 # activation, batch norm and dropout module takes an index in the
 # nn.Sequential, so `attention_dropout` / `net_dropout` > 0 and Dice move
-# the Linear layers' indices (MODEL_SPEC section 4).  It is the oracle the C
-# engine's DIN golden data comes from, and the source of the synthetic
-# FuxiCTR-style checkpoints the tests convert.
+# the Linear layers' indices (docs/MODEL_SPEC.md section 4).  It is the
+# oracle the C engine's DIN golden data comes from, and the source of the
+# synthetic FuxiCTR-style checkpoints the tests convert.
 
 import dataclasses
 import math
@@ -64,7 +64,7 @@ class DINConfig:
 
 
 def microlens_config(**kw):
-    """The challenge baseline's configuration (MODEL_SPEC section 4)."""
+    """The challenge baseline's configuration (docs/MODEL_SPEC.md section 4)."""
     return DINConfig(**kw)
 
 

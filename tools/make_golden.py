@@ -224,8 +224,8 @@ def reference_logits(model, cfg, items, hist, cands):
 
 
 class Folded:
-    """The C engine's algebra in float32 numpy (MODEL_SPEC section 3 folds):
-    summed row blocks, batch norm folded into the QNN, A = W_q^T W_k,
+    """The C engine's algebra in float32 numpy (the folds of docs/MODEL_SPEC.md
+    section 3): summed row blocks, batch norm folded into the QNN, A = W_q^T W_k,
     B = W_o W_v.  Used to check that the golden data is within reach of a
     folded float32 engine, and (with `variant`) that each edge case matters."""
 

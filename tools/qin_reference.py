@@ -1,6 +1,6 @@
 # qin_reference.py - the PyTorch reference of QIN as the FuxiCTR training code
-# runs it (MODEL_SPEC.md sections 2-3): unfolded R row blocks, batch norm with
-# running statistics, W_q/W_k/W_v/W_o attention.  Its parameter and buffer
+# runs it (docs/MODEL_SPEC.md sections 2-3): unfolded R row blocks, batch
+# norm with running statistics, W_q/W_k/W_v/W_o attention.  Its parameter and buffer
 # names equal the FuxiCTR checkpoint keys, so a real checkpoint loads with
 # load_state_dict(strict=True).  It is the oracle the C engine's golden data
 # comes from; it is written for clarity, not speed (the C engine does the
@@ -61,7 +61,7 @@ class QINConfig:
 
 
 def microlens_config(num_row=4):
-    """The MicroLens-1M challenge configuration (MODEL_SPEC section 3)."""
+    """The MicroLens-1M challenge configuration (docs/MODEL_SPEC.md section 3)."""
     return QINConfig(num_row=num_row)
 
 
@@ -190,7 +190,7 @@ class _QNN(nn.Module):
 
 
 def item_vectors(tables, mm_encoder, ids, tags, mm):
-    """The item vector of MODEL_SPEC section 2 (QIN and DIN):
+    """The item vector of docs/MODEL_SPEC.md section 2 (QIN and DIN):
     [E_item[id] | masked mean of tag rows | W_mm mm] for items of any
     leading shape: ids (...), tags (..., T), mm (..., mm_in)."""
     e_id = tables["item_id"](ids)

@@ -1,6 +1,6 @@
 # tin_reference.py - the PyTorch reference of TIN (Temporal Interest
 # Network) as the authors' TensorFlow 1 code computes it at inference,
-# written from MODEL_SPEC.md section 5: position rows added to the target
+# written from docs/MODEL_SPEC.md section 5: position rows added to the target
 # (row 0) and to behaviour k of l (row l - k), softmax dot attention scaled
 # by 1/sqrt(H), batch norm (eps 1e-3, moving statistics), hist_fcn_t, the
 # MLP [u, t~, u * t~] -> b1 -> f1 sigmoid -> f2 sigmoid -> f3, plus the item
@@ -38,7 +38,7 @@ class TINConfig:
 
 
 def amazon_config():
-    """The authors' Amazon Electronics shapes (MODEL_SPEC section 5)."""
+    """The authors' Amazon Electronics shapes (docs/MODEL_SPEC.md section 5)."""
     return TINConfig()
 
 

@@ -9,6 +9,7 @@
 #include <math.h>
 #include <stdlib.h>
 
+#include "core/base/cpu.h"
 #include "core/attn.h"
 
 static void test_window(void **state) {
@@ -80,7 +81,7 @@ static void test_explain(void **state) {
     for (int avx = 0; avx < 2; avx++)
     for (int k = 1; k <= 6; k++)
         for (int nh = 1; nh <= 70; nh += 3) {
-            attn_explain_use_avx512(avx);
+            cpu_path_set(CPU_PATH_EXPLAIN_AVX512, avx);
             float row[70];
             int32_t rp[70], a_pos[6], b_pos[20];
             float a_w[6], b_w[20];
@@ -98,7 +99,7 @@ static void test_explain(void **state) {
                 assert_true(a_w[r] == b_w[r]);
             }
         }
-    attn_explain_use_avx512(1);
+    cpu_path_set(CPU_PATH_EXPLAIN_AVX512, 1);
     /* Random rows, random order: the two fast paths agree exactly. */
     uint64_t rng = 5;
     static float rows[16][300];
@@ -118,9 +119,9 @@ static void test_explain(void **state) {
             int32_t pa[16 * 12], pb[16 * 12], pc[16 * 20];
             float wa[16 * 12], wb[16 * 12], wc[16 * 20];
             engine_explain xa = {kk, pa, wa}, xb = {kk, pb, wb}, xc = {20, pc, wc};
-            attn_explain_use_avx512(0);
+            cpu_path_set(CPU_PATH_EXPLAIN_AVX512, 0);
             attn_explain(&rows[0][0], 13, nh, 300, rpos, &xa, 0);
-            attn_explain_use_avx512(1);
+            cpu_path_set(CPU_PATH_EXPLAIN_AVX512, 1);
             attn_explain(&rows[0][0], 13, nh, 300, rpos, &xb, 0);
             attn_explain(&rows[0][0], 13, nh, 300, rpos, &xc, 0); /* plain */
             for (int i = 0; i < 13; i++)

@@ -11,7 +11,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/engine.h"
 #include "core/gemm.h"
+#include "core/linear.h"
 #include "core/qin_internal.h"
 #include "tests/core/testmodel.h"
 
@@ -24,7 +26,7 @@ static float uni(void) {
 static void test_pack_layout(void **state) {
     (void)state;
     const int D = 64;
-    float *w = qin_falloc((size_t)D * D), *p = qin_falloc(gemm_packed_floats(D));
+    float *w = linear_falloc((size_t)D * D), *p = linear_falloc(gemm_packed_floats(D));
     for (int i = 0; i < D * D; i++) w[i] = (float)i;
     gemm_pack(w, D, p);
     for (int o = 0; o < D; o++)
@@ -46,9 +48,9 @@ static void test_packed_vs_openblas(void **state) {
     assert_false(gemm_packed_supported(48)); /* D must be a multiple of 32 */
     for (size_t di = 0; di < sizeof dims / sizeof dims[0]; di++) {
         const int D = dims[di], ld = D + 16, nmax = 70;
-        float *w = qin_falloc((size_t)D * D), *p = qin_falloc(gemm_packed_floats(D));
-        float *x = qin_falloc((size_t)nmax * ld), *y = qin_falloc((size_t)nmax * ld),
-              *r = qin_falloc((size_t)nmax * ld);
+        float *w = linear_falloc((size_t)D * D), *p = linear_falloc(gemm_packed_floats(D));
+        float *x = linear_falloc((size_t)nmax * ld), *y = linear_falloc((size_t)nmax * ld),
+              *r = linear_falloc((size_t)nmax * ld);
         for (int i = 0; i < D * D; i++) w[i] = uni() / sqrtf((float)D);
         for (int i = 0; i < nmax * ld; i++) x[i] = uni();
         gemm_pack(w, D, p);
@@ -83,24 +85,25 @@ static void test_layer_both_ways(void **state) {
     tm_init(&tm, &c, 5);
     size_t len;
     unsigned char *buf = tm_serialize(&tm, NULL, &len);
-    qin_model *m;
+    engine_model *em;
     char err[256];
-    assert_int_equal(qin_model_load_buffer(buf, len, &m, err, sizeof err), CTR_OK);
+    assert_int_equal(engine_model_load_buffer(buf, len, &em, err, sizeof err), CTR_OK);
     free(buf);
+    qin_model *m = qin_model_of(em);
     tm_free(&tm);
     dense_params dp = dense_default_params();
     dp.backend = DENSE_BACKEND_PACKED;
     if (!gemm_packed_supported(160)) {
         assert_int_equal(qin_model_prepare(m, &dp, err, sizeof err), CTR_EINVAL);
-        qin_model_free(m);
+        engine_model_free(em);
         printf("no AVX-512F here: packed kernel not used\n");
         return;
     }
     const int n = 13, ld = 160;
     qin_scratch *s;
     assert_int_equal(qin_scratch_init(m, n, &s), CTR_OK);
-    float *x0 = qin_falloc(n * ld), *xa = qin_falloc(n * ld), *xb = qin_falloc(n * ld),
-          *y = qin_falloc(n * ld);
+    float *x0 = linear_falloc(n * ld), *xa = linear_falloc(n * ld), *xb = linear_falloc(n * ld),
+          *y = linear_falloc(n * ld);
     for (int i = 0; i < n * ld; i++) x0[i] = uni();
     memcpy(xa, x0, sizeof(float) * n * ld);
     memcpy(xb, x0, sizeof(float) * n * ld);
@@ -118,11 +121,11 @@ static void test_layer_both_ways(void **state) {
         if (fabsf(xa[i] - xb[i]) > 1e-5f * (1.0f + fabsf(xb[i])))
             fail_msg("x[%d]: packed %.9g openblas %.9g", i, xa[i], xb[i]);
     free(x0); free(xa); free(xb); free(y);
-    qin_model_free(m);
+    engine_model_free(em);
 }
 
 int main(void) {
-    /* As the engine runs it (core/qin_load.c): OpenBLAS on the calling thread
+    /* As the engine runs it (core/engine.c): OpenBLAS on the calling thread
      * only.  Its own worker threads synchronise in code TSan cannot see,
      * so a threaded sgemm shows as a race in the TSan build. */
     openblas_set_num_threads(1);

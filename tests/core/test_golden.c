@@ -24,6 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/base/cpu.h"
 #include "core/engine.h"
 #include "core/linear.h"
 
@@ -252,7 +253,7 @@ static void run_config(const char *name, const char *arch) {
     }
     printf("golden %s (%s, run-time products on %s): %d cases, %d probabilities (%d in "
            "0.05..0.95), max |diff| %.3g; %d explained behaviours, max weight diff %.3g\n",
-           name, arch, linear_use_dnnl(-1) ? "oneDNN" : "OpenBLAS", g.ncases, g.total, mid,
+           name, arch, cpu_path_on(CPU_PATH_LINEAR_ONEDNN) ? "oneDNN" : "OpenBLAS", g.ncases, g.total, mid,
            worst, explained, worst_w);
     /* The check means something only if the reference was not saturated. */
     assert_true(g.total > 0 && mid * 4 >= g.total && explained > 0);
@@ -264,11 +265,11 @@ static void run_config(const char *name, const char *arch) {
 
 /* Each configuration with oneDNN, then with OpenBLAS behind linear.h. */
 static void run_both(const char *name, const char *arch) {
-    linear_use_dnnl(1);
+    cpu_path_set(CPU_PATH_LINEAR_ONEDNN, 1);
     run_config(name, arch);
-    linear_use_dnnl(0);
+    cpu_path_set(CPU_PATH_LINEAR_ONEDNN, 0);
     run_config(name, arch);
-    linear_use_dnnl(1);
+    cpu_path_set(CPU_PATH_LINEAR_ONEDNN, 1);
 }
 
 /* Every probability of every case through m, case after case, into out. */

@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/base/cpu.h"
 #include "core/linear.h"
 
 static uint64_t rng = 7;
@@ -44,7 +45,7 @@ static void check_shape(int n, int out, int in, int w_out_in, float beta, int pa
     naive(n, out, in, x, ldx, w, ldw, w_out_in, beta, y0, ldy, want);
     const double tol = 1e-5 * (in + 1);
     for (int lib = 1; lib >= 0; lib--) {
-        linear_use_dnnl(lib);
+        cpu_path_set(CPU_PATH_LINEAR_ONEDNN, lib);
         memcpy(y, y0, (size_t)n * ldy * sizeof *y);
         linear_gemm(n, out, in, x, ldx, w, ldw, w_out_in, beta, y, ldy);
         for (int i = 0; i < n; i++) {
@@ -59,7 +60,7 @@ static void check_shape(int n, int out, int in, int w_out_in, float beta, int pa
                 assert_true(y[(size_t)i * ldy + o] == y0[(size_t)i * ldy + o]);
         }
     }
-    linear_use_dnnl(1);
+    cpu_path_set(CPU_PATH_LINEAR_ONEDNN, 1);
     free(x); free(w); free(y0); free(y); free(want);
 }
 
@@ -101,14 +102,38 @@ static void test_layer_bias(void **state) {
 
 static void test_choice(void **state) {
     (void)state;
-    assert_int_equal(linear_use_dnnl(0), 0);
-    assert_int_equal(linear_use_dnnl(-1), 0);
-    assert_int_equal(linear_use_dnnl(1), 1);
-    assert_int_equal(linear_use_dnnl(-1), 1);
+    assert_int_equal(cpu_path_set(CPU_PATH_LINEAR_ONEDNN, 0), 0);
+    assert_int_equal(cpu_path_on(CPU_PATH_LINEAR_ONEDNN), 0);
+    assert_int_equal(cpu_path_set(CPU_PATH_LINEAR_ONEDNN, 1), 1);
+    assert_int_equal(cpu_path_on(CPU_PATH_LINEAR_ONEDNN), 1);
+}
+
+/* A scratch's buffers: aligned and zeroed, every one kept and freed
+ * together (ASan checks the freeing), and a failure remembered. */
+static void test_bufs(void **state) {
+    (void)state;
+    linear_bufs b = {0};
+    float *f = linear_bufs_floats(&b, 37);
+    int32_t *i = linear_bufs_ints(&b, 5);
+    assert_non_null(f);
+    assert_non_null(i);
+    assert_int_equal((uintptr_t)f % 64, 0);
+    assert_int_equal((uintptr_t)i % 64, 0);
+    for (int k = 0; k < 37; k++) assert_true(f[k] == 0.0f);
+    for (int k = 0; k < 5; k++) assert_int_equal(i[k], 0);
+    assert_int_equal(b.n, 2);
+    assert_false(b.failed);
+    while (b.n < LINEAR_BUFS_MAX) assert_non_null(linear_bufs_floats(&b, 1));
+    assert_null(linear_bufs_floats(&b, 1)); /* one too many */
+    assert_true(b.failed);
+    assert_null(linear_bufs_floats(&b, SIZE_MAX / 2)); /* too large */
+    linear_bufs_free(&b);
+    assert_int_equal(b.n, 0);
 }
 
 int main(void) {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_bufs),
         cmocka_unit_test(test_shapes),
         cmocka_unit_test(test_empty),
         cmocka_unit_test(test_layer_bias),

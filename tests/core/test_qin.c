@@ -1,18 +1,23 @@
 /* test_qin.c - each piece of the forward pass (item vector, attention, one
  * QNN layer, head) and the whole model against a naive, unfolded, double
- * precision version (testmodel.h), plus the documented edge behaviours. */
+ * precision version (testmodel.h), plus the documented edge behaviours.
+ * The model is loaded, its item vectors computed and whole requests scored
+ * through engine.h; the pieces are QIN's own (qin_internal.h). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <cmocka.h>
 
+#include "core/engine.h"
+#include "core/linear.h"
 #include "core/qin_internal.h"
 #include "tests/core/testmodel.h"
 
 #define TOL 2e-5
 
 static test_model tm;
-static qin_model *model;
+static engine_model *em;
+static qin_model *model;   /* inside em */
 
 /* Per-item features of the test catalogue. */
 typedef struct feat {
@@ -29,11 +34,13 @@ static int setup(void **state) {
     size_t len;
     unsigned char *buf = tm_serialize(&tm, NULL, &len);
     char err[512];
-    if (qin_model_load_buffer(buf, len, &model, err, sizeof err) < 0) {
+    if (engine_model_load_buffer(buf, len, &em, err, sizeof err) < 0) {
         fprintf(stderr, "load: %s\n", err);
         return -1;
     }
     free(buf);
+    model = qin_model_of(em);
+    if (!model) return -1;
     for (int i = 1; i < 20; i++) {
         items[i].ntags = i % 4 == 0 ? 0 : 3;
         for (int k = 0; k < 3; k++) items[i].tags[k] = (i * 7 + k * 3) % 9;
@@ -46,16 +53,20 @@ static int setup(void **state) {
 
 static int teardown(void **state) {
     (void)state;
-    qin_model_free(model);
+    engine_model_free(em);
     tm_free(&tm);
     return 0;
 }
 
-static float *engine_item(int64_t id) {
-    float *v = qin_item_vec_alloc(model);
-    qin_item_input in = {id, items[id].tags, items[id].ntags, items[id].mm};
+static engine_item item_input(int64_t id) {
+    return (engine_item){id, items[id].tags, items[id].ntags, items[id].mm, 0};
+}
+
+static float *item_vec(int64_t id) {
+    float *v = engine_item_vecs_alloc(em, 1);
+    engine_item in = item_input(id);
     char err[256];
-    if (qin_item_compute(model, &in, v, err, sizeof err) < 0) fail_msg("%s", err);
+    if (engine_items_compute(em, 1, &in, v, NULL, err, sizeof err) < 0) fail_msg("%s", err);
     return v;
 }
 
@@ -71,7 +82,7 @@ static void test_item_vector(void **state) {
     (void)state;
     const int E = model->cfg.item_dim, H = model->cfg.attn_dim;
     for (int id = 1; id < 20; id++) {
-        float *v = engine_item(id);
+        float *v = item_vec(id);
         double e[13], k[26], ae[13], ve[26], be[13];
         naive_item(id, e);
         for (int j = 0; j < E; j++) assert_close(e[j], v[j], "e", j);
@@ -95,29 +106,29 @@ static void test_item_vector(void **state) {
 static void test_all_padding_tags(void **state) {
     (void)state;
     const int d = model->cfg.embedding_dim;
-    float *v = engine_item(5); /* tags all 0 */
+    float *v = item_vec(5); /* tags all 0 */
     for (int j = 0; j < d; j++) assert_true(v[d + j] == 0.0f);
     free(v);
 }
 
 static void test_item_out_of_range(void **state) {
     (void)state;
-    float *v = qin_item_vec_alloc(model);
+    float *v = engine_item_vecs_alloc(em, 1);
     char err[256] = "";
     int32_t tags[3] = {1, 2, 3};
-    qin_item_input in = {20, tags, 3, NULL};
-    assert_int_equal(qin_item_compute(model, &in, v, err, sizeof err), CTR_ERANGE);
+    engine_item in = {20, tags, 3, NULL, 0};
+    assert_int_equal(engine_items_compute(em, 1, &in, v, NULL, err, sizeof err), CTR_ERANGE);
     assert_non_null(strstr(err, "item_id 20 outside 1..19"));
     in.id = 0;
-    assert_int_equal(qin_item_compute(model, &in, v, err, sizeof err), CTR_ERANGE);
+    assert_int_equal(engine_items_compute(em, 1, &in, v, NULL, err, sizeof err), CTR_ERANGE);
     in.id = 3;
     tags[1] = 9;
-    assert_int_equal(qin_item_compute(model, &in, v, err, sizeof err), CTR_ERANGE);
+    assert_int_equal(engine_items_compute(em, 1, &in, v, NULL, err, sizeof err), CTR_ERANGE);
     assert_non_null(strstr(err, "tag 9 outside 0..8"));
     tags[1] = 2;
     float mm[6] = {0, 0, NAN, 0, 0, 0};
     in.mm = mm;
-    assert_int_equal(qin_item_compute(model, &in, v, err, sizeof err), CTR_EINVAL);
+    assert_int_equal(engine_items_compute(em, 1, &in, v, NULL, err, sizeof err), CTR_EINVAL);
     free(v);
 }
 
@@ -125,15 +136,15 @@ static void test_item_out_of_range(void **state) {
  * different summation order) and names the first bad item. */
 static void test_items_batch(void **state) {
     (void)state;
-    const size_t vf = qin_item_vec_floats(model);
-    qin_item_input in[19];
-    for (int id = 1; id < 20; id++)
-        in[id - 1] = (qin_item_input){id, items[id].tags, items[id].ntags, items[id].mm};
-    float *batch = qin_falloc(19 * vf);
+    const size_t vf = engine_item_vec_floats(em);
+    assert_int_equal(vf, qin_item_vec_floats(model));
+    engine_item in[19];
+    for (int id = 1; id < 20; id++) in[id - 1] = item_input(id);
+    float *batch = engine_item_vecs_alloc(em, 19);
     char err[256] = "";
-    assert_int_equal(qin_items_compute(model, 19, in, batch, NULL, err, sizeof err), CTR_OK);
+    assert_int_equal(engine_items_compute(em, 19, in, batch, NULL, err, sizeof err), CTR_OK);
     for (int id = 1; id < 20; id++) {
-        float *one = engine_item(id);
+        float *one = item_vec(id);
         for (size_t k = 0; k < vf; k++)
             if (fabsf(one[k] - batch[(id - 1) * vf + k]) > 1e-6f * (1.0f + fabsf(one[k])))
                 fail_msg("item %d [%zu]: one by one %.9g, batch %.9g", id, k, one[k],
@@ -142,10 +153,10 @@ static void test_items_batch(void **state) {
     }
     int bad = -1;
     in[7].id = 999;
-    assert_int_equal(qin_items_compute(model, 19, in, batch, &bad, err, sizeof err), CTR_ERANGE);
+    assert_int_equal(engine_items_compute(em, 19, in, batch, &bad, err, sizeof err), CTR_ERANGE);
     assert_int_equal(bad, 7);
     assert_non_null(strstr(err, "item_id 999"));
-    assert_int_equal(qin_items_compute(model, 0, in, batch, NULL, err, sizeof err), CTR_OK);
+    assert_int_equal(engine_items_compute(em, 0, in, batch, NULL, err, sizeof err), CTR_OK);
     free(batch);
 }
 
@@ -153,18 +164,18 @@ static void test_attention_piece(void **state) {
     (void)state;
     const int E = model->cfg.item_dim;
     const int hist_ids[4] = {3, 8, 12, 19}, cand_ids[3] = {1, 7, 16};
-    float *ah = qin_falloc(4 * E), *bh = qin_falloc(4 * E), *t = qin_falloc(3 * E),
-          *pool = qin_falloc(3 * E), *s = qin_falloc(3 * 4);
+    float *ah = linear_falloc(4 * E), *bh = linear_falloc(4 * E), *t = linear_falloc(3 * E),
+          *pool = linear_falloc(3 * E), *s = linear_falloc(3 * 4);
     double hist[4 * 13];
     for (int j = 0; j < 4; j++) {
-        float *v = engine_item(hist_ids[j]);
+        float *v = item_vec(hist_ids[j]);
         memcpy(ah + j * E, v + E, E * sizeof(float));
         memcpy(bh + j * E, v + 2 * E, E * sizeof(float));
         naive_item(hist_ids[j], hist + j * E);
         free(v);
     }
     for (int i = 0; i < 3; i++) {
-        float *v = engine_item(cand_ids[i]);
+        float *v = item_vec(cand_ids[i]);
         memcpy(t + i * E, v, E * sizeof(float));
         free(v);
     }
@@ -187,7 +198,7 @@ static void test_qnn_layer_and_head(void **state) {
     assert_int_equal(qin_ldx(&model->cfg), ldx);
     qin_scratch *s;
     assert_int_equal(qin_scratch_init(model, n, &s), CTR_OK);
-    float *x = qin_falloc(n * ldx), *y = qin_falloc(n * ldx), *logit = qin_falloc(n);
+    float *x = linear_falloc(n * ldx), *y = linear_falloc(n * ldx), *logit = linear_falloc(n);
     float prob[5];
     double xd[5][34];
     for (int i = 0; i < n; i++)
@@ -209,17 +220,17 @@ static void test_qnn_layer_and_head(void **state) {
 static void check_request(const int64_t *hist_ids, int nh, const int64_t *cand_ids, int nc,
                           const int32_t *ctx) {
     const int E = model->cfg.item_dim, L = model->cfg.max_len;
-    qin_scratch *s;
-    assert_int_equal(qin_scratch_init(model, 8, &s), CTR_OK);
+    engine_scratch *s;
+    assert_int_equal(engine_scratch_init(em, 8, &s), CTR_OK);
     const float *hist[32], *cand[8];
     float *owned[40];
     int no = 0;
-    for (int j = 0; j < nh; j++) hist[j] = hist_ids[j] ? (owned[no++] = engine_item(hist_ids[j])) : NULL;
-    for (int i = 0; i < nc; i++) cand[i] = owned[no++] = engine_item(cand_ids[i]);
+    for (int j = 0; j < nh; j++) hist[j] = hist_ids[j] ? (owned[no++] = item_vec(hist_ids[j])) : NULL;
+    for (int i = 0; i < nc; i++) cand[i] = owned[no++] = item_vec(cand_ids[i]);
     float prob[8];
     char err[256];
-    qin_request req = {hist, nh, cand, ctx, nc, NULL};
-    if (qin_forward(model, s, &req, prob, err, sizeof err) < 0) fail_msg("%s", err);
+    engine_request req = {hist, nh, cand, ctx, nc, NULL, NULL};
+    if (engine_forward(em, s, &req, prob, err, sizeof err) < 0) fail_msg("%s", err);
     /* Naive: last max_len positions, padding removed. */
     double h[32 * 13];
     int real = 0;
@@ -233,7 +244,7 @@ static void check_request(const int64_t *hist_ids, int nh, const int64_t *cand_i
         assert_true(want > 0.001 && want < 0.999);
     }
     for (int k = 0; k < no; k++) free(owned[k]);
-    qin_scratch_free(s);
+    engine_scratch_free(s);
 }
 
 static void test_forward_whole(void **state) {
@@ -252,41 +263,43 @@ static void test_forward_whole(void **state) {
 static void test_history_keeps_most_recent(void **state) {
     (void)state;
     /* Behaviours older than the last max_len must not matter. */
-    qin_scratch *s;
-    assert_int_equal(qin_scratch_init(model, 2, &s), CTR_OK);
-    float *a = engine_item(3), *b = engine_item(4), *c = engine_item(17);
+    engine_scratch *s;
+    assert_int_equal(engine_scratch_init(em, 2, &s), CTR_OK);
+    float *a = item_vec(3), *b = item_vec(4), *c = item_vec(17);
     const float *h1[7] = {a, a, b, b, c, b, c}, *h2[7] = {c, b, b, b, c, b, c};
     const float *cand[2] = {a, c};
     float p1[2], p2[2], p3[2];
-    qin_request r1 = {h1, 7, cand, NULL, 2, NULL}, r2 = {h2, 7, cand, NULL, 2, NULL},
-                r3 = {h1 + 2, 5, cand, NULL, 2, NULL};
-    assert_int_equal(qin_forward(model, s, &r1, p1, NULL, 0), CTR_OK);
-    assert_int_equal(qin_forward(model, s, &r2, p2, NULL, 0), CTR_OK);
-    assert_int_equal(qin_forward(model, s, &r3, p3, NULL, 0), CTR_OK);
+    engine_request r1 = {h1, 7, cand, NULL, 2, NULL, NULL},
+                   r2 = {h2, 7, cand, NULL, 2, NULL, NULL},
+                   r3 = {h1 + 2, 5, cand, NULL, 2, NULL, NULL};
+    assert_int_equal(engine_forward(em, s, &r1, p1, NULL, 0), CTR_OK);
+    assert_int_equal(engine_forward(em, s, &r2, p2, NULL, 0), CTR_OK);
+    assert_int_equal(engine_forward(em, s, &r3, p3, NULL, 0), CTR_OK);
     assert_memory_equal(p1, p2, sizeof p1);
     assert_memory_equal(p1, p3, sizeof p1);
     free(a); free(b); free(c);
-    qin_scratch_free(s);
+    engine_scratch_free(s);
 }
 
 static void test_forward_refusals(void **state) {
     (void)state;
-    qin_scratch *s;
-    assert_int_equal(qin_scratch_init(model, 2, &s), CTR_OK);
-    float *a = engine_item(3);
+    engine_scratch *s;
+    assert_int_equal(engine_scratch_init(em, 2, &s), CTR_OK);
+    float *a = item_vec(3);
     const float *cand[3] = {a, a, a};
     float p[3];
     char err[256] = "";
-    qin_request r = {NULL, 0, cand, NULL, 3, NULL};
-    assert_int_equal(qin_forward(model, s, &r, p, err, sizeof err), CTR_ETOOMANY);
+    engine_request r = {NULL, 0, cand, NULL, 3, NULL, NULL};
+    assert_int_equal(engine_forward(em, s, &r, p, err, sizeof err), CTR_ETOOMANY);
     const int32_t ctx[4] = {0, 0, 4, 1}; /* likes_level vocab is 4 */
-    qin_request r2 = {NULL, 0, cand, ctx, 2, NULL};
-    assert_int_equal(qin_forward(model, s, &r2, p, err, sizeof err), CTR_ERANGE);
-    assert_non_null(strstr(err, "candidate 1: likes_level = 4 outside 0..3"));
-    qin_request r3 = {NULL, 0, cand, NULL, 0, NULL};
-    assert_int_equal(qin_forward(model, s, &r3, p, err, sizeof err), CTR_OK);
+    engine_request r2 = {NULL, 0, cand, ctx, 2, NULL, NULL};
+    assert_int_equal(engine_forward(em, s, &r2, p, err, sizeof err), CTR_ERANGE);
+    assert_non_null(
+        strstr(err, "candidates[1].likes_level: 4 is outside the model's vocabulary (0..3)"));
+    engine_request r3 = {NULL, 0, cand, NULL, 0, NULL, NULL};
+    assert_int_equal(engine_forward(em, s, &r3, p, err, sizeof err), CTR_OK);
     free(a);
-    qin_scratch_free(s);
+    engine_scratch_free(s);
 }
 
 int main(void) {

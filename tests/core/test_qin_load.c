@@ -1,10 +1,12 @@
-/* test_qin_load.c - the QIN model loader: a valid file loads with its declared
- * configuration; every kind of damaged file is refused with its message. */
+/* test_qin_load.c - the QIN model loader, through engine.h: a valid file
+ * loads with its declared configuration; every kind of damaged file is
+ * refused with its message. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <cmocka.h>
 
+#include "core/engine.h"
 #include "core/qin_internal.h"
 #include "tests/core/testmodel.h"
 
@@ -25,9 +27,9 @@ static int teardown(void **state) {
 
 /* Loads buf and expects failure with `status` and `needle` in the message. */
 static void expect_refused(const unsigned char *buf, size_t len, int status, const char *needle) {
-    qin_model *m = (qin_model *)1;
+    engine_model *m = (engine_model *)1;
     char err[512] = "";
-    int rc = qin_model_load_buffer(buf, len, &m, err, sizeof err);
+    int rc = engine_model_load_buffer(buf, len, &m, err, sizeof err);
     if (rc != status || !strstr(err, needle))
         fail_msg("expected %d with \"%s\", got %d: %s", status, needle, rc, err);
     assert_null(m);
@@ -37,11 +39,18 @@ static void test_valid(void **state) {
     (void)state;
     size_t len;
     unsigned char *buf = tm_serialize(&tm, NULL, &len);
-    qin_model *m = NULL;
+    engine_model *em = NULL;
     char err[512] = "";
-    int rc = qin_model_load_buffer(buf, len, &m, err, sizeof err);
+    int rc = engine_model_load_buffer(buf, len, &em, err, sizeof err);
     if (rc != CTR_OK) fail_msg("load failed: %s", err);
-    const qin_config *c = qin_model_config(m);
+    const engine_schema *sc = engine_model_schema(em);
+    assert_int_equal(sc->arch, ENGINE_ARCH_QIN);
+    assert_string_equal(sc->name, "qin-test");
+    assert_int_equal(sc->item_id_min, 1);
+    assert_int_equal(sc->num_ctx, 2);
+    qin_model *m = qin_model_of(em);
+    assert_non_null(m);
+    const qin_config *c = &m->cfg;
     assert_string_equal(c->name, "qin-test");
     assert_string_equal(c->version, "t1");
     assert_int_equal(c->embedding_dim, 4);
@@ -55,7 +64,7 @@ static void test_valid(void **state) {
     assert_int_equal((uintptr_t)m->iv.item_emb % 64, 0);
     assert_int_equal((uintptr_t)m->qnn_w[1] % 64, 0);
     assert_int_equal((uintptr_t)m->attn_a % 64, 0);
-    qin_model_free(m);
+    engine_model_free(em);
     free(buf);
 }
 
@@ -163,9 +172,9 @@ static void test_bad_metadata(void **state) {
 
 static void test_missing_file(void **state) {
     (void)state;
-    qin_model *m;
+    engine_model *m;
     char err[512] = "";
-    assert_int_equal(qin_model_load("/nonexistent/model.safetensors", &m, err, sizeof err),
+    assert_int_equal(engine_model_load("/nonexistent/model.safetensors", &m, err, sizeof err),
                      CTR_EIO);
     assert_non_null(strstr(err, "/nonexistent/model.safetensors"));
 }

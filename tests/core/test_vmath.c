@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/base/cpu.h"
 #include "core/vmath.h"
 
 enum { N = 20000 };
@@ -33,11 +34,11 @@ static void test_exp(void **state) {
     fill(x);
     memcpy(a, x, N * sizeof *x);
     memcpy(b, x, N * sizeof *x);
-    vmath_use_vector(1);
+    cpu_path_set(CPU_PATH_VMATH_AVX512, 1);
     vmath_exp(a, N);
-    vmath_use_vector(0);
+    cpu_path_set(CPU_PATH_VMATH_AVX512, 0);
     vmath_exp(b, N);
-    vmath_use_vector(1);
+    cpu_path_set(CPU_PATH_VMATH_AVX512, 1);
     for (int i = 0; i < N; i++) {
         assert_true(b[i] == expf(x[i]));
         /* Within 2 ulp where normal; subnormal and overflow ends exact in
@@ -57,14 +58,14 @@ static void test_sigmoid_and_lengths(void **state) {
     for (int n = 0; n <= 50; n++) {   /* every tail length, twice over */
         memcpy(a, x, 64 * sizeof *x);
         memcpy(b, x, 64 * sizeof *x);
-        vmath_use_vector(1);
+        cpu_path_set(CPU_PATH_VMATH_AVX512, 1);
         vmath_sigmoid(a, n);
-        vmath_use_vector(0);
+        cpu_path_set(CPU_PATH_VMATH_AVX512, 0);
         vmath_sigmoid(b, n);
         for (int i = 0; i < n; i++) assert_true(fabsf(a[i] - b[i]) <= 1e-7f);
         for (int i = n; i < 64; i++) assert_true(a[i] == x[i]); /* untouched */
     }
-    vmath_use_vector(1);
+    cpu_path_set(CPU_PATH_VMATH_AVX512, 1);
     memcpy(a, x, N * sizeof *x);
     vmath_sigmoid(a, N);
     for (int i = 0; i < N; i++) {

@@ -16,7 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "core/qin.h"
+#include "core/qin_internal.h"
 
 #define TM_P "embedding_layer.embedding_layer."
 #define TM_MAX 64

@@ -1,6 +1,6 @@
 /*
- * fuzz_model.c - fuzz target for the model loaders (qin_model_load_buffer
- * and engine_model_load_buffer, which dispatches to QIN, DIN and TIN): a
+ * fuzz_model.c - fuzz target for the model loaders (engine_model_load_buffer,
+ * which reads the schema and dispatches to QIN, DIN and TIN): a
  * model file is untrusted input, and the loader must refuse any damage with
  * a message, never crash, never read past the buffer.  When a mutated file
  * still loads, one item vector and one forward pass (with an explanation)
@@ -29,16 +29,15 @@
 #include <string.h>
 
 #include "core/engine.h"
-#include "core/qin.h"
 #include "tests/core/testmodel.h"
 
-/* The same file through the engine interface (any architecture). */
-static void one_engine(const uint8_t *data, size_t size) {
+/* One file through the engine interface (any architecture). */
+static int one_input(const uint8_t *data, size_t size) {
     engine_model *m = NULL;
     char err[512];
     if (engine_model_load_buffer(data, size, &m, err, sizeof err) != CTR_OK) {
         if (m || err[0] == '\0') abort(); /* a refusal must say why */
-        return;
+        return 0;
     }
     const engine_schema *sc = engine_model_schema(m);
     float *v = engine_item_vecs_alloc(m, 1);
@@ -57,31 +56,6 @@ static void one_engine(const uint8_t *data, size_t size) {
     engine_scratch_free(s);
     free(v);
     engine_model_free(m);
-}
-
-static int one_input(const uint8_t *data, size_t size) {
-    one_engine(data, size);
-    qin_model *m = NULL;
-    char err[512];
-    if (qin_model_load_buffer(data, size, &m, err, sizeof err) != CTR_OK) {
-        if (!m && err[0] == '\0') abort(); /* a refusal must say why */
-        return 0;
-    }
-    const qin_config *c = qin_model_config(m);
-    float *v = qin_item_vec_alloc(m);
-    int32_t tags[1] = {0};
-    qin_item_input in = {1, tags, c->num_tags > 0 ? 1 : 0, NULL};
-    qin_scratch *s = NULL;
-    if (v && qin_item_compute(m, &in, v, err, sizeof err) == CTR_OK &&
-        qin_scratch_init(m, 2, &s) == CTR_OK) {
-        const float *h[2] = {v, NULL}, *cand[2] = {v, v};
-        float p[2];
-        qin_request r = {h, 2, cand, NULL, 2, NULL};
-        if (qin_forward(m, s, &r, p, err, sizeof err) != CTR_OK) abort();
-    }
-    qin_scratch_free(s);
-    free(v);
-    qin_model_free(m);
     return 0;
 }
 
