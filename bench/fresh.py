@@ -241,7 +241,7 @@ def bench_append(a, demo, tmp):
                  f"{demo}/users.jsonl")
         srv = Server(a.build, f"{demo}/model.safetensors", redis, tmp,
                      ["--threads", str(a.threads), "--score-threads", str(a.threads),
-                      "--deadline-ms", "1000"])
+                      "--deadline-ms", "1000", "--redis-timeout-ms", "200"])
         items = []
         with open(f"{demo}/items.jsonl") as f:
             for line in f:
@@ -315,7 +315,7 @@ def bench_events(a, demo, tmp):
         info = redis.cli("INFO", "commandstats")
         fc = [l for l in info.splitlines() if l.startswith("cmdstat_fcall:")]
         say(f"ctr-load --events: {a.events} events ({{user_id, item_id}}, one id each) over "
-            f"{a.users} users, one Redis (loopback), --batch 512 (one FCALL ctr_append_many a "
+            f"{a.users} users, one Redis (loopback), --batch 512 (one FCALL ctr_append_packed a "
             f"batch), wall time of the whole run including the process start and loading "
             f"the library; {a.reps} runs; load average {load_avg()}")
         say("")
@@ -339,7 +339,7 @@ def bench_changes(a, demo, tmp):
                  f"{demo}/users.jsonl")
         srv = Server(a.build, f"{demo}/model.safetensors", redis, tmp,
                      ["--threads", str(a.threads), "--health-interval-ms", "200",
-                      "--deadline-ms", "1000"])
+                      "--deadline-ms", "1000", "--redis-timeout-ms", "200"])
         with open(f"{demo}/items.jsonl") as f:
             lines = [json.loads(l) for l in f]
         rng = random.Random(9)
@@ -350,6 +350,10 @@ def bench_changes(a, demo, tmp):
             req = {"user_id": "u1", "candidates": [{"item_id": it["item_id"], "likes_level": 2,
                                                     "views_level": 2}]}
             st, ans = post(hc, req)     # cached now
+            if st != 200 or not ans.get("items"):
+                srv.log.flush()
+                with open(srv.log.name) as f:
+                    raise RuntimeError(f"rank {req}: {st} {ans}\n{f.read()[-1500:]}")
             old = ans["items"][0]["score"]
             new = dict(it, item_emb_d128=[x * -0.5 + 0.01 * t for x in it["item_emb_d128"]])
             path = os.path.join(tmp, "one.jsonl")

@@ -345,7 +345,7 @@ const setting config_settings[] = {
     {"events", SET_STR, F(events), CAP(events), 0, 0, "FILE", NULL, NULL, NULL,
      "Behaviours to append to histories, one JSON object a line: {\"user_id\": \"u1\" | 42, "
      "\"item_id\": 17} or {\"user_id\": ..., \"item_seq\": [ids, oldest first]}, appended in "
-     "file order with the Redis Functions library (FCALL ctr_append_many, --batch events a "
+     "file order with the Redis Functions library (FCALL ctr_append_packed, --batch events a "
      "round trip), after the items and users; a missing user is created; each history "
      "keeps its most recent --max-seq ids.", L, 0, NULL},
     {"changes_maxlen", SET_INT, F(changes_maxlen), 0, 1, 100000000, "N", NULL, NULL, NULL,

@@ -53,7 +53,7 @@
  *     generation, so running servers drop those items' cached vectors;
  *   - histories are written as version 2 user values (max_seq --max-seq,
  *     appendable); events (--events) are appended in file order, a batch's
- *     events of one user in one call (FCALL ctr_append_many), after the
+ *     events of one user in one call (FCALL ctr_append_packed), after the
  *     items and users; an events-only run leaves the marker alone.
  */
 #include <errno.h>

@@ -549,7 +549,7 @@ static const char *int_text(arena *a, int64_t v, size_t *len) {
     return p;
 }
 
-/* ctr_append_many's answer for one user: the ids held, or an error (a
+/* ctr_append_packed's answer for one user: the ids held, or an error (a
  * key that is not a user value). */
 static int append_result(const redisReply *e, int64_t *held, char *msg, size_t msglen) {
     if (e->type == REDIS_REPLY_INTEGER) {
@@ -578,22 +578,25 @@ int featstore_append(featstore *fs, int n, const char *const *users, const int *
         if (ids[j] < 0 || ids[j] > INT32_MAX)
             return ctr_fail(err, errlen, CTR_EINVAL, "id %lld outside 0..%ld",
                             (long long)ids[j], (long)INT32_MAX);
+    /* Every user's ids packed as the value holds them (int32 LE). */
+    unsigned char *packed = arena_alloc(a, 4 * total, 8);
+    if (!packed) return ctr_fail(err, errlen, CTR_ENOMEM, "arena full");
+    for (size_t j = 0; j < total; j++) put_u32le(packed + 4 * j, (uint32_t)ids[j]);
+    /* One node: FCALL ctr_append_packed n keys MAX_SEQ blobs, one
+     * command.  A cluster: one per key (keys of different slots cannot
+     * share one), routed by its key. */
     const int cluster = fs->ops == &featstore_cluster_backend;
-    /* One node: FCALL ctr_append_many n keys MAX_SEQ counts ids, one
-     * command.  A cluster: the same with one key per command (keys of
-     * different slots cannot share one), routed by their key. */
     const int ncmd = cluster ? n : 1;
-    /* Arguments: FCALL fn K, K keys, MAX_SEQ, K counts, the ids: 4 + 2 K +
-     * ids in one command, 6 + ids per command of one key. */
-    const size_t argc = cluster ? 6 * (size_t)n + total : 4 + 2 * (size_t)n + total;
+    const size_t argc = cluster ? 6 * (size_t)n : 4 + 2 * (size_t)n;
     const char **argv = arena_alloc(a, argc * sizeof *argv, _Alignof(const char *));
     size_t *lens = arena_alloc(a, argc * sizeof *lens, _Alignof(size_t));
     rconn_cmd *cmds = arena_alloc(a, (size_t)ncmd * sizeof *cmds, _Alignof(rconn_cmd));
     redisReply **r = arena_alloc(a, (size_t)ncmd * sizeof *r, _Alignof(redisReply *));
     int *stv = arena_alloc(a, (size_t)ncmd * sizeof *stv, _Alignof(int));
-    size_t mlen = 0;
+    size_t mlen = 0, klen1 = 0;
     const char *mtext = int_text(a, max_seq, &mlen);
-    if (!argv || !lens || !cmds || !r || !stv || !mtext)
+    const char *ktext1 = int_text(a, 1, &klen1);
+    if (!argv || !lens || !cmds || !r || !stv || !mtext || !ktext1)
         return ctr_fail(err, errlen, CTR_ENOMEM, "arena full");
     size_t k = 0, at = 0;
     for (int c = 0; c < ncmd; c++) {
@@ -601,11 +604,16 @@ int featstore_append(featstore *fs, int n, const char *const *users, const int *
         const size_t start = k;
         argv[k] = "FCALL";
         lens[k++] = 5;
-        argv[k] = "ctr_append_many";
-        lens[k++] = 15;
-        if (!(argv[k] = int_text(a, u1 - u0, &lens[k])))
+        argv[k] = "ctr_append_packed";
+        lens[k++] = 17;
+        if (cluster) {
+            argv[k] = ktext1;
+            lens[k++] = klen1;
+        } else if (!(argv[k] = int_text(a, n, &lens[k]))) {
             return ctr_fail(err, errlen, CTR_ENOMEM, "arena full");
-        k++;
+        } else {
+            k++;
+        }
         for (int u = u0; u < u1; u++) {
             if (!(argv[k] = key_of(fs, "u:", users[u], strlen(users[u]), a, &lens[k])))
                 return ctr_fail(err, errlen, CTR_ENOMEM, "arena full");
@@ -614,16 +622,10 @@ int featstore_append(featstore *fs, int n, const char *const *users, const int *
         argv[k] = mtext;
         lens[k++] = mlen;
         for (int u = u0; u < u1; u++) {
-            if (!(argv[k] = int_text(a, counts[u], &lens[k])))
-                return ctr_fail(err, errlen, CTR_ENOMEM, "arena full");
-            k++;
+            argv[k] = (const char *)packed + 4 * at;
+            lens[k++] = 4 * (size_t)counts[u];
+            at += (size_t)counts[u];
         }
-        for (int u = u0; u < u1; u++)
-            for (int j = 0; j < counts[u]; j++, at++) {
-                if (!(argv[k] = int_text(a, ids[at], &lens[k])))
-                    return ctr_fail(err, errlen, CTR_ENOMEM, "arena full");
-                k++;
-            }
         cmds[c] = (rconn_cmd){(int)(k - start), argv + start, lens + start, RCONN_ARRAY};
     }
     int rc = fs->ops->read(fs->impl, ncmd, cmds, FEATSTORE_ROUTE_MASTER, 0, a, r, stv, err,
@@ -648,7 +650,7 @@ int featstore_append(featstore *fs, int n, const char *const *users, const int *
             if (arr->type != REDIS_REPLY_ARRAY || arr->elements != (size_t)(u1 - u0)) {
                 status[u] = CTR_EFORMAT;
                 if (!noted++)
-                    ctr_fail(err, errlen, CTR_EFORMAT, "ctr_append_many answered %s",
+                    ctr_fail(err, errlen, CTR_EFORMAT, "ctr_append_packed answered %s",
                              arr->type == REDIS_REPLY_ERROR ? arr->str : "another shape");
                 continue;
             }

@@ -330,8 +330,8 @@ int featstore_pending(const featstore *fs);
 
 /* --- Appends and item changes (the Redis Functions library `ctr`) ------
  *
- * deploy/redis/ctr.lua (deploy/REDIS_SCHEMA.md): ctr_append_many and
- * ctr_append_max append to user values, ctr_item_changes records changed
+ * deploy/redis/ctr.lua (deploy/REDIS_SCHEMA.md): ctr_append_packed
+ * appends to user values, ctr_item_changes records changed
  * items on <prefix>item-changes.  These calls are not queued: each is one
  * round trip (per master), within command_timeout_ms, on the masters only,
  * and never sent twice (an append repeated would duplicate ids).  They must
@@ -348,8 +348,8 @@ int featstore_load_functions(featstore *fs, const void *src, size_t len, char *e
 /* Appends to n users' histories at once: users[i] (as in
  * featstore_get_user) gets counts[i] >= 1 ids, the next ones of ids[]
  * (each 0..INT32_MAX, oldest first), and keeps max_seq (>= 1) from now on.
- * One node: one FCALL ctr_append_many per call; a cluster: one FCALL
- * ctr_append_max per user, pipelined per master.  Per user, status[i]:
+ * One node: one FCALL ctr_append_packed per call; a cluster: one per
+ * user (keys of different slots cannot share one), pipelined per master.  Per user, status[i]:
  * CTR_OK (held[i], when held is not NULL, gets the ids the value holds
  * afterwards), CTR_EFORMAT (the key holds something that is not a user
  * value: left as it was; err notes the first), or in cluster mode

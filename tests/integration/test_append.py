@@ -91,6 +91,12 @@ def library_checks(call, name, key_prefix):
     check(f"{name}: trimming keeps the newest max_seq (cut at max_seq + max(1, max_seq/4))",
           ok, detail)
 
+    # Bulk, packed: several users in one call, each appended in order.
+    call("DEL", k("u:p1"))
+    r = call("FCALL", "ctr_append_packed", 1, k("u:p1"), 8, struct.pack("<3i", 4, 0, 9))
+    check(f"{name}: ctr_append_packed appends packed ids", r == [3] and
+          call("GET", k("u:p1")) == v2([4, 0, 9], 8), str(r))
+
     # A version 1 value (written before appends existed) becomes version 2.
     call("SET", k("u:old"), v1([4, 5, 6]))
     r = call("FCALL", "ctr_append", 1, k("u:old"), 7)
@@ -108,7 +114,10 @@ def library_checks(call, name, key_prefix):
            ("ctr_append", 1, k("u:r"), "1e3"), ("ctr_append", 1, k("u:r"), "2147483648"),
            ("ctr_append", 1, k("u:r")), ("ctr_append", 0),
            ("ctr_append_max", 1, k("u:r"), 0, 1), ("ctr_append_max", 1, k("u:r"), "y", 1),
-           ("ctr_append_many", 1, k("u:r"), 5, 2, 1), ("ctr_append_many", 1, k("u:r"), 5, 1, 1, 2)]
+           ("ctr_append_packed", 1, k("u:r"), 5, b"\x01\x00\x00"),
+           ("ctr_append_packed", 1, k("u:r"), 5, b"\x01\x00\x00\x80"),
+           ("ctr_append_packed", 1, k("u:r"), 0, b"\x01\x00\x00\x00"),
+           ("ctr_append_packed", 1, k("u:r"), 5)]
     errs = []
     for b in bad:
         try:
@@ -121,7 +130,8 @@ def library_checks(call, name, key_prefix):
     for val, what in ((b"hello", "a string that is not a user value"),
                       (b"CU\x03\x00\x01\x00\x00\x00", "version 3"),
                       (b"CU\x02\x00\x00\x00\x00\x00", "max_seq 0"),
-                      (v1([1, 2])[:-2], "a cut value")):
+                      (v1([1, 2])[:-2], "a cut version 1 value"),
+                      (v2([1, 2], 5)[:-2], "a cut version 2 value")):
         call("SET", k("u:bad"), val)
         try:
             call("FCALL", "ctr_append", 1, k("u:bad"), 9)
