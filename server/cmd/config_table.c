@@ -268,7 +268,8 @@ const setting config_settings[] = {
      "of them.", S, 0, NULL},
     {"max_seq", SET_INT, F(max_seq), 0, 1, INT_MAX, "N", NULL, NULL, NULL,
      "Longest history stored; longer ones keep their most recent N ids (counted, not an "
-     "error).", L, 0, NULL},
+     "error).  Written into each value (its max_seq), so appends to it keep as many.", L, 0,
+     NULL},
     {"max_seq", SET_INT, F(max_seq), 0, 1, 1 << 20, "N", NULL, NULL, NULL,
      "Most ids a request's item_seq may have (only the last max_len of any history are "
      "used: 64 for the challenge QIN and DIN, 430 for TIN).", C, 0, NULL},
