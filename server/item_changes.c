@@ -14,6 +14,15 @@ static double now_unix_ms(void) {
     return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec * 1e-6;
 }
 
+/* Orders two stream ids ("ms-seq"). */
+static int id_cmp(const char *x, const char *y) {
+    unsigned long long xm = 0, xs = 0, ym = 0, ys = 0;
+    sscanf(x, "%llu-%llu", &xm, &xs);
+    sscanf(y, "%llu-%llu", &ym, &ys);
+    if (xm != ym) return xm < ym ? -1 : 1;
+    return xs < ys ? -1 : xs > ys;
+}
+
 /* Drops every cached vector: what changed is not known. */
 static void drop_all(item_cache *cache, item_changes_result *out, const char *why) {
     if (cache) item_cache_clear(cache);
@@ -65,8 +74,28 @@ int item_changes_poll(item_changes *st, featstore *fs, item_cache *cache, uint64
         if (marker_gen > st->last_gen) st->last_gen = marker_gen;
         return CTR_OK;
     }
+    /* The stream's last record first: usually the one last applied (no
+     * change; one round trip).  Lower than it, or the same id with another
+     * generation: the stream was deleted and begun again within what its
+     * ids can tell apart (the same millisecond, or Redis's clock stepped
+     * back), so reading after the position would see nothing of it. */
+    featstore_change tail;
     int n = 0;
-    for (int round = 0; round < ITEM_CHANGES_ROUNDS; round++) {
+    arena_reset(a);
+    if ((rc = featstore_get_item_changes(fs, NULL, 1, deadline_ns, a, &tail, &n, err, errlen)) < 0)
+        return rc;
+    if (n) {
+        int c = id_cmp(tail.id, st->last_id);
+        if (c < 0 || (c == 0 && tail.gen != st->last_gen)) {
+            drop_all(cache, out, "the item-change stream began again");
+            snprintf(st->last_id, sizeof st->last_id, "%s", tail.id);
+            st->last_gen = tail.gen;
+            n = 0;
+        }
+    }
+    int tail_newer = n && id_cmp(tail.id, st->last_id) > 0;
+    n = 0;
+    for (int round = 0; tail_newer && round < ITEM_CHANGES_ROUNDS; round++) {
         arena_reset(a);
         featstore_change *recs = arena_alloc(a, ITEM_CHANGES_CHUNK * sizeof *recs,
                                              _Alignof(featstore_change));

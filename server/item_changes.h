@@ -9,7 +9,10 @@
  * record whose generation is not the one after the last applied means
  * records were missed (the stream's cap trimmed them, or the stream was
  * deleted and begun again): the whole cache is dropped, since what changed
- * is unknown.  So is it when the feature-set marker names a later
+ * is unknown.  Each poll reads the stream's last record first, so a stream
+ * begun again with ids not after the position (within the millisecond, or
+ * Redis's clock stepped back) is told too: its last record is then lower,
+ * or the same id with another generation.  So is it when the feature-set marker names a later
  * generation than the stream still holds, and when the marker comes back
  * after being missing (Redis restarted empty and loaded anew).  The first
  * poll only finds where the stream ends (a server starting has nothing
@@ -17,9 +20,10 @@
  *
  * Workload: one poll per model per health interval (200 ms), on the health
  * check's thread, with its own feature-store connection; usually no
- * record, one round trip.  After a load into a live prefix: a few hundred
- * records of up to --batch ids, read 256 at a time (at most
- * ITEM_CHANGES_ROUNDS reads a poll; the rest at the next).
+ * record, one round trip (the last record's).  After a load into a live
+ * prefix: that read, then a few hundred records of up to --batch ids, read
+ * 256 at a time (at most ITEM_CHANGES_ROUNDS reads a poll; the rest at the
+ * next).
  *
  * Thread-safety: one item_changes per model, used by one thread; the
  * cache it applies to is thread-safe (item_cache.h).

@@ -40,6 +40,7 @@ def loadgen(port, requests, count, conns=4, seconds=60):
                        capture_output=True, text=True, timeout=seconds + 30)
     line = [l for l in r.stdout.splitlines() if l.startswith("LOADGEN")]
     if not line:
+        print(f"  loadgen exit {r.returncode}: {r.stderr.strip()[-2000:]}")
         return {}
     return dict(kv.split("=", 1) for kv in line[0].split()[1:] if "=" in kv)
 

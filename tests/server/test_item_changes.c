@@ -3,7 +3,7 @@
  * and a real item cache: records applied exactly (only their items'
  * vectors dropped), in order across polls and chunks; the whole cache
  * dropped when records were trimmed before they were read, when the stream
- * began again, when the marker names changes the stream lost, and when the
+ * began again (also with ids not after the position), when the marker names changes the stream lost, and when the
  * marker comes back; the first poll positions without dropping; a Redis
  * failure leaves the position as it was.
  */
@@ -211,6 +211,57 @@ static void test_stream_lost(void **state) {
     item_cache_free(c);
 }
 
+/* A stream deleted and begun again with ids not after the position (the
+ * same millisecond, or Redis's clock stepped back): reading after the
+ * position sees nothing, the stream's last record tells. */
+static void test_stream_lower_ids(void **state) {
+    fresh_stream();
+    item_changes st = {0};
+    item_changes_result r;
+    const int64_t one = 1;
+    assert_int_equal(record(&one, 1, 1000), 1);
+    assert_int_equal(record(&one, 1, 1000), 2);
+    assert_int_equal(poll_(&st, NULL, 2, 0, &r), CTR_OK);
+    char at[48];
+    snprintf(at, sizeof at, "%s", st.last_id);
+    /* Lower ids. */
+    cmd("DEL %s", key);
+    redisReply *x = redisCommand(admin, "XADD %s 1-1 gen 1 ids 1", key);
+    assert_non_null(x);
+    assert_int_equal(x->type, REDIS_REPLY_STRING);
+    freeReplyObject(x);
+    item_cache *c = cache_with(1, 10);
+    assert_int_equal(poll_(&st, c, 2, 0, &r), CTR_OK);
+    assert_int_equal(r.dropped_all, 1);
+    assert_non_null(strstr(r.why, "began again"));
+    assert_string_equal(st.last_id, "1-1");
+    item_cache_free(c);
+    /* Went on from there: applied as usual. */
+    c = cache_with(1, 10);
+    x = redisCommand(admin, "XADD %s 1-2 gen %d ids 3", key, (int)st.last_gen + 1);
+    freeReplyObject(x);
+    assert_int_equal(poll_(&st, c, 0, 0, &r), CTR_OK);
+    assert_int_equal(r.dropped_all, 0);
+    assert_int_equal(r.applied, 1);
+    assert_int_equal(cached(c, 3), 0);
+    assert_int_equal(cached(c, 4), 1);
+    item_cache_free(c);
+    /* The same id as the position's, another generation. */
+    cmd("DEL %s", key);
+    x = redisCommand(admin, "XADD %s 1-2 gen 1 ids 5", key);
+    freeReplyObject(x);
+    c = cache_with(1, 10);
+    assert_int_equal(poll_(&st, c, 0, 0, &r), CTR_OK);
+    assert_int_equal(r.dropped_all, 1);
+    item_cache_free(c);
+    /* Nothing new: nothing dropped. */
+    c = cache_with(1, 10);
+    assert_int_equal(poll_(&st, c, 0, 0, &r), CTR_OK);
+    assert_int_equal(r.dropped_all, 0);
+    assert_int_equal(r.records, 0);
+    item_cache_free(c);
+}
+
 /* The marker back after missing: everything goes, and the position is
  * found again. */
 static void test_marker_back(void **state) {
@@ -284,7 +335,8 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_exact),       cmocka_unit_test(test_chunks),
         cmocka_unit_test(test_trimmed),     cmocka_unit_test(test_stream_lost),
-        cmocka_unit_test(test_marker_back), cmocka_unit_test(test_redis_down),
+        cmocka_unit_test(test_stream_lower_ids), cmocka_unit_test(test_marker_back),
+        cmocka_unit_test(test_redis_down),
     };
     int failed = cmocka_run_group_tests(tests, NULL, NULL);
     cmd("DEL %s", key);
