@@ -103,7 +103,7 @@ def main():
     try:
         srv = Server([f"qin={model}", f"half={model}", f"none={model}"], redis, prefix,
                      ["--impression-log", f"file:{log}", "--impression-sample",
-                      "half=0.5,none=0"])
+                      "half=0.5,none=0", "--deadline-ms", "2000"])   # nothing shed when busy
         servers.append(srv)
         st, _, body = srv.request("GET", "/v1/models")
         cfg = json.loads(body)["models"][0]["config"]
