@@ -145,6 +145,14 @@ def ctr_load(build, redis, demo, prefix, *extra):
 
 # --- the impression log ---------------------------------------------------------
 
+def add_lost(acc, res):
+    """A loadgen run's answers that were not 200: 503 (shed), other
+    statuses, and requests with no answer (connection errors)."""
+    acc[0] += int(res["shed"])
+    acc[1] += int(res["other"])
+    acc[2] += int(res["errors"])
+
+
 def bench_implog(a, demo, tmp):
     redis, sink, frozen_sink = Redis(tmp), Redis(tmp), Redis(tmp)
     servers = {}
@@ -169,7 +177,7 @@ def bench_implog(a, demo, tmp):
         names = list(modes)
         rps = {m: [] for m in names}
         lat = {m: {"p50": [], "p99": [], "p999": []} for m in names}
-        lost = {m: 0 for m in names}
+        lost = {m: [0, 0, 0] for m in names}   # 503s, other non-200s, no answer
         rate = None
         say(f"impression log: demo model fp32, N = {a.n}, {a.threads} worker threads, "
             f"history 64 from Redis, warm item cache; closed loop {a.conns} connections "
@@ -183,20 +191,21 @@ def bench_implog(a, demo, tmp):
                 try:
                     res = loadgen(a.build, servers[m].port, reqfile, a.conns, a.seconds)
                     rps[m].append(res["ok_rps"])
-                    lost[m] += int(res["other"] + res["shed"] + res["errors"])
+                    add_lost(lost[m], res)
                     if rate is None and m == "off":
                         rate = res["ok_rps"] * a.rate_frac
                     if rate:
                         res = loadgen(a.build, servers[m].port, reqfile, a.conns, a.seconds, rate)
                         for q in ("p50", "p99", "p999"):
                             lat[m][q].append(res[f"ok_{q}"])
-                        lost[m] += int(res["other"] + res["shed"] + res["errors"])
+                        add_lost(lost[m], res)
                 finally:
                     if m == "redis, frozen":
                         frozen_sink.proc.send_signal(signal.SIGCONT)
         say("")
         say("| impression log | closed loop req/s | vs off | open loop p50 ms | p99 ms | "
-            "p99 vs off | p99.9 ms | answers not 200 | records written | dropped |")
+            "p99 vs off | p99.9 ms | answers not 200 (503 / other / none) | records written | "
+            "dropped |")
         say("|---|---|---|---|---|---|---|---|---|---|")
         base_rps = statistics.median(rps["off"])
         base_p99 = statistics.median(lat["off"]["p99"]) if lat["off"]["p99"] else float("nan")
@@ -206,7 +215,8 @@ def bench_implog(a, demo, tmp):
             wr = servers[m].metric("ctr_impressions_written_total") if m != "off" else 0
             dr = servers[m].metric("ctr_impressions_dropped_total") if m != "off" else 0
             say(f"| {m} | {med:.0f} | {med / base_rps:.3f} | {p['p50']:.3f} | {p['p99']:.3f} | "
-                f"{p['p99'] / base_p99:.3f} | {p['p999']:.3f} | {lost[m]} | {wr:.0f} | {dr:.0f} |")
+                f"{p['p99'] / base_p99:.3f} | {p['p999']:.3f} | {' / '.join(map(str, lost[m]))} | "
+                f"{wr:.0f} | {dr:.0f} |")
         say(f"(open loop at {rate:.0f} req/s; per-round req/s: "
             + "; ".join(f"{m} " + ",".join(f"{x:.0f}" for x in rps[m]) for m in names)
             + f"; load average at the end {load_avg()})")

@@ -65,6 +65,16 @@ void proto_buf_append(proto_buf *b, const char *s, size_t len) {
     b->data[b->len] = '\0';
 }
 
+char *proto_buf_room(proto_buf *b, size_t n) {
+    return reserve(b, n) ? b->data + b->len : NULL;
+}
+
+void proto_buf_commit(proto_buf *b, size_t n) {
+    if (b->oom) return;
+    b->len += n;
+    b->data[b->len] = '\0';
+}
+
 void proto_buf_puts(proto_buf *b, const char *s) {
     proto_buf_append(b, s, strlen(s));
 }
@@ -161,7 +171,7 @@ void proto_buf_json_cstr(proto_buf *b, const char *s) {
     else proto_buf_json_string(b, s, strlen(s));
 }
 
-void proto_buf_json_int(proto_buf *b, int64_t v) {
+size_t proto_fmt_int(char *out, int64_t v) {
     /* Digits by hand: one per answer item, and printf is slow for this. */
     char tmp[24];
     int w = (int)sizeof tmp;
@@ -171,7 +181,14 @@ void proto_buf_json_int(proto_buf *b, int64_t v) {
         u /= 10;
     } while (u);
     if (v < 0) tmp[--w] = '-';
-    proto_buf_append(b, tmp + w, sizeof tmp - (size_t)w);
+    size_t n = sizeof tmp - (size_t)w;
+    memcpy(out, tmp + w, n);
+    return n;
+}
+
+void proto_buf_json_int(proto_buf *b, int64_t v) {
+    char *p = proto_buf_room(b, PROTO_NUM_MAX);
+    if (p) proto_buf_commit(b, proto_fmt_int(p, v));
 }
 
 /* "%.9g" of a float in [1e-4, 1), without printf: answers print one score
@@ -222,10 +239,20 @@ static int fmt_prob(float v, char *out) {
     return w;
 }
 
-void proto_buf_json_float(proto_buf *b, float v) {
-    char tmp[32];
+size_t proto_fmt_float(char *out, float v) {
     int n;
-    if (!isfinite(v)) proto_buf_append(b, "null", 4);
-    else if ((n = fmt_prob(v, tmp)) > 0) proto_buf_append(b, tmp, (size_t)n);
-    else proto_buf_printf(b, "%.9g", (double)v);
+    if (!isfinite(v)) {
+        memcpy(out, "null", 4);
+        return 4;
+    }
+    if ((n = fmt_prob(v, out)) > 0) return (size_t)n;
+    char tmp[PROTO_NUM_MAX];
+    n = snprintf(tmp, sizeof tmp, "%.9g", (double)v);   /* at most 15 bytes */
+    memcpy(out, tmp, (size_t)n);
+    return (size_t)n;
+}
+
+void proto_buf_json_float(proto_buf *b, float v) {
+    char *p = proto_buf_room(b, PROTO_NUM_MAX);
+    if (p) proto_buf_commit(b, proto_fmt_float(p, v));
 }
