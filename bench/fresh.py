@@ -145,6 +145,25 @@ def ctr_load(build, redis, demo, prefix, *extra):
 
 # --- the impression log ---------------------------------------------------------
 
+def cpu_ms(pid):
+    """(all threads, the ctr-implog thread) CPU ms so far, user + system,
+    from /proc (clock ticks)."""
+    hz = os.sysconf("SC_CLK_TCK")
+    tot = log = 0
+    for t in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{t}/stat") as f:
+                st = f.read()
+        except OSError:
+            continue
+        fl = st[st.rindex(")") + 2:].split()
+        ms = (int(fl[11]) + int(fl[12])) * 1000 / hz
+        tot += ms
+        if st[st.index("(") + 1:st.rindex(")")] == "ctr-implog":
+            log += ms
+    return tot, log
+
+
 def add_lost(acc, res):
     """A loadgen run's answers that were not 200: 503 (shed), other
     statuses, and requests with no answer (connection errors)."""
@@ -178,6 +197,10 @@ def bench_implog(a, demo, tmp):
         rps = {m: [] for m in names}
         lat = {m: {"p50": [], "p99": [], "p999": []} for m in names}
         lost = {m: [0, 0, 0] for m in names}   # 503s, other non-200s, no answer
+        # closed loops: CPU ms of the server, of its log thread, of the sink
+        # Redis; answers
+        cpu = {m: [0, 0, 0, 0] for m in names}
+        sink_of = {"off": redis, "file": redis, "redis": sink, "redis, frozen": frozen_sink}
         rate = None
         say(f"impression log: demo model fp32, N = {a.n}, {a.threads} worker threads, "
             f"history 64 from Redis, warm item cache; closed loop {a.conns} connections "
@@ -189,7 +212,14 @@ def bench_implog(a, demo, tmp):
                 if m == "redis, frozen":
                     frozen_sink.proc.send_signal(signal.SIGSTOP)
                 try:
+                    before = cpu_ms(servers[m].proc.pid), cpu_ms(sink_of[m].proc.pid)
                     res = loadgen(a.build, servers[m].port, reqfile, a.conns, a.seconds)
+                    after = cpu_ms(servers[m].proc.pid), cpu_ms(sink_of[m].proc.pid)
+                    for i in range(2):
+                        cpu[m][i] += after[0][i] - before[0][i]
+                    if m.startswith("redis"):
+                        cpu[m][2] += after[1][0] - before[1][0]
+                    cpu[m][3] += res["ok"] + res["shed"] + res["other"]
                     rps[m].append(res["ok_rps"])
                     add_lost(lost[m], res)
                     if rate is None and m == "off":
@@ -217,6 +247,20 @@ def bench_implog(a, demo, tmp):
             say(f"| {m} | {med:.0f} | {med / base_rps:.3f} | {p['p50']:.3f} | {p['p99']:.3f} | "
                 f"{p['p99'] / base_p99:.3f} | {p['p999']:.3f} | {' / '.join(map(str, lost[m]))} | "
                 f"{wr:.0f} | {dr:.0f} |")
+        say("")
+        say("CPU time a closed-loop answer (/proc: the server process, of which its log "
+            "thread ctr-implog, and the sink Redis; less sensitive to the machine's other "
+            "load than the rates above):")
+        say("")
+        say("| impression log | server us/answer | vs off | of which ctr-implog us | "
+            "sink Redis us |")
+        say("|---|---|---|---|---|")
+        base_cpu = cpu["off"][0] / max(cpu["off"][3], 1) * 1e3
+        for m in names:
+            n = max(cpu[m][3], 1)
+            srv_us = cpu[m][0] / n * 1e3
+            say(f"| {m} | {srv_us:.1f} | {srv_us / base_cpu:.3f} | {cpu[m][1] / n * 1e3:.1f} | "
+                f"{cpu[m][2] / n * 1e3:.1f} |")
         say(f"(open loop at {rate:.0f} req/s; per-round req/s: "
             + "; ".join(f"{m} " + ",".join(f"{x:.0f}" for x in rps[m]) for m in names)
             + f"; load average at the end {load_avg()})")
