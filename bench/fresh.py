@@ -378,7 +378,9 @@ def bench_events(a, demo, tmp):
         say(f"| {a.events} | {statistics.median(rates):.0f} | "
             + ", ".join(f"{x:.0f}" for x in rates) + " |")
         if fc:
-            say(f"(Redis, last run: {fc[0]})")
+            usec = float(fc[0].split("usec=")[1].split(",")[0])
+            say(f"(Redis, the {a.reps} runs together: {fc[0]}; "
+                f"{usec / (a.events * a.reps):.2f} us of FCALL an event)")
     finally:
         redis.stop()
 
