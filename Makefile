@@ -18,6 +18,7 @@
 #                             them (not in check: downloads, takes minutes)
 #   make bench-faults         Redis frozen, overload, connection floods (figures)
 #   make bench-cluster-e2e    ctr-server on one Redis vs a Redis Cluster (figures)
+#   make bench-fresh          appends, item changes, the impression log (figures)
 #   make soak                 ASan server, 1M requests with faults (not in CI)
 #   make clean
 #
@@ -66,6 +67,10 @@ SERVER_LIB := $(STORE_SRC) $(wildcard server/*.c) \
 CORE_OBJ   := $(CORE_SRC:%.c=$(B)/%.o)
 PROTO_OBJ  := $(PROTO_SRC:%.c=$(B)/%.o)
 SERVER_OBJ := $(SERVER_LIB:%.c=$(B)/%.o)
+# The Redis Functions library (deploy/redis/ctr.lua) as bytes in the
+# programs (server/cmd/redis_functions.h), so ctr-load always loads the
+# library it was built with.
+GEN_OBJ    := $(B)/gen/redis_functions.o
 LIB        := $(B)/libctr.a
 
 PROGRAMS   := $(patsubst server/cmd/ctr_%.c,$(B)/ctr-%,$(wildcard server/cmd/ctr_*.c))
@@ -87,9 +92,21 @@ $(B)/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -MMD -MP -c $< -o $@
 
-$(LIB): $(CORE_OBJ) $(PROTO_OBJ) $(SERVER_OBJ)
+$(LIB): $(CORE_OBJ) $(PROTO_OBJ) $(SERVER_OBJ) $(GEN_OBJ)
 	@mkdir -p $(dir $@)
 	rm -f $@ && $(AR) rcs $@ $^
+
+$(B)/gen/redis_functions.c: deploy/redis/ctr.lua
+	@mkdir -p $(dir $@)
+	{ echo '/* Generated from deploy/redis/ctr.lua by the Makefile. */'; \
+	  echo '#include "server/cmd/redis_functions.h"'; \
+	  echo 'const unsigned char redis_functions_lua[] = {'; \
+	  od -An -v -tx1 $< | sed 's/\([0-9a-f][0-9a-f]\)/0x\1,/g'; \
+	  echo '};'; \
+	  echo 'const size_t redis_functions_lua_len = sizeof redis_functions_lua;'; } > $@
+
+$(GEN_OBJ): $(B)/gen/redis_functions.c
+	$(CC) $(CFLAGS) -MMD -MP -c $< -o $@
 
 $(B)/ctr-%: $(B)/server/cmd/ctr_%.o $(LIB)
 	$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@
@@ -189,6 +206,13 @@ container-test:
 .PHONY: bench-multimodel
 bench-multimodel: all golden
 	$(PYTHON) bench/multimodel.py --build $(B) $(BENCH_MULTIMODEL_ARGS)
+
+# Appends, item changes and the impression log (bench/fresh.py): append ->
+# next rank, ctr-load --events throughput, item-change latency, the log's
+# overhead at 100% and with its sink frozen; demo model (made if missing).
+.PHONY: bench-fresh
+bench-fresh: all
+	$(PYTHON) bench/fresh.py --build $(B) $(BENCH_FRESH_ARGS)
 
 # ctr-server under a frozen Redis, overload and connection floods, with the
 # demo model (made first if needed); bench/README.md.

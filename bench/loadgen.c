@@ -329,12 +329,12 @@ int main(int argc, char **argv) {
            sent, ok.n + shed.n + other.n, secs, (double)(ok.n + shed.n + other.n) / secs,
            (double)ok.n / secs, nulls, degraded, errors);
     for (int s = 0; s < 3; s++) {
-        qsort(all[s]->v, all[s]->n, sizeof(double), cmp);
+        if (all[s]->n) qsort(all[s]->v, all[s]->n, sizeof(double), cmp);   /* v NULL when empty */
         printf(" %s=%zu %s_p50=%.3f %s_p99=%.3f %s_p999=%.3f %s_max=%.3f", name[s], all[s]->n,
                name[s], pct(all[s], 0.5), name[s], pct(all[s], 0.99), name[s],
                pct(all[s], 0.999), name[s], all[s]->n ? all[s]->v[all[s]->n - 1] : 0.0);
     }
-    qsort(took.v, took.n, sizeof(double), cmp);
+    if (took.n) qsort(took.v, took.n, sizeof(double), cmp);
     printf(" took_p50=%.3f took_p99=%.3f took_p999=%.3f took_max=%.3f", pct(&took, 0.5),
            pct(&took, 0.99), pct(&took, 0.999), took.n ? took.v[took.n - 1] : 0.0);
     printf("\n");

@@ -65,6 +65,16 @@ void proto_buf_append(proto_buf *b, const char *s, size_t len) {
     b->data[b->len] = '\0';
 }
 
+char *proto_buf_room(proto_buf *b, size_t n) {
+    return reserve(b, n) ? b->data + b->len : NULL;
+}
+
+void proto_buf_commit(proto_buf *b, size_t n) {
+    if (b->oom) return;
+    b->len += n;
+    b->data[b->len] = '\0';
+}
+
 void proto_buf_puts(proto_buf *b, const char *s) {
     proto_buf_append(b, s, strlen(s));
 }
@@ -161,17 +171,38 @@ void proto_buf_json_cstr(proto_buf *b, const char *s) {
     else proto_buf_json_string(b, s, strlen(s));
 }
 
-void proto_buf_json_int(proto_buf *b, int64_t v) {
-    /* Digits by hand: one per answer item, and printf is slow for this. */
-    char tmp[24];
+static const char DIGITS2[201] =
+    "00010203040506070809101112131415161718192021222324252627282930313233343536373839"
+    "40414243444546474849505152535455565758596061626364656667686970717273747576777879"
+    "8081828384858687888990919293949596979899";
+
+size_t proto_fmt_int(char *out, int64_t v) {
+    /* Digits by hand, two at a time: four or more per answer item, and
+     * printf is slow for this. */
+    char tmp[20];
     int w = (int)sizeof tmp;
     uint64_t u = v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v;
-    do {
-        tmp[--w] = (char)('0' + u % 10);
-        u /= 10;
-    } while (u);
-    if (v < 0) tmp[--w] = '-';
-    proto_buf_append(b, tmp + w, sizeof tmp - (size_t)w);
+    while (u >= 100) {
+        unsigned r = (unsigned)(u % 100);
+        u /= 100;
+        w -= 2;
+        memcpy(tmp + w, DIGITS2 + 2 * r, 2);
+    }
+    if (u >= 10) {
+        w -= 2;
+        memcpy(tmp + w, DIGITS2 + 2 * u, 2);
+    } else {
+        tmp[--w] = (char)('0' + u);
+    }
+    size_t n = 0;
+    if (v < 0) out[n++] = '-';
+    memcpy(out + n, tmp + w, sizeof tmp - (size_t)w);
+    return n + sizeof tmp - (size_t)w;
+}
+
+void proto_buf_json_int(proto_buf *b, int64_t v) {
+    char *p = proto_buf_room(b, PROTO_NUM_MAX);
+    if (p) proto_buf_commit(b, proto_fmt_int(p, v));
 }
 
 /* "%.9g" of a float in [1e-4, 1), without printf: answers print one score
@@ -190,10 +221,12 @@ static int fmt_prob(float v, char *out) {
      * decade below (doubles are close enough to 10^x to decide that). */
     double dv = (double)v;
     if (!(dv >= 1e-4 && dv < 1.0)) return 0;
-    int e2;
-    double fr = frexp((double)v, &e2); /* v = fr 2^e2, fr in [0.5, 1) */
-    uint64_t m = (uint64_t)ldexp(fr, 24); /* exact: a float has 24 bits */
-    int shift = 24 - e2;                  /* v = m / 2^shift, shift in 25..38 */
+    /* v = m / 2^shift from its bits (normal in this range): m the 24-bit
+     * significand with its implicit 1, shift in 25..38. */
+    uint32_t bits;
+    memcpy(&bits, &v, sizeof bits);
+    uint64_t m = (bits & 0x7FFFFFu) | 0x800000u;
+    int shift = 150 - (int)((bits >> 23) & 0xFF);
     /* Decimal exponent x of v (v in [10^x, 10^(x+1))), x in -4..-1. */
     int x = dv >= 0.1 ? -1 : dv >= 0.01 ? -2 : dv >= 0.001 ? -3 : -4;
     /* 9 significant digits: q = round(v 10^(8 - x)). */
@@ -222,10 +255,20 @@ static int fmt_prob(float v, char *out) {
     return w;
 }
 
-void proto_buf_json_float(proto_buf *b, float v) {
-    char tmp[32];
+size_t proto_fmt_float(char *out, float v) {
     int n;
-    if (!isfinite(v)) proto_buf_append(b, "null", 4);
-    else if ((n = fmt_prob(v, tmp)) > 0) proto_buf_append(b, tmp, (size_t)n);
-    else proto_buf_printf(b, "%.9g", (double)v);
+    if (!isfinite(v)) {
+        memcpy(out, "null", 4);
+        return 4;
+    }
+    if ((n = fmt_prob(v, out)) > 0) return (size_t)n;
+    char tmp[PROTO_NUM_MAX];
+    n = snprintf(tmp, sizeof tmp, "%.9g", (double)v);   /* at most 15 bytes */
+    memcpy(out, tmp, (size_t)n);
+    return (size_t)n;
+}
+
+void proto_buf_json_float(proto_buf *b, float v) {
+    char *p = proto_buf_room(b, PROTO_NUM_MAX);
+    if (p) proto_buf_commit(b, proto_fmt_float(p, v));
 }

@@ -44,6 +44,12 @@ void proto_buf_printf(proto_buf *b, const char *fmt, ...)
 #endif
     ;
 
+/* Room for n more bytes: where to write them (then proto_buf_commit with
+ * how many were written, at most n), or NULL after a failed growth.  For
+ * encoders that lay out many short pieces without a call each. */
+char *proto_buf_room(proto_buf *b, size_t n);
+void proto_buf_commit(proto_buf *b, size_t n);
+
 /* JSON values.  Strings are quoted and escaped; bytes that are not valid
  * UTF-8 become U+FFFD, so the output is valid JSON whatever the input
  * (error messages may hold truncated or foreign text). */
@@ -53,5 +59,10 @@ void proto_buf_json_int(proto_buf *b, int64_t v);
 /* %.9g, enough to read the same float32 back; non-finite -> null (JSON has
  * no NaN or infinity). */
 void proto_buf_json_float(proto_buf *b, float v);
+/* The text proto_buf_json_int / proto_buf_json_float append, written at
+ * out (room for PROTO_NUM_MAX bytes; no NUL); returns its length. */
+#define PROTO_NUM_MAX 32
+size_t proto_fmt_int(char *out, int64_t v);
+size_t proto_fmt_float(char *out, float v);
 
 #endif

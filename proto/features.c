@@ -209,8 +209,9 @@ size_t features_user_size(size_t count) {
     return FEATURES_HEADER_SIZE + 4 * count;
 }
 
-int features_user_encode(const int64_t *ids, int n, void *buf, size_t cap,
-                         size_t *len, char *err, size_t errlen) {
+/* Version 1 (count in the header) or 2 (max_seq in its place). */
+static int user_encode(const int64_t *ids, int n, int version, uint32_t word, void *buf,
+                       size_t cap, size_t *len, char *err, size_t errlen) {
     if (n < 0 || (n && !ids))
         return ctr_fail(err, errlen, CTR_EINVAL, "bad history (n = %d)", n);
     size_t need = features_user_size((size_t)n);
@@ -220,9 +221,9 @@ int features_user_encode(const int64_t *ids, int n, void *buf, size_t cap,
     unsigned char *p = buf;
     p[0] = MAGIC0;
     p[1] = MAGIC_USER;
-    p[2] = FEATURES_VERSION;
+    p[2] = (unsigned char)version;
     p[3] = 0;
-    put_u32(p + 4, (uint32_t)n);
+    put_u32(p + 4, word);
     p += FEATURES_HEADER_SIZE;
     for (int i = 0; i < n; i++, p += 4) {
         if (ids[i] < 0 || ids[i] > INT32_MAX)
@@ -236,9 +237,22 @@ int features_user_encode(const int64_t *ids, int n, void *buf, size_t cap,
     return CTR_OK;
 }
 
-int features_user_decode(const void *buf, size_t len, int keep, arena *a,
-                         int64_t **ids, int *n, char *err, size_t errlen) {
-    const unsigned char *p = buf;
+int features_user_encode(const int64_t *ids, int n, void *buf, size_t cap,
+                         size_t *len, char *err, size_t errlen) {
+    return user_encode(ids, n, FEATURES_VERSION, (uint32_t)(n > 0 ? n : 0), buf, cap, len,
+                       err, errlen);
+}
+
+int features_user_encode_v2(const int64_t *ids, int n, uint32_t max_seq, void *buf,
+                            size_t cap, size_t *len, char *err, size_t errlen) {
+    if (max_seq == 0)
+        return ctr_fail(err, errlen, CTR_EINVAL, "max_seq 0: a history keeps at least one id");
+    return user_encode(ids, n, FEATURES_USER_VERSION, max_seq, buf, cap, len, err, errlen);
+}
+
+int features_user_header(const void *hdr, size_t len, uint32_t *count, uint32_t *max_seq,
+                         char *err, size_t errlen) {
+    const unsigned char *p = hdr;
     if (len < FEATURES_HEADER_SIZE)
         return ctr_fail(err, errlen, CTR_EFORMAT,
                         "user value of %zu bytes is shorter than its %d-byte "
@@ -248,23 +262,44 @@ int features_user_decode(const void *buf, size_t len, int keep, arena *a,
         return ctr_fail(err, errlen, CTR_EFORMAT,
                         "not a user value (magic %02x %02x, expected 'C' 'U')",
                         p[0], p[1]);
-    if (p[2] != FEATURES_VERSION)
+    if (p[2] != FEATURES_VERSION && p[2] != FEATURES_USER_VERSION)
         return ctr_fail(err, errlen, CTR_EFORMAT,
-                        "user value version %u, this build reads %d", p[2],
-                        FEATURES_VERSION);
+                        "user value version %u, this build reads %d and %d", p[2],
+                        FEATURES_VERSION, FEATURES_USER_VERSION);
     if (p[3] != 0)
         return ctr_fail(err, errlen, CTR_EFORMAT,
                         "user value reserved byte is not zero");
-    uint32_t count = get_u32(p + 4);
-    /* Compare counts rather than computing 8 + 4 count, which could wrap
+    const uint32_t word = get_u32(p + 4);
+    /* Counts compared rather than 8 + 4 count computed, which could wrap
      * where size_t is 32 bits. */
-    if ((len - FEATURES_HEADER_SIZE) % 4 != 0 ||
-        (len - FEATURES_HEADER_SIZE) / 4 != count)
+    const size_t body = len - FEATURES_HEADER_SIZE;
+    if (p[2] == FEATURES_VERSION) {
+        if (body % 4 != 0 || body / 4 != word)
+            return ctr_fail(err, errlen, CTR_EFORMAT,
+                            "user value of %zu bytes, its header says %lu ids "
+                            "(%llu bytes)",
+                            len, (unsigned long)word,
+                            (unsigned long long)word * 4 + FEATURES_HEADER_SIZE);
+        *count = word;
+        *max_seq = 0;
+        return CTR_OK;
+    }
+    if (body % 4 != 0 || body / 4 > UINT32_MAX)
         return ctr_fail(err, errlen, CTR_EFORMAT,
-                        "user value of %zu bytes, its header says %lu ids "
-                        "(%llu bytes)",
-                        len, (unsigned long)count,
-                        (unsigned long long)count * 4 + FEATURES_HEADER_SIZE);
+                        "user value of %zu bytes is not 8 + 4 n", len);
+    if (word == 0)
+        return ctr_fail(err, errlen, CTR_EFORMAT, "user value max_seq is 0");
+    *count = (uint32_t)(body / 4);
+    *max_seq = word;
+    return CTR_OK;
+}
+
+int features_user_decode(const void *buf, size_t len, int keep, arena *a,
+                         int64_t **ids, int *n, char *err, size_t errlen) {
+    const unsigned char *p = buf;
+    uint32_t count, max_seq;
+    int rc = features_user_header(buf, len, &count, &max_seq, err, errlen);
+    if (rc < 0) return rc;
     p += FEATURES_HEADER_SIZE;
 
     /* Every id is checked, kept or not: a value with a bad id in its old

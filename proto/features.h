@@ -31,12 +31,21 @@
  *   user value (key <prefix>u:<user_id>, user_id as in the request):
  *     offset 0  u8   'C'
  *            1  u8   'U'
- *            2  u8   version (1)
+ *            2  u8   version: 2 (written now), or 1 (written before
+ *                    appends existed; still read)
  *            3  u8   reserved, 0
- *            4  u32  count
- *            8  i32  item ids [count], oldest first, each 0..2^31-1
- *                    (0 is padding, as in the model)
- *     length: exactly 8 + 4 count bytes.
+ *            4  u32  version 2: max_seq (>= 1), the most recent ids an
+ *                    append keeps (see below); version 1: count
+ *            8  i32  item ids, oldest first, each 0..2^31-1 (0 is
+ *                    padding, as in the model)
+ *     length: 8 + 4 n bytes for n ids; in version 1 n must equal count.
+ *     Version 2 drops the count so that an append is an APPEND of the new
+ *     ids (the Redis function ctr_append, deploy/redis/ctr.lua) and a
+ *     value is never rewritten per click: it may hold more than max_seq
+ *     ids, and an append that takes it past features_user_trim_at(max_seq)
+ *     cuts it back to the most recent max_seq (one rewrite every
+ *     max_seq / 4 appends).  Readers keep the most recent ids they need
+ *     either way.
  *
  * The decoders are strict because a value that does not match its schema
  * is a deployment error (wrong loader, wrong model, truncated write) that
@@ -57,8 +66,10 @@
 
 #include "core/base/arena.h"
 
-#define FEATURES_VERSION 1          /* item without category, user */
+#define FEATURES_VERSION 1          /* item without category; user as
+                                       written before appends */
 #define FEATURES_VERSION_CATE 2     /* item with a category */
+#define FEATURES_USER_VERSION 2     /* user value written now (appendable) */
 #define FEATURES_HEADER_SIZE 8
 #define FEATURES_MAX_TAGS 255       /* num_tags is one byte */
 #define FEATURES_MAX_MM 65535       /* mm_dim is two bytes */
@@ -103,21 +114,45 @@ int features_item_decode(const void *buf, size_t len, int max_tags,
                          int mm_dim, arena *a, features_item *out, char *err,
                          size_t errlen);
 
-/* Bytes of an encoded user value of count ids; 0 when count exceeds
- * UINT32_MAX or the size would not fit in size_t. */
+/* Bytes of an encoded user value of count ids (either version); 0 when
+ * count exceeds UINT32_MAX or the size would not fit in size_t. */
 size_t features_user_size(size_t count);
 
-/* Encodes a history (n ids, oldest first) into buf (cap bytes).
- * CTR_EINVAL, with a message naming the position, for an id outside
- * 0..INT32_MAX, a negative n, or a cap that is too small. */
+/* The length past which an append cuts a version 2 value back to its
+ * most recent max_seq ids: max_seq + max(1, max_seq / 4) (the Redis
+ * function follows the same rule). */
+static inline uint64_t features_user_trim_at(uint32_t max_seq) {
+    return (uint64_t)max_seq + (max_seq / 4 > 1 ? max_seq / 4 : 1);
+}
+
+/* Encodes a history (n ids, oldest first) into buf (cap bytes) as a
+ * version 2 value, the one written now, whose appends keep max_seq ids
+ * (1..UINT32_MAX; n itself is not cut here).  CTR_EINVAL, with a message
+ * naming the position, for an id outside 0..INT32_MAX, a negative n,
+ * max_seq 0, or a cap that is too small. */
+int features_user_encode_v2(const int64_t *ids, int n, uint32_t max_seq, void *buf,
+                            size_t cap, size_t *len, char *err, size_t errlen);
+
+/* The same as a version 1 value (count in the header), the layout written
+ * before appends existed; still read everywhere, kept for tests and for
+ * tools that must feed an older reader. */
 int features_user_encode(const int64_t *ids, int n, void *buf, size_t cap,
                          size_t *len, char *err, size_t errlen);
 
-/* Decodes a user value of len bytes into the arena: *ids gets the most
- * recent min(count, keep) ids, oldest first (keep < 0: all of them), *n
- * their number (*ids is NULL when *n is 0).  The whole value is checked,
- * kept part or not.  CTR_OK; CTR_EFORMAT for a malformed value;
- * CTR_ENOMEM.  *ids and *n are unspecified on failure. */
+/* Checks the 8-byte header hdr of a user value that is len bytes long in
+ * all, without its ids (for a reader that fetches the header and the tail
+ * apart): *count gets its number of ids, *max_seq its max_seq (0 for
+ * version 1).  CTR_OK; CTR_EFORMAT for a wrong magic, an unknown version,
+ * a non-zero reserved byte, a length that is not 8 + 4 n (or disagrees
+ * with a version 1 count), a version 2 max_seq of 0. */
+int features_user_header(const void *hdr, size_t len, uint32_t *count, uint32_t *max_seq,
+                         char *err, size_t errlen);
+
+/* Decodes a user value of len bytes (either version) into the arena:
+ * *ids gets the most recent min(count, keep) ids, oldest first (keep < 0:
+ * all of them), *n their number (*ids is NULL when *n is 0).  The whole
+ * value is checked, kept part or not.  CTR_OK; CTR_EFORMAT for a
+ * malformed value; CTR_ENOMEM.  *ids and *n are unspecified on failure. */
 int features_user_decode(const void *buf, size_t len, int keep, arena *a,
                          int64_t **ids, int *n, char *err, size_t errlen);
 

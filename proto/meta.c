@@ -13,7 +13,7 @@ int proto_meta_encode(const proto_meta *m, proto_buf *b) {
                      m->format, m->num_tags, m->mm_dim, (long long)m->items,
                      (long long)m->users, m->loaded_at);
     proto_buf_json_cstr(b, m->model_version);
-    proto_buf_putc(b, '}');
+    proto_buf_printf(b, ",\"item_changes\":%llu}", (unsigned long long)m->item_changes);
     return proto_buf_ok(b) ? CTR_OK : CTR_ENOMEM;
 }
 
@@ -60,6 +60,13 @@ int proto_meta_decode(const char *buf, size_t len, proto_meta *out, char *err,
     json_t *mv = json_object_get(root, "model_version");
     if (mv && json_is_string(mv))
         snprintf(out->model_version, sizeof out->model_version, "%s", json_string_value(mv));
+    json_t *ic = json_object_get(root, "item_changes");
+    if (ic && (!json_is_integer(ic) || json_integer_value(ic) < 0)) {
+        rc = ctr_fail(err, errlen, CTR_EFORMAT,
+                      "feature-set marker: \"item_changes\" is not a count");
+        goto done;
+    }
+    out->item_changes = ic ? (uint64_t)json_integer_value(ic) : 0;
     rc = CTR_OK;
 done:
     json_decref(root);

@@ -5,7 +5,15 @@
  * set" and its fields say which:
  *
  *   {"format": 1, "num_tags": 5, "mm_dim": 128, "items": 91717,
- *    "users": 100000, "loaded_at": 1714557600.25, "model_version": "v1"}
+ *    "users": 100000, "loaded_at": 1714557600.25, "model_version": "v1",
+ *    "item_changes": 12}
+ *
+ * item_changes is the generation of the last record on the prefix's
+ * item-change stream (<prefix>item-changes, deploy/REDIS_SCHEMA.md) when
+ * the marker was written: a server that has applied fewer changes, and
+ * finds no more on the stream, has lost some (the stream was trimmed or
+ * deleted) and drops its item cache.  0 (or absent, from older loaders):
+ * none recorded.
  *
  * The server reads it in its health check: /readyz is not ready while it
  * is missing (a Redis restarted empty) or names another schema than the
@@ -29,6 +37,8 @@ typedef struct proto_meta {
     int64_t items, users;     /* values written by the load */
     double loaded_at;         /* unix seconds at the end of the load */
     char model_version[64];   /* the model the load was checked against */
+    uint64_t item_changes;    /* generation of the last item change (0:
+                                 none) */
 } proto_meta;
 
 /* Appends the marker's JSON (no newline).  CTR_OK or CTR_ENOMEM. */

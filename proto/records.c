@@ -128,3 +128,39 @@ done:
     json_decref(root);
     return rc;
 }
+
+int proto_event_decode(const char *line, size_t len, int max_seq, arena *a,
+                       proto_user *out, char *err, size_t errlen) {
+    json_t *root, *v;
+    int rc = proto_field_parse_object(line, len, "event", &root, err, errlen);
+    if (rc < 0) return rc;
+    if ((rc = member(root, "user_id", &v, err, errlen)) < 0) goto done;
+    if ((rc = proto_field_id(v, PROTO_PATH("user_id"), RECORDS_USER_ID_MAX, a,
+                             &out->user_id, &out->user_id_is_int, err, errlen)) < 0)
+        goto done;
+    json_t *one = json_object_get(root, "item_id"), *seq = json_object_get(root, "item_seq");
+    if (!one == !seq) {
+        rc = proto_field_fail(err, errlen, CTR_EINVAL, PROTO_PATH("item_id"),
+                              one ? "give item_id or item_seq, not both"
+                                  : "missing field (or item_seq)");
+        goto done;
+    }
+    if (one) {
+        out->item_seq = arena_alloc(a, sizeof *out->item_seq, _Alignof(int64_t));
+        if (!out->item_seq) {
+            rc = ctr_fail(err, errlen, CTR_ENOMEM, "arena full");
+            goto done;
+        }
+        out->seq_len = 1;
+        rc = proto_field_int64(one, PROTO_PATH("item_id"), out->item_seq, err, errlen);
+        goto done;
+    }
+    rc = proto_field_int64_array(seq, PROTO_PATH("item_seq"), max_seq, a, &out->item_seq,
+                                 &out->seq_len, err, errlen);
+    if (rc == CTR_OK && out->seq_len == 0)
+        rc = proto_field_fail(err, errlen, CTR_EINVAL, PROTO_PATH("item_seq"),
+                              "empty: nothing to append");
+done:
+    json_decref(root);
+    return rc;
+}

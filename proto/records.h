@@ -6,6 +6,8 @@
  *             "item_emb_d128": [128 numbers]}            (QIN, DIN)
  *            {"item_id": 0, "cate_id": 5}                (TIN)
  *   user:    {"user_id": "u1" | 42, "item_seq": [ids, oldest first]}
+ *   event:   {"user_id": "u1" | 42, "item_id": 17}     (ctr-load --events:
+ *            {"user_id": "u1" | 42, "item_seq": [ids]}  behaviours to append)
  *
  * Decoders are strict: wrong types, missing fields, non-integral ids,
  * out-of-range integers and non-finite numbers are refused with a message
@@ -73,5 +75,13 @@ int proto_item_decode_schema(const char *line, size_t len,
  * item_seq is valid (item_seq is NULL then). */
 int proto_user_decode(const char *line, size_t len, int max_seq, arena *a,
                       proto_user *out, char *err, size_t errlen);
+
+/* Decodes one event line (behaviours to append to a user's history):
+ * item_id (one id) or item_seq (ids, oldest first; at most max_seq of
+ * them, CTR_ETOOBIG; negative: no bound), exactly one of the two and not
+ * an empty item_seq, as a proto_user (item_seq of one for item_id; it
+ * lives in the arena).  Other failures as for proto_user_decode. */
+int proto_event_decode(const char *line, size_t len, int max_seq, arena *a,
+                       proto_user *out, char *err, size_t errlen);
 
 #endif

@@ -49,7 +49,7 @@ typedef struct ic_shard {
     ic_entry *head, *tail;         /* LRU */
     size_t bytes;                  /* under lock; mirrored into st_bytes */
     size_t budget;
-    atomic_uint_fast64_t hits, misses, insertions, evictions, expirations;
+    atomic_uint_fast64_t hits, misses, insertions, evictions, expirations, invalidations;
     atomic_uint_fast64_t entries, st_bytes;
 } ic_shard;
 
@@ -66,6 +66,8 @@ struct item_cache {
     /* Entries alive outside the table (evicted while pinned, or private
      * copies of a disabled cache); only for the assert in item_cache_free. */
     atomic_long detached;
+    /* Invalidations so far (item_cache_put_at). */
+    atomic_uint_fast64_t epoch;
 };
 
 item_cache_params item_cache_default_params(void) {
@@ -301,8 +303,35 @@ const float *item_cache_get(item_cache *c, int64_t id, item_cache_ref *ref) {
     return v;
 }
 
+/* Epoch 0 with check 0: no check (item_cache_put). */
+static const float *put(item_cache *c, int64_t id, const float *vec, int check,
+                        uint64_t epoch, item_cache_ref *ref);
+
 const float *item_cache_put(item_cache *c, int64_t id, const float *vec,
                             item_cache_ref *ref) {
+    return put(c, id, vec, 0, 0, ref);
+}
+
+const float *item_cache_put_at(item_cache *c, int64_t id, const float *vec, uint64_t epoch,
+                               item_cache_ref *ref) {
+    return put(c, id, vec, 1, epoch, ref);
+}
+
+uint64_t item_cache_epoch(const item_cache *c) {
+    return atomic_load_explicit((atomic_uint_fast64_t *)&c->epoch, memory_order_acquire);
+}
+
+/* A pinned private copy that is never cached: the caller's only
+ * reference, freed by its release. */
+static const float *detach(item_cache *c, ic_entry *e, item_cache_ref *ref) {
+    atomic_init(&e->refs, 1);
+    atomic_fetch_add_explicit(&c->detached, 1, memory_order_relaxed);
+    ref->entry = e;
+    return entry_vec(e);
+}
+
+static const float *put(item_cache *c, int64_t id, const float *vec, int check,
+                        uint64_t epoch, item_cache_ref *ref) {
     ref->entry = NULL;
     /* Allocate and copy before taking the lock: the copy is the slow part. */
     ic_entry *e = aligned_alloc(IC_ALIGN, c->entry_bytes);
@@ -312,12 +341,7 @@ const float *item_cache_put(item_cache *c, int64_t id, const float *vec,
     e->id = id;
     memcpy(entry_vec(e), vec, c->vec_floats * sizeof(float));
 
-    if (c->disabled) {
-        atomic_init(&e->refs, 1);
-        atomic_fetch_add_explicit(&c->detached, 1, memory_order_relaxed);
-        ref->entry = e;
-        return entry_vec(e);
-    }
+    if (c->disabled) return detach(c, e, ref);
 
     uint64_t h = mix(id);
     ic_shard *s = shard_of(c, h);
@@ -328,6 +352,13 @@ const float *item_cache_put(item_cache *c, int64_t id, const float *vec,
     const float *v;
 
     pthread_mutex_lock(&s->lock);
+    /* Read under the lock: an invalidation bumps the epoch before it takes
+     * the shard locks to unlink, so either it sees this entry or this sees
+     * its epoch. */
+    if (check && atomic_load(&c->epoch) != epoch) {
+        pthread_mutex_unlock(&s->lock);
+        return detach(c, e, ref);
+    }
     ic_entry *old = find(c, s, h, id);
     if (old && now >= old->expires) {
         remove_entry(c, s, old, h, &dead);
@@ -363,6 +394,46 @@ const float *item_cache_put(item_cache *c, int64_t id, const float *vec,
 
     free_list(dead);
     return v;
+}
+
+size_t item_cache_invalidate(item_cache *c, const int64_t *ids, size_t n) {
+    atomic_fetch_add(&c->epoch, 1);
+    if (c->disabled) return 0;
+    size_t dropped = 0;
+    for (size_t i = 0; i < n; i++) {
+        uint64_t h = mix(ids[i]);
+        ic_shard *s = shard_of(c, h);
+        ic_entry *dead = NULL;
+        pthread_mutex_lock(&s->lock);
+        ic_entry *e = find(c, s, h, ids[i]);
+        if (e) {
+            remove_entry(c, s, e, h, &dead);
+            bump(&s->invalidations, 1);
+            dropped++;
+        }
+        pthread_mutex_unlock(&s->lock);
+        free_list(dead);
+    }
+    return dropped;
+}
+
+size_t item_cache_clear(item_cache *c) {
+    atomic_fetch_add(&c->epoch, 1);
+    if (c->disabled) return 0;
+    size_t dropped = 0;
+    for (unsigned i = 0; i < c->nshards; i++) {
+        ic_shard *s = &c->shards[i];
+        ic_entry *dead = NULL;
+        pthread_mutex_lock(&s->lock);
+        while (s->head) {
+            remove_entry(c, s, s->head, mix(s->head->id), &dead);
+            bump(&s->invalidations, 1);
+            dropped++;
+        }
+        pthread_mutex_unlock(&s->lock);
+        free_list(dead);
+    }
+    return dropped;
 }
 
 void item_cache_release(item_cache *c, item_cache_ref *ref) {
@@ -406,6 +477,7 @@ void item_cache_stats_get(const item_cache *c, item_cache_stats *out) {
         out->insertions += IC_LOAD(insertions);
         out->evictions += IC_LOAD(evictions);
         out->expirations += IC_LOAD(expirations);
+        out->invalidations += IC_LOAD(invalidations);
         out->entries += IC_LOAD(entries);
         out->bytes += IC_LOAD(st_bytes);
 #undef IC_LOAD

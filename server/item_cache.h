@@ -96,6 +96,7 @@ typedef struct item_cache_stats {
     uint64_t insertions;    /* puts that added an entry (not lost races) */
     uint64_t evictions;     /* entries dropped to stay within max_bytes */
     uint64_t expirations;   /* entries dropped because their TTL passed */
+    uint64_t invalidations; /* entries dropped by invalidate or clear */
     uint64_t entries;       /* entries in the table now */
     uint64_t bytes;         /* bytes of those entries */
 } item_cache_stats;
@@ -122,6 +123,31 @@ const float *item_cache_get(item_cache *c, int64_t id, item_cache_ref *ref);
  * out of memory; the caller then goes on with its own vec. */
 const float *item_cache_put(item_cache *c, int64_t id, const float *vec,
                             item_cache_ref *ref);
+
+/* Invalidation, for item features rewritten in the feature store (the
+ * health check reads ctr-load's change records).  A worker that read an
+ * item's features before the rewrite may put its stale vector after the
+ * invalidation ran; to keep that vector out, a worker reads the epoch
+ * before it reads features from the store and puts with item_cache_put_at,
+ * which does not cache (it hands back a private pinned copy, as a disabled
+ * cache does) when any invalidation ran since that epoch.  Invalidations
+ * come a few times a second at most, so the puts they turn away cost a
+ * recomputation of those items on their next request, nothing more. */
+
+/* The cache's invalidation count, for item_cache_put_at. */
+uint64_t item_cache_epoch(const item_cache *c);
+
+/* item_cache_put, unless an invalidation ran since epoch was read (see
+ * above): then the vector is handed back pinned but not cached. */
+const float *item_cache_put_at(item_cache *c, int64_t id, const float *vec, uint64_t epoch,
+                               item_cache_ref *ref);
+
+/* Drops the entries of ids[0..n) (absent ones are skipped; pinned ones
+ * live on for their pins, unlinked).  Returns how many were cached. */
+size_t item_cache_invalidate(item_cache *c, const int64_t *ids, size_t n);
+
+/* Drops every entry.  Returns how many there were. */
+size_t item_cache_clear(item_cache *c);
 
 /* Unpins; the pointer from get/put must not be used afterwards.  Frees the
  * entry if it was unlinked and this was its last pin.  Empties *ref. */

@@ -64,6 +64,8 @@ typedef struct model_slots {
     atomic_int feature_set_ready;
     _Atomic double feature_set_loaded_at;
     atomic_int last_reload_ok;      /* 1 until a reload fails, 1 again after one succeeds */
+    counter changes_applied, cache_drops;   /* item changes (metrics_item_changes) */
+    _Atomic double change_lag;
     /* Counters of the model's item caches already freed. */
     counter cache_hits, cache_misses, cache_insertions, cache_evictions, cache_expirations;
     /* Guarded by metrics.model_lock. */
@@ -103,6 +105,10 @@ struct metrics {
     counter degraded[PROTO_DEGRADED_COUNT];
     model_slots models[METRICS_MAX_MODELS];
     int nmodels;                    /* written at startup only */
+    /* The impression log (implog.h), rendered when on. */
+    int implog_on;                  /* written at startup only */
+    counter imp_written, imp_full, imp_sink, imp_shutdown, imp_errors, imp_queue, imp_limit;
+    atomic_int imp_up;
     double start_time;              /* unix seconds, written once at init */
     pthread_mutex_t model_lock;     /* guards each model's name, version, arch */
 };
@@ -429,7 +435,7 @@ typedef void render_fn(const render_ctx *r, const family *f);
 /* How a slot is read and printed. */
 enum { V_COUNTER, V_INT, V_I64, V_SECONDS };
 /* When a family is shown. */
-enum { ALWAYS, CLUSTER_ONLY, WITH_PROC };
+enum { ALWAYS, CLUSTER_ONLY, WITH_PROC, WITH_IMPLOG };
 #define NO_SLOT ((size_t)-1)
 #define MAX_SLOTS 3
 
@@ -752,6 +758,46 @@ static const family families[] = {
          "When ctr-load finished writing the feature set (unix seconds; 0 unknown).",
          r_model_slots),
      .vt = V_SECONDS, .slot = {{NULL, MS(feature_set_loaded_at)}}},
+    {FAM("ctr_item_changes_applied_total", "counter",
+         "Cached item vectors dropped because ctr-load recorded a change of the item "
+         "(<prefix>item-changes), so the next request reads its new features.",
+         r_model_slots),
+     .slot = {{NULL, MS(changes_applied)}}},
+    {FAM("ctr_item_cache_drops_total", "counter",
+         "Whole item caches dropped because the change stream could not say what changed "
+         "(records trimmed before they were read, the stream lost, the feature set loaded "
+         "anew).",
+         r_model_slots),
+     .slot = {{NULL, MS(cache_drops)}}},
+    {FAM("ctr_item_change_lag_seconds", "gauge",
+         "Age of the newest item change when the health check applied it (Redis's clock "
+         "against this host's).",
+         r_model_slots),
+     .vt = V_SECONDS, .slot = {{NULL, MS(change_lag)}}},
+    {FAM("ctr_impressions_written_total", "counter",
+         "Impression log records written to the sink.", r_slots),
+     .when = WITH_IMPLOG, .slot = {{NULL, M(imp_written)}}},
+    {FAM("ctr_impressions_dropped_total", "counter",
+         "Impression log records dropped: the queue was full (the sink is slow or down), a "
+         "write failed, or they were still queued at shutdown.",
+         r_slots),
+     .when = WITH_IMPLOG, .key = "reason",
+     .slot = {{"queue_full", M(imp_full)}, {"sink_failed", M(imp_sink)},
+              {"shutdown", M(imp_shutdown)}}},
+    {FAM("ctr_impression_log_sink_errors_total", "counter",
+         "Failed writes, connects or reopens of the impression log's sink.", r_slots),
+     .when = WITH_IMPLOG, .slot = {{NULL, M(imp_errors)}}},
+    {FAM("ctr_impression_log_up", "gauge", "1 when the impression log's last write succeeded.",
+         r_slots),
+     .when = WITH_IMPLOG, .vt = V_INT, .slot = {{NULL, M(imp_up)}}},
+    {FAM("ctr_impression_log_queue_bytes", "gauge",
+         "Bytes of impression records waiting for the sink.", r_slots),
+     .when = WITH_IMPLOG, .slot = {{NULL, M(imp_queue)}}},
+    {FAM("ctr_impression_log_queue_limit_bytes", "gauge",
+         "Bound of ctr_impression_log_queue_bytes (impression_queue_mb); beyond it, records "
+         "are dropped.",
+         r_slots),
+     .when = WITH_IMPLOG, .slot = {{NULL, M(imp_limit)}}},
     /* The standard process_* series of Prometheus client libraries. */
     {FAM("process_start_time_seconds", "gauge",
          "Start time of the process since unix epoch in seconds.", r_process_start)},
@@ -799,6 +845,33 @@ static void read_proc(render_ctx *r) {
     r->proc_ok = 1;
 }
 
+void metrics_item_changes(metrics *m, int model, uint64_t applied, int dropped, double lag_s) {
+    model_slots *s = model_at(m, model);
+    if (!s) return;
+    add(&s->changes_applied, applied);
+    if (dropped) add(&s->cache_drops, 1);
+    if (lag_s >= 0) atomic_store_explicit(&s->change_lag, lag_s, memory_order_relaxed);
+}
+
+void metrics_impression_log_on(metrics *m, uint64_t limit_bytes) {
+    m->implog_on = 1;
+    atomic_store(&m->imp_limit, limit_bytes);
+    atomic_store(&m->imp_up, 1);
+}
+
+void metrics_impression_event(void *arg, implog_event ev, uint64_t n) {
+    metrics *m = arg;
+    switch (ev) {
+    case IMPLOG_WRITTEN: add(&m->imp_written, n); break;
+    case IMPLOG_DROPPED_FULL: add(&m->imp_full, n); break;
+    case IMPLOG_DROPPED_SINK: add(&m->imp_sink, n); break;
+    case IMPLOG_DROPPED_SHUTDOWN: add(&m->imp_shutdown, n); break;
+    case IMPLOG_SINK_ERROR: add(&m->imp_errors, n); break;
+    case IMPLOG_SINK_UP: atomic_store_explicit(&m->imp_up, n ? 1 : 0, memory_order_relaxed); break;
+    case IMPLOG_QUEUE_BYTES: atomic_store_explicit(&m->imp_queue, n, memory_order_relaxed); break;
+    }
+}
+
 int metrics_render(metrics *m, const item_cache_stats *caches, int ncaches, proto_buf *b) {
     render_ctx r = {.m = m, .b = b, .caches = caches, .ncaches = ncaches};
     r.nodes = atomic_load(&m->nnodes);
@@ -808,7 +881,8 @@ int metrics_render(metrics *m, const item_cache_stats *caches, int ncaches, prot
     read_proc(&r);
     for (size_t i = 0; i < sizeof families / sizeof *families; i++) {
         const family *f = &families[i];
-        if ((f->when == CLUSTER_ONLY && !r.nodes) || (f->when == WITH_PROC && !r.proc_ok))
+        if ((f->when == CLUSTER_ONLY && !r.nodes) || (f->when == WITH_PROC && !r.proc_ok) ||
+            (f->when == WITH_IMPLOG && !m->implog_on))
             continue;
         family_header(b, f->name, f->type, f->help);
         f->render(&r, f);

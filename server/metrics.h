@@ -57,6 +57,21 @@
  *                                                   model, under its prefix)
  *   ctr_feature_set_loaded_timestamp_seconds        gauge [model] (unix time of the
  *                                                   load; 0 when unknown)
+ *   ctr_item_changes_applied_total                  counter [model] (cached item
+ *                                                   vectors dropped because
+ *                                                   ctr-load changed the item)
+ *   ctr_item_cache_drops_total                      counter [model] (whole caches
+ *                                                   dropped: the change stream
+ *                                                   was behind or lost)
+ *   ctr_item_change_lag_seconds                     gauge [model] (age of the
+ *                                                   newest change when applied)
+ * With the impression log on (metrics_impression_log_on):
+ *   ctr_impressions_written_total                   counter
+ *   ctr_impressions_dropped_total{reason="queue_full|sink_failed|shutdown"}  counter
+ *   ctr_impression_log_sink_errors_total            counter
+ *   ctr_impression_log_up                           gauge (1: the last write
+ *                                                   succeeded)
+ *   ctr_impression_log_queue_bytes, ctr_impression_log_queue_limit_bytes  gauge
  *   process_start_time_seconds                      gauge (unix time)
  *   process_cpu_seconds_total                       counter (user + system)
  *   process_resident_memory_bytes                   gauge
@@ -103,6 +118,7 @@
 #include "proto/degraded.h"
 #include "server/store/breaker.h"
 #include "server/store/featstore.h"
+#include "server/implog.h"
 #include "server/item_cache.h"
 
 #define METRICS_CONTENT_TYPE "text/plain; version=0.0.4; charset=utf-8"
@@ -242,6 +258,19 @@ void metrics_connection_cut(metrics *m);
 /* The health check's view of a model's feature set: ready (marker present
  * and matching), and its load time in unix seconds (0: unknown). */
 void metrics_feature_set(metrics *m, int model, int ready, double loaded_at);
+
+/* The health check applied a model's item changes: `applied` cached
+ * vectors dropped for changed items, `dropped` whole caches dropped
+ * (0 or 1), lag_s the age of the newest change applied (< 0: leave the
+ * gauge as it is). */
+void metrics_item_changes(metrics *m, int model, uint64_t applied, int dropped, double lag_s);
+
+/* The impression log is on, with a queue of limit_bytes: its series are
+ * rendered.  Startup only. */
+void metrics_impression_log_on(metrics *m, uint64_t limit_bytes);
+
+/* An implog_hook: pass m as the argument. */
+void metrics_impression_event(void *m, implog_event ev, uint64_t n);
 
 /* Adds the final counters of a model's item cache about to be freed
  * (after a reload) to a base, so the *_total series stay monotonic across

@@ -35,6 +35,7 @@
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 
 #include "proto/error.h"
 #include "core/base/clock.h"
@@ -272,10 +273,12 @@ static int idmap_get(idmap *m, int64_t id, int *next) {
     return m->vals[h];
 }
 
-/* Computes the vectors of the fetched items and puts them in the cache;
- * items whose features are malformed or overflow get no vector. */
+/* Computes the vectors of the fetched items and puts them in the cache
+ * (unless an item change invalidated it since `epoch`, read before the
+ * features were: item_cache.h); items whose features are malformed or
+ * overflow get no vector. */
 static int compute_vectors(rank_ctx *x, const int64_t *miss_id, const int *miss_u, int nmiss,
-                           const featstore_item *feats) {
+                           const featstore_item *feats, uint64_t epoch) {
     static log_limit lim_width, lim_bad;
     const engine_schema *sc = x->sc;
     engine_item *in = arena_alloc(x->a, (size_t)nmiss * sizeof *in, 64);
@@ -329,8 +332,8 @@ static int compute_vectors(rank_ctx *x, const int64_t *miss_id, const int *miss_
     for (int j = 0; j < nin; j++) {
         if (!ok[j]) continue;
         int u = miss_u[in_k[j]];
-        x->uvec[u] = item_cache_put(x->slot->cache, miss_id[in_k[j]], vecs + (size_t)j * vf,
-                                    &x->refs[u]);
+        x->uvec[u] = item_cache_put_at(x->slot->cache, miss_id[in_k[j]],
+                                       vecs + (size_t)j * vf, epoch, &x->refs[u]);
         if (!x->uvec[u]) x->ureason[u] = RANK_NOVEC_UNAVAILABLE; /* out of memory */
     }
     return 0;
@@ -395,6 +398,7 @@ static int fetch_missing(rank_ctx *x) {
     int64_t start = clock_now_ns(), dl = call_deadline(x);
     int rc = CTR_ETIMEOUT, deadline_hit = !dl;
     char err[512] = "";
+    const uint64_t epoch = item_cache_epoch(x->slot->cache);   /* before the read */
     if (dl) {
         rc = featstore_get_items(x->w->m[x->m->index].fs, miss_id, nmiss, dl, a, feats, err,
                                  sizeof err);
@@ -402,7 +406,7 @@ static int fetch_missing(rank_ctx *x) {
                       (double)(clock_now_ns() - start) * 1e-9, redis_result(rc));
         deadline_hit = budget_timeout(x, rc, start, dl);
     }
-    if (rc >= 0) return compute_vectors(x, miss_id, miss_u, nmiss, feats);
+    if (rc >= 0) return compute_vectors(x, miss_id, miss_u, nmiss, feats, epoch);
     x->fetch_failed = 1;
     if (!deadline_hit)
         log_limited(&lim_fail, LOG_WARN, "item read failures", "request %s: item features: %s",
@@ -708,6 +712,8 @@ int rank_answer(rank_ctx *x) {
         degraded[d] = proto_degraded_label(x->degraded[d]);
         metrics_degraded(x->svc->metrics, x->degraded[d]);
     }
+    x->items = items;
+    x->num_items = kept;
     if (x->ndeg) metrics_degraded_response(x->svc->metrics);
     int64_t now = clock_now_ns(), stage_us[RANK_STAGES];
     for (int s = 0; s < RANK_STAGES; s++) {
@@ -733,6 +739,61 @@ int rank_answer(rank_ctx *x) {
     return 200;
 }
 
+/* --- the impression log ---------------------------------------------------- */
+
+/* 1 with probability p: a per-thread xorshift64*, seeded on first use. */
+static int sampled(double p) {
+    static _Thread_local uint64_t s;
+    if (p >= 1.0) return 1;
+    if (p <= 0.0) return 0;
+    if (!s) s = (uint64_t)clock_now_ns() ^ (uint64_t)(uintptr_t)&s ^ 0x9E3779B97F4A7C15ull;
+    s ^= s >> 12;
+    s ^= s << 25;
+    s ^= s >> 27;
+    return (double)((s * 0x2545F4914F6CDD1Dull) >> 11) * 0x1.0p-53 < p;
+}
+
+void rank_log(rank_ctx *x) {
+    service *svc = x->svc;
+    if (!svc->implog || !sampled(x->m->impression_sample)) return;
+    const int n = x->req.num_cand;
+    const size_t n1 = (size_t)(n ? n : 1);
+    float *score = arena_alloc(x->a, n1 * sizeof *score, 64);
+    int32_t *rank = arena_alloc(x->a, n1 * sizeof *rank, 64);
+    if (!score || !rank) return;   /* the arena is full: no record */
+    for (int i = 0; i < n; i++) {
+        score[i] = x->scored[i] ? x->prob[i] : NAN;
+        rank[i] = 0;
+    }
+    for (int k = 0; k < x->num_items; k++) rank[x->items[k].cand] = k + 1;
+    const char *degraded[PROTO_DEGRADED_COUNT];
+    for (int d = 0; d < x->ndeg; d++) degraded[d] = proto_degraded_label(x->degraded[d]);
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    const proto_impression r = {
+        .time = (double)now.tv_sec + (double)now.tv_nsec * 1e-9,
+        .request_id = x->req.request_id,
+        .user_id = x->req.user_id,
+        .user_id_is_int = x->req.user_id_is_int,
+        .model_name = x->m->name,
+        .model_version = x->sc->version,
+        .precision = dense_precision_name(engine_model_precision(x->slot->model)),
+        .history_from_request = x->req.has_item_seq,
+        .history = x->nh > x->sc->max_len ? x->hist_ids + (x->nh - x->sc->max_len) : x->hist_ids,
+        .nh = x->nh > x->sc->max_len ? x->sc->max_len : x->nh,
+        .top_k = x->req.top_k,
+        .num_ctx = x->sc->num_ctx,
+        .ctx_name = x->slot->ctx_name,
+        .n = n,
+        .cand_id = x->req.cand_id,
+        .ctx = x->req.ctx,
+        .score = score,
+        .rank = rank,
+        .degraded = degraded,
+        .num_degraded = x->ndeg};
+    implog_submit(svc->implog, &r);
+}
+
 int rank_handle(worker *w, const rank_input *in) {
     rank_ctx x;
     rank_begin(&x, w, in);
@@ -741,6 +802,7 @@ int rank_handle(worker *w, const rank_input *in) {
     if (!status) status = rank_items(&x);
     if (!status) status = rank_score(&x);
     if (!status) status = rank_answer(&x);
+    if (status == 200) rank_log(&x);
     rank_end(&x);
     return status;
 }

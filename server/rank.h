@@ -11,6 +11,8 @@
  *   rank_score     the forward pass, split across the scoring pool; scores
  *                  that are not finite handled; explanations when asked
  *   rank_answer    order, encode
+ *   rank_log       the impression log's record of the answer (sampled;
+ *                  a copy into its queue, implog.h)
  *   rank_end       release cache pins and the model
  *
  * A stage returns 0 to go on, or the HTTP status of an answer it has
@@ -85,6 +87,10 @@ typedef struct rank_ctx {
 
     proto_degraded degraded[PROTO_DEGRADED_COUNT];  /* in the order first met */
     int ndeg;
+
+    /* The answer: items in answer order (rank_answer). */
+    proto_rank_item *items;
+    int num_items;
 } rank_ctx;
 
 /* Why a unique item has no vector. */
@@ -114,6 +120,7 @@ int rank_history(rank_ctx *x);
 int rank_items(rank_ctx *x);
 int rank_score(rank_ctx *x);
 int rank_answer(rank_ctx *x);
+void rank_log(rank_ctx *x);
 void rank_end(rank_ctx *x);
 
 /* Adds a degraded reason once. */

@@ -18,6 +18,7 @@
 
 #include "core/engine.h"
 #include "server/store/featstore.h"
+#include "server/implog.h"
 #include "server/item_cache.h"
 #include "server/metrics.h"
 #include "server/model_slot.h"
@@ -42,6 +43,8 @@ typedef struct service_model {
                                       model's prefix */
     atomic_llong score_ns_per_mflop;  /* running estimate of the forward
                                          pass's speed, for deadlines */
+    double impression_sample;      /* share of its answers the impression
+                                      log records, 0..1 */
 } service_model;
 
 typedef struct service {
@@ -49,6 +52,7 @@ typedef struct service {
     int num_models;
     pool *scorers;                 /* helpers for splitting big requests */
     metrics *metrics;
+    implog *implog;                /* the impression log; NULL: off */
     featstore_params fs_params;    /* address, timeouts, breaker: shared */
     int max_candidates;            /* per request; 422 above */
     int max_seq;                   /* item_seq entries accepted in a request */

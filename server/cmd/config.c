@@ -111,6 +111,18 @@ static int set_field(const setting *s, void *fieldp, const char *v, const char *
         *(int *)field = b;
         return CTR_OK;
     }
+    case SET_FRACTION: {
+        char *end;
+        errno = 0;
+        double x = strtod(v, &end);
+        if (end == v || *end || isspace((unsigned char)*v) || errno == ERANGE || !(x >= 0.0) ||
+            x > 1.0)
+            return ctr_fail(err, errlen, CTR_EINVAL,
+                            WHERE_FMT "\"%.64s\" is not a number in 0..1",
+                            WHERE_ARGS(where, s), v);
+        *(double *)field = x;
+        return CTR_OK;
+    }
     case SET_CHOICE: {
         size_t vl = strlen(v);
         for (const char *c = s->choices; *c;) {
@@ -507,6 +519,7 @@ static void print_value(FILE *out, const setting *s, const config_params *p) {
     case SET_INT: fprintf(out, "%d", *(const int *)field); break;
     case SET_SIZE: fprintf(out, "%zu", *(const size_t *)field); break;
     case SET_BOOL: fputs(*(const int *)field ? "true" : "false", out); break;
+    case SET_FRACTION: fprintf(out, "%g", *(const double *)field); break;
     case SET_CHOICE:
     case SET_STR: print_str(out, field); break;
     }
@@ -566,6 +579,8 @@ static void print_setting(FILE *out, const setting *s, const config_params *d) {
         snprintf(text, sizeof text, "%s  Range %lld..%lld.", s->help, s->min, s->max);
     else if (s->type == SET_CHOICE)
         snprintf(text, sizeof text, "%s  One of %s.", s->help, s->choices);
+    else if (s->type == SET_FRACTION)
+        snprintf(text, sizeof text, "%s  Range 0..1.", s->help);
     else
         snprintf(text, sizeof text, "%s", s->help);
     print_wrapped(out, text);

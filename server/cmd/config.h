@@ -32,7 +32,7 @@
  * commas, and repeating the setting within one source (flags, or lines of
  * the file) adds entries.  A source that sets `model` replaces the list of
  * a lower one (a flag's models replace the file's).  Per-model settings
- * (redis_prefix, cache_mb; more may join) take a plain VALUE for every
+ * (redis_prefix, cache_mb, precision, impression_sample) take a plain VALUE for every
  * model, or NAME=VALUE for one model, in the same list form:
  * `--redis-prefix ctr: --redis-prefix tin=ctr-tin:`, or
  * `CTR_REDIS_PREFIX=ctr:,tin=ctr-tin:`; for one model and setting, the
@@ -143,12 +143,21 @@ typedef struct config_params {
     int skip_scoring;               /* BENCHMARK ONLY: scores are all 0 */
     char precision[8];              /* "fp32", "bf16", "int8", "int8x2" */
     char kernel[16];                /* "auto", "onednn", "packed", "openblas" */
+    char impression_log[CONFIG_STR_MAX];  /* "redis:KEY", "file:PATH" or ""
+                                             (off) */
+    double impression_sample;       /* share of answers logged, 0..1 (per
+                                       model) */
+    char impression_log_redis[CONFIG_STR_MAX];  /* "": the feature store's */
+    int impression_log_maxlen;      /* stream entries kept (MAXLEN ~) */
+    int impression_queue_mb;        /* records waiting for the sink */
     char log_level[16];             /* "debug", "info", "warn", "error" */
     char config[CONFIG_STR_MAX];    /* the config file read, "" if none */
     /* ctr-load and ctr-score. */
     char model_path[CONFIG_STR_MAX];  /* their one model ("": none) */
     char items[CONFIG_STR_MAX];     /* item features file (JSON Lines) */
     char users[CONFIG_STR_MAX];     /* user histories file (JSON Lines) */
+    char events[CONFIG_STR_MAX];    /* ctr-load: behaviours to append */
+    int changes_maxlen;             /* ctr-load: <prefix>item-changes cap */
     int batch;                      /* ctr-load: SETs per round trip */
     int max_tags;                   /* ctr-load: tag slots per item */
     int mm_dim;                     /* ctr-load: embedding width */

@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "proto/features.h"
+#include "server/implog.h"
 
 static int check_nonempty(const char *v, char *why, size_t whylen) {
     if (*v) return 0;
@@ -68,6 +69,16 @@ static int check_redis_cluster(const char *v, char *why, size_t whylen) {
         if (!s[n]) return 0;
         s += n + 1;   /* past the comma: another seed must follow */
     }
+}
+
+/* "", or as check_redis. */
+static int check_redis_or_empty(const char *v, char *why, size_t whylen) {
+    return *v ? check_redis(v, why, whylen) : 0;
+}
+
+/* "", "redis:KEY" or "file:PATH". */
+static int check_impression_log(const char *v, char *why, size_t whylen) {
+    return !*v || implog_target_ok(v, why, whylen) ? 0 : -1;
 }
 
 #define F(field) offsetof(config_params, field)
@@ -257,7 +268,8 @@ const setting config_settings[] = {
      "of them.", S, 0, NULL},
     {"max_seq", SET_INT, F(max_seq), 0, 1, INT_MAX, "N", NULL, NULL, NULL,
      "Longest history stored; longer ones keep their most recent N ids (counted, not an "
-     "error).", L, 0, NULL},
+     "error).  Written into each value (its max_seq), so appends to it keep as many.", L, 0,
+     NULL},
     {"max_seq", SET_INT, F(max_seq), 0, 1, 1 << 20, "N", NULL, NULL, NULL,
      "Most ids a request's item_seq may have (only the last max_len of any history are "
      "used: 64 for the challenge QIN and DIN, 430 for TIN).", C, 0, NULL},
@@ -306,6 +318,40 @@ const setting config_settings[] = {
      "BENCHMARK ONLY, NEVER IN PRODUCTION: answer score 0 for every "
      "candidate without running the model, to measure the HTTP + JSON + "
      "Redis floor.", S, 0, NULL},
+    {"impression_log", SET_STR, F(impression_log), CAP(impression_log), 0, 0,
+     "redis:KEY|file:PATH", NULL, check_impression_log, "\"\": off",
+     "Log what each sampled rank answer served (user, model, history, candidates with "
+     "their context fields, scores and ranks, degraded reasons), one JSON record per "
+     "answer, for retraining: redis:KEY appends to a Redis Stream (XADD MAXLEN ~ "
+     "impression_log_maxlen; read it with XREADGROUP), file:PATH to a JSON Lines file "
+     "(reopened on SIGHUP, for logrotate).  Records go through a bounded queue to a "
+     "thread of their own: a slow or failing sink drops records (counted in "
+     "ctr_impressions_dropped_total), never delays an answer.", S, 0, NULL},
+    {"impression_sample", SET_FRACTION, F(impression_sample), 0, 0, 0, "[NAME=]FRACTION",
+     NULL, NULL, NULL,
+     "Share of rank answers logged when impression_log is set (NAME=FRACTION for one "
+     "model, repeatable).", S, SETTING_PER_MODEL, NULL},
+    {"impression_log_redis", SET_STR, F(impression_log_redis), CAP(impression_log_redis), 0,
+     0, "HOST:PORT|/SOCKET", NULL, check_redis_or_empty,
+     "\"\": the feature store's Redis (redis, or the node of redis_cluster owning KEY)",
+     "The Redis of a redis:KEY impression log, when it should not be the feature "
+     "store's (same AUTH settings).", S, 0, NULL},
+    {"impression_log_maxlen", SET_INT, F(impression_log_maxlen), 0, 1, 2000000000, "N", NULL,
+     NULL, NULL, "Entries a redis:KEY impression log keeps (approximately: XADD MAXLEN ~).",
+     S, 0, NULL},
+    {"impression_queue_mb", SET_INT, F(impression_queue_mb), 0, 1, 4096, "MIB", NULL, NULL,
+     NULL,
+     "Bytes of records waiting for the impression log's sink (about 1.5 KB a record of "
+     "64 candidates); a full queue drops new records.", S, 0, NULL},
+    {"events", SET_STR, F(events), CAP(events), 0, 0, "FILE", NULL, NULL, NULL,
+     "Behaviours to append to histories, one JSON object a line: {\"user_id\": \"u1\" | 42, "
+     "\"item_id\": 17} or {\"user_id\": ..., \"item_seq\": [ids, oldest first]}, appended in "
+     "file order with the Redis Functions library (FCALL ctr_append_packed, --batch events a "
+     "round trip), after the items and users; a missing user is created; each history "
+     "keeps its most recent --max-seq ids.", L, 0, NULL},
+    {"changes_maxlen", SET_INT, F(changes_maxlen), 0, 1, 100000000, "N", NULL, NULL, NULL,
+     "Entries <prefix>item-changes keeps, about (each holds the ids of one batch of "
+     "items written into a prefix that was loaded already).", L, 0, NULL},
     {"log_level", SET_CHOICE, F(log_level), CAP(log_level), 0, 0, "LEVEL",
      "debug|info|warn|error", NULL, NULL, "Least severe log records printed.", S, 0, NULL}
 };
@@ -368,6 +414,10 @@ config_params config_default_params(void) {
     p.max_tags = 5;
     p.mm_dim = 128;
     p.batch = 512;
+    p.impression_sample = 1.0;
+    p.impression_log_maxlen = 1000000;
+    p.impression_queue_mb = 16;
+    p.changes_maxlen = 1000;
     p.prog = CONFIG_SERVER;
     return p;
 }

@@ -16,6 +16,7 @@ typedef enum setting_type {
     SET_SIZE,     /* size_t, min..max */
     SET_BOOL,     /* int 0/1 */
     SET_CHOICE,   /* char[cap], one of `choices` ("a|b|c") */
+    SET_FRACTION, /* double, 0..1 */
     SET_MODELS,   /* config_params.models: PATH or NAME=PATH entries */
 } setting_type;
 

@@ -10,7 +10,8 @@
  * waits for signals, and every health_interval_ms checks Redis (PING) and
  * each model's feature-set marker under its prefix (what /readyz reports)
  * and prints the rate-limited log summaries due:
- *   SIGHUP          ask the reload thread to reload every model file; each
+ *   SIGHUP          reopen a file:PATH impression log (logrotate), and ask
+ *                   the reload thread to reload every model file; each
  *                   is swapped only if the new file loads and keeps the
  *                   model's feature schema, else that model keeps serving
  *                   its old version (logged, counted in
@@ -38,6 +39,7 @@
 #include "core/base/clock.h"
 #include "server/cmd/config.h"
 #include "server/http.h"
+#include "server/item_changes.h"
 #include "core/base/log.h"
 #include "server/service.h"
 #include "server/worker.h"
@@ -46,6 +48,8 @@
 /* At exit, how long a reload still running is waited for before it is
  * abandoned (the process exits under it). */
 #define RELOAD_ABANDON_MS 1000
+/* What the impression log may take to write what is queued at exit. */
+#define IMPRESSION_LOG_GRACE_MS 2000
 
 /* SIGHUP: load each model's file again; keep a model's old version unless
  * the new one loads and reads the same item features (the model's
@@ -168,10 +172,42 @@ static int reloader_stop(reloader *r, int wait_ms) {
     return 0;
 }
 
+/* The model's item changes since the last check (item_changes.h), read
+ * once its feature-set marker is there (marker_gen: its generation;
+ * back: it was missing at the last check), applied to the current slot's
+ * item cache; metrics and log. */
+typedef struct changes_state {
+    item_changes model[SERVICE_MAX_MODELS];   /* where each model is */
+    arena a;                                  /* the reads' records */
+} changes_state;
+
+static void apply_item_changes(service *svc, changes_state *cs, int i, featstore *fs,
+                               uint64_t marker_gen, int back, int64_t deadline) {
+    static log_limit lim;
+    service_model *m = &svc->models[i];
+    model_slot *s = model_holder_acquire(m->holder);
+    item_changes_result r;
+    char err[512];
+    int rc = item_changes_poll(&cs->model[i], fs, s->cache, marker_gen, back, deadline, &cs->a,
+                               &r, err, sizeof err);
+    model_slot_release(s);
+    if (rc < 0) {
+        log_limited(&lim, LOG_WARN, "item change reads failed", "model %s: item changes: %s",
+                    m->name, err);
+        return;
+    }
+    metrics_item_changes(svc->metrics, i, r.applied, r.dropped_all, r.lag_s);
+    if (r.dropped_all)
+        log_warn("model %s: item cache dropped: %s (prefix \"%s\")", m->name, r.why, m->prefix);
+    else if (r.records)
+        log_debug("model %s: %d item change record(s), %llu cached vector(s) dropped",
+                  m->name, r.records, (unsigned long long)r.applied);
+}
+
 /* The health check: PING, then each model's feature-set marker under its
- * prefix, compared with the model's schema.  Sets each model's
- * feature_set and the metrics; logs changes. */
-static void health_check(service *svc, featstore *const *fs) {
+ * prefix, compared with the model's schema, then its item changes.  Sets
+ * each model's feature_set and the metrics; logs changes. */
+static void health_check(service *svc, featstore *const *fs, changes_state *cs) {
     static int last[SERVICE_MAX_MODELS] = {-1, -1, -1, -1, -1, -1, -1, -1};
     static double last_loaded_at[SERVICE_MAX_MODELS];
     char err[512] = "", buf[FEATSTORE_META_MAX + 1];
@@ -191,6 +227,7 @@ static void health_check(service *svc, featstore *const *fs) {
         service_model *mod = &svc->models[i];
         int state = SERVICE_FS_UNKNOWN;
         double loaded_at = 0;
+        uint64_t marker_gen = 0;
         int rc = ping;
         if (rc == CTR_OK)
             rc = featstore_get_meta(fs[i], dl, buf, sizeof buf, &len, err, sizeof err);
@@ -206,6 +243,7 @@ static void health_check(service *svc, featstore *const *fs) {
             } else {
                 state = SERVICE_FS_OK;
                 loaded_at = m.loaded_at;
+                marker_gen = m.item_changes;
             }
         } else if (rc == CTR_ENOTFOUND) {
             state = SERVICE_FS_MISSING;
@@ -221,6 +259,10 @@ static void health_check(service *svc, featstore *const *fs) {
             loaded_at = last_loaded_at[i];
         }
         last_loaded_at[i] = loaded_at;
+        if (rc == CTR_OK && state == SERVICE_FS_OK)
+            apply_item_changes(svc, cs, i, fs[i], marker_gen,
+                               last[i] == SERVICE_FS_MISSING || last[i] == SERVICE_FS_MISMATCH,
+                               dl);
         atomic_store(&mod->feature_set, state);
         metrics_feature_set(svc->metrics, i, state == SERVICE_FS_OK, loaded_at);
         if (state != last[i]) {
@@ -305,6 +347,8 @@ static int load_models(service *svc, const config_params *cp, char *err, size_t 
         const model_slot *s = slot[i];
         slot[i] = NULL; /* the service's now */
         names[i] = svc->models[i].name;
+        const char *sample = config_model_value(cp, "impression_sample", names[i]);
+        svc->models[i].impression_sample = sample ? strtod(sample, NULL) : cp->impression_sample;
         dense_precision pr = engine_model_precision(s->model);
         log_info("model %s: %s version %s (%s), %s; prefix \"%s\", item cache %zu MiB; "
                  "precision %s, kernel %s; load %.0f ms, warm-up %.0f ms", names[i], s->schema->name,
@@ -320,6 +364,39 @@ static int load_models(service *svc, const config_params *cp, char *err, size_t 
     return config_check_models(cp, names, cp->num_models, err, errlen);
 fail:
     for (int k = 0; k < cp->num_models; k++) model_slot_release(slot[k]);
+    return rc;
+}
+
+/* The impression log of the settings (off when impression_log is ""):
+ * file:PATH opened now, redis:KEY on the feature store's Redis unless
+ * impression_log_redis names another.  CTR_OK or an error with a
+ * message. */
+static int open_impression_log(service *svc, const config_params *cp, char *err, size_t errlen) {
+    if (!cp->impression_log[0]) return CTR_OK;
+    implog_params ip;
+    implog_default_params(&ip);
+    char seed[CONFIG_STR_MAX];
+    ip.target = cp->impression_log;
+    ip.queue_bytes = (size_t)cp->impression_queue_mb << 20;
+    ip.redis_maxlen = cp->impression_log_maxlen;
+    ip.redis_user = cp->redis_user;
+    ip.redis_password = cp->redis_password;
+    if (cp->impression_log_redis[0]) {
+        ip.redis_addr = cp->impression_log_redis;
+    } else if (cp->redis_cluster[0]) {
+        /* The first seed; MOVED leads to the node owning the key. */
+        snprintf(seed, sizeof seed, "%.*s", (int)strcspn(cp->redis_cluster, ","),
+                 cp->redis_cluster + strspn(cp->redis_cluster, " "));
+        seed[strcspn(seed, " ")] = '\0';
+        ip.redis_addr = seed;
+        ip.redis_cluster = 1;
+    } else {
+        ip.redis_addr = cp->redis;
+    }
+    ip.hook = metrics_impression_event;
+    ip.hook_arg = svc->metrics;
+    int rc = implog_open(&ip, &svc->implog, err, errlen);
+    if (rc == CTR_OK) metrics_impression_log_on(svc->metrics, ip.queue_bytes);
     return rc;
 }
 
@@ -453,14 +530,15 @@ static int open_health_stores(const service *svc, featstore **fs, char *err, siz
 }
 
 /* Until SIGTERM or SIGINT: the health check every interval_ms (and the
- * log summaries due); on SIGHUP, a reload asked of the reload thread. */
-static void serve(service *svc, featstore *const *health_fs, const sigset_t *sigs,
-                  http_server *http, reloader *rl, int interval_ms) {
+ * log summaries due); on SIGHUP, a file:PATH impression log reopened and a
+ * reload asked of the reload thread. */
+static void serve(service *svc, featstore *const *health_fs, changes_state *cs,
+                  const sigset_t *sigs, http_server *http, reloader *rl, int interval_ms) {
     int64_t next_check = clock_now_ns();
     for (;;) {
         int64_t wait = next_check - clock_now_ns();
         if (wait <= 0) {
-            health_check(svc, health_fs);
+            health_check(svc, health_fs, cs);
             log_limit_tick();
             next_check = clock_now_ns() + (int64_t)interval_ms * 1000000;
             continue;
@@ -469,6 +547,7 @@ static void serve(service *svc, featstore *const *health_fs, const sigset_t *sig
         int sig = sigtimedwait(sigs, NULL, &ts);
         if (sig < 0) continue; /* timeout or EINTR */
         if (sig == SIGHUP) {
+            implog_reopen(svc->implog);   /* file:PATH: after logrotate */
             reloader_request(rl);
             continue;
         }
@@ -507,6 +586,8 @@ int main(int argc, char **argv) {
     static reloader rl;
     int rl_started = 0;
     featstore *health_fs[SERVICE_MAX_MODELS] = {NULL};
+    static changes_state changes;   /* large: not on the stack */
+    arena_init(&changes.a, 1 << 16);
     if (metrics_init(&svc.metrics) < 0 || worker_global_init() < 0 ||
         pool_init(cp.score_threads > 1 ? cp.score_threads - 1 : 0, &svc.scorers) < 0) {
         log_error("out of memory at startup");
@@ -525,11 +606,23 @@ int main(int argc, char **argv) {
     /* The scoring helpers warmed now, as the HTTP workers are when they
      * start (worker_prepare): scratch, AMX state, connections. */
     pool_each_thread(svc.scorers, warm_helper, &svc);
+    if (open_impression_log(&svc, &cp, err, sizeof err) < 0) {
+        log_error("%s", err);
+        goto out;
+    }
+    if (svc.implog) {
+        char rates[512] = "";
+        for (int i = 0; i < svc.num_models; i++)
+            snprintf(rates + strlen(rates), sizeof rates - strlen(rates), "%s%s %g",
+                     i ? ", " : "", svc.models[i].name, svc.models[i].impression_sample);
+        log_info("impression log: %s (sampled: %s; queue %d MiB)", cp.impression_log, rates,
+                 cp.impression_queue_mb);
+    }
     if (open_health_stores(&svc, health_fs, err, sizeof err) < 0) {
         log_error("feature store: %s", err);
         goto out;
     }
-    health_check(&svc, health_fs);
+    health_check(&svc, health_fs, &changes);
 
     http_params hp = {
         .bind = cp.bind,
@@ -553,7 +646,7 @@ int main(int argc, char **argv) {
     }
     rl_started = 1;
     log_serving(&svc, &cp, &hp, http_port(http));
-    serve(&svc, health_fs, &sigs, http, &rl, cp.health_interval_ms);
+    serve(&svc, health_fs, &changes, &sigs, http, &rl, cp.health_interval_ms);
     atomic_store(&svc.draining, 1); /* http_stop sets stopping after its wait */
     http_stop(http, SHUTDOWN_GRACE_MS);
     http = NULL;
@@ -561,6 +654,7 @@ int main(int argc, char **argv) {
     log_info("stopped");
 out:
     http_stop(http, 0);
+    implog_close(svc.implog, IMPRESSION_LOG_GRACE_MS);   /* after the last answer */
     if (rl_started && reloader_stop(&rl, RELOAD_ABANDON_MS) < 0) {
         /* A reload that hangs (reading a stuck file) holds the service:
          * leave it, and the thread, to the process's end. */
@@ -570,6 +664,7 @@ out:
         _exit(exit_code);
     }
     for (int i = 0; i < SERVICE_MAX_MODELS; i++) featstore_close(health_fs[i]);
+    arena_free(&changes.a);
     pool_free(svc.scorers);
     service_free_models(&svc);
     if (svc.metrics) metrics_free(svc.metrics);

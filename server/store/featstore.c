@@ -181,10 +181,6 @@ static size_t put_int64(char *p, int64_t v) {
 
 /* --- Histories ------------------------------------------------------------ */
 
-static uint32_t get_u32le(const unsigned char *p) {
-    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
-
 static void put_u32le(unsigned char *p, uint32_t v) {
     p[0] = (unsigned char)v;
     p[1] = (unsigned char)(v >> 8);
@@ -192,39 +188,35 @@ static void put_u32le(unsigned char *p, uint32_t v) {
     p[3] = (unsigned char)(v >> 24);
 }
 
-/* Decodes a history read as [STRLEN, GETRANGE 0 7, GETRANGE -4*keep -1]
- * (a value of `total` bytes): checks the header and the kept ids with the
- * one decoder, on a value made of the header (count set to the ids kept)
- * and the tail's last ids; the length must be what the header's count
- * says.  CTR_OK, CTR_EFORMAT or CTR_ENOMEM, with msg saying why. */
+/* Decodes a history read as [STRLEN, GETRANGE 0 7, GETRANGE -(4*keep+8)
+ * -1] (a value of `total` bytes, either version of proto/features.h):
+ * checks the header (features_user_header: magic, version, a length that
+ * fits it) and the kept ids with the one decoder, on a value made of the
+ * header and the tail's last ids.  The tail is read 8 bytes longer than
+ * the ids kept, so that a value that shrank between the reads (an append
+ * cutting it back to its max_seq) shows: its last 4 kept bytes must all be
+ * ids, not header.  A value that grew meanwhile (an append) gives its
+ * newest ids, which is the history an instant later.  CTR_OK, CTR_EFORMAT
+ * or CTR_ENOMEM, with msg saying why. */
 static int decode_history(long long total, const redisReply *head, const redisReply *tail,
                           int keep, arena *a, int64_t **ids, int *n, char *msg, size_t msglen) {
     const unsigned char *h = (const unsigned char *)head->str;
-    if (head->len < FEATURES_HEADER_SIZE)
+    if (head->len < FEATURES_HEADER_SIZE || total < FEATURES_HEADER_SIZE)
         return ctr_fail(msg, msglen, CTR_EFORMAT,
                         "user value of %lld bytes is shorter than its %d-byte header", total,
                         FEATURES_HEADER_SIZE);
-    uint32_t count = get_u32le(h + 4);
+    uint32_t count, max_seq;
+    int rc = features_user_header(h, (size_t)total, &count, &max_seq, msg, msglen);
+    if (rc < 0) return rc;
     size_t kept = count < (uint32_t)keep ? count : (size_t)keep;
     size_t have = tail->len;
-    /* The header's own fields first (magic, version), as a value of no
-     * ids. */
-    unsigned char h0[FEATURES_HEADER_SIZE];
-    memcpy(h0, h, 4);
-    memset(h0 + 4, 0, 4);
-    int64_t *none;
-    int nnone;
-    int rc = features_user_decode(h0, sizeof h0, 0, a, &none, &nnone, msg, msglen);
-    if (rc < 0) return rc;
-    if ((unsigned long long)total != FEATURES_HEADER_SIZE + 4ull * count)
-        return ctr_fail(msg, msglen, CTR_EFORMAT, "user value of %lld bytes, its header says %lu ids",
-                        total, (unsigned long)count);
-    if (have < 4 * kept)
+    /* The whole value when it is shorter than the tail asked for. */
+    if (have < FEATURES_HEADER_SIZE + 4 * kept)
         return ctr_fail(msg, msglen, CTR_EFORMAT, "user value changed while being read");
     unsigned char *v = arena_alloc(a, FEATURES_HEADER_SIZE + 4 * kept, 8);
     if (!v) return ctr_fail(msg, msglen, CTR_ENOMEM, "arena full");
     memcpy(v, h, FEATURES_HEADER_SIZE);
-    put_u32le(v + 4, (uint32_t)kept);
+    if (!max_seq) put_u32le(v + 4, (uint32_t)kept);   /* version 1: the count */
     memcpy(v + FEATURES_HEADER_SIZE, tail->str + have - 4 * kept, 4 * kept);
     return features_user_decode(v, FEATURES_HEADER_SIZE + 4 * kept, keep, a, ids, n, msg,
                                 msglen);
@@ -244,11 +236,13 @@ int featstore_get_user(featstore *fs, const char *user_id, int keep, int64_t dea
     memcpy(key + fs->prefix_len, "u:", 2);
     memcpy(key + fs->prefix_len + 2, user_id, ulen);
 
-    /* The length, the header and the last `keep` ids, in one round trip.
-     * (A value replaced between the reads shows as a length mismatch, or
-     * as a history mixing the two versions for this one request.) */
+    /* The length, the header and the last `keep` ids (and 8 bytes more:
+     * decode_history), in one round trip.  (A value replaced between the
+     * reads shows as a length mismatch, or as a history mixing the two
+     * versions for this one request.) */
     char tail[24];
-    size_t tlen = (size_t)snprintf(tail, sizeof tail, "-%lld", (long long)keep * 4);
+    size_t tlen = (size_t)snprintf(tail, sizeof tail, "-%lld",
+                                   (long long)keep * 4 + FEATURES_HEADER_SIZE);
     const char *a0[] = {"STRLEN", key};
     const size_t l0[] = {6, klen};
     const char *a1[] = {"GETRANGE", key, "0", "7"};
@@ -522,5 +516,280 @@ int featstore_password_file(const char *path, char *buf, size_t cap, char *err, 
     }
     if (!n)
         return ctr_fail(err, errlen, CTR_EINVAL, "password file \"%s\": empty first line", path);
+    return CTR_OK;
+}
+
+/* --- Appends and item changes ------------------------------------------------ */
+
+int featstore_load_functions(featstore *fs, const void *src, size_t len, char *err,
+                             size_t errlen) {
+    const char *argv[] = {"FUNCTION", "LOAD", "REPLACE", src};
+    const size_t lens[] = {8, 4, 7, len};
+    const rconn_cmd c = {4, argv, lens, RCONN_STRING};
+    return fs->ops->each_master(fs->impl, &c, err, errlen);
+}
+
+/* "<prefix><kind><id>" in the arena; NULL when full. */
+static char *key_of(const featstore *fs, const char *kind, const char *id, size_t idlen,
+                    arena *a, size_t *klen) {
+    size_t kl = strlen(kind);
+    *klen = fs->prefix_len + kl + idlen;
+    char *k = arena_alloc(a, *klen, 1);
+    if (!k) return NULL;
+    memcpy(k, fs->prefix, fs->prefix_len);
+    memcpy(k + fs->prefix_len, kind, kl);
+    memcpy(k + fs->prefix_len + kl, id, idlen);
+    return k;
+}
+
+/* The decimal text of v in the arena. */
+static const char *int_text(arena *a, int64_t v, size_t *len) {
+    char *p = arena_alloc(a, 24, 1);
+    if (p) *len = put_int64(p, v);
+    return p;
+}
+
+/* ctr_append_packed's answer for one user: the ids held, or an error (a
+ * key that is not a user value). */
+static int append_result(const redisReply *e, int64_t *held, char *msg, size_t msglen) {
+    if (e->type == REDIS_REPLY_INTEGER) {
+        if (held) *held = e->integer;
+        return CTR_OK;
+    }
+    return ctr_fail(msg, msglen, CTR_EFORMAT, "%.*s",
+                    (int)(e->type == REDIS_REPLY_ERROR && e->len < 200 ? e->len : 0),
+                    e->type == REDIS_REPLY_ERROR ? e->str : "");
+}
+
+int featstore_append(featstore *fs, int n, const char *const *users, const int *counts,
+                     const int64_t *ids, int max_seq, arena *a, int *status, int64_t *held,
+                     char *err, size_t errlen) {
+    if (err && errlen) err[0] = '\0';
+    if (n < 0 || max_seq < 1 || n > INT_MAX / 8)
+        return ctr_fail(err, errlen, CTR_EINVAL, "n = %d, max_seq = %d", n, max_seq);
+    if (!n) return CTR_OK;
+    size_t total = 0;
+    for (int i = 0; i < n; i++) {
+        if (!users[i] || counts[i] < 1)
+            return ctr_fail(err, errlen, CTR_EINVAL, "user %d: no id or no ids", i);
+        total += (size_t)counts[i];
+    }
+    for (size_t j = 0; j < total; j++)
+        if (ids[j] < 0 || ids[j] > INT32_MAX)
+            return ctr_fail(err, errlen, CTR_EINVAL, "id %lld outside 0..%ld",
+                            (long long)ids[j], (long)INT32_MAX);
+    /* Every user's ids packed as the value holds them (int32 LE). */
+    unsigned char *packed = arena_alloc(a, 4 * total, 8);
+    if (!packed) return ctr_fail(err, errlen, CTR_ENOMEM, "arena full");
+    for (size_t j = 0; j < total; j++) put_u32le(packed + 4 * j, (uint32_t)ids[j]);
+    /* One node: FCALL ctr_append_packed n keys MAX_SEQ blobs, one
+     * command.  A cluster: one per key (keys of different slots cannot
+     * share one), routed by its key. */
+    const int cluster = fs->ops == &featstore_cluster_backend;
+    const int ncmd = cluster ? n : 1;
+    const size_t argc = cluster ? 6 * (size_t)n : 4 + 2 * (size_t)n;
+    const char **argv = arena_alloc(a, argc * sizeof *argv, _Alignof(const char *));
+    size_t *lens = arena_alloc(a, argc * sizeof *lens, _Alignof(size_t));
+    rconn_cmd *cmds = arena_alloc(a, (size_t)ncmd * sizeof *cmds, _Alignof(rconn_cmd));
+    redisReply **r = arena_alloc(a, (size_t)ncmd * sizeof *r, _Alignof(redisReply *));
+    int *stv = arena_alloc(a, (size_t)ncmd * sizeof *stv, _Alignof(int));
+    size_t mlen = 0, klen1 = 0;
+    const char *mtext = int_text(a, max_seq, &mlen);
+    const char *ktext1 = int_text(a, 1, &klen1);
+    if (!argv || !lens || !cmds || !r || !stv || !mtext || !ktext1)
+        return ctr_fail(err, errlen, CTR_ENOMEM, "arena full");
+    size_t k = 0, at = 0;
+    for (int c = 0; c < ncmd; c++) {
+        const int u0 = cluster ? c : 0, u1 = cluster ? c + 1 : n;
+        const size_t start = k;
+        argv[k] = "FCALL";
+        lens[k++] = 5;
+        argv[k] = "ctr_append_packed";
+        lens[k++] = 17;
+        if (cluster) {
+            argv[k] = ktext1;
+            lens[k++] = klen1;
+        } else if (!(argv[k] = int_text(a, n, &lens[k]))) {
+            return ctr_fail(err, errlen, CTR_ENOMEM, "arena full");
+        } else {
+            k++;
+        }
+        for (int u = u0; u < u1; u++) {
+            if (!(argv[k] = key_of(fs, "u:", users[u], strlen(users[u]), a, &lens[k])))
+                return ctr_fail(err, errlen, CTR_ENOMEM, "arena full");
+            k++;
+        }
+        argv[k] = mtext;
+        lens[k++] = mlen;
+        for (int u = u0; u < u1; u++) {
+            argv[k] = (const char *)packed + 4 * at;
+            lens[k++] = 4 * (size_t)counts[u];
+            at += (size_t)counts[u];
+        }
+        cmds[c] = (rconn_cmd){(int)(k - start), argv + start, lens + start, RCONN_ARRAY};
+    }
+    int rc = fs->ops->read(fs->impl, ncmd, cmds, FEATSTORE_ROUTE_MASTER, 0, a, r, stv, err,
+                           errlen);
+    if (rc < 0 && !cluster) {
+        free_replies(r, ncmd);
+        for (int i = 0; i < n; i++) status[i] = rc;
+        return rc;
+    }
+    int noted = 0;
+    char msg[240];
+    for (int c = 0; c < ncmd; c++) {
+        const int u0 = cluster ? c : 0, u1 = cluster ? c + 1 : n;
+        for (int u = u0; u < u1; u++) {
+            if (stv[c] < 0) {
+                status[u] = stv[c];
+                continue;
+            }
+            /* WRONGTYPE is answered inside the array (a user at a time);
+             * the array has one answer per key. */
+            const redisReply *arr = r[c];
+            if (arr->type != REDIS_REPLY_ARRAY || arr->elements != (size_t)(u1 - u0)) {
+                status[u] = CTR_EFORMAT;
+                if (!noted++)
+                    ctr_fail(err, errlen, CTR_EFORMAT, "ctr_append_packed answered %s",
+                             arr->type == REDIS_REPLY_ERROR ? arr->str : "another shape");
+                continue;
+            }
+            status[u] = append_result(arr->element[u - u0], held ? &held[u] : NULL, msg,
+                                      sizeof msg);
+            if (status[u] < 0 && !noted++)
+                ctr_fail(err, errlen, status[u], "user %s: %s", users[u], msg);
+        }
+    }
+    free_replies(r, ncmd);
+    return rc;
+}
+
+int featstore_record_item_changes(featstore *fs, const int64_t *ids, int n, long maxlen,
+                                  uint64_t floor, uint64_t *gen, char *err, size_t errlen) {
+    *gen = 0;
+    if (n < 1 || maxlen < 1 || n > INT_MAX / 2)
+        return ctr_fail(err, errlen, CTR_EINVAL, "n = %d, maxlen = %ld", n, maxlen);
+    arena_reset(&fs->scratch);
+    arena *a = &fs->scratch;
+    const size_t argc = 6 + (size_t)n;
+    const char **argv = arena_alloc(a, argc * sizeof *argv, _Alignof(const char *));
+    size_t *lens = arena_alloc(a, argc * sizeof *lens, _Alignof(size_t));
+    if (!argv || !lens) return ctr_fail(err, errlen, CTR_ENOMEM, "out of memory");
+    argv[0] = "FCALL";
+    lens[0] = 5;
+    argv[1] = "ctr_item_changes";
+    lens[1] = 16;
+    argv[2] = "1";
+    lens[2] = 1;
+    argv[3] = key_of(fs, "item-changes", "", 0, a, &lens[3]);
+    argv[4] = int_text(a, maxlen, &lens[4]);
+    argv[5] = int_text(a, floor > INT64_MAX ? INT64_MAX : (int64_t)floor, &lens[5]);
+    for (int i = 0; i < n; i++) argv[6 + i] = int_text(a, ids[i], &lens[6 + i]);
+    for (size_t i = 0; i < argc; i++)
+        if (!argv[i]) return ctr_fail(err, errlen, CTR_ENOMEM, "out of memory");
+    const rconn_cmd c = {(int)argc, argv, lens, RCONN_INTEGER};
+    redisReply *r;
+    int st;
+    int rc = fs->ops->read(fs->impl, 1, &c, FEATSTORE_ROUTE_MASTER, 0, a, &r, &st, err, errlen);
+    if (rc < 0) return rc;
+    if (r->type != REDIS_REPLY_INTEGER || r->integer < 1) {   /* WRONGTYPE */
+        freeReplyObject(r);
+        return ctr_fail(err, errlen, CTR_EFORMAT, "%.*s is not an item-change stream",
+                        (int)lens[3], argv[3]);
+    }
+    *gen = (uint64_t)r->integer;
+    freeReplyObject(r);
+    return CTR_OK;
+}
+
+/* "123 45 6" into ids (arena); -1 for anything but decimal ids. */
+static int parse_ids(const char *s, size_t len, arena *a, int64_t **out, int *n) {
+    int cnt = 0;
+    for (size_t i = 0; i < len; i++) cnt += s[i] == ' ';
+    int64_t *v = arena_alloc(a, (size_t)(cnt + 1) * sizeof *v, _Alignof(int64_t));
+    if (!v) return -1;
+    int k = 0;
+    size_t i = 0;
+    while (i < len) {
+        if (s[i] < '0' || s[i] > '9') return -1;
+        int64_t x = 0;
+        while (i < len && s[i] >= '0' && s[i] <= '9') {
+            if (x > (INT64_MAX - 9) / 10) return -1;
+            x = x * 10 + (s[i++] - '0');
+        }
+        v[k++] = x;
+        if (i < len && s[i++] != ' ') return -1;
+    }
+    *out = v;
+    *n = k;
+    return 0;
+}
+
+/* One XRANGE entry [id, [field, value, ...]] into *c. */
+static int decode_change(const redisReply *e, arena *a, featstore_change *c) {
+    if (e->type != REDIS_REPLY_ARRAY || e->elements != 2 ||
+        e->element[0]->type != REDIS_REPLY_STRING || e->element[0]->len >= sizeof c->id ||
+        e->element[1]->type != REDIS_REPLY_ARRAY)
+        return -1;
+    memset(c, 0, sizeof *c);
+    memcpy(c->id, e->element[0]->str, e->element[0]->len);
+    c->ms = strtoull(c->id, NULL, 10);
+    const redisReply *f = e->element[1];
+    int have_gen = 0, have_ids = 0;
+    for (size_t i = 0; i + 1 < f->elements; i += 2) {
+        const redisReply *k = f->element[i], *v = f->element[i + 1];
+        if (k->type != REDIS_REPLY_STRING || v->type != REDIS_REPLY_STRING) return -1;
+        if (k->len == 3 && memcmp(k->str, "gen", 3) == 0) {
+            char *end;
+            errno = 0;
+            c->gen = strtoull(v->str, &end, 10);
+            have_gen = end != v->str && *end == '\0' && !errno && c->gen > 0;
+        } else if (k->len == 3 && memcmp(k->str, "ids", 3) == 0) {
+            if (parse_ids(v->str, v->len, a, &c->ids, &c->n) < 0) return -1;
+            have_ids = 1;
+        }
+    }
+    return have_gen && have_ids ? 0 : -1;
+}
+
+int featstore_get_item_changes(featstore *fs, const char *after, int max, int64_t deadline_ns,
+                               arena *a, featstore_change *out, int *n, char *err,
+                               size_t errlen) {
+    *n = 0;
+    if (max < 1) return ctr_fail(err, errlen, CTR_EINVAL, "max = %d", max);
+    size_t klen;
+    char *key = key_of(fs, "item-changes", "", 0, a, &klen);
+    char *start = arena_alloc(a, 64, 1);
+    size_t clen = 0;
+    const char *cnt = int_text(a, after && after[0] ? max : 1, &clen);
+    if (!key || !start || !cnt) return ctr_fail(err, errlen, CTR_ENOMEM, "arena full");
+    size_t slen = after && after[0] ? (size_t)snprintf(start, 64, "(%.48s", after) : 1;
+    if (!(after && after[0])) start[0] = '+';
+    /* After an entry: XRANGE key (id + COUNT max; the end: XREVRANGE key +
+     * - COUNT 1. */
+    const char *argv[] = {after && after[0] ? "XRANGE" : "XREVRANGE", key, start,
+                          after && after[0] ? "+" : "-", "COUNT", cnt};
+    const size_t lens[] = {after && after[0] ? 6u : 9u, klen, slen, 1, 5, clen};
+    const rconn_cmd c = {6, argv, lens, RCONN_ARRAY};
+    redisReply *r;
+    int st;
+    int rc = fs->ops->read(fs->impl, 1, &c, FEATSTORE_ROUTE_MASTER_FIRST, deadline_ns, a, &r,
+                           &st, err, errlen);
+    if (rc < 0) return rc;
+    if (is_wrongtype(r)) {
+        freeReplyObject(r);
+        return ctr_fail(err, errlen, CTR_EFORMAT, "%.*s is not a stream", (int)klen, key);
+    }
+    int k = 0;
+    for (size_t i = 0; i < r->elements && k < max; i++, k++) {
+        if (decode_change(r->element[i], a, &out[k]) < 0) {
+            freeReplyObject(r);
+            return ctr_fail(err, errlen, CTR_EFORMAT,
+                            "%.*s: entry %zu is not an item-change record (gen, ids)",
+                            (int)klen, key, i);
+        }
+    }
+    freeReplyObject(r);
+    *n = k;
     return CTR_OK;
 }

@@ -328,6 +328,67 @@ int featstore_flush(featstore *fs, char *err, size_t errlen);
 /* Number of SETs queued and not yet flushed. */
 int featstore_pending(const featstore *fs);
 
+/* --- Appends and item changes (the Redis Functions library `ctr`) ------
+ *
+ * deploy/redis/ctr.lua (deploy/REDIS_SCHEMA.md): ctr_append_packed
+ * appends to user values, ctr_item_changes records changed
+ * items on <prefix>item-changes.  These calls are not queued: each is one
+ * round trip (per master), within command_timeout_ms, on the masters only,
+ * and never sent twice (an append repeated would duplicate ids).  They must
+ * not be mixed with queued SETs: flush first. */
+
+/* FUNCTION LOAD REPLACE of the library's source (len bytes) on the one
+ * Redis, or on every master of a cluster (replicas follow by
+ * replication).  CTR_OK; CTR_EBACKEND (a node cannot be reached, or
+ * refuses: err says which and why, e.g. a Redis older than 7 without
+ * FUNCTION), CTR_ETIMEOUT. */
+int featstore_load_functions(featstore *fs, const void *src, size_t len, char *err,
+                             size_t errlen);
+
+/* Appends to n users' histories at once: users[i] (as in
+ * featstore_get_user) gets counts[i] >= 1 ids, the next ones of ids[]
+ * (each 0..INT32_MAX, oldest first), and keeps max_seq (>= 1) from now on.
+ * One node: one FCALL ctr_append_packed per call; a cluster: one per
+ * user (keys of different slots cannot share one), pipelined per master.  Per user, status[i]:
+ * CTR_OK (held[i], when held is not NULL, gets the ids the value holds
+ * afterwards), CTR_EFORMAT (the key holds something that is not a user
+ * value: left as it was; err notes the first), or in cluster mode
+ * CTR_EBACKEND / CTR_ETIMEOUT (its node failed: appended or not,
+ * unknown).  Returns CTR_OK when every user was answered; else the call's
+ * failure (one node: nothing is known of any user), CTR_EINVAL (bad
+ * arguments), CTR_ENOMEM (arena a, which holds the commands). */
+int featstore_append(featstore *fs, int n, const char *const *users, const int *counts,
+                     const int64_t *ids, int max_seq, arena *a, int *status, int64_t *held,
+                     char *err, size_t errlen);
+
+/* Records that the items ids[0..n) (n >= 1) changed: one entry on
+ * <prefix>item-changes, the stream capped near maxlen entries; *gen gets
+ * its generation: one more than the stream's last entry's, or than floor
+ * (the generation known reached: the marker's) when that is higher.
+ * CTR_OK, CTR_EFORMAT (the key is not such a stream), or as
+ * featstore_ping. */
+int featstore_record_item_changes(featstore *fs, const int64_t *ids, int n, long maxlen,
+                                  uint64_t floor, uint64_t *gen, char *err, size_t errlen);
+
+/* One entry of <prefix>item-changes. */
+typedef struct featstore_change {
+    char id[48];                /* the stream entry's id, "<ms>-<seq>" */
+    uint64_t ms;                /* its time (Redis's clock), unix ms */
+    uint64_t gen;               /* its generation */
+    int64_t *ids;               /* n changed items; in the arena */
+    int n;
+} featstore_change;
+
+/* The entries of <prefix>item-changes after the entry `after` (exclusive),
+ * at most max (>= 1), oldest first; with after NULL or "", the last entry
+ * only (where the stream ends).  *n gets how many (0: none, or no stream).
+ * Read from masters (replicas when a master cannot answer).  CTR_OK;
+ * CTR_EFORMAT (the key is not a stream, or an entry is not one
+ * ctr_item_changes writes); otherwise as featstore_ping. */
+int featstore_get_item_changes(featstore *fs, const char *after, int max, int64_t deadline_ns,
+                               arena *a, featstore_change *out, int *n, char *err,
+                               size_t errlen);
+
 /* Copies the counters into *st. */
 void featstore_stats_get(const featstore *fs, featstore_stats *st);
 

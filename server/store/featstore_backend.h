@@ -41,9 +41,12 @@ struct redisReply;
 /* Where a backend sends reads (a cluster's choice; one node ignores it). */
 typedef enum featstore_route {
     FEATSTORE_ROUTE_DEFAULT,        /* replicas with read_replicas, else masters */
-    FEATSTORE_ROUTE_MASTER_FIRST    /* the master; the replica when the master
+    FEATSTORE_ROUTE_MASTER_FIRST,   /* the master; the replica when the master
                                        cannot answer (the feature-set marker:
                                        during a failover it has not changed) */
+    FEATSTORE_ROUTE_MASTER          /* the master only: commands that write
+                                       (FCALL of the Redis Functions library)
+                                       sent through `read` for their replies */
 } featstore_route;
 
 typedef struct featstore_backend {
@@ -54,7 +57,7 @@ typedef struct featstore_backend {
                 size_t errlen);
     void (*close)(void *impl);
 
-    /* n read commands, each with one key (argv[1]), within
+    /* n read commands, each with one key (argv[key_at]), within
      * min(deadline_ns, command_timeout_ms).  status[i] CTR_OK: replies[i]
      * answers cmds[i] (the caller frees it): of a type in cmds[i].expect,
      * or a WRONGTYPE error reply (malformed data, not an outage), never
@@ -73,6 +76,13 @@ typedef struct featstore_backend {
 
     /* featstore_ping (featstore.h). */
     int (*ping)(void *impl, int64_t deadline_ns, char *err, size_t errlen);
+
+    /* cmd (no key: FUNCTION LOAD ...) on the one Redis, or on every master
+     * of a cluster (its map read first), each within command_timeout_ms;
+     * every reply must be of a type in cmd->expect.  CTR_OK when every node
+     * answered so; otherwise CTR_EBACKEND (an error reply, a node that
+     * cannot be reached) or CTR_ETIMEOUT, err naming the node and why. */
+    int (*each_master)(void *impl, const rconn_cmd *cmd, char *err, size_t errlen);
 
     /* Queues SET key value (key and value copied at once); sent by flush.
      * CTR_OK, CTR_EBACKEND (one node: cannot connect), CTR_ENOMEM. */

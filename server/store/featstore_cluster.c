@@ -386,7 +386,8 @@ static fc_node *node_of(featstore_cluster *fc, int i) {
  * connection turned out closed (Redis restarted, an idle timeout): as in
  * featstore_single.c, a restart must not fail every worker's next call. */
 static int exec(featstore_cluster *fc, rcluster_read read, int n, const rconn_cmd *cmds,
-                int64_t deadline, arena *a, rcluster_reply *out, char *err, size_t errlen) {
+                int64_t deadline, arena *a, rcluster_reply *out, int resend, char *err,
+                size_t errlen) {
     static const rcluster_links links_tmpl = {links_get, links_failed, NULL};
     rcluster_links links = links_tmpl;
     links.ud = fc;
@@ -395,7 +396,7 @@ static int exec(featstore_cluster *fc, rcluster_read read, int n, const rconn_cm
     int rc = rcluster_exec(fc->map, &links, read, fc->salt, n, cmds, deadline, a, out, &xs,
                            err, errlen);
     pass_end(fc, &xs);
-    if (rc == CTR_OK || rc == CTR_ENOMEM || rc == CTR_EINVAL) return rc;
+    if (rc == CTR_OK || rc == CTR_ENOMEM || rc == CTR_EINVAL || !resend) return rc;
     int lost = 0;
     for (int i = 0; i < fc->nnodes; i++) lost |= fc->nodes[i]->conn_lost;
     if (!lost) return rc;
@@ -447,16 +448,17 @@ static void fail_all(int n, redisReply **replies, int *status, int rc) {
     }
 }
 
-/* Runs n commands (pass and retry) and sorts the answers: error replies
- * other than WRONGTYPE become failures of their command. */
+/* Runs n commands (pass, and with resend the retry) and sorts the
+ * answers: error replies other than WRONGTYPE become failures of their
+ * command. */
 static int run(featstore_cluster *fc, rcluster_read read, int n, const rconn_cmd *cmds,
-               int64_t deadline, arena *a, redisReply **replies, int *status, char *err,
-               size_t errlen) {
+               int64_t deadline, arena *a, redisReply **replies, int *status, int resend,
+               char *err, size_t errlen) {
     fail_all(n, replies, status, CTR_EBACKEND);   /* until answered */
     rcluster_reply *out = arena_alloc(a, (size_t)(n ? n : 1) * sizeof *out,
                                       _Alignof(rcluster_reply));
     if (!out) return ctr_fail(err, errlen, CTR_ENOMEM, "arena full");
-    int rc = exec(fc, read, n, cmds, deadline, a, out, err, errlen);
+    int rc = exec(fc, read, n, cmds, deadline, a, out, resend, err, errlen);
     if (rc == CTR_ENOMEM || rc == CTR_EINVAL) return rc;
     for (int i = 0; i < fc->nnodes; i++) fc->nodes[i]->erred = 0;
     rc = CTR_OK;
@@ -502,10 +504,10 @@ static int64_t call_begin(featstore_cluster *fc, int64_t deadline_ns) {
     return dl;
 }
 
-/* One pass of a read (see cluster_read). */
+/* One pass of a read (see cluster_read); resend as for run. */
 static int read_pass(featstore_cluster *fc, int n, const rconn_cmd *cmds, rcluster_read read,
                      int64_t deadline_ns, arena *a, redisReply **replies, int *status,
-                     char *err, size_t errlen) {
+                     int resend, char *err, size_t errlen) {
     if (err && errlen) err[0] = '\0';
     if (n < 0) return ctr_fail(err, errlen, CTR_EINVAL, "n = %d", n);
     if (n == 0) return CTR_OK;
@@ -524,22 +526,25 @@ static int read_pass(featstore_cluster *fc, int n, const rconn_cmd *cmds, rclust
         if (rc == CTR_ETIMEOUT) fc->st->timeouts++;
         return rc;
     }
-    return run(fc, read, n, cmds, dl, a, replies, status, err, errlen);
+    return run(fc, read, n, cmds, dl, a, replies, status, resend, err, errlen);
 }
 
 static int cluster_read(void *impl, int n, const rconn_cmd *cmds, featstore_route route,
                         int64_t deadline_ns, arena *a, redisReply **replies, int *status,
                         char *err, size_t errlen) {
     featstore_cluster *fc = impl;
+    if (route == FEATSTORE_ROUTE_MASTER)   /* writes: the master, sent once */
+        return read_pass(fc, n, cmds, RCLUSTER_READ_MASTER, deadline_ns, a, replies, status, 0,
+                         err, errlen);
     if (route != FEATSTORE_ROUTE_MASTER_FIRST)
         return read_pass(fc, n, cmds, fc->p.read_replicas ? RCLUSTER_READ_REPLICA
                                                           : RCLUSTER_READ_MASTER,
-                         deadline_ns, a, replies, status, err, errlen);
-    int rc = read_pass(fc, n, cmds, RCLUSTER_READ_MASTER, deadline_ns, a, replies, status, err,
-                       errlen);
+                         deadline_ns, a, replies, status, 1, err, errlen);
+    int rc = read_pass(fc, n, cmds, RCLUSTER_READ_MASTER, deadline_ns, a, replies, status, 1,
+                       err, errlen);
     if (rc < 0 && rc != CTR_ENOMEM)
-        rc = read_pass(fc, n, cmds, RCLUSTER_READ_REPLICA, deadline_ns, a, replies, status, err,
-                       errlen);
+        rc = read_pass(fc, n, cmds, RCLUSTER_READ_REPLICA, deadline_ns, a, replies, status, 1,
+                       err, errlen);
     return rc;
 }
 
@@ -558,6 +563,62 @@ static int cluster_ping(void *impl, int64_t deadline_ns, char *err, size_t errle
         if (rc == CTR_ETIMEOUT) fc->st->timeouts++;
     }
     return rc;
+}
+
+/* Every master of the map (a node serving at least one slot): cmd on each,
+ * one at a time (a handful of nodes, and this is for set-up: FUNCTION
+ * LOAD). */
+static int cluster_each_master(void *impl, const rconn_cmd *cmd, char *err, size_t errlen) {
+    featstore_cluster *fc = impl;
+    int64_t dl = call_begin(fc, 0);
+    int rc = map_ready(fc, clock_now_ns(), dl, err, errlen);
+    if (rc < 0) {
+        fc->st->failures++;
+        return rc;
+    }
+    if (rcluster_map_covered(fc->map) < RCLUSTER_SLOTS) {
+        fc->st->failures++;
+        return ctr_fail(err, errlen, CTR_EBACKEND, "%s: %d of %d slots have no master",
+                        route_name, RCLUSTER_SLOTS - rcluster_map_covered(fc->map),
+                        RCLUSTER_SLOTS);
+    }
+    int nn = rcluster_map_nodes(fc->map);
+    for (int i = 0; i < nn; i++) {
+        int master = 0;
+        for (int slot = 0; slot < RCLUSTER_SLOTS && !master; slot++)
+            master = rcluster_map_master(fc->map, slot) == i;
+        if (!master) continue;
+        const rcluster_node *mn = rcluster_map_node(fc->map, i);
+        fc_node *nd = node_for(fc, mn->host, mn->port);
+        if (!nd) return ctr_fail(err, errlen, CTR_ENOMEM, "out of memory");
+        char why[320];
+        dl = call_begin(fc, 0);
+        rcluster_link *l = node_link(fc, nd, dl, why, sizeof why);
+        redisReply *r = NULL;
+        rc = l ? rconn_command(l->conn, cmd->argc, cmd->argv, cmd->argvlen, cmd->expect, dl, &r,
+                               why, sizeof why)
+               : CTR_EBACKEND;
+        fc->st->round_trips += l != NULL;
+        if (rc < 0) {
+            if (l) {
+                if (rconn_error_of(l->conn) == RCONN_DESYNC) node_desync(fc, nd, why);
+                node_close(nd);
+                node_failed(fc, nd, rc);
+            }
+            fc->st->failures++;
+            return ctr_fail(err, errlen, rc, "Redis %s:%d: %s", mn->host, mn->port, why);
+        }
+        if (r->type == REDIS_REPLY_ERROR) {
+            ctr_fail(err, errlen, CTR_EBACKEND, "Redis %s:%d: %.*s", mn->host, mn->port,
+                     (int)(r->len > 200 ? 200 : r->len), r->str ? r->str : "");
+            freeReplyObject(r);
+            fc->st->failures++;
+            return CTR_EBACKEND;
+        }
+        freeReplyObject(r);
+        breaker_success(&nd->br);
+    }
+    return CTR_OK;
 }
 
 /* --- Writes -------------------------------------------------------------- */
@@ -629,7 +690,7 @@ static int cluster_flush(void *impl, char *err, size_t errlen) {
         al[2] = fc->w[i].vlen;
         cmds[i] = (rconn_cmd){3, av, al, RCONN_STATUS};
     }
-    rc = run(fc, RCLUSTER_READ_MASTER, n, cmds, dl, a, replies, status, err, errlen);
+    rc = run(fc, RCLUSTER_READ_MASTER, n, cmds, dl, a, replies, status, 1, err, errlen);
     if (rc == CTR_ENOMEM) return rc;
     int bad = rc < 0;
     for (int i = 0; i < n; i++) {
@@ -762,6 +823,7 @@ const featstore_backend featstore_cluster_backend = {
     .close = cluster_close,
     .read = cluster_read,
     .ping = cluster_ping,
+    .each_master = cluster_each_master,
     .put = cluster_put,
     .flush = cluster_flush,
     .pending = cluster_pending,

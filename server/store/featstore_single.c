@@ -198,18 +198,18 @@ static int exchange(single *s, int n, const rconn_cmd *cmds, int64_t deadline,
     return rc < 0 ? broken(s, rc, why, err, errlen) : CTR_OK;
 }
 
-/* A pipeline of read-only commands, one reply each, within
- * min(deadline, command_timeout_ms); the breaker decides first whether to
- * try at all.
+/* A pipeline of commands, one reply each, within min(deadline,
+ * command_timeout_ms); the breaker decides first whether to try at all.
  *
  * A connection that sat idle may have been closed by the other end (Redis
  * restarted, a proxy or CLIENT KILL closed it) without our knowing until we
- * use it.  The commands sent here only read, so when a reused connection
- * turns out closed the pipeline is sent once more on a new connection,
- * within the same deadline: otherwise every worker would fail one request
- * after each Redis restart.  Timeouts are not retried. */
+ * use it.  When resend is set (commands that only read) and a reused
+ * connection turns out closed, the pipeline is sent once more on a new
+ * connection, within the same deadline: otherwise every worker would fail
+ * one request after each Redis restart.  Writes that must not happen twice
+ * (an append) are never sent again.  Timeouts are not retried. */
 static int command(single *s, int n, const rconn_cmd *cmds, int64_t deadline_ns,
-                   struct redisReply **replies, char *err, size_t errlen) {
+                   struct redisReply **replies, int resend, char *err, size_t errlen) {
     for (int i = 0; i < n; i++) replies[i] = NULL;
     if (s->pending)
         return ctr_fail(err, errlen, CTR_EINVAL, "%d queued SETs: call featstore_flush first",
@@ -235,7 +235,7 @@ static int command(single *s, int n, const rconn_cmd *cmds, int64_t deadline_ns,
     int rc = ensure_connected(s, dl, err, errlen);
     if (rc < 0) return call_failed(s, rc);
     rc = exchange(s, n, cmds, dl, replies, err, errlen);
-    if (rc == CTR_EBACKEND && reused && s->conn_lost) {
+    if (rc == CTR_EBACKEND && reused && s->conn_lost && resend) {
         s->st->retries++;
         if ((rc = ensure_connected(s, dl, err, errlen)) == CTR_OK)
             rc = exchange(s, n, cmds, dl, replies, err, errlen);
@@ -265,9 +265,8 @@ static int single_read(void *impl, int n, const rconn_cmd *cmds, featstore_route
                        int64_t deadline_ns, arena *a, struct redisReply **r, int *status,
                        char *err, size_t errlen) {
     single *s = impl;
-    (void)route;
     (void)a;
-    int rc = command(s, n, cmds, deadline_ns, r, err, errlen);
+    int rc = command(s, n, cmds, deadline_ns, r, route != FEATSTORE_ROUTE_MASTER, err, errlen);
     for (int i = 0; i < n && rc == CTR_OK; i++) {
         if (r[i]->type == REDIS_REPLY_ERROR && !rconn_reply_is(r[i], "WRONGTYPE")) {
             struct redisReply *e = r[i];
@@ -289,7 +288,7 @@ static int single_ping(void *impl, int64_t deadline_ns, char *err, size_t errlen
     static const size_t lens[] = {4};
     const rconn_cmd c = {1, argv, lens, RCONN_STATUS};
     struct redisReply *r;
-    int rc = command(s, 1, &c, deadline_ns, &r, err, errlen);
+    int rc = command(s, 1, &c, deadline_ns, &r, 1, err, errlen);
     if (rc < 0) return rc;
     if (r->type == REDIS_REPLY_ERROR) return error_reply(s, r, err, errlen);
     if (r->len != 4 || memcmp(r->str, "PONG", 4) != 0) {   /* another command's +OK */
@@ -302,6 +301,17 @@ static int single_ping(void *impl, int64_t deadline_ns, char *err, size_t errlen
         ctr_fail(err, errlen, CTR_EBACKEND, "Redis %s: %s", s->addr, why);
         return call_failed(s, CTR_EBACKEND);
     }
+    freeReplyObject(r);
+    return CTR_OK;
+}
+
+/* The one Redis is the one master. */
+static int single_each_master(void *impl, const rconn_cmd *cmd, char *err, size_t errlen) {
+    single *s = impl;
+    struct redisReply *r;
+    int rc = command(s, 1, cmd, 0, &r, 0, err, errlen);
+    if (rc < 0) return rc;
+    if (r->type == REDIS_REPLY_ERROR) return error_reply(s, r, err, errlen);
     freeReplyObject(r);
     return CTR_OK;
 }
@@ -368,6 +378,7 @@ const featstore_backend featstore_single_backend = {
     .close = single_close,
     .read = single_read,
     .ping = single_ping,
+    .each_master = single_each_master,
     .put = single_put,
     .flush = single_flush,
     .pending = single_pending,

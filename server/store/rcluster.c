@@ -401,7 +401,7 @@ int rcluster_exec(rcluster_map *m, const rcluster_links *links, rcluster_read re
     if (err && errlen) err[0] = '\0';
     if (n < 0 || n > INT_MAX / 4) return ctr_fail(err, errlen, CTR_EINVAL, "n = %d", n);
     for (int i = 0; i < n; i++)
-        if (cmds[i].argc < 2 || !cmds[i].argv || !cmds[i].argvlen)
+        if (!cmds[i].argv || !cmds[i].argvlen || rcluster_key(&cmds[i]) < 0)
             return ctr_fail(err, errlen, CTR_EINVAL, "command %d has no key", i);
     for (int i = 0; i < n; i++) out[i] = (rcluster_reply){.status = PENDING, .node = -1};
 
@@ -433,7 +433,8 @@ int rcluster_exec(rcluster_map *m, const rcluster_links *links, rcluster_read re
     for (int j = 0; j < x.cap; j++) x.lane_of[j] = -1;
 
     for (int i = 0; i < n; i++) {
-        x.slot[i] = rcluster_keyslot(cmds[i].argv[1], cmds[i].argvlen[1]);
+        const int k = rcluster_key(&cmds[i]);
+        x.slot[i] = rcluster_keyslot(cmds[i].argv[k], cmds[i].argvlen[k]);
         int node = rcluster_map_route(m, x.slot[i], read, salt);
         if (node >= 0) {
             push(&x, i, node);

@@ -82,6 +82,12 @@ struct redisReply;
  * slot; "{}x" and "x{" hash whole).  Thread-safe. */
 int rcluster_keyslot(const char *key, size_t len);
 
+/* The argv index of the key a command is routed by: 3 for FCALL and
+ * FCALL_RO (FCALL fn numkeys key ...; the first key, the others must share
+ * its slot, as Redis Cluster requires), 1 for the rest; -1 when it has
+ * none.  Thread-safe. */
+int rcluster_key(const rconn_cmd *c);
+
 /* --- Slot map ------------------------------------------------------------ */
 
 typedef struct rcluster_node {
@@ -271,8 +277,9 @@ typedef struct rcluster_exec_stats {
  * MOVED -> ASK during a migration needs three). */
 #define RCLUSTER_MAX_ROUNDS 4
 
-/* Runs cmds[0..n) on the cluster (single-key commands: argv[1] is the
- * key, as in GET key, GETRANGE key 0 99, SET key value), each on the node
+/* Runs cmds[0..n) on the cluster (single-key commands: rcluster_key
+ * says where the key is: argv[1] as in GET key, GETRANGE key 0 99, SET key
+ * value; argv[3] in FCALL fn 1 key ...), each on the node
  * rcluster_map_route(m, slot of its key, read, salt) gives (use
  * RCLUSTER_READ_MASTER for writes), pipelined per node, every node in flight at once, until all are
  * answered or deadline_ns (CLOCK_MONOTONIC) passes.  out[i] answers

@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include <hiredis/hiredis.h>
 
@@ -61,6 +62,15 @@ static uint16_t crc16(const unsigned char *p, size_t len) {
     for (size_t i = 0; i < len; i++)
         crc = (uint16_t)((crc << 8) ^ crc16_table[((crc >> 8) ^ p[i]) & 0xff]);
     return crc;
+}
+
+int rcluster_key(const rconn_cmd *c) {
+    if (c->argc >= 1 && c->argvlen[0] >= 5 && c->argvlen[0] <= 8 &&
+        (strncasecmp(c->argv[0], "FCALL", 5) == 0) &&
+        (c->argvlen[0] == 5 || (c->argvlen[0] == 8 && strncasecmp(c->argv[0] + 5, "_RO", 3) == 0)))
+        /* FCALL fn numkeys key ...: one key (or several in one slot). */
+        return c->argc >= 4 && !(c->argvlen[2] == 1 && c->argv[2][0] == '0') ? 3 : -1;
+    return c->argc >= 2 ? 1 : -1;
 }
 
 int rcluster_keyslot(const char *key, size_t len) {

@@ -122,7 +122,8 @@ enum {
 /* One command: argv[0] its name, argvlen[i] the byte length of argv[i]
  * (binary-safe).  The strings are copied into the connection's output
  * buffer when the command is appended.  Commands of the feature store
- * have a key: argv[1] (rcluster routes by it). */
+ * have a key: argv[1] (rcluster routes by it; argv[3] in FCALL fn 1 key
+ * ..., rcluster_key). */
 typedef struct rconn_cmd {
     int argc;
     const char *const *argv;

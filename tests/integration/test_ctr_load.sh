@@ -129,13 +129,13 @@ else fail "golden items have no line without tags"; fi
 LINE=$(grep -m 1 -E '"user_id": [0-9]+, "item_seq": \[[0-9]' "$SMALL/users.jsonl" || true)
 if [ -n "$LINE" ]; then
     uid=$(LINE=$LINE "$PYTHON" -c 'import json,os; print(json.loads(os.environ["LINE"])["user_id"])')
-    expect_hex "integer user $uid, byte for byte" "${PFX}gu:$uid" \
-        'struct.pack("<2sBBI", b"CU", 1, 0, len(line["item_seq"]))
+    expect_hex "integer user $uid, byte for byte (version 2, max_seq 1000)" "${PFX}gu:$uid" \
+        'struct.pack("<2sBBI", b"CU", 2, 0, 1000)
          + struct.pack("<%di" % len(line["item_seq"]), *line["item_seq"])'
 else fail "golden users have no integer id with a history"; fi
 LINE=$(grep -m 1 '"user_id": "u_idle"' "$SMALL/users.jsonl")
 expect_hex "string user u_idle, byte for byte" "${PFX}gu:u_idle" \
-    'struct.pack("<2sBBI", b"CU", 1, 0, len(line["item_seq"]))
+    'struct.pack("<2sBBI", b"CU", 2, 0, 1000)
      + struct.pack("<%di" % len(line["item_seq"]), *line["item_seq"])'
 
 echo "test_ctr_load: a TIN model (ids from 0, a category per item)"
@@ -224,11 +224,11 @@ expect_in "bad user lines named" "$TMP/err" \
 expect_in "user counts" "$TMP/out" "items_loaded=0 users_loaded=4 lines_rejected=3 histories_truncated=2"
 # "neg": -1 is dropped by the truncation to 3, so the line is good.
 got=$(hex "${PFX}uu:long")
-[ "$got" = "4355010003000000030000000400000005000000" ] && ok "long history keeps its last 3 ids" \
+[ "$got" = "4355020003000000030000000400000005000000" ] && ok "long history keeps its last 3 ids" \
     || fail "long history stored as $got"
-[ "$(hex "${PFX}uu:42")" = "435501000100000007000000" ] && ok "first of 42 / \"42\" kept" \
+[ "$(hex "${PFX}uu:42")" = "435502000300000007000000" ] && ok "first of 42 / \"42\" kept" \
     || fail "user 42 stored as $(hex "${PFX}uu:42")"
-[ "$(hex "${PFX}uu:ok")" = "4355010000000000" ] && ok "empty history: an 8-byte value" \
+[ "$(hex "${PFX}uu:ok")" = "4355020003000000" ] && ok "empty history: an 8-byte value" \
     || fail "empty history stored as $(hex "${PFX}uu:ok")"
 
 echo "test_ctr_load: without a model, and failures"

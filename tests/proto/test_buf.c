@@ -1,5 +1,6 @@
 /*
- * test_buf.c - proto/buf.c: growth, printf past the current capacity, and
+ * test_buf.c - proto/buf.c: growth, printf past the current capacity, room
+ * written directly, and
  * JSON string escaping checked by reading the output back with jansson.
  */
 #include <setjmp.h>
@@ -135,6 +136,39 @@ static void check_float(proto_buf *b, float v) {
         fail_msg("%a: printf %s, ours %s", (double)v, want, proto_buf_str(b));
 }
 
+/* Room written directly, then committed: the text as appended, NUL after;
+ * proto_fmt_* as the proto_buf_json_* they back. */
+static void test_room(void **state) {
+    proto_buf b;
+    proto_buf_init(&b);
+    proto_buf_puts(&b, "x");
+    for (int i = 0; i < 1000; i++) {
+        char *p = proto_buf_room(&b, 2 * PROTO_NUM_MAX);
+        assert_non_null(p);
+        size_t n = proto_fmt_int(p, -i);
+        p[n++] = ',';
+        n += proto_fmt_float(p + n, (float)i / 1000.0f);
+        proto_buf_commit(&b, n);
+        assert_int_equal(b.data[b.len], '\0');
+    }
+    proto_buf c;
+    proto_buf_init(&c);
+    proto_buf_puts(&c, "x");
+    for (int i = 0; i < 1000; i++) {
+        proto_buf_json_int(&c, -i);
+        proto_buf_putc(&c, ',');
+        proto_buf_json_float(&c, (float)i / 1000.0f);
+    }
+    assert_string_equal(proto_buf_str(&b), proto_buf_str(&c));
+    char t[PROTO_NUM_MAX];
+    assert_int_equal(proto_fmt_float(t, 1.0f / 0.0f), 4);
+    assert_memory_equal(t, "null", 4);
+    assert_int_equal(proto_fmt_float(t, -3.4028235e38f), 15);   /* the longest %.9g */
+    assert_memory_equal(t, "-3.40282347e+38", 15);
+    proto_buf_free(&b);
+    proto_buf_free(&c);
+}
+
 static void test_number_formats(void **state) {
     proto_buf b;
     proto_buf_init(&b);
@@ -171,6 +205,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_number_formats),
         cmocka_unit_test(test_growth),
+        cmocka_unit_test(test_room),
         cmocka_unit_test(test_escapes),
         cmocka_unit_test(test_nul_byte),
         cmocka_unit_test(test_invalid_utf8),

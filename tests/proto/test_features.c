@@ -304,6 +304,89 @@ static void test_user_decode_refusals(void **state) {
 }
 
 
+/* Version 2 user values: max_seq where version 1 had the count, the count
+ * from the length; both versions decode alike. */
+static void test_user_v2(void **state) {
+    unsigned char buf[64], v1[64];
+    size_t len = 0, len1 = 0;
+    assert_int_equal(features_user_encode_v2(SEQ, 5, 1000, buf, sizeof buf, &len, err,
+                                             sizeof err),
+                     CTR_OK);
+    assert_int_equal(len, 28);
+    static const unsigned char head[] = {'C', 'U', 2, 0, 0xe8, 3, 0, 0};
+    assert_memory_equal(buf, head, sizeof head);
+    /* The ids are laid out as in version 1. */
+    assert_int_equal(features_user_encode(SEQ, 5, v1, sizeof v1, &len1, err, sizeof err),
+                     CTR_OK);
+    assert_int_equal(len1, len);
+    assert_memory_equal(buf + 8, v1 + 8, len - 8);
+
+    int64_t *ids;
+    int n;
+    assert_int_equal(features_user_decode(buf, len, -1, &A, &ids, &n, err, sizeof err), CTR_OK);
+    assert_int_equal(n, 5);
+    assert_memory_equal(ids, SEQ, sizeof SEQ);
+    assert_int_equal(features_user_decode(buf, len, 2, &A, &ids, &n, err, sizeof err), CTR_OK);
+    assert_int_equal(n, 2);
+    assert_int_equal(ids[1], 42);
+
+    /* The header alone, for readers that fetch it apart from the tail. */
+    uint32_t count = 9, max_seq = 9;
+    assert_int_equal(features_user_header(buf, len, &count, &max_seq, err, sizeof err), CTR_OK);
+    assert_int_equal(count, 5);
+    assert_int_equal(max_seq, 1000);
+    assert_int_equal(features_user_header(v1, len1, &count, &max_seq, err, sizeof err), CTR_OK);
+    assert_int_equal(count, 5);
+    assert_int_equal(max_seq, 0);
+    /* Appended to (more ids than max_seq included): still valid. */
+    assert_int_equal(features_user_header(buf, len + 400, &count, &max_seq, err, sizeof err),
+                     CTR_OK);
+    assert_int_equal(count, 105);
+    /* An empty history. */
+    assert_int_equal(features_user_encode_v2(NULL, 0, 3, buf, sizeof buf, &len, err,
+                                             sizeof err),
+                     CTR_OK);
+    assert_int_equal(len, 8);
+    assert_int_equal(features_user_decode(buf, len, 10, &A, &ids, &n, err, sizeof err), CTR_OK);
+    assert_int_equal(n, 0);
+    assert_null(ids);
+
+    /* Refusals. */
+    EXPECT_ERR(features_user_encode_v2(SEQ, 5, 0, buf, sizeof buf, &len, err, sizeof err),
+               CTR_EINVAL, "max_seq 0");
+    assert_int_equal(features_user_encode_v2(SEQ, 5, 4, buf, sizeof buf, &len, err,
+                                             sizeof err),
+                     CTR_OK);
+    EXPECT_ERR(features_user_decode(buf, len - 2, -1, &A, &ids, &n, err, sizeof err),
+               CTR_EFORMAT, "not 8 + 4 n");
+    EXPECT_ERR(features_user_header(buf, len - 1, &count, &max_seq, err, sizeof err),
+               CTR_EFORMAT, "not 8 + 4 n");
+    buf[4] = 0;
+    EXPECT_ERR(features_user_decode(buf, len, -1, &A, &ids, &n, err, sizeof err), CTR_EFORMAT,
+               "max_seq is 0");
+    buf[4] = 4;
+    buf[3] = 1;
+    EXPECT_ERR(features_user_header(buf, len, &count, &max_seq, err, sizeof err), CTR_EFORMAT,
+               "reserved");
+    buf[3] = 0;
+    buf[2] = 3;
+    EXPECT_ERR(features_user_decode(buf, len, -1, &A, &ids, &n, err, sizeof err), CTR_EFORMAT,
+               "version 3");
+    buf[2] = 2;
+    buf[8 + 4 * 4 + 3] = 0x80;
+    EXPECT_ERR(features_user_decode(buf, len, 1, &A, &ids, &n, err, sizeof err), CTR_EFORMAT,
+               "id [4] is negative");
+    EXPECT_ERR(features_user_header(buf, 4, &count, &max_seq, err, sizeof err), CTR_EFORMAT,
+               "shorter");
+
+    /* The trim rule the Redis function shares. */
+    assert_int_equal(features_user_trim_at(1), 2);
+    assert_int_equal(features_user_trim_at(7), 8);
+    assert_int_equal(features_user_trim_at(8), 10);
+    assert_int_equal(features_user_trim_at(1000), 1250);
+    assert_int_equal(features_user_trim_at(UINT32_MAX), (uint64_t)UINT32_MAX + UINT32_MAX / 4);
+}
+
 /* Version 2: a category after the embedding; version 1 stays byte for
  * byte what it was, and both decode. */
 static void test_item_category(void **state) {
@@ -374,6 +457,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_user_empty, setup, teardown),
         cmocka_unit_test_setup_teardown(test_user_encode_refusals, setup, teardown),
         cmocka_unit_test_setup_teardown(test_user_decode_refusals, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_user_v2, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -10,7 +10,8 @@
 
 static void test_round_trip(void **state) {
     (void)state;
-    proto_meta m = {PROTO_META_FORMAT, 5, 128, 91717, 100000, 1714557600.25, "v\"1"};
+    proto_meta m = {PROTO_META_FORMAT, 5, 128, 91717, 100000, 1714557600.25, "v\"1",
+                    (uint64_t)1 << 40};
     proto_buf b;
     proto_buf_init(&b);
     assert_int_equal(proto_meta_encode(&m, &b), CTR_OK);
@@ -23,6 +24,7 @@ static void test_round_trip(void **state) {
     assert_int_equal(d.users, 100000);
     assert_true(d.loaded_at == 1714557600.25);
     assert_string_equal(d.model_version, "v\"1");
+    assert_true(d.item_changes == (uint64_t)1 << 40);
     proto_buf_free(&b);
 }
 
@@ -36,6 +38,8 @@ static void test_refusals(void **state) {
         "{\"format\":1,\"mm_dim\":1,\"items\":1,\"users\":1,\"loaded_at\":1}",
         "{\"format\":1,\"num_tags\":500,\"mm_dim\":1,\"items\":1,\"users\":1,\"loaded_at\":1}",
         "{\"format\":1,\"num_tags\":5,\"mm_dim\":1,\"items\":1,\"users\":1,\"loaded_at\":\"x\"}",
+        "{\"format\":1,\"num_tags\":5,\"mm_dim\":1,\"items\":1,\"users\":1,\"loaded_at\":1,"
+        "\"item_changes\":-1}",
     };
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
         err[0] = '\0';
@@ -47,6 +51,7 @@ static void test_refusals(void **state) {
     const char *ok = "{\"format\":1,\"num_tags\":5,\"mm_dim\":1,\"items\":1,\"users\":1,"
                      "\"loaded_at\":1,\"new_field\":[1]}";
     assert_int_equal(proto_meta_decode(ok, strlen(ok), &d, err, sizeof err), CTR_OK);
+    assert_true(d.item_changes == 0);   /* absent: none recorded (older loaders) */
 }
 
 int main(void) {

@@ -233,6 +233,37 @@ static void test_user_refusals(void **state) {
     EXPECT_ERR(user("\"u1\"", 10, &u), CTR_EFORMAT, "line 1");
 }
 
+static int event(const char *line, proto_user *u) {
+    err[0] = '\0';
+    return proto_event_decode(line, strlen(line), 4, &A, u, err, sizeof err);
+}
+
+/* Events of ctr-load --events: one id or a sequence to append. */
+static void test_event(void **state) {
+    proto_user u;
+    assert_int_equal(event("{\"user_id\": \"u1\", \"item_id\": 17, \"time\": 1.5}", &u),
+                     CTR_OK);
+    assert_string_equal(u.user_id, "u1");
+    assert_int_equal(u.seq_len, 1);
+    assert_int_equal(u.item_seq[0], 17);
+    assert_int_equal(event("{\"user_id\": 42, \"item_seq\": [3, 0, 9]}", &u), CTR_OK);
+    assert_string_equal(u.user_id, "42");
+    assert_int_equal(u.user_id_is_int, 1);
+    assert_int_equal(u.seq_len, 3);
+    assert_int_equal(u.item_seq[2], 9);
+    EXPECT_ERR(event("{\"user_id\": 42}", &u), CTR_EINVAL, "item_id: missing field (or item_seq)");
+    EXPECT_ERR(event("{\"user_id\": 42, \"item_id\": 1, \"item_seq\": [1]}", &u), CTR_EINVAL,
+               "not both");
+    EXPECT_ERR(event("{\"user_id\": 42, \"item_seq\": []}", &u), CTR_EINVAL,
+               "item_seq: empty");
+    EXPECT_ERR(event("{\"user_id\": 42, \"item_seq\": [1, 2, 3, 4, 5]}", &u), CTR_ETOOBIG,
+               "5 ids, at most 4");
+    EXPECT_ERR(event("{\"user_id\": 42, \"item_id\": \"17\"}", &u), CTR_EINVAL,
+               "item_id: expected an integer");
+    EXPECT_ERR(event("{\"item_id\": 17}", &u), CTR_EINVAL, "user_id: missing field");
+    EXPECT_ERR(event("[17]", &u), CTR_EINVAL, "event: expected an object");
+    EXPECT_ERR(event("{\"user_id\": 4", &u), CTR_EFORMAT, "line 1");
+}
 
 /* A schema: TIN items (id and category, tags and embedding not read) and
  * the category's refusals. */
@@ -274,6 +305,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_item_schema, setup, teardown),
         cmocka_unit_test_setup_teardown(test_user_good, setup, teardown),
         cmocka_unit_test_setup_teardown(test_user_refusals, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_event, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -16,6 +16,7 @@
 #include <cmocka.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <sched.h>
 #include <time.h>
 
 #include "server/item_cache.h"
@@ -413,7 +414,8 @@ static void run_threads(item_cache *c, double seconds) {
     assert_int_equal(st.hits, hits);
     assert_int_equal(st.hits + st.misses, gets);
     assert_true(st.insertions <= st.misses);
-    assert_int_equal(st.insertions - st.evictions - st.expirations, st.entries);
+    assert_int_equal(st.insertions - st.evictions - st.expirations - st.invalidations,
+                     st.entries);
     assert_int_equal(st.bytes, st.entries * item_cache_entry_bytes(c));
     print_message("    %llu gets, %llu hits, %llu insertions, %llu evictions, "
                   "%llu expirations\n",
@@ -457,6 +459,142 @@ static void test_threads_expiring(void **state) {
     item_cache_free(c);
 }
 
+/* Invalidate and clear drop entries (pinned ones live on for their pins);
+ * a put_at whose epoch an invalidation passed hands back a private copy
+ * and caches nothing. */
+static void test_invalidate(void **state) {
+    item_cache *c = make(1 << 22, 0, 4, VF);
+    float vec[VF];
+    item_cache_ref ref, pin;
+    for (int64_t id = 1; id <= 10; id++) {
+        fill(vec, VF, id);
+        assert_non_null(item_cache_put(c, id, vec, &ref));
+        item_cache_release(c, &ref);
+    }
+    const float *held = item_cache_get(c, 3, &pin);
+    assert_non_null(held);
+    uint64_t e0 = item_cache_epoch(c);
+    const int64_t ids[] = {3, 5, 99};
+    assert_int_equal(item_cache_invalidate(c, ids, 3), 2);
+    assert_true(item_cache_epoch(c) != e0);
+    assert_null(item_cache_get(c, 3, &ref));
+    assert_null(item_cache_get(c, 5, &ref));
+    assert_non_null(item_cache_get(c, 4, &ref));
+    item_cache_release(c, &ref);
+    assert_true(check(held, VF, 3));   /* still pinned, still whole */
+    item_cache_release(c, &pin);
+
+    /* A vector computed from features read before the invalidation. */
+    fill(vec, VF, 5);
+    const float *v = item_cache_put_at(c, 5, vec, e0, &ref);
+    assert_non_null(v);
+    assert_true(check(v, VF, 5));
+    item_cache_ref r2;
+    assert_null(item_cache_get(c, 5, &r2));   /* not cached */
+    item_cache_release(c, &ref);
+    /* Read after it: cached. */
+    v = item_cache_put_at(c, 5, vec, item_cache_epoch(c), &ref);
+    item_cache_release(c, &ref);
+    assert_non_null(item_cache_get(c, 5, &r2));
+    item_cache_release(c, &r2);
+
+    item_cache_stats st;
+    item_cache_stats_get(c, &st);
+    assert_int_equal(st.entries, 9);
+    assert_int_equal(st.invalidations, 2);
+    assert_int_equal(item_cache_clear(c), 9);
+    item_cache_stats_get(c, &st);
+    assert_int_equal(st.entries, 0);
+    assert_int_equal(st.bytes, 0);
+    assert_int_equal(st.invalidations, 11);
+    assert_int_equal(st.insertions - st.evictions - st.expirations - st.invalidations,
+                     st.entries);
+    assert_null(item_cache_get(c, 1, &ref));
+    item_cache_free(c);
+
+    /* A disabled cache: nothing to drop, put_at still hands back copies. */
+    c = make(0, 0, 1, VF);
+    assert_int_equal(item_cache_invalidate(c, ids, 3), 0);
+    assert_int_equal(item_cache_clear(c), 0);
+    v = item_cache_put_at(c, 1, vec, 0, &ref);
+    assert_non_null(v);
+    item_cache_release(c, &ref);
+    item_cache_free(c);
+}
+
+/* Workers read an item's "features" (a version per id) and cache its
+ * vector, as rank.c does, while an updater rewrites features (the version
+ * goes up) and then invalidates, as the health check does after ctr-load:
+ * once both stop, no entry may hold a vector of an older version. */
+#define RACE_IDS 16
+static atomic_uint_fast64_t race_version[RACE_IDS];   /* the "feature store" */
+static atomic_uint_fast64_t race_applied[RACE_IDS];   /* versions invalidated for */
+static atomic_int race_stale;
+
+typedef struct racer {
+    item_cache *c;
+    uint64_t seed;
+} racer;
+
+static void *race_reader(void *arg) {
+    racer *r = arg;
+    float vec[64];
+    while (!atomic_load(&stop)) {
+        int64_t id = (int64_t)(rnd(&r->seed) % RACE_IDS);
+        uint64_t applied = atomic_load(&race_applied[id]);
+        item_cache_ref ref;
+        const float *v = item_cache_get(r->c, id, &ref);
+        if (v) {
+            /* Once a change is applied, no older vector may be found. */
+            if (v[0] < (float)applied) atomic_fetch_add(&race_stale, 1);
+        } else {
+            uint64_t e = item_cache_epoch(r->c);                  /* before the read */
+            uint64_t ver = atomic_load(&race_version[id]);         /* the "Redis" read */
+            for (int k = 0; k < 64; k++) vec[k] = (float)ver;
+            if (rnd(&r->seed) % 4 == 0) sched_yield();             /* widen the window */
+            v = item_cache_put_at(r->c, id, vec, e, &ref);
+        }
+        item_cache_release(r->c, &ref);
+    }
+    return NULL;
+}
+
+static void test_invalidate_race(void **state) {
+    item_cache *c = make(1 << 22, 0, 4, 64);
+    for (int i = 0; i < RACE_IDS; i++) {
+        atomic_store(&race_version[i], 0);
+        atomic_store(&race_applied[i], 0);
+    }
+    atomic_store(&race_stale, 0);
+    atomic_store(&stop, 0);
+    pthread_t t[4];
+    racer r[4];
+    for (int i = 0; i < 4; i++) {
+        r[i] = (racer){c, 0x9e3779b97f4a7c15ULL * (uint64_t)(i + 3)};
+        assert_int_equal(pthread_create(&t[i], NULL, race_reader, &r[i]), 0);
+    }
+    uint64_t seed = 7;
+    for (int round = 0; round < 20000; round++) {
+        int64_t id = (int64_t)(rnd(&seed) % RACE_IDS);
+        uint64_t v = atomic_fetch_add(&race_version[id], 1) + 1;   /* ctr-load's SET ... */
+        item_cache_invalidate(c, &id, 1);        /* ... then the change applied */
+        atomic_store(&race_applied[id], v);
+        if (round % 8 == 0) sched_yield();
+    }
+    atomic_store(&stop, 1);
+    for (int i = 0; i < 4; i++) pthread_join(t[i], NULL);
+    int stale = 0;
+    for (int64_t id = 0; id < RACE_IDS; id++) {
+        item_cache_ref ref;
+        const float *v = item_cache_get(c, id, &ref);
+        if (v && v[0] != (float)atomic_load(&race_version[id])) stale++;
+        item_cache_release(c, &ref);
+    }
+    assert_int_equal(stale, 0);
+    assert_int_equal(atomic_load(&race_stale), 0);
+    item_cache_free(c);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_defaults_and_errors),
@@ -467,6 +605,8 @@ int main(void) {
         cmocka_unit_test(test_lru_order),
         cmocka_unit_test(test_pinned_eviction),
         cmocka_unit_test(test_disabled),
+        cmocka_unit_test(test_invalidate),
+        cmocka_unit_test(test_invalidate_race),
         cmocka_unit_test(test_threads_evicting),
         cmocka_unit_test(test_threads_expiring),
     };

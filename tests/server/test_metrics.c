@@ -327,8 +327,9 @@ static const char *const families[] = {
     "ctr_redis_breaker_open", "ctr_redis_breaker_opens_total",
     "ctr_redis_breaker_probes_total", "ctr_redis_breaker_short_circuits_total",
     "ctr_redis_desync_total", "ctr_requests_shed_total", "ctr_connections_cut_total",
-    "ctr_feature_set_ready",
-    "ctr_feature_set_loaded_timestamp_seconds", "process_start_time_seconds",
+    "ctr_feature_set_ready", "ctr_feature_set_loaded_timestamp_seconds",
+    "ctr_item_changes_applied_total", "ctr_item_cache_drops_total", "ctr_item_change_lag_seconds",
+    "process_start_time_seconds",
     "process_cpu_seconds_total", "process_resident_memory_bytes",
 };
 
@@ -406,6 +407,47 @@ static double statm_rss(void) {
 
 /* The process_* series against what getrusage and /proc/self/statm say
  * around the render (the parse that follows touches megabytes). */
+/* Item changes per model; the impression log's series only once it is
+ * on, fed by its hook. */
+static void test_changes_and_impressions(void **state) {
+    metrics *m;
+    assert_int_equal(metrics_init(&m), CTR_OK);
+    assert_int_equal(metrics_add_model(m, "qin"), 0);
+    assert_int_equal(metrics_add_model(m, "din"), 1);
+    metrics_item_changes(m, 1, 7, 0, 0.25);
+    metrics_item_changes(m, 1, 3, 1, -1);   /* lag left as it was */
+    metrics_item_changes(m, 5, 9, 1, 9);    /* no such model: ignored */
+    free(render(m, NULL, &P));
+    assert_true(value(&P, "ctr_item_changes_applied_total", "model=din") == 10);
+    assert_true(value(&P, "ctr_item_changes_applied_total", "model=qin") == 0);
+    assert_true(value(&P, "ctr_item_cache_drops_total", "model=din") == 1);
+    assert_true(value(&P, "ctr_item_change_lag_seconds", "model=din") == 0.25);
+    assert_null(find_family(&P, "ctr_impressions_written_total"));
+
+    metrics_impression_log_on(m, 16u << 20);
+    metrics_impression_event(m, IMPLOG_WRITTEN, 100);
+    metrics_impression_event(m, IMPLOG_WRITTEN, 20);
+    metrics_impression_event(m, IMPLOG_DROPPED_FULL, 5);
+    metrics_impression_event(m, IMPLOG_DROPPED_SINK, 3);
+    metrics_impression_event(m, IMPLOG_DROPPED_SHUTDOWN, 2);
+    metrics_impression_event(m, IMPLOG_SINK_ERROR, 1);
+    metrics_impression_event(m, IMPLOG_SINK_UP, 0);
+    metrics_impression_event(m, IMPLOG_QUEUE_BYTES, 4096);
+    free(render(m, NULL, &P));
+    assert_true(value(&P, "ctr_impressions_written_total", "") == 120);
+    assert_true(value(&P, "ctr_impressions_dropped_total", "reason=queue_full") == 5);
+    assert_true(value(&P, "ctr_impressions_dropped_total", "reason=sink_failed") == 3);
+    assert_true(value(&P, "ctr_impressions_dropped_total", "reason=shutdown") == 2);
+    assert_true(value(&P, "ctr_impression_log_sink_errors_total", "") == 1);
+    assert_true(value(&P, "ctr_impression_log_up", "") == 0);
+    assert_true(value(&P, "ctr_impression_log_queue_bytes", "") == 4096);
+    assert_true(value(&P, "ctr_impression_log_queue_limit_bytes", "") == 16u << 20);
+    metrics_impression_event(m, IMPLOG_SINK_UP, 1);
+    free(render(m, NULL, &P));
+    assert_true(value(&P, "ctr_impression_log_up", "") == 1);
+    metrics_free(m);
+}
+
 static void test_process(void **state) {
     metrics *m;
     assert_int_equal(metrics_init(&m), CTR_OK);
@@ -792,6 +834,7 @@ static void test_threads(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_fresh),
+        cmocka_unit_test(test_changes_and_impressions),
         cmocka_unit_test(test_process),
         cmocka_unit_test(test_values),
         cmocka_unit_test(test_nodes),
