@@ -60,12 +60,28 @@ t0=$SECONDS
 cluster_start || { echo "run.sh: the Redis Cluster did not start"; exit 1; }
 echo "run.sh: Redis Cluster on $CTR_CLUSTER_SEEDS (ready in $((SECONDS - t0)) s)"
 
+# Each test's wall time goes to $tmp/times ("seconds<TAB>name"); the
+# slowest ten are listed at the end, so where the run's time goes is seen.
+now_us() { echo "${EPOCHREALTIME/[.,]/}"; }
+since() {  # seconds since $1 (from now_us), one decimal
+  local us=$(( $(now_us) - $1 ))
+  echo "$((us / 1000000)).$((us / 100000 % 10))"
+}
 passed=0 failed=0 failures=()
 run() {
-  local name=$1; shift
+  local name=$1 t0 rc=0 secs; shift
+  t0=$(now_us)
   echo "== $name"
-  if "$@"; then passed=$((passed + 1)); else failed=$((failed + 1)); failures+=("$name"); fi
+  "$@" || rc=$?
+  secs=$(since "$t0")
+  printf '%s\t%s\n' "$secs" "$name" >>"$tmp/times"
+  if [ "$rc" -eq 0 ]; then
+    passed=$((passed + 1)); echo "-- $name: ok, $secs s"
+  else
+    failed=$((failed + 1)); failures+=("$name"); echo "-- $name: FAILED ($rc), $secs s"
+  fi
 }
+run_t0=$(now_us)
 for t in "$@"; do
   case "$t" in
     */fuzz/fuzz_*)  # the built-in sweep, then the committed corpus, if any
@@ -85,6 +101,10 @@ for t in tests/integration/*.sh; do
   run "$t" bash "$t"
 done
 
+echo
+echo "Slowest tests ($(basename "$build"): $(since "$run_t0") s in all, load average" \
+  "$(cut -d' ' -f1-3 /proc/loadavg) at the end):"
+sort -t$'\t' -k1,1 -rn "$tmp/times" | head -n 10 | awk -F'\t' '{ printf "  %7.1f s  %s\n", $1, $2 }'
 echo
 [ ${#failures[@]} -eq 0 ] || printf 'FAILED: %s\n' "${failures[@]}"
 echo "$passed passed, $failed failed"
