@@ -7,7 +7,10 @@
 # tests/integration/lib/redis_cluster.sh), runs each cmocka binary, then
 # each tests/integration/*.sh, and stops them all whatever happens.  Tests
 # that kill or reshard cluster nodes start a cluster of their own with the
-# same script.  Exit status is non-zero if anything failed; the last line
+# same script.  Each test's wall time is printed after it, the ten slowest
+# at the end (with the load average: figures from a busy machine are
+# noisy).  Scripts marked "# run.sh: release only" run in the optimised
+# variant only.  Exit status is non-zero if anything failed; the last line
 # counts passes and failures.
 #
 #   tests/run.sh BUILD_DIR GOLDEN_DIR TEST_BIN...
@@ -96,8 +99,16 @@ for t in "$@"; do
     *) run "$t" "$t" ;;
   esac
 done
+# A script that runs no program of the build (Python tools, linters, Redis
+# itself) says so with a line "# run.sh: release only": it gives the same
+# answer in every variant, so the sanitizer variants leave it out.
+variant=$(basename "$build")
 for t in tests/integration/*.sh; do
   [ -e "$t" ] || continue
+  if [ "$variant" != release ] && grep -q '^# run.sh: release only' "$t"; then
+    echo "== $t: runs no program of the build; left to the release variant"
+    continue
+  fi
   run "$t" bash "$t"
 done
 
