@@ -126,10 +126,10 @@ static inline void svc_free(service *svc) {
     svc->metrics = NULL;
 }
 
+static int svc_workers_made;   /* svc_workers_init succeeded */
+
 /* worker_global_init, remembered so that svc_workers_free undoes it only
  * if it happened.  0, or -1. */
-static int svc_workers_made;
-
 static inline int svc_workers_init(void) {
     if (worker_global_init() < 0) return -1;
     svc_workers_made = 1;
