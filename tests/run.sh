@@ -51,7 +51,7 @@ port=$(free_port)
 redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no \
   --dir "$tmp" --daemonize no >"$tmp/redis.log" 2>&1 &
 redis_pid=$!
-for _ in $(seq 100); do
+for _ in $(seq 600); do   # up to 30 s: a loaded machine may start it slowly
   redis-cli -p "$port" ping >/dev/null 2>&1 && break
   sleep 0.05
 done
