@@ -259,13 +259,15 @@ static void test_breaker_recovers(void **state) {
     fake_start(&f, FAKE_STORE, NULL);
     char addr[64];
     featstore_params p = params();
-    p.command_timeout_ms = 30;
+    p.command_timeout_ms = 1600;  /* the fake's answers, however busy the machine */
     p.breaker_base_ms = 400;
     p.breaker_max_ms = 400;
     featstore *fs = open_at(p, f.port, addr);
     assert_int_equal(featstore_ping(fs, 0, err, sizeof err), CTR_OK);
     fake_mute(&f, 1);
-    assert_int_equal(featstore_ping(fs, 0, err, sizeof err), CTR_ETIMEOUT);
+    /* A deadline of 500 ms: over a quarter of the command timeout, so its
+     * timeout counts against Redis and opens the breaker. */
+    assert_int_equal(featstore_ping(fs, ms_from_now(500), err, sizeof err), CTR_ETIMEOUT);
     assert_int_equal(featstore_breaker_state(fs), BREAKER_OPEN);
     featstore_stats st;
     assert_int_equal(featstore_ping(fs, 0, err, sizeof err), CTR_EBACKEND); /* at once: */
@@ -273,7 +275,8 @@ static void test_breaker_recovers(void **state) {
     assert_int_equal(st.fast_failures, 1);                                   /* no try */
     assert_int_equal(st.timeouts, 1);
     /* Redis answers again; within the bound (1.25 x 400 ms) plus a margin
-     * for a loaded machine, a call probes and succeeds. */
+     * for a loaded machine (where a probe may time out once more), a call
+     * probes and succeeds. */
     fake_mute(&f, 0);
     double t0 = now_ms();
     int ok = 0;
@@ -285,8 +288,6 @@ static void test_breaker_recovers(void **state) {
     assert_true(ok);
     assert_true(took < 500 + 1000);
     assert_int_equal(featstore_breaker_state(fs), BREAKER_CLOSED);
-    featstore_stats_get(fs, &st);
-    assert_int_equal(st.timeouts, 1);            /* the first probe succeeded */
     featstore_close(fs);
     fake_stop(&f);
 }
