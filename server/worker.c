@@ -18,6 +18,7 @@
 #include "server/worker.h"
 
 static pthread_key_t worker_key;
+static int worker_key_made;   /* worker_global_init succeeded */
 
 static void worker_destroy(void *p) {
     worker *w = p;
@@ -31,9 +32,17 @@ static void worker_destroy(void *p) {
     free(w);
 }
 
-int worker_global_init(void) { return pthread_key_create(&worker_key, worker_destroy) ? -1 : 0; }
+int worker_global_init(void) {
+    if (pthread_key_create(&worker_key, worker_destroy)) return -1;
+    worker_key_made = 1;
+    return 0;
+}
 
 void worker_global_free(void) {
+    /* Start-up may fail before the key exists: an uninitialised key may
+     * name another library's, whose value is no worker. */
+    if (!worker_key_made) return;
+    worker_key_made = 0;
     /* The main thread's worker (if any) is not freed by a thread exit. */
     worker_destroy(pthread_getspecific(worker_key));
     pthread_setspecific(worker_key, NULL);

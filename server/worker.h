@@ -53,7 +53,9 @@ engine_scratch *worker_scratch(worker *w, const service_model *m, const model_sl
  * shapes).  A reload's new slots get theirs on first use. */
 void worker_prepare(service *svc);
 
-/* Process-wide set-up/tear-down of the thread key; call once each. */
+/* Process-wide set-up/tear-down of the thread key, from one thread; call
+ * once each.  worker_global_free does nothing unless worker_global_init
+ * succeeded, so a start-up that failed early may call it. */
 int worker_global_init(void);
 void worker_global_free(void);
 

@@ -7,7 +7,10 @@
 # tests/integration/lib/redis_cluster.sh), runs each cmocka binary, then
 # each tests/integration/*.sh, and stops them all whatever happens.  Tests
 # that kill or reshard cluster nodes start a cluster of their own with the
-# same script.  Exit status is non-zero if anything failed; the last line
+# same script.  Each test's wall time is printed after it, the ten slowest
+# at the end (with the load average: figures from a busy machine are
+# noisy).  Scripts marked "# run.sh: release only" run in the optimised
+# variant only.  Exit status is non-zero if anything failed; the last line
 # counts passes and failures.
 #
 #   tests/run.sh BUILD_DIR GOLDEN_DIR TEST_BIN...
@@ -48,7 +51,7 @@ port=$(free_port)
 redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no \
   --dir "$tmp" --daemonize no >"$tmp/redis.log" 2>&1 &
 redis_pid=$!
-for _ in $(seq 100); do
+for _ in $(seq 600); do   # up to 30 s: a loaded machine may start it slowly
   redis-cli -p "$port" ping >/dev/null 2>&1 && break
   sleep 0.05
 done
@@ -60,12 +63,28 @@ t0=$SECONDS
 cluster_start || { echo "run.sh: the Redis Cluster did not start"; exit 1; }
 echo "run.sh: Redis Cluster on $CTR_CLUSTER_SEEDS (ready in $((SECONDS - t0)) s)"
 
+# Each test's wall time goes to $tmp/times ("seconds<TAB>name"); the
+# slowest ten are listed at the end, so where the run's time goes is seen.
+now_us() { echo "${EPOCHREALTIME/[.,]/}"; }
+since() {  # seconds since $1 (from now_us), one decimal
+  local us=$(( $(now_us) - $1 ))
+  echo "$((us / 1000000)).$((us / 100000 % 10))"
+}
 passed=0 failed=0 failures=()
 run() {
-  local name=$1; shift
+  local name=$1 t0 rc=0 secs; shift
+  t0=$(now_us)
   echo "== $name"
-  if "$@"; then passed=$((passed + 1)); else failed=$((failed + 1)); failures+=("$name"); fi
+  "$@" || rc=$?
+  secs=$(since "$t0")
+  printf '%s\t%s\n' "$secs" "$name" >>"$tmp/times"
+  if [ "$rc" -eq 0 ]; then
+    passed=$((passed + 1)); echo "-- $name: ok, $secs s"
+  else
+    failed=$((failed + 1)); failures+=("$name"); echo "-- $name: FAILED ($rc), $secs s"
+  fi
 }
+run_t0=$(now_us)
 for t in "$@"; do
   case "$t" in
     */fuzz/fuzz_*)  # the built-in sweep, then the committed corpus, if any
@@ -80,11 +99,23 @@ for t in "$@"; do
     *) run "$t" "$t" ;;
   esac
 done
+# A script that runs no program of the build (Python tools, linters, Redis
+# itself) says so with a line "# run.sh: release only": it gives the same
+# answer in every variant, so the sanitizer variants leave it out.
+variant=$(basename "$build")
 for t in tests/integration/*.sh; do
   [ -e "$t" ] || continue
+  if [ "$variant" != release ] && grep -q '^# run.sh: release only' "$t"; then
+    echo "== $t: runs no program of the build; left to the release variant"
+    continue
+  fi
   run "$t" bash "$t"
 done
 
+echo
+echo "Slowest tests ($(basename "$build"): $(since "$run_t0") s in all, load average" \
+  "$(cut -d' ' -f1-3 /proc/loadavg) at the end):"
+sort -t$'\t' -k1,1 -rn "$tmp/times" | head -n 10 | awk -F'\t' '{ printf "  %7.1f s  %s\n", $1, $2 }'
 echo
 [ ${#failures[@]} -eq 0 ] || printf 'FAILED: %s\n' "${failures[@]}"
 echo "$passed passed, $failed failed"

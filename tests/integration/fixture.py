@@ -77,10 +77,19 @@ def load(redis, prefix, golden=SMALL):
     assert r.returncode == 0, r.stderr
 
 
+# A rank request's default budget in the servers started here: a second
+# (the default cap, max_deadline_ms), not the production 50 ms, so that a
+# sanitizer build on a loaded machine answers in full; tests of deadlines
+# set their own (a flag in `extra` comes later and wins, a request's
+# deadline_ms beats it).
+DEADLINE_MS = 1000
+
+
 class Server:
     """A ctr-server on a free port.  model: a path, or a list of --model
     values ([NAME=]PATH); prefix None leaves --redis-prefix to extra (or a
-    config file); env adds to the environment."""
+    config file); env adds to the environment.  Redis timeouts of 200 ms
+    and a deadline of DEADLINE_MS unless extra says otherwise."""
 
     def __init__(self, model, redis, prefix, extra=(), threads=3, env=None):
         self.port = free_port()
@@ -98,7 +107,7 @@ class Server:
              "--port", str(self.port), "--threads", str(threads),
              "--score-threads", "2", "--split-min", "2", "--split-min-mflops", "0", "--max-candidates", "64",
              "--max-body-bytes", "65536", "--redis-timeout-ms", "200",
-             "--redis-connect-timeout-ms", "200", *extra],
+             "--redis-connect-timeout-ms", "200", "--deadline-ms", str(DEADLINE_MS), *extra],
             stdout=self.log, stderr=subprocess.STDOUT, env=e)
         ok = wait_for(lambda: self.request("GET", "/healthz")[0] == 200, timeout=60)
         assert ok, "server did not come up: " + self.logtext()

@@ -10,6 +10,7 @@
 # output) and PYTHON (/usr/bin/python3, with torch) set.  Importing torch
 # costs ~1.5 s a process, so the broken checkpoints are made by one process
 # and the conversions run two at a time.
+# run.sh: release only (Python and torch only: the same in every build variant)
 set -euo pipefail
 
 PYTHON=${PYTHON:-/usr/bin/python3}

@@ -1,6 +1,8 @@
 #!/usr/bin/python3
 """ctr-server under faults and attacks, each test asserting the defined
-behaviour (docs/BEHAVIOUR.md), not timings: Redis frozen (SIGSTOP)
+behaviour (docs/BEHAVIOUR.md), not timings (budgets are generous and
+windows are chosen by when a request was sent, so that a sanitizer build
+on a loaded machine passes too): Redis frozen (SIGSTOP)
 under load, Redis restarted empty, corrupt and huge values, poisoned items,
 overload beyond the admission bound, idle and trickling connections, the
 per-address limit, and the protocol defects (framing, 411/413/422, deadline
@@ -29,15 +31,22 @@ from fixture import (SMALL, Checks, Redis, Server, error_code, load,  # noqa: E4
 
 check = Checks()
 
+# The main server's deadline (ms): five times its Redis timeout.
+DEADLINE = 1000
 
-def raw(port, data, wait=5.0):
-    """Sends data on a new connection, returns (bytes read until close or
-    timeout, closed_by_server)."""
+
+def raw(port, data, wait=10.0):
+    """Sends data on a new connection, returns (bytes read, closed_by_server).
+    Reads until the server closes, or until one whole answer has come that
+    keeps the connection open (its Content-Length read, no Connection:
+    close), or for `wait` seconds: a bound on a hang, not a latency check."""
     s = socket.create_connection(("127.0.0.1", port), timeout=wait)
     s.sendall(data)
+    end = time.time() + wait
     out, closed = b"", False
     try:
-        while True:
+        while not answer_complete(out):
+            s.settimeout(max(0.01, end - time.time()))
             d = s.recv(65536)
             if not d:
                 closed = True
@@ -49,6 +58,18 @@ def raw(port, data, wait=5.0):
         closed = True
     s.close()
     return out, closed
+
+
+def answer_complete(resp):
+    """resp holds one whole answer after which the connection stays open."""
+    head, sep, body = resp.partition(b"\r\n\r\n")
+    if not sep or b"\r\nconnection: close" in head.lower():
+        return False
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return len(body) >= int(value)
+    return False
 
 
 def status_of(resp):
@@ -72,6 +93,14 @@ def post(body, extra=b""):
             b"Content-Length: %d\r\n\r\n" % len(body) + body)
 
 
+def redis_sent(redis):
+    """Bytes Redis has sent to its clients (INFO stats)."""
+    for line in redis.cli("INFO", "stats").splitlines():
+        if line.startswith("total_net_output_bytes:"):
+            return int(line.split(":")[1])
+    raise AssertionError("no total_net_output_bytes in INFO stats")
+
+
 def no_null(resp):
     return all(it.get("score") is not None for it in resp.get("items", []))
 
@@ -92,7 +121,7 @@ def redis_set(redis, key, value):
 
 class Load:
     """Clients on keep-alive connections sending rank requests until stopped;
-    records (time, status, answer)."""
+    records (time answered, status, answer, time sent)."""
 
     def __init__(self, srv, reqs, clients=3):
         self.srv, self.reqs, self.stop, self.out = srv, reqs, False, []
@@ -104,13 +133,14 @@ class Load:
         while not self.stop:
             body = json.dumps(self.reqs[i % len(self.reqs)])
             i += 1
+            sent = time.time()
             try:
                 c.request("POST", "/v1/rank", body=body, headers={"Content-Type": "application/json"})
                 r = c.getresponse()
                 data = r.read()
-                self.out.append((time.time(), r.status, json.loads(data)))
+                self.out.append((time.time(), r.status, json.loads(data), sent))
             except (OSError, http.client.HTTPException, ValueError) as e:
-                self.out.append((time.time(), None, {"exception": str(e)}))
+                self.out.append((time.time(), None, {"exception": str(e)}, sent))
                 c.close()
                 c = http.client.HTTPConnection("127.0.0.1", self.srv.port, timeout=10)
             time.sleep(0.002)
@@ -140,25 +170,35 @@ def main():
     cand_ids = sorted({c["item_id"] for r in reqs for c in r["candidates"]})
     servers = []
     try:
-        # A Redis timeout of 100 ms: generous for a loopback Redis on a busy
-        # machine (or a sanitizer build), so only the freeze trips it.
-        srv = Server(model, redis, prefix, ["--deadline-ms", "300", "--receive-timeout-ms", "1000",
-                                            "--redis-timeout-ms", "100"])
+        # The fixture's Redis timeouts (200 ms: generous for a loopback
+        # Redis, so only the freeze trips them) well inside a deadline of
+        # DEADLINE (1 s): a sanitizer build on a loaded machine, where a
+        # thread may wait hundreds of ms for a core, still answers a read
+        # that timed out in full, rather than 503 deadline_exceeded.
+        srv = Server(model, redis, prefix, ["--deadline-ms", str(DEADLINE),
+                                            "--receive-timeout-ms", "1000"])
         servers.append(srv)
         for r in stored:  # warm the item cache: a frozen Redis then costs only the history
             srv.rank(r)
 
         print("redis frozen (SIGSTOP) under load")
+        # Frozen longer than twice the deadline, so that a read the
+        # deadline failed to cut would show in took_us.
         with Load(srv, stored) as ld:
             time.sleep(0.4)
             t_stop = time.time()
             redis.proc.send_signal(signal.SIGSTOP)
-            time.sleep(1.5)
+            time.sleep(2 * DEADLINE / 1000 + 0.5)
             t_cont = time.time()
             redis.proc.send_signal(signal.SIGCONT)
             time.sleep(1.2)
-        frozen = [o for o in ld.out if t_stop + 0.05 < o[0] < t_cont]
-        after = [o for o in ld.out if o[0] > t_cont + 0.5 + 0.1]  # breaker bound 1.25 x 400 ms
+        # Windows by the time a request was sent (o[3]), not answered: an
+        # answer that a loaded machine delays is still judged by what
+        # Redis was doing when the request came.  Frozen: sent after the
+        # SIGSTOP, answered before the SIGCONT.  After: sent past the
+        # breaker bound (1.25 x 400 ms) after the SIGCONT.
+        frozen = [o for o in ld.out if o[3] > t_stop + 0.05 and o[0] < t_cont]
+        after = [o for o in ld.out if o[3] > t_cont + 0.5 + 0.1]
         check(f"every answer 200 while frozen ({len(frozen)} answers)",
               frozen and all(o[1] == 200 for o in frozen), str([o for o in frozen if o[1] != 200][:2]))
         check("answers while frozen say why (history_unavailable or history_deadline)",
@@ -166,7 +206,7 @@ def main():
                   for o in frozen), str(frozen[:1]))
         check("no null score, ever", all(no_null(o[2]) for o in ld.out))
         check("answers within twice their deadline (took_us)",
-              all(o[2].get("took_us", 0) < 600000 for o in ld.out if o[1] == 200),
+              all(o[2].get("took_us", 0) < 2 * DEADLINE * 1000 for o in ld.out if o[1] == 200),
               str(max((o[2].get("took_us", 0) for o in ld.out if o[1] == 200), default=0)))
         check("breaker opened and short-circuited calls",
               srv.metric("ctr_redis_breaker_opens_total") >= 1 and
@@ -181,28 +221,32 @@ def main():
         redis.stop()
         redis.start()
         check("/readyz 503 naming the missing feature set",
-              wait_for(lambda: b"feature-set marker" in srv.request("GET", "/readyz")[2], 3))
-        check("ctr_feature_set_ready 0", wait_for(lambda: srv.metric("ctr_feature_set_ready") == 0, 3))
+              wait_for(lambda: b"feature-set marker" in srv.request("GET", "/readyz")[2], 10))
+        check("ctr_feature_set_ready 0", wait_for(lambda: srv.metric("ctr_feature_set_ready") == 0, 10))
         time.sleep(0.6)  # breakers from the restart: past their bound
         st, resp = srv.rank(stored[0])
         check("answers marked feature_set_missing", st == 200 and
               "feature_set_missing" in resp.get("degraded", []), str(resp)[:300])
         load(redis, prefix)
-        check("/readyz ready after ctr-load", wait_for(lambda: srv.request("GET", "/readyz")[0] == 200, 3))
+        check("/readyz ready after ctr-load", wait_for(lambda: srv.request("GET", "/readyz")[0] == 200, 10))
         check("/metrics shows the load time",
-              wait_for(lambda: srv.metric("ctr_feature_set_loaded_timestamp_seconds") > time.time() - 60, 3))
+              wait_for(lambda: srv.metric("ctr_feature_set_loaded_timestamp_seconds") > time.time() - 60, 10))
         st, resp = srv.rank(stored[0])
         check("answers not degraded again", st == 200 and resp.get("degraded") == [], str(resp)[:300])
 
         print("corrupt and huge values")
-        cold = Server(model, redis, prefix, ["--cache-mb", "0", "--deadline-ms", "200"])
+        cold = Server(model, redis, prefix, ["--cache-mb", "0"])
         servers.append(cold)
         hist = [1, 5, 8, 9, 11]
         redis_set(redis, f"{prefix}u:huge", user_value([i % 50 + 1 for i in range(2_500_000)]))
-        t0 = time.time()
+        # What Redis sent shows the bounded read, whatever the machine's
+        # speed: a few hundred bytes (and the health check's PINGs), never
+        # the 10 MB value.
+        sent0 = redis_sent(redis)
         st, resp = cold.rank({"user_id": "huge", "candidates": [{"item_id": 8}]})
-        check("10 MB history: answered from its last max_len ids, not degraded",
-              st == 200 and resp.get("degraded") == [] and time.time() - t0 < 1.0, str(resp)[:300])
+        sent = redis_sent(redis) - sent0
+        check(f"10 MB history: answered from its last max_len ids, not degraded ({sent} bytes read)",
+              st == 200 and resp.get("degraded") == [] and sent < 64 << 10, str(resp)[:300])
         st, resp = cold.rank({"user_id": "huge", "candidates": [{"item_id": 8}]})
         check("and the next request on that worker too", st == 200 and resp.get("degraded") == [])
         # The user id (and request id) carry a newline, a CR, ESC and a C1
@@ -278,22 +322,25 @@ def main():
         check("chunk of 2^64-1 bytes: 411 at once, closed", status_of(out) == 411 and closed and
               body_of(out).get("error", {}).get("code") == "length_required" and time.time() - t0 < 0.9,
               out[:200])
-        out, _ = raw(srv.port, post({"user_id": "u", "candidates": [], "item_seq": [1] * 1001}), 2)
+        out, _ = raw(srv.port, post({"user_id": "u", "candidates": [], "item_seq": [1] * 1001}))
         check("item_seq over max_seq: 422 out_of_range", status_of(out) == 422 and
               body_of(out)["error"]["code"] == "out_of_range", out[:200])
         big = b'{"user_id": "' + b"x" * 70000 + b'"}'
-        out, _ = raw(srv.port, post(big), 2)  # the whole body is sent before reading
+        out, _ = raw(srv.port, post(big))  # the whole body is sent before reading
         check("too-large body sent whole before reading: the 413 arrives",
               status_of(out) == 413, out[:120])
         out, closed = raw(srv.port, b"POST /v1/rank HTTP/1.1\r\nHost: t\r\nContent-Length: 5000000\r\n"
-                          b"Expect: 100-continue\r\n\r\n", 2)
+                          b"Expect: 100-continue\r\n\r\n")
         check("too-large body with Expect: 100-continue: 413 at once", status_of(out) == 413 and closed)
-        out, _ = raw(srv.port, post(ok_body, b"X-Request-Timeout-Ms: soon\r\n"), 2)
+        out, _ = raw(srv.port, post(ok_body, b"X-Request-Timeout-Ms: soon\r\n"))
         check("bad X-Request-Timeout-Ms: 400", status_of(out) == 400)
-        out, _ = raw(srv.port, post(dict(ok_body, deadline_ms=0)), 2)
+        out, _ = raw(srv.port, post(dict(ok_body, deadline_ms=0)))
         check("deadline_ms 0: 400", status_of(out) == 400)
-        out, _ = raw(srv.port, post(ok_body, b"X-Request-Timeout-Ms: 30\r\n"), 2)
-        check("X-Request-Timeout-Ms 30: answered 200", status_of(out) == 200 and no_null(body_of(out)))
+        # A header deadline that a slow build meets too (what a short one
+        # does is the deadline_ms 1 check's).
+        out, _ = raw(srv.port, post(ok_body, b"X-Request-Timeout-Ms: 900\r\n"))
+        check("X-Request-Timeout-Ms 900: answered 200", status_of(out) == 200 and no_null(body_of(out)),
+              out[:300])
         st, resp = srv.rank(dict(ok_body, deadline_ms=1, item_seq=[]))
         check("deadline_ms 1: on time with what is there (200 degraded, or 503 deadline_exceeded)",
               (st == 200 and no_null(resp)) or
@@ -397,13 +444,13 @@ def main():
                 pass
             h.close()
             time.sleep(0.05)
-        out, closed = raw(lim.port, b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n", 2)
+        out, closed = raw(lim.port, b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
         check("a 4th connection from one address is closed unanswered", closed and not out)
         for s in held:
             s.close()
         check("below the limit again: answered",
               wait_for(lambda: status_of(raw(lim.port, b"GET /healthz HTTP/1.1\r\nHost: t\r\n"
-                                                       b"Connection: close\r\n\r\n", 2)[0]) == 200, 3))
+                                                       b"Connection: close\r\n\r\n")[0]) == 200, 10))
         # A keep-alive connection that trickles its next request line, a
         # byte at a time (each byte resets the idle timer): cut within the
         # idle timeout (1 s) plus the receive deadline (0.5 s).

@@ -6,6 +6,7 @@
 # must be refused too, so the check is known to bite.  The answers of a
 # real server are checked against the same file's schemas by
 # test_multimodel.py (python3-jsonschema).
+# run.sh: release only (a Node validator only: the same in every build variant)
 set -euo pipefail
 dir=tests/openapi
 cli=$dir/node_modules/.bin/swagger-cli

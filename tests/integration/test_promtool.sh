@@ -16,6 +16,7 @@
 # catch it, and a non-conforming exposition through `promtool check
 # metrics` (the live /metrics goes through it in test_server.py).
 # Runs in `make test` (tests/run.sh); no server needed.
+# run.sh: release only (promtool and Python only: the same in every build variant)
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 PY=${PYTHON:-/usr/bin/python3}

@@ -136,9 +136,13 @@ start_server file --redis-password-file "$tmp/pw"
 check "ctr-server --redis-password-file: ready" ready "$port_file" 200
 CTR_REDIS_PASSWORD=$wrong start_server wrong
 check "ctr-server, wrong password: /readyz 503" ready "$port_wrong" 503
-sleep 0.5
+logged() {   # FILE TEXT: the line appears within 30 s
+  local i
+  for i in $(seq 300); do grep -q "$2" "$1" && return 0; sleep 0.1; done
+  return 1
+}
 check "ctr-server, wrong password: the log says WRONGPASS" \
-  grep -q "authentication refused: WRONGPASS" "$tmp/wrong.log"
+  logged "$tmp/wrong.log" "authentication refused: WRONGPASS"
 for s in env flag file wrong; do
   eval "p=\$port_$s"
   curl -s "http://127.0.0.1:$p/metrics" >"$tmp/metrics.$s"

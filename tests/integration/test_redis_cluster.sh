@@ -6,6 +6,7 @@
 # on its replica (READONLY); a master killed is replaced by its replica
 # (cluster_wait_ok says when, and the time is printed); the old master,
 # restarted, rejoins as a replica.  About 10 s.
+# run.sh: release only (Redis and redis-cli only: the same in every build variant)
 set -uo pipefail
 . tests/integration/lib/redis_cluster.sh
 . tests/integration/lib/checks.sh

@@ -8,8 +8,9 @@
 #   - a reload of a large file (the 125 MB microlens model behind a symlink,
 #     refused after loading since it reads other features) runs on a thread
 #     of its own: the health check goes on during it (/readyz turns 503 when
-#     the feature-set marker goes) and SIGTERM is handled at once.
-# ~5 s (release).
+#     the feature-set marker goes) and SIGTERM is handled at once; both
+#     read from the order of the server's log lines.
+# ~3 s (release).
 set -uo pipefail
 B=${CTR_BUILD:-build/release}
 G=$(cd "${CTR_GOLDEN:-build/golden}" && pwd)   # absolute: symlinks point into it
@@ -80,42 +81,66 @@ check "SIGHUP, FIFO: refused at once ('not a regular file (a FIFO)')" \
   bash -c "$(declare -f reloads wait_reloads); port=$port; wait_reloads failed 2 &&
            grep -q 'not a regular file (a FIFO)' '$tmp/server.log'"
 
-# A long reload: the health check and SIGTERM do not wait for it.
+# A long reload (~0.5 s optimised, seconds under a sanitizer): the health
+# check and SIGTERM do not wait for it.  Judged by the order of the
+# server's log lines, not by how fast this script acts: after the n-th
+# "SIGHUP: reloading", the line that comes first of `pattern` and the
+# reload's end.
+first_after_reload() {   # first_after_reload N PATTERN: "yes" if PATTERN came first
+  awk -v n="$1" -v pat="$2" '/SIGHUP: reloading/ { r++; next }
+    r == n && $0 ~ pat { print "yes"; exit }
+    r == n && /reload of model .* failed/ { print "no"; exit }' "$tmp/server.log"
+}
+# The health check: the feature-set marker taken away during the reload,
+# its "not ready" logged before the reload ends.  On a loaded machine the
+# reload may end before the marker is gone: that try proves nothing, and
+# is made again (3 at most).
 point "$G/microlens/model.safetensors"
-kill -HUP "$pid"
-for _ in $(seq 200); do [ "$(grep -c 'SIGHUP: reloading' "$tmp/server.log")" -ge 3 ] && break
-  sleep 0.01; done
-rcli DEL "${prefix}meta" >/dev/null
-t0=$(date +%s%N)
-ready=
-for _ in $(seq 250); do
-  [ "$(status /readyz)" = 503 ] && { ready=503; break; }
-  sleep 0.02
+hups=2 seen= ms=
+for try in 1 2 3; do
+  hups=$((hups + 1))
+  kill -HUP "$pid"
+  for _ in $(seq 500); do [ "$(grep -c 'SIGHUP: reloading' "$tmp/server.log")" -ge $hups ] && break
+    sleep 0.01; done
+  rcli RENAME "${prefix}meta" "${prefix}meta-away" >/dev/null
+  t0=$(date +%s%N)
+  ready=
+  for _ in $(seq 250); do [ "$(status /readyz)" = 503 ] && { ready=503; break; }; sleep 0.02; done
+  ms=$(( ($(date +%s%N) - t0) / 1000000 ))
+  wait_reloads failed $hups
+  order=$(first_after_reload $hups 'feature store not ready')
+  rcli RENAME "${prefix}meta-away" "${prefix}meta" >/dev/null
+  for _ in $(seq 250); do [ "$(status /readyz)" = 200 ] && break; sleep 0.02; done
+  [ "$order" = yes ] && [ "$ready" = 503 ] && { seen=$try; break; }
 done
-ms=$(( ($(date +%s%N) - t0) / 1000000 ))
-during=$(grep -c "reload of model .* failed" "$tmp/server.log")
-check "during the reload the health check runs: /readyz 503 in $ms ms, the marker gone (reload still running: $([ "$during" = 2 ] && echo yes || echo no))" \
-  bash -c "[ '$ready' = 503 ] && [ '$during' = 2 ]"
-"$B/ctr-load" --redis "$CTR_REDIS" --prefix "$prefix" --model "$G/small/model.safetensors" \
-  --items "$G/small/items.jsonl" --users "$G/small/users.jsonl" >"$tmp/load.log" 2>&1
-check "the reload of the 125 MB file ends (refused: other item features)" wait_reloads failed 3
-for _ in $(seq 100); do [ "$(status /readyz)" = 200 ] && break; sleep 0.05; done
+check "during the reload the health check runs: marker gone, 'not ready' logged before the reload's end (try ${seen:-none} of 3; /readyz 503 in $ms ms)" \
+  [ -n "$seen" ]
+check "the reload of the 125 MB file ends (refused: other item features)" \
+  [ "$(reloads failed)" -ge $hups ]
+check "ready again with the marker back" [ "$(status /readyz)" = 200 ]
 
-kill -HUP "$pid"
-for _ in $(seq 200); do [ "$(grep -c 'SIGHUP: reloading' "$tmp/server.log")" -ge 4 ] && break
-  sleep 0.01; done
+# SIGTERM while a reload runs: handled at once (logged before the
+# reload's end), then the drain and exit 0.  Sent once the reload has
+# begun; should it have ended already (a slow script), another SIGHUP
+# first (3 at most).
+for try in 1 2 3; do
+  hups=$((hups + 1))
+  kill -HUP "$pid"
+  for _ in $(seq 500); do [ "$(grep -c 'SIGHUP: reloading' "$tmp/server.log")" -ge $hups ] && break
+    sleep 0.01; done
+  [ "$(reloads failed)" -lt $hups ] && break
+done
 t0=$(date +%s%N)
 kill -TERM "$pid"
-for _ in $(seq 200); do grep -q "SIGTERM: stopping" "$tmp/server.log" && break; sleep 0.01; done
+for _ in $(seq 500); do grep -q "SIGTERM: stopping" "$tmp/server.log" && break; sleep 0.01; done
 ms=$(( ($(date +%s%N) - t0) / 1000000 ))
-during=$(grep -c "reload of model .* failed" "$tmp/server.log")
-check "SIGTERM during a reload handled at once ($ms ms; reload still running: $([ "$during" = 3 ] && echo yes || echo no))" \
-  bash -c "grep -q 'SIGTERM: stopping' '$tmp/server.log' && [ '$during' = 3 ]"
 for _ in $(seq 300); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
 kill -KILL "$pid" 2>/dev/null   # still there after 30 s: a failure
 wait "$pid"
 rc=$?
 pid=
+check "SIGTERM during a reload handled at once (logged in $ms ms, before the reload's end)" \
+  [ "$(first_after_reload $hups 'SIGTERM: stopping')" = yes ]
 check "drained and exited 0 (exit $rc)" [ "$rc" = 0 ]
 [ "$failed" -eq 0 ] || tail -20 "$tmp/server.log"
 echo "test_reload: $passed passed, $failed failed"

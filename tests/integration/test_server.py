@@ -199,13 +199,15 @@ def main():
         srv.rank(stored_user)  # warm its items
         redis.stop()
         # The health check runs every health_interval_ms (200): /readyz
-        # follows within that plus a Redis timeout.
+        # follows within that plus a Redis timeout (a refused connect:
+        # none); 2 s leaves room for a loaded machine.
         t_down = time.time()
-        ok = wait_for(lambda: srv.request("GET", "/readyz")[0] == 503, 2)
+        ok = wait_for(lambda: srv.request("GET", "/readyz")[0] == 503, 5)
+        took = time.time() - t_down
         st, _, data = srv.request("GET", "/readyz")
-        check("/readyz 503 when Redis is down (within the health interval)",
+        check(f"/readyz 503 when Redis is down (within the health interval: {took:.2f} s)",
               ok and st == 503 and error_code(json.loads(data)) == "not_ready"
-              and time.time() - t_down < 1.0, data)
+              and took < 2.0, data)
         st, resp = srv.rank(stored_user)
         check("rank with cached items: 200, degraded history_unavailable",
               st == 200 and "history_unavailable" in resp.get("degraded", []), str(resp)[:300])
@@ -286,7 +288,8 @@ def main():
         threads = [threading.Thread(target=client) for _ in range(4)]
         for t in threads:
             t.start()
-        time.sleep(0.3)
+        # Under way: some answered (however slow the build), more in flight.
+        wait_for(lambda: len(results) >= 4, 30, 0.01)
         rc = srv.stop(signal.SIGTERM)
         for t in threads:
             t.join(30)

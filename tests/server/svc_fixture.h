@@ -5,6 +5,12 @@
  * feature store at $CTR_REDIS under per-process prefixes (one per model)
  * with synthetic features for items 1..SVC_ITEMS (TIN: 0..SVC_ITEMS) and a
  * user "u1", no scoring helpers.
+ *
+ * Its timeouts and deadlines are generous (seconds): a sanitizer build on
+ * a loaded machine must not turn them into latency checks.  Tests of
+ * deadlines set their own, per request.  svc_free and svc_workers_free
+ * undo whatever part of the set-up succeeded, so a group teardown may
+ * call them after a failed setup.
  */
 #ifndef CTR_TESTS_SVC_FIXTURE_H
 #define CTR_TESTS_SVC_FIXTURE_H
@@ -18,8 +24,11 @@
 #include "proto/meta.h"
 #include "core/base/clock.h"
 #include "server/service.h"
+#include "server/worker.h"
 
 #define SVC_ITEMS 20
+#define SVC_TIMEOUT_MS 5000      /* Redis connect and command */
+#define SVC_DEADLINE_MS 10000    /* a rank request's default budget */
 
 static char svc_prefix[64], svc_prefix_tin[64];
 static char svc_model[1024];
@@ -74,7 +83,8 @@ static inline int svc_init(service *svc) {
     featstore_default_params(&svc->fs_params);
     const char *r = getenv("CTR_REDIS");
     svc->fs_params.addr = r && *r ? r : "127.0.0.1:6379";
-    svc->fs_params.command_timeout_ms = 500;
+    svc->fs_params.connect_timeout_ms = SVC_TIMEOUT_MS;
+    svc->fs_params.command_timeout_ms = SVC_TIMEOUT_MS;
     svc->fs_params.max_seq = 100;
     snprintf(svc_prefix, sizeof svc_prefix, "svc%d:", (int)getpid());
     snprintf(svc_prefix_tin, sizeof svc_prefix_tin, "svc%d-tin:", (int)getpid());
@@ -84,9 +94,13 @@ static inline int svc_init(service *svc) {
         model_slot_params sp = model_slot_default_params();
         sp.cache.max_bytes = 16 << 20;
         model_slot *s;
-        if (model_slot_load(svc_golden(files[i]), &sp, 1, &s, err, sizeof err) < 0 ||
-            service_add_model(svc, names[i], svc_model, &sp, prefixes[i], s, err, sizeof err) < 0) {
+        if (model_slot_load(svc_golden(files[i]), &sp, 1, &s, err, sizeof err) < 0) {
             fprintf(stderr, "svc_fixture: %s\n", err);
+            return -1;
+        }
+        if (service_add_model(svc, names[i], svc_model, &sp, prefixes[i], s, err, sizeof err) < 0) {
+            fprintf(stderr, "svc_fixture: %s\n", err);
+            model_slot_release(s);
             return -1;
         }
         atomic_init(&svc->models[i].feature_set, SERVICE_FS_OK);
@@ -98,15 +112,33 @@ static inline int svc_init(service *svc) {
     svc->split_min = 32;
     svc->split_min_mflops = 25;
     svc->score_parts = 1;
-    svc->deadline_ms = 500;
-    svc->max_deadline_ms = 1000;
+    svc->deadline_ms = SVC_DEADLINE_MS;
+    svc->max_deadline_ms = 2 * SVC_DEADLINE_MS;
     return 0;
 }
 
+/* Frees what svc_init made, also after it failed part way. */
 static inline void svc_free(service *svc) {
     pool_free(svc->scorers);
+    svc->scorers = NULL;
     service_free_models(svc);
     metrics_free(svc->metrics);
+    svc->metrics = NULL;
+}
+
+static int svc_workers_made;   /* svc_workers_init succeeded */
+
+/* worker_global_init, remembered so that svc_workers_free undoes it only
+ * if it happened.  0, or -1. */
+static inline int svc_workers_init(void) {
+    if (worker_global_init() < 0) return -1;
+    svc_workers_made = 1;
+    return 0;
+}
+
+static inline void svc_workers_free(void) {
+    if (svc_workers_made) worker_global_free();
+    svc_workers_made = 0;
 }
 
 #endif

@@ -451,19 +451,24 @@ static void test_changes_and_impressions(void **state) {
 static void test_process(void **state) {
     metrics *m;
     assert_int_equal(metrics_init(&m), CTR_OK);
-    for (volatile long i = 0; i < 50000000; i++) {   /* some CPU time to see */
-    }
+    /* Some CPU time to see: /proc counts whole 10 ms ticks, so burn until
+     * getrusage says 50 ms (a fixed loop count is under one tick on a
+     * fast core, and then the series reads 0). */
+#define SECS(r) ((double)((r).ru_utime.tv_sec + (r).ru_stime.tv_sec) + \
+                 (double)((r).ru_utime.tv_usec + (r).ru_stime.tv_usec) / 1e6)
+    struct rusage r0, r1;
+    do {
+        for (volatile long i = 0; i < 1000000; i++) {
+        }
+        assert_int_equal(getrusage(RUSAGE_SELF, &r0), 0);
+    } while (SECS(r0) < 0.05);
     proto_buf b;
     proto_buf_init(&b);
-    struct rusage r0, r1;
-    assert_int_equal(getrusage(RUSAGE_SELF, &r0), 0);
     double rss0 = statm_rss();
     assert_int_equal(metrics_render(m, NULL, 0, &b), CTR_OK);
     double rss1 = statm_rss();
     assert_int_equal(getrusage(RUSAGE_SELF, &r1), 0);
     parse(&P, proto_buf_str(&b));
-#define SECS(r) ((double)((r).ru_utime.tv_sec + (r).ru_stime.tv_sec) + \
-                 (double)((r).ru_utime.tv_usec + (r).ru_stime.tv_usec) / 1e6)
     double cpu = value(&P, "process_cpu_seconds_total", "");
     /* /proc counts in clock ticks (10 ms) and is printed to 10 ms. */
     assert_true(cpu >= SECS(r0) - 0.02 && cpu <= SECS(r1) + 0.02);

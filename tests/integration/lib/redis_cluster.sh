@@ -99,9 +99,9 @@ _rc_node_start() {
   echo "$bus" >"$d/bus_port"
 }
 
-_rc_wait_ping() {
+_rc_wait_ping() {   # up to 30 s: a node may start slowly on a loaded machine
   local port=$1 i
-  for i in $(seq 100); do
+  for i in $(seq 600); do
     [ "$(cluster_cli "$port" ping 2>/dev/null)" = PONG ] && return 0
     sleep 0.05
   done

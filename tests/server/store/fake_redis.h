@@ -14,10 +14,15 @@
  *                  by the fake itself; fake_set_slots), and +OK to
  *                  READONLY, ASKING and AUTH; an error to anything else.
  *
+ * fake_mute makes a fake that answers silent until it is unmuted (a
+ * Redis that hangs, for as long as the test says, not for a fixed time).
+ *
  * And it misbehaves on request, once each (any mode that answers):
  * fake_inject writes bytes no command asked for after the replies of the
- * next batch of commands it reads (in the same write, or some milliseconds
- * later), fake_replace answers the next command with given bytes instead.
+ * next batch of commands it reads (in the same write, some milliseconds
+ * later, or when the test calls fake_release: then the client has read
+ * the replies and its connection is idle, however slow the machine),
+ * fake_replace answers the next command with given bytes instead.
  *
  * Header-only: each test binary includes it once, after store_fixture.h.
  * Thread-safety: the test thread changes a running fake only through the
@@ -41,6 +46,7 @@ typedef enum fake_mode {
 } fake_mode;
 
 #define FAKE_KEYS 64
+#define FAKE_HOLD (-1)          /* fake_inject: until fake_release */
 #define FAKE_CLIENTS 8
 
 typedef struct fake {
@@ -64,6 +70,9 @@ typedef struct fake {
     char slots[512];            /* STORE: CLUSTER SLOTS's reply; "": itself */
     atomic_int commands;        /* commands received (ASKING/READONLY too) */
     atomic_int injected;        /* injections and replacements done */
+    atomic_int release;         /* fake_release: write a held injection */
+    atomic_int muted;           /* fake_mute: reads, answers nothing */
+    atomic_int delivered;       /* delayed or held injections written */
     atomic_int counted;         /* BARRIER: this fake is counted in ready */
     atomic_int stop;
     pthread_t th;
@@ -267,12 +276,14 @@ typedef struct fake_client {
 static inline void fake_inject_now(fake *f, fake_client *cl, fake_out *o) {
     pthread_mutex_lock(&f->lock);
     if (f->extra_len) {
-        if (f->extra_delay_ms <= 0) {
+        if (f->extra_delay_ms == 0) {
             fake_put(o, f->extra, f->extra_len);
         } else {
             memcpy(cl->later, f->extra, f->extra_len);
             cl->later_len = f->extra_len;
-            cl->later_ns = clock_now_ns() + (int64_t)f->extra_delay_ms * 1000000;
+            cl->later_ns = f->extra_delay_ms == FAKE_HOLD
+                               ? INT64_MAX
+                               : clock_now_ns() + (int64_t)f->extra_delay_ms * 1000000;
         }
         f->extra_len = 0;
         atomic_fetch_add(&f->injected, 1);
@@ -298,9 +309,11 @@ static inline void *fake_main(void *arg) {
                 write_all(cl[i].fd, cl[i].held.p, cl[i].held.n);
                 cl[i].held.n = 0;
             }
-            if (cl[i].later_len && clock_now_ns() >= cl[i].later_ns) {
+            if (cl[i].later_len &&
+                (clock_now_ns() >= cl[i].later_ns || atomic_exchange(&f->release, 0))) {
                 write_all(cl[i].fd, cl[i].later, cl[i].later_len);
                 cl[i].later_len = 0;
+                atomic_fetch_add(&f->delivered, 1);
             }
         }
         if (r <= 0) continue;
@@ -326,7 +339,7 @@ static inline void *fake_main(void *arg) {
             if (f->mode == FAKE_HANGUP && k) {
                 close(cl[i].fd);
                 cl[i].fd = -1;
-            } else if (f->mode != FAKE_SILENT && k) {
+            } else if (f->mode != FAKE_SILENT && !atomic_load(&f->muted) && k) {
                 fake_inject_now(f, &cl[i], &o);
                 if (f->mode == FAKE_BARRIER) fake_put(&cl[i].held, o.p, o.n);
                 else write_all(cl[i].fd, o.p, o.n);
@@ -421,7 +434,8 @@ static inline void fake_set_slots(fake *f, const fake *all, int n) {
 }
 
 /* Once: `bytes` (n of them) after the replies of the next batch of
- * commands, in the same write (delay_ms 0) or delay_ms later. */
+ * commands, in the same write (delay_ms 0), delay_ms later, or held until
+ * fake_release (delay_ms FAKE_HOLD). */
 static inline void fake_inject(fake *f, const void *bytes, size_t n, int delay_ms) {
     assert_true(n <= sizeof f->extra);
     pthread_mutex_lock(&f->lock);
@@ -430,6 +444,20 @@ static inline void fake_inject(fake *f, const void *bytes, size_t n, int delay_m
     f->extra_delay_ms = delay_ms;
     pthread_mutex_unlock(&f->lock);
 }
+
+/* Writes the injection held back (FAKE_HOLD) now, and waits until it is
+ * written (fails the test after 5 s). */
+static inline void fake_release(fake *f) {
+    int before = atomic_load(&f->delivered);
+    atomic_store(&f->release, 1);
+    int64_t dl = clock_now_ns() + 5000000000LL;
+    while (atomic_load(&f->delivered) == before && clock_now_ns() < dl) sleep_ms(1);
+    assert_true(atomic_load(&f->delivered) > before);
+}
+
+/* Muted (1): commands are read and never answered, as by a hung Redis;
+ * unmuted (0): answered again from the next one on. */
+static inline void fake_mute(fake *f, int on) { atomic_store(&f->muted, on); }
 
 /* Once: the next command is answered with `bytes` instead. */
 static inline void fake_replace(fake *f, const char *bytes) {

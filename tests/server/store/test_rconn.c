@@ -214,7 +214,7 @@ static void test_failures(void **state) {
     assert_int_equal(rconn_command(c, 1, argv, lens, RCONN_STATUS, ms_from_now(40), &r, err, sizeof err),
                      CTR_ETIMEOUT);
     double dt = now_ms() - t0;
-    assert_true(dt >= 39 && dt < 1000);
+    assert_true(dt >= 39 && dt < 5000);   /* cut at the deadline, not hung */
     assert_null(r);
     assert_string_equal(err, "no answer");
     expect_failed(c, RCONN_TIMEOUT);
@@ -348,8 +348,9 @@ static void test_desync_idle(void **state) {
     expect_clean(c, &b);
     sleep_ms(20);
     assert_int_equal(rconn_check_idle(c, err, sizeof err), CTR_OK);   /* nothing stray */
-    fake_inject(f, "+OK\r\n", 5, 20);
+    fake_inject(f, "+OK\r\n", 5, FAKE_HOLD);   /* after this exchange is read */
     expect_clean(c, &b);
+    fake_release(f);
     struct pollfd p = {.fd = rconn_fd(c), .events = POLLIN};
     assert_int_equal(poll(&p, 1, 2000), 1);      /* the stray reply is in */
     assert_int_equal(rconn_check_idle(c, err, sizeof err), CTR_EBACKEND);
