@@ -11,7 +11,7 @@ difference, share of requests whose top 10 change.  Schemes:
   row        activations per row, symmetric (max |x| / 127); weights per
              output channel, symmetric
   asym       activations per row over their range with a zero point (what
-             core/dense.c does)
+             core/dense_quant.c does)
   wonly      weights int8, activations exact
   aonly      activations int8 (row), weights exact
   smoothA    SmoothQuant: per input channel f = max|X|^A / max|W|^(1-A) from

@@ -18,8 +18,8 @@
  *         range (scale and zero point per row: (max - min) / 255, the range
  *         widened to hold 0), int32 accumulation, float32 out (oneDNN's
  *         u8 x s8 matmul, on AMX where the CPU has it, or our AVX512_VNNI
- *         kernel, dense.c; both compute the same integers and give the same
- *         bits; the zero point is taken out exactly in int32).  Asymmetric rows:
+ *         kernel, dense_vnni.c; both compute the same integers and give
+ *         the same bits; the zero point is taken out exactly in int32).  Asymmetric rows:
  *         on the demo model's validation set the largest score error was
  *         4x smaller than with symmetric rows (max |x| / 127), at the same
  *         cost (bench/README.md).
@@ -70,7 +70,8 @@
  * Threads: every call runs on the calling thread only.  The service gets
  * its parallelism from its own threads (one request, or one slice of a
  * request, per core), so oneDNN's OpenMP runtime is held to one thread in
- * every thread that makes or runs a primitive (see dense.c).
+ * every thread that makes or runs a primitive (see dense.c, whose
+ * companions dense_internal.h lists).
  *
  * Errors: negative ctr_status (status.h) with a message in the caller's
  * buffer (may be NULL).  Thread-safety: dense_init and dense_free are not
