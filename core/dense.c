@@ -264,35 +264,58 @@ dense_ws_parts dense_ws_parts_of(const dense *d, dense_ws *ws) {
     return p;
 }
 
-/* m <= DENSE_MAX_ROWS rows on kernel b (built). */
+/* m <= DENSE_MAX_ROWS rows on kernel b (built), then post (NULL: none). */
 int dense_run_kernel(const dense *d, dense_backend b, dense_ws *ws, int m, const float *x,
-                      float *y) {
+                     float *y, const dense_post *post) {
     switch (b) {
     case DENSE_BACKEND_OPENBLAS:
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, d->out, d->in, 1.0f, x, d->ld_in,
                     d->w, d->in, 0.0f, y, d->ld_out);
-        return CTR_OK;
+        break;
     case DENSE_BACKEND_PACKED:
-        if (dense_is_int8(d->prec)) dense_vnni_chunk(d, ws, m, x, y);
-        else gemm_packed(m, d->in, x, d->ld_in, d->packed, y, d->ld_out);
-        return CTR_OK;
+        if (dense_is_int8(d->prec)) {
+            dense_vnni_chunk(d, ws, m, x, y, post);
+            return CTR_OK;
+        }
+        gemm_packed(m, d->in, x, d->ld_in, d->packed, y, d->ld_out);
+        break;
     case DENSE_BACKEND_ONEDNN:
         linear_one_thread();
-        return dense_onednn_chunk(d, ws, m, x, y);
+        return dense_onednn_chunk(d, ws, m, x, y, post);
     default: return CTR_EINVAL;
     }
+    if (post) dense_post_rows(m, d->out, y, d->ld_out, post);
+    return CTR_OK;
 }
 
-int dense_forward(const dense *d, dense_ws *ws, int n, const float *x, float *y) {
+/* The chunks of DENSE_MAX_ROWS rows (int8x2: half as many, it runs two
+ * kernel rows a row), each on the kernel its plan class chose. */
+static int forward_chunks(const dense *d, dense_ws *ws, int n, const float *x, float *y,
+                          const dense_post *post) {
     if (n <= 0) return CTR_OK;
     if (!ws || ws->size < dense_ws_size(d)) return CTR_EINVAL;
-    /* int8x2 runs two kernel rows a row. */
     const int chunk = d->prec == DENSE_INT8X2 ? DENSE_MAX_ROWS / 2 : DENSE_MAX_ROWS;
     for (int i0 = 0; i0 < n; i0 += chunk) {
         int m = n - i0 < chunk ? n - i0 : chunk;
-        int rc = dense_run_kernel(d, d->pick[dense_plan_class(m)], ws, m, x + (size_t)i0 * d->ld_in,
-                            y + (size_t)i0 * d->ld_out);
+        dense_post pc, *pp = NULL;
+        if (post) {
+            pc = *post;
+            pc.res += (size_t)i0 * post->ld;
+            pc.dst += (size_t)i0 * post->ld;
+            pp = &pc;
+        }
+        int rc = dense_run_kernel(d, d->pick[dense_plan_class(m)], ws, m,
+                                  x + (size_t)i0 * d->ld_in, y + (size_t)i0 * d->ld_out, pp);
         if (rc < 0) return rc;
     }
     return CTR_OK;
+}
+
+int dense_forward(const dense *d, dense_ws *ws, int n, const float *x, float *y) {
+    return forward_chunks(d, ws, n, x, y, NULL);
+}
+
+int dense_forward_post(const dense *d, dense_ws *ws, int n, const float *x, float *y,
+                       const dense_post *post) {
+    return forward_chunks(d, ws, n, x, y, post);
 }

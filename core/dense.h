@@ -217,6 +217,37 @@ void dense_ws_free(dense_ws *ws);
  * refuses to run (never seen; the message says why). */
 int dense_forward(const dense *d, dense_ws *ws, int n, const float *x, float *y);
 
+/* What a layer does after its product, elementwise, when it is a gated
+ * residual (QIN's QNN layer: the batch norm folded, PReLU, the residual):
+ * with p the row of x W^T and r the same row of res,
+ *
+ *     dst[o] = r[o] + prelu(r[o] (p[o] + bias[o]) + shift[o])
+ *
+ * where prelu(z) = z for z > 0 and slope z otherwise.  res and dst are n x
+ * out with row stride ld; dst may be res (in place). */
+typedef struct dense_post {
+    const float *bias;   /* out floats */
+    const float *shift;  /* out floats */
+    float slope;         /* PReLU's slope below 0 */
+    const float *res;    /* n x out, stride ld */
+    float *dst;          /* n x out, stride ld */
+    int ld;
+} dense_post;
+
+/* dense_forward followed by post, in one pass where the kernel allows:
+ * int8 and int8x2 apply it while turning the int32 sums into floats (one
+ * pass over the layer's output instead of two), the VNNI kernel in its
+ * registers; fp32 and bf16 after each chunk's product.  y (n x out, row
+ * stride ld_out) is scratch the call may use (its contents after the call
+ * are unspecified).  x may be res or dst (a row of x is read before the
+ * same row of dst is written).  Same results, bit for bit, as
+ * dense_forward then dense_post_rows.  Returns as dense_forward. */
+int dense_forward_post(const dense *d, dense_ws *ws, int n, const float *x, float *y,
+                       const dense_post *post);
+
+/* post alone on n rows of products p (out floats each, stride ldp). */
+void dense_post_rows(int n, int out, const float *p, int ldp, const dense_post *post);
+
 /* Products whose shapes are known only at run time and whose operands
  * change with every request (attention) have no weight to prepare: they
  * go through linear_gemm (linear.h), the one run-time-shape sgemm. */

@@ -115,9 +115,10 @@ typedef struct dense_ws_parts {
 void *dense_aligned_bytes(size_t n);
 /* Where each part of a call's workspace sits in ws->buf for layer d. */
 dense_ws_parts dense_ws_parts_of(const dense *d, dense_ws *ws);
-/* m <= DENSE_MAX_ROWS rows on kernel b (built for d). */
+/* m <= DENSE_MAX_ROWS rows on kernel b (built for d), then post (NULL:
+ * none) on those rows. */
 int dense_run_kernel(const dense *d, dense_backend b, dense_ws *ws, int m, const float *x,
-                     float *y);
+                     float *y, const dense_post *post);
 
 /* --- dense_plan.c ------------------------------------------------------------ */
 
@@ -136,15 +137,17 @@ void dense_plan_describe(dense *d);
 int dense_onednn_make(dense *d, const float *w, const signed char *wq, char *err,
                       size_t errlen);
 void dense_onednn_free(dense *d);
-/* m <= DENSE_MAX_ROWS rows through oneDNN. */
-int dense_onednn_chunk(const dense *d, dense_ws *ws, int m, const float *x, float *y);
+/* m <= DENSE_MAX_ROWS rows through oneDNN, then post (NULL: none). */
+int dense_onednn_chunk(const dense *d, dense_ws *ws, int m, const float *x, float *y,
+                       const dense_post *post);
 
 /* --- dense_vnni.c ------------------------------------------------------------- */
 
 /* The int8 weights in the VNNI kernel's layout, and its workspace needs. */
 int dense_vnni_make(dense *d, const signed char *wq, char *err, size_t errlen);
-/* m <= DENSE_MAX_ROWS rows on the VNNI kernel. */
-void dense_vnni_chunk(const dense *d, dense_ws *ws, int m, const float *x, float *y);
+/* m <= DENSE_MAX_ROWS rows on the VNNI kernel, then post (NULL: none). */
+void dense_vnni_chunk(const dense *d, dense_ws *ws, int m, const float *x, float *y,
+                      const dense_post *post);
 
 /* --- dense_quant.c ------------------------------------------------------------ */
 
@@ -159,10 +162,17 @@ int dense_quantize_int8(dense *d, const float *w, signed char **wq, char *err, s
  * one row each; int8x2: two levels, 2m rows), scales and zero points. */
 void dense_quantize_rows(const dense *d, int m, const float *x, unsigned char *q, float *scale,
                          int32_t *zero, float *row);
-/* y (stride ldy; += when add) = (sum - z_i colsum) * row scale * channel
- * scale for m rows of int32 sums (stride out). */
-void dense_dequantize(int m, int out, const int32_t *acc, const int32_t *colsum,
-                      const float *rscale, const int32_t *rzero, const float *cscale, float *y,
-                      int ldy, int add);
+/* One level of an int8 product's rows: m rows of int32 sums (stride out),
+ * each row's scale and zero point. */
+typedef struct dense_sums {
+    const int32_t *acc;
+    const float *scale;
+    const int32_t *zero;
+} dense_sums;
+/* y (stride ldy) = sum over the nlev levels of (sum - z_i colsum) * row
+ * scale * channel scale for m rows; with post (its rows those of the m
+ * rows), post applied in the same pass and y not written. */
+void dense_dequantize(int m, int out, const dense_sums *lev, int nlev, const int32_t *colsum,
+                      const float *cscale, float *y, int ldy, const dense_post *post);
 
 #endif

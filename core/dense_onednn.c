@@ -274,8 +274,10 @@ static int run_class(const dense *d, const dense_class *k, dense_ws *ws, void *s
     return s == dnnl_success ? CTR_OK : CTR_EINVAL;
 }
 
-/* m <= DENSE_MAX_ROWS rows through oneDNN. */
-int dense_onednn_chunk(const dense *d, dense_ws *ws, int m, const float *x, float *y) {
+/* m <= DENSE_MAX_ROWS rows through oneDNN, then post (NULL: none) on the
+ * chunk's rows. */
+int dense_onednn_chunk(const dense *d, dense_ws *ws, int m, const float *x, float *y,
+                       const dense_post *post) {
     const int kr = d->prec == DENSE_INT8X2 ? 2 * m : m; /* the kernel's rows */
     const dense_class *k = &d->cls[dense_class_of(kr)];
     const int rows = dense_class_rows(dense_class_of(kr));
@@ -299,23 +301,33 @@ int dense_onednn_chunk(const dense *d, dense_ws *ws, int m, const float *x, floa
             for (int i = 0; i < m; i++)
                 memcpy((float *)src + (size_t)i * d->in, x + (size_t)i * d->ld_in,
                        (size_t)d->in * sizeof(float));
-        if (rows == m && tight_out) return run_class(d, k, ws, s_, y, pad);
+        if (rows == m && tight_out) {
+            if ((rc = run_class(d, k, ws, s_, y, pad)) < 0) return rc;
+            if (post) dense_post_rows(m, d->out, y, d->ld_out, post);
+            return CTR_OK;
+        }
         if ((rc = run_class(d, k, ws, s_, dst, pad)) < 0) return rc;
+        if (post) {
+            dense_post_rows(m, d->out, (const float *)dst, d->out, post);
+            return CTR_OK;
+        }
         for (int i = 0; i < m; i++)
             memcpy(y + (size_t)i * d->ld_out, (float *)dst + (size_t)i * d->out,
                    (size_t)d->out * sizeof(float));
         return CTR_OK;
     }
     case DENSE_INT8:
-    case DENSE_INT8X2:
+    case DENSE_INT8X2: {
         dense_quantize_rows(d, m, x, src, scale, zero, wp.row);
         if ((rc = run_class(d, k, ws, src, dst, pad)) < 0) return rc;
-        dense_dequantize(m, d->out, (const int32_t *)dst, d->colsum, scale, zero, d->wscale, y,
-                   d->ld_out, 0);
-        if (kr > m) /* int8x2: the residual's rows added */
-            dense_dequantize(m, d->out, (const int32_t *)dst + (size_t)m * d->out, d->colsum,
-                       scale + m, zero + m, d->wscale, y, d->ld_out, 1);
+        /* int8x2: the residual's rows m..2m-1 are the second level. */
+        const dense_sums lev[2] = {{(const int32_t *)dst, scale, zero},
+                                   {(const int32_t *)dst + (size_t)m * d->out, scale + m,
+                                    zero + m}};
+        dense_dequantize(m, d->out, lev, kr > m ? 2 : 1, d->colsum, d->wscale, y, d->ld_out,
+                         post);
         return CTR_OK;
+    }
     default:
         return CTR_EINVAL;
     }

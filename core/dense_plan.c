@@ -96,13 +96,13 @@ static int plan_time(dense *d, const dense_backend *cand, int nc, char *err, siz
         double best[DENSE_BACKEND_COUNT];
         for (int k = 0; k < nc && rc == CTR_OK; k++) {
             best[k] = -1;
-            rc = dense_run_kernel(d, cand[k], ws, rows, x, y);
+            rc = dense_run_kernel(d, cand[k], ws, rows, x, y, NULL);
         }
         for (int i = 0; i < reps && rc == CTR_OK; i++)
             for (int j = 0; j < nc && rc == CTR_OK; j++) {
                 const int k = (i + j) % nc;
                 double t0 = now_us();
-                rc = dense_run_kernel(d, cand[k], ws, rows, x, y);
+                rc = dense_run_kernel(d, cand[k], ws, rows, x, y, NULL);
                 double t = now_us() - t0;
                 if (best[k] < 0 || t < best[k]) best[k] = t;
             }

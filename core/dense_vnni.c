@@ -25,7 +25,8 @@
  * cycle on this CPU and has a latency of several: 16 independent chains
  * keep both ports busy; bench_isa), the 32 channels' weights of a block
  * (32 x in bytes, 32 KB at in = 1024) reused from L1 by every row block,
- * and the int32 sums turned into floats in registers (no int32 buffer).
+ * and the int32 sums turned into floats in registers (no int32 buffer),
+ * with a layer's dense_post applied there too when the caller gives one.
  *
  * Weight layout (vnni_layout): for output block b (channels 32 b .. 32 b +
  * 31) and input group g (inputs 4 g .. 4 g + 3), 128 bytes: channel c's four
@@ -50,13 +51,24 @@ static void vnni_layout(const signed char *wq, int out, int in, signed char *p) 
  * loop); the constraint "+v" keeps each accumulator in its register. */
 #define VNNI_DPBUSD(acc, b, w) __asm__("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(b), "v"(w))
 
+/* The rows and columns of a block in a dense_post: bias and shift at the
+ * block's columns, res and dst at its first row and column. */
+typedef struct vnni_post {
+    const float *bias, *shift, *res;
+    float *dst;
+    int ld;
+    float slope;
+} vnni_post;
+
 /* R (1..8) rows of q (u8, stride in) by one 32-channel block w: y (stride
- * ldy) = (sum - zero_r colsum) scale_r wscale, R known at compile time
- * where it is inlined. */
+ * ldy) = (sum - zero_r colsum) scale_r wscale, or with post (non-NULL) its
+ * gated residual into post's rows instead (the same operations in the
+ * same order as dense_post_rows), R known at compile time where it is
+ * inlined. */
 __attribute__((target("avx512f,avx512bw,avx512vnni"), always_inline)) static inline void
 vnni_block(const int R, int in, const unsigned char *q, const signed char *w,
            const int32_t *colsum, const float *wscale, const float *rscale, const int32_t *rzero,
-           float *y, int ldy) {
+           float *y, int ldy, const vnni_post *post) {
     __m512i acc[8][2];
     for (int r = 0; r < R; r++) acc[r][0] = acc[r][1] = _mm512_setzero_si512();
     for (int g = 0; g < in / 4; g++) {
@@ -77,17 +89,32 @@ vnni_block(const int R, int in, const unsigned char *q, const signed char *w,
         const __m512 s = _mm512_set1_ps(rscale[r]);
         __m512i a0 = _mm512_sub_epi32(acc[r][0], _mm512_mullo_epi32(z, cs0));
         __m512i a1 = _mm512_sub_epi32(acc[r][1], _mm512_mullo_epi32(z, cs1));
-        _mm512_storeu_ps(y + (size_t)r * ldy,
-                         _mm512_mul_ps(_mm512_cvtepi32_ps(a0), _mm512_mul_ps(s, ws0)));
-        _mm512_storeu_ps(y + (size_t)r * ldy + 16,
-                         _mm512_mul_ps(_mm512_cvtepi32_ps(a1), _mm512_mul_ps(s, ws1)));
+        const __m512 p0 = _mm512_mul_ps(_mm512_cvtepi32_ps(a0), _mm512_mul_ps(s, ws0));
+        const __m512 p1 = _mm512_mul_ps(_mm512_cvtepi32_ps(a1), _mm512_mul_ps(s, ws1));
+        if (!post) {
+            _mm512_storeu_ps(y + (size_t)r * ldy, p0);
+            _mm512_storeu_ps(y + (size_t)r * ldy + 16, p1);
+            continue;
+        }
+        const float *res = post->res + (size_t)r * post->ld;
+        float *dst = post->dst + (size_t)r * post->ld;
+        const __m512 zero = _mm512_setzero_ps(), sl = _mm512_set1_ps(post->slope);
+        for (int h = 0; h < 2; h++) {
+            const __m512 rv = _mm512_loadu_ps(res + 16 * h);
+            const __m512 zv = _mm512_add_ps(
+                _mm512_mul_ps(rv, _mm512_add_ps(h ? p1 : p0, _mm512_loadu_ps(post->bias + 16 * h))),
+                _mm512_loadu_ps(post->shift + 16 * h));
+            const __m512 pos = _mm512_max_ps(zv, zero), neg = _mm512_min_ps(zv, zero);
+            _mm512_storeu_ps(dst + 16 * h, _mm512_add_ps(rv, _mm512_add_ps(pos, _mm512_mul_ps(sl, neg))));
+        }
     }
 }
 
-/* m rows (quantised in q, stride in) through every output block. */
+/* m rows (quantised in q, stride in) through every output block, into y
+ * or, with post, through it. */
 __attribute__((target("avx512f,avx512bw,avx512vnni"))) static void
 vnni_rows(const dense *d, int m, const unsigned char *q, const float *rscale,
-          const int32_t *rzero, float *y, int ldy) {
+          const int32_t *rzero, float *y, int ldy, const dense_post *post) {
     const int in = d->in;
     for (int b = 0; b < d->out / 32; b++) {
         const signed char *w = d->wvnni + (size_t)b * (in / 4) * 128;
@@ -96,9 +123,16 @@ vnni_rows(const dense *d, int m, const unsigned char *q, const float *rscale,
         for (int r = 0; r < m; r += 8) {
             const unsigned char *qr = q + (size_t)r * in;
             float *yr = y + (size_t)r * ldy + 32 * b;
+            vnni_post vp, *pp = NULL;
+            if (post) {
+                const size_t at = (size_t)r * post->ld + 32 * (size_t)b;
+                vp = (vnni_post){post->bias + 32 * b, post->shift + 32 * b, post->res + at,
+                                 post->dst + at, post->ld, post->slope};
+                pp = &vp;
+            }
             switch (m - r < 8 ? m - r : 8) {
 #define VNNI_CASE(R)                                                                          \
-    case R: vnni_block(R, in, qr, w, cs, ws, rscale + r, rzero + r, yr, ldy); break;
+    case R: vnni_block(R, in, qr, w, cs, ws, rscale + r, rzero + r, yr, ldy, pp); break;
                 VNNI_CASE(1) VNNI_CASE(2) VNNI_CASE(3) VNNI_CASE(4)
                 VNNI_CASE(5) VNNI_CASE(6) VNNI_CASE(7) VNNI_CASE(8)
 #undef VNNI_CASE
@@ -129,24 +163,26 @@ int dense_vnni_make(dense *d, const signed char *wq, char *err, size_t errlen) {
     return CTR_OK;
 }
 
-/* m <= DENSE_MAX_ROWS rows on the int8 VNNI kernel. */
-void dense_vnni_chunk(const dense *d, dense_ws *ws, int m, const float *x, float *y) {
+/* m <= DENSE_MAX_ROWS rows on the int8 VNNI kernel, then post. */
+void dense_vnni_chunk(const dense *d, dense_ws *ws, int m, const float *x, float *y,
+                      const dense_post *post) {
 #ifdef DENSE_X86
     const dense_ws_parts wp = dense_ws_parts_of(d, ws);
     dense_quantize_rows(d, m, x, wp.src, wp.scale, wp.zero, wp.row);
     if (d->prec != DENSE_INT8X2) {
-        vnni_rows(d, m, wp.src, wp.scale, wp.zero, y, d->ld_out);
+        vnni_rows(d, m, wp.src, wp.scale, wp.zero, y, d->ld_out, post);
         return;
     }
     /* int8x2: both levels' rows, then their sum. */
     float *t = (float *)wp.dst;
-    vnni_rows(d, 2 * m, wp.src, wp.scale, wp.zero, t, d->out);
+    vnni_rows(d, 2 * m, wp.src, wp.scale, wp.zero, t, d->out, NULL);
     for (int i = 0; i < m; i++) {
         float *restrict yi = y + (size_t)i * d->ld_out;
         const float *restrict a = t + (size_t)i * d->out, *restrict b = a + (size_t)m * d->out;
         for (int o = 0; o < d->out; o++) yi[o] = a[o] + b[o];
     }
+    if (post) dense_post_rows(m, d->out, y, d->ld_out, post);
 #else
-    (void)d, (void)ws, (void)m, (void)x, (void)y;
+    (void)d, (void)ws, (void)m, (void)x, (void)y, (void)post;
 #endif
 }

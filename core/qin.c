@@ -176,34 +176,16 @@ first_layer_product(const qin_model *m, const qin_request *req, int lo, int hi, 
 
 const char *qin_model_describe(const qin_model *m) { return dense_describe(m->qnn_dense[0]); }
 
-/* The fused pass after a layer's product: z = x (y + b) + c (batch norm
- * folded); PReLU; xo = x + z (xo is x itself, or, when a layer's columns
- * are split across threads, the next layer's buffer: the other threads
- * still read x).  Cloned for AVX-512 (chosen at load time by the dynamic
- * linker): compiled for the baseline x86-64 it runs 4 floats at a time,
- * and with the product on oneDNN's int8 kernels it was 7% of the forward
- * pass (perf, N = 64). */
-CTR_CLONES static void
-qnn_fused_to(int n, int D, const float *x, int ldx, const float *y, const float *restrict b,
-             const float *restrict c, float a, float *xo) {
-    for (int i = 0; i < n; i++) {
-        const float *xi = x + (size_t)i * ldx;
-        const float *restrict yi = y + (size_t)i * ldx;
-        float *xoi = xo + (size_t)i * ldx;
-        for (int k = 0; k < D; k++) {
-            float z = xi[k] * (yi[k] + b[k]) + c[k];
-            /* PReLU as max + a min: exactly z or a z, and written as two
-             * min/max patterns so the compiler vectorizes it without a
-             * branch (the signs of z are random: a branch mispredicts). */
-            float pos = z > 0.0f ? z : 0.0f, neg = z < 0.0f ? z : 0.0f;
-            xoi[k] = xi[k] + (pos + a * neg);
-        }
-    }
-}
-
-static void qnn_fused(int n, int D, float *x, int ldx, const float *y, const float *b,
-                      const float *c, float a) {
-    qnn_fused_to(n, D, x, ldx, y, b, c, a, x);
+/* The fused pass after a layer's product, as a dense_post (dense.h): z =
+ * x (y + b) + c (batch norm folded); PReLU; the residual x + z written to
+ * xo (x itself, or, when a layer's columns are split across threads, the
+ * next layer's buffer: the other threads still read x).  Rows of x and xo
+ * have stride ldx; columns from `col` on. */
+static dense_post qnn_post(const qin_model *m, int layer, const float *x, float *xo, int ldx,
+                           int col) {
+    dense_post p = {m->qnn_b[layer] + col, m->qnn_c[layer] + col, m->prelu[layer], x + col,
+                    xo + col, ldx};
+    return p;
 }
 
 /* Hot spot: ~98% of a request's arithmetic is this product (three quarters
@@ -211,11 +193,10 @@ static void qnn_fused(int n, int D, float *x, int ldx, const float *y, const flo
 int qin_qnn_layer(const qin_model *m, dense_ws *ws, int layer, int n, float *x, float *y) {
     /* y = x W^T for all n candidates at once (W is D x D, [out, in]), in the
      * model's precision (dense.h). */
-    int rc = dense_forward(m->qnn_dense[layer], ws, n, x, y);
-    if (rc < 0) return rc;
-    qnn_fused(n, m->cfg.input_dim, x, qin_ldx(&m->cfg), y, m->qnn_b[layer], m->qnn_c[layer],
-              m->prelu[layer]);
-    return CTR_OK;
+    /* The fused pass runs inside the call, where the kernel allows: int8
+     * applies it while turning the int32 sums into floats. */
+    const dense_post post = qnn_post(m, layer, x, x, qin_ldx(&m->cfg), 0);
+    return dense_forward_post(m->qnn_dense[layer], ws, n, x, y, &post);
 }
 
 /* --- a layer's columns across threads ------------------------------------
@@ -256,12 +237,10 @@ static void layer_part(void *arg, int part, int nparts) {
     const qin_config *c = &j->m->cfg;
     const int D = c->input_dim, w = D / QIN_PARTS, ldx = qin_ldx(c), l = j->layer;
     float *y = j->s->y + (size_t)p * w;
-    if (dense_forward(j->m->qnn_part[l * QIN_PARTS + p], j->s->pws[p], j->n, j->x, y) < 0) {
+    const dense_post post = qnn_post(j->m, l, j->x, j->xo, ldx, p * w);
+    if (dense_forward_post(j->m->qnn_part[l * QIN_PARTS + p], j->s->pws[p], j->n, j->x, y,
+                           &post) < 0)
         atomic_store(&j->failed, 1);
-        return;
-    }
-    qnn_fused_to(j->n, w, j->x + (size_t)p * w, ldx, y, j->m->qnn_b[l] + (size_t)p * w,
-                 j->m->qnn_c[l] + (size_t)p * w, j->m->prelu[l], j->xo + (size_t)p * w);
 }
 
 /* Layers l0.. with their columns split across par's threads; the final
@@ -322,8 +301,8 @@ static void first_rows(const qin_model *m, qin_scratch *s, const qin_request *re
                   s->s + (size_t)lo * c->max_len, c->max_len, s->x + r + off_p, ldx);
     if (m->fold_first) {
         first_layer_product(m, req, lo, hi, nh, s->s, c->max_len, s->vh, s->y, ldx);
-        qnn_fused(hi - lo, c->input_dim, s->x + r, ldx, s->y + r, m->qnn_b[0], m->qnn_c[0],
-                  m->prelu[0]);
+        const dense_post post = qnn_post(m, 0, s->x + r, s->x + r, ldx, 0);
+        dense_post_rows(hi - lo, c->input_dim, s->y + r, ldx, &post);
     }
 }
 

@@ -9,7 +9,9 @@
  *     inputs is exact) and within its own bound of fp32;
  * for row counts around every shape class, odd shapes and row strides
  * wider than the rows; plus the row quantiser, the bf16 rounding, the
- * refusals, and that no call starts a thread.
+ * refusals, that no call starts a thread, and that a layer's gated
+ * residual fused into the call (dense_forward_post) is the same bits as
+ * the product followed by the pass.
  *
  * The planner (dense.h, AUTO): every kernel it may pick for a precision on
  * this CPU is checked as above on its own, the int8 kernels give the same
@@ -508,6 +510,66 @@ static void test_int8_kernels_agree(void **state) {
     int8_kernels_agree(DENSE_INT8X2);
 }
 
+/* The gated residual (dense_post) done inside the call is the same bits as
+ * dense_forward followed by dense_post_rows, on every kernel the planner
+ * may pick (and OpenBLAS for fp32), at row counts around the classes and
+ * the chunk size, with padded rows, into another buffer and in place
+ * (dst = res = x, as QIN's layers run). */
+static void post_matches(dense_precision prec, dense_backend b) {
+    const int D = 256, ld = 272, n = 300;
+    float *w = falloc((size_t)D * D), *x = falloc((size_t)n * ld), *bias = falloc(D),
+          *shift = falloc(D);
+    float *y = falloc((size_t)n * ld), *ref = falloc((size_t)n * ld), *got = falloc((size_t)n * ld);
+    for (int i = 0; i < D * D; i++) w[i] = uni() * 0.1f;
+    for (int i = 0; i < n * ld; i++) x[i] = uni() * 2.0f;
+    for (int o = 0; o < D; o++) bias[o] = uni(), shift[o] = uni();
+    dense_params dp = dense_default_params();
+    dp.precision = prec;
+    dp.backend = b;
+    dp.ld_in = dp.ld_out = ld;
+    dense *d;
+    dense_ws *ws;
+    char err[256];
+    if (dense_init(w, D, D, &dp, &d, err, sizeof err) < 0) fail_msg("%s", err);
+    assert_int_equal(dense_ws_init(dense_ws_size(d), &ws), CTR_OK);
+    static const int rows[] = {1, 5, 8, 9, 33, 64, 128, 129, 256, 300};
+    for (size_t r = 0; r < sizeof rows / sizeof *rows; r++) {
+        const int m = rows[r];
+        for (int inplace = 0; inplace < 2; inplace++) {
+            /* reference: the product, then the pass */
+            memcpy(ref, x, (size_t)n * ld * sizeof(float));
+            assert_int_equal(dense_forward(d, ws, m, ref, y), CTR_OK);
+            float *rdst = inplace ? ref : falloc((size_t)n * ld);
+            dense_post p = {bias, shift, 0.25f, ref, rdst, ld};
+            dense_post_rows(m, D, y, ld, &p);
+            /* fused */
+            memcpy(got, x, (size_t)n * ld * sizeof(float));
+            float *gdst = inplace ? got : falloc((size_t)n * ld);
+            dense_post q = {bias, shift, 0.25f, got, gdst, ld};
+            assert_int_equal(dense_forward_post(d, ws, m, got, y, &q), CTR_OK);
+            for (int i = 0; i < m; i++)
+                if (memcmp(rdst + (size_t)i * ld, gdst + (size_t)i * ld, D * sizeof(float)))
+                    fail_msg("%s, %d rows, %s: row %d differs", dense_describe(d), m,
+                             inplace ? "in place" : "apart", i);
+            if (!inplace) free(rdst), free(gdst);
+        }
+    }
+    dense_ws_free(ws);
+    dense_free(d);
+    free(w), free(x), free(bias), free(shift), free(y), free(ref), free(got);
+}
+
+static void test_post_fused(void **state) {
+    (void)state;
+    for (int p = 0; p < DENSE_PRECISION_COUNT; p++) {
+        dense_backend cand[DENSE_BACKEND_COUNT];
+        int nc = dense_candidates(p, 256, 256, cand);
+        for (int k = 0; k < nc; k++) post_matches(p, cand[k]);
+        post_matches(p, DENSE_BACKEND_AUTO);
+    }
+    post_matches(DENSE_FP32, DENSE_BACKEND_OPENBLAS);
+}
+
 static void test_plan_pick(void **state) {
     (void)state;
     double a[] = {10.0, 9.0, 8.0};
@@ -618,6 +680,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_plan_choice),
         cmocka_unit_test(test_candidates_exact),
         cmocka_unit_test(test_int8_kernels_agree),
+        cmocka_unit_test(test_post_fused),
     };
     if (argc > 1 && strcmp(argv[1], "plan") == 0)
         return cmocka_run_group_tests_name("dense planner", plan_tests, NULL, NULL);
@@ -625,6 +688,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_plan_pick),
         cmocka_unit_test(test_plan_choice),
         cmocka_unit_test(test_int8_kernels_agree),
+        cmocka_unit_test(test_post_fused),
         cmocka_unit_test(test_precision_names),
         cmocka_unit_test(test_bf16_rounding),
         cmocka_unit_test(test_quantize_row),
