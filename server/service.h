@@ -64,6 +64,7 @@ typedef struct service_model {
      * request, < 0: not timed). */
     service_split split[SERVICE_SPLIT_CLASSES];
     double split_us[SERVICE_SPLIT_CLASSES][SERVICE_SPLIT_COUNT];
+    char split_desc[160];          /* the above in words (/v1/models) */
 } service_model;
 
 typedef struct service {
@@ -111,6 +112,9 @@ const char *service_split_name(service_split s);
  * candidates, and the candidates a class is timed at. */
 int service_split_class(int n);
 int service_split_rows(int c);
+/* m->split in words into m->split_desc: "candidates", or per size class,
+ * e.g. "up to 32 one; up to 128 columns; more columns (measured)". */
+void service_split_describe(service_model *m, int measured);
 
 /* The model named name, or the default (the first) for NULL; NULL when no
  * model has that name.  Thread-safe (names never change). */

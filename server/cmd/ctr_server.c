@@ -265,6 +265,7 @@ static void plan_splits(service *svc) {
                                             m->split_us[c][k]);
             if (len < sizeof line) len += (size_t)snprintf(line + len, sizeof line - len, ")");
         }
+        service_split_describe(m, 1);
         log_info("model %s: split measured (%.0f ms): %s", m->name,
                  (double)(clock_now_ns() - t0) * 1e-6, len ? line : "nothing timed");
     }
