@@ -221,6 +221,41 @@ fail:
     return rc;
 }
 
+int dense_rt_init(int out, int in, int b_out_in, const dense_params *params, dense **dp,
+                  char *err, size_t errlen) {
+    *dp = NULL;
+    dense_params p = params ? *params : dense_default_params();
+    if (in < 1 || out < 1 || (p.ld_in && p.ld_in < in) || (p.ld_out && p.ld_out < out))
+        return ctr_fail(err, errlen, CTR_EINVAL, "dense %d x %d: bad shape", out, in);
+    if (p.precision != DENSE_BF16 ||
+        (p.backend != DENSE_BACKEND_AUTO && p.backend != DENSE_BACKEND_ONEDNN))
+        return ctr_fail(err, errlen, CTR_EINVAL,
+                        "weights given per call: bf16 on oneDNN only");
+    linear_one_thread();
+    dense *d = calloc(1, sizeof *d);
+    if (!d) return ctr_fail(err, errlen, CTR_ENOMEM, "out of memory");
+    d->in = in;
+    d->out = out;
+    d->ld_in = p.ld_in ? p.ld_in : in;
+    d->ld_out = p.ld_out ? p.ld_out : out;
+    d->prec = DENSE_BF16;
+    d->backend = DENSE_BACKEND_ONEDNN;
+    d->rt = 1;
+    for (int c = 0; c < DENSE_PLAN_CLASSES; c++) {
+        d->pick[c] = DENSE_BACKEND_ONEDNN;
+        for (int b = 0; b < DENSE_BACKEND_COUNT; b++) d->plan_us[c][b] = -1;
+    }
+    int rc = dense_onednn_make_rt(d, b_out_in, err, errlen);
+    if (rc < 0) {
+        if (rc == CTR_ENOMEM && err && !*err) ctr_fail(err, errlen, rc, "out of memory");
+        dense_free(d);
+        return rc;
+    }
+    dense_plan_describe(d);
+    *dp = d;
+    return CTR_OK;
+}
+
 void dense_free(dense *d) {
     if (!d) return;
     dense_onednn_free(d);
@@ -312,10 +347,32 @@ static int forward_chunks(const dense *d, dense_ws *ws, int n, const float *x, f
 }
 
 int dense_forward(const dense *d, dense_ws *ws, int n, const float *x, float *y) {
+    if (d->rt) return CTR_EINVAL;
     return forward_chunks(d, ws, n, x, y, NULL);
 }
 
 int dense_forward_post(const dense *d, dense_ws *ws, int n, const float *x, float *y,
                        const dense_post *post) {
+    if (d->rt) return CTR_EINVAL;
     return forward_chunks(d, ws, n, x, y, post);
+}
+
+int dense_rt_forward(const dense *d, dense_ws *ws, int n, const float *x,
+                     const unsigned short *w, float *y) {
+    if (!d->rt || !w) return CTR_EINVAL;
+    if (n <= 0) return CTR_OK;
+    if (!ws) return CTR_EINVAL;
+    ws->wrt = w;
+    int rc = forward_chunks(d, ws, n, x, y, NULL);
+    ws->wrt = NULL;
+    return rc;
+}
+
+void dense_bf16_rows(int n, int in, const float *x, int ldx, unsigned short *q, int ldq) {
+    if (ldq == in) {
+        dense_rows_to_bf16(n, in, x, ldx, q);
+        return;
+    }
+    for (int i = 0; i < n; i++)
+        dense_rows_to_bf16(1, in, x + (size_t)i * ldx, ldx, q + (size_t)i * ldq);
 }

@@ -248,6 +248,28 @@ int dense_forward_post(const dense *d, dense_ws *ws, int n, const float *x, floa
 /* post alone on n rows of products p (out floats each, stride ldp). */
 void dense_post_rows(int n, int out, const float *p, int ldp, const dense_post *post);
 
+/* Products whose second operand changes with every call (attention against
+ * a request's history) but whose shape does not (the history padded to its
+ * longest): y (n x out, stride ld_out) = x (n x in, stride ld_in) W^T,
+ * with W given to each call in bfloat16, out x in rows when b_out_in, else
+ * in x out rows (then y = x W), x rounded to bfloat16 per call, float32
+ * accumulation and output, on oneDNN's bf16 matmul (AMX where the CPU has
+ * it: at the attention's shapes 4-5x its fp32 sgemm, bench_forward), one
+ * primitive per row class as dense_init makes.  p: precision DENSE_BF16,
+ * backend AUTO or ONEDNN, strides as dense_init; CTR_EINVAL otherwise.
+ * The layer works with dense_ws_size, dense_ws_init, dense_describe and
+ * dense_free like the others; dense_forward refuses it. */
+int dense_rt_init(int out, int in, int b_out_in, const dense_params *p, dense **d, char *err,
+                  size_t errlen);
+/* y = x W^T (or x W) for n rows, W (bf16, as dense_rt_init says) read
+ * during the call only.  Returns as dense_forward. */
+int dense_rt_forward(const dense *d, dense_ws *ws, int n, const float *x,
+                     const unsigned short *w, float *y);
+
+/* Rows of x (n x in, stride ldx) rounded to bfloat16 (to nearest even) into
+ * q (stride ldq), on the fastest conversion this CPU has. */
+void dense_bf16_rows(int n, int in, const float *x, int ldx, unsigned short *q, int ldq);
+
 /* Products whose shapes are known only at run time and whose operands
  * change with every request (attention) have no weight to prepare: they
  * go through linear_gemm (linear.h), the one run-time-shape sgemm. */

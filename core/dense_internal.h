@@ -69,6 +69,9 @@ struct dense {
     void *wq;                       /* oneDNN weights in its layout, or NULL */
     dnnl_memory_desc_t w_md;
     dnnl_memory_t w_mem;            /* over wq; read-only after init */
+    int rt;                         /* 1: the weights come with each call
+                                       (dense_rt_init; w_md their plain
+                                       layout, ws->wrt the call's) */
     float *wscale;                  /* int8: out scales, max |W[o,:]| / 127 */
     float *colscale;                /* int8x2: f_k, x_k's factor (in) */
     int32_t *colsum;                /* int8: sum_k Wq[o][k] */
@@ -85,7 +88,8 @@ struct dense {
  * layers of one shape (QIN's) share an entry. */
 #define WS_MEMS 16
 typedef struct ws_mem {
-    dnnl_memory_desc_t src_md, dst_md, pad_md;
+    dnnl_memory_desc_t src_md, dst_md, pad_md, wei_md;
+    dnnl_memory_t wei;             /* run-time weights (dense_rt), or NULL */
     dnnl_memory_t src, dst, pad;   /* pad: a scratchpad of pad_bytes, or NULL */
     size_t pad_bytes;
 } ws_mem;
@@ -96,6 +100,7 @@ struct dense_ws {
     size_t size;
     ws_mem mem[WS_MEMS];
     int nmem, next;                /* entries made; the one to replace next */
+    const void *wrt;               /* the weights of a dense_rt_forward call */
 };
 
 /* The parts of a call's workspace: the kernel's rows (src), oneDNN's
@@ -137,6 +142,10 @@ void dense_plan_describe(dense *d);
 int dense_onednn_make(dense *d, const float *w, const signed char *wq, char *err,
                       size_t errlen);
 void dense_onednn_free(dense *d);
+/* The primitives of a layer whose bf16 weights come with each call
+ * (dense_rt_init): plain layout, out x in rows when b_out_in, else in x
+ * out. */
+int dense_onednn_make_rt(dense *d, int b_out_in, char *err, size_t errlen);
 /* m <= DENSE_MAX_ROWS rows through oneDNN, then post (NULL: none). */
 int dense_onednn_chunk(const dense *d, dense_ws *ws, int m, const float *x, float *y,
                        const dense_post *post);

@@ -91,8 +91,8 @@ static int make_class(dense *d, int c, const dnnl_memory_desc_t *wmd, char *err,
     const dnnl_memory_desc_t *pad = dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0);
     k->pad_bytes = pad ? dnnl_memory_desc_get_size(pad) : 0;
     if (pad) k->pad_md = *pad;
-    if (wmd->format_kind == dnnl_format_kind_any) {
-        d->w_md = *dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
+    if (wmd->format_kind == dnnl_format_kind_any || (d->rt && !d->impl[0])) {
+        if (!d->rt) d->w_md = *dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
         const char *impl = "?";
         dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &impl);
         snprintf(d->impl, sizeof d->impl, "%s", impl);
@@ -168,6 +168,24 @@ int dense_onednn_make(dense *d, const float *w, const signed char *wq, char *err
     return CTR_OK;
 }
 
+int dense_onednn_make_rt(dense *d, int b_out_in, char *err, size_t errlen) {
+    if (!engine_get()) return ctr_fail(err, errlen, CTR_EINVAL, "oneDNN: no CPU engine");
+    dnnl_dims_t wdims = {d->in, d->out};
+    dnnl_status_t s = dnnl_memory_desc_init_by_tag(&d->w_md, 2, wdims, dnnl_bf16,
+                                                   b_out_in ? dnnl_ba : dnnl_ab);
+    if (s) return dnnl_fail(err, errlen, s, "run-time weights");
+    int rc;
+    for (int c = 0; c < DENSE_NCLASS; c++)
+        if ((rc = make_class(d, c, &d->w_md, err, errlen)) < 0) return rc;
+    d->ncls = DENSE_NCLASS;
+    d->src_bytes = dense_round_up((size_t)DENSE_MAX_ROWS * src_stride(d) * 2);
+    d->dst_bytes = dense_round_up((size_t)DENSE_MAX_ROWS * dst_stride(d) * 4);
+    for (int c = 0; c < DENSE_NCLASS; c++)
+        if (d->cls[c].pad_bytes > d->pad_bytes) d->pad_bytes = d->cls[c].pad_bytes;
+    d->pad_bytes = dense_round_up(d->pad_bytes);
+    return CTR_OK;
+}
+
 void dense_onednn_free(dense *d) {
     for (int c = 0; c < DENSE_NCLASS; c++)
         if (d->cls[c].prim) dnnl_primitive_destroy(d->cls[c].prim);
@@ -216,6 +234,7 @@ int dense_ws_init(size_t bytes, dense_ws **out) {
 }
 
 static void ws_mem_free(ws_mem *e) {
+    if (e->wei) dnnl_memory_destroy(e->wei);
     if (e->src) dnnl_memory_destroy(e->src);
     if (e->dst) dnnl_memory_destroy(e->dst);
     if (e->pad) dnnl_memory_destroy(e->pad);
@@ -234,12 +253,13 @@ void dense_ws_free(dense_ws *ws) {
 
 /* The workspace's memory objects for class k's shapes: found, or made
  * (the oldest entry replaced), once per shape and workspace. */
-static ws_mem *ws_mem_for(dense_ws *ws, const dense_class *k) {
+static ws_mem *ws_mem_for(dense_ws *ws, const dense_class *k, const dnnl_memory_desc_t *wmd) {
     for (int i = 0; i < ws->nmem; i++) {
         ws_mem *e = &ws->mem[i];
         if (e->pad_bytes == k->pad_bytes && dnnl_memory_desc_equal(&e->src_md, &k->src_md) &&
             dnnl_memory_desc_equal(&e->dst_md, &k->dst_md) &&
-            (!k->pad_bytes || dnnl_memory_desc_equal(&e->pad_md, &k->pad_md)))
+            (!k->pad_bytes || dnnl_memory_desc_equal(&e->pad_md, &k->pad_md)) &&
+            (!wmd) == (!e->wei) && (!wmd || dnnl_memory_desc_equal(&e->wei_md, wmd)))
             return e;
     }
     ws_mem *e = &ws->mem[ws->nmem < WS_MEMS ? ws->nmem++ : ws->next];
@@ -248,10 +268,12 @@ static ws_mem *ws_mem_for(dense_ws *ws, const dense_class *k) {
     if (dnnl_memory_create(&e->src, &k->src_md, engine_get(), DNNL_MEMORY_NONE) ||
         dnnl_memory_create(&e->dst, &k->dst_md, engine_get(), DNNL_MEMORY_NONE) ||
         (k->pad_bytes &&
-         dnnl_memory_create(&e->pad, &k->pad_md, engine_get(), DNNL_MEMORY_NONE))) {
+         dnnl_memory_create(&e->pad, &k->pad_md, engine_get(), DNNL_MEMORY_NONE)) ||
+        (wmd && dnnl_memory_create(&e->wei, wmd, engine_get(), DNNL_MEMORY_NONE))) {
         ws_mem_free(e);
         return NULL;
     }
+    if (wmd) e->wei_md = *wmd;
     e->src_md = k->src_md;
     e->dst_md = k->dst_md;
     e->pad_md = k->pad_md;
@@ -261,13 +283,15 @@ static ws_mem *ws_mem_for(dense_ws *ws, const dense_class *k) {
 
 static int run_class(const dense *d, const dense_class *k, dense_ws *ws, void *src, void *dst,
                      void *pad) {
-    ws_mem *e = ws_mem_for(ws, k);
+    ws_mem *e = ws_mem_for(ws, k, d->rt ? &d->w_md : NULL);
     if (!e) return CTR_ENOMEM;
     dnnl_status_t s;
     if ((s = dnnl_memory_set_data_handle(e->src, src)) == dnnl_success &&
         (s = dnnl_memory_set_data_handle(e->dst, dst)) == dnnl_success &&
-        (!e->pad || (s = dnnl_memory_set_data_handle(e->pad, pad)) == dnnl_success)) {
-        dnnl_exec_arg_t args[4] = {{DNNL_ARG_SRC, e->src}, {DNNL_ARG_WEIGHTS, d->w_mem},
+        (!e->pad || (s = dnnl_memory_set_data_handle(e->pad, pad)) == dnnl_success) &&
+        (!d->rt || (s = dnnl_memory_set_data_handle(e->wei, (void *)ws->wrt)) == dnnl_success)) {
+        dnnl_exec_arg_t args[4] = {{DNNL_ARG_SRC, e->src},
+                                   {DNNL_ARG_WEIGHTS, d->rt ? e->wei : d->w_mem},
                                    {DNNL_ARG_DST, e->dst}, {DNNL_ARG_SCRATCHPAD, e->pad}};
         s = dnnl_primitive_execute(k->prim, ws->stream, e->pad ? 4 : 3, args);
     }

@@ -11,7 +11,8 @@
  * wider than the rows; plus the row quantiser, the bf16 rounding, the
  * refusals, that no call starts a thread, and that a layer's gated
  * residual fused into the call (dense_forward_post) is the same bits as
- * the product followed by the pass.
+ * the product followed by the pass, and the bf16 products whose weights
+ * come with each call (dense_rt: the attention's) what bf16 claims.
  *
  * The planner (dense.h, AUTO): every kernel it may pick for a precision on
  * this CPU is checked as above on its own, the int8 kernels give the same
@@ -559,6 +560,76 @@ static void post_matches(dense_precision prec, dense_backend b) {
     free(w), free(x), free(bias), free(shift), free(y), free(ref), free(got);
 }
 
+/* Weights given per call (dense_rt): exactly what bf16 claims, the product
+ * of the bf16-rounded operands within float accumulation, for W as out x in
+ * rows and as in x out rows, strided x and y, row counts around the
+ * classes and past a chunk; W changed between calls is used as given. */
+static void rt_check(int out, int in, int b_out_in) {
+    const int n = 300, ldx = in + 5, ldy = out + 3;
+    float *x = falloc((size_t)n * ldx), *y = falloc((size_t)n * ldy), *wf = falloc((size_t)out * in);
+    unsigned short *w = aligned_alloc(64, ((size_t)out * in * 2 + 63) & ~(size_t)63);
+    assert_non_null(w);
+    for (int i = 0; i < n * ldx; i++) x[i] = uni() * 3.0f;
+    dense_params dp = dense_default_params();
+    dp.precision = DENSE_BF16;
+    dp.ld_in = ldx;
+    dp.ld_out = ldy;
+    dense *d;
+    dense_ws *ws;
+    char err[256];
+    if (dense_rt_init(out, in, b_out_in, &dp, &d, err, sizeof err) < 0) {
+        /* oneDNN has bf16 matmuls from AVX-512 on; QIN uses them on AMX only */
+        if (!strstr(dense_cpu_isa(), "avx512_core")) skip();
+        fail_msg("%s", err);
+    }
+    assert_int_equal(dense_ws_init(dense_ws_size(d), &ws), CTR_OK);
+    assert_int_equal(dense_forward(d, ws, 1, x, y), CTR_EINVAL); /* needs its weights */
+    static const int rows[] = {1, 7, 16, 17, 64, 129, 256, 300};
+    double worst = 0;
+    for (size_t r = 0; r < sizeof rows / sizeof *rows; r++) {
+        for (int i = 0; i < out * in; i++) { /* new weights every call */
+            wf[i] = uni();
+            w[i] = dense_bf16_round(wf[i]);
+        }
+        const int m = rows[r];
+        assert_int_equal(dense_rt_forward(d, ws, m, x, w, y), CTR_OK);
+        for (int i = 0; i < m; i++)
+            for (int o = 0; o < out; o++) {
+                double ref = 0, mag = 0;
+                for (int k = 0; k < in; k++) {
+                    /* element (k, o) of the in x out operand */
+                    const size_t at = b_out_in ? (size_t)o * in + k : (size_t)k * out + o;
+                    double a = bf16_value(x[(size_t)i * ldx + k]), b = bf16_value(wf[at]);
+                    ref += a * b;
+                    mag += fabs(a * b);
+                }
+                const double e = fabs(y[(size_t)i * ldy + o] - ref), bound = in * 1.2e-7 * mag + 1e-30;
+                if (e / bound > worst) worst = e / bound;
+                if (e > bound)
+                    fail_msg("%s %d x %d (%s), %d rows: y[%d][%d] %.9g, exact %.9g", dense_describe(d),
+                             out, in, b_out_in ? "out x in" : "in x out", m, i, o,
+                             (double)y[(size_t)i * ldy + o], ref);
+            }
+    }
+    printf("%-60s %4dx%-4d %s: worst error / bound %.2f\n", dense_describe(d), out, in,
+           b_out_in ? "out x in" : "in x out", worst);
+    dense_ws_free(ws);
+    dense_free(d);
+    free(x), free(y), free(wf), free(w);
+}
+
+static void test_rt(void **state) {
+    (void)state;
+    rt_check(64, 384, 1);   /* QIN's attention scores: T (A H)^T */
+    rt_check(384, 64, 0);   /* pooling: S (B H) */
+    rt_check(96, 64, 0);    /* the first layer's S (V H), narrower */
+    rt_check(40, 36, 1);    /* odd shapes */
+    dense *d;
+    dense_params dp = dense_default_params();
+    dp.precision = DENSE_INT8;
+    assert_int_equal(dense_rt_init(8, 8, 1, &dp, &d, NULL, 0), CTR_EINVAL);
+}
+
 static void test_post_fused(void **state) {
     (void)state;
     for (int p = 0; p < DENSE_PRECISION_COUNT; p++) {
@@ -689,6 +760,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_plan_choice),
         cmocka_unit_test(test_int8_kernels_agree),
         cmocka_unit_test(test_post_fused),
+        cmocka_unit_test(test_rt),
         cmocka_unit_test(test_precision_names),
         cmocka_unit_test(test_bf16_rounding),
         cmocka_unit_test(test_quantize_row),
