@@ -196,7 +196,7 @@ first_layer_product(const qin_model *m, const qin_request *req, int lo, int hi, 
 }
 
 
-const char *qin_model_describe(const qin_model *m) { return m->what; }
+const char *qin_model_describe(const qin_model *m) { return dense_describe(m->qnn_dense[0]); }
 
 /* The fused pass after a layer's product, as a dense_post (dense.h): z =
  * x (y + b) + c (batch norm folded); PReLU; the residual x + z written to

@@ -102,7 +102,6 @@ struct qin_model {
      * NULL: that product in fp32 (linear_gemm); attn_score and attn_pool
      * are made together. */
     dense *attn_score, *attn_pool, *attn_first;
-    char what[400];               /* qin_model_describe */
 };
 
 struct qin_scratch {

@@ -249,8 +249,6 @@ int qin_model_prepare(qin_model *m, const dense_params *p, char *err, size_t err
             return ctr_fail(err, errlen, rc, "attention in bf16: %s", inner);
         }
     }
-    snprintf(m->what, sizeof m->what, "%s%s", dense_describe(m->qnn_dense[0]),
-             m->attn_score ? "; attention products bf16 (AMX)" : "");
     return CTR_OK;
 }
 
