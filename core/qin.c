@@ -314,9 +314,9 @@ static void gather_history(const qin_model *m, qin_scratch *s, const qin_request
 
 /* The attention of candidates lo..hi-1 in bf16 (m->attn_score; nh > 0):
  * what qin_attention computes, with the history padded to max_len (A h
- * rows past it zero, so their scores and weights are zero), and with the
- * first layer folded its s (V h) into y.  Weights into s->s (fp32) as
- * qin_attention leaves them.  CTR_OK or dense_rt_forward's error. */
+ * rows past it zero, so their scores and weights are zero).  Weights into
+ * s->s (fp32) as qin_attention leaves them (and zero past the history).
+ * CTR_OK or dense_rt_forward's error. */
 static int attention_bf16(const qin_model *m, qin_scratch *s, dense_ws *ws, int lo, int hi) {
     const qin_config *c = &m->cfg;
     const int E = c->item_dim, L = c->max_len, ldx = s->ldx, n = hi - lo;

@@ -588,9 +588,10 @@ int rank_plan_split(service *svc, service_model *m, char *err, size_t errlen) {
     const int nh = sc->max_len, ni = top + nh;
     const size_t vf = engine_item_vec_floats(em);
     engine_item *items = calloc((size_t)ni, sizeof *items);
-    float *vecs = engine_item_vecs_alloc(em, ni), *prob = malloc((size_t)(top ? top : 1) * 4);
+    float *vecs = engine_item_vecs_alloc(em, ni);
+    float *prob = malloc((size_t)(top ? top : 1) * sizeof *prob);
     const float **ptr = malloc((size_t)ni * sizeof *ptr);
-    int32_t *ctx = calloc((size_t)(top ? top : 1) * (sc->num_ctx ? sc->num_ctx : 1), 4);
+    int32_t *ctx = calloc((size_t)(top ? top : 1) * (sc->num_ctx ? sc->num_ctx : 1), sizeof *ctx);
     int rc = CTR_ENOMEM;
     if (!items || !vecs || !prob || !ptr || !ctx) {
         ctr_fail(err, errlen, rc, "split plan: out of memory");
