@@ -5,8 +5,8 @@ MicroLens-size model (demo/full, tools/make_demo.py --full), the floor of
 the client and server (GET /healthz through the same client), and the
 saturation rate at 8 connections (bench/loadgen, closed loop).
 
-For each precision and split mode (ctr-server --split: candidates, the
-default, or columns), one ctr-server on a real redis-server over loopback, the item
+For each precision and split mode (ctr-server --split: auto, the default,
+candidates or columns; auto's choice per request size is printed as plan), one ctr-server on a real redis-server over loopback, the item
 cache warm (every request sent once before measuring).  The client is
 bench/blockclient: one connection, send, read the whole answer, send the
 next; so the figures are the server's, not a load generator's (an
@@ -14,7 +14,7 @@ event-loop generator such as wrk adds ~0.5 ms at p99 on these VMs).  The
 server, Redis and the client share the machine's 2 cores.
 
     /usr/bin/python3 bench/latency.py [--precisions int8,bf16,fp32]
-        [--splits columns,candidates] [--ns 64,256] [--count 20000]
+        [--splits auto,columns,candidates] [--ns 64,256] [--count 20000]
         [--sat-seconds 5] [--model-dir demo/full] [--kernel auto]
 
 --count 1000000 gives the 1M-request p99 / p99.9.  Prints one line per run
@@ -57,7 +57,7 @@ def main():
     ap.add_argument("--build", default=os.path.join(ROOT, "build/release"))
     ap.add_argument("--model-dir", default=os.path.join(ROOT, "demo/full"))
     ap.add_argument("--precisions", default="int8,bf16,fp32")
-    ap.add_argument("--splits", default="columns,candidates")
+    ap.add_argument("--splits", default="auto")
     ap.add_argument("--kernel", default="auto")
     ap.add_argument("--ns", default="64,256")
     ap.add_argument("--count", type=int, default=20000)
@@ -106,6 +106,7 @@ def main():
                     c.close()
                     isa = info.get("kernel", {}).get("cpu_isa", "?")
                     kern = info.get("kernel", {}).get("largest_layer", "?")
+                    plan = info.get("kernel", {}).get("split", "?")
                     floor = blockclient(args.build, port, ["--get", "--path", "/healthz",
                                                            "--count", str(min(args.count, 20000))])
                     for n in ns:
@@ -125,10 +126,11 @@ def main():
                                "p999_ms": float(r.get("p999_us", "nan")) / 1e3,
                                "floor_p50_ms": float(floor.get("p50_us", "nan")) / 1e3,
                                "floor_p99_ms": float(floor.get("p99_us", "nan")) / 1e3,
-                               "sat_rps": float(s.get("ok_rps", "nan")), "kernel": kern}
+                               "sat_rps": float(s.get("ok_rps", "nan")), "kernel": kern,
+                               "plan": plan}
                         rows.append(row)
-                        print("LATENCY " + " ".join(f"{k}={v}" if k != "kernel" else
-                                                   f"kernel=\"{v}\"" for k, v in row.items()),
+                        print("LATENCY " + " ".join(f"{k}={v}" if k not in ("kernel", "plan") else
+                                                   f"{k}=\"{v}\"" for k, v in row.items()),
                               flush=True)
                 finally:
                     proc.send_signal(signal.SIGTERM)
@@ -141,12 +143,12 @@ def main():
           f"bench/loadgen, {args.conns} connections; server, Redis and clients on the same "
           f"{os.cpu_count()} cores")
     print(f"{'prec':5} {'split':10} {'N':>4} {'isa':16} {'load':>5} {'count':>8} {'p50_ms':>7} "
-          f"{'p99_ms':>7} {'p999_ms':>8} {'p99/p50':>7} {'floor p50/p99':>14} {'sat req/s':>9}")
+          f"{'p99_ms':>7} {'p999_ms':>8} {'p99/p50':>7} {'floor p50/p99':>14} {'sat req/s':>9}  split plan")
     for r in rows:
         print(f"{r['precision']:5} {r['split']:10} {r['n']:4} {r['isa']:16} {r['load']:>5} "
               f"{r['count']:>8} {r['p50_ms']:7.3f} {r['p99_ms']:7.3f} {r['p999_ms']:8.3f} "
               f"{r['p99_ms'] / r['p50_ms']:7.2f} {r['floor_p50_ms']:6.3f}/{r['floor_p99_ms']:.3f} "
-              f"{r['sat_rps']:9.0f}")
+              f"{r['sat_rps']:9.0f}  {r['plan']}")
 
 
 if __name__ == "__main__":

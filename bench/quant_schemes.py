@@ -11,13 +11,21 @@ difference, share of requests whose top 10 change.  Schemes:
   row        activations per row, symmetric (max |x| / 127); weights per
              output channel, symmetric
   asym       activations per row over their range with a zero point (what
-             core/dense.c does)
+             core/dense_quant.c does)
   wonly      weights int8, activations exact
   aonly      activations int8 (row), weights exact
   smoothA    SmoothQuant: per input channel f = max|X|^A / max|W|^(1-A) from
              the calibration half, x / f and W f, then row / channel int8
+  x2         int8x2 as served: input columns balanced (f = sqrt max|W|),
+             weights per channel, rows asymmetric in two levels (the row,
+             then its rounding residual)
+  x2bE       int8x2 balanced with f = max|W|^E instead (x2 is x2b0.5)
+  x2smoothA  int8x2 with SmoothQuant's calibrated f instead of sqrt max|W|
+  bf16       weights and rows rounded to bfloat16
+  L1bf16+M   the first product layer (layer 1; layer 0 is exact, split) in
+             bf16, the others in scheme M (per-layer precision)
 
-    /usr/bin/python3 bench/quant_schemes.py [DEMO_DIR] [REQUESTS]   # demo 1000
+    /usr/bin/python3 bench/quant_schemes.py [DEMO_DIR] [REQUESTS] [MODE,...]   # demo 1000
 """
 import json
 import os
@@ -77,22 +85,44 @@ def qasym(x, axis):
     s = ((hi - lo) / 255).clamp_min(1e-30)
     z = torch.round(-lo / s)
     return (torch.clamp(torch.round(x / s) + z, 0, 255) - z) * s
+def bf16(t):
+    return t.float().bfloat16().double()
+def x2(x, W, f):
+    xs, Wb = x * f, W / f
+    Wq = qsym(Wb, 1)
+    q1 = qasym(xs, 1)
+    q2 = qasym(xs - q1, 1)
+    return (q1 + q2) @ Wq.T
 def run(X, mode, calib=None):
     x = X.clone()
     for l in range(L):
         W = Ws[l]
+        lmode = mode
+        if mode.startswith("L1bf16+"):
+            lmode = "bf16" if l == 1 else mode[len("L1bf16+"):]
         if l == 0 or mode == "fp32":
             yv = x @ W.T
+        elif lmode == "bf16":
+            yv = bf16(x) @ bf16(W).T
+        elif lmode.startswith("x2"):
+            if lmode.startswith("x2b"):
+                f = W.abs().amax(0).clamp_min(1e-30) ** float(lmode[3:])
+            elif lmode.startswith("x2smooth"):
+                alpha = float(lmode[8:] or 0.5)
+                f = (W.abs().amax(0).clamp_min(1e-6) ** (1 - alpha)) / (calib[l].clamp_min(1e-6) ** alpha)
+            else:
+                f = W.abs().amax(0).clamp_min(1e-30).sqrt()
+            yv = x2(x, W, f)
         else:
             xs, Wq = x, W
-            if mode.startswith("smooth"):
-                alpha = float(mode[6:] or 0.5)
+            if lmode.startswith("smooth"):
+                alpha = float(lmode[6:] or 0.5)
                 f = (calib[l].clamp_min(1e-6) ** alpha) / (W.abs().amax(0).clamp_min(1e-6) ** (1 - alpha))
                 xs = x / f; Wq = W * f
-            xq = {"row": qsym(xs, 1), "asym": qasym(xs, 1), "wonly": xs}.get(mode, qsym(xs, 1))
-            if mode == "aonly": Wq2 = Wq
+            xq = {"row": qsym(xs, 1), "asym": qasym(xs, 1), "wonly": xs}.get(lmode, qsym(xs, 1))
+            if lmode == "aonly": Wq2 = Wq
             else: Wq2 = qsym(Wq, 1)
-            if mode == "wonly": xq = xs
+            if lmode == "wonly": xq = xs
             yv = xq @ Wq2.T
         z = x * (yv + bs[l]) + cs[l]
         z = torch.where(z > 0, z, a[l] * z)
@@ -113,7 +143,9 @@ for l in range(L):
 ev = X0[half:]; yev = y[half:]
 p32 = run(ev, "fp32")
 print(f"{d}: {ev.shape[0]} scores; fp32 AUC {auc(yev, p32):.5f}")
-for mode in ("row", "asym", "wonly", "aonly", "smooth0.5", "smooth0.3", "smooth0.7"):
+MODES = ("row", "asym", "wonly", "aonly", "smooth0.5", "smooth0.3", "smooth0.7", "bf16", "x2",
+         "x2smooth0.5", "x2smooth0.7", "L1bf16+asym", "L1bf16+x2", "L1bf16+x2smooth0.5")
+for mode in (sys.argv[3].split(",") if len(sys.argv) > 3 else MODES):
     p = run(ev, mode, calib)
     dp = np.abs(p - p32)
     n = 32

@@ -18,8 +18,8 @@
  *         range (scale and zero point per row: (max - min) / 255, the range
  *         widened to hold 0), int32 accumulation, float32 out (oneDNN's
  *         u8 x s8 matmul, on AMX where the CPU has it, or our AVX512_VNNI
- *         kernel, dense.c; both compute the same integers and give the same
- *         bits; the zero point is taken out exactly in int32).  Asymmetric rows:
+ *         kernel, dense_vnni.c; both compute the same integers and give
+ *         the same bits; the zero point is taken out exactly in int32).  Asymmetric rows:
  *         on the demo model's validation set the largest score error was
  *         4x smaller than with symmetric rows (max |x| / 127), at the same
  *         cost (bench/README.md).
@@ -70,7 +70,8 @@
  * Threads: every call runs on the calling thread only.  The service gets
  * its parallelism from its own threads (one request, or one slice of a
  * request, per core), so oneDNN's OpenMP runtime is held to one thread in
- * every thread that makes or runs a primitive (see dense.c).
+ * every thread that makes or runs a primitive (see dense.c, whose
+ * companions dense_internal.h lists).
  *
  * Errors: negative ctr_status (status.h) with a message in the caller's
  * buffer (may be NULL).  Thread-safety: dense_init and dense_free are not
@@ -215,6 +216,59 @@ void dense_ws_free(dense_ws *ws);
  * when ws is smaller than dense_ws_size(d), or CTR_EINVAL when oneDNN
  * refuses to run (never seen; the message says why). */
 int dense_forward(const dense *d, dense_ws *ws, int n, const float *x, float *y);
+
+/* What a layer does after its product, elementwise, when it is a gated
+ * residual (QIN's QNN layer: the batch norm folded, PReLU, the residual):
+ * with p the row of x W^T and r the same row of res,
+ *
+ *     dst[o] = r[o] + prelu(r[o] (p[o] + bias[o]) + shift[o])
+ *
+ * where prelu(z) = z for z > 0 and slope z otherwise.  res and dst are n x
+ * out with row stride ld; dst may be res (in place). */
+typedef struct dense_post {
+    const float *bias;   /* out floats */
+    const float *shift;  /* out floats */
+    float slope;         /* PReLU's slope below 0 */
+    const float *res;    /* n x out, stride ld */
+    float *dst;          /* n x out, stride ld */
+    int ld;
+} dense_post;
+
+/* dense_forward followed by post, in one pass where the kernel allows:
+ * int8 and int8x2 apply it while turning the int32 sums into floats (one
+ * pass over the layer's output instead of two), the VNNI kernel in its
+ * registers; fp32 and bf16 after each chunk's product.  y (n x out, row
+ * stride ld_out) is scratch the call may use (its contents after the call
+ * are unspecified).  x may be res or dst (a row of x is read before the
+ * same row of dst is written).  Same results, bit for bit, as
+ * dense_forward then dense_post_rows.  Returns as dense_forward. */
+int dense_forward_post(const dense *d, dense_ws *ws, int n, const float *x, float *y,
+                       const dense_post *post);
+
+/* post alone on n rows of products p (out floats each, stride ldp). */
+void dense_post_rows(int n, int out, const float *p, int ldp, const dense_post *post);
+
+/* Products whose second operand changes with every call (attention against
+ * a request's history) but whose shape does not (the history padded to its
+ * longest): y (n x out, stride ld_out) = x (n x in, stride ld_in) W^T,
+ * with W given to each call in bfloat16, out x in rows when b_out_in, else
+ * in x out rows (then y = x W), x rounded to bfloat16 per call, float32
+ * accumulation and output, on oneDNN's bf16 matmul (AMX where the CPU has
+ * it: at the attention's shapes 4-5x its fp32 sgemm, bench_forward), one
+ * primitive per row class as dense_init makes.  p: precision DENSE_BF16,
+ * backend AUTO or ONEDNN, strides as dense_init; CTR_EINVAL otherwise.
+ * The layer works with dense_ws_size, dense_ws_init, dense_describe and
+ * dense_free like the others; dense_forward refuses it. */
+int dense_rt_init(int out, int in, int b_out_in, const dense_params *p, dense **d, char *err,
+                  size_t errlen);
+/* y = x W^T (or x W) for n rows, W (bf16, as dense_rt_init says) read
+ * during the call only.  Returns as dense_forward. */
+int dense_rt_forward(const dense *d, dense_ws *ws, int n, const float *x,
+                     const unsigned short *w, float *y);
+
+/* Rows of x (n x in, stride ldx) rounded to bfloat16 (to nearest even) into
+ * q (stride ldq), on the fastest conversion this CPU has. */
+void dense_bf16_rows(int n, int in, const float *x, int ldx, unsigned short *q, int ldq);
 
 /* Products whose shapes are known only at run time and whose operands
  * change with every request (attention) have no weight to prepare: they

@@ -125,7 +125,9 @@ static inline itemvec_input engine_item_base(const engine_item *item) {
  * is exact (1e-5 against the trained model); DENSE_BF16 and DENSE_INT8 are
  * not, and their error against fp32 is bounded by the tests and measured
  * in bench/README.md.  Everything else (item vectors, attention scores and
- * pooling, heads) stays fp32 in every precision. */
+ * pooling, heads) stays fp32 in every precision, except QIN's attention
+ * products against the history, in bf16 on AMX for bf16 and int8
+ * (docs/PRECISION.md). */
 typedef struct engine_params {
     dense_precision precision;      /* DENSE_FP32 */
     dense_backend kernel;           /* DENSE_BACKEND_AUTO: per layer shape

@@ -83,7 +83,22 @@ int qin_scratch_init(const qin_model *m, int max_cand, qin_scratch **out) {
     s->vh = linear_falloc((size_t)c->max_len * c->input_dim);
     s->keep = calloc((size_t)c->max_len, sizeof *s->keep);
     s->logit = linear_falloc((size_t)max_cand);
+    int lowp_ok = 1;
+    if (m->attn_score) {
+        /* zeroed: the rows past a history are zero (A h) or finite */
+        s->ah16 = (unsigned short *)linear_falloc((size_t)c->max_len * c->item_dim / 2 + 1);
+        s->bh16 = (unsigned short *)linear_falloc((size_t)c->max_len * c->item_dim / 2 + 1);
+        s->pt = linear_falloc((size_t)max_cand * c->item_dim);
+        lowp_ok = s->ah16 && s->bh16 && s->pt;
+    }
+    if (m->attn_first) {
+        s->vh16 = (unsigned short *)linear_falloc((size_t)c->max_len * c->input_dim / 2 + 1);
+        lowp_ok = lowp_ok && s->vh16;
+    }
     size_t ws = 0;
+    const dense *attn[3] = {m->attn_score, m->attn_pool, m->attn_first};
+    for (int k = 0; k < 3; k++)
+        if (attn[k] && dense_ws_size(attn[k]) > ws) ws = dense_ws_size(attn[k]);
     for (int l = 0; l < c->num_layers; l++) {
         if (dense_ws_size(m->qnn_dense[l]) > ws) ws = dense_ws_size(m->qnn_dense[l]);
         for (int p = 0; m->qnn_part && p < QIN_PARTS; p++) {
@@ -96,7 +111,7 @@ int qin_scratch_init(const qin_model *m, int max_cand, qin_scratch **out) {
     for (int p = 1; rc == CTR_OK && m->qnn_part && p < QIN_PARTS; p++)
         rc = dense_ws_init(ws, &s->pws[p]);
     if (!s->x || !s->y || !s->s || !s->ah || !s->bh || !s->vh || !s->logit || !s->keep ||
-        (m->qnn_part && !s->x2) || rc < 0) {
+        (m->qnn_part && !s->x2) || !lowp_ok || rc < 0) {
         qin_scratch_free(s);
         return rc < 0 ? rc : CTR_ENOMEM;
     }
@@ -116,6 +131,10 @@ void qin_scratch_free(qin_scratch *s) {
     free(s->vh);
     free(s->keep);
     free(s->logit);
+    free(s->ah16);
+    free(s->bh16);
+    free(s->vh16);
+    free(s->pt);
     dense_ws_free(s->dws);
     free(s);
 }
@@ -152,10 +171,13 @@ void qin_attention(const qin_model *m, int n, const float *t, int ldt, int nh, c
  * nh x D), plus U t of each candidate and G_f of its context values. */
 CTR_CLONES static void
 first_layer_product(const qin_model *m, const qin_request *req, int lo, int hi, int nh,
-                    const float *s, int lds, const float *vh, float *y, int ldx) {
+                    const float *s, int lds, const float *vh, float *y, int ldx,
+                    int have_product) {
     const qin_config *c = &m->cfg;
     const int E = c->item_dim, D = c->input_dim;
-    if (nh > 0) {
+    if (have_product) {
+        /* y holds s (V h) already (the bf16 attention) */
+    } else if (nh > 0) {
         linear_gemm(hi - lo, D, nh, s + (size_t)lo * lds, lds, vh, D, 0, 0.0f,
                     y + (size_t)lo * ldx, ldx);
     } else {
@@ -176,34 +198,16 @@ first_layer_product(const qin_model *m, const qin_request *req, int lo, int hi, 
 
 const char *qin_model_describe(const qin_model *m) { return dense_describe(m->qnn_dense[0]); }
 
-/* The fused pass after a layer's product: z = x (y + b) + c (batch norm
- * folded); PReLU; xo = x + z (xo is x itself, or, when a layer's columns
- * are split across threads, the next layer's buffer: the other threads
- * still read x).  Cloned for AVX-512 (chosen at load time by the dynamic
- * linker): compiled for the baseline x86-64 it runs 4 floats at a time,
- * and with the product on oneDNN's int8 kernels it was 7% of the forward
- * pass (perf, N = 64). */
-CTR_CLONES static void
-qnn_fused_to(int n, int D, const float *x, int ldx, const float *y, const float *restrict b,
-             const float *restrict c, float a, float *xo) {
-    for (int i = 0; i < n; i++) {
-        const float *xi = x + (size_t)i * ldx;
-        const float *restrict yi = y + (size_t)i * ldx;
-        float *xoi = xo + (size_t)i * ldx;
-        for (int k = 0; k < D; k++) {
-            float z = xi[k] * (yi[k] + b[k]) + c[k];
-            /* PReLU as max + a min: exactly z or a z, and written as two
-             * min/max patterns so the compiler vectorizes it without a
-             * branch (the signs of z are random: a branch mispredicts). */
-            float pos = z > 0.0f ? z : 0.0f, neg = z < 0.0f ? z : 0.0f;
-            xoi[k] = xi[k] + (pos + a * neg);
-        }
-    }
-}
-
-static void qnn_fused(int n, int D, float *x, int ldx, const float *y, const float *b,
-                      const float *c, float a) {
-    qnn_fused_to(n, D, x, ldx, y, b, c, a, x);
+/* The fused pass after a layer's product, as a dense_post (dense.h): z =
+ * x (y + b) + c (batch norm folded); PReLU; the residual x + z written to
+ * xo (x itself, or, when a layer's columns are split across threads, the
+ * next layer's buffer: the other threads still read x).  Rows of x and xo
+ * have stride ldx; columns from `col` on. */
+static dense_post qnn_post(const qin_model *m, int layer, const float *x, float *xo, int ldx,
+                           int col) {
+    dense_post p = {m->qnn_b[layer] + col, m->qnn_c[layer] + col, m->prelu[layer], x + col,
+                    xo + col, ldx};
+    return p;
 }
 
 /* Hot spot: ~98% of a request's arithmetic is this product (three quarters
@@ -211,11 +215,10 @@ static void qnn_fused(int n, int D, float *x, int ldx, const float *y, const flo
 int qin_qnn_layer(const qin_model *m, dense_ws *ws, int layer, int n, float *x, float *y) {
     /* y = x W^T for all n candidates at once (W is D x D, [out, in]), in the
      * model's precision (dense.h). */
-    int rc = dense_forward(m->qnn_dense[layer], ws, n, x, y);
-    if (rc < 0) return rc;
-    qnn_fused(n, m->cfg.input_dim, x, qin_ldx(&m->cfg), y, m->qnn_b[layer], m->qnn_c[layer],
-              m->prelu[layer]);
-    return CTR_OK;
+    /* The fused pass runs inside the call, where the kernel allows: int8
+     * applies it while turning the int32 sums into floats. */
+    const dense_post post = qnn_post(m, layer, x, x, qin_ldx(&m->cfg), 0);
+    return dense_forward_post(m->qnn_dense[layer], ws, n, x, y, &post);
 }
 
 /* --- a layer's columns across threads ------------------------------------
@@ -256,12 +259,10 @@ static void layer_part(void *arg, int part, int nparts) {
     const qin_config *c = &j->m->cfg;
     const int D = c->input_dim, w = D / QIN_PARTS, ldx = qin_ldx(c), l = j->layer;
     float *y = j->s->y + (size_t)p * w;
-    if (dense_forward(j->m->qnn_part[l * QIN_PARTS + p], j->s->pws[p], j->n, j->x, y) < 0) {
+    const dense_post post = qnn_post(j->m, l, j->x, j->xo, ldx, p * w);
+    if (dense_forward_post(j->m->qnn_part[l * QIN_PARTS + p], j->s->pws[p], j->n, j->x, y,
+                           &post) < 0)
         atomic_store(&j->failed, 1);
-        return;
-    }
-    qnn_fused_to(j->n, w, j->x + (size_t)p * w, ldx, y, j->m->qnn_b[l] + (size_t)p * w,
-                 j->m->qnn_c[l] + (size_t)p * w, j->m->prelu[l], j->xo + (size_t)p * w);
 }
 
 /* Layers l0.. with their columns split across par's threads; the final
@@ -293,19 +294,57 @@ void qin_head(const qin_model *m, int n, const float *x, int ldx, float *logit, 
 static void gather_history(const qin_model *m, qin_scratch *s, const qin_request *req, int j0,
                            int j1) {
     const int E = m->cfg.item_dim, D = m->cfg.input_dim;
+    /* The bf16 products' operands straight into bf16 (half the bytes
+     * written of the fp32 copies). */
     for (int j = j0; j < j1; j++) {
         const float *h = req->hist[s->keep[j]];
-        memcpy(s->ah + (size_t)j * E, h + E, (size_t)E * sizeof(float));
-        memcpy(s->bh + (size_t)j * E, h + 2 * E, (size_t)E * sizeof(float));
-        if (m->fold_first)
+        if (m->attn_score) {
+            dense_bf16_rows(1, E, h + E, E, s->ah16 + (size_t)j * E, E);
+            dense_bf16_rows(1, E, h + 2 * E, E, s->bh16 + (size_t)j * E, E);
+        } else {
+            memcpy(s->ah + (size_t)j * E, h + E, (size_t)E * sizeof(float));
+            memcpy(s->bh + (size_t)j * E, h + 2 * E, (size_t)E * sizeof(float));
+        }
+        if (m->fold_first && m->attn_first)
+            dense_bf16_rows(1, D, h + 3 * E + D, D, s->vh16 + (size_t)j * D, D);
+        else if (m->fold_first)
             memcpy(s->vh + (size_t)j * D, h + 3 * E + D, (size_t)D * sizeof(float));
     }
 }
 
+/* The attention of candidates lo..hi-1 in bf16 (m->attn_score; nh > 0):
+ * what qin_attention computes, with the history padded to max_len (A h
+ * rows past it zero, so their scores and weights are zero).  Weights into
+ * s->s (fp32) as qin_attention leaves them (and zero past the history).
+ * CTR_OK or dense_rt_forward's error. */
+static int attention_bf16(const qin_model *m, qin_scratch *s, dense_ws *ws, int lo, int hi) {
+    const qin_config *c = &m->cfg;
+    const int E = c->item_dim, L = c->max_len, ldx = s->ldx, n = hi - lo;
+    const int off_t = c->num_ctx * c->embedding_dim, off_p = off_t + E;
+    float *t = s->x + (size_t)lo * ldx + off_t, *pool = s->x + (size_t)lo * ldx + off_p;
+    float *w = s->s + (size_t)lo * L, *pt = s->pt + (size_t)lo * E;
+    int rc;
+    if ((rc = dense_rt_forward(m->attn_score, ws, n, t, s->ah16, w)) < 0) return rc;
+    const float scale = m->attn_scale;
+    for (int i = 0; i < n * L; i++) {
+        float v = scale * w[i];
+        w[i] = v > 0.0f ? v : 0.0f;
+    }
+    if ((rc = dense_rt_forward(m->attn_pool, ws, n, w, s->bh16, pt)) < 0) return rc;
+    for (int i = 0; i < n; i++) {
+        float *restrict pi = pool + (size_t)i * ldx;
+        const float *restrict ti = t + (size_t)i * ldx, *restrict a = pt + (size_t)i * E;
+        for (int k = 0; k < E; k++) pi[k] = ti[k] + a[k];
+    }
+    return CTR_OK;
+}
+
 /* Candidates lo..hi-1 up to the first layer's output: x0 = [ctx
- * embeddings | t | pool], the attention, and (folded) the first layer. */
-static void first_rows(const qin_model *m, qin_scratch *s, const qin_request *req, int nh,
-                       int lo, int hi) {
+ * embeddings | t | pool], the attention, and (folded) the first layer.
+ * ws: the calling thread's workspace.  CTR_OK, or CTR_EINVAL when a bf16
+ * product failed. */
+static int first_rows(const qin_model *m, qin_scratch *s, dense_ws *ws, const qin_request *req,
+                      int nh, int lo, int hi) {
     const qin_config *c = &m->cfg;
     const int d = c->embedding_dim, E = c->item_dim, ldx = s->ldx;
     const int off_t = c->num_ctx * d, off_p = off_t + E;
@@ -318,13 +357,28 @@ static void first_rows(const qin_model *m, qin_scratch *s, const qin_request *re
         memcpy(xi + off_t, req->cand[i], (size_t)E * sizeof(float));
     }
     const size_t r = (size_t)lo * ldx;
-    qin_attention(m, hi - lo, s->x + r + off_t, ldx, nh, s->ah, s->bh,
-                  s->s + (size_t)lo * c->max_len, c->max_len, s->x + r + off_p, ldx);
-    if (m->fold_first) {
-        first_layer_product(m, req, lo, hi, nh, s->s, c->max_len, s->vh, s->y, ldx);
-        qnn_fused(hi - lo, c->input_dim, s->x + r, ldx, s->y + r, m->qnn_b[0], m->qnn_c[0],
-                  m->prelu[0]);
+    if (m->attn_score && nh > 0) {
+        if (attention_bf16(m, s, ws, lo, hi) < 0) return CTR_EINVAL;
+    } else {
+        qin_attention(m, hi - lo, s->x + r + off_t, ldx, nh, s->ah, s->bh,
+                      s->s + (size_t)lo * c->max_len, c->max_len, s->x + r + off_p, ldx);
     }
+    if (m->fold_first) {
+        /* s (V h) in bf16: the weights of the history padded to max_len
+         * (zero past it, whichever way they were computed) */
+        const int lowp = m->attn_first && nh > 0;
+        if (lowp) {
+            float *w = s->s + (size_t)lo * c->max_len;
+            for (int i = 0; i < hi - lo; i++)
+                for (int j = nh; j < c->max_len; j++) w[(size_t)i * c->max_len + j] = 0.0f;
+            if (dense_rt_forward(m->attn_first, ws, hi - lo, w, s->vh16, s->y + r) < 0)
+                return CTR_EINVAL;
+        }
+        first_layer_product(m, req, lo, hi, nh, s->s, c->max_len, s->vh, s->y, ldx, lowp);
+        const dense_post post = qnn_post(m, 0, s->x + r, s->x + r, ldx, 0);
+        dense_post_rows(hi - lo, c->input_dim, s->y + r, ldx, &post);
+    }
+    return CTR_OK;
 }
 
 /* The stages before the QNN layers, in parts (a request split across
@@ -335,6 +389,7 @@ typedef struct fwd_job {
     qin_scratch *s;
     const qin_request *req;
     int nh, stage;
+    atomic_int failed;
 } fwd_job;
 
 static void fwd_part(void *arg, int part, int nparts) {
@@ -344,7 +399,8 @@ static void fwd_part(void *arg, int part, int nparts) {
               hi = (int)((long long)total * (part + 1) / nparts);
     if (hi <= lo) return;
     if (j->stage == 0) gather_history(j->m, j->s, j->req, lo, hi);
-    else first_rows(j->m, j->s, j->req, j->nh, lo, hi);
+    else if (first_rows(j->m, j->s, j->s->pws[part], j->req, j->nh, lo, hi) < 0)
+        atomic_store(&j->failed, 1);
 }
 
 int qin_forward(const qin_model *m, qin_scratch *s, const qin_request *req, float *prob,
@@ -358,9 +414,16 @@ int qin_forward(const qin_model *m, qin_scratch *s, const qin_request *req, floa
     int first = req->num_hist > c->max_len ? req->num_hist - c->max_len : 0, nh = 0;
     for (int j = first; j < req->num_hist; j++)
         if (req->hist[j]) s->keep[nh++] = j;
+    /* bf16 attention: the history padded to max_len, the A h rows past it
+     * zero (their scores, and so their weights, are then zero; the weights
+     * past it are zeroed for the first layer's product anyway, as the fp32
+     * attention leaves them as they were). */
+    if (m->attn_score && nh < c->max_len)
+        memset(s->ah16 + (size_t)nh * c->item_dim, 0,
+               (size_t)(c->max_len - nh) * c->item_dim * sizeof *s->ah16);
     const engine_par *par = req->par;
     const int split = par && m->qnn_part && n >= par->min_rows && n > 1;
-    fwd_job job = {m, s, req, nh, 0};
+    fwd_job job = {m, s, req, nh, 0, 0};
     if (split) {
         /* The history's rows in parts, then the candidates' rows in parts
          * (two fork-joins: the second reads every behaviour). */
@@ -368,9 +431,14 @@ int qin_forward(const qin_model *m, qin_scratch *s, const qin_request *req, floa
         par->run(par->ctx, fwd_part, &job, QIN_PARTS);
         job.stage = 1;
         par->run(par->ctx, fwd_part, &job, QIN_PARTS);
+        if (atomic_load(&job.failed))
+            return ctr_fail(err, errlen, CTR_EINVAL, "attention: %s failed (split)",
+                            dense_describe(m->attn_score));
     } else {
         gather_history(m, s, req, 0, nh);
-        first_rows(m, s, req, nh, 0, n);
+        if (first_rows(m, s, s->dws, req, nh, 0, n) < 0)
+            return ctr_fail(err, errlen, CTR_EINVAL, "attention: %s failed",
+                            dense_describe(m->attn_score));
     }
     const int ldx = s->ldx, l0 = m->fold_first ? 1 : 0;
     if (split) {

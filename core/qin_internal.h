@@ -93,6 +93,15 @@ struct qin_model {
     float *first_v;               /* D x E: W_1[:, pool] B */
     float *fc_w;                  /* D */
     float fc_b;
+    /* The attention's products against a request's history in bf16
+     * (qin_model_prepare: precision bf16 or int8 on a CPU whose oneDNN
+     * runs bf16 on AMX), the history padded to max_len:
+     *   attn_score: scores T (A H)^T, max_len x E weights (A h rows);
+     *   attn_pool:  S (B H), weights max_len x E (B h rows, in x out);
+     *   attn_first: the first layer's S (V H), max_len x D (V h rows).
+     * NULL: that product in fp32 (linear_gemm); attn_score and attn_pool
+     * are made together. */
+    dense *attn_score, *attn_pool, *attn_first;
 };
 
 struct qin_scratch {
@@ -108,6 +117,11 @@ struct qin_scratch {
     float *bh;                    /* max_len x E: B h */
     float *vh;                    /* max_len x D: V h (first layer) */
     int *keep;                    /* max_len: the history positions kept */
+    unsigned short *ah16, *bh16, *vh16; /* max_len x E, E, D: A h, B h and V h
+                                     in bf16 (attn_score set); rows past
+                                     the history: A h zero, the others
+                                     finite */
+    float *pt;                    /* max_cand x E: S (B H) (attn_score) */
     float *logit;                 /* max_cand */
     dense_ws *dws;                /* the QNN layers' workspace */
     dense_ws *pws[QIN_PARTS];     /* one per column part (pws[0] = dws) */

@@ -216,6 +216,39 @@ int qin_model_prepare(qin_model *m, const dense_params *p, char *err, size_t err
     for (int l = 0; m->qnn_dense && l < c->num_layers; l++) dense_free(m->qnn_dense[l]);
     free(m->qnn_dense);
     m->qnn_dense = layers;
+    /* The attention's products in bf16 where oneDNN runs them on AMX, for
+     * bf16 and int8 (the precisions for speed): at N = 64 they took ~100 us
+     * of int8's ~480 us forward pass in fp32 (oneDNN's sgemm at the fp32
+     * units' peak) and take ~20 us on AMX; int8 505 -> 433 us, bf16 754 ->
+     * 650 us (thread CPU, same run).  Their rounding adds to the error
+     * (demo validation set, top 10 changed: bf16 3.3% -> 6.3%, int8 12.2%
+     * -> 14.0%; AUC unchanged), so int8x2, the precision for accuracy,
+     * keeps them fp32 (bench/results/perf-2026-12-07b.md). */
+    dense_free(m->attn_score);
+    dense_free(m->attn_pool);
+    dense_free(m->attn_first);
+    m->attn_score = m->attn_pool = m->attn_first = NULL;
+    if ((p->precision == DENSE_BF16 || p->precision == DENSE_INT8) &&
+        strcmp(dense_cpu_isa(), "avx512_core_amx") == 0) {
+        const int L = c->max_len, E = c->item_dim;
+        dense_params ap = dense_default_params();
+        ap.precision = DENSE_BF16;
+        ap.ld_in = qin_ldx(c);
+        ap.ld_out = L;
+        char inner[256] = "";
+        int rc = dense_rt_init(L, E, 1, &ap, &m->attn_score, inner, sizeof inner);
+        ap.ld_in = L;
+        ap.ld_out = E;
+        if (rc == CTR_OK) rc = dense_rt_init(E, L, 0, &ap, &m->attn_pool, inner, sizeof inner);
+        ap.ld_out = qin_ldx(c);
+        if (rc == CTR_OK) rc = dense_rt_init(D, L, 0, &ap, &m->attn_first, inner, sizeof inner);
+        if (rc < 0) {
+            dense_free(m->attn_score);
+            dense_free(m->attn_pool);
+            m->attn_score = m->attn_pool = NULL;
+            return ctr_fail(err, errlen, rc, "attention in bf16: %s", inner);
+        }
+    }
     return CTR_OK;
 }
 
@@ -392,6 +425,9 @@ void qin_model_free(qin_model *m) {
     }
     for (int l = 0; m->qnn_dense && l < m->cfg.num_layers; l++) dense_free(m->qnn_dense[l]);
     free(m->qnn_dense);
+    dense_free(m->attn_score);
+    dense_free(m->attn_pool);
+    dense_free(m->attn_first);
     free(m->qnn_w);
     free(m->qnn_b);
     free(m->qnn_c);

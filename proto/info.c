@@ -34,6 +34,10 @@ int proto_models_encode(const proto_model_info *models, int n, proto_buf *b) {
         proto_buf_json_cstr(b, dense_cpu_isa());
         proto_buf_puts(b, ",\"largest_layer\":");
         proto_buf_json_cstr(b, m->kernel ? m->kernel : "");
+        if (m->split) {
+            proto_buf_puts(b, ",\"split\":");
+            proto_buf_json_cstr(b, m->split);
+        }
         proto_buf_puts(b, "},\"path\":");
         proto_buf_json_cstr(b, m->path);
         proto_buf_printf(b, ",\"generation\":%llu,\"redis_prefix\":",

@@ -29,6 +29,8 @@ typedef struct proto_model_info {
     const engine_schema *schema;    /* the file's metadata */
     dense_precision precision;      /* its dense layers' arithmetic */
     dense_backend kernel_setting;   /* as loaded (AUTO: planned) */
+    const char *split;              /* how one request is split across the
+                                       scoring threads, or NULL */
     const char *kernel;             /* what runs its largest dense layer
                                        (engine_model_describe) */
     const char *redis_prefix;       /* its feature keys' prefix */

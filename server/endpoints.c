@@ -66,7 +66,7 @@ static void models(service *svc, model_slot *const *slot, proto_buf *out) {
             .generation = slot[i]->generation, .schema = slot[i]->schema,
             .precision = engine_model_precision(slot[i]->model),
             .kernel_setting = engine_model_kernel(slot[i]->model),
-            .kernel = engine_model_describe(slot[i]->model),
+            .kernel = engine_model_describe(slot[i]->model), .split = m->split_desc,
             .redis_prefix = m->prefix, .cache_bytes = m->slot_params.cache.max_bytes,
             .cache_entries = st.entries};
     }

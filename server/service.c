@@ -10,6 +10,47 @@
 
 #include "server/service.h"
 
+const char *service_split_name(service_split s) {
+    switch (s) {
+    case SERVICE_SPLIT_ONE: return "one";
+    case SERVICE_SPLIT_CANDIDATES: return "candidates";
+    case SERVICE_SPLIT_COLUMNS: return "columns";
+    default: return "?";
+    }
+}
+
+static const int split_rows[SERVICE_SPLIT_CLASSES] = {16, 64, 256};
+static const int split_top[SERVICE_SPLIT_CLASSES - 1] = {32, 128};
+
+int service_split_class(int n) {
+    int c = 0;
+    while (c < SERVICE_SPLIT_CLASSES - 1 && n > split_top[c]) c++;
+    return c;
+}
+
+int service_split_rows(int c) {
+    return c >= 0 && c < SERVICE_SPLIT_CLASSES ? split_rows[c] : 0;
+}
+
+void service_split_describe(service_model *m, int measured) {
+    int same = 1;
+    for (int c = 1; c < SERVICE_SPLIT_CLASSES; c++) same &= m->split[c] == m->split[0];
+    if (same && !measured) {
+        snprintf(m->split_desc, sizeof m->split_desc, "%s", service_split_name(m->split[0]));
+        return;
+    }
+    size_t len = 0;
+    for (int c = 0; c < SERVICE_SPLIT_CLASSES && len < sizeof m->split_desc; c++) {
+        char size[32];
+        if (c < SERVICE_SPLIT_CLASSES - 1) snprintf(size, sizeof size, "up to %d", split_top[c]);
+        else snprintf(size, sizeof size, "more");
+        len += (size_t)snprintf(m->split_desc + len, sizeof m->split_desc - len, "%s%s %s",
+                                c ? "; " : "", size, service_split_name(m->split[c]));
+    }
+    if (measured && len < sizeof m->split_desc)
+        snprintf(m->split_desc + len, sizeof m->split_desc - len, " (measured)");
+}
+
 service_model *service_find_model(service *svc, const char *name) {
     if (!name) return svc->num_models ? &svc->models[0] : NULL;
     for (int i = 0; i < svc->num_models; i++)
@@ -44,6 +85,11 @@ int service_add_model(service *svc, const char *name, const char *path,
     m->fs_params.prefix = m->prefix;
     atomic_init(&m->feature_set, SERVICE_FS_UNKNOWN);
     atomic_init(&m->score_ns_per_mflop, 0);
+    for (int c = 0; c < SERVICE_SPLIT_CLASSES; c++) {
+        m->split[c] = svc->split;
+        for (int k = 0; k < SERVICE_SPLIT_COUNT; k++) m->split_us[c][k] = -1;
+    }
+    service_split_describe(m, 0);
     if (svc->metrics) {
         int k = metrics_add_model(svc->metrics, name);
         if (k != m->index)

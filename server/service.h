@@ -26,6 +26,22 @@
 
 #define SERVICE_MAX_MODELS 8
 
+/* How one request is run across the scoring threads (--split):
+ * on the thread that took it; its candidates in parts across the pool
+ * (each part streams every layer's whole weight); or each layer's output
+ * columns in parts (engine_par: a model loaded with column parts, each
+ * core multiplying by its own part of the weights). */
+typedef enum service_split {
+    SERVICE_SPLIT_ONE,
+    SERVICE_SPLIT_CANDIDATES,
+    SERVICE_SPLIT_COLUMNS,
+    SERVICE_SPLIT_COUNT
+} service_split;
+
+/* Request sizes --split auto times and chooses for apart: requests of up to
+ * 32 candidates (timed at 16), up to 128 (at 64), more (at 256). */
+#define SERVICE_SPLIT_CLASSES 3
+
 /* One model the service serves: its name, its current slot, and where its
  * features live. */
 typedef struct service_model {
@@ -45,6 +61,13 @@ typedef struct service_model {
                                          pass's speed, for deadlines */
     double impression_sample;      /* share of its answers the impression
                                       log records, 0..1 */
+    /* How a request of each size class is split (service_split): the
+     * setting's, or with --split auto what rank_plan_split measured
+     * fastest at start; and what it measured (microseconds of one
+     * request, < 0: not timed). */
+    service_split split[SERVICE_SPLIT_CLASSES];
+    double split_us[SERVICE_SPLIT_CLASSES][SERVICE_SPLIT_COUNT];
+    char split_desc[160];          /* the above in words (/v1/models) */
 } service_model;
 
 typedef struct service {
@@ -60,8 +83,13 @@ typedef struct service {
     int split_min;                 /* candidates per part when splitting */
     int split_min_mflops;          /* and arithmetic per part, MFLOP */
     int score_parts;               /* most parts a request is cut into */
-    int split_columns;             /* 1: split a model's layers by columns
-                                      where it allows (engine_par) */
+    service_split split;           /* --split: CANDIDATES or COLUMNS for
+                                      every request size; ONE with one
+                                      score thread */
+    int split_auto;                /* --split auto: each model's choice per
+                                      size class measured at start
+                                      (rank_plan_split), models loaded with
+                                      column parts */
     int skip_scoring;              /* answer with score 0, model not run */
     int deadline_ms;               /* a request's budget when it names none */
     int max_deadline_ms;           /* the most a request may ask for */
@@ -81,6 +109,16 @@ enum {
                                       half-loaded feature store */
     SERVICE_FS_MISMATCH            /* marker of another schema */
 };
+
+/* "one", "candidates", "columns"; "?" otherwise.  Static strings. */
+const char *service_split_name(service_split s);
+/* The size class (0..SERVICE_SPLIT_CLASSES-1) of a request of n
+ * candidates, and the candidates a class is timed at. */
+int service_split_class(int n);
+int service_split_rows(int c);
+/* m->split in words into m->split_desc: "candidates", or per size class,
+ * e.g. "up to 32 one; up to 128 columns; more columns (measured)". */
+void service_split_describe(service_model *m, int measured);
 
 /* The model named name, or the default (the first) for NULL; NULL when no
  * model has that name.  Thread-safe (names never change). */

@@ -8,8 +8,8 @@
  *      A kernel written for a feature is compiled for it alone
  *      (__attribute__((target(...)))) and called only where cpu_has says
  *      the feature is there: the packed fp32 kernel (gemm.c), the int8
- *      VNNI kernel, the AVX-512 row quantiser and the AVX512_BF16 row
- *      conversion (dense.c).
+ *      VNNI kernel (dense_vnni.c), the AVX-512 row quantiser and the
+ *      AVX512_BF16 row conversion (dense_quant.c).
  *
  *   2. CTR_CLONES: a plain C loop compiled twice, for AVX-512F and for
  *      baseline x86-64, the copy picked once by the dynamic linker (GCC's

@@ -238,15 +238,18 @@ const setting config_settings[] = {
     {"score_threads", SET_INT, F(score_threads), 0, 1, 1024, "N", NULL, NULL,
      "the number of online CPUs",
      "Threads one large request's candidates are split across.", S, 0, NULL},
-    {"split", SET_CHOICE, F(split), CAP(split), 0, 0, "HOW", "columns|candidates", NULL, NULL,
-     "How one large request is split across score_threads.  candidates (default): "
+    {"split", SET_CHOICE, F(split), CAP(split), 0, 0, "HOW", "auto|columns|candidates", NULL,
+     NULL,
+     "How one large request is split across score_threads.  candidates: "
      "each thread takes a share of the candidates and streams every layer's whole "
      "weight.  columns: every QIN layer's output columns in two, one half of the "
      "weights per core, so each core keeps multiplying by the same half (held in its "
      "own cache; the weights' memory doubles); models that cannot (DIN, TIN, a width "
      "not a multiple of 64) and servers with one score thread split candidates.  "
-     "bench_split compares the two on a host; columns is not the default until it "
-     "has been measured faster on an idle one.",
+     "auto (default): at start, a request of 16, 64 and 256 candidates is timed on one thread, "
+     "split by candidates and split by columns, and each size keeps the fastest "
+     "(candidates unless another is 5% faster; logged); the weights' memory doubles "
+     "as with columns.  bench_split compares the three on a host.",
      S, 0, NULL},
     {"split_min", SET_INT, F(split_min), 0, 1, 1000000, "N", NULL, NULL, NULL,
      "Fewest candidates worth splitting across score_threads; smaller "
@@ -403,7 +406,7 @@ config_params config_default_params(void) {
     p.max_seq = 1000;
     snprintf(p.precision, sizeof p.precision, "fp32");
     snprintf(p.kernel, sizeof p.kernel, "auto");
-    snprintf(p.split, sizeof p.split, "candidates");
+    snprintf(p.split, sizeof p.split, "auto");
     p.cache_mb = 256;
     p.cache_ttl_s = 600;
     p.warmup = 1;

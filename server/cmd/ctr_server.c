@@ -40,6 +40,7 @@
 #include "server/cmd/config.h"
 #include "server/http.h"
 #include "server/item_changes.h"
+#include "server/rank.h"
 #include "core/base/log.h"
 #include "server/service.h"
 #include "server/worker.h"
@@ -282,6 +283,36 @@ static void warm_helper(void *arg, int i, int n) {
     worker_prepare(arg);
 }
 
+/* --split auto: each model's split per request size, measured now (the
+ * helpers warm, nothing served yet), and logged with what was measured. */
+static void plan_splits(service *svc) {
+    for (int i = 0; svc->split_auto && i < svc->num_models; i++) {
+        service_model *m = &svc->models[i];
+        char err[256], line[600];
+        int64_t t0 = clock_now_ns();
+        if (rank_plan_split(svc, m, err, sizeof err) < 0) {
+            log_warn("model %s: split plan: %s; requests split by candidates", m->name, err);
+            continue;
+        }
+        size_t len = 0;
+        for (int c = 0; c < SERVICE_SPLIT_CLASSES && len < sizeof line; c++) {
+            if (m->split_us[c][SERVICE_SPLIT_CANDIDATES] < 0) break;
+            len += (size_t)snprintf(line + len, sizeof line - len, "%s%d candidates: %s (",
+                                    c ? "; " : "", service_split_rows(c),
+                                    service_split_name(m->split[c]));
+            for (int k = 0; k < SERVICE_SPLIT_COUNT && len < sizeof line; k++)
+                if (m->split_us[c][k] >= 0)
+                    len += (size_t)snprintf(line + len, sizeof line - len, "%s%s %.0f us",
+                                            k ? ", " : "", service_split_name((service_split)k),
+                                            m->split_us[c][k]);
+            if (len < sizeof line) len += (size_t)snprintf(line + len, sizeof line - len, ")");
+        }
+        service_split_describe(m, 1);
+        log_info("model %s: split measured (%.0f ms): %s", m->name,
+                 (double)(clock_now_ns() - t0) * 1e-6, len ? line : "nothing timed");
+    }
+}
+
 /* The precision of the model served as `name` (NULL: not known yet): its
  * own NAME=PRECISION entry, else the plain setting (both checked by
  * config_parse). */
@@ -306,7 +337,7 @@ static int load_models(service *svc, const config_params *cp, char *err, size_t 
     sp.cache.max_bytes = 0; /* until the budgets are known */
     sp.warmup_max_cand = cp->warmup ? cp->max_candidates : 0;
     if (dense_backend_parse(cp->kernel, &sp.kernel) < 0) sp.kernel = DENSE_BACKEND_AUTO;
-    sp.column_parts = svc->split_columns ? 2 : 1;
+    sp.column_parts = svc->split == SERVICE_SPLIT_COLUMNS || svc->split_auto ? 2 : 1;
     log_info("dense layers: kernel %s; oneDNN instruction set %s", cp->kernel, dense_cpu_isa());
     char inner[900];
     int rc = CTR_OK, shared = 0, i;
@@ -445,7 +476,10 @@ static void service_setup(service *svc, const config_params *cp) {
     svc->split_min = cp->split_min;
     svc->split_min_mflops = cp->split_min_mflops;
     svc->score_parts = cp->score_threads;
-    svc->split_columns = cp->score_threads > 1 && strcmp(cp->split, "columns") == 0;
+    svc->split = cp->score_threads < 2 ? SERVICE_SPLIT_ONE
+                 : strcmp(cp->split, "columns") == 0 ? SERVICE_SPLIT_COLUMNS
+                                                     : SERVICE_SPLIT_CANDIDATES;
+    svc->split_auto = cp->score_threads > 1 && strcmp(cp->split, "auto") == 0;
     svc->skip_scoring = cp->skip_scoring;
     svc->deadline_ms = cp->deadline_ms;
     svc->max_deadline_ms = cp->max_deadline_ms > cp->deadline_ms ? cp->max_deadline_ms
@@ -618,6 +652,7 @@ int main(int argc, char **argv) {
         log_info("impression log: %s (sampled: %s; queue %d MiB)", cp.impression_log, rates,
                  cp.impression_queue_mb);
     }
+    plan_splits(&svc);
     if (open_health_stores(&svc, health_fs, err, sizeof err) < 0) {
         log_error("feature store: %s", err);
         goto out;

@@ -9,7 +9,10 @@
  *     inputs is exact) and within its own bound of fp32;
  * for row counts around every shape class, odd shapes and row strides
  * wider than the rows; plus the row quantiser, the bf16 rounding, the
- * refusals, and that no call starts a thread.
+ * refusals, that no call starts a thread, and that a layer's gated
+ * residual fused into the call (dense_forward_post) is the same bits as
+ * the product followed by the pass, and the bf16 products whose weights
+ * come with each call (dense_rt: the attention's) what bf16 claims.
  *
  * The planner (dense.h, AUTO): every kernel it may pick for a precision on
  * this CPU is checked as above on its own, the int8 kernels give the same
@@ -508,6 +511,136 @@ static void test_int8_kernels_agree(void **state) {
     int8_kernels_agree(DENSE_INT8X2);
 }
 
+/* The gated residual (dense_post) done inside the call is the same bits as
+ * dense_forward followed by dense_post_rows, on every kernel the planner
+ * may pick (and OpenBLAS for fp32), at row counts around the classes and
+ * the chunk size, with padded rows, into another buffer and in place
+ * (dst = res = x, as QIN's layers run). */
+static void post_matches(dense_precision prec, dense_backend b) {
+    const int D = 256, ld = 272, n = 300;
+    float *w = falloc((size_t)D * D), *x = falloc((size_t)n * ld), *bias = falloc(D),
+          *shift = falloc(D);
+    float *y = falloc((size_t)n * ld), *ref = falloc((size_t)n * ld), *got = falloc((size_t)n * ld);
+    for (int i = 0; i < D * D; i++) w[i] = uni() * 0.1f;
+    for (int i = 0; i < n * ld; i++) x[i] = uni() * 2.0f;
+    for (int o = 0; o < D; o++) bias[o] = uni(), shift[o] = uni();
+    dense_params dp = dense_default_params();
+    dp.precision = prec;
+    dp.backend = b;
+    dp.ld_in = dp.ld_out = ld;
+    dense *d;
+    dense_ws *ws;
+    char err[256];
+    if (dense_init(w, D, D, &dp, &d, err, sizeof err) < 0) fail_msg("%s", err);
+    assert_int_equal(dense_ws_init(dense_ws_size(d), &ws), CTR_OK);
+    static const int rows[] = {1, 5, 8, 9, 33, 64, 128, 129, 256, 300};
+    for (size_t r = 0; r < sizeof rows / sizeof *rows; r++) {
+        const int m = rows[r];
+        for (int inplace = 0; inplace < 2; inplace++) {
+            /* reference: the product, then the pass */
+            memcpy(ref, x, (size_t)n * ld * sizeof(float));
+            assert_int_equal(dense_forward(d, ws, m, ref, y), CTR_OK);
+            float *rdst = inplace ? ref : falloc((size_t)n * ld);
+            dense_post p = {bias, shift, 0.25f, ref, rdst, ld};
+            dense_post_rows(m, D, y, ld, &p);
+            /* fused */
+            memcpy(got, x, (size_t)n * ld * sizeof(float));
+            float *gdst = inplace ? got : falloc((size_t)n * ld);
+            dense_post q = {bias, shift, 0.25f, got, gdst, ld};
+            assert_int_equal(dense_forward_post(d, ws, m, got, y, &q), CTR_OK);
+            for (int i = 0; i < m; i++)
+                if (memcmp(rdst + (size_t)i * ld, gdst + (size_t)i * ld, D * sizeof(float)))
+                    fail_msg("%s, %d rows, %s: row %d differs", dense_describe(d), m,
+                             inplace ? "in place" : "apart", i);
+            if (!inplace) free(rdst), free(gdst);
+        }
+    }
+    dense_ws_free(ws);
+    dense_free(d);
+    free(w), free(x), free(bias), free(shift), free(y), free(ref), free(got);
+}
+
+/* Weights given per call (dense_rt): exactly what bf16 claims, the product
+ * of the bf16-rounded operands within float accumulation, for W as out x in
+ * rows and as in x out rows, strided x and y, row counts around the
+ * classes and past a chunk; W changed between calls is used as given. */
+static void rt_check(int out, int in, int b_out_in) {
+    const int n = 300, ldx = in + 5, ldy = out + 3;
+    float *x = falloc((size_t)n * ldx), *y = falloc((size_t)n * ldy), *wf = falloc((size_t)out * in);
+    unsigned short *w = aligned_alloc(64, ((size_t)out * in * 2 + 63) & ~(size_t)63);
+    assert_non_null(w);
+    for (int i = 0; i < n * ldx; i++) x[i] = uni() * 3.0f;
+    dense_params dp = dense_default_params();
+    dp.precision = DENSE_BF16;
+    dp.ld_in = ldx;
+    dp.ld_out = ldy;
+    dense *d;
+    dense_ws *ws;
+    char err[256];
+    if (dense_rt_init(out, in, b_out_in, &dp, &d, err, sizeof err) < 0) {
+        /* oneDNN has bf16 matmuls from AVX-512 on; QIN uses them on AMX only */
+        if (!strstr(dense_cpu_isa(), "avx512_core")) skip();
+        fail_msg("%s", err);
+    }
+    assert_int_equal(dense_ws_init(dense_ws_size(d), &ws), CTR_OK);
+    assert_int_equal(dense_forward(d, ws, 1, x, y), CTR_EINVAL); /* needs its weights */
+    static const int rows[] = {1, 7, 16, 17, 64, 129, 256, 300};
+    double worst = 0;
+    for (size_t r = 0; r < sizeof rows / sizeof *rows; r++) {
+        for (int i = 0; i < out * in; i++) { /* new weights every call */
+            wf[i] = uni();
+            w[i] = dense_bf16_round(wf[i]);
+        }
+        const int m = rows[r];
+        assert_int_equal(dense_rt_forward(d, ws, m, x, w, y), CTR_OK);
+        for (int i = 0; i < m; i++)
+            for (int o = 0; o < out; o++) {
+                double ref = 0, mag = 0;
+                for (int k = 0; k < in; k++) {
+                    /* element (k, o) of the in x out operand */
+                    const size_t at = b_out_in ? (size_t)o * in + k : (size_t)k * out + o;
+                    double a = bf16_value(x[(size_t)i * ldx + k]), b = bf16_value(wf[at]);
+                    ref += a * b;
+                    mag += fabs(a * b);
+                }
+                const double e = fabs(y[(size_t)i * ldy + o] - ref), bound = in * 1.2e-7 * mag + 1e-30;
+                if (e / bound > worst) worst = e / bound;
+                if (e > bound)
+                    fail_msg("%s %d x %d (%s), %d rows: y[%d][%d] %.9g, exact %.9g", dense_describe(d),
+                             out, in, b_out_in ? "out x in" : "in x out", m, i, o,
+                             (double)y[(size_t)i * ldy + o], ref);
+            }
+    }
+    printf("%-60s %4dx%-4d %s: worst error / bound %.2f\n", dense_describe(d), out, in,
+           b_out_in ? "out x in" : "in x out", worst);
+    dense_ws_free(ws);
+    dense_free(d);
+    free(x), free(y), free(wf), free(w);
+}
+
+static void test_rt(void **state) {
+    (void)state;
+    rt_check(64, 384, 1);   /* QIN's attention scores: T (A H)^T */
+    rt_check(384, 64, 0);   /* pooling: S (B H) */
+    rt_check(96, 64, 0);    /* the first layer's S (V H), narrower */
+    rt_check(40, 36, 1);    /* odd shapes */
+    dense *d;
+    dense_params dp = dense_default_params();
+    dp.precision = DENSE_INT8;
+    assert_int_equal(dense_rt_init(8, 8, 1, &dp, &d, NULL, 0), CTR_EINVAL);
+}
+
+static void test_post_fused(void **state) {
+    (void)state;
+    for (int p = 0; p < DENSE_PRECISION_COUNT; p++) {
+        dense_backend cand[DENSE_BACKEND_COUNT];
+        int nc = dense_candidates(p, 256, 256, cand);
+        for (int k = 0; k < nc; k++) post_matches(p, cand[k]);
+        post_matches(p, DENSE_BACKEND_AUTO);
+    }
+    post_matches(DENSE_FP32, DENSE_BACKEND_OPENBLAS);
+}
+
 static void test_plan_pick(void **state) {
     (void)state;
     double a[] = {10.0, 9.0, 8.0};
@@ -618,6 +751,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_plan_choice),
         cmocka_unit_test(test_candidates_exact),
         cmocka_unit_test(test_int8_kernels_agree),
+        cmocka_unit_test(test_post_fused),
     };
     if (argc > 1 && strcmp(argv[1], "plan") == 0)
         return cmocka_run_group_tests_name("dense planner", plan_tests, NULL, NULL);
@@ -625,6 +759,8 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_plan_pick),
         cmocka_unit_test(test_plan_choice),
         cmocka_unit_test(test_int8_kernels_agree),
+        cmocka_unit_test(test_post_fused),
+        cmocka_unit_test(test_rt),
         cmocka_unit_test(test_precision_names),
         cmocka_unit_test(test_bf16_rounding),
         cmocka_unit_test(test_quantize_row),

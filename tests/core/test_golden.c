@@ -298,10 +298,12 @@ typedef struct precision_bound {
 } precision_bound;
 
 static const precision_bound bounds[] = {
-    /* measured: bf16 6.1e-4, int8 2.2e-3 */
-    {"small", 2e-3, 8e-3},
-    /* measured: bf16 1.3e-3, int8 1.3e-2 */
-    {"microlens", 4e-3, 4e-2},
+    /* measured: bf16 6.1e-4, int8 2.2e-3; with the attention's products in
+     * bf16 too (an AMX host): bf16 1.7e-3, int8 3.4e-3 */
+    {"small", 5e-3, 1e-2},
+    /* measured: bf16 1.3e-3, int8 1.3e-2; attention in bf16: bf16 2.4e-3,
+     * int8 8.1e-3 */
+    {"microlens", 7e-3, 4e-2},
     /* measured: bf16 3.7e-3, int8 1.1e-2 */
     {"din-small", 1e-2, 3e-2},
     /* measured: bf16 3.2e-3, int8 1.5e-2 */

@@ -105,7 +105,8 @@ class Server:
         self.proc = subprocess.Popen(
             [f"{BUILD}/ctr-server", *args, "--redis", f"127.0.0.1:{redis.port}",
              "--port", str(self.port), "--threads", str(threads),
-             "--score-threads", "2", "--split-min", "2", "--split-min-mflops", "0", "--max-candidates", "64",
+             "--score-threads", "2", "--split", "candidates", "--split-min", "2",
+             "--split-min-mflops", "0", "--max-candidates", "64",
              "--max-body-bytes", "65536", "--redis-timeout-ms", "200",
              "--redis-connect-timeout-ms", "200", "--deadline-ms", str(DEADLINE_MS), *extra],
             stdout=self.log, stderr=subprocess.STDOUT, env=e)

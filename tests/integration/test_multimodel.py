@@ -263,6 +263,9 @@ def main():
               and all(by[n]["cache"]["max_bytes"] == (60 // (len(by) - 1)) << 20
                       for n in by if n != "tin"),
               str([(n, by[n]["cache"]) for n in by]))
+        check("/v1/models: each model's split as set (--split columns)",
+              all(by[n]["kernel"].get("split") == "columns" for n in by),
+              str([(n, by[n]["kernel"].get("split")) for n in by]))
         check("every model fp32 (exact) by default",
               all((m["precision"], m["exact"]) == ("fp32", True) for m in models["models"]))
         check("TIN's schema: ids from 0, a category, no context",

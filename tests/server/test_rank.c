@@ -2,7 +2,8 @@
  * its own: decode errors and the deadline, history from the request or the
  * store, a store that is down, deadlines that run short, scores that are
  * not finite (QIN and TIN), routing by "model" (QIN by default, TIN with
- * its item 0), and explanations (positions in the window the model used).
+ * its item 0), explanations (positions in the window the model used), and
+ * --split auto's planner (what it times, what it keeps).
  * Needs $CTR_REDIS and $CTR_GOLDEN (tests/run.sh). */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -343,6 +344,52 @@ static void test_feature_set_missing(void **state) {
     atomic_store(&svc.models[1].feature_set, SERVICE_FS_OK);
 }
 
+/* --split auto: the pick keeps candidates unless another mode is more
+ * than 5% faster; the planner times every mode the model allows at each
+ * size class within max_candidates, and requests are scored as planned. */
+static void test_split_plan(void **state) {
+    (void)state;
+    double a[] = {100, 100, 96};  /* 4% faster: candidates stays */
+    assert_int_equal(rank_split_pick(a, 3), SERVICE_SPLIT_CANDIDATES);
+    double b[] = {90, 100, 96};
+    assert_int_equal(rank_split_pick(b, 3), SERVICE_SPLIT_ONE);
+    double c[] = {94, 100, 80};
+    assert_int_equal(rank_split_pick(c, 3), SERVICE_SPLIT_COLUMNS);
+    double d[] = {-1, 100, -1};   /* not timed */
+    assert_int_equal(rank_split_pick(d, 3), SERVICE_SPLIT_CANDIDATES);
+    assert_int_equal(rank_split_pick(b, 2), SERVICE_SPLIT_ONE);
+    assert_int_equal(service_split_class(1), 0);
+    assert_int_equal(service_split_class(32), 0);
+    assert_int_equal(service_split_class(33), 1);
+    assert_int_equal(service_split_class(128), 1);
+    assert_int_equal(service_split_class(129), 2);
+
+    /* The planner on the fixture's QIN (no column parts: two modes), with
+     * one scoring helper, max_candidates 64: classes 16 and 64 timed. */
+    pool *one = svc.scorers;
+    assert_int_equal(pool_init(1, &svc.scorers), 0);
+    svc.score_parts = 2;
+    service_model *m = &svc.models[0];
+    char err[256];
+    assert_int_equal(rank_plan_split(&svc, m, err, sizeof err), CTR_OK);
+    for (int k = 0; k < 2; k++) {
+        print_message("split %s: %.0f / %.0f us\n", service_split_name((service_split)k),
+                      m->split_us[0][k], m->split_us[1][k]);
+        assert_true(m->split_us[0][k] > 0 && m->split_us[1][k] > 0);
+        assert_true(m->split_us[2][k] < 0);
+    }
+    assert_true(m->split_us[0][SERVICE_SPLIT_COLUMNS] < 0);
+    assert_true(m->split[0] != SERVICE_SPLIT_COLUMNS && m->split[1] != SERVICE_SPLIT_COLUMNS);
+    assert_int_equal(m->split[2], m->split[1]);
+    rank_input in = input("{\"user_id\": \"u1\", \"candidates\": [{\"item_id\": 7}, "
+                          "{\"item_id\": 8}, {\"item_id\": 9}]}");
+    assert_int_equal(rank_handle(w, &in), 200);
+    pool_free(svc.scorers);
+    svc.scorers = one;
+    svc.score_parts = 1;
+    for (int k = 0; k < SERVICE_SPLIT_CLASSES; k++) m->split[k] = SERVICE_SPLIT_CANDIDATES;
+}
+
 int main(void) {
     signal(SIGPIPE, SIG_IGN);
     const struct CMUnitTest tests[] = {
@@ -355,6 +402,7 @@ int main(void) {
         cmocka_unit_test(test_feature_set_missing),
         cmocka_unit_test(test_routing),
         cmocka_unit_test(test_explain_window),
+        cmocka_unit_test(test_split_plan),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
