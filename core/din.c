@@ -113,7 +113,7 @@ typedef struct din_scratch {
     int max_cand, rows;              /* rows: pair rows per block */
     int32_t *pos;                    /* max_len */
     float *he;                       /* max_len x E: e of the behaviours */
-    float *hp;                       /* max_len x H1: (Wb - Wc) h */
+    const float **hv;                /* max_len: the behaviours' item vectors */
     float *s;                        /* max_cand x max_len: s_j */
     float *x;                        /* rows x E: t * h of a block */
     float *z0, *z1;                  /* rows x max_width: layer activations */
@@ -170,17 +170,16 @@ CTR_CLONES static void act_apply(const din_act *a, int n, int units, const float
  * quarter of that. */
 
 /* What one pass does to the rows [c nh + j] of z (units floats each, tight):
- *   v = z + a_c + b_j + bias (a_c = a[c] + aoff, candidate c's item vector
- *   from its offset aoff; b_j = b + j ldb; each of a, b, bias may be NULL),
- *   then ReLU when relu;
+ *   v = z + a_c + b_j + bias (a_c = a[c] + aoff: candidate c's item vector
+ *   from offset aoff; b_j = b[j] + boff: behaviour j's; each of a, b, bias
+ *   may be NULL), then ReLU when relu;
  *   w NULL: z = v; else out[c ldo + j] = w . v + w0 (z untouched). */
 typedef struct din_pass {
     int nc, nh, units;
     float *z;
-    const float *const *a;
-    int aoff;
-    const float *b, *bias;
-    int ldb;
+    const float *const *a, *const *b;
+    int aoff, boff;
+    const float *bias;
     int relu;
     const float *w;
     float w0;
@@ -195,7 +194,7 @@ static void pass_plain(const din_pass *p) {
         for (int j = 0; j < p->nh; j++) {
             float *restrict z = p->z + ((size_t)c * p->nh + j) * p->units;
             const float *ac = p->a ? p->a[c] + p->aoff : NULL;
-            const float *bj = p->b ? p->b + (size_t)j * p->ldb : NULL;
+            const float *bj = p->b ? p->b[j] + p->boff : NULL;
             float dot = 0.0f;
             for (int k = 0; k < p->units; k++) {
                 float v = z[k];
@@ -288,7 +287,7 @@ rows_avx512(const din_pass *p, int has_a, int has_b, int has_bias, int relu, int
         const float *ac = has_a ? p->a[c] + p->aoff : NULL;
         for (int j = 0; j < p->nh; j++) {
             float *z = p->z + ((size_t)c * p->nh + j) * p->units;
-            const float *bj = has_b ? p->b + (size_t)j * p->ldb : NULL;
+            const float *bj = has_b ? p->b[j] + p->boff : NULL;
             float d = row_avx512(p->units, z, ac, bj, has_bias ? p->bias : NULL, relu,
                                  dot ? p->w : NULL);
             if (dot) p->out[(size_t)c * p->ldo + j] = d + p->w0;
@@ -681,6 +680,7 @@ static void din_scratch_free(void *scratch) {
     din_scratch *s = scratch;
     if (!s) return;
     linear_bufs_free(&s->bufs);
+    free(s->hv);
     dense_ws_free(s->ws);
     free(s);
 }
@@ -696,7 +696,7 @@ static int din_scratch_init(const void *impl, int max_cand, void **scratch) {
     linear_bufs *b = &s->bufs;
     s->pos = linear_bufs_ints(b, L);
     s->he = linear_bufs_floats(b, L * m->E);
-    s->hp = linear_bufs_floats(b, L * m->att_units[0]);
+    s->hv = calloc(L, sizeof *s->hv);
     s->s = linear_bufs_floats(b, N * L);
     s->x = linear_bufs_floats(b, R * m->E);
     s->z0 = linear_bufs_floats(b, R * W);
@@ -705,7 +705,7 @@ static int din_scratch_init(const void *impl, int max_cand, void **scratch) {
     s->y0 = linear_bufs_floats(b, N * W);
     s->y1 = linear_bufs_floats(b, N * W);
     int rc = dense_ws_init(m->ws_bytes, &s->ws);
-    if (b->failed || rc < 0) {
+    if (b->failed || !s->hv || rc < 0) {
         din_scratch_free(s);
         return rc < 0 ? rc : CTR_ENOMEM;
     }
@@ -729,7 +729,7 @@ static int din_block(const din_model *m, din_scratch *s, const float *const *can
     if (rc < 0) return rc;
     float *out = s->s + (size_t)i0 * m->max_len;
     din_pass p0 = {.nc = nc, .nh = nh, .units = H1, .z = s->z0, .a = cand + i0,
-                   .aoff = E + H1, .b = s->hp, .ldb = H1, .out = out, .ldo = m->max_len};
+                   .aoff = E + H1, .b = s->hv, .boff = E, .out = out, .ldo = m->max_len};
     hidden_pass(p0, &m->att_act[0], last == 0 ? &m->att[m->na - 1] : NULL);
     /* Hidden layers 1..na-2, the last with the output unit. */
     float *a = s->z0, *b = s->z1;
@@ -749,13 +749,13 @@ static int din_forward(const void *impl, void *scratch, const engine_request *re
                        char *err, size_t errlen) {
     const din_model *m = impl;
     din_scratch *s = scratch;
-    const int n = req->num_cand, E = m->E, H1 = m->att_units[0], d = m->d, L = m->max_len;
+    const int n = req->num_cand, E = m->E, d = m->d, L = m->max_len;
 
     /* The behaviours that count (padding and unknown ids masked: they add
      * s_j m_j h_j = 0 without softmax, and exp(-1e9) = 0 with it). */
     const int nh = attn_window(req->hist, req->num_hist, L, s->pos);
     attn_gather(req->hist, s->pos, nh, 0, E, s->he, E);
-    attn_gather(req->hist, s->pos, nh, E, H1, s->hp, H1);
+    for (int j = 0; j < nh; j++) s->hv[j] = req->hist[s->pos[j]];
 
     /* Attention scores, a block of whole candidates at a time. */
     if (nh > 0) {
