@@ -130,20 +130,15 @@ static void act_free(din_act *a) {
     free(a->shift);
 }
 
-/* y = act(y + b) on n rows of `units` (stride ld), in one pass (b may be
- * NULL): Dice's gate p = sigmoid(x scale + shift), a chunk at a time
- * through vmath (the pair matrices make this one exponential per unit of
- * every candidate-behaviour pair).  ReLU goes through rows_pass below. */
-CTR_CLONES static void act_apply(const din_act *a, int n, int units, const float *b, float *y,
-                                 int ld) {
+/* y = Dice(y + b) on n rows of `units` (tight), in one pass (b may be
+ * NULL): the gate p = sigmoid(x scale + shift), a chunk at a time through
+ * vmath (the pair matrices make this one exponential per unit of every
+ * candidate-behaviour pair).  ReLU is part of the passes below. */
+CTR_CLONES static void dice_apply(const din_act *a, int n, int units, const float *b, float *y) {
     for (int i = 0; i < n; i++) {
-        float *restrict r = y + (size_t)i * ld;
+        float *restrict r = y + (size_t)i * units;
         if (b)
             for (int k = 0; k < units; k++) r[k] += b[k];
-        if (!a->dice) {
-            for (int k = 0; k < units; k++) r[k] = r[k] > 0.0f ? r[k] : 0.0f;
-            continue;
-        }
         for (int k0 = 0; k0 < units; k0 += DIN_DICE_CHUNK) {
             const int kn = units - k0 < DIN_DICE_CHUNK ? units - k0 : DIN_DICE_CHUNK;
             float p[DIN_DICE_CHUNK];
@@ -164,10 +159,10 @@ CTR_CLONES static void act_apply(const din_act *a, int n, int units, const float
  * adds, the activation and, after the last one, the output unit's dot
  * product, so the one-unit layer costs no pass, no product call and no
  * matrix of its own.  At MicroLens shapes and 64 x 64 pairs these passes
- * touch 12 MB a request (fp32): with 4 floats a step, as the baseline
- * x86-64 build compiles them, they took as long as a third of the AMX
- * products; with AVX-512 (the DIN_AVX512 path of core/base/cpu.h) a
- * quarter of that. */
+ * read and write about 30 MB of fp32 a request, mostly from L2: with 4
+ * floats a step, as the baseline x86-64 build compiles plain loops, they
+ * took half as long as the AMX products themselves (perf, bf16, N = 64);
+ * with AVX-512 (the DIN_AVX512 path of core/base/cpu.h), a quarter. */
 
 /* What one pass does to the rows [c nh + j] of z (units floats each, tight):
  *   v = z + a_c + b_j + bias (a_c = a[c] + aoff: candidate c's item vector
@@ -345,8 +340,8 @@ static void pair_mul(int nc, int nh, int E, const float *const *t, const float *
 }
 
 /* After a hidden layer's product z (rows nc x nh, units wide): its adds p
- * (a, b, bias as the layer has them), its activation, and when out_w is
- * set (the layer before the output unit) the output unit into out. */
+ * (a, b, bias as the layer has them), its activation, and when out_l is
+ * set (the layer before the output unit) that unit into p.out. */
 static void hidden_pass(din_pass p, const din_act *act, const linear_layer *out_l) {
     if (!act->dice) {
         p.relu = 1;
@@ -363,9 +358,9 @@ static void hidden_pass(din_pass p, const din_act *act, const linear_layer *out_
         add.relu = 0;
         add.w = NULL;
         pass_run(&add);
-        act_apply(act, p.nc * p.nh, p.units, NULL, p.z, p.units);
+        dice_apply(act, p.nc * p.nh, p.units, NULL, p.z);
     } else {
-        act_apply(act, p.nc * p.nh, p.units, p.bias, p.z, p.units);
+        dice_apply(act, p.nc * p.nh, p.units, p.bias, p.z);
     }
     if (out_l) {
         din_pass dot = {.nc = p.nc, .nh = p.nh, .units = p.units, .z = p.z, .w = out_l->w,
