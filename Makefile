@@ -13,6 +13,7 @@
 #   make bench-e2e            the service end to end (demo and MicroLens-size)
 #   make bench-latency        p50/p99/p99.9 at one connection (blocking client)
 #                             and saturation, MicroLens-size (needs demo-full)
+#   make bench-latency-din    the same for the challenge-size DIN (N = 64)
 #   make demo-full            the MicroLens-size model and data (demo/full)
 #   make container-test       build the Dockerfile's images with podman and run
 #                             them (not in check: downloads, takes minutes)
@@ -174,9 +175,15 @@ bench: all golden
 # p50, p99, p99.9; BENCH_LATENCY_ARGS=--count 1000000 for a million
 # requests) and at saturation (8 connections), MicroLens-size model
 # (demo/full: make demo-full), per precision and split mode.
-.PHONY: bench-latency
+.PHONY: bench-latency bench-latency-din
 bench-latency: all
 	$(PYTHON) bench/latency.py --build $(B) $(BENCH_LATENCY_ARGS)
+
+# The same for the challenge-size DIN (the golden files' random weights at
+# the real shapes, their 248 items and users), N = 64, bf16 and fp32.
+bench-latency-din: all golden
+	$(PYTHON) bench/latency.py --build $(B) --model-dir $(GOLDEN)/din-microlens --ns 64 \
+	    --splits candidates --precisions bf16,fp32 $(BENCH_LATENCY_ARGS)
 
 # ctr-server on a real redis-server with the demo model, loaded with wrk
 # (makes demo/ first if needed); tables in bench/README.md.

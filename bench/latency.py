@@ -1,9 +1,15 @@
 #!/usr/bin/python3
 """Latency of ctr-server at one connection, measured with a blocking client
 (`make bench-latency`): p50 / p99 / p99.9 of N-candidate requests on the
-MicroLens-size model (demo/full, tools/make_demo.py --full), the floor of
-the client and server (GET /healthz through the same client), and the
-saturation rate at 8 connections (bench/loadgen, closed loop).
+MicroLens-size QIN (demo/full, tools/make_demo.py --full) or another model
+directory (`make bench-latency-din`: the challenge-size DIN of the golden
+files, build/golden/din-microlens), the floor of the client and server (GET
+/healthz through the same client), and the saturation rate at 8
+connections (bench/loadgen, closed loop).
+
+A model directory holds model.safetensors, items.jsonl and users.jsonl
+(ctr-load's inputs); requests go to its users with a history of 64 or more,
+with N candidates drawn from its items.
 
 For each precision and split mode (ctr-server --split: auto, the default,
 candidates or columns; auto's choice per request size is printed as plan), one ctr-server on a real redis-server over loopback, the item
@@ -16,6 +22,9 @@ server, Redis and the client share the machine's 2 cores.
     /usr/bin/python3 bench/latency.py [--precisions int8,bf16,fp32]
         [--splits auto,columns,candidates] [--ns 64,256] [--count 20000]
         [--sat-seconds 5] [--model-dir demo/full] [--kernel auto]
+
+(--splits columns applies to QIN alone; a DIN or TIN server runs it as
+candidates.)
 
 --count 1000000 gives the 1M-request p99 / p99.9.  Prints one line per run
 (`LATENCY key=value ...`) and a table; every figure names the host's ISA
@@ -75,6 +84,7 @@ def main():
                               "", "--appendonly", "no", "--dir", tmp],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     rows = []
+    described = "?"
     try:
         assert e2e.wait_for(lambda: subprocess.run(["redis-cli", "-p", str(rport), "ping"],
                                                    capture_output=True, text=True).stdout.strip()
@@ -104,6 +114,7 @@ def main():
                     c.request("GET", "/v1/models")
                     info = json.loads(c.getresponse().read())["models"][0]
                     c.close()
+                    described = f"{info.get('arch', '?').upper()} {info.get('name', '?')}"
                     isa = info.get("kernel", {}).get("cpu_isa", "?")
                     kern = info.get("kernel", {}).get("largest_layer", "?")
                     plan = info.get("kernel", {}).get("split", "?")
@@ -138,7 +149,7 @@ def main():
     finally:
         redis.send_signal(signal.SIGTERM)
         redis.wait(30)
-    print(f"\nctr-server at one connection (bench/blockclient), MicroLens-size QIN "
+    print(f"\nctr-server at one connection (bench/blockclient), {described} "
           f"({args.model_dir}), history 64 from Redis, item cache warm; saturation: "
           f"bench/loadgen, {args.conns} connections; server, Redis and clients on the same "
           f"{os.cpu_count()} cores")

@@ -53,6 +53,9 @@ typedef enum cpu_feature {
       "(libmvec); off: scalar expf")                                                         \
     X(EXPLAIN_AVX512, CPU_AVX512F, NULL,                                                     \
       "attn_explain: the top-k weights with AVX-512; off: the portable loop")                \
+    X(DIN_AVX512, CPU_AVX512F, NULL,                                                         \
+      "DIN's passes over the pair rows (t * h; each layer's adds, ReLU and the output "       \
+      "unit's dot product) with AVX-512; off: portable loops")                                \
     X(LINEAR_ONEDNN, CPU_ANY, "CTR_DENSE_OPENBLAS",                                          \
       "linear_gemm (attention, item-side folds, one-unit heads) on oneDNN's sgemm; "         \
       "off: OpenBLAS's cblas_sgemm")                                                         \

@@ -26,6 +26,7 @@ static void test_defaults_from_environment(void **state) {
     /* The AVX-512 paths: on exactly where the CPU has AVX-512F. */
     assert_int_equal(cpu_path_on(CPU_PATH_VMATH_AVX512), cpu_has(CPU_AVX512F));
     assert_int_equal(cpu_path_on(CPU_PATH_EXPLAIN_AVX512), cpu_has(CPU_AVX512F));
+    assert_int_equal(cpu_path_on(CPU_PATH_DIN_AVX512), cpu_has(CPU_AVX512F));
 }
 
 static void test_features(void **state) {
