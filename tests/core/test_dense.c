@@ -446,8 +446,10 @@ static void test_one_thread_per_call(void **state) {
         pthread_t t;
         assert_int_equal(pthread_create(&t, NULL, run_in_thread, &a), 0);
         pthread_join(t, NULL);
-        /* the test's own thread is the one extra */
-        if (a.threads_after != before + 1)
+        /* The test's own thread is the one extra. At most: a thread
+         * joined just before (t0, the last round's) can still be counted
+         * in /proc until the kernel reaps it, so the count may drop. */
+        if (a.threads_after > before + 1)
             fail_msg("%s: %d threads during a call, %d before", dense_describe(d),
                      a.threads_after, before);
         dense_free(d);
