@@ -21,12 +21,14 @@ server, Redis and the client share the machine's 2 cores.
 
     /usr/bin/python3 bench/latency.py [--precisions int8,bf16,fp32]
         [--splits auto,columns,candidates] [--ns 64,256] [--count 20000]
-        [--sat-seconds 5] [--model-dir demo/full] [--kernel auto]
+        [--sat-seconds 5] [--model-dir demo/full] [--kernel auto] [--stages]
 
 (--splits columns applies to QIN alone; a DIN or TIN server runs it as
 candidates.)
 
---count 1000000 gives the 1M-request p99 / p99.9.  Prints one line per run
+--count 1000000 gives the 1M-request p99 / p99.9.  --stages prints where
+the one-connection requests spent their time, by the server's rank stages
+(queue, decode, history, items, score; ctr_rank_stage_duration_seconds).  Prints one line per run
 (`LATENCY key=value ...`) and a table; every figure names the host's ISA
 (oneDNN's, from /v1/models) and the load average when it was taken.
 """
@@ -61,6 +63,31 @@ def blockclient(build, port, args, timeout=7200):
     return kv(out.stdout, "BLOCKCLIENT")
 
 
+def stage_sums(port):
+    """ctr_rank_stage_duration_seconds' sum and count per stage, and
+    ctr_http_request_duration_seconds' for the rank endpoint, from /metrics."""
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    c.request("GET", "/metrics")
+    text = c.getresponse().read().decode()
+    c.close()
+    out = {}
+    for m in re.finditer(r'^ctr_rank_stage_duration_seconds_(sum|count)\{[^}]*stage="(\w+)"[^}]*\} (\S+)',
+                         text, re.M):
+        d = out.setdefault(m.group(2), [0.0, 0.0])
+        d[0 if m.group(1) == "sum" else 1] += float(m.group(3))
+    return out
+
+
+def stage_means(before, after):
+    """Mean microseconds a request in each stage between two stage_sums."""
+    res = []
+    for k, (s, n) in after.items():
+        s0, n0 = before.get(k, [0.0, 0.0])
+        if n - n0 > 0:
+            res.append(f"{k} {(s - s0) / (n - n0) * 1e6:.0f}")
+    return ", ".join(res)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--build", default=os.path.join(ROOT, "build/release"))
@@ -73,6 +100,8 @@ def main():
     ap.add_argument("--sat-seconds", type=float, default=5)
     ap.add_argument("--conns", type=int, default=8)
     ap.add_argument("--extra", default="", help="more ctr-server flags, space-separated")
+    ap.add_argument("--stages", action="store_true",
+                    help="print the mean time a request spent in each rank stage (/metrics)")
     args = ap.parse_args()
     model = os.path.join(args.model_dir, "model.safetensors")
     if not os.path.exists(model):
@@ -123,8 +152,12 @@ def main():
                     for n in ns:
                         e2e.send_all(port, reqs[n])  # the item cache warm
                         load = os.getloadavg()[0]
+                        st0 = stage_sums(port) if args.stages else None
                         r = blockclient(args.build, port, ["--requests", reqs[n], "--count",
                                                            str(args.count), "--warmup", "500"])
+                        if args.stages:
+                            print(f"STAGES precision={prec} split={split} n={n} mean_us: "
+                                  f"{stage_means(st0, stage_sums(port))}", flush=True)
                         sat = subprocess.run([f"{args.build}/bench/loadgen", "--port", str(port),
                                               "--conns", str(args.conns), "--seconds",
                                               str(args.sat_seconds), "--requests", reqs[n]],
