@@ -299,12 +299,13 @@ if [ "${CTR_CT_COMPOSE:-1}" = 1 ]; then
   compare "$tmp/answer-compose.json" || die "the compose ranking differs from ctr-score's"
   # The file's `ulimits: nofile` must reach the scorer (our containers.conf
   # empties podman's own default_ulimits, which must not drop it): the
-  # server fits max_connections (10,000) under it without lowering it.
+  # server fits the file's max_connections (5,000) under it without
+  # lowering it.
   nofile=$(pm exec "${compose_project}_scorer_1" sh -c 'grep "^Max open files" /proc/1/limits' |
     awk '{ print $4 "/" $5 }')
   echo "compose scorer: open files soft/hard $nofile"
-  [ "$nofile" = 32768/32768 ] ||
-    die "compose: the scorer's open-file limit is $nofile, not docker-compose.yml's 32768"
+  [ "$nofile" = 16384/16384 ] ||
+    die "compose: the scorer's open-file limit is $nofile, not docker-compose.yml's 16384"
   if pm logs "${compose_project}_scorer_1" 2>&1 | grep -q "max_connections lowered"; then
     die "compose: the scorer lowered max_connections (open-file limit too low)"
   fi
