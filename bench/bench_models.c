@@ -32,16 +32,9 @@
 #include <time.h>
 
 #include "bench/bench.h"
+#include "bench/bench_inputs.h"
 #include "core/base/cpu.h"
 #include "core/engine.h"
-
-static uint64_t rng = 88172645463325252ULL;
-static uint64_t next(void) {
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    return rng;
-}
 
 #define MAXP DENSE_PRECISION_COUNT
 
@@ -77,45 +70,25 @@ static int bench_one(const char *path, const dense_precision *precs, int np, int
     const size_t vf = engine_item_vec_floats(m[0]);
 
     /* Items: distinct ids, random features. */
-    engine_item *items = calloc((size_t)nitems, sizeof *items);
-    int32_t *tags = calloc((size_t)nitems * (sc->num_tags ? sc->num_tags : 1), sizeof *tags);
-    float *mm = calloc((size_t)nitems * (sc->mm_dim ? sc->mm_dim : 1), sizeof *mm);
-    int32_t *ctx = calloc((size_t)max_n * (sc->num_ctx ? sc->num_ctx : 1), sizeof *ctx);
+    bench_inputs in;
     float *prob = malloc((size_t)max_n * sizeof *prob);
     int32_t *xpos = malloc((size_t)max_n * 3 * sizeof *xpos);
     float *xw = malloc((size_t)max_n * 3 * sizeof *xw);
-    if (!items || !tags || !mm || !ctx || !prob || !xpos || !xw) return 1;
-    const int64_t span = sc->item_vocab - sc->item_id_min;
-    for (int i = 0; i < nitems; i++) {
-        engine_item *it = &items[i];
-        it->id = sc->item_id_min + (int64_t)(((uint64_t)i * 7919u + 13) % (uint64_t)span);
-        it->tags = tags + (size_t)i * sc->num_tags;
-        it->num_tags = sc->num_tags;
-        for (int k = 0; k < sc->num_tags; k++)
-            tags[(size_t)i * sc->num_tags + k] = (int32_t)(next() % (uint64_t)sc->tag_vocab);
-        if (sc->mm_dim) {
-            it->mm = mm + (size_t)i * sc->mm_dim;
-            for (int k = 0; k < sc->mm_dim; k++)
-                mm[(size_t)i * sc->mm_dim + k] = (float)(next() % 2000) * 0.001f - 1.0f;
-        }
-        it->cate = sc->cate_vocab ? (int32_t)(next() % (uint64_t)sc->cate_vocab) : 0;
-    }
+    if (bench_inputs_make(&in, sc, nitems, max_n) < 0 || !prob || !xpos || !xw) return 1;
+    const int32_t *ctx = in.ctx;
     for (int p = 0; p < np; p++) {
         vecs[p] = engine_item_vecs_alloc(m[p], nitems);
         ptr[p] = malloc((size_t)nitems * sizeof *ptr[p]);
         if (!vecs[p] || !ptr[p]) return 1;
         for (int i = 0; i < nitems; i++) ptr[p][i] = vecs[p] + (size_t)i * vf;
         double t0 = bench_now_s();
-        if (engine_items_compute(m[p], nitems, items, vecs[p], NULL, err, sizeof err) < 0) {
+        if (engine_items_compute(m[p], nitems, in.items, vecs[p], NULL, err, sizeof err) < 0) {
             fprintf(stderr, "bench_models: items: %s\n", err);
             return 1;
         }
         item_us[p] = (bench_now_s() - t0) / nitems * 1e6;
         if (engine_scratch_init(m[p], max_n, &s[p]) < 0) return 1;
     }
-    for (int i = 0; i < max_n; i++)
-        for (int f = 0; f < sc->num_ctx; f++)
-            ctx[(size_t)i * sc->num_ctx + f] = (int32_t)(next() % (uint64_t)sc->ctx_vocab[f]);
 
     engine_cost c = engine_model_cost(m[0], H), cl = engine_model_cost(m[0], sc->max_len);
     printf("\n%s model %s (%s), item vectors %.1f us/item (%zu floats each)\n",
@@ -183,8 +156,8 @@ static int bench_one(const char *path, const dense_precision *precs, int np, int
         free(ptr[p]);
         engine_model_free(m[p]);
     }
-    free(items); free(tags); free(mm); free(ctx); free(prob);
-    free(xpos); free(xw);
+    bench_inputs_free(&in);
+    free(prob); free(xpos); free(xw);
     return 0;
 }
 

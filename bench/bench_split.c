@@ -23,16 +23,9 @@
 #include <string.h>
 
 #include "bench/bench.h"
+#include "bench/bench_inputs.h"
 #include "core/engine.h"
 #include "server/pool.h"
-
-static uint64_t rng = 88172645463325252ULL;
-static uint64_t next(void) {
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    return rng;
-}
 
 enum { ONE, CANDS, COLS, NMODES };
 static const char *const mode_name[NMODES] = {"one", "cands", "cols"};
@@ -76,37 +69,17 @@ static int bench_one(const char *path, dense_precision prec, int hist, const int
     for (int k = 0; k < nn; k++) max_n = ns[k] > max_n ? ns[k] : max_n;
     const int H = hist < sc->max_len ? hist : sc->max_len, nitems = H + max_n;
     const size_t vf = engine_item_vec_floats(m);
-    engine_item *items = calloc((size_t)nitems, sizeof *items);
-    int32_t *tags = calloc((size_t)nitems * (sc->num_tags ? sc->num_tags : 1), sizeof *tags);
-    float *mm = calloc((size_t)nitems * (sc->mm_dim ? sc->mm_dim : 1), sizeof *mm);
-    int32_t *ctx = calloc((size_t)max_n * (sc->num_ctx ? sc->num_ctx : 1), sizeof *ctx);
+    bench_inputs in;
     float *prob = malloc((size_t)max_n * sizeof *prob);
     float *vecs = engine_item_vecs_alloc(m, nitems);
     const float **ptr = malloc((size_t)nitems * sizeof *ptr);
-    if (!items || !tags || !mm || !ctx || !prob || !vecs || !ptr) return 1;
-    const int64_t span = sc->item_vocab - sc->item_id_min;
-    for (int i = 0; i < nitems; i++) {
-        engine_item *it = &items[i];
-        it->id = sc->item_id_min + (int64_t)(((uint64_t)i * 7919u + 13) % (uint64_t)span);
-        it->tags = tags + (size_t)i * sc->num_tags;
-        it->num_tags = sc->num_tags;
-        for (int k = 0; k < sc->num_tags; k++)
-            tags[(size_t)i * sc->num_tags + k] = (int32_t)(next() % (uint64_t)sc->tag_vocab);
-        if (sc->mm_dim) {
-            it->mm = mm + (size_t)i * sc->mm_dim;
-            for (int k = 0; k < sc->mm_dim; k++)
-                mm[(size_t)i * sc->mm_dim + k] = (float)(next() % 2000) * 0.001f - 1.0f;
-        }
-        it->cate = sc->cate_vocab ? (int32_t)(next() % (uint64_t)sc->cate_vocab) : 0;
-        ptr[i] = vecs + (size_t)i * vf;
-    }
-    if (engine_items_compute(m, nitems, items, vecs, NULL, err, sizeof err) < 0) {
+    if (bench_inputs_make(&in, sc, nitems, max_n) < 0 || !prob || !vecs || !ptr) return 1;
+    const int32_t *ctx = in.ctx;
+    for (int i = 0; i < nitems; i++) ptr[i] = vecs + (size_t)i * vf;
+    if (engine_items_compute(m, nitems, in.items, vecs, NULL, err, sizeof err) < 0) {
         fprintf(stderr, "bench_split: items: %s\n", err);
         return 1;
     }
-    for (int i = 0; i < max_n; i++)
-        for (int f = 0; f < sc->num_ctx; f++)
-            ctx[(size_t)i * sc->num_ctx + f] = (int32_t)(next() % (uint64_t)sc->ctx_vocab[f]);
     cand_job cj = {m, {NULL, NULL}, NULL, prob};
     if (engine_scratch_init(m, max_n, &cj.s[0]) < 0 || engine_scratch_init(m, max_n, &cj.s[1]) < 0)
         return 1;
@@ -161,7 +134,8 @@ static int bench_one(const char *path, dense_precision prec, int hist, const int
     engine_scratch_free(cj.s[0]);
     engine_scratch_free(cj.s[1]);
     engine_model_free(m);
-    free(items); free(tags); free(mm); free(ctx); free(prob); free(vecs); free(ptr);
+    bench_inputs_free(&in);
+    free(prob); free(vecs); free(ptr);
     return 0;
 }
 

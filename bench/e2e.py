@@ -66,6 +66,55 @@ def http_ok(port, path):
     return c.getresponse().status == 200
 
 
+def metric(port, name):
+    """fixture.metric_sum of name in the /metrics of the server on port."""
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    c.request("GET", "/metrics")
+    text = c.getresponse().read().decode()
+    c.close()
+    return fixture.metric_sum(text, name)
+
+
+def loadgen(build, port, reqfile, conns, seconds, rate=0.0, prefix=()):
+    """bench/loadgen (run under prefix: nice, taskset) on the requests of
+    reqfile: its LOADGEN line as {key: number}."""
+    cmd = list(prefix) + [f"{build}/bench/loadgen", "--port", str(port), "--conns", str(conns),
+                          "--seconds", str(seconds), "--requests", reqfile]
+    if rate:
+        cmd += ["--rate", str(rate)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60).stdout
+    m = re.search(r"LOADGEN (.*)", out)
+    if not m:
+        raise RuntimeError("loadgen printed nothing:\n" + out)
+    return {k: float(v) for k, v in (kv.split("=", 1) for kv in m.group(1).split())}
+
+
+class Server:
+    """ctr-server on a free port against the Redis on rport (run under
+    prefix: nice, taskset), its log in tmp; ready when constructed."""
+
+    def __init__(self, build, model, rport, tmp, extra=(), prefix=()):
+        self.port = free_port()
+        self.log = open(os.path.join(tmp, f"server-{self.port}.log"), "w")
+        self.proc = subprocess.Popen(list(prefix) + [f"{build}/ctr-server", "--model", model,
+                                                     "--redis", f"127.0.0.1:{rport}", "--port",
+                                                     str(self.port), "--log-level", "warn", *extra],
+                                     stdout=self.log, stderr=subprocess.STDOUT)
+        assert wait_for(lambda: http_ok(self.port, "/readyz")), "server did not come up"
+
+    def metric(self, name):
+        return metric(self.port, name)
+
+    def stop(self):
+        """SIGTERM, then its exit status (None: killed after 30 s)."""
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return None
+
+
 def make_requests(demo, n, count, out, seed=7):
     """count requests of n candidates for stored users (history from Redis)."""
     users = []

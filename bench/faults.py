@@ -27,9 +27,7 @@ printed at the start and prefer the ratios.
 """
 import argparse
 import http.client
-import json
 import os
-import random
 import re
 import resource
 import shutil
@@ -48,58 +46,17 @@ SERVER_ARGS = []  # --server-args: extra ctr-server settings for every run
 SERVER_PIN = []   # ["taskset", "-c", CPUS] with --server-cpus: server and Redis
 CLIENT_PIN = []   # ["taskset", "-c", CPUS] with --client-cpus: loadgen
 sys.path.insert(0, os.path.join(ROOT, "bench"))
-from e2e import free_port, http_ok, make_requests, wait_for  # noqa: E402
+import e2e  # noqa: E402
+from e2e import free_port, make_requests, metric, wait_for  # noqa: E402
 
 
 def loadgen(build, port, reqfile, conns, seconds, rate=0.0):
-    cmd = CLIENT_PIN + NICE + [f"{build}/bench/loadgen", "--port", str(port), "--conns", str(conns), "--seconds",
-           str(seconds), "--requests", reqfile]
-    if rate:
-        cmd += ["--rate", str(rate)]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60).stdout
-    m = re.search(r"LOADGEN (.*)", out)
-    if not m:
-        raise RuntimeError("loadgen printed nothing:\n" + out)
-    return {k: float(v) for k, v in (kv.split("=", 1) for kv in m.group(1).split())}
+    return e2e.loadgen(build, port, reqfile, conns, seconds, rate, CLIENT_PIN + NICE)
 
 
-def metric(port, name):
-    """The sum of the samples of `name`, which may carry labels in braces
-    (name{k="v",...}): then only samples with at least those labels, in any
-    order, count."""
-    c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-    c.request("GET", "/metrics")
-    text = c.getresponse().read().decode()
-    c.close()
-    base, _, want = name.partition("{")
-    want = [w for w in want.rstrip("}").split(",") if w]
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(base + " ") or line.startswith(base + "{"):
-            labels = line[len(base):].rsplit(" ", 1)[0]
-            if all(w in labels for w in want):
-                total += float(line.rsplit(" ", 1)[1])
-    return total
-
-
-class Server:
-    def __init__(self, build, model, rport, tmp, extra=()):
-        extra = list(extra) + SERVER_ARGS
-        self.port = free_port()
-        self.log = open(os.path.join(tmp, f"server-{self.port}.log"), "w")
-        self.proc = subprocess.Popen(SERVER_PIN + NICE + [f"{build}/ctr-server", "--model", model, "--redis",
-                                      f"127.0.0.1:{rport}", "--port", str(self.port),
-                                      "--log-level", "warn", *extra],
-                                     stdout=self.log, stderr=subprocess.STDOUT)
-        assert wait_for(lambda: http_ok(self.port, "/readyz")), "server did not come up"
-
-    def stop(self):
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return None
+def Server(build, model, rport, tmp, extra=()):
+    """e2e.Server with --server-args, pinned and niced as the options say."""
+    return e2e.Server(build, model, rport, tmp, list(extra) + SERVER_ARGS, SERVER_PIN + NICE)
 
 
 def rank_buckets(port):

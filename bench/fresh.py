@@ -34,7 +34,6 @@ import http.client
 import json
 import os
 import random
-import re
 import shutil
 import signal
 import statistics
@@ -46,7 +45,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PY = "/usr/bin/python3"
 sys.path.insert(0, os.path.join(ROOT, "bench"))
-from e2e import free_port, http_ok, make_requests, send_all, wait_for  # noqa: E402
+import e2e  # noqa: E402
+from e2e import free_port, loadgen, make_requests, send_all, wait_for  # noqa: E402
 
 OUT = []
 
@@ -88,50 +88,9 @@ class Redis:
         self.proc.wait(10)
 
 
-class Server:
-    def __init__(self, build, model, redis, tmp, extra=()):
-        self.port = free_port()
-        self.log = open(os.path.join(tmp, f"server-{self.port}.log"), "w")
-        self.proc = subprocess.Popen([f"{build}/ctr-server", "--model", model, "--redis",
-                                      f"127.0.0.1:{redis.port}", "--port", str(self.port),
-                                      "--log-level", "warn", *extra],
-                                     stdout=self.log, stderr=subprocess.STDOUT)
-        assert wait_for(lambda: http_ok(self.port, "/readyz")), "server did not come up"
-
-    def metric(self, name):
-        c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
-        c.request("GET", "/metrics")
-        text = c.getresponse().read().decode()
-        c.close()
-        base, _, want = name.partition("{")
-        want = [w for w in want.rstrip("}").split(",") if w]
-        total = 0.0
-        for line in text.splitlines():
-            if line.startswith(base + " ") or line.startswith(base + "{"):
-                labels = line[len(base):].rsplit(" ", 1)[0]
-                if all(w in labels for w in want):
-                    total += float(line.rsplit(" ", 1)[1])
-        return total
-
-    def stop(self):
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return None
-
-
-def loadgen(build, port, reqfile, conns, seconds, rate=0.0):
-    cmd = [f"{build}/bench/loadgen", "--port", str(port), "--conns", str(conns), "--seconds",
-           str(seconds), "--requests", reqfile]
-    if rate:
-        cmd += ["--rate", str(rate)]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60).stdout
-    m = re.search(r"LOADGEN (.*)", out)
-    if not m:
-        raise RuntimeError("loadgen printed nothing:\n" + out)
-    return {k: float(v) for k, v in (kv.split("=", 1) for kv in m.group(1).split())}
+def Server(build, model, redis, tmp, extra=()):
+    """e2e.Server against redis (a Redis of this file)."""
+    return e2e.Server(build, model, redis.port, tmp, extra)
 
 
 def ctr_load(build, redis, demo, prefix, *extra):

@@ -72,16 +72,19 @@ int dense_precision_exact(dense_precision p) {
     }
 }
 
+/* 1 when text is name (lower case) in any case. */
+static int name_is(const char *name, const char *text) {
+    size_t i = 0;
+    while (name[i] && (text[i] | 0x20) == name[i]) i++;
+    return !name[i] && !text[i];
+}
+
 int dense_precision_parse(const char *text, dense_precision *out) {
-    for (int p = 0; p < DENSE_PRECISION_COUNT; p++) {
-        const char *name = dense_precision_name((dense_precision)p);
-        size_t i = 0;
-        while (name[i] && (text[i] | 0x20) == name[i]) i++;
-        if (!name[i] && !text[i]) {
+    for (int p = 0; p < DENSE_PRECISION_COUNT; p++)
+        if (name_is(dense_precision_name((dense_precision)p), text)) {
             *out = (dense_precision)p;
             return CTR_OK;
         }
-    }
     return CTR_EINVAL;
 }
 
@@ -100,15 +103,11 @@ const char *dense_backend_name(dense_backend b) {
 }
 
 int dense_backend_parse(const char *text, dense_backend *out) {
-    for (int b = 0; text && b < DENSE_BACKEND_COUNT; b++) {
-        const char *name = dense_backend_name((dense_backend)b);
-        size_t i = 0;
-        while (name[i] && (text[i] | 0x20) == name[i]) i++;
-        if (!name[i] && !text[i]) {
+    for (int b = 0; text && b < DENSE_BACKEND_COUNT; b++)
+        if (name_is(dense_backend_name((dense_backend)b), text)) {
             *out = (dense_backend)b;
             return CTR_OK;
         }
-    }
     return CTR_EINVAL;
 }
 

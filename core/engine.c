@@ -86,15 +86,13 @@ static int item_fields(const char *s, int *mask) {
     return 0;
 }
 
-/* Reads "format", "arch" and the feature schema into sc and checks it for
- * the architecture: CTR_EMODEL naming the key otherwise. */
-static int schema_read(const st_file *f, engine_schema *sc, char *err, size_t errlen) {
-    int rc;
-    memset(sc, 0, sizeof *sc);
+/* "format" and "arch" into sc->arch; *v1 set for a qin-v1 file.
+ * CTR_EMODEL naming the key otherwise. */
+static int schema_arch(const st_file *f, engine_schema *sc, int *v1, char *err, size_t errlen) {
     const char *fmt = st_meta_get(f, "format");
     const char *arch = st_meta_get(f, "arch");
-    int v1 = fmt && !strcmp(fmt, MODELFILE_FORMAT_QIN1);
-    if (!fmt || (!v1 && strcmp(fmt, MODELFILE_FORMAT) != 0))
+    *v1 = fmt && !strcmp(fmt, MODELFILE_FORMAT_QIN1);
+    if (!fmt || (!*v1 && strcmp(fmt, MODELFILE_FORMAT) != 0))
         return ctr_fail(err, errlen, CTR_EMODEL,
                         "metadata \"format\" is \"%s\", expected \"" MODELFILE_FORMAT
                         "\" (or \"" MODELFILE_FORMAT_QIN1 "\"); convert checkpoints with "
@@ -102,33 +100,37 @@ static int schema_read(const st_file *f, engine_schema *sc, char *err, size_t er
     int a = -1;
     for (int i = 0; i < ENGINE_ARCH_COUNT; i++)
         if (arch && !strcmp(arch, engine_arch_name(i))) a = i;
-    if (a < 0 || (v1 && a != ENGINE_ARCH_QIN))
+    if (a < 0 || (*v1 && a != ENGINE_ARCH_QIN))
         return ctr_fail(err, errlen, CTR_EMODEL,
                         "metadata \"arch\" is \"%s\"; this engine serves %s",
                         arch ? arch : "(none)",
-                        v1 ? "\"qin\" in a " MODELFILE_FORMAT_QIN1 " file" : "qin, din and tin");
+                        *v1 ? "\"qin\" in a " MODELFILE_FORMAT_QIN1 " file" : "qin, din and tin");
     sc->arch = (engine_arch)a;
-    if ((rc = modelfile_meta_str(f, "name", sc->name, sizeof sc->name, err, errlen)) < 0 ||
-        (rc = modelfile_meta_str(f, "version", sc->version, sizeof sc->version, err, errlen)) < 0)
-        return rc;
+    return CTR_OK;
+}
 
+/* The item fields ("item_fields"; a qin-v1 file has QIN's) and their
+ * vocabularies and widths into sc. */
+static int schema_items(const st_file *f, engine_schema *sc, int v1, char *err, size_t errlen) {
+    int rc;
+    const int tin = sc->arch == ENGINE_ARCH_TIN;
     int mask = F_ID | F_TAGS | F_MM;
     if (!v1) {
         const char *fields = st_meta_get(f, "item_fields");
         if (!fields) return ctr_fail(err, errlen, CTR_EMODEL, "metadata lacks \"item_fields\"");
-        int want = a == ENGINE_ARCH_TIN ? (F_ID | F_CATE) : (F_ID | F_TAGS | F_MM);
+        int want = tin ? (F_ID | F_CATE) : (F_ID | F_TAGS | F_MM);
         if (item_fields(fields, &mask) < 0 || mask != want)
             return ctr_fail(err, errlen, CTR_EMODEL,
-                            "metadata \"item_fields\" = \"%s\": a %s model reads %s", fields, arch,
-                            a == ENGINE_ARCH_TIN ? "item_id,cate_id"
-                                                 : "item_id,item_tags,item_emb_d128");
+                            "metadata \"item_fields\" = \"%s\": a %s model reads %s", fields,
+                            engine_arch_name(sc->arch),
+                            tin ? "item_id,cate_id" : "item_id,item_tags,item_emb_d128");
     }
     /* Bounds keep every size product below 2^31 elements and reject
      * nonsense early with a clear message. */
     if ((rc = modelfile_meta_int(f, "max_len", 1, 4096, &sc->max_len, err, errlen)) < 0 ||
         (rc = modelfile_meta_int(f, "item_vocab", 2, INT_MAX, &sc->item_vocab, err, errlen)) < 0)
         return rc;
-    sc->item_id_min = a == ENGINE_ARCH_TIN ? 0 : 1;
+    sc->item_id_min = tin ? 0 : 1;
     if (mask & F_TAGS) {
         if ((rc = modelfile_meta_int(f, "tag_vocab", 1, INT_MAX, &sc->tag_vocab, err, errlen)) <
                 0 ||
@@ -141,7 +143,12 @@ static int schema_read(const st_file *f, engine_schema *sc, char *err, size_t er
     if ((mask & F_CATE) &&
         (rc = modelfile_meta_int(f, "cate_vocab", 1, INT_MAX, &sc->cate_vocab, err, errlen)) < 0)
         return rc;
+    return CTR_OK;
+}
 
+/* The context fields ("context_fields", "context_vocab") into sc: names
+ * unique, none an item field's. */
+static int schema_context(const st_file *f, engine_schema *sc, char *err, size_t errlen) {
     const char *fields = st_meta_get(f, "context_fields");
     const char *vocabs = st_meta_get(f, "context_vocab");
     if (!fields || !vocabs)
@@ -167,6 +174,19 @@ static int schema_read(const st_file *f, engine_schema *sc, char *err, size_t er
                             "context field \"%s\" clashes with an item field", sc->ctx_name[i]);
     }
     return CTR_OK;
+}
+
+/* Reads "format", "arch" and the feature schema into sc and checks it for
+ * the architecture: CTR_EMODEL naming the key otherwise. */
+static int schema_read(const st_file *f, engine_schema *sc, char *err, size_t errlen) {
+    int rc, v1;
+    memset(sc, 0, sizeof *sc);
+    if ((rc = schema_arch(f, sc, &v1, err, errlen)) < 0 ||
+        (rc = modelfile_meta_str(f, "name", sc->name, sizeof sc->name, err, errlen)) < 0 ||
+        (rc = modelfile_meta_str(f, "version", sc->version, sizeof sc->version, err, errlen)) < 0 ||
+        (rc = schema_items(f, sc, v1, err, errlen)) < 0)
+        return rc;
+    return schema_context(f, sc, err, errlen);
 }
 
 /* --- loading -------------------------------------------------------------- */

@@ -1,7 +1,7 @@
 /*
  * modelfile.h - reading the model file's metadata and tensors, shared by
  * engine.c (which reads the feature schema every file declares) and the
- * loaders of the three architectures (qin_load.c for QIN, din.c, tin.c).
+ * loaders of the three architectures (qin_load.c, din_load.c, tin.c).
  * Below the engine: it knows the file, not the architectures.
  *
  * Format "ctr-model-2" (tools/convert.py writes it for every architecture):

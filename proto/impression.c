@@ -21,7 +21,8 @@ static int int_text(const char *s) {
     return n > 0 && n <= 19 && s[n] == '\0';
 }
 
-int proto_impression_encode(const proto_impression *r, int newline, proto_buf *b) {
+/* From {"time" to "top_k":N: who, which model, the history. */
+static void encode_head(const proto_impression *r, proto_buf *b) {
     char num[48];
     snprintf(num, sizeof num, "%.6f", r->time);
     proto_buf_puts(b, "{\"time\":");
@@ -47,9 +48,12 @@ int proto_impression_encode(const proto_impression *r, int newline, proto_buf *b
     }
     proto_buf_puts(b, "],\"top_k\":");
     proto_buf_json_int(b, r->top_k);
-    proto_buf_puts(b, ",\"candidates\":[");
-    /* Each context field's key (`,"name":`) escaped once, then every
-     * candidate laid out in room reserved once (no call a piece). */
+}
+
+/* The candidates' objects, comma-separated.  Each context field's key
+ * (`,"name":`) escaped once into keys (kend[c]: where key c ends), then
+ * every candidate laid out in room reserved once (no call a piece). */
+static int encode_candidates(const proto_impression *r, proto_buf *b) {
     proto_buf keys;
     proto_buf_init(&keys);
     size_t *kend = r->num_ctx ? malloc((size_t)r->num_ctx * sizeof *kend) : NULL;
@@ -60,14 +64,10 @@ int proto_impression_encode(const proto_impression *r, int newline, proto_buf *b
         proto_buf_putc(&keys, ':');
         kend[c] = keys.len;
     }
-    if (!proto_buf_ok(&keys)) {
-        free(kend);
-        proto_buf_free(&keys);
-        return CTR_ENOMEM;
-    }
+    int rc = proto_buf_ok(&keys) ? CTR_OK : CTR_ENOMEM;
     /* {"item_id":N ... ,"score":F,"rank":N} plus the keys and their values. */
     size_t most = 64 + 3 * PROTO_NUM_MAX + keys.len + (size_t)r->num_ctx * PROTO_NUM_MAX;
-    for (int i = 0; i < r->n; i++) {
+    for (int i = 0; i < r->n && rc == CTR_OK; i++) {
         char *p0 = proto_buf_room(b, most), *p = p0;
         if (!p) break;
         if (i) *p++ = ',';
@@ -97,6 +97,13 @@ int proto_impression_encode(const proto_impression *r, int newline, proto_buf *b
     }
     free(kend);
     proto_buf_free(&keys);
+    return rc;
+}
+
+int proto_impression_encode(const proto_impression *r, int newline, proto_buf *b) {
+    encode_head(r, b);
+    proto_buf_puts(b, ",\"candidates\":[");
+    if (encode_candidates(r, b) < 0) return CTR_ENOMEM;
     proto_buf_puts(b, "],\"degraded\":[");
     for (int i = 0; i < r->num_degraded; i++) {
         if (i) proto_buf_putc(b, ',');

@@ -126,19 +126,6 @@ void rank_end(rank_ctx *x);
 /* Adds a degraded reason once. */
 void rank_degrade(rank_ctx *x, proto_degraded reason);
 
-/* --split auto: times a request of each size class (service.h) of model m
- * on one thread, its candidates split across svc's pool, and its layers
- * split by columns (where the model has column parts), and sets
- * m->split and m->split_us.  Call once at start, on the main thread, after
- * the pool's helpers are warm and before requests are served; a few
- * milliseconds to a few hundred (the MicroLens-size QIN in fp32 at 256
- * candidates).  CTR_OK, CTR_ENOMEM, or CTR_EINVAL when scoring failed. */
-int rank_plan_split(service *svc, service_model *m, char *err, size_t errlen);
-/* Which mode rank_plan_split keeps from medians us[0..nmodes-1] (indexed by
- * service_split): candidates unless another is more than 5% faster, then
- * the fastest. */
-service_split rank_split_pick(const double *us, int nmodes);
-
 /* Nanoseconds the forward pass is expected to take for n candidates (of
  * the model rank_decode acquired). */
 int64_t rank_score_estimate_ns(const rank_ctx *x, int n);

@@ -62,7 +62,7 @@ typedef struct service_model {
     double impression_sample;      /* share of its answers the impression
                                       log records, 0..1 */
     /* How a request of each size class is split (service_split): the
-     * setting's, or with --split auto what rank_plan_split measured
+     * setting's, or with --split auto what rank_split_plan measured
      * fastest at start; and what it measured (microseconds of one
      * request, < 0: not timed). */
     service_split split[SERVICE_SPLIT_CLASSES];
@@ -88,7 +88,7 @@ typedef struct service {
                                       score thread */
     int split_auto;                /* --split auto: each model's choice per
                                       size class measured at start
-                                      (rank_plan_split), models loaded with
+                                      (rank_split_plan), models loaded with
                                       column parts */
     int skip_scoring;              /* answer with score 0, model not run */
     int deadline_ms;               /* a request's budget when it names none */

@@ -24,7 +24,7 @@ MM_FIELD = qref.MM_FIELD
 
 
 @dataclasses.dataclass(frozen=True)
-class DINConfig:
+class DINConfig(qref.ItemConfig):
     embedding_dim: int = 64
     max_len: int = 64
     item_vocab: int = 91718
@@ -49,18 +49,6 @@ class DINConfig:
             raise ValueError("context_fields and context_vocab differ in length")
         if not self.attention_units or not self.dnn_units:
             raise ValueError("DIN needs hidden layers in both networks")
-
-    @property
-    def num_ctx(self):
-        return len(self.context_fields)
-
-    @property
-    def item_dim(self):  # E
-        return 2 * self.embedding_dim + self.mm_out
-
-    @property
-    def input_dim(self):  # the DNN's input: [ctx | t | u]
-        return self.num_ctx * self.embedding_dim + 2 * self.item_dim
 
 
 def microlens_config(**kw):
@@ -142,7 +130,7 @@ class _DINAttention(nn.Module):
         return u
 
 
-class DINReference(nn.Module):
+class DINReference(qref.ItemModel, nn.Module):
     """DIN as trained by FuxiCTR.  forward(batch) -> (B,) probabilities.
 
     batch: as qin_reference.make_batch gives it (ctx, item_id, item_tags,
@@ -156,25 +144,6 @@ class DINReference(nn.Module):
         self.dnn = _MLP(cfg.input_dim, cfg.dnn_units, cfg.dnn_dice,
                         cfg.net_dropout, cfg.batch_norm, True)
 
-    @property
-    def tables(self):
-        return self.embedding_layer.embedding_layer.embedding_layers
-
-    @property
-    def mm_encoder(self):
-        return self.embedding_layer.embedding_layer.feature_encoders[MM_FIELD]
-
-    def item_vectors(self, ids, tags, mm):
-        return qref.item_vectors(self.tables, self.mm_encoder, ids, tags, mm)
-
-    def parts(self, batch):
-        t = self.item_vectors(batch["item_id"], batch["item_tags"],
-                              batch["item_mm"])
-        hist = self.item_vectors(batch["seq_id"], batch["seq_tags"],
-                                 batch["seq_mm"])
-        mask = (batch["seq_id"] != 0).to(t.dtype)
-        return t, hist, mask
-
     def attention_weights(self, batch):
         """s_j per candidate and history position (B, L), as it multiplies
         h_j in u (after the softmax when on)."""
@@ -183,9 +152,7 @@ class DINReference(nn.Module):
     def logits(self, batch):
         t, hist, mask = self.parts(batch)
         u = self.attention_layers(t, hist, mask)
-        ctx = [self.tables[f](batch["ctx"][:, i])
-               for i, f in enumerate(self.cfg.context_fields)]
-        x = torch.cat(ctx + [t, u], dim=-1)
+        x = torch.cat(self.context_embeddings(batch) + [t, u], dim=-1)
         return self.dnn.mlp[:-1](x).squeeze(-1)   # all but the Sigmoid
 
     def forward(self, batch):
@@ -209,20 +176,9 @@ def random_init(model, seed, logit_std=1.6, logit_mean=-0.4):
     random running statistics near a probe batch's), and the probe's logits
     have about the given spread.  Row 0 of every table is zero."""
     cfg = model.cfg
-    gen = torch.Generator().manual_seed(int(seed))
+    gen, randn, uniform = qref.seeded_draws(seed)
     model.eval()
-
-    def randn(*shape):
-        return torch.randn(*shape, generator=gen)
-
-    def uniform(lo, hi, *shape):
-        return lo + (hi - lo) * torch.rand(*shape, generator=gen)
-
-    for name, table in model.tables.items():
-        table.weight.copy_(randn(*table.weight.shape) * (0.7 if name == "item_tags" else 0.5))
-        table.weight[0].zero_()
-    mm = model.mm_encoder.weight
-    mm.copy_(randn(*mm.shape) * (0.5 / math.sqrt(cfg.mm_in)))
+    qref.random_item_tables(model, randn)
 
     n_probe = max(64, min(512, 2_000_000 // (cfg.max_len * cfg.item_dim * 4)))
     probe = qref.random_probe_batch(cfg, gen, n_probe)
@@ -268,9 +224,7 @@ def random_init(model, seed, logit_std=1.6, logit_mean=-0.4):
         last.weight.mul_(t.std().item() / (u.std().item() + 1e-12))
         last.bias.mul_(t.std().item() / (u.std().item() + 1e-12))
     u = att(t, hist, mask)
-    ctx = [model.tables[f](probe["ctx"][:, i])
-           for i, f in enumerate(cfg.context_fields)]
-    x = torch.cat(ctx + [t, u], dim=-1)
+    x = torch.cat(model.context_embeddings(probe) + [t, u], dim=-1)
     calibrate(model.dnn, x)
     out = model.dnn.linears()[-1]
     logit = model.logits(probe)

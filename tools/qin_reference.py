@@ -18,8 +18,25 @@ PREFIX = "embedding_layer.embedding_layer."
 MM_FIELD = "item_emb_d128"  # the multimodal field's name, whatever its width
 
 
+class ItemConfig:
+    """What QIN's and DIN's configurations derive alike from their fields:
+    the widths of the item vector and of the top network's input."""
+
+    @property
+    def num_ctx(self):
+        return len(self.context_fields)
+
+    @property
+    def item_dim(self):  # E
+        return 2 * self.embedding_dim + self.mm_out
+
+    @property
+    def input_dim(self):  # D: [ctx embeddings | t | pooled history]
+        return self.num_ctx * self.embedding_dim + 2 * self.item_dim
+
+
 @dataclasses.dataclass(frozen=True)
-class QINConfig:
+class QINConfig(ItemConfig):
     embedding_dim: int = 128
     max_len: int = 64
     num_layers: int = 4
@@ -44,20 +61,8 @@ class QINConfig:
                 raise ValueError(f"context field {f!r} clashes with an item field")
 
     @property
-    def num_ctx(self):
-        return len(self.context_fields)
-
-    @property
-    def item_dim(self):  # E
-        return 2 * self.embedding_dim + self.mm_out
-
-    @property
     def attn_dim(self):  # 2E
         return 2 * self.item_dim
-
-    @property
-    def input_dim(self):  # D
-        return self.num_ctx * self.embedding_dim + 2 * self.item_dim
 
 
 def microlens_config(num_row=4):
@@ -203,7 +208,41 @@ def item_vectors(tables, mm_encoder, ids, tags, mm):
     return torch.cat([e_id, e_tag, e_mm], dim=-1)
 
 
-class QINReference(nn.Module):
+class ItemModel:
+    """What QIN's and DIN's modules share (a mixin of nn.Module subclasses
+    with `cfg` and an `embedding_layer` as _EmbeddingLayer lays it out):
+    the tables, the multimodal encoder, and a batch's item vectors."""
+
+    @property
+    def tables(self):
+        return self.embedding_layer.embedding_layer.embedding_layers
+
+    @property
+    def mm_encoder(self):
+        return self.embedding_layer.embedding_layer.feature_encoders[MM_FIELD]
+
+    def item_vectors(self, ids, tags, mm):
+        """[E_item[id] | masked mean of tag rows | W_mm mm] for items of any
+        leading shape: ids (...), tags (..., T), mm (..., mm_in)."""
+        return item_vectors(self.tables, self.mm_encoder, ids, tags, mm)
+
+    def parts(self, batch):
+        """The candidates' vectors t (B, E), the histories' (B, L, E) and
+        their mask (B, L): 1 where a behaviour, 0 where padding."""
+        t = self.item_vectors(batch["item_id"], batch["item_tags"],
+                              batch["item_mm"])
+        hist = self.item_vectors(batch["seq_id"], batch["seq_tags"],
+                                 batch["seq_mm"])
+        mask = (batch["seq_id"] != 0).to(t.dtype)
+        return t, hist, mask
+
+    def context_embeddings(self, batch):
+        """The context fields' embeddings, in field order: a list of (B, e)."""
+        return [self.tables[f](batch["ctx"][:, i])
+                for i, f in enumerate(self.cfg.context_fields)]
+
+
+class QINReference(ItemModel, nn.Module):
     """QIN (variant v9) as trained by FuxiCTR.  forward(batch) -> (B,) probs.
 
     batch: dict of tensors
@@ -225,28 +264,10 @@ class QINReference(nn.Module):
     def from_config(cls, cfg):
         return cls(cfg)
 
-    @property
-    def tables(self):
-        return self.embedding_layer.embedding_layer.embedding_layers
-
-    @property
-    def mm_encoder(self):
-        return self.embedding_layer.embedding_layer.feature_encoders[MM_FIELD]
-
-    def item_vectors(self, ids, tags, mm):
-        """[E_item[id] | masked mean of tag rows | W_mm mm] for items of any
-        leading shape: ids (...), tags (..., T), mm (..., mm_in)."""
-        return item_vectors(self.tables, self.mm_encoder, ids, tags, mm)
-
     def input_vector(self, batch):
         """x0 = [ctx embeddings in field order | t | pool], (B, D)."""
-        ctx = [self.tables[f](batch["ctx"][:, i])
-               for i, f in enumerate(self.cfg.context_fields)]
-        t = self.item_vectors(batch["item_id"], batch["item_tags"],
-                              batch["item_mm"])
-        hist = self.item_vectors(batch["seq_id"], batch["seq_tags"],
-                                 batch["seq_mm"])
-        mask = (batch["seq_id"] != 0).to(t.dtype)
+        ctx = self.context_embeddings(batch)
+        t, hist, mask = self.parts(batch)
         pool = self.attention_layers(t, hist, mask)
         return torch.cat(ctx + [t, pool], dim=-1)
 
@@ -325,6 +346,32 @@ def random_probe_batch(cfg, gen, batch=64):
             "seq_id": seq_id, "seq_tags": seq_tags, "seq_mm": seq_mm}
 
 
+def seeded_draws(seed):
+    """(gen, randn(*shape), uniform(lo, hi, *shape)): draws from one torch
+    generator seeded with seed."""
+    gen = torch.Generator().manual_seed(int(seed))
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=gen)
+
+    def uniform(lo, hi, *shape):
+        return lo + (hi - lo) * torch.rand(*shape, generator=gen)
+
+    return gen, randn, uniform
+
+
+@torch.no_grad()
+def random_item_tables(model, randn):
+    """Random embedding tables (row 0, padding, zero) and multimodal
+    encoder of similar size, for an ItemModel."""
+    for name, table in model.tables.items():
+        std = 0.5 if name != "item_tags" else 0.7
+        table.weight.copy_(randn(*table.weight.shape) * std)
+        table.weight[0].zero_()
+    mm = model.mm_encoder.weight
+    mm.copy_(randn(*mm.shape) * (0.5 / math.sqrt(model.cfg.mm_in)))
+
+
 @torch.no_grad()
 def random_init(model, seed, logit_std=1.6, logit_mean=-0.4):
     """Gives `model` non-trivial random weights, deterministically from seed.
@@ -338,21 +385,9 @@ def random_init(model, seed, logit_std=1.6, logit_mean=-0.4):
     mean logit_mean and std logit_std (so probabilities are not saturated).
     Padding rows (row 0 of every table) are zero."""
     cfg = model.cfg
-    gen = torch.Generator().manual_seed(int(seed))
+    gen, randn, uniform = seeded_draws(seed)
     model.eval()
-
-    def randn(*shape):
-        return torch.randn(*shape, generator=gen)
-
-    def uniform(lo, hi, *shape):
-        return lo + (hi - lo) * torch.rand(*shape, generator=gen)
-
-    for name, table in model.tables.items():
-        std = 0.5 if name != "item_tags" else 0.7
-        table.weight.copy_(randn(*table.weight.shape) * std)
-        table.weight[0].zero_()
-    mm = model.mm_encoder.weight
-    mm.copy_(randn(*mm.shape) * (0.5 / math.sqrt(cfg.mm_in)))
+    random_item_tables(model, randn)
 
     att = model.attention_layers
     E = cfg.item_dim
@@ -366,11 +401,7 @@ def random_init(model, seed, logit_std=1.6, logit_mean=-0.4):
     # Attention: scale the scores to about unit size, then W_o so the pooled
     # term is about as large as t.  (Projections computed once: the probe's
     # histories are the costly part of the calibration.)
-    t = model.item_vectors(probe["item_id"], probe["item_tags"],
-                           probe["item_mm"])
-    hist = model.item_vectors(probe["seq_id"], probe["seq_tags"],
-                              probe["seq_mm"])
-    mask = (probe["seq_id"] != 0).float()
+    t, hist, mask = model.parts(probe)
     k, v = att.W_k(hist), att.W_v(hist)
     score = torch.einsum("bld,bd->bl", k, att.W_q(t)) * att.scale
     s = score[mask > 0].std().item()
@@ -382,9 +413,7 @@ def random_init(model, seed, logit_std=1.6, logit_mean=-0.4):
     if r > 0:
         att.W_o.weight.mul_(t.std().item() / r)
         extra.mul_(t.std().item() / r)
-    ctx = [model.tables[f](probe["ctx"][:, i])
-           for i, f in enumerate(cfg.context_fields)]
-    x = torch.cat(ctx + [t, extra + t], dim=-1)
+    x = torch.cat(model.context_embeddings(probe) + [t, extra + t], dim=-1)
 
     qnn = model.qnn
     for i in range(cfg.num_layers):

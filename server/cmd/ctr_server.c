@@ -40,7 +40,7 @@
 #include "server/cmd/config.h"
 #include "server/http.h"
 #include "server/item_changes.h"
-#include "server/rank.h"
+#include "server/rank_split.h"
 #include "core/base/log.h"
 #include "server/service.h"
 #include "server/worker.h"
@@ -290,7 +290,7 @@ static void plan_splits(service *svc) {
         service_model *m = &svc->models[i];
         char err[256], line[600];
         int64_t t0 = clock_now_ns();
-        if (rank_plan_split(svc, m, err, sizeof err) < 0) {
+        if (rank_split_plan(svc, m, err, sizeof err) < 0) {
             log_warn("model %s: split plan: %s; requests split by candidates", m->name, err);
             continue;
         }
@@ -427,8 +427,15 @@ static int open_impression_log(service *svc, const config_params *cp, char *err,
     ip.hook = metrics_impression_event;
     ip.hook_arg = svc->metrics;
     int rc = implog_open(&ip, &svc->implog, err, errlen);
-    if (rc == CTR_OK) metrics_impression_log_on(svc->metrics, ip.queue_bytes);
-    return rc;
+    if (rc < 0) return rc;
+    metrics_impression_log_on(svc->metrics, ip.queue_bytes);
+    char rates[512] = "";
+    for (int i = 0; i < svc->num_models; i++)
+        snprintf(rates + strlen(rates), sizeof rates - strlen(rates), "%s%s %g", i ? ", " : "",
+                 svc->models[i].name, svc->models[i].impression_sample);
+    log_info("impression log: %s (sampled: %s; queue %d MiB)", cp->impression_log, rates,
+             cp->impression_queue_mb);
+    return CTR_OK;
 }
 
 /* Threads started before main (OpenBLAS starts its pool in a library
@@ -591,10 +598,12 @@ static void serve(service *svc, featstore *const *health_fs, changes_state *cs,
     }
 }
 
-int main(int argc, char **argv) {
-    config_params cp = config_default_params();
+/* The settings from the command line, the environment and a settings
+ * file, the password scrubbed from argv.  -1 to go on, or the exit status
+ * (0 after --help, 2 for a settings error). */
+static int read_settings(config_params *cp, int argc, char **argv) {
     char err[1024];
-    int rc = config_parse(&cp, argc, argv, NULL, err, sizeof err);
+    int rc = config_parse(cp, argc, argv, NULL, err, sizeof err);
     if (rc == CONFIG_HELP) {
         config_help(stdout, argv[0]);
         return 0;
@@ -604,17 +613,66 @@ int main(int argc, char **argv) {
         fprintf(stderr, "ctr-server: %s\n(see ctr-server --help)\n", err);
         return 2;
     }
-    if (config_redis_auth(&cp, err, sizeof err) < 0) {
+    if (config_redis_auth(cp, err, sizeof err) < 0) {
         fprintf(stderr, "ctr-server: %s\n", err);
         return 2;
     }
+    return -1;
+}
+
+/* What the service needs before its models: metrics, the workers' globals,
+ * the scoring pool, and the feature store's hooks into the metrics.  -1
+ * when out of memory. */
+static int service_start(service *svc, const config_params *cp) {
+    static featstore_node_hooks node_hooks = {metrics_node_id, metrics_node_event, NULL};
+    if (metrics_init(&svc->metrics) < 0 || worker_global_init() < 0 ||
+        pool_init(cp->score_threads > 1 ? cp->score_threads - 1 : 0, &svc->scorers) < 0)
+        return -1;
+    svc->fs_params.breaker_hook = metrics_breaker;
+    svc->fs_params.breaker_hook_arg = svc->metrics;
+    svc->fs_params.desync_hook = metrics_redis_desync;
+    svc->fs_params.desync_hook_arg = svc->metrics;
+    node_hooks.arg = svc->metrics;
+    svc->fs_params.node_hooks = &node_hooks;
+    return 0;
+}
+
+/* Frees what service_start and load_models made (every thread stopped). */
+static void service_stop(service *svc) {
+    pool_free(svc->scorers);
+    service_free_models(svc);
+    if (svc->metrics) metrics_free(svc->metrics);
+    worker_global_free();
+}
+
+/* The HTTP server's settings; the connection limit fitted to the
+ * open-file limit. */
+static http_params http_settings(const service *svc, const config_params *cp) {
+    return (http_params){
+        .bind = cp->bind,
+        .port = cp->port,
+        .workers = cp->threads,
+        .max_pending = cp->max_pending ? cp->max_pending : 4 * cp->threads,
+        .idle_timeout_s = cp->request_timeout_s,
+        .receive_timeout_ms = cp->receive_timeout_ms,
+        .connection_limit = fit_fd_limit(cp->max_connections, (cp->threads + cp->score_threads) *
+                                                                   (svc->num_models + 1)),
+        .per_ip_limit = cp->max_connections_per_ip,
+        .worker_nice = cp->worker_nice,
+    };
+}
+
+int main(int argc, char **argv) {
+    config_params cp = config_default_params();
+    int rc = read_settings(&cp, argc, argv);
+    if (rc >= 0) return rc;
     log_set_level_name(cp.log_level);
     sigset_t sigs;
     signals_setup(&sigs);
 
     static service svc;   /* large (per-model state): not on the stack */
     service_setup(&svc, &cp);
-    static featstore_node_hooks node_hooks = {metrics_node_id, metrics_node_event, NULL};
+    char err[1024];
     int exit_code = 1;
     http_server *http = NULL;
     static reloader rl;
@@ -622,17 +680,10 @@ int main(int argc, char **argv) {
     featstore *health_fs[SERVICE_MAX_MODELS] = {NULL};
     static changes_state changes;   /* large: not on the stack */
     arena_init(&changes.a, 1 << 16);
-    if (metrics_init(&svc.metrics) < 0 || worker_global_init() < 0 ||
-        pool_init(cp.score_threads > 1 ? cp.score_threads - 1 : 0, &svc.scorers) < 0) {
+    if (service_start(&svc, &cp) < 0) {
         log_error("out of memory at startup");
         goto out;
     }
-    svc.fs_params.breaker_hook = metrics_breaker;
-    svc.fs_params.breaker_hook_arg = svc.metrics;
-    svc.fs_params.desync_hook = metrics_redis_desync;
-    svc.fs_params.desync_hook_arg = svc.metrics;
-    node_hooks.arg = svc.metrics;
-    svc.fs_params.node_hooks = &node_hooks;
     if (load_models(&svc, &cp, err, sizeof err) < 0) {
         log_error("cannot load the model: %s", err);
         goto out;
@@ -644,14 +695,6 @@ int main(int argc, char **argv) {
         log_error("%s", err);
         goto out;
     }
-    if (svc.implog) {
-        char rates[512] = "";
-        for (int i = 0; i < svc.num_models; i++)
-            snprintf(rates + strlen(rates), sizeof rates - strlen(rates), "%s%s %g",
-                     i ? ", " : "", svc.models[i].name, svc.models[i].impression_sample);
-        log_info("impression log: %s (sampled: %s; queue %d MiB)", cp.impression_log, rates,
-                 cp.impression_queue_mb);
-    }
     plan_splits(&svc);
     if (open_health_stores(&svc, health_fs, err, sizeof err) < 0) {
         log_error("feature store: %s", err);
@@ -659,18 +702,7 @@ int main(int argc, char **argv) {
     }
     health_check(&svc, health_fs, &changes);
 
-    http_params hp = {
-        .bind = cp.bind,
-        .port = cp.port,
-        .workers = cp.threads,
-        .max_pending = cp.max_pending ? cp.max_pending : 4 * cp.threads,
-        .idle_timeout_s = cp.request_timeout_s,
-        .receive_timeout_ms = cp.receive_timeout_ms,
-        .connection_limit = fit_fd_limit(cp.max_connections, (cp.threads + cp.score_threads) *
-                                                                  (svc.num_models + 1)),
-        .per_ip_limit = cp.max_connections_per_ip,
-        .worker_nice = cp.worker_nice,
-    };
+    http_params hp = http_settings(&svc, &cp);
     if (http_start(&svc, &hp, &http, err, sizeof err) < 0) {
         log_error("%s", err);
         goto out;
@@ -700,9 +732,6 @@ out:
     }
     for (int i = 0; i < SERVICE_MAX_MODELS; i++) featstore_close(health_fs[i]);
     arena_free(&changes.a);
-    pool_free(svc.scorers);
-    service_free_models(&svc);
-    if (svc.metrics) metrics_free(svc.metrics);
-    worker_global_free();
+    service_stop(&svc);
     return exit_code;
 }

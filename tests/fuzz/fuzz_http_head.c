@@ -26,6 +26,7 @@
 
 #include "proto/error.h"
 #include "server/http_head.h"
+#include "tests/fuzz/fuzz_files.h"
 
 static void check_accepted(const char *d, const http_head *h) {
     if (h->len < 4 || memcmp(d + h->len - 4, "\r\n\r\n", 4) != 0) abort();
@@ -113,18 +114,7 @@ static uint32_t next(void) {
 static const char special[] = " \t\r\n:%0aAzZ-+,/?\x01\x7f\x80";
 
 int main(int argc, char **argv) {
-    if (argc > 1) {
-        for (int i = 1; i < argc; i++) {
-            FILE *f = fopen(argv[i], "rb");
-            if (!f) { perror(argv[i]); return 1; }
-            static char buf[1 << 16];
-            size_t n = fread(buf, 1, sizeof buf, f);
-            fclose(f);
-            LLVMFuzzerTestOneInput((const uint8_t *)buf, n);
-        }
-        printf("fuzz_http_head: %d inputs run\n", argc - 1);
-        return 0;
-    }
+    if (argc > 1) return fuzz_run_files("fuzz_http_head", argc, argv, LLVMFuzzerTestOneInput);
     static char buf[HTTP_HEAD_MAX + 64];
     int runs = 0, ok = 0;
     for (size_t s = 0; s < sizeof seeds / sizeof seeds[0]; s++) {

@@ -30,6 +30,7 @@
 
 #include "core/engine.h"
 #include "tests/core/testmodel.h"
+#include "tests/fuzz/fuzz_files.h"
 
 /* One file through the engine interface (any architecture). */
 static int one_input(const uint8_t *data, size_t size) {
@@ -63,14 +64,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) { return one_input(data, size); }
 
 #ifndef FUZZ_LIBFUZZER
-static int write_seed(const char *dir, const char *name, const unsigned char *b, size_t len) {
-    char path[1024];
-    snprintf(path, sizeof path, "%s/%s", dir, name);
-    FILE *f = fopen(path, "wb");
-    if (!f || fwrite(b, 1, len, f) != len) { perror(path); if (f) fclose(f); return 1; }
-    return fclose(f) != 0;
-}
-
 static int write_seeds(const char *dir) {
     int bad = 0;
     for (int variant = 0; variant < 2; variant++) {
@@ -82,10 +75,10 @@ static int write_seeds(const char *dir) {
         tm_init(&tm, &c, 3 + (uint64_t)variant);
         size_t len;
         unsigned char *b = tm_serialize(&tm, NULL, &len);
-        bad |= write_seed(dir, variant ? "valid_no_bn_no_ctx" : "valid", b, len);
+        bad |= fuzz_write_seed(dir, variant ? "valid_no_bn_no_ctx" : "valid", b, len);
         if (!variant) {
-            bad |= write_seed(dir, "cut_header", b, len < 40 ? len : 40);
-            bad |= write_seed(dir, "cut_data", b, len - 3);
+            bad |= fuzz_write_seed(dir, "cut_header", b, len < 40 ? len : 40);
+            bad |= fuzz_write_seed(dir, "cut_data", b, len - 3);
         }
         free(b);
         if (!variant) {
@@ -99,7 +92,7 @@ static int write_seeds(const char *dir) {
             };
             for (size_t k = 0; k < sizeof dmg / sizeof *dmg; k++) {
                 b = tm_serialize(&tm, &dmg[k].d, &len);
-                bad |= write_seed(dir, dmg[k].name, b, len);
+                bad |= fuzz_write_seed(dir, dmg[k].name, b, len);
                 free(b);
             }
         }
@@ -139,22 +132,7 @@ static int sweep(const unsigned char *good, size_t len) {
 
 int main(int argc, char **argv) {
     if (argc == 3 && strcmp(argv[1], "--write-seeds") == 0) return write_seeds(argv[2]);
-    if (argc > 1) {
-        for (int i = 1; i < argc; i++) {
-            FILE *f = fopen(argv[i], "rb");
-            if (!f) { perror(argv[i]); return 1; }
-            fseek(f, 0, SEEK_END);
-            long n = ftell(f);
-            rewind(f);
-            uint8_t *buf = malloc(n > 0 ? (size_t)n : 1);
-            if (fread(buf, 1, (size_t)n, f) != (size_t)n) { fclose(f); return 1; }
-            fclose(f);
-            one_input(buf, (size_t)n);
-            free(buf);
-        }
-        printf("fuzz_model: %d files, no crash\n", argc - 1);
-        return 0;
-    }
+    if (argc > 1) return fuzz_run_files("fuzz_model", argc, argv, one_input);
     qin_config c = tm_small_config();
     c.num_layers = 1;
     c.item_vocab = 6;

@@ -31,6 +31,7 @@
 #include "core/base/status.h"
 #include "proto/error.h"
 #include "proto/rank.h"
+#include "tests/fuzz/fuzz_files.h"
 
 #define MAX_CAND 64
 #define MAX_SEQ 128
@@ -122,28 +123,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
 #ifndef FUZZ_LIBFUZZER
 /* Plain program: runs each file given as an argument through the target. */
 int main(int argc, char **argv) {
-    int failed = 0;
-    for (int i = 1; i < argc; i++) {
-        FILE *f = fopen(argv[i], "rb");
-        if (!f) { perror(argv[i]); failed = 1; continue; }
-        char *buf = NULL;
-        size_t len = 0, cap = 0, n;
-        char chunk[65536];
-        while ((n = fread(chunk, 1, sizeof chunk, f)) > 0) {
-            if (len + n > cap) {
-                cap = (len + n) * 2;
-                char *p = realloc(buf, cap);
-                if (!p) { perror("realloc"); return 2; }
-                buf = p;
-            }
-            memcpy(buf + len, chunk, n);
-            len += n;
-        }
-        fclose(f);
-        LLVMFuzzerTestOneInput((const uint8_t *)(buf ? buf : ""), len);
-        free(buf);
-    }
-    printf("fuzz_rank: %d inputs run\n", argc - 1);
-    return failed;
+    return fuzz_run_files("fuzz_rank", argc, argv, LLVMFuzzerTestOneInput);
 }
 #endif

@@ -52,6 +52,7 @@
 #include "core/base/status.h"
 #include "server/store/featstore.h"
 #include "server/store/rcluster.h"
+#include "tests/fuzz/fuzz_files.h"
 
 #define MAX_TAGS 2
 #define MM_DIM 4
@@ -382,14 +383,7 @@ static int write_seeds(const char *dir) {
     seed s[32];
     int n = make_seeds(s, 32), bad = 0;
     for (int i = 0; i < n; i++) {
-        char path[1024];
-        snprintf(path, sizeof path, "%s/%s", dir, s[i].name);
-        FILE *f = fopen(path, "wb");
-        if (!f || fwrite(s[i].bytes, 1, s[i].len, f) != s[i].len) {
-            perror(path);
-            bad = 1;
-        }
-        if (f) fclose(f);
+        bad |= fuzz_write_seed(dir, s[i].name, s[i].bytes, s[i].len);
     }
     return bad;
 }
@@ -418,21 +412,7 @@ static int sweep(void) {
 
 int main(int argc, char **argv) {
     if (argc == 3 && strcmp(argv[1], "--write-seeds") == 0) return write_seeds(argv[2]);
-    if (argc > 1) {
-        for (int i = 1; i < argc; i++) {
-            FILE *f = fopen(argv[i], "rb");
-            if (!f) {
-                perror(argv[i]);
-                return 1;
-            }
-            unsigned char buf[1 << 16];
-            size_t n = fread(buf, 1, sizeof buf, f);
-            fclose(f);
-            one_input(buf, n);
-        }
-        printf("fuzz_redis_reply: %d files, no crash\n", argc - 1);
-        return 0;
-    }
+    if (argc > 1) return fuzz_run_files("fuzz_redis_reply", argc, argv, one_input);
     printf("fuzz_redis_reply: %d inputs swept, no crash\n", sweep());
     return 0;
 }

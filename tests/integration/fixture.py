@@ -141,19 +141,9 @@ class Server:
             return st, {"raw": data.decode(errors="replace")}
 
     def metric(self, name):
-        """The sum of the samples of `name`, which may carry labels in
-        braces (name{k="v",...}): then only samples with at least those
-        labels, in any order, count."""
+        """metric_sum of name in this server's /metrics."""
         st, _, data = self.request("GET", "/metrics")
-        base, _, want = name.partition("{")
-        want = [w for w in want.rstrip("}").split(",") if w]
-        total = 0.0
-        for line in data.decode().splitlines():
-            if line.startswith(base + " ") or line.startswith(base + "{"):
-                labels = line[len(base):].rsplit(" ", 1)[0]
-                if all(w in labels for w in want):
-                    total += float(line.rsplit(" ", 1)[1])
-        return total
+        return metric_sum(data.decode(), name)
 
     def stop(self, sig=signal.SIGTERM, timeout=30):
         if self.proc.poll() is None:
@@ -163,6 +153,21 @@ class Server:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             return None
+
+
+def metric_sum(text, name):
+    """The sum of the samples of `name` in a /metrics answer; name may carry
+    labels in braces (name{k="v",...}): then only samples with at least
+    those labels, in any order, count."""
+    base, _, want = name.partition("{")
+    want = [w for w in want.rstrip("}").split(",") if w]
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(base + " ") or line.startswith(base + "{"):
+            labels = line[len(base):].rsplit(" ", 1)[0]
+            if all(w in labels for w in want):
+                total += float(line.rsplit(" ", 1)[1])
+    return total
 
 
 def promtool_check_metrics(srv):

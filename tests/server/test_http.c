@@ -50,9 +50,9 @@ static int teardown(void **state) {
     return 0;
 }
 
-/* Sends req on a new connection; reads until the server closes, the answer
- * is complete, or ANSWER_WAIT_S. */
-static int exchange(const char *req, size_t len, char *out, size_t cap, int *closed) {
+/* A new connection to the server (reads time out after ANSWER_WAIT_S),
+ * req[0..len) sent on it. */
+static int connect_send(const char *req, size_t len) {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
     struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)http_port(h)),
                              .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
@@ -60,6 +60,13 @@ static int exchange(const char *req, size_t len, char *out, size_t cap, int *clo
     struct timeval tv = {ANSWER_WAIT_S, 0};
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
     assert_int_equal(send(fd, req, len, MSG_NOSIGNAL), (ssize_t)len);
+    return fd;
+}
+
+/* Sends req on a new connection; reads until the server closes, the answer
+ * is complete, or ANSWER_WAIT_S. */
+static int exchange(const char *req, size_t len, char *out, size_t cap, int *closed) {
+    int fd = connect_send(req, len);
     size_t n = 0;
     *closed = 0;
     for (;;) {
@@ -274,13 +281,7 @@ static void test_refusal_after_pipeline(void **state) {
                      "GET /readyz HTTP/1.1\r\nHost : t\r\n\r\n"
                      "GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n",
                      strlen(body), body);
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)http_port(h)),
-                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    assert_int_equal(connect(fd, (struct sockaddr *)&sa, sizeof sa), 0);
-    struct timeval tv = {ANSWER_WAIT_S, 0};
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    assert_int_equal(send(fd, req, (size_t)n, MSG_NOSIGNAL), n);
+    int fd = connect_send(req, (size_t)n);
     size_t got = 0;
     closed = 0;
     for (;;) {
@@ -352,13 +353,7 @@ static void test_drain(void **state) {
     int len = snprintf(req, sizeof req, "POST /v1/rank HTTP/1.1\r\nHost: t\r\nContent-Type: "
                        "application/json\r\nX-Request-Timeout-Ms: 5000\r\nContent-Length: %zu\r\n\r\n%s",
                        strlen(body), body);
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)http_port(h)),
-                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    assert_int_equal(connect(fd, (struct sockaddr *)&sa, sizeof sa), 0);
-    struct timeval tv = {ANSWER_WAIT_S, 0};
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    assert_int_equal(send(fd, req, (size_t)len, MSG_NOSIGNAL), len);
+    int fd = connect_send(req, (size_t)len);
     assert_int_equal(read_answer(fd, out, sizeof out, &closed), 200);
     assert_null(strstr(out, "Connection: close"));   /* kept alive */
 

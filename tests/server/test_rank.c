@@ -15,6 +15,7 @@
 
 #include "svc_fixture.h"
 #include "server/rank.h"
+#include "server/rank_split.h"
 
 static service svc;
 static worker *w;
@@ -371,7 +372,7 @@ static void test_split_plan(void **state) {
     svc.score_parts = 2;
     service_model *m = &svc.models[0];
     char err[256];
-    assert_int_equal(rank_plan_split(&svc, m, err, sizeof err), CTR_OK);
+    assert_int_equal(rank_split_plan(&svc, m, err, sizeof err), CTR_OK);
     for (int k = 0; k < 2; k++) {
         print_message("split %s: %.0f / %.0f us\n", service_split_name((service_split)k),
                       m->split_us[0][k], m->split_us[1][k]);

@@ -215,6 +215,29 @@ static void test_read_replicas(void **state) {
     featstore_close(fs);
 }
 
+/* A cluster of two fake nodes (slots 0..8191 on f[0], the rest on f[1])
+ * holding items 1..n (ids[i] = i + 1, on node on[i]), and p's seed f[0]
+ * (written into seed[64], which must outlive p).  Returns how many items
+ * are on f[1]: both nodes hold some. */
+static int two_fakes(fake f[2], int64_t *ids, int *on, int n, char *seed, featstore_params *p) {
+    for (int i = 0; i < 2; i++) fake_start(&f[i], FAKE_STORE, NULL);
+    for (int i = 0; i < 2; i++) fake_set_slots(&f[i], f, 2);
+    unsigned char v[256];
+    char key[128];
+    int n1 = 0;
+    for (int i = 0; i < n; i++) {
+        ids[i] = i + 1;
+        snprintf(key, sizeof key, "%si:%d", prefix, i + 1);
+        on[i] = rcluster_keyslot(key, strlen(key)) < 8192 ? 0 : 1;
+        n1 += on[i];
+        fake_store_set(&f[on[i]], key, v, make_item(ids[i], v, sizeof v));
+    }
+    assert_true(n1 > 0 && n1 < n);
+    snprintf(seed, 64, "127.0.0.1:%d", f[0].port);
+    p->cluster = seed;
+    return n1;
+}
+
 /* A master that does not answer within the deadline costs its own keys:
  * the others are read, the call answers CTR_OK, its items say
  * CTR_ETIMEOUT.  Its breaker opens (later calls fail its keys at once,
@@ -226,24 +249,11 @@ static void test_read_replicas(void **state) {
 static void test_node_down_costs_its_keys(void **state) {
     enum { N = 24 };
     fake f[2];
-    for (int i = 0; i < 2; i++) fake_start(&f[i], FAKE_STORE, NULL);
-    for (int i = 0; i < 2; i++) fake_set_slots(&f[i], f, 2);
     int64_t ids[N];
-    int on[N], on_hung = 0;
-    unsigned char v[256];
-    char key[128];
-    for (int i = 0; i < N; i++) {
-        ids[i] = i + 1;
-        snprintf(key, sizeof key, "%si:%d", prefix, i + 1);
-        on[i] = rcluster_keyslot(key, strlen(key)) < 8192 ? 0 : 1;
-        on_hung += on[i] == 1;
-        fake_store_set(&f[on[i]], key, v, make_item(ids[i], v, sizeof v));
-    }
-    assert_true(on_hung > 0 && on_hung < N);
+    int on[N];
     char seed[64];
-    snprintf(seed, sizeof seed, "127.0.0.1:%d", f[0].port);
     featstore_params p = params();
-    p.cluster = seed;
+    const int on_hung = two_fakes(f, ids, on, N, seed, &p);
     /* Time enough for the fakes' answers on a busy machine; the 500 ms
      * deadline below is over a quarter of it, so its timeout counts
      * against the node. */
@@ -395,24 +405,11 @@ static void test_wrongtype_and_meta(void **state) {
 static void test_desync_costs_its_node(void **state) {
     enum { N = 24 };
     fake f[2];
-    for (int i = 0; i < 2; i++) fake_start(&f[i], FAKE_STORE, NULL);
-    for (int i = 0; i < 2; i++) fake_set_slots(&f[i], f, 2);
     int64_t ids[N];
-    int on[N], n0 = 0;
-    unsigned char v[256];
-    char key[128];
-    for (int i = 0; i < N; i++) {
-        ids[i] = i + 1;
-        snprintf(key, sizeof key, "%si:%d", prefix, i + 1);
-        on[i] = rcluster_keyslot(key, strlen(key)) < 8192 ? 0 : 1;
-        n0 += on[i] == 0;
-        fake_store_set(&f[on[i]], key, v, make_item(ids[i], v, sizeof v));
-    }
-    assert_true(n0 > 0 && n0 < N);
+    int on[N];
     char seed[64];
-    snprintf(seed, sizeof seed, "127.0.0.1:%d", f[0].port);
     featstore_params p = params();
-    p.cluster = seed;
+    const int n0 = N - two_fakes(f, ids, on, N, seed, &p);
     featstore *fs = open_fs(&p);
     featstore_item out[N];
     assert_int_equal(featstore_get_items(fs, ids, N, 0, &A, out, err, sizeof err), CTR_OK);
