@@ -11,8 +11,10 @@
  * Redis round trip for the history (~50 us on loopback): for TIN the
  * service's own work dominates.
  * So the path is arranged to (1) touch Redis at most twice, one read for
- * the user and one pipeline for every item vector the cache lacks, each
- * bounded by what is left of the budget after the model's expected share,
+ * the user (the candidates looked up in the item cache meanwhile, by an
+ * idle scoring thread) and one pipeline for every item vector the cache
+ * lacks, each bounded by what is left of the budget after the model's
+ * expected share,
  * (2) use cached item vectors in place (pinned, never copied), and (3)
  * split a big request's candidates across the scoring pool so its latency
  * falls with cores.
