@@ -40,10 +40,16 @@
  * of that come the bucket arrays (8 bytes per entry the budget allows) and
  * entries that were evicted while pinned, which live only until their pins
  * are released (at most the number of refs the workers hold at once).
+ * Entries are carved from 2 MB chunks backed by transparent huge pages where
+ * the kernel allows (madvise), and a freed entry's memory is reused for the
+ * next one: the chunks, up to the most entries alive at once rounded up to
+ * 2 MB, are returned to the system when the cache is freed.
  *
  * Thread-safety: every function except init and free may be called from any
  * number of threads at once.  Locks: one mutex per shard, held only for the
- * hash lookup, the LRU update and the pin; release takes no lock.
+ * hash lookup, the LRU update and the pin; release takes none, except the
+ * cache's allocator lock when it frees an entry evicted while pinned (put
+ * takes it too, to allocate).
  */
 #ifndef CTR_SERVER_ITEM_CACHE_H
 #define CTR_SERVER_ITEM_CACHE_H

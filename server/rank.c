@@ -11,8 +11,10 @@
  * Redis round trip for the history (~50 us on loopback): for TIN the
  * service's own work dominates.
  * So the path is arranged to (1) touch Redis at most twice, one read for
- * the user and one pipeline for every item vector the cache lacks, each
- * bounded by what is left of the budget after the model's expected share,
+ * the user (the candidates looked up in the item cache meanwhile, by an
+ * idle scoring thread) and one pipeline for every item vector the cache
+ * lacks, each bounded by what is left of the budget after the model's
+ * expected share,
  * (2) use cached item vectors in place (pinned, never copied), and (3)
  * split a big request's candidates across the scoring pool so its latency
  * falls with cores.
@@ -197,9 +199,51 @@ int rank_decode(rank_ctx *x, const rank_input *in) {
 
 /* --- history ------------------------------------------------------------ */
 
-int rank_history(rank_ctx *x) {
+/* The user's history from the feature store (one bounded read) into
+ * hist_ids / nh, its failures as degraded reasons.  Allocates from the
+ * arena: nothing else may while it runs (history_part). */
+static void read_history(rank_ctx *x, int64_t dl) {
     static log_limit lim_fail;
-    service *svc = x->svc;
+    int64_t start = clock_now_ns();
+    char err[512];
+    int rc = featstore_get_user(x->w->m[x->m->index].fs, x->req.user_id, x->sc->max_len, dl,
+                                x->a, &x->hist_ids, &x->nh, err, sizeof err);
+    metrics_redis(x->svc->metrics, METRICS_REDIS_GET_USER,
+                  (double)(clock_now_ns() - start) * 1e-9, redis_result(rc));
+    if (rc == CTR_ENOTFOUND) {
+        x->nh = 0;
+    } else if (rc < 0) {
+        x->nh = 0;
+        if (budget_timeout(x, rc, start, dl)) {
+            rank_degrade(x, PROTO_DEGRADED_HISTORY_DEADLINE);
+        } else {
+            log_limited(&lim_fail, LOG_WARN, "history read failures",
+                        "request %s: history of user %s: %s", log_rid(x->req.request_id),
+                        x->req.user_id, err);
+            rank_degrade(x, PROTO_DEGRADED_HISTORY_UNAVAILABLE);
+        }
+    }
+}
+
+static int unique_cands(rank_ctx *x);
+static void lookup_cands(rank_ctx *x);
+
+/* The two halves of rank_history's fork: part 0 the history read, part 1
+ * the candidates' cache lookups (which touch neither the arena nor what
+ * the read writes). */
+typedef struct history_job {
+    rank_ctx *x;
+    int64_t dl;
+} history_job;
+
+static void history_part(void *arg, int part, int nparts) {
+    (void)nparts;
+    history_job *j = arg;
+    if (part == 0) read_history(j->x, j->dl);
+    else lookup_cands(j->x);
+}
+
+int rank_history(rank_ctx *x) {
     int fs_state = atomic_load(&x->m->feature_set);
     if (fs_state == SERVICE_FS_MISSING || fs_state == SERVICE_FS_MISMATCH)
         rank_degrade(x, PROTO_DEGRADED_FEATURE_SET_MISSING);
@@ -207,29 +251,19 @@ int rank_history(rank_ctx *x) {
     x->hist_ids = x->req.item_seq;
     x->nh = x->req.has_item_seq ? x->req.seq_len : 0;
     if (!x->req.has_item_seq) {
-        int64_t start = clock_now_ns(), dl = call_deadline(x);
+        int64_t dl = call_deadline(x);
         if (!dl) {
             rank_degrade(x, PROTO_DEGRADED_HISTORY_DEADLINE);
         } else {
-            char err[512];
-            int rc = featstore_get_user(x->w->m[x->m->index].fs, x->req.user_id,
-                                        x->sc->max_len, dl, x->a, &x->hist_ids, &x->nh, err,
-                                        sizeof err);
-            metrics_redis(svc->metrics, METRICS_REDIS_GET_USER,
-                          (double)(clock_now_ns() - start) * 1e-9, redis_result(rc));
-            if (rc == CTR_ENOTFOUND) {
-                x->nh = 0;
-            } else if (rc < 0) {
-                x->nh = 0;
-                if (budget_timeout(x, rc, start, dl)) {
-                    rank_degrade(x, PROTO_DEGRADED_HISTORY_DEADLINE);
-                } else {
-                    log_limited(&lim_fail, LOG_WARN, "history read failures",
-                                "request %s: history of user %s: %s", log_rid(x->req.request_id),
-                                x->req.user_id, err);
-                    rank_degrade(x, PROTO_DEGRADED_HISTORY_UNAVAILABLE);
-                }
-            }
+            /* The round trip to Redis is mostly waiting: an idle scoring
+             * thread looks up the candidates in the item cache meanwhile
+             * (the caller does both, one after the other, when none is
+             * idle: pool.h). */
+            if (unique_cands(x) < 0) return out_of_memory(x);
+            history_job j = {x, dl};
+            pool_run(x->svc->scorers, history_part, &j, x->ncu ? 2 : 1);
+            x->cands_looked = 1;
+            x->nref = x->ncu;
         }
     }
     if (x->nh > x->sc->max_len) { /* only the most recent max_len count */
@@ -246,7 +280,7 @@ int rank_history(rank_ctx *x) {
 /* Open-addressing map item id -> slot in the request's unique-item table.
  * Keys are id + 1, so 0 marks an empty slot (ids here are valid, so >= 0:
  * TIN's item 0 is real). */
-typedef struct idmap {
+typedef struct rank_idmap {
     int64_t *keys;
     int *vals;
     unsigned mask;
@@ -341,28 +375,45 @@ static int compute_vectors(rank_ctx *x, const int64_t *miss_id, const int *miss_
     return 0;
 }
 
-/* The unique item ids of candidates and history (usable ones only: other
- * history ids are padding) into x->uid, and each one's slot (cand_u,
- * hist_u).  0, or -1 when out of memory. */
-static int unique_items(rank_ctx *x) {
-    const int n = x->req.num_cand, nh = x->nh;
+/* The unique ids of the candidates into x->uid[0..ncu) and each
+ * candidate's slot (cand_u), with room for the history's (at most
+ * max_len).  0, or -1 when out of memory. */
+static int unique_cands(rank_ctx *x) {
+    const int n = x->req.num_cand, cap = n + x->sc->max_len + 1;
     arena *a = x->a;
-    idmap map;
     x->cand_u = arena_alloc(a, (size_t)(n ? n : 1) * sizeof *x->cand_u, 64);
-    x->hist_u = arena_alloc(a, (size_t)(nh ? nh : 1) * sizeof *x->hist_u, 64);
-    x->uid = arena_alloc(a, (size_t)(n + nh + 1) * sizeof *x->uid, 64);
-    x->uvec = arena_alloc(a, (size_t)(n + nh + 1) * sizeof *x->uvec, 64);
-    x->ureason = arena_alloc(a, (size_t)(n + nh + 1), 64);
-    x->refs = arena_alloc(a, (size_t)(n + nh + 1) * sizeof *x->refs, 64);
-    if (!x->cand_u || !x->hist_u || !x->uid || !x->uvec || !x->ureason || !x->refs ||
-        idmap_init(&map, a, n + nh) < 0)
+    x->uid = arena_alloc(a, (size_t)cap * sizeof *x->uid, 64);
+    x->uvec = arena_alloc(a, (size_t)cap * sizeof *x->uvec, 64);
+    x->ureason = arena_alloc(a, (size_t)cap, 64);
+    x->refs = arena_alloc(a, (size_t)cap * sizeof *x->refs, 64);
+    x->umap = arena_alloc(a, sizeof *x->umap, 64);
+    if (!x->cand_u || !x->uid || !x->uvec || !x->ureason || !x->refs || !x->umap ||
+        idmap_init(x->umap, a, cap - 1) < 0)
         return -1;
+    memset(x->ureason, 0, (size_t)cap);
     int nu = 0;
     for (int i = 0; i < n; i++) {
         int before = nu;
-        x->cand_u[i] = idmap_get(&map, x->req.cand_id[i], &nu);
+        x->cand_u[i] = idmap_get(x->umap, x->req.cand_id[i], &nu);
         if (nu > before) x->uid[x->cand_u[i]] = x->req.cand_id[i];
     }
+    x->nu = x->ncu = nu;
+    return 0;
+}
+
+/* The candidates' cached vectors, pinned for the rest of the request. */
+static void lookup_cands(rank_ctx *x) {
+    item_cache_get_many(x->slot->cache, x->uid, (size_t)x->ncu, x->uvec, x->refs);
+}
+
+/* The history's usable ids not among the candidates (other history ids
+ * are padding) into x->uid[ncu..nu), and each entry's slot (hist_u).
+ * 0, or -1 when out of memory. */
+static int unique_hist(rank_ctx *x) {
+    const int nh = x->nh;
+    x->hist_u = arena_alloc(x->a, (size_t)(nh ? nh : 1) * sizeof *x->hist_u, 64);
+    if (!x->hist_u) return -1;
+    int nu = x->nu;
     for (int j = 0; j < nh; j++) {
         int64_t id = x->hist_ids[j];
         if (!engine_history_id_ok(x->slot->model, id)) {
@@ -370,11 +421,10 @@ static int unique_items(rank_ctx *x) {
             continue;
         }
         int before = nu;
-        x->hist_u[j] = idmap_get(&map, id, &nu);
+        x->hist_u[j] = idmap_get(x->umap, id, &nu);
         if (nu > before) x->uid[x->hist_u[j]] = id;
     }
     x->nu = nu;
-    memset(x->ureason, 0, (size_t)nu + 1);
     return 0;
 }
 
@@ -447,9 +497,15 @@ static int items_verdict(rank_ctx *x) {
 }
 
 int rank_items(rank_ctx *x) {
-    if (unique_items(x) < 0) return out_of_memory(x);
-    /* Cached vectors, pinned for the rest of the request. */
-    item_cache_get_many(x->slot->cache, x->uid, (size_t)x->nu, x->uvec, x->refs);
+    if (!x->cands_looked) {
+        if (unique_cands(x) < 0) return out_of_memory(x);
+        lookup_cands(x);
+        x->nref = x->ncu;
+    }
+    if (unique_hist(x) < 0) return out_of_memory(x);
+    /* The history's cached vectors, pinned likewise. */
+    item_cache_get_many(x->slot->cache, x->uid + x->ncu, (size_t)(x->nu - x->ncu),
+                        x->uvec + x->ncu, x->refs + x->ncu);
     x->nref = x->nu;
     if (fetch_missing(x) < 0) return out_of_memory(x);
     int status = items_verdict(x);

@@ -6,8 +6,11 @@
  *   rank_decode    JSON body -> request, with the schema of the model it
  *                  names (acquired here); the model's range rules; deadline
  *   rank_history   the user's history (the request's own, or one bounded
- *                  read from the feature store)
- *   rank_items     item vectors: cache, then one read for what it lacks
+ *                  read from the feature store, while an idle scoring
+ *                  thread looks up the candidates' vectors in the cache)
+ *   rank_items     item vectors: cache (the candidates' unless looked up
+ *                  already, then the history's), then one read for what
+ *                  it lacks
  *   rank_score     the forward pass, split across the scoring pool; scores
  *                  that are not finite handled; explanations when asked
  *   rank_answer    order, encode
@@ -68,8 +71,11 @@ typedef struct rank_ctx {
     int64_t *hist_ids;
     int nh;
 
-    /* Unique items of candidates and history. */
-    int nu;
+    /* Unique items of candidates (the first ncu) and history. */
+    int nu, ncu;
+    struct rank_idmap *umap;       /* item id -> slot among them */
+    int cands_looked;              /* the candidates' cache lookups are
+                                      done (beside the history read) */
     int64_t *uid;
     const float **uvec;            /* NULL: no vector */
     unsigned char *ureason;        /* why no vector (RANK_NOVEC_*) */

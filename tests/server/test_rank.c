@@ -2,7 +2,8 @@
  * its own: decode errors and the deadline, history from the request or the
  * store, a store that is down, deadlines that run short, scores that are
  * not finite (QIN and TIN), routing by "model" (QIN by default, TIN with
- * its item 0), explanations (positions in the window the model used), and
+ * its item 0), the history read beside the candidates' cache lookups,
+ * explanations (positions in the window the model used), and
  * --split auto's planner (what it times, what it keeps).
  * Needs $CTR_REDIS and $CTR_GOLDEN (tests/run.sh). */
 #include <setjmp.h>
@@ -193,6 +194,78 @@ static void test_store_down(void **state) {
     rank_end(&x);
     featstore_close(w->m[0].fs);
     w->m[0].fs = good;
+}
+
+/* The scores of body's candidates (item id -> score) from rank_handle,
+ * in out[0..n) by position in ids; -1 for an unscored one. */
+static void scores_of(const char *body, const int64_t *ids, int n, double *out) {
+    rank_input in = input(body);
+    assert_int_equal(rank_handle(w, &in), 200);
+    json_t *j = answer(), *it;
+    size_t k;
+    for (int i = 0; i < n; i++) out[i] = -1;
+    json_array_foreach(json_object_get(j, "items"), k, it) {
+        int64_t id = json_integer_value(json_object_get(it, "item_id"));
+        for (int i = 0; i < n; i++)
+            if (ids[i] == id) out[i] = json_real_value(json_object_get(it, "score"));
+    }
+    json_decref(j);
+}
+
+/* With a scoring helper, the history read runs beside the candidates'
+ * cache lookups (either on either thread): the answer is the one with the
+ * history given in the request, a candidate that is also in the history
+ * is one item, and a store that is down still degrades to an empty
+ * history, many times over (so that both orders happen; TSan sees the
+ * hand-offs). */
+static void test_history_beside_lookups(void **state) {
+    (void)state;
+    pool *none = svc.scorers;
+    assert_int_equal(pool_init(1, &svc.scorers), CTR_OK);
+    const int64_t ids[] = {7, 8, 3, 50};
+    double from_store[4], given[4];
+    scores_of("{\"user_id\": \"u1\", \"item_seq\": [1, 2, 3, 4, 5], \"candidates\": "
+              "[{\"item_id\": 7}, {\"item_id\": 8}, {\"item_id\": 3}, {\"item_id\": 50}]}",
+              ids, 4, given);
+    assert_true(given[0] > 0 && given[1] > 0 && given[2] > 0);
+    assert_true(given[3] == -1);                     /* no features */
+    for (int rep = 0; rep < 200; rep++) {
+        scores_of("{\"user_id\": \"u1\", \"candidates\": [{\"item_id\": 7}, {\"item_id\": 8}, "
+                  "{\"item_id\": 3}, {\"item_id\": 50}]}", ids, 4, from_store);
+        for (int i = 0; i < 4; i++) assert_true(from_store[i] == given[i]);
+    }
+    rank_ctx x;
+    rank_input in = input("{\"user_id\": \"u1\", \"candidates\": [{\"item_id\": 3}, "
+                          "{\"item_id\": 7}]}");
+    rank_begin(&x, w, &in);
+    assert_int_equal(rank_decode(&x, &in), 0);
+    assert_int_equal(rank_history(&x), 0);
+    assert_int_equal(x.nh, 5);
+    assert_int_equal(x.ncu, 2);
+    assert_non_null(x.uvec[x.cand_u[0]]);            /* cached, looked up */
+    assert_int_equal(rank_items(&x), 0);
+    assert_int_equal(x.nu, 6);                       /* 3, 7, then 1, 2, 4, 5 */
+    assert_int_equal(x.hist_u[2], x.cand_u[0]);
+    assert_ptr_equal(x.uvec[x.hist_u[2]], x.uvec[x.cand_u[0]]);
+    rank_end(&x);
+
+    featstore *good = w->m[0].fs;
+    featstore_params p = svc.models[0].fs_params;
+    p.addr = "127.0.0.1:1";
+    char err[256];
+    assert_int_equal(featstore_open(&p, &w->m[0].fs, err, sizeof err), CTR_OK);
+    for (int rep = 0; rep < 20; rep++) {
+        in = input("{\"user_id\": \"u1\", \"candidates\": [{\"item_id\": 7}, {\"item_id\": 8}]}");
+        assert_int_equal(rank_handle(w, &in), 200);
+        json_t *j = answer();
+        assert_true(degraded(j, "history_unavailable"));
+        assert_int_equal(json_array_size(json_object_get(j, "items")), 2);
+        json_decref(j);
+    }
+    featstore_close(w->m[0].fs);
+    w->m[0].fs = good;
+    pool_free(svc.scorers);
+    svc.scorers = none;
 }
 
 /* A history item whose (finite) vector overflows the attention: found,
@@ -399,6 +472,7 @@ int main(void) {
         cmocka_unit_test(test_full),
         cmocka_unit_test(test_deadline_short),
         cmocka_unit_test(test_store_down),
+        cmocka_unit_test(test_history_beside_lookups),
         cmocka_unit_test(test_non_finite),
         cmocka_unit_test(test_feature_set_missing),
         cmocka_unit_test(test_routing),
