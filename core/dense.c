@@ -146,6 +146,23 @@ static int make_kernel(dense *d, dense_backend b, const float *w, const signed c
 
 /* --- the layer ------------------------------------------------------------- */
 
+/* A layer's struct with its shape and strides set and nothing planned
+ * (every plan_us -1), or NULL when out of memory. */
+static dense *dense_alloc(int out, int in, const dense_params *p, dense_precision prec,
+                          dense_backend backend) {
+    dense *d = calloc(1, sizeof *d);
+    if (!d) return NULL;
+    d->in = in;
+    d->out = out;
+    d->ld_in = p->ld_in ? p->ld_in : in;
+    d->ld_out = p->ld_out ? p->ld_out : out;
+    d->prec = prec;
+    d->backend = backend;
+    for (int c = 0; c < DENSE_PLAN_CLASSES; c++)
+        for (int b = 0; b < DENSE_BACKEND_COUNT; b++) d->plan_us[c][b] = -1;
+    return d;
+}
+
 int dense_init(const float *w, int out, int in, const dense_params *params, dense **dp,
                char *err, size_t errlen) {
     *dp = NULL;
@@ -174,16 +191,8 @@ int dense_init(const float *w, int out, int in, const dense_params *params, dens
         if (!isfinite(w[i])) return ctr_fail(err, errlen, CTR_EINVAL, "non-finite weight");
     linear_one_thread();
 
-    dense *d = calloc(1, sizeof *d);
+    dense *d = dense_alloc(out, in, &p, p.precision, p.backend);
     if (!d) return ctr_fail(err, errlen, CTR_ENOMEM, "out of memory");
-    d->in = in;
-    d->out = out;
-    d->ld_in = p.ld_in ? p.ld_in : in;
-    d->ld_out = p.ld_out ? p.ld_out : out;
-    d->prec = p.precision;
-    d->backend = p.backend;
-    for (int c = 0; c < DENSE_PLAN_CLASSES; c++)
-        for (int b = 0; b < DENSE_BACKEND_COUNT; b++) d->plan_us[c][b] = -1;
     dense_backend cand[DENSE_BACKEND_COUNT];
     int nc = 1;
     cand[0] = p.backend;
@@ -231,19 +240,10 @@ int dense_rt_init(int out, int in, int b_out_in, const dense_params *params, den
         return ctr_fail(err, errlen, CTR_EINVAL,
                         "weights given per call: bf16 on oneDNN only");
     linear_one_thread();
-    dense *d = calloc(1, sizeof *d);
+    dense *d = dense_alloc(out, in, &p, DENSE_BF16, DENSE_BACKEND_ONEDNN);
     if (!d) return ctr_fail(err, errlen, CTR_ENOMEM, "out of memory");
-    d->in = in;
-    d->out = out;
-    d->ld_in = p.ld_in ? p.ld_in : in;
-    d->ld_out = p.ld_out ? p.ld_out : out;
-    d->prec = DENSE_BF16;
-    d->backend = DENSE_BACKEND_ONEDNN;
     d->rt = 1;
-    for (int c = 0; c < DENSE_PLAN_CLASSES; c++) {
-        d->pick[c] = DENSE_BACKEND_ONEDNN;
-        for (int b = 0; b < DENSE_BACKEND_COUNT; b++) d->plan_us[c][b] = -1;
-    }
+    for (int c = 0; c < DENSE_PLAN_CLASSES; c++) d->pick[c] = DENSE_BACKEND_ONEDNN;
     int rc = dense_onednn_make_rt(d, b_out_in, err, errlen);
     if (rc < 0) {
         if (rc == CTR_ENOMEM && err && !*err) ctr_fail(err, errlen, rc, "out of memory");

@@ -561,10 +561,11 @@ static int append_result(const redisReply *e, int64_t *held, char *msg, size_t m
                     e->type == REDIS_REPLY_ERROR ? e->str : "");
 }
 
-int featstore_append(featstore *fs, int n, const char *const *users, const int *counts,
-                     const int64_t *ids, int max_seq, arena *a, int *status, int64_t *held,
-                     char *err, size_t errlen) {
-    if (err && errlen) err[0] = '\0';
+/* featstore_append's arguments checked, and every user's ids packed as
+ * the value holds them (int32 LE) into *packed.  CTR_OK, or an error. */
+static int append_pack(int n, const char *const *users, const int *counts, const int64_t *ids,
+                       int max_seq, arena *a, unsigned char **packed, char *err,
+                       size_t errlen) {
     if (n < 0 || max_seq < 1 || n > INT_MAX / 8)
         return ctr_fail(err, errlen, CTR_EINVAL, "n = %d, max_seq = %d", n, max_seq);
     if (!n) return CTR_OK;
@@ -578,88 +579,108 @@ int featstore_append(featstore *fs, int n, const char *const *users, const int *
         if (ids[j] < 0 || ids[j] > INT32_MAX)
             return ctr_fail(err, errlen, CTR_EINVAL, "id %lld outside 0..%ld",
                             (long long)ids[j], (long)INT32_MAX);
-    /* Every user's ids packed as the value holds them (int32 LE). */
-    unsigned char *packed = arena_alloc(a, 4 * total, 8);
-    if (!packed) return ctr_fail(err, errlen, CTR_ENOMEM, "arena full");
-    for (size_t j = 0; j < total; j++) put_u32le(packed + 4 * j, (uint32_t)ids[j]);
+    *packed = arena_alloc(a, 4 * total, 8);
+    if (!*packed) return ctr_fail(err, errlen, CTR_ENOMEM, "arena full");
+    for (size_t j = 0; j < total; j++) put_u32le(*packed + 4 * j, (uint32_t)ids[j]);
+    return CTR_OK;
+}
+
+/* The FCALL ctr_append_packed commands of users u0..u1-1 into cmds[c],
+ * their arguments from argv/lens at *k, their ids from packed at *at.
+ * nkeys: the command's key count as text.  CTR_OK or CTR_ENOMEM. */
+static int append_command(featstore *fs, const char *const *users, const int *counts, int u0,
+                          int u1, const char *nkeys, size_t nkeys_len, const char *mtext,
+                          size_t mlen, const unsigned char *packed, size_t *at,
+                          const char **argv, size_t *lens, size_t *k, rconn_cmd *cmd,
+                          arena *a) {
+    const size_t start = *k;
+    size_t i = start;
+    argv[i] = "FCALL";
+    lens[i++] = 5;
+    argv[i] = "ctr_append_packed";
+    lens[i++] = 17;
+    argv[i] = nkeys;
+    lens[i++] = nkeys_len;
+    for (int u = u0; u < u1; u++, i++)
+        if (!(argv[i] = key_of(fs, "u:", users[u], strlen(users[u]), a, &lens[i])))
+            return CTR_ENOMEM;
+    argv[i] = mtext;
+    lens[i++] = mlen;
+    for (int u = u0; u < u1; u++, i++) {
+        argv[i] = (const char *)packed + 4 * *at;
+        lens[i] = 4 * (size_t)counts[u];
+        *at += (size_t)counts[u];
+    }
+    *cmd = (rconn_cmd){(int)(i - start), argv + start, lens + start, RCONN_ARRAY};
+    *k = i;
+    return CTR_OK;
+}
+
+/* Each user's status (and ids held) from command c's answer r, which
+ * covers users u0..u1-1.  *noted: whether err already says a failure. */
+static void append_statuses(const redisReply *r, int stc, const char *const *users, int u0,
+                            int u1, int *status, int64_t *held, int *noted, char *err,
+                            size_t errlen) {
+    char msg[240];
+    for (int u = u0; u < u1; u++) {
+        if (stc < 0) {
+            status[u] = stc;
+            continue;
+        }
+        /* WRONGTYPE is answered inside the array (a user at a time); the
+         * array has one answer per key. */
+        if (r->type != REDIS_REPLY_ARRAY || r->elements != (size_t)(u1 - u0)) {
+            status[u] = CTR_EFORMAT;
+            if (!(*noted)++)
+                ctr_fail(err, errlen, CTR_EFORMAT, "ctr_append_packed answered %s",
+                         r->type == REDIS_REPLY_ERROR ? r->str : "another shape");
+            continue;
+        }
+        status[u] = append_result(r->element[u - u0], held ? &held[u] : NULL, msg, sizeof msg);
+        if (status[u] < 0 && !(*noted)++)
+            ctr_fail(err, errlen, status[u], "user %s: %s", users[u], msg);
+    }
+}
+
+int featstore_append(featstore *fs, int n, const char *const *users, const int *counts,
+                     const int64_t *ids, int max_seq, arena *a, int *status, int64_t *held,
+                     char *err, size_t errlen) {
+    if (err && errlen) err[0] = '\0';
+    unsigned char *packed = NULL;
+    int rc = append_pack(n, users, counts, ids, max_seq, a, &packed, err, errlen);
+    if (rc < 0 || !n) return rc;
     /* One node: FCALL ctr_append_packed n keys MAX_SEQ blobs, one
      * command.  A cluster: one per key (keys of different slots cannot
      * share one), routed by its key. */
-    const int cluster = fs->ops == &featstore_cluster_backend;
-    const int ncmd = cluster ? n : 1;
-    const size_t argc = cluster ? 6 * (size_t)n : 4 + 2 * (size_t)n;
+    const int per_key = fs->ops->key_per_command;
+    const int ncmd = per_key ? n : 1;
+    const size_t argc = per_key ? 6 * (size_t)n : 4 + 2 * (size_t)n;
     const char **argv = arena_alloc(a, argc * sizeof *argv, _Alignof(const char *));
     size_t *lens = arena_alloc(a, argc * sizeof *lens, _Alignof(size_t));
     rconn_cmd *cmds = arena_alloc(a, (size_t)ncmd * sizeof *cmds, _Alignof(rconn_cmd));
     redisReply **r = arena_alloc(a, (size_t)ncmd * sizeof *r, _Alignof(redisReply *));
     int *stv = arena_alloc(a, (size_t)ncmd * sizeof *stv, _Alignof(int));
-    size_t mlen = 0, klen1 = 0;
+    size_t mlen = 0, nkeys_len = 0;
     const char *mtext = int_text(a, max_seq, &mlen);
-    const char *ktext1 = int_text(a, 1, &klen1);
-    if (!argv || !lens || !cmds || !r || !stv || !mtext || !ktext1)
+    const char *nkeys = int_text(a, per_key ? 1 : n, &nkeys_len);
+    if (!argv || !lens || !cmds || !r || !stv || !mtext || !nkeys)
         return ctr_fail(err, errlen, CTR_ENOMEM, "arena full");
     size_t k = 0, at = 0;
-    for (int c = 0; c < ncmd; c++) {
-        const int u0 = cluster ? c : 0, u1 = cluster ? c + 1 : n;
-        const size_t start = k;
-        argv[k] = "FCALL";
-        lens[k++] = 5;
-        argv[k] = "ctr_append_packed";
-        lens[k++] = 17;
-        if (cluster) {
-            argv[k] = ktext1;
-            lens[k++] = klen1;
-        } else if (!(argv[k] = int_text(a, n, &lens[k]))) {
+    for (int c = 0; c < ncmd; c++)
+        if (append_command(fs, users, counts, per_key ? c : 0, per_key ? c + 1 : n, nkeys,
+                           nkeys_len, mtext, mlen, packed, &at, argv, lens, &k, &cmds[c],
+                           a) < 0)
             return ctr_fail(err, errlen, CTR_ENOMEM, "arena full");
-        } else {
-            k++;
-        }
-        for (int u = u0; u < u1; u++) {
-            if (!(argv[k] = key_of(fs, "u:", users[u], strlen(users[u]), a, &lens[k])))
-                return ctr_fail(err, errlen, CTR_ENOMEM, "arena full");
-            k++;
-        }
-        argv[k] = mtext;
-        lens[k++] = mlen;
-        for (int u = u0; u < u1; u++) {
-            argv[k] = (const char *)packed + 4 * at;
-            lens[k++] = 4 * (size_t)counts[u];
-            at += (size_t)counts[u];
-        }
-        cmds[c] = (rconn_cmd){(int)(k - start), argv + start, lens + start, RCONN_ARRAY};
-    }
-    int rc = fs->ops->read(fs->impl, ncmd, cmds, FEATSTORE_ROUTE_MASTER, 0, a, r, stv, err,
-                           errlen);
-    if (rc < 0 && !cluster) {
+    rc = fs->ops->read(fs->impl, ncmd, cmds, FEATSTORE_ROUTE_MASTER, 0, a, r, stv, err, errlen);
+    if (rc < 0 && !per_key) {
         free_replies(r, ncmd);
         for (int i = 0; i < n; i++) status[i] = rc;
         return rc;
     }
     int noted = 0;
-    char msg[240];
-    for (int c = 0; c < ncmd; c++) {
-        const int u0 = cluster ? c : 0, u1 = cluster ? c + 1 : n;
-        for (int u = u0; u < u1; u++) {
-            if (stv[c] < 0) {
-                status[u] = stv[c];
-                continue;
-            }
-            /* WRONGTYPE is answered inside the array (a user at a time);
-             * the array has one answer per key. */
-            const redisReply *arr = r[c];
-            if (arr->type != REDIS_REPLY_ARRAY || arr->elements != (size_t)(u1 - u0)) {
-                status[u] = CTR_EFORMAT;
-                if (!noted++)
-                    ctr_fail(err, errlen, CTR_EFORMAT, "ctr_append_packed answered %s",
-                             arr->type == REDIS_REPLY_ERROR ? arr->str : "another shape");
-                continue;
-            }
-            status[u] = append_result(arr->element[u - u0], held ? &held[u] : NULL, msg,
-                                      sizeof msg);
-            if (status[u] < 0 && !noted++)
-                ctr_fail(err, errlen, status[u], "user %s: %s", users[u], msg);
-        }
-    }
+    for (int c = 0; c < ncmd; c++)
+        append_statuses(r[c], stv[c], users, per_key ? c : 0, per_key ? c + 1 : n, status, held,
+                        &noted, err, errlen);
     free_replies(r, ncmd);
     return rc;
 }

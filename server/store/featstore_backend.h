@@ -50,6 +50,9 @@ typedef enum featstore_route {
 } featstore_route;
 
 typedef struct featstore_backend {
+    /* 1 when a command may only name keys of one hash slot (a cluster):
+     * the front end then sends a multi-key command one key at a time. */
+    int key_per_command;
     /* Checks the backend's part of p (address or seeds) and makes it; does
      * not connect.  p and *st outlive the backend (p's strings are the
      * front end's copies).  CTR_EINVAL (err says why), CTR_ENOMEM. */

@@ -819,6 +819,7 @@ static uint64_t cluster_breaker_opens(const void *impl) {
 }
 
 const featstore_backend featstore_cluster_backend = {
+    .key_per_command = 1,
     .open = cluster_open,
     .close = cluster_close,
     .read = cluster_read,
