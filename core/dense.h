@@ -150,11 +150,25 @@ int dense_backend_parse(const char *text, dense_backend *out);
  * count. */
 #define DENSE_PLAN_CLASSES 4
 
+/* int8 weights rounded beforehand, for int8 and int8x2 in place of
+ * rounding w to nearest at dense_init (tools/convert.py --calibrate rounds
+ * them with calibration data, column by column, each column's rounding
+ * error carried into the columns not yet rounded): W[o, k] / f_k ~
+ * q[o][k] * scale[o], q in -127..127, f the input columns' balance.  int8
+ * needs balance NULL (its rows are not balanced); int8x2 takes f from
+ * balance (NULL: 1).  fp32 and bf16 ignore them.  Copied by dense_init. */
+typedef struct dense_int8 {
+    const signed char *q;        /* out x in, row-major */
+    const float *scale;          /* out */
+    const float *balance;        /* in, or NULL */
+} dense_int8;
+
 typedef struct dense_params {
     dense_precision precision;   /* DENSE_FP32 */
     dense_backend backend;       /* DENSE_BACKEND_AUTO */
     int ld_in;                   /* row stride of x in floats; 0: in */
     int ld_out;                  /* row stride of y in floats; 0: out */
+    const dense_int8 *int8;      /* NULL: int8 weights rounded to nearest */
 } dense_params;
 
 dense_params dense_default_params(void);
