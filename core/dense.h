@@ -36,6 +36,9 @@
  *         weights' bytes, well under twice int8's time (1.4x, QIN N = 64,
  *         bench/results/perf-2026-12-07.md); on the VNNI kernel about
  *         twice.
+ * int8 and int8x2 round w to nearest at dense_init unless the caller
+ * gives integers rounded beforehand (dense_int8, below: a model file's,
+ * rounded with calibration data), which both then use as they are.
  * Only fp32 is exact; the error bounds of the others are measured by
  * tests/core/test_dense.c on the machine that runs the tests.  Which
  * kernel runs a call is the planner's choice (below) unless

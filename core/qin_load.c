@@ -93,8 +93,7 @@ static int expected_name(const qin_config *c, const char *name) {
     for (size_t i = 0; i < sizeof attn / sizeof attn[0]; i++)
         if (strcmp(name, attn[i]) == 0) return 1;
     for (int l = 0; l < c->num_layers; l++) {
-        static const char *opt[] = {"qnn.layer.%d.int8.weight", "qnn.layer.%d.int8.scale",
-                                    "qnn.layer.%d.int8x2.weight", "qnn.layer.%d.int8x2.scale",
+        static const char *opt[] = {"qnn.layer.%d.int8x2.weight", "qnn.layer.%d.int8x2.scale",
                                     "qnn.layer.%d.int8x2.balance"};
         for (size_t i = 0; i < sizeof opt / sizeof opt[0]; i++) {
             snprintf(buf, sizeof buf, opt[i], l);
@@ -201,57 +200,50 @@ done:
     return rc;
 }
 
-/* The optional int8 weights of layer l (docs/MODEL_SPEC.md, "int8
- * weights"): for int8, qnn.layer.l.int8.{weight, scale}; for int8x2,
- * qnn.layer.l.int8x2.{weight, scale, balance}.  A set is all there or
- * absent (then the layer's weights are rounded to nearest at load). */
-static int read_int8(qin_model *m, const st_file *f, int l, char *err, size_t errlen) {
+/* The optional int8x2 weights of layer l (tools/README.md, "Model file"):
+ * qnn.layer.l.int8x2.{weight, scale, balance}, all three or none (then
+ * int8x2 rounds the layer's weights to nearest at load). */
+static int read_int8x2(qin_model *m, const st_file *f, int l, char *err, size_t errlen) {
     const int D = m->cfg.input_dim;
-    static const char *set[2] = {"int8", "int8x2"};
+    static const char *part[3] = {"weight", "scale", "balance"};
     char name[3][128];
-    for (int s = 0; s < 2; s++) {
-        static const char *part[3] = {"weight", "scale", "balance"};
-        const int nparts = s ? 3 : 2;
-        int have = 0;
-        for (int i = 0; i < nparts; i++) {
-            snprintf(name[i], sizeof name[i], "qnn.layer.%d.%s.%s", l, set[s], part[i]);
-            have += st_find(f, name[i]) != NULL;
-        }
-        if (!have) continue;
-        if (have < nparts)
-            return ctr_fail(err, errlen, CTR_EMODEL,
-                            "qnn layer %d: %s weights need %s, %s%s%s together", l, set[s],
-                            name[0], name[1], s ? " and " : "", s ? name[2] : "");
-        if (!m->qnn_int8[s] &&
-            !(m->qnn_int8[s] = calloc((size_t)m->cfg.num_layers, sizeof *m->qnn_int8[s])))
-            return ctr_fail(err, errlen, CTR_ENOMEM, "out of memory");
-        qin_int8 *q = &m->qnn_int8[s][l];
-        int rc;
-        if ((rc = modelfile_tensor_i8(f, name[0], D, D, &q->q, err, errlen)) < 0 ||
-            (rc = modelfile_tensor(f, name[1], D, -1, &q->scale, err, errlen)) < 0 ||
-            (s && (rc = modelfile_tensor(f, name[2], D, -1, &q->balance, err, errlen)) < 0))
-            return rc;
-        for (int i = 0; i < D; i++) {
-            if (q->scale[i] < 0.0f)
-                return ctr_fail(err, errlen, CTR_EMODEL, "tensor %s: negative scale at %d",
-                                name[1], i);
-            if (q->balance && !(q->balance[i] > 0.0f))
-                return ctr_fail(err, errlen, CTR_EMODEL, "tensor %s: %g at %d, expected > 0",
-                                name[2], (double)q->balance[i], i);
-        }
+    int have = 0;
+    for (int i = 0; i < 3; i++) {
+        snprintf(name[i], sizeof name[i], "qnn.layer.%d.int8x2.%s", l, part[i]);
+        have += st_find(f, name[i]) != NULL;
+    }
+    if (!have) return CTR_OK;
+    if (have < 3)
+        return ctr_fail(err, errlen, CTR_EMODEL, "qnn layer %d: int8x2 weights need %s, %s and %s "
+                        "together", l, name[0], name[1], name[2]);
+    if (!m->qnn_int8x2 &&
+        !(m->qnn_int8x2 = calloc((size_t)m->cfg.num_layers, sizeof *m->qnn_int8x2)))
+        return ctr_fail(err, errlen, CTR_ENOMEM, "out of memory");
+    qin_int8 *q = &m->qnn_int8x2[l];
+    int rc;
+    if ((rc = modelfile_tensor_i8(f, name[0], D, D, &q->q, err, errlen)) < 0 ||
+        (rc = modelfile_tensor(f, name[1], D, -1, &q->scale, err, errlen)) < 0 ||
+        (rc = modelfile_tensor(f, name[2], D, -1, &q->balance, err, errlen)) < 0)
+        return rc;
+    for (int i = 0; i < D; i++) {
+        if (q->scale[i] < 0.0f)
+            return ctr_fail(err, errlen, CTR_EMODEL, "tensor %s: negative scale at %d", name[1], i);
+        if (!(q->balance[i] > 0.0f))
+            return ctr_fail(err, errlen, CTR_EMODEL, "tensor %s: %g at %d, expected > 0", name[2],
+                            (double)q->balance[i], i);
     }
     return CTR_OK;
 }
 
 /* --- preparation: the QNN products and the first layer's split --------- */
 
-/* The file's int8 weights of layer l for precision p, rows r0 .. (a column
- * part's from output r0), into g; NULL where the file has none. */
+/* The file's int8x2 weights of layer l for precision p, rows r0 .. (a
+ * column part's from output r0), into g; NULL where the file has none or p
+ * is not int8x2. */
 static const dense_int8 *file_int8(const qin_model *m, dense_precision p, int l, int r0,
                                    dense_int8 *g) {
-    const int s = p == DENSE_INT8 ? 0 : p == DENSE_INT8X2 ? 1 : -1;
-    if (s < 0 || !m->qnn_int8[s] || !m->qnn_int8[s][l].q) return NULL;
-    const qin_int8 *q = &m->qnn_int8[s][l];
+    if (p != DENSE_INT8X2 || !m->qnn_int8x2 || !m->qnn_int8x2[l].q) return NULL;
+    const qin_int8 *q = &m->qnn_int8x2[l];
     g->q = q->q + (size_t)r0 * m->cfg.input_dim;
     g->scale = q->scale + r0;
     g->balance = q->balance;
@@ -453,7 +445,7 @@ static int model_build(qin_model *m, const st_file *f, char *err, size_t errlen)
         return ctr_fail(err, errlen, CTR_ENOMEM, "out of memory");
     for (int l = 0; l < c->num_layers; l++)
         if ((rc = fold_qnn_layer(m, f, l, err, errlen)) < 0 ||
-            (rc = read_int8(m, f, l, err, errlen)) < 0)
+            (rc = read_int8x2(m, f, l, err, errlen)) < 0)
             return rc;
     /* The row-major QNN weights stay after qin_model_prepare has made the
      * serving products from them: the tests' reference, other backends. */
@@ -490,15 +482,13 @@ void qin_model_free(qin_model *m) {
         if (m->qnn_w) free(m->qnn_w[l]);
         if (m->qnn_b) free(m->qnn_b[l]);
         if (m->qnn_c) free(m->qnn_c[l]);
-        for (int s = 0; s < 2; s++)
-            if (m->qnn_int8[s]) {
-                free(m->qnn_int8[s][l].q);
-                free(m->qnn_int8[s][l].scale);
-                free(m->qnn_int8[s][l].balance);
-            }
+        if (m->qnn_int8x2) {
+            free(m->qnn_int8x2[l].q);
+            free(m->qnn_int8x2[l].scale);
+            free(m->qnn_int8x2[l].balance);
+        }
     }
-    free(m->qnn_int8[0]);
-    free(m->qnn_int8[1]);
+    free(m->qnn_int8x2);
     for (int l = 0; m->qnn_dense && l < m->cfg.num_layers; l++) dense_free(m->qnn_dense[l]);
     free(m->qnn_dense);
     dense_free(m->attn_score);

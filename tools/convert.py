@@ -14,9 +14,13 @@
 # wrong shape, unexpected extra key, non-finite value) is refused with exit
 # status 2 and a message naming the key.  What shapes cannot tell (max_len,
 # num_tags, the order of the context fields, DIN's softmax flag, name,
-# version) comes from flags.
+# version) comes from flags.  For QIN, --calibrate ROWS --items ITEMS also
+# writes each QNN layer's int8 and int8x2 weights rounded with training
+# rows as calibration data (int8_rounding.py; I8 tensors, after the F32
+# ones), which the server uses in place of rounding to nearest.
 #
 #   /usr/bin/python3 tools/convert.py --checkpoint X.model --out model.safetensors
+#       [--calibrate rows.jsonl --items items.jsonl]
 
 import argparse
 import os

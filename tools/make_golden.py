@@ -430,10 +430,10 @@ def qd_items(items):
 
 
 def write_int8_model(d, cfg, sd, meta, tensors, seed):
-    """model-int8.safetensors: the same model with the int8 weights that
+    """model-int8.safetensors: the same model with the int8x2 weights that
     convert.py --calibrate writes, rounded on random probe inputs (not the
     cases'): test_golden.c holds fp32 to the same golden probabilities
-    (the int8 weights ignored) and int8, int8x2 to their bounds with them."""
+    (the int8x2 weights ignored) and int8x2 to its bound with them."""
     import int8_rounding
     model = ref.QINReference(cfg)
     model.load_state_dict(sd)

@@ -60,7 +60,7 @@ typedef struct golden {
 } golden;
 
 /* The model file of a configuration: model.safetensors, or
- * model-int8.safetensors (QIN small: the same model with int8 weights
+ * model-int8.safetensors (QIN small: the same model with int8x2 weights
  * rounded on calibration inputs, as tools/convert.py --calibrate writes
  * them) while test_qin_small_int8_file runs. */
 static const char *model_file = "model.safetensors";
@@ -388,9 +388,9 @@ PRECISION_TEST(test_din_microlens_precisions, "din-microlens", "din")
 PRECISION_TEST(test_tin_small_precisions, "tin-small", "tin")
 PRECISION_TEST(test_tin_amazon_precisions, "tin-amazon", "tin")
 
-/* QIN small with the int8 weights of calibrated rounding in its file:
- * fp32 the same golden probabilities (it ignores them), int8 and int8x2
- * within their bounds with them. */
+/* QIN small with the int8x2 weights of calibrated rounding in its file:
+ * fp32 the same golden probabilities (it ignores them), int8x2 within its
+ * bound with them (bf16 and int8 ignore them too). */
 static void test_qin_small_int8_file(void **state) {
     (void)state;
     model_file = "model-int8.safetensors";
