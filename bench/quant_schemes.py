@@ -4,9 +4,11 @@ folded QNN (the same algebra as core/qin.c, in double precision; the first
 layer exact, as the engine's split keeps it).
 
 Scores the first `requests` validation requests of a model made by
-tools/make_demo.py (half of them calibrate, the other half are scored) and
-prints, for each scheme against exact arithmetic: max and mean |dp|, AUC
-difference, share of requests whose top 10 change.  Schemes:
+tools/make_demo.py and prints, for each scheme against exact arithmetic:
+max and mean |dp|, AUC difference, share of requests whose top 10 change.
+What a scheme calibrates on is the ranking requests of training users
+(requests.jsonl without the validation users), never the scored rows.
+Schemes:
 
   row        activations per row, symmetric (max |x| / 127); weights per
              output channel, symmetric
@@ -24,8 +26,15 @@ difference, share of requests whose top 10 change.  Schemes:
   bf16       weights and rows rounded to bfloat16
   L1bf16+M   the first product layer (layer 1; layer 0 is exact, split) in
              bf16, the others in scheme M (per-layer precision)
+  R:A        weights rounded by R with activations A (wonly, asym, x2):
+             rtn to nearest; G column by column with the calibration
+             inputs' H = X^T X (GPTQ, tools/int8_rounding.py, what
+             convert.py --calibrate writes); GS the same, each layer's
+             calibration inputs through the layers already rounded; GG one H
+             per output channel weighted by x_o^2 (the QNN's gate)
 
     /usr/bin/python3 bench/quant_schemes.py [DEMO_DIR] [REQUESTS] [MODE,...]   # demo 1000
+    (bench/results/quant-2026-12-08.md: demo 2000 wonly,asym,x2,G:wonly,G:x2,...)
 """
 import json
 import os

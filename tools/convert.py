@@ -15,9 +15,9 @@
 # status 2 and a message naming the key.  What shapes cannot tell (max_len,
 # num_tags, the order of the context fields, DIN's softmax flag, name,
 # version) comes from flags.  For QIN, --calibrate ROWS --items ITEMS also
-# writes each QNN layer's int8 and int8x2 weights rounded with training
-# rows as calibration data (int8_rounding.py; I8 tensors, after the F32
-# ones), which the server uses in place of rounding to nearest.
+# writes each QNN layer's int8x2 weights rounded with training rows as
+# calibration data (int8_rounding.py; I8 tensors, after the F32 ones),
+# which the server uses in place of rounding to nearest.
 #
 #   /usr/bin/python3 tools/convert.py --checkpoint X.model --out model.safetensors
 #       [--calibrate rows.jsonl --items items.jsonl]
@@ -268,9 +268,9 @@ def convert_state_dict(sd, out, max_len=64, num_tags=5,
                        context_fields=DEFAULT_CONTEXT, version="1", name="qin",
                        calibrate=None):
     """Checks state_dict sd and writes the model file `out`; calibrate
-    (rows path, items path), or None: with it, the QNN layers' int8 weights
-    rounded with those rows as calibration data (int8_rounding.py) are
-    written too.  Returns (config, metadata dict, bytes written); raises
+    (rows path, items path), or None: with it, the QNN layers' int8x2
+    weights rounded with those rows as calibration data (int8_rounding.py)
+    are written too.  Returns (config, metadata dict, bytes written); raises
     ConvertError."""
     _check_name("--name", name)
     _check_name("--version", version)
@@ -634,7 +634,8 @@ def convert_any(checkpoint, out, arch=None, max_len=None, num_tags=5, context_fi
     if softmax and arch != "din":
         raise ConvertError(f"--softmax is a DIN setting; this is a {arch} checkpoint")
     if calibrate and arch != "qin":
-        raise ConvertError(f"--calibrate rounds QIN's int8 weights; this is a {arch} checkpoint")
+        raise ConvertError(f"--calibrate rounds QIN's int8 weights; this is a {arch} "
+                           "checkpoint")
     if arch == "tin":
         if not isinstance(next(iter(obj.values()), None), __import__("numpy").ndarray):
             raise ConvertError("a TIN checkpoint is a .npz of TensorFlow variables")
@@ -705,9 +706,9 @@ def main(argv=None):
     ap.add_argument("--name", default=None, help="model name (default: the architecture)")
     ap.add_argument("--calibrate", default=None, metavar="ROWS",
                     help="QIN: training rows (JSON lines, as join_impressions.py writes "
-                         f"them; the first {CALIBRATE_ROWS}) to round the int8 and int8x2 "
-                         "weights with, written into the model file (docs/PRECISION.md); "
-                         "needs --items")
+                         f"them; the first {CALIBRATE_ROWS}) to round the int8x2 weights "
+                         "with, written into the model file (docs/PRECISION.md); needs "
+                         "--items")
     ap.add_argument("--items", default=None,
                     help="item features of the calibration rows (ctr-load's items.jsonl)")
     args = ap.parse_args(argv)

@@ -48,7 +48,11 @@
 # requests (validation.jsonl: one line per held-out user, its impressions as
 # candidates, its history from users.jsonl) and their clicks
 # (validation_labels.jsonl, one array per line), which bench/quality.py
-# scores in each precision.
+# scores in each precision, and the first 20,000 training impressions as
+# training rows (calibration.jsonl, join_impressions.py's format), which
+# convert.py --calibrate rounds int8x2's weights with (bench/quality.py's
+# demo-calibrated); --calibration-only writes just that file for an
+# existing demo (the same data, no training: seconds).
 #
 # Training runs the reference module's own layers (item_vectors, the
 # attention's W_q/W_k/W_v/W_o, qnn) in training mode, grouped by user: the
