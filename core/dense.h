@@ -190,8 +190,9 @@ int dense_init(const float *w, int out, int in, const dense_params *p, dense **d
 void dense_free(dense *d);
 
 /* What the layer runs per row class, e.g. "int8: rows 1-8 AVX512_VNNI
- * kernel; rows 9-256 oneDNN brg:avx512_core_amx_int8 (planned)".  Static
- * for the layer's life. */
+ * kernel; rows 9-256 oneDNN brg:avx512_core_amx_int8 (planned)", the
+ * precision followed by " (int8 weights given)" where dense_params.int8
+ * gave them.  Static for the layer's life. */
 const char *dense_describe(const dense *d);
 /* The kernel a call of n rows runs (ONEDNN, PACKED or OPENBLAS; more than
  * DENSE_MAX_ROWS: the class of its chunks). */

@@ -75,6 +75,8 @@ struct dense {
     float *wscale;                  /* int8: out scales, max |W[o,:]| / 127 */
     float *colscale;                /* int8x2: f_k, x_k's factor (in) */
     int32_t *colsum;                /* int8: sum_k Wq[o][k] */
+    int int8_given;                 /* 1: the int8 weights came with
+                                       dense_params.int8 */
     dense_class cls[DENSE_NCLASS];
     int ncls;                       /* classes made (0 without oneDNN) */
     size_t src_bytes, dst_bytes, pad_bytes;  /* workspace parts */

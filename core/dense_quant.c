@@ -232,7 +232,10 @@ int dense_quantize_int8(dense *d, const float *w, const dense_int8 *given, signe
         free(wb);
         return ctr_fail(err, errlen, CTR_ENOMEM, "out of memory for int8 weights");
     }
-    if (given) return given_weights(d, given, *wq, err, errlen);
+    if (given) {
+        d->int8_given = 1;
+        return given_weights(d, given, *wq, err, errlen);
+    }
     if (wb) {
         for (int k = 0; k < in; k++) d->colscale[k] = 0.0f;
         for (int o = 0; o < out; o++)

@@ -553,6 +553,7 @@ static void given_int8(dense_precision prec, dense_backend b) {
     dense_ws *ws;
     char err[256];
     if (dense_init(w, OUT, IN, &dp, &d, err, sizeof err) < 0) fail_msg("%s", err);
+    assert_non_null(strstr(dense_describe(d), "(int8 weights given)"));
     assert_int_equal(dense_ws_init(dense_ws_size(d), &ws), CTR_OK);
     for (int n = 1; n <= N; n += 8) {
         assert_int_equal(dense_forward(d, ws, n, x, y), CTR_OK);

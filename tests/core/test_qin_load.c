@@ -294,6 +294,10 @@ static void test_int8x2_weights(void **state) {
             fail_msg("%s", err);
         const qin_model *m = qin_model_of(em), *r = qin_model_of(rtn);
         assert_null(r->qnn_int8x2);
+        /* /v1/models and the startup log say so */
+        assert_true(!strstr(engine_model_describe(em), "int8 weights given") ==
+                    (pr != DENSE_INT8X2));
+        assert_null(strstr(engine_model_describe(rtn), "int8 weights given"));
         for (int l = 0; l < L; l++) {
             const qin_int8 *g = &m->qnn_int8x2[l];
             assert_memory_equal(g->q, q[l], (size_t)D * D);
