@@ -125,7 +125,8 @@ $(B)/tests/%: $(B)/tests/%.o $(LIB)
 # build (CI included), so the parity tests follow the reference.
 golden: $(GOLDEN)/stamp
 $(GOLDEN)/stamp: tools/make_golden.py tools/qin_reference.py tools/din_reference.py \
-                 tools/tin_reference.py tools/convert.py tools/safetensors_io.py
+                 tools/tin_reference.py tools/convert.py tools/safetensors_io.py \
+                 tools/int8_rounding.py
 	@mkdir -p $(GOLDEN)
 	$(PYTHON) tools/make_golden.py --out $(GOLDEN)
 	touch $@

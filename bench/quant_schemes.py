@@ -4,9 +4,11 @@ folded QNN (the same algebra as core/qin.c, in double precision; the first
 layer exact, as the engine's split keeps it).
 
 Scores the first `requests` validation requests of a model made by
-tools/make_demo.py (half of them calibrate, the other half are scored) and
-prints, for each scheme against exact arithmetic: max and mean |dp|, AUC
-difference, share of requests whose top 10 change.  Schemes:
+tools/make_demo.py and prints, for each scheme against exact arithmetic:
+max and mean |dp|, AUC difference, share of requests whose top 10 change.
+What a scheme calibrates on is the ranking requests of training users
+(requests.jsonl without the validation users), never the scored rows.
+Schemes:
 
   row        activations per row, symmetric (max |x| / 127); weights per
              output channel, symmetric
@@ -24,8 +26,15 @@ difference, share of requests whose top 10 change.  Schemes:
   bf16       weights and rows rounded to bfloat16
   L1bf16+M   the first product layer (layer 1; layer 0 is exact, split) in
              bf16, the others in scheme M (per-layer precision)
+  R:A        weights rounded by R with activations A (wonly, asym, x2):
+             rtn to nearest; G column by column with the calibration
+             inputs' H = X^T X (GPTQ, tools/int8_rounding.py, what
+             convert.py --calibrate writes); GS the same, each layer's
+             calibration inputs through the layers already rounded; GG one H
+             per output channel weighted by x_o^2 (the QNN's gate)
 
     /usr/bin/python3 bench/quant_schemes.py [DEMO_DIR] [REQUESTS] [MODE,...]   # demo 1000
+    (bench/results/quant-2026-12-08.md: demo 2000 wonly,asym,x2,G:wonly,G:x2,...)
 """
 import json
 import os
@@ -35,6 +44,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+import int8_rounding as i8r  # noqa: E402
 import qin_reference as ref  # noqa: E402
 torch.set_num_threads(1)
 d = sys.argv[1] if len(sys.argv) > 1 else "demo"
@@ -59,13 +69,21 @@ for line in open(f"{d}/users.jsonl"):
     o = json.loads(line); users[o["user_id"]] = o["item_seq"]
 reqs = [json.loads(l) for l in open(f"{d}/validation.jsonl")][:nreq]
 labels = [json.loads(l) for l in open(f"{d}/validation_labels.jsonl")][:nreq]
-X0 = []
-with torch.no_grad():
-    for r in reqs:
-        cands = [(c["item_id"], [c["likes_level"], c["views_level"]]) for c in r["candidates"]]
-        b = ref.make_batch(cfg, items, [i for i in users[r["user_id"]] if i in items or i == 0], cands)
-        X0.append(m.input_vector(b))
-X0 = torch.cat(X0).double()
+# Calibration: the ranking requests of training users (requests.jsonl,
+# drawn like the impressions; the validation users left out), never the
+# validation rows scored below.
+held = {json.loads(l)["user_id"] for l in open(f"{d}/validation.jsonl")}
+creqs = [r for r in (json.loads(l) for l in open(f"{d}/requests.jsonl")) if r["user_id"] not in held]
+def inputs(rs):
+    out = []
+    with torch.no_grad():
+        for r in rs:
+            cands = [(c["item_id"], [c["likes_level"], c["views_level"]]) for c in r["candidates"]]
+            b = ref.make_batch(cfg, items, [i for i in users[r["user_id"]] if i in items or i == 0], cands)
+            out.append(m.input_vector(b))
+    return torch.cat(out).double()
+X0 = inputs(reqs)
+XC = inputs(creqs)
 y = np.array([v for l in labels for v in l])
 # folded layers
 Ws, bs, cs, a = [], [], [], []
@@ -93,7 +111,74 @@ def x2(x, W, f):
     q1 = qasym(xs, 1)
     q2 = qasym(xs - q1, 1)
     return (q1 + q2) @ Wq.T
+BUILT = {}
+def colf(W):  # int8x2's balance: f_k = sqrt(max_o |W[o, k]|)
+    return i8r.balance(W).double()
+def gptq_rows(W, Hs, damp=0.01):
+    """GPTQ with a Hessian per output row, Hs (out x in x in)."""
+    W = W.clone(); out, n = W.shape
+    s = i8r.scales(W).double().clamp_min(1e-300)
+    Hs = Hs.clone()
+    dg = torch.diagonal(Hs, dim1=1, dim2=2)
+    dg += damp * dg.mean(1, keepdim=True) + 1e-12
+    U = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(Hs)), upper=True)
+    Q = torch.zeros_like(W)
+    for k in range(n):
+        q = torch.clamp(torch.round(W[:, k] / s), -127, 127) * s
+        Q[:, k] = q
+        e = (W[:, k] - q) / U[:, k, k]
+        W[:, k + 1:] -= e[:, None] * U[:, k, k + 1:]
+    return Q
+def layer_step(x, l, yv):
+    z = x * (yv + bs[l]) + cs[l]
+    z = torch.where(z > 0, z, a[l] * z)
+    return x + z
+def product(x, l, act, Wq):
+    """y = x W^T of layer l with weight Wq (dequantised int8; for x2 in the
+    balanced space) and activations per act."""
+    W = Ws[l]
+    if act == "wonly": return x @ Wq.T
+    if act == "asym": return qasym(x, 1) @ Wq.T
+    if act == "x2":
+        xs = x * colf(W)
+        q1 = qasym(xs, 1); q2 = qasym(xs - q1, 1)
+        return (q1 + q2) @ Wq.T
+    raise ValueError(act)
+def build(rounding, act, XC):
+    """Per layer (1..L-1) the dequantised int8 weight by `rounding`:
+    rtn (round to nearest), G (GPTQ, H of the calibration inputs), GG (GPTQ
+    with a Hessian per output channel weighted by x_o^2: QIN's gate x * y),
+    GS / GGS (the same, each layer's calibration inputs through the layers
+    already rounded, with act's activations)."""
+    out = [None]
+    x = layer_step(XC, 0, XC @ Ws[0].T)
+    for l in range(1, L):
+        W = Ws[l]
+        f = colf(W) if act == "x2" else torch.ones(W.shape[1], dtype=W.dtype)
+        Wb = W / f
+        xs = x * f
+        if rounding == "rtn":
+            Wq = qsym(Wb, 1)
+        elif rounding.startswith("GG"):
+            Hs = torch.stack([(xs * (x[:, o:o + 1] ** 2)).T @ xs for o in range(W.shape[0])])
+            Wq = gptq_rows(Wb, Hs)
+        else:
+            q, sc = i8r.gptq(Wb, xs.T @ xs)
+            Wq = q.double() * sc.double()[:, None]
+        out.append(Wq)
+        seq = rounding.endswith("S")
+        x = layer_step(x, l, product(x, l, act, Wq) if seq else x @ W.T)
+    return out
 def run(X, mode, calib=None):
+    if ":" in mode:  # rounding:act with weights from build()
+        rounding, act = mode.split(":")
+        key = (rounding, act)
+        if key not in BUILT: BUILT[key] = build(rounding, act, XC)
+        x = X.clone()
+        for l in range(L):
+            yv = x @ Ws[l].T if l == 0 else product(x, l, act, BUILT[key][l])
+            x = layer_step(x, l, yv)
+        return torch.sigmoid(x @ fcw + fcb).numpy()
     x = X.clone()
     for l in range(L):
         W = Ws[l]
@@ -133,16 +218,15 @@ def auc(y, s):
     # ties ignored (continuous)
     npos = y.sum(); nneg = len(y) - npos
     return (r[y > 0].sum() - npos * (npos + 1) / 2) / (npos * nneg)
-# calibration: per-layer input absmax over the first half
-half = X0.shape[0] // 2
+# calibration: per-layer input absmax of the calibration requests
 calib = []
-x = X0[:half].clone()
+x = XC.clone()
 for l in range(L):
     calib.append(x.abs().amax(0))
     yv = x @ Ws[l].T; z = x * (yv + bs[l]) + cs[l]; z = torch.where(z > 0, z, a[l] * z); x = x + z
-ev = X0[half:]; yev = y[half:]
+ev = X0; yev = y
 p32 = run(ev, "fp32")
-print(f"{d}: {ev.shape[0]} scores; fp32 AUC {auc(yev, p32):.5f}")
+print(f"{d}: {ev.shape[0]} scores, {XC.shape[0]} calibration rows; fp32 AUC {auc(yev, p32):.5f}")
 MODES = ("row", "asym", "wonly", "aonly", "smooth0.5", "smooth0.3", "smooth0.7", "bf16", "x2",
          "x2smooth0.5", "x2smooth0.7", "L1bf16+asym", "L1bf16+x2", "L1bf16+x2smooth0.5")
 for mode in (sys.argv[3].split(",") if len(sys.argv) > 3 else MODES):

@@ -89,7 +89,7 @@ int dense_precision_parse(const char *text, dense_precision *out) {
 }
 
 dense_params dense_default_params(void) {
-    dense_params p = {DENSE_FP32, DENSE_BACKEND_AUTO, 0, 0};
+    dense_params p = {DENSE_FP32, DENSE_BACKEND_AUTO, 0, 0, NULL};
     return p;
 }
 
@@ -199,7 +199,9 @@ int dense_init(const float *w, int out, int in, const dense_params *params, dens
     if (p.backend == DENSE_BACKEND_AUTO) nc = dense_candidates(d->prec, out, in, cand);
     signed char *wq = NULL;
     int rc = CTR_OK;
-    if (dense_is_int8(d->prec) && (rc = dense_quantize_int8(d, w, &wq, err, errlen)) < 0) goto fail;
+    if (dense_is_int8(d->prec) &&
+        (rc = dense_quantize_int8(d, w, p.int8, &wq, err, errlen)) < 0)
+        goto fail;
     for (int k = 0; k < nc; k++)
         if ((rc = make_kernel(d, cand[k], w, wq, err, errlen)) < 0) goto fail;
     free(wq);

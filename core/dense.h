@@ -36,6 +36,9 @@
  *         weights' bytes, well under twice int8's time (1.4x, QIN N = 64,
  *         bench/results/perf-2026-12-07.md); on the VNNI kernel about
  *         twice.
+ * int8 and int8x2 round w to nearest at dense_init unless the caller
+ * gives integers rounded beforehand (dense_int8, below: a model file's,
+ * rounded with calibration data), which both then use as they are.
  * Only fp32 is exact; the error bounds of the others are measured by
  * tests/core/test_dense.c on the machine that runs the tests.  Which
  * kernel runs a call is the planner's choice (below) unless
@@ -150,11 +153,25 @@ int dense_backend_parse(const char *text, dense_backend *out);
  * count. */
 #define DENSE_PLAN_CLASSES 4
 
+/* int8 weights rounded beforehand, for int8 and int8x2 in place of
+ * rounding w to nearest at dense_init (tools/convert.py --calibrate rounds
+ * them with calibration data, column by column, each column's rounding
+ * error carried into the columns not yet rounded): W[o, k] / f_k ~
+ * q[o][k] * scale[o], q in -127..127, f the input columns' balance.  int8
+ * needs balance NULL (its rows are not balanced); int8x2 takes f from
+ * balance (NULL: 1).  fp32 and bf16 ignore them.  Copied by dense_init. */
+typedef struct dense_int8 {
+    const signed char *q;        /* out x in, row-major */
+    const float *scale;          /* out */
+    const float *balance;        /* in, or NULL */
+} dense_int8;
+
 typedef struct dense_params {
     dense_precision precision;   /* DENSE_FP32 */
     dense_backend backend;       /* DENSE_BACKEND_AUTO */
     int ld_in;                   /* row stride of x in floats; 0: in */
     int ld_out;                  /* row stride of y in floats; 0: out */
+    const dense_int8 *int8;      /* NULL: int8 weights rounded to nearest */
 } dense_params;
 
 dense_params dense_default_params(void);
@@ -173,8 +190,9 @@ int dense_init(const float *w, int out, int in, const dense_params *p, dense **d
 void dense_free(dense *d);
 
 /* What the layer runs per row class, e.g. "int8: rows 1-8 AVX512_VNNI
- * kernel; rows 9-256 oneDNN brg:avx512_core_amx_int8 (planned)".  Static
- * for the layer's life. */
+ * kernel; rows 9-256 oneDNN brg:avx512_core_amx_int8 (planned)", the
+ * precision followed by " (int8 weights given)" where dense_params.int8
+ * gave them.  Static for the layer's life. */
 const char *dense_describe(const dense *d);
 /* The kernel a call of n rows runs (ONEDNN, PACKED or OPENBLAS; more than
  * DENSE_MAX_ROWS: the class of its chunks). */

@@ -75,6 +75,8 @@ struct dense {
     float *wscale;                  /* int8: out scales, max |W[o,:]| / 127 */
     float *colscale;                /* int8x2: f_k, x_k's factor (in) */
     int32_t *colsum;                /* int8: sum_k Wq[o][k] */
+    int int8_given;                 /* 1: the int8 weights came with
+                                       dense_params.int8 */
     dense_class cls[DENSE_NCLASS];
     int ncls;                       /* classes made (0 without oneDNN) */
     size_t src_bytes, dst_bytes, pad_bytes;  /* workspace parts */
@@ -166,7 +168,8 @@ void dense_rows_to_bf16(int n, int in, const float *x, int ldx, unsigned short *
 /* The int8 weights, once for every kernel of the layer: Wq (out x in, a
  * buffer the caller frees), d->wscale, d->colsum (and int8x2's
  * d->colscale). */
-int dense_quantize_int8(dense *d, const float *w, signed char **wq, char *err, size_t errlen);
+int dense_quantize_int8(dense *d, const float *w, const dense_int8 *given, signed char **wq,
+                        char *err, size_t errlen);
 /* Rows of x (m, stride d->ld_in) quantised for the kernel into q (int8:
  * one row each; int8x2: two levels, 2m rows), scales and zero points. */
 void dense_quantize_rows(const dense *d, int m, const float *x, unsigned char *q, float *scale,

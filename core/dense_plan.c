@@ -158,7 +158,8 @@ static const char *kernel_name(const dense *d, dense_backend b, char *buf, size_
 
 /* "int8: rows 1-8 <kernel>; rows 9-256 <kernel> (planned)". */
 void dense_plan_describe(dense *d) {
-    size_t len = (size_t)snprintf(d->what, sizeof d->what, "%s: ", dense_precision_name(d->prec));
+    size_t len = (size_t)snprintf(d->what, sizeof d->what, "%s%s: ", dense_precision_name(d->prec),
+                                  d->int8_given ? " (int8 weights given)" : "");
     for (int c = 0; c < DENSE_PLAN_CLASSES && len < sizeof d->what;) {
         int e = c;
         while (e + 1 < DENSE_PLAN_CLASSES && d->pick[e + 1] == d->pick[c]) e++;

@@ -176,11 +176,48 @@ static void quantize_weights(const float *w, int out, int in, signed char *wq, f
     }
 }
 
+/* Weights rounded beforehand (dense_int8), checked and copied: q in
+ * -127..127, scales finite and >= 0, balance factors finite and > 0. */
+static int given_weights(dense *d, const dense_int8 *g, signed char *wq, char *err,
+                         size_t errlen) {
+    const int in = d->in, out = d->out;
+    if (!g->q || !g->scale)
+        return ctr_fail(err, errlen, CTR_EINVAL, "int8 weights without integers or scales");
+    if (d->prec == DENSE_INT8 && g->balance)
+        return ctr_fail(err, errlen, CTR_EINVAL,
+                        "int8 weights with balanced columns are int8x2's, not int8's");
+    for (int o = 0; o < out; o++) {
+        int32_t sum = 0;
+        for (int k = 0; k < in; k++) {
+            const signed char v = g->q[(size_t)o * in + k];
+            if (v < -127)
+                return ctr_fail(err, errlen, CTR_EINVAL, "int8 weight %d outside -127..127", v);
+            wq[(size_t)o * in + k] = v;
+            sum += v;
+        }
+        if (!isfinite(g->scale[o]) || g->scale[o] < 0.0f)
+            return ctr_fail(err, errlen, CTR_EINVAL, "int8 weight scale %d is %g", o,
+                            (double)g->scale[o]);
+        d->wscale[o] = g->scale[o];
+        d->colsum[o] = sum;
+    }
+    for (int k = 0; d->colscale && k < in; k++) {
+        const float f = g->balance ? g->balance[k] : 1.0f;
+        if (!isfinite(f) || f <= 0.0f)
+            return ctr_fail(err, errlen, CTR_EINVAL, "int8x2 column balance %d is %g", k,
+                            (double)f);
+        d->colscale[k] = f;
+    }
+    return CTR_OK;
+}
+
 /* The int8 weights, once for every kernel of the layer: Wq (out x in, a
- * buffer the caller frees), and d->wscale and d->colsum; int8x2 balances
- * the columns first (f_k = sqrt(max_o |W[o, k]|), W[:, k] / f_k, kept in
- * d->colscale for the rows). */
-int dense_quantize_int8(dense *d, const float *w, signed char **wq, char *err, size_t errlen) {
+ * buffer the caller frees), and d->wscale and d->colsum; given (not NULL):
+ * its integers and scales; otherwise w rounded to nearest, int8x2
+ * balancing the columns first (f_k = sqrt(max_o |W[o, k]|), W[:, k] / f_k,
+ * kept in d->colscale for the rows). */
+int dense_quantize_int8(dense *d, const float *w, const dense_int8 *given, signed char **wq,
+                        char *err, size_t errlen) {
     const int in = d->in, out = d->out;
     *wq = malloc((size_t)in * out);
     d->wscale = dense_aligned_bytes((size_t)out * sizeof *d->wscale);
@@ -188,11 +225,16 @@ int dense_quantize_int8(dense *d, const float *w, signed char **wq, char *err, s
     float *wb = NULL;
     if (d->prec == DENSE_INT8X2) {
         d->colscale = dense_aligned_bytes((size_t)in * sizeof *d->colscale);
-        wb = malloc((size_t)in * out * sizeof *wb);
+        if (!given) wb = malloc((size_t)in * out * sizeof *wb);
     }
-    if (!*wq || !d->wscale || !d->colsum || (d->prec == DENSE_INT8X2 && (!d->colscale || !wb))) {
+    if (!*wq || !d->wscale || !d->colsum ||
+        (d->prec == DENSE_INT8X2 && (!d->colscale || (!given && !wb)))) {
         free(wb);
         return ctr_fail(err, errlen, CTR_ENOMEM, "out of memory for int8 weights");
+    }
+    if (given) {
+        d->int8_given = 1;
+        return given_weights(d, given, *wq, err, errlen);
     }
     if (wb) {
         for (int k = 0; k < in; k++) d->colscale[k] = 0.0f;

@@ -145,14 +145,15 @@ int modelfile_read(const char *path, unsigned char **buf, size_t *len, char *err
     return CTR_OK;
 }
 
-int modelfile_tensor(const st_file *f, const char *name, int64_t d0, int64_t d1, float **out,
-                     char *err, size_t errlen) {
-    *out = NULL;
-    const st_tensor *t = st_find(f, name);
+/* Finds tensor `name` and checks its dtype and shape (as modelfile_tensor
+ * says); *t gets it. */
+static int tensor_find(const st_file *f, const char *name, const char *dtype, int64_t d0,
+                       int64_t d1, const st_tensor **tp, char *err, size_t errlen) {
+    const st_tensor *t = *tp = st_find(f, name);
     if (!t) return ctr_fail(err, errlen, CTR_EMODEL, "missing tensor %s", name);
-    if (strcmp(t->dtype, "F32") != 0)
-        return ctr_fail(err, errlen, CTR_EMODEL, "tensor %s: dtype %s, expected F32", name,
-                        t->dtype);
+    if (strcmp(t->dtype, dtype) != 0)
+        return ctr_fail(err, errlen, CTR_EMODEL, "tensor %s: dtype %s, expected %s", name,
+                        t->dtype, dtype);
     int want_ndim = d1 < 0 ? 1 : 2;
     if (t->ndim != want_ndim || t->shape[0] != d0 || (d1 >= 0 && t->shape[1] != d1)) {
         char got[96] = "", *w = got;
@@ -165,6 +166,15 @@ int modelfile_tensor(const st_file *f, const char *name, int64_t d0, int64_t d1,
         return ctr_fail(err, errlen, CTR_EMODEL, "tensor %s: shape [%s], expected [%lld, %lld]",
                         name, got, (long long)d0, (long long)d1);
     }
+    return CTR_OK;
+}
+
+int modelfile_tensor(const st_file *f, const char *name, int64_t d0, int64_t d1, float **out,
+                     char *err, size_t errlen) {
+    *out = NULL;
+    const st_tensor *t;
+    int rc = tensor_find(f, name, "F32", d0, d1, &t, err, errlen);
+    if (rc < 0) return rc;
     size_t n = (size_t)(t->end - t->begin) / sizeof(float);
     float *p = linear_falloc(n);
     if (!p) return ctr_fail(err, errlen, CTR_ENOMEM, "tensor %s: out of memory", name);
@@ -174,6 +184,28 @@ int modelfile_tensor(const st_file *f, const char *name, int64_t d0, int64_t d1,
             free(p);
             return ctr_fail(err, errlen, CTR_EMODEL, "tensor %s: non-finite value at %zu", name,
                             i);
+        }
+    }
+    *out = p;
+    return CTR_OK;
+}
+
+int modelfile_tensor_i8(const st_file *f, const char *name, int64_t d0, int64_t d1,
+                        signed char **out, char *err, size_t errlen) {
+    *out = NULL;
+    const st_tensor *t;
+    int rc = tensor_find(f, name, "I8", d0, d1, &t, err, errlen);
+    if (rc < 0) return rc;
+    size_t n = (size_t)(t->end - t->begin);
+    signed char *p = malloc(n ? n : 1);
+    if (!p) return ctr_fail(err, errlen, CTR_ENOMEM, "tensor %s: out of memory", name);
+    memcpy(p, t->data, n);
+    for (size_t i = 0; i < n; i++) {
+        if (p[i] < -127) {
+            const int v = p[i];
+            free(p);
+            return ctr_fail(err, errlen, CTR_EMODEL, "tensor %s: %d at %zu, outside -127..127",
+                            name, v, i);
         }
     }
     *out = p;

@@ -48,6 +48,11 @@ int modelfile_read(const char *path, unsigned char **buf, size_t *len, char *err
 int modelfile_tensor(const st_file *f, const char *name, int64_t d0, int64_t d1, float **out,
                      char *err, size_t errlen);
 
+/* The same for an I8 tensor whose values are in -127..127 (int8 weights):
+ * *out gets a malloc'd copy. */
+int modelfile_tensor_i8(const st_file *f, const char *name, int64_t d0, int64_t d1,
+                        signed char **out, char *err, size_t errlen);
+
 /* Metadata value of key as an integer in [lo, hi]; CTR_EMODEL if absent or
  * out of bounds. */
 int modelfile_meta_int(const st_file *f, const char *key, int lo, int hi, int *out, char *err,

@@ -59,6 +59,14 @@ typedef struct qin_config {
 typedef struct qin_model qin_model;
 typedef struct qin_scratch qin_scratch;
 
+/* A QNN layer's int8x2 weights as the file carries them (dense_int8):
+ * q (D x D), scale (D), balance (D). */
+typedef struct qin_int8 {
+    signed char *q;
+    float *scale;
+    float *balance;
+} qin_int8;
+
 /* Column parts of the QNN layers for a split request (engine_par). */
 #define QIN_PARTS 2
 
@@ -81,6 +89,11 @@ struct qin_model {
                                      rows p D / QIN_PARTS .. (p + 1) D /
                                      QIN_PARTS - 1 of qnn_w[l] (its output
                                      columns), prepared like qnn_dense */
+    /* int8x2 weights the file carries (tools/convert.py --calibrate rounds
+     * them with calibration data), per layer (dense_int8); NULL, or a
+     * layer's q NULL: int8x2 rounds qnn_w to nearest at qin_model_prepare
+     * instead.  int8 always rounds to nearest. */
+    qin_int8 *qnn_int8x2;         /* NULL or num_layers */
     float **qnn_b;                /* num_layers of D: s * sum_r b_r */
     float **qnn_c;                /* num_layers of D: beta - mean * s */
     float *prelu;                 /* num_layers slopes */

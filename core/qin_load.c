@@ -93,6 +93,12 @@ static int expected_name(const qin_config *c, const char *name) {
     for (size_t i = 0; i < sizeof attn / sizeof attn[0]; i++)
         if (strcmp(name, attn[i]) == 0) return 1;
     for (int l = 0; l < c->num_layers; l++) {
+        static const char *opt[] = {"qnn.layer.%d.int8x2.weight", "qnn.layer.%d.int8x2.scale",
+                                    "qnn.layer.%d.int8x2.balance"};
+        for (size_t i = 0; i < sizeof opt / sizeof opt[0]; i++) {
+            snprintf(buf, sizeof buf, opt[i], l);
+            if (strcmp(name, buf) == 0) return 1;
+        }
         static const char *per[] = {"qnn.layer.%d.linear.0.weight", "qnn.layer.%d.linear.0.bias",
                                     "qnn.activation.%d.weight", "qnn.norm.%d.weight",
                                     "qnn.norm.%d.bias", "qnn.norm.%d.running_mean",
@@ -194,7 +200,55 @@ done:
     return rc;
 }
 
+/* The optional int8x2 weights of layer l (tools/README.md, "Model file"):
+ * qnn.layer.l.int8x2.{weight, scale, balance}, all three or none (then
+ * int8x2 rounds the layer's weights to nearest at load). */
+static int read_int8x2(qin_model *m, const st_file *f, int l, char *err, size_t errlen) {
+    const int D = m->cfg.input_dim;
+    static const char *part[3] = {"weight", "scale", "balance"};
+    char name[3][128];
+    int have = 0;
+    for (int i = 0; i < 3; i++) {
+        snprintf(name[i], sizeof name[i], "qnn.layer.%d.int8x2.%s", l, part[i]);
+        have += st_find(f, name[i]) != NULL;
+    }
+    if (!have) return CTR_OK;
+    if (have < 3)
+        return ctr_fail(err, errlen, CTR_EMODEL, "qnn layer %d: int8x2 weights need %s, %s and %s "
+                        "together", l, name[0], name[1], name[2]);
+    if (!m->qnn_int8x2 &&
+        !(m->qnn_int8x2 = calloc((size_t)m->cfg.num_layers, sizeof *m->qnn_int8x2)))
+        return ctr_fail(err, errlen, CTR_ENOMEM, "out of memory");
+    qin_int8 *q = &m->qnn_int8x2[l];
+    int rc;
+    if ((rc = modelfile_tensor_i8(f, name[0], D, D, &q->q, err, errlen)) < 0 ||
+        (rc = modelfile_tensor(f, name[1], D, -1, &q->scale, err, errlen)) < 0 ||
+        (rc = modelfile_tensor(f, name[2], D, -1, &q->balance, err, errlen)) < 0)
+        return rc;
+    for (int i = 0; i < D; i++) {
+        if (q->scale[i] < 0.0f)
+            return ctr_fail(err, errlen, CTR_EMODEL, "tensor %s: negative scale at %d", name[1], i);
+        if (!(q->balance[i] > 0.0f))
+            return ctr_fail(err, errlen, CTR_EMODEL, "tensor %s: %g at %d, expected > 0", name[2],
+                            (double)q->balance[i], i);
+    }
+    return CTR_OK;
+}
+
 /* --- preparation: the QNN products and the first layer's split --------- */
+
+/* The file's int8x2 weights of layer l for precision p, rows r0 .. (a
+ * column part's from output r0), into g; NULL where the file has none or p
+ * is not int8x2. */
+static const dense_int8 *file_int8(const qin_model *m, dense_precision p, int l, int r0,
+                                   dense_int8 *g) {
+    if (p != DENSE_INT8X2 || !m->qnn_int8x2 || !m->qnn_int8x2[l].q) return NULL;
+    const qin_int8 *q = &m->qnn_int8x2[l];
+    g->q = q->q + (size_t)r0 * m->cfg.input_dim;
+    g->scale = q->scale + r0;
+    g->balance = q->balance;
+    return g;
+}
 
 int qin_model_prepare(qin_model *m, const dense_params *p, char *err, size_t errlen) {
     const qin_config *c = &m->cfg;
@@ -205,6 +259,8 @@ int qin_model_prepare(qin_model *m, const dense_params *p, char *err, size_t err
     if (!layers) return ctr_fail(err, errlen, CTR_ENOMEM, "out of memory");
     for (int l = 0; l < c->num_layers; l++) {
         char inner[256] = "";
+        dense_int8 g;
+        dp.int8 = file_int8(m, dp.precision, l, 0, &g);
         int rc = dense_init(m->qnn_w[l], D, D, &dp, &layers[l], inner, sizeof inner);
         if (rc < 0) {
             for (int k = 0; k < l; k++) dense_free(layers[k]);
@@ -266,6 +322,8 @@ int qin_model_prepare_parts(qin_model *m, const dense_params *p, char *err, size
     for (int i = 0; i < np; i++) {
         const int l = i / QIN_PARTS, part = i % QIN_PARTS;
         char inner[256] = "";
+        dense_int8 g;
+        dp.int8 = file_int8(m, dp.precision, l, part * w, &g);
         int rc = dense_init(m->qnn_w[l] + (size_t)part * w * D, w, D, &dp, &parts[i], inner,
                             sizeof inner);
         if (rc < 0) {
@@ -386,7 +444,9 @@ static int model_build(qin_model *m, const st_file *f, char *err, size_t errlen)
     if (!m->qnn_w || !m->qnn_b || !m->qnn_c || !m->prelu)
         return ctr_fail(err, errlen, CTR_ENOMEM, "out of memory");
     for (int l = 0; l < c->num_layers; l++)
-        if ((rc = fold_qnn_layer(m, f, l, err, errlen)) < 0) return rc;
+        if ((rc = fold_qnn_layer(m, f, l, err, errlen)) < 0 ||
+            (rc = read_int8x2(m, f, l, err, errlen)) < 0)
+            return rc;
     /* The row-major QNN weights stay after qin_model_prepare has made the
      * serving products from them: the tests' reference, other backends. */
     if ((rc = qin_fold_first_layer(m, err, errlen)) < 0) return rc;
@@ -422,7 +482,13 @@ void qin_model_free(qin_model *m) {
         if (m->qnn_w) free(m->qnn_w[l]);
         if (m->qnn_b) free(m->qnn_b[l]);
         if (m->qnn_c) free(m->qnn_c[l]);
+        if (m->qnn_int8x2) {
+            free(m->qnn_int8x2[l].q);
+            free(m->qnn_int8x2[l].scale);
+            free(m->qnn_int8x2[l].balance);
+        }
     }
+    free(m->qnn_int8x2);
     for (int l = 0; m->qnn_dense && l < m->cfg.num_layers; l++) dense_free(m->qnn_dense[l]);
     free(m->qnn_dense);
     dense_free(m->attn_score);

@@ -14,9 +14,13 @@
 # wrong shape, unexpected extra key, non-finite value) is refused with exit
 # status 2 and a message naming the key.  What shapes cannot tell (max_len,
 # num_tags, the order of the context fields, DIN's softmax flag, name,
-# version) comes from flags.
+# version) comes from flags.  For QIN, --calibrate ROWS --items ITEMS also
+# writes each QNN layer's int8x2 weights rounded with training rows as
+# calibration data (int8_rounding.py; I8 tensors, after the F32 ones),
+# which the server uses in place of rounding to nearest.
 #
 #   /usr/bin/python3 tools/convert.py --checkpoint X.model --out model.safetensors
+#       [--calibrate rows.jsonl --items items.jsonl]
 
 import argparse
 import os
@@ -37,6 +41,7 @@ LAYER_RE = re.compile(r"qnn\.layer\.(\d+)\.linear\.0\.weight$")
 NAME_MAX = 63          # ENGINE_NAME_MAX - 1 in core/engine.h
 MAX_CTX = 16           # ENGINE_MAX_CTX in core/engine.h
 DEFAULT_CONTEXT = ("likes_level", "views_level")
+CALIBRATE_ROWS = 20000  # training rows --calibrate reads at most
 
 
 class ConvertError(Exception):
@@ -216,10 +221,57 @@ def default_version(path):
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(os.path.getmtime(path)))
 
 
+def calibration_inputs(sd, cfg, rows_path, items_path, max_rows=CALIBRATE_ROWS):
+    """The QNN's inputs x_0 (rows x D) of the model in sd on up to max_rows
+    training rows of rows_path ({"user_id", "item_id", <context fields>,
+    "item_seq", ...} a line, as join_impressions.py writes them), their items'
+    features from items_path (ctr-load's items.jsonl)."""
+    import json
+    import torch
+    import train_rows
+    rows = []
+    try:
+        with open(rows_path) as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                r = json.loads(line)
+                if not isinstance(r, dict) or "item_id" not in r or not isinstance(
+                        r.get("item_seq"), list):
+                    raise ConvertError(f"{rows_path}:{n}: a row needs item_id and item_seq")
+                rows.append(r)
+                if len(rows) == max_rows:
+                    break
+        items = train_rows.load_items(items_path, cfg)
+    except json.JSONDecodeError as e:
+        raise ConvertError(f"calibration: not JSON lines: {e}") from None
+    except train_rows.TrainError as e:
+        raise ConvertError(f"calibration: {e}") from None
+    if not rows:
+        raise ConvertError(f"{rows_path}: no calibration rows")
+    model = ref.QINReference(cfg)
+    model.load_state_dict({k: v.float() for k, v in sd.items()}, strict=False)
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for s in range(0, len(rows), 1024):
+            try:
+                batch, _ = train_rows.tensors_of(
+                    [dict(r, label=r.get("label", 0)) for r in rows[s:s + 1024]], items, cfg)
+            except train_rows.TrainError as e:
+                raise ConvertError(f"calibration: {e}") from None
+            out.append(model.input_vector(batch))
+    return torch.cat(out)
+
+
 def convert_state_dict(sd, out, max_len=64, num_tags=5,
-                       context_fields=DEFAULT_CONTEXT, version="1", name="qin"):
-    """Checks state_dict sd and writes the model file `out`.
-    Returns (config, metadata dict, bytes written); raises ConvertError."""
+                       context_fields=DEFAULT_CONTEXT, version="1", name="qin",
+                       calibrate=None):
+    """Checks state_dict sd and writes the model file `out`; calibrate
+    (rows path, items path), or None: with it, the QNN layers' int8x2
+    weights rounded with those rows as calibration data (int8_rounding.py)
+    are written too.  Returns (config, metadata dict, bytes written); raises
+    ConvertError."""
     _check_name("--name", name)
     _check_name("--version", version)
     cfg = derive_config(sd, max_len, num_tags, context_fields)
@@ -227,19 +279,29 @@ def convert_state_dict(sd, out, max_len=64, num_tags=5,
     # The checkpoint's keys verbatim, in its order, as float32.
     tensors = {k: v.detach().float().contiguous() for k, v in sd.items()
                if not k.endswith(".num_batches_tracked")}
+    if calibrate:
+        import int8_rounding
+        x0 = calibration_inputs(sd, cfg, *calibrate)
+        extra = int8_rounding.qnn_int8_tensors(sd, cfg.num_layers, cfg.num_row,
+                                               cfg.batch_norm, x0)
+        # F32 scales first, the I8 weights last (every F32 tensor 4-aligned).
+        tensors.update({k: v for k, v in extra.items() if v.dtype != "int8"})
+        tensors.update({k: v for k, v in extra.items() if v.dtype == "int8"})
     meta = metadata(cfg, name, version)
+    if calibrate:
+        meta["int8_calibration_rows"] = str(int(x0.shape[0]))
     size = safetensors_io.write(out, tensors, meta)
     return cfg, meta, size
 
 
 def convert_file(checkpoint, out, max_len=64, num_tags=5,
-                 context_fields=DEFAULT_CONTEXT, version=None, name="qin"):
+                 context_fields=DEFAULT_CONTEXT, version=None, name="qin", calibrate=None):
     """convert_state_dict() on a checkpoint file (what the CLI runs)."""
     sd = load_checkpoint(checkpoint)
     if version is None:
         version = default_version(checkpoint)
     return convert_state_dict(sd, out, max_len, num_tags, context_fields,
-                              version, name)
+                              version, name, calibrate)
 
 
 # --- DIN ---------------------------------------------------------------------
@@ -558,8 +620,9 @@ def detect_arch(keys):
 
 
 def convert_any(checkpoint, out, arch=None, max_len=None, num_tags=5, context_fields=None,
-                softmax=False, version=None, name=None):
-    """Converts a checkpoint of any architecture (what the CLI runs).
+                softmax=False, version=None, name=None, calibrate=None):
+    """Converts a checkpoint of any architecture (what the CLI runs);
+    calibrate: (rows, items) for QIN's int8 weights (convert_state_dict).
     Returns (arch, metadata, bytes, summary line)."""
     if version is None:
         version = default_version(checkpoint)
@@ -570,6 +633,9 @@ def convert_any(checkpoint, out, arch=None, max_len=None, num_tags=5, context_fi
     arch = arch or detect_arch(obj.keys())
     if softmax and arch != "din":
         raise ConvertError(f"--softmax is a DIN setting; this is a {arch} checkpoint")
+    if calibrate and arch != "qin":
+        raise ConvertError(f"--calibrate rounds QIN's int8 weights; this is a {arch} "
+                           "checkpoint")
     if arch == "tin":
         if not isinstance(next(iter(obj.values()), None), __import__("numpy").ndarray):
             raise ConvertError("a TIN checkpoint is a .npz of TensorFlow variables")
@@ -597,7 +663,7 @@ def convert_any(checkpoint, out, arch=None, max_len=None, num_tags=5, context_fi
                 f"params={meta['params']} -> {out} ({size} bytes)")
         return arch, meta, size, line
     cfg, meta, size = convert_state_dict(obj, out, max_len or 64, num_tags, fields, version,
-                                         name or "qin")
+                                         name or "qin", calibrate)
     return arch, meta, size, summary(cfg, meta, out, size)
 
 
@@ -610,7 +676,10 @@ def summary(cfg, meta, out, size):
             f"batch_norm={meta['batch_norm']} item_vocab={cfg.item_vocab} "
             f"tag_vocab={cfg.tag_vocab} num_tags={cfg.num_tags} "
             f"mm={cfg.mm_in}->{cfg.mm_out} context={ctx or '-'} "
-            f"params={meta['params']} -> {out} ({size} bytes)")
+            f"params={meta['params']}"
+            + (f" int8_calibration_rows={meta['int8_calibration_rows']}"
+               if "int8_calibration_rows" in meta else "")
+            + f" -> {out} ({size} bytes)")
 
 
 def main(argv=None):
@@ -635,14 +704,24 @@ def main(argv=None):
     ap.add_argument("--version", default=None,
                     help="model version (default: checkpoint mtime, UTC)")
     ap.add_argument("--name", default=None, help="model name (default: the architecture)")
+    ap.add_argument("--calibrate", default=None, metavar="ROWS",
+                    help="QIN: training rows (JSON lines, as join_impressions.py writes "
+                         f"them; the first {CALIBRATE_ROWS}) to round the int8x2 weights "
+                         "with, written into the model file (docs/PRECISION.md); needs "
+                         "--items")
+    ap.add_argument("--items", default=None,
+                    help="item features of the calibration rows (ctr-load's items.jsonl)")
     args = ap.parse_args(argv)
+    if (args.calibrate is None) != (args.items is None):
+        ap.error("--calibrate and --items go together")
     fields = None
     if args.context_fields is not None:
         fields = tuple(f.strip() for f in args.context_fields.split(",") if f.strip())
     try:
         _, _, _, line = convert_any(args.checkpoint, args.out, args.arch, args.max_len,
                                     args.num_tags, fields, args.softmax, args.version,
-                                    args.name)
+                                    args.name,
+                                    (args.calibrate, args.items) if args.calibrate else None)
     except ConvertError as e:
         print(f"convert: {args.checkpoint}: {e}", file=sys.stderr)
         return 2

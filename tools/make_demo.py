@@ -48,7 +48,11 @@
 # requests (validation.jsonl: one line per held-out user, its impressions as
 # candidates, its history from users.jsonl) and their clicks
 # (validation_labels.jsonl, one array per line), which bench/quality.py
-# scores in each precision.
+# scores in each precision, and the first 20,000 training impressions as
+# training rows (calibration.jsonl, join_impressions.py's format), which
+# convert.py --calibrate rounds int8x2's weights with (bench/quality.py's
+# demo-calibrated); --calibration-only writes just that file for an
+# existing demo (the same data, no training: seconds).
 #
 # Training runs the reference module's own layers (item_vectors, the
 # attention's W_q/W_k/W_v/W_o, qnn) in training mode, grouped by user: the
@@ -427,6 +431,24 @@ def write_requests(path, world, rng, lines, n_cands):
                                separators=(",", ":")) + "\n")
 
 
+def write_calibration(path, world, users, cand, ctx, y, limit):
+    """Training impressions as training rows (join_impressions.py's format:
+    user, candidate, context, history, click), the first `limit` of the
+    training users in order: convert.py --calibrate rounds the int8
+    weights with them (docs/PRECISION.md)."""
+    n = 0
+    with open(path, "w") as f:
+        for u in users.tolist():
+            for i, c, lab in zip(cand[u], ctx[u], y[u]):
+                f.write(json.dumps({"user_id": user_id(u), "item_id": int(i),
+                                    FIELDS[0]: int(c[0]), FIELDS[1]: int(c[1]),
+                                    "item_seq": [int(v) for v in world.hist[u]],
+                                    "label": int(lab)}, separators=(",", ":")) + "\n")
+                n += 1
+                if n == limit:
+                    return
+
+
 def write_validation(out, users, cand, ctx, y):
     """The validation impressions as ranking requests (one per held-out
     user, its impressions as candidates, history from users.jsonl) and their
@@ -477,6 +499,11 @@ def main(argv=None):
                     help=f"rows of the model's tag table ({TAG_VOCAB}; the "
                          f"world draws tags below {TAG_VOCAB})")
     ap.add_argument("--name", default="qin-demo", help="model name (qin-demo)")
+    ap.add_argument("--calibration-rows", type=int, default=20000,
+                    help="training rows written to calibration.jsonl (20000)")
+    ap.add_argument("--calibration-only", action="store_true",
+                    help="write calibration.jsonl of an existing demo (the same data: "
+                         "seed, users, items, rows per user) and nothing else; no training")
     ap.add_argument("--full", action="store_true",
                     help="the MicroLens configuration (D 1024, 4 layers, R 4, "
                          "91,717 items, tag table 11,740), trained briefly, "
@@ -517,6 +544,11 @@ def main(argv=None):
     n_va = max(2, int(round(args.val_frac * args.users)))
     va_u, tr_u = np.sort(perm[:n_va]), np.sort(perm[n_va:])
     t_data = time.time() - t_start
+    if args.calibration_only:
+        write_calibration(os.path.join(args.out, "calibration.jsonl"), world, tr_u, cand, ctx,
+                          y, args.calibration_rows)
+        print(f"make_demo: {args.out}/calibration.jsonl: {args.calibration_rows} training rows")
+        return 0
     print(f"data: {args.users} users ({len(tr_u)} train, {len(va_u)} "
           f"validation, users disjoint), {args.items} items, "
           f"{y.size} rows, {y.mean():.1%} positives, history length mean "
@@ -590,6 +622,8 @@ def main(argv=None):
         write_requests(os.path.join(args.out, f"requests_{n}.jsonl"), world,
                        stream(5 + k), args.bench_lines, n)
     write_validation(args.out, va_u, cand, ctx, y)
+    write_calibration(os.path.join(args.out, "calibration.jsonl"), world, tr_u, cand, ctx, y,
+                      args.calibration_rows)
     total = time.time() - t_start
     metrics = {
         "val_auc": round(val_auc, 5),

@@ -429,6 +429,27 @@ def qd_items(items):
     return {i: dict(tags=t, mm=m, cate=0) for i, (t, m) in items.items()}
 
 
+def write_int8_model(d, cfg, sd, meta, tensors, seed):
+    """model-int8.safetensors: the same model with the int8x2 weights that
+    convert.py --calibrate writes, rounded on random probe inputs (not the
+    cases'): test_golden.c holds fp32 to the same golden probabilities
+    (the int8x2 weights ignored) and int8x2 to its bound with them."""
+    import int8_rounding
+    model = ref.QINReference(cfg)
+    model.load_state_dict(sd)
+    model.eval()
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        x0 = torch.cat([model.input_vector(ref.random_probe_batch(cfg, gen, 256))
+                        for _ in range(8)])
+    extra = int8_rounding.qnn_int8_tensors(sd, cfg.num_layers, cfg.num_row, cfg.batch_norm,
+                                           x0)
+    t = dict(tensors)
+    t.update({k: v for k, v in extra.items() if v.dtype != np.int8})
+    t.update({k: v for k, v in extra.items() if v.dtype == np.int8})
+    safetensors_io.write(os.path.join(d, "model-int8.safetensors"), t, meta)
+
+
 def generate(name, cfg, out, seed, sizes):
     t0 = time.time()
     d = os.path.join(out, name)
@@ -456,6 +477,8 @@ def generate(name, cfg, out, seed, sizes):
     assert set(tensors) == set(got)
     for k, v in tensors.items():
         assert np.array_equal(v, sd[k].numpy()), k
+    if name == "small":
+        write_int8_model(d, cfg, sd, meta, tensors, seed * 1000 + salt)
 
     rng = np.random.RandomState(seed * 1000 + salt)
     items, kinds = make_items(cfg, rng, sizes["items"])

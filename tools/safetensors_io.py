@@ -1,13 +1,15 @@
 # safetensors_io.py - writes and reads safetensors files (the service's model
-# file format) by hand, F32 only, without the `safetensors` package.
+# file format) by hand, F32 and I8 (int8 weights) only, without the
+# `safetensors` package.
 #
 # Layout: u64 little-endian header length N, N bytes of JSON header, then the
 # tensor bytes.  The header maps each tensor name to {"dtype", "shape",
 # "data_offsets": [begin, end]} (offsets relative to the start of the byte
 # buffer) and may hold "__metadata__": {str: str}.  We write the tensors
 # contiguously in header order, little-endian, C order, and pad the JSON with
-# spaces so that 8 + N is a multiple of 8 (every tensor then starts 4-aligned
-# in the file, and 8-aligned at the start of the buffer).
+# spaces so that 8 + N is a multiple of 8 (every F32 tensor then starts
+# 4-aligned in the file, and 8-aligned at the start of the buffer, as long as
+# I8 tensors come after them: convert.py writes those last).
 
 import json
 import os
@@ -15,7 +17,7 @@ import struct
 
 import numpy as np
 
-DTYPES = {"F32": np.dtype("<f4")}
+DTYPES = {"F32": np.dtype("<f4"), "I8": np.dtype("i1")}
 MAX_HEADER = 100 * 1024 * 1024  # sanity bound on N when reading
 
 
@@ -23,27 +25,33 @@ class SafetensorsError(ValueError):
     """A file that is not a well-formed safetensors file we can read."""
 
 
-def _as_f32_array(name, value):
-    """Returns value as a contiguous little-endian float32 numpy array."""
+def _as_array(name, value):
+    """Returns value as a contiguous little-endian float32 numpy array, or
+    an int8 one (int8 weights), and its dtype name."""
     if hasattr(value, "detach"):  # a torch tensor; no torch import needed
-        value = value.detach().cpu()
-        if not value.is_floating_point():
-            raise SafetensorsError(f"{name}: dtype {value.dtype} is not F32")
-        value = value.float().contiguous().numpy()
+        value = value.detach().cpu().contiguous()
+        if str(value.dtype) == "torch.int8":
+            value = value.numpy()
+        elif not value.is_floating_point():
+            raise SafetensorsError(f"{name}: dtype {value.dtype} is not F32 or I8")
+        else:
+            value = value.float().numpy()
     arr = np.asarray(value)
+    if arr.dtype == np.int8:
+        return arr.astype("i1", order="C", copy=False), "I8"
     if arr.dtype != np.float32:
         raise SafetensorsError(
-            f"{name}: dtype {arr.dtype} refused (only F32 is written; "
+            f"{name}: dtype {arr.dtype} refused (only F32 and I8 are written; "
             "convert before writing)")
     # astype keeps 0-d arrays 0-d (ascontiguousarray would make them 1-d).
-    return arr.astype("<f4", order="C", copy=False)
+    return arr.astype("<f4", order="C", copy=False), "F32"
 
 
 def encode(tensors, metadata=None):
     """Returns the bytes of a safetensors file.
 
-    tensors: mapping name -> float32 array (numpy or torch), written in the
-    mapping's order.  metadata: mapping str -> str, or None.
+    tensors: mapping name -> float32 or int8 array (numpy or torch),
+    written in the mapping's order.  metadata: mapping str -> str, or None.
     """
     header = {}
     if metadata:
@@ -57,8 +65,8 @@ def encode(tensors, metadata=None):
     for name, value in tensors.items():
         if not isinstance(name, str) or name == "__metadata__" or not name:
             raise SafetensorsError(f"bad tensor name {name!r}")
-        arr = _as_f32_array(name, value)
-        header[name] = {"dtype": "F32", "shape": [int(s) for s in arr.shape],
+        arr, dtype = _as_array(name, value)
+        header[name] = {"dtype": dtype, "shape": [int(s) for s in arr.shape],
                         "data_offsets": [offset, offset + arr.nbytes]}
         offset += arr.nbytes
         arrays.append(arr)

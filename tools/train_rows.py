@@ -33,6 +33,7 @@ import argparse
 import json
 import math
 import os
+import re
 import sys
 
 import numpy as np
@@ -54,7 +55,10 @@ def load_model(path):
         raise TrainError(f"{path}: a {meta.get('arch')} model; this tool trains QIN")
     cfg = convert.config_from_metadata(meta)
     model = ref.QINReference(cfg)
-    sd = {k: torch.from_numpy(np.array(v)) for k, v in tensors.items()}
+    # The int8 weights convert.py --calibrate adds are not training state
+    # (the next file gets its own with --calibrate).
+    sd = {k: torch.from_numpy(np.array(v)) for k, v in tensors.items()
+          if not re.match(r"qnn\.layer\.\d+\.int8(x2)?\.", k)}
     missing, unexpected = model.load_state_dict(sd, strict=False)
     # num_batches_tracked is dropped by the converter; nothing else may differ.
     missing = [k for k in missing if not k.endswith("num_batches_tracked")]

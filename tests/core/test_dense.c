@@ -507,6 +507,96 @@ static void int8_kernels_agree(dense_precision prec) {
     free(x);
 }
 
+/* int8 weights given to dense_init (dense_params.int8: what a model file
+ * rounded with calibration data carries) are the integers the product
+ * uses, on every kernel that runs the precision here: rows of integers
+ * from 0 to 255 quantise exactly (scale 1, zero point 0; int8x2 with every
+ * column's balance 2: scale 2, and the second level is all zero), so the
+ * result is the integer product times the scales, to the bit.  The
+ * integers differ from round-to-nearest's (every weight near a tie
+ * rounded the other way), so a kernel that rounded w itself would fail.
+ * int8 with a balance, an integer -128 and a negative scale are refused. */
+static void given_int8(dense_precision prec, dense_backend b) {
+    enum { OUT = 64, IN = 40, N = 33 };
+    float *w = falloc((size_t)OUT * IN), *x = falloc((size_t)N * IN), *y = falloc((size_t)N * OUT);
+    signed char q[OUT * IN];
+    float scale[OUT], bal[IN];
+    const float f = prec == DENSE_INT8X2 ? 2.0f : 1.0f;
+    for (int k = 0; k < IN; k++) bal[k] = f;
+    int flipped = 0;
+    for (int o = 0; o < OUT; o++) {
+        float m = 0.0f;
+        for (int k = 0; k < IN; k++) {
+            w[o * IN + k] = uni() * 0.3f;
+            m = fmaxf(m, fabsf(w[o * IN + k] / f));
+        }
+        scale[o] = m / 127.0f;
+        for (int k = 0; k < IN; k++) {
+            float v = w[o * IN + k] / f / scale[o], r = nearbyintf(v);
+            if (fabsf(v - r) > 0.4f && fabsf(r) < 127.0f) {
+                r += v > r ? 1.0f : -1.0f;
+                flipped++;
+            }
+            q[o * IN + k] = (signed char)r;
+        }
+    }
+    assert_true(flipped > OUT * IN / 10);
+    for (int i = 0; i < N; i++)
+        for (int k = 0; k < IN; k++)
+            x[i * IN + k] = k == 0 ? 0.0f : k == 1 ? 255.0f : (float)((i * 37 + k * 11) % 256);
+    dense_int8 g = {q, scale, prec == DENSE_INT8X2 ? bal : NULL};
+    dense_params dp = dense_default_params();
+    dp.precision = prec;
+    dp.backend = b;
+    dp.int8 = &g;
+    dense *d;
+    dense_ws *ws;
+    char err[256];
+    if (dense_init(w, OUT, IN, &dp, &d, err, sizeof err) < 0) fail_msg("%s", err);
+    assert_non_null(strstr(dense_describe(d), "(int8 weights given)"));
+    assert_int_equal(dense_ws_init(dense_ws_size(d), &ws), CTR_OK);
+    for (int n = 1; n <= N; n += 8) {
+        assert_int_equal(dense_forward(d, ws, n, x, y), CTR_OK);
+        for (int i = 0; i < n; i++)
+            for (int o = 0; o < OUT; o++) {
+                int32_t acc = 0;
+                for (int k = 0; k < IN; k++) acc += q[o * IN + k] * (int32_t)x[i * IN + k];
+                const float want = (float)acc * (f * scale[o]);
+                if (y[i * OUT + o] != want)
+                    fail_msg("%s, %d rows: y[%d][%d] = %.9g, the given integers make %.9g",
+                             dense_describe(d), n, i, o, y[i * OUT + o], want);
+            }
+    }
+    dense_ws_free(ws);
+    dense_free(d);
+    if (prec == DENSE_INT8 && b == DENSE_BACKEND_AUTO) {
+        g.balance = bal;
+        assert_int_equal(dense_init(w, OUT, IN, &dp, &d, err, sizeof err), CTR_EINVAL);
+        assert_non_null(strstr(err, "int8x2"));
+        g.balance = NULL;
+        q[5] = -128;
+        assert_int_equal(dense_init(w, OUT, IN, &dp, &d, err, sizeof err), CTR_EINVAL);
+        assert_non_null(strstr(err, "-127..127"));
+        q[5] = 0;
+        scale[3] = -1.0f;
+        assert_int_equal(dense_init(w, OUT, IN, &dp, &d, err, sizeof err), CTR_EINVAL);
+        assert_non_null(strstr(err, "scale"));
+    }
+    free(w);
+    free(x);
+    free(y);
+}
+
+static void test_given_int8(void **state) {
+    (void)state;
+    for (int p = DENSE_INT8; p <= DENSE_INT8X2; p++) {
+        dense_backend cand[DENSE_BACKEND_COUNT];
+        int nc = dense_candidates((dense_precision)p, 64, 40, cand);
+        given_int8((dense_precision)p, DENSE_BACKEND_AUTO);
+        for (int c = 0; c < nc; c++) given_int8((dense_precision)p, cand[c]);
+    }
+}
+
 static void test_int8_kernels_agree(void **state) {
     (void)state;
     int8_kernels_agree(DENSE_INT8);
@@ -753,6 +843,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_plan_choice),
         cmocka_unit_test(test_candidates_exact),
         cmocka_unit_test(test_int8_kernels_agree),
+        cmocka_unit_test(test_given_int8),
         cmocka_unit_test(test_post_fused),
     };
     if (argc > 1 && strcmp(argv[1], "plan") == 0)
@@ -761,6 +852,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_plan_pick),
         cmocka_unit_test(test_plan_choice),
         cmocka_unit_test(test_int8_kernels_agree),
+        cmocka_unit_test(test_given_int8),
         cmocka_unit_test(test_post_fused),
         cmocka_unit_test(test_rt),
         cmocka_unit_test(test_precision_names),

@@ -59,9 +59,15 @@ typedef struct golden {
     golden_case *cases;
 } golden;
 
+/* The model file of a configuration: model.safetensors, or
+ * model-int8.safetensors (QIN small: the same model with int8x2 weights
+ * rounded on calibration inputs, as tools/convert.py --calibrate writes
+ * them) while test_qin_small_int8_file runs. */
+static const char *model_file = "model.safetensors";
+
 static void model_load(const golden *g, dense_precision p, engine_model **m) {
     char path[1024], err[512];
-    snprintf(path, sizeof path, "%s/%s/model.safetensors", golden_dir(), g->name);
+    snprintf(path, sizeof path, "%s/%s/%s", golden_dir(), g->name, model_file);
     engine_params ep = engine_default_params();
     ep.precision = p;
     if (engine_model_load_with(path, &ep, m, err, sizeof err) < 0)
@@ -382,6 +388,17 @@ PRECISION_TEST(test_din_microlens_precisions, "din-microlens", "din")
 PRECISION_TEST(test_tin_small_precisions, "tin-small", "tin")
 PRECISION_TEST(test_tin_amazon_precisions, "tin-amazon", "tin")
 
+/* QIN small with the int8x2 weights of calibrated rounding in its file:
+ * fp32 the same golden probabilities (it ignores them), int8x2 within its
+ * bound with them (bf16 and int8 ignore them too). */
+static void test_qin_small_int8_file(void **state) {
+    (void)state;
+    model_file = "model-int8.safetensors";
+    run_config("small", "qin");
+    run_precisions("small", "qin");
+    model_file = "model.safetensors";
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_qin_small),        cmocka_unit_test(test_qin_microlens),
@@ -395,6 +412,7 @@ int main(void) {
         cmocka_unit_test(test_din_microlens_precisions),
         cmocka_unit_test(test_tin_small_precisions),
         cmocka_unit_test(test_tin_amazon_precisions),
+        cmocka_unit_test(test_qin_small_int8_file),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -179,6 +179,166 @@ static void test_missing_file(void **state) {
     assert_non_null(strstr(err, "/nonexistent/model.safetensors"));
 }
 
+/* int8x2 weights in the file (tools/convert.py --calibrate): each layer's
+ * integers near round-to-nearest's but not the same (every weight near a
+ * tie rounded the other way), balance 2 for every column. */
+static void add_int8x2_set(test_model *t, const qin_model *m, signed char *q[4], float *sc[4]) {
+    const int D = m->cfg.input_dim;
+    char name[128];
+    for (int l = 0; l < m->cfg.num_layers; l++) {
+        q[l] = malloc((size_t)D * D);
+        snprintf(name, sizeof name, "qnn.layer.%d.int8x2.scale", l);
+        sc[l] = tm_add(t, name, D, -1, 0.0f, 0.0f);
+        snprintf(name, sizeof name, "qnn.layer.%d.int8x2.balance", l);
+        float *b = tm_add(t, name, D, -1, 0.0f, 0.0f);
+        for (int k = 0; k < D; k++) b[k] = 2.0f;
+        const float *w = m->qnn_w[l];
+        for (int o = 0; o < D; o++) {
+            float mx = 0.0f;
+            for (int k = 0; k < D; k++) mx = fmaxf(mx, fabsf(w[o * D + k] / 2.0f));
+            sc[l][o] = mx / 127.0f;
+            for (int k = 0; k < D; k++) {
+                float v = w[o * D + k] / 2.0f / sc[l][o], r = nearbyintf(v);
+                if (fabsf(v - r) > 0.4f && fabsf(r) < 127.0f) r += v > r ? 1.0f : -1.0f;
+                q[l][o * D + k] = (signed char)r;
+            }
+        }
+    }
+    for (int l = 0; l < m->cfg.num_layers; l++) { /* I8 last, as convert.py writes them */
+        snprintf(name, sizeof name, "qnn.layer.%d.int8x2.weight", l);
+        tm_add_i8(t, name, D, D, q[l]);
+    }
+}
+
+/* Rows of integers 0..255 (the row's range exactly 0..255). */
+static float *integer_rows(int n, int in, int ldx) {
+    float *x = calloc((size_t)n * ldx, sizeof *x);
+    for (int i = 0; i < n; i++)
+        for (int k = 0; k < in; k++)
+            x[i * ldx + k] = k == 0 ? 0.0f : k == 1 ? 255.0f : (float)((i * 29 + k * 13) % 256);
+    return x;
+}
+
+/* The product of an int8x2 layer (or column part) on integer rows, which
+ * it quantises exactly with balance 2 (first level scale 2, the second
+ * level all zero): the integers the kernel holds times 2 scale, to the
+ * bit.  Returns the mismatches. */
+static int layer_uses(const dense *d, const signed char *q, const float *sc, int ldx) {
+    enum { N = 9 };
+    const int in = dense_in(d), out = dense_out(d);
+    float *x = integer_rows(N, in, ldx), *y = calloc((size_t)N * ldx, sizeof *y);
+    dense_ws *ws;
+    assert_int_equal(dense_ws_init(dense_ws_size(d), &ws), CTR_OK);
+    assert_int_equal(dense_forward(d, ws, N, x, y), CTR_OK);
+    int bad = 0;
+    for (int i = 0; i < N; i++)
+        for (int o = 0; o < out; o++) {
+            int32_t acc = 0;
+            for (int k = 0; k < in; k++) acc += q[o * in + k] * (int32_t)x[i * ldx + k];
+            bad += y[i * ldx + o] != (float)acc * (2.0f * sc[o]);
+        }
+    dense_ws_free(ws);
+    free(x);
+    free(y);
+    return bad;
+}
+
+/* Two layers give the same products, bit for bit. */
+static void same_products(const dense *a, const dense *b, int ldx) {
+    enum { N = 5 };
+    float *x = integer_rows(N, dense_in(a), ldx), *ya = calloc((size_t)N * ldx, sizeof *ya),
+          *yb = calloc((size_t)N * ldx, sizeof *yb);
+    for (int i = 0; i < N * ldx; i++) x[i] = x[i] / 64.0f - 2.0f;
+    dense_ws *ws;
+    assert_int_equal(dense_ws_init(dense_ws_size(a), &ws), CTR_OK);
+    assert_int_equal(dense_forward(a, ws, N, x, ya), CTR_OK);
+    assert_int_equal(dense_forward(b, ws, N, x, yb), CTR_OK);
+    assert_memory_equal(ya, yb, (size_t)N * ldx * sizeof(float));
+    dense_ws_free(ws);
+    free(x);
+    free(ya);
+    free(yb);
+}
+
+/* The file's int8x2 weights are loaded as written and are what the int8x2
+ * layers and their column parts multiply by (not the fp32 weights rounded
+ * to nearest, which the same check tells apart); fp32 and int8 ignore
+ * them (the same products, bit for bit, as without them); a set with a
+ * part missing, an integer of -128 and a balance of 0 are refused. */
+static void test_int8x2_weights(void **state) {
+    (void)state;
+    qin_config c = tm_small_config();
+    c.mm_out = 20; /* D = 64: two column parts of 32 */
+    c.item_dim = 2 * c.embedding_dim + c.mm_out;
+    c.attn_dim = 2 * c.item_dim;
+    c.input_dim = c.num_ctx * c.embedding_dim + 2 * c.item_dim;
+    test_model t;
+    tm_init(&t, &c, 21);
+    size_t len, len2;
+    unsigned char *buf = tm_serialize(&t, NULL, &len);
+    char err[512] = "";
+    engine_model *plain;
+    if (engine_model_load_buffer(buf, len, &plain, err, sizeof err) < 0) fail_msg("%s", err);
+    const int D = c.input_dim, L = c.num_layers, ldx = qin_ldx(&c);
+    signed char *q[4];
+    float *sc[4];
+    add_int8x2_set(&t, qin_model_of(plain), q, sc);
+    unsigned char *buf2 = tm_serialize(&t, NULL, &len2);
+    for (int pr = 0; pr < DENSE_PRECISION_COUNT; pr++) {
+        engine_params p = engine_default_params();
+        p.precision = (dense_precision)pr;
+        p.column_parts = pr == DENSE_INT8X2 ? 2 : 1;
+        engine_model *em, *rtn;
+        if (engine_model_load_buffer_with(buf2, len2, &p, &em, err, sizeof err) < 0 ||
+            engine_model_load_buffer_with(buf, len, &p, &rtn, err, sizeof err) < 0)
+            fail_msg("%s", err);
+        const qin_model *m = qin_model_of(em), *r = qin_model_of(rtn);
+        assert_null(r->qnn_int8x2);
+        /* /v1/models and the startup log say so */
+        assert_true(!strstr(engine_model_describe(em), "int8 weights given") ==
+                    (pr != DENSE_INT8X2));
+        assert_null(strstr(engine_model_describe(rtn), "int8 weights given"));
+        for (int l = 0; l < L; l++) {
+            const qin_int8 *g = &m->qnn_int8x2[l];
+            assert_memory_equal(g->q, q[l], (size_t)D * D);
+            assert_memory_equal(g->scale, sc[l], (size_t)D * sizeof(float));
+            assert_true(g->balance[0] == 2.0f && g->balance[D - 1] == 2.0f);
+            if (pr != DENSE_INT8X2) {
+                same_products(m->qnn_dense[l], r->qnn_dense[l], ldx);
+                continue;
+            }
+            if (layer_uses(m->qnn_dense[l], q[l], sc[l], ldx))
+                fail_msg("int8x2 layer %d: not the file's integers", l);
+            for (int part = 0; part < 2; part++)
+                if (layer_uses(m->qnn_part[l * 2 + part], q[l] + (size_t)part * 32 * D,
+                               sc[l] + part * 32, ldx))
+                    fail_msg("int8x2 layer %d part %d: not the file's integers", l, part);
+            /* the same check fails on the weights rounded to nearest */
+            assert_true(layer_uses(r->qnn_dense[l], q[l], sc[l], ldx) > 0);
+        }
+        engine_model_free(em);
+        engine_model_free(rtn);
+    }
+    free(buf2);
+    tm_damage dmg = {.skip = "qnn.layer.1.int8x2.balance"};
+    buf2 = tm_serialize(&t, &dmg, &len2);
+    expect_refused(buf2, len2, CTR_EMODEL, "together");
+    free(buf2);
+    tm_get(&t, "qnn.layer.0.int8x2.balance")[5] = 0.0f;
+    buf2 = tm_serialize(&t, NULL, &len2);
+    expect_refused(buf2, len2, CTR_EMODEL, "expected > 0");
+    free(buf2);
+    tm_get(&t, "qnn.layer.0.int8x2.balance")[5] = 2.0f;
+    tm_get(&t, "qnn.layer.1.int8x2.weight")[3] = -128.0f;
+    buf2 = tm_serialize(&t, NULL, &len2);
+    expect_refused(buf2, len2, CTR_EMODEL, "-127..127");
+    free(buf2);
+    for (int l = 0; l < L; l++) free(q[l]);
+    engine_model_free(plain);
+    free(buf);
+    tm_free(&t);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_valid),
@@ -192,6 +352,7 @@ int main(void) {
         cmocka_unit_test(test_unexpected_tensor),
         cmocka_unit_test(test_bad_metadata),
         cmocka_unit_test(test_missing_file),
+        cmocka_unit_test(test_int8x2_weights),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -26,6 +26,7 @@ typedef struct tm_tensor {
     int ndim;
     int64_t shape[2];
     float *data;
+    int i8;                  /* written as I8 (data holds the integers) */
 } tm_tensor;
 
 typedef struct test_model {
@@ -63,6 +64,14 @@ static inline float *tm_add(test_model *tm, const char *name, int64_t d0, int64_
     t->data = malloc(n * sizeof(float));
     for (size_t i = 0; i < n; i++) t->data[i] = tm_uniform(tm, lo, hi);
     return t->data;
+}
+
+/* An I8 tensor (int8 weights) of d0 x d1 values v. */
+static inline void tm_add_i8(test_model *tm, const char *name, int64_t d0, int64_t d1,
+                             const signed char *v) {
+    float *p = tm_add(tm, name, d0, d1, 0.0f, 0.0f);
+    for (int64_t i = 0; i < d0 * d1; i++) p[i] = (float)v[i];
+    tm->t[tm->nt - 1].i8 = 1;
 }
 
 static inline float *tm_get(test_model *tm, const char *name) {
@@ -197,9 +206,9 @@ static inline unsigned char *tm_serialize(const test_model *tm, const tm_damage 
     for (int i = 0; i < tm->nt; i++) {
         const tm_tensor *t = &tm->t[i];
         if (dmg->skip && strcmp(dmg->skip, t->name) == 0) continue;
-        uint64_t bytes = (uint64_t)t->shape[0] * (uint64_t)t->shape[1] * 4;
+        uint64_t bytes = (uint64_t)t->shape[0] * (uint64_t)t->shape[1] * (t->i8 ? 1 : 4);
         int64_t d0 = t->shape[0];
-        const char *dt = "F32";
+        const char *dt = t->i8 ? "I8" : "F32";
         if (dmg->dtype_of && strcmp(dmg->dtype_of, t->name) == 0) dt = "I32";
         if (dmg->shape_of && strcmp(dmg->shape_of, t->name) == 0) d0 += 1;
         uint64_t end = off + bytes + (i == last ? dmg->end_extra : 0);
@@ -229,9 +238,13 @@ static inline unsigned char *tm_serialize(const test_model *tm, const tm_damage 
     for (int i = 0; i < tm->nt; i++) {
         const tm_tensor *t = &tm->t[i];
         if (dmg->skip && strcmp(dmg->skip, t->name) == 0) continue;
-        size_t bytes = (size_t)t->shape[0] * (size_t)t->shape[1] * 4;
-        memcpy(p, t->data, bytes);
-        p += bytes;
+        size_t n = (size_t)t->shape[0] * (size_t)t->shape[1];
+        if (t->i8)
+            for (size_t k = 0; k < n; k++) *p++ = (unsigned char)(signed char)t->data[k];
+        else {
+            memcpy(p, t->data, n * 4);
+            p += n * 4;
+        }
     }
     free(h);
     *len = total;

@@ -69,6 +69,30 @@ make("r2", two_rows)
 make("nobn", lambda sd: {k: v for k, v in sd.items() if not k.startswith("qnn.norm.")})
 EOF
 cp "$BIG" "$TMP/big.model"
+cp "$GOLDEN/din-small/ckpt.model" "$TMP/din.model"
+# Calibration rows for --calibrate (join_impressions.py's format): random
+# candidates, contexts and histories over the small golden catalogue, and
+# the same with one row naming an item the catalogue lacks.
+"$PYTHON" - "$GOLDEN/small" "$TMP" <<'EOF'
+import json, random, sys
+sys.path.insert(0, "tools")
+import safetensors_io
+src, out = sys.argv[1], sys.argv[2]
+meta, _ = safetensors_io.read(f"{src}/model.safetensors")
+fields = meta["context_fields"].split(",")
+vocab = [int(v) for v in meta["context_vocab"].split(",")]
+ids = [json.loads(l)["item_id"] for l in open(f"{src}/items.jsonl")]
+rnd = random.Random(5)
+rows = [dict({"user_id": f"u{i % 40}", "item_id": rnd.choice(ids),
+              "item_seq": rnd.sample(ids, rnd.randint(0, 8)), "label": rnd.randint(0, 1)},
+             **{f: rnd.randrange(vocab[k]) for k, f in enumerate(fields)})
+        for i in range(400)]
+with open(f"{out}/rows.jsonl", "w") as f:
+    f.writelines(json.dumps(r) + "\n" for r in rows)
+rows[7]["item_id"] = 10 ** 6
+with open(f"{out}/rows_unknown.jsonl", "w") as f:
+    f.writelines(json.dumps(r) + "\n" for r in rows)
+EOF
 
 # --- the conversions: "case model flags..." lines, run two at a time --------
 SMALLF="--context-fields a,b,c --max-len 6"
@@ -88,6 +112,10 @@ wrapped wrapped $SMALLF
 r2 r2 $SMALLF
 nobn nobn $SMALLF
 big big --version 7
+calibrated same $SMALLF --version golden-1 --calibrate $TMP/rows.jsonl --items $GOLDEN/small/items.jsonl
+cal_no_items same $SMALLF --calibrate $TMP/rows.jsonl
+cal_unknown same $SMALLF --calibrate $TMP/rows_unknown.jsonl --items $GOLDEN/small/items.jsonl
+cal_din din --calibrate $TMP/rows.jsonl --items $GOLDEN/small/items.jsonl
 EOF
 export PYTHON TMP
 # shellcheck disable=SC2016
@@ -143,6 +171,10 @@ refuse ctx_left_out "field not in --context-fields" \
 refuse ctx_absent "field absent from the checkpoint" \
     "missing key embedding_layer.embedding_layer.embedding_layers.zz.weight"
 
+refuse cal_no_items "--calibrate without --items" "--calibrate and --items go together"
+refuse cal_unknown "calibration row naming an unknown item" "items without features" "1000000"
+refuse cal_din "--calibrate on a DIN checkpoint" "rounds QIN's int8 weights" "din"
+
 echo "test_convert: conversions"
 if accepted same "small checkpoint"; then
     if cmp -s "$TMP/same.safetensors" "$GOLDEN/small/model.safetensors"; then
@@ -163,6 +195,45 @@ assert meta["batch_norm"] == "0" and not any(k.startswith("qnn.norm.") for k in 
 EOF
     then ok "no norm keys -> batch_norm 0"
     else fail "no batch norm: $(cat "$TMP/nobn.out")"; fi
+fi
+# --calibrate: the same tensors and metadata as without, plus every QNN
+# layer's int8x2 set (I8 weights last): the balance sqrt(max_o |W|), the
+# scales max |W / f| / 127, the integers near W / f / scale (within 3
+# steps, 0.5 on average) but not all round to nearest's.
+if accepted calibrated "calibrated"; then
+    if grep -q "int8_calibration_rows=400 " "$TMP/calibrated.out" &&
+        "$PYTHON" - "$TMP/calibrated.safetensors" "$GOLDEN/small/model.safetensors" <<'EOF'
+import sys; sys.path.insert(0, "tools")
+import numpy as np, torch
+import int8_rounding, safetensors_io
+meta, t = safetensors_io.read(sys.argv[1])
+meta0, t0 = safetensors_io.read(sys.argv[2])
+assert meta.pop("int8_calibration_rows") == "400" and meta == meta0
+for k, v in t0.items():
+    assert np.array_equal(t[k], v), k
+L, R = int(meta["num_layers"]), int(meta["num_row"])
+extra = [k for k in t if k not in t0]
+assert sorted(extra) == sorted(f"qnn.layer.{l}.int8x2.{p}" for l in range(L)
+                              for p in ("weight", "scale", "balance")), extra
+assert all(t[k].dtype == np.int8 for k in list(t)[-L:]), list(t)[-L:]
+sd = {k: torch.from_numpy(v) for k, v in t0.items()}
+moved = 0
+for l, (W, _, _, _) in enumerate(int8_rounding.fold_qnn(sd, L, R, True)):
+    f = t[f"qnn.layer.{l}.int8x2.balance"].astype(np.float64)
+    q, sc = t[f"qnn.layer.{l}.int8x2.weight"], t[f"qnn.layer.{l}.int8x2.scale"]
+    assert np.allclose(f, np.sqrt(np.abs(W.numpy()).max(0)), rtol=1e-6)
+    Wb = W.numpy() / f
+    assert q.shape == W.shape and q.min() >= -127
+    assert np.allclose(sc, np.abs(Wb).max(1) / 127, rtol=1e-6)
+    v = Wb / sc[:, None]
+    rtn = np.clip(np.round(v), -127, 127)
+    # GPTQ's corrections move a weight a step or two now and then
+    assert np.abs(q - v).max() <= 3 and np.abs(q - v).mean() <= 0.5, l
+    moved += int((q != rtn).sum())
+assert moved > 0
+EOF
+    then ok "--calibrate: int8x2 weights of every layer, the rest unchanged"
+    else fail "calibrated: $(cat "$TMP/calibrated.out" "$TMP/calibrated.err")"; fi
 fi
 # The MicroLens-shaped R=4 checkpoint: 31,244,293 parameters, the documented
 # metadata, num_batches_tracked dropped.
