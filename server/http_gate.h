@@ -15,8 +15,9 @@
  * Cost: three descriptors a connection (HTTP_FDS_PER_CONNECTION), and per
  * request a copy and two system calls more each way.
  *
- * Threads: everything here runs on the HTTP event loop's thread (and on
- * the thread that stops the server, once the loop has ended).
+ * Threads: everything here runs under the HTTP event loop's lock: on the
+ * loop's thread, or on a request worker sending its own answer (http.c);
+ * and on the thread that stops the server, once the loop has ended.
  */
 #ifndef CTR_HTTP_GATE_H
 #define CTR_HTTP_GATE_H
