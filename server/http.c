@@ -96,7 +96,8 @@ struct http_server {
     int wake_fd;                    /* eventfd: a worker resumed a
                                        connection (libmicrohttpd's own
                                        signal is not in its epoll set in
-                                       this mode) */
+                                       this mode), the watchdog cut one */
+    int mhd_fd;                     /* libmicrohttpd's epoll set */
     pthread_mutex_t loop_mu;        /* held by whoever runs a turn of the
                                        loop (libmicrohttpd and the gate):
                                        the loop's thread, except while it
@@ -274,16 +275,32 @@ static void work(http_server *h, http_req *r) {
     r->resp_status = status;
 }
 
-/* Runs libmicrohttpd until it has nothing ready (a resumed connection
- * takes two runs: one queues its answer, the next writes it), at most a
- * few times.  Returns 1 when work is still ready.  Under loop_mu. */
-static int mhd_turn(http_server *h) {
-    for (int i = 0;; i++) {
-        MHD_run(h->d);
-        MHD_UNSIGNED_LONG_LONG to;
-        int ready = MHD_get_timeout(h->d, &to) == MHD_YES && to == 0;
-        if (!ready || i == 2) return ready;
+/* 1 when libmicrohttpd has work ready: a connection it knows is ready,
+ * or events in its epoll set not yet taken. */
+static int mhd_ready(http_server *h) {
+    MHD_UNSIGNED_LONG_LONG to;
+    if (MHD_get_timeout(h->d, &to) == MHD_YES && to == 0) return 1;
+    struct pollfd p = {.fd = h->mhd_fd, .events = POLLIN};
+    return poll(&p, 1, 0) > 0;
+}
+
+/* A turn of the loop: the gate and libmicrohttpd in turn until neither
+ * has anything left to do (bytes passed into a pair are the library's
+ * work; what it writes is the gate's), at most a few rounds.  Nothing
+ * sleeps on the pairs' events or on the library's epoll set: only the
+ * clients' sockets, the wake-up descriptor and the library's timeouts
+ * wake the loop, so a turn must leave nothing ready.  Returns 1 when work
+ * is left (the loop then polls without sleeping).  Under loop_mu. */
+static int loop_turn(http_server *h) {
+    for (int round = 0; round < 8; round++) {
+        int moved = http_gate_poll(h->gate);
+        /* The first run is unconditional: a resumed connection, a timeout
+         * or a close shows in neither of the library's signs of work. */
+        if (!round || mhd_ready(h)) MHD_run(h->d);
+        moved += http_gate_poll(h->gate);
+        if (!moved && !mhd_ready(h)) return 0;
     }
+    return 1;
 }
 
 /* A worker has resumed a connection with its answer.  When the loop's
@@ -302,8 +319,7 @@ static void answer_out(http_server *h) {
         wake(h);
         return;
     }
-    int more = mhd_turn(h);
-    http_gate_poll(h->gate);
+    int more = loop_turn(h);
     pthread_mutex_unlock(&h->loop_mu);
     if (more) wake(h);
 }
@@ -621,6 +637,7 @@ static void *watchdog_main(void *arg) {
         }
         pthread_mutex_unlock(&h->cmu);
         for (int i = 0; i < cut; i++) metrics_connection_cut(h->svc->metrics);
+        if (cut) wake(h);   /* the library's side of the pair sees it on a turn */
         if (cut) {
             static log_limit lim;
             log_limited(&lim, LOG_INFO, "receive deadline cuts",
@@ -664,32 +681,29 @@ static void gate_refused(void *arg, const char *path, int status) {
 
 static void *loop_main(void *arg) {
     http_server *h = arg;
-    const union MHD_DaemonInfo *di = MHD_get_daemon_info(h->d, MHD_DAEMON_INFO_EPOLL_FD);
-    int efd = di ? di->epoll_fd : -1;
     int64_t next_tick = 0;
+    int more = 0;
     pthread_mutex_lock(&h->loop_mu);
     while (!atomic_load(&h->loop_stop)) {
         if (atomic_exchange(&h->quiesce, 0)) http_gate_quiesce(h->gate);
-        /* Sleep until a socket of the gate or of libmicrohttpd has events
-         * (a worker's resume signals the eventfd) or the library's next
-         * timeout, at most 50 ms so stop and quiesce requests are seen. */
-        int ms = 50;
+        /* Sleep until a client's socket has events, a worker's resume or
+         * the watchdog signals the eventfd, or the library's next timeout,
+         * at most 50 ms so stop and quiesce requests are seen.  The loop's
+         * lock is free meanwhile: a worker may make a turn (answer_out). */
+        int ms = more ? 0 : 50;
         MHD_UNSIGNED_LONG_LONG to;
         if (MHD_get_timeout(h->d, &to) == MHD_YES && to < (MHD_UNSIGNED_LONG_LONG)ms)
             ms = (int)to;
-        struct pollfd pfd[3] = {{.fd = efd, .events = POLLIN},
-                                {.fd = h->wake_fd, .events = POLLIN},
+        struct pollfd pfd[2] = {{.fd = h->wake_fd, .events = POLLIN},
                                 {.fd = http_gate_fd(h->gate), .events = POLLIN}};
         pthread_mutex_unlock(&h->loop_mu);
-        int pr = poll(pfd, 3, ms);
+        int pr = poll(pfd, 2, ms);
         pthread_mutex_lock(&h->loop_mu);
-        if (pr > 0 && (pfd[1].revents & POLLIN)) {
+        if (pr > 0 && (pfd[0].revents & POLLIN)) {
             uint64_t n;
             if (read(h->wake_fd, &n, sizeof n) < 0) { /* drained by another read */ }
         }
-        if (pfd[2].revents) http_gate_poll(h->gate);  /* new connections, requests in */
-        mhd_turn(h);
-        http_gate_poll(h->gate);                      /* the answers it wrote, out */
+        more = loop_turn(h);
         int64_t now = clock_now_ns();
         if (now > next_tick) {
             http_gate_tick(h->gate);
@@ -818,6 +832,8 @@ int http_start(service *svc, const http_params *p, http_server **out, char *err,
         server_free(h);
         return ctr_fail(err, errlen, CTR_EIO, "cannot start the HTTP library");
     }
+    const union MHD_DaemonInfo *di = MHD_get_daemon_info(h->d, MHD_DAEMON_INFO_EPOLL_FD);
+    h->mhd_fd = di ? di->epoll_fd : -1;
     h->port = http_gate_port(h->gate);
     if (pthread_create(&h->loop, NULL, loop_main, h) != 0) {
         MHD_stop_daemon(h->d);
