@@ -31,7 +31,13 @@
 struct http_gate {
     http_gate_hooks hooks;
     int lfd;                        /* listen socket; -1 once quiesced */
-    int gfd;                        /* epoll set of every socket here */
+    int gfd;                        /* epoll set of the clients' sockets
+                                       and the listen socket: what comes
+                                       from outside */
+    int pep;                        /* epoll set of the gate's ends of the
+                                       pairs: what the library does, which
+                                       only a turn of the loop makes
+                                       happen, so nobody sleeps on it */
     int port;
     gate_conn *conns;               /* open connections */
     gate_conn *dead;                /* closed, freed after an event batch */
@@ -81,12 +87,12 @@ static gate_tag listen_tag = {NULL, -1};
 /* Registers side's socket for `want` events (0: not at all, so that a
  * hung-up socket cannot keep waking the loop). */
 static void gate_arm_side(gate_conn *g, int side, uint32_t want) {
-    int fd = side ? g->mfd : g->cfd;
+    int fd = side ? g->mfd : g->cfd, ep = side ? g->h->pep : g->h->gfd;
     if (fd < 0) want = 0;
     if (want == g->ev[side]) return;
     struct epoll_event ev = {.events = want, .data.ptr = &g->tag[side]};
-    if (!want) epoll_ctl(g->h->gfd, EPOLL_CTL_DEL, fd, NULL);
-    else epoll_ctl(g->h->gfd, g->ev[side] ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, fd, &ev);
+    if (!want) epoll_ctl(ep, EPOLL_CTL_DEL, fd, NULL);
+    else epoll_ctl(ep, g->ev[side] ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, fd, &ev);
     g->ev[side] = want;
 }
 
@@ -461,15 +467,20 @@ static void free_dead(http_gate *h) {
     }
 }
 
-void http_gate_poll(http_gate *h) {
+int http_gate_poll(http_gate *h) {
     struct epoll_event evs[256];
-    int n = epoll_wait(h->gfd, evs, 256, 0);
-    for (int i = 0; i < n; i++) {
-        gate_tag *t = evs[i].data.ptr;
-        if (t == &listen_tag) gate_accept(h);
-        else gate_event(t, evs[i].events);
+    int done = 0;
+    for (int set = 0; set < 2; set++) {
+        int n = epoll_wait(set ? h->pep : h->gfd, evs, 256, 0);
+        for (int i = 0; i < n; i++) {
+            gate_tag *t = evs[i].data.ptr;
+            if (t == &listen_tag) gate_accept(h);
+            else gate_event(t, evs[i].events);
+        }
+        if (n > 0) done += n;
     }
     free_dead(h);
+    return done;
 }
 
 void http_gate_tick(http_gate *h) {
@@ -509,6 +520,7 @@ void http_gate_close(http_gate *h) {
     }
     if (h->lfd >= 0) close(h->lfd);
     if (h->gfd >= 0) close(h->gfd);
+    if (h->pep >= 0) close(h->pep);
     free(h->iobuf);
     free(h);
 }
@@ -521,8 +533,9 @@ int http_gate_open(const struct sockaddr_storage *ss, const http_gate_hooks *hoo
     h->hooks = *hooks;
     h->lfd = -1;
     h->gfd = epoll_create1(EPOLL_CLOEXEC);
+    h->pep = epoll_create1(EPOLL_CLOEXEC);
     h->iobuf = malloc(GATE_BUF);
-    if (h->gfd < 0 || !h->iobuf) {
+    if (h->gfd < 0 || h->pep < 0 || !h->iobuf) {
         http_gate_close(h);
         return ctr_fail(err, errlen, CTR_ENOMEM, "out of memory");
     }

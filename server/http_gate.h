@@ -15,8 +15,9 @@
  * Cost: three descriptors a connection (HTTP_FDS_PER_CONNECTION), and per
  * request a copy and two system calls more each way.
  *
- * Threads: everything here runs on the HTTP event loop's thread (and on
- * the thread that stops the server, once the loop has ended).
+ * Threads: everything here runs under the HTTP event loop's lock: on the
+ * loop's thread, or on a request worker sending its own answer (http.c);
+ * and on the thread that stops the server, once the loop has ended.
  */
 #ifndef CTR_HTTP_GATE_H
 #define CTR_HTTP_GATE_H
@@ -45,13 +46,17 @@ int http_gate_open(const struct sockaddr_storage *ss, const http_gate_hooks *hoo
 /* The port listened on. */
 int http_gate_port(const http_gate *g);
 
-/* An epoll descriptor that turns readable when the gate has work
- * (http_gate_poll). */
+/* An epoll descriptor that turns readable when something comes from
+ * outside: a connection, a client's bytes, a client ready for more of its
+ * answer.  What the library writes into a pair does not make it readable
+ * (nothing but a turn of the loop makes the library write): the loop
+ * calls http_gate_poll after each run of the library instead. */
 int http_gate_fd(const http_gate *g);
 
 /* Does what is ready, without waiting: accepts, passes requests in and
- * answers out.  Call after the library's run too, for what it wrote. */
-void http_gate_poll(http_gate *g);
+ * answers out.  Call after the library's run too, for what it wrote.
+ * Returns how many sockets had events (0: nothing moved). */
+int http_gate_poll(http_gate *g);
 
 /* Closes connections whose linger has run out; a few times a second. */
 void http_gate_tick(http_gate *g);
