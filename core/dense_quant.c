@@ -115,17 +115,36 @@ static float quantize_row_scalar(const float *x, int in, unsigned char *q, int32
 
 #ifdef DENSE_X86
 /* The same, 16 at a time (cvtps rounds to nearest even, as nearbyintf does
- * in the default rounding mode, so both give the same bytes). */
-__attribute__((target("avx512f"))) static float quantize_row_avx512(const float *x, int in,
+ * in the default rounding mode, so both give the same bytes).  The range
+ * in four pairs of accumulators: with one pair, each step waited for the
+ * previous step's min and max (4 cycles' latency), and the range took as
+ * long as the rounding loop (min and max are exact in any order, and the
+ * range starts at 0, so the sign of a zero never matters). */
+__attribute__((target("avx512f,avx512bw"))) static float quantize_row_avx512(const float *x, int in,
                                                                      unsigned char *q,
                                                                      int32_t *zero) {
     int k = 0;
     __m512 vlo = _mm512_setzero_ps(), vhi = _mm512_setzero_ps();
+    __m512 lo1 = vlo, hi1 = vlo, lo2 = vlo, hi2 = vlo, lo3 = vlo, hi3 = vlo;
+    for (; k + 64 <= in; k += 64) {
+        __m512 v0 = _mm512_loadu_ps(x + k), v1 = _mm512_loadu_ps(x + k + 16),
+               v2 = _mm512_loadu_ps(x + k + 32), v3 = _mm512_loadu_ps(x + k + 48);
+        vlo = _mm512_min_ps(vlo, v0);
+        vhi = _mm512_max_ps(vhi, v0);
+        lo1 = _mm512_min_ps(lo1, v1);
+        hi1 = _mm512_max_ps(hi1, v1);
+        lo2 = _mm512_min_ps(lo2, v2);
+        hi2 = _mm512_max_ps(hi2, v2);
+        lo3 = _mm512_min_ps(lo3, v3);
+        hi3 = _mm512_max_ps(hi3, v3);
+    }
     for (; k + 16 <= in; k += 16) {
         __m512 v = _mm512_loadu_ps(x + k);
         vlo = _mm512_min_ps(vlo, v);
         vhi = _mm512_max_ps(vhi, v);
     }
+    vlo = _mm512_min_ps(_mm512_min_ps(vlo, lo1), _mm512_min_ps(lo2, lo3));
+    vhi = _mm512_max_ps(_mm512_max_ps(vhi, hi1), _mm512_max_ps(hi2, hi3));
     float lo = _mm512_reduce_min_ps(vlo), hi = _mm512_reduce_max_ps(vhi), scale, inv;
     for (; k < in; k++) {
         lo = x[k] < lo ? x[k] : lo;
@@ -135,7 +154,20 @@ __attribute__((target("avx512f"))) static float quantize_row_avx512(const float 
     const __m512 vinv = _mm512_set1_ps(inv);
     const __m512i z = _mm512_set1_epi32(*zero), top = _mm512_set1_epi32(255),
                   bottom = _mm512_setzero_si512();
-    for (k = 0; k + 16 <= in; k += 16) {
+    /* 64 at a time: the saturating packs (int32 to int16 to u8) clamp to
+     * 0..255 as min and max do, and one permutation puts the 128-bit
+     * lanes' dwords back in order (lane i holds 4 values of each of the
+     * four vectors). */
+    const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    for (k = 0; k + 64 <= in; k += 64) {
+        __m512i a = _mm512_add_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(x + k), vinv)), z);
+        __m512i b = _mm512_add_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(x + k + 16), vinv)), z);
+        __m512i c = _mm512_add_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(x + k + 32), vinv)), z);
+        __m512i d = _mm512_add_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(x + k + 48), vinv)), z);
+        __m512i v = _mm512_packus_epi16(_mm512_packs_epi32(a, b), _mm512_packs_epi32(c, d));
+        _mm512_storeu_si512((void *)(q + k), _mm512_permutexvar_epi32(order, v));
+    }
+    for (; k + 16 <= in; k += 16) {
         __m512i v = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(x + k), vinv));
         v = _mm512_min_epi32(_mm512_max_epi32(_mm512_add_epi32(v, z), bottom), top);
         _mm_storeu_si128((__m128i *)(q + k), _mm512_cvtepi32_epi8(v));
@@ -150,7 +182,7 @@ __attribute__((target("avx512f"))) static float quantize_row_avx512(const float 
 
 float dense_quantize_row(const float *x, int in, unsigned char *q, int32_t *zero) {
 #ifdef DENSE_X86
-    if (cpu_has(CPU_AVX512F)) return quantize_row_avx512(x, in, q, zero);
+    if (cpu_has(CPU_AVX512F) && cpu_has(CPU_AVX512BW)) return quantize_row_avx512(x, in, q, zero);
 #endif
     return quantize_row_scalar(x, in, q, zero);
 }
