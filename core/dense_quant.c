@@ -180,6 +180,11 @@ static AVX512BW inline void ranges_avx512(int n, const float *lo, const float *h
     _mm512_mask_storeu_epi32(zero, m, _mm512_maskz_cvttps_epi32(pos, zr));
 }
 
+/* round(x inv) + z for 16 values, in int32. */
+static AVX512BW inline __m512i round_add(const float *x, __m512 inv, __m512i z) {
+    return _mm512_add_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(x), inv)), z);
+}
+
 /* The row's bytes: clamp(round(x inv) + zero, 0, 255) (cvtps rounds to
  * nearest even, as nearbyintf does in the default rounding mode).  64 at a
  * time: the saturating packs (int32 to int16 to u8) clamp to 0..255 as min
@@ -193,10 +198,8 @@ static AVX512BW inline void bytes_avx512(const float *x, int in, float inv, int3
     const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
     int k = 0;
     for (; k + 64 <= in; k += 64) {
-        __m512i a = _mm512_add_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(x + k), vinv)), z);
-        __m512i b = _mm512_add_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(x + k + 16), vinv)), z);
-        __m512i c = _mm512_add_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(x + k + 32), vinv)), z);
-        __m512i d = _mm512_add_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(x + k + 48), vinv)), z);
+        __m512i a = round_add(x + k, vinv, z), b = round_add(x + k + 16, vinv, z),
+                c = round_add(x + k + 32, vinv, z), d = round_add(x + k + 48, vinv, z);
         __m512i v = _mm512_packus_epi16(_mm512_packs_epi32(a, b), _mm512_packs_epi32(c, d));
         _mm512_storeu_si512((void *)(q + k), _mm512_permutexvar_epi32(order, v));
     }
@@ -227,7 +230,8 @@ static AVX512BW void quantize_rows_avx512(int m, int in, const float *x, size_t 
                                           unsigned char *q, float *scale, int32_t *zero) {
     for (int i0 = 0; i0 < m; i0 += 8) {
         const int n = m - i0 < 8 ? m - i0 : 8;
-        float lo[8], hi[8], inv[8];
+        /* a vector's width: ranges_avx512 uses n <= 8 of its 16 lanes */
+        float lo[16], hi[16], inv[16];
         for (int i = 0; i < n; i++) range_avx512(x + (size_t)(i0 + i) * ldx, in, &lo[i], &hi[i]);
         ranges_avx512(n, lo, hi, scale + i0, inv, zero + i0);
         for (int i = 0; i < n; i++)
