@@ -35,6 +35,7 @@
 #include <string.h>
 
 #include "core/dense.h"
+#include "core/dense_internal.h"
 #include "core/gemm.h"
 #include "core/linear.h"
 
@@ -315,20 +316,21 @@ static void test_bf16_rounding(void **state) {
     }
 }
 
-static void test_quantize_row(void **state) {
-    (void)state;
-    const int in = 37; /* a vector body and a scalar tail */
-    float x[37];
-    unsigned char q[37];
+/* One length's checks: the range, the zero point, every byte against the
+ * formula (the AVX-512 loops take 64 and 16 values a step, then a scalar
+ * tail: lengths of every kind). */
+static void quantize_row_len(int in) {
+    float x[1100];
+    unsigned char q[1100];
     int32_t zero;
     for (int k = 0; k < in; k++) x[k] = uni() * 3.0f;
     x[11] = -4.5f; /* the range: -4.5 .. 3.5 */
-    x[30] = 3.5f;
+    x[in - 7] = 3.5f;
     float s = dense_quantize_row(x, in, q, &zero);
     assert_true(fabsf(s - 8.0f / 255.0f) < 1e-7f);
     assert_int_equal(zero, (int)nearbyintf(4.5f * 255.0f / 8.0f));
     assert_int_equal(q[11], 0);
-    assert_int_equal(q[30], 255);
+    assert_int_equal(q[in - 7], 255);
     for (int k = 0; k < in; k++) {
         int want = (int)nearbyintf(x[k] * (255.0f / 8.0f)) + zero;
         want = want < 0 ? 0 : (want > 255 ? 255 : want);
@@ -347,6 +349,61 @@ static void test_quantize_row(void **state) {
     assert_true(s == 1.0f);
     assert_int_equal(zero, 0);
     for (int k = 0; k < in; k++) assert_int_equal(q[k], 0);
+}
+
+static void test_quantize_row(void **state) {
+    (void)state;
+    static const int lens[] = {37, 64, 80, 141, 1024, 1029};
+    for (size_t i = 0; i < sizeof lens / sizeof *lens; i++) quantize_row_len(lens[i]);
+}
+
+/* The quantiser of a call's rows (several rows at once, their scales
+ * computed together) gives each row the bytes, scale and zero point
+ * dense_quantize_row gives it alone: rows of mixed ranges (both signs, one
+ * sign, all zero) in batches of every size, tight and padded strides. */
+static void test_quantize_rows(void **state) {
+    (void)state;
+    static const int ins[] = {37, 256, 1024};
+    static const int ms[] = {1, 7, 8, 13, 64};
+    for (size_t a = 0; a < sizeof ins / sizeof *ins; a++)
+        for (int padded = 0; padded < 2; padded++) {
+            const int in = ins[a], ld = in + (padded ? 5 : 0), M = 64;
+            float *w = calloc((size_t)32 * in, sizeof *w), *x = calloc((size_t)M * ld, sizeof *x),
+                  scale[64], row[1024];
+            unsigned char *q = malloc((size_t)M * in), *want = malloc((size_t)in);
+            int32_t zero[64];
+            assert_non_null(w);
+            assert_non_null(x);
+            for (int k = 0; k < 32 * in; k++) w[k] = uni();
+            dense_params p = dense_default_params();
+            p.precision = DENSE_INT8;
+            p.backend = DENSE_BACKEND_ONEDNN; /* no planning: only the rows matter here */
+            p.ld_in = ld;
+            dense *d;
+            assert_int_equal(dense_init(w, 32, in, &p, &d, NULL, 0), CTR_OK);
+            for (int i = 0; i < M; i++)
+                for (int k = 0; k < in; k++) {
+                    float v = uni() * (float)(1 + i % 5);
+                    x[(size_t)i * ld + k] = i % 7 == 3 ? 0.0f : (i % 7 == 4 ? fabsf(v)
+                                                          : (i % 7 == 5 ? -fabsf(v) : v));
+                }
+            for (size_t b = 0; b < sizeof ms / sizeof *ms; b++) {
+                const int m = ms[b];
+                dense_quantize_rows(d, m, x, q, scale, zero, row);
+                for (int i = 0; i < m; i++) {
+                    int32_t z;
+                    float s = dense_quantize_row(x + (size_t)i * ld, in, want, &z);
+                    assert_true(s == scale[i]);
+                    assert_int_equal(z, zero[i]);
+                    assert_memory_equal(want, q + (size_t)i * in, (size_t)in);
+                }
+            }
+            dense_free(d);
+            free(w);
+            free(x);
+            free(q);
+            free(want);
+        }
 }
 
 static void test_refusals(void **state) {
@@ -858,6 +915,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_precision_names),
         cmocka_unit_test(test_bf16_rounding),
         cmocka_unit_test(test_quantize_row),
+        cmocka_unit_test(test_quantize_rows),
         cmocka_unit_test(test_refusals),
         cmocka_unit_test(test_one_thread_per_call),
         cmocka_unit_test(test_fp32_auto),
