@@ -21,14 +21,28 @@ server, Redis and the client share the machine's 2 cores.
 
     /usr/bin/python3 bench/latency.py [--precisions int8,bf16,fp32]
         [--splits auto,columns,candidates] [--ns 64,256] [--count 20000]
-        [--sat-seconds 5] [--model-dir demo/full] [--kernel auto] [--stages]
+        [--sat-seconds 5] [--model-dir demo/full] [--kernel auto] [--stages] [--tail]
+        [--versus BUILD_DIR] [--keep-dumps DIR]
 
 (--splits columns applies to QIN alone; a DIN or TIN server runs it as
 candidates.)
 
 --count 1000000 gives the 1M-request p99 / p99.9.  --stages prints where
 the one-connection requests spent their time, by the server's rank stages
-(queue, decode, history, items, score; ctr_rank_stage_duration_seconds).  Prints one line per run
+(queue, decode, history, items, score; ctr_rank_stage_duration_seconds).  --tail
+takes the one-connection requests apart one by one (each answer's took_us
+and stage_us, bench/blockclient --dump): the mean of each part for the
+requests around the median, above p99 and above p99.9, "outside" being the
+client's latency less the server's took_us (HTTP, the gate, the sockets,
+the client) and "answer" took_us less the stages (ranking, JSON); and, for
+the requests above p99, which part exceeded its own median the most.
+--versus BUILD_DIR runs that build's ctr-server beside the first one (same
+flags, same Redis) and sends each one-connection request to both in turn
+(bench/blockclient --port2): a same-run A/B, both servers seeing the same
+moments of the machine's other load, which on a shared host moves p99 by
+2-3x from one minute to the next.  (A wrapper script named ctr-server in
+BUILD_DIR can add flags or an environment to the same binary.)
+Prints one line per run
 (`LATENCY key=value ...`) and a table; every figure names the host's ISA
 (oneDNN's, from /v1/models) and the load average when it was taken.
 """
@@ -38,6 +52,7 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -88,6 +103,50 @@ def stage_means(before, after):
     return ", ".join(res)
 
 
+TAIL_PARTS = ["outside", "queue", "decode", "history", "items", "score", "answer"]
+
+
+def tail_rows(path, server=0):
+    """Per request of one server: latency and its parts (microseconds), from
+    a --dump file."""
+    rows = []
+    with open(path) as f:
+        for line in f:
+            v = [float(x) for x in line.split()]
+            if len(v) < 8 or v[2] < 0 or (len(v) > 8 and int(v[8]) != server):
+                continue
+            start, lat, took, *st = v[:8]
+            rows.append((lat, {"outside": lat - took, "queue": st[0], "decode": st[1],
+                               "history": st[2], "items": st[3], "score": st[4],
+                               "answer": took - sum(st)}, start))
+    rows.sort(key=lambda r: r[0])
+    return rows
+
+
+def tail_report(path, label, server=0):
+    """Prints where the slowest requests' time went against the median's."""
+    rows = tail_rows(path, server)
+    n = len(rows)
+    if n < 1000:
+        return
+    med = {k: sorted(r[1][k] for r in rows)[n // 2] for k in TAIL_PARTS}
+    groups = [("p45-p55", rows[int(n * 0.45):int(n * 0.55)]), (">p99", rows[int(n * 0.99):]),
+              (">p99.9", rows[int(n * 0.999):])]
+    print(f"TAIL {label}: mean microseconds per part ({n} requests)")
+    print(f"  {'requests':9} {'count':>6} {'e2e':>7} " + " ".join(f"{k:>8}" for k in TAIL_PARTS))
+    for name, g in groups:
+        if not g:
+            continue
+        print(f"  {name:9} {len(g):6} {sum(r[0] for r in g) / len(g):7.0f} " +
+              " ".join(f"{sum(r[1][k] for r in g) / len(g):8.0f}" for k in TAIL_PARTS))
+    blame = {k: 0 for k in TAIL_PARTS}
+    for r in groups[1][1]:
+        blame[max(TAIL_PARTS, key=lambda k: r[1][k] - med[k])] += 1
+    print("  >p99, the part furthest above its median: " +
+          ", ".join(f"{k} {v}" for k, v in sorted(blame.items(), key=lambda kv: -kv[1]) if v))
+    print(flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--build", default=os.path.join(ROOT, "build/release"))
@@ -100,6 +159,14 @@ def main():
     ap.add_argument("--sat-seconds", type=float, default=5)
     ap.add_argument("--conns", type=int, default=8)
     ap.add_argument("--extra", default="", help="more ctr-server flags, space-separated")
+    ap.add_argument("--tail", action="store_true",
+                    help="take the slowest one-connection requests apart by stage")
+    ap.add_argument("--keep-dumps", default="",
+                    help="with --tail: copy each run's per-request dump into this directory")
+    ap.add_argument("--versus", default="",
+                    help="a second build directory: its ctr-server runs beside the first on the "
+                         "same Redis, and each one-connection request goes to both in turn "
+                         "(a same-run A/B)")
     ap.add_argument("--stages", action="store_true",
                     help="print the mean time a request spent in each rank stage (/metrics)")
     args = ap.parse_args()
@@ -128,57 +195,84 @@ def main():
             e2e.make_requests(args.model_dir, n, 400, reqs[n])
         for prec in args.precisions.split(","):
             for split in args.splits.split(","):
-                port = e2e.free_port()
-                log = open(os.path.join(tmp, f"server-{prec}-{split}.log"), "w")
-                proc = subprocess.Popen(
-                    [f"{args.build}/ctr-server", "--model", model, "--redis", f"127.0.0.1:{rport}",
-                     "--redis-prefix", "full:", "--port", str(port), "--log-level", "warn",
-                     "--precision", prec, "--kernel", args.kernel, "--split", split,
-                     "--cache-mb", "2048", *args.extra.split()],
-                    stdout=log, stderr=subprocess.STDOUT)
+                builds = [args.build] + ([args.versus] if args.versus else [])
+                ports = [e2e.free_port() for _ in builds]
+                procs = []
+                for b, port in zip(builds, ports):
+                    log = open(os.path.join(tmp, f"server-{prec}-{split}-{len(procs)}.log"), "w")
+                    procs.append(subprocess.Popen(
+                        [f"{b}/ctr-server", "--model", model, "--redis", f"127.0.0.1:{rport}",
+                         "--redis-prefix", "full:", "--port", str(port), "--log-level", "warn",
+                         "--precision", prec, "--kernel", args.kernel, "--split", split,
+                         "--cache-mb", "2048", *args.extra.split()],
+                        stdout=log, stderr=subprocess.STDOUT))
                 try:
-                    assert e2e.wait_for(lambda: e2e.http_ok(port, "/readyz"), 180), \
-                        f"server ({prec} {split}) did not come up"
-                    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-                    c.request("GET", "/v1/models")
-                    info = json.loads(c.getresponse().read())["models"][0]
-                    c.close()
+                    infos = []
+                    for port in ports:
+                        assert e2e.wait_for(lambda: e2e.http_ok(port, "/readyz"), 180), \
+                            f"server ({prec} {split}) did not come up"
+                        c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+                        c.request("GET", "/v1/models")
+                        infos.append(json.loads(c.getresponse().read())["models"][0])
+                        c.close()
+                    info = infos[0]
                     described = f"{info.get('arch', '?').upper()} {info.get('name', '?')}"
                     isa = info.get("kernel", {}).get("cpu_isa", "?")
                     kern = info.get("kernel", {}).get("largest_layer", "?")
-                    plan = info.get("kernel", {}).get("split", "?")
-                    floor = blockclient(args.build, port, ["--get", "--path", "/healthz",
-                                                           "--count", str(min(args.count, 20000))])
+                    port = ports[0]
+                    floors = [blockclient(args.build, pt, ["--get", "--path", "/healthz", "--count",
+                                                           str(min(args.count, 20000))])
+                              for pt in ports]
                     for n in ns:
-                        e2e.send_all(port, reqs[n])  # the item cache warm
+                        for pt in ports:
+                            e2e.send_all(pt, reqs[n])  # the item cache warm
                         load = os.getloadavg()[0]
                         st0 = stage_sums(port) if args.stages else None
-                        r = blockclient(args.build, port, ["--requests", reqs[n], "--count",
-                                                           str(args.count), "--warmup", "500"])
+                        dump = os.path.join(tmp, f"dump-{prec}-{split}-{n}.txt")
+                        out = subprocess.run(
+                            [f"{args.build}/bench/blockclient", "--port", str(ports[0]),
+                             *(["--port2", str(ports[1])] if len(ports) > 1 else []),
+                             "--requests", reqs[n], "--count", str(args.count), "--warmup", "500",
+                             *(["--dump", dump] if args.tail else [])],
+                            capture_output=True, text=True, timeout=7200).stdout
+                        res = [kv(out, "BLOCKCLIENT "), kv(out, "BLOCKCLIENT2 ")]
+                        if args.tail:
+                            for k, b in enumerate(builds):
+                                tail_report(dump, f"precision={prec} split={split} n={n}" +
+                                            (f" build={b}" if args.versus else ""), k)
+                            if args.keep_dumps:
+                                os.makedirs(args.keep_dumps, exist_ok=True)
+                                shutil.copy(dump, args.keep_dumps)
                         if args.stages:
                             print(f"STAGES precision={prec} split={split} n={n} mean_us: "
                                   f"{stage_means(st0, stage_sums(port))}", flush=True)
-                        sat = subprocess.run([f"{args.build}/bench/loadgen", "--port", str(port),
-                                              "--conns", str(args.conns), "--seconds",
-                                              str(args.sat_seconds), "--requests", reqs[n]],
-                                             capture_output=True, text=True)
-                        s = kv(sat.stdout, "LOADGEN")
-                        row = {"precision": prec, "split": split, "n": n, "isa": isa,
-                               "load": f"{load:.2f}", "count": r.get("count", "0"),
-                               "p50_ms": float(r.get("p50_us", "nan")) / 1e3,
-                               "p99_ms": float(r.get("p99_us", "nan")) / 1e3,
-                               "p999_ms": float(r.get("p999_us", "nan")) / 1e3,
-                               "floor_p50_ms": float(floor.get("p50_us", "nan")) / 1e3,
-                               "floor_p99_ms": float(floor.get("p99_us", "nan")) / 1e3,
-                               "sat_rps": float(s.get("ok_rps", "nan")), "kernel": kern,
-                               "plan": plan}
-                        rows.append(row)
-                        print("LATENCY " + " ".join(f"{k}={v}" if k not in ("kernel", "plan") else
-                                                   f"{k}=\"{v}\"" for k, v in row.items()),
-                              flush=True)
+                        for k, (b, pt) in enumerate(zip(builds, ports)):
+                            r, floor = res[k], floors[k]
+                            sat = subprocess.run([f"{args.build}/bench/loadgen", "--port", str(pt),
+                                                  "--conns", str(args.conns), "--seconds",
+                                                  str(args.sat_seconds), "--requests", reqs[n]],
+                                                 capture_output=True, text=True)
+                            s = kv(sat.stdout, "LOADGEN")
+                            row = {"precision": prec, "split": split, "n": n, "isa": isa,
+                                   "load": f"{load:.2f}", "count": r.get("count", "0"),
+                                   "p50_ms": float(r.get("p50_us", "nan")) / 1e3,
+                                   "p99_ms": float(r.get("p99_us", "nan")) / 1e3,
+                                   "p999_ms": float(r.get("p999_us", "nan")) / 1e3,
+                                   "floor_p50_ms": float(floor.get("p50_us", "nan")) / 1e3,
+                                   "floor_p99_ms": float(floor.get("p99_us", "nan")) / 1e3,
+                                   "sat_rps": float(s.get("ok_rps", "nan")), "kernel": kern,
+                                   "plan": infos[k].get("kernel", {}).get("split", "?")}
+                            if args.versus:
+                                row["build"] = b
+                            rows.append(row)
+                            print("LATENCY " + " ".join(
+                                f"{k2}={v}" if k2 not in ("kernel", "plan") else f"{k2}=\"{v}\""
+                                for k2, v in row.items()), flush=True)
                 finally:
-                    proc.send_signal(signal.SIGTERM)
-                    proc.wait(60)
+                    for proc in procs:
+                        proc.send_signal(signal.SIGTERM)
+                    for proc in procs:
+                        proc.wait(60)
     finally:
         redis.send_signal(signal.SIGTERM)
         redis.wait(30)
@@ -192,7 +286,7 @@ def main():
         print(f"{r['precision']:5} {r['split']:10} {r['n']:4} {r['isa']:16} {r['load']:>5} "
               f"{r['count']:>8} {r['p50_ms']:7.3f} {r['p99_ms']:7.3f} {r['p999_ms']:8.3f} "
               f"{r['p99_ms'] / r['p50_ms']:7.2f} {r['floor_p50_ms']:6.3f}/{r['floor_p99_ms']:.3f} "
-              f"{r['sat_rps']:9.0f}  {r['plan']}")
+              f"{r['sat_rps']:9.0f}  {r['plan']}" + (f"  [{r['build']}]" if 'build' in r else ""))
 
 
 if __name__ == "__main__":

@@ -96,6 +96,7 @@ static void unlink_job(pool *p, job *j) {
 static void *helper_main(void *arg) {
     pool *p = arg;
     int gen = 0;
+    pthread_setname_np(pthread_self(), "ctr-score"); /* top -H, perf sched */
     pthread_mutex_lock(&p->mu);
     for (;;) {
         if (gen != p->each_gen) {
