@@ -181,6 +181,7 @@ def main():
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     rows = []
     described = "?"
+    done = False
     try:
         assert e2e.wait_for(lambda: subprocess.run(["redis-cli", "-p", str(rport), "ping"],
                                                    capture_output=True, text=True).stdout.strip()
@@ -273,9 +274,14 @@ def main():
                         proc.send_signal(signal.SIGTERM)
                     for proc in procs:
                         proc.wait(60)
+        done = True
     finally:
         redis.send_signal(signal.SIGTERM)
         redis.wait(30)
+        if done:
+            shutil.rmtree(tmp, ignore_errors=True)  # server logs, requests, dumps
+        else:
+            print(f"bench-latency: servers' logs kept in {tmp}", file=sys.stderr)
     print(f"\nctr-server at one connection (bench/blockclient), {described} "
           f"({args.model_dir}), history 64 from Redis, item cache warm; saturation: "
           f"bench/loadgen, {args.conns} connections; server, Redis and clients on the same "
