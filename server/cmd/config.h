@@ -130,7 +130,7 @@ typedef struct config_params {
     int score_threads;              /* threads one request's scoring may use */
     int split_min;                  /* fewest candidates worth splitting */
     int split_min_mflops;           /* least work per part of a split */
-    char split[16];                 /* "auto", "columns", "candidates" */
+    char split[16];                 /* "auto", "one", "columns", "candidates" */
     int max_candidates;             /* per request; sizes the scratch */
     size_t max_body_bytes;
     int max_seq;                    /* history entries read per user */

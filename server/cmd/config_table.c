@@ -238,9 +238,11 @@ const setting config_settings[] = {
     {"score_threads", SET_INT, F(score_threads), 0, 1, 1024, "N", NULL, NULL,
      "the number of online CPUs",
      "Threads one large request's candidates are split across.", S, 0, NULL},
-    {"split", SET_CHOICE, F(split), CAP(split), 0, 0, "HOW", "auto|columns|candidates", NULL,
+    {"split", SET_CHOICE, F(split), CAP(split), 0, 0, "HOW", "auto|one|columns|candidates", NULL,
      NULL,
-     "How one large request is split across score_threads.  candidates: "
+     "How one large request is split across score_threads.  one: every "
+     "request is scored on its worker's thread alone (the score threads still "
+     "read the user's history beside the candidates' cache lookups).  candidates: "
      "each thread takes a share of the candidates and streams every layer's whole "
      "weight.  columns: every QIN layer's output columns in two, one half of the "
      "weights per core, so each core keeps multiplying by the same half (held in its "

@@ -483,7 +483,7 @@ static void service_setup(service *svc, const config_params *cp) {
     svc->split_min = cp->split_min;
     svc->split_min_mflops = cp->split_min_mflops;
     svc->score_parts = cp->score_threads;
-    svc->split = cp->score_threads < 2 ? SERVICE_SPLIT_ONE
+    svc->split = cp->score_threads < 2 || strcmp(cp->split, "one") == 0 ? SERVICE_SPLIT_ONE
                  : strcmp(cp->split, "columns") == 0 ? SERVICE_SPLIT_COLUMNS
                                                      : SERVICE_SPLIT_CANDIDATES;
     svc->split_auto = cp->score_threads > 1 && strcmp(cp->split, "auto") == 0;

@@ -238,6 +238,15 @@ static void test_syntax(void **state) {
     p = config_default_params();
     assert_int_equal(config_set(&p, "split-min", "64", NULL, err, sizeof err), CTR_OK);
     assert_int_equal(p.split_min, 64);
+    assert_string_equal(p.split, "auto");                /* default */
+    const char *splits[] = {"one", "candidates", "columns", "auto"};
+    for (size_t i = 0; i < sizeof splits / sizeof *splits; i++) {
+        assert_int_equal(config_set(&p, "split", splits[i], NULL, err, sizeof err), CTR_OK);
+        assert_string_equal(p.split, splits[i]);
+    }
+    assert_int_not_equal(config_set(&p, "split", "halves", NULL, err, sizeof err), CTR_OK);
+    assert_non_null(strstr(err, "one"));                 /* the message lists the choices */
+    assert_string_equal(p.split, "auto");                /* unchanged by the refusal */
 }
 
 /* Expects config_parse to fail with `status` and a message holding each of
