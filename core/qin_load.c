@@ -76,6 +76,14 @@ static int config_read(const st_file *f, const engine_schema *sc, qin_config *c,
 
 /* --- tensors ------------------------------------------------------------ */
 
+/* The optional int8x2 weights of QNN layer l, part i of INT8X2_PARTS
+ * (weight, scale, balance): "qnn.layer.<l>.int8x2.<part>". */
+#define INT8X2_PARTS 3
+static void int8x2_name(char *buf, size_t n, int l, int i) {
+    static const char *const part[INT8X2_PARTS] = {"weight", "scale", "balance"};
+    snprintf(buf, n, "qnn.layer.%d.int8x2.%s", l, part[i]);
+}
+
 static int expected_name(const qin_config *c, const char *name) {
     char buf[256];
     if (strncmp(name, P "embedding_layers.", strlen(P "embedding_layers.")) == 0) {
@@ -93,10 +101,8 @@ static int expected_name(const qin_config *c, const char *name) {
     for (size_t i = 0; i < sizeof attn / sizeof attn[0]; i++)
         if (strcmp(name, attn[i]) == 0) return 1;
     for (int l = 0; l < c->num_layers; l++) {
-        static const char *opt[] = {"qnn.layer.%d.int8x2.weight", "qnn.layer.%d.int8x2.scale",
-                                    "qnn.layer.%d.int8x2.balance"};
-        for (size_t i = 0; i < sizeof opt / sizeof opt[0]; i++) {
-            snprintf(buf, sizeof buf, opt[i], l);
+        for (int i = 0; i < INT8X2_PARTS; i++) {
+            int8x2_name(buf, sizeof buf, l, i);
             if (strcmp(name, buf) == 0) return 1;
         }
         static const char *per[] = {"qnn.layer.%d.linear.0.weight", "qnn.layer.%d.linear.0.bias",
@@ -205,15 +211,14 @@ done:
  * int8x2 rounds the layer's weights to nearest at load). */
 static int read_int8x2(qin_model *m, const st_file *f, int l, char *err, size_t errlen) {
     const int D = m->cfg.input_dim;
-    static const char *part[3] = {"weight", "scale", "balance"};
-    char name[3][128];
+    char name[INT8X2_PARTS][128];
     int have = 0;
-    for (int i = 0; i < 3; i++) {
-        snprintf(name[i], sizeof name[i], "qnn.layer.%d.int8x2.%s", l, part[i]);
+    for (int i = 0; i < INT8X2_PARTS; i++) {
+        int8x2_name(name[i], sizeof name[i], l, i);
         have += st_find(f, name[i]) != NULL;
     }
     if (!have) return CTR_OK;
-    if (have < 3)
+    if (have < INT8X2_PARTS)
         return ctr_fail(err, errlen, CTR_EMODEL, "qnn layer %d: int8x2 weights need %s, %s and %s "
                         "together", l, name[0], name[1], name[2]);
     if (!m->qnn_int8x2 &&

@@ -638,8 +638,8 @@ static void *watchdog_main(void *arg) {
         }
         pthread_mutex_unlock(&h->cmu);
         for (int i = 0; i < cut; i++) metrics_connection_cut(h->svc->metrics);
-        if (cut) wake(h);   /* the library's side of the pair sees it on a turn */
         if (cut) {
+            wake(h);   /* the library's side of the pair sees it on a turn */
             static log_limit lim;
             log_limited(&lim, LOG_INFO, "receive deadline cuts",
                         "closed %d connection(s) that did not send a whole request within "
