@@ -22,7 +22,7 @@ server, Redis and the client share the machine's 2 cores.
     /usr/bin/python3 bench/latency.py [--precisions int8,bf16,fp32]
         [--splits auto,columns,candidates] [--ns 64,256] [--count 20000]
         [--sat-seconds 5] [--model-dir demo/full] [--kernel auto] [--stages] [--tail]
-        [--versus BUILD_DIR] [--keep-dumps DIR]
+        [--versus BUILD_DIR] [--sat-rounds K] [--keep-dumps DIR]
 
 (--splits columns applies to QIN alone; a DIN or TIN server runs it as
 candidates.)
@@ -41,7 +41,9 @@ flags, same Redis) and sends each one-connection request to both in turn
 (bench/blockclient --port2): a same-run A/B, both servers seeing the same
 moments of the machine's other load, which on a shared host moves p99 by
 2-3x from one minute to the next.  (A wrapper script named ctr-server in
-BUILD_DIR can add flags or an environment to the same binary.)
+BUILD_DIR can add flags or an environment to the same binary.)  With
+--sat-rounds K the saturation runs K bursts of --sat-seconds per server,
+the two taking turns (ABBA...), and reports each one's median.
 Prints one line per run
 (`LATENCY key=value ...`) and a table; every figure names the host's ISA
 (oneDNN's, from /v1/models) and the load average when it was taken.
@@ -54,6 +56,7 @@ import os
 import re
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -158,6 +161,9 @@ def main():
     ap.add_argument("--count", type=int, default=20000)
     ap.add_argument("--sat-seconds", type=float, default=5)
     ap.add_argument("--conns", type=int, default=8)
+    ap.add_argument("--sat-rounds", type=int, default=1,
+                    help="saturation bursts of --sat-seconds per build; with --versus "
+                         "the builds take turns (ABBA), and each reports the median")
     ap.add_argument("--extra", default="", help="more ctr-server flags, space-separated")
     ap.add_argument("--tail", action="store_true",
                     help="take the slowest one-connection requests apart by stage")
@@ -247,13 +253,28 @@ def main():
                         if args.stages:
                             print(f"STAGES precision={prec} split={split} n={n} mean_us: "
                                   f"{stage_means(st0, stage_sums(port))}", flush=True)
+                        # Saturation: sat_rounds bursts per build, the builds in
+                        # turn (ABBA...), so each build's median sees the same
+                        # minutes of the host as the other's.
+                        sats = [[] for _ in builds]
+                        for rnd in range(args.sat_rounds):
+                            order = list(range(len(builds)))
+                            if rnd % 2:
+                                order.reverse()
+                            for k in order:
+                                sat = subprocess.run(
+                                    [f"{args.build}/bench/loadgen", "--port", str(ports[k]),
+                                     "--conns", str(args.conns), "--seconds",
+                                     str(args.sat_seconds), "--requests", reqs[n]],
+                                    capture_output=True, text=True)
+                                sats[k].append(float(kv(sat.stdout, "LOADGEN").get("ok_rps",
+                                                                                   "nan")))
                         for k, (b, pt) in enumerate(zip(builds, ports)):
                             r, floor = res[k], floors[k]
-                            sat = subprocess.run([f"{args.build}/bench/loadgen", "--port", str(pt),
-                                                  "--conns", str(args.conns), "--seconds",
-                                                  str(args.sat_seconds), "--requests", reqs[n]],
-                                                 capture_output=True, text=True)
-                            s = kv(sat.stdout, "LOADGEN")
+                            s = {"ok_rps": statistics.median(sats[k])}
+                            if args.sat_rounds > 1:
+                                print(f"SATURATION build={b} rounds req/s: "
+                                      f"{' '.join(f'{v:.0f}' for v in sats[k])}", flush=True)
                             row = {"precision": prec, "split": split, "n": n, "isa": isa,
                                    "load": f"{load:.2f}", "count": r.get("count", "0"),
                                    "p50_ms": float(r.get("p50_us", "nan")) / 1e3,

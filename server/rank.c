@@ -258,10 +258,15 @@ int rank_history(rank_ctx *x) {
             /* The round trip to Redis is mostly waiting: an idle scoring
              * thread looks up the candidates in the item cache meanwhile
              * (the caller does both, one after the other, when none is
-             * idle: pool.h). */
+             * idle: pool.h).  With other requests in hand the cores are
+             * taken, and the hand-off would cost more than it hides. */
             if (unique_cands(x) < 0) return out_of_memory(x);
             history_job j = {x, dl};
-            pool_run(x->svc->scorers, history_part, &j, x->ncu ? 2 : 1);
+            const int parts = x->ncu ? 2 : 1;
+            if (atomic_load(&x->svc->ranking) > 1)
+                for (int p = 0; p < parts; p++) history_part(&j, p, parts);
+            else
+                pool_run(x->svc->scorers, history_part, &j, parts);
             x->cands_looked = 1;
             x->nref = x->ncu;
         }
@@ -776,12 +781,14 @@ void rank_log(rank_ctx *x) {
 int rank_handle(worker *w, const rank_input *in) {
     rank_ctx x;
     rank_begin(&x, w, in);
+    atomic_fetch_add(&x.svc->ranking, 1);
     int status = rank_decode(&x, in);
     if (!status) status = rank_history(&x);
     if (!status) status = rank_items(&x);
     if (!status) status = rank_score(&x);
     if (!status) status = rank_answer(&x);
     if (status == 200) rank_log(&x);
+    atomic_fetch_sub(&x.svc->ranking, 1);
     rank_end(&x);
     return status;
 }

@@ -48,43 +48,62 @@ static void par_run(void *ctx, engine_part_fn fn, void *arg, int nparts) {
 /* At the default split_min_mflops (25: ~150 us at the QNN kernel's rate)
  * the MicroLens QIN (8.5 MFLOP a candidate) and DIN (36 MFLOP) split 64
  * candidates in two, while TIN (0.08 MFLOP) and small models score them on
- * this thread. */
+ * this thread.
+ *
+ * Under load every core already has a request, and a hand-off only adds a
+ * wake-up and a wait (8 connections, int8 N = 64: 1,982 req/s when every
+ * request split by candidates, 2,355 on one thread each).  So a request
+ * takes only the score threads the others in hand leave; each holds at
+ * least one (a split one may hold more, and then the pool's parts simply
+ * queue behind it, claimed by the callers themselves). */
+rank_split_way rank_split_choose(const service *svc, int column_parts, service_split mode, int n,
+                                 double per_cand) {
+    const int ranking = atomic_load(&svc->ranking); /* this request among them */
+    int threads = svc->score_parts - (ranking > 1 ? ranking - 1 : 0);
+    if (threads < 1) threads = 1;
+    rank_split_way way = {1, 1};
+    if (threads < 2 || mode == SERVICE_SPLIT_ONE) return way;
+    /* Column parts need a thread each. */
+    if (mode == SERVICE_SPLIT_COLUMNS && column_parts > 1 && column_parts <= threads) {
+        int min_rows =
+            per_cand > 0 ? (int)(svc->split_min_mflops * 1e6 * column_parts / per_cand) + 1 : n;
+        if (n >= min_rows) {
+            way.cols = column_parts;
+            return way;
+        }
+    }
+    int min_part = per_cand > 0 ? (int)(svc->split_min_mflops * 1e6 / per_cand) + 1 : n;
+    if (min_part < svc->split_min) min_part = svc->split_min;
+    way.parts = n / min_part;
+    if (way.parts > threads) way.parts = threads;
+    if (way.parts < 1) way.parts = 1;
+    return way;
+}
+
 int rank_split_score(rank_split_job *job, service_split mode, double per_cand) {
     service *svc = job->svc;
     const int n = job->n;
-    /* A model that splits its layers by columns: one call on this thread,
-     * the pool taking the other column parts of each layer, when half the
-     * request's arithmetic is worth a hand-off (split_min_mflops). */
-    const int cols =
-        mode == SERVICE_SPLIT_COLUMNS ? engine_model_column_parts(job->slot->model) : 1;
-    if (cols > 1) {
-        int min_rows = per_cand > 0 ? (int)(svc->split_min_mflops * 1e6 * cols / per_cand) + 1 : n;
+    const rank_split_way way =
+        rank_split_choose(svc, engine_model_column_parts(job->slot->model), mode, n, per_cand);
+    if (way.cols > 1) {
+        /* One call on this thread, the pool taking the other column parts
+         * of each layer. */
+        int min_rows =
+            per_cand > 0 ? (int)(svc->split_min_mflops * 1e6 * way.cols / per_cand) + 1 : n;
         engine_par par = {par_run, svc->scorers, min_rows};
-        if (n >= min_rows) {
-            worker *w = worker_self(svc);
-            engine_scratch *s = w ? worker_scratch(w, job->m, job->slot) : NULL;
-            engine_explain e;
-            if (job->ex) e = *job->ex;
-            engine_request r = {job->hist, job->nh, job->cand, job->ctx, n,
-                                job->ex ? &e : NULL, &par};
-            char err[256];
-            if (s && engine_forward(job->slot->model, s, &r, job->prob, err, sizeof err) ==
-                         CTR_OK)
-                return 0;
-            static log_limit lim;
-            if (s) log_limited(&lim, LOG_ERROR, "scoring failures", "scoring: %s", err);
-            return -1;
-        }
+        worker *w = worker_self(svc);
+        engine_scratch *s = w ? worker_scratch(w, job->m, job->slot) : NULL;
+        engine_explain e;
+        if (job->ex) e = *job->ex;
+        engine_request r = {job->hist, job->nh, job->cand, job->ctx, n, job->ex ? &e : NULL, &par};
+        char err[256];
+        if (s && engine_forward(job->slot->model, s, &r, job->prob, err, sizeof err) == CTR_OK)
+            return 0;
+        static log_limit lim;
+        if (s) log_limited(&lim, LOG_ERROR, "scoring failures", "scoring: %s", err);
+        return -1;
     }
-    int parts = 1;
-    if (mode != SERVICE_SPLIT_ONE) {
-        int min_part = per_cand > 0 ? (int)(svc->split_min_mflops * 1e6 / per_cand) + 1 : n;
-        if (min_part < svc->split_min) min_part = svc->split_min;
-        parts = n / min_part;
-        if (parts > svc->score_parts) parts = svc->score_parts;
-        if (parts < 1) parts = 1;
-    }
-    pool_run(svc->scorers, score_part, job, parts);
+    pool_run(svc->scorers, score_part, job, way.parts);
     return atomic_load(&job->failed) ? -1 : 0;
 }
 

@@ -40,12 +40,34 @@ typedef struct rank_split_job {
     atomic_int failed;            /* 0 at the start */
 } rank_split_job;
 
+/* How a request is cut: its layers in cols column parts (> 1: the
+ * engine hands the others to the pool), or else its candidates in parts
+ * (1: on the caller's thread alone). */
+typedef struct rank_split_way {
+    int cols;
+    int parts;
+} rank_split_way;
+
+/* The way rank_split_score cuts a request of n candidates of a model with
+ * column_parts (engine_model_column_parts) in mode, at this moment: parts
+ * only where each carries split_min candidates and split_min_mflops of
+ * arithmetic (per_cand: one candidate's flops), and no more parts than
+ * the score threads that the other requests in hand leave (svc->ranking,
+ * where rank_handle counts each request, this one included; 0 outside a
+ * request, as for the planner). */
+rank_split_way rank_split_choose(const service *svc, int column_parts, service_split mode, int n,
+                                 double per_cand);
+
 /* Scores job's candidates as mode says, split across svc's pool when each
  * part is worth a hand-off to another thread: at least split_min
  * candidates and split_min_mflops of arithmetic, per_cand being the
  * flops of one candidate (2 x the folded model's multiply-adds,
  * engine_model_cost).  COLUMNS where the model has no column parts splits
- * candidates.  0, or -1 when the engine failed (logged, rate-limited). */
+ * candidates.  A request scored while others are in hand (svc->ranking,
+ * where rank_handle counts each request, this one included) takes only
+ * the score threads they leave: none left, it runs on this thread
+ * whatever mode says.  0, or -1 when the engine failed (logged,
+ * rate-limited). */
 int rank_split_score(rank_split_job *job, service_split mode, double per_cand);
 
 /* --split auto: times a request of each size class (service.h) of model m

@@ -86,6 +86,12 @@ typedef struct service {
     service_split split;           /* --split: CANDIDATES or COLUMNS for
                                       every request size; ONE with one
                                       score thread */
+    atomic_int ranking;            /* rank requests in rank_handle: one
+                                      that scores while others are in
+                                      hand takes fewer parts (none when
+                                      they hold every score thread), and
+                                      reads its history and looks up its
+                                      candidates on its own thread */
     int split_auto;                /* --split auto: each model's choice per
                                       size class measured at start
                                       (rank_split_plan), models loaded with

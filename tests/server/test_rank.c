@@ -464,6 +464,55 @@ static void test_split_plan(void **state) {
     for (int k = 0; k < SERVICE_SPLIT_CLASSES; k++) m->split[k] = SERVICE_SPLIT_CANDIDATES;
 }
 
+/* The cut follows the other requests in hand: with two score threads, a
+ * request alone splits (by candidates, or by columns where the model has
+ * two column parts); with another request in hand it runs on its own
+ * thread; the planner (no request counted) splits as a lone request. */
+static void test_split_busy(void **state) {
+    (void)state;
+    const int parts = svc.score_parts;
+    svc.score_parts = 2;
+    const double per_cand = 8.5e6; /* the MicroLens QIN's flops a candidate */
+    rank_split_way way;
+    atomic_store(&svc.ranking, 1); /* this request alone */
+    way = rank_split_choose(&svc, 1, SERVICE_SPLIT_CANDIDATES, 64, per_cand);
+    assert_int_equal(way.cols, 1);
+    assert_int_equal(way.parts, 2);
+    way = rank_split_choose(&svc, 2, SERVICE_SPLIT_COLUMNS, 64, per_cand);
+    assert_int_equal(way.cols, 2);
+    way = rank_split_choose(&svc, 1, SERVICE_SPLIT_COLUMNS, 64, per_cand); /* no column parts */
+    assert_int_equal(way.cols, 1);
+    assert_int_equal(way.parts, 2);
+    way = rank_split_choose(&svc, 2, SERVICE_SPLIT_ONE, 64, per_cand);
+    assert_int_equal(way.cols * way.parts, 1);
+    way = rank_split_choose(&svc, 2, SERVICE_SPLIT_CANDIDATES, 4, per_cand); /* too small */
+    assert_int_equal(way.cols * way.parts, 1);
+    for (int others = 1; others <= 3; others++) {
+        atomic_store(&svc.ranking, 1 + others);
+        way = rank_split_choose(&svc, 1, SERVICE_SPLIT_CANDIDATES, 64, per_cand);
+        assert_int_equal(way.cols * way.parts, 1);
+        way = rank_split_choose(&svc, 2, SERVICE_SPLIT_COLUMNS, 256, per_cand);
+        assert_int_equal(way.cols * way.parts, 1);
+    }
+    svc.score_parts = 4; /* one other request leaves three threads */
+    atomic_store(&svc.ranking, 2);
+    way = rank_split_choose(&svc, 1, SERVICE_SPLIT_CANDIDATES, 256, per_cand);
+    assert_int_equal(way.parts, 3);
+    way = rank_split_choose(&svc, 4, SERVICE_SPLIT_COLUMNS, 256, per_cand);
+    assert_int_equal(way.cols, 1);                 /* four column parts, three threads */
+    assert_int_equal(way.parts, 3);
+    atomic_store(&svc.ranking, 0);                 /* the planner */
+    svc.score_parts = 2;
+    way = rank_split_choose(&svc, 1, SERVICE_SPLIT_CANDIDATES, 64, per_cand);
+    assert_int_equal(way.parts, 2);
+    svc.score_parts = parts;
+
+    /* rank_handle counts itself while it runs, and only then. */
+    rank_input in = input("{\"user_id\": \"u1\", \"candidates\": [{\"item_id\": 7}]}");
+    assert_int_equal(rank_handle(w, &in), 200);
+    assert_int_equal(atomic_load(&svc.ranking), 0);
+}
+
 int main(void) {
     signal(SIGPIPE, SIG_IGN);
     const struct CMUnitTest tests[] = {
@@ -478,6 +527,7 @@ int main(void) {
         cmocka_unit_test(test_routing),
         cmocka_unit_test(test_explain_window),
         cmocka_unit_test(test_split_plan),
+        cmocka_unit_test(test_split_busy),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
