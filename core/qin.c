@@ -35,6 +35,11 @@ size_t qin_item_vec_floats(const qin_model *m) {
     return (E + D + (2 * E + D + 1) / 2 + 15) & ~(size_t)15;
 }
 
+int qin_model_vec_bf16(qin_model *m, int on) {
+    m->vec_bf16 = on && m->attn_score != NULL && m->attn_first != NULL;
+    return m->vec_bf16;
+}
+
 /* e = [E_item[id] | masked tag mean | W_mm mm] into e (item_dim floats),
  * after checking the item (itemvec.h, shared with DIN).  The attention
  * halves are the caller's. */

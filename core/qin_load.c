@@ -415,11 +415,6 @@ int qin_model_fold_first(qin_model *m, int on) {
     return m->fold_first;
 }
 
-int qin_model_vec_bf16(qin_model *m, int on) {
-    m->vec_bf16 = on && m->attn_score != NULL && m->attn_first != NULL;
-    return m->vec_bf16;
-}
-
 static int model_build(qin_model *m, const st_file *f, char *err, size_t errlen) {
     qin_config *c = &m->cfg;
     const int d = c->embedding_dim, E = c->item_dim, H = c->attn_dim, D = c->input_dim;
