@@ -15,6 +15,9 @@
  *     gemm.c, and oneDNN), which is how dense.h's packed_below is chosen;
  *   - the forward pass in fp32 and int8 without the first layer's split
  *     (qin.c, "the first layer"): the whole D x D product like the others;
+ *   - the forward pass in each precision whose item vectors carry the
+ *     history's operands in bf16 (qin_internal.h), again on fp32 vectors
+ *     that each request converts (qin_model_vec_bf16 off);
  *   - the attention's two products (N x 64 x E and N x E x 64) on OpenBLAS
  *     and on oneDNN's sgemm (linear_gemm, what qin.c uses);
  *   - the yardstick: plain oneDNN matmul primitives of the QNN's shapes
@@ -198,12 +201,47 @@ static qin_model *load(const char *path, const unsigned char *buf, size_t len,
     return qin_model_of(em);
 }
 
+/* The benchmark's items and, per model, their vectors in that model's
+ * layout (qin_item_vec_floats), computed the first time they are asked
+ * for. */
+static struct {
+    int n;
+    engine_item *items;
+    int nm;
+    const qin_model *m[MAXV];
+    float *vecs[MAXV];
+    const float **ptr[MAXV];
+} iset;
+
+static const float *const *vectors_of(const qin_model *qm) {
+    for (int k = 0; k < iset.nm; k++)
+        if (iset.m[k] == qm) return iset.ptr[k];
+    engine_model *em = NULL;
+    for (int k = 0; k < nloaded; k++)
+        if (qin_model_of(loaded[k]) == qm) em = loaded[k];
+    const size_t vf = qin_item_vec_floats(qm);
+    float *vecs = em && iset.nm < MAXV ? linear_falloc((size_t)iset.n * vf) : NULL;
+    const float **ptr = malloc((size_t)iset.n * sizeof *ptr);
+    char err[1024];
+    if (!vecs || !ptr || engine_items_compute(em, iset.n, iset.items, vecs, NULL, err,
+                                              sizeof err) < 0) {
+        fprintf(stderr, "item vectors: %s\n", vecs && ptr ? err : "out of memory");
+        exit(1);
+    }
+    for (int i = 0; i < iset.n; i++) ptr[i] = vecs + (size_t)i * vf;
+    iset.m[iset.nm] = qm;
+    iset.vecs[iset.nm] = vecs;
+    iset.ptr[iset.nm++] = ptr;
+    return ptr;
+}
+
 /* One timed thing of a round. */
 typedef enum kind { FORWARD, QNN, YARD, ATTN_BLAS, ATTN_DNNL } kind;
 typedef struct variant {
     char name[32];
     kind k;
     qin_model *m;
+    qin_request req;              /* FORWARD: on m's own vectors */
     qin_scratch *s;
     yard y;
     double *t, *tc;               /* wall and CPU time of each call */
@@ -253,33 +291,33 @@ int main(int argc, char **argv) {
     double t0 = bench_now_s();
     qin_model *m = load(model_path, buf, len, precs[0]);
     double load_s = bench_now_s() - t0;
-    engine_model *em = loaded[0];
     const qin_config *c = &m->cfg;
     const int D = c->input_dim, E = c->item_dim, L = c->max_len;
 
-    /* Item vectors for the history and the candidates. */
+    /* Items for the history and the candidates; their vectors in each
+     * model's layout (vectors_of). */
     int nitems = L + max_n;
-    float *vecs = linear_falloc((size_t)nitems * qin_item_vec_floats(m));
-    const float **ptr = malloc((size_t)nitems * sizeof *ptr);
-    float *mm = malloc((size_t)c->mm_in * sizeof *mm);
-    int32_t *tags = malloc((size_t)(c->num_tags ? c->num_tags : 1) * sizeof *tags);
+    const int ntags = c->num_tags ? c->num_tags : 1;
+    float *mm = malloc((size_t)nitems * c->mm_in * sizeof *mm);
+    int32_t *tags = malloc((size_t)nitems * ntags * sizeof *tags);
+    engine_item *items = malloc((size_t)nitems * sizeof *items);
+    if (!mm || !tags || !items) return 1;
     uint64_t rng = 1;
     char err[1024];
-    t0 = bench_now_s();
     for (int i = 0; i < nitems; i++) {
+        float *mi = mm + (size_t)i * c->mm_in;
+        int32_t *ti = tags + (size_t)i * ntags;
         for (int k = 0; k < c->mm_in; k++) {
             rng = rng * 6364136223846793005ULL + 1442695040888963407ULL;
-            mm[k] = (float)((double)(rng >> 11) / 9007199254740992.0) - 0.5f;
+            mi[k] = (float)((double)(rng >> 11) / 9007199254740992.0) - 0.5f;
         }
-        for (int k = 0; k < c->num_tags; k++) tags[k] = (int32_t)((i * 31 + k * 977) % c->tag_vocab);
-        engine_item in = {1 + (i * 7919) % (c->item_vocab - 1), tags, c->num_tags, mm, 0};
-        float *v = vecs + (size_t)i * qin_item_vec_floats(m);
-        if (engine_items_compute(em, 1, &in, v, NULL, err, sizeof err) < 0) {
-            fprintf(stderr, "item: %s\n", err);
-            return 1;
-        }
-        ptr[i] = v;
+        for (int k = 0; k < c->num_tags; k++) ti[k] = (int32_t)((i * 31 + k * 977) % c->tag_vocab);
+        items[i] = (engine_item){1 + (i * 7919) % (c->item_vocab - 1), ti, c->num_tags, mi, 0};
     }
+    iset.n = nitems;
+    iset.items = items;
+    t0 = bench_now_s();
+    const float *const *ptr = vectors_of(m);
     double item_us = (bench_now_s() - t0) / nitems * 1e6;
     int32_t *ctx = malloc((size_t)max_n * (c->num_ctx ? c->num_ctx : 1) * sizeof *ctx);
     for (int i = 0; i < max_n * c->num_ctx; i++) ctx[i] = i % c->ctx_vocab[i % c->num_ctx];
@@ -311,6 +349,14 @@ int main(int argc, char **argv) {
             return 1;
         }
     }
+    /* Each precision whose vectors carry the history in bf16, again with
+     * fp32 vectors (the request converting them). */
+    qin_model *f32vec[DENSE_PRECISION_COUNT] = {0};
+    for (int k = 0; k < np; k++)
+        if (pm[k]->vec_bf16) {
+            f32vec[k] = load(model_path, buf, len, precs[k]);
+            qin_model_vec_bf16(f32vec[k], 0);
+        }
     qin_model *unsplit[2] = {NULL, NULL};
     const dense_precision unsplit_prec[2] = {DENSE_FP32, DENSE_INT8};
     if (all)
@@ -323,8 +369,9 @@ int main(int argc, char **argv) {
     printf("QIN forward pass, %s (d=%d, E=%d, D=%d, %d layers, R=%d), history %d, 1 thread\n",
            model_path ? model_path : "MicroLens configuration, random weights", c->embedding_dim,
            E, D, c->num_layers, c->num_row, L);
-    printf("OpenBLAS %s, core %s (attention, head); model load %.2f s; item vector %.1f us/item\n",
-           openblas_get_config(), openblas_get_corename(), load_s, item_us);
+    printf("OpenBLAS %s, core %s (attention, head); model load %.2f s; item vectors %.1f "
+           "us/item (%d at once, %zu floats each)\n", openblas_get_config(),
+           openblas_get_corename(), load_s, item_us, nitems, qin_item_vec_floats(m));
     for (int k = 0; k < np; k++) printf("QNN %s\n", qin_model_describe(pm[k]));
 
     float *prob = malloc((size_t)max_n * sizeof *prob);
@@ -351,6 +398,14 @@ int main(int argc, char **argv) {
             a->k = FORWARD;
             a->m = unsplit[q];
         }
+        for (int p = 0; p < np; p++) {
+            if (!f32vec[p]) continue;
+            variant *a = &v[nv++];
+            memset(a, 0, sizeof *a);
+            snprintf(a->name, sizeof a->name, "%s f32vec", dense_precision_name(precs[p]));
+            a->k = FORWARD;
+            a->m = f32vec[p];
+        }
         for (int q = 0; q < NKERN; q++) {
             if (!kern[q]) continue;
             variant *a = &v[nv++];
@@ -359,7 +414,7 @@ int main(int argc, char **argv) {
             a->k = QNN;
             a->m = kern[q];
         }
-        if (all) {
+        if (all && !m->vec_bf16) { /* reads the fp32 layout's A e, B e */
             for (int q = 0; q < 2; q++) {
                 variant *a = &v[nv++];
                 memset(a, 0, sizeof *a);
@@ -386,23 +441,27 @@ int main(int argc, char **argv) {
             v[i].tc = malloc((size_t)cap * sizeof(double));
             v[i].nt = 0;
         }
-        qin_request req = {ptr, L, ptr + L, ctx, n, NULL};
+        for (int i = 0; i < nv; i++)
+            if (v[i].k == FORWARD) {
+                const float *const *vp = vectors_of(v[i].m);
+                v[i].req = (qin_request){vp, L, vp + L, ctx, n, NULL};
+            }
         /* The attention's operands: the candidates' rows t, the history's
          * A h and B h, weights s (n x L), pool (n x E). */
         float *at = linear_falloc((size_t)n * E), *ah = linear_falloc((size_t)L * E),
               *bh = linear_falloc((size_t)L * E), *as = linear_falloc((size_t)n * L),
               *ap = linear_falloc((size_t)n * E);
         for (int i = 0; i < n; i++) memcpy(at + (size_t)i * E, ptr[L + i], (size_t)E * sizeof *at);
-        for (int j = 0; j < L; j++) {
-            memcpy(ah + (size_t)j * E, ptr[j] + E, (size_t)E * sizeof *ah);
-            memcpy(bh + (size_t)j * E, ptr[j] + 2 * E, (size_t)E * sizeof *bh);
+        for (int j = 0; j < L && !m->vec_bf16; j++) {
+            memcpy(ah + (size_t)j * E, qin_vec_a(m, ptr[j]), (size_t)E * sizeof *ah);
+            memcpy(bh + (size_t)j * E, qin_vec_b(m, ptr[j]), (size_t)E * sizeof *bh);
         }
         /* A QNN input of the usual magnitude, to time the layers alone. */
         for (size_t i = 0; i < (size_t)n * qin_ldx(c); i++)
             x0[i] = (float)((i * 2654435761u) % 2000) * 0.001f - 1.0f;
         for (int w = 0; w < 2; w++)
             for (int i = 0; i < nv; i++) {
-                if (v[i].k == FORWARD) qin_forward(v[i].m, v[i].s, &req, prob, NULL, 0);
+                if (v[i].k == FORWARD) qin_forward(v[i].m, v[i].s, &v[i].req, prob, NULL, 0);
                 if (v[i].k == YARD) yard_run(&v[i].y);
             }
         double end = bench_now_s() + seconds;
@@ -413,7 +472,7 @@ int main(int argc, char **argv) {
                 if (a->k == QNN) memcpy(a->s->x, x0, (size_t)n * qin_ldx(c) * sizeof *x0);
                 double a0 = bench_now_s(), c0 = bench_cpu_s();
                 if (a->k == FORWARD) {
-                    if (qin_forward(a->m, a->s, &req, prob, err, sizeof err) < 0) {
+                    if (qin_forward(a->m, a->s, &a->req, prob, err, sizeof err) < 0) {
                         fprintf(stderr, "forward: %s\n", err);
                         return 1;
                     }
@@ -452,7 +511,9 @@ int main(int argc, char **argv) {
         printf("  %-6s %11s %9s %9s %9s %9s %10s %9s\n", "prec", "forward_us", "wall_us",
                "wall_p99", "us/cand", "GFLOP/s", "qnn_us", "qnn_GF/s");
         for (int i = 0; i < nv; i++) {
-            if (v[i].k != FORWARD || v[i].m == unsplit[0] || v[i].m == unsplit[1]) continue;
+            if (v[i].k != FORWARD || v[i].m == unsplit[0] || v[i].m == unsplit[1] ||
+                strstr(v[i].name, "f32vec"))
+                continue;
             double q = med[i + 1];
             printf("  %-6s %11.1f %9.1f %9.1f %9.2f %9.1f %10.1f %9.1f\n", v[i].name,
                    med[i] * 1e6, wall[i] * 1e6, p99[i] * 1e6, med[i] * 1e6 / n,
@@ -467,6 +528,14 @@ int main(int argc, char **argv) {
                     if (v[j].k == FORWARD && v[j].m == pm[v[i].m == unsplit[0] ? 0 : 2])
                         printf("  %-12s forward %9.1f us: the first layer's split saves %.0f%%\n",
                                v[i].name, med[i] * 1e6, 100.0 * (1 - med[j] / med[i]));
+        for (int i = 0; i < nv; i++)
+            for (int p = 0; v[i].k == FORWARD && p < np; p++)
+                if (f32vec[p] && v[i].m == f32vec[p])
+                    for (int j = 0; j < nv; j++)
+                        if (v[j].k == FORWARD && v[j].m == pm[p])
+                            printf("  %-12s forward %9.1f us (fp32 item vectors): the bf16 "
+                                   "history in the vectors saves %.1f%%\n", v[i].name,
+                                   med[i] * 1e6, 100.0 * (1 - med[j] / med[i]));
         for (int i = 0; i < nv; i++) {
             for (int q = 0; q < NKERN; q++)
                 if (v[i].k == QNN && v[i].m && v[i].m == kern[q])
@@ -498,6 +567,10 @@ int main(int argc, char **argv) {
     printf("\nflops count the folded model: %d layers x 2 N D^2 + attention 4 N L E + head 2 N D\n",
            c->num_layers);
     for (int k = 0; k < nloaded; k++) engine_model_free(loaded[k]);
-    free(x0); free(prob); free(ctx); free(ptr); free(vecs); free(mm); free(tags);
+    free(x0); free(prob); free(ctx); free(mm); free(tags); free(items);
+    for (int k = 0; k < iset.nm; k++) {
+        free(iset.vecs[k]);
+        free(iset.ptr[k]);
+    }
     return 0;
 }

@@ -67,7 +67,7 @@ static int bench_one(const char *path, const dense_precision *precs, int np, int
     int max_n = 1;
     for (int k = 0; k < nn; k++) max_n = ns[k] > max_n ? ns[k] : max_n;
     const int H = hist < sc->max_len ? hist : sc->max_len, nitems = H + max_n;
-    const size_t vf = engine_item_vec_floats(m[0]);
+    /* Each model's own vectors: their layout follows its precision. */
 
     /* Items: distinct ids, random features. */
     bench_inputs in;
@@ -80,7 +80,8 @@ static int bench_one(const char *path, const dense_precision *precs, int np, int
         vecs[p] = engine_item_vecs_alloc(m[p], nitems);
         ptr[p] = malloc((size_t)nitems * sizeof *ptr[p]);
         if (!vecs[p] || !ptr[p]) return 1;
-        for (int i = 0; i < nitems; i++) ptr[p][i] = vecs[p] + (size_t)i * vf;
+        const size_t vfp = engine_item_vec_floats(m[p]);
+        for (int i = 0; i < nitems; i++) ptr[p][i] = vecs[p] + (size_t)i * vfp;
         double t0 = bench_now_s();
         if (engine_items_compute(m[p], nitems, in.items, vecs[p], NULL, err, sizeof err) < 0) {
             fprintf(stderr, "bench_models: items: %s\n", err);
@@ -91,11 +92,11 @@ static int bench_one(const char *path, const dense_precision *precs, int np, int
     }
 
     engine_cost c = engine_model_cost(m[0], H), cl = engine_model_cost(m[0], sc->max_len);
-    printf("\n%s model %s (%s), item vectors %.1f us/item (%zu floats each)\n",
-           engine_arch_name(sc->arch), sc->name, path, item_us[0], vf);
+    printf("\n%s model %s (%s)\n", engine_arch_name(sc->arch), sc->name, path);
     for (int p = 0; p < np; p++)
-        printf("  %s: load %.2f s; %s\n", dense_precision_name(precs[p]), load_s[p],
-               engine_model_describe(m[p]));
+        printf("  %s: load %.2f s; item vectors %.1f us/item, %zu floats each; %s\n",
+               dense_precision_name(precs[p]), load_s[p], item_us[p],
+               engine_item_vec_floats(m[p]), engine_model_describe(m[p]));
     printf("multiply-adds per candidate, history %d: folded %.3fM, unfolded %.3fM (%.2fx); "
            "history %d (max_len): folded %.3fM, unfolded %.3fM (%.2fx)\n",
            H, c.folded / 1e6, c.unfolded / 1e6, c.unfolded / c.folded, sc->max_len,

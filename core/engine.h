@@ -193,9 +193,14 @@ int engine_precision_parse(const char *text, dense_precision *out, char *err, si
 /* --- Item vectors ------------------------------------------------------ */
 
 /* Floats in one item vector: QIN 3E + 2D ([e | A e | B e | U e | V e]:
- * the attention's and the first QNN layer's item-side parts); DIN and TIN pad
- * theirs to a multiple of 16, so vectors laid end to end in a 64-byte
- * aligned buffer each stay aligned. */
+ * the attention's and the first QNN layer's item-side parts), or, where
+ * its attention runs in bf16 (bf16 and int8 on AMX), E + D + (2E + D) / 2
+ * rounded up to 16 (A e, B e and V e as bfloat16 values packed two to a
+ * float slot); DIN and TIN pad theirs to a multiple of 16, so vectors laid
+ * end to end in a 64-byte aligned buffer each stay aligned.  So the count
+ * depends on the model as loaded (precision and host), and a vector is
+ * read only by the model that computed it; copy vectors as opaque bytes
+ * (memcpy), never through float arithmetic. */
 size_t engine_item_vec_floats(const engine_model *m);
 
 /* A 64-byte aligned, zeroed buffer for n item vectors; free with free(). */

@@ -17,8 +17,9 @@
  *     blocks, batch norm folded into the QNN, A = W_q^T W_k, B = W_o W_v,
  *     the first layer split).  Immutable once loaded, shared freely
  *     between threads.
- *   - item vectors: [e | A e | B e | U e | V e] for one item, computed once
- *     and reusable across candidates, requests and threads.
+ *   - item vectors: e, A e, B e, U e and V e for one item (the layouts
+ *     below: A e, B e, V e in bf16 where the attention runs in bf16),
+ *     computed once and reusable across candidates, requests and threads.
  *   - qin_scratch: one thread's activations, sized at init for the largest
  *     request; qin_forward allocates nothing.
  */
@@ -115,6 +116,12 @@ struct qin_model {
      * NULL: that product in fp32 (linear_gemm); attn_score and attn_pool
      * are made together. */
     dense *attn_score, *attn_pool, *attn_first;
+    /* 1: item vectors carry the history's operands (A e, B e, V e) in
+     * bf16, as the products above read them (qin_vec_*): set by
+     * qin_model_prepare when it makes attn_score (and attn_first), so a
+     * request copies half the bytes per behaviour instead of converting
+     * fp32 ones.  0: the fp32 layout (fp32, int8x2, no AMX). */
+    int vec_bf16;
 };
 
 struct qin_scratch {
@@ -139,6 +146,41 @@ struct qin_scratch {
     dense_ws *dws;                /* the QNN layers' workspace */
     dense_ws *pws[QIN_PARTS];     /* one per column part (pws[0] = dws) */
 };
+
+/* --- the item vector's layout ---------------------------------------------
+ *
+ * An item vector is qin_item_vec_floats floats, in one of two layouts:
+ *   - fp32 (vec_bf16 0): [e | A e | B e | U e | V e], E, E, E, D and D
+ *     floats;
+ *   - bf16 (vec_bf16 1): [e | U e | h16], E and D floats, then h16: A e,
+ *     B e and V e as 2 E + D bfloat16 values (each the fp32 value rounded
+ *     to nearest even, as dense_bf16_rows does), stored in memory order,
+ *     two to a float slot, then zeros up to a multiple of 16 floats.
+ * The candidates' parts (e, U e) are fp32 in both.  A vector is read only
+ * by the model (as prepared) that computed it; the engine's callers copy
+ * vectors as opaque float arrays (memcpy), which keeps the bf16 pairs. */
+
+/* Offset in floats of U e (D floats). */
+static inline size_t qin_vec_u(const qin_model *m) {
+    return (m->vec_bf16 ? 1 : 3) * (size_t)m->cfg.item_dim;
+}
+/* A e (fp32 layout only; E floats). */
+static inline const float *qin_vec_a(const qin_model *m, const float *v) {
+    return v + m->cfg.item_dim;
+}
+/* B e (fp32 layout only; E floats). */
+static inline const float *qin_vec_b(const qin_model *m, const float *v) {
+    return v + 2 * (size_t)m->cfg.item_dim;
+}
+/* V e (fp32 layout only; D floats). */
+static inline const float *qin_vec_v(const qin_model *m, const float *v) {
+    return v + 3 * (size_t)m->cfg.item_dim + m->cfg.input_dim;
+}
+/* h16 (bf16 layout only): A e at [0, E), B e at [E, 2 E), V e at
+ * [2 E, 2 E + D). */
+static inline const unsigned short *qin_vec_h16(const qin_model *m, const float *v) {
+    return (const unsigned short *)(v + m->cfg.item_dim + m->cfg.input_dim);
+}
 
 /* Row stride of the QNN's activations: D rounded up to 16 floats. */
 static inline int qin_ldx(const qin_config *c) { return (c->input_dim + 15) & ~15; }
@@ -187,10 +229,17 @@ int qin_model_fold_first(qin_model *m, int on);
 
 /* --- item vectors and the forward pass (qin.c) --------------------------- */
 
-/* Floats in one item vector: [e | A e | B e | U e | V e], the first three
- * item_dim floats each, the last two input_dim (D) each (MicroLens: 3200
- * floats, 12.5 KiB). */
+/* Floats in one item vector (the layouts above): fp32 3 E + 2 D
+ * (MicroLens: 3200 floats, 12.5 KiB); bf16 E + D + (2 E + D) / 2 rounded
+ * up to 16 (MicroLens: 2304 floats, 9 KiB). */
 size_t qin_item_vec_floats(const qin_model *m);
+
+/* 1: the bf16 layout where qin_model_prepare allows it (the default), 0:
+ * the fp32 layout, the history's operands converted to bf16 by each
+ * request instead.  Both give the same scores, bit for bit; tests and
+ * benchmarks compare them.  Call before the model is shared and before
+ * any vector is computed for it.  Returns the setting. */
+int qin_model_vec_bf16(qin_model *m, int on);
 
 /* The item vectors of n items into out (n x qin_item_vec_floats,
  * contiguous; 64-byte aligned rows when out is).  A e, B e, U e and V e of

@@ -3,8 +3,9 @@
  * worker thread.
  *
  * A rank request names ~300 candidate items plus the user's history; each
- * needs its item vector (engine_item_vec_floats floats; QIN's [e | A e | B e |
- * U e | V e] is about 12.5 KiB for the production model).  Computing one costs a Redis round trip
+ * needs its item vector (engine_item_vec_floats floats; QIN's is about 12.5
+ * KiB for the production model, 9 KiB where its attention runs in bf16;
+ * copied as opaque bytes).  Computing one costs a Redis round trip
  * and a few small matrix-vector products, so the server keeps recent ones
  * here.  The workload: 2..64 threads, each looking up a few hundred ids per
  * request, almost all hits once warm; inserts only on misses.

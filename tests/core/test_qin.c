@@ -3,6 +3,7 @@
  * precision version (testmodel.h), plus the documented edge behaviours.
  * The model is loaded, its item vectors computed and whole requests scored
  * through engine.h; the pieces are QIN's own (qin_internal.h). */
+#include <float.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -302,6 +303,143 @@ static void test_forward_refusals(void **state) {
     engine_scratch_free(s);
 }
 
+/* bfloat16 of f, to nearest even (written here, apart from core/). */
+static unsigned short bf16_of(float f) {
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    return (unsigned short)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
+static double bf16_value(unsigned short h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+/* The bf16 rounding of the fp32 value it replaces; a denormal may also
+ * read as zero (AVX512_BF16's conversion). */
+static void assert_bf16_of(float want, unsigned short got, const char *what, int item, int k) {
+    if (got == bf16_of(want)) return;
+    if (fabsf(want) < FLT_MIN && (got & 0x7fffu) == 0) return;
+    fail_msg("item %d %s[%d]: fp32 %.9g rounds to bf16 0x%04x, vector has 0x%04x", item, what, k,
+             want, bf16_of(want), got);
+}
+
+/* Where the attention runs in bf16 (bf16, int8 on AMX), the item vector
+ * carries A e, B e and V e in bf16: each the bf16 rounding of the fp32
+ * value of the fp32 layout (the same model with qin_model_vec_bf16 off),
+ * A e and B e within half a bf16 step of the unfolded double reference;
+ * e and U e unchanged; and every score the same bits as with fp32 vectors
+ * converted by the request (what the request did before).  Elsewhere the
+ * fp32 layout. */
+static void test_vec_bf16(void **state) {
+    (void)state;
+    const qin_config c = model->cfg;
+    const int E = c.item_dim, D = c.input_dim, H = c.attn_dim;
+    size_t len;
+    unsigned char *buf = tm_serialize(&tm, NULL, &len);
+    for (int pr = 0; pr < DENSE_PRECISION_COUNT; pr++) {
+        engine_params ep = engine_default_params();
+        ep.precision = (dense_precision)pr;
+        engine_model *mb, *mf;
+        char err[512];
+        assert_int_equal(engine_model_load_buffer_with(buf, len, &ep, &mb, err, sizeof err), CTR_OK);
+        assert_int_equal(engine_model_load_buffer_with(buf, len, &ep, &mf, err, sizeof err), CTR_OK);
+        qin_model *qb = qin_model_of(mb), *qf = qin_model_of(mf);
+        assert_int_equal(qin_model_vec_bf16(qf, 0), 0);
+        assert_int_equal(engine_item_vec_floats(mf), 3 * E + 2 * D);
+        const int lowp = qb->attn_score != NULL;
+        assert_int_equal(qb->vec_bf16, lowp);
+        if (pr == DENSE_FP32 || pr == DENSE_INT8X2) assert_false(lowp);
+        if (!lowp) {
+            assert_int_equal(engine_item_vec_floats(mb), 3 * E + 2 * D);
+            printf("%s: attention in fp32 here (oneDNN %s), fp32 item vectors\n",
+                   dense_precision_name(ep.precision), dense_cpu_isa());
+            engine_model_free(mb);
+            engine_model_free(mf);
+            continue;
+        }
+        const size_t vb = engine_item_vec_floats(mb), vf = engine_item_vec_floats(mf);
+        assert_int_equal(vb, (size_t)(E + D + (2 * E + D + 1) / 2 + 15) / 16 * 16);
+        enum { NI = 19 };
+        engine_item in[NI];
+        for (int id = 1; id <= NI; id++) in[id - 1] = item_input(id);
+        float *xb = engine_item_vecs_alloc(mb, NI), *xf = engine_item_vecs_alloc(mf, NI);
+        memset(xb, 0xff, vb * NI * sizeof *xb); /* the padding is written */
+        assert_int_equal(engine_items_compute(mb, NI, in, xb, NULL, err, sizeof err), CTR_OK);
+        assert_int_equal(engine_items_compute(mf, NI, in, xf, NULL, err, sizeof err), CTR_OK);
+        for (int i = 0; i < NI; i++) {
+            const float *b = xb + i * vb, *f = xf + i * vf;
+            assert_memory_equal(b, f, (size_t)E * sizeof *b);                /* e */
+            assert_memory_equal(b + qin_vec_u(qb), f + qin_vec_u(qf), (size_t)D * sizeof *b);
+            const unsigned short *h = qin_vec_h16(qb, b);
+            for (int k = 0; k < E; k++) {
+                assert_bf16_of(qin_vec_a(qf, f)[k], h[k], "A e", i + 1, k);
+                assert_bf16_of(qin_vec_b(qf, f)[k], h[E + k], "B e", i + 1, k);
+            }
+            for (int k = 0; k < D; k++) assert_bf16_of(qin_vec_v(qf, f)[k], h[2 * E + k], "V e", i + 1, k);
+            for (size_t k = 2 * (size_t)E + D; k < 2 * (vb - E - D); k++)
+                assert_int_equal(h[k], 0);
+            /* A e = W_q^T (W_k e), B e = W_o (W_v e) in double. */
+            double e[13], kk[26], vv[26], ae[13], be[13];
+            naive_item(i + 1, e);
+            tm_matvec(tm_get(&tm, "attention_layers.W_k.weight"), H, E, e, kk);
+            const float *wq = tm_get(&tm, "attention_layers.W_q.weight");
+            for (int j = 0; j < E; j++) {
+                ae[j] = 0;
+                for (int o = 0; o < H; o++) ae[j] += wq[o * E + j] * kk[o];
+            }
+            tm_matvec(tm_get(&tm, "attention_layers.W_v.weight"), H, E, e, vv);
+            tm_matvec(tm_get(&tm, "attention_layers.W_o.weight"), E, H, vv, be);
+            for (int j = 0; j < E; j++) {
+                if (fabs(bf16_value(h[j]) - ae[j]) > fabs(ae[j]) / 256 + TOL)
+                    fail_msg("item %d A e[%d]: reference %.9g, bf16 %.9g", i + 1, j, ae[j],
+                             bf16_value(h[j]));
+                if (fabs(bf16_value(h[E + j]) - be[j]) > fabs(be[j]) / 256 + TOL)
+                    fail_msg("item %d B e[%d]: reference %.9g, bf16 %.9g", i + 1, j, be[j],
+                             bf16_value(h[E + j]));
+            }
+        }
+        /* Scores: the same bits, with histories short, padded, empty and
+         * longer than max_len. */
+        const int hl[4] = {3, 5, 0, 9};
+        const int64_t hid[9] = {2, 0, 6, 11, 7, 0, 8, 9, 12};
+        const int32_t ctx[12] = {0, 0, 1, 2, 3, 1, 2, 0, 0, 2, 3, 2};
+        engine_scratch *sb, *sf;
+        assert_int_equal(engine_scratch_init(mb, 6, &sb), CTR_OK);
+        assert_int_equal(engine_scratch_init(mf, 6, &sf), CTR_OK);
+        for (int r = 0; r < 4; r++) {
+            const float *hb[9], *hf[9], *cb[6], *cf[6];
+            for (int j = 0; j < hl[r]; j++) {
+                hb[j] = hid[j] ? xb + (hid[j] - 1) * vb : NULL;
+                hf[j] = hid[j] ? xf + (hid[j] - 1) * vf : NULL;
+            }
+            for (int k = 0; k < 6; k++) {
+                cb[k] = xb + (3 * k + r) * vb;
+                cf[k] = xf + (3 * k + r) * vf;
+            }
+            float pb[6], pf[6];
+            engine_request rb = {hb, hl[r], cb, ctx, 6, NULL, NULL},
+                           rf = {hf, hl[r], cf, ctx, 6, NULL, NULL};
+            assert_int_equal(engine_forward(mb, sb, &rb, pb, err, sizeof err), CTR_OK);
+            assert_int_equal(engine_forward(mf, sf, &rf, pf, err, sizeof err), CTR_OK);
+            if (memcmp(pb, pf, sizeof pb))
+                fail_msg("%s, history %d: scores differ (%.9g vs %.9g)",
+                         dense_precision_name(ep.precision), hl[r], pb[0], pf[0]);
+        }
+        printf("%s: bf16 item vectors (%zu floats against %zu), the same scores\n",
+               dense_precision_name(ep.precision), vb, vf);
+        engine_scratch_free(sb);
+        engine_scratch_free(sf);
+        free(xb);
+        free(xf);
+        engine_model_free(mb);
+        engine_model_free(mf);
+    }
+    free(buf);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_item_vector),
@@ -313,6 +451,7 @@ int main(void) {
         cmocka_unit_test(test_forward_whole),
         cmocka_unit_test(test_history_keeps_most_recent),
         cmocka_unit_test(test_forward_refusals),
+        cmocka_unit_test(test_vec_bf16),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
