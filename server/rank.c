@@ -199,17 +199,23 @@ int rank_decode(rank_ctx *x, const rank_input *in) {
 
 /* --- history ------------------------------------------------------------ */
 
-/* The user's history from the feature store (one bounded read) into
+/* The user's history from the feature store (one bounded read, or none
+ * when the history cache has it) into
  * hist_ids / nh, its failures as degraded reasons.  Allocates from the
  * arena: nothing else may while it runs (history_part). */
 static void read_history(rank_ctx *x, int64_t dl) {
     static log_limit lim_fail;
     int64_t start = clock_now_ns();
     char err[512];
-    int rc = featstore_get_user(x->w->m[x->m->index].fs, x->req.user_id, x->sc->max_len, dl,
-                                x->a, &x->hist_ids, &x->nh, err, sizeof err);
-    metrics_redis(x->svc->metrics, METRICS_REDIS_GET_USER,
-                  (double)(clock_now_ns() - start) * 1e-9, redis_result(rc));
+    featstore *fs = x->w->m[x->m->index].fs;
+    uint64_t trips = featstore_round_trips(fs);
+    int rc = featstore_get_user(fs, x->req.user_id, x->sc->max_len, dl, x->a, &x->hist_ids,
+                                &x->nh, err, sizeof err);
+    /* A history from the history cache (hcache.h) is no Redis call; a
+     * failure before any round trip (breaker open, no time left) is. */
+    if (featstore_round_trips(fs) != trips || rc < 0)
+        metrics_redis(x->svc->metrics, METRICS_REDIS_GET_USER,
+                      (double)(clock_now_ns() - start) * 1e-9, redis_result(rc));
     if (rc == CTR_ENOTFOUND) {
         x->nh = 0;
     } else if (rc < 0) {

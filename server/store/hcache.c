@@ -209,8 +209,8 @@ void hcache_free(hcache *c) {
 int hcache_init(const hcache_params *p, hcache **out, char *err, size_t errlen) {
     *out = NULL;
     if (p->max_ids < 1 || p->max_ids > (1 << 20) || p->ttl_ms < 0)
-        return ctr_fail(err, errlen, CTR_EINVAL, "history cache: max_ids %d, ttl %d ms",
-                        p->max_ids, p->ttl_ms);
+        return ctr_fail(err, errlen, CTR_EINVAL, "history cache: max_ids %d, ttl %lld ms",
+                        p->max_ids, (long long)p->ttl_ms);
     size_t stride = (HCACHE_KEY_MAX + 4 * (size_t)p->max_ids + 63) & ~(size_t)63;
     size_t per_entry = stride + sizeof(hc_entry) + 2 * sizeof(uint32_t);
     size_t n = p->max_bytes / per_entry / HC_SHARDS;
@@ -362,7 +362,7 @@ void hcache_put(hcache *c, const hcache_stamp *stamp, const char *key, size_t kl
     int cap = c->p.max_ids;
     int held = n < cap ? n : cap;
     e->hash = stamp->hash;
-    e->expires_ns = c->p.ttl_ms ? clock_now_ns() + (int64_t)c->p.ttl_ms * 1000000 : 0;
+    e->expires_ns = c->p.ttl_ms ? clock_now_ns() + c->p.ttl_ms * 1000000 : 0;
     e->klen = (uint16_t)klen;
     e->used = 1;
     e->found = found != 0;
@@ -535,16 +535,44 @@ out:
     return st < 0 ? st : CTR_EBACKEND;
 }
 
-/* Reads and applies messages until the connection fails or stop. */
+/* Reads and applies messages until the connection fails or stop.  A
+ * link that has been quiet for ping_ms sends PING (allowed while
+ * subscribed; answered ["pong", ""]); nothing back within another
+ * ping_ms counts as lost: a connection that breaks silently (a hung
+ * Redis, a network that drops without a reset) would otherwise keep
+ * serving what it can no longer invalidate. */
 static void link_serve(hcache *c, rconn *rc, char *why, size_t whylen) {
     struct pollfd pf[2] = {{rconn_fd(rc), POLLIN, 0}, {c->wake, POLLIN, 0}};
+    static const char *const ping[] = {"PING"};
+    static const size_t ping_len[] = {4};
+    const rconn_cmd ping_cmd = {1, ping, ping_len, RCONN_ARRAY};
+    const int64_t period = (int64_t)c->lp.ping_ms * 1000000;
+    int64_t heard = clock_now_ns(), pinged = 0;
     while (!atomic_load(&c->stop)) {
-        if (poll(pf, 2, -1) < 0) {
+        int64_t now = clock_now_ns();
+        if (pinged && now - pinged > period) {
+            snprintf(why, whylen, "no answer to PING within %d ms", c->lp.ping_ms);
+            return;
+        }
+        if (!pinged && now - heard >= period) {
+            int done = 0;
+            if (rconn_append(rc, &ping_cmd) < 0 || rconn_write(rc, &done) < 0) {
+                snprintf(why, whylen, "%s", rconn_why(rc));
+                return;
+            }
+            pinged = now;   /* a PING's few bytes fit the socket's buffer */
+        }
+        int64_t next = pinged ? pinged : heard;
+        int wait_ms = (int)((next + period - now) / 1000000) + 1;
+        int ready = poll(pf, 2, wait_ms);
+        if (ready < 0) {
             if (errno == EINTR) continue;
             snprintf(why, whylen, "poll: %s", strerror(errno));
             return;
         }
-        if (!pf[0].revents) continue;
+        if (!ready || !pf[0].revents) continue;
+        heard = clock_now_ns();
+        pinged = 0;
         atomic_store(&c->reading, 1);
         if (rconn_read(rc) < 0) {
             snprintf(why, whylen, "%s", rconn_why(rc));
@@ -631,7 +659,7 @@ static int parse_addr(hcache *c, const char *addr, char *err, size_t errlen) {
 int hcache_start(hcache *c, const hcache_link_params *lp, char *err, size_t errlen) {
     if (c->started) return ctr_fail(err, errlen, CTR_EINVAL, "history cache: started twice");
     if (!lp->addr || !lp->addr[0] || lp->nprefixes < 1 || lp->nprefixes > HC_MAX_PREFIXES ||
-        lp->connect_timeout_ms < 1 || lp->retry_ms < 1)
+        lp->connect_timeout_ms < 1 || lp->retry_ms < 1 || lp->ping_ms < 1)
         return ctr_fail(err, errlen, CTR_EINVAL,
                         "history cache: need an address, 1..%d prefixes and positive timeouts",
                         HC_MAX_PREFIXES);

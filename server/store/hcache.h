@@ -31,7 +31,8 @@
  *     the stamp still holds; an invalidation that arrives after the insert
  *     removes the entry;
  *   - the link not yet up, lost (Redis restarted, CLIENT KILL, a network
- *     error), or tracking refused (Redis before 6, an ACL without CLIENT):
+ *     error; silent for 2 x ping_ms: a hung Redis, a network that drops
+ *     without a reset), or tracking refused (Redis before 6, an ACL without CLIENT):
  *     the cache is emptied and bypassed (every lookup is HCACHE_OFF: reads
  *     go to Redis as without a cache) until the link is back, tried again
  *     every retry period (doubling to 2 s); a null invalidation empties it;
@@ -71,7 +72,7 @@ typedef struct hcache_params {
     size_t max_bytes;           /* entries' budget (64 MiB) */
     int max_ids;                /* most ids an entry holds: the longest
                                    history a model reads (64) */
-    int ttl_ms;                 /* an entry expires this long after its read
+    int64_t ttl_ms;             /* an entry expires this long after its read
                                    (60000; 0: never) */
 } hcache_params;
 
@@ -87,6 +88,9 @@ typedef struct hcache_link_params {
     int nprefixes;              /* 1..16 */
     int retry_ms;               /* first wait before reconnecting (100;
                                    doubles to 2000) */
+    int ping_ms;                /* keep-alive: PING after this long without
+                                   a message, the link lost when nothing
+                                   answers within as long again (1000) */
 } hcache_link_params;
 
 /* Counters since init (relaxed reads). */
