@@ -93,13 +93,34 @@ def stage_sums(port):
                          text, re.M):
         d = out.setdefault(m.group(2), [0.0, 0.0])
         d[0 if m.group(1) == "sum" else 1] += float(m.group(3))
+    # The history cache's lookups (absent when it is off).
+    for name in ("hits", "misses", "bypassed"):
+        m = re.search(rf'^ctr_history_cache_{name}_total (\S+)', text, re.M)
+        if m:
+            out.setdefault("_hcache", {})[name] = float(m.group(1))
     return out
+
+
+def hcache_rate(before, after, reqfile):
+    """The history cache's hit rate between two stage_sums, and how many
+    distinct users the requests cycle over."""
+    a, b = after.get("_hcache"), before.get("_hcache", {})
+    with open(reqfile) as f:
+        users = len({json.loads(line)["user_id"] for line in f})
+    if not a:
+        return f"history cache off ({users} distinct users)"
+    d = {k: a[k] - b.get(k, 0.0) for k in a}
+    n = sum(d.values())
+    return (f"history cache hits {d['hits'] / n * 100 if n else 0:.1f}% of {n:.0f} lookups "
+            f"(bypassed {d['bypassed']:.0f}); requests cycle over {users} distinct users")
 
 
 def stage_means(before, after):
     """Mean microseconds a request in each stage between two stage_sums."""
     res = []
     for k, (s, n) in after.items():
+        if k.startswith("_"):
+            continue
         s0, n0 = before.get(k, [0.0, 0.0])
         if n - n0 > 0:
             res.append(f"{k} {(s - s0) / (n - n0) * 1e6:.0f}")
@@ -251,8 +272,10 @@ def main():
                                 os.makedirs(args.keep_dumps, exist_ok=True)
                                 shutil.copy(dump, args.keep_dumps)
                         if args.stages:
+                            st1 = stage_sums(port)
                             print(f"STAGES precision={prec} split={split} n={n} mean_us: "
-                                  f"{stage_means(st0, stage_sums(port))}", flush=True)
+                                  f"{stage_means(st0, st1)}; {hcache_rate(st0, st1, reqs[n])}",
+                                  flush=True)
                         # Saturation: sat_rounds bursts per build, the builds in
                         # turn (ABBA...), so each build's median sees the same
                         # minutes of the host as the other's.
