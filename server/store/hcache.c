@@ -517,10 +517,15 @@ static int link_open(hcache *c, rconn **out, int *refused, char *err, size_t err
     }
     freeReplyObject(r);
     r = NULL;
+    /* Not rconn_command: invalidations may follow the subscription's reply
+     * at once, and stay buffered for link_serve. */
     static const char *const sub[] = {"SUBSCRIBE", "__redis__:invalidate"};
     static const size_t sub_len[] = {9, 20};
-    st = rconn_command(rc, 2, sub, sub_len, RCONN_ARRAY, dl, &r, err, errlen);
-    if (st < 0) goto out;
+    const rconn_cmd sub_cmd = {2, sub, sub_len, RCONN_ARRAY};
+    if ((st = rconn_append(rc, &sub_cmd)) < 0 ||
+        (st = rconn_send(rc, dl, err, errlen)) < 0 ||
+        (st = rconn_recv(rc, dl, RCONN_ARRAY, &r, err, errlen)) < 0)
+        goto out;
     if (r->type == REDIS_REPLY_ERROR) {
         *refused = 1;
         st = ctr_fail(err, errlen, CTR_EBACKEND, "SUBSCRIBE refused: %.200s", r->str);
@@ -533,6 +538,21 @@ out:
     if (r) freeReplyObject(r);
     rconn_close(rc);
     return st < 0 ? st : CTR_EBACKEND;
+}
+
+/* Applies every whole message already read; CTR_EBACKEND when the
+ * connection failed (why says why). */
+static int apply_buffered(hcache *c, rconn *rc, char *why, size_t whylen) {
+    for (;;) {
+        redisReply *r;
+        if (rconn_take(rc, RCONN_ARRAY, &r) < 0) {
+            snprintf(why, whylen, "%s", rconn_why(rc));
+            return CTR_EBACKEND;
+        }
+        if (!r) return CTR_OK;
+        apply(c, r);
+        freeReplyObject(r);
+    }
 }
 
 /* Reads and applies messages until the connection fails or stop.  A
@@ -548,6 +568,8 @@ static void link_serve(hcache *c, rconn *rc, char *why, size_t whylen) {
     const rconn_cmd ping_cmd = {1, ping, ping_len, RCONN_ARRAY};
     const int64_t period = (int64_t)c->lp.ping_ms * 1000000;
     int64_t heard = clock_now_ns(), pinged = 0;
+    if (apply_buffered(c, rc, why, whylen) < 0) return;   /* after the subscription */
+    atomic_store(&c->reading, rconn_buffered(rc) > 0);
     while (!atomic_load(&c->stop)) {
         int64_t now = clock_now_ns();
         if (pinged && now - pinged > period) {
@@ -578,16 +600,7 @@ static void link_serve(hcache *c, rconn *rc, char *why, size_t whylen) {
             snprintf(why, whylen, "%s", rconn_why(rc));
             return;   /* `reading` stays set until the flush */
         }
-        redisReply *r;
-        for (;;) {
-            if (rconn_take(rc, RCONN_ARRAY, &r) < 0) {
-                snprintf(why, whylen, "%s", rconn_why(rc));
-                return;
-            }
-            if (!r) break;
-            apply(c, r);
-            freeReplyObject(r);
-        }
+        if (apply_buffered(c, rc, why, whylen) < 0) return;
         atomic_store(&c->reading, rconn_buffered(rc) > 0);
     }
 }
@@ -616,7 +629,7 @@ static void *link_main(void *arg) {
         refused_logged = 0;
         wait = c->lp.retry_ms;
         atomic_store(&c->fd, rconn_fd(rc));
-        atomic_store(&c->reading, 0);
+        atomic_store(&c->reading, 1);   /* until link_serve applied what came */
         flush_to(c, 1);   /* up: lookups may hit from now on */
         bump(&c->connects);
         log_info("history cache: invalidations from Redis %s (broadcast, %d prefix(es))",

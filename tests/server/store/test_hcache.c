@@ -18,6 +18,8 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <fcntl.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <sys/wait.h>
 #include <cmocka.h>
 
@@ -277,6 +279,42 @@ static void test_insert_race(void **state) {
     hcache_free(c);
 }
 
+/* A writer that changes users' keys without pause. */
+static atomic_int writing;
+
+static void *writer(void *arg) {
+    (void)arg;
+    redisContext *c = admin_connect(redis_host, redis_port);
+    for (long k = 0; c && atomic_load(&writing); k++) {
+        redisReply *r = redisCommand(c, "SET %su:w%ld x", prefix, k % 100);
+        if (!r) break;
+        freeReplyObject(r);
+    }
+    if (c) redisFree(c);
+    return NULL;
+}
+
+/* The link comes up while users' keys change all the time (invalidations
+ * right behind the subscription's reply), and follows them. */
+static void test_up_under_writes(void **state) {
+    (void)state;
+    pthread_t t;
+    atomic_store(&writing, 1);
+    assert_int_equal(pthread_create(&t, NULL, writer, NULL), 0);
+    sleep_ms(20);
+    hcache *c = start_cache(redis_addr, 16, 1 << 20, 60000, NULL, NULL);
+    int up = hcache_wait_up(c, 5000);
+    uint64_t inv = stats(c).invalidations;
+    sleep_ms(50);
+    int following = stats(c).invalidations > inv;
+    atomic_store(&writing, 0);
+    pthread_join(t, NULL);
+    assert_true(up);
+    assert_true(following);
+    assert_int_equal(stats(c).link_connects, 1);   /* never dropped */
+    hcache_free(c);
+}
+
 /* Capacity, LRU and TTL, through the link of the run's Redis. */
 static void test_evict_and_expire(void **state) {
     (void)state;
@@ -435,6 +473,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_cached_and_fresh, setup, teardown),
         cmocka_unit_test_setup_teardown(test_insert_race, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_up_under_writes, setup, teardown),
         cmocka_unit_test_setup_teardown(test_evict_and_expire, setup, teardown),
         cmocka_unit_test_setup_teardown(test_link_lost, setup, teardown),
         cmocka_unit_test_setup_teardown(test_tracking_refused, setup, teardown),
