@@ -118,9 +118,10 @@ def hcache_rate(before, after, reqfile):
 def stage_means(before, after):
     """Mean microseconds a request in each stage between two stage_sums."""
     res = []
-    for k, (s, n) in after.items():
+    for k, v in after.items():
         if k.startswith("_"):
             continue
+        s, n = v
         s0, n0 = before.get(k, [0.0, 0.0])
         if n - n0 > 0:
             res.append(f"{k} {(s - s0) / (n - n0) * 1e6:.0f}")

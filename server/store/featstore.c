@@ -228,19 +228,44 @@ static int decode_history(long long total, const redisReply *head, const redisRe
                                 msglen);
 }
 
+/* <prefix>u:<user_id> in the arena; NULL when it is full. */
+static char *user_key(const featstore *fs, const char *user_id, arena *a, size_t *klen) {
+    size_t ulen = strlen(user_id);
+    *klen = fs->prefix_len + 2 + ulen;
+    char *key = arena_alloc(a, *klen, 1);
+    if (!key) return NULL;
+    memcpy(key, fs->prefix, fs->prefix_len);
+    memcpy(key + fs->prefix_len, "u:", 2);
+    memcpy(key + fs->prefix_len + 2, user_id, ulen);
+    return key;
+}
+
+int featstore_get_user_cached(featstore *fs, const char *user_id, int keep, arena *a,
+                              int64_t **ids, int *n, int *status) {
+    *ids = NULL;
+    *n = 0;
+    if (!fs->hc || !user_id) return 0;
+    if (keep < 1 || keep > fs->p.max_seq) keep = fs->p.max_seq;
+    size_t klen;
+    char *key = user_key(fs, user_id, a, &klen);
+    if (!key) return 0;
+    hcache_stamp stamp;
+    switch (hcache_get(fs->hc, key, klen, keep, a, ids, n, &stamp)) {
+    case HCACHE_HIT: *status = CTR_OK; return 1;
+    case HCACHE_HIT_NONE: *status = CTR_ENOTFOUND; return 1;
+    default: return 0;
+    }
+}
+
 int featstore_get_user(featstore *fs, const char *user_id, int keep, int64_t deadline_ns,
                        arena *a, int64_t **ids, int *n, char *err, size_t errlen) {
     *ids = NULL;
     *n = 0;
     if (!user_id) return ctr_fail(err, errlen, CTR_EINVAL, "NULL user id");
     if (keep < 1 || keep > fs->p.max_seq) keep = fs->p.max_seq;
-    size_t ulen = strlen(user_id);
-    size_t klen = fs->prefix_len + 2 + ulen;
-    char *key = arena_alloc(a, klen, 1);
+    size_t klen;
+    char *key = user_key(fs, user_id, a, &klen);
     if (!key) return ctr_fail(err, errlen, CTR_ENOMEM, "arena full");
-    memcpy(key, fs->prefix, fs->prefix_len);
-    memcpy(key + fs->prefix_len, "u:", 2);
-    memcpy(key + fs->prefix_len + 2, user_id, ulen);
 
     hcache_stamp stamp;
     hcache_result hr = HCACHE_OFF;

@@ -283,6 +283,14 @@ int featstore_ping(featstore *fs, int64_t deadline_ns, char *err, size_t errlen)
 int featstore_get_user(featstore *fs, const char *user_id, int keep, int64_t deadline_ns,
                        arena *a, int64_t **ids, int *n, char *err, size_t errlen);
 
+/* The history of user_id from params.history_cache alone, never a round
+ * trip: 1 when the cache answers (*status CTR_OK with *ids / *n as
+ * featstore_get_user gives them, or CTR_ENOTFOUND: cached as having no
+ * value), 0 when it does not (no cache, not cached, its link down, arena
+ * full): then read with featstore_get_user. */
+int featstore_get_user_cached(featstore *fs, const char *user_id, int keep, arena *a,
+                              int64_t **ids, int *n, int *status);
+
 /* Features of n items in one round trip (no round trip when n is 0):
  * out[i] for ids[i] (duplicates allowed).  Each value is read up to one
  * byte past the longest item value the schema allows (max_tags, mm_dim,
