@@ -81,6 +81,20 @@ def blockclient(build, port, args, timeout=7200):
     return kv(out.stdout, "BLOCKCLIENT")
 
 
+def cpu_seconds(pid, rport):
+    """CPU seconds (user + system) used so far by process pid and by the
+    redis-server on rport (INFO cpu)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    server = (int(fields[11]) + int(fields[12])) / tick   # utime, stime
+    info = subprocess.run(["redis-cli", "-p", str(rport), "INFO", "cpu"], capture_output=True,
+                          text=True).stdout
+    redis = sum(float(m.group(1)) for m in
+                re.finditer(r"^used_cpu_(?:sys|user):(\S+)", info, re.M))
+    return server, redis
+
+
 def stage_sums(port):
     """ctr_rank_stage_duration_seconds' sum and count per stage, and
     ctr_http_request_duration_seconds' for the rank endpoint, from /metrics."""
@@ -281,11 +295,16 @@ def main():
                         # turn (ABBA...), so each build's median sees the same
                         # minutes of the host as the other's.
                         sats = [[] for _ in builds]
+                        # CPU the server and Redis spent per answer at
+                        # saturation (less sensitive to other tenants than
+                        # req/s): [server s, Redis s, answers] per build.
+                        cpu = [[0.0, 0.0, 0.0] for _ in builds]
                         for rnd in range(args.sat_rounds):
                             order = list(range(len(builds)))
                             if rnd % 2:
                                 order.reverse()
                             for k in order:
+                                cpu0 = cpu_seconds(procs[k].pid, rport)
                                 sat = subprocess.run(
                                     [f"{args.build}/bench/loadgen", "--port", str(ports[k]),
                                      "--conns", str(args.conns), "--seconds",
@@ -293,6 +312,10 @@ def main():
                                     capture_output=True, text=True)
                                 sats[k].append(float(kv(sat.stdout, "LOADGEN").get("ok_rps",
                                                                                    "nan")))
+                                cpu1 = cpu_seconds(procs[k].pid, rport)
+                                cpu[k][0] += cpu1[0] - cpu0[0]
+                                cpu[k][1] += cpu1[1] - cpu0[1]
+                                cpu[k][2] += float(kv(sat.stdout, "LOADGEN").get("answered", 0))
                         for k, (b, pt) in enumerate(zip(builds, ports)):
                             r, floor = res[k], floors[k]
                             s = {"ok_rps": statistics.median(sats[k])}
@@ -306,7 +329,12 @@ def main():
                                    "p999_ms": float(r.get("p999_us", "nan")) / 1e3,
                                    "floor_p50_ms": float(floor.get("p50_us", "nan")) / 1e3,
                                    "floor_p99_ms": float(floor.get("p99_us", "nan")) / 1e3,
-                                   "sat_rps": float(s.get("ok_rps", "nan")), "kernel": kern,
+                                   "sat_rps": float(s.get("ok_rps", "nan")),
+                                   "sat_cpu_us_server": round(cpu[k][0] / cpu[k][2] * 1e6, 1)
+                                   if cpu[k][2] else float("nan"),
+                                   "sat_cpu_us_redis": round(cpu[k][1] / cpu[k][2] * 1e6, 1)
+                                   if cpu[k][2] else float("nan"),
+                                   "kernel": kern,
                                    "plan": infos[k].get("kernel", {}).get("split", "?")}
                             if args.versus:
                                 row["build"] = b
