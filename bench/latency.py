@@ -29,7 +29,13 @@ candidates.)
 
 --count 1000000 gives the 1M-request p99 / p99.9.  --stages prints where
 the one-connection requests spent their time, by the server's rank stages
-(queue, decode, history, items, score; ctr_rank_stage_duration_seconds).  --tail
+(queue, decode, history, items, score; ctr_rank_stage_duration_seconds),
+and the history cache's hit rate with the number of distinct users the
+requests cycle over (400 requests, sent in turn: every user recurs, so
+after the warm-up pass the cache has them all; real traffic's rate
+depends on how often a user comes back within history_cache_ttl_s).
+sat_cpu_us_server / sat_cpu_us_redis: CPU time (user + system) the
+server and Redis spent per answer during the saturation runs.  --tail
 takes the one-connection requests apart one by one (each answer's took_us
 and stage_us, bench/blockclient --dump): the mean of each part for the
 requests around the median, above p99 and above p99.9, "outside" being the
