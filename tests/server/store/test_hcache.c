@@ -209,6 +209,22 @@ static void test_cached_and_fresh(void **state) {
     }
     assert_true(stats(c).hits - hits0 >= 2 * 145);
 
+    /* An append through the feature store (FCALL ctr_append_packed, as
+     * ctr-load --events sends it), seen at the next read. */
+    featstore *writer = open_fs(&lp);
+    const char *u = "a";
+    const int one = 1;
+    int status;
+    int64_t held;
+    assert_int_equal(featstore_append(writer, 1, &u, &one, &ids[150], 64, &A, &status, &held, err,
+                                      sizeof err),
+                     CTR_OK);
+    assert_int_equal(status, CTR_OK);
+    featstore_close(writer);
+    assert_int_equal(read_user(fs, "a", 0, &h, &n, &trips), CTR_OK);
+    check_ids(h, n, ids + 151 - 64, 64);
+    warm(fs, "a");
+
     /* A missing user is cached as missing, and seen once written. */
     assert_int_equal(read_user(fs, "none", 0, &h, &n, &trips), CTR_ENOTFOUND);
     assert_int_equal(trips, 1);
