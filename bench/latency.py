@@ -29,7 +29,13 @@ candidates.)
 
 --count 1000000 gives the 1M-request p99 / p99.9.  --stages prints where
 the one-connection requests spent their time, by the server's rank stages
-(queue, decode, history, items, score; ctr_rank_stage_duration_seconds).  --tail
+(queue, decode, history, items, score; ctr_rank_stage_duration_seconds),
+and the history cache's hit rate with the number of distinct users the
+requests cycle over (400 requests, sent in turn: every user recurs, so
+after the warm-up pass the cache has them all; real traffic's rate
+depends on how often a user comes back within history_cache_ttl_s).
+sat_cpu_us_server / sat_cpu_us_redis: CPU time (user + system) the
+server and Redis spent per answer during the saturation runs.  --tail
 takes the one-connection requests apart one by one (each answer's took_us
 and stage_us, bench/blockclient --dump): the mean of each part for the
 requests around the median, above p99 and above p99.9, "outside" being the
@@ -81,6 +87,20 @@ def blockclient(build, port, args, timeout=7200):
     return kv(out.stdout, "BLOCKCLIENT")
 
 
+def cpu_seconds(pid, rport):
+    """CPU seconds (user + system) used so far by process pid and by the
+    redis-server on rport (INFO cpu)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    server = (int(fields[11]) + int(fields[12])) / tick   # utime, stime
+    info = subprocess.run(["redis-cli", "-p", str(rport), "INFO", "cpu"], capture_output=True,
+                          text=True).stdout
+    redis = sum(float(m.group(1)) for m in
+                re.finditer(r"^used_cpu_(?:sys|user):(\S+)", info, re.M))
+    return server, redis
+
+
 def stage_sums(port):
     """ctr_rank_stage_duration_seconds' sum and count per stage, and
     ctr_http_request_duration_seconds' for the rank endpoint, from /metrics."""
@@ -93,13 +113,35 @@ def stage_sums(port):
                          text, re.M):
         d = out.setdefault(m.group(2), [0.0, 0.0])
         d[0 if m.group(1) == "sum" else 1] += float(m.group(3))
+    # The history cache's lookups (absent when it is off).
+    for name in ("hits", "misses", "bypassed"):
+        m = re.search(rf'^ctr_history_cache_{name}_total (\S+)', text, re.M)
+        if m:
+            out.setdefault("_hcache", {})[name] = float(m.group(1))
     return out
+
+
+def hcache_rate(before, after, reqfile):
+    """The history cache's hit rate between two stage_sums, and how many
+    distinct users the requests cycle over."""
+    a, b = after.get("_hcache"), before.get("_hcache", {})
+    with open(reqfile) as f:
+        users = len({json.loads(line)["user_id"] for line in f})
+    if not a:
+        return f"history cache off ({users} distinct users)"
+    d = {k: a[k] - b.get(k, 0.0) for k in a}
+    n = sum(d.values())
+    return (f"history cache hits {d['hits'] / n * 100 if n else 0:.1f}% of {n:.0f} lookups "
+            f"(bypassed {d['bypassed']:.0f}); requests cycle over {users} distinct users")
 
 
 def stage_means(before, after):
     """Mean microseconds a request in each stage between two stage_sums."""
     res = []
-    for k, (s, n) in after.items():
+    for k, v in after.items():
+        if k.startswith("_"):
+            continue
+        s, n = v
         s0, n0 = before.get(k, [0.0, 0.0])
         if n - n0 > 0:
             res.append(f"{k} {(s - s0) / (n - n0) * 1e6:.0f}")
@@ -251,17 +293,24 @@ def main():
                                 os.makedirs(args.keep_dumps, exist_ok=True)
                                 shutil.copy(dump, args.keep_dumps)
                         if args.stages:
+                            st1 = stage_sums(port)
                             print(f"STAGES precision={prec} split={split} n={n} mean_us: "
-                                  f"{stage_means(st0, stage_sums(port))}", flush=True)
+                                  f"{stage_means(st0, st1)}; {hcache_rate(st0, st1, reqs[n])}",
+                                  flush=True)
                         # Saturation: sat_rounds bursts per build, the builds in
                         # turn (ABBA...), so each build's median sees the same
                         # minutes of the host as the other's.
                         sats = [[] for _ in builds]
+                        # CPU the server and Redis spent per answer at
+                        # saturation (less sensitive to other tenants than
+                        # req/s): [server s, Redis s, answers] per build.
+                        cpu = [[0.0, 0.0, 0.0] for _ in builds]
                         for rnd in range(args.sat_rounds):
                             order = list(range(len(builds)))
                             if rnd % 2:
                                 order.reverse()
                             for k in order:
+                                cpu0 = cpu_seconds(procs[k].pid, rport)
                                 sat = subprocess.run(
                                     [f"{args.build}/bench/loadgen", "--port", str(ports[k]),
                                      "--conns", str(args.conns), "--seconds",
@@ -269,6 +318,10 @@ def main():
                                     capture_output=True, text=True)
                                 sats[k].append(float(kv(sat.stdout, "LOADGEN").get("ok_rps",
                                                                                    "nan")))
+                                cpu1 = cpu_seconds(procs[k].pid, rport)
+                                cpu[k][0] += cpu1[0] - cpu0[0]
+                                cpu[k][1] += cpu1[1] - cpu0[1]
+                                cpu[k][2] += float(kv(sat.stdout, "LOADGEN").get("answered", 0))
                         for k, (b, pt) in enumerate(zip(builds, ports)):
                             r, floor = res[k], floors[k]
                             s = {"ok_rps": statistics.median(sats[k])}
@@ -282,7 +335,12 @@ def main():
                                    "p999_ms": float(r.get("p999_us", "nan")) / 1e3,
                                    "floor_p50_ms": float(floor.get("p50_us", "nan")) / 1e3,
                                    "floor_p99_ms": float(floor.get("p99_us", "nan")) / 1e3,
-                                   "sat_rps": float(s.get("ok_rps", "nan")), "kernel": kern,
+                                   "sat_rps": float(s.get("ok_rps", "nan")),
+                                   "sat_cpu_us_server": round(cpu[k][0] / cpu[k][2] * 1e6, 1)
+                                   if cpu[k][2] else float("nan"),
+                                   "sat_cpu_us_redis": round(cpu[k][1] / cpu[k][2] * 1e6, 1)
+                                   if cpu[k][2] else float("nan"),
+                                   "kernel": kern,
                                    "plan": infos[k].get("kernel", {}).get("split", "?")}
                             if args.versus:
                                 row["build"] = b

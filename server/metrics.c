@@ -20,6 +20,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "server/store/hcache.h"
+
 /* Bucket upper bounds in seconds: 100 us (a cache-warm rank of a few
  * items) to 1 s (far past any sane deadline).  The literal is also the
  * le="..." text, so the label is exactly the bound written here. */
@@ -107,6 +109,7 @@ struct metrics {
     int nmodels;                    /* written at startup only */
     /* The impression log (implog.h), rendered when on. */
     int implog_on;                  /* written at startup only */
+    const struct hcache *hcache;    /* the history cache; NULL: off */
     counter imp_written, imp_full, imp_sink, imp_shutdown, imp_errors, imp_queue, imp_limit;
     atomic_int imp_up;
     double start_time;              /* unix seconds, written once at init */
@@ -424,6 +427,7 @@ typedef struct render_ctx {
     const item_cache_stats *caches;
     int ncaches;
     int nodes, last_node;           /* node slots 0..last_node are shown */
+    hcache_stats hc;                /* the history cache's, when on */
     int proc_ok;                    /* the process_* values below were read */
     double cpu_seconds;
     unsigned long long rss_bytes;
@@ -435,7 +439,7 @@ typedef void render_fn(const render_ctx *r, const family *f);
 /* How a slot is read and printed. */
 enum { V_COUNTER, V_INT, V_I64, V_SECONDS };
 /* When a family is shown. */
-enum { ALWAYS, CLUSTER_ONLY, WITH_PROC, WITH_IMPLOG };
+enum { ALWAYS, CLUSTER_ONLY, WITH_PROC, WITH_IMPLOG, WITH_HCACHE };
 #define NO_SLOT ((size_t)-1)
 #define MAX_SLOTS 3
 
@@ -602,6 +606,14 @@ static void r_breaker_open(const render_ctx *r, const family *f) {
     sample_u64(r->b, f->name, NULL, NULL, NULL, NULL, opens > closes ? opens - closes : 0);
 }
 
+/* The history cache's figure at `cur` in hcache_stats (a uint64_t; the
+ * gauge `up` an int). */
+static void r_hcache(const render_ctx *r, const family *f) {
+    uint64_t v = f->vt == V_INT ? (uint64_t)*(const int *)at(&r->hc, f->cur)
+                                : *(const uint64_t *)at(&r->hc, f->cur);
+    sample_u64(r->b, f->name, NULL, NULL, NULL, NULL, v);
+}
+
 static void r_process_start(const render_ctx *r, const family *f) {
     proto_buf_printf(r->b, "%s %.3f\n", f->name, r->m->start_time);
 }
@@ -617,6 +629,7 @@ static void r_process_rss(const render_ctx *r, const family *f) {
 #define M(field) offsetof(metrics, field)
 #define MS(field) offsetof(model_slots, field)
 #define CS(field) offsetof(item_cache_stats, field)
+#define HS(field) offsetof(hcache_stats, field)
 #define FAM(n, t, h, fn) .name = (n), .type = (t), .help = (h), .render = (fn)
 
 /* Every family, in the order rendered. */
@@ -774,6 +787,48 @@ static const family families[] = {
          "against this host's).",
          r_model_slots),
      .vt = V_SECONDS, .slot = {{NULL, MS(change_lag)}}},
+    {FAM("ctr_history_cache_hits_total", "counter",
+         "Users' histories answered from the history cache (no Redis round trip).", r_hcache),
+     .when = WITH_HCACHE, .cur = HS(hits)},
+    {FAM("ctr_history_cache_misses_total", "counter",
+         "History lookups read from Redis while the cache was on (not cached, expired, or "
+         "the invalidation link behind).",
+         r_hcache),
+     .when = WITH_HCACHE, .cur = HS(misses)},
+    {FAM("ctr_history_cache_bypassed_total", "counter",
+         "History lookups read from Redis because the invalidation link was down or refused "
+         "(the cache is then empty and unused).",
+         r_hcache),
+     .when = WITH_HCACHE, .cur = HS(bypassed)},
+    {FAM("ctr_history_cache_insertions_total", "counter", "Histories added to the cache.",
+         r_hcache),
+     .when = WITH_HCACHE, .cur = HS(insertions)},
+    {FAM("ctr_history_cache_stale_inserts_refused_total", "counter",
+         "Histories not cached because an invalidation of the user (or a flush) arrived "
+         "while they were being read.",
+         r_hcache),
+     .when = WITH_HCACHE, .cur = HS(stale_refused)},
+    {FAM("ctr_history_cache_evictions_total", "counter",
+         "Histories dropped to keep the cache within history_cache_mb.", r_hcache),
+     .when = WITH_HCACHE, .cur = HS(evictions)},
+    {FAM("ctr_history_cache_expirations_total", "counter",
+         "Histories found past history_cache_ttl_s (read again).", r_hcache),
+     .when = WITH_HCACHE, .cur = HS(expirations)},
+    {FAM("ctr_history_cache_invalidations_total", "counter",
+         "Users' keys Redis said changed (each drops its cached history).", r_hcache),
+     .when = WITH_HCACHE, .cur = HS(invalidations)},
+    {FAM("ctr_history_cache_flushes_total", "counter",
+         "Times the whole history cache was emptied: the invalidation link lost or set up "
+         "again, FLUSHDB or FLUSHALL.",
+         r_hcache),
+     .when = WITH_HCACHE, .cur = HS(flushes)},
+    {FAM("ctr_history_cache_entries", "gauge", "Histories in the cache now.", r_hcache),
+     .when = WITH_HCACHE, .cur = HS(entries)},
+    {FAM("ctr_history_cache_up", "gauge",
+         "1 when the history cache's invalidation link is up (lookups may hit); 0: every "
+         "history is read from Redis.",
+         r_hcache),
+     .when = WITH_HCACHE, .vt = V_INT, .cur = HS(up)},
     {FAM("ctr_impressions_written_total", "counter",
          "Impression log records written to the sink.", r_slots),
      .when = WITH_IMPLOG, .slot = {{NULL, M(imp_written)}}},
@@ -812,6 +867,7 @@ static const family families[] = {
 #undef M
 #undef MS
 #undef CS
+#undef HS
 #undef FAM
 
 /* CPU time and resident size from /proc/self/stat (one small read); without
@@ -853,6 +909,8 @@ void metrics_item_changes(metrics *m, int model, uint64_t applied, int dropped, 
     if (lag_s >= 0) atomic_store_explicit(&s->change_lag, lag_s, memory_order_relaxed);
 }
 
+void metrics_history_cache_on(metrics *m, const struct hcache *c) { m->hcache = c; }
+
 void metrics_impression_log_on(metrics *m, uint64_t limit_bytes) {
     m->implog_on = 1;
     atomic_store(&m->imp_limit, limit_bytes);
@@ -879,10 +937,11 @@ int metrics_render(metrics *m, const item_cache_stats *caches, int ncaches, prot
     r.last_node = m->node_other_used ? METRICS_MAX_NODES : r.nodes - 1;
     pthread_mutex_unlock(&m->node_lock);
     read_proc(&r);
+    if (m->hcache) hcache_stats_get(m->hcache, &r.hc);
     for (size_t i = 0; i < sizeof families / sizeof *families; i++) {
         const family *f = &families[i];
         if ((f->when == CLUSTER_ONLY && !r.nodes) || (f->when == WITH_PROC && !r.proc_ok) ||
-            (f->when == WITH_IMPLOG && !m->implog_on))
+            (f->when == WITH_IMPLOG && !m->implog_on) || (f->when == WITH_HCACHE && !m->hcache))
             continue;
         family_header(b, f->name, f->type, f->help);
         f->render(&r, f);

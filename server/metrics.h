@@ -65,6 +65,12 @@
  *                                                   was behind or lost)
  *   ctr_item_change_lag_seconds                     gauge [model] (age of the
  *                                                   newest change when applied)
+ * With the history cache on (metrics_history_cache_on; server/store/hcache.h):
+ *   ctr_history_cache_{hits,misses,bypassed,insertions,stale_inserts_refused,
+ *     evictions,expirations,invalidations,flushes}_total   counter
+ *   ctr_history_cache_entries                       gauge
+ *   ctr_history_cache_up                            gauge (1: invalidations
+ *                                                   flow, lookups may hit)
  * With the impression log on (metrics_impression_log_on):
  *   ctr_impressions_written_total                   counter
  *   ctr_impressions_dropped_total{reason="queue_full|sink_failed|shutdown"}  counter
@@ -268,6 +274,11 @@ void metrics_item_changes(metrics *m, int model, uint64_t applied, int dropped, 
 /* The impression log is on, with a queue of limit_bytes: its series are
  * rendered.  Startup only. */
 void metrics_impression_log_on(metrics *m, uint64_t limit_bytes);
+
+/* The users' history cache is on: its series are rendered from its
+ * counters (c outlives every render).  Startup only. */
+struct hcache;
+void metrics_history_cache_on(metrics *m, const struct hcache *c);
 
 /* An implog_hook: pass m as the argument. */
 void metrics_impression_event(void *m, implog_event ev, uint64_t n);

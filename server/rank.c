@@ -11,8 +11,9 @@
  * Redis round trip for the history (~50 us on loopback): for TIN the
  * service's own work dominates.
  * So the path is arranged to (1) touch Redis at most twice, one read for
- * the user (the candidates looked up in the item cache meanwhile, by an
- * idle scoring thread) and one pipeline for every item vector the cache
+ * the user (none when the history cache has it, server/store/hcache.h;
+ * otherwise the candidates are looked up in the item cache meanwhile, by
+ * an idle scoring thread) and one pipeline for every item vector the cache
  * lacks, each bounded by what is left of the budget after the model's
  * expected share,
  * (2) use cached item vectors in place (pinned, never copied), and (3)
@@ -199,17 +200,23 @@ int rank_decode(rank_ctx *x, const rank_input *in) {
 
 /* --- history ------------------------------------------------------------ */
 
-/* The user's history from the feature store (one bounded read) into
+/* The user's history from the feature store (one bounded read, or none
+ * when the history cache has it) into
  * hist_ids / nh, its failures as degraded reasons.  Allocates from the
  * arena: nothing else may while it runs (history_part). */
 static void read_history(rank_ctx *x, int64_t dl) {
     static log_limit lim_fail;
     int64_t start = clock_now_ns();
     char err[512];
-    int rc = featstore_get_user(x->w->m[x->m->index].fs, x->req.user_id, x->sc->max_len, dl,
-                                x->a, &x->hist_ids, &x->nh, err, sizeof err);
-    metrics_redis(x->svc->metrics, METRICS_REDIS_GET_USER,
-                  (double)(clock_now_ns() - start) * 1e-9, redis_result(rc));
+    featstore *fs = x->w->m[x->m->index].fs;
+    uint64_t trips = featstore_round_trips(fs);
+    int rc = featstore_get_user(fs, x->req.user_id, x->sc->max_len, dl, x->a, &x->hist_ids,
+                                &x->nh, err, sizeof err);
+    /* A history from the history cache (hcache.h) is no Redis call; a
+     * failure before any round trip (breaker open, no time left) is. */
+    if (featstore_round_trips(fs) != trips || rc < 0)
+        metrics_redis(x->svc->metrics, METRICS_REDIS_GET_USER,
+                      (double)(clock_now_ns() - start) * 1e-9, redis_result(rc));
     if (rc == CTR_ENOTFOUND) {
         x->nh = 0;
     } else if (rc < 0) {
@@ -223,6 +230,17 @@ static void read_history(rank_ctx *x, int64_t dl) {
             rank_degrade(x, PROTO_DEGRADED_HISTORY_UNAVAILABLE);
         }
     }
+}
+
+/* The user's history when the history cache has it (no Redis call, a
+ * few hundred ns): 1, with hist_ids / nh set; else 0. */
+static int cached_history(rank_ctx *x) {
+    int rc;
+    if (!featstore_get_user_cached(x->w->m[x->m->index].fs, x->req.user_id, x->sc->max_len,
+                                   x->a, &x->hist_ids, &x->nh, &rc))
+        return 0;
+    if (rc == CTR_ENOTFOUND) x->nh = 0;
+    return 1;
 }
 
 static int unique_cands(rank_ctx *x);
@@ -254,6 +272,9 @@ int rank_history(rank_ctx *x) {
         int64_t dl = call_deadline(x);
         if (!dl) {
             rank_degrade(x, PROTO_DEGRADED_HISTORY_DEADLINE);
+        } else if (cached_history(x)) {
+            /* Nothing to wait for: the candidates are looked up by this
+             * thread in rank_items, without waking a helper. */
         } else {
             /* The round trip to Redis is mostly waiting: an idle scoring
              * thread looks up the candidates in the item cache meanwhile

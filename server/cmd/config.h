@@ -73,7 +73,7 @@ typedef enum config_prog {
 } config_prog;
 
 /* Rows of the settings table, all programs (config_given's slots). */
-#define CONFIG_MAX_SETTINGS 64
+#define CONFIG_MAX_SETTINGS 80
 
 #define CONFIG_MAX_MODELS 8         /* entries of `model` */
 #define CONFIG_NAME_MAX 64          /* a model name, NUL included */
@@ -139,6 +139,8 @@ typedef struct config_params {
                                        model); 0 disables it */
     int warmup;                     /* score dummy requests at load */
     int cache_ttl_s;                /* item cache TTL; 0 never expires */
+    int history_cache_mb;           /* users' history cache; 0: off */
+    int history_cache_ttl_s;        /* its entries' TTL; 0 never expires */
     int request_timeout_s;          /* idle keep-alive connection timeout */
     int skip_scoring;               /* BENCHMARK ONLY: scores are all 0 */
     char precision[8];              /* "fp32", "bf16", "int8", "int8x2" */

@@ -317,6 +317,17 @@ const setting config_settings[] = {
     {"cache_ttl_s", SET_INT, F(cache_ttl_s), 0, 0, 365 * 86400, "SECONDS", NULL, NULL,
      NULL, "How long an item vector stays cached, which bounds how stale it "
      "gets after its features change in Redis; 0 never expires.", S, 0, NULL},
+    {"history_cache_mb", SET_INT, F(history_cache_mb), 0, 0, 1 << 20, "MIB", NULL, NULL,
+     NULL, "Users' histories cached in the process (one Redis only; off with "
+     "redis_cluster), kept fresh by Redis's client-side caching: a connection of "
+     "its own subscribes to broadcast invalidations of every key under the users' "
+     "prefixes (Redis 6 or later, CLIENT and SUBSCRIBE allowed), so a history "
+     "changed by ctr-load, an append or any other client is read anew by the next "
+     "request; while that connection is down or refused, every history is read "
+     "from Redis.  0 disables it (docs/BEHAVIOUR.md, \"History cache\").", S, 0, NULL},
+    {"history_cache_ttl_s", SET_INT, F(history_cache_ttl_s), 0, 0, 365 * 86400, "SECONDS",
+     NULL, NULL, NULL, "A cached history is read again from Redis after this long "
+     "even without an invalidation (a safety net); 0 never expires.", S, 0, NULL},
     {"request_timeout_s", SET_INT, F(request_timeout_s), 0, 1, 3600, "SECONDS", NULL,
      NULL, NULL, "Idle keep-alive connections are closed after this.", S, 0, NULL},
     {"skip_scoring", SET_BOOL, F(skip_scoring), 0, 0, 1, "BOOL", NULL, NULL, NULL,
@@ -411,6 +422,8 @@ config_params config_default_params(void) {
     snprintf(p.split, sizeof p.split, "auto");
     p.cache_mb = 256;
     p.cache_ttl_s = 600;
+    p.history_cache_mb = 64;
+    p.history_cache_ttl_s = 60;
     p.warmup = 1;
     p.request_timeout_s = 10;
     p.skip_scoring = 0;

@@ -43,6 +43,7 @@
 #include "server/rank_split.h"
 #include "core/base/log.h"
 #include "server/service.h"
+#include "server/store/hcache.h"
 #include "server/worker.h"
 
 #define SHUTDOWN_GRACE_MS 10000
@@ -511,6 +512,70 @@ static void service_setup(service *svc, const config_params *cp) {
     fp->password = cp->redis_password;
 }
 
+/* The users' history cache (hcache.h) and its invalidation link, shared
+ * by the feature stores of every worker opened from now on; *out NULL when
+ * off (history_cache_mb 0, or a Redis Cluster).  Entries hold the longest
+ * history a model reads now (max_len, at most max_seq); a model reloaded
+ * with a longer one reads longer histories from Redis.  -1 when it cannot
+ * be made (err says why). */
+static int start_history_cache(service *svc, const config_params *cp, hcache **out, char *err,
+                               size_t errlen) {
+    *out = NULL;
+    if (!cp->history_cache_mb) {
+        log_info("history cache off (history_cache_mb 0): each request reads its user's "
+                 "history from Redis");
+        return 0;
+    }
+    if (cp->redis_cluster[0]) {
+        log_info("history cache off: not available with redis_cluster (each request reads "
+                 "its user's history from the cluster)");
+        return 0;
+    }
+    int max_ids = 1;
+    for (int i = 0; i < svc->num_models; i++) {
+        model_slot *s = model_holder_acquire(svc->models[i].holder);
+        if (s->schema->max_len > max_ids) max_ids = s->schema->max_len;
+        model_slot_release(s);
+    }
+    if (max_ids > cp->max_seq) max_ids = cp->max_seq;
+    hcache_params hp = hcache_default_params();
+    hp.max_bytes = (size_t)cp->history_cache_mb << 20;
+    hp.max_ids = max_ids;
+    hp.ttl_ms = (int64_t)cp->history_cache_ttl_s * 1000;
+    hcache *hc;
+    if (hcache_init(&hp, &hc, err, errlen) < 0) return -1;
+    static char prefix[SERVICE_MAX_MODELS][1100];
+    const char *prefixes[SERVICE_MAX_MODELS];
+    for (int i = 0; i < svc->num_models; i++) {
+        snprintf(prefix[i], sizeof prefix[i], "%su:", svc->models[i].prefix);
+        prefixes[i] = prefix[i];
+    }
+    hcache_link_params lp = {
+        .addr = cp->redis,
+        .user = cp->redis_user,
+        .password = cp->redis_password,
+        .connect_timeout_ms = cp->redis_connect_timeout_ms < 100 ? 100
+                                                                 : cp->redis_connect_timeout_ms,
+        .prefixes = prefixes,
+        .nprefixes = svc->num_models,
+        .retry_ms = 100,
+        .ping_ms = 1000,
+    };
+    if (hcache_start(hc, &lp, err, errlen) < 0) {
+        hcache_free(hc);
+        return -1;
+    }
+    for (int i = 0; i < svc->num_models; i++) svc->models[i].fs_params.history_cache = hc;
+    metrics_history_cache_on(svc->metrics, hc);
+    hcache_stats st;
+    hcache_stats_get(hc, &st);
+    log_info("history cache: %d MiB, %d users of up to %d ids, TTL %d s, kept fresh by "
+             "Redis's invalidations (bypassed until they flow)",
+             cp->history_cache_mb, st.capacity, max_ids, cp->history_cache_ttl_s);
+    *out = hc;
+    return 0;
+}
+
 /* Blocks the signals main waits for before any thread starts, so every
  * thread inherits the mask and they all arrive at sigtimedwait; a thread
  * started before main gets them forwarded (forward_to_main). */
@@ -564,6 +629,7 @@ static int open_health_stores(const service *svc, featstore **fs, char *err, siz
         featstore_params hfp = svc->models[i].fs_params;
         hfp.breaker_hook = NULL;
         hfp.node_hooks = NULL;
+        hfp.history_cache = NULL;
         if (hfp.command_timeout_ms < 100) hfp.command_timeout_ms = 100;
         if (featstore_open(&hfp, &fs[i], err, errlen) < 0) return -1;
     }
@@ -678,6 +744,7 @@ int main(int argc, char **argv) {
     static reloader rl;
     int rl_started = 0;
     featstore *health_fs[SERVICE_MAX_MODELS] = {NULL};
+    hcache *history_cache = NULL;
     static changes_state changes;   /* large: not on the stack */
     arena_init(&changes.a, 1 << 16);
     if (service_start(&svc, &cp) < 0) {
@@ -686,6 +753,10 @@ int main(int argc, char **argv) {
     }
     if (load_models(&svc, &cp, err, sizeof err) < 0) {
         log_error("cannot load the model: %s", err);
+        goto out;
+    }
+    if (start_history_cache(&svc, &cp, &history_cache, err, sizeof err) < 0) {
+        log_error("%s", err);
         goto out;
     }
     /* The scoring helpers warmed now, as the HTTP workers are when they
@@ -733,5 +804,6 @@ out:
     for (int i = 0; i < SERVICE_MAX_MODELS; i++) featstore_close(health_fs[i]);
     arena_free(&changes.a);
     service_stop(&svc);
+    hcache_free(history_cache);   /* after every feature store that used it */
     return exit_code;
 }

@@ -20,6 +20,7 @@
 #include <hiredis/hiredis.h>
 
 #include "featstore_backend.h"
+#include "hcache.h"
 #include "proto/features.h"
 
 /* Longest "<prefix>i:<int64>" key beyond the prefix: "i:" and 20 digits
@@ -37,6 +38,7 @@ struct featstore {
     size_t prefix_len;
     char *user, *password;      /* AUTH; NULL when not set */
     arena scratch;              /* reads without the caller's arena */
+    hcache *hc;                 /* params.history_cache (one node only) */
     featstore_stats st;
 };
 
@@ -61,6 +63,7 @@ void featstore_default_params(featstore_params *p) {
     p->desync_hook = NULL;
     p->desync_hook_arg = NULL;
     p->node_hooks = NULL;
+    p->history_cache = NULL;
 }
 
 /* What every backend needs of p. */
@@ -106,6 +109,7 @@ int featstore_open(const featstore_params *p, featstore **out, char *err, size_t
     fs->p.user = fs->user;
     fs->p.password = fs->password;
     fs->ops = cluster ? &featstore_cluster_backend : &featstore_single_backend;
+    fs->hc = cluster ? NULL : p->history_cache;
     featstore_params bp = fs->p;    /* the address or seeds, for open only */
     bp.addr = p->addr;
     bp.cluster = cluster ? p->cluster : NULL;
@@ -147,6 +151,8 @@ breaker_state featstore_breaker_state(const featstore *fs) {
 }
 
 int featstore_pending(const featstore *fs) { return fs->ops->pending(fs->impl); }
+
+uint64_t featstore_round_trips(const featstore *fs) { return fs->st.round_trips; }
 
 int featstore_ping(featstore *fs, int64_t deadline_ns, char *err, size_t errlen) {
     return fs->ops->ping(fs->impl, deadline_ns, err, errlen);
@@ -222,19 +228,52 @@ static int decode_history(long long total, const redisReply *head, const redisRe
                                 msglen);
 }
 
+/* <prefix>u:<user_id> in the arena; NULL when it is full. */
+static char *user_key(const featstore *fs, const char *user_id, arena *a, size_t *klen) {
+    size_t ulen = strlen(user_id);
+    *klen = fs->prefix_len + 2 + ulen;
+    char *key = arena_alloc(a, *klen, 1);
+    if (!key) return NULL;
+    memcpy(key, fs->prefix, fs->prefix_len);
+    memcpy(key + fs->prefix_len, "u:", 2);
+    memcpy(key + fs->prefix_len + 2, user_id, ulen);
+    return key;
+}
+
+int featstore_get_user_cached(featstore *fs, const char *user_id, int keep, arena *a,
+                              int64_t **ids, int *n, int *status) {
+    *ids = NULL;
+    *n = 0;
+    if (!fs->hc || !user_id) return 0;
+    if (keep < 1 || keep > fs->p.max_seq) keep = fs->p.max_seq;
+    size_t klen;
+    char *key = user_key(fs, user_id, a, &klen);
+    if (!key) return 0;
+    hcache_stamp stamp;
+    switch (hcache_get(fs->hc, key, klen, keep, a, ids, n, &stamp)) {
+    case HCACHE_HIT: *status = CTR_OK; return 1;
+    case HCACHE_HIT_NONE: *status = CTR_ENOTFOUND; return 1;
+    default: return 0;
+    }
+}
+
 int featstore_get_user(featstore *fs, const char *user_id, int keep, int64_t deadline_ns,
                        arena *a, int64_t **ids, int *n, char *err, size_t errlen) {
     *ids = NULL;
     *n = 0;
     if (!user_id) return ctr_fail(err, errlen, CTR_EINVAL, "NULL user id");
     if (keep < 1 || keep > fs->p.max_seq) keep = fs->p.max_seq;
-    size_t ulen = strlen(user_id);
-    size_t klen = fs->prefix_len + 2 + ulen;
-    char *key = arena_alloc(a, klen, 1);
+    size_t klen;
+    char *key = user_key(fs, user_id, a, &klen);
     if (!key) return ctr_fail(err, errlen, CTR_ENOMEM, "arena full");
-    memcpy(key, fs->prefix, fs->prefix_len);
-    memcpy(key + fs->prefix_len, "u:", 2);
-    memcpy(key + fs->prefix_len + 2, user_id, ulen);
+
+    hcache_stamp stamp;
+    hcache_result hr = HCACHE_OFF;
+    if (fs->hc) {
+        hr = hcache_get(fs->hc, key, klen, keep, a, ids, n, &stamp);
+        if (hr == HCACHE_HIT) return CTR_OK;
+        if (hr == HCACHE_HIT_NONE) return ctr_fail(err, errlen, CTR_ENOTFOUND, "no user %s", user_id);
+    }
 
     /* The length, the header and the last `keep` ids (and 8 bytes more:
      * decode_history), in one round trip.  (A value replaced between the
@@ -271,6 +310,7 @@ int featstore_get_user(featstore *fs, const char *user_id, int keep, int64_t dea
     long long total = r[0]->integer;
     if (total == 0) {
         free_replies(r, 3);
+        if (hr == HCACHE_MISS) hcache_put(fs->hc, &stamp, key, klen, keep, NULL, 0, 0);
         return ctr_fail(err, errlen, CTR_ENOTFOUND, "no user %s", user_id);
     }
     char msg[160];
@@ -283,6 +323,7 @@ int featstore_get_user(featstore *fs, const char *user_id, int keep, int64_t dea
         if (rc == CTR_EFORMAT) fs->st.users_malformed++;
         return ctr_fail(err, errlen, rc, "user %s: %s", user_id, msg);
     }
+    if (hr == HCACHE_MISS) hcache_put(fs->hc, &stamp, key, klen, keep, *ids, *n, 1);
     return CTR_OK;
 }
 

@@ -164,6 +164,11 @@ typedef struct featstore_params {
     void *desync_hook_arg;
     const struct featstore_node_hooks *node_hooks;  /* cluster: per-node
                                    events, for metrics (NULL) */
+    struct hcache *history_cache;   /* users' histories cached in the
+                                   process and kept fresh by Redis
+                                   (hcache.h), shared by the featstores
+                                   given it; not owned.  NULL: none.
+                                   Ignored in cluster mode. */
 } featstore_params;
 
 /* A cluster's slot map is asked again at least this often. */
@@ -267,6 +272,9 @@ int featstore_ping(featstore *fs, int64_t deadline_ns, char *err, size_t errlen)
  * trip (STRLEN, two GETRANGE), so a long history costs no more than keep
  * ids.  The header, the length and the ids read are checked.  *ids lives
  * in the arena a; *ids is NULL when *n is 0.
+ * With params.history_cache, a user found there is answered without a
+ * round trip, and what a read finds (a history, or no key) is offered to
+ * it (hcache.h says when it is taken and how it is kept fresh).
  * Returns CTR_OK (found; the history may be empty), CTR_ENOTFOUND (no such
  * key: *n = 0, *ids = NULL), CTR_EFORMAT (the key holds a malformed value
  * or is not a string: *n = 0), CTR_EBACKEND (cannot connect, breaker open,
@@ -274,6 +282,14 @@ int featstore_ping(featstore *fs, int64_t deadline_ns, char *err, size_t errlen)
  * (arena). */
 int featstore_get_user(featstore *fs, const char *user_id, int keep, int64_t deadline_ns,
                        arena *a, int64_t **ids, int *n, char *err, size_t errlen);
+
+/* The history of user_id from params.history_cache alone, never a round
+ * trip: 1 when the cache answers (*status CTR_OK with *ids / *n as
+ * featstore_get_user gives them, or CTR_ENOTFOUND: cached as having no
+ * value), 0 when it does not (no cache, not cached, its link down, arena
+ * full): then read with featstore_get_user. */
+int featstore_get_user_cached(featstore *fs, const char *user_id, int keep, arena *a,
+                              int64_t **ids, int *n, int *status);
 
 /* Features of n items in one round trip (no round trip when n is 0):
  * out[i] for ids[i] (duplicates allowed).  Each value is read up to one
@@ -391,6 +407,9 @@ int featstore_get_item_changes(featstore *fs, const char *after, int max, int64_
 
 /* Copies the counters into *st. */
 void featstore_stats_get(const featstore *fs, featstore_stats *st);
+
+/* stats.round_trips alone (whether a call went to Redis). */
+uint64_t featstore_round_trips(const featstore *fs);
 
 /* Reads a password from the first line of the file at path (a trailing
  * "\n" or "\r\n" dropped) into buf (cap bytes, NUL-terminated).

@@ -313,6 +313,11 @@ int rconn_take(rconn *c, int expect, redisReply **reply) {
     return CTR_OK;
 }
 
+size_t rconn_buffered(const rconn *c) {
+    const redisReader *r = c->c->reader;
+    return r && r->len > r->pos ? r->len - r->pos : 0;
+}
+
 /* --- Replies ---------------------------------------------------------------- */
 
 int rconn_reply_is(const redisReply *r, const char *code) {

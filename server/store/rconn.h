@@ -216,6 +216,10 @@ int rconn_read(rconn *c);
  * reply of another type, RCONN_DESYNC). */
 int rconn_take(rconn *c, int expect, struct redisReply **reply);
 
+/* Bytes read from the socket and not yet taken as replies (a reply not
+ * yet whole). */
+size_t rconn_buffered(const rconn *c);
+
 /* --- Replies ------------------------------------------------------------- */
 
 /* 1 when r is an error reply starting with `code` ("WRONGTYPE",

@@ -175,8 +175,12 @@ def main():
         # DEADLINE (1 s): a sanitizer build on a loaded machine, where a
         # thread may wait hundreds of ms for a core, still answers a read
         # that timed out in full, rather than 503 deadline_exceeded.
+        # The history cache off: this part is about the breaker, and a
+        # frozen Redis (nothing written meanwhile) would be answered from
+        # the cache until its link's keep-alive gave up.
         srv = Server(model, redis, prefix, ["--deadline-ms", str(DEADLINE),
-                                            "--receive-timeout-ms", "1000"])
+                                            "--receive-timeout-ms", "1000",
+                                            "--history-cache-mb", "0"])
         servers.append(srv)
         for r in stored:  # warm the item cache: a frozen Redis then costs only the history
             srv.rank(r)

@@ -8,6 +8,11 @@ real redis-servers and the real Redis Cluster ($CTR_CLUSTER_SEEDS):
             before the change (version 1, as older ctr-loads wrote them)
             and after (version 2, and appended to past max_seq) are read
             alike, on one Redis and on the cluster;
+  history cache  a user ranked again is answered from the server's
+            history cache (no Redis read: its hit counter moves), a SET by
+            another client is scored at the very next request, and with the
+            invalidation link killed (CLIENT KILL) answers stay right while
+            the cache is bypassed, then it caches again;
   changes   an item rewritten by ctr-load --items is scored with its new
             features within the health interval (plus the check's time);
             a stream trimmed past what the server read, or deleted while the
@@ -261,6 +266,55 @@ def changes(redis, srv, prefix, tmp):
                                5) and "loaded anew" in srv.logtext(), out)
 
 
+def history_cache(srv, call, prefix, items):
+    """The history cache of a server on one Redis (call: a command on it)."""
+    cand = [{"item_id": i, "a": k % 5, "b": k % 7} for k, i in enumerate(items[:6])]
+    user = f"cached-{os.getpid()}"
+    key = f"{prefix}u:{user}"
+
+    def answer(hist):
+        """The server's scores for user, and with hist given in the request."""
+        req = {"user_id": user, "candidates": cand}
+        st, ans = srv.rank(req)
+        st2, ref = srv.rank({**req, "item_seq": hist})
+        ok = st == 200 and st2 == 200 and not ans.get("degraded")
+        return ok and same(scores_of(ans, req), scores_of(ref, req)), ans
+
+    def cached(hist):
+        """Ranks until one answer comes from the cache (at most 50)."""
+        for _ in range(50):
+            hits = srv.metric("ctr_history_cache_hits_total")
+            ok, _ = answer(hist)
+            if not ok:
+                return False
+            if srv.metric("ctr_history_cache_hits_total") > hits:
+                return True
+            time.sleep(0.01)
+        return False
+
+    check("history cache: its link is up",
+          wait_for(lambda: srv.metric("ctr_history_cache_up") == 1, 10))
+    hist = items[6:10]
+    call("SET", key, v1(hist))
+    check("history cache: a user ranked again is answered from it", cached(hist))
+    ok = True
+    for step in range(10):   # another client's SET, seen at the very next request
+        hist = items[6 + step % 5:12 + step % 3]
+        call("SET", key, v1(hist))
+        ok = ok and answer(hist)[0] and cached(hist)
+    check("history cache: each SET by another client is scored at the very next request", ok)
+    flushes = srv.metric("ctr_history_cache_flushes_total")
+    check("history cache: CLIENT KILL of its link", call("CLIENT", "KILL", "TYPE", "pubsub") >= 1)
+    hist = items[8:14]
+    call("SET", key, v1(hist))
+    check("history cache: answers right while its link is down",
+          all(answer(hist)[0] for _ in range(5)))
+    check("history cache: emptied, and up again",
+          wait_for(lambda: srv.metric("ctr_history_cache_flushes_total") > flushes and
+                   srv.metric("ctr_history_cache_up") == 1, 10))
+    check("history cache: caching again", cached(hist))
+
+
 def main():
     tmp = tempfile.mkdtemp(prefix="ctr-fresh-server-")
     redis = Redis(tmp)
@@ -282,6 +336,8 @@ def main():
         conns.append(c)
         print("appends, one Redis")
         appends("one Redis", ["--redis", f"127.0.0.1:{redis.port}"], c.call, srv, prefix, items)
+        print("history cache, one Redis")
+        history_cache(srv, c.call, prefix, items)
         print("item changes")
         changes(redis, srv, prefix, tmp)
         srv.stop()

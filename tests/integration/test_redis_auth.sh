@@ -40,7 +40,8 @@ appendonly no
 dir $tmp
 requirepass "$pw"
 user loader on >$loader_pw ~auth:* +@all
-user reader on >$reader_pw ~auth:* +@read +@connection
+user reader on >$reader_pw ~auth:* +@read +@connection +subscribe &__redis__:invalidate
+user reader2 on >$reader_pw ~auth:* +@read +@connection
 EOF
 redis-server "$tmp/redis.conf" >"$tmp/redis.log" 2>&1 &
 redis_pid=$!
@@ -130,6 +131,20 @@ check "ctr-server, CTR_REDIS_PASSWORD: rankings clean" clean_ranks "$port_env"
 start_server flag --redis-user reader --redis-password "$reader_pw"
 check "ctr-server --redis-user reader --redis-password: ready" ready "$port_flag" 200
 check "ctr-server as the read-only user: rankings clean" clean_ranks "$port_flag"
+cache_up() {   # PORT VALUE: ctr_history_cache_up reads VALUE within 30 s
+  local i
+  for i in $(seq 300); do
+    curl -s "http://127.0.0.1:$1/metrics" | grep -qx "ctr_history_cache_up $2" && return 0
+    sleep 0.1
+  done
+  return 1
+}
+check "ctr-server as the read-only user (+subscribe &__redis__:invalidate): history cache up" \
+  cache_up "$port_flag" 1
+start_server nosub --redis-user reader2 --redis-password "$reader_pw"
+check "ctr-server as a read-only user without SUBSCRIBE: ready" ready "$port_nosub" 200
+check "... its history cache off (NOPERM logged), rankings clean" \
+  bash -c "$(declare -f cache_up clean_ranks); PY=$PY small=$small tmp=$tmp; cache_up $port_nosub 0 && clean_ranks $port_nosub && grep -q 'history cache off.*NOPERM' '$tmp/nosub.log'"
 check "ctr-server: the flag's value is blanked in /proc/PID/cmdline" \
   bash -c "! tr '\\0' ' ' </proc/$pid_flag/cmdline | grep -q -e '$reader_pw'"
 start_server file --redis-password-file "$tmp/pw"
