@@ -200,23 +200,18 @@ int rank_decode(rank_ctx *x, const rank_input *in) {
 
 /* --- history ------------------------------------------------------------ */
 
-/* The user's history from the feature store (one bounded read, or none
- * when the history cache has it) into
- * hist_ids / nh, its failures as degraded reasons.  Allocates from the
- * arena: nothing else may while it runs (history_part). */
+/* The user's history from the feature store (one bounded read, after
+ * cached_history found it not cached) into hist_ids / nh, its failures as
+ * degraded reasons.  Allocates from the arena: nothing else may while it
+ * runs (history_part). */
 static void read_history(rank_ctx *x, int64_t dl) {
     static log_limit lim_fail;
     int64_t start = clock_now_ns();
     char err[512];
-    featstore *fs = x->w->m[x->m->index].fs;
-    uint64_t trips = featstore_round_trips(fs);
-    int rc = featstore_get_user(fs, x->req.user_id, x->sc->max_len, dl, x->a, &x->hist_ids,
-                                &x->nh, err, sizeof err);
-    /* A history from the history cache (hcache.h) is no Redis call; a
-     * failure before any round trip (breaker open, no time left) is. */
-    if (featstore_round_trips(fs) != trips || rc < 0)
-        metrics_redis(x->svc->metrics, METRICS_REDIS_GET_USER,
-                      (double)(clock_now_ns() - start) * 1e-9, redis_result(rc));
+    int rc = featstore_get_user_read(x->w->m[x->m->index].fs, &x->hprobe, dl, x->a,
+                                     &x->hist_ids, &x->nh, err, sizeof err);
+    metrics_redis(x->svc->metrics, METRICS_REDIS_GET_USER,
+                  (double)(clock_now_ns() - start) * 1e-9, redis_result(rc));
     if (rc == CTR_ENOTFOUND) {
         x->nh = 0;
     } else if (rc < 0) {
@@ -233,11 +228,12 @@ static void read_history(rank_ctx *x, int64_t dl) {
 }
 
 /* The user's history when the history cache has it (no Redis call, a
- * few hundred ns): 1, with hist_ids / nh set; else 0. */
+ * few hundred ns): 1, with hist_ids / nh set; else 0, with x->hprobe set
+ * for read_history. */
 static int cached_history(rank_ctx *x) {
     int rc;
     if (!featstore_get_user_cached(x->w->m[x->m->index].fs, x->req.user_id, x->sc->max_len,
-                                   x->a, &x->hist_ids, &x->nh, &rc))
+                                   x->a, &x->hist_ids, &x->nh, &rc, &x->hprobe))
         return 0;
     if (rc == CTR_ENOTFOUND) x->nh = 0;
     return 1;
@@ -284,7 +280,7 @@ int rank_history(rank_ctx *x) {
             if (unique_cands(x) < 0) return out_of_memory(x);
             history_job j = {x, dl};
             const int parts = x->ncu ? 2 : 1;
-            if (atomic_load(&x->svc->ranking) > 1)
+            if (rank_split_others(x->svc) > 0)
                 for (int p = 0; p < parts; p++) history_part(&j, p, parts);
             else
                 pool_run(x->svc->scorers, history_part, &j, parts);

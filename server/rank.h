@@ -70,6 +70,7 @@ typedef struct rank_ctx {
      * table. */
     int64_t *hist_ids;
     int nh;
+    featstore_user_probe hprobe;   /* the history cache's miss, for the read */
 
     /* Unique items of candidates (the first ncu) and history. */
     int nu, ncu;

@@ -58,8 +58,7 @@ static void par_run(void *ctx, engine_part_fn fn, void *arg, int nparts) {
  * queue behind it, claimed by the callers themselves). */
 rank_split_way rank_split_choose(const service *svc, int column_parts, service_split mode, int n,
                                  double per_cand) {
-    const int ranking = atomic_load(&svc->ranking); /* this request among them */
-    int threads = svc->score_parts - (ranking > 1 ? ranking - 1 : 0);
+    int threads = svc->score_parts - rank_split_others(svc);
     if (threads < 1) threads = 1;
     rank_split_way way = {1, 1};
     if (threads < 2 || mode == SERVICE_SPLIT_ONE) return way;

@@ -48,13 +48,20 @@ typedef struct rank_split_way {
     int parts;
 } rank_split_way;
 
+/* The rank requests in hand besides the caller's: svc->ranking counts
+ * each request in rank_handle, the caller included (0 outside a request,
+ * as for the planner). */
+static inline int rank_split_others(const service *svc) {
+    const int ranking = atomic_load(&svc->ranking);
+    return ranking > 1 ? ranking - 1 : 0;
+}
+
 /* The way rank_split_score cuts a request of n candidates of a model with
  * column_parts (engine_model_column_parts) in mode, at this moment: parts
  * only where each carries split_min candidates and split_min_mflops of
  * arithmetic (per_cand: one candidate's flops), and no more parts than
- * the score threads that the other requests in hand leave (svc->ranking,
- * where rank_handle counts each request, this one included; 0 outside a
- * request, as for the planner). */
+ * the score threads that the other requests in hand leave
+ * (rank_split_others). */
 rank_split_way rank_split_choose(const service *svc, int column_parts, service_split mode, int n,
                                  double per_cand);
 

@@ -240,17 +240,28 @@ static char *user_key(const featstore *fs, const char *user_id, arena *a, size_t
     return key;
 }
 
-int featstore_get_user_cached(featstore *fs, const char *user_id, int keep, arena *a,
-                              int64_t **ids, int *n, int *status) {
+/* The cache's side of a read of user_id's history, into *pr: answered
+ * (HCACHE_HIT, HCACHE_HIT_NONE: *ids / *n set), or what the read from
+ * Redis needs (the key, and the stamp of a miss for the insert).
+ * CTR_OK, or CTR_EINVAL / CTR_ENOMEM (no key: nothing to read). */
+static int user_probe(featstore *fs, const char *user_id, int keep, arena *a, int64_t **ids,
+                      int *n, featstore_user_probe *pr) {
     *ids = NULL;
     *n = 0;
-    if (!fs->hc || !user_id) return 0;
-    if (keep < 1 || keep > fs->p.max_seq) keep = fs->p.max_seq;
-    size_t klen;
-    char *key = user_key(fs, user_id, a, &klen);
-    if (!key) return 0;
-    hcache_stamp stamp;
-    switch (hcache_get(fs->hc, key, klen, keep, a, ids, n, &stamp)) {
+    pr->user_id = user_id;
+    pr->key = NULL;
+    pr->cached = HCACHE_OFF;
+    if (!user_id) return CTR_EINVAL;
+    pr->keep = keep < 1 || keep > fs->p.max_seq ? fs->p.max_seq : keep;
+    if (!(pr->key = user_key(fs, user_id, a, &pr->klen))) return CTR_ENOMEM;
+    if (fs->hc) pr->cached = hcache_get(fs->hc, pr->key, pr->klen, pr->keep, a, ids, n, &pr->stamp);
+    return CTR_OK;
+}
+
+int featstore_get_user_cached(featstore *fs, const char *user_id, int keep, arena *a,
+                              int64_t **ids, int *n, int *status, featstore_user_probe *probe) {
+    if (user_probe(fs, user_id, keep, a, ids, n, probe) < 0) return 0;
+    switch (probe->cached) {
     case HCACHE_HIT: *status = CTR_OK; return 1;
     case HCACHE_HIT_NONE: *status = CTR_ENOTFOUND; return 1;
     default: return 0;
@@ -259,21 +270,24 @@ int featstore_get_user_cached(featstore *fs, const char *user_id, int keep, aren
 
 int featstore_get_user(featstore *fs, const char *user_id, int keep, int64_t deadline_ns,
                        arena *a, int64_t **ids, int *n, char *err, size_t errlen) {
+    featstore_user_probe pr;
+    user_probe(fs, user_id, keep, a, ids, n, &pr);
+    if (pr.cached == HCACHE_HIT) return CTR_OK;
+    if (pr.cached == HCACHE_HIT_NONE)
+        return ctr_fail(err, errlen, CTR_ENOTFOUND, "no user %s", user_id);
+    return featstore_get_user_read(fs, &pr, deadline_ns, a, ids, n, err, errlen);
+}
+
+int featstore_get_user_read(featstore *fs, const featstore_user_probe *pr, int64_t deadline_ns,
+                            arena *a, int64_t **ids, int *n, char *err, size_t errlen) {
     *ids = NULL;
     *n = 0;
+    const char *user_id = pr->user_id, *key = pr->key;
+    const size_t klen = pr->klen;
+    const int keep = pr->keep;
     if (!user_id) return ctr_fail(err, errlen, CTR_EINVAL, "NULL user id");
-    if (keep < 1 || keep > fs->p.max_seq) keep = fs->p.max_seq;
-    size_t klen;
-    char *key = user_key(fs, user_id, a, &klen);
     if (!key) return ctr_fail(err, errlen, CTR_ENOMEM, "arena full");
-
-    hcache_stamp stamp;
-    hcache_result hr = HCACHE_OFF;
-    if (fs->hc) {
-        hr = hcache_get(fs->hc, key, klen, keep, a, ids, n, &stamp);
-        if (hr == HCACHE_HIT) return CTR_OK;
-        if (hr == HCACHE_HIT_NONE) return ctr_fail(err, errlen, CTR_ENOTFOUND, "no user %s", user_id);
-    }
+    const int insert = pr->cached == HCACHE_MISS;
 
     /* The length, the header and the last `keep` ids (and 8 bytes more:
      * decode_history), in one round trip.  (A value replaced between the
@@ -310,7 +324,7 @@ int featstore_get_user(featstore *fs, const char *user_id, int keep, int64_t dea
     long long total = r[0]->integer;
     if (total == 0) {
         free_replies(r, 3);
-        if (hr == HCACHE_MISS) hcache_put(fs->hc, &stamp, key, klen, keep, NULL, 0, 0);
+        if (insert) hcache_put(fs->hc, &pr->stamp, key, klen, keep, NULL, 0, 0);
         return ctr_fail(err, errlen, CTR_ENOTFOUND, "no user %s", user_id);
     }
     char msg[160];
@@ -323,7 +337,7 @@ int featstore_get_user(featstore *fs, const char *user_id, int keep, int64_t dea
         if (rc == CTR_EFORMAT) fs->st.users_malformed++;
         return ctr_fail(err, errlen, rc, "user %s: %s", user_id, msg);
     }
-    if (hr == HCACHE_MISS) hcache_put(fs->hc, &stamp, key, klen, keep, *ids, *n, 1);
+    if (insert) hcache_put(fs->hc, &pr->stamp, key, klen, keep, *ids, *n, 1);
     return CTR_OK;
 }
 

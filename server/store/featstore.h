@@ -120,6 +120,7 @@
 #include "core/base/arena.h"
 #include "core/base/status.h"
 #include "server/store/breaker.h"
+#include "server/store/hcache.h"
 
 typedef struct featstore featstore;
 
@@ -283,13 +284,31 @@ int featstore_ping(featstore *fs, int64_t deadline_ns, char *err, size_t errlen)
 int featstore_get_user(featstore *fs, const char *user_id, int keep, int64_t deadline_ns,
                        arena *a, int64_t **ids, int *n, char *err, size_t errlen);
 
+/* What featstore_get_user_cached found out when the cache did not
+ * answer, for the read that follows: the key (in the arena), and the
+ * stamp of a miss, so that what the read finds is offered to the cache
+ * without a second lookup. */
+typedef struct featstore_user_probe {
+    const char *user_id;
+    char *key;                  /* NULL: user_id NULL or the arena full */
+    size_t klen;
+    int keep;
+    int cached;                 /* hcache_result */
+    hcache_stamp stamp;
+} featstore_user_probe;
+
 /* The history of user_id from params.history_cache alone, never a round
  * trip: 1 when the cache answers (*status CTR_OK with *ids / *n as
  * featstore_get_user gives them, or CTR_ENOTFOUND: cached as having no
  * value), 0 when it does not (no cache, not cached, its link down, arena
- * full): then read with featstore_get_user. */
+ * full): then read with featstore_get_user_read(fs, probe, ...). */
 int featstore_get_user_cached(featstore *fs, const char *user_id, int keep, arena *a,
-                              int64_t **ids, int *n, int *status);
+                              int64_t **ids, int *n, int *status, featstore_user_probe *probe);
+
+/* featstore_get_user's read from Redis after featstore_get_user_cached
+ * did not answer (probe as it left it; same arena): the same results. */
+int featstore_get_user_read(featstore *fs, const featstore_user_probe *probe, int64_t deadline_ns,
+                            arena *a, int64_t **ids, int *n, char *err, size_t errlen);
 
 /* Features of n items in one round trip (no round trip when n is 0):
  * out[i] for ids[i] (duplicates allowed).  Each value is read up to one
