@@ -44,37 +44,6 @@ typedef struct single {
                                    closing or resetting the connection */
 } single;
 
-/* Splits "host:port" / "[v6]:port" into s->host and s->port. */
-static int parse_tcp_addr(single *s, const char *addr, char *err, size_t errlen) {
-    const char *colon = strrchr(addr, ':');
-    if (!colon || colon == addr || !colon[1])
-        return ctr_fail(err, errlen, CTR_EINVAL,
-                        "Redis address \"%s\": expected host:port or a unix "
-                        "socket path starting with '/'",
-                        addr);
-    char *end;
-    errno = 0;
-    long port = strtol(colon + 1, &end, 10);
-    if (errno || *end || port < 1 || port > 65535)
-        return ctr_fail(err, errlen, CTR_EINVAL, "Redis address \"%s\": bad port", addr);
-    const char *h = addr;
-    size_t hlen = (size_t)(colon - addr);
-    if (h[0] == '[') {
-        if (hlen < 3 || h[hlen - 1] != ']')
-            return ctr_fail(err, errlen, CTR_EINVAL, "Redis address \"%s\": unbalanced brackets",
-                            addr);
-        h++;
-        hlen -= 2;
-    } else if (memchr(h, ':', hlen)) {
-        return ctr_fail(err, errlen, CTR_EINVAL,
-                        "Redis address \"%s\": write an IPv6 host as [addr]:port", addr);
-    }
-    s->host = strndup(h, hlen);
-    if (!s->host) return ctr_fail(err, errlen, CTR_ENOMEM, "out of memory");
-    s->port = (int)port;
-    return CTR_OK;
-}
-
 static void single_close(void *impl) {
     single *s = impl;
     if (!s) return;
@@ -102,7 +71,7 @@ static int single_open(const featstore_params *p, featstore_stats *st, void **im
                                    p->breaker_hook_arg},
                  (uint64_t)(uintptr_t)s ^ (uint64_t)clock_now_ns());
     int rc;
-    if (s->addr[0] != '/' && (rc = parse_tcp_addr(s, s->addr, err, errlen)) < 0) {
+    if ((rc = rconn_split_addr(s->addr, &s->host, &s->port, err, errlen)) < 0) {
         single_close(s);
         return rc;
     }

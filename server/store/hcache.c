@@ -650,25 +650,6 @@ static void *link_main(void *arg) {
     return NULL;
 }
 
-/* Splits "host:port" / "[v6]:port"; a path starting with '/' is a unix
- * socket. */
-static int parse_addr(hcache *c, const char *addr, char *err, size_t errlen) {
-    if (!(c->addr = strdup(addr))) return ctr_fail(err, errlen, CTR_ENOMEM, "out of memory");
-    if (addr[0] == '/') return CTR_OK;
-    const char *colon = strrchr(addr, ':');
-    char *end;
-    long port = colon ? strtol(colon + 1, &end, 10) : 0;
-    if (!colon || colon == addr || !colon[1] || *end || port < 1 || port > 65535)
-        return ctr_fail(err, errlen, CTR_EINVAL, "history cache: bad Redis address \"%s\"",
-                        addr);
-    const char *h = addr;
-    size_t hl = (size_t)(colon - addr);
-    if (h[0] == '[' && hl >= 3 && h[hl - 1] == ']') h++, hl -= 2;
-    if (!(c->host = strndup(h, hl))) return ctr_fail(err, errlen, CTR_ENOMEM, "out of memory");
-    c->port = (int)port;
-    return CTR_OK;
-}
-
 int hcache_start(hcache *c, const hcache_link_params *lp, char *err, size_t errlen) {
     if (c->started) return ctr_fail(err, errlen, CTR_EINVAL, "history cache: started twice");
     if (!lp->addr || !lp->addr[0] || lp->nprefixes < 1 || lp->nprefixes > HC_MAX_PREFIXES ||
@@ -677,7 +658,9 @@ int hcache_start(hcache *c, const hcache_link_params *lp, char *err, size_t errl
                         "history cache: need an address, 1..%d prefixes and positive timeouts",
                         HC_MAX_PREFIXES);
     c->lp = *lp;
-    int rc = parse_addr(c, lp->addr, err, errlen);
+    c->addr = strdup(lp->addr);
+    int rc = c->addr ? rconn_split_addr(c->addr, &c->host, &c->port, err, errlen)
+                     : ctr_fail(err, errlen, CTR_ENOMEM, "out of memory");
     if (rc < 0) goto fail;
     if ((lp->user && lp->user[0] && !(c->user = strdup(lp->user))) ||
         (lp->password && lp->password[0] && !(c->password = strdup(lp->password)))) {

@@ -324,3 +324,35 @@ int rconn_reply_is(const redisReply *r, const char *code) {
     size_t l = strlen(code);
     return r->type == REDIS_REPLY_ERROR && r->str && r->len >= l && memcmp(r->str, code, l) == 0;
 }
+
+int rconn_split_addr(const char *addr, char **host, int *port, char *err, size_t errlen) {
+    *host = NULL;
+    *port = 0;
+    if (addr[0] == '/') return CTR_OK;
+    const char *colon = strrchr(addr, ':');
+    if (!colon || colon == addr || !colon[1])
+        return ctr_fail(err, errlen, CTR_EINVAL,
+                        "Redis address \"%s\": expected host:port or a unix "
+                        "socket path starting with '/'",
+                        addr);
+    char *end;
+    errno = 0;
+    long p = strtol(colon + 1, &end, 10);
+    if (errno || *end || p < 1 || p > 65535)
+        return ctr_fail(err, errlen, CTR_EINVAL, "Redis address \"%s\": bad port", addr);
+    const char *h = addr;
+    size_t hlen = (size_t)(colon - addr);
+    if (h[0] == '[') {
+        if (hlen < 3 || h[hlen - 1] != ']')
+            return ctr_fail(err, errlen, CTR_EINVAL, "Redis address \"%s\": unbalanced brackets",
+                            addr);
+        h++;
+        hlen -= 2;
+    } else if (memchr(h, ':', hlen)) {
+        return ctr_fail(err, errlen, CTR_EINVAL,
+                        "Redis address \"%s\": write an IPv6 host as [addr]:port", addr);
+    }
+    if (!(*host = strndup(h, hlen))) return ctr_fail(err, errlen, CTR_ENOMEM, "out of memory");
+    *port = (int)p;
+    return CTR_OK;
+}

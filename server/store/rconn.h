@@ -147,6 +147,12 @@ const char *rconn_error_name(rconn_error e);
 int rconn_open(const rconn_params *p, const char *host, int port, int64_t deadline_ns,
                rconn **out, char *err, size_t errlen);
 
+/* Splits a Redis address for rconn_open: "host:port" and "[v6]:port"
+ * into *host (malloc'd, without brackets) and *port; a path starting with
+ * '/' (a unix socket) gives *host NULL and *port 0.  CTR_OK; CTR_EINVAL
+ * with a message naming the address; CTR_ENOMEM. */
+int rconn_split_addr(const char *addr, char **host, int *port, char *err, size_t errlen);
+
 /* Closes and frees c (NULL is fine). */
 void rconn_close(rconn *c);
 
